@@ -1,0 +1,3 @@
+from crossnet.cli.main import main
+
+main()

@@ -1,0 +1,134 @@
+"""The small protocol every data plane implements (like flannel's Backend/Network).
+
+A backend turns a HostContext (this host + its peers, everything already computed
+by config/ipam) into desired Resources. It never touches the kernel itself: the
+reconciler in crossnet.plan does. Per-peer resources are separate so the agent can
+add/remove one peer at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import ClassVar
+
+from crossnet import netlink as nl
+from crossnet.errors import ApplyError
+from crossnet.plan import Env, Resource
+
+
+@dataclass
+class Peer:
+    name: str
+    address: IPv4Address  # underlay
+    subnet: IPv4Network  # its container subnet (or range, bridge backend)
+    data: dict = field(default_factory=dict)  # backend data published by the peer (e.g. VTEP MAC)
+
+
+@dataclass
+class HostContext:
+    cluster_name: str
+    backend: str
+    host: str
+    address: IPv4Address  # this host's underlay address
+    iface: str  # underlay NIC
+    subnet: IPv4Network  # this host's container subnet / range
+    network: IPv4Network  # the whole container network (overlay network, or the LAN)
+    gateway: IPv4Address  # containers' default gateway
+    prefixlen: int  # prefix length of container addresses
+    bridge: str  # container bridge
+    underlay_mtu: int
+    mtu: int  # container MTU (underlay minus encapsulation overhead)
+    masquerade: bool
+    vni: int = 1
+    port: int = 4789
+    nic_mac: str | None = None
+    peers: list[Peer] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        out = {k: (str(v) if isinstance(v, (IPv4Address, IPv4Network)) else v) for k, v in self.__dict__.items()}
+        out["peers"] = [
+            {"name": p.name, "address": str(p.address), "subnet": str(p.subnet), "data": p.data} for p in self.peers
+        ]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "HostContext":
+        d = dict(data)
+        for k in ("address", "gateway"):
+            d[k] = IPv4Address(d[k])
+        for k in ("subnet", "network"):
+            d[k] = IPv4Network(d[k])
+        d["peers"] = [
+            Peer(p["name"], IPv4Address(p["address"]), IPv4Network(p["subnet"]), p.get("data", {})) for p in d["peers"]
+        ]
+        names = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def stable_mac(*parts: object) -> str:
+    """A locally administered unicast MAC derived from the parts (same input, same MAC)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+class Backend:
+    name: ClassVar[str]
+    needs_l2: ClassVar[bool] = False  # all hosts must share one L2 segment
+    overhead: ClassVar[int] = 0  # encapsulation bytes subtracted from the underlay MTU
+    description: ClassVar[str] = ""
+
+    # --- what peers need to know about a host (static store: derived; etcd: published)
+    def host_data(self, cluster_name: str, host: str, address: IPv4Address) -> dict:
+        return {}
+
+    # --- validation against the live host (runs before anything changes)
+    def check_underlay(self, ctx: HostContext, env: Env) -> None:
+        if not self.needs_l2:
+            return
+        for peer in ctx.peers:
+            route = nl.route_get(env.ipr, str(peer.address))
+            if route is None:
+                raise ApplyError(f"backend {self.name}: peer {peer.name} ({peer.address}) is unreachable from this host")
+            if route.gateway:
+                raise ApplyError(
+                    f"backend {self.name} needs all hosts on one L2 segment, but peer {peer.name} "
+                    f"({peer.address}) is reached via router {route.gateway}; use backend vxlan for an L3 underlay"
+                )
+
+    # --- desired state
+    def local_resources(self, ctx: HostContext) -> list[Resource]:
+        raise NotImplementedError
+
+    def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
+        return []
+
+    def resources(self, ctx: HostContext) -> list[Resource]:
+        out = self.local_resources(ctx)
+        for peer in ctx.peers:
+            out.extend(self.peer_resources(ctx, peer))
+        return out
+
+    # --- container attachment: where the host side of a container's veth goes
+    def attach_port(self, ctx: HostContext, env: Env, host_if: str) -> None:
+        env.ipr.link("set", index=nl.require_index(env.ipr, host_if), master=nl.require_index(env.ipr, ctx.bridge))
+
+    def detach_port(self, ctx: HostContext, env: Env, host_if: str) -> None:
+        """Undo anything attach_port did besides the veth itself (deleted by the caller)."""
+
+    # --- tracing: the device that carries traffic to a peer
+    def tunnel_device(self, ctx: HostContext) -> str | None:
+        return None
+
+
+def gateway_cidr(ctx: HostContext) -> str:
+    return f"{ctx.gateway}/{ctx.prefixlen}"
+
+
+def first_host(net: IPv4Network) -> IPv4Address:
+    return next(net.hosts()) if net.num_addresses > 2 else net.network_address
+
+
+__all__ = ["Backend", "HostContext", "Peer", "stable_mac", "gateway_cidr", "first_host", "ipaddress"]

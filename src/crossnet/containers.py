@@ -1,0 +1,213 @@
+"""Attach / detach a container's network namespace to this host's crossnet network.
+
+attach: allocate an address (crossnet.ipam, persistent, locked), create a veth pair
+with one end directly inside the container namespace, put the host end where the
+backend wants it (Linux bridge, OVS bridge…), configure address, MTU and default
+route inside the container. Idempotent; on failure everything it created is undone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from crossnet import netlink as nl
+from crossnet.backends.base import Backend, HostContext
+from crossnet.errors import CrossnetError, IpamError
+from crossnet.ipam import AddressPool
+from crossnet.plan import Env
+from crossnet.state import StateDir
+
+
+def host_ifname(container_id: str) -> str:
+    return "cnv" + hashlib.sha1(container_id.encode()).hexdigest()[:10]
+
+
+def temp_ifname(container_id: str) -> str:
+    return "cnt" + hashlib.sha1(container_id.encode()).hexdigest()[:10]
+
+
+def pool_for(state: StateDir, ctx: HostContext) -> AddressPool:
+    reserved = {ctx.gateway}
+    if ctx.backend == "bridge":
+        reserved.add(ctx.address)
+        reserved |= {p.address for p in ctx.peers}
+        network = ipaddress.ip_network(f"{ctx.gateway}/{ctx.prefixlen}", strict=False)
+        return AddressPool(state.ipam_path, network, reserved=reserved, usable=ctx.subnet)
+    return AddressPool(state.ipam_path, ctx.subnet, reserved=reserved)
+
+
+@dataclass
+class Attachment:
+    id: str
+    netns: str
+    address: str
+    prefixlen: int
+    gateway: str
+    ifname: str
+    host_if: str
+    mtu: int
+    mac: str | None = None
+    changed: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "netns": self.netns,
+            "address": self.address,
+            "cidr": f"{self.address}/{self.prefixlen}",
+            "gateway": self.gateway,
+            "ifname": self.ifname,
+            "host_if": self.host_if,
+            "mtu": self.mtu,
+            "mac": self.mac,
+            "changed": self.changed,
+        }
+
+
+def attach(
+    state: StateDir,
+    ctx: HostContext,
+    backend: Backend,
+    container_id: str,
+    netns: str,
+    requested: str | None = None,
+    ifname: str = "eth0",
+) -> Attachment:
+    netns = nl.netns_path(netns)
+    pool = pool_for(state, ctx)
+    existing = pool.get(container_id)
+    try:
+        req = ipaddress.IPv4Address(requested) if requested else None
+    except ValueError:
+        raise IpamError(f"--ip: {requested!r} is not an IPv4 address") from None
+    alloc = pool.allocate(container_id, req, meta={"netns": netns, "ifname": ifname, "host_if": host_ifname(container_id)})
+    host_if = host_ifname(container_id)
+    created_veth = False
+    try:
+        with nl.open_ipr() as ipr, nl.open_ipr(netns) as cipr:
+            env = Env(ipr)
+            changed = existing is None
+            inner = nl.ifindex(cipr, ifname)
+            if env.index(host_if) is None or inner is None:
+                if env.index(host_if) is not None:
+                    ipr.link("del", index=env.index(host_if))
+                if inner is not None:
+                    raise CrossnetError(f"container {container_id} already has an interface {ifname!r} not made by crossnet")
+                tmp = temp_ifname(container_id)
+                ipr.link("add", ifname=host_if, kind="veth", mtu=ctx.mtu, peer={"ifname": tmp, "net_ns_fd": netns, "mtu": ctx.mtu})
+                created_veth = changed = True
+                cidx = nl.require_index(cipr, tmp)
+                cipr.link("set", index=cidx, ifname=ifname)
+            hidx = nl.require_index(ipr, host_if)
+            hinfo = nl.link_info(ipr, index=hidx)
+            if hinfo.mtu != ctx.mtu or not hinfo.up:
+                ipr.link("set", index=hidx, mtu=ctx.mtu, state="up")
+                changed = True
+            backend.attach_port(ctx, env, host_if)
+            changed |= _configure_inside(cipr, ifname, f"{alloc.address}/{ctx.prefixlen}", str(ctx.gateway), ctx.mtu)
+            mac = nl.link_info(cipr, ifname).mac
+            container_setup = getattr(backend, "container_setup", None)
+            if container_setup is not None:
+                container_setup(ctx, netns, ifname)
+    except Exception:
+        if created_veth:
+            with nl.open_ipr() as ipr:
+                idx = nl.ifindex(ipr, host_if)
+                if idx is not None:
+                    ipr.link("del", index=idx)
+        if existing is None:
+            pool.release(container_id)
+        raise
+    pool.update_meta(container_id, {"netns": netns, "ifname": ifname, "host_if": host_if, "mac": mac})
+    return Attachment(
+        container_id, netns, str(alloc.address), ctx.prefixlen, str(ctx.gateway), ifname, host_if, ctx.mtu, mac, changed
+    )
+
+
+def _configure_inside(cipr, ifname: str, cidr: str, gateway: str, mtu: int) -> bool:
+    changed = False
+    lo = nl.ifindex(cipr, "lo")
+    if lo is not None and not nl.link_info(cipr, index=lo).up:
+        cipr.link("set", index=lo, state="up")
+    idx = nl.require_index(cipr, ifname)
+    info = nl.link_info(cipr, index=idx)
+    if info.mtu != mtu or not info.up:
+        cipr.link("set", index=idx, mtu=mtu, state="up")
+        changed = True
+    have = nl.addresses(cipr, idx)
+    for other in have:
+        if other != cidr:
+            iface = ipaddress.ip_interface(other)
+            cipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            changed = True
+    if cidr not in have:
+        iface = ipaddress.ip_interface(cidr)
+        cipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        changed = True
+    default = [r for r in nl.routes(cipr) if r.dst == "0.0.0.0/0"]
+    if not any(r.gateway == gateway and r.oif == idx for r in default):
+        cipr.route("replace", dst="0.0.0.0", dst_len=0, gateway=gateway, oif=idx, table=nl.RT_TABLE_MAIN)
+        changed = True
+    return changed
+
+
+def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: str) -> dict | None:
+    """Remove the container's veth and release its address. Idempotent: returns None
+    if the container was not attached."""
+    pool = pool_for(state, ctx)
+    alloc = pool.get(container_id)
+    host_if = (alloc.meta.get("host_if") if alloc else None) or host_ifname(container_id)
+    removed = False
+    with nl.open_ipr() as ipr:
+        env = Env(ipr)
+        backend.detach_port(ctx, env, host_if)
+        idx = nl.ifindex(ipr, host_if)
+        if idx is not None:
+            try:
+                ipr.link("del", index=idx)
+                removed = True
+            except NetlinkError as exc:
+                if exc.code != 19:
+                    raise
+    released = pool.release(container_id)
+    if released is None and not removed:
+        return None
+    return {"id": container_id, "address": str(released.address) if released else None, "host_if": host_if}
+
+
+def detach_all(state: StateDir, ctx: HostContext, backend: Backend, env: Env) -> list[dict]:
+    if not os.path.exists(state.ipam_path):
+        return []
+    out = []
+    for key in list(pool_for(state, ctx).entries()):
+        res = detach(state, ctx, backend, key)
+        if res:
+            out.append(res)
+    return out
+
+
+def list_containers(state: StateDir) -> list[dict[str, Any]]:
+    if not os.path.exists(state.ipam_path):
+        return []
+    from crossnet.host import load_context
+
+    ctx, _ = load_context(state)
+    out = []
+    for key, alloc in sorted(pool_for(state, ctx).entries().items()):
+        out.append(
+            {
+                "id": key,
+                "netns": alloc.meta.get("netns"),
+                "address": str(alloc.address),
+                "ifname": alloc.meta.get("ifname", "eth0"),
+                "host_if": alloc.meta.get("host_if"),
+                "mac": alloc.meta.get("mac"),
+            }
+        )
+    return out

@@ -1,0 +1,253 @@
+"""apply / reset / status for this host.
+
+apply: cluster file -> HostContext -> backend resources (+ forwarding, masquerade)
+-> reconcile against what is in the kernel and what the previous apply recorded.
+The record (<state-dir>/applied.json) is what `reset`, `attach` and `status` use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from crossnet import netlink as nl
+from crossnet.backends import get_backend
+from crossnet.backends.base import Backend, HostContext, Peer
+from crossnet.config import Cluster
+from crossnet.errors import ApplyError, ConfigError, CrossnetError
+from crossnet.plan import Change, Env, NftTable, Resource, Sysctl, pending, reconcile, teardown
+from crossnet.state import StateDir
+
+NFT_TABLE = "crossnet"
+
+
+def detect_host(cluster: Cluster, env: Env) -> str:
+    """The cluster host whose underlay address is configured on this machine."""
+    local = set()
+    for link in env.ipr.get_links():
+        for cidr in nl.addresses(env.ipr, link["index"]):
+            local.add(cidr.split("/")[0])
+    matches = [h.name for h in cluster.hosts if str(h.address) in local]
+    if len(matches) != 1:
+        names = ", ".join(h.name for h in cluster.hosts)
+        raise ConfigError(
+            f"--host: cannot tell which host this is (none of the hosts' addresses is configured here); pass --host ({names})"
+            if not matches
+            else f"--host: several hosts' addresses are configured here ({', '.join(matches)}); pass --host"
+        )
+    return matches[0]
+
+
+def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) -> HostContext:
+    host = cluster.host(host_name)
+    nic = nl.link_info(env.ipr, host.iface)
+    if nic is None:
+        raise ConfigError(f"hosts[{host_name}].iface: interface {host.iface!r} does not exist on this host")
+    underlay_mtu = cluster.mtu or nic.mtu
+    mtu = underlay_mtu - backend.overhead
+    subnets = cluster.host_subnets()
+    peers = []
+    for peer in cluster.peers_of(host_name):
+        peers.append(
+            Peer(
+                name=peer.name,
+                address=peer.address,
+                subnet=subnets[peer.name],
+                data=backend.host_data(cluster.name, peer.name, peer.address),
+            )
+        )
+    return HostContext(
+        cluster_name=cluster.name,
+        backend=cluster.backend,
+        host=host_name,
+        address=host.address,
+        iface=host.iface,
+        subnet=subnets[host_name],
+        network=cluster.container_network(),
+        gateway=cluster.gateway_of(host_name),
+        prefixlen=cluster.container_prefixlen(),
+        bridge=cluster.bridge_name(),
+        underlay_mtu=underlay_mtu,
+        mtu=mtu,
+        masquerade=cluster.masquerade,
+        vni=cluster.vxlan.vni,
+        port=cluster.vxlan.port,
+        nic_mac=nic.mac,
+        peers=peers,
+    )
+
+
+def common_resources(ctx: HostContext) -> list[Resource]:
+    out: list[Resource] = [Sysctl("net.ipv4.ip_forward", "1")]
+    if ctx.masquerade:
+        body = (
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            f"    ip saddr {ctx.subnet} ip daddr != {ctx.network} masquerade\n"
+            "  }"
+        )
+        out.append(NftTable("ip", NFT_TABLE, body))
+    return out
+
+
+def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
+    return common_resources(ctx) + backend.resources(ctx)
+
+
+def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
+    """The container network must not overlap routes this host already has
+    (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
+    owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
+    ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")}
+    for r in nl.routes(env.ipr):
+        if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
+            continue
+        if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
+            continue
+        net = ipaddress.ip_network(r.dst)
+        if net.overlaps(ctx.network):
+            dev = nl.link_info(env.ipr, index=r.oif).name if r.oif else "?"
+            raise ConfigError(
+                f"network: container network {ctx.network} overlaps this host's route {r.dst} dev {dev}"
+            )
+
+
+@dataclass
+class ApplyResult:
+    host: str
+    backend: str
+    changes: list[Change] = field(default_factory=list)
+    dry_run: bool = False
+    context: HostContext | None = None
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "host": self.host,
+            "backend": self.backend,
+            "dry_run": self.dry_run,
+            "changed": bool(self.changes),
+            "changes": [{"action": c.action, "command": c.resource.describe()} for c in self.changes],
+            "subnet": str(self.context.subnet) if self.context else None,
+            "mtu": self.context.mtu if self.context else None,
+            "elapsed_s": round(self.elapsed_s, 4),
+        }
+
+
+def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
+    applied = state.load_applied()
+    if not applied:
+        return None, []
+    return applied, [Resource.from_json(r) for r in applied.get("resources", [])]
+
+
+def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_run: bool = False) -> ApplyResult:
+    started = time.perf_counter()
+    backend = get_backend(cluster.backend)
+    with state.lock(), nl.open_ipr() as ipr:
+        env = Env(ipr)
+        host_name = host_name or detect_host(cluster, env)
+        applied, previous = load_previous(state)
+        if applied and applied.get("host") != host_name:
+            raise ConfigError(
+                f"--host: this state dir belongs to host {applied.get('host')!r}; run `crossnet reset` first"
+            )
+        ctx = build_context(cluster, host_name, env, backend)
+        desired = desired_resources(ctx, backend)
+        backend.check_underlay(ctx, env)
+        check_routes(ctx, env, previous + desired)
+        if dry_run:
+            return ApplyResult(host_name, cluster.backend, pending(desired, previous, env), True, ctx,
+                               time.perf_counter() - started)
+        outcome = reconcile(desired, previous, env)
+        if outcome.changes or not applied:
+            state.save_applied(
+                {
+                    "version": 1,
+                    "host": host_name,
+                    "cluster": cluster.to_dict(),
+                    "context": ctx.to_json(),
+                    "resources": [r.to_json() for r in outcome.resources],
+                }
+            )
+        return ApplyResult(host_name, cluster.backend, outcome.changes, False, ctx, time.perf_counter() - started)
+
+
+def load_context(state: StateDir) -> tuple[HostContext, Backend]:
+    applied = state.load_applied()
+    if not applied:
+        raise CrossnetError(f"this host is not configured yet (no {state.applied_path}); run `crossnet apply -f CLUSTER` first")
+    ctx = HostContext.from_json(applied["context"])
+    return ctx, get_backend(ctx.backend)
+
+
+def reset(state: StateDir) -> list[Change]:
+    """Remove every container attachment and every resource crossnet created."""
+    from crossnet import containers
+
+    with state.lock():
+        applied, previous = load_previous(state)
+        if applied is None:
+            return []
+        ctx = HostContext.from_json(applied["context"])
+        backend = get_backend(ctx.backend)
+        changes: list[Change] = []
+        with nl.open_ipr() as ipr:
+            env = Env(ipr)
+            containers.detach_all(state, ctx, backend, env)
+            changes = teardown(previous, env)
+        state.clear()
+        return changes
+
+
+def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, Any]]:
+    out = []
+    for peer in ctx.peers:
+        res = backend.peer_resources(ctx, peer)
+        programmed = all(r.check(env) for r in res)
+        out.append(
+            {
+                "name": peer.name,
+                "address": str(peer.address),
+                "subnet": str(peer.subnet),
+                "programmed": programmed,
+                "resources": len(res),
+            }
+        )
+    return out
+
+
+def status(state: StateDir) -> dict[str, Any]:
+    from crossnet import containers
+
+    ctx, backend = load_context(state)
+    applied, previous = load_previous(state)
+    with nl.open_ipr() as ipr:
+        env = Env(ipr)
+        local_ok = all(r.check(env) for r in backend.local_resources(ctx))
+        drift = [r.describe() for r in previous if not r.check(env)]
+        peers = peer_status(ctx, backend, env)
+    return {
+        "host": ctx.host,
+        "cluster": ctx.cluster_name,
+        "backend": ctx.backend,
+        "address": str(ctx.address),
+        "iface": ctx.iface,
+        "subnet": str(ctx.subnet),
+        "network": str(ctx.network),
+        "gateway": str(ctx.gateway),
+        "bridge": ctx.bridge,
+        "mtu": ctx.mtu,
+        "underlay_mtu": ctx.underlay_mtu,
+        "masquerade": ctx.masquerade,
+        "local_programmed": local_ok,
+        "drift": drift,
+        "peers": peers,
+        "containers": containers.list_containers(state),
+    }
+
+
+__all__ = ["apply", "reset", "status", "load_context", "ApplyResult", "IPv4Address", "IPv4Network", "ApplyError"]

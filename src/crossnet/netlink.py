@@ -1,0 +1,165 @@
+"""Thin helpers over pyroute2. Every kernel change crossnet makes goes through
+pyroute2 (netlink) — no `ip`/`bridge` subprocesses."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from crossnet.errors import CrossnetError
+
+RT_TABLE_MAIN = 254
+AF_INET = 2
+IFF_UP = 0x1
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+RTNH_F_ONLINK = 0x4
+RTPROT_KERNEL = 2
+
+
+def netns_path(spec: str) -> str:
+    """A netns name (/run/netns/NAME) or path -> absolute path; raise if missing."""
+    path = spec if "/" in spec else f"/run/netns/{spec}"
+    if not os.path.exists(path):
+        raise CrossnetError(f"network namespace {spec!r} not found ({path})")
+    return path
+
+
+def open_ipr(netns: str | None = None) -> IPRoute:
+    """IPRoute for the current namespace, or bound to another one (pyroute2 forks a
+    helper to create the socket there, so it is safe in threaded code)."""
+    if netns is None:
+        return IPRoute()
+    return IPRoute(netns=netns_path(netns))
+
+
+def attr(msg: Any, name: str, default: Any = None) -> Any:
+    value = msg.get_attr(name)
+    return default if value is None else value
+
+
+def ifindex(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def require_index(ipr: IPRoute, name: str) -> int:
+    idx = ifindex(ipr, name)
+    if idx is None:
+        raise CrossnetError(f"interface {name!r} does not exist")
+    return idx
+
+
+@dataclass
+class LinkInfo:
+    index: int
+    name: str
+    kind: str | None
+    mtu: int
+    mac: str | None
+    up: bool
+    master: int | None
+    info_data: dict
+
+
+def link_info(ipr: IPRoute, name: str | None = None, index: int | None = None) -> LinkInfo | None:
+    if index is None:
+        index = ifindex(ipr, name) if name else None
+        if index is None:
+            return None
+    try:
+        msg = ipr.link("get", index=index)[0]
+    except NetlinkError:
+        return None
+    linkinfo = msg.get_attr("IFLA_LINKINFO")
+    kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
+    data = linkinfo.get_attr("IFLA_INFO_DATA") if linkinfo else None
+    info_data: dict = {}
+    if data is not None:
+        try:
+            info_data = dict(data["attrs"])
+        except (TypeError, KeyError, ValueError):
+            info_data = {}
+    return LinkInfo(
+        index=index,
+        name=attr(msg, "IFLA_IFNAME"),
+        kind=kind,
+        mtu=attr(msg, "IFLA_MTU", 0),
+        mac=attr(msg, "IFLA_ADDRESS"),
+        up=bool(msg["flags"] & IFF_UP),
+        master=attr(msg, "IFLA_MASTER"),
+        info_data=info_data,
+    )
+
+
+def addresses(ipr: IPRoute, index: int) -> list[str]:
+    """IPv4 addresses on a link as 'a.b.c.d/len'."""
+    out = []
+    for msg in ipr.get_addr(family=AF_INET, index=index):
+        out.append(f"{attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}")
+    return out
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    dst: str  # CIDR, "0.0.0.0/0" for default
+    gateway: str | None
+    oif: int | None
+    proto: int
+    scope: int
+    prefsrc: str | None
+    flags: int
+    metric: int | None
+
+
+def routes(ipr: IPRoute, table: int = RT_TABLE_MAIN) -> list[RouteInfo]:
+    out = []
+    for msg in ipr.get_routes(family=AF_INET, table=table):
+        dst = attr(msg, "RTA_DST", "0.0.0.0")
+        out.append(
+            RouteInfo(
+                dst=f"{dst}/{msg['dst_len']}",
+                gateway=attr(msg, "RTA_GATEWAY"),
+                oif=attr(msg, "RTA_OIF"),
+                proto=msg["proto"],
+                scope=msg["scope"],
+                prefsrc=attr(msg, "RTA_PREFSRC"),
+                flags=msg["flags"],
+                metric=attr(msg, "RTA_PRIORITY"),
+            )
+        )
+    return out
+
+
+def route_get(ipr: IPRoute, dst: str) -> RouteInfo | None:
+    try:
+        msg = ipr.route("get", dst=dst)[0]
+    except NetlinkError:
+        return None
+    return RouteInfo(
+        dst=f"{dst}/32",
+        gateway=attr(msg, "RTA_GATEWAY"),
+        oif=attr(msg, "RTA_OIF"),
+        proto=msg["proto"],
+        scope=msg["scope"],
+        prefsrc=attr(msg, "RTA_PREFSRC"),
+        flags=msg["flags"],
+        metric=None,
+    )
+
+
+def link_stats(ipr: IPRoute, name: str) -> dict[str, int]:
+    idx = require_index(ipr, name)
+    msg = ipr.link("get", index=idx)[0]
+    stats = msg.get_attr("IFLA_STATS64") or msg.get_attr("IFLA_STATS")
+    keys = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_dropped", "tx_dropped")
+    return {k: int(stats[k]) for k in keys} if stats else {k: 0 for k in keys}
+
+
+def same_network(a: str, b: str) -> bool:
+    return ipaddress.ip_network(a, strict=False) == ipaddress.ip_network(b, strict=False)

@@ -1,0 +1,631 @@
+"""Desired kernel state as a list of Resources, and the reconciler that makes the
+kernel match it.
+
+A Resource is one kernel object crossnet owns (a link, an address, a route, a
+neighbour, an FDB entry, a sysctl, an nft table, ...). Each one can:
+
+- ``describe()`` itself as the equivalent manual command (for ``--dry-run``),
+- tell whether the kernel already matches (``check``),
+- create or repair itself (``ensure``) and remove itself (``remove``),
+- round-trip through JSON, so ``reset`` can remove exactly what ``apply`` created
+  even if the cluster file changed since.
+
+Backends (crossnet.backends.*) only produce lists of Resources; they never touch
+the kernel themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import subprocess
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from crossnet import netlink as nl
+from crossnet.errors import ApplyError
+
+REGISTRY: dict[str, type["Resource"]] = {}
+
+
+class Env:
+    """Where resources are applied: a netlink socket (this namespace) plus lazily
+    opened extra handles that other data planes register (e.g. OVSDB)."""
+
+    def __init__(self, ipr: IPRoute, **extra: Any):
+        self.ipr = ipr
+        self.extra = extra
+
+    def index(self, name: str) -> int | None:
+        return nl.ifindex(self.ipr, name)
+
+
+@dataclass
+class Resource:
+    kind: ClassVar[str] = "resource"
+    # what ensure() had to remember to undo itself (e.g. a sysctl's old value)
+    saved: dict = field(default_factory=dict, kw_only=True, compare=False)
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__:
+            REGISTRY[cls.kind] = cls
+
+    # identity: two resources with the same key are the same kernel object
+    def key(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def check(self, env: Env) -> bool:
+        raise NotImplementedError
+
+    def ensure(self, env: Env) -> None:
+        raise NotImplementedError
+
+    def remove(self, env: Env) -> None:
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["kind"] = self.kind
+        return data
+
+    @staticmethod
+    def from_json(data: dict) -> "Resource":
+        data = dict(data)
+        cls = REGISTRY[data.pop("kind")]
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _ignore_missing(fn, *args, **kw) -> None:
+    try:
+        fn(*args, **kw)
+    except NetlinkError as exc:
+        if exc.code not in (2, 3, 19, 99):  # ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL
+            raise
+
+
+# ---------------------------------------------------------------- links
+
+
+@dataclass
+class Bridge(Resource):
+    kind: ClassVar[str] = "bridge"
+    name: str
+    mtu: int
+    mac: str | None = None
+
+    def key(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        mac = f" address {self.mac}" if self.mac else ""
+        return f"ip link add {self.name} type bridge{mac} && ip link set {self.name} mtu {self.mtu} up"
+
+    def check(self, env: Env) -> bool:
+        info = nl.link_info(env.ipr, self.name)
+        return (
+            info is not None
+            and info.kind == "bridge"
+            and info.mtu == self.mtu
+            and info.up
+            and (self.mac is None or info.mac == self.mac)
+        )
+
+    def ensure(self, env: Env) -> None:
+        info = nl.link_info(env.ipr, self.name)
+        if info is not None and info.kind != "bridge":
+            raise ApplyError(f"interface {self.name} exists but is a {info.kind or 'plain'} link, not a bridge")
+        if info is None:
+            kw = {"address": self.mac} if self.mac else {}
+            env.ipr.link("add", ifname=self.name, kind="bridge", **kw)
+        idx = nl.require_index(env.ipr, self.name)
+        kw = {"address": self.mac} if self.mac else {}
+        env.ipr.link("set", index=idx, mtu=self.mtu, state="up", **kw)
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.name)
+        if idx is not None:
+            _ignore_missing(env.ipr.link, "del", index=idx)
+
+
+@dataclass
+class Vxlan(Resource):
+    kind: ClassVar[str] = "vxlan"
+    name: str
+    vni: int
+    port: int
+    local: str
+    dev: str
+    mtu: int
+    mac: str
+
+    def key(self) -> str:
+        return f"link:{self.name}"
+
+    def describe(self) -> str:
+        return (
+            f"ip link add {self.name} type vxlan id {self.vni} local {self.local} dev {self.dev} "
+            f"dstport {self.port} nolearning && ip link set {self.name} address {self.mac} mtu {self.mtu} up"
+        )
+
+    def _matches(self, info: nl.LinkInfo, env: Env) -> bool:
+        d = info.info_data
+        return (
+            info.kind == "vxlan"
+            and d.get("IFLA_VXLAN_ID") == self.vni
+            and d.get("IFLA_VXLAN_LOCAL") == self.local
+            and d.get("IFLA_VXLAN_PORT") == self.port
+            and d.get("IFLA_VXLAN_LINK") == env.index(self.dev)
+            and not d.get("IFLA_VXLAN_LEARNING")
+        )
+
+    def check(self, env: Env) -> bool:
+        info = nl.link_info(env.ipr, self.name)
+        return info is not None and self._matches(info, env) and info.mtu == self.mtu and info.up and info.mac == self.mac
+
+    def ensure(self, env: Env) -> None:
+        info = nl.link_info(env.ipr, self.name)
+        if info is not None and not self._matches(info, env):
+            env.ipr.link("del", index=info.index)  # wrong parameters: recreate
+            info = None
+        if info is None:
+            env.ipr.link(
+                "add",
+                ifname=self.name,
+                kind="vxlan",
+                vxlan_id=self.vni,
+                vxlan_local=self.local,
+                vxlan_link=nl.require_index(env.ipr, self.dev),
+                vxlan_port=self.port,
+                vxlan_learning=0,
+                address=self.mac,
+            )
+        idx = nl.require_index(env.ipr, self.name)
+        env.ipr.link("set", index=idx, address=self.mac, mtu=self.mtu, state="up")
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.name)
+        if idx is not None:
+            _ignore_missing(env.ipr.link, "del", index=idx)
+
+
+# ---------------------------------------------------------------- addresses, routes, neighbours
+
+
+@dataclass
+class Address(Resource):
+    kind: ClassVar[str] = "address"
+    dev: str
+    cidr: str  # "10.32.0.1/24"
+
+    def key(self) -> str:
+        return f"addr:{self.dev}:{self.cidr}"
+
+    def describe(self) -> str:
+        return f"ip addr add {self.cidr} dev {self.dev}"
+
+    def check(self, env: Env) -> bool:
+        idx = env.index(self.dev)
+        return idx is not None and self.cidr in nl.addresses(env.ipr, idx)
+
+    def ensure(self, env: Env) -> None:
+        if self.check(env):
+            return
+        idx = nl.require_index(env.ipr, self.dev)
+        iface = ipaddress.ip_interface(self.cidr)
+        env.ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.dev)
+        if idx is None:
+            return
+        iface = ipaddress.ip_interface(self.cidr)
+        _ignore_missing(env.ipr.addr, "del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+
+@dataclass
+class Route(Resource):
+    kind: ClassVar[str] = "route"
+    dst: str  # CIDR
+    gateway: str | None = None
+    dev: str | None = None
+    onlink: bool = False
+    src: str | None = None
+
+    def key(self) -> str:
+        return f"route:{self.dst}"
+
+    def describe(self) -> str:
+        parts = [f"ip route replace {self.dst}"]
+        if self.gateway:
+            parts.append(f"via {self.gateway}")
+        if self.dev:
+            parts.append(f"dev {self.dev}")
+        if self.onlink:
+            parts.append("onlink")
+        if self.src:
+            parts.append(f"src {self.src}")
+        return " ".join(parts)
+
+    def _kw(self, env: Env) -> dict:
+        net = ipaddress.ip_network(self.dst)
+        kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
+        if self.gateway:
+            kw["gateway"] = self.gateway
+        if self.dev:
+            kw["oif"] = nl.require_index(env.ipr, self.dev)
+        if self.onlink:
+            kw["flags"] = nl.RTNH_F_ONLINK
+        if self.src:
+            kw["prefsrc"] = self.src
+        return kw
+
+    def _current(self, env: Env) -> list[nl.RouteInfo]:
+        return [r for r in nl.routes(env.ipr) if r.dst == self.dst and r.proto != nl.RTPROT_KERNEL]
+
+    def check(self, env: Env) -> bool:
+        want_oif = env.index(self.dev) if self.dev else None
+        if self.dev and want_oif is None:
+            return False
+        for r in self._current(env):
+            if r.gateway == self.gateway and (want_oif is None or r.oif == want_oif):
+                return True
+        return False
+
+    def ensure(self, env: Env) -> None:
+        env.ipr.route("replace", **self._kw(env))
+
+    def remove(self, env: Env) -> None:
+        for r in self._current(env):
+            if r.gateway == self.gateway:
+                net = ipaddress.ip_network(self.dst)
+                kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
+                if r.gateway:
+                    kw["gateway"] = r.gateway
+                if r.oif:
+                    kw["oif"] = r.oif
+                _ignore_missing(env.ipr.route, "del", **kw)
+
+
+@dataclass
+class Neigh(Resource):
+    kind: ClassVar[str] = "neigh"
+    dev: str
+    ip: str
+    mac: str
+
+    def key(self) -> str:
+        return f"neigh:{self.dev}:{self.ip}"
+
+    def describe(self) -> str:
+        return f"ip neigh replace {self.ip} lladdr {self.mac} dev {self.dev} nud permanent"
+
+    def check(self, env: Env) -> bool:
+        idx = env.index(self.dev)
+        if idx is None:
+            return False
+        for n in env.ipr.get_neighbours(family=nl.AF_INET, ifindex=idx):
+            if n.get_attr("NDA_DST") == self.ip:
+                return n.get_attr("NDA_LLADDR") == self.mac and bool(n["state"] & nl.NUD_PERMANENT)
+        return False
+
+    def ensure(self, env: Env) -> None:
+        idx = nl.require_index(env.ipr, self.dev)
+        env.ipr.neigh("replace", dst=self.ip, lladdr=self.mac, ifindex=idx, state=nl.NUD_PERMANENT)
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.dev)
+        if idx is not None:
+            _ignore_missing(env.ipr.neigh, "del", dst=self.ip, lladdr=self.mac, ifindex=idx)
+
+
+@dataclass
+class Fdb(Resource):
+    """A VXLAN forwarding entry: frames for MAC go to the VTEP at DST."""
+
+    kind: ClassVar[str] = "fdb"
+    dev: str
+    mac: str
+    dst: str
+
+    def key(self) -> str:
+        return f"fdb:{self.dev}:{self.mac}:{self.dst}"
+
+    def describe(self) -> str:
+        return f"bridge fdb append {self.mac} dev {self.dev} dst {self.dst} self permanent"
+
+    def _entries(self, env: Env, idx: int) -> list[tuple[str, str]]:
+        out = []
+        for f in env.ipr.fdb("dump", ifindex=idx):
+            if f.get("ifindex", f["ifindex"]) == idx:
+                out.append((f.get_attr("NDA_LLADDR"), f.get_attr("NDA_DST")))
+        return out
+
+    def check(self, env: Env) -> bool:
+        idx = env.index(self.dev)
+        return idx is not None and (self.mac, self.dst) in self._entries(env, idx)
+
+    def ensure(self, env: Env) -> None:
+        if self.check(env):
+            return
+        idx = nl.require_index(env.ipr, self.dev)
+        env.ipr.fdb("append", ifindex=idx, lladdr=self.mac, dst=self.dst, state=nl.NUD_PERMANENT, flags=nl.NTF_SELF)
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.dev)
+        if idx is not None:
+            _ignore_missing(env.ipr.fdb, "del", ifindex=idx, lladdr=self.mac, dst=self.dst)
+
+
+@dataclass
+class Enslave(Resource):
+    """Put DEV into bridge MASTER (and bring it up)."""
+
+    kind: ClassVar[str] = "enslave"
+    dev: str
+    master: str
+
+    def key(self) -> str:
+        return f"enslave:{self.dev}"
+
+    def describe(self) -> str:
+        return f"ip link set {self.dev} master {self.master} up"
+
+    def check(self, env: Env) -> bool:
+        info = nl.link_info(env.ipr, self.dev)
+        return info is not None and info.master == env.index(self.master) and info.up
+
+    def ensure(self, env: Env) -> None:
+        idx = nl.require_index(env.ipr, self.dev)
+        env.ipr.link("set", index=idx, master=nl.require_index(env.ipr, self.master), state="up")
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.dev)
+        if idx is not None:
+            _ignore_missing(env.ipr.link, "set", index=idx, master=0)
+
+
+# ---------------------------------------------------------------- sysctl, nftables
+
+
+@dataclass
+class Sysctl(Resource):
+    kind: ClassVar[str] = "sysctl"
+    name: str  # e.g. net.ipv4.ip_forward
+    value: str
+
+    @property
+    def path(self) -> Path:
+        return Path("/proc/sys") / self.name.replace(".", "/")
+
+    def key(self) -> str:
+        return f"sysctl:{self.name}"
+
+    def describe(self) -> str:
+        return f"sysctl -w {self.name}={self.value}"
+
+    def check(self, env: Env) -> bool:
+        return self.path.read_text().strip() == self.value
+
+    def ensure(self, env: Env) -> None:
+        current = self.path.read_text().strip()
+        if current != self.value:
+            self.saved.setdefault("previous", current)
+            self.path.write_text(self.value)
+
+    def remove(self, env: Env) -> None:
+        previous = self.saved.get("previous")
+        if previous is not None:
+            with contextlib.suppress(OSError):
+                self.path.write_text(previous)
+
+
+def nft(script: str) -> subprocess.CompletedProcess:
+    """Run an nft script (nft has no netlink library on PyPI; this is the control plane only)."""
+    return subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True)
+
+
+@dataclass
+class NftTable(Resource):
+    """A whole nftables table owned by crossnet, replaced atomically when it differs."""
+
+    kind: ClassVar[str] = "nft-table"
+    family: str
+    name: str
+    body: str  # the table's chains/rules, nft syntax, without the `table` line
+
+    def key(self) -> str:
+        return f"nft:{self.family}:{self.name}"
+
+    def script(self) -> str:
+        return f"table {self.family} {self.name} {{\n{self.body}\n}}\n"
+
+    def describe(self) -> str:
+        return "nft -f - <<'EOF'\n" + self.script() + "EOF"
+
+    def check(self, env: Env) -> bool:
+        out = subprocess.run(
+            ["nft", "list", "table", self.family, self.name], text=True, capture_output=True
+        )
+        if out.returncode != 0:
+            return False
+        # compare normalised rule text: every non-empty line of our body must be present, in order
+        have = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        want = [line.strip() for line in self.body.splitlines() if line.strip()]
+        it = iter(have)
+        return all(any(w == h for h in it) for w in want)
+
+    def ensure(self, env: Env) -> None:
+        # declaring then deleting then re-creating in one transaction replaces it atomically
+        script = f"table {self.family} {self.name}\ndelete table {self.family} {self.name}\n" + self.script()
+        res = nft(script)
+        if res.returncode != 0:
+            raise ApplyError(f"nft failed for table {self.family} {self.name}: {res.stderr.strip().splitlines()[-1:]}")
+
+    def remove(self, env: Env) -> None:
+        nft(f"table {self.family} {self.name}\ndelete table {self.family} {self.name}\n")
+
+
+# ---------------------------------------------------------------- reconciler
+
+
+@dataclass
+class Change:
+    action: str  # create | repair | remove
+    resource: Resource
+
+    def __str__(self) -> str:
+        return f"{self.action:7} {self.resource.describe()}"
+
+
+@dataclass
+class Outcome:
+    changes: list[Change] = field(default_factory=list)
+    resources: list[Resource] = field(default_factory=list)  # what is now owned, in creation order
+
+
+def pending(desired: list[Resource], previous: list[Resource], env: Env) -> list[Change]:
+    """What reconcile() would do, without doing it."""
+    want_keys = {r.key() for r in desired}
+    out = [Change("remove", r) for r in reversed(previous) if r.key() not in want_keys]
+    prev_keys = {r.key() for r in previous}
+    for r in desired:
+        if not r.check(env):
+            out.append(Change("repair" if r.key() in prev_keys else "create", r))
+    return out
+
+
+def reconcile(desired: list[Resource], previous: list[Resource], env: Env) -> Outcome:
+    """Make the kernel match `desired`. Resources in `previous` but not desired are
+    removed (reverse order). On failure, everything this call created is rolled
+    back, then ApplyError is raised."""
+    prev_by_key = {r.key(): r for r in previous}
+    want_keys = {r.key() for r in desired}
+    outcome = Outcome()
+    created: list[Resource] = []
+    try:
+        for r in desired:
+            old = prev_by_key.get(r.key())
+            if old is not None and old.saved and not r.saved:
+                r.saved = dict(old.saved)
+            if r.check(env):
+                continue
+            r.ensure(env)
+            if old is None:
+                created.append(r)
+            outcome.changes.append(Change("repair" if old is not None else "create", r))
+    except Exception as exc:
+        for r in reversed(created):
+            with contextlib.suppress(Exception):
+                r.remove(env)
+        if isinstance(exc, ApplyError):
+            raise
+        raise ApplyError(f"{r.describe()}: {exc} (rolled back)") from exc
+    for r in reversed(previous):
+        if r.key() not in want_keys:
+            r.remove(env)
+            outcome.changes.append(Change("remove", r))
+    outcome.resources = list(desired)
+    return outcome
+
+
+def teardown(resources: list[Resource], env: Env) -> list[Change]:
+    changes = []
+    for r in reversed(resources):
+        r.remove(env)
+        changes.append(Change("remove", r))
+    return changes
+
+
+# ---------------------------------------------------------------- moving a NIC into a bridge
+
+
+@dataclass
+class NicTakeover(Resource):
+    """The tutorial's bridge method: enslave NIC to BRIDGE and move the NIC's IPv4
+    addresses and routes onto the bridge (the bridge already carries the NIC's MAC,
+    so neighbours' ARP caches stay valid). `saved` keeps the NIC's original
+    addresses and routes so remove() gives them back."""
+
+    kind: ClassVar[str] = "nic-takeover"
+    nic: str
+    bridge: str
+
+    def key(self) -> str:
+        return f"takeover:{self.nic}"
+
+    def describe(self) -> str:
+        addrs = " ".join(self.saved.get("addresses", [])) or "<nic addresses>"
+        return (
+            f"ip link set {self.nic} master {self.bridge} up && "
+            f"ip addr flush dev {self.nic} && ip addr add {addrs} dev {self.bridge} && "
+            f"ip route replace default via <gateway> dev {self.bridge}"
+        )
+
+    def check(self, env: Env) -> bool:
+        nic = nl.link_info(env.ipr, self.nic)
+        br = env.index(self.bridge)
+        if nic is None or br is None or nic.master != br or not nic.up:
+            return False
+        if nl.addresses(env.ipr, nic.index):
+            return False
+        have = set(nl.addresses(env.ipr, br))
+        if not set(self.saved.get("addresses", [])) <= have:
+            return False
+        current = {(r.dst, r.gateway) for r in nl.routes(env.ipr) if r.oif == br}
+        return all((r["dst"], r["gateway"]) in current for r in self.saved.get("routes", []))
+
+    def ensure(self, env: Env) -> None:
+        nic_idx = nl.require_index(env.ipr, self.nic)
+        br_idx = nl.require_index(env.ipr, self.bridge)
+        if "addresses" not in self.saved:
+            self.saved["addresses"] = nl.addresses(env.ipr, nic_idx)
+            self.saved["routes"] = [
+                {"dst": r.dst, "gateway": r.gateway, "metric": r.metric}
+                for r in nl.routes(env.ipr)
+                if r.oif == nic_idx and r.proto != nl.RTPROT_KERNEL
+            ]
+        env.ipr.link("set", index=nic_idx, master=br_idx, state="up")
+        for cidr in self.saved["addresses"]:
+            iface = ipaddress.ip_interface(cidr)
+            if cidr not in nl.addresses(env.ipr, br_idx):
+                env.ipr.addr("add", index=br_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            _ignore_missing(env.ipr.addr, "del", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for r in self.saved["routes"]:
+            env.ipr.route("replace", **_route_kw(r, br_idx))
+
+    def remove(self, env: Env) -> None:
+        nic_idx = env.index(self.nic)
+        br_idx = env.index(self.bridge)
+        if nic_idx is None:
+            return
+        if br_idx is not None:
+            _ignore_missing(env.ipr.link, "set", index=nic_idx, master=0)
+        for cidr in self.saved.get("addresses", []):
+            iface = ipaddress.ip_interface(cidr)
+            if br_idx is not None:
+                _ignore_missing(env.ipr.addr, "del", index=br_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            if cidr not in nl.addresses(env.ipr, nic_idx):
+                env.ipr.addr("add", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        env.ipr.link("set", index=nic_idx, state="up")
+        for r in self.saved.get("routes", []):
+            with contextlib.suppress(NetlinkError):
+                env.ipr.route("replace", **_route_kw(r, nic_idx))
+
+
+def _route_kw(r: dict, oif: int) -> dict:
+    net = ipaddress.ip_network(r["dst"])
+    kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif, "table": nl.RT_TABLE_MAIN}
+    if r.get("gateway"):
+        kw["gateway"] = r["gateway"]
+    if r.get("metric") is not None:
+        kw["priority"] = r["metric"]
+    return kw

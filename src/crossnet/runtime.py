@@ -1,0 +1,52 @@
+"""Resolve a CONTAINER argument to (container id, network namespace path).
+
+Forms: a netns name (`/run/netns/NAME`), a path to a netns file, `pid:N`
+(`/proc/N/ns/net`). Runtime-specific forms (`podman:NAME`, `docker:NAME`) are
+registered by crossnet.runtimes.* through RESOLVERS.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable
+
+from crossnet.errors import ConfigError
+
+# prefix -> function(name) -> (container_id, netns_path)
+RESOLVERS: dict[str, Callable[[str], tuple[str, str]]] = {}
+
+
+def resolve(spec: str) -> tuple[str, str]:
+    if not spec:
+        raise ConfigError("CONTAINER: empty container name")
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "pid":
+        if not re.fullmatch(r"[0-9]+", rest):
+            raise ConfigError(f"CONTAINER: {spec!r}: pid must be a number")
+        path = f"/proc/{rest}/ns/net"
+        if not os.path.exists(path):
+            raise ConfigError(f"CONTAINER: {spec!r}: no process {rest}")
+        return f"pid-{rest}", path
+    if sep and prefix in RESOLVERS:
+        return RESOLVERS[prefix](rest)
+    if sep and prefix in ("podman", "docker"):
+        _load_runtime_resolvers()
+        if prefix in RESOLVERS:
+            return RESOLVERS[prefix](rest)
+        raise ConfigError(f"CONTAINER: {prefix} containers are not supported in this build")
+    if "/" in spec:
+        if not os.path.exists(spec):
+            raise ConfigError(f"CONTAINER: {spec!r}: no such network namespace file")
+        return spec, os.path.abspath(spec)
+    path = f"/run/netns/{spec}"
+    if not os.path.exists(path):
+        raise ConfigError(f"CONTAINER: {spec!r}: no network namespace named {spec} (see `ip netns list`)")
+    return spec, path
+
+
+def _load_runtime_resolvers() -> None:
+    try:
+        import crossnet.runtimes  # noqa: F401  (registers podman/docker resolvers)
+    except ModuleNotFoundError:
+        pass

@@ -1,0 +1,79 @@
+"""The host's state directory: what `apply` programmed and the IPAM pool.
+
+Layout under the state dir (default /var/lib/crossnet, `--state-dir`, env
+CROSSNET_STATE_DIR):
+
+    applied.json     cluster, this host, derived values and the resources crossnet created
+    ipam.json        container address allocations (crossnet.ipam.AddressPool)
+    lock             serialises apply/reset/attach on this host
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def read_json(path: Path) -> Any | None:
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None
+
+
+class StateDir:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    @property
+    def applied_path(self) -> Path:
+        return self.root / "applied.json"
+
+    @property
+    def ipam_path(self) -> Path:
+        return self.root / "ipam.json"
+
+    def load_applied(self) -> dict | None:
+        return read_json(self.applied_path)
+
+    def save_applied(self, data: dict) -> None:
+        write_json_atomic(self.applied_path, data)
+
+    def clear(self) -> None:
+        for path in (self.applied_path, self.ipam_path, Path(str(self.ipam_path) + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive lock for apply/reset (attach takes the IPAM lock instead)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.root / "lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
