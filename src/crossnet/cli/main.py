@@ -4,7 +4,6 @@ crossnet.cli and is registered in COMMAND_MODULES; a module exposes `register(ma
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
@@ -14,7 +13,11 @@ from crossnet.errors import CrossnetError
 # module path -> each defines register(group) adding its commands
 COMMAND_MODULES = [
     "crossnet.cli.host",  # apply, reset, attach, detach, status, check
-    "crossnet.cli.lab",  # lab up/down/exec/demo
+    "crossnet.cli.lab",  # lab up/down/exec/demo/check/list
+    "crossnet.cli.trace",  # trace SRC DST [--verify]
+    "crossnet.cli.cni",  # cni install / docker-config
+    "crossnet.cli.agent",  # agent, etcd init
+    "crossnet.cli.bench",  # bench dataplane/control
 ]
 
 DEFAULT_STATE_DIR = "/var/lib/crossnet"
@@ -75,5 +78,3 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
-    if os.environ.get("CROSSNET_DEBUG"):
-        pass
