@@ -483,6 +483,8 @@ class Change:
     resource: Resource
 
     def __str__(self) -> str:
+        if self.action == "remove":
+            return f"remove  {self.resource.key()}"
         return f"{self.action:7} {self.resource.describe()}"
 
 
@@ -563,12 +565,15 @@ class NicTakeover(Resource):
         return f"takeover:{self.nic}"
 
     def describe(self) -> str:
-        addrs = " ".join(self.saved.get("addresses", [])) or "<nic addresses>"
-        return (
-            f"ip link set {self.nic} master {self.bridge} up && "
-            f"ip addr flush dev {self.nic} && ip addr add {addrs} dev {self.bridge} && "
-            f"ip route replace default via <gateway> dev {self.bridge}"
-        )
+        addrs = self.saved.get("addresses") or ["<the NIC's addresses>"]
+        routes = self.saved.get("routes") or [{"dst": "<the NIC's routes>", "gateway": None}]
+        cmds = [f"ip link set {self.nic} master {self.bridge} up", f"ip addr flush dev {self.nic}"]
+        cmds += [f"ip addr add {a} dev {self.bridge}" for a in addrs]
+        for r in routes:
+            via = f" via {r['gateway']}" if r.get("gateway") else ""
+            dst = "default" if r["dst"] == "0.0.0.0/0" else r["dst"]
+            cmds.append(f"ip route replace {dst}{via} dev {self.bridge}")
+        return " && ".join(cmds)
 
     def check(self, env: Env) -> bool:
         nic = nl.link_info(env.ipr, self.nic)
@@ -589,7 +594,7 @@ class NicTakeover(Resource):
         if "addresses" not in self.saved:
             self.saved["addresses"] = nl.addresses(env.ipr, nic_idx)
             self.saved["routes"] = [
-                {"dst": r.dst, "gateway": r.gateway, "metric": r.metric}
+                {"dst": r.dst, "gateway": r.gateway, "metric": r.metric, "proto": r.proto}
                 for r in nl.routes(env.ipr)
                 if r.oif == nic_idx and r.proto != nl.RTPROT_KERNEL
             ]
@@ -628,4 +633,6 @@ def _route_kw(r: dict, oif: int) -> dict:
         kw["gateway"] = r["gateway"]
     if r.get("metric") is not None:
         kw["priority"] = r["metric"]
+    if r.get("proto") is not None:
+        kw["proto"] = r["proto"]
     return kw

@@ -4,6 +4,7 @@ crossnet.cli and is registered in COMMAND_MODULES; a module exposes `register(ma
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -78,3 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except SystemExit:
         raise
+    except Exception as exc:  # a bug: one line by default, the traceback on request
+        if os.environ.get("CROSSNET_DEBUG"):
+            raise
+        click.echo(f"crossnet: internal error: {type(exc).__name__}: {exc} (set CROSSNET_DEBUG=1 for a traceback)", err=True)
+        sys.exit(70)

@@ -1,0 +1,208 @@
+"""Per-host commands: apply, reset, attach, detach, status, check."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from crossnet.state import StateDir
+
+OUTPUT = click.option(
+    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+    help="text for people, json for scripts.",
+)
+
+
+def _state(ctx: click.Context) -> StateDir:
+    return StateDir(ctx.obj["state_dir"])
+
+
+def _json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.command()
+@click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False), help="Cluster file (YAML).")
+@click.option("--host", "host_name", help="Which host of the cluster this is (default: the one whose address is configured here).")
+@click.option("--dry-run", is_flag=True, help="Print the plan as the equivalent ip/bridge/nft commands; change nothing.")
+@OUTPUT
+@click.pass_context
+def apply(ctx: click.Context, path: str, host_name: str | None, dry_run: bool, output: str) -> None:
+    """Configure this host's part of the cluster.
+
+    Idempotent: running it again changes nothing (and says so); anything that
+    drifted (a deleted route, FDB entry, address) is repaired. Backends that need
+    one L2 segment (bridge, host-gw) refuse an L3 underlay before changing anything.
+    """
+    from crossnet.config import load_cluster
+    from crossnet.host import apply as do_apply
+
+    cluster = load_cluster(path)
+    result = do_apply(cluster, _state(ctx), host_name, dry_run=dry_run)
+    if output == "json":
+        _json(result.to_json())
+        return
+    c = result.context
+    head = f"{result.host}: backend {result.backend}, subnet {c.subnet}, gateway {c.gateway}, mtu {c.mtu}"
+    if dry_run:
+        click.echo(f"# {head}")
+        if not result.changes:
+            click.echo("# nothing to do: the host already matches the cluster file")
+        for ch in result.changes:
+            prefix = "# remove: " if ch.action == "remove" else ""
+            click.echo(prefix + ch.resource.describe())
+        return
+    click.echo(head)
+    if not result.changes:
+        click.echo("up to date: nothing changed")
+    else:
+        for ch in result.changes:
+            click.echo(f"  {ch}")
+        click.echo(f"{len(result.changes)} change(s) in {result.elapsed_s * 1000:.0f} ms")
+
+
+@click.command()
+@OUTPUT
+@click.pass_context
+def reset(ctx: click.Context, output: str) -> None:
+    """Remove everything crossnet created on this host: container attachments,
+    bridges, tunnels, routes, neighbours, FDB entries, nft tables; give the NIC its
+    address and routes back (bridge backend)."""
+    from crossnet.host import reset as do_reset
+
+    changes = do_reset(_state(ctx))
+    if output == "json":
+        _json({"changed": bool(changes), "changes": [{"action": c.action, "command": c.resource.describe()} for c in changes]})
+        return
+    if not changes:
+        click.echo("nothing to reset: crossnet has not configured this host")
+    for ch in changes:
+        click.echo(f"  {ch}")
+
+
+@click.command()
+@click.argument("container")
+@click.option("--ip", "ip", help="Ask for this address (must be inside this host's subnet and free).")
+@click.option("--ifname", default="eth0", show_default=True, help="Interface name inside the container.")
+@OUTPUT
+@click.pass_context
+def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, output: str) -> None:
+    """Connect CONTAINER to the cluster network.
+
+    CONTAINER is a netns name (`ip netns list`), a netns path, `pid:N`,
+    `podman:NAME` or `docker:NAME`. Creates a veth pair, gives the container an
+    address from this host's subnet, a default route via the host's gateway and
+    the right MTU. Idempotent: the same container keeps its address.
+    """
+    from crossnet import containers
+    from crossnet.host import load_context
+    from crossnet.runtime import resolve
+
+    cid, path = resolve(container)
+    hctx, backend = load_context(_state(ctx))
+    att = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname)
+    if output == "json":
+        _json(att.to_json())
+    else:
+        note = "" if att.changed else " (already attached, nothing changed)"
+        click.echo(f"{cid}: {att.ifname} {att.address}/{att.prefixlen} via {att.gateway} mtu {att.mtu} (host side {att.host_if}){note}")
+
+
+@click.command()
+@click.argument("container")
+@OUTPUT
+@click.pass_context
+def detach(ctx: click.Context, container: str, output: str) -> None:
+    """Disconnect CONTAINER: remove its veth and release its address. Idempotent."""
+    from crossnet import containers
+    from crossnet.host import load_context
+    from crossnet.runtime import resolve
+
+    try:
+        cid, _ = resolve(container)
+    except Exception:
+        cid = container  # the namespace may already be gone; release by id
+    hctx, backend = load_context(_state(ctx))
+    res = containers.detach(_state(ctx), hctx, backend, cid)
+    if output == "json":
+        _json({"id": cid, "detached": res is not None, **(res or {})})
+    elif res is None:
+        click.echo(f"{cid}: not attached, nothing to do")
+    else:
+        click.echo(f"{cid}: detached, released {res['address']}")
+
+
+@click.command()
+@OUTPUT
+@click.pass_context
+def status(ctx: click.Context, output: str) -> None:
+    """Show this host's backend, subnet, peers (programmed or not) and containers."""
+    from crossnet.host import status as get_status
+
+    st = get_status(_state(ctx))
+    if output == "json":
+        _json(st)
+        return
+    console = Console()
+    console.print(
+        f"[bold]{st['host']}[/] ({st['address']} on {st['iface']}) cluster {st['cluster']} backend [bold]{st['backend']}[/]\n"
+        f"subnet {st['subnet']} gateway {st['gateway']} bridge {st['bridge']} mtu {st['mtu']} "
+        f"(underlay {st['underlay_mtu']}) masquerade {'on' if st['masquerade'] else 'off'}"
+    )
+    if st["drift"]:
+        console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
+    peers = Table(title="peers", title_justify="left")
+    for col in ("name", "address", "subnet", "programmed"):
+        peers.add_column(col)
+    for p in st["peers"]:
+        peers.add_row(p["name"], p["address"], p["subnet"], "[green]yes[/]" if p["programmed"] else "[red]no[/]")
+    console.print(peers)
+    cont = Table(title="containers", title_justify="left")
+    for col in ("id", "address", "ifname", "host side"):
+        cont.add_column(col)
+    for c in st["containers"]:
+        cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "")
+    console.print(cont)
+
+
+@click.command()
+@click.option("--count", default=1, show_default=True, help="Pings per pair.")
+@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for each reply.")
+@OUTPUT
+@click.pass_context
+def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
+    """Reachability matrix: ping from every container on this host to every other
+    container on this host and to every peer host's container gateway (which
+    crosses the overlay). Exit 1 if any pair fails. In the lab, `crossnet lab
+    check` covers every container of every host."""
+    from crossnet.check import Endpoint, pairs_to_json, ping_pairs, render_matrix
+    from crossnet.host import status as get_status
+
+    st = get_status(_state(ctx))
+    srcs = [Endpoint(c["id"], c["netns"], c["address"]) for c in st["containers"]]
+    dsts = list(srcs)
+    import ipaddress
+
+    for p in st["peers"]:
+        net = ipaddress.ip_network(p["subnet"])
+        gw = net.network_address + 1 if st["backend"] != "bridge" else ipaddress.ip_address(p["address"])
+        dsts.append(Endpoint(f"{p['name']}-gw", None, str(gw)))
+    if not srcs:
+        click.echo("no containers attached on this host: nothing to check", err=True)
+        sys.exit(1)
+    pairs = ping_pairs([(s, d) for s in srcs for d in dsts if s.address != d.address], count=count, timeout=timeout)
+    ok = all(p.ok for p in pairs)
+    if output == "json":
+        _json({"host": st["host"], "ok": ok, "pairs": pairs_to_json(pairs)})
+    else:
+        render_matrix(pairs)
+    sys.exit(0 if ok else 1)
+
+
+def register(main: click.Group) -> None:
+    for cmd in (apply, reset, attach, detach, status, check):
+        main.add_command(cmd)
