@@ -9,6 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from crossnet.errors import CrossnetError
 from crossnet.state import StateDir
 
 OUTPUT = click.option(
@@ -179,27 +180,37 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
     container on this host and to every peer host's container gateway (which
     crosses the overlay). Exit 1 if any pair fails. In the lab, `crossnet lab
     check` covers every container of every host."""
-    from crossnet.check import Endpoint, pairs_to_json, ping_pairs, render_matrix
+    import ipaddress
+    from concurrent.futures import ThreadPoolExecutor
+
+    from crossnet.check import Endpoint, Pair, pairs_to_json, probe, render_matrix, summary_line
     from crossnet.host import status as get_status
 
     st = get_status(_state(ctx))
     srcs = [Endpoint(c["id"], c["netns"], c["address"]) for c in st["containers"]]
     dsts = list(srcs)
-    import ipaddress
-
     for p in st["peers"]:
         net = ipaddress.ip_network(p["subnet"])
-        gw = net.network_address + 1 if st["backend"] != "bridge" else ipaddress.ip_address(p["address"])
-        dsts.append(Endpoint(f"{p['name']}-gw", None, str(gw)))
+        # a peer's container gateway (reached through the overlay), or the peer itself on a LAN
+        gw = p["address"] if st["backend"] == "bridge" else str(net.network_address + 1)
+        dsts.append(Endpoint(f"{p['name']}(gw)", "", gw))
     if not srcs:
-        click.echo("no containers attached on this host: nothing to check", err=True)
-        sys.exit(1)
-    pairs = ping_pairs([(s, d) for s in srcs for d in dsts if s.address != d.address], count=count, timeout=timeout)
+        raise CrossnetError("no containers attached on this host: nothing to check (crossnet attach CONTAINER)")
+    jobs = [(s, d) for s in srcs for d in dsts if s.address != d.address]
+
+    def run(job):
+        s, d = job
+        ok, rtt, err = probe(s, d.address, count, timeout)
+        return Pair(s.name, d.name, ok, rtt, err)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        pairs = list(pool.map(run, jobs))
     ok = all(p.ok for p in pairs)
     if output == "json":
         _json({"host": st["host"], "ok": ok, "pairs": pairs_to_json(pairs)})
     else:
-        render_matrix(pairs)
+        Console().print(render_matrix(pairs, title=f"reachability from {st['host']}"))
+        click.echo(summary_line(pairs))
     sys.exit(0 if ok else 1)
 
 
