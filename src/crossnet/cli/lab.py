@@ -1,0 +1,267 @@
+"""`crossnet lab ...`: simulated hosts in network namespaces on this machine."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+from crossnet.errors import ConfigError, CrossnetError
+from crossnet.lab.topology import (
+    DEFAULT_BACKEND,
+    DEFAULT_CONTAINERS,
+    DEFAULT_HOSTS,
+    DEFAULT_NAME,
+    DEFAULT_NETWORK,
+    DEFAULT_SUBNET_LEN,
+    DEFAULT_UNDERLAY,
+    LabOptions,
+    validate_name,
+)
+
+OUTPUTS = ("text", "json")
+
+
+def _output(value: str) -> str:
+    if value not in OUTPUTS:
+        raise ConfigError(f"-o/--output: unknown format {value!r} (choose from {', '.join(OUTPUTS)})")
+    return value
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _log(output: str) -> Callable[[str], None]:
+    if output == "json":
+        return lambda _msg: None
+    return lambda msg: click.echo(f"· {msg}", err=True)
+
+
+def _manager():
+    from crossnet.lab import manager
+
+    manager.require_root()
+    return manager
+
+
+def _name_option(f):
+    return click.option("--name", "name", default=DEFAULT_NAME, show_default=True, envvar="CROSSNET_LAB",
+                        help="Lab name (1-8 chars [a-z0-9], starts with a letter). Env: CROSSNET_LAB.")(f)
+
+
+def _output_option(f):
+    return click.option("-o", "--output", "output", default="text", show_default=True, metavar="text|json",
+                        help="Output format.")(f)
+
+
+def _build_options(f):
+    opts = [
+        click.option("--hosts", "hosts", type=int, default=DEFAULT_HOSTS, show_default=True,
+                     help="Number of simulated hosts."),
+        click.option("--underlay", default=DEFAULT_UNDERLAY, show_default=True, metavar="l2|l3",
+                     help="l2: hosts on one switched LAN; l3: each host in its own /24 behind a router."),
+        click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
+                     help="Data plane written into the cluster file (bridge, host-gw, vxlan, ovs...)."),
+        click.option("--containers", type=int, default=DEFAULT_CONTAINERS, show_default=True,
+                     help="Containers (network namespaces) attached per host."),
+        click.option("--mtu", type=int, default=None, help="Underlay MTU of every underlay link."),
+        click.option("--network", default=DEFAULT_NETWORK, show_default=True,
+                     help="Overlay network (ignored by --backend bridge)."),
+        click.option("--subnet-len", type=int, default=DEFAULT_SUBNET_LEN, show_default=True,
+                     help="Prefix length of each host's container subnet."),
+        click.option("--keep", is_flag=True, help="On failure leave what was built for inspection."),
+        click.option("--no-apply", "no_apply", is_flag=True, hidden=True,
+                     help="Build the topology only (no crossnet apply/attach)."),
+        _name_option,
+        _output_option,
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len) -> LabOptions:
+    return LabOptions(name=name, hosts=hosts, underlay=underlay, backend=backend, containers=containers,
+                      mtu=mtu, network=network, subnet_len=subnet_len).validate()
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    mtu = f", underlay mtu {s['mtu']}" if s.get("mtu") else ""
+    con.print(f"lab [bold]{s['name']}[/bold]: {len(s['hosts'])} hosts, {s['underlay']} underlay "
+              f"({s['block']}, {s['fabric']['kind']} {s['fabric']['netns']}{mtu}), backend {s['backend']}"
+              + ("" if s["applied"] else " [yellow](not applied)[/yellow]"))
+    t = Table(show_header=True, header_style="bold")
+    for col in ("host", "netns", "underlay", "subnet", "containers"):
+        t.add_column(col)
+    for h in s["hosts"]:
+        cs = ", ".join(f"{c['id']}={c['address']}" if c["address"] else c["id"] for c in h["containers"]) or "-"
+        t.add_row(h["name"], h["netns"], h["address"], h["subnet"] or "-", cs)
+    con.print(t)
+    con.print(f"cluster file: {s['cluster_file']}")
+    con.print(f"try: crossnet lab exec --name {s['name']} h1 -- crossnet status")
+
+
+def _print_pairs(pairs, title: str, lab_name: str | None = None) -> None:
+    from rich.console import Console
+
+    from crossnet.check import Pair, render_matrix, summary_line
+
+    ps = [Pair(**p) if isinstance(p, dict) else p for p in pairs]
+    con = Console()
+    strip = f"{lab_name}-" if lab_name else ""
+    con.print(render_matrix(ps, title=title, label=lambda n: n[len(strip):] if strip and n.startswith(strip) else n))
+    bad = [p for p in ps if not p.ok]
+    for p in bad[:10]:
+        con.print(f"  [red]✗[/red] {p.src} → {p.dst}: {p.error or 'unreachable'}")
+    if len(bad) > 10:
+        con.print(f"  ... and {len(bad) - 10} more")
+    con.print(summary_line(ps))
+
+
+def register(main: click.Group) -> None:
+    @main.group("lab")
+    def lab() -> None:
+        """Simulated hosts (network namespaces) on this machine: build a cluster,
+        run crossnet in every host, test reachability.
+
+        \b
+          crossnet lab demo --hosts 3 --backend vxlan       up, check, down
+          crossnet lab up --hosts 3 --underlay l3           build and leave running
+          crossnet lab exec h1 -- crossnet status           run a command in host h1
+          crossnet lab check                                container ping matrix
+          crossnet lab down                                 remove everything
+        """
+
+    @lab.command("up")
+    @_build_options
+    def up_cmd(name, hosts, underlay, backend, containers, mtu, network, subnet_len, keep, no_apply, output):
+        """Create a lab and run `crossnet apply` / `attach` in its hosts."""
+        output = _output(output)
+        opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len)
+        m = _manager()
+        lab_ = m.up(opts, apply=not no_apply, keep=keep, log=_log(output))
+        statuses = lab_.statuses() if lab_.applied else {}
+        s = lab_.summary(statuses)
+        if output == "json":
+            _emit_json(s)
+        else:
+            _print_summary(s)
+
+    @lab.command("down")
+    @_name_option
+    @click.option("--all", "all_", is_flag=True, help="Remove every lab.")
+    @_output_option
+    def down_cmd(name, all_, output):
+        """Remove a lab: processes, namespaces, its directory (idempotent)."""
+        output = _output(output)
+        m = _manager()
+        results = m.down_all(log=_log(output)) if all_ else [m.down(validate_name(name), log=_log(output))]
+        if output == "json":
+            _emit_json(results if all_ else results[0])
+        elif not any(r["existed"] for r in results):
+            click.echo("no lab to remove" if all_ else f"lab {name!r} does not exist (nothing to do)")
+
+    @lab.command("list")
+    @_output_option
+    def list_cmd(output):
+        """List labs on this machine."""
+        output = _output(output)
+        m = _manager()
+        labs = m.list_labs()
+        if output == "json":
+            _emit_json(labs)
+            return
+        if not labs:
+            click.echo("no labs")
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(header_style="bold")
+        for col in ("name", "phase", "underlay", "backend", "hosts", "block", "namespaces"):
+            t.add_column(col)
+        for x in labs:
+            t.add_row(x["name"], str(x["phase"]), str(x["underlay"]), str(x["backend"]), str(x["hosts"]),
+                      str(x["block"]), x["namespaces"])
+        Console().print(t)
+
+    @lab.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+    @_name_option
+    @click.argument("host")
+    @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+    def exec_cmd(name, host, cmd):
+        """Run CMD in lab namespace HOST (h1 or LAB-h1; also sw/rt, h1-c1) with
+        CROSSNET_STATE_DIR set to that host's state dir. Exit code passed through."""
+        cmd = list(cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            raise ConfigError("exec: missing command (crossnet lab exec HOST -- CMD...)")
+        m = _manager()
+        lab_ = m.Lab.open(validate_name(name))
+        argv = lab_.argv(host, cmd)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as exc:
+            raise CrossnetError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+
+    @lab.command("check")
+    @_name_option
+    @click.option("--count", type=int, default=1, show_default=True, help="Pings per pair.")
+    @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait per ping.")
+    @click.option("--underlay", "underlay", is_flag=True, help="Ping the hosts' underlay addresses instead.")
+    @_output_option
+    def check_cmd(name, count, timeout, underlay, output):
+        """Ping matrix between all containers of the lab (from every host's status)."""
+        from crossnet.check import all_ok, pairs_to_json
+
+        output = _output(output)
+        _check_probe_args(count, timeout)
+        m = _manager()
+        lab_ = m.Lab.open(validate_name(name))
+        pairs = lab_.check(count=count, timeout=timeout, underlay=underlay)
+        ok = bool(pairs) and all_ok(pairs)
+        if output == "json":
+            _emit_json({"lab": lab_.name, "backend": lab_.plan.backend, "underlay": lab_.plan.underlay,
+                        "pairs": pairs_to_json(pairs), "ok": ok})
+        else:
+            _print_pairs(pairs, f"lab {lab_.name}: {lab_.plan.backend} over {lab_.plan.underlay}", lab_.name)
+        if not ok:
+            sys.exit(1)
+
+    @lab.command("demo")
+    @_build_options
+    @click.option("--count", type=int, default=1, show_default=True, help="Pings per pair.")
+    @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait per ping.")
+    def demo_cmd(name, hosts, underlay, backend, containers, mtu, network, subnet_len, keep, no_apply, output,
+                 count, timeout):
+        """up, check (ping matrix), down — in one go. Exit 0 iff every pair is reachable."""
+        output = _output(output)
+        opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len)
+        _check_probe_args(count, timeout)
+        m = _manager()
+        result = m.demo(opts, count=count, timeout=timeout, apply=not no_apply, keep=keep, log=_log(output))
+        if output == "json":
+            _emit_json(result)
+        else:
+            _print_pairs(result["pairs"], f"{result['backend']} over {result['underlay']} "
+                                          f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"])
+        if not result["ok"]:
+            sys.exit(1)
+
+
+def _check_probe_args(count: int, timeout: float) -> None:
+    if not 1 <= count <= 100:
+        raise ConfigError(f"--count: must be between 1 and 100, got {count}")
+    if not 0.1 <= timeout <= 30:
+        raise ConfigError(f"--timeout: must be between 0.1 and 30 seconds, got {timeout:g}")
