@@ -1,0 +1,566 @@
+"""The cluster file: pydantic models, validation and YAML load/dump.
+
+Every problem becomes a one-line :class:`ConfigError` naming the field, e.g.
+``cluster.yaml: hosts[1].address: duplicate address 10.0.0.2 (also used by hosts[0] 'h1')``.
+Field-level problems come from pydantic; cross-field rules live in ``_semantic_errors``
+and are reported through the same ValidationError so both get the same formatting.
+The reference for users is docs/cluster-file.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from crossnet import ipam
+from crossnet.errors import ConfigError, IpamError
+
+BACKENDS = ("bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan")
+BRIDGE_BACKEND = "bridge"
+MAX_SUBNET_LEN = 30
+
+_HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+
+Loc = tuple[str | int, ...]
+Problem = tuple[Loc, str]
+
+# --------------------------------------------------------------------------- field types
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_address(value: Any) -> Any:
+    if isinstance(value, IPv4Address):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected an IPv4 address like 10.0.0.1, got {_short(value)}")
+    try:
+        return IPv4Address(value.strip())
+    except ValueError:
+        raise ValueError(f"invalid IPv4 address {_short(value)}") from None
+
+
+def _parse_network(value: Any) -> Any:
+    if isinstance(value, IPv4Network):
+        return value
+    if not isinstance(value, str) or "/" not in value:
+        raise ValueError(f"expected an IPv4 network like 10.32.0.0/16, got {_short(value)}")
+    try:
+        return IPv4Network(value.strip())
+    except ValueError:
+        pass
+    try:
+        fixed = IPv4Network(value.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"invalid IPv4 network {_short(value)}") from None
+    raise ValueError(f"{value.strip()} has host bits set (did you mean {fixed}?)")
+
+
+def _in_range(low: int, high: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"{value} is out of range {low}..{high}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _check_ifname(value: str) -> str:
+    if not 1 <= len(value) <= 15 or value in (".", ".."):
+        raise ValueError(f"interface name {_short(value)} must be 1..15 characters")
+    if "/" in value or any(ch.isspace() for ch in value):
+        raise ValueError(f"interface name {_short(value)} must not contain '/' or whitespace")
+    return value
+
+
+Address = Annotated[IPv4Address, BeforeValidator(_parse_address)]
+Network = Annotated[IPv4Network, BeforeValidator(_parse_network)]
+IfName = Annotated[str, AfterValidator(_check_ifname)]
+
+# --------------------------------------------------------------------------- models
+
+
+class HostSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    address: Address
+    iface: IfName = "eth0"
+    subnet: Network | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _HOST_NAME_RE.match(value):
+            raise ValueError(
+                f"invalid host name {_short(value)}: use 1..32 of a-z, 0-9 and '-', "
+                "starting and ending with a letter or digit"
+            )
+        return value
+
+
+class LanSpec(BaseModel):
+    """The shared LAN of the bridge backend."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cidr: Network
+    gateway: Address
+    range_len: int | None = None  # filled in: cidr.prefixlen + 2 when not given
+
+    @model_validator(mode="after")
+    def _default_range_len(self) -> LanSpec:
+        if self.range_len is None:
+            self.range_len = self.cidr.prefixlen + 2
+        return self
+
+
+class VxlanSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vni: Annotated[int, _in_range(1, 16_777_215)] = 1
+    port: Annotated[int, _in_range(1, 65_535)] = 4789
+
+
+class Cluster(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "crossnet"
+    backend: str
+    network: Network | None = None
+    subnet_len: int = 24
+    lan: LanSpec | None = None
+    mtu: Annotated[int, _in_range(576, 65_535)] | None = None
+    masquerade: bool = False
+    bridge: IfName | None = None
+    vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
+    underlay_networks: list[Network] = Field(default_factory=list)
+    hosts: list[HostSpec]
+
+    # (inputs, result) of the last carve; keyed so model_copy(update=...) can't serve stale data
+    _subnets: tuple[tuple[Any, ...], dict[str, IPv4Network]] | None = PrivateAttr(default=None)
+
+    @field_validator("backend")
+    @classmethod
+    def _check_backend(cls, value: str) -> str:
+        if value not in BACKENDS:
+            raise ValueError(f"unknown backend {_short(value)} (choices: {', '.join(BACKENDS)})")
+        return value
+
+    @field_validator("hosts")
+    @classmethod
+    def _check_hosts(cls, value: list[HostSpec]) -> list[HostSpec]:
+        if not value:
+            raise ValueError("at least one host is required")
+        return value
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> Cluster:
+        problems = list(_semantic_errors(self))
+        if not problems:
+            problems = self._carve_problems()
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(type=PydanticCustomError("crossnet", msg), loc=loc, input=None)
+                    for loc, msg in problems
+                ],
+            )
+        return self
+
+    def _carve_problems(self) -> list[Problem]:
+        try:
+            self.host_subnets()
+        except IpamError as exc:  # the checks above should make this unreachable
+            return [(("hosts",), str(exc))]
+        return []
+
+    # ---- queries
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.backend == BRIDGE_BACKEND
+
+    def container_network(self) -> IPv4Network:
+        """The network containers live in: ``network``, or ``lan.cidr`` for bridge."""
+        if self.is_bridge:
+            assert self.lan is not None
+            return self.lan.cidr
+        assert self.network is not None
+        return self.network
+
+    def bridge_name(self) -> str:
+        if self.bridge:
+            return self.bridge
+        return "br0" if self.is_bridge else "cn0"
+
+    def host(self, name: str) -> HostSpec:
+        for spec in self.hosts:
+            if spec.name == name:
+                return spec
+        known = ", ".join(h.name for h in self.hosts)
+        raise ConfigError(f"unknown host {name!r} (hosts: {known})")
+
+    def host_subnets(self) -> dict[str, IPv4Network]:
+        """Per host: its overlay subnet, or its container range in the LAN (bridge)."""
+        key = _carve_inputs(self)
+        if self._subnets is None or self._subnets[0] != key:
+            self._subnets = (key, _carve(self))
+        return dict(self._subnets[1])
+
+    def subnet_of(self, name: str) -> IPv4Network:
+        return self.host_subnets()[self.host(name).name]
+
+    def gateway_of(self, name: str) -> IPv4Address:
+        """Containers' default gateway on host ``name``: the first address of its subnet
+        (overlay), or the host's own LAN address, which moves onto the bridge (bridge)."""
+        if self.is_bridge:
+            return self.host(name).address
+        return self.subnet_of(name).network_address + 1
+
+    def container_prefixlen(self) -> int:
+        if self.is_bridge:
+            assert self.lan is not None
+            return self.lan.cidr.prefixlen
+        return self.subnet_len
+
+    def peers_of(self, name: str) -> list[HostSpec]:
+        me = self.host(name)
+        return [h for h in self.hosts if h.name != me.name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (unset optional fields omitted); round-trips via parse_cluster."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+# --------------------------------------------------------------------------- cross-field rules
+
+
+def _carve_inputs(c: Cluster) -> tuple[Any, ...]:
+    lan = (c.lan.cidr, c.lan.gateway, c.lan.range_len) if c.lan else None
+    hosts = tuple((h.name, h.address, h.subnet) for h in c.hosts)
+    return (c.backend, c.network, c.subnet_len, lan, hosts)
+
+
+def _carve(cluster: Cluster) -> dict[str, IPv4Network]:
+    hosts = [(h.name, h.subnet) for h in cluster.hosts]
+    if cluster.is_bridge:
+        lan = cluster.lan
+        assert lan is not None and lan.range_len is not None
+        return ipam.carve_subnets(lan.cidr, lan.range_len, hosts, _bridge_reserved(cluster))
+    assert cluster.network is not None
+    return ipam.carve_subnets(cluster.network, cluster.subnet_len, hosts)
+
+
+def _bridge_reserved(cluster: Cluster) -> list[IPv4Address]:
+    """Addresses no container range may contain (bridge backend)."""
+    assert cluster.lan is not None
+    cidr = cluster.lan.cidr
+    return [
+        cidr.network_address,
+        cidr.broadcast_address,
+        cluster.lan.gateway,
+        *(h.address for h in cluster.hosts),
+    ]
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def _host_ref(index: int, host: HostSpec) -> str:
+    return f"hosts[{index}] {host.name!r}"
+
+
+def _semantic_errors(c: Cluster) -> Iterator[Problem]:
+    sections = list(_section_errors(c))
+    yield from sections
+    yield from _duplicate_errors(c)
+    if sections:
+        return
+    if c.is_bridge:
+        yield from _bridge_errors(c)
+    else:
+        yield from _overlay_errors(c)
+
+
+def _section_errors(c: Cluster) -> Iterator[Problem]:
+    if c.is_bridge:
+        if c.lan is None:
+            yield ("lan",), "required for backend bridge (the shared LAN: cidr, gateway)"
+        if c.network is not None:
+            yield ("network",), "not used by backend bridge (containers live in lan.cidr)"
+    else:
+        if c.network is None:
+            yield ("network",), f"required for backend {c.backend} (e.g. 10.32.0.0/16)"
+        if c.lan is not None:
+            yield ("lan",), f"only used by backend bridge, not {c.backend}"
+
+
+def _duplicate_errors(c: Cluster) -> Iterator[Problem]:
+    names: dict[str, int] = {}
+    addresses: dict[IPv4Address, int] = {}
+    for i, host in enumerate(c.hosts):
+        if host.name in names:
+            yield (
+                ("hosts", i, "name"),
+                f"duplicate name {host.name!r} (also hosts[{names[host.name]}])",
+            )
+        else:
+            names[host.name] = i
+        if host.address in addresses:
+            j = addresses[host.address]
+            yield (
+                ("hosts", i, "address"),
+                f"duplicate address {host.address} (also used by {_host_ref(j, c.hosts[j])})",
+            )
+        else:
+            addresses[host.address] = i
+
+
+def _underlay_overlap_errors(c: Cluster, loc: Loc, net: IPv4Network) -> Iterator[Problem]:
+    for i, underlay in enumerate(c.underlay_networks):
+        if underlay.overlaps(net):
+            yield loc, f"{net} overlaps underlay_networks[{i}] {underlay}"
+
+
+# ---- overlay backends
+
+
+def _overlay_errors(c: Cluster) -> Iterator[Problem]:
+    network = c.network
+    assert network is not None
+    for i, host in enumerate(c.hosts):
+        if host.address in network:
+            yield (
+                ("network",),
+                f"{network} overlaps the underlay: it contains {_host_ref(i, host)} "
+                f"address {host.address}",
+            )
+    yield from _underlay_overlap_errors(c, ("network",), network)
+    if not network.prefixlen < c.subnet_len <= MAX_SUBNET_LEN:
+        yield (
+            ("subnet_len",),
+            f"{c.subnet_len} must be longer than the /{network.prefixlen} of network {network} "
+            f"and at most {MAX_SUBNET_LEN}",
+        )
+        return
+    pinned = list(_pinned_errors(c, network, c.subnet_len, "network", "subnet_len"))
+    yield from pinned
+    count = 1 << (c.subnet_len - network.prefixlen)
+    if not pinned and count < len(c.hosts):
+        yield (
+            ("subnet_len",),
+            f"subnet_len {c.subnet_len} in {network} gives {_count(count, 'subnet')} "
+            f"for {_count(len(c.hosts), 'host')}",
+        )
+
+
+def _pinned_errors(
+    c: Cluster, outer: IPv4Network, prefixlen: int, outer_field: str, len_field: str
+) -> Iterator[Problem]:
+    """Pinned host subnets/ranges: inside ``outer``, right length, no mutual overlap."""
+    seen: list[tuple[int, IPv4Network]] = []
+    for i, host in enumerate(c.hosts):
+        sub = host.subnet
+        if sub is None:
+            continue
+        loc: Loc = ("hosts", i, "subnet")
+        if not sub.subnet_of(outer):
+            yield loc, f"{sub} is not inside {outer_field} {outer}"
+        elif sub.prefixlen != prefixlen:
+            yield loc, f"{sub} is a /{sub.prefixlen}, expected /{prefixlen} ({len_field})"
+        else:
+            for j, other in seen:
+                if sub.overlaps(other):
+                    yield loc, f"{sub} overlaps hosts[{j}].subnet {other}"
+            seen.append((i, sub))
+
+
+# ---- bridge backend
+
+
+def _bridge_errors(c: Cluster) -> Iterator[Problem]:
+    lan = c.lan
+    assert lan is not None and lan.range_len is not None
+    cidr = lan.cidr
+    edges = (cidr.network_address, cidr.broadcast_address)
+    if lan.gateway not in cidr or lan.gateway in edges:
+        yield ("lan", "gateway"), f"{lan.gateway} is not a usable address of lan.cidr {cidr}"
+    for i, host in enumerate(c.hosts):
+        if host.address not in cidr or host.address in edges:
+            yield (
+                ("hosts", i, "address"),
+                f"{host.address} is not a usable address of lan.cidr {cidr}",
+            )
+        elif host.address == lan.gateway:
+            yield ("hosts", i, "address"), f"{host.address} is lan.gateway"
+    yield from _underlay_overlap_errors(c, ("lan", "cidr"), cidr)
+    if not cidr.prefixlen < lan.range_len <= 32:
+        yield (
+            ("lan", "range_len"),
+            f"{lan.range_len} must be longer than the /{cidr.prefixlen} of lan.cidr {cidr} "
+            "and at most 32 (default: lan.cidr prefix + 2)",
+        )
+        return
+    problems = [
+        *_pinned_errors(c, cidr, lan.range_len, "lan.cidr", "lan.range_len"),
+        *_range_content_errors(c),
+    ]
+    yield from problems
+    if not problems:
+        yield from _range_count_errors(c)
+
+
+def _range_content_errors(c: Cluster) -> Iterator[Problem]:
+    """A pinned container range must not contain the gateway or a host's address."""
+    assert c.lan is not None
+    named = [("lan.gateway", c.lan.gateway)] + [
+        (f"{_host_ref(j, h)} address", h.address) for j, h in enumerate(c.hosts)
+    ]
+    for i, host in enumerate(c.hosts):
+        if host.subnet is None:
+            continue
+        for what, address in named:
+            if address in host.subnet:
+                yield ("hosts", i, "subnet"), f"range {host.subnet} contains {what} {address}"
+
+
+def _range_count_errors(c: Cluster) -> Iterator[Problem]:
+    lan = c.lan
+    assert lan is not None and lan.range_len is not None
+    pinned = [h.subnet for h in c.hosts if h.subnet is not None]
+    free = ipam.count_free_blocks(lan.cidr, lan.range_len, [*_bridge_reserved(c), *pinned])
+    unpinned = len(c.hosts) - len(pinned)
+    if free < unpinned:
+        yield (
+            ("lan", "range_len"),
+            f"range_len {lan.range_len} in {lan.cidr} gives "
+            f"{_count(free + len(pinned), 'free range')} for {_count(len(c.hosts), 'host')} "
+            "(ranges holding the gateway, a host address or the LAN's network/broadcast "
+            "address are skipped)",
+        )
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _format_loc(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
+    return out or "(top level)"
+
+
+_SECTIONS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "lan": LanSpec, "vxlan": VxlanSpec}
+
+
+def _allowed_keys(parent: Loc) -> str:
+    names = [p for p in parent if isinstance(p, str)]
+    model = _SECTIONS.get(names[-1], Cluster) if names else Cluster
+    return ", ".join(model.model_fields)
+
+
+def _format_error(err: Any) -> str:
+    kind, loc = err["type"], tuple(err["loc"])
+    if kind == "missing":
+        msg = "required"
+    elif kind == "extra_forbidden":
+        msg = f"unknown key (allowed: {_allowed_keys(loc[:-1])})"
+    elif kind == "value_error":
+        msg = str(err["ctx"]["error"])
+    elif kind == "crossnet":
+        msg = err["msg"]
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        msg = f"expected a mapping, got {_short(err['input'])}"
+    else:
+        msg = f"{err['msg'][:1].lower()}{err['msg'][1:]} (got {_short(err['input'])})"
+    return f"{_format_loc(loc)}: {msg}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def config_error(source: str, exc: ValidationError) -> ConfigError:
+    """Translate a pydantic ValidationError into a one-line ConfigError."""
+    parts = dict.fromkeys(_format_error(e) for e in exc.errors())  # dedupe, keep order
+    return ConfigError(_one_line(f"{source}: {'; '.join(parts)}"))
+
+
+# --------------------------------------------------------------------------- load / dump
+
+
+def parse_cluster(data: dict[str, Any], source: str = "cluster") -> Cluster:
+    """Validate a cluster mapping; raises ConfigError (one line, names the field)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {_short(data)}")
+    try:
+        return Cluster.model_validate(data)
+    except ValidationError as exc:
+        raise config_error(source, exc) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(_one_line(f"{path}: {where}invalid YAML: {problem}"))
+
+
+def load_cluster(path: str | Path) -> Cluster:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(_one_line(f"{path}: cannot read: {exc}")) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+    if data is None:
+        raise ConfigError(f"{path}: empty file, expected a cluster mapping")
+    return parse_cluster(data, source=str(path))
+
+
+def dump_cluster(cluster: Cluster, path: str | Path) -> None:
+    text = yaml.safe_dump(cluster.to_dict(), sort_keys=False, default_flow_style=False)
+    Path(path).write_text(text, encoding="utf-8")

@@ -1,0 +1,373 @@
+"""IP address management, pure logic plus one small state file.
+
+* :func:`carve_subnets` splits a network into equal per-host blocks (overlay subnets,
+  or container ranges inside the LAN for the bridge backend). Deterministic and stable:
+  appending a host never moves the blocks of the hosts before it.
+* :class:`AddressPool` hands out container addresses of one host's subnet and persists
+  them in a JSON file, safely across concurrent processes (``flock`` + atomic replace).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import fcntl
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Any
+
+from crossnet.errors import IpamError
+
+STATE_VERSION = 1
+
+# --------------------------------------------------------------------------- carving
+
+Reserved = IPv4Network | IPv4Address
+
+
+def _as_network(item: Reserved) -> IPv4Network:
+    return IPv4Network(item) if isinstance(item, IPv4Address) else item
+
+
+def _span(net: IPv4Network) -> tuple[int, int]:
+    """Inclusive integer range [first, last] covered by ``net``."""
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def _check_prefixlen(network: IPv4Network, prefixlen: int) -> None:
+    if not network.prefixlen <= prefixlen <= 32:
+        raise IpamError(
+            f"block length /{prefixlen} does not fit in {network} (needs /{network.prefixlen}../32)"
+        )
+
+
+def _check_pinned(
+    network: IPv4Network, prefixlen: int, hosts: Sequence[tuple[str, IPv4Network | None]]
+) -> dict[str, IPv4Network]:
+    pinned: dict[str, IPv4Network] = {}
+    for name, subnet in hosts:
+        if subnet is None:
+            continue
+        if subnet.prefixlen != prefixlen:
+            raise IpamError(f"host '{name}': pinned {subnet} is not a /{prefixlen}")
+        if not subnet.subnet_of(network):
+            raise IpamError(f"host '{name}': pinned {subnet} is not inside {network}")
+        for other, taken in pinned.items():
+            if subnet.overlaps(taken):
+                raise IpamError(
+                    f"host '{name}': pinned {subnet} overlaps {taken} of host '{other}'"
+                )
+        pinned[name] = subnet
+    return pinned
+
+
+class _Occupied:
+    """Sorted, non-merged list of occupied inclusive integer spans."""
+
+    def __init__(self, nets: Iterable[IPv4Network]) -> None:
+        self._spans: list[tuple[int, int]] = sorted(_span(n) for n in nets)
+
+    def add(self, net: IPv4Network) -> None:
+        bisect.insort(self._spans, _span(net))
+
+    def conflict_end(self, first: int, last: int) -> int | None:
+        """Largest end of any span overlapping [first, last], or None if free."""
+        # spans are sorted by start; only those starting <= last can overlap
+        stop = bisect.bisect_right(self._spans, (last, 2**32))
+        ends = [end for start, end in self._spans[:stop] if end >= first]
+        return max(ends) if ends else None
+
+
+def carve_subnets(
+    network: IPv4Network,
+    prefixlen: int,
+    hosts: Sequence[tuple[str, IPv4Network | None]],
+    reserved: Iterable[Reserved] = (),
+) -> dict[str, IPv4Network]:
+    """Give every host a /``prefixlen`` block of ``network``.
+
+    Pinned blocks (second tuple element) are validated and kept. The other hosts, in the
+    given order, each take the lowest block overlapping nothing pinned, already assigned
+    or ``reserved``. Pinned blocks are not checked against ``reserved`` (the caller decides
+    what a pinned block may contain). Raises :class:`IpamError` when space runs out.
+    """
+    _check_prefixlen(network, prefixlen)
+    names = [name for name, _ in hosts]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise IpamError(f"duplicate host name '{dup}'")
+    pinned = _check_pinned(network, prefixlen, hosts)
+    occupied = _Occupied([*pinned.values(), *(_as_network(r) for r in reserved)])
+    size = 1 << (32 - prefixlen)
+    start, end = _span(network)
+    cursor = start  # lowest-first + only growing occupancy: never need to look back
+    result: dict[str, IPv4Network] = {}
+    for name, subnet in hosts:
+        if subnet is not None:
+            result[name] = subnet
+            continue
+        found = _next_free_block(occupied, cursor, size, end)
+        if found is None:
+            raise IpamError(f"no free /{prefixlen} left in {network} for host '{name}'")
+        cursor = found
+        block = IPv4Network((cursor, prefixlen))
+        occupied.add(block)
+        result[name] = block
+    return result
+
+
+def _next_free_block(occupied: _Occupied, cursor: int, size: int, end: int) -> int | None:
+    while cursor + size - 1 <= end:
+        conflict = occupied.conflict_end(cursor, cursor + size - 1)
+        if conflict is None:
+            return cursor
+        cursor = (conflict // size + 1) * size  # first aligned block after the conflict
+    return None
+
+
+def count_free_blocks(
+    network: IPv4Network, prefixlen: int, reserved: Iterable[Reserved] = ()
+) -> int:
+    """How many /``prefixlen`` blocks of ``network`` overlap none of ``reserved``."""
+    _check_prefixlen(network, prefixlen)
+    shift = 32 - prefixlen
+    base, end = _span(network)
+    hit: list[tuple[int, int]] = []  # inclusive ranges of block indexes
+    for item in reserved:
+        first, last = _span(_as_network(item))
+        first, last = max(first, base), min(last, end)
+        if first <= last:
+            hit.append(((first - base) >> shift, (last - base) >> shift))
+    return (1 << (prefixlen - network.prefixlen)) - _merged_length(hit)
+
+
+def _merged_length(ranges: list[tuple[int, int]]) -> int:
+    total, reach = 0, -1
+    for first, last in sorted(ranges):
+        first = max(first, reach + 1)
+        if first <= last:
+            total += last - first + 1
+        reach = max(reach, last)
+    return total
+
+
+# --------------------------------------------------------------------------- state file
+
+
+def _ensure_dir(directory: Path) -> None:
+    """Create ``directory`` and missing parents with mode 0o700 (existing ones untouched)."""
+    missing: list[Path] = []
+    for candidate in (directory, *directory.parents):
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+            os.chmod(d, 0o700)  # mkdir's mode is filtered by the umask
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # mkstemp: mode 0o600
+            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+# --------------------------------------------------------------------------- pool
+
+
+@dataclass
+class Allocation:
+    key: str
+    address: IPv4Address
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    last: IPv4Address | None
+    allocations: dict[str, Allocation]
+
+    def owner(self, address: IPv4Address) -> str | None:
+        return next((a.key for a in self.allocations.values() if a.address == address), None)
+
+
+class AddressPool:
+    """Persistent allocator of container addresses in one host's subnet.
+
+    ``subnet`` is the network containers live in (its network and broadcast addresses are
+    never handed out), ``usable`` the part this pool hands out (default: all of
+    ``subnet``), ``reserved`` addresses are never handed out (gateway, host addresses).
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        subnet: IPv4Network,
+        reserved: Iterable[IPv4Address] = (),
+        usable: IPv4Network | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.lock_path = Path(f"{self.path}.lock")
+        self.subnet = subnet
+        self.usable = usable if usable is not None else subnet
+        if not self.usable.subnet_of(subnet):
+            raise IpamError(f"usable range {self.usable} is not inside subnet {subnet}")
+        self.reserved = frozenset(reserved)
+        if subnet.prefixlen <= 30:
+            self.reserved |= {subnet.network_address, subnet.broadcast_address}
+
+    # ---- public API
+
+    def allocate(
+        self,
+        key: str,
+        requested: IPv4Address | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> Allocation:
+        """Address for ``key``: its existing one, ``requested``, or the next free one
+        after the last handed out (round robin, wrapping). Existing meta is kept."""
+        with self._locked():
+            state = self._read()
+            existing = state.allocations.get(key)
+            if existing is not None:
+                if requested is not None and requested != existing.address:
+                    raise IpamError(
+                        f"'{key}' already has {existing.address}, cannot also take {requested}"
+                    )
+                return existing
+            if requested is not None:
+                address = self._check_requested(state, requested)
+            else:
+                address = self._next(state, key)
+            alloc = Allocation(key, address, dict(meta or {}))
+            state.allocations[key] = alloc
+            state.last = address
+            self._write(state)
+            return alloc
+
+    def release(self, key: str) -> Allocation | None:
+        with self._locked():
+            state = self._read()
+            alloc = state.allocations.pop(key, None)
+            if alloc is not None:
+                self._write(state)
+            return alloc
+
+    def get(self, key: str) -> Allocation | None:
+        return self._read().allocations.get(key)
+
+    def entries(self) -> dict[str, Allocation]:
+        return self._read().allocations
+
+    def update_meta(self, key: str, meta: dict[str, Any]) -> None:
+        """Merge ``meta`` into the allocation's meta (``dict.update``)."""
+        with self._locked():
+            state = self._read()
+            alloc = state.allocations.get(key)
+            if alloc is None:
+                raise IpamError(f"no address allocated for '{key}' in {self.path}")
+            alloc.meta.update(meta)
+            self._write(state)
+
+    # ---- choosing addresses
+
+    def _check_requested(self, state: _State, address: IPv4Address) -> IPv4Address:
+        if address not in self.usable:
+            raise IpamError(f"requested address {address} is outside {self.usable}")
+        if address in self.reserved:
+            raise IpamError(f"requested address {address} is reserved in {self.subnet}")
+        owner = state.owner(address)
+        if owner is not None:
+            raise IpamError(f"requested address {address} is already taken by '{owner}'")
+        return address
+
+    def _next(self, state: _State, key: str) -> IPv4Address:
+        taken = {a.address for a in state.allocations.values()}
+        for address in self._round_robin(state.last):
+            if address not in taken and address not in self.reserved:
+                return address
+        raise IpamError(
+            f"no free address left in {self.usable} for '{key}' ({len(taken)} allocated)"
+        )
+
+    def _round_robin(self, last: IPv4Address | None) -> Iterator[IPv4Address]:
+        first, end = _span(self.usable)
+        start = int(last) + 1 if last is not None and first <= int(last) < end else first
+        for value in range(start, end + 1):
+            yield IPv4Address(value)
+        for value in range(first, start):
+            yield IPv4Address(value)
+
+    # ---- persistence
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        _ensure_dir(self.path.parent)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing drops the flock
+
+    def _read(self) -> _State:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return _State(None, {})
+        except (OSError, ValueError) as exc:
+            raise IpamError(
+                f"{self.path}: unreadable IPAM state: {exc}".replace("\n", " ")
+            ) from exc
+        return self._decode(raw)
+
+    def _decode(self, raw: Any) -> _State:
+        try:
+            if raw.get("version") != STATE_VERSION:
+                raise ValueError(f"unsupported version {raw.get('version')!r}")
+            if IPv4Network(raw["subnet"]) != self.subnet:
+                raise IpamError(
+                    f"{self.path}: state is for subnet {raw['subnet']}, not {self.subnet}"
+                )
+            last = IPv4Address(raw["last"]) if raw.get("last") else None
+            allocations = {
+                key: Allocation(key, IPv4Address(entry["address"]), dict(entry.get("meta") or {}))
+                for key, entry in raw["allocations"].items()
+            }
+        except IpamError:
+            raise
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise IpamError(f"{self.path}: malformed IPAM state: {exc!r}") from exc
+        return _State(last, allocations)
+
+    def _write(self, state: _State) -> None:
+        data = {
+            "version": STATE_VERSION,
+            "subnet": str(self.subnet),
+            "last": str(state.last) if state.last is not None else None,
+            "allocations": {
+                key: {"address": str(a.address), "meta": a.meta}
+                for key, a in state.allocations.items()
+            },
+        }
+        _write_json_atomic(self.path, data)

@@ -1,0 +1,378 @@
+"""Subnet carving and the persistent address pool (crossnet.ipam)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import stat
+import tempfile
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossnet.errors import IpamError
+from crossnet.ipam import AddressPool, Allocation, carve_subnets, count_free_blocks
+
+A = IPv4Address
+N = IPv4Network
+
+# --------------------------------------------------------------------------- carving
+
+
+def test_carve_in_order_lowest_first() -> None:
+    result = carve_subnets(N("10.32.0.0/16"), 24, [("a", None), ("b", None), ("c", None)])
+    assert result == {"a": N("10.32.0.0/24"), "b": N("10.32.1.0/24"), "c": N("10.32.2.0/24")}
+    assert list(result) == ["a", "b", "c"]
+
+
+def test_carve_tutorial_bridge_split() -> None:
+    lan = N("10.211.55.0/24")
+    reserved = [A("10.211.55.1"), A("10.211.55.10"), A("10.211.55.20")]
+    reserved += [lan.network_address, lan.broadcast_address]
+    result = carve_subnets(lan, 26, [("host1", None), ("host2", None)], reserved)
+    assert result == {"host1": N("10.211.55.64/26"), "host2": N("10.211.55.128/26")}
+    assert count_free_blocks(lan, 26, reserved) == 2
+
+
+def test_carve_pinned_first_and_reserved_networks() -> None:
+    hosts = [("a", None), ("b", N("10.0.0.0/26")), ("c", None)]
+    result = carve_subnets(N("10.0.0.0/24"), 26, hosts, reserved=[N("10.0.0.64/27")])
+    assert result == {"a": N("10.0.0.128/26"), "b": N("10.0.0.0/26"), "c": N("10.0.0.192/26")}
+
+
+def test_carve_reserved_larger_than_block_is_skipped_in_one_go() -> None:
+    result = carve_subnets(N("10.0.0.0/8"), 30, [("a", None)], reserved=[N("10.0.0.0/9")])
+    assert result == {"a": N("10.128.0.0/30")}
+
+
+def test_carve_exhaustion() -> None:
+    with pytest.raises(IpamError, match=r"no free /24 left in 10.32.0.0/23 for host 'c'"):
+        carve_subnets(N("10.32.0.0/23"), 24, [("a", None), ("b", None), ("c", None)])
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        ([("a", N("10.1.0.0/24"))], "not inside"),
+        ([("a", N("10.0.0.0/25"))], "not a /24"),
+        ([("a", N("10.0.1.0/24")), ("b", N("10.0.1.0/24"))], "overlaps 10.0.1.0/24 of host 'a'"),
+        ([("a", None), ("a", None)], "duplicate host name 'a'"),
+    ],
+)
+def test_carve_bad_input(hosts: list[tuple[str, IPv4Network | None]], message: str) -> None:
+    with pytest.raises(IpamError, match=message):
+        carve_subnets(N("10.0.0.0/16"), 24, hosts)
+
+
+@pytest.mark.parametrize("prefixlen", [15, 33])
+def test_carve_bad_prefixlen(prefixlen: int) -> None:
+    with pytest.raises(IpamError, match="does not fit"):
+        carve_subnets(N("10.0.0.0/16"), prefixlen, [("a", None)])
+
+
+@st.composite
+def carve_case(
+    draw: st.DrawFn,
+) -> tuple[IPv4Network, int, list[tuple[str, IPv4Network | None]], list]:
+    base_len = draw(st.integers(16, 26))
+    network = N((A("10.0.0.0") + draw(st.integers(0, 255)) * (1 << (32 - base_len)), base_len))
+    prefixlen = draw(st.integers(base_len, min(base_len + 5, 32)))
+    blocks = list(network.subnets(new_prefix=prefixlen))
+    pins = draw(st.lists(st.sampled_from(blocks), unique=True, max_size=3))
+    count = draw(st.integers(0, 8))
+    hosts: list[tuple[str, IPv4Network | None]] = [(f"h{i}", None) for i in range(count)]
+    for pin in pins:
+        hosts.insert(draw(st.integers(0, len(hosts))), (f"p{pin.network_address}", pin))
+    offsets = st.integers(0, network.num_addresses - 1)
+    reserved = [network.network_address + off for off in draw(st.lists(offsets, max_size=4))]
+    return network, prefixlen, hosts, reserved
+
+
+def _carve_or_none(network, prefixlen, hosts, reserved):  # type: ignore[no-untyped-def]
+    try:
+        return carve_subnets(network, prefixlen, hosts, reserved)
+    except IpamError:
+        return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(carve_case())
+def test_carve_properties(case) -> None:  # type: ignore[no-untyped-def]
+    network, prefixlen, hosts, reserved = case
+    result = _carve_or_none(network, prefixlen, hosts, reserved)
+    free = count_free_blocks(network, prefixlen, [*reserved, *(s for _, s in hosts if s)])
+    unpinned = sum(1 for _, s in hosts if s is None)
+    assert (result is None) == (free < unpinned)  # fails exactly when space runs out
+    if result is None:
+        return
+    assert list(result) == [name for name, _ in hosts]
+    subnets = list(result.values())
+    for i, subnet in enumerate(subnets):
+        assert subnet.prefixlen == prefixlen and subnet.subnet_of(network)
+        assert not any(subnet.overlaps(other) for other in subnets[i + 1 :])
+    for name, pin in hosts:
+        if pin is not None:
+            assert result[name] == pin
+        else:
+            assert not any(r in result[name] for r in reserved)
+
+
+@settings(max_examples=300, deadline=None)
+@given(carve_case(), st.booleans())
+def test_carve_append_is_stable(case, pinned_append: bool) -> None:  # type: ignore[no-untyped-def]
+    network, prefixlen, hosts, reserved = case
+    before = _carve_or_none(network, prefixlen, hosts, reserved)
+    if before is None:
+        return
+    new: IPv4Network | None = None
+    if pinned_append:  # a pinned newcomer must pick a block no existing host uses
+        used = list(before.values())
+        free = [
+            b for b in network.subnets(new_prefix=prefixlen) if not any(b.overlaps(u) for u in used)
+        ]
+        if not free:
+            return
+        new = free[-1]
+    after = _carve_or_none(network, prefixlen, [*hosts, ("newcomer", new)], reserved)
+    if after is None:
+        return  # no room for the newcomer: an error, never a reshuffle
+    assert {name: after[name] for name in before} == before
+
+
+# --------------------------------------------------------------------------- pool
+
+
+def make_pool(tmp: Path, subnet: str = "10.32.1.0/24", **kw) -> AddressPool:  # type: ignore[no-untyped-def]
+    return AddressPool(tmp / "ipam" / "pool.json", N(subnet), **kw)
+
+
+def test_allocate_first_and_state_format(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, reserved=[A("10.32.1.1")])
+    alloc = pool.allocate("c1", meta={"netns": "/run/netns/c1"})
+    assert alloc == Allocation("c1", A("10.32.1.2"), {"netns": "/run/netns/c1"})
+    data = json.loads(pool.path.read_text())
+    assert data == {
+        "version": 1,
+        "subnet": "10.32.1.0/24",
+        "last": "10.32.1.2",
+        "allocations": {"c1": {"address": "10.32.1.2", "meta": {"netns": "/run/netns/c1"}}},
+    }
+
+
+def test_file_and_dir_modes(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path)
+    pool.allocate("c1")
+    assert stat.S_IMODE(pool.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pool.lock_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(pool.path.parent.stat().st_mode) == 0o700
+    assert sorted(p.name for p in pool.path.parent.iterdir()) == ["pool.json", "pool.json.lock"]
+
+
+def test_same_key_same_address_and_persistence(tmp_path: Path) -> None:
+    first = make_pool(tmp_path).allocate("c1", meta={"a": 1})
+    again = make_pool(tmp_path)  # a new instance reads the file
+    assert again.allocate("c1") == first
+    assert again.allocate("c1", requested=first.address) == first
+    assert again.get("c1") == first
+    assert again.entries() == {"c1": first}
+    with pytest.raises(IpamError, match=r"'c1' already has 10.32.1.1, cannot also take 10.32.1.9"):
+        again.allocate("c1", requested=A("10.32.1.9"))
+
+
+def test_never_network_or_broadcast(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, subnet="10.0.0.0/29")
+    got = [pool.allocate(f"k{i}").address for i in range(6)]
+    assert got == [A(f"10.0.0.{i}") for i in range(1, 7)]
+    with pytest.raises(IpamError, match=r"no free address left in 10.0.0.0/29 for 'k6'"):
+        pool.allocate("k6")
+
+
+def test_exhaustion_with_reserved(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, subnet="10.0.0.0/30", reserved=[A("10.0.0.1")])
+    assert pool.allocate("a").address == A("10.0.0.2")
+    with pytest.raises(IpamError, match="no free address"):
+        pool.allocate("b")
+    pool.release("a")
+    assert pool.allocate("b").address == A("10.0.0.2")
+
+
+def test_requested_address_errors(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, reserved=[A("10.32.1.1")])
+    assert pool.allocate("a", requested=A("10.32.1.50")).address == A("10.32.1.50")
+    cases = {
+        "10.32.2.5": "requested address 10.32.2.5 is outside 10.32.1.0/24",
+        "10.32.1.1": "requested address 10.32.1.1 is reserved",
+        "10.32.1.0": "requested address 10.32.1.0 is reserved",
+        "10.32.1.255": "requested address 10.32.1.255 is reserved",
+        "10.32.1.50": "requested address 10.32.1.50 is already taken by 'a'",
+    }
+    for address, message in cases.items():
+        with pytest.raises(IpamError, match=message):
+            pool.allocate("b", requested=A(address))
+    assert pool.get("b") is None
+
+
+def test_round_robin_reuse_order(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path, subnet="10.0.0.0/29", reserved=[A("10.0.0.1")])
+    assert [pool.allocate(k).address for k in "abc"] == [
+        A("10.0.0.2"),
+        A("10.0.0.3"),
+        A("10.0.0.4"),
+    ]
+    pool.release("a")
+    # the released .2 is not reused right away: next after the last handed out
+    assert pool.allocate("d").address == A("10.0.0.5")
+    assert pool.allocate("e").address == A("10.0.0.6")
+    assert pool.allocate("f").address == A("10.0.0.2")  # wraps, skipping network/gateway
+    pool.release("c")
+    assert pool.allocate("g").address == A("10.0.0.4")  # next free after .2 (.3 is b's)
+    with pytest.raises(IpamError, match="no free address"):
+        pool.allocate("h")
+
+
+def test_requested_moves_the_cursor(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path)
+    pool.allocate("a", requested=A("10.32.1.100"))
+    assert pool.allocate("b").address == A("10.32.1.101")
+
+
+def test_usable_range_inside_lan(tmp_path: Path) -> None:
+    lan = N("10.211.55.0/24")
+    pool = AddressPool(
+        tmp_path / "p.json",
+        lan,
+        reserved=[A("10.211.55.1"), A("10.211.55.10")],
+        usable=N("10.211.55.252/30"),
+    )
+    got = [pool.allocate(k).address for k in "abc"]
+    assert got == [
+        A("10.211.55.252"),
+        A("10.211.55.253"),
+        A("10.211.55.254"),
+    ]  # .255: LAN broadcast
+    with pytest.raises(IpamError, match="no free address left in 10.211.55.252/30"):
+        pool.allocate("d")
+    with pytest.raises(IpamError, match="outside 10.211.55.252/30"):
+        pool.allocate("d", requested=A("10.211.55.20"))
+    with pytest.raises(IpamError, match="not inside subnet"):
+        AddressPool(tmp_path / "q.json", lan, usable=N("10.0.0.0/30"))
+
+
+def test_release_and_update_meta(tmp_path: Path) -> None:
+    pool = make_pool(tmp_path)
+    alloc = pool.allocate("a", meta={"x": 1})
+    pool.update_meta("a", {"y": 2})
+    assert pool.get("a") == Allocation("a", alloc.address, {"x": 1, "y": 2})
+    with pytest.raises(IpamError, match="no address allocated for 'zz'"):
+        pool.update_meta("zz", {})
+    assert pool.release("a") == Allocation("a", alloc.address, {"x": 1, "y": 2})
+    assert pool.release("a") is None
+    assert pool.get("a") is None and pool.entries() == {}
+
+
+def test_state_for_another_subnet_or_corrupt(tmp_path: Path) -> None:
+    make_pool(tmp_path).allocate("a")
+    with pytest.raises(IpamError, match=r"state is for subnet 10.32.1.0/24, not 10.32.2.0/24"):
+        make_pool(tmp_path, subnet="10.32.2.0/24").entries()
+    pool = make_pool(tmp_path)
+    pool.path.write_text("{not json")
+    with pytest.raises(IpamError, match="unreadable IPAM state") as info:
+        pool.allocate("b")
+    assert "\n" not in str(info.value)
+    pool.path.write_text('{"version": 1, "subnet": "10.32.1.0/24"}')
+    with pytest.raises(IpamError, match="malformed IPAM state"):
+        pool.get("a")
+
+
+# ---- concurrency
+
+
+def _worker(path: str, subnet: str, op: str, key: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
+    pool = AddressPool(path, N(subnet))
+    barrier.wait()
+    try:
+        if op == "allocate":
+            results.put((key, str(pool.allocate(key, meta={"pid": key}).address)))
+        else:
+            released = pool.release(key)
+            results.put((key, str(released.address) if released else None))
+    except Exception as exc:  # report instead of dying silently
+        results.put((key, f"error: {exc!r}"))
+
+
+def _run_concurrently(path: Path, subnet: str, op: str, keys: list[str]) -> dict[str, str | None]:
+    ctx = multiprocessing.get_context("fork")
+    barrier, results = ctx.Barrier(len(keys)), ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(str(path), subnet, op, k, barrier, results)) for k in keys
+    ]
+    for proc in procs:
+        proc.start()
+    out = dict(results.get(timeout=60) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_concurrent_processes(tmp_path: Path) -> None:
+    path, subnet = tmp_path / "state" / "pool.json", "10.32.1.0/24"
+    keys = [f"c{i}" for i in range(20)]
+    got = _run_concurrently(path, subnet, "allocate", keys)
+    assert not [v for v in got.values() if v is None or v.startswith("error")], got
+    assert len(set(got.values())) == 20
+    pool = AddressPool(path, N(subnet))
+    assert {k: str(a.address) for k, a in pool.entries().items()} == got
+    released = _run_concurrently(path, subnet, "release", keys)
+    assert released == got
+    assert pool.entries() == {}
+
+
+# ---- property test: any allocate/release sequence
+
+OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["alloc", "alloc", "request", "release"]),
+        st.sampled_from([f"k{i}" for i in range(8)]),
+        st.integers(0, 15),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_pool_never_double_books(ops: list[tuple[str, str, int]]) -> None:
+    subnet = N("10.9.9.0/28")
+    reserved = {A("10.9.9.1"), A("10.9.9.7")}
+    forbidden = reserved | {subnet.network_address, subnet.broadcast_address}
+    with tempfile.TemporaryDirectory() as tmp:
+        pool = AddressPool(Path(tmp) / "p.json", subnet, reserved=reserved)
+        model: dict[str, IPv4Address] = {}
+        for op, key, offset in ops:
+            if op == "release":
+                released = pool.release(key)
+                assert (released.address if released else None) == model.pop(key, None)
+                continue
+            requested = subnet.network_address + offset if op == "request" else None
+            try:
+                alloc = pool.allocate(key, requested=requested)
+            except IpamError:
+                if key in model:  # only a conflicting request may fail for a known key
+                    assert requested is not None and requested != model[key]
+                continue
+            assert model.setdefault(key, alloc.address) == alloc.address
+            if requested is not None:
+                assert alloc.address == requested
+            current = {k: a.address for k, a in pool.entries().items()}
+            assert current == model
+            assert len(set(current.values())) == len(current)
+            assert not forbidden & set(current.values())
+        # a fresh instance sees the same state
+        assert {
+            k: a.address for k, a in AddressPool(Path(tmp) / "p.json", subnet).entries().items()
+        } == model
