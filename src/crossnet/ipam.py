@@ -14,13 +14,13 @@ import contextlib
 import fcntl
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
+from crossnet.state import write_json_atomic
 from crossnet.errors import IpamError
 
 STATE_VERSION = 1
@@ -170,26 +170,6 @@ def _ensure_dir(directory: Path) -> None:
         with contextlib.suppress(FileExistsError):
             d.mkdir(mode=0o700)
             os.chmod(d, 0o700)  # mkdir's mode is filtered by the umask
-
-
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:  # mkstemp: mode 0o600
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 # --------------------------------------------------------------------------- pool
@@ -370,4 +350,4 @@ class AddressPool:
                 for key, a in state.allocations.items()
             },
         }
-        _write_json_atomic(self.path, data)
+        write_json_atomic(self.path, data)
