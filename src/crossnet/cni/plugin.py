@@ -1,0 +1,648 @@
+"""crossnet-cni: a CNI plugin (spec 1.0.0, plus STATUS/GC of 1.1.0) that attaches a
+container to this host's crossnet network.
+
+ADD/DEL go through :mod:`crossnet.containers` (``attach``/``detach``) with the same
+IPAM pool as ``crossnet attach``: one source of truth for the host's addresses. The
+host must have been configured with ``crossnet apply`` (its state dir is the network
+config's ``stateDir``, default /var/lib/crossnet).
+
+Network configuration (one entry of a conflist)::
+
+    {"type": "crossnet-cni", "stateDir": "/var/lib/crossnet",
+     "capabilities": {"ips": true, "mac": true}, "dns": {...}, "logFile": "/path"}
+
+Requested addresses: ``CNI_ARGS`` ``IP=`` (what ``podman run --ip`` sends), the
+``args.cni.ips`` convention or ``runtimeConfig.ips``; a MAC from ``MAC=`` or
+``runtimeConfig.mac``.
+
+Start-up time matters (the plugin runs on every container start): this module imports
+only the standard library; the netlink code is imported when a command needs it, and
+the pyroute2 package is imported without its catch-all ``__init__`` (see
+:func:`_light_pyroute2`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+PLUGIN_TYPE = "crossnet-cni"
+DEFAULT_STATE_DIR = "/var/lib/crossnet"
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# commands (and the spec version that introduced them)
+COMMANDS = {"ADD": "0.1.0", "DEL": "0.1.0", "CHECK": "0.4.0", "VERSION": "0.1.0", "STATUS": "1.1.0", "GC": "1.1.0"}
+KNOWN_ARGS = {
+    "IgnoreUnknown", "IP", "MAC", "K8S_POD_NAME", "K8S_POD_NAMESPACE",
+    "K8S_POD_INFRA_CONTAINER_ID", "K8S_POD_UID",
+}
+VALID_ATTACHMENTS = "cni.dev/valid-attachments"
+
+# error codes (CNI spec "Error" section; 100+ are this plugin's)
+E_INCOMPATIBLE_VERSION = 1
+E_UNSUPPORTED_FIELD = 2
+E_UNKNOWN_CONTAINER = 3
+E_INVALID_ENV = 4
+E_IO = 5
+E_DECODE = 6
+E_INVALID_CONFIG = 7
+E_TRY_AGAIN = 11
+E_NOT_AVAILABLE = 50  # STATUS: cannot service ADD
+E_NOT_CONFIGURED = 100  # this host has no crossnet state (run `crossnet apply`)
+E_IPAM = 101  # no free address / requested address taken
+E_ATTACH = 102  # kernel operation failed while attaching/detaching
+E_CHECK = 103  # CHECK found the attachment not as ADD left it
+E_INTERNAL = 199
+
+_CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class CniError(Exception):
+    def __init__(self, code: int, msg: str, details: str = ""):
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.details = details
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def version_tuple(v: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in v.split("."))
+    except (AttributeError, ValueError):
+        return (0,)
+
+
+def parse_cni_args(raw: str) -> dict[str, str]:
+    """``K=V;K=V`` -> dict. Unknown keys are an error unless IgnoreUnknown is true."""
+    args: dict[str, str] = {}
+    if not raw:
+        return args
+    for item in raw.split(";"):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CniError(E_INVALID_ENV, f"CNI_ARGS: invalid argument {item!r} (expected KEY=VALUE)")
+        args[key] = value
+    ignore = args.get("IgnoreUnknown", "").lower() in ("1", "true")
+    unknown = sorted(set(args) - KNOWN_ARGS)
+    if unknown and not ignore:
+        raise CniError(
+            E_INVALID_ENV,
+            f"CNI_ARGS: unknown argument {unknown[0]}={args[unknown[0]]!r} (set IgnoreUnknown=1 to ignore it)",
+        )
+    return args
+
+
+class Request:
+    """One plugin invocation: command, environment and network config."""
+
+    def __init__(self, environ: dict[str, str], stdin: bytes):
+        self.environ = environ
+        self.command = environ.get("CNI_COMMAND", "")
+        self.cni_version = "1.0.0"  # for error output until the config is read
+        self.raw_stdin = stdin
+        self.conf: dict[str, Any] = {}
+        self.args: dict[str, str] = {}
+
+    # ---- environment
+    def env(self, name: str, required: bool = True) -> str:
+        value = self.environ.get(name, "")
+        if required and not value:
+            raise CniError(E_INVALID_ENV, f"{name} is not set", f"CNI_COMMAND={self.command}")
+        return value
+
+    @property
+    def container_id(self) -> str:
+        cid = self.env("CNI_CONTAINERID")
+        if not _CONTAINER_ID_RE.match(cid):
+            raise CniError(E_INVALID_ENV, f"CNI_CONTAINERID: invalid container id {cid!r}")
+        return cid
+
+    @property
+    def ifname(self) -> str:
+        name = self.env("CNI_IFNAME")
+        if len(name) > 15 or name in (".", "..") or any(c in name for c in "/: \t\n"):
+            raise CniError(E_INVALID_ENV, f"CNI_IFNAME: invalid interface name {name!r}")
+        return name
+
+    # ---- network config
+    def load_conf(self, required: bool = True) -> None:
+        data = self.raw_stdin
+        if not data.strip():
+            if not required:
+                return
+            raise CniError(E_DECODE, "no network configuration on stdin")
+        try:
+            conf = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CniError(E_DECODE, "failed to decode the network configuration", str(exc)) from None
+        if not isinstance(conf, dict):
+            raise CniError(E_DECODE, "the network configuration is not a JSON object")
+        self.conf = conf
+        version = conf.get("cniVersion")
+        if isinstance(version, str) and version:
+            self.cni_version = version
+
+    def check_version(self) -> None:
+        version = self.conf.get("cniVersion")
+        if not isinstance(version, str) or not version:
+            raise CniError(E_INCOMPATIBLE_VERSION, "cniVersion is missing from the network configuration")
+        if version not in SUPPORTED_VERSIONS:
+            raise CniError(
+                E_INCOMPATIBLE_VERSION,
+                f"incompatible CNI version {version}",
+                f"supported versions: {', '.join(SUPPORTED_VERSIONS)}",
+            )
+        introduced = COMMANDS.get(self.command, "0.1.0")
+        if version_tuple(version) < version_tuple(introduced):
+            raise CniError(
+                E_INCOMPATIBLE_VERSION, f"CNI_COMMAND {self.command} needs cniVersion {introduced} or later, got {version}"
+            )
+
+    def validate_conf(self) -> None:
+        conf = self.conf
+        name = conf.get("name")
+        if not isinstance(name, str) or not name:
+            raise CniError(E_INVALID_CONFIG, "network configuration: 'name' is missing or not a string")
+        state_dir = conf.get("stateDir", DEFAULT_STATE_DIR)
+        if not isinstance(state_dir, str) or not state_dir:
+            raise CniError(E_INVALID_CONFIG, "network configuration: 'stateDir' must be a non-empty string")
+        if "ipam" in conf and conf["ipam"]:
+            raise CniError(
+                E_UNSUPPORTED_FIELD,
+                f"unsupported field ipam={json.dumps(conf['ipam'])}: crossnet-cni allocates from crossnet's own IPAM",
+            )
+        for key in ("dns", "runtimeConfig", "args"):
+            if key in conf and not isinstance(conf[key], dict):
+                raise CniError(E_INVALID_CONFIG, f"network configuration: {key!r} must be an object")
+        log_file = conf.get("logFile")
+        if log_file is not None and not isinstance(log_file, str):
+            raise CniError(E_INVALID_CONFIG, "network configuration: 'logFile' must be a string")
+
+    @property
+    def name(self) -> str:
+        return self.conf["name"]
+
+    @property
+    def state_dir(self) -> str:
+        return self.conf.get("stateDir", DEFAULT_STATE_DIR)
+
+    def requested_ip(self) -> str | None:
+        """The address asked for through CNI_ARGS IP=, runtimeConfig.ips or args.cni.ips."""
+        candidates: list[tuple[str, str]] = []
+        if self.args.get("IP"):
+            candidates += [("CNI_ARGS IP", v) for v in self.args["IP"].split(",") if v]
+        rc = self.conf.get("runtimeConfig") or {}
+        if isinstance(rc.get("ips"), list):
+            candidates += [("runtimeConfig.ips", v) for v in rc["ips"]]
+        cni_args = (self.conf.get("args") or {}).get("cni") or {}
+        if isinstance(cni_args, dict) and isinstance(cni_args.get("ips"), list):
+            candidates += [("args.cni.ips", v) for v in cni_args["ips"]]
+        if not candidates:
+            return None
+        import ipaddress
+
+        v4: list[tuple[str, str]] = []
+        for source, value in candidates:
+            try:
+                addr = ipaddress.ip_interface(str(value).strip()).ip
+            except ValueError:
+                raise CniError(E_INVALID_ENV if source.startswith("CNI_ARGS") else E_INVALID_CONFIG,
+                               f"{source}: {value!r} is not an IP address") from None
+            if addr.version == 4:
+                v4.append((source, str(addr)))
+        if not v4:
+            return None
+        if len({a for _, a in v4}) > 1:
+            raise CniError(E_INVALID_ENV, f"{v4[0][0]}: crossnet gives a container one IPv4 address, got {', '.join(a for _, a in v4)}")
+        return v4[0][1]
+
+    def requested_mac(self) -> str | None:
+        mac = self.args.get("MAC") or (self.conf.get("runtimeConfig") or {}).get("mac")
+        if not mac:
+            return None
+        if not isinstance(mac, str) or not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
+            raise CniError(E_INVALID_ENV, f"CNI_ARGS MAC: {mac!r} is not a MAC address")
+        if int(mac[:2], 16) & 1:
+            raise CniError(E_INVALID_ENV, f"CNI_ARGS MAC: {mac!r} is a multicast address")
+        return mac.lower()
+
+
+def attachment_key(container_id: str, ifname: str) -> str:
+    """The IPAM key of a CNI attachment: the container id (what `crossnet status` shows),
+    suffixed with the interface name for any interface other than eth0."""
+    return container_id if ifname == "eth0" else f"{container_id}/{ifname}"
+
+
+# --------------------------------------------------------------------------- core access
+
+
+def _light_pyroute2() -> None:
+    """Make ``import pyroute2.<sub>`` skip pyroute2/__init__.py, which imports every
+    netlink family pyroute2 knows (~0.2 s here). The package object gets a module-level
+    ``__getattr__`` that serves the few names crossnet uses directly and runs the real
+    ``__init__`` on first access to anything else, so nothing breaks."""
+    if "pyroute2" in sys.modules:
+        return
+    import importlib
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    pkg = types.ModuleType("pyroute2")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__file__ = spec.origin
+    pkg.__spec__ = spec
+    pkg.__package__ = "pyroute2"
+    fast = {"IPRoute": "pyroute2.iproute", "NetNS": "pyroute2.iproute", "AsyncIPRoute": "pyroute2.iproute",
+            "NetlinkError": "pyroute2.netlink.exceptions"}
+    state = {"full": False}
+
+    def __getattr__(name: str) -> Any:
+        if name in fast:
+            value = getattr(importlib.import_module(fast[name]), name)
+            setattr(pkg, name, value)
+            return value
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if importlib.util.find_spec(f"pyroute2.{name}") is not None:  # a submodule
+            return importlib.import_module(f"pyroute2.{name}")
+        if not state["full"]:
+            state["full"] = True
+            spec.loader.exec_module(pkg)  # the real __init__, into the same module object
+            return getattr(pkg, name)
+        raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
+
+    pkg.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["pyroute2"] = pkg
+
+
+class Host:
+    """This host's crossnet state (what `crossnet apply` recorded)."""
+
+    def __init__(self, state_dir: str, required: bool = True):
+        from crossnet.state import StateDir, read_json
+
+        self.state = StateDir(state_dir)
+        self.applied = read_json(self.state.applied_path) if os.path.isdir(state_dir) else None
+        self.ctx = self.backend = None
+        if not self.applied:
+            if required:
+                raise CniError(
+                    E_NOT_CONFIGURED,
+                    f"this host is not configured for crossnet (no {self.state.applied_path})",
+                    "run `crossnet apply -f CLUSTER` on this host first",
+                )
+            return
+        from crossnet.backends import get_backend
+        from crossnet.backends.base import HostContext
+
+        try:
+            self.ctx = HostContext.from_json(self.applied["context"])
+            self.backend = get_backend(self.ctx.backend)
+        except Exception as exc:  # noqa: BLE001
+            raise CniError(E_NOT_CONFIGURED, f"unreadable crossnet state {self.state.applied_path}", repr(exc)) from None
+
+    @property
+    def configured(self) -> bool:
+        return self.ctx is not None
+
+    def pool(self):
+        from crossnet.containers import pool_for
+
+        return pool_for(self.state, self.ctx)
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _ip_entry(version: str, cidr: str, gateway: str, iface_index: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"address": cidr, "gateway": gateway, "interface": iface_index}
+    if version_tuple(version) < (1, 0, 0):
+        entry = {"version": "4", **entry}
+    return entry
+
+
+def build_result(req: Request, host: Host, att: Any, host_mac: str | None) -> dict[str, Any]:
+    version = req.cni_version
+    prev = req.conf.get("prevResult") if isinstance(req.conf.get("prevResult"), dict) else {}
+    interfaces = list(prev.get("interfaces") or [])
+    ips = list(prev.get("ips") or [])
+    routes = list(prev.get("routes") or [])
+    base = len(interfaces)
+    host_iface: dict[str, Any] = {"name": att.host_if}
+    if host_mac:
+        host_iface["mac"] = host_mac
+    cont_iface: dict[str, Any] = {"name": att.ifname, "mac": att.mac, "sandbox": att.netns}
+    if version_tuple(version) >= (1, 1, 0):
+        host_iface["mtu"] = cont_iface["mtu"] = att.mtu
+    interfaces += [host_iface, cont_iface]
+    ips.append(_ip_entry(version, f"{att.address}/{att.prefixlen}", att.gateway, base + 1))
+    routes.append({"dst": "0.0.0.0/0", "gw": att.gateway})
+    result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes}
+    dns = req.conf.get("dns") or prev.get("dns")
+    result["dns"] = dns if isinstance(dns, dict) else {}
+    return result
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_version(req: Request) -> dict[str, Any]:
+    req.load_conf(required=False)
+    version = req.conf.get("cniVersion") if isinstance(req.conf.get("cniVersion"), str) else None
+    return {"cniVersion": version or SUPPORTED_VERSIONS[-1], "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def _prepare(req: Request) -> None:
+    req.load_conf()
+    req.check_version()
+    req.validate_conf()
+    req.args = parse_cni_args(req.environ.get("CNI_ARGS", ""))
+
+
+def _check_requested_ip(host: Host, pool: Any, address: str) -> None:
+    import ipaddress
+
+    addr = ipaddress.IPv4Address(address)
+    if addr not in pool.usable:
+        raise CniError(E_INVALID_ENV, f"CNI_ARGS IP: {addr} is outside this host's container range {pool.usable}",
+                       f"host {host.ctx.host}, network {host.ctx.network}")
+    if addr in pool.reserved:
+        raise CniError(E_INVALID_ENV, f"CNI_ARGS IP: {addr} is reserved in {pool.subnet} (gateway, host or broadcast address)")
+
+
+def cmd_add(req: Request) -> dict[str, Any]:
+    _prepare(req)
+    cid, ifname = req.container_id, req.ifname
+    netns = req.env("CNI_NETNS")
+    req.env("CNI_PATH")
+    if not os.path.exists(netns if "/" in netns else f"/run/netns/{netns}"):
+        raise CniError(E_INVALID_ENV, f"CNI_NETNS: network namespace {netns} does not exist")
+    requested = req.requested_ip()
+    mac = req.requested_mac()
+    host = Host(req.state_dir)
+    from crossnet import containers
+    from crossnet.errors import CrossnetError, IpamError
+
+    key = attachment_key(cid, ifname)
+    pool = host.pool()
+    if requested:
+        _check_requested_ip(host, pool, requested)
+    try:
+        att = containers.attach(host.state, host.ctx, host.backend, key, netns, requested=requested, ifname=ifname)
+    except IpamError as exc:
+        raise CniError(E_IPAM, str(exc)) from None
+    except CrossnetError as exc:
+        raise CniError(E_ATTACH, str(exc)) from None
+    except OSError as exc:
+        raise CniError(E_ATTACH, f"attaching {ifname} in {netns} failed: {exc}") from None
+    meta: dict[str, Any] = {"cni": {"network": req.name, "containerID": cid, "ifname": ifname}}
+    try:
+        host_mac = _finish_links(att, mac)
+    except Exception as exc:  # noqa: BLE001 - undo the attach, then report
+        _quiet_detach(host, key)
+        raise CniError(E_ATTACH, f"configuring {ifname} in {netns} failed: {exc}") from None
+    if mac:
+        meta["mac"] = att.mac
+    pool.update_meta(key, meta)
+    return build_result(req, host, att, host_mac)
+
+
+def _finish_links(att: Any, mac: str | None) -> str | None:
+    """Set a requested MAC inside the container; return the host-side veth's MAC."""
+    from crossnet import netlink as nl
+
+    if mac and (att.mac or "").lower() != mac:
+        with nl.open_ipr(att.netns) as cipr:
+            cipr.link("set", index=nl.require_index(cipr, att.ifname), address=mac)
+        att.mac = mac
+    with nl.open_ipr() as ipr:
+        info = nl.link_info(ipr, att.host_if)
+        return info.mac if info else None
+
+
+def _quiet_detach(host: Host, key: str) -> None:
+    from crossnet import containers
+
+    try:
+        containers.detach(host.state, host.ctx, host.backend, key)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def cmd_del(req: Request) -> None:
+    _prepare(req)
+    cid, ifname = req.container_id, req.ifname
+    host = Host(req.state_dir, required=False)
+    if not host.configured:
+        return None  # nothing of ours can exist: DEL succeeds
+    from crossnet import containers
+    from crossnet.errors import CrossnetError
+
+    try:
+        containers.detach(host.state, host.ctx, host.backend, attachment_key(cid, ifname))
+    except CrossnetError as exc:
+        raise CniError(E_ATTACH, str(exc)) from None
+    except OSError as exc:
+        raise CniError(E_ATTACH, f"detaching {cid} failed: {exc}") from None
+    return None
+
+
+def cmd_check(req: Request) -> None:
+    _prepare(req)
+    cid, ifname = req.container_id, req.ifname
+    netns = req.env("CNI_NETNS")
+    req.env("CNI_PATH")
+    host = Host(req.state_dir)
+    key = attachment_key(cid, ifname)
+    alloc = host.pool().get(key)
+    if alloc is None:
+        raise CniError(E_UNKNOWN_CONTAINER, f"container {cid} ({ifname}) is not attached to {req.name}")
+    netns_file = netns if "/" in netns else f"/run/netns/{netns}"
+    if not os.path.exists(netns_file):
+        raise CniError(E_UNKNOWN_CONTAINER, f"CNI_NETNS: network namespace {netns} does not exist")
+    problems = check_attachment(host, alloc, netns_file, ifname, req.conf.get("prevResult"))
+    if problems:
+        raise CniError(E_CHECK, f"container {cid}: {problems[0]}", "; ".join(problems))
+    return None
+
+
+def check_attachment(host: Host, alloc: Any, netns: str, ifname: str, prev: Any) -> list[str]:
+    from crossnet import netlink as nl
+    from crossnet.backends.base import Backend
+
+    ctx = host.ctx
+    cidr = f"{alloc.address}/{ctx.prefixlen}"
+    gateway = str(ctx.gateway)
+    host_if = alloc.meta.get("host_if")
+    problems: list[str] = []
+    if isinstance(prev, dict):
+        prev_ips = [ip.get("address") for ip in prev.get("ips") or [] if isinstance(ip, dict)]
+        if prev_ips and cidr not in prev_ips:
+            problems.append(f"prevResult has {', '.join(map(str, prev_ips))}, crossnet's IPAM has {cidr}")
+    with nl.open_ipr(netns) as cipr:
+        info = nl.link_info(cipr, ifname)
+        if info is None:
+            problems.append(f"interface {ifname} is missing in {netns}")
+        else:
+            if not info.up:
+                problems.append(f"interface {ifname} is down")
+            if info.mtu != ctx.mtu:
+                problems.append(f"interface {ifname} has MTU {info.mtu}, expected {ctx.mtu}")
+            if cidr not in nl.addresses(cipr, info.index):
+                problems.append(f"interface {ifname} lacks address {cidr}")
+            default = [r for r in nl.routes(cipr) if r.dst == "0.0.0.0/0"]
+            if not any(r.gateway == gateway and r.oif == info.index for r in default):
+                problems.append(f"no default route via {gateway} dev {ifname}")
+    with nl.open_ipr() as ipr:
+        hinfo = nl.link_info(ipr, host_if) if host_if else None
+        if hinfo is None:
+            problems.append(f"host interface {host_if} is missing")
+        else:
+            if not hinfo.up:
+                problems.append(f"host interface {host_if} is down")
+            if type(host.backend).attach_port is Backend.attach_port:
+                bridge = nl.ifindex(ipr, ctx.bridge)
+                if bridge is None or hinfo.master != bridge:
+                    problems.append(f"host interface {host_if} is not a port of {ctx.bridge}")
+    return problems
+
+
+def cmd_status(req: Request) -> None:
+    req.load_conf()
+    req.check_version()
+    req.validate_conf()
+    host = Host(req.state_dir, required=False)
+    if not host.configured:
+        raise CniError(E_NOT_AVAILABLE, f"crossnet is not configured on this host (no {host.state.applied_path})")
+    from crossnet import netlink as nl
+
+    with nl.open_ipr() as ipr:
+        if nl.ifindex(ipr, host.ctx.bridge) is None:
+            raise CniError(E_NOT_AVAILABLE, f"crossnet bridge {host.ctx.bridge} is missing (run `crossnet apply`)")
+    return None
+
+
+def cmd_gc(req: Request) -> None:
+    """Remove this network's CNI attachments that the runtime no longer knows."""
+    _prepare(req)
+    valid_raw = req.conf.get(VALID_ATTACHMENTS, [])
+    if not isinstance(valid_raw, list):
+        raise CniError(E_INVALID_CONFIG, f"{VALID_ATTACHMENTS} must be a list")
+    valid = set()
+    for item in valid_raw:
+        if not isinstance(item, dict):
+            raise CniError(E_INVALID_CONFIG, f"{VALID_ATTACHMENTS}: entries must be objects")
+        valid.add((item.get("containerID"), item.get("ifname")))
+    host = Host(req.state_dir, required=False)
+    if not host.configured:
+        return None
+    from crossnet import containers
+
+    stale = []
+    for key, alloc in host.pool().entries().items():
+        cni = alloc.meta.get("cni")
+        if not isinstance(cni, dict) or cni.get("network") != req.name:
+            continue  # not made by this network's plugin (e.g. `crossnet attach`)
+        if (cni.get("containerID"), cni.get("ifname")) not in valid:
+            stale.append(key)
+    errors = []
+    for key in stale:
+        try:
+            containers.detach(host.state, host.ctx, host.backend, key)
+        except Exception as exc:  # noqa: BLE001 - keep collecting
+            errors.append(f"{key}: {exc}")
+    if errors:
+        raise CniError(E_ATTACH, f"GC could not remove {len(errors)} attachment(s)", "; ".join(errors))
+    return None
+
+
+HANDLERS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "VERSION": cmd_version,
+            "STATUS": cmd_status, "GC": cmd_gc}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def run(environ: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | None]:
+    """Execute one invocation; returns (exit code, JSON for stdout or None)."""
+    req = Request(environ, stdin)
+    try:
+        command = req.command
+        if not command:
+            raise CniError(E_INVALID_ENV, "CNI_COMMAND is not set")
+        handler = HANDLERS.get(command)
+        if handler is None:
+            raise CniError(E_INVALID_ENV, f"CNI_COMMAND: unknown command {command!r}",
+                           f"supported: {', '.join(HANDLERS)}")
+        out = handler(req)
+        return 0, out
+    except CniError as exc:
+        return 1, _error(req, exc.code, exc.msg, exc.details)
+    except Exception as exc:  # noqa: BLE001 - the runtime must get a JSON error, never a traceback
+        import traceback
+
+        return 1, _error(req, E_INTERNAL, f"internal error: {exc.__class__.__name__}: {exc}",
+                         traceback.format_exc(limit=5).replace("\n", " | "))
+
+
+def _error(req: Request, code: int, msg: str, details: str) -> dict[str, Any]:
+    version = req.cni_version if req.cni_version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
+    return {"cniVersion": version, "code": code, "msg": msg, "details": details}
+
+
+def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: float) -> None:
+    try:
+        conf = json.loads(stdin) if stdin.strip() else {}
+        path = conf.get("logFile") if isinstance(conf, dict) else None
+    except ValueError:
+        path = None
+    if not isinstance(path, str) or not path:
+        return
+    line = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "command": req_env.get("CNI_COMMAND"),
+        "containerID": req_env.get("CNI_CONTAINERID"),
+        "netns": req_env.get("CNI_NETNS"),
+        "ifname": req_env.get("CNI_IFNAME"),
+        "args": req_env.get("CNI_ARGS"),
+        "rc": rc,
+        "elapsed_ms": round(elapsed * 1000, 1),
+    }
+    if rc:
+        line["error"] = out
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    except OSError:
+        pass
+
+
+def main() -> None:
+    started = time.perf_counter()
+    _light_pyroute2()
+    environ = dict(os.environ)
+    try:
+        stdin = sys.stdin.buffer.read() if environ.get("CNI_COMMAND") not in ("VERSION",) or not sys.stdin.isatty() else b""
+    except OSError:
+        stdin = b""
+    rc, out = run(environ, stdin)
+    if out is not None:
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+    _log(environ, stdin, rc, out, time.perf_counter() - started)
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
