@@ -1,0 +1,167 @@
+"""`podman:NAME` and `docker:NAME` container specs: find a container's network namespace
+through its runtime's API. Importing this module registers both in
+crossnet.runtime.RESOLVERS.
+
+docker: the Docker Engine API over its unix socket (``DOCKER_HOST=unix:///path`` or
+/var/run/docker.sock): ``GET /containers/NAME/json`` -> ``State.Pid`` ->
+``/proc/PID/ns/net``. podman: the same API served by ``podman system service``
+(socket from ``CROSSNET_PODMAN_SOCKET``, ``CONTAINER_HOST=unix://...`` or
+/run/podman/podman.sock), else ``podman container inspect``.
+
+The HTTP client is a few lines of stdlib (http.client over AF_UNIX): no dependency.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import subprocess
+from typing import Any
+from urllib.parse import quote
+
+from crossnet.errors import ConfigError, CrossnetError
+from crossnet.runtime import RESOLVERS
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+PODMAN_SOCKET = "/run/podman/podman.sock"
+TIMEOUT = 10.0
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float = TIMEOUT):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class EngineClient:
+    """Minimal Docker Engine API client (also talks to podman's compatible service)."""
+
+    def __init__(self, socket_path: str, label: str = "docker"):
+        self.socket_path = socket_path
+        self.label = label
+
+    def request(self, method: str, path: str) -> tuple[int, Any]:
+        conn = UnixHTTPConnection(self.socket_path)
+        try:
+            conn.request(method, path, headers={"Host": "docker", "Accept": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        except FileNotFoundError:
+            raise ConfigError(f"{self.label}: API socket {self.socket_path} does not exist") from None
+        except OSError as exc:
+            raise CrossnetError(f"{self.label}: cannot talk to the API at {self.socket_path}: {exc}") from None
+        finally:
+            conn.close()
+        try:
+            data = json.loads(body) if body else None
+        except ValueError:
+            data = body.decode(errors="replace")
+        return resp.status, data
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        status, data = self.request("GET", f"/containers/{quote(name, safe='')}/json")
+        if status == 404:
+            raise ConfigError(f"CONTAINER: {self.label}: no such container {name!r}")
+        if status != 200 or not isinstance(data, dict):
+            msg = data.get("message") if isinstance(data, dict) else data
+            raise CrossnetError(f"{self.label}: inspecting {name!r} failed (HTTP {status}): {msg}")
+        return data
+
+    def version(self) -> dict[str, Any]:
+        status, data = self.request("GET", "/version")
+        if status != 200 or not isinstance(data, dict):
+            raise CrossnetError(f"{self.label}: GET /version failed (HTTP {status})")
+        return data
+
+
+def _socket_from_env(var: str) -> str | None:
+    value = os.environ.get(var, "")
+    if not value:
+        return None
+    if value.startswith("unix://"):
+        return value[len("unix://"):]
+    if value.startswith("/"):
+        return value
+    raise ConfigError(f"{var}={value}: only unix sockets (unix:///path) are supported")
+
+
+def docker_socket() -> str:
+    return _socket_from_env("DOCKER_HOST") or DOCKER_SOCKET
+
+
+def podman_socket() -> str | None:
+    path = _socket_from_env("CROSSNET_PODMAN_SOCKET") or _socket_from_env("CONTAINER_HOST")
+    if path:
+        return path
+    return PODMAN_SOCKET if os.path.exists(PODMAN_SOCKET) else None
+
+
+def netns_of(info: dict[str, Any], label: str, name: str) -> tuple[str, str]:
+    """(container id, /proc/PID/ns/net) from an inspect document (Docker or podman)."""
+    cid = info.get("Id") or info.get("ID") or name
+    state = info.get("State") or {}
+    pid = state.get("Pid") or 0
+    if not state.get("Running") or not pid:
+        status = state.get("Status") or "not running"
+        raise ConfigError(
+            f"CONTAINER: {label}:{name} is not running ({status}); "
+            f"to release an address it had, run `crossnet detach {cid}`"
+        )
+    path = f"/proc/{pid}/ns/net"
+    try:
+        st = os.stat(path)
+    except OSError:
+        raise ConfigError(
+            f"CONTAINER: {label}:{name}: process {pid} is not visible here (is the runtime in another PID namespace?)"
+        ) from None
+    mine = os.stat("/proc/self/ns/net")
+    if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+        raise ConfigError(
+            f"CONTAINER: {label}:{name} shares this host's network namespace (--network host); nothing to attach"
+        )
+    return cid, path
+
+
+def resolve_docker(name: str) -> tuple[str, str]:
+    if not name:
+        raise ConfigError("CONTAINER: docker: empty container name")
+    client = EngineClient(docker_socket(), "docker")
+    return netns_of(client.inspect(name), "docker", name)
+
+
+def resolve_podman(name: str) -> tuple[str, str]:
+    if not name:
+        raise ConfigError("CONTAINER: podman: empty container name")
+    sock = podman_socket()
+    if sock:
+        return netns_of(EngineClient(sock, "podman").inspect(name), "podman", name)
+    podman = shutil.which("podman")
+    if podman is None:
+        raise ConfigError("CONTAINER: podman: no podman API socket and no podman command found")
+    proc = subprocess.run([podman, "container", "inspect", name], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        err = proc.stderr.strip().splitlines()
+        msg = err[-1] if err else f"exit {proc.returncode}"
+        if "no such container" in msg.lower():
+            raise ConfigError(f"CONTAINER: podman: no such container {name!r}")
+        raise CrossnetError(f"podman container inspect {name} failed: {msg}")
+    data = json.loads(proc.stdout)
+    info = data[0] if isinstance(data, list) and data else data
+    return netns_of(info, "podman", name)
+
+
+RESOLVERS["docker"] = resolve_docker
+RESOLVERS["podman"] = resolve_podman
