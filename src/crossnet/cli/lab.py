@@ -162,8 +162,10 @@ def register(main: click.Group) -> None:
     def down_cmd(name, all_, output):
         """Remove a lab: processes, namespaces, its directory (idempotent)."""
         output = _output(output)
+        if not all_:
+            validate_name(name)
         m = _manager()
-        results = m.down_all(log=_log(output)) if all_ else [m.down(validate_name(name), log=_log(output))]
+        results = m.down_all(log=_log(output)) if all_ else [m.down(name, log=_log(output))]
         if output == "json":
             _emit_json(results if all_ else results[0])
         elif not any(r["existed"] for r in results):
