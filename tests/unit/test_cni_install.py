@@ -1,0 +1,119 @@
+"""`crossnet cni install` / `crossnet docker-config` outputs (files only, no kernel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from crossnet.cni.install import (
+    conflist,
+    docker_daemon_config,
+    install,
+    merge_daemon_json,
+    wrapper_script,
+)
+from crossnet.errors import ConfigError
+
+CONTEXT = {"host": "h1", "backend": "vxlan", "bridge": "cn0", "subnet": "10.32.1.0/24", "mtu": 1450,
+           "gateway": "10.32.1.1", "network": "10.32.0.0/16"}
+
+
+@pytest.fixture
+def state_dir(tmp_path):
+    d = tmp_path / "state"
+    d.mkdir()
+    (d / "applied.json").write_text(json.dumps({"version": 1, "host": "h1", "context": CONTEXT, "resources": []}))
+    return d
+
+
+def test_conflist_with_portmap():
+    c = conflist("crossnet", "/var/lib/crossnet")
+    assert c["cniVersion"] == "1.0.0" and c["name"] == "crossnet"
+    assert [p["type"] for p in c["plugins"]] == ["crossnet-cni", "portmap"]
+    assert c["plugins"][0]["stateDir"] == "/var/lib/crossnet"
+    assert c["plugins"][1]["capabilities"] == {"portMappings": True}
+    assert [p["type"] for p in conflist("x", "/s", portmap=False)["plugins"]] == ["crossnet-cni"]
+
+
+def test_conflist_rejects_bad_name():
+    with pytest.raises(ConfigError):
+        conflist("a/b", "/s")
+
+
+def test_install_writes_conflist_and_working_wrapper(tmp_path, state_dir):
+    res = install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(tmp_path / "bin"), name="cx")
+    conf = json.loads((tmp_path / "net.d" / "10-cx.conflist").read_text())
+    assert conf["name"] == "cx" and conf["plugins"][0]["stateDir"] == str(state_dir)
+    plugin = tmp_path / "bin" / "crossnet-cni"
+    assert os.access(plugin, os.X_OK)
+    assert res["host"] == "h1" and res["subnet"] == "10.32.1.0/24"
+    proc = subprocess.run([str(plugin)], input=b'{"cniVersion":"1.0.0"}', capture_output=True,
+                          env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "1.0.0" in json.loads(proc.stdout)["supportedVersions"]
+
+
+def test_install_needs_applied_state(tmp_path):
+    with pytest.raises(ConfigError):
+        install(str(tmp_path / "nothing"), conf_dir=str(tmp_path / "n"), bin_dir=str(tmp_path / "b"))
+
+
+def test_wrapper_uses_real_interpreter_with_S():
+    text = wrapper_script()
+    first = text.splitlines()[0]
+    assert first == f"#!{os.path.realpath(sys.executable)} -S"
+    assert "from crossnet.cni.plugin import main" in text
+
+
+def test_docker_config_overlay_and_bridge():
+    cfg = docker_daemon_config(CONTEXT)
+    assert cfg == {"bridge": "cn0", "fixed-cidr": "10.32.1.0/24", "mtu": 1450, "ip-masq": False}
+    lan = {**CONTEXT, "backend": "bridge", "bridge": "br0", "subnet": "10.211.55.64/26", "mtu": 1500,
+           "gateway": "10.211.55.1"}
+    cfg = docker_daemon_config(lan)
+    assert cfg["bridge"] == "br0" and cfg["fixed-cidr"] == "10.211.55.64/26"
+    assert cfg["default-gateway"] == "10.211.55.1"
+
+
+def test_merge_daemon_json_keeps_other_keys(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"log-driver": "journald", "mtu": 9000}))
+    merged = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450})
+    assert merged == {"log-driver": "journald", "mtu": 1450, "bridge": "cn0"}
+    assert json.loads(path.read_text()) == merged
+
+
+def test_merge_daemon_json_refuses_bip_and_garbage(tmp_path):
+    path = tmp_path / "daemon.json"
+    path.write_text(json.dumps({"bip": "172.18.0.1/16"}))
+    with pytest.raises(ConfigError):
+        merge_daemon_json(str(path), {"bridge": "cn0"})
+    path.write_text("{oops")
+    with pytest.raises(ConfigError):
+        merge_daemon_json(str(path), {"bridge": "cn0"})
+
+
+def _cli(*args):
+    from crossnet.cli.main import cli
+
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False, standalone_mode=False)
+
+
+def test_cli_docker_config_prints_and_writes(tmp_path, state_dir):
+    res = _cli("--state-dir", str(state_dir), "docker-config")
+    assert json.loads(res.output)["bridge"] == "cn0"
+    target = tmp_path / "etc" / "daemon.json"
+    _cli("--state-dir", str(state_dir), "docker-config", "--write", str(target))
+    assert json.loads(target.read_text())["fixed-cidr"] == "10.32.1.0/24"
+
+
+def test_cli_cni_install_json(tmp_path, state_dir):
+    res = _cli("--state-dir", str(state_dir), "cni", "install", "--conf-dir", str(tmp_path / "n"),
+               "--bin-dir", str(tmp_path / "b"), "--no-portmap", "-o", "json")
+    out = json.loads(res.output)
+    assert out["portmap"] is False and out["conflist"].endswith("10-crossnet.conflist")

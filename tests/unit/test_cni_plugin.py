@@ -1,0 +1,258 @@
+"""crossnet-cni without a kernel: argument/config validation, error codes, result shape."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from crossnet.cni import plugin
+from crossnet.cni.plugin import CniError, Request, attachment_key, build_result, parse_cni_args, run
+
+CID = "c" * 64
+
+
+def env(command="ADD", **extra):
+    base = {"CNI_COMMAND": command, "CNI_CONTAINERID": CID, "CNI_NETNS": "/run/netns/none-such",
+            "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    base.update(extra)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def conf(**extra):
+    c = {"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni", "stateDir": "/nonexistent/crossnet"}
+    c.update(extra)
+    return json.dumps({k: v for k, v in c.items() if v is not None}).encode()
+
+
+def error_of(rc, out):
+    assert rc != 0, out
+    assert set(out) == {"cniVersion", "code", "msg", "details"}
+    return out["code"], out["msg"]
+
+
+def test_version_lists_supported_versions():
+    rc, out = run({"CNI_COMMAND": "VERSION"}, b'{"cniVersion":"1.0.0"}')
+    assert rc == 0
+    assert out["cniVersion"] == "1.0.0"
+    assert {"0.4.0", "1.0.0", "1.1.0"} <= set(out["supportedVersions"])
+
+
+def test_version_without_stdin():
+    rc, out = run({"CNI_COMMAND": "VERSION"}, b"")
+    assert rc == 0 and "1.0.0" in out["supportedVersions"]
+
+
+@pytest.mark.parametrize("stdin", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
+def test_garbage_config_is_code_6(stdin):
+    code, _ = error_of(*run(env(), stdin))
+    assert code == 6
+
+
+@pytest.mark.parametrize("version", ["9.9.9", "0.2.0", "", None, 5])
+def test_unsupported_version_is_code_1(version):
+    c = json.loads(conf())
+    c["cniVersion"] = version
+    code, msg = error_of(*run(env(), json.dumps(c).encode()))
+    assert code == 1, msg
+
+
+def test_check_needs_040():
+    code, msg = error_of(*run(env("CHECK"), conf(cniVersion="0.3.1")))
+    assert code == 1 and "CHECK" in msg
+
+
+@pytest.mark.parametrize("var", ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])
+def test_missing_env_is_code_4_naming_the_variable(var):
+    code, msg = error_of(*run(env(**{var: None}), conf()))
+    assert code == 4 and var in msg
+
+
+def test_missing_command_and_unknown_command():
+    code, msg = error_of(*run(env(CNI_COMMAND=None), conf()))
+    assert code == 4 and "CNI_COMMAND" in msg
+    code, msg = error_of(*run(env("FROB"), conf()))
+    assert code == 4 and "FROB" in msg
+
+
+@pytest.mark.parametrize("ifname", ["a" * 16, "a/b", "..", "has space"])
+def test_bad_ifname_is_code_4(ifname):
+    code, msg = error_of(*run(env(CNI_IFNAME=ifname), conf()))
+    assert code == 4 and "CNI_IFNAME" in msg
+
+
+def test_bad_container_id_is_code_4():
+    code, msg = error_of(*run(env(CNI_CONTAINERID="../etc"), conf()))
+    assert code == 4 and "CNI_CONTAINERID" in msg
+
+
+def test_missing_netns_on_add_is_code_4():
+    code, msg = error_of(*run(env(), conf()))
+    assert code == 4 and "CNI_NETNS" in msg
+
+
+def test_ipam_section_is_unsupported_field():
+    code, msg = error_of(*run(env(), conf(ipam={"type": "host-local"})))
+    assert code == 2 and "ipam" in msg
+
+
+def test_missing_name_is_code_7():
+    code, msg = error_of(*run(env(), conf(name=None)))
+    assert code == 7 and "name" in msg
+
+
+def test_bad_state_dir_is_code_7():
+    code, _ = error_of(*run(env(), conf(stateDir=17)))
+    assert code == 7
+
+
+def test_error_keeps_requested_version():
+    rc, out = run(env(CNI_PATH=None), conf(cniVersion="0.4.0"))
+    assert out["cniVersion"] == "0.4.0"
+
+
+def test_del_without_state_succeeds_silently():
+    rc, out = run(env("DEL", CNI_NETNS=None), conf())
+    assert (rc, out) == (0, None)
+
+
+def test_gc_without_state_succeeds():
+    rc, out = run(env("GC", CNI_CONTAINERID=None, CNI_NETNS=None, CNI_IFNAME=None),
+                  conf(cniVersion="1.1.0", **{"cni.dev/valid-attachments": []}))
+    assert (rc, out) == (0, None)
+
+
+def test_status_without_state_is_code_50():
+    code, _ = error_of(*run(env("STATUS", CNI_CONTAINERID=None, CNI_NETNS=None, CNI_IFNAME=None),
+                            conf(cniVersion="1.1.0")))
+    assert code == 50
+
+
+def test_status_needs_110():
+    code, _ = error_of(*run(env("STATUS"), conf(cniVersion="1.0.0")))
+    assert code == 1
+
+
+# ---- CNI_ARGS
+
+
+def test_parse_cni_args():
+    assert parse_cni_args("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.0.0.5;FOO=bar") == {
+        "IgnoreUnknown": "1", "K8S_POD_NAME": "web", "IP": "10.0.0.5", "FOO": "bar"}
+    assert parse_cni_args("") == {}
+    assert parse_cni_args("IP=10.0.0.5;") == {"IP": "10.0.0.5"}
+
+
+def test_unknown_cni_arg_without_ignore_is_code_4():
+    with pytest.raises(CniError) as exc:
+        parse_cni_args("FOO=bar")
+    assert exc.value.code == 4 and "FOO" in exc.value.msg
+
+
+def test_malformed_cni_arg():
+    with pytest.raises(CniError) as exc:
+        parse_cni_args("IP")
+    assert exc.value.code == 4
+
+
+def _req(cni_args="", **c):
+    r = Request(env(CNI_ARGS=cni_args), conf(**c))
+    r.load_conf()
+    r.args = parse_cni_args(cni_args)
+    return r
+
+
+def test_requested_ip_sources():
+    assert _req("IgnoreUnknown=1;IP=10.32.0.9").requested_ip() == "10.32.0.9"
+    assert _req(runtimeConfig={"ips": ["10.32.0.7/24"]}).requested_ip() == "10.32.0.7"
+    assert _req(args={"cni": {"ips": ["10.32.0.8"]}}).requested_ip() == "10.32.0.8"
+    assert _req("IP=fd00::5").requested_ip() is None  # IPv6 only: crossnet is IPv4
+    assert _req().requested_ip() is None
+
+
+def test_requested_ip_invalid():
+    with pytest.raises(CniError) as exc:
+        _req("IP=10.32.0.300").requested_ip()
+    assert exc.value.code == 4
+    with pytest.raises(CniError) as exc:
+        _req("IP=10.32.0.5,10.32.0.6").requested_ip()
+    assert exc.value.code == 4
+
+
+def test_requested_mac():
+    assert _req("MAC=02:AA:bb:cc:dd:ee").requested_mac() == "02:aa:bb:cc:dd:ee"
+    with pytest.raises(CniError):
+        _req("MAC=01:00:5e:00:00:01").requested_mac()  # multicast
+    with pytest.raises(CniError):
+        _req("MAC=zz").requested_mac()
+
+
+def test_attachment_key():
+    assert attachment_key(CID, "eth0") == CID
+    assert attachment_key(CID, "net1") == f"{CID}/net1"
+
+
+# ---- result
+
+
+def _att():
+    return SimpleNamespace(host_if="cnv0123456789", ifname="eth0", mac="02:00:00:00:00:01",
+                           netns="/run/netns/x", address="10.32.0.5", prefixlen=16, gateway="10.32.0.1", mtu=1450)
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
+def test_result_shape(version):
+    req = _req(cniVersion=version, dns={"nameservers": ["10.32.0.1"]})
+    res = build_result(req, None, _att(), "02:00:00:00:00:02")
+    assert res["cniVersion"] == version
+    assert res["interfaces"][1] == {**{"name": "eth0", "mac": "02:00:00:00:00:01", "sandbox": "/run/netns/x"},
+                                    **({"mtu": 1450} if version == "1.1.0" else {})}
+    assert "sandbox" not in res["interfaces"][0]
+    ip = res["ips"][0]
+    assert ip["address"] == "10.32.0.5/16" and ip["gateway"] == "10.32.0.1" and ip["interface"] == 1
+    assert ("version" in ip) == (version < "1.0.0")
+    assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.32.0.1"}]
+    assert res["dns"] == {"nameservers": ["10.32.0.1"]}
+
+
+def test_result_appends_to_prev_result():
+    prev = {"cniVersion": "1.0.0", "interfaces": [{"name": "lo0"}], "ips": [], "routes": []}
+    res = build_result(_req(prevResult=prev), None, _att(), None)
+    assert [i["name"] for i in res["interfaces"]] == ["lo0", "cnv0123456789", "eth0"]
+    assert res["ips"][0]["interface"] == 2
+
+
+def test_internal_errors_become_json(monkeypatch):
+    def boom(req):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setitem(plugin.HANDLERS, "ADD", boom)
+    code, msg = error_of(*run(env(), conf()))
+    assert code == 199 and "kaboom" in msg
+
+
+def test_main_prints_json_and_exits_nonzero(monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(b"garbage"), isatty=lambda: False))
+    monkeypatch.setattr("os.environ", env())
+    with pytest.raises(SystemExit) as exc:
+        plugin.main()
+    assert exc.value.code == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["code"] == 6
+
+
+def test_log_file(tmp_path, monkeypatch, capsys):
+    import io
+
+    log = tmp_path / "cni.log"
+    stdin = conf(logFile=str(log))
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(stdin), isatty=lambda: False))
+    monkeypatch.setattr("os.environ", env("DEL", CNI_NETNS=None))
+    with pytest.raises(SystemExit) as exc:
+        plugin.main()
+    assert exc.value.code == 0
+    line = json.loads(log.read_text())
+    assert line["command"] == "DEL" and line["rc"] == 0
