@@ -1,0 +1,169 @@
+"""`crossnet trace SRC DST` and `crossnet lab trace SRC DST`: the hop-by-hop path of a
+packet between containers, from kernel state; `--verify` proves it with counters."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from crossnet.errors import ConfigError
+
+OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                      help="text for people, json for scripts.")
+VERIFY = click.option("--verify", is_flag=True,
+                      help="Send COUNT pings from SRC and show every hop's counter deltas; flag hops that did not move.")
+COUNT = click.option("--count", type=int, default=20, show_default=True, help="Echo requests sent by --verify (1-1000).")
+
+
+def _check_count(count: int) -> None:
+    if not 1 <= count <= 1000:
+        raise ConfigError(f"--count: must be between 1 and 1000, got {count}")
+
+
+def _fmt_delta(v: int | None) -> str:
+    return "-" if v is None else f"+{v}"
+
+
+def render_text(res: dict) -> str:
+    """Human output of TraceResult.to_json()."""
+    lines = []
+    src_where = f"{res['src_address']}" + (f" on {res['src_host']}" if res.get("src_host") else "")
+    dst_where = f"{res['dst_address']}" + (f" on {res['dst_host']}" if res.get("dst_host") else "")
+    src = res["src"] if res["src"] == res["src_address"] else f"{res['src']} ({src_where})"
+    dst = res["dst"] if res["dst"] == res["dst_address"] else f"{res['dst']} ({dst_where})"
+    tunnel = f"tunnel {res['tunnel']}" if res.get("tunnel") else "no tunnel"
+    lines.append(f"trace {src} → {dst}: backend {res['backend']}, {tunnel}")
+    hops = res["hops"]
+    w_where = max([len(_where(h)) for h in hops] + [4])
+    w_dev = max([len(h["device"] or "-") for h in hops] + [6])
+    w_kind = max([len(h["kind"]) for h in hops] + [4])
+    for i, h in enumerate(hops, 1):
+        head = f"{i:>3}. {_where(h):<{w_where}}  {h['device'] or '-':<{w_dev}}  {h['kind']:<{w_kind}}  {h['detail']}"
+        lines.append(head)
+        pad = " " * (5 + w_where + 2 + w_dev + 2 + w_kind + 2)
+        if h.get("tx_delta") is not None or h.get("rx_delta") is not None:
+            mark = {True: "✓ moved", False: "✗ NOT MOVED", None: ""}[h.get("moved")]
+            exp = f" (expect {h['expect']})" if h.get("expect") else ""
+            lines.append(f"{pad}counters tx {_fmt_delta(h.get('tx_delta'))} rx {_fmt_delta(h.get('rx_delta'))}{exp} {mark}".rstrip())
+        cap = h.get("capture")
+        if cap:
+            if cap.get("error"):
+                lines.append(f"{pad}capture: {cap['error']}")
+            else:
+                lines.append(f"{pad}probe packets seen here: vxlan {cap.get('vxlan', 0)}, gre {cap.get('gre', 0)}, "
+                             f"plain {cap.get('plain', 0)}")
+        if h.get("note"):
+            lines.append(f"{pad}! {h['note']}")
+    probe = res.get("probe")
+    if probe:
+        lines.append(f"probe: {probe.get('sent', 0)} echo requests, {probe.get('received', 0)} replies"
+                     + (f" ({probe['error']})" if probe.get("error") else ""))
+        scope = f" (as far as visible here: the rest is on {res['handoff']})" if res.get("handoff") else ""
+        if res["verified"]:
+            lines.append(f"verified: every hop's counter moved by at least the number of requests sent{scope}")
+        else:
+            bad = ", ".join(str(i) for i in res.get("flagged") or [])
+            if bad:
+                why = f"hop(s) {bad} did not carry the probe"
+            elif not probe.get("received"):
+                why = "no reply to the probe"
+            elif not res.get("complete") and not res.get("handoff"):
+                why = "the path could not be followed to the destination"
+            else:
+                why = "no hop with a counter"
+            lines.append(f"NOT verified: {why}")
+    for w in res.get("warnings") or []:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def _where(h: dict) -> str:
+    return f"{h['host']}/{h['netns']}" if h.get("netns") else str(h["host"])
+
+
+def _emit(result, output: str, verify: bool) -> None:
+    data = result.to_json()
+    if output == "json":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(render_text(data))
+    if verify and not result.verified:
+        sys.exit(1)
+
+
+@click.command("trace")
+@click.argument("src")
+@click.argument("dst")
+@VERIFY
+@COUNT
+@click.option("--peer-state-dir", type=click.Path(file_okay=False), help="State dir of the destination host (to follow the packet there).")
+@click.option("--peer-netns", help="Network namespace of the destination host (with --peer-state-dir).")
+@OUTPUT
+@click.pass_context
+def trace_cmd(ctx: click.Context, src: str, dst: str, verify: bool, count: int, peer_state_dir: str | None,
+              peer_netns: str | None, output: str) -> None:
+    """Explain hop by hop how a packet goes from container SRC to DST.
+
+    SRC is a container on this host (id or netns name, as `crossnet status` shows);
+    DST a container (on this host, or on the peer given by --peer-state-dir) or an
+    IPv4 address. Each hop names the device and the kernel state that decided it
+    (route, neighbour, FDB entry, vxlan encapsulation, OVS flow). With --verify,
+    COUNT pings are sent from SRC and every hop shows its tx/rx counter deltas;
+    underlay NICs also count the probe packets by encapsulation (vxlan/gre/plain).
+    Exit 1 when --verify finds a hop whose counter did not move.
+    """
+    from crossnet.state import StateDir
+    from crossnet.trace import trace_hosts
+
+    _check_count(count)
+    if bool(peer_state_dir) != bool(peer_netns):
+        raise ConfigError("--peer-state-dir and --peer-netns go together (the destination host's state and namespace)")
+    states = [(StateDir(ctx.obj["state_dir"]), None)]
+    if peer_state_dir:
+        states.append((StateDir(peer_state_dir), peer_netns))
+    result = trace_hosts(src, dst, states, verify=verify, count=count)
+    _emit(result, output, verify)
+
+
+@click.command("trace")
+@click.argument("src")
+@click.argument("dst")
+@VERIFY
+@COUNT
+@click.option("--name", "name", default="cnlab", show_default=True, envvar="CROSSNET_LAB",
+              help="Lab name. Env: CROSSNET_LAB.")
+@OUTPUT
+def lab_trace_cmd(src: str, dst: str, verify: bool, count: int, name: str, output: str) -> None:
+    """Trace from lab container SRC (h1-c1 or LAB-h1-c1) to DST (a container or an
+    address) across the simulated hosts: source host, underlay, destination host —
+    with counters on both sides when --verify."""
+    from crossnet.lab import manager
+    from crossnet.lab.topology import validate_name
+    from crossnet.state import StateDir
+    from crossnet.trace import trace_hosts
+
+    _check_count(count)
+    manager.require_root()
+    lab = manager.Lab.open(validate_name(name))
+    src_ns = lab.plan.resolve_netns(src)
+    src_host = next((h for h in lab.hosts if src_ns in h.containers), None)
+    if src_host is None:
+        raise ConfigError(f"SRC: {src!r} is not a container of lab {lab.name!r}")
+    dst_spec = dst
+    try:
+        dst_spec = lab.plan.resolve_netns(dst)
+    except ConfigError:
+        pass  # an address
+    order = [src_host] + [h for h in lab.hosts if h is not src_host]
+    states = [(StateDir(h.state_dir), h.netns) for h in order]
+    result = trace_hosts(src_ns, dst_spec, states, verify=verify, count=count)
+    _emit(result, output, verify)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(trace_cmd)
+    lab = main.commands.get("lab")
+    if isinstance(lab, click.Group) and "trace" not in lab.commands:
+        lab.add_command(lab_trace_cmd)
