@@ -1,0 +1,310 @@
+"""CNI conformance of crossnet-cni, run as a runtime would run it: the wrapper that
+`crossnet cni install` writes, executed inside a simulated host's namespace
+(`nsenter --net`), with the spec's environment variables and JSON on stdin.
+
+Every case checks the spec's exit status / error code and that nothing is left
+behind: no veth, address, route or IPAM entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .kstate import snapshot
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
+]
+
+NET = "crossnet"
+
+
+class Host:
+    def __init__(self, lab, bin_dir: Path):
+        self.lab = lab
+        self.plan = lab.hosts[0]
+        self.netns = self.plan.netns
+        self.state_dir = self.plan.state_dir
+        self.plugin = str(bin_dir / "crossnet-cni")
+        applied = json.loads((Path(self.state_dir) / "applied.json").read_text())
+        self.ctx = applied["context"]
+        self._n = 0
+        self.made: list[str] = []
+
+    def conf(self, version: str = "1.0.0", **extra) -> dict:
+        return {"cniVersion": version, "name": NET, "type": "crossnet-cni", "stateDir": self.state_dir, **extra}
+
+    def new_netns(self) -> str:
+        self._n += 1
+        name = f"{self.lab.name}-k{self._n}"
+        subprocess.run(["ip", "netns", "add", name], check=True)
+        self.made.append(name)
+        return f"/run/netns/{name}"
+
+    def cni(self, command: str, conf: dict | bytes | None = None, *, cid: str | None = None,
+            netns: str | None = None, ifname: str | None = "eth0", args: str | None = None,
+            drop: tuple[str, ...] = ()) -> tuple[int, dict | None]:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_PATH": "/usr/lib/cni"}
+        if cid is not None:
+            env["CNI_CONTAINERID"] = cid
+        if netns is not None:
+            env["CNI_NETNS"] = netns
+        if ifname is not None:
+            env["CNI_IFNAME"] = ifname
+        if args is not None:
+            env["CNI_ARGS"] = args
+        for k in drop:
+            env.pop(k, None)
+        stdin = conf if isinstance(conf, bytes) else json.dumps(conf if conf is not None else self.conf()).encode()
+        proc = subprocess.run(["nsenter", f"--net=/run/netns/{self.netns}", self.plugin], input=stdin,
+                              env=env, capture_output=True, timeout=60)
+        out = proc.stdout.decode().strip()
+        data = json.loads(out) if out else None
+        if proc.returncode != 0:
+            assert isinstance(data, dict) and {"code", "msg"} <= set(data), (proc.returncode, out, proc.stderr)
+        return proc.returncode, data
+
+    def allocations(self) -> dict:
+        path = Path(self.state_dir) / "ipam.json"
+        if not path.exists():
+            return {}
+        return json.loads(path.read_text())["allocations"]
+
+    def kernel(self) -> dict:
+        snap = snapshot(self.netns)
+        snap.pop("nft", None)
+        # a Linux bridge takes a port's MAC while it has ports (not ours to judge here)
+        snap["links"] = [link[:5] + (None,) + link[6:] if link[2] == "bridge" else link for link in snap["links"]]
+        return snap
+
+    def footprint(self) -> tuple[dict, dict]:
+        return self.kernel(), self.allocations()
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    from crossnet.cni.install import install
+    from crossnet.lab.manager import down, up
+    from crossnet.lab.topology import LabOptions
+
+    name = "t" + secrets.token_hex(3)[:5]
+    lab = up(LabOptions(name=name, hosts=1, containers=0, backend="vxlan"), owner_pid=os.getpid())
+    try:
+        bin_dir = tmp_path_factory.mktemp("cni-bin")
+        install(lab.hosts[0].state_dir, conf_dir=str(tmp_path_factory.mktemp("net.d")), bin_dir=str(bin_dir))
+        h = Host(lab, bin_dir)
+        yield h
+    finally:
+        down(name)
+
+
+@pytest.fixture
+def clean(host):
+    """Asserts the test left the host exactly as it found it."""
+    before = host.footprint()
+    yield
+    for ns in host.made:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    host.made.clear()
+    assert host.footprint() == before
+
+
+def cid() -> str:
+    return secrets.token_hex(32)
+
+
+def test_version(host):
+    rc, out = host.cni("VERSION", {"cniVersion": "1.0.0"}, netns="dummy", ifname="dummy")
+    assert rc == 0 and "1.0.0" in out["supportedVersions"] and "1.1.0" in out["supportedVersions"]
+
+
+def test_add_check_del(host, clean):
+    c, netns = cid(), host.new_netns()
+    rc, res = host.cni("ADD", cid=c, netns=netns, args="IgnoreUnknown=1;K8S_POD_NAME=web")
+    assert rc == 0, res
+    assert res["cniVersion"] == "1.0.0"
+    hostif, inner = res["interfaces"]
+    assert inner == {"name": "eth0", "mac": inner["mac"], "sandbox": netns}
+    assert "sandbox" not in hostif and hostif["name"].startswith("cnv")
+    ip = res["ips"][0]
+    assert ip["interface"] == 1 and ip["gateway"] == host.ctx["gateway"]
+    addr = ip["address"]
+    assert addr.endswith(f"/{host.ctx['prefixlen']}")
+    assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": host.ctx["gateway"]}]
+    # the kernel agrees with the result
+    name = os.path.basename(netns)
+    inside = json.loads(subprocess.run(["ip", "-n", name, "-j", "-4", "addr", "show", "eth0"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert f"{inside[0]['addr_info'][0]['local']}/{inside[0]['addr_info'][0]['prefixlen']}" == addr
+    assert inside[0]["mtu"] == host.ctx["mtu"]
+    assert hostif["name"] in {link[0] for link in host.kernel()["links"]}
+    assert host.allocations()[c]["address"] == addr.split("/")[0]
+    assert host.allocations()[c]["meta"]["cni"] == {"network": NET, "containerID": c, "ifname": "eth0"}
+    # the gateway answers from inside
+    ping = subprocess.run(["ip", "netns", "exec", name, "ping", "-c1", "-W2", host.ctx["gateway"]],
+                          capture_output=True)
+    assert ping.returncode == 0
+    rc, out = host.cni("CHECK", host.conf(prevResult=res), cid=c, netns=netns)
+    assert (rc, out) == (0, None)
+    # ADD again is idempotent: same address
+    rc, res2 = host.cni("ADD", cid=c, netns=netns)
+    assert rc == 0 and res2["ips"][0]["address"] == addr
+    rc, out = host.cni("DEL", host.conf(prevResult=res), cid=c, netns=netns)
+    assert (rc, out) == (0, None)
+    assert c not in host.allocations()
+    links = subprocess.run(["ip", "-n", name, "-o", "link"], capture_output=True, text=True).stdout
+    assert "eth0" not in links
+
+
+def test_del_twice(host, clean):
+    c, netns = cid(), host.new_netns()
+    assert host.cni("ADD", cid=c, netns=netns)[0] == 0
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+def test_del_without_add(host, clean):
+    assert host.cni("DEL", cid=cid(), netns=host.new_netns()) == (0, None)
+    assert host.cni("DEL", cid=cid(), drop=("CNI_NETNS",)) == (0, None)
+
+
+def test_del_after_netns_is_gone(host, clean):
+    c, netns = cid(), host.new_netns()
+    assert host.cni("ADD", cid=c, netns=netns)[0] == 0
+    subprocess.run(["ip", "netns", "del", os.path.basename(netns)], check=True)
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+    assert c not in host.allocations()
+
+
+def test_del_without_state(host, clean, tmp_path):
+    conf = host.conf(stateDir=str(tmp_path / "no-state"))
+    assert host.cni("DEL", conf, cid=cid(), netns=host.new_netns()) == (0, None)
+
+
+def test_garbage_json(host, clean):
+    netns = host.new_netns()
+    for cmd in ("ADD", "DEL", "CHECK"):
+        rc, out = host.cni(cmd, b"{this is not json", cid=cid(), netns=netns)
+        assert rc != 0 and out["code"] == 6, out
+
+
+def test_unknown_cni_version(host, clean):
+    rc, out = host.cni("ADD", host.conf(version="4.2.0"), cid=cid(), netns=host.new_netns())
+    assert rc != 0 and out["code"] == 1 and "4.2.0" in out["msg"]
+
+
+@pytest.mark.parametrize("var", ["CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"])
+def test_missing_env(host, clean, var):
+    rc, out = host.cni("ADD", cid=cid(), netns=host.new_netns(), drop=(var,))
+    assert rc != 0 and out["code"] == 4 and var in out["msg"]
+
+
+def test_ip_inside_subnet(host, clean):
+    import ipaddress
+
+    subnet = ipaddress.ip_network(host.ctx["subnet"])
+    want = str(subnet.network_address + 77)
+    c, netns = cid(), host.new_netns()
+    rc, res = host.cni("ADD", cid=c, netns=netns, args=f"IgnoreUnknown=1;IP={want};K8S_POD_NAME=x")
+    assert rc == 0 and res["ips"][0]["address"] == f"{want}/{host.ctx['prefixlen']}"
+    # taken by another container: plugin-specific IPAM error, the other one is untouched
+    rc2, out = host.cni("ADD", cid=cid(), netns=host.new_netns(), args=f"IP={want}")
+    assert rc2 != 0 and out["code"] == 101 and "taken" in out["msg"]
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+@pytest.mark.parametrize("which", ["outside", "gateway", "garbage"])
+def test_ip_outside_subnet(host, clean, which):
+    import ipaddress
+
+    subnet = ipaddress.ip_network(host.ctx["subnet"])
+    value = {"outside": str(subnet.broadcast_address + 10), "gateway": host.ctx["gateway"],
+             "garbage": "10.1.2.300"}[which]
+    rc, out = host.cni("ADD", cid=cid(), netns=host.new_netns(), args=f"IgnoreUnknown=1;IP={value}")
+    assert rc != 0 and out["code"] == 4 and "IP" in out["msg"], out
+
+
+def test_unknown_cni_args(host, clean):
+    netns = host.new_netns()
+    rc, out = host.cni("ADD", cid=cid(), netns=netns, args="FOO=bar")
+    assert rc != 0 and out["code"] == 4 and "FOO" in out["msg"]
+    c = cid()
+    assert host.cni("ADD", cid=c, netns=netns, args="IgnoreUnknown=1;FOO=bar")[0] == 0
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+def test_mac_and_old_version(host, clean):
+    c, netns = cid(), host.new_netns()
+    rc, res = host.cni("ADD", host.conf(version="0.4.0"), cid=c, netns=netns,
+                       args="IgnoreUnknown=1;MAC=02:42:0a:00:00:99")
+    assert rc == 0 and res["cniVersion"] == "0.4.0"
+    assert res["interfaces"][1]["mac"] == "02:42:0a:00:00:99"
+    assert res["ips"][0]["version"] == "4"
+    link = subprocess.run(["ip", "-n", os.path.basename(netns), "-j", "link", "show", "eth0"],
+                          capture_output=True, text=True, check=True).stdout
+    assert json.loads(link)[0]["address"] == "02:42:0a:00:00:99"
+    assert host.cni("DEL", host.conf(version="0.4.0"), cid=c, netns=netns) == (0, None)
+
+
+def test_second_interface(host, clean):
+    c, netns = cid(), host.new_netns()
+    assert host.cni("ADD", cid=c, netns=netns)[0] == 0
+    rc, res = host.cni("ADD", cid=c, netns=netns, ifname="net1")
+    assert rc == 0 and res["interfaces"][1]["name"] == "net1"
+    assert f"{c}/net1" in host.allocations()
+    assert host.cni("DEL", cid=c, netns=netns, ifname="net1") == (0, None)
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+def test_check_failures(host, clean):
+    c, netns = cid(), host.new_netns()
+    rc, out = host.cni("CHECK", cid=c, netns=netns)
+    assert rc != 0 and out["code"] == 3
+    rc, res = host.cni("ADD", cid=c, netns=netns)
+    assert rc == 0
+    name = os.path.basename(netns)
+    subprocess.run(["ip", "-n", name, "addr", "flush", "dev", "eth0"], check=True)
+    rc, out = host.cni("CHECK", host.conf(prevResult=res), cid=c, netns=netns)
+    assert rc != 0 and out["code"] == 103 and "address" in out["msg"]
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+def test_unsupported_ipam_field(host, clean):
+    rc, out = host.cni("ADD", host.conf(ipam={"type": "host-local"}), cid=cid(), netns=host.new_netns())
+    assert rc != 0 and out["code"] == 2
+
+
+def test_status_and_gc(host, clean):
+    conf11 = host.conf(version="1.1.0")
+    assert host.cni("STATUS", conf11, ifname=None) == (0, None)
+    keep, drop = cid(), cid()
+    n1, n2 = host.new_netns(), host.new_netns()
+    assert host.cni("ADD", conf11, cid=keep, netns=n1)[0] == 0
+    assert host.cni("ADD", conf11, cid=drop, netns=n2)[0] == 0
+    gc = host.conf(version="1.1.0", **{"cni.dev/valid-attachments": [{"containerID": keep, "ifname": "eth0"}]})
+    assert host.cni("GC", gc, ifname=None) == (0, None)
+    assert keep in host.allocations() and drop not in host.allocations()
+    assert host.cni("DEL", conf11, cid=keep, netns=n1) == (0, None)
+
+
+def test_status_unconfigured(host, tmp_path):
+    rc, out = host.cni("STATUS", host.conf(version="1.1.0", stateDir=str(tmp_path)), ifname=None)
+    assert rc != 0 and out["code"] == 50
+
+
+def test_shares_ipam_with_crossnet_attach(host, clean):
+    """An address given by `crossnet attach` is never handed out by the plugin."""
+    netns = host.new_netns()
+    name = os.path.basename(netns)
+    host.lab.crossnet(host.plan.name, "attach", name)
+    taken = host.allocations()[name]["address"]
+    rc, out = host.cni("ADD", cid=cid(), netns=host.new_netns(), args=f"IP={taken}")
+    assert rc != 0 and out["code"] == 101
+    host.lab.crossnet(host.plan.name, "detach", name)
