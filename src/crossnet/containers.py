@@ -208,6 +208,7 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
                 "ifname": alloc.meta.get("ifname", "eth0"),
                 "host_if": alloc.meta.get("host_if"),
                 "mac": alloc.meta.get("mac"),
+                "name": alloc.meta.get("name"),  # runtime's container name (crossnet-cni: K8S_POD_NAME)
             }
         )
     return out
