@@ -69,6 +69,9 @@ def _build_options(f):
         click.option("--containers", type=int, default=DEFAULT_CONTAINERS, show_default=True,
                      help="Containers (network namespaces) attached per host."),
         click.option("--mtu", type=int, default=None, help="Underlay MTU of every underlay link."),
+        click.option("--runtime", default="netns", show_default=True, metavar="netns|podman",
+                     help="Containers: plain network namespaces + `crossnet attach`, or real podman "
+                          "containers (busybox) attached by the crossnet-cni plugin."),
         click.option("--network", default=DEFAULT_NETWORK, show_default=True,
                      help="Overlay network (ignored by --backend bridge)."),
         click.option("--subnet-len", type=int, default=DEFAULT_SUBNET_LEN, show_default=True,
@@ -84,9 +87,12 @@ def _build_options(f):
     return f
 
 
-def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len) -> LabOptions:
+def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime="netns") -> LabOptions:
+    if runtime not in ("netns", "podman"):
+        raise ConfigError(f"--runtime: unknown runtime {runtime!r} (choose from netns, podman)")
     return LabOptions(name=name, hosts=hosts, underlay=underlay, backend=backend, containers=containers,
-                      mtu=mtu, network=network, subnet_len=subnet_len).validate()
+                      mtu=mtu, network=network, subnet_len=subnet_len,
+                      extra={"runtime": runtime} if runtime != "netns" else {}).validate()
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -142,10 +148,10 @@ def register(main: click.Group) -> None:
 
     @lab.command("up")
     @_build_options
-    def up_cmd(name, hosts, underlay, backend, containers, mtu, network, subnet_len, keep, no_apply, output):
+    def up_cmd(name, hosts, underlay, backend, containers, mtu, runtime, network, subnet_len, keep, no_apply, output):
         """Create a lab and run `crossnet apply` / `attach` in its hosts."""
         output = _output(output)
-        opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len)
+        opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime)
         m = _manager()
         lab_ = m.up(opts, apply=not no_apply, keep=keep, log=_log(output))
         statuses = lab_.statuses() if lab_.applied else {}
@@ -245,11 +251,12 @@ def register(main: click.Group) -> None:
     @_build_options
     @click.option("--count", type=int, default=1, show_default=True, help="Pings per pair.")
     @click.option("--timeout", type=float, default=1.0, show_default=True, help="Seconds to wait per ping.")
-    def demo_cmd(name, hosts, underlay, backend, containers, mtu, network, subnet_len, keep, no_apply, output,
-                 count, timeout):
-        """up, check (ping matrix), down — in one go. Exit 0 iff every pair is reachable."""
+    def demo_cmd(name, hosts, underlay, backend, containers, mtu, runtime, network, subnet_len, keep, no_apply,
+                 output, count, timeout):
+        """up, check (ping matrix), down — in one go. Exit 0 iff every pair is reachable
+        (with --runtime podman: and every cross-host HTTP fetch works)."""
         output = _output(output)
-        opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len)
+        opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime)
         _check_probe_args(count, timeout)
         m = _manager()
         result = m.demo(opts, count=count, timeout=timeout, apply=not no_apply, keep=keep, log=_log(output))
@@ -258,6 +265,11 @@ def register(main: click.Group) -> None:
         else:
             _print_pairs(result["pairs"], f"{result['backend']} over {result['underlay']} "
                                           f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"])
+            strip = f"{result['lab']}-"
+            for x in result.get("http") or []:
+                mark = "✓" if x["ok"] else "✗"
+                click.echo(f"  http {mark} {x['src'].removeprefix(strip)} → {x['dst'].removeprefix(strip)} "
+                           f"{x['url']}" + (f" ({x['ms']:.0f} ms)" if x["ok"] else f": {x['error']}"))
         if not result["ok"]:
             sys.exit(1)
 

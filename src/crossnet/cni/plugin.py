@@ -407,6 +407,8 @@ def cmd_add(req: Request) -> dict[str, Any]:
     except OSError as exc:
         raise CniError(E_ATTACH, f"attaching {ifname} in {netns} failed: {exc}") from None
     meta: dict[str, Any] = {"cni": {"network": req.name, "containerID": cid, "ifname": ifname}}
+    if req.args.get("K8S_POD_NAME"):
+        meta["name"] = req.args["K8S_POD_NAME"]  # podman sends the container name here
     try:
         host_mac = _finish_links(att, mac)
     except Exception as exc:  # noqa: BLE001 - undo the attach, then report

@@ -233,7 +233,8 @@ class Lab:
         for h in self.hosts:
             for c in statuses[h.name].get("containers") or []:
                 if c.get("address"):
-                    eps.append(Endpoint(str(c.get("id") or c.get("netns")), str(c.get("netns") or c.get("id")),
+                    label = c.get("name") or c.get("id") or c.get("netns")  # name: podman containers
+                    eps.append(Endpoint(str(label), str(c.get("netns") or c.get("id")),
                                         str(c["address"]).split("/")[0]))
         if not eps:
             raise CrossnetError(f"lab {self.name!r} has no attached containers (use --containers K, or --underlay)")
@@ -249,7 +250,7 @@ class Lab:
         hosts = []
         for h in p.hosts:
             st = (statuses or {}).get(h.name) or {}
-            by_id = {c.get("id"): c for c in st.get("containers") or []}
+            by_id = {c.get("name") or c.get("id"): c for c in st.get("containers") or []}
             hosts.append({
                 "name": h.name,
                 "netns": h.netns,
@@ -259,7 +260,8 @@ class Lab:
                 "gateway": h.gateway,
                 "state_dir": h.state_dir,
                 "containers": [
-                    {"id": c, "netns": f"/run/netns/{c}", "address": (by_id.get(c) or {}).get("address")}
+                    {"id": c, "netns": (by_id.get(c) or {}).get("netns") or f"/run/netns/{c}",
+                     "address": (by_id.get(c) or {}).get("address")}
                     for c in h.containers
                 ],
             })
@@ -384,7 +386,12 @@ def _build(lab: Lab, apply: bool, log: Log) -> None:
                 if apply:
                     lab.attach(h.name, c)
 
-        _parallel(containers, plan.hosts)
+        if apply and plan.extra.get("runtime") == "podman":  # real containers, attached by crossnet-cni
+            from crossnet.lab import podman
+
+            _parallel(lambda h: podman.start_containers(plan, h), plan.hosts)
+        else:
+            _parallel(containers, plan.hosts)
     manifest["phase"] = "ready"
     lab.save()
 
@@ -488,6 +495,12 @@ def demo(opts: LabOptions, *, count: int = 1, timeout: float = 1.0, apply: bool 
         log(f"checking reachability ({'containers' if lab.applied else 'hosts, underlay'})")
         pairs = lab.check(count=count, timeout=timeout, statuses=statuses)
         summary = lab.summary(statuses)
+        http = None
+        if lab.applied and lab.plan.extra.get("runtime") == "podman":
+            from crossnet.lab import podman
+
+            log("fetching http:// from a podman container on every host to one on every other host")
+            http = podman.http_check(lab.plan, statuses)
         return {
             "lab": lab.name,
             "backend": lab.plan.backend,
@@ -499,7 +512,9 @@ def demo(opts: LabOptions, *, count: int = 1, timeout: float = 1.0, apply: bool 
                 for h in summary["hosts"] for c in h["containers"]
             ] if lab.applied else [{"name": h["name"], "host": h["name"], "address": h["address"]} for h in summary["hosts"]],
             "pairs": pairs_to_json(pairs),
-            "ok": bool(pairs) and all_ok(pairs),
+            "runtime": lab.plan.extra.get("runtime") or "netns",
+            "http": http,
+            "ok": bool(pairs) and all_ok(pairs) and all(x["ok"] for x in http or []),
             "elapsed_s": round(time.monotonic() - t0, 2),
         }
     finally:

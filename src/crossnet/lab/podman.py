@@ -226,12 +226,11 @@ class HostPodman:
             self.run("rm", "-f", "-t", "0", *ids, check=False, timeout=180)
 
     def teardown(self) -> None:
-        """Remove containers, unmount storage and delete the per-host directory."""
+        """Remove containers (CNI DEL inside the host), unmount storage, delete the
+        per-host directory. Idempotent."""
         if os.path.exists(self.netns_path) and (self.base / "root").exists():
             with contextlib.suppress(Exception):
                 self.remove_all()
-            with contextlib.suppress(Exception):
-                self.run("system", "reset", "--force", check=False, timeout=180)  # unmounts overlay layers
         _unmount_under(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
 
@@ -246,3 +245,69 @@ def _unmount_under(base: Path) -> None:
         return
     for mp in sorted((p for p in points if p == base_s or p.startswith(base_s + "/")), key=len, reverse=True):
         subprocess.run(["umount", "-l", mp], capture_output=True, timeout=20)
+
+
+# ---- lab integration ------------------------------------------------------------------
+RUNTIMES = ("netns", "podman")
+SERVE = "httpd -p 80 -h /var/www && exec sleep 999999999"  # every container serves HTTP
+
+
+def runtime_of(plan: Any) -> str:
+    return str((getattr(plan, "extra", None) or {}).get("runtime") or "netns")
+
+
+def host_podman(plan: Any, host: Any) -> HostPodman:
+    return HostPodman(host.netns, Path(plan.lab_dir) / "hosts" / host.name / "podman", host.state_dir)
+
+
+def _start_service(plan: Any, host: Any) -> None:
+    p = host_podman(plan, host)
+    p.setup(log_file=str(Path(plan.lab_dir) / "hosts" / host.name / "cni.log"))
+    p.ensure_image()
+
+
+def _stop_service(plan: Any, host: Any) -> None:
+    host_podman(plan, host).teardown()
+
+
+def start_containers(plan: Any, host: Any) -> dict[str, str]:
+    """Run the host's lab containers (names = the lab's container names) with podman on
+    crossnet's network; returns {name: container id}."""
+    p = host_podman(plan, host)
+    return {name: p.start(name, command=("sh", "-c", SERVE)) for name in host.containers}
+
+
+def http_check(plan: Any, statuses: dict[str, dict[str, Any]], timeout: float = 5.0) -> list[dict[str, Any]]:
+    """From the first container of every host, `wget` the page served by the first
+    container of every other host (busybox httpd), addressed by its crossnet address."""
+    firsts = {}
+    for h in plan.hosts:
+        by_name = {c.get("name"): c for c in (statuses.get(h.name) or {}).get("containers") or []}
+        if h.containers and by_name.get(h.containers[0], {}).get("address"):
+            firsts[h.name] = (h, h.containers[0], str(by_name[h.containers[0]]["address"]).split("/")[0])
+    out = []
+    for src_host, src, _ in firsts.values():
+        for dst_host, dst, addr in firsts.values():
+            if dst_host is src_host:
+                continue
+            t0 = time.monotonic()
+            # busybox wget -T crashes (Debian busybox-static); bound it with timeout(1)
+            proc = host_podman(plan, src_host).exec(src, "timeout", str(int(timeout)), "wget", "-qO-",
+                                                     f"http://{addr}/", timeout=timeout + 30)
+            ok = proc.returncode == 0 and "hello from crossnet" in proc.stdout
+            out.append({"src": src, "dst": dst, "url": f"http://{addr}/", "ok": ok,
+                        "ms": round((time.monotonic() - t0) * 1000, 1),
+                        "error": None if ok else (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}")[-200:]})
+    return out
+
+
+def _register() -> None:
+    try:
+        from crossnet.lab.services import HostService, register_service
+    except ImportError:  # pragma: no cover
+        return
+    register_service(HostService("podman", _start_service, _stop_service,
+                                 enabled=lambda plan: runtime_of(plan) == "podman"))
+
+
+_register()
