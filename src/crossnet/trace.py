@@ -333,6 +333,7 @@ class HostSide:
     view: View
     containers: list[Endpoint] = field(default_factory=list)
     netns: str | None = None  # the host's namespace name when known (lab), for display
+    state_dir: str | None = None
     ovs: Any = None  # OVS access for this host (crossnet.trace_ovs), None without OVS
 
 
@@ -349,6 +350,7 @@ class Hop:
     moved: bool | None = None
     capture: dict | None = None  # probe packets seen on an underlay NIC by encapsulation
     note: str | None = None  # why a hop is flagged, or a caveat
+    extra: dict | None = None  # step-specific facts (OVS: matched rules, datapath actions)
     counter: tuple[str, str] | None = None  # (counter source key, name): kernel view key or "ovs:<host>"
 
     def to_json(self) -> dict:
@@ -364,6 +366,7 @@ class Packet:
     src: str
     dst: str
     mac: str | None = None  # destination MAC of the frame at this point
+    smac: str | None = None  # source MAC of the frame at this point
     nexthop: str | None = None  # the IP whose MAC `mac` is
     encap: dict | None = None  # {"type": "vxlan", "vni":.., "port":.., "remote":.., "local":..}
     outer_dst: str | None = None  # underlay address the packet is sent to
@@ -482,6 +485,7 @@ class Walker:
         nh = r.gateway or pkt.dst
         n = cview.neigh(nh, r.oif) if r.oif else None
         pkt.nexthop, pkt.mac = nh, (n.mac.lower() if n and n.mac else None)
+        pkt.smac = (out.mac.lower() if out and out.mac else None) or (self.src.mac.lower() if self.src.mac else None)
         self.add(Hop(src_host.name, out.name if out else None, "route",
                      f"route {fmt_route(entry, self._devname(cview))}; " + self._neigh_text(nh, n),
                      netns=self.src.id))
@@ -495,7 +499,9 @@ class Walker:
                          note="container not attached (run crossnet attach)"))
             return self.hops
         master = link_by(src_host.view, index=hl.master) if hl.master else None
-        where = f"port of {master.kind or 'device'} {master.name}" if master else "no master"
+        ovs_br = self.ovs.bridge_of(src_host, hl.name) if self.ovs is not None and master is None else None
+        where = (f"port of {master.kind or 'device'} {master.name}" if master
+                 else f"port of OVS bridge {ovs_br}" if ovs_br else "no master")
         self.add(Hop(src_host.name, hl.name, "veth", f"host side of {self.src.id}'s veth ({where})",
                      expect="rx", counter=(src_host.view.key, hl.name)))
         self.ingress(src_host, hl, pkt)
@@ -640,6 +646,7 @@ class Walker:
         if out is None:
             return
         pkt.nexthop = nh
+        pkt.smac = out.mac.lower() if out.mac else pkt.smac
         if out.kind == "bridge":
             n = v.neigh(nh, out.index)
             pkt.mac = n.mac.lower() if n and n.mac else None
@@ -748,10 +755,16 @@ class Walker:
         how = f"{e['type']} from {e.get('local') or self.hosts[self.src.host].ctx.address}" if e else "plain IP"
         self.add(Hop(target.name, nic.name, "nic", f"underlay NIC receives: {how}", expect="rx",
                      counter=(target.view.key, nic.name)))
+        dev = None
         if e.get("type") == "vxlan":
             dev = next((link for link in target.view.links() if link.kind == "vxlan"
                         and link.info.get("IFLA_VXLAN_ID") == e.get("vni")
-                        and (link.info.get("IFLA_VXLAN_PORT") or 4789) == e.get("port")), None)
+                        and (link.info.get("IFLA_VXLAN_PORT") or 4789) == (e.get("port") or 4789)), None)
+        if e and dev is None and self.ovs is not None and (self.ovs.owns_port(target, nic.name)
+                                                            or not e.get("device")):
+            self.ovs.ingress(self, target, nic, pkt)
+            return
+        if e.get("type") == "vxlan":
             if dev is None:
                 self.add(Hop(target.name, None, "vxlan", f"no vxlan device for vni {e.get('vni')} port {e.get('port')}",
                              note="dropped: nothing decapsulates it"))
@@ -762,8 +775,9 @@ class Walker:
             pkt.mac = dev.mac.lower() if dev.mac and dev.master is None else pkt.mac
             self.ingress(target, dev, pkt)
             return
-        if e and self.ovs is not None:
-            self.ovs.ingress(self, target, nic, pkt)
+        if e:
+            self.add(Hop(target.name, None, "nic", f"nothing here decapsulates {e.get('type')}",
+                         note="dropped (no matching tunnel)"))
             return
         self.ingress(target, nic, pkt)
 
@@ -1132,7 +1146,7 @@ class Session:
 
         ctx, backend = load_context(state)
         return HostSide(name=ctx.host, ctx=ctx, backend=backend, view=self.view(f"host:{ctx.host}", netns),
-                        containers=container_records(state), netns=netns)
+                        containers=container_records(state), netns=netns, state_dir=str(state.root))
 
     def containers(self, *eps: Endpoint) -> dict[str, View]:
         out: dict[str, View] = {}
