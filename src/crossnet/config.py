@@ -522,7 +522,7 @@ def parse_cluster(data: dict[str, Any], source: str = "cluster") -> Cluster:
         raise config_error(source, exc) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when available: 10x faster
     """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:

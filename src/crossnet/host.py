@@ -102,7 +102,7 @@ def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
     (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
     owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
     ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")}
-    for r in nl.routes(env.ipr):
+    for r in env.routes():
         if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
             continue
         if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
@@ -141,6 +141,9 @@ def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
     applied = state.load_applied()
     if not applied:
         return None, []
+    backend_name = (applied.get("context") or {}).get("backend")
+    if backend_name:
+        get_backend(backend_name)  # its module registers the resource kinds it records (e.g. ovs-*)
     return applied, [Resource.from_json(r) for r in applied.get("resources", [])]
 
 
@@ -148,7 +151,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
     started = time.perf_counter()
     backend = get_backend(cluster.backend)
     with state.lock(), nl.open_ipr() as ipr:
-        env = Env(ipr)
+        env = Env(ipr, batch=True)  # this namespace: per-peer writes go out in bursts
         host_name = host_name or detect_host(cluster, env)
         applied, previous = load_previous(state)
         if applied and applied.get("host") != host_name:
@@ -230,6 +233,8 @@ def status(state: StateDir) -> dict[str, Any]:
         local_ok = all(r.check(env) for r in backend.local_resources(ctx))
         drift = [r.describe() for r in previous if not r.check(env)]
         peers = peer_status(ctx, backend, env)
+        status_info = getattr(backend, "status_info", None)  # backend-specific extras (e.g. OVS datapath)
+        extra = status_info(ctx, env) if status_info is not None else {}
     return {
         "host": ctx.host,
         "cluster": ctx.cluster_name,
@@ -247,6 +252,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "drift": drift,
         "peers": peers,
         "containers": containers.list_containers(state),
+        **extra,
     }
 
 

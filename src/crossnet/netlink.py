@@ -76,6 +76,10 @@ def link_info(ipr: IPRoute, name: str | None = None, index: int | None = None) -
         msg = ipr.link("get", index=index)[0]
     except NetlinkError:
         return None
+    return parse_link(msg)
+
+
+def parse_link(msg: Any) -> LinkInfo:
     linkinfo = msg.get_attr("IFLA_LINKINFO")
     kind = linkinfo.get_attr("IFLA_INFO_KIND") if linkinfo else None
     data = linkinfo.get_attr("IFLA_INFO_DATA") if linkinfo else None
@@ -86,7 +90,7 @@ def link_info(ipr: IPRoute, name: str | None = None, index: int | None = None) -
         except (TypeError, KeyError, ValueError):
             info_data = {}
     return LinkInfo(
-        index=index,
+        index=msg["index"],
         name=attr(msg, "IFLA_IFNAME"),
         kind=kind,
         mtu=attr(msg, "IFLA_MTU", 0),
@@ -95,6 +99,31 @@ def link_info(ipr: IPRoute, name: str | None = None, index: int | None = None) -
         master=attr(msg, "IFLA_MASTER"),
         info_data=info_data,
     )
+
+
+def all_links(ipr: IPRoute) -> list[LinkInfo]:
+    return [parse_link(m) for m in ipr.get_links()]
+
+
+def all_addresses(ipr: IPRoute) -> dict[int, list[str]]:
+    """IPv4 addresses of every link: index -> ['a.b.c.d/len', ...] (one dump)."""
+    out: dict[int, list[str]] = {}
+    for msg in ipr.get_addr(family=AF_INET):
+        out.setdefault(msg["index"], []).append(f"{attr(msg, 'IFA_ADDRESS')}/{msg['prefixlen']}")
+    return out
+
+
+def all_neighbours(ipr: IPRoute) -> dict[tuple[int, str], tuple[str | None, int]]:
+    """(ifindex, ip) -> (mac, nud state) for every IPv4 neighbour (one dump)."""
+    return {
+        (m["ifindex"], attr(m, "NDA_DST")): (attr(m, "NDA_LLADDR"), m["state"])
+        for m in ipr.get_neighbours(family=AF_INET)
+    }
+
+
+def all_fdb(ipr: IPRoute) -> set[tuple[int, str, str | None]]:
+    """(ifindex, mac, remote dst) of every bridge/vxlan FDB entry (one dump)."""
+    return {(m["ifindex"], attr(m, "NDA_LLADDR"), attr(m, "NDA_DST")) for m in ipr.fdb("dump")}
 
 
 def addresses(ipr: IPRoute, index: int) -> list[str]:

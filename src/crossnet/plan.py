@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -28,25 +29,97 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
+from crossnet.nlbatch import Batch
 
 REGISTRY: dict[str, type["Resource"]] = {}
 
 
 class Env:
-    """Where resources are applied: a netlink socket (this namespace) plus lazily
-    opened extra handles that other data planes register (e.g. OVSDB)."""
+    """Where resources are applied: a netlink socket (this namespace), a snapshot of
+    kernel state read with ONE dump per kind (links, addresses, routes, neighbours,
+    FDB) so checking thousands of resources stays linear, and extra handles other
+    data planes register (e.g. OVSDB). Anything that changes a kind calls
+    ``changed(kind)`` so the next read dumps it again."""
 
-    def __init__(self, ipr: IPRoute, **extra: Any):
+    KINDS = ("links", "addresses", "routes", "neighbours", "fdb")
+
+    def __init__(self, ipr: IPRoute, batch: bool = False, **extra: Any):
+        """batch=True: route/neighbour/FDB writes are queued and sent in bursts by
+        flush() (crossnet.nlbatch). Only for an ipr of the CURRENT namespace."""
         self.ipr = ipr
         self.extra = extra
+        self._cache: dict[str, Any] = {}
+        self.batch: Batch | None = Batch() if batch else None
+
+    def flush(self) -> None:
+        """Send queued writes; raise ApplyError naming the first refused resource."""
+        if not self.batch:
+            return
+        failures = self.batch.commit()
+        self.changed("routes", "neighbours", "fdb")
+        if failures:
+            res, errno = failures[0]
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise ApplyError(f"{res.describe()}: {os.strerror(errno)}{more}")
+
+    def changed(self, *kinds: str) -> None:
+        for kind in kinds or self.KINDS:
+            self._cache.pop(kind, None)
+            if kind == "routes":
+                self._cache.pop("routes_by_dst", None)
+            if kind == "links":
+                self._cache.pop("links_by_index", None)
+
+    def _get(self, kind: str, load) -> Any:
+        if kind not in self._cache:
+            self._cache[kind] = load()
+        return self._cache[kind]
+
+    def links(self) -> dict[str, nl.LinkInfo]:
+        return self._get("links", lambda: {l.name: l for l in nl.all_links(self.ipr)})
+
+    def link(self, name: str | None = None, index: int | None = None) -> nl.LinkInfo | None:
+        if name is not None:
+            return self.links().get(name)
+        by_index = self._get("links_by_index", lambda: {l.index: l for l in self.links().values()})
+        return by_index.get(index)
 
     def index(self, name: str) -> int | None:
-        return nl.ifindex(self.ipr, name)
+        link = self.links().get(name)
+        return link.index if link else None
+
+    def require_index(self, name: str) -> int:
+        idx = self.index(name)
+        if idx is None:
+            raise ApplyError(f"interface {name!r} does not exist")
+        return idx
+
+    def addresses(self, index: int | None) -> list[str]:
+        return self._get("addresses", lambda: nl.all_addresses(self.ipr)).get(index, [])
+
+    def routes(self) -> list[nl.RouteInfo]:
+        return self._get("routes", lambda: nl.routes(self.ipr))
+
+    def routes_to(self, dst: str) -> list[nl.RouteInfo]:
+        def load() -> dict[str, list[nl.RouteInfo]]:
+            out: dict[str, list[nl.RouteInfo]] = {}
+            for r in self.routes():
+                out.setdefault(r.dst, []).append(r)
+            return out
+
+        return self._get("routes_by_dst", load).get(dst, [])
+
+    def neighbour(self, index: int, ip: str) -> tuple[str | None, int] | None:
+        return self._get("neighbours", lambda: nl.all_neighbours(self.ipr)).get((index, ip))
+
+    def fdb(self) -> set[tuple[int, str, str | None]]:
+        return self._get("fdb", lambda: nl.all_fdb(self.ipr))
 
 
 @dataclass
 class Resource:
     kind: ClassVar[str] = "resource"
+    batchable: ClassVar[bool] = False  # ensure() may only queue a write (see Env.batch)
     # what ensure() had to remember to undo itself (e.g. a sysctl's old value)
     saved: dict = field(default_factory=dict, kw_only=True, compare=False)
 
@@ -92,6 +165,13 @@ def _ignore_missing(fn, *args, **kw) -> None:
             raise
 
 
+def _remove_link(env: Env, name: str) -> None:
+    idx = env.index(name)
+    if idx is not None:
+        _ignore_missing(env.ipr.link, "del", index=idx)
+        env.changed()
+
+
 # ---------------------------------------------------------------- links
 
 
@@ -110,7 +190,7 @@ class Bridge(Resource):
         return f"ip link add {self.name} type bridge{mac} && ip link set {self.name} mtu {self.mtu} up"
 
     def check(self, env: Env) -> bool:
-        info = nl.link_info(env.ipr, self.name)
+        info = env.link(self.name)
         return (
             info is not None
             and info.kind == "bridge"
@@ -120,20 +200,18 @@ class Bridge(Resource):
         )
 
     def ensure(self, env: Env) -> None:
-        info = nl.link_info(env.ipr, self.name)
+        info = env.link(self.name)
         if info is not None and info.kind != "bridge":
             raise ApplyError(f"interface {self.name} exists but is a {info.kind or 'plain'} link, not a bridge")
-        if info is None:
-            kw = {"address": self.mac} if self.mac else {}
-            env.ipr.link("add", ifname=self.name, kind="bridge", **kw)
-        idx = nl.require_index(env.ipr, self.name)
         kw = {"address": self.mac} if self.mac else {}
-        env.ipr.link("set", index=idx, mtu=self.mtu, state="up", **kw)
+        if info is None:
+            env.ipr.link("add", ifname=self.name, kind="bridge", **kw)
+            env.changed("links")
+        env.ipr.link("set", index=env.require_index(self.name), mtu=self.mtu, state="up", **kw)
+        env.changed("links")
 
     def remove(self, env: Env) -> None:
-        idx = env.index(self.name)
-        if idx is not None:
-            _ignore_missing(env.ipr.link, "del", index=idx)
+        _remove_link(env, self.name)
 
 
 @dataclass
@@ -168,13 +246,14 @@ class Vxlan(Resource):
         )
 
     def check(self, env: Env) -> bool:
-        info = nl.link_info(env.ipr, self.name)
+        info = env.link(self.name)
         return info is not None and self._matches(info, env) and info.mtu == self.mtu and info.up and info.mac == self.mac
 
     def ensure(self, env: Env) -> None:
-        info = nl.link_info(env.ipr, self.name)
+        info = env.link(self.name)
         if info is not None and not self._matches(info, env):
             env.ipr.link("del", index=info.index)  # wrong parameters: recreate
+            env.changed()
             info = None
         if info is None:
             env.ipr.link(
@@ -183,18 +262,17 @@ class Vxlan(Resource):
                 kind="vxlan",
                 vxlan_id=self.vni,
                 vxlan_local=self.local,
-                vxlan_link=nl.require_index(env.ipr, self.dev),
+                vxlan_link=env.require_index(self.dev),
                 vxlan_port=self.port,
                 vxlan_learning=0,
                 address=self.mac,
             )
-        idx = nl.require_index(env.ipr, self.name)
-        env.ipr.link("set", index=idx, address=self.mac, mtu=self.mtu, state="up")
+            env.changed("links")
+        env.ipr.link("set", index=env.require_index(self.name), address=self.mac, mtu=self.mtu, state="up")
+        env.changed("links")
 
     def remove(self, env: Env) -> None:
-        idx = env.index(self.name)
-        if idx is not None:
-            _ignore_missing(env.ipr.link, "del", index=idx)
+        _remove_link(env, self.name)
 
 
 # ---------------------------------------------------------------- addresses, routes, neighbours
@@ -214,14 +292,14 @@ class Address(Resource):
 
     def check(self, env: Env) -> bool:
         idx = env.index(self.dev)
-        return idx is not None and self.cidr in nl.addresses(env.ipr, idx)
+        return idx is not None and self.cidr in env.addresses(idx)
 
     def ensure(self, env: Env) -> None:
         if self.check(env):
             return
-        idx = nl.require_index(env.ipr, self.dev)
         iface = ipaddress.ip_interface(self.cidr)
-        env.ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        env.ipr.addr("add", index=env.require_index(self.dev), address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        env.changed("addresses", "routes")
 
     def remove(self, env: Env) -> None:
         idx = env.index(self.dev)
@@ -229,11 +307,13 @@ class Address(Resource):
             return
         iface = ipaddress.ip_interface(self.cidr)
         _ignore_missing(env.ipr.addr, "del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        env.changed("addresses", "routes")
 
 
 @dataclass
 class Route(Resource):
     kind: ClassVar[str] = "route"
+    batchable: ClassVar[bool] = True
     dst: str  # CIDR
     gateway: str | None = None
     dev: str | None = None
@@ -261,7 +341,7 @@ class Route(Resource):
         if self.gateway:
             kw["gateway"] = self.gateway
         if self.dev:
-            kw["oif"] = nl.require_index(env.ipr, self.dev)
+            kw["oif"] = env.require_index(self.dev)
         if self.onlink:
             kw["flags"] = nl.RTNH_F_ONLINK
         if self.src:
@@ -269,7 +349,7 @@ class Route(Resource):
         return kw
 
     def _current(self, env: Env) -> list[nl.RouteInfo]:
-        return [r for r in nl.routes(env.ipr) if r.dst == self.dst and r.proto != nl.RTPROT_KERNEL]
+        return [r for r in env.routes_to(self.dst) if r.proto != nl.RTPROT_KERNEL]
 
     def check(self, env: Env) -> bool:
         want_oif = env.index(self.dev) if self.dev else None
@@ -281,7 +361,12 @@ class Route(Resource):
         return False
 
     def ensure(self, env: Env) -> None:
+        if env.batch is not None and not self.src:
+            oif = env.require_index(self.dev) if self.dev else None
+            env.batch.route_replace(self.dst, self.gateway, oif, self.onlink, self)
+            return
         env.ipr.route("replace", **self._kw(env))
+        env.changed("routes")
 
     def remove(self, env: Env) -> None:
         for r in self._current(env):
@@ -293,11 +378,13 @@ class Route(Resource):
                 if r.oif:
                     kw["oif"] = r.oif
                 _ignore_missing(env.ipr.route, "del", **kw)
+        env.changed("routes")
 
 
 @dataclass
 class Neigh(Resource):
     kind: ClassVar[str] = "neigh"
+    batchable: ClassVar[bool] = True
     dev: str
     ip: str
     mac: str
@@ -310,21 +397,22 @@ class Neigh(Resource):
 
     def check(self, env: Env) -> bool:
         idx = env.index(self.dev)
-        if idx is None:
-            return False
-        for n in env.ipr.get_neighbours(family=nl.AF_INET, ifindex=idx):
-            if n.get_attr("NDA_DST") == self.ip:
-                return n.get_attr("NDA_LLADDR") == self.mac and bool(n["state"] & nl.NUD_PERMANENT)
-        return False
+        found = env.neighbour(idx, self.ip) if idx is not None else None
+        return found is not None and found[0] == self.mac and bool(found[1] & nl.NUD_PERMANENT)
 
     def ensure(self, env: Env) -> None:
-        idx = nl.require_index(env.ipr, self.dev)
+        idx = env.require_index(self.dev)
+        if env.batch is not None:
+            env.batch.neigh_replace(idx, self.ip, self.mac, self)
+            return
         env.ipr.neigh("replace", dst=self.ip, lladdr=self.mac, ifindex=idx, state=nl.NUD_PERMANENT)
+        env.changed("neighbours")
 
     def remove(self, env: Env) -> None:
         idx = env.index(self.dev)
         if idx is not None:
             _ignore_missing(env.ipr.neigh, "del", dst=self.ip, lladdr=self.mac, ifindex=idx)
+            env.changed("neighbours")
 
 
 @dataclass
@@ -332,6 +420,7 @@ class Fdb(Resource):
     """A VXLAN forwarding entry: frames for MAC go to the VTEP at DST."""
 
     kind: ClassVar[str] = "fdb"
+    batchable: ClassVar[bool] = True
     dev: str
     mac: str
     dst: str
@@ -342,27 +431,27 @@ class Fdb(Resource):
     def describe(self) -> str:
         return f"bridge fdb append {self.mac} dev {self.dev} dst {self.dst} self permanent"
 
-    def _entries(self, env: Env, idx: int) -> list[tuple[str, str]]:
-        out = []
-        for f in env.ipr.fdb("dump", ifindex=idx):
-            if f.get("ifindex", f["ifindex"]) == idx:
-                out.append((f.get_attr("NDA_LLADDR"), f.get_attr("NDA_DST")))
-        return out
-
     def check(self, env: Env) -> bool:
         idx = env.index(self.dev)
-        return idx is not None and (self.mac, self.dst) in self._entries(env, idx)
+        return idx is not None and (idx, self.mac, self.dst) in env.fdb()
 
     def ensure(self, env: Env) -> None:
-        if self.check(env):
+        idx = env.require_index(self.dev)
+        if env.batch is not None:
+            env.batch.fdb_append(idx, self.mac, self.dst, self)
             return
-        idx = nl.require_index(env.ipr, self.dev)
-        env.ipr.fdb("append", ifindex=idx, lladdr=self.mac, dst=self.dst, state=nl.NUD_PERMANENT, flags=nl.NTF_SELF)
+        try:
+            env.ipr.fdb("append", ifindex=idx, lladdr=self.mac, dst=self.dst, state=nl.NUD_PERMANENT, flags=nl.NTF_SELF)
+        except NetlinkError as exc:
+            if exc.code != 17:  # EEXIST: already there (another writer)
+                raise
+        env.changed("fdb")
 
     def remove(self, env: Env) -> None:
         idx = env.index(self.dev)
         if idx is not None:
             _ignore_missing(env.ipr.fdb, "del", ifindex=idx, lladdr=self.mac, dst=self.dst)
+            env.changed("fdb")
 
 
 @dataclass
@@ -380,17 +469,18 @@ class Enslave(Resource):
         return f"ip link set {self.dev} master {self.master} up"
 
     def check(self, env: Env) -> bool:
-        info = nl.link_info(env.ipr, self.dev)
+        info = env.link(self.dev)
         return info is not None and info.master == env.index(self.master) and info.up
 
     def ensure(self, env: Env) -> None:
-        idx = nl.require_index(env.ipr, self.dev)
-        env.ipr.link("set", index=idx, master=nl.require_index(env.ipr, self.master), state="up")
+        env.ipr.link("set", index=env.require_index(self.dev), master=env.require_index(self.master), state="up")
+        env.changed("links")
 
     def remove(self, env: Env) -> None:
         idx = env.index(self.dev)
         if idx is not None:
             _ignore_missing(env.ipr.link, "set", index=idx, master=0)
+            env.changed("links")
 
 
 # ---------------------------------------------------------------- sysctl, nftables
@@ -513,24 +603,39 @@ def reconcile(desired: list[Resource], previous: list[Resource], env: Env) -> Ou
     want_keys = {r.key() for r in desired}
     outcome = Outcome()
     created: list[Resource] = []
+    for r in desired:
+        old = prev_by_key.get(r.key())
+        if old is not None and old.saved and not r.saved:
+            r.saved = dict(old.saved)
+    # check everything against ONE snapshot of the kernel, then fix what differs
+    # (checking after each change would re-dump tables: quadratic with many peers)
+    ok = [r.check(env) for r in desired]
+    r: Resource | None = None
     try:
-        for r in desired:
-            old = prev_by_key.get(r.key())
-            if old is not None and old.saved and not r.saved:
-                r.saved = dict(old.saved)
-            if r.check(env):
+        for r, fine in zip(desired, ok):
+            if fine:
                 continue
+            old = prev_by_key.get(r.key())
+            if not r.batchable:
+                env.flush()  # queued writes first: this one may depend on them
             r.ensure(env)
             if old is None:
                 created.append(r)
             outcome.changes.append(Change("repair" if old is not None else "create", r))
+        r = None
+        env.flush()
     except Exception as exc:
-        for r in reversed(created):
+        failed = r
+        for undo in reversed(created):
             with contextlib.suppress(Exception):
-                r.remove(env)
+                undo.remove(env)
+        env.changed()
+        if env.batch:
+            env.batch.messages.clear()
         if isinstance(exc, ApplyError):
-            raise
-        raise ApplyError(f"{r.describe()}: {exc} (rolled back)") from exc
+            raise ApplyError(f"{exc} (rolled back)") from exc
+        what = failed.describe() if failed is not None else "apply"
+        raise ApplyError(f"{what}: {exc} (rolled back)") from exc
     for r in reversed(previous):
         if r.key() not in want_keys:
             r.remove(env)
@@ -544,6 +649,7 @@ def teardown(resources: list[Resource], env: Env) -> list[Change]:
     for r in reversed(resources):
         r.remove(env)
         changes.append(Change("remove", r))
+    env.changed()
     return changes
 
 
@@ -606,6 +712,7 @@ class NicTakeover(Resource):
             _ignore_missing(env.ipr.addr, "del", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         for r in self.saved["routes"]:
             env.ipr.route("replace", **_route_kw(r, br_idx))
+        env.changed()
 
     def remove(self, env: Env) -> None:
         nic_idx = env.index(self.nic)
@@ -624,6 +731,7 @@ class NicTakeover(Resource):
         for r in self.saved.get("routes", []):
             with contextlib.suppress(NetlinkError):
                 env.ipr.route("replace", **_route_kw(r, nic_idx))
+        env.changed()
 
 
 def _route_kw(r: dict, oif: int) -> dict:
