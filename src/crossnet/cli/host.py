@@ -154,6 +154,13 @@ def status(ctx: click.Context, output: str) -> None:
         f"subnet {st['subnet']} gateway {st['gateway']} bridge {st['bridge']} mtu {st['mtu']} "
         f"(underlay {st['underlay_mtu']}) masquerade {'on' if st['masquerade'] else 'off'}"
     )
+    if st.get("ovs"):
+        o = st["ovs"]
+        console.print(
+            f"open vswitch: {o.get('tunnel', '?')} tunnels, datapath {o.get('datapath')} ({o.get('datapath_kind')}; "
+            f"kernel module {'present' if o.get('kernel_module') else 'absent'})"
+            + (f" [red]{o['error']}[/]" if o.get("error") else "")
+        )
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")

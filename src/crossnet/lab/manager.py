@@ -175,6 +175,7 @@ class Lab:
         host = next((h for h in self.hosts if h.netns == netns), None)
         if host is not None:
             prefix += ["env", f"CROSSNET_STATE_DIR={host.state_dir}"]
+            prefix += [f"{k}={v}" for k, v in svc_registry.host_env(self.plan, host).items()]
         return [*prefix, *cmd]
 
     def run(self, target: str, cmd: Sequence[str], *, timeout: float | None = 120.0,
@@ -456,8 +457,30 @@ def _stop_services(manifest: dict[str, Any]) -> list[str]:
     return errors
 
 
-def down_all(log: Log | None = None) -> list[dict[str, Any]]:
-    return [down(n, log=log) for n in lab_names()]
+def _owner_alive(name: str) -> bool:
+    pid = (read_manifest(name) or {}).get("owner_pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def down_all(log: Log | None = None, force: bool = False) -> list[dict[str, Any]]:
+    """Remove every lab, except (unless `force`) labs whose creating process is
+    still running — a test or a `lab up` in progress elsewhere."""
+    log = log or _quiet
+    out = []
+    for n in lab_names():
+        if not force and _owner_alive(n):
+            log(f"skipping lab {n!r}: its owner process is still running (use --force)")
+            continue
+        out.append(down(n, log=log))
+    return out
 
 
 # ---- list ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Callable
 from crossnet.lab.topology import HostPlan, LabPlan
 
 # modules that register services at import (other groups append here)
-SERVICE_MODULES: list[str] = ["crossnet.lab.podman"]
+SERVICE_MODULES: list[str] = ["crossnet.lab.podman", "crossnet.ovs.lab"]
 
 
 def _always(_plan: LabPlan) -> bool:
@@ -41,6 +41,9 @@ class HostService:
     stop: Callable[[LabPlan, HostPlan], None]
     enabled: Callable[[LabPlan], bool] = _always
     order: int = 100  # lower starts first, stops last
+    # extra environment for every command run in a host namespace (crossnet apply/attach/
+    # status, `lab exec`), e.g. OVS_RUNDIR of that host's private Open vSwitch
+    env: Callable[[LabPlan, HostPlan], dict[str, str]] | None = None
 
     @property
     def module(self) -> str:
@@ -74,3 +77,12 @@ def get_service(name: str) -> HostService | None:
 def services_for(plan: LabPlan) -> list[HostService]:
     load_service_modules()
     return sorted((s for s in _REGISTRY.values() if s.enabled(plan)), key=lambda s: (s.order, s.name))
+
+
+def host_env(plan: LabPlan, host: HostPlan) -> dict[str, str]:
+    """The environment the enabled services want for commands in `host`'s namespace."""
+    out: dict[str, str] = {}
+    for svc in services_for(plan):
+        if svc.env is not None:
+            out.update(svc.env(plan, host))
+    return out

@@ -1,0 +1,221 @@
+"""ovs-gre / ovs-vxlan: the tutorial's Open vSwitch method, for any number of hosts.
+
+Per host (the tutorial's layout; chosen by measurement, see docs/ovs.md):
+
+    containers ─veth─ cn0 (Linux bridge, gateway .1) ─ cnovs0 (OVS internal port)
+                      cnovs0 (OVS bridge, fail_mode=secure) ─ gre-<peer> / vxl-<peer> (full mesh)
+
+* Userspace datapath (no openvswitch kernel module, as on these machines): every
+  bridge is `datapath_type=netdev`, and native tunnelling needs the underlay address
+  on an OVS bridge: the NIC becomes a port of `br-phy`, its addresses and routes
+  move to br-phy's internal port (br-phy keeps the NIC's MAC), and an nft netdev
+  ingress chain drops everything the host kernel would otherwise see on the NIC
+  (OVS reads the NIC with a packet socket before that hook, so it still sees all).
+* Kernel datapath (module present): `datapath_type=system`, the NIC keeps its address.
+* Split horizon in OpenFlow: a frame from a tunnel goes only to the local port, never
+  into another tunnel; local frames go to the tunnel of the peer whose gateway MAC
+  they are addressed to; local broadcast/multicast goes into every tunnel; anything
+  else is dropped. No loop exists with any number of hosts, and no MAC learning.
+* Routing: `<peer subnet> via <peer gateway> dev cn0 onlink`; peers' gateways are
+  resolved by ARP across the overlay (cn0 MACs are derived from cluster+host).
+* MTU: containers get underlay − 38 (GRE: outer Ethernet 14 + IPv4 20 + GRE 4) or
+  − 50 (VXLAN: 14 + 20 + UDP 8 + VXLAN 8); OVS neither fragments nor sends
+  "fragmentation needed", so this is the only safe value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from ipaddress import IPv4Address
+from typing import Any
+
+from crossnet.backends.base import (
+    Backend,
+    HostContext,
+    Peer,
+    first_host,
+    gateway_cidr,
+    stable_mac,
+)
+from crossnet.errors import CrossnetError
+from crossnet.ovs import db as ovsdb
+from crossnet.ovs.resources import (
+    FLOW_COOKIE,
+    AddressMove,
+    DevSysctl,
+    OvsBridge,
+    OvsFlows,
+    OvsPort,
+    TunnelNeighbours,
+    ovs,
+)
+from crossnet.plan import (
+    Address,
+    Bridge,
+    Enslave,
+    Env,
+    NftTable,
+    Resource,
+    Route,
+    Sysctl,
+)
+
+PHY_BRIDGE = "br-phy"
+OVERLAY_BRIDGE = "cnovs0"
+NFT_TABLE = "crossnet_ovs"
+BROADCAST_MATCH = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"
+
+
+class OvsBackend(Backend):
+    needs_l2 = False
+
+    def __init__(self, name: str, tunnel: str, overhead: int):
+        self.name = name
+        self.tunnel = tunnel  # OVS interface type: gre | vxlan
+        self.overhead = overhead
+        self.description = (
+            f"Open vSwitch bridge with a {tunnel.upper()} port per peer (full mesh, split horizon); "
+            "userspace datapath with br-phy when the kernel module is missing"
+        )
+        self._datapath: str | None = None
+
+    # ---- derived names and values ---------------------------------------------------
+    def datapath(self) -> str:
+        if self._datapath is None:
+            self._datapath = ovsdb.datapath_type()
+        return self._datapath
+
+    def host_data(self, cluster_name: str, host: str, address: IPv4Address) -> dict:
+        return {"gw_mac": stable_mac(cluster_name, host, "ovs-gw")}
+
+    def gw_mac(self, ctx: HostContext, peer: Peer | None = None) -> str:
+        if peer is None:
+            return self.host_data(ctx.cluster_name, ctx.host, ctx.address)["gw_mac"]
+        return peer.data.get("gw_mac") or self.host_data(ctx.cluster_name, peer.name, peer.address)["gw_mac"]
+
+    def tunnel_port(self, peer: Peer) -> str:
+        prefix = "gre-" if self.tunnel == "gre" else "vxl-"
+        name = prefix + peer.name
+        if len(name) > 15:
+            name = prefix + hashlib.sha1(peer.name.encode()).hexdigest()[:8]
+        return name
+
+    def tunnel_options(self, ctx: HostContext, peer: Peer) -> dict[str, str]:
+        opts = {"remote_ip": str(peer.address)}
+        if self.tunnel == "vxlan":
+            opts["key"] = str(ctx.vni)
+            if ctx.port != 4789:
+                opts["dst_port"] = str(ctx.port)
+        return opts
+
+    @staticmethod
+    def peer_gateway(peer: Peer) -> str:
+        return str(first_host(peer.subnet))
+
+    def flows(self, ctx: HostContext) -> list[str]:
+        c = f"cookie={FLOW_COOKIE}"
+        tunnels = [(self.tunnel_port(p), self.gw_mac(ctx, p)) for p in ctx.peers]
+        out = [f"{c},priority=100,in_port={port},actions=output:LOCAL" for port, _ in tunnels]
+        out += [f"{c},priority=90,in_port=LOCAL,dl_dst={mac},actions=output:{port}" for port, mac in tunnels]
+        flood = ",".join(f"output:{port}" for port, _ in tunnels) or "drop"
+        out.append(f"{c},priority=80,in_port=LOCAL,{BROADCAST_MATCH},actions={flood}")
+        out.append(f"{c},priority=0,actions=drop")
+        return out
+
+    # ---- desired state --------------------------------------------------------------
+    def _underlay(self, ctx: HostContext) -> list[Resource]:
+        if self.datapath() != "netdev":
+            return []
+        body = (
+            "  chain ingress {\n"
+            f'    type filter hook ingress device "{ctx.iface}" priority filter; policy drop;\n'
+            "  }"
+        )
+        return [
+            OvsBridge(PHY_BRIDGE, "netdev", None, hwaddr=ctx.nic_mac, role="underlay"),
+            OvsPort(PHY_BRIDGE, ctx.iface, role="nic"),
+            AddressMove(ctx.iface, PHY_BRIDGE),
+            NftTable("netdev", NFT_TABLE, body),
+        ]
+
+    def _overlay(self, ctx: HostContext) -> list[Resource]:
+        return [
+            Bridge(ctx.bridge, ctx.mtu, mac=self.gw_mac(ctx)),
+            Address(ctx.bridge, gateway_cidr(ctx)),
+            # traffic to peers enters and leaves cn0: no ICMP redirects to containers
+            Sysctl("net.ipv4.conf.all.send_redirects", "0"),
+            DevSysctl(f"net.ipv4.conf.{ctx.bridge}.send_redirects", "0"),
+            OvsBridge(OVERLAY_BRIDGE, self.datapath(), "secure", mtu=ctx.mtu, role="overlay"),
+            Enslave(OVERLAY_BRIDGE, ctx.bridge),
+        ]
+
+    def _tail(self, ctx: HostContext) -> list[Resource]:
+        out: list[Resource] = [OvsFlows(OVERLAY_BRIDGE, self.flows(ctx))]
+        if self.datapath() == "netdev":
+            out.append(TunnelNeighbours(PHY_BRIDGE))
+        return out
+
+    def local_resources(self, ctx: HostContext) -> list[Resource]:
+        return self._underlay(ctx) + self._overlay(ctx) + self._tail(ctx)
+
+    def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
+        return [
+            OvsPort(OVERLAY_BRIDGE, self.tunnel_port(peer), self.tunnel, self.tunnel_options(ctx, peer), role="tunnel"),
+            Route(str(peer.subnet), gateway=self.peer_gateway(peer), dev=ctx.bridge, onlink=True),
+        ]
+
+    def resources(self, ctx: HostContext) -> list[Resource]:
+        # tunnel ports before the flows that name them
+        out = self._underlay(ctx) + self._overlay(ctx)
+        for peer in ctx.peers:
+            out.extend(self.peer_resources(ctx, peer))
+        return out + self._tail(ctx)
+
+    # ---- containers: the default (veth into the Linux bridge cn0) is the layout -----
+    def tunnel_device(self, ctx: HostContext) -> str | None:
+        return OVERLAY_BRIDGE
+
+    # ---- status ---------------------------------------------------------------------
+    def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
+        """Extra `crossnet status` fields: {"ovs": {datapath, bridges, tunnels, ...}}."""
+        info: dict[str, Any] = {
+            "datapath": self.datapath(),
+            "datapath_kind": "kernel" if self.datapath() == "system" else "userspace",
+            "kernel_module": ovsdb.kernel_datapath_available(),
+            "tunnel": self.tunnel,
+        }
+        try:
+            d = ovs(env)
+            bridges = {}
+            for name in (PHY_BRIDGE, OVERLAY_BRIDGE):
+                row = d.bridge(name)
+                if row is not None:
+                    bridges[name] = {"datapath_type": row.datapath_type, "ports": d.ports_of(name)}
+            info["bridges"] = bridges
+            if OVERLAY_BRIDGE in bridges:  # what is in use, rather than what would be chosen now
+                dp = bridges[OVERLAY_BRIDGE]["datapath_type"] or "system"
+                info["datapath"] = dp
+                info["datapath_kind"] = "kernel" if dp == "system" else "userspace"
+            tunnels = []
+            for peer in ctx.peers:
+                port = self.tunnel_port(peer)
+                iface = d.interface(port)
+                tunnels.append({
+                    "peer": peer.name,
+                    "port": port,
+                    "remote_ip": str(peer.address),
+                    "ofport": ovsdb.one(iface.ofport) if iface is not None else None,
+                    "ok": iface is not None and (ovsdb.one(iface.ofport) or -1) > 0 and not ovsdb.one(iface.error),
+                })
+            info["tunnels"] = tunnels
+        except CrossnetError as exc:
+            info["error"] = str(exc)
+        return {"ovs": info}
+
+
+def make(name: str) -> Backend:
+    if name == "ovs-gre":
+        return OvsBackend(name, "gre", 38)  # outer Ethernet 14 + IPv4 20 + GRE 4
+    if name == "ovs-vxlan":
+        return OvsBackend(name, "vxlan", 50)  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+    raise ValueError(f"crossnet.backends.ovs has no backend {name!r}")

@@ -1,0 +1,489 @@
+"""Resources for the Open vSwitch backends (see crossnet.plan for the contract).
+
+Everything in OVSDB goes through one ovsdbapp connection per Env (opened lazily,
+stored in ``env.extra["ovsdb"]``), in transactions; OpenFlow rules through one
+batched ``ovs-ofctl replace-flows`` per change. ``describe()`` prints the equivalent
+``ovs-vsctl`` / ``ovs-ofctl`` / ``ip`` command for ``apply --dry-run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import re
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from crossnet import netlink as nl
+from crossnet.errors import ApplyError
+from crossnet.ovs import db as ovsdb
+from crossnet.plan import Env, Resource, Sysctl
+
+OWNER_KEY = "crossnet"  # external_ids:crossnet=<what> on every bridge/port crossnet creates
+FLOW_COOKIE = "0xc055e7"
+LINK_WAIT_S = 5.0
+
+
+def ovs(env: Env) -> ovsdb.OvsDb:
+    """The OVSDB connection of this Env (opened on first use)."""
+    handle = env.extra.get("ovsdb")
+    if handle is None:
+        handle = ovsdb.OvsDb()
+        env.extra["ovsdb"] = handle
+    return handle
+
+
+def close(env: Env) -> None:
+    handle = env.extra.pop("ovsdb", None)
+    if handle is not None:
+        handle.close()
+
+
+def _changed(env: Env, *kinds: str) -> None:
+    """Tell the Env's kernel-state cache (if it has one) that something changed."""
+    fn = getattr(env, "changed", None)
+    if fn is not None:
+        fn(*kinds)
+
+
+def _link(env: Env, name: str) -> nl.LinkInfo | None:
+    return nl.link_info(env.ipr, name)
+
+
+def _wait_link(env: Env, name: str, timeout: float = LINK_WAIT_S) -> nl.LinkInfo:
+    deadline = time.monotonic() + timeout
+    while True:
+        info = _link(env, name)
+        if info is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    _changed(env, "links")
+    if info is None:
+        raise ApplyError(f"ovs-vswitchd did not create interface {name} within {timeout:.0f}s (see its log)")
+    return info
+
+
+def _vsctl_value(v: Any) -> str:
+    s = str(v)
+    return s if re.fullmatch(r"[\w.:/-]+", s) else f'"{s}"'
+
+
+# ---------------------------------------------------------------- bridges and ports
+
+
+@dataclass
+class OvsBridge(Resource):
+    """An OVS bridge with its internal (LOCAL) port of the same name."""
+
+    kind: ClassVar[str] = "ovs-bridge"
+    name: str
+    datapath: str = "netdev"  # OVSDB datapath_type: netdev (userspace) | system (kernel)
+    fail_mode: str | None = None  # secure: no flows (drop) until crossnet installs them
+    hwaddr: str | None = None  # MAC of the bridge's internal port
+    mtu: int | None = None  # mtu_request of the internal port
+    role: str = "bridge"
+
+    def key(self) -> str:
+        return f"ovs-bridge:{self.name}"
+
+    def _sets(self) -> tuple[list[str], list[str]]:
+        br = [f"datapath_type={self.datapath}"]
+        if self.fail_mode:
+            br.append(f"fail_mode={self.fail_mode}")
+        if self.hwaddr:
+            br.append(f"other_config:hwaddr={_vsctl_value(self.hwaddr)}")
+        br.append(f"external_ids:{OWNER_KEY}={self.role}")
+        iface = [f"mtu_request={self.mtu}"] if self.mtu else []
+        return br, iface
+
+    def describe(self) -> str:
+        br, iface = self._sets()
+        out = f"ovs-vsctl --may-exist add-br {self.name} -- set bridge {self.name} {' '.join(br)}"
+        if iface:
+            out += f" -- set interface {self.name} {' '.join(iface)}"
+        return out
+
+    def check(self, env: Env) -> bool:
+        d = ovs(env)
+        row = d.bridge(self.name)
+        if row is None:
+            return False
+        if row.datapath_type != self.datapath or ovsdb.one(row.fail_mode) != self.fail_mode:
+            return False
+        if self.hwaddr and row.other_config.get("hwaddr") != self.hwaddr:
+            return False
+        if row.external_ids.get(OWNER_KEY) != self.role:
+            return False
+        iface = d.interface(self.name)
+        if iface is None or not ovsdb.one(iface.ofport) or ovsdb.one(iface.ofport) < 0:
+            return False
+        if self.mtu and ovsdb.one(iface.mtu_request) != self.mtu:
+            return False
+        if self.datapath == "netdev":
+            link = _link(env, self.name)
+            if link is None or (self.mtu and link.mtu != self.mtu):
+                return False
+        return True
+
+    def ensure(self, env: Env) -> None:
+        d = ovs(env)
+        api = d.api
+        with d.transaction() as txn:
+            txn.add(api.add_br(self.name, may_exist=True, datapath_type=self.datapath))
+            cols: list[tuple[str, Any]] = [("external_ids", {OWNER_KEY: self.role})]
+            if self.fail_mode:
+                cols.append(("fail_mode", self.fail_mode))
+            if self.hwaddr:
+                cols.append(("other_config", {"hwaddr": self.hwaddr}))
+            txn.add(api.db_set("Bridge", self.name, *cols))
+            if self.mtu:
+                txn.add(api.db_set("Interface", self.name, ("mtu_request", self.mtu)))
+        if not self.fail_mode:
+            with contextlib.suppress(Exception), d.transaction() as txn:
+                txn.add(api.db_clear("Bridge", self.name, "fail_mode"))
+        if self.datapath == "netdev":
+            _wait_link(env, self.name)
+        _changed(env, "links")
+
+    def remove(self, env: Env) -> None:
+        d = ovs(env)
+        if d.bridge(self.name) is not None:
+            with d.transaction() as txn:
+                txn.add(d.api.del_br(self.name, if_exists=True))
+        # internal ports of a netdev bridge are tap devices; make sure none is left
+        deadline = time.monotonic() + LINK_WAIT_S
+        while _link(env, self.name) is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        link = _link(env, self.name)
+        if link is not None and link.kind == "tun":
+            with contextlib.suppress(NetlinkError):
+                env.ipr.link("del", index=link.index)
+        _changed(env)
+
+
+@dataclass
+class OvsPort(Resource):
+    """A port of an OVS bridge: a system interface (type ""), or a tunnel (gre, vxlan)."""
+
+    kind: ClassVar[str] = "ovs-port"
+    bridge: str
+    name: str
+    type: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+    role: str = "port"
+
+    def key(self) -> str:
+        return f"ovs-port:{self.name}"
+
+    def describe(self) -> str:
+        out = f"ovs-vsctl --may-exist add-port {self.bridge} {self.name}"
+        sets = [f"type={self.type}"] if self.type else []
+        sets += [f"options:{k}={_vsctl_value(v)}" for k, v in sorted(self.options.items())]
+        if sets:
+            out += f" -- set interface {self.name} {' '.join(sets)}"
+        return out
+
+    def check(self, env: Env) -> bool:
+        d = ovs(env)
+        if d.bridge_of_port(self.name) != self.bridge:
+            return False
+        iface = d.interface(self.name)
+        if iface is None or iface.type != self.type or dict(iface.options) != self.options:
+            return False
+        ofport = ovsdb.one(iface.ofport)
+        return bool(ofport) and ofport > 0 and not ovsdb.one(iface.error)
+
+    def ensure(self, env: Env) -> None:
+        d = ovs(env)
+        api = d.api
+        other = d.bridge_of_port(self.name)
+        if other is not None and other != self.bridge:
+            with d.transaction() as txn:
+                txn.add(api.del_port(self.name, bridge=other, if_exists=True))
+        exists = other == self.bridge and d.interface(self.name) is not None
+        with d.transaction() as txn:
+            txn.add(api.add_port(self.bridge, self.name, may_exist=True))
+            txn.add(api.db_set("Port", self.name, ("external_ids", {OWNER_KEY: self.role})))
+            if exists:
+                txn.add(api.db_clear("Interface", self.name, "options"))
+            cols: list[tuple[str, Any]] = [("type", self.type)]
+            if self.options:
+                cols.append(("options", dict(self.options)))
+            txn.add(api.db_set("Interface", self.name, *cols))
+        iface = d.interface(self.name)
+        err = ovsdb.one(iface.error) if iface is not None else "no Interface row"
+        if err:
+            raise ApplyError(f"ovs-vswitchd rejected port {self.name} on {self.bridge}: {err}")
+        _changed(env, "links")
+
+    def remove(self, env: Env) -> None:
+        d = ovs(env)
+        if d.port(self.name) is not None:
+            with d.transaction() as txn:
+                txn.add(d.api.del_port(self.name, if_exists=True))
+        _changed(env, "links")
+
+
+# ---------------------------------------------------------------- the underlay address on br-phy
+
+
+@dataclass
+class AddressMove(Resource):
+    """Native tunnelling in the userspace datapath needs the tunnel endpoint address
+    on an OVS bridge's internal port: move the NIC's IPv4 addresses and its routes to
+    DEV (br-phy), which already holds the NIC as a port. `saved` keeps the NIC's
+    original addresses and routes so remove() gives them back (like plan.NicTakeover
+    for the Linux bridge, without `ip link set master`: the userspace datapath reads
+    the NIC through a packet socket)."""
+
+    kind: ClassVar[str] = "ovs-address-move"
+    nic: str
+    dev: str
+
+    def key(self) -> str:
+        return f"takeover:{self.nic}"
+
+    def describe(self) -> str:
+        addrs = self.saved.get("addresses") or ["<nic addresses>"]
+        cmds = [f"ip link set {self.dev} up"]
+        cmds += [f"ip addr add {a} dev {self.dev}" for a in addrs]
+        cmds.append(f"ip addr flush dev {self.nic}")
+        routes = self.saved.get("routes")
+        if routes:
+            for r in routes:
+                via = f" via {r['gateway']}" if r.get("gateway") else ""
+                cmds.append(f"ip route replace {r['dst']}{via} dev {self.dev}")
+        else:
+            cmds.append(f"ip route replace default via <gateway> dev {self.dev}")
+        return " && ".join(cmds)
+
+    def check(self, env: Env) -> bool:
+        nic = _link(env, self.nic)
+        dev = _link(env, self.dev)
+        if nic is None or dev is None or not nic.up or not dev.up:
+            return False
+        if nl.addresses(env.ipr, nic.index):
+            return False
+        have = set(nl.addresses(env.ipr, dev.index))
+        # without a record (status of a fresh plan) the address must at least have moved
+        if not have or not set(self.saved.get("addresses", [])) <= have:
+            return False
+        current = {(r.dst, r.gateway) for r in nl.routes(env.ipr) if r.oif == dev.index}
+        return all((r["dst"], r["gateway"]) in current for r in self.saved.get("routes", []))
+
+    def ensure(self, env: Env) -> None:
+        nic = _link(env, self.nic)
+        if nic is None:
+            raise ApplyError(f"interface {self.nic!r} does not exist")
+        dev = _wait_link(env, self.dev)
+        if "addresses" not in self.saved:
+            addrs = nl.addresses(env.ipr, nic.index)
+            if not addrs:
+                raise ApplyError(f"{self.nic} has no IPv4 address to move onto {self.dev}")
+            self.saved["addresses"] = addrs
+            self.saved["routes"] = [
+                {"dst": r.dst, "gateway": r.gateway, "metric": r.metric}
+                for r in nl.routes(env.ipr)
+                if r.oif == nic.index and r.proto != nl.RTPROT_KERNEL
+            ]
+        if not nic.up:
+            env.ipr.link("set", index=nic.index, state="up")
+        env.ipr.link("set", index=dev.index, state="up")
+        for cidr in self.saved["addresses"]:
+            iface = ipaddress.ip_interface(cidr)
+            if cidr not in nl.addresses(env.ipr, dev.index):
+                env.ipr.addr("add", index=dev.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            if cidr in nl.addresses(env.ipr, nic.index):
+                env.ipr.addr("del", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        for r in self.saved["routes"]:
+            env.ipr.route("replace", **_route_kw(r, dev.index))
+        _changed(env)
+
+    def remove(self, env: Env) -> None:
+        nic = _link(env, self.nic)
+        dev = _link(env, self.dev)
+        if nic is None:
+            return
+        for cidr in self.saved.get("addresses", []):
+            iface = ipaddress.ip_interface(cidr)
+            if dev is not None:
+                with contextlib.suppress(NetlinkError):
+                    env.ipr.addr("del", index=dev.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            if cidr not in nl.addresses(env.ipr, nic.index):
+                env.ipr.addr("add", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        env.ipr.link("set", index=nic.index, state="up")
+        for r in self.saved.get("routes", []):
+            with contextlib.suppress(NetlinkError):
+                env.ipr.route("replace", **_route_kw(r, nic.index))
+        _changed(env)
+
+
+def _route_kw(r: dict, oif: int) -> dict:
+    net = ipaddress.ip_network(r["dst"])
+    kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif,
+                          "table": nl.RT_TABLE_MAIN}
+    if r.get("gateway"):
+        kw["gateway"] = r["gateway"]
+    if r.get("metric") is not None:
+        kw["priority"] = r["metric"]
+    return kw
+
+
+# ---------------------------------------------------------------- per-device sysctl
+
+
+@dataclass
+class DevSysctl(Sysctl):
+    """A sysctl of an interface crossnet creates in the same apply (net.ipv4.conf.<dev>.*):
+    not there yet means "needs doing", not an error."""
+
+    kind: ClassVar[str] = "dev-sysctl"
+
+    def check(self, env: Env) -> bool:
+        try:
+            return super().check(env)
+        except FileNotFoundError:
+            return False
+
+
+# ---------------------------------------------------------------- OpenFlow
+
+
+_PORT_REF = re.compile(r"(in_port=|output:)([A-Za-z_][\w.-]*)")
+
+
+@dataclass
+class OvsFlows(Resource):
+    """The complete OpenFlow table of a bridge crossnet owns, replaced in one batch
+    (`ovs-ofctl replace-flows`) when it differs (`ovs-ofctl diff-flows`). Flows name
+    ports; they are resolved to OpenFlow port numbers from OVSDB at check/ensure time,
+    so a port renumbered by a restarted ovs-vswitchd is noticed and repaired."""
+
+    kind: ClassVar[str] = "ovs-flows"
+    bridge: str
+    flows: list[str] = field(default_factory=list)
+
+    def key(self) -> str:
+        return f"ovs-flows:{self.bridge}"
+
+    def describe(self) -> str:
+        body = "\n".join(self.flows)
+        return f"ovs-ofctl replace-flows {self.bridge} - <<'EOF'\n{body}\nEOF"
+
+    def _numbered(self, env: Env) -> str | None:
+        d = ovs(env)
+        out = []
+        missing = []
+
+        def sub(m: re.Match) -> str:
+            name = m.group(2)
+            if name in ("LOCAL", "IN_PORT", "ALL", "FLOOD", "NORMAL", "CONTROLLER", "NONE"):
+                return m.group(0)
+            iface = d.interface(name)
+            ofport = ovsdb.one(iface.ofport) if iface is not None else None
+            if not ofport or ofport < 0:
+                missing.append(name)
+                return m.group(0)
+            return f"{m.group(1)}{ofport}"
+
+        for flow in self.flows:
+            out.append(_PORT_REF.sub(sub, flow))
+        if missing:
+            return None
+        return "\n".join(out) + "\n"
+
+    def check(self, env: Env) -> bool:
+        if ovs(env).bridge(self.bridge) is None:
+            return False
+        text = self._numbered(env)
+        if text is None:
+            return False
+        fd, path = tempfile.mkstemp(prefix="crossnet-flows.", suffix=".txt")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(text)
+            proc = ovsdb.ofctl("diff-flows", self.bridge, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return proc.returncode == 0 and not proc.stdout.strip()
+
+    def ensure(self, env: Env) -> None:
+        text = self._numbered(env)
+        if text is None:
+            raise ApplyError(f"flows for {self.bridge}: a port they name has no OpenFlow number yet")
+        proc = ovsdb.ofctl("replace-flows", self.bridge, "-", input=text)
+        if proc.returncode != 0:
+            raise ApplyError(f"ovs-ofctl replace-flows {self.bridge}: {ovsdb.last_line(proc)}")
+
+    def remove(self, env: Env) -> None:
+        if ovs(env).bridge(self.bridge) is not None:
+            ovsdb.ofctl("del-flows", self.bridge, f"cookie={FLOW_COOKIE}/-1")
+
+
+# ---------------------------------------------------------------- tunnel neighbour cache
+
+
+_NEIGH_LINE = re.compile(r"^(\d+\.\d+\.\d+\.\d+)\s+([0-9a-f:]{17})\s+(\S+)", re.IGNORECASE)
+
+
+def tunnel_neighbours() -> list[tuple[str, str, str]]:
+    """(ip, mac, bridge) from `ovs-appctl tnl/neigh/show`."""
+    proc = ovsdb.appctl("tnl/neigh/show")
+    out = []
+    for line in proc.stdout.splitlines():
+        m = _NEIGH_LINE.match(line.strip())
+        if m:
+            out.append((m.group(1), m.group(2).lower(), m.group(3)))
+    return out
+
+
+NUD_VALID = 0x02 | 0x04 | 0x08 | 0x10 | 0x80  # REACHABLE STALE DELAY PROBE PERMANENT
+
+
+@dataclass
+class TunnelNeighbours(Resource):
+    """OVS's userspace tunnel neighbour cache must agree with the kernel's ARP table
+    on DEV (br-phy): a stale entry (a peer or router that changed its MAC, an
+    entry learnt from a host kernel answering on its enslaved NIC) black-holes
+    every tunnel packet to that next hop. When they disagree, flush the cache;
+    OVS re-resolves the next hop itself with the next tunnel packet."""
+
+    kind: ClassVar[str] = "ovs-tnl-neigh"
+    dev: str
+
+    def key(self) -> str:
+        return f"ovs-tnl-neigh:{self.dev}"
+
+    def describe(self) -> str:
+        return f"ovs-appctl tnl/neigh/flush  # only if `ovs-appctl tnl/neigh/show` disagrees with `ip neigh show dev {self.dev}`"
+
+    def _stale(self, env: Env) -> list[str]:
+        idx = nl.ifindex(env.ipr, self.dev)
+        if idx is None:
+            return []
+        kernel: dict[str, str] = {}
+        for n in env.ipr.get_neighbours(family=nl.AF_INET, ifindex=idx):
+            mac = n.get_attr("NDA_LLADDR")
+            if mac and n["state"] & NUD_VALID:
+                kernel[n.get_attr("NDA_DST")] = mac.lower()
+        return [ip for ip, mac, br in tunnel_neighbours() if br == self.dev and ip in kernel and kernel[ip] != mac]
+
+    def check(self, env: Env) -> bool:
+        return not self._stale(env)
+
+    def ensure(self, env: Env) -> None:
+        proc = ovsdb.appctl("tnl/neigh/flush")
+        if proc.returncode != 0:
+            raise ApplyError(f"ovs-appctl tnl/neigh/flush: {ovsdb.last_line(proc)}")
+
+    def remove(self, env: Env) -> None:
+        """Nothing to undo (a cache)."""
+
+
+__all__ = ["FLOW_COOKIE", "AddressMove", "DevSysctl", "OvsBridge", "OvsFlows", "OvsPort", "TunnelNeighbours", "close", "ovs"]
