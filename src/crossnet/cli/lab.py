@@ -163,15 +163,17 @@ def register(main: click.Group) -> None:
 
     @lab.command("down")
     @_name_option
-    @click.option("--all", "all_", is_flag=True, help="Remove every lab.")
+    @click.option("--all", "all_", is_flag=True,
+                  help="Remove every lab whose creating process has ended (a test or `lab up` still running keeps its lab).")
+    @click.option("--force", is_flag=True, help="With --all: also remove labs whose creator is still running.")
     @_output_option
-    def down_cmd(name, all_, output):
+    def down_cmd(name, all_, force, output):
         """Remove a lab: processes, namespaces, its directory (idempotent)."""
         output = _output(output)
         if not all_:
             validate_name(name)
         m = _manager()
-        results = m.down_all(log=_log(output)) if all_ else [m.down(name, log=_log(output))]
+        results = m.down_all(log=_log(output), force=force) if all_ else [m.down(name, log=_log(output))]
         if output == "json":
             _emit_json(results if all_ else results[0])
         elif not any(r["existed"] for r in results):
