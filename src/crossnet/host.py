@@ -102,7 +102,7 @@ def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
     (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
     owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
     ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")}
-    for r in nl.routes(env.ipr):
+    for r in env.routes():
         if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
             continue
         if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
@@ -151,7 +151,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
     started = time.perf_counter()
     backend = get_backend(cluster.backend)
     with state.lock(), nl.open_ipr() as ipr:
-        env = Env(ipr)
+        env = Env(ipr, batch=True)  # this namespace: per-peer writes go out in bursts
         host_name = host_name or detect_host(cluster, env)
         applied, previous = load_previous(state)
         if applied and applied.get("host") != host_name:
