@@ -457,6 +457,32 @@ class Walker:
                     return h
         return None
 
+    @staticmethod
+    def _peer_of_gateway(host: HostSide, ip: str | None) -> Any:
+        if not ip:
+            return None
+        for p in getattr(host.ctx, "peers", []) or []:
+            try:
+                if p.subnet.num_addresses > 2 and str(next(p.subnet.hosts())) == ip:
+                    return p
+            except (AttributeError, StopIteration):
+                continue
+        return None
+
+    def _is_peer_gateway(self, host: HostSide, ip: str) -> bool:
+        return self._peer_of_gateway(host, ip) is not None
+
+    def _peer_gateway_mac(self, host: HostSide, ip: str | None) -> str | None:
+        """The MAC of a peer's container gateway when the backend derives it (`gw_mac`)."""
+        peer = self._peer_of_gateway(host, ip)
+        fn = getattr(host.backend, "gw_mac", None)
+        if peer is None or not callable(fn):
+            return None
+        try:
+            return str(fn(host.ctx, peer)).lower()
+        except Exception:  # noqa: BLE001 - a prediction only
+            return None
+
     def container_on_port(self, host: HostSide, port: str) -> Endpoint | None:
         return next((c for c in host.containers if c.host_if == port), None)
 
@@ -541,6 +567,9 @@ class Walker:
             known = next((c for c in host.containers if c.address == (pkt.nexthop or pkt.dst) and c.mac), None)
             if known is not None:
                 pkt.mac = predicted = known.mac.lower()
+            else:  # a peer's gateway whose MAC the backend derives (ovs: gw_mac)
+                predicted = self._peer_gateway_mac(host, pkt.nexthop or pkt.dst)
+                pkt.mac = predicted
         mac = pkt.mac
         entry = None
         if mac:
@@ -558,7 +587,7 @@ class Walker:
             prefix = ""
         elif predicted:
             prefix = (f"neighbour {pkt.nexthop or pkt.dst}: not resolved yet (ARP on the first packet); "
-                      f"crossnet recorded its MAC {predicted}; ")
+                      f"its MAC per crossnet is {predicted}; ")
         else:
             prefix = self._neigh_text(pkt.nexthop or pkt.dst, Neigh(pkt.nexthop or pkt.dst, mac, 0x02) if mac
                                       else None) + "; "
@@ -571,6 +600,9 @@ class Walker:
             target = next((c for c in host.containers if (mac and c.mac and c.mac.lower() == mac)
                            or c.address == (pkt.nexthop or pkt.dst)), None)
             port = next((p for p in ports if target is not None and p.name == target.host_if), None)
+            if port is None and pkt.nexthop and self._is_peer_gateway(host, pkt.nexthop):
+                # towards a peer: the port into the tunnel (an OVS port or a vxlan device)
+                port = next((p for p in ports if p.kind in OVS_KINDS or p.kind == "vxlan"), None)
             if port is None:
                 port = next((p for p in ports if p.name == self._nic(host)), None)
             if port is not None:

@@ -413,7 +413,7 @@ class OvsTracer:
             w.add(Hop(host.name, port, "ovs", f"{port} is not a port of any OVS bridge", note="not in OVSDB"))
             return
         in_port = "LOCAL" if port == br else port
-        smac = self._src_mac(w, host, port)
+        smac = pkt.smac or self._src_mac(w, host, port)
         if pkt.mac is None and w.dst.mac:
             pkt.mac = w.dst.mac.lower()
         t = o.oftrace(br, self._flow(in_port, pkt, smac=smac))

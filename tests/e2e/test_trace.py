@@ -174,7 +174,16 @@ def test_trace_ovs_reports_tunnel_port(lab_factory, backend, encap):
     tunnel_hops = hops(res, host="h1", kind="ovs-tunnel")
     assert tunnel_hops, res
     tx = tunnel_hops[0]
-    assert tx["device"] == res["tunnel"] and tx["moved"] and tx["tx_delta"] >= COUNT
-    assert encap in tx["detail"]
+    port = {"gre": "gre-h2", "vxlan": "vxl-h2"}[encap]
+    assert tx["device"] == res["tunnel"] == port and tx["moved"] and tx["tx_delta"] >= COUNT
+    assert tx["detail"].startswith(f"encap {encap}")
+    (rx,) = hops(res, host="h2", kind="ovs-tunnel")
+    assert rx["device"] == port.replace("h2", "h1") and rx["moved"] and rx["rx_delta"] >= COUNT
+    assert rx["detail"].startswith(f"decap {encap}")
+    # the OVS bridge decided by OpenFlow (ofproto/trace), and the datapath pushed the tunnel header
+    ovs_hop = hops(res, host="h1", kind="ovs")[0]
+    assert "ofproto/trace" in ovs_hop["detail"] and "tnl_push" in ovs_hop["extra"]["datapath_actions"]
+    assert_all_moved(res)
+    # the underlay carried the probe encapsulated, never bare
     for nic in hops(res, kind="nic"):
         assert nic["capture"][encap] >= COUNT and nic["capture"]["plain"] == 0, nic

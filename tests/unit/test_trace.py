@@ -183,7 +183,7 @@ def test_unresolved_neighbour_uses_crossnets_record():
     w = Walker(src, dst, hosts, cviews)
     w.run()
     br = [h for h in w.hops if h.kind == "bridge"][-1]
-    assert "crossnet recorded its MAC 0a:00:00:00:02:02" in br.detail and "flooded" in br.detail
+    assert "its MAC per crossnet is 0a:00:00:00:02:02" in br.detail and "flooded" in br.detail
     assert w.complete
 
 
