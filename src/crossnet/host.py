@@ -11,15 +11,17 @@ import ipaddress
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
-from crossnet.config import Cluster
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
 from crossnet.plan import Change, Env, NftTable, Resource, Sysctl, pending, reconcile, teardown
 from crossnet.state import StateDir
+
+if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)
+    from crossnet.config import Cluster
 
 NFT_TABLE = "crossnet"
 
