@@ -1018,6 +1018,26 @@ def apply_deltas(hops: list[Hop], before: dict[str, dict[str, tuple[int, int]]],
                       else f"{h.expect} counter did not move: the probe did not pass here")
 
 
+OVS_STATS_LAG = 1.0  # s: OVS userspace tunnel port counters trail the packets by up to ~1 s
+SETTLE_MAX = 3.0
+
+
+def settle(sources: dict[str, CounterSource], first_wait: float = OVS_STATS_LAG, step: float = 0.5,
+           limit: float = SETTLE_MAX) -> dict[str, dict[str, tuple[int, int]]]:
+    """Read counters that are updated lazily (OVS port stats) until two reads `step`
+    apart agree, starting `first_wait` after the probe, for at most `limit` seconds."""
+    deadline = time.monotonic() + limit
+    time.sleep(first_wait)
+    prev = {k: fn() for k, fn in sources.items()}
+    while time.monotonic() + step <= deadline:
+        time.sleep(step)
+        cur = {k: fn() for k, fn in sources.items()}
+        if cur == prev:
+            break
+        prev = cur
+    return prev
+
+
 def attach_captures(hops: list[Hop], taps: dict[tuple[str, str], dict]) -> None:
     for h in hops:
         if h.kind == "nic" and h.counter is not None and h.counter in taps:
@@ -1071,6 +1091,9 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
                 counts = t.stop()
                 taps[key] = {"error": t.error} if t.error else counts
         after = {k: fn() for k, fn in sources.items()}
+        lagging = [k for k in sources if k.startswith("ovs:")]
+        if lagging:
+            after.update(settle({k: sources[k] for k in lagging}))
         for v in list(hosts.values()):
             refresh = getattr(v.view, "refresh", None)
             if refresh:
