@@ -1,0 +1,298 @@
+"""Open vSwitch backends end to end: 3-host labs, each host with its own ovsdb-server
+and ovs-vswitchd (userspace datapath, br-phy), ovs-gre and ovs-vxlan on l2 and l3.
+
+One lab per (backend, underlay), shared by the tests of this module (module scope):
+read-only checks first, then the tests that break something and repair it
+(drift, restarted ovs-vswitchd, reset + re-apply); each leaves the lab working.
+The state-changing tests run on two of the four combinations to keep the time down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from crossnet.lab.manager import Lab
+from crossnet.ovs import lab as ovs_lab_service
+from crossnet.ovs.daemon import wait_gone
+from tests.conftest import LabFactory
+
+pytestmark = pytest.mark.e2e
+
+OVERHEAD = {"ovs-gre": 38, "ovs-vxlan": 50}
+FULL = [("ovs-gre", "l2"), ("ovs-vxlan", "l3")]  # everything runs here
+BASIC = [*FULL, ("ovs-gre", "l3"), ("ovs-vxlan", "l2")]  # reachability, TCP, storm, capture
+PING_OPTS = {"count": 2, "timeout": 2.0}
+
+
+def _id(p: tuple[str, str]) -> str:
+    return f"{p[0]}-{p[1]}"
+
+
+@pytest.fixture(scope="module")
+def ovs_lab(request: pytest.FixtureRequest, lab_sweep: None) -> Lab:
+    backend, underlay = request.param
+    factory = LabFactory()
+    request.addfinalizer(factory.cleanup)
+    lab = factory(hosts=3, underlay=underlay, backend=backend, containers=1)
+    return lab
+
+
+def lab_params(params: list[tuple[str, str]]):
+    return pytest.mark.parametrize("ovs_lab", params, indirect=True, ids=[_id(p) for p in params])
+
+
+# ---- helpers ------------------------------------------------------------------------
+def sh(lab: Lab, target: str, *cmd: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess:
+    proc = lab.run(target, list(cmd), timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{target}: {' '.join(cmd)}: {proc.stderr.strip() or proc.stdout.strip()}"
+    return proc
+
+
+def containers(lab: Lab) -> dict[str, tuple[str, str]]:
+    """host -> (container netns, container address)"""
+    out = {}
+    for h, st in lab.statuses().items():
+        (c,) = st["containers"]
+        out[h] = (os.path.basename(c["netns"]), c["address"].split("/")[0])
+    return out
+
+
+def assert_all_pairs(lab: Lab) -> None:
+    pairs = lab.check(**PING_OPTS)
+    assert len(pairs) == 6
+    assert all(p.ok for p in pairs), [f"{p.src}->{p.dst}: {p.error}" for p in pairs if not p.ok]
+
+
+def ping(netns: str, dst: str, count: int = 3, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", "netns", "exec", netns, "ping", "-n", "-q", "-c", str(count), "-i", "0.2",
+                           "-W", "2", *extra, dst], capture_output=True, text=True, timeout=30, check=False)
+
+
+def apply_json(lab: Lab, host: str) -> dict:
+    proc = lab.crossnet(host, "apply", "-f", lab.plan.cluster_file, "--host", host, "-o", "json")
+    return json.loads(proc.stdout)
+
+
+def tunnel_counters(lab: Lab, host: str) -> dict[str, tuple[int, int]]:
+    """OpenFlow port -> (rx packets, tx packets) on the overlay bridge."""
+    out = sh(lab, host, "ovs-ofctl", "dump-ports", "cnovs0").stdout
+    return {p: (int(rx), int(tx)) for p, rx, tx in re.findall(r'port\s+"?([\w.-]+)"?:\s+rx pkts=(\d+).*?tx pkts=(\d+)', out, re.DOTALL)}
+
+
+def ovs_pids(lab: Lab) -> list[int]:
+    pids = []
+    for h in lab.hosts:
+        inst = ovs_lab_service.instance(lab.plan, h)
+        pids += [p for p in (inst.pid("ovsdb-server"), inst.pid("ovs-vswitchd")) if p]
+    return pids
+
+
+# ---- read-only checks ---------------------------------------------------------------
+@lab_params(BASIC)
+def test_every_pair_pings_and_status_shows_the_datapath(ovs_lab: Lab):
+    assert_all_pairs(ovs_lab)
+    backend = ovs_lab.plan.backend
+    for h, st in ovs_lab.statuses().items():
+        assert st["backend"] == backend
+        assert st["mtu"] == st["underlay_mtu"] - OVERHEAD[backend]
+        assert all(p["programmed"] for p in st["peers"]) and not st["drift"], (h, st)
+        ovs = st["ovs"]
+        assert ovs["datapath"] == "netdev" and ovs["datapath_kind"] == "userspace" and ovs["kernel_module"] is False
+        assert set(ovs["bridges"]) == {"br-phy", "cnovs0"}
+        assert len(ovs["tunnels"]) == 2 and all(t["ok"] for t in ovs["tunnels"])
+
+
+@lab_params(BASIC)
+def test_apply_is_idempotent(ovs_lab: Lab):
+    for h in ("h1", "h3"):
+        res = apply_json(ovs_lab, h)
+        assert res["changed"] is False, res["changes"]
+
+
+@lab_params(BASIC)
+def test_tcp_between_containers_and_full_size_packets(ovs_lab: Lab):
+    c = containers(ovs_lab)
+    (src_ns, _), (dst_ns, dst_ip) = c["h1"], c["h3"]
+    server = subprocess.Popen(["ip", "netns", "exec", dst_ns, "iperf3", "-s", "-1", "-p", "5399"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        proc = subprocess.run(["ip", "netns", "exec", src_ns, "iperf3", "-c", dst_ip, "-p", "5399", "-t", "2", "-J"],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert proc.returncode == 0, proc.stdout[-500:] + proc.stderr
+        got = json.loads(proc.stdout)["end"]["sum_received"]
+        assert got["bytes"] > 1_000_000 and got["bits_per_second"] > 10e6, got
+    finally:
+        with contextlib.suppress(Exception):
+            server.wait(timeout=5)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    # the container MTU is exactly what fits: a full-size DF packet crosses, one byte more cannot
+    mtu = ovs_lab.status("h1")["mtu"]
+    assert ping(src_ns, dst_ip, 2, ("-M", "do", "-s", str(mtu - 28))).returncode == 0
+    too_big = ping(src_ns, dst_ip, 1, ("-M", "do", "-s", str(mtu - 27)))
+    assert too_big.returncode != 0
+
+
+@lab_params(BASIC)
+def test_broadcast_reaches_every_peer_once_and_never_loops(ovs_lab: Lab):
+    """Split horizon: h1's broadcast goes into both tunnels; h2 and h3 deliver it
+    locally and never forward it into their other tunnel (with NORMAL flooding,
+    3 hosts would loop it forever)."""
+    n = 20
+    src_ns, _ = containers(ovs_lab)["h1"]
+    before = {h.name: tunnel_counters(ovs_lab, h.name) for h in ovs_lab.hosts}
+    subprocess.run(["ip", "netns", "exec", src_ns, "ping", "-b", "-c", str(n), "-i", "0.05", "-W", "1",
+                    "255.255.255.255"], capture_output=True, timeout=30, check=False)
+    time.sleep(1.0)
+    after = {h.name: tunnel_counters(ovs_lab, h.name) for h in ovs_lab.hosts}
+
+    def delta(h: str, port: str, i: int) -> int:
+        return after[h][port][i] - before[h][port][i]
+
+    tunnels = {h: [p for p in after[h] if p != "LOCAL"] for h in after}
+    assert all(len(t) == 2 for t in tunnels.values()), after
+    # the local port of each peer received about n frames from h1 ...
+    for h in ("h2", "h3"):
+        assert n <= delta(h, "LOCAL", 1) <= n + 15, (h, before[h], after[h])
+        # ... and its tunnels sent almost nothing (a loop would send >= n)
+        for p in tunnels[h]:
+            assert delta(h, p, 1) < n // 2, (h, p, before[h], after[h])
+    # h1 sent each frame into each tunnel (OVS counts a tunnel packet up to twice: push + output)
+    for p in tunnels["h1"]:
+        assert n <= delta("h1", p, 1) <= 2 * n + 15, (p, before["h1"], after["h1"])
+
+
+@lab_params(BASIC)
+def test_capture_on_the_underlay_proves_encapsulation(ovs_lab: Lab, tmp_path: Path):
+    """tcpdump on the fabric side of h1's NIC: container pings h1 -> h2 appear only
+    inside GRE (proto 0x6558, transparent Ethernet bridging) / VXLAN (udp 4789), and
+    never as plain packets between container addresses."""
+    lab = ovs_lab
+    c = containers(lab)
+    (src_ns, src_ip), (_, dst_ip) = c["h1"], c["h2"]
+    fabric = lab.plan.fabric.netns
+    port = lab.plan.host("h1").fabric_ifname
+    pcap = tmp_path / "underlay.pcap"
+    dump = subprocess.Popen(["ip", "netns", "exec", fabric, "tcpdump", "-i", port, "-nn", "-U", "-s", "256",
+                             "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        line = ""
+        while "listening" not in line and time.monotonic() < deadline:
+            line = dump.stderr.readline()
+        assert "listening" in line, line
+        assert ping(src_ns, dst_ip, 5).returncode == 0
+        time.sleep(0.5)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        try:
+            dump.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            dump.kill()
+            dump.wait()
+
+    def read(expr: str, verbose: bool = False) -> str:
+        argv = ["tcpdump", "-nn", "-r", str(pcap), *(["-v"] if verbose else []), expr]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False).stdout
+
+    if lab.plan.backend == "ovs-gre":
+        encap = "ip proto 47 and ip[22:2] = 0x6558"  # GRE protocol field: transparent Ethernet bridging
+    else:
+        encap = "udp dst port 4789"
+    inner = read(encap, verbose=True)
+    requests = re.findall(rf"{re.escape(src_ip)} > {re.escape(dst_ip)}: ICMP echo request", inner)
+    replies = re.findall(rf"{re.escape(dst_ip)} > {re.escape(src_ip)}: ICMP echo reply", inner)
+    assert len(requests) >= 5 and len(replies) >= 5, inner[-2000:]
+    if lab.plan.backend == "ovs-vxlan":
+        assert "VXLAN" in inner and "vni 1" in inner
+    # outer headers only ever carry underlay addresses
+    assert read(f"ip and net {lab.plan.network}").strip() == ""
+
+
+# ---- state-changing checks (each leaves the lab working) -----------------------------
+@lab_params(FULL)
+def test_drift_repair_of_a_deleted_tunnel_port_and_flows(ovs_lab: Lab):
+    lab = ovs_lab
+    tunnel = "gre-h2" if lab.plan.backend == "ovs-gre" else "vxl-h2"
+    sh(lab, "h1", "ovs-vsctl", "del-port", "cnovs0", tunnel)
+    sh(lab, "h3", "ovs-ofctl", "del-flows", "cnovs0")
+    st1, st3 = lab.status("h1"), lab.status("h3")
+    assert st1["drift"] and not next(p for p in st1["peers"] if p["name"] == "h2")["programmed"]
+    assert st3["drift"] and any("replace-flows" in d for d in st3["drift"])
+    res1, res3 = apply_json(lab, "h1"), apply_json(lab, "h3")
+    assert res1["changes"] and all(c["action"] == "repair" for c in res1["changes"]), res1
+    assert tunnel in res1["changes"][0]["command"]  # the port first, then (if renumbered) the flows naming it
+    assert [c["action"] for c in res3["changes"]] == ["repair"] and "replace-flows" in res3["changes"][0]["command"]
+    assert_all_pairs(lab)
+    assert apply_json(lab, "h1")["changed"] is False
+
+
+@lab_params(FULL)
+def test_restarted_vswitchd_is_reconverged_by_apply(ovs_lab: Lab):
+    """`exit --cleanup` drops the datapath with its tap ports (br-phy loses the underlay
+    address, cnovs0 leaves cn0) and the flows; fail_mode=secure keeps the restarted
+    bridge silent (no flooding) until apply puts everything back."""
+    lab = ovs_lab
+    inst = ovs_lab_service.instance(lab.plan, lab.plan.host("h2"))
+    old = inst.pid("ovs-vswitchd")
+    inst.stop_vswitchd(cleanup=True)
+    assert inst.pid("ovs-vswitchd") is None
+    inst.start_vswitchd()
+    assert inst.pid("ovs-vswitchd") not in (None, old)
+    c = containers(lab)
+    assert ping(c["h1"][0], c["h2"][1], 2).returncode != 0  # h2 is cut off until apply
+    res = apply_json(lab, "h2")
+    kinds = " ".join(ch["command"] for ch in res["changes"])
+    assert "br-phy" in kinds and "replace-flows" in kinds and "master cn0" in kinds, res
+    assert_all_pairs(lab)
+
+
+@lab_params(FULL)
+def test_reset_leaves_nothing_behind_then_apply_restores(ovs_lab: Lab):
+    lab = ovs_lab
+    h = lab.plan.host("h3")
+    lab.crossnet("h3", "reset")
+    assert sh(lab, "h3", "ovs-vsctl", "list-br").stdout.strip() == ""
+    assert sh(lab, "h3", "ovs-vsctl", "--columns=name", "list", "Interface").stdout.strip() == ""
+    links = sh(lab, "h3", "ip", "-o", "link", "show").stdout
+    for name in ("br-phy", "cnovs0", "cn0", "ovs-netdev", "cnv"):
+        assert f" {name}" not in links, links
+    assert f"inet {h.address}/{h.prefixlen}" in sh(lab, "h3", "ip", "-o", "-4", "addr", "show", "dev", "eth0").stdout
+    assert sh(lab, "h3", "ip", "-o", "-4", "addr", "show").stdout.count("inet ") == 2  # lo + eth0
+    assert f"default via {h.gateway} dev eth0" in sh(lab, "h3", "ip", "route").stdout
+    assert sh(lab, "h3", "nft", "list", "ruleset").stdout.strip() == ""
+    assert "PROMISC" not in sh(lab, "h3", "ip", "link", "show", "eth0").stdout
+    # the host is a plain host again: the underlay works without OVS
+    peer = lab.plan.host("h1").address
+    assert sh(lab, "h3", "ping", "-c", "2", "-i", "0.2", "-W", "2", peer, check=False).returncode == 0
+    # and apply + attach bring it back
+    lab.apply("h3")
+    for cont in h.containers:
+        lab.attach("h3", cont)
+    assert_all_pairs(lab)
+
+
+def test_lab_down_stops_the_ovs_daemons_and_waits(lab_factory):
+    lab = lab_factory(hosts=2, backend="ovs-gre", containers=0)
+    pids = ovs_pids(lab)
+    assert len(pids) == 4
+    # every crossnet/`lab exec` command of a host talks to that host's own OVS
+    env = sh(lab, "h1", "env").stdout
+    assert f"OVS_RUNDIR={lab.plan.lab_dir}/hosts/h1/ovs" in env
+    assert "br-phy" in sh(lab, "h2", "ovs-vsctl", "list-br").stdout
+    lab.down()
+    # stopped means exited: at most a zombie until init reaps it
+    alive = [p for p in pids if not wait_gone(p, 0)]
+    assert not alive
