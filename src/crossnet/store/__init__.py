@@ -1,0 +1,269 @@
+"""Cluster state store: where hosts find the network config, their subnet lease and
+their peers (like flannel's subnet.Manager). Two implementations:
+
+* :mod:`crossnet.store.static` - the cluster file: fixed hosts, subnets carved from the file.
+* :mod:`crossnet.store.etcd` - etcd v3: hosts register themselves and lease a subnet
+  (atomic transaction, TTL-bound etcd lease), peers come and go through a watch.
+
+The agent (crossnet.agent) only talks to the :class:`Store` interface.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
+
+from crossnet.errors import ConfigError, CrossnetError
+
+# backends that work with a leased per-host subnet (bridge needs LAN ranges: static file only)
+STORE_BACKENDS = ("vxlan", "host-gw", "ovs-gre", "ovs-vxlan")
+DEFAULT_TTL = 60
+MIN_TTL = 2
+HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+
+
+class StoreError(CrossnetError):
+    """The store answered, but not with what we need (bad or missing data, no free subnet)."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (retry later)."""
+
+
+class NotInitialized(StoreError):
+    """No network config in the store yet."""
+
+
+class LeaseLost(StoreError):
+    """Our subnet lease no longer exists in the store."""
+
+
+@dataclass
+class NetworkConfig:
+    """The cluster-wide settings every agent reads (`crossnet etcd init` writes them)."""
+
+    network: IPv4Network
+    backend: str = "vxlan"
+    subnet_len: int = 24
+    name: str = "crossnet"
+    ttl: int = DEFAULT_TTL
+    masquerade: bool = False
+    mtu: int | None = None
+    vni: int = 1
+    port: int = 4789
+    bridge: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate("config")
+
+    def validate(self, source: str) -> None:
+        def bad(fieldname: str, msg: str) -> ConfigError:
+            return ConfigError(f"{source}: {fieldname}: {msg}")
+
+        if not isinstance(self.network, IPv4Network):
+            try:
+                self.network = IPv4Network(str(self.network))
+            except ValueError as exc:
+                raise bad("network", f"invalid IPv4 network {self.network!r} ({exc})") from None
+        if self.backend not in STORE_BACKENDS:
+            hint = " (bridge needs the static cluster file)" if self.backend == "bridge" else ""
+            raise bad("backend", f"{self.backend!r} is not supported with a store{hint}; choose from {', '.join(STORE_BACKENDS)}")
+        if not isinstance(self.subnet_len, int) or not self.network.prefixlen < self.subnet_len <= 30:
+            raise bad("subnet_len", f"{self.subnet_len!r} must be longer than /{self.network.prefixlen} and at most 30")
+        if not isinstance(self.ttl, int) or self.ttl < MIN_TTL:
+            raise bad("ttl", f"{self.ttl!r} must be an integer >= {MIN_TTL} seconds")
+        if self.mtu is not None and not (isinstance(self.mtu, int) and 576 <= self.mtu <= 65535):
+            raise bad("mtu", f"{self.mtu!r} must be between 576 and 65535")
+        if not isinstance(self.vni, int) or not 1 <= self.vni <= 16_777_215:
+            raise bad("vni", f"{self.vni!r} must be between 1 and 16777215")
+        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise bad("port", f"{self.port!r} must be between 1 and 65535")
+        if not isinstance(self.name, str) or not self.name:
+            raise bad("name", "must be a non-empty string")
+        if self.bridge is not None and not (isinstance(self.bridge, str) and 1 <= len(self.bridge) <= 15):
+            raise bad("bridge", f"{self.bridge!r} must be an interface name of 1..15 characters")
+
+    @property
+    def bridge_name(self) -> str:
+        return self.bridge or "cn0"
+
+    def subnet_count(self) -> int:
+        return 1 << (self.subnet_len - self.network.prefixlen)
+
+    def subnets(self) -> Iterator[IPv4Network]:
+        return self.network.subnets(new_prefix=self.subnet_len)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "network": str(self.network),
+            "subnet_len": self.subnet_len,
+            "backend": self.backend,
+            "ttl": self.ttl,
+            "masquerade": self.masquerade,
+            "mtu": self.mtu,
+            "vxlan": {"vni": self.vni, "port": self.port},
+            "bridge": self.bridge,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a JSON object")
+        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge"}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        if "network" not in data:
+            raise ConfigError(f"{source}: network: required")
+        vx = data.get("vxlan") or {}
+        return cls(
+            network=data["network"],
+            backend=data.get("backend", "vxlan"),
+            subnet_len=data.get("subnet_len", 24),
+            name=data.get("name", "crossnet"),
+            ttl=data.get("ttl", DEFAULT_TTL),
+            masquerade=bool(data.get("masquerade", False)),
+            mtu=data.get("mtu"),
+            vni=vx.get("vni", 1),
+            port=vx.get("port", 4789),
+            bridge=data.get("bridge"),
+        )
+
+
+@dataclass
+class HostRecord:
+    """What one host publishes: its underlay address, subnet and backend data."""
+
+    name: str
+    address: IPv4Address
+    subnet: IPv4Network
+    data: dict = field(default_factory=dict)  # backend.host_data() (e.g. vtep_mac)
+    lease: int = 0  # store lease id (etcd), 0 for the static store
+    revision: int = 0  # store revision of this record (etcd mod_revision)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "address": str(self.address), "subnet": str(self.subnet), "data": self.data}
+
+    @classmethod
+    def from_json(cls, data: Any, lease: int = 0, revision: int = 0) -> HostRecord:
+        try:
+            return cls(
+                name=str(data["name"]),
+                address=IPv4Address(data["address"]),
+                subnet=IPv4Network(data["subnet"]),
+                data=dict(data.get("data") or {}),
+                lease=lease,
+                revision=revision,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"bad host record {json.dumps(data)[:200]}: {exc}") from None
+
+    def same_content(self, other: HostRecord | None) -> bool:
+        return other is not None and self.to_json() == other.to_json()
+
+
+@dataclass
+class SubnetLease:
+    """This host's registration: its record and the store lease keeping it alive."""
+
+    record: HostRecord
+    lease_id: int
+    ttl: int
+
+    @property
+    def subnet(self) -> IPv4Network:
+        return self.record.subnet
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.record.to_json(), "lease": self.lease_id, "ttl": self.ttl}
+
+    @classmethod
+    def from_json(cls, data: dict) -> SubnetLease:
+        return cls(HostRecord.from_json(data, lease=int(data.get("lease", 0))), int(data.get("lease", 0)), int(data.get("ttl", 0)))
+
+
+@dataclass
+class PeerEvent:
+    """A change seen by watch(): kind is "put" (record added/changed) or "delete"."""
+
+    kind: str
+    subnet: IPv4Network
+    record: HostRecord | None  # None for delete
+    revision: int
+
+
+@dataclass
+class Snapshot:
+    hosts: list[HostRecord]
+    revision: int
+
+
+class Store(ABC):
+    """The interface the agent uses. Implementations raise StoreUnavailable for
+    transient problems (retry), StoreError/ConfigError for real ones."""
+
+    kind: str = "store"
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for logs: where the store is."""
+
+    @abstractmethod
+    def get_config(self) -> NetworkConfig:
+        """The network config; NotInitialized if there is none."""
+
+    @abstractmethod
+    def acquire(self, cfg: NetworkConfig, name: str, address: IPv4Address, data: dict,
+                previous: IPv4Network | None = None, previous_lease: int = 0, ttl: int | None = None) -> SubnetLease:
+        """Register this host and lease a subnet atomically: keep/reuse `previous`
+        (or this host's last subnet) if still free, else the lowest free one."""
+
+    @abstractmethod
+    def renew(self, lease: SubnetLease) -> None:
+        """Keep the lease alive; LeaseLost if it is gone."""
+
+    @abstractmethod
+    def release(self, lease: SubnetLease) -> None:
+        """Give the subnet back and forget this host."""
+
+    @abstractmethod
+    def snapshot(self) -> Snapshot:
+        """Every registered host (this one included) and the store revision."""
+
+    @abstractmethod
+    def watch(self, since: int, stop: threading.Event) -> Iterator[list[PeerEvent]]:
+        """Batches of changes after revision `since`; raises StoreUnavailable when the
+        connection breaks (the caller resumes from the last revision it saw)."""
+
+    def close(self) -> None:
+        pass
+
+
+def validate_host_name(name: str) -> str:
+    if not HOST_NAME_RE.match(name or ""):
+        raise ConfigError(f"--name: invalid host name {name!r} (1..63 of letters, digits, '.', '_', '-')")
+    return name
+
+
+__all__ = [
+    "DEFAULT_TTL",
+    "STORE_BACKENDS",
+    "HostRecord",
+    "LeaseLost",
+    "NetworkConfig",
+    "NotInitialized",
+    "PeerEvent",
+    "Snapshot",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "SubnetLease",
+    "validate_host_name",
+]

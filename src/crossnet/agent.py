@@ -1,0 +1,662 @@
+"""`crossnet agent`: keep this host programmed from a Store (etcd or the cluster file).
+
+Start-up (each step retried with bounded exponential backoff while the store is
+unreachable, uninitialised or refuses us; the data plane is left alone meanwhile):
+
+1. read the network config;
+2. register this host and lease a subnet (the previous one if still ours or free:
+   the local lease file ``<state-dir>/agent.json`` and the store both remember it);
+3. one full reconcile: local resources (bridge, gateway address, tunnel device, sysctl,
+   nft) + every peer's resources, against what ``applied.json`` says we own. Resources
+   that already match are not touched, so a restart never disturbs running containers;
+   peers that vanished while we were away are removed;
+4. then, in the main thread, apply peer changes from the watch one peer at a time,
+   re-reconcile everything every ``--resync`` seconds (repairs drift), and re-register
+   if the lease was lost.
+
+Threads: keepalive (renews the lease every TTL/3), watch (streams peer changes into
+the queue, resumes from the last revision after a reconnect, then re-reads a
+snapshot), and the local API (unix socket). Only the main thread touches the kernel's
+routes/FDB/neighbours and applied.json.
+
+SIGTERM/SIGINT: stop; the data plane stays as it is (the lease expires after TTL
+unless the agent comes back first). With ``--release``: revoke the lease (peers drop
+our routes at once), forget this host in the store, and reset this host like
+``crossnet reset``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from crossnet import netlink as nl
+from crossnet.backends import get_backend
+from crossnet.backends.base import Backend, HostContext, Peer
+from crossnet.errors import ApplyError, ConfigError, CrossnetError
+from crossnet.plan import Env, Resource, reconcile
+from crossnet.state import StateDir, read_json, write_json_atomic
+from crossnet.store import (
+    HostRecord,
+    LeaseLost,
+    NetworkConfig,
+    PeerEvent,
+    Snapshot,
+    Store,
+    StoreError,
+    SubnetLease,
+    validate_host_name,
+)
+
+log = logging.getLogger("crossnet.agent")
+
+
+class Stopped(Exception):
+    """The agent was asked to stop while waiting."""
+
+
+@dataclass
+class AgentOptions:
+    name: str | None = None
+    iface: str | None = None
+    address: str | None = None
+    ttl: int | None = None
+    release: bool = False
+    retries: int = 0  # give up after this many failed attempts of a start-up step; 0 = never
+    backoff_initial: float = 0.5
+    backoff_max: float = 10.0
+    resync: float = 60.0
+    watch_timeout: float = 30.0
+    api: bool = True
+
+
+def lease_path(state: StateDir) -> str:
+    return str(state.root / "agent.json")
+
+
+def socket_path(state: StateDir) -> str:
+    return str(state.root / "agent.sock")
+
+
+class Agent:
+    def __init__(self, store: Store, state: StateDir, opts: AgentOptions):
+        self.store = store
+        self.state = state
+        self.opts = opts
+        self.stop = threading.Event()
+        self.queue: queue.Queue[tuple] = queue.Queue()
+        self.cfg: NetworkConfig | None = None
+        self.backend: Backend | None = None
+        self.lease: SubnetLease | None = None
+        self.ctx: HostContext | None = None
+        self.name = ""
+        self.address: IPv4Address | None = None
+        self.iface = ""
+        self.peers: dict[IPv4Network, HostRecord] = {}
+        self.base_res: list[Resource] = []  # common + local, as owned after the last full sync
+        self.peer_res: dict[IPv4Network, list[Resource]] = {}
+        self.revision = 0
+        self.started = time.time()
+        self.synced_at: float | None = None
+        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None}
+        self.reacquire_at: float | None = None
+        self.next_resync = 0.0
+        self._threads: list[threading.Thread] = []
+        self._lock_fh = None
+        self._api = None
+        self._ipr = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _report(self, what: str, error: str | None) -> None:
+        """Log a component's health only when it changes (no log spam while etcd is down)."""
+        before = self.health.get(what)
+        self.health[what] = error
+        if error and error != before:
+            log.error("%s: %s", what, error)
+        elif not error and before:
+            log.info("%s: recovered", what)
+
+    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+        delay = self.opts.backoff_initial
+        attempt = 0
+        while True:
+            if self.stop.is_set():
+                raise Stopped()
+            try:
+                return fn()
+            except (StoreError, ApplyError) as exc:
+                attempt += 1
+                limit = self.opts.retries
+                if limit and attempt >= limit:
+                    raise CrossnetError(f"{what}: {exc} (gave up after {attempt} attempts)") from None
+                of = f"/{limit}" if limit else ""
+                log.error("%s: %s; retrying in %.1fs (attempt %d%s)", what, exc, delay, attempt, of)
+                if self.stop.wait(delay):
+                    raise Stopped() from None
+                delay = min(delay * 2, self.opts.backoff_max)
+
+    def _env(self) -> Env:
+        if self._ipr is None:
+            self._ipr = nl.open_ipr()
+        return Env(self._ipr)
+
+    def _reset_ipr(self) -> None:
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self._ipr = None
+
+    # ------------------------------------------------------------------ start-up
+
+    def _take_lock(self) -> None:
+        self.state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fh = open(self.state.root / "agent.lock", "a+")  # noqa: SIM115 - held for the agent's lifetime
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            fh.close()
+            raise CrossnetError(f"another crossnet agent (pid {pid}) already runs with state dir {self.state.root}") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._lock_fh = fh
+
+    def _identity(self) -> None:
+        """This host's name, underlay interface and address."""
+        self.name = validate_host_name(self.opts.name or socket.gethostname().split(".")[0])
+        env = self._env()
+        want = None
+        if self.opts.address:
+            try:
+                want = IPv4Address(self.opts.address)
+            except ValueError:
+                raise ConfigError(f"--address: {self.opts.address!r} is not an IPv4 address") from None
+        addrs = nl.all_addresses(env.ipr)
+        links = {li.index: li for li in nl.all_links(env.ipr)}
+        if self.opts.iface:
+            idx = env.index(self.opts.iface)
+            if idx is None:
+                raise ConfigError(f"--iface: interface {self.opts.iface!r} does not exist on this host")
+        elif want is not None:
+            idx = next((i for i, cidrs in addrs.items() if any(IPv4Interface(c).ip == want for c in cidrs)), None)
+            if idx is None:
+                raise ConfigError(f"--address: {want} is not configured on any interface of this host")
+        else:
+            route = nl.route_get(env.ipr, "192.0.2.1")  # a lookup only, nothing is sent
+            if route is None or not route.oif:
+                raise ConfigError("--iface: this host has no default route; pass --iface (and --address)")
+            idx = route.oif
+        mine = [IPv4Interface(c).ip for c in addrs.get(idx, [])]
+        if want is None:
+            if not mine:
+                raise ConfigError(f"--iface: interface {links[idx].name!r} has no IPv4 address; pass --address")
+            want = mine[0]
+        elif self.opts.iface and want not in mine:
+            raise ConfigError(f"--address: {want} is not configured on {self.opts.iface}")
+        self.iface = links[idx].name
+        self.address = want
+
+    def _previous(self) -> tuple[IPv4Network | None, int]:
+        """The subnet/lease this host had (local lease file, else applied.json)."""
+        data = read_json(self.state.root / "agent.json") or {}
+        lease = data.get("lease") or {}
+        if lease.get("name") == self.name and lease.get("subnet"):
+            with contextlib.suppress(ValueError):
+                return IPv4Network(lease["subnet"]), int(lease.get("lease", 0)) if data.get("store") == self.store.describe() else 0
+        applied = self.state.load_applied() or {}
+        if applied.get("host") == self.name:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                return IPv4Network(applied["context"]["subnet"]), 0
+        return None, 0
+
+    def _check_state_dir(self) -> None:
+        applied = self.state.load_applied()
+        if applied and applied.get("host") not in (None, self.name):
+            raise ConfigError(
+                f"--name: state dir {self.state.root} belongs to host {applied.get('host')!r}; "
+                "use --name accordingly or run `crossnet reset` first"
+            )
+
+    def _save_lease(self) -> None:
+        assert self.lease is not None
+        write_json_atomic(self.state.root / "agent.json", {
+            "version": 1,
+            "store": self.store.describe(),
+            "lease": self.lease.to_json(),
+            "acquired": time.time(),
+        })
+
+    def _acquire(self, previous: IPv4Network | None, previous_lease: int) -> None:
+        assert self.cfg and self.backend and self.address
+        data = self.backend.host_data(self.cfg.name, self.name, self.address)
+        lease = self.store.acquire(self.cfg, self.name, self.address, data, previous=previous,
+                                   previous_lease=previous_lease, ttl=self.opts.ttl)
+        if previous is not None and lease.subnet != previous:
+            log.warning("subnet %s is no longer available; this host now has %s "
+                        "(containers attached with addresses of %s must be re-attached)", previous, lease.subnet, previous)
+        self.lease = lease
+        self._save_lease()
+        self.ctx = self._context()
+        log.info("host %s (%s on %s) holds subnet %s (lease %x, ttl %ss)", self.name, self.address, self.iface,
+                 lease.subnet, lease.lease_id, lease.ttl)
+
+    def _context(self) -> HostContext:
+        assert self.cfg and self.backend and self.lease and self.address
+        env = self._env()
+        nic = nl.link_info(env.ipr, self.iface)
+        if nic is None:
+            raise ApplyError(f"interface {self.iface!r} disappeared")
+        underlay_mtu = self.cfg.mtu or nic.mtu
+        subnet = self.lease.subnet
+        return HostContext(
+            cluster_name=self.cfg.name,
+            backend=self.cfg.backend,
+            host=self.name,
+            address=self.address,
+            iface=self.iface,
+            subnet=subnet,
+            network=self.cfg.network,
+            gateway=subnet.network_address + 1,
+            prefixlen=self.cfg.subnet_len,
+            bridge=self.cfg.bridge_name,
+            underlay_mtu=underlay_mtu,
+            mtu=underlay_mtu - self.backend.overhead,
+            masquerade=self.cfg.masquerade,
+            vni=self.cfg.vni,
+            port=self.cfg.port,
+            nic_mac=nic.mac,
+            peers=[],
+        )
+
+    def _load_config(self) -> None:
+        cfg = self.store.get_config()
+        try:
+            backend = get_backend(cfg.backend)
+        except ModuleNotFoundError:
+            raise StoreError(f"backend {cfg.backend!r} is not available in this build of crossnet") from None
+        assert self.address is not None
+        if self.address in cfg.network:
+            raise ConfigError(f"network {cfg.network} contains this host's underlay address {self.address}")
+        self.cfg, self.backend = cfg, backend
+
+    # ------------------------------------------------------------------ programming
+
+    def _peer(self, rec: HostRecord) -> Peer:
+        return Peer(rec.name, rec.address, rec.subnet, dict(rec.data))
+
+    def _peer_ok(self, env: Env, peer: Peer) -> bool:
+        assert self.ctx and self.backend
+        if not self.backend.needs_l2:
+            return True
+        one = HostContext(**{**self.ctx.__dict__, "peers": [peer]})
+        try:
+            self.backend.check_underlay(one, env)
+        except ApplyError as exc:
+            log.error("peer %s skipped: %s", peer.name, exc)
+            return False
+        return True
+
+    def _sync_ctx_peers(self) -> None:
+        assert self.ctx is not None
+        self.ctx.peers = [self._peer(self.peers[s]) for s in sorted(self.peers) if s in self.peer_res]
+
+    def _save_applied(self) -> None:
+        assert self.ctx and self.cfg
+        self._sync_ctx_peers()
+        owned = list(self.base_res)
+        for s in sorted(self.peer_res):
+            owned += self.peer_res[s]
+        self.state.save_applied({
+            "version": 1,
+            "host": self.name,
+            "store": {"kind": self.store.kind, "where": self.store.describe()},
+            "network_config": self.cfg.to_json(),
+            "context": self.ctx.to_json(),
+            "resources": [r.to_json() for r in owned],
+        })
+
+    def _is_self(self, rec: HostRecord | None, subnet: IPv4Network) -> bool:
+        return (self.lease is not None and subnet == self.lease.subnet) or (rec is not None and rec.name == self.name)
+
+    def full_sync(self, snap: Snapshot) -> None:
+        """Make the kernel match the snapshot: local + all peers, one reconcile."""
+        from crossnet.host import check_routes, common_resources, load_previous
+
+        assert self.ctx and self.backend and self.lease
+        if snap.revision < self.revision:
+            return  # older than what we have already applied
+        own = [r for r in snap.hosts if r.subnet == self.lease.subnet]
+        if self.store.kind != "static" and (not own or own[0].name != self.name):
+            self.queue.put(("lease-lost", self.lease.lease_id))
+        self.peers = {r.subnet: r for r in snap.hosts if not self._is_self(r, r.subnet)}
+        with self.state.lock():
+            env = self._env()
+            _, previous = load_previous(self.state)
+            base = common_resources(self.ctx) + self.backend.local_resources(self.ctx)
+            per_peer: list[tuple[IPv4Network, list[Resource]]] = []
+            for s in sorted(self.peers):
+                peer = self._peer(self.peers[s])
+                if self._peer_ok(env, peer):
+                    per_peer.append((s, self.backend.peer_resources(self.ctx, peer)))
+            desired = base + [r for _, res in per_peer for r in res]
+            if self.synced_at is None:
+                check_routes(self.ctx, env, previous + desired)
+            outcome = reconcile(desired, previous, env)
+            self.base_res = outcome.resources[: len(base)]
+            self.peer_res = {s: res for s, res in per_peer}
+            self.revision = snap.revision
+            self._save_applied()
+        self.synced_at = time.time()
+        for ch in outcome.changes:
+            log.info("  %s", ch)
+        log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(outcome.changes))
+
+    def apply_events(self, events: list[PeerEvent]) -> None:
+        assert self.ctx and self.backend
+        changed: set[IPv4Network] = set()
+        for ev in events:
+            if ev.revision <= self.revision and self.store.kind != "static":
+                continue
+            if ev.kind == "delete":
+                if self.lease is not None and ev.subnet == self.lease.subnet:
+                    self.queue.put(("lease-lost", self.lease.lease_id))
+                    continue
+                if self.peers.pop(ev.subnet, None) is not None or ev.subnet in self.peer_res:
+                    changed.add(ev.subnet)
+            else:
+                if self._is_self(ev.record, ev.subnet):
+                    continue
+                if not (ev.record.same_content(self.peers.get(ev.subnet)) and ev.subnet in self.peer_res):
+                    changed.add(ev.subnet)
+                self.peers[ev.subnet] = ev.record
+        if self.store.kind != "static":
+            self.revision = max([self.revision] + [ev.revision for ev in events])
+        if not changed:
+            return
+        with self.state.lock():
+            env = self._env()
+            for s in sorted(changed):
+                self._program_peer(env, s)
+            self._save_applied()
+
+    def _program_peer(self, env: Env, subnet: IPv4Network) -> None:
+        assert self.ctx and self.backend
+        t0 = time.perf_counter()
+        rec = self.peers.get(subnet)
+        old = self.peer_res.get(subnet, [])
+        new: list[Resource] = []
+        if rec is not None:
+            peer = self._peer(rec)
+            if self._peer_ok(env, peer):
+                new = self.backend.peer_resources(self.ctx, peer)
+        try:
+            outcome = reconcile(new, old, env)
+        except ApplyError as exc:
+            log.error("peer %s (%s): %s; will retry at the next resync", rec.name if rec else "?", subnet, exc)
+            self.next_resync = min(self.next_resync, time.monotonic() + 2)
+            return
+        if rec is not None and new:
+            self.peer_res[subnet] = outcome.resources
+        else:
+            self.peer_res.pop(subnet, None)
+        what = f"peer {rec.name} {rec.address} subnet {subnet}" if rec else f"peer subnet {subnet}"
+        verb = "added/updated" if rec is not None else "removed"
+        log.info("%s %s: %d change(s) in %.0f ms", what, verb, len(outcome.changes), (time.perf_counter() - t0) * 1000)
+
+    # ------------------------------------------------------------------ threads
+
+    def _keepalive_loop(self) -> None:
+        first = True
+        while True:
+            lease = self.lease
+            interval = max(0.3, (lease.ttl if lease and lease.ttl else 10) / 3)
+            if self.stop.wait(0 if first else interval):
+                return
+            first = False
+            lease = self.lease
+            if lease is None or not lease.lease_id:
+                continue
+            try:
+                self.store.renew(lease)
+                self._report("keepalive", None)
+            except LeaseLost as exc:
+                self._report("keepalive", str(exc))
+                self.queue.put(("lease-lost", lease.lease_id))
+            except StoreError as exc:
+                self._report("keepalive", f"{exc}; data plane left as is")
+                interrupt = getattr(self.store, "interrupt_watch", None)
+                if interrupt is not None:
+                    interrupt()
+
+    def _watch_loop(self) -> None:
+        since = self.revision + 1
+        need_snapshot = False
+        delay = self.opts.backoff_initial
+        while not self.stop.is_set():
+            try:
+                if need_snapshot:
+                    snap = self.store.snapshot()
+                    self.queue.put(("snapshot", snap))
+                    since = snap.revision + 1
+                    need_snapshot = False
+                kw = {"read_timeout": self.opts.watch_timeout} if self.store.kind == "etcd" else {}
+                for batch in self.store.watch(since, self.stop, **kw):
+                    self._report("watch", None)
+                    delay = self.opts.backoff_initial
+                    if batch:
+                        self.queue.put(("events", batch))
+                        since = max(since, max(ev.revision for ev in batch) + 1)
+            except StoreError as exc:
+                if self.stop.is_set():
+                    return
+                self._report("watch", f"{exc}; reconnecting")
+                need_snapshot = True
+                if self.stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.opts.backoff_max)
+            except Exception:  # never let the watcher die silently
+                log.exception("watch: unexpected error")
+                need_snapshot = True
+                if self.stop.wait(delay):
+                    return
+
+    def _start_thread(self, name: str, fn: Callable[[], None]) -> None:
+        t = threading.Thread(target=fn, name=name, daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    # ------------------------------------------------------------------ status (API)
+
+    def info(self) -> dict[str, Any]:
+        lease = self.lease
+        return {
+            "pid": os.getpid(),
+            "host": self.name,
+            "address": str(self.address) if self.address else None,
+            "iface": self.iface,
+            "store": self.store.describe(),
+            "subnet": str(lease.subnet) if lease else None,
+            "lease": f"{lease.lease_id:x}" if lease and lease.lease_id else None,
+            "ttl": lease.ttl if lease else None,
+            "revision": self.revision,
+            "synced": self.synced_at is not None,
+            "synced_at": self.synced_at,
+            "started": self.started,
+            "healthy": not any(self.health.values()),
+            "errors": {k: v for k, v in self.health.items() if v},
+            "peers": [
+                {"name": r.name, "address": str(r.address), "subnet": str(s), "programmed": s in self.peer_res}
+                for s, r in sorted(self.peers.items())
+            ],
+            "rss_kb": _rss_kb(),
+        }
+
+    # ------------------------------------------------------------------ main
+
+    def request_stop(self, *_args: Any) -> None:
+        self.stop.set()
+
+    def run(self) -> int:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self.request_stop)
+            signal.signal(signal.SIGINT, self.request_stop)
+        self._take_lock()
+        try:
+            return self._run()
+        except Stopped:
+            log.info("stopped before start-up completed; nothing changed")
+            return 0
+        finally:
+            self._shutdown_threads()
+            self._reset_ipr()
+            self.store.close()
+
+    def _run(self) -> int:
+        self._identity()
+        self._check_state_dir()
+        log.info("crossnet agent %s starting: %s, underlay %s on %s", self.name, self.store.describe(), self.address, self.iface)
+        self._retry("read network config", self._load_config)
+        assert self.cfg is not None
+        log.info("network %s, /%d per host, backend %s", self.cfg.network, self.cfg.subnet_len, self.cfg.backend)
+        previous, previous_lease = self._previous()
+        self._retry("acquire subnet lease", lambda: self._acquire(previous, previous_lease))
+        self._start_thread("keepalive", self._keepalive_loop)
+        self._retry("initial sync", lambda: self.full_sync(self.store.snapshot()))
+        self.next_resync = time.monotonic() + self.opts.resync
+        if self.opts.api:
+            from crossnet.agentapi import serve
+
+            self._api = serve(self, socket_path(self.state))
+        self._start_thread("watch", self._watch_loop)
+        log.info("ready")
+        while not self.stop.is_set():
+            try:
+                item = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._handle(item)
+                now = time.monotonic()
+                if self.reacquire_at is not None and now >= self.reacquire_at:
+                    self._reacquire()
+                if now >= self.next_resync:
+                    self._resync()
+            except (ApplyError, OSError) as exc:
+                log.error("programming failed: %s; will retry", exc)
+                self._reset_ipr()
+                self.next_resync = min(self.next_resync, time.monotonic() + 2)
+        log.info("stopping (%s)", "releasing the subnet" if self.opts.release else "data plane left in place")
+        self._shutdown_threads()
+        if self.opts.release:
+            self._release()
+        return 0
+
+    def _handle(self, item: tuple) -> None:
+        kind = item[0]
+        if kind == "events":
+            self.apply_events(item[1])
+        elif kind == "snapshot":
+            self._sync_safely(item[1])
+        elif (kind == "lease-lost" and self.lease is not None and item[1] == self.lease.lease_id
+              and self.reacquire_at is None):
+            self.reacquire_at = time.monotonic()
+
+    def _sync_safely(self, snap: Snapshot) -> None:
+        try:
+            self.full_sync(snap)
+            self._report("sync", None)
+        except (ApplyError, ConfigError) as exc:
+            self._report("sync", str(exc))
+            self.next_resync = min(self.next_resync, time.monotonic() + 2)
+
+    def _resync(self) -> None:
+        self.next_resync = time.monotonic() + self.opts.resync
+        try:
+            snap = self.store.snapshot()
+        except StoreError as exc:
+            self._report("sync", f"resync: {exc}")
+            self.next_resync = time.monotonic() + min(self.opts.resync, 5)
+            return
+        self._sync_safely(snap)
+
+    def _reacquire(self) -> None:
+        assert self.lease is not None
+        old = self.lease
+        try:
+            self._acquire(old.subnet, 0)
+        except StoreError as exc:
+            self._report("keepalive", f"re-registering: {exc}")
+            self.reacquire_at = time.monotonic() + min(self.opts.backoff_max, max(1.0, old.ttl / 2))
+            return
+        self.reacquire_at = None
+        self._report("keepalive", None)
+        log.info("re-registered after losing the lease")
+        if self.lease.subnet != old.subnet:
+            self.revision = 0
+        self._resync()
+
+    def _shutdown_threads(self) -> None:
+        self.stop.set()
+        interrupt = getattr(self.store, "interrupt_watch", None)
+        if interrupt is not None:
+            interrupt()
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        for t in self._threads:
+            t.join(timeout=10)
+        self._threads = []
+
+    def _release(self) -> None:
+        from crossnet.host import reset
+
+        if self.lease is not None:
+            for attempt in range(3):
+                try:
+                    self.store.release(self.lease)
+                    log.info("released subnet %s", self.lease.subnet)
+                    break
+                except StoreError as exc:
+                    log.error("release: %s%s", exc, "; retrying" if attempt < 2 else "; giving up (the lease expires after its TTL)")
+                    time.sleep(0.5 * (attempt + 1))
+        self._reset_ipr()
+        changes = reset(self.state)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.state.root / "agent.json")
+        log.info("host state removed (%d change(s))", len(changes))
+
+
+def _rss_kb() -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s crossnet-agent %(levelname)s %(message)s"))
+    root = logging.getLogger("crossnet")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False

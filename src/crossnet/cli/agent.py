@@ -1,0 +1,162 @@
+"""`crossnet agent` and `crossnet etcd init|show`: dynamic clusters on etcd."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+ETCD_OPTS = [
+    click.option("--etcd", "etcd", envvar="CROSSNET_ETCD", required=True,
+                 help="etcd client URL(s), comma-separated: http://10.0.0.1:2379,... Env: CROSSNET_ETCD."),
+    click.option("--prefix", default="/crossnet", show_default=True, envvar="CROSSNET_ETCD_PREFIX",
+                 help="Key prefix (one cluster per prefix)."),
+    click.option("--cert", type=click.Path(dir_okay=False), help="TLS client certificate (PEM)."),
+    click.option("--key", "keyfile", type=click.Path(dir_okay=False), help="TLS client key (PEM)."),
+    click.option("--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify etcd's certificate."),
+    click.option("--timeout", type=float, default=5.0, show_default=True, help="Per-request timeout (s)."),
+]
+
+
+def etcd_options(fn):
+    for opt in reversed(ETCD_OPTS):
+        fn = opt(fn)
+    return fn
+
+
+def _store(etcd: str, prefix: str, cert, keyfile, cacert, timeout: float):
+    from crossnet.store.etcd import EtcdStore
+
+    return EtcdStore.connect(etcd, prefix, cert=cert, key=keyfile, cacert=cacert, timeout=timeout)
+
+
+@click.group("etcd")
+def etcd_group() -> None:
+    """Manage the cluster's network config in etcd (for `crossnet agent`)."""
+
+
+@etcd_group.command("init")
+@etcd_options
+@click.option("--network", required=True, help="Container network, e.g. 10.32.0.0/16.")
+@click.option("--subnet-len", type=int, default=24, show_default=True, help="Prefix length of each host's subnet.")
+@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "ovs-gre", "ovs-vxlan"]), default="vxlan",
+              show_default=True)
+@click.option("--ttl", type=int, default=60, show_default=True,
+              help="Lease TTL (s): a host that stops renewing is removed from its peers after this.")
+@click.option("--masquerade", is_flag=True, help="NAT container traffic leaving the container network.")
+@click.option("--name", "cluster_name", default="crossnet", show_default=True, help="Cluster name.")
+@click.option("--mtu", type=int, help="Underlay MTU (default: each host's NIC MTU).")
+@click.option("--vni", type=int, default=1, show_default=True, help="VXLAN network identifier.")
+@click.option("--port", type=int, default=4789, show_default=True, help="VXLAN UDP port.")
+@click.option("--force", is_flag=True, help="Replace a different existing config (restart the agents after).")
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
+              cluster_name, mtu, vni, port, force, output) -> None:
+    """Write the cluster's network config to etcd (once; idempotent)."""
+    from crossnet.errors import ConfigError
+    from crossnet.store import NetworkConfig
+
+    try:
+        cfg = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name=cluster_name, ttl=ttl,
+                            masquerade=masquerade, mtu=mtu, vni=vni, port=port)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("config: ", "--", 1).replace("_", "-")) from None
+    store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
+    result = store.init_config(cfg, force=force)
+    if output == "json":
+        click.echo(json.dumps({"result": result, "key": store.config_key, "config": cfg.to_json()}, indent=2))
+    else:
+        click.echo(f"{store.config_key}: {result}: network {cfg.network}, /{cfg.subnet_len} per host, "
+                   f"backend {cfg.backend}, lease ttl {cfg.ttl}s")
+
+
+@etcd_group.command("show")
+@etcd_options
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
+    """Show the network config and the hosts holding a subnet lease."""
+    from crossnet.store import NotInitialized
+
+    store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
+    try:
+        cfg = store.get_config().to_json()
+    except NotInitialized:
+        cfg = None
+    snap = store.snapshot()
+    remembered = store.remembered()
+    leases = [{**h.to_json(), "lease": f"{h.lease:x}"} for h in sorted(snap.hosts, key=lambda h: h.subnet)]
+    if output == "json":
+        click.echo(json.dumps({"config": cfg, "revision": snap.revision, "hosts": leases,
+                               "remembered": {k: str(v) for k, v in remembered.items()}}, indent=2))
+        return
+    if cfg is None:
+        click.echo(f"{store.config_key}: not initialised (run `crossnet etcd init`)")
+    else:
+        click.echo(f"network {cfg['network']} /{cfg['subnet_len']} backend {cfg['backend']} ttl {cfg['ttl']}s")
+    click.echo(f"{len(leases)} host(s) at revision {snap.revision}:")
+    for h in leases:
+        click.echo(f"  {h['name']:20} {h['address']:15} {h['subnet']:18} lease {h['lease']}")
+
+
+@click.command("agent")
+@click.option("--etcd", "etcd", envvar="CROSSNET_ETCD",
+              help="etcd client URL(s), comma-separated. Env: CROSSNET_ETCD.")
+@click.option("-f", "--file", "path", type=click.Path(dir_okay=False),
+              help="Use a static cluster file instead of etcd.")
+@click.option("--prefix", default="/crossnet", show_default=True, envvar="CROSSNET_ETCD_PREFIX",
+              help="etcd key prefix (one cluster per prefix).")
+@click.option("--cert", type=click.Path(dir_okay=False), help="TLS client certificate (PEM).")
+@click.option("--key", "keyfile", type=click.Path(dir_okay=False), help="TLS client key (PEM).")
+@click.option("--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify etcd's certificate.")
+@click.option("--name", "name", help="This host's name (default: the machine's host name).")
+@click.option("--iface", help="Underlay interface (default: the one of the default route).")
+@click.option("--address", help="Underlay address to publish (default: the interface's first IPv4 address).")
+@click.option("--ttl", type=int, help="Lease TTL in seconds (default: the network config's).")
+@click.option("--release", is_flag=True,
+              help="On shutdown give the subnet back and remove this host's state (like `crossnet reset`).")
+@click.option("--retries", type=int, default=0, show_default=True,
+              help="Give up start-up after this many failed attempts per step (0: keep retrying).")
+@click.option("--backoff-max", type=float, default=10.0, show_default=True, help="Longest wait between retries (s).")
+@click.option("--resync", type=float, default=60.0, show_default=True,
+              help="Full re-read of the store and repair of the host every S seconds.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="etcd request timeout (s).")
+@click.option("--no-api", is_flag=True, help="Do not serve the local API socket.")
+@click.option("-v", "--verbose", is_flag=True)
+@click.pass_context
+def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, ttl, release, retries,
+          backoff_max, resync, timeout, no_api, verbose) -> None:
+    """Run the crossnet agent on this host (foreground, logs to stderr).
+
+    Registers this host in etcd, leases a subnet (the same one after a restart),
+    programs this host with the network's backend, and follows the other hosts as
+    they join and leave. SIGTERM leaves the data plane in place; with --release the
+    subnet is given back and the host is reset. Local API: <state-dir>/agent.sock.
+    """
+    from crossnet.agent import Agent, AgentOptions, setup_logging
+    from crossnet.errors import ConfigError
+    from crossnet.state import StateDir
+
+    if bool(etcd) == bool(path):
+        raise ConfigError("--etcd: give exactly one of --etcd URL or --file CLUSTER")
+    if ttl is not None and ttl < 2:
+        raise ConfigError(f"--ttl: must be at least 2 seconds, got {ttl}")
+    if retries < 0 or backoff_max <= 0 or resync <= 0:
+        raise ConfigError("--retries/--backoff-max/--resync: must be positive")
+    setup_logging(verbose)
+    if path:
+        from crossnet.store.static import StaticStore
+
+        store = StaticStore(path)
+    else:
+        store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
+    opts = AgentOptions(name=name, iface=iface, address=address, ttl=ttl, release=release, retries=retries,
+                        backoff_initial=min(0.5, backoff_max), backoff_max=backoff_max, resync=resync,
+                        api=not no_api)
+    code = Agent(store, StateDir(ctx.obj["state_dir"]), opts).run()
+    sys.exit(code)
+
+
+def register(main: click.Group) -> None:
+    main.add_command(agent)
+    main.add_command(etcd_group)

@@ -1,0 +1,366 @@
+"""The etcd store. Keys under a prefix (default ``/crossnet``)::
+
+    <prefix>/config                    network config (JSON), written once by `crossnet etcd init`
+    <prefix>/subnets/<a.b.c.d>-<len>   one per live host: {"name", "address", "subnet", "data"},
+                                       attached to the host's etcd lease (TTL): the lease
+                                       expires or is revoked -> the key vanishes -> peers
+                                       remove that host's routes/FDB/neighbours
+    <prefix>/hosts/<name>              {"subnet", "address"}: the subnet this host had last,
+                                       without a lease, so a host coming back after its lease
+                                       expired gets the same subnet if still free; deleted by
+                                       `crossnet agent --release`
+
+A subnet is taken with one transaction: "create <prefix>/subnets/X if it does not
+exist (create_revision == 0), or if it still is the record this host read
+(mod_revision unchanged)"; concurrent agents racing for the same subnet get exactly
+one winner, the others re-read and try the next candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Network
+
+from crossnet.errors import ConfigError
+from crossnet.store import (
+    HostRecord,
+    LeaseLost,
+    NetworkConfig,
+    NotInitialized,
+    PeerEvent,
+    Snapshot,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    SubnetLease,
+)
+from crossnet.store.etcdclient import (
+    GRPC_NOT_FOUND,
+    KV,
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    WatchCompacted,
+)
+
+DEFAULT_PREFIX = "/crossnet"
+ACQUIRE_ATTEMPTS = 64
+
+
+def subnet_key_part(subnet: IPv4Network) -> str:
+    return f"{subnet.network_address}-{subnet.prefixlen}"
+
+
+def parse_subnet_key(part: str) -> IPv4Network | None:
+    addr, sep, plen = part.rpartition("-")
+    if not sep:
+        return None
+    try:
+        return IPv4Network(f"{addr}/{plen}")
+    except ValueError:
+        return None
+
+
+def normalize_prefix(prefix: str) -> str:
+    prefix = "/" + prefix.strip("/")
+    if prefix == "/" or any(c.isspace() for c in prefix):
+        raise ConfigError(f"--prefix: invalid etcd key prefix {prefix!r}")
+    return prefix
+
+
+def _unavailable(exc: EtcdError) -> StoreError:
+    if isinstance(exc, EtcdUnavailable):
+        return StoreUnavailable(str(exc))
+    return StoreError(f"etcd: {exc}")
+
+
+class EtcdStore(Store):
+    kind = "etcd"
+
+    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX):
+        self.client = client
+        self.prefix = normalize_prefix(prefix)
+        self._watch_conn = None
+        self._watch_lock = threading.Lock()
+
+    @classmethod
+    def connect(cls, endpoints: str, prefix: str = DEFAULT_PREFIX, cert: str | None = None, key: str | None = None,
+                cacert: str | None = None, timeout: float = 5.0) -> EtcdStore:
+        return cls(EtcdClient(endpoints, cert=cert, key=key, cacert=cacert, timeout=timeout), prefix)
+
+    # ------------------------------------------------------------------ keys
+
+    @property
+    def config_key(self) -> str:
+        return f"{self.prefix}/config"
+
+    @property
+    def subnets_prefix(self) -> str:
+        return f"{self.prefix}/subnets/"
+
+    @property
+    def hosts_prefix(self) -> str:
+        return f"{self.prefix}/hosts/"
+
+    def subnet_key(self, subnet: IPv4Network) -> str:
+        return self.subnets_prefix + subnet_key_part(subnet)
+
+    def host_key(self, name: str) -> str:
+        return self.hosts_prefix + name
+
+    def describe(self) -> str:
+        return f"etcd {self.client.describe()} prefix {self.prefix}"
+
+    # ------------------------------------------------------------------ config
+
+    def get_config(self) -> NetworkConfig:
+        try:
+            kv = self.client.get(self.config_key)
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        if kv is None:
+            raise NotInitialized(
+                f"no network config at {self.config_key} in etcd {self.client.describe()}; "
+                f"run `crossnet etcd init --etcd URL --network CIDR` first"
+            )
+        try:
+            data = json.loads(kv.value)
+        except ValueError:
+            raise StoreError(f"etcd {self.config_key}: not valid JSON") from None
+        try:
+            return NetworkConfig.from_json(data, source=f"etcd {self.config_key}")
+        except ConfigError as exc:  # someone wrote a bad config: a store problem, not a CLI one
+            raise StoreError(str(exc)) from None
+
+    def init_config(self, cfg: NetworkConfig, force: bool = False) -> str:
+        """Write the config once. Returns "created", "unchanged" or "replaced"."""
+        value = json.dumps(cfg.to_json(), sort_keys=True)
+        c = self.client
+        try:
+            ok, responses, _ = c.txn([c.cmp_create(self.config_key, 0)], [c.op_put(self.config_key, value)],
+                                     [c.op_range(self.config_key)])
+            if ok:
+                return "created"
+            kvs = responses[0]["response_range"].get("kvs", [])
+            current = KV.from_json(kvs[0]) if kvs else None
+            if current is not None:
+                try:
+                    if NetworkConfig.from_json(json.loads(current.value)).to_json() == cfg.to_json():
+                        return "unchanged"
+                except (ValueError, ConfigError):
+                    pass
+            if not force:
+                old = current.value.decode(errors="replace") if current else "?"
+                raise ConfigError(
+                    f"--network: a different network config already exists at {self.config_key} ({old}); "
+                    "use --force to replace it (then restart every agent)"
+                )
+            c.put(self.config_key, value)
+            return "replaced"
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+
+    # ------------------------------------------------------------------ records
+
+    def _record(self, kv: KV) -> HostRecord | None:
+        try:
+            rec = HostRecord.from_json(json.loads(kv.value), lease=kv.lease, revision=kv.mod_revision)
+        except (ValueError, StoreError):
+            return None
+        return rec
+
+    def snapshot(self) -> Snapshot:
+        try:
+            kvs, rev = self.client.range(self.subnets_prefix, prefix=True)
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        hosts = [r for r in map(self._record, kvs) if r is not None]
+        return Snapshot(hosts, rev)
+
+    def remembered(self) -> dict[str, IPv4Network]:
+        """host name -> the subnet it had last (<prefix>/hosts/)."""
+        kvs, _ = self.client.range(self.hosts_prefix, prefix=True)
+        out = {}
+        for kv in kvs:
+            try:
+                out[kv.key[len(self.hosts_prefix):]] = IPv4Network(json.loads(kv.value)["subnet"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return out
+
+    # ------------------------------------------------------------------ leases
+
+    def acquire(self, cfg: NetworkConfig, name: str, address: IPv4Address, data: dict,
+                previous: IPv4Network | None = None, previous_lease: int = 0, ttl: int | None = None) -> SubnetLease:
+        try:
+            return self._acquire(cfg, name, address, data, previous, previous_lease, ttl or cfg.ttl)
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+
+    def _acquire(self, cfg: NetworkConfig, name: str, address: IPv4Address, data: dict,
+                 previous: IPv4Network | None, previous_lease: int, ttl: int) -> SubnetLease:
+        c = self.client
+        lease_id = 0
+        if previous_lease and c.lease_keepalive(previous_lease) > 0:
+            lease_id = previous_lease  # our lease survived a restart (and is now refreshed): peers see no change
+        for attempt in range(ACQUIRE_ATTEMPTS):
+            kvs, _ = c.range(self.subnets_prefix, prefix=True)
+            taken: dict[IPv4Network, KV] = {}
+            mine: list[tuple[IPv4Network, KV]] = []
+            for kv in kvs:
+                sub = parse_subnet_key(kv.key[len(self.subnets_prefix):])
+                if sub is None:
+                    continue
+                taken[sub] = kv
+                rec = self._record(kv)
+                if rec is not None and rec.name == name:
+                    mine.append((sub, kv))
+            remembered = self.remembered()
+            others_remember = {s for h, s in remembered.items() if h != name}
+            choice = self._choose(cfg, name, address, previous, remembered.get(name), mine, taken, others_remember,
+                                  lease_id)
+            sub = choice
+            kv = taken.get(sub)
+            if kv is not None and kv.lease and kv.lease != lease_id and c.lease_ttl(kv.lease) > 0:
+                rec = self._record(kv)
+                if rec is not None and rec.address != address:
+                    raise StoreError(
+                        f"host name {name!r} is already registered by {rec.address} with a live lease "
+                        f"(subnet {sub}); use another --name, or wait for its lease (TTL {cfg.ttl}s) to expire"
+                    )
+            if lease_id and kv is not None and kv.lease == lease_id:
+                rec = self._record(kv)
+                want = HostRecord(name, address, sub, data)
+                if rec is not None and want.same_content(rec) and not [m for m in mine if m[0] != sub]:
+                    return SubnetLease(HostRecord(name, address, sub, data, lease_id, kv.mod_revision), lease_id, ttl)
+            if not lease_id:
+                lease_id, ttl = c.lease_grant(ttl)
+            record = HostRecord(name, address, sub, data)
+            key = self.subnet_key(sub)
+            compare = [c.cmp_mod(key, kv.mod_revision) if kv is not None else c.cmp_create(key, 0)]
+            ops = [
+                c.op_put(key, json.dumps(record.to_json(), sort_keys=True), lease=lease_id),
+                c.op_put(self.host_key(name), json.dumps({"subnet": str(sub), "address": str(address)})),
+            ]
+            for other, okv in mine:  # this host held other subnets before (e.g. lost local state)
+                if other != sub:
+                    compare.append(c.cmp_mod(okv.key, okv.mod_revision))
+                    ops.append(c.op_delete(okv.key))
+            ok, _, rev = c.txn(compare, ops)
+            if ok:
+                record.lease, record.revision = lease_id, rev
+                return SubnetLease(record, lease_id, ttl)
+            time.sleep(random.uniform(0.005, 0.05) * min(attempt + 1, 8))  # lost a race: re-read, retry
+        raise StoreError(f"could not acquire a subnet after {ACQUIRE_ATTEMPTS} attempts (too much contention)")
+
+    @staticmethod
+    def _choose(cfg: NetworkConfig, name: str, address: IPv4Address, previous: IPv4Network | None,
+                remembered: IPv4Network | None, mine: list, taken: dict, others_remember: set, lease_id: int) -> IPv4Network:
+        def fits(s: IPv4Network | None) -> bool:
+            return s is not None and s.prefixlen == cfg.subnet_len and s.subnet_of(cfg.network)
+
+        def free_or_mine(s: IPv4Network) -> bool:
+            kv = taken.get(s)
+            if kv is None:
+                return True
+            return any(s == m for m, _ in mine)
+
+        # 1. the subnet our still-live lease holds, 2. the locally persisted one,
+        # 3. the one the store remembers for us, 4. any we hold, 5. lowest free
+        # nobody else remembers, 6. lowest free.
+        candidates: list[IPv4Network] = [m for m, kv in mine if lease_id and kv.lease == lease_id]
+        candidates += [s for s in (previous, remembered) if fits(s)]
+        candidates += [m for m, _ in mine]
+        for s in candidates:
+            if fits(s) and free_or_mine(s):
+                return s
+        fallback = None
+        for s in cfg.subnets():
+            if s in taken:
+                continue
+            if s not in others_remember:
+                return s
+            if fallback is None:
+                fallback = s
+        if fallback is not None:
+            return fallback
+        raise StoreError(
+            f"network {cfg.network} has no free /{cfg.subnet_len} subnet left "
+            f"({len(taken)} hosts hold all {cfg.subnet_count()})"
+        )
+
+    def renew(self, lease: SubnetLease) -> None:
+        try:
+            ttl = self.client.lease_keepalive(lease.lease_id)
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        if ttl <= 0:
+            raise LeaseLost(f"etcd lease {lease.lease_id:x} for subnet {lease.subnet} has expired")
+
+    def release(self, lease: SubnetLease) -> None:
+        c = self.client
+        try:
+            c.lease_revoke(lease.lease_id)  # deletes <prefix>/subnets/X with it
+            key = self.subnet_key(lease.subnet)
+            kv = c.get(key)
+            if kv is not None:  # still there under another lease of ours? drop it if it is ours
+                rec = self._record(kv)
+                if rec is not None and rec.name == lease.record.name:
+                    c.txn([c.cmp_mod(key, kv.mod_revision)], [c.op_delete(key)])
+            c.delete(self.host_key(lease.record.name))
+        except EtcdError as exc:
+            if exc.code == GRPC_NOT_FOUND:
+                return
+            raise _unavailable(exc) from None
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[list[PeerEvent]]:
+        def opened(conn) -> None:
+            with self._watch_lock:
+                self._watch_conn = conn
+
+        try:
+            for events, rev in self.client.watch(self.subnets_prefix, since, prefix=True, read_timeout=read_timeout,
+                                                 on_open=opened):
+                if stop.is_set():
+                    return
+                out = []
+                for ev in events:
+                    sub = parse_subnet_key(ev.kv.key[len(self.subnets_prefix):])
+                    if sub is None:
+                        continue
+                    if ev.type == "DELETE":
+                        out.append(PeerEvent("delete", sub, None, ev.kv.mod_revision))
+                    else:
+                        rec = self._record(ev.kv)
+                        if rec is not None:
+                            out.append(PeerEvent("put", sub, rec, ev.kv.mod_revision))
+                yield out  # may be empty (watch created, progress): tells the caller the stream is alive
+        except WatchCompacted as exc:
+            raise StoreUnavailable(f"watch: {exc}") from None
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        finally:
+            with self._watch_lock:
+                self._watch_conn = None
+
+    def interrupt_watch(self) -> None:
+        """Break a blocked watch read (called from another thread when etcd looks dead)."""
+        import socket
+
+        with self._watch_lock:
+            conn = self._watch_conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.interrupt_watch()
+        self.client.close()

@@ -1,0 +1,451 @@
+"""A small etcd v3 client over etcd's HTTP/JSON gateway (``/v3/...``).
+
+Why our own: the gRPC ``etcd3`` package breaks with protobuf >= 4, ``aetcd`` needs
+grpcio (and asyncio), ``etcd3gw`` works but pulls requests/futurist/pbr and hides
+the watch stream's header, cancel reason and compact revision, which a watcher that
+resumes after reconnecting needs. The gateway is part of every etcd >= 3.3 (``/v3``
+path from 3.4), speaks plain JSON with base64 keys/values, and http.client + ssl from
+the standard library cover it: no dependency, small RSS, TLS client certs included.
+
+Only what crossnet needs: range, put, delete, txn, lease grant/keepalive/revoke/ttl,
+and a streaming watch. Every call has a timeout; endpoints are tried in turn.
+
+Errors: :class:`EtcdUnavailable` (no endpoint answered: connection refused, timeout,
+TLS failure...), :class:`EtcdError` (etcd answered with an error, e.g. lease not found),
+:class:`WatchCompacted` (the watch's start revision was compacted away).
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from crossnet.errors import ConfigError, CrossnetError
+
+# grpc codes the gateway returns in {"code": N}
+GRPC_NOT_FOUND = 5
+
+
+class EtcdError(CrossnetError):
+    """etcd answered, with an error."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        self.code = code
+
+
+class EtcdUnavailable(EtcdError):
+    """No endpoint could be reached."""
+
+
+class WatchCompacted(EtcdError):
+    def __init__(self, compact_revision: int):
+        super().__init__(f"watch start revision was compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+def b64(data: str | bytes) -> str:
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.b64encode(data).decode()
+
+
+def unb64(data: str | None) -> bytes:
+    return base64.b64decode(data) if data else b""
+
+
+def prefix_end(prefix: str | bytes) -> bytes:
+    """range_end for "every key starting with prefix" (etcd's convention)."""
+    p = bytearray(prefix.encode() if isinstance(prefix, str) else prefix)
+    for i in range(len(p) - 1, -1, -1):
+        if p[i] < 0xFF:
+            p[i] += 1
+            return bytes(p[: i + 1])
+    return b"\0"
+
+
+@dataclass
+class KV:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+
+    @classmethod
+    def from_json(cls, d: dict) -> KV:
+        return cls(
+            key=unb64(d.get("key")).decode(),
+            value=unb64(d.get("value")),
+            create_revision=int(d.get("create_revision", 0)),
+            mod_revision=int(d.get("mod_revision", 0)),
+            version=int(d.get("version", 0)),
+            lease=int(d.get("lease", 0)),
+        )
+
+    def json(self) -> Any:
+        return json.loads(self.value) if self.value else None
+
+
+@dataclass
+class Event:
+    type: str  # PUT | DELETE
+    kv: KV
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.host}"
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket (etcd --listen-client-urls unix://NAME:PORT)."""
+
+    def __init__(self, path: str, timeout: float | None):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        import os
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        path, fd = self.unix_path, None
+        if len(path.encode()) >= 100:  # AF_UNIX limit: go through the directory's fd
+            fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+            path = f"/proc/self/fd/{fd}/{os.path.basename(path)}"
+        try:
+            sock.connect(path)
+        except OSError:
+            sock.close()
+            raise
+        finally:
+            if fd is not None:
+                os.close(fd)
+        self.sock = sock
+
+
+def parse_endpoints(urls: str | list[str]) -> list[Endpoint]:
+    """'http://10.0.0.1:2379,https://h2:2379' -> endpoints. ConfigError on a bad URL."""
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    out = []
+    for raw in (u.strip() for u in items):
+        if not raw:
+            continue
+        if raw.startswith("unix://"):
+            path = raw[len("unix://"):]
+            if not path.startswith("/"):
+                raise ConfigError(f"--etcd: bad URL {raw!r} (expected unix:///ABSOLUTE/PATH)")
+            out.append(Endpoint("unix", path, 0))
+            continue
+        try:
+            parts = urlsplit(raw)
+            port = parts.port
+        except ValueError as exc:
+            raise ConfigError(f"--etcd: bad URL {raw!r}: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"--etcd: bad URL {raw!r} (expected http://HOST:PORT, https://HOST:PORT or unix:///PATH)")
+        if parts.path not in ("", "/") or parts.query:
+            raise ConfigError(f"--etcd: bad URL {raw!r}: no path expected")
+        out.append(Endpoint(parts.scheme, parts.hostname, port or 2379))
+    if not out:
+        raise ConfigError("--etcd: no etcd URL given")
+    return out
+
+
+def _friendly(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve host ({exc.strerror})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "connection closed by server"
+    return str(exc) or type(exc).__name__
+
+
+class EtcdClient:
+    def __init__(
+        self,
+        endpoints: str | list[str],
+        cert: str | None = None,
+        key: str | None = None,
+        cacert: str | None = None,
+        timeout: float = 5.0,
+    ):
+        self.endpoints = parse_endpoints(endpoints)
+        self.timeout = timeout
+        self._ssl: ssl.SSLContext | None = None
+        if any(e.scheme == "https" for e in self.endpoints) or cert or cacert:
+            try:
+                ctx = ssl.create_default_context(cafile=cacert) if cacert else ssl.create_default_context()
+                if cert:
+                    ctx.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"--cert/--key/--cacert: cannot load TLS files: {_friendly(exc)}") from None
+            self._ssl = ctx
+        self._local = threading.local()
+        self._preferred = 0  # index of the endpoint that answered last
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return ",".join(map(str, self.endpoints))
+
+    # ------------------------------------------------------------------ transport
+
+    def _connect(self, ep: Endpoint, timeout: float | None) -> http.client.HTTPConnection:
+        if ep.scheme == "unix":
+            return UnixHTTPConnection(ep.host, timeout)
+        if ep.scheme == "https":
+            return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ssl)
+        return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
+
+    def _order(self) -> list[int]:
+        n = len(self.endpoints)
+        return [(self._preferred + i) % n for i in range(n)]
+
+    def close(self) -> None:
+        conns = getattr(self._local, "conns", {})
+        for c in conns.values():
+            c.close()
+        conns.clear()
+
+    def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
+        """POST body as JSON to /v3/<path> on the first endpoint that answers."""
+        payload = json.dumps(body).encode()
+        conns: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+        errors = []
+        for i in self._order():
+            ep = self.endpoints[i]
+            for attempt in (0, 1):  # a kept-alive connection may have gone stale: retry once fresh
+                conn = conns.get(i)
+                fresh = conn is None
+                if conn is None:
+                    conn = conns[i] = self._connect(ep, timeout or self.timeout)
+                else:
+                    conn.timeout = timeout or self.timeout
+                    if conn.sock is not None:
+                        conn.sock.settimeout(conn.timeout)
+                try:
+                    conn.request("POST", f"/v3/{path}", payload, {"Content-Type": "application/json"})
+                    resp = conn.getresponse()
+                    raw = resp.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    conn.close()
+                    conns.pop(i, None)
+                    if not fresh and attempt == 0 and not isinstance(exc, (socket.timeout, TimeoutError)):
+                        continue
+                    errors.append(f"{ep}: {_friendly(exc)}")
+                    break
+                self._preferred = i
+                return self._decode(ep, resp.status, raw)
+        raise EtcdUnavailable(f"cannot reach etcd ({'; '.join(errors)})")
+
+    @staticmethod
+    def _decode(ep: Endpoint, status: int, raw: bytes) -> dict:
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            raise EtcdError(f"{ep}: not an etcd v3 endpoint (HTTP {status}, non-JSON answer)") from None
+        if not isinstance(data, dict):
+            raise EtcdError(f"{ep}: unexpected answer (HTTP {status})")
+        if status != 200 or "error" in data:
+            msg = data.get("message") or data.get("error") or f"HTTP {status}"
+            if status == 404 and not data:
+                msg = "HTTP 404: no v3 JSON gateway here (is this etcd >= 3.4?)"
+            raise EtcdError(f"{ep}: {msg}", data.get("code"))
+        return data
+
+    # ------------------------------------------------------------------ kv
+
+    def version(self) -> str:
+        """The server version (GET /version), first endpoint that answers."""
+        errors = []
+        for i in self._order():
+            ep = self.endpoints[i]
+            conn = self._connect(ep, self.timeout)
+            try:
+                conn.request("GET", "/version")
+                data = json.loads(conn.getresponse().read())
+                return str(data.get("etcdserver", "?"))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                errors.append(f"{ep}: {_friendly(exc)}")
+            finally:
+                conn.close()
+        raise EtcdUnavailable(f"cannot reach etcd ({'; '.join(errors)})")
+
+    def range(self, key: str, prefix: bool = False, serializable: bool = False) -> tuple[list[KV], int]:
+        body: dict[str, Any] = {"key": b64(key)}
+        if prefix:
+            body["range_end"] = b64(prefix_end(key))
+        if serializable:
+            body["serializable"] = True
+        data = self.call("kv/range", body)
+        return [KV.from_json(kv) for kv in data.get("kvs", [])], int(data["header"]["revision"])
+
+    def get(self, key: str) -> KV | None:
+        kvs, _ = self.range(key)
+        return kvs[0] if kvs else None
+
+    def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
+        body: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            body["lease"] = str(lease)
+        return int(self.call("kv/put", body)["header"]["revision"])
+
+    def delete(self, key: str, prefix: bool = False) -> int:
+        body: dict[str, Any] = {"key": b64(key)}
+        if prefix:
+            body["range_end"] = b64(prefix_end(key))
+        return int(self.call("kv/deleterange", body).get("deleted", 0))
+
+    def txn(self, compare: list[dict], success: list[dict], failure: list[dict] | None = None) -> tuple[bool, list[dict], int]:
+        """Raw transaction; build the parts with the helpers below."""
+        data = self.call("kv/txn", {"compare": compare, "success": success, "failure": failure or []})
+        return bool(data.get("succeeded")), data.get("responses", []), int(data["header"]["revision"])
+
+    # txn building blocks
+    @staticmethod
+    def cmp_create(key: str, revision: int = 0, result: str = "EQUAL") -> dict:
+        return {"key": b64(key), "target": "CREATE", "result": result, "create_revision": str(revision)}
+
+    @staticmethod
+    def cmp_mod(key: str, revision: int, result: str = "EQUAL") -> dict:
+        return {"key": b64(key), "target": "MOD", "result": result, "mod_revision": str(revision)}
+
+    @staticmethod
+    def op_put(key: str, value: str | bytes, lease: int = 0) -> dict:
+        req: dict[str, Any] = {"key": b64(key), "value": b64(value)}
+        if lease:
+            req["lease"] = str(lease)
+        return {"request_put": req}
+
+    @staticmethod
+    def op_delete(key: str) -> dict:
+        return {"request_delete_range": {"key": b64(key)}}
+
+    @staticmethod
+    def op_range(key: str, prefix: bool = False) -> dict:
+        req = {"key": b64(key)}
+        if prefix:
+            req["range_end"] = b64(prefix_end(key))
+        return {"request_range": req}
+
+    # ------------------------------------------------------------------ leases
+
+    def lease_grant(self, ttl: int) -> tuple[int, int]:
+        data = self.call("lease/grant", {"TTL": str(int(ttl))})
+        if data.get("error"):
+            raise EtcdError(str(data["error"]))
+        return int(data["ID"]), int(data.get("TTL", ttl))
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Refresh the lease once; returns its TTL, 0 if the lease no longer exists."""
+        data = self.call("lease/keepalive", {"ID": str(lease)})
+        return int(data.get("result", {}).get("TTL", 0))
+
+    def lease_ttl(self, lease: int) -> int:
+        """Remaining TTL in seconds, -1 if the lease does not exist."""
+        data = self.call("kv/lease/timetolive", {"ID": str(lease)})
+        return int(data.get("TTL", -1))
+
+    def lease_revoke(self, lease: int) -> bool:
+        try:
+            self.call("lease/revoke", {"ID": str(lease)})
+        except EtcdError as exc:
+            if exc.code == GRPC_NOT_FOUND:
+                return False
+            raise
+        return True
+
+    # ------------------------------------------------------------------ watch
+
+    def watch(self, key: str, start_revision: int, prefix: bool = True, read_timeout: float = 30.0,
+              on_open: Any = None) -> Iterator[tuple[list[Event], int]]:
+        """Stream (events, header revision) for key/prefix from start_revision on.
+
+        Ends (StopIteration) when nothing arrived for read_timeout seconds (etcd 3.4
+        sends progress notifications only every 10 minutes); raises EtcdUnavailable on
+        connection problems or when the server closes the stream, WatchCompacted when
+        start_revision is gone.
+        The caller reconnects from its last seen revision + 1.
+        """
+        req: dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision), "progress_notify": True}
+        if prefix:
+            req["range_end"] = b64(prefix_end(key))
+        payload = json.dumps({"create_request": req}).encode()
+        errors = []
+        for i in self._order():
+            ep = self.endpoints[i]
+            conn = self._connect(ep, self.timeout)
+            try:
+                conn.request("POST", "/v3/watch", payload, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                if resp.status != 200:
+                    raise EtcdError(f"{ep}: watch failed: HTTP {resp.status} {resp.read()[:200]!r}")
+                if conn.sock is not None:
+                    conn.sock.settimeout(read_timeout)
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                errors.append(f"{ep}: {_friendly(exc)}")
+                continue
+            self._preferred = i
+            if on_open is not None:
+                on_open(conn)
+            try:
+                yield from self._stream(ep, resp)
+                return
+            finally:
+                conn.close()
+        raise EtcdUnavailable(f"cannot reach etcd ({'; '.join(errors)})")
+
+    @staticmethod
+    def _stream(ep: Endpoint, resp: http.client.HTTPResponse) -> Iterator[tuple[list[Event], int]]:
+        while True:
+            try:
+                line = resp.readline()
+            except TimeoutError:
+                return  # idle for read_timeout: the caller resumes from its last revision
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                raise EtcdUnavailable(f"watch on {ep}: {_friendly(exc)}") from None
+            if not line:
+                raise EtcdUnavailable(f"watch on {ep}: stream closed by server")
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                raise EtcdError(f"watch on {ep}: bad message {line[:200]!r}") from None
+            if "error" in msg:
+                err = msg["error"]
+                raise EtcdUnavailable(f"watch on {ep}: {err.get('message') if isinstance(err, dict) else err}")
+            result = msg.get("result", {})
+            compact = int(result.get("compact_revision", 0))
+            if compact:
+                raise WatchCompacted(compact)
+            if result.get("canceled"):
+                raise EtcdUnavailable(f"watch on {ep}: canceled by server ({result.get('cancel_reason', 'no reason')})")
+            events = [Event(e.get("type", "PUT"), KV.from_json(e.get("kv", {}))) for e in result.get("events", [])]
+            yield events, int(result.get("header", {}).get("revision", 0))

@@ -1,0 +1,338 @@
+"""etcd client and EtcdStore against a real etcd server on 127.0.0.1 (unique ports,
+temporary data dir; each test uses its own key prefix)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import multiprocessing
+import threading
+import time
+import uuid
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+
+from crossnet.errors import ConfigError
+from crossnet.store import (
+    LeaseLost,
+    NetworkConfig,
+    NotInitialized,
+    StoreError,
+    StoreUnavailable,
+)
+from crossnet.store.etcd import EtcdStore, parse_subnet_key, subnet_key_part
+from crossnet.store.etcdclient import (
+    EtcdClient,
+    EtcdError,
+    EtcdUnavailable,
+    parse_endpoints,
+    prefix_end,
+)
+from crossnet.store.etcdserver import EtcdServer, etcd_available, free_port
+
+needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd not installed (apt-get install etcd-server)")
+
+
+@pytest.fixture(scope="module")
+def etcd(tmp_path_factory):
+    if not etcd_available():
+        pytest.skip("etcd not installed (apt-get install etcd-server)")
+    srv = EtcdServer(tmp_path_factory.mktemp("etcd"), port=free_port(), peer_port=free_port(), name="t6unit")
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def prefix():
+    return f"/t6-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def client(etcd):
+    c = EtcdClient(etcd.url, timeout=3)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def store(etcd, prefix):
+    s = EtcdStore(EtcdClient(etcd.url, timeout=3), prefix)
+    yield s
+    s.client.delete(prefix + "/", prefix=True)
+    s.close()
+
+
+def cfg(**kw) -> NetworkConfig:
+    kw.setdefault("network", "10.32.0.0/16")
+    kw.setdefault("ttl", 3)
+    return NetworkConfig(**kw)
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def test_parse_endpoints():
+    eps = parse_endpoints("http://10.0.0.1:2379, https://etcd.example:4001,unix:///run/etcd.sock")
+    assert [str(e) for e in eps] == ["http://10.0.0.1:2379", "https://etcd.example:4001", "unix:///run/etcd.sock"]
+    assert parse_endpoints("http://h")[0].port == 2379
+
+
+@pytest.mark.parametrize("bad", ["", "10.0.0.1:2379", "ftp://h:1", "http://:2379", "http://h:99999", "http://h:1/v3",
+                                 "unix://relative"])
+def test_parse_endpoints_rejects(bad):
+    with pytest.raises(ConfigError, match="--etcd"):
+        parse_endpoints(bad)
+
+
+def test_prefix_end():
+    assert prefix_end("/a/") == b"/a0"
+    assert prefix_end(b"a\xff") == b"b"
+
+
+def test_subnet_key_roundtrip():
+    net = IPv4Network("10.32.7.0/24")
+    assert parse_subnet_key(subnet_key_part(net)) == net
+    assert parse_subnet_key("garbage") is None
+
+
+def test_network_config_validation():
+    c = cfg()
+    assert NetworkConfig.from_json(json.loads(json.dumps(c.to_json()))) == c
+    with pytest.raises(ConfigError, match="backend"):
+        cfg(backend="bridge")
+    with pytest.raises(ConfigError, match="subnet_len"):
+        cfg(subnet_len=16)
+    with pytest.raises(ConfigError, match="ttl"):
+        cfg(ttl=1)
+    with pytest.raises(ConfigError, match="network"):
+        NetworkConfig.from_json({"backend": "vxlan"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        NetworkConfig.from_json({"network": "10.0.0.0/8", "colour": "red"})
+
+
+def test_unreachable_endpoint_is_one_line():
+    port = free_port()
+    c = EtcdClient(f"http://127.0.0.1:{port}", timeout=1)
+    with pytest.raises(EtcdUnavailable) as exc:
+        c.range("/x")
+    assert "connection refused" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(StoreUnavailable, match="cannot reach etcd"):
+        EtcdStore(c, "/x").get_config()
+
+
+def test_not_an_etcd_endpoint():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.send_response(404)
+            self.send_header("Content-Length", "9")
+            self.end_headers()
+            self.wfile.write(b"not found")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        with pytest.raises(EtcdError, match="not an etcd v3 endpoint"):
+            EtcdClient(f"http://127.0.0.1:{srv.server_port}", timeout=2).range("/x")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_tls_files_missing():
+    with pytest.raises(ConfigError, match="TLS"):
+        EtcdClient("https://127.0.0.1:1", cert="/nonexistent.pem", key="/nonexistent.key")
+
+
+# ------------------------------------------------------------------ client against etcd
+
+
+@needs_etcd
+def test_kv_txn_and_failover(etcd, client, prefix):
+    assert client.version().startswith("3.")
+    rev = client.put(f"{prefix}/a", "1")
+    kvs, rev2 = client.range(prefix + "/", prefix=True)
+    assert [(k.key, k.value) for k in kvs] == [(f"{prefix}/a", b"1")] and rev2 >= rev
+    ok, _, _ = client.txn([client.cmp_create(f"{prefix}/a", 0)], [client.op_put(f"{prefix}/a", "2")])
+    assert not ok and client.get(f"{prefix}/a").value == b"1"
+    ok, _, _ = client.txn([client.cmp_create(f"{prefix}/b", 0)], [client.op_put(f"{prefix}/b", "2")])
+    assert ok
+    assert client.delete(prefix + "/", prefix=True) == 2
+    # a dead first endpoint: the second answers
+    dead = f"http://127.0.0.1:{free_port()}"
+    c2 = EtcdClient(f"{dead},{etcd.url}", timeout=2)
+    assert c2.get(f"{prefix}/nothing") is None
+    # the unix socket endpoint works too
+    assert EtcdClient(etcd.unix_url).get(f"{prefix}/nothing") is None
+
+
+@needs_etcd
+def test_lease_cycle(client, prefix):
+    lease, ttl = client.lease_grant(5)
+    assert ttl == 5 and 0 < client.lease_ttl(lease) <= 5
+    client.put(f"{prefix}/leased", "x", lease=lease)
+    assert client.lease_keepalive(lease) == 5
+    assert client.lease_revoke(lease)
+    assert client.get(f"{prefix}/leased") is None
+    assert client.lease_keepalive(lease) == 0
+    assert client.lease_ttl(lease) == -1
+    assert not client.lease_revoke(lease)
+
+
+@needs_etcd
+def test_watch_stream_and_replay(client, prefix):
+    start = client.put(f"{prefix}/w/0", "zero")
+
+    def writer():
+        time.sleep(0.2)
+        c = EtcdClient(client.describe())
+        c.put(f"{prefix}/w/1", "one")
+        c.delete(f"{prefix}/w/0")
+
+    threading.Thread(target=writer, daemon=True).start()
+    seen = []
+    for events, _ in client.watch(f"{prefix}/w/", start, read_timeout=5):
+        seen += [(e.type, e.kv.key) for e in events]
+        if len(seen) >= 3:
+            break
+    assert seen == [("PUT", f"{prefix}/w/0"), ("PUT", f"{prefix}/w/1"), ("DELETE", f"{prefix}/w/0")]
+
+
+@needs_etcd
+def test_watch_idle_timeout_ends_quietly(client, prefix):
+    rev = client.put(f"{prefix}/idle", "x")
+    t0 = time.monotonic()
+    batches = list(client.watch(f"{prefix}/nothing/", rev + 1, read_timeout=0.5))
+    assert time.monotonic() - t0 < 5
+    assert all(not events for events, _ in batches)
+
+
+# ------------------------------------------------------------------ store
+
+
+@needs_etcd
+def test_config_init_get(store):
+    with pytest.raises(NotInitialized, match="crossnet etcd init"):
+        store.get_config()
+    assert store.init_config(cfg()) == "created"
+    assert store.init_config(cfg()) == "unchanged"
+    with pytest.raises(ConfigError, match="--force"):
+        store.init_config(cfg(subnet_len=26))
+    assert store.init_config(cfg(subnet_len=26), force=True) == "replaced"
+    assert store.get_config().subnet_len == 26
+    store.client.put(store.config_key, "{not json")
+    with pytest.raises(StoreError, match="not valid JSON"):
+        store.get_config()
+
+
+@needs_etcd
+def test_acquire_reuse_and_release(store):
+    c = cfg()
+    a = store.acquire(c, "a", IPv4Address("192.0.2.1"), {"vtep_mac": "02:00:00:00:00:0a"})
+    b = store.acquire(c, "b", IPv4Address("192.0.2.2"), {})
+    assert a.subnet == IPv4Network("10.32.0.0/24") and b.subnet == IPv4Network("10.32.1.0/24")
+    snap = store.snapshot()
+    assert {(h.name, str(h.subnet)) for h in snap.hosts} == {("a", "10.32.0.0/24"), ("b", "10.32.1.0/24")}
+    assert [h.data for h in snap.hosts if h.name == "a"] == [{"vtep_mac": "02:00:00:00:00:0a"}]
+    # restart with the live lease: same lease, same subnet, no write
+    rev = snap.revision
+    again = store.acquire(c, "a", IPv4Address("192.0.2.1"), {"vtep_mac": "02:00:00:00:00:0a"},
+                          previous=a.subnet, previous_lease=a.lease_id)
+    assert (again.subnet, again.lease_id) == (a.subnet, a.lease_id)
+    assert store.snapshot().revision == rev
+    # the same name from another address while the lease lives: refused
+    with pytest.raises(StoreError, match="already registered"):
+        store.acquire(c, "a", IPv4Address("192.0.2.9"), {})
+    # release: key and memory gone, the subnet is free again
+    store.release(b)
+    assert [h.name for h in store.snapshot().hosts] == ["a"]
+    assert "b" not in store.remembered()
+    c2 = store.acquire(c, "c", IPv4Address("192.0.2.3"), {})
+    assert c2.subnet == IPv4Network("10.32.1.0/24")
+    store.renew(c2)
+    store.client.lease_revoke(c2.lease_id)
+    with pytest.raises(LeaseLost):
+        store.renew(c2)
+
+
+@needs_etcd
+def test_expired_host_gets_its_subnet_back(store):
+    c = cfg(ttl=2)
+    a = store.acquire(c, "a", IPv4Address("192.0.2.1"), {})
+    b = store.acquire(c, "b", IPv4Address("192.0.2.2"), {})
+    store.client.lease_revoke(a.lease_id)  # as if its lease expired
+    # a newcomer does not take the subnet a remembers while another is free
+    n = store.acquire(c, "new", IPv4Address("192.0.2.3"), {})
+    assert n.subnet not in (a.subnet, b.subnet)
+    back = store.acquire(c, "a", IPv4Address("192.0.2.1"), {})  # no local state: the store remembers
+    assert back.subnet == a.subnet and back.lease_id != a.lease_id
+
+
+@needs_etcd
+def test_lost_local_state_takes_over_own_record(store):
+    c = cfg()
+    a = store.acquire(c, "a", IPv4Address("192.0.2.1"), {})
+    again = store.acquire(c, "a", IPv4Address("192.0.2.1"), {})  # no previous lease id
+    assert again.subnet == a.subnet and again.lease_id != a.lease_id
+    assert [h.lease for h in store.snapshot().hosts] == [again.lease_id]
+
+
+@needs_etcd
+def test_exhaustion(store):
+    c = cfg(network="10.40.0.0/29", subnet_len=30)
+    store.acquire(c, "a", IPv4Address("192.0.2.1"), {})
+    store.acquire(c, "b", IPv4Address("192.0.2.2"), {})
+    with pytest.raises(StoreError, match="no free /30 subnet"):
+        store.acquire(c, "c", IPv4Address("192.0.2.3"), {})
+
+
+def _acquire_proc(url, prefix, name, barrier, out):
+    s = EtcdStore(EtcdClient(url), prefix)
+    barrier.wait(10)
+    lease = s.acquire(cfg(ttl=30), name, IPv4Address(f"192.0.2.{int(name[1:]) + 1}"), {})
+    out.put((name, str(lease.subnet)))
+
+
+@needs_etcd
+def test_ten_concurrent_acquires_get_distinct_subnets(etcd, store, prefix):
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(10)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_acquire_proc, args=(etcd.url, prefix, f"h{i}", barrier, out)) for i in range(10)]
+    for p in procs:
+        p.start()
+    try:
+        results = dict(out.get(timeout=60) for _ in procs)
+    finally:
+        for p in procs:
+            p.join(20)
+            if p.is_alive():
+                p.kill()
+    assert len(results) == 10
+    assert len(set(results.values())) == 10
+    assert {h.name for h in store.snapshot().hosts} == set(results)
+
+
+@needs_etcd
+def test_watch_sees_join_and_expiry(store):
+    c = cfg(ttl=2)
+    store.init_config(c)
+    a = store.acquire(c, "a", IPv4Address("192.0.2.1"), {})
+    since = store.snapshot().revision + 1
+    stop = threading.Event()
+    b = store.acquire(c, "b", IPv4Address("192.0.2.2"), {})
+    t0 = time.monotonic()
+    kinds = []
+    for batch in store.watch(since, stop, read_timeout=6):
+        kinds += [(ev.kind, str(ev.subnet), ev.record.name if ev.record else None) for ev in batch]
+        if ("delete", str(b.subnet), None) in kinds:
+            break
+    # b never renewed its 2 s lease: etcd expired it and the watch reported the delete
+    assert kinds[0] == ("put", str(b.subnet), "b")
+    assert time.monotonic() - t0 < 2 + 2
+    assert a.subnet != b.subnet
