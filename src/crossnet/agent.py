@@ -347,18 +347,22 @@ class Agent:
         with self.state.lock():
             env = self._env()
             _, previous = load_previous(self.state)
-            base = common_resources(self.ctx) + self.backend.local_resources(self.ctx)
-            per_peer: list[tuple[IPv4Network, list[Resource]]] = []
+            per_peer: dict[IPv4Network, list[Resource]] = {}
             for s in sorted(self.peers):
                 peer = self._peer(self.peers[s])
                 if self._peer_ok(env, peer):
-                    per_peer.append((s, self.backend.peer_resources(self.ctx, peer)))
-            desired = base + [r for _, res in per_peer for r in res]
+                    per_peer[s] = self.backend.peer_resources(self.ctx, peer)
+            # local resources may depend on the peer list (e.g. OVS flows naming the tunnel
+            # ports): build the context with every peer, in the backend's own order
+            self.ctx.peers = [self._peer(self.peers[s]) for s in per_peer]
+            desired = common_resources(self.ctx) + self.backend.resources(self.ctx)
             if self.synced_at is None:
                 check_routes(self.ctx, env, previous + desired)
             outcome = reconcile(desired, previous, env)
-            self.base_res = outcome.resources[: len(base)]
-            self.peer_res = {s: res for s, res in per_peer}
+            by_key = {r.key(): r for r in outcome.resources}
+            self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
+            peer_keys = {r.key() for res in per_peer.values() for r in res}
+            self.base_res = [r for r in outcome.resources if r.key() not in peer_keys]
             self.revision = snap.revision
             self._save_applied()
         self.synced_at = time.time()
@@ -390,9 +394,30 @@ class Agent:
             return
         with self.state.lock():
             env = self._env()
-            for s in sorted(changed):
+            # peers added/changed first, then the local resources that may list the peers
+            # (OVS flows name the tunnel ports), then the removed peers
+            for s in sorted(x for x in changed if x in self.peers):
+                self._program_peer(env, s)
+            self._program_base(env)
+            for s in sorted(x for x in changed if x not in self.peers):
                 self._program_peer(env, s)
             self._save_applied()
+
+    def _program_base(self, env: Env) -> None:
+        from crossnet.host import common_resources
+
+        assert self.ctx and self.backend
+        self._sync_ctx_peers()
+        desired = common_resources(self.ctx) + self.backend.local_resources(self.ctx)
+        try:
+            outcome = reconcile(desired, self.base_res, env)
+        except ApplyError as exc:
+            log.error("local resources: %s; will retry at the next resync", exc)
+            self.next_resync = min(self.next_resync, time.monotonic() + 2)
+            return
+        self.base_res = outcome.resources
+        for ch in outcome.changes:
+            log.info("  %s", ch)
 
     def _program_peer(self, env: Env, subnet: IPv4Network) -> None:
         assert self.ctx and self.backend

@@ -8,7 +8,7 @@ Two lab services (crossnet.lab.services):
   router's address towards h1, routed from every host) port 2379, plus a unix socket
   ``<lab_dir>/etcd/localhost:2379`` usable from the root namespace. It writes the
   network config (``crossnet etcd init``) under prefix ``/crossnet``.
-* ``agent`` (order 20): ``crossnet agent`` in every host namespace, logging to
+* ``agent`` (order 60, after the per-host OVS daemons): ``crossnet agent`` in every host namespace, logging to
   ``<lab_dir>/hosts/<h>/agent.log``; `start` returns once the agent has programmed
   its host, so the lab can attach containers right after.
 
@@ -45,14 +45,15 @@ def agent_argv(state_dir: str, etcd: str, name: str, iface: str = "eth0", prefix
 
 
 def start_agent(netns: str, state_dir: str, etcd: str, name: str, log_path: str, iface: str = "eth0",
-                prefix: str = LAB_PREFIX, extra: list[str] | tuple[str, ...] = ()) -> subprocess.Popen:
+                prefix: str = LAB_PREFIX, extra: list[str] | tuple[str, ...] = (),
+                env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start `crossnet agent` in `netns`; output appended to log_path; pid in <state_dir>/../agent.pid."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = ["ip", "netns", "exec", netns, *agent_argv(state_dir, etcd, name, iface, prefix, extra)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, **(env or {})})
     _pid_path(state_dir).write_text(f"{proc.pid}\n")
     return proc
 
@@ -164,11 +165,24 @@ def _start_etcd(plan, host) -> None:
         srv = lab_etcd(plan)
         if srv.running():
             return
+        if plan.backend.startswith("ovs"):
+            _fabric_tx_checksum_off(plan)
         srv.start()
         ttl = int((plan.extra or {}).get("ttl") or LAB_TTL)
         cfg = NetworkConfig(network=plan.network, backend=plan.backend, subnet_len=plan.subnet_len, name=plan.name,
                             ttl=ttl, mtu=plan.mtu)
         EtcdStore(srv.client(), LAB_PREFIX).init_config(cfg, force=True)
+
+
+def _fabric_tx_checksum_off(plan) -> None:
+    """OVS backends move each host's address onto an OVS userspace (netdev) bridge that
+    reads eth0 with AF_PACKET. Frames a veth peer sends with checksum offload arrive
+    there with the TCP checksum not filled in, so the host's own TCP (agent -> etcd)
+    fails while ICMP works. Real NICs deliver complete checksums; in the lab, make the
+    fabric side of every host link compute them in software."""
+    for h in plan.hosts:
+        subprocess.run(["ip", "netns", "exec", plan.fabric.netns, "ethtool", "-K", h.fabric_ifname, "tx", "off"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=20, check=False)
 
 
 def _stop_etcd(plan, host) -> None:
@@ -178,11 +192,13 @@ def _stop_etcd(plan, host) -> None:
 
 
 def _start_agent(plan, host) -> None:
+    from crossnet.lab.services import host_env
+
     srv = lab_etcd(plan)
     log_path = str(Path(plan.lab_dir) / "hosts" / host.name / "agent.log")
     ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
     proc = start_agent(host.netns, host.state_dir, srv.url, host.name, log_path, iface=host.ifname,
-                       extra=["--ttl", ttl])
+                       extra=["--ttl", ttl], env=host_env(plan, host))
     wait_agent_ready(host.state_dir, proc=proc, log_path=log_path)
 
 
@@ -196,7 +212,8 @@ def _register() -> None:
     except ImportError:  # lab not available
         return
     register_service(HostService("etcd", _start_etcd, _stop_etcd, enabled=_enabled, order=10))
-    register_service(HostService("agent", _start_agent, _stop_agent, enabled=_enabled, order=20))
+    # after the per-host daemons the backends need (ovs: order 50), stopped before them
+    register_service(HostService("agent", _start_agent, _stop_agent, enabled=_enabled, order=60))
 
 
 _register()
