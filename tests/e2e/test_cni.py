@@ -27,8 +27,9 @@ NET = "crossnet"
 
 
 class Host:
-    def __init__(self, lab, bin_dir: Path):
+    def __init__(self, lab, bin_dir: Path, log: Path):
         self.lab = lab
+        self.log = log  # every call (and the helper's start/stop) is logged here
         self.plan = lab.hosts[0]
         self.netns = self.plan.netns
         self.state_dir = self.plan.state_dir
@@ -39,7 +40,8 @@ class Host:
         self.made: list[str] = []
 
     def conf(self, version: str = "1.0.0", **extra) -> dict:
-        return {"cniVersion": version, "name": NET, "type": "crossnet-cni", "stateDir": self.state_dir, **extra}
+        return {"cniVersion": version, "name": NET, "type": "crossnet-cni", "stateDir": self.state_dir,
+                "logFile": str(self.log), **extra}
 
     def new_netns(self) -> str:
         self._n += 1
@@ -99,7 +101,7 @@ def host(tmp_path_factory):
     try:
         bin_dir = tmp_path_factory.mktemp("cni-bin")
         install(lab.hosts[0].state_dir, conf_dir=str(tmp_path_factory.mktemp("net.d")), bin_dir=str(bin_dir))
-        h = Host(lab, bin_dir)
+        h = Host(lab, bin_dir, tmp_path_factory.mktemp("log") / "cni.log")
         yield h
     finally:
         down(name)
@@ -308,3 +310,76 @@ def test_shares_ipam_with_crossnet_attach(host, clean):
     rc, out = host.cni("ADD", cid=cid(), netns=host.new_netns(), args=f"IP={taken}")
     assert rc != 0 and out["code"] == 101
     host.lab.crossnet(host.plan.name, "detach", name)
+
+
+# ---- the warm helper (crossnet.cni.server): same results, only when safe
+
+
+def _log_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait_for(pred, timeout: float = 15.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return pred()
+
+
+def test_server_serves_later_calls(host, clean, tmp_path):
+    from crossnet.cni import server
+
+    log = tmp_path / "cni.log"
+    conf = host.conf(logFile=str(log))
+    c1, n1 = cid(), host.new_netns()
+    assert host.cni("ADD", conf, cid=c1, netns=n1)[0] == 0
+    sock = Path(server.socket_path(host.state_dir))
+    assert _wait_for(sock.exists), "no helper socket after the first ADD"
+    c2, n2 = cid(), host.new_netns()
+    rc, res = host.cni("ADD", conf, cid=c2, netns=n2)
+    assert rc == 0 and res["interfaces"][1]["sandbox"] == n2
+    assert host.cni("DEL", conf, cid=c2, netns=n2) == (0, None)
+    assert host.cni("DEL", conf, cid=c1, netns=n1) == (0, None)
+    calls = [x for x in _log_lines(log) if x.get("command")]
+    assert [x["via"] for x in calls][-3:] == ["server"] * 3, calls
+    # errors come back the same way
+    rc, out = host.cni("ADD", conf, cid=cid(), netns=host.new_netns(), args="IP=10.1.2.300")
+    assert rc != 0 and out["code"] == 4
+    assert _log_lines(log)[-1]["via"] == "server"
+
+
+def test_server_disabled(host, clean, tmp_path):
+    log = tmp_path / "cni.log"
+    conf = host.conf(logFile=str(log), server=False)
+    c, n = cid(), host.new_netns()
+    assert host.cni("ADD", conf, cid=c, netns=n)[0] == 0
+    assert host.cni("DEL", conf, cid=c, netns=n) == (0, None)
+    assert {x["via"] for x in _log_lines(log) if x.get("command")} == {"process"}
+
+
+def test_server_refuses_other_namespace_and_other_code(host, clean):
+    from crossnet.cni import server
+
+    c, n = cid(), host.new_netns()
+    assert host.cni("ADD", cid=c, netns=n)[0] == 0
+    sock = Path(server.socket_path(host.state_dir))
+    assert _wait_for(sock.exists)
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": c, "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+    stdin = json.dumps(host.conf()).encode()
+    # this test runs in the root namespace, the helper in the host's: it must not serve us
+    assert server.call(host.state_dir, env, stdin) is None
+    assert c in host.allocations()
+    # a client running other code makes the helper step down (it removes its socket)
+    real = server.code_id
+    try:
+        server.code_id = lambda: "other-code"
+        assert server.call(host.state_dir, env, stdin) is None
+    finally:
+        server.code_id = real
+    assert _wait_for(lambda: not sock.exists())
+    assert c in host.allocations()
+    assert host.cni("DEL", cid=c, netns=n) == (0, None)

@@ -65,9 +65,24 @@ def test_install_needs_applied_state(tmp_path):
 
 def test_wrapper_uses_real_interpreter_with_S():
     text = wrapper_script()
-    first = text.splitlines()[0]
-    assert first == f"#!{os.path.realpath(sys.executable)} -S"
+    assert text.startswith("#!/bin/sh\n")
+    assert f"exec {os.path.realpath(sys.executable)} -S -c " in text
     assert "from crossnet.cni.plugin import main" in text
+
+
+@pytest.mark.parametrize("stdin,version", [(b'{"cniVersion":"1.0.0"}', "1.0.0"),
+                                           (b'{ "cniVersion" : "0.4.0",\n "name": "x"}', "0.4.0"),
+                                           (b"", "1.1.0"), (b"garbage", "1.1.0"), (b'{"cniVersion":"7.0.0"}', "1.1.0")])
+def test_wrapper_answers_version_itself(tmp_path, stdin, version):
+    from crossnet.cni.plugin import SUPPORTED_VERSIONS
+
+    w = tmp_path / "crossnet-cni"
+    w.write_text(wrapper_script(python="/nonexistent/python"))  # must not be needed for VERSION
+    w.chmod(0o755)
+    proc = subprocess.run([str(w)], input=stdin, capture_output=True, timeout=10,
+                          env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
 def test_docker_config_overlay_and_bridge():

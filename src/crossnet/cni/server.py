@@ -1,0 +1,298 @@
+"""Warm helper process of crossnet-cni (the plugin's fast path).
+
+A CNI plugin is a fresh process per call; importing crossnet's netlink code (pyroute2,
+asyncio, ...) costs ~0.2 s per call, which would make crossnet's ADD/DEL several times
+slower than the reference Go plugins. So the first ADD/DEL/CHECK on a host starts this
+helper (detached, in the same network namespace, from the same code) and runs its own
+request in-process; later calls only send ``{environ, stdin}`` over
+``<stateDir>/cni.sock`` and get ``{rc, out}`` back: the same :func:`plugin.run`, the
+same state dir and IPAM, just already imported.
+
+Safety rules:
+- One helper per state dir (flock on ``cni.sock.lock``); requests run one at a time.
+- The helper only serves clients in its own network namespace and running the same
+  code (``code_id`` of the installed files); otherwise it answers ``stale`` and the
+  plugin runs the request itself. A stale-code helper exits.
+- It exits after ``serverIdleSeconds`` (default 300) without requests, and a request
+  that takes longer than REQUEST_TIMEOUT kills it (the next call starts a new one).
+- Disable with ``"server": false`` in the network configuration.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import socket
+import sys
+import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+SOCKET_NAME = "cni.sock"
+DEFAULT_IDLE = 300.0
+REQUEST_TIMEOUT = 90
+HEALTH_INTERVAL = 5.0  # how often an idle helper checks that its socket is still there
+CLIENT_TIMEOUT = 120.0
+MAX_REQUEST = 4 << 20
+_CODE_FILES = ("cni/plugin.py", "cni/server.py", "containers.py", "ipam.py", "netlink.py", "plan.py", "state.py",
+               "backends/__init__.py", "backends/base.py")
+
+
+def code_id() -> str:
+    """Identity of the installed crossnet code (mtimes and sizes of the files on the path)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parts = []
+    for rel in _CODE_FILES:
+        try:
+            st = os.stat(os.path.join(root, rel))
+            parts.append(f"{st.st_mtime_ns}:{st.st_size}")
+        except OSError:
+            parts.append("-")
+    return "/".join(parts)
+
+
+def netns_id() -> list[int]:
+    st = os.stat("/proc/self/ns/net")
+    return [st.st_dev, st.st_ino]
+
+
+def socket_path(state_dir: str) -> str:
+    return os.path.join(state_dir, SOCKET_NAME)
+
+
+# --------------------------------------------------------------------------- client
+
+
+def _recv_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def call(state_dir: str, environ: dict[str, str], stdin: bytes) -> tuple[int, Any] | None:
+    """Send the request to the helper. None: no (usable) helper, run it yourself."""
+    path = socket_path(state_dir)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CLIENT_TIMEOUT)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
+        req = {"environ": env, "stdin": stdin.decode("utf-8", "surrogateescape"),
+               "netns": netns_id(), "code": code_id()}
+        sock.sendall(json.dumps(req).encode())
+        sock.shutdown(socket.SHUT_WR)
+        raw = _recv_all(sock)
+    except OSError:
+        return None
+    finally:
+        sock.close()
+    try:
+        reply = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(reply, dict) or reply.get("stale") or "rc" not in reply:
+        return None
+    return int(reply["rc"]), reply.get("out")
+
+
+def spawn(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = None) -> None:
+    """Start a detached helper for state_dir (returns at once; never raises)."""
+    try:
+        pid = os.fork()
+    except OSError:
+        return
+    if pid:
+        try:
+            os.waitpid(pid, 0)  # the intermediate child exits at once
+        except ChildProcessError:
+            pass
+        return
+    try:  # intermediate child: new session, fork again, exec the helper
+        os.setsid()
+        if os.fork():
+            os._exit(0)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.closerange(3, 1024)
+        os.chdir("/")
+        code = ("import sys; sys.path[:0] = %r; from crossnet.cni.server import serve; serve(%r, %r, %r)"
+                % ([p for p in sys.path if p], state_dir, float(idle), log_file))
+        os.execv(sys.executable, [sys.executable, "-S", "-c", code])
+    except BaseException:  # noqa: BLE001
+        pass
+    os._exit(0)
+
+
+# --------------------------------------------------------------------------- server
+
+
+def _event(log_file: str | None, event: str, **kw: Any) -> None:
+    if not log_file:
+        return
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "server": event, "pid": os.getpid(), **kw}
+    try:
+        with open(log_file, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+    except OSError:
+        pass
+
+
+def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = None) -> None:
+    path = socket_path(state_dir)
+    try:
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return
+    deadline = time.monotonic() + 3.0  # a helper stepping down (code changed) may still hold it
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except OSError:
+            if time.monotonic() >= deadline:
+                return  # another helper serves this state dir
+            time.sleep(0.05)
+    from crossnet.cni import plugin
+
+    plugin._light_pyroute2()
+    # import everything a request needs now, not during the first request
+    import crossnet.backends  # noqa: F401
+    import crossnet.containers  # noqa: F401
+
+    try:
+        from crossnet.state import read_json
+
+        applied = read_json(os.path.join(state_dir, "applied.json")) or {}
+        backend = (applied.get("context") or {}).get("backend")
+        if backend:
+            from crossnet.backends import get_backend
+
+            get_backend(backend)
+    except Exception:  # noqa: BLE001 - warming up only
+        pass
+    my_code, my_netns = code_id(), netns_id()
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        srv.bind(path)
+    finally:
+        os.umask(old_umask)
+    st = os.stat(path)
+    ident = (st.st_dev, st.st_ino)
+    srv.listen(64)
+    srv.settimeout(min(idle, HEALTH_INTERVAL))
+    last = time.monotonic()
+
+    _event(log_file, "start", state_dir=state_dir)
+    server_pid = os.getpid()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if os.getpid() != server_pid:
+            # a forked child (pyroute2's netns helper) inherited this handler: die as usual,
+            # never touch the helper's socket
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        _event(log_file, "stop", reason=signal.Signals(signum).name)
+        _cleanup(srv, path, ident)
+        os._exit(3 if signum == signal.SIGALRM else 0)
+
+    signal.signal(signal.SIGALRM, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    reason = "idle"
+    while True:
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            if time.monotonic() - last >= idle:
+                break
+            if not _still_ours(path, ident):
+                reason = "socket gone"
+                break
+            if not os.path.exists(os.path.join(state_dir, "applied.json")):
+                reason = "state removed"
+                break
+            continue
+        except OSError as exc:
+            reason = f"accept: {exc}"
+            break
+        last = time.monotonic()
+        stop = False
+        with conn:
+            try:
+                conn.settimeout(10)
+                raw = _recv_limited(conn)
+                req = json.loads(raw)
+                if req.get("code") != my_code:
+                    reply: dict[str, Any] = {"stale": True}
+                    stop, reason = True, "code changed"
+                    _cleanup(srv, path, ident, close=False)  # before the client starts a new helper
+                elif req.get("netns") != my_netns:
+                    reply = {"stale": True}
+                else:
+                    signal.alarm(REQUEST_TIMEOUT)
+                    t0 = time.perf_counter()
+                    stdin = req.get("stdin", "").encode("utf-8", "surrogateescape")
+                    environ = {k: str(v) for k, v in (req.get("environ") or {}).items()}
+                    rc, out = plugin.run(environ, stdin)
+                    plugin._log(environ, stdin, rc, out, time.perf_counter() - t0, via="server")
+                    signal.alarm(0)
+                    reply = {"rc": rc, "out": out}
+                conn.settimeout(30)
+                conn.sendall(json.dumps(reply).encode())
+            except Exception:  # noqa: BLE001 - a broken client must not kill the helper
+                signal.alarm(0)
+        if not stop and not os.path.exists(os.path.join(state_dir, "applied.json")):
+            stop, reason = True, "state removed"
+        if stop:
+            break
+    _event(log_file, "stop", reason=reason)
+    _cleanup(srv, path, ident)
+
+
+def _recv_limited(conn: socket.socket) -> bytes:
+    chunks, size = [], 0
+    while True:
+        data = conn.recv(65536)
+        if not data:
+            return b"".join(chunks)
+        size += len(data)
+        if size > MAX_REQUEST:
+            raise ValueError("request too large")
+        chunks.append(data)
+
+
+def _still_ours(path: str, ident: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
+
+
+def _cleanup(srv: socket.socket, path: str, ident: tuple[int, int], close: bool = True) -> None:
+    if _still_ours(path, ident):  # only remove the socket if it is still ours
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    if close:
+        try:
+            srv.close()
+        except OSError:
+            pass
