@@ -183,6 +183,25 @@ class OvsDb:
         return list(self.root().datapath_types)
 
 
+_SHARED: dict[str, OvsDb] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared() -> OvsDb:
+    """One connection per process and OVSDB socket (an IDL replica kept current by its
+    thread), so long-running callers (the agent) do not open one per apply. Checks
+    every time that ovsdb-server and ovs-vswitchd run."""
+    require_running()
+    sock = db_socket()
+    with _SHARED_LOCK:
+        handle = _SHARED.get(sock)
+        thread = getattr(getattr(handle, "_conn", None), "thread", None)
+        if handle is None or thread is None or not thread.is_alive():
+            handle = OvsDb(sock)
+            _SHARED[sock] = handle
+        return handle
+
+
 def one(value: Any) -> Any:
     """An optional OVSDB column (list of 0 or 1 values) as a value or None."""
     if isinstance(value, list):

@@ -30,18 +30,13 @@ LINK_WAIT_S = 5.0
 
 
 def ovs(env: Env) -> ovsdb.OvsDb:
-    """The OVSDB connection of this Env (opened on first use)."""
+    """The OVSDB connection of this Env: on first use per Env, check that Open vSwitch
+    runs and take the process-wide connection to it (see ovsdb.shared)."""
     handle = env.extra.get("ovsdb")
     if handle is None:
-        handle = ovsdb.OvsDb()
+        handle = ovsdb.shared()
         env.extra["ovsdb"] = handle
     return handle
-
-
-def close(env: Env) -> None:
-    handle = env.extra.pop("ovsdb", None)
-    if handle is not None:
-        handle.close()
 
 
 def _changed(env: Env, *kinds: str) -> None:
@@ -486,4 +481,4 @@ class TunnelNeighbours(Resource):
         """Nothing to undo (a cache)."""
 
 
-__all__ = ["FLOW_COOKIE", "AddressMove", "DevSysctl", "OvsBridge", "OvsFlows", "OvsPort", "TunnelNeighbours", "close", "ovs"]
+__all__ = ["FLOW_COOKIE", "AddressMove", "DevSysctl", "OvsBridge", "OvsFlows", "OvsPort", "TunnelNeighbours", "ovs"]
