@@ -190,6 +190,16 @@ class HostPodman:
         )
         install(self.state_dir, conf_dir=str(self.net_dir), bin_dir=str(self.bin_dir), name=self.network,
                 portmap=portmap, log_file=log_file, require_state=False)
+        # `<base>/podman ARGS` runs this host's podman by hand (same namespace and config)
+        import shlex
+
+        script = self.base / "podman"
+        script.write_text(
+            "#!/bin/sh\n# podman of simulated host " + self.netns + " (written by crossnet lab)\n"
+            f"export CONTAINERS_CONF={shlex.quote(str(self.conf_path))}\n"
+            f"exec {' '.join(shlex.quote(a) for a in self.argv())} \"$@\"\n"
+        )
+        script.chmod(0o755)
 
     def ensure_image(self) -> None:
         proc = self.run("image", "exists", IMAGE, check=False)
