@@ -94,9 +94,12 @@ def attach(
             env = Env(ipr)
             changed = existing is None
             inner = nl.ifindex(cipr, ifname)
-            if env.index(host_if) is None or inner is None:
-                if env.index(host_if) is not None:
-                    ipr.link("del", index=env.index(host_if))
+            # one targeted lookup, not env.index(): that dumps every link of the host
+            # (O(containers) per attach: 150 attached veths made attach 5× slower)
+            host_idx = nl.ifindex(ipr, host_if)
+            if host_idx is None or inner is None:
+                if host_idx is not None:
+                    ipr.link("del", index=host_idx)
                 if inner is not None:
                     raise CrossnetError(f"container {container_id} already has an interface {ifname!r} not made by crossnet")
                 tmp = temp_ifname(container_id)

@@ -31,11 +31,58 @@ def netns_path(spec: str) -> str:
 
 
 def open_ipr(netns: str | None = None) -> IPRoute:
-    """IPRoute for the current namespace, or bound to another one (pyroute2 forks a
-    helper to create the socket there, so it is safe in threaded code)."""
+    """IPRoute for the current namespace, or bound to another one. For another
+    namespace the netlink socket is created with setns() on this thread only (and
+    switched straight back): ~1 ms, where pyroute2's own netns= forks a helper
+    process (~20 ms, most of an attach). Falls back to pyroute2's way on any error."""
     if netns is None:
         return IPRoute()
-    return IPRoute(netns=netns_path(netns))
+    path = netns_path(netns)
+    try:
+        return IPRoute(fileno=_netlink_socket_in(path))
+    except OSError:
+        return IPRoute(netns=path)
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = None
+
+
+def _netlink_socket_in(path: str) -> int:
+    """fd of a NETLINK_ROUTE socket created inside the netns at `path`. setns()
+    with CLONE_NEWNET changes only the calling thread's namespace; a socket stays
+    in the namespace it was created in."""
+    import ctypes
+    import socket
+
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+
+    def setns(fd: int) -> None:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        os.close(target)
+        raise
+    try:
+        setns(target)
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, 0)
+        finally:
+            try:
+                setns(own)
+            except OSError as exc:  # not an OSError: open_ipr must not fall back from the wrong namespace
+                raise RuntimeError(f"cannot return to this thread's network namespace: {exc}") from None
+        return sock.detach()
+    finally:
+        os.close(target)
+        os.close(own)
 
 
 def attr(msg: Any, name: str, default: Any = None) -> Any:
