@@ -62,6 +62,14 @@ def _link_exists(netns: str, name: str) -> bool:
         return bool(ipr.link_lookup(ifname=name))
 
 
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # zombies wait for init
+    except (OSError, IndexError):
+        return False
+
+
 def _wait(cond, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     last = None
@@ -336,3 +344,26 @@ def test_start_errors_are_clear_and_retried(cluster):
         assert st["subnet"].startswith("10.34.")
     finally:
         stop_pid(proc.pid, signal.SIGKILL)
+
+
+def test_lab_up_store_etcd_cli(lab_factory):
+    """`crossnet lab up --store etcd`: etcd in the switch namespace, an agent per host,
+    containers attached, all pairs reachable; `lab down` stops agents and etcd."""
+    from crossnet.lab import manager
+
+    name = lab_factory.new_name()
+    run = lambda *a: subprocess.run([sys.executable, "-m", "crossnet", "lab", *a, "--name", name],
+                                    capture_output=True, text=True, timeout=300, env=lab_factory.env, check=False)
+    up = run("up", "--hosts", "3", "--containers", "1", "--store", "etcd", "-o", "json")
+    assert up.returncode == 0, up.stderr[-2000:]
+    lab_dir = manager.lab_dir(name)
+    etcd = EtcdServer(lab_dir / "etcd", port=2379)
+    snap = EtcdStore(etcd.client(), PREFIX).snapshot()
+    assert sorted(h.name for h in snap.hosts) == ["h1", "h2", "h3"]
+    check = run("check", "-o", "json")
+    assert check.returncode == 0, check.stdout[-2000:] + check.stderr[-2000:]
+    pids = [int((lab_dir / "hosts" / h / "agent.pid").read_text()) for h in ("h1", "h2", "h3")]
+    pids.append(etcd.pid)
+    down = run("down")
+    assert down.returncode == 0, down.stderr
+    assert [p for p in pids if _running(p)] == []
