@@ -6,7 +6,8 @@ docker: the Docker Engine API over its unix socket (``DOCKER_HOST=unix:///path``
 /var/run/docker.sock): ``GET /containers/NAME/json`` -> ``State.Pid`` ->
 ``/proc/PID/ns/net``. podman: the same API served by ``podman system service``
 (socket from ``CROSSNET_PODMAN_SOCKET``, ``CONTAINER_HOST=unix://...`` or
-/run/podman/podman.sock), else ``podman container inspect``.
+/run/podman/podman.sock), else ``podman container inspect`` (the command from
+``CROSSNET_PODMAN`` if set, e.g. a lab host's podman wrapper).
 
 The HTTP client is a few lines of stdlib (http.client over AF_UNIX): no dependency.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -148,10 +150,11 @@ def resolve_podman(name: str) -> tuple[str, str]:
     sock = podman_socket()
     if sock:
         return netns_of(EngineClient(sock, "podman").inspect(name), "podman", name)
-    podman = shutil.which("podman")
+    podman = os.environ.get("CROSSNET_PODMAN") or shutil.which("podman")
     if podman is None:
         raise ConfigError("CONTAINER: podman: no podman API socket and no podman command found")
-    proc = subprocess.run([podman, "container", "inspect", name], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*shlex.split(podman), "container", "inspect", name], capture_output=True, text=True,
+                          timeout=60)
     if proc.returncode != 0:
         err = proc.stderr.strip().splitlines()
         msg = err[-1] if err else f"exit {proc.returncode}"

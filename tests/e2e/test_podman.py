@@ -177,17 +177,22 @@ def api_socket(tmp_path):
             proc.wait(timeout=10)
 
 
-@pytest.mark.parametrize("kind", ["docker", "podman"])
+@pytest.mark.parametrize("kind", ["docker", "podman", "podman-cli"])
 def test_attach_by_runtime_api(lab_factory, api_socket, kind):
     from crossnet.lab.manager import crossnet_argv
 
     lab = podman_lab(lab_factory, "vxlan", containers=1)
-    sock = api_socket(lab, "h1")
     p1 = pm(lab, "h1")
     p1.run("run", "-d", "--name", "plain", "--network", "none", "--cap-add", "NET_RAW",
            "localhost/crossnet-busybox", "sleep", "999999")
     cid = p1.inspect("plain")["Id"]
-    env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "CROSSNET_PODMAN_SOCKET": sock}
+    if kind == "podman-cli":  # no API socket: `podman container inspect` of this host's podman
+        env = {k: v for k, v in os.environ.items() if k not in ("CROSSNET_PODMAN_SOCKET", "CONTAINER_HOST")}
+        env["CROSSNET_PODMAN"] = str(p1.base / "podman")
+        kind = "podman"
+    else:
+        sock = api_socket(lab, "h1")
+        env = {**os.environ, "DOCKER_HOST": f"unix://{sock}", "CROSSNET_PODMAN_SOCKET": sock}
     proc = lab.run("h1", crossnet_argv("attach", f"{kind}:plain", "-o", "json"), env=env)
     assert proc.returncode == 0, proc.stderr
     att = json.loads(proc.stdout)
