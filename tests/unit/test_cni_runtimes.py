@@ -57,7 +57,7 @@ def fake_engine(tmp_path, monkeypatch):
         "other": {"Id": "d" * 64, "State": {"Running": True, "Pid": other_pid, "Status": "running"}},
     }
     server = _Server(sock, _Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     t.start()
     monkeypatch.setenv("DOCKER_HOST", f"unix://{sock}")
     monkeypatch.setenv("CROSSNET_PODMAN_SOCKET", sock)
