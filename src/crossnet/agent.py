@@ -188,25 +188,42 @@ class Agent:
                 raise ConfigError(f"--address: {self.opts.address!r} is not an IPv4 address") from None
         addrs = nl.all_addresses(env.ipr)
         links = {li.index: li for li in nl.all_links(env.ipr)}
+        # what this host used before: a backend may have moved the address off the NIC
+        # (OVS userspace datapath: onto br-phy), so a restart trusts the record
+        applied = self.state.load_applied() or {}
+        rec = applied.get("context") if applied.get("host") == self.name else None
+        rec_iface = rec.get("iface") if isinstance(rec, dict) else None
+        rec_addr = None
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            rec_addr = IPv4Address(rec["address"]) if rec_iface else None
+        rec_idx = env.index(rec_iface) if rec_iface else None
         if self.opts.iface:
             idx = env.index(self.opts.iface)
             if idx is None:
                 raise ConfigError(f"--iface: interface {self.opts.iface!r} does not exist on this host")
         elif want is not None:
             idx = next((i for i, cidrs in addrs.items() if any(IPv4Interface(c).ip == want for c in cidrs)), None)
+            if idx is None and want == rec_addr and rec_idx is not None:
+                idx = rec_idx
             if idx is None:
                 raise ConfigError(f"--address: {want} is not configured on any interface of this host")
+        elif rec_idx is not None and rec_addr is not None:
+            idx, want = rec_idx, rec_addr
         else:
             route = nl.route_get(env.ipr, "192.0.2.1")  # a lookup only, nothing is sent
             if route is None or not route.oif:
                 raise ConfigError("--iface: this host has no default route; pass --iface (and --address)")
             idx = route.oif
         mine = [IPv4Interface(c).ip for c in addrs.get(idx, [])]
+        recorded = rec_idx == idx and rec_addr is not None
         if want is None:
-            if not mine:
+            if recorded and (rec_addr in mine or not mine):
+                want = rec_addr
+            elif mine:
+                want = mine[0]
+            else:
                 raise ConfigError(f"--iface: interface {links[idx].name!r} has no IPv4 address; pass --address")
-            want = mine[0]
-        elif self.opts.iface and want not in mine:
+        elif self.opts.iface and want not in mine and not (recorded and want == rec_addr):
             raise ConfigError(f"--address: {want} is not configured on {self.opts.iface}")
         self.iface = links[idx].name
         self.address = want
