@@ -1,0 +1,19 @@
+"""`crossnet bench`: measure crossnet against the physical limit and against what
+users would build by hand, in the same run (absolute numbers drift on shared
+machines; ratios to a baseline measured minutes apart hold).
+
+Modules:
+
+- ``util``      statistics, bounded subprocesses with per-process peak RSS (wait4),
+                machine facts, unique lab names, result records, skips
+- ``traffic``   iperf3 TCP throughput and ping RTT between two namespaces
+- ``manual``    the tutorial's hand-built layouts (Linux bridge + routes; OVS netdev
+                bridge + GRE port + Linux bridge), built step by step with ip/ovs-vsctl
+- ``dataplane`` suite: per backend a 2-host lab, container→container vs host→host
+- ``worker``    runs *inside* a lab host namespace: in-process attach loops, CNI calls
+- ``control``   suite: attach latency, N-peer apply, CNI ADD, podman run, agent
+- ``targets``   the issue's performance targets, evaluated on a result
+- ``report``    docs/benchmarks.md + plots in docs/img/
+
+Every lab is named ``b`` + 7 random characters and torn down in ``finally``.
+"""

@@ -1,0 +1,366 @@
+"""`crossnet bench control`: how fast crossnet reacts.
+
+- attach: latency of ``crossnet.containers.attach`` in one process over ≥ 200
+  containers on one simulated host, and of ``crossnet attach NAME`` end to end (one
+  CLI process per container, as a user or script runs it); detach too.
+- peers: ``crossnet apply`` of a cluster file with N simulated peers (N = 10, 100,
+  1,000; their underlay addresses are on the host's LAN), then a second (no-op)
+  apply and a reset — CLI wall time and the apply's own time.
+- CNI: ADD/DEL latency of crossnet-cni vs the reference bridge + host-local plugins,
+  both executed the way a runtime executes a plugin, interleaved.
+- podman: ``podman run --rm`` with --network none / reference bridge / crossnet.
+- agent: programming latency of the etcd agent, when it exists.
+
+Peak RSS of every crossnet process involved is recorded in RunContext.memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import ipaddress
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    clean_error,
+    crossnet_cli,
+    loadavg,
+    ratio,
+    run_measured,
+    summary,
+)
+
+REFERENCE_PLUGIN_DIR = "/usr/lib/cni"
+
+
+def _worker(lab: Any, host: Any, request: dict[str, Any], timeout: float) -> dict[str, Any]:
+    argv = lab.argv(host.name, [sys.executable, "-m", "crossnet.bench.worker"])
+    res = run_measured(argv, timeout=timeout, input=json.dumps(request))
+    if not res.ok:
+        raise RuntimeError(f"bench worker ({request.get('mode')}) failed: {res.error_line()}")
+    try:
+        data = json.loads(res.stdout)
+    except ValueError:
+        raise RuntimeError(f"bench worker ({request.get('mode')}) printed no JSON: {res.error_line()}") from None
+    data["_worker_maxrss_kb"] = res.maxrss_kb
+    return data
+
+
+def _make_netns(names: list[str]) -> None:
+    from crossnet.lab import netns as ns
+
+    for n in names:
+        ns.create_netns(n)
+
+
+# ---------------------------------------------------------------- attach
+
+
+def bench_attach(rc: RunContext, count: int = 200, cli_count: int = 200, backend: str = "vxlan") -> dict[str, Any]:
+    out: dict[str, Any] = {"backend": backend, "status": "ok", "load_before": loadavg()}
+    t0 = time.monotonic()
+    try:
+        with bench_lab({"hosts": 1, "containers": 0, "backend": backend}) as lab:
+            h = lab.hosts[0]
+            names = [f"{h.netns}-a{i}" for i in range(max(count, cli_count))]
+            rc.log(f"attach: creating {len(names)} container namespaces")
+            _make_netns(names)
+            rc.log(f"attach: {count} in-process attaches on one host")
+            r = _worker(lab, h, {"mode": "attach", "state_dir": h.state_dir, "names": names[:count],
+                                 "detach": True}, timeout=60 + count * 2)
+            out["inprocess"] = {"attach_ms": summary(r["attach_ms"], 3), "detach_ms": summary(r["detach_ms"], 3),
+                                "distinct_addresses": r["addresses"], "errors": r["errors"][:5],
+                                "first_ms": round(r["attach_ms"][0], 3) if r["attach_ms"] else None}
+            rc.note_memory("bench worker (in-process attach/detach)", f"{count} attaches + detaches",
+                           max(r.get("rss_kb") or [0]) or r["_worker_maxrss_kb"])
+            if cli_count:
+                rc.log(f"attach: {cli_count} × `crossnet attach` (CLI, one process each)")
+                r = _worker(lab, h, {"mode": "attach", "state_dir": h.state_dir, "names": names[:cli_count],
+                                     "cli": True, "detach": True}, timeout=60 + cli_count * 10)
+                out["cli"] = {"attach_ms": summary(r["attach_ms"], 3), "detach_ms": summary(r["detach_ms"], 3),
+                              "errors": r["errors"][:5]}
+                rc.note_memory("crossnet attach (CLI)", f"max over {cli_count} runs", max(r.get("rss_kb") or [0]))
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        out.update(status="failed", reason=clean_error(exc))
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+# ---------------------------------------------------------------- N peers
+
+
+def peers_cluster(name: str, backend: str, host: Any, n: int) -> dict[str, Any]:
+    """h1 (the lab host) + n simulated peers with addresses on h1's LAN."""
+    lan = ipaddress.ip_network(host.subnet)
+    first = lan.network_address + 1024  # well above the lab's own hosts (.10, .11 ...)
+    if n + 1024 + 2 > lan.num_addresses:
+        raise Skip(f"the lab LAN {lan} is too small for {n} simulated peers")
+    hosts = [{"name": host.name, "address": host.address, "iface": host.ifname}]
+    hosts += [{"name": f"p{i}", "address": str(first + i), "iface": "eth0"} for i in range(n)]
+    subnets_needed = n + 1
+    prefix = 24 - max(0, (subnets_needed - 1).bit_length())
+    return {"name": name, "backend": backend, "network": f"10.32.0.0/{min(prefix, 16)}", "subnet_len": 24,
+            "hosts": hosts}
+
+
+def _apply_json(res) -> dict[str, Any]:
+    try:
+        return json.loads(res.stdout)
+    except ValueError:
+        return {}
+
+
+def profile_apply(backend: str, n: int, top: int = 45) -> str | None:
+    """pyinstrument text profile of `crossnet apply` of n peers, on a fresh host (a
+    new lab: cheaper than resetting thousands of peers)."""
+    if importlib.util.find_spec("pyinstrument") is None:
+        return None
+    with bench_lab({"hosts": 1, "containers": 0, "backend": "vxlan"}, apply=False) as lab:
+        h = lab.hosts[0]
+        path = Path(lab.plan.lab_dir) / f"profile-{backend}-{n}.yaml"
+        path.write_text(yaml.safe_dump(peers_cluster(lab.name, backend, h, n), sort_keys=False))
+        out = Path(lab.plan.lab_dir) / "profile.txt"
+        res = run_measured(lab.argv(h.name, [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(out),
+                                             "-m", "crossnet", "apply", "-f", str(path), "--host", h.name,
+                                             "-o", "json"]), timeout=600)
+        text = out.read_text() if res.ok and out.exists() else None
+    if not text:
+        return None
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[:top])
+
+
+def bench_peers(rc: RunContext, sizes: tuple[int, ...] = (10, 100, 1000), backends: tuple[str, ...] = ("vxlan",),
+                profile_over_s: float | None = None, reset_max: int = 1000) -> dict[str, Any]:
+    """reset is timed up to `reset_max` peers; above, the lab namespace is simply
+    deleted (quick mode: resetting 1,000 peers can take minutes)."""
+    out: dict[str, Any] = {"status": "ok", "rows": [], "load_before": loadavg()}
+    t0 = time.monotonic()
+    cli = crossnet_cli()
+    sizes = tuple(sorted(sizes))
+    try:
+        for backend in backends:
+            with bench_lab({"hosts": 1, "containers": 0, "backend": "vxlan"}, apply=False) as lab:
+                h = lab.hosts[0]
+                for n in sizes:
+                    rc.log(f"peers: apply {backend} with {n} peers")
+                    path = Path(lab.plan.lab_dir) / f"peers-{backend}-{n}.yaml"
+                    path.write_text(yaml.safe_dump(peers_cluster(lab.name, backend, h, n), sort_keys=False))
+                    apply_argv = lab.argv(h.name, [*cli, "apply", "-f", str(path), "--host", h.name, "-o", "json"])
+                    row: dict[str, Any] = {"backend": backend, "peers": n}
+                    first = run_measured(apply_argv, timeout=900)
+                    if not first.ok:
+                        row.update(status="failed", reason=first.error_line())
+                        out["rows"].append(row)
+                        run_measured(lab.argv(h.name, [*cli, "reset"]), timeout=300)
+                        continue
+                    fj = _apply_json(first)
+                    second = run_measured(apply_argv, timeout=900)
+                    sj = _apply_json(second)
+                    reset = None
+                    if n <= reset_max or n != sizes[-1]:  # the lab goes away after the last size anyway
+                        reset = run_measured(lab.argv(h.name, [*cli, "reset", "-o", "json"]), timeout=900)
+                    row.update(
+                        status="ok",
+                        changes=len(fj.get("changes") or []),
+                        apply_wall_s=round(first.wall_s, 4),
+                        apply_internal_s=fj.get("elapsed_s"),
+                        noop_wall_s=round(second.wall_s, 4),
+                        noop_internal_s=sj.get("elapsed_s"),
+                        noop_changed=sj.get("changed"),
+                        reset_wall_s=round(reset.wall_s, 4) if reset is not None and reset.ok else None,
+                        apply_rss_mb=round(first.maxrss_kb / 1024, 1),
+                    )
+                    rc.note_memory("crossnet apply (CLI)", f"{backend}, {n} peers", first.maxrss_kb)
+                    if (profile_over_s is not None and n == max(sizes)
+                            and first.wall_s > profile_over_s):
+                        rc.log(f"peers: profiling apply of {n} peers (pyinstrument)")
+                        row["profile"] = profile_apply(backend, n)
+                    out["rows"].append(row)
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        out.update(status="failed", reason=clean_error(exc))
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+# ---------------------------------------------------------------- CNI
+
+
+def reference_conf(base: Path) -> dict[str, Any]:
+    return {
+        "cniVersion": "1.0.0",
+        "name": "benchref",
+        "type": "bridge",
+        "bridge": "cnref0",
+        "isGateway": True,
+        "ipMasq": False,
+        "ipam": {"type": "host-local", "dataDir": str(base / "host-local"),
+                 "ranges": [[{"subnet": "10.250.0.0/24", "gateway": "10.250.0.1"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}]},
+    }
+
+
+def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[str, Any]:
+    if importlib.util.find_spec("crossnet.cni.install") is None:
+        return {"status": "skipped", "reason": "crossnet-cni not in this tree yet (crossnet.cni.install)"}
+    if not all(os.access(f"{REFERENCE_PLUGIN_DIR}/{p}", os.X_OK) for p in ("bridge", "host-local")):
+        return {"status": "skipped", "reason": f"reference CNI plugins missing in {REFERENCE_PLUGIN_DIR}"}
+    out: dict[str, Any] = {"status": "ok", "backend": backend, "load_before": loadavg()}
+    t0 = time.monotonic()
+    try:
+        from crossnet.cni.install import install
+
+        with bench_lab({"hosts": 1, "containers": 0, "backend": backend}) as lab:
+            h = lab.hosts[0]
+            base = Path(lab.plan.lab_dir) / "hosts" / h.name / "bench-cni"
+            base.mkdir(parents=True, exist_ok=True)
+            info = install(h.state_dir, conf_dir=str(base / "net.d"), bin_dir=str(base / "bin"), name="crossnet",
+                           portmap=False)
+            conflist = json.loads(Path(info["conflist"]).read_text())
+            xconf = {**conflist["plugins"][0], "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
+            xs = [f"{h.netns}-x{i}" for i in range(count)]
+            rs = [f"{h.netns}-r{i}" for i in range(count)]
+            _make_netns(xs + rs)
+            rc.log(f"cni: {count} ADD + DEL each, crossnet-cni vs bridge + host-local (interleaved)")
+            req = {"mode": "cni", "cni_path": f"{base / 'bin'}:{REFERENCE_PLUGIN_DIR}", "plugins": [
+                {"label": "crossnet-cni", "plugin": info["plugin"], "conf": xconf, "netns": xs},
+                {"label": "bridge+host-local", "plugin": f"{REFERENCE_PLUGIN_DIR}/bridge",
+                 "conf": reference_conf(base), "netns": rs},
+            ]}
+            r = _worker(lab, h, req, timeout=120 + count * 10)
+            for label, rec in r.items():
+                if label.startswith("_"):
+                    continue
+                out[label] = {"add_ms": summary(rec["add_ms"], 3), "del_ms": summary(rec["del_ms"], 3),
+                              "errors": rec["errors"][:5],
+                              "peak_rss_mb": round(max(rec["rss_kb"] or [0]) / 1024, 1)}
+                if label == "crossnet-cni":
+                    rc.note_memory("crossnet-cni", f"max over {count} ADD + {count} DEL", max(rec["rss_kb"] or [0]))
+            x, ref = out.get("crossnet-cni", {}), out.get("bridge+host-local", {})
+            with contextlib.suppress(KeyError, TypeError):
+                out["add_ratio"] = ratio(x["add_ms"]["median"], ref["add_ms"]["median"])
+                out["del_ratio"] = ratio(x["del_ms"]["median"], ref["del_ms"]["median"])
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        out.update(status="failed", reason=clean_error(exc))
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+# ---------------------------------------------------------------- podman
+
+
+def bench_podman(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict[str, Any]:
+    if not shutil.which("podman"):
+        return {"status": "skipped", "reason": "podman not installed"}
+    try:
+        from crossnet.lab import podman as lp
+    except ImportError:
+        return {"status": "skipped", "reason": "podman lab runtime not in this tree yet (crossnet.lab.podman)"}
+    if not hasattr(lp, "host_podman") or not hasattr(lp, "IMAGE"):
+        return {"status": "skipped", "reason": "crossnet.lab.podman has no host_podman()/IMAGE yet"}
+    out: dict[str, Any] = {"status": "ok", "backend": backend, "runs": runs, "load_before": loadavg()}
+    t0 = time.monotonic()
+    try:
+        with bench_lab({"hosts": 1, "containers": 0, "backend": backend, "extra": {"runtime": "podman"}}) as lab:
+            h = lab.hosts[0]
+            p = lp.host_podman(lab.plan, h)
+            if not p.net_dir.exists():  # the lab's podman service did not run: set it up here
+                p.setup(portmap=False)
+                p.ensure_image()
+            ref_name = "benchref"
+            ref = {"cniVersion": "1.0.0", "name": ref_name, "plugins": [reference_conf(p.base)]}
+            xlist = json.loads(next(p.net_dir.glob(f"*{p.network}.conflist")).read_text())
+            # compare plugin with plugin: no portmap in either list
+            xlist["plugins"] = [pl for pl in xlist["plugins"] if pl.get("type") != "portmap"]
+            xlist["name"] = "benchx"
+            (p.net_dir / f"30-{ref_name}.conflist").write_text(json.dumps(ref, indent=2))
+            (p.net_dir / "30-benchx.conflist").write_text(json.dumps(xlist, indent=2))
+            nets = {"none": "none", "bridge+host-local": ref_name, "crossnet-cni": "benchx"}
+            times: dict[str, list[float]] = {k: [] for k in nets}
+            errors: list[str] = []
+            rc.log(f"podman: warm-up, then {runs} × run --rm per network (interleaved)")
+            for label, net in nets.items():
+                res = run_measured(p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), timeout=180, env=p.env())
+                if not res.ok:
+                    raise RuntimeError(f"podman run --network {net}: {res.error_line()}")
+            for _ in range(runs):
+                for label, net in nets.items():
+                    res = run_measured(p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), timeout=180,
+                                       env=p.env())
+                    if res.ok:
+                        times[label].append(res.wall_s)
+                    else:
+                        errors.append(f"{label}: {res.error_line()}")
+            out["run_s"] = {k: summary(v, 4) for k, v in times.items()}
+            none = out["run_s"]["none"].get("median")
+            out["added_s"] = {k: round(v["median"] - none, 4) for k, v in out["run_s"].items()
+                              if k != "none" and v.get("n")}
+            out["errors"] = errors[:5]
+            x, r = out["added_s"].get("crossnet-cni"), out["added_s"].get("bridge+host-local")
+            out["added_ratio"] = ratio(x, r) if x is not None and r else None
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        out.update(status="failed", reason=clean_error(exc))
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+# ---------------------------------------------------------------- agent
+
+
+def bench_agent(rc: RunContext, hosts: int = 20, joins: int = 10) -> dict[str, Any]:
+    """New-host programming latency with the etcd agent (lab --store etcd)."""
+    try:
+        from crossnet.bench import agentbench
+    except ImportError:
+        return {"status": "skipped", "reason": "the etcd agent benchmark needs crossnet.agent + lab --store etcd"}
+    try:
+        return agentbench.run(rc, hosts=hosts, joins=joins)
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "failed", "reason": clean_error(exc)}
+
+
+# ---------------------------------------------------------------- suite
+
+
+def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_sizes: tuple[int, ...] = (10, 100, 1000),
+        peer_backends: tuple[str, ...] = ("vxlan", "host-gw"), cni_count: int = 50, podman_runs: int = 10,
+        agent: bool = True, profile: bool = False, reset_max: int = 1000, agent_hosts: int = 20,
+        agent_joins: int = 10) -> dict[str, Any]:
+    t0 = time.monotonic()
+    res: dict[str, Any] = {"suite": "control", "params": {
+        "attach_count": attach_count, "cli_count": cli_count, "peer_sizes": list(peer_sizes),
+        "peer_backends": list(peer_backends), "cni_count": cni_count, "podman_runs": podman_runs}}
+    res["attach"] = bench_attach(rc, attach_count, cli_count)
+    res["peers"] = bench_peers(rc, peer_sizes, peer_backends, profile_over_s=1.0 if profile else None,
+                               reset_max=reset_max)
+    res["cni"] = bench_cni(rc, cni_count)
+    res["podman"] = bench_podman(rc, podman_runs) if podman_runs else {"status": "skipped",
+                                                                        "reason": "disabled (--podman-runs 0)"}
+    res["agent"] = bench_agent(rc, agent_hosts, agent_joins) if agent else {
+        "status": "skipped", "reason": "not in --quick (a 20-host etcd lab takes minutes)"}
+    res["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+__all__ = ["run", "bench_attach", "bench_peers", "bench_cni", "bench_podman", "bench_agent"]

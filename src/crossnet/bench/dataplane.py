@@ -1,0 +1,197 @@
+"""`crossnet bench dataplane`: per backend a 2-host lab; TCP throughput (iperf3) and
+ping RTT container→container, and host→host on the same underlay in the same lab
+(measured before crossnet touches the hosts: the physical limit); results as ratios
+to that underlay. The tutorial's hand-built layouts run the same way as baselines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from crossnet.bench import manual, traffic
+from crossnet.bench.util import RunContext, Skip, bench_lab, clean_error, loadavg, ratio, summary
+
+DEFAULT_MTUS = (1500, 9000)
+# the order rows appear in (hand-built baseline right before its crossnet equivalent)
+ORDER = ("manual-bridge-routes", "host-gw", "bridge", "vxlan", "manual-ovs-gre", "ovs-gre", "ovs-vxlan")
+
+
+def all_backends() -> list[str]:
+    from crossnet.backends import MODULES
+
+    names = list(MODULES)
+    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+
+
+def backend_unavailable(name: str) -> str | None:
+    """Why backend `name` cannot be benchmarked here (None: it can)."""
+    from crossnet.backends import MODULES, get_backend
+
+    modname = MODULES.get(name)
+    if modname is None:
+        return f"unknown backend {name!r}"
+    if importlib.util.find_spec(modname) is None:
+        return f"backend module {modname} not in this tree yet"
+    try:
+        get_backend(name)
+    except Exception as exc:  # noqa: BLE001 - a half-landed backend
+        return f"backend {name} does not load: {clean_error(exc)}"
+    from crossnet.lab.topology import known_backends
+
+    if name not in known_backends():
+        return f"the lab does not know backend {name!r} yet"
+    if name.startswith("ovs") and not shutil.which("ovs-vswitchd"):
+        return "openvswitch-switch not installed"
+    return None
+
+
+def _measure(client_ns: str, server_ns: str, addr: str, repeats: int, duration: float, ping_count: int
+             ) -> dict[str, Any]:
+    traffic.wait_reachable(client_ns, addr)
+    gbps, retr = [], []
+    with traffic.IperfServer(server_ns):
+        for _ in range(repeats):
+            g, r = traffic.iperf_gbps(client_ns, addr, duration)
+            gbps.append(g)
+            retr.append(r)
+    rtts = traffic.ping_rtts(client_ns, addr, ping_count)
+    return {"gbps": summary(gbps), "retransmits": retr, "rtt": traffic.rtt_summary(rtts)}
+
+
+def _both(fn: Callable[[Any], Any], hosts: tuple[Any, ...]) -> None:
+    """fn on every host at once (as `lab up` does); the first error is raised."""
+    with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
+        futures = [pool.submit(fn, h) for h in hosts]
+    for f in futures:
+        f.result()
+
+
+def _finish(row: dict[str, Any]) -> dict[str, Any]:
+    u, o = row.get("underlay"), row.get("overlay")
+    if u and o:
+        row["ratio"] = ratio(o["gbps"]["median"], u["gbps"]["median"])
+        row["ratio_min"] = ratio(o["gbps"]["min"], u["gbps"]["max"])
+        row["ratio_max"] = ratio(o["gbps"]["max"], u["gbps"]["min"])
+        row["rtt_p50_ratio"] = ratio(o["rtt"]["p50_ms"], u["rtt"]["p50_ms"])
+    return row
+
+
+def _lab_opts(mtu: int, backend: str, containers: int) -> dict[str, Any]:
+    return {"hosts": 2, "underlay": "l2", "backend": backend, "containers": containers,
+            "mtu": None if mtu == 1500 else mtu}
+
+
+def measure_backend(rc: RunContext, backend: str, mtu: int, repeats: int, duration: float,
+                    ping_count: int) -> dict[str, Any]:
+    row: dict[str, Any] = {"name": backend, "kind": "crossnet", "mtu": mtu, "status": "ok"}
+    why = backend_unavailable(backend)
+    if why:
+        return {**row, "status": "skipped", "reason": why}
+    t0 = time.monotonic()
+    row["load_before"] = loadavg()
+    try:
+        with bench_lab(_lab_opts(mtu, backend, 1), apply=False) as lab:
+            h1, h2 = lab.hosts[:2]
+            rc.log(f"{backend} mtu {mtu}: underlay {h1.name}→{h2.name}")
+            row["underlay"] = _measure(h1.netns, h2.netns, h2.address, repeats, duration, ping_count)
+            rc.log(f"{backend} mtu {mtu}: crossnet apply + attach")
+            _both(lambda h: lab.apply(h.name), (h1, h2))
+            _both(lambda h: [lab.attach(h.name, c) for c in h.containers], (h1, h2))
+            st2 = lab.status(h2.name)
+            dst = next(c for c in st2["containers"] if c["netns"].endswith(h2.containers[0]))
+            row["container_mtu"] = st2.get("mtu")
+            row["datapath"] = st2.get("datapath")
+            rc.log(f"{backend} mtu {mtu}: container {h1.containers[0]}→{h2.containers[0]}")
+            row["overlay"] = _measure(h1.containers[0], h2.containers[0], dst["address"].split("/")[0],
+                                      repeats, duration, ping_count)
+    except Skip as exc:
+        return {**row, "status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the suite
+        row.update(status="failed", reason=clean_error(exc))
+    row["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return _finish(row)
+
+
+def measure_manual(rc: RunContext, name: str, mtu: int, repeats: int, duration: float,
+                   ping_count: int) -> dict[str, Any]:
+    cls = manual.LAYOUTS[name]
+    row: dict[str, Any] = {"name": name, "kind": "manual", "mtu": mtu, "status": "ok",
+                           "description": cls.description, "compares_with": cls.compares_with}
+    t0 = time.monotonic()
+    row["load_before"] = loadavg()
+    try:
+        with bench_lab(_lab_opts(mtu, "vxlan", 0), apply=False) as lab:
+            layout = cls(lab)
+            layout.check_available()
+            h1, h2 = lab.hosts[:2]
+            rc.log(f"{name} mtu {mtu}: underlay {h1.name}→{h2.name}")
+            row["underlay"] = _measure(h1.netns, h2.netns, h2.address, repeats, duration, ping_count)
+            try:
+                rc.log(f"{name} mtu {mtu}: building the tutorial layout by hand")
+                built = layout.build(mtu)
+                row["container_mtu"] = built.container_mtu
+                row["steps"] = built.steps
+                rc.log(f"{name} mtu {mtu}: container→container")
+                row["overlay"] = _measure(built.client_ns, built.server_ns, built.server_addr, repeats, duration,
+                                          ping_count)
+            finally:
+                layout.teardown()
+    except Skip as exc:
+        return {**row, "status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="failed", reason=clean_error(exc))
+    row["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return _finish(row)
+
+
+def _compare_with_manual(rows: list[dict[str, Any]]) -> None:
+    """crossnet backend vs its hand-built equivalent at the same MTU."""
+    for r in rows:
+        if r["kind"] != "manual" or r["status"] != "ok":
+            continue
+        for other in rows:
+            if other["name"] == r["compares_with"] and other["mtu"] == r["mtu"] and other["status"] == "ok":
+                other["vs_manual"] = {
+                    "baseline": r["name"],
+                    "ratio": ratio(other["overlay"]["gbps"]["median"], r["overlay"]["gbps"]["median"]),
+                    # both relative to their own underlay: cancels drift between the two labs
+                    "normalised_ratio": ratio(other.get("ratio"), r.get("ratio")),
+                }
+
+
+def run(rc: RunContext, backends: list[str] | None = None, mtus: tuple[int, ...] = DEFAULT_MTUS,
+        repeats: int = 3, duration: float = 5.0, ping_count: int = 200, manual_layouts: bool = True,
+        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    if not shutil.which("iperf3"):
+        raise Skip("iperf3 not installed")
+    backends = backends or all_backends()
+    names = list(backends)
+    if manual_layouts:
+        names += list(manual.LAYOUTS)
+    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    t0 = time.monotonic()
+    rows = []
+    for mtu in mtus:
+        for name in names:
+            if name in manual.LAYOUTS:
+                row = measure_manual(rc, name, mtu, repeats, duration, ping_count)
+            else:
+                row = measure_backend(rc, name, mtu, repeats, duration, ping_count)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    _compare_with_manual(rows)
+    return {
+        "suite": "dataplane",
+        "params": {"backends": list(backends), "mtus": list(mtus), "repeats": repeats, "duration_s": duration,
+                   "ping_count": ping_count, "manual_layouts": manual_layouts},
+        "rows": rows,
+        "elapsed_s": round(time.monotonic() - t0, 1),
+    }
+
+
+__all__ = ["run", "all_backends", "backend_unavailable"]

@@ -1,0 +1,251 @@
+"""The tutorial's hand-built layouts, built step by step with `ip` / `ovs-vsctl` /
+`nft` exactly as a user following the tutorial would type them, on two simulated
+hosts of a lab built without `crossnet apply`. They are the baselines crossnet's
+backends are compared with in the same run. (Subprocesses are fine here: this is
+the manual method, not crossnet's code path.)
+
+* ``manual-bridge-routes`` — tutorial method 1 as the routes variant: a Linux bridge
+  per host holding the host's container gateway, the container's veth on it, and
+  ``ip route add <peer subnet> via <peer host>`` (what crossnet's host-gw automates).
+* ``manual-ovs-gre`` — tutorial method 2: an OVS bridge ``obr0``
+  (``datapath_type=netdev``) with a GRE port to the peer, a Linux bridge ``br0`` for
+  the containers with ``obr0`` (an OVS internal port) enslaved, and
+  ``ip route add <peer subnet> dev br0``. On this machine (no kernel datapath) the
+  userspace datapath needs the underlay address on an OVS bridge ``br-phy`` holding
+  the NIC and an nft ingress drop on the NIC (see ../shared/notes/ovs-userspace.md).
+  Each host runs its own ovsdb-server + ovs-vswitchd.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossnet.bench.util import Skip, sh
+
+MANUAL_NET = "10.40"  # containers of host k: 10.40.k.0/24 (inside lab namespaces only)
+OVS_SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
+GRE_OVERHEAD = 38
+
+
+@dataclass
+class Built:
+    """Where to send traffic once a layout is built."""
+
+    client_ns: str
+    server_ns: str
+    server_addr: str
+    container_mtu: int
+    steps: list[str] = field(default_factory=list)  # the commands, for the report
+
+
+class Layout:
+    name = "manual"
+    description = ""
+    overhead = 0
+    compares_with = ""  # crossnet backend this is the hand-built equivalent of
+
+    def __init__(self, lab: Any):
+        self.lab = lab
+        self.steps: list[str] = []
+
+    # -- helpers -------------------------------------------------------------------
+    def _run(self, netns: str | None, argv: list[str], env: dict[str, str] | None = None,
+             input: str | None = None, record: bool = True, timeout: float = 30.0) -> str:
+        full = (["ip", "netns", "exec", netns] if netns else []) + argv
+        if record:
+            where = f"[{netns.split('-', 1)[1]}] " if netns else ""
+            self.steps.append(where + " ".join(argv) + (" <<EOF ... EOF" if input else ""))
+        run_env = {**os.environ, **env} if env else None
+        return sh(full, timeout=timeout, input=input, env=run_env).stdout
+
+    def container_ns(self, host) -> str:
+        return f"{host.netns}-m1"
+
+    def check_available(self) -> None:
+        for tool in ("ip",):
+            if not shutil.which(tool):
+                raise Skip(f"{tool} not installed")
+
+    def build(self, mtu: int) -> Built:
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Namespaces go with the lab; stop daemons here."""
+
+    def _container(self, host, k: int, mtu: int, bridge: str) -> str:
+        """A container namespace with a veth into `bridge` (what `docker run` did)."""
+        cns = self.container_ns(host)
+        self._run(None, ["ip", "netns", "add", cns])
+        veth = f"vm{k}"
+        self._run(host.netns, ["ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+                               "mtu", str(mtu), "netns", cns])
+        self._run(host.netns, ["ip", "link", "set", veth, "master", bridge, "up"])
+        self._run(cns, ["ip", "link", "set", "lo", "up"])
+        self._run(cns, ["ip", "link", "set", "eth0", "up"])
+        addr = f"{MANUAL_NET}.{k}.2"
+        self._run(cns, ["ip", "addr", "add", f"{addr}/24", "dev", "eth0"])
+        self._run(cns, ["ip", "route", "add", "default", "via", f"{MANUAL_NET}.{k}.1"])
+        return addr
+
+
+class BridgeRoutes(Layout):
+    name = "manual-bridge-routes"
+    description = "tutorial, by hand: Linux bridge per host + `ip route add <peer subnet> via <peer host>`"
+    compares_with = "host-gw"
+
+    def build(self, mtu: int) -> Built:
+        hosts = self.lab.hosts[:2]
+        addrs = []
+        for k, h in enumerate(hosts, 1):
+            self._run(h.netns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            self._run(h.netns, ["ip", "link", "add", "br0", "type", "bridge"])
+            self._run(h.netns, ["ip", "link", "set", "br0", "mtu", str(mtu), "up"])
+            self._run(h.netns, ["ip", "addr", "add", f"{MANUAL_NET}.{k}.1/24", "dev", "br0"])
+            addrs.append(self._container(h, k, mtu, "br0"))
+        for k, h in enumerate(hosts, 1):
+            for j, peer in enumerate(hosts, 1):
+                if j != k:
+                    self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "via", peer.address])
+        return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], mtu, self.steps)
+
+
+class OvsDaemons:
+    """ovsdb-server + ovs-vswitchd of one simulated host, in their own directory
+    (OVS_RUNDIR/DBDIR/LOGDIR/SYSCONFDIR all point there, for the daemons and every
+    ovs-vsctl call)."""
+
+    def __init__(self, netns: str, base: Path):
+        self.netns = netns
+        self.dir = Path(base)
+        self.env = {k: str(self.dir) for k in ("OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR")}
+        self.db = f"unix:{self.dir}/db.sock"
+
+    def _ns(self, argv: list[str], timeout: float = 30.0) -> str:
+        return sh(["ip", "netns", "exec", self.netns, *argv], timeout=timeout, env={**os.environ, **self.env}).stdout
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        sh(["ovsdb-tool", "create", f"{self.dir}/conf.db", OVS_SCHEMA], env={**os.environ, **self.env})
+        self._ns(["ovsdb-server", f"{self.dir}/conf.db", f"--remote=punix:{self.dir}/db.sock",
+                  f"--pidfile={self.dir}/ovsdb-server.pid", f"--unixctl={self.dir}/ovsdb-server.ctl",
+                  f"--log-file={self.dir}/ovsdb-server.log", "--detach", "--no-chdir"])
+        self.vsctl("--no-wait", "init")
+        self._ns(["ovs-vswitchd", self.db, f"--pidfile={self.dir}/ovs-vswitchd.pid",
+                  f"--unixctl={self.dir}/ovs-vswitchd.ctl", f"--log-file={self.dir}/ovs-vswitchd.log",
+                  "--detach", "--no-chdir"])
+
+    def vsctl(self, *args: str) -> str:
+        return self._ns(["ovs-vsctl", f"--db={self.db}", "--timeout=20", *args])
+
+    def _pid(self, name: str) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int((self.dir / f"{name}.pid").read_text().strip())
+        return None
+
+    def stop(self) -> None:
+        for name in ("ovs-vswitchd", "ovsdb-server"):
+            pid = self._pid(name)
+            if pid is None:
+                continue
+            with contextlib.suppress(Exception):
+                sh(["ovs-appctl", "-t", f"{self.dir}/{name}.ctl", "exit"], timeout=10, check=False,
+                   env={**os.environ, **self.env})
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
+                time.sleep(0.05)
+            if os.path.exists(f"/proc/{pid}"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+
+
+def ovs_daemons(netns: str, base: Path) -> Any:
+    """The OVS engineer's per-host daemon helper when it exists, else ours."""
+    try:
+        from crossnet.ovs import daemon as ovs_daemon  # type: ignore[attr-defined]
+    except ImportError:
+        ovs_daemon = None
+    if ovs_daemon is not None:
+        cls = getattr(ovs_daemon, "OvsDaemons", None) or getattr(ovs_daemon, "OvsInstance", None)
+        if cls is not None and all(hasattr(cls, m) for m in ("start", "stop")):
+            with contextlib.suppress(TypeError):
+                inst = cls(netns, base)
+                if hasattr(inst, "vsctl"):
+                    return inst
+    return OvsDaemons(netns, base)
+
+
+class OvsGre(Layout):
+    name = "manual-ovs-gre"
+    description = ("tutorial, by hand: OVS bridge obr0 (netdev) + GRE port per peer, Linux bridge br0 with obr0 "
+                   "enslaved, `ip route add <peer subnet> dev br0`")
+    overhead = GRE_OVERHEAD
+    compares_with = "ovs-gre"
+
+    def __init__(self, lab: Any):
+        super().__init__(lab)
+        self.daemons: list[Any] = []
+
+    def check_available(self) -> None:
+        super().check_available()
+        for tool in ("ovsdb-server", "ovs-vswitchd", "ovs-vsctl", "ovsdb-tool", "nft"):
+            if not shutil.which(tool):
+                raise Skip(f"{tool} not installed (openvswitch-switch, nftables)")
+        if not os.path.exists(OVS_SCHEMA):
+            raise Skip(f"{OVS_SCHEMA} missing")
+
+    def build(self, mtu: int) -> Built:
+        hosts = self.lab.hosts[:2]
+        inner = mtu - self.overhead
+        addrs = []
+        for k, h in enumerate(hosts, 1):
+            d = ovs_daemons(h.netns, Path(self.lab.plan.lab_dir) / "hosts" / h.name / "bench-ovs")
+            self.steps.append(f"[{h.name}] start ovsdb-server + ovs-vswitchd (own db/run dir)")
+            d.start()
+            self.daemons.append(d)
+            vs = lambda *a, d=d, h=h: (self.steps.append(f"[{h.name}] ovs-vsctl " + " ".join(a)), d.vsctl(*a))  # noqa: E731
+            # the underlay address moves onto an OVS bridge holding the NIC (userspace tunnelling)
+            vs("add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev")
+            vs("add-port", "br-phy", h.ifname, "--", "set", "interface", h.ifname, f"mtu_request={mtu}")
+            vs("set", "interface", "br-phy", f"mtu_request={mtu}")
+            self._run(h.netns, ["ip", "addr", "flush", "dev", h.ifname])
+            self._run(h.netns, ["ip", "addr", "add", f"{h.address}/{h.prefixlen}", "dev", "br-phy"])
+            self._run(h.netns, ["ip", "link", "set", "br-phy", "up"])
+            self._run(h.netns, ["nft", "-f", "-"], input=(
+                "table netdev benchphy {\n"
+                f"  chain in {{ type filter hook ingress device {h.ifname} priority 0; policy drop; }}\n"
+                "}\n"))
+            # the tutorial's part
+            vs("add-br", "obr0", "--", "set", "bridge", "obr0", "datapath_type=netdev")
+            self._run(h.netns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            self._run(h.netns, ["ip", "link", "add", "br0", "type", "bridge"])
+            self._run(h.netns, ["ip", "link", "set", "br0", "mtu", str(inner), "up"])
+            self._run(h.netns, ["ip", "addr", "add", f"{MANUAL_NET}.{k}.1/24", "dev", "br0"])
+            self._run(h.netns, ["ip", "link", "set", "obr0", "mtu", str(inner)])
+            self._run(h.netns, ["ip", "link", "set", "obr0", "master", "br0", "up"])
+            addrs.append(self._container(h, k, inner, "br0"))
+        for k, h in enumerate(hosts, 1):
+            d = self.daemons[k - 1]
+            for j, peer in enumerate(hosts, 1):
+                if j == k:
+                    continue
+                self.steps.append(f"[{h.name}] ovs-vsctl add-port obr0 gre{j} -- set interface gre{j} type=gre "
+                                  f"options:remote_ip={peer.address}")
+                d.vsctl("add-port", "obr0", f"gre{j}", "--", "set", "interface", f"gre{j}", "type=gre",
+                        f"options:remote_ip={peer.address}")
+                self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "dev", "br0"])
+        return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], inner, self.steps)
+
+    def teardown(self) -> None:
+        for d in self.daemons:
+            with contextlib.suppress(Exception):
+                d.stop()
+        self.daemons = []
+
+
+LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, OvsGre)}

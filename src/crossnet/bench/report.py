@@ -1,0 +1,449 @@
+"""docs/benchmarks.md and its plots (docs/img/bench-*.png) from one results object
+(what `crossnet bench all -o json` prints / `--save` writes)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from crossnet.bench.targets import evaluate, verdict
+
+IMG_DIR = "img"
+PLOTS = {
+    "throughput": "bench-throughput.png",
+    "attach": "bench-attach.png",
+    "peers": "bench-peers.png",
+    "cni": "bench-cni.png",
+}
+
+# why a target is missed: what the measurements and profiles of this machine show
+WHY = {
+    "vxlan": (
+        "Every packet crosses the container veth, the Linux bridge, the vxlan device and the underlay NIC on "
+        "both hosts and is encapsulated/decapsulated in software (50 bytes per packet: 3.4% of a 1500-byte "
+        "frame, 0.6% of 9000). On this 2-vCPU VM the iperf3 sender, the receiver and all that softirq "
+        "work share the same two cores, so the extra per-packet work shows up directly as lost throughput; "
+        "jumbo frames amortise it over 6× fewer packets. Hand-built kernel VXLAN is no faster (same kernel "
+        "path: crossnet only configures it)."
+    ),
+    "host-gw": (
+        "host-gw is the plain route the tutorial types by hand; the only extra work compared with the "
+        "underlay is the container veth + bridge hop on each host. A miss of a few percent is within the "
+        "run-to-run noise of this shared 2-vCPU VM (see the min–max range and the hand-built row)."
+    ),
+    "bridge": (
+        "The bridge backend adds one bridge hop and a veth per host; a miss of a few percent is within the "
+        "noise of this shared VM (see the min–max range)."
+    ),
+    "ovs-gre": (
+        "Both layouts forward every packet through ovs-vswitchd's userspace datapath (no kernel datapath on "
+        "these machines), which runs on one core; crossnet's layout and the tutorial's differ only in how "
+        "the container attaches (see the OVS backend's docs)."
+    ),
+    "attach-p50": (
+        "See the profile below: one attach opens netlink sockets in two namespaces (pyroute2 forks a helper "
+        "process to open a socket inside the container's namespace), takes the IPAM file lock, rewrites the "
+        "IPAM JSON (fsync) and issues ~10 netlink requests."
+    ),
+    "peers-1000": (
+        "The apply itself (reconcile against one kernel snapshot, netlink bursts) is well under the target; the "
+        "rest of the CLI wall time is interpreter start-up and imports, parsing/validating the 1,001-host "
+        "cluster file and carving subnets, and writing applied.json (see the profile below)."
+    ),
+    "cni-add": (
+        "The reference plugins are static Go binaries (a few ms to start); crossnet-cni is a Python "
+        "program, and one ADD is a fresh interpreter: start-up and imports (pyroute2, pydantic) dominate, "
+        "the attach itself is the in-process attach latency above."
+    ),
+    "podman-run": (
+        "What the CNI plugin adds to `podman run` is mostly its ADD + DEL time (see the CNI row): the "
+        "per-exec start-up of a Python plugin."
+    ),
+}
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _md_table(head: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        out.append("| " + " | ".join(_f(c) if not isinstance(c, str) else c for c in r) + " |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- plots
+
+
+def make_plots(results: dict[str, Any], img_dir: Path) -> dict[str, str]:
+    """PNG plots (matplotlib, Agg). Returns {plot: file name} of those written."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    img_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, str] = {}
+    dp = results.get("dataplane") or {}
+    cp = results.get("control") or {}
+
+    rows = [r for r in dp.get("rows", []) if r.get("status") == "ok" and r.get("ratio") is not None]
+    if rows:
+        names = []
+        for r in rows:
+            if r["name"] not in names:
+                names.append(r["name"])
+        mtus = sorted({r["mtu"] for r in rows})
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        width = 0.8 / max(1, len(mtus))
+        for i, mtu in enumerate(mtus):
+            xs, ys, lo, hi = [], [], [], []
+            for j, n in enumerate(names):
+                r = next((x for x in rows if x["name"] == n and x["mtu"] == mtu), None)
+                if r is None:
+                    continue
+                xs.append(j + (i - (len(mtus) - 1) / 2) * width)
+                ys.append(r["ratio"])
+                lo.append(max(0.0, r["ratio"] - (r.get("ratio_min") or r["ratio"])))
+                hi.append(max(0.0, (r.get("ratio_max") or r["ratio"]) - r["ratio"]))
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=f"underlay MTU {mtu}")
+        for y, label in ((0.97, "0.97"), (0.85, "0.85")):
+            ax.axhline(y, color="grey", linestyle="--", linewidth=0.8)
+            ax.text(len(names) - 0.5, y, f" {label}", va="center", fontsize=8, color="grey")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=20, ha="right")
+        ax.set_ylabel("TCP throughput / underlay (same lab)")
+        ax.set_title("Container→container throughput relative to host→host")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(img_dir / PLOTS["throughput"], dpi=110)
+        plt.close(fig)
+        written["throughput"] = PLOTS["throughput"]
+
+    at = cp.get("attach") or {}
+    inproc = ((at.get("inprocess") or {}).get("attach_ms") or {}).get("samples") or []
+    cli = ((at.get("cli") or {}).get("attach_ms") or {}).get("samples") or []
+    if inproc:
+        fig, axes = plt.subplots(1, 2 if cli else 1, figsize=(10 if cli else 6, 4), squeeze=False)
+        ax = axes[0][0]
+        ax.hist(inproc, bins=40, color="tab:blue")
+        ax.axvline(30, color="red", linestyle="--", linewidth=1, label="target p50 ≤ 30 ms")
+        ax.set_title(f"in-process attach, {len(inproc)} containers")
+        ax.set_xlabel("ms")
+        ax.set_ylabel("count")
+        ax.legend(fontsize=8)
+        if cli:
+            ax = axes[0][1]
+            ax.hist(cli, bins=30, color="tab:orange")
+            ax.set_title(f"`crossnet attach` CLI, {len(cli)} containers")
+            ax.set_xlabel("ms")
+        fig.tight_layout()
+        fig.savefig(img_dir / PLOTS["attach"], dpi=110)
+        plt.close(fig)
+        written["attach"] = PLOTS["attach"]
+
+    prow = [r for r in (cp.get("peers") or {}).get("rows", []) if r.get("status") == "ok"]
+    if prow:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for backend in sorted({r["backend"] for r in prow}):
+            rs = sorted((r for r in prow if r["backend"] == backend), key=lambda r: r["peers"])
+            n = [r["peers"] for r in rs]
+            ax.plot(n, [r["apply_wall_s"] for r in rs], marker="o", label=f"{backend}: apply (CLI)")
+            ax.plot(n, [r.get("apply_internal_s") or 0 for r in rs], marker="x", linestyle=":",
+                    label=f"{backend}: inside apply()")
+            ax.plot(n, [r["noop_wall_s"] for r in rs], marker="s", linestyle="--", label=f"{backend}: no-op re-apply")
+        ax.axhline(1.0, color="red", linestyle="--", linewidth=1, label="target: 1,000 peers ≤ 1 s")
+        ax.set_xscale("log")
+        ax.set_xlabel("peers")
+        ax.set_ylabel("seconds")
+        ax.set_title("Time to program N peers")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(img_dir / PLOTS["peers"], dpi=110)
+        plt.close(fig)
+        written["peers"] = PLOTS["peers"]
+
+    cn = cp.get("cni") or {}
+    po = cp.get("podman") or {}
+    if cn.get("status") == "ok" or po.get("status") == "ok":
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        if cn.get("status") == "ok":
+            labels = [k for k in ("crossnet-cni", "bridge+host-local") if k in cn]
+            ax = axes[0]
+            xs = range(len(labels))
+            ax.bar([x - 0.2 for x in xs], [cn[k]["add_ms"]["median"] for k in labels], 0.4, label="ADD")
+            ax.bar([x + 0.2 for x in xs], [cn[k]["del_ms"]["median"] for k in labels], 0.4, label="DEL")
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels(labels)
+            ax.set_ylabel("ms (median)")
+            ax.set_title("CNI plugin latency")
+            ax.legend(fontsize=8)
+        if po.get("status") == "ok":
+            ax = axes[1]
+            labels = list(po["run_s"])
+            ax.bar(labels, [po["run_s"][k]["median"] for k in labels], color="tab:green")
+            ax.set_ylabel("s (median)")
+            ax.set_title("podman run --rm … true")
+        fig.tight_layout()
+        fig.savefig(img_dir / PLOTS["cni"], dpi=110)
+        plt.close(fig)
+        written["cni"] = PLOTS["cni"]
+    return written
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _dataplane_md(dp: dict[str, Any]) -> list[str]:
+    out = ["## Data plane", ""]
+    p = dp.get("params", {})
+    out.append(
+        f"Per backend a 2-host lab (l2 underlay: host veths on one switch bridge), one container per host. "
+        f"iperf3 TCP, {p.get('repeats')} × {p.get('duration_s')} s per path (median, min–max); ping "
+        f"{p.get('ping_count')} × 10 ms apart. The underlay row of every lab is host→host measured in that lab "
+        "before crossnet configures it (the physical limit of that lab), so each ratio compares numbers taken "
+        "a few seconds apart. `manual-*` rows are the tutorial's layouts built by hand, step by step "
+        "(commands below).")
+    out.append("")
+    for mtu in p.get("mtus", []):
+        rows = [r for r in dp.get("rows", []) if r["mtu"] == mtu]
+        table = []
+        for r in rows:
+            if r["status"] != "ok":
+                table.append([f"`{r['name']}`", r["kind"], "–", f"{r['status']}: {r.get('reason', '')}", "", "", "", "",
+                              ""])
+                continue
+            u, o = r["underlay"], r["overlay"]
+            g = o["gbps"]
+            ug = u["gbps"]
+            vs = r.get("vs_manual")
+            vs_txt = f"{vs['ratio']} × {vs['baseline']}" if vs else ""
+            table.append([
+                f"`{r['name']}`", r["kind"], str(r.get("container_mtu") or "–"),
+                f"{g['median']:.2f} ({g['min']:.2f}–{g['max']:.2f})",
+                f"{ug['median']:.2f} ({ug['min']:.2f}–{ug['max']:.2f})",
+                f"**{r['ratio']}**" + (f" {vs_txt}" if vs_txt else ""),
+                f"{o['rtt']['p50_ms']:.3f} / {o['rtt']['p99_ms']:.3f}",
+                f"{u['rtt']['p50_ms']:.3f} / {u['rtt']['p99_ms']:.3f}",
+                ", ".join(str(x) for x in o.get("retransmits") or []) or "–",
+            ])
+        out.append(f"### Underlay MTU {mtu}")
+        out.append("")
+        out.append(_md_table(["path", "kind", "container MTU", "container→container Gbit/s",
+                              "underlay Gbit/s", "ratio", "RTT p50/p99 ms", "underlay RTT p50/p99 ms",
+                              "TCP retransmits"], table))
+        out.append("")
+    steps = [r for r in dp.get("rows", []) if r.get("steps")]
+    seen = set()
+    for r in steps:
+        if r["name"] in seen:
+            continue
+        seen.add(r["name"])
+        out.append(f"<details><summary>How <code>{r['name']}</code> was built (MTU {r['mtu']}): "
+                   f"{r.get('description', '')}</summary>\n")
+        out.append("```")
+        out.extend(r["steps"])
+        out.append("```")
+        out.append("</details>")
+        out.append("")
+    return out
+
+
+def _control_md(cp: dict[str, Any]) -> list[str]:
+    out = ["## Control plane", ""]
+    at = cp.get("attach") or {}
+    out.append("### Attach")
+    out.append("")
+    if at.get("status") == "ok":
+        rows = []
+        for label, key in (("`containers.attach` (in-process)", "inprocess"), ("`crossnet attach` (CLI)", "cli")):
+            rec = at.get(key)
+            if not rec:
+                continue
+            a, d = rec["attach_ms"], rec["detach_ms"]
+            rows.append([label, str(a.get("n")), a.get("p50"), a.get("p99"), a.get("max"), d.get("p50"), d.get("p99")])
+        out.append(f"One simulated host ({at.get('backend')}), containers attached one after another (they "
+                   "accumulate: the last attach sees all the others), then detached.")
+        out.append("")
+        out.append(_md_table(["path", "containers", "attach p50 ms", "p99 ms", "max ms", "detach p50 ms",
+                              "detach p99 ms"], rows))
+        if (at.get("inprocess") or {}).get("distinct_addresses") is not None:
+            out.append("")
+            out.append(f"Distinct addresses handed out: {at['inprocess']['distinct_addresses']}.")
+        if at.get("profile"):
+            out += ["", "<details><summary>pyinstrument profile of the in-process attach loop</summary>\n",
+                    "```", at["profile"], "```", "</details>"]
+    else:
+        out.append(f"{at.get('status')}: {at.get('reason')}")
+    out.append("")
+    pe = cp.get("peers") or {}
+    out.append("### Programming N peers")
+    out.append("")
+    if pe.get("rows"):
+        out.append("`crossnet apply` on one simulated host of a cluster file listing it plus N simulated peers "
+                   "(underlay addresses on its LAN). *CLI* = wall time of the command; *inside apply()* = "
+                   "what apply itself reports (reconcile + state write); then the same apply again (nothing "
+                   "to do) and `crossnet reset`.")
+        out.append("")
+        rows = []
+        for r in pe["rows"]:
+            if r.get("status") != "ok":
+                rows.append([r["backend"], str(r["peers"]), f"{r.get('status')}: {r.get('reason')}", "", "", "", "", ""])
+                continue
+            rows.append([r["backend"], str(r["peers"]), str(r.get("changes")), r["apply_wall_s"],
+                         r.get("apply_internal_s"), r["noop_wall_s"], r.get("noop_internal_s"),
+                         r.get("reset_wall_s") if r.get("reset_wall_s") is not None else "not measured"])
+        out.append(_md_table(["backend", "peers", "changes", "apply CLI s", "inside apply() s",
+                              "no-op re-apply CLI s", "no-op inside apply() s", "reset CLI s"], rows))
+        for r in pe["rows"]:
+            if r.get("profile"):
+                out += ["", f"<details><summary>pyinstrument profile: apply of {r['peers']} peers ({r['backend']})"
+                        "</summary>\n", "```", r["profile"], "```", "</details>"]
+    else:
+        out.append(f"{pe.get('status')}: {pe.get('reason')}")
+    out.append("")
+    cn = cp.get("cni") or {}
+    out.append("### CNI ADD / DEL")
+    out.append("")
+    if cn.get("status") == "ok":
+        out.append("Both plugins executed the way a runtime does it (environment `CNI_*`, network config on "
+                   "stdin) from inside the simulated host, alternating crossnet-cni and the reference plugins "
+                   "call by call.")
+        out.append("")
+        rows = []
+        for k in ("crossnet-cni", "bridge+host-local"):
+            rec = cn.get(k)
+            if rec:
+                rows.append([k, str(rec["add_ms"].get("n")), rec["add_ms"].get("p50"), rec["add_ms"].get("p99"),
+                             rec["del_ms"].get("p50"), rec["del_ms"].get("p99"), rec.get("peak_rss_mb")])
+        out.append(_md_table(["plugin", "calls", "ADD p50 ms", "ADD p99 ms", "DEL p50 ms", "DEL p99 ms",
+                              "peak RSS MB"], rows))
+        out.append("")
+        out.append(f"ADD ratio crossnet / reference: **{cn.get('add_ratio')}**; DEL ratio {cn.get('del_ratio')}.")
+        if cn.get("profile"):
+            out += ["", "<details><summary>pyinstrument profile of one crossnet-cni ADD</summary>\n",
+                    "```", cn["profile"], "```", "</details>"]
+    else:
+        out.append(f"{cn.get('status')}: {cn.get('reason')}")
+    out.append("")
+    po = cp.get("podman") or {}
+    out.append("### podman run")
+    out.append("")
+    if po.get("status") == "ok":
+        out.append(f"`podman run --rm IMAGE true` on a simulated host, {po.get('runs')} runs per network, "
+                   "interleaved (both conflists without portmap).")
+        out.append("")
+        rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
+                 po["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in po["run_s"].items()]
+        out.append(_md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows))
+    else:
+        out.append(f"{po.get('status')}: {po.get('reason')}")
+    out.append("")
+    ag = cp.get("agent") or {}
+    out.append("### etcd agent")
+    out.append("")
+    if ag.get("status") == "ok":
+        rows = [[k, str(v.get("n")), v.get("p50"), v.get("p90"), v.get("max")]
+                for k, v in ag.items() if isinstance(v, dict) and "p50" in v]
+        out.append(_md_table(["measure", "n", "p50", "p90", "max"], rows))
+        if ag.get("agent_rss_mb") is not None:
+            out.append("")
+            out.append(f"Agent peak RSS: {ag['agent_rss_mb']} MB.")
+    else:
+        out.append(f"{ag.get('status')}: {ag.get('reason')}")
+    out.append("")
+    return out
+
+
+def render(results: dict[str, Any], img: dict[str, str]) -> str:
+    m = results.get("machine") or {}
+    targets = evaluate(results)
+    out = ["# Benchmarks", ""]
+    out.append("Generated by `crossnet bench` — do not edit by hand; re-run the command below.")
+    out.append("")
+    out.append("```")
+    out.append(results.get("command") or "crossnet bench all --report")
+    out.append("```")
+    out.append("")
+    load_end = results.get("load_after") or []
+    out.append(
+        f"Run {results.get('started')} ({results.get('elapsed_s')} s), crossnet {m.get('crossnet')} "
+        f"(git {results.get('git') or '?'}){' — quick mode' if results.get('quick') else ''}. "
+        f"Machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_mb')} MB, kernel {m.get('kernel')}, "
+        f"Python {m.get('python')}, pyroute2 {m.get('pyroute2')}, {m.get('iperf3') or 'no iperf3'}, "
+        f"{m.get('ovs') or 'no OVS'}, {m.get('podman') or 'no podman'}. "
+        f"Load average (1/5/15 min) at start {m.get('loadavg')}, at the end {load_end}.")
+    if results.get("load_note"):
+        out.append("")
+        out.append(results["load_note"])
+    out.append("")
+    out.append("Absolute figures on this shared 2-vCPU VM drift from run to run and with what else runs; every "
+               "figure is therefore compared with a baseline measured in the same run, minutes apart at most.")
+    out.append("")
+    out.append("## Targets")
+    out.append("")
+    rows = []
+    for t in targets:
+        v = "–" if t["value"] is None else f"{t['value']:.3g} {t['unit']}".strip()
+        detail = t["shortfall"] or t.get("note") or ""
+        if t["shortfall"] and t.get("note"):
+            detail = f"{t['shortfall']}; {t['note']}"
+        rows.append([t["what"], t["target"], v, f"**{verdict(t)}**" if t["met"] is False else verdict(t), detail])
+    out.append(_md_table(["target", "goal", "measured", "result", "detail"], rows))
+    out.append("")
+    missed = [t for t in targets if t["met"] is False]
+    if missed:
+        out.append("### Missed targets: by how much and why")
+        out.append("")
+        for t in missed:
+            key = t["id"] if t["id"] in WHY else t["id"].rsplit("-", 1)[0]
+            out.append(f"- **{t['what']}** — {t['shortfall']}. {WHY.get(key, '')}")
+        extra = results.get("findings") or []
+        for f in extra:
+            out.append(f"- {f}")
+        out.append("")
+    for name, file in img.items():
+        out.append(f"![{name}]({IMG_DIR}/{file})")
+        out.append("")
+    if results.get("dataplane"):
+        dp = results["dataplane"]
+        if dp.get("status") == "skipped":
+            out += ["## Data plane", "", f"skipped: {dp.get('reason')}", ""]
+        else:
+            out += _dataplane_md(dp)
+    if results.get("control"):
+        out += _control_md(results["control"])
+    mem = results.get("memory") or []
+    if mem:
+        out.append("## Memory")
+        out.append("")
+        out.append("Peak resident set size (the kernel's `ru_maxrss` of each crossnet process, from `wait4`, or "
+                   "`VmHWM` of long-lived ones).")
+        out.append("")
+        agg: dict[tuple[str, str], float] = {}
+        for rec in mem:
+            k = (rec["process"], rec["what"])
+            agg[k] = max(agg.get(k, 0.0), rec["peak_rss_mb"])
+        out.append(_md_table(["process", "during", "peak RSS MB"], [[p, w, v] for (p, w), v in agg.items()]))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(results: dict[str, Any], docs_dir: str | os.PathLike[str] = "docs") -> dict[str, str]:
+    docs = Path(docs_dir)
+    docs.mkdir(parents=True, exist_ok=True)
+    img = make_plots(results, docs / IMG_DIR)
+    text = render(results, img)
+    (docs / "benchmarks.md").write_text(text)
+    (docs / "benchmarks.json").write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
+    return {"report": str(docs / "benchmarks.md"), "json": str(docs / "benchmarks.json"),
+            **{k: str(docs / IMG_DIR / v) for k, v in img.items()}}

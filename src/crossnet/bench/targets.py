@@ -1,0 +1,134 @@
+"""The performance targets of the issues, evaluated on one run's results.
+Reported (in tables and docs/benchmarks.md), never asserted in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _row(dp: dict[str, Any] | None, name: str, mtu: int) -> dict[str, Any] | None:
+    for r in (dp or {}).get("rows", []):
+        if r["name"] == name and r["mtu"] == mtu:
+            return r
+    return None
+
+
+def _t(tid: str, what: str, target: str, value: float | None, unit: str, met: bool | None,
+       shortfall: str | None = None, note: str | None = None, status: str | None = None) -> dict[str, Any]:
+    return {"id": tid, "what": what, "target": target, "value": value, "unit": unit, "met": met,
+            "shortfall": shortfall if met is False else None, "note": note, "status": status}
+
+
+def _pct_short(value: float, goal: float, higher_is_better: bool) -> str:
+    if higher_is_better:
+        return f"{(goal - value) / goal * 100:.0f}% below the target ({value:.3g} vs {goal:.3g})"
+    return f"{value / goal:.2f}× the limit ({value:.3g} vs {goal:.3g}, {value - goal:+.3g})"
+
+
+def _ratio_target(dp: dict[str, Any] | None, tid: str, name: str, mtu: int, goal: float) -> dict[str, Any]:
+    what = f"{name} TCP throughput / underlay, MTU {mtu}"
+    r = _row(dp, name, mtu)
+    if r is None:
+        return _t(tid, what, f"≥ {goal}", None, "×", None, status="not measured in this run")
+    if r["status"] != "ok" or r.get("ratio") is None:
+        return _t(tid, what, f"≥ {goal}", None, "×", None, status=f"{r['status']}: {r.get('reason', '')}")
+    v = r["ratio"]
+    note = f"range {r.get('ratio_min')}–{r.get('ratio_max')} (worst/best pairing of repeats)"
+    return _t(tid, what, f"≥ {goal}", v, "×", v >= goal, _pct_short(v, goal, True), note)
+
+
+def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
+    dp = results.get("dataplane")
+    cp = results.get("control") or {}
+    out = [
+        _ratio_target(dp, "vxlan-1500", "vxlan", 1500, 0.85),
+        _ratio_target(dp, "vxlan-9000", "vxlan", 9000, 0.97),
+        _ratio_target(dp, "host-gw-1500", "host-gw", 1500, 0.97),
+        _ratio_target(dp, "host-gw-9000", "host-gw", 9000, 0.97),
+        _ratio_target(dp, "bridge-1500", "bridge", 1500, 0.97),
+        _ratio_target(dp, "bridge-9000", "bridge", 9000, 0.97),
+    ]
+    for mtu in (1500, 9000):
+        what = f"ovs-gre TCP throughput / tutorial's hand-built OVS layout, MTU {mtu}"
+        r = _row(dp, "ovs-gre", mtu)
+        m = _row(dp, "manual-ovs-gre", mtu)
+        if r is None or m is None:
+            out.append(_t(f"ovs-gre-{mtu}", what, "≥ 1.0", None, "×", None, status="not measured in this run"))
+        elif r["status"] != "ok" or m["status"] != "ok" or not r.get("vs_manual"):
+            bad = r if r["status"] != "ok" else m
+            out.append(_t(f"ovs-gre-{mtu}", what, "≥ 1.0", None, "×", None,
+                          status=f"{bad['name']} {bad['status']}: {bad.get('reason', '')}"))
+        else:
+            v = r["vs_manual"]["ratio"]
+            out.append(_t(f"ovs-gre-{mtu}", what, "≥ 1.0", v, "×", v >= 1.0, _pct_short(v, 1.0, True),
+                          f"normalised by each lab's underlay: {r['vs_manual']['normalised_ratio']}"))
+    # attach
+    at = cp.get("attach") or {}
+    what = "attach latency p50 (in-process containers.attach)"
+    if at.get("status") == "ok" and (at.get("inprocess") or {}).get("attach_ms", {}).get("n"):
+        v = at["inprocess"]["attach_ms"]["p50"]
+        cli = (at.get("cli") or {}).get("attach_ms", {}).get("p50")
+        out.append(_t("attach-p50", what, "≤ 30 ms", v, "ms", v <= 30, _pct_short(v, 30, False),
+                      f"p99 {at['inprocess']['attach_ms']['p99']} ms; CLI end to end p50 {cli} ms"))
+    else:
+        out.append(_t("attach-p50", what, "≤ 30 ms", None, "ms", None,
+                      status=f"{at.get('status', 'not measured')}: {at.get('reason', '')}"))
+    # peers
+    pe = cp.get("peers") or {}
+    rows = [r for r in pe.get("rows", []) if r.get("peers") == 1000 and r.get("status") == "ok"]
+    what = "`crossnet apply` of 1,000 peers (CLI wall time)"
+    if rows:
+        r = max(rows, key=lambda x: x["apply_wall_s"])
+        v = r["apply_wall_s"]
+        out.append(_t("peers-1000", what, "≤ 1 s", v, "s", v <= 1.0, _pct_short(v, 1.0, False),
+                      f"worst backend {r['backend']}; inside apply() {r.get('apply_internal_s')} s; "
+                      f"no-op re-apply {r.get('noop_wall_s')} s"))
+    else:
+        out.append(_t("peers-1000", what, "≤ 1 s", None, "s", None,
+                      status=f"{pe.get('status', 'not measured')}: {pe.get('reason', 'no 1,000-peer row')}"))
+    # CNI
+    cn = cp.get("cni") or {}
+    what = "CNI ADD latency, crossnet-cni / reference bridge + host-local (median)"
+    if cn.get("status") == "ok" and cn.get("add_ratio") is not None:
+        v = cn["add_ratio"]
+        x = cn["crossnet-cni"]["add_ms"]["median"]
+        ref = cn["bridge+host-local"]["add_ms"]["median"]
+        out.append(_t("cni-add", what, "≤ 1.0", v, "×", v <= 1.0, _pct_short(v, 1.0, False),
+                      f"{x} ms vs {ref} ms; DEL ratio {cn.get('del_ratio')}"))
+    else:
+        out.append(_t("cni-add", what, "≤ 1.0", None, "×", None,
+                      status=f"{cn.get('status', 'not measured')}: {cn.get('reason', '')}"))
+    po = cp.get("podman") or {}
+    what = "time a CNI network adds to `podman run --rm`, crossnet / reference"
+    if po.get("status") == "ok" and po.get("added_ratio") is not None:
+        v = po["added_ratio"]
+        a = po["added_s"]
+        note = f"+{a.get('crossnet-cni')} s vs +{a.get('bridge+host-local')} s over --network none"
+        out.append(_t("podman-run", what, "≤ 1.0", v, "×", v <= 1.0, _pct_short(v, 1.0, False), note))
+    else:
+        out.append(_t("podman-run", what, "≤ 1.0", None, "×", None,
+                      status=f"{po.get('status', 'not measured')}: {po.get('reason', '')}"))
+    ag = cp.get("agent") or {}
+    what = "agent: new host programmed on all peers, p95 (from agent start)"
+    if ag.get("status") == "ok" and ag.get("program_s", {}).get("n"):
+        v = ag["program_s"]["p95"] if "p95" in ag["program_s"] else ag["program_s"]["p90"]
+        after = (ag.get("program_after_ready_s") or {}).get("p90")
+        out.append(_t("agent-p95", what, "≤ 1 s", v, "s", v <= 1.0, _pct_short(v, 1.0, False),
+                      f"{ag.get('hosts')} hosts; from the new agent's process start (interpreter start-up, "
+                      f"etcd registration and lease included); after it reports ready, p90 {after} s"))
+        rss = ag.get("agent_rss_mb")
+        if rss is not None:
+            out.append(_t("agent-rss", "agent peak RSS", "≤ 50 MB", rss, "MB", rss <= 50,
+                          _pct_short(rss, 50, False)))
+    else:
+        out.append(_t("agent-p95", what, "≤ 1 s", None, "s", None,
+                      status=f"{ag.get('status', 'not measured')}: {ag.get('reason', '')}"))
+    return out
+
+
+def verdict(t: dict[str, Any]) -> str:
+    if t["met"] is True:
+        return "met"
+    if t["met"] is False:
+        return "MISSED"
+    return t.get("status") or "not measured"

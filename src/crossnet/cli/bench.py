@@ -1,0 +1,398 @@
+"""`crossnet bench dataplane|control|all|report`: measure crossnet against its
+baselines in the same run, and write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+from typing import Any, Callable, Iterator
+
+import click
+
+from crossnet.errors import ConfigError
+
+QUICK = {
+    "mtus": (1500,), "repeats": 2, "duration": 1.0, "ping_count": 20,
+    "attach_count": 200, "cli_count": 10, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan",),
+    "reset_max": 100, "cni_count": 10, "podman_runs": 3, "agent": False,
+}
+FULL = {
+    "mtus": (1500, 9000), "repeats": 5, "duration": 5.0, "ping_count": 200,
+    "attach_count": 250, "cli_count": 200, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan", "host-gw"),
+    "reset_max": 1000, "cni_count": 50, "podman_runs": 10, "agent": True,
+}
+
+
+def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        out = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated integers, got {value!r}") from None
+    if not out or any(x <= 0 for x in out):
+        raise ConfigError(f"{what}: expected positive integers, got {value!r}")
+    return out
+
+
+def _names(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every lab is torn down by its `finally`.
+
+    Only in this process: pyroute2 forks helpers (netns creation, sockets in other
+    namespaces) that inherit the handler, and `lab down` SIGTERMs whatever runs in
+    a lab namespace. A forked copy that unwound the copied stack would run our
+    `finally` blocks (tearing down labs still in use), so forks just exit."""
+    main_pid = os.getpid()
+
+    def handler(_sig: int, _frame: Any) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        raise ConfigError("crossnet bench builds lab namespaces and needs root")
+
+
+def _logger(output: str) -> Callable[[str], None]:
+    if output == "json":
+        return lambda _m: None
+    from rich.console import Console
+
+    con = Console(stderr=True)
+    t0 = time.monotonic()
+    return lambda m: con.print(f"[dim]{time.monotonic() - t0:6.1f}s[/dim] · {m}", highlight=False)
+
+
+def _header(quick: bool) -> dict[str, Any]:
+    from crossnet.bench.util import git_revision, machine_facts, now_iso
+    from crossnet.lab import manager
+
+    argv = ["crossnet", *sys.argv[1:]] if sys.argv and os.path.basename(sys.argv[0]) in ("crossnet", "__main__.py") \
+        else ["crossnet", *sys.argv[1:]]
+    return {
+        "command": " ".join(shlex.quote(a) for a in argv),
+        "started": now_iso(),
+        "quick": quick,
+        "machine": machine_facts(),
+        "git": git_revision(os.path.dirname(os.path.abspath(__file__))),
+        "other_labs_at_start": [n for n in manager.lab_names()],
+    }
+
+
+def _finish(res: dict[str, Any], rc: Any, t0: float) -> dict[str, Any]:
+    from crossnet.bench.targets import evaluate
+    from crossnet.bench.util import loadavg
+    from crossnet.lab import manager
+
+    res["memory"] = rc.memory
+    res["elapsed_s"] = round(time.monotonic() - t0, 1)
+    res["load_after"] = loadavg()
+    res["other_labs_at_end"] = manager.lab_names()
+    from crossnet.bench.util import CREATED_LABS
+
+    res["labs_created"] = list(CREATED_LABS)
+    cores = res["machine"].get("cores") or 1
+    peak = max([*(res["machine"].get("loadavg") or [0])[:1], *res["load_after"][:1]])
+    others = sorted(set(res["other_labs_at_start"]) | set(res["other_labs_at_end"]))
+    if peak > cores * 0.5 or others:
+        res["load_note"] = (f"The machine was shared during this run: 1-min load up to {peak} on {cores} cores"
+                            + (f"; other labs present: {', '.join(others)}" if others else "") + ".")
+    res["targets"] = evaluate(res)
+    return res
+
+
+def _emit(res: dict[str, Any], output: str, save: str | None, report: bool, docs: str) -> None:
+    if save:
+        with open(save, "w") as fh:
+            json.dump(res, fh, indent=1)
+            fh.write("\n")
+    written = None
+    if report:
+        from crossnet.bench.report import write_report
+
+        written = write_report(res, docs)
+    if output == "json":
+        click.echo(json.dumps(res, indent=1))
+        return
+    _print_human(res)
+    if written:
+        click.echo(f"wrote {', '.join(written.values())}")
+
+
+def _print_human(res: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from crossnet.bench.targets import verdict
+
+    con = Console()
+    dp = res.get("dataplane")
+    if dp and dp.get("rows"):
+        t = Table(title="data plane: TCP throughput and RTT, container→container vs host→host (same lab)",
+                  header_style="bold")
+        for col in ("path", "MTU", "ctr MTU", "Gbit/s (min–max)", "underlay Gbit/s", "ratio", "vs hand-built",
+                    "RTT p50/p99 ms", "underlay RTT"):
+            t.add_column(col)
+        for r in dp["rows"]:
+            if r["status"] != "ok":
+                t.add_row(r["name"], str(r["mtu"]), "", f"[yellow]{r['status']}[/yellow]: {r.get('reason', '')}",
+                          "", "", "", "", "")
+                continue
+            o, u = r["overlay"], r["underlay"]
+            vs = r.get("vs_manual")
+            t.add_row(r["name"], str(r["mtu"]), str(r.get("container_mtu") or ""),
+                      f"{o['gbps']['median']:.2f} ({o['gbps']['min']:.2f}–{o['gbps']['max']:.2f})",
+                      f"{u['gbps']['median']:.2f}", f"{r['ratio']:.3f}", f"{vs['ratio']:.3f}" if vs else "",
+                      f"{o['rtt']['p50_ms']:.3f}/{o['rtt']['p99_ms']:.3f}",
+                      f"{u['rtt']['p50_ms']:.3f}/{u['rtt']['p99_ms']:.3f}")
+        con.print(t)
+    cp = res.get("control")
+    if cp:
+        t = Table(title="control plane", header_style="bold")
+        for col in ("measure", "result"):
+            t.add_column(col)
+        at = cp.get("attach") or {}
+        if at.get("status") == "ok":
+            for key, label in (("inprocess", "attach (in-process)"), ("cli", "attach (CLI)")):
+                if at.get(key):
+                    a = at[key]["attach_ms"]
+                    t.add_row(label, f"n={a['n']} p50 {a['p50']:.1f} ms, p99 {a['p99']:.1f} ms; detach p50 "
+                                     f"{at[key]['detach_ms'].get('p50', 0):.1f} ms")
+        else:
+            t.add_row("attach", f"{at.get('status')}: {at.get('reason')}")
+        for r in (cp.get("peers") or {}).get("rows", []):
+            if r.get("status") == "ok":
+                reset = f", reset {r['reset_wall_s']:.2f} s" if r.get("reset_wall_s") is not None else ""
+                t.add_row(f"apply {r['peers']} peers ({r['backend']})",
+                          f"CLI {r['apply_wall_s']:.2f} s (inside apply {r.get('apply_internal_s')} s), no-op "
+                          f"{r['noop_wall_s']:.2f} s{reset}")
+            else:
+                t.add_row(f"apply {r['peers']} peers ({r['backend']})", f"{r.get('status')}: {r.get('reason')}")
+        if (cp.get("peers") or {}).get("status") not in (None, "ok"):
+            t.add_row("peers", f"{cp['peers']['status']}: {cp['peers'].get('reason')}")
+        cn = cp.get("cni") or {}
+        if cn.get("status") == "ok":
+            x, r = cn["crossnet-cni"]["add_ms"], cn["bridge+host-local"]["add_ms"]
+            t.add_row("CNI ADD", f"crossnet-cni p50 {x['p50']:.1f} ms vs bridge+host-local {r['p50']:.1f} ms "
+                                 f"(ratio {cn.get('add_ratio')})")
+        else:
+            t.add_row("CNI ADD", f"{cn.get('status')}: {cn.get('reason')}")
+        po = cp.get("podman") or {}
+        if po.get("status") == "ok":
+            t.add_row("podman run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in po["run_s"].items())
+                      + f" (added: {po.get('added_s')})")
+        else:
+            t.add_row("podman run", f"{po.get('status')}: {po.get('reason')}")
+        ag = cp.get("agent") or {}
+        t.add_row("agent", "ok" if ag.get("status") == "ok" else f"{ag.get('status')}: {ag.get('reason')}")
+        con.print(t)
+    if res.get("memory"):
+        t = Table(title="peak RSS", header_style="bold")
+        t.add_column("process")
+        t.add_column("during")
+        t.add_column("MB")
+        for m in res["memory"]:
+            t.add_row(m["process"], m["what"], f"{m['peak_rss_mb']:.1f}")
+        con.print(t)
+    t = Table(title="targets (reported, not asserted)", header_style="bold")
+    for col in ("target", "goal", "measured", "result", "detail"):
+        t.add_column(col)
+    for tg in res.get("targets", []):
+        v = "" if tg["value"] is None else f"{tg['value']:.3g} {tg['unit']}"
+        res_txt = verdict(tg)
+        style = {"met": "green", "MISSED": "red"}.get(res_txt, "yellow")
+        t.add_row(tg["what"], tg["target"], v, f"[{style}]{res_txt}[/{style}]", tg["shortfall"] or tg.get("note") or "")
+    con.print(t)
+    if res.get("load_note"):
+        con.print(f"[yellow]{res['load_note']}[/yellow]")
+    con.print(f"{res.get('elapsed_s')} s")
+
+
+def _settings(quick: bool, **over: Any) -> dict[str, Any]:
+    s = dict(QUICK if quick else FULL)
+    s.update({k: v for k, v in over.items() if v is not None})
+    return s
+
+
+def _run_dataplane(rc: Any, s: dict[str, Any], backends: list[str] | None, manual: bool) -> dict[str, Any]:
+    from crossnet.bench import dataplane
+    from crossnet.bench.util import Skip
+
+    try:
+        return dataplane.run(rc, backends=backends, mtus=s["mtus"], repeats=s["repeats"], duration=s["duration"],
+                             ping_count=s["ping_count"], manual_layouts=manual)
+    except Skip as exc:
+        return {"suite": "dataplane", "status": "skipped", "reason": str(exc), "rows": []}
+
+
+def _run_control(rc: Any, s: dict[str, Any], profile: bool) -> dict[str, Any]:
+    from crossnet.bench import control
+
+    return control.run(rc, attach_count=s["attach_count"], cli_count=s["cli_count"], peer_sizes=s["peer_sizes"],
+                       peer_backends=s["peer_backends"], reset_max=s["reset_max"], cni_count=s["cni_count"],
+                       podman_runs=s["podman_runs"], agent=s["agent"], profile=profile)
+
+
+OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+                      help="text: tables; json: one object with every figure.")
+SAVE = click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON results to this file.")
+REPORT = click.option("--report", "report", is_flag=True, help="Write docs/benchmarks.md + docs/img/*.png.")
+DOCS = click.option("--docs", default="docs", show_default=True, help="Docs directory for --report.")
+QUICK_OPT = click.option("--quick", is_flag=True,
+                         help="Short runs for the CI smoke test (whole `bench all` < 3 min): MTU 1500 only, "
+                              "1 s iperf3 runs, fewer containers.")
+
+
+def _dataplane_options(f):
+    opts = [
+        click.option("--backends", help="Comma-separated backends (default: every backend crossnet has)."),
+        click.option("--mtu", "mtu", help="Underlay MTUs, comma-separated (default 1500,9000; quick: 1500)."),
+        click.option("--repeats", type=click.IntRange(1, 50), help="iperf3 runs per path (default 5; quick 2)."),
+        click.option("--duration", type=click.FloatRange(1, 60), help="Seconds per iperf3 run (default 5; quick 1)."),
+        click.option("--ping-count", type=click.IntRange(5, 2000), help="Pings per path (default 200; quick 20)."),
+        click.option("--no-manual", is_flag=True, help="Skip the tutorial's hand-built baselines."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _control_options(f):
+    opts = [
+        click.option("--attach-count", type=click.IntRange(1, 250), help="In-process attaches on one /24 (default 250; quick 200)."),
+        click.option("--cli-count", type=click.IntRange(0, 250), help="`crossnet attach` CLI runs (default 200; quick 10)."),
+        click.option("--peers", "peers", help="Peer counts, comma-separated (default 10,100,1000)."),
+        click.option("--peer-backends", help="Backends for the peer test (default vxlan,host-gw; quick vxlan)."),
+        click.option("--cni-count", type=click.IntRange(1, 500), help="CNI ADD/DEL per plugin (default 50; quick 10)."),
+        click.option("--podman-runs", type=click.IntRange(0, 100), help="podman runs per network (default 10; quick 3; 0 skips)."),
+        click.option("--profile/--no-profile", default=None,
+                     help="Profile (pyinstrument) what misses its target (default: on in full mode)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def register(main: click.Group) -> None:
+    @main.group("bench")
+    def bench() -> None:
+        """Benchmarks: data plane throughput/latency vs the underlay and the tutorial's
+        hand-built layouts; control plane latencies; peak memory. Every figure is a
+        ratio to a baseline measured in the same run.
+
+        \b
+          crossnet bench all --quick             CI smoke (< 3 min)
+          crossnet bench all --report            full run, writes docs/benchmarks.md
+          crossnet bench dataplane --backends vxlan --mtu 9000
+          crossnet bench control -o json
+          crossnet bench report -i results.json  re-render docs/benchmarks.md
+        """
+
+    @bench.command("dataplane")
+    @QUICK_OPT
+    @_dataplane_options
+    @OUTPUT
+    @SAVE
+    @REPORT
+    @DOCS
+    def dataplane_cmd(quick, backends, mtu, repeats, duration, ping_count, no_manual, output, save, report, docs):
+        """Per backend a 2-host lab: iperf3 TCP and ping, container→container vs host→host."""
+        _require_root()
+        from crossnet.bench.util import RunContext
+
+        s = _settings(quick, mtus=_ints(mtu, "--mtu"), repeats=repeats, duration=duration, ping_count=ping_count)
+        rc = RunContext(quick=quick, log=_logger(output))
+        t0 = time.monotonic()
+        res = _header(quick)
+        with _sigterm_as_interrupt():
+            res["dataplane"] = _run_dataplane(rc, s, _names(backends), not no_manual)
+        _emit(_finish(res, rc, t0), output, save, report, docs)
+
+    @bench.command("control")
+    @QUICK_OPT
+    @_control_options
+    @OUTPUT
+    @SAVE
+    @REPORT
+    @DOCS
+    def control_cmd(quick, attach_count, cli_count, peers, peer_backends, cni_count, podman_runs, profile, output,
+                    save, report, docs):
+        """attach latency, N-peer apply, CNI ADD vs reference plugins, podman run, agent."""
+        _require_root()
+        from crossnet.bench.util import RunContext
+
+        s = _settings(quick, attach_count=attach_count, cli_count=cli_count, peer_sizes=_ints(peers, "--peers"),
+                      peer_backends=tuple(_names(peer_backends)) if peer_backends else None, cni_count=cni_count,
+                      podman_runs=podman_runs)
+        rc = RunContext(quick=quick, log=_logger(output))
+        t0 = time.monotonic()
+        res = _header(quick)
+        with _sigterm_as_interrupt():
+            res["control"] = _run_control(rc, s, (not quick) if profile is None else profile)
+        _emit(_finish(res, rc, t0), output, save, report, docs)
+
+    @bench.command("all")
+    @QUICK_OPT
+    @_dataplane_options
+    @_control_options
+    @OUTPUT
+    @SAVE
+    @REPORT
+    @DOCS
+    def all_cmd(quick, backends, mtu, repeats, duration, ping_count, no_manual, attach_count, cli_count, peers,
+                peer_backends, cni_count, podman_runs, profile, output, save, report, docs):
+        """Both suites, one results object (and with --report, docs/benchmarks.md)."""
+        _require_root()
+        from crossnet.bench.util import RunContext
+
+        s = _settings(quick, mtus=_ints(mtu, "--mtu"), repeats=repeats, duration=duration, ping_count=ping_count,
+                      attach_count=attach_count, cli_count=cli_count, peer_sizes=_ints(peers, "--peers"),
+                      peer_backends=tuple(_names(peer_backends)) if peer_backends else None, cni_count=cni_count,
+                      podman_runs=podman_runs)
+        rc = RunContext(quick=quick, log=_logger(output))
+        t0 = time.monotonic()
+        res = _header(quick)
+        with _sigterm_as_interrupt():
+            res["dataplane"] = _run_dataplane(rc, s, _names(backends), not no_manual)
+            res["control"] = _run_control(rc, s, (not quick) if profile is None else profile)
+        _emit(_finish(res, rc, t0), output, save, report, docs)
+
+    @bench.command("report")
+    @click.option("-i", "--input", "input_", default="docs/benchmarks.json", show_default=True,
+                  type=click.Path(dir_okay=False), help="Results JSON (from --save, -o json or a previous report).")
+    @DOCS
+    def report_cmd(input_, docs):
+        """Write docs/benchmarks.md and docs/img/bench-*.png from saved results."""
+        from crossnet.bench.report import write_report
+        from crossnet.bench.targets import evaluate
+
+        try:
+            with open(input_) as fh:
+                res = json.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"--input: {input_} not found (run `crossnet bench all --save FILE` first)") from None
+        except ValueError as exc:
+            raise ConfigError(f"--input: {input_} is not JSON ({exc})") from None
+        res["targets"] = evaluate(res)
+        written = write_report(res, docs)
+        click.echo(f"wrote {', '.join(written.values())}")
