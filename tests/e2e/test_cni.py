@@ -331,7 +331,7 @@ def _wait_for(pred, timeout: float = 15.0) -> bool:
 
 
 def test_server_serves_later_calls(host, clean, tmp_path):
-    from crossnet.cni import server
+    from crossnet.cni import client as server
 
     log = tmp_path / "cni.log"
     conf = host.conf(logFile=str(log))
@@ -362,7 +362,7 @@ def test_server_disabled(host, clean, tmp_path):
 
 
 def test_server_refuses_other_namespace_and_other_code(host, clean):
-    from crossnet.cni import server
+    from crossnet.cni import client as server
 
     c, n = cid(), host.new_netns()
     assert host.cni("ADD", cid=c, netns=n)[0] == 0

@@ -67,7 +67,7 @@ def test_wrapper_uses_real_interpreter_with_S():
     text = wrapper_script()
     assert text.startswith("#!/bin/sh\n")
     assert f"exec {os.path.realpath(sys.executable)} -S -c " in text
-    assert "from crossnet.cni.plugin import main" in text
+    assert "from crossnet.cni.client import main" in text
 
 
 @pytest.mark.parametrize("stdin,version", [(b'{"cniVersion":"1.0.0"}', "1.0.0"),

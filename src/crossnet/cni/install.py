@@ -49,7 +49,7 @@ def wrapper_script(python: str | None = None, paths: list[str] | None = None) ->
     """A tiny executable for the CNI bin dir that runs crossnet-cni with this Python.
 
     VERSION (sent before every ADD/DEL) is answered by the shell itself; everything else
-    runs crossnet.cni.plugin with ``-S`` (no site processing: faster start) and the
+    runs crossnet.cni.client (helper round trip, else crossnet.cni.plugin) with ``-S`` (no site processing: faster start) and the
     import path of the installing interpreter, so it finds the same crossnet and pyroute2."""
     from crossnet.cni.plugin import SUPPORTED_VERSIONS
 
@@ -57,7 +57,7 @@ def wrapper_script(python: str | None = None, paths: list[str] | None = None) ->
     if paths is None:
         # sys.path[0] is the running script's directory (e.g. the console script's bin/)
         paths = [p for p in sys.path[1:] if p and os.path.isabs(p) and os.path.isdir(p)]
-    code = f"import sys; sys.path[:0] = {json.dumps(paths)}; from crossnet.cni.plugin import main; main()"
+    code = f"import sys; sys.path[:0] = {json.dumps(paths)}; from crossnet.cni.client import main; main()"
     versions = json.dumps(list(SUPPORTED_VERSIONS)).replace(" ", "")
     return (
         "#!/bin/sh\n"

@@ -634,52 +634,38 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
         pass
 
 
-SERVER_COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
+def output_text(out: Any) -> str | None:
+    return None if out is None else json.dumps(out)
 
 
-def _via_server(environ: dict[str, str], stdin: bytes) -> tuple[int, Any] | None:
-    """Hand the request to the warm helper of this state dir (crossnet.cni.server);
-    None when there is none (one is started for the next call) or it is disabled."""
-    if environ.get("CNI_COMMAND") not in SERVER_COMMANDS:
-        return None
-    try:
-        conf = json.loads(stdin)
-    except ValueError:
-        return None
-    if not isinstance(conf, dict) or conf.get("server", True) is False:
-        return None
-    state_dir = conf.get("stateDir", DEFAULT_STATE_DIR)
-    if not isinstance(state_dir, str) or not os.path.exists(os.path.join(state_dir, "applied.json")):
-        return None
-    from crossnet.cni import server
+def run_local(environ: dict[str, str], stdin: bytes, spawn_for: str | None = None,
+              conf: dict | None = None) -> None:
+    """Run the call in this process (no helper served it); with spawn_for, first start
+    the warm helper of that state dir for the next calls (crossnet.cni.server)."""
+    started = time.perf_counter()
+    if spawn_for is not None:
+        from crossnet.cni import server
 
-    result = server.call(state_dir, environ, stdin)
-    if result is None:
+        conf = conf or {}
         idle = conf.get("serverIdleSeconds", server.DEFAULT_IDLE)
         log_file = conf.get("logFile") if isinstance(conf.get("logFile"), str) else None
-        server.spawn(state_dir, float(idle) if isinstance(idle, (int, float)) and idle > 0 else server.DEFAULT_IDLE,
+        server.spawn(spawn_for, float(idle) if isinstance(idle, (int, float)) and idle > 0 else server.DEFAULT_IDLE,
                      log_file)
-    return result
+    _light_pyroute2()
+    rc, out = run(environ, stdin)
+    text = output_text(out)
+    if text is not None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    _log(environ, stdin, rc, out, time.perf_counter() - started)
+    sys.exit(rc)
 
 
 def main() -> None:
-    started = time.perf_counter()
-    environ = dict(os.environ)
-    try:
-        stdin = sys.stdin.buffer.read() if environ.get("CNI_COMMAND") not in ("VERSION",) or not sys.stdin.isatty() else b""
-    except OSError:
-        stdin = b""
-    result = _via_server(environ, stdin)
-    if result is None:
-        _light_pyroute2()
-        rc, out = run(environ, stdin)
-        _log(environ, stdin, rc, out, time.perf_counter() - started)
-    else:
-        rc, out = result
-    if out is not None:
-        sys.stdout.write(json.dumps(out) + "\n")
-        sys.stdout.flush()
-    sys.exit(rc)
+    """Console script `crossnet-cni` (the installed wrapper calls crossnet.cni.client.main)."""
+    from crossnet.cni.client import main as client_main
+
+    client_main()
 
 
 if __name__ == "__main__":

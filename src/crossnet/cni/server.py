@@ -5,7 +5,7 @@ asyncio, ...) costs ~0.2 s per call, which would make crossnet's ADD/DEL several
 slower than the reference Go plugins. So the first ADD/DEL/CHECK on a host starts this
 helper (detached, in the same network namespace, from the same code) and runs its own
 request in-process; later calls only send ``{environ, stdin}`` over
-``<stateDir>/cni.sock`` and get ``{rc, out}`` back: the same :func:`plugin.run`, the
+``<stateDir>/cni.sock`` and get ``{rc, stdout}`` back: the same :func:`plugin.run`, the
 same state dir and IPAM, just already imported.
 
 Safety rules:
@@ -28,81 +28,16 @@ import socket
 import sys
 import time
 
+from crossnet.cni.client import code_id, netns_id, socket_path  # noqa: F401  (shared with the client)
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-SOCKET_NAME = "cni.sock"
 DEFAULT_IDLE = 300.0
 REQUEST_TIMEOUT = 90
 HEALTH_INTERVAL = 5.0  # how often an idle helper checks that its socket is still there
-CLIENT_TIMEOUT = 120.0
 MAX_REQUEST = 4 << 20
-_CODE_FILES = ("cni/plugin.py", "cni/server.py", "containers.py", "ipam.py", "netlink.py", "plan.py", "state.py",
-               "backends/__init__.py", "backends/base.py")
-
-
-def code_id() -> str:
-    """Identity of the installed crossnet code (mtimes and sizes of the files on the path)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parts = []
-    for rel in _CODE_FILES:
-        try:
-            st = os.stat(os.path.join(root, rel))
-            parts.append(f"{st.st_mtime_ns}:{st.st_size}")
-        except OSError:
-            parts.append("-")
-    return "/".join(parts)
-
-
-def netns_id() -> list[int]:
-    st = os.stat("/proc/self/ns/net")
-    return [st.st_dev, st.st_ino]
-
-
-def socket_path(state_dir: str) -> str:
-    return os.path.join(state_dir, SOCKET_NAME)
-
-
-# --------------------------------------------------------------------------- client
-
-
-def _recv_all(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
-
-
-def call(state_dir: str, environ: dict[str, str], stdin: bytes) -> tuple[int, Any] | None:
-    """Send the request to the helper. None: no (usable) helper, run it yourself."""
-    path = socket_path(state_dir)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(CLIENT_TIMEOUT)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return None
-        env = {k: v for k, v in environ.items() if k.startswith("CNI_")}
-        req = {"environ": env, "stdin": stdin.decode("utf-8", "surrogateescape"),
-               "netns": netns_id(), "code": code_id()}
-        sock.sendall(json.dumps(req).encode())
-        sock.shutdown(socket.SHUT_WR)
-        raw = _recv_all(sock)
-    except OSError:
-        return None
-    finally:
-        sock.close()
-    try:
-        reply = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(reply, dict) or reply.get("stale") or "rc" not in reply:
-        return None
-    return int(reply["rc"]), reply.get("out")
 
 
 def spawn(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = None) -> None:
@@ -252,7 +187,7 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
                     rc, out = plugin.run(environ, stdin)
                     plugin._log(environ, stdin, rc, out, time.perf_counter() - t0, via="server")
                     signal.alarm(0)
-                    reply = {"rc": rc, "out": out}
+                    reply = {"rc": rc, "stdout": plugin.output_text(out)}
                 conn.settimeout(30)
                 conn.sendall(json.dumps(reply).encode())
             except Exception:  # noqa: BLE001 - a broken client must not kill the helper
