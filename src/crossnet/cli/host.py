@@ -22,6 +22,21 @@ def _state(ctx: click.Context) -> StateDir:
     return StateDir(ctx.obj["state_dir"])
 
 
+def _agent(ctx: click.Context, method: str, path: str, body: dict | None = None):
+    """When a `crossnet agent` serves this state dir, go through its local API
+    (one process owns the host's state); None when no agent runs."""
+    import os
+
+    sock = os.path.join(ctx.obj["state_dir"], "agent.sock")
+    if not os.path.exists(sock):
+        return None
+    from crossnet.agentapi import agent_running, call
+
+    if not agent_running(ctx.obj["state_dir"]):
+        return None  # a stale socket: fall back to the state dir
+    return call(ctx.obj["state_dir"], method, path, body)
+
+
 def _json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -104,13 +119,15 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
     from crossnet.runtime import resolve
 
     cid, path = resolve(container)
-    hctx, backend = load_context(_state(ctx))
-    att = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname)
+    data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname})
+    if data is None:
+        hctx, backend = load_context(_state(ctx))
+        data = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname).to_json()
     if output == "json":
-        _json(att.to_json())
+        _json(data)
     else:
-        note = "" if att.changed else " (already attached, nothing changed)"
-        click.echo(f"{cid}: {att.ifname} {att.address}/{att.prefixlen} via {att.gateway} mtu {att.mtu} (host side {att.host_if}){note}")
+        note = "" if data["changed"] else " (already attached, nothing changed)"
+        click.echo(f"{cid}: {data['ifname']} {data['cidr']} via {data['gateway']} mtu {data['mtu']} (host side {data['host_if']}){note}")
 
 
 @click.command()
@@ -127,8 +144,12 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
         cid, _ = resolve(container)
     except Exception:
         cid = container  # the namespace may already be gone; release by id
-    hctx, backend = load_context(_state(ctx))
-    res = containers.detach(_state(ctx), hctx, backend, cid)
+    via = _agent(ctx, "POST", "/v1/detach", {"id": cid})
+    if via is not None:
+        res = {k: via[k] for k in ("id", "address", "host_if") if k in via} if via.get("detached") else None
+    else:
+        hctx, backend = load_context(_state(ctx))
+        res = containers.detach(_state(ctx), hctx, backend, cid)
     if output == "json":
         _json({"id": cid, "detached": res is not None, **(res or {})})
     elif res is None:
@@ -144,7 +165,11 @@ def status(ctx: click.Context, output: str) -> None:
     """Show this host's backend, subnet, peers (programmed or not) and containers."""
     from crossnet.host import status as get_status
 
-    st = get_status(_state(ctx))
+    via = _agent(ctx, "GET", "/v1/status")
+    if via is not None and "error" not in via["host"]:
+        st = dict(via["host"], agent=via["agent"])
+    else:
+        st = get_status(_state(ctx))
     if output == "json":
         _json(st)
         return
