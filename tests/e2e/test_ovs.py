@@ -240,6 +240,33 @@ def test_drift_repair_of_a_deleted_tunnel_port_and_flows(ovs_lab: Lab):
 
 
 @lab_params(FULL)
+def test_stale_tunnel_neighbour_is_flushed_by_apply(ovs_lab: Lab):
+    """A wrong MAC in OVS's tunnel neighbour cache black-holes every tunnel packet to
+    that next hop; apply notices it disagrees with the kernel's ARP entry and flushes.
+    (OVS may also heal by itself when it snoops an ARP exchange in the meantime: then
+    there is nothing left to flush, and the end state is the same.)"""
+    lab = ovs_lab
+    h1, h2 = lab.plan.host("h1"), lab.plan.host("h2")
+    nexthop = h2.address if lab.plan.underlay == "l2" else h1.gateway
+    sh(lab, "h1", "ping", "-c", "1", "-W", "2", h2.address)  # kernel ARP entry for the next hop on br-phy
+    time.sleep(0.5)
+    bad = "02:00:00:00:00:99"
+    sh(lab, "h1", "ovs-appctl", "tnl/neigh/set", "br-phy", nexthop, bad)
+    poisoned = bad in sh(lab, "h1", "ovs-appctl", "tnl/neigh/show").stdout
+    res = apply_json(lab, "h1")
+    flushed = [ch for ch in res["changes"] if "tnl/neigh/flush" in ch["command"]]
+    assert len(res["changes"]) == len(flushed), res  # nothing else was touched
+    if poisoned and bad in sh(lab, "h1", "ovs-appctl", "tnl/neigh/show").stdout:
+        pytest.fail(f"apply left the stale entry in place: {res}")
+    assert bad not in sh(lab, "h1", "ovs-appctl", "tnl/neigh/show").stdout
+    c = containers(lab)
+    deadline = time.monotonic() + 15
+    while ping(c["h1"][0], c["h2"][1], 1).returncode != 0:
+        assert time.monotonic() < deadline, "h1 -> h2 still black-holed after apply"
+    assert_all_pairs(lab)
+
+
+@lab_params(FULL)
 def test_restarted_vswitchd_is_reconverged_by_apply(ovs_lab: Lab):
     """`exit --cleanup` drops the datapath with its tap ports (br-phy loses the underlay
     address, cnovs0 leaves cn0) and the flows; fail_mode=secure keeps the restarted

@@ -152,3 +152,36 @@ def test_rundir_default_and_datapath_override(monkeypatch):
     assert ovsdb.datapath_type() == "system"
     monkeypatch.setenv("CROSSNET_OVS_DATAPATH", "netdev")
     assert ovsdb.datapath_type() == "netdev"
+
+
+def test_tunnel_neighbour_staleness_is_judged_against_the_kernel(monkeypatch):
+    from crossnet.ovs import resources as ovsres
+
+    class Msg(dict):
+        def get_attr(self, name):
+            return self["attrs"][name]
+
+    class FakeIpr:
+        def link_lookup(self, ifname):
+            return [7] if ifname == "br-phy" else []
+
+        def get_neighbours(self, family, ifindex):
+            assert ifindex == 7
+            return [
+                Msg(state=0x02, attrs={"NDA_DST": "10.0.0.2", "NDA_LLADDR": "aa:aa:aa:aa:aa:02"}),  # reachable
+                Msg(state=0x04, attrs={"NDA_DST": "10.0.0.3", "NDA_LLADDR": "aa:aa:aa:aa:aa:03"}),  # stale: still valid
+                Msg(state=0x20, attrs={"NDA_DST": "10.0.0.4", "NDA_LLADDR": None}),  # failed
+            ]
+
+    class FakeEnv:
+        ipr = FakeIpr()
+
+    res = TunnelNeighbours("br-phy")
+    monkeypatch.setattr(ovsres, "tunnel_neighbours", lambda: [
+        ("10.0.0.2", "aa:aa:aa:aa:aa:02", "br-phy"), ("10.0.0.4", "bb:bb:bb:bb:bb:04", "br-phy"),
+    ])
+    assert res.check(FakeEnv())  # agrees / kernel does not know: nothing to flush
+    monkeypatch.setattr(ovsres, "tunnel_neighbours", lambda: [("10.0.0.3", "02:00:00:00:00:99", "br-phy")])
+    assert not res.check(FakeEnv())
+    monkeypatch.setattr(ovsres, "tunnel_neighbours", lambda: [("10.0.0.3", "02:00:00:00:00:99", "br-other")])
+    assert res.check(FakeEnv())

@@ -456,7 +456,10 @@ class TunnelNeighbours(Resource):
         return f"ovs-tnl-neigh:{self.dev}"
 
     def describe(self) -> str:
-        return f"ovs-appctl tnl/neigh/flush  # only if `ovs-appctl tnl/neigh/show` disagrees with `ip neigh show dev {self.dev}`"
+        return (
+            "ovs-appctl tnl/neigh/flush && ovs-appctl revalidator/purge"
+            f"  # only if `ovs-appctl tnl/neigh/show` disagrees with `ip neigh show dev {self.dev}`"
+        )
 
     def _stale(self, env: Env) -> list[str]:
         idx = nl.ifindex(env.ipr, self.dev)
@@ -473,9 +476,13 @@ class TunnelNeighbours(Resource):
         return not self._stale(env)
 
     def ensure(self, env: Env) -> None:
-        proc = ovsdb.appctl("tnl/neigh/flush")
-        if proc.returncode != 0:
-            raise ApplyError(f"ovs-appctl tnl/neigh/flush: {ovsdb.last_line(proc)}")
+        # the flush alone does not touch datapath flows that already carry the stale
+        # tunnel header (kept alive by the very traffic they black-hole): purge them so
+        # the next packet is translated again and OVS re-resolves the next hop
+        for cmd in ("tnl/neigh/flush", "revalidator/purge"):
+            proc = ovsdb.appctl(cmd)
+            if proc.returncode != 0:
+                raise ApplyError(f"ovs-appctl {cmd}: {ovsdb.last_line(proc)}")
 
     def remove(self, env: Env) -> None:
         """Nothing to undo (a cache)."""
