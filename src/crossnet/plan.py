@@ -109,6 +109,23 @@ class Env:
 
         return self._get("routes_by_dst", load).get(dst, [])
 
+    def forget_routes(self, gone: list[nl.RouteInfo]) -> None:
+        """Drop routes just deleted from the snapshot instead of invalidating it:
+        deleting routes to one destination changes no other route, and a full
+        re-dump per removed route made `reset` of 1,000 peers take minutes."""
+        if not gone:
+            return
+        if "routes" in self._cache:
+            self._cache["routes"] = [r for r in self._cache["routes"] if r not in gone]
+        by_dst = self._cache.get("routes_by_dst")
+        if by_dst is not None:
+            for r in gone:
+                left = [x for x in by_dst.get(r.dst, []) if x not in gone]
+                if left:
+                    by_dst[r.dst] = left
+                else:
+                    by_dst.pop(r.dst, None)
+
     def neighbour(self, index: int, ip: str) -> tuple[str | None, int] | None:
         return self._get("neighbours", lambda: nl.all_neighbours(self.ipr)).get((index, ip))
 
@@ -369,16 +386,16 @@ class Route(Resource):
         env.changed("routes")
 
     def remove(self, env: Env) -> None:
-        for r in self._current(env):
-            if r.gateway == self.gateway:
-                net = ipaddress.ip_network(self.dst)
-                kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
-                if r.gateway:
-                    kw["gateway"] = r.gateway
-                if r.oif:
-                    kw["oif"] = r.oif
-                _ignore_missing(env.ipr.route, "del", **kw)
-        env.changed("routes")
+        gone = [r for r in self._current(env) if r.gateway == self.gateway]
+        for r in gone:
+            net = ipaddress.ip_network(self.dst)
+            kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
+            if r.gateway:
+                kw["gateway"] = r.gateway
+            if r.oif:
+                kw["oif"] = r.oif
+            _ignore_missing(env.ipr.route, "del", **kw)
+        env.forget_routes(gone)
 
 
 @dataclass
