@@ -15,10 +15,12 @@ Requested addresses: ``CNI_ARGS`` ``IP=`` (what ``podman run --ip`` sends), the
 ``args.cni.ips`` convention or ``runtimeConfig.ips``; a MAC from ``MAC=`` or
 ``runtimeConfig.mac``.
 
-Start-up time matters (the plugin runs on every container start): this module imports
-only the standard library; the netlink code is imported when a command needs it, and
-the pyroute2 package is imported without its catch-all ``__init__`` (see
-:func:`_light_pyroute2`).
+Start-up time matters (the plugin runs on every container start): the entry point
+(crossnet.cni.client) hands calls to a warm helper process when one runs for the state
+dir (crossnet.cni.server, which runs :func:`run` from this module); otherwise
+:func:`run_local` runs here and starts the helper. This module imports only the
+standard library at import time; the netlink code is imported when a command needs it,
+and the pyroute2 package without its catch-all ``__init__`` (see :func:`_light_pyroute2`).
 """
 
 from __future__ import annotations
