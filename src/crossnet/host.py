@@ -154,8 +154,11 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
     backend = get_backend(cluster.backend)
     with state.lock(), nl.open_ipr() as ipr:
         env = Env(ipr, batch=True)  # this namespace: per-peer writes go out in bursts
-        host_name = host_name or detect_host(cluster, env)
         applied, previous = load_previous(state)
+        recorded = applied.get("host") if applied else None
+        if not host_name and recorded in {h.name for h in cluster.hosts}:
+            host_name = recorded  # addresses may have moved (bridge/br-phy): trust the record
+        host_name = host_name or detect_host(cluster, env)
         if applied and applied.get("host") != host_name:
             raise ConfigError(
                 f"--host: this state dir belongs to host {applied.get('host')!r}; run `crossnet reset` first"
