@@ -88,7 +88,10 @@ class Backend:
     def check_underlay(self, ctx: HostContext, env: Env) -> None:
         if not self.needs_l2:
             return
+        onlink = _onlink_lookup(env)
         for peer in ctx.peers:
+            if onlink(peer.address):  # fast path: one route dump instead of a netlink request per peer
+                continue
             route = nl.route_get(env.ipr, str(peer.address))
             if route is None:
                 raise ApplyError(f"backend {self.name}: peer {peer.name} ({peer.address}) is unreachable from this host")
@@ -123,6 +126,38 @@ class Backend:
         return None
 
 
+RT_SCOPE_LINK = 253
+
+
+def _onlink_lookup(env: Env):
+    """address -> True when the most specific route to it in the main table (from the
+    Env's one-dump snapshot) is a directly connected one (no gateway, scope link).
+    Anything else (a gateway, no route, blackhole...) returns False and the caller asks
+    the kernel (route_get) as before. 1,000 host-gw peers: 1.8 s of route_gets -> ms."""
+    by_len: dict[int, dict[int, object]] = {}
+    for r in env.routes():
+        net = ipaddress.ip_network(r.dst, strict=False)
+        by_len.setdefault(net.prefixlen, {}).setdefault(int(net.network_address), r)
+    lens = sorted(by_len, reverse=True)
+
+    def onlink(address: IPv4Address) -> bool:
+        a = int(address)
+        for plen in lens:
+            mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+            r = by_len[plen].get(a & mask)
+            if r is not None:
+                return not r.gateway and r.scope == RT_SCOPE_LINK
+        return False
+
+    return onlink
+
+
+def gateway_mac(ctx: HostContext) -> str:
+    """A fixed MAC for the container bridge: without one a Linux bridge takes a
+    port's MAC, and the containers' gateway MAC would change as containers come and go."""
+    return stable_mac(ctx.cluster_name, ctx.host, "gateway")
+
+
 def gateway_cidr(ctx: HostContext) -> str:
     return f"{ctx.gateway}/{ctx.prefixlen}"
 
@@ -131,4 +166,4 @@ def first_host(net: IPv4Network) -> IPv4Address:
     return next(net.hosts()) if net.num_addresses > 2 else net.network_address
 
 
-__all__ = ["Backend", "HostContext", "Peer", "stable_mac", "gateway_cidr", "first_host", "ipaddress"]
+__all__ = ["Backend", "HostContext", "Peer", "stable_mac", "gateway_cidr", "gateway_mac", "first_host", "ipaddress"]

@@ -4,7 +4,7 @@ Needs all hosts on one L2 segment (the next hop must be on-link)."""
 
 from __future__ import annotations
 
-from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr
+from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
 from crossnet.plan import Address, Bridge, Resource, Route
 
 
@@ -15,7 +15,7 @@ class HostGw(Backend):
     description = "plain routes to each peer's container subnet via the peer's underlay address"
 
     def local_resources(self, ctx: HostContext) -> list[Resource]:
-        return [Bridge(ctx.bridge, ctx.mtu), Address(ctx.bridge, gateway_cidr(ctx))]
+        return [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx))]
 
     def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
         return [Route(str(peer.subnet), gateway=str(peer.address), dev=ctx.iface)]

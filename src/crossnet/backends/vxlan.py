@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, stable_mac
+from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac, stable_mac
 from crossnet.plan import Address, Bridge, Fdb, Neigh, Resource, Route, Vxlan as VxlanLink
 
 
@@ -34,7 +34,7 @@ class Vxlan(Backend):
         dev = self.device(ctx)
         mac = self.host_data(ctx.cluster_name, ctx.host, ctx.address)["vtep_mac"]
         return [
-            Bridge(ctx.bridge, ctx.mtu),
+            Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)),
             Address(ctx.bridge, gateway_cidr(ctx)),
             VxlanLink(dev, ctx.vni, ctx.port, str(ctx.address), ctx.iface, ctx.mtu, mac),
             Address(dev, f"{ctx.subnet.network_address}/32"),
