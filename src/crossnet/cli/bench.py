@@ -19,7 +19,7 @@ from crossnet.errors import ConfigError
 QUICK = {
     "mtus": (1500,), "repeats": 2, "duration": 1.0, "ping_count": 20,
     "attach_count": 200, "cli_count": 10, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan",),
-    "reset_max": 100, "cni_count": 10, "podman_runs": 3, "agent": False,
+    "reset_max": 1000, "cni_count": 10, "podman_runs": 3, "agent": False,
 }
 FULL = {
     "mtus": (1500, 9000), "repeats": 5, "duration": 5.0, "ping_count": 200,
