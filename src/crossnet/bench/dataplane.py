@@ -1,7 +1,9 @@
-"""`crossnet bench dataplane`: per backend a 2-host lab; TCP throughput (iperf3) and
-ping RTT container→container, and host→host on the same underlay in the same lab
-(measured before crossnet touches the hosts: the physical limit); results as ratios
-to that underlay. The tutorial's hand-built layouts run the same way as baselines.
+"""`crossnet bench dataplane`: per backend a lab whose hosts h1, h2 run crossnet
+with one container each; TCP throughput (iperf3) and ping RTT container→container,
+and host→host between two hosts of the same lab that crossnet never touches (h3 →
+h4, same switch: the physical limit), the two paths interleaved run by run; results
+as ratios to that underlay. The tutorial's hand-built layouts (built on h1, h2 of a
+lab without crossnet) run the same way as baselines.
 """
 
 from __future__ import annotations
@@ -49,17 +51,34 @@ def backend_unavailable(name: str) -> str | None:
     return None
 
 
-def _measure(client_ns: str, server_ns: str, addr: str, repeats: int, duration: float, ping_count: int
-             ) -> dict[str, Any]:
-    traffic.wait_reachable(client_ns, addr)
-    gbps, retr = [], []
-    with traffic.IperfServer(server_ns):
-        for _ in range(repeats):
-            g, r = traffic.iperf_gbps(client_ns, addr, duration)
-            gbps.append(g)
-            retr.append(r)
-    rtts = traffic.ping_rtts(client_ns, addr, ping_count)
-    return {"gbps": summary(gbps), "retransmits": retr, "rtt": traffic.rtt_summary(rtts)}
+def _paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: float, ping_count: int
+            ) -> dict[str, dict[str, Any]]:
+    """iperf3 + ping on several paths {label: (client netns, server netns, address)},
+    interleaved run by run (the order alternates each repeat), so load changes on this
+    shared machine hit every path alike."""
+    for client, _server, addr in paths.values():
+        traffic.wait_reachable(client, addr)
+    gbps: dict[str, list[float]] = {k: [] for k in paths}
+    retr: dict[str, list[int | None]] = {k: [] for k in paths}
+    servers = [traffic.IperfServer(server) for _c, server, _a in paths.values()]
+    try:
+        for srv in servers:
+            srv.start()
+        labels = list(paths)
+        for i in range(repeats):
+            for label in (labels if i % 2 == 0 else list(reversed(labels))):
+                client, _server, addr = paths[label]
+                g, r = traffic.iperf_gbps(client, addr, duration)
+                gbps[label].append(g)
+                retr[label].append(r)
+    finally:
+        for srv in servers:
+            srv.stop()
+    out = {}
+    for label, (client, _server, addr) in paths.items():
+        rtts = traffic.ping_rtts(client, addr, ping_count)
+        out[label] = {"gbps": summary(gbps[label]), "retransmits": retr[label], "rtt": traffic.rtt_summary(rtts)}
+    return out
 
 
 def _both(fn: Callable[[Any], Any], hosts: tuple[Any, ...]) -> None:
@@ -81,7 +100,9 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _lab_opts(mtu: int, backend: str, containers: int) -> dict[str, Any]:
-    return {"hosts": 2, "underlay": "l2", "backend": backend, "containers": containers,
+    """4 hosts on one switch: h1, h2 carry the path under test, h3 → h4 (never
+    configured) is the underlay, measured in the same minutes, interleaved."""
+    return {"hosts": 4, "underlay": "l2", "backend": backend, "containers": containers,
             "mtu": None if mtu == 1500 else mtu}
 
 
@@ -95,19 +116,18 @@ def measure_backend(rc: RunContext, backend: str, mtu: int, repeats: int, durati
     row["load_before"] = loadavg()
     try:
         with bench_lab(_lab_opts(mtu, backend, 1), apply=False) as lab:
-            h1, h2 = lab.hosts[:2]
-            rc.log(f"{backend} mtu {mtu}: underlay {h1.name}→{h2.name}")
-            row["underlay"] = _measure(h1.netns, h2.netns, h2.address, repeats, duration, ping_count)
-            rc.log(f"{backend} mtu {mtu}: crossnet apply + attach")
+            h1, h2, h3, h4 = lab.hosts[:4]
+            rc.log(f"{backend} mtu {mtu}: crossnet apply + attach on {h1.name}, {h2.name}")
             _both(lambda h: lab.apply(h.name), (h1, h2))
             _both(lambda h: [lab.attach(h.name, c) for c in h.containers], (h1, h2))
             st2 = lab.status(h2.name)
             dst = next(c for c in st2["containers"] if c["netns"].endswith(h2.containers[0]))
             row["container_mtu"] = st2.get("mtu")
             row["datapath"] = st2.get("datapath")
-            rc.log(f"{backend} mtu {mtu}: container {h1.containers[0]}→{h2.containers[0]}")
-            row["overlay"] = _measure(h1.containers[0], h2.containers[0], dst["address"].split("/")[0],
-                                      repeats, duration, ping_count)
+            rc.log(f"{backend} mtu {mtu}: container {h1.name}-c1→{h2.name}-c1 and underlay {h3.name}→{h4.name}")
+            res = _paired({"overlay": (h1.containers[0], h2.containers[0], dst["address"].split("/")[0]),
+                           "underlay": (h3.netns, h4.netns, h4.address)}, repeats, duration, ping_count)
+            row.update(res)
     except Skip as exc:
         return {**row, "status": "skipped", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the suite
@@ -127,17 +147,15 @@ def measure_manual(rc: RunContext, name: str, mtu: int, repeats: int, duration: 
         with bench_lab(_lab_opts(mtu, "vxlan", 0), apply=False) as lab:
             layout = cls(lab)
             layout.check_available()
-            h1, h2 = lab.hosts[:2]
-            rc.log(f"{name} mtu {mtu}: underlay {h1.name}→{h2.name}")
-            row["underlay"] = _measure(h1.netns, h2.netns, h2.address, repeats, duration, ping_count)
+            h3, h4 = lab.hosts[2:4]
             try:
                 rc.log(f"{name} mtu {mtu}: building the tutorial layout by hand")
                 built = layout.build(mtu)
                 row["container_mtu"] = built.container_mtu
                 row["steps"] = built.steps
-                rc.log(f"{name} mtu {mtu}: container→container")
-                row["overlay"] = _measure(built.client_ns, built.server_ns, built.server_addr, repeats, duration,
-                                          ping_count)
+                rc.log(f"{name} mtu {mtu}: container→container and underlay {h3.name}→{h4.name}")
+                row.update(_paired({"overlay": (built.client_ns, built.server_ns, built.server_addr),
+                                    "underlay": (h3.netns, h4.netns, h4.address)}, repeats, duration, ping_count))
             finally:
                 layout.teardown()
     except Skip as exc:

@@ -164,20 +164,32 @@ class OvsDaemons:
                     os.kill(pid, 9)
 
 
-def ovs_daemons(netns: str, base: Path) -> Any:
-    """The OVS engineer's per-host daemon helper when it exists, else ours."""
+class _HelperDaemons(OvsDaemons):
+    """The OVS engineer's crossnet.ovs.daemon.OvsInstance (same layout: one directory,
+    OVS_* variables for daemons and commands), with our ovs-vsctl wrapper."""
+
+    def __init__(self, inst: Any, netns: str):
+        super().__init__(netns, Path(inst.directory))
+        self.inst = inst
+        self.env = dict(inst.env())
+        self.db = f"unix:{inst.db_socket}"
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.inst.start()
+
+    def stop(self) -> None:
+        self.inst.stop()
+
+
+def ovs_daemons(netns: str, base: Path) -> OvsDaemons:
+    """Per-host daemons through the OVS engineer's helper (crossnet.ovs.daemon) when
+    it is in the tree, else our own minimal equivalent."""
     try:
-        from crossnet.ovs import daemon as ovs_daemon  # type: ignore[attr-defined]
+        from crossnet.ovs.daemon import OvsInstance
     except ImportError:
-        ovs_daemon = None
-    if ovs_daemon is not None:
-        cls = getattr(ovs_daemon, "OvsDaemons", None) or getattr(ovs_daemon, "OvsInstance", None)
-        if cls is not None and all(hasattr(cls, m) for m in ("start", "stop")):
-            with contextlib.suppress(TypeError):
-                inst = cls(netns, base)
-                if hasattr(inst, "vsctl"):
-                    return inst
-    return OvsDaemons(netns, base)
+        return OvsDaemons(netns, base)
+    return _HelperDaemons(OvsInstance(str(base), netns=netns), netns)
 
 
 class OvsGre(Layout):
@@ -205,7 +217,8 @@ class OvsGre(Layout):
         addrs = []
         for k, h in enumerate(hosts, 1):
             d = ovs_daemons(h.netns, Path(self.lab.plan.lab_dir) / "hosts" / h.name / "bench-ovs")
-            self.steps.append(f"[{h.name}] start ovsdb-server + ovs-vswitchd (own db/run dir)")
+            self.steps.append(f"[{h.name}] start ovsdb-server + ovs-vswitchd (own db/run dir, OVS_RUNDIR/DBDIR/"
+                              "LOGDIR/SYSCONFDIR pointing at it)")
             d.start()
             self.daemons.append(d)
             vs = lambda *a, d=d, h=h: (self.steps.append(f"[{h.name}] ovs-vsctl " + " ".join(a)), d.vsctl(*a))  # noqa: E731

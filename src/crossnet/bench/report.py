@@ -207,12 +207,13 @@ def _dataplane_md(dp: dict[str, Any]) -> list[str]:
     out = ["## Data plane", ""]
     p = dp.get("params", {})
     out.append(
-        f"Per backend a 2-host lab (l2 underlay: host veths on one switch bridge), one container per host. "
-        f"iperf3 TCP, {p.get('repeats')} × {p.get('duration_s')} s per path (median, min–max); ping "
-        f"{p.get('ping_count')} × 10 ms apart. The underlay row of every lab is host→host measured in that lab "
-        "before crossnet configures it (the physical limit of that lab), so each ratio compares numbers taken "
-        "a few seconds apart. `manual-*` rows are the tutorial's layouts built by hand, step by step "
-        "(commands below).")
+        f"Per backend a lab of 4 simulated hosts on one switch (l2 underlay: veths on a bridge). Hosts h1 and "
+        f"h2 run crossnet with one container each; h3 and h4 are never configured, and h3 → h4 is the "
+        f"underlay (the physical limit of that lab). iperf3 TCP, {p.get('repeats')} × {p.get('duration_s')} s "
+        "per path, container→container and underlay runs interleaved (order alternating), so both see the "
+        f"same load; median (min–max). Ping: {p.get('ping_count')} echoes 10 ms apart. `manual-*` rows are "
+        "the tutorial's layouts built by hand on h1, h2 of a lab without crossnet, step by step "
+        "(commands below). Ratio = median container→container / median underlay of the same lab.")
     out.append("")
     for mtu in p.get("mtus", []):
         rows = [r for r in dp.get("rows", []) if r["mtu"] == mtu]

@@ -145,7 +145,7 @@ def _print_human(res: dict[str, Any]) -> None:
 
     from crossnet.bench.targets import verdict
 
-    con = Console()
+    con = Console(width=None if sys.stdout.isatty() else 160)
     dp = res.get("dataplane")
     if dp and dp.get("rows"):
         t = Table(title="data plane: TCP throughput and RTT, container→container vs host→host (same lab)",
@@ -218,6 +218,8 @@ def _print_human(res: dict[str, Any]) -> None:
     for col in ("target", "goal", "measured", "result", "detail"):
         t.add_column(col)
     for tg in res.get("targets", []):
+        if tg["met"] is None and str(tg.get("status") or "").startswith("not measured"):
+            continue  # a suite that did not run
         v = "" if tg["value"] is None else f"{tg['value']:.3g} {tg['unit']}"
         res_txt = verdict(tg)
         style = {"met": "green", "MISSED": "red"}.get(res_txt, "yellow")
