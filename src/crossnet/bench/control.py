@@ -22,6 +22,7 @@ import ipaddress
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -144,51 +145,60 @@ def profile_apply(backend: str, n: int, top: int = 45) -> str | None:
 
 
 def bench_peers(rc: RunContext, sizes: tuple[int, ...] = (10, 100, 1000), backends: tuple[str, ...] = ("vxlan",),
-                profile_over_s: float | None = None, reset_max: int = 1000) -> dict[str, Any]:
-    """reset is timed up to `reset_max` peers; above, the lab namespace is simply
-    deleted (quick mode: resetting 1,000 peers can take minutes)."""
-    out: dict[str, Any] = {"status": "ok", "rows": [], "load_before": loadavg()}
+                profile_over_s: float | None = None, reset_max: int = 1000, repeats: int = 1) -> dict[str, Any]:
+    """Per backend and N: `repeats` × (apply, no-op re-apply, reset), medians reported.
+    reset is timed up to `reset_max` peers; above, the host is left for `lab down`
+    (only possible for the last size)."""
+    out: dict[str, Any] = {"status": "ok", "rows": [], "repeats": repeats, "load_before": loadavg()}
     t0 = time.monotonic()
     cli = crossnet_cli()
     sizes = tuple(sorted(sizes))
+    med = lambda xs: round(statistics.median(xs), 4) if xs else None  # noqa: E731
     try:
         for backend in backends:
             with bench_lab({"hosts": 1, "containers": 0, "backend": "vxlan"}, apply=False) as lab:
                 h = lab.hosts[0]
                 for n in sizes:
-                    rc.log(f"peers: apply {backend} with {n} peers")
+                    rc.log(f"peers: apply {backend} with {n} peers" + (f" ({repeats}×)" if repeats > 1 else ""))
                     path = Path(lab.plan.lab_dir) / f"peers-{backend}-{n}.yaml"
                     path.write_text(yaml.safe_dump(peers_cluster(lab.name, backend, h, n), sort_keys=False))
                     apply_argv = lab.argv(h.name, [*cli, "apply", "-f", str(path), "--host", h.name, "-o", "json"])
-                    row: dict[str, Any] = {"backend": backend, "peers": n}
-                    first = run_measured(apply_argv, timeout=900)
-                    if not first.ok:
-                        row.update(status="failed", reason=first.error_line())
-                        out["rows"].append(row)
-                        run_measured(lab.argv(h.name, [*cli, "reset"]), timeout=300)
-                        continue
-                    fj = _apply_json(first)
-                    second = run_measured(apply_argv, timeout=900)
-                    sj = _apply_json(second)
-                    reset = None
-                    if n <= reset_max or n != sizes[-1]:  # the lab goes away after the last size anyway
-                        reset = run_measured(lab.argv(h.name, [*cli, "reset", "-o", "json"]), timeout=900)
-                    row.update(
-                        status="ok",
-                        changes=len(fj.get("changes") or []),
-                        apply_wall_s=round(first.wall_s, 4),
-                        apply_internal_s=fj.get("elapsed_s"),
-                        noop_wall_s=round(second.wall_s, 4),
-                        noop_internal_s=sj.get("elapsed_s"),
-                        noop_changed=sj.get("changed"),
-                        reset_wall_s=round(reset.wall_s, 4) if reset is not None and reset.ok else None,
-                        apply_rss_mb=round(first.maxrss_kb / 1024, 1),
-                    )
-                    rc.note_memory("crossnet apply (CLI)", f"{backend}, {n} peers", first.maxrss_kb)
-                    if (profile_over_s is not None and n == max(sizes)
-                            and first.wall_s > profile_over_s):
-                        rc.log(f"peers: profiling apply of {n} peers (pyinstrument)")
-                        row["profile"] = profile_apply(backend, n)
+                    row: dict[str, Any] = {"backend": backend, "peers": n, "status": "ok"}
+                    aw, ai, nw, ni, rw, rss, changes, noop_changed = [], [], [], [], [], [], None, None
+                    for rep in range(repeats):
+                        first = run_measured(apply_argv, timeout=900)
+                        if not first.ok:
+                            row.update(status="failed", reason=first.error_line())
+                            run_measured(lab.argv(h.name, [*cli, "reset"]), timeout=900)
+                            break
+                        fj = _apply_json(first)
+                        second = run_measured(apply_argv, timeout=900)
+                        sj = _apply_json(second)
+                        aw.append(first.wall_s)
+                        ai.append(fj.get("elapsed_s") or 0.0)
+                        nw.append(second.wall_s)
+                        ni.append(sj.get("elapsed_s") or 0.0)
+                        rss.append(first.maxrss_kb)
+                        changes = len(fj.get("changes") or [])
+                        noop_changed = bool(noop_changed) or bool(sj.get("changed"))
+                        last = n == sizes[-1] and rep == repeats - 1
+                        if n <= reset_max or not last:
+                            reset = run_measured(lab.argv(h.name, [*cli, "reset", "-o", "json"]), timeout=900)
+                            if reset.ok:
+                                rw.append(reset.wall_s)
+                    if row["status"] == "ok":
+                        row.update(
+                            changes=changes,
+                            apply_wall_s=med(aw), apply_wall_min_s=round(min(aw), 4), apply_wall_max_s=round(max(aw), 4),
+                            apply_internal_s=med(ai),
+                            noop_wall_s=med(nw), noop_internal_s=med(ni), noop_changed=noop_changed,
+                            reset_wall_s=med(rw),
+                            apply_rss_mb=round(max(rss) / 1024, 1),
+                        )
+                        rc.note_memory("crossnet apply (CLI)", f"{backend}, {n} peers", max(rss))
+                        if profile_over_s is not None and n == max(sizes) and med(aw) > profile_over_s:
+                            rc.log(f"peers: profiling apply of {n} peers (pyinstrument)")
+                            row["profile"] = profile_apply(backend, n)
                     out["rows"].append(row)
     except Skip as exc:
         return {"status": "skipped", "reason": str(exc)}
@@ -199,6 +209,24 @@ def bench_peers(rc: RunContext, sizes: tuple[int, ...] = (10, 100, 1000), backen
 
 
 # ---------------------------------------------------------------- CNI
+
+
+def _helper_rss_kb(netns: str, needle: str) -> int | None:
+    """Peak RSS of a long-lived process of ours in `netns` whose command line has `needle`."""
+    from crossnet.bench.util import vm_hwm_kb
+    from crossnet.lab import netns as ns
+
+    best = None
+    for pid in ns.netns_pids([netns]).get(netns, []):
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if needle in cmd:
+            kb = vm_hwm_kb(pid)
+            if kb and (best is None or kb > best):
+                best = kb
+    return best
 
 
 def reference_conf(base: Path) -> dict[str, Any]:
@@ -243,10 +271,21 @@ def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[s
                  "conf": reference_conf(base), "netns": rs},
             ]}
             r = _worker(lab, h, req, timeout=120 + count * 10)
+            starts = [run_measured(lab.argv(h.name, [sys.executable, "-S", "-c", "pass"]), timeout=30).wall_s * 1000
+                      for _ in range(5)]
+            out["python_start_ms"] = summary(starts, 2)  # bare `python -S` in the host (ip netns exec included)
+            starts = [run_measured(lab.argv(h.name, ["true"]), timeout=30).wall_s * 1000 for _ in range(5)]
+            out["netns_exec_ms"] = summary(starts, 2)
+            helper_kb = _helper_rss_kb(h.netns, "crossnet.cni.server")
+            if helper_kb:
+                out["helper_peak_rss_mb"] = round(helper_kb / 1024, 1)
+                rc.note_memory("crossnet-cni warm helper (crossnet.cni.server)", f"{count} ADD + {count} DEL",
+                               helper_kb)
             for label, rec in r.items():
                 if label.startswith("_"):
                     continue
                 out[label] = {"add_ms": summary(rec["add_ms"], 3), "del_ms": summary(rec["del_ms"], 3),
+                              "first_add_ms": round(rec["add_ms"][0], 3) if rec["add_ms"] else None,
                               "errors": rec["errors"][:5],
                               "peak_rss_mb": round(max(rec["rss_kb"] or [0]) / 1024, 1)}
                 if label == "crossnet-cni":
@@ -346,14 +385,14 @@ def bench_agent(rc: RunContext, hosts: int = 20, joins: int = 10) -> dict[str, A
 def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_sizes: tuple[int, ...] = (10, 100, 1000),
         peer_backends: tuple[str, ...] = ("vxlan", "host-gw"), cni_count: int = 50, podman_runs: int = 10,
         agent: bool = True, profile: bool = False, reset_max: int = 1000, agent_hosts: int = 20,
-        agent_joins: int = 10) -> dict[str, Any]:
+        agent_joins: int = 10, peer_repeats: int = 1) -> dict[str, Any]:
     t0 = time.monotonic()
     res: dict[str, Any] = {"suite": "control", "params": {
         "attach_count": attach_count, "cli_count": cli_count, "peer_sizes": list(peer_sizes),
         "peer_backends": list(peer_backends), "cni_count": cni_count, "podman_runs": podman_runs}}
     res["attach"] = bench_attach(rc, attach_count, cli_count)
     res["peers"] = bench_peers(rc, peer_sizes, peer_backends, profile_over_s=1.0 if profile else None,
-                               reset_max=reset_max)
+                               reset_max=reset_max, repeats=peer_repeats)
     res["cni"] = bench_cni(rc, cni_count)
     res["podman"] = bench_podman(rc, podman_runs) if podman_runs else {"status": "skipped",
                                                                         "reason": "disabled (--podman-runs 0)"}

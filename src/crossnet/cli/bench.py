@@ -19,12 +19,12 @@ from crossnet.errors import ConfigError
 QUICK = {
     "mtus": (1500,), "repeats": 2, "duration": 1.0, "ping_count": 20,
     "attach_count": 200, "cli_count": 10, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan",),
-    "reset_max": 1000, "cni_count": 10, "podman_runs": 3, "agent": False,
+    "reset_max": 1000, "peer_repeats": 1, "cni_count": 10, "podman_runs": 3, "agent": False,
 }
 FULL = {
     "mtus": (1500, 9000), "repeats": 5, "duration": 5.0, "ping_count": 200,
     "attach_count": 250, "cli_count": 200, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan", "host-gw"),
-    "reset_max": 1000, "cni_count": 50, "podman_runs": 10, "agent": True,
+    "reset_max": 1000, "peer_repeats": 3, "cni_count": 50, "podman_runs": 10, "agent": True,
 }
 
 
@@ -252,7 +252,8 @@ def _run_control(rc: Any, s: dict[str, Any], profile: bool) -> dict[str, Any]:
 
     return control.run(rc, attach_count=s["attach_count"], cli_count=s["cli_count"], peer_sizes=s["peer_sizes"],
                        peer_backends=s["peer_backends"], reset_max=s["reset_max"], cni_count=s["cni_count"],
-                       podman_runs=s["podman_runs"], agent=s["agent"], profile=profile)
+                       podman_runs=s["podman_runs"], agent=s["agent"], profile=profile,
+                       peer_repeats=s["peer_repeats"])
 
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
