@@ -20,6 +20,8 @@ import string
 
 import pytest
 
+from crossnet import procs
+
 TEST_LAB_RE = re.compile(r"^t[a-z0-9]{5}$")
 _ALPHABET = string.ascii_lowercase + string.digits
 
@@ -31,18 +33,6 @@ def _require_lab_env() -> None:
         pytest.skip("lab tests need iproute2 (`ip`)")
 
 
-def _pid_alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @pytest.fixture(scope="session")
 def lab_sweep() -> None:
     """Once per session: remove test labs left by earlier sessions that crashed
@@ -51,7 +41,7 @@ def lab_sweep() -> None:
     from crossnet.lab import manager, netns
 
     for name in manager.lab_names():
-        if TEST_LAB_RE.match(name) and not _pid_alive((manager.read_manifest(name) or {}).get("owner_pid")):
+        if TEST_LAB_RE.match(name) and not procs.exists((manager.read_manifest(name) or {}).get("owner_pid")):
             with contextlib.suppress(Exception):
                 manager.down(name)
     for ns_name in netns.list_netns():

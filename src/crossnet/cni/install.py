@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from crossnet.cni.plugin import DEFAULT_STATE_DIR, PLUGIN_TYPE
+from crossnet.cni.plugin import PLUGIN_TYPE
 from crossnet.errors import ConfigError
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"

@@ -31,11 +31,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from crossnet import procs
 from crossnet.check import Endpoint, Pair, all_ok, pairs_to_json, ping_matrix
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab import netns as ns
 from crossnet.lab import services as svc_registry
-from crossnet.lab.topology import HostPlan, LabOptions, LabPlan, free_slot, plan_lab, validate_name
+from crossnet.lab.topology import (
+    HostPlan,
+    LabOptions,
+    LabPlan,
+    free_slot,
+    plan_lab,
+    validate_name,
+)
 from crossnet.state import read_json, write_json_atomic
 
 DEFAULT_LAB_ROOT = "/run/crossnet/lab"
@@ -461,15 +469,7 @@ def _stop_services(manifest: dict[str, Any]) -> list[str]:
 
 def _owner_alive(name: str) -> bool:
     pid = (read_manifest(name) or {}).get("owner_pid")
-    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid != os.getpid() and procs.exists(pid)
 
 
 def down_all(log: Log | None = None, force: bool = False) -> list[dict[str, Any]]:

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pyroute2 import IPRoute, netns as pr_netns
+from pyroute2 import IPRoute
+from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet.errors import CrossnetError
 from crossnet.lab.topology import HostPlan, LabPlan
+from crossnet.procs import alive
 
 NETNS_DIR = "/run/netns"
 
@@ -117,24 +119,11 @@ def _protected_pids() -> set[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)  # reap our own children
-        return False
-    return True
-
-
 def _wait_gone(pids: Iterable[int], timeout: float) -> list[int]:
     pending = list(pids)
     deadline = time.monotonic() + timeout
     while pending:
-        pending = [p for p in pending if _alive(p)]
+        pending = [p for p in pending if alive(p)]
         if not pending or time.monotonic() >= deadline:
             break
         time.sleep(0.05)

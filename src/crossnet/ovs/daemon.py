@@ -27,6 +27,7 @@ from pathlib import Path
 
 from crossnet.errors import CrossnetError
 from crossnet.ovs import db as ovsdb
+from crossnet.procs import wait_gone
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 START_TIMEOUT = 20.0
@@ -35,28 +36,6 @@ STOP_TIMEOUT = 10.0
 
 class OvsDaemonError(CrossnetError):
     pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
-
-
-def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 @dataclass

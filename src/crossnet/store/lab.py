@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from crossnet.errors import CrossnetError
+from crossnet.procs import stop as stop_pid
 from crossnet.store.etcdserver import EtcdServer
 
 LAB_PREFIX = "/crossnet"
@@ -93,37 +94,6 @@ def _tail(path: str | None, lines: int = 3) -> str:
         return " | ".join(Path(path).read_text(errors="replace").strip().splitlines()[-lines:])[-500:]
     except OSError:
         return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    if state in ("Z", "X"):
-        with contextlib.suppress(ChildProcessError, OSError):
-            os.waitpid(pid, os.WNOHANG)
-        return False
-    return True
-
-
-def stop_pid(pid: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
-    """Signal pid, wait for it to exit (SIGKILL after timeout). True if it was running."""
-    if not _alive(pid):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.05)
-    if _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        end = time.monotonic() + 5
-        while time.monotonic() < end and _alive(pid):
-            time.sleep(0.05)
-    return True
 
 
 def stop_agent(state_dir: str, sig: int = signal.SIGTERM, timeout: float = 10.0) -> bool:
