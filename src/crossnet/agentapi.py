@@ -20,31 +20,18 @@ import http.client
 import http.server
 import json
 import os
-import socket
 import socketserver
 import threading
 from typing import TYPE_CHECKING, Any
 
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.state import StateDir
+from crossnet.unixhttp import UnixHTTPConnection, short_path
 
 if TYPE_CHECKING:
     from crossnet.agent import Agent
 
 MAX_BODY = 1 << 20
-
-
-@contextlib.contextmanager
-def _short_path(path: str):
-    """AF_UNIX paths are limited to 107 bytes; go through /proc/self/fd/N/ for longer ones."""
-    if len(path.encode()) < 100:
-        yield path
-        return
-    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
-    finally:
-        os.close(fd)
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -58,7 +45,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.unlink(path)
         old = os.umask(0o177)
         try:
-            with _short_path(path) as p:
+            with short_path(path) as p:
                 super().__init__(p, _Handler, bind_and_activate=True)
         finally:
             os.umask(old)
@@ -196,29 +183,12 @@ def serve(agent: Agent, path: str) -> _ApiHandle:
 # ---------------------------------------------------------------------- client
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("agent", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            with _short_path(self.unix_path) as p:
-                sock.connect(p)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def call(state_dir: str | os.PathLike[str], method: str, path: str, body: dict | None = None,
          timeout: float = 30.0) -> Any:
     """Call the agent running with this state dir. CrossnetError when there is none
     or it answers with an error."""
     sock = os.path.join(os.fspath(state_dir), "agent.sock")
-    conn = _UnixConnection(sock, timeout)
+    conn = UnixHTTPConnection(sock, timeout, host="agent")
     try:
         payload = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if payload is not None else {}

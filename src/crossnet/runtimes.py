@@ -14,38 +14,21 @@ The HTTP client is a few lines of stdlib (http.client over AF_UNIX): no dependen
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shlex
 import shutil
-import socket
 import subprocess
 from typing import Any
 from urllib.parse import quote
 
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.runtime import RESOLVERS
+from crossnet.unixhttp import UnixHTTPConnection
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 PODMAN_SOCKET = "/run/podman/podman.sock"
 TIMEOUT = 10.0
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = TIMEOUT):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class EngineClient:

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from crossnet.errors import ConfigError, CrossnetError
+from crossnet.unixhttp import UnixHTTPConnection
 
 # grpc codes the gateway returns in {"code": N}
 GRPC_NOT_FOUND = 5
@@ -112,33 +113,6 @@ class Endpoint:
         if self.scheme == "unix":
             return f"unix://{self.host}"
         return f"{self.scheme}://{self.host}:{self.port}"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket (etcd --listen-client-urls unix://NAME:PORT)."""
-
-    def __init__(self, path: str, timeout: float | None):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        import os
-
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        path, fd = self.unix_path, None
-        if len(path.encode()) >= 100:  # AF_UNIX limit: go through the directory's fd
-            fd = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
-            path = f"/proc/self/fd/{fd}/{os.path.basename(path)}"
-        try:
-            sock.connect(path)
-        except OSError:
-            sock.close()
-            raise
-        finally:
-            if fd is not None:
-                os.close(fd)
-        self.sock = sock
 
 
 def parse_endpoints(urls: str | list[str]) -> list[Endpoint]:
