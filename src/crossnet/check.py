@@ -51,7 +51,8 @@ class Pair:
     error: str | None = None
 
 
-def _netns_prefix(netns: str) -> list[str]:
+def netns_prefix(netns: str | None) -> list[str]:
+    """argv prefix that runs a command in `netns` (a name, a path, or "" for here)."""
     if not netns:
         return []
     if netns.startswith("/run/netns/") and netns.count("/") == 3:
@@ -69,7 +70,7 @@ def _netns_path(netns: str) -> str | None:
 
 # ---- probe via iputils ping ---------------------------------------------------------
 def _probe_ping(src: Endpoint, address: str, count: int, timeout: float) -> tuple[bool, float | None, str | None]:
-    argv = [*_netns_prefix(src.netns), "ping", "-n", "-q", "-c", str(count), "-W", f"{timeout:g}"]
+    argv = [*netns_prefix(src.netns), "ping", "-n", "-q", "-c", str(count), "-W", f"{timeout:g}"]
     if count > 1:
         argv += ["-i", f"{PING_INTERVAL:g}"]
     argv.append(address)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import os
 import select
 import shutil
 import socket
@@ -39,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Iterable, Protocol
 
+from crossnet.check import netns_prefix as _netns_prefix
 from crossnet.errors import ConfigError, CrossnetError
 
 MAX_COUNT = 1000
@@ -953,16 +953,6 @@ class NicTap:
 
 
 # ---- the probe -------------------------------------------------------------------------------
-def _netns_prefix(netns: str | None) -> list[str]:
-    if not netns:
-        return []
-    if netns.startswith("/run/netns/") and netns.count("/") == 3:
-        return ["ip", "netns", "exec", os.path.basename(netns)]
-    if netns.startswith("/"):
-        return ["nsenter", f"--net={netns}"]
-    return ["ip", "netns", "exec", netns]
-
-
 def send_probe(netns: str | None, dst: str, count: int, interval: float = PROBE_INTERVAL,
                timeout: float = 1.0) -> dict:
     """COUNT echo requests from `netns` to `dst`, bounded in number and time."""
