@@ -150,9 +150,25 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         ctx, backend = _context(state)
         res = containers.detach(state, ctx, backend, cid)
         return 200, {"id": cid, "detached": res is not None, **(res or {})}
-    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach"):
+    if method == "POST" and path == "/v1/cni":
+        return 200, _cni(body)
+    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/cni"):
         return 405, {"error": f"{method} not allowed on {path}"}
     return 404, {"error": f"no such endpoint {path} (try /v1/status)"}
+
+
+def _cni(body: dict) -> dict:
+    """Run one crossnet-cni invocation ({environ, stdin, netns}) in the agent: the
+    same plugin code and IPAM, without a process start. Callers from another
+    network namespace are told `stale` and run the plugin themselves."""
+    from crossnet.cni import plugin
+    from crossnet.cni.client import netns_id
+
+    if body.get("netns") != netns_id():
+        return {"stale": True}
+    environ = {str(k): str(v) for k, v in (body.get("environ") or {}).items()}
+    rc, out = plugin.run(environ, str(body.get("stdin", "")).encode("utf-8", "surrogateescape"))
+    return {"rc": rc, "stdout": plugin.output_text(out)}
 
 
 def _context(state: StateDir):

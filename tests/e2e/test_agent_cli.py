@@ -35,3 +35,38 @@ def test_cli_uses_agent_api(lab_factory):
         assert att["address"] not in {c["address"] for c in lab.status("h1")["containers"]}
     finally:
         subprocess.run(["ip", "netns", "del", extra])
+
+
+def test_cni_plugin_served_by_agent(lab_factory):
+    """With an agent running, crossnet-cni hands ADD/DEL to the agent's API: no
+    warm helper of its own is started, and the container gets a working address."""
+    import sys
+
+    lab = lab_factory(hosts=2, backend="vxlan", containers=1, extra={"store": "etcd"})
+    h1 = next(h for h in lab.hosts if h.name == "h1")
+    cname = f"{h1.netns}-cni"
+    subprocess.run(["ip", "netns", "add", cname], check=True)
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni",
+                       "stateDir": h1.state_dir})
+    env = {"CNI_CONTAINERID": "f" * 64, "CNI_NETNS": f"/run/netns/{cname}", "CNI_IFNAME": "eth0",
+           "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
+
+    def cni(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["ip", "netns", "exec", h1.netns, sys.executable, "-c", "from crossnet.cni.client import main; main()"],
+            input=conf, text=True, capture_output=True, env={**env, "CNI_COMMAND": command}, timeout=60,
+        )
+
+    try:
+        add = cni("ADD")
+        assert add.returncode == 0, add.stdout + add.stderr
+        ip = json.loads(add.stdout)["ips"][0]["address"].split("/")[0]
+        assert not (Path(h1.state_dir) / "cni.sock").exists()  # the agent served it
+        assert ip in {c["address"] for c in lab.status("h1")["containers"]}
+        other = next(h for h in lab.hosts if h.name == "h2").containers[0]
+        assert subprocess.run(["ip", "netns", "exec", other, "ping", "-c", "1", "-W", "2", ip],
+                              capture_output=True).returncode == 0
+        assert cni("DEL").returncode == 0
+        assert ip not in {c["address"] for c in lab.status("h1")["containers"]}
+    finally:
+        subprocess.run(["ip", "netns", "del", cname])

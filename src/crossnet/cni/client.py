@@ -18,6 +18,7 @@ import _socket
 SERVER_COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 DEFAULT_STATE_DIR = "/var/lib/crossnet"
 SOCKET_NAME = "cni.sock"
+AGENT_SOCKET = "agent.sock"  # crossnet agent's local API (crossnet.agentapi)
 CLIENT_TIMEOUT = 120.0
 # files whose change makes a running helper step down (it would run old code)
 _CODE_FILES = ("cni/client.py", "cni/plugin.py", "cni/server.py", "containers.py", "ipam.py", "netlink.py",
@@ -100,16 +101,16 @@ def request_bytes(environ, stdin: bytes) -> bytes:
     return text.encode("ascii")
 
 
-def call(state_dir: str, environ, stdin: bytes) -> tuple[int, str | None] | None:
-    """Send the call to the helper: (exit status, stdout text) or None (no usable helper)."""
+def _exchange(path: str, payload: bytes) -> bytes | None:
+    """Send payload on the unix socket at path, read until the peer closes."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(CLIENT_TIMEOUT)
         try:
-            sock.connect(socket_path(state_dir))
+            sock.connect(path)
         except OSError:
             return None
-        sock.sendall(request_bytes(environ, stdin))
+        sock.sendall(payload)
         sock.shutdown(_socket.SHUT_WR)
         chunks = []
         while True:
@@ -121,8 +122,36 @@ def call(state_dir: str, environ, stdin: bytes) -> tuple[int, str | None] | None
         return None
     finally:
         sock.close()
+    return b"".join(chunks)
+
+
+def _via_agent(state_dir: str, body: bytes) -> bytes | None:
+    """POST the call to a running `crossnet agent`'s local API (/v1/cni); None if
+    there is no agent or it did not answer 200."""
+    path = os.path.join(state_dir, AGENT_SOCKET)
+    if not os.path.exists(path):
+        return None
+    head = (f"POST /v1/cni HTTP/1.0\r\nHost: agent\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("ascii")
+    raw = _exchange(path, head + body)
+    if not raw or b"\r\n\r\n" not in raw:
+        return None
+    header, _, payload = raw.partition(b"\r\n\r\n")
+    parts = header.split(b" ", 2)
+    return payload if len(parts) > 1 and parts[1] == b"200" else None
+
+
+def call(state_dir: str, environ, stdin: bytes) -> tuple[int, str | None] | None:
+    """Send the call to the agent (when one runs) or the warm helper: (exit status,
+    stdout text) or None (nobody usable: run it in this process)."""
+    body = request_bytes(environ, stdin)
+    raw = _via_agent(state_dir, body)
+    if raw is None:
+        raw = _exchange(socket_path(state_dir), body)
+    if raw is None:
+        return None
     try:
-        reply = loads(b"".join(chunks).decode("utf-8"))
+        reply = loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(reply, dict) or reply.get("stale") or not isinstance(reply.get("rc"), int):
