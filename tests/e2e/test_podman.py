@@ -3,8 +3,7 @@
 - 2 hosts (vxlan, host-gw): containers on both, cross-host ping (from inside the
   containers, podman exec) and HTTP (busybox httpd / wget), `--ip`, `-p` via portmap.
 - leak test: `podman run --rm` cycles leave no veth, address, route, IPAM entry,
-  netns or CNI cache entry: 20 cycles by default (CROSSNET_LEAK_CYCLES overrides), 100
-  in the `slow` test (`-m slow` or CROSSNET_SLOW=1).
+  netns or CNI cache entry: 100 cycles (CROSSNET_LEAK_CYCLES overrides).
 - `crossnet attach docker:NAME` / `podman:NAME` through podman's Docker-compatible
   API on a private socket (Docker's engine does not run here).
 """
@@ -135,18 +134,9 @@ def _check_no_leak(lab, request, cycles: int) -> None:
 
 
 def test_leak_podman_run_rm(lab_factory, request):
-    """20 cycles (CROSSNET_LEAK_CYCLES overrides); the 100-cycle version is marked slow."""
+    """100 `podman run --rm` cycles (the issue's number; CROSSNET_LEAK_CYCLES overrides)."""
     lab = podman_lab(lab_factory, "vxlan", hosts=1, containers=0)
-    _check_no_leak(lab, request, int(os.environ.get("CROSSNET_LEAK_CYCLES") or 20))
-
-
-@pytest.mark.slow
-def test_leak_podman_run_rm_100(lab_factory, request):
-    """~90 s: runs with `-m slow` or CROSSNET_SLOW=1 (the default suite runs the 20-cycle one)."""
-    if not os.environ.get("CROSSNET_SLOW") and "slow" not in (request.config.getoption("-m") or ""):
-        pytest.skip("100 cycles: run with -m slow or CROSSNET_SLOW=1")
-    lab = podman_lab(lab_factory, "vxlan", hosts=1, containers=0)
-    _check_no_leak(lab, request, 100)
+    _check_no_leak(lab, request, int(os.environ.get("CROSSNET_LEAK_CYCLES") or 100))
 
 
 @pytest.fixture
