@@ -19,12 +19,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+PRETTY_MAX = 16 * 1024  # larger documents are written compact (see write_json_atomic)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Atomically replace path with data as JSON (fsync of file and directory).
+    Indented for people while small; above PRETTY_MAX bytes compact, because only
+    the compact form uses json's C encoder: applied.json of 1,000 peers took 0.2 s
+    to indent (a fifth of the apply), a 200-container ipam.json 5 ms per write."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    if len(text) <= PRETTY_MAX:
+        text = json.dumps(data, indent=2, sort_keys=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
+            fh.write(text)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
