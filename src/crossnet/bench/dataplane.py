@@ -19,7 +19,8 @@ from crossnet.bench.util import RunContext, Skip, bench_lab, clean_error, loadav
 
 DEFAULT_MTUS = (1500, 9000)
 # the order rows appear in (hand-built baseline right before its crossnet equivalent)
-ORDER = ("manual-bridge-routes", "host-gw", "bridge", "vxlan", "manual-ovs-gre", "ovs-gre", "ovs-vxlan")
+ORDER = ("manual-bridge-routes", "host-gw", "bridge", "manual-vxlan", "vxlan", "manual-ovs-gre", "manual-ovs-gre-via",
+         "ovs-gre", "ovs-vxlan")
 
 
 def all_backends() -> list[str]:
@@ -140,7 +141,8 @@ def measure_manual(rc: RunContext, name: str, mtu: int, repeats: int, duration: 
                    ping_count: int) -> dict[str, Any]:
     cls = manual.LAYOUTS[name]
     row: dict[str, Any] = {"name": name, "kind": "manual", "mtu": mtu, "status": "ok",
-                           "description": cls.description, "compares_with": cls.compares_with}
+                           "description": cls.description, "compares_with": cls.compares_with,
+                           "diagnoses": cls.diagnoses}
     t0 = time.monotonic()
     row["load_before"] = loadavg()
     try:
@@ -167,7 +169,17 @@ def measure_manual(rc: RunContext, name: str, mtu: int, repeats: int, duration: 
 
 
 def _compare_with_manual(rows: list[dict[str, Any]]) -> None:
-    """crossnet backend vs its hand-built equivalent at the same MTU."""
+    """crossnet backend vs its hand-built equivalent at the same MTU (and a diagnostic
+    layout vs the layout it varies)."""
+    for r in rows:
+        if r["status"] != "ok" or not r.get("diagnoses"):
+            continue
+        base = next((b for b in rows if b["name"] == r["diagnoses"] and b["mtu"] == r["mtu"]
+                     and b["status"] == "ok"), None)
+        if base:
+            r["vs_manual"] = {"baseline": base["name"],
+                              "ratio": ratio(r["overlay"]["gbps"]["median"], base["overlay"]["gbps"]["median"]),
+                              "normalised_ratio": ratio(r.get("ratio"), base.get("ratio"))}
     for r in rows:
         if r["kind"] != "manual" or r["status"] != "ok":
             continue
@@ -183,13 +195,13 @@ def _compare_with_manual(rows: list[dict[str, Any]]) -> None:
 
 def run(rc: RunContext, backends: list[str] | None = None, mtus: tuple[int, ...] = DEFAULT_MTUS,
         repeats: int = 3, duration: float = 5.0, ping_count: int = 200, manual_layouts: bool = True,
-        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+        diagnostics: bool = False, on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     if not shutil.which("iperf3"):
         raise Skip("iperf3 not installed")
     backends = backends or all_backends()
     names = list(backends)
     if manual_layouts:
-        names += list(manual.LAYOUTS)
+        names += [n for n, cls in manual.LAYOUTS.items() if diagnostics or not cls.diagnostic]
     names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
     t0 = time.monotonic()
     rows = []
@@ -206,7 +218,7 @@ def run(rc: RunContext, backends: list[str] | None = None, mtus: tuple[int, ...]
     return {
         "suite": "dataplane",
         "params": {"backends": list(backends), "mtus": list(mtus), "repeats": repeats, "duration_s": duration,
-                   "ping_count": ping_count, "manual_layouts": manual_layouts},
+                   "ping_count": ping_count, "manual_layouts": manual_layouts, "diagnostics": diagnostics},
         "rows": rows,
         "elapsed_s": round(time.monotonic() - t0, 1),
     }

@@ -49,6 +49,8 @@ class Layout:
     description = ""
     overhead = 0
     compares_with = ""  # crossnet backend this is the hand-built equivalent of
+    diagnostic = False  # only in full runs: explains a difference, not a baseline
+    diagnoses = ""
 
     def __init__(self, lab: Any):
         self.lab = lab
@@ -251,8 +253,13 @@ class OvsGre(Layout):
                                   f"options:remote_ip={peer.address}")
                 d.vsctl("add-port", "obr0", f"gre{j}", "--", "set", "interface", f"gre{j}", "type=gre",
                         f"options:remote_ip={peer.address}")
-                self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "dev", "br0"])
+                self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", *self.route_via(j)])
         return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], inner, self.steps)
+
+    def route_via(self, j: int) -> list[str]:
+        """The tutorial: `ip route add <peer subnet> dev br0` (ARP for remote containers
+        across the tunnel; the receiving host only bridges)."""
+        return ["dev", "br0"]
 
     def teardown(self) -> None:
         for d in self.daemons:
@@ -261,4 +268,50 @@ class OvsGre(Layout):
         self.daemons = []
 
 
-LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, OvsGre)}
+class OvsGreVia(OvsGre):
+    """Diagnostic: the tutorial's OVS layout, but peer subnets routed via the peer
+    host's container gateway (as crossnet's backends route), so the receiving host
+    routes every packet once more instead of only bridging it."""
+
+    name = "manual-ovs-gre-via"
+    description = ("diagnostic: manual-ovs-gre with `ip route add <peer subnet> via <peer gateway> dev br0 onlink` "
+                   "(crossnet's route style) instead of `dev br0`")
+    compares_with = ""
+    diagnostic = True
+    diagnoses = "manual-ovs-gre"  # compared with this layout in the same run
+
+    def route_via(self, j: int) -> list[str]:
+        return ["via", f"{MANUAL_NET}.{j}.1", "dev", "br0", "onlink"]
+
+
+class KernelVxlan(Layout):
+    name = "manual-vxlan"
+    description = ("kernel VXLAN by hand: a vxlan device per host (no learning) with a static all-zero FDB entry "
+                   "per peer, enslaved to the containers' Linux bridge, `ip route add <peer subnet> dev br0`")
+    overhead = 50
+    compares_with = "vxlan"
+
+    def build(self, mtu: int) -> Built:
+        hosts = self.lab.hosts[:2]
+        inner = mtu - self.overhead
+        addrs = []
+        for k, h in enumerate(hosts, 1):
+            self._run(h.netns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            self._run(h.netns, ["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "local", h.address,
+                                "dev", h.ifname, "dstport", "4789", "nolearning"])
+            self._run(h.netns, ["ip", "link", "add", "br0", "type", "bridge"])
+            self._run(h.netns, ["ip", "link", "set", "br0", "mtu", str(inner), "up"])
+            self._run(h.netns, ["ip", "addr", "add", f"{MANUAL_NET}.{k}.1/24", "dev", "br0"])
+            self._run(h.netns, ["ip", "link", "set", "vx0", "mtu", str(inner), "master", "br0", "up"])
+            addrs.append(self._container(h, k, inner, "br0"))
+        for k, h in enumerate(hosts, 1):
+            for j, peer in enumerate(hosts, 1):
+                if j == k:
+                    continue
+                self._run(h.netns, ["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", peer.address])
+                self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "dev", "br0"])
+        return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], inner, self.steps)
+
+
+LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, KernelVxlan, OvsGre, OvsGreVia)}
+

@@ -19,12 +19,12 @@ from crossnet.errors import ConfigError
 QUICK = {
     "mtus": (1500,), "repeats": 2, "duration": 1.0, "ping_count": 20,
     "attach_count": 200, "cli_count": 10, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan",),
-    "reset_max": 1000, "peer_repeats": 1, "cni_count": 10, "podman_runs": 3, "agent": False,
+    "reset_max": 1000, "peer_repeats": 1, "cni_count": 10, "podman_runs": 3, "agent": False, "diagnostics": False,
 }
 FULL = {
     "mtus": (1500, 9000), "repeats": 5, "duration": 5.0, "ping_count": 200,
     "attach_count": 250, "cli_count": 200, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan", "host-gw"),
-    "reset_max": 1000, "peer_repeats": 3, "cni_count": 50, "podman_runs": 10, "agent": True,
+    "reset_max": 1000, "peer_repeats": 3, "cni_count": 50, "podman_runs": 10, "agent": True, "diagnostics": True,
 }
 
 
@@ -242,7 +242,7 @@ def _run_dataplane(rc: Any, s: dict[str, Any], backends: list[str] | None, manua
 
     try:
         return dataplane.run(rc, backends=backends, mtus=s["mtus"], repeats=s["repeats"], duration=s["duration"],
-                             ping_count=s["ping_count"], manual_layouts=manual)
+                             ping_count=s["ping_count"], manual_layouts=manual, diagnostics=s["diagnostics"])
     except Skip as exc:
         return {"suite": "dataplane", "status": "skipped", "reason": str(exc), "rows": []}
 
