@@ -67,20 +67,35 @@ def _check_pinned(
 
 
 class _Occupied:
-    """Sorted, non-merged list of occupied inclusive integer spans."""
+    """Occupied address space as sorted, disjoint, merged inclusive integer spans
+    (``starts[i]..ends[i]``): a lookup is one bisection, so carving n hosts is
+    O(n log n) plus list inserts, not O(n²)."""
 
     def __init__(self, nets: Iterable[IPv4Network]) -> None:
-        self._spans: list[tuple[int, int]] = sorted(_span(n) for n in nets)
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+        for net in nets:
+            self.add(net)
 
     def add(self, net: IPv4Network) -> None:
-        bisect.insort(self._spans, _span(net))
+        first, last = _span(net)
+        # merge with every span that overlaps or touches [first, last]
+        lo = bisect.bisect_left(self._ends, first - 1)
+        hi = bisect.bisect_right(self._starts, last + 1)
+        if lo < hi:
+            first = min(first, self._starts[lo])
+            last = max(last, self._ends[hi - 1])
+        self._starts[lo:hi] = [first]
+        self._ends[lo:hi] = [last]
 
     def conflict_end(self, first: int, last: int) -> int | None:
-        """Largest end of any span overlapping [first, last], or None if free."""
-        # spans are sorted by start; only those starting <= last can overlap
-        stop = bisect.bisect_right(self._spans, (last, 2**32))
-        ends = [end for start, end in self._spans[:stop] if end >= first]
-        return max(ends) if ends else None
+        """End of the occupied run overlapping [first, last] that reaches furthest, or
+        None if the range is free. (Runs are merged, so everything up to the returned
+        end is occupied from the conflict on.)"""
+        i = bisect.bisect_right(self._starts, last) - 1  # last run starting <= last
+        if i >= 0 and self._ends[i] >= first:
+            return self._ends[i]
+        return None
 
 
 def carve_subnets(

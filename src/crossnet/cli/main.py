@@ -11,20 +11,54 @@ import click
 
 from crossnet.errors import CrossnetError
 
-# module path -> each defines register(group) adding its commands
-COMMAND_MODULES = [
-    "crossnet.cli.host",  # apply, reset, attach, detach, status, check
-    "crossnet.cli.lab",  # lab up/down/exec/demo/check/list
-    "crossnet.cli.trace",  # trace SRC DST [--verify]
-    "crossnet.cli.cni",  # cni install / docker-config
-    "crossnet.cli.agent",  # agent, etcd init
-    "crossnet.cli.bench",  # bench dataplane/control
-]
+# module path -> the top-level commands its register(group) adds. Modules are imported
+# only when one of their commands runs (or for --help), so `crossnet attach` does not pay
+# for the lab, bench or rich imports.
+COMMAND_MODULES = {
+    "crossnet.cli.host": ("apply", "reset", "attach", "detach", "status", "check"),
+    "crossnet.cli.lab": ("lab",),  # lab up/down/exec/demo/check/list
+    "crossnet.cli.trace": ("trace", "lab"),  # trace SRC DST [--verify]; adds `lab trace`
+    "crossnet.cli.cni": ("cni", "docker-config"),
+    "crossnet.cli.agent": ("agent", "etcd"),
+    "crossnet.cli.bench": ("bench",),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a command's module the first time it is needed."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._loaded: set[str] = set()
+
+    def _load(self, modname: str) -> None:
+        if modname in self._loaded:
+            return
+        self._loaded.add(modname)
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:  # a group not built yet must not break the others
+            if exc.name == modname:
+                return
+            raise
+        mod.register(self)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for modname, names in COMMAND_MODULES.items():  # in order: lab before trace
+            if cmd_name in names:
+                self._load(modname)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for modname in COMMAND_MODULES:
+            self._load(modname)
+        return super().list_commands(ctx)
+
 
 DEFAULT_STATE_DIR = "/var/lib/crossnet"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--state-dir",
     envvar="CROSSNET_STATE_DIR",
@@ -47,20 +81,6 @@ def cli(ctx: click.Context, state_dir: str) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["state_dir"] = state_dir
-
-
-def _register() -> None:
-    for modname in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:  # a group not built yet must not break the others
-            if exc.name == modname:
-                continue
-            raise
-        mod.register(cli)
-
-
-_register()
 
 
 def main(argv: list[str] | None = None) -> None:

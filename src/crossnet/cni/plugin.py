@@ -20,7 +20,7 @@ Start-up time matters (the plugin runs on every container start): the entry poin
 dir (crossnet.cni.server, which runs :func:`run` from this module); otherwise
 :func:`run_local` runs here and starts the helper. This module imports only the
 standard library at import time; the netlink code is imported when a command needs it,
-and the pyroute2 package without its catch-all ``__init__`` (see :func:`_light_pyroute2`).
+and the pyroute2 package without its catch-all ``__init__`` (see crossnet._lightimport).
 """
 
 from __future__ import annotations
@@ -247,48 +247,6 @@ def attachment_key(container_id: str, ifname: str) -> str:
 
 
 # --------------------------------------------------------------------------- core access
-
-
-def _light_pyroute2() -> None:
-    """Make ``import pyroute2.<sub>`` skip pyroute2/__init__.py, which imports every
-    netlink family pyroute2 knows (~0.2 s here). The package object gets a module-level
-    ``__getattr__`` that serves the few names crossnet uses directly and runs the real
-    ``__init__`` on first access to anything else, so nothing breaks."""
-    if "pyroute2" in sys.modules:
-        return
-    import importlib
-    import importlib.util
-    import types
-
-    spec = importlib.util.find_spec("pyroute2")
-    if spec is None or not spec.submodule_search_locations:
-        return
-    pkg = types.ModuleType("pyroute2")
-    pkg.__path__ = list(spec.submodule_search_locations)
-    pkg.__file__ = spec.origin
-    pkg.__spec__ = spec
-    pkg.__package__ = "pyroute2"
-    fast = {"IPRoute": "pyroute2.iproute", "NetNS": "pyroute2.iproute", "AsyncIPRoute": "pyroute2.iproute",
-            "NetlinkError": "pyroute2.netlink.exceptions"}
-    state = {"full": False}
-
-    def __getattr__(name: str) -> Any:
-        if name in fast:
-            value = getattr(importlib.import_module(fast[name]), name)
-            setattr(pkg, name, value)
-            return value
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if importlib.util.find_spec(f"pyroute2.{name}") is not None:  # a submodule
-            return importlib.import_module(f"pyroute2.{name}")
-        if not state["full"]:
-            state["full"] = True
-            spec.loader.exec_module(pkg)  # the real __init__, into the same module object
-            return getattr(pkg, name)
-        raise AttributeError(f"module 'pyroute2' has no attribute {name!r}")
-
-    pkg.__getattr__ = __getattr__  # type: ignore[attr-defined]
-    sys.modules["pyroute2"] = pkg
 
 
 class Host:
@@ -653,7 +611,6 @@ def run_local(environ: dict[str, str], stdin: bytes, spawn_for: str | None = Non
         log_file = conf.get("logFile") if isinstance(conf.get("logFile"), str) else None
         server.spawn(spawn_for, float(idle) if isinstance(idle, (int, float)) and idle > 0 else server.DEFAULT_IDLE,
                      log_file)
-    _light_pyroute2()
     rc, out = run(environ, stdin)
     text = output_text(out)
     if text is not None:
