@@ -100,7 +100,6 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
             time.sleep(0.05)
     from crossnet.cni import plugin
 
-    plugin._light_pyroute2()
     # import everything a request needs now, not during the first request
     import crossnet.backends  # noqa: F401
     import crossnet.containers  # noqa: F401
