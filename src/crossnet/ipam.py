@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -238,9 +238,12 @@ class AddressPool:
         key: str,
         requested: IPv4Address | None = None,
         meta: dict[str, Any] | None = None,
+        meta_for: Callable[[IPv4Address], dict[str, Any]] | None = None,
     ) -> Allocation:
         """Address for ``key``: its existing one, ``requested``, or the next free one
-        after the last handed out (round robin, wrapping). Existing meta is kept."""
+        after the last handed out (round robin, wrapping). Existing meta is kept; a new
+        allocation records ``meta`` plus ``meta_for(address)`` (metadata that depends
+        on the address, e.g. a MAC derived from it) in the same write."""
         with self._locked():
             state = self._read()
             existing = state.allocations.get(key)
@@ -254,7 +257,7 @@ class AddressPool:
                 address = self._check_requested(state, requested)
             else:
                 address = self._next(state, key)
-            alloc = Allocation(key, address, dict(meta or {}))
+            alloc = Allocation(key, address, {**(meta or {}), **(meta_for(address) if meta_for else {})})
             state.allocations[key] = alloc
             state.last = address
             self._write(state)

@@ -376,3 +376,47 @@ def test_pool_never_double_books(ops: list[tuple[str, str, int]]) -> None:
         assert {
             k: a.address for k, a in AddressPool(Path(tmp) / "p.json", subnet).entries().items()
         } == model
+
+
+def test_allocate_meta_for_is_recorded_with_a_new_address_only(tmp_path: Path) -> None:
+    pool = AddressPool(tmp_path / "ipam.json", IPv4Network("10.9.0.0/29"), reserved={IPv4Address("10.9.0.1")})
+    seen: list[IPv4Address] = []
+
+    def meta_for(address: IPv4Address) -> dict:
+        seen.append(address)
+        return {"mac": f"m-{address}"}
+
+    a = pool.allocate("c1", meta={"netns": "n1"}, meta_for=meta_for)
+    assert seen == [a.address]
+    assert pool.get("c1").meta == {"netns": "n1", "mac": f"m-{a.address}"}
+    # an existing allocation keeps its meta; meta_for is not consulted
+    again = pool.allocate("c1", meta={"netns": "other"}, meta_for=meta_for)
+    assert again.address == a.address and seen == [a.address]
+    assert pool.get("c1").meta["netns"] == "n1"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 255), st.integers(24, 32)), max_size=30),
+       st.integers(0, 255), st.integers(24, 32))
+def test_occupied_runs_agree_with_a_plain_scan(spans, q_start, q_len) -> None:
+    """The merged-run lookup used by carve_subnets answers like scanning every span."""
+    from crossnet.ipam import _Occupied, _span
+
+    nets = [IPv4Network((int(IPv4Address("10.0.0.0")) + (s & ~((1 << (32 - p)) - 1)), p)) for s, p in spans]
+    occ = _Occupied(nets)
+    q = IPv4Network((int(IPv4Address("10.0.0.0")) + (q_start & ~((1 << (32 - q_len)) - 1)), q_len))
+    first, last = _span(q)
+    overlapping = [_span(n) for n in nets if _span(n)[1] >= first and _span(n)[0] <= last]
+    got = occ.conflict_end(first, last)
+    if not overlapping:
+        assert got is None
+    else:
+        assert got is not None and got >= max(e for _, e in overlapping)
+        # carve_subnets skips to the first block after `got`: whatever lies between the
+        # queried block and `got` must be occupied (so no free block is jumped over)
+        if got > last:
+            covered = set()
+            for n in nets:
+                s, e = _span(n)
+                covered.update(range(max(s, last + 1), min(e, got) + 1))
+            assert covered == set(range(last + 1, got + 1))

@@ -361,36 +361,40 @@ def cmd_add(req: Request) -> dict[str, Any]:
     pool = host.pool()
     if requested:
         _check_requested_ip(host, pool, requested)
+    meta: dict[str, Any] = {"cni": {"network": req.name, "containerID": cid, "ifname": ifname}}
+    if req.args.get("K8S_POD_NAME"):
+        meta["name"] = req.args["K8S_POD_NAME"]  # podman sends the container name here
     try:
-        att = containers.attach(host.state, host.ctx, host.backend, key, netns, requested=requested, ifname=ifname)
+        att = containers.attach(host.state, host.ctx, host.backend, key, netns, requested=requested, ifname=ifname,
+                                mac=mac, meta=meta)
     except IpamError as exc:
         raise CniError(E_IPAM, str(exc)) from None
     except CrossnetError as exc:
         raise CniError(E_ATTACH, str(exc)) from None
     except OSError as exc:
         raise CniError(E_ATTACH, f"attaching {ifname} in {netns} failed: {exc}") from None
-    meta: dict[str, Any] = {"cni": {"network": req.name, "containerID": cid, "ifname": ifname}}
-    if req.args.get("K8S_POD_NAME"):
-        meta["name"] = req.args["K8S_POD_NAME"]  # podman sends the container name here
+    mac_before = att.mac
     try:
         host_mac = _finish_links(att, mac)
     except Exception as exc:  # noqa: BLE001 - undo the attach, then report
         _quiet_detach(host, key)
         raise CniError(E_ATTACH, f"configuring {ifname} in {netns} failed: {exc}") from None
-    if mac:
-        meta["mac"] = att.mac
-    pool.update_meta(key, meta)
+    if att.mac != mac_before:  # a requested MAC set on an interface that already existed
+        pool.update_meta(key, {"mac": att.mac})
     return build_result(req, host, att, host_mac)
 
 
 def _finish_links(att: Any, mac: str | None) -> str | None:
-    """Set a requested MAC inside the container; return the host-side veth's MAC."""
+    """Set a requested MAC inside the container when the interface already existed with
+    another one (a new one is created with it); return the host-side veth's MAC."""
     from crossnet import netlink as nl
 
     if mac and (att.mac or "").lower() != mac:
         with nl.open_ipr(att.netns) as cipr:
             cipr.link("set", index=nl.require_index(cipr, att.ifname), address=mac)
         att.mac = mac
+    if att.host_mac:
+        return att.host_mac
     with nl.open_ipr() as ipr:
         info = nl.link_info(ipr, att.host_if)
         return info.mac if info else None
