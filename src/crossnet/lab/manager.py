@@ -436,6 +436,8 @@ def down(name: str, log: Log | None = None) -> dict[str, Any]:
             errors.append(str(exc))
     d = lab_dir(name)
     existed = d.exists()
+    if existed:
+        ns.unmount_under(d)  # storage a runtime (podman) may have left mounted in the lab dir
     shutil.rmtree(d, ignore_errors=True)
     if d.exists():
         errors.append(f"cannot remove {d}")

@@ -255,3 +255,20 @@ def remove_namespaces(names: Iterable[str]) -> list[str]:
         if remove_netns(n):
             removed.append(n)
     return removed
+
+
+def unmount_under(base: str | os.PathLike[str]) -> list[str]:
+    """Lazy-unmount whatever is mounted at or below ``base`` (podman's overlay storage,
+    containers' shm...), deepest first; returns the mount points it unmounted. Only
+    paths below ``base`` are touched, which the lab owns."""
+    path = os.path.realpath(base) if os.path.exists(base) else os.fspath(base)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            points = [line.split()[4] for line in fh]
+    except OSError:
+        return []
+    done = []
+    for mp in sorted((p for p in points if p == path or p.startswith(path + "/")), key=len, reverse=True):
+        if subprocess.run(["umount", "-l", mp], capture_output=True, timeout=20).returncode == 0:
+            done.append(mp)
+    return done

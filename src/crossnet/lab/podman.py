@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from crossnet.errors import CrossnetError
+from crossnet.lab import netns as ns
 
 IMAGE = "localhost/crossnet-busybox:latest"
 BUSYBOX = "/bin/busybox"
@@ -241,20 +242,8 @@ class HostPodman:
         if os.path.exists(self.netns_path) and (self.base / "root").exists():
             with contextlib.suppress(Exception):
                 self.remove_all()
-        _unmount_under(self.base)
+        ns.unmount_under(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
-
-
-def _unmount_under(base: Path) -> None:
-    """Lazy-unmount whatever is still mounted below base (overlay, shm of containers)."""
-    base_s = str(base.resolve()) if base.exists() else str(base)
-    try:
-        with open("/proc/self/mountinfo") as fh:
-            points = [line.split()[4] for line in fh]
-    except OSError:
-        return
-    for mp in sorted((p for p in points if p == base_s or p.startswith(base_s + "/")), key=len, reverse=True):
-        subprocess.run(["umount", "-l", mp], capture_output=True, timeout=20)
 
 
 # ---- lab integration ------------------------------------------------------------------
