@@ -11,8 +11,9 @@ same state dir and IPAM, just already imported.
 Safety rules:
 - One helper per state dir (flock on ``cni.sock.lock``); requests run one at a time.
 - The helper only serves clients in its own network namespace and running the same
-  code (``code_id`` of the installed files); otherwise it answers ``stale`` and the
-  plugin runs the request itself. A stale-code helper exits.
+  code (``code_id`` of the installed files; the native client sends ``"*"``, meaning
+  "unchanged since you started"); otherwise it answers ``stale`` and the plugin runs the
+  request itself. A stale-code helper exits.
 - It exits after ``serverIdleSeconds`` (default 300) without requests, and a request
   that takes longer than REQUEST_TIMEOUT kills it (the next call starts a new one).
 - Disable with ``"server": false`` in the network configuration.
@@ -172,7 +173,7 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
                 conn.settimeout(10)
                 raw = _recv_limited(conn)
                 req = json.loads(raw)
-                if req.get("code") != my_code:
+                if not _same_code(req.get("code"), my_code):
                     reply: dict[str, Any] = {"stale": True}
                     stop, reason = True, "code changed"
                     _cleanup(srv, path, ident, close=False)  # before the client starts a new helper
@@ -197,6 +198,15 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
             break
     _event(log_file, "stop", reason=reason)
     _cleanup(srv, path, ident)
+
+
+def _same_code(client_code: Any, my_code: str) -> bool:
+    """Does the client run the code this helper imported? The Python client sends its
+    code_id(); the native client (shim.c) cannot compute it and sends "*": then the
+    helper checks that its own files did not change since it started."""
+    if client_code == "*":
+        return code_id() == my_code
+    return client_code == my_code
 
 
 def _recv_limited(conn: socket.socket) -> bytes:
