@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -132,3 +133,75 @@ def test_cli_cni_install_json(tmp_path, state_dir):
                "--bin-dir", str(tmp_path / "b"), "--no-portmap", "-o", "json")
     out = json.loads(res.output)
     assert out["portmap"] is False and out["conflist"].endswith("10-crossnet.conflist")
+
+
+# ---- the native client (shim.c) or, without a compiler, the Python client
+
+
+def _version(plugin) -> dict:
+    proc = subprocess.run([str(plugin)], input=b'{"cniVersion":"0.4.0"}', capture_output=True,
+                          env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"}, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler (cc)")
+def test_install_native_client(tmp_path, state_dir):
+    bin_dir = tmp_path / "bin"
+    res = install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(bin_dir))
+    assert res["client"] == "native" and res["client_note"] is None
+    plugin, py = bin_dir / "crossnet-cni", bin_dir / "crossnet-cni-py"
+    assert plugin.read_bytes()[:4] == b"\x7fELF" and oct(plugin.stat().st_mode & 0o777) == "0o755"
+    assert py.read_text() == wrapper_script() and os.access(py, os.X_OK)
+    assert _version(plugin) == _version(py)
+    # idempotent, and no temporary files left behind
+    res2 = install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(bin_dir))
+    assert res2["client"] == "native"
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
+
+
+def test_install_without_compiler_uses_python_client(tmp_path, state_dir, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no cc anywhere
+    bin_dir = tmp_path / "bin"
+    res = install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(bin_dir))
+    assert res["client"] == "python" and "no C compiler" in res["client_note"]
+    assert (bin_dir / "crossnet-cni").read_text() == (bin_dir / "crossnet-cni-py").read_text() == wrapper_script()
+    monkeypatch.undo()
+    assert _version(bin_dir / "crossnet-cni")["cniVersion"] == "0.4.0"
+    assert sorted(p.name for p in bin_dir.iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
+
+
+def test_install_python_client_on_request_and_failed_build(tmp_path, state_dir, monkeypatch):
+    res = install(str(state_dir), conf_dir=str(tmp_path / "n"), bin_dir=str(tmp_path / "b"), native=False)
+    assert res["client"] == "python"
+    assert (tmp_path / "b" / "crossnet-cni").read_text() == wrapper_script()
+    # a compiler that fails: Python client, no temporary file left
+    fake = tmp_path / "fakecc"
+    fake.mkdir()
+    (fake / "cc").write_text("#!/bin/sh\necho 'shim.c:1: error: broken' >&2\nexit 1\n")
+    (fake / "cc").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    res = install(str(state_dir), conf_dir=str(tmp_path / "n"), bin_dir=str(tmp_path / "b2"))
+    assert res["client"] == "python" and "broken" in res["client_note"]
+    assert sorted(p.name for p in (tmp_path / "b2").iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
+
+
+def test_cli_cni_install_reports_client(tmp_path, state_dir):
+    res = _cli("--state-dir", str(state_dir), "cni", "install", "--conf-dir", str(tmp_path / "n"),
+               "--bin-dir", str(tmp_path / "b"), "--no-native", "-o", "json")
+    out = json.loads(res.output)
+    assert out["client"] == "python" and out["python_client"].endswith("crossnet-cni-py")
+    res = _cli("--state-dir", str(state_dir), "cni", "install", "--conf-dir", str(tmp_path / "n"),
+               "--bin-dir", str(tmp_path / "b"), "--no-native")
+    assert "(Python client: --no-native)" in res.output
+
+
+def test_shim_defines_come_from_the_python_code():
+    from crossnet.cni import client
+    from crossnet.cni.install import shim_defines
+    from crossnet.cni.plugin import SUPPORTED_VERSIONS
+
+    d = dict(x[2:].split("=", 1) for x in shim_defines('/o"d\\d/x?'))
+    assert d["CN_VERSIONS"] == '"' + " ".join(SUPPORTED_VERSIONS) + '"'
+    assert d["CN_COMMANDS"] == '"' + " ".join(client.SERVER_COMMANDS) + '"'
+    assert d["CN_FALLBACK"] == '"/o\\042d\\134d/x\\077"'

@@ -35,28 +35,38 @@ def register(main: click.Group) -> None:
     @click.option("--portmap/--no-portmap", default=True, show_default=True,
                   help="Chain the reference portmap plugin (podman run -p).")
     @click.option("--log-file", default=None, help="Make the plugin append one JSON line per call to this file.")
+    @click.option("--native/--no-native", default=True, show_default=True,
+                  help="Compile the native client (needs cc); --no-native installs the Python client only.")
     @click.option("-o", "--output", default="text", show_default=True, metavar="text|json")
     @click.pass_context
     def install_cmd(ctx: click.Context, conf_dir: str, bin_dir: str, name: str, portmap: bool,
-                    log_file: str | None, output: str) -> None:
+                    log_file: str | None, native: bool, output: str) -> None:
         """Write this host's conflist and put crossnet-cni where the runtime finds it.
 
         \b
         Needs `crossnet apply` first (the plugin hands out addresses of this host's
         subnet, from the same IPAM as `crossnet attach`). Then:
           podman run --network crossnet ...
+
+        crossnet-cni is a small native client compiled from C (forwards calls to the
+        warm helper or the agent) when a C compiler (cc) works, else the Python client;
+        crossnet-cni-py, the Python client, is installed next to it either way.
         """
         from crossnet.cni.install import install
 
         output = _output(output)
         res = install(ctx.obj["state_dir"], conf_dir=conf_dir, bin_dir=bin_dir, name=name,
-                      portmap=portmap, log_file=log_file)
+                      portmap=portmap, log_file=log_file, native=native)
         if output == "json":
             click.echo(json.dumps(res, indent=2))
             return
         click.echo(f"network {res['network']}: host {res['host']}, subnet {res['subnet']}")
         click.echo(f"  wrote {res['conflist']}")
-        click.echo(f"  wrote {res['plugin']}")
+        if res["client"] == "native":
+            click.echo(f"  wrote {res['plugin']} (native client, falls back to {res['python_client']})")
+        else:
+            click.echo(f"  wrote {res['plugin']} (Python client: {res['client_note']})")
+        click.echo(f"  wrote {res['python_client']}")
         for w in res["warnings"]:
             click.echo(f"warning: {w}", err=True)
         click.echo(f"use it: podman run --network {res['network']} ...")

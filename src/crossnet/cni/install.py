@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +21,9 @@ DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_NETWORK_NAME = "crossnet"
 DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
+PYTHON_CLIENT = f"{PLUGIN_TYPE}-py"  # the Python client next to the native one (its fallback)
+CC = "cc"
+CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra")
 CNI_VERSION = "1.0.0"
 # where runtimes usually look for reference plugins (portmap)
 STANDARD_PLUGIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni", "/usr/local/libexec/cni")
@@ -95,6 +100,86 @@ def find_plugin(name: str, dirs: list[str]) -> str | None:
     return None
 
 
+def shim_source() -> Path:
+    """The native client's C source (package data of crossnet.cni)."""
+    return Path(__file__).with_name("shim.c")
+
+
+def _c_string(value: str) -> str:
+    """A C string literal for value (bytes outside printable ASCII as octal escapes)."""
+    out = []
+    for b in os.fsencode(value):
+        out.append(chr(b) if 0x20 <= b < 0x7f and b not in (0x22, 0x5C, 0x3F) else f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def shim_defines(fallback: str) -> list[str]:
+    """The -D options of the native client: every constant it shares with the Python code,
+    taken from that code (supported versions, commands, socket names, limits)."""
+    from crossnet.cni import client, server
+    from crossnet.cni.plugin import SUPPORTED_VERSIONS
+
+    consts = {
+        "CN_FALLBACK": _c_string(fallback),
+        "CN_VERSIONS": _c_string(" ".join(SUPPORTED_VERSIONS)),
+        "CN_COMMANDS": _c_string(" ".join(client.SERVER_COMMANDS)),
+        "CN_STATE_DIR": _c_string(client.DEFAULT_STATE_DIR),
+        "CN_SOCKET": _c_string(client.SOCKET_NAME),
+        "CN_AGENT_SOCKET": _c_string(client.AGENT_SOCKET),
+        "CN_TIMEOUT": str(int(client.CLIENT_TIMEOUT)),
+        "CN_MAX_REQUEST": str(int(server.MAX_REQUEST)),
+    }
+    return [f"-D{k}={v}" for k, v in consts.items()]
+
+
+def _self_test(binary: str) -> str | None:
+    """Run a freshly built client once (VERSION, answered natively): None if it works."""
+    from crossnet.cni.plugin import SUPPORTED_VERSIONS
+
+    try:
+        proc = subprocess.run([binary], input=b'{"cniVersion":"1.0.0"}', capture_output=True, timeout=30,
+                              env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+        if proc.returncode == 0 and json.loads(proc.stdout) == {"cniVersion": "1.0.0",
+                                                                "supportedVersions": list(SUPPORTED_VERSIONS)}:
+            return None
+        return f"the built client failed its self-test (exit {proc.returncode})"
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return f"the built client failed its self-test ({exc})"
+
+
+def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
+    """Compile the native client (shim.c) to target, falling back to the Python client
+    at fallback. Atomic: built under a temporary name in target's directory, self-tested,
+    then renamed. Returns None on success, else why it was not built."""
+    compiler = shutil.which(cc)
+    if not compiler:
+        return f"no C compiler ({cc}) on PATH"
+    src = shim_source()
+    if not src.is_file():
+        return f"{src} is missing"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        try:
+            proc = subprocess.run([compiler, *CFLAGS, *shim_defines(fallback), "-o", tmp, str(src)],
+                                  capture_output=True, text=True, errors="replace", timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{cc} failed: {exc}"
+        if proc.returncode != 0:
+            lines = [x for x in proc.stderr.splitlines() if x.strip()]
+            return f"{cc} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+        os.chmod(tmp, 0o755)
+        why = _self_test(tmp)
+        if why:
+            return why
+        os.replace(tmp, target)
+        return None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def install(
     state_dir: str,
     conf_dir: str = DEFAULT_CONF_DIR,
@@ -103,8 +188,12 @@ def install(
     portmap: bool = True,
     log_file: str | None = None,
     require_state: bool = True,
+    native: bool = True,
 ) -> dict[str, Any]:
-    """Write the conflist and the plugin wrapper. Returns what was written."""
+    """Write the conflist and the plugin: `crossnet-cni-py` (the Python client) and
+    `crossnet-cni`, the native client compiled from shim.c (falls back to crossnet-cni-py),
+    or, without a working C compiler or with native=False, a copy of the Python client.
+    Returns what was written."""
     from crossnet.state import StateDir, read_json
 
     state = StateDir(state_dir)
@@ -117,7 +206,12 @@ def install(
     conf_file = conflist_path(conf_dir, name)
     _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     plugin = Path(bin_dir) / PLUGIN_TYPE
-    _write_atomic(plugin, wrapper_script(), 0o755)
+    py_client = Path(bin_dir) / PYTHON_CLIENT
+    wrapper = wrapper_script()
+    _write_atomic(py_client, wrapper, 0o755)  # first: the native client execs it
+    why = build_shim(plugin, str(py_client.absolute())) if native else "--no-native"
+    if why:
+        _write_atomic(plugin, wrapper, 0o755)
     warnings = []
     if portmap and not find_plugin("portmap", [bin_dir, *STANDARD_PLUGIN_DIRS]):
         warnings.append(
@@ -129,6 +223,9 @@ def install(
         "network": name,
         "conflist": str(conf_file),
         "plugin": str(plugin),
+        "client": "python" if why else "native",
+        "client_note": why,
+        "python_client": str(py_client),
         "state_dir": str(state.root),
         "host": ctx.get("host"),
         "subnet": ctx.get("subnet"),
