@@ -37,23 +37,37 @@ def test_cli_uses_agent_api(lab_factory):
         subprocess.run(["ip", "netns", "del", extra])
 
 
-def test_cni_plugin_served_by_agent(lab_factory):
+@pytest.mark.parametrize("client", ["python", "native"])
+def test_cni_plugin_served_by_agent(lab_factory, tmp_path, client):
     """With an agent running, crossnet-cni hands ADD/DEL to the agent's API: no
-    warm helper of its own is started, and the container gets a working address."""
+    warm helper of its own is started, and the container gets a working address.
+    Both clients: the Python one and the native one `crossnet cni install` compiles."""
+    import shutil
     import sys
+
+    from crossnet.cni.install import install
 
     lab = lab_factory(hosts=2, backend="vxlan", containers=1, extra={"store": "etcd"})
     h1 = next(h for h in lab.hosts if h.name == "h1")
+    if client == "python":
+        argv = [sys.executable, "-c", "from crossnet.cni.client import main; main()"]
+    else:
+        if not shutil.which("cc"):
+            pytest.skip("needs a C compiler (cc)")
+        info = install(h1.state_dir, conf_dir=str(tmp_path / "net.d"), bin_dir=str(tmp_path / "bin"))
+        assert info["client"] == "native"
+        argv = [info["plugin"]]
     cname = f"{h1.netns}-cni"
     subprocess.run(["ip", "netns", "add", cname], check=True)
+    log = tmp_path / "cni.log"
     conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni",
-                       "stateDir": h1.state_dir})
+                       "stateDir": h1.state_dir, "logFile": str(log)})
     env = {"CNI_CONTAINERID": "f" * 64, "CNI_NETNS": f"/run/netns/{cname}", "CNI_IFNAME": "eth0",
            "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
 
     def cni(command: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["ip", "netns", "exec", h1.netns, sys.executable, "-c", "from crossnet.cni.client import main; main()"],
+            ["ip", "netns", "exec", h1.netns, *argv],
             input=conf, text=True, capture_output=True, env={**env, "CNI_COMMAND": command}, timeout=60,
         )
 
@@ -62,6 +76,7 @@ def test_cni_plugin_served_by_agent(lab_factory):
         assert add.returncode == 0, add.stdout + add.stderr
         ip = json.loads(add.stdout)["ips"][0]["address"].split("/")[0]
         assert not (Path(h1.state_dir) / "cni.sock").exists()  # the agent served it
+        assert not log.exists()  # the agent does not log calls; a local run or a helper would
         assert ip in {c["address"] for c in lab.status("h1")["containers"]}
         other = next(h for h in lab.hosts if h.name == "h2").containers[0]
         assert subprocess.run(["ip", "netns", "exec", other, "ping", "-c", "1", "-W", "2", ip],
