@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from .test_cni import Host, _log_lines, _wait_for, cid
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
+    pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler (cc) for the native client"),
 ]
 
 

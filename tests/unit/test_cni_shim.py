@@ -265,13 +265,13 @@ def test_doubtful_stdin_falls_back_intact(shim, helper, tmp_path, stdin):
 def test_state_dir_doubts_fall_back(shim, helper, tmp_path, variant):
     s = json.dumps(str(helper.state))
     stdin = {
-        "escaped-value": '{"stateDir": %s}' % s.replace("/", "\\/"),
-        "escaped-key": '{"state\\u0044ir": %s}' % s,
-        "twice": '{"stateDir": %s, "stateDir": %s}' % (s, s),
+        "escaped-value": '{"stateDir": ' + s.replace("/", "\\/") + "}",
+        "escaped-key": '{"state\\u0044ir": ' + s + "}",
+        "twice": f'{{"stateDir": {s}, "stateDir": {s}}}',
         "not-a-string": '{"stateDir": ["x"]}',
         "empty": '{"stateDir": ""}',
-        "server-false": '{"stateDir": %s, "server": false}' % s,
-        "no-applied": '{"stateDir": %s}' % json.dumps(str(tmp_path)),
+        "server-false": f'{{"stateDir": {s}, "server": false}}',
+        "no-applied": f'{{"stateDir": {json.dumps(str(tmp_path))}}}',
         "missing-dir": '{"stateDir": "/nonexistent/crossnet"}',
     }[variant].encode()
     r = run(shim, tmp_path, "ADD", stdin)
