@@ -17,6 +17,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet import netlink as nl
+from crossnet import nlraw
 from crossnet.backends.base import Backend, HostContext
 from crossnet.errors import CrossnetError, IpamError
 from crossnet.ipam import AddressPool
@@ -97,10 +98,10 @@ def attach(
     """Attach (idempotent). ``mac``: MAC for a new container interface (default
     :func:`container_mac`); ``meta``: extra IPAM metadata recorded with the address.
 
-    A new container takes the fast path: one netlink request creates the veth pair with
-    both MACs, the MTU, the host end up and on the container bridge and the container
-    end inside the namespace; then lo/eth0 up, address and default route (8 netlink
-    round trips and one IPAM write in all). An existing one is checked and repaired
+    A new container takes the fast path (crossnet.nlraw): one netlink request creates the
+    veth pair with both MACs, the MTU, the host end up and on the container bridge and
+    the container end inside the namespace; one burst then sets lo and the container
+    end up and adds the address and the default route (5 round trips and one IPAM write in all). An existing one is checked and repaired
     (the slow path: everything is read back from the kernel)."""
     netns = nl.netns_path(netns)
     pool = pool_for(state, ctx)
@@ -117,22 +118,36 @@ def attach(
     created_veth = False
     host_mac: str | None = None
     try:
-        with nl.open_ipr() as ipr, nl.open_ipr(netns) as cipr:
-            inner = nl.ifindex(cipr, ifname)
+        with nlraw.Rtnl() as host, nlraw.Rtnl(netns) as inside:
+            inner = inside.ifindex(ifname)
             # one targeted lookup, not a dump of every link of the host
             # (O(containers) per attach: 150 attached veths made attach 5× slower)
-            host_idx = nl.ifindex(ipr, host_if)
-            if host_idx is None and inner is None:
+            host_idx = host.ifindex(host_if)
+            if host_idx is None and inner is None:  # new: the fast path, raw netlink
                 cmac = mac or container_mac(alloc.address)
                 host_mac = container_mac(alloc.address, host_side=True)
-                ipr.link("add", ifname=host_if, kind="veth", mtu=ctx.mtu, address=host_mac,
-                         master=nl.require_index(ipr, ctx.bridge), state="up",
-                         peer={"ifname": ifname, "net_ns_fd": netns, "mtu": ctx.mtu, "address": cmac})
+                bridge = host.ifindex(ctx.bridge)
+                if bridge is None:
+                    raise CrossnetError(f"the container bridge {ctx.bridge!r} does not exist: run `crossnet apply` first")
+                ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    host.call([nlraw.veth_create(host_if, ctx.mtu, host_mac, bridge, ifname, cmac, ns_fd)])
+                finally:
+                    os.close(ns_fd)
                 created_veth = True
-                _configure_new(cipr, ifname, f"{alloc.address}/{ctx.prefixlen}", str(ctx.gateway))
+                idx = inside.ifindex(ifname)
+                if idx is None:
+                    raise CrossnetError(f"{ifname} did not appear in {netns}")
+                inside.call([
+                    nlraw.link_up(LOOPBACK_IFINDEX, "lo"),
+                    nlraw.link_up(idx, ifname),
+                    nlraw.addr_add(idx, f"{alloc.address}/{ctx.prefixlen}", ifname),
+                    nlraw.default_route(str(ctx.gateway), idx),
+                ])
                 mac_now = cmac
                 changed = True
-            else:
+        if not created_veth:  # existing: check and repair (pyroute2, reads everything back)
+            with nl.open_ipr() as ipr, nl.open_ipr(netns) as cipr:
                 changed = existing is None
                 if host_idx is not None and inner is None:
                     ipr.link("del", index=host_idx)  # half of a pair: start over
@@ -148,10 +163,10 @@ def attach(
                 changed |= _configure_inside(cipr, ifname, f"{alloc.address}/{ctx.prefixlen}", str(ctx.gateway), ctx.mtu)
                 mac_now = nl.link_info(cipr, ifname).mac
                 host_mac = hinfo.mac
-            container_setup = getattr(backend, "container_setup", None)
-            if container_setup is not None:
-                container_setup(ctx, netns, ifname)
-    except Exception:
+        container_setup = getattr(backend, "container_setup", None)
+        if container_setup is not None:
+            container_setup(ctx, netns, ifname)
+    except Exception as exc:
         if created_veth:
             with nl.open_ipr() as ipr:
                 idx = nl.ifindex(ipr, host_if)
@@ -159,6 +174,8 @@ def attach(
                     ipr.link("del", index=idx)
         if existing is None:
             pool.release(container_id)
+        if isinstance(exc, nlraw.RtnlError):
+            raise CrossnetError(f"attaching {container_id}: {exc.strerror}") from None
         raise
     if alloc.meta.get("mac") != mac_now or any(alloc.meta.get(k) != v for k, v in base_meta.items()):
         pool.update_meta(container_id, {**base_meta, "mac": mac_now})
@@ -166,17 +183,6 @@ def attach(
         container_id, netns, str(alloc.address), ctx.prefixlen, str(ctx.gateway), ifname, host_if, ctx.mtu, mac_now,
         changed, host_mac,
     )
-
-
-def _configure_new(cipr, ifname: str, cidr: str, gateway: str) -> None:
-    """Inside a namespace whose ``ifname`` was just created by attach: lo and ifname up,
-    the address, the default route (nothing to read back or remove first)."""
-    cipr.link("set", index=LOOPBACK_IFINDEX, state="up")
-    idx = nl.require_index(cipr, ifname)
-    cipr.link("set", index=idx, state="up")
-    iface = ipaddress.ip_interface(cidr)
-    cipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-    cipr.route("replace", dst="0.0.0.0", dst_len=0, gateway=gateway, oif=idx, table=nl.RT_TABLE_MAIN)
 
 
 def _configure_inside(cipr, ifname: str, cidr: str, gateway: str, mtu: int) -> bool:
