@@ -257,8 +257,10 @@ def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[s
             h = lab.hosts[0]
             base = Path(lab.plan.lab_dir) / "hosts" / h.name / "bench-cni"
             base.mkdir(parents=True, exist_ok=True)
+            log_file = base / "cni.log"
             info = install(h.state_dir, conf_dir=str(base / "net.d"), bin_dir=str(base / "bin"), name="crossnet",
-                           portmap=False)
+                           portmap=False, log_file=str(log_file))
+            out["client"] = info.get("client")  # native | python
             conflist = json.loads(Path(info["conflist"]).read_text())
             xconf = {**conflist["plugins"][0], "name": conflist["name"], "cniVersion": conflist["cniVersion"]}
             xs = [f"{h.netns}-x{i}" for i in range(count)]
@@ -290,6 +292,7 @@ def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[s
                               "peak_rss_mb": round(max(rec["rss_kb"] or [0]) / 1024, 1)}
                 if label == "crossnet-cni":
                     rc.note_memory("crossnet-cni", f"max over {count} ADD + {count} DEL", max(rec["rss_kb"] or [0]))
+            out.update(_helper_times(log_file))
             x, ref = out.get("crossnet-cni", {}), out.get("bridge+host-local", {})
             with contextlib.suppress(KeyError, TypeError):
                 out["add_ratio"] = ratio(x["add_ms"]["median"], ref["add_ms"]["median"])
@@ -299,6 +302,27 @@ def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[s
     except Exception as exc:  # noqa: BLE001
         out.update(status="failed", reason=clean_error(exc))
     out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
+def _helper_times(log_file: Path) -> dict[str, Any]:
+    """The plugin's own timing of every call it served (its logFile lines): how much of a
+    crossnet-cni call is the helper's work, and how many calls the helper served."""
+    by: dict[str, list[float]] = {}
+    via: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in log_file.read_text().splitlines():
+            with contextlib.suppress(ValueError):
+                rec = json.loads(line)
+                if rec.get("command") in ("ADD", "DEL") and isinstance(rec.get("elapsed_ms"), (int, float)):
+                    if rec.get("via") == "server":
+                        by.setdefault(rec["command"], []).append(float(rec["elapsed_ms"]))
+                    via[str(rec.get("via"))] = via.get(str(rec.get("via")), 0) + 1
+    out: dict[str, Any] = {"served_via": via}
+    if by.get("ADD"):
+        out["helper_add_ms"] = summary(by["ADD"], 3)
+    if by.get("DEL"):
+        out["helper_del_ms"] = summary(by["DEL"], 3)
     return out
 
 

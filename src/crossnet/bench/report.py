@@ -51,11 +51,12 @@ WHY = {
         "parsing and validating the 1,001-host cluster file, and writing applied.json (see the profile below)."
     ),
     "cni-add": (
-        "The reference plugins are static Go binaries (a few ms to start); crossnet-cni is Python."
+        "The reference plugins are static Go binaries; crossnet-cni is a small native client that hands the "
+        "call to a warm Python helper (or the agent) over a unix socket."
     ),
     "podman-run": (
-        "What a CNI network adds to `podman run --rm` is its ADD + DEL (see the CNI rows): crossnet-cni's "
-        "per-call Python start-up against the Go reference plugins."
+        "What a CNI network adds to `podman run --rm` is its ADD + DEL (see the CNI rows) and podman's own "
+        "handling of each plugin's result."
     ),
     "agent-p95": (
         "Measured from the new agent's process start: interpreter start-up and imports, the etcd "
@@ -109,8 +110,8 @@ def why(tid: str, results: dict[str, Any]) -> str:
             k = max(1, len(s) // 10)
             first, last = sorted(s[:k])[k // 2], sorted(s[-k:])[k // 2]
             text = (f"The first {k} attaches take {first:.0f} ms (median), the last {k} {last:.0f} ms: each "
-                    "attach rewrites the whole IPAM file twice (allocate, then the MAC) with fsync, and its JSON "
-                    "grows with every container; the rest is ~10 netlink requests and a netlink socket opened "
+                    "attach rewrites the whole IPAM file once with fsync, and its JSON grows with every "
+                    "container; the rest is 5 netlink round trips (crossnet.nlraw) and a netlink socket opened "
                     "inside the container's namespace. " + text)
     if tid == "cni-add":
         cn = cp.get("cni") or {}
@@ -119,12 +120,15 @@ def why(tid: str, results: dict[str, Any]) -> str:
         ns = (cn.get("netns_exec_ms") or {}).get("median")
         at = (((cp.get("attach") or {}).get("inprocess") or {}).get("attach_ms") or {}).get("p50")
         first = (cn.get("crossnet-cni") or {}).get("first_add_ms")
-        if x and py:
-            text = (f"A crossnet-cni ADD (median {x} ms; the first, cold one {first} ms) is a Python process: a bare "
-                    f"`python3 -S -c pass` costs {py:.0f} ms here (of which {ns or 0:.0f} ms is `ip netns exec`), "
-                    f"the attach itself {at} ms (in-process p50 above); the reference plugins are static Go "
-                    "binaries that start in a few ms. The warm helper (crossnet.cni.server) already removes the "
-                    "import cost (~0.2 s) from every call after the first.")
+        helper = (cn.get("helper_add_ms") or {}).get("median")
+        if x:
+            text = (f"A crossnet-cni ADD (median {x} ms; the first, cold one {first} ms, starts the warm helper) "
+                    f"is the native client's exec and socket round trip plus the helper's work: the attach "
+                    f"itself is {at} ms (in-process p50 above)"
+                    + (f", the helper's whole ADD {helper} ms (its log)" if helper else "")
+                    + "; the rest is the helper's Python around it (JSON, config checks, the IPAM file write "
+                    "with fsync). " + text
+                    + (f" For scale: a bare `python3 -S -c pass` costs {py:.0f} ms here." if py else ""))
     return text
 
 
@@ -399,6 +403,14 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
                               "peak RSS MB"], rows))
         out.append("")
         out.append(f"ADD ratio crossnet / reference: **{cn.get('add_ratio')}**; DEL ratio {cn.get('del_ratio')}.")
+        if cn.get("client"):
+            served = ", ".join(f"{k}: {v}" for k, v in sorted((cn.get("served_via") or {}).items()))
+            ha, hd = cn.get("helper_add_ms") or {}, cn.get("helper_del_ms") or {}
+            out.append("")
+            out.append(f"crossnet-cni client: {cn['client']} (`crossnet cni install`); calls served "
+                       f"({served or '?'}; `server` = the warm helper, `process` = the Python fallback); the "
+                       f"helper's own time per call (plugin log): ADD p50 {ha.get('p50', '–')} ms, DEL p50 "
+                       f"{hd.get('p50', '–')} ms.")
         if cn.get("profile"):
             out += ["", "<details><summary>pyinstrument profile of one crossnet-cni ADD</summary>\n",
                     "```", cn["profile"], "```", "</details>"]
