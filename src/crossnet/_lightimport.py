@@ -45,6 +45,10 @@ class _LightLoader:
                 value = getattr(_submodule(_FAST[name]), name)
                 setattr(pkg, name, value)
                 return value
+            if name == "__version__":  # what the real __init__ exports, from where it takes it
+                value = getattr(_submodule("pyroute2.config.version"), "__version__", "unknown")
+                setattr(pkg, name, value)
+                return value
             if name.startswith("__"):
                 raise AttributeError(name)
             if importlib.machinery.PathFinder.find_spec(f"pyroute2.{name}", pkg.__path__) is not None:

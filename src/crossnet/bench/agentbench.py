@@ -27,6 +27,9 @@ def _routes_to(netns: str) -> set[str]:
         return {r.dst for r in nl.routes(ipr)}
 
 
+READY_POLL_S = 0.01  # how often the new agent's status is asked for while it starts
+
+
 def _wait_all(peers: list[Any], subnet: str, present: bool, timeout: float) -> float | None:
     """Seconds until every peer has (present) / lacks a route to subnet; None on timeout."""
     t0 = time.monotonic()
@@ -84,7 +87,7 @@ def run(rc: RunContext, hosts: int = 20, joins: int = 5, backend: str = "vxlan")
                 leave.append(gone)
             t0 = time.monotonic()
             proc = start()
-            st = store_lab.wait_agent_ready(new.state_dir, proc=proc, log_path=log_path)
+            st = store_lab.wait_agent_ready(new.state_dir, proc=proc, log_path=log_path, interval=READY_POLL_S)
             t_ready = time.monotonic()
             done = _wait_all(peers, st["subnet"], True, 30)
             if done is None:

@@ -74,8 +74,10 @@ def agent_status(state_dir: str, timeout: float = 5.0) -> dict | None:
 
 
 def wait_agent_ready(state_dir: str, timeout: float = AGENT_READY_TIMEOUT, proc: subprocess.Popen | None = None,
-                     log_path: str | None = None) -> dict:
-    """Wait until the agent answers on its socket having synced; returns its status."""
+                     log_path: str | None = None, interval: float = 0.1) -> dict:
+    """Wait until the agent answers on its socket having synced; returns its status.
+    ``interval``: seconds between polls (the benchmark polls finer, so the moment it
+    sees the agent ready is close to the moment the agent got ready)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -83,7 +85,7 @@ def wait_agent_ready(state_dir: str, timeout: float = AGENT_READY_TIMEOUT, proc:
         st = agent_status(state_dir, timeout=2.0)
         if st and st.get("synced"):
             return st
-        time.sleep(0.1)
+        time.sleep(interval)
     raise CrossnetError(f"agent with state dir {state_dir} not ready within {timeout:.0f}s: {_tail(log_path)}")
 
 
