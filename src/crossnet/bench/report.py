@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 from pathlib import Path
@@ -113,6 +115,18 @@ def why(tid: str, results: dict[str, Any]) -> str:
                     "attach rewrites the whole IPAM file once with fsync, and its JSON grows with every "
                     "container; the rest is 5 netlink round trips (crossnet.nlraw) and a netlink socket opened "
                     "inside the container's namespace. " + text)
+    if tid == "podman-run":
+        cn, po = cp.get("cni") or {}, cp.get("podman") or {}
+        x, r = cn.get("crossnet-cni") or {}, cn.get("bridge+host-local") or {}
+        runs = po.get("run_s") or {}
+        xr, rr = runs.get("crossnet-cni") or {}, runs.get("bridge+host-local") or {}
+        with contextlib.suppress(KeyError, TypeError):
+            x_ms = x["add_ms"]["median"] + x["del_ms"]["median"]
+            r_ms = r["add_ms"]["median"] + r["del_ms"]["median"]
+            text += (f" In this run's CNI rows crossnet-cni's ADD + DEL take {x_ms:.1f} ms against {r_ms:.1f} ms for "
+                     f"the reference, so the plugin itself is not the difference; the {po.get('runs')} podman runs "
+                     f"per network spread over {xr['min']}–{xr['max']} s (crossnet-cni) and {rr['min']}–{rr['max']} s "
+                     "(reference), wider than the gap between their medians.")
     if tid == "cni-add":
         cn = cp.get("cni") or {}
         x = (cn.get("crossnet-cni") or {}).get("add_ms", {}).get("median")
