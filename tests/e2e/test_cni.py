@@ -90,8 +90,9 @@ class Host:
         return self.kernel(), self.allocations()
 
 
-@pytest.fixture(scope="module")
-def host(tmp_path_factory):
+def one_host_lab(tmp_path_factory, make):
+    """A 1-host vxlan lab with crossnet-cni installed: yields make(lab, bin_dir, log, info)
+    and removes the lab afterwards, even on failure."""
     from crossnet.cni.install import install
     from crossnet.lab.manager import down, up
     from crossnet.lab.topology import LabOptions
@@ -100,22 +101,31 @@ def host(tmp_path_factory):
     lab = up(LabOptions(name=name, hosts=1, containers=0, backend="vxlan"), owner_pid=os.getpid())
     try:
         bin_dir = tmp_path_factory.mktemp("cni-bin")
-        install(lab.hosts[0].state_dir, conf_dir=str(tmp_path_factory.mktemp("net.d")), bin_dir=str(bin_dir))
-        h = Host(lab, bin_dir, tmp_path_factory.mktemp("log") / "cni.log")
-        yield h
+        info = install(lab.hosts[0].state_dir, conf_dir=str(tmp_path_factory.mktemp("net.d")), bin_dir=str(bin_dir))
+        yield make(lab, bin_dir, tmp_path_factory.mktemp("log") / "cni.log", info)
     finally:
         down(name)
 
 
-@pytest.fixture
-def clean(host):
-    """Asserts the test left the host exactly as it found it."""
+def left_as_found(host):
+    """Generator for a fixture: asserts the test left the host exactly as it found it."""
     before = host.footprint()
     yield
     for ns in host.made:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True)
     host.made.clear()
     assert host.footprint() == before
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    yield from one_host_lab(tmp_path_factory, lambda lab, bin_dir, log, info: Host(lab, bin_dir, log))
+
+
+@pytest.fixture
+def clean(host):
+    """Asserts the test left the host exactly as it found it."""
+    yield from left_as_found(host)
 
 
 def cid() -> str:

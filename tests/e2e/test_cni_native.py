@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .test_cni import Host, _log_lines, _wait_for, cid
+from .test_cni import Host, _log_lines, _wait_for, cid, left_as_found, one_host_lab
 
 pytestmark = [
     pytest.mark.e2e,
@@ -82,28 +81,12 @@ class NativeHost(Host):
 
 @pytest.fixture(scope="module")
 def nhost(tmp_path_factory):
-    from crossnet.cni.install import install
-    from crossnet.lab.manager import down, up
-    from crossnet.lab.topology import LabOptions
-
-    name = "t" + secrets.token_hex(3)[:5]
-    lab = up(LabOptions(name=name, hosts=1, containers=0, backend="vxlan"), owner_pid=os.getpid())
-    try:
-        bin_dir = tmp_path_factory.mktemp("cni-bin")
-        info = install(lab.hosts[0].state_dir, conf_dir=str(tmp_path_factory.mktemp("net.d")), bin_dir=str(bin_dir))
-        yield NativeHost(lab, bin_dir, tmp_path_factory.mktemp("log") / "cni.log", info)
-    finally:
-        down(name)
+    yield from one_host_lab(tmp_path_factory, NativeHost)
 
 
 @pytest.fixture
 def nclean(nhost):
-    before = nhost.footprint()
-    yield
-    for ns in nhost.made:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    nhost.made.clear()
-    assert nhost.footprint() == before
+    yield from left_as_found(nhost)
 
 
 def test_install_puts_native_client_first(nhost):
