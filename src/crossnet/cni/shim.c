@@ -454,6 +454,22 @@ static int js_literal(struct js *j, const char *word) {
 
 static int js_value(struct js *j);
 
+/* After an object member or array element: 1 = a ',' (another item follows), 0 = the
+   container's closing character (consumed, depth restored), -1 = anything else. */
+static int js_after_item(struct js *j, unsigned char close) {
+    js_ws(j);
+    if (j->p < j->e && *j->p == ',') {
+        j->p++;
+        return 1;
+    }
+    if (j->p < j->e && *j->p == close) {
+        j->p++;
+        j->depth--;
+        return 0;
+    }
+    return -1;
+}
+
 static int js_object(struct js *j, member_fn fn, void *ctx) {
     if (++j->depth > MAX_DEPTH)
         return -1;
@@ -481,17 +497,14 @@ static int js_object(struct js *j, member_fn fn, void *ctx) {
             return -1;
         if (fn && fn(ctx, key, klen, kesc, val, j->p))
             return -1;
-        js_ws(j);
-        if (j->p < j->e && *j->p == ',') {
-            j->p++;
+        switch (js_after_item(j, '}')) {
+        case 1:
             continue;
-        }
-        if (j->p < j->e && *j->p == '}') {
-            j->p++;
-            j->depth--;
+        case 0:
             return 0;
+        default:
+            return -1;
         }
-        return -1;
     }
 }
 
@@ -509,17 +522,14 @@ static int js_array(struct js *j) {
         js_ws(j);
         if (js_value(j))
             return -1;
-        js_ws(j);
-        if (j->p < j->e && *j->p == ',') {
-            j->p++;
+        switch (js_after_item(j, ']')) {
+        case 1:
             continue;
-        }
-        if (j->p < j->e && *j->p == ']') {
-            j->p++;
-            j->depth--;
+        case 0:
             return 0;
+        default:
+            return -1;
         }
-        return -1;
     }
 }
 
