@@ -120,10 +120,12 @@ static void buf_json(struct buf *b, const char *s, size_t n) {
     buf_chr(b, '"');
 }
 
-static int write_all(int fd, const void *data, size_t n) {
+/* write all n bytes (sock: a socket, sent with MSG_NOSIGNAL so a closed peer is an error,
+   not a SIGPIPE); 0 or -1 */
+static int put_all(int fd, const void *data, size_t n, int sock) {
     const char *p = data;
     while (n) {
-        ssize_t w = write(fd, p, n);
+        ssize_t w = sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -146,7 +148,7 @@ static int copy_rest(int from, int to) {
         }
         if (r == 0)
             return 0;
-        if (write_all(to, chunk, (size_t)r))
+        if (put_all(to, chunk, (size_t)r, 0))
             return -1;
     }
 }
@@ -201,7 +203,7 @@ static int restore_stdin(void) {
 #ifdef SYS_memfd_create
     int fd = (int)syscall(SYS_memfd_create, "crossnet-cni-stdin", 1u /* MFD_CLOEXEC */);
     if (fd >= 0) {
-        if (write_all(fd, g_in, g_in_len) == 0) {
+        if (put_all(fd, g_in, g_in_len, 0) == 0) {
             if (g_in_more && copy_rest(0, fd))
                 return -1; /* part of stdin is gone: no way back */
             if (lseek(fd, 0, SEEK_SET) == 0 && dup2(fd, 0) == 0) {
@@ -226,7 +228,7 @@ static int restore_stdin(void) {
     }
     if (pid == 0) {
         close(p[0]);
-        if (write_all(p[1], g_in, g_in_len) == 0 && g_in_more)
+        if (put_all(p[1], g_in, g_in_len, 0) == 0 && g_in_more)
             copy_rest(0, p[1]);
         _exit(0);
     }
@@ -251,7 +253,7 @@ static void fail(const char *what, int err) {
     buf_str(&b, ",\"code\":199,\"msg\":");
     buf_json(&b, msg, strlen(msg));
     buf_str(&b, ",\"details\":\"\"}\n");
-    write_all(1, b.p, b.len);
+    put_all(1, b.p, b.len, 0);
     fprintf(stderr, "%s\n", msg);
     exit(1);
 }
@@ -470,17 +472,26 @@ static int js_after_item(struct js *j, unsigned char close) {
     return -1;
 }
 
-static int js_object(struct js *j, member_fn fn, void *ctx) {
+/* Consume an opening '{' or '[': 1 = the container is empty (closed again), 0 = items
+   follow, -1 = nested too deep. */
+static int js_open(struct js *j, unsigned char close) {
     if (++j->depth > MAX_DEPTH)
         return -1;
-    j->p++; /* '{' */
+    j->p++;
     js_ws(j);
-    if (j->p < j->e && *j->p == '}') {
+    if (j->p < j->e && *j->p == close) {
         j->p++;
         j->depth--;
-        return 0;
+        return 1;
     }
-    for (;;) {
+    return 0;
+}
+
+static int js_object(struct js *j, member_fn fn, void *ctx) {
+    int r = js_open(j, '}');
+    if (r)
+        return r < 0 ? -1 : 0;
+    do {
         const unsigned char *key, *val;
         size_t klen;
         int kesc;
@@ -497,40 +508,20 @@ static int js_object(struct js *j, member_fn fn, void *ctx) {
             return -1;
         if (fn && fn(ctx, key, klen, kesc, val, j->p))
             return -1;
-        switch (js_after_item(j, '}')) {
-        case 1:
-            continue;
-        case 0:
-            return 0;
-        default:
-            return -1;
-        }
-    }
+    } while ((r = js_after_item(j, '}')) == 1);
+    return r;
 }
 
 static int js_array(struct js *j) {
-    if (++j->depth > MAX_DEPTH)
-        return -1;
-    j->p++; /* '[' */
-    js_ws(j);
-    if (j->p < j->e && *j->p == ']') {
-        j->p++;
-        j->depth--;
-        return 0;
-    }
-    for (;;) {
+    int r = js_open(j, ']');
+    if (r)
+        return r < 0 ? -1 : 0;
+    do {
         js_ws(j);
         if (js_value(j))
             return -1;
-        switch (js_after_item(j, ']')) {
-        case 1:
-            continue;
-        case 0:
-            return 0;
-        default:
-            return -1;
-        }
-    }
+    } while ((r = js_after_item(j, ']')) == 1);
+    return r;
 }
 
 static int js_value(struct js *j) {
@@ -621,20 +612,6 @@ static char *path_join(const char *dir, size_t dlen, const char *name) {
 
 /* ------------------------------------------------------------------ socket round trip */
 
-static int send_all(int fd, const char *p, size_t n) {
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 /* connect to the unix socket at path, send head + body, shut down writing, read until
  * the peer closes: 0 and *out, or -1 (nobody there, refused, timeout, ...) */
 static int exchange(const char *path, const char *head, size_t hn, const char *body, size_t bn, struct buf *out) {
@@ -651,7 +628,7 @@ static int exchange(const char *path, const char *head, size_t hn, const char *b
     struct timeval tv = {CN_TIMEOUT, 0};
     if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) ||
         connect(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + pl)) ||
-        send_all(fd, head, hn) || send_all(fd, body, bn) || shutdown(fd, SHUT_WR)) {
+        put_all(fd, head, hn, 1) || put_all(fd, body, bn, 1) || shutdown(fd, SHUT_WR)) {
         close(fd);
         return -1;
     }
@@ -883,7 +860,7 @@ static void version(void) {
         p = q;
     }
     buf_str(&b, "]}\n");
-    if (write_all(1, b.p, b.len))
+    if (put_all(1, b.p, b.len, 0))
         exit(1);
     exit(0);
 }
@@ -958,7 +935,7 @@ static void forward(void) {
         fallback();
     if (out.len) {
         buf_chr(&out, '\n');
-        if (write_all(1, out.p, out.len))
+        if (put_all(1, out.p, out.len, 0))
             exit(1);
     }
     exit((int)r.rc);
