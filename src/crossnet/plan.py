@@ -692,10 +692,7 @@ class NicTakeover(Resource):
         routes = self.saved.get("routes") or [{"dst": "<the NIC's routes>", "gateway": None}]
         cmds = [f"ip link set {self.nic} master {self.bridge} up", f"ip addr flush dev {self.nic}"]
         cmds += [f"ip addr add {a} dev {self.bridge}" for a in addrs]
-        for r in routes:
-            via = f" via {r['gateway']}" if r.get("gateway") else ""
-            dst = "default" if r["dst"] == "0.0.0.0/0" else r["dst"]
-            cmds.append(f"ip route replace {dst}{via} dev {self.bridge}")
+        cmds += route_commands(routes, self.bridge)
         return " && ".join(cmds)
 
     def check(self, env: Env) -> bool:
@@ -716,20 +713,25 @@ class NicTakeover(Resource):
         br_idx = nl.require_index(env.ipr, self.bridge)
         if "addresses" not in self.saved:
             self.saved["addresses"] = nl.addresses(env.ipr, nic_idx)
-            self.saved["routes"] = [
-                {"dst": r.dst, "gateway": r.gateway, "metric": r.metric, "proto": r.proto}
-                for r in nl.routes(env.ipr)
-                if r.oif == nic_idx and r.proto != nl.RTPROT_KERNEL
-            ]
-        env.ipr.link("set", index=nic_idx, master=br_idx, state="up")
-        for cidr in self.saved["addresses"]:
-            iface = ipaddress.ip_interface(cidr)
-            if cidr not in nl.addresses(env.ipr, br_idx):
-                env.ipr.addr("add", index=br_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            _ignore_missing(env.ipr.addr, "del", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        for r in self.saved["routes"]:
-            env.ipr.route("replace", **_route_kw(r, br_idx))
-        env.changed()
+            self.saved["routes"] = saved_routes(env, nic_idx)
+        try:
+            env.ipr.link("set", index=nic_idx, master=br_idx, state="up")
+            for cidr in self.saved["addresses"]:
+                iface = ipaddress.ip_interface(cidr)
+                if cidr not in nl.addresses(env.ipr, br_idx):
+                    env.ipr.addr("add", index=br_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                _ignore_missing(env.ipr.addr, "del", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            for r in replay_order(self.saved["routes"]):
+                env.ipr.route("replace", **route_kw(r, br_idx))
+        except Exception:
+            # half-way: the NIC has lost its addresses (and with them its routes);
+            # give everything back before the error travels up, so the host keeps
+            # its connectivity whatever failed
+            with contextlib.suppress(Exception):
+                self.remove(env)
+            raise
+        finally:
+            env.changed()
 
     def remove(self, env: Env) -> None:
         nic_idx = env.index(self.nic)
@@ -745,13 +747,49 @@ class NicTakeover(Resource):
             if cidr not in nl.addresses(env.ipr, nic_idx):
                 env.ipr.addr("add", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         env.ipr.link("set", index=nic_idx, state="up")
-        for r in self.saved.get("routes", []):
+        for r in replay_order(self.saved.get("routes", [])):
             with contextlib.suppress(NetlinkError):
-                env.ipr.route("replace", **_route_kw(r, nic_idx))
+                env.ipr.route("replace", **route_kw(r, nic_idx))
         env.changed()
 
 
-def _route_kw(r: dict, oif: int) -> dict:
+def saved_routes(env: Env, index: int) -> list[dict]:
+    """The routes through interface `index` that were not made by the kernel for an
+    address, as records route_kw() can replay on another device (or back)."""
+    return [
+        {
+            "dst": r.dst,
+            "gateway": r.gateway,
+            "metric": r.metric,
+            "proto": r.proto,
+            "scope": r.scope,
+            "prefsrc": r.prefsrc,
+            "onlink": bool(r.flags & nl.RTNH_F_ONLINK),
+        }
+        for r in nl.routes(env.ipr)
+        if r.oif == index and r.proto != nl.RTPROT_KERNEL
+    ]
+
+
+def route_commands(routes: list[dict], dev: str) -> list[str]:
+    """saved_routes() records as the `ip route` lines that would replay them on `dev`."""
+    out = []
+    for r in replay_order(routes):
+        via = f" via {r['gateway']}" if r.get("gateway") else ""
+        dst = "default" if r["dst"] == "0.0.0.0/0" else r["dst"]
+        onlink = " onlink" if r.get("onlink") else ""
+        out.append(f"ip route replace {dst}{via} dev {dev}{onlink}")
+    return out
+
+
+def replay_order(routes: list[dict]) -> list[dict]:
+    """Saved routes in an order the kernel accepts: narrower scopes (link routes a
+    gateway may depend on) before universe routes, gateway-less before via."""
+    return sorted(routes, key=lambda r: (-(r.get("scope") or 0), bool(r.get("gateway"))))
+
+
+def route_kw(r: dict, oif: int) -> dict:
+    """pyroute2 keyword arguments that recreate a saved_routes() record through `oif`."""
     net = ipaddress.ip_network(r["dst"])
     kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif, "table": nl.RT_TABLE_MAIN}
     if r.get("gateway"):
@@ -760,4 +798,10 @@ def _route_kw(r: dict, oif: int) -> dict:
         kw["priority"] = r["metric"]
     if r.get("proto") is not None:
         kw["proto"] = r["proto"]
+    if r.get("scope") is not None:
+        kw["scope"] = r["scope"]
+    if r.get("prefsrc"):
+        kw["prefsrc"] = r["prefsrc"]
+    if r.get("onlink"):
+        kw["flags"] = nl.RTNH_F_ONLINK
     return kw

@@ -287,3 +287,61 @@ def lab_python() -> str:
     import sys
 
     return sys.executable
+
+
+_INJECT_ROUTE_FAILURE = r"""
+import sys
+from pyroute2 import IPRoute
+from crossnet.errors import ApplyError
+from crossnet.plan import Bridge, Env, NicTakeover, reconcile
+
+nic, mac, poisoned = sys.argv[1:4]
+ipr = IPRoute()
+real_route = ipr.route
+
+def route(cmd, **kw):  # the kernel refuses one route half-way through the move
+    if cmd == "replace" and kw.get("dst") == poisoned and kw.get("oif") != ipr.link_lookup(ifname=nic)[0]:
+        raise OSError(22, "injected failure")
+    return real_route(cmd, **kw)
+
+ipr.route = route
+try:
+    reconcile([Bridge("br0", 1500, mac=mac), NicTakeover(nic, "br0")], [], Env(ipr))
+except ApplyError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def _route_flags(netns: str, dst: str) -> list[tuple[str, list[str]]]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "route", "show", dst], capture_output=True, text=True, check=True)
+    return [(r["dev"], r.get("flags", [])) for r in json.loads(out.stdout or "[]")]
+
+
+def test_bridge_takeover_keeps_onlink_routes_and_rolls_back_a_half_done_move(make_lab):
+    """The bridge method moves the NIC's addresses and routes onto br0: an onlink
+    route moves with its flag and comes back on reset; a move that fails half-way
+    gives the NIC everything back, so the host never loses its connectivity."""
+    lab = make_lab(hosts=2, underlay="l2", backend="bridge", containers=0, apply=False)
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    subprocess.run(["ip", "-n", h1.netns, "route", "add", "10.99.0.0/24", "via", "192.0.2.1",
+                    "dev", h1.ifname, "onlink"], check=True)
+    before = snapshot(h1.netns)
+    mac = subprocess.run(["ip", "netns", "exec", h1.netns, "cat", f"/sys/class/net/{h1.ifname}/address"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+
+    failed = subprocess.run(["ip", "netns", "exec", h1.netns, lab_python(), "-c", _INJECT_ROUTE_FAILURE,
+                             h1.ifname, mac, "10.99.0.0"], capture_output=True, text=True)
+    assert failed.returncode == 3, failed.stderr
+    assert "injected failure" in failed.stdout and "rolled back" in failed.stdout
+    assert diff(before, snapshot(h1.netns)) == []
+    assert _route_flags(h1.netns, "10.99.0.0/24") == [(h1.ifname, ["onlink"])]
+    assert ping(h1.netns, h2.address)
+
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    assert res.returncode == 0, res.stderr
+    assert _route_flags(h1.netns, "10.99.0.0/24") == [("br0", ["onlink"])]
+    assert ping(h1.netns, h2.address)
+    assert crossnet(lab, "h1", "reset").returncode == 0
+    assert diff(before, snapshot(h1.netns)) == []
+    assert _route_flags(h1.netns, "10.99.0.0/24") == [(h1.ifname, ["onlink"])]

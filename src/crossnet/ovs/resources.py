@@ -22,7 +22,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
 from crossnet.ovs import db as ovsdb
-from crossnet.plan import Env, Resource, Sysctl
+from crossnet.plan import (
+    Env,
+    Resource,
+    Sysctl,
+    replay_order,
+    route_commands,
+    route_kw,
+    saved_routes,
+)
 
 OWNER_KEY = "crossnet"  # external_ids:crossnet=<what> on every bridge/port crossnet creates
 FLOW_COOKIE = "0xc055e7"
@@ -250,9 +258,7 @@ class AddressMove(Resource):
         cmds.append(f"ip addr flush dev {self.nic}")
         routes = self.saved.get("routes")
         if routes:
-            for r in routes:
-                via = f" via {r['gateway']}" if r.get("gateway") else ""
-                cmds.append(f"ip route replace {r['dst']}{via} dev {self.dev}")
+            cmds += route_commands(routes, self.dev)
         else:
             cmds.append(f"ip route replace default via <gateway> dev {self.dev}")
         return " && ".join(cmds)
@@ -281,23 +287,25 @@ class AddressMove(Resource):
             if not addrs:
                 raise ApplyError(f"{self.nic} has no IPv4 address to move onto {self.dev}")
             self.saved["addresses"] = addrs
-            self.saved["routes"] = [
-                {"dst": r.dst, "gateway": r.gateway, "metric": r.metric}
-                for r in nl.routes(env.ipr)
-                if r.oif == nic.index and r.proto != nl.RTPROT_KERNEL
-            ]
-        if not nic.up:
-            env.ipr.link("set", index=nic.index, state="up")
-        env.ipr.link("set", index=dev.index, state="up")
-        for cidr in self.saved["addresses"]:
-            iface = ipaddress.ip_interface(cidr)
-            if cidr not in nl.addresses(env.ipr, dev.index):
-                env.ipr.addr("add", index=dev.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            if cidr in nl.addresses(env.ipr, nic.index):
-                env.ipr.addr("del", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-        for r in self.saved["routes"]:
-            env.ipr.route("replace", **_route_kw(r, dev.index))
-        _changed(env)
+            self.saved["routes"] = saved_routes(env, nic.index)
+        try:
+            if not nic.up:
+                env.ipr.link("set", index=nic.index, state="up")
+            env.ipr.link("set", index=dev.index, state="up")
+            for cidr in self.saved["addresses"]:
+                iface = ipaddress.ip_interface(cidr)
+                if cidr not in nl.addresses(env.ipr, dev.index):
+                    env.ipr.addr("add", index=dev.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                if cidr in nl.addresses(env.ipr, nic.index):
+                    env.ipr.addr("del", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            for r in replay_order(self.saved["routes"]):
+                env.ipr.route("replace", **route_kw(r, dev.index))
+        except Exception:
+            with contextlib.suppress(Exception):
+                self.remove(env)  # half-moved: give the NIC its addresses and routes back
+            raise
+        finally:
+            _changed(env)
 
     def remove(self, env: Env) -> None:
         nic = _link(env, self.nic)
@@ -312,21 +320,10 @@ class AddressMove(Resource):
             if cidr not in nl.addresses(env.ipr, nic.index):
                 env.ipr.addr("add", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         env.ipr.link("set", index=nic.index, state="up")
-        for r in self.saved.get("routes", []):
+        for r in replay_order(self.saved.get("routes", [])):
             with contextlib.suppress(NetlinkError):
-                env.ipr.route("replace", **_route_kw(r, nic.index))
+                env.ipr.route("replace", **route_kw(r, nic.index))
         _changed(env)
-
-
-def _route_kw(r: dict, oif: int) -> dict:
-    net = ipaddress.ip_network(r["dst"])
-    kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif,
-                          "table": nl.RT_TABLE_MAIN}
-    if r.get("gateway"):
-        kw["gateway"] = r["gateway"]
-    if r.get("metric") is not None:
-        kw["priority"] = r["metric"]
-    return kw
 
 
 # ---------------------------------------------------------------- per-device sysctl
