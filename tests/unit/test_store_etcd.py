@@ -336,3 +336,46 @@ def test_watch_sees_join_and_expiry(store):
     assert kinds[0] == ("put", str(b.subnet), "b")
     assert time.monotonic() - t0 < 2 + 2
     assert a.subnet != b.subnet
+
+
+@needs_etcd
+def test_containers_published_next_to_the_registration(store):
+    """Each host publishes its containers under <prefix>/containers/<name>, bound to its
+    lease: `crossnet check` on any host reads them; they vanish with the lease."""
+    c = cfg(ttl=30)
+    a = store.acquire(c, "a", IPv4Address("192.0.2.1"), {})
+    b = store.acquire(c, "b", IPv4Address("192.0.2.2"), {})
+    assert store.containers() == {}
+    rev = store.snapshot().revision
+    store.publish_containers(a, [
+        {"id": "c2", "address": "10.32.0.3/24", "netns": "/run/netns/c2"},  # prefix and extra keys dropped
+        {"id": "c1", "address": "10.32.0.2", "name": "web"},
+        {"id": "broken", "address": "not-an-address"},  # malformed entries are left out
+        {"address": "10.32.0.9"},
+    ])
+    store.publish_containers(b, [])
+    assert store.containers() == {
+        "a": [{"id": "c1", "address": "10.32.0.2", "name": "web"}, {"id": "c2", "address": "10.32.0.3"}],
+        "b": [],
+    }
+    kv = store.client.get(store.containers_key("a"))
+    assert kv.lease == a.lease_id
+    assert json.loads(kv.value)["subnet"] == "10.32.0.0/24"
+    # the subnet keys (what peers watch) are untouched: publishing makes no peer events
+    assert [h.revision for h in store.snapshot().hosts if h.revision > rev] == []
+    # republishing replaces the list
+    store.publish_containers(a, [{"id": "c1", "address": "10.32.0.2"}])
+    assert store.containers()["a"] == [{"id": "c1", "address": "10.32.0.2"}]
+    # gone with the lease (expiry or release); publishing on a dead lease says so
+    store.client.lease_revoke(a.lease_id)
+    assert set(store.containers()) == {"b"}
+    with pytest.raises(LeaseLost):
+        store.publish_containers(a, [])
+    store.release(b)
+    assert store.containers() == {}
+
+
+def test_containers_of_an_unreachable_store_are_unavailable():
+    s = EtcdStore(EtcdClient(f"http://127.0.0.1:{free_port()}", timeout=1), "/x")
+    with pytest.raises(StoreUnavailable):
+        s.containers()

@@ -75,3 +75,14 @@ def test_watch_reports_file_changes(tmp_path):
         assert [(e.kind, e.record.name) for e in batch] == [("put", "c")]
         break
     assert time.monotonic() - t0 < 5
+
+
+def test_no_container_channel(tmp_path):
+    """The cluster file is no channel between hosts: peers' containers are unknown
+    (`crossnet check` pings their gateways instead), publishing is a no-op."""
+    f = tmp_path / "c.yaml"
+    write(f)
+    s = StaticStore(f)
+    lease = s.acquire(s.get_config(), "a", IPv4Address("192.0.2.1"), {})
+    assert s.publish_containers(lease, [{"id": "c1", "address": "10.32.0.2"}]) is None
+    assert s.containers() is None

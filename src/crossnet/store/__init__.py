@@ -242,8 +242,38 @@ class Store(ABC):
         """Batches of changes after revision `since`; raises StoreUnavailable when the
         connection breaks (the caller resumes from the last revision it saw)."""
 
+    # containers: what `crossnet check` on any host pings (optional channel)
+
+    def publish_containers(self, lease: SubnetLease, containers: list[dict[str, str]]) -> None:
+        """Publish this host's containers (``[{"id", "address", "name"?}]``) next to its
+        registration, bound to its lease (they vanish with it). The default: the store
+        has no channel between hosts (the cluster file), nothing is published."""
+        return None
+
+    def containers(self) -> dict[str, list[dict[str, str]]] | None:
+        """host name -> the containers it published; None when the store has no such
+        channel (the cluster file: peers' containers are unknown)."""
+        return None
+
     def close(self) -> None:
         pass
+
+
+def clean_containers(items: Any) -> list[dict[str, str]]:
+    """Keep the well-formed container entries (id, IPv4 address, optional name), sorted by id."""
+    out = []
+    for c in items if isinstance(items, list) else []:
+        if not isinstance(c, dict) or not c.get("id") or not c.get("address"):
+            continue
+        try:
+            addr = str(IPv4Address(str(c["address"]).split("/")[0]))
+        except ValueError:
+            continue
+        item = {"id": str(c["id"]), "address": addr}
+        if c.get("name"):
+            item["name"] = str(c["name"])
+        out.append(item)
+    return sorted(out, key=lambda c: (c["id"], c["address"]))
 
 
 def validate_host_name(name: str) -> str:
@@ -265,5 +295,6 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "SubnetLease",
+    "clean_containers",
     "validate_host_name",
 ]

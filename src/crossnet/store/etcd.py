@@ -5,6 +5,9 @@
                                        attached to the host's etcd lease (TTL): the lease
                                        expires or is revoked -> the key vanishes -> peers
                                        remove that host's routes/FDB/neighbours
+    <prefix>/containers/<name>         {"name", "subnet", "containers": [{"id", "address", "name"?}]}:
+                                       the host's attached containers, bound to its lease like
+                                       its subnet key (read by `crossnet check` on any host)
     <prefix>/hosts/<name>              {"subnet", "address"}: the subnet this host had last,
                                        without a lease, so a host coming back after its lease
                                        expired gets the same subnet if still free; deleted by
@@ -37,6 +40,7 @@ from crossnet.store import (
     StoreError,
     StoreUnavailable,
     SubnetLease,
+    clean_containers,
 )
 from crossnet.store.etcdclient import (
     GRPC_NOT_FOUND,
@@ -105,6 +109,13 @@ class EtcdStore(Store):
     @property
     def hosts_prefix(self) -> str:
         return f"{self.prefix}/hosts/"
+
+    @property
+    def containers_prefix(self) -> str:
+        return f"{self.prefix}/containers/"
+
+    def containers_key(self, name: str) -> str:
+        return self.containers_prefix + name
 
     def subnet_key(self, subnet: IPv4Network) -> str:
         return self.subnets_prefix + subnet_key_part(subnet)
@@ -316,6 +327,33 @@ class EtcdStore(Store):
             if exc.code == GRPC_NOT_FOUND:
                 return
             raise _unavailable(exc) from None
+
+    # ------------------------------------------------------------------ containers
+
+    def publish_containers(self, lease: SubnetLease, containers: list[dict[str, str]]) -> None:
+        value = {"name": lease.record.name, "subnet": str(lease.subnet), "containers": clean_containers(containers)}
+        try:
+            self.client.put(self.containers_key(lease.record.name), json.dumps(value, sort_keys=True),
+                            lease=lease.lease_id)
+        except EtcdError as exc:
+            if exc.code == GRPC_NOT_FOUND:  # "requested lease not found": it expired
+                raise LeaseLost(f"etcd lease {lease.lease_id:x} for subnet {lease.subnet} has expired") from None
+            raise _unavailable(exc) from None
+
+    def containers(self) -> dict[str, list[dict[str, str]]]:
+        try:
+            kvs, _ = self.client.range(self.containers_prefix, prefix=True)
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
+        out: dict[str, list[dict[str, str]]] = {}
+        for kv in kvs:
+            try:
+                data = json.loads(kv.value)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                out[kv.key[len(self.containers_prefix):]] = clean_containers(data.get("containers"))
+        return out
 
     # ------------------------------------------------------------------ watch
 
