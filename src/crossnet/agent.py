@@ -16,7 +16,10 @@ unreachable, uninitialised or refuses us; the data plane is left alone meanwhile
 
 Threads: keepalive (renews the lease every TTL/3), watch (streams peer changes into
 the queue, resumes from the last revision after a reconnect, then re-reads a
-snapshot), and the local API (unix socket). Only the main thread touches the kernel's
+snapshot), containers (publishes this host's containers in the store, next to its
+registration, at start, after every attach/detach/CNI ADD/DEL through the API, at
+every resync and after a re-registration; `crossnet check` on any host reads them),
+and the local API (unix socket). Only the main thread touches the kernel's
 routes/FDB/neighbours and applied.json.
 
 SIGTERM/SIGINT: stop; the data plane stays as it is (the lease expires after TTL
@@ -109,13 +112,18 @@ class Agent:
         self.revision = 0
         self.started = time.time()
         self.synced_at: float | None = None
-        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None}
+        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None, "containers": None}
         self.reacquire_at: float | None = None
         self.next_resync = 0.0
         self._threads: list[threading.Thread] = []
         self._lock_fh = None
         self._api = None
         self._ipr = None
+        # containers publisher: requests are numbered; the thread publishes the latest
+        self._pub_cond = threading.Condition()
+        self._pub_wanted = 0
+        self._pub_done = 0
+        self._published: tuple | None = None  # (lease id, containers) last written to the store
 
     # ------------------------------------------------------------------ helpers
 
@@ -522,6 +530,71 @@ class Agent:
         t.start()
         self._threads.append(t)
 
+    def containers_changed(self, wait: float = 1.0, force: bool = False) -> None:
+        """Ask the publisher thread to publish this host's containers; wait (bounded:
+        etcd may be down, attaches must not hang on it) until it has."""
+        with self._pub_cond:
+            if force:
+                self._published = None
+            self._pub_wanted += 1
+            target = self._pub_wanted
+            self._pub_cond.notify_all()
+            if wait > 0:
+                self._pub_cond.wait_for(lambda: self._pub_done >= target or self.stop.is_set(), timeout=wait)
+
+    def _local_containers(self) -> list[dict[str, str]]:
+        from crossnet import containers
+        from crossnet.store import clean_containers
+
+        return clean_containers(containers.list_containers(self.state))
+
+    def publish_containers(self) -> None:
+        """Write this host's containers to the store if they changed since the last write."""
+        lease = self.lease
+        if lease is None or self.synced_at is None:
+            return
+        try:
+            items = self._local_containers()
+        except (CrossnetError, OSError, ValueError) as exc:
+            self._report("containers", f"reading local containers: {exc}")
+            return
+        if self._published == (lease.lease_id, items):
+            return
+        try:
+            self.store.publish_containers(lease, items)
+        except LeaseLost as exc:
+            self._report("containers", str(exc))
+            self.queue.put(("lease-lost", lease.lease_id))
+            return
+        except StoreError as exc:
+            self._report("containers", f"publishing containers: {exc}; retrying at the next resync")
+            return
+        self._published = (lease.lease_id, items)
+        self._report("containers", None)
+        log.info("published %d container(s)", len(items))
+
+    def _publisher_loop(self) -> None:
+        while True:
+            with self._pub_cond:
+                self._pub_cond.wait_for(lambda: self._pub_done < self._pub_wanted or self.stop.is_set())
+                if self.stop.is_set():
+                    self._pub_cond.notify_all()
+                    return
+                target = self._pub_wanted
+            try:
+                self.publish_containers()
+            except Exception:  # never let the publisher die silently
+                log.exception("containers: unexpected error")
+            with self._pub_cond:
+                self._pub_done = target
+                self._pub_cond.notify_all()
+
+    def cluster_containers(self) -> dict[str, Any]:
+        """Every host's published containers (GET /v1/containers): `known` is false
+        when the store has no channel between hosts (the cluster file)."""
+        hosts = self.store.containers()
+        return {"host": self.name, "store": self.store.kind, "known": hosts is not None, "hosts": hosts or {}}
+
     # ------------------------------------------------------------------ status (API)
 
     def info(self) -> dict[str, Any]:
@@ -585,6 +658,8 @@ class Agent:
 
             self._api = serve(self, socket_path(self.state))
         self._start_thread("watch", self._watch_loop)
+        self._start_thread("containers", self._publisher_loop)
+        self.containers_changed(wait=0)
         log.info("ready")
         while not self.stop.is_set():
             try:
@@ -615,6 +690,8 @@ class Agent:
             self.apply_events(item[1])
         elif kind == "snapshot":
             self._sync_safely(item[1])
+            if self.health.get("containers"):  # the store is back: retry the failed publish
+                self.containers_changed(wait=0)
         elif (kind == "lease-lost" and self.lease is not None and item[1] == self.lease.lease_id
               and self.reacquire_at is None):
             self.reacquire_at = time.monotonic()
@@ -636,6 +713,7 @@ class Agent:
             self.next_resync = time.monotonic() + min(self.opts.resync, 5)
             return
         self._sync_safely(snap)
+        self.containers_changed(wait=0)  # catches attaches that did not go through the API
 
     def _reacquire(self) -> None:
         assert self.lease is not None
@@ -649,12 +727,15 @@ class Agent:
         self.reacquire_at = None
         self._report("keepalive", None)
         log.info("re-registered after losing the lease")
+        self.containers_changed(wait=0, force=True)  # the old lease took the published list with it
         if self.lease.subnet != old.subnet:
             self.revision = 0
         self._resync()
 
     def _shutdown_threads(self) -> None:
         self.stop.set()
+        with self._pub_cond:
+            self._pub_cond.notify_all()
         interrupt = getattr(self.store, "interrupt_watch", None)
         if interrupt is not None:
             interrupt()

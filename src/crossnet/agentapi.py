@@ -7,6 +7,12 @@
                                     -> the attachment (same JSON as `crossnet attach -o json`)
     POST /v1/detach  {"container": SPEC} | {"id": ID}
                                     -> {"id", "detached", "address"?}
+    GET  /v1/containers             {"host", "store", "known", "hosts": {name: [{"id", "address", "name"?}]}}:
+                                    every host's containers as published in the store
+                                    (known: false with the cluster file, which has no channel)
+
+attach, detach and CNI ADD/DEL return once this host's container list is published
+in the store (or after at most 1 s if the store does not answer; retried at resync).
 
 Errors: HTTP 400 (bad input) / 409 (not configured) / 500 with {"error": "<one line>"}.
 Try it: ``curl --unix-socket /var/lib/crossnet/agent.sock http://agent/v1/status``.
@@ -116,7 +122,9 @@ def _container(body: dict) -> tuple[str, str | None]:
         try:
             return resolve(spec)
         except ConfigError:
-            return spec, None
+            from crossnet.runtime import spec_id
+
+            return spec_id(spec), None
     if body.get("id"):
         return str(body["id"]), body.get("netns")
     raise ConfigError("give \"container\" (a CONTAINER spec) or \"id\" (+ \"netns\")")
@@ -144,17 +152,34 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         ctx, backend = _context(state)
         att = containers.attach(state, ctx, backend, cid, netns, requested=body.get("ip"),
                                 ifname=str(body.get("ifname") or "eth0"))
+        _containers_changed(agent)
         return 200, att.to_json()
     if method == "POST" and path == "/v1/detach":
         cid, _ = _container(body)
         ctx, backend = _context(state)
         res = containers.detach(state, ctx, backend, cid)
+        if res is not None:
+            _containers_changed(agent)
         return 200, {"id": cid, "detached": res is not None, **(res or {})}
+    if method == "GET" and path == "/v1/containers":
+        cluster = getattr(agent, "cluster_containers", None)
+        if cluster is None:
+            return 404, {"error": "this agent does not publish containers"}
+        return 200, cluster()
     if method == "POST" and path == "/v1/cni":
-        return 200, _cni(body)
-    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/cni"):
+        out = _cni(body)
+        if not out.get("stale") and str((body.get("environ") or {}).get("CNI_COMMAND")) in ("ADD", "DEL"):
+            _containers_changed(agent)
+        return 200, out
+    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/cni", "/v1/containers"):
         return 405, {"error": f"{method} not allowed on {path}"}
     return 404, {"error": f"no such endpoint {path} (try /v1/status)"}
+
+
+def _containers_changed(agent: Agent) -> None:
+    notify = getattr(agent, "containers_changed", None)
+    if notify is not None:
+        notify()
 
 
 def _cni(body: dict) -> dict:
