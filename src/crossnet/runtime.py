@@ -17,6 +17,16 @@ from crossnet.errors import ConfigError
 RESOLVERS: dict[str, Callable[[str], tuple[str, str]]] = {}
 
 
+def spec_id(spec: str) -> str:
+    """The container id `resolve` gives SPEC, without looking at the namespace (which
+    may be gone: `detach pid:N` after the process exited releases `pid-N`). Runtime
+    forms (podman:, docker:) need the runtime; for them the spec itself is returned."""
+    prefix, sep, rest = spec.partition(":")
+    if sep and prefix == "pid" and re.fullmatch(r"[0-9]+", rest):
+        return f"pid-{rest}"
+    return spec
+
+
 def resolve(spec: str) -> tuple[str, str]:
     if not spec:
         raise ConfigError("CONTAINER: empty container name")
@@ -27,7 +37,7 @@ def resolve(spec: str) -> tuple[str, str]:
         path = f"/proc/{rest}/ns/net"
         if not os.path.exists(path):
             raise ConfigError(f"CONTAINER: {spec!r}: no process {rest}")
-        return f"pid-{rest}", path
+        return spec_id(spec), path
     if sep and prefix in RESOLVERS:
         return RESOLVERS[prefix](rest)
     if sep and prefix in ("podman", "docker"):
