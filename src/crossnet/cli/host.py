@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import sys
 
@@ -20,6 +22,26 @@ OUTPUT = click.option(
 
 def _state(ctx: click.Context) -> StateDir:
     return StateDir(ctx.obj["state_dir"])
+
+
+class _ReadOnlyState(StateDir):
+    """The state dir for `apply --dry-run`: read, never created. Its lock is taken
+    shared (so a dry run does not read a half-done apply) only if the lock file
+    already exists; no state dir or lock file is created."""
+
+    @contextlib.contextmanager
+    def lock(self):
+        try:
+            fh = open(self.root / "lock")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            yield
+            return
+        with fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            yield
+
+    def save_applied(self, data: dict) -> None:  # pragma: no cover - apply never saves in a dry run
+        raise CrossnetError("internal error: a dry run tried to write applied.json")
 
 
 def _agent(ctx: click.Context, method: str, path: str, body: dict | None = None):
@@ -58,7 +80,8 @@ def apply(ctx: click.Context, path: str, host_name: str | None, dry_run: bool, o
     from crossnet.host import apply as do_apply
 
     cluster = load_cluster(path)
-    result = do_apply(cluster, _state(ctx), host_name, dry_run=dry_run)
+    result = do_apply(cluster, _ReadOnlyState(ctx.obj["state_dir"]) if dry_run else _state(ctx), host_name,
+                      dry_run=dry_run)
     if output == "json":
         _json(result.to_json())
         return
@@ -138,12 +161,12 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
     """Disconnect CONTAINER: remove its veth and release its address. Idempotent."""
     from crossnet import containers
     from crossnet.host import load_context
-    from crossnet.runtime import resolve
+    from crossnet.runtime import resolve, spec_id
 
     try:
         cid, _ = resolve(container)
     except Exception:
-        cid = container  # the namespace may already be gone; release by id
+        cid = spec_id(container)  # the namespace may already be gone: release by the id attach gave it
     via = _agent(ctx, "POST", "/v1/detach", {"id": cid})
     if via is not None:
         res = {k: via[k] for k in ("id", "address", "host_if") if k in via} if via.get("detached") else None
@@ -208,30 +231,47 @@ def status(ctx: click.Context, output: str) -> None:
 @OUTPUT
 @click.pass_context
 def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
-    """Reachability matrix: ping from every container on this host to every other
-    container on this host and to every peer host's container gateway (which
-    crosses the overlay). Exit 1 if any pair fails. In the lab, `crossnet lab
-    check` covers every container of every host."""
+    """Reachability matrix: ping from every container on this host to every
+    container of the cluster this host knows, exit 1 if any pair fails.
+
+    \b
+    With `crossnet agent` on etcd, every agent publishes its host's containers in
+    the store: the destinations are all containers of the cluster. With the cluster
+    file there is no channel between hosts: a peer whose containers are unknown (or
+    that has none) is covered by pinging its container gateway, which crosses the
+    same overlay path (labelled "NAME (gateway)", kind "gateway"). Run `check` on
+    every host (in the lab: `crossnet lab check`) for the whole matrix.
+    """
     import ipaddress
     from concurrent.futures import ThreadPoolExecutor
 
-    from crossnet.check import Endpoint, Pair, pairs_to_json, probe, render_matrix, summary_line
+    from crossnet.check import Endpoint, Pair, probe, summary_line
     from crossnet.host import status as get_status
 
     st = get_status(_state(ctx))
-    srcs = [Endpoint(c["id"], c["netns"], c["address"]) for c in st["containers"]]
-    dsts = list(srcs)
-    for p in st["peers"]:
-        net = ipaddress.ip_network(p["subnet"])
-        # a peer's container gateway (reached through the overlay), or the peer itself on a LAN
-        gw = p["address"] if st["backend"] == "bridge" else str(net.network_address + 1)
-        dsts.append(Endpoint(f"{p['name']}(gw)", "", gw))
-    if not srcs:
+    me = st["host"]
+    local = [(Endpoint(c.get("name") or c["id"], c["netns"] or "", c["address"].split("/")[0]), me, "container")
+             for c in st["containers"]]
+    if not local:
         raise CrossnetError("no containers attached on this host: nothing to check (crossnet attach CONTAINER)")
-    jobs = [(s, d) for s in srcs for d in dsts if s.address != d.address]
+    published, note = _cluster_containers(ctx)
+    dsts = list(local)
+    peers = {p["name"]: p for p in st["peers"]}
+    for name in sorted(set(peers) | set(published or {})):
+        if name == me:
+            continue
+        theirs = (published or {}).get(name) or []
+        for c in theirs:
+            dsts.append((Endpoint(f"{name}/{c.get('name') or c['id']}", "", c["address"]), name, "container"))
+        if not theirs and name in peers:
+            # the peer's container gateway (reached through the overlay), or the peer itself on a LAN
+            net = ipaddress.ip_network(peers[name]["subnet"])
+            gw = peers[name]["address"] if st["backend"] == "bridge" else str(net.network_address + 1)
+            dsts.append((Endpoint(f"{name} (gateway)", "", gw), name, "gateway"))
+    jobs = [(s, d) for s, _, _ in local for d in dsts if s.address != d[0].address]
 
     def run(job):
-        s, d = job
+        s, (d, _host, _kind) = job
         ok, rtt, err = probe(s, d.address, count, timeout)
         return Pair(s.name, d.name, ok, rtt, err)
 
@@ -239,11 +279,60 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
         pairs = list(pool.map(run, jobs))
     ok = all(p.ok for p in pairs)
     if output == "json":
-        _json({"host": st["host"], "ok": ok, "pairs": pairs_to_json(pairs)})
+        rows = []
+        for (_s, (d, dhost, kind)), p in zip(jobs, pairs):
+            rows.append({"src": p.src, "dst": p.dst, "ok": p.ok, "rtt_ms": p.rtt_ms, "error": p.error,
+                         "dst_host": dhost, "dst_address": d.address, "kind": kind})
+        _json({
+            "host": me,
+            "ok": ok,
+            "containers": "published" if published is not None else "unknown",
+            "note": note,
+            "pairs": rows,
+        })
     else:
-        Console().print(render_matrix(pairs, title=f"reachability from {st['host']}"))
+        Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}"))
+        if note:
+            click.echo(note)
         click.echo(summary_line(pairs))
+        for p in [p for p in pairs if not p.ok][:10]:
+            click.echo(f"  ✗ {p.src} → {p.dst}: {p.error or 'unreachable'}")
     sys.exit(0 if ok else 1)
+
+
+def _matrix(pairs, dsts, title: str) -> Table:
+    """Rows: this host's containers; columns: every destination; cells: RTT in ms or ✗."""
+    cell = {(p.src, p.dst): p for p in pairs}
+    srcs = list(dict.fromkeys(p.src for p in pairs))
+    table = Table(title=title, caption="RTT in ms; ✗ = unreachable; (gateway): a peer whose containers are unknown")
+    table.add_column("src \\ dst", style="bold", no_wrap=True)
+    for d in dsts:
+        table.add_column(d.name, justify="right")
+    for s in srcs:
+        row = []
+        for d in dsts:
+            p = cell.get((s, d.name))
+            if p is None:
+                row.append("[dim]·[/dim]")
+            elif p.ok:
+                row.append(f"[green]{p.rtt_ms:.2f}[/green]" if p.rtt_ms is not None else "[green]✓[/green]")
+            else:
+                row.append("[bold red]✗[/bold red]")
+        table.add_row(s, *row)
+    return table
+
+
+def _cluster_containers(ctx: click.Context) -> tuple[dict[str, list[dict]] | None, str | None]:
+    """Every host's containers as the agent's store publishes them, or (None, why)
+    when they are unknown: no agent (the cluster file), or the store does not answer."""
+    try:
+        via = _agent(ctx, "GET", "/v1/containers")
+    except CrossnetError as exc:
+        return None, f"peers' containers unknown ({exc}): their gateways are pinged instead"
+    if via is None or not via.get("known"):
+        return None, ("peers' containers are unknown without an agent on etcd: their gateways are pinged "
+                      "instead; run `crossnet check` on every host for the whole matrix")
+    return dict(via.get("hosts") or {}), None
 
 
 def register(main: click.Group) -> None:
