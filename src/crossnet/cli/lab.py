@@ -250,14 +250,14 @@ def register(main: click.Group) -> None:
     @_output_option
     def check_cmd(name, count, timeout, underlay, output):
         """Ping matrix between all containers of the lab (from every host's status)."""
-        from crossnet.check import all_ok, pairs_to_json
+        from crossnet.check import pairs_to_json
 
         output = _output(output)
         _check_probe_args(count, timeout)
         m = _manager()
         lab_ = m.Lab.open(validate_name(name))
         pairs = lab_.check(count=count, timeout=timeout, underlay=underlay)
-        ok = bool(pairs) and all_ok(pairs)
+        ok = m.reachable(pairs)  # the verdict `lab demo` uses too
         if output == "json":
             _emit_json({"lab": lab_.name, "backend": lab_.plan.backend, "underlay": lab_.plan.underlay,
                         "pairs": pairs_to_json(pairs), "ok": ok})
@@ -278,7 +278,16 @@ def register(main: click.Group) -> None:
         opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime)
         _check_probe_args(count, timeout)
         m = _manager()
-        result = m.demo(opts, count=count, timeout=timeout, apply=not no_apply, keep=keep, log=_log(output))
+        try:
+            result = m.demo(opts, count=count, timeout=timeout, apply=not no_apply, keep=keep, log=_log(output))
+        except CrossnetError as exc:
+            if output != "json":
+                raise
+            # scripts read stdout: one JSON object even when the lab could not be built
+            _emit_json({"lab": opts.name, "backend": opts.backend, "underlay": opts.underlay,
+                        "applied": not no_apply, "ok": False, "error": str(exc), "pairs": []})
+            click.echo(f"crossnet: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
         if output == "json":
             _emit_json(result)
         else:

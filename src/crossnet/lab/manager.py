@@ -511,6 +511,11 @@ def list_labs() -> list[dict[str, Any]]:
 
 
 # ---- demo ---------------------------------------------------------------------------
+def reachable(pairs: Sequence[Pair]) -> bool:
+    """The verdict of `lab check` and `lab demo`: at least one pair, every pair ok."""
+    return bool(pairs) and all_ok(pairs)
+
+
 def demo(opts: LabOptions, *, count: int = 1, timeout: float = 1.0, apply: bool = True,
          keep: bool = False, log: Log | None = None) -> dict[str, Any]:
     """up, reachability matrix, down (always, unless `keep`). Returns the demo result."""
@@ -541,7 +546,7 @@ def demo(opts: LabOptions, *, count: int = 1, timeout: float = 1.0, apply: bool 
             "pairs": pairs_to_json(pairs),
             "runtime": lab.plan.extra.get("runtime") or "netns",
             "http": http,
-            "ok": bool(pairs) and all_ok(pairs) and all(x["ok"] for x in http or []),
+            "ok": reachable(pairs) and all(x["ok"] for x in http or []),
             "elapsed_s": round(time.monotonic() - t0, 2),
         }
     finally:
@@ -558,5 +563,5 @@ def require_root() -> None:
 
 __all__ = [
     "Lab", "LabExistsError", "LabNotFoundError", "LabOptions", "up", "down", "down_all",
-    "list_labs", "demo", "lab_root", "lab_dir", "read_manifest", "crossnet_argv", "ConfigError",
+    "list_labs", "demo", "reachable", "lab_root", "lab_dir", "read_manifest", "crossnet_argv", "ConfigError",
 ]
