@@ -62,3 +62,104 @@ def test_close_removes_socket(tmp_path):
     handle = agentapi.serve(FakeAgent(tmp_path), str(tmp_path / "agent.sock"))
     handle.close()
     assert not (tmp_path / "agent.sock").exists()
+
+
+# ---------------------------------------------------------------------- containers
+
+
+class PublishingAgent(FakeAgent):
+    def __init__(self, root):
+        super().__init__(root)
+        self.changed = 0
+
+    def containers_changed(self):
+        self.changed += 1
+
+    def cluster_containers(self):
+        return {"host": "h1", "store": "etcd", "known": True,
+                "hosts": {"h2": [{"id": "c1", "address": "10.32.1.2"}]}}
+
+
+def test_containers_endpoint(tmp_path):
+    handle = agentapi.serve(PublishingAgent(tmp_path), str(tmp_path / "agent.sock"))
+    try:
+        got = agentapi.call(tmp_path, "GET", "/v1/containers")
+        assert got["known"] is True and got["hosts"]["h2"][0]["address"] == "10.32.1.2"
+        with pytest.raises(CrossnetError, match="not allowed"):
+            agentapi.call(tmp_path, "POST", "/v1/containers", {})
+    finally:
+        handle.close()
+
+
+def test_containers_endpoint_of_an_agent_without_them(api):
+    with pytest.raises(CrossnetError, match="does not publish containers"):
+        agentapi.call(api, "GET", "/v1/containers")
+
+
+class RecordingStore:
+    kind = "etcd"
+
+    def __init__(self):
+        self.published = []
+        self.fail = None
+
+    def describe(self):
+        return "recording"
+
+    def publish_containers(self, lease, containers):
+        if self.fail is not None:
+            raise self.fail
+        self.published.append((lease.lease_id, containers))
+
+    def containers(self):
+        return {"h1": self.published[-1][1]} if self.published else {}
+
+    def close(self):
+        pass
+
+
+def test_agent_publishes_its_containers_when_they_change(tmp_path):
+    """The publisher thread writes the container list once per change (attach/detach
+    wait for it, bounded), again after a new lease, and reports a lost lease."""
+    import time
+    from ipaddress import IPv4Address, IPv4Network
+
+    from crossnet.agent import Agent, AgentOptions
+    from crossnet.store import HostRecord, LeaseLost, StoreUnavailable, SubnetLease
+
+    store = RecordingStore()
+    agent = Agent(store, StateDir(tmp_path), AgentOptions(api=False))
+    agent.name = "h1"
+    local = [{"id": "c1", "address": "10.32.0.2"}]
+    agent._local_containers = lambda: list(local)
+    agent._start_thread("containers", agent._publisher_loop)
+    try:
+        agent.containers_changed()
+        assert store.published == []  # not registered/synced yet: nothing to publish
+        agent.lease = SubnetLease(HostRecord("h1", IPv4Address("192.0.2.1"), IPv4Network("10.32.0.0/24")), 7, 30)
+        agent.synced_at = time.time()
+        agent.containers_changed()
+        assert store.published == [(7, local)]
+        agent.containers_changed()
+        assert len(store.published) == 1  # unchanged: no write
+        local.append({"id": "c2", "address": "10.32.0.3"})
+        agent.containers_changed()
+        assert store.published[-1] == (7, local) and len(store.published) == 2
+        agent.lease = SubnetLease(agent.lease.record, 8, 30)  # re-registered: the old lease took the list along
+        agent.containers_changed(force=True)
+        assert store.published[-1][0] == 8
+        store.fail = StoreUnavailable("cannot reach etcd")
+        local.pop()
+        agent.containers_changed()
+        assert "cannot reach etcd" in agent.health["containers"]
+        store.fail = None
+        agent.containers_changed()
+        assert agent.health["containers"] is None and store.published[-1] == (8, local)
+        store.fail = LeaseLost("gone")
+        local.append({"id": "c3", "address": "10.32.0.4"})
+        agent.containers_changed()
+        assert agent.queue.get_nowait() == ("lease-lost", 8)
+        info = agent.cluster_containers()
+        assert info["known"] is True and info["hosts"] == {"h1": store.published[-1][1]}
+    finally:
+        agent._shutdown_threads()
