@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -86,14 +87,59 @@ def test_wrapper_answers_version_itself(tmp_path, stdin, version):
     assert json.loads(proc.stdout) == {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
 
 
-def test_docker_config_overlay_and_bridge():
-    cfg = docker_daemon_config(CONTEXT)
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
+
+
+def applied_from(cluster_file: str, host: str, monkeypatch) -> dict:
+    """applied.json as `crossnet apply -f cluster_file` writes it on `host`: the real
+    context (crossnet.host.build_context) from the cluster file, with the NIC's kernel
+    facts (MTU 1500, a MAC) supplied instead of read from this machine."""
+    from crossnet import netlink as nl
+    from crossnet.backends import get_backend
+    from crossnet.config import load_cluster
+    from crossnet.host import build_context
+
+    cluster = load_cluster(os.path.join(EXAMPLES, cluster_file))
+    spec = cluster.host(host)
+    nic = nl.LinkInfo(index=2, name=spec.iface, kind=None, mtu=1500, mac="52:54:00:00:00:01", up=True, master=None,
+                      info_data={})
+    monkeypatch.setattr(nl, "link_info", lambda ipr, name=None, index=None: nic if name == spec.iface else None)
+    ctx = build_context(cluster, host, SimpleNamespace(ipr=None), get_backend(cluster.backend))
+    return {"version": 1, "host": host, "cluster": cluster.to_dict(), "context": ctx.to_json(), "resources": []}
+
+
+def test_docker_config_overlay(monkeypatch):
+    applied = applied_from("vxlan.yaml", "host2", monkeypatch)
+    cfg = docker_daemon_config(applied)
     assert cfg == {"bridge": "cn0", "fixed-cidr": "10.32.1.0/24", "mtu": 1450, "ip-masq": False}
-    lan = {**CONTEXT, "backend": "bridge", "bridge": "br0", "subnet": "10.211.55.64/26", "mtu": 1500,
-           "gateway": "10.211.55.1"}
-    cfg = docker_daemon_config(lan)
-    assert cfg["bridge"] == "br0" and cfg["fixed-cidr"] == "10.211.55.64/26"
-    assert cfg["default-gateway"] == "10.211.55.1"
+
+
+def test_docker_config_bridge_uses_the_lans_router(monkeypatch):
+    """Bridge backend: Docker's containers route via lan.gateway of the cluster file (the
+    LAN's router), not the host's own address that crossnet puts on br0."""
+    applied = applied_from("bridge.yaml", "host1", monkeypatch)
+    assert applied["context"]["gateway"] == "10.211.55.10"  # br0: host1's LAN address
+    cfg = docker_daemon_config(applied)
+    assert cfg == {"bridge": "br0", "fixed-cidr": "10.211.55.64/26", "mtu": 1500, "ip-masq": False,
+                   "default-gateway": "10.211.55.1"}
+    assert docker_daemon_config(applied_from("bridge.yaml", "host2", monkeypatch))["default-gateway"] == "10.211.55.1"
+
+
+def test_docker_config_bridge_without_cluster_in_state_is_an_error(monkeypatch):
+    applied = applied_from("bridge.yaml", "host1", monkeypatch)
+    del applied["cluster"]
+    with pytest.raises(ConfigError, match="lan.gateway"):
+        docker_daemon_config(applied)
+
+
+def test_cli_docker_config_bridge(tmp_path, monkeypatch):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "applied.json").write_text(json.dumps(applied_from("bridge.yaml", "host2", monkeypatch)))
+    res = _cli("--state-dir", str(state), "docker-config")
+    cfg = json.loads(res.output)
+    assert cfg["default-gateway"] == "10.211.55.1" and cfg["bridge"] == "br0"
+    assert cfg["fixed-cidr"] == "10.211.55.128/26"
 
 
 def test_merge_daemon_json_keeps_other_keys(tmp_path):

@@ -100,7 +100,7 @@ def register(main: click.Group) -> None:
                 f"docker-config: backend {context.get('backend')!r} has no Linux bridge Docker can use "
                 "(use bridge, host-gw or vxlan)"
             )
-        cfg = docker_daemon_config(context)
+        cfg = docker_daemon_config(applied)
         if write is None:
             click.echo(json.dumps(cfg, indent=2))
             return

@@ -237,9 +237,13 @@ def install(
 # --------------------------------------------------------------------------- docker
 
 
-def docker_daemon_config(context: dict[str, Any]) -> dict[str, Any]:
+def docker_daemon_config(applied: dict[str, Any]) -> dict[str, Any]:
     """daemon.json keys that make Docker's default bridge network this host's crossnet
-    bridge (what the tutorial did with `-b=br0 --fixed-cidr=... --mtu=...`)."""
+    bridge (what the tutorial did with `-b=br0 --fixed-cidr=... --mtu=...`).
+
+    ``applied``: this host's applied.json (``context``, and for the bridge backend the
+    ``cluster`` it was applied from, whose ``lan.gateway`` is the LAN's router)."""
+    context = applied["context"]
     cfg: dict[str, Any] = {
         "bridge": context["bridge"],
         "fixed-cidr": context["subnet"],
@@ -249,8 +253,13 @@ def docker_daemon_config(context: dict[str, Any]) -> dict[str, Any]:
         "ip-masq": False,
     }
     if context.get("backend") == "bridge":
-        # br0 carries the host's LAN address; containers route via the LAN's router
-        cfg["default-gateway"] = context["gateway"]
+        # br0 carries the host's LAN address (context["gateway"]: what crossnet's own
+        # containers route via); Docker's containers route via the LAN's router
+        lan = (applied.get("cluster") or {}).get("lan") or {}
+        if not lan.get("gateway"):
+            raise ConfigError("docker-config: the applied state has no lan.gateway (bridge backend); "
+                              "run `crossnet apply -f CLUSTER` again")
+        cfg["default-gateway"] = str(lan["gateway"])
     return cfg
 
 
