@@ -6,13 +6,15 @@ import contextlib
 import fcntl
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from crossnet.errors import CrossnetError
 from crossnet.state import StateDir
+
+if TYPE_CHECKING:  # rich is imported only by the text output of status/check (~30 ms)
+    from rich.table import Table
 
 OUTPUT = click.option(
     "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -196,6 +198,9 @@ def status(ctx: click.Context, output: str) -> None:
     if output == "json":
         _json(st)
         return
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console()
     console.print(
         f"[bold]{st['host']}[/] ({st['address']} on {st['iface']}) cluster {st['cluster']} backend [bold]{st['backend']}[/]\n"
@@ -291,6 +296,8 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
             "pairs": rows,
         })
     else:
+        from rich.console import Console
+
         Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}"))
         if note:
             click.echo(note)
@@ -302,6 +309,8 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
 
 def _matrix(pairs, dsts, title: str) -> Table:
     """Rows: this host's containers; columns: every destination; cells: RTT in ms or ✗."""
+    from rich.table import Table
+
     cell = {(p.src, p.dst): p for p in pairs}
     srcs = list(dict.fromkeys(p.src for p in pairs))
     table = Table(title=title, caption="RTT in ms; ✗ = unreachable; (gateway): a peer whose containers are unknown")
