@@ -152,6 +152,8 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
         _json(data)
     else:
         note = "" if data["changed"] else " (already attached, nothing changed)"
+        if data.get("asked_as") is not None:  # the namespace was attached before under another id
+            note = f" (already attached as {data['id']})"
         click.echo(f"{cid}: {data['ifname']} {data['cidr']} via {data['gateway']} mtu {data['mtu']} (host side {data['host_if']}){note}")
 
 
@@ -298,7 +300,10 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
     else:
         from rich.console import Console
 
-        Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}"))
+        caption = "RTT in ms; ✗ = unreachable"
+        if any(kind == "gateway" for _, _, kind in dsts):
+            caption += "; NAME (gateway): a peer whose containers are unknown here"
+        Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
         if note:
             click.echo(note)
         click.echo(summary_line(pairs))
@@ -307,13 +312,13 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
     sys.exit(0 if ok else 1)
 
 
-def _matrix(pairs, dsts, title: str) -> Table:
+def _matrix(pairs, dsts, title: str, caption: str) -> Table:
     """Rows: this host's containers; columns: every destination; cells: RTT in ms or ✗."""
     from rich.table import Table
 
     cell = {(p.src, p.dst): p for p in pairs}
     srcs = list(dict.fromkeys(p.src for p in pairs))
-    table = Table(title=title, caption="RTT in ms; ✗ = unreachable; (gateway): a peer whose containers are unknown")
+    table = Table(title=title, caption=caption)
     table.add_column("src \\ dst", style="bold", no_wrap=True)
     for d in dsts:
         table.add_column(d.name, justify="right")
