@@ -192,6 +192,8 @@ class Cluster(BaseModel):
     def _carve_problems(self) -> list[Problem]:
         try:
             self.host_subnets()
+        except ipam.CarveError as exc:  # order-dependent: a pin or address vs earlier hosts
+            return [_carve_problem(self, exc)]
         except IpamError as exc:  # the checks above should make this unreachable
             return [(("hosts",), str(exc))]
         return []
@@ -264,13 +266,37 @@ def _carve_inputs(c: Cluster) -> tuple[Any, ...]:
 
 
 def _carve(cluster: Cluster) -> dict[str, IPv4Network]:
+    """Strictly in file order (see ipam.carve_subnets): a host's block depends only on
+    the hosts before it, so appending a host never moves an existing one."""
     hosts = [(h.name, h.subnet) for h in cluster.hosts]
     if cluster.is_bridge:
         lan = cluster.lan
         assert lan is not None and lan.range_len is not None
-        return ipam.carve_subnets(lan.cidr, lan.range_len, hosts, _bridge_reserved(cluster))
+        cidr = lan.cidr
+        reserved = [cidr.network_address, cidr.broadcast_address, lan.gateway]
+        addresses = [h.address for h in cluster.hosts]
+        return ipam.carve_subnets(cidr, lan.range_len, hosts, reserved, addresses)
     assert cluster.network is not None
     return ipam.carve_subnets(cluster.network, cluster.subnet_len, hosts)
+
+
+def _carve_problem(c: Cluster, exc: ipam.CarveError) -> Problem:
+    """The carving error as a problem of the later host's field."""
+    host = c.hosts[exc.index]
+    loc: Loc = ("hosts", exc.index, exc.field)
+    if exc.owner is None:  # out of space: the count checks before carving make this unreachable
+        return loc, str(exc)
+    noun = "range" if c.is_bridge else "subnet"
+    owner = _host_ref(exc.owner, c.hosts[exc.owner])
+    if exc.field == "address":
+        return loc, (
+            f"{host.address} is inside the container range {exc.block} of {owner} "
+            "(ranges are carved in file order); use an address outside it"
+        )
+    return loc, (
+        f"{host.subnet} is already the {noun} of {owner}: hosts without a pin take the lowest "
+        f"free {noun} in file order, regardless of later pins"
+    )
 
 
 def _bridge_reserved(cluster: Cluster) -> list[IPv4Address]:
@@ -434,7 +460,9 @@ def _bridge_errors(c: Cluster) -> Iterator[Problem]:
 
 
 def _range_content_errors(c: Cluster) -> Iterator[Problem]:
-    """A pinned container range must not contain the gateway or a host's address."""
+    """A pinned container range must not contain the gateway, its host's address or the
+    address of a host before it. (A later host's address inside it is that host's
+    error, reported by the carving: appending a host never makes an earlier one wrong.)"""
     assert c.lan is not None
     named = [("lan.gateway", c.lan.gateway)] + [
         (f"{_host_ref(j, h)} address", h.address) for j, h in enumerate(c.hosts)
@@ -442,7 +470,7 @@ def _range_content_errors(c: Cluster) -> Iterator[Problem]:
     for i, host in enumerate(c.hosts):
         if host.subnet is None:
             continue
-        for what, address in named:
+        for what, address in named[: i + 2]:  # the gateway, hosts[0..i]
             if address in host.subnet:
                 yield ("hosts", i, "subnet"), f"range {host.subnet} contains {what} {address}"
 

@@ -1,8 +1,9 @@
 """IP address management, pure logic plus one small state file.
 
 * :func:`carve_subnets` splits a network into equal per-host blocks (overlay subnets,
-  or container ranges inside the LAN for the bridge backend). Deterministic and stable:
-  appending a host never moves the blocks of the hosts before it.
+  or container ranges inside the LAN for the bridge backend), strictly in file order.
+  Deterministic and stable: a host's block depends only on the hosts before it, so
+  appending a host (pinned or not) never moves the blocks of the hosts before it.
 * :class:`AddressPool` hands out container addresses of one host's subnet and persists
   them in a JSON file, safely across concurrent processes (``flock`` + atomic replace).
 """
@@ -46,24 +47,28 @@ def _check_prefixlen(network: IPv4Network, prefixlen: int) -> None:
         )
 
 
-def _check_pinned(
-    network: IPv4Network, prefixlen: int, hosts: Sequence[tuple[str, IPv4Network | None]]
-) -> dict[str, IPv4Network]:
-    pinned: dict[str, IPv4Network] = {}
-    for name, subnet in hosts:
-        if subnet is None:
-            continue
-        if subnet.prefixlen != prefixlen:
-            raise IpamError(f"host '{name}': pinned {subnet} is not a /{prefixlen}")
-        if not subnet.subnet_of(network):
-            raise IpamError(f"host '{name}': pinned {subnet} is not inside {network}")
-        for other, taken in pinned.items():
-            if subnet.overlaps(taken):
-                raise IpamError(
-                    f"host '{name}': pinned {subnet} overlaps {taken} of host '{other}'"
-                )
-        pinned[name] = subnet
-    return pinned
+class CarveError(IpamError):
+    """A carving problem that belongs to one host: ``hosts[index]``'s ``field``
+    (``"subnet"`` or ``"address"``). ``owner`` is the index of the earlier host whose
+    block is in the way (None: no such host, e.g. space ran out or a bad pin)."""
+
+    def __init__(
+        self,
+        message: str,
+        index: int,
+        field: str,
+        owner: int | None = None,
+        block: IPv4Network | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.index, self.field, self.owner, self.block = index, field, owner, block
+
+
+def _check_pin(network: IPv4Network, prefixlen: int, index: int, name: str, subnet: IPv4Network) -> None:
+    if subnet.prefixlen != prefixlen:
+        raise CarveError(f"host '{name}': pinned {subnet} is not a /{prefixlen}", index, "subnet")
+    if not subnet.subnet_of(network):
+        raise CarveError(f"host '{name}': pinned {subnet} is not inside {network}", index, "subnet")
 
 
 class _Occupied:
@@ -103,35 +108,69 @@ def carve_subnets(
     prefixlen: int,
     hosts: Sequence[tuple[str, IPv4Network | None]],
     reserved: Iterable[Reserved] = (),
+    addresses: Sequence[IPv4Address | None] | None = None,
 ) -> dict[str, IPv4Network]:
-    """Give every host a /``prefixlen`` block of ``network``.
+    """Give every host a /``prefixlen`` block of ``network``, strictly in file order.
 
-    Pinned blocks (second tuple element) are validated and kept. The other hosts, in the
-    given order, each take the lowest block overlapping nothing pinned, already assigned
-    or ``reserved``. Pinned blocks are not checked against ``reserved`` (the caller decides
-    what a pinned block may contain). Raises :class:`IpamError` when space runs out.
+    Each host, in the given order, either keeps its pinned block (second tuple element)
+    or takes the lowest block overlapping nothing ``reserved`` and no block of an
+    earlier host. So a host's block depends only on the hosts before it: appending a
+    host -- pinned or not -- never moves an earlier host's block. A pin that is already
+    an earlier host's block is a :class:`CarveError` on that pin, never a reshuffle.
+
+    ``addresses`` (bridge backend: the hosts' own LAN addresses, same order as
+    ``hosts``): the blocks of a host and of the hosts after it avoid its address, and an
+    address inside an earlier host's block is a :class:`CarveError` on that address.
+
+    Pinned blocks are not checked against ``reserved`` or ``addresses`` (the caller
+    decides what a pinned block may contain). Raises :class:`CarveError` for a bad pin,
+    a collision or when space runs out, :class:`IpamError` for duplicate names.
     """
     _check_prefixlen(network, prefixlen)
     names = [name for name, _ in hosts]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise IpamError(f"duplicate host name '{dup}'")
-    pinned = _check_pinned(network, prefixlen, hosts)
-    occupied = _Occupied([*pinned.values(), *(_as_network(r) for r in reserved)])
+    if addresses is not None and len(addresses) != len(hosts):
+        raise IpamError(f"{len(addresses)} addresses for {len(hosts)} hosts")
+    occupied = _Occupied(_as_network(r) for r in reserved)
+    owners: dict[IPv4Network, int] = {}  # block -> index of the host that has it
     size = 1 << (32 - prefixlen)
     start, end = _span(network)
     cursor = start  # lowest-first + only growing occupancy: never need to look back
     result: dict[str, IPv4Network] = {}
-    for name, subnet in hosts:
+    for index, (name, subnet) in enumerate(hosts):
+        address = addresses[index] if addresses is not None else None
+        if address is not None:
+            holder = owners.get(IPv4Network((address, prefixlen), strict=False))
+            if holder is not None:
+                block = result[names[holder]]
+                raise CarveError(
+                    f"host '{name}': address {address} is inside {block} of host "
+                    f"'{names[holder]}' (blocks are carved in file order)",
+                    index, "address", holder, block,
+                )
+            occupied.add(IPv4Network(address))
         if subnet is not None:
-            result[name] = subnet
-            continue
-        found = _next_free_block(occupied, cursor, size, end)
-        if found is None:
-            raise IpamError(f"no free /{prefixlen} left in {network} for host '{name}'")
-        cursor = found
-        block = IPv4Network((cursor, prefixlen))
+            _check_pin(network, prefixlen, index, name, subnet)
+            holder = owners.get(subnet)
+            if holder is not None:
+                raise CarveError(
+                    f"host '{name}': pinned {subnet} is already the block of host "
+                    f"'{names[holder]}' (blocks are carved in file order)",
+                    index, "subnet", holder, subnet,
+                )
+            block = subnet
+        else:
+            found = _next_free_block(occupied, cursor, size, end)
+            if found is None:
+                raise CarveError(
+                    f"no free /{prefixlen} left in {network} for host '{name}'", index, "subnet"
+                )
+            cursor = found
+            block = IPv4Network((cursor, prefixlen))
         occupied.add(block)
+        owners[block] = index
         result[name] = block
     return result
 

@@ -114,22 +114,54 @@ def test_explicit_options() -> None:
     assert c.underlay_networks == [IPv4Network("192.168.0.0/16")]
 
 
-def test_pinned_subnets_come_first_others_fill_lowest() -> None:
+def test_subnets_carved_in_file_order_earlier_pins_avoided() -> None:
     c = parse(
         """
 backend: host-gw
 network: 10.32.0.0/16
 hosts:
-  - {name: a, address: 10.0.0.1}
   - {name: b, address: 10.0.0.2, subnet: 10.32.0.0/24}
+  - {name: a, address: 10.0.0.1}
+  - {name: d, address: 10.0.0.4, subnet: 10.32.9.0/24}
   - {name: c, address: 10.0.0.3}
 """
     )
     assert c.host_subnets() == {
-        "a": IPv4Network("10.32.1.0/24"),
         "b": IPv4Network("10.32.0.0/24"),
+        "a": IPv4Network("10.32.1.0/24"),
+        "d": IPv4Network("10.32.9.0/24"),
         "c": IPv4Network("10.32.2.0/24"),
     }
+
+
+def test_appending_a_pin_on_an_existing_subnet_is_an_error_not_a_move() -> None:
+    """The audit's case: a host appended with `subnet: 10.32.0.0/24` used to move h1
+    and h2 (pins were reserved first); now it is rejected, naming the new host's pin."""
+    message = error_of(VXLAN3 + "  - {name: h4, address: 192.168.1.4, subnet: 10.32.0.0/24}\n")
+    assert message == (
+        "cluster.yaml: hosts[3].subnet: 10.32.0.0/24 is already the subnet of hosts[0] 'h1': "
+        "hosts without a pin take the lowest free subnet in file order, regardless of later pins"
+    )
+    # a pin on a free subnet is fine and moves nobody
+    before = parse(VXLAN3).host_subnets()
+    after = parse(VXLAN3 + "  - {name: h4, address: 192.168.1.4, subnet: 10.32.3.0/24}\n").host_subnets()
+    assert {k: after[k] for k in before} == before
+
+
+def test_bridge_appending_a_host_inside_an_existing_range_is_an_error_not_a_move() -> None:
+    roomy = TUTORIAL_BRIDGE.replace("gateway: 10.211.55.1}", "gateway: 10.211.55.1, range_len: 27}")
+    before = parse(roomy).host_subnets()
+    assert before == {"host1": IPv4Network("10.211.55.32/27"), "host2": IPv4Network("10.211.55.64/27")}
+    message = error_of(roomy + "  - {name: host3, address: 10.211.55.40}\n")
+    assert message == (
+        "cluster.yaml: hosts[2].address: 10.211.55.40 is inside the container range "
+        "10.211.55.32/27 of hosts[0] 'host1' (ranges are carved in file order); "
+        "use an address outside it"
+    )
+    # with its address outside the existing ranges: nobody moves
+    after = parse(roomy + "  - {name: host3, address: 10.211.55.30}\n").host_subnets()
+    assert {k: after[k] for k in before} == before
+    assert after["host3"] == IPv4Network("10.211.55.96/27")
 
 
 def test_appending_a_host_keeps_existing_subnets() -> None:

@@ -10,11 +10,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from crossnet.errors import IpamError
-from crossnet.ipam import AddressPool, Allocation, carve_subnets, count_free_blocks
+from crossnet.ipam import AddressPool, Allocation, CarveError, carve_subnets, count_free_blocks
 
 A = IPv4Address
 N = IPv4Network
@@ -37,20 +37,56 @@ def test_carve_tutorial_bridge_split() -> None:
     assert count_free_blocks(lan, 26, reserved) == 2
 
 
-def test_carve_pinned_first_and_reserved_networks() -> None:
-    hosts = [("a", None), ("b", N("10.0.0.0/26")), ("c", None)]
+def test_carve_tutorial_bridge_split_with_per_host_addresses() -> None:
+    lan = N("10.211.55.0/24")
+    reserved = [lan.network_address, lan.broadcast_address, A("10.211.55.1")]
+    hosts = [("host1", None), ("host2", None)]
+    result = carve_subnets(lan, 26, hosts, reserved, [A("10.211.55.10"), A("10.211.55.20")])
+    assert result == {"host1": N("10.211.55.64/26"), "host2": N("10.211.55.128/26")}
+
+
+def test_carve_earlier_pins_and_reserved_networks_are_avoided() -> None:
+    hosts = [("b", N("10.0.0.0/26")), ("a", None), ("c", None)]
     result = carve_subnets(N("10.0.0.0/24"), 26, hosts, reserved=[N("10.0.0.64/27")])
-    assert result == {"a": N("10.0.0.128/26"), "b": N("10.0.0.0/26"), "c": N("10.0.0.192/26")}
+    assert result == {"b": N("10.0.0.0/26"), "a": N("10.0.0.128/26"), "c": N("10.0.0.192/26")}
 
 
-def test_carve_reserved_larger_than_block_is_skipped_in_one_go() -> None:
-    result = carve_subnets(N("10.0.0.0/8"), 30, [("a", None)], reserved=[N("10.0.0.0/9")])
-    assert result == {"a": N("10.128.0.0/30")}
+def test_carve_later_pins_do_not_move_earlier_hosts() -> None:
+    # a later pin on a free block: the hosts before it are carved as if it weren't there
+    hosts = [("a", None), ("b", N("10.0.0.64/26")), ("c", None)]
+    result = carve_subnets(N("10.0.0.0/24"), 26, hosts)
+    assert result == {"a": N("10.0.0.0/26"), "b": N("10.0.0.64/26"), "c": N("10.0.0.128/26")}
+
+
+def test_carve_pin_on_an_earlier_hosts_block_is_an_error_not_a_move() -> None:
+    """The audit's case: appending a host pinned to a's block used to move a and b."""
+    hosts = [("a", None), ("b", None), ("c", N("10.32.0.0/24"))]
+    with pytest.raises(CarveError) as info:
+        carve_subnets(N("10.32.0.0/16"), 24, hosts)
+    err = info.value
+    assert (err.index, err.field, err.owner, err.block) == (2, "subnet", 0, N("10.32.0.0/24"))
+    assert str(err) == (
+        "host 'c': pinned 10.32.0.0/24 is already the block of host 'a' "
+        "(blocks are carved in file order)"
+    )
+
+
+def test_carve_address_inside_an_earlier_block_is_an_error_not_a_move() -> None:
+    lan = N("10.0.0.0/24")
+    hosts = [("a", None), ("b", None)]
+    with pytest.raises(CarveError) as info:  # b's address lies in a's (carved) range
+        carve_subnets(lan, 26, hosts, [lan.network_address], [A("10.0.0.200"), A("10.0.0.70")])
+    assert (info.value.index, info.value.field, info.value.owner) == (1, "address", 0)
+    assert info.value.block == N("10.0.0.64/26")
+    # a host's own address and earlier addresses are avoided by its carved block
+    result = carve_subnets(lan, 26, hosts, [lan.network_address], [A("10.0.0.70"), A("10.0.0.10")])
+    assert result == {"a": N("10.0.0.128/26"), "b": N("10.0.0.192/26")}
 
 
 def test_carve_exhaustion() -> None:
-    with pytest.raises(IpamError, match=r"no free /24 left in 10.32.0.0/23 for host 'c'"):
+    with pytest.raises(CarveError, match=r"no free /24 left in 10.32.0.0/23 for host 'c'") as info:
         carve_subnets(N("10.32.0.0/23"), 24, [("a", None), ("b", None), ("c", None)])
+    assert (info.value.index, info.value.field, info.value.owner) == (2, "subnet", None)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +94,7 @@ def test_carve_exhaustion() -> None:
     [
         ([("a", N("10.1.0.0/24"))], "not inside"),
         ([("a", N("10.0.0.0/25"))], "not a /24"),
-        ([("a", N("10.0.1.0/24")), ("b", N("10.0.1.0/24"))], "overlaps 10.0.1.0/24 of host 'a'"),
+        ([("a", N("10.0.1.0/24")), ("b", N("10.0.1.0/24"))], "already the block of host 'a'"),
         ([("a", None), ("a", None)], "duplicate host name 'a'"),
     ],
 )
@@ -73,73 +109,182 @@ def test_carve_bad_prefixlen(prefixlen: int) -> None:
         carve_subnets(N("10.0.0.0/16"), prefixlen, [("a", None)])
 
 
+# ---- property tests: a naive model of the rule, random hosts, random pins anywhere
+
+Hosts = list[tuple[str, IPv4Network | None]]
+
+
 @st.composite
-def carve_case(
-    draw: st.DrawFn,
-) -> tuple[IPv4Network, int, list[tuple[str, IPv4Network | None]], list]:
+def carve_case(draw: st.DrawFn, with_addresses: bool | None = None):  # type: ignore[no-untyped-def]
+    """(network, prefixlen, hosts, reserved, addresses): pins are any block of the
+    network (free, taken by an earlier host, or another pin), at any position;
+    addresses (bridge-like) are random addresses of the network, or None."""
     base_len = draw(st.integers(16, 26))
     network = N((A("10.0.0.0") + draw(st.integers(0, 255)) * (1 << (32 - base_len)), base_len))
-    prefixlen = draw(st.integers(base_len, min(base_len + 5, 32)))
+    prefixlen = draw(st.integers(base_len, min(base_len + 4, 32)))
     blocks = list(network.subnets(new_prefix=prefixlen))
-    pins = draw(st.lists(st.sampled_from(blocks), unique=True, max_size=3))
-    count = draw(st.integers(0, 8))
-    hosts: list[tuple[str, IPv4Network | None]] = [(f"h{i}", None) for i in range(count)]
-    for pin in pins:
-        hosts.insert(draw(st.integers(0, len(hosts))), (f"p{pin.network_address}", pin))
+    count = draw(st.integers(0, 9))
+    pin = st.one_of(st.none(), st.none(), st.sampled_from(blocks))
+    hosts: Hosts = [(f"h{i}", draw(pin)) for i in range(count)]
     offsets = st.integers(0, network.num_addresses - 1)
-    reserved = [network.network_address + off for off in draw(st.lists(offsets, max_size=4))]
-    return network, prefixlen, hosts, reserved
+    reserved = [network.network_address + off for off in draw(st.lists(offsets, max_size=3))]
+    if with_addresses is None:
+        with_addresses = draw(st.booleans())
+    addresses = None
+    if with_addresses:
+        addresses = [network.network_address + draw(offsets) for _ in hosts]
+    return network, prefixlen, hosts, reserved, addresses
 
 
-def _carve_or_none(network, prefixlen, hosts, reserved):  # type: ignore[no-untyped-def]
+def carve_model(network, prefixlen, hosts, reserved, addresses):  # type: ignore[no-untyped-def]
+    """The rule, written as plainly as possible: file order; a pin is kept unless it is
+    an earlier host's block; an unpinned host takes the lowest block holding no
+    reserved item, no address of itself or an earlier host, and no earlier block.
+    Returns the blocks, or (index, field) of the first error."""
+    taken: list[IPv4Network] = []
+    avoid: list[IPv4Network] = [N(r) if isinstance(r, IPv4Address) else r for r in reserved]
+    for i, (_, pin) in enumerate(hosts):
+        address = addresses[i] if addresses else None
+        if address is not None:
+            if any(address in block for block in taken):
+                return (i, "address")
+            avoid.append(N(address))
+        if pin is not None:
+            if any(pin.overlaps(block) for block in taken):
+                return (i, "subnet")
+            block = pin
+        else:
+            free = (
+                b
+                for b in network.subnets(new_prefix=prefixlen)
+                if not any(b.overlaps(x) for x in [*avoid, *taken])
+            )
+            block = next(free, None)
+            if block is None:
+                return (i, "subnet")
+        taken.append(block)
+    return {name: block for (name, _), block in zip(hosts, taken)}
+
+
+def carve_or_error(network, prefixlen, hosts, reserved, addresses):  # type: ignore[no-untyped-def]
     try:
-        return carve_subnets(network, prefixlen, hosts, reserved)
-    except IpamError:
+        return carve_subnets(network, prefixlen, hosts, reserved, addresses)
+    except CarveError as exc:
+        return (exc.index, exc.field)
+
+
+@settings(max_examples=400, deadline=None)
+@given(carve_case())
+def test_carve_matches_the_model_and_never_overlaps(case) -> None:  # type: ignore[no-untyped-def]
+    network, prefixlen, hosts, reserved, addresses = case
+    got = carve_or_error(*case)
+    assert got == carve_model(*case)
+    if isinstance(got, tuple):
+        return
+    assert list(got) == [name for name, _ in hosts]
+    subnets = list(got.values())
+    for i, subnet in enumerate(subnets):
+        assert subnet.prefixlen == prefixlen and subnet.subnet_of(network)  # inside the network
+        assert not any(subnet.overlaps(other) for other in subnets[i + 1 :])  # no overlaps, ever
+    for i, (name, pin) in enumerate(hosts):
+        if pin is not None:
+            assert got[name] == pin
+        else:
+            assert not any(r in got[name] for r in reserved)
+            assert not any(a in got[name] for a in (addresses or [])[: i + 1] if a is not None)
+        if addresses and addresses[i] is not None:  # no host address inside an earlier block
+            assert not any(addresses[i] in got[n] for n, _ in hosts[:i])
+
+
+@settings(max_examples=400, deadline=None)
+@given(carve_case())
+def test_carve_depends_only_on_earlier_hosts(case) -> None:  # type: ignore[no-untyped-def]
+    """Every prefix of the host list carves exactly like the whole list's prefix."""
+    network, prefixlen, hosts, reserved, addresses = case
+    whole = carve_or_error(*case)
+    for k in range(len(hosts) + 1):
+        part = carve_or_error(network, prefixlen, hosts[:k], reserved, addresses[:k] if addresses else None)
+        if isinstance(whole, dict):
+            assert part == {name: whole[name] for name, _ in hosts[:k]}
+        elif k > whole[0]:
+            assert part == whole  # the same error for the same host and field
+        else:
+            assert isinstance(part, dict)  # the hosts before the failing one are fine
+
+
+@st.composite
+def append_case(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    network, prefixlen, hosts, reserved, addresses = draw(carve_case())
+    before = carve_or_error(network, prefixlen, hosts, reserved, addresses)
+    assume(isinstance(before, dict))
+    blocks = list(network.subnets(new_prefix=prefixlen))
+    used = list(before.values())
+    pins = [st.none(), st.sampled_from(blocks)] + ([st.sampled_from(used)] if used else [])
+    pin = draw(st.one_of(*pins))  # none, anywhere, or (often) an existing host's block
+    address = None
+    if addresses is not None:  # anywhere, or (often) inside an existing host's block
+        area = draw(st.sampled_from(used)) if used and draw(st.booleans()) else network
+        address = area[draw(st.integers(0, area.num_addresses - 1))]
+    return network, prefixlen, hosts, reserved, addresses, before, pin, address
+
+
+@settings(max_examples=400, deadline=None)
+@given(append_case())
+def test_carve_appending_a_host_never_moves_an_earlier_one(case) -> None:  # type: ignore[no-untyped-def]
+    """Appending any host -- unpinned, pinned anywhere, with any address -- either keeps
+    every earlier host's block or is an error on the newcomer's own field."""
+    network, prefixlen, hosts, reserved, addresses, before, pin, address = case
+    new_hosts = [*hosts, ("newcomer", pin)]
+    new_addresses = [*addresses, address] if addresses is not None else None
+    try:
+        after = carve_subnets(network, prefixlen, new_hosts, reserved, new_addresses)
+    except CarveError as exc:
+        assert exc.index == len(hosts) and exc.field in ("subnet", "address")
+        assert "'newcomer'" in str(exc)
+        if exc.owner is not None:  # names the earlier host in the way, whose block it is
+            assert before[hosts[exc.owner][0]] == exc.block
+            assert exc.block == pin or (address is not None and address in exc.block)
+        else:  # a pin needs no room, so only an unpinned newcomer can run out of space
+            assert pin is None
+        return
+    assert {name: after[name] for name in before} == before
+    if pin is not None:
+        assert after["newcomer"] == pin
+
+
+def carve_pins_first(network, prefixlen, hosts, reserved, addresses):  # type: ignore[no-untyped-def]
+    """The old rule (before file-order carving): all pins reserved first, then the
+    other hosts in file order avoiding every pin and every host's address."""
+    pins = [p for _, p in hosts if p is not None]
+    if any(a.overlaps(b) for i, a in enumerate(pins) for b in pins[i + 1 :]):
         return None
+    avoid = [*(N(r) for r in reserved), *(N(a) for a in addresses or [] if a is not None), *pins]
+    result, taken = {}, []
+    for name, pin in hosts:
+        if pin is None:
+            pin = next(
+                (b for b in network.subnets(new_prefix=prefixlen) if not any(b.overlaps(x) for x in [*avoid, *taken])),
+                None,
+            )
+            if pin is None:
+                return None
+            taken.append(pin)
+        result[name] = pin
+    return result
 
 
 @settings(max_examples=300, deadline=None)
 @given(carve_case())
-def test_carve_properties(case) -> None:  # type: ignore[no-untyped-def]
-    network, prefixlen, hosts, reserved = case
-    result = _carve_or_none(network, prefixlen, hosts, reserved)
-    free = count_free_blocks(network, prefixlen, [*reserved, *(s for _, s in hosts if s)])
-    unpinned = sum(1 for _, s in hosts if s is None)
-    assert (result is None) == (free < unpinned)  # fails exactly when space runs out
-    if result is None:
-        return
-    assert list(result) == [name for name, _ in hosts]
-    subnets = list(result.values())
-    for i, subnet in enumerate(subnets):
-        assert subnet.prefixlen == prefixlen and subnet.subnet_of(network)
-        assert not any(subnet.overlaps(other) for other in subnets[i + 1 :])
-    for name, pin in hosts:
-        if pin is not None:
-            assert result[name] == pin
-        else:
-            assert not any(r in result[name] for r in reserved)
-
-
-@settings(max_examples=300, deadline=None)
-@given(carve_case(), st.booleans())
-def test_carve_append_is_stable(case, pinned_append: bool) -> None:  # type: ignore[no-untyped-def]
-    network, prefixlen, hosts, reserved = case
-    before = _carve_or_none(network, prefixlen, hosts, reserved)
-    if before is None:
-        return
-    new: IPv4Network | None = None
-    if pinned_append:  # a pinned newcomer must pick a block no existing host uses
-        used = list(before.values())
-        free = [
-            b for b in network.subnets(new_prefix=prefixlen) if not any(b.overlaps(u) for u in used)
-        ]
-        if not free:
-            return
-        new = free[-1]
-    after = _carve_or_none(network, prefixlen, [*hosts, ("newcomer", new)], reserved)
-    if after is None:
-        return  # no room for the newcomer: an error, never a reshuffle
-    assert {name: after[name] for name in before} == before
+def test_carve_upgrade_from_pins_first_never_renumbers_silently(case) -> None:  # type: ignore[no-untyped-def]
+    """A file the old pins-first rule accepted carves the same under the file-order rule,
+    or is rejected (and then says which host): never a silent renumbering."""
+    network, prefixlen, hosts, reserved, addresses = case
+    if addresses is not None:  # the old rule checked no addresses against pins
+        assume(not any(a is not None and p is not None and a in p for a in addresses for _, p in hosts))
+    old = carve_pins_first(*case)
+    assume(old is not None)
+    new = carve_or_error(*case)
+    assert new == old or isinstance(new, tuple)
 
 
 # --------------------------------------------------------------------------- pool
