@@ -6,9 +6,12 @@ tap device), the decision is OVS's: this module asks it with
 
     ovs-appctl ofproto/trace BRIDGE in_port=PORT,icmp,dl_src=..,dl_dst=..,nw_src=..,nw_dst=.. --names
 
-and reads the OpenFlow rules that matched and the datapath actions: a `tnl_push(...)`
-(GRE: ip proto 47; VXLAN: udp dst 4789, vni) towards a remote underlay address and out
-of the NIC, or an output to a local port. On the receiving host the trace starts at
+and reads the OpenFlow rules that matched and the datapath actions: with the userspace
+datapath a `tnl_push(...)` (GRE: ip proto 47; VXLAN: udp dst 4789, vni) towards a
+remote underlay address and out of the NIC; with the kernel datapath a
+`set(tunnel(tun_id=..,dst=..,..)),<vport>` (the metadata tunnel vport `gre_sys` /
+`vxlan_sys_4789` encapsulates, the kernel then routes the outer packet to a NIC); or an
+output to a local port. On the receiving host the trace starts at
 the tunnel port whose remote_ip is the sender (`in_port=gre-h1,tun_src=..,tun_dst=..`).
 
 Counters of OVS ports (tunnel ports have no kernel device in the userspace datapath)
@@ -101,9 +104,59 @@ def parse_oftrace(text: str) -> OfTrace:
     da = t.datapath_actions
     if da in ("drop", "") or da.startswith("drop"):
         t.dropped = bool(da)
-    t.encap = parse_tnl_push(da)
+    t.encap = parse_tnl_push(da) or parse_set_tunnel(da)
     t.dp_outputs = datapath_outputs(da)
     return t
+
+
+# kernel datapath: the tunnel vport's name tells the encapsulation (gre_sys, vxlan_sys_4789, genev_sys_6081)
+_VPORT_TYPES = (("gre", "gre"), ("vxlan", "vxlan"), ("genev", "geneve"), ("stt", "stt"), ("erspan", "erspan"))
+
+
+def parse_set_tunnel(actions: str) -> dict | None:
+    """Encapsulation described by the kernel datapath's `set(tunnel(...)),<vport>`: the
+    tunnel metadata (tun_id, dst, tp_dst, flags) the packet gets before it is output to
+    the flow-based tunnel vport, which encapsulates it (the kernel then routes the outer
+    packet). Only a `set(tunnel(...))` with a dst is an encapsulation; the vport is the
+    first output after it (a name with `ofproto/trace --names`, else a datapath port
+    number). `local` is there only when the tunnel has options:local_ip."""
+    i = actions.find("set(tunnel(")
+    while i >= 0:
+        body = _balanced(actions, i + len("set(tunnel"))
+        end = i + len("set(tunnel") + len(body) + 2  # after "(...)"
+        if re.search(r"(?:^|,)dst=", body):
+            break
+        i = actions.find("set(tunnel(", end)
+    else:
+        return None
+    enc: dict[str, Any] = {"kernel": True}
+    dst = re.search(r"(?:^|,)dst=([0-9.]+)", body)
+    src = re.search(r"(?:^|,)src=([0-9.]+)", body)
+    if dst:
+        enc["remote"] = dst.group(1)
+    if src:
+        enc["local"] = src.group(1)
+    tun_id = re.search(r"tun_id=(0x[0-9a-f]+|\d+)", body)
+    tp_dst = re.search(r"tp_dst=(\d+)", body)
+    flags = re.search(r"flags\(([^)]*)\)", body)
+    outs = datapath_outputs(actions[end:].lstrip(")").lstrip(","))
+    vport = outs[0] if outs else None
+    if vport:
+        enc["vport"] = vport
+    kind = next((t for prefix, t in _VPORT_TYPES if vport and vport.startswith(prefix)), None)
+    if kind is None:
+        kind = "vxlan" if tp_dst and tp_dst.group(1) in ("4789", "8472") else "tunnel"
+    enc["type"] = kind
+    key = int(tun_id.group(1), 0) if tun_id else 0
+    if kind in ("vxlan", "geneve"):
+        enc["vni"] = key
+    elif key or (flags and "key" in flags.group(1).split("|")):
+        enc["key"] = key
+    if tp_dst:
+        enc["port"] = int(tp_dst.group(1))
+    elif kind == "vxlan" and vport and vport.startswith("vxlan_sys_") and vport[10:].isdigit():
+        enc["port"] = int(vport[10:])
+    return enc
 
 
 def parse_tnl_push(actions: str) -> dict | None:
@@ -140,6 +193,24 @@ def parse_tnl_push(actions: str) -> dict | None:
     if outp:
         enc["out_port"] = outp.group(1)
     return enc
+
+
+def kernel_encap(enc: dict, iface: dict | None, local: str | None) -> dict:
+    """Complete a parse_set_tunnel() result with what OVSDB says about the tunnel port
+    it left by (its type when the vport was a number, the VXLAN dst_port) and the
+    outer source: options:local_ip, else this host's underlay address (what its
+    peers' tunnel ports have as remote_ip)."""
+    e = dict(enc)
+    opts = (iface or {}).get("options") or {}
+    if iface and e.get("type") not in TUNNEL_TYPES and iface.get("type") in TUNNEL_TYPES:
+        e["type"] = iface["type"]
+    if e.get("type") in ("vxlan", "geneve") and "vni" not in e:
+        e["vni"] = e.pop("key", 0)
+    if e.get("type") == "vxlan" and not e.get("port"):
+        e["port"] = int(opts.get("dst_port") or 4789)
+    if not e.get("local"):
+        e["local"] = opts.get("local_ip") if opts.get("local_ip") not in (None, "flow") else local
+    return e
 
 
 def summarize_rules(rules: list[str]) -> str:
@@ -186,7 +257,8 @@ def _balanced(s: str, start: int) -> str:
 
 
 def datapath_outputs(actions: str) -> list[str]:
-    """Top-level output ports of datapath actions ("tnl_push(...),eth0" -> ["eth0"])."""
+    """Top-level output ports of datapath actions ("tnl_push(...),eth0" -> ["eth0"],
+    "set(tunnel(...)),gre_sys" -> ["gre_sys"])."""
     out, depth, cur = [], 0, ""
     for ch in actions + ",":
         if ch == "(":
@@ -196,6 +268,7 @@ def datapath_outputs(actions: str) -> list[str]:
         if ch == "," and depth == 0:
             tok = cur.strip()
             cur = ""
+            tok = tok.removeprefix("output:")
             if tok and "(" not in tok and tok != "drop" and "=" not in tok:
                 out.append(tok.strip('"'))
             continue
@@ -464,18 +537,28 @@ class OvsTracer:
         if t.dropped:
             return
         if t.encap:
-            e = t.encap
-            tun = next((p for p in t.outputs if p in o.tunnels()), None) or o.tunnel_to(e.get("remote", ""), e.get("type"))
+            e = dict(t.encap)
+            kind = e.get("type") if e.get("type") in TUNNEL_TYPES else None
+            tun = next((p for p in t.outputs if p in o.tunnels()), None) or o.tunnel_to(e.get("remote", ""), kind)
+            if e.get("kernel"):
+                e = kernel_encap(e, o.ifaces.get(tun) if tun else None, str(host.ctx.address))
             extra = (f" key {e['key']}" if e.get("key") else "") + (f" vni {e['vni']}" if e.get("vni") is not None else "")
             port = f":{e['port']}" if e.get("port") else ""
+            via = f" via {t.tunnel_via}" if t.tunnel_via else ""
+            if e.get("kernel"):
+                via = f" via kernel vport {e['vport']}" if e.get("vport") else " via the kernel's tunnel vport"
             w.tunnel = w.tunnel or tun
             w.add(Hop(host.name, tun, "ovs-tunnel",
-                      f"encap {e.get('type')}{extra} {e.get('local')} → {e.get('remote')}{port}"
-                      + (f" via {t.tunnel_via}" if t.tunnel_via else "")
+                      f"encap {e.get('type')}{extra} {e.get('local')} → {e.get('remote')}{port}{via}"
                       + (f" (gre proto {e['proto']})" if e.get("proto") else ""),
                       expect="tx", counter=(f"ovs:{host.name}", f"{o.port_bridge.get(tun, br)}:{tun}") if tun else None))
             pkt.encap = {**e}
             pkt.outer_dst = e.get("remote")
+            if e.get("kernel"):
+                # kernel datapath: the vport encapsulates, the kernel routes the outer
+                # packet like any other (route, neighbour, NIC), then the peer host
+                w.underlay(host, e.get("remote", ""), pkt)
+                return
             nic_name = t.dp_outputs[0] if t.dp_outputs else host.ctx.iface
             nic = link_by(host.view, name=nic_name) or link_by(host.view, name=host.ctx.iface)
             if nic is None:
@@ -512,5 +595,15 @@ def make_tracer(hosts: dict[str, HostSide], host_netns: dict[str, str | None]) -
     return OvsTracer(hosts)
 
 
-__all__ = ["OvsTracer", "OvsHost", "make_tracer", "parse_oftrace", "parse_tnl_push", "parse_dump_ports",
-           "datapath_outputs", "find_rundir"]
+__all__ = [
+    "OvsHost",
+    "OvsTracer",
+    "datapath_outputs",
+    "find_rundir",
+    "kernel_encap",
+    "make_tracer",
+    "parse_dump_ports",
+    "parse_oftrace",
+    "parse_set_tunnel",
+    "parse_tnl_push",
+]

@@ -1,6 +1,7 @@
 """Unit tests of crossnet.trace_ovs: parsing ofproto/trace, dump-ports and ovs-vsctl
-output (samples recorded from OVS 3.1, userspace datapath), and the OVS step of the
-hop walk with a fake Open vSwitch."""
+output (samples recorded from OVS 3.1, userspace datapath; kernel-datapath samples
+written after OVS 3.1's output format, see KERNEL_GRE_EGRESS), and the OVS step of
+the hop walk with a fake Open vSwitch on both datapaths."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from crossnet.trace import Endpoint, FakeView, HostSide, Link, Neigh, Route, Wal
 from crossnet.trace_ovs import (
     OvsTracer,
     datapath_outputs,
+    kernel_encap,
     parse_dump_ports,
     parse_oftrace,
+    parse_set_tunnel,
     parse_tnl_push,
     parse_vsctl_tables,
     summarize_actions,
@@ -213,3 +216,138 @@ def test_ovs_drop_is_reported():
     w = Walker(eps[1], eps[2], hosts, cviews, tracer)
     w.run()
     assert w.hops[-1].kind == "ovs" and w.hops[-1].note == "dropped by OVS" and not w.complete
+
+
+# ---- kernel datapath: set(tunnel(...)),<vport> instead of tnl_push ----------------------------
+# What ofproto/trace prints with datapath_type=system (OVS 3.1): the OpenFlow part is the
+# same, the tunnel is "output to kernel tunnel", and the datapath action sets the tunnel
+# metadata and outputs to the flow-based vport that encapsulates (gre_sys, vxlan_sys_4789);
+# the kernel then routes the outer packet. tun_id/src/tp_dst appear only when non-zero.
+KERNEL_GRE_EGRESS = """\
+Flow: icmp,in_port=LOCAL,vlan_tci=0x0000,dl_src=d2:dd:1b:68:5a:da,dl_dst=06:55:e5:4c:ba:31,nw_src=10.33.1.2,nw_dst=10.33.2.2,nw_tos=0,nw_ecn=0,nw_ttl=0,nw_frag=no,icmp_type=8,icmp_code=0
+
+bridge("obr0")
+--------------
+ 0. in_port=LOCAL,dl_dst=06:55:e5:4c:ba:31, priority 90, cookie 0xc055e7
+    output:"gre-h2"
+     -> output to kernel tunnel
+
+Final flow: unchanged
+Megaflow: recirc_id=0,eth,ip,in_port=LOCAL,dl_dst=06:55:e5:4c:ba:31,nw_ecn=0,nw_frag=no
+Datapath actions: set(tunnel(dst=10.61.0.11,ttl=64,flags(df))),gre_sys
+"""
+
+KERNEL_VXLAN_EGRESS = KERNEL_GRE_EGRESS.replace('output:"gre-h2"', 'output:"vxl-h2"').replace(
+    "set(tunnel(dst=10.61.0.11,ttl=64,flags(df))),gre_sys",
+    "set(tunnel(tun_id=0x7,dst=10.61.0.11,ttl=64,tp_dst=4789,flags(df|key))),vxlan_sys_4789")
+
+KERNEL_GRE_INGRESS = """\
+Flow: icmp,tun_src=10.61.0.10,tun_dst=10.61.0.11,in_port="gre-h1",vlan_tci=0x0000,dl_src=d2:dd:1b:68:5a:da,dl_dst=06:55:e5:4c:ba:31,nw_src=10.33.1.2,nw_dst=10.33.2.2
+
+bridge("obr0")
+--------------
+ 0. in_port="gre-h1", priority 100, cookie 0xc055e7
+    output:vh2
+
+Final flow: unchanged
+Megaflow: recirc_id=0,eth,ip,tun_src=10.61.0.10,tun_dst=10.61.0.11,tun_tos=0,tun_flags=-df-csum-key,in_port="gre-h1",nw_frag=no
+Datapath actions: vh2
+"""
+
+
+def test_parse_kernel_datapath_gre_and_vxlan():
+    t = parse_oftrace(KERNEL_GRE_EGRESS)
+    assert t.encap == {"kernel": True, "remote": "10.61.0.11", "vport": "gre_sys", "type": "gre"}
+    assert t.outputs == ["gre-h2"] and t.dp_outputs == ["gre_sys"] and not t.dropped and t.error is None
+    assert t.tunnel_remote is None  # no "tunneling to" line: the kernel routes the outer packet
+    assert "output to kernel tunnel" in t.rules[0]
+    t = parse_oftrace(KERNEL_VXLAN_EGRESS)
+    assert t.encap == {"kernel": True, "remote": "10.61.0.11", "vport": "vxlan_sys_4789", "type": "vxlan",
+                       "vni": 7, "port": 4789}
+    # both forms side by side: the userspace one is still tnl_push
+    assert parse_oftrace(GRE_EGRESS).encap["type"] == "gre" and "kernel" not in parse_oftrace(GRE_EGRESS).encap
+
+
+def test_parse_set_tunnel_variants():
+    # a datapath port number instead of a name, a GRE key, an explicit local_ip
+    enc = parse_set_tunnel("set(tunnel(tun_id=0x5,src=10.61.0.10,dst=10.61.0.11,ttl=64,flags(df|key))),3")
+    assert enc == {"kernel": True, "remote": "10.61.0.11", "local": "10.61.0.10", "vport": "3", "type": "tunnel",
+                   "key": 5}
+    # the OVSDB tunnel port completes it: a vxlan port's key is the vni, the source is this host
+    done = kernel_encap(enc, {"type": "vxlan", "options": {"remote_ip": "10.61.0.11", "dst_port": "8472"}}, "10.61.0.10")
+    assert done["type"] == "vxlan" and done["vni"] == 5 and "key" not in done and done["port"] == 8472
+    gre = kernel_encap(parse_set_tunnel("set(tunnel(dst=10.61.0.11,ttl=64,flags(df))),gre_sys"),
+                       {"type": "gre", "options": {"remote_ip": "10.61.0.11"}}, "10.61.0.10")
+    assert gre["local"] == "10.61.0.10" and "key" not in gre and "vni" not in gre
+    # metadata without a destination (e.g. tun_id for a local port) is no encapsulation
+    assert parse_set_tunnel("set(tunnel(tun_id=0x5)),vh2,vh3") is None
+    assert parse_set_tunnel("vh2") is None
+    # a flood: the first tunnel with a destination counts
+    flood = parse_set_tunnel("set(tunnel(dst=10.61.0.12,ttl=64,flags(df))),gre_sys,"
+                             "set(tunnel(dst=10.61.0.13,ttl=64,flags(df))),gre_sys")
+    assert flood["remote"] == "10.61.0.12"
+    assert datapath_outputs("set(tunnel(dst=10.61.0.11,ttl=64,flags(df))),gre_sys") == ["gre_sys"]
+    assert datapath_outputs("set(tunnel(dst=10.61.0.11,ttl=64,flags(df))),output:4") == ["4"]
+
+
+def _kernel_world(vxlan: bool = False):
+    """Two hosts on the kernel datapath: the NIC keeps the underlay address (no br-phy),
+    the tunnel vport exists in the kernel, the kernel routes the outer packet."""
+    eps, hosts, cviews, tracer = _ovs_world()
+    tport = "vxl-h{}" if vxlan else "gre-h{}"
+    vport = Link(6, "vxlan_sys_4789", "vxlan", "aa:00:00:00:00:06", info={"IFLA_VXLAN_ID": 0}) if vxlan else \
+        Link(6, "gre_sys", "gretap", "aa:00:00:00:00:06")
+    for k in (1, 2):
+        links = [Link(1, "lo", None), Link(2, "eth0", None, f"72:00:00:00:00:0{k}", addresses=(f"10.61.0.1{k - 1}/20",)),
+                 Link(4, "obr0", "openvswitch", f"3e:00:00:00:00:0{k}"), Link(5, f"vh{k}", "veth", f"86:00:00:00:00:0{k}"),
+                 vport]
+        peer = 3 - k
+        nb = [(2, Neigh(f"10.61.0.1{peer - 1}", f"72:00:00:00:00:0{peer}", 2))]
+        hosts[f"h{k}"].view = FakeView(f"host:h{k}", links, [Route("10.61.0.0/20", oif=2, scope=253)], nb, [])
+        egress = (KERNEL_VXLAN_EGRESS if vxlan else KERNEL_GRE_EGRESS).replace("in_port=LOCAL", "in_port=vh1")
+        ingress = KERNEL_GRE_INGRESS.replace("gre-h1", "vxl-h1") if vxlan else KERNEL_GRE_INGRESS
+        kind = "vxlan" if vxlan else "gre"
+        opts = {"remote_ip": f"10.61.0.1{peer - 1}", **({"key": "7"} if vxlan else {})}
+        tracer.ovs[f"h{k}"] = FakeOvs({"obr0": ["obr0", f"vh{k}", tport.format(peer)]},
+                                      {tport.format(peer): {"type": kind, "options": opts}},
+                                      {"vh1": egress} if k == 1 else {tport.format(1): ingress})
+    return eps, hosts, cviews, tracer
+
+
+def test_walk_through_ovs_kernel_datapath_gre():
+    eps, hosts, cviews, tracer = _kernel_world()
+    w = Walker(eps[1], eps[2], hosts, cviews, tracer)
+    w.run()
+    got = [(h.host, h.device, h.kind) for h in w.hops]
+    assert got == [
+        ("h1", "eth0", "route"), ("h1", "eth0", "veth"), ("h1", "vh1", "veth"), ("h1", "obr0", "ovs"),
+        ("h1", "gre-h2", "ovs-tunnel"), ("h1", "eth0", "route"), ("h1", "eth0", "nic"),
+        ("h2", "eth0", "nic"), ("h2", "gre-h1", "ovs-tunnel"), ("h2", "obr0", "ovs"), ("h2", "vh2", "veth"),
+        ("h2", "eth0", "veth"),
+    ], got
+    assert w.complete and w.tunnel == "gre-h2"
+    tx = w.hops[4]
+    # the same tunnel hop as with tnl_push: type, outer addresses, the OVS port's counter
+    assert tx.detail == "encap gre 10.61.0.10 → 10.61.0.11 via kernel vport gre_sys", tx.detail
+    assert tx.expect == "tx" and tx.counter == ("ovs:h1", "obr0:gre-h2")
+    assert w.hops[5].detail.startswith("underlay route 10.61.0.0/20 dev eth0")
+    assert w.hops[6].detail == "underlay NIC: gre to 10.61.0.11" and w.hops[6].counter == ("host:h1", "eth0")
+    assert w.hops[8].detail == "decap gre from 10.61.0.10 on obr0" and w.hops[8].counter == ("ovs:h2", "obr0:gre-h1")
+    (_, flow), = tracer.ovs["h2"].flows
+    assert flow.startswith("in_port=gre-h1,tun_src=10.61.0.10,tun_dst=10.61.0.11,icmp")
+
+
+def test_walk_through_ovs_kernel_datapath_vxlan():
+    eps, hosts, cviews, tracer = _kernel_world(vxlan=True)
+    w = Walker(eps[1], eps[2], hosts, cviews, tracer)
+    w.run()
+    assert w.complete and w.tunnel == "vxl-h2", [(h.host, h.device, h.kind, h.detail) for h in w.hops]
+    (tx,) = [h for h in w.hops if h.kind == "ovs-tunnel" and h.host == "h1"]
+    assert tx.detail == "encap vxlan vni 7 10.61.0.10 → 10.61.0.11:4789 via kernel vport vxlan_sys_4789"
+    (nic,) = [h for h in w.hops if h.kind == "nic" and h.host == "h1"]
+    assert nic.detail == "underlay NIC: vxlan to 10.61.0.11 udp/4789"
+    # the peer's metadata vxlan device (vni 0) is not mistaken for a plain vxlan device
+    (rx,) = [h for h in w.hops if h.kind == "ovs-tunnel" and h.host == "h2"]
+    assert rx.device == "vxl-h1" and rx.detail == "decap vxlan vni 7 from 10.61.0.10 on obr0"
+    (_, flow), = tracer.ovs["h2"].flows
+    assert "tun_id=7" in flow
