@@ -273,7 +273,9 @@ def register(main: click.Group) -> None:
     def demo_cmd(name, hosts, underlay, backend, containers, mtu, runtime, network, subnet_len, keep, no_apply,
                  output, count, timeout):
         """up, check (ping matrix), down — in one go. Exit 0 iff every pair is reachable
-        (with --runtime podman: and every cross-host HTTP fetch works)."""
+        (the verdict of `lab check`; with --runtime podman: and every cross-host HTTP
+        fetch works). With -o json, stdout is one JSON object also when the lab cannot
+        be built (ok: false, error)."""
         output = _output(output)
         opts = _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime)
         _check_probe_args(count, timeout)
