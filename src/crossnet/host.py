@@ -117,6 +117,22 @@ def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
             )
 
 
+def check_subnet_kept(cluster: Cluster, applied: dict | None, ctx: HostContext) -> None:
+    """Refuse to renumber this host: the subnet the previous apply recorded must be the
+    one the cluster file gives now (hosts inserted/removed/reordered before it, or a
+    changed network, move subnets; its containers would keep stale addresses)."""
+    old = ((applied or {}).get("context") or {}).get("subnet")
+    if old is None or old == str(ctx.subnet):
+        return
+    i = next(i for i, h in enumerate(cluster.hosts) if h.name == ctx.host)
+    raise ConfigError(
+        f"hosts[{i}].subnet: the cluster file now gives host {ctx.host} {ctx.subnet}, but it was applied "
+        f"with {old} (hosts inserted, removed or reordered before it, or network changed); keep it by "
+        f"pinning 'subnet: {old}' on host {ctx.host} (and adding new hosts at the end of the list), "
+        "or run `crossnet reset` first to renumber this host"
+    )
+
+
 @dataclass
 class ApplyResult:
     host: str
@@ -164,6 +180,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
                 f"--host: this state dir belongs to host {applied.get('host')!r}; run `crossnet reset` first"
             )
         ctx = build_context(cluster, host_name, env, backend)
+        check_subnet_kept(cluster, applied, ctx)
         desired = desired_resources(ctx, backend)
         backend.check_underlay(ctx, env)
         check_routes(ctx, env, previous + desired)
