@@ -1,0 +1,125 @@
+"""End to end, in lab namespaces: apply refuses to renumber a host, and refuses a
+container network that overlaps one of the host's own routes -- both before changing
+anything. Every lab is named fi<random> and brought down by the fixture's finalizer."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from crossnet.lab.manager import Lab, down, up
+from crossnet.lab.topology import LabOptions
+
+from .kstate import diff, snapshot
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
+]
+
+
+@pytest.fixture
+def make_lab():
+    made: list[str] = []
+
+    def make(*, apply: bool = True, **kw) -> Lab:
+        name = "fi" + secrets.token_hex(3)[:5]
+        made.append(name)
+        return up(LabOptions(name=name, **kw), apply=apply)
+
+    yield make
+    for name in made:
+        down(name)
+
+
+def host(lab: Lab, name: str):
+    return next(h for h in lab.hosts if h.name == name)
+
+
+def crossnet(lab: Lab, hname: str, *args: str) -> subprocess.CompletedProcess:
+    return lab.crossnet(hname, *args, check=False)
+
+
+def unused_underlay_address(lab: Lab) -> str:
+    """An address of the lab's underlay subnet that no host uses."""
+    h1 = host(lab, "h1")
+    used = {h.address for h in lab.hosts} | {h.gateway for h in lab.hosts}
+    base = h1.address.rsplit(".", 1)[0]
+    return next(f"{base}.{i}" for i in range(200, 250) if f"{base}.{i}" not in used)
+
+
+def test_apply_refuses_a_host_whose_subnet_moved_and_changes_nothing(make_lab):
+    lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0)
+    h1 = host(lab, "h1")
+    state = Path(h1.state_dir) / "applied.json"
+    recorded = state.read_bytes()
+    old = json.loads(recorded)["context"]["subnet"]
+    good = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
+    assert [h["name"] for h in good["hosts"]] == ["h1", "h2"]
+    newcomer = {"name": "h0", "address": unused_underlay_address(lab)}
+    before = snapshot(h1.netns)
+
+    # a host inserted first: h1 would move to the next subnet
+    inserted = dict(good, hosts=[newcomer, *good["hosts"]])
+    path = Path(lab.plan.lab_dir) / "inserted.yaml"
+    path.write_text(yaml.safe_dump(inserted))
+    for extra in ((), ("--dry-run",)):
+        res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1", *extra)
+        err = res.stderr.strip()
+        assert res.returncode == 2, err
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith("crossnet: error: hosts[1].subnet: the cluster file now gives host h1 ")
+        assert f"applied with {old}" in err and f"'subnet: {old}'" in err and "crossnet reset" in err
+    new = err.split("gives host h1 ")[1].split(",")[0]
+    assert new != old
+    assert diff(before, snapshot(h1.netns)) == []
+    assert state.read_bytes() == recorded
+
+    # pinning h1's old subnet while the unpinned newcomer still comes first: the pin
+    # collides with the newcomer's subnet, a validation error, still nothing changed
+    pinned = json.loads(json.dumps(inserted))
+    pinned["hosts"][1]["subnet"] = old
+    path.write_text(yaml.safe_dump(pinned))
+    res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1")
+    assert res.returncode == 2 and f"hosts[1].subnet: {old} is already the subnet of hosts[0] 'h0'" in res.stderr
+    assert diff(before, snapshot(h1.netns)) == [] and state.read_bytes() == recorded
+
+    # the way out the error names: append the new host instead -- nothing moves
+    appended = dict(good, hosts=[*good["hosts"], newcomer])
+    path.write_text(yaml.safe_dump(appended))
+    res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["subnet"] == old
+    [change] = out["changes"]  # only the route to h0's subnet is new
+    assert change["action"] == "create" and change["command"].startswith("ip route ")
+    assert f"via {newcomer['address']}" in change["command"]
+    assert lab.status("h1")["subnet"] == old
+
+
+def test_apply_refuses_a_container_network_overlapping_a_host_route(make_lab):
+    lab = make_lab(hosts=1, underlay="l2", backend="vxlan", containers=0, apply=False)
+    h1 = host(lab, "h1")
+    network = yaml.safe_load(Path(lab.plan.cluster_file).read_text())["network"]
+    inside = network.split("/")[0].rsplit(".", 2)[0] + ".200.0/24"  # a /24 inside the /16
+    subprocess.run(["ip", "-n", h1.netns, "route", "add", inside, "dev", "eth0"], check=True)
+    try:
+        before = snapshot(h1.netns)
+        res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+        err = res.stderr.strip()
+        assert res.returncode == 2, err
+        assert err == (
+            f"crossnet: error: network: container network {network} overlaps this host's route {inside} dev eth0"
+        )
+        assert diff(before, snapshot(h1.netns)) == []
+        assert not (Path(h1.state_dir) / "applied.json").exists()
+    finally:
+        subprocess.run(["ip", "-n", h1.netns, "route", "del", inside, "dev", "eth0"], check=True)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    assert res.returncode == 0, res.stderr
