@@ -123,6 +123,23 @@ def test_gc_without_state_succeeds():
     assert (rc, out) == (0, None)
 
 
+def test_add_without_state_is_try_again_later():
+    """No applied.json yet (the node's `crossnet apply` has not run): transient, code 11."""
+    import os
+
+    netns = "/proc/self/ns/net"  # must exist; the state check fails before anything is touched
+    assert os.path.exists(netns)
+    rc, out = run(env(CNI_NETNS=netns), conf())
+    code, msg = error_of(rc, out)
+    assert code == 11 and "try again later" in msg and "crossnet apply" in out["details"]
+
+
+def test_unreadable_state_is_code_100(tmp_path):
+    (tmp_path / "applied.json").write_text(json.dumps({"version": 1, "context": {"backend": "vxlan"}}))
+    code, msg = error_of(*run(env("CHECK", CNI_NETNS="/proc/self/ns/net"), conf(stateDir=str(tmp_path))))
+    assert code == 100 and "unreadable" in msg
+
+
 def test_status_without_state_is_code_50():
     code, _ = error_of(*run(env("STATUS", CNI_CONTAINERID=None, CNI_NETNS=None, CNI_IFNAME=None),
                             conf(cniVersion="1.1.0")))

@@ -30,3 +30,25 @@ def test_container_mac_known_value() -> None:
 def test_host_ifname_fits_ifnamsiz() -> None:
     assert len(host_ifname("x" * 200)) <= 15
     assert host_ifname("a") != host_ifname("b")
+
+
+def test_same_netns_compares_the_namespace_not_the_path(tmp_path) -> None:
+    import os
+
+    from crossnet.containers import _same_netns
+
+    own = "/proc/self/ns/net"
+    assert _same_netns(own, f"/proc/{os.getpid()}/ns/net")  # two paths, one namespace
+    other = tmp_path / "file"
+    other.write_text("")
+    assert not _same_netns(own, str(other))
+    assert not _same_netns(str(tmp_path / "gone"), str(tmp_path / "gone"))  # a missing path is nobody's
+
+
+def test_attachment_json_says_which_id_it_was_asked_as() -> None:
+    from crossnet.containers import Attachment
+
+    att = Attachment("/run/netns/web", "/run/netns/web", "10.32.0.5", 24, "10.32.0.1", "eth0", "cnv0", 1450)
+    assert "asked_as" not in att.to_json()
+    att.asked_as = "web"
+    assert att.to_json()["asked_as"] == "web" and att.to_json()["id"] == "/run/netns/web"

@@ -1,10 +1,13 @@
 """ovs-gre / ovs-vxlan backends without a kernel or OVS: desired resources, split-horizon
-flows, names, JSON round-trip, dry-run text, errors when Open vSwitch is not running."""
+flows, names, JSON round-trip, dry-run text, errors when Open vSwitch is not running,
+refusal of OVS bridges/ports crossnet did not create (fake OVSDB), and what can be
+checked of the kernel datapath without the openvswitch module."""
 
 from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
+from types import SimpleNamespace
 
 import pytest
 
@@ -185,3 +188,198 @@ def test_tunnel_neighbour_staleness_is_judged_against_the_kernel(monkeypatch):
     assert not res.check(FakeEnv())
     monkeypatch.setattr(ovsres, "tunnel_neighbours", lambda: [("10.0.0.3", "02:00:00:00:00:99", "br-other")])
     assert res.check(FakeEnv())
+
+
+# ---- OVS configuration crossnet did not create is never taken over ---------------------------
+class Row:
+    def __init__(self, name, external_ids=None, ports=()):
+        self.name = name
+        self.external_ids = dict(external_ids or {})
+        self.ports = [Row(p) if isinstance(p, str) else p for p in ports]
+
+
+class FakeDb:
+    """The reads crossnet.ovs.resources makes of OVSDB; any write fails the test."""
+
+    def __init__(self, bridges):
+        self.rows = bridges  # name -> Row with .ports (Rows with external_ids)
+
+    def bridge(self, name):
+        return self.rows.get(name)
+
+    def port(self, name):
+        return next((p for b in self.rows.values() for p in b.ports if p.name == name), None)
+
+    def bridge_of_port(self, name):
+        return next((b.name for b in self.rows.values() if any(p.name == name for p in b.ports)), None)
+
+    def ports_of(self, name):
+        return sorted(p.name for p in self.rows[name].ports)
+
+    def transaction(self):
+        raise AssertionError("nothing may be written")
+
+    @property
+    def api(self):
+        raise AssertionError("nothing may be written")
+
+
+class FakeEnv:
+    def __init__(self, db):
+        self.extra = {"ovsdb": db}
+
+
+def ours(role):
+    return {"crossnet": role}
+
+
+def test_a_bridge_crossnet_did_not_create_is_refused_before_anything_changes():
+    from crossnet.errors import ApplyError
+    from crossnet.ovs.resources import bridge_conflict
+
+    db = FakeDb({"br-phy": Row("br-phy", {}, ["br-phy", "mine"])})
+    msg = bridge_conflict(db, "br-phy")
+    assert msg.startswith("OVS bridge br-phy already exists and was not created by crossnet")
+    assert "(ports: mine)" in msg and "ovs-vsctl del-br br-phy" in msg and "\n" not in msg
+    b = get_backend("ovs-gre")
+    with pytest.raises(ApplyError) as exc:
+        b.check_underlay(ctx_for("ovs-gre"), FakeEnv(db))
+    assert str(exc.value) == msg
+    # the resource itself refuses too (the agent reconciles without check_underlay)
+    phy = next(r for r in b.resources(ctx_for("ovs-gre")) if isinstance(r, OvsBridge))
+    with pytest.raises(ApplyError, match="was not created by crossnet"):
+        phy.ensure(FakeEnv(db))
+    assert not phy.check(FakeEnv(db))
+    phy.remove(FakeEnv(db))  # reset: someone else's bridge stays (FakeDb refuses writes)
+    # a bridge crossnet made earlier (marked) is adopted/repaired as before
+    db = FakeDb({"br-phy": Row("br-phy", ours("underlay"), ["br-phy", Row("eth0", ours("nic"))]),
+                 "cnovs0": Row("cnovs0", ours("overlay"), ["cnovs0"])})
+    assert bridge_conflict(db, "br-phy") is None
+    b.check_underlay(ctx_for("ovs-gre"), FakeEnv(db))
+
+
+def test_a_nic_or_port_in_someone_elses_bridge_is_refused():
+    from crossnet.errors import ApplyError
+    from crossnet.ovs.resources import port_conflict
+
+    # the tutorial's hand-made obr0 holding the NIC
+    db = FakeDb({"obr0": Row("obr0", {}, ["obr0", "eth0"])})
+    msg = port_conflict(db, "br-phy", "eth0", "nic")
+    assert msg.startswith("interface eth0 is a port of OVS bridge obr0, which crossnet did not create")
+    assert "ovs-vsctl del-port obr0 eth0" in msg and "hosts[].iface" in msg
+    b = get_backend("ovs-gre")
+    with pytest.raises(ApplyError, match="interface eth0 is a port of OVS bridge obr0"):
+        b.check_underlay(ctx_for("ovs-gre"), FakeEnv(db))
+    nic = OvsPort("br-phy", "eth0", role="nic")
+    with pytest.raises(ApplyError, match="obr0"):
+        nic.ensure(FakeEnv(db))
+    # a hand-added port named like a tunnel on crossnet's own bridge
+    db = FakeDb({"cnovs0": Row("cnovs0", ours("overlay"), ["cnovs0", "gre-h2"])})
+    msg = port_conflict(db, "cnovs0", "gre-h2", "tunnel")
+    assert msg.startswith("OVS port gre-h2 is a port of crossnet's bridge cnovs0 but was not created by crossnet")
+    OvsPort("cnovs0", "gre-h2", "gre", role="tunnel").remove(FakeEnv(db))  # left alone
+    # several conflicts: the first one, and how many more
+    db = FakeDb({"br-phy": Row("br-phy", {}, ["br-phy"]), "cnovs0": Row("cnovs0", {}, ["cnovs0"])})
+    with pytest.raises(ApplyError, match=r"^OVS bridge br-phy .* \(and 1 more\)$"):
+        b.check_underlay(ctx_for("ovs-gre"), FakeEnv(db))
+    # crossnet's own ports and moves between crossnet's bridges are fine
+    db = FakeDb({"cnovs0": Row("cnovs0", ours("overlay"), ["cnovs0", Row("gre-h2", ours("tunnel"))]),
+                 "br-phy": Row("br-phy", ours("underlay"), ["br-phy"])})
+    assert port_conflict(db, "cnovs0", "gre-h2") is None
+    assert port_conflict(db, "br-phy", "gre-h2") is None
+    assert port_conflict(db, "br-phy", "eth0", "nic") is None
+
+
+def test_status_when_open_vswitch_is_down(tmp_path, monkeypatch):
+    """No OVS: check() says "not as desired" instead of failing, and status_info shows
+    datapath unknown with the hint how to start it."""
+    from crossnet.plan import Env
+
+    monkeypatch.setenv("OVS_RUNDIR", str(tmp_path))
+    env = Env(None)
+    b = get_backend("ovs-gre")
+    ctx = ctx_for("ovs-gre")
+    for r in b.resources(ctx):
+        if isinstance(r, (OvsBridge, OvsPort, OvsFlows)):
+            assert r.check(env) is False
+    assert "no OVSDB socket" in env.extra["ovsdb_down"]
+    info = b.status_info(ctx, env)["ovs"]
+    assert info["running"] is False and info["datapath"] == "unknown" and info["datapath_kind"] == "ovs not running"
+    assert "Open vSwitch is not running" in info["error"] and "systemctl start openvswitch-switch" in info["error"]
+    assert info["tunnel"] == "gre" and info["kernel_module"] is False
+
+
+# ---- kernel datapath: what can be checked without the openvswitch module ---------------------
+def test_kernel_datapath_detection(monkeypatch):
+    import pyroute2.netlink.generic as genl
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    monkeypatch.delenv("CROSSNET_OVS_DATAPATH", raising=False)
+    families = set()
+    closed = []
+
+    class FakeGenl:
+        def discovery(self, name):
+            if name not in families:
+                raise NetlinkError(2, "No such file or directory")
+            return {}
+
+        def close(self):
+            closed.append(True)
+
+    monkeypatch.setattr(genl, "GenericNetlinkSocket", FakeGenl)
+    real_isdir = ovsdb.os.path.isdir
+    module = {"loaded": False}
+    monkeypatch.setattr(ovsdb.os.path, "isdir",
+                        lambda p: module["loaded"] if p == "/sys/module/openvswitch" else real_isdir(p))
+    assert ovsdb.kernel_datapath_available() is False and ovsdb.datapath_type() == "netdev"
+    families.add("ovs_datapath")  # the family resolves (module auto-loaded / built in)
+    assert ovsdb.kernel_datapath_available() is True and ovsdb.datapath_type() == "system"
+    families.clear()
+    module["loaded"] = True
+    assert ovsdb.datapath_type() == "system"
+    assert closed  # the netlink socket is closed every time
+    monkeypatch.setenv("CROSSNET_OVS_DATAPATH", "netdev")  # the override wins
+    assert ovsdb.datapath_type() == "netdev"
+
+
+@pytest.mark.parametrize("backend", ["ovs-gre", "ovs-vxlan"])
+def test_kernel_datapath_resources_and_dry_run(monkeypatch, backend):
+    """datapath_type=system: no br-phy, no address move, no nft table, no tunnel
+    neighbour flush; the NIC and its address stay; the overlay bridge, its flows and the
+    tunnel ports are the same as with the userspace datapath."""
+    monkeypatch.setenv("CROSSNET_OVS_DATAPATH", "system")
+    b = get_backend(backend)
+    ctx = ctx_for(backend)
+    res = b.resources(ctx)
+    text = "\n".join(r.describe() for r in res)
+    assert "br-phy" not in text and "eth0" not in text and "nft" not in text and "tnl/neigh" not in text
+    (overlay,) = [r for r in res if isinstance(r, OvsBridge)]
+    assert overlay.describe().startswith("ovs-vsctl --may-exist add-br cnovs0 -- set bridge cnovs0 datapath_type=system")
+    assert overlay.fail_mode == "secure" and overlay.mtu == 1500 - b.overhead
+    monkeypatch.setenv("CROSSNET_OVS_DATAPATH", "netdev")
+    userspace = [r for r in get_backend(backend).resources(ctx) if isinstance(r, (OvsPort, OvsFlows, Route))]
+    kernel = [r for r in res if isinstance(r, (OvsPort, OvsFlows, Route))]
+    assert kernel == [r for r in userspace if not (isinstance(r, OvsPort) and r.bridge == "br-phy")]
+    # status reports what the bridge in OVSDB uses, not what would be chosen now
+    assert b.datapath() == "system"
+
+
+def test_bridge_check_needs_the_internal_port_device_on_both_datapaths(monkeypatch):
+    """The internal port is a kernel device in both datapaths (tap / `openvswitch`), and
+    crossnet enslaves it to cn0 right after creating the bridge: check and ensure wait
+    for it whatever the datapath (they used to skip it for datapath_type=system)."""
+    from crossnet.ovs import resources as ovsres
+
+    row = Row("cnovs0", ours("overlay"), ["cnovs0"])
+    row.datapath_type, row.fail_mode, row.other_config = "system", ["secure"], {}
+    db = FakeDb({"cnovs0": row})
+    db.interface = lambda name: SimpleNamespace(ofport=[1], mtu_request=[1462])
+    br = OvsBridge("cnovs0", "system", "secure", mtu=1462, role="overlay")
+    links = {}
+    monkeypatch.setattr(ovsres, "_link", lambda env, name: links.get(name))
+    assert br.check(FakeEnv(db)) is False  # no kernel device yet
+    links["cnovs0"] = type("L", (), {"mtu": 1462})()
+    assert br.check(FakeEnv(db)) is True
+    links["cnovs0"].mtu = 1500
+    assert br.check(FakeEnv(db)) is False

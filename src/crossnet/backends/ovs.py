@@ -37,7 +37,7 @@ from crossnet.backends.base import (
     gateway_cidr,
     stable_mac,
 )
-from crossnet.errors import CrossnetError
+from crossnet.errors import ApplyError, CrossnetError
 from crossnet.ovs import db as ovsdb
 from crossnet.ovs.resources import (
     FLOW_COOKIE,
@@ -47,7 +47,9 @@ from crossnet.ovs.resources import (
     OvsFlows,
     OvsPort,
     TunnelNeighbours,
+    bridge_conflict,
     ovs,
+    port_conflict,
 )
 from crossnet.plan import (
     Address,
@@ -171,14 +173,41 @@ class OvsBackend(Backend):
             out.extend(self.peer_resources(ctx, peer))
         return out + self._tail(ctx)
 
+    # ---- validation before anything changes -----------------------------------------
+    def conflicts(self, ctx: HostContext, d: ovsdb.OvsDb) -> list[str]:
+        """OVS bridges and ports this host needs that exist but were not created by
+        crossnet (no external_ids:crossnet): crossnet never takes them over."""
+        out: list[str] = []
+        for r in self.resources(ctx):
+            if isinstance(r, OvsBridge):
+                msg = bridge_conflict(d, r.name)
+            elif isinstance(r, OvsPort):
+                msg = port_conflict(d, r.bridge, r.name, r.role)
+            else:
+                continue
+            if msg and msg not in out:
+                out.append(msg)
+        return out
+
+    def check_underlay(self, ctx: HostContext, env: Env) -> None:
+        """Runs before anything changes (also for --dry-run): Open vSwitch must run, and
+        no bridge/port crossnet needs may belong to someone else."""
+        found = self.conflicts(ctx, ovs(env))
+        if found:
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise ApplyError(found[0] + more)
+
     # ---- containers: the default (veth into the Linux bridge cn0) is the layout -----
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return OVERLAY_BRIDGE
 
     # ---- status ---------------------------------------------------------------------
     def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
-        """Extra `crossnet status` fields: {"ovs": {datapath, bridges, tunnels, ...}}."""
+        """Extra `crossnet status` fields: {"ovs": {datapath, bridges, tunnels, ...}}.
+        When Open vSwitch is not running: datapath "unknown", running false and the
+        error with the hint how to start it (everything else in status still shows)."""
         info: dict[str, Any] = {
+            "running": True,
             "datapath": self.datapath(),
             "datapath_kind": "kernel" if self.datapath() == "system" else "userspace",
             "kernel_module": ovsdb.kernel_datapath_available(),
@@ -186,6 +215,13 @@ class OvsBackend(Backend):
         }
         try:
             d = ovs(env)
+        except ovsdb.OvsNotRunning as exc:
+            info.update(running=False, datapath="unknown", datapath_kind="ovs not running", error=str(exc))
+            return {"ovs": info}
+        except CrossnetError as exc:
+            info["error"] = str(exc)
+            return {"ovs": info}
+        try:
             bridges = {}
             for name in (PHY_BRIDGE, OVERLAY_BRIDGE):
                 row = d.bridge(name)
@@ -208,6 +244,9 @@ class OvsBackend(Backend):
                     "ok": iface is not None and (ovsdb.one(iface.ofport) or -1) > 0 and not ovsdb.one(iface.error),
                 })
             info["tunnels"] = tunnels
+            info["conflicts"] = self.conflicts(ctx, d)
+            if info["conflicts"]:
+                info["error"] = info["conflicts"][0]
         except CrossnetError as exc:
             info["error"] = str(exc)
         return {"ovs": info}

@@ -54,12 +54,13 @@ E_INVALID_ENV = 4
 E_IO = 5
 E_DECODE = 6
 E_INVALID_CONFIG = 7
-E_TRY_AGAIN = 11
+E_TRY_AGAIN = 11  # transient: host not applied yet, container bridge missing (apply running)
 E_NOT_AVAILABLE = 50  # STATUS: cannot service ADD
-E_NOT_CONFIGURED = 100  # this host has no crossnet state (run `crossnet apply`)
+E_NOT_CONFIGURED = 100  # this host's crossnet state is unreadable
 E_IPAM = 101  # no free address / requested address taken
 E_ATTACH = 102  # kernel operation failed while attaching/detaching
 E_CHECK = 103  # CHECK found the attachment not as ADD left it
+E_IN_USE = 104  # ADD: the container id is attached to another live netns / CNI_IFNAME is another id's
 E_INTERNAL = 199
 
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -259,10 +260,10 @@ class Host:
         self.applied = read_json(self.state.applied_path) if os.path.isdir(state_dir) else None
         self.ctx = self.backend = None
         if not self.applied:
-            if required:
+            if required:  # transient: the node's `crossnet apply` has not run yet
                 raise CniError(
-                    E_NOT_CONFIGURED,
-                    f"this host is not configured for crossnet (no {self.state.applied_path})",
+                    E_TRY_AGAIN,
+                    f"this host is not configured for crossnet yet (no {self.state.applied_path}); try again later",
                     "run `crossnet apply -f CLUSTER` on this host first",
                 )
             return
@@ -366,9 +367,15 @@ def cmd_add(req: Request) -> dict[str, Any]:
         meta["name"] = req.args["K8S_POD_NAME"]  # podman sends the container name here
     try:
         att = containers.attach(host.state, host.ctx, host.backend, key, netns, requested=requested, ifname=ifname,
-                                mac=mac, meta=meta)
+                                mac=mac, meta=meta, reuse=False)
     except IpamError as exc:
         raise CniError(E_IPAM, str(exc)) from None
+    except containers.NotReady as exc:  # transient: `crossnet apply` has not made the bridge (yet)
+        raise CniError(E_TRY_AGAIN, f"{exc}; try again later") from None
+    except containers.InUse as exc:
+        raise CniError(E_IN_USE, f"CNI_CONTAINERID {cid}, CNI_IFNAME {ifname}: {exc}",
+                       "the spec forbids a second ADD of a (container id, interface) without DEL; "
+                       "the existing attachment was left as it is") from None
     except CrossnetError as exc:
         raise CniError(E_ATTACH, str(exc)) from None
     except OSError as exc:

@@ -47,6 +47,58 @@ def ovs(env: Env) -> ovsdb.OvsDb:
     return handle
 
 
+def ovs_or_none(env: Env) -> ovsdb.OvsDb | None:
+    """Like ovs(), but None when Open vSwitch is not running (remembered for this Env,
+    so `status` asks once): check() then says "not as desired" instead of failing, and
+    `crossnet status` can still show everything else."""
+    if env.extra.get("ovsdb") is None and env.extra.get("ovsdb_down"):
+        return None
+    try:
+        return ovs(env)
+    except ovsdb.OvsNotRunning as exc:
+        env.extra["ovsdb_down"] = str(exc)
+        return None
+
+
+def owned(row: Any) -> bool:
+    """A Bridge/Port row crossnet created: it carries external_ids:crossnet."""
+    return row is not None and OWNER_KEY in (row.external_ids or {})
+
+
+def bridge_conflict(d: ovsdb.OvsDb, name: str) -> str | None:
+    """Why crossnet must not use OVS bridge NAME (it exists and crossnet did not create it)."""
+    row = d.bridge(name)
+    if row is None or owned(row):
+        return None
+    ports = [p for p in d.ports_of(name) if p != name]
+    has = f" (ports: {', '.join(ports)})" if ports else ""
+    return (
+        f"OVS bridge {name} already exists and was not created by crossnet (no external_ids:{OWNER_KEY}){has}; "
+        f"crossnet does not take over OVS configuration it did not create: remove it (`ovs-vsctl del-br {name}`) "
+        f"or rename it, then apply again (crossnet's OVS bridge names are fixed)"
+    )
+
+
+def port_conflict(d: ovsdb.OvsDb, bridge: str, name: str, role: str = "port") -> str | None:
+    """Why crossnet must not add port NAME to BRIDGE: the port exists on a bridge crossnet
+    did not create, or on crossnet's bridge without crossnet's mark."""
+    other = d.bridge_of_port(name)
+    if other is None:
+        return None
+    if other != bridge and owned(d.bridge(other)):
+        return None  # moved between crossnet's own bridges, as before
+    if other == bridge and (owned(d.port(name)) or not owned(d.bridge(other))):
+        return None  # ours; or the bridge itself is foreign (bridge_conflict says so)
+    what = "interface" if role == "nic" else "OVS port"
+    where = f"OVS bridge {other}, which crossnet did not create" if other != bridge else (
+        f"crossnet's bridge {other} but was not created by crossnet (no external_ids:{OWNER_KEY})")
+    hint = "; or set hosts[].iface to another NIC in the cluster file" if role == "nic" else ""
+    return (
+        f"{what} {name} is a port of {where}; crossnet does not take it over: "
+        f"remove it there (`ovs-vsctl del-port {other} {name}`){hint}, then apply again"
+    )
+
+
 def _changed(env: Env, *kinds: str) -> None:
     """Tell the Env's kernel-state cache (if it has one) that something changed."""
     fn = getattr(env, "changed", None)
@@ -112,9 +164,11 @@ class OvsBridge(Resource):
         return out
 
     def check(self, env: Env) -> bool:
-        d = ovs(env)
+        d = ovs_or_none(env)
+        if d is None:
+            return False
         row = d.bridge(self.name)
-        if row is None:
+        if row is None or not owned(row):  # someone else's bridge is never "as desired"
             return False
         if row.datapath_type != self.datapath or ovsdb.one(row.fail_mode) != self.fail_mode:
             return False
@@ -127,14 +181,16 @@ class OvsBridge(Resource):
             return False
         if self.mtu and ovsdb.one(iface.mtu_request) != self.mtu:
             return False
-        if self.datapath == "netdev":
-            link = _link(env, self.name)
-            if link is None or (self.mtu and link.mtu != self.mtu):
-                return False
-        return True
+        # the internal port is a kernel device in both datapaths (a tap device with
+        # netdev, an `openvswitch` device with system), and crossnet enslaves it
+        link = _link(env, self.name)
+        return link is not None and not (self.mtu and link.mtu != self.mtu)
 
     def ensure(self, env: Env) -> None:
         d = ovs(env)
+        conflict = bridge_conflict(d, self.name)
+        if conflict:
+            raise ApplyError(conflict)
         api = d.api
         with d.transaction() as txn:
             txn.add(api.add_br(self.name, may_exist=True, datapath_type=self.datapath))
@@ -149,13 +205,15 @@ class OvsBridge(Resource):
         if not self.fail_mode:
             with contextlib.suppress(Exception), d.transaction() as txn:
                 txn.add(api.db_clear("Bridge", self.name, "fail_mode"))
-        if self.datapath == "netdev":
-            _wait_link(env, self.name)
+        _wait_link(env, self.name)  # both datapaths: Enslave and AddressMove need the device
         _changed(env, "links")
 
     def remove(self, env: Env) -> None:
         d = ovs(env)
-        if d.bridge(self.name) is not None:
+        row = d.bridge(self.name)
+        if row is not None and not owned(row):
+            return  # replaced by a bridge crossnet did not create: not ours to delete
+        if row is not None:
             with d.transaction() as txn:
                 txn.add(d.api.del_br(self.name, if_exists=True))
         # internal ports of a netdev bridge are tap devices; make sure none is left
@@ -192,8 +250,8 @@ class OvsPort(Resource):
         return out
 
     def check(self, env: Env) -> bool:
-        d = ovs(env)
-        if d.bridge_of_port(self.name) != self.bridge:
+        d = ovs_or_none(env)
+        if d is None or d.bridge_of_port(self.name) != self.bridge or not owned(d.port(self.name)):
             return False
         iface = d.interface(self.name)
         if iface is None or iface.type != self.type or dict(iface.options) != self.options:
@@ -203,6 +261,9 @@ class OvsPort(Resource):
 
     def ensure(self, env: Env) -> None:
         d = ovs(env)
+        conflict = port_conflict(d, self.bridge, self.name, self.role)
+        if conflict:
+            raise ApplyError(conflict)
         api = d.api
         other = d.bridge_of_port(self.name)
         if other is not None and other != self.bridge:
@@ -226,7 +287,7 @@ class OvsPort(Resource):
 
     def remove(self, env: Env) -> None:
         d = ovs(env)
-        if d.port(self.name) is not None:
+        if owned(d.port(self.name)):  # a port crossnet did not create is left alone
             with d.transaction() as txn:
                 txn.add(d.api.del_port(self.name, if_exists=True))
         _changed(env, "links")
@@ -390,7 +451,8 @@ class OvsFlows(Resource):
         return "\n".join(out) + "\n"
 
     def check(self, env: Env) -> bool:
-        if ovs(env).bridge(self.bridge) is None:
+        d = ovs_or_none(env)
+        if d is None or d.bridge(self.bridge) is None:
             return False
         text = self._numbered(env)
         if text is None:
@@ -414,7 +476,7 @@ class OvsFlows(Resource):
             raise ApplyError(f"ovs-ofctl replace-flows {self.bridge}: {ovsdb.last_line(proc)}")
 
     def remove(self, env: Env) -> None:
-        if ovs(env).bridge(self.bridge) is not None:
+        if owned(ovs(env).bridge(self.bridge)):
             ovsdb.ofctl("del-flows", self.bridge, f"cookie={FLOW_COOKIE}/-1")
 
 
@@ -485,4 +547,5 @@ class TunnelNeighbours(Resource):
         """Nothing to undo (a cache)."""
 
 
-__all__ = ["FLOW_COOKIE", "AddressMove", "DevSysctl", "OvsBridge", "OvsFlows", "OvsPort", "TunnelNeighbours", "ovs"]
+__all__ = ["FLOW_COOKIE", "AddressMove", "DevSysctl", "OvsBridge", "OvsFlows", "OvsPort", "TunnelNeighbours",
+           "bridge_conflict", "ovs", "ovs_or_none", "owned", "port_conflict"]
