@@ -13,8 +13,11 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import signal
+import string
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -37,10 +40,48 @@ def _id(p: tuple[str, str]) -> str:
     return f"{p[0]}-{p[1]}"
 
 
+class FoLabFactory(LabFactory):
+    """LabFactory whose labs are named `fo` + 4 random characters (the OVS/trace tests'
+    own prefix), removed by cleanup() like any test lab."""
+
+    PREFIX_RE = re.compile(r"^fo[a-z0-9]{4}$")
+
+    def new_name(self) -> str:
+        from crossnet.lab import manager, netns
+
+        existing = set(netns.list_netns())
+        for _ in range(100):
+            name = "fo" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4))
+            if not manager.lab_dir(name).exists() and not any(n.startswith(f"{name}-") for n in existing):
+                self.names.append(name)
+                return name
+        raise RuntimeError("no free test lab name")
+
+    @classmethod
+    def sweep(cls) -> None:
+        """Remove `fo` labs left by crashed test sessions (owner process gone)."""
+        from crossnet import procs
+        from crossnet.lab import manager
+
+        for name in manager.lab_names():
+            if cls.PREFIX_RE.match(name) and not procs.exists((manager.read_manifest(name) or {}).get("owner_pid")):
+                with contextlib.suppress(Exception):
+                    manager.down(name)
+
+
+@pytest.fixture
+def fo_lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FoLabFactory:
+    FoLabFactory.sweep()
+    factory = FoLabFactory()
+    request.addfinalizer(factory.cleanup)
+    return factory
+
+
 @pytest.fixture(scope="module")
 def ovs_lab(request: pytest.FixtureRequest, lab_sweep: None) -> Lab:
     backend, underlay = request.param
-    factory = LabFactory()
+    FoLabFactory.sweep()
+    factory = FoLabFactory()
     request.addfinalizer(factory.cleanup)
     lab = factory(hosts=3, underlay=underlay, backend=backend, containers=1)
     return lab
@@ -311,8 +352,8 @@ def test_reset_leaves_nothing_behind_then_apply_restores(ovs_lab: Lab):
     assert_all_pairs(lab)
 
 
-def test_lab_down_stops_the_ovs_daemons_and_waits(lab_factory):
-    lab = lab_factory(hosts=2, backend="ovs-gre", containers=0)
+def test_lab_down_stops_the_ovs_daemons_and_waits(fo_lab_factory):
+    lab = fo_lab_factory(hosts=2, backend="ovs-gre", containers=0)
     pids = ovs_pids(lab)
     assert len(pids) == 4
     # every crossnet/`lab exec` command of a host talks to that host's own OVS
@@ -323,3 +364,114 @@ def test_lab_down_stops_the_ovs_daemons_and_waits(lab_factory):
     # stopped means exited: at most a zombie until init reaps it
     alive = [p for p in pids if not wait_gone(p, 0)]
     assert not alive
+
+
+# ---- OVS configuration crossnet did not create ----------------------------------------------
+def ovsdb_config(lab: Lab, host: str) -> str:
+    """The configuration columns of every Bridge/Port/Interface row (not the statistics
+    and status ovs-vswitchd keeps updating), rows sorted by name."""
+    cols = {"Bridge": "name,ports,external_ids,datapath_type,fail_mode,other_config,protocols",
+            "Port": "_uuid,name,interfaces,external_ids,tag,trunks",
+            "Interface": "_uuid,name,type,options,external_ids,mtu_request"}
+    out = []
+    for table, c in cols.items():
+        proc = sh(lab, host, "ovs-vsctl", "-f", "json", f"--columns={c}", "list", table)
+        doc = json.loads(proc.stdout)
+        out.append(json.dumps(sorted(doc["data"], key=lambda row: json.dumps(row)), sort_keys=True))
+    out.append(sh(lab, host, "ovs-vsctl", "--columns=bridges", "list", "Open_vSwitch").stdout)
+    return "\n".join(out)
+
+
+def host_footprint(lab: Lab, host: str) -> tuple[str, ...]:
+    """What apply would change outside OVSDB: links, addresses, routes, nft, sysctl."""
+    return (
+        sh(lab, host, "ip", "-o", "link", "show").stdout,
+        sh(lab, host, "ip", "-o", "-4", "addr", "show").stdout,
+        sh(lab, host, "ip", "route").stdout,
+        sh(lab, host, "nft", "list", "ruleset").stdout,
+        sh(lab, host, "sysctl", "-n", "net.ipv4.conf.all.send_redirects").stdout,
+    )
+
+
+def test_apply_refuses_bridges_and_ports_it_did_not_create(fo_lab_factory):
+    """A hand-made `br-phy` with a user port (h1), and the tutorial's hand-made `obr0`
+    holding the NIC (h2): apply and apply --dry-run refuse with one line naming the
+    bridge/port and what to do, and leave OVSDB and the host exactly as they were
+    (before: apply adopted br-phy and reset deleted it with the user's port)."""
+    lab = fo_lab_factory(hosts=2, backend="ovs-gre", containers=0, apply=False)
+    sh(lab, "h1", "ovs-vsctl", "add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev",
+       "--", "add-port", "br-phy", "mine", "--", "set", "interface", "mine", "type=internal")
+    sh(lab, "h2", "ovs-vsctl", "add-br", "obr0", "--", "set", "bridge", "obr0", "datapath_type=netdev",
+       "--", "add-port", "obr0", "eth0")
+    expect = {
+        "h1": "crossnet: error: OVS bridge br-phy already exists and was not created by crossnet "
+              "(no external_ids:crossnet) (ports: mine); crossnet does not take over OVS configuration it did "
+              "not create: remove it (`ovs-vsctl del-br br-phy`) or rename it, then apply again "
+              "(crossnet's OVS bridge names are fixed)",
+        "h2": "crossnet: error: interface eth0 is a port of OVS bridge obr0, which crossnet did not create; "
+              "crossnet does not take it over: remove it there (`ovs-vsctl del-port obr0 eth0`); or set "
+              "hosts[].iface to another NIC in the cluster file, then apply again",
+    }
+    for h in ("h1", "h2"):
+        before_db, before_host = ovsdb_config(lab, h), host_footprint(lab, h)
+        for extra in ((), ("--dry-run",)):
+            proc = lab.crossnet(h, "apply", "-f", lab.plan.cluster_file, "--host", h, *extra, check=False)
+            assert proc.returncode == 1, (h, extra, proc.stdout, proc.stderr)
+            assert proc.stderr.strip() == expect[h], (h, extra, proc.stderr)
+            assert ovsdb_config(lab, h) == before_db, (h, extra)
+            assert host_footprint(lab, h) == before_host, (h, extra)
+        state = lab.plan.host(h).state_dir
+        assert not os.path.exists(os.path.join(state, "applied.json"))
+        # nothing recorded, so nothing for reset to take away
+        lab.crossnet(h, "reset")
+        assert ovsdb_config(lab, h) == before_db
+    assert "mine" in sh(lab, "h1", "ovs-vsctl", "list-ports", "br-phy").stdout
+    # once the user's bridge is gone, apply proceeds and marks what it creates
+    sh(lab, "h1", "ovs-vsctl", "del-br", "br-phy")
+    lab.apply("h1")
+    ids = sh(lab, "h1", "ovs-vsctl", "get", "bridge", "br-phy", "external_ids:crossnet").stdout.strip()
+    assert ids.strip('"') == "underlay"
+
+
+def test_status_without_open_vswitch_shows_what_it_can(fo_lab_factory):
+    """ovs-vswitchd stopped: status still prints backend, subnet and peers, with the OVS
+    datapath unknown and the one-line hint how to start it; apply says the same."""
+    lab = fo_lab_factory(hosts=2, backend="ovs-gre", containers=0)
+    inst = ovs_lab_service.instance(lab.plan, lab.plan.host("h1"))
+    inst.stop_vswitchd()
+    try:
+        st = lab.status("h1")
+        assert st["backend"] == "ovs-gre" and st["subnet"] and [p["name"] for p in st["peers"]] == ["h2"]
+        o = st["ovs"]
+        assert o["running"] is False and o["datapath"] == "unknown" and o["datapath_kind"] == "ovs not running"
+        assert "ovs-vswitchd is not running" in o["error"] and "ovs-ctl start" in o["error"]
+        text = lab.crossnet("h1", "status").stdout
+        assert "backend ovs-gre" in text and "datapath unknown (ovs not running" in text
+        proc = lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, check=False)
+        assert proc.returncode == 1 and "ovs-vswitchd is not running" in proc.stderr
+    finally:
+        inst.start_vswitchd()
+    lab.apply("h1")
+    assert not lab.status("h1")["drift"]
+
+
+# ---- the lab demo through the real CLI ------------------------------------------------------
+@pytest.mark.parametrize(("backend", "hosts", "underlay"), [("ovs-gre", 3, "l3"), ("ovs-vxlan", 2, "l2")])
+def test_lab_demo_cli(fo_lab_factory, backend: str, hosts: int, underlay: str):
+    name = fo_lab_factory.new_name()  # torn down by the fixture even if the demo leaves it
+    proc = subprocess.run([sys.executable, "-m", "crossnet", "lab", "demo", "--backend", backend, "--hosts", str(hosts),
+                           "--underlay", underlay, "--containers", "1", "-o", "json", "--name", name],
+                          capture_output=True, text=True, timeout=300, env=fo_lab_factory.env, check=False)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads(proc.stdout)
+    assert res["ok"] is True and res["lab"] == name and res["applied"] is True
+    assert (res["backend"], res["underlay"], res["runtime"]) == (backend, underlay, "netns")
+    assert [h["name"] for h in res["hosts"]] == [f"h{i}" for i in range(1, hosts + 1)]
+    assert len({h["subnet"] for h in res["hosts"]}) == hosts
+    assert len(res["endpoints"]) == hosts and {e["host"] for e in res["endpoints"]} == {h["name"] for h in res["hosts"]}
+    assert len(res["pairs"]) == hosts * (hosts - 1)  # every ordered pair of containers
+    assert all(p["ok"] for p in res["pairs"]), res["pairs"]
+    # demo brings its lab down
+    from crossnet.lab import manager
+
+    assert not manager.lab_dir(name).exists()
