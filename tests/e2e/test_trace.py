@@ -3,7 +3,8 @@
 `--verify` must show the tunnel hop (cnvx<vni>, the OVS GRE port) with moved counters
 for the tunnelling backends, and the plain route via the peer's underlay address for
 host-gw — and the underlay capture must agree (encapsulated vs plain probe packets).
-Every lab has a unique name and is removed by the lab_factory finalizer.
+Every lab has a unique name (`fo` + 4 characters, see tests.e2e.test_ovs.FoLabFactory)
+and is removed by the lab_factory finalizer.
 """
 
 from __future__ import annotations
@@ -16,12 +17,23 @@ import sys
 
 import pytest
 
+from tests.e2e.test_ovs import FoLabFactory
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
 ]
 
 COUNT = 20
+
+
+@pytest.fixture
+def lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FoLabFactory:
+    """conftest's lab_factory, with the OVS/trace tests' `fo` lab names."""
+    FoLabFactory.sweep()
+    factory = FoLabFactory()
+    request.addfinalizer(factory.cleanup)
+    return factory
 
 
 def crossnet(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
