@@ -289,6 +289,28 @@ def _drop_half_pair(container_id: str, existing: Any, netns: str, host_if: str, 
                 raise
 
 
+def attached_elsewhere(alloc: Any, netns: str) -> str | None:
+    """The namespace path an attachment (IPAM entry) lives in, when that is a live
+    namespace other than `netns` and its veth's peer is really there; else None. (CNI DEL
+    for a container id whose second ADD into `netns` was refused must not remove the
+    first container's attachment.)"""
+    recorded = alloc.meta.get("netns") if alloc is not None else None
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    if not isinstance(recorded, str) or _netns_id(path) is None or _netns_id(recorded) is None \
+            or _same_netns(recorded, path):
+        return None
+    host_if = alloc.meta.get("host_if") or host_ifname(alloc.key)
+    with nl.open_ipr() as ipr:
+        try:
+            hmsg = ipr.link("get", index=nl.require_index(ipr, host_if))[0]
+        except (CrossnetError, NetlinkError):
+            return None
+    peer_idx, peer_nsid = _peer(hmsg)
+    if peer_nsid is None or not peer_idx or not _holds_peer(recorded, peer_idx, hmsg["index"]):
+        return None
+    return recorded
+
+
 def _owner_of(pool: AddressPool, netns: str, ifname: str, inner: int | None) -> tuple[str, Any] | None:
     """The IPAM key whose crossnet veth is `ifname` (index `inner`) in `netns`: the peer of
     the container end is a host veth recorded as some attachment's host_if."""

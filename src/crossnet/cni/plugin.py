@@ -425,8 +425,12 @@ def cmd_del(req: Request) -> None:
     from crossnet import containers
     from crossnet.errors import CrossnetError
 
+    key = attachment_key(cid, ifname)
+    netns = req.environ.get("CNI_NETNS", "")
+    if netns and containers.attached_elsewhere(host.pool().get(key), netns):
+        return None  # the id lives in another namespace (this one's ADD was refused): nothing of ours here
     try:
-        containers.detach(host.state, host.ctx, host.backend, attachment_key(cid, ifname))
+        containers.detach(host.state, host.ctx, host.backend, key)
     except CrossnetError as exc:
         raise CniError(E_ATTACH, str(exc)) from None
     except OSError as exc:
