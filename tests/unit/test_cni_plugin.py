@@ -181,10 +181,10 @@ def _req(cni_args="", **c):
 
 
 def test_requested_ip_sources():
-    assert _req("IgnoreUnknown=1;IP=10.32.0.9").requested_ip() == "10.32.0.9"
-    assert _req(runtimeConfig={"ips": ["10.32.0.7/24"]}).requested_ip() == "10.32.0.7"
-    assert _req(args={"cni": {"ips": ["10.32.0.8"]}}).requested_ip() == "10.32.0.8"
-    assert _req("IP=fd00::5").requested_ip() is None  # IPv6 only: crossnet is IPv4
+    assert _req("IgnoreUnknown=1;IP=10.32.0.9").requested_ip() == ("CNI_ARGS IP", "10.32.0.9")
+    assert _req(runtimeConfig={"ips": ["10.32.0.7/24"]}).requested_ip() == ("runtimeConfig.ips", "10.32.0.7")
+    assert _req(args={"cni": {"ips": ["10.32.0.8"]}}).requested_ip() == ("args.cni.ips", "10.32.0.8")
+    assert _req("IP=10.32.0.9", runtimeConfig={"ips": ["10.32.0.9/24"]}).requested_ip() == ("CNI_ARGS IP", "10.32.0.9")
     assert _req().requested_ip() is None
 
 
@@ -195,6 +195,40 @@ def test_requested_ip_invalid():
     with pytest.raises(CniError) as exc:
         _req("IP=10.32.0.5,10.32.0.6").requested_ip()
     assert exc.value.code == 4
+
+
+@pytest.mark.parametrize("cni_args,config,code,source", [
+    ("IP=fd00::5", {}, 4, "CNI_ARGS IP"),  # was: ignored, and a random IPv4 address given
+    ("IP=10.32.0.5,fd00::5", {}, 4, "CNI_ARGS IP"),
+    ("", {"runtimeConfig": {"ips": ["fd00::5/64"]}}, 7, "runtimeConfig.ips"),
+    ("", {"args": {"cni": {"ips": ["fd00::5"]}}}, 7, "args.cni.ips"),
+])
+def test_requested_ipv6_is_an_error(cni_args, config, code, source):
+    with pytest.raises(CniError) as exc:
+        _req(cni_args, **config).requested_ip()
+    assert exc.value.code == code and exc.value.msg.startswith(source) and "IPv6" in exc.value.msg
+
+
+def test_requested_ip_from_config_errors_are_code_7():
+    with pytest.raises(CniError) as exc:
+        _req(runtimeConfig={"ips": ["10.32.0.300/24"]}).requested_ip()
+    assert exc.value.code == 7 and "runtimeConfig.ips" in exc.value.msg
+    with pytest.raises(CniError) as exc:
+        _req(runtimeConfig={"ips": ["10.32.0.5/24", "10.32.0.6/24"]}).requested_ip()
+    assert exc.value.code == 7 and "runtimeConfig.ips" in exc.value.msg
+
+
+@pytest.mark.parametrize("source,code", [("CNI_ARGS IP", 4), ("runtimeConfig.ips", 7), ("args.cni.ips", 7)])
+@pytest.mark.parametrize("address,what", [("10.33.0.5", "outside"), ("10.32.0.1", "reserved")])
+def test_requested_ip_outside_or_reserved_names_its_source(source, code, address, what):
+    import ipaddress
+
+    host = SimpleNamespace(ctx=SimpleNamespace(host="h1", network="10.32.0.0/16"))
+    pool = SimpleNamespace(usable=ipaddress.ip_network("10.32.0.0/24"), subnet=ipaddress.ip_network("10.32.0.0/24"),
+                           reserved={ipaddress.IPv4Address("10.32.0.1")})
+    with pytest.raises(CniError) as exc:
+        plugin._check_requested_ip(host, pool, source, address)
+    assert exc.value.code == code and exc.value.msg.startswith(f"{source}: {address} is {what}")
 
 
 def test_requested_mac():

@@ -200,8 +200,10 @@ class Request:
     def state_dir(self) -> str:
         return self.conf.get("stateDir", DEFAULT_STATE_DIR)
 
-    def requested_ip(self) -> str | None:
-        """The address asked for through CNI_ARGS IP=, runtimeConfig.ips or args.cni.ips."""
+    def requested_ip(self) -> tuple[str, str] | None:
+        """(source, address) asked for through CNI_ARGS IP=, runtimeConfig.ips or args.cni.ips;
+        source names where it came from ("CNI_ARGS IP", "runtimeConfig.ips", "args.cni.ips")
+        for error messages. IPv6 addresses are an error: crossnet gives IPv4 only."""
         candidates: list[tuple[str, str]] = []
         if self.args.get("IP"):
             candidates += [("CNI_ARGS IP", v) for v in self.args["IP"].split(",") if v]
@@ -220,15 +222,15 @@ class Request:
             try:
                 addr = ipaddress.ip_interface(str(value).strip()).ip
             except ValueError:
-                raise CniError(E_INVALID_ENV if source.startswith("CNI_ARGS") else E_INVALID_CONFIG,
-                               f"{source}: {value!r} is not an IP address") from None
-            if addr.version == 4:
-                v4.append((source, str(addr)))
-        if not v4:
-            return None
+                raise CniError(source_code(source), f"{source}: {value!r} is not an IP address") from None
+            if addr.version != 4:
+                raise CniError(source_code(source),
+                               f"{source}: {addr} is an IPv6 address; crossnet gives containers IPv4 addresses only")
+            v4.append((source, str(addr)))
         if len({a for _, a in v4}) > 1:
-            raise CniError(E_INVALID_ENV, f"{v4[0][0]}: crossnet gives a container one IPv4 address, got {', '.join(a for _, a in v4)}")
-        return v4[0][1]
+            raise CniError(source_code(v4[0][0]),
+                           f"{v4[0][0]}: crossnet gives a container one IPv4 address, got {', '.join(a for _, a in v4)}")
+        return v4[0]
 
     def requested_mac(self) -> str | None:
         mac = self.args.get("MAC") or (self.conf.get("runtimeConfig") or {}).get("mac")
@@ -239,6 +241,12 @@ class Request:
         if int(mac[:2], 16) & 1:
             raise CniError(E_INVALID_ENV, f"CNI_ARGS MAC: {mac!r} is a multicast address")
         return mac.lower()
+
+
+def source_code(source: str) -> int:
+    """Error code for a bad requested address: 4 when it came from the environment
+    (CNI_ARGS), 7 when from the network configuration (runtimeConfig, args)."""
+    return E_INVALID_ENV if source.startswith("CNI_ARGS") else E_INVALID_CONFIG
 
 
 def attachment_key(container_id: str, ifname: str) -> str:
@@ -334,15 +342,16 @@ def _prepare(req: Request) -> None:
     req.args = parse_cni_args(req.environ.get("CNI_ARGS", ""))
 
 
-def _check_requested_ip(host: Host, pool: Any, address: str) -> None:
+def _check_requested_ip(host: Host, pool: Any, source: str, address: str) -> None:
     import ipaddress
 
     addr = ipaddress.IPv4Address(address)
     if addr not in pool.usable:
-        raise CniError(E_INVALID_ENV, f"CNI_ARGS IP: {addr} is outside this host's container range {pool.usable}",
+        raise CniError(source_code(source), f"{source}: {addr} is outside this host's container range {pool.usable}",
                        f"host {host.ctx.host}, network {host.ctx.network}")
     if addr in pool.reserved:
-        raise CniError(E_INVALID_ENV, f"CNI_ARGS IP: {addr} is reserved in {pool.subnet} (gateway, host or broadcast address)")
+        raise CniError(source_code(source),
+                       f"{source}: {addr} is reserved in {pool.subnet} (gateway, host or broadcast address)")
 
 
 def cmd_add(req: Request) -> dict[str, Any]:
@@ -352,7 +361,8 @@ def cmd_add(req: Request) -> dict[str, Any]:
     req.env("CNI_PATH")
     if not os.path.exists(netns if "/" in netns else f"/run/netns/{netns}"):
         raise CniError(E_INVALID_ENV, f"CNI_NETNS: network namespace {netns} does not exist")
-    requested = req.requested_ip()
+    asked = req.requested_ip()
+    requested = asked[1] if asked else None
     mac = req.requested_mac()
     host = Host(req.state_dir)
     from crossnet import containers
@@ -360,8 +370,8 @@ def cmd_add(req: Request) -> dict[str, Any]:
 
     key = attachment_key(cid, ifname)
     pool = host.pool()
-    if requested:
-        _check_requested_ip(host, pool, requested)
+    if asked:
+        _check_requested_ip(host, pool, *asked)
     meta: dict[str, Any] = {"cni": {"network": req.name, "containerID": cid, "ifname": ifname}}
     if req.args.get("K8S_POD_NAME"):
         meta["name"] = req.args["K8S_POD_NAME"]  # podman sends the container name here
