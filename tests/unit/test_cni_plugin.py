@@ -44,6 +44,60 @@ def test_version_without_stdin():
     assert rc == 0 and "1.0.0" in out["supportedVersions"]
 
 
+NEWEST = plugin.SUPPORTED_VERSIONS[-1]
+VERSION_INPUTS = [
+    (b'{"cniVersion":"1.0.0"}', "1.0.0"),
+    (b'{ "cniVersion" : "0.4.0",\n "name": "x"}', "0.4.0"),
+    (b'{"cniVersion":"9.9.9"}', NEWEST),  # unsupported: never echoed
+    (b'{"cniVersion":"0.2.0"}', NEWEST),
+    (b'{"cniVersion": 5}', NEWEST),
+    (b"", NEWEST),
+    (b"garbage", NEWEST),  # not JSON: still an answer, not error 6
+    (b"{this is not json", NEWEST),
+    (b"\xff\xfe", NEWEST),
+    (b"[1, 2]", NEWEST),
+]
+
+
+@pytest.mark.parametrize("stdin,version", VERSION_INPUTS)
+def test_version_never_fails_and_never_echoes_an_unsupported_version(stdin, version):
+    rc, out = run({"CNI_COMMAND": "VERSION"}, stdin)
+    assert (rc, out) == (0, {"cniVersion": version, "supportedVersions": list(plugin.SUPPORTED_VERSIONS)})
+
+
+@pytest.mark.parametrize("stdin,version", VERSION_INPUTS)
+def test_version_text_is_the_wrappers_bytes(tmp_path, stdin, version):
+    """The Python client's VERSION answer is byte for byte the shell wrapper's."""
+    import subprocess
+
+    from crossnet.cni.install import wrapper_script
+
+    w = tmp_path / "crossnet-cni"
+    w.write_text(wrapper_script(python="/nonexistent/python"))
+    w.chmod(0o755)
+    proc = subprocess.run([str(w)], input=stdin, capture_output=True, timeout=10,
+                          env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0
+    assert proc.stdout.decode() == plugin.version_text(stdin) + "\n"
+
+
+@pytest.mark.parametrize("stdin,version", [(b'{"cniVersion":"9.9.9"}', NEWEST), (b"garbage", NEWEST),
+                                           (b'{"cniVersion":"0.4.0"}', "0.4.0"), (b"", NEWEST)])
+def test_console_script_version(stdin, version):
+    """The `crossnet-cni` console script (crossnet.cni.plugin:main) answers VERSION like
+    the installed clients: exit 0, the plugin's versions, an unsupported or garbage
+    cniVersion replaced by the newest supported one."""
+    import subprocess
+    import sys
+
+    code = "import sys; from crossnet.cni.plugin import main; sys.argv = ['crossnet-cni']; main()"
+    proc = subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, timeout=30,
+                          env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode() == plugin.version_text(stdin) + "\n"
+    assert json.loads(proc.stdout) == {"cniVersion": version, "supportedVersions": list(plugin.SUPPORTED_VERSIONS)}
+
+
 @pytest.mark.parametrize("stdin", [b"{not json", b"[1, 2]", b"\xff\xfe", b""])
 def test_garbage_config_is_code_6(stdin):
     code, _ = error_of(*run(env(), stdin))

@@ -2,9 +2,10 @@
 
 Imports nothing but builtin C modules (``_json``, ``_socket``) besides ``os``/``sys``, so a
 call served by the helper (crossnet.cni.server) costs a bare interpreter start plus one
-unix-socket round trip. Everything else (VERSION, no helper, helper disabled, malformed
-input) falls through to :func:`crossnet.cni.plugin.run_local`, which also starts a helper
-for the next call.
+unix-socket round trip. VERSION is answered here (:func:`crossnet.cni.plugin.version_text`,
+the bytes the wrapper and the native client print). Everything else (no helper, helper
+disabled, malformed input) falls through to :func:`crossnet.cni.plugin.run_local`, which
+also starts a helper for the next call.
 """
 
 from __future__ import annotations
@@ -166,6 +167,12 @@ def main() -> None:
         stdin = sys.stdin.buffer.read() if not (environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty()) else b""
     except (OSError, AttributeError, ValueError):
         stdin = b""
+    if environ.get("CNI_COMMAND") == "VERSION":  # the same bytes as the wrapper and the native client
+        from crossnet.cni.plugin import version_text
+
+        sys.stdout.write(version_text(stdin) + "\n")
+        sys.stdout.flush()
+        sys.exit(0)
     state_dir, conf = server_target(environ, stdin)
     if state_dir is not None:
         result = call(state_dir, environ, stdin)

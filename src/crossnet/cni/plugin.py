@@ -329,10 +329,29 @@ def build_result(req: Request, host: Host, att: Any, host_mac: str | None) -> di
 # --------------------------------------------------------------------------- commands
 
 
+_VERSION_RE = re.compile(r'.*"cniVersion":"([0-9.]*)"', re.S)
+
+
+def version_reply(stdin: bytes) -> dict[str, Any]:
+    """VERSION: the plugin's supported versions, never an error. ``cniVersion`` is the one
+    given on stdin when this plugin supports it (the spec: "the value of cniVersion
+    specified on input"), else the newest supported one: unsupported, missing or garbage
+    input gets an answer the runtime can use. The rule is the shell wrapper's and the native
+    client's (whitespace removed, the last ``"cniVersion":"N.N.N"``), so every client
+    answers the same bytes."""
+    text = re.sub(r"[ \t\r\n]", "", stdin.decode("utf-8", "surrogateescape"))
+    m = _VERSION_RE.match(text)
+    version = m.group(1) if m and m.group(1) in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
+    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}
+
+
+def version_text(stdin: bytes) -> str:
+    """The VERSION reply exactly as the wrapper and the native client print it (compact)."""
+    return json.dumps(version_reply(stdin), separators=(",", ":"))
+
+
 def cmd_version(req: Request) -> dict[str, Any]:
-    req.load_conf(required=False)
-    version = req.conf.get("cniVersion") if isinstance(req.conf.get("cniVersion"), str) else None
-    return {"cniVersion": version or SUPPORTED_VERSIONS[-1], "supportedVersions": list(SUPPORTED_VERSIONS)}
+    return version_reply(req.raw_stdin)
 
 
 def _prepare(req: Request) -> None:
