@@ -248,7 +248,6 @@ class Store(ABC):
         """Publish this host's containers (``[{"id", "address", "name"?}]``) next to its
         registration, bound to its lease (they vanish with it). The default: the store
         has no channel between hosts (the cluster file), nothing is published."""
-        return None
 
     def containers(self) -> dict[str, list[dict[str, str]]] | None:
         """host name -> the containers it published; None when the store has no such
