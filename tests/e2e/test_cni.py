@@ -3,7 +3,9 @@
 (`nsenter --net`), with the spec's environment variables and JSON on stdin.
 
 Every case checks the spec's exit status / error code and that nothing is left
-behind: no veth, address, route or IPAM entry.
+behind (`left_as_found`): the host's links, addresses, routes, nft ruleset and IPAM as
+before the test, compared while the test's container namespaces still exist (a veth
+left behind would vanish with them), and nothing but `lo` in those namespaces.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .kstate import snapshot
+from .kstate import diff, snapshot
 
 pytestmark = [
     pytest.mark.e2e,
@@ -81,7 +83,9 @@ class Host:
 
     def kernel(self) -> dict:
         snap = snapshot(self.netns)
-        snap.pop("nft", None)
+        # the ruleset without counters and quotas (they move with traffic)
+        snap["nft"] = subprocess.run(["ip", "netns", "exec", self.netns, "nft", "-s", "list", "ruleset"],
+                                     capture_output=True, text=True, check=True).stdout.strip()
         # a Linux bridge takes a port's MAC while it has ports (not ours to judge here)
         snap["links"] = [link[:5] + (None,) + link[6:] if link[2] == "bridge" else link for link in snap["links"]]
         return snap
@@ -97,7 +101,7 @@ def one_host_lab(tmp_path_factory, make):
     from crossnet.lab.manager import down, up
     from crossnet.lab.topology import LabOptions
 
-    name = "t" + secrets.token_hex(3)[:5]
+    name = "fa" + secrets.token_hex(3)[:5]
     lab = up(LabOptions(name=name, hosts=1, containers=0, backend="vxlan"), owner_pid=os.getpid())
     try:
         bin_dir = tmp_path_factory.mktemp("cni-bin")
@@ -107,14 +111,39 @@ def one_host_lab(tmp_path_factory, make):
         down(name)
 
 
+def container_links(name: str) -> list[str] | None:
+    """Interface names in network namespace `name` (None if it is gone)."""
+    if not os.path.exists(f"/run/netns/{name}"):
+        return None
+    out = subprocess.run(["ip", "-n", name, "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    return sorted(link["ifname"] for link in json.loads(out or "[]"))
+
+
 def left_as_found(host):
-    """Generator for a fixture: asserts the test left the host exactly as it found it."""
+    """Generator for a fixture: asserts the test left the host exactly as it found it.
+
+    Compared before the test's container namespaces are deleted (deleting a namespace
+    deletes the veth pairs in it, hiding a leak): the host's links, addresses, routes and
+    nft ruleset, and the IPAM; every container namespace that still exists holds only
+    `lo`. The namespaces are deleted afterwards, pass or fail."""
+    import time
+
     before = host.footprint()
     yield
-    for ns in host.made:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-    host.made.clear()
-    assert host.footprint() == before
+    try:
+        # deleting a veth or a namespace (test_del_after_netns_is_gone) completes in the
+        # kernel asynchronously: a moment to settle, never enough to hide a leak
+        deadline = time.monotonic() + 3
+        while (after := host.footprint()) != before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert after[1] == before[1], f"IPAM: before {before[1]}, after {after[1]}"
+        assert after[0] == before[0], diff(before[0], after[0])
+        leftovers = {ns: links for ns in host.made if (links := container_links(ns)) not in (None, ["lo"])}
+        assert not leftovers, f"container namespaces hold more than lo: {leftovers}"
+    finally:
+        for ns in host.made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        host.made.clear()
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +272,34 @@ def test_ip_outside_subnet(host, clean, which):
     assert rc != 0 and out["code"] == 4 and "IP" in out["msg"], out
 
 
+@pytest.mark.parametrize("which", ["outside", "gateway", "garbage"])
+def test_runtime_config_ip_outside_subnet(host, clean, which):
+    """runtimeConfig.ips (podman/containerd capability) is network configuration: code 7,
+    and the message names runtimeConfig.ips, not CNI_ARGS."""
+    import ipaddress
+
+    subnet = ipaddress.ip_network(host.ctx["subnet"])
+    value = {"outside": str(subnet.broadcast_address + 10), "gateway": host.ctx["gateway"],
+             "garbage": "10.1.2.300"}[which]
+    conf = host.conf(runtimeConfig={"ips": [f"{value}/{host.ctx['prefixlen']}"]})
+    rc, out = host.cni("ADD", conf, cid=cid(), netns=host.new_netns())
+    assert rc != 0 and out["code"] == 7 and out["msg"].startswith("runtimeConfig.ips: "), out
+    assert "CNI_ARGS" not in out["msg"]
+
+
+@pytest.mark.parametrize("args,config,code", [
+    ("IgnoreUnknown=1;IP=fd00::5", {}, 4),
+    ("", {"runtimeConfig": {"ips": ["fd00::5/64"]}}, 7),
+])
+def test_ipv6_request_is_an_error(host, clean, args, config, code):
+    """crossnet gives IPv4 only: an IPv6 address asked for is an error, not ignored in
+    favour of a random IPv4 address."""
+    c = cid()
+    rc, out = host.cni("ADD", host.conf(**config), cid=c, netns=host.new_netns(), args=args or None)
+    assert rc != 0 and out["code"] == code and "IPv6" in out["msg"], out
+    assert c not in host.allocations()
+
+
 def test_unknown_cni_args(host, clean):
     netns = host.new_netns()
     rc, out = host.cni("ADD", cid=cid(), netns=netns, args="FOO=bar")
@@ -286,6 +343,134 @@ def test_check_failures(host, clean):
     rc, out = host.cni("CHECK", host.conf(prevResult=res), cid=c, netns=netns)
     assert rc != 0 and out["code"] == 103 and "address" in out["msg"]
     assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+def _inside(netns: str) -> dict:
+    """eth0 of a container namespace: {"mac", "cidr", "mtu"} (None if there is none)."""
+    out = subprocess.run(["ip", "-n", os.path.basename(netns), "-j", "addr", "show", "dev", "eth0"],
+                         capture_output=True, text=True).stdout
+    data = json.loads(out or "[]")
+    if not data:
+        return None
+    a = [x for x in data[0]["addr_info"] if x.get("family") == "inet"]
+    return {"mac": data[0]["address"], "mtu": data[0]["mtu"], "up": "UP" in data[0]["flags"],
+            "cidr": [f"{x['local']}/{x['prefixlen']}" for x in a]}
+
+
+def test_second_add_into_another_live_netns_is_refused(host, clean):
+    """ADD of a container id that is attached to another, still alive, namespace (no DEL
+    between): a clear error, the first container untouched (was: error 199, the first
+    container's veth deleted, IPAM still pointing at the first namespace)."""
+    c, n1, n2 = cid(), host.new_netns(), host.new_netns()
+    rc, res = host.cni("ADD", cid=c, netns=n1)
+    assert rc == 0, res
+    first = _inside(n1)
+    alloc = host.allocations()[c]
+    kernel = host.kernel()
+    rc, out = host.cni("ADD", cid=c, netns=n2)
+    assert rc != 0 and out["code"] == 104, out
+    assert "CNI_CONTAINERID" in out["msg"] and n1 in out["msg"], out
+    # the first container is exactly as it was, the second namespace got nothing
+    assert _inside(n1) == first and host.allocations()[c] == alloc and host.kernel() == kernel
+    assert container_links(os.path.basename(n2)) == ["lo"]
+    # the runtime cleans up its failed ADD with DEL: nothing of ours is in n2, the first stays
+    assert host.cni("DEL", cid=c, netns=n2) == (0, None)
+    assert _inside(n1) == first and host.allocations()[c] == alloc and host.kernel() == kernel
+    assert host.cni("CHECK", host.conf(prevResult=res), cid=c, netns=n1) == (0, None)
+    assert host.cni("DEL", cid=c, netns=n1) == (0, None)
+
+
+def test_add_again_after_the_first_netns_is_gone(host, clean):
+    """The first namespace died without DEL (its veth with it): ADD into a new namespace
+    takes the container over, with the same address."""
+    c, n1, n2 = cid(), host.new_netns(), host.new_netns()
+    rc, res = host.cni("ADD", cid=c, netns=n1)
+    assert rc == 0, res
+    subprocess.run(["ip", "netns", "del", os.path.basename(n1)], check=True)
+    rc, res2 = host.cni("ADD", cid=c, netns=n2)
+    assert rc == 0, res2
+    assert res2["ips"] == res["ips"] and res2["interfaces"][1]["sandbox"] == n2
+    assert host.allocations()[c]["meta"]["netns"] == n2
+    assert host.cni("CHECK", host.conf(prevResult=res2), cid=c, netns=n2) == (0, None)
+    assert host.cni("DEL", cid=c, netns=n2) == (0, None)
+
+
+@pytest.mark.parametrize("how", ["renamed", "moved-to-host"])
+def test_add_repairs_half_of_a_pair(host, clean, how):
+    """The host end of the veth exists, its peer is not eth0 of the container any more
+    (renamed inside it, or moved out to the host): ADD deletes the pair and makes a new
+    one (was: AttributeError, error 199)."""
+    c, netns = cid(), host.new_netns()
+    name = os.path.basename(netns)
+    rc, res = host.cni("ADD", cid=c, netns=netns)
+    assert rc == 0, res
+    subprocess.run(["ip", "-n", name, "link", "set", "eth0", "down"], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "eth0", "name", "old0"], check=True)
+    if how == "moved-to-host":
+        subprocess.run(["ip", "-n", name, "link", "set", "old0", "netns", host.netns], check=True)
+    rc, res2 = host.cni("ADD", cid=c, netns=netns)
+    assert rc == 0, res2
+    assert res2["ips"] == res["ips"]
+    assert container_links(name) == ["eth0", "lo"]
+    assert host.cni("CHECK", host.conf(prevResult=res2), cid=c, netns=netns) == (0, None)
+    assert host.cni("DEL", cid=c, netns=netns) == (0, None)
+
+
+def test_second_container_id_into_an_attached_netns(host, clean):
+    """Another container id, same namespace and CNI_IFNAME: the spec requires an error for
+    an existing interface; the message names the container that has it."""
+    c1, c2, netns = cid(), cid(), host.new_netns()
+    assert host.cni("ADD", cid=c1, netns=netns)[0] == 0
+    first = _inside(netns)
+    rc, out = host.cni("ADD", cid=c2, netns=netns)
+    assert rc != 0 and out["code"] == 104 and c1 in out["msg"], out
+    assert c2 not in host.allocations() and c1 in host.allocations()
+    assert _inside(netns) == first
+    assert host.cni("DEL", cid=c2, netns=netns) == (0, None)  # DEL after a failed ADD: c1 is left alone
+    assert _inside(netns) == first
+    assert host.cni("DEL", cid=c1, netns=netns) == (0, None)
+
+
+def test_host_not_applied_is_try_again_later(host, clean, tmp_path):
+    rc, out = host.cni("ADD", host.conf(stateDir=str(tmp_path / "not-yet")), cid=cid(), netns=host.new_netns())
+    assert rc != 0 and out["code"] == 11 and "try again later" in out["msg"], out
+
+
+def test_bridge_missing_is_try_again_later(host, clean, tmp_path):
+    """The container bridge is missing (`crossnet apply` still running): code 11, nothing
+    allocated or created. (A copy of the host's state naming a bridge that does not exist:
+    the lab itself is not changed.)"""
+    state = tmp_path / "state"
+    state.mkdir()
+    applied = json.loads((Path(host.state_dir) / "applied.json").read_text())
+    applied["context"]["bridge"] = "fanobr0"
+    (state / "applied.json").write_text(json.dumps(applied))
+    conf = host.conf(stateDir=str(state), server=False)
+    c = cid()
+    rc, out = host.cni("ADD", conf, cid=c, netns=host.new_netns())
+    assert rc != 0 and out["code"] == 11 and "fanobr0" in out["msg"] and "try again later" in out["msg"], out
+    ipam = state / "ipam.json"
+    assert not ipam.exists() or c not in json.loads(ipam.read_text())["allocations"]
+
+
+def test_crossnet_attach_same_netns_by_path_and_by_name(host, clean):
+    """`crossnet attach /run/netns/X` then `crossnet attach X` (two ids, one namespace):
+    the second recognises the first attachment and says so, exit 0, same address."""
+    netns = host.new_netns()
+    name = os.path.basename(netns)
+    first = json.loads(host.lab.crossnet(host.plan.name, "attach", netns, "-o", "json").stdout)
+    assert first["id"] == netns
+    again = host.lab.crossnet(host.plan.name, "attach", name)
+    assert again.returncode == 0
+    assert f"(already attached as {netns})" in again.stdout and first["cidr"] in again.stdout, again.stdout
+    again = json.loads(host.lab.crossnet(host.plan.name, "attach", name, "-o", "json").stdout)
+    assert (again["id"], again["asked_as"], again["cidr"], again["changed"]) == (netns, name, first["cidr"], False)
+    assert name not in host.allocations() and netns in host.allocations()
+    # the same, asking for another address: refused, nothing changed
+    other = host.lab.crossnet(host.plan.name, "attach", name, "--ip", "10.32.0.250", check=False)
+    assert other.returncode != 0 and f"already attached as '{netns}'" in other.stderr, other.stderr
+    assert container_links(name) == ["eth0", "lo"]
+    host.lab.crossnet(host.plan.name, "detach", netns)
 
 
 def test_unsupported_ipam_field(host, clean):
