@@ -291,7 +291,7 @@ def _carve_problem(c: Cluster, exc: ipam.CarveError) -> Problem:
     if exc.field == "address":
         return loc, (
             f"{host.address} is inside the container range {exc.block} of {owner} "
-            "(ranges are carved in file order); use an address outside it"
+            "(ranges are carved in file order, use an address outside it)"
         )
     return loc, (
         f"{host.subnet} is already the {noun} of {owner}: hosts without a pin take the lowest "

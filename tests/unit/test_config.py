@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from crossnet.config import (
     BACKENDS,
@@ -155,8 +159,8 @@ def test_bridge_appending_a_host_inside_an_existing_range_is_an_error_not_a_move
     message = error_of(roomy + "  - {name: host3, address: 10.211.55.40}\n")
     assert message == (
         "cluster.yaml: hosts[2].address: 10.211.55.40 is inside the container range "
-        "10.211.55.32/27 of hosts[0] 'host1' (ranges are carved in file order); "
-        "use an address outside it"
+        "10.211.55.32/27 of hosts[0] 'host1' (ranges are carved in file order, "
+        "use an address outside it)"
     )
     # with its address outside the existing ranges: nobody moves
     after = parse(roomy + "  - {name: host3, address: 10.211.55.30}\n").host_subnets()
@@ -356,3 +360,206 @@ def test_subnets_cached_but_never_stale() -> None:
     moved = c.model_copy(update={"hosts": c.hosts[1:]})
     assert moved.subnet_of("h2") == IPv4Network("10.32.0.0/24")
     assert c.subnet_of("h2") == IPv4Network("10.32.1.0/24")
+
+
+# --------------------------------------------------------------------------- property tests
+
+OVERLAY_BACKENDS = [b for b in BACKENDS if b != "bridge"]
+
+
+@st.composite
+def overlay_cluster(draw: st.DrawFn) -> dict:
+    """A valid overlay cluster: pins in the upper half of the network, at most half
+    the blocks for unpinned hosts (they take the lowest ones), underlay in 192.168/16."""
+    base = draw(st.integers(12, 24))
+    index = draw(st.integers(0, (1 << (base - 8)) - 1))  # which /base of 10.0.0.0/8
+    network = IPv4Network((IPv4Address("10.0.0.0") + (index << (32 - base)), base))
+    subnet_len = draw(st.integers(base + 1, min(base + 6, 30)))
+    blocks = list(network.subnets(new_prefix=subnet_len))
+    half = len(blocks) // 2
+    n = draw(st.integers(1, min(8, half + 1)))
+    addresses = draw(st.lists(st.integers(1, 65534), min_size=n, max_size=n, unique=True))
+    pin_blocks = draw(st.lists(st.sampled_from(blocks[half:]), unique=True, max_size=n))
+    hosts = []
+    for i, offset in enumerate(addresses):
+        host = {"name": f"host-{i}", "address": str(IPv4Address("192.168.0.0") + offset)}
+        if draw(st.booleans()):
+            host["iface"] = draw(st.sampled_from(["eth0", "ens3", "enp0s8", "bond0.10"]))
+        hosts.append(host)
+    for pin in pin_blocks:
+        draw(st.sampled_from(hosts))["subnet"] = str(pin)
+    assume(sum("subnet" not in h for h in hosts) <= half)
+    data = {"backend": draw(st.sampled_from(OVERLAY_BACKENDS)), "network": str(network),
+            "subnet_len": subnet_len, "hosts": hosts}
+    optional = {
+        "name": st.sampled_from(["crossnet", "prod", "lab-1"]),
+        "mtu": st.integers(576, 65535),
+        "masquerade": st.booleans(),
+        "bridge": st.sampled_from(["cn0", "cbr7"]),
+        "vxlan": st.fixed_dictionaries({"vni": st.integers(1, 16_777_215), "port": st.integers(1, 65535)}),
+        "underlay_networks": st.lists(st.sampled_from(["192.168.0.0/16", "172.16.0.0/12", "100.64.0.0/10"]), unique=True),
+    }
+    for key, strategy in optional.items():
+        if draw(st.booleans()):
+            data[key] = draw(strategy)
+    return data
+
+
+@st.composite
+def bridge_cluster(draw: st.DrawFn) -> dict:
+    """A valid bridge cluster: the hosts and the gateway in the LAN's first range (which
+    holds the network address, so no range is ever carved there), pins in the upper
+    half, the unpinned hosts fit in the lower half (they take the lowest free ranges)."""
+    prefix = draw(st.integers(20, 26))
+    index = draw(st.integers(0, min(15, (1 << (prefix - 16)) - 1)))  # which /prefix of 10.211.0.0/16
+    cidr = IPv4Network((IPv4Address("10.211.0.0") + (index << (32 - prefix)), prefix))
+    range_len = draw(st.integers(prefix + 2, min(prefix + 5, 30)))
+    ranges = list(cidr.subnets(new_prefix=range_len))
+    first = ranges[0]
+    half = len(ranges) // 2
+    n = draw(st.integers(1, min(6, first.num_addresses - 3)))
+    offsets = draw(st.lists(st.integers(2, first.num_addresses - 1), min_size=n, max_size=n, unique=True))
+    hosts = [{"name": f"h{i}", "address": str(first[o])} for i, o in enumerate(offsets)]
+    for pin in draw(st.lists(st.sampled_from(ranges[half:]), unique=True, max_size=n)):
+        draw(st.sampled_from(hosts))["subnet"] = str(pin)
+    assume(sum("subnet" not in h for h in hosts) <= half - 1)
+    lan = {"cidr": str(cidr), "gateway": str(first[1])}
+    if range_len != prefix + 2 or draw(st.booleans()):
+        lan["range_len"] = range_len
+    return {"backend": "bridge", "lan": lan, "hosts": hosts}
+
+
+any_cluster = st.one_of(overlay_cluster(), bridge_cluster())
+
+
+def fields_of(message: str) -> list[str]:
+    """The field of every problem in a one-line error (source prefix removed)."""
+    body = message.split(": ", 1)[1]
+    return [part.split(": ", 1)[0] for part in body.split("; ")]
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_cluster)
+def test_generated_valid_clusters_validate_and_round_trip(data: dict) -> None:
+    c = parse_cluster(json.loads(json.dumps(data)), source="cluster.yaml")
+    subnets = c.host_subnets()
+    assert list(subnets) == [h["name"] for h in data["hosts"]]
+    for h in data["hosts"]:
+        if "subnet" in h:
+            assert subnets[h["name"]] == IPv4Network(h["subnet"])
+    nets = list(subnets.values())
+    assert all(n.subnet_of(c.container_network()) for n in nets)
+    assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1 :])
+    # dict -> model -> dict -> model, and YAML file -> model
+    again = parse_cluster(c.to_dict())
+    assert again == c and again.to_dict() == c.to_dict() and again.host_subnets() == subnets
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cluster.yaml"
+        dump_cluster(c, path)
+        loaded = load_cluster(path)
+    assert loaded == c and loaded.host_subnets() == subnets
+
+
+def _mutations(data: dict):  # type: ignore[no-untyped-def]
+    """(field the error must name, mutate) pairs that make a valid cluster invalid."""
+    n = len(data["hosts"])
+    bridge = data["backend"] == "bridge"
+    out = []
+    if n >= 2:
+        out.append(("hosts[{j}].name", lambda d, i, j: d["hosts"][j].update(name=d["hosts"][i]["name"])))
+        out.append(("hosts[{j}].address", lambda d, i, j: d["hosts"][j].update(address=d["hosts"][i]["address"])))
+        # overlapping pins (bridge: overlapping LAN ranges): a later host pinned onto an earlier one's block
+        out.append(("hosts[{j}].subnet", "pin-on-earlier"))
+        # too long a subnet_len / range_len for the number of hosts, pins dropped
+        out.append(("lan.range_len" if bridge else "subnet_len", "too-few-blocks"))
+    if bridge:
+        out.append(("lan.cidr", lambda d, i, j: d.setdefault("underlay_networks", []).append(
+            str(IPv4Network(d["lan"]["cidr"]).supernet(new_prefix=16)))))
+        out.append(("lan.range_len", lambda d, i, j: d["lan"].update(range_len=33)))
+    else:
+        # the container network overlapping the underlay: an underlay network, or a host address
+        out.append(("network", lambda d, i, j: d.setdefault("underlay_networks", []).append(
+            str(IPv4Network(d["network"]).subnets(new_prefix=min(IPv4Network(d["network"]).prefixlen + 1, 30)).__next__()))))
+        out.append(("network", lambda d, i, j: d["hosts"][j].update(address=str(IPv4Network(d["network"])[5]))))
+        out.append(("subnet_len", lambda d, i, j: d.update(subnet_len=31)))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_cluster, st.data())
+def test_generated_invalid_clusters_name_the_field(data: dict, draw) -> None:  # type: ignore[no-untyped-def]
+    c = parse_cluster(json.loads(json.dumps(data)))
+    field, mutate = draw.draw(st.sampled_from(_mutations(data)))
+    n = len(data["hosts"])
+    j = draw.draw(st.integers(1, n - 1)) if n >= 2 else 0
+    i = draw.draw(st.integers(0, j - 1)) if j else 0
+    bad = json.loads(json.dumps(data))
+    if mutate == "pin-on-earlier":
+        bad["hosts"][j]["subnet"] = str(c.subnet_of(data["hosts"][i]["name"]))
+    elif mutate == "too-few-blocks":
+        for h in bad["hosts"]:
+            h.pop("subnet", None)
+        if data["backend"] == "bridge":
+            cidr = IPv4Network(data["lan"]["cidr"])
+            bad["lan"]["range_len"] = cidr.prefixlen + 1  # 2 ranges, the first holding the hosts
+        else:
+            network = IPv4Network(data["network"])
+            bits = (n - 1).bit_length() - 1  # 2**bits < n
+            bad["subnet_len"] = network.prefixlen + max(bits, 0)
+            assume(bad["subnet_len"] > network.prefixlen)
+    else:
+        mutate(bad, i, j)
+    with pytest.raises(ConfigError) as info:
+        parse_cluster(bad, source="cluster.yaml")
+    message = str(info.value)
+    assert_one_line(message)
+    assert names_field(message, field.format(j=j)), (field.format(j=j), message)
+
+
+@st.composite
+def appended_host(draw: st.DrawFn, data: dict, subnets: dict[str, IPv4Network]) -> dict:
+    """Any new host: a fresh or taken name, an address anywhere it may be (bridge: in
+    the LAN, often inside an existing range), no pin or a pin anywhere (often on an
+    existing host's block)."""
+    bridge = data["backend"] == "bridge"
+    outer = IPv4Network(data["lan"]["cidr"] if bridge else data["network"])
+    length = (data["lan"].get("range_len") or outer.prefixlen + 2) if bridge else data.get("subnet_len", 24)
+    names = [h["name"] for h in data["hosts"]]
+    name = draw(st.sampled_from(["newcomer"] * 4 + names[:1]))
+    used = list(subnets.values())
+    if bridge:
+        area = draw(st.sampled_from([outer, *used]))
+        address = area[draw(st.integers(0, area.num_addresses - 1))]
+    else:
+        address = IPv4Address("192.168.0.0") + draw(st.integers(1, 65534))
+    host = {"name": name, "address": str(address)}
+    blocks = list(outer.subnets(new_prefix=length))
+    taken = [*used, *(IPv4Network(h["address"]) for h in data["hosts"]), IPv4Network(address)]
+    if bridge:
+        taken += [IPv4Network(data["lan"]["gateway"]), IPv4Network(outer[0]), IPv4Network(outer[-1])]
+    free = [b for b in blocks if not any(b.overlaps(t) for t in taken)]
+    pins = [st.none(), st.sampled_from(blocks), st.sampled_from(used)] + ([st.sampled_from(free)] if free else [])
+    pin = draw(st.one_of(*pins))  # none, anywhere, an existing host's, a free one
+    if pin is not None:
+        host["subnet"] = str(pin)
+    return host
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_cluster, st.data())
+def test_appending_any_host_keeps_every_subnet_or_names_the_new_host(data: dict, draw) -> None:  # type: ignore[no-untyped-def]
+    before = parse_cluster(json.loads(json.dumps(data))).host_subnets()
+    new = draw.draw(appended_host(data, before))
+    n = len(data["hosts"])
+    grown = json.loads(json.dumps(data))
+    grown["hosts"].append(new)
+    try:
+        after = parse_cluster(grown, source="cluster.yaml").host_subnets()
+    except ConfigError as exc:
+        space = "lan.range_len" if data["backend"] == "bridge" else "subnet_len"
+        for field in fields_of(str(exc)):  # the newcomer's field, or: no room for one more host
+            assert field.startswith(f"hosts[{n}].") or field == space, str(exc)
+        return
+    assert {name: after[name] for name in before} == before
+    if "subnet" in new:
+        assert after[new["name"]] == IPv4Network(new["subnet"])
