@@ -7,9 +7,11 @@ Modules:
 - ``util``      statistics, bounded subprocesses with per-process peak RSS (wait4),
                 machine facts, unique lab names, result records, skips
 - ``traffic``   iperf3 TCP throughput and ping RTT between two namespaces
-- ``manual``    the tutorial's hand-built layouts (Linux bridge + routes; OVS netdev
-                bridge + GRE port + Linux bridge), built step by step with ip/ovs-vsctl
-- ``dataplane`` suite: per backend a 2-host lab, container→container vs host→host
+- ``manual``    the tutorial's hand-built layouts (Linux bridge + routes; bridge holding
+                the NIC; kernel VXLAN; OVS netdev bridge + GRE port + Linux bridge),
+                built step by step with ip/ovs-vsctl
+- ``dataplane`` suite: per backend a 4-host lab: container h1 → h2 (crossnet) vs host
+                h3 → h4 (never configured: the underlay), interleaved
 - ``worker``    runs *inside* a lab host namespace: in-process attach loops, CNI calls
 - ``control``   suite: attach latency, N-peer apply, CNI ADD, podman run, agent
 - ``targets``   the issue's performance targets, evaluated on a result

@@ -1,25 +1,47 @@
-"""`crossnet bench dataplane`: per backend a lab whose hosts h1, h2 run crossnet
-with one container each; TCP throughput (iperf3) and ping RTT container→container,
-and host→host between two hosts of the same lab that crossnet never touches (h3 →
-h4, same switch: the physical limit), the two paths interleaved run by run; results
-as ratios to that underlay. The tutorial's hand-built layouts (built on h1, h2 of a
-lab without crossnet) run the same way as baselines.
+"""`crossnet bench dataplane`: per backend a 4-host lab on one switch. h1, h2 run
+crossnet with one container each (the path under test: TCP throughput with iperf3
+and ping RTT container→container); h3 → h4 are two more hosts of the same lab that
+crossnet never touches: the underlay, i.e. the physical limit of that lab. The two
+paths are measured interleaved run by run; results are ratios to that underlay.
+
+Why the underlay is a separate pair and not h1 → h2: crossnet rebuilds h1's and h2's
+own networking (the bridge backend enslaves the NIC to a bridge, the OVS backends
+move the host's address onto an OVS bridge), so host→host between them would cross
+crossnet's data path, not the bare wire; and measuring it before `apply` would not be
+interleaved with the container runs. h3, h4 sit on the same switch with the same
+veths and MTU, untouched.
+
+The tutorial's hand-built layouts (built on h1, h2 of a lab without crossnet) run
+the same way as baselines. Peak RSS of the crossnet processes that build the labs
+(`crossnet apply`, `crossnet attach`) and of any long-lived crossnet process in the
+hosts is recorded in RunContext.memory.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from crossnet.bench import manual, traffic
-from crossnet.bench.util import RunContext, Skip, bench_lab, clean_error, loadavg, ratio, summary
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    clean_error,
+    loadavg,
+    ratio,
+    run_measured,
+    summary,
+    vm_hwm_kb,
+)
 
 DEFAULT_MTUS = (1500, 9000)
 # the order rows appear in (hand-built baseline right before its crossnet equivalent)
-ORDER = ("manual-bridge-routes", "host-gw", "bridge", "manual-vxlan", "vxlan", "manual-ovs-gre", "manual-ovs-gre-via",
+ORDER = ("manual-bridge-routes", "host-gw", "manual-bridge-nic", "bridge", "manual-vxlan", "vxlan", "manual-ovs-gre", "manual-ovs-gre-via",
          "ovs-gre", "ovs-vxlan")
 
 
@@ -100,6 +122,49 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _crossnet(lab: Any, host: Any, args: list[str], timeout: float) -> int:
+    """`crossnet ARGS` in a host namespace, as the lab runs it (this interpreter);
+    returns the peak RSS (kB) of that process (wait4)."""
+    from crossnet.lab.manager import crossnet_argv
+
+    res = run_measured(lab.argv(host.name, crossnet_argv(*args)), timeout=timeout)
+    if not res.ok:
+        raise RuntimeError(f"{host.name}: crossnet {args[0]} failed: {res.error_line()}")
+    return res.maxrss_kb
+
+
+def _long_lived_rss(netns_names: list[str]) -> dict[str, int]:
+    """Peak RSS (VmHWM, kB) of crossnet processes still running in these namespaces
+    (an agent, a CNI helper), by command: {command: max kB}."""
+    from crossnet.lab import netns as ns
+
+    out: dict[str, int] = {}
+    for pids in ns.netns_pids(netns_names).values():
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    args = [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+            except OSError:
+                continue
+            if not args or not os.path.basename(args[0]).startswith(("python", "crossnet")):
+                continue  # not ours (ovsdb-server, ovs-vswitchd: their paths may contain "crossnet")
+            # the crossnet entry: `python -m crossnet[.mod] CMD`, or the crossnet / crossnet-cni script
+            i = next((i for i, a in enumerate(args) if a == "crossnet" or a.startswith("crossnet.")
+                      or os.path.basename(a) in ("crossnet", "crossnet-cni")), None)
+            if i is None or args[i].startswith("crossnet.bench"):
+                continue
+            key = os.path.basename(args[i])
+            rest = args[i + 1:]
+            while rest and rest[0].startswith("-"):  # top-level options: --state-dir DIR
+                rest = rest[1:] if "=" in rest[0] else rest[2:]
+            if rest:
+                key += f" {rest[0]}"  # the command: `crossnet agent`
+            kb = vm_hwm_kb(pid)
+            if kb:
+                out[key] = max(out.get(key, 0), kb)
+    return out
+
+
 def _lab_opts(mtu: int, backend: str, containers: int) -> dict[str, Any]:
     """4 hosts on one switch: h1, h2 carry the path under test, h3 → h4 (never
     configured) is the underlay, measured in the same minutes, interleaved."""
@@ -119,8 +184,18 @@ def measure_backend(rc: RunContext, backend: str, mtu: int, repeats: int, durati
         with bench_lab(_lab_opts(mtu, backend, 1), apply=False) as lab:
             h1, h2, h3, h4 = lab.hosts[:4]
             rc.log(f"{backend} mtu {mtu}: crossnet apply + attach on {h1.name}, {h2.name}")
-            _both(lambda h: lab.apply(h.name), (h1, h2))
-            _both(lambda h: [lab.attach(h.name, c) for c in h.containers], (h1, h2))
+            from crossnet.lab.manager import APPLY_TIMEOUT, ATTACH_TIMEOUT
+
+            rss: dict[str, list[int]] = {"apply": [], "attach": []}
+            _both(lambda h: rss["apply"].append(
+                _crossnet(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT)),
+                (h1, h2))
+            _both(lambda h: rss["attach"].extend(
+                _crossnet(lab, h, ["attach", c], ATTACH_TIMEOUT) for c in h.containers), (h1, h2))
+            where = f"data plane lab: {backend}, MTU {mtu} (max over {h1.name}, {h2.name})"
+            rc.note_memory("crossnet apply (CLI)", where, max(rss["apply"]))
+            rc.note_memory("crossnet attach (CLI)", where, max(rss["attach"]))
+            row["crossnet_rss_mb"] = {k: round(max(v) / 1024, 1) for k, v in rss.items() if v}
             st2 = lab.status(h2.name)
             dst = next(c for c in st2["containers"] if c["netns"].endswith(h2.containers[0]))
             row["container_mtu"] = st2.get("mtu")
@@ -129,6 +204,9 @@ def measure_backend(rc: RunContext, backend: str, mtu: int, repeats: int, durati
             res = _paired({"overlay": (h1.containers[0], h2.containers[0], dst["address"].split("/")[0]),
                            "underlay": (h3.netns, h4.netns, h4.address)}, repeats, duration, ping_count)
             row.update(res)
+            for cmd, kb in _long_lived_rss([h1.netns, h2.netns]).items():  # agent, helpers: after the traffic
+                rc.note_memory(cmd, f"data plane lab: {backend}, MTU {mtu}", kb)
+                row.setdefault("crossnet_rss_mb", {})[cmd] = round(kb / 1024, 1)
     except Skip as exc:
         return {**row, "status": "skipped", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001 - one backend failing must not stop the suite

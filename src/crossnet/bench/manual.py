@@ -7,6 +7,10 @@ the manual method, not crossnet's code path.)
 * ``manual-bridge-routes`` — tutorial method 1 as the routes variant: a Linux bridge
   per host holding the host's container gateway, the container's veth on it, and
   ``ip route add <peer subnet> via <peer host>`` (what crossnet's host-gw automates).
+* ``manual-bridge-nic`` — tutorial method 1 as the bridge variant: a Linux bridge
+  ``br0`` per host enslaving the NIC, the NIC's address (and default route) moved
+  onto ``br0``, the containers' veths on ``br0`` with addresses of the LAN itself (what
+  crossnet's bridge backend automates; no routes, one L2 segment).
 * ``manual-ovs-gre`` — tutorial method 2: an OVS bridge ``obr0``
   (``datapath_type=netdev``) with a GRE port to the peer, a Linux bridge ``br0`` for
   the containers with ``obr0`` (an OVS internal port) enslaved, and
@@ -19,6 +23,8 @@ the manual method, not crossnet's code path.)
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
 import shutil
 import time
@@ -114,6 +120,50 @@ class BridgeRoutes(Layout):
             for j, peer in enumerate(hosts, 1):
                 if j != k:
                     self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "via", peer.address])
+        return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], mtu, self.steps)
+
+
+class BridgeNic(Layout):
+    name = "manual-bridge-nic"
+    description = ("tutorial method 1, by hand: Linux bridge br0 per host enslaving the NIC, the NIC's address and "
+                   "default route moved to br0, containers on the LAN itself (no routes)")
+    compares_with = "bridge"
+    LAN_OFFSET = 512  # container k: LAN network + 512 + k (lab hosts sit at .10, .11, ...; peers bench at +1024)
+
+    def _addr(self, host, k: int) -> str:
+        lan = ipaddress.ip_network(host.subnet, strict=False)
+        if lan.num_addresses < self.LAN_OFFSET + 8:
+            raise Skip(f"the lab LAN {lan} is too small for containers at +{self.LAN_OFFSET}")
+        return str(lan.network_address + self.LAN_OFFSET + k)
+
+    def build(self, mtu: int) -> Built:
+        hosts = self.lab.hosts[:2]
+        addrs = []
+        for k, h in enumerate(hosts, 1):
+            link = json.loads(self._run(h.netns, ["ip", "-j", "link", "show", "dev", h.ifname], record=False))
+            mac = link[0]["address"]
+            self._run(h.netns, ["ip", "link", "add", "br0", "type", "bridge"])
+            # the bridge keeps the NIC's MAC: the neighbours' ARP entries for this host stay valid
+            self._run(h.netns, ["ip", "link", "set", "br0", "address", mac, "mtu", str(mtu)])
+            self._run(h.netns, ["ip", "link", "set", h.ifname, "master", "br0"])
+            self._run(h.netns, ["ip", "addr", "flush", "dev", h.ifname])
+            self._run(h.netns, ["ip", "addr", "add", f"{h.address}/{h.prefixlen}", "dev", "br0"])
+            self._run(h.netns, ["ip", "link", "set", "br0", "up"])
+            if h.gateway:
+                self._run(h.netns, ["ip", "route", "replace", "default", "via", h.gateway, "dev", "br0"])
+            cns = self.container_ns(h)
+            addr = self._addr(h, k)
+            self._run(None, ["ip", "netns", "add", cns])
+            veth = f"vm{k}"
+            self._run(h.netns, ["ip", "link", "add", veth, "mtu", str(mtu), "type", "veth", "peer", "name", "eth0",
+                                "mtu", str(mtu), "netns", cns])
+            self._run(h.netns, ["ip", "link", "set", veth, "master", "br0", "up"])
+            self._run(cns, ["ip", "link", "set", "lo", "up"])
+            self._run(cns, ["ip", "link", "set", "eth0", "up"])
+            self._run(cns, ["ip", "addr", "add", f"{addr}/{h.prefixlen}", "dev", "eth0"])
+            if h.gateway:
+                self._run(cns, ["ip", "route", "add", "default", "via", h.gateway])
+            addrs.append(addr)
         return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], mtu, self.steps)
 
 
@@ -313,5 +363,5 @@ class KernelVxlan(Layout):
         return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], inner, self.steps)
 
 
-LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, KernelVxlan, OvsGre, OvsGreVia)}
+LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, BridgeNic, KernelVxlan, OvsGre, OvsGreVia)}
 
