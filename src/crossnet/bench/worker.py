@@ -6,7 +6,9 @@ Requests (JSON on stdin):
 
 - ``{"mode": "attach", "state_dir": S, "names": [netns...], "cli": false, "detach": true}``
   times ``crossnet.containers.attach`` per container in this process (``cli``: runs
-  ``crossnet attach NAME`` as a user would, one process per container), then detach.
+  ``crossnet attach NAME`` as a user would, one process per container, and with
+  ``"breakdown": true`` first times what such a process spends before its attach:
+  interpreter start, site, imports), then detach.
 - ``{"mode": "cni", "cni_path": P, "plugins": [{"label", "plugin", "conf", "netns": [...]}, ...]}``
   executes each CNI plugin binary the way a runtime does (env CNI_*, config on
   stdin), ADD for container i of every plugin in turn (interleaved, so drift hits
@@ -24,6 +26,52 @@ import time
 from typing import Any
 
 
+# the modules `crossnet attach` imports (cli.host's attach() imports the last three)
+ATTACH_MODULES = ("crossnet.cli.main", "crossnet.cli.host", "crossnet.containers", "crossnet.host", "crossnet.runtime")
+
+
+def _import_ms(env: dict[str, str], runs: int, top: int = 8) -> dict[str, float]:
+    """`python -X importtime` of the attach path (site included): self time per
+    top-level package, median over `runs`, ms; the `top` largest, then the rest."""
+    from crossnet.bench.util import percentile, run_measured
+
+    per: dict[str, list[float]] = {}
+    for _ in range(runs):
+        res = run_measured([sys.executable, "-X", "importtime", "-c", "import " + ", ".join(ATTACH_MODULES)],
+                           timeout=60, env=env)
+        if not res.ok:
+            continue
+        tot: dict[str, float] = {}
+        for line in res.stderr.splitlines():
+            parts = line.split("|")
+            if len(parts) != 3 or not parts[0].startswith("import time:") or not parts[0].split(":")[1].strip().isdigit():
+                continue
+            pkg = parts[2].strip().split(".")[0]
+            tot[pkg] = tot.get(pkg, 0.0) + int(parts[0].split(":")[1]) / 1000
+        for k, v in tot.items():
+            per.setdefault(k, []).append(v)
+    med = sorted(((k, percentile(v, 50)) for k, v in per.items()), key=lambda kv: -kv[1])
+    out = {k: round(v, 2) for k, v in med[:top]}
+    if med[top:]:
+        out["(other)"] = round(sum(v for _k, v in med[top:]), 2)
+    return out
+
+
+BREAKDOWN_RUNS = 5
+
+
+def _breakdown_probes(cli: list[str]) -> dict[str, list[str]]:
+    """Ever larger prefixes of what a CLI attach does, each a process of its own."""
+    py = sys.executable
+    return {
+        "interpreter_ms": [py, "-S", "-c", "pass"],  # bare interpreter
+        "site_ms": [py, "-c", "pass"],  # + site and the .pth files of site-packages
+        "cli_import_ms": [py, "-c", "import crossnet.cli.main"],  # + click, the CLI entry
+        "attach_imports_ms": [py, "-c", "import " + ", ".join(ATTACH_MODULES)],  # + what attach imports
+        "cli_version_ms": [*cli, "--version"],  # the console script and click, no command
+    }
+
+
 def _attach(req: dict[str, Any]) -> dict[str, Any]:
     from crossnet.bench.util import crossnet_cli, run_measured, vm_hwm_kb
 
@@ -33,13 +81,35 @@ def _attach(req: dict[str, Any]) -> dict[str, Any]:
     if req.get("cli"):
         env = {**os.environ, "CROSSNET_STATE_DIR": state_dir}
         cli = crossnet_cli()
-        for n in names:
+        # where a CLI attach's time goes: before each of the first attaches, one round of
+        # the probes (interleaved with the attaches they explain, so load drift hits all alike)
+        probes = _breakdown_probes(cli) if req.get("breakdown") else {}
+        times: dict[str, list[float]] = {k: [] for k in probes}
+        for i, n in enumerate(names):
+            if i < BREAKDOWN_RUNS:
+                for k, argv in probes.items():
+                    res = run_measured(argv, timeout=60, env=env)
+                    if res.ok:
+                        times[k].append(res.wall_s * 1000)
             res = run_measured([*cli, "attach", n, "-o", "json"], timeout=60, env=env)
             if not res.ok:
                 out["errors"].append(f"attach {n}: {res.error_line()}")
                 continue
             out["attach_ms"].append(res.wall_s * 1000)
             out["rss_kb"].append(res.maxrss_kb)
+        if probes:
+            from crossnet.bench.util import percentile
+
+            k = min(BREAKDOWN_RUNS, len(out["attach_ms"]))
+            out["breakdown"] = {
+                "runs": k,
+                **{key: round(percentile(v, 50), 2) if v else None for key, v in times.items()},
+                # the CLI attaches the probes were interleaved with
+                "attach_ms": round(percentile(out["attach_ms"][:k], 50), 2) if k else None,
+                "import_self_ms": _import_ms(env, 3),
+                "modules": list(ATTACH_MODULES),
+                "cli": cli,
+            }
         if req.get("detach", True):
             for n in names:
                 res = run_measured([*cli, "detach", n, "-o", "json"], timeout=60, env=env)
