@@ -14,9 +14,14 @@ def _row(dp: dict[str, Any] | None, name: str, mtu: int) -> dict[str, Any] | Non
 
 
 def _t(tid: str, what: str, target: str, value: float | None, unit: str, met: bool | None,
-       shortfall: str | None = None, note: str | None = None, status: str | None = None) -> dict[str, Any]:
+       shortfall: str | None = None, note: str | None = None, status: str | None = None,
+       also: str | None = None, flags: list[str] | None = None, goal: float | None = None) -> dict[str, Any]:
+    """One target. `also`: other figures shown next to the measured value (same
+    table cell); `flags`: where a related measure of the same thing exceeds the
+    target although the target's own measure meets it (shown, never hidden)."""
     return {"id": tid, "what": what, "target": target, "value": value, "unit": unit, "met": met,
-            "shortfall": shortfall if met is False else None, "note": note, "status": status}
+            "shortfall": shortfall if met is False else None, "note": note, "status": status,
+            "also": also, "flags": flags or [], "goal": goal}
 
 
 def _pct_short(value: float, goal: float, higher_is_better: bool) -> str:
@@ -34,7 +39,15 @@ def _ratio_target(dp: dict[str, Any] | None, tid: str, name: str, mtu: int, goal
         return _t(tid, what, f"≥ {goal}", None, "×", None, status=f"{r['status']}: {r.get('reason', '')}")
     v = r["ratio"]
     note = f"range {r.get('ratio_min')}–{r.get('ratio_max')} (worst/best pairing of repeats)"
-    return _t(tid, what, f"≥ {goal}", v, "×", v >= goal, _pct_short(v, goal, True), note)
+    base = next((b for b in (dp or {}).get("rows", []) if b.get("kind") == "manual" and b.get("compares_with") == name
+                 and b["mtu"] == mtu), None)
+    if base is None:
+        also = "no hand-built baseline in this run"
+    elif base["status"] != "ok" or base.get("ratio") is None:
+        also = f"hand-built {base['name']} {base['status']}"
+    else:
+        also = f"hand-built {base['name']}: {base['ratio']:.3g} ×"
+    return _t(tid, what, f"≥ {goal}", v, "×", v >= goal, _pct_short(v, goal, True), note, also=also, goal=goal)
 
 
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -68,8 +81,13 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     if at.get("status") == "ok" and (at.get("inprocess") or {}).get("attach_ms", {}).get("n"):
         v = at["inprocess"]["attach_ms"]["p50"]
         cli = (at.get("cli") or {}).get("attach_ms", {}).get("p50")
+        flags = []
+        if cli is not None and cli > 30:
+            flags.append(f"`crossnet attach` CLI p50 {cli:.0f} ms is {cli / 30:.0f}× the 30 ms target (interpreter "
+                         "start-up and imports, see below)")
         out.append(_t("attach-p50", what, "≤ 30 ms", v, "ms", v <= 30, _pct_short(v, 30, False),
-                      f"p99 {at['inprocess']['attach_ms']['p99']} ms; CLI end to end p50 {cli} ms"))
+                      f"p99 {at['inprocess']['attach_ms']['p99']} ms",
+                      also=f"CLI p50 {cli:.0f} ms" if cli is not None else "CLI not measured", flags=flags))
     else:
         out.append(_t("attach-p50", what, "≤ 30 ms", None, "ms", None,
                       status=f"{at.get('status', 'not measured')}: {at.get('reason', '')}"))
@@ -80,9 +98,19 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     if rows:
         r = max(rows, key=lambda x: x["apply_wall_s"])
         v = r["apply_wall_s"]
+        flags = []
+        for x in rows:
+            hi = x.get("apply_wall_max_s")
+            if hi is not None and hi > 1.0 and (pe.get("repeats") or 1) > 1:
+                flags.append(f"{x['backend']}: slowest of {pe.get('repeats')} rounds {hi:.3g} s > 1 s")
+            if x.get("noop_wall_s") is not None and x["noop_wall_s"] > 1.0:
+                flags.append(f"{x['backend']}: no-op re-apply {x['noop_wall_s']:.3g} s > 1 s")
+        rng = (f"max {r['apply_wall_max_s']:.3g} s; " if r.get("apply_wall_max_s") is not None
+               and (pe.get("repeats") or 1) > 1 else "")
         out.append(_t("peers-1000", what, "≤ 1 s", v, "s", v <= 1.0, _pct_short(v, 1.0, False),
-                      f"worst backend {r['backend']}; inside apply() {r.get('apply_internal_s')} s; "
-                      f"no-op re-apply {r.get('noop_wall_s')} s"))
+                      f"median of {pe.get('repeats', 1)} round(s), worst backend {r['backend']}; inside apply() "
+                      f"{r.get('apply_internal_s')} s",
+                      also=f"{rng}no-op re-apply {r.get('noop_wall_s'):.3g} s", flags=flags))
     else:
         out.append(_t("peers-1000", what, "≤ 1 s", None, "s", None,
                       status=f"{pe.get('status', 'not measured')}: {pe.get('reason', 'no 1,000-peer row')}"))
@@ -128,7 +156,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def verdict(t: dict[str, Any]) -> str:
     if t["met"] is True:
-        return "met"
+        return "met, flagged" if t.get("flags") else "met"
     if t["met"] is False:
         return "MISSED"
     return t.get("status") or "not measured"
