@@ -1,7 +1,10 @@
 """`crossnet bench all --quick`: every figure is produced and sane (positive, ratios
 computed from the same run's baselines). Targets are reported, never asserted here.
 
-One run of the quick suite (< 3 min) is shared by the tests of this module."""
+Every row must be ok: CI installs everything the bench uses (openvswitch, podman,
+the CNI reference plugins, etcd: scripts/install), so a skipped or failed row is a
+missing figure. One run of the quick suite (< 3 min, its wall time is printed) is
+shared by the tests of this module."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -16,7 +20,14 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-QUICK_TIMEOUT = 420  # the quick suite targets < 3 min; allow for a busy machine
+QUICK_TIMEOUT = 600  # a hang guard only: the quick suite targets < 3 min (reported, not asserted)
+
+# every data plane row of a quick run: all backends and the non-diagnostic hand-built layouts
+ROWS = {"bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan",
+        "manual-bridge-routes", "manual-bridge-nic", "manual-vxlan", "manual-ovs-gre"}
+# crossnet backend -> its hand-built baseline (vs_manual)
+BASELINES = {"host-gw": "manual-bridge-routes", "bridge": "manual-bridge-nic", "vxlan": "manual-vxlan",
+             "ovs-gre": "manual-ovs-gre"}
 
 
 def _require() -> None:
@@ -41,6 +52,8 @@ def quick(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(proc.stdout)
     assert json.loads(save.read_text()) == res
+    # reported, not asserted (the issue's < 3 min is a goal for CI, not a test condition)
+    print(f"\nbench all --quick: {res['elapsed_s']} s", file=sys.stderr)
     return {"res": res, "docs": docs, "stderr": proc.stderr}
 
 
@@ -66,89 +79,159 @@ def test_machine_facts(quick):
     assert quick["res"]["command"].startswith("crossnet bench all")
 
 
+def _approx(x, y, rel=2e-3, abs=2e-3):
+    """x (rounded by the bench to 3 significant digits or 4 places) == y."""
+    return x == pytest.approx(y, rel=rel, abs=abs)
+
+
 def test_dataplane_figures_are_sane(quick):
     dp = quick["res"]["dataplane"]
     rows = dp["rows"]
-    names = {r["name"] for r in rows}
-    # every kernel backend and the hand-built bridge baseline always run
-    for name in ("bridge", "host-gw", "vxlan", "manual-bridge-routes"):
-        assert name in names
-    ok = [r for r in rows if r["status"] == "ok"]
-    assert {"bridge", "host-gw", "vxlan", "manual-bridge-routes"} <= {r["name"] for r in ok}, \
-        [(r["name"], r["status"], r.get("reason")) for r in rows]
+    assert dp["params"]["mtus"] == [1500]
+    assert {r["name"] for r in rows} == ROWS
+    assert len(rows) == len(ROWS)
+    bad = [(r["name"], r["status"], r.get("reason")) for r in rows if r["status"] != "ok"]
+    assert not bad, bad  # CI has OVS, so no row may be skipped or failed
+    by = {r["name"]: r for r in rows}
     for r in rows:
-        assert r["status"] in ("ok", "skipped", "failed")
-        if r["status"] != "ok":
-            assert r.get("reason"), r  # "skipped: <reason>" / "failed: <reason>"
-            continue
         for side in ("underlay", "overlay"):
             g = r[side]["gbps"]
-            assert g["n"] == dp["params"]["repeats"]
+            assert g["n"] == dp["params"]["repeats"] == len(g["samples"])
             assert all(_pos(x) for x in g["samples"])
             assert g["min"] <= g["median"] <= g["max"]
+            assert _approx(g["median"], statistics.median(g["samples"]))
             rtt = r[side]["rtt"]
-            assert _pos(rtt["p50_ms"]) and rtt["p50_ms"] <= rtt["p99_ms"]
+            assert rtt["n"] >= 1 and _pos(rtt["p50_ms"]) and rtt["p50_ms"] <= rtt["p99_ms"]
         # the ratio is computed from this row's own underlay, measured in the same lab
-        assert r["ratio"] == pytest.approx(r["overlay"]["gbps"]["median"] / r["underlay"]["gbps"]["median"], abs=1e-3)
+        o, u = r["overlay"]["gbps"], r["underlay"]["gbps"]
+        assert _approx(r["ratio"], o["median"] / u["median"])
+        assert _approx(r["ratio_min"], o["min"] / u["max"]) and _approx(r["ratio_max"], o["max"] / u["min"])
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"]
-        assert _pos(r["container_mtu"])
-    hg = next(r for r in ok if r["name"] == "host-gw")
-    man = next(r for r in ok if r["name"] == "manual-bridge-routes")
-    assert hg["vs_manual"]["ratio"] == pytest.approx(
-        hg["overlay"]["gbps"]["median"] / man["overlay"]["gbps"]["median"], abs=1e-3)
-    vx = next(r for r in ok if r["name"] == "vxlan")
-    assert vx["mtu"] == 1500 and vx["container_mtu"] == 1450
+        assert 0 < r["ratio"] < 3, r  # sane: same switch, same machine
+        assert _pos(r["container_mtu"]) and r["container_mtu"] <= r["mtu"]
+        if r["kind"] == "manual":
+            assert r["steps"], r["name"]
+        else:
+            # the crossnet processes that built the lab were measured (peak RSS)
+            assert _pos(r["crossnet_rss_mb"]["apply"]) and _pos(r["crossnet_rss_mb"]["attach"])
+    for name, base in BASELINES.items():
+        r, m = by[name], by[base]
+        vs = r["vs_manual"]
+        assert vs["baseline"] == base
+        assert _approx(vs["ratio"], r["overlay"]["gbps"]["median"] / m["overlay"]["gbps"]["median"])
+        assert _approx(vs["normalised_ratio"], r["ratio"] / m["ratio"], rel=5e-3)
+    assert by["vxlan"]["container_mtu"] == 1450 and by["manual-vxlan"]["container_mtu"] == 1450
+    assert by["bridge"]["container_mtu"] == by["manual-bridge-nic"]["container_mtu"] == 1500
 
 
 def test_control_figures_are_sane(quick):
     cp = quick["res"]["control"]
     at = cp["attach"]
-    assert at["status"] == "ok", at
+    assert at["status"] == "ok", at.get("reason")
     ip = at["inprocess"]
     assert ip["attach_ms"]["n"] >= 200 and ip["distinct_addresses"] == ip["attach_ms"]["n"]
     assert all(_pos(x) for x in ip["attach_ms"]["samples"])
     assert ip["attach_ms"]["p50"] <= ip["attach_ms"]["p99"]
     assert ip["detach_ms"]["n"] == ip["attach_ms"]["n"]
-    assert at["cli"]["attach_ms"]["n"] >= 1 and _pos(at["cli"]["attach_ms"]["p50"])
+    assert at["cli"]["attach_ms"]["n"] == cp["params"]["cli_count"] and _pos(at["cli"]["attach_ms"]["p50"])
     assert not ip["errors"] and not at["cli"]["errors"]
+    b = at["cli"]["breakdown"]  # where a CLI attach's time goes
+    for k in ("interpreter_ms", "site_ms", "cli_import_ms", "attach_imports_ms", "cli_version_ms"):
+        assert _pos(b[k]), (k, b)
+    assert b["import_self_ms"] and all(_pos(v) for v in b["import_self_ms"].values())
 
     pe = cp["peers"]
-    assert pe["status"] == "ok", pe
+    assert pe["status"] == "ok", pe.get("reason")
     sizes = {r["peers"] for r in pe["rows"] if r["status"] == "ok"}
     assert {10, 100, 1000} <= sizes, pe["rows"]
+    assert all(r["status"] == "ok" for r in pe["rows"]), pe["rows"]
     for r in pe["rows"]:
-        assert _pos(r["apply_wall_s"]) and _pos(r["noop_wall_s"])
+        assert _pos(r["apply_wall_s"]) and _pos(r["noop_wall_s"]) and _pos(r["apply_rss_mb"])
+        assert r["apply_wall_min_s"] <= r["apply_wall_s"] <= r["apply_wall_max_s"]
         assert r["apply_internal_s"] <= r["apply_wall_s"]
         assert r["noop_changed"] is False  # the second apply is a no-op
         assert r["changes"] > r["peers"]  # every peer programmed
 
     cn = cp["cni"]
-    if cn["status"] == "ok":
-        for k in ("crossnet-cni", "bridge+host-local"):
-            assert cn[k]["add_ms"]["n"] >= 1 and _pos(cn[k]["add_ms"]["p50"]) and not cn[k]["errors"]
-        assert cn["add_ratio"] == pytest.approx(
-            cn["crossnet-cni"]["add_ms"]["median"] / cn["bridge+host-local"]["add_ms"]["median"], abs=1e-3)
-    else:
-        assert cn["status"] == "skipped" and cn["reason"]
+    assert cn["status"] == "ok", cn.get("reason")  # CI installs the reference plugins
+    for k in ("crossnet-cni", "bridge+host-local"):
+        rec = cn[k]
+        assert rec["add_ms"]["n"] == rec["del_ms"]["n"] == cp["params"]["cni_count"], rec
+        assert all(_pos(x) for x in rec["add_ms"]["samples"] + rec["del_ms"]["samples"]) and not rec["errors"]
+        assert _pos(rec["peak_rss_mb"])
+    assert _approx(cn["add_ratio"], cn["crossnet-cni"]["add_ms"]["median"] / cn["bridge+host-local"]["add_ms"]["median"])
+    assert _approx(cn["del_ratio"], cn["crossnet-cni"]["del_ms"]["median"] / cn["bridge+host-local"]["del_ms"]["median"])
+
     po = cp["podman"]
-    if po["status"] == "ok":
-        assert all(_pos(v["median"]) for v in po["run_s"].values())
-        assert set(po["added_s"]) == {"crossnet-cni", "bridge+host-local"}
-    else:
-        assert po["status"] in ("skipped", "failed") and po["reason"]
+    assert po["status"] == "ok", po.get("reason")  # CI installs podman
+    assert set(po["run_s"]) == {"none", "crossnet-cni", "bridge+host-local"}
+    for v in po["run_s"].values():
+        assert v["n"] == po["runs"] and all(_pos(x) for x in v["samples"])
+    assert not po["errors"]
+    none = po["run_s"]["none"]["median"]
+    for k in ("crossnet-cni", "bridge+host-local"):
+        assert _approx(po["added_s"][k], po["run_s"][k]["median"] - none, abs=1e-3)
+    assert po["added_ratio"] is None or _approx(
+        po["added_ratio"], po["added_s"]["crossnet-cni"] / po["added_s"]["bridge+host-local"], abs=5e-3)
+
+    ag = cp["agent"]
+    assert ag["status"] == "ok", ag.get("reason")  # CI installs etcd; the quick suite runs a small agent lab
+    assert ag["hosts"] == cp["params"]["agent_hosts"] >= 3
+    joins = cp["params"]["agent_joins"]
+    for k in ("program_s", "program_after_ready_s", "remove_s"):
+        assert ag[k]["n"] == joins and all(_pos(x) for x in ag[k]["samples"]), (k, ag[k])
+    assert ag["program_s"]["p50"] <= ag["program_s"]["p95"] <= ag["program_s"]["max"]
+    # from the agent's start includes its readiness: never shorter than after-ready
+    assert all(a >= b for a, b in zip(ag["program_s"]["samples"], ag["program_after_ready_s"]["samples"]))
+    assert _pos(ag["agent_rss_mb"]) and ag["agent_rss_mb"] < 1024
 
 
 def test_memory_and_targets(quick):
     res = quick["res"]
-    assert res["memory"] and all(_pos(m["peak_rss_mb"]) for m in res["memory"])
-    ids = {t["id"] for t in res["targets"]}
-    assert {"vxlan-1500", "host-gw-1500", "bridge-1500", "ovs-gre-1500", "attach-p50", "peers-1000", "cni-add"} <= ids
-    for t in res["targets"]:
+    mem = res["memory"]
+    assert mem and all(_pos(m["peak_rss_mb"]) and m["peak_rss_mb"] < 1024 for m in mem)
+    assert all(m["process"].startswith(("crossnet", "bench worker")) for m in mem), mem  # crossnet's own only
+    procs = {(m["process"], m["what"]) for m in mem}
+    for proc, during in (("crossnet apply (CLI)", "data plane lab"), ("crossnet attach (CLI)", "data plane lab"),
+                         ("crossnet apply (CLI)", "vxlan, 1000 peers"), ("crossnet attach (CLI)", "max over"),
+                         ("crossnet agent", "max over"), ("crossnet-cni", "max over")):
+        assert any(p == proc and w.startswith(during) for p, w in procs), (proc, during, procs)
+    dp_mem = [m for m in mem if m["what"].startswith("data plane lab")]
+    crossnet_rows = [r for r in res["dataplane"]["rows"] if r["kind"] == "crossnet"]
+    assert len(dp_mem) >= 2 * len(crossnet_rows)  # apply + attach of every crossnet row
+
+    targets = {t["id"]: t for t in res["targets"]}
+    assert {"vxlan-1500", "host-gw-1500", "bridge-1500", "ovs-gre-1500", "attach-p50", "peers-1000", "cni-add",
+            "podman-run", "agent-p95", "agent-rss"} <= set(targets)
+    for t in targets.values():
         assert t["met"] in (True, False, None)
+        if t["id"].endswith("-9000"):
+            assert t["met"] is None  # --quick: MTU 1500 only
+            continue
+        if t["id"] == "podman-run" and res["control"]["podman"]["added_s"]["bridge+host-local"] <= 0:
+            continue  # 3 quick runs: the reference may add nothing measurable, so there is no ratio
+        # every suite ran completely, so every other target has a value
+        assert isinstance(t["value"], (int, float)) and t["met"] is not None, t
         if t["met"] is False:
             assert t["shortfall"]
-        if t["met"] is not None:
-            assert isinstance(t["value"], (int, float))
+        assert isinstance(t["flags"], list)
+    # the targets carry the same figures as the rows they come from
+    rows = {r["name"]: r for r in res["dataplane"]["rows"]}
+    for name in ("vxlan", "host-gw", "bridge"):
+        assert targets[f"{name}-1500"]["value"] == rows[name]["ratio"]
+        assert BASELINES[name] in targets[f"{name}-1500"]["also"]
+    assert targets["ovs-gre-1500"]["value"] == rows["ovs-gre"]["vs_manual"]["ratio"]
+    cp = res["control"]
+    assert targets["attach-p50"]["value"] == cp["attach"]["inprocess"]["attach_ms"]["p50"]
+    assert "CLI p50" in targets["attach-p50"]["also"]  # the CLI figure sits in the same row
+    assert bool(targets["attach-p50"]["flags"]) == (cp["attach"]["cli"]["attach_ms"]["p50"] > 30)
+    p1000 = [r for r in cp["peers"]["rows"] if r["peers"] == 1000]
+    assert targets["peers-1000"]["value"] == max(r["apply_wall_s"] for r in p1000)
+    assert "no-op re-apply" in targets["peers-1000"]["also"]
+    assert bool(targets["peers-1000"]["flags"]) == any(r["noop_wall_s"] > 1 for r in p1000)
+    assert targets["cni-add"]["value"] == cp["cni"]["add_ratio"]
+    assert targets["agent-p95"]["value"] == cp["agent"]["program_s"]["p95"]
+    assert targets["agent-rss"]["value"] == cp["agent"]["agent_rss_mb"]
 
 
 def test_report_and_plots(quick):
@@ -157,7 +240,9 @@ def test_report_and_plots(quick):
     assert text.startswith("# Benchmarks")
     assert "crossnet bench all --quick" in text
     assert "## Targets" in text and "## Data plane" in text and "## Control plane" in text
-    for png in ("bench-throughput.png", "bench-attach.png", "bench-peers.png"):
+    assert "data plane lab" in text  # peak RSS of the data plane's crossnet processes
+    assert "no hand-built baseline" not in text and "within the run-to-run noise" not in text
+    for png in ("bench-throughput.png", "bench-attach.png", "bench-peers.png", "bench-cni.png"):
         data = (docs / "img" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
         assert f"img/{png}" in text
