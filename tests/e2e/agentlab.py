@@ -15,7 +15,6 @@ import string
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -57,14 +56,6 @@ class FgLabFactory(LabFactory):
                     and not procs.exists(m.get("owner_pid"))):
                 with contextlib.suppress(Exception):
                     manager.down(name)
-
-
-@pytest.fixture
-def fg_lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FgLabFactory:
-    FgLabFactory.sweep()
-    factory = FgLabFactory()
-    request.addfinalizer(factory.cleanup)
-    return factory
 
 
 def module_factory(request: pytest.FixtureRequest) -> FgLabFactory:
@@ -173,6 +164,3 @@ def crossnet_in(netns: str, state_dir: str, *args: str, env: dict | None = None,
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
 
-
-def log_path(lab, h: str, name: str) -> str:
-    return str(Path(lab.plan.lab_dir) / "hosts" / h / name)

@@ -27,14 +27,21 @@ import pytest
 from crossnet import agentapi
 from crossnet.store.lab import wait_agent_ready
 from tests.e2e import kstate
-from tests.e2e.agentlab import crossnet_in, synced_changes, wait_for
-from tests.e2e.agentlab import fg_lab_factory  # noqa: F401 - fixture
+from tests.e2e.agentlab import FgLabFactory, crossnet_in, synced_changes, wait_for
 from tests.e2e.test_agent import Cluster, _route_dsts
 from tests.unit.test_store_tls import _openssl
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
 HOSTS = ["h1", "h2"]
+
+
+@pytest.fixture
+def fg_lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FgLabFactory:
+    FgLabFactory.sweep()
+    factory = FgLabFactory()
+    request.addfinalizer(factory.cleanup)
+    return factory
 
 
 class StaticCluster(Cluster):
