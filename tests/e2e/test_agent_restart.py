@@ -6,6 +6,8 @@ order and each leaves the cluster whole):
   zero kernel changes (kernel state snapshot of its host, `ip monitor` during the
   restart, and the agent's own "synced ...: N change(s)" line), keeps its subnet and
   its still-live lease;
+* an agent that lost its lease file and is back within the TTL takes over its
+  live record: same subnet, no kernel change;
 * a peer that left (--release) while an agent was down is removed by that agent's
   first sync after the restart (route, FDB entry, neighbour);
 * start-up retries back off: the "retrying in X s" delays double up to --backoff-max,
@@ -116,6 +118,24 @@ def test_restart_within_ttl_changes_nothing_and_keeps_subnet_and_lease(cluster):
     assert events.strip() == "", f"kernel events during the restart:\n{events}"
     assert synced_changes(cluster.log_since(h, offset)) == [0], cluster.log_since(h, offset)
     assert live_hosts(cluster)[h].lease == int(st0["lease"], 16)
+    whole(cluster)
+
+
+def test_restart_without_lease_file_takes_over_its_live_record(cluster):
+    """Local state lost (agent.json deleted) and the agent back within the TTL: the
+    store's live record of this name and address is taken over, same subnet, and
+    the kernel is left as it was."""
+    h = "h2"
+    netns = cluster.host(h).netns
+    sub = cluster.status(h)["subnet"]
+    cluster.stop(h, signal.SIGTERM)
+    os.unlink(os.path.join(cluster.state(h), "agent.json"))
+    before = kernel_state(netns)
+    offset = cluster.log_size(h)
+    st = cluster.start(h)
+    assert st["subnet"] == sub
+    assert kstate.diff(before, kernel_state(netns)) == []
+    assert synced_changes(cluster.log_since(h, offset)) == [0]
     whole(cluster)
 
 
