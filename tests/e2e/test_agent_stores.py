@@ -2,7 +2,8 @@
 
 * the static store, `crossnet agent -f CLUSTER_FILE` (2 hosts, vxlan, no etcd in the
   lab): it programs the peers, serves the local API (`crossnet status`, `attach`,
-  `check` go through it), and leaves exactly what `crossnet apply` of the same file
+  `check` go through it), follows the file when a host is added to it and removed
+  again, and leaves exactly what `crossnet apply` of the same file
   leaves (apply after it changes nothing, and the agent started again adopts it);
 * etcd with client-certificate auth (`--client-cert-auth`, certificates made with
   openssl as in tests/unit/test_store_tls.py), run in the lab's switch namespace:
@@ -45,13 +46,27 @@ def fg_lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FgLabFact
 
 
 class StaticCluster(Cluster):
-    """test_agent's Cluster with agents on the lab's cluster file instead of etcd."""
+    """test_agent's Cluster with agents on a cluster file instead of etcd."""
+
+    def __init__(self, lab, cluster_file: str):
+        super().__init__(lab, None)
+        self.cluster_file = cluster_file
+
+    def write_file(self, hosts: list[str]) -> None:
+        """The lab's cluster with only `hosts` (replaced atomically: a new mtime)."""
+        import yaml
+
+        data = self.plan.cluster_dict()
+        data["hosts"] = [x for x in data["hosts"] if x["name"] in hosts]
+        tmp = f"{self.cluster_file}.tmp"
+        Path(tmp).write_text(yaml.safe_dump(data, sort_keys=False))
+        os.replace(tmp, self.cluster_file)
 
     def start(self, h, *extra, wait: bool = True):
         hp = self.host(h)
         Path(hp.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         argv = ["ip", "netns", "exec", hp.netns, sys.executable, "-m", "crossnet", "--state-dir", hp.state_dir, "agent",
-                "-f", self.plan.cluster_file, "--name", h, "--iface", hp.ifname, "--resync", "20", *extra]
+                "-f", self.cluster_file, "--name", h, "--iface", hp.ifname, "--resync", "20", *extra]
         with open(self.log(h), "ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
@@ -62,12 +77,15 @@ class StaticCluster(Cluster):
 
 
 def test_static_store_agent_programs_like_apply_and_serves_the_api(fg_lab_factory):
-    lab = fg_lab_factory(hosts=len(HOSTS), backend="vxlan", containers=1, apply=False)
-    c = StaticCluster(lab, None)
+    """Agents on h1 and h2 with a cluster file naming h1 and h2; h3 (no agent) is added
+    to the file and removed again: both agents follow the file."""
+    lab = fg_lab_factory(hosts=3, backend="vxlan", containers=1, apply=False)
+    c = StaticCluster(lab, os.path.join(lab.plan.lab_dir, "agents-cluster.yaml"))
+    c.write_file(HOSTS)
     try:
         for h in HOSTS:
             st = c.start(h)
-            assert st["store"] == f"cluster file {lab.plan.cluster_file}", st
+            assert st["store"] == f"cluster file {c.cluster_file}", st
             assert st["lease"] is None
             c.attach(h)
         wait_for(lambda: c.all_programmed(HOSTS), 15, "both agents have the other host programmed")
@@ -77,7 +95,7 @@ def test_static_store_agent_programs_like_apply_and_serves_the_api(fg_lab_factor
 
         # the CLI goes through the agent's API
         st = json.loads(lab.crossnet("h1", "status", "-o", "json").stdout)
-        assert st["agent"]["store"] == f"cluster file {lab.plan.cluster_file}"
+        assert st["agent"]["store"] == f"cluster file {c.cluster_file}"
         assert [(p["name"], p["subnet"], p["programmed"]) for p in st["agent"]["peers"]] == [
             ("h2", subnets["h2"], True)]
         assert st["subnet"] == subnets["h1"] and [ct["address"].split("/")[0] for ct in st["containers"]] == [
@@ -88,11 +106,23 @@ def test_static_store_agent_programs_like_apply_and_serves_the_api(fg_lab_factor
         assert check.returncode == 0, check.stdout + check.stderr
         assert {p["dst_host"] for p in json.loads(check.stdout)["pairs"]} >= {"h2"}
 
+        # the file changes: h3 appended (h1's and h2's subnets stay), then removed again
+        c.write_file(["h1", "h2", "h3"])
+        wait_for(lambda: all("h3" in {p["name"] for p in c.status(h)["peers"] if p["programmed"]} for h in HOSTS),
+                 15, "h3 programmed by both agents")
+        sub3 = next(p["subnet"] for p in c.status("h1")["peers"] if p["name"] == "h3")
+        assert {h: c.status(h)["subnet"] for h in HOSTS} == subnets
+        assert all(sub3 in _route_dsts(c.host(h).netns) for h in HOSTS)
+        c.write_file(HOSTS)
+        wait_for(lambda: not any(sub3 in _route_dsts(c.host(h).netns) for h in HOSTS), 15, f"route {sub3} removed")
+        assert [p["name"] for p in c.status("h1")["peers"]] == ["h2"]
+        assert c.mesh(HOSTS) == []
+
         # what the agent made is what apply makes: apply of the same file changes nothing ...
         netns = c.host("h1").netns
         c.stop("h1", signal.SIGTERM)  # the data plane stays
         before = kstate.snapshot(netns)
-        applied = json.loads(lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1",
+        applied = json.loads(lab.crossnet("h1", "apply", "-f", c.cluster_file, "--host", "h1",
                                           "-o", "json").stdout)
         assert applied["changes"] == [], applied["changes"]
         assert kstate.diff(before, kstate.snapshot(netns)) == []
