@@ -1,6 +1,6 @@
 """`crossnet agent` on the two other ways to reach its store, end to end:
 
-* the static store, `crossnet agent -f CLUSTER_FILE` (2 hosts, vxlan, no etcd in the
+* the static store, `crossnet agent -f CLUSTER_FILE` (agents on 2 of 3 hosts, vxlan, no etcd in the
   lab): it programs the peers, serves the local API (`crossnet status`, `attach`,
   `check` go through it), follows the file when a host is added to it and removed
   again, and leaves exactly what `crossnet apply` of the same file
