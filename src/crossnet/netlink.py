@@ -6,10 +6,12 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+if TYPE_CHECKING:  # pyroute2.iproute costs ~90 ms to import: only when a socket is opened
+    from pyroute2 import IPRoute
 
 from crossnet.errors import CrossnetError
 
@@ -35,6 +37,8 @@ def open_ipr(netns: str | None = None) -> IPRoute:
     namespace the netlink socket is created with setns() on this thread only (and
     switched straight back): ~1 ms, where pyroute2's own netns= forks a helper
     process (~20 ms, most of an attach). Falls back to pyroute2's way on any error."""
+    from pyroute2 import IPRoute
+
     if netns is None:
         return IPRoute()
     path = netns_path(netns)

@@ -22,10 +22,12 @@ import os
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
+
+if TYPE_CHECKING:  # imported by whoever opens a socket (crossnet.netlink.open_ipr)
+    from pyroute2 import IPRoute
 
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
