@@ -127,7 +127,7 @@ def test_l2_backends_refuse_l3_and_change_nothing(make_lab, backend):
         cluster.pop("subnet_len", None)
         block = lab.plan.block  # one /16 covering every host's /24
         net = block.rsplit(".", 2)[0]
-        cluster["lan"] = {"cidr": block, "gateway": f"{net}.255.254", "range_len": 24}
+        cluster["lan"] = {"cidr": block, "gateway": f"{net}.255.254", "range_len": 26}  # ranges clear of both hosts
     path = Path(lab.plan.lab_dir) / f"{backend}.yaml"
     path.write_text(yaml.safe_dump(cluster))
     h1 = host(lab, "h1")

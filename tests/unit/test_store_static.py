@@ -86,3 +86,45 @@ def test_no_container_channel(tmp_path):
     lease = s.acquire(s.get_config(), "a", IPv4Address("192.0.2.1"), {})
     assert s.publish_containers(lease, [{"id": "c1", "address": "10.32.0.2"}]) is None
     assert s.containers() is None
+
+
+def test_renumbering_a_running_host_is_refused(tmp_path, caplog):
+    """Inserting a host before others would move their subnets: the agent holding the
+    old subnet refuses to start on it, and a running watch ignores such an edit (it
+    would hand one host's subnet to another) while still following appends."""
+    f = tmp_path / "c.yaml"
+    write(f)
+    s = StaticStore(f, poll_interval=0.05)
+    cfg = s.get_config()
+    held = s.acquire(cfg, "b", IPv4Address("192.0.2.2"), {}).subnet
+    assert s.acquire(cfg, "b", IPv4Address("192.0.2.2"), {}, previous=held).subnet == held
+
+    stop = threading.Event()
+    snap = s.snapshot()
+
+    def bump(text):
+        f.write_text(text)
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+    inserted = CLUSTER.format(extra="").replace("hosts:\n", "hosts:\n  - {name: z, address: 192.0.2.9}\n")
+
+    def edits():
+        time.sleep(0.2)
+        bump(inserted)  # z first: a and b would move
+        time.sleep(0.3)
+        bump(CLUSTER.format(extra="  - {name: c, address: 192.0.2.3}\n"))  # appended: fine
+
+    threading.Thread(target=edits, daemon=True).start()
+    with caplog.at_level("ERROR", logger="crossnet.agent"):
+        for batch in s.watch(snap.revision, stop):
+            assert [(e.kind, e.record.name) for e in batch] == [("put", "c")]
+            break
+    assert "hosts[2].subnet" in caplog.text or "hosts[1].subnet" in caplog.text
+    assert "ignoring this edit" in caplog.text
+
+    bump(inserted)
+    with pytest.raises(ConfigError, match=r"hosts\[2\]\.subnet: .*gives host b 10\.32\.2\.0/24, but it holds 10\.32\.1\.0/24"):
+        s.acquire(cfg, "b", IPv4Address("192.0.2.2"), {}, previous=held)
+    with pytest.raises(StoreError, match="ignoring this edit"):
+        s.snapshot()  # the agent's periodic resync reads the snapshot: refused too

@@ -9,6 +9,7 @@ one overlay network; use `crossnet apply` for it).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from crossnet.store import (
     SubnetLease,
 )
 
+log = logging.getLogger("crossnet.agent")
+
 
 class StaticStore(Store):
     kind = "static"
@@ -35,6 +38,7 @@ class StaticStore(Store):
     def __init__(self, path: str | os.PathLike[str], poll_interval: float = 2.0):
         self.path = Path(path)
         self.poll_interval = poll_interval
+        self._accepted: dict[str, IPv4Network] = {}  # subnets handed out so far: an edit must not move them
 
     def describe(self) -> str:
         return f"cluster file {self.path}"
@@ -77,14 +81,34 @@ class StaticStore(Store):
             for h in cluster.hosts
         ]
 
+    def _checked_records(self) -> list[HostRecord]:
+        """The file's hosts, refusing an edit that moves a subnet already handed out
+        (it would give one host's subnet to another on every peer)."""
+        records = self._records()
+        for r in records:
+            held = self._accepted.get(r.name)
+            if held is not None and held != r.subnet:
+                raise StoreError(f"ignoring this edit of the cluster file: {self._renumbered(r.name, held, r.subnet)}")
+        self._accepted.update({r.name: r.subnet for r in records})
+        return records
+
     def acquire(self, cfg: NetworkConfig, name: str, address: IPv4Address, data: dict,
                 previous: IPv4Network | None = None, previous_lease: int = 0, ttl: int | None = None) -> SubnetLease:
         for rec in self._records():
             if rec.name == name:
                 if rec.address != address:
                     raise StoreError(f"{self.path}: host {name} has address {rec.address}, but this host uses {address}")
+                if previous is not None and rec.subnet != previous:
+                    raise ConfigError(self._renumbered(name, previous, rec.subnet))
+                self._checked_records()
                 return SubnetLease(HostRecord(name, address, rec.subnet, data), 0, 0)
         raise StoreError(f"{self.path}: no host named {name!r} in the cluster file")
+
+    def _renumbered(self, name: str, old: IPv4Network, new: IPv4Network) -> str:
+        index = next((i for i, h in enumerate(self._load().hosts) if h.name == name), "?")
+        return (f"{self.path}: hosts[{index}].subnet: the file now gives host {name} {new}, but it holds {old} "
+                f"(hosts inserted or reordered?); append new hosts at the end, or pin `subnet: {old}` "
+                f"(or stop its agent with --release first)")
 
     def renew(self, lease: SubnetLease) -> None:
         return None
@@ -93,22 +117,25 @@ class StaticStore(Store):
         return None
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(self._records(), self._revision())
+        return Snapshot(self._checked_records(), self._revision())
 
     def watch(self, since: int, stop: threading.Event) -> Iterator[list[PeerEvent]]:
         """On every change of the file: delete events for everyone, then put events
         for the new host list (the agent applies the net difference)."""
         seen = since
-        known = {r.subnet: r for r in self._records()}
+        known = {r.subnet: r for r in self._checked_records()}
         while not stop.wait(self.poll_interval):
             rev = self._revision()
             if rev == seen:
                 continue
             seen = rev
             try:
-                records = {r.subnet: r for r in self._records()}
+                records = {r.subnet: r for r in self._checked_records()}
             except ConfigError:
                 continue  # half-written or broken file: keep what we have
+            except StoreError as exc:  # renumbering: keep what we have
+                log.error("%s", exc)
+                continue
             events = [PeerEvent("delete", s, None, rev) for s in known if s not in records]
             events += [PeerEvent("put", s, r, rev) for s, r in records.items() if not r.same_content(known.get(s))]
             known = records
