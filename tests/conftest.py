@@ -22,7 +22,6 @@ import pytest
 
 from crossnet import procs
 
-TEST_LAB_RE = re.compile(r"^t[a-z0-9]{5}$")
 _ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -40,19 +39,50 @@ def lab_sweep() -> None:
     _require_lab_env()
     from crossnet.lab import manager, netns
 
-    for name in manager.lab_names():
-        if TEST_LAB_RE.match(name) and not procs.exists((manager.read_manifest(name) or {}).get("owner_pid")):
-            with contextlib.suppress(Exception):
-                manager.down(name)
+    LabFactory.sweep()
     for ns_name in netns.list_netns():
         prefix = ns_name.split("-", 1)[0]
-        if "-" in ns_name and TEST_LAB_RE.match(prefix) and not manager.lab_dir(prefix).exists():
+        if "-" in ns_name and LabFactory.matches(prefix) and not manager.lab_dir(prefix).exists():
             with contextlib.suppress(Exception):
                 manager.down(prefix)
 
 
 class LabFactory:
-    """Creates labs with unique names; `cleanup()` removes all of them."""
+    """Creates labs with unique names (PREFIX + SUFFIX_LEN random characters);
+    `cleanup()` removes all of them. Test modules that want their own prefix
+    subclass it and set PREFIX/SUFFIX_LEN (and `sweepable` to narrow the sweep)."""
+
+    PREFIX = "t"
+    SUFFIX_LEN = 5
+
+    @classmethod
+    def matches(cls, name: str) -> bool:
+        return re.fullmatch(rf"{cls.PREFIX}[a-z0-9]{{{cls.SUFFIX_LEN}}}", name) is not None
+
+    @classmethod
+    def sweepable(cls, manifest: dict) -> bool:
+        """Whether a crashed session's lab with this manifest may be removed."""
+        return True
+
+    @classmethod
+    def sweep(cls) -> None:
+        """Remove labs of this prefix left by crashed test sessions (owner process gone)."""
+        from crossnet.lab import manager
+
+        for name in manager.lab_names():
+            m = manager.read_manifest(name) or {}
+            if cls.matches(name) and cls.sweepable(m) and not procs.exists(m.get("owner_pid")):
+                with contextlib.suppress(Exception):
+                    manager.down(name)
+
+    @classmethod
+    def for_test(cls, request: pytest.FixtureRequest):
+        """Sweep, then a factory whose labs are removed when `request`'s scope ends
+        (fixtures using it must also request the session-scoped `lab_sweep`)."""
+        cls.sweep()
+        factory = cls()
+        request.addfinalizer(factory.cleanup)
+        return factory
 
     def __init__(self) -> None:
         self.names: list[str] = []
@@ -65,7 +95,7 @@ class LabFactory:
 
         existing = set(netns.list_netns())
         for _ in range(100):
-            name = "t" + "".join(secrets.choice(_ALPHABET) for _ in range(5))
+            name = self.PREFIX + "".join(secrets.choice(_ALPHABET) for _ in range(self.SUFFIX_LEN))
             if not manager.lab_dir(name).exists() and not any(n.startswith(f"{name}-") for n in existing):
                 self.names.append(name)
                 return name

@@ -6,12 +6,9 @@ Not collected by pytest (no ``test_`` prefix)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import secrets
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -26,44 +23,23 @@ MARK = "fg-agent-e2e"  # in the lab manifest's extra: what the sweep may remove
 
 
 class FgLabFactory(LabFactory):
-    """LabFactory whose labs are named `fg` + 4 random characters; cleanup() removes them."""
+    """LabFactory whose labs are named `fg` + 4 random characters and marked in their
+    manifest; cleanup() removes them, the sweep only removes marked ones."""
 
-    PREFIX_RE = re.compile(r"^fg[a-z0-9]{4}$")
-
-    def new_name(self) -> str:
-        from crossnet.lab import manager, netns
-
-        existing = set(netns.list_netns())
-        for _ in range(100):
-            name = "fg" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4))
-            if not manager.lab_dir(name).exists() and not any(n.startswith(f"{name}-") for n in existing):
-                self.names.append(name)
-                return name
-        raise RuntimeError("no free test lab name")
+    PREFIX = "fg"
+    SUFFIX_LEN = 4
 
     def __call__(self, *args, extra: dict | None = None, **kw):
         return super().__call__(*args, extra={**(extra or {}), "test": MARK}, **kw)
 
     @classmethod
-    def sweep(cls) -> None:
-        """Remove labs these tests left behind in a crashed session (owner process gone)."""
-        from crossnet import procs
-        from crossnet.lab import manager
-
-        for name in manager.lab_names():
-            m = manager.read_manifest(name) or {}
-            if (cls.PREFIX_RE.match(name) and (m.get("extra") or {}).get("test") == MARK
-                    and not procs.exists(m.get("owner_pid"))):
-                with contextlib.suppress(Exception):
-                    manager.down(name)
+    def sweepable(cls, manifest: dict) -> bool:
+        return (manifest.get("extra") or {}).get("test") == MARK
 
 
 def module_factory(request: pytest.FixtureRequest) -> FgLabFactory:
     """A factory for a module-scoped fixture (`lab_sweep` is session-scoped: request it too)."""
-    FgLabFactory.sweep()
-    factory = FgLabFactory()
-    request.addfinalizer(factory.cleanup)
-    return factory
+    return FgLabFactory.for_test(request)
 
 
 class LabCluster(Cluster):

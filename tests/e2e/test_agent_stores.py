@@ -39,10 +39,7 @@ HOSTS = ["h1", "h2"]
 
 @pytest.fixture
 def fg_lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FgLabFactory:
-    FgLabFactory.sweep()
-    factory = FgLabFactory()
-    request.addfinalizer(factory.cleanup)
-    return factory
+    return FgLabFactory.for_test(request)
 
 
 class StaticCluster(Cluster):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossnet.lab.manager import Lab, down, up
-from crossnet.lab.topology import LabOptions
+from crossnet.lab.manager import Lab
 
 from .kstate import diff, snapshot
 
@@ -26,20 +24,6 @@ pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
 ]
-
-
-@pytest.fixture
-def make_lab():
-    made: list[str] = []
-
-    def make(*, apply: bool = True, **kw) -> Lab:
-        name = "tf" + secrets.token_hex(3)[:5]
-        made.append(name)
-        return up(LabOptions(name=name, **kw), apply=apply)
-
-    yield make
-    for name in made:
-        down(name)
 
 
 def host(lab: Lab, name: str):

@@ -13,9 +13,7 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import signal
-import string
 import subprocess
 import sys
 import time
@@ -44,37 +42,13 @@ class FoLabFactory(LabFactory):
     """LabFactory whose labs are named `fo` + 4 random characters (the OVS/trace tests'
     own prefix), removed by cleanup() like any test lab."""
 
-    PREFIX_RE = re.compile(r"^fo[a-z0-9]{4}$")
-
-    def new_name(self) -> str:
-        from crossnet.lab import manager, netns
-
-        existing = set(netns.list_netns())
-        for _ in range(100):
-            name = "fo" + "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4))
-            if not manager.lab_dir(name).exists() and not any(n.startswith(f"{name}-") for n in existing):
-                self.names.append(name)
-                return name
-        raise RuntimeError("no free test lab name")
-
-    @classmethod
-    def sweep(cls) -> None:
-        """Remove `fo` labs left by crashed test sessions (owner process gone)."""
-        from crossnet import procs
-        from crossnet.lab import manager
-
-        for name in manager.lab_names():
-            if cls.PREFIX_RE.match(name) and not procs.exists((manager.read_manifest(name) or {}).get("owner_pid")):
-                with contextlib.suppress(Exception):
-                    manager.down(name)
+    PREFIX = "fo"
+    SUFFIX_LEN = 4
 
 
 @pytest.fixture
 def fo_lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FoLabFactory:
-    FoLabFactory.sweep()
-    factory = FoLabFactory()
-    request.addfinalizer(factory.cleanup)
-    return factory
+    return FoLabFactory.for_test(request)
 
 
 @pytest.fixture(scope="module")

@@ -1,49 +1,27 @@
 """End to end, in lab namespaces: apply refuses to renumber a host, and refuses a
 container network that overlaps one of the host's own routes -- both before changing
-anything. Every lab is named fi<random> and brought down by the fixture's finalizer."""
+anything. Labs come from the make_lab fixture (tests/e2e/conftest.py: unique names,
+brought down by its finalizer)."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from crossnet.lab.manager import Lab, down, up
-from crossnet.lab.topology import LabOptions
+from crossnet.lab.manager import Lab
 
 from .kstate import diff, snapshot
+from .test_foundation import crossnet, host
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
 ]
-
-
-@pytest.fixture
-def make_lab():
-    made: list[str] = []
-
-    def make(*, apply: bool = True, **kw) -> Lab:
-        name = "fi" + secrets.token_hex(3)[:5]
-        made.append(name)
-        return up(LabOptions(name=name, **kw), apply=apply)
-
-    yield make
-    for name in made:
-        down(name)
-
-
-def host(lab: Lab, name: str):
-    return next(h for h in lab.hosts if h.name == name)
-
-
-def crossnet(lab: Lab, hname: str, *args: str) -> subprocess.CompletedProcess:
-    return lab.crossnet(hname, *args, check=False)
 
 
 def unused_underlay_address(lab: Lab) -> str:

@@ -30,10 +30,7 @@ COUNT = 20
 @pytest.fixture
 def lab_factory(request: pytest.FixtureRequest, lab_sweep: None) -> FoLabFactory:
     """conftest's lab_factory, with the OVS/trace tests' `fo` lab names."""
-    FoLabFactory.sweep()
-    factory = FoLabFactory()
-    request.addfinalizer(factory.cleanup)
-    return factory
+    return FoLabFactory.for_test(request)
 
 
 def crossnet(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
