@@ -82,9 +82,11 @@ class StaticStore(Store):
         ]
 
     def _checked_records(self) -> list[HostRecord]:
-        """The file's hosts, refusing an edit that moves a subnet already handed out
-        (it would give one host's subnet to another on every peer)."""
-        records = self._records()
+        return self._accept(self._records())
+
+    def _accept(self, records: list[HostRecord]) -> list[HostRecord]:
+        """`records` (the file's hosts), refusing an edit that moves a subnet already
+        handed out (it would give one host's subnet to another on every peer)."""
         for r in records:
             held = self._accepted.get(r.name)
             if held is not None and held != r.subnet:
@@ -94,13 +96,14 @@ class StaticStore(Store):
 
     def acquire(self, cfg: NetworkConfig, name: str, address: IPv4Address, data: dict,
                 previous: IPv4Network | None = None, previous_lease: int = 0, ttl: int | None = None) -> SubnetLease:
-        for rec in self._records():
+        records = self._records()
+        for rec in records:
             if rec.name == name:
                 if rec.address != address:
                     raise StoreError(f"{self.path}: host {name} has address {rec.address}, but this host uses {address}")
                 if previous is not None and rec.subnet != previous:
                     raise ConfigError(self._renumbered(name, previous, rec.subnet))
-                self._checked_records()
+                self._accept(records)
                 return SubnetLease(HostRecord(name, address, rec.subnet, data), 0, 0)
         raise StoreError(f"{self.path}: no host named {name!r} in the cluster file")
 
