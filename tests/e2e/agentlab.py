@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from crossnet.store.lab import lab_etcd, start_agent, wait_agent_ready
+from crossnet.lab.etcd import lab_etcd, start_agent, wait_agent_ready
 from tests.conftest import LabFactory
 from tests.e2e.test_agent import AGENT_ARGS, PREFIX, Cluster
 

@@ -28,8 +28,8 @@ import pytest
 from crossnet import agentapi
 from crossnet.store import NetworkConfig
 from crossnet.store.etcd import EtcdStore
-from crossnet.store.etcdserver import EtcdServer, etcd_available
-from crossnet.store.lab import (
+from crossnet.lab.etcdserver import EtcdServer, etcd_available
+from crossnet.lab.etcd import (
     agent_status,
     lab_etcd,
     start_agent,

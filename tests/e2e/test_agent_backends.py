@@ -38,7 +38,7 @@ PARAMS = [("host-gw", "l2"), ("ovs-gre", "l3")]
 
 @pytest.fixture(scope="module", params=PARAMS, ids=[f"{b}-{u}" for b, u in PARAMS])
 def agent_lab(request, lab_sweep) -> LabCluster:
-    from crossnet.store.etcdserver import etcd_available
+    from crossnet.lab.etcdserver import etcd_available
 
     backend, underlay = request.param
     if not etcd_available():

@@ -53,7 +53,7 @@ AFTER = 5.0  # seconds of pinging after every agent reported its resync
 
 @pytest.fixture(scope="module")
 def cluster(request, lab_sweep) -> LabCluster:
-    from crossnet.store.etcdserver import etcd_available
+    from crossnet.lab.etcdserver import etcd_available
 
     if not etcd_available():
         pytest.skip("needs etcd (apt-get install etcd-server)")

@@ -26,7 +26,7 @@ from types import SimpleNamespace
 import pytest
 
 from crossnet import agentapi
-from crossnet.store.lab import wait_agent_ready
+from crossnet.lab.etcd import wait_agent_ready
 from tests.e2e import kstate
 from tests.e2e.agentlab import FgLabFactory, crossnet_in, synced_changes, wait_for
 from tests.e2e.test_agent import Cluster, _route_dsts
@@ -165,7 +165,7 @@ def _tls_etcd(lab, d: Path) -> tuple[subprocess.Popen, str]:
 
 
 def test_tls_etcd_init_and_agents(fg_lab_factory, request):
-    from crossnet.store.etcdserver import etcd_available
+    from crossnet.lab.etcdserver import etcd_available
 
     if not etcd_available() or not shutil.which("openssl"):
         pytest.skip("needs etcd and openssl")

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from crossnet.lab.manager import Lab
-from crossnet.ovs import lab as ovs_lab_service
-from crossnet.ovs.daemon import wait_gone
+from crossnet.lab import ovs as ovs_lab_service
+from crossnet.lab.ovsdaemon import wait_gone
 from tests.conftest import LabFactory
 
 pytestmark = pytest.mark.e2e

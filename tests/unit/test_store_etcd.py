@@ -29,7 +29,7 @@ from crossnet.store.etcdclient import (
     parse_endpoints,
     prefix_end,
 )
-from crossnet.store.etcdserver import EtcdServer, etcd_available, free_port
+from crossnet.lab.etcdserver import EtcdServer, etcd_available, free_port
 
 needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd not installed (apt-get install etcd-server)")
 

@@ -10,7 +10,7 @@ import pytest
 
 from crossnet.errors import ConfigError
 from crossnet.store.etcdclient import EtcdClient, EtcdUnavailable
-from crossnet.store.etcdserver import etcd_available, free_port
+from crossnet.lab.etcdserver import etcd_available, free_port
 
 
 def _openssl(*args, cwd):

@@ -42,23 +42,23 @@ def _wait_all(peers: list[Any], subnet: str, present: bool, timeout: float) -> f
 
 
 def run(rc: RunContext, hosts: int = 20, joins: int = 5, backend: str = "vxlan") -> dict[str, Any]:
-    for mod in ("crossnet.agent", "crossnet.store.lab", "crossnet.store.etcdserver"):
+    for mod in ("crossnet.agent", "crossnet.lab.etcd", "crossnet.lab.etcdserver"):
         if importlib.util.find_spec(mod) is None:
             raise Skip(f"{mod} not in this tree yet")
     if not shutil.which("etcd"):
         raise Skip("etcd not installed (apt-get install etcd-server)")
-    from crossnet.store import lab as store_lab
+    from crossnet.lab import etcd as etcd_lab
 
     out: dict[str, Any] = {"status": "ok", "hosts": hosts, "backend": backend}
     t_lab = time.monotonic()
     rc.log(f"agent: lab with {hosts} hosts, etcd and an agent per host")
     with bench_lab({"hosts": hosts, "containers": 0, "backend": backend, "extra": {"store": "etcd"}}) as lab:
         out["lab_up_s"] = round(time.monotonic() - t_lab, 1)
-        srv = store_lab.lab_etcd(lab.plan)
+        srv = etcd_lab.lab_etcd(lab.plan)
         new = lab.hosts[-1]
         peers = list(lab.hosts[:-1])
         log_path = str(Path(lab.plan.lab_dir) / "hosts" / new.name / "agent-bench.log")
-        ttl = str(int((lab.plan.extra or {}).get("ttl") or store_lab.LAB_TTL))
+        ttl = str(int((lab.plan.extra or {}).get("ttl") or etcd_lab.LAB_TTL))
         env = None
         try:
             from crossnet.lab.services import host_env
@@ -68,26 +68,26 @@ def run(rc: RunContext, hosts: int = 20, joins: int = 5, backend: str = "vxlan")
             pass
 
         def start():
-            return store_lab.start_agent(new.netns, new.state_dir, srv.url, new.name, log_path, iface=new.ifname,
+            return etcd_lab.start_agent(new.netns, new.state_dir, srv.url, new.name, log_path, iface=new.ifname,
                                          extra=["--ttl", ttl, "--release"], env=env)
 
         # the lab's agent on the last host becomes one that releases its subnet on SIGTERM
-        store_lab.stop_agent(new.state_dir)
+        etcd_lab.stop_agent(new.state_dir)
         proc = start()
-        st = store_lab.wait_agent_ready(new.state_dir, proc=proc, log_path=log_path)
+        st = etcd_lab.wait_agent_ready(new.state_dir, proc=proc, log_path=log_path)
         join_start, join_ready, leave = [], [], []
         for i in range(joins):
             subnet = st["subnet"]
             if _wait_all(peers, subnet, True, 30) is None:
                 raise RuntimeError(f"{new.name}'s subnet {subnet} never reached every peer")
             rc.log(f"agent: {new.name} leaves and joins again ({i + 1}/{joins})")
-            store_lab.stop_agent(new.state_dir)  # --release: gives the subnet back
+            etcd_lab.stop_agent(new.state_dir)  # --release: gives the subnet back
             gone = _wait_all(peers, subnet, False, 60)
             if gone is not None:
                 leave.append(gone)
             t0 = time.monotonic()
             proc = start()
-            st = store_lab.wait_agent_ready(new.state_dir, proc=proc, log_path=log_path, interval=READY_POLL_S)
+            st = etcd_lab.wait_agent_ready(new.state_dir, proc=proc, log_path=log_path, interval=READY_POLL_S)
             t_ready = time.monotonic()
             done = _wait_all(peers, st["subnet"], True, 30)
             if done is None:
@@ -100,7 +100,7 @@ def run(rc: RunContext, hosts: int = 20, joins: int = 5, backend: str = "vxlan")
         out["remove_s"] = summary(leave, 4)
         rss = []
         for h in lab.hosts:
-            info = store_lab.agent_status(h.state_dir) or {}
+            info = etcd_lab.agent_status(h.state_dir) or {}
             kb = vm_hwm_kb(info["pid"]) if info.get("pid") else None
             if kb:
                 rss.append(kb)

@@ -217,7 +217,7 @@ class OvsDaemons:
 
 
 class _HelperDaemons(OvsDaemons):
-    """The OVS engineer's crossnet.ovs.daemon.OvsInstance (same layout: one directory,
+    """The OVS engineer's crossnet.lab.ovsdaemon.OvsInstance (same layout: one directory,
     OVS_* variables for daemons and commands), with our ovs-vsctl wrapper."""
 
     def __init__(self, inst: Any, netns: str):
@@ -235,10 +235,10 @@ class _HelperDaemons(OvsDaemons):
 
 
 def ovs_daemons(netns: str, base: Path) -> OvsDaemons:
-    """Per-host daemons through the OVS engineer's helper (crossnet.ovs.daemon) when
+    """Per-host daemons through the OVS engineer's helper (crossnet.lab.ovsdaemon) when
     it is in the tree, else our own minimal equivalent."""
     try:
-        from crossnet.ovs.daemon import OvsInstance
+        from crossnet.lab.ovsdaemon import OvsInstance
     except ImportError:
         return OvsDaemons(netns, base)
     return _HelperDaemons(OvsInstance(str(base), netns=netns), netns)

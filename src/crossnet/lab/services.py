@@ -27,7 +27,7 @@ from typing import Callable
 from crossnet.lab.topology import HostPlan, LabPlan
 
 # modules that register services at import (other groups append here)
-SERVICE_MODULES: list[str] = ["crossnet.lab.podman", "crossnet.ovs.lab", "crossnet.store.lab"]
+SERVICE_MODULES: list[str] = ["crossnet.lab.podman", "crossnet.lab.ovs", "crossnet.lab.etcd"]
 
 
 def _always(_plan: LabPlan) -> bool:

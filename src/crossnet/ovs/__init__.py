@@ -1,2 +1,2 @@
-"""Open vSwitch support: OVSDB access (db), private daemons for the lab (daemon),
-resources the ovs-gre / ovs-vxlan backends produce (resources), lab service (lab)."""
+"""Open vSwitch support: OVSDB access (db) and the resources the ovs-gre / ovs-vxlan
+backends produce (resources). The lab's private daemons live in crossnet.lab.ovsdaemon."""

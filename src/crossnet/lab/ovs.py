@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from crossnet.lab.services import HostService, register_service
 from crossnet.lab.topology import HostPlan, LabPlan
-from crossnet.ovs.daemon import OvsInstance
+from crossnet.lab.ovsdaemon import OvsInstance
 
 
 def instance(plan: LabPlan, host: HostPlan) -> OvsInstance:

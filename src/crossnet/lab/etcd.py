@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 
 from crossnet.errors import CrossnetError
+from crossnet.lab.etcdserver import EtcdServer
 from crossnet.procs import stop as stop_pid
-from crossnet.store.etcdserver import EtcdServer
 
 LAB_PREFIX = "/crossnet"
 LAB_TTL = 10
