@@ -29,11 +29,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from crossnet import ipam
+from crossnet import backends, ipam
 from crossnet.errors import ConfigError, IpamError
 
-BACKENDS = ("bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan")
-BRIDGE_BACKEND = "bridge"
+BACKENDS = backends.backend_names()
 MAX_SUBNET_LEN = 30
 
 _HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
@@ -202,7 +201,7 @@ class Cluster(BaseModel):
 
     @property
     def is_bridge(self) -> bool:
-        return self.backend == BRIDGE_BACKEND
+        return backends.spec(self.backend).lan_ranges  # containers on the LAN in per-host ranges
 
     def container_network(self) -> IPv4Network:
         """The network containers live in: ``network``, or ``lan.cidr`` for bridge."""

@@ -212,9 +212,6 @@ def attach(
                 changed |= _configure_inside(cipr, ifname, f"{alloc.address}/{ctx.prefixlen}", str(ctx.gateway), ctx.mtu)
                 mac_now = nl.link_info(cipr, ifname).mac
                 host_mac = hinfo.mac
-        container_setup = getattr(backend, "container_setup", None)
-        if container_setup is not None:
-            container_setup(ctx, netns, ifname)
     except Exception as exc:
         if created_veth:
             with nl.open_ipr() as ipr:

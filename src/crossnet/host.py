@@ -255,8 +255,7 @@ def status(state: StateDir) -> dict[str, Any]:
         local_ok = all(r.check(env) for r in backend.local_resources(ctx))
         drift = [r.describe() for r in previous if not r.check(env)]
         peers = peer_status(ctx, backend, env)
-        status_info = getattr(backend, "status_info", None)  # backend-specific extras (e.g. OVS datapath)
-        extra = status_info(ctx, env) if status_info is not None else {}
+        extra = backend.status_info(ctx, env)  # backend-specific extras (e.g. OVS datapath)
     return {
         "host": ctx.host,
         "cluster": ctx.cluster_name,

@@ -1,26 +1,66 @@
-"""Data planes. Each module defines one Backend subclass; `get_backend(name)` finds it."""
+"""Data planes: the one registry of backend names.
+
+Every backend is one row of BACKENDS: its name in the cluster file, the module that
+defines it (``make(name) -> Backend``, see crossnet.backends.base) and how hosts get
+their container addresses: ``lan_ranges`` backends (bridge) put containers on the LAN
+in per-host ranges from the static cluster file; the others give each host a subnet
+of an overlay network, which a store (etcd) can lease. config, store, the lab and the
+benchmarks derive their lists from here. Listing names imports no backend module (CLI
+start-up time): `get_backend` imports the one asked for.
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from crossnet.backends.base import Backend
 from crossnet.errors import ConfigError
 
-# backend name in the cluster file -> module defining it (class attribute BACKEND)
-MODULES = {
-    "bridge": "crossnet.backends.bridge",
-    "host-gw": "crossnet.backends.hostgw",
-    "vxlan": "crossnet.backends.vxlan",
-    "ovs-gre": "crossnet.backends.ovs",
-    "ovs-vxlan": "crossnet.backends.ovs",
+if TYPE_CHECKING:
+    from crossnet.backends.base import Backend
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    name: str  # in the cluster file / store config / `--backend`
+    module: str  # defines make(name) -> Backend
+    lan_ranges: bool = False  # containers on the LAN in per-host ranges (no subnet lease, no store)
+
+
+BACKENDS: dict[str, BackendSpec] = {
+    s.name: s
+    for s in (
+        BackendSpec("bridge", "crossnet.backends.bridge", lan_ranges=True),
+        BackendSpec("host-gw", "crossnet.backends.hostgw"),
+        BackendSpec("vxlan", "crossnet.backends.vxlan"),
+        BackendSpec("ovs-gre", "crossnet.backends.ovs"),
+        BackendSpec("ovs-vxlan", "crossnet.backends.ovs"),
+    )
 }
 
 
-def get_backend(name: str) -> Backend:
+def backend_names() -> tuple[str, ...]:
+    """Every backend, in registry order."""
+    return tuple(BACKENDS)
+
+
+def store_backend_names() -> tuple[str, ...]:
+    """Backends whose hosts hold a subnet of an overlay network (what a store leases)."""
+    return tuple(n for n, s in BACKENDS.items() if not s.lan_ranges)
+
+
+def lan_backend_names() -> tuple[str, ...]:
+    """Backends whose containers sit on the LAN in per-host ranges (static cluster file only)."""
+    return tuple(n for n, s in BACKENDS.items() if s.lan_ranges)
+
+
+def spec(name: str) -> BackendSpec:
     try:
-        modname = MODULES[name]
+        return BACKENDS[name]
     except KeyError:
-        raise ConfigError(f"backend: unknown backend {name!r} (choose from {', '.join(MODULES)})") from None
-    module = importlib.import_module(modname)
-    return module.make(name)
+        raise ConfigError(f"backend: unknown backend {name!r} (choose from {', '.join(BACKENDS)})") from None
+
+
+def get_backend(name: str) -> Backend:
+    return importlib.import_module(spec(name).module).make(name)

@@ -4,6 +4,11 @@ A backend turns a HostContext (this host + its peers, everything already compute
 by config/ipam) into desired Resources. It never touches the kernel itself: the
 reconciler in crossnet.plan does. Per-peer resources are separate so the agent can
 add/remove one peer at a time.
+
+`Backend` is the whole protocol: every method has a default here (a backend overrides
+what it needs), so callers call them directly and never probe with getattr. Backends
+subclass it, live in one module each with ``make(name) -> Backend`` and are registered
+by name in crossnet.backends.BACKENDS.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
@@ -74,11 +79,12 @@ def stable_mac(*parts: object) -> str:
     return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
-class Backend:
-    name: ClassVar[str]
+class Backend(Protocol):
+    # settings (class attributes, or set by make(name) for a module serving several names)
+    name: str  # as registered in crossnet.backends.BACKENDS
     needs_l2: ClassVar[bool] = False  # all hosts must share one L2 segment
-    overhead: ClassVar[int] = 0  # encapsulation bytes subtracted from the underlay MTU
-    description: ClassVar[str] = ""
+    overhead: int = 0  # encapsulation bytes subtracted from the underlay MTU
+    description: str = ""
 
     # --- what peers need to know about a host (static store: derived; etcd: published)
     def host_data(self, cluster_name: str, host: str, address: IPv4Address) -> dict:
@@ -124,6 +130,16 @@ class Backend:
     # --- tracing: the device that carries traffic to a peer
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return None
+
+    def gw_mac(self, ctx: HostContext, peer: Peer | None = None) -> str | None:
+        """The MAC of the container gateway of `peer` (this host's when None) when the
+        backend derives it (frames reach it across the overlay at L2: ovs); None when
+        it is not predictable or not on the path (routed backends)."""
+        return None
+
+    # --- `crossnet status`: backend-specific fields (e.g. the OVS datapath)
+    def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
+        return {}
 
 
 RT_SCOPE_LINK = 253

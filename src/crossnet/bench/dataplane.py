@@ -19,7 +19,6 @@ hosts is recorded in RunContext.memory.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import time
@@ -46,29 +45,17 @@ ORDER = ("manual-bridge-routes", "host-gw", "manual-bridge-nic", "bridge", "manu
 
 
 def all_backends() -> list[str]:
-    from crossnet.backends import MODULES
+    from crossnet.backends import backend_names
 
-    names = list(MODULES)
-    return sorted(names, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    return sorted(backend_names(), key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def backend_unavailable(name: str) -> str | None:
     """Why backend `name` cannot be benchmarked here (None: it can)."""
-    from crossnet.backends import MODULES, get_backend
+    from crossnet.backends import BACKENDS
 
-    modname = MODULES.get(name)
-    if modname is None:
+    if name not in BACKENDS:
         return f"unknown backend {name!r}"
-    if importlib.util.find_spec(modname) is None:
-        return f"backend module {modname} not in this tree yet"
-    try:
-        get_backend(name)
-    except Exception as exc:  # noqa: BLE001 - a half-landed backend
-        return f"backend {name} does not load: {clean_error(exc)}"
-    from crossnet.lab.topology import known_backends
-
-    if name not in known_backends():
-        return f"the lab does not know backend {name!r} yet"
     if name.startswith("ovs") and not shutil.which("ovs-vswitchd"):
         return "openvswitch-switch not installed"
     return None

@@ -25,6 +25,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from crossnet import backends
 from crossnet.errors import ConfigError
 
 DEFAULT_NAME = "cnlab"
@@ -35,8 +36,6 @@ DEFAULT_UNDERLAY = "l2"
 DEFAULT_HOSTS = 3
 DEFAULT_CONTAINERS = 2
 UNDERLAYS = ("l2", "l3")
-# used when crossnet.backends does not (yet) publish its registry
-FALLBACK_BACKENDS = ("bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan")
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MAX_HOSTS = 50
 MAX_CONTAINERS = 64
@@ -59,30 +58,6 @@ def validate_name(name: str) -> str:
             "then lowercase letters or digits; no '-')"
         )
     return name
-
-
-def known_backends() -> tuple[str, ...]:
-    """Backend names: crossnet.backends' registry when it publishes one, else a fixed list."""
-    try:
-        import crossnet.backends as backends_pkg
-    except ImportError:  # pragma: no cover - package always exists
-        return FALLBACK_BACKENDS
-    for attr in ("MODULES", "BACKENDS", "BACKEND_NAMES"):
-        reg = getattr(backends_pkg, attr, None)
-        if reg:
-            try:
-                return tuple(str(n) for n in reg)
-            except TypeError:
-                pass
-    fn = getattr(backends_pkg, "backend_names", None) or getattr(backends_pkg, "available", None)
-    if callable(fn):
-        try:
-            names = tuple(sorted(str(n) for n in fn()))
-            if names:
-                return names
-        except Exception:  # noqa: BLE001 - a half-written registry must not break the lab
-            pass
-    return FALLBACK_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -108,14 +83,13 @@ class LabOptions:
             raise ConfigError(
                 f"--underlay: unknown underlay {self.underlay!r} (choose from {', '.join(UNDERLAYS)})"
             )
-        backends = known_backends()
-        if self.backend not in backends:
+        if self.backend not in backends.BACKENDS:
             raise ConfigError(
-                f"--backend: unknown backend {self.backend!r} (choose from {', '.join(backends)})"
+                f"--backend: unknown backend {self.backend!r} (choose from {', '.join(backends.BACKENDS)})"
             )
-        if self.backend == "bridge" and self.underlay != "l2":
+        if backends.spec(self.backend).lan_ranges and self.underlay != "l2":
             raise ConfigError(
-                "--backend bridge needs --underlay l2 (containers join the hosts' LAN)"
+                f"--backend {self.backend} needs --underlay l2 (containers join the hosts' LAN)"
             )
         if not isinstance(self.containers, int) or not 0 <= self.containers <= MAX_CONTAINERS:
             raise ConfigError(
@@ -250,7 +224,7 @@ class LabPlan:
     def cluster_dict(self) -> dict[str, Any]:
         """The cluster file every host applies (see crossnet.config)."""
         d: dict[str, Any] = {"name": self.name, "backend": self.backend}
-        if self.backend == "bridge":
+        if backends.spec(self.backend).lan_ranges:
             lan = ipaddress.IPv4Network(self.hosts[0].subnet)
             d["lan"] = {"cidr": str(lan), "gateway": self.hosts[0].gateway, "range_len": BRIDGE_RANGE_LEN}
         else:

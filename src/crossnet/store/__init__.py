@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from crossnet import backends
 from crossnet.errors import ConfigError, CrossnetError
 
 # backends that work with a leased per-host subnet (bridge needs LAN ranges: static file only)
-STORE_BACKENDS = ("vxlan", "host-gw", "ovs-gre", "ovs-vxlan")
+STORE_BACKENDS = backends.store_backend_names()
 DEFAULT_TTL = 60
 MIN_TTL = 2
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -72,7 +73,7 @@ class NetworkConfig:
             except ValueError as exc:
                 raise bad("network", f"invalid IPv4 network {self.network!r} ({exc})") from None
         if self.backend not in STORE_BACKENDS:
-            hint = " (bridge needs the static cluster file)" if self.backend == "bridge" else ""
+            hint = f" ({self.backend} needs the static cluster file)" if self.backend in backends.lan_backend_names() else ""
             raise bad("backend", f"{self.backend!r} is not supported with a store{hint}; choose from {', '.join(STORE_BACKENDS)}")
         if not isinstance(self.subnet_len, int) or not self.network.prefixlen < self.subnet_len <= 30:
             raise bad("subnet_len", f"{self.subnet_len!r} must be longer than /{self.network.prefixlen} and at most 30")
@@ -253,6 +254,10 @@ class Store(ABC):
         """host name -> the containers it published; None when the store has no such
         channel (the cluster file: peers' containers are unknown)."""
         return None
+
+    def interrupt_watch(self) -> None:
+        """Break a blocked `watch` read from another thread (the agent's keepalive when the
+        store looks dead). The default: watch does not block on a connection."""
 
     def close(self) -> None:
         pass
