@@ -310,10 +310,7 @@ class Agent:
 
     def _load_config(self) -> None:
         cfg = self.store.get_config()
-        try:
-            backend = get_backend(cfg.backend)
-        except ModuleNotFoundError:
-            raise StoreError(f"backend {cfg.backend!r} is not available in this build of crossnet") from None
+        backend = get_backend(cfg.backend)
         assert self.address is not None
         if self.address in cfg.network:
             raise ConfigError(f"network {cfg.network} contains this host's underlay address {self.address}")
@@ -489,9 +486,7 @@ class Agent:
                 self.queue.put(("lease-lost", lease.lease_id))
             except StoreError as exc:
                 self._report("keepalive", f"{exc}; data plane left as is")
-                interrupt = getattr(self.store, "interrupt_watch", None)
-                if interrupt is not None:
-                    interrupt()
+                self.store.interrupt_watch()
 
     def _watch_loop(self) -> None:
         since = self.revision + 1
@@ -736,9 +731,7 @@ class Agent:
         self.stop.set()
         with self._pub_cond:
             self._pub_cond.notify_all()
-        interrupt = getattr(self.store, "interrupt_watch", None)
-        if interrupt is not None:
-            interrupt()
+        self.store.interrupt_watch()
         if self._api is not None:
             self._api.close()
             self._api = None

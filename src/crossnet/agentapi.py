@@ -162,10 +162,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
             _containers_changed(agent)
         return 200, {"id": cid, "detached": res is not None, **(res or {})}
     if method == "GET" and path == "/v1/containers":
-        cluster = getattr(agent, "cluster_containers", None)
-        if cluster is None:
-            return 404, {"error": "this agent does not publish containers"}
-        return 200, cluster()
+        return 200, agent.cluster_containers()
     if method == "POST" and path == "/v1/cni":
         out = _cni(body)
         if not out.get("stale") and str((body.get("environ") or {}).get("CNI_COMMAND")) in ("ADD", "DEL"):
@@ -177,9 +174,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
 
 
 def _containers_changed(agent: Agent) -> None:
-    notify = getattr(agent, "containers_changed", None)
-    if notify is not None:
-        notify()
+    agent.containers_changed()
 
 
 def _cni(body: dict) -> dict:

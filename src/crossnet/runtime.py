@@ -2,19 +2,15 @@
 
 Forms: a netns name (`/run/netns/NAME`), a path to a netns file, `pid:N`
 (`/proc/N/ns/net`). Runtime-specific forms (`podman:NAME`, `docker:NAME`) are
-registered by crossnet.runtimes.* through RESOLVERS.
+served by crossnet.runtimes (imported only for them).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Callable
 
 from crossnet.errors import ConfigError
-
-# prefix -> function(name) -> (container_id, netns_path)
-RESOLVERS: dict[str, Callable[[str], tuple[str, str]]] = {}
 
 
 def spec_id(spec: str) -> str:
@@ -38,13 +34,10 @@ def resolve(spec: str) -> tuple[str, str]:
         if not os.path.exists(path):
             raise ConfigError(f"CONTAINER: {spec!r}: no process {rest}")
         return spec_id(spec), path
-    if sep and prefix in RESOLVERS:
-        return RESOLVERS[prefix](rest)
     if sep and prefix in ("podman", "docker"):
-        _load_runtime_resolvers()
-        if prefix in RESOLVERS:
-            return RESOLVERS[prefix](rest)
-        raise ConfigError(f"CONTAINER: {prefix} containers are not supported in this build")
+        from crossnet.runtimes import RESOLVERS
+
+        return RESOLVERS[prefix](rest)
     if "/" in spec:
         if not os.path.exists(spec):
             raise ConfigError(f"CONTAINER: {spec!r}: no such network namespace file")
@@ -54,9 +47,3 @@ def resolve(spec: str) -> tuple[str, str]:
         raise ConfigError(f"CONTAINER: {spec!r}: no network namespace named {spec} (see `ip netns list`)")
     return spec, path
 
-
-def _load_runtime_resolvers() -> None:
-    try:
-        import crossnet.runtimes  # noqa: F401  (registers podman/docker resolvers)
-    except ModuleNotFoundError:
-        pass

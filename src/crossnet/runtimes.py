@@ -1,6 +1,6 @@
 """`podman:NAME` and `docker:NAME` container specs: find a container's network namespace
-through its runtime's API. Importing this module registers both in
-crossnet.runtime.RESOLVERS.
+through its runtime's API; crossnet.runtime.resolve imports this module (through
+RESOLVERS) only for those two forms.
 
 docker: the Docker Engine API over its unix socket (``DOCKER_HOST=unix:///path`` or
 /var/run/docker.sock): ``GET /containers/NAME/json`` -> ``State.Pid`` ->
@@ -19,11 +19,10 @@ import os
 import shlex
 import shutil
 import subprocess
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import quote
 
 from crossnet.errors import ConfigError, CrossnetError
-from crossnet.runtime import RESOLVERS
 from crossnet.unixhttp import UnixHTTPConnection
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -149,5 +148,5 @@ def resolve_podman(name: str) -> tuple[str, str]:
     return netns_of(info, "podman", name)
 
 
-RESOLVERS["docker"] = resolve_docker
-RESOLVERS["podman"] = resolve_podman
+# spec prefix -> function(name) -> (container id, netns path)
+RESOLVERS: dict[str, Callable[[str], tuple[str, str]]] = {"docker": resolve_docker, "podman": resolve_podman}

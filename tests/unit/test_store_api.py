@@ -19,6 +19,12 @@ class FakeAgent:
     def info(self):
         return {"host": "h1", "synced": True, "peers": [{"name": "h2", "subnet": "10.32.1.0/24", "programmed": True}]}
 
+    def containers_changed(self):
+        pass
+
+    def cluster_containers(self):
+        return {"host": "h1", "store": "static", "known": False, "hosts": {}}
+
 
 @pytest.fixture
 def api(tmp_path):
@@ -91,11 +97,6 @@ def test_containers_endpoint(tmp_path):
         handle.close()
 
 
-def test_containers_endpoint_of_an_agent_without_them(api):
-    with pytest.raises(CrossnetError, match="does not publish containers"):
-        agentapi.call(api, "GET", "/v1/containers")
-
-
 class RecordingStore:
     kind = "etcd"
 
@@ -113,6 +114,9 @@ class RecordingStore:
 
     def containers(self):
         return {"h1": self.published[-1][1]} if self.published else {}
+
+    def interrupt_watch(self):
+        pass
 
     def close(self):
         pass

@@ -27,7 +27,6 @@ import ipaddress
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -168,80 +167,31 @@ class BridgeNic(Layout):
 
 
 class OvsDaemons:
-    """ovsdb-server + ovs-vswitchd of one simulated host, in their own directory
-    (OVS_RUNDIR/DBDIR/LOGDIR/SYSCONFDIR all point there, for the daemons and every
-    ovs-vsctl call)."""
+    """ovsdb-server + ovs-vswitchd of one simulated host through the lab's
+    crossnet.lab.ovsdaemon.OvsInstance (one directory; OVS_RUNDIR/DBDIR/LOGDIR/SYSCONFDIR
+    point there, for the daemons and every ovs-vsctl call), with an ovs-vsctl wrapper."""
 
     def __init__(self, netns: str, base: Path):
+        from crossnet.lab.ovsdaemon import OvsInstance
+
         self.netns = netns
         self.dir = Path(base)
-        self.env = {k: str(self.dir) for k in ("OVS_RUNDIR", "OVS_DBDIR", "OVS_LOGDIR", "OVS_SYSCONFDIR")}
-        self.db = f"unix:{self.dir}/db.sock"
+        self.inst = OvsInstance(str(base), netns=netns)
+        self.env = dict(self.inst.env())
+        self.db = f"unix:{self.inst.db_socket}"
 
     def _ns(self, argv: list[str], timeout: float = 30.0) -> str:
         return sh(["ip", "netns", "exec", self.netns, *argv], timeout=timeout, env={**os.environ, **self.env}).stdout
 
     def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        sh(["ovsdb-tool", "create", f"{self.dir}/conf.db", OVS_SCHEMA], env={**os.environ, **self.env})
-        self._ns(["ovsdb-server", f"{self.dir}/conf.db", f"--remote=punix:{self.dir}/db.sock",
-                  f"--pidfile={self.dir}/ovsdb-server.pid", f"--unixctl={self.dir}/ovsdb-server.ctl",
-                  f"--log-file={self.dir}/ovsdb-server.log", "--detach", "--no-chdir"])
-        self.vsctl("--no-wait", "init")
-        self._ns(["ovs-vswitchd", self.db, f"--pidfile={self.dir}/ovs-vswitchd.pid",
-                  f"--unixctl={self.dir}/ovs-vswitchd.ctl", f"--log-file={self.dir}/ovs-vswitchd.log",
-                  "--detach", "--no-chdir"])
+        self.inst.start()
 
     def vsctl(self, *args: str) -> str:
         return self._ns(["ovs-vsctl", f"--db={self.db}", "--timeout=20", *args])
 
-    def _pid(self, name: str) -> int | None:
-        with contextlib.suppress(OSError, ValueError):
-            return int((self.dir / f"{name}.pid").read_text().strip())
-        return None
-
-    def stop(self) -> None:
-        for name in ("ovs-vswitchd", "ovsdb-server"):
-            pid = self._pid(name)
-            if pid is None:
-                continue
-            with contextlib.suppress(Exception):
-                sh(["ovs-appctl", "-t", f"{self.dir}/{name}.ctl", "exit"], timeout=10, check=False,
-                   env={**os.environ, **self.env})
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
-                time.sleep(0.05)
-            if os.path.exists(f"/proc/{pid}"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, 9)
-
-
-class _HelperDaemons(OvsDaemons):
-    """The OVS engineer's crossnet.lab.ovsdaemon.OvsInstance (same layout: one directory,
-    OVS_* variables for daemons and commands), with our ovs-vsctl wrapper."""
-
-    def __init__(self, inst: Any, netns: str):
-        super().__init__(netns, Path(inst.directory))
-        self.inst = inst
-        self.env = dict(inst.env())
-        self.db = f"unix:{inst.db_socket}"
-
-    def start(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.inst.start()
-
     def stop(self) -> None:
         self.inst.stop()
-
-
-def ovs_daemons(netns: str, base: Path) -> OvsDaemons:
-    """Per-host daemons through the OVS engineer's helper (crossnet.lab.ovsdaemon) when
-    it is in the tree, else our own minimal equivalent."""
-    try:
-        from crossnet.lab.ovsdaemon import OvsInstance
-    except ImportError:
-        return OvsDaemons(netns, base)
-    return _HelperDaemons(OvsInstance(str(base), netns=netns), netns)
 
 
 class OvsGre(Layout):
@@ -268,7 +218,7 @@ class OvsGre(Layout):
         inner = mtu - self.overhead
         addrs = []
         for k, h in enumerate(hosts, 1):
-            d = ovs_daemons(h.netns, Path(self.lab.plan.lab_dir) / "hosts" / h.name / "bench-ovs")
+            d = OvsDaemons(h.netns, Path(self.lab.plan.lab_dir) / "hosts" / h.name / "bench-ovs")
             self.steps.append(f"[{h.name}] start ovsdb-server + ovs-vswitchd (own db/run dir, OVS_RUNDIR/DBDIR/"
                               "LOGDIR/SYSCONFDIR pointing at it)")
             d.start()

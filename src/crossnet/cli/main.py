@@ -35,13 +35,7 @@ class LazyGroup(click.Group):
         if modname in self._loaded:
             return
         self._loaded.add(modname)
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:  # a group not built yet must not break the others
-            if exc.name == modname:
-                return
-            raise
-        mod.register(self)
+        importlib.import_module(modname).register(self)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         for modname, names in COMMAND_MODULES.items():  # in order: lab before trace

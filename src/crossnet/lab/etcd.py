@@ -28,6 +28,7 @@ from pathlib import Path
 
 from crossnet.errors import CrossnetError
 from crossnet.lab.etcdserver import EtcdServer
+from crossnet.lab.services import HostService, host_env, register_service
 from crossnet.procs import stop as stop_pid
 
 LAB_PREFIX = "/crossnet"
@@ -164,8 +165,6 @@ def _stop_etcd(plan, host) -> None:
 
 
 def _start_agent(plan, host) -> None:
-    from crossnet.lab.services import host_env
-
     srv = lab_etcd(plan)
     log_path = str(Path(plan.lab_dir) / "hosts" / host.name / "agent.log")
     ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
@@ -178,14 +177,6 @@ def _stop_agent(plan, host) -> None:
     stop_agent(host.state_dir)
 
 
-def _register() -> None:
-    try:
-        from crossnet.lab.services import HostService, register_service
-    except ImportError:  # lab not available
-        return
-    register_service(HostService("etcd", _start_etcd, _stop_etcd, enabled=_enabled, order=10))
-    # after the per-host daemons the backends need (ovs: order 50), stopped before them
-    register_service(HostService("agent", _start_agent, _stop_agent, enabled=_enabled, order=60))
-
-
-_register()
+register_service(HostService("etcd", _start_etcd, _stop_etcd, enabled=_enabled, order=10))
+# after the per-host daemons the backends need (ovs: order 50), stopped before them
+register_service(HostService("agent", _start_agent, _stop_agent, enabled=_enabled, order=60))

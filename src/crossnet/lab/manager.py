@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib
 import json
 import os
 import shutil
@@ -310,24 +309,12 @@ def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
 
 # ---- cluster file -------------------------------------------------------------------
 def write_cluster_file(plan: LabPlan) -> None:
-    data = plan.cluster_dict()
+    """The cluster file every host applies, validated by crossnet.config like any other."""
+    from crossnet.config import dump_cluster, parse_cluster
+
     path = Path(plan.cluster_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parse = dump = None
-    try:
-        config = importlib.import_module("crossnet.config")
-        parse = getattr(config, "parse_cluster", None)
-        dump = getattr(config, "dump_cluster", None)
-    except Exception:  # noqa: BLE001 - config module not there (yet): plain YAML
-        pass
-    if parse is not None and dump is not None:
-        dump(parse(data), path)
-        return
-    import yaml
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(data, sort_keys=False))
-    os.replace(tmp, path)
+    dump_cluster(parse_cluster(plan.cluster_dict()), path)
 
 
 # ---- up -----------------------------------------------------------------------------
@@ -456,8 +443,9 @@ def _stop_services(manifest: dict[str, Any]) -> list[str]:
         plan = LabPlan.from_dict(manifest)
     except (KeyError, TypeError):
         return []
+    svc_registry.load_service_modules()
     for rec in reversed(manifest.get("services") or []):
-        svc_registry.load_service_modules([rec.get("module")] if rec.get("module") else [])
+        # by name: the recorded module may have moved since the lab was started
         svc = svc_registry.get_service(rec.get("name", ""))
         if svc is None:
             continue

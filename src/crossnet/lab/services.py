@@ -26,7 +26,7 @@ from typing import Callable
 
 from crossnet.lab.topology import HostPlan, LabPlan
 
-# modules that register services at import (other groups append here)
+# modules that register services at import (imported by name: they import this module)
 SERVICE_MODULES: list[str] = ["crossnet.lab.podman", "crossnet.lab.ovs", "crossnet.lab.etcd"]
 
 
@@ -62,12 +62,9 @@ def unregister_service(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def load_service_modules(extra: list[str] | tuple[str, ...] = ()) -> None:
-    for mod in [*SERVICE_MODULES, *extra]:
-        try:
-            importlib.import_module(mod)
-        except ImportError:
-            continue
+def load_service_modules() -> None:
+    for mod in SERVICE_MODULES:
+        importlib.import_module(mod)
 
 
 def get_service(name: str) -> HostService | None:
