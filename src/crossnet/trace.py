@@ -475,13 +475,10 @@ class Walker:
     def _peer_gateway_mac(self, host: HostSide, ip: str | None) -> str | None:
         """The MAC of a peer's container gateway when the backend derives it (`gw_mac`)."""
         peer = self._peer_of_gateway(host, ip)
-        fn = getattr(host.backend, "gw_mac", None)
-        if peer is None or not callable(fn):
+        if peer is None or host.backend is None:
             return None
-        try:
-            return str(fn(host.ctx, peer)).lower()
-        except Exception:  # noqa: BLE001 - a prediction only
-            return None
+        mac = host.backend.gw_mac(host.ctx, peer)
+        return mac.lower() if mac else None
 
     def container_on_port(self, host: HostSide, port: str) -> Endpoint | None:
         return next((c for c in host.containers if c.host_if == port), None)
@@ -1201,21 +1198,11 @@ class Session:
         return out
 
 
-def make_ovs_tracer(hosts: dict[str, HostSide], host_netns: dict[str, str | None]) -> Any:
-    """The OVS step when any host runs an OVS backend (crossnet.trace_ovs), else None."""
-    if not any(str(h.ctx.backend).startswith("ovs") for h in hosts.values()):
-        return None
-    try:
-        from crossnet import trace_ovs
-    except ModuleNotFoundError:
-        return None
-    return trace_ovs.make_tracer(hosts, host_netns)
-
-
 def trace_hosts(src_spec: str, dst_spec: str, states: list[tuple[Any, str | None]], verify: bool = False,
-                count: int = DEFAULT_COUNT) -> TraceResult:
+                count: int = DEFAULT_COUNT, make_ovs: Callable[[dict, dict], Any] | None = None) -> TraceResult:
     """Trace with the hosts given as (StateDir, netns or None) pairs; SRC is looked up
-    in the first one (the host trace runs on), DST in all of them."""
+    in the first one (the host trace runs on), DST in all of them. ``make_ovs(hosts,
+    host_netns)`` gives the OVS step (crossnet.trace_ovs.make_tracer), or None."""
     with Session() as s:
         sides = [s.host(state, netns) for state, netns in states]
         src_side = sides[0]
@@ -1229,7 +1216,7 @@ def trace_hosts(src_spec: str, dst_spec: str, states: list[tuple[Any, str | None
         hosts = {h.name: h for h in sides}
         host_netns = {h.name: h.netns for h in sides}
         cviews = s.containers(src, dst)
-        ovs = make_ovs_tracer(hosts, host_netns)
+        ovs = make_ovs(hosts, host_netns) if make_ovs is not None else None
         return trace(src, dst, hosts, cviews, verify=verify, count=count, host_netns=host_netns, ovs_tracer=ovs)
 
 

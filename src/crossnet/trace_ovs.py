@@ -319,12 +319,8 @@ def find_rundir(host: HostSide) -> str | None:
     cands: list[str] = []
     if host.netns is None and os.environ.get("OVS_RUNDIR"):
         cands.append(os.environ["OVS_RUNDIR"])
-    hook = _backend_rundir(host)
-    if hook:
-        cands.append(hook)
-    state_dir = getattr(host, "state_dir", None)
-    if state_dir:
-        base = Path(state_dir).parent  # lab: <lab>/hosts/<h>/state -> <lab>/hosts/<h>
+    if host.state_dir:
+        base = Path(host.state_dir).parent  # lab: <lab>/hosts/<h>/state -> <lab>/hosts/<h>
         cands += [str(p.parent) for p in sorted(base.glob("*/db.sock"))]
         cands += [str(p.parent) for p in sorted(base.glob("*/*/db.sock"))]
     if host.netns is None:
@@ -332,17 +328,6 @@ def find_rundir(host: HostSide) -> str | None:
     for c in cands:
         if os.path.exists(os.path.join(c, "db.sock")):
             return c
-    return None
-
-
-def _backend_rundir(host: HostSide) -> str | None:
-    """Let the OVS backend say where its OVS lives (optional hook `ovs_rundir(ctx)`)."""
-    fn = getattr(host.backend, "ovs_rundir", None)
-    if callable(fn):
-        try:
-            return fn(host.ctx)
-        except Exception:  # noqa: BLE001 - a hook must not break trace
-            return None
     return None
 
 
@@ -588,8 +573,11 @@ class OvsTracer:
 
 
 def make_tracer(hosts: dict[str, HostSide], host_netns: dict[str, str | None]) -> OvsTracer | None:
+    """The OVS step when any host runs an OVS backend (and OVS tools exist), else None."""
     import shutil
 
+    if not any(str(h.ctx.backend).startswith("ovs") for h in hosts.values()):
+        return None
     if not shutil.which("ovs-appctl"):
         return None
     return OvsTracer(hosts)

@@ -351,3 +351,18 @@ def test_walk_through_ovs_kernel_datapath_vxlan():
     assert rx.device == "vxl-h1" and rx.detail == "decap vxlan vni 7 from 10.61.0.10 on obr0"
     (_, flow), = tracer.ovs["h2"].flows
     assert "tun_id=7" in flow
+
+
+def test_make_tracer_only_for_hosts_running_an_ovs_backend(monkeypatch):
+    """trace_hosts gets the OVS step from the caller (trace_ovs.make_tracer): crossnet.trace
+    does not import trace_ovs; make_tracer itself says None when no host runs OVS."""
+    import shutil
+
+    from crossnet import trace_ovs
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    _, hosts, _, _ = _ovs_world()
+    assert isinstance(trace_ovs.make_tracer(hosts, {}), OvsTracer)
+    for h in hosts.values():
+        h.ctx.backend = "vxlan"
+    assert trace_ovs.make_tracer(hosts, {}) is None

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from crossnet.cli import trace as trace_cli
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab.topology import (
     DEFAULT_BACKEND,
@@ -163,6 +164,8 @@ def register(main: click.Group) -> None:
           crossnet lab down                                 remove everything
         """
 
+    lab.add_command(lab_trace_cmd)
+
     @lab.command("up")
     @_build_options
     def up_cmd(name, hosts, underlay, backend, containers, mtu, runtime, network, subnet_len, keep, no_apply, output):
@@ -309,3 +312,37 @@ def _check_probe_args(count: int, timeout: float) -> None:
         raise ConfigError(f"--count: must be between 1 and 100, got {count}")
     if not 0.1 <= timeout <= 30:
         raise ConfigError(f"--timeout: must be between 0.1 and 30 seconds, got {timeout:g}")
+
+
+@click.command("trace")
+@click.argument("src")
+@click.argument("dst")
+@trace_cli.VERIFY
+@trace_cli.COUNT
+@click.option("--name", "name", default="cnlab", show_default=True, envvar="CROSSNET_LAB",
+              help="Lab name. Env: CROSSNET_LAB.")
+@trace_cli.OUTPUT
+def lab_trace_cmd(src: str, dst: str, verify: bool, count: int, name: str, output: str) -> None:
+    """Trace from lab container SRC (h1-c1 or LAB-h1-c1) to DST (a container or an
+    address) across the simulated hosts: source host, underlay, destination host —
+    with counters on both sides when --verify."""
+    from crossnet import trace_ovs
+    from crossnet.state import StateDir
+    from crossnet.trace import trace_hosts
+
+    trace_cli._check_count(count)
+    manager = _manager()
+    lab = manager.Lab.open(validate_name(name))
+    src_ns = lab.plan.resolve_netns(src)
+    src_host = next((h for h in lab.hosts if src_ns in h.containers), None)
+    if src_host is None:
+        raise ConfigError(f"SRC: {src!r} is not a container of lab {lab.name!r}")
+    dst_spec = dst
+    try:
+        dst_spec = lab.plan.resolve_netns(dst)
+    except ConfigError:
+        pass  # an address
+    order = [src_host] + [h for h in lab.hosts if h is not src_host]
+    states = [(StateDir(h.state_dir), h.netns) for h in order]
+    result = trace_hosts(src_ns, dst_spec, states, verify=verify, count=count, make_ovs=trace_ovs.make_tracer)
+    trace_cli._emit(result, output, verify)

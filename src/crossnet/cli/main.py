@@ -17,7 +17,7 @@ from crossnet.errors import CrossnetError
 COMMAND_MODULES = {
     "crossnet.cli.host": ("apply", "reset", "attach", "detach", "status", "check"),
     "crossnet.cli.lab": ("lab",),  # lab up/down/exec/demo/check/list
-    "crossnet.cli.trace": ("trace", "lab"),  # trace SRC DST [--verify]; adds `lab trace`
+    "crossnet.cli.trace": ("trace",),  # trace SRC DST [--verify] (`lab trace` is in crossnet.cli.lab)
     "crossnet.cli.cni": ("cni", "docker-config"),
     "crossnet.cli.agent": ("agent", "etcd"),
     "crossnet.cli.bench": ("bench",),
@@ -38,7 +38,7 @@ class LazyGroup(click.Group):
         importlib.import_module(modname).register(self)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        for modname, names in COMMAND_MODULES.items():  # in order: lab before trace
+        for modname, names in COMMAND_MODULES.items():
             if cmd_name in names:
                 self._load(modname)
         return super().get_command(ctx, cmd_name)

@@ -1,5 +1,6 @@
-"""`crossnet trace SRC DST` and `crossnet lab trace SRC DST`: the hop-by-hop path of a
-packet between containers, from kernel state; `--verify` proves it with counters."""
+"""`crossnet trace SRC DST`: the hop-by-hop path of a packet between containers, from
+kernel state; `--verify` proves it with counters. `crossnet lab trace` (crossnet.cli.lab)
+shares the options and the output."""
 
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ def trace_cmd(ctx: click.Context, src: str, dst: str, verify: bool, count: int, 
     underlay NICs also count the probe packets by encapsulation (vxlan/gre/plain).
     Exit 1 when --verify finds a hop whose counter did not move.
     """
+    from crossnet import trace_ovs
     from crossnet.state import StateDir
     from crossnet.trace import trace_hosts
 
@@ -123,47 +125,9 @@ def trace_cmd(ctx: click.Context, src: str, dst: str, verify: bool, count: int, 
     states = [(StateDir(ctx.obj["state_dir"]), None)]
     if peer_state_dir:
         states.append((StateDir(peer_state_dir), peer_netns))
-    result = trace_hosts(src, dst, states, verify=verify, count=count)
-    _emit(result, output, verify)
-
-
-@click.command("trace")
-@click.argument("src")
-@click.argument("dst")
-@VERIFY
-@COUNT
-@click.option("--name", "name", default="cnlab", show_default=True, envvar="CROSSNET_LAB",
-              help="Lab name. Env: CROSSNET_LAB.")
-@OUTPUT
-def lab_trace_cmd(src: str, dst: str, verify: bool, count: int, name: str, output: str) -> None:
-    """Trace from lab container SRC (h1-c1 or LAB-h1-c1) to DST (a container or an
-    address) across the simulated hosts: source host, underlay, destination host —
-    with counters on both sides when --verify."""
-    from crossnet.lab import manager
-    from crossnet.lab.topology import validate_name
-    from crossnet.state import StateDir
-    from crossnet.trace import trace_hosts
-
-    _check_count(count)
-    manager.require_root()
-    lab = manager.Lab.open(validate_name(name))
-    src_ns = lab.plan.resolve_netns(src)
-    src_host = next((h for h in lab.hosts if src_ns in h.containers), None)
-    if src_host is None:
-        raise ConfigError(f"SRC: {src!r} is not a container of lab {lab.name!r}")
-    dst_spec = dst
-    try:
-        dst_spec = lab.plan.resolve_netns(dst)
-    except ConfigError:
-        pass  # an address
-    order = [src_host] + [h for h in lab.hosts if h is not src_host]
-    states = [(StateDir(h.state_dir), h.netns) for h in order]
-    result = trace_hosts(src_ns, dst_spec, states, verify=verify, count=count)
+    result = trace_hosts(src, dst, states, verify=verify, count=count, make_ovs=trace_ovs.make_tracer)
     _emit(result, output, verify)
 
 
 def register(main: click.Group) -> None:
     main.add_command(trace_cmd)
-    lab = main.commands.get("lab")
-    if isinstance(lab, click.Group) and "trace" not in lab.commands:
-        lab.add_command(lab_trace_cmd)

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 from crossnet.errors import CrossnetError
 from crossnet.lab import netns as ns
+from crossnet.lab.services import HostService, register_service
 
 IMAGE = "localhost/crossnet-busybox:latest"
 BUSYBOX = "/bin/busybox"
@@ -300,83 +301,6 @@ def http_check(plan: Any, statuses: dict[str, dict[str, Any]], timeout: float = 
     return out
 
 
-def _register() -> None:
-    try:
-        from crossnet.lab.services import HostService, register_service
-    except ImportError:  # pragma: no cover
-        return
-    register_service(HostService("podman", _start_service, _stop_service,
-                                 enabled=lambda plan: runtime_of(plan) == "podman"))
+SERVICE = register_service(HostService("podman", _start_service, _stop_service,
+                                       enabled=lambda plan: runtime_of(plan) == "podman"))
 
-
-_register()
-
-
-# ---- benchmark: what a CNI network adds to `podman run` ---------------------------------
-REF_NETWORK = "refbridge"
-
-
-def reference_conflist(base: Path) -> dict[str, Any]:
-    """The reference bridge + host-local (+ portmap) network, for comparison."""
-    return {
-        "cniVersion": "1.0.0",
-        "name": REF_NETWORK,
-        "plugins": [
-            {"type": "bridge", "bridge": "cnref0", "isGateway": True, "ipMasq": False, "hairpinMode": True,
-             "ipam": {"type": "host-local", "dataDir": str(base / "host-local"),
-                      "ranges": [[{"subnet": "10.250.0.0/24", "gateway": "10.250.0.1"}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ],
-    }
-
-
-def bench_run(p: HostPodman, runs: int = 10) -> dict[str, Any]:
-    """Median wall time of `podman run --rm IMAGE true` with --network none, the reference
-    bridge + host-local, and crossnet, interleaved in the same run."""
-    import statistics
-
-    ref = p.net_dir / f"20-{REF_NETWORK}.conflist"
-    ref.write_text(json.dumps(reference_conflist(p.base), indent=2))
-    times: dict[str, list[float]] = {"none": [], REF_NETWORK: [], p.network: []}
-    try:
-        for net in times:  # warm up (image layers, network caches)
-            p.run("run", "--rm", "--network", net, IMAGE, "true")
-        for _ in range(runs):
-            for net in times:
-                t0 = time.perf_counter()
-                p.run("run", "--rm", "--network", net, IMAGE, "true")
-                times[net].append(time.perf_counter() - t0)
-    finally:
-        ref.unlink(missing_ok=True)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return {
-        "runs": runs,
-        "median_s": {k: round(v, 3) for k, v in med.items()},
-        "added_s": {k: round(v - med["none"], 3) for k, v in med.items() if k != "none"},
-    }
-
-
-def _main(argv: list[str] | None = None) -> None:
-    """python -m crossnet.lab.podman bench [--runs N] [--backend B]: one-host lab, benchmark, down."""
-    import argparse
-    import secrets
-
-    ap = argparse.ArgumentParser(prog="python -m crossnet.lab.podman")
-    ap.add_argument("command", choices=["bench"])
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--backend", default="vxlan")
-    args = ap.parse_args(argv)
-    from crossnet.lab.manager import down, up
-    from crossnet.lab.topology import LabOptions
-
-    name = "b" + secrets.token_hex(3)[:5]
-    lab = up(LabOptions(name=name, hosts=1, containers=0, backend=args.backend, extra={"runtime": "podman"}))
-    try:
-        print(json.dumps(bench_run(host_podman(lab.plan, lab.hosts[0]), args.runs), indent=2))
-    finally:
-        down(name)
-
-
-if __name__ == "__main__":
-    _main()
