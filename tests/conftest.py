@@ -20,7 +20,7 @@ import string
 
 import pytest
 
-from crossnet import procs
+from crossnet.lab import procs
 
 _ALPHABET = string.ascii_lowercase + string.digits
 

@@ -176,7 +176,7 @@ def test_tls_etcd_init_and_agents(fg_lab_factory, request):
     proc, url = _tls_etcd(lab, d)
 
     def stop_etcd():
-        from crossnet.procs import stop
+        from crossnet.lab.procs import stop
 
         stop(proc.pid, signal.SIGTERM, timeout=10)
         proc.wait(5)

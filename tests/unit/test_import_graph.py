@@ -160,3 +160,51 @@ def test_production_code_never_imports_the_lab():
     bad = sorted((m, d) for m, deps in g.items() if not any(_within(m, p) for p in LAB_SIDE)
                  for d in deps if _within(d, LAB))
     assert not bad, f"production modules importing lab-only code: {bad}"
+
+
+# ---- docs/design.md's module map names every module, and its layers hold
+
+DESIGN = Path(__file__).resolve().parents[2] / "docs" / "design.md"
+# an edge that goes "up" the map on purpose: names Backend for type checking only
+UPWARD_OK = {("crossnet.backends", "crossnet.backends.base")}
+
+
+def design_map() -> dict[str, int]:
+    """module -> index of its group in docs/design.md's table (`.x` after a full name
+    in the same cell means a sibling module, or a submodule of a package)."""
+    import re
+
+    mods = _modules()
+    out: dict[str, int] = {}
+    group = -1
+    for line in DESIGN.read_text().splitlines():
+        if not line.startswith("| "):
+            continue
+        cell = line.split("|")[1]
+        if cell.strip().startswith("**"):
+            group += 1
+            continue
+        base = None
+        for tok in re.findall(r"`([^`]+)`", cell):
+            if tok.startswith("crossnet.") or tok == "crossnet":
+                name = tok
+                base = tok if tok in mods and _is_package(mods[tok]) else tok.rpartition(".")[0]
+            elif tok.startswith(".") and base:
+                name = base + tok
+            else:
+                continue
+            out[name] = group
+    return out
+
+
+def test_design_map_names_every_module():
+    named = design_map()
+    assert sorted(set(_modules()) - set(named)) == []
+    assert sorted(set(named) - set(_modules())) == []
+
+
+def test_imports_follow_the_layers_of_the_design_map():
+    layer = design_map()
+    up = sorted((m, d) for m, deps in import_graph().items() for d in deps
+                if layer[d] > layer[m] and (m, d) not in UPWARD_OK)
+    assert not up, f"imports from a layer to one below it in docs/design.md: {up}"

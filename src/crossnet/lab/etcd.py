@@ -28,8 +28,8 @@ from pathlib import Path
 
 from crossnet.errors import CrossnetError
 from crossnet.lab.etcdserver import EtcdServer
+from crossnet.lab.procs import stop as stop_pid
 from crossnet.lab.services import HostService, host_env, register_service
-from crossnet.procs import stop as stop_pid
 
 LAB_PREFIX = "/crossnet"
 LAB_TTL = 10

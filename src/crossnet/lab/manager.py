@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from crossnet import procs
 from crossnet.check import Endpoint, Pair, all_ok, pairs_to_json, ping_matrix
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab import netns as ns
+from crossnet.lab import procs
 from crossnet.lab import services as svc_registry
 from crossnet.lab.topology import (
     HostPlan,

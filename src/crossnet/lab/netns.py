@@ -22,8 +22,8 @@ from pyroute2 import netns as pr_netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet.errors import CrossnetError
+from crossnet.lab.procs import alive
 from crossnet.lab.topology import HostPlan, LabPlan
-from crossnet.procs import alive
 
 NETNS_DIR = "/run/netns"
 

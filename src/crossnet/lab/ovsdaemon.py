@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crossnet.errors import CrossnetError
+from crossnet.lab.procs import wait_gone
 from crossnet.ovs import db as ovsdb
-from crossnet.procs import wait_gone
 
 SCHEMA = "/usr/share/openvswitch/vswitch.ovsschema"
 START_TIMEOUT = 20.0
