@@ -117,6 +117,7 @@ class View(Protocol):
     def neigh(self, ip: str, ifindex: int) -> Neigh | None: ...
     def fdb(self) -> list[FdbEntry]: ...
     def stats(self) -> dict[str, tuple[int, int]]: ...  # ifname -> (tx_packets, rx_packets)
+    def refresh(self) -> None: ...  # forget cached links (after --verify's probe)
 
 
 def link_by(view: View, name: str | None = None, index: int | None = None) -> Link | None:
@@ -205,6 +206,9 @@ class FakeView:
 
     def stats(self) -> dict[str, tuple[int, int]]:
         return dict(self._stats)
+
+    def refresh(self) -> None:
+        pass  # nothing cached
 
 
 # ---- the real view ---------------------------------------------------------------------------
@@ -461,7 +465,7 @@ class Walker:
     def _peer_of_gateway(host: HostSide, ip: str | None) -> Any:
         if not ip:
             return None
-        for p in getattr(host.ctx, "peers", []) or []:
+        for p in host.ctx.peers:
             try:
                 if p.subnet.num_addresses > 2 and str(next(p.subnet.hosts())) == ip:
                     return p
@@ -1058,7 +1062,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
     if verify:
         host_netns = host_netns or {}
         tap_objs: list[tuple[tuple[str, str], NicTap]] = []
-        ports = {4789, 8472} | {int(getattr(h.ctx, "port", 4789) or 4789) for h in hosts.values()}
+        ports = {4789, 8472} | {int(h.ctx.port or 4789) for h in hosts.values()}
         src_host = hosts.get(src.host or "")
         if src_host is not None:
             tap_objs.append(((src_host.view.key, src_host.ctx.iface),
@@ -1082,9 +1086,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         if lagging:
             after.update(settle({k: sources[k] for k in lagging}))
         for v in list(hosts.values()):
-            refresh = getattr(v.view, "refresh", None)
-            if refresh:
-                refresh()
+            v.view.refresh()
 
     walker = Walker(src, dst, hosts, container_views, ovs_tracer)
     hops = walker.run()

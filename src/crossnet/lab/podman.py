@@ -253,7 +253,7 @@ SERVE = "httpd -p 80 -h /var/www && exec sleep 999999999"  # every container ser
 
 
 def runtime_of(plan: Any) -> str:
-    return str((getattr(plan, "extra", None) or {}).get("runtime") or "netns")
+    return str((plan.extra or {}).get("runtime") or "netns")
 
 
 def host_podman(plan: Any, host: Any) -> HostPodman:
