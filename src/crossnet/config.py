@@ -201,7 +201,7 @@ class Cluster(BaseModel):
 
     @property
     def is_bridge(self) -> bool:
-        return backends.spec(self.backend).lan_ranges  # containers on the LAN in per-host ranges
+        return self.backend in backends.lan_backend_names()  # containers on the LAN in per-host ranges
 
     def container_network(self) -> IPv4Network:
         """The network containers live in: ``network``, or ``lan.cidr`` for bridge."""
