@@ -392,6 +392,28 @@ def test_check_join_response_refuses_bad_answers(cluster, other_cluster):
         join.check_join_response({"cert": good, "ca": ca}, pin, key, "host2", "10.0.0.3", "t")
 
 
+def test_admit_hook_refuses_after_the_proof_and_before_signing(cluster, tmp_path):
+    """The launch command's member-list check: a taken name is refused, nothing issued."""
+    calls = []
+
+    def admit(name, address):
+        calls.append((name, address))
+        if name == "host1":
+            raise join.JoinRefused("conflict", f"host name {name} is already a member")
+
+    cluster.service.admit = admit
+    server = cluster.serve()
+    jt = cluster.join_token(cluster.tokens.create())
+    with pytest.raises(join.JoinRefused, match="host name host1 is already a member") as info:
+        join.join(server, jt, "host1", "10.0.0.7", str(tmp_path / "dup"))
+    assert info.value.code == "conflict" and not (tmp_path / "dup").exists()
+    # a wrong secret never reaches the hook
+    with pytest.raises(join.JoinRefused):
+        join.join(server, JoinToken(Token(jt.token.id, "2" * 16), jt.pin), "host3", "10.0.0.3", str(tmp_path / "x"))
+    join.join(server, jt, "host2", "10.0.0.2", str(tmp_path / "ok"))
+    assert calls == [("host1", "10.0.0.7"), ("host2", "10.0.0.2")]
+
+
 def test_service_needs_the_ca_key(cluster):
     with pytest.raises(pki.PkiError, match="needs the CA key"):
         join.JoinService(pki.CA(cluster.ca.cert, None), cluster.tokens)

@@ -50,7 +50,8 @@ TIMEOUT = 10.0
 
 class JoinRefused(CrossnetError):
     """The handshake was refused. `code`: unknown, wrong-secret, revoked, expired
-    (the token), bad-nonce, bad-request, ca-pin-mismatch, bad-server-cert, bad-response."""
+    (the token), bad-nonce, bad-request, conflict (refused by the admit hook),
+    ca-pin-mismatch, bad-server-cert, bad-response."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -82,12 +83,16 @@ class JoinService:
     change nothing (the token store is only read; nothing is written)."""
 
     def __init__(self, ca: pki.CA, tokens: TokenStore, members: Callable[[], list] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 admit: Callable[[str, str], None] | None = None, clock: Callable[[], float] = time.monotonic):
+        """members() fills the response's member list; admit(name, address), called once
+        the token is proven and before signing, may raise JoinRefused (e.g. code
+        "conflict": name or address taken — `crossnet launch` checks its member list)."""
         if ca.key is None:
             raise pki.PkiError("a join endpoint needs the CA key")
         self.ca = ca
         self.tokens = tokens
         self.members = members or (lambda: [])
+        self.admit = admit
         self.clock = clock
         self._nonces: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -139,6 +144,8 @@ class JoinService:
         message = transcript(self.ca.pin, nonce, token_id, name, address, csr_der)
         self.tokens.verify_proof(token_id, message, proof)  # TokenError: unknown/wrong-secret/revoked/expired
         csr = pki.load_csr(csr_der)
+        if self.admit is not None:
+            self.admit(name, address)
         cert = self.ca.issue(csr, name, address)
         return {"protocol": PROTOCOL, "cert": pki.cert_pem(cert).decode(), "ca": self.ca.cert_pem.decode(),
                 "members": list(self.members())}
