@@ -5,6 +5,7 @@ for its own key; every refusal is one distinct line and writes nothing on either
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import socket
@@ -236,6 +237,24 @@ def test_already_joined_host_is_refused_before_any_traffic(cluster, tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_join_over_ipv6_loopback(tmp_path):
+    try:
+        probe = socket.socket(socket.AF_INET6)
+        probe.bind(("::1", 0))
+        probe.close()
+    except OSError:
+        pytest.skip("no ::1")
+    c = Cluster(tmp_path / "v6", address="::1")
+    srv = join.JoinServer(c.service, "::1", 0, str(c.pki_dir / pki.MEMBER_CERT), str(c.pki_dir / pki.MEMBER_KEY))
+    srv.start()
+    try:
+        jt = c.join_token(c.tokens.create())
+        res = join.join(f"[::1]:{srv.port}", jt, "host2", "fd00::2", str(tmp_path / "j"))
+    finally:
+        srv.close()
+    pki.check_member_cert(res.cert, c.ca.cert, key=res.key, address="fd00::2")
+
+
 def test_unreachable_endpoint_is_one_line(tmp_path):
     s = socket.socket()
     s.bind((LOOPBACK, 0))
@@ -435,7 +454,7 @@ def test_parse_server(text):
     except ConfigError as exc:
         assert str(exc).startswith("ADDR: ")
     else:
-        assert 1 <= port <= 65535 and host in text
+        assert 1 <= port <= 65535 and str(ipaddress.ip_address(host)) == host
 
 
 def test_parse_server_forms():
