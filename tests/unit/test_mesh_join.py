@@ -255,6 +255,17 @@ def test_join_over_ipv6_loopback(tmp_path):
     pki.check_member_cert(res.cert, c.ca.cert, key=res.key, address="fd00::2")
 
 
+def test_server_bug_is_one_line_not_a_dropped_connection(cluster, tmp_path):
+    def members():
+        raise RuntimeError("boom")
+
+    cluster.service.members = members
+    server = cluster.serve()
+    with pytest.raises(join.JoinRefused, match=r"refused: internal error: RuntimeError: boom$") as info:
+        join.join(server, cluster.join_token(cluster.tokens.create()), "host2", "10.0.0.2", str(tmp_path / "j"))
+    assert info.value.code == "server-error" and not (tmp_path / "j").exists()
+
+
 def test_unreachable_endpoint_is_one_line(tmp_path):
     s = socket.socket()
     s.bind((LOOPBACK, 0))

@@ -209,7 +209,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             body = self.rfile.read(n) if n else b""
-            status, doc = self.server.service.handle(method, self.path.split("?")[0], body)
+            try:
+                status, doc = self.server.service.handle(method, self.path.split("?")[0], body)
+            except Exception as exc:  # noqa: BLE001 - one line to the client, never a dropped connection
+                status, doc = 500, {"error": f"internal error: {type(exc).__name__}: {exc}", "code": "server-error"}
         data = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -364,7 +364,7 @@ def _check_is_ca(cert: Any, what: str) -> None:
         raise PkiError(f"{what}: not a CA certificate")
     try:
         cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, Exception) as exc:  # InvalidSignature has no common base
+    except Exception as exc:  # noqa: BLE001 - ValueError, TypeError or InvalidSignature
         raise PkiError(f"{what}: not a self-signed CA certificate ({type(exc).__name__})") from None
 
 
