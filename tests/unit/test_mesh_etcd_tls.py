@@ -1,0 +1,120 @@
+"""Member certificates of crossnet.mesh.pki are what etcd needs: a two-member etcd
+cluster on 127.0.0.1 with peer and client TLS (client-cert-auth on both) from one
+cluster CA replicates a write; a certificate of another CA and plaintext are refused."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from crossnet.mesh import pki
+from crossnet.store.etcdclient import EtcdClient, EtcdError, EtcdUnavailable
+from crossnet.store.etcdserver import etcd_available, free_port
+
+LOOPBACK = "127.0.0.1"
+
+
+def _member(ca, directory, name):
+    key = pki.generate_key()
+    pki.save_member(directory, key, ca.issue(pki.make_csr(key, name), name, LOOPBACK), ca.cert)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def mesh_etcd(tmp_path_factory):
+    if not etcd_available():
+        pytest.skip("needs etcd")
+    root = tmp_path_factory.mktemp("meshetcd")
+    ca = pki.create_ca(root / "ca")
+    names = ["m1", "m2"]
+    ports = {n: (free_port(), free_port()) for n in names}
+    cluster = ",".join(f"{n}=https://{LOOPBACK}:{ports[n][1]}" for n in names)
+    procs = []
+    try:
+        for n in names:
+            d = _member(ca, root / n / "pki", n)
+            client, peer = ports[n]
+            log = open(root / f"{n}.log", "wb")  # noqa: SIM115 - closed with the process below
+            procs.append((subprocess.Popen(
+                ["etcd", "--name", n, "--data-dir", str(root / n / "data"),
+                 "--listen-client-urls", f"https://{LOOPBACK}:{client}",
+                 "--advertise-client-urls", f"https://{LOOPBACK}:{client}",
+                 "--listen-peer-urls", f"https://{LOOPBACK}:{peer}",
+                 "--initial-advertise-peer-urls", f"https://{LOOPBACK}:{peer}",
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new",
+                 "--initial-cluster-token", "crossnet-mesh-test",
+                 "--cert-file", str(d / pki.MEMBER_CERT), "--key-file", str(d / pki.MEMBER_KEY),
+                 "--client-cert-auth", "--trusted-ca-file", str(d / pki.CA_CERT),
+                 "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
+                 "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL), log))
+        clients = {}
+        for n in names:
+            d = root / n / "pki"
+            clients[n] = EtcdClient(f"https://{LOOPBACK}:{ports[n][0]}", cert=str(d / pki.MEMBER_CERT),
+                                    key=str(d / pki.MEMBER_KEY), cacert=str(d / pki.CA_CERT), timeout=2)
+        deadline = time.monotonic() + 30
+        for n in names:
+            while True:
+                try:
+                    clients[n].put("/crossnet-test/ready", n)
+                    break
+                except EtcdError:
+                    if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
+                        raise
+                    time.sleep(0.2)
+        yield root, ca, ports, clients
+    finally:
+        for proc, log in procs:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+
+
+def test_write_on_one_member_is_read_on_the_other(mesh_etcd):
+    """Raft traffic between the members runs over peer TLS with the mesh certificates."""
+    _, _, _, clients = mesh_etcd
+    clients["m1"].put("/crossnet-test/k", "v1")
+    deadline = time.monotonic() + 10
+    while True:
+        kv = clients["m2"].get("/crossnet-test/k")
+        if kv is not None and kv.value == b"v1":
+            break
+        assert time.monotonic() < deadline, "write did not replicate"
+        time.sleep(0.1)
+
+
+def test_certificate_of_another_ca_is_refused(mesh_etcd, tmp_path):
+    root, ca, ports, _ = mesh_etcd
+    other = pki.create_ca(tmp_path / "other")
+    d = _member(other, tmp_path / "intruder", "m9")
+    intruder = EtcdClient(f"https://{LOOPBACK}:{ports['m1'][0]}", cert=str(d / pki.MEMBER_CERT),
+                          key=str(d / pki.MEMBER_KEY), cacert=str(root / "ca" / pki.CA_CERT), timeout=2)
+    with pytest.raises(EtcdUnavailable, match="TLS error|connection closed|reset"):
+        intruder.put("/crossnet-test/evil", "x")
+    # no client certificate at all
+    anonymous = EtcdClient(f"https://{LOOPBACK}:{ports['m1'][0]}", cacert=str(root / "ca" / pki.CA_CERT),
+                           timeout=2)
+    with pytest.raises(EtcdUnavailable, match="TLS error|connection closed|reset"):
+        anonymous.put("/crossnet-test/evil", "x")
+    # plaintext on the TLS port
+    plain = EtcdClient(f"http://{LOOPBACK}:{ports['m1'][0]}", timeout=2)
+    with pytest.raises(EtcdError):
+        plain.put("/crossnet-test/evil", "x")
+
+
+def test_client_refuses_a_server_outside_the_cluster_ca(mesh_etcd, tmp_path):
+    """A client that trusts only the cluster CA refuses etcd servers with other CAs' certs."""
+    _, _, ports, _ = mesh_etcd
+    other = pki.create_ca(tmp_path / "other")
+    d = _member(other, tmp_path / "c", "m8")
+    client = EtcdClient(f"https://{LOOPBACK}:{ports['m2'][0]}", cert=str(d / pki.MEMBER_CERT),
+                        key=str(d / pki.MEMBER_KEY), cacert=str(d / pki.CA_CERT), timeout=2)
+    with pytest.raises(EtcdUnavailable, match="TLS|certificate"):
+        client.get("/crossnet-test/k")
