@@ -11,7 +11,7 @@ import pytest
 
 from crossnet.mesh import pki
 from crossnet.store.etcdclient import EtcdClient, EtcdError, EtcdUnavailable
-from crossnet.store.etcdserver import etcd_available, free_port
+from crossnet.lab.etcdserver import etcd_available, free_port
 
 LOOPBACK = "127.0.0.1"
 
