@@ -699,8 +699,13 @@ def reconcile(desired: list[Resource], previous: list[Resource], env: Env, journ
     # (checking after each change would re-dump tables: quadratic with many peers)
     ok = [r.check(env) for r in desired]
     todo = [r for r, fine in zip(desired, ok) if not fine]
-    for r in todo:
-        r.prepare(env)
+    for r in todo:  # nothing has changed yet: a failure here needs no rollback
+        try:
+            r.prepare(env)
+        except ApplyError:
+            raise
+        except Exception as exc:
+            raise ApplyError(f"{r.describe()}: {exc}") from exc
     if journal is not None and (todo or any(r.key() not in want_keys for r in previous)):
         journal.write([r for r in previous if r.key() not in want_keys] + list(desired))
     crash_point()
@@ -1063,5 +1068,5 @@ def route_kw(r: dict, oif: int) -> dict:
     if r.get("tos"):
         kw["tos"] = r["tos"]
     if r.get("metrics"):
-        kw["metrics"] = {"attrs": [list(m) for m in r["metrics"]]}
+        kw["metrics"] = {str(k).lower().removeprefix("rtax_"): v for k, v in r["metrics"]}
     return kw

@@ -29,6 +29,7 @@ from crossnet.plan import (
     replay_order,
     route_commands,
     route_kw,
+    routes_present,
     saved_routes,
 )
 
@@ -335,20 +336,27 @@ class AddressMove(Resource):
         # without a record (status of a fresh plan) the address must at least have moved
         if not have or not set(self.saved.get("addresses", [])) <= have:
             return False
-        current = {(r.dst, r.gateway) for r in nl.routes(env.ipr) if r.oif == dev.index}
-        return all((r["dst"], r["gateway"]) in current for r in self.saved.get("routes", []))
+        return routes_present(env, self.saved.get("routes", []), dev.index)  # in every table
 
-    def ensure(self, env: Env) -> None:
+    def prepare(self, env: Env) -> None:
+        """Record the NIC's addresses and routes before anything changes (apply writes
+        them to its journal then: an apply killed half-way can be completed or undone)."""
+        if "addresses" in self.saved:
+            return
         nic = _link(env, self.nic)
         if nic is None:
             raise ApplyError(f"interface {self.nic!r} does not exist")
+        addrs = nl.addresses(env.ipr, nic.index)
+        if not addrs:
+            raise ApplyError(f"{self.nic} has no IPv4 address to move onto {self.dev}")
+        self.saved["addresses"] = addrs
+        self.saved["routes"] = saved_routes(env, nic.index)
+
+    def ensure(self, env: Env) -> None:
+        self.prepare(env)
+        nic = _link(env, self.nic)
+        assert nic is not None
         dev = _wait_link(env, self.dev)
-        if "addresses" not in self.saved:
-            addrs = nl.addresses(env.ipr, nic.index)
-            if not addrs:
-                raise ApplyError(f"{self.nic} has no IPv4 address to move onto {self.dev}")
-            self.saved["addresses"] = addrs
-            self.saved["routes"] = saved_routes(env, nic.index)
         try:
             if not nic.up:
                 env.ipr.link("set", index=nic.index, state="up")
