@@ -255,4 +255,5 @@ def test_apply_killed_at_every_step_then_apply_completes_or_reset_restores(make_
     else:
         pytest.fail("apply never ran through")
     # journal, bridge, sysctl, enslave, 2 addresses x 2, 3 routes, record: every one was hit
+    print(f"apply killed at each of its {killed} steps, then {then}")
     assert killed >= 12, killed
