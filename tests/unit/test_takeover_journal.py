@@ -21,6 +21,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet import plan
 from crossnet.errors import ApplyError
 from crossnet.host import load_previous
+from crossnet.ovs import resources as ovs_resources
 from crossnet.plan import Bridge, Env, Journal, NicTakeover, Resource, pending, reconcile, teardown
 from crossnet.state import StateDir
 
@@ -242,6 +243,7 @@ def kill_at(monkeypatch, n: int) -> list[int]:
             raise Killed(n)
 
     monkeypatch.setattr(plan, "crash_point", crash_point)
+    monkeypatch.setattr(ovs_resources, "crash_point", crash_point)
     return seen
 
 
@@ -483,3 +485,43 @@ def test_property_kill_anywhere_then_reset_or_apply(extra, routes, kill):
     assert k.state() == build().state()
     reconcile(desired(), rec.resources(), Env(k), Recorder(k))
     assert k.state() == done.state()
+
+
+def ovs_host() -> FakeKernel:
+    k = FakeKernel()
+    eth0 = k.add_link("eth0")
+    k.add_link("br-phy", "tun", mac="02:00:00:00:00:09")
+    k.add_addr(eth0, "10.57.0.11", 24)
+    k.add_route("0.0.0.0/0", eth0, "10.57.0.1")
+    k.add_route("10.98.0.0/24", eth0, "10.57.0.1", table=100)
+    return k
+
+
+def test_ovs_address_move_killed_at_every_step_then_apply_or_reset(monkeypatch):
+    """The OVS userspace datapath's AddressMove (NIC address onto br-phy) shares the
+    route records and is journalled the same way."""
+    move = lambda: [ovs_resources.AddressMove("eth0", "br-phy")]  # noqa: E731
+    clean = ovs_host()
+    reconcile(move(), [], Env(clean), Recorder(clean))
+    assert not [a for a in clean.addrs if a["index"] == clean.link_lookup("eth0")[0]]
+    assert {(r["dst"], r["table"]) for r in clean.routes if r["oif"] == clean.link_lookup("br-phy")[0]} == {
+        ("0.0.0.0", 254), ("10.98.0.0", 100)}
+    seen = kill_at(monkeypatch, 0)
+    k = ovs_host()
+    reconcile(move(), [], Env(k), Recorder(k))
+    steps = seen[0]
+    assert steps >= 5
+    for n in range(1, steps + 1):
+        for then in ("apply", "reset"):
+            k = ovs_host()
+            rec = Recorder(k)
+            kill_at(monkeypatch, n)
+            with pytest.raises(Killed):
+                reconcile(move(), [], Env(k), rec)
+            kill_at(monkeypatch, 0)
+            if then == "apply":
+                reconcile(move(), rec.resources(), Env(k), Recorder(k))
+                assert k.state() == clean.state(), n
+            else:
+                teardown(rec.resources(), Env(k))
+                assert k.state() == ovs_host().state(), n

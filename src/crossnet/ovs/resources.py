@@ -22,6 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
 from crossnet.ovs import db as ovsdb
+from crossnet.state import crash_point
 from crossnet.plan import (
     Env,
     Resource,
@@ -365,10 +366,13 @@ class AddressMove(Resource):
                 iface = ipaddress.ip_interface(cidr)
                 if cidr not in nl.addresses(env.ipr, dev.index):
                     env.ipr.addr("add", index=dev.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                    crash_point()
                 if cidr in nl.addresses(env.ipr, nic.index):
                     env.ipr.addr("del", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                    crash_point()
             for r in replay_order(self.saved["routes"]):
                 env.ipr.route("replace", **route_kw(r, dev.index))
+                crash_point()
         except Exception:
             with contextlib.suppress(Exception):
                 self.remove(env)  # half-moved: give the NIC its addresses and routes back
