@@ -17,8 +17,8 @@ from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
-from crossnet.plan import Change, Env, NftTable, Resource, Sysctl, pending, reconcile, teardown
-from crossnet.state import StateDir
+from crossnet.plan import Change, Env, Journal, NftTable, Resource, Sysctl, pending, reconcile, teardown
+from crossnet.state import StateDir, crash_point
 
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)
     from crossnet.config import Cluster
@@ -156,13 +156,37 @@ class ApplyResult:
 
 
 def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
+    """The record of what crossnet owns. When an apply was interrupted its journal
+    is the record: it lists everything applied.json does plus everything that apply
+    may have created, with what must be restored (see crossnet.state)."""
     applied = state.load_applied()
+    journal = state.load_journal()
+    if journal and journal.get("resources") is not None:
+        if applied and applied.get("host") != journal.get("host"):
+            journal = None  # not this record's (cannot happen through apply)
+        else:
+            applied = journal
     if not applied:
         return None, []
     backend_name = (applied.get("context") or {}).get("backend")
     if backend_name:
         get_backend(backend_name)  # its module registers the resource kinds it records (e.g. ovs-*)
     return applied, [Resource.from_json(r) for r in applied.get("resources", [])]
+
+
+class StateJournal(Journal):
+    """apply's write-ahead record in the state dir (journal.json, fsync'd)."""
+
+    def __init__(self, state: StateDir, header: dict):
+        self.state = state
+        self.header = header
+
+    def write(self, resources: list[Resource]) -> None:
+        self.state.save_journal({**self.header, "resources": [r.to_json() for r in resources]})
+        crash_point()
+
+    def discard(self) -> None:
+        self.state.clear_journal()
 
 
 def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_run: bool = False) -> ApplyResult:
@@ -187,17 +211,11 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         if dry_run:
             return ApplyResult(host_name, cluster.backend, pending(desired, previous, env), True, ctx,
                                time.perf_counter() - started)
-        outcome = reconcile(desired, previous, env)
-        if outcome.changes or not applied:
-            state.save_applied(
-                {
-                    "version": 1,
-                    "host": host_name,
-                    "cluster": cluster.to_dict(),
-                    "context": ctx.to_json(),
-                    "resources": [r.to_json() for r in outcome.resources],
-                }
-            )
+        header = {"version": 1, "host": host_name, "cluster": cluster.to_dict(), "context": ctx.to_json()}
+        interrupted = state.journal_path.exists()
+        outcome = reconcile(desired, previous, env, StateJournal(state, header))
+        if outcome.changes or not applied or interrupted:
+            state.save_applied({**header, "resources": [r.to_json() for r in outcome.resources]})
         return ApplyResult(host_name, cluster.backend, outcome.changes, False, ctx, time.perf_counter() - started)
 
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # imported by whoever opens a socket (crossnet.netlink.open_i
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
 from crossnet.nlbatch import Batch
+from crossnet.state import crash_point
 
 REGISTRY: dict[str, type["Resource"]] = {}
 
@@ -163,6 +164,14 @@ class Resource:
     def remove(self, env: Env) -> None:
         raise NotImplementedError
 
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        """Before anything changes (also for --dry-run): raise ApplyError if this
+        resource must not be applied here. `owned`: keys of what crossnet recorded."""
+
+    def prepare(self, env: Env) -> None:
+        """Before ensure(), and before the journal is written: put into `saved`
+        whatever remove() will need to restore the state ensure() changes."""
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["kind"] = self.kind
@@ -184,11 +193,33 @@ def _ignore_missing(fn, *args, **kw) -> None:
             raise
 
 
-def _remove_link(env: Env, name: str) -> None:
-    idx = env.index(name)
-    if idx is not None:
-        _ignore_missing(env.ipr.link, "del", index=idx)
+def _remove_link(env: Env, name: str, kind: str) -> None:
+    """Delete link NAME (recorded as crossnet's) if it is still a KIND link."""
+    info = env.link(name)
+    if info is not None and info.kind == kind:
+        _ignore_missing(env.ipr.link, "del", index=info.index)
         env.changed()
+
+
+def refuse_foreign_link(env: Env, name: str, key: str, owned: set[str], hint: str) -> None:
+    """crossnet never adopts (changes, enslaves into, deletes) a link it did not
+    create: link NAME existing while crossnet has no record of creating it (in
+    applied.json or the journal of an interrupted apply) is refused, naming it."""
+    info = env.link(name)
+    if info is None or key in owned:
+        return
+    what = [f"{info.kind or 'plain'} link"]
+    ports = sorted(l.name for l in env.links().values() if l.master == info.index)
+    if ports:
+        what.append(f"ports: {', '.join(ports)}")
+    addrs = env.addresses(info.index)
+    if addrs:
+        what.append(f"addresses: {', '.join(addrs)}")
+    raise ApplyError(
+        f"interface {name} already exists and was not created by crossnet ({'; '.join(what)}); "
+        f"crossnet does not take over or delete links it did not create: remove or rename it{hint}, "
+        "then apply again"
+    )
 
 
 # ---------------------------------------------------------------- links
@@ -230,7 +261,10 @@ class Bridge(Resource):
         env.changed("links")
 
     def remove(self, env: Env) -> None:
-        _remove_link(env, self.name)
+        _remove_link(env, self.name, "bridge")
+
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        refuse_foreign_link(env, self.name, self.key(), owned, " (or choose another name with `bridge:` in the cluster file)")
 
 
 @dataclass
@@ -291,7 +325,10 @@ class Vxlan(Resource):
         env.changed("links")
 
     def remove(self, env: Env) -> None:
-        _remove_link(env, self.name)
+        _remove_link(env, self.name, "vxlan")
+
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        refuse_foreign_link(env, self.name, self.key(), owned, " (or choose another `vxlan.vni` in the cluster file)")
 
 
 # ---------------------------------------------------------------- addresses, routes, neighbours
@@ -524,6 +561,14 @@ class Sysctl(Resource):
     def check(self, env: Env) -> bool:
         return self.path.read_text().strip() == self.value
 
+    def prepare(self, env: Env) -> None:
+        # recorded (journal) before the value changes, so an apply killed right
+        # after writing it still leaves reset the value to restore
+        with contextlib.suppress(OSError):
+            current = self.path.read_text().strip()
+            if current != self.value:
+                self.saved.setdefault("previous", current)
+
     def ensure(self, env: Env) -> None:
         current = self.path.read_text().strip()
         if current != self.value:
@@ -603,8 +648,33 @@ class Outcome:
     resources: list[Resource] = field(default_factory=list)  # what is now owned, in creation order
 
 
+class Journal:
+    """Where reconcile() writes down, before its first kernel change, every resource
+    it may own afterwards (with what they must restore): see crossnet.state.
+    The base class keeps nothing (callers without a state dir)."""
+
+    def write(self, resources: list[Resource]) -> None:
+        """Persist `resources` durably (fsync) before returning."""
+
+    def discard(self) -> None:
+        """The kernel is back to the recorded state: the entry is no longer needed."""
+
+
+def preflight(desired: list[Resource], previous: list[Resource], env: Env) -> None:
+    """Refuse, before anything changes, what must not be applied (links crossnet did
+    not create, NIC configuration it cannot move faithfully)."""
+    owned = {r.key() for r in previous}
+    prev_by_key = {r.key(): r for r in previous}
+    for r in desired:
+        old = prev_by_key.get(r.key())
+        if old is not None and old.saved and not r.saved:
+            r.saved = dict(old.saved)
+        r.preflight(env, owned)
+
+
 def pending(desired: list[Resource], previous: list[Resource], env: Env) -> list[Change]:
     """What reconcile() would do, without doing it."""
+    preflight(desired, previous, env)
     want_keys = {r.key() for r in desired}
     out = [Change("remove", r) for r in reversed(previous) if r.key() not in want_keys]
     prev_keys = {r.key() for r in previous}
@@ -614,21 +684,31 @@ def pending(desired: list[Resource], previous: list[Resource], env: Env) -> list
     return out
 
 
-def reconcile(desired: list[Resource], previous: list[Resource], env: Env) -> Outcome:
+def reconcile(desired: list[Resource], previous: list[Resource], env: Env, journal: Journal | None = None) -> Outcome:
     """Make the kernel match `desired`. Resources in `previous` but not desired are
     removed (reverse order). On failure, everything this call created is rolled
-    back, then ApplyError is raised."""
+    back, then ApplyError is raised. With a journal, every resource this call may
+    own afterwards (previous and desired, with the state each must restore) is
+    written to it before the first kernel change."""
     prev_by_key = {r.key(): r for r in previous}
     want_keys = {r.key() for r in desired}
     outcome = Outcome()
     created: list[Resource] = []
-    for r in desired:
-        old = prev_by_key.get(r.key())
-        if old is not None and old.saved and not r.saved:
-            r.saved = dict(old.saved)
+    preflight(desired, previous, env)  # also carries recorded `saved` over to desired
     # check everything against ONE snapshot of the kernel, then fix what differs
     # (checking after each change would re-dump tables: quadratic with many peers)
     ok = [r.check(env) for r in desired]
+    todo = [r for r, fine in zip(desired, ok) if not fine]
+    for r in todo:  # nothing has changed yet: a failure here needs no rollback
+        try:
+            r.prepare(env)
+        except ApplyError:
+            raise
+        except Exception as exc:
+            raise ApplyError(f"{r.describe()}: {exc}") from exc
+    if journal is not None and (todo or any(r.key() not in want_keys for r in previous)):
+        journal.write([r for r in previous if r.key() not in want_keys] + list(desired))
+    crash_point()
     r: Resource | None = None
     try:
         for r, fine in zip(desired, ok):
@@ -638,6 +718,7 @@ def reconcile(desired: list[Resource], previous: list[Resource], env: Env) -> Ou
             if not r.batchable:
                 env.flush()  # queued writes first: this one may depend on them
             r.ensure(env)
+            crash_point()
             if old is None:
                 created.append(r)
             outcome.changes.append(Change("repair" if old is not None else "create", r))
@@ -645,12 +726,17 @@ def reconcile(desired: list[Resource], previous: list[Resource], env: Env) -> Ou
         env.flush()
     except Exception as exc:
         failed = r
+        undone = True
         for undo in reversed(created):
-            with contextlib.suppress(Exception):
+            try:
                 undo.remove(env)
+            except Exception:  # noqa: BLE001 - undo the others; the journal keeps this one
+                undone = False
         env.changed()
         if env.batch:
             env.batch.messages.clear()
+        if journal is not None and undone:
+            journal.discard()
         if isinstance(exc, ApplyError):
             raise ApplyError(f"{exc} (rolled back)") from exc
         what = failed.describe() if failed is not None else "apply"
@@ -658,6 +744,7 @@ def reconcile(desired: list[Resource], previous: list[Resource], env: Env) -> Ou
     for r in reversed(previous):
         if r.key() not in want_keys:
             r.remove(env)
+            crash_point()
             outcome.changes.append(Change("remove", r))
     outcome.resources = list(desired)
     return outcome
@@ -674,13 +761,156 @@ def teardown(resources: list[Resource], env: Env) -> list[Change]:
 
 # ---------------------------------------------------------------- moving a NIC into a bridge
 
+AF_INET6 = 10
+RT_SCOPE_LINK = 253
+IFA_F_NOPREFIXROUTE = 0x200
+RTN_UNICAST = 1
+# route attributes a saved record replays; a route via the NIC with any other
+# (nexthop objects, encapsulation, realms, ...) is refused rather than half-moved
+_ROUTE_ATTRS = {"RTA_TABLE", "RTA_DST", "RTA_GATEWAY", "RTA_OIF", "RTA_PRIORITY", "RTA_PREFSRC",
+                "RTA_METRICS", "RTA_CACHEINFO", "RTA_PREF"}
+
+
+def addr_record(a: str | dict) -> dict:
+    """A saved address: {"local", "prefixlen", "peer", "broadcast", "scope", "flags"}
+    (records written before point-to-point support are plain "a.b.c.d/len")."""
+    if isinstance(a, dict):
+        return a
+    iface = ipaddress.ip_interface(a)
+    return {"local": str(iface.ip), "prefixlen": iface.network.prefixlen}
+
+
+def addr_text(a: str | dict) -> str:
+    """`ip addr` spelling: 10.66.0.1 peer 10.66.0.2/32, or 10.1.0.5/24."""
+    a = addr_record(a)
+    if a.get("peer"):
+        return f"{a['local']} peer {a['peer']}/{a['prefixlen']}"
+    return f"{a['local']}/{a['prefixlen']}"
+
+
+def _addr_id(a: dict) -> tuple:
+    return (a["local"], a["prefixlen"], a.get("peer"))
+
+
+def link_addresses(ipr: IPRoute, index: int) -> list[dict]:
+    """IPv4 addresses of a link as saved records, in kernel order (primaries first)."""
+    out = []
+    for msg in ipr.get_addr(family=nl.AF_INET, index=index):
+        local = nl.attr(msg, "IFA_LOCAL") or nl.attr(msg, "IFA_ADDRESS")
+        peer = nl.attr(msg, "IFA_ADDRESS")
+        rec: dict[str, Any] = {"local": local, "prefixlen": msg["prefixlen"]}
+        if peer and peer != local:
+            rec["peer"] = peer
+        if nl.attr(msg, "IFA_BROADCAST"):
+            rec["broadcast"] = nl.attr(msg, "IFA_BROADCAST")
+        if msg["scope"]:
+            rec["scope"] = msg["scope"]
+        flags = (nl.attr(msg, "IFA_FLAGS") or msg["flags"]) & IFA_F_NOPREFIXROUTE
+        if flags:
+            rec["flags"] = flags
+        out.append(rec)
+    return out
+
+
+def addr_kw(a: str | dict, index: int) -> dict:
+    """pyroute2 keyword arguments that add (or delete) a saved address on `index`."""
+    a = addr_record(a)
+    kw: dict[str, Any] = {"index": index, "local": a["local"], "address": a.get("peer") or a["local"],
+                          "prefixlen": a["prefixlen"]}
+    if a.get("broadcast"):
+        kw["broadcast"] = a["broadcast"]
+    if a.get("scope"):
+        kw["scope"] = a["scope"]
+    if a.get("flags"):
+        kw["flags"] = a["flags"]
+    return kw
+
+
+def _has_addr(env: Env, index: int, a: str | dict) -> bool:
+    want = _addr_id(addr_record(a))
+    return any(_addr_id(h) == want for h in link_addresses(env.ipr, index))
+
+
+def _route_text(r: dict) -> str:
+    dst = "default" if r["dst"] == "0.0.0.0/0" else r["dst"]
+    via = f" via {r['gateway']}" if r.get("gateway") else ""
+    table = f" table {r['table']}" if r.get("table", nl.RT_TABLE_MAIN) != nl.RT_TABLE_MAIN else ""
+    return f"{dst}{via}{table}"
+
+
+def _route_record(msg: Any) -> dict:
+    dst = nl.attr(msg, "RTA_DST", "0.0.0.0")
+    rec: dict[str, Any] = {
+        "dst": f"{dst}/{msg['dst_len']}",
+        "gateway": nl.attr(msg, "RTA_GATEWAY"),
+        "metric": nl.attr(msg, "RTA_PRIORITY"),
+        "proto": msg["proto"],
+        "scope": msg["scope"],
+        "prefsrc": nl.attr(msg, "RTA_PREFSRC"),
+        "onlink": bool(msg["flags"] & nl.RTNH_F_ONLINK),
+        "table": nl.attr(msg, "RTA_TABLE") or msg["table"],
+    }
+    if msg["type"] != RTN_UNICAST:
+        rec["type"] = msg["type"]
+    if msg["tos"]:
+        rec["tos"] = msg["tos"]
+    metrics = nl.attr(msg, "RTA_METRICS")
+    if metrics:
+        rec["metrics"] = [[k, v] for k, v in metrics.get("attrs", [])]
+    return rec
+
+
+def saved_routes(env: Env, index: int) -> list[dict]:
+    """The IPv4 routes through interface `index`, in every routing table, that were
+    not made by the kernel for an address, as records route_kw() can replay on
+    another device (or back). Multipath routes are not included (see nic_problems)."""
+    return [
+        _route_record(m)
+        for m in env.ipr.get_routes(family=nl.AF_INET)
+        if nl.attr(m, "RTA_OIF") == index and m["proto"] != nl.RTPROT_KERNEL
+    ]
+
+
+def nic_problems(env: Env, index: int, nic: str) -> list[str]:
+    """What on NIC a takeover cannot move faithfully: multipath routes through it,
+    routes with attributes it does not replay, IPv6 beyond the link-local address
+    (which the bridge gets too: it takes over the NIC's MAC)."""
+    out = []
+    for m in env.ipr.get_routes(family=nl.AF_INET):
+        hops = nl.attr(m, "RTA_MULTIPATH")
+        if hops and any(h.get("oif") == index for h in hops):
+            dst = nl.attr(m, "RTA_DST", "0.0.0.0")
+            rec = {"dst": f"{dst}/{m['dst_len']}", "table": nl.attr(m, "RTA_TABLE") or m["table"]}
+            out.append(f"multipath route {_route_text(rec)}")
+        elif nl.attr(m, "RTA_OIF") == index and m["proto"] != nl.RTPROT_KERNEL:
+            extra = sorted({k for k, _ in m["attrs"]} - _ROUTE_ATTRS)
+            if extra:
+                out.append(f"route {_route_text(_route_record(m))} ({', '.join(extra)})")
+    for m in env.ipr.get_addr(family=AF_INET6, index=index):
+        if m["scope"] != RT_SCOPE_LINK:
+            out.append(f"IPv6 address {nl.attr(m, 'IFA_ADDRESS')}/{m['prefixlen']}")
+    for m in env.ipr.get_routes(family=AF_INET6):
+        hops = nl.attr(m, "RTA_MULTIPATH") or []
+        via = nl.attr(m, "RTA_OIF") == index or any(h.get("oif") == index for h in hops)
+        if via and m["proto"] != nl.RTPROT_KERNEL:
+            dst = nl.attr(m, "RTA_DST") or "::"
+            gw = nl.attr(m, "RTA_GATEWAY")
+            where = "default" if not m["dst_len"] else f"{dst}/{m['dst_len']}"
+            out.append(f"IPv6 route {where}" + (f" via {gw}" if gw else ""))
+    return out
+
 
 @dataclass
 class NicTakeover(Resource):
     """The tutorial's bridge method: enslave NIC to BRIDGE and move the NIC's IPv4
-    addresses and routes onto the bridge (the bridge already carries the NIC's MAC,
-    so neighbours' ARP caches stay valid). `saved` keeps the NIC's original
-    addresses and routes so remove() gives them back."""
+    addresses (point-to-point peers, broadcast, scope included) and its routes in
+    every table onto the bridge (the bridge already carries the NIC's MAC, so
+    neighbours' ARP caches stay valid). What it cannot move faithfully (multipath
+    routes, IPv6 beyond link-local) is refused before anything changes.
+
+    `saved` keeps the NIC's original addresses and routes so remove() gives them
+    back. prepare() fills it before the first change, and apply writes it to the
+    journal then, so an apply killed at any point can be completed or undone."""
 
     kind: ClassVar[str] = "nic-takeover"
     nic: str
@@ -690,7 +920,7 @@ class NicTakeover(Resource):
         return f"takeover:{self.nic}"
 
     def describe(self) -> str:
-        addrs = self.saved.get("addresses") or ["<the NIC's addresses>"]
+        addrs = [addr_text(a) for a in self.saved.get("addresses", [])] or ["<the NIC's addresses>"]
         routes = self.saved.get("routes") or [{"dst": "<the NIC's routes>", "gateway": None}]
         cmds = [f"ip link set {self.nic} master {self.bridge} up", f"ip addr flush dev {self.nic}"]
         cmds += [f"ip addr add {a} dev {self.bridge}" for a in addrs]
@@ -704,27 +934,55 @@ class NicTakeover(Resource):
             return False
         if nl.addresses(env.ipr, nic.index):
             return False
-        have = set(nl.addresses(env.ipr, br))
-        if not set(self.saved.get("addresses", [])) <= have:
+        if not all(_has_addr(env, br, a) for a in self.saved.get("addresses", [])):
             return False
-        current = {(r.dst, r.gateway) for r in nl.routes(env.ipr) if r.oif == br}
-        return all((r["dst"], r["gateway"]) in current for r in self.saved.get("routes", []))
+        return routes_present(env, self.saved.get("routes", []), br)
+
+    def _capture(self, env: Env) -> None:
+        if "addresses" in self.saved:  # recorded by an earlier (maybe interrupted) apply
+            return
+        nic = nl.link_info(env.ipr, self.nic)
+        if nic is None:
+            raise ApplyError(f"interface {self.nic!r} does not exist")
+        if nic.master:
+            owner = env.link(index=nic.master)
+            raise ApplyError(
+                f"{self.nic} is already a port of {owner.name if owner else nic.master} and crossnet has no record "
+                f"of its addresses and routes; crossnet does not take over an enslaved NIC: release it "
+                f"(`ip link set {self.nic} nomaster`) and give it back its addresses, then apply again"
+            )
+        problems = nic_problems(env, nic.index, self.nic)
+        if problems:
+            raise ApplyError(
+                f"backend bridge cannot move {self.nic}'s {'; '.join(problems)} onto {self.bridge}; "
+                f"nothing was changed: remove it from {self.nic} (or use backend host-gw or vxlan, "
+                "which leave the NIC alone), then apply again"
+            )
+        self.saved["addresses"] = link_addresses(env.ipr, nic.index)
+        self.saved["routes"] = saved_routes(env, nic.index)
+
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        self._capture(env)
+
+    def prepare(self, env: Env) -> None:
+        self._capture(env)
 
     def ensure(self, env: Env) -> None:
+        self._capture(env)
         nic_idx = nl.require_index(env.ipr, self.nic)
         br_idx = nl.require_index(env.ipr, self.bridge)
-        if "addresses" not in self.saved:
-            self.saved["addresses"] = nl.addresses(env.ipr, nic_idx)
-            self.saved["routes"] = saved_routes(env, nic_idx)
         try:
             env.ipr.link("set", index=nic_idx, master=br_idx, state="up")
-            for cidr in self.saved["addresses"]:
-                iface = ipaddress.ip_interface(cidr)
-                if cidr not in nl.addresses(env.ipr, br_idx):
-                    env.ipr.addr("add", index=br_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-                _ignore_missing(env.ipr.addr, "del", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            crash_point()
+            for a in self.saved["addresses"]:
+                if not _has_addr(env, br_idx, a):
+                    env.ipr.addr("add", **addr_kw(a, br_idx))
+                    crash_point()
+                _ignore_missing(env.ipr.addr, "del", **addr_kw(a, nic_idx))
+                crash_point()
             for r in replay_order(self.saved["routes"]):
                 env.ipr.route("replace", **route_kw(r, br_idx))
+                crash_point()
         except Exception:
             # half-way: the NIC has lost its addresses (and with them its routes);
             # give everything back before the error travels up, so the host keeps
@@ -740,37 +998,33 @@ class NicTakeover(Resource):
         br_idx = env.index(self.bridge)
         if nic_idx is None:
             return
-        if br_idx is not None:
+        nic = env.link(index=nic_idx)
+        if br_idx is not None and nic is not None and nic.master == br_idx:
             _ignore_missing(env.ipr.link, "set", index=nic_idx, master=0)
-        for cidr in self.saved.get("addresses", []):
-            iface = ipaddress.ip_interface(cidr)
+            crash_point()
+        for a in self.saved.get("addresses", []):
             if br_idx is not None:
-                _ignore_missing(env.ipr.addr, "del", index=br_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
-            if cidr not in nl.addresses(env.ipr, nic_idx):
-                env.ipr.addr("add", index=nic_idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                _ignore_missing(env.ipr.addr, "del", **addr_kw(a, br_idx))
+                crash_point()
+            if not _has_addr(env, nic_idx, a):
+                env.ipr.addr("add", **addr_kw(a, nic_idx))
+                crash_point()
         env.ipr.link("set", index=nic_idx, state="up")
         for r in replay_order(self.saved.get("routes", [])):
             with contextlib.suppress(NetlinkError):
                 env.ipr.route("replace", **route_kw(r, nic_idx))
+                crash_point()
         env.changed()
 
 
-def saved_routes(env: Env, index: int) -> list[dict]:
-    """The routes through interface `index` that were not made by the kernel for an
-    address, as records route_kw() can replay on another device (or back)."""
-    return [
-        {
-            "dst": r.dst,
-            "gateway": r.gateway,
-            "metric": r.metric,
-            "proto": r.proto,
-            "scope": r.scope,
-            "prefsrc": r.prefsrc,
-            "onlink": bool(r.flags & nl.RTNH_F_ONLINK),
-        }
-        for r in nl.routes(env.ipr)
-        if r.oif == index and r.proto != nl.RTPROT_KERNEL
-    ]
+def routes_present(env: Env, routes: list[dict], oif: int) -> bool:
+    """Every saved route is in its table through `oif`."""
+    current = {
+        (nl.attr(m, "RTA_TABLE") or m["table"], _route_record(m)["dst"], nl.attr(m, "RTA_GATEWAY"))
+        for m in env.ipr.get_routes(family=nl.AF_INET)
+        if nl.attr(m, "RTA_OIF") == oif
+    }
+    return all((r.get("table") or nl.RT_TABLE_MAIN, r["dst"], r.get("gateway")) in current for r in routes)
 
 
 def route_commands(routes: list[dict], dev: str) -> list[str]:
@@ -780,7 +1034,9 @@ def route_commands(routes: list[dict], dev: str) -> list[str]:
         via = f" via {r['gateway']}" if r.get("gateway") else ""
         dst = "default" if r["dst"] == "0.0.0.0/0" else r["dst"]
         onlink = " onlink" if r.get("onlink") else ""
-        out.append(f"ip route replace {dst}{via} dev {dev}{onlink}")
+        table = f" table {r['table']}" if r.get("table", nl.RT_TABLE_MAIN) != nl.RT_TABLE_MAIN else ""
+        metric = f" metric {r['metric']}" if r.get("metric") else ""
+        out.append(f"ip route replace {dst}{via} dev {dev}{table}{metric}{onlink}")
     return out
 
 
@@ -793,7 +1049,8 @@ def replay_order(routes: list[dict]) -> list[dict]:
 def route_kw(r: dict, oif: int) -> dict:
     """pyroute2 keyword arguments that recreate a saved_routes() record through `oif`."""
     net = ipaddress.ip_network(r["dst"])
-    kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif, "table": nl.RT_TABLE_MAIN}
+    kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif,
+                          "table": r.get("table") or nl.RT_TABLE_MAIN}
     if r.get("gateway"):
         kw["gateway"] = r["gateway"]
     if r.get("metric") is not None:
@@ -806,4 +1063,10 @@ def route_kw(r: dict, oif: int) -> dict:
         kw["prefsrc"] = r["prefsrc"]
     if r.get("onlink"):
         kw["flags"] = nl.RTNH_F_ONLINK
+    if r.get("type"):
+        kw["type"] = r["type"]
+    if r.get("tos"):
+        kw["tos"] = r["tos"]
+    if r.get("metrics"):
+        kw["metrics"] = {str(k).lower().removeprefix("rtax_"): v for k, v in r["metrics"]}
     return kw

@@ -4,6 +4,10 @@ Layout under the state dir (default /var/lib/crossnet, `--state-dir`, env
 CROSSNET_STATE_DIR):
 
     applied.json     cluster, this host, derived values and the resources crossnet created
+    journal.json     written (fsync'd) by `apply` BEFORE it changes the kernel: everything it
+                     may own once done, with what it must restore (the NIC's addresses and
+                     routes, old sysctl values); an apply killed half-way leaves it, and the
+                     next apply or reset works from it; replaced by applied.json at the end
     ipam.json        container address allocations (crossnet.ipam.AddressPool)
     lock             serialises apply/reset/attach on this host
 """
@@ -14,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -51,6 +56,27 @@ def write_json_atomic(path: Path, data: Any) -> None:
         os.close(dir_fd)
 
 
+CRASH_ENV = "CROSSNET_TEST_CRASH_AT"
+_crash = {"at": None, "step": 0}
+
+
+def crash_point() -> None:
+    """Test hook: with CROSSNET_TEST_CRASH_AT=N in the environment, the process kills
+    itself (SIGKILL, no clean-up of any kind) at the N-th crash point it passes. The
+    crash points sit between the kernel changes and state writes of `apply`, so a test
+    can enumerate N = 1, 2, ... until apply completes and check that every
+    interruption is recoverable. Costs one dict lookup when unset."""
+    at = _crash["at"]
+    if at is None:
+        value = os.environ.get(CRASH_ENV, "")
+        at = _crash["at"] = int(value) if value.isdigit() else 0
+    if not at:
+        return
+    _crash["step"] += 1
+    if _crash["step"] == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def read_json(path: Path) -> Any | None:
     try:
         with open(path) as fh:
@@ -68,6 +94,10 @@ class StateDir:
         return self.root / "applied.json"
 
     @property
+    def journal_path(self) -> Path:
+        return self.root / "journal.json"
+
+    @property
     def ipam_path(self) -> Path:
         return self.root / "ipam.json"
 
@@ -75,10 +105,24 @@ class StateDir:
         return read_json(self.applied_path)
 
     def save_applied(self, data: dict) -> None:
+        """The complete record of what crossnet owns: it supersedes the journal."""
         write_json_atomic(self.applied_path, data)
+        crash_point()
+        self.clear_journal()
+
+    def load_journal(self) -> dict | None:
+        return read_json(self.journal_path)
+
+    def save_journal(self, data: dict) -> None:
+        """Write-ahead record (fsync'd file and directory) of an apply in progress."""
+        write_json_atomic(self.journal_path, data)
+
+    def clear_journal(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.journal_path.unlink()
 
     def clear(self) -> None:
-        for path in (self.applied_path, self.ipam_path, Path(str(self.ipam_path) + ".lock")):
+        for path in (self.applied_path, self.journal_path, self.ipam_path, Path(str(self.ipam_path) + ".lock")):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

@@ -22,6 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
 from crossnet.ovs import db as ovsdb
+from crossnet.state import crash_point
 from crossnet.plan import (
     Env,
     Resource,
@@ -29,6 +30,7 @@ from crossnet.plan import (
     replay_order,
     route_commands,
     route_kw,
+    routes_present,
     saved_routes,
 )
 
@@ -335,20 +337,27 @@ class AddressMove(Resource):
         # without a record (status of a fresh plan) the address must at least have moved
         if not have or not set(self.saved.get("addresses", [])) <= have:
             return False
-        current = {(r.dst, r.gateway) for r in nl.routes(env.ipr) if r.oif == dev.index}
-        return all((r["dst"], r["gateway"]) in current for r in self.saved.get("routes", []))
+        return routes_present(env, self.saved.get("routes", []), dev.index)  # in every table
 
-    def ensure(self, env: Env) -> None:
+    def prepare(self, env: Env) -> None:
+        """Record the NIC's addresses and routes before anything changes (apply writes
+        them to its journal then: an apply killed half-way can be completed or undone)."""
+        if "addresses" in self.saved:
+            return
         nic = _link(env, self.nic)
         if nic is None:
             raise ApplyError(f"interface {self.nic!r} does not exist")
+        addrs = nl.addresses(env.ipr, nic.index)
+        if not addrs:
+            raise ApplyError(f"{self.nic} has no IPv4 address to move onto {self.dev}")
+        self.saved["addresses"] = addrs
+        self.saved["routes"] = saved_routes(env, nic.index)
+
+    def ensure(self, env: Env) -> None:
+        self.prepare(env)
+        nic = _link(env, self.nic)
+        assert nic is not None
         dev = _wait_link(env, self.dev)
-        if "addresses" not in self.saved:
-            addrs = nl.addresses(env.ipr, nic.index)
-            if not addrs:
-                raise ApplyError(f"{self.nic} has no IPv4 address to move onto {self.dev}")
-            self.saved["addresses"] = addrs
-            self.saved["routes"] = saved_routes(env, nic.index)
         try:
             if not nic.up:
                 env.ipr.link("set", index=nic.index, state="up")
@@ -357,10 +366,13 @@ class AddressMove(Resource):
                 iface = ipaddress.ip_interface(cidr)
                 if cidr not in nl.addresses(env.ipr, dev.index):
                     env.ipr.addr("add", index=dev.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                    crash_point()
                 if cidr in nl.addresses(env.ipr, nic.index):
                     env.ipr.addr("del", index=nic.index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                    crash_point()
             for r in replay_order(self.saved["routes"]):
                 env.ipr.route("replace", **route_kw(r, dev.index))
+                crash_point()
         except Exception:
             with contextlib.suppress(Exception):
                 self.remove(env)  # half-moved: give the NIC its addresses and routes back
