@@ -439,9 +439,7 @@ def recorded_ident(alloc: Any) -> tuple[int, int] | None:
     return netns_ident(path) if isinstance(path, str) and path else None
 
 
-def stale_reason(alloc: Any) -> str | None:
-    """Why an attachment's namespace is gone (its recorded path no longer exists, or names
-    another namespace than the one attached), or None while it is there (or unknown)."""
+def _path_gone(alloc: Any) -> str | None:
     path = alloc.meta.get("netns")
     if not isinstance(path, str) or not path:
         return None
@@ -454,6 +452,27 @@ def stale_reason(alloc: Any) -> str | None:
     return None
 
 
+def _host_links() -> set[str]:
+    with nl.open_ipr() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def stale_reason(alloc: Any, host_links: set[str] | None = None) -> str | None:
+    """Why an attachment's namespace is gone, or None while it is there (or unknown).
+    Gone: its recorded path no longer exists or names another namespace than the one
+    attached, and the host side of its veth is gone too (the kernel deletes a veth pair
+    with the namespace of either end; a namespace still alive under another path, or a
+    /proc/PID path written in another PID namespace, keeps it). ``host_links``: the names
+    of this namespace's links (read when needed and not given)."""
+    why = _path_gone(alloc)
+    if why is None:
+        return None
+    host_if = alloc.meta.get("host_if") or host_ifname(alloc.key)
+    if host_if in (host_links if host_links is not None else _host_links()):
+        return None
+    return why
+
+
 def find_attachments(state: StateDir, ctx: HostContext, netns: str) -> list[str]:
     """The IPAM keys attached to the namespace at ``netns`` (a name or path), matched by
     the namespace's identity, not by how it was spelled (`pid:N`, /proc/N/ns/net, a
@@ -462,7 +481,7 @@ def find_attachments(state: StateDir, ctx: HostContext, netns: str) -> list[str]
     if ident is None or not os.path.exists(state.ipam_path):
         return []
     same = {key: alloc for key, alloc in pool_for(state, ctx).entries().items() if recorded_ident(alloc) == ident}
-    live = sorted(key for key, alloc in same.items() if stale_reason(alloc) is None)
+    live = sorted(key for key, alloc in same.items() if _path_gone(alloc) is None)
     return live or sorted(same)  # a record whose path went away while the namespace lives on
 
 
@@ -504,8 +523,10 @@ def gc(state: StateDir, ctx: HostContext, backend: Backend, dry_run: bool = Fals
         return []
     pool = pool_for(state, ctx)
     out = []
-    for key, alloc in sorted(pool.entries().items()):
-        why = stale_reason(alloc)
+    entries = pool.entries()
+    links = _host_links() if any(_path_gone(a) for a in entries.values()) else set()
+    for key, alloc in sorted(entries.items()):
+        why = stale_reason(alloc, links)
         if why is None:
             continue
         host_if = alloc.meta.get("host_if") or host_ifname(key)
@@ -567,7 +588,9 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
 
     ctx, _ = load_context(state)
     out = []
-    for key, alloc in sorted(pool_for(state, ctx).entries().items()):
+    entries = pool_for(state, ctx).entries()
+    links = _host_links() if any(_path_gone(a) for a in entries.values()) else set()
+    for key, alloc in sorted(entries.items()):
         out.append(
             {
                 "id": key,
@@ -577,7 +600,7 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
                 "host_if": alloc.meta.get("host_if"),
                 "mac": alloc.meta.get("mac"),
                 "name": alloc.meta.get("name"),  # runtime's container name (crossnet-cni: K8S_POD_NAME)
-                "state": "stale" if stale_reason(alloc) else "attached",  # stale: its namespace is gone (crossnet gc)
+                "state": "stale" if stale_reason(alloc, links) else "attached",  # stale: its namespace is gone (crossnet gc)
             }
         )
     return out
