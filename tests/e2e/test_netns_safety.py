@@ -129,14 +129,16 @@ def test_attach_refuses_the_host_namespace_in_every_spelling(lab):
         specs = [f"pid:{proc.pid}", f"/proc/{proc.pid}/ns/net", f"/run/netns/{h1.netns}", h1.netns,
                  "/proc/self/ns/net"]
         for spec in specs:
-            for extra in ((), ("--ip", lab.status("h1")["gateway"].rsplit(".", 1)[0] + ".77")):
+            # eth9 does not exist on the host: without the refusal, the attach would go through
+            # and replace the host's default route
+            for extra in ((), ("--ifname", "eth9"), ("--ip", lab.status("h1")["gateway"].rsplit(".", 1)[0] + ".77")):
                 res = cn(lab, "attach", spec, *extra)
                 assert res.returncode == 2, (spec, res.stdout, res.stderr)
                 err = res.stderr.strip().splitlines()
                 assert len(err) == 1 and err[0].startswith("crossnet: error: CONTAINER "), (spec, res.stderr)
                 assert "this host's own network namespace" in err[0], err
         # /proc/1/ns/net: the initial namespace, refused although crossnet runs elsewhere
-        res = in_pidns(other, lab.argv("h1", crossnet_argv("attach", "/proc/1/ns/net")))
+        res = in_pidns(other, lab.argv("h1", crossnet_argv("attach", "/proc/1/ns/net", "--ifname", "eth9")))
         assert res.returncode == 2, (res.stdout, res.stderr)
         assert "initial network namespace" in one_line_error(res), res.stderr
         assert diff(before, snapshot(h1.netns)) == []
@@ -339,6 +341,129 @@ def test_agent_collects_stale_containers_at_resync(agent_lab):
         assert f"collected stale container {s}" in Path(lab.agent_log).read_text()
     finally:
         del_ns(s)
+
+
+# ---------------------------------------------------------------------- crossnet-cni and its warm helper
+
+
+@pytest.fixture(scope="module")
+def cnihost(tmp_path_factory):
+    """A 1-host lab with crossnet-cni installed (native client + Python client)."""
+    if not __import__("shutil").which("cc"):
+        pytest.skip("needs a C compiler (cc) for the native client")
+    from .test_cni import one_host_lab
+    from .test_cni_native import NativeHost
+
+    yield from one_host_lab(tmp_path_factory, NativeHost)
+
+
+@pytest.fixture
+def cniclean(cnihost):
+    from .test_cni import left_as_found
+
+    yield from left_as_found(cnihost)
+
+
+def _cid() -> str:
+    return os.urandom(32).hex()
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["helper", "local"])
+@pytest.mark.parametrize("client", ["native", "python"])
+def test_cni_add_refuses_the_host_namespace(cnihost, cniclean, client, served):
+    """CNI_NETNS naming the host's own namespace: code 4 (CNI_NETNS is invalid), nothing
+    changed (cniclean compares links, addresses, routes, nft and IPAM)."""
+    host = cnihost
+    plugin = host.native if client == "native" else host.python
+    conf = host.conf() if served else host.conf(server=False)
+    if served:
+        host.start_helper()
+    proc = sleeper(host.netns)
+    try:
+        for netns, ifname in ((f"/run/netns/{host.netns}", "eth0"), (f"/run/netns/{host.netns}", "cn9"),
+                              (host.netns, "cn9"), (f"/proc/{proc.pid}/ns/net", "cn9")):
+            # cn9 does not exist on the host: without the refusal the ADD would replace its default route
+            rc, out, via = host.via(plugin, "ADD", conf, CNI_CONTAINERID=_cid(), CNI_NETNS=netns, CNI_IFNAME=ifname)
+            assert rc == 1 and out["code"] == 4, out
+            assert out["msg"].startswith("CNI_NETNS ") and "this host's own network namespace" in out["msg"], out
+            assert via == ("server" if served else "process")
+    finally:
+        stop(proc)
+
+
+def test_cni_helper_resolves_proc_paths_as_the_caller_meant(cnihost, cniclean, tmp_path):
+    """A runtime in another PID namespace sends CNI_NETNS=/proc/P/ns/net; in the helper's
+    PID namespace P is another process (here: one in the host's own namespace). The helper
+    must not resolve it there: it leaves the call to the client, which attaches the
+    container the caller meant."""
+    from .test_cni import container_links
+
+    host = cnihost
+    host.start_helper()
+    outer = sleeper(host.netns)  # P in the helper's PID namespace: a host process
+    pid = outer.pid
+    c = host.new_netns().rsplit("/", 1)[1]  # the container the caller means
+    d = host.new_netns().rsplit("/", 1)[1]  # where the new PID namespace's PID 1 lives
+    before_routes = snapshot(host.netns)["routes"]
+    cont = _cid()
+    conf_file = tmp_path / "conf.json"
+    conf_file.write_text(json.dumps(host.conf()))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": "ADD", "CNI_CONTAINERID": cont,
+           "CNI_IFNAME": "eth7", "CNI_PATH": "/usr/lib/cni", "CNI_NETNS": f"/proc/{pid}/ns/net"}
+    script = f"""
+echo {pid - 1} > /proc/sys/kernel/ns_last_pid
+ip netns exec {c} sleep 300 &
+sp=$!
+[ "$sp" = {pid} ] || {{ echo "got pid $sp, wanted {pid}" >&2; kill $sp; exit 97; }}
+want=$(stat -L -c %i /run/netns/{c}); n=0
+while [ "$(stat -L -c %i /proc/$sp/ns/net)" != "$want" ]; do n=$((n+1)); [ $n -lt 200 ] || exit 98; sleep 0.02; done
+env -i {" ".join(shlex.quote(f"{k}={v}") for k, v in env.items())} nsenter --net=/run/netns/{host.netns} {shlex.quote(host.native)} < {shlex.quote(str(conf_file))}
+rc=$?
+kill $sp
+exit $rc
+"""
+    try:
+        res = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "ip", "netns", "exec", d,
+                              "sh", "-c", script], capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, (res.returncode, res.stdout, res.stderr)
+        result = json.loads(res.stdout)
+        cidr = result["ips"][0]["address"]
+        # the caller's container got it, the host's own namespace did not change its routes
+        assert "eth7" in container_links(c)
+        addrs = subprocess.run(["ip", "-n", c, "-j", "addr", "show", "eth7"], capture_output=True, text=True,
+                               check=True).stdout
+        assert cidr.split("/")[0] in addrs
+        after = snapshot(host.netns)["routes"]
+        assert [r for r in after if '"dst": "default"' in r] == [r for r in before_routes if '"dst": "default"' in r]
+        calls = [x for x in __import__("tests.e2e.test_cni", fromlist=["_log_lines"])._log_lines(host.log)
+                 if x.get("command") == "ADD" and x.get("containerID") == cont]
+        assert [x["via"] for x in calls] == ["process"], calls  # the helper left it to the client
+    finally:
+        stop(outer)
+        host.via(host.python, "DEL", host.conf(), CNI_CONTAINERID=cont, CNI_IFNAME="eth7")
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["helper", "local"])
+def test_cni_failed_add_keeps_the_ipam_pointer(cnihost, cniclean, served):
+    host = cnihost
+    conf = host.conf() if served else host.conf(server=False)
+    if served:
+        host.start_helper()
+    netns = host.new_netns()
+    name = netns.rsplit("/", 1)[1]
+    subprocess.run(["ip", "-n", name, "link", "add", "eth0", "type", "bridge"], check=True)
+    try:
+        def pointer_and_entries():
+            data = ipam(host.state_dir) or {}
+            return data.get("last"), data.get("allocations") or {}
+
+        before = pointer_and_entries()
+        rc, out, via = host.via(host.native, "ADD", conf, CNI_CONTAINERID=_cid(), CNI_NETNS=netns, CNI_IFNAME="eth0")
+        assert rc == 1 and out["code"] == 102 and "not made by crossnet" in out["msg"], out
+        assert via == ("server" if served else "process")
+        assert pointer_and_entries() == before
+    finally:
+        subprocess.run(["ip", "-n", name, "link", "del", "eth0"], check=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
