@@ -91,12 +91,15 @@ class StateDir:
         reset of nothing), is left as it was: the lock file is removed (still holding the
         lock; a process waiting for it finds it unlinked and takes the new one) and so are
         the directories created for it, when empty."""
-        missing = [d for d in (self.root, *self.root.parents) if not d.exists()]
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.root / "lock"
         while True:
+            missing = [d for d in (self.root, *self.root.parents) if not d.exists()]
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
             fresh = not path.exists()
-            fh = open(path, "a")  # noqa: SIM115 - closed below
+            try:
+                fh = open(path, "a")  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # its creator removed the directory meanwhile: make it again
+                continue
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 held = os.fstat(fh.fileno())
