@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -349,7 +350,7 @@ def test_agent_collects_stale_containers_at_resync(agent_lab):
 @pytest.fixture(scope="module")
 def cnihost(tmp_path_factory):
     """A 1-host lab with crossnet-cni installed (native client + Python client)."""
-    if not __import__("shutil").which("cc"):
+    if not shutil.which("cc"):
         pytest.skip("needs a C compiler (cc) for the native client")
     from .test_cni import one_host_lab
     from .test_cni_native import NativeHost
@@ -396,7 +397,7 @@ def test_cni_helper_resolves_proc_paths_as_the_caller_meant(cnihost, cniclean, t
     PID namespace P is another process (here: one in the host's own namespace). The helper
     must not resolve it there: it leaves the call to the client, which attaches the
     container the caller meant."""
-    from .test_cni import container_links
+    from .test_cni import _log_lines, container_links
 
     host = cnihost
     host.start_helper()
@@ -435,8 +436,7 @@ exit $rc
         assert cidr.split("/")[0] in addrs
         after = snapshot(host.netns)["routes"]
         assert [r for r in after if '"dst": "default"' in r] == [r for r in before_routes if '"dst": "default"' in r]
-        calls = [x for x in __import__("tests.e2e.test_cni", fromlist=["_log_lines"])._log_lines(host.log)
-                 if x.get("command") == "ADD" and x.get("containerID") == cont]
+        calls = [x for x in _log_lines(host.log) if x.get("command") == "ADD" and x.get("containerID") == cont]
         assert [x["via"] for x in calls] == ["process"], calls  # the helper left it to the client
     finally:
         stop(outer)
