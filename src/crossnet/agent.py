@@ -541,7 +541,7 @@ class Agent:
         from crossnet import containers
         from crossnet.store import clean_containers
 
-        return clean_containers(containers.list_containers(self.state))
+        return clean_containers([c for c in containers.list_containers(self.state) if c.get("state") != "stale"])
 
     def publish_containers(self) -> None:
         """Write this host's containers to the store if they changed since the last write."""
@@ -708,7 +708,23 @@ class Agent:
             self.next_resync = time.monotonic() + min(self.opts.resync, 5)
             return
         self._sync_safely(snap)
+        self.collect_stale()
         self.containers_changed(wait=0)  # catches attaches that did not go through the API
+
+    def collect_stale(self) -> list[dict[str, Any]]:
+        """`crossnet gc` at every resync: release the containers whose namespace is gone."""
+        from crossnet import containers
+        from crossnet.host import load_context
+
+        try:
+            ctx, backend = load_context(self.state)
+            items = containers.gc(self.state, ctx, backend)
+        except (CrossnetError, OSError) as exc:
+            log.error("collecting stale containers: %s; will retry at the next resync", exc)
+            return []
+        for it in items:
+            log.info("collected stale container %s (%s): released %s", it["id"], it["reason"], it["address"])
+        return items
 
     def _reacquire(self) -> None:
         assert self.lease is not None

@@ -3,10 +3,14 @@
 
     GET  /v1/status                 {"agent": {...lease, peers, health...}, "host": <crossnet status>}
     GET  /v1/peers                  [{"name", "address", "subnet", "programmed"}]
-    POST /v1/attach  {"container": SPEC} | {"id": ID, "netns": PATH}, optional "ip", "ifname"
-                                    -> the attachment (same JSON as `crossnet attach -o json`)
-    POST /v1/detach  {"container": SPEC} | {"id": ID}
-                                    -> {"id", "detached", "address"?}
+    POST /v1/attach  {"container": SPEC} | {"id": ID, "netns": PATH}, optional "ip", "ifname",
+                                    "netns_id" ([st_dev, st_ino] of PATH as the caller sees it)
+                                    -> the attachment (same JSON as `crossnet attach -o json`);
+                                    400 for this host's own network namespace
+    POST /v1/detach  {"container": SPEC} | {"id": ID}, optional "netns", "netns_id"
+                                    -> {"id", "detached", "address"?, "asked_as"?} (an attachment
+                                    of the same namespace under another id is found)
+    POST /v1/gc      {"dry_run"?}   -> {"dry_run", "collected": [...]} (crossnet gc)
     GET  /v1/containers             {"host", "store", "known", "hosts": {name: [{"id", "address", "name"?}]}}:
                                     every host's containers as published in the store
                                     (known: false with the cluster file, which has no channel)
@@ -149,18 +153,28 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
             from crossnet.runtime import resolve
 
             cid, netns = resolve(str(body.get("container") or cid))
+        _same_namespace(body, str(netns))
         ctx, backend = _context(state)
         att = containers.attach(state, ctx, backend, cid, netns, requested=body.get("ip"),
                                 ifname=str(body.get("ifname") or "eth0"))
         _containers_changed(agent)
         return 200, att.to_json()
     if method == "POST" and path == "/v1/detach":
-        cid, _ = _container(body)
+        cid, netns = _container(body)
+        if netns:
+            _same_namespace(body, str(netns))
         ctx, backend = _context(state)
-        res = containers.detach(state, ctx, backend, cid)
+        key = containers.resolve_key(state, ctx, cid, str(netns)) if netns else cid  # another name of it
+        res = containers.detach(state, ctx, backend, key)
         if res is not None:
             _containers_changed(agent)
-        return 200, {"id": cid, "detached": res is not None, **(res or {})}
+        return 200, {"id": key, "detached": res is not None, **(res or {}), **({"asked_as": cid} if key != cid else {})}
+    if method == "POST" and path == "/v1/gc":
+        ctx, backend = _context(state)
+        items = containers.gc(state, ctx, backend, dry_run=bool(body.get("dry_run")))
+        if items and not body.get("dry_run"):
+            _containers_changed(agent)
+        return 200, {"dry_run": bool(body.get("dry_run")), "collected": items}
     if method == "GET" and path == "/v1/containers":
         return 200, agent.cluster_containers()
     if method == "POST" and path == "/v1/cni":
@@ -168,9 +182,26 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         if not out.get("stale") and str((body.get("environ") or {}).get("CNI_COMMAND")) in ("ADD", "DEL"):
             _containers_changed(agent)
         return 200, out
-    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/cni", "/v1/containers"):
+    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/gc", "/v1/cni", "/v1/containers"):
         return 405, {"error": f"{method} not allowed on {path}"}
     return 404, {"error": f"no such endpoint {path} (try /v1/status)"}
+
+
+def _same_namespace(body: dict, netns: str) -> None:
+    """A caller that sends the identity of the namespace it means ("netns_id": [dev, ino],
+    as `crossnet attach/detach` do) must mean the one ``netns`` names here: a /proc/PID
+    path resolves in the agent's PID namespace, a relative or bind-mounted path in its
+    mount namespace, and could name another namespace than the caller's."""
+    want = body.get("netns_id")
+    if want is None:
+        return
+    from crossnet.containers import netns_ident
+
+    if not (isinstance(want, list) and len(want) == 2 and all(isinstance(x, int) for x in want)):
+        raise ConfigError("netns_id: expected [st_dev, st_ino] of the namespace file")
+    if netns_ident(netns if "/" in netns else f"/run/netns/{netns}") != tuple(want):
+        raise ConfigError(f"netns: {netns} names another network namespace in the agent than in the caller "
+                          "(different PID or mount namespace); give a path both see the same way")
 
 
 def _containers_changed(agent: Agent) -> None:
@@ -182,9 +213,12 @@ def _cni(body: dict) -> dict:
     same plugin code and IPAM, without a process start. Callers from another
     network namespace are told `stale` and run the plugin themselves."""
     from crossnet.cni import plugin
-    from crossnet.cni.client import netns_id
+    from crossnet.cni.client import netns_id, target_id
 
     if body.get("netns") != netns_id():
+        return {"stale": True}
+    environ = body.get("environ") if isinstance(body.get("environ"), dict) else {}
+    if body.get("target") != target_id(environ):  # CNI_NETNS names another namespace here: the caller runs it
         return {"stale": True}
     environ = {str(k): str(v) for k, v in (body.get("environ") or {}).items()}
     rc, out = plugin.run(environ, str(body.get("stdin", "")).encode("utf-8", "surrogateescape"))

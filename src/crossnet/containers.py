@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet import netlink as nl
 from crossnet import nlraw
 from crossnet.backends.base import Backend, HostContext
-from crossnet.errors import CrossnetError, IpamError
+from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.ipam import AddressPool
 from crossnet.plan import Env
 from crossnet.state import StateDir
@@ -40,6 +40,55 @@ class InUse(CrossnetError):
     def __init__(self, msg: str, owner: str | None = None):
         super().__init__(msg)
         self.owner = owner  # the IPAM key that holds the interface, when known
+
+
+class HostNamespace(ConfigError):
+    """The target is the network namespace crossnet itself runs in (or the initial one,
+    PID 1's): attaching it would replace this host's default route (and detaching it
+    would then remove it). Refused before anything is changed."""
+
+
+def netns_ident(path: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of a namespace file: the namespace's identity, whatever path
+    names it (/run/netns/NAME, /proc/PID/ns/net, a bind mount); None if it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def own_namespaces() -> dict[tuple[int, int], str]:
+    """identity -> description of the namespaces an attach must never target: the one
+    this process (and this thread) runs in, and the initial one (PID 1's, in this PID
+    namespace) when it differs."""
+    out: dict[tuple[int, int], str] = {}
+    for path, what in (("/proc/thread-self/ns/net", "this host's own network namespace (the one crossnet runs in)"),
+                       ("/proc/self/ns/net", "this host's own network namespace (the one crossnet runs in)"),
+                       ("/proc/1/ns/net", "the initial network namespace (PID 1's)")):
+        ident = netns_ident(path)
+        if ident is not None:
+            out.setdefault(ident, what)
+    return out
+
+
+def refuse_host_netns(ident: tuple[int, int] | None, field: str) -> None:
+    """Raise :class:`HostNamespace` (one line naming ``field``) when ``ident`` is one of
+    :func:`own_namespaces`."""
+    if ident is None:
+        return
+    what = own_namespaces().get(ident)
+    if what is not None:
+        raise HostNamespace(f"{field} is {what}: crossnet attaches containers, never the host itself "
+                            "(it would replace this host's default route)")
+
+
+def check_target(path: str, field: str) -> tuple[int, int] | None:
+    """The identity of the namespace at ``path`` (a netns name or path); refused with
+    :class:`HostNamespace` when it is the host's own. None when it does not exist."""
+    ident = netns_ident(path if "/" in path else f"/run/netns/{path}")
+    refuse_host_netns(ident, field)
+    return ident
 
 
 def host_ifname(container_id: str) -> str:
@@ -74,6 +123,7 @@ class Attachment:
     changed: bool = True
     host_mac: str | None = None  # the host-side veth's MAC (CNI result)
     asked_as: str | None = None  # the id attach was called with, when the namespace was already attached as `id`
+    allocation: Any = None  # the IPAM allocation (AddressPool.undo takes back a new one when a caller fails later)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -129,6 +179,25 @@ def attach(
     ``container_id``), without ``reuse`` (the CNI plugin, whose spec requires an error for
     an existing interface) it is :class:`InUse`."""
     netns = nl.netns_path(netns)
+    # the namespace is opened once: the identity checked is the one used (a /proc/PID path
+    # whose process exits cannot turn into another namespace halfway through)
+    try:
+        ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CrossnetError(f"network namespace {netns}: {exc.strerror}") from None
+    try:
+        st = os.fstat(ns_fd)
+        ident = (st.st_dev, st.st_ino)
+        refuse_host_netns(ident, f"netns {netns}")
+        return _attach(state, ctx, backend, container_id, netns, ns_fd, ident, requested, ifname, mac, meta, reuse)
+    finally:
+        os.close(ns_fd)
+
+
+def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: str, netns: str, ns_fd: int,
+            ident: tuple[int, int], requested: str | None, ifname: str, mac: str | None,
+            meta: dict[str, Any] | None, reuse: bool) -> Attachment:
+    ops = f"/proc/self/fd/{ns_fd}"  # `netns` as opened above, for every kernel operation inside it
     pool = pool_for(state, ctx)
     existing = pool.get(container_id)
     try:
@@ -136,7 +205,7 @@ def attach(
     except ValueError:
         raise IpamError(f"--ip: {requested!r} is not an IPv4 address") from None
     host_if = host_ifname(container_id)
-    base_meta = {"netns": netns, "ifname": ifname, "host_if": host_if, **(meta or {})}
+    base_meta = {"netns": netns, "netns_id": list(ident), "ifname": ifname, "host_if": host_if, **(meta or {})}
     # a new address decides the MACs: recorded with it in one IPAM write
     alloc = pool.allocate(container_id, req, meta=base_meta,
                           meta_for=lambda address: {"mac": mac or container_mac(address)})
@@ -144,7 +213,7 @@ def attach(
     host_mac: str | None = None
     try:
         for _ in range(2):  # a second round only after removing half of a pair
-            with nlraw.Rtnl() as host, nlraw.Rtnl(netns) as inside:
+            with nlraw.Rtnl() as host, nlraw.Rtnl(ops) as inside:
                 inner = inside.ifindex(ifname)
                 # one targeted lookup, not a dump of every link of the host
                 # (O(containers) per attach: 150 attached veths made attach 5× slower)
@@ -155,11 +224,7 @@ def attach(
                     bridge = host.ifindex(ctx.bridge)
                     if bridge is None:
                         raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run `crossnet apply` first")
-                    ns_fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        host.call([nlraw.veth_create(host_if, ctx.mtu, host_mac, bridge, ifname, cmac, ns_fd)])
-                    finally:
-                        os.close(ns_fd)
+                    host.call([nlraw.veth_create(host_if, ctx.mtu, host_mac, bridge, ifname, cmac, ns_fd)])
                     created_veth = True
                     idx = inside.ifindex(ifname)
                     if idx is None:
@@ -174,11 +239,11 @@ def attach(
                     changed = True
             if host_idx is not None and inner is None:
                 # our host veth exists, but its peer is not `ifname` in this namespace
-                _drop_half_pair(container_id, existing, netns, host_if, host_idx)
+                _drop_half_pair(container_id, existing, ops, host_if, host_idx)
                 continue  # gone: create the pair anew
             break
         if not created_veth and host_idx is None:  # `ifname` exists here, not made for this id
-            owner = _owner_of(pool, netns, ifname, inner)
+            owner = _owner_of(pool, ops, ifname, inner)
             if owner is None:
                 raise CrossnetError(f"container {container_id} already has an interface {ifname!r} not made by crossnet")
             key, other = owner
@@ -189,7 +254,7 @@ def attach(
                 raise InUse(f"{netns} is already attached as {key!r} with {other.address}, "
                             f"cannot also take {req}: detach {key!r} first", owner=key)
             if existing is None:
-                pool.release(container_id)
+                pool.undo(alloc)
                 existing = alloc  # released: nothing left to undo below
             recorded = other.meta.get("netns")
             same = recorded if isinstance(recorded, str) and _same_netns(recorded, netns) else netns
@@ -197,7 +262,7 @@ def attach(
             att.asked_as = container_id
             return att
         if not created_veth:  # existing: check and repair (pyroute2, reads everything back)
-            with nl.open_ipr() as ipr, nl.open_ipr(netns) as cipr:
+            with nl.open_ipr() as ipr, nl.open_ipr(ops) as cipr:
                 changed = existing is None
                 if nl.ifindex(ipr, ctx.bridge) is None:
                     raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run `crossnet apply` first")
@@ -219,7 +284,7 @@ def attach(
                 if idx is not None:
                     ipr.link("del", index=idx)
         if existing is None:
-            pool.release(container_id)
+            pool.undo(alloc)  # the entry and the next-address pointer as they were
         if isinstance(exc, nlraw.RtnlError):
             raise CrossnetError(f"attaching {container_id}: {exc.strerror}") from None
         raise
@@ -227,7 +292,7 @@ def attach(
         pool.update_meta(container_id, {**base_meta, "mac": mac_now})
     return Attachment(
         container_id, netns, str(alloc.address), ctx.prefixlen, str(ctx.gateway), ifname, host_if, ctx.mtu, mac_now,
-        changed, host_mac,
+        changed, host_mac, allocation=alloc,
     )
 
 
@@ -361,6 +426,123 @@ def _configure_inside(cipr, ifname: str, cidr: str, gateway: str, mtu: int) -> b
     return changed
 
 
+def recorded_ident(alloc: Any) -> tuple[int, int] | None:
+    """The identity of the namespace an IPAM entry was attached to: recorded at attach
+    (``netns_id``), or for older entries that of its recorded path now."""
+    rec = alloc.meta.get("netns_id")
+    if isinstance(rec, list) and len(rec) == 2 and all(isinstance(x, int) for x in rec):
+        return rec[0], rec[1]
+    path = alloc.meta.get("netns")
+    return netns_ident(path) if isinstance(path, str) and path else None
+
+
+def _path_gone(alloc: Any) -> str | None:
+    path = alloc.meta.get("netns")
+    if not isinstance(path, str) or not path:
+        return None
+    now = netns_ident(path)
+    if now is None:
+        return f"network namespace {path} is gone"
+    rec = alloc.meta.get("netns_id")
+    if isinstance(rec, list) and len(rec) == 2 and tuple(rec) != now:
+        return f"{path} is now another network namespace"
+    return None
+
+
+def _host_links() -> set[str]:
+    with nl.open_ipr() as ipr:
+        return {link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+
+
+def stale_reason(alloc: Any, host_links: set[str] | None = None) -> str | None:
+    """Why an attachment's namespace is gone, or None while it is there (or unknown).
+    Gone: its recorded path no longer exists or names another namespace than the one
+    attached, and the host side of its veth is gone too (the kernel deletes a veth pair
+    with the namespace of either end; a namespace still alive under another path, or a
+    /proc/PID path written in another PID namespace, keeps it). ``host_links``: the names
+    of this namespace's links (read when needed and not given)."""
+    why = _path_gone(alloc)
+    if why is None:
+        return None
+    host_if = alloc.meta.get("host_if") or host_ifname(alloc.key)
+    if host_if in (host_links if host_links is not None else _host_links()):
+        return None
+    return why
+
+
+def find_attachments(state: StateDir, ctx: HostContext, netns: str) -> list[str]:
+    """The IPAM keys attached to the namespace at ``netns`` (a name or path), matched by
+    the namespace's identity, not by how it was spelled (`pid:N`, /proc/N/ns/net, a
+    netns name, a bind mount of it)."""
+    ident = netns_ident(netns if "/" in netns else f"/run/netns/{netns}")
+    if ident is None or not os.path.exists(state.ipam_path):
+        return []
+    same = {key: alloc for key, alloc in pool_for(state, ctx).entries().items() if recorded_ident(alloc) == ident}
+    live = sorted(key for key, alloc in same.items() if _path_gone(alloc) is None)
+    return live or sorted(same)  # a record whose path went away while the namespace lives on
+
+
+def resolve_key(state: StateDir, ctx: HostContext, container_id: str, netns: str | None) -> str:
+    """The IPAM key to detach for CONTAINER: ``container_id`` when attached under it,
+    else the one attachment of the same namespace under another name; ConfigError when
+    several ids share that namespace (naming them)."""
+    if netns is None or not os.path.exists(state.ipam_path) or pool_for(state, ctx).get(container_id) is not None:
+        return container_id
+    keys = find_attachments(state, ctx, netns)
+    if len(keys) > 1:
+        raise ConfigError(f"CONTAINER: {container_id!r}: its network namespace is attached under several ids "
+                          f"({', '.join(keys)}); detach them by id")
+    return keys[0] if keys else container_id
+
+
+def _remove_host_veth(ctx: HostContext, backend: Backend, host_if: str) -> bool:
+    with nl.open_ipr() as ipr:
+        env = Env(ipr)
+        backend.detach_port(ctx, env, host_if)
+        idx = nl.ifindex(ipr, host_if)
+        if idx is None:
+            return False
+        try:
+            ipr.link("del", index=idx)
+        except NetlinkError as exc:
+            if exc.code != 19:
+                raise
+            return False
+        return True
+
+
+def gc(state: StateDir, ctx: HostContext, backend: Backend, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Collect the attachments whose namespace is gone (:func:`stale_reason`): remove the
+    host-side veth if it is still there, release the address (the IPAM entry is the
+    record). Each entry is re-checked under the IPAM lock, so an attach that re-made it
+    meanwhile is never touched. ``dry_run``: only list them."""
+    if not os.path.exists(state.ipam_path):
+        return []
+    pool = pool_for(state, ctx)
+    out = []
+    entries = pool.entries()
+    links = _host_links() if any(_path_gone(a) for a in entries.values()) else set()
+    for key, alloc in sorted(entries.items()):
+        why = stale_reason(alloc, links)
+        if why is None:
+            continue
+        host_if = alloc.meta.get("host_if") or host_ifname(key)
+        item = {"id": key, "address": str(alloc.address), "netns": alloc.meta.get("netns"), "host_if": host_if,
+                "reason": why, "veth_removed": False, "collected": False}
+        if not dry_run:
+            def remove(current: Any, item: dict = item, host_if: str = host_if) -> bool:
+                if stale_reason(current) is None:
+                    return False  # came back meanwhile
+                item["veth_removed"] = _remove_host_veth(ctx, backend, host_if)
+                return True
+
+            item["collected"] = pool.release_if(key, alloc, before=remove) is not None
+            if not item["collected"]:
+                continue
+        out.append(item)
+    return out
+
+
 def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: str) -> dict | None:
     """Remove the container's veth and release its address. Idempotent: returns None
     if the container was not attached."""
@@ -403,7 +585,9 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
 
     ctx, _ = load_context(state)
     out = []
-    for key, alloc in sorted(pool_for(state, ctx).entries().items()):
+    entries = pool_for(state, ctx).entries()
+    links = _host_links() if any(_path_gone(a) for a in entries.values()) else set()
+    for key, alloc in sorted(entries.items()):
         out.append(
             {
                 "id": key,
@@ -413,6 +597,7 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
                 "host_if": alloc.meta.get("host_if"),
                 "mac": alloc.meta.get("mac"),
                 "name": alloc.meta.get("name"),  # runtime's container name (crossnet-cni: K8S_POD_NAME)
+                "state": "stale" if stale_reason(alloc, links) else "attached",  # stale: its namespace is gone (crossnet gc)
             }
         )
     return out

@@ -234,6 +234,9 @@ class Allocation:
     key: str
     address: IPv4Address
     meta: dict[str, Any] = field(default_factory=dict)
+    # set by allocate() when this call created the entry: the pointer before it (for undo)
+    created: bool = field(default=False, compare=False, repr=False)
+    previous_last: IPv4Address | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -296,7 +299,8 @@ class AddressPool:
                 address = self._check_requested(state, requested)
             else:
                 address = self._next(state, key)
-            alloc = Allocation(key, address, {**(meta or {}), **(meta_for(address) if meta_for else {})})
+            alloc = Allocation(key, address, {**(meta or {}), **(meta_for(address) if meta_for else {})},
+                               created=True, previous_last=state.last)
             state.allocations[key] = alloc
             state.last = address
             self._write(state)
@@ -309,6 +313,44 @@ class AddressPool:
             if alloc is not None:
                 self._write(state)
             return alloc
+
+    def undo(self, alloc: Allocation) -> None:
+        """Take back an allocation this pool's allocate() just created (the attach it was
+        for failed): the entry goes and the next-address pointer moves back, unless
+        another allocation came since (then only the entry goes). An allocation that was
+        not created by that call, or that changed meanwhile, is left alone. (The entry may
+        already be released, e.g. by a detach that undid the attach: the pointer still
+        moves back.)"""
+        if not alloc.created:
+            return
+        with self._locked():
+            state = self._read()
+            current = state.allocations.get(alloc.key)
+            if current is not None and current.address != alloc.address:
+                return
+            changed = state.allocations.pop(alloc.key, None) is not None
+            if state.last == alloc.address:
+                state.last = alloc.previous_last
+                changed = True
+            if changed:
+                self._write(state)
+
+    def release_if(self, key: str, expected: Allocation,
+                   before: Callable[[Allocation], bool] | None = None) -> Allocation | None:
+        """release(key) only if the entry is still ``expected`` (same address and meta):
+        a collector that judged an entry stale never removes one re-made meanwhile.
+        ``before(entry)`` runs under the pool's lock first (no allocation can happen
+        meanwhile); when it returns False nothing is released."""
+        with self._locked():
+            state = self._read()
+            current = state.allocations.get(key)
+            if current is None or current.address != expected.address or current.meta != expected.meta:
+                return None
+            if before is not None and not before(current):
+                return None
+            del state.allocations[key]
+            self._write(state)
+            return current
 
     def get(self, key: str) -> Allocation | None:
         return self._read().allocations.get(key)

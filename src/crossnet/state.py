@@ -128,11 +128,47 @@ class StateDir:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Exclusive lock for apply/reset (attach takes the IPAM lock instead)."""
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.root / "lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
+        """Exclusive lock for apply/reset (attach takes the IPAM lock instead).
+
+        A state dir this call found without a lock file, and that records nothing when the
+        block ends (no applied.json, no ipam.json: a failed apply on a fresh state dir, a
+        reset of nothing), is left as it was: the lock file is removed (still holding the
+        lock; a process waiting for it finds it unlinked and takes the new one) and so are
+        the directories created for it, when empty."""
+        path = self.root / "lock"
+        while True:
+            missing = [d for d in (self.root, *self.root.parents) if not d.exists()]
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fresh = not path.exists()
             try:
-                yield
+                fh = open(path, "a")  # noqa: SIM115 - closed below
+            except FileNotFoundError:  # its creator removed the directory meanwhile: make it again
+                continue
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                held = os.fstat(fh.fileno())
+                now = os.stat(path)
+            except FileNotFoundError:  # removed by its creator while we waited: take the new one
+                fh.close()
+                continue
+            except BaseException:
+                fh.close()
+                raise
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+            fh.close()
+        try:
+            yield
+        finally:
+            try:
+                if fresh and not self.applied_path.exists() and not self.ipam_path.exists():
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    for d in missing:  # deepest first
+                        try:
+                            d.rmdir()
+                        except OSError:
+                            break
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()

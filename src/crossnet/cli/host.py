@@ -144,7 +144,11 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
     from crossnet.runtime import resolve
 
     cid, path = resolve(container)
-    data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname})
+    # never the host's own namespace (checked here, in the agent and in containers.attach);
+    # its identity goes to the agent, which refuses a path it resolves differently
+    ident = containers.check_target(path, f"CONTAINER {container!r}")
+    data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname,
+                                              **({"netns_id": list(ident)} if ident else {})})
     if data is None:
         hctx, backend = load_context(_state(ctx))
         data = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname).to_json()
@@ -168,21 +172,28 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
     from crossnet.runtime import resolve, spec_id
 
     try:
-        cid, _ = resolve(container)
+        cid, path = resolve(container)
     except Exception:
-        cid = spec_id(container)  # the namespace may already be gone: release by the id attach gave it
-    via = _agent(ctx, "POST", "/v1/detach", {"id": cid})
+        cid, path = spec_id(container), None  # the namespace may already be gone: release by the id attach gave it
+    # attached under another name of the same namespace (pid:N vs /proc/N/ns/net, a path vs
+    # its netns name): found by the namespace's identity
+    ident = containers.netns_ident(path) if path else None
+    body = {"id": cid, **({"netns": path, "netns_id": list(ident)} if ident else {})}
+    via = _agent(ctx, "POST", "/v1/detach", body)
     if via is not None:
         res = {k: via[k] for k in ("id", "address", "host_if") if k in via} if via.get("detached") else None
+        key = via.get("id", cid)
     else:
         hctx, backend = load_context(_state(ctx))
-        res = containers.detach(_state(ctx), hctx, backend, cid)
+        key = containers.resolve_key(_state(ctx), hctx, cid, path if ident else None)
+        res = containers.detach(_state(ctx), hctx, backend, key)
     if output == "json":
-        _json({"id": cid, "detached": res is not None, **(res or {})})
+        _json({"id": key, "detached": res is not None, **(res or {}), **({"asked_as": cid} if key != cid else {})})
     elif res is None:
         click.echo(f"{cid}: not attached, nothing to do")
     else:
-        click.echo(f"{cid}: detached, released {res['address']}")
+        alias = f" (attached as {key})" if key != cid else ""
+        click.echo(f"{cid}: detached{alias}, released {res['address']}")
 
 
 @click.command()
@@ -225,11 +236,41 @@ def status(ctx: click.Context, output: str) -> None:
         peers.add_row(p["name"], p["address"], p["subnet"], "[green]yes[/]" if p["programmed"] else "[red]no[/]")
     console.print(peers)
     cont = Table(title="containers", title_justify="left")
-    for col in ("id", "address", "ifname", "host side"):
+    for col in ("id", "address", "ifname", "host side", "state"):
         cont.add_column(col)
     for c in st["containers"]:
-        cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "")
+        state = c.get("state", "attached")
+        cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "",
+                     "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
     console.print(cont)
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be collected; change nothing.")
+@OUTPUT
+@click.pass_context
+def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
+    """Collect containers whose network namespace is gone (status shows them `stale`):
+    remove the host side of their veth if it is still there and release their address.
+    A running `crossnet agent` does this at every resync."""
+    from crossnet import containers
+    from crossnet.host import load_context
+
+    via = _agent(ctx, "POST", "/v1/gc", {"dry_run": dry_run})
+    if via is not None:
+        items = via["collected"]
+    else:
+        hctx, backend = load_context(_state(ctx))
+        items = containers.gc(_state(ctx), hctx, backend, dry_run=dry_run)
+    if output == "json":
+        _json({"dry_run": dry_run, "collected": items})
+        return
+    if not items:
+        click.echo("nothing to collect: every attached container's namespace is there")
+    for it in items:
+        verb = "would release" if dry_run else "released"
+        veth = f", removed {it['host_if']}" if it.get("veth_removed") else ""
+        click.echo(f"{it['id']}: {it['reason']}: {verb} {it['address']}{veth}")
 
 
 @click.command()
@@ -257,10 +298,16 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
 
     st = get_status(_state(ctx))
     me = st["host"]
+    # containers whose namespace is gone are reported as stale, never probed (nothing to enter)
+    stale = [{"id": c["id"], "address": c["address"], "netns": c["netns"]}
+             for c in st["containers"] if c.get("state") == "stale"]
     local = [(Endpoint(c.get("name") or c["id"], c["netns"] or "", c["address"].split("/")[0]), me, "container")
-             for c in st["containers"]]
+             for c in st["containers"] if c.get("state") != "stale"]
+    stale_note = (f"stale (namespace gone, not probed; `crossnet gc` collects them): "
+                  f"{', '.join(c['id'] for c in stale)}") if stale else None
     if not local:
-        raise CrossnetError("no containers attached on this host: nothing to check (crossnet attach CONTAINER)")
+        raise CrossnetError("no containers attached on this host: nothing to check (crossnet attach CONTAINER)"
+                            + (f"; {len(stale)} {stale_note}" if stale else ""))
     published, note = _cluster_containers(ctx)
     dsts = list(local)
     peers = {p["name"]: p for p in st["peers"]}
@@ -295,6 +342,7 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
             "ok": ok,
             "containers": "published" if published is not None else "unknown",
             "note": note,
+            "stale": stale,
             "pairs": rows,
         })
     else:
@@ -306,6 +354,8 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
         Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
         if note:
             click.echo(note)
+        if stale_note:
+            click.echo(stale_note)
         click.echo(summary_line(pairs))
         for p in [p for p in pairs if not p.ok][:10]:
             click.echo(f"  ✗ {p.src} → {p.dst}: {p.error or 'unreachable'}")
@@ -350,5 +400,5 @@ def _cluster_containers(ctx: click.Context) -> tuple[dict[str, list[dict]] | Non
 
 
 def register(main: click.Group) -> None:
-    for cmd in (apply, reset, attach, detach, status, check):
+    for cmd in (apply, reset, attach, detach, status, check, gc):
         main.add_command(cmd)

@@ -15,7 +15,7 @@ from crossnet.errors import CrossnetError
 # only when one of their commands runs (or for --help), so `crossnet attach` does not pay
 # for the lab, bench or rich imports.
 COMMAND_MODULES = {
-    "crossnet.cli.host": ("apply", "reset", "attach", "detach", "status", "check"),
+    "crossnet.cli.host": ("apply", "reset", "attach", "detach", "status", "check", "gc"),
     "crossnet.cli.lab": ("lab",),  # lab up/down/exec/demo/check/list
     "crossnet.cli.trace": ("trace",),  # trace SRC DST [--verify] (`lab trace` is in crossnet.cli.lab)
     "crossnet.cli.cni": ("cni", "docker-config"),

@@ -74,6 +74,21 @@ def netns_id() -> list[int]:
     return [st.st_dev, st.st_ino]
 
 
+def target_id(environ) -> list[int] | None:
+    """[st_dev, st_ino] of CNI_NETNS as this process resolves it (a name: /run/netns/NAME),
+    or None. A helper or agent serves the call only if CNI_NETNS names the same namespace
+    for it (a /proc/PID path resolves in its own PID namespace, a relative path against
+    its own working directory); otherwise the caller runs the call itself."""
+    netns = environ.get("CNI_NETNS") or ""
+    if not netns:
+        return None
+    try:
+        st = os.stat(netns if "/" in netns else "/run/netns/" + netns)
+    except (OSError, ValueError):
+        return None
+    return [st.st_dev, st.st_ino]
+
+
 def socket_path(state_dir: str) -> str:
     return os.path.join(state_dir, SOCKET_NAME)
 
@@ -97,8 +112,10 @@ def server_target(environ, stdin: bytes) -> tuple[str | None, dict | None]:
 def request_bytes(environ, stdin: bytes) -> bytes:
     env = ",".join(f"{_enc(k)}:{_enc(v)}" for k, v in environ.items() if k.startswith("CNI_"))
     st = netns_id()
+    tg = target_id(environ)
+    target = f"[{int(tg[0])},{int(tg[1])}]" if tg else "null"
     text = (f'{{"environ":{{{env}}},"stdin":{_enc(stdin.decode("utf-8", "surrogateescape"))},'
-            f'"netns":[{int(st[0])},{int(st[1])}],"code":{_enc(code_id())}}}')
+            f'"netns":[{int(st[0])},{int(st[1])}],"target":{target},"code":{_enc(code_id())}}}')
     return text.encode("ascii")
 
 

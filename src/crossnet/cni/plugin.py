@@ -385,6 +385,11 @@ def cmd_add(req: Request) -> dict[str, Any]:
     mac = req.requested_mac()
     host = Host(req.state_dir)
     from crossnet import containers
+
+    try:  # never the host's own namespace: its default route would be replaced (code 4: CNI_NETNS is invalid)
+        containers.check_target(netns, f"CNI_NETNS {netns}")
+    except containers.HostNamespace as exc:
+        raise CniError(E_INVALID_ENV, str(exc)) from None
     from crossnet.errors import CrossnetError, IpamError
 
     key = attachment_key(cid, ifname)
@@ -401,6 +406,8 @@ def cmd_add(req: Request) -> dict[str, Any]:
         raise CniError(E_IPAM, str(exc)) from None
     except containers.NotReady as exc:  # transient: `crossnet apply` has not made the bridge (yet)
         raise CniError(E_TRY_AGAIN, f"{exc}; try again later") from None
+    except containers.HostNamespace as exc:  # the namespace changed under the path since the check above
+        raise CniError(E_INVALID_ENV, f"CNI_NETNS: {exc}") from None
     except containers.InUse as exc:
         raise CniError(E_IN_USE, f"CNI_CONTAINERID {cid}, CNI_IFNAME {ifname}: {exc}",
                        "the spec forbids a second ADD of a (container id, interface) without DEL; "
@@ -414,6 +421,8 @@ def cmd_add(req: Request) -> dict[str, Any]:
         host_mac = _finish_links(att, mac)
     except Exception as exc:  # noqa: BLE001 - undo the attach, then report
         _quiet_detach(host, key)
+        if att.allocation is not None:
+            pool.undo(att.allocation)  # the next-address pointer back where it was (a new allocation only)
         raise CniError(E_ATTACH, f"configuring {ifname} in {netns} failed: {exc}") from None
     if att.mac != mac_before:  # a requested MAC set on an interface that already existed
         pool.update_meta(key, {"mac": att.mac})

@@ -10,7 +10,9 @@ same state dir and IPAM, just already imported.
 
 Safety rules:
 - One helper per state dir (flock on ``cni.sock.lock``); requests run one at a time.
-- The helper only serves clients in its own network namespace and running the same
+- The helper only serves clients in its own network namespace, for which CNI_NETNS names
+  the namespace it names for the helper (``target``: its inode as the client sees it; a
+  ``/proc/PID`` path resolves in the helper's own PID namespace), and running the same
   code (``code_id`` of the installed files; the native client sends ``"*"``, meaning
   "unchanged since you started"); otherwise it answers ``stale`` and the plugin runs the
   request itself. A stale-code helper exits.
@@ -29,7 +31,7 @@ import socket
 import sys
 import time
 
-from crossnet.cni.client import code_id, netns_id, socket_path  # noqa: F401  (shared with the client)
+from crossnet.cni.client import code_id, netns_id, socket_path, target_id  # noqa: F401  (shared with the client)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -179,11 +181,14 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
                     _cleanup(srv, path, ident, close=False)  # before the client starts a new helper
                 elif req.get("netns") != my_netns:
                     reply = {"stale": True}
+                elif req.get("target") != target_id(environ := {k: str(v) for k, v in (req.get("environ") or {}).items()}):
+                    # CNI_NETNS names another namespace here than for the client (a /proc/PID path in
+                    # another PID namespace, a relative path...): the client runs the call itself
+                    reply = {"stale": True}
                 else:
                     signal.alarm(REQUEST_TIMEOUT)
                     t0 = time.perf_counter()
                     stdin = req.get("stdin", "").encode("utf-8", "surrogateescape")
-                    environ = {k: str(v) for k, v in (req.get("environ") or {}).items()}
                     rc, out = plugin.run(environ, stdin)
                     plugin._log(environ, stdin, rc, out, time.perf_counter() - t0, via="server")
                     signal.alarm(0)

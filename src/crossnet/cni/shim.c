@@ -6,7 +6,7 @@
  * <bin-dir>/crossnet-cni when a C compiler works. It does what crossnet.cni.client does
  * on its fast path and nothing else:
  *
- *   - CNI_COMMAND ADD/DEL/CHECK/STATUS/GC: send {"environ", "stdin", "netns", "code"}
+ *   - CNI_COMMAND ADD/DEL/CHECK/STATUS/GC: send {"environ", "stdin", "netns", "target", "code"}
  *     to the running agent (<stateDir>/agent.sock, POST /v1/cni) or the warm helper
  *     (<stateDir>/cni.sock, crossnet.cni.server) and print its {"rc", "stdout"} reply;
  *   - VERSION: answered here, exactly like the shell wrapper crossnet-cni-py;
@@ -904,9 +904,23 @@ static void forward(void) {
     }
     buf_str(&body, "},\"stdin\":");
     buf_json(&body, (const char *)g_in, g_in_len);
-    char tail[96];
-    snprintf(tail, sizeof tail, ",\"netns\":[%llu,%llu],\"code\":\"*\"}", (unsigned long long)ns.st_dev,
-             (unsigned long long)ns.st_ino);
+    /* client.target_id: CNI_NETNS as this process resolves it; the helper serves the call
+     * only if it resolves to the same namespace there (PID/mount namespaces may differ) */
+    char target[64] = "null";
+    const char *nsv = env_value("CNI_NETNS");
+    if (nsv && *nsv) {
+        char *tp = strchr(nsv, '/') ? strdup(nsv) : path_join("/run/netns", 10, nsv);
+        struct stat ts;
+        if (!tp)
+            fallback();
+        if (stat(tp, &ts) == 0)
+            snprintf(target, sizeof target, "[%llu,%llu]", (unsigned long long)ts.st_dev,
+                     (unsigned long long)ts.st_ino);
+        free(tp);
+    }
+    char tail[192];
+    snprintf(tail, sizeof tail, ",\"netns\":[%llu,%llu],\"target\":%s,\"code\":\"*\"}",
+             (unsigned long long)ns.st_dev, (unsigned long long)ns.st_ino, target);
     buf_str(&body, tail);
     if (body.len > (size_t)CN_MAX_REQUEST)
         fallback(); /* the helper would refuse it */
