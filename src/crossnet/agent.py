@@ -394,6 +394,14 @@ class Agent:
         return LocalView(self.cfg.network, self.cfg.subnet_len, self.name, self.address, self.lease.subnet, macs,
                          tuple(foreign), tuple(connected))
 
+    def _take_snapshot(self, snap: Snapshot, env: Env, owned: list[Resource]) -> None:
+        """Every record of the snapshot but ours, filed under its key; the valid ones
+        become the peers (only records that pass validation reach the kernel)."""
+        assert self.lease is not None
+        self.book.load([r for r in snap.hosts if self._key(r) != self.lease.subnet],
+                       {k: v for k, v in snap.invalid.items() if k != self.lease.subnet})
+        self.peers = self.book.select(self._view(env, owned))
+
     def full_sync(self, snap: Snapshot) -> None:
         """Make the kernel match the snapshot: local + all peers, one reconcile."""
         from crossnet.host import check_routes, common_resources, load_previous
@@ -404,14 +412,11 @@ class Agent:
         own = [r for r in snap.hosts if self._key(r) == self.lease.subnet]
         if self.store.kind != "static" and (not own or own[0].name != self.name):
             self.queue.put(("lease-lost", self.lease.lease_id))
-        self.book.load([r for r in snap.hosts if self._key(r) != self.lease.subnet],
-                       {k: v for k, v in snap.invalid.items() if k != self.lease.subnet})
         with self.state.lock():
             env = self._env()
             _, previous = load_previous(self.state)
-            # only records that pass validation reach the kernel; our routes (recorded in
-            # applied.json or owned now) are not "this host's routes" to protect
-            self.peers = self.book.select(self._view(env, previous + self._owned()))
+            # our routes (recorded in applied.json or owned now) are not "this host's routes" to protect
+            self._take_snapshot(snap, env, previous + self._owned())
             per_peer: dict[IPv4Network, list[Resource]] = {}
             for s in sorted(self.peers):
                 peer = self._peer(self.peers[s])
