@@ -2,9 +2,10 @@
 straight into etcd (the lab's etcd, over its unix socket) and must not be able to
 change anything on the other hosts.
 
-One lab (vxlan, 3 hosts on l2, lease TTL 5 s, `lab up --store etcd`: an agent per
-host, one container each). For each test: the kernel state of every host (routes of
-every table, permanent neighbours, static FDB entries, links, addresses, nft) is
+One lab per backend (vxlan and host-gw on l2, ovs-gre on l3; 3 hosts, lease TTL 5 s,
+`lab up --store etcd`: an agent per host, one container each). For each test: the
+kernel state of every host (routes of every table, permanent neighbours, static FDB
+entries, links, addresses, nft; OVS ports, interfaces and flows) is
 taken with the cluster whole, the hostile records are written, every agent has seen
 them (its store revision passed theirs) and counted each as rejected; then the
 kernel state of every host is unchanged and every container still reaches every
@@ -35,13 +36,21 @@ HOSTS = ["h1", "h2", "h3"]
 EVIL_MAC = "02:66:66:66:66:66"
 
 
-@pytest.fixture(scope="module")
+PARAMS = [("vxlan", "l2"), ("host-gw", "l2"), ("ovs-gre", "l3")]
+
+
+@pytest.fixture(scope="module", params=PARAMS, ids=[f"{b}-{u}" for b, u in PARAMS])
 def cluster(request, lab_sweep) -> LabCluster:
+    import shutil
+
     from crossnet.store.etcdserver import etcd_available
 
+    backend, underlay_kind = request.param
     if not etcd_available():
         pytest.skip("needs etcd (apt-get install etcd-server)")
-    lab = module_factory(request)(hosts=len(HOSTS), underlay="l2", backend="vxlan", containers=1,
+    if backend.startswith("ovs") and not shutil.which("ovs-vswitchd"):
+        pytest.skip("needs Open vSwitch (apt-get install openvswitch-switch)")
+    lab = module_factory(request)(hosts=len(HOSTS), underlay=underlay_kind, backend=backend, containers=1,
                                   extra={"store": "etcd", "ttl": TTL})
     c = LabCluster(lab, ttl=TTL)
     c.load_containers()
@@ -50,11 +59,12 @@ def cluster(request, lab_sweep) -> LabCluster:
 
 
 def underlay(cluster: LabCluster) -> IPv4Network:
-    """h1's connected route on its underlay interface (the network the hosts share)."""
+    """h1's connected route on its underlay (the network of its underlay address)."""
     hp = cluster.host("h1")
-    routes = json.loads(subprocess.run(["ip", "-n", hp.netns, "-j", "-4", "route", "show", "dev", hp.ifname,
-                                        "proto", "kernel"], capture_output=True, text=True, check=True).stdout)
-    return IPv4Network(routes[0]["dst"])
+    address = cluster.status("h1")["address"]  # OVS userspace datapath: on br-phy, not on the NIC
+    routes = json.loads(subprocess.run(["ip", "-n", hp.netns, "-j", "-4", "route", "show", "proto", "kernel"],
+                                       capture_output=True, text=True, check=True).stdout)
+    return next(IPv4Network(r["dst"]) for r in routes if r.get("prefsrc") == address)
 
 
 def whole(cluster: LabCluster) -> None:
@@ -62,12 +72,27 @@ def whole(cluster: LabCluster) -> None:
     assert cluster.mesh(HOSTS) == []
 
 
+def host_state(cluster: LabCluster, h: str) -> dict:
+    """The host's kernel state (routes of every table, permanent neighbours, static FDB
+    entries, links, addresses, nft) and, with an OVS backend, its bridge's ports and flows."""
+    snap = kernel_state(cluster.host(h).netns)
+    if cluster.plan.backend.startswith("ovs"):
+        ports = cluster.lab.run(h, ["ovs-vsctl", "list-ports", "cnovs0"], timeout=20)
+        flows = cluster.lab.run(h, ["ovs-ofctl", "--names", "--no-stats", "dump-flows", "cnovs0"], timeout=20)
+        assert ports.returncode == 0 and flows.returncode == 0, ports.stderr + flows.stderr
+        snap["ovs_ports"] = sorted(ports.stdout.split())
+        snap["ovs_flows"] = sorted(ln.strip() for ln in flows.stdout.splitlines() if "actions=" in ln)
+        remote = cluster.lab.run(h, ["ovs-vsctl", "--columns=name,options", "list", "interface"], timeout=20)
+        snap["ovs_interfaces"] = sorted(" ".join(rec.split()) for rec in remote.stdout.split("\n\n"))
+    return snap
+
+
 def states(cluster: LabCluster) -> dict[str, dict]:
-    return {h: kernel_state(cluster.host(h).netns) for h in HOSTS}
+    return {h: host_state(cluster, h) for h in HOSTS}
 
 
 def diffs(cluster: LabCluster, before: dict[str, dict]) -> dict[str, list[str]]:
-    out = {h: kstate.diff(before[h], kernel_state(cluster.host(h).netns)) for h in HOSTS}
+    out = {h: kstate.diff(before[h], host_state(cluster, h)) for h in HOSTS}
     return {h: d for h, d in out.items() if d}
 
 
@@ -96,7 +121,7 @@ def hostile_records(cluster: LabCluster) -> dict[str, dict]:
     def rec(name, address, subnet, mac=EVIL_MAC):
         return {"name": name, "address": address, "subnet": str(subnet), "data": {"vtep_mac": mac}}
 
-    return {
+    out = {
         # the underlay's /20 under a cluster subnet key: replaced the underlay's connected route
         subnet_key_part(k[0]): rec("evil", "10.57.9.9", under),
         # another host's subnet under another key: re-pointed its permanent neighbour
@@ -108,9 +133,11 @@ def hostile_records(cluster: LabCluster) -> dict[str, dict]:
         subnet_key_part(k[4]): rec("evil6", "10.57.9.12", k[4], "ff:ff:ff:ff:ff:ff"),
         # a younger record with a live host's name (and its own subnet): the older one wins
         subnet_key_part(k[5]): rec("h2", "10.57.9.13", k[5], "02:66:66:66:66:06"),
-        # the underlay's broadcast address as a VTEP
-        subnet_key_part(k[6]): rec("evil7", str(under.broadcast_address), k[6], "02:66:66:66:66:07"),
     }
+    if cluster.plan.underlay == "l2":  # on l3 each host's link has its own broadcast address
+        # the shared underlay's broadcast address as the peer's address
+        out[subnet_key_part(k[6])] = rec("evil7", str(under.broadcast_address), k[6], "02:66:66:66:66:07")
+    return out
 
 
 def test_hostile_records_change_nothing_and_their_removal_neither(cluster):
