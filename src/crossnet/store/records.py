@@ -243,9 +243,10 @@ class PeerBook:
         self.rejected = sel.rejected
         return sel.valid
 
-    def rejected_json(self) -> list[dict]:
+    def rejected_json(self, limit: int = 100) -> list[dict]:
+        """The live rejected records (the first `limit`: a writer may fill the store)."""
         out = []
-        for key, why in sorted(self.rejected.items()):
+        for key, why in sorted(self.rejected.items())[:limit]:
             rec = self.records.get(key)
             out.append({"key": f"{key.network_address}-{key.prefixlen}", "name": rec.name if rec else None,
                         "reason": why})
