@@ -466,7 +466,8 @@ class Agent:
             # re-select every valid peer: a record going away may let a younger claimant
             # of its subnet/name/MAC in, a new one may be refused; only differences count
             valid = self.book.select(self._view(env, self._owned()))
-            changed = {s for s in set(self.peers) | set(valid) if not (s in valid and valid[s].same_content(self.peers.get(s)))}
+            changed = {s for s in set(self.peers) | set(valid)
+                       if not (s in valid and valid[s].same_content(self.peers.get(s)))}
             # a record put again is retried if it is not programmed (e.g. skipped earlier)
             changed |= {s for s in touched if (s in valid) != (s in self.peer_res)}
             self.peers = valid
