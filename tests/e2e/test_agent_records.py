@@ -19,11 +19,12 @@ import os
 import signal
 import subprocess
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
 from crossnet import agentapi
-from crossnet.store.etcd import EtcdStore, subnet_key_part
+from crossnet.store.etcd import EtcdStore, parse_subnet_key, subnet_key_part
 from tests.e2e import kstate
 from tests.e2e.agentlab import LabCluster, module_factory, wait_for
 from tests.e2e.test_agent import PREFIX
@@ -159,6 +160,11 @@ def test_hostile_records_change_nothing_and_their_removal_neither(cluster):
             reasons = {r["key"]: r["reason"] for r in cluster.status(h)["rejected"]}
             assert set(reasons) == set(records), reasons
             assert {p["name"] for p in cluster.status(h)["peers"]} == set(HOSTS) - {h}
+        # one log line per rejected record (resyncs and later events do not repeat it)
+        text = Path(cluster.log("h1")).read_text()
+        for part in records:
+            key = str(parse_subnet_key(part))
+            assert text.count(f"rejected store record {key} ") == 1, key
         # a restarted agent's first full sync sees the hostile records in its snapshot
         cluster.stop("h3", signal.SIGTERM)
         cluster.start("h3")
