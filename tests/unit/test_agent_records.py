@@ -9,6 +9,8 @@ import contextlib
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crossnet.agent import Agent, AgentOptions
 from crossnet.backends import get_backend
@@ -50,9 +52,8 @@ class RecordingEnv:
         return None
 
 
-@pytest.fixture
-def agent(tmp_path, monkeypatch):
-    a = Agent(StubStore(), StateDir(tmp_path), AgentOptions(api=False))
+def make_agent(root) -> Agent:
+    a = Agent(StubStore(), StateDir(root), AgentOptions(api=False))
     a.cfg = NetworkConfig(network=NET, ttl=5, name="c")
     a.backend = get_backend("vxlan")
     a.name, a.address, a.iface = "h1", IPv4Address("10.56.0.1"), "eth0"
@@ -62,9 +63,10 @@ def agent(tmp_path, monkeypatch):
                         IPv4Address("10.32.1.1"), 24, "cn0", 1500, 1450, False)
     a.programmed = []
     env = RecordingEnv()
-    monkeypatch.setattr(a, "_env", lambda: env)
-    monkeypatch.setattr(a, "_save_applied", lambda: None)
-    monkeypatch.setattr(a, "_program_base", lambda env: None)
+    # the kernel is not touched here: programming a peer records it and takes its resources
+    a._env = lambda: env
+    a._save_applied = lambda: None
+    a._program_base = lambda env: None
 
     def program(env, subnet):
         rec = a.peers.get(subnet)
@@ -74,9 +76,14 @@ def agent(tmp_path, monkeypatch):
         else:
             a.peer_res[subnet] = a.backend.peer_resources(a.ctx, a._peer(rec))
 
-    monkeypatch.setattr(a, "_program_peer", program)
-    monkeypatch.setattr(a.state, "lock", contextlib.nullcontext)
+    a._program_peer = program
+    a.state.lock = contextlib.nullcontext
     return a
+
+
+@pytest.fixture
+def agent(tmp_path):
+    return make_agent(tmp_path)
 
 
 REV = iter(range(100, 10_000))
@@ -169,3 +176,48 @@ def test_published_containers_are_filtered_by_the_valid_records(agent):
     got = agent.cluster_containers()
     assert got["hosts"] == {"h2": [{"id": "a", "address": "10.32.2.7"}]}
     assert agent.info()["rejected_containers"] == 2
+
+
+# ---- property: whatever arrives in whatever order, what is programmed is exactly the valid set
+POOL = [
+    ("10.32.2.0/24", "h2", "10.56.0.2", None, None),
+    ("10.32.3.0/24", "h3", "10.56.0.3", None, None),
+    ("10.32.4.0/24", "h2", "10.56.0.4", None, "02:00:00:00:00:04"),  # h2's name again
+    ("10.32.5.0/24", "h5", "10.56.0.5", None, stable_mac("c", "h3", "vxlan")),  # h3's MAC
+    ("10.32.6.0/24", "evil", "10.57.9.9", "10.32.2.0/24", "02:66:66:66:66:66"),  # h2's subnet
+    ("10.32.7.0/24", "evil", "10.57.9.9", "10.56.0.0/20", "02:66:66:66:66:67"),  # the underlay
+    ("10.32.8.0/24", "h8", "0.0.0.0", None, None),
+    ("10.32.9.0/24", "h9", "10.56.0.9", None, "ff:ff:ff:ff:ff:ff"),
+    ("10.32.10.0/24", "h3", "10.56.0.10", None, "02:00:00:00:00:0a"),  # h3's name again
+]
+steps = st.lists(st.lists(st.tuples(st.sampled_from(range(len(POOL))), st.booleans()), min_size=1, max_size=4),
+                 max_size=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_programmed_peers_are_always_exactly_the_valid_records(tmp_path_factory, batches):
+    from crossnet.store.records import select_records
+
+    a = make_agent(tmp_path_factory.mktemp("a"))
+    live: dict[IPv4Network, HostRecord] = {}
+    for batch in batches:
+        events = []
+        for i, present in batch:
+            key, name, address, subnet, mac = POOL[i]
+            if present:
+                ev = put(key, name, address, subnet=subnet, mac=mac)
+                if ev.subnet in live:  # etcd: a key put again keeps its create_revision
+                    ev.record.created = live[ev.subnet].created
+                live[ev.subnet] = ev.record
+            else:
+                ev = delete(key)
+                live.pop(ev.subnet, None)
+            events.append(ev)
+        a.apply_events(events)
+        expected = select_records(live, a._view(a._env(), a._owned())).valid
+        assert set(a.peers) == set(expected) == set(a.peer_res)
+        for s, res in a.peer_res.items():  # each valid peer owns exactly its own resources
+            assert [r.key() for r in res] == [r.key() for r in a.backend.peer_resources(a.ctx, a._peer(expected[s]))]
+        keys = [r.key() for res in a.peer_res.values() for r in res]
+        assert len(keys) == len(set(keys))  # no resource belongs to two peers
