@@ -27,7 +27,7 @@ from crossnet import agentapi
 from crossnet.store.etcd import EtcdStore, parse_subnet_key, subnet_key_part
 from tests.e2e import kstate
 from tests.e2e.agentlab import LabCluster, module_factory, wait_for
-from tests.e2e.test_agent import PREFIX
+from tests.e2e.test_agent import PREFIX, _route_dsts
 from tests.e2e.test_agent_restart import kernel_state
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -223,3 +223,43 @@ def test_published_containers_outside_their_hosts_subnet_are_not_pinged(cluster)
     finally:
         store.client.delete(evil_key)
         store.client.put(h2_key, orig.value, lease=orig.lease)
+
+
+def test_a_younger_claimant_is_ignored_until_the_older_record_goes(cluster):
+    """Two records with one host name under two keys: only the older one is programmed
+    (route on every host), the younger is rejected; the older deleted, the younger is
+    programmed in its place; deleted too, every host is as before."""
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    before = states(cluster)
+    under = underlay(cluster)
+    address = str(under.network_address + 200) if cluster.plan.underlay == "l2" else "10.57.9.50"
+    k1, k2 = free_keys(cluster, 2)
+    keys = {k: store.subnets_prefix + subnet_key_part(k) for k in (k1, k2)}
+
+    def routes_everywhere(present: set[IPv4Network], absent: set[IPv4Network]) -> bool:
+        for h in HOSTS:
+            dsts = _route_dsts(cluster.host(h).netns)
+            if not ({str(k) for k in present} <= dsts and not {str(k) for k in absent} & dsts):
+                return False
+        return True
+
+    def value(k, mac):
+        return json.dumps({"name": "h9", "address": address, "subnet": str(k), "data": {"vtep_mac": mac}})
+
+    try:
+        store.client.put(keys[k1], value(k1, "02:99:00:00:00:01"))
+        rev = store.client.put(keys[k2], value(k2, "02:99:00:00:00:02"))
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        wait_for(lambda: routes_everywhere({k1}, {k2}), 10, f"{k1} programmed, {k2} not, on every host")
+        for h in HOSTS:
+            assert [r["reason"].split(":")[0] for r in cluster.status(h)["rejected"]] == ["name"]
+        store.client.delete(keys[k1])
+        wait_for(lambda: routes_everywhere({k2}, {k1}), 10, f"{k2} programmed in place of {k1} on every host")
+        assert all(not cluster.status(h)["rejected"] for h in HOSTS)
+    finally:
+        for key in keys.values():
+            store.client.delete(key)
+    wait_for(lambda: routes_everywhere(set(), {k1, k2}), 10, "both gone on every host")
+    wait_for(lambda: not diffs(cluster, before), 10, "every host as before")
+    whole(cluster)
