@@ -61,6 +61,7 @@ from crossnet.store import (
     SubnetLease,
     validate_host_name,
 )
+from crossnet.store.records import LocalView, PeerBook, filter_containers
 
 log = logging.getLogger("crossnet.agent")
 
@@ -106,7 +107,9 @@ class Agent:
         self.name = ""
         self.address: IPv4Address | None = None
         self.iface = ""
-        self.peers: dict[IPv4Network, HostRecord] = {}
+        self.peers: dict[IPv4Network, HostRecord] = {}  # the valid peers (crossnet.store.records)
+        self.book = PeerBook()  # every live record of the store but our own, valid or not
+        self.rejected_containers = 0
         self.base_res: list[Resource] = []  # common + local, as owned after the last full sync
         self.peer_res: dict[IPv4Network, list[Resource]] = {}
         self.revision = 0
@@ -352,8 +355,49 @@ class Agent:
             "resources": [r.to_json() for r in owned],
         })
 
-    def _is_self(self, rec: HostRecord | None, subnet: IPv4Network) -> bool:
-        return (self.lease is not None and subnet == self.lease.subnet) or (rec is not None and rec.name == self.name)
+    @staticmethod
+    def _key(rec: HostRecord) -> IPv4Network:
+        """The subnet a record's store key names (what it is filed under, not what it claims)."""
+        return rec.key if rec.key is not None else rec.subnet
+
+    def _owned(self) -> list[Resource]:
+        owned = list(self.base_res)
+        for res in self.peer_res.values():
+            owned += res
+        return owned
+
+    def _view(self, env: Env, owned: list[Resource]) -> LocalView:
+        """What peers' records are validated against: the cluster network, this host's
+        identity, and its routes that crossnet does not own (never to be replaced)."""
+        import ipaddress
+
+        assert self.cfg and self.ctx and self.backend and self.lease
+        ours_dst = {r.dst for r in owned if r.kind == "route" and getattr(r, "dst", None)}
+        ours_dev = {env.index(self.ctx.bridge)}
+        tunnel = self.backend.tunnel_device(self.ctx)
+        if tunnel:
+            ours_dev.add(env.index(tunnel))
+        ours_dev.discard(None)
+        foreign, connected = [], []
+        for r in env.routes():
+            net = ipaddress.ip_network(r.dst, strict=False)
+            if not r.gateway and r.oif not in ours_dev:
+                connected.append(net)
+            if r.dst in ours_dst or (r.oif in ours_dev and net.subnet_of(self.cfg.network)):
+                continue
+            foreign.append(net)
+        macs = frozenset(v for v in self.backend.host_data(self.cfg.name, self.name, self.address).values()
+                         if isinstance(v, str))
+        return LocalView(self.cfg.network, self.cfg.subnet_len, self.name, self.address, self.lease.subnet, macs,
+                         tuple(foreign), tuple(connected))
+
+    def _take_snapshot(self, snap: Snapshot, env: Env, owned: list[Resource]) -> None:
+        """Every record of the snapshot but ours, filed under its key; the valid ones
+        become the peers (only records that pass validation reach the kernel)."""
+        assert self.lease is not None
+        self.book.load([r for r in snap.hosts if self._key(r) != self.lease.subnet],
+                       {k: v for k, v in snap.invalid.items() if k != self.lease.subnet})
+        self.peers = self.book.select(self._view(env, owned))
 
     def full_sync(self, snap: Snapshot) -> None:
         """Make the kernel match the snapshot: local + all peers, one reconcile."""
@@ -362,13 +406,14 @@ class Agent:
         assert self.ctx and self.backend and self.lease
         if snap.revision < self.revision:
             return  # older than what we have already applied
-        own = [r for r in snap.hosts if r.subnet == self.lease.subnet]
+        own = [r for r in snap.hosts if self._key(r) == self.lease.subnet]
         if self.store.kind != "static" and (not own or own[0].name != self.name):
             self.queue.put(("lease-lost", self.lease.lease_id))
-        self.peers = {r.subnet: r for r in snap.hosts if not self._is_self(r, r.subnet)}
         with self.state.lock():
             env = self._env()
             _, previous = load_previous(self.state)
+            # our routes (recorded in applied.json or owned now) are not "this host's routes" to protect
+            self._take_snapshot(snap, env, previous + self._owned())
             per_peer: dict[IPv4Network, list[Resource]] = {}
             for s in sorted(self.peers):
                 peer = self._peer(self.peers[s])
@@ -394,28 +439,37 @@ class Agent:
 
     def apply_events(self, events: list[PeerEvent]) -> None:
         assert self.ctx and self.backend
-        changed: set[IPv4Network] = set()
+        touched: set[IPv4Network] = set()
         for ev in events:
             if ev.revision <= self.revision and self.store.kind != "static":
                 continue
-            if ev.kind == "delete":
-                if self.lease is not None and ev.subnet == self.lease.subnet:
+            if self.lease is not None and ev.subnet == self.lease.subnet:
+                if ev.kind == "delete":
                     self.queue.put(("lease-lost", self.lease.lease_id))
-                    continue
-                if self.peers.pop(ev.subnet, None) is not None or ev.subnet in self.peer_res:
-                    changed.add(ev.subnet)
+                continue  # our own key (a changed value: the next full sync re-checks our lease)
+            touched.add(ev.subnet)
+            if ev.kind == "delete":
+                self.book.delete(ev.subnet)
             else:
-                if self._is_self(ev.record, ev.subnet):
-                    continue
-                if not (ev.record.same_content(self.peers.get(ev.subnet)) and ev.subnet in self.peer_res):
-                    changed.add(ev.subnet)
-                self.peers[ev.subnet] = ev.record
+                if ev.record is not None and ev.record.key is None:
+                    ev.record.key = ev.subnet
+                self.book.put(ev.subnet, ev.record, ev.error)
         if self.store.kind != "static":
             self.revision = max([self.revision] + [ev.revision for ev in events])
-        if not changed:
+        if not touched:
             return
         with self.state.lock():
             env = self._env()
+            # re-select every valid peer: a record going away may let a younger claimant
+            # of its subnet/name/MAC in, a new one may be refused; only differences count
+            valid = self.book.select(self._view(env, self._owned()))
+            changed = {s for s in set(self.peers) | set(valid)
+                       if not (s in valid and valid[s].same_content(self.peers.get(s)))}
+            # a record put again is retried if it is not programmed (e.g. skipped earlier)
+            changed |= {s for s in touched if (s in valid) != (s in self.peer_res)}
+            self.peers = valid
+            if not changed:
+                return
             # peers added/changed first, then the local resources that may list the peers
             # (OVS flows name the tunnel ports), then the removed peers
             for s in sorted(x for x in changed if x in self.peers):
@@ -588,6 +642,16 @@ class Agent:
         """Every host's published containers (GET /v1/containers): `known` is false
         when the store has no channel between hosts (the cluster file)."""
         hosts = self.store.containers()
+        if hosts is not None:
+            # only hosts with a valid record, only addresses inside their subnet: `crossnet
+            # check` pings these from this host's containers
+            subnets = {r.name: s for s, r in list(self.peers.items())}
+            if self.lease is not None:
+                subnets[self.name] = self.lease.subnet
+            hosts, dropped = filter_containers(hosts, subnets)
+            if dropped:
+                self.rejected_containers += dropped
+                log.warning("ignored %d published container(s) outside their host's valid subnet", dropped)
         return {"host": self.name, "store": self.store.kind, "known": hosts is not None, "hosts": hosts or {}}
 
     # ------------------------------------------------------------------ status (API)
@@ -613,6 +677,9 @@ class Agent:
                 {"name": r.name, "address": str(r.address), "subnet": str(s), "programmed": s in self.peer_res}
                 for s, r in sorted(self.peers.items())
             ],
+            "rejected_records": self.book.rejected_total,
+            "rejected": self.book.rejected_json(),
+            "rejected_containers": self.rejected_containers,
             "rss_kb": _rss_kb(),
         }
 

@@ -148,20 +148,32 @@ class HostRecord:
     data: dict = field(default_factory=dict)  # backend.host_data() (e.g. vtep_mac)
     lease: int = 0  # store lease id (etcd), 0 for the static store
     revision: int = 0  # store revision of this record (etcd mod_revision)
+    key: IPv4Network | None = field(default=None, compare=False)  # the subnet its store key names
+    created: int = field(default=0, compare=False)  # age: etcd create_revision, cluster file order (lower = older)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "address": str(self.address), "subnet": str(self.subnet), "data": self.data}
 
     @classmethod
-    def from_json(cls, data: Any, lease: int = 0, revision: int = 0) -> HostRecord:
+    def from_json(cls, data: Any, lease: int = 0, revision: int = 0, key: IPv4Network | None = None,
+                  created: int = 0) -> HostRecord:
         try:
+            if not isinstance(data, dict) or not isinstance(data["name"], str):
+                raise TypeError("expected an object with a string name")
+            if not isinstance(data["address"], str) or not isinstance(data["subnet"], str):
+                raise TypeError("address and subnet must be strings")
+            extra = data.get("data") or {}
+            if not isinstance(extra, dict):
+                raise TypeError("data must be an object")
             return cls(
-                name=str(data["name"]),
+                name=data["name"],
                 address=IPv4Address(data["address"]),
                 subnet=IPv4Network(data["subnet"]),
-                data=dict(data.get("data") or {}),
+                data=dict(extra),
                 lease=lease,
                 revision=revision,
+                key=key,
+                created=created,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"bad host record {json.dumps(data)[:200]}: {exc}") from None
@@ -192,18 +204,23 @@ class SubnetLease:
 
 @dataclass
 class PeerEvent:
-    """A change seen by watch(): kind is "put" (record added/changed) or "delete"."""
+    """A change seen by watch(): kind is "put" (record added/changed) or "delete".
+    `subnet` is the subnet the record's key names (its value may claim another: the
+    agent validates it, crossnet.store.records); a put whose value is unreadable has
+    no record and says why in `error`."""
 
     kind: str
     subnet: IPv4Network
-    record: HostRecord | None  # None for delete
+    record: HostRecord | None  # None for delete (and for an unreadable put)
     revision: int
+    error: str | None = None
 
 
 @dataclass
 class Snapshot:
     hosts: list[HostRecord]
     revision: int
+    invalid: dict[IPv4Network, str] = field(default_factory=dict)  # key -> why its value is unreadable
 
 
 class Store(ABC):

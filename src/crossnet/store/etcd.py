@@ -179,18 +179,38 @@ class EtcdStore(Store):
 
     def _record(self, kv: KV) -> HostRecord | None:
         try:
-            rec = HostRecord.from_json(json.loads(kv.value), lease=kv.lease, revision=kv.mod_revision)
-        except (ValueError, StoreError):
+            return self._parse(kv)
+        except StoreError:
             return None
-        return rec
+
+    def _parse(self, kv: KV) -> HostRecord:
+        """The record in `kv`, with the subnet its key names (None: not a subnet key)
+        and its age (create_revision); StoreError when the value is unreadable."""
+        key = parse_subnet_key(kv.key[len(self.subnets_prefix):]) if kv.key.startswith(self.subnets_prefix) else None
+        try:
+            data = json.loads(kv.value)
+        except ValueError:
+            raise StoreError(f"{kv.key}: value is not valid JSON") from None
+        return HostRecord.from_json(data, lease=kv.lease, revision=kv.mod_revision, key=key,
+                                    created=kv.create_revision)
 
     def snapshot(self) -> Snapshot:
+        """Every record under a subnet key (keys that name no subnet are never used);
+        values that cannot be read are listed in `invalid` (the agent rejects them)."""
         try:
             kvs, rev = self.client.range(self.subnets_prefix, prefix=True)
         except EtcdError as exc:
             raise _unavailable(exc) from None
-        hosts = [r for r in map(self._record, kvs) if r is not None]
-        return Snapshot(hosts, rev)
+        hosts, invalid = [], {}
+        for kv in kvs:
+            key = parse_subnet_key(kv.key[len(self.subnets_prefix):])
+            if key is None:
+                continue
+            try:
+                hosts.append(self._parse(kv))
+            except StoreError as exc:
+                invalid[key] = f"value: {exc}"
+        return Snapshot(hosts, rev, invalid)
 
     def remembered(self) -> dict[str, IPv4Network]:
         """host name -> the subnet it had last (<prefix>/hosts/)."""
@@ -375,9 +395,10 @@ class EtcdStore(Store):
                     if ev.type == "DELETE":
                         out.append(PeerEvent("delete", sub, None, ev.kv.mod_revision))
                     else:
-                        rec = self._record(ev.kv)
-                        if rec is not None:
-                            out.append(PeerEvent("put", sub, rec, ev.kv.mod_revision))
+                        try:
+                            out.append(PeerEvent("put", sub, self._parse(ev.kv), ev.kv.mod_revision))
+                        except StoreError as exc:
+                            out.append(PeerEvent("put", sub, None, ev.kv.mod_revision, error=f"value: {exc}"))
                 yield out  # may be empty (watch created, progress): tells the caller the stream is alive
         except WatchCompacted as exc:
             raise StoreUnavailable(f"watch: {exc}") from None

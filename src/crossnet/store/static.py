@@ -76,9 +76,12 @@ class StaticStore(Store):
         cluster = self._load()
         backend = get_backend(cluster.backend)
         subnets = cluster.host_subnets()
+        # key: the subnet itself; age: the host's place in the file (the first one wins a
+        # conflict; the agent validates these like any store's records, crossnet.store.records)
         return [
-            HostRecord(h.name, h.address, subnets[h.name], backend.host_data(cluster.name, h.name, h.address))
-            for h in cluster.hosts
+            HostRecord(h.name, h.address, subnets[h.name], backend.host_data(cluster.name, h.name, h.address),
+                       key=subnets[h.name], created=i + 1)
+            for i, h in enumerate(cluster.hosts)
         ]
 
     def _checked_records(self) -> list[HostRecord]:

@@ -1,0 +1,265 @@
+"""Hostile store records, end to end: a host with store credentials writes records
+straight into etcd (the lab's etcd, over its unix socket) and must not be able to
+change anything on the other hosts.
+
+One lab per backend (vxlan and host-gw on l2, ovs-gre on l3; 3 hosts, lease TTL 5 s,
+`lab up --store etcd`: an agent per host, one container each). For each test: the
+kernel state of every host (routes of every table, permanent neighbours, static FDB
+entries, links, addresses, nft; OVS ports, interfaces and flows) is
+taken with the cluster whole, the hostile records are written, every agent has seen
+them (its store revision passed theirs) and counted each as rejected; then the
+kernel state of every host is unchanged and every container still reaches every
+other one; the hostile keys deleted, the same holds again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from ipaddress import IPv4Network
+from pathlib import Path
+
+import pytest
+
+from crossnet import agentapi
+from crossnet.store.etcd import EtcdStore, parse_subnet_key, subnet_key_part
+from tests.e2e import kstate
+from tests.e2e.agentlab import LabCluster, module_factory, wait_for
+from tests.e2e.test_agent import PREFIX, _route_dsts
+from tests.e2e.test_agent_restart import kernel_state
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
+
+TTL = 5
+HOSTS = ["h1", "h2", "h3"]
+EVIL_MAC = "02:66:66:66:66:66"
+
+
+PARAMS = [("vxlan", "l2"), ("host-gw", "l2"), ("ovs-gre", "l3")]
+
+
+@pytest.fixture(scope="module", params=PARAMS, ids=[f"{b}-{u}" for b, u in PARAMS])
+def cluster(request, lab_sweep) -> LabCluster:
+    import shutil
+
+    from crossnet.store.etcdserver import etcd_available
+
+    backend, underlay_kind = request.param
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    if backend.startswith("ovs") and not shutil.which("ovs-vswitchd"):
+        pytest.skip("needs Open vSwitch (apt-get install openvswitch-switch)")
+    lab = module_factory(request)(hosts=len(HOSTS), underlay=underlay_kind, backend=backend, containers=1,
+                                  extra={"store": "etcd", "ttl": TTL})
+    c = LabCluster(lab, ttl=TTL)
+    c.load_containers()
+    assert sorted(c.containers) == HOSTS
+    return c
+
+
+def underlay(cluster: LabCluster) -> IPv4Network:
+    """h1's connected route on its underlay (the network of its underlay address)."""
+    hp = cluster.host("h1")
+    address = cluster.status("h1")["address"]  # OVS userspace datapath: on br-phy, not on the NIC
+    routes = json.loads(subprocess.run(["ip", "-n", hp.netns, "-j", "-4", "route", "show", "proto", "kernel"],
+                                       capture_output=True, text=True, check=True).stdout)
+    return next(IPv4Network(r["dst"]) for r in routes if r.get("prefsrc") == address)
+
+
+def whole(cluster: LabCluster) -> None:
+    wait_for(lambda: cluster.all_programmed(HOSTS), 20, "every agent has both peers programmed", interval=0.2)
+    assert cluster.mesh(HOSTS) == []
+
+
+def host_state(cluster: LabCluster, h: str) -> dict:
+    """The host's kernel state (routes of every table, permanent neighbours, static FDB
+    entries, links, addresses, nft) and, with an OVS backend, its bridge's ports and flows."""
+    snap = kernel_state(cluster.host(h).netns)
+    if cluster.plan.backend.startswith("ovs"):
+        ports = cluster.lab.run(h, ["ovs-vsctl", "list-ports", "cnovs0"], timeout=20)
+        flows = cluster.lab.run(h, ["ovs-ofctl", "--names", "--no-stats", "dump-flows", "cnovs0"], timeout=20)
+        assert ports.returncode == 0 and flows.returncode == 0, ports.stderr + flows.stderr
+        snap["ovs_ports"] = sorted(ports.stdout.split())
+        snap["ovs_flows"] = sorted(ln.strip() for ln in flows.stdout.splitlines() if "actions=" in ln)
+        remote = cluster.lab.run(h, ["ovs-vsctl", "--columns=name,options", "list", "interface"], timeout=20)
+        snap["ovs_interfaces"] = sorted(" ".join(rec.split()) for rec in remote.stdout.split("\n\n"))
+    return snap
+
+
+def states(cluster: LabCluster) -> dict[str, dict]:
+    return {h: host_state(cluster, h) for h in HOSTS}
+
+
+def diffs(cluster: LabCluster, before: dict[str, dict]) -> dict[str, list[str]]:
+    out = {h: kstate.diff(before[h], host_state(cluster, h)) for h in HOSTS}
+    return {h: d for h, d in out.items() if d}
+
+
+def rejected(cluster: LabCluster, h: str) -> int:
+    return int(cluster.status(h).get("rejected_records", -1))
+
+
+def seen(cluster: LabCluster, revision: int) -> bool:
+    return all(cluster.status(h)["revision"] >= revision for h in HOSTS)
+
+
+def free_keys(cluster: LabCluster, n: int) -> list[IPv4Network]:
+    held = {IPv4Network(cluster.status(h)["subnet"]) for h in HOSTS}
+    subs = list(IPv4Network(str(cluster.plan.network)).subnets(new_prefix=24))
+    return [s for s in reversed(subs) if s not in held][:n]
+
+
+def hostile_records(cluster: LabCluster) -> dict[str, dict]:
+    """key part -> value: each of the records the issue reproduced, and their kin."""
+    net = IPv4Network(str(cluster.plan.network))
+    under = underlay(cluster)
+    h2 = cluster.status("h2")
+    k = free_keys(cluster, 8)
+    outside = IPv4Network(f"{net.broadcast_address + 1}/24")
+
+    def rec(name, address, subnet, mac=EVIL_MAC):
+        return {"name": name, "address": address, "subnet": str(subnet), "data": {"vtep_mac": mac}}
+
+    out = {
+        # the underlay's /20 under a cluster subnet key: replaced the underlay's connected route
+        subnet_key_part(k[0]): rec("evil", "10.57.9.9", under),
+        # another host's subnet under another key: re-pointed its permanent neighbour
+        subnet_key_part(k[1]): rec("evil2", "10.57.9.10", h2["subnet"]),
+        # outside the cluster network (key and value agree)
+        subnet_key_part(outside): rec("evil3", "10.57.9.11", outside),
+        subnet_key_part(k[2]): rec("evil4", "0.0.0.0", k[2], "02:66:66:66:66:04"),
+        subnet_key_part(k[3]): rec("evil5", "255.255.255.255", k[3], "02:66:66:66:66:05"),
+        subnet_key_part(k[4]): rec("evil6", "10.57.9.12", k[4], "ff:ff:ff:ff:ff:ff"),
+        # a younger record with a live host's name (and its own subnet): the older one wins
+        subnet_key_part(k[5]): rec("h2", "10.57.9.13", k[5], "02:66:66:66:66:06"),
+    }
+    if cluster.plan.underlay == "l2":  # on l3 each host's link has its own broadcast address
+        # the shared underlay's broadcast address as the peer's address
+        out[subnet_key_part(k[6])] = rec("evil7", str(under.broadcast_address), k[6], "02:66:66:66:66:07")
+    return out
+
+
+def test_hostile_records_change_nothing_and_their_removal_neither(cluster):
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    client = store.client
+    before = states(cluster)
+    counts = {h: rejected(cluster, h) for h in HOSTS}
+    records = hostile_records(cluster)
+    rev = 0
+    for part, value in records.items():
+        rev = client.put(store.subnets_prefix + part, json.dumps(value))
+    try:
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        assert diffs(cluster, before) == {}
+        assert cluster.mesh(HOSTS) == []
+        for h in HOSTS:
+            assert rejected(cluster, h) >= counts[h] + len(records), cluster.status(h).get("rejected")
+            reasons = {r["key"]: r["reason"] for r in cluster.status(h)["rejected"]}
+            assert set(reasons) == set(records), reasons
+            assert {p["name"] for p in cluster.status(h)["peers"]} == set(HOSTS) - {h}
+        # one log line per rejected record (resyncs and later events do not repeat it)
+        text = Path(cluster.log("h1")).read_text()
+        for part in records:
+            key = str(parse_subnet_key(part))
+            assert text.count(f"rejected store record {key} ") == 1, key
+        # a restarted agent's first full sync sees the hostile records in its snapshot
+        cluster.stop("h3", signal.SIGTERM)
+        cluster.start("h3")
+        wait_for(lambda: len(cluster.status("h3")["rejected"]) == len(records), 10, "h3 rejects them at start")
+        assert diffs(cluster, before) == {}
+        whole(cluster)
+    finally:
+        for part in records:
+            client.delete(store.subnets_prefix + part)
+    wait_for(lambda: all(not cluster.status(h)["rejected"] for h in HOSTS), 20, "no rejected record left")
+    assert diffs(cluster, before) == {}
+    whole(cluster)
+
+
+def test_an_unreadable_record_is_rejected_and_changes_nothing(cluster):
+    """Garbage under a subnet key: rejected (named in every agent's status), no kernel
+    change on any host, and none when it is deleted."""
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    before = states(cluster)
+    evil_key = store.subnets_prefix + subnet_key_part(free_keys(cluster, 1)[0])
+    rev = store.client.put(evil_key, b"{not json")
+    try:
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        assert diffs(cluster, before) == {}
+        for h in HOSTS:
+            assert any(r["reason"].startswith("value:") for r in cluster.status(h)["rejected"])
+    finally:
+        store.client.delete(evil_key)
+    wait_for(lambda: all(not cluster.status(h)["rejected"] for h in HOSTS), 20, "no rejected record left")
+    assert diffs(cluster, before) == {}
+    whole(cluster)
+
+
+def test_published_containers_outside_their_hosts_subnet_are_not_pinged(cluster):
+    """`crossnet check` pings what the agent's /v1/containers lists: a host without a
+    valid record, or an address outside the publishing host's subnet, is left out."""
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    under = underlay(cluster)
+    h2_key = store.containers_key("h2")
+    orig = store.client.get(h2_key)
+    assert orig is not None
+    value = json.loads(orig.value)
+    value["containers"] = value["containers"] + [{"id": "evil", "address": str(under.network_address + 1)}]
+    evil_key = store.containers_key("evil")
+    try:
+        store.client.put(h2_key, json.dumps(value))
+        store.client.put(evil_key, json.dumps({"name": "evil", "subnet": str(under),
+                                               "containers": [{"id": "x", "address": str(under.network_address + 2)}]}))
+        got = agentapi.call(cluster.state("h1"), "GET", "/v1/containers")
+        assert "evil" not in got["hosts"]
+        addrs = {c["address"] for c in got["hosts"]["h2"]}
+        assert addrs == {cluster.containers["h2"]}
+        assert cluster.status("h1")["rejected_containers"] >= 1
+    finally:
+        store.client.delete(evil_key)
+        store.client.put(h2_key, orig.value, lease=orig.lease)
+
+
+def test_a_younger_claimant_is_ignored_until_the_older_record_goes(cluster):
+    """Two records with one host name under two keys: only the older one is programmed
+    (route on every host), the younger is rejected; the older deleted, the younger is
+    programmed in its place; deleted too, every host is as before."""
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    before = states(cluster)
+    under = underlay(cluster)
+    address = str(under.network_address + 200) if cluster.plan.underlay == "l2" else "10.57.9.50"
+    k1, k2 = free_keys(cluster, 2)
+    keys = {k: store.subnets_prefix + subnet_key_part(k) for k in (k1, k2)}
+
+    def routes_everywhere(present: set[IPv4Network], absent: set[IPv4Network]) -> bool:
+        for h in HOSTS:
+            dsts = _route_dsts(cluster.host(h).netns)
+            if not ({str(k) for k in present} <= dsts and not {str(k) for k in absent} & dsts):
+                return False
+        return True
+
+    def value(k, mac):
+        return json.dumps({"name": "h9", "address": address, "subnet": str(k), "data": {"vtep_mac": mac}})
+
+    try:
+        store.client.put(keys[k1], value(k1, "02:99:00:00:00:01"))
+        rev = store.client.put(keys[k2], value(k2, "02:99:00:00:00:02"))
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        wait_for(lambda: routes_everywhere({k1}, {k2}), 10, f"{k1} programmed, {k2} not, on every host")
+        for h in HOSTS:
+            assert [r["reason"].split(":")[0] for r in cluster.status(h)["rejected"]] == ["name"]
+        store.client.delete(keys[k1])
+        wait_for(lambda: routes_everywhere({k2}, {k1}), 10, f"{k2} programmed in place of {k1} on every host")
+        assert all(not cluster.status(h)["rejected"] for h in HOSTS)
+    finally:
+        for key in keys.values():
+            store.client.delete(key)
+    wait_for(lambda: routes_everywhere(set(), {k1, k2}), 10, "both gone on every host")
+    wait_for(lambda: not diffs(cluster, before), 10, "every host as before")
+    whole(cluster)
