@@ -401,7 +401,7 @@ class Agent:
 
     def full_sync(self, snap: Snapshot) -> None:
         """Make the kernel match the snapshot: local + all peers, one reconcile."""
-        from crossnet.host import check_routes, common_resources, load_previous
+        from crossnet.host import StateJournal, check_routes, common_resources, load_previous
 
         assert self.ctx and self.backend and self.lease
         if snap.revision < self.revision:
@@ -425,7 +425,10 @@ class Agent:
             desired = common_resources(self.ctx) + self.backend.resources(self.ctx)
             if self.synced_at is None:
                 check_routes(self.ctx, env, previous + desired)
-            outcome = reconcile(desired, previous, env)
+            # write-ahead journal as apply does: a kill mid-sync leaves a record reset/apply can finish
+            header = {"version": 1, "host": self.name, "store": {"kind": self.store.kind, "where": self.store.describe()},
+                      "network_config": self.cfg.to_json(), "context": self.ctx.to_json()}
+            outcome = reconcile(desired, previous, env, StateJournal(self.state, header))
             by_key = {r.key(): r for r in outcome.resources}
             self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
             peer_keys = {r.key() for res in per_peer.values() for r in res}
