@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -57,6 +58,28 @@ def read_json(path: Path) -> Any | None:
             return json.load(fh)
     except FileNotFoundError:
         return None
+
+
+def root_problem(root: str | os.PathLike[str]) -> str | None:
+    """Why ``root`` cannot be a state dir (it, or the nearest existing parent, is not a
+    directory), or None. A state dir that does not exist yet is fine: it is created."""
+    text = os.fspath(root)
+    if not text:
+        return "must not be empty"
+    path = Path(text).absolute()
+    for candidate in (path, *path.parents):
+        try:
+            st = os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):  # look at the parents
+            continue
+        except (OSError, ValueError) as exc:
+            return f"{text}: {getattr(exc, 'strerror', None) or exc}"
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        if candidate == path:
+            return f"{text} is not a directory"
+        return f"{text}: {candidate} is not a directory"
+    return None
 
 
 class StateDir:
