@@ -111,7 +111,7 @@ class HostSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _HOST_NAME_RE.match(value):
+        if not _HOST_NAME_RE.fullmatch(value):  # not .match: "$" accepts a trailing newline
             raise ValueError(
                 f"invalid host name {_short(value)}: use 1..32 of a-z, 0-9 and '-', "
                 "starting and ending with a letter or digit"
@@ -604,8 +604,12 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyam
             ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!map [a]`: SafeConstructor's own error
+            return super().construct_mapping(node, deep=deep)
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys override it
+                continue
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
@@ -618,6 +622,7 @@ class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyam
                     None, None, f"duplicate key {_short(key)}", key_node.start_mark
                 )
             seen.add(key)
+        self.flatten_mapping(node)  # resolve merge keys before the keys are constructed
         return super().construct_mapping(node, deep=deep)
 
 
