@@ -97,6 +97,12 @@ def _ifname_option(ctx: click.Context, param: click.Parameter, value: str) -> st
     return value
 
 
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes FloatRange's comparisons
+        raise click.BadParameter("must be a number of seconds, not nan")
+    return value
+
+
 def _check_requested_ip(ip: str | None, hctx) -> None:
     """--ip outside this host's container subnet (or its gateway) is bad input (exit 2)."""
     if ip is None:
@@ -289,7 +295,7 @@ def status(ctx: click.Context, output: str) -> None:
 @click.command()
 @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 100), help="Pings per pair.")
 @click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(0, 60, min_open=True),
-              help="Seconds to wait for each reply.")
+              callback=_finite, help="Seconds to wait for each reply.")
 @OUTPUT
 @click.pass_context
 def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:

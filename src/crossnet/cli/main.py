@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("crossnet: aborted", err=True)
         sys.exit(130)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `crossnet` / `crossnet lab`: the help, as before
+        exc.show()
+        sys.exit(exc.exit_code)
     except click.UsageError as exc:  # bad arguments/options: one line, exit 2 (--help is unchanged)
         click.echo(f"crossnet: error: {usage_line(exc)}", err=True)
         sys.exit(2)
