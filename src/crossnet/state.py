@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from crossnet.errors import CrossnetError
+
 
 PRETTY_MAX = 16 * 1024  # larger documents are written compact (see write_json_atomic)
 
@@ -52,12 +54,23 @@ def write_json_atomic(path: Path, data: Any) -> None:
         os.close(dir_fd)
 
 
+class DamagedStateFile(CrossnetError, ValueError):
+    """A state file that cannot be read or is not JSON (a ValueError too, so callers that
+    treat a torn file as missing keep doing so)."""
+
+
 def read_json(path: Path) -> Any | None:
+    """The JSON document at ``path``, None when it does not exist; a CrossnetError (one
+    line, exit 1) when it cannot be read or is not JSON (a damaged state file)."""
     try:
         with open(path) as fh:
             return json.load(fh)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise DamagedStateFile(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DamagedStateFile(f"{path}: damaged state file, not JSON ({exc}); restore it or move it away") from None
 
 
 def root_problem(root: str | os.PathLike[str]) -> str | None:
@@ -95,7 +108,10 @@ class StateDir:
         return self.root / "ipam.json"
 
     def load_applied(self) -> dict | None:
-        return read_json(self.applied_path)
+        data = read_json(self.applied_path)
+        if data is not None and not isinstance(data, dict):
+            raise DamagedStateFile(f"{self.applied_path}: damaged state file, expected a JSON object")
+        return data
 
     def save_applied(self, data: dict) -> None:
         write_json_atomic(self.applied_path, data)

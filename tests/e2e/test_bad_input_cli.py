@@ -46,6 +46,13 @@ def env(request, lab_sweep, tmp_path_factory):
     work = tmp_path_factory.mktemp("badcli")
     regular = work / "regular.txt"
     regular.write_text("not a namespace\n")
+    damaged = {"damaged": "garbage", "damaged_list": "[1]", "damaged_dir": None}
+    for name, content in damaged.items():
+        (work / name).mkdir()
+        if content is None:
+            (work / name / "applied.json").mkdir()
+        else:
+            (work / name / "applied.json").write_text(content)
     subnet = ipaddress.ip_network(lab.status("h1")["subnet"])
     cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
     values = {
@@ -58,6 +65,7 @@ def env(request, lab_sweep, tmp_path_factory):
         "gw": str(subnet.network_address + 1),
         "long": "x" * 5000,
         "fresh": str(work / "fresh-state"),
+        **{name: str(work / name) for name in damaged},
         "h1addr": str(next(h["address"] for h in cluster["hosts"] if h["name"] == "h1")),
     }
     return {"lab": lab, "h1": h1, "work": work, "values": values, "cluster": cluster}

@@ -75,3 +75,20 @@ def test_root_problem(tmp_path: Path) -> None:
     assert root_problem(f) == f"{f} is not a directory"
     assert root_problem(f / "sub" / "x") == f"{f / 'sub' / 'x'}: {f} is not a directory"
     assert root_problem("") == "must not be empty"
+
+
+def test_damaged_state_file_is_one_line_error(tmp_path: Path) -> None:
+    from crossnet.state import DamagedStateFile, StateDir
+
+    state = StateDir(tmp_path)
+    assert state.load_applied() is None
+    state.applied_path.write_text("garbage")
+    with pytest.raises(DamagedStateFile, match="damaged state file, not JSON"):
+        state.load_applied()
+    state.applied_path.write_text("[1]")
+    with pytest.raises(DamagedStateFile, match="expected a JSON object"):
+        state.load_applied()
+    state.applied_path.unlink()
+    state.applied_path.mkdir()
+    with pytest.raises(ValueError, match="cannot read"):  # still a ValueError for callers that skip torn files
+        state.load_applied()
