@@ -103,19 +103,24 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
     return value
 
 
-def _check_requested_ip(ip: str | None, hctx) -> None:
-    """--ip outside this host's container subnet (or its gateway) is bad input (exit 2)."""
+def _check_requested_ip(ip: str | None, state: StateDir) -> None:
+    """--ip outside this host's container subnet (or its gateway) is bad input (exit 2),
+    checked against what apply recorded (also when an agent serves the attach)."""
     if ip is None:
         return
     import ipaddress
 
     from crossnet.errors import ConfigError
 
+    c = (state.load_applied() or {}).get("context") or {}
+    if not c.get("subnet") or not c.get("gateway"):
+        return  # not configured: attach says so
+    subnet, gateway = ipaddress.IPv4Network(c["subnet"]), ipaddress.IPv4Address(c["gateway"])
     addr = ipaddress.IPv4Address(ip)
-    edges = () if hctx.backend == "bridge" else (hctx.subnet.network_address, hctx.subnet.broadcast_address)
-    if addr not in hctx.subnet or addr in edges:  # bridge: a range inside the LAN, its edges are usable
-        raise ConfigError(f"--ip: {addr} is not a usable address of this host's container subnet {hctx.subnet}")
-    if addr == hctx.gateway:
+    edges = () if c.get("backend") == "bridge" else (subnet.network_address, subnet.broadcast_address)
+    if addr not in subnet or addr in edges:  # bridge: a range inside the LAN, its edges are usable
+        raise ConfigError(f"--ip: {addr} is not a usable address of this host's container subnet {subnet}")
+    if addr == gateway:
         raise ConfigError(f"--ip: {addr} is this host's container gateway")
 
 
@@ -203,10 +208,10 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
     from crossnet.runtime import resolve
 
     cid, path = resolve(container)
+    _check_requested_ip(ip, _state(ctx))
     data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname})
     if data is None:
         hctx, backend = load_context(_state(ctx))
-        _check_requested_ip(ip, hctx)
         data = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname).to_json()
     if output == "json":
         _json(data)
