@@ -248,3 +248,67 @@ def test_merge_key_values_are_overridden_not_duplicates(tmp_path: Path) -> None:
     from crossnet.config import load_yaml_text
 
     assert load_yaml_text(path, "d: &d {a: 1, b: 1}\nx: {<<: *d, b: 2}\n")["x"] == {"a": 1, "b": 2}
+
+
+def _net(draw_addr: int, prefix: int) -> str:
+    import ipaddress
+
+    return str(ipaddress.IPv4Network((draw_addr, prefix), strict=False))
+
+
+SMALL_ADDR = st.builds(lambda a, b: f"10.{a}.{b // 256}.{b % 256}", st.sampled_from([0, 32, 211]), st.integers(0, 1023))
+SMALL_NET = st.builds(lambda a, b, p: _net((10 << 24) | (a << 16) | b, p),
+                      st.sampled_from([0, 32, 211]), st.integers(0, 65535), st.integers(8, 32))
+HOST_ADDR = st.one_of(SMALL_ADDR, st.builds(lambda b: f"192.168.1.{b}", st.integers(0, 255)),
+                      st.builds(lambda b: f"10.211.55.{b}", st.integers(0, 255)))
+
+
+LAN_ADDR = st.builds(lambda b: f"10.211.55.{b}", st.integers(0, 255))
+
+
+def _hosts(address: st.SearchStrategy = HOST_ADDR) -> st.SearchStrategy:
+    return st.lists(
+        st.fixed_dictionaries(
+            {"address": address},
+            optional={"subnet": st.one_of(SMALL_NET, st.builds(lambda b, p: _net((10 << 24) | (211 << 16) | (55 << 8) | b, p),
+                                                               st.integers(0, 255), st.integers(24, 30))),
+                      "iface": st.sampled_from(["eth0", "ens3", "cn0", "br0", "cnvx1"])},
+        ),
+        min_size=1, max_size=6,
+    ).map(lambda hosts: [dict(h, name=f"h{i}") for i, h in enumerate(hosts)])
+
+
+OVERLAY = st.fixed_dictionaries(
+    {"backend": st.sampled_from(["host-gw", "vxlan", "ovs-gre", "ovs-vxlan"]),
+     "network": st.builds(lambda b, p: _net((10 << 24) | (32 << 16) | b, p), st.integers(0, 65535), st.integers(14, 26)),
+     "hosts": _hosts()},
+    optional={"subnet_len": st.integers(14, 31), "bridge": st.sampled_from(["br0", "cn0", "eth0", "cnvx1", "mybr"]),
+              "underlay_networks": st.lists(SMALL_NET, max_size=2), "mtu": st.integers(500, 70000)},
+)
+BRIDGE = st.fixed_dictionaries(
+    {"backend": st.just("bridge"),
+     "lan": st.fixed_dictionaries(
+         {"cidr": st.builds(lambda p: _net((10 << 24) | (211 << 16) | (55 << 8), p), st.integers(22, 28)),
+          "gateway": st.builds(lambda b: f"10.211.55.{b}", st.integers(0, 255))},
+         optional={"range_len": st.integers(22, 33)}),
+     "hosts": _hosts(st.one_of(LAN_ADDR, LAN_ADDR, HOST_ADDR))},
+    optional={"bridge": st.sampled_from(["br0", "cn0", "eth0", "cnvx1", "mybr"]),
+              "underlay_networks": st.lists(SMALL_NET, max_size=2)},
+)
+PLAUSIBLE = st.one_of(OVERLAY, BRIDGE)
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=PLAUSIBLE)
+def test_fuzz_plausible_clusters(data: dict) -> None:
+    """Near-valid clusters reach the cross-field rules and the carving: the result is a
+    Cluster whose queries work for every host, or one ConfigError line."""
+    try:
+        cluster = parse_cluster(data, source="fuzz")
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and len(str(exc)) <= MAX_LINE
+        return
+    subnets = cluster.host_subnets()
+    for h in cluster.hosts:
+        assert subnets[h.name].subnet_of(cluster.container_network())
+        cluster.gateway_of(h.name)
