@@ -29,11 +29,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from crossnet import backends, ipam
+from crossnet import backends, ifname, ipam
 from crossnet.errors import ConfigError, IpamError
 
 BACKENDS = backends.backend_names()
 MAX_SUBNET_LEN = 30
+MAX_PROBLEMS = 20  # errors reported on a ConfigError's one line; more are counted
 
 _HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
@@ -85,10 +86,9 @@ def _in_range(low: int, high: int) -> AfterValidator:
 
 
 def _check_ifname(value: str) -> str:
-    if not 1 <= len(value) <= 15 or value in (".", ".."):
-        raise ValueError(f"interface name {_short(value)} must be 1..15 characters")
-    if "/" in value or any(ch.isspace() for ch in value):
-        raise ValueError(f"interface name {_short(value)} must not contain '/' or whitespace")
+    why = ifname.problem(value)  # the one shared validator (crossnet.ifname)
+    if why is not None:
+        raise ValueError(why)
     return value
 
 
@@ -110,7 +110,7 @@ class HostSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _HOST_NAME_RE.match(value):
+        if not _HOST_NAME_RE.fullmatch(value):  # not .match: "$" accepts a trailing newline
             raise ValueError(
                 f"invalid host name {_short(value)}: use 1..32 of a-z, 0-9 and '-', "
                 "starting and ending with a letter or digit"
@@ -322,6 +322,7 @@ def _semantic_errors(c: Cluster) -> Iterator[Problem]:
     sections = list(_section_errors(c))
     yield from sections
     yield from _duplicate_errors(c)
+    yield from _device_name_errors(c)
     if sections:
         return
     if c.is_bridge:
@@ -362,6 +363,26 @@ def _duplicate_errors(c: Cluster) -> Iterator[Problem]:
             )
         else:
             addresses[host.address] = i
+
+
+def _device_name_errors(c: Cluster) -> Iterator[Problem]:
+    """Names from the file must not be devices crossnet creates itself: `bridge: cnvx1`
+    would make the bridge and the VXLAN device one device; a NIC named like the bridge
+    would be enslaved to itself."""
+    bridge = c.bridge_name()
+    if c.bridge is not None:
+        why = ifname.reserved_problem(c.bridge)
+        if why is not None:
+            yield ("bridge",), f"{why}: choose another bridge name"
+            return
+        for i, host in enumerate(c.hosts):
+            if host.iface == c.bridge:
+                yield ("bridge",), f"{c.bridge} is the underlay NIC of {_host_ref(i, host)} (hosts[{i}].iface)"
+                return
+    for i, host in enumerate(c.hosts):
+        why = ifname.reserved_problem(host.iface, bridge=bridge)
+        if why is not None:
+            yield ("hosts", i, "iface"), f"{why}, not an underlay NIC"
 
 
 def _underlay_overlap_errors(c: Cluster, loc: Loc, net: IPv4Network) -> Iterator[Problem]:
@@ -496,6 +517,8 @@ def _range_count_errors(c: Cluster) -> Iterator[Problem]:
 def _format_loc(loc: Loc) -> str:
     out = ""
     for part in loc:
+        if not isinstance(part, int):
+            part = str(part) if len(str(part)) <= 40 else _short(str(part))  # an unknown key may be long
         out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
     return out or "(top level)"
 
@@ -532,7 +555,10 @@ def _one_line(text: str) -> str:
 
 def config_error(source: str, exc: ValidationError) -> ConfigError:
     """Translate a pydantic ValidationError into a one-line ConfigError."""
-    parts = dict.fromkeys(_format_error(e) for e in exc.errors())  # dedupe, keep order
+    parts = list(dict.fromkeys(_format_error(e) for e in exc.errors()))  # dedupe, keep order
+    more = len(parts) - MAX_PROBLEMS
+    if more > 0:
+        parts = parts[:MAX_PROBLEMS] + [f"... and {more} more"]
     return ConfigError(_one_line(f"{source}: {'; '.join(parts)}"))
 
 
@@ -549,40 +575,149 @@ def parse_cluster(data: dict[str, Any], source: str = "cluster") -> Cluster:
         raise config_error(source, exc) from None
 
 
+# Bounds of the cluster file, checked before anything is built from it: a file is
+# read at most MAX_BYTES + 1 bytes (also /dev/zero, pipes); the YAML event stream is
+# scanned iteratively first (PyYAML/libyaml compose recursively: 50,000 nested lists
+# crash the process) for nesting depth, and for the node count with every alias
+# expanded (an "alias bomb" of 9 anchors x 9 aliases is 9^9 nodes), and recursive aliases.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 250_000
+
+
 class _UniqueKeyLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml when available: 10x faster
-    """SafeLoader that rejects duplicate mapping keys instead of keeping the last."""
+    """SafeLoader that rejects duplicate and unhashable mapping keys instead of keeping
+    the last / raising TypeError, and turns any failure of a tag's constructor
+    (`!!int abc`, `!!timestamp x`) into a ConstructorError with the node's position."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (yaml.YAMLError, MemoryError, RecursionError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a constructor of the tag failed on this value
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            value = f" {_short(node.value)}" if isinstance(node, yaml.ScalarNode) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{tag}{value} is not a valid {tag} ({_short(str(exc))[1:-1]})", node.start_mark
+            ) from None
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, yaml.MappingNode):  # `!!map [a]`: SafeConstructor's own error
+            return super().construct_mapping(node, deep=deep)
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: explicit keys override it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a mapping key must be a scalar, got a {type(key).__name__}", key_node.start_mark
+                ) from None
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                    None, None, f"duplicate key {_short(key)}", key_node.start_mark
                 )
             seen.add(key)
+        self.flatten_mapping(node)  # resolve merge keys before the keys are constructed
         return super().construct_mapping(node, deep=deep)
+
+
+def _where(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
 
 
 def _yaml_error(path: Path, exc: yaml.YAMLError) -> ConfigError:
     mark = getattr(exc, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
     problem = getattr(exc, "problem", None) or str(exc)
-    return ConfigError(_one_line(f"{path}: {where}invalid YAML: {problem}"))
+    return ConfigError(_one_line(f"{path}: {_where(mark)}invalid YAML: {problem}"))
+
+
+def _check_shape(path: Path, text: str) -> None:
+    """Walk the YAML event stream (no recursion, nothing built) and refuse a document
+    nested deeper than MAX_DEPTH, larger than MAX_NODES nodes once aliases are
+    expanded, or with an alias inside the node it names. Syntax errors are left to
+    the real load, which reports them the same way."""
+    events = yaml.events
+    loader = _UniqueKeyLoader(text)
+    stack: list[list[Any]] = []  # per open collection: [anchor, expanded size]
+    sizes: dict[str, int] = {}  # anchor -> expanded size of its node
+    total = 0
+    try:
+        while loader.check_event():
+            ev = loader.get_event()
+            if isinstance(ev, (events.SequenceStartEvent, events.MappingStartEvent)):
+                if len(stack) >= MAX_DEPTH:
+                    raise ConfigError(f"{path}: {_where(ev.start_mark)}nested deeper than {MAX_DEPTH} levels")
+                stack.append([ev.anchor, 1])
+                continue
+            if isinstance(ev, (events.SequenceEndEvent, events.MappingEndEvent)):
+                anchor, size = stack.pop()
+                if anchor is not None:
+                    sizes[anchor] = size
+            elif isinstance(ev, events.ScalarEvent):
+                size = 1
+                if ev.anchor is not None:
+                    sizes[ev.anchor] = 1
+            elif isinstance(ev, events.AliasEvent):
+                if any(frame[0] == ev.anchor for frame in stack):
+                    raise ConfigError(
+                        f"{path}: {_where(ev.start_mark)}alias *{ev.anchor} refers to a node that contains it"
+                    )
+                size = sizes.get(ev.anchor, 1)  # an undefined alias: the load reports it
+            else:
+                continue
+            if stack:
+                stack[-1][1] += size
+                size = stack[-1][1]
+            else:
+                total += size
+                size = total
+            if size > MAX_NODES:
+                raise ConfigError(
+                    f"{path}: {_where(ev.start_mark)}more than {MAX_NODES} YAML nodes with aliases expanded "
+                    "(a cluster file is far smaller)"
+                )
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
+    finally:
+        loader.dispose()
+
+
+def _read_bounded(path: Path) -> str:
+    """The file's text, at most MAX_BYTES (any kind of file: /dev/zero, a pipe)."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, expected a cluster file") from None
+    except OSError as exc:
+        raise ConfigError(_one_line(f"{path}: cannot read: {exc.strerror or exc}")) from None
+    if len(raw) > MAX_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_BYTES // (1 << 20)} MiB, the limit for a cluster file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {raw[exc.start:exc.start + 1]!r})") from None
+
+
+def load_yaml_text(path: Path, text: str) -> Any:
+    """The YAML document in ``text`` as Python data, within the bounds above; every
+    problem is a one-line ConfigError starting with ``path``."""
+    _check_shape(path, text)
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(path, exc) from None
 
 
 def load_cluster(path: str | Path) -> Cluster:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(_one_line(f"{path}: cannot read: {exc}")) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise _yaml_error(path, exc) from None
+    data = load_yaml_text(path, _read_bounded(path))
     if data is None:
         raise ConfigError(f"{path}: empty file, expected a cluster mapping")
     return parse_cluster(data, source=str(path))

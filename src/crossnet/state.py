@@ -19,9 +19,12 @@ import fcntl
 import json
 import os
 import signal
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from crossnet.errors import CrossnetError
 
 
 PRETTY_MAX = 16 * 1024  # larger documents are written compact (see write_json_atomic)
@@ -77,12 +80,45 @@ def crash_point() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class DamagedStateFile(CrossnetError, ValueError):
+    """A state file that cannot be read or is not JSON (a ValueError too, so callers that
+    treat a torn file as missing keep doing so)."""
+
+
 def read_json(path: Path) -> Any | None:
+    """The JSON document at ``path``, None when it does not exist; a CrossnetError (one
+    line, exit 1) when it cannot be read or is not JSON (a damaged state file)."""
     try:
         with open(path) as fh:
             return json.load(fh)
     except FileNotFoundError:
         return None
+    except OSError as exc:
+        raise DamagedStateFile(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise DamagedStateFile(f"{path}: damaged state file, not JSON ({exc}); restore it or move it away") from None
+
+
+def root_problem(root: str | os.PathLike[str]) -> str | None:
+    """Why ``root`` cannot be a state dir (it, or the nearest existing parent, is not a
+    directory), or None. A state dir that does not exist yet is fine: it is created."""
+    text = os.fspath(root)
+    if not text:
+        return "must not be empty"
+    path = Path(text).absolute()
+    for candidate in (path, *path.parents):
+        try:
+            st = os.stat(candidate)
+        except (FileNotFoundError, NotADirectoryError):  # look at the parents
+            continue
+        except (OSError, ValueError) as exc:
+            return f"{text}: {getattr(exc, 'strerror', None) or exc}"
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        if candidate == path:
+            return f"{text} is not a directory"
+        return f"{text}: {candidate} is not a directory"
+    return None
 
 
 class StateDir:
@@ -102,7 +138,10 @@ class StateDir:
         return self.root / "ipam.json"
 
     def load_applied(self) -> dict | None:
-        return read_json(self.applied_path)
+        data = read_json(self.applied_path)
+        if data is not None and not isinstance(data, dict):
+            raise DamagedStateFile(f"{self.applied_path}: damaged state file, expected a JSON object")
+        return data
 
     def save_applied(self, data: dict) -> None:
         """The complete record of what crossnet owns: it supersedes the journal."""

@@ -21,7 +21,7 @@ def test_spec_id_matches_resolve(tmp_path):
 
     assert resolve(f"pid:{os.getpid()}")[0] == spec_id(f"pid:{os.getpid()}") == f"pid-{os.getpid()}"
     f = tmp_path / "ns"
-    f.write_text("")
+    f.symlink_to(f"/proc/{os.getpid()}/ns/net")  # a path to a network namespace file
     assert resolve(str(f))[0] == spec_id(str(f)) == str(f)
     assert spec_id("web1") == "web1"
     assert spec_id("pid:abc") == "pid:abc"  # not a pid: left as given

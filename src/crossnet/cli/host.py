@@ -61,6 +61,69 @@ def _agent(ctx: click.Context, method: str, path: str, body: dict | None = None)
     return call(ctx.obj["state_dir"], method, path, body)
 
 
+def _container_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """CONTAINER: not empty, one line, of a sane length (it names a netns, pid or container)."""
+    if not value:
+        raise click.BadParameter("must not be empty (a netns name or path, pid:N, podman:NAME, docker:NAME)")
+    if len(value) > 4096 or any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise click.BadParameter("must be one line of at most 4096 characters")
+    return value
+
+
+def _ip_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--ip: a unicast IPv4 host address (whether it is inside this host's subnet is
+    checked against the applied state)."""
+    if value is None:
+        return None
+    import ipaddress
+
+    try:
+        addr = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an IPv4 address") from None
+    if addr.is_unspecified or addr.is_multicast or addr.is_loopback or addr == ipaddress.IPv4Address("255.255.255.255"):
+        raise click.BadParameter(f"{addr} is not a unicast host address")
+    return str(addr)
+
+
+def _ifname_option(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from crossnet import ifname
+
+    why = ifname.problem(value)
+    if why is None and value == "lo":
+        why = "lo is the container's loopback device"
+    if why is not None:
+        raise click.BadParameter(why)
+    return value
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if value != value:  # NaN passes FloatRange's comparisons
+        raise click.BadParameter("must be a number of seconds, not nan")
+    return value
+
+
+def _check_requested_ip(ip: str | None, state: StateDir) -> None:
+    """--ip outside this host's container subnet (or its gateway) is bad input (exit 2),
+    checked against what apply recorded (also when an agent serves the attach)."""
+    if ip is None:
+        return
+    import ipaddress
+
+    from crossnet.errors import ConfigError
+
+    c = (state.load_applied() or {}).get("context") or {}
+    if not c.get("subnet") or not c.get("gateway"):
+        return  # not configured: attach says so
+    subnet, gateway = ipaddress.IPv4Network(c["subnet"]), ipaddress.IPv4Address(c["gateway"])
+    addr = ipaddress.IPv4Address(ip)
+    edges = () if c.get("backend") == "bridge" else (subnet.network_address, subnet.broadcast_address)
+    if addr not in subnet or addr in edges:  # bridge: a range inside the LAN, its edges are usable
+        raise ConfigError(f"--ip: {addr} is not a usable address of this host's container subnet {subnet}")
+    if addr == gateway:
+        raise ConfigError(f"--ip: {addr} is this host's container gateway")
+
+
 def _json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -126,9 +189,10 @@ def reset(ctx: click.Context, output: str) -> None:
 
 
 @click.command()
-@click.argument("container")
-@click.option("--ip", "ip", help="Ask for this address (must be inside this host's subnet and free).")
-@click.option("--ifname", default="eth0", show_default=True, help="Interface name inside the container.")
+@click.argument("container", callback=_container_arg)
+@click.option("--ip", "ip", callback=_ip_option, help="Ask for this address (must be inside this host's subnet and free).")
+@click.option("--ifname", default="eth0", show_default=True, callback=_ifname_option,
+              help="Interface name inside the container.")
 @OUTPUT
 @click.pass_context
 def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, output: str) -> None:
@@ -144,6 +208,7 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
     from crossnet.runtime import resolve
 
     cid, path = resolve(container)
+    _check_requested_ip(ip, _state(ctx))
     # never the host's own namespace (checked here, in the agent and in containers.attach);
     # its identity goes to the agent, which refuses a path it resolves differently
     ident = containers.check_target(path, f"CONTAINER {container!r}")
@@ -162,7 +227,7 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
 
 
 @click.command()
-@click.argument("container")
+@click.argument("container", callback=_container_arg)
 @OUTPUT
 @click.pass_context
 def detach(ctx: click.Context, container: str, output: str) -> None:
@@ -274,8 +339,9 @@ def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
 
 
 @click.command()
-@click.option("--count", default=1, show_default=True, help="Pings per pair.")
-@click.option("--timeout", default=1.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option("--count", default=1, show_default=True, type=click.IntRange(1, 100), help="Pings per pair.")
+@click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(0, 60, min_open=True),
+              callback=_finite, help="Seconds to wait for each reply.")
 @OUTPUT
 @click.pass_context
 def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:

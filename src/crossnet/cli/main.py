@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from crossnet.errors import CrossnetError
+from crossnet.errors import ConfigError, CrossnetError
 
 # module path -> the top-level commands its register(group) adds. Modules are imported
 # only when one of their commands runs (or for --help), so `crossnet attach` does not pay
@@ -73,8 +73,27 @@ def cli(ctx: click.Context, state_dir: str) -> None:
     Try it on one machine with simulated hosts:
       crossnet lab demo --hosts 3 --backend vxlan
     """
+    from crossnet.state import root_problem
+
+    why = root_problem(state_dir)
+    if why is not None:
+        raise ConfigError(f"--state-dir (env CROSSNET_STATE_DIR): {why}")
     ctx.ensure_object(dict)
     ctx.obj["state_dir"] = state_dir
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def usage_line(exc: click.UsageError) -> str:
+    """Click's 3-4 line usage error as one line: `attach: missing argument 'CONTAINER'
+    (see crossnet attach --help)`."""
+    msg = _one_line(exc.format_message()).rstrip(".")
+    msg = msg[:1].lower() + msg[1:]
+    path = exc.ctx.command_path if exc.ctx is not None else "crossnet"
+    sub = path.partition(" ")[2]
+    return f"{sub + ': ' if sub else ''}{msg} (see {path} --help)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,8 +102,14 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Abort:
         click.echo("crossnet: aborted", err=True)
         sys.exit(130)
-    except click.ClickException as exc:
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare `crossnet` / `crossnet lab`: the help, as before
         exc.show()
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:  # bad arguments/options: one line, exit 2 (--help is unchanged)
+        click.echo(f"crossnet: error: {usage_line(exc)}", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"crossnet: error: {_one_line(exc.format_message())}", err=True)
         sys.exit(exc.exit_code)
     except CrossnetError as exc:
         click.echo(f"crossnet: error: {exc}", err=True)
