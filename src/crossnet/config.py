@@ -55,9 +55,30 @@ def _parse_address(value: Any) -> Any:
     if not isinstance(value, str):
         raise ValueError(f"expected an IPv4 address like 10.0.0.1, got {_short(value)}")
     try:
-        return IPv4Address(value.strip())
+        addr = IPv4Address(value.strip())
     except ValueError:
         raise ValueError(f"invalid IPv4 address {_short(value)}") from None
+    problem = _not_unicast(addr)
+    if problem:
+        raise ValueError(f"{addr} is {problem}, not a unicast host address")
+    return addr
+
+
+def _not_unicast(addr: IPv4Address) -> str | None:
+    """Why ``addr`` cannot be a host's or a gateway's address (None if it can)."""
+    if addr in IPv4Network("0.0.0.0/8"):
+        return "an unspecified ('this network') address"
+    if addr == IPv4Address("255.255.255.255"):
+        return "the broadcast address"
+    if addr.is_multicast:
+        return "a multicast address"
+    if addr.is_loopback:
+        return "a loopback address"
+    if addr.is_link_local:
+        return "a link-local address"
+    if addr in IPv4Network("240.0.0.0/4"):
+        return "a reserved (class E) address"
+    return None
 
 
 def _parse_network(value: Any) -> Any:
