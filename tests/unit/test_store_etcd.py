@@ -112,6 +112,15 @@ def test_network_config_validation():
         NetworkConfig.from_json({"network": "10.0.0.0/8", "colour": "red"})
 
 
+@pytest.mark.parametrize("bridge", ["cnvx1", "cnv0123456789", "gre-h2", "br/0", "a b", "x" * 16, "", "-x", 5])
+def test_network_config_bridge_is_a_valid_name_of_no_other_crossnet_device(bridge):
+    """The store's network config goes through the same interface-name check as the
+    cluster file: `bridge: cnvx1` (the VXLAN device) broke attach."""
+    with pytest.raises(ConfigError, match=r"^config: bridge: "):
+        cfg(bridge=bridge)
+    assert cfg(bridge="cnbr7").bridge_name == "cnbr7"
+
+
 def test_unreachable_endpoint_is_one_line():
     port = free_port()
     c = EtcdClient(f"http://127.0.0.1:{port}", timeout=1)

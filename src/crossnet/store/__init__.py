@@ -87,8 +87,12 @@ class NetworkConfig:
             raise bad("port", f"{self.port!r} must be between 1 and 65535")
         if not isinstance(self.name, str) or not self.name:
             raise bad("name", "must be a non-empty string")
-        if self.bridge is not None and not (isinstance(self.bridge, str) and 1 <= len(self.bridge) <= 15):
-            raise bad("bridge", f"{self.bridge!r} must be an interface name of 1..15 characters")
+        if self.bridge is not None:
+            from crossnet import ifname
+
+            why = ifname.problem(self.bridge) or ifname.reserved_problem(self.bridge)
+            if why:
+                raise bad("bridge", why)
 
     @property
     def bridge_name(self) -> str:
