@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -238,7 +239,9 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
 
     try:
         cid, path = resolve(container)
-    except Exception:
+    except CrossnetError:
+        if _never_a_netns(container):
+            raise  # a directory, a device, a file with content: it was never attached
         cid, path = spec_id(container), None  # the namespace may already be gone: release by the id attach gave it
     # attached under another name of the same namespace (pid:N vs /proc/N/ns/net, a path vs
     # its netns name): found by the namespace's identity
@@ -259,6 +262,21 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
     else:
         alias = f" (attached as {key})" if key != cid else ""
         click.echo(f"{cid}: detached{alias}, released {res['address']}")
+
+
+def _never_a_netns(spec: str) -> bool:
+    """An existing path that cannot be a (possibly dead) namespace file: detach refuses it
+    instead of answering "not attached". A bind-mount point left by a dead namespace is an
+    empty regular file, and a gone namespace's path no longer exists: both still release by id."""
+    import stat
+
+    if "/" not in spec:
+        return False
+    try:
+        st = os.stat(spec)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_size > 0
 
 
 @click.command()
