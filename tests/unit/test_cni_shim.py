@@ -310,8 +310,24 @@ def test_other_commands_exec_fallback_without_reading(shim, helper, tmp_path, co
 
 
 def test_large_stdin_falls_back_intact(shim, helper, tmp_path):
+    """Over the helper's limit (but the plugin refuses over client.MAX_STDIN anyway):
+    the fallback gets the first CN_MAX_REQUEST + 1 bytes, which is more than the Python
+    client reads to tell it is too large, and the shim never holds the rest (was: all of
+    stdin copied into a memfd, however large)."""
+    from crossnet.cni import client, server
+
     big = conf(helper, pad="x" * (5 << 20))
     r = run(shim, tmp_path, "ADD", big)
+    assert r.fallback
+    got = r.fb_stdin()
+    assert len(got) == server.MAX_REQUEST + 1 > client.MAX_STDIN + 1
+    assert got == big[:len(got)]
+
+
+def test_version_with_large_stdin_falls_back_intact(shim, tmp_path):
+    """VERSION is answered from all of stdin (the last cniVersion, like the wrapper)."""
+    big = b'{"cniVersion":"0.4.0","pad":"' + b"x" * (5 << 20) + b'"}'
+    r = run(shim, tmp_path, "VERSION", big)
     assert r.fallback
     assert hashlib.sha256(r.fb_stdin()).digest() == hashlib.sha256(big).digest()
 
