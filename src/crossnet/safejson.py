@@ -77,4 +77,5 @@ def loads(data: bytes | str, what: str, max_size: int, max_depth: int) -> Any:
     except RecursionError:  # cannot happen below max_depth; never let it escape
         raise JsonInputError(f"{what} is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long
-        raise JsonInputError(f"{what} is not valid JSON: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise JsonInputError(f"{what} is not valid JSON: {reason}") from None
