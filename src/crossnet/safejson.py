@@ -68,6 +68,11 @@ def loads(data: bytes | str, what: str, max_size: int, max_depth: int) -> Any:
     """Decode ``data`` (``what`` names it in messages) or raise JsonInputError."""
     if len(data) > max_size:
         raise JsonInputError(f"{what} is larger than {max_size} bytes")
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")  # only UTF-8 (json.loads would also guess UTF-16/32)
+        except UnicodeDecodeError as exc:
+            raise JsonInputError(f"{what} is not UTF-8 text (byte {exc.start})") from None
     if too_deep(data, max_depth):
         raise JsonInputError(f"{what} is nested deeper than {max_depth} levels")
     try:

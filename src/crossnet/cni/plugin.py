@@ -738,12 +738,12 @@ def cmd_check(req: Request) -> None:
     cid, ifname = req.container_id, req.ifname
     req.env("CNI_NETNS")
     req.env("CNI_PATH")
+    netns_file = req.netns_file(code_missing=E_UNKNOWN_CONTAINER)  # gone: 3; not a netns: 4
     host = Host(req.state_dir)
     key = attachment_key(cid, ifname)
     alloc = host.pool().get(key)
     if alloc is None:
         raise CniError(E_UNKNOWN_CONTAINER, f"container {cid} ({ifname}) is not attached to {req.name}")
-    netns_file = req.netns_file(code_missing=E_UNKNOWN_CONTAINER)
     problems = check_attachment(host, alloc, netns_file, ifname, req.conf.get("prevResult"))
     if problems:
         raise CniError(E_CHECK, f"container {cid}: {problems[0]}", "; ".join(problems))
