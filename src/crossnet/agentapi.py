@@ -153,9 +153,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (malformed request line, header lines too long or
-        too many, unknown method) as one JSON line; an unknown method is 405, not 501."""
+        too many, unknown method) as one JSON line; bad input is never a 5xx: an unknown
+        method is 405 (not 501), an HTTP version other than 1.x is 400 (not 505)."""
         if code == 501:
             code, message = 405, f"method {str(self.command)[:20]!r} not allowed"
+        elif code >= 500:
+            code = 400
         self.close_connection = True
         if self.request_version == "HTTP/0.9":  # an unreadable request line: still answer with a status line
             self.request_version = "HTTP/1.0"
