@@ -209,8 +209,8 @@ ENV_KEYS = ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH", "CNI_ARGS"
 
 
 @st.composite
-def environs(draw, netns_choices):
-    env = {"CNI_COMMAND": draw(st.sampled_from(COMMANDS)), "CNI_CONTAINERID": CID,
+def environs(draw, netns_choices, commands=COMMANDS):
+    env = {"CNI_COMMAND": draw(st.sampled_from(commands)), "CNI_CONTAINERID": CID,
            "CNI_NETNS": draw(st.sampled_from(netns_choices)), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
     for key in draw(st.lists(st.sampled_from(ENV_KEYS), max_size=3, unique=True)):
         choice = draw(st.integers(0, 3))
