@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.bad_cni import api_cases, cni_cases
+from tests.unit.bad_cni import api_cases
 from tests.unit.bad_cni.cni_cases import CASES, Case
 
 from .test_cni import NET, Host, cid, container_links, one_host_lab
