@@ -256,6 +256,8 @@ def check_body(path: str, body: dict) -> None:
     unknown = sorted(k for k in body if k not in allowed)
     if unknown:
         raise BadRequest(f"unknown field {unknown[0][:40]!r} (allowed: {', '.join(allowed)})")
+    for key in [k for k, v in body.items() if v is None]:  # null: not given (the CLI sends "ip": null)
+        del body[key]
     if path == "/v1/cni":
         netns = body.get("netns")
         if not (isinstance(netns, list) and len(netns) == 2

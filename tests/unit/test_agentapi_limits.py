@@ -202,3 +202,10 @@ def test_slow_client_is_cut_at_the_deadline(api):
 
 def test_default_limits():
     assert agentapi.MAX_CONNECTIONS == 32 and agentapi.REQUEST_TIMEOUT == 5.0 and agentapi.MAX_BODY == 1 << 20
+
+
+def test_null_fields_are_not_given(api, files):
+    """What `crossnet attach` sends through an agent: optional fields as null."""
+    body = {"id": "c1", "netns": files[0], "ip": None, "ifname": None}
+    status, msg = check_one_line_error(exchange(api, post("/v1/attach", body)), (409,))
+    assert "not configured" in msg
