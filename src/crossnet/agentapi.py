@@ -103,6 +103,10 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Not socketserver's traceback on stderr: every error of a request is answered
+        in _Handler._dispatch; what ends here is a client that went away mid-reply."""
+
     def close(self) -> None:
         self.shutdown()
         self.server_close()

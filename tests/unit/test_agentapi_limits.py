@@ -209,3 +209,19 @@ def test_null_fields_are_not_given(api, files):
     body = {"id": "c1", "netns": files[0], "ip": None, "ifname": None}
     status, msg = check_one_line_error(exchange(api, post("/v1/attach", body)), (409,))
     assert "not configured" in msg
+
+
+def test_client_going_away_leaves_no_traceback(api, capfd):
+    """A client that sends half a request and closes: answered into the void, no
+    socketserver traceback on the agent's stderr (its log)."""
+    for _ in range(5):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(api))
+        s.sendall(b"POST /v1/attach HTTP/1.0\r\nContent-Length: 10\r\n\r\n{")
+        s.close()
+    time.sleep(0.5)  # the threads answer (into closed sockets)
+    deadline = time.monotonic() + 3
+    while _api_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "Traceback" not in capfd.readouterr().err
+    assert agentapi.call(api.parent, "GET", "/v1/peers") == []
