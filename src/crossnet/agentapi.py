@@ -18,7 +18,11 @@
 attach, detach and CNI ADD/DEL return once this host's container list is published
 in the store (or after at most 1 s if the store does not answer; retried at resync).
 
-Errors: HTTP 400 (bad input) / 409 (not configured) / 500 with {"error": "<one line>"}.
+Errors: {"error": "<one line>"} with HTTP 400 (bad input, naming the field: malformed
+request, Content-Length, JSON, unknown field, wrong type, bad netns/ifname/ip), 408 (the
+body did not arrive within REQUEST_TIMEOUT), 413 (body over MAX_BODY), 404/405, 409 (this
+host is not configured yet, the container is attached elsewhere), 503 (over
+MAX_CONNECTIONS connections at once) or 500 (the kernel or the store failed).
 Try it: ``curl --unix-socket /var/lib/crossnet/agent.sock http://agent/v1/status``.
 :func:`call` is the client (used by tests, the CNI plugin, scripts).
 """
@@ -28,10 +32,12 @@ from __future__ import annotations
 import contextlib
 import http.client
 import http.server
+import io
 import json
 import os
 import socketserver
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from crossnet.errors import ConfigError, CrossnetError, IpamError
@@ -41,16 +47,39 @@ from crossnet.unixhttp import UnixHTTPConnection, short_path
 if TYPE_CHECKING:
     from crossnet.agent import Agent
 
-MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20  # larger bodies: 413
+MAX_DEPTH = 16  # JSON nesting of a body (the largest one, /v1/cni, needs 2)
+MAX_CONNECTIONS = 32  # served at once; more: 503 and closed at once
+REQUEST_TIMEOUT = 5.0  # seconds a client has to send its whole request (line, headers, body)
+REPLY_TIMEOUT = 30.0  # seconds to take a reply
+_BUSY = (b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+         b"Content-Length: %d\r\n\r\n%s")
+
+
+class BadRequest(CrossnetError):
+    """The request itself is unusable: answered with ``status`` (400, 408, 413, ...)."""
+
+    def __init__(self, msg: str, status: int = 400):
+        super().__init__(msg)
+        self.status = status
+
+
+class NotConfigured(CrossnetError):
+    """The agent has not configured this host (yet): 409."""
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """One thread per connection, at most MAX_CONNECTIONS of them: a connection over
+    the limit gets a 503 and is closed by the accepting thread, which never blocks on
+    it. Each connection must deliver its request within REQUEST_TIMEOUT."""
+
     daemon_threads = True
     allow_reuse_address = False
 
     def __init__(self, path: str, agent: Agent):
         self.agent = agent
         self.path = path
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         old = os.umask(0o177)
@@ -61,6 +90,27 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.umask(old)
         os.chmod(path, 0o600)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.slots.acquire(blocking=False):
+            _refuse_busy(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)  # starts the thread
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Not socketserver's traceback on stderr: every error of a request is answered
+        in _Handler._dispatch; what ends here is a client that went away mid-reply."""
+
     def close(self) -> None:
         self.shutdown()
         self.server_close()
@@ -68,9 +118,40 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             os.unlink(self.path)
 
 
+def _refuse_busy(sock: Any) -> None:
+    body = json.dumps({"error": f"too many connections (at most {MAX_CONNECTIONS} at once); try again"}).encode()
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)  # a small reply fits the socket buffer; never wait for this client
+        sock.send(_BUSY % (len(body), body))
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The connection's read side with one deadline for the whole request: a client
+    sending a byte now and then cannot hold a thread longer than REQUEST_TIMEOUT."""
+
+    def __init__(self, sock: Any, deadline: float):
+        super().__init__()
+        self.sock, self.deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not received in time")
+        self.sock.settimeout(left)
+        return self.sock.recv_into(buf)
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.0"
     server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + REQUEST_TIMEOUT))
 
     def address_string(self) -> str:  # AF_UNIX peers have no address
         return "local"
@@ -78,35 +159,81 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         pass
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (malformed request line, header lines too long or
+        too many, unknown method) as one JSON line; bad input is never a 5xx: an unknown
+        method is 405 (not 501), an HTTP version other than 1.x is 400 (not 505)."""
+        if code == 501:
+            code, message = 405, f"method {str(self.command)[:20]!r} not allowed"
+        elif code >= 500:
+            code = 400
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # an unreadable request line: still answer with a status line
+            self.request_version = "HTTP/1.0"
+        text = message or self.responses.get(code, ("error",))[0]
+        with contextlib.suppress(OSError):
+            self._reply(code, {"error": " ".join(str(text).split())[:200]})
+
     def _reply(self, status: int, data: Any) -> None:
         body = json.dumps(data).encode()
+        self.connection.settimeout(REPLY_TIMEOUT)
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
+    def _length(self) -> int:
+        values = self.headers.get_all("Content-Length") or []
+        if len(set(v.strip() for v in values)) > 1:
+            raise BadRequest("Content-Length is given twice with different values")
+        if self.headers.get("Transfer-Encoding"):
+            raise BadRequest("Transfer-Encoding is not supported: send Content-Length")
+        raw = values[0].strip() if values else "0"
+        if not raw.isascii() or not raw.isdigit():
+            raise BadRequest(f"Content-Length: {raw[:40]!r} is not a number of bytes")
+        if len(raw.lstrip("0")) > 12 or int(raw) > MAX_BODY:
+            raise BadRequest(f"request body too large (Content-Length {raw[:20]}; at most {MAX_BODY} bytes)", 413)
+        return int(raw)
+
     def _body(self) -> dict:
-        n = int(self.headers.get("Content-Length") or 0)
-        if n > MAX_BODY:
-            raise ConfigError("request body too large")
-        raw = self.rfile.read(n) if n else b""
+        from crossnet.safejson import JsonInputError, loads
+
+        n = self._length()
         try:
-            data = json.loads(raw) if raw else {}
-        except ValueError:
-            raise ConfigError("request body is not JSON") from None
+            raw = self.rfile.read(n) if n else b""
+        except TimeoutError:
+            raise BadRequest(f"request body not received within {REQUEST_TIMEOUT:g} s", 408) from None
+        if len(raw) < n:
+            raise BadRequest(f"request body ended after {len(raw)} of {n} bytes (Content-Length)")
+        try:
+            data = loads(raw, "request body", MAX_BODY, MAX_DEPTH) if raw.strip() else {}
+        except JsonInputError as exc:
+            raise BadRequest(str(exc)) from None
         if not isinstance(data, dict):
-            raise ConfigError("request body must be a JSON object")
+            raise BadRequest("request body must be a JSON object")
         return data
 
     def _dispatch(self, method: str) -> None:
         try:
-            body = self._body() if method == "POST" else {}
+            if method == "POST":
+                body = self._body()
+            else:
+                self._length()
+                body = {}
+            self.connection.settimeout(None)  # the request is in: the work takes what it takes
             status, data = handle(self.server.agent, method, self.path.split("?")[0], body)
+        except BadRequest as exc:
+            status, data = exc.status, {"error": str(exc)}
         except (ConfigError, IpamError) as exc:
             status, data = 400, {"error": str(exc)}
+        except NotConfigured as exc:
+            status, data = 409, {"error": str(exc)}
         except CrossnetError as exc:
-            status, data = 500, {"error": str(exc)}
+            from crossnet.containers import InUse, NotReady
+
+            status = 409 if isinstance(exc, (InUse, NotReady)) else 500
+            data = {"error": str(exc)}
         except Exception as exc:  # noqa: BLE001 - one line, never a traceback over the socket
             status, data = 500, {"error": f"internal error: {type(exc).__name__}: {exc}"}
         self._reply(status, data)
@@ -116,6 +243,71 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+
+# the fields each POST takes (anything else is refused, naming it)
+FIELDS = {
+    "/v1/attach": ("container", "id", "netns", "ip", "ifname"),
+    "/v1/detach": ("container", "id"),
+    "/v1/cni": ("environ", "stdin", "netns", "code"),
+}
+MAX_FIELD = 4096
+
+
+def check_body(path: str, body: dict) -> None:
+    """The body of a POST to ``path``: known fields of the right types (BadRequest
+    naming the field). Values that need the system (does the netns exist?) are
+    checked by the endpoint."""
+    allowed = FIELDS.get(path)
+    if allowed is None:
+        return
+    unknown = sorted(k for k in body if k not in allowed)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0][:40]!r} (allowed: {', '.join(allowed)})")
+    for key in [k for k, v in body.items() if v is None]:  # null: not given (the CLI sends "ip": null)
+        del body[key]
+    if path == "/v1/cni":
+        netns = body.get("netns")
+        if not (isinstance(netns, list) and len(netns) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in netns)):
+            raise BadRequest("netns: must be [device, inode] of the caller's network namespace")
+        if "code" in body and not isinstance(body["code"], str):
+            raise BadRequest("code: must be a string")
+        return
+    for key in allowed:
+        if key not in body:
+            continue
+        value = body[key]
+        if not isinstance(value, str):
+            raise BadRequest(f"{key}: must be a string, not {_kind(value)}")
+        if not value or len(value) > MAX_FIELD or not value.isprintable():
+            raise BadRequest(f"{key}: must be a non-empty printable string of at most {MAX_FIELD} characters")
+    if "container" in body and "id" in body:
+        raise BadRequest('give either "container" or "id", not both')
+    if "netns" in body and "id" not in body:
+        raise BadRequest('netns: goes with "id" (a "container" spec names its namespace itself)')
+    if "ifname" in body:
+        from crossnet.cni.plugin import ifname_problem
+
+        problem = ifname_problem(body["ifname"])
+        if problem:
+            raise BadRequest(f"ifname: invalid interface name {body['ifname'][:20]!r}: {problem}")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def check_netns(path: str, field: str) -> None:
+    """``path`` exists and is a network namespace, else BadRequest naming ``field``."""
+    from crossnet.cni.plugin import netns_problem
+
+    if not os.path.exists(path):
+        raise BadRequest(f"{field}: {path[:200]!r}: no such network namespace file")
+    problem = netns_problem(path)
+    if problem:
+        raise BadRequest(f"{field}: {path[:200]!r} {problem}")
 
 
 def _container(body: dict) -> tuple[str, str | None]:
@@ -139,6 +331,8 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
     from crossnet.host import status
 
     state = agent.state
+    if method == "POST":
+        check_body(path, body)
     if method == "GET" and path == "/v1/status":
         try:
             host = status(state)
@@ -153,6 +347,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
             from crossnet.runtime import resolve
 
             cid, netns = resolve(str(body.get("container") or cid))
+        check_netns(netns, "netns" if "netns" in body else "container")
         _same_namespace(body, str(netns))
         ctx, backend = _context(state)
         att = containers.attach(state, ctx, backend, cid, netns, requested=body.get("ip"),
@@ -215,13 +410,15 @@ def _cni(body: dict) -> dict:
     from crossnet.cni import plugin
     from crossnet.cni.client import netns_id, target_id
 
+    try:
+        environ, stdin = plugin.unpack_request(body)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     if body.get("netns") != netns_id():
         return {"stale": True}
-    environ = body.get("environ") if isinstance(body.get("environ"), dict) else {}
     if body.get("target") != target_id(environ):  # CNI_NETNS names another namespace here: the caller runs it
         return {"stale": True}
-    environ = {str(k): str(v) for k, v in (body.get("environ") or {}).items()}
-    rc, out = plugin.run(environ, str(body.get("stdin", "")).encode("utf-8", "surrogateescape"))
+    rc, out = plugin.run(environ, stdin)
     return {"rc": rc, "stdout": plugin.output_text(out)}
 
 
@@ -231,7 +428,7 @@ def _context(state: StateDir):
     try:
         return load_context(state)
     except CrossnetError as exc:
-        raise CrossnetError(f"agent has not configured this host yet: {exc}") from None
+        raise NotConfigured(f"agent has not configured this host yet: {exc}") from None
 
 
 class _ApiHandle:

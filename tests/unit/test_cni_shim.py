@@ -310,8 +310,24 @@ def test_other_commands_exec_fallback_without_reading(shim, helper, tmp_path, co
 
 
 def test_large_stdin_falls_back_intact(shim, helper, tmp_path):
+    """Over the helper's limit (but the plugin refuses over client.MAX_STDIN anyway):
+    the fallback gets the first CN_MAX_REQUEST + 1 bytes, which is more than the Python
+    client reads to tell it is too large, and the shim never holds the rest (was: all of
+    stdin copied into a memfd, however large)."""
+    from crossnet.cni import client, server
+
     big = conf(helper, pad="x" * (5 << 20))
     r = run(shim, tmp_path, "ADD", big)
+    assert r.fallback
+    got = r.fb_stdin()
+    assert len(got) == server.MAX_REQUEST + 1 > client.MAX_STDIN + 1
+    assert got == big[:len(got)]
+
+
+def test_version_with_large_stdin_falls_back_intact(shim, tmp_path):
+    """VERSION is answered from all of stdin (the last cniVersion, like the wrapper)."""
+    big = b'{"cniVersion":"0.4.0","pad":"' + b"x" * (5 << 20) + b'"}'
+    r = run(shim, tmp_path, "VERSION", big)
     assert r.fallback
     assert hashlib.sha256(r.fb_stdin()).digest() == hashlib.sha256(big).digest()
 
@@ -443,3 +459,32 @@ def test_agent_first(shim, helper, tmp_path, status, body, expect):
         assert not r.fallback and json.loads(r.stdout)["environ"]["CNI_IFNAME"] == "eth0"
     else:
         assert r.fallback
+
+
+@pytest.mark.parametrize("raw,msg", [
+    (b"[" * 100_000, "nested deeper"),
+    (b"[1, 2]", "not a JSON object"),
+    (b"\xff\xfe", "not UTF-8"),
+    (None, "environ: must be an object"),
+])
+def test_helper_answers_a_malformed_request_with_code_6(helper, raw, msg):
+    """The warm helper's socket is reached by clients of ours only, but whatever arrives
+    there gets a CNI decoding error back (was: json.loads' RecursionError or an
+    AttributeError, the connection closed without an answer)."""
+    from crossnet.cni.client import netns_id
+
+    if raw is None:
+        raw = json.dumps({"code": "*", "netns": netns_id(), "environ": 5, "stdin": ""}).encode()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(20)
+    s.connect(str(helper.sock))
+    s.sendall(raw)
+    s.shutdown(socket.SHUT_WR)
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    s.close()
+    reply = json.loads(data)
+    assert reply["rc"] == 1
+    out = json.loads(reply["stdout"])
+    assert out["code"] == 6 and msg in out["msg"], out

@@ -21,6 +21,7 @@ DEFAULT_STATE_DIR = "/var/lib/crossnet"
 SOCKET_NAME = "cni.sock"
 AGENT_SOCKET = "agent.sock"  # crossnet agent's local API (crossnet.agentapi)
 CLIENT_TIMEOUT = 120.0
+MAX_STDIN = 1 << 20  # largest network configuration accepted (crossnet.cni.plugin refuses more: code 6)
 # files whose change makes a running helper step down (it would run old code)
 _CODE_FILES = ("cni/client.py", "cni/plugin.py", "cni/server.py", "containers.py", "ipam.py", "netlink.py",
                "plan.py", "state.py", "backends/__init__.py", "backends/base.py")
@@ -95,7 +96,7 @@ def socket_path(state_dir: str) -> str:
 
 def server_target(environ, stdin: bytes) -> tuple[str | None, dict | None]:
     """(state dir whose helper should serve this call, parsed config) or (None, conf)."""
-    if environ.get("CNI_COMMAND") not in SERVER_COMMANDS:
+    if environ.get("CNI_COMMAND") not in SERVER_COMMANDS or len(stdin) > MAX_STDIN:
         return None, None
     try:
         conf = loads(stdin.decode("utf-8"))
@@ -180,11 +181,12 @@ def call(state_dir: str, environ, stdin: bytes) -> tuple[int, str | None] | None
 
 def main() -> None:
     environ = os.environ
-    try:
-        stdin = sys.stdin.buffer.read() if not (environ.get("CNI_COMMAND") == "VERSION" and sys.stdin.isatty()) else b""
+    version = environ.get("CNI_COMMAND") == "VERSION"
+    try:  # more than MAX_STDIN is refused: reading one byte more tells (VERSION reads it all, like the wrapper)
+        stdin = sys.stdin.buffer.read(-1 if version else MAX_STDIN + 1) if not (version and sys.stdin.isatty()) else b""
     except (OSError, AttributeError, ValueError):
         stdin = b""
-    if environ.get("CNI_COMMAND") == "VERSION":  # the same bytes as the wrapper and the native client
+    if version:  # the same bytes as the wrapper and the native client
         from crossnet.cni.plugin import version_text
 
         sys.stdout.write(version_text(stdin) + "\n")

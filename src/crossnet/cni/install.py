@@ -128,6 +128,7 @@ def shim_defines(fallback: str) -> list[str]:
         "CN_AGENT_SOCKET": _c_string(client.AGENT_SOCKET),
         "CN_TIMEOUT": str(int(client.CLIENT_TIMEOUT)),
         "CN_MAX_REQUEST": str(int(server.MAX_REQUEST)),
+        "CN_MAX_STDIN": str(int(client.MAX_STDIN)),
     }
     return [f"-D{k}={v}" for k, v in consts.items()]
 

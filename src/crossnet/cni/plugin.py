@@ -31,6 +31,8 @@ import re
 import sys
 import time
 
+from crossnet.cni.client import MAX_STDIN  # network configuration bytes (a real one is < 4 KiB)
+
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~7 ms per call
 if TYPE_CHECKING:
     from typing import Any
@@ -64,6 +66,17 @@ E_IN_USE = 104  # ADD: the container id is attached to another live netns / CNI_
 E_INTERNAL = 199
 
 _CONTAINER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # the spec's rule for "name"
+_MAC_RE = re.compile(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+# bounds on what the runtime hands us (checked before anything is parsed or changed)
+MAX_DEPTH = 32  # JSON nesting (a network configuration with prevResult needs 4)
+MAX_CONTAINER_ID = 1024
+MAX_NAME = 253
+MAX_ENV = 65536  # any CNI_* variable
+MAX_PATH = 4096
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl(fd, NS_GET_NSTYPE): the namespace type of an nsfs file (Linux >= 4.11)
 
 
 class CniError(Exception):
@@ -85,7 +98,9 @@ def version_tuple(v: str) -> tuple[int, ...]:
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:
-    """``K=V;K=V`` -> dict. Unknown keys are an error unless IgnoreUnknown is true."""
+    """``K=V;K=V`` -> dict. Unknown keys are an error unless IgnoreUnknown is true; a key
+    given twice is an error (which one would count?); values of the keys crossnet reads
+    are printable text."""
     args: dict[str, str] = {}
     if not raw:
         return args
@@ -94,16 +109,240 @@ def parse_cni_args(raw: str) -> dict[str, str]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise CniError(E_INVALID_ENV, f"CNI_ARGS: invalid argument {item!r} (expected KEY=VALUE)")
+            raise CniError(E_INVALID_ENV, f"CNI_ARGS: invalid argument {_short(item)!r} (expected KEY=VALUE)")
+        if key in args:
+            raise CniError(E_INVALID_ENV, f"CNI_ARGS: {_short(key)} is given twice")
         args[key] = value
     ignore = args.get("IgnoreUnknown", "").lower() in ("1", "true")
     unknown = sorted(set(args) - KNOWN_ARGS)
     if unknown and not ignore:
         raise CniError(
             E_INVALID_ENV,
-            f"CNI_ARGS: unknown argument {unknown[0]}={args[unknown[0]]!r} (set IgnoreUnknown=1 to ignore it)",
+            f"CNI_ARGS: unknown argument {_short(unknown[0])}={_short(args[unknown[0]])!r} "
+            "(set IgnoreUnknown=1 to ignore it)",
         )
+    for key in sorted(KNOWN_ARGS & set(args)):
+        value = args[key]
+        if len(value) > MAX_NAME or not value.isprintable():
+            raise CniError(E_INVALID_ENV, f"CNI_ARGS {key}: {_short(value)!r} is not printable text of at most "
+                                          f"{MAX_NAME} characters")
     return args
+
+
+def _short(text: str, n: int = 64) -> str:
+    """Hostile input in a one-line message: at most n characters."""
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def ifname_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a Linux interface name (the kernel's dev_valid_name,
+    restricted to printable ASCII), or None."""
+    if not name:
+        return "empty"
+    if len(name.encode("utf-8", "surrogateescape")) > 15:
+        return "longer than 15 bytes"
+    if name in (".", ".."):
+        return "'.' and '..' are not interface names"
+    bad = next((c for c in name if not ("!" <= c <= "~") or c in "/:"), None)
+    if bad is not None:
+        return f"character {bad!r} is not allowed (printable ASCII without '/', ':' and spaces)"
+    return None
+
+
+def netns_problem(path: str) -> str | None:
+    """Why ``path`` (which exists) is not a network namespace, or None. The ioctl
+    NS_GET_NSTYPE answers only for namespace files: a regular file, a directory, a
+    device or another kind of namespace is refused before anything is allocated."""
+    import fcntl
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror}"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory, not a network namespace"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a network namespace (not a namespace file)"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        return f"cannot be opened: {exc.strerror}"
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        return "is not a network namespace (a regular file)"
+    finally:
+        os.close(fd)
+    if kind != CLONE_NEWNET:
+        return "is a namespace, but not a network namespace"
+    return None
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _want(cond: bool, field: str, what: str, value: Any) -> None:
+    if not cond:
+        if isinstance(value, (dict, list)):
+            got = _type_name(value)
+        else:
+            got = _short(json.dumps(value) if not isinstance(value, str) else repr(value))
+        raise CniError(E_INVALID_CONFIG, f"network configuration: {field} must be {what}, not {got}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("/") and "\0" not in value and len(value) <= MAX_PATH
+
+
+def _check_cidr(field: str, value: Any) -> None:
+    import ipaddress
+
+    _want(isinstance(value, str) and "/" in value, field, "an address with prefix length (CIDR)", value)
+    try:
+        ipaddress.ip_interface(value)
+    except ValueError:
+        _want(False, field, "an address with prefix length (CIDR)", value)
+
+
+def _check_ip(field: str, value: Any) -> None:
+    import ipaddress
+
+    _want(isinstance(value, str), field, "an IP address", value)
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        _want(False, field, "an IP address", value)
+
+
+def _check_str_list(field: str, value: Any) -> None:
+    _want(isinstance(value, list), field, "a list of strings", value)
+    for i, item in enumerate(value):
+        _want(isinstance(item, str), f"{field}[{i}]", "a string", item)
+
+
+def _check_dns(field: str, dns: Any) -> None:
+    _want(isinstance(dns, dict), field, "an object", dns)
+    for key in ("nameservers", "search", "options"):
+        if key in dns:
+            _check_str_list(f"{field}.{key}", dns[key])
+    if "domain" in dns:
+        _want(isinstance(dns["domain"], str), f"{field}.domain", "a string", dns["domain"])
+
+
+def validate_prev_result(prev: Any) -> None:
+    """``prevResult`` (another plugin's result that ADD extends and CHECK compares
+    with): the spec's result shape, field by field. ADD copies its interfaces, ips,
+    routes and dns into its own result: a malformed one is refused before the ADD
+    changes anything."""
+    f = "prevResult"
+    _want(isinstance(prev, dict), f, "an object", prev)
+    if "cniVersion" in prev:
+        _want(isinstance(prev["cniVersion"], str), f"{f}.cniVersion", "a string", prev["cniVersion"])
+    interfaces = prev.get("interfaces", [])
+    _want(isinstance(interfaces, list), f"{f}.interfaces", "a list", interfaces)
+    for i, iface in enumerate(interfaces):
+        g = f"{f}.interfaces[{i}]"
+        _want(isinstance(iface, dict), g, "an object", iface)
+        _want(isinstance(iface.get("name"), str) and bool(iface.get("name")), f"{g}.name", "a non-empty string",
+              iface.get("name"))
+        for key in ("mac", "sandbox", "socketPath", "pciID"):
+            if key in iface:
+                _want(isinstance(iface[key], str), f"{g}.{key}", "a string", iface[key])
+        if "mtu" in iface:
+            _want(_is_int(iface["mtu"]) and iface["mtu"] >= 0, f"{g}.mtu", "a non-negative integer", iface["mtu"])
+    ips = prev.get("ips", [])
+    _want(isinstance(ips, list), f"{f}.ips", "a list", ips)
+    for i, ip in enumerate(ips):
+        g = f"{f}.ips[{i}]"
+        _want(isinstance(ip, dict), g, "an object", ip)
+        _check_cidr(f"{g}.address", ip.get("address"))
+        if "gateway" in ip:
+            _check_ip(f"{g}.gateway", ip["gateway"])
+        if "version" in ip:
+            _want(ip["version"] in ("4", "6"), f"{g}.version", '"4" or "6"', ip["version"])
+        if "interface" in ip:
+            idx = ip["interface"]
+            _want(_is_int(idx) and 0 <= idx < len(interfaces), f"{g}.interface",
+                  f"an index into prevResult.interfaces ({len(interfaces)} entries)", idx)
+    routes = prev.get("routes", [])
+    _want(isinstance(routes, list), f"{f}.routes", "a list", routes)
+    for i, route in enumerate(routes):
+        g = f"{f}.routes[{i}]"
+        _want(isinstance(route, dict), g, "an object", route)
+        _check_cidr(f"{g}.dst", route.get("dst"))
+        if "gw" in route:
+            _check_ip(f"{g}.gw", route["gw"])
+        for key in ("mtu", "advmss", "priority", "table", "scope"):
+            if key in route:
+                _want(_is_int(route[key]) and route[key] >= 0, f"{g}.{key}", "a non-negative integer", route[key])
+    if "dns" in prev:
+        _check_dns(f"{f}.dns", prev["dns"])
+
+
+def validate_conf(conf: dict[str, Any]) -> None:
+    """The network configuration's fields (see Request.validate_conf)."""
+    name = conf.get("name")
+    if not isinstance(name, str) or not name:
+        raise CniError(E_INVALID_CONFIG, "network configuration: 'name' is missing or not a string")
+    if len(name) > MAX_NAME or not _NETWORK_NAME_RE.fullmatch(name):
+        raise CniError(E_INVALID_CONFIG, f"network configuration: name {_short(name)!r} is not a valid network name",
+                       "the spec: an alphanumeric character, then alphanumerics, '_', '.' or '-'")
+    if "type" in conf:
+        _want(isinstance(conf["type"], str) and bool(conf["type"]), "type", "a non-empty string", conf["type"])
+    state_dir = conf.get("stateDir", DEFAULT_STATE_DIR)
+    if not isinstance(state_dir, str) or not state_dir:
+        raise CniError(E_INVALID_CONFIG, "network configuration: 'stateDir' must be a non-empty string")
+    _want(_is_path(state_dir), "stateDir", "an absolute path", state_dir)
+    if "ipam" in conf and conf["ipam"]:
+        raise CniError(
+            E_UNSUPPORTED_FIELD,
+            f"unsupported field ipam={_short(json.dumps(conf['ipam']))}: crossnet-cni allocates from crossnet's own IPAM",
+        )
+    for key in ("dns", "runtimeConfig", "args", "capabilities"):
+        if key in conf and not isinstance(conf[key], dict):
+            raise CniError(E_INVALID_CONFIG, f"network configuration: {key!r} must be an object")
+    if "capabilities" in conf:
+        for key, value in conf["capabilities"].items():
+            _want(isinstance(value, bool), f"capabilities.{_short(key)}", "a boolean", value)
+    if "dns" in conf:
+        _check_dns("dns", conf["dns"])
+    rc = conf.get("runtimeConfig") or {}
+    if "ips" in rc:
+        _check_str_list("runtimeConfig.ips", rc["ips"])
+    if "mac" in rc:
+        _want(isinstance(rc["mac"], str), "runtimeConfig.mac", "a string", rc["mac"])
+    cni_args = (conf.get("args") or {}).get("cni")
+    if cni_args is not None:
+        _want(isinstance(cni_args, dict), "args.cni", "an object", cni_args)
+        if "ips" in cni_args:
+            _check_str_list("args.cni.ips", cni_args["ips"])
+    log_file = conf.get("logFile")
+    if log_file is not None and not isinstance(log_file, str):
+        raise CniError(E_INVALID_CONFIG, "network configuration: 'logFile' must be a string")
+    if log_file:
+        _want(_is_path(log_file), "logFile", "an absolute path", log_file)
+    if "server" in conf:
+        _want(isinstance(conf["server"], bool), "server", "a boolean", conf["server"])
+    if "serverIdleSeconds" in conf:
+        idle = conf["serverIdleSeconds"]
+        _want(isinstance(idle, (int, float)) and not isinstance(idle, bool) and 0 < idle <= 86400,
+              "serverIdleSeconds", "a number of seconds (0 < n <= 86400)", idle)
+    if VALID_ATTACHMENTS in conf:
+        valid = conf[VALID_ATTACHMENTS]
+        _want(isinstance(valid, list), VALID_ATTACHMENTS, "a list", valid)
+        for i, item in enumerate(valid):
+            _want(isinstance(item, dict), f"{VALID_ATTACHMENTS}[{i}]", "an object", item)
+            for key in ("containerID", "ifname"):
+                _want(isinstance(item.get(key), str), f"{VALID_ATTACHMENTS}[{i}].{key}", "a string", item.get(key))
+    if "prevResult" in conf:
+        validate_prev_result(conf["prevResult"])
 
 
 class Request:
@@ -124,36 +363,67 @@ class Request:
             raise CniError(E_INVALID_ENV, f"{name} is not set", f"CNI_COMMAND={self.command}")
         return value
 
+    def check_env(self) -> None:
+        """Every CNI_* variable: a string without NUL, at most MAX_ENV characters. (A
+        process environment cannot hold NUL; the warm helper and the agent's /v1/cni get
+        the variables as JSON, where it can.)"""
+        for key, value in self.environ.items():
+            if not key.startswith("CNI_"):
+                continue
+            if not isinstance(value, str):
+                raise CniError(E_INVALID_ENV, f"{_short(key)}: not a string")
+            if "\0" in value or len(value) > MAX_ENV:
+                raise CniError(E_INVALID_ENV, f"{_short(key)}: {'contains a NUL byte' if chr(0) in value else 'too long'}")
+
     @property
     def container_id(self) -> str:
         cid = self.env("CNI_CONTAINERID")
-        if not _CONTAINER_ID_RE.match(cid):
-            raise CniError(E_INVALID_ENV, f"CNI_CONTAINERID: invalid container id {cid!r}")
+        if len(cid) > MAX_CONTAINER_ID or not _CONTAINER_ID_RE.fullmatch(cid):
+            raise CniError(E_INVALID_ENV, f"CNI_CONTAINERID: invalid container id {_short(cid)!r}",
+                           "the spec: an alphanumeric character, then alphanumerics, '_', '.' or '-'")
         return cid
 
     @property
     def ifname(self) -> str:
         name = self.env("CNI_IFNAME")
-        if len(name) > 15 or name in (".", "..") or any(c in name for c in "/: \t\n"):
-            raise CniError(E_INVALID_ENV, f"CNI_IFNAME: invalid interface name {name!r}")
+        problem = ifname_problem(name)
+        if problem:
+            raise CniError(E_INVALID_ENV, f"CNI_IFNAME: invalid interface name {_short(name)!r}: {problem}")
         return name
+
+    def netns_file(self, code_missing: int = E_INVALID_ENV) -> str:
+        """CNI_NETNS (required) as a path that exists and is a network namespace."""
+        netns = self.env("CNI_NETNS")
+        if len(netns) > MAX_PATH:
+            raise CniError(E_INVALID_ENV, "CNI_NETNS: path too long")
+        path = netns if "/" in netns else f"/run/netns/{netns}"
+        if not os.path.exists(path):
+            raise CniError(code_missing, f"CNI_NETNS: network namespace {_short(netns)} does not exist")
+        problem = netns_problem(path)
+        if problem:
+            raise CniError(E_INVALID_ENV, f"CNI_NETNS: {_short(netns)} {problem}")
+        return path
 
     # ---- network config
     def load_conf(self, required: bool = True) -> None:
         data = self.raw_stdin
+        if len(data) > MAX_STDIN:
+            raise CniError(E_DECODE, f"the network configuration is larger than {MAX_STDIN} bytes")
         if not data.strip():
             if not required:
                 return
             raise CniError(E_DECODE, "no network configuration on stdin")
+        from crossnet.safejson import JsonInputError, loads
+
         try:
-            conf = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CniError(E_DECODE, "failed to decode the network configuration", str(exc)) from None
+            conf = loads(data, "stdin", MAX_STDIN, MAX_DEPTH)
+        except JsonInputError as exc:
+            raise CniError(E_DECODE, f"failed to decode the network configuration: {exc}") from None
         if not isinstance(conf, dict):
             raise CniError(E_DECODE, "the network configuration is not a JSON object")
         self.conf = conf
         version = conf.get("cniVersion")
-        if isinstance(version, str) and version:
+        if isinstance(version, str) and version in SUPPORTED_VERSIONS:
             self.cni_version = version
 
     def check_version(self) -> None:
@@ -173,24 +443,10 @@ class Request:
             )
 
     def validate_conf(self) -> None:
-        conf = self.conf
-        name = conf.get("name")
-        if not isinstance(name, str) or not name:
-            raise CniError(E_INVALID_CONFIG, "network configuration: 'name' is missing or not a string")
-        state_dir = conf.get("stateDir", DEFAULT_STATE_DIR)
-        if not isinstance(state_dir, str) or not state_dir:
-            raise CniError(E_INVALID_CONFIG, "network configuration: 'stateDir' must be a non-empty string")
-        if "ipam" in conf and conf["ipam"]:
-            raise CniError(
-                E_UNSUPPORTED_FIELD,
-                f"unsupported field ipam={json.dumps(conf['ipam'])}: crossnet-cni allocates from crossnet's own IPAM",
-            )
-        for key in ("dns", "runtimeConfig", "args"):
-            if key in conf and not isinstance(conf[key], dict):
-                raise CniError(E_INVALID_CONFIG, f"network configuration: {key!r} must be an object")
-        log_file = conf.get("logFile")
-        if log_file is not None and not isinstance(log_file, str):
-            raise CniError(E_INVALID_CONFIG, "network configuration: 'logFile' must be a string")
+        """Every field crossnet-cni reads, by type and value, before anything is done
+        (code 7, naming the field; ``ipam``: code 2). Unknown fields are allowed (the
+        spec lets runtimes and other plugins add their own)."""
+        validate_conf(self.conf)
 
     @property
     def name(self) -> str:
@@ -233,13 +489,18 @@ class Request:
         return v4[0]
 
     def requested_mac(self) -> str | None:
-        mac = self.args.get("MAC") or (self.conf.get("runtimeConfig") or {}).get("mac")
+        """A MAC asked for through CNI_ARGS MAC= or runtimeConfig.mac: unicast, not zero."""
+        source, mac = "CNI_ARGS MAC", self.args.get("MAC")
+        if not mac:
+            source, mac = "runtimeConfig.mac", (self.conf.get("runtimeConfig") or {}).get("mac")
         if not mac:
             return None
-        if not isinstance(mac, str) or not re.fullmatch(r"(?i)[0-9a-f]{2}(:[0-9a-f]{2}){5}", mac):
-            raise CniError(E_INVALID_ENV, f"CNI_ARGS MAC: {mac!r} is not a MAC address")
+        if not isinstance(mac, str) or not _MAC_RE.fullmatch(mac):
+            raise CniError(source_code(source), f"{source}: {_short(str(mac))!r} is not a MAC address")
         if int(mac[:2], 16) & 1:
-            raise CniError(E_INVALID_ENV, f"CNI_ARGS MAC: {mac!r} is a multicast address")
+            raise CniError(source_code(source), f"{source}: {mac!r} is a multicast address")
+        if int(mac.replace(":", ""), 16) == 0:
+            raise CniError(source_code(source), f"{source}: {mac!r} is the all-zero address")
         return mac.lower()
 
 
@@ -355,6 +616,10 @@ def cmd_version(req: Request) -> dict[str, Any]:
 
 
 def _prepare(req: Request) -> None:
+    """Read and check everything of the call that every command shares: the CNI_*
+    variables' form, the network configuration (decoding, version, every field) and
+    CNI_ARGS. Nothing is changed before this (and the command's own checks) passed."""
+    req.check_env()
     req.load_conf()
     req.check_version()
     req.validate_conf()
@@ -378,8 +643,7 @@ def cmd_add(req: Request) -> dict[str, Any]:
     cid, ifname = req.container_id, req.ifname
     netns = req.env("CNI_NETNS")
     req.env("CNI_PATH")
-    if not os.path.exists(netns if "/" in netns else f"/run/netns/{netns}"):
-        raise CniError(E_INVALID_ENV, f"CNI_NETNS: network namespace {netns} does not exist")
+    req.netns_file()
     asked = req.requested_ip()
     requested = asked[1] if asked else None
     mac = req.requested_mac()
@@ -457,6 +721,8 @@ def _quiet_detach(host: Host, key: str) -> None:
 def cmd_del(req: Request) -> None:
     _prepare(req)
     cid, ifname = req.container_id, req.ifname
+    if len(req.environ.get("CNI_NETNS", "")) > MAX_PATH:
+        raise CniError(E_INVALID_ENV, "CNI_NETNS: path too long")
     host = Host(req.state_dir, required=False)
     if not host.configured:
         return None  # nothing of ours can exist: DEL succeeds
@@ -479,16 +745,14 @@ def cmd_del(req: Request) -> None:
 def cmd_check(req: Request) -> None:
     _prepare(req)
     cid, ifname = req.container_id, req.ifname
-    netns = req.env("CNI_NETNS")
+    req.env("CNI_NETNS")
     req.env("CNI_PATH")
+    netns_file = req.netns_file(code_missing=E_UNKNOWN_CONTAINER)  # gone: 3; not a netns: 4
     host = Host(req.state_dir)
     key = attachment_key(cid, ifname)
     alloc = host.pool().get(key)
     if alloc is None:
         raise CniError(E_UNKNOWN_CONTAINER, f"container {cid} ({ifname}) is not attached to {req.name}")
-    netns_file = netns if "/" in netns else f"/run/netns/{netns}"
-    if not os.path.exists(netns_file):
-        raise CniError(E_UNKNOWN_CONTAINER, f"CNI_NETNS: network namespace {netns} does not exist")
     problems = check_attachment(host, alloc, netns_file, ifname, req.conf.get("prevResult"))
     if problems:
         raise CniError(E_CHECK, f"container {cid}: {problems[0]}", "; ".join(problems))
@@ -537,6 +801,7 @@ def check_attachment(host: Host, alloc: Any, netns: str, ifname: str, prev: Any)
 
 
 def cmd_status(req: Request) -> None:
+    req.check_env()
     req.load_conf()
     req.check_version()
     req.validate_conf()
@@ -554,14 +819,7 @@ def cmd_status(req: Request) -> None:
 def cmd_gc(req: Request) -> None:
     """Remove this network's CNI attachments that the runtime no longer knows."""
     _prepare(req)
-    valid_raw = req.conf.get(VALID_ATTACHMENTS, [])
-    if not isinstance(valid_raw, list):
-        raise CniError(E_INVALID_CONFIG, f"{VALID_ATTACHMENTS} must be a list")
-    valid = set()
-    for item in valid_raw:
-        if not isinstance(item, dict):
-            raise CniError(E_INVALID_CONFIG, f"{VALID_ATTACHMENTS}: entries must be objects")
-        valid.add((item.get("containerID"), item.get("ifname")))
+    valid = {(item["containerID"], item["ifname"]) for item in req.conf.get(VALID_ATTACHMENTS, [])}  # validated
     host = Host(req.state_dir, required=False)
     if not host.configured:
         return None
@@ -614,18 +872,63 @@ def run(environ: dict[str, str], stdin: bytes) -> tuple[int, dict[str, Any] | No
                          traceback.format_exc(limit=5).replace("\n", " | "))
 
 
+def load_request(raw: bytes, max_size: int) -> dict[str, Any]:
+    """A call forwarded by a client (the warm helper's socket): ``{"environ", "stdin",
+    "netns", "code"}`` as bounded JSON (ValueError with one line when malformed)."""
+    from crossnet.safejson import loads
+
+    req = loads(raw, "request", max_size, 8)
+    if not isinstance(req, dict):
+        raise ValueError("request: not a JSON object")
+    return req
+
+
+def unpack_request(req: dict[str, Any]) -> tuple[dict[str, str], bytes]:
+    """(environ, stdin) of a forwarded call (the warm helper's and the agent's /v1/cni
+    requests): ``environ`` an object of strings, of which the CNI_* variables are kept
+    (all the plugin reads), ``stdin`` a string (the client's bytes, undecodable ones as
+    surrogate escapes). ValueError naming the field when malformed; the values
+    themselves are checked by :func:`run` like a process environment and stdin."""
+    environ = req.get("environ", {})
+    if not isinstance(environ, dict):
+        raise ValueError(f"environ: must be an object, not {_type_name(environ)}")
+    env: dict[str, str] = {}
+    for key, value in environ.items():
+        if not isinstance(value, str):
+            raise ValueError(f"environ.{_short(key)}: must be a string, not {_type_name(value)}")
+        if key.startswith("CNI_"):
+            env[key] = value
+    stdin = req.get("stdin", "")
+    if not isinstance(stdin, str):
+        raise ValueError(f"stdin: must be a string, not {_type_name(stdin)}")
+    try:
+        data = stdin.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise ValueError("stdin: holds a lone surrogate (\\ud800-\\udfff) that no byte string gives") from None
+    return env, data
+
+
+def bad_request_reply(msg: str) -> dict[str, Any]:
+    """The helper's reply to a request it cannot read: a CNI decoding error (code 6)."""
+    err = {"cniVersion": SUPPORTED_VERSIONS[-1], "code": E_DECODE, "msg": f"crossnet-cni helper: {msg}",
+           "details": ""}
+    return {"rc": 1, "stdout": json.dumps(err)}
+
+
 def _error(req: Request, code: int, msg: str, details: str) -> dict[str, Any]:
     version = req.cni_version if req.cni_version in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
     return {"cniVersion": version, "code": code, "msg": msg, "details": details}
 
 
 def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: float, via: str = "process") -> None:
+    from crossnet.safejson import JsonInputError, loads
+
     try:
-        conf = json.loads(stdin) if stdin.strip() else {}
+        conf = loads(stdin, "stdin", MAX_STDIN, MAX_DEPTH) if stdin.strip() else {}
         path = conf.get("logFile") if isinstance(conf, dict) else None
-    except ValueError:
+    except JsonInputError:
         path = None
-    if not isinstance(path, str) or not path:
+    if not _is_path(path):
         return
     line = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -643,7 +946,7 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
     try:
         with open(path, "a") as fh:
             fh.write(json.dumps(line) + "\n")
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
@@ -662,8 +965,8 @@ def run_local(environ: dict[str, str], stdin: bytes, spawn_for: str | None = Non
         conf = conf or {}
         idle = conf.get("serverIdleSeconds", server.DEFAULT_IDLE)
         log_file = conf.get("logFile") if isinstance(conf.get("logFile"), str) else None
-        server.spawn(spawn_for, float(idle) if isinstance(idle, (int, float)) and idle > 0 else server.DEFAULT_IDLE,
-                     log_file)
+        ok = isinstance(idle, (int, float)) and not isinstance(idle, bool) and 0 < idle <= 86400
+        server.spawn(spawn_for, float(idle) if ok else server.DEFAULT_IDLE, log_file if _is_path(log_file) else None)
     rc, out = run(environ, stdin)
     text = output_text(out)
     if text is not None:

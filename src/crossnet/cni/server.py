@@ -174,25 +174,36 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
             try:
                 conn.settimeout(10)
                 raw = _recv_limited(conn)
-                req = json.loads(raw)
-                if not _same_code(req.get("code"), my_code):
-                    reply: dict[str, Any] = {"stale": True}
+                reply: dict[str, Any]
+                try:
+                    req = plugin.load_request(raw, MAX_REQUEST)
+                except ValueError as exc:  # a broken client: a CNI error, nothing run
+                    req, reply = None, plugin.bad_request_reply(str(exc))
+                if req is None:
+                    pass
+                elif not _same_code(req.get("code"), my_code):
+                    reply = {"stale": True}
                     stop, reason = True, "code changed"
                     _cleanup(srv, path, ident, close=False)  # before the client starts a new helper
                 elif req.get("netns") != my_netns:
                     reply = {"stale": True}
-                elif req.get("target") != target_id(environ := {k: str(v) for k, v in (req.get("environ") or {}).items()}):
-                    # CNI_NETNS names another namespace here than for the client (a /proc/PID path in
-                    # another PID namespace, a relative path...): the client runs the call itself
-                    reply = {"stale": True}
                 else:
-                    signal.alarm(REQUEST_TIMEOUT)
-                    t0 = time.perf_counter()
-                    stdin = req.get("stdin", "").encode("utf-8", "surrogateescape")
-                    rc, out = plugin.run(environ, stdin)
-                    plugin._log(environ, stdin, rc, out, time.perf_counter() - t0, via="server")
-                    signal.alarm(0)
-                    reply = {"rc": rc, "stdout": plugin.output_text(out)}
+                    try:
+                        environ, stdin = plugin.unpack_request(req)
+                    except ValueError as exc:
+                        reply = plugin.bad_request_reply(str(exc))
+                    else:
+                        if req.get("target") != target_id(environ):
+                            # CNI_NETNS names another namespace here than for the client (a /proc/PID path in
+                            # another PID namespace, a relative path...): the client runs the call itself
+                            reply = {"stale": True}
+                        else:
+                            signal.alarm(REQUEST_TIMEOUT)
+                            t0 = time.perf_counter()
+                            rc, out = plugin.run(environ, stdin)
+                            plugin._log(environ, stdin, rc, out, time.perf_counter() - t0, via="server")
+                            signal.alarm(0)
+                            reply = {"rc": rc, "stdout": plugin.output_text(out)}
                 conn.settimeout(30)
                 conn.sendall(json.dumps(reply).encode())
             except Exception:  # noqa: BLE001 - a broken client must not kill the helper

@@ -29,6 +29,7 @@
  *   CN_AGENT_SOCKET  agent socket name (client.AGENT_SOCKET)
  *   CN_TIMEOUT       socket timeout in seconds (client.CLIENT_TIMEOUT)
  *   CN_MAX_REQUEST   largest request the helper accepts (server.MAX_REQUEST)
+ *   CN_MAX_STDIN     largest network configuration the plugin accepts (client.MAX_STDIN)
  *
  * Plain C99 + Linux system calls; `cc -std=c99 -O2 -Wall -Wextra -Werror` clean.
  */
@@ -49,7 +50,8 @@
 #include <unistd.h>
 
 #if !defined(CN_FALLBACK) || !defined(CN_VERSIONS) || !defined(CN_COMMANDS) || !defined(CN_STATE_DIR) || \
-    !defined(CN_SOCKET) || !defined(CN_AGENT_SOCKET) || !defined(CN_TIMEOUT) || !defined(CN_MAX_REQUEST)
+    !defined(CN_SOCKET) || !defined(CN_AGENT_SOCKET) || !defined(CN_TIMEOUT) || !defined(CN_MAX_REQUEST) || \
+    !defined(CN_MAX_STDIN)
 #error "build with the -D options of crossnet.cni.install.shim_defines()"
 #endif
 
@@ -57,6 +59,10 @@
 #define NORETURN __attribute__((noreturn))
 #else
 #define NORETURN
+#endif
+
+#if CN_MAX_STDIN >= CN_MAX_REQUEST
+#error "CN_MAX_STDIN must be below CN_MAX_REQUEST (an oversized stdin is cut after CN_MAX_REQUEST + 1 bytes)"
 #endif
 
 #define MAX_REPLY (64u << 20)
@@ -867,7 +873,14 @@ static void version(void) {
 
 /* ADD/DEL/CHECK/STATUS/GC through the agent or the warm helper (client.call) */
 static void forward(void) {
-    if (read_stdin() || !all_ascii(g_in, g_in_len))
+    if (read_stdin()) {
+        /* longer than CN_MAX_REQUEST: the Python client reads at most CN_MAX_STDIN + 1 bytes
+           and refuses the call (code 6), so the first CN_MAX_REQUEST + 1 bytes are all it
+           needs; the rest stays unread instead of being copied into memory */
+        g_in_more = 0;
+        fallback();
+    }
+    if (!all_ascii(g_in, g_in_len))
         fallback();
 
     /* client.server_target */
