@@ -268,7 +268,7 @@ def test_static_store_records_are_filed_under_their_subnet_and_pass_the_validato
     f = tmp_path / "c.yaml"
     f.write_text("name: t7\nbackend: vxlan\nnetwork: 10.32.0.0/16\nhosts:\n"
                  "  - {name: a, address: 192.0.2.1}\n  - {name: b, address: 192.0.2.2}\n"
-                 "  - {name: c, address: 192.0.2.3}\n  - {name: d, address: 0.0.0.0}\n")
+                 "  - {name: c, address: 192.0.2.3}\n  - {name: d, address: 192.0.2.255}\n")
     store = StaticStore(f)
     cfg = store.get_config()
     lease = store.acquire(cfg, "a", IPv4Address("192.0.2.1"), {})
@@ -280,4 +280,4 @@ def test_static_store_records_are_filed_under_their_subnet_and_pass_the_validato
     book = PeerBook()
     book.load([r for r in snap.hosts if r.key != lease.subnet])
     assert sorted(r.name for r in book.select(view).values()) == ["b", "c"]
-    assert [why for why in book.rejected.values()] == ["address: 0.0.0.0 is not a host address (0.0.0.0/8)"]
+    assert [why for why in book.rejected.values()] == ["address: 192.0.2.255 is the broadcast address of 192.0.2.0/24"]
