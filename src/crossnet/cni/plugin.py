@@ -75,8 +75,6 @@ MAX_CONTAINER_ID = 1024
 MAX_NAME = 253
 MAX_ENV = 65536  # any CNI_* variable
 MAX_PATH = 4096
-CLONE_NEWNET = 0x40000000
-NS_GET_NSTYPE = 0xB703  # ioctl(fd, NS_GET_NSTYPE): the namespace type of an nsfs file (Linux >= 4.11)
 
 
 class CniError(Exception):
@@ -134,49 +132,18 @@ def _short(text: str, n: int = 64) -> str:
     return text if len(text) <= n else text[:n] + "..."
 
 
-def ifname_problem(name: str) -> str | None:
-    """Why ``name`` cannot be a Linux interface name (the kernel's dev_valid_name,
-    restricted to printable ASCII), or None."""
-    if not name:
-        return "empty"
-    if len(name.encode("utf-8", "surrogateescape")) > 15:
-        return "longer than 15 bytes"
-    if name in (".", ".."):
-        return "'.' and '..' are not interface names"
-    bad = next((c for c in name if not ("!" <= c <= "~") or c in "/:"), None)
-    if bad is not None:
-        return f"character {bad!r} is not allowed (printable ASCII without '/', ':' and spaces)"
-    return None
+def ifname_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be an interface name (crossnet.ifname, the one check), or None."""
+    from crossnet import ifname
+
+    return ifname.problem(name)
 
 
 def netns_problem(path: str) -> str | None:
-    """Why ``path`` (which exists) is not a network namespace, or None. The ioctl
-    NS_GET_NSTYPE answers only for namespace files: a regular file, a directory, a
-    device or another kind of namespace is refused before anything is allocated."""
-    import fcntl
-    import stat
+    """Why ``path`` is not a network namespace file (crossnet.runtime, the one check), or None."""
+    from crossnet.runtime import netns_problem as problem
 
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror}"
-    if stat.S_ISDIR(st.st_mode):
-        return "is a directory, not a network namespace"
-    if not stat.S_ISREG(st.st_mode):
-        return "is not a network namespace (not a namespace file)"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
-    except OSError as exc:
-        return f"cannot be opened: {exc.strerror}"
-    try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        return "is not a network namespace (a regular file)"
-    finally:
-        os.close(fd)
-    if kind != CLONE_NEWNET:
-        return "is a namespace, but not a network namespace"
-    return None
+    return problem(path)
 
 
 def _type_name(value: Any) -> str:
