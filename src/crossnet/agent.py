@@ -49,7 +49,7 @@ from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
 from crossnet.plan import Env, Resource, reconcile
-from crossnet.state import StateDir, read_json, write_json_atomic
+from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write_json_atomic
 from crossnet.store import (
     HostRecord,
     LeaseLost,
@@ -169,16 +169,16 @@ class Agent:
     # ------------------------------------------------------------------ start-up
 
     def _take_lock(self) -> None:
-        self.state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fh = open(self.state.root / "agent.lock", "a+")  # noqa: SIM115 - held for the agent's lifetime
+        path = ensure_state_dir(self.state.root) / "agent.lock"
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_fd(path, fcntl.LOCK_EX | fcntl.LOCK_NB)  # 0600: no other user can open it
         except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            fh.close()
+            try:
+                pid = path.read_text().strip() or "?"
+            except OSError:
+                pid = "?"
             raise CrossnetError(f"another crossnet agent (pid {pid}) already runs with state dir {self.state.root}") from None
-        fh.seek(0)
+        fh = os.fdopen(fd, "r+")  # held for the agent's lifetime
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
