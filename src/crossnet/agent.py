@@ -49,6 +49,7 @@ from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
 from crossnet.plan import Env, Resource, reconcile
+from crossnet.redact import MaskingFilter
 from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write_json_atomic
 from crossnet.store import (
     HostRecord,
@@ -779,6 +780,7 @@ def _rss_kb() -> int | None:
 def setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s crossnet-agent %(levelname)s %(message)s"))
+    handler.addFilter(MaskingFilter())  # no password or token of an endpoint in the log
     root = logging.getLogger("crossnet")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
