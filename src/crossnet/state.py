@@ -190,6 +190,13 @@ class StateDir:
         return read_json(self.applied_path)
 
     def save_applied(self, data: dict) -> None:
+        backend = str((data.get("context") or {}).get("backend") or "")
+        if backend.startswith("ovs") and "ovs_rundir" not in data:
+            # which Open vSwitch this host uses, for `crossnet trace --peer-state-dir` on
+            # another host (it must never guess; crossnet.trace_ovs.find_rundir)
+            from crossnet.ovs.db import rundir
+
+            data = {**data, "ovs_rundir": os.path.abspath(rundir())}
         write_json_atomic(self.applied_path, data)
 
     def clear(self) -> None:
