@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from crossnet import garp
 from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -385,6 +386,7 @@ class Agent:
             if self.synced_at is None:
                 check_routes(self.ctx, env, previous + desired)
             outcome = reconcile(desired, previous, env)
+            garp.announce(self.ctx, env.ipr)  # at start and every full sync: peers learn a new NIC MAC at once
             by_key = {r.key(): r for r in outcome.resources}
             self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
             peer_keys = {r.key() for res in per_peer.values() for r in res}

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
+from crossnet import garp
 from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -188,6 +189,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
             return ApplyResult(host_name, cluster.backend, pending(desired, previous, env), True, ctx,
                                time.perf_counter() - started)
         outcome = reconcile(desired, previous, env)
+        garp.announce(ctx, ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.garp)
         if outcome.changes or not applied:
             state.save_applied(
                 {
