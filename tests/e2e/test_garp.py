@@ -75,3 +75,55 @@ def test_reapply_after_a_nic_mac_change_updates_the_peers_arp_entry(lab_factory,
     assert seen == NEW_MAC, f"host1 still has {seen} for {h2.address} 2 s after host2's apply (new MAC {NEW_MAC})"
     # and they talk again at once
     ns(h1.netns, "ping", "-c", "1", "-W", "1", h2.address)
+
+
+def test_agent_start_announces_a_new_nic_mac(lab_factory) -> None:
+    """The same with `crossnet agent` (static store: the cluster file; it needs no traffic
+    of its own to start): its first full sync announces host2, host1 follows at once."""
+    import signal
+    import sys
+
+    lab = lab_factory(hosts=2, underlay="l2", backend="vxlan", containers=0)
+    h1, h2 = (next(h for h in lab.hosts if h.name == n) for n in ("h1", "h2"))
+    old_mac = link_mac(h2.netns, h2.ifname)
+    for dev in ("all", "default", h2.ifname):
+        ns(h2.netns, "sysctl", "-qw", f"net.ipv4.conf.{dev}.arp_notify=0")
+    ns(h1.netns, "ping", "-c", "1", "-W", "2", h2.address)
+    assert neigh(h1.netns, h1.ifname, h2.address)[0] == old_mac
+    ns(h2.netns, "ip", "link", "set", "dev", h2.ifname, "down")
+    ns(h2.netns, "ip", "link", "set", "dev", h2.ifname, "address", NEW_MAC)
+    ns(h2.netns, "ip", "link", "set", "dev", h2.ifname, "up")
+    time.sleep(1.2)
+    assert neigh(h1.netns, h1.ifname, h2.address)[0] == old_mac
+
+    log_path = os.path.join(os.path.dirname(h2.state_dir), "garp-agent.log")
+    with open(log_path, "wb") as log:
+        agent = subprocess.Popen(["ip", "netns", "exec", h2.netns, sys.executable, "-m", "crossnet", "--state-dir",
+                                  h2.state_dir, "agent", "-f", lab.plan.cluster_file, "--name", "h2", "--iface",
+                                  h2.ifname, "--no-api"], stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        seen = None
+        while time.monotonic() < deadline and agent.poll() is None:
+            seen, _ = neigh(h1.netns, h1.ifname, h2.address)
+            if seen == NEW_MAC:
+                break
+            time.sleep(0.05)
+        text = ""
+        for _ in range(100):  # the sync's log line follows its announcement
+            with open(log_path) as fh:
+                text = fh.read()
+            if "synced at revision" in text or agent.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert "synced at revision" in text, text
+        assert seen == NEW_MAC, f"host1 still has {seen} for {h2.address} after h2's agent synced:\n{text}"
+    finally:
+        if agent.poll() is None:
+            os.killpg(agent.pid, signal.SIGTERM)
+            try:
+                agent.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(agent.pid, signal.SIGKILL)
+                agent.wait(5)
