@@ -27,13 +27,13 @@ _SECRET_PARAM = re.compile(
 def mask_credentials(text: str) -> str:
     """``text`` with every URL's user info and secret query values replaced by ***."""
     if "://" not in text:
-        return text
+        return _SECRET_PARAM.sub(lambda p: p.group(1) + MASK, text) if "=" in text else text
     out: list[str] = []
     pos = 0
     for m in _SCHEME.finditer(text):
         if m.start() < pos:
             continue  # inside a URL already masked
-        out.append(text[pos:m.end()])
+        out.append(_SECRET_PARAM.sub(lambda p: p.group(1) + MASK, text[pos:m.end()]))
         end_m = _END.search(text, m.end())
         end = end_m.start() if end_m else len(text)
         url = text[m.end():end]
@@ -44,7 +44,7 @@ def mask_credentials(text: str) -> str:
             url = (user[:colon] + ":" + MASK if colon >= 0 else MASK) + url[at:]
         out.append(_SECRET_PARAM.sub(lambda p: p.group(1) + MASK, url))
         pos = end
-    out.append(text[pos:])
+    out.append(_SECRET_PARAM.sub(lambda p: p.group(1) + MASK, text[pos:]))  # also outside URLs
     return "".join(out)
 
 

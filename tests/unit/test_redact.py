@@ -93,6 +93,15 @@ def test_a_url_with_credentials_is_refused_masked() -> None:
     assert parse_endpoints("unix:///run/a@b/etcd.sock")[0].host == "/run/a@b/etcd.sock"
 
 
+@pytest.mark.parametrize("bad", ["root:s3cret@10.0.0.1:2379", "http:/root:s3cret@h", "h:2379?token=s3cret",
+                                 "http://h:2379?password=s3cret", "unix://rel?token=s3cret",
+                                 "http://h1:2379,root:s3cret@h2"])
+def test_urls_without_a_proper_scheme_never_show_their_secret(bad: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_endpoints(bad)
+    assert "s3cret" not in str(info.value) and str(info.value).startswith("--etcd: ")
+
+
 def test_etcd_errors_are_masked() -> None:
     assert "s3cret" not in str(EtcdError("https://u:s3cret@h:2379: HTTP 401"))
 

@@ -155,8 +155,11 @@ def parse_endpoints(urls: str | list[str]) -> list[Endpoint]:
 def _refuse_credentials(urls: str) -> None:
     """User info in an http(s) URL was silently dropped (etcd's JSON gateway takes TLS
     client certificates, not passwords in the URL): refuse it, masked."""
-    if any("@" in u for u in urls.split(",") if not u.strip().startswith("unix://")):
-        shown = repr(mask_credentials(urls)) if not any(c.isspace() for c in urls) else ""
+    bad = [u for u in urls.split(",") if "@" in u and not u.strip().startswith("unix://")]
+    if bad:
+        # shown (masked) only when every such item is a URL whose user info the masker finds
+        showable = all("://" in u.split("@", 1)[0] for u in bad) and not any(c.isspace() for c in urls)
+        shown = repr(mask_credentials(urls)) if showable else ""
         raise ConfigError(f"--etcd: a user name or password in the URL is not supported "
                           f"(authenticate with --cert/--key){': ' + shown if shown else ''}")
 
