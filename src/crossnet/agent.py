@@ -44,12 +44,14 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from crossnet import garp
 from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
 from crossnet.plan import Env, Resource, reconcile
-from crossnet.state import StateDir, read_json, write_json_atomic
+from crossnet.redact import MaskingFilter
+from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write_json_atomic
 from crossnet.store import (
     HostRecord,
     LeaseLost,
@@ -172,16 +174,16 @@ class Agent:
     # ------------------------------------------------------------------ start-up
 
     def _take_lock(self) -> None:
-        self.state.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fh = open(self.state.root / "agent.lock", "a+")  # noqa: SIM115 - held for the agent's lifetime
+        path = ensure_state_dir(self.state.root) / "agent.lock"
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_fd(path, fcntl.LOCK_EX | fcntl.LOCK_NB)  # 0600: no other user can open it
         except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            fh.close()
+            try:
+                pid = path.read_text().strip() or "?"
+            except OSError:
+                pid = "?"
             raise CrossnetError(f"another crossnet agent (pid {pid}) already runs with state dir {self.state.root}") from None
-        fh.seek(0)
+        fh = os.fdopen(fd, "r+")  # held for the agent's lifetime
         fh.truncate()
         fh.write(f"{os.getpid()}\n")
         fh.flush()
@@ -346,14 +348,15 @@ class Agent:
         owned = list(self.base_res)
         for s in sorted(self.peer_res):
             owned += self.peer_res[s]
-        self.state.save_applied({
-            "version": 1,
-            "host": self.name,
-            "store": {"kind": self.store.kind, "where": self.store.describe()},
-            "network_config": self.cfg.to_json(),
-            "context": self.ctx.to_json(),
-            "resources": [r.to_json() for r in owned],
-        })
+        self.state.save_applied({**self._record_header(), "resources": [r.to_json() for r in owned]})
+
+    def _record_header(self) -> dict:
+        """applied.json's (and the journal's) description of this host, without resources."""
+        from crossnet.host import record_extras
+
+        assert self.ctx and self.cfg
+        return {"version": 1, "host": self.name, "store": {"kind": self.store.kind, "where": self.store.describe()},
+                "network_config": self.cfg.to_json(), "context": self.ctx.to_json(), **record_extras(self.ctx)}
 
     @staticmethod
     def _key(rec: HostRecord) -> IPv4Network:
@@ -426,9 +429,8 @@ class Agent:
             if self.synced_at is None:
                 check_routes(self.ctx, env, previous + desired)
             # write-ahead journal as apply does: a kill mid-sync leaves a record reset/apply can finish
-            header = {"version": 1, "host": self.name, "store": {"kind": self.store.kind, "where": self.store.describe()},
-                      "network_config": self.cfg.to_json(), "context": self.ctx.to_json()}
-            outcome = reconcile(desired, previous, env, StateJournal(self.state, header))
+            outcome = reconcile(desired, previous, env, StateJournal(self.state, self._record_header()))
+            garp.announce(self.ctx, env.ipr)  # at start and every full sync: peers learn a new NIC MAC at once
             by_key = {r.key(): r for r in outcome.resources}
             self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
             peer_keys = {r.key() for res in per_peer.values() for r in res}
@@ -858,6 +860,7 @@ def _rss_kb() -> int | None:
 def setup_logging(verbose: bool = False) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s crossnet-agent %(levelname)s %(message)s"))
+    handler.addFilter(MaskingFilter())  # no password or token of an endpoint in the log
     root = logging.getLogger("crossnet")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)

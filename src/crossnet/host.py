@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
+from crossnet import garp
 from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -174,6 +175,19 @@ def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
     return applied, [Resource.from_json(r) for r in applied.get("resources", [])]
 
 
+def record_extras(ctx: HostContext) -> dict:
+    """What applied.json records beyond the context: for the ovs backends, which Open
+    vSwitch this host uses (`crossnet trace --peer-state-dir` on another host reads it;
+    it must never guess, see crossnet.trace_ovs.find_rundir)."""
+    if not ctx.backend.startswith("ovs"):
+        return {}
+    import os
+
+    from crossnet.ovs.db import rundir
+
+    return {"ovs_rundir": os.path.abspath(rundir())}
+
+
 class StateJournal(Journal):
     """apply's write-ahead record in the state dir (journal.json, fsync'd)."""
 
@@ -211,9 +225,11 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         if dry_run:
             return ApplyResult(host_name, cluster.backend, pending(desired, previous, env), True, ctx,
                                time.perf_counter() - started)
-        header = {"version": 1, "host": host_name, "cluster": cluster.to_dict(), "context": ctx.to_json()}
+        header = {"version": 1, "host": host_name, "cluster": cluster.to_dict(), "context": ctx.to_json(),
+                  **record_extras(ctx)}
         interrupted = state.journal_path.exists()
         outcome = reconcile(desired, previous, env, StateJournal(state, header))
+        garp.announce(ctx, ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.garp)
         if outcome.changes or not applied or interrupted:
             state.save_applied({**header, "resources": [r.to_json() for r in outcome.resources]})
         return ApplyResult(host_name, cluster.backend, outcome.changes, False, ctx, time.perf_counter() - started)

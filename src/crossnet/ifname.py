@@ -84,3 +84,22 @@ def reserved_problem(name: str, *, bridge: str | None = None) -> str | None:
     if bridge is not None and name == bridge:
         return f"{name} is the container bridge crossnet creates (bridge)"
     return None
+
+
+# ---- the forms other modules use (one check underneath: problem())
+
+
+def valid_ifname(name: Any) -> bool:
+    """True when ``name`` passes problem() (the kernel's rules and the safe alphabet)."""
+    return problem(name) is None
+
+
+def check_ifname(name: Any, field: str) -> str:
+    """``name`` if valid, else ConfigError naming ``field`` (one line)."""
+    return check(name, field)
+
+
+def nft_ifname(name: Any, field: str) -> str:
+    """``name`` as a double-quoted nftables string, after check(): the safe alphabet
+    holds no quote, backslash or control character, so nothing can leave the string."""
+    return f'"{check(name, field)}"'

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import fcntl
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,7 +20,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from crossnet.state import write_json_atomic
+from crossnet.state import check_state_dir, lock_fd, write_json_atomic
 from crossnet.errors import IpamError
 
 STATE_VERSION = 1
@@ -402,9 +401,9 @@ class AddressPool:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         _ensure_dir(self.path.parent)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        check_state_dir(self.path.parent)
+        fd = lock_fd(self.lock_path)  # 0600, replaced if others could open it
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # closing drops the flock

@@ -10,6 +10,14 @@ CROSSNET_STATE_DIR):
                      next apply or reset works from it; replaced by applied.json at the end
     ipam.json        container address allocations (crossnet.ipam.AddressPool)
     lock             serialises apply/reset/attach on this host
+
+Every file crossnet writes here is created 0600 (write_json_atomic, open_lock_file) and
+the directory itself 0700. A state dir that someone other than the user running
+crossnet could write (group/other write bit, another owner, or a parent others can
+rename it out of) is refused with one line (ConfigError, exit 2) before anything is read
+or locked: whoever can write it can forge applied.json (what `reset` deletes) or take
+the lock. A state dir others may only read (e.g. 0755 made by `mkdir -p`) is accepted:
+its files are 0600, so nobody else can open them, let alone flock the lock.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from crossnet.errors import CrossnetError
+from crossnet.errors import ConfigError, CrossnetError
 
 
 PRETTY_MAX = 16 * 1024  # larger documents are written compact (see write_json_atomic)
@@ -121,6 +129,110 @@ def root_problem(root: str | os.PathLike[str]) -> str | None:
     return None
 
 
+def check_state_dir(root: str | os.PathLike[str]) -> None:
+    """Refuse (ConfigError) a state dir that others than this user can write: the dir
+    itself group/other writable or owned by someone else, or a parent directory that is
+    world-writable without the sticky bit or owned by another non-root user (they could
+    move the state dir away and put their own in its place)."""
+    root = Path(root)
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise ConfigError(f"state dir {root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"state dir {root} is not a directory")
+    euid = os.geteuid()
+    mode = stat.S_IMODE(st.st_mode)
+    if st.st_uid != euid:
+        raise ConfigError(f"state dir {root} belongs to uid {st.st_uid}, not to uid {euid} running crossnet: "
+                          f"chown {euid} it")
+    if mode & 0o022:
+        raise ConfigError(f"state dir {root} is writable by others (mode {mode:04o}): chmod 0700 it")
+    for parent in Path(os.path.abspath(root)).parents:
+        try:
+            pst = os.stat(parent)
+        except OSError:
+            continue
+        pmode = stat.S_IMODE(pst.st_mode)
+        if pst.st_uid not in (0, euid):
+            raise ConfigError(f"state dir {root}: its parent {parent} belongs to uid {pst.st_uid}, who could "
+                              f"replace the state dir: use a state dir under directories only root can write")
+        if pmode & 0o002 and not pmode & stat.S_ISVTX:
+            raise ConfigError(f"state dir {root}: its parent {parent} is writable by everyone (mode {pmode:04o}) "
+                              f"without the sticky bit: chmod o-w it")
+
+
+def ensure_state_dir(root: str | os.PathLike[str]) -> Path:
+    """Create the state dir 0700 (parents as mkdir -p does) or check an existing one."""
+    root = Path(root)
+    if not root.exists():
+        try:
+            root.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                root.mkdir(mode=0o700)
+                os.chmod(root, 0o700)  # mkdir's mode is filtered by the umask
+        except OSError as exc:
+            raise ConfigError(f"state dir {root}: cannot create it: {exc.strerror}") from None
+    check_state_dir(root)
+    return root
+
+
+def _private(st: os.stat_result) -> bool:
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o077
+
+
+def open_lock_file(path: str | os.PathLike[str]) -> int:
+    """File descriptor of the lock file ``path``, created 0600. An existing one that
+    others could open (an older crossnet created it 0644) is replaced first by a fresh
+    private file: whoever opened the old one keeps a descriptor of an unlinked inode
+    and blocks nobody. Lock it with lock_fd() (which re-checks the inode)."""
+    path = Path(path)
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(10):
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"lock file {path}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if _private(st):
+            return fd
+        os.close(fd)
+        tfd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(tfd)
+        try:
+            now = os.stat(path, follow_symlinks=False)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):  # not already replaced by another crossnet
+                os.replace(tmp, path)  # mkstemp: 0600, owned by us
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    raise ConfigError(f"lock file {path}: cannot make it private (someone keeps replacing it)")
+
+
+def lock_fd(path: str | os.PathLike[str], operation: int = fcntl.LOCK_EX) -> int:
+    """open_lock_file + flock(operation); retried when the file was replaced while we
+    waited (so two processes never hold locks on different inodes of the same path).
+    Close the descriptor to unlock. Raises BlockingIOError with LOCK_NB when held."""
+    for _ in range(10):
+        fd = open_lock_file(path)
+        try:
+            fcntl.flock(fd, operation)
+            st = os.fstat(fd)
+            try:
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+            if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    raise ConfigError(f"lock file {path}: replaced again and again while waiting for it")
+
+
 class StateDir:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -169,33 +281,27 @@ class StateDir:
     def lock(self) -> Iterator[None]:
         """Exclusive lock for apply/reset (attach takes the IPAM lock instead).
 
+        The state dir is created 0700 or checked (ensure_state_dir: nobody else may write
+        it) and the lock file is private (lock_fd: 0600, an old 0644 one is replaced).
         A state dir this call found without a lock file, and that records nothing when the
         block ends (no applied.json, no ipam.json: a failed apply on a fresh state dir, a
         reset of nothing), is left as it was: the lock file is removed (still holding the
         lock; a process waiting for it finds it unlinked and takes the new one) and so are
         the directories created for it, when empty."""
         path = self.root / "lock"
-        while True:
+        for _ in range(10):
             missing = [d for d in (self.root, *self.root.parents) if not d.exists()]
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            ensure_state_dir(self.root)
             fresh = not path.exists()
             try:
-                fh = open(path, "a")  # noqa: SIM115 - closed below
-            except FileNotFoundError:  # its creator removed the directory meanwhile: make it again
-                continue
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX)
-                held = os.fstat(fh.fileno())
-                now = os.stat(path)
-            except FileNotFoundError:  # removed by its creator while we waited: take the new one
-                fh.close()
-                continue
-            except BaseException:
-                fh.close()
-                raise
-            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                fd = lock_fd(path)
                 break
-            fh.close()
+            except ConfigError:
+                if self.root.is_dir():
+                    raise
+                # its creator removed the fresh directory meanwhile: make it again
+        else:
+            raise ConfigError(f"state dir {self.root}: removed again and again while waiting for its lock")
         try:
             yield
         finally:
@@ -209,5 +315,4 @@ class StateDir:
                         except OSError:
                             break
             finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-                fh.close()
+                os.close(fd)

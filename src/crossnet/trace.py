@@ -339,6 +339,9 @@ class HostSide:
     netns: str | None = None  # the host's namespace name when known (lab), for display
     state_dir: str | None = None
     ovs: Any = None  # OVS access for this host (crossnet.trace_ovs), None without OVS
+    # where this host's Open vSwitch lives: given (--peer-ovs-rundir, the lab) or recorded
+    # in its applied.json by apply; never guessed (see crossnet.trace_ovs.find_rundir)
+    ovs_rundir: str | None = None
 
 
 @dataclass
@@ -1185,12 +1188,14 @@ class Session:
         self.views.append(v)
         return v
 
-    def host(self, state: Any, netns: str | None = None) -> HostSide:
+    def host(self, state: Any, netns: str | None = None, ovs_rundir: str | None = None) -> HostSide:
         from crossnet.host import load_context
 
         ctx, backend = load_context(state)
+        recorded = (state.load_applied() or {}).get("ovs_rundir")
         return HostSide(name=ctx.host, ctx=ctx, backend=backend, view=self.view(f"host:{ctx.host}", netns),
-                        containers=container_records(state), netns=netns, state_dir=str(state.root))
+                        containers=container_records(state), netns=netns, state_dir=str(state.root),
+                        ovs_rundir=ovs_rundir or (recorded if isinstance(recorded, str) and recorded else None))
 
     def containers(self, *eps: Endpoint) -> dict[str, View]:
         out: dict[str, View] = {}
@@ -1200,13 +1205,13 @@ class Session:
         return out
 
 
-def trace_hosts(src_spec: str, dst_spec: str, states: list[tuple[Any, str | None]], verify: bool = False,
+def trace_hosts(src_spec: str, dst_spec: str, states: list[tuple[Any, ...]], verify: bool = False,
                 count: int = DEFAULT_COUNT, make_ovs: Callable[[dict, dict], Any] | None = None) -> TraceResult:
-    """Trace with the hosts given as (StateDir, netns or None) pairs; SRC is looked up
-    in the first one (the host trace runs on), DST in all of them. ``make_ovs(hosts,
-    host_netns)`` gives the OVS step (crossnet.trace_ovs.make_tracer), or None."""
+    """Trace with the hosts given as (StateDir, netns or None[, OVS run dir or None])
+    tuples; SRC is looked up in the first one (the host trace runs on), DST in all of
+    them. ``make_ovs(hosts, host_netns)`` gives the OVS step (crossnet.trace_ovs.make_tracer), or None."""
     with Session() as s:
-        sides = [s.host(state, netns) for state, netns in states]
+        sides = [s.host(state, netns, *rest) for state, netns, *rest in states]
         src_side = sides[0]
         src = find_container(src_side.containers, src_spec)
         if src is None:

@@ -32,7 +32,6 @@ import os
 import re
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from crossnet.trace import Hop, HostSide, Packet, Walker, link_by
@@ -315,20 +314,35 @@ def _ovs_value(v: Any) -> Any:
 
 # ---- one host's Open vSwitch ---------------------------------------------------------------
 def find_rundir(host: HostSide) -> str | None:
-    """The OVS run directory (holding db.sock) of `host`, None if there is none."""
+    """The OVS run directory (holding db.sock) of `host`, None if it is not known.
+
+    Never guessed: the directory given for the host (``--peer-ovs-rundir``, the lab) or
+    recorded in its applied.json by `apply` or the agent, and only for the
+    host trace runs on ($OVS_RUNDIR, then the system's). Looking around the state dir
+    (``*/db.sock`` next to it) read one host's OVS as another's when state and OVS dirs
+    of several hosts sat side by side."""
     cands: list[str] = []
-    if host.netns is None and os.environ.get("OVS_RUNDIR"):
-        cands.append(os.environ["OVS_RUNDIR"])
-    if host.state_dir:
-        base = Path(host.state_dir).parent  # lab: <lab>/hosts/<h>/state -> <lab>/hosts/<h>
-        cands += [str(p.parent) for p in sorted(base.glob("*/db.sock"))]
-        cands += [str(p.parent) for p in sorted(base.glob("*/*/db.sock"))]
+    if host.ovs_rundir:
+        cands.append(str(host.ovs_rundir))
     if host.netns is None:
+        if os.environ.get("OVS_RUNDIR"):
+            cands.append(os.environ["OVS_RUNDIR"])
         cands.append(SYSTEM_RUNDIR)
     for c in cands:
         if os.path.exists(os.path.join(c, "db.sock")):
             return c
     return None
+
+
+def rundir_problem(host: HostSide) -> str:
+    """Why `host`'s Open vSwitch cannot be read (find_rundir found nothing)."""
+    given = host.ovs_rundir
+    if given:
+        return f"no Open vSwitch at {given} (no db.sock there)"
+    if host.netns is None:
+        return f"no Open vSwitch run directory (db.sock) found (OVS_RUNDIR or {SYSTEM_RUNDIR})"
+    return (f"Open vSwitch of host {host.name} unknown: pass --peer-ovs-rundir DIR "
+            "(its run directory, holding db.sock; `crossnet apply` records it on that host)")
 
 
 class OvsHost:
@@ -424,7 +438,7 @@ class OvsTracer:
             rd = find_rundir(h)
             if rd is None:
                 if str(h.ctx.backend).startswith("ovs"):
-                    self.missing[name] = "no Open vSwitch run directory (db.sock) found"
+                    self.missing[name] = rundir_problem(h)
                 continue
             o = OvsHost(h, rd)
             if o.error:
@@ -465,6 +479,7 @@ class OvsTracer:
         if o is None:
             w.add(Hop(host.name, port, "ovs", f"{port} belongs to Open vSwitch, which cannot be read here",
                       note=self.missing.get(host.name, "no Open vSwitch found")))
+            self._warn(w, host)
             return
         br = o.port_bridge.get(port, port if port in o.bridges else None)
         if br is None:
@@ -484,6 +499,7 @@ class OvsTracer:
         if o is None:
             w.add(Hop(host.name, None, "ovs", "Open vSwitch of this host cannot be read",
                       note=self.missing.get(host.name, "no Open vSwitch found")))
+            self._warn(w, host)
             return
         tun = o.tunnel_to(e.get("local") or "", e.get("type"))
         if tun is None:
@@ -499,6 +515,11 @@ class OvsTracer:
         self._walk_result(w, host, o, br, tun, t, pkt, ingress_hop=False, port_name=tun)
 
     # -- helpers ---------------------------------------------------------------------------
+    def _warn(self, w: Walker, host: HostSide) -> None:
+        msg = f"{host.name}: {self.missing.get(host.name, 'no Open vSwitch found')}"
+        if msg not in w.warnings:
+            w.warnings.append(msg)
+
     def _src_mac(self, w: Walker, host: HostSide, port: str) -> str | None:
         c = next((c for c in host.containers if c.host_if == port), None)
         if c is not None and c.mac:
@@ -588,6 +609,7 @@ __all__ = [
     "OvsTracer",
     "datapath_outputs",
     "find_rundir",
+    "rundir_problem",
     "kernel_encap",
     "make_tracer",
     "parse_dump_ports",

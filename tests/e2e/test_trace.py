@@ -189,3 +189,52 @@ def test_trace_ovs_reports_tunnel_port(lab_factory, backend, encap):
     # the underlay carried the probe encapsulated, never bare
     for nic in hops(res, kind="nic"):
         assert nic["capture"][encap] >= COUNT and nic["capture"]["plain"] == 0, nic
+
+
+def test_trace_never_guesses_the_peers_ovs(lab_factory, tmp_path):
+    """State and OVS directories of two hosts side by side (state-h1, state-h2, ovs-h1,
+    ovs-h2): trace used to look for `*/db.sock` next to the peer's state dir, read h1's
+    OVS as h2's and report "dropped" for pings that were all answered. The peer's OVS
+    now comes from its applied.json (recorded by apply) or --peer-ovs-rundir; without
+    either, trace says it is unknown."""
+    why = _ovs_backend_available()
+    if why:
+        pytest.skip(why)
+    import shutil
+
+    from crossnet.lab import services
+
+    lab = lab_factory(hosts=2, underlay="l2", backend="ovs-gre", containers=1)
+    side = tmp_path / "side"
+    side.mkdir()
+    for h in lab.hosts:
+        os.symlink(h.state_dir, side / f"state-{h.name}")
+        os.symlink(services.host_env(lab.plan, h)["OVS_RUNDIR"], side / f"ovs-{h.name}")
+    h2 = lab.plan.host("h2")
+
+    def trace_from_h1(peer_state: str, *extra: str) -> tuple[dict, int]:
+        proc = lab.run("h1", [sys.executable, "-m", "crossnet", "--state-dir", str(side / "state-h1"), "trace",
+                              f"{lab.name}-h1-c1", f"{lab.name}-h2-c1", "--peer-state-dir", peer_state,
+                              "--peer-netns", h2.netns, "--verify", "--count", "5", "-o", "json", *extra], timeout=90)
+        assert proc.returncode in (0, 1), proc.stderr
+        return json.loads(proc.stdout), proc.returncode
+
+    res, rc = trace_from_h1(str(side / "state-h2"))  # h2's OVS as recorded by its apply
+    assert rc == 0 and res["verified"] and res["complete"], json.dumps(res, indent=1)
+    (rx,) = hops(res, host="h2", kind="ovs-tunnel")
+    assert rx["device"] == "gre-h1" and rx["moved"], rx
+    assert not [h for h in res["hops"] if (h.get("note") or "").startswith("dropped")], res
+
+    # a state dir without the record (an older crossnet): unknown, and trace says so
+    bare = side / "state-h2-old"
+    shutil.copytree(h2.state_dir, bare)
+    applied = json.loads((bare / "applied.json").read_text())
+    applied.pop("ovs_rundir")
+    (bare / "applied.json").write_text(json.dumps(applied))
+    res, rc = trace_from_h1(str(bare))
+    assert rc == 1 and not res["verified"]
+    assert any("Open vSwitch of host h2 unknown: pass --peer-ovs-rundir" in w for w in res["warnings"]), res["warnings"]
+    assert not hops(res, host="h2", kind="ovs-tunnel")  # nothing claimed about h2's OVS
+    # ... and given explicitly
+    res, rc = trace_from_h1(str(bare), "--peer-ovs-rundir", str(side / "ovs-h2"))
+    assert rc == 0 and res["verified"], json.dumps(res, indent=1)

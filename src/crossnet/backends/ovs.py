@@ -26,6 +26,7 @@ Per host (the tutorial's layout; chosen by measurement, see docs/ovs.md):
 from __future__ import annotations
 
 import hashlib
+import re
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -38,6 +39,7 @@ from crossnet.backends.base import (
     stable_mac,
 )
 from crossnet.errors import ApplyError, CrossnetError
+from crossnet.ifname import nft_ifname
 from crossnet.ovs import db as ovsdb
 from crossnet.ovs.resources import (
     FLOW_COOKIE,
@@ -66,6 +68,7 @@ PHY_BRIDGE = "br-phy"
 OVERLAY_BRIDGE = "cnovs0"
 NFT_TABLE = "crossnet_ovs"
 BROADCAST_MATCH = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"
+_FLOW_SAFE = re.compile(r"[A-Za-z0-9_.-]+")  # peer names usable as port names in flow text
 
 
 class OvsBackend(Backend):
@@ -98,7 +101,7 @@ class OvsBackend(Backend):
     def tunnel_port(self, peer: Peer) -> str:
         prefix = "gre-" if self.tunnel == "gre" else "vxl-"
         name = prefix + peer.name
-        if len(name) > 15:
+        if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer.name):  # the name is pasted into OpenFlow rules
             name = prefix + hashlib.sha1(peer.name.encode()).hexdigest()[:8]
         return name
 
@@ -128,9 +131,10 @@ class OvsBackend(Backend):
     def _underlay(self, ctx: HostContext) -> list[Resource]:
         if self.datapath() != "netdev":
             return []
+        device = nft_ifname(ctx.iface, f"hosts[{ctx.host}].iface")  # never pasted into nft unchecked
         body = (
             "  chain ingress {\n"
-            f'    type filter hook ingress device "{ctx.iface}" priority filter; policy drop;\n'
+            f"    type filter hook ingress device {device} priority filter; policy drop;\n"
             "  }"
         )
         return [

@@ -139,6 +139,10 @@ def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, 
 
     if bool(etcd) == bool(path):
         raise ConfigError("--etcd: give exactly one of --etcd URL or --file CLUSTER")
+    if iface is not None:
+        from crossnet.ifname import check_ifname
+
+        check_ifname(iface, "--iface")
     if ttl is not None and ttl < 2:
         raise ConfigError(f"--ttl: must be at least 2 seconds, got {ttl}")
     if retries < 0 or backoff_max <= 0 or resync <= 0:

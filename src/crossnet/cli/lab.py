@@ -343,6 +343,9 @@ def lab_trace_cmd(src: str, dst: str, verify: bool, count: int, name: str, outpu
     except ConfigError:
         pass  # an address
     order = [src_host] + [h for h in lab.hosts if h is not src_host]
-    states = [(StateDir(h.state_dir), h.netns) for h in order]
+    from crossnet.lab import services
+
+    # each simulated host's own Open vSwitch, as the lab runs it (never looked for)
+    states = [(StateDir(h.state_dir), h.netns, services.host_env(lab.plan, h).get("OVS_RUNDIR")) for h in order]
     result = trace_hosts(src_ns, dst_spec, states, verify=verify, count=count, make_ovs=trace_ovs.make_tracer)
     trace_cli._emit(result, output, verify)

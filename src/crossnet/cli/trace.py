@@ -101,10 +101,13 @@ def _emit(result, output: str, verify: bool) -> None:
 @COUNT
 @click.option("--peer-state-dir", type=click.Path(file_okay=False), help="State dir of the destination host (to follow the packet there).")
 @click.option("--peer-netns", help="Network namespace of the destination host (with --peer-state-dir).")
+@click.option("--peer-ovs-rundir", type=click.Path(file_okay=False),
+              help="OVS backends: the destination host's Open vSwitch run directory (holding db.sock); "
+                   "default: the one recorded in its state dir by `crossnet apply`. Never guessed.")
 @OUTPUT
 @click.pass_context
 def trace_cmd(ctx: click.Context, src: str, dst: str, verify: bool, count: int, peer_state_dir: str | None,
-              peer_netns: str | None, output: str) -> None:
+              peer_netns: str | None, peer_ovs_rundir: str | None, output: str) -> None:
     """Explain hop by hop how a packet goes from container SRC to DST.
 
     SRC is a container on this host (id or netns name, as `crossnet status` shows);
@@ -122,9 +125,11 @@ def trace_cmd(ctx: click.Context, src: str, dst: str, verify: bool, count: int, 
     _check_count(count)
     if bool(peer_state_dir) != bool(peer_netns):
         raise ConfigError("--peer-state-dir and --peer-netns go together (the destination host's state and namespace)")
-    states = [(StateDir(ctx.obj["state_dir"]), None)]
+    if peer_ovs_rundir and not peer_state_dir:
+        raise ConfigError("--peer-ovs-rundir: goes with --peer-state-dir and --peer-netns (the destination host)")
+    states: list[tuple] = [(StateDir(ctx.obj["state_dir"]), None)]
     if peer_state_dir:
-        states.append((StateDir(peer_state_dir), peer_netns))
+        states.append((StateDir(peer_state_dir), peer_netns, peer_ovs_rundir))
     result = trace_hosts(src, dst, states, verify=verify, count=count, make_ovs=trace_ovs.make_tracer)
     _emit(result, output, verify)
 

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from crossnet.errors import ConfigError, CrossnetError
+from crossnet.redact import mask_credentials
 from crossnet.unixhttp import UnixHTTPConnection
 
 # grpc codes the gateway returns in {"code": N}
@@ -39,7 +40,7 @@ class EtcdError(CrossnetError):
     """etcd answered, with an error."""
 
     def __init__(self, message: str, code: int | None = None):
-        super().__init__(message)
+        super().__init__(mask_credentials(message))
         self.code = code
 
 
@@ -116,31 +117,51 @@ class Endpoint:
 
 
 def parse_endpoints(urls: str | list[str]) -> list[Endpoint]:
-    """'http://10.0.0.1:2379,https://h2:2379' -> endpoints. ConfigError on a bad URL."""
-    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    """'http://10.0.0.1:2379,https://h2:2379' -> endpoints. ConfigError on a bad URL;
+    no message ever shows a password or token (crossnet.redact.mask_credentials)."""
+    if isinstance(urls, str):
+        _refuse_credentials(urls)
+        items = urls.split(",")
+    else:
+        items = list(urls)
+        for u in items:
+            _refuse_credentials(u)
     out = []
     for raw in (u.strip() for u in items):
         if not raw:
             continue
+        shown = repr(mask_credentials(raw)) if not any(c.isspace() for c in raw) else "(contains white space)"
         if raw.startswith("unix://"):
             path = raw[len("unix://"):]
             if not path.startswith("/"):
-                raise ConfigError(f"--etcd: bad URL {raw!r} (expected unix:///ABSOLUTE/PATH)")
+                raise ConfigError(f"--etcd: bad URL {shown} (expected unix:///ABSOLUTE/PATH)")
             out.append(Endpoint("unix", path, 0))
             continue
         try:
             parts = urlsplit(raw)
             port = parts.port
         except ValueError as exc:
-            raise ConfigError(f"--etcd: bad URL {raw!r}: {exc}") from None
+            raise ConfigError(f"--etcd: bad URL {shown}: {mask_credentials(str(exc))}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"--etcd: bad URL {raw!r} (expected http://HOST:PORT, https://HOST:PORT or unix:///PATH)")
+            raise ConfigError(f"--etcd: bad URL {shown} (expected http://HOST:PORT, https://HOST:PORT or unix:///PATH)")
         if parts.path not in ("", "/") or parts.query:
-            raise ConfigError(f"--etcd: bad URL {raw!r}: no path expected")
+            raise ConfigError(f"--etcd: bad URL {shown}: no path expected")
         out.append(Endpoint(parts.scheme, parts.hostname, port or 2379))
     if not out:
         raise ConfigError("--etcd: no etcd URL given")
     return out
+
+
+def _refuse_credentials(urls: str) -> None:
+    """User info in an http(s) URL was silently dropped (etcd's JSON gateway takes TLS
+    client certificates, not passwords in the URL): refuse it, masked."""
+    bad = [u for u in urls.split(",") if "@" in u and not u.strip().startswith("unix://")]
+    if bad:
+        # shown (masked) only when every such item is a URL whose user info the masker finds
+        showable = all("://" in u.split("@", 1)[0] for u in bad) and not any(c.isspace() for c in urls)
+        shown = repr(mask_credentials(urls)) if showable else ""
+        raise ConfigError(f"--etcd: a user name or password in the URL is not supported "
+                          f"(authenticate with --cert/--key){': ' + shown if shown else ''}")
 
 
 def _friendly(exc: BaseException) -> str:
@@ -184,7 +205,7 @@ class EtcdClient:
         self._lock = threading.Lock()
 
     def describe(self) -> str:
-        return ",".join(map(str, self.endpoints))
+        return mask_credentials(",".join(map(str, self.endpoints)))
 
     # ------------------------------------------------------------------ transport
 
