@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from crossnet.state import StateDir
 from crossnet.trace import HostSide
 from crossnet.trace_ovs import SYSTEM_RUNDIR, find_rundir, rundir_problem
 
@@ -58,7 +57,9 @@ def test_the_local_host_uses_ovs_rundir_from_the_environment(tmp_path: Path, mon
 @pytest.mark.parametrize("backend,recorded", [("ovs-gre", True), ("ovs-vxlan", True), ("vxlan", False)])
 def test_apply_records_the_ovs_rundir(tmp_path: Path, monkeypatch, backend: str, recorded: bool) -> None:
     monkeypatch.setenv("OVS_RUNDIR", str(tmp_path / "ovs-x"))
-    state = StateDir(tmp_path / "s")
-    state.save_applied({"version": 1, "context": {"backend": backend}})
-    data = state.load_applied()
+    from types import SimpleNamespace
+
+    from crossnet.host import record_extras
+
+    data = record_extras(SimpleNamespace(backend=backend))  # what apply and the agent add to applied.json
     assert data.get("ovs_rundir") == (str(tmp_path / "ovs-x") if recorded else None)
