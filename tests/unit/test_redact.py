@@ -109,6 +109,8 @@ def test_etcd_errors_are_masked() -> None:
 def test_agent_log_lines_are_masked() -> None:
     from crossnet.agent import setup_logging
 
+    logger = logging.getLogger("crossnet")
+    saved = (logger.handlers[:], logger.level, logger.propagate)
     setup_logging()
     log = logging.getLogger("crossnet.test")
     handler = logging.getLogger("crossnet").handlers[0]
@@ -122,6 +124,8 @@ def test_agent_log_lines_are_masked() -> None:
             log.exception("watch")
     finally:
         handler.setStream(sys.stderr)
+        # setup_logging configures the process's "crossnet" logger: give other tests theirs back
+        logger.handlers[:], logger.level, logger.propagate = saved
     out = buf.getvalue()
     assert "s3cret" not in out and "t0ken" not in out, out
     assert "http://u:***@h:2379" in out and "https://u:***@h2:2379?token=***" in out
