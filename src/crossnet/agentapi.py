@@ -247,9 +247,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 # the fields each POST takes (anything else is refused, naming it)
 FIELDS = {
-    "/v1/attach": ("container", "id", "netns", "ip", "ifname"),
-    "/v1/detach": ("container", "id"),
+    "/v1/attach": ("container", "id", "netns", "ip", "ifname", "netns_id"),
+    "/v1/detach": ("container", "id", "netns", "netns_id"),
     "/v1/cni": ("environ", "stdin", "netns", "code"),
+    "/v1/gc": ("dry_run",),
 }
 MAX_FIELD = 4096
 
@@ -274,8 +275,17 @@ def check_body(path: str, body: dict) -> None:
         if "code" in body and not isinstance(body["code"], str):
             raise BadRequest("code: must be a string")
         return
+    if "dry_run" in body and not isinstance(body["dry_run"], bool):
+        raise BadRequest(f"dry_run: must be true or false, not {_kind(body['dry_run'])}")
+    if "netns_id" in body:
+        ident = body["netns_id"]
+        if not (isinstance(ident, list) and len(ident) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in ident)):
+            raise BadRequest("netns_id: must be [device, inode] of the namespace file as the caller sees it")
+        if "netns" not in body and "container" not in body:
+            raise BadRequest('netns_id: goes with "netns" or "container"')
     for key in allowed:
-        if key not in body:
+        if key not in body or key in ("netns_id", "dry_run"):
             continue
         value = body[key]
         if not isinstance(value, str):

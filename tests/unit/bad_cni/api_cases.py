@@ -121,7 +121,17 @@ CASES = [
     ApiCase("detach-id-number", post(D, {"id": 5})),
     ApiCase("detach-id-empty", post(D, {"id": ""})),
     ApiCase("detach-both", post(D, {"id": "a", "container": "a"})),
-    ApiCase("detach-netns", post(D, {"id": "a", "netns": "{NETNS}"})),
+    ApiCase("detach-netns-without-id", post(D, {"container": "a", "netns": "{NETNS}"})),
+    # the namespace identity `crossnet attach/detach` send, and /v1/gc (crossnet gc)
+    ApiCase("attach-netns-id-string", post(A, {"id": "a", "netns": "{NETNS}", "netns_id": "x"})),
+    ApiCase("attach-netns-id-short", post(A, {"id": "a", "netns": "{NETNS}", "netns_id": [1]})),
+    ApiCase("attach-netns-id-bools", post(A, {"id": "a", "netns": "{NETNS}", "netns_id": [True, False]})),
+    ApiCase("attach-netns-id-negative", post(A, {"id": "a", "netns": "{NETNS}", "netns_id": [-1, 2]})),
+    ApiCase("detach-netns-id-string", post(D, {"id": "a", "netns": "{NETNS}", "netns_id": "x"})),
+    ApiCase("detach-netns-id-alone", post(D, {"id": "a", "netns_id": [1, 2]})),
+    ApiCase("gc-dry-run-string", post("/v1/gc", {"dry_run": "yes"})),
+    ApiCase("gc-dry-run-number", post("/v1/gc", {"dry_run": 1})),
+    ApiCase("gc-unknown-field", post("/v1/gc", {"all": True})),
     # fields of /v1/cni (what the CNI clients send)
     ApiCase("cni-empty", post(C, {})),
     ApiCase("cni-netns-string", post(C, {"netns": "x", "environ": {}, "stdin": ""})),
