@@ -58,7 +58,7 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
                 name=peer.name,
                 address=peer.address,
                 subnet=subnets[peer.name],
-                data=backend.host_data(cluster.name, peer.name, peer.address),
+                data={**backend.host_data(cluster.name, peer.name, peer.address), **peer.published_data()},
             )
         )
     return HostContext(
@@ -79,6 +79,7 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
         port=cluster.vxlan.port,
         nic_mac=nic.mac,
         peers=peers,
+        wireguard=cluster.wireguard.model_dump(),
     )
 
 
@@ -133,6 +134,20 @@ def check_subnet_kept(cluster: Cluster, applied: dict | None, ctx: HostContext) 
     )
 
 
+def check_local_data(cluster: Cluster, host_name: str, backend: Backend, ctx: HostContext, create: bool) -> None:
+    """What only this host knows (its WireGuard public key) must be what the cluster
+    file tells the other hosts about it."""
+    own = backend.local_data(ctx.state_dir, create=create)
+    i, spec = next((i, h) for i, h in enumerate(cluster.hosts) if h.name == host_name)
+    declared = spec.published_data()
+    for k, v in own.items():
+        if k in declared and declared[k] != v:
+            raise ConfigError(
+                f"hosts[{i}].{k}: is not this host's key (its private key in {ctx.state_dir} gives "
+                f"{v}; `crossnet keygen` prints it)"
+            )
+
+
 @dataclass
 class ApplyResult:
     host: str
@@ -180,7 +195,9 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
                 f"--host: this state dir belongs to host {applied.get('host')!r}; run `crossnet reset` first"
             )
         ctx = build_context(cluster, host_name, env, backend)
+        ctx.state_dir = str(state.root)
         check_subnet_kept(cluster, applied, ctx)
+        check_local_data(cluster, host_name, backend, ctx, create=not dry_run)
         desired = desired_resources(ctx, backend)
         backend.check_underlay(ctx, env)
         check_routes(ctx, env, previous + desired)

@@ -51,6 +51,8 @@ class HostContext:
     port: int = 4789
     nic_mac: str | None = None
     peers: list[Peer] = field(default_factory=list)
+    state_dir: str = ""  # this host's state directory (backends that keep files there: wireguard)
+    wireguard: dict = field(default_factory=dict)  # wireguard settings: port, device, keepalive, implementation
 
     def to_json(self) -> dict:
         out = {k: (str(v) if isinstance(v, (IPv4Address, IPv4Network)) else v) for k, v in self.__dict__.items()}
@@ -88,6 +90,12 @@ class Backend(Protocol):
 
     # --- what peers need to know about a host (static store: derived; etcd: published)
     def host_data(self, cluster_name: str, host: str, address: IPv4Address) -> dict:
+        return {}
+
+    def local_data(self, state_dir: str, create: bool = True) -> dict:
+        """Data only this host knows (its WireGuard public key), published with host_data
+        by the agent and checked against the cluster file by apply. `create`: make what is
+        missing (e.g. the key); False for read-only callers (--dry-run)."""
         return {}
 
     # --- validation against the live host (runs before anything changes)
