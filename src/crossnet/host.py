@@ -137,6 +137,13 @@ def check_subnet_kept(cluster: Cluster, applied: dict | None, ctx: HostContext) 
 def check_local_data(cluster: Cluster, host_name: str, backend: Backend, ctx: HostContext, create: bool) -> None:
     """What only this host knows (its WireGuard public key) must be what the cluster
     file tells the other hosts about it."""
+    for j, h in enumerate(cluster.hosts):
+        for k in backend.required_host_data:
+            if k not in h.published_data():
+                raise ConfigError(
+                    f"hosts[{j}].{k}: required for backend {backend.name} "
+                    f"(run `crossnet keygen` on host {h.name} and paste the key it prints)"
+                )
     own = backend.local_data(ctx.state_dir, create=create)
     i, spec = next((i, h) for i, h in enumerate(cluster.hosts) if h.name == host_name)
     declared = spec.published_data()

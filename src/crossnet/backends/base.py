@@ -87,6 +87,7 @@ class Backend(Protocol):
     needs_l2: ClassVar[bool] = False  # all hosts must share one L2 segment
     overhead: int = 0  # encapsulation bytes subtracted from the underlay MTU
     description: str = ""
+    required_host_data: ClassVar[tuple[str, ...]] = ()  # fields every host of a cluster file must give (wireguard_key)
 
     # --- what peers need to know about a host (static store: derived; etcd: published)
     def host_data(self, cluster_name: str, host: str, address: IPv4Address) -> dict:
@@ -143,6 +144,11 @@ class Backend(Protocol):
         """The MAC of the container gateway of `peer` (this host's when None) when the
         backend derives it (frames reach it across the overlay at L2: ovs); None when
         it is not predictable or not on the path (routed backends)."""
+        return None
+
+    # --- the agent asks every second (keep it cheap): why the local data plane must be
+    # re-programmed now (e.g. the userspace WireGuard process died), None when it is fine
+    def local_broken(self, ctx: HostContext, env: Env) -> str | None:
         return None
 
     # --- `crossnet status`: backend-specific fields (e.g. the OVS datapath)

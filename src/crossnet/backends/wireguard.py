@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from crossnet import netlink as nl
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
 from crossnet.plan import Address, Bridge, Env, Resource, Route
-from crossnet.wg import keys
+from crossnet.wg import keys, proc
 from crossnet.wg.resources import WgDevice, WgPeer, device_state
 
 DEFAULT_PORT = 51820
@@ -51,6 +52,7 @@ class WireGuard(Backend):
     name = "wireguard"
     needs_l2 = False
     overhead = OVERHEAD
+    required_host_data = ("wireguard_key",)
     description = "WireGuard device per host (kernel or wireguard-go), a peer per host: encrypted, any (L3) underlay"
 
     def local_data(self, state_dir: str, create: bool = True) -> dict:
@@ -82,6 +84,15 @@ class WireGuard(Backend):
             WgPeer(dev, run_dir(ctx), peer.name, key, f"{peer.address}:{s['port']}", [str(peer.subnet)], s["keepalive"]),
             Route(str(peer.subnet), dev=dev),
         ]
+
+    def local_broken(self, ctx: HostContext, env: Env) -> str | None:
+        dev = self.device(ctx)
+        info = nl.link_info(env.ipr, dev)
+        if info is None:
+            return f"wireguard device {dev} is gone"
+        if info.kind == "tun" and proc.read_pid(run_dir(ctx), dev) is None:
+            return f"wireguard-go of {dev} is not running"
+        return None
 
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return self.device(ctx)

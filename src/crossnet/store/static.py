@@ -70,6 +70,7 @@ class StaticStore(Store):
             vni=cluster.vxlan.vni,
             port=cluster.vxlan.port,
             bridge=cluster.bridge,
+            wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
         )
 
     def _records(self) -> list[HostRecord]:
@@ -77,7 +78,8 @@ class StaticStore(Store):
         backend = get_backend(cluster.backend)
         subnets = cluster.host_subnets()
         return [
-            HostRecord(h.name, h.address, subnets[h.name], backend.host_data(cluster.name, h.name, h.address))
+            HostRecord(h.name, h.address, subnets[h.name],
+                       {**backend.host_data(cluster.name, h.name, h.address), **h.published_data()})
             for h in cluster.hosts
         ]
 
