@@ -33,7 +33,7 @@ class UapiControl:
         uapi.set_(self.path, uapi.set_message(private_key, listen_port, list(peers)))
 
 
-def _wireguard_socket():
+def wireguard_socket():  # pyroute2's genetlink socket (tests replace it)
     from pyroute2 import WireGuard
 
     return WireGuard()
@@ -49,9 +49,9 @@ class KernelControl:
 
     impl = "kernel"
 
-    def __init__(self, ifname: str, factory: Callable[[], Any] = _wireguard_socket):
+    def __init__(self, ifname: str, factory: Callable[[], Any] | None = None):
         self.ifname = ifname
-        self.factory = factory
+        self.factory = factory or (lambda: wireguard_socket())
 
     def get(self) -> uapi.DeviceState:
         wg = self.factory()
