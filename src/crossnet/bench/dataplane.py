@@ -58,6 +58,8 @@ def backend_unavailable(name: str) -> str | None:
         return f"unknown backend {name!r}"
     if name.startswith("ovs") and not shutil.which("ovs-vswitchd"):
         return "openvswitch-switch not installed"
+    if name == "wireguard" and not shutil.which("wireguard-go") and not os.path.exists("/sys/module/wireguard"):
+        return "no wireguard kernel module and wireguard-go not installed"
     return None
 
 
