@@ -493,3 +493,18 @@ def test_keygen_prints_the_public_key_only(tmp_path):
                          capture_output=True, text=True, check=True)
     assert rot.stdout.strip() != out.stdout.strip()
     assert Path(keys.key_path(tmp_path)).read_text().strip() != private
+
+
+def test_lab_cluster_file_carries_each_simulated_hosts_own_public_key(tmp_path):
+    from crossnet.lab.manager import write_cluster_file
+    from crossnet.lab.topology import LabOptions, plan_lab
+
+    plan = plan_lab(LabOptions(name="wgu", hosts=3, backend="wireguard", underlay="l3"), 7, str(tmp_path / "lab"))
+    write_cluster_file(plan)
+    c = config.load_cluster(plan.cluster_file)
+    for spec, h in zip(c.hosts, plan.hosts):
+        assert spec.wireguard_key == keys.local_public(h.state_dir)  # made in that host's own state dir
+        assert stat.S_IMODE(keys.key_path(h.state_dir).stat().st_mode) == 0o600
+    assert len({h.wireguard_key for h in c.hosts}) == 3
+    text = Path(plan.cluster_file).read_text()
+    assert not [h for h in plan.hosts if keys.read_private(keys.key_path(h.state_dir)) in text]
