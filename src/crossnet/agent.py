@@ -724,7 +724,11 @@ class Agent:
         self.next_local_check = time.monotonic() + LOCAL_CHECK_INTERVAL
         if self.lease is None or self.ctx is None or self.backend is None or self.reacquire_at is not None:
             return
-        own = self.backend.local_data(str(self.state.root), create=False)
+        try:
+            own = self.backend.local_data(str(self.state.root), create=False)
+        except CrossnetError as exc:  # e.g. a key file made unreadable or damaged: say so, keep running
+            self._report("sync", str(exc))
+            return
         if any(self.lease.record.data.get(k) != v for k, v in own.items()):
             log.info("this host's %s changed: republishing it", ", ".join(sorted(own)))
             try:

@@ -79,7 +79,7 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
         port=cluster.vxlan.port,
         nic_mac=nic.mac,
         peers=peers,
-        wireguard=cluster.wireguard.model_dump(),
+        wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
     )
 
 
