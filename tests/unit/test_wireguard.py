@@ -508,3 +508,61 @@ def test_lab_cluster_file_carries_each_simulated_hosts_own_public_key(tmp_path):
     assert len({h.wireguard_key for h in c.hosts}) == 3
     text = Path(plan.cluster_file).read_text()
     assert not [h for h in plan.hosts if keys.read_private(keys.key_path(h.state_dir)) in text]
+
+
+def _apply_set(state: dict, msg: str) -> None:
+    """What wireguard-go does with a `set=1` message (the subset crossnet sends), on a dict."""
+    peer = None
+    for line in msg.splitlines()[1:]:
+        if not line:
+            break
+        k, _, v = line.partition("=")
+        if k == "public_key":
+            peer = state.setdefault(v, {"allowed": [], "endpoint": None, "ka": 0})
+            cur = v
+        elif k == "remove":
+            state.pop(cur)
+            peer = None
+        elif k == "endpoint":
+            peer["endpoint"] = v
+        elif k == "persistent_keepalive_interval":
+            peer["ka"] = int(v)
+        elif k == "replace_allowed_ips":
+            peer["allowed"] = []
+        elif k == "allowed_ip":
+            peer["allowed"].append(v)
+
+
+def _get_reply(state: dict) -> str:
+    out = [f"private_key={ALICE_PRIV.hex()}", "listen_port=51820"]
+    for k, p in state.items():
+        out += [f"public_key={k}", f"persistent_keepalive_interval={p['ka']}", "rx_bytes=0", "tx_bytes=0"]
+        out += [f"endpoint={p['endpoint']}"] if p["endpoint"] else []
+        out += [f"allowed_ip={a}" for a in p["allowed"]]
+    return "\n".join(out + ["errno=0", "", ""])
+
+
+peer_configs = st.lists(
+    st.builds(
+        uapi.PeerConfig,
+        public_key=st.binary(min_size=32, max_size=32).map(B64),
+        endpoint=st.tuples(st.integers(1, 2**32 - 2), st.integers(1, 65535)).map(
+            lambda t: f"{IPv4Address(t[0])}:{t[1]}"),
+        allowed_ips=st.lists(st.integers(0, 2**24 - 1).map(lambda n: f"{IPv4Address(n << 8)}/24"),
+                             max_size=3, unique=True),
+        keepalive=st.integers(0, 65535),
+    ),
+    max_size=5, unique_by=lambda p: p.public_key,
+)
+
+
+@given(peer_configs)
+def test_what_set_sends_get_reads_back(peers):
+    state: dict = {}
+    _apply_set(state, uapi.set_message(peers=peers).decode())
+    dev = uapi.parse_get(_get_reply(state))
+    assert dev.public_key == B64(ALICE_PUB)
+    assert {k: (p.endpoint, p.allowed_ips, p.keepalive) for k, p in dev.peers.items()} == {
+        p.public_key: (p.endpoint, p.allowed_ips, p.keepalive) for p in peers}
+    _apply_set(state, uapi.set_message(peers=[uapi.PeerConfig(p.public_key, remove=True) for p in peers]).decode())
+    assert uapi.parse_get(_get_reply(state)).peers == {}
