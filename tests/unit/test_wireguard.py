@@ -566,3 +566,14 @@ def test_what_set_sends_get_reads_back(peers):
         p.public_key: (p.endpoint, p.allowed_ips, p.keepalive) for p in peers}
     _apply_set(state, uapi.set_message(peers=[uapi.PeerConfig(p.public_key, remove=True) for p in peers]).decode())
     assert uapi.parse_get(_get_reply(state)).peers == {}
+
+
+def test_etcd_init_wireguard_options_are_checked_before_contacting_etcd(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path), "etcd", "init",
+                          "--etcd", "http://127.0.0.1:9", "--network", "10.32.0.0/16", "--backend", "wireguard",
+                          "--wireguard-port", "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["crossnet: error: --wireguard-port: 0 must be between 1 and 65535"]

@@ -65,7 +65,7 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
                             masquerade=masquerade, mtu=mtu, vni=vni, port=port,
                             wireguard={"port": wireguard_port, "keepalive": wireguard_keepalive})
     except ConfigError as exc:
-        raise ConfigError(str(exc).replace("config: ", "--", 1).replace("_", "-")) from None
+        raise ConfigError(str(exc).replace("config: ", "--", 1).replace("_", "-").replace("wireguard.", "wireguard-")) from None
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
     result = store.init_config(cfg, force=force)
     if output == "json":
