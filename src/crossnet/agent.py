@@ -66,6 +66,7 @@ from crossnet.store import (
 from crossnet.store.records import LocalView, PeerBook, filter_containers
 
 log = logging.getLogger("crossnet.agent")
+LOCAL_CHECK_INTERVAL = 1.0  # s between checks of the local data plane / published data (_check_local)
 
 
 class Stopped(Exception):
@@ -120,6 +121,7 @@ class Agent:
         self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None, "containers": None}
         self.reacquire_at: float | None = None
         self.next_resync = 0.0
+        self.next_local_check = 0.0
         self._threads: list[threading.Thread] = []
         self._lock_fh = None
         self._api = None
@@ -273,7 +275,8 @@ class Agent:
 
     def _acquire(self, previous: IPv4Network | None, previous_lease: int) -> None:
         assert self.cfg and self.backend and self.address
-        data = self.backend.host_data(self.cfg.name, self.name, self.address)
+        data = {**self.backend.host_data(self.cfg.name, self.name, self.address),
+                **self.backend.local_data(str(self.state.root))}  # e.g. this host's WireGuard public key
         lease = self.store.acquire(self.cfg, self.name, self.address, data, previous=previous,
                                    previous_lease=previous_lease, ttl=self.opts.ttl)
         if previous is not None and lease.subnet != previous:
@@ -311,6 +314,8 @@ class Agent:
             port=self.cfg.port,
             nic_mac=nic.mac,
             peers=[],
+            state_dir=str(self.state.root),
+            wireguard=dict(self.cfg.wireguard),
         )
 
     def _load_config(self) -> None:
@@ -739,6 +744,8 @@ class Agent:
                 now = time.monotonic()
                 if self.reacquire_at is not None and now >= self.reacquire_at:
                     self._reacquire()
+                if now >= self.next_local_check:
+                    self._check_local()
                 if now >= self.next_resync:
                     self._resync()
             except (ApplyError, OSError) as exc:
@@ -797,6 +804,32 @@ class Agent:
         for it in items:
             log.info("collected stale container %s (%s): released %s", it["id"], it["reason"], it["address"])
         return items
+
+    def _check_local(self) -> None:
+        """Every second: republish what only this host knows when it changed (a rotated
+        WireGuard key: `crossnet keygen --rotate`), and re-program at once when the
+        backend says its local data plane broke (wireguard-go died)."""
+        self.next_local_check = time.monotonic() + LOCAL_CHECK_INTERVAL
+        if self.lease is None or self.ctx is None or self.backend is None or self.reacquire_at is not None:
+            return
+        try:
+            own = self.backend.local_data(str(self.state.root), create=False)
+        except CrossnetError as exc:  # e.g. a key file made unreadable or damaged: say so, keep running
+            self._report("sync", str(exc))
+            return
+        if any(self.lease.record.data.get(k) != v for k, v in own.items()):
+            log.info("this host's %s changed: republishing it", ", ".join(sorted(own)))
+            try:
+                self._acquire(self.lease.subnet, self.lease.lease_id)
+            except StoreError as exc:
+                self._report("keepalive", f"republishing: {exc}")
+                return
+            self.next_resync = 0.0  # the device takes the new key now
+            return
+        broken = self.backend.local_broken(self.ctx, self._env())
+        if broken:
+            log.warning("%s: re-programming this host", broken)
+            self.next_resync = 0.0
 
     def _reacquire(self) -> None:
         assert self.lease is not None

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -127,6 +127,21 @@ class HostSpec(BaseModel):
     address: Address
     iface: IfName = "eth0"
     subnet: Network | None = None
+    wireguard_key: str | None = None  # backend wireguard: the host's public key (`crossnet keygen` prints it)
+
+    @field_validator("wireguard_key")
+    @classmethod
+    def _check_wireguard_key(cls, value: str | None) -> str | None:
+        from crossnet.wg.keys import check_key
+
+        problem = check_key(value) if value is not None else None
+        if problem:
+            raise ValueError(f"WireGuard public key {problem}")
+        return value
+
+    def published_data(self) -> dict[str, Any]:
+        """What the cluster file says about this host that a store would carry in `data`."""
+        return {"wireguard_key": self.wireguard_key} if self.wireguard_key else {}
 
     @field_validator("name")
     @classmethod
@@ -162,6 +177,15 @@ class VxlanSpec(BaseModel):
     port: Annotated[int, _in_range(1, 65_535)] = 4789
 
 
+class WireguardSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    port: Annotated[int, _in_range(1, 65_535)] = 51820
+    device: IfName = "cnwg0"
+    keepalive: Annotated[int, _in_range(0, 65_535)] = 0  # persistent keepalive seconds, 0 = off
+    implementation: Literal["auto", "kernel", "userspace"] = "auto"
+
+
 class Cluster(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -174,6 +198,7 @@ class Cluster(BaseModel):
     masquerade: bool = False
     bridge: IfName | None = None
     vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
+    wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
     underlay_networks: list[Network] = Field(default_factory=list)
     hosts: list[HostSpec]
 
@@ -544,7 +569,7 @@ def _format_loc(loc: Loc) -> str:
     return out or "(top level)"
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "lan": LanSpec, "vxlan": VxlanSpec}
+_SECTIONS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "lan": LanSpec, "vxlan": VxlanSpec, "wireguard": WireguardSpec}
 
 
 def _allowed_keys(parent: Loc) -> str:

@@ -59,7 +59,7 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
                 name=peer.name,
                 address=peer.address,
                 subnet=subnets[peer.name],
-                data=backend.host_data(cluster.name, peer.name, peer.address),
+                data={**backend.host_data(cluster.name, peer.name, peer.address), **peer.published_data()},
             )
         )
     return HostContext(
@@ -80,6 +80,7 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
         port=cluster.vxlan.port,
         nic_mac=nic.mac,
         peers=peers,
+        wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
     )
 
 
@@ -132,6 +133,27 @@ def check_subnet_kept(cluster: Cluster, applied: dict | None, ctx: HostContext) 
         f"pinning 'subnet: {old}' on host {ctx.host} (and adding new hosts at the end of the list), "
         "or run `crossnet reset` first to renumber this host"
     )
+
+
+def check_local_data(cluster: Cluster, host_name: str, backend: Backend, ctx: HostContext, create: bool) -> None:
+    """What only this host knows (its WireGuard public key) must be what the cluster
+    file tells the other hosts about it."""
+    for j, h in enumerate(cluster.hosts):
+        for k in backend.required_host_data:
+            if k not in h.published_data():
+                raise ConfigError(
+                    f"hosts[{j}].{k}: required for backend {backend.name} "
+                    f"(run `crossnet keygen` on host {h.name} and paste the key it prints)"
+                )
+    own = backend.local_data(ctx.state_dir, create=create)
+    i, spec = next((i, h) for i, h in enumerate(cluster.hosts) if h.name == host_name)
+    declared = spec.published_data()
+    for k, v in own.items():
+        if k in declared and declared[k] != v:
+            raise ConfigError(
+                f"hosts[{i}].{k}: is not this host's key (its private key in {ctx.state_dir} gives "
+                f"{v}; `crossnet keygen` prints it)"
+            )
 
 
 @dataclass
@@ -218,7 +240,9 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
                 f"--host: this state dir belongs to host {applied.get('host')!r}; run `crossnet reset` first"
             )
         ctx = build_context(cluster, host_name, env, backend)
+        ctx.state_dir = str(state.root)
         check_subnet_kept(cluster, applied, ctx)
+        check_local_data(cluster, host_name, backend, ctx, create=not dry_run)
         desired = desired_resources(ctx, backend)
         backend.check_underlay(ctx, env)
         check_routes(ctx, env, previous + desired)

@@ -28,6 +28,7 @@ _ALLOWED = re.compile(r"[A-Za-z0-9._-]+")
 VXLAN_RE = re.compile(r"cnvx[0-9]+")  # the VXLAN device cnvx<VNI>
 VETH_RE = re.compile(r"cn[vt][0-9a-f]{10}")  # host side of a container veth (cnv<hash>), its temp name (cnt<hash>)
 OVS_FIXED = ("cnovs0", "br-phy")  # OVS overlay bridge, userspace-datapath physical bridge
+WIREGUARD_DEFAULT = "cnwg0"  # the WireGuard device (wireguard.device overrides it)
 OVS_TUNNEL_RE = re.compile(r"(gre|vxl)-.*")  # OVS tunnel ports, one per peer
 DEFAULT_BRIDGES = ("br0", "cn0")
 
@@ -77,6 +78,8 @@ def reserved_problem(name: str, *, bridge: str | None = None) -> str | None:
         return f"{name} is the name of crossnet's VXLAN device (cnvx<VNI>)"
     if VETH_RE.fullmatch(name):
         return f"{name} has the form of crossnet's container veths (cnv<hash>/cnt<hash>)"
+    if name == WIREGUARD_DEFAULT:
+        return f"{name} is the name of crossnet's WireGuard device"
     if name in OVS_FIXED:
         return f"{name} is a device of crossnet's Open vSwitch backends"
     if OVS_TUNNEL_RE.fullmatch(name):

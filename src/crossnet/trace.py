@@ -393,6 +393,18 @@ class TraceResult:
     warnings: list[str] = field(default_factory=list)
 
     @property
+    def transport(self) -> str | None:
+        """How the packet crossed the underlay: wireguard / vxlan / gre / plain (None: it did not)."""
+        kinds = [h.kind for h in self.hops]
+        if "wireguard" in kinds:
+            return "wireguard"
+        if "vxlan" in kinds:
+            return "vxlan"
+        if "ovs-tunnel" in kinds:
+            return "ovs-tunnel"
+        return "plain" if "nic" in kinds else None
+
+    @property
     def flagged(self) -> list[int]:
         return [i for i, h in enumerate(self.hops, 1) if h.moved is False]
 
@@ -405,6 +417,7 @@ class TraceResult:
             "src_host": self.src.host,
             "dst_host": self.dst.host,
             "backend": self.backend,
+            "transport": self.transport,
             "tunnel": self.tunnel,
             "complete": self.complete,
             "handoff": self.handoff,
@@ -689,6 +702,8 @@ class Walker:
             self.bridge(host, out, pkt, from_port=None)
         elif out.kind == "vxlan":
             self.vxlan(host, out, pkt)
+        elif self._is_wireguard(host, out):
+            self.wireguard(host, out, pkt)
         elif out.kind in OVS_KINDS or (self.ovs is not None and self.ovs.owns_port(host, out.name)):
             n = v.neigh(nh, out.index)
             pkt.mac = n.mac.lower() if n and n.mac else None
@@ -726,6 +741,35 @@ class Walker:
         pkt.encap = {"type": "vxlan", "vni": vni, "port": port, "remote": remote, "local": local, "device": dev.name}
         self.underlay(host, remote, pkt, lower=dev.info.get("IFLA_VXLAN_LINK"))
 
+    @staticmethod
+    def _is_wireguard(host: HostSide, link: Link) -> bool:
+        return link.kind == "wireguard" or (
+            host.ctx.backend == "wireguard" and link.name == host.backend.tunnel_device(host.ctx))
+
+    def wireguard(self, host: HostSide, dev: Link, pkt: Packet) -> None:
+        """Routed into a WireGuard device: the peer whose allowed IPs hold the destination
+        (read from the device: UAPI `get=1` or the kernel), its endpoint, counters."""
+        peer, st = wireguard_peer(host, dev, pkt.dst)
+        self.tunnel = self.tunnel or dev.name
+        if peer is None:
+            why = "device not readable" if st is None else f"no peer's allowed-ips hold {pkt.dst}"
+            self.add(Hop(host.name, dev.name, "wireguard", f"{why}: WireGuard drops it", expect="tx",
+                         counter=(host.view.key, dev.name), note="dropped: no WireGuard peer"))
+            return
+        name = next((p.name for p in host.ctx.peers if p.data.get("wireguard_key") == peer.public_key), "?")
+        age = f"{time.time() - peer.last_handshake:.0f}s ago" if peer.last_handshake else "never"
+        remote, _, port = (peer.endpoint or "?:0").rpartition(":")
+        self.add(Hop(host.name, dev.name, "wireguard",
+                     f"peer {name} ({peer.public_key[:8]}…) allowed-ips {','.join(peer.allowed_ips)}; "
+                     f"encrypt → {peer.endpoint}; last handshake {age}; rx {peer.rx_bytes} B tx {peer.tx_bytes} B",
+                     expect="tx", counter=(host.view.key, dev.name),
+                     extra={"transport": "wireguard", "peer": name, "public_key": peer.public_key,
+                            "endpoint": peer.endpoint, "rx_bytes": peer.rx_bytes, "tx_bytes": peer.tx_bytes,
+                            "last_handshake": peer.last_handshake}))
+        pkt.encap = {"type": "wireguard", "port": int(port or 0), "remote": remote,
+                     "local": str(host.ctx.address), "device": dev.name}
+        self.underlay(host, remote, pkt)
+
     def underlay(self, host: HostSide, remote: str, pkt: Packet, lower: int | None = None) -> None:
         """Encapsulated packet to `remote`: underlay route and NIC."""
         v = host.view
@@ -760,7 +804,7 @@ class Walker:
         else:
             e = pkt.encap or {}
             what = f"{e.get('type', 'encapsulated')} to {pkt.outer_dst}" + (
-                f" udp/{e['port']}" if e.get("type") == "vxlan" else "")
+                f" udp/{e['port']}" if e.get("type") in ("vxlan", "wireguard") else "")
         self.add(Hop(host.name, nic.name, "nic", f"underlay NIC: {what}", expect="tx", counter=(host.view.key, nic.name)))
         self.remote(host, pkt)
 
@@ -800,6 +844,25 @@ class Walker:
                                                             or not e.get("device")):
             self.ovs.ingress(self, target, nic, pkt)
             return
+        if e.get("type") == "wireguard":
+            wdev = target.backend.tunnel_device(target.ctx) if target.ctx.backend == "wireguard" else None
+            wl = link_by(target.view, name=wdev) if wdev else None
+            if wl is None:
+                self.add(Hop(target.name, None, "wireguard", "no WireGuard device here",
+                             note="dropped: nothing decrypts it"))
+                return
+            peer, _st = wireguard_peer(target, wl, pkt.src)
+            who = f"peer {peer.endpoint} ({peer.public_key[:8]}…)" if peer else "an unknown peer"
+            self.add(Hop(target.name, wl.name, "wireguard",
+                         f"decrypt from {who}, source {pkt.src} checked against its allowed-ips",
+                         expect="rx", counter=(target.view.key, wl.name),
+                         extra={"transport": "wireguard", "rx_bytes": peer.rx_bytes if peer else None,
+                                "tx_bytes": peer.tx_bytes if peer else None,
+                                "last_handshake": peer.last_handshake if peer else None}))
+            pkt.encap = None
+            pkt.mac = None
+            self.ingress(target, wl, pkt)
+            return
         if e.get("type") == "vxlan":
             if dev is None:
                 self.add(Hop(target.name, None, "vxlan", f"no vxlan device for vni {e.get('vni')} port {e.get('port')}",
@@ -823,6 +886,51 @@ class Walker:
                          note="cannot follow OVS (ovs-appctl missing or OVS not reachable)"))
             return
         self.ovs.egress(self, host, port, pkt)
+
+
+def wireguard_peer(host: HostSide, dev: Link, ip: str) -> tuple[Any, Any]:
+    """(peer state whose allowed IPs hold `ip` or None, device state or None) of the
+    WireGuard device `dev` on `host`: wireguard-go through its UAPI socket (reachable from
+    any namespace), the kernel module through pyroute2 (only in the current namespace)."""
+    from crossnet.wg import control, keys
+
+    run_dir = str(keys.key_dir(host.state_dir or host.ctx.state_dir or "/var/lib/crossnet"))
+    if dev.kind == "wireguard" and host.netns:
+        return None, None  # genetlink of another namespace: not read (the kernel path is unit-tested only)
+    ctl = control.for_device(dev.kind, dev.name, run_dir)
+    if ctl is None:
+        return None, None
+    try:
+        st = ctl.get()
+    except Exception:  # noqa: BLE001 - a diagnosis tool reports what it cannot read
+        return None, None
+    addr = ipaddress.ip_address(ip)
+    best = None
+    for p in st.peers.values():
+        for cidr in p.allowed_ips:
+            net = ipaddress.ip_network(cidr, strict=False)
+            if addr in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, p)
+    return (best[1] if best else None), st
+
+
+def wireguard_counters(host: HostSide) -> dict[str, tuple[int, int]]:
+    """{peer public key: (tx_bytes, rx_bytes)} of the host's WireGuard device."""
+    dev = link_by(host.view, name=host.backend.tunnel_device(host.ctx))
+    if dev is None:
+        return {}
+    _peer, st = wireguard_peer(host, dev, "0.0.0.0")
+    return {k: (p.tx_bytes, p.rx_bytes) for k, p in st.peers.items()} if st else {}
+
+
+def wireguard_deltas(hops: list[Hop], before: dict, after: dict) -> None:
+    """The probe's share of each WireGuard peer's byte counters (from `get=1`)."""
+    for h in hops:
+        key = (h.extra or {}).get("public_key") if h.kind == "wireguard" else None
+        b = before.get(f"wg:{h.host}", {}).get(key) if key else None
+        a = after.get(f"wg:{h.host}", {}).get(key) if key else None
+        if a is not None and b is not None:
+            h.extra["tx_bytes_delta"], h.extra["rx_bytes_delta"] = a[0] - b[0], a[1] - b[1]
 
 
 # ---- probe packets on the underlay (AF_PACKET) ------------------------------------------------
@@ -861,9 +969,12 @@ def _is_probe(frame: bytes, off: int, src: str, dst: str) -> bool:
     return proto == 1 and s == src and d == dst and len(frame) > pl and frame[pl] == 8  # ICMP echo request
 
 
-def classify_frame(frame: bytes, src: str, dst: str, vxlan_ports: Iterable[int] = (4789, 8472)) -> str | None:
+def classify_frame(frame: bytes, src: str, dst: str, vxlan_ports: Iterable[int] = (4789, 8472),
+                   wireguard_ports: Iterable[int] = ()) -> str | None:
     """What an underlay frame is with respect to a probe src → dst (ICMP echo request):
-    "vxlan" / "gre" (the probe encapsulated), "plain" (the probe itself), None (unrelated)."""
+    "vxlan" / "gre" (the probe encapsulated), "plain" (the probe itself), "wireguard" (a
+    WireGuard transport-data datagram to one of `wireguard_ports`: encrypted, so it may
+    be the probe or other traffic of the same tunnel), None (unrelated)."""
     off = _eth(frame, 0)
     if off is None:
         return None
@@ -875,6 +986,8 @@ def classify_frame(frame: bytes, src: str, dst: str, vxlan_ports: Iterable[int] 
     proto, _s, _d, pl = ip
     if proto == 17 and len(frame) >= pl + 16:
         dport = struct.unpack("!H", frame[pl + 2:pl + 4])[0]
+        if dport in set(wireguard_ports) and frame[pl + 8] == 4:  # message type 4: transport data
+            return "wireguard"
         if dport in set(vxlan_ports):
             inner = _eth(frame, pl + 16)
             if inner is not None and _is_probe(frame, inner, src, dst):
@@ -899,11 +1012,14 @@ class NicTap:
     the probe runs (a thread reading an AF_PACKET socket; stopped by `stop()`)."""
 
     def __init__(self, netns: str | None, ifname: str, direction: str, src: str, dst: str,
-                 vxlan_ports: Iterable[int] = (4789, 8472)):
+                 vxlan_ports: Iterable[int] = (4789, 8472), wireguard_ports: Iterable[int] = ()):
         self.netns, self.ifname, self.direction = netns, ifname, direction
         self.src, self.dst = src, dst
         self.ports = tuple(vxlan_ports)
+        self.wg_ports = tuple(wireguard_ports)
         self.counts = {"vxlan": 0, "gre": 0, "plain": 0}
+        if self.wg_ports:
+            self.counts["wireguard"] = 0
         self.error: str | None = None
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
@@ -943,7 +1059,7 @@ class NicTap:
                 outgoing = addr[2] == PACKET_OUTGOING
                 if outgoing != (self.direction == "tx"):
                     continue
-                kind = classify_frame(data, self.src, self.dst, self.ports)
+                kind = classify_frame(data, self.src, self.dst, self.ports, self.wg_ports)
                 if kind:
                     self.counts[kind] += 1
 
@@ -1057,6 +1173,9 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         sources[cv.key] = cv.stats
     if ovs_tracer is not None:
         sources.update(ovs_tracer.counter_sources())
+    for h in hosts.values():
+        if h.ctx.backend == "wireguard":
+            sources[f"wg:{h.name}"] = lambda h=h: wireguard_counters(h)
     sources.update(counter_sources or {})
 
     probe = None
@@ -1066,14 +1185,18 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         host_netns = host_netns or {}
         tap_objs: list[tuple[tuple[str, str], NicTap]] = []
         ports = {4789, 8472} | {int(h.ctx.port or 4789) for h in hosts.values()}
+        wg_ports = {int((h.ctx.wireguard or {}).get("port") or 51820) for h in hosts.values()
+                    if h.ctx.backend == "wireguard"}
         src_host = hosts.get(src.host or "")
         if src_host is not None:
             tap_objs.append(((src_host.view.key, src_host.ctx.iface),
-                             NicTap(host_netns.get(src_host.name), src_host.ctx.iface, "tx", src.address, dst.address, ports)))
+                             NicTap(host_netns.get(src_host.name), src_host.ctx.iface, "tx", src.address, dst.address,
+                                    ports, wg_ports)))
         for h in hosts.values():
             if h is not src_host:
                 tap_objs.append(((h.view.key, h.ctx.iface),
-                                 NicTap(host_netns.get(h.name), h.ctx.iface, "rx", src.address, dst.address, ports)))
+                                 NicTap(host_netns.get(h.name), h.ctx.iface, "rx", src.address, dst.address, ports,
+                                        wg_ports)))
         before = {k: fn() for k, fn in sources.items()}
         for _, t in tap_objs:
             t.start()
@@ -1100,6 +1223,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         sent = int(probe.get("sent") or 0)
         apply_deltas(hops, before, after, sent)
         attach_captures(hops, taps)
+        wireguard_deltas(hops, before, after)
         result.probe = {**probe, "count": count}
         counted = [h for h in hops if h.expect is not None and h.moved is not None]
         result.verified = ((walker.complete or walker.handoff is not None) and bool(counted)

@@ -112,7 +112,7 @@ def test_network_config_validation():
         NetworkConfig.from_json({"network": "10.0.0.0/8", "colour": "red"})
 
 
-@pytest.mark.parametrize("bridge", ["cnvx1", "cnv0123456789", "gre-h2", "br/0", "a b", "x" * 16, "", "-x", 5])
+@pytest.mark.parametrize("bridge", ["cnvx1", "cnwg0", "cnv0123456789", "gre-h2", "br/0", "a b", "x" * 16, "", "-x", 5])
 def test_network_config_bridge_is_a_valid_name_of_no_other_crossnet_device(bridge):
     """The store's network config goes through the same interface-name check as the
     cluster file: `bridge: cnvx1` (the VXLAN device) broke attach."""

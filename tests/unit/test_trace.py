@@ -276,7 +276,7 @@ def test_render_text_numbered_with_counters():
                       probe={"sent": 20, "received": 20})
     text = render_text(res.to_json())
     lines = text.splitlines()
-    assert lines[0] == "trace c1 (10.32.0.2 on h1) → c2 (10.32.1.2 on h2): backend vxlan, tunnel cnvx1"
+    assert lines[0] == "trace c1 (10.32.0.2 on h1) → c2 (10.32.1.2 on h2): backend vxlan, transport vxlan, tunnel cnvx1"
     assert lines[1].lstrip().startswith("1. h1/c1")
     assert "counters tx +20 rx +20 (expect tx) ✓ moved" in text
     assert text.splitlines()[-1].startswith("verified:")

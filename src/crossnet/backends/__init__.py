@@ -34,6 +34,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("vxlan", "crossnet.backends.vxlan"),
         BackendSpec("ovs-gre", "crossnet.backends.ovs"),
         BackendSpec("ovs-vxlan", "crossnet.backends.ovs"),
+        BackendSpec("wireguard", "crossnet.backends.wireguard"),
     )
 }
 

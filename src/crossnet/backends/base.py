@@ -51,6 +51,8 @@ class HostContext:
     port: int = 4789
     nic_mac: str | None = None
     peers: list[Peer] = field(default_factory=list)
+    state_dir: str = ""  # this host's state directory (backends that keep files there: wireguard)
+    wireguard: dict = field(default_factory=dict)  # wireguard settings: port, device, keepalive, implementation
 
     def to_json(self) -> dict:
         out = {k: (str(v) if isinstance(v, (IPv4Address, IPv4Network)) else v) for k, v in self.__dict__.items()}
@@ -85,9 +87,16 @@ class Backend(Protocol):
     needs_l2: ClassVar[bool] = False  # all hosts must share one L2 segment
     overhead: int = 0  # encapsulation bytes subtracted from the underlay MTU
     description: str = ""
+    required_host_data: ClassVar[tuple[str, ...]] = ()  # fields every host of a cluster file must give (wireguard_key)
 
     # --- what peers need to know about a host (static store: derived; etcd: published)
     def host_data(self, cluster_name: str, host: str, address: IPv4Address) -> dict:
+        return {}
+
+    def local_data(self, state_dir: str, create: bool = True) -> dict:
+        """Data only this host knows (its WireGuard public key), published with host_data
+        by the agent and checked against the cluster file by apply. `create`: make what is
+        missing (e.g. the key); False for read-only callers (--dry-run)."""
         return {}
 
     # --- validation against the live host (runs before anything changes)
@@ -135,6 +144,11 @@ class Backend(Protocol):
         """The MAC of the container gateway of `peer` (this host's when None) when the
         backend derives it (frames reach it across the overlay at L2: ovs); None when
         it is not predictable or not on the path (routed backends)."""
+        return None
+
+    # --- the agent asks every second (keep it cheap): why the local data plane must be
+    # re-programmed now (e.g. the userspace WireGuard process died), None when it is fine
+    def local_broken(self, ctx: HostContext, env: Env) -> str | None:
         return None
 
     # --- `crossnet status`: backend-specific fields (e.g. the OVS datapath)

@@ -283,7 +283,7 @@ QUICK_OPT = click.option("--quick", is_flag=True,
 
 def _dataplane_options(f):
     opts = [
-        click.option("--backends", help="Comma-separated backends (default: every backend crossnet has)."),
+        click.option("--backends", help="Comma-separated backends (default: every backend crossnet has but wireguard)."),
         click.option("--mtu", "mtu", help="Underlay MTUs, comma-separated (default 1500,9000; quick: 1500)."),
         click.option("--repeats", type=click.IntRange(1, 50), help="iperf3 runs per path (default 5; quick 2)."),
         click.option("--duration", type=click.FloatRange(1, 60), help="Seconds per iperf3 run (default 5; quick 1)."),

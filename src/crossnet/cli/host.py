@@ -294,6 +294,8 @@ def status(ctx: click.Context, output: str) -> None:
     if output == "json":
         _json(st)
         return
+    import time
+
     from rich.console import Console
     from rich.table import Table
 
@@ -310,6 +312,20 @@ def status(ctx: click.Context, output: str) -> None:
             f"kernel module {'present' if o.get('kernel_module') else 'absent'})"
             + (f" [red]{o['error']}[/]" if o.get("error") else "")
         )
+    if st.get("wireguard"):
+        w = st["wireguard"]
+        impl = {"userspace": "wireguard-go", "kernel": "kernel module"}.get(w.get("implementation") or "", "not running")
+        console.print(f"wireguard: {w['device']} ({impl}) port {w.get('listen_port')} public key {w.get('public_key')}"
+                      + ("" if w.get("running") else " [red]not running: run apply (or the agent restarts it)[/]"))
+        wt = Table(title="wireguard peers", title_justify="left")
+        for col in ("name", "endpoint", "allowed ips", "last handshake", "rx bytes", "tx bytes"):
+            wt.add_column(col)
+        for p in w.get("peers") or []:
+            hs = p.get("last_handshake") or 0
+            wt.add_row(p.get("name") or "?", p.get("endpoint") or "", ",".join(p.get("allowed_ips") or []),
+                       time.strftime("%H:%M:%S", time.localtime(hs)) if hs else "never",
+                       str(p.get("rx_bytes", 0)), str(p.get("tx_bytes", 0)))
+        console.print(wt)
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")

@@ -35,7 +35,8 @@ def render_text(res: dict) -> str:
     src = res["src"] if res["src"] == res["src_address"] else f"{res['src']} ({src_where})"
     dst = res["dst"] if res["dst"] == res["dst_address"] else f"{res['dst']} ({dst_where})"
     tunnel = f"tunnel {res['tunnel']}" if res.get("tunnel") else "no tunnel"
-    lines.append(f"trace {src} → {dst}: backend {res['backend']}, {tunnel}")
+    transport = f", transport {res['transport']}" if res.get("transport") else ""
+    lines.append(f"trace {src} → {dst}: backend {res['backend']}{transport}, {tunnel}")
     hops = res["hops"]
     w_where = max([len(_where(h)) for h in hops] + [4])
     w_dev = max([len(h["device"] or "-") for h in hops] + [6])
@@ -53,8 +54,13 @@ def render_text(res: dict) -> str:
             if cap.get("error"):
                 lines.append(f"{pad}capture: {cap['error']}")
             else:
+                wg = f", wireguard datagrams {cap['wireguard']}" if "wireguard" in cap else ""
                 lines.append(f"{pad}probe packets seen here: vxlan {cap.get('vxlan', 0)}, gre {cap.get('gre', 0)}, "
-                             f"plain {cap.get('plain', 0)}")
+                             f"plain {cap.get('plain', 0)}{wg}")
+        x = h.get("extra") or {}
+        if "tx_bytes_delta" in x:
+            lines.append(f"{pad}wireguard peer {x.get('peer')}: tx +{x['tx_bytes_delta']} B, "
+                         f"rx +{x['rx_bytes_delta']} B during the probe")
         if h.get("note"):
             lines.append(f"{pad}! {h['note']}")
     probe = res.get("probe")

@@ -314,7 +314,13 @@ def write_cluster_file(plan: LabPlan) -> None:
 
     path = Path(plan.cluster_file)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dump_cluster(parse_cluster(plan.cluster_dict()), path)
+    data = plan.cluster_dict()
+    if plan.backend == "wireguard":  # each simulated host makes its key in its own state dir
+        from crossnet.wg.keys import ensure_key
+
+        for spec, h in zip(data["hosts"], plan.hosts):
+            spec["wireguard_key"] = ensure_key(h.state_dir)[0]
+    dump_cluster(parse_cluster(data), path)
 
 
 # ---- up -----------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class NetworkConfig:
     vni: int = 1
     port: int = 4789
     bridge: str | None = None
+    wireguard: dict = field(default_factory=dict)  # backend wireguard: port, keepalive, device, implementation
 
     def __post_init__(self) -> None:
         self.validate("config")
@@ -93,6 +94,9 @@ class NetworkConfig:
             why = ifname.problem(self.bridge) or ifname.reserved_problem(self.bridge)
             if why:
                 raise bad("bridge", why)
+        problem = _wireguard_problem(self.wireguard)
+        if problem:
+            raise bad(*problem)
 
     @property
     def bridge_name(self) -> str:
@@ -115,13 +119,14 @@ class NetworkConfig:
             "mtu": self.mtu,
             "vxlan": {"vni": self.vni, "port": self.port},
             "bridge": self.bridge,
+            **({"wireguard": dict(self.wireguard)} if self.wireguard else {}),
         }
 
     @classmethod
     def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object")
-        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge"}
+        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge", "wireguard"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
@@ -139,7 +144,28 @@ class NetworkConfig:
             vni=vx.get("vni", 1),
             port=vx.get("port", 4789),
             bridge=data.get("bridge"),
+            wireguard=data.get("wireguard") or {},
         )
+
+
+def _wireguard_problem(wg: Any) -> tuple[str, str] | None:
+    """(field, why) when the `wireguard` section of a NetworkConfig is bad."""
+    if not isinstance(wg, dict):
+        return "wireguard", "must be an object (port, keepalive, device, implementation)"
+    unknown = sorted(set(wg) - {"port", "keepalive", "device", "implementation"})
+    if unknown:
+        return "wireguard", f"unknown key(s) {', '.join(unknown)} (allowed: device, implementation, keepalive, port)"
+    port, ka = wg.get("port", 51820), wg.get("keepalive", 0)
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        return "wireguard.port", f"{port!r} must be between 1 and 65535"
+    if not isinstance(ka, int) or not 0 <= ka <= 65535:
+        return "wireguard.keepalive", f"{ka!r} must be between 0 and 65535 seconds"
+    dev = wg.get("device", "cnwg0")
+    if not (isinstance(dev, str) and 1 <= len(dev) <= 15 and "/" not in dev and not any(c.isspace() for c in dev)):
+        return "wireguard.device", f"{dev!r} must be an interface name of 1..15 characters"
+    if wg.get("implementation", "auto") not in ("auto", "kernel", "userspace"):
+        return "wireguard.implementation", "must be auto, kernel or userspace"
+    return None
 
 
 @dataclass

@@ -70,6 +70,7 @@ class StaticStore(Store):
             vni=cluster.vxlan.vni,
             port=cluster.vxlan.port,
             bridge=cluster.bridge,
+            wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
         )
 
     def _records(self) -> list[HostRecord]:
@@ -79,7 +80,8 @@ class StaticStore(Store):
         # key: the subnet itself; age: the host's place in the file (the first one wins a
         # conflict; the agent validates these like any store's records, crossnet.store.records)
         return [
-            HostRecord(h.name, h.address, subnets[h.name], backend.host_data(cluster.name, h.name, h.address),
+            HostRecord(h.name, h.address, subnets[h.name],
+                       {**backend.host_data(cluster.name, h.name, h.address), **h.published_data()},
                        key=subnets[h.name], created=i + 1)
             for i, h in enumerate(cluster.hosts)
         ]
