@@ -36,13 +36,14 @@ def mask_credentials(text: str) -> str:
         out.append(_SECRET_PARAM.sub(lambda p: p.group(1) + MASK, text[pos:m.end()]))
         end_m = _END.search(text, m.end())
         end = end_m.start() if end_m else len(text)
-        url = text[m.end():end]
+        # secret query values first: one holding '@' must not pass for the end of user info
+        url = _SECRET_PARAM.sub(lambda p: p.group(1) + MASK, text[m.end():end])
         at = url.rfind("@")
         if at >= 0:
             user = url[:at]
             colon = user.find(":")
             url = (user[:colon] + ":" + MASK if colon >= 0 else MASK) + url[at:]
-        out.append(_SECRET_PARAM.sub(lambda p: p.group(1) + MASK, url))
+        out.append(url)
         pos = end
     out.append(_SECRET_PARAM.sub(lambda p: p.group(1) + MASK, text[pos:]))  # also outside URLs
     return "".join(out)

@@ -60,6 +60,12 @@ def test_masked_output_never_contains_the_password(scheme, user, password, host,
     assert f"{user}:***@{host}" in masked  # still says which user and host
 
 
+def test_a_secret_query_value_holding_an_at_sign_is_masked_whole() -> None:
+    """Found by hypothesis: `?token=@00` was read as user info ending at its '@', and
+    the part after it stayed in the message."""
+    assert mask_credentials("bad URL 'http://0:2379/?token=@00'") == "bad URL 'http://0:2379/?token=***'"
+
+
 @settings(max_examples=200, deadline=None)
 @given(key=st.sampled_from(["token", "password", "access_token", "secret", "api_key"]), value=PASSWORD, host=SAFE)
 def test_secret_query_values_are_masked(key: str, value: str, host: str) -> None:
