@@ -281,3 +281,23 @@ def test_static_store_records_are_filed_under_their_subnet_and_pass_the_validato
     book.load([r for r in snap.hosts if r.key != lease.subnet])
     assert sorted(r.name for r in book.select(view).values()) == ["b", "c"]
     assert [why for why in book.rejected.values()] == ["address: 192.0.2.255 is the broadcast address of 192.0.2.0/24"]
+
+
+# ---- WireGuard public keys in a record's data (backend wireguard) ----------------------------
+WG_A = "x" * 42 + "0="  # 32 bytes in base64 (44 characters)
+WG_B = "y" * 42 + "0="
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "x" * 44, "!" * 43 + "=", 5, None, "x" * 40 + "0=="])
+def test_a_malformed_wireguard_key_is_rejected(bad):
+    assert check(rec(wireguard_key=bad)).startswith("data.wireguard_key ")
+
+
+def test_a_good_wireguard_key_passes_and_a_second_claim_of_it_loses():
+    assert check(rec(wireguard_key=WG_A)) is None
+    old = rec("h2", subnet="10.32.2.0/24", created=3, wireguard_key=WG_A)
+    young = rec("h3", address="10.56.0.3", subnet="10.32.3.0/24", created=9, wireguard_key=WG_A)
+    other = rec("h4", address="10.56.0.4", subnet="10.32.4.0/24", created=11, wireguard_key=WG_B)
+    sel = select_records({r.key: r for r in (young, other, old)}, VIEW)
+    assert sorted(sel.valid) == [old.key, other.key]
+    assert sel.rejected[young.key].startswith("data.wireguard_key: already claimed by the older record 10.32.2.0/24")

@@ -135,7 +135,9 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
                 return f"data.{k}: {why}"
             if rec.data[k] in view.macs:
                 return f"data.{k}: {rec.data[k]} is this host's own MAC"
-    return None
+    from crossnet.wg.keys import validate_host_data
+
+    return validate_host_data(rec.data)  # data.wireguard_key: a 32-byte base64 public key
 
 
 def _age(item: tuple[IPv4Network, HostRecord]) -> tuple:
@@ -160,6 +162,7 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
     by_subnet: dict[IPv4Network, IPv4Network] = {}
     names: dict[str, IPv4Network] = {}
     macs: dict[str, IPv4Network] = {}
+    wg_keys: dict[str, IPv4Network] = {}
     for key, rec in sorted(candidates, key=_age):
         why = None
         other = by_subnet.get(rec.subnet)
@@ -170,8 +173,12 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
         else:
             mine = [rec.data[k] for k in MAC_KEYS if k in rec.data]
             clash = next((m for m in mine if m in macs), None)
+            wg = rec.data.get("wireguard_key")
             if clash is not None:
                 why = f"data: MAC {clash} is already claimed by the older record {macs[clash]}"
+            elif wg is not None and wg in wg_keys:
+                # one public key = one WireGuard peer entry: a second host would take over its traffic
+                why = f"data.wireguard_key: already claimed by the older record {wg_keys[wg]}"
         if why:
             out.rejected[key] = why
             continue
@@ -181,6 +188,8 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
         for k in MAC_KEYS:
             if k in rec.data:
                 macs[rec.data[k]] = key
+        if "wireguard_key" in rec.data:
+            wg_keys[rec.data["wireguard_key"]] = key
     return out
 
 
