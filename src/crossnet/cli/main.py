@@ -21,6 +21,7 @@ COMMAND_MODULES = {
     "crossnet.cli.cni": ("cni", "docker-config"),
     "crossnet.cli.agent": ("agent", "etcd"),
     "crossnet.cli.bench": ("bench",),
+    "crossnet.cli.mesh": ("launch", "stop", "forget", "token"),
 }
 
 
