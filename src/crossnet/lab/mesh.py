@@ -1,6 +1,6 @@
 """Service ``mesh`` (`crossnet lab up|demo --store mesh`): every simulated host runs
 exactly the user's commands (docs/mesh.md) — `crossnet launch` on h1, then
-`crossnet launch --token T <h1's address>` on the others, one join at a time (each
+`crossnet launch --token T <h1's address>` on the others, one join at a time in host order (each
 voter added is a `member add` that must be running before the next) — and
 `crossnet stop` when the lab goes down. No separate etcd namespace: the etcd members
 run in the host namespaces, started and supervised by `crossnet launch`.
@@ -21,7 +21,7 @@ LAUNCH_TIMEOUT = 120.0
 _JOIN_RE = re.compile(r"crossnet launch --token (\S+) (\S+)")
 
 _lock = threading.Lock()
-_first: dict[str, threading.Event] = {}
+_done: dict[str, dict[str, threading.Event]] = {}
 _join: dict[str, tuple[str, str]] = {}
 
 
@@ -51,32 +51,40 @@ def parse_join_line(text: str) -> tuple[str, str]:
     return m.group(1), m.group(2)
 
 
-def _start(plan, host) -> None:
+def _events(plan) -> dict[str, threading.Event]:
     with _lock:
-        first = _first.setdefault(plan.name, threading.Event())
-    if host.name == plan.hosts[0].name:
-        ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
-        try:
+        return _done.setdefault(plan.name, {h.name: threading.Event() for h in plan.hosts})
+
+
+def _start(plan, host) -> None:
+    """h1 creates the mesh; h<i> joins once h<i-1> is done (in host order, so the first
+    hosts are the voters), through h1's address with h1's token."""
+    done = _events(plan)
+    names = [h.name for h in plan.hosts]
+    i = names.index(host.name)
+    try:
+        if i == 0:
+            ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
             out = run(plan, host, "launch", "--name", host.name, "--network", plan.network,
                       "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl)
             _join[plan.name] = parse_join_line(out.stdout)
-        finally:
-            first.set()
-        return
-    if not first.wait(LAUNCH_TIMEOUT):
-        raise CrossnetError(f"{host.name}: the first host did not launch")
-    if plan.name not in _join:
-        raise CrossnetError(f"{host.name}: the first host failed to launch")
-    token, addr = _join[plan.name]
-    with _lock:  # one join at a time
+            return
+        if not done[names[i - 1]].wait(LAUNCH_TIMEOUT * i) or plan.name not in _join:
+            raise CrossnetError(f"{host.name}: {names[i - 1]} did not launch; not joining")
+        token, addr = _join[plan.name]
         run(plan, host, "launch", "--name", host.name, "--token", token, addr)
+    except BaseException:
+        _join.pop(plan.name, None)  # the hosts after this one give up too
+        raise
+    finally:
+        done[host.name].set()
 
 
 def _stop(plan, host) -> None:
     subprocess.run(launch_argv(plan, host, "stop"), capture_output=True, text=True, timeout=60,
                    stdin=subprocess.DEVNULL)
     with _lock:
-        _first.pop(plan.name, None)
+        _done.pop(plan.name, None)
         _join.pop(plan.name, None)
 
 

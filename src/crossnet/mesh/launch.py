@@ -747,10 +747,14 @@ def status(state_dir: str) -> dict:
     out: dict[str, Any] = {"name": st["name"], "address": st["address"], "role": st["role"],
                            "running": paths.running_pid() is not None, "store": "ok", "members": [], "peers": []}
     voter_urls = sup.endpoints()
+    members: list[dict] = []
+    with contextlib.suppress(CrossnetError):  # served by any member, quorum or not
+        members = member_list(etcd_client(paths, voter_urls, timeout=1.5))
+    probe = endpoint_list(members) or voter_urls
     leaders: dict[str, str] = {}
     reachable = 0
     ids: dict[str, str] = {}
-    for url in voter_urls:
+    for url in probe:
         c = etcd_client(paths, [url], timeout=1.5)
         try:
             s = c.call("maintenance/status", {})
@@ -759,9 +763,6 @@ def status(state_dir: str) -> dict:
         reachable += 1
         leaders[url] = str(s.get("leader", "0"))
         ids[str(s["header"]["member_id"])] = url
-    members = []
-    with contextlib.suppress(CrossnetError):
-        members = member_list(etcd_client(paths, voter_urls, timeout=1.5))
     nvoters = len(voters_of(members)) or len(voter_urls)
     reason = quorum_text(reachable, nvoters)
     leader_id = next((v for v in leaders.values() if v != "0"), None)
