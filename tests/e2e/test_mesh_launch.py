@@ -6,10 +6,10 @@ formed by join tokens, the agent programming every host.
   watches h2's underlay link (TLS only: no plaintext HTTP/gRPC for the join *and* for
   etcd's client and peer traffic), refusals on h3 (token of another cluster, wrong
   secret) that leave nothing behind on either side.
-* `mesh`: a 4-host L2 lab built by `crossnet lab up --store mesh` (the lab runs the same
-  commands): 3 voters + 1 client, every container pair pings; quorum loss keeps the
-  data plane and `status` says so; `forget` promotes the client; `stop --release`
-  removes a host everywhere; a host whose namespace is recreated with its state dir
+* `mesh`: a 5-host L2 lab built by `crossnet lab up --store mesh` (the lab runs the same
+  commands): 3 voters + 2 clients, every container pair pings; quorum loss keeps the
+  data plane and `status` says so; `forget` promotes a client; `stop --release`
+  removes a host everywhere (and the other client is promoted in its place); a host whose namespace is recreated with its state dir
   kept comes back with `crossnet launch`: same member, subnet, container address.
 The `mesh` tests run in file order, each leaving the mesh as the next expects.
 """
@@ -182,18 +182,18 @@ def test_wrong_tokens_are_refused_and_leave_nothing(joins, tmp_path):
 @pytest.fixture(scope="module")
 def mesh(request, lab_sweep):
     factory = module_factory(request)
-    return factory(hosts=4, underlay="l2", backend="vxlan", containers=1, extra={"store": "mesh"})
+    return factory(hosts=5, underlay="l2", backend="vxlan", containers=1, extra={"store": "mesh"})
 
 
-def test_four_hosts_three_voters_one_client_all_pairs_ping(mesh):
+def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
     lab = mesh
     st = _status(lab, "h4")
     assert st["role"] == "client" and st["store"] == "ok"
     roles = {m["name"]: m["role"] for m in st["members"]}
-    assert roles == {"h1": "voter", "h2": "voter", "h3": "voter", "h4": "client"}, roles
+    assert roles == {"h1": "voter", "h2": "voter", "h3": "voter", "h4": "client", "h5": "client"}, roles
     assert sum(m["leader"] for m in st["members"]) == 1
     assert all(m["healthy"] for m in st["members"])
-    assert {p["name"]: p["state"] for p in st["peers"]} == {f"h{i}": "up" for i in range(1, 5)}
+    assert {p["name"]: p["state"] for p in st["peers"]} == {f"h{i}": "up" for i in range(1, 6)}
     assert all(p["subnet"] and p["address"] for p in st["peers"])
     assert all(p.ok for p in lab.check())
     # launch again: says so, changes nothing
@@ -235,15 +235,15 @@ def test_forget_removes_the_host_everywhere_and_promotes_the_client(mesh):
     lab.crossnet("h3", "stop")
     res = lab.crossnet("h1", "forget", "h3")
     assert "etcd member" in res.stdout and "subnet" in res.stdout
-    for h in ("h1", "h2", "h4"):
+    for h in ("h1", "h2", "h4", "h5"):
         _wait(lambda h=h: gone["subnet"] not in _routes(lab, h), 20, f"{h}: route to h3 removed")
-    # h4 (the only live client) becomes a voter
+    # h4 (the live client with the smallest name) becomes a voter, h5 stays a client
     _wait(lambda: json.loads((Path(lab.plan.host("h4").state_dir) / "mesh" / "launch.json").read_text())["role"]
           == "voter", 40, "h4 promoted")
-    st = _wait(lambda: (s := _status(lab, "h1"))["store"] == "ok" and len(s["members"]) == 3
-               and all(m["healthy"] for m in s["members"]) and s, 40, "3 healthy voters")
-    assert sorted(m["name"] for m in st["members"]) == ["h1", "h2", "h4"]
-    assert all(m["role"] == "voter" and m["healthy"] for m in st["members"]), st["members"]
+    st = _wait(lambda: (s := _status(lab, "h1"))["store"] == "ok" and len(s["members"]) == 4
+               and all(m["healthy"] for m in s["members"]) and s, 40, "3 healthy voters + 1 client")
+    assert {m["name"]: m["role"] for m in st["members"]} == {"h1": "voter", "h2": "voter", "h4": "voter",
+                                                             "h5": "client"}
     assert "h3" not in {p["name"] for p in st["peers"]}
     assert _pair_ok(lab, "h1-c1", "h4-c1")
 
@@ -286,10 +286,10 @@ def test_restart_with_the_state_dir_kept_brings_back_member_subnet_and_addresses
     after = next(p for p in st["peers"] if p["name"] == "h2")
     assert after["subnet"] == before["subnet"]
     assert json.loads(lab.crossnet("h2", "status", "-o", "json").stdout)["containers"][0]["address"] == addr_before
-    assert sorted(m["name"] for m in st["members"]) == ["h1", "h2", "h4"]
+    assert sorted(m["name"] for m in st["members"]) == ["h1", "h2", "h4", "h5"]
     _wait(lambda: _status(lab, "h1")["store"] == "ok", 30, "store ok")
     pairs = [p for p in lab.check() if "h3-" not in p.src + p.dst]  # h3 was forgotten above
-    assert len(pairs) == 6 and all(p.ok for p in pairs), [p for p in pairs if not p.ok]
+    assert len(pairs) == 12 and all(p.ok for p in pairs), [p for p in pairs if not p.ok]
 
 
 def test_stop_release_removes_the_host_everywhere(mesh):
@@ -298,9 +298,12 @@ def test_stop_release_removes_the_host_everywhere(mesh):
     res = lab.crossnet("h4", "stop", "--release")
     assert "left the mesh" in res.stdout
     assert not (Path(lab.plan.host("h4").state_dir) / "mesh").exists()
-    for h in ("h1", "h2"):
+    for h in ("h1", "h2", "h5"):
         _wait(lambda h=h: gone["subnet"] not in _routes(lab, h), 20, f"{h}: route to h4 removed")
-    st = _wait(lambda: (s := _status(lab, "h1"))["store"] == "ok" and s, 30, "store ok")
-    assert sorted(m["name"] for m in st["members"]) == ["h1", "h2"]
+    # a voter left: the remaining client is promoted
+    st = _wait(lambda: (s := _status(lab, "h1"))["store"] == "ok"
+               and [m["role"] for m in s["members"]].count("voter") == 3
+               and all(m["healthy"] for m in s["members"]) and s, 40, "3 healthy voters")
+    assert {m["name"]: m["role"] for m in st["members"]} == {"h1": "voter", "h2": "voter", "h5": "voter"}
     assert "h4" not in {p["name"] for p in st["peers"]}
     assert "vxlan" not in lab.run("h4", ["ip", "-o", "link"], check=True).stdout

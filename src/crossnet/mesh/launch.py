@@ -308,6 +308,20 @@ def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
             time.sleep(0.5)
 
 
+def member_remove(client: Any, member_id: str, timeout: float = 30.0) -> None:
+    """`member remove`, retried while etcd answers "unhealthy cluster" (a member connected
+    less than 5 s ago does not count towards the quorum its strict check wants)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.call("cluster/member/remove", {"ID": member_id})
+            return
+        except CrossnetError as exc:
+            if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def member_list(client: Any) -> list[dict]:
     return list(client.call("cluster/member/list", {}).get("members", []))
 
@@ -589,21 +603,23 @@ class Supervisor:
                 reset(StateDir(self.state_dir))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(Path(self.state_dir) / "agent.json")
+            log.info("released: this host left the mesh (this log: %s)", self.state_dir + "/mesh-release.log")
+            with contextlib.suppress(OSError):
+                os.replace(self.paths.logfile, Path(self.state_dir) / "mesh-release.log")
             shutil.rmtree(self.paths.root, ignore_errors=True)
-            log.info("released: this host left the mesh")
 
     def _release(self) -> None:
-        others = [e for e in self.endpoints() if e != client_url(self.address)]
-        for eps in ([client_url(self.address)] + others if self.st["role"] == "voter" else self.endpoints(),):
-            c = etcd_client(self.paths, eps, timeout=3.0)
-            try:
-                remove_host_records(c, self.name)
-                if self.st["role"] == "voter":
-                    me = next((m for m in member_list(c) if m.get("name") == self.name), None)
-                    if me is not None and len(member_list(c)) > 1:
-                        c.call("cluster/member/remove", {"ID": me["ID"]})
-            except CrossnetError as exc:
-                log.error("release: %s", exc)
+        c = etcd_client(self.paths, self.endpoints(), timeout=3.0)
+        try:
+            log.info("release: removed %s", ", ".join(remove_host_records(c, self.name)) or "nothing")
+            if self.st["role"] == "voter":
+                members = member_list(c)
+                me = next((m for m in members if m.get("name") == self.name), None)
+                if me is not None and len(members) > 1:
+                    member_remove(c, me["ID"])
+                    log.info("release: etcd member %s removed", self.name)
+        except CrossnetError as exc:
+            log.error("release: %s", exc)
 
 
 def run_foreground(state_dir: str) -> int:
@@ -727,7 +743,7 @@ def forget(state_dir: str, host: str) -> list[str]:
     done = []
     for m in member_list(c):
         if m.get("name") == host:
-            c.call("cluster/member/remove", {"ID": m["ID"]})
+            member_remove(c, m["ID"])
             done.append("etcd member")
     done += remove_host_records(c, host)
     if not done:
