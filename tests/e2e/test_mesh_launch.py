@@ -1,11 +1,12 @@
 """`crossnet launch` end to end (docs/mesh.md): real etcd members in lab host namespaces,
 formed by join tokens, the agent programming every host.
 
-* `joins`: a 3-host L3 lab without any store; the tests type the user's commands:
+* `joins`: a 4-host L3 lab without any store; the tests type the user's commands:
   `crossnet launch` on h1, `crossnet launch --token T ADDR` on h2 while tcpdump
   watches h2's underlay link (TLS only: no plaintext HTTP/gRPC for the join *and* for
   etcd's client and peer traffic), refusals on h3 (token of another cluster, wrong
-  secret) that leave nothing behind on either side.
+  secret) that leave nothing behind on either side; h4 refused while the quorum is
+  lost (the line says so), then joining while one voter of three is down.
 * `mesh`: a 5-host L2 lab built by `crossnet lab up --store mesh` (the lab runs the same
   commands): 3 voters + 2 clients, every container pair pings; quorum loss keeps the
   data plane and `status` says so; `forget` promotes a client; `stop --release`
@@ -97,7 +98,7 @@ def _tcp_payloads(frames: list[bytes]) -> list[tuple[int, int, bytes]]:
 @pytest.fixture(scope="module")
 def joins(request, lab_sweep):
     factory = module_factory(request)
-    lab = factory(hosts=3, underlay="l3", backend="vxlan", containers=0, apply=False)
+    lab = factory(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
     yield lab
     for h in lab.plan.hosts:
         lab.crossnet(h.name, "stop", check=False, timeout=60)
@@ -175,6 +176,34 @@ def test_wrong_tokens_are_refused_and_leave_nothing(joins, tmp_path):
     res = _launch(lab, "h3", "--token", token, lab.plan.host("h2").address)
     assert "joined the mesh as a voter" in res.stdout
     _wait(lambda: len(_status(lab, "h1")["members"]) == 3, what="3 voters")
+
+
+def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
+    lab = joins
+    h4_dir = Path(lab.plan.host("h4").state_dir)
+    h4_before = sorted(p.name for p in h4_dir.iterdir()) if h4_dir.exists() else None
+    token, _ = _token_line(lab.crossnet("h1", "token", "create", "--ttl", "10m").stdout)
+    h1 = lab.plan.host("h1").address
+    for h in ("h2", "h3"):
+        lab.crossnet(h, "stop")
+    res = _launch(lab, "h4", "--token", token, h1, check=False)
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and "store unavailable: quorum lost (1/3 voters)" in err[0], err
+    assert (sorted(p.name for p in h4_dir.iterdir()) if h4_dir.exists() else None) == h4_before
+    for h in ("h2", "h3"):
+        _launch(lab, h)
+    _wait(lambda: _status(lab, "h1")["store"] == "ok", 60, "quorum back")
+    # one voter of three down: the others keep the quorum, a new host joins (through h3)
+    lab.crossnet("h1", "stop")
+    res = _launch(lab, "h4", "--token", token, lab.plan.host("h3").address)
+    assert "joined the mesh as a client" in res.stdout, res.stdout
+    st = _status(lab, "h4")
+    assert st["store"] == "ok" and st["role"] == "client"
+    assert {m["name"]: m["healthy"] for m in st["members"] if m["role"] == "voter"} == \
+        {"h1": False, "h2": True, "h3": True}
+    _launch(lab, "h1")
+    _wait(lambda: all(m["healthy"] for m in _status(lab, "h4")["members"]), 30, "h1 back")
 
 
 # ---------------------------------------------------------------- a mesh built by the lab

@@ -263,13 +263,23 @@ class EtcdTokenStore(TokenStore):
 
     KEY = f"{MESH_PREFIX}/tokens"
 
-    def __init__(self, client: Any, clock: Callable[[], float] = time.time):
+    def __init__(self, client: Any, clock: Callable[[], float] = time.time,
+                 unavailable: Callable[[], str | None] | None = None):
+        """unavailable(): why the store does not answer (e.g. the quorum line), asked
+        when a read fails, so a refused join names the reason."""
         super().__init__(Path("/nonexistent/etcd-tokens"), clock)
         self.client = client
+        self.unavailable = unavailable
         self._rev = 0
 
     def _load(self) -> dict[str, dict]:
-        kv = self.client.get(self.KEY)
+        from crossnet.store.etcdclient import EtcdError
+
+        try:
+            kv = self.client.get(self.KEY)
+        except EtcdError as exc:
+            reason = self.unavailable() if self.unavailable is not None else None
+            raise CrossnetError(reason or f"store unavailable: {exc}") from None
         self._rev = kv.mod_revision if kv is not None else 0
         if kv is None:
             return {}
@@ -474,7 +484,12 @@ class Supervisor:
                 if h.get("address") == address and h.get("name") != name:
                     raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
 
-        svc = join.JoinService(ca, EtcdTokenStore(self.client()), members=members, admit=admit)
+        def unavailable() -> str | None:
+            reachable, total, _ = probe_voters(self.paths, self.endpoints(), timeout=1.0)
+            return quorum_text(reachable, total)
+
+        tokens = EtcdTokenStore(self.client(timeout=3.0), unavailable=unavailable)
+        svc = join.JoinService(ca, tokens, members=members, admit=admit)
         self.join_server = join.JoinServer(svc, self.address, join.JOIN_PORT, str(m.member_cert),
                                            str(m.member_key)).start()
         log.info("join endpoint on %s:%d", self.address, join.JOIN_PORT)
@@ -755,6 +770,25 @@ def token_store(state_dir: str) -> EtcdTokenStore:
     return EtcdTokenStore(etcd_client(Paths(Path(state_dir)), Supervisor(state_dir).endpoints()))
 
 
+def probe_voters(paths: Paths, urls: list[str], timeout: float = 1.5) -> tuple[int, int, dict]:
+    """(voters answering, voters, details): the member list (served by any member, quorum
+    or not), then `maintenance/status` on every voter's client URL."""
+    members: list[dict] = []
+    with contextlib.suppress(CrossnetError):
+        members = member_list(etcd_client(paths, urls, timeout=timeout))
+    leaders: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for url in endpoint_list(members) or urls:
+        try:
+            s = etcd_client(paths, [url], timeout=timeout).call("maintenance/status", {})
+        except CrossnetError:
+            continue
+        leaders[url] = str(s.get("leader", "0"))
+        ids[str(s["header"]["member_id"])] = url
+    total = len(voters_of(members)) or len(urls)
+    return len(leaders), total, {"members": members, "leaders": leaders, "ids": ids}
+
+
 def status(state_dir: str) -> dict:
     """The mesh as this host sees it: members (voter/client, healthy, leader), peers."""
     paths = Paths(Path(state_dir))
@@ -763,23 +797,8 @@ def status(state_dir: str) -> dict:
     out: dict[str, Any] = {"name": st["name"], "address": st["address"], "role": st["role"],
                            "running": paths.running_pid() is not None, "store": "ok", "members": [], "peers": []}
     voter_urls = sup.endpoints()
-    members: list[dict] = []
-    with contextlib.suppress(CrossnetError):  # served by any member, quorum or not
-        members = member_list(etcd_client(paths, voter_urls, timeout=1.5))
-    probe = endpoint_list(members) or voter_urls
-    leaders: dict[str, str] = {}
-    reachable = 0
-    ids: dict[str, str] = {}
-    for url in probe:
-        c = etcd_client(paths, [url], timeout=1.5)
-        try:
-            s = c.call("maintenance/status", {})
-        except CrossnetError:
-            continue
-        reachable += 1
-        leaders[url] = str(s.get("leader", "0"))
-        ids[str(s["header"]["member_id"])] = url
-    nvoters = len(voters_of(members)) or len(voter_urls)
+    reachable, nvoters, probe = probe_voters(paths, voter_urls)
+    members, leaders, ids = probe["members"], probe["leaders"], probe["ids"]
     reason = quorum_text(reachable, nvoters)
     leader_id = next((v for v in leaders.values() if v != "0"), None)
     if reason is None and leader_id is None:
