@@ -21,6 +21,7 @@ import json
 import signal
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -172,10 +173,45 @@ def test_wrong_tokens_are_refused_and_leave_nothing(joins, tmp_path):
     assert lab.crossnet("h1", "token", "list", "-o", "json").stdout == tokens_before
     members = [m["name"] for m in json.loads(members_before)["mesh"]["members"]]
     assert [m["name"] for m in _status(lab, "h1")["members"]] == members
-    # and the good token still works afterwards (through h2: any live host serves joins)
+    assert sorted(members) == ["h1", "h2"]
+
+
+def test_a_member_that_cannot_start_is_taken_back_then_the_join_works(joins):
+    """h3 would be the 3rd voter but its peer port is taken: its etcd cannot start. The
+    launch fails with one line, the member it added is removed again (else the cluster,
+    1 of 2 voters started, would have lost its quorum) and nothing is left on h3; once
+    the port is free the same token works (through h2: any live host serves joins)."""
+    lab = joins
+    token, _ = _token_line(lab.crossnet("h1", "token", "create", "--ttl", "10m").stdout)
+    h3 = lab.plan.host("h3")
+    blocker = subprocess.Popen(lab.argv("h3", [sys.executable, "-c", BLOCK, h3.address, "2380"]),
+                               stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+    try:
+        assert blocker.stdout.readline().strip() == "listening"
+        res = _launch(lab, "h3", "--token", token, lab.plan.host("h1").address, check=False)
+    finally:
+        blocker.kill()
+        blocker.wait()
+    assert res.returncode == 1
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("crossnet: error:") and "exited" in err[0], err
+    assert not (Path(h3.state_dir) / "mesh").exists()
+    st = _wait(lambda: (s := _status(lab, "h1"))["store"] == "ok" and s, 20, "store ok")
+    assert sorted(m["name"] for m in st["members"]) == ["h1", "h2"]
     res = _launch(lab, "h3", "--token", token, lab.plan.host("h2").address)
     assert "joined the mesh as a voter" in res.stdout
     _wait(lambda: len(_status(lab, "h1")["members"]) == 3, what="3 voters")
+
+
+BLOCK = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen()
+print("listening", flush=True)
+sys.stdin.read()
+"""
 
 
 def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):

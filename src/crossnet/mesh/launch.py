@@ -684,9 +684,30 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
                 "endpoints": [client_url(address)],
                 "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl}})
-    _spawn(state_dir)
+    try:
+        _spawn(state_dir)
+    except BaseException:
+        _abort(state_dir)
+        raise
     c = etcd_client(paths, [client_url(address)])
     return JoinToken(EtcdTokenStore(c).create(), ca.pin)
+
+
+def _abort(state_dir: str, member_of: list[str] | None = None, name: str | None = None) -> None:
+    """A launch that failed half-way: stop what runs, take back the etcd member this host
+    added (else a cluster of 1 voter + 1 never started has lost its quorum), and remove
+    the mesh state so `crossnet launch` can be run again."""
+    paths = Paths(Path(state_dir))
+    with contextlib.suppress(CrossnetError, OSError):
+        stop(state_dir, release=False, timeout=20)
+    if member_of and name:
+        with contextlib.suppress(CrossnetError):
+            c = etcd_client(paths, member_of, timeout=3.0)
+            me = next((m for m in member_list(c) if m.get("name") == name
+                       or peer_url(paths.load()["address"]) in (m.get("peerURLs") or [])), None)
+            if me is not None:
+                member_remove(c, me["ID"], timeout=10)
+    shutil.rmtree(paths.root, ignore_errors=True)
 
 
 def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, iface: str, address: str) -> str:
@@ -714,7 +735,11 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
     except BaseException:
         shutil.rmtree(paths.root, ignore_errors=True)
         raise
-    _spawn(state_dir)
+    try:
+        _spawn(state_dir)
+    except BaseException:
+        _abort(state_dir, eps if role == "voter" else None, name)
+        raise
     return role
 
 
