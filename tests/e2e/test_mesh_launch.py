@@ -372,3 +372,32 @@ def test_stop_release_removes_the_host_everywhere(mesh):
     assert {m["name"]: m["role"] for m in st["members"]} == {"h1": "voter", "h2": "voter", "h5": "voter"}
     assert "h4" not in {p["name"] for p in st["peers"]}
     assert "vxlan" not in lab.run("h4", ["ip", "-o", "link"], check=True).stdout
+
+
+def test_foreground_first_launch_for_systemd(lab_factory):
+    """`crossnet launch --foreground` on a new host: creates the mesh, prints the join
+    command, stays in the foreground (the supervisor itself); SIGTERM stops it (data
+    plane kept) with exit 0."""
+    lab = lab_factory(hosts=2, underlay="l2", backend="vxlan", containers=0, apply=False)
+    proc = subprocess.Popen(lab.argv("h1", [sys.executable, "-m", "crossnet", "launch", "--foreground",
+                                            "--name", "h1"]),
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 60
+        while "crossnet launch --token" not in out and time.monotonic() < deadline and proc.poll() is None:
+            out += proc.stdout.readline()
+        token, addr = _token_line(out)
+        assert addr == lab.plan.host("h1").address
+        res = _launch(lab, "h1")
+        assert "already running" in res.stdout
+        res = _launch(lab, "h2", "--token", token, addr)
+        assert "joined the mesh as a voter" in res.stdout
+        st = _wait(lambda: (s := _status(lab, "h2"))["store"] == "ok" and len(s["peers"]) == 2 and s, 30, "2 peers")
+        assert {p["name"]: p["state"] for p in st["peers"]} == {"h1": "up", "h2": "up"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        lab.crossnet("h2", "stop", check=False)
+    assert rc == 0
+    assert not (Path(lab.plan.host("h1").state_dir) / "mesh" / "launch.pid").exists()

@@ -43,9 +43,9 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
 
     state_dir = _state(ctx)
     paths = ml.Paths(__import__("pathlib").Path(state_dir))
-    if foreground:
-        raise SystemExit(ml.run_foreground(state_dir))
     pid = paths.running_pid()
+    if foreground and paths.launch_json.exists() and pid is None and not (token or addr):
+        raise SystemExit(ml.run_foreground(state_dir))  # the detached supervisor, or systemd's
     if pid is not None:
         st = paths.load()
         click.echo(f"crossnet is already running on this host ({st['name']}, {st['address']}, {st['role']}, "
@@ -55,7 +55,9 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         if token or addr:
             raise ConfigError("--token: this host already belongs to a mesh; `crossnet launch` alone restarts it "
                               "(`crossnet stop --release` leaves it)")
-        ml.launch_again(state_dir)
+        ml.launch_again(state_dir, spawn=not foreground)
+        if foreground:
+            raise SystemExit(ml.run_foreground(state_dir))
         st = paths.load()
         click.echo(f"{st['name']} ({st['address']}) is back in the mesh as a {st['role']}; "
                    f"`crossnet token create` makes a join token")
@@ -72,12 +74,19 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         jt = parse_join_token(token, ca_pin)
         server = parse_server(addr)
         ifname, ip = ml.detect_underlay(iface, address)
-        role = ml.launch_join(state_dir, f"{server[0]}:{server[1]}", jt, host_name, ifname, ip)
+        role = ml.launch_join(state_dir, f"{server[0]}:{server[1]}", jt, host_name, ifname, ip,
+                              spawn=not foreground)
+        if foreground:
+            click.echo(f"{host_name} ({ip}) joins the mesh as a {role}", err=True)
+            raise SystemExit(ml.run_foreground(state_dir))
         click.echo(f"{host_name} ({ip}) joined the mesh as a {role}; other hosts join with:")
         click.echo(f"  {join_command(jt, ip)}")
         return
     ifname, ip = ml.detect_underlay(iface, address)
-    jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl)
+    jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
+                         spawn=not foreground)
+    if jt is None:
+        raise SystemExit(ml.run_foreground(state_dir))
     click.echo(f"mesh created on {host_name} ({ip}); on every other host run:")
     click.echo(f"  {join_command(jt, ip)}")
 

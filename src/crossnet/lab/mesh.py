@@ -64,6 +64,10 @@ def _start(plan, host) -> None:
     i = names.index(host.name)
     try:
         if i == 0:
+            if plan.backend.startswith("ovs"):  # the same lab quirk as for the etcd service
+                from crossnet.lab.etcd import _fabric_tx_checksum_off
+
+                _fabric_tx_checksum_off(plan)
             ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
             out = run(plan, host, "launch", "--name", host.name, "--network", plan.network,
                       "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl)

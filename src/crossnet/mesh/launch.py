@@ -238,6 +238,8 @@ class Paths:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
+        if pid == os.getpid():  # the supervisor itself, just spawned with this pidfile
+            return None
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as fh:
                 cmd = fh.read()
@@ -512,6 +514,12 @@ class Supervisor:
         self.st["bootstrapped"] = True
         self.st["cluster_state"] = "existing"
         self.paths.save(self.st)
+        if self.st.pop("print_token", False):  # first launch in the foreground: no other place to say it
+            from crossnet.mesh.token import join_command
+
+            jt = JoinToken(EtcdTokenStore(c).create(), ca.pin)
+            print(f"mesh created; on every other host run:\n  {join_command(jt, self.address)}", flush=True)
+            self.paths.save(self.st)
 
     # ---- periodic
     def heartbeat(self) -> None:
@@ -673,7 +681,9 @@ def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
 
 
 def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
-                 voters: int, ttl: int) -> JoinToken:
+                 voters: int, ttl: int, spawn: bool = True) -> JoinToken | None:
+    """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
+    the supervisor, which prints the join command once etcd is up."""
     from crossnet.store import NetworkConfig
 
     NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl)  # validate
@@ -683,7 +693,10 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                 "initial_cluster": f"{name}={peer_url(address)}", "cluster_state": "new",
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
                 "endpoints": [client_url(address)],
-                "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl}})
+                "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl},
+                "print_token": not spawn})
+    if not spawn:
+        return None
     try:
         _spawn(state_dir)
     except BaseException:
@@ -710,7 +723,8 @@ def _abort(state_dir: str, member_of: list[str] | None = None, name: str | None 
     shutil.rmtree(paths.root, ignore_errors=True)
 
 
-def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, iface: str, address: str) -> str:
+def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, iface: str, address: str,
+                spawn: bool = True) -> str:
     """Handshake, then `member add` (voter while < voters), then the supervisor."""
     from crossnet.mesh import join
 
@@ -735,6 +749,8 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
     except BaseException:
         shutil.rmtree(paths.root, ignore_errors=True)
         raise
+    if not spawn:
+        return role
     try:
         _spawn(state_dir)
     except BaseException:
@@ -743,13 +759,14 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
     return role
 
 
-def launch_again(state_dir: str) -> None:
+def launch_again(state_dir: str, spawn: bool = True) -> None:
     """A launched host whose supervisor is not running (restart): same member, same subnet."""
     paths = Paths(Path(state_dir))
     st = paths.load()
     st["cluster_state"] = "existing" if st.get("bootstrapped") else st.get("cluster_state", "new")
     paths.save(st)
-    _spawn(state_dir)
+    if spawn:
+        _spawn(state_dir)
 
 
 def stop(state_dir: str, release: bool, timeout: float = 60.0) -> bool:
