@@ -37,7 +37,7 @@ def launch_argv(plan, host, *args: str) -> list[str]:
 
 def run(plan, host, *args: str, timeout: float = LAUNCH_TIMEOUT) -> subprocess.CompletedProcess:
     proc = subprocess.run(launch_argv(plan, host, *args), capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         raise CrossnetError(f"{host.name}: crossnet {' '.join(args[:1])} failed: {err}")
@@ -86,7 +86,7 @@ def _start(plan, host) -> None:
 
 def _stop(plan, host) -> None:
     subprocess.run(launch_argv(plan, host, "stop"), capture_output=True, text=True, timeout=60,
-                   stdin=subprocess.DEVNULL)
+                   stdin=subprocess.DEVNULL, check=False)
     with _lock:
         _done.pop(plan.name, None)
         _join.pop(plan.name, None)

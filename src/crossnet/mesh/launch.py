@@ -29,9 +29,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
@@ -424,10 +425,9 @@ class Supervisor:
         os.chmod(self.paths.etcd_dir, 0o700)
         argv = etcd_argv(self.name, self.address, str(self.paths.etcd_dir / "data"), str(self.paths.mesh.pki_dir),
                          self.st["initial_cluster"], self.st["cluster_state"], self.st["cluster_token"])
-        logf = open(self.paths.etcd_dir / "etcd.log", "ab")
-        self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        logf.close()
+        with open(self.paths.etcd_dir / "etcd.log", "ab") as logf:
+            self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         log.info("etcd member %s started (pid %d, %s)", self.name, self.etcd.pid, self.st["cluster_state"])
 
     def wait_etcd(self, timeout: float = 60.0) -> None:
@@ -449,10 +449,9 @@ class Supervisor:
                 "--etcd", ",".join(self.agent_endpoints), "--prefix", AGENT_PREFIX,
                 "--cert", str(m.member_cert), "--key", str(m.member_key), "--cacert", str(m.ca_cert),
                 "--name", self.name, "--iface", self.st["iface"], "--address", self.address]
-        logf = open(self.paths.root / "agent.log", "ab")
-        self.agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        logf.close()
+        with open(self.paths.root / "agent.log", "ab") as logf:
+            self.agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
         log.info("agent started (pid %d) on %s", self.agent.pid, ",".join(self.agent_endpoints))
 
     @staticmethod
@@ -885,8 +884,8 @@ def status(state_dir: str) -> dict:
 
 
 def format_status(s: dict) -> str:
-    lines = [f"mesh: this host {s['name']} ({s['address']}, {s['role']}), "
-             f"{'running' if s['running'] else 'NOT running'}; store {s['store']}"]
+    lines = [(f"mesh: this host {s['name']} ({s['address']}, {s['role']}), "
+              f"{'running' if s['running'] else 'NOT running'}; store {s['store']}")]
     lines.append("members:")
     for m in s["members"]:
         lines.append(f"  {m['name']:16} {m['role']:6} {'healthy' if m['healthy'] else 'UNHEALTHY':9}"
