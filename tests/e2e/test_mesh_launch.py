@@ -6,7 +6,7 @@ formed by join tokens, the agent programming every host.
   watches h2's underlay link (TLS only: no plaintext HTTP/gRPC for the join *and* for
   etcd's client and peer traffic), refusals on h3 (token of another cluster, wrong
   secret) that leave nothing behind on either side; h4 refused while the quorum is
-  lost (the line says so), then joining while one voter of three is down.
+  lost (the line says so), then joining while one voter of three is killed.
 * `mesh`: a 5-host L2 lab built by `crossnet lab up --store mesh` (the lab runs the same
   commands): 3 voters + 2 clients, every container pair pings; quorum loss keeps the
   data plane and `status` says so; `forget` promotes a client; `stop --release`
@@ -18,6 +18,7 @@ The `mesh` tests run in file order, each leaving the mesh as the next expects.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -230,15 +231,21 @@ def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
     for h in ("h2", "h3"):
         _launch(lab, h)
     _wait(lambda: _status(lab, "h1")["store"] == "ok", 60, "quorum back")
-    # one voter of three down: the others keep the quorum, a new host joins (through h3)
-    lab.crossnet("h1", "stop")
+    # one voter of three killed (SIGKILL to the supervisor, etcd and agent: a crash): the
+    # others keep the quorum, a new host joins (through h3)
+    pids = subprocess.run(["ip", "netns", "pids", lab.plan.host("h1").netns], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert len(pids) == 3, pids  # supervisor, etcd, agent
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
     res = _launch(lab, "h4", "--token", token, lab.plan.host("h3").address)
     assert "joined the mesh as a client" in res.stdout, res.stdout
     st = _status(lab, "h4")
     assert st["store"] == "ok" and st["role"] == "client"
     assert {m["name"]: m["healthy"] for m in st["members"] if m["role"] == "voter"} == \
         {"h1": False, "h2": True, "h3": True}
-    _launch(lab, "h1")
+    res = _launch(lab, "h1")  # after the crash: same member back (stale pid file ignored)
+    assert "back in the mesh as a voter" in res.stdout
     _wait(lambda: all(m["healthy"] for m in _status(lab, "h4")["members"]), 30, "h1 back")
 
 

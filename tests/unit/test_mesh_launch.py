@@ -225,3 +225,30 @@ def test_commands_on_a_host_that_never_launched(tmp_path):
     proc = _cli(tmp_path, "stop")
     assert proc.returncode == 0 and "not running" in proc.stdout
     assert not (tmp_path / "state").exists()
+
+
+def test_retrying_rides_out_an_election_but_not_a_real_error():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise CrossnetError("https://10.0.0.1:2379: etcdserver: leader changed")
+        return "ok"
+
+    assert ml.retrying(flaky, timeout=5, interval=0.01) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def bad():
+        calls.append(1)
+        raise CrossnetError("https://10.0.0.1:2379: etcdserver: permission denied")
+
+    with pytest.raises(CrossnetError, match="permission denied"):
+        ml.retrying(bad, timeout=5, interval=0.01)
+    assert len(calls) == 1
+
+    def always():
+        raise CrossnetError("etcdserver: request timed out")
+
+    with pytest.raises(CrossnetError, match="timed out"):
+        ml.retrying(always, timeout=0.1, interval=0.01)

@@ -279,7 +279,7 @@ class EtcdTokenStore(TokenStore):
         from crossnet.store.etcdclient import EtcdError
 
         try:
-            kv = self.client.get(self.KEY)
+            kv = retrying(lambda: self.client.get(self.KEY))
         except EtcdError as exc:
             reason = self.unavailable() if self.unavailable is not None else None
             raise CrossnetError(reason or f"store unavailable: {exc}") from None
@@ -306,6 +306,22 @@ class EtcdTokenStore(TokenStore):
     @contextlib.contextmanager
     def _locked(self):
         yield
+
+
+TRANSIENT = ("leader changed", "request timed out", "no leader", "cannot reach etcd", "timed out")
+
+
+def retrying(fn: Callable[[], Any], timeout: float = 3.0, interval: float = 0.25) -> Any:
+    """fn(), retried for `timeout` s while etcd's error is transient (an election after a
+    voter died: "leader changed", "request timed out"); then the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except CrossnetError as exc:
+            if not any(t in str(exc) for t in TRANSIENT) or time.monotonic() + interval > deadline:
+                raise
+            time.sleep(interval)
 
 
 def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
@@ -476,20 +492,21 @@ class Supervisor:
 
         def members() -> list:
             return [{"name": mm.get("name"), "clientURLs": mm.get("clientURLs"), "peerURLs": mm.get("peerURLs"),
-                     "isLearner": bool(mm.get("isLearner"))} for mm in member_list(self.client())]
+                     "isLearner": bool(mm.get("isLearner"))}
+                    for mm in retrying(lambda: member_list(self.client(timeout=2.0)))]
 
         def admit(name: str, address: str) -> None:
-            for h in mesh_hosts(self.client()):
+            for h in retrying(lambda: mesh_hosts(self.client(timeout=2.0))):
                 if h.get("name") == name and h.get("address") != address:
                     raise join.JoinRefused("conflict", f"host name {name!r} is already taken by {h.get('address')}")
                 if h.get("address") == address and h.get("name") != name:
                     raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
 
         def unavailable() -> str | None:
-            reachable, total, _ = probe_voters(self.paths, self.endpoints(), timeout=1.0)
+            reachable, total, _ = probe_voters(self.paths, self.endpoints(), timeout=0.7)
             return quorum_text(reachable, total)
 
-        tokens = EtcdTokenStore(self.client(timeout=3.0), unavailable=unavailable)
+        tokens = EtcdTokenStore(self.client(timeout=2.0), unavailable=unavailable)
         svc = join.JoinService(ca, tokens, members=members, admit=admit)
         self.join_server = join.JoinServer(svc, self.address, join.JOIN_PORT, str(m.member_cert),
                                            str(m.member_key)).start()
@@ -737,9 +754,9 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
           "cluster_token": "crossnet-" + join_token.pin.split(":")[1][:16], "cluster_state": "existing"}
     try:
         c = etcd_client(paths, eps)
-        cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
+        cfg = retrying(lambda: get_json(c, f"{MESH_PREFIX}/config"), timeout=10) or {}
         st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
-        role = role_for(member_list(c), st["voters"])
+        role = role_for(retrying(lambda: member_list(c), timeout=10), st["voters"])
         st["role"] = role
         if role == "voter":
             own_peer = peer_url(address)
