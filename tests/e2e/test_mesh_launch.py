@@ -408,3 +408,20 @@ def test_foreground_first_launch_for_systemd(lab_factory):
         lab.crossnet("h2", "stop", check=False)
     assert rc == 0
     assert not (Path(lab.plan.host("h1").state_dir) / "mesh" / "launch.pid").exists()
+
+
+def test_lab_demo_store_mesh_on_an_l3_underlay(lab_factory):
+    """`crossnet lab demo --store mesh` (the CLI path, L3 underlay: hosts behind a
+    router): every host launched by token, every container pair pings, lab removed."""
+    from crossnet.lab.manager import lab_dir
+
+    name = lab_factory.new_name()
+    res = subprocess.run([sys.executable, "-m", "crossnet", "lab", "demo", "--store", "mesh", "--name", name,
+                          "--hosts", "3", "--containers", "1", "--underlay", "l3", "-o", "json"],
+                         capture_output=True, text=True, timeout=180, env=lab_factory.env, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(res.stdout)
+    assert data["ok"] is True and data["lab"] == name
+    assert len(data["pairs"]) == 6 and all(p["ok"] for p in data["pairs"])
+    assert len({h["subnet"] for h in data["hosts"]}) == 3
+    assert not lab_dir(name).exists()
