@@ -291,6 +291,9 @@ def status(ctx: click.Context, output: str) -> None:
         st = dict(via["host"], agent=via["agent"])
     else:
         st = get_status(_state(ctx))
+    mesh = _mesh_status(ctx)
+    if mesh is not None:
+        st["mesh"] = mesh
     if output == "json":
         _json(st)
         return
@@ -342,6 +345,22 @@ def status(ctx: click.Context, output: str) -> None:
         cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "",
                      "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
     console.print(cont)
+    if mesh is not None:
+        from crossnet.mesh.launch import format_status
+
+        click.echo(format_status(mesh))
+
+
+def _mesh_status(ctx: click.Context) -> dict | None:
+    """The mesh part of `status` on a host `crossnet launch` runs (docs/mesh.md)."""
+    from pathlib import Path
+
+    root = ctx.obj["state_dir"]
+    if not (Path(root) / "mesh" / "launch.json").exists():
+        return None
+    from crossnet.mesh.launch import status as mesh_status
+
+    return mesh_status(root)
 
 
 @click.command()

@@ -73,7 +73,7 @@ def _build_options(f):
         click.option("--runtime", default="netns", show_default=True, metavar="netns|podman",
                      help="Containers: plain network namespaces + `crossnet attach`, or real podman "
                           "containers (busybox) attached by the crossnet-cni plugin."),
-        click.option("--store", default="static", show_default=True, metavar="static|etcd", expose_value=False,
+        click.option("--store", default="static", show_default=True, metavar="static|etcd|mesh", expose_value=False,
                      callback=_store_option,
                      help="static: `crossnet apply` with the lab's cluster file; etcd: an etcd server in the "
                           "lab and `crossnet agent` on every host (see docs/agent.md)."),
@@ -93,8 +93,8 @@ def _build_options(f):
 
 
 def _store_option(ctx, _param, value):
-    if value not in ("static", "etcd"):
-        raise ConfigError(f"--store: unknown store {value!r} (choose from static, etcd)")
+    if value not in ("static", "etcd", "mesh"):
+        raise ConfigError(f"--store: unknown store {value!r} (choose from static, etcd, mesh)")
     ctx.meta["crossnet.lab.store"] = value
 
 
@@ -103,12 +103,13 @@ def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_le
         raise ConfigError(f"--runtime: unknown runtime {runtime!r} (choose from netns, podman)")
     extra = {"runtime": runtime} if runtime != "netns" else {}
     ctx = click.get_current_context(silent=True)
-    if ctx is not None and ctx.meta.get("crossnet.lab.store") == "etcd":
+    store = ctx.meta.get("crossnet.lab.store") if ctx is not None else None
+    if store in ("etcd", "mesh"):
         from crossnet.store import STORE_BACKENDS
 
         if backend not in STORE_BACKENDS:
-            raise ConfigError(f"--store etcd: backend {backend!r} is not supported (choose from {', '.join(STORE_BACKENDS)})")
-        extra["store"] = "etcd"
+            raise ConfigError(f"--store {store}: backend {backend!r} is not supported (choose from {', '.join(STORE_BACKENDS)})")
+        extra["store"] = store
     return LabOptions(name=name, hosts=hosts, underlay=underlay, backend=backend, containers=containers,
                       mtu=mtu, network=network, subnet_len=subnet_len, extra=extra).validate()
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = {
     "crossnet.cli.agent": ("agent", "etcd"),
     "crossnet.cli.bench": ("bench",),
     "crossnet.cli.wg": ("keygen",),  # WireGuard key of this host (backend wireguard)
+    "crossnet.cli.mesh": ("launch", "stop", "forget", "token"),
 }
 
 

@@ -373,7 +373,7 @@ def _build(lab: Lab, apply: bool, log: Log) -> None:
         lab.save()
         log(f"starting service {svc.name} on {len(plan.hosts)} hosts")
         _parallel(lambda h, svc=svc: svc.start(plan, h), plan.hosts)
-    if apply and plan.extra.get("store") == "etcd":  # the `agent` service (crossnet.lab.etcd) programmed them
+    if apply and plan.extra.get("store") in ("etcd", "mesh"):  # the `agent`/`mesh` service programmed them
         log(f"hosts programmed by their crossnet agents (etcd in {plan.fabric.netns})")
     elif apply:
         log(f"crossnet apply ({plan.backend}) on {', '.join(h.name for h in plan.hosts)}")

@@ -1,0 +1,915 @@
+"""`crossnet launch`: one command per host, an etcd member + the agent (docs/mesh.md).
+
+Pure logic first (defaults, roles, endpoint lists, etcd argv — unit-tested), then the
+cluster-side records (everything in etcd, over mutual TLS with the member
+certificates), then the supervisor (`crossnet launch --foreground`), then the
+commands' operations (launch, stop, forget, status, tokens).
+
+etcd keys of the mesh (beside the agent's `<prefix>/…`, prefix `/crossnet`):
+
+    /crossnet-mesh/config         {"voters": 3}                      written once by the first host
+    /crossnet-mesh/ca             {"cert": PEM, "key": PEM}          the cluster CA (signs joins on any host)
+    /crossnet-mesh/tokens         the token store document (verifiers only, crossnet.mesh.token)
+    /crossnet-mesh/hosts/<name>   {"name", "address", "role", "seen"}  heartbeat every HEARTBEAT s
+
+Local state (`<state-dir>/mesh/`): `launch.json` (name, address, iface, role, …),
+`launch.pid`, `launch.log`, `etcd/` (the member's data dir), `pki/` (crossnet.mesh.state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from crossnet.errors import ConfigError, CrossnetError
+from crossnet.mesh import pki
+from crossnet.mesh.state import MeshDir
+from crossnet.mesh.token import JoinToken, TokenStore
+
+log = logging.getLogger("crossnet.mesh")
+
+CLIENT_PORT = 2379
+PEER_PORT = 2380
+MESH_PREFIX = "/crossnet-mesh"
+AGENT_PREFIX = "/crossnet"
+DEFAULT_NETWORK = "10.32.0.0/12"
+DEFAULT_SUBNET_LEN = 24
+DEFAULT_BACKEND = "vxlan"
+DEFAULT_VOTERS = 3
+DEFAULT_TTL = 30
+HEARTBEAT = 5.0
+MAINTAIN = 3.0
+ETCD_BINARY = "etcd"
+READY_TIMEOUT = 90.0
+
+
+# ====================================================================== pure logic
+
+def pick_underlay(default_oif: int | None, links: dict[int, str], addrs: dict[int, list[str]],
+                  iface: str | None = None, address: str | None = None) -> tuple[str, str]:
+    """(iface, address) of the underlay. links: index -> name; addrs: index -> global
+    IPv4 addresses (no prefix length). Order: --iface/--address; the interface of the
+    default route; else the only non-lo interface with a global IPv4 address."""
+    by_name = {n: i for i, n in links.items()}
+    if address is not None:
+        try:
+            ip = str(ipaddress.IPv4Address(address))
+        except ValueError:
+            raise ConfigError(f"--address: expected an IPv4 address, got {address[:64]!r}") from None
+        owners = [i for i, a in addrs.items() if ip in a]
+        if iface is not None:
+            if iface not in by_name:
+                raise ConfigError(f"--iface: interface {iface!r} does not exist on this host")
+            if ip not in addrs.get(by_name[iface], []):
+                raise ConfigError(f"--address: {ip} is not configured on {iface}")
+            return iface, ip
+        if not owners:
+            raise ConfigError(f"--address: {ip} is not configured on any interface of this host")
+        return links[owners[0]], ip
+    if iface is not None:
+        if iface not in by_name:
+            raise ConfigError(f"--iface: interface {iface!r} does not exist on this host")
+        mine = addrs.get(by_name[iface], [])
+        if not mine:
+            raise ConfigError(f"--iface: interface {iface!r} has no IPv4 address; pass --address")
+        return iface, mine[0]
+    if default_oif is not None and addrs.get(default_oif):
+        return links[default_oif], addrs[default_oif][0]
+    candidates = [i for i, a in addrs.items() if a and links.get(i) != "lo"]
+    if len(candidates) == 1:
+        return links[candidates[0]], addrs[candidates[0]][0]
+    raise ConfigError("--address: cannot tell the underlay address (no default route and "
+                      f"{len(candidates)} interfaces with an IPv4 address); pass --address (and --iface)")
+
+
+def detect_underlay(iface: str | None = None, address: str | None = None) -> tuple[str, str]:
+    """pick_underlay with this namespace's links, addresses and default route (netlink)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = {ln["index"]: ln.get_attr("IFLA_IFNAME") for ln in ipr.get_links()}
+        addrs: dict[int, list[str]] = {}
+        for a in ipr.get_addr(family=2):
+            if a["scope"] == 0:  # global
+                addrs.setdefault(a["index"], []).append(a.get_attr("IFA_ADDRESS"))
+        oif = None
+        with contextlib.suppress(Exception):
+            routes = ipr.route("get", dst="192.0.2.1")  # a lookup only, nothing is sent
+            oif = routes[0].get_attr("RTA_OIF") if routes else None
+    return pick_underlay(oif, links, addrs, iface, address)
+
+
+def client_url(address: str) -> str:
+    return f"https://{address}:{CLIENT_PORT}"
+
+
+def peer_url(address: str) -> str:
+    return f"https://{address}:{PEER_PORT}"
+
+
+def voters_of(members: Iterable[dict]) -> list[dict]:
+    return [m for m in members if not m.get("isLearner")]
+
+
+def role_for(members: list[dict], max_voters: int) -> str:
+    """A joining host is a voter while the cluster has fewer than max_voters voters."""
+    return "voter" if len(voters_of(members)) < max_voters else "client"
+
+
+def endpoint_list(members: list[dict], own: str | None = None) -> list[str]:
+    """Client URLs of the voters (this host's own first when it is one), sorted, no
+    duplicates: what the agent and every etcd client of this host use."""
+    urls = sorted({u for m in voters_of(members) for u in m.get("clientURLs") or []})
+    if own is not None and own in urls:
+        urls.remove(own)
+        urls.insert(0, own)
+    return urls
+
+
+def initial_cluster(members: list[dict], name: str, own_peer: str) -> str:
+    """--initial-cluster for a member added to a running cluster: every voter's
+    name=peerURL; the member just added (no name yet) is this host."""
+    parts = []
+    for m in voters_of(members):
+        urls = m.get("peerURLs") or []
+        if not urls:
+            continue
+        mname = m.get("name") or (name if own_peer in urls else "")
+        if mname:
+            parts.append(f"{mname}={urls[0]}")
+    if f"{name}={own_peer}" not in parts:
+        parts.append(f"{name}={own_peer}")
+    return ",".join(sorted(parts))
+
+
+def promotion_candidate(hosts: list[dict], now: float, fresh: float = 3 * HEARTBEAT) -> str | None:
+    """The client host that becomes a voter when voters are missing: the live client
+    (heartbeat younger than `fresh`) with the smallest name; every host computes the
+    same answer, only that one acts."""
+    live = sorted(h["name"] for h in hosts if h.get("role") == "client" and now - float(h.get("seen", 0)) < fresh)
+    return live[0] if live else None
+
+
+def quorum_text(reachable: int, voters: int) -> str | None:
+    """None when a majority of voters answers, else the status line's reason."""
+    if voters and reachable > voters // 2:
+        return None
+    return f"store unavailable: quorum lost ({reachable}/{voters} voters)"
+
+
+def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str, state: str,
+              cluster_token: str) -> list[str]:
+    d = Path(pki_dir)
+    return [
+        ETCD_BINARY, "--name", name, "--data-dir", data_dir,
+        "--listen-client-urls", client_url(address), "--advertise-client-urls", client_url(address),
+        "--listen-peer-urls", peer_url(address), "--initial-advertise-peer-urls", peer_url(address),
+        "--initial-cluster", cluster, "--initial-cluster-state", state,
+        "--initial-cluster-token", cluster_token,
+        "--cert-file", str(d / pki.MEMBER_CERT), "--key-file", str(d / pki.MEMBER_KEY),
+        "--client-cert-auth", "--trusted-ca-file", str(d / pki.CA_CERT),
+        "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
+        "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT),
+        "--snapshot-count", "5000", "--logger", "zap", "--log-outputs", "stderr",
+    ]
+
+
+# ====================================================================== local state
+
+@dataclass
+class Paths:
+    state_dir: Path
+
+    @property
+    def mesh(self) -> MeshDir:
+        return MeshDir(self.state_dir)
+
+    @property
+    def root(self) -> Path:
+        return self.mesh.root
+
+    @property
+    def launch_json(self) -> Path:
+        return self.root / "launch.json"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "launch.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.root / "launch.log"
+
+    @property
+    def etcd_dir(self) -> Path:
+        return self.root / "etcd"
+
+    @property
+    def release_marker(self) -> Path:
+        return self.root / "release"
+
+    def load(self) -> dict:
+        try:
+            return json.loads(self.launch_json.read_text())
+        except FileNotFoundError:
+            raise CrossnetError(f"{self.root}: this host was never launched; run `crossnet launch`") from None
+        except ValueError:
+            raise CrossnetError(f"{self.launch_json}: not valid JSON") from None
+
+    def save(self, st: dict) -> None:
+        from crossnet.state import write_json_atomic
+
+        write_json_atomic(self.launch_json, st)
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid == os.getpid():  # the supervisor itself, just spawned with this pidfile
+            return None
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except OSError:
+            return None
+        return pid if b"launch" in cmd and b"--foreground" in cmd else None
+
+
+def etcd_client(paths: Paths, endpoints: list[str], timeout: float = 5.0):
+    from crossnet.store.etcdclient import EtcdClient
+
+    m = paths.mesh
+    return EtcdClient(endpoints, cert=str(m.member_cert), key=str(m.member_key), cacert=str(m.ca_cert),
+                      timeout=timeout)
+
+
+# ====================================================================== cluster records
+
+class EtcdTokenStore(TokenStore):
+    """The token store document kept in etcd (`/crossnet-mesh/tokens`) instead of a file,
+    so every host's join endpoint verifies the same tokens. Writes are compare-and-swap
+    on the key's mod_revision; verification only reads."""
+
+    KEY = f"{MESH_PREFIX}/tokens"
+
+    def __init__(self, client: Any, clock: Callable[[], float] = time.time,
+                 unavailable: Callable[[], str | None] | None = None):
+        """unavailable(): why the store does not answer (e.g. the quorum line), asked
+        when a read fails, so a refused join names the reason."""
+        super().__init__(Path("/nonexistent/etcd-tokens"), clock)
+        self.client = client
+        self.unavailable = unavailable
+        self._rev = 0
+
+    def _load(self) -> dict[str, dict]:
+        from crossnet.store.etcdclient import EtcdError
+
+        try:
+            kv = retrying(lambda: self.client.get(self.KEY))
+        except EtcdError as exc:
+            reason = self.unavailable() if self.unavailable is not None else None
+            raise CrossnetError(reason or f"store unavailable: {exc}") from None
+        self._rev = kv.mod_revision if kv is not None else 0
+        if kv is None:
+            return {}
+        try:
+            doc = json.loads(kv.value)
+            tokens = doc["tokens"]
+            if doc.get("version") != 1 or not isinstance(tokens, dict):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise CrossnetError(f"etcd {self.KEY}: not a crossnet token store; refusing every token") from None
+        return tokens
+
+    def _save(self, tokens: dict[str, dict]) -> None:
+        c = self.client
+        value = json.dumps({"version": 1, "tokens": tokens})
+        cmp = c.cmp_mod(self.KEY, self._rev) if self._rev else c.cmp_create(self.KEY, 0)
+        ok, _, _ = c.txn([cmp], [c.op_put(self.KEY, value)])
+        if not ok:
+            raise CrossnetError("the token store changed at the same time on another host; try again")
+
+    @contextlib.contextmanager
+    def _locked(self):
+        yield
+
+
+TRANSIENT = ("leader changed", "request timed out", "no leader", "cannot reach etcd", "timed out")
+
+
+def retrying(fn: Callable[[], Any], timeout: float = 3.0, interval: float = 0.25) -> Any:
+    """fn(), retried for `timeout` s while etcd's error is transient (an election after a
+    voter died: "leader changed", "request timed out"); then the last error."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except CrossnetError as exc:
+            if not any(t in str(exc) for t in TRANSIENT) or time.monotonic() + interval > deadline:
+                raise
+            time.sleep(interval)
+
+
+def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
+    """`member add` as a voter; etcd refuses while a member started less than 5 s ago
+    ("unhealthy cluster", its strict reconfiguration check): retried until timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return list(client.call("cluster/member/add", {"peerURLs": [peer]}).get("members", []))
+        except CrossnetError as exc:
+            if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def member_remove(client: Any, member_id: str, timeout: float = 30.0) -> None:
+    """`member remove`, retried while etcd answers "unhealthy cluster" (a member connected
+    less than 5 s ago does not count towards the quorum its strict check wants)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            client.call("cluster/member/remove", {"ID": member_id})
+            return
+        except CrossnetError as exc:
+            if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def member_list(client: Any) -> list[dict]:
+    return list(client.call("cluster/member/list", {}).get("members", []))
+
+
+def get_json(client: Any, key: str) -> Any:
+    kv = client.get(key)
+    return json.loads(kv.value) if kv is not None else None
+
+
+def mesh_hosts(client: Any) -> list[dict]:
+    kvs, _ = client.range(f"{MESH_PREFIX}/hosts/", prefix=True)
+    out = []
+    for kv in kvs:
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(kv.value))
+    return out
+
+
+def load_cluster_ca(client: Any) -> pki.CA:
+    """The CA with its key, from etcd (every member can sign joins)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    doc = get_json(client, f"{MESH_PREFIX}/ca")
+    if not doc:
+        raise CrossnetError("the cluster CA is not in etcd yet")
+    cert = pki.load_cert_pem(doc["cert"], "ca")
+    key = load_pem_private_key(doc["key"].encode(), None)
+    return pki.CA(cert, key)
+
+
+def remove_host_records(client: Any, name: str) -> list[str]:
+    """Everything the store holds for `name`: its subnet lease (peers drop its routes
+    and tunnels), containers, remembered subnet, mesh record. Returns what was removed."""
+    done = []
+    kvs, _ = client.range(f"{AGENT_PREFIX}/subnets/", prefix=True)
+    for kv in kvs:
+        with contextlib.suppress(ValueError):
+            if json.loads(kv.value).get("name") == name:
+                if kv.lease:
+                    with contextlib.suppress(CrossnetError):
+                        client.lease_revoke(kv.lease)
+                client.delete(kv.key.decode() if isinstance(kv.key, bytes) else kv.key)
+                done.append("subnet")
+    for key, what in ((f"{AGENT_PREFIX}/containers/{name}", "containers"), (f"{AGENT_PREFIX}/hosts/{name}", "hosts"),
+                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record")):
+        if client.delete(key):
+            done.append(what)
+    return done
+
+
+# ====================================================================== the supervisor
+
+class Supervisor:
+    """`crossnet launch --foreground`: the etcd member (voters), the join endpoint, the
+    agent; heartbeat, endpoint refresh, promotion; SIGTERM stops them (data plane kept)."""
+
+    def __init__(self, state_dir: str):
+        self.state_dir = str(state_dir)
+        self.paths = Paths(Path(state_dir))
+        self.st = self.paths.load()
+        self.etcd: subprocess.Popen | None = None
+        self.agent: subprocess.Popen | None = None
+        self.agent_endpoints: list[str] = []
+        self.join_server = None
+        self._stop = threading.Event()
+
+    # ---- children
+    @property
+    def name(self) -> str:
+        return self.st["name"]
+
+    @property
+    def address(self) -> str:
+        return self.st["address"]
+
+    def client(self, timeout: float = 5.0):
+        return etcd_client(self.paths, self.endpoints(), timeout)
+
+    def endpoints(self) -> list[str]:
+        eps = list(self.st.get("endpoints") or [])
+        own = client_url(self.address)
+        if self.st["role"] == "voter":
+            eps = [own] + [e for e in eps if e != own]
+        return eps or [own]
+
+    def start_etcd(self) -> None:
+        self.paths.etcd_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.paths.etcd_dir, 0o700)
+        argv = etcd_argv(self.name, self.address, str(self.paths.etcd_dir / "data"), str(self.paths.mesh.pki_dir),
+                         self.st["initial_cluster"], self.st["cluster_state"], self.st["cluster_token"])
+        with open(self.paths.etcd_dir / "etcd.log", "ab") as logf:
+            self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        log.info("etcd member %s started (pid %d, %s)", self.name, self.etcd.pid, self.st["cluster_state"])
+
+    def wait_etcd(self, timeout: float = 60.0) -> None:
+        c = etcd_client(self.paths, [client_url(self.address)], timeout=2.0)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.etcd is not None and self.etcd.poll() is not None:
+                raise CrossnetError(f"etcd exited with code {self.etcd.returncode}; see {self.paths.etcd_dir}/etcd.log")
+            with contextlib.suppress(CrossnetError):
+                c.range(f"{MESH_PREFIX}/config")
+                return
+            time.sleep(0.2)
+        raise CrossnetError(f"etcd did not become ready within {timeout:.0f}s")
+
+    def start_agent(self) -> None:
+        m = self.paths.mesh
+        self.agent_endpoints = self.endpoints()
+        argv = [sys.executable, "-m", "crossnet", "--state-dir", self.state_dir, "agent",
+                "--etcd", ",".join(self.agent_endpoints), "--prefix", AGENT_PREFIX,
+                "--cert", str(m.member_cert), "--key", str(m.member_key), "--cacert", str(m.ca_cert),
+                "--name", self.name, "--iface", self.st["iface"], "--address", self.address]
+        with open(self.paths.root / "agent.log", "ab") as logf:
+            self.agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        log.info("agent started (pid %d) on %s", self.agent.pid, ",".join(self.agent_endpoints))
+
+    @staticmethod
+    def _end(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def start_join_server(self) -> None:
+        from crossnet.mesh import join
+
+        if self.join_server is not None:
+            return
+        client = self.client()
+        ca = load_cluster_ca(client)
+        m = self.paths.mesh
+
+        def members() -> list:
+            return [{"name": mm.get("name"), "clientURLs": mm.get("clientURLs"), "peerURLs": mm.get("peerURLs"),
+                     "isLearner": bool(mm.get("isLearner"))}
+                    for mm in retrying(lambda: member_list(self.client(timeout=2.0)))]
+
+        def admit(name: str, address: str) -> None:
+            for h in retrying(lambda: mesh_hosts(self.client(timeout=2.0))):
+                if h.get("name") == name and h.get("address") != address:
+                    raise join.JoinRefused("conflict", f"host name {name!r} is already taken by {h.get('address')}")
+                if h.get("address") == address and h.get("name") != name:
+                    raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
+
+        def unavailable() -> str | None:
+            reachable, total, _ = probe_voters(self.paths, self.endpoints(), timeout=0.7)
+            return quorum_text(reachable, total)
+
+        tokens = EtcdTokenStore(self.client(timeout=2.0), unavailable=unavailable)
+        svc = join.JoinService(ca, tokens, members=members, admit=admit)
+        self.join_server = join.JoinServer(svc, self.address, join.JOIN_PORT, str(m.member_cert),
+                                           str(m.member_key)).start()
+        log.info("join endpoint on %s:%d", self.address, join.JOIN_PORT)
+
+    # ---- first host
+    def bootstrap(self) -> None:
+        from crossnet.store import NetworkConfig
+        from crossnet.store.etcd import EtcdStore
+
+        c = self.client()
+        n = self.st["network"]
+        cfg = NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"],
+                            name="crossnet", ttl=n["ttl"])
+        EtcdStore(c, AGENT_PREFIX).init_config(cfg)
+        ca = self.paths.mesh.load_ca(need_key=True)
+        ca_doc = json.dumps({"cert": ca.cert_pem.decode(), "key": pki.key_pem(ca.key).decode()})
+        c.txn([c.cmp_create(f"{MESH_PREFIX}/ca", 0)],
+              [c.op_put(f"{MESH_PREFIX}/ca", ca_doc),
+               c.op_put(f"{MESH_PREFIX}/config", json.dumps({"voters": self.st["voters"]}))])
+        self.st["bootstrapped"] = True
+        self.st["cluster_state"] = "existing"
+        self.paths.save(self.st)
+        if self.st.pop("print_token", False):  # first launch in the foreground: no other place to say it
+            from crossnet.mesh.token import join_command
+
+            jt = JoinToken(EtcdTokenStore(c).create(), ca.pin)
+            print(f"mesh created; on every other host run:\n  {join_command(jt, self.address)}", flush=True)
+            self.paths.save(self.st)
+
+    # ---- periodic
+    def heartbeat(self) -> None:
+        self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", json.dumps(
+            {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time()}))
+
+    def maintain(self) -> None:
+        c = self.client(timeout=2.0)
+        members = member_list(c)
+        own = client_url(self.address)
+        eps = endpoint_list(members, own if self.st["role"] == "voter" else None)
+        if eps and eps != self.st.get("endpoints"):
+            self.st["endpoints"] = eps
+            self.paths.save(self.st)
+        if self.st["role"] == "client":
+            voters = voters_of(members)
+            cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
+            want = int(cfg.get("voters") or DEFAULT_VOTERS)
+            if len(voters) < want and promotion_candidate(mesh_hosts(c), time.time()) == self.name:
+                self.promote(c)
+        if self.agent is not None and self.endpoints() != self.agent_endpoints:
+            log.info("etcd endpoints changed: restarting the agent")
+            self._end(self.agent)
+            self.start_agent()
+
+    def promote(self, c: Any) -> None:
+        log.info("promoting this host to an etcd voter")
+        own_peer = peer_url(self.address)
+        members = member_add(c, own_peer)
+        self.st.update(role="voter", cluster_state="existing",
+                       initial_cluster=initial_cluster(members, self.name, own_peer))
+        shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
+        self.paths.save(self.st)
+        self.start_etcd()
+        self.wait_etcd()
+        self.heartbeat()
+
+    # ---- main loop
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+        self.paths.pidfile.write_text(f"{os.getpid()}\n")
+        try:
+            if self.st["role"] == "voter":
+                self.start_etcd()
+                self.wait_etcd()
+                if not self.st.get("bootstrapped"):
+                    self.bootstrap()
+            self._retry(self.heartbeat, "heartbeat")
+            self.start_agent()
+            self._retry(self.start_join_server, "join endpoint")
+            last_beat = last_maint = time.monotonic()
+            while not self._stop.wait(0.5):
+                now = time.monotonic()
+                if self.etcd is not None and self.etcd.poll() is not None:
+                    log.error("etcd exited (%s); restarting it", self.etcd.returncode)
+                    self.st["cluster_state"] = "existing"
+                    self.start_etcd()
+                if self.agent is not None and self.agent.poll() is not None:
+                    log.error("agent exited (%s); restarting it", self.agent.returncode)
+                    self.start_agent()
+                if self.join_server is None:
+                    with contextlib.suppress(CrossnetError):
+                        self.start_join_server()
+                if now - last_beat >= HEARTBEAT:
+                    last_beat = now
+                    self._once(self.heartbeat, "heartbeat")
+                if now - last_maint >= MAINTAIN:
+                    last_maint = now
+                    self._once(self.maintain, "membership")
+        finally:
+            release = self.paths.release_marker.exists()
+            self.shutdown(release)
+        return 0
+
+    def _once(self, fn: Callable[[], None], what: str) -> bool:
+        try:
+            fn()
+            return True
+        except CrossnetError as exc:
+            log.warning("%s: %s", what, exc)
+            return False
+
+    def _retry(self, fn: Callable[[], None], what: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._once(fn, what):
+            if time.monotonic() > deadline or self._stop.wait(0.5):
+                return
+
+    def shutdown(self, release: bool) -> None:
+        self._end(self.agent)
+        if self.join_server is not None:
+            self.join_server.close()
+        if release:
+            self._release()
+        self._end(self.etcd)
+        with contextlib.suppress(FileNotFoundError):
+            self.paths.pidfile.unlink()
+        if release:
+            from crossnet.host import reset
+            from crossnet.state import StateDir
+
+            with contextlib.suppress(CrossnetError):
+                reset(StateDir(self.state_dir))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(Path(self.state_dir) / "agent.json")
+            log.info("released: this host left the mesh (this log: %s)", self.state_dir + "/mesh-release.log")
+            with contextlib.suppress(OSError):
+                os.replace(self.paths.logfile, Path(self.state_dir) / "mesh-release.log")
+            shutil.rmtree(self.paths.root, ignore_errors=True)
+
+    def _release(self) -> None:
+        c = etcd_client(self.paths, self.endpoints(), timeout=3.0)
+        try:
+            log.info("release: removed %s", ", ".join(remove_host_records(c, self.name)) or "nothing")
+            if self.st["role"] == "voter":
+                members = member_list(c)
+                me = next((m for m in members if m.get("name") == self.name), None)
+                if me is not None and len(members) > 1:
+                    member_remove(c, me["ID"])
+                    log.info("release: etcd member %s removed", self.name)
+        except CrossnetError as exc:
+            log.error("release: %s", exc)
+
+
+def run_foreground(state_dir: str) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s crossnet-launch %(levelname)s %(message)s")
+    return Supervisor(state_dir).run()
+
+
+# ====================================================================== operations (CLI)
+
+def _agent_synced(state_dir: str) -> bool:
+    from crossnet.agentapi import call
+
+    try:
+        return bool(call(state_dir, "GET", "/v1/status", timeout=2.0)["agent"].get("synced"))
+    except (CrossnetError, KeyError, TypeError, OSError):
+        return False
+
+
+def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
+    paths = Paths(Path(state_dir))
+    argv = [sys.executable, "-m", "crossnet", "--state-dir", state_dir, "launch", "--foreground"]
+    with open(paths.logfile, "ab") as logf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    paths.pidfile.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CrossnetError(f"crossnet launch --foreground exited with code {proc.returncode}; "
+                                f"see {paths.logfile}")
+        if _agent_synced(state_dir):
+            return proc.pid
+        time.sleep(0.2)
+    raise CrossnetError(f"this host was not programmed within {timeout:.0f}s; see {paths.logfile} "
+                        f"(it keeps trying: `crossnet stop` to give up)")
+
+
+def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
+                 voters: int, ttl: int, spawn: bool = True) -> JoinToken | None:
+    """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
+    the supervisor, which prints the join command once etcd is up."""
+    from crossnet.store import NetworkConfig
+
+    NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl)  # validate
+    paths = Paths(Path(state_dir))
+    ca = paths.mesh.init_cluster(name, address)
+    paths.save({"version": 1, "name": name, "address": address, "iface": iface, "role": "voter", "voters": voters,
+                "initial_cluster": f"{name}={peer_url(address)}", "cluster_state": "new",
+                "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
+                "endpoints": [client_url(address)],
+                "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl},
+                "print_token": not spawn})
+    if not spawn:
+        return None
+    try:
+        _spawn(state_dir)
+    except BaseException:
+        _abort(state_dir)
+        raise
+    c = etcd_client(paths, [client_url(address)])
+    return JoinToken(EtcdTokenStore(c).create(), ca.pin)
+
+
+def _abort(state_dir: str, member_of: list[str] | None = None, name: str | None = None) -> None:
+    """A launch that failed half-way: stop what runs, take back the etcd member this host
+    added (else a cluster of 1 voter + 1 never started has lost its quorum), and remove
+    the mesh state so `crossnet launch` can be run again."""
+    paths = Paths(Path(state_dir))
+    with contextlib.suppress(CrossnetError, OSError):
+        stop(state_dir, release=False, timeout=20)
+    if member_of and name:
+        with contextlib.suppress(CrossnetError):
+            c = etcd_client(paths, member_of, timeout=3.0)
+            me = next((m for m in member_list(c) if m.get("name") == name
+                       or peer_url(paths.load()["address"]) in (m.get("peerURLs") or [])), None)
+            if me is not None:
+                member_remove(c, me["ID"], timeout=10)
+    shutil.rmtree(paths.root, ignore_errors=True)
+
+
+def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, iface: str, address: str,
+                spawn: bool = True) -> str:
+    """Handshake, then `member add` (voter while < voters), then the supervisor."""
+    from crossnet.mesh import join
+
+    paths = Paths(Path(state_dir))
+    result = join.request_join(server, join_token, name, address)  # refusal: nothing written anywhere
+    pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
+    os.chmod(paths.root, 0o700)
+    members = result.members
+    eps = endpoint_list(members)
+    st = {"version": 1, "name": name, "address": address, "iface": iface, "endpoints": eps, "bootstrapped": True,
+          "cluster_token": "crossnet-" + join_token.pin.split(":")[1][:16], "cluster_state": "existing"}
+    try:
+        c = etcd_client(paths, eps)
+        cfg = retrying(lambda: get_json(c, f"{MESH_PREFIX}/config"), timeout=10) or {}
+        st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
+        role = role_for(retrying(lambda: member_list(c), timeout=10), st["voters"])
+        st["role"] = role
+        if role == "voter":
+            own_peer = peer_url(address)
+            st["initial_cluster"] = initial_cluster(member_add(c, own_peer), name, own_peer)
+        paths.save(st)
+    except BaseException:
+        shutil.rmtree(paths.root, ignore_errors=True)
+        raise
+    if not spawn:
+        return role
+    try:
+        _spawn(state_dir)
+    except BaseException:
+        _abort(state_dir, eps if role == "voter" else None, name)
+        raise
+    return role
+
+
+def launch_again(state_dir: str, spawn: bool = True) -> None:
+    """A launched host whose supervisor is not running (restart): same member, same subnet."""
+    paths = Paths(Path(state_dir))
+    st = paths.load()
+    st["cluster_state"] = "existing" if st.get("bootstrapped") else st.get("cluster_state", "new")
+    paths.save(st)
+    if spawn:
+        _spawn(state_dir)
+
+
+def stop(state_dir: str, release: bool, timeout: float = 60.0) -> bool:
+    paths = Paths(Path(state_dir))
+    pid = paths.running_pid()
+    if pid is None:
+        return False
+    if release:
+        paths.release_marker.write_text("")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    break
+        except OSError:
+            break
+        time.sleep(0.1)
+    else:
+        raise CrossnetError(f"crossnet launch (pid {pid}) did not stop within {timeout:.0f}s")
+    return True
+
+
+def forget(state_dir: str, host: str) -> list[str]:
+    paths = Paths(Path(state_dir))
+    st = paths.load()
+    if host == st["name"]:
+        raise ConfigError("HOST: this is this host; use `crossnet stop --release`")
+    c = etcd_client(paths, Supervisor(state_dir).endpoints())
+    done = []
+    for m in member_list(c):
+        if m.get("name") == host:
+            member_remove(c, m["ID"])
+            done.append("etcd member")
+    done += remove_host_records(c, host)
+    if not done:
+        raise ConfigError(f"HOST: no host {host!r} in this mesh")
+    return done
+
+
+def token_store(state_dir: str) -> EtcdTokenStore:
+    return EtcdTokenStore(etcd_client(Paths(Path(state_dir)), Supervisor(state_dir).endpoints()))
+
+
+def probe_voters(paths: Paths, urls: list[str], timeout: float = 1.5) -> tuple[int, int, dict]:
+    """(voters answering, voters, details): the member list (served by any member, quorum
+    or not), then `maintenance/status` on every voter's client URL."""
+    members: list[dict] = []
+    with contextlib.suppress(CrossnetError):
+        members = member_list(etcd_client(paths, urls, timeout=timeout))
+    leaders: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for url in endpoint_list(members) or urls:
+        try:
+            s = etcd_client(paths, [url], timeout=timeout).call("maintenance/status", {})
+        except CrossnetError:
+            continue
+        leaders[url] = str(s.get("leader", "0"))
+        ids[str(s["header"]["member_id"])] = url
+    total = len(voters_of(members)) or len(urls)
+    return len(leaders), total, {"members": members, "leaders": leaders, "ids": ids}
+
+
+def status(state_dir: str) -> dict:
+    """The mesh as this host sees it: members (voter/client, healthy, leader), peers."""
+    paths = Paths(Path(state_dir))
+    st = paths.load()
+    sup = Supervisor(state_dir)
+    out: dict[str, Any] = {"name": st["name"], "address": st["address"], "role": st["role"],
+                           "running": paths.running_pid() is not None, "store": "ok", "members": [], "peers": []}
+    voter_urls = sup.endpoints()
+    reachable, nvoters, probe = probe_voters(paths, voter_urls)
+    members, leaders, ids = probe["members"], probe["leaders"], probe["ids"]
+    reason = quorum_text(reachable, nvoters)
+    leader_id = next((v for v in leaders.values() if v != "0"), None)
+    if reason is None and leader_id is None:
+        reason = f"store unavailable: no leader ({reachable}/{nvoters} voters)"
+    if reason:
+        out["store"] = reason
+    for m in members:
+        urls = m.get("clientURLs") or []
+        out["members"].append({"name": m.get("name") or "(starting)", "role": "voter",
+                               "healthy": any(u in ids.values() for u in urls),
+                               "leader": str(m.get("ID")) == leader_id, "url": urls[0] if urls else None})
+    if reason is None:
+        c = etcd_client(paths, voter_urls, timeout=2.0)
+        hosts = {h["name"]: h for h in mesh_hosts(c)}
+        subnets = {}
+        kvs, _ = c.range(f"{AGENT_PREFIX}/subnets/", prefix=True)
+        for kv in kvs:
+            with contextlib.suppress(ValueError):
+                r = json.loads(kv.value)
+                subnets[r["name"]] = r
+        remembered = {}
+        kvs, _ = c.range(f"{AGENT_PREFIX}/hosts/", prefix=True)
+        for kv in kvs:
+            with contextlib.suppress(ValueError):
+                remembered[kv.key.decode().rsplit("/", 1)[1] if isinstance(kv.key, bytes) else kv.key] = \
+                    json.loads(kv.value)
+        now = time.time()
+        for name in sorted(set(hosts) | set(subnets)):
+            h, s = hosts.get(name, {}), subnets.get(name)
+            seen = h.get("seen")
+            out["peers"].append({
+                "name": name, "address": (s or h).get("address"),
+                "subnet": (s or remembered.get(name) or {}).get("subnet"),
+                "role": h.get("role", "?"), "state": "up" if s else "down",
+                "last_seen": round(now - seen, 1) if seen else None,
+                "via": "this host" if name == st["name"] else "vxlan over the underlay"})
+            if h.get("role") == "client":
+                out["members"].append({"name": name, "role": "client",
+                                       "healthy": bool(seen and now - seen < 3 * HEARTBEAT), "leader": False,
+                                       "url": None})
+    return out
+
+
+def format_status(s: dict) -> str:
+    lines = [(f"mesh: this host {s['name']} ({s['address']}, {s['role']}), "
+              f"{'running' if s['running'] else 'NOT running'}; store {s['store']}")]
+    lines.append("members:")
+    for m in s["members"]:
+        lines.append(f"  {m['name']:16} {m['role']:6} {'healthy' if m['healthy'] else 'UNHEALTHY':9}"
+                     f"{' leader' if m['leader'] else ''}")
+    lines.append("peers:")
+    for p in s["peers"]:
+        seen = f"{p['last_seen']:.0f}s ago" if p["last_seen"] is not None else "never"
+        lines.append(f"  {p['name']:16} {p['address'] or '?':15} {p['subnet'] or '?':18} {p['state']:5} "
+                     f"last seen {seen:10} via {p['via']}")
+    return "\n".join(lines)

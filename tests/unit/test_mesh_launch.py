@@ -1,0 +1,254 @@
+"""Pure logic of `crossnet launch` (crossnet.mesh.launch): underlay defaults, voter/client
+roles, endpoint lists, --initial-cluster, promotion, the quorum line, etcd's argv, the
+token store in etcd (with a fake client), and bad input at the CLI (exit 2, one line,
+nothing created)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crossnet.errors import ConfigError, CrossnetError
+from crossnet.lab.mesh import parse_join_line
+from crossnet.mesh import launch as ml
+
+LINKS = {1: "lo", 2: "eth0", 3: "eth1"}
+
+
+# ---------------------------------------------------------------- underlay defaults
+
+def test_default_route_interface_wins():
+    addrs = {2: ["10.0.0.5"], 3: ["192.168.1.5"]}
+    assert ml.pick_underlay(3, LINKS, addrs) == ("eth1", "192.168.1.5")
+
+
+def test_no_default_route_falls_back_to_the_single_interface_with_an_address():
+    assert ml.pick_underlay(None, LINKS, {2: ["10.0.0.5"]}) == ("eth0", "10.0.0.5")
+    # a default route through an interface without an address does not count
+    assert ml.pick_underlay(3, LINKS, {2: ["10.0.0.5"]}) == ("eth0", "10.0.0.5")
+
+
+@pytest.mark.parametrize("addrs", [{}, {2: ["10.0.0.5"], 3: ["192.168.1.5"]}])
+def test_no_default_route_and_zero_or_several_candidates_asks_for_address(addrs):
+    with pytest.raises(ConfigError) as exc:
+        ml.pick_underlay(None, LINKS, addrs)
+    msg = str(exc.value)
+    assert msg.startswith("--address:") and "pass --address" in msg and "\n" not in msg
+
+
+def test_explicit_iface_and_address():
+    addrs = {2: ["10.0.0.5", "10.0.0.6"], 3: ["192.168.1.5"]}
+    assert ml.pick_underlay(3, LINKS, addrs, iface="eth0") == ("eth0", "10.0.0.5")
+    assert ml.pick_underlay(3, LINKS, addrs, address="10.0.0.6") == ("eth0", "10.0.0.6")
+    assert ml.pick_underlay(None, LINKS, addrs, iface="eth1", address="192.168.1.5") == ("eth1", "192.168.1.5")
+    for kw, field in (({"iface": "eth9"}, "--iface"), ({"address": "10.9.9.9"}, "--address"),
+                      ({"address": "nope"}, "--address"), ({"iface": "eth1", "address": "10.0.0.5"}, "--address"),
+                      ({"iface": "lo"}, "--iface")):
+        with pytest.raises(ConfigError, match=f"^{field}:"):
+            ml.pick_underlay(2, LINKS, addrs, **kw)
+
+
+# ---------------------------------------------------------------- roles, endpoints, promotion
+
+def _m(name, ip, learner=False):
+    return {"ID": str(abs(hash(name))), "name": name, "clientURLs": [f"https://{ip}:2379"],
+            "peerURLs": [f"https://{ip}:2380"], **({"isLearner": True} if learner else {})}
+
+
+def test_role_is_voter_until_max_voters():
+    assert ml.role_for([], 3) == "voter"
+    assert ml.role_for([_m("a", "10.0.0.1"), _m("b", "10.0.0.2")], 3) == "voter"
+    three = [_m("a", "10.0.0.1"), _m("b", "10.0.0.2"), _m("c", "10.0.0.3")]
+    assert ml.role_for(three, 3) == "client"
+    assert ml.role_for(three, 5) == "voter"
+    assert ml.role_for(three[:2] + [_m("l", "10.0.0.9", learner=True)], 3) == "voter"  # learners do not vote
+
+
+def test_endpoint_list_is_the_voters_own_first():
+    ms = [_m("b", "10.0.0.2"), _m("a", "10.0.0.1"), _m("l", "10.0.0.9", learner=True)]
+    assert ml.endpoint_list(ms) == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    assert ml.endpoint_list(ms, own="https://10.0.0.2:2379") == ["https://10.0.0.2:2379", "https://10.0.0.1:2379"]
+    assert ml.endpoint_list(ms, own="https://10.0.0.7:2379") == ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+
+
+@given(st.lists(st.integers(1, 250), unique=True, max_size=7), st.integers(1, 250))
+def test_endpoint_list_properties(ips, own_ip):
+    ms = [_m(f"h{i}", f"10.0.0.{i}") for i in ips]
+    own = f"https://10.0.0.{own_ip}:2379"
+    eps = ml.endpoint_list(ms, own)
+    assert sorted(eps) == sorted({f"https://10.0.0.{i}:2379" for i in ips})
+    assert (eps[0] == own) == (own_ip in ips) if eps else not ips
+
+
+def test_initial_cluster_names_the_new_member():
+    # etcd's member add answer: the new member has no name yet
+    ms = [_m("h1", "10.0.0.1"), {"ID": "9", "peerURLs": ["https://10.0.0.2:2380"]}]
+    assert ml.initial_cluster(ms, "h2", "https://10.0.0.2:2380") == \
+        "h1=https://10.0.0.1:2380,h2=https://10.0.0.2:2380"
+    assert ml.initial_cluster([_m("h1", "10.0.0.1")], "h2", "https://10.0.0.2:2380") == \
+        "h1=https://10.0.0.1:2380,h2=https://10.0.0.2:2380"
+
+
+def test_promotion_candidate_is_the_live_client_with_the_smallest_name():
+    now = 1000.0
+    hosts = [{"name": "h5", "role": "client", "seen": now - 1}, {"name": "h4", "role": "client", "seen": now - 100},
+             {"name": "h1", "role": "voter", "seen": now}, {"name": "h6", "role": "client", "seen": now - 2}]
+    assert ml.promotion_candidate(hosts, now) == "h5"  # h4 is stale
+    assert ml.promotion_candidate(hosts[2:3], now) is None
+
+
+@pytest.mark.parametrize("reachable,voters,line", [
+    (3, 3, None), (2, 3, None), (1, 3, "store unavailable: quorum lost (1/3 voters)"),
+    (0, 3, "store unavailable: quorum lost (0/3 voters)"), (1, 1, None),
+    (1, 2, "store unavailable: quorum lost (1/2 voters)"), (3, 5, None), (2, 5, "store unavailable: quorum lost (2/5 voters)"),
+])
+def test_quorum_text(reachable, voters, line):
+    assert ml.quorum_text(reachable, voters) == line
+
+
+def test_etcd_argv_is_tls_everywhere_with_client_cert_auth():
+    argv = ml.etcd_argv("h1", "10.0.0.1", "/s/mesh/etcd/data", "/s/mesh/pki", "h1=https://10.0.0.1:2380", "new",
+                        "crossnet-abc")
+    joined = " ".join(argv)
+    assert "http://" not in joined and "unix://" not in joined
+    for flag in ("--client-cert-auth", "--peer-client-cert-auth"):
+        assert flag in argv
+    assert argv[argv.index("--trusted-ca-file") + 1] == "/s/mesh/pki/ca.crt"
+    assert argv[argv.index("--peer-trusted-ca-file") + 1] == "/s/mesh/pki/ca.crt"
+    assert argv[argv.index("--listen-client-urls") + 1] == "https://10.0.0.1:2379"
+    assert argv[argv.index("--listen-peer-urls") + 1] == "https://10.0.0.1:2380"
+    assert argv[argv.index("--initial-cluster-state") + 1] == "new"
+
+
+def test_parse_join_line():
+    assert parse_join_line("mesh created on h1 (10.0.0.1); on every other host run:\n"
+                           "  crossnet launch --token ab12cd.0123456789abcdef.ff 10.0.0.1\n") == \
+        ("ab12cd.0123456789abcdef.ff", "10.0.0.1")
+    with pytest.raises(CrossnetError):
+        parse_join_line("nothing")
+
+
+# ---------------------------------------------------------------- the token store in etcd
+
+class FakeEtcd:
+    """Just enough of EtcdClient for EtcdTokenStore: get, txn with mod/create compares."""
+
+    def __init__(self):
+        self.value: bytes | None = None
+        self.rev = 0
+
+    def get(self, key):
+        from crossnet.store.etcdclient import KV
+
+        return None if self.value is None else KV(key, self.value, 1, self.rev, 1, 0)
+
+    @staticmethod
+    def cmp_mod(key, rev):
+        return ("mod", rev)
+
+    @staticmethod
+    def cmp_create(key, rev):
+        return ("create", rev)
+
+    @staticmethod
+    def op_put(key, value):
+        return value
+
+    def txn(self, compare, success, failure=None):
+        kind, rev = compare[0]
+        ok = (self.value is None) if kind == "create" else (rev == self.rev)
+        if ok:
+            self.rev += 1
+            self.value = success[0].encode()
+        return ok, [], self.rev
+
+
+def test_etcd_token_store_create_verify_revoke_keeps_no_secret():
+    etcd = FakeEtcd()
+    store = ml.EtcdTokenStore(etcd)
+    tok = store.create(600)
+    assert store.verify(tok)["id"] == tok.id
+    assert tok.secret not in etcd.value.decode()
+    other = ml.EtcdTokenStore(etcd)
+    assert [t["id"] for t in other.list()] == [tok.id]
+    assert store.revoke(tok.id)
+    from crossnet.mesh.token import TokenError
+
+    with pytest.raises(TokenError, match="revoked"):
+        other.verify(tok)
+
+
+def test_etcd_token_store_refuses_a_lost_update():
+    etcd = FakeEtcd()
+    a, b = ml.EtcdTokenStore(etcd), ml.EtcdTokenStore(etcd)
+    a.create(600)
+    tokens = b._load()  # b read ...
+    a.create(600)  # ... a wrote in between
+    with pytest.raises(CrossnetError, match="changed at the same time"):
+        b._save(tokens)
+    assert len(json.loads(etcd.value)["tokens"]) == 2
+
+
+# ---------------------------------------------------------------- bad input at the CLI
+
+def _cli(tmp_path, *args):
+    return subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "state"), *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize("args,field", [
+    (["launch", "--token", "ab12cd.0123456789abcdef"], "--token"),  # no ADDR
+    (["launch", "10.0.0.1"], "--token"),  # ADDR without a token
+    (["launch", "--token", "nope", "10.0.0.1"], "--token"),
+    (["launch", "--token", "ab12cd.0123456789abcdef", "10.0.0.1"], "--token"),  # no pin
+    (["launch", "--address", "203.0.113.77"], "--address"),  # not on this host
+    (["launch", "--iface", "nonexistent0"], "--iface"),
+    (["token", "create", "--ttl", "forever"], "--ttl"),
+])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(tmp_path, args, field):
+    proc = _cli(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"crossnet: error: {field}"), lines
+    assert not (tmp_path / "state").exists()
+
+
+def test_commands_on_a_host_that_never_launched(tmp_path):
+    for args in (["token", "list"], ["forget", "h9"]):
+        proc = _cli(tmp_path, *args)
+        assert proc.returncode == 1 and "never launched" in proc.stderr, proc.stderr
+    proc = _cli(tmp_path, "stop")
+    assert proc.returncode == 0 and "not running" in proc.stdout
+    assert not (tmp_path / "state").exists()
+
+
+def test_retrying_rides_out_an_election_but_not_a_real_error():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise CrossnetError("https://10.0.0.1:2379: etcdserver: leader changed")
+        return "ok"
+
+    assert ml.retrying(flaky, timeout=5, interval=0.01) == "ok" and len(calls) == 3
+    calls.clear()
+
+    def bad():
+        calls.append(1)
+        raise CrossnetError("https://10.0.0.1:2379: etcdserver: permission denied")
+
+    with pytest.raises(CrossnetError, match="permission denied"):
+        ml.retrying(bad, timeout=5, interval=0.01)
+    assert len(calls) == 1
+
+    def always():
+        raise CrossnetError("etcdserver: request timed out")
+
+    with pytest.raises(CrossnetError, match="timed out"):
+        ml.retrying(always, timeout=0.1, interval=0.01)
