@@ -44,7 +44,7 @@ PARAMS = [("vxlan", "l2"), ("host-gw", "l2"), ("ovs-gre", "l3")]
 def cluster(request, lab_sweep) -> LabCluster:
     import shutil
 
-    from crossnet.store.etcdserver import etcd_available
+    from crossnet.lab.etcdserver import etcd_available
 
     backend, underlay_kind = request.param
     if not etcd_available():

@@ -270,7 +270,7 @@ def agent(host):
     adopts what `apply` made. Stopped with SIGTERM (the data plane stays)."""
     import yaml
 
-    from crossnet.store.lab import wait_agent_ready
+    from crossnet.lab.etcd import wait_agent_ready
 
     cluster = Path(host.state_dir).parent / "bad-input-cluster.yaml"
     cluster.write_text(yaml.safe_dump(host.lab.plan.cluster_dict(), sort_keys=False))

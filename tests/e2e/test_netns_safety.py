@@ -279,7 +279,7 @@ def test_failed_apply_leaves_a_fresh_state_dir_as_it_was(lab, existing):
 def agent_lab(request, lab_sweep):
     """A 2-host etcd lab whose h1 agent resyncs every 1.5 s (collects stale containers)."""
     from crossnet.lab.services import host_env
-    from crossnet.store.lab import lab_etcd, start_agent, stop_agent, wait_agent_ready
+    from crossnet.lab.etcd import lab_etcd, start_agent, stop_agent, wait_agent_ready
 
     lab = SnLabFactory.for_test(request)(hosts=2, backend="vxlan", containers=1, extra={"store": "etcd"})
     h1 = h(lab)
