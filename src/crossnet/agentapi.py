@@ -249,7 +249,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 FIELDS = {
     "/v1/attach": ("container", "id", "netns", "ip", "ifname", "netns_id"),
     "/v1/detach": ("container", "id", "netns", "netns_id"),
-    "/v1/cni": ("environ", "stdin", "netns", "code"),
+    "/v1/cni": ("environ", "stdin", "netns", "code", "target"),
     "/v1/gc": ("dry_run",),
 }
 MAX_FIELD = 4096
@@ -274,6 +274,10 @@ def check_body(path: str, body: dict) -> None:
             raise BadRequest("netns: must be [device, inode] of the caller's network namespace")
         if "code" in body and not isinstance(body["code"], str):
             raise BadRequest("code: must be a string")
+        target = body.get("target")  # CNI_NETNS as the client resolved it (None: no such file there)
+        if target is not None and not (isinstance(target, list) and len(target) == 2 and all(
+                isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in target)):
+            raise BadRequest("target: must be [device, inode] of CNI_NETNS as the caller resolves it")
         return
     if "dry_run" in body and not isinstance(body["dry_run"], bool):
         raise BadRequest(f"dry_run: must be true or false, not {_kind(body['dry_run'])}")

@@ -63,7 +63,8 @@ def test_cni_plugin_served_by_agent(lab_factory, tmp_path, client):
     conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni",
                        "stateDir": h1.state_dir, "logFile": str(log)})
     env = {"CNI_CONTAINERID": "f" * 64, "CNI_NETNS": f"/run/netns/{cname}", "CNI_IFNAME": "eth0",
-           "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"]}
+           "CNI_PATH": "/usr/lib/cni", "PATH": os.environ["PATH"],
+           **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}  # the crossnet under test
 
     def cni(command: str) -> subprocess.CompletedProcess:
         return subprocess.run(

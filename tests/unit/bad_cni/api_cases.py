@@ -144,5 +144,7 @@ CASES = [
     ApiCase("cni-stdin-lone-surrogate", post(C, b'{"netns": [1, 2], "environ": {}, "stdin": "\\ud800"}')),
     ApiCase("cni-code-number", post(C, {"netns": NS, "environ": {}, "stdin": "", "code": 5})),
     ApiCase("cni-unknown-field", post(C, {"netns": NS, "environ": {}, "stdin": "", "x": 1})),
+    ApiCase("cni-target-string", post(C, {"netns": NS, "environ": {}, "stdin": "", "target": "x"})),
+    ApiCase("cni-target-bools", post(C, {"netns": NS, "environ": {}, "stdin": "", "target": [True, 1]})),
 ]
 assert len({c.id for c in CASES}) == len(CASES), "duplicate case ids"
