@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Protocol
 
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
+from crossnet.nlconst import RT_SCOPE_LINK
 from crossnet.plan import Env, Resource
 
 
@@ -154,9 +155,6 @@ class Backend(Protocol):
     # --- `crossnet status`: backend-specific fields (e.g. the OVS datapath)
     def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
         return {}
-
-
-RT_SCOPE_LINK = 253
 
 
 def _onlink_lookup(env: Env):
