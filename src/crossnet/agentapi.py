@@ -38,14 +38,24 @@ import os
 import socketserver
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.state import StateDir
 from crossnet.unixhttp import UnixHTTPConnection, short_path
 
-if TYPE_CHECKING:
-    from crossnet.agent import Agent
+
+class Agent(Protocol):
+    """What the API needs from the agent it serves (crossnet.agent.Agent is one; the
+    API does not import the agent module, so the dependency goes one way)."""
+
+    state: StateDir
+
+    def info(self) -> dict[str, Any]: ...
+
+    def cluster_containers(self) -> dict[str, Any]: ...
+
+    def containers_changed(self, wait: float = 1.0, force: bool = False) -> None: ...
 
 MAX_BODY = 1 << 20  # larger bodies: 413
 MAX_DEPTH = 16  # JSON nesting of a body (the largest one, /v1/cni, needs 2)
@@ -422,7 +432,7 @@ def _cni(body: dict) -> dict:
     same plugin code and IPAM, without a process start. Callers from another
     network namespace are told `stale` and run the plugin themselves."""
     from crossnet.cni import plugin
-    from crossnet.cni.client import netns_id, target_id
+    from crossnet.cni import netns_id, target_id
 
     try:
         environ, stdin = plugin.unpack_request(body)

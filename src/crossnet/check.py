@@ -12,8 +12,6 @@ namespace (same result, no iputils needed).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import ipaddress
 import os
 import re
@@ -27,6 +25,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
+
+from crossnet.nsutil import setns
 
 PING_INTERVAL = 0.2  # seconds between probes when count > 1
 MAX_COUNT = 100
@@ -93,19 +93,6 @@ def _probe_ping(src: Endpoint, address: str, count: int, timeout: float) -> tupl
 
 
 # ---- built-in ICMP echo (no iputils) ------------------------------------------------
-_CLONE_NEWNET = 0x40000000
-_libc = None
-
-
-def _setns(fd: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def socket_in_netns(netns: str, family: int, type_: int, proto: int) -> socket.socket:
     """A socket created inside `netns` (a short-lived thread enters the namespace,
     creates it and exits; the socket stays bound to that namespace)."""
@@ -118,7 +105,7 @@ def socket_in_netns(netns: str, family: int, type_: int, proto: int) -> socket.s
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                _setns(fd)
+                setns(fd)
             finally:
                 os.close(fd)
             box["sock"] = socket.socket(family, type_, proto)

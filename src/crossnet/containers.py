@@ -581,9 +581,7 @@ def detach_all(state: StateDir, ctx: HostContext, backend: Backend, env: Env) ->
 def list_containers(state: StateDir) -> list[dict[str, Any]]:
     if not os.path.exists(state.ipam_path):
         return []
-    from crossnet.host import load_context
-
-    ctx, _ = load_context(state)
+    ctx = HostContext.applied(state)
     out = []
     entries = pool_for(state, ctx).entries()
     links = _host_links() if any(_path_gone(a) for a in entries.values()) else set()

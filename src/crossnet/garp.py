@@ -24,14 +24,14 @@ import struct
 from ipaddress import IPv4Address
 from typing import Any
 
+from crossnet.nlconst import IFF_NOARP, IFF_UP
+
 log = logging.getLogger(__name__)
 
 ETH_P_ARP = 0x0806
 ARPOP_REQUEST = 1
 ARPOP_REPLY = 2
 BROADCAST = b"\xff" * 6
-IFF_UP = 0x1
-IFF_NOARP = 0x80
 ETH_ZLEN = 60  # minimum Ethernet frame without FCS
 
 

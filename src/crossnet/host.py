@@ -17,7 +17,7 @@ from crossnet import garp
 from crossnet import netlink as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
-from crossnet.errors import ApplyError, ConfigError, CrossnetError
+from crossnet.errors import ApplyError, ConfigError
 from crossnet.plan import Change, Env, Journal, NftTable, Resource, Sysctl, pending, reconcile, teardown
 from crossnet.state import StateDir, crash_point
 
@@ -260,10 +260,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
 
 
 def load_context(state: StateDir) -> tuple[HostContext, Backend]:
-    applied = state.load_applied()
-    if not applied:
-        raise CrossnetError(f"this host is not configured yet (no {state.applied_path}); run `crossnet apply -f CLUSTER` first")
-    ctx = HostContext.from_json(applied["context"])
+    ctx = HostContext.applied(state)
     return ctx, get_backend(ctx.backend)
 
 

@@ -14,14 +14,15 @@ if TYPE_CHECKING:  # pyroute2.iproute costs ~90 ms to import: only when a socket
     from pyroute2 import IPRoute
 
 from crossnet.errors import CrossnetError
-
-RT_TABLE_MAIN = 254
-AF_INET = 2
-IFF_UP = 0x1
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
-RTNH_F_ONLINK = 0x4
-RTPROT_KERNEL = 2
+from crossnet.nlconst import (  # noqa: F401 - crossnet.netlink.X is used by plan, containers, ovs
+    AF_INET,
+    IFF_UP,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_TABLE_MAIN,
+    RTNH_F_ONLINK,
+    RTPROT_KERNEL,
+)
 
 
 def netns_path(spec: str) -> str:
@@ -48,25 +49,13 @@ def open_ipr(netns: str | None = None) -> IPRoute:
         return IPRoute(netns=path)
 
 
-_CLONE_NEWNET = 0x40000000
-_libc = None
-
-
 def _netlink_socket_in(path: str) -> int:
     """fd of a NETLINK_ROUTE socket created inside the netns at `path`. setns()
     with CLONE_NEWNET changes only the calling thread's namespace; a socket stays
     in the namespace it was created in."""
-    import ctypes
     import socket
 
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-
-    def setns(fd: int) -> None:
-        if _libc.setns(fd, _CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+    from crossnet.nsutil import setns
 
     target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -17,27 +17,32 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-NETLINK_ROUTE = 0
-NLMSG_ERROR = 2
-RTM_NEWROUTE = 24
-RTM_NEWNEIGH = 28
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLM_F_REPLACE = 0x100
-NLM_F_CREATE = 0x400
-NLM_F_APPEND = 0x800
-AF_INET = 2
-AF_BRIDGE = 7
-RT_TABLE_MAIN = 254
-RTPROT_STATIC = 4
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
-RTN_UNICAST = 1
-RTNH_F_ONLINK = 0x4
-RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
-NDA_DST, NDA_LLADDR = 1, 2
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
+from crossnet.nlconst import (
+    AF_BRIDGE,
+    AF_INET,
+    NDA_DST,
+    NDA_LLADDR,
+    NETLINK_ROUTE,
+    NLM_F_ACK,
+    NLM_F_APPEND,
+    NLM_F_CREATE,
+    NLM_F_REPLACE,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    NTF_SELF,
+    NUD_PERMANENT,
+    RT_SCOPE_LINK,
+    RT_SCOPE_UNIVERSE,
+    RT_TABLE_MAIN,
+    RTA_DST,
+    RTA_GATEWAY,
+    RTA_OIF,
+    RTM_NEWNEIGH,
+    RTM_NEWROUTE,
+    RTN_UNICAST,
+    RTNH_F_ONLINK,
+    RTPROT_STATIC,
+)
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _RTMSG = struct.Struct("=BBBBBBBBI")  # family dst_len src_len tos table protocol scope type flags

@@ -11,17 +11,31 @@ carrying the kernel's errno) naming the object.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
 import struct
 from typing import Any
 
-from crossnet.nlbatch import (
-    _HDR,
+from crossnet.nlbatch import _HDR, _attr, _mac
+from crossnet.nlconst import (
     AF_INET,
+    IFA_ADDRESS,
+    IFA_LOCAL,
+    IFF_UP,
+    IFLA_ADDRESS,
+    IFLA_EXT_MASK,
+    IFLA_IFNAME,
+    IFLA_INFO_DATA,
+    IFLA_INFO_KIND,
+    IFLA_LINKINFO,
+    IFLA_MASTER,
+    IFLA_MTU,
+    IFLA_NET_NS_FD,
     NLM_F_ACK,
     NLM_F_CREATE,
+    NLM_F_EXCL,
     NLM_F_REPLACE,
     NLM_F_REQUEST,
     NLMSG_ERROR,
@@ -29,23 +43,17 @@ from crossnet.nlbatch import (
     RT_TABLE_MAIN,
     RTA_GATEWAY,
     RTA_OIF,
+    RTEXT_FILTER_SKIP_STATS,
+    RTM_GETLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
     RTM_NEWROUTE,
     RTN_UNICAST,
     RTPROT_STATIC,
-    _attr,
-    _mac,
+    VETH_INFO_PEER,
 )
 
-RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR = 16, 17, 18, 20
-NLM_F_EXCL = 0x200
-IFF_UP = 0x1
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO = 1, 3, 4, 10, 18
-IFLA_NET_NS_FD, IFLA_EXT_MASK = 28, 29
-IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
-VETH_INFO_PEER = 1
-RTEXT_FILTER_SKIP_STATS = 1 << 3
-IFA_ADDRESS, IFA_LOCAL = 1, 2
-ENODEV = 19
+ENODEV = errno.ENODEV
 LOOPBACK_IFINDEX = 1
 
 _IFINFO = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change

@@ -17,6 +17,7 @@ the kernel themselves.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import os
 import subprocess
@@ -32,6 +33,7 @@ if TYPE_CHECKING:  # imported by whoever opens a socket (crossnet.netlink.open_i
 from crossnet import netlink as nl
 from crossnet.errors import ApplyError
 from crossnet.nlbatch import Batch
+from crossnet.nlconst import AF_INET6, IFA_F_NOPREFIXROUTE, RT_SCOPE_LINK, RTN_UNICAST
 from crossnet.state import crash_point
 
 REGISTRY: dict[str, type["Resource"]] = {}
@@ -61,9 +63,9 @@ class Env:
         failures = self.batch.commit()
         self.changed("routes", "neighbours", "fdb")
         if failures:
-            res, errno = failures[0]
+            res, code = failures[0]
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise ApplyError(f"{res.describe()}: {os.strerror(errno)}{more}")
+            raise ApplyError(f"{res.describe()}: {os.strerror(code)}{more}")
 
     def changed(self, *kinds: str) -> None:
         for kind in kinds or self.KINDS:
@@ -189,7 +191,7 @@ def _ignore_missing(fn, *args, **kw) -> None:
     try:
         fn(*args, **kw)
     except NetlinkError as exc:
-        if exc.code not in (2, 3, 19, 99):  # ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL
+        if exc.code not in (errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL):
             raise
 
 
@@ -499,7 +501,7 @@ class Fdb(Resource):
         try:
             env.ipr.fdb("append", ifindex=idx, lladdr=self.mac, dst=self.dst, state=nl.NUD_PERMANENT, flags=nl.NTF_SELF)
         except NetlinkError as exc:
-            if exc.code != 17:  # EEXIST: already there (another writer)
+            if exc.code != errno.EEXIST:  # already there (another writer)
                 raise
         env.changed("fdb")
 
@@ -761,10 +763,6 @@ def teardown(resources: list[Resource], env: Env) -> list[Change]:
 
 # ---------------------------------------------------------------- moving a NIC into a bridge
 
-AF_INET6 = 10
-RT_SCOPE_LINK = 253
-IFA_F_NOPREFIXROUTE = 0x200
-RTN_UNICAST = 1
 # route attributes a saved record replays; a route via the NIC with any other
 # (nexthop objects, encapsulation, realms, ...) is refused rather than half-moved
 _ROUTE_ATTRS = {"RTA_TABLE", "RTA_DST", "RTA_GATEWAY", "RTA_OIF", "RTA_PRIORITY", "RTA_PREFSRC",

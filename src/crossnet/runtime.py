@@ -13,6 +13,7 @@ import re
 import stat
 
 from crossnet.errors import ConfigError
+from crossnet.nlconst import CLONE_NEWNET, NS_GET_NSTYPE
 
 
 def spec_id(spec: str) -> str:
@@ -25,8 +26,6 @@ def spec_id(spec: str) -> str:
     return spec
 
 
-NS_GET_NSTYPE = 0xB703  # ioctl(2) on a namespace file: its CLONE_NEW* type (Linux 4.11)
-CLONE_NEWNET = 0x40000000
 
 
 def netns_problem(path: str) -> str | None:

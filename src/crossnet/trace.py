@@ -40,6 +40,13 @@ from typing import Any, Callable, Iterable, Protocol
 
 from crossnet.check import netns_prefix as _netns_prefix
 from crossnet.errors import ConfigError, CrossnetError
+from crossnet.nlconst import (
+    NUD_FAILED,
+    NUD_PERMANENT,
+    RT_SCOPE_LINK,
+    RTN_LOCAL,
+    RTNH_F_ONLINK,
+)
 
 MAX_COUNT = 1000
 DEFAULT_COUNT = 20
@@ -50,13 +57,7 @@ NUD_STATES = {
     0x01: "INCOMPLETE", 0x02: "REACHABLE", 0x04: "STALE", 0x08: "DELAY",
     0x10: "PROBE", 0x20: "FAILED", 0x40: "NOARP", 0x80: "PERMANENT",
 }
-NUD_PERMANENT = 0x80
-NUD_FAILED = 0x20
-RTN_LOCAL = 2
 RTN_NAMES = {1: "unicast", 2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
-RTNH_F_ONLINK = 0x4
-RT_SCOPE_LINK = 253
-RTPROT_KERNEL = 2
 ZERO_MAC = "00:00:00:00:00:00"
 
 # device kinds Open vSwitch uses for its ports in the kernel: internal ports of the

@@ -64,18 +64,18 @@ class NativeHost(Host):
     def stop_helper(self) -> None:
         """Make the warm helper step down: a request claiming other code (root namespace,
         so it is never served)."""
-        from crossnet.cni import client
+        import crossnet.cni as protocol
 
-        sock = Path(client.socket_path(self.state_dir))
+        sock = Path(protocol.socket_path(self.state_dir))
         if not sock.exists():
             return
         env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": cid(), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
-        real = client.code_id
-        try:
-            client.code_id = lambda: "other-code"
-            assert client.call(self.state_dir, env, json.dumps(self.conf()).encode()) is None
+        real = protocol.code_id
+        try:  # the request is packed in crossnet.cni (client.call is crossnet.cni.call)
+            protocol.code_id = lambda: "other-code"
+            assert protocol.call(self.state_dir, env, json.dumps(self.conf()).encode()) is None
         finally:
-            client.code_id = real
+            protocol.code_id = real
         assert _wait_for(lambda: not sock.exists())
 
 

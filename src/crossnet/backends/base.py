@@ -17,11 +17,15 @@ import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from crossnet import netlink as nl
-from crossnet.errors import ApplyError
+from crossnet.errors import ApplyError, CrossnetError
+from crossnet.nlconst import RT_SCOPE_LINK
 from crossnet.plan import Env, Resource
+
+if TYPE_CHECKING:
+    from crossnet.state import StateDir
 
 
 @dataclass
@@ -73,6 +77,16 @@ class HostContext:
         ]
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def applied(cls, state: StateDir) -> "HostContext":
+        """This host's context as last applied (``<state-dir>/applied.json``);
+        CrossnetError when the host is not configured yet. (host.load_context adds the
+        backend; containers uses this, so it needs nothing from crossnet.host.)"""
+        applied = state.load_applied()
+        if not applied:
+            raise CrossnetError(f"this host is not configured yet (no {state.applied_path}); run `crossnet apply -f CLUSTER` first")
+        return cls.from_json(applied["context"])
 
 
 def stable_mac(*parts: object) -> str:
@@ -154,9 +168,6 @@ class Backend(Protocol):
     # --- `crossnet status`: backend-specific fields (e.g. the OVS datapath)
     def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
         return {}
-
-
-RT_SCOPE_LINK = 253
 
 
 def _onlink_lookup(env: Env):

@@ -31,7 +31,7 @@ import re
 import sys
 import time
 
-from crossnet.cni.client import MAX_STDIN  # network configuration bytes (a real one is < 4 KiB)
+from crossnet.cni import MAX_STDIN  # network configuration bytes (a real one is < 4 KiB)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~7 ms per call
 if TYPE_CHECKING:
@@ -927,13 +927,13 @@ def run_local(environ: dict[str, str], stdin: bytes, spawn_for: str | None = Non
     the warm helper of that state dir for the next calls (crossnet.cni.server)."""
     started = time.perf_counter()
     if spawn_for is not None:
-        from crossnet.cni import server
+        from crossnet.cni import DEFAULT_IDLE, spawn
 
         conf = conf or {}
-        idle = conf.get("serverIdleSeconds", server.DEFAULT_IDLE)
+        idle = conf.get("serverIdleSeconds", DEFAULT_IDLE)
         log_file = conf.get("logFile") if isinstance(conf.get("logFile"), str) else None
         ok = isinstance(idle, (int, float)) and not isinstance(idle, bool) and 0 < idle <= 86400
-        server.spawn(spawn_for, float(idle) if ok else server.DEFAULT_IDLE, log_file if _is_path(log_file) else None)
+        spawn(spawn_for, float(idle) if ok else DEFAULT_IDLE, log_file if _is_path(log_file) else None)
     rc, out = run(environ, stdin)
     text = output_text(out)
     if text is not None:
@@ -944,10 +944,11 @@ def run_local(environ: dict[str, str], stdin: bytes, spawn_for: str | None = Non
 
 
 def main() -> None:
-    """Console script `crossnet-cni` (the installed wrapper calls crossnet.cni.client.main)."""
-    from crossnet.cni.client import main as client_main
+    """Console script `crossnet-cni` (the installed wrapper calls crossnet.cni.client.main,
+    which does the same through crossnet.cni.entry)."""
+    from crossnet.cni import entry
 
-    client_main()
+    entry(version_text, run_local)
 
 
 if __name__ == "__main__":

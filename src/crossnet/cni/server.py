@@ -28,48 +28,24 @@ import json
 import os
 import signal
 import socket
-import sys
 import time
 
-from crossnet.cni.client import code_id, netns_id, socket_path, target_id  # noqa: F401  (shared with the client)
+from crossnet.cni import (  # noqa: F401  (shared with the client; spawn: server.spawn)
+    DEFAULT_IDLE,
+    code_id,
+    netns_id,
+    socket_path,
+    spawn,
+    target_id,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_IDLE = 300.0
 REQUEST_TIMEOUT = 90
 HEALTH_INTERVAL = 5.0  # how often an idle helper checks that its socket is still there
 MAX_REQUEST = 4 << 20
-
-
-def spawn(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = None) -> None:
-    """Start a detached helper for state_dir (returns at once; never raises)."""
-    try:
-        pid = os.fork()
-    except OSError:
-        return
-    if pid:
-        try:
-            os.waitpid(pid, 0)  # the intermediate child exits at once
-        except ChildProcessError:
-            pass
-        return
-    try:  # intermediate child: new session, fork again, exec the helper
-        os.setsid()
-        if os.fork():
-            os._exit(0)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.closerange(3, 1024)
-        os.chdir("/")
-        code = ("import sys; sys.path[:0] = %r; from crossnet.cni.server import serve; serve(%r, %r, %r)"
-                % ([p for p in sys.path if p], state_dir, float(idle), log_file))
-        os.execv(sys.executable, [sys.executable, "-S", "-c", code])
-    except BaseException:  # noqa: BLE001
-        pass
-    os._exit(0)
 
 
 # --------------------------------------------------------------------------- server
