@@ -557,7 +557,7 @@ def test_server_disabled(host, clean, tmp_path):
 
 
 def test_server_refuses_other_namespace_and_other_code(host, clean):
-    from crossnet.cni import client as server
+    import crossnet.cni as server  # the client's request/transport code (socket_path, call, code_id)
 
     c, n = cid(), host.new_netns()
     assert host.cni("ADD", cid=c, netns=n)[0] == 0
