@@ -43,15 +43,21 @@ def write_json_atomic(path: Path, data: Any) -> None:
     Indented for people while small; above PRETTY_MAX bytes compact, because only
     the compact form uses json's C encoder: applied.json of 1,000 peers took 0.2 s
     to indent (a fifth of the apply), a 200-container ipam.json 5 ms per write."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     if len(text) <= PRETTY_MAX:
         text = json.dumps(data, indent=2, sort_keys=True)
+    write_text_atomic(path, text + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Atomically replace ``path`` with ``text``: a private (0600) temporary file in the
+    same directory (created 0700 if missing), fsync'd, renamed over it, then the
+    directory fsync'd so the rename itself is durable (state files, private keys)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
-            fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o600)

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
 from crossnet.errors import ConfigError, CrossnetError
@@ -98,20 +96,11 @@ def read_private(path: str | os.PathLike[str]) -> str:
 
 
 def _write_private(path: Path, private_b64: str) -> None:
+    from crossnet.state import write_text_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mode 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(private_b64 + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text_atomic(path, private_b64 + "\n")  # 0600 from the first byte, fsync'd
 
 
 def ensure_key(state_root: str | os.PathLike[str], rotate: bool = False) -> tuple[str, bool]:
