@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ from hypothesis import strategies as st
 
 from tests.unit.bad_cni import api_cases
 from tests.unit.bad_cni.cni_cases import CASES, Case
+from tests.unit.test_agentapi_limits import exchange
 
 from .test_cni import NET, Host, cid, container_links, one_host_lab
 
@@ -241,27 +241,7 @@ def test_fuzz_plugin_in_the_lab(host, data):
 
 
 def _api(sock: str, raw: bytes) -> bytes:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(15)
-    s.connect(sock)
-    try:
-        try:
-            s.sendall(raw)
-            s.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        out = b""
-        while True:
-            try:
-                chunk = s.recv(65536)
-            except ConnectionResetError:
-                break
-            if not chunk:
-                break
-            out += chunk
-        return out
-    finally:
-        s.close()
+    return exchange(sock, raw, timeout=15)
 
 
 @pytest.fixture(scope="module")
