@@ -85,7 +85,10 @@ def test_etcd_url_errors_never_show_the_password(user, password, host, port, pat
     with pytest.raises(ConfigError) as info:
         parse_endpoints(f"http://{user}:{password}@{host}{port}{path}{extra}")
     msg = str(info.value)
-    assert password not in msg and msg.startswith("--etcd: ") and "\n" not in msg
+    assert msg.startswith("--etcd: ") and "\n" not in msg
+    # the fixed words before the quoted URL may contain a short password by chance ('the')
+    assume(password not in msg.split("'", 1)[0])
+    assert password not in msg
 
 
 def test_a_url_with_credentials_is_refused_masked() -> None:
