@@ -86,8 +86,17 @@ def comm(pid: int | None) -> str:
     return stat[stat.index("(") + 1:stat.rfind(")")]
 
 
-def all_pairs_ok(lab: Lab) -> None:
-    pairs = lab.check(count=3)
+def all_pairs_ok(lab: Lab, settle: float = 12.0) -> None:
+    """Every container pair pings. A pair may need one WireGuard handshake retry first:
+    a host that initiates before its peer's wireguard-go runs (lab hosts are applied one
+    after the other) retries after WireGuard's REKEY_TIMEOUT of 5 s, so the check is
+    repeated for up to ``settle`` seconds (a loaded machine can miss the first retry)."""
+    deadline = time.monotonic() + settle
+    while True:
+        pairs = lab.check(count=3)
+        if (pairs and all(p.ok for p in pairs)) or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
     assert pairs and all(p.ok for p in pairs), [p for p in pairs if not p.ok]
 
 
