@@ -7,17 +7,15 @@ no token, no certificate or key in the clear."""
 from __future__ import annotations
 
 import json
-import signal
-import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from crossnet.mesh import join, pki
 from crossnet.mesh.token import JoinToken, Token, TokenStore
+from tests.e2e.pcap import Capture
 
 pytestmark = pytest.mark.e2e
 
@@ -77,63 +75,23 @@ def _join(lab, host, token, out):
     return proc.returncode, json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else proc.stderr
 
 
-def _capture(lab, host, pcap):
-    fabric = lab.plan.fabric.netns
-    port = lab.plan.host(host).fabric_ifname
-    dump = subprocess.Popen(["ip", "netns", "exec", fabric, "tcpdump", "-i", port, "-nn", "-U", "--immediate-mode",
-                             "-s", "0",
-                             "-w", str(pcap), "tcp", "port", str(join.JOIN_PORT)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    line = ""
-    while "listening" not in line and time.monotonic() < deadline:
-        line = dump.stderr.readline()
-    assert "listening" in line, line
-    return dump
-
-
-def _stop(dump):
-    # --immediate-mode above: without it libpcap hands packets over in blocks (up to 1 s
-    # late) and a SIGINT before that lost the whole capture (2 runs in 5)
-    time.sleep(0.3)
-    dump.send_signal(signal.SIGINT)
-    try:
-        dump.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        dump.kill()
-        dump.wait()
-
-
-def _packets(pcap: Path) -> list[bytes]:
-    """The frames of a classic pcap file (tcpdump -w), either byte order."""
-    data = pcap.read_bytes()
-    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    out, pos = [], 24
-    while pos + 16 <= len(data):
-        incl = struct.unpack(order + "I", data[pos + 8:pos + 12])[0]
-        out.append(data[pos + 16:pos + 16 + incl])
-        pos += 16 + incl
-    return out
-
-
 def test_join_between_lab_hosts_is_tls_only(mesh_lab, tmp_path):
     lab, ca, tokens = mesh_lab
     token = tokens.create(ttl=600)
     jt = JoinToken(token, ca.pin)
     out = Path(lab.plan.host("h2").state_dir) / "mesh" / "pki"
     pcap = tmp_path / "join.pcap"
-    dump = _capture(lab, "h2", pcap)
+    cap = Capture(lab.plan.fabric.netns, lab.plan.host("h2").fabric_ifname, pcap, "tcp", "port", str(join.JOIN_PORT))
     try:
         rc, res = _join(lab, "h2", jt, out)
     finally:
-        _stop(dump)
+        packets = cap.stop()
     assert rc == 0, res
     cert = pki.load_cert(out / pki.MEMBER_CERT)
     assert cert.serial_number == res["serial"]
     pki.check_member_cert(cert, ca.cert, key=pki.load_key(out / pki.MEMBER_KEY),
                           address=lab.plan.host("h2").address, name="h2")
 
-    packets = _packets(pcap)
     raw = b"".join(packets)
     # the capture did see the exchange (2 TLS handshakes, 3 requests): the positive control
     assert len(packets) >= 10, len(packets)

@@ -32,6 +32,7 @@ from crossnet.lab import netns as labns
 from crossnet.mesh import pki
 from crossnet.mesh.token import JoinToken, Token, parse_join_token
 from tests.e2e.agentlab import module_factory
+from tests.e2e.pcap import Capture
 
 pytestmark = pytest.mark.e2e
 
@@ -70,17 +71,6 @@ def _tree(path: Path) -> dict:
 
 # ---------------------------------------------------------------- pcap helpers
 
-def _packets(pcap: Path) -> list[bytes]:
-    data = pcap.read_bytes()
-    order = "<" if data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    out, pos = [], 24
-    while pos + 16 <= len(data):
-        incl = struct.unpack(order + "I", data[pos + 8:pos + 12])[0]
-        out.append(data[pos + 16:pos + 16 + incl])
-        pos += 16 + incl
-    return out
-
-
 def _tcp_payloads(frames: list[bytes]) -> list[tuple[int, int, bytes]]:
     """(sport, dport, payload) of every IPv4/TCP segment in ethernet frames."""
     out = []
@@ -114,25 +104,15 @@ def test_first_launch_then_join_is_tls_only_on_the_wire(joins, tmp_path):
     jt = parse_join_token(token)
 
     pcap = tmp_path / "join.pcap"
-    port = lab.plan.host("h2").fabric_ifname
-    dump = subprocess.Popen(["ip", "netns", "exec", lab.plan.fabric.netns, "tcpdump", "-i", port, "-nn", "-U",
-                             "--immediate-mode", "-s", "0", "-w", str(pcap), "tcp"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cap = Capture(lab.plan.fabric.netns, lab.plan.host("h2").fabric_ifname, pcap, "tcp")
     try:
-        line = ""
-        deadline = time.monotonic() + 10
-        while "listening" not in line and time.monotonic() < deadline:
-            line = dump.stderr.readline()
-        assert "listening" in line, line
         res = _launch(lab, "h2", "--token", token, addr)
         assert "joined the mesh as a voter" in res.stdout, res.stdout
         time.sleep(1.0)  # some etcd heartbeats and agent keepalives too
     finally:
-        time.sleep(0.3)
-        dump.send_signal(signal.SIGINT)
-        dump.wait(timeout=10)
+        frames = cap.stop()
 
-    segs = _tcp_payloads(_packets(pcap))
+    segs = _tcp_payloads(frames)
     ports = {p for s, d, _ in segs for p in (s, d)}
     # positive control: the join (6790), etcd client (2379) and peer (2380) traffic was captured
     assert {6790, 2379, 2380} <= ports, sorted(ports)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from crossnet.lab.manager import Lab
 from crossnet.lab import ovs as ovs_lab_service
 from crossnet.lab.ovsdaemon import wait_gone
 from tests.conftest import LabFactory
+from tests.e2e.pcap import Capture
 
 pytestmark = pytest.mark.e2e
 
@@ -200,23 +200,12 @@ def test_capture_on_the_underlay_proves_encapsulation(ovs_lab: Lab, tmp_path: Pa
     fabric = lab.plan.fabric.netns
     port = lab.plan.host("h1").fabric_ifname
     pcap = tmp_path / "underlay.pcap"
-    dump = subprocess.Popen(["ip", "netns", "exec", fabric, "tcpdump", "-i", port, "-nn", "-U", "-s", "256",
-                             "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    cap = Capture(fabric, port, pcap)
     try:
-        deadline = time.monotonic() + 10
-        line = ""
-        while "listening" not in line and time.monotonic() < deadline:
-            line = dump.stderr.readline()
-        assert "listening" in line, line
         assert ping(src_ns, dst_ip, 5).returncode == 0
         time.sleep(0.5)
     finally:
-        dump.send_signal(signal.SIGINT)
-        try:
-            dump.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            dump.kill()
-            dump.wait()
+        cap.stop()
 
     def read(expr: str, verbose: bool = False) -> str:
         argv = ["tcpdump", "-nn", "-r", str(pcap), *(["-v"] if verbose else []), expr]

@@ -24,6 +24,7 @@ import yaml
 
 from crossnet.check import socket_in_netns
 from crossnet.lab.manager import Lab
+from tests.e2e.pcap import Capture
 
 from .agentlab import wait_for
 from .test_foundation import container_addr, host, tcp_transfer
@@ -105,42 +106,6 @@ def addresses(lab: Lab) -> dict[str, tuple[str, list[str]]]:
 
 
 # ---- pcap -------------------------------------------------------------------------------------
-class Capture:
-    """tcpdump -w on one interface of a lab namespace; frames after stop()."""
-
-    def __init__(self, netns: str, ifname: str, path: Path):
-        self.path = path
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "-n", "--immediate-mode", "-U", "-s", "0",
-             "-w", str(path)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # "listening on ..." once the capture runs
-            line = self.proc.stderr.readline()
-            if "listening on" in line or not line:
-                break
-        assert self.proc.poll() is None, "tcpdump did not start"
-
-    def stop(self) -> list[bytes]:
-        time.sleep(0.3)
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=10)
-        return read_pcap(self.path)
-
-
-def read_pcap(path: Path) -> list[bytes]:
-    data = path.read_bytes()
-    magic = struct.unpack("<I", data[:4])[0]
-    endian = "<" if magic in (0xA1B2C3D4, 0xA1B23C4D) else ">"
-    assert struct.unpack(endian + "I", data[20:24])[0] == 1, "not an Ethernet capture"
-    frames, off = [], 24
-    while off + 16 <= len(data):
-        incl = struct.unpack(endian + "IIII", data[off:off + 16])[2]
-        frames.append(data[off + 16:off + 16 + incl])
-        off += 16 + incl
-    return frames
-
-
 def ipv4(frame: bytes) -> tuple[int, str, str, int, int] | None:
     """(proto, src, dst, sport, dport) of an IPv4 frame (ports 0 unless UDP/TCP)."""
     off, etype = 14, struct.unpack("!H", frame[12:14])[0]
