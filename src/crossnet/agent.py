@@ -44,8 +44,8 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from crossnet import garp
-from crossnet import netlink as nl
+from crossnet.netlink import garp
+from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError

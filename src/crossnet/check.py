@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
-from crossnet.nsutil import setns
+from crossnet.netlink.ns import setns
 
 PING_INTERVAL = 0.2  # seconds between probes when count > 1
 MAX_COUNT = 100

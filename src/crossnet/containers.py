@@ -16,8 +16,8 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from crossnet import netlink as nl
-from crossnet import nlraw
+from crossnet.netlink import iproute as nl
+from crossnet.netlink import raw as nlraw
 from crossnet.backends.base import Backend, HostContext
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.ipam import AddressPool
@@ -165,7 +165,7 @@ def attach(
     """Attach (idempotent). ``mac``: MAC for a new container interface (default
     :func:`container_mac`); ``meta``: extra IPAM metadata recorded with the address.
 
-    A new container takes the fast path (crossnet.nlraw): one netlink request creates the
+    A new container takes the fast path (crossnet.netlink.raw): one netlink request creates the
     veth pair with both MACs, the MTU, the host end up and on the container bridge and
     the container end inside the namespace; one burst then sets lo and the container
     end up and adds the address and the default route (5 round trips and one IPAM write in all). An existing one is checked and repaired

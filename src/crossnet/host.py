@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from crossnet import garp
-from crossnet import netlink as nl
+from crossnet.netlink import garp
+from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError
@@ -253,7 +253,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
                   **record_extras(ctx)}
         interrupted = state.journal_path.exists()
         outcome = reconcile(desired, previous, env, StateJournal(state, header))
-        garp.announce(ctx, ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.garp)
+        garp.announce(ctx, ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.netlink.garp)
         if outcome.changes or not applied or interrupted:
             state.save_applied({**header, "resources": [r.to_json() for r in outcome.resources]})
         return ApplyResult(host_name, cluster.backend, outcome.changes, False, ctx, time.perf_counter() - started)

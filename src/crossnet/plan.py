@@ -27,13 +27,13 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-if TYPE_CHECKING:  # imported by whoever opens a socket (crossnet.netlink.open_ipr)
+if TYPE_CHECKING:  # imported by whoever opens a socket (crossnet.netlink.iproute.open_ipr)
     from pyroute2 import IPRoute
 
-from crossnet import netlink as nl
+from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError
-from crossnet.nlbatch import Batch
-from crossnet.nlconst import AF_INET6, IFA_F_NOPREFIXROUTE, RT_SCOPE_LINK, RTN_UNICAST
+from crossnet.netlink.batch import Batch
+from crossnet.netlink.const import AF_INET6, IFA_F_NOPREFIXROUTE, RT_SCOPE_LINK, RTN_UNICAST
 from crossnet.state import crash_point
 
 REGISTRY: dict[str, type["Resource"]] = {}
@@ -50,7 +50,7 @@ class Env:
 
     def __init__(self, ipr: IPRoute, batch: bool = False, **extra: Any):
         """batch=True: route/neighbour/FDB writes are queued and sent in bursts by
-        flush() (crossnet.nlbatch). Only for an ipr of the CURRENT namespace."""
+        flush() (crossnet.netlink.batch). Only for an ipr of the CURRENT namespace."""
         self.ipr = ipr
         self.extra = extra
         self._cache: dict[str, Any] = {}

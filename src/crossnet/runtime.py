@@ -13,7 +13,7 @@ import re
 import stat
 
 from crossnet.errors import ConfigError
-from crossnet.nlconst import CLONE_NEWNET, NS_GET_NSTYPE
+from crossnet.netlink.const import CLONE_NEWNET, NS_GET_NSTYPE
 
 
 def spec_id(spec: str) -> str:

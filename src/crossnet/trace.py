@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable, Protocol
 
 from crossnet.check import netns_prefix as _netns_prefix
 from crossnet.errors import ConfigError, CrossnetError
-from crossnet.nlconst import (
+from crossnet.netlink.const import (
     NUD_FAILED,
     NUD_PERMANENT,
     RT_SCOPE_LINK,
@@ -217,7 +217,7 @@ class KernelView:
     """A namespace read through pyroute2 (netns None = the current namespace)."""
 
     def __init__(self, key: str, netns: str | None = None):
-        from crossnet import netlink as nl
+        from crossnet.netlink import iproute as nl
 
         self.key = key
         self.netns = netns
@@ -237,7 +237,7 @@ class KernelView:
         self._links = None
 
     def links(self) -> list[Link]:
-        from crossnet import netlink as nl
+        from crossnet.netlink import iproute as nl
 
         if self._links is None:
             out = []

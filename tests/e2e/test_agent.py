@@ -49,7 +49,7 @@ AGENT_ARGS = ["--ttl", str(TTL), "--backoff-max", "1", "--resync", "20"]
 def _route_dsts(netns: str) -> set[str]:
     from pyroute2 import IPRoute
 
-    from crossnet import netlink as nl
+    from crossnet.netlink import iproute as nl
 
     with IPRoute(netns=f"/run/netns/{netns}") as ipr:
         return {r.dst for r in nl.routes(ipr)}

@@ -3,7 +3,7 @@
 The reported case: after host2's underlay NIC got a new MAC and `crossnet apply` ran
 again on host2, host1 kept the old MAC for host2's address for ~34 s (no gratuitous
 ARP), so the hosts could not talk. Now apply announces the host's addresses (one ARP
-request + one ARP reply per address, from a raw socket, crossnet.garp), and host1's
+request + one ARP reply per address, from a raw socket, crossnet.netlink.garp), and host1's
 entry follows within a second or two. The kernel's own announcement on a MAC change
 (arp_notify) is switched off in host2's namespace, so only crossnet can do it.
 

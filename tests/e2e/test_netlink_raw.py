@@ -1,5 +1,5 @@
-"""The two hand-packed rtnetlink paths (crossnet.nlbatch for per-peer routes,
-neighbours and FDB entries; crossnet.nlraw for the attach fast path) must leave
+"""The two hand-packed rtnetlink paths (crossnet.netlink.batch for per-peer routes,
+neighbours and FDB entries; crossnet.netlink.raw for the attach fast path) must leave
 exactly the kernel state pyroute2 leaves for the same objects.
 
 Each test programs the same objects twice in a fresh namespace — once through the
@@ -40,7 +40,7 @@ peers = json.loads(sys.argv[2])
 vx = ipr.link_lookup(ifname="xvx")[0]
 br = ipr.link_lookup(ifname="xbr")[0]
 if sys.argv[1] == "raw":
-    from crossnet.nlbatch import Batch
+    from crossnet.netlink.batch import Batch
     b = Batch()
     for dst, gw, mac, vtep in peers:
         b.route_replace(dst, gw, vx, True, dst)
@@ -50,7 +50,7 @@ if sys.argv[1] == "raw":
     b.route_replace("10.79.0.0/16", None, br, False, "link")
     assert b.commit() == []
 else:
-    from crossnet.netlink import RTNH_F_ONLINK
+    from crossnet.netlink.iproute import RTNH_F_ONLINK
     for dst, gw, mac, vtep in peers:
         net, plen = dst.split("/")
         ipr.route("replace", dst=net, dst_len=int(plen), gateway=gw, oif=vx, flags=RTNH_F_ONLINK, proto=4)
@@ -70,7 +70,7 @@ br = ipr.link_lookup(ifname="xbr")[0]
 ipr.link("set", index=br, state="up")
 fd = __import__("os").open(peer_ns, __import__("os").O_RDONLY)
 if mode == "raw":
-    from crossnet import nlraw
+    from crossnet.netlink import raw as nlraw
     with nlraw.Rtnl() as rt:
         rt.call([nlraw.veth_create("xv0", 1400, "0a:59:0a:20:00:02", br, "eth0", "0a:58:0a:20:00:02", fd)])
 else:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from crossnet.agent import Agent, AgentOptions
 from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext, stable_mac
-from crossnet.netlink import RouteInfo
+from crossnet.netlink.iproute import RouteInfo
 from crossnet.state import StateDir
 from crossnet.store import HostRecord, NetworkConfig, PeerEvent, SubnetLease
 

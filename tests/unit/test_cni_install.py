@@ -94,7 +94,7 @@ def applied_from(cluster_file: str, host: str, monkeypatch) -> dict:
     """applied.json as `crossnet apply -f cluster_file` writes it on `host`: the real
     context (crossnet.host.build_context) from the cluster file, with the NIC's kernel
     facts (MTU 1500, a MAC) supplied instead of read from this machine."""
-    from crossnet import netlink as nl
+    from crossnet.netlink import iproute as nl
     from crossnet.backends import get_backend
     from crossnet.config import load_cluster
     from crossnet.host import build_context

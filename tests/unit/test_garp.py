@@ -1,4 +1,4 @@
-"""crossnet.garp: the announcement frames and what is announced where (no kernel;
+"""crossnet.netlink.garp: the announcement frames and what is announced where (no kernel;
 the real thing is tests/e2e/test_garp.py)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crossnet.garp import ETH_ZLEN, announce, frames, targets
+from crossnet.netlink.garp import ETH_ZLEN, announce, frames, targets
 
 
 @given(mac=st.binary(min_size=6, max_size=6), ip=st.integers(1, 2**32 - 2))

@@ -19,7 +19,7 @@ from crossnet import config
 from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext, Peer
 from crossnet.errors import ConfigError, CrossnetError
-from crossnet.netlink import LinkInfo
+from crossnet.netlink.iproute import LinkInfo
 from crossnet.plan import Address, Env, Resource, Route
 from crossnet.store import NetworkConfig
 from crossnet.wg import control, keys, uapi

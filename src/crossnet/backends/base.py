@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from crossnet import netlink as nl
+from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError, CrossnetError
-from crossnet.nlconst import RT_SCOPE_LINK
+from crossnet.netlink.const import RT_SCOPE_LINK
 from crossnet.plan import Env, Resource
 
 if TYPE_CHECKING:

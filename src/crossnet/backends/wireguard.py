@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from crossnet import netlink as nl
+from crossnet.netlink import iproute as nl
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
 from crossnet.plan import Address, Bridge, Env, Resource, Route
 from crossnet.wg import keys, proc

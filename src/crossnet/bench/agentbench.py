@@ -20,7 +20,7 @@ from crossnet.bench.util import RunContext, Skip, bench_lab, summary, vm_hwm_kb
 
 
 def _routes_to(netns: str) -> set[str]:
-    from crossnet import netlink as nl
+    from crossnet.netlink import iproute as nl
 
     with nl.open_ipr(netns) as ipr:
         return {r.dst for r in nl.routes(ipr)}

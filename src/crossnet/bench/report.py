@@ -165,7 +165,7 @@ def why(tid: str, results: dict[str, Any], goal: float | None = None) -> str:
             first, last = sorted(s[:k])[k // 2], sorted(s[-k:])[k // 2]
             text = (f"The first {k} attaches take {first:.0f} ms (median), the last {k} {last:.0f} ms: each "
                     "attach rewrites the whole IPAM file once with fsync, and its JSON grows with every "
-                    "container; the rest is 5 netlink round trips (crossnet.nlraw) and a netlink socket opened "
+                    "container; the rest is 5 netlink round trips (crossnet.netlink.raw) and a netlink socket opened "
                     "inside the container's namespace. " + text)
     if tid == "podman-run":
         cn, po = cp.get("cni") or {}, cp.get("podman") or {}
@@ -204,7 +204,7 @@ CLI_ATTACH_PROFILE = (
     "A one-off profile of one `crossnet attach -o json` on this machine (python -X importtime and cProfile, "
     "2026-11-28, after this run): about 420 ms under cProfile, of which site took 43 ms (33 ms of it certifi, "
     "imported by a .pth file of this machine's site-packages, not by crossnet), importing crossnet.containers "
-    "128 ms (76 ms of it crossnet.netlink → pyroute2.iproute, which pulls in asyncio and pyroute2's netlink "
+    "128 ms (76 ms of it crossnet.netlink.iproute → pyroute2.iproute, which pulls in asyncio and pyroute2's netlink "
     "message classes), rich.console + rich.table 32 ms that attach never used (now imported only by the text "
     "output of `status`/`check`, commit e802ba4), click 20 ms, and about 40 ms compiling crossnet modules whose "
     "cached bytecode was stale (PYTHONDONTWRITEBYTECODE=1 in this environment, while the tree was being edited); "

@@ -663,7 +663,7 @@ def cmd_add(req: Request) -> dict[str, Any]:
 def _finish_links(att: Any, mac: str | None) -> str | None:
     """Set a requested MAC inside the container when the interface already existed with
     another one (a new one is created with it); return the host-side veth's MAC."""
-    from crossnet import netlink as nl
+    from crossnet.netlink import iproute as nl
 
     if mac and (att.mac or "").lower() != mac:
         with nl.open_ipr(att.netns) as cipr:
@@ -727,7 +727,7 @@ def cmd_check(req: Request) -> None:
 
 
 def check_attachment(host: Host, alloc: Any, netns: str, ifname: str, prev: Any) -> list[str]:
-    from crossnet import netlink as nl
+    from crossnet.netlink import iproute as nl
     from crossnet.backends.base import Backend
 
     ctx = host.ctx
@@ -775,7 +775,7 @@ def cmd_status(req: Request) -> None:
     host = Host(req.state_dir, required=False)
     if not host.configured:
         raise CniError(E_NOT_AVAILABLE, f"crossnet is not configured on this host (no {host.state.applied_path})")
-    from crossnet import netlink as nl
+    from crossnet.netlink import iproute as nl
 
     with nl.open_ipr() as ipr:
         if nl.ifindex(ipr, host.ctx.bridge) is None:

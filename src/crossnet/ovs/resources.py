@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from crossnet import netlink as nl
+from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError
 from crossnet.ovs import db as ovsdb
 from crossnet.state import crash_point

@@ -24,7 +24,7 @@ import struct
 from ipaddress import IPv4Address
 from typing import Any
 
-from crossnet.nlconst import IFF_NOARP, IFF_UP
+from crossnet.netlink.const import IFF_NOARP, IFF_UP
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # pyroute2.iproute costs ~90 ms to import: only when a socket
     from pyroute2 import IPRoute
 
 from crossnet.errors import CrossnetError
-from crossnet.nlconst import (  # noqa: F401 - crossnet.netlink.X is used by plan, containers, ovs
+from crossnet.netlink.const import (  # noqa: F401 - nl.X (this module) is used by plan, containers, ovs
     AF_INET,
     IFF_UP,
     NTF_SELF,
@@ -55,7 +55,7 @@ def _netlink_socket_in(path: str) -> int:
     in the namespace it was created in."""
     import socket
 
-    from crossnet.nsutil import setns
+    from crossnet.netlink.ns import setns
 
     target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:

@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossnet.nlconst import (
+from crossnet.netlink.const import (
     AF_BRIDGE,
     AF_INET,
     NDA_DST,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from crossnet.nlconst import CLONE_NEWNET
+from crossnet.netlink.const import CLONE_NEWNET
 
 _libc = None
 

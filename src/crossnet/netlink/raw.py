@@ -18,8 +18,8 @@ import socket
 import struct
 from typing import Any
 
-from crossnet.nlbatch import _HDR, _attr, _mac
-from crossnet.nlconst import (
+from crossnet.netlink.batch import _HDR, _attr, _mac
+from crossnet.netlink.const import (
     AF_INET,
     IFA_ADDRESS,
     IFA_LOCAL,
@@ -77,7 +77,7 @@ class Rtnl:
         if netns is None:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)
         else:
-            from crossnet.netlink import _netlink_socket_in
+            from crossnet.netlink.iproute import _netlink_socket_in
 
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0, fileno=_netlink_socket_in(netns))
         self.sock.bind((0, 0))
