@@ -49,7 +49,9 @@ from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
-from crossnet.plan import Env, Resource, reconcile
+from crossnet.plan.env import Env
+from crossnet.plan.reconciler import reconcile
+from crossnet.plan.resources import Resource
 from crossnet.redact import MaskingFilter
 from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write_json_atomic
 from crossnet.store import (

@@ -21,7 +21,7 @@ from crossnet.netlink import raw as nlraw
 from crossnet.backends.base import Backend, HostContext
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.ipam import AddressPool
-from crossnet.plan import Env
+from crossnet.plan.env import Env
 from crossnet.state import StateDir
 
 

@@ -18,7 +18,9 @@ from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError
-from crossnet.plan import Change, Env, Journal, NftTable, Resource, Sysctl, pending, reconcile, teardown
+from crossnet.plan.env import Env
+from crossnet.plan.reconciler import Change, Journal, pending, reconcile, teardown
+from crossnet.plan.resources import NftTable, Resource, Sysctl
 from crossnet.state import StateDir, crash_point
 
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)

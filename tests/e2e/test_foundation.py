@@ -277,7 +277,10 @@ _INJECT_ROUTE_FAILURE = r"""
 import sys
 from pyroute2 import IPRoute
 from crossnet.errors import ApplyError
-from crossnet.plan import Bridge, Env, NicTakeover, reconcile
+from crossnet.plan.env import Env
+from crossnet.plan.nic import NicTakeover
+from crossnet.plan.reconciler import reconcile
+from crossnet.plan.resources import Bridge
 
 nic, mac, poisoned = sys.argv[1:4]
 ipr = IPRoute()

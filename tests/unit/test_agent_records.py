@@ -165,7 +165,7 @@ def test_a_snapshot_goes_through_the_same_validation(agent):
     agent._env()._routes.append(RouteInfo("10.32.2.0/24", "10.32.2.0", 9, 4, 0, None, 0, None))
     agent._take_snapshot(snap, agent._env(), [])
     assert list(agent.peers) == []  # a route crossnet does not own overlaps it
-    from crossnet.plan import Route
+    from crossnet.plan.resources import Route
 
     agent._take_snapshot(snap, agent._env(), [Route("10.32.2.0/24", gateway="10.32.2.0", dev="cnvx1", onlink=True)])
     assert list(agent.peers) == [IPv4Network("10.32.2.0/24")]

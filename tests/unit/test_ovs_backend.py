@@ -21,7 +21,7 @@ from crossnet.ovs.resources import (
     OvsPort,
     TunnelNeighbours,
 )
-from crossnet.plan import NftTable, Resource, Route
+from crossnet.plan.resources import NftTable, Resource, Route
 
 
 def ctx_for(backend: str, peers: int = 3, host: str = "h1", port: int = 4789, names: list[str] | None = None) -> HostContext:
@@ -293,7 +293,7 @@ def test_a_nic_or_port_in_someone_elses_bridge_is_refused():
 def test_status_when_open_vswitch_is_down(tmp_path, monkeypatch):
     """No OVS: check() says "not as desired" instead of failing, and status_info shows
     datapath unknown with the hint how to start it."""
-    from crossnet.plan import Env
+    from crossnet.plan.env import Env
 
     monkeypatch.setenv("OVS_RUNDIR", str(tmp_path))
     env = Env(None)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from crossnet.backends.ovs import OvsBackend
 from crossnet.errors import ConfigError
 from crossnet.ifname import nft_ifname, valid_ifname
-from crossnet.plan import NftTable
+from crossnet.plan.resources import NftTable
 from tests.unit.test_ovs_backend import ctx_for
 
 

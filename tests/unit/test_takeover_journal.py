@@ -18,11 +18,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyroute2.netlink.exceptions import NetlinkError
 
-from crossnet import plan
 from crossnet.errors import ApplyError
 from crossnet.host import load_previous
 from crossnet.ovs import resources as ovs_resources
-from crossnet.plan import Bridge, Env, Journal, NicTakeover, Resource, pending, reconcile, teardown
+from crossnet.plan import nic as plan_nic
+from crossnet.plan import reconciler as plan_reconciler
+from crossnet.plan.env import Env
+from crossnet.plan.nic import NicTakeover
+from crossnet.plan.reconciler import Journal, pending, reconcile, teardown
+from crossnet.plan.resources import Bridge, Resource
 from crossnet.state import StateDir
 
 
@@ -242,7 +246,8 @@ def kill_at(monkeypatch, n: int) -> list[int]:
         if seen[0] == n:
             raise Killed(n)
 
-    monkeypatch.setattr(plan, "crash_point", crash_point)
+    monkeypatch.setattr(plan_reconciler, "crash_point", crash_point)
+    monkeypatch.setattr(plan_nic, "crash_point", crash_point)
     monkeypatch.setattr(ovs_resources, "crash_point", crash_point)
     return seen
 

@@ -20,7 +20,8 @@ from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext, Peer
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.netlink.iproute import LinkInfo
-from crossnet.plan import Address, Env, Resource, Route
+from crossnet.plan.env import Env
+from crossnet.plan.resources import Address, Resource, Route
 from crossnet.store import NetworkConfig
 from crossnet.wg import control, keys, uapi
 from crossnet.wg.resources import WgDevice, WgPeer, kick

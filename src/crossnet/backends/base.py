@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError, CrossnetError
 from crossnet.netlink.const import RT_SCOPE_LINK
-from crossnet.plan import Env, Resource
+from crossnet.plan.env import Env
+from crossnet.plan.resources import Resource
 
 if TYPE_CHECKING:
     from crossnet.state import StateDir

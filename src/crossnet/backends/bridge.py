@@ -7,7 +7,8 @@ segment, so all hosts must share it."""
 from __future__ import annotations
 
 from crossnet.backends.base import Backend, HostContext
-from crossnet.plan import Bridge, NicTakeover, Resource
+from crossnet.plan.nic import NicTakeover
+from crossnet.plan.resources import Bridge, Resource
 
 
 class LanBridge(Backend):

@@ -5,7 +5,7 @@ Needs all hosts on one L2 segment (the next hop must be on-link)."""
 from __future__ import annotations
 
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
-from crossnet.plan import Address, Bridge, Resource, Route
+from crossnet.plan.resources import Address, Bridge, Resource, Route
 
 
 class HostGw(Backend):

@@ -53,16 +53,8 @@ from crossnet.ovs.resources import (
     ovs,
     port_conflict,
 )
-from crossnet.plan import (
-    Address,
-    Bridge,
-    Enslave,
-    Env,
-    NftTable,
-    Resource,
-    Route,
-    Sysctl,
-)
+from crossnet.plan.env import Env
+from crossnet.plan.resources import Address, Bridge, Enslave, NftTable, Resource, Route, Sysctl
 
 PHY_BRIDGE = "br-phy"
 OVERLAY_BRIDGE = "cnovs0"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address
 
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac, stable_mac
-from crossnet.plan import Address, Bridge, Fdb, Neigh, Resource, Route, Vxlan as VxlanLink
+from crossnet.plan.resources import Address, Bridge, Fdb, Neigh, Resource, Route, Vxlan as VxlanLink
 
 
 class Vxlan(Backend):

@@ -19,7 +19,8 @@ from typing import Any
 
 from crossnet.netlink import iproute as nl
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
-from crossnet.plan import Address, Bridge, Env, Resource, Route
+from crossnet.plan.env import Env
+from crossnet.plan.resources import Address, Bridge, Resource, Route
 from crossnet.wg import keys, proc
 from crossnet.wg.resources import WgDevice, WgPeer, device_state
 

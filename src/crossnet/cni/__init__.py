@@ -26,8 +26,9 @@ AGENT_SOCKET = "agent.sock"  # crossnet agent's local API (crossnet.agentapi)
 CLIENT_TIMEOUT = 120.0
 MAX_STDIN = 1 << 20  # largest network configuration accepted (crossnet.cni.plugin refuses more: code 6)
 # files whose change makes a running helper step down (it would run old code)
-_CODE_FILES = ("cni/client.py", "cni/__init__.py", "cni/plugin.py", "cni/server.py", "containers.py", "ipam.py", "netlink.py",
-               "plan.py", "state.py", "backends/__init__.py", "backends/base.py")
+_CODE_FILES = ("cni/client.py", "cni/__init__.py", "cni/plugin.py", "cni/server.py", "containers.py", "ipam.py",
+               "netlink/iproute.py", "plan/env.py", "plan/resources.py", "plan/nic.py", "plan/reconciler.py",
+               "state.py", "backends/__init__.py", "backends/base.py")
 
 
 class _Ctx:  # what the C JSON scanner reads from json.JSONDecoder

@@ -23,16 +23,9 @@ from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError
 from crossnet.ovs import db as ovsdb
 from crossnet.state import crash_point
-from crossnet.plan import (
-    Env,
-    Resource,
-    Sysctl,
-    replay_order,
-    route_commands,
-    route_kw,
-    routes_present,
-    saved_routes,
-)
+from crossnet.plan.env import Env
+from crossnet.plan.nic import replay_order, route_commands, route_kw, routes_present, saved_routes
+from crossnet.plan.resources import Resource, Sysctl
 
 OWNER_KEY = "crossnet"  # external_ids:crossnet=<what> on every bridge/port crossnet creates
 FLOW_COOKIE = "0xc055e7"

@@ -16,7 +16,8 @@ from typing import ClassVar
 from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet.errors import ApplyError, CrossnetError
-from crossnet.plan import Env, Resource
+from crossnet.plan.env import Env
+from crossnet.plan.resources import Resource
 from crossnet.wg import control, keys, proc, uapi
 
 IMPLS = ("auto", "kernel", "userspace")
