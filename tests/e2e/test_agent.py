@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from crossnet import agentapi
+from crossnet.agent import api as agentapi
 from crossnet.store import NetworkConfig
 from crossnet.store.etcd import EtcdStore
 from crossnet.lab.etcdserver import EtcdServer, etcd_available

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from crossnet import agentapi
+from crossnet.agent import api as agentapi
 from crossnet.store.etcd import EtcdStore, parse_subnet_key, subnet_key_part
 from tests.e2e import kstate
 from tests.e2e.agentlab import LabCluster, module_factory, wait_for

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from crossnet import agentapi
+from crossnet.agent import api as agentapi
 from crossnet.lab.etcd import wait_agent_ready
 from tests.e2e import kstate
 from tests.e2e.agentlab import FgLabFactory, crossnet_in, synced_changes, wait_for

@@ -293,7 +293,7 @@ def agent_lab(request, lab_sweep):
 
 
 def test_agent_refuses_the_host_namespace_and_resolves_as_the_caller(agent_lab):
-    from crossnet.agentapi import call
+    from crossnet.agent.api import call
     from crossnet.errors import CrossnetError
 
     lab = agent_lab

@@ -1,5 +1,5 @@
 """How the agent reacts to hostile records arriving by watch events and snapshots
-(its record intake, crossnet.agent.Agent.apply_events/_view): which peers it
+(its record intake, crossnet.agent.core.Agent.apply_events/_view): which peers it
 (re)programs and removes. The kernel side is recorded, not touched: the programming
 itself is what tests/e2e/test_agent_records.py checks in real namespaces."""
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crossnet.agent import Agent, AgentOptions
+from crossnet.agent.core import Agent, AgentOptions
 from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext, stable_mac
 from crossnet.netlink.iproute import RouteInfo

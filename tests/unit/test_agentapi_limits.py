@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from crossnet import agentapi
+from crossnet.agent import api as agentapi
 from crossnet.state import StateDir
 from tests.unit.bad_cni.api_cases import CASES, ApiCase, post
 

@@ -275,7 +275,7 @@ def test_cni_target_id_names_the_namespace_as_this_process_resolves_it(tmp_path,
 
 
 def test_agent_checks_the_callers_namespace_identity(tmp_path) -> None:
-    from crossnet.agentapi import _same_namespace
+    from crossnet.agent.api import _same_namespace
 
     f = tmp_path / "ns"
     f.write_text("")

@@ -82,7 +82,7 @@ def test_runtime_specs_need_crossnet_runtimes(monkeypatch):
 def test_agent_does_not_turn_a_broken_backend_into_a_store_error(tmp_path, monkeypatch):
     from ipaddress import IPv4Address
 
-    from crossnet.agent import Agent, AgentOptions
+    from crossnet.agent.core import Agent, AgentOptions
     from crossnet.state import StateDir
     from crossnet.store import NetworkConfig
 

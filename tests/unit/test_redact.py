@@ -116,7 +116,7 @@ def test_etcd_errors_are_masked() -> None:
 
 
 def test_agent_log_lines_are_masked() -> None:
-    from crossnet.agent import setup_logging
+    from crossnet.agent.core import setup_logging
 
     logger = logging.getLogger("crossnet")
     saved = (logger.handlers[:], logger.level, logger.propagate)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from crossnet import agentapi
+from crossnet.agent import api as agentapi
 from crossnet.errors import CrossnetError
 from crossnet.state import StateDir
 
@@ -128,7 +128,7 @@ def test_agent_publishes_its_containers_when_they_change(tmp_path):
     import time
     from ipaddress import IPv4Address, IPv4Network
 
-    from crossnet.agent import Agent, AgentOptions
+    from crossnet.agent.core import Agent, AgentOptions
     from crossnet.store import HostRecord, LeaseLost, StoreUnavailable, SubnetLease
 
     store = RecordingStore()

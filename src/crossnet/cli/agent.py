@@ -137,7 +137,7 @@ def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, 
     they join and leave. SIGTERM leaves the data plane in place; with --release the
     subnet is given back and the host is reset. Local API: <state-dir>/agent.sock.
     """
-    from crossnet.agent import Agent, AgentOptions, setup_logging
+    from crossnet.agent.core import Agent, AgentOptions, setup_logging
     from crossnet.errors import ConfigError
     from crossnet.state import StateDir
 

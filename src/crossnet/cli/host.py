@@ -55,7 +55,7 @@ def _agent(ctx: click.Context, method: str, path: str, body: dict | None = None)
     sock = os.path.join(ctx.obj["state_dir"], "agent.sock")
     if not os.path.exists(sock):
         return None
-    from crossnet.agentapi import agent_running, call
+    from crossnet.agent.api import agent_running, call
 
     if not agent_running(ctx.obj["state_dir"]):
         return None  # a stale socket: fall back to the state dir

@@ -22,7 +22,7 @@ import _socket
 SERVER_COMMANDS = ("ADD", "DEL", "CHECK", "STATUS", "GC")
 DEFAULT_STATE_DIR = "/var/lib/crossnet"
 SOCKET_NAME = "cni.sock"
-AGENT_SOCKET = "agent.sock"  # crossnet agent's local API (crossnet.agentapi)
+AGENT_SOCKET = "agent.sock"  # crossnet agent's local API (crossnet.agent.api)
 CLIENT_TIMEOUT = 120.0
 MAX_STDIN = 1 << 20  # largest network configuration accepted (crossnet.cni.plugin refuses more: code 6)
 # files whose change makes a running helper step down (it would run old code)

@@ -66,7 +66,7 @@ def _pid_path(state_dir: str) -> Path:
 
 def agent_status(state_dir: str, timeout: float = 5.0) -> dict | None:
     """The agent's /v1/status 'agent' part, or None if it does not answer."""
-    from crossnet.agentapi import call
+    from crossnet.agent.api import call
 
     try:
         return call(state_dir, "GET", "/v1/status", timeout=timeout)["agent"]

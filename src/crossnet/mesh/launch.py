@@ -669,7 +669,7 @@ def run_foreground(state_dir: str) -> int:
 # ====================================================================== operations (CLI)
 
 def _agent_synced(state_dir: str) -> bool:
-    from crossnet.agentapi import call
+    from crossnet.agent.api import call
 
     try:
         return bool(call(state_dir, "GET", "/v1/status", timeout=2.0)["agent"].get("synced"))

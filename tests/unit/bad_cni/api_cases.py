@@ -1,4 +1,4 @@
-"""Bad requests to the agent's local API (crossnet.agentapi): each must be answered with
+"""Bad requests to the agent's local API (crossnet.agent.api): each must be answered with
 an HTTP 4xx and {"error": "<one line>"} (never 500, never a hang) and change nothing.
 Used by tests/unit/test_agentapi_limits.py (a stand-in agent) and
 tests/e2e/test_bad_input.py (a real agent in a lab host, kernel state and state dir

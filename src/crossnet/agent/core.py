@@ -728,7 +728,7 @@ class Agent:
         self._retry("initial sync", lambda: self.full_sync(self.store.snapshot()))
         self.next_resync = time.monotonic() + self.opts.resync
         if self.opts.api:
-            from crossnet.agentapi import serve
+            from crossnet.agent.api import serve
 
             self._api = serve(self, socket_path(self.state))
         self._start_thread("watch", self._watch_loop)
