@@ -11,25 +11,22 @@ from types import SimpleNamespace
 import pytest
 
 from crossnet.cli.trace import render_text
-from crossnet.trace import (
+from crossnet.trace.model import (
     Endpoint,
-    FakeView,
     FdbEntry,
     HostSide,
     Hop,
     Link,
     Neigh,
     Route,
-    Walker,
-    apply_deltas,
-    classify_frame,
-    find_container,
     fmt_route,
     lpm,
     matching_route,
-    owner_of,
-    resolve_dst,
 )
+from crossnet.trace.run import find_container, owner_of, resolve_dst
+from crossnet.trace.verify import apply_deltas, classify_frame
+from crossnet.trace.views import FakeView
+from crossnet.trace.walker import Walker
 
 PERM, REACH = 0x80, 0x02
 LINK_SCOPE = 253
@@ -269,7 +266,7 @@ def test_render_text_numbered_with_counters():
     for h in w.hops:
         if h.expect:
             h.tx_delta, h.rx_delta, h.moved = 20, 20, True
-    from crossnet.trace import TraceResult
+    from crossnet.trace.model import TraceResult
 
     src, dst, _, _ = world()
     res = TraceResult(src, dst, "vxlan", w.hops, tunnel="cnvx1", complete=True, verified=True,

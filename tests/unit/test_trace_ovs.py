@@ -1,4 +1,4 @@
-"""Unit tests of crossnet.trace_ovs: parsing ofproto/trace, dump-ports and ovs-vsctl
+"""Unit tests of crossnet.trace.ovs: parsing ofproto/trace, dump-ports and ovs-vsctl
 output (samples recorded from OVS 3.1, userspace datapath; kernel-datapath samples
 written after OVS 3.1's output format, see KERNEL_GRE_EGRESS), and the OVS step of
 the hop walk with a fake Open vSwitch on both datapaths."""
@@ -8,8 +8,10 @@ from __future__ import annotations
 import ipaddress
 from types import SimpleNamespace
 
-from crossnet.trace import Endpoint, FakeView, HostSide, Link, Neigh, Route, Walker
-from crossnet.trace_ovs import (
+from crossnet.trace.model import Endpoint, HostSide, Link, Neigh, Route
+from crossnet.trace.views import FakeView
+from crossnet.trace.walker import Walker
+from crossnet.trace.ovs import (
     OvsTracer,
     datapath_outputs,
     kernel_encap,
@@ -358,7 +360,7 @@ def test_make_tracer_only_for_hosts_running_an_ovs_backend(monkeypatch):
     does not import trace_ovs; make_tracer itself says None when no host runs OVS."""
     import shutil
 
-    from crossnet import trace_ovs
+    from crossnet.trace import ovs as trace_ovs
 
     monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
     _, hosts, _, _ = _ovs_world()

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from crossnet.trace import HostSide
-from crossnet.trace_ovs import SYSTEM_RUNDIR, find_rundir, rundir_problem
+from crossnet.trace.model import HostSide
+from crossnet.trace.ovs import SYSTEM_RUNDIR, find_rundir, rundir_problem
 
 
 def side_by_side(tmp_path: Path) -> Path:

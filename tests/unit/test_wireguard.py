@@ -466,7 +466,7 @@ def test_apply_checks_keys_of_the_cluster_file(tmp_path):
 
 
 def test_trace_counts_wireguard_transport_datagrams():
-    from crossnet.trace import classify_frame
+    from crossnet.trace.verify import classify_frame
 
     eth = bytes(12) + b"\x08\x00"
     ip = bytes([0x45, 0, 0, 60, 0, 0, 0, 0, 64, 17, 0, 0]) + bytes([10, 57, 1, 2]) + bytes([10, 57, 2, 2])

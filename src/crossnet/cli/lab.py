@@ -327,9 +327,9 @@ def lab_trace_cmd(src: str, dst: str, verify: bool, count: int, name: str, outpu
     """Trace from lab container SRC (h1-c1 or LAB-h1-c1) to DST (a container or an
     address) across the simulated hosts: source host, underlay, destination host —
     with counters on both sides when --verify."""
-    from crossnet import trace_ovs
+    from crossnet.trace import ovs as trace_ovs
     from crossnet.state import StateDir
-    from crossnet.trace import trace_hosts
+    from crossnet.trace.run import trace_hosts
 
     trace_cli._check_count(count)
     manager = _manager()

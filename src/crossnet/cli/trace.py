@@ -124,9 +124,9 @@ def trace_cmd(ctx: click.Context, src: str, dst: str, verify: bool, count: int, 
     underlay NICs also count the probe packets by encapsulation (vxlan/gre/plain).
     Exit 1 when --verify finds a hop whose counter did not move.
     """
-    from crossnet import trace_ovs
+    from crossnet.trace import ovs as trace_ovs
     from crossnet.state import StateDir
-    from crossnet.trace import trace_hosts
+    from crossnet.trace.run import trace_hosts
 
     _check_count(count)
     if bool(peer_state_dir) != bool(peer_netns):

@@ -1,4 +1,4 @@
-"""The Open vSwitch step of `crossnet trace` (plugged into crossnet.trace.Walker).
+"""The Open vSwitch step of `crossnet trace` (plugged into crossnet.trace.walker.Walker).
 
 Where the kernel walk reaches a port that belongs to Open vSwitch (a container veth on
 an OVS bridge of the userspace datapath has no kernel master; an OVS internal port is a
@@ -34,7 +34,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from crossnet.trace import Hop, HostSide, Packet, Walker, link_by
+from crossnet.trace.model import Hop, HostSide, Packet, link_by
+from crossnet.trace.walker import Walker
 
 SYSTEM_RUNDIR = "/var/run/openvswitch"
 TIMEOUT = 15.0
@@ -428,7 +429,7 @@ class OvsHost:
 
 # ---- the pluggable step --------------------------------------------------------------------
 class OvsTracer:
-    """Implements the hooks crossnet.trace.Walker calls: owns_port, egress, ingress,
+    """Implements the hooks crossnet.trace.walker.Walker calls: owns_port, egress, ingress,
     counter_sources."""
 
     def __init__(self, hosts: dict[str, HostSide]):
