@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from crossnet.errors import ConfigError
-from crossnet.runtime import resolve, spec_id
+from crossnet.runtime.spec import resolve, spec_id
 
 
 def test_pid_spec_id_without_the_process():

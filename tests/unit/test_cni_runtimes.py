@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from crossnet import runtimes
+from crossnet.runtime import engines as runtimes
 from crossnet.errors import ConfigError
-from crossnet.runtime import resolve
+from crossnet.runtime.spec import resolve
 
 
 class _Handler(BaseHTTPRequestHandler):

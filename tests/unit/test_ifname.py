@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from crossnet import ifname
 from crossnet.errors import ConfigError
-from crossnet.runtime import netns_problem
+from crossnet.runtime.spec import netns_problem
 from crossnet.state import root_problem
 
 REAL_NAMES = ["eth0", "ens3", "enp0s31f6", "wlp2s0", "eth0.100", "br-1a2b3c", "docker0", "bond0", "cn0", "br0",

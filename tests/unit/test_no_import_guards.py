@@ -72,9 +72,9 @@ def test_a_cli_group_that_does_not_import_is_an_error(monkeypatch):
 
 
 def test_runtime_specs_need_crossnet_runtimes(monkeypatch):
-    from crossnet.runtime import resolve
+    from crossnet.runtime.spec import resolve
 
-    _broken(monkeypatch, "crossnet.runtimes")
+    _broken(monkeypatch, "crossnet.runtime.engines")
     with pytest.raises(ImportError):
         resolve("podman:c1")
 

@@ -206,7 +206,7 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
     """
     from crossnet import containers
     from crossnet.host import load_context
-    from crossnet.runtime import resolve
+    from crossnet.runtime.spec import resolve
 
     cid, path = resolve(container)
     _check_requested_ip(ip, _state(ctx))
@@ -235,7 +235,7 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
     """Disconnect CONTAINER: remove its veth and release its address. Idempotent."""
     from crossnet import containers
     from crossnet.host import load_context
-    from crossnet.runtime import resolve, spec_id
+    from crossnet.runtime.spec import resolve, spec_id
 
     try:
         cid, path = resolve(container)

@@ -141,7 +141,7 @@ def ifname_problem(name: Any) -> str | None:
 
 def netns_problem(path: str) -> str | None:
     """Why ``path`` is not a network namespace file (crossnet.runtime, the one check), or None."""
-    from crossnet.runtime import netns_problem as problem
+    from crossnet.runtime.spec import netns_problem as problem
 
     return problem(path)
 

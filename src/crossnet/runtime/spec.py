@@ -2,7 +2,7 @@
 
 Forms: a netns name (`/run/netns/NAME`), a path to a netns file, `pid:N`
 (`/proc/N/ns/net`). Runtime-specific forms (`podman:NAME`, `docker:NAME`) are
-served by crossnet.runtimes (imported only for them).
+served by crossnet.runtime.engines (imported only for them).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def resolve(spec: str) -> tuple[str, str]:
             raise ConfigError(f"CONTAINER: {spec!r}: no process {rest}")
         return spec_id(spec), _checked(spec, path)
     if sep and prefix in ("podman", "docker"):
-        from crossnet.runtimes import RESOLVERS
+        from crossnet.runtime.engines import RESOLVERS
 
         return RESOLVERS[prefix](rest)
     if "/" in spec:

@@ -1,5 +1,5 @@
 """`podman:NAME` and `docker:NAME` container specs: find a container's network namespace
-through its runtime's API; crossnet.runtime.resolve imports this module (through
+through its runtime's API; crossnet.runtime.spec.resolve imports this module (through
 RESOLVERS) only for those two forms.
 
 docker: the Docker Engine API over its unix socket (``DOCKER_HOST=unix:///path`` or
