@@ -335,14 +335,14 @@ def check_netns(path: str, field: str) -> None:
 
 
 def _container(body: dict) -> tuple[str, str | None]:
-    from crossnet.runtime import resolve
+    from crossnet.runtime.spec import resolve
 
     if body.get("container"):
         spec = str(body["container"])
         try:
             return resolve(spec)
         except ConfigError:
-            from crossnet.runtime import spec_id
+            from crossnet.runtime.spec import spec_id
 
             return spec_id(spec), None
     if body.get("id"):
@@ -368,7 +368,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
     if method == "POST" and path == "/v1/attach":
         cid, netns = _container(body)
         if not netns:
-            from crossnet.runtime import resolve
+            from crossnet.runtime.spec import resolve
 
             cid, netns = resolve(str(body.get("container") or cid))
         check_netns(netns, "netns" if "netns" in body else "container")
