@@ -153,3 +153,10 @@ def test_classify_reply_and_frag_needed():
     unreach = struct.pack("!BBHHH", 3, 1, 0, 0, 0) + quoted  # host unreachable: not about size
     assert probe.classify(_ip("10.9.0.1", "10.0.0.1", unreach), "10.0.0.2", 7, 9) is None
     assert probe.classify(b"\x45\x00", "10.0.0.2", 7, 9) is None
+
+
+def test_a_dead_path_is_given_up_after_two_sizes():
+    path = FakePath(0, "silent")
+    with pytest.raises(PathUnreachable):
+        search(path, 576, 1500, retries=3)
+    assert path.sent == [1500] * 3 + [576] * 3

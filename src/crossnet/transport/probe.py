@@ -59,10 +59,11 @@ MAX_HINT_JUMPS = 3
 
 
 def max_probes(low: int, high: int, retries: int) -> int:
-    """Upper bound of the probes `search` sends: the first try at `high`, one per
+    """Upper bound of the probes `search` sends: the first try at `high`, one at `low`
+    when that one vanished (is the path up at all?), one per
     halving of [low - 1, high], up to MAX_HINT_JUMPS tries at a size a router named,
     each sent up to `retries` times (only a lost probe is sent again)."""
-    return (1 + math.ceil(math.log2(high - low + 2)) + MAX_HINT_JUMPS) * max(retries, 1)
+    return (2 + math.ceil(math.log2(high - low + 2)) + MAX_HINT_JUMPS) * max(retries, 1)
 
 
 def search(probe: Callable[[int], Outcome], low: int, high: int, *, retries: int = 3,
@@ -108,7 +109,9 @@ def search(probe: Callable[[int], Outcome], low: int, high: int, *, retries: int
             if good < low:
                 raise PathUnreachable(f"no echo of {low}..{high} bytes crossed the path before the deadline")
             return good
-        if hint is not None and hi == hint and jumps < MAX_HINT_JUMPS:
+        if not crossed and out.kind == LOST and size == high and good < low:
+            size = low  # silence at full size: is the path up at all? (a dead peer costs 2 sizes)
+        elif hint is not None and hi == hint and jumps < MAX_HINT_JUMPS:
             jumps += 1
             size = hi  # a router named its next-hop MTU: most likely the answer
         else:
