@@ -18,9 +18,11 @@ dropped) so the MTU does not flap; `--probe-mtu` again measures anew.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crossnet.backends import lan_backend_names
@@ -83,6 +85,8 @@ def measure(ctx: HostContext, *, netns: str | None = None, timeout: float = 0.5,
             row["error"] = f"probe failed: {exc.strerror or exc}"
         return peer.name, row
 
+    from concurrent.futures import ThreadPoolExecutor
+
     peers = list(ctx.peers)
     rows: dict[str, dict[str, Any]] = {}
     if peers:
@@ -116,7 +120,8 @@ def adjust(ctx: HostContext, backend: Backend, record: dict[str, Any] | None) ->
     if not record or not probed(ctx.backend):
         return None
     paths = paths_of(record, ctx)
-    ctx.mtu = container_mtu(ctx.underlay_mtu, ctx.mtu, paths, transport_overhead(backend))
+    ctx.mtu = container_mtu(ctx.underlay_mtu, ctx.underlay_mtu - backend.overhead, paths,
+                            transport_overhead(backend))
     kept = {k: v for k, v in record.items() if k != "peers"}
     kept["peers"] = {n: record["peers"][n] for n in paths}
     return kept
@@ -180,3 +185,53 @@ def update_containers(state: StateDir, ctx: HostContext) -> list[str]:
             if hit:
                 changed.append(c["id"])
     return changed
+
+
+class Monitor:
+    """The agent's prober (`crossnet agent --probe-mtu`): measures every peer's path at
+    start, every `interval` seconds and soon after `poke()` (a peer joined or changed);
+    when the container MTU the new record gives differs from the one in use it calls
+    `changed()` (the agent then resyncs: `adjust` in its full sync, containers updated).
+    `record` is the last measurement (kept in applied.json as apply keeps its own)."""
+
+    def __init__(self, interval: float, **probe_opts: Any):
+        self.interval = interval
+        self.probe_opts = {"timeout": 0.3, "retries": 3, "budget": 5.0, **probe_opts}
+        self.record: dict[str, Any] | None = None
+        self._wake = threading.Event()
+
+    @classmethod
+    def resume(cls, state: StateDir, interval: float) -> Monitor:
+        """A monitor that starts from the last record in applied.json: a restarted agent
+        keeps the measured MTU instead of raising it until the first probe is done."""
+        m = cls(interval)
+        try:
+            record = (state.load_applied() or {}).get("path_mtu")
+        except Exception:  # noqa: BLE001 - an unreadable record is no measurement
+            record = None
+        m.record = record if isinstance(record, dict) else None
+        return m
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def run(self, get_ctx: Callable[[], HostContext | None], backend: Backend, changed: Callable[[], None],
+            stop: threading.Event) -> None:
+        while not stop.is_set():
+            self._wake.clear()
+            ctx = get_ctx()
+            if ctx is not None and ctx.peers and probed(ctx.backend):
+                try:
+                    self.record = measure(copy.copy(ctx), **self.probe_opts)
+                except Exception:  # noqa: BLE001 - never let the prober die silently
+                    log.exception("path MTU: measurement failed")
+                else:
+                    trial = copy.copy(ctx)
+                    adjust(trial, backend, self.record)
+                    if trial.mtu != ctx.mtu:
+                        log.info("path MTU: container MTU %d -> %d", ctx.mtu, trial.mtu)
+                        changed()
+            deadline = time.monotonic() + self.interval
+            while not stop.is_set() and time.monotonic() < deadline:
+                if self._wake.wait(0.5):
+                    break
