@@ -15,13 +15,18 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 
 import pytest
 
 from crossnet.backends import get_backend
+from crossnet.lab.etcd import wait_agent_ready
 from crossnet.transport import pmtu, probe
+
+from .agentlab import wait_for
 
 pytestmark = [
     pytest.mark.e2e,
@@ -117,3 +122,52 @@ def test_probe_mtu_refused_for_the_bridge_backend(lab_factory):
     assert len(res.stderr.strip().splitlines()) == 1
     after = subprocess.run(["ip", "-n", lab.hosts[0].netns, "-j", "link"], capture_output=True, text=True).stdout
     assert before == after
+
+
+def test_agent_probe_mtu_follows_the_narrow_link(lab_factory, tmp_path):
+    """`crossnet agent --probe-mtu` (static cluster file) on every host: the agents program
+    the hosts, measure their peers once they join, and lower the container MTU to the
+    narrow path; containers attached through them get it and DF pings of that size cross."""
+    lab = lab_factory(hosts=3, underlay="l3", backend="vxlan", containers=1, apply=False)
+    hosts = {h.name: h for h in lab.hosts}
+    h2 = hosts["h2"]
+    set_mtu(lab.plan.fabric.netns, h2.fabric_ifname, NARROW)
+    set_mtu(h2.netns, h2.ifname, NARROW)
+    procs: dict[str, subprocess.Popen] = {}
+    try:
+        for name, h in hosts.items():
+            with open(tmp_path / f"{name}.log", "ab") as log:
+                procs[name] = subprocess.Popen(
+                    ["ip", "netns", "exec", h.netns, sys.executable, "-m", "crossnet", "--state-dir", h.state_dir,
+                     "agent", "-f", lab.plan.cluster_file, "--name", name, "--iface", h.ifname, "--probe-mtu",
+                     "--resync", "5"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        for name, h in hosts.items():
+            wait_agent_ready(h.state_dir, timeout=60, proc=procs[name], log_path=str(tmp_path / f"{name}.log"))
+
+        def settled():
+            sts = lab.statuses()
+            return sts if all(s["mtu"] == NARROW - 50 for s in sts.values()) else None
+
+        statuses = wait_for(settled, 60, "every host at container MTU 1350")
+        assert statuses["h1"]["narrow_peers"] == [{"name": "h2", "path_mtu": NARROW}]
+        assert statuses["h3"]["narrow_peers"] == [{"name": "h2", "path_mtu": NARROW}]
+        assert all(p["programmed"] for s in statuses.values() for p in s["peers"])
+        for name, h in hosts.items():
+            lab.crossnet(name, "attach", h.containers[0])
+        statuses = lab.statuses()
+        addrs = {name: statuses[name]["containers"][0]["address"].split("/")[0] for name in hosts}
+        for a, z in itertools.permutations(hosts, 2):
+            assert link_mtu(hosts[a].containers[0], "eth0") == NARROW - 50
+            ok = df_ping(hosts[a].containers[0], addrs[z], NARROW - 50)
+            assert ok.returncode == 0, (a, z, ok.stdout, ok.stderr)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
