@@ -136,7 +136,7 @@ def _ip(src: str, dst: str, payload: bytes, proto: int = 1) -> bytes:
 def test_echo_request_size_and_checksum(size, ident, seq):
     pkt = probe.echo_request(ident, seq, size)
     assert len(pkt) + probe.IP_HEADER == size
-    assert probe._checksum(pkt) == 0  # a valid checksum sums to zero
+    assert probe.checksum(pkt) == 0  # a valid checksum sums to zero
     assert struct.unpack("!BBxxHH", pkt[:8]) == (probe.ICMP_ECHO, 0, ident, seq)
 
 

@@ -121,7 +121,8 @@ def search(probe: Callable[[int], Outcome], low: int, high: int, *, retries: int
 # ---------------------------------------------------------------- I/O
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of `data` (ICMP; crossnet.check uses it too)."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -135,7 +136,7 @@ def echo_request(ident: int, seq: int, size: int) -> bytes:
     payload = bytes(range(256)) * ((size - MIN_SIZE) // 256 + 1)
     body = payload[: size - MIN_SIZE]
     head = struct.pack("!BBHHH", ICMP_ECHO, 0, 0, ident, seq)
-    return struct.pack("!BBHHH", ICMP_ECHO, 0, _checksum(head + body), ident, seq) + body
+    return struct.pack("!BBHHH", ICMP_ECHO, 0, checksum(head + body), ident, seq) + body
 
 
 def classify(packet: bytes, dst: str, ident: int, seq: int) -> Outcome | None:
