@@ -1,13 +1,15 @@
-"""End to end: path-MTU discovery (`crossnet apply --probe-mtu`, crossnet.transport) in an
-l3 lab where one underlay link — h2's, both ends: the router's rt-h2 and h2's eth0 — has
-MTU 1400 while the others keep 1500.
+"""End to end: path-MTU discovery (`crossnet apply --probe-mtu`, crossnet.transport) in a
+lab where one underlay link — h2's, both ends: the router's rt-h2 (l3) or the switch's
+port sw-h2 (l2) and h2's eth0 — has MTU 1400 while the others keep 1500.
 
-h1 and h3 learn it from the router's "fragmentation needed" (their own NICs say 1500),
-every host's container MTU follows (1400 − the transport's overhead), containers attached
-before the change get it too, don't-fragment pings of exactly the container MTU cross
-between every pair of containers, one byte more fails at once with a local error instead
-of vanishing, and `status` (text and JSON) names h2 as narrow with 1400. Only links inside
-the lab's namespaces change; every lab is removed by the fixture, pass or fail.
+h1 and h3 learn it from the router's "fragmentation needed" (l3: vxlan, wireguard) or
+from probes that vanish (l2, host-gw: a bridge drops oversized frames silently) — their
+own NICs say 1500; every host's container MTU follows (1400 − the transport's overhead),
+containers attached before the change get it too, don't-fragment pings of exactly the
+container MTU cross between every pair of containers, one byte more fails at once with a
+local error instead of vanishing, and `status` (text and JSON) names h2 as narrow with
+1400. Only links inside the lab's namespaces change; every lab is removed by the fixture,
+pass or fail.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ def df_ping(netns: str, addr: str, size: int) -> subprocess.CompletedProcess:
                            "-c", "1", "-W", "2", addr], capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.parametrize("backend", ["vxlan", "wireguard"])
-def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_factory, backend):
-    lab = lab_factory(hosts=3, underlay="l3", backend=backend, containers=1, apply=True)
+@pytest.mark.parametrize(("backend", "underlay"), [("vxlan", "l3"), ("wireguard", "l3"), ("host-gw", "l2")])
+def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_factory, backend, underlay):
+    lab = lab_factory(hosts=3, underlay=underlay, backend=backend, containers=1, apply=True)
     hosts = {h.name: h for h in lab.hosts}
     h1, h2 = hosts["h1"], hosts["h2"]
     b = get_backend(backend)

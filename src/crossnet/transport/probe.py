@@ -37,6 +37,10 @@ ICMP_FRAG_NEEDED = 4
 IP_HEADER, ICMP_HEADER = 20, 8
 MIN_SIZE = IP_HEADER + ICMP_HEADER  # an echo request without payload
 MAX_SIZE = 65_535
+# once a reply has come back, a probe is given up after max(ADAPT_FLOOR, ADAPT_FACTOR ×
+# the slowest round trip seen) (never more than the timeout asked for): a path that drops
+# oversized packets silently then costs fractions of a second per size, not the timeout
+ADAPT_FLOOR, ADAPT_FACTOR = 0.2, 10
 
 OK, TOO_BIG, LOST = "ok", "too-big", "lost"
 
@@ -203,6 +207,7 @@ class Prober:
                  src: str | None = None):
         self.dst = socket.inet_ntoa(socket.inet_aton(dst))  # IPv4 dotted quad or ValueError/OSError
         self.timeout = timeout
+        self.slowest: float | None = None  # the longest round trip seen by this prober
         self.sock = _socket_in(netns)
         try:
             self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE if df else 0)
@@ -238,7 +243,8 @@ class Prober:
                 time.sleep(min(self.timeout, 0.05))
                 return Outcome(LOST)
             raise
-        end = started + self.timeout
+        wait = self.timeout if self.slowest is None else min(self.timeout, max(ADAPT_FLOOR, ADAPT_FACTOR * self.slowest))
+        end = started + wait
         while True:
             left = end - time.monotonic()
             if left <= 0:
@@ -253,8 +259,12 @@ class Prober:
             except OSError:  # an ICMP error queued for this socket: read it from the packet instead
                 continue
             out = classify(packet, self.dst, self.ident, self.seq)
+            if out is not None and out.kind == OK:
+                rtt = time.monotonic() - started
+                self.slowest = max(self.slowest or 0.0, rtt)
+                return Outcome(OK, rtt=rtt)
             if out is not None:
-                return Outcome(OK, rtt=time.monotonic() - started) if out.kind == OK else out
+                return out
 
     def _local_mtu(self) -> int | None:
         try:
