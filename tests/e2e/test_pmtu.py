@@ -50,7 +50,7 @@ def link_mtu(netns: str, ifname: str) -> int:
 def df_ping(netns: str, addr: str, size: int) -> subprocess.CompletedProcess:
     """One don't-fragment echo making an IP packet of `size` bytes."""
     return subprocess.run(["ip", "netns", "exec", netns, "ping", "-n", "-M", "do", "-s", str(size - 28),
-                           "-c", "1", "-W", "2", addr], capture_output=True, text=True, timeout=30)
+                           "-c", "1", "-W", "2", addr], capture_output=True, text=True, timeout=30, check=False)
 
 
 @pytest.mark.parametrize(("backend", "underlay"), [("vxlan", "l3"), ("wireguard", "l3"), ("host-gw", "l2")])
@@ -118,11 +118,11 @@ def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_f
 
 def test_probe_mtu_refused_for_the_bridge_backend(lab_factory):
     lab = lab_factory(hosts=2, underlay="l2", backend="bridge", containers=0, apply=False)
-    before = subprocess.run(["ip", "-n", lab.hosts[0].netns, "-j", "link"], capture_output=True, text=True).stdout
+    before = subprocess.run(["ip", "-n", lab.hosts[0].netns, "-j", "link"], capture_output=True, text=True, check=True).stdout
     res = lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--probe-mtu", check=False)
     assert res.returncode == 2 and res.stderr.strip().startswith("crossnet: error: --probe-mtu:"), res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    after = subprocess.run(["ip", "-n", lab.hosts[0].netns, "-j", "link"], capture_output=True, text=True).stdout
+    after = subprocess.run(["ip", "-n", lab.hosts[0].netns, "-j", "link"], capture_output=True, text=True, check=True).stdout
     assert before == after
 
 

@@ -107,3 +107,56 @@ def test_status_info_flags_narrow_peers_with_the_number():
     assert rows == [{"name": "h2", "path_mtu": 1400, "narrow": True}, {"name": "h3", "path_mtu": 1500, "narrow": False}]
     rows = [{"name": "h2"}]
     assert pmtu.status_info({}, ctx, rows) == {"path_mtu_measured_at": None, "narrow_peers": []} and rows == [{"name": "h2"}]
+
+
+def test_monitor_measures_calls_changed_once_and_wakes_on_poke(monkeypatch):
+    import threading
+    import time
+
+    ctx = ctx_for()
+    calls: list[int] = []
+    paths = iter([{"h2": 1400, "h3": 1500}, {"h2": 1400, "h3": 1500}, {"h2": 1500, "h3": 1500}])
+
+    def fake_measure(c, **kw):
+        got = next(paths, None)
+        calls.append(1)
+        return record(**got) if got else record(h2=1500, h3=1500)
+
+    monkeypatch.setattr(pmtu, "measure", fake_measure)
+    mon = pmtu.Monitor(interval=3600)
+    stop = threading.Event()
+    changed: list[int] = []
+
+    def on_change():
+        changed.append(1)
+        ctx.mtu = pmtu.container_mtu(ctx.underlay_mtu, 1450, pmtu.paths_of(mon.record, ctx), 50)  # as the agent's resync
+
+    t = threading.Thread(target=mon.run, args=(lambda: ctx, get_backend("vxlan"), on_change, stop), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert calls == [1] and changed == [1] and ctx.mtu == 1350  # first measurement: lower
+    mon.poke()  # a peer joined: measured again at once (not after the hour), same paths: no change
+    while len(calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert changed == [1]
+    mon.poke()  # the narrow link is gone: back up
+    while len(calls) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    assert changed == [1, 1] and ctx.mtu == 1450
+    stop.set()
+    t.join(timeout=5)
+    assert not t.is_alive()
+
+
+def test_monitor_resumes_from_the_last_record(tmp_path):
+    from crossnet.state import StateDir
+
+    state = StateDir(str(tmp_path / "state"))
+    assert pmtu.Monitor.resume(state, 60).record is None
+    state.save_applied({"host": "h1", "path_mtu": record(h2=1400)})
+    assert pmtu.Monitor.resume(state, 60).record == record(h2=1400)

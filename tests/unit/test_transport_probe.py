@@ -13,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossnet.transport import probe
-from crossnet.transport.probe import LOST, OK, TOO_BIG, Outcome, PathUnreachable, max_probes, search
+from crossnet.transport.probe import (
+    LOST,
+    OK,
+    TOO_BIG,
+    Outcome,
+    PathUnreachable,
+    max_probes,
+    search,
+)
 
 
 class FakePath:

@@ -25,6 +25,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Self
 
 from crossnet.errors import CrossnetError
 
@@ -220,7 +221,7 @@ class Prober:
         self.ident = int.from_bytes(os.urandom(2), "big")
         self.seq = int.from_bytes(os.urandom(2), "big")
 
-    def __enter__(self) -> Prober:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
