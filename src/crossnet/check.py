@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
 from crossnet.netlink.ns import setns
+from crossnet.transport.probe import checksum
 
 PING_INTERVAL = 0.2  # seconds between probes when count > 1
 MAX_COUNT = 100
@@ -120,15 +121,6 @@ def socket_in_netns(netns: str, family: int, type_: int, proto: int) -> socket.s
     return box["sock"]
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 def _probe_icmp(src: Endpoint, address: str, count: int, timeout: float) -> tuple[bool, float | None, str | None]:
     try:
         ip = ipaddress.ip_address(address)
@@ -151,7 +143,7 @@ def _probe_icmp(src: Endpoint, address: str, count: int, timeout: float) -> tupl
                 time.sleep(PING_INTERVAL)
             payload = struct.pack("!d", time.monotonic()) + b"crossnet-check"
             hdr = struct.pack("!BBHHH", req_type, 0, 0, ident, seq)
-            csum = 0 if v6 else _checksum(hdr + payload)  # kernel fills the ICMPv6 checksum
+            csum = 0 if v6 else checksum(hdr + payload)  # kernel fills the ICMPv6 checksum
             pkt = struct.pack("!BBHHH", req_type, 0, csum, ident, seq) + payload
             sent = time.monotonic()
             try:

@@ -22,6 +22,7 @@ from crossnet.plan.env import Env
 from crossnet.plan.reconciler import Change, Journal, pending, reconcile, teardown
 from crossnet.plan.resources import NftTable, Resource, Sysctl
 from crossnet.state import StateDir, crash_point
+from crossnet.transport import pmtu
 
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)
     from crossnet.config import Cluster
@@ -202,7 +203,7 @@ def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
 def record_extras(ctx: HostContext) -> dict:
     """What applied.json records beyond the context: for the ovs backends, which Open
     vSwitch this host uses (`crossnet trace --peer-state-dir` on another host reads it;
-    it must never guess, see crossnet.trace_ovs.find_rundir)."""
+    it must never guess, see crossnet.trace.ovs.find_rundir)."""
     if not ctx.backend.startswith("ovs"):
         return {}
     import os
@@ -227,7 +228,8 @@ class StateJournal(Journal):
         self.state.clear_journal()
 
 
-def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_run: bool = False) -> ApplyResult:
+def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_run: bool = False,
+          probe_mtu: bool = False) -> ApplyResult:
     started = time.perf_counter()
     backend = get_backend(cluster.backend)
     with state.lock(), nl.open_ipr() as ipr:
@@ -245,6 +247,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         ctx.state_dir = str(state.root)
         check_subnet_kept(cluster, applied, ctx)
         check_local_data(cluster, host_name, backend, ctx, create=not dry_run)
+        path_mtu = pmtu.for_apply(ctx, backend, applied, probe=probe_mtu)  # lowers ctx.mtu (crossnet.transport.pmtu)
         desired = desired_resources(ctx, backend)
         backend.check_underlay(ctx, env)
         check_routes(ctx, env, previous + desired)
@@ -252,12 +255,14 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
             return ApplyResult(host_name, cluster.backend, pending(desired, previous, env), True, ctx,
                                time.perf_counter() - started)
         header = {"version": 1, "host": host_name, "cluster": cluster.to_dict(), "context": ctx.to_json(),
-                  **record_extras(ctx)}
+                  **record_extras(ctx), **({"path_mtu": path_mtu} if path_mtu else {})}
         interrupted = state.journal_path.exists()
         outcome = reconcile(desired, previous, env, StateJournal(state, header))
         garp.announce(ctx, ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.netlink.garp)
-        if outcome.changes or not applied or interrupted:
+        if outcome.changes or not applied or interrupted or path_mtu != applied.get("path_mtu"):
             state.save_applied({**header, "resources": [r.to_json() for r in outcome.resources]})
+        if applied and (applied.get("context") or {}).get("mtu") != ctx.mtu:
+            pmtu.update_containers(state, ctx)  # running containers follow a changed MTU
         return ApplyResult(host_name, cluster.backend, outcome.changes, False, ctx, time.perf_counter() - started)
 
 
@@ -312,6 +317,7 @@ def status(state: StateDir) -> dict[str, Any]:
         local_ok = all(r.check(env) for r in backend.local_resources(ctx))
         drift = [r.describe() for r in previous if not r.check(env)]
         peers = peer_status(ctx, backend, env)
+        path_mtu = pmtu.status_info(applied, ctx, peers)  # per-peer path MTU, narrow peers
         extra = backend.status_info(ctx, env)  # backend-specific extras (e.g. OVS datapath)
     return {
         "host": ctx.host,
@@ -330,6 +336,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "drift": drift,
         "peers": peers,
         "containers": containers.list_containers(state),
+        **path_mtu,
         **extra,
     }
 

@@ -66,6 +66,7 @@ from crossnet.store import (
     validate_host_name,
 )
 from crossnet.store.records import LocalView, PeerBook, filter_containers
+from crossnet.transport import pmtu
 
 log = logging.getLogger("crossnet.agent")
 LOCAL_CHECK_INTERVAL = 1.0  # s between checks of the local data plane / published data (_check_local)
@@ -88,6 +89,7 @@ class AgentOptions:
     resync: float = 60.0
     watch_timeout: float = 30.0
     api: bool = True
+    probe_mtu: bool = False  # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join
 
 
 def lease_path(state: StateDir) -> str:
@@ -133,6 +135,7 @@ class Agent:
         self._pub_wanted = 0
         self._pub_done = 0
         self._published: tuple | None = None  # (lease id, containers) last written to the store
+        self.pmtu = pmtu.Monitor.resume(state, opts.resync) if opts.probe_mtu else None
 
     # ------------------------------------------------------------------ helpers
 
@@ -363,7 +366,8 @@ class Agent:
 
         assert self.ctx and self.cfg
         return {"version": 1, "host": self.name, "store": {"kind": self.store.kind, "where": self.store.describe()},
-                "network_config": self.cfg.to_json(), "context": self.ctx.to_json(), **record_extras(self.ctx)}
+                "network_config": self.cfg.to_json(), "context": self.ctx.to_json(), **record_extras(self.ctx),
+                **({"path_mtu": self.pmtu.record} if self.pmtu and self.pmtu.record else {})}
 
     @staticmethod
     def _key(rec: HostRecord) -> IPv4Network:
@@ -432,6 +436,8 @@ class Agent:
             # local resources may depend on the peer list (e.g. OVS flows naming the tunnel
             # ports): build the context with every peer, in the backend's own order
             self.ctx.peers = [self._peer(self.peers[s]) for s in per_peer]
+            mtu_was = self.ctx.mtu
+            pmtu.adjust(self.ctx, self.backend, self.pmtu.record if self.pmtu else None)  # measured paths
             desired = common_resources(self.ctx) + self.backend.resources(self.ctx)
             if self.synced_at is None:
                 check_routes(self.ctx, env, previous + desired)
@@ -444,6 +450,8 @@ class Agent:
             self.base_res = [r for r in outcome.resources if r.key() not in peer_keys]
             self.revision = snap.revision
             self._save_applied()
+            if self.ctx.mtu != mtu_was:
+                pmtu.update_containers(self.state, self.ctx)  # running containers follow
         self.synced_at = time.time()
         for ch in outcome.changes:
             log.info("  %s", ch)
@@ -490,6 +498,8 @@ class Agent:
             for s in sorted(x for x in changed if x not in self.peers):
                 self._program_peer(env, s)
             self._save_applied()
+        if self.pmtu:
+            self.pmtu.poke()  # measure the new peers' paths
 
     def _program_base(self, env: Env) -> None:
         from crossnet.host import common_resources
@@ -733,6 +743,9 @@ class Agent:
             self._api = serve(self, socket_path(self.state))
         self._start_thread("watch", self._watch_loop)
         self._start_thread("containers", self._publisher_loop)
+        if self.pmtu:
+            self._start_thread("pmtu", lambda: self.pmtu.run(
+                lambda: self.ctx, self.backend, lambda: setattr(self, "next_resync", 0.0), self.stop))
         self.containers_changed(wait=0)
         log.info("ready")
         while not self.stop.is_set():

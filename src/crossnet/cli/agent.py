@@ -126,10 +126,13 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
               help="Full re-read of the store and repair of the host every S seconds.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="etcd request timeout (s).")
 @click.option("--no-api", is_flag=True, help="Do not serve the local API socket.")
+@click.option("--probe-mtu", is_flag=True,
+              help="Measure every peer's path MTU (at start, every resync, when a peer joins) and lower the "
+                   "container MTU to fit (docs/mtu.md).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, ttl, release, retries,
-          backoff_max, resync, timeout, no_api, verbose) -> None:
+          backoff_max, resync, timeout, no_api, probe_mtu, verbose) -> None:
     """Run the crossnet agent on this host (foreground, logs to stderr).
 
     Registers this host in etcd, leases a subnet (the same one after a restart),
@@ -160,7 +163,7 @@ def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, 
         store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
     opts = AgentOptions(name=name, iface=iface, address=address, ttl=ttl, release=release, retries=retries,
                         backoff_initial=min(0.5, backoff_max), backoff_max=backoff_max, resync=resync,
-                        api=not no_api)
+                        api=not no_api, probe_mtu=probe_mtu)
     code = Agent(store, StateDir(ctx.obj["state_dir"]), opts).run()
     sys.exit(code)
 

@@ -133,9 +133,11 @@ def _json(data) -> None:
 @click.option("-f", "--file", "path", required=True, type=click.Path(dir_okay=False), help="Cluster file (YAML).")
 @click.option("--host", "host_name", help="Which host of the cluster this is (default: the one whose address is configured here).")
 @click.option("--dry-run", is_flag=True, help="Print the plan as the equivalent ip/bridge/nft commands; change nothing.")
+@click.option("--probe-mtu", is_flag=True,
+              help="Measure the path MTU to every peer (DF pings) and lower the container MTU to fit (docs/mtu.md).")
 @OUTPUT
 @click.pass_context
-def apply(ctx: click.Context, path: str, host_name: str | None, dry_run: bool, output: str) -> None:
+def apply(ctx: click.Context, path: str, host_name: str | None, dry_run: bool, probe_mtu: bool, output: str) -> None:
     """Configure this host's part of the cluster.
 
     Idempotent: running it again changes nothing (and says so); anything that
@@ -147,7 +149,7 @@ def apply(ctx: click.Context, path: str, host_name: str | None, dry_run: bool, o
 
     cluster = load_cluster(path)
     result = do_apply(cluster, _ReadOnlyState(ctx.obj["state_dir"]) if dry_run else _state(ctx), host_name,
-                      dry_run=dry_run)
+                      dry_run=dry_run, probe_mtu=probe_mtu)
     if output == "json":
         _json(result.to_json())
         return
@@ -332,11 +334,16 @@ def status(ctx: click.Context, output: str) -> None:
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")
-    for col in ("name", "address", "subnet", "programmed"):
+    for col in ("name", "address", "subnet", "programmed", "path mtu"):
         peers.add_column(col)
     for p in st["peers"]:
-        peers.add_row(p["name"], p["address"], p["subnet"], "[green]yes[/]" if p["programmed"] else "[red]no[/]")
+        pm = p.get("path_mtu")
+        peers.add_row(p["name"], p["address"], p["subnet"], "[green]yes[/]" if p["programmed"] else "[red]no[/]",
+                      "" if "path_mtu" not in p else f"[yellow]{pm} narrow[/]" if p.get("narrow") else str(pm or "unreachable"))
     console.print(peers)
+    for n in st.get("narrow_peers") or []:
+        console.print(f"[yellow]narrow path: peer {n['name']} measured path MTU {n['path_mtu']} "
+                      f"< underlay {st['underlay_mtu']} (container mtu {st['mtu']})[/]")
     cont = Table(title="containers", title_justify="left")
     for col in ("id", "address", "ifname", "host side", "state"):
         cont.add_column(col)

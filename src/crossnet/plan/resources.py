@@ -218,7 +218,12 @@ class Vxlan(Resource):
                 address=self.mac,
             )
             env.changed("links")
-        env.ipr.link("set", index=env.require_index(self.name), address=self.mac, mtu=self.mtu, state="up")
+        idx = env.require_index(self.name)
+        if info is None or info.mac != self.mac:
+            env.ipr.link("set", index=idx, address=self.mac)
+        # apart from the address: one request setting an address (even the same one) and a
+        # new MTU flushes the device's neighbour table, the peers' permanent entries included
+        env.ipr.link("set", index=idx, mtu=self.mtu, state="up")
         env.changed("links")
 
     def remove(self, env: Env) -> None:
