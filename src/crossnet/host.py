@@ -80,7 +80,8 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
         port=cluster.vxlan.port,
         nic_mac=nic.mac,
         peers=peers,
-        wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
+        wireguard=cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
+        auto=cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {},
     )
 
 
@@ -241,6 +242,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
             )
         ctx = build_context(cluster, host_name, env, backend)
         ctx.state_dir = str(state.root)
+        backend.prepare_context(ctx, env)
         check_subnet_kept(cluster, applied, ctx)
         check_local_data(cluster, host_name, backend, ctx, create=not dry_run)
         desired = desired_resources(ctx, backend)
@@ -311,6 +313,7 @@ def status(state: StateDir) -> dict[str, Any]:
         drift = [r.describe() for r in previous if not r.check(env)]
         peers = peer_status(ctx, backend, env)
         extra = backend.status_info(ctx, env)  # backend-specific extras (e.g. OVS datapath)
+    from crossnet.transport import connections
     return {
         "host": ctx.host,
         "cluster": ctx.cluster_name,
@@ -327,6 +330,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "local_programmed": local_ok,
         "drift": drift,
         "peers": peers,
+        "connections": connections.rows(state, ctx),  # per-peer transport (crossnet.transport.connections)
         "containers": containers.list_containers(state),
         **extra,
     }

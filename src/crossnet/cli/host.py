@@ -337,6 +337,15 @@ def status(ctx: click.Context, output: str) -> None:
     for p in st["peers"]:
         peers.add_row(p["name"], p["address"], p["subnet"], "[green]yes[/]" if p["programmed"] else "[red]no[/]")
     console.print(peers)
+    if st.get("connections"):
+        from crossnet.transport.connections import HEADERS, text_rows
+
+        conns = Table(title="connections", title_justify="left")
+        for col in HEADERS:
+            conns.add_column(col)
+        for row in text_rows(st["connections"]):
+            conns.add_row(*row)
+        console.print(conns)
     cont = Table(title="containers", title_justify="left")
     for col in ("id", "address", "ifname", "host side", "state"):
         cont.add_column(col)
