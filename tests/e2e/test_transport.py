@@ -1,0 +1,178 @@
+"""End to end: backend auto (per-peer transport, probing and fallback) with `crossnet
+agent` on etcd in an L3 lab (each host behind one router), real packets.
+
+* all peers on VXLAN (no two hosts share a segment), every container pair reaches every
+  other one, `crossnet status` shows the connections;
+* the router drops UDP 4789 between h1 and h2 (nft in the router namespace only): h1 and
+  h2 move each other to WireGuard (one log line each), h3 keeps VXLAN to both, every
+  pair still reaches every other one; the filter lifted, h1 and h2 go back to VXLAN;
+* `encrypt: true` (another lab): every peer on WireGuard, and tcpdump on the underlay
+  sees no container address and no payload marker in clear.
+
+Every lab has a unique name and is removed by the fixture's finalizer, even when a
+test fails; nothing here touches the root namespace.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.agentlab import module_factory, wait_for
+from tests.e2e.pcap import Capture
+from tests.e2e.test_wireguard import MARKER, ipv4, ping
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
+
+TTL = 5
+FILTER_TABLE = "cnautotest"
+SWITCH_BOUND = 30.0  # s: generous upper bound for a loaded machine (the target, 5 s, is a bench row)
+
+
+def _needs() -> None:
+    import shutil
+
+    from crossnet.lab.etcdserver import etcd_available
+
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    if not shutil.which("wireguard-go") and not Path("/sys/module/wireguard").exists():
+        pytest.skip("needs wireguard-go (apt-get install wireguard-go)")
+
+
+@pytest.fixture(scope="module")
+def auto_lab(request, lab_sweep):
+    _needs()
+    lab = module_factory(request)(hosts=3, underlay="l3", backend="auto", containers=1,
+                                  extra={"store": "etcd", "ttl": TTL})
+    return lab
+
+
+def connections(lab, hname: str) -> dict[str, dict]:
+    return {c["peer"]: c for c in lab.status(hname)["connections"]}
+
+
+def transports(lab) -> dict[tuple[str, str], str]:
+    """(host, peer) -> transport, for every established connection."""
+    out = {}
+    for h in lab.hosts:
+        for peer, c in connections(lab, h.name).items():
+            out[(h.name, peer)] = c["transport"] if c["state"] == "established" else f"{c['transport']}?"
+    return out
+
+
+def all_pairs_reach(lab) -> bool:
+    pairs = lab.check(count=2)
+    return bool(pairs) and all(p.ok for p in pairs)
+
+
+def router_nft(lab, script: str) -> None:
+    subprocess.run(["ip", "netns", "exec", lab.plan.fabric.netns, "nft", "-f", "-"], input=script, text=True,
+                   check=True, capture_output=True)
+
+
+def block_vxlan(lab, a, b) -> None:
+    """Drop UDP 4789 between a and b in the router namespace (both directions)."""
+    router_nft(lab, f"""table inet {FILTER_TABLE} {{
+  chain forward {{ type filter hook forward priority 0; policy accept;
+    ip saddr {a.address} ip daddr {b.address} udp dport 4789 drop
+    ip saddr {b.address} ip daddr {a.address} udp dport 4789 drop
+  }}
+}}
+""")
+
+
+def unblock(lab) -> None:
+    router_nft(lab, f"delete table inet {FILTER_TABLE}\n")
+
+
+def pair_on(lab, transport: str) -> dict | None:
+    t = transports(lab)
+    return t if t.get(("h1", "h2")) == t.get(("h2", "h1")) == transport else None
+
+
+def log_time(line: str) -> float:
+    """The wall time of an agent log line (asctime: local time, milliseconds)."""
+    stamp, ms = line[:23].split(",")
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+
+
+def agent_log(lab, hname: str) -> str:
+    return (Path(lab.plan.lab_dir) / "hosts" / hname / "agent.log").read_text(errors="replace")
+
+
+def host(lab, name: str):
+    return next(h for h in lab.hosts if h.name == name)
+
+
+def test_auto_starts_on_vxlan_everywhere(auto_lab):
+    lab = auto_lab
+    want = {(h.name, p.name): "vxlan" for h in lab.hosts for p in lab.hosts if p is not h}
+    wait_for(lambda: transports(lab) == want, SWITCH_BOUND, f"all peers established on vxlan: {transports(lab)}")
+    wait_for(lambda: all_pairs_reach(lab), 20, "all container pairs reach each other")
+    c = connections(lab, "h1")["h2"]
+    assert c["encrypted"] is False and c["rtt_ms"] is not None and c["since"] is not None
+    text = lab.crossnet("h1", "status").stdout
+    assert "connections" in text and "vxlan" in text
+
+
+def test_filtered_vxlan_moves_that_pair_to_wireguard_and_back(auto_lab):
+    lab = auto_lab
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    block_vxlan(lab, h1, h2)
+    try:
+        t0 = time.time()
+        wait_for(lambda: pair_on(lab, "wireguard"), SWITCH_BOUND, "h1 and h2 on wireguard", interval=0.5)
+        t = transports(lab)
+        assert t[("h1", "h3")] == t[("h3", "h1")] == t[("h2", "h3")] == t[("h3", "h2")] == "vxlan", t
+        assert connections(lab, "h1")["h2"]["encrypted"] is True
+        wait_for(lambda: all_pairs_reach(lab), 20, "all container pairs reach each other through the filter")
+        for a, b in (("h1", "h2"), ("h2", "h1")):
+            lines = [x for x in agent_log(lab, a).splitlines() if f"peer {b}: transport vxlan -> wireguard" in x]
+            assert len(lines) == 1, lines
+            print(f"{a}: switched to wireguard {log_time(lines[0]) - t0:.1f} s after the filter went up")
+        doc = json.loads((Path(h1.state_dir) / "transport.json").read_text())
+        assert doc["switches"] >= 1 and doc["peers"]["h2"]["switches"] >= 1
+    finally:
+        unblock(lab)
+    wait_for(lambda: pair_on(lab, "vxlan"), SWITCH_BOUND, "h1 and h2 back on vxlan", interval=0.5)
+    wait_for(lambda: all_pairs_reach(lab), 20, "all container pairs reach each other after the filter is lifted")
+    assert any("peer h2: transport wireguard -> vxlan" in x for x in agent_log(lab, "h1").splitlines())
+
+
+@pytest.fixture(scope="module")
+def encrypted_lab(request, lab_sweep):
+    _needs()
+    return module_factory(request)(hosts=3, underlay="l3", backend="auto", containers=1,
+                                   extra={"store": "etcd", "ttl": TTL, "encrypt": True})
+
+
+def test_encrypt_puts_every_peer_on_wireguard_nothing_in_clear(encrypted_lab, tmp_path):
+    lab = encrypted_lab
+    want = {(h.name, p.name): "wireguard" for h in lab.hosts for p in lab.hosts if p is not h}
+    wait_for(lambda: transports(lab) == want, SWITCH_BOUND, f"all peers on wireguard: {transports(lab)}")
+    wait_for(lambda: all_pairs_reach(lab), 20, "all container pairs reach each other")
+    sts = lab.statuses()
+    addrs = {h: st["containers"][0]["address"] for h, st in sts.items()}
+    h2 = host(lab, "h2")
+    c1, c3 = host(lab, "h1").containers[0], host(lab, "h3").containers[0]
+    cap = Capture(h2.netns, h2.ifname, tmp_path / "h2.pcap")
+    try:
+        assert ping(c1, addrs["h2"], 3, pattern=MARKER[:16].hex()) == 3
+        assert ping(c3, addrs["h2"], 3, pattern=MARKER[:16].hex()) == 3
+    finally:
+        frames = cap.stop()
+    wg = [f for f in frames if (ip := ipv4(f)) and ip[0] == 17 and 51820 in (ip[3], ip[4])]
+    assert len(wg) >= 12, f"only {len(wg)} WireGuard datagrams captured"
+    for f in frames:
+        ip = ipv4(f)
+        if ip is not None:
+            proto, src, dst, sport, dport = ip
+            assert not {src, dst} & set(addrs.values()), f"container address in clear on the underlay: {ip}"
+            assert proto != 17 or 51820 in (sport, dport), f"UDP other than WireGuard on the underlay: {ip}"
+        assert MARKER not in f and MARKER[:16] not in f, "payload marker in clear on the underlay"
