@@ -6,6 +6,8 @@ agent` on etcd in an L3 lab (each host behind one router), real packets.
 * the router drops UDP 4789 between h1 and h2 (nft in the router namespace only): h1 and
   h2 move each other to WireGuard (one log line each), h3 keeps VXLAN to both, every
   pair still reaches every other one; the filter lifted, h1 and h2 go back to VXLAN;
+* `crossnet apply` (no agent) on one L2 segment: every peer direct (a host-gw route),
+  `--dry-run` shows the commands, a changed route is drift, `reset` removes exactly it;
 * `encrypt: true` (another lab): every peer on WireGuard, and tcpdump on the underlay
   sees no container address and no payload marker in clear.
 
@@ -34,12 +36,12 @@ FILTER_TABLE = "cnautotest"
 SWITCH_BOUND = 30.0  # s: generous upper bound for a loaded machine (the target, 5 s, is a bench row)
 
 
-def _needs() -> None:
+def _needs(etcd: bool = True) -> None:
     import shutil
 
     from crossnet.lab.etcdserver import etcd_available
 
-    if not etcd_available():
+    if etcd and not etcd_available():
         pytest.skip("needs etcd (apt-get install etcd-server)")
     if not shutil.which("wireguard-go") and not Path("/sys/module/wireguard").exists():
         pytest.skip("needs wireguard-go (apt-get install wireguard-go)")
@@ -176,3 +178,41 @@ def test_encrypt_puts_every_peer_on_wireguard_nothing_in_clear(encrypted_lab, tm
             assert not {src, dst} & set(addrs.values()), f"container address in clear on the underlay: {ip}"
             assert proto != 17 or 51820 in (sport, dport), f"UDP other than WireGuard on the underlay: {ip}"
         assert MARKER not in f and MARKER[:16] not in f, "payload marker in clear on the underlay"
+
+
+# ---- `crossnet apply` (no agent, no probes): the choice from the facts alone ----------------
+
+def links(netns: str) -> set[str]:
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show"], capture_output=True, text=True, check=True)
+    return {x["ifname"] for x in json.loads(out.stdout)}
+
+
+def routes(netns: str) -> list[str]:
+    out = subprocess.run(["ip", "-n", netns, "route", "show"], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()
+
+
+def test_apply_on_one_segment_routes_directly_and_reset_removes_exactly_that(lab_factory):
+    _needs(etcd=False)
+    lab = lab_factory(hosts=3, underlay="l2", backend="auto", containers=1)
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    assert all_pairs_reach(lab)
+    conns = connections(lab, "h1")
+    assert {p: (c["transport"], c["state"]) for p, c in conns.items()} == \
+        {"h2": ("direct", "unprobed"), "h3": ("direct", "unprobed")}
+    sub2 = lab.status("h2")["subnet"]
+    assert f"{sub2} via {h2.address} dev eth0" in " ".join(routes(h1.netns))
+    assert {"cn0", "cnvx1", "cnwg0"} <= links(h1.netns)
+    dry = lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run", "-o", "json").stdout
+    assert json.loads(dry)["changes"] == []  # applied state is what apply wants: nothing to do
+    # a route changed behind crossnet's back is drift in status
+    subprocess.run(["ip", "-n", h1.netns, "route", "replace", sub2, "dev", "cnwg0"], check=True)
+    assert lab.status("h1")["drift"]
+    dry = json.loads(lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run",
+                                  "-o", "json").stdout)
+    assert [c["command"] for c in dry["changes"]] == [f"ip route replace {sub2} via {h2.address} dev eth0"]
+    lab.crossnet("h1", "detach", host(lab, "h1").containers[0], check=False)
+    lab.crossnet("h1", "reset")
+    assert not {"cn0", "cnvx1", "cnwg0"} & links(h1.netns)
+    left = [r for r in routes(h1.netns) if r.startswith(("10.32.", "198.18."))]
+    assert left == [], left
