@@ -59,7 +59,7 @@ def _nft(lab: Any, script: str) -> None:
 def _block(lab: Any, a: Any, b: Any) -> None:
     _nft(lab, f"table inet {FILTER} {{ chain forward {{ type filter hook forward priority 0; policy accept;\n"
               f"ip saddr {a.address} ip daddr {b.address} udp dport 4789 drop\n"
-              f"ip saddr {b.address} ip daddr {a.address} udp dport 4789 drop\n}} }}\n")
+              f"ip saddr {b.address} ip daddr {a.address} udp dport 4789 drop\n}}\n}}\n")
 
 
 def _unblock(lab: Any) -> None:
