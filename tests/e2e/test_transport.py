@@ -216,3 +216,47 @@ def test_apply_on_one_segment_routes_directly_and_reset_removes_exactly_that(lab
     assert not {"cn0", "cnvx1", "cnwg0"} & links(h1.netns)
     left = [r for r in routes(h1.netns) if r.startswith(("10.32.", "198.18."))]
     assert left == [], left
+
+
+# ---- `crossnet agent -f FILE` on one L2 segment: direct, and vxlan when direct is cut --------
+
+def test_static_agents_probe_direct_and_fall_back_to_vxlan(request, lab_sweep):
+    """Agents on a cluster file (no etcd) in an L2 lab: every peer direct. The switch drops
+    unencapsulated traffic between h1 and h2 (their container subnets, and ICMP between
+    their underlay addresses: the direct probes) with a bridge-family nft table in the
+    switch namespace: h1 and h2 move each other to vxlan, h3 stays direct, every pair
+    reaches every other; lifted, they go back to direct."""
+    from tests.e2e.agentlab import FgLabFactory
+    from tests.e2e.test_agent_stores import StaticCluster
+
+    _needs(etcd=False)
+    lab = FgLabFactory.for_test(request)(hosts=3, underlay="l2", backend="auto", containers=1, apply=False)
+    c = StaticCluster(lab, os.path.join(lab.plan.lab_dir, "agents-cluster.yaml"))
+    names = [h.name for h in lab.hosts]
+    c.write_file(names)
+    for h in names:
+        c.start(h)
+        c.attach(h)
+    want = {(a, b): "direct" for a in names for b in names if a != b}
+    wait_for(lambda: transports(lab) == want, SWITCH_BOUND, "every peer direct", interval=0.5)
+    assert c.mesh(names) == []
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    s1, s2 = c.status("h1")["subnet"], c.status("h2")["subnet"]
+    sw = lab.plan.fabric.netns
+    script = (f"table bridge {FILTER_TABLE} {{\n  chain forward {{ type filter hook forward priority 0; policy accept;\n"
+              f"    ip saddr {s1} ip daddr {s2} drop\n    ip saddr {s2} ip daddr {s1} drop\n"
+              f"    ip saddr {h1.address} ip daddr {h2.address} ip protocol icmp drop\n"
+              f"    ip saddr {h2.address} ip daddr {h1.address} ip protocol icmp drop\n  }}\n}}\n")
+    subprocess.run(["ip", "netns", "exec", sw, "nft", "-f", "-"], input=script, text=True, check=True,
+                   capture_output=True)
+    try:
+        wait_for(lambda: pair_on(lab, "vxlan"), SWITCH_BOUND, "h1 and h2 on vxlan", interval=0.5)
+        t = transports(lab)
+        assert t[("h1", "h3")] == t[("h3", "h1")] == t[("h2", "h3")] == t[("h3", "h2")] == "direct", t
+        assert c.mesh(names) == []
+        assert any("peer h2: transport direct -> vxlan" in x for x in Path(c.log("h1")).read_text().splitlines())
+    finally:
+        subprocess.run(["ip", "netns", "exec", sw, "nft", "-f", "-"], input=f"delete table bridge {FILTER_TABLE}\n",
+                       text=True, check=True, capture_output=True)
+    wait_for(lambda: pair_on(lab, "direct"), SWITCH_BOUND, "h1 and h2 back to direct", interval=0.5)
+    assert c.mesh(names) == []
