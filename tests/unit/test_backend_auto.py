@@ -172,3 +172,21 @@ def test_on_link_peer_starts_direct_and_connections_without_agent(tmp_path):
     rows = connections.rows(StateDir(tmp_path), c)  # no transport.json: the recorded choice, unprobed
     assert rows == [{"peer": "h2", "address": "10.0.2.2", "transport": "direct", "encrypted": False, "pmtu": None,
                      "rtt_ms": None, "state": "unprobed", "since": None}]
+
+
+def test_lab_cluster_file_carries_encrypt():
+    from crossnet.lab.topology import LabOptions, plan_lab
+
+    plan = plan_lab(LabOptions(name="x", backend="auto", extra={"encrypt": True}), 0, "/nonexistent")
+    assert plan.cluster_dict()["auto"] == {"encrypt": True}
+    assert "auto" not in plan_lab(LabOptions(name="x", backend="auto"), 0, "/nonexistent").cluster_dict()
+
+
+def test_lab_encrypt_needs_backend_auto():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "crossnet", "lab", "up", "--name", "zqbad", "--backend", "vxlan",
+                           "--encrypt"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "crossnet: error: --encrypt: only with --backend auto, not 'vxlan'"
