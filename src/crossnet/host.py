@@ -304,6 +304,7 @@ def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, 
 
 def status(state: StateDir) -> dict[str, Any]:
     from crossnet import containers
+    from crossnet.transport import connections
 
     ctx, backend = load_context(state)
     applied, previous = load_previous(state)
@@ -313,7 +314,6 @@ def status(state: StateDir) -> dict[str, Any]:
         drift = [r.describe() for r in previous if not r.check(env)]
         peers = peer_status(ctx, backend, env)
         extra = backend.status_info(ctx, env)  # backend-specific extras (e.g. OVS datapath)
-    from crossnet.transport import connections
     return {
         "host": ctx.host,
         "cluster": ctx.cluster_name,
