@@ -186,6 +186,16 @@ class WireguardSpec(BaseModel):
     implementation: Literal["auto", "kernel", "userspace"] = "auto"
 
 
+class AutoSpec(BaseModel):
+    """backend auto (docs/transport.md): `encrypt` puts every peer on WireGuard;
+    `probe_network` gives each host a WireGuard probe address (its subnet index + 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    encrypt: bool = False
+    probe_network: Network = IPv4Network("198.18.0.0/15")
+
+
 class Cluster(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -199,6 +209,7 @@ class Cluster(BaseModel):
     bridge: IfName | None = None
     vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
     wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
+    auto: AutoSpec = Field(default_factory=AutoSpec)
     underlay_networks: list[Network] = Field(default_factory=list)
     hosts: list[HostSpec]
 
@@ -451,6 +462,8 @@ def _overlay_errors(c: Cluster) -> Iterator[Problem]:
                 f"address {host.address}",
             )
     yield from _underlay_overlap_errors(c, ("network",), network)
+    if c.backend == "auto":
+        yield from _auto_errors(c, network)
     if not network.prefixlen < c.subnet_len <= MAX_SUBNET_LEN:
         yield (
             ("subnet_len",),
@@ -467,6 +480,19 @@ def _overlay_errors(c: Cluster) -> Iterator[Problem]:
             f"subnet_len {c.subnet_len} in {network} gives {_count(count, 'subnet')} "
             f"for {_count(len(c.hosts), 'host')}",
         )
+
+
+def _auto_errors(c: Cluster, network: IPv4Network) -> Iterator[Problem]:
+    probe = c.auto.probe_network
+    if probe.overlaps(network):
+        yield ("auto", "probe_network"), f"{probe} overlaps network {network}"
+    for i, host in enumerate(c.hosts):
+        if host.address in probe:
+            yield ("auto", "probe_network"), f"{probe} contains {_host_ref(i, host)} address {host.address}"
+    yield from _underlay_overlap_errors(c, ("auto", "probe_network"), probe)
+    if network.prefixlen < c.subnet_len and (1 << (c.subnet_len - network.prefixlen)) > probe.num_addresses - 2:
+        yield ("auto", "probe_network"), (f"{probe} is too small for the {1 << (c.subnet_len - network.prefixlen)} "
+                                          f"subnets of network {network}")
 
 
 def _pinned_errors(
@@ -569,7 +595,8 @@ def _format_loc(loc: Loc) -> str:
     return out or "(top level)"
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "lan": LanSpec, "vxlan": VxlanSpec, "wireguard": WireguardSpec}
+_SECTIONS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "lan": LanSpec, "vxlan": VxlanSpec, "wireguard": WireguardSpec,
+                                         "auto": AutoSpec}
 
 
 def _allowed_keys(parent: Loc) -> str:

@@ -83,7 +83,8 @@ def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) 
         port=cluster.vxlan.port,
         nic_mac=nic.mac,
         peers=peers,
-        wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
+        wireguard=cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
+        auto=cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {},
     )
 
 
@@ -245,6 +246,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
             )
         ctx = build_context(cluster, host_name, env, backend)
         ctx.state_dir = str(state.root)
+        backend.prepare_context(ctx, env)
         check_subnet_kept(cluster, applied, ctx)
         check_local_data(cluster, host_name, backend, ctx, create=not dry_run)
         path_mtu = pmtu.for_apply(ctx, backend, applied, probe=probe_mtu)  # lowers ctx.mtu (crossnet.transport.pmtu)
@@ -309,6 +311,7 @@ def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, 
 
 def status(state: StateDir) -> dict[str, Any]:
     from crossnet import containers
+    from crossnet.transport import connections
 
     ctx, backend = load_context(state)
     applied, previous = load_previous(state)
@@ -335,6 +338,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "local_programmed": local_ok,
         "drift": drift,
         "peers": peers,
+        "connections": connections.rows(state, ctx),  # per-peer transport (crossnet.transport.connections)
         "containers": containers.list_containers(state),
         **path_mtu,
         **extra,

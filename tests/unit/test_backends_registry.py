@@ -16,7 +16,7 @@ from crossnet.lab.topology import LabOptions
 
 
 def test_every_registered_name_loads_its_backend():
-    assert backends.backend_names() == ("bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan", "wireguard")
+    assert backends.backend_names() == ("bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan", "wireguard", "auto")
     for name in backends.backend_names():
         b = backends.get_backend(name)
         assert Backend in type(b).__mro__
@@ -30,7 +30,7 @@ def test_unknown_backend_names_the_choices():
 
 def test_lists_elsewhere_derive_from_the_registry():
     assert config.BACKENDS == backends.backend_names()
-    assert store.STORE_BACKENDS == backends.store_backend_names() == ("host-gw", "vxlan", "ovs-gre", "ovs-vxlan", "wireguard")
+    assert store.STORE_BACKENDS == backends.store_backend_names() == ("host-gw", "vxlan", "ovs-gre", "ovs-vxlan", "wireguard", "auto")
     assert backends.lan_backend_names() == ("bridge",)
     assert set(backends.store_backend_names()) | set(backends.lan_backend_names()) == set(backends.BACKENDS)
 
@@ -50,7 +50,7 @@ def test_lan_range_backends_need_the_cluster_file():
 
 def test_lab_checks_backends_against_the_registry():
     with pytest.raises(ConfigError, match=r"--backend: unknown backend 'nope' \(choose from bridge, host-gw, vxlan, "
-                                          r"ovs-gre, ovs-vxlan, wireguard\)"):
+                                          r"ovs-gre, ovs-vxlan, wireguard, auto\)"):
         LabOptions(backend="nope").validate()
     with pytest.raises(ConfigError, match=r"--backend bridge needs --underlay l2"):
         LabOptions(backend="bridge", underlay="l3").validate()

@@ -136,6 +136,7 @@ class Agent:
         self._pub_done = 0
         self._published: tuple | None = None  # (lease id, containers) last written to the store
         self.pmtu = pmtu.Monitor.resume(state, opts.resync) if opts.probe_mtu else None
+        self.transports = None  # backend auto: crossnet.transport.prober.Prober
 
     # ------------------------------------------------------------------ helpers
 
@@ -321,6 +322,7 @@ class Agent:
             peers=[],
             state_dir=str(self.state.root),
             wireguard=dict(self.cfg.wireguard),
+            auto=dict(self.cfg.auto),
         )
 
     def _load_config(self) -> None:
@@ -334,7 +336,8 @@ class Agent:
     # ------------------------------------------------------------------ programming
 
     def _peer(self, rec: HostRecord) -> Peer:
-        return Peer(rec.name, rec.address, rec.subnet, dict(rec.data))
+        peer = Peer(rec.name, rec.address, rec.subnet, dict(rec.data))
+        return self.transports.annotate(peer) if self.transports else peer
 
     def _peer_ok(self, env: Env, peer: Peer) -> bool:
         assert self.ctx and self.backend
@@ -734,6 +737,9 @@ class Agent:
         log.info("network %s, /%d per host, backend %s", self.cfg.network, self.cfg.subnet_len, self.cfg.backend)
         previous, previous_lease = self._previous()
         self._retry("acquire subnet lease", lambda: self._acquire(previous, previous_lease))
+        from crossnet.transport import prober
+
+        self.transports = prober.attach(self)  # backend auto: per-peer transport (docs/transport.md)
         self._start_thread("keepalive", self._keepalive_loop)
         self._retry("initial sync", lambda: self.full_sync(self.store.snapshot()))
         self.next_resync = time.monotonic() + self.opts.resync
@@ -746,6 +752,8 @@ class Agent:
         if self.pmtu:
             self._start_thread("pmtu", lambda: self.pmtu.run(
                 lambda: self.ctx, self.backend, lambda: setattr(self, "next_resync", 0.0), self.stop))
+        if self.transports:
+            self._start_thread("transport", self.transports.run)
         self.containers_changed(wait=0)
         log.info("ready")
         while not self.stop.is_set():
@@ -781,6 +789,10 @@ class Agent:
             self._sync_safely(item[1])
             if self.health.get("containers"):  # the store is back: retry the failed publish
                 self.containers_changed(wait=0)
+        elif kind == "transport" and item[1] in self.peers:  # the prober switched this peer's transport
+            with self.state.lock():
+                self._program_peer(self._env(), item[1])
+                self._save_applied()
         elif (kind == "lease-lost" and self.lease is not None and item[1] == self.lease.lease_id
               and self.reacquire_at is None):
             self.reacquire_at = time.monotonic()

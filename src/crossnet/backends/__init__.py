@@ -35,6 +35,7 @@ BACKENDS: dict[str, BackendSpec] = {
         BackendSpec("ovs-gre", "crossnet.backends.ovs"),
         BackendSpec("ovs-vxlan", "crossnet.backends.ovs"),
         BackendSpec("wireguard", "crossnet.backends.wireguard"),
+        BackendSpec("auto", "crossnet.backends.auto"),
     )
 }
 

@@ -35,6 +35,7 @@ class Peer:
     address: IPv4Address  # underlay
     subnet: IPv4Network  # its container subnet (or range, bridge backend)
     data: dict = field(default_factory=dict)  # backend data published by the peer (e.g. VTEP MAC)
+    transport: str = ""  # backend auto: direct / vxlan / wireguard (crossnet.transport.select); "" elsewhere
 
 
 @dataclass
@@ -58,11 +59,13 @@ class HostContext:
     peers: list[Peer] = field(default_factory=list)
     state_dir: str = ""  # this host's state directory (backends that keep files there: wireguard)
     wireguard: dict = field(default_factory=dict)  # wireguard settings: port, device, keepalive, implementation
+    auto: dict = field(default_factory=dict)  # backend auto: encrypt, probe_network
 
     def to_json(self) -> dict:
         out = {k: (str(v) if isinstance(v, (IPv4Address, IPv4Network)) else v) for k, v in self.__dict__.items()}
         out["peers"] = [
-            {"name": p.name, "address": str(p.address), "subnet": str(p.subnet), "data": p.data} for p in self.peers
+            {"name": p.name, "address": str(p.address), "subnet": str(p.subnet), "data": p.data,
+             **({"transport": p.transport} if p.transport else {})} for p in self.peers
         ]
         return out
 
@@ -74,7 +77,8 @@ class HostContext:
         for k in ("subnet", "network"):
             d[k] = IPv4Network(d[k])
         d["peers"] = [
-            Peer(p["name"], IPv4Address(p["address"]), IPv4Network(p["subnet"]), p.get("data", {})) for p in d["peers"]
+            Peer(p["name"], IPv4Address(p["address"]), IPv4Network(p["subnet"]), p.get("data", {}),
+                 str(p.get("transport") or "")) for p in d["peers"]
         ]
         names = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in d.items() if k in names})
@@ -113,6 +117,10 @@ class Backend(Protocol):
         by the agent and checked against the cluster file by apply. `create`: make what is
         missing (e.g. the key); False for read-only callers (--dry-run)."""
         return {}
+
+    def prepare_context(self, ctx: HostContext, env: Env) -> None:
+        """Complete the context from facts of the live host before resources are made
+        (backend auto: each peer's initial transport). Read-only."""
 
     # --- validation against the live host (runs before anything changes)
     def check_underlay(self, ctx: HostContext, env: Env) -> None:

@@ -46,7 +46,7 @@ ORDER = ("manual-bridge-routes", "host-gw", "manual-bridge-nic", "bridge", "manu
 
 # run only when asked for (--backends wireguard): its row against a hand-built `wg` + `ip`
 # baseline is the performance part of issue 14, not written yet
-NOT_BY_DEFAULT = ("wireguard",)
+NOT_BY_DEFAULT = ("wireguard", "auto")  # auto: `crossnet bench transport`, or --backends auto,host-gw
 
 
 def all_backends() -> list[str]:
@@ -64,7 +64,7 @@ def backend_unavailable(name: str) -> str | None:
         return f"unknown backend {name!r}"
     if name.startswith("ovs") and not shutil.which("ovs-vswitchd"):
         return "openvswitch-switch not installed"
-    if name == "wireguard" and not shutil.which("wireguard-go") and not os.path.exists("/sys/module/wireguard"):
+    if name in ("wireguard", "auto") and not shutil.which("wireguard-go") and not os.path.exists("/sys/module/wireguard"):
         return "no wireguard kernel module and wireguard-go not installed"
     return None
 

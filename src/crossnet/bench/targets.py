@@ -50,6 +50,21 @@ def _ratio_target(dp: dict[str, Any] | None, tid: str, name: str, mtu: int, goal
     return _t(tid, what, f"≥ {goal}", v, "×", v >= goal, _pct_short(v, goal, True), note, also=also, goal=goal)
 
 
+def _transport_targets(tr: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """backend auto (`crossnet bench transport`): fallback ≤ 5 s, per peer ≥ 0.97× the picked backend alone."""
+    what = "auto: filter on UDP 4789 up → container traffic flowing again (max of samples)"
+    if not tr or tr.get("status") != "ok":
+        why = "not measured in this run" if not tr else f"{tr.get('status')}: {tr.get('reason', '')}"
+        return [_t("auto-fallback", what, "≤ 5 s", None, "s", None, status=why)]
+    v = (tr.get("fallback_s") or {}).get("max")
+    out = [_t("auto-fallback", what, "≤ 5 s", v, "s", v is not None and v <= 5.0,
+              _pct_short(v, 5.0, False) if v is not None else "", f"median {(tr.get('fallback_s') or {}).get('median')} s")]
+    for picked, r in (tr.get("vs_alone") or {}).items():
+        out.append(_t(f"auto-{picked}", f"auto per-peer throughput / {picked} alone (each ÷ its underlay)", "≥ 0.97",
+                      r, "×", r is not None and r >= 0.97, _pct_short(r, 0.97, True) if r is not None else ""))
+    return out
+
+
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     dp = results.get("dataplane")
     cp = results.get("control") or {}
@@ -75,6 +90,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             v = r["vs_manual"]["ratio"]
             out.append(_t(f"ovs-gre-{mtu}", what, "≥ 1.0", v, "×", v >= 1.0, _pct_short(v, 1.0, True),
                           f"normalised by each lab's underlay: {r['vs_manual']['normalised_ratio']}"))
+    out += _transport_targets(results.get("transport"))
     # attach
     at = cp.get("attach") or {}
     what = "attach latency p50 (in-process containers.attach)"

@@ -40,8 +40,8 @@ def etcd_group() -> None:
 @etcd_options
 @click.option("--network", required=True, help="Container network, e.g. 10.32.0.0/16.")
 @click.option("--subnet-len", type=int, default=24, show_default=True, help="Prefix length of each host's subnet.")
-@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "ovs-gre", "ovs-vxlan", "wireguard"]), default="vxlan",
-              show_default=True)
+@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "ovs-gre", "ovs-vxlan", "wireguard", "auto"]),
+              default="vxlan", show_default=True)
 @click.option("--ttl", type=int, default=60, show_default=True,
               help="Lease TTL (s): a host that stops renewing is removed from its peers after this.")
 @click.option("--masquerade", is_flag=True, help="NAT container traffic leaving the container network.")
@@ -52,10 +52,11 @@ def etcd_group() -> None:
 @click.option("--wireguard-port", type=int, default=51820, show_default=True, help="WireGuard UDP port (backend wireguard).")
 @click.option("--wireguard-keepalive", type=int, default=0, show_default=True,
               help="WireGuard persistent keepalive in seconds, 0 = off (backend wireguard).")
+@click.option("--encrypt", is_flag=True, help="Backend auto: every peer over WireGuard (docs/transport.md).")
 @click.option("--force", is_flag=True, help="Replace a different existing config (restart the agents after).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
-              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, force, output) -> None:
+              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, force, output) -> None:
     """Write the cluster's network config to etcd (once; idempotent)."""
     from crossnet.errors import ConfigError
     from crossnet.store import NetworkConfig
@@ -63,7 +64,8 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
     try:
         cfg = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name=cluster_name, ttl=ttl,
                             masquerade=masquerade, mtu=mtu, vni=vni, port=port,
-                            wireguard={"port": wireguard_port, "keepalive": wireguard_keepalive})
+                            wireguard={"port": wireguard_port, "keepalive": wireguard_keepalive},
+                            auto={"encrypt": True} if encrypt else {})
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("config: ", "--", 1).replace("_", "-").replace("wireguard.", "wireguard-")) from None
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)

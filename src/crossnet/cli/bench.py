@@ -377,6 +377,31 @@ def register(main: click.Group) -> None:
             res["control"] = _run_control(rc, s, (not quick) if profile is None else profile)
         _emit(_finish(res, rc, t0), output, save, report, docs)
 
+    @bench.command("transport")
+    @click.option("--samples", type=click.IntRange(1, 20), default=3, show_default=True,
+                  help="Fallback measurements (filter up, traffic flowing again, filter down).")
+    @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True, help="iperf3 runs per path.")
+    @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
+                  help="Seconds per iperf3 run.")
+    @OUTPUT
+    @SAVE
+    def transport_cmd(samples, repeats, duration, output, save):
+        """Backend auto (docs/transport.md): fallback time when UDP 4789 is filtered
+        between two hosts, and per-peer throughput vs the picked backend alone."""
+        _require_root()
+        from crossnet.bench import transportbench
+        from crossnet.bench.util import RunContext, Skip
+
+        rc = RunContext(log=_logger(output))
+        t0 = time.monotonic()
+        res = _header(False)
+        with _sigterm_as_interrupt():
+            try:
+                res["transport"] = transportbench.run(rc, samples=samples, repeats=repeats, duration=duration)
+            except Skip as exc:
+                res["transport"] = {"suite": "transport", "status": "skipped", "reason": str(exc)}
+        _emit(_finish(res, rc, t0), output, save, False, "docs")
+
     @bench.command("all")
     @QUICK_OPT
     @_dataplane_options

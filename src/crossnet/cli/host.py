@@ -344,6 +344,15 @@ def status(ctx: click.Context, output: str) -> None:
     for n in st.get("narrow_peers") or []:
         console.print(f"[yellow]narrow path: peer {n['name']} measured path MTU {n['path_mtu']} "
                       f"< underlay {st['underlay_mtu']} (container mtu {st['mtu']})[/]")
+    if st.get("connections"):
+        from crossnet.transport.connections import HEADERS, text_rows
+
+        conns = Table(title="connections", title_justify="left")
+        for col in HEADERS:
+            conns.add_column(col)
+        for row in text_rows(st["connections"]):
+            conns.add_row(*row)
+        console.print(conns)
     cont = Table(title="containers", title_justify="left")
     for col in ("id", "address", "ifname", "host side", "state"):
         cont.add_column(col)

@@ -22,7 +22,7 @@ def _state(ctx: click.Context) -> str:
 @click.option("--address", help="Underlay address (default: the interface's first IPv4 address).")
 @click.option("--network", default="10.32.0.0/12", show_default=True, help="Container network (first host).")
 @click.option("--subnet-len", type=int, default=24, show_default=True, help="Per-host subnet length (first host).")
-@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "ovs-gre", "ovs-vxlan"]), default="vxlan",
+@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "ovs-gre", "ovs-vxlan", "auto"]), default="vxlan",
               show_default=True, help="Data plane (first host).")
 @click.option("--voters", type=click.IntRange(1, 7), default=3, show_default=True,
               help="etcd voting members (first host): later hosts are clients of the voters.")

@@ -315,7 +315,7 @@ def write_cluster_file(plan: LabPlan) -> None:
     path = Path(plan.cluster_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = plan.cluster_dict()
-    if plan.backend == "wireguard":  # each simulated host makes its key in its own state dir
+    if plan.backend in ("wireguard", "auto"):  # each simulated host makes its key in its own state dir
         from crossnet.wg.keys import ensure_key
 
         for spec, h in zip(data["hosts"], plan.hosts):

@@ -60,6 +60,7 @@ class NetworkConfig:
     port: int = 4789
     bridge: str | None = None
     wireguard: dict = field(default_factory=dict)  # backend wireguard: port, keepalive, device, implementation
+    auto: dict = field(default_factory=dict)  # backend auto: encrypt, probe_network (docs/transport.md)
 
     def __post_init__(self) -> None:
         self.validate("config")
@@ -94,7 +95,7 @@ class NetworkConfig:
             why = ifname.problem(self.bridge) or ifname.reserved_problem(self.bridge)
             if why:
                 raise bad("bridge", why)
-        problem = _wireguard_problem(self.wireguard)
+        problem = _wireguard_problem(self.wireguard) or _auto_problem(self.auto, self.network)
         if problem:
             raise bad(*problem)
 
@@ -120,13 +121,14 @@ class NetworkConfig:
             "vxlan": {"vni": self.vni, "port": self.port},
             "bridge": self.bridge,
             **({"wireguard": dict(self.wireguard)} if self.wireguard else {}),
+            **({"auto": dict(self.auto)} if self.auto else {}),
         }
 
     @classmethod
     def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object")
-        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge", "wireguard"}
+        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge", "wireguard", "auto"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
@@ -145,7 +147,27 @@ class NetworkConfig:
             port=vx.get("port", 4789),
             bridge=data.get("bridge"),
             wireguard=data.get("wireguard") or {},
+            auto=data.get("auto") or {},
         )
+
+
+def _auto_problem(auto: Any, network: IPv4Network) -> tuple[str, str] | None:
+    """(field, why) when the `auto` section of a NetworkConfig is bad."""
+    if not isinstance(auto, dict):
+        return "auto", "must be an object (encrypt, probe_network)"
+    unknown = sorted(set(auto) - {"encrypt", "probe_network"})
+    if unknown:
+        return "auto", f"unknown key(s) {', '.join(unknown)} (allowed: encrypt, probe_network)"
+    if not isinstance(auto.get("encrypt", False), bool):
+        return "auto.encrypt", f"{auto['encrypt']!r} must be true or false"
+    if "probe_network" in auto:
+        try:
+            probe = IPv4Network(str(auto["probe_network"]))
+        except ValueError:
+            return "auto.probe_network", f"{auto['probe_network']!r} is not an IPv4 network"
+        if probe.overlaps(network):
+            return "auto.probe_network", f"{probe} overlaps network {network}"
+    return None
 
 
 def _wireguard_problem(wg: Any) -> tuple[str, str] | None:

@@ -70,7 +70,8 @@ class StaticStore(Store):
             vni=cluster.vxlan.vni,
             port=cluster.vxlan.port,
             bridge=cluster.bridge,
-            wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
+            wireguard=cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
+            auto=cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {},
         )
 
     def _records(self) -> list[HostRecord]:

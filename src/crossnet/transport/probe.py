@@ -281,8 +281,12 @@ def echo(dst: str, size: int, *, timeout: float, df: bool = True, netns: str | N
     unless `df` is False, from namespace `netns` (name or path; None: this one) and
     source address `src`: the round-trip time in seconds, or None (no reply within
     `timeout`, too big for the path or the local device)."""
-    with Prober(dst, timeout=timeout, df=df, netns=netns, src=src) as p:
-        out = p.probe(size)
+    try:
+        prober = Prober(dst, timeout=timeout, df=df, netns=netns, src=src)
+    except OSError:  # no such namespace, or `src` is not (yet) an address here: no answer
+        return None
+    with prober:
+        out = prober.probe(size)
     return out.rtt if out.kind == OK else None
 
 
