@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from crossnet import backends, ifname, ipam
+from crossnet import backends, ifname, leases
 from crossnet.errors import ConfigError, IpamError
 
 BACKENDS = backends.backend_names()
@@ -237,7 +237,7 @@ class Cluster(BaseModel):
     def _carve_problems(self) -> list[Problem]:
         try:
             self.host_subnets()
-        except ipam.CarveError as exc:  # order-dependent: a pin or address vs earlier hosts
+        except leases.CarveError as exc:  # order-dependent: a pin or address vs earlier hosts
             return [_carve_problem(self, exc)]
         except IpamError as exc:  # the checks above should make this unreachable
             return [(("hosts",), str(exc))]
@@ -311,7 +311,7 @@ def _carve_inputs(c: Cluster) -> tuple[Any, ...]:
 
 
 def _carve(cluster: Cluster) -> dict[str, IPv4Network]:
-    """Strictly in file order (see ipam.carve_subnets): a host's block depends only on
+    """Strictly in file order (see leases.carve_subnets): a host's block depends only on
     the hosts before it, so appending a host never moves an existing one."""
     hosts = [(h.name, h.subnet) for h in cluster.hosts]
     if cluster.is_bridge:
@@ -320,12 +320,12 @@ def _carve(cluster: Cluster) -> dict[str, IPv4Network]:
         cidr = lan.cidr
         reserved = [cidr.network_address, cidr.broadcast_address, lan.gateway]
         addresses = [h.address for h in cluster.hosts]
-        return ipam.carve_subnets(cidr, lan.range_len, hosts, reserved, addresses)
+        return leases.carve_subnets(cidr, lan.range_len, hosts, reserved, addresses)
     assert cluster.network is not None
-    return ipam.carve_subnets(cluster.network, cluster.subnet_len, hosts)
+    return leases.carve_subnets(cluster.network, cluster.subnet_len, hosts)
 
 
-def _carve_problem(c: Cluster, exc: ipam.CarveError) -> Problem:
+def _carve_problem(c: Cluster, exc: leases.CarveError) -> Problem:
     """The carving error as a problem of the later host's field."""
     host = c.hosts[exc.index]
     loc: Loc = ("hosts", exc.index, exc.field)
@@ -545,7 +545,7 @@ def _range_count_errors(c: Cluster) -> Iterator[Problem]:
     lan = c.lan
     assert lan is not None and lan.range_len is not None
     pinned = [h.subnet for h in c.hosts if h.subnet is not None]
-    free = ipam.count_free_blocks(lan.cidr, lan.range_len, [*_bridge_reserved(c), *pinned])
+    free = leases.count_free_blocks(lan.cidr, lan.range_len, [*_bridge_reserved(c), *pinned])
     unpinned = len(c.hosts) - len(pinned)
     if free < unpinned:
         yield (
