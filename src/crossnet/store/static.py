@@ -61,18 +61,7 @@ class StaticStore(Store):
         cluster = self._load()
         if cluster.is_bridge:
             raise ConfigError(f"{self.path}: backend bridge is not supported by the agent; use `crossnet apply`")
-        return NetworkConfig(
-            network=cluster.container_network(),
-            backend=cluster.backend,
-            subnet_len=cluster.subnet_len,
-            name=cluster.name,
-            masquerade=cluster.masquerade,
-            mtu=cluster.mtu,
-            vni=cluster.vxlan.vni,
-            port=cluster.vxlan.port,
-            bridge=cluster.bridge,
-            wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
-        )
+        return NetworkConfig.of(cluster)  # the cluster file's network settings, as a store's config
 
     def _records(self) -> list[HostRecord]:
         cluster = self._load()
