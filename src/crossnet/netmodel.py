@@ -19,7 +19,7 @@ importing YAML or building the cluster file's models (start-up time and memory).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any, Literal, get_args
 
@@ -266,12 +266,6 @@ class NetworkConfig(NetworkSettings):
     @property
     def bridge_name(self) -> str:
         return self.bridge or "cn0"
-
-    def subnet_count(self) -> int:
-        return 1 << (self.subnet_len - self.network.prefixlen)
-
-    def subnets(self) -> Iterator[IPv4Network]:
-        return self.network.subnets(new_prefix=self.subnet_len)
 
     # ---- the store's JSON
 

@@ -12,7 +12,13 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from crossnet.errors import ConfigError
-from crossnet.leases import CarveError, SubnetsExhausted, carve_subnets, check_kept, choose_subnet
+from crossnet.leases import (
+    CarveError,
+    SubnetsExhausted,
+    carve_subnets,
+    check_kept,
+    choose_subnet,
+)
 
 N = IPv4Network
 NET = N("10.32.0.0/16")

@@ -21,16 +21,24 @@ from crossnet.store.static import StaticStore
 # as EtcdStore.init_config writes them): `crossnet etcd init` with its defaults, the lab,
 # `crossnet launch`, and every field set.
 TODAYS_RECORDS = [
-    '{"backend": "vxlan", "bridge": null, "masquerade": false, "mtu": null, "name": "crossnet", '
-    '"network": "10.32.0.0/16", "subnet_len": 24, "ttl": 60, "vxlan": {"port": 4789, "vni": 1}, '
-    '"wireguard": {"keepalive": 0, "port": 51820}}',
-    '{"backend": "host-gw", "bridge": null, "masquerade": false, "mtu": 1400, "name": "lab7", '
-    '"network": "10.33.0.0/16", "subnet_len": 26, "ttl": 5, "vxlan": {"port": 4789, "vni": 1}}',
-    '{"backend": "ovs-vxlan", "bridge": null, "masquerade": false, "mtu": null, "name": "crossnet", '
-    '"network": "10.32.0.0/12", "subnet_len": 24, "ttl": 30, "vxlan": {"port": 4789, "vni": 1}}',
-    '{"backend": "wireguard", "bridge": "cnbr7", "masquerade": true, "mtu": null, "name": "wg", '
-    '"network": "10.40.0.0/16", "subnet_len": 24, "ttl": 60, "vxlan": {"port": 8472, "vni": 42}, '
-    '"wireguard": {"device": "wg9", "implementation": "userspace", "keepalive": 25, "port": 6000}}',
+    (
+        '{"backend": "vxlan", "bridge": null, "masquerade": false, "mtu": null, "name": "crossnet", '
+        '"network": "10.32.0.0/16", "subnet_len": 24, "ttl": 60, "vxlan": {"port": 4789, "vni": 1}, '
+        '"wireguard": {"keepalive": 0, "port": 51820}}'
+    ),
+    (
+        '{"backend": "host-gw", "bridge": null, "masquerade": false, "mtu": 1400, "name": "lab7", '
+        '"network": "10.33.0.0/16", "subnet_len": 26, "ttl": 5, "vxlan": {"port": 4789, "vni": 1}}'
+    ),
+    (
+        '{"backend": "ovs-vxlan", "bridge": null, "masquerade": false, "mtu": null, "name": "crossnet", '
+        '"network": "10.32.0.0/12", "subnet_len": 24, "ttl": 30, "vxlan": {"port": 4789, "vni": 1}}'
+    ),
+    (
+        '{"backend": "wireguard", "bridge": "cnbr7", "masquerade": true, "mtu": null, "name": "wg", '
+        '"network": "10.40.0.0/16", "subnet_len": 24, "ttl": 60, "vxlan": {"port": 8472, "vni": 42}, '
+        '"wireguard": {"device": "wg9", "implementation": "userspace", "keepalive": 25, "port": 6000}}'
+    ),
 ]
 
 
@@ -45,7 +53,7 @@ def test_what_the_agent_reads_from_a_record():
     cfg = NetworkConfig.from_json(json.loads(TODAYS_RECORDS[3]))
     assert (str(cfg.network), cfg.subnet_len, cfg.backend, cfg.ttl, cfg.masquerade, cfg.mtu) == (
         "10.40.0.0/16", 24, "wireguard", 60, True, None)
-    assert (cfg.vni, cfg.port, cfg.bridge_name, cfg.subnet_count()) == (42, 8472, "cnbr7", 256)
+    assert (cfg.vni, cfg.port, cfg.bridge_name) == (42, 8472, "cnbr7")
     assert dict(cfg.wireguard) == {"port": 6000, "device": "wg9", "keepalive": 25, "implementation": "userspace"}
     assert NetworkConfig(network="10.32.0.0/16").bridge_name == "cn0"
 
