@@ -168,7 +168,7 @@ def test_store_only_fields_and_rules():
 
 def _run(*argv: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path), *argv],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.parametrize(("args", "line"), [
