@@ -13,13 +13,11 @@ import re
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -27,95 +25,27 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from crossnet import backends, ifname, ipam
+from crossnet import backends, ifname, leases
 from crossnet.errors import ConfigError, IpamError
-
-BACKENDS = backends.backend_names()
-MAX_SUBNET_LEN = 30
-MAX_PROBLEMS = 20  # errors reported on a ConfigError's one line; more are counted
+from crossnet.netmodel import (  # the one network model, shared with the stores
+    BACKENDS,
+    MAX_SUBNET_LEN,
+    Address,
+    IfName,
+    Loc,
+    Network,
+    NetworkSettings,
+    Problem,
+    VxlanSpec,
+    WireguardSpec,
+    model_error,
+    problems_error,
+    subnet_len_problem,
+)
+from crossnet.netmodel import short as _short
 
 _HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-
-Loc = tuple[str | int, ...]
-Problem = tuple[Loc, str]
-
-# --------------------------------------------------------------------------- field types
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _parse_address(value: Any) -> Any:
-    if isinstance(value, IPv4Address):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"expected an IPv4 address like 10.0.0.1, got {_short(value)}")
-    try:
-        addr = IPv4Address(value.strip())
-    except ValueError:
-        raise ValueError(f"invalid IPv4 address {_short(value)}") from None
-    problem = _not_unicast(addr)
-    if problem:
-        raise ValueError(f"{addr} is {problem}, not a unicast host address")
-    return addr
-
-
-def _not_unicast(addr: IPv4Address) -> str | None:
-    """Why ``addr`` cannot be a host's or a gateway's address (None if it can)."""
-    if addr in IPv4Network("0.0.0.0/8"):
-        return "an unspecified ('this network') address"
-    if addr == IPv4Address("255.255.255.255"):
-        return "the broadcast address"
-    if addr.is_multicast:
-        return "a multicast address"
-    if addr.is_loopback:
-        return "a loopback address"
-    if addr.is_link_local:
-        return "a link-local address"
-    if addr in IPv4Network("240.0.0.0/4"):
-        return "a reserved (class E) address"
-    return None
-
-
-def _parse_network(value: Any) -> Any:
-    if isinstance(value, IPv4Network):
-        return value
-    if not isinstance(value, str) or "/" not in value:
-        raise ValueError(f"expected an IPv4 network like 10.32.0.0/16, got {_short(value)}")
-    try:
-        return IPv4Network(value.strip())
-    except ValueError:
-        pass
-    try:
-        fixed = IPv4Network(value.strip(), strict=False)
-    except ValueError:
-        raise ValueError(f"invalid IPv4 network {_short(value)}") from None
-    raise ValueError(f"{value.strip()} has host bits set (did you mean {fixed}?)")
-
-
-def _in_range(low: int, high: int) -> AfterValidator:
-    def check(value: int) -> int:
-        if not low <= value <= high:
-            raise ValueError(f"{value} is out of range {low}..{high}")
-        return value
-
-    return AfterValidator(check)
-
-
-def _check_ifname(value: str) -> str:
-    why = ifname.problem(value)  # the one shared validator (crossnet.ifname)
-    if why is not None:
-        raise ValueError(why)
-    return value
-
-
-Address = Annotated[IPv4Address, BeforeValidator(_parse_address)]
-Network = Annotated[IPv4Network, BeforeValidator(_parse_network)]
-IfName = Annotated[str, AfterValidator(_check_ifname)]
 
 # --------------------------------------------------------------------------- models
 
@@ -170,58 +100,16 @@ class LanSpec(BaseModel):
         return self
 
 
-class VxlanSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Cluster(NetworkSettings):
+    """The cluster file: the network's settings (crossnet.netmodel.NetworkSettings,
+    shared with the stores' NetworkConfig), the hosts, and the bridge backend's LAN."""
 
-    vni: Annotated[int, _in_range(1, 16_777_215)] = 1
-    port: Annotated[int, _in_range(1, 65_535)] = 4789
-
-
-class WireguardSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    port: Annotated[int, _in_range(1, 65_535)] = 51820
-    device: IfName = "cnwg0"
-    keepalive: Annotated[int, _in_range(0, 65_535)] = 0  # persistent keepalive seconds, 0 = off
-    implementation: Literal["auto", "kernel", "userspace"] = "auto"
-
-
-class AutoSpec(BaseModel):
-    """backend auto (docs/transport.md): `encrypt` puts every peer on WireGuard;
-    `probe_network` gives each host a WireGuard probe address (its subnet index + 1)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    encrypt: bool = False
-    probe_network: Network = IPv4Network("198.18.0.0/15")
-
-
-class Cluster(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "crossnet"
-    backend: str
-    network: Network | None = None
-    subnet_len: int = 24
     lan: LanSpec | None = None
-    mtu: Annotated[int, _in_range(576, 65_535)] | None = None
-    masquerade: bool = False
-    bridge: IfName | None = None
-    vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
-    wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
-    auto: AutoSpec = Field(default_factory=AutoSpec)
     underlay_networks: list[Network] = Field(default_factory=list)
     hosts: list[HostSpec]
 
     # (inputs, result) of the last carve; keyed so model_copy(update=...) can't serve stale data
     _subnets: tuple[tuple[Any, ...], dict[str, IPv4Network]] | None = PrivateAttr(default=None)
-
-    @field_validator("backend")
-    @classmethod
-    def _check_backend(cls, value: str) -> str:
-        if value not in BACKENDS:
-            raise ValueError(f"unknown backend {_short(value)} (choices: {', '.join(BACKENDS)})")
-        return value
 
     @field_validator("hosts")
     @classmethod
@@ -236,19 +124,13 @@ class Cluster(BaseModel):
         if not problems:
             problems = self._carve_problems()
         if problems:
-            raise ValidationError.from_exception_data(
-                type(self).__name__,
-                [
-                    InitErrorDetails(type=PydanticCustomError("crossnet", msg), loc=loc, input=None)
-                    for loc, msg in problems
-                ],
-            )
+            raise problems_error(type(self).__name__, problems)
         return self
 
     def _carve_problems(self) -> list[Problem]:
         try:
             self.host_subnets()
-        except ipam.CarveError as exc:  # order-dependent: a pin or address vs earlier hosts
+        except leases.CarveError as exc:  # order-dependent: a pin or address vs earlier hosts
             return [_carve_problem(self, exc)]
         except IpamError as exc:  # the checks above should make this unreachable
             return [(("hosts",), str(exc))]
@@ -322,7 +204,7 @@ def _carve_inputs(c: Cluster) -> tuple[Any, ...]:
 
 
 def _carve(cluster: Cluster) -> dict[str, IPv4Network]:
-    """Strictly in file order (see ipam.carve_subnets): a host's block depends only on
+    """Strictly in file order (see leases.carve_subnets): a host's block depends only on
     the hosts before it, so appending a host never moves an existing one."""
     hosts = [(h.name, h.subnet) for h in cluster.hosts]
     if cluster.is_bridge:
@@ -331,12 +213,12 @@ def _carve(cluster: Cluster) -> dict[str, IPv4Network]:
         cidr = lan.cidr
         reserved = [cidr.network_address, cidr.broadcast_address, lan.gateway]
         addresses = [h.address for h in cluster.hosts]
-        return ipam.carve_subnets(cidr, lan.range_len, hosts, reserved, addresses)
+        return leases.carve_subnets(cidr, lan.range_len, hosts, reserved, addresses)
     assert cluster.network is not None
-    return ipam.carve_subnets(cluster.network, cluster.subnet_len, hosts)
+    return leases.carve_subnets(cluster.network, cluster.subnet_len, hosts)
 
 
-def _carve_problem(c: Cluster, exc: ipam.CarveError) -> Problem:
+def _carve_problem(c: Cluster, exc: leases.CarveError) -> Problem:
     """The carving error as a problem of the later host's field."""
     host = c.hosts[exc.index]
     loc: Loc = ("hosts", exc.index, exc.field)
@@ -427,11 +309,7 @@ def _device_name_errors(c: Cluster) -> Iterator[Problem]:
     would make the bridge and the VXLAN device one device; a NIC named like the bridge
     would be enslaved to itself."""
     bridge = c.bridge_name()
-    if c.bridge is not None:
-        why = ifname.reserved_problem(c.bridge)
-        if why is not None:
-            yield ("bridge",), f"{why}: choose another bridge name"
-            return
+    if c.bridge is not None:  # not a name crossnet uses itself: NetworkSettings checks that
         for i, host in enumerate(c.hosts):
             if host.iface == c.bridge:
                 yield ("bridge",), f"{c.bridge} is the underlay NIC of {_host_ref(i, host)} (hosts[{i}].iface)"
@@ -464,12 +342,9 @@ def _overlay_errors(c: Cluster) -> Iterator[Problem]:
     yield from _underlay_overlap_errors(c, ("network",), network)
     if c.backend == "auto":
         yield from _auto_errors(c, network)
-    if not network.prefixlen < c.subnet_len <= MAX_SUBNET_LEN:
-        yield (
-            ("subnet_len",),
-            f"{c.subnet_len} must be longer than the /{network.prefixlen} of network {network} "
-            f"and at most {MAX_SUBNET_LEN}",
-        )
+    problem = subnet_len_problem(network, c.subnet_len)
+    if problem:
+        yield ("subnet_len",), problem
         return
     pinned = list(_pinned_errors(c, network, c.subnet_len, "network", "subnet_len"))
     yield from pinned
@@ -571,7 +446,7 @@ def _range_count_errors(c: Cluster) -> Iterator[Problem]:
     lan = c.lan
     assert lan is not None and lan.range_len is not None
     pinned = [h.subnet for h in c.hosts if h.subnet is not None]
-    free = ipam.count_free_blocks(lan.cidr, lan.range_len, [*_bridge_reserved(c), *pinned])
+    free = leases.count_free_blocks(lan.cidr, lan.range_len, [*_bridge_reserved(c), *pinned])
     unpinned = len(c.hosts) - len(pinned)
     if free < unpinned:
         yield (
@@ -586,53 +461,13 @@ def _range_count_errors(c: Cluster) -> Iterator[Problem]:
 # --------------------------------------------------------------------------- errors
 
 
-def _format_loc(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        if not isinstance(part, int):
-            part = str(part) if len(str(part)) <= 40 else _short(str(part))  # an unknown key may be long
-        out += f"[{part}]" if isinstance(part, int) else f"{'.' if out else ''}{part}"
-    return out or "(top level)"
-
-
-_SECTIONS: dict[str, type[BaseModel]] = {"hosts": HostSpec, "lan": LanSpec, "vxlan": VxlanSpec, "wireguard": WireguardSpec,
-                                         "auto": AutoSpec}
-
-
-def _allowed_keys(parent: Loc) -> str:
-    names = [p for p in parent if isinstance(p, str)]
-    model = _SECTIONS.get(names[-1], Cluster) if names else Cluster
-    return ", ".join(model.model_fields)
-
-
-def _format_error(err: Any) -> str:
-    kind, loc = err["type"], tuple(err["loc"])
-    if kind == "missing":
-        msg = "required"
-    elif kind == "extra_forbidden":
-        msg = f"unknown key (allowed: {_allowed_keys(loc[:-1])})"
-    elif kind == "value_error":
-        msg = str(err["ctx"]["error"])
-    elif kind == "crossnet":
-        msg = err["msg"]
-    elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        msg = f"expected a mapping, got {_short(err['input'])}"
-    else:
-        msg = f"{err['msg'][:1].lower()}{err['msg'][1:]} (got {_short(err['input'])})"
-    return f"{_format_loc(loc)}: {msg}"
-
-
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
 def config_error(source: str, exc: ValidationError) -> ConfigError:
     """Translate a pydantic ValidationError into a one-line ConfigError."""
-    parts = list(dict.fromkeys(_format_error(e) for e in exc.errors()))  # dedupe, keep order
-    more = len(parts) - MAX_PROBLEMS
-    if more > 0:
-        parts = parts[:MAX_PROBLEMS] + [f"... and {more} more"]
-    return ConfigError(_one_line(f"{source}: {'; '.join(parts)}"))
+    return model_error(source, exc, Cluster)
 
 
 # --------------------------------------------------------------------------- load / dump
@@ -799,3 +634,22 @@ def load_cluster(path: str | Path) -> Cluster:
 def dump_cluster(cluster: Cluster, path: str | Path) -> None:
     text = yaml.safe_dump(cluster.to_dict(), sort_keys=False, default_flow_style=False)
     Path(path).write_text(text, encoding="utf-8")
+
+
+__all__ = [  # with the names of the network model it re-exports (crossnet.netmodel)
+    "BACKENDS",
+    "MAX_SUBNET_LEN",
+    "Address",
+    "Cluster",
+    "HostSpec",
+    "IfName",
+    "LanSpec",
+    "Network",
+    "VxlanSpec",
+    "WireguardSpec",
+    "config_error",
+    "dump_cluster",
+    "load_cluster",
+    "load_yaml_text",
+    "parse_cluster",
+]

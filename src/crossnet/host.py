@@ -127,16 +127,12 @@ def check_subnet_kept(cluster: Cluster, applied: dict | None, ctx: HostContext) 
     """Refuse to renumber this host: the subnet the previous apply recorded must be the
     one the cluster file gives now (hosts inserted/removed/reordered before it, or a
     changed network, move subnets; its containers would keep stale addresses)."""
+    from crossnet.leases import check_kept
+
     old = ((applied or {}).get("context") or {}).get("subnet")
-    if old is None or old == str(ctx.subnet):
-        return
     i = next(i for i, h in enumerate(cluster.hosts) if h.name == ctx.host)
-    raise ConfigError(
-        f"hosts[{i}].subnet: the cluster file now gives host {ctx.host} {ctx.subnet}, but it was applied "
-        f"with {old} (hosts inserted, removed or reordered before it, or network changed); keep it by "
-        f"pinning 'subnet: {old}' on host {ctx.host} (and adding new hosts at the end of the list), "
-        "or run `crossnet reset` first to renumber this host"
-    )
+    check_kept(i, ctx.host, old, ctx.subnet, holds="was applied with",
+               start_over="run `crossnet reset` first to renumber this host")
 
 
 def check_local_data(cluster: Cluster, host_name: str, backend: Backend, ctx: HostContext, create: bool) -> None:

@@ -1,20 +1,18 @@
-"""IP address management, pure logic plus one small state file.
+"""IP address management: container addresses of one host's subnet.
 
-* :func:`carve_subnets` splits a network into equal per-host blocks (overlay subnets,
-  or container ranges inside the LAN for the bridge backend), strictly in file order.
-  Deterministic and stable: a host's block depends only on the hosts before it, so
-  appending a host (pinned or not) never moves the blocks of the hosts before it.
+* Which subnet (block) a host gets is decided by the subnet rules in
+  :mod:`crossnet.leases` (``carve_subnets``, ``count_free_blocks`` and ``CarveError`` are
+  re-exported here under their old names).
 * :class:`AddressPool` hands out container addresses of one host's subnet and persists
   them in a JSON file, safely across concurrent processes (``flock`` + atomic replace).
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -22,192 +20,11 @@ from typing import Any
 
 from crossnet.state import check_state_dir, lock_fd, write_json_atomic
 from crossnet.errors import IpamError
+from crossnet.leases import CarveError, carve_subnets, count_free_blocks, span
+
+__all__ = ["STATE_VERSION", "AddressPool", "Allocation", "CarveError", "carve_subnets", "count_free_blocks"]
 
 STATE_VERSION = 1
-
-# --------------------------------------------------------------------------- carving
-
-Reserved = IPv4Network | IPv4Address
-
-
-def _as_network(item: Reserved) -> IPv4Network:
-    return IPv4Network(item) if isinstance(item, IPv4Address) else item
-
-
-def _span(net: IPv4Network) -> tuple[int, int]:
-    """Inclusive integer range [first, last] covered by ``net``."""
-    return int(net.network_address), int(net.broadcast_address)
-
-
-def _check_prefixlen(network: IPv4Network, prefixlen: int) -> None:
-    if not network.prefixlen <= prefixlen <= 32:
-        raise IpamError(
-            f"block length /{prefixlen} does not fit in {network} (needs /{network.prefixlen}../32)"
-        )
-
-
-class CarveError(IpamError):
-    """A carving problem that belongs to one host: ``hosts[index]``'s ``field``
-    (``"subnet"`` or ``"address"``). ``owner`` is the index of the earlier host whose
-    block is in the way (None: no such host, e.g. space ran out or a bad pin)."""
-
-    def __init__(
-        self,
-        message: str,
-        index: int,
-        field: str,
-        owner: int | None = None,
-        block: IPv4Network | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.index, self.field, self.owner, self.block = index, field, owner, block
-
-
-def _check_pin(network: IPv4Network, prefixlen: int, index: int, name: str, subnet: IPv4Network) -> None:
-    if subnet.prefixlen != prefixlen:
-        raise CarveError(f"host '{name}': pinned {subnet} is not a /{prefixlen}", index, "subnet")
-    if not subnet.subnet_of(network):
-        raise CarveError(f"host '{name}': pinned {subnet} is not inside {network}", index, "subnet")
-
-
-class _Occupied:
-    """Occupied address space as sorted, disjoint, merged inclusive integer spans
-    (``starts[i]..ends[i]``): a lookup is one bisection, so carving n hosts is
-    O(n log n) plus list inserts, not O(n²)."""
-
-    def __init__(self, nets: Iterable[IPv4Network]) -> None:
-        self._starts: list[int] = []
-        self._ends: list[int] = []
-        for net in nets:
-            self.add(net)
-
-    def add(self, net: IPv4Network) -> None:
-        first, last = _span(net)
-        # merge with every span that overlaps or touches [first, last]
-        lo = bisect.bisect_left(self._ends, first - 1)
-        hi = bisect.bisect_right(self._starts, last + 1)
-        if lo < hi:
-            first = min(first, self._starts[lo])
-            last = max(last, self._ends[hi - 1])
-        self._starts[lo:hi] = [first]
-        self._ends[lo:hi] = [last]
-
-    def conflict_end(self, first: int, last: int) -> int | None:
-        """End of the occupied run overlapping [first, last] that reaches furthest, or
-        None if the range is free. (Runs are merged, so everything up to the returned
-        end is occupied from the conflict on.)"""
-        i = bisect.bisect_right(self._starts, last) - 1  # last run starting <= last
-        if i >= 0 and self._ends[i] >= first:
-            return self._ends[i]
-        return None
-
-
-def carve_subnets(
-    network: IPv4Network,
-    prefixlen: int,
-    hosts: Sequence[tuple[str, IPv4Network | None]],
-    reserved: Iterable[Reserved] = (),
-    addresses: Sequence[IPv4Address | None] | None = None,
-) -> dict[str, IPv4Network]:
-    """Give every host a /``prefixlen`` block of ``network``, strictly in file order.
-
-    Each host, in the given order, either keeps its pinned block (second tuple element)
-    or takes the lowest block overlapping nothing ``reserved`` and no block of an
-    earlier host. So a host's block depends only on the hosts before it: appending a
-    host -- pinned or not -- never moves an earlier host's block. A pin that is already
-    an earlier host's block is a :class:`CarveError` on that pin, never a reshuffle.
-
-    ``addresses`` (bridge backend: the hosts' own LAN addresses, same order as
-    ``hosts``): the blocks of a host and of the hosts after it avoid its address, and an
-    address inside an earlier host's block is a :class:`CarveError` on that address.
-
-    Pinned blocks are not checked against ``reserved`` or ``addresses`` (the caller
-    decides what a pinned block may contain). Raises :class:`CarveError` for a bad pin,
-    a collision or when space runs out, :class:`IpamError` for duplicate names.
-    """
-    _check_prefixlen(network, prefixlen)
-    names = [name for name, _ in hosts]
-    if len(set(names)) != len(names):
-        dup = next(n for n in names if names.count(n) > 1)
-        raise IpamError(f"duplicate host name '{dup}'")
-    if addresses is not None and len(addresses) != len(hosts):
-        raise IpamError(f"{len(addresses)} addresses for {len(hosts)} hosts")
-    occupied = _Occupied(_as_network(r) for r in reserved)
-    owners: dict[IPv4Network, int] = {}  # block -> index of the host that has it
-    size = 1 << (32 - prefixlen)
-    start, end = _span(network)
-    cursor = start  # lowest-first + only growing occupancy: never need to look back
-    result: dict[str, IPv4Network] = {}
-    for index, (name, subnet) in enumerate(hosts):
-        address = addresses[index] if addresses is not None else None
-        if address is not None:
-            holder = owners.get(IPv4Network((address, prefixlen), strict=False))
-            if holder is not None:
-                block = result[names[holder]]
-                raise CarveError(
-                    f"host '{name}': address {address} is inside {block} of host "
-                    f"'{names[holder]}' (blocks are carved in file order)",
-                    index, "address", holder, block,
-                )
-            occupied.add(IPv4Network(address))
-        if subnet is not None:
-            _check_pin(network, prefixlen, index, name, subnet)
-            holder = owners.get(subnet)
-            if holder is not None:
-                raise CarveError(
-                    f"host '{name}': pinned {subnet} is already the block of host "
-                    f"'{names[holder]}' (blocks are carved in file order)",
-                    index, "subnet", holder, subnet,
-                )
-            block = subnet
-        else:
-            found = _next_free_block(occupied, cursor, size, end)
-            if found is None:
-                raise CarveError(
-                    f"no free /{prefixlen} left in {network} for host '{name}'", index, "subnet"
-                )
-            cursor = found
-            block = IPv4Network((cursor, prefixlen))
-        occupied.add(block)
-        owners[block] = index
-        result[name] = block
-    return result
-
-
-def _next_free_block(occupied: _Occupied, cursor: int, size: int, end: int) -> int | None:
-    while cursor + size - 1 <= end:
-        conflict = occupied.conflict_end(cursor, cursor + size - 1)
-        if conflict is None:
-            return cursor
-        cursor = (conflict // size + 1) * size  # first aligned block after the conflict
-    return None
-
-
-def count_free_blocks(
-    network: IPv4Network, prefixlen: int, reserved: Iterable[Reserved] = ()
-) -> int:
-    """How many /``prefixlen`` blocks of ``network`` overlap none of ``reserved``."""
-    _check_prefixlen(network, prefixlen)
-    shift = 32 - prefixlen
-    base, end = _span(network)
-    hit: list[tuple[int, int]] = []  # inclusive ranges of block indexes
-    for item in reserved:
-        first, last = _span(_as_network(item))
-        first, last = max(first, base), min(last, end)
-        if first <= last:
-            hit.append(((first - base) >> shift, (last - base) >> shift))
-    return (1 << (prefixlen - network.prefixlen)) - _merged_length(hit)
-
-
-def _merged_length(ranges: list[tuple[int, int]]) -> int:
-    total, reach = 0, -1
-    for first, last in sorted(ranges):
-        first = max(first, reach + 1)
-        if first <= last:
-            total += last - first + 1
-        reach = max(reach, last)
-    return total
-
 
 # --------------------------------------------------------------------------- state file
 
@@ -389,7 +206,7 @@ class AddressPool:
         )
 
     def _round_robin(self, last: IPv4Address | None) -> Iterator[IPv4Address]:
-        first, end = _span(self.usable)
+        first, end = span(self.usable)
         start = int(last) + 1 if last is not None and first <= int(last) < end else first
         for value in range(start, end + 1):
             yield IPv4Address(value)

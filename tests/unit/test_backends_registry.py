@@ -35,6 +35,16 @@ def test_lists_elsewhere_derive_from_the_registry():
     assert set(backends.store_backend_names()) | set(backends.lan_backend_names()) == set(backends.BACKENDS)
 
 
+def test_etcd_init_offers_the_registry_s_store_backends():
+    """`crossnet etcd init --backend` took its choices from a list of its own."""
+    from crossnet.cli.agent import etcd_init
+    from crossnet.netmodel import BACKENDS, STORE_BACKENDS
+
+    choices = next(p.type.choices for p in etcd_init.params if p.name == "backend")
+    assert tuple(choices) == backends.store_backend_names() == STORE_BACKENDS
+    assert BACKENDS == backends.backend_names()
+
+
 def test_lan_range_backends_need_the_cluster_file():
     with pytest.raises(ConfigError, match=r"backend: 'bridge' is not supported with a store \(bridge needs the static"):
         store.NetworkConfig(network="10.32.0.0/16", backend="bridge")

@@ -545,7 +545,8 @@ def test_allocate_meta_for_is_recorded_with_a_new_address_only(tmp_path: Path) -
        st.integers(0, 255), st.integers(24, 32))
 def test_occupied_runs_agree_with_a_plain_scan(spans, q_start, q_len) -> None:
     """The merged-run lookup used by carve_subnets answers like scanning every span."""
-    from crossnet.ipam import _Occupied, _span
+    from crossnet.leases import _Occupied
+    from crossnet.leases import span as _span
 
     nets = [IPv4Network((int(IPv4Address("10.0.0.0")) + (s & ~((1 << (32 - p)) - 1)), p)) for s, p in spans]
     occ = _Occupied(nets)

@@ -446,7 +446,7 @@ def test_network_config_carries_wireguard_settings():
     assert "wireguard" not in NetworkConfig(network=IPv4Network("10.32.0.0/16")).to_json()
     with pytest.raises(ConfigError, match="wireguard.port"):
         NetworkConfig(network=IPv4Network("10.32.0.0/16"), backend="wireguard", wireguard={"port": 70000})
-    with pytest.raises(ConfigError, match="wireguard: unknown key"):
+    with pytest.raises(ConfigError, match=r"^config: wireguard\.psk: unknown key \(allowed: port, device, keepalive, implementation\)$"):
         NetworkConfig.from_json({"network": "10.32.0.0/16", "backend": "wireguard", "wireguard": {"psk": "x"}})
 
 
@@ -577,4 +577,4 @@ def test_etcd_init_wireguard_options_are_checked_before_contacting_etcd(tmp_path
                           "--etcd", "http://127.0.0.1:9", "--network", "10.32.0.0/16", "--backend", "wireguard",
                           "--wireguard-port", "0"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["crossnet: error: --wireguard-port: 0 must be between 1 and 65535"]
+    assert out.stderr.strip().splitlines() == ["crossnet: error: --wireguard-port: 0 is out of range 1..65535"]

@@ -322,7 +322,7 @@ class Agent:
             peers=[],
             state_dir=str(self.state.root),
             wireguard=dict(self.cfg.wireguard),
-            auto=dict(self.cfg.auto),
+            auto=self.cfg.auto.model_dump(mode="json", exclude_unset=True),
         )
 
     def _load_config(self) -> None:

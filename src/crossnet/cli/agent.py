@@ -7,6 +7,8 @@ import sys
 
 import click
 
+from crossnet import backends
+
 ETCD_OPTS = [
     click.option("--etcd", "etcd", envvar="CROSSNET_ETCD", required=True,
                  help="etcd client URL(s), comma-separated: http://10.0.0.1:2379,... Env: CROSSNET_ETCD."),
@@ -40,8 +42,8 @@ def etcd_group() -> None:
 @etcd_options
 @click.option("--network", required=True, help="Container network, e.g. 10.32.0.0/16.")
 @click.option("--subnet-len", type=int, default=24, show_default=True, help="Prefix length of each host's subnet.")
-@click.option("--backend", type=click.Choice(["vxlan", "host-gw", "ovs-gre", "ovs-vxlan", "wireguard", "auto"]),
-              default="vxlan", show_default=True)
+@click.option("--backend", type=click.Choice(backends.store_backend_names()), default="vxlan",
+              show_default=True)
 @click.option("--ttl", type=int, default=60, show_default=True,
               help="Lease TTL (s): a host that stops renewing is removed from its peers after this.")
 @click.option("--masquerade", is_flag=True, help="NAT container traffic leaving the container network.")
@@ -58,16 +60,16 @@ def etcd_group() -> None:
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
               cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, force, output) -> None:
     """Write the cluster's network config to etcd (once; idempotent)."""
-    from crossnet.errors import ConfigError
     from crossnet.store import NetworkConfig
 
-    try:
-        cfg = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name=cluster_name, ttl=ttl,
-                            masquerade=masquerade, mtu=mtu, vni=vni, port=port,
-                            wireguard={"port": wireguard_port, "keepalive": wireguard_keepalive},
-                            auto={"encrypt": True} if encrypt else {})
-    except ConfigError as exc:
-        raise ConfigError(str(exc).replace("config: ", "--", 1).replace("_", "-").replace("wireguard.", "wireguard-")) from None
+    def option(field: str) -> str:  # vxlan.vni -> --vni, wireguard.port -> --wireguard-port
+        return "--" + field.removeprefix("vxlan.").removeprefix("auto.").replace("wireguard.", "wireguard-").replace("_", "-")
+
+    cfg = NetworkConfig.parse({"network": network, "backend": backend, "subnet_len": subnet_len, "name": cluster_name,
+                               "ttl": ttl, "masquerade": masquerade, "mtu": mtu, "vxlan": {"vni": vni, "port": port},
+                               "wireguard": {"port": wireguard_port, "keepalive": wireguard_keepalive},
+                               **({"auto": {"encrypt": True}} if encrypt else {})},
+                              source="", label=option)
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
     result = store.init_config(cfg, force=force)
     if output == "json":

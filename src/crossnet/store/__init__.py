@@ -17,15 +17,28 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossnet import backends
 from crossnet.errors import ConfigError, CrossnetError
 
+if TYPE_CHECKING:
+    from crossnet.netmodel import NetworkConfig
+
+
+def __getattr__(name: str) -> Any:
+    """``NetworkConfig`` and ``DEFAULT_TTL``: the network config is the one network model
+    (crossnet.netmodel, pydantic), imported when first asked for, so that commands that
+    use the store without reading its config (mesh status, `crossnet check`) need not
+    load pydantic."""
+    if name in ("NetworkConfig", "DEFAULT_TTL"):
+        from crossnet import netmodel
+
+        return getattr(netmodel, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 # backends that work with a leased per-host subnet (bridge needs LAN ranges: static file only)
 STORE_BACKENDS = backends.store_backend_names()
-DEFAULT_TTL = 60
-MIN_TTL = 2
 HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 
 
@@ -43,151 +56,6 @@ class NotInitialized(StoreError):
 
 class LeaseLost(StoreError):
     """Our subnet lease no longer exists in the store."""
-
-
-@dataclass
-class NetworkConfig:
-    """The cluster-wide settings every agent reads (`crossnet etcd init` writes them)."""
-
-    network: IPv4Network
-    backend: str = "vxlan"
-    subnet_len: int = 24
-    name: str = "crossnet"
-    ttl: int = DEFAULT_TTL
-    masquerade: bool = False
-    mtu: int | None = None
-    vni: int = 1
-    port: int = 4789
-    bridge: str | None = None
-    wireguard: dict = field(default_factory=dict)  # backend wireguard: port, keepalive, device, implementation
-    auto: dict = field(default_factory=dict)  # backend auto: encrypt, probe_network (docs/transport.md)
-
-    def __post_init__(self) -> None:
-        self.validate("config")
-
-    def validate(self, source: str) -> None:
-        def bad(fieldname: str, msg: str) -> ConfigError:
-            return ConfigError(f"{source}: {fieldname}: {msg}")
-
-        if not isinstance(self.network, IPv4Network):
-            try:
-                self.network = IPv4Network(str(self.network))
-            except ValueError as exc:
-                raise bad("network", f"invalid IPv4 network {self.network!r} ({exc})") from None
-        if self.backend not in STORE_BACKENDS:
-            hint = f" ({self.backend} needs the static cluster file)" if self.backend in backends.lan_backend_names() else ""
-            raise bad("backend", f"{self.backend!r} is not supported with a store{hint}; choose from {', '.join(STORE_BACKENDS)}")
-        if not isinstance(self.subnet_len, int) or not self.network.prefixlen < self.subnet_len <= 30:
-            raise bad("subnet_len", f"{self.subnet_len!r} must be longer than /{self.network.prefixlen} and at most 30")
-        if not isinstance(self.ttl, int) or self.ttl < MIN_TTL:
-            raise bad("ttl", f"{self.ttl!r} must be an integer >= {MIN_TTL} seconds")
-        if self.mtu is not None and not (isinstance(self.mtu, int) and 576 <= self.mtu <= 65535):
-            raise bad("mtu", f"{self.mtu!r} must be between 576 and 65535")
-        if not isinstance(self.vni, int) or not 1 <= self.vni <= 16_777_215:
-            raise bad("vni", f"{self.vni!r} must be between 1 and 16777215")
-        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
-            raise bad("port", f"{self.port!r} must be between 1 and 65535")
-        if not isinstance(self.name, str) or not self.name:
-            raise bad("name", "must be a non-empty string")
-        if self.bridge is not None:
-            from crossnet import ifname
-
-            why = ifname.problem(self.bridge) or ifname.reserved_problem(self.bridge)
-            if why:
-                raise bad("bridge", why)
-        problem = _wireguard_problem(self.wireguard) or _auto_problem(self.auto, self.network)
-        if problem:
-            raise bad(*problem)
-
-    @property
-    def bridge_name(self) -> str:
-        return self.bridge or "cn0"
-
-    def subnet_count(self) -> int:
-        return 1 << (self.subnet_len - self.network.prefixlen)
-
-    def subnets(self) -> Iterator[IPv4Network]:
-        return self.network.subnets(new_prefix=self.subnet_len)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "network": str(self.network),
-            "subnet_len": self.subnet_len,
-            "backend": self.backend,
-            "ttl": self.ttl,
-            "masquerade": self.masquerade,
-            "mtu": self.mtu,
-            "vxlan": {"vni": self.vni, "port": self.port},
-            "bridge": self.bridge,
-            **({"wireguard": dict(self.wireguard)} if self.wireguard else {}),
-            **({"auto": dict(self.auto)} if self.auto else {}),
-        }
-
-    @classmethod
-    def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object")
-        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge", "wireguard", "auto"}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
-        if "network" not in data:
-            raise ConfigError(f"{source}: network: required")
-        vx = data.get("vxlan") or {}
-        return cls(
-            network=data["network"],
-            backend=data.get("backend", "vxlan"),
-            subnet_len=data.get("subnet_len", 24),
-            name=data.get("name", "crossnet"),
-            ttl=data.get("ttl", DEFAULT_TTL),
-            masquerade=bool(data.get("masquerade", False)),
-            mtu=data.get("mtu"),
-            vni=vx.get("vni", 1),
-            port=vx.get("port", 4789),
-            bridge=data.get("bridge"),
-            wireguard=data.get("wireguard") or {},
-            auto=data.get("auto") or {},
-        )
-
-
-def _auto_problem(auto: Any, network: IPv4Network) -> tuple[str, str] | None:
-    """(field, why) when the `auto` section of a NetworkConfig is bad."""
-    if not isinstance(auto, dict):
-        return "auto", "must be an object (encrypt, probe_network)"
-    unknown = sorted(set(auto) - {"encrypt", "probe_network"})
-    if unknown:
-        return "auto", f"unknown key(s) {', '.join(unknown)} (allowed: encrypt, probe_network)"
-    if not isinstance(auto.get("encrypt", False), bool):
-        return "auto.encrypt", f"{auto['encrypt']!r} must be true or false"
-    if "probe_network" in auto:
-        try:
-            probe = IPv4Network(str(auto["probe_network"]))
-        except ValueError:
-            return "auto.probe_network", f"{auto['probe_network']!r} is not an IPv4 network"
-        if probe.overlaps(network):
-            return "auto.probe_network", f"{probe} overlaps network {network}"
-    return None
-
-
-def _wireguard_problem(wg: Any) -> tuple[str, str] | None:
-    """(field, why) when the `wireguard` section of a NetworkConfig is bad."""
-    if not isinstance(wg, dict):
-        return "wireguard", "must be an object (port, keepalive, device, implementation)"
-    unknown = sorted(set(wg) - {"port", "keepalive", "device", "implementation"})
-    if unknown:
-        return "wireguard", f"unknown key(s) {', '.join(unknown)} (allowed: device, implementation, keepalive, port)"
-    port, ka = wg.get("port", 51820), wg.get("keepalive", 0)
-    if not isinstance(port, int) or not 1 <= port <= 65535:
-        return "wireguard.port", f"{port!r} must be between 1 and 65535"
-    if not isinstance(ka, int) or not 0 <= ka <= 65535:
-        return "wireguard.keepalive", f"{ka!r} must be between 0 and 65535 seconds"
-    dev = wg.get("device", "cnwg0")
-    if not (isinstance(dev, str) and 1 <= len(dev) <= 15 and "/" not in dev and not any(c.isspace() for c in dev)):
-        return "wireguard.device", f"{dev!r} must be an interface name of 1..15 characters"
-    if wg.get("implementation", "auto") not in ("auto", "kernel", "userspace"):
-        return "wireguard.implementation", "must be auto, kernel or userspace"
-    return None
 
 
 @dataclass

@@ -16,7 +16,8 @@
 A subnet is taken with one transaction: "create <prefix>/subnets/X if it does not
 exist (create_revision == 0), or if it still is the record this host read
 (mod_revision unchanged)"; concurrent agents racing for the same subnet get exactly
-one winner, the others re-read and try the next candidate.
+one winner, the others re-read and try the next candidate. Which subnet to try is
+decided by the subnet rules (crossnet.leases.choose_subnet); this module is the I/O.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
 
 from crossnet.errors import ConfigError
+from crossnet.leases import SubnetsExhausted, choose_subnet
 from crossnet.store import (
     HostRecord,
     LeaseLost,
@@ -251,10 +253,14 @@ class EtcdStore(Store):
                 if rec is not None and rec.name == name:
                     mine.append((sub, kv))
             remembered = self.remembered()
-            others_remember = {s for h, s in remembered.items() if h != name}
-            choice = self._choose(cfg, name, address, previous, remembered.get(name), mine, taken, others_remember,
-                                  lease_id)
-            sub = choice
+            live = [m for m, kv in mine if lease_id and kv.lease == lease_id]
+            try:  # the rules (crossnet.leases): keep what this host had if free, else the lowest free
+                sub = choose_subnet(cfg.network, cfg.subnet_len, taken,
+                                    wanted=[*live, previous, remembered.get(name), *(m for m, _ in mine)],
+                                    mine=[m for m, _ in mine],
+                                    avoid=[s for h, s in remembered.items() if h != name])
+            except SubnetsExhausted as exc:
+                raise StoreError(str(exc)) from None
             kv = taken.get(sub)
             if kv is not None and kv.lease and kv.lease != lease_id and c.lease_ttl(kv.lease) > 0:
                 rec = self._record(kv)
@@ -287,42 +293,6 @@ class EtcdStore(Store):
                 return SubnetLease(record, lease_id, ttl)
             time.sleep(random.uniform(0.005, 0.05) * min(attempt + 1, 8))  # lost a race: re-read, retry
         raise StoreError(f"could not acquire a subnet after {ACQUIRE_ATTEMPTS} attempts (too much contention)")
-
-    @staticmethod
-    def _choose(cfg: NetworkConfig, name: str, address: IPv4Address, previous: IPv4Network | None,
-                remembered: IPv4Network | None, mine: list, taken: dict, others_remember: set, lease_id: int) -> IPv4Network:
-        def fits(s: IPv4Network | None) -> bool:
-            return s is not None and s.prefixlen == cfg.subnet_len and s.subnet_of(cfg.network)
-
-        def free_or_mine(s: IPv4Network) -> bool:
-            kv = taken.get(s)
-            if kv is None:
-                return True
-            return any(s == m for m, _ in mine)
-
-        # 1. the subnet our still-live lease holds, 2. the locally persisted one,
-        # 3. the one the store remembers for us, 4. any we hold, 5. lowest free
-        # nobody else remembers, 6. lowest free.
-        candidates: list[IPv4Network] = [m for m, kv in mine if lease_id and kv.lease == lease_id]
-        candidates += [s for s in (previous, remembered) if fits(s)]
-        candidates += [m for m, _ in mine]
-        for s in candidates:
-            if fits(s) and free_or_mine(s):
-                return s
-        fallback = None
-        for s in cfg.subnets():
-            if s in taken:
-                continue
-            if s not in others_remember:
-                return s
-            if fallback is None:
-                fallback = s
-        if fallback is not None:
-            return fallback
-        raise StoreError(
-            f"network {cfg.network} has no free /{cfg.subnet_len} subnet left "
-            f"({len(taken)} hosts hold all {cfg.subnet_count()})"
-        )
 
     def renew(self, lease: SubnetLease) -> None:
         try:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from crossnet.backends import get_backend
 from crossnet.errors import ConfigError
+from crossnet.leases import check_kept
 from crossnet.store import (
     HostRecord,
     NetworkConfig,
@@ -60,19 +61,7 @@ class StaticStore(Store):
         cluster = self._load()
         if cluster.is_bridge:
             raise ConfigError(f"{self.path}: backend bridge is not supported by the agent; use `crossnet apply`")
-        return NetworkConfig(
-            network=cluster.container_network(),
-            backend=cluster.backend,
-            subnet_len=cluster.subnet_len,
-            name=cluster.name,
-            masquerade=cluster.masquerade,
-            mtu=cluster.mtu,
-            vni=cluster.vxlan.vni,
-            port=cluster.vxlan.port,
-            bridge=cluster.bridge,
-            wireguard=cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
-            auto=cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {},
-        )
+        return NetworkConfig.of(cluster)  # the cluster file's network settings, as a store's config
 
     def _records(self) -> list[HostRecord]:
         cluster = self._load()
@@ -91,33 +80,31 @@ class StaticStore(Store):
         return self._accept(self._records())
 
     def _accept(self, records: list[HostRecord]) -> list[HostRecord]:
-        """`records` (the file's hosts), refusing an edit that moves a subnet already
-        handed out (it would give one host's subnet to another on every peer)."""
-        for r in records:
-            held = self._accepted.get(r.name)
-            if held is not None and held != r.subnet:
-                raise StoreError(f"ignoring this edit of the cluster file: {self._renumbered(r.name, held, r.subnet)}")
+        """`records` (the file's hosts, in file order), refusing an edit that moves a
+        subnet already handed out (it would give one host's subnet to another on every peer)."""
+        for i, r in enumerate(records):
+            try:
+                self._check_kept(i, r, self._accepted.get(r.name))
+            except ConfigError as exc:
+                raise StoreError(f"ignoring this edit of the cluster file: {exc}") from None
         self._accepted.update({r.name: r.subnet for r in records})
         return records
 
     def acquire(self, cfg: NetworkConfig, name: str, address: IPv4Address, data: dict,
                 previous: IPv4Network | None = None, previous_lease: int = 0, ttl: int | None = None) -> SubnetLease:
         records = self._records()
-        for rec in records:
+        for i, rec in enumerate(records):
             if rec.name == name:
                 if rec.address != address:
                     raise StoreError(f"{self.path}: host {name} has address {rec.address}, but this host uses {address}")
-                if previous is not None and rec.subnet != previous:
-                    raise ConfigError(self._renumbered(name, previous, rec.subnet))
+                self._check_kept(i, rec, previous)
                 self._accept(records)
                 return SubnetLease(HostRecord(name, address, rec.subnet, data), 0, 0)
         raise StoreError(f"{self.path}: no host named {name!r} in the cluster file")
 
-    def _renumbered(self, name: str, old: IPv4Network, new: IPv4Network) -> str:
-        index = next((i for i, h in enumerate(self._load().hosts) if h.name == name), "?")
-        return (f"{self.path}: hosts[{index}].subnet: the file now gives host {name} {new}, but it holds {old} "
-                f"(hosts inserted or reordered?); append new hosts at the end, or pin `subnet: {old}` "
-                f"(or stop its agent with --release first)")
+    def _check_kept(self, index: int, rec: HostRecord, held: IPv4Network | None) -> None:
+        check_kept(index, rec.name, held, rec.subnet, source=str(self.path),
+                   start_over="stop its agent with --release first to renumber it")
 
     def renew(self, lease: SubnetLease) -> None:
         return None
