@@ -19,7 +19,18 @@ from crossnet.backends import get_backend
 from crossnet.backends.base import Peer, gateway_mac, stable_mac
 from crossnet.config import parse_cluster
 from crossnet.host import build_context
-from crossnet.plan import Address, Bridge, Fdb, Neigh, NftTable, NicTakeover, Resource, Route, Sysctl, Vxlan
+from crossnet.plan import (
+    Address,
+    Bridge,
+    Fdb,
+    Neigh,
+    NftTable,
+    NicTakeover,
+    Resource,
+    Route,
+    Sysctl,
+    Vxlan,
+)
 from crossnet.store import NetworkConfig
 from crossnet.wg.resources import WgDevice, WgPeer
 
