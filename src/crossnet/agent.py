@@ -51,13 +51,7 @@ from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
 from crossnet.plan import Env, Resource
 from crossnet.redact import MaskingFilter
-from crossnet.state import (
-    StateDir,
-    ensure_state_dir,
-    lock_fd,
-    read_json,
-    write_json_atomic,
-)
+from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write_json_atomic
 from crossnet.store import (
     HostRecord,
     LeaseLost,
