@@ -196,7 +196,7 @@ def reset(state: StateDir) -> list[Change]:
 def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, Any]]:
     out = []
     for peer in ctx.peers:
-        res = backend.peer_resources(ctx, peer)
+        res = program.peer_resources(ctx, backend, peer)
         programmed = all(r.check(env) for r in res)
         out.append(
             {
