@@ -60,6 +60,20 @@ class FakeKernel:
     def route(self, dst: str) -> nl.RouteInfo | None:
         return next((r for r in self.routes if r.dst == dst and r.proto != RTPROT_KERNEL), None)
 
+    # ---- stand-ins for the crossnet.netlink lookups that bypass the Env (a test patches
+    # them in: monkeypatch.setattr(nl, "link_info", kernel.link_info))
+    def link_info(self, ipr: Any, name: str | None = None, index: int | None = None) -> nl.LinkInfo | None:
+        if name is not None:
+            return self.links.get(name)
+        return next((li for li in self.links.values() if li.index == index), None)
+
+    def route_get(self, ipr: Any, dst: str) -> nl.RouteInfo | None:
+        """The most specific route to `dst` (the kernel's `ip route get`)."""
+        addr = ipaddress.ip_address(dst)
+        best = max((r for r in self.routes if addr in ipaddress.ip_network(r.dst)),
+                   key=lambda r: ipaddress.ip_network(r.dst).prefixlen, default=None)
+        return replace(best, dst=f"{dst}/32") if best else None
+
     # ---- writes
     def write(self, op: str, what: str) -> None:
         code = self.refuse.get((op, what))

@@ -27,8 +27,9 @@ from crossnet.store import (
 class MemoryStore(Store):
     kind = "memory"
 
-    def __init__(self, cfg: NetworkConfig):
+    def __init__(self, cfg: NetworkConfig, where: str = "memory store"):
         self.cfg = cfg
+        self.where = where
         self.records: dict[IPv4Network, HostRecord] = {}
         self.revision = 1
         self.events: list[PeerEvent] = []
@@ -74,7 +75,7 @@ class MemoryStore(Store):
 
     # ---- the Store interface (what the agent calls)
     def describe(self) -> str:
-        return "memory store"
+        return self.where
 
     def get_config(self) -> NetworkConfig:
         self._check()

@@ -31,8 +31,8 @@ def kernel(tmp_path, monkeypatch) -> FakeKernel:
     proc = tmp_path / "ip_forward"
     proc.write_text("0\n")
     monkeypatch.setattr(Sysctl, "path", property(lambda self: proc))
-    monkeypatch.setattr(nl, "link_info", lambda ipr, name=None, index=None: (
-        k.links.get(name) if name else next((li for li in k.links.values() if li.index == index), None)))
+    monkeypatch.setattr(nl, "link_info", k.link_info)
+    monkeypatch.setattr(nl, "route_get", k.route_get)
     monkeypatch.setattr(garp, "announce", lambda ctx, ipr: [])  # no raw frames from a unit test
     return k
 
@@ -158,3 +158,33 @@ def test_store_down_leaves_the_data_plane_alone(kernel, tmp_path):
     store.unavailable = False
     a._resync()
     assert a.health["sync"] is None
+
+
+def test_a_restart_with_nothing_to_change_still_records_its_store(kernel, tmp_path):
+    """applied.json always says where this host's settings come from now (a restarted
+    agent on another endpoint of the store), even when the kernel needs no change."""
+    first = MemoryStore(store_for("vxlan").cfg, where="etcd at A")
+    first.join("h2", "10.56.0.2")
+    start(first, kernel, tmp_path)
+    moved = MemoryStore(first.cfg, where="etcd at B")
+    moved.join("h2", "10.56.0.2")
+    kernel.log.clear()
+    a = start(moved, kernel, tmp_path)
+    assert kernel.log == [] and a.lease.subnet == IPv4Network("10.32.1.0/24")
+    assert a.state.load_applied()["store"]["where"] == "etcd at B"
+
+
+def test_a_peer_the_backend_cannot_reach_is_skipped_not_fatal(kernel, tmp_path):
+    """host-gw needs one L2 segment: a peer behind a router is logged and left out (the
+    others are programmed), at the full sync and on the fast path alike."""
+    kernel.route_replace("10.99.0.0/24", "10.56.0.254", kernel.index("eth0"))
+    store = store_for("host-gw")
+    h2 = store.join("h2", "10.56.0.2")
+    far = store.join("far", "10.99.0.5")
+    a = start(store, kernel, tmp_path)
+    assert str(h2.subnet) in routes(kernel) and str(far.subnet) not in routes(kernel)
+    assert {p["name"]: p["programmed"] for p in a.info()["peers"]} == {"h2": True, "far": False}
+    assert recorded(a) == (["h2"], {str(h2.subnet)})
+    far2 = store.join("far2", "10.99.0.6")
+    deliver(a, store)
+    assert str(far2.subnet) not in routes(kernel) and recorded(a)[0] == ["h2"]
