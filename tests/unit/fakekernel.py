@@ -13,14 +13,16 @@ from __future__ import annotations
 import errno
 import ipaddress
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from crossnet import garp
 from crossnet import netlink as nl
 from crossnet.nlbatch import Batch
 from crossnet.nlconst import NUD_PERMANENT, RT_SCOPE_LINK, RTPROT_KERNEL, RTPROT_STATIC
-from crossnet.plan import Env, Fdb, Neigh, Route
+from crossnet.plan import Env, Fdb, Neigh, Route, Sysctl
 
 
 class FakeKernel:
@@ -94,6 +96,29 @@ class FakeKernel:
     def fdb_append(self, idx: int, mac: str, dst: str) -> None:
         self.write("fdb", f"{self.name_of(idx)}:{mac}:{dst}")
         self.fdb.add((idx, mac, dst))
+
+
+def machine() -> FakeKernel:
+    """A host: lo, and eth0 with 10.56.0.1/24 (its connected route)."""
+    k = FakeKernel()
+    k.add_link("lo", mac="00:00:00:00:00:00")
+    k.add_link("eth0", mac="52:54:00:00:00:01")
+    k.add_addr("eth0", "10.56.0.1/24")
+    return k
+
+
+def install(monkeypatch: Any, kernel: FakeKernel, proc_dir: Path, ip_forward: str = "0") -> list[str]:
+    """Route what bypasses the Env to the fake: netlink.link_info/route_get, the sysctl
+    files (under `proc_dir`, never the machine's /proc/sys) and gratuitous ARP (recorded,
+    never sent). Returns the list the announced host names are appended to."""
+    proc = proc_dir / "ip_forward"
+    proc.write_text(f"{ip_forward}\n")
+    monkeypatch.setattr(Sysctl, "path", property(lambda self: proc))
+    monkeypatch.setattr(nl, "link_info", kernel.link_info)
+    monkeypatch.setattr(nl, "route_get", kernel.route_get)
+    announced: list[str] = []
+    monkeypatch.setattr(garp, "announce", lambda ctx, ipr: announced.append(ctx.host) or [])
+    return announced
 
 
 class FakeIpr:

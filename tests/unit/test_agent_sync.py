@@ -12,28 +12,17 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from crossnet import garp
-from crossnet import netlink as nl
 from crossnet.agent import Agent, AgentOptions
-from crossnet.plan import Sysctl
 from crossnet.state import StateDir
 from crossnet.store import NetworkConfig
-from tests.unit.fakekernel import FakeEnv, FakeKernel
+from tests.unit.fakekernel import FakeEnv, FakeKernel, install, machine
 from tests.unit.fakestore import MemoryStore
 
 
 @pytest.fixture
 def kernel(tmp_path, monkeypatch) -> FakeKernel:
-    k = FakeKernel()
-    k.add_link("lo", mac="00:00:00:00:00:00")
-    k.add_link("eth0", mac="52:54:00:00:00:01")
-    k.add_addr("eth0", "10.56.0.1/24")
-    proc = tmp_path / "ip_forward"
-    proc.write_text("0\n")
-    monkeypatch.setattr(Sysctl, "path", property(lambda self: proc))
-    monkeypatch.setattr(nl, "link_info", k.link_info)
-    monkeypatch.setattr(nl, "route_get", k.route_get)
-    monkeypatch.setattr(garp, "announce", lambda ctx, ipr: [])  # no raw frames from a unit test
+    k = machine()
+    install(monkeypatch, k, tmp_path)
     return k
 
 

@@ -10,31 +10,21 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from crossnet import garp, program
-from crossnet import netlink as nl
+from crossnet import program
 from crossnet.backends import get_backend
 from crossnet.backends.base import Peer
 from crossnet.errors import ApplyError, ConfigError
-from crossnet.plan import Resource, Sysctl
+from crossnet.plan import Resource
 from crossnet.state import StateDir
-from tests.unit.fakekernel import FakeEnv, FakeKernel
+from tests.unit.fakekernel import FakeEnv, install, machine
 
 SOURCE = {"cluster": {"name": "c"}}
 
 
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    k = FakeKernel()
-    k.add_link("lo", mac="00:00:00:00:00:00")
-    k.add_link("eth0", mac="52:54:00:00:00:01")
-    k.add_addr("eth0", "10.56.0.1/24")
-    proc = tmp_path / "ip_forward"
-    proc.write_text("1\n")
-    monkeypatch.setattr(Sysctl, "path", property(lambda self: proc))
-    announced = []
-    monkeypatch.setattr(nl, "link_info", k.link_info)
-    monkeypatch.setattr(nl, "route_get", k.route_get)
-    monkeypatch.setattr(garp, "announce", lambda ctx, ipr: announced.append(ctx.host) or [])
+    k = machine()
+    announced = install(monkeypatch, k, tmp_path, ip_forward="1")
     b = get_backend("host-gw")
     settings = program.Settings("c", "host-gw", IPv4Network("10.32.0.0/16"), 24, "cn0", None, False, 1, 4789, {})
     peers = [Peer(f"h{i}", IPv4Address(f"10.56.0.{i}"), IPv4Network(f"10.32.{i}.0/24")) for i in (2, 3)]

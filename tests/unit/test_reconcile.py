@@ -13,8 +13,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crossnet.errors import ApplyError
-from crossnet.plan import Address, Bridge, Fdb, Journal, Neigh, Route, Sysctl, pending, reconcile
-from tests.unit.fakekernel import FakeEnv, FakeKernel
+from crossnet.plan import (
+    Address,
+    Bridge,
+    Fdb,
+    Journal,
+    Neigh,
+    Route,
+    Sysctl,
+    pending,
+    reconcile,
+)
+from tests.unit.fakekernel import FakeEnv, FakeKernel, machine
 
 
 class RecordingJournal(Journal):
@@ -28,14 +38,6 @@ class RecordingJournal(Journal):
 
     def discard(self):
         self.discarded = True
-
-
-def machine() -> FakeKernel:
-    k = FakeKernel()
-    k.add_link("lo", mac="00:00:00:00:00:00")
-    k.add_link("eth0", mac="52:54:00:00:00:01")
-    k.add_addr("eth0", "10.56.0.1/24")
-    return k
 
 
 def base() -> list:
