@@ -1,33 +1,40 @@
 """apply / reset / status for this host.
 
-apply: cluster file -> HostContext -> backend resources (+ forwarding, masquerade)
--> reconcile against what is in the kernel and what the previous apply recorded.
-The record (<state-dir>/applied.json) is what `reset`, `attach` and `status` use.
+apply: cluster file -> this host, its subnet and its peers -> crossnet.program.program_host
+(HostContext -> backend resources (+ forwarding, masquerade) -> reconcile against what is
+in the kernel and what the previous apply recorded -> applied.json), the one path the
+agent takes too. The record (<state-dir>/applied.json) is what `reset`, `attach` and
+`status` use.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import time
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from crossnet.netlink import garp
+from crossnet import program
 from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError
 from crossnet.plan.env import Env
-from crossnet.plan.reconciler import Change, Journal, pending, reconcile, teardown
-from crossnet.plan.resources import NftTable, Resource, Sysctl
-from crossnet.state import StateDir, crash_point
+from crossnet.plan.reconciler import Change, teardown
+from crossnet.plan.resources import Resource
+from crossnet.program import (  # noqa: F401 - today's names, kept for their importers
+    NFT_TABLE,
+    StateJournal,
+    check_routes,
+    common_resources,
+    desired_resources,
+    record_extras,
+)
+from crossnet.state import StateDir
 from crossnet.transport import pmtu
 
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)
     from crossnet.config import Cluster
-
-NFT_TABLE = "crossnet"
 
 
 def detect_host(cluster: Cluster, env: Env) -> str:
@@ -47,80 +54,21 @@ def detect_host(cluster: Cluster, env: Env) -> str:
     return matches[0]
 
 
-def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend) -> HostContext:
+def build_context(cluster: Cluster, host_name: str, env: Env, backend: Backend, state_dir: str = "") -> HostContext:
+    """This host's context from the cluster file (crossnet.program.context)."""
     host = cluster.host(host_name)
     nic = nl.link_info(env.ipr, host.iface)
     if nic is None:
         raise ConfigError(f"hosts[{host_name}].iface: interface {host.iface!r} does not exist on this host")
-    underlay_mtu = cluster.mtu or nic.mtu
-    mtu = underlay_mtu - backend.overhead
     subnets = cluster.host_subnets()
-    peers = []
-    for peer in cluster.peers_of(host_name):
-        peers.append(
-            Peer(
-                name=peer.name,
-                address=peer.address,
-                subnet=subnets[peer.name],
-                data={**backend.host_data(cluster.name, peer.name, peer.address), **peer.published_data()},
-            )
-        )
-    return HostContext(
-        cluster_name=cluster.name,
-        backend=cluster.backend,
-        host=host_name,
-        address=host.address,
-        iface=host.iface,
-        subnet=subnets[host_name],
-        network=cluster.container_network(),
-        gateway=cluster.gateway_of(host_name),
-        prefixlen=cluster.container_prefixlen(),
-        bridge=cluster.bridge_name(),
-        underlay_mtu=underlay_mtu,
-        mtu=mtu,
-        masquerade=cluster.masquerade,
-        vni=cluster.vxlan.vni,
-        port=cluster.vxlan.port,
-        nic_mac=nic.mac,
-        peers=peers,
-        wireguard=cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
-        auto=cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {},
-    )
-
-
-def common_resources(ctx: HostContext) -> list[Resource]:
-    out: list[Resource] = [Sysctl("net.ipv4.ip_forward", "1")]
-    if ctx.masquerade:
-        body = (
-            "  chain postrouting {\n"
-            "    type nat hook postrouting priority srcnat; policy accept;\n"
-            f"    ip saddr {ctx.subnet} ip daddr != {ctx.network} masquerade\n"
-            "  }"
-        )
-        out.append(NftTable("ip", NFT_TABLE, body))
-    return out
-
-
-def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
-    return common_resources(ctx) + backend.resources(ctx)
-
-
-def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
-    """The container network must not overlap routes this host already has
-    (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
-    owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
-    ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")}
-    for r in env.routes():
-        if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
-            continue
-        if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
-            continue
-        net = ipaddress.ip_network(r.dst)
-        if net.overlaps(ctx.network):
-            dev = nl.link_info(env.ipr, index=r.oif).name if r.oif else "?"
-            raise ConfigError(
-                f"network: container network {ctx.network} overlaps this host's route {r.dst} dev {dev}"
-            )
+    peers = [
+        Peer(peer.name, peer.address, subnets[peer.name],
+             {**backend.host_data(cluster.name, peer.name, peer.address), **peer.published_data()})
+        for peer in cluster.peers_of(host_name)
+    ]
+    return program.context(program.Settings.of_cluster(cluster), backend, host=host_name, address=host.address,
+                           iface=host.iface, subnet=subnets[host_name], gateway=cluster.gateway_of(host_name),
+                           nic=nic, peers=peers, state_dir=state_dir)
 
 
 def check_subnet_kept(cluster: Cluster, applied: dict | None, ctx: HostContext) -> None:
@@ -197,34 +145,6 @@ def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
     return applied, [Resource.from_json(r) for r in applied.get("resources", [])]
 
 
-def record_extras(ctx: HostContext) -> dict:
-    """What applied.json records beyond the context: for the ovs backends, which Open
-    vSwitch this host uses (`crossnet trace --peer-state-dir` on another host reads it;
-    it must never guess, see crossnet.trace.ovs.find_rundir)."""
-    if not ctx.backend.startswith("ovs"):
-        return {}
-    import os
-
-    from crossnet.ovs.db import rundir
-
-    return {"ovs_rundir": os.path.abspath(rundir())}
-
-
-class StateJournal(Journal):
-    """apply's write-ahead record in the state dir (journal.json, fsync'd)."""
-
-    def __init__(self, state: StateDir, header: dict):
-        self.state = state
-        self.header = header
-
-    def write(self, resources: list[Resource]) -> None:
-        self.state.save_journal({**self.header, "resources": [r.to_json() for r in resources]})
-        crash_point()
-
-    def discard(self) -> None:
-        self.state.clear_journal()
-
-
 def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_run: bool = False,
           probe_mtu: bool = False) -> ApplyResult:
     started = time.perf_counter()
@@ -240,28 +160,17 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
             raise ConfigError(
                 f"--host: this state dir belongs to host {applied.get('host')!r}; run `crossnet reset` first"
             )
-        ctx = build_context(cluster, host_name, env, backend)
-        ctx.state_dir = str(state.root)
-        backend.prepare_context(ctx, env)
+        ctx = build_context(cluster, host_name, env, backend, state_dir=str(state.root))
+        backend.prepare_context(ctx, env)  # e.g. backend auto: each peer's first transport
         check_subnet_kept(cluster, applied, ctx)
         check_local_data(cluster, host_name, backend, ctx, create=not dry_run)
         path_mtu = pmtu.for_apply(ctx, backend, applied, probe=probe_mtu)  # lowers ctx.mtu (crossnet.transport.pmtu)
-        desired = desired_resources(ctx, backend)
-        backend.check_underlay(ctx, env)
-        check_routes(ctx, env, previous + desired)
-        if dry_run:
-            return ApplyResult(host_name, cluster.backend, pending(desired, previous, env), True, ctx,
-                               time.perf_counter() - started)
-        header = {"version": 1, "host": host_name, "cluster": cluster.to_dict(), "context": ctx.to_json(),
-                  **record_extras(ctx), **({"path_mtu": path_mtu} if path_mtu else {})}
-        interrupted = state.journal_path.exists()
-        outcome = reconcile(desired, previous, env, StateJournal(state, header))
-        garp.announce(ctx, ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.netlink.garp)
-        if outcome.changes or not applied or interrupted or path_mtu != applied.get("path_mtu"):
-            state.save_applied({**header, "resources": [r.to_json() for r in outcome.resources]})
-        if applied and (applied.get("context") or {}).get("mtu") != ctx.mtu:
-            pmtu.update_containers(state, ctx)  # running containers follow a changed MTU
-        return ApplyResult(host_name, cluster.backend, outcome.changes, False, ctx, time.perf_counter() - started)
+        # the one path (crossnet.program): context -> resources -> reconcile -> applied.json
+        source = {"cluster": cluster.to_dict(), **({"path_mtu": path_mtu} if path_mtu else {})}
+        done = program.program_host(state, env, ctx, backend, previous, source, dry_run=dry_run,
+                                    always_record=bool(applied) and path_mtu != applied.get("path_mtu"),
+                                    mtu_was=(applied.get("context") or {}).get("mtu") if applied else None)
+        return ApplyResult(host_name, cluster.backend, done.changes, dry_run, ctx, time.perf_counter() - started)
 
 
 def load_context(state: StateDir) -> tuple[HostContext, Backend]:
@@ -291,7 +200,7 @@ def reset(state: StateDir) -> list[Change]:
 def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, Any]]:
     out = []
     for peer in ctx.peers:
-        res = backend.peer_resources(ctx, peer)
+        res = program.peer_resources(ctx, backend, peer)
         programmed = all(r.check(env) for r in res)
         out.append(
             {

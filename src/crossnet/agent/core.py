@@ -44,13 +44,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from crossnet.netlink import garp
+from crossnet import program
 from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError, CrossnetError
 from crossnet.plan.env import Env
-from crossnet.plan.reconciler import reconcile
 from crossnet.plan.resources import Resource
 from crossnet.redact import MaskingFilter
 from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write_json_atomic
@@ -295,35 +294,15 @@ class Agent:
                  lease.subnet, lease.lease_id, lease.ttl)
 
     def _context(self) -> HostContext:
+        """This host's context from the store's settings and its lease (crossnet.program.context);
+        the peers are filled in by each sync."""
         assert self.cfg and self.backend and self.lease and self.address
-        env = self._env()
-        nic = nl.link_info(env.ipr, self.iface)
+        nic = nl.link_info(self._env().ipr, self.iface)
         if nic is None:
             raise ApplyError(f"interface {self.iface!r} disappeared")
-        underlay_mtu = self.cfg.mtu or nic.mtu
-        subnet = self.lease.subnet
-        return HostContext(
-            cluster_name=self.cfg.name,
-            backend=self.cfg.backend,
-            host=self.name,
-            address=self.address,
-            iface=self.iface,
-            subnet=subnet,
-            network=self.cfg.network,
-            gateway=subnet.network_address + 1,
-            prefixlen=self.cfg.subnet_len,
-            bridge=self.cfg.bridge_name,
-            underlay_mtu=underlay_mtu,
-            mtu=underlay_mtu - self.backend.overhead,
-            masquerade=self.cfg.masquerade,
-            vni=self.cfg.vni,
-            port=self.cfg.port,
-            nic_mac=nic.mac,
-            peers=[],
-            state_dir=str(self.state.root),
-            wireguard=dict(self.cfg.wireguard),
-            auto=self.cfg.auto.model_dump(mode="json", exclude_unset=True),
-        )
+        return program.context(program.Settings.of_config(self.cfg), self.backend, host=self.name,
+                               address=self.address, iface=self.iface, subnet=self.lease.subnet, nic=nic,
+                               peers=[], state_dir=str(self.state.root))
 
     def _load_config(self) -> None:
         cfg = self.store.get_config()
@@ -339,37 +318,20 @@ class Agent:
         peer = Peer(rec.name, rec.address, rec.subnet, dict(rec.data))
         return self.transports.annotate(peer) if self.transports else peer
 
-    def _peer_ok(self, env: Env, peer: Peer) -> bool:
-        assert self.ctx and self.backend
-        if not self.backend.needs_l2:
-            return True
-        one = HostContext(**{**self.ctx.__dict__, "peers": [peer]})
-        try:
-            self.backend.check_underlay(one, env)
-        except ApplyError as exc:
-            log.error("peer %s skipped: %s", peer.name, exc)
-            return False
-        return True
-
     def _sync_ctx_peers(self) -> None:
         assert self.ctx is not None
         self.ctx.peers = [self._peer(self.peers[s]) for s in sorted(self.peers) if s in self.peer_res]
 
     def _save_applied(self) -> None:
-        assert self.ctx and self.cfg
+        """applied.json after the fast path: the local resources, then each peer's."""
+        assert self.ctx
         self._sync_ctx_peers()
-        owned = list(self.base_res)
-        for s in sorted(self.peer_res):
-            owned += self.peer_res[s]
-        self.state.save_applied({**self._record_header(), "resources": [r.to_json() for r in owned]})
+        program.record(self.state, program.record_header(self.ctx, self._source()), self._owned())
 
-    def _record_header(self) -> dict:
-        """applied.json's (and the journal's) description of this host, without resources."""
-        from crossnet.host import record_extras
-
-        assert self.ctx and self.cfg
-        return {"version": 1, "host": self.name, "store": {"kind": self.store.kind, "where": self.store.describe()},
-                "network_config": self.cfg.to_json(), "context": self.ctx.to_json(), **record_extras(self.ctx),
+    def _source(self) -> dict:
+        """Where this host's settings come from (and the measured path MTUs), as applied.json records it."""
+        assert self.cfg
+        return {"store": {"kind": self.store.kind, "where": self.store.describe()}, "network_config": self.cfg.to_json(),
                 **({"path_mtu": self.pmtu.record} if self.pmtu and self.pmtu.record else {})}
 
     @staticmethod
@@ -379,8 +341,8 @@ class Agent:
 
     def _owned(self) -> list[Resource]:
         owned = list(self.base_res)
-        for res in self.peer_res.values():
-            owned += res
+        for s in sorted(self.peer_res):
+            owned += self.peer_res[s]
         return owned
 
     def _view(self, env: Env, owned: list[Resource]) -> LocalView:
@@ -417,8 +379,9 @@ class Agent:
         self.peers = self.book.select(self._view(env, owned))
 
     def full_sync(self, snap: Snapshot) -> None:
-        """Make the kernel match the snapshot: local + all peers, one reconcile."""
-        from crossnet.host import StateJournal, check_routes, common_resources, load_previous
+        """Make the kernel match the snapshot: local + all peers, one reconcile, through
+        the same path as `crossnet apply` (crossnet.program.program_host)."""
+        from crossnet.host import load_previous
 
         assert self.ctx and self.backend and self.lease
         if snap.revision < self.revision:
@@ -431,34 +394,29 @@ class Agent:
             _, previous = load_previous(self.state)
             # our routes (recorded in applied.json or owned now) are not "this host's routes" to protect
             self._take_snapshot(snap, env, previous + self._owned())
-            per_peer: dict[IPv4Network, list[Resource]] = {}
-            for s in sorted(self.peers):
-                peer = self._peer(self.peers[s])
-                if self._peer_ok(env, peer):
-                    per_peer[s] = self.backend.peer_resources(self.ctx, peer)
-            # local resources may depend on the peer list (e.g. OVS flows naming the tunnel
-            # ports): build the context with every peer, in the backend's own order
-            self.ctx.peers = [self._peer(self.peers[s]) for s in per_peer]
+            # the peers this host can reach the way the backend needs (the others are skipped,
+            # logged); local resources may depend on the peer list (e.g. OVS flows naming the
+            # tunnel ports): the context holds every usable peer
+            usable = {s: p for s, p in ((s, self._peer(self.peers[s])) for s in sorted(self.peers))
+                      if program.peer_usable(self.ctx, self.backend, env, p)}
+            self.ctx.peers = list(usable.values())
             mtu_was = self.ctx.mtu
             pmtu.adjust(self.ctx, self.backend, self.pmtu.record if self.pmtu else None)  # measured paths
-            desired = common_resources(self.ctx) + self.backend.resources(self.ctx)
-            if self.synced_at is None:
-                check_routes(self.ctx, env, previous + desired)
-            # write-ahead journal as apply does: a kill mid-sync leaves a record reset/apply can finish
-            outcome = reconcile(desired, previous, env, StateJournal(self.state, self._record_header()))
-            garp.announce(self.ctx, env.ipr)  # at start and every full sync: peers learn a new NIC MAC at once
-            by_key = {r.key(): r for r in outcome.resources}
+            done = program.program_host(self.state, env, self.ctx, self.backend, previous, self._source(),
+                                        check_underlay=False, protect_routes=self.synced_at is None,
+                                        always_record=True, mtu_was=mtu_was)
+            assert done.owned is not None
+            # split what is owned now for the fast path: each peer's resources, the rest local
+            by_key = {r.key(): r for r in done.owned}
+            per_peer = {s: program.peer_resources(self.ctx, self.backend, p) for s, p in usable.items()}
             self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
             peer_keys = {r.key() for res in per_peer.values() for r in res}
-            self.base_res = [r for r in outcome.resources if r.key() not in peer_keys]
+            self.base_res = [r for r in done.owned if r.key() not in peer_keys]
             self.revision = snap.revision
-            self._save_applied()
-            if self.ctx.mtu != mtu_was:
-                pmtu.update_containers(self.state, self.ctx)  # running containers follow
         self.synced_at = time.time()
-        for ch in outcome.changes:
+        for ch in done.changes:
             log.info("  %s", ch)
-        log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(outcome.changes))
+        log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(done.changes))
 
     def apply_events(self, events: list[PeerEvent]) -> None:
         assert self.ctx and self.backend
@@ -505,13 +463,10 @@ class Agent:
             self.pmtu.poke()  # measure the new peers' paths
 
     def _program_base(self, env: Env) -> None:
-        from crossnet.host import common_resources
-
         assert self.ctx and self.backend
         self._sync_ctx_peers()
-        desired = common_resources(self.ctx) + self.backend.local_resources(self.ctx)
         try:
-            outcome = reconcile(desired, self.base_res, env)
+            outcome = program.program_local(self.ctx, self.backend, env, self.base_res)
         except ApplyError as exc:
             log.error("local resources: %s; will retry at the next resync", exc)
             self.next_resync = min(self.next_resync, time.monotonic() + 2)
@@ -524,19 +479,14 @@ class Agent:
         assert self.ctx and self.backend
         t0 = time.perf_counter()
         rec = self.peers.get(subnet)
-        old = self.peer_res.get(subnet, [])
-        new: list[Resource] = []
-        if rec is not None:
-            peer = self._peer(rec)
-            if self._peer_ok(env, peer):
-                new = self.backend.peer_resources(self.ctx, peer)
         try:
-            outcome = reconcile(new, old, env)
+            outcome = program.program_peer(self.ctx, self.backend, env, self._peer(rec) if rec else None,
+                                           self.peer_res.get(subnet, []))
         except ApplyError as exc:
             log.error("peer %s (%s): %s; will retry at the next resync", rec.name if rec else "?", subnet, exc)
             self.next_resync = min(self.next_resync, time.monotonic() + 2)
             return
-        if rec is not None and new:
+        if rec is not None and outcome.resources:
             self.peer_res[subnet] = outcome.resources
         else:
             self.peer_res.pop(subnet, None)

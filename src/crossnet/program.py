@@ -1,0 +1,267 @@
+"""The one path from a network description to the kernel of this host.
+
+    network settings ─┐  (the cluster file: config.Cluster; a store: store.NetworkConfig)
+    this host's lease ├─► context() ─► HostContext
+    peers             ┘
+    HostContext ─► desired_resources() ─► plan.reconcile(…, StateJournal) ─► record() (applied.json)
+
+`program_host` walks it. `crossnet apply` (crossnet.host.apply) and `crossnet agent`
+(crossnet.agent.core.Agent.full_sync: the cluster file, etcd, the `crossnet launch` mesh) both
+call it. The agent's watch events take a fast path for one peer at a time
+(`program_peer`, then `program_local` for the local resources that list the peers),
+built from the same context and the same resource functions, and recorded by the same
+`record`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+from typing import TYPE_CHECKING, Any
+
+from crossnet.netlink import garp
+from crossnet.netlink import iproute as nl
+from crossnet.backends.base import Backend, HostContext, Peer
+from crossnet.errors import ApplyError, ConfigError
+from crossnet.plan.env import Env
+from crossnet.plan.reconciler import Change, Journal, Outcome, pending, reconcile
+from crossnet.plan.resources import NftTable, Resource, Sysctl
+from crossnet.state import StateDir, crash_point
+
+if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)
+    from crossnet.config import Cluster
+
+log = logging.getLogger("crossnet.agent")
+NFT_TABLE = "crossnet"
+
+
+# ---------------------------------------------------------------- 1. the context
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The cluster-wide settings a HostContext takes, whichever model they come from."""
+
+    name: str
+    backend: str
+    network: IPv4Network  # where containers live (the overlay network, or the LAN for bridge)
+    prefixlen: int  # prefix length of container addresses
+    bridge: str
+    mtu: int | None  # None: the NIC's
+    masquerade: bool
+    vni: int
+    port: int
+    wireguard: dict
+    auto: dict = field(default_factory=dict)  # backend auto's settings (encrypt, probe_network)
+
+    @classmethod
+    def of_cluster(cls, cluster: Cluster) -> Settings:
+        return cls(cluster.name, cluster.backend, cluster.container_network(), cluster.container_prefixlen(),
+                   cluster.bridge_name(), cluster.mtu, cluster.masquerade, cluster.vxlan.vni, cluster.vxlan.port,
+                   cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
+                   cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {})
+
+    @classmethod
+    def of_config(cls, cfg: Any) -> Settings:
+        """From a store's settings (crossnet.store.NetworkConfig, a layer below this one)."""
+        return cls(cfg.name, cfg.backend, cfg.network, cfg.subnet_len, cfg.bridge_name, cfg.mtu, cfg.masquerade,
+                   cfg.vni, cfg.port, cfg.wireguard.model_dump() if cfg.backend in ("wireguard", "auto") else {},
+                   cfg.auto.model_dump(mode="json") if cfg.backend == "auto" else {})
+
+
+def context(settings: Settings, backend: Backend, *, host: str, address: IPv4Address, iface: str,
+            subnet: IPv4Network, nic: nl.LinkInfo, peers: list[Peer], state_dir: str = "",
+            gateway: IPv4Address | None = None) -> HostContext:
+    """THE HostContext: the settings, this host (name, underlay address and NIC, its
+    subnet; `gateway` defaults to the subnet's first address) and its peers. The NIC's
+    kernel facts give the MTU (unless the settings fix it) and the MAC."""
+    underlay_mtu = settings.mtu or nic.mtu
+    return HostContext(
+        cluster_name=settings.name,
+        backend=settings.backend,
+        host=host,
+        address=address,
+        iface=iface,
+        subnet=subnet,
+        network=settings.network,
+        gateway=gateway if gateway is not None else subnet.network_address + 1,
+        prefixlen=settings.prefixlen,
+        bridge=settings.bridge,
+        underlay_mtu=underlay_mtu,
+        mtu=underlay_mtu - backend.overhead,
+        masquerade=settings.masquerade,
+        vni=settings.vni,
+        port=settings.port,
+        nic_mac=nic.mac,
+        peers=list(peers),
+        state_dir=state_dir,
+        wireguard=dict(settings.wireguard),
+        auto=dict(settings.auto),
+    )
+
+
+def peer_usable(ctx: HostContext, backend: Backend, env: Env, peer: Peer) -> bool:
+    """Whether `peer` can be programmed from here (backends that need one L2 segment);
+    the agent skips, and logs, a peer that cannot (apply refuses the whole cluster)."""
+    if not backend.needs_l2:
+        return True
+    try:
+        backend.check_underlay(HostContext(**{**ctx.__dict__, "peers": [peer]}), env)
+    except ApplyError as exc:
+        log.error("peer %s skipped: %s", peer.name, exc)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- 2. the resources
+
+
+def common_resources(ctx: HostContext) -> list[Resource]:
+    out: list[Resource] = [Sysctl("net.ipv4.ip_forward", "1")]
+    if ctx.masquerade:
+        body = (
+            "  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            f"    ip saddr {ctx.subnet} ip daddr != {ctx.network} masquerade\n"
+            "  }"
+        )
+        out.append(NftTable("ip", NFT_TABLE, body))
+    return out
+
+
+def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
+    """Everything this host must have: forwarding (+ masquerade), the backend's local
+    resources and every peer's, in the backend's order."""
+    return common_resources(ctx) + backend.resources(ctx)
+
+
+def local_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
+    """desired_resources without the peers' own (those may still be listed, e.g. OVS flows)."""
+    return common_resources(ctx) + backend.local_resources(ctx)
+
+
+def peer_resources(ctx: HostContext, backend: Backend, peer: Peer) -> list[Resource]:
+    """One peer's part of desired_resources."""
+    return backend.peer_resources(ctx, peer)
+
+
+def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
+    """The container network must not overlap routes this host already has
+    (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
+    owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
+    ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")}
+    for r in env.routes():
+        if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
+            continue
+        if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
+            continue
+        net = ipaddress.ip_network(r.dst)
+        if net.overlaps(ctx.network):
+            dev = nl.link_info(env.ipr, index=r.oif).name if r.oif else "?"
+            raise ConfigError(
+                f"network: container network {ctx.network} overlaps this host's route {r.dst} dev {dev}"
+            )
+
+
+# ---------------------------------------------------------------- 3. the record
+
+
+def record_extras(ctx: HostContext) -> dict:
+    """What applied.json records beyond the context: for the ovs backends, which Open
+    vSwitch this host uses (`crossnet trace --peer-state-dir` on another host reads it;
+    it must never guess, see crossnet.trace.ovs.find_rundir)."""
+    if not ctx.backend.startswith("ovs"):
+        return {}
+    import os
+
+    from crossnet.ovs.db import rundir
+
+    return {"ovs_rundir": os.path.abspath(rundir())}
+
+
+def record_header(ctx: HostContext, source: dict[str, Any]) -> dict:
+    """applied.json's (and the journal's) description of this host, without resources.
+    `source`: where the settings came from ({"cluster": …} for apply; {"store": …,
+    "network_config": …} for the agent)."""
+    return {"version": 1, "host": ctx.host, **source, "context": ctx.to_json(), **record_extras(ctx)}
+
+
+def record(state: StateDir, header: dict, resources: list[Resource]) -> None:
+    """applied.json: what this host owns now (what `reset`, `attach`, `status` read)."""
+    state.save_applied({**header, "resources": [r.to_json() for r in resources]})
+
+
+class StateJournal(Journal):
+    """The write-ahead record in the state dir (journal.json, fsync'd)."""
+
+    def __init__(self, state: StateDir, header: dict):
+        self.state = state
+        self.header = header
+
+    def write(self, resources: list[Resource]) -> None:
+        self.state.save_journal({**self.header, "resources": [r.to_json() for r in resources]})
+        crash_point()
+
+    def discard(self) -> None:
+        self.state.clear_journal()
+
+
+# ---------------------------------------------------------------- the path
+
+
+@dataclass
+class Programmed:
+    """What program_host did: the changes (or, with dry_run, those it would make), the
+    resources it wanted, and what this host owns now (None with dry_run)."""
+
+    changes: list[Change]
+    desired: list[Resource]
+    owned: list[Resource] | None
+
+
+def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, previous: list[Resource],
+                 source: dict[str, Any], *, dry_run: bool = False, check_underlay: bool = True,
+                 protect_routes: bool = True, always_record: bool = False,
+                 mtu_was: int | None = None) -> Programmed:
+    """HostContext -> desired_resources -> reconcile (with the journal) -> record.
+
+    `previous`: what the record says this host owns (host.load_previous). Checks first,
+    before anything changes: the peers are reachable the way the backend needs
+    (`check_underlay`; the agent checks peer by peer with peer_usable instead), the
+    container network overlaps no route of this host (`protect_routes`). `dry_run`:
+    only say what would change. applied.json is written when something changed, when
+    there was no record, when an interrupted run left a journal, or `always_record`.
+    `mtu_was`: the container MTU of the last run; when ctx.mtu differs (a measured path
+    MTU changed it, crossnet.transport.pmtu), running containers' veths follow."""
+    desired = desired_resources(ctx, backend)
+    if check_underlay:
+        backend.check_underlay(ctx, env)
+    if protect_routes:
+        check_routes(ctx, env, previous + desired)
+    if dry_run:
+        return Programmed(pending(desired, previous, env), desired, None)
+    header = record_header(ctx, source)
+    unrecorded = not state.applied_path.exists() or state.journal_path.exists()
+    outcome: Outcome = reconcile(desired, previous, env, StateJournal(state, header))
+    garp.announce(ctx, env.ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.netlink.garp)
+    if outcome.changes or unrecorded or always_record:
+        record(state, header, outcome.resources)
+    if mtu_was is not None and mtu_was != ctx.mtu:
+        from crossnet.transport import pmtu
+
+        pmtu.update_containers(state, ctx)  # running containers follow a changed MTU
+    return Programmed(outcome.changes, desired, outcome.resources)
+
+
+def program_local(ctx: HostContext, backend: Backend, env: Env, owned: list[Resource]) -> Outcome:
+    """Fast path (agent events): the local resources alone, against what they owned."""
+    return reconcile(local_resources(ctx, backend), owned, env)
+
+
+def program_peer(ctx: HostContext, backend: Backend, env: Env, peer: Peer | None, owned: list[Resource]) -> Outcome:
+    """Fast path (agent events): one peer's resources (none: `peer` is gone or not
+    usable from here), against what that peer owned."""
+    new = peer_resources(ctx, backend, peer) if peer is not None and peer_usable(ctx, backend, env, peer) else []
+    return reconcile(new, owned, env)
