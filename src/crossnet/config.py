@@ -200,6 +200,7 @@ class Cluster(BaseModel):
     vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
     wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
     underlay_networks: list[Network] = Field(default_factory=list)
+    dns_domain: str = "crossnet.local"  # containers' names: NAME.<dns_domain> (docs/dns.md)
     hosts: list[HostSpec]
 
     # (inputs, result) of the last carve; keyed so model_copy(update=...) can't serve stale data
@@ -211,6 +212,16 @@ class Cluster(BaseModel):
         if value not in BACKENDS:
             raise ValueError(f"unknown backend {_short(value)} (choices: {', '.join(BACKENDS)})")
         return value
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _check_dns_domain(cls, value: str) -> str:
+        from crossnet.dns import domain_problem, normalize
+
+        why = domain_problem(value)
+        if why:
+            raise ValueError(why)
+        return normalize(value)
 
     @field_validator("hosts")
     @classmethod

@@ -52,10 +52,12 @@ def etcd_group() -> None:
 @click.option("--wireguard-port", type=int, default=51820, show_default=True, help="WireGuard UDP port (backend wireguard).")
 @click.option("--wireguard-keepalive", type=int, default=0, show_default=True,
               help="WireGuard persistent keepalive in seconds, 0 = off (backend wireguard).")
+@click.option("--dns-domain", default="crossnet.local", show_default=True,
+              help="Containers' DNS names are NAME.<this domain> (docs/dns.md).")
 @click.option("--force", is_flag=True, help="Replace a different existing config (restart the agents after).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
-              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, force, output) -> None:
+              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, dns_domain, force, output) -> None:
     """Write the cluster's network config to etcd (once; idempotent)."""
     from crossnet.errors import ConfigError
     from crossnet.store import NetworkConfig
@@ -63,7 +65,8 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
     try:
         cfg = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name=cluster_name, ttl=ttl,
                             masquerade=masquerade, mtu=mtu, vni=vni, port=port,
-                            wireguard={"port": wireguard_port, "keepalive": wireguard_keepalive})
+                            wireguard={"port": wireguard_port, "keepalive": wireguard_keepalive},
+                            dns_domain=dns_domain)
     except ConfigError as exc:
         raise ConfigError(str(exc).replace("config: ", "--", 1).replace("_", "-").replace("wireguard.", "wireguard-")) from None
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)

@@ -60,6 +60,7 @@ class NetworkConfig:
     port: int = 4789
     bridge: str | None = None
     wireguard: dict = field(default_factory=dict)  # backend wireguard: port, keepalive, device, implementation
+    dns_domain: str = "crossnet.local"  # containers' DNS names: NAME.<dns_domain>
 
     def __post_init__(self) -> None:
         self.validate("config")
@@ -97,6 +98,12 @@ class NetworkConfig:
         problem = _wireguard_problem(self.wireguard)
         if problem:
             raise bad(*problem)
+        from crossnet.dns import domain_problem, normalize
+
+        why = domain_problem(self.dns_domain)
+        if why:
+            raise bad("dns_domain", why)
+        self.dns_domain = normalize(self.dns_domain)
 
     @property
     def bridge_name(self) -> str:
@@ -120,13 +127,15 @@ class NetworkConfig:
             "vxlan": {"vni": self.vni, "port": self.port},
             "bridge": self.bridge,
             **({"wireguard": dict(self.wireguard)} if self.wireguard else {}),
+            **({"dns_domain": self.dns_domain} if self.dns_domain != "crossnet.local" else {}),
         }
 
     @classmethod
     def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object")
-        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge", "wireguard"}
+        allowed = {"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu", "vxlan", "bridge", "wireguard",
+                   "dns_domain"}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
@@ -145,6 +154,7 @@ class NetworkConfig:
             port=vx.get("port", 4789),
             bridge=data.get("bridge"),
             wireguard=data.get("wireguard") or {},
+            dns_domain=data.get("dns_domain", "crossnet.local"),
         )
 
 
@@ -301,6 +311,15 @@ class Store(ABC):
         """host name -> the containers it published; None when the store has no such
         channel (the cluster file: peers' containers are unknown)."""
         return None
+
+    def containers_at(self) -> tuple[dict[str, list[dict[str, str]]] | None, int]:
+        """:meth:`containers` and the revision to watch from (:meth:`watch_containers`)."""
+        return self.containers(), 0
+
+    def watch_containers(self, since: int, stop: threading.Event) -> Iterator[int]:
+        """Revisions after ``since`` at which some host's published containers changed
+        (crossnet's DNS follows them). The default: no channel, nothing ever changes."""
+        return iter(())
 
     def interrupt_watch(self) -> None:
         """Break a blocked `watch` read from another thread (the agent's keepalive when the

@@ -361,8 +361,12 @@ class EtcdStore(Store):
             raise _unavailable(exc) from None
 
     def containers(self) -> dict[str, list[dict[str, str]]]:
+        return self.containers_at()[0]
+
+    def containers_at(self) -> tuple[dict[str, list[dict[str, str]]], int]:
+        """Every host's published containers and the store revision they were read at."""
         try:
-            kvs, _ = self.client.range(self.containers_prefix, prefix=True)
+            kvs, rev = self.client.range(self.containers_prefix, prefix=True)
         except EtcdError as exc:
             raise _unavailable(exc) from None
         out: dict[str, list[dict[str, str]]] = {}
@@ -373,7 +377,22 @@ class EtcdStore(Store):
                 continue
             if isinstance(data, dict):
                 out[kv.key[len(self.containers_prefix):]] = clean_containers(data.get("containers"))
-        return out
+        return out, rev
+
+    def watch_containers(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[int]:
+        """The revisions (after ``since``) at which some host's published containers
+        changed; ends after ``read_timeout`` idle seconds (the caller watches again)."""
+        try:
+            for events, rev in self.client.watch(self.containers_prefix, since, prefix=True,
+                                                 read_timeout=read_timeout):
+                if stop.is_set():
+                    return
+                if events:
+                    yield rev
+        except WatchCompacted as exc:
+            raise StoreUnavailable(f"watch: {exc}") from None
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
 
     # ------------------------------------------------------------------ watch
 

@@ -71,6 +71,7 @@ class StaticStore(Store):
             port=cluster.vxlan.port,
             bridge=cluster.bridge,
             wireguard=cluster.wireguard.model_dump() if cluster.backend == "wireguard" else {},
+            dns_domain=cluster.dns_domain,
         )
 
     def _records(self) -> list[HostRecord]:
