@@ -65,6 +65,8 @@ def runtime_name(spec: str, given: str | None) -> str | None:
 
 def domain_problem(domain: object) -> str | None:
     """Why ``domain`` cannot be crossnet's DNS domain (None: it can)."""
+    if isinstance(domain, str) and domain.endswith(".") and not domain.endswith(".."):
+        domain = domain[:-1]  # the root label
     why = _labels_problem(domain, MAX_DOMAIN)  # type: ignore[arg-type]
     if why is None and str(domain).lower().rstrip(".").endswith("in-addr.arpa"):
         return "must not be a reverse zone"

@@ -138,4 +138,12 @@ def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC) -> bool:
     return True
 
 
-__all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "served", "status_of", "write_info"]
+def remove_named(name: str, etc: str = NETNS_ETC) -> bool:
+    """Remove crossnet's resolv.conf of the named netns ``name`` (its namespace is being
+    deleted: `ip netns del` leaves /etc/netns/NAME in place)."""
+    if not name or "/" in name or name in (".", ".."):
+        return False
+    return remove({"resolv_conf": os.path.join(etc, name, "resolv.conf")}, etc=etc)
+
+
+__all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "write_info"]

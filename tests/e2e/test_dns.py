@@ -1,0 +1,264 @@
+"""Container DNS across hosts (issue 15), in a lab of 3 hosts on etcd (vxlan, one agent
+and one container per host, `lab up --store etcd`): every agent answers on its container
+gateway for every container of the cluster.
+
+The containers are re-attached with names (h1 and h2: "web", h3: "db") and the queries are
+real packets from the container namespaces to their host's gateway (a small dnslib client
+run in the container's namespace; busybox nslookup through /etc/netns/NAME/resolv.conf).
+The tests run in file order and each leaves the cluster as it found it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from crossnet import agentapi
+from tests.e2e.agentlab import LabCluster, module_factory, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
+
+HOSTS = ["h1", "h2", "h3"]
+NAMES = {"h1": "web", "h2": "web", "h3": "db"}
+DOMAIN = "crossnet.local"
+UPSTREAM_NAME = "far.upstream.test"
+UPSTREAM_ADDR = "192.0.2.99"
+
+QUERY = textwrap.dedent("""
+    import json, sys
+    from dnslib import DNSRecord
+    name, qtype, server, tcp = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "tcp"
+    q = DNSRecord.question(name, qtype)
+    r = DNSRecord.parse(q.send(server, 53, tcp=tcp, timeout=5))
+    print(json.dumps({"rcode": r.header.rcode, "aa": r.header.aa, "id_ok": r.header.id == q.header.id,
+                      "answers": [str(a.rdata) for a in r.rr]}))
+""")
+
+UPSTREAM = textwrap.dedent("""
+    import socket, sys
+    from dnslib import DNSRecord, RR, A, QTYPE
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((sys.argv[1], 53))
+    print("ready", flush=True)
+    while True:
+        data, peer = s.recvfrom(4096)
+        q = DNSRecord.parse(data)
+        r = q.reply(aa=0)
+        if str(q.q.qname).rstrip(".") == sys.argv[2]:
+            r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A(sys.argv[3]), ttl=30))
+        else:
+            r.header.rcode = 3
+        with open(sys.argv[4], "a") as fh:
+            fh.write(str(q.q.qname) + "\\n")
+        s.sendto(r.pack(), peer)
+""")
+
+
+@pytest.fixture(scope="module")
+def dns_lab(request, lab_sweep) -> LabCluster:
+    from crossnet.lab.etcdserver import etcd_available
+
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    lab = module_factory(request)(hosts=len(HOSTS), underlay="l2", backend="vxlan", containers=1,
+                                  extra={"store": "etcd", "ttl": 5})
+    cluster = LabCluster(lab, ttl=5)
+    cluster.load_containers()
+    assert sorted(cluster.containers) == HOSTS
+    for h in HOSTS:  # every agent serves DNS once it is ready
+        wait_for(lambda h=h: _served(cluster, h), 30, f"{h}'s dns.json")
+    for h in HOSTS:
+        name_container(cluster, h, NAMES[h])
+    return cluster
+
+
+def _served(cluster, h):
+    from crossnet.dns.resolv import served
+    from crossnet.state import StateDir
+
+    return served(StateDir(cluster.state(h)))
+
+
+def cont(cluster, h) -> str:
+    return cluster.host(h).containers[0]
+
+
+def gateway(cluster, h) -> str:
+    return _served(cluster, h)["listen"][0]
+
+
+def name_container(cluster, h, name) -> dict:
+    """`crossnet attach CONTAINER --name NAME` on host h (through its agent)."""
+    from tests.e2e.agentlab import crossnet_in
+
+    out = crossnet_in(cluster.host(h).netns, cluster.state(h), "attach", cont(cluster, h), "--name", name,
+                      "-o", "json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    cluster.containers[h] = data["address"]
+    return data
+
+
+def query(cluster, h, name, qtype="A", tcp=False, server=None) -> dict:
+    """One query from h's container to its host's DNS (real packets in the lab)."""
+    out = subprocess.run(["ip", "netns", "exec", cont(cluster, h), sys.executable, "-c", QUERY, name, qtype,
+                          server or gateway(cluster, h), "tcp" if tcp else "udp"],
+                         capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr[-800:]
+    data = json.loads(out.stdout)
+    assert data["id_ok"]
+    return data
+
+
+def addresses(cluster, h, name) -> set[str]:
+    return set(query(cluster, h, name)["answers"])
+
+
+def test_every_host_answers_for_every_container(dns_lab):
+    c = dns_lab
+    web = {c.containers["h1"], c.containers["h2"]}
+    for h in HOSTS:
+        wait_for(lambda h=h: addresses(c, h, f"web.{DOMAIN}") == web, 10, f"web on {h}")
+        assert addresses(c, h, f"db.{DOMAIN}") == {c.containers["h3"]}
+        r = query(c, h, f"DB.{DOMAIN}.", tcp=True)  # TCP too; names are case-insensitive
+        assert r["answers"] == [c.containers["h3"]] and r["aa"]
+        assert query(c, h, f"nobody.{DOMAIN}")["rcode"] == 3  # NXDOMAIN, never forwarded
+
+
+def test_same_name_round_robin(dns_lab):
+    c = dns_lab
+    firsts = [query(c, "h3", f"web.{DOMAIN}")["answers"][0] for _ in range(4)]
+    assert set(firsts) == {c.containers["h1"], c.containers["h2"]}
+
+
+def test_reverse_lookup(dns_lab):
+    c = dns_lab
+    from crossnet.dns import reverse_name
+
+    for h in HOSTS:
+        r = query(c, h, reverse_name(c.containers["h3"]), "PTR")
+        assert r["answers"] == [f"db.{DOMAIN}."], r
+    # an address of the container network nobody has: answered here, not forwarded
+    assert query(c, "h1", reverse_name("10.32.255.250"), "PTR")["rcode"] in (0, 3)
+
+
+def test_status_says_cluster_wide(dns_lab):
+    from tests.e2e.agentlab import crossnet_in
+
+    out = crossnet_in(dns_lab.host("h1").netns, dns_lab.state("h1"), "status", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    st = json.loads(out.stdout)["dns"]
+    assert st["served"] and st["scope"] == "cluster" and st["domain"] == DOMAIN
+    assert st["listen"] == [json.loads(out.stdout)["gateway"]]
+
+
+def test_named_netns_gets_resolv_conf_and_loses_it_at_detach(dns_lab):
+    """attach of a named netns wrote /etc/netns/NAME/resolv.conf (what `ip netns exec`
+    uses): busybox nslookup inside resolves a container of another host by name; detach
+    removes the file; attach again writes it again."""
+    from crossnet.dns import MARKER
+
+    c = dns_lab
+    name = cont(c, "h2")
+    path = f"/etc/netns/{name}/resolv.conf"
+    text = open(path).read()
+    assert text.startswith(MARKER) and f"nameserver {gateway(c, 'h2')}\n" in text and f"search {DOMAIN}" in text
+    busybox = shutil.which("busybox")
+    if busybox:
+        out = subprocess.run(["ip", "netns", "exec", name, busybox, "nslookup", f"db.{DOMAIN}"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode == 0 and c.containers["h3"] in out.stdout, out.stdout + out.stderr
+    res = agentapi.call(c.state("h2"), "POST", "/v1/detach", {"container": name})
+    assert res["detached"]
+    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+    name_container(c, "h2", "web")
+    assert open(path).read().startswith(MARKER)
+
+
+def test_detached_container_leaves_dns_on_every_host(dns_lab):
+    c = dns_lab
+    name = cont(c, "h3")
+    addr = c.containers["h3"]
+    t0 = time.monotonic()
+    res = agentapi.call(c.state("h3"), "POST", "/v1/detach", {"container": name})
+    assert res["detached"]
+    try:
+        for h in ["h1", "h2"]:  # the store watch: gone from every other host's answers (bound: generous)
+            wait_for(lambda h=h: query(c, h, f"db.{DOMAIN}")["rcode"] == 3, 10, f"db gone on {h}", interval=0.05)
+        took = time.monotonic() - t0
+        from crossnet.dns import reverse_name
+
+        assert query(c, "h1", reverse_name(addr), "PTR")["answers"] == []
+    finally:
+        name_container(c, "h3", "db")
+    print(f"db gone on every other host {took:.2f}s after detach")
+    wait_for(lambda: addresses(c, "h1", f"db.{DOMAIN}") == {c.containers["h3"]}, 10, "db back on h1")
+
+
+def test_other_names_forwarded_to_the_hosts_resolver(dns_lab, tmp_path):
+    """h1's /etc/resolv.conf (its /etc/netns/<h1 namespace>/resolv.conf, which `ip netns
+    exec` gives the agent) names a fake upstream running in h2's namespace: a name outside
+    crossnet's domain is forwarded there; crossnet's own names are not."""
+    c = dns_lab
+    h1ns, h2 = c.host("h1").netns, c.host("h2")
+    up_addr = str(h2.address)
+    etc = f"/etc/netns/{h1ns}"
+    seen = tmp_path / "upstream.log"
+    assert not os.path.exists(etc)
+    up = subprocess.Popen(["ip", "netns", "exec", h2.netns, sys.executable, "-c", UPSTREAM, up_addr, UPSTREAM_NAME,
+                           UPSTREAM_ADDR, str(seen)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert up.stdout.readline().strip() == "ready", up.stderr.read() if up.poll() is not None else ""
+        os.makedirs(etc)
+        with open(f"{etc}/resolv.conf", "w") as fh:
+            fh.write(f"nameserver {up_addr}\n")
+        c.stop("h1")
+        c.start("h1")
+        wait_for(lambda: _served(c, "h1") and _served(c, "h1")["upstreams"] == [up_addr], 30, "h1's dns forwarding")
+        r = wait_for(lambda: (q := query(c, "h1", UPSTREAM_NAME))["answers"] and q, 10, "forwarded answer")
+        assert r["answers"] == [UPSTREAM_ADDR] and not r["aa"]
+        assert query(c, "h1", "unknown.upstream.test")["rcode"] == 3  # upstream's NXDOMAIN passed on
+        assert query(c, "h1", f"nobody.{DOMAIN}")["rcode"] == 3
+        from crossnet.dns import reverse_name
+
+        query(c, "h1", reverse_name(c.containers["h2"]), "PTR")
+        asked = seen.read_text().split()
+        assert f"{UPSTREAM_NAME}." in asked
+        assert not [n for n in asked if DOMAIN in n or "in-addr.arpa" in n], asked  # never crossnet's own
+    finally:
+        up.kill()
+        up.wait(5)
+        shutil.rmtree(etc, ignore_errors=True)
+        c.stop("h1")
+        c.start("h1")
+    wait_for(lambda: _served(c, "h1") and _served(c, "h1")["upstreams"] != [up_addr], 30, "h1 back on its own resolvers")
+
+
+def test_lab_netns_removal_removes_crossnets_resolv_conf(tmp_path):
+    """`ip netns del` leaves /etc/netns/NAME behind: removing a lab namespace takes the
+    resolv.conf crossnet attach wrote with it (and nothing else)."""
+    import secrets
+
+    from crossnet.dns import resolv as dns_resolv
+    from crossnet.lab import netns as labns
+    from crossnet.state import StateDir
+
+    state = StateDir(tmp_path / "state")
+    dns_resolv.write_info(state, {"pid": os.getpid(), "domain": DOMAIN, "listen": ["10.32.0.1"], "scope": "host"})
+    name = f"fgdns{secrets.token_hex(3)}"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
+    try:
+        path = dns_resolv.install(state, f"/run/netns/{name}")
+        assert path == f"/etc/netns/{name}/resolv.conf" and os.path.exists(path)
+        assert labns.remove_netns(name)
+        assert not os.path.exists(os.path.dirname(path))
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
+        shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
