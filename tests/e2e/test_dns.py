@@ -262,3 +262,40 @@ def test_lab_netns_removal_removes_crossnets_resolv_conf(tmp_path):
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
         shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
+
+
+def test_cni_add_gives_the_resolver_and_the_pod_name(dns_lab):
+    """crossnet-cni ADD on h1 (through h1's agent): the result's dns names h1's DNS and
+    crossnet's domain; K8S_POD_NAME (with IgnoreUnknown, as podman sends it) becomes a
+    name every host answers; DEL takes it away everywhere."""
+    import secrets
+
+    c = dns_lab
+    h1 = c.host("h1")
+    ns = f"{c.lab.name}-k{secrets.token_hex(2)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni", "stateDir": h1.state_dir,
+                       "dns": {"nameservers": ["192.0.2.53"]}})
+
+    def cni(command):
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": f"dns-{ns}",
+               "CNI_NETNS": f"/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni",
+               "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=api",
+               "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+        out = subprocess.run(["ip", "netns", "exec", h1.netns, sys.executable, "-c",
+                              "from crossnet.cni.plugin import main; main()"], input=conf, env=env,
+                             capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        return json.loads(out.stdout) if out.stdout.strip() else None
+
+    try:
+        result = cni("ADD")
+        assert result["dns"] == {"nameservers": [gateway(c, "h1"), "192.0.2.53"], "search": [DOMAIN]}
+        addr = result["ips"][0]["address"].split("/")[0]
+        for h in HOSTS:
+            wait_for(lambda h=h: addresses(c, h, f"api.{DOMAIN}") == {addr}, 10, f"api on {h}")
+        cni("DEL")
+        for h in HOSTS:
+            wait_for(lambda h=h: query(c, h, f"api.{DOMAIN}")["rcode"] == 3, 10, f"api gone on {h}")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20, check=False)
