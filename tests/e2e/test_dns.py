@@ -299,3 +299,46 @@ def test_cni_add_gives_the_resolver_and_the_pod_name(dns_lab):
             wait_for(lambda h=h: query(c, h, f"api.{DOMAIN}")["rcode"] == 3, 10, f"api gone on {h}")
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20, check=False)
+
+
+@pytest.fixture(scope="module")
+def static_lab(request, lab_sweep):
+    """2 hosts on the cluster file (no store): the lab runs `crossnet dns serve` per host."""
+    c = _Static(module_factory(request)(hosts=2, underlay="l2", backend="vxlan", containers=1))
+    for h in ("h1", "h2"):
+        wait_for(lambda h=h: _served(c, h), 30, f"{h}'s dns serve")
+    return c
+
+
+class _Static:
+    """The few LabCluster helpers the queries need, on a lab without agents."""
+
+    def __init__(self, lab):
+        self.lab, self.plan, self.containers = lab, lab.plan, {}
+
+    def host(self, h):
+        return self.plan.host(h)
+
+    def state(self, h):
+        return self.host(h).state_dir
+
+
+def test_static_file_host_answers_for_its_own_containers(static_lab):
+    """No store: each host answers for its own containers only, and status says so."""
+    from tests.e2e.agentlab import crossnet_in
+
+    c = static_lab
+    name_container(c, "h1", "solo")
+    name_container(c, "h2", "other")
+    wait_for(lambda: addresses(c, "h1", f"solo.{DOMAIN}") == {c.containers["h1"]}, 10, "solo on h1")
+    assert query(c, "h1", f"other.{DOMAIN}")["rcode"] == 3  # h2's container: unknown on h1
+    wait_for(lambda: addresses(c, "h2", f"other.{DOMAIN}") == {c.containers["h2"]}, 10, "other on h2")
+    out = crossnet_in(c.host("h1").netns, c.state("h1"), "status", "-o", "json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["dns"]["scope"] == "host"
+    text = crossnet_in(c.host("h1").netns, c.state("h1"), "status").stdout
+    assert "this host's containers only" in text
+    assert os.path.exists(f"/etc/netns/{cont(c, 'h1')}/resolv.conf")
+    out = crossnet_in(c.host("h1").netns, c.state("h1"), "detach", cont(c, "h1"))
+    assert out.returncode == 0, out.stderr
+    assert not os.path.exists(f"/etc/netns/{cont(c, 'h1')}/resolv.conf")

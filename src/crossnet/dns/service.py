@@ -171,12 +171,22 @@ def start_for_agent(agent: Any) -> DnsService | None:
     return svc
 
 
-def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop: threading.Event) -> None:
-    """`crossnet dns serve`: this host's own containers, until ``stop``."""
+def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop: threading.Event,
+          wait: bool = False) -> None:
+    """`crossnet dns serve`: this host's own containers, until ``stop``. ``wait``: the host
+    may not be configured yet (the lab starts it before `apply`): wait for it."""
     from crossnet.backends.base import HostContext
     from crossnet.errors import CrossnetError
 
-    ctx = HostContext.applied(state)  # CrossnetError when not configured
+    while True:
+        try:
+            ctx = HostContext.applied(state)
+            break
+        except (CrossnetError, OSError, ValueError, KeyError):
+            if not wait:
+                raise
+            if stop.wait(0.5):
+                return
     if domain is None:  # what the agent last applied, else the default
         domain = ((state.load_applied() or {}).get("network_config") or {}).get("dns_domain") or DEFAULT_DOMAIN
     svc = DnsService(state, domain, [ctx.network], listen_addresses(ctx),
