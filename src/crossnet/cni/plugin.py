@@ -550,8 +550,9 @@ def build_result(req: Request, host: Host, att: Any, host_mac: str | None) -> di
     routes.append({"dst": "0.0.0.0/0", "gw": att.gateway})
     result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes}
     from crossnet.dns.resolv import cni_dns
+    from crossnet.state import StateDir
 
-    result["dns"] = cni_dns(host.state, req.conf.get("dns") or prev.get("dns"))  # crossnet's resolver first
+    result["dns"] = cni_dns(StateDir(req.state_dir), req.conf.get("dns") or prev.get("dns"))  # ours first
     return result
 
 
