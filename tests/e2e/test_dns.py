@@ -342,3 +342,26 @@ def test_static_file_host_answers_for_its_own_containers(static_lab):
     out = crossnet_in(c.host("h1").netns, c.state("h1"), "detach", cont(c, "h1"))
     assert out.returncode == 0, out.stderr
     assert not os.path.exists(f"/etc/netns/{cont(c, 'h1')}/resolv.conf")
+
+
+def test_container_whose_namespace_dies_leaves_dns_on_every_host(dns_lab):
+    """No detach: the named container's namespace is deleted. Its host's agent republishes
+    without it, and every host stops answering for it (bound: generous)."""
+    import secrets
+
+    c = dns_lab
+    ns = f"{c.lab.name}-d{secrets.token_hex(2)}"
+    subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+    try:
+        att = agentapi.call(c.state("h2"), "POST", "/v1/attach", {"container": ns, "name": "ephemeral"})
+        for h in HOSTS:
+            wait_for(lambda h=h: addresses(c, h, f"ephemeral.{DOMAIN}") == {att["address"]}, 10, f"ephemeral on {h}")
+        t0 = time.monotonic()
+        subprocess.run(["ip", "netns", "del", ns], check=True, timeout=20)
+        for h in HOSTS:
+            wait_for(lambda h=h: query(c, h, f"ephemeral.{DOMAIN}")["rcode"] == 3, 15, f"ephemeral gone on {h}",
+                     interval=0.05)
+        print(f"dead container gone on every host {time.monotonic() - t0:.2f}s after its namespace")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20, check=False)
+        agentapi.call(c.state("h2"), "POST", "/v1/gc", {})
