@@ -13,6 +13,7 @@ The wire format is dnslib's.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -284,6 +285,9 @@ class DnsServer:
 
     def stop(self) -> None:
         self.stop_event.set()
+        for s in self._socks:  # wakes the threads blocked in recvfrom/accept
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
         for th in self._threads:
             th.join(timeout=2)
         for s in self._socks:

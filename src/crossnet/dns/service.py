@@ -14,8 +14,10 @@ start (never crossnet's own listen addresses, never crossnet's domain or reverse
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +78,7 @@ class DnsService:
         self.error: str | None = None
         self.updated_at: float | None = None
         self._thread: threading.Thread | None = None
+        self._conn: Any = None  # the store watch's connection
 
     def start(self) -> None:
         try:
@@ -91,8 +94,20 @@ class DnsService:
         log.info("dns: serving %s on %s port %d (%s), forwarding other names to %s", self.domain,
                  ", ".join(self.listen), self.server.port, self.scope, ", ".join(self.upstreams) or "nobody")
 
+    def _opened(self, conn: Any) -> None:
+        self._conn = conn
+        if self.stop_event.is_set():
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        sock = getattr(self._conn, "sock", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def stop(self) -> None:
         self.stop_event.set()
+        self._interrupt()  # a watch blocked reading etcd returns now
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.server.stop()
@@ -129,7 +144,7 @@ class DnsService:
                     continue
                 since = self.revision() + 1
                 self._refresh_logged()
-                for _rev in self.watch(since, self.stop_event):
+                for _rev in self.watch(since, self.stop_event, self._opened):
                     self._refresh_logged()
                     if self.stop_event.is_set():
                         return

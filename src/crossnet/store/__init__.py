@@ -316,9 +316,10 @@ class Store(ABC):
         """:meth:`containers` and the revision to watch from (:meth:`watch_containers`)."""
         return self.containers(), 0
 
-    def watch_containers(self, since: int, stop: threading.Event) -> Iterator[int]:
+    def watch_containers(self, since: int, stop: threading.Event, on_open: Any = None) -> Iterator[int]:
         """Revisions after ``since`` at which some host's published containers changed
-        (crossnet's DNS follows them). The default: no channel, nothing ever changes."""
+        (crossnet's DNS follows them); ``on_open(conn)`` gets the watch's connection. The
+        default: no channel, nothing ever changes."""
         return iter(())
 
     def interrupt_watch(self) -> None:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from crossnet.errors import ConfigError
 from crossnet.store import (
@@ -379,12 +380,14 @@ class EtcdStore(Store):
                 out[kv.key[len(self.containers_prefix):]] = clean_containers(data.get("containers"))
         return out, rev
 
-    def watch_containers(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[int]:
+    def watch_containers(self, since: int, stop: threading.Event, on_open: Any = None,
+                         read_timeout: float = 30.0) -> Iterator[int]:
         """The revisions (after ``since``) at which some host's published containers
-        changed; ends after ``read_timeout`` idle seconds (the caller watches again)."""
+        changed; ends after ``read_timeout`` idle seconds (the caller watches again).
+        ``on_open(conn)``: the watch's connection (to break a blocked read when stopping)."""
         try:
             for events, rev in self.client.watch(self.containers_prefix, since, prefix=True,
-                                                 read_timeout=read_timeout):
+                                                 read_timeout=read_timeout, on_open=on_open):
                 if stop.is_set():
                     return
                 if events:
