@@ -317,3 +317,21 @@ def test_agent_api_refuses_a_bad_name():
     with pytest.raises(BadRequest, match="^name: "):
         check_body("/v1/attach", {"id": "x", "netns": "/run/netns/x", "name": "a b"})
     check_body("/v1/attach", {"id": "x", "netns": "/run/netns/x", "name": "web"})
+
+
+def test_etcd_init_and_launch_refuse_a_bad_domain(tmp_path):
+    """Checked before anything is contacted or created: one line naming the option, exit 2."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crossnet", "etcd", "init", "--etcd", "http://192.0.2.1:2379",
+                          "--network", "10.32.0.0/16", "--dns-domain", "a b"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "CROSSNET_STATE_DIR": str(tmp_path / "s")})
+    assert out.returncode == 2 and out.stderr.startswith("crossnet: error: --dns-domain: "), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    from crossnet.mesh.launch import launch_first
+
+    with pytest.raises(ConfigError, match="^--dns-domain: "):
+        launch_first(str(tmp_path / "m"), "h1", "eth0", "192.0.2.1", "10.32.0.0/12", 24, "vxlan", 1, 30,
+                     spawn=False, dns_domain="-bad-")
+    assert not (tmp_path / "m").exists()
