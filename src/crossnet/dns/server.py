@@ -112,6 +112,64 @@ def local_answer(table: Table, query: DNSRecord, rr: RoundRobin) -> DNSRecord | 
     return reply
 
 
+_HEADER = struct.Struct("!HHHHHH")
+_A_RR = struct.pack("!HHHIH", 0xC00C, QTYPE.A, 1, TTL, 4)  # name: pointer to the question's
+_FLAGS_ANSWER = 0x8000 | 0x0400 | 0x0080  # QR, AA, RA
+
+
+def fast_answer(table: Table, data: bytes, rr: RoundRobin) -> bytes | None:
+    """The answer to the common query — one IN A or AAAA question for a name of
+    crossnet's domain, no EDNS option beyond a bare OPT record — packed by hand (the
+    general path costs ~180 µs of dnslib per query, this ~15 µs). None: anything else,
+    for :func:`parse_query` and :func:`local_answer` (tests/unit/test_dns.py checks both
+    give the same answers)."""
+    n = len(data)
+    if n < 17 or n > MAX_QUERY:
+        return None
+    ident, flags, qd, an, ns, ar = _HEADER.unpack_from(data)
+    if flags & 0xF800 or qd != 1 or an or ns or ar > 1:  # a response, another opcode, odd counts
+        return None
+    pos, labels = 12, []
+    while True:
+        if pos >= n:
+            return None
+        size = data[pos]
+        if size == 0:
+            pos += 1
+            break
+        label = data[pos + 1:pos + 1 + size]
+        if size > 63 or len(label) != size or b"." in label:  # compression pointer, cut short, escaped dot
+            return None
+        labels.append(label)
+        pos += 1 + size
+        if pos > 12 + 255:
+            return None
+    end = pos + 4
+    if end > n:
+        return None
+    qtype, qclass = struct.unpack_from("!HH", data, pos)
+    if ar:  # only a bare OPT record (root name, type 41) that ends the message
+        if n < end + 11 or data[end] != 0 or struct.unpack_from("!H", data, end + 1)[0] != QTYPE.OPT:
+            return None
+        if end + 11 + struct.unpack_from("!H", data, end + 9)[0] != n:
+            return None
+    elif end != n:
+        return None
+    if qclass != 1 or qtype not in (QTYPE.A, QTYPE.AAAA):
+        return None
+    try:
+        name = b".".join(labels).decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    if not table.authoritative(name) or name.endswith("in-addr.arpa"):
+        return None
+    addrs = rr.order(table.addresses(name))[:MAX_ANSWERS] if qtype == QTYPE.A else []
+    rcode = RCODE.NOERROR if addrs or table.exists(name) else RCODE.NXDOMAIN
+    out = _HEADER.pack(ident, _FLAGS_ANSWER | (flags & 0x0100) | rcode, 1, len(addrs), 0, 0) + bytes(data[12:end])
+    out += b"".join(_A_RR + a.packed for a in addrs)
+    return out if len(out) <= UDP_PLAIN else None
+
+
 def parse_query(data: bytes) -> tuple[DNSRecord | None, bytes | None]:
     """(the query, None) or (None, the error reply to send — None: send nothing)."""
     if len(data) > MAX_QUERY:
@@ -243,6 +301,10 @@ class DnsServer:
         """The reply bytes to one query (``limit``: UDP size or None for TCP), computed
         here or by the forwarder (blocking: callers on the UDP thread use :meth:`_udp_one`)."""
         self.stats["queries"] += 1
+        fast = fast_answer(self.table, data, self.rr)
+        if fast is not None:
+            self.stats["answered"] += 1
+            return fast
         query, err = parse_query(data)
         if query is None:
             self.stats["dropped"] += err is None
@@ -311,8 +373,13 @@ class DnsServer:
                 log.exception("dns: answering a UDP query")
 
     def _udp_one(self, sock: socket.socket, data: bytes, peer) -> None:
-        query, err = parse_query(data)
         self.stats["queries"] += 1
+        fast = fast_answer(self.table, data, self.rr)
+        if fast is not None:
+            self.stats["answered"] += 1
+            sock.sendto(fast, peer)
+            return
+        query, err = parse_query(data)
         if query is None:
             self.stats["dropped"] += err is None
             if err is not None:
@@ -382,4 +449,4 @@ class DnsServer:
             self._tcp_slots.release()
 
 
-__all__ = ["DnsServer", "Forwarder", "local_answer", "parse_query", "tcp_exchange", "udp_exchange"]
+__all__ = ["DnsServer", "Forwarder", "fast_answer", "local_answer", "parse_query", "tcp_exchange", "udp_exchange"]
