@@ -257,6 +257,7 @@ def test_lab_netns_removal_removes_crossnets_resolv_conf(tmp_path):
 
     state = StateDir(tmp_path / "state")
     dns_resolv.write_info(state, {"pid": os.getpid(), "domain": DOMAIN, "listen": ["10.32.0.1"], "scope": "host"})
+    held = dns_resolv.hold(state)  # as the server does
     name = f"fgdns{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
     try:
@@ -265,6 +266,7 @@ def test_lab_netns_removal_removes_crossnets_resolv_conf(tmp_path):
         assert labns.remove_netns(name)
         assert not os.path.exists(os.path.dirname(path))
     finally:
+        os.close(held)
         subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=20, check=False)
         shutil.rmtree(f"/etc/netns/{name}", ignore_errors=True)
 

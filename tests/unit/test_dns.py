@@ -234,11 +234,37 @@ def test_resolv_conf_upstreams():
 
 
 # ---- what containers are told ----------------------------------------------------------
-def served_state(tmp_path, pid=None) -> StateDir:
+HELD: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _let_go():
+    yield
+    while HELD:
+        os.close(HELD.pop())
+
+
+def served_state(tmp_path, alive=True) -> StateDir:
+    """A state dir whose DNS is served (the serving lock held by this process) or whose
+    server died (its dns.json left behind, the lock free)."""
     state = StateDir(tmp_path / "state")
-    dns_resolv.write_info(state, {"pid": pid or os.getpid(), "domain": "crossnet.local", "listen": ["10.32.0.1"],
+    dns_resolv.write_info(state, {"pid": os.getpid(), "domain": "crossnet.local", "listen": ["10.32.0.1"],
                                   "scope": "cluster", "upstreams": [], "names": 2, "port": 53})
+    fd = dns_resolv.hold(state)
+    if alive:
+        HELD.append(fd)
+    else:
+        os.close(fd)
     return state
+
+
+def test_one_server_per_state_dir(tmp_path):
+    state = served_state(tmp_path)
+    with pytest.raises(BlockingIOError):
+        dns_resolv.hold(state)
+    os.close(HELD.pop())
+    assert dns_resolv.served(state) is None  # let go: a dead server's file is not believed
+    os.close(dns_resolv.hold(state))
 
 
 def test_cni_dns(tmp_path):
@@ -248,7 +274,7 @@ def test_cni_dns(tmp_path):
     assert dns_resolv.cni_dns(state, None) == {"nameservers": ["10.32.0.1"], "search": ["crossnet.local"]}
     assert dns_resolv.status_of(state)["served"] is True
     # a dead server's file: nothing served, the configuration's dns as it was
-    dead = served_state(tmp_path / "d", pid=2**22 + 12345)
+    dead = served_state(tmp_path / "d", alive=False)
     assert dns_resolv.cni_dns(dead, {"nameservers": ["8.8.8.8"]}) == {"nameservers": ["8.8.8.8"]}
     assert dns_resolv.status_of(dead)["served"] is False
 

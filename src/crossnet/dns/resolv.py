@@ -11,13 +11,14 @@ file crossnet wrote (its first line is :data:`crossnet.dns.MARKER`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from crossnet.dns import MARKER, resolv_conf_text
-from crossnet.state import StateDir, write_text_atomic
+from crossnet.state import StateDir, lock_fd, write_text_atomic
 
 NETNS_ETC = "/etc/netns"
 NETNS_RUN = ("/run/netns", "/var/run/netns")
@@ -36,16 +37,28 @@ def remove_info(state: StateDir) -> None:
         os.unlink(info_path(state))
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
+def lock_path(state: StateDir) -> Path:
+    """Held (flock) by the process that serves this host's DNS for as long as it does."""
+    return Path(state.root) / "dns.lock"
+
+
+def hold(state: StateDir) -> int:
+    """Take the serving lock (the descriptor: close it to let go); BlockingIOError when
+    another process serves this state dir already (the agent and `dns serve`, say)."""
+    return lock_fd(lock_path(state), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _held(state: StateDir) -> bool:
+    if not lock_path(state).exists():
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        fd = lock_fd(lock_path(state), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    except OSError:
+        return False
+    os.close(fd)
+    return False
 
 
 def served(state: StateDir) -> dict[str, Any] | None:
@@ -56,7 +69,7 @@ def served(state: StateDir) -> dict[str, Any] | None:
             info = json.load(fh)
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or not _alive(info.get("pid")):
+    if not isinstance(info, dict) or not _held(state):  # a server that died left its file
         return None
     if not isinstance(info.get("listen"), list) or not isinstance(info.get("domain"), str):
         return None

@@ -79,13 +79,22 @@ class DnsService:
         self.updated_at: float | None = None
         self._thread: threading.Thread | None = None
         self._conn: Any = None  # the store watch's connection
+        self._lock: int | None = None  # dns.lock, held while serving
 
     def start(self) -> None:
+        """OSError when it cannot listen, BlockingIOError when another process already
+        serves this host's DNS (nothing is left running then)."""
+        self._lock = dns_resolv.hold(self.state)
         try:
             self.refresh()
         except Exception as exc:  # noqa: BLE001 - the store is down: the loop retries
             self.error = str(exc)
-        self.server.start()
+        try:
+            self.server.start()
+        except OSError:
+            os.close(self._lock)
+            self._lock = None
+            raise
         self._thread = threading.Thread(target=self._loop, name="dns-table", daemon=True)
         self._thread.start()
         if self.tick is not None:
@@ -112,6 +121,9 @@ class DnsService:
             self._thread.join(timeout=5)
         self.server.stop()
         dns_resolv.remove_info(self.state)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def refresh(self) -> None:
         hosts = self.read()
@@ -194,6 +206,9 @@ def start_for_agent(agent: Any) -> DnsService | None:
                      tick=(lambda: agent.containers_changed(wait=0)) if channel else None)
     try:
         svc.start()
+    except BlockingIOError:
+        log.error("dns: another process serves this host's DNS (crossnet dns serve?); the agent does not")
+        return None
     except OSError as exc:
         log.error("dns: cannot listen on %s: %s; no DNS on this host", ", ".join(svc.listen), exc.strerror or exc)
         return None
@@ -222,6 +237,9 @@ def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop
                      lambda: local_containers(state), port=port, resolv_conf=resolv_conf, scope="host")
     try:
         svc.start()
+    except BlockingIOError:
+        raise CrossnetError("dns: this host's DNS is served already (by the agent or another crossnet dns serve)"
+                            ) from None
     except OSError as exc:
         raise CrossnetError(f"dns: cannot listen on {', '.join(svc.listen)} port {port}: "
                             f"{exc.strerror or exc}") from None
