@@ -372,3 +372,16 @@ def test_container_whose_namespace_dies_leaves_dns_on_every_host(dns_lab):
     finally:
         subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20, check=False)
         agentapi.call(c.state("h2"), "POST", "/v1/gc", {})
+
+
+def test_bridge_backend_serves_on_the_hosts_lan_address(request, lab_sweep):
+    """Backend bridge (containers on the LAN): the host's DNS listens on its own LAN
+    address, and its containers resolve each other there."""
+    from tests.e2e.agentlab import crossnet_in
+
+    c = _Static(module_factory(request)(hosts=1, underlay="l2", backend="bridge", containers=1))
+    st = json.loads(crossnet_in(c.host("h1").netns, c.state("h1"), "status", "-o", "json").stdout)
+    wait_for(lambda: _served(c, "h1"), 30, "h1's dns serve")
+    assert _served(c, "h1")["listen"] == [st["address"]]
+    name_container(c, "h1", "lan")
+    wait_for(lambda: addresses(c, "h1", f"lan.{DOMAIN}") == {c.containers["h1"]}, 10, "lan on h1")

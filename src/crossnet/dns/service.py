@@ -212,6 +212,9 @@ def start_for_agent(agent: Any) -> DnsService | None:
     except OSError as exc:
         log.error("dns: cannot listen on %s: %s; no DNS on this host", ", ".join(svc.listen), exc.strerror or exc)
         return None
+    except Exception:  # noqa: BLE001 - DNS never takes the agent (the data plane) down with it
+        log.exception("dns: not started")
+        return None
     return svc
 
 
