@@ -310,8 +310,8 @@ def test_cni_add_gives_the_resolver_and_the_pod_name(dns_lab):
 
 @pytest.fixture(scope="module")
 def static_lab(request, lab_sweep):
-    """2 hosts on the cluster file (no store): the lab runs `crossnet dns serve` per host."""
-    c = _Static(module_factory(request)(hosts=2, underlay="l2", backend="vxlan", containers=1))
+    """2 hosts on the cluster file (no store), `lab up --dns`: `crossnet dns serve` per host."""
+    c = _Static(module_factory(request)(hosts=2, underlay="l2", backend="vxlan", containers=1, extra={"dns": True}))
     for h in ("h1", "h2"):
         wait_for(lambda h=h: _served(c, h), 30, f"{h}'s dns serve")
     return c
@@ -379,7 +379,7 @@ def test_bridge_backend_serves_on_the_hosts_lan_address(request, lab_sweep):
     address, and its containers resolve each other there."""
     from tests.e2e.agentlab import crossnet_in
 
-    c = _Static(module_factory(request)(hosts=1, underlay="l2", backend="bridge", containers=1))
+    c = _Static(module_factory(request)(hosts=1, underlay="l2", backend="bridge", containers=1, extra={"dns": True}))
     st = json.loads(crossnet_in(c.host("h1").netns, c.state("h1"), "status", "-o", "json").stdout)
     wait_for(lambda: _served(c, "h1"), 30, "h1's dns serve")
     assert _served(c, "h1")["listen"] == [st["address"]]

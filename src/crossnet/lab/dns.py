@@ -1,6 +1,7 @@
-"""Lab service ``dns``: in a lab on the cluster file (no store, no agent), `crossnet dns
-serve` in every host namespace — each host answers for its own containers (docs/dns.md).
-Labs on etcd or the mesh need nothing: their agents serve DNS themselves."""
+"""Lab service ``dns`` (`lab up --dns`, extra ``{"dns": true}``): in a lab on the cluster
+file (no store, no agent), `crossnet dns serve` in every host namespace — each host
+answers for its own containers (docs/dns.md). Labs on etcd or the mesh need nothing:
+their agents serve DNS themselves."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from crossnet.lab.services import HostService, host_env, register_service
 
 
 def _enabled(plan) -> bool:
-    return (plan.extra or {}).get("store") in (None, "", "static")
+    extra = plan.extra or {}
+    return bool(extra.get("dns")) and extra.get("store") in (None, "", "static")
 
 
 def _pid_path(plan, host) -> Path:
