@@ -411,3 +411,14 @@ def test_fast_answer_declines_odd_queries(wire):
     from crossnet.dns.server import fast_answer
 
     assert fast_answer(table(), wire, RoundRobin()) is None
+
+
+def test_store_keeps_only_dns_names():
+    """Published and read container entries carry a name only when DNS may serve it."""
+    from crossnet.store import clean_containers
+
+    got = clean_containers([{"id": "a", "address": "10.32.0.2", "name": "web"},
+                            {"id": "b", "address": "10.32.0.3", "name": "bad name;rm"},
+                            {"id": "c", "address": "10.32.0.4", "name": 7}])
+    assert got == [{"id": "a", "address": "10.32.0.2", "name": "web"}, {"id": "b", "address": "10.32.0.3"},
+                   {"id": "c", "address": "10.32.0.4"}]

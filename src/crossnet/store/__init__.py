@@ -331,7 +331,11 @@ class Store(ABC):
 
 
 def clean_containers(items: Any) -> list[dict[str, str]]:
-    """Keep the well-formed container entries (id, IPv4 address, optional name), sorted by id."""
+    """Keep the well-formed container entries (id, IPv4 address, optional name), sorted by
+    id. A name that is not a DNS name (crossnet.dns.name_problem) is dropped, the entry kept:
+    what is published and what is read from the store only carries names DNS may serve."""
+    from crossnet.dns import name_problem
+
     out = []
     for c in items if isinstance(items, list) else []:
         if not isinstance(c, dict) or not c.get("id") or not c.get("address"):
@@ -341,7 +345,7 @@ def clean_containers(items: Any) -> list[dict[str, str]]:
         except ValueError:
             continue
         item = {"id": str(c["id"]), "address": addr}
-        if c.get("name"):
+        if c.get("name") and name_problem(c["name"]) is None:
             item["name"] = str(c["name"])
         out.append(item)
     return sorted(out, key=lambda c: (c["id"], c["address"]))
