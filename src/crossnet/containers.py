@@ -19,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet.netlink import iproute as nl
 from crossnet.netlink import raw as nlraw
 from crossnet.backends.base import Backend, HostContext
+from crossnet.dns import resolv as dns_resolv
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.ipam import AddressPool
 from crossnet.plan.env import Env
@@ -539,6 +540,7 @@ def gc(state: StateDir, ctx: HostContext, backend: Backend, dry_run: bool = Fals
             item["collected"] = pool.release_if(key, alloc, before=remove) is not None
             if not item["collected"]:
                 continue
+            dns_resolv.remove(alloc.meta)
         out.append(item)
     return out
 
@@ -564,6 +566,8 @@ def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: st
     released = pool.release(container_id)
     if released is None and not removed:
         return None
+    if released is not None:
+        dns_resolv.remove(released.meta)  # /etc/netns/NAME/resolv.conf, if attach wrote it
     return {"id": container_id, "address": str(released.address) if released else None, "host_if": host_if}
 
 
@@ -576,6 +580,18 @@ def detach_all(state: StateDir, ctx: HostContext, backend: Backend, env: Env) ->
         if res:
             out.append(res)
     return out
+
+
+def name_and_resolver(state: StateDir, ctx: HostContext, att: Attachment, name: str | None) -> None:
+    """After `crossnet attach`: record the container's DNS name (``--name``, or the
+    runtime's) and give a named netns crossnet's resolver (/etc/netns/NAME/resolv.conf,
+    when this host serves DNS and there is none): docs/dns.md."""
+    update: dict[str, Any] = {"name": name} if name else {}
+    path = dns_resolv.install(state, att.netns)
+    if path:
+        update["resolv_conf"] = path
+    if update:
+        pool_for(state, ctx).update_meta(att.id, update)
 
 
 def list_containers(state: StateDir) -> list[dict[str, Any]]:

@@ -168,6 +168,7 @@ class NetworkSettings(BaseModel):
     vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
     wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
     auto: AutoSpec = Field(default_factory=AutoSpec)
+    dns_domain: str = "crossnet.local"  # containers' names: NAME.<dns_domain> (docs/dns.md)
 
     @classmethod
     def backend_problem(cls, value: str) -> str | None:
@@ -183,6 +184,16 @@ class NetworkSettings(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _check_dns_domain(cls, value: str) -> str:
+        from crossnet.dns import domain_problem, normalize
+
+        why = domain_problem(value)
+        if why:
+            raise ValueError(why)
+        return normalize(value)
 
     @field_validator("name")
     @classmethod
@@ -302,6 +313,7 @@ class NetworkConfig(NetworkSettings):
             "bridge": self.bridge,
             **({"wireguard": wireguard} if wireguard else {}),
             **({"auto": auto} if auto else {}),
+            **({"dns_domain": self.dns_domain} if self.dns_domain != "crossnet.local" else {}),
         }
 
     @classmethod

@@ -46,7 +46,7 @@ from crossnet.unixhttp import UnixHTTPConnection, short_path
 
 
 class Agent(Protocol):
-    """What the API needs from the agent it serves (crossnet.agent.Agent is one; the
+    """What the API needs from the agent it serves (crossnet.agent.core.Agent is one; the
     API does not import the agent module, so the dependency goes one way)."""
 
     state: StateDir
@@ -257,7 +257,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 # the fields each POST takes (anything else is refused, naming it)
 FIELDS = {
-    "/v1/attach": ("container", "id", "netns", "ip", "ifname", "netns_id"),
+    "/v1/attach": ("container", "id", "netns", "ip", "ifname", "netns_id", "name"),
     "/v1/detach": ("container", "id", "netns", "netns_id"),
     "/v1/cni": ("environ", "stdin", "netns", "code", "target"),
     "/v1/gc": ("dry_run",),
@@ -310,6 +310,12 @@ def check_body(path: str, body: dict) -> None:
         raise BadRequest('give either "container" or "id", not both')
     if "netns" in body and "id" not in body:
         raise BadRequest('netns: goes with "id" (a "container" spec names its namespace itself)')
+    if "name" in body:  # the container's DNS name (docs/dns.md)
+        from crossnet.dns import name_problem
+
+        problem = name_problem(body["name"])
+        if problem:
+            raise BadRequest(f"name: invalid container name {body['name'][:40]!r}: {problem}")
     if "ifname" in body:
         from crossnet.cni.plugin import ifname_problem
 
@@ -376,6 +382,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         ctx, backend = _context(state)
         att = containers.attach(state, ctx, backend, cid, netns, requested=body.get("ip"),
                                 ifname=str(body.get("ifname") or "eth0"))
+        containers.name_and_resolver(state, ctx, att, body.get("name"))
         _containers_changed(agent)
         return 200, att.to_json()
     if method == "POST" and path == "/v1/detach":

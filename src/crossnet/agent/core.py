@@ -110,6 +110,7 @@ class Agent:
         self.backend: Backend | None = None
         self.lease: SubnetLease | None = None
         self.ctx: HostContext | None = None
+        self.dns: Any = None  # crossnet.dns.service.DnsService once started
         self.name = ""
         self.address: IPv4Address | None = None
         self.iface = ""
@@ -705,6 +706,9 @@ class Agent:
         if self.transports:
             self._start_thread("transport", self.transports.run)
         self.containers_changed(wait=0)
+        from crossnet.dns.service import start_for_agent
+
+        self.dns = start_for_agent(self)  # names of the cluster's containers (docs/dns.md)
         log.info("ready")
         while not self.stop.is_set():
             try:
@@ -836,6 +840,9 @@ class Agent:
         for t in self._threads:
             t.join(timeout=10)
         self._threads = []
+        if self.dns is not None:
+            self.dns.stop()
+            self.dns = None
 
     def _release(self) -> None:
         from crossnet.host import reset

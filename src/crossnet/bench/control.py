@@ -398,6 +398,18 @@ def bench_agent(rc: RunContext, hosts: int = 20, joins: int = 10) -> dict[str, A
         return {"status": "failed", "reason": clean_error(exc)}
 
 
+def bench_dns(rc: RunContext) -> dict[str, Any]:
+    """Container DNS: query latency at 1,000/s, and how fast a change reaches another host."""
+    from crossnet.bench import dnsbench
+
+    try:
+        return dnsbench.run(rc, queries=1000 if rc.quick else 3000, changes=3 if rc.quick else 5)
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "failed", "reason": clean_error(exc)}
+
+
 # ---------------------------------------------------------------- suite
 
 
@@ -418,8 +430,9 @@ def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_size
                                                                         "reason": "disabled (--podman-runs 0)"}
     res["agent"] = bench_agent(rc, agent_hosts, agent_joins) if agent else {
         "status": "skipped", "reason": "disabled for this run"}
+    res["dns"] = bench_dns(rc) if agent else {"status": "skipped", "reason": "disabled for this run (with the agent)"}
     res["elapsed_s"] = round(time.monotonic() - t0, 1)
     return res
 
 
-__all__ = ["run", "bench_attach", "bench_peers", "bench_cni", "bench_podman", "bench_agent"]
+__all__ = ["run", "bench_attach", "bench_peers", "bench_cni", "bench_podman", "bench_agent", "bench_dns"]

@@ -167,6 +167,22 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_t("agent-p95", what, "≤ 1 s", None, "s", None,
                       status=f"{ag.get('status', 'not measured')}: {ag.get('reason', '')}"))
+    dn = cp.get("dns") or {}
+    what = "DNS: query p99 at 1,000 queries/s from a container on the same host"
+    if dn.get("status") == "ok" and (dn.get("query_ms") or {}).get("n"):
+        v = dn["query_ms"]["p99"]
+        out.append(_t("dns-p99", what, "≤ 2 ms", v, "ms", v <= 2.0, _pct_short(v, 2.0, False),
+                      f"{dn['query_ms']['n']} queries at {dn.get('rate_qps')}/s, p50 {dn['query_ms']['p50']} ms, "
+                      f"{dn.get('lost')} lost"))
+        v = dn["change_max_s"]
+        out.append(_t("dns-change", "DNS: a container change visible on another host (slowest of attach and detach)",
+                      "≤ 2 s", v, "s", v <= 2.0, _pct_short(v, 2.0, False),
+                      f"attach p50 {dn['appear_s']['p50']} s, detach p50 {dn['gone_s']['p50']} s "
+                      f"({dn['appear_s']['n']} each)"))
+    else:
+        for tid in ("dns-p99", "dns-change"):
+            out.append(_t(tid, "DNS", "≤ 2 ms" if tid == "dns-p99" else "≤ 2 s", None, "ms" if tid == "dns-p99"
+                          else "s", None, status=f"{dn.get('status', 'not measured')}: {dn.get('reason', '')}"))
     return out
 
 

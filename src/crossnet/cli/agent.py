@@ -55,10 +55,13 @@ def etcd_group() -> None:
 @click.option("--wireguard-keepalive", type=int, default=0, show_default=True,
               help="WireGuard persistent keepalive in seconds, 0 = off (backend wireguard).")
 @click.option("--encrypt", is_flag=True, help="Backend auto: every peer over WireGuard (docs/transport.md).")
+@click.option("--dns-domain", default="crossnet.local", show_default=True,
+              help="Containers' DNS names are NAME.<this domain> (docs/dns.md).")
 @click.option("--force", is_flag=True, help="Replace a different existing config (restart the agents after).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
-              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, force, output) -> None:
+              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, dns_domain, force,
+              output) -> None:
     """Write the cluster's network config to etcd (once; idempotent)."""
     from crossnet.store import NetworkConfig
 
@@ -66,7 +69,7 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
         return "--" + field.removeprefix("vxlan.").removeprefix("auto.").replace("wireguard.", "wireguard-").replace("_", "-")
 
     cfg = NetworkConfig.parse({"network": network, "backend": backend, "subnet_len": subnet_len, "name": cluster_name,
-                               "ttl": ttl, "masquerade": masquerade, "mtu": mtu, "vxlan": {"vni": vni, "port": port},
+                               "ttl": ttl, "masquerade": masquerade, "dns_domain": dns_domain, "mtu": mtu, "vxlan": {"vni": vni, "port": port},
                                "wireguard": {"port": wireguard_port, "keepalive": wireguard_keepalive},
                                **({"auto": {"encrypt": True}} if encrypt else {})},
                               source="", label=option)

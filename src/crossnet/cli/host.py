@@ -196,9 +196,11 @@ def reset(ctx: click.Context, output: str) -> None:
 @click.option("--ip", "ip", callback=_ip_option, help="Ask for this address (must be inside this host's subnet and free).")
 @click.option("--ifname", default="eth0", show_default=True, callback=_ifname_option,
               help="Interface name inside the container.")
+@click.option("--name", "name", help="The container's DNS name (NAME.crossnet.local; default: podman:/docker: "
+                                     "the container's name).")
 @OUTPUT
 @click.pass_context
-def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, output: str) -> None:
+def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name: str | None, output: str) -> None:
     """Connect CONTAINER to the cluster network.
 
     CONTAINER is a netns name (`ip netns list`), a netns path, `pid:N`,
@@ -210,16 +212,21 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, outp
     from crossnet.host import load_context
     from crossnet.runtime.spec import resolve
 
+    from crossnet.dns import runtime_name
+
+    name = runtime_name(container, name)  # ConfigError naming --name
     cid, path = resolve(container)
     _check_requested_ip(ip, _state(ctx))
     # never the host's own namespace (checked here, in the agent and in containers.attach);
     # its identity goes to the agent, which refuses a path it resolves differently
     ident = containers.check_target(path, f"CONTAINER {container!r}")
-    data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname,
+    data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname, "name": name,
                                               **({"netns_id": list(ident)} if ident else {})})
     if data is None:
         hctx, backend = load_context(_state(ctx))
-        data = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname).to_json()
+        att = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname)
+        containers.name_and_resolver(_state(ctx), hctx, att, name)
+        data = att.to_json()
     if output == "json":
         _json(data)
     else:
@@ -296,6 +303,9 @@ def status(ctx: click.Context, output: str) -> None:
     mesh = _mesh_status(ctx)
     if mesh is not None:
         st["mesh"] = mesh
+    from crossnet.dns.resolv import status_of
+
+    st["dns"] = status_of(_state(ctx))
     if output == "json":
         _json(st)
         return
@@ -331,6 +341,7 @@ def status(ctx: click.Context, output: str) -> None:
                        time.strftime("%H:%M:%S", time.localtime(hs)) if hs else "never",
                        str(p.get("rx_bytes", 0)), str(p.get("tx_bytes", 0)))
         console.print(wt)
+    console.print(st["dns"]["text"])
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")

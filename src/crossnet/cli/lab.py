@@ -79,6 +79,9 @@ def _build_options(f):
                           "lab and `crossnet agent` on every host (see docs/agent.md)."),
         click.option("--encrypt", is_flag=True, expose_value=False, callback=_encrypt_option,
                      help="--backend auto: every peer over WireGuard (docs/transport.md)."),
+        click.option("--dns", is_flag=True, expose_value=False, callback=_dns_option,
+                     help="--store static: run `crossnet dns serve` on every host (with etcd/mesh the agents "
+                          "serve DNS anyway; docs/dns.md)."),
         click.option("--network", default=DEFAULT_NETWORK, show_default=True,
                      help="Overlay network (ignored by --backend bridge)."),
         click.option("--subnet-len", type=int, default=DEFAULT_SUBNET_LEN, show_default=True,
@@ -104,6 +107,10 @@ def _encrypt_option(ctx, _param, value):
     ctx.meta["crossnet.lab.encrypt"] = bool(value)
 
 
+def _dns_option(ctx, _param, value):
+    ctx.meta["crossnet.lab.dns"] = bool(value)
+
+
 def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime="netns") -> LabOptions:
     if runtime not in ("netns", "podman"):
         raise ConfigError(f"--runtime: unknown runtime {runtime!r} (choose from netns, podman)")
@@ -116,6 +123,8 @@ def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_le
         if backend not in STORE_BACKENDS:
             raise ConfigError(f"--store {store}: backend {backend!r} is not supported (choose from {', '.join(STORE_BACKENDS)})")
         extra["store"] = store
+    elif ctx is not None and ctx.meta.get("crossnet.lab.dns"):
+        extra["dns"] = True
     if ctx is not None and ctx.meta.get("crossnet.lab.encrypt"):
         if backend != "auto":
             raise ConfigError(f"--encrypt: only with --backend auto, not {backend!r}")

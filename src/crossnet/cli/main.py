@@ -23,6 +23,7 @@ COMMAND_MODULES = {
     "crossnet.cli.bench": ("bench",),
     "crossnet.cli.wg": ("keygen",),  # WireGuard key of this host (backend wireguard)
     "crossnet.cli.mesh": ("launch", "stop", "forget", "token"),
+    "crossnet.cli.dns": ("dns",),  # dns serve (no agent: this host's containers' names)
 }
 
 

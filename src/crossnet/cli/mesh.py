@@ -28,10 +28,12 @@ def _state(ctx: click.Context) -> str:
               help="etcd voting members (first host): later hosts are clients of the voters.")
 @click.option("--ttl", type=click.IntRange(2, 3600), default=30, show_default=True,
               help="Host lease TTL in seconds (first host).")
+@click.option("--dns-domain", default="crossnet.local", show_default=True,
+              help="Containers' DNS names are NAME.<this domain> (first host; docs/dns.md).")
 @click.option("--foreground", is_flag=True, help="Run the supervisor in the foreground (systemd, containers).")
 @click.pass_context
 def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, backend, voters, ttl,
-           foreground) -> None:
+           dns_domain, foreground) -> None:
     """Create a mesh (first host) or join one: `crossnet launch --token T ADDR`.
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
@@ -84,7 +86,7 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         return
     ifname, ip = ml.detect_underlay(iface, address)
     jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
-                         spawn=not foreground)
+                         spawn=not foreground, dns_domain=dns_domain)
     if jt is None:
         raise SystemExit(ml.run_foreground(state_dir))
     click.echo(f"mesh created on {host_name} ({ip}); on every other host run:")

@@ -549,8 +549,10 @@ def build_result(req: Request, host: Host, att: Any, host_mac: str | None) -> di
     ips.append(_ip_entry(version, f"{att.address}/{att.prefixlen}", att.gateway, base + 1))
     routes.append({"dst": "0.0.0.0/0", "gw": att.gateway})
     result: dict[str, Any] = {"cniVersion": version, "interfaces": interfaces, "ips": ips, "routes": routes}
-    dns = req.conf.get("dns") or prev.get("dns")
-    result["dns"] = dns if isinstance(dns, dict) else {}
+    from crossnet.dns.resolv import cni_dns
+    from crossnet.state import StateDir
+
+    result["dns"] = cni_dns(StateDir(req.state_dir), req.conf.get("dns") or prev.get("dns"))  # ours first
     return result
 
 

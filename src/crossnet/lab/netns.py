@@ -73,6 +73,9 @@ def remove_netns(name: str) -> bool:
             os.unlink(path)
         if os.path.lexists(path):
             raise CrossnetError(f"cannot remove network namespace {name!r}: {exc}") from None
+    from crossnet.dns.resolv import remove_named
+
+    remove_named(name)  # /etc/netns/NAME/resolv.conf crossnet attach wrote (ip netns del leaves it)
     return True
 
 

@@ -520,7 +520,7 @@ class Supervisor:
         c = self.client()
         n = self.st["network"]
         cfg = NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"],
-                            name="crossnet", ttl=n["ttl"])
+                            name="crossnet", ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local")
         EtcdStore(c, AGENT_PREFIX).init_config(cfg)
         ca = self.paths.mesh.load_ca(need_key=True)
         ca_doc = json.dumps({"cert": ca.cert_pem.decode(), "key": pki.key_pem(ca.key).decode()})
@@ -697,19 +697,26 @@ def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
 
 
 def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
-                 voters: int, ttl: int, spawn: bool = True) -> JoinToken | None:
+                 voters: int, ttl: int, spawn: bool = True, dns_domain: str = "crossnet.local") -> JoinToken | None:
     """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
     the supervisor, which prints the join command once etcd is up."""
     from crossnet.store import NetworkConfig
 
-    NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl)  # validate
+    try:  # validate (the options' names in the message)
+        dns_domain = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl,
+                                   dns_domain=dns_domain).dns_domain
+    except ConfigError as exc:
+        if "dns_domain" not in str(exc):
+            raise
+        raise ConfigError(str(exc).replace("config: dns_domain", "--dns-domain", 1)) from None
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
     paths.save({"version": 1, "name": name, "address": address, "iface": iface, "role": "voter", "voters": voters,
                 "initial_cluster": f"{name}={peer_url(address)}", "cluster_state": "new",
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
                 "endpoints": [client_url(address)],
-                "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl},
+                "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl,
+                            "dns_domain": dns_domain},
                 "print_token": not spawn})
     if not spawn:
         return None

@@ -192,6 +192,16 @@ class Store(ABC):
         channel (the cluster file: peers' containers are unknown)."""
         return None
 
+    def containers_at(self) -> tuple[dict[str, list[dict[str, str]]] | None, int]:
+        """:meth:`containers` and the revision to watch from (:meth:`watch_containers`)."""
+        return self.containers(), 0
+
+    def watch_containers(self, since: int, stop: threading.Event, on_open: Any = None) -> Iterator[int]:
+        """Revisions after ``since`` at which some host's published containers changed
+        (crossnet's DNS follows them); ``on_open(conn)`` gets the watch's connection. The
+        default: no channel, nothing ever changes."""
+        return iter(())
+
     def interrupt_watch(self) -> None:
         """Break a blocked `watch` read from another thread (the agent's keepalive when the
         store looks dead). The default: watch does not block on a connection."""
@@ -201,7 +211,11 @@ class Store(ABC):
 
 
 def clean_containers(items: Any) -> list[dict[str, str]]:
-    """Keep the well-formed container entries (id, IPv4 address, optional name), sorted by id."""
+    """Keep the well-formed container entries (id, IPv4 address, optional name), sorted by
+    id. A name that is not a DNS name (crossnet.dns.name_problem) is dropped, the entry kept:
+    what is published and what is read from the store only carries names DNS may serve."""
+    from crossnet.dns import name_problem
+
     out = []
     for c in items if isinstance(items, list) else []:
         if not isinstance(c, dict) or not c.get("id") or not c.get("address"):
@@ -211,7 +225,7 @@ def clean_containers(items: Any) -> list[dict[str, str]]:
         except ValueError:
             continue
         item = {"id": str(c["id"]), "address": addr}
-        if c.get("name"):
+        if c.get("name") and name_problem(c["name"]) is None:
             item["name"] = str(c["name"])
         out.append(item)
     return sorted(out, key=lambda c: (c["id"], c["address"]))

@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from crossnet.errors import ConfigError
 from crossnet.leases import SubnetsExhausted, choose_subnet
@@ -331,8 +332,12 @@ class EtcdStore(Store):
             raise _unavailable(exc) from None
 
     def containers(self) -> dict[str, list[dict[str, str]]]:
+        return self.containers_at()[0]
+
+    def containers_at(self) -> tuple[dict[str, list[dict[str, str]]], int]:
+        """Every host's published containers and the store revision they were read at."""
         try:
-            kvs, _ = self.client.range(self.containers_prefix, prefix=True)
+            kvs, rev = self.client.range(self.containers_prefix, prefix=True)
         except EtcdError as exc:
             raise _unavailable(exc) from None
         out: dict[str, list[dict[str, str]]] = {}
@@ -343,7 +348,24 @@ class EtcdStore(Store):
                 continue
             if isinstance(data, dict):
                 out[kv.key[len(self.containers_prefix):]] = clean_containers(data.get("containers"))
-        return out
+        return out, rev
+
+    def watch_containers(self, since: int, stop: threading.Event, on_open: Any = None,
+                         read_timeout: float = 30.0) -> Iterator[int]:
+        """The revisions (after ``since``) at which some host's published containers
+        changed; ends after ``read_timeout`` idle seconds (the caller watches again).
+        ``on_open(conn)``: the watch's connection (to break a blocked read when stopping)."""
+        try:
+            for events, rev in self.client.watch(self.containers_prefix, since, prefix=True,
+                                                 read_timeout=read_timeout, on_open=on_open):
+                if stop.is_set():
+                    return
+                if events:
+                    yield rev
+        except WatchCompacted as exc:
+            raise StoreUnavailable(f"watch: {exc}") from None
+        except EtcdError as exc:
+            raise _unavailable(exc) from None
 
     # ------------------------------------------------------------------ watch
 

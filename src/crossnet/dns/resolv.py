@@ -1,0 +1,162 @@
+"""Containers get crossnet's resolver: what this host's DNS serves (``<state-dir>/dns.json``,
+written by whichever process serves it: the agent or `crossnet dns serve`), the CNI
+result's ``dns`` and ``/etc/netns/NAME/resolv.conf`` for `crossnet attach` of a named
+network namespace (what ``ip netns exec NAME`` bind-mounts over /etc/resolv.conf).
+
+crossnet writes /etc/netns/NAME/resolv.conf only when there is none, records that it did
+in the attachment (``resolv_conf``), and removes it at detach only when it is still the
+file crossnet wrote (its first line is :data:`crossnet.dns.MARKER`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from crossnet.dns import MARKER, resolv_conf_text
+from crossnet.state import StateDir, lock_fd, write_text_atomic
+
+NETNS_ETC = "/etc/netns"
+NETNS_RUN = ("/run/netns", "/var/run/netns")
+
+
+def info_path(state: StateDir) -> Path:
+    return Path(state.root) / "dns.json"
+
+
+def write_info(state: StateDir, info: dict[str, Any]) -> None:
+    write_text_atomic(info_path(state), json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def remove_info(state: StateDir) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(info_path(state))
+
+
+def lock_path(state: StateDir) -> Path:
+    """Held (flock) by the process that serves this host's DNS for as long as it does."""
+    return Path(state.root) / "dns.lock"
+
+
+def hold(state: StateDir) -> int:
+    """Take the serving lock (the descriptor: close it to let go); BlockingIOError when
+    another process serves this state dir already (the agent and `dns serve`, say)."""
+    return lock_fd(lock_path(state), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def _held(state: StateDir) -> bool:
+    if not lock_path(state).exists():
+        return False
+    try:
+        fd = lock_fd(lock_path(state), fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    os.close(fd)
+    return False
+
+
+def served(state: StateDir) -> dict[str, Any] | None:
+    """This host's DNS as its server described it (``listen``, ``domain``, ``scope``…),
+    None when no live process serves it."""
+    try:
+        with open(info_path(state)) as fh:
+            info = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or not _held(state):  # a server that died left its file
+        return None
+    if not isinstance(info.get("listen"), list) or not isinstance(info.get("domain"), str):
+        return None
+    return info
+
+
+def status_of(state: StateDir) -> dict[str, Any]:
+    """The ``dns`` part of `crossnet status`: served or not, where, for which containers."""
+    info = served(state)
+    if info is None:
+        return {"served": False, "text": "dns: not served on this host (the agent serves it; without one: "
+                                          "crossnet dns serve)"}
+    scope = ("every host's containers" if info.get("scope") == "cluster"
+             else "this host's containers only (no store: other hosts' containers are unknown)")
+    listen = ", ".join(str(a) for a in info["listen"])
+    return {"served": True, **{k: info.get(k) for k in ("domain", "listen", "port", "scope", "upstreams", "names")},
+            "text": f"dns: {info['domain']} on {listen} port {info.get('port', 53)}: {scope}, "
+                    f"{info.get('names', 0)} name(s); other names to {', '.join(info.get('upstreams') or []) or 'nobody'}"}
+
+
+def cni_dns(state: StateDir, configured: Any) -> dict[str, Any]:
+    """The CNI result's ``dns``: crossnet's resolver first (when this host serves DNS),
+    then what the network configuration gave."""
+    out = dict(configured) if isinstance(configured, dict) else {}
+    info = served(state)
+    if info is None:
+        return out
+    ours = [str(a) for a in info["listen"]]
+    out["nameservers"] = ours + [n for n in out.get("nameservers") or [] if n not in ours]
+    out["search"] = [info["domain"]] + [s for s in out.get("search") or [] if s != info["domain"]]
+    return out
+
+
+def netns_name(path: str) -> str | None:
+    """The name of a named network namespace path (/run/netns/NAME), else None."""
+    head, _, name = os.path.normpath(path).rpartition("/")
+    if head in NETNS_RUN and name and name not in (".", "..") and "/" not in name:
+        return name
+    return None
+
+
+def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> str | None:
+    """Write /etc/netns/NAME/resolv.conf for the named namespace ``netns`` when this host
+    serves DNS and the file does not exist; returns its path when crossnet wrote it."""
+    name = netns_name(netns)
+    info = served(state)
+    if name is None or info is None:
+        return None
+    directory = os.path.join(etc, name)
+    path = os.path.join(directory, "resolv.conf")
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        return None  # the admin's own file: never replaced
+    with os.fdopen(fd, "w") as fh:
+        fh.write(resolv_conf_text(info["listen"], [info["domain"]]))
+    return path
+
+
+def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC) -> bool:
+    """Remove the resolv.conf an attachment recorded writing, if it is still crossnet's
+    (and the directory when that leaves it empty)."""
+    path = (meta or {}).get("resolv_conf")
+    if not isinstance(path, str) or not path.startswith(etc.rstrip("/") + "/") or ".." in path.split("/"):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    with os.fdopen(fd) as fh:
+        first = fh.readline().rstrip("\n")
+    if first != MARKER:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))  # only when empty
+    return True
+
+
+def remove_named(name: str, etc: str = NETNS_ETC) -> bool:
+    """Remove crossnet's resolv.conf of the named netns ``name`` (its namespace is being
+    deleted: `ip netns del` leaves /etc/netns/NAME in place)."""
+    if not name or "/" in name or name in (".", ".."):
+        return False
+    return remove({"resolv_conf": os.path.join(etc, name, "resolv.conf")}, etc=etc)
+
+
+__all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "write_info"]

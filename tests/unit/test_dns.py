@@ -1,0 +1,424 @@
+"""Container DNS, the pure parts: names, the table (round robin, PTR), the answers, hostile
+queries, the forwarder against a fake upstream, resolv.conf handling, the domain setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from dnslib import QTYPE, RCODE, DNSRecord, EDNS0
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossnet import dns
+from crossnet.dns import RoundRobin, Table, name_problem
+from crossnet.dns import resolv as dns_resolv
+from crossnet.dns.server import Forwarder, fit, local_answer, parse_query, udp_limit
+from crossnet.errors import ConfigError
+from crossnet.state import StateDir
+
+NET = IPv4Network("10.32.0.0/16")
+HOSTS = {
+    "h1": [{"id": "a", "address": "10.32.0.2", "name": "web"}, {"id": "b", "address": "10.32.0.3", "name": "db"},
+           {"id": "c", "address": "10.32.0.4"}],
+    "h2": [{"id": "d", "address": "10.32.1.2", "name": "Web"}],
+}
+
+
+def table(hosts=HOSTS, domain="crossnet.local") -> Table:
+    return Table.build(domain, hosts, [NET])
+
+
+def ask(t: Table, name: str, qtype: str = "A", rr: RoundRobin | None = None) -> DNSRecord | None:
+    return local_answer(t, DNSRecord.question(name, qtype), rr or RoundRobin())
+
+
+def addrs(reply: DNSRecord) -> list[str]:
+    return [str(r.rdata) for r in reply.rr]
+
+
+# ---- names -----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["web", "web-1", "a_b", "x.y", "A1", "a" * 63])
+def test_good_names(name):
+    assert name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", ["", "-web", "web-", "a..b", "a b", "we/b", "a" * 64, "é", "x\x00", ".", None, 5])
+def test_bad_names(name):
+    assert name_problem(name)
+
+
+@pytest.mark.parametrize("domain", ["", "bad domain", "10.in-addr.arpa", "x" * 121])
+def test_bad_domains(domain):
+    assert dns.domain_problem(domain)
+
+
+def test_runtime_name():
+    assert dns.runtime_name("podman:web", None) == "web"
+    assert dns.runtime_name("docker:web_1", None) == "web_1"
+    assert dns.runtime_name("podman:-bad", None) is None  # not a DNS name: none recorded
+    assert dns.runtime_name("netns1", None) is None
+    assert dns.runtime_name("netns1", "api") == "api"
+    with pytest.raises(ConfigError, match="^--name: "):
+        dns.runtime_name("netns1", "no good")
+
+
+# ---- the table -------------------------------------------------------------------------
+def test_same_name_on_two_hosts_gives_both_addresses_round_robin():
+    t = table()
+    assert t.addresses("WEB.crossnet.local.") == (IPv4Address("10.32.0.2"), IPv4Address("10.32.1.2"))
+    rr = RoundRobin()
+    firsts = [addrs(ask(t, "web.crossnet.local", rr=rr)) for _ in range(4)]
+    assert all(sorted(f) == ["10.32.0.2", "10.32.1.2"] for f in firsts)
+    assert [f[0] for f in firsts] == ["10.32.0.2", "10.32.1.2", "10.32.0.2", "10.32.1.2"]
+
+
+def test_ptr():
+    t = table()
+    reply = ask(t, dns.reverse_name("10.32.0.3"), "PTR")
+    assert addrs(reply) == ["db.crossnet.local."] and reply.header.aa
+    assert ask(t, "4.0.32.10.in-addr.arpa", "PTR").header.rcode == RCODE.NXDOMAIN  # unnamed container
+    # a reverse name inside the network is never forwarded, even when unknown
+    assert ask(t, "9.9.32.10.in-addr.arpa", "PTR").header.rcode == RCODE.NXDOMAIN
+    assert ask(t, "32.10.in-addr.arpa", "PTR") is not None
+    assert ask(t, "1.0.0.10.in-addr.arpa", "PTR") is None  # outside the network: forwarded
+    assert ask(t, "10.in-addr.arpa", "PTR") is None
+
+
+def test_unknown_and_other_types():
+    t = table()
+    assert ask(t, "nope.crossnet.local").header.rcode == RCODE.NXDOMAIN
+    nodata = ask(t, "web.crossnet.local", "AAAA")
+    assert nodata.header.rcode == RCODE.NOERROR and not nodata.rr
+    assert ask(t, "crossnet.local", "SOA").header.rcode == RCODE.NOERROR
+    assert ask(t, "example.com") is None  # not ours: the forwarder's
+    assert ask(t, "crossnet.local.example.com") is None
+    assert ask(table(domain="corp.example"), "web.corp.example").rr
+
+
+def test_rejected_entries_are_counted_not_served():
+    t = table({"h": [{"id": "a", "address": "10.32.0.2", "name": "bad name"},
+                     {"id": "b", "address": "nope", "name": "ok"},
+                     {"id": "c", "address": "10.32.0.5", "name": "fine"}]})
+    assert t.rejected == 2 and list(t.names) == ["fine.crossnet.local"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"id": st.text(max_size=5), "address": st.one_of(
+    st.ip_addresses(v=4).map(str), st.text(max_size=20)), "name": st.one_of(st.none(), st.text(max_size=70))}),
+    max_size=20))
+def test_table_takes_any_published_list(items):
+    t = table({"h": items})
+    good = [c for c in items if c["name"] and name_problem(c["name"]) is None and _is_v4(c["address"])]
+    for c in good:
+        assert IPv4Address(c["address"]) in t.addresses(f"{c['name']}.crossnet.local")
+        assert f"{c['name'].lower()}.crossnet.local" in t.ptr[IPv4Address(c["address"])]
+    assert t.rejected == sum(1 for c in items if c["name"]) - len(good)
+
+
+def _is_v4(text: str) -> bool:
+    try:
+        IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80))
+def test_names_that_pass_are_dns_labels(name):
+    if name_problem(name) is None:
+        assert all(1 <= len(label) <= 63 for label in name.split("."))
+        assert name.isascii() and " " not in name and len(name) <= 63
+        assert DNSRecord.question(f"{name}.crossnet.local").pack()  # encodes on the wire
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.ip_addresses(v=4))
+def test_reverse_name_round_trip(addr):
+    net, one = dns.parse_reverse(dns.reverse_name(addr))
+    assert one == addr and net.prefixlen == 32
+    assert dns.in_reverse_zones(dns.reverse_name(addr), [NET]) == (addr in NET)
+
+
+# ---- hostile queries ------------------------------------------------------------------
+def test_oversized_and_garbage_queries():
+    assert parse_query(b"\x00" * 2000) == (None, None)  # too long: dropped, no answer
+    assert parse_query(b"\x12") == (None, None)  # not even a header
+    _, err = parse_query(b"\x12\x34\x01\x00" + b"\x00\x01" + b"\x00" * 6 + b"\x07garbage")
+    assert err is not None and DNSRecord.parse(err).header.rcode == RCODE.FORMERR
+    assert DNSRecord.parse(err).header.id == 0x1234
+    resp = DNSRecord.question("web.crossnet.local").reply().pack()
+    assert parse_query(resp) == (None, None)  # a response: never answered (no reflection loop)
+
+
+def test_two_questions_and_other_opcodes():
+    q = DNSRecord.question("a.crossnet.local")
+    q.add_question(*DNSRecord.question("b.crossnet.local").questions)
+    _, err = parse_query(q.pack())
+    assert DNSRecord.parse(err).header.rcode == RCODE.FORMERR
+    q = DNSRecord.question("a.crossnet.local")
+    q.header.opcode = 4  # NOTIFY
+    _, err = parse_query(q.pack())
+    assert DNSRecord.parse(err).header.rcode == RCODE.NOTIMP
+
+
+def test_udp_answer_cut_to_the_clients_size():
+    many = {"h": [{"id": str(i), "address": f"10.32.{i // 200}.{i % 200 + 2}", "name": "big"} for i in range(100)]}
+    t = table(many)
+    q = DNSRecord.question("big.crossnet.local")
+    reply = local_answer(t, q, RoundRobin())
+    assert len(reply.rr) == 32  # at most MAX_ANSWERS records, whatever the name has
+    cut = DNSRecord.parse(fit(reply, udp_limit(q)))
+    assert len(fit(reply, udp_limit(q))) <= 512 and cut.header.tc and not cut.rr
+    q.add_ar(EDNS0(udp_len=4096))
+    assert udp_limit(q) == 1232
+    assert len(DNSRecord.parse(fit(reply, None)).rr) == 32  # TCP: all of them
+
+
+# ---- forwarder -------------------------------------------------------------------------
+class FakeUpstream:
+    """Answers queries as `behaviour[server]` says: "ok", "timeout", "wrong-id", "wrong-q", "garbage"."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.calls = behaviour, []
+
+    def __call__(self, data, server, port, timeout):
+        self.calls.append((server, port, timeout))
+        q = DNSRecord.parse(data)
+        how = self.behaviour[server]
+        if how == "timeout":
+            time.sleep(min(timeout, 0.05))
+            raise TimeoutError("no answer")
+        if how == "garbage":
+            return b"\x00\x01"
+        if how == "wrong-q":
+            q = DNSRecord(q.header, q=DNSRecord.question("other.example").q)
+        reply = q.reply()
+        reply.add_answer(*DNSRecord.question("x").reply().rr)
+        from dnslib import RR, A
+
+        reply.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("192.0.2.7"), ttl=30))
+        if how == "wrong-id":
+            reply.header.id ^= 1
+        return reply.pack()
+
+
+def test_forwarder_rewrites_the_id_and_checks_the_answer():
+    up = FakeUpstream({"192.0.2.1": "wrong-id", "192.0.2.2": "wrong-q", "192.0.2.3": "ok"})
+    f = Forwarder(["192.0.2.1", "192.0.2.2", "192.0.2.3"], exchange=up, timeout=0.5, total=2)
+    q = DNSRecord.question("example.com")
+    q.header.id = 4242
+    reply = f.forward(q)
+    assert reply.header.id == 4242 and addrs(reply) == ["192.0.2.7"]
+    assert [c[0] for c in up.calls] == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    assert all(c[2] <= 0.5 for c in up.calls)
+
+
+def test_forwarder_all_fail_is_servfail_within_the_total():
+    up = FakeUpstream({"192.0.2.1": "timeout", "192.0.2.2": "garbage", "192.0.2.3": "timeout"})
+    f = Forwarder(["192.0.2.1", "192.0.2.2", "192.0.2.3"], exchange=up, timeout=0.05, total=0.5)
+    t0 = time.monotonic()
+    reply = f.forward(DNSRecord.question("example.com"))
+    assert reply.header.rcode == RCODE.SERVFAIL and time.monotonic() - t0 < 0.5 and f.failures == 1
+    assert Forwarder([]).forward(DNSRecord.question("x.example")).header.rcode == RCODE.SERVFAIL
+
+
+def test_resolv_conf_upstreams():
+    text = "# c\nnameserver 10.0.0.1\nnameserver ::1\nnameserver 10.32.0.1 # ours\nnameserver bogus\n" \
+           "search x\nnameserver 10.0.0.2\nnameserver 10.0.0.3\nnameserver 10.0.0.4\nnameserver 10.0.0.1\n"
+    assert dns.parse_resolv_conf(text, exclude=["10.32.0.1"]) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+
+
+# ---- what containers are told ----------------------------------------------------------
+HELD: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _let_go():
+    yield
+    while HELD:
+        os.close(HELD.pop())
+
+
+def served_state(tmp_path, alive=True) -> StateDir:
+    """A state dir whose DNS is served (the serving lock held by this process) or whose
+    server died (its dns.json left behind, the lock free)."""
+    state = StateDir(tmp_path / "state")
+    dns_resolv.write_info(state, {"pid": os.getpid(), "domain": "crossnet.local", "listen": ["10.32.0.1"],
+                                  "scope": "cluster", "upstreams": [], "names": 2, "port": 53})
+    fd = dns_resolv.hold(state)
+    if alive:
+        HELD.append(fd)
+    else:
+        os.close(fd)
+    return state
+
+
+def test_one_server_per_state_dir(tmp_path):
+    state = served_state(tmp_path)
+    with pytest.raises(BlockingIOError):
+        dns_resolv.hold(state)
+    os.close(HELD.pop())
+    assert dns_resolv.served(state) is None  # let go: a dead server's file is not believed
+    os.close(dns_resolv.hold(state))
+
+
+def test_cni_dns(tmp_path):
+    state = served_state(tmp_path)
+    assert dns_resolv.cni_dns(state, {"nameservers": ["8.8.8.8"], "search": ["corp"], "options": ["ndots:2"]}) == {
+        "nameservers": ["10.32.0.1", "8.8.8.8"], "search": ["crossnet.local", "corp"], "options": ["ndots:2"]}
+    assert dns_resolv.cni_dns(state, None) == {"nameservers": ["10.32.0.1"], "search": ["crossnet.local"]}
+    assert dns_resolv.status_of(state)["served"] is True
+    # a dead server's file: nothing served, the configuration's dns as it was
+    dead = served_state(tmp_path / "d", alive=False)
+    assert dns_resolv.cni_dns(dead, {"nameservers": ["8.8.8.8"]}) == {"nameservers": ["8.8.8.8"]}
+    assert dns_resolv.status_of(dead)["served"] is False
+
+
+def test_netns_resolv_conf_written_and_removed_only_if_ours(tmp_path):
+    state, etc = served_state(tmp_path), str(tmp_path / "etc-netns")
+    assert dns_resolv.netns_name("/run/netns/c1") == "c1" and dns_resolv.netns_name("/proc/1/ns/net") is None
+    assert dns_resolv.install(state, "/proc/12/ns/net", etc=etc) is None  # not a named netns
+    path = dns_resolv.install(state, "/run/netns/c1", etc=etc)
+    assert path == f"{etc}/c1/resolv.conf"
+    text = open(path).read()
+    assert "nameserver 10.32.0.1\n" in text and "search crossnet.local\n" in text
+    assert dns_resolv.install(state, "/run/netns/c1", etc=etc) is None  # exists: never replaced
+    assert dns_resolv.remove({"resolv_conf": path}, etc=etc) and not os.path.exists(os.path.dirname(path))
+    # the admin's own file (or one edited since): left alone
+    os.makedirs(f"{etc}/c2")
+    with open(f"{etc}/c2/resolv.conf", "w") as fh:
+        fh.write("nameserver 1.1.1.1\n")
+    assert dns_resolv.install(state, "/run/netns/c2", etc=etc) is None
+    assert not dns_resolv.remove({"resolv_conf": f"{etc}/c2/resolv.conf"}, etc=etc)
+    assert os.path.exists(f"{etc}/c2/resolv.conf")
+    assert not dns_resolv.remove({"resolv_conf": "/etc/passwd"}, etc=etc)  # outside: never
+    assert not dns_resolv.remove({}, etc=etc)
+    path = dns_resolv.install(state, "/run/netns/c3", etc=etc)
+    assert dns_resolv.remove_named("c3", etc=etc) and not os.path.exists(path)
+    assert not dns_resolv.remove_named("c2", etc=etc) and not dns_resolv.remove_named("../c2", etc=etc)
+
+
+def test_not_served_no_resolv_conf(tmp_path):
+    state = StateDir(tmp_path / "state")
+    assert dns_resolv.install(state, "/run/netns/c1", etc=str(tmp_path / "etc")) is None
+    assert not (tmp_path / "etc").exists()
+
+
+# ---- the domain setting ----------------------------------------------------------------
+def test_network_config_dns_domain():
+    from crossnet.store import NetworkConfig
+
+    cfg = NetworkConfig(network="10.32.0.0/16")
+    assert cfg.dns_domain == "crossnet.local" and "dns_domain" not in cfg.to_json()
+    cfg = NetworkConfig(network="10.32.0.0/16", dns_domain="Corp.Example.")
+    assert cfg.to_json()["dns_domain"] == "corp.example"
+    assert NetworkConfig.from_json(json.loads(json.dumps(cfg.to_json()))).dns_domain == "corp.example"
+    with pytest.raises(ConfigError, match="dns_domain"):
+        NetworkConfig.from_json({"network": "10.32.0.0/16", "dns_domain": "no good"}, source="etcd")
+
+
+def test_cluster_file_dns_domain():
+    import yaml
+
+    from crossnet.config import parse_cluster as parse
+
+    def parse_cluster(text):
+        return parse(yaml.safe_load(text))
+
+    base = "backend: vxlan\nnetwork: 10.32.0.0/16\nhosts:\n  - {name: a, address: 192.0.2.1}\n"
+    assert parse_cluster(base).dns_domain == "crossnet.local"
+    assert parse_cluster(base + "dns_domain: lab.example\n").dns_domain == "lab.example"
+    with pytest.raises(ConfigError, match="dns_domain"):
+        parse_cluster(base + "dns_domain: 'a b'\n")
+
+
+def test_agent_api_refuses_a_bad_name():
+    from crossnet.agent.api import BadRequest, check_body
+
+    with pytest.raises(BadRequest, match="^name: "):
+        check_body("/v1/attach", {"id": "x", "netns": "/run/netns/x", "name": "a b"})
+    check_body("/v1/attach", {"id": "x", "netns": "/run/netns/x", "name": "web"})
+
+
+def test_etcd_init_and_launch_refuse_a_bad_domain(tmp_path):
+    """Checked before anything is contacted or created: one line naming the option, exit 2."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crossnet", "etcd", "init", "--etcd", "http://192.0.2.1:2379",
+                          "--network", "10.32.0.0/16", "--dns-domain", "a b"], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "CROSSNET_STATE_DIR": str(tmp_path / "s")})
+    assert out.returncode == 2 and out.stderr.startswith("crossnet: error: --dns-domain: "), out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    from crossnet.mesh.launch import launch_first
+
+    with pytest.raises(ConfigError, match="^--dns-domain: "):
+        launch_first(str(tmp_path / "m"), "h1", "eth0", "192.0.2.1", "10.32.0.0/12", 24, "vxlan", 1, 30,
+                     spawn=False, dns_domain="-bad-")
+    assert not (tmp_path / "m").exists()
+
+
+# ---- the hand-packed fast path gives the general path's answers -------------------------
+FAST_NAMES = ["web.crossnet.local", "WEB.Crossnet.Local", "db.crossnet.local.", "nope.crossnet.local",
+              "crossnet.local", "example.com", "a.b.crossnet.local", "3.0.32.10.in-addr.arpa"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(name=st.one_of(st.sampled_from(FAST_NAMES), st.text(alphabet="abcW.-_", min_size=1, max_size=20).map(
+    lambda s: s + ".crossnet.local")), qtype=st.sampled_from(["A", "AAAA", "MX", "PTR", "ANY"]),
+    rd=st.booleans(), edns=st.booleans(), ident=st.integers(0, 65535))
+def test_fast_answer_equals_the_general_answer(name, qtype, rd, edns, ident):
+    from crossnet.dns.server import fast_answer
+
+    t = table()
+    try:
+        q = DNSRecord.question(name, qtype)
+        wire = q.pack()
+    except Exception:  # noqa: BLE001 - not encodable (an empty label): not a query
+        return
+    q.header.id, q.header.rd = ident, int(rd)
+    if edns:
+        q.add_ar(EDNS0(udp_len=1232))
+    wire = bytes(q.pack())
+    fast = fast_answer(t, wire, RoundRobin())
+    slow = local_answer(t, DNSRecord.parse(wire), RoundRobin())
+    if fast is None:
+        # declined: only what the general path must handle (other types, not ours, reverse names)
+        assert qtype not in ("A", "AAAA") or slow is None or "in-addr.arpa" in name.lower()
+        return
+    f = DNSRecord.parse(fast)
+    assert slow is not None
+    for attr in ("id", "qr", "aa", "tc", "rd", "ra", "rcode", "opcode"):
+        assert getattr(f.header, attr) == getattr(slow.header, attr), attr
+    assert f.questions == slow.questions
+    assert [(str(r.rname), r.rtype, str(r.rdata), r.ttl) for r in f.rr] == \
+        [(str(r.rname), r.rtype, str(r.rdata), r.ttl) for r in slow.rr]
+
+
+@pytest.mark.parametrize("wire", [
+    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\xc0\x0c\x00\x01\x00\x01",  # compression in a query
+    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03we",  # cut short
+    b"\x00\x01\x81\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x01\x00\x01",  # a response
+    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x01\x03web\x00\x00\x01\x00\x01\x00\x00\x01",  # bad OPT
+    b"\x00\x01\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x01\x00\x01junk",  # trailing bytes
+])
+def test_fast_answer_declines_odd_queries(wire):
+    from crossnet.dns.server import fast_answer
+
+    assert fast_answer(table(), wire, RoundRobin()) is None
+
+
+def test_store_keeps_only_dns_names():
+    """Published and read container entries carry a name only when DNS may serve it."""
+    from crossnet.store import clean_containers
+
+    got = clean_containers([{"id": "a", "address": "10.32.0.2", "name": "web"},
+                            {"id": "b", "address": "10.32.0.3", "name": "bad name;rm"},
+                            {"id": "c", "address": "10.32.0.4", "name": 7}])
+    assert got == [{"id": "a", "address": "10.32.0.2", "name": "web"}, {"id": "b", "address": "10.32.0.3"},
+                   {"id": "c", "address": "10.32.0.4"}]
