@@ -51,8 +51,12 @@ DEFAULT_BACKEND = "vxlan"
 DEFAULT_VOTERS = 3
 DEFAULT_TTL = 30
 HEARTBEAT = 5.0
-MAINTAIN = 3.0
+MAINTAIN = 5.0
 ETCD_BINARY = "etcd"
+# etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
+# 250 ms instead of 100 ms (election after 2.5 s without one), one OS thread for Go code
+ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "5000"]
+ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "50"}
 READY_TIMEOUT = 90.0
 
 
@@ -183,7 +187,7 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
         "--client-cert-auth", "--trusted-ca-file", str(d / pki.CA_CERT),
         "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
         "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT),
-        "--snapshot-count", "5000", "--logger", "zap", "--log-outputs", "stderr",
+        "--snapshot-count", "5000", *ETCD_TUNING, "--logger", "zap", "--log-outputs", "stderr",
     ]
 
 
@@ -403,6 +407,44 @@ def remove_host_records(client: Any, name: str) -> list[str]:
 
 # ====================================================================== the supervisor
 
+class AgentThread:
+    """`crossnet agent` inside the supervisor's process: the same Agent, on a thread,
+    with the member certificate; `poll()`/`stop()` like the child process it replaces."""
+
+    def __init__(self, state_dir: str, paths: Paths, endpoints: list[str], name: str, iface: str, address: str):
+        from crossnet.agent import Agent, AgentOptions
+        from crossnet.state import StateDir
+        from crossnet.store.etcd import EtcdStore
+
+        m = paths.mesh
+        store = EtcdStore.connect(",".join(endpoints), AGENT_PREFIX, cert=str(m.member_cert), key=str(m.member_key),
+                                  cacert=str(m.ca_cert))
+        self.agent = Agent(store, StateDir(state_dir), AgentOptions(name=name, iface=iface, address=address))
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._main, name="agent", daemon=True)
+
+    def start(self) -> AgentThread:
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            self.returncode = self.agent.run()
+        except Exception:  # noqa: BLE001 -- the supervisor restarts it; the reason goes to the log
+            log.exception("agent failed")
+            self.returncode = 1
+
+    def poll(self) -> int | None:
+        return None if self._thread.is_alive() else (self.returncode if self.returncode is not None else 1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.agent.request_stop()
+        self.agent.store.interrupt_watch()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the agent did not stop within %.0fs", timeout)
+
+
 class Supervisor:
     """`crossnet launch --foreground`: the etcd member (voters), the join endpoint, the
     agent; heartbeat, endpoint refresh, promotion; SIGTERM stops them (data plane kept)."""
@@ -412,9 +454,10 @@ class Supervisor:
         self.paths = Paths(Path(state_dir))
         self.st = self.paths.load()
         self.etcd: subprocess.Popen | None = None
-        self.agent: subprocess.Popen | None = None
+        self.agent: AgentThread | None = None
         self.agent_endpoints: list[str] = []
         self.join_server = None
+        self._clients: dict[tuple, Any] = {}
         self._stop = threading.Event()
 
     # ---- children
@@ -427,7 +470,16 @@ class Supervisor:
         return self.st["address"]
 
     def client(self, timeout: float = 5.0):
-        return etcd_client(self.paths, self.endpoints(), timeout)
+        """One client per endpoint list and timeout, kept: its TLS connections are reused
+        (a new client per heartbeat cost a TLS handshake on both sides every few seconds,
+        most of etcd's idle CPU)."""
+        key = (tuple(self.endpoints()), timeout)
+        c = self._clients.get(key)
+        if c is None:
+            if any(k[0] != key[0] for k in self._clients):
+                self._clients = {}  # the endpoints changed: drop the old clients
+            c = self._clients[key] = etcd_client(self.paths, list(key[0]), timeout)
+        return c
 
     def endpoints(self) -> list[str]:
         eps = list(self.st.get("endpoints") or [])
@@ -443,7 +495,7 @@ class Supervisor:
                          self.st["initial_cluster"], self.st["cluster_state"], self.st["cluster_token"])
         with open(self.paths.etcd_dir / "etcd.log", "ab") as logf:
             self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **ETCD_ENV})
         log.info("etcd member %s started (pid %d, %s)", self.name, self.etcd.pid, self.st["cluster_state"])
 
     def wait_etcd(self, timeout: float = 60.0) -> None:
@@ -459,20 +511,20 @@ class Supervisor:
         raise CrossnetError(f"etcd did not become ready within {timeout:.0f}s")
 
     def start_agent(self) -> None:
-        m = self.paths.mesh
+        """The agent runs in this process (a thread), not as a child: one Python
+        interpreter for the supervisor, the join endpoint and the agent (docs/mesh.md,
+        "Resources")."""
         self.agent_endpoints = self.endpoints()
-        argv = [sys.executable, "-m", "crossnet", "--state-dir", self.state_dir, "agent",
-                "--etcd", ",".join(self.agent_endpoints), "--prefix", AGENT_PREFIX,
-                "--cert", str(m.member_cert), "--key", str(m.member_key), "--cacert", str(m.ca_cert),
-                "--name", self.name, "--iface", self.st["iface"], "--address", self.address]
-        with open(self.paths.root / "agent.log", "ab") as logf:
-            self.agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-        log.info("agent started (pid %d) on %s", self.agent.pid, ",".join(self.agent_endpoints))
+        self.agent = AgentThread(self.state_dir, self.paths, self.agent_endpoints, self.name, self.st["iface"],
+                                 self.address).start()
+        log.info("agent started on %s", ",".join(self.agent_endpoints))
 
     @staticmethod
-    def _end(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    def _end(proc: subprocess.Popen | AgentThread | None, timeout: float = 15.0) -> None:
         if proc is None or proc.poll() is not None:
+            return
+        if isinstance(proc, AgentThread):
+            proc.stop(timeout)
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -606,6 +658,7 @@ class Supervisor:
                 if now - last_maint >= MAINTAIN:
                     last_maint = now
                     self._once(self.maintain, "membership")
+                    trim_memory()
         finally:
             release = self.paths.release_marker.exists()
             self.shutdown(release)
@@ -661,8 +714,36 @@ class Supervisor:
             log.error("release: %s", exc)
 
 
+def _libc() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives every thread that allocates its own malloc arena (the agent's and the
+    join endpoint's threads: ~8 MB RSS measured); one arena is plenty for this process."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+
+
+def trim_memory() -> None:
+    """Give freed heap back to the kernel (start-up and each join leave free pages that
+    glibc keeps otherwise): part of the RSS budget, docs/mesh.md "Resources"."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def run_foreground(state_dir: str) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s crossnet-launch %(levelname)s %(message)s")
+    from crossnet.agent import setup_logging
+
+    setup_logging()  # one log for the supervisor and the agent it runs (credentials masked)
+    _one_malloc_arena()
     return Supervisor(state_dir).run()
 
 
