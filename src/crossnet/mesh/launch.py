@@ -341,6 +341,44 @@ def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
             time.sleep(0.5)
 
 
+VOTER_LOCK = f"{MESH_PREFIX}/voter-lock"
+VOTER_LOCK_TTL = 60
+
+
+@contextlib.contextmanager
+def voter_lock(client: Any, holder: str, timeout: float = 90.0, interval: float = 0.3):
+    """Only one host at a time decides whether it becomes a voter and adds itself:
+    `/crossnet-mesh/voter-lock`, created in a transaction only if absent, on a lease (a
+    host that dies holding it frees it after VOTER_LOCK_TTL s). Without it two hosts
+    joining at once both saw 2 voters and both became the third."""
+    lease, _ = client.lease_grant(VOTER_LOCK_TTL)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ok, _, _ = client.txn([client.cmp_create(VOTER_LOCK, 0)], [client.op_put(VOTER_LOCK, holder, lease=lease)])
+            if ok:
+                break
+            if time.monotonic() > deadline:
+                raise CrossnetError(f"another host kept the voter lock for {timeout:.0f}s; try again")
+            time.sleep(interval)
+        yield
+    finally:
+        with contextlib.suppress(CrossnetError):
+            client.lease_revoke(lease)
+
+
+def admit(client: Any, own_peer: str, max_voters: int, holder: str) -> tuple[str, list[dict]]:
+    """(role, members): under the voter lock, read the member list and, while there are
+    fewer than max_voters voters, `member add` this host as one — atomically with
+    respect to every other joining or promoted host."""
+    with voter_lock(client, holder):
+        members = retrying(lambda: member_list(client), timeout=10)
+        role = role_for(members, max_voters)
+        if role == "voter":
+            members = member_add(client, own_peer)
+    return role, members
+
+
 def member_remove(client: Any, member_id: str, timeout: float = 30.0) -> None:
     """`member remove`, retried while etcd answers "unhealthy cluster" (a member connected
     less than 5 s ago does not count towards the quorum its strict check wants)."""
@@ -607,16 +645,18 @@ class Supervisor:
             cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
             want = int(cfg.get("voters") or DEFAULT_VOTERS)
             if len(voters) < want and promotion_candidate(mesh_hosts(c), time.time()) == self.name:
-                self.promote(c)
+                self.promote(c, want)
         if self.agent is not None and self.endpoints() != self.agent_endpoints:
             log.info("etcd endpoints changed: restarting the agent")
             self._end(self.agent)
             self.start_agent()
 
-    def promote(self, c: Any) -> None:
-        log.info("promoting this host to an etcd voter")
+    def promote(self, c: Any, want: int) -> None:
         own_peer = peer_url(self.address)
-        members = member_add(c, own_peer)
+        role, members = admit(c, own_peer, want, self.name)
+        if role != "voter":  # another host took the slot meanwhile
+            return
+        log.info("promoted this host to an etcd voter")
         self.st.update(role="voter", cluster_state="existing",
                        initial_cluster=initial_cluster(members, self.name, own_peer))
         shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
@@ -837,11 +877,11 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
         c = etcd_client(paths, eps)
         cfg = retrying(lambda: get_json(c, f"{MESH_PREFIX}/config"), timeout=10) or {}
         st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
-        role = role_for(retrying(lambda: member_list(c), timeout=10), st["voters"])
+        own_peer = peer_url(address)
+        role, members = admit(c, own_peer, st["voters"], name)
         st["role"] = role
         if role == "voter":
-            own_peer = peer_url(address)
-            st["initial_cluster"] = initial_cluster(member_add(c, own_peer), name, own_peer)
+            st["initial_cluster"] = initial_cluster(members, name, own_peer)
         paths.save(st)
     except BaseException:
         shutil.rmtree(paths.root, ignore_errors=True)
@@ -964,6 +1004,9 @@ def status(state_dir: str) -> dict:
             with contextlib.suppress(ValueError):
                 remembered[kv.key.decode().rsplit("/", 1)[1] if isinstance(kv.key, bytes) else kv.key] = \
                     json.loads(kv.value)
+        cfg = get_json(c, f"{AGENT_PREFIX}/config") or {}
+        hops = underlay_next_hops([(s or h).get("address") for s, h in
+                                   ((subnets.get(n), hosts.get(n, {})) for n in set(hosts) | set(subnets))])
         now = time.time()
         for name in sorted(set(hosts) | set(subnets)):
             h, s = hosts.get(name, {}), subnets.get(name)
@@ -973,7 +1016,7 @@ def status(state_dir: str) -> dict:
                 "subnet": (s or remembered.get(name) or {}).get("subnet"),
                 "role": h.get("role", "?"), "state": "up" if s else "down",
                 "last_seen": round(now - seen, 1) if seen else None,
-                "via": "this host" if name == st["name"] else "vxlan over the underlay"})
+                "via": how_reached(name == st["name"], cfg.get("backend"), hops.get((s or h).get("address")))})
             if h.get("role") == "client":
                 out["members"].append({"name": name, "role": "client",
                                        "healthy": bool(seen and now - seen < 3 * HEARTBEAT), "leader": False,
@@ -981,9 +1024,50 @@ def status(state_dir: str) -> dict:
     return out
 
 
+def how_reached(own: bool, backend: str | None, next_hop: str | None | bool) -> dict:
+    """How this host reaches a peer: the data plane (backend) and the underlay next hop —
+    "direct" (same segment: no gateway on the route to its address), the router's
+    address, or "unknown" (no route)."""
+    if own:
+        return {"backend": None, "next_hop": None, "text": "this host"}
+    hop = "unknown" if next_hop is False else (next_hop or "direct")
+    where = "direct on the underlay segment" if hop == "direct" else (
+        "no underlay route" if hop == "unknown" else f"via router {hop}")
+    return {"backend": backend, "next_hop": hop, "text": f"{backend or '?'}, {where}"}
+
+
+def underlay_next_hops(addresses: Iterable[str | None]) -> dict[str, str | None | bool]:
+    """address -> the gateway of this namespace's route to it (None: on-link, False: no
+    route), looked up with netlink (`ip route get`, nothing sent)."""
+    from pyroute2 import IPRoute
+
+    out: dict[str, str | None | bool] = {}
+    with IPRoute() as ipr:
+        for a in {a for a in addresses if a}:
+            try:
+                ipaddress.IPv4Address(a)
+                r = ipr.route("get", dst=a)
+            except Exception:  # noqa: BLE001 -- a record's bad address or no route: reported as unknown
+                out[a] = False
+                continue
+            out[a] = r[0].get_attr("RTA_GATEWAY") if r else False
+    return out
+
+
+def not_programmed(mesh: dict, why: str) -> dict:
+    """`status` on a launched host that has no applied state (the agent never programmed
+    it): what is down instead of a traceback or a bare error."""
+    if not mesh["running"]:
+        what = "crossnet launch is not running here (etcd member and agent are down); start it: crossnet launch"
+    else:
+        what = "the agent has not programmed this host yet (see <state-dir>/mesh/launch.log)"
+    return {"host": mesh["name"], "programmed": False, "reason": what, "detail": why, "mesh": mesh}
+
+
 def format_status(s: dict) -> str:
     lines = [(f"mesh: this host {s['name']} ({s['address']}, {s['role']}), "
-              f"{'running' if s['running'] else 'NOT running'}; store {s['store']}")]
+              f"{'running' if s['running'] else 'NOT running'}; "
+              f"{'store ok' if s['store'] == 'ok' else s['store']}")]
     lines.append("members:")
     for m in s["members"]:
         lines.append(f"  {m['name']:16} {m['role']:6} {'healthy' if m['healthy'] else 'UNHEALTHY':9}"
@@ -992,5 +1076,5 @@ def format_status(s: dict) -> str:
     for p in s["peers"]:
         seen = f"{p['last_seen']:.0f}s ago" if p["last_seen"] is not None else "never"
         lines.append(f"  {p['name']:16} {p['address'] or '?':15} {p['subnet'] or '?':18} {p['state']:5} "
-                     f"last seen {seen:10} via {p['via']}")
+                     f"last seen {seen:10} {p['via']['text']}")
     return "\n".join(lines)
