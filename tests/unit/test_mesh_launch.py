@@ -339,3 +339,24 @@ def test_voter_lock_is_released_when_member_add_fails():
     with pytest.raises(CrossnetError):
         ml.admit(cluster, "https://10.0.1.1:2380", 3, "h1")
     assert ml.VOTER_LOCK not in cluster.keys
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, []), ('{"serials": [3, 1, 3]}', [1, 3]), ('{"serials": "x"}', []), ('[1]', []),
+    ('{"serials": [2, -2, 0, "7", true, 1.5]}', [2]),
+])
+def test_revoked_serials_from_a_hostile_store_keep_only_positive_ints(value, want):
+    from crossnet.store.etcdclient import KV
+
+    class One:
+        def get(self, key):
+            assert key == ml.REVOKED_KEY
+            return None if value is None else KV(key, value.encode(), 1, 1, 1, 0)
+
+    assert ml.revoked_serials(One()) == want
+
+
+def test_etcd_argv_checks_the_crl_on_client_and_peer_ports():
+    argv = ml.etcd_argv("h1", "10.0.0.1", "/s/d", "/s/pki", "h1=https://10.0.0.1:2380", "new", "t")
+    assert argv[argv.index("--client-crl-file") + 1] == "/s/pki/revoked.crl"
+    assert argv[argv.index("--peer-crl-file") + 1] == "/s/pki/revoked.crl"

@@ -187,6 +187,7 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
         "--client-cert-auth", "--trusted-ca-file", str(d / pki.CA_CERT),
         "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
         "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT),
+        "--client-crl-file", str(d / pki.CRL), "--peer-crl-file", str(d / pki.CRL),
         "--snapshot-count", "5000", *ETCD_TUNING, "--logger", "zap", "--log-outputs", "stderr",
     ]
 
@@ -423,6 +424,36 @@ def load_cluster_ca(client: Any) -> pki.CA:
     return pki.CA(cert, key)
 
 
+REVOKED_KEY = f"{MESH_PREFIX}/revoked"
+
+
+def revoked_serials(client: Any) -> list[int]:
+    """The serial numbers of the member certificates of forgotten hosts."""
+    doc = get_json(client, REVOKED_KEY) or {}
+    serials = doc.get("serials") if isinstance(doc, dict) else None
+    if not isinstance(serials, list):
+        return []
+    return sorted({x for x in serials if isinstance(x, int) and not isinstance(x, bool) and x > 0})
+
+
+def revoke_serial(client: Any, serial: int, attempts: int = 10) -> None:
+    """Add a certificate's serial to the revocation list in etcd (compare-and-swap)."""
+    for _ in range(attempts):
+        kv = client.get(REVOKED_KEY)
+        serials = sorted(set(revoked_serials(client)) | {int(serial)})
+        cmp = client.cmp_mod(REVOKED_KEY, kv.mod_revision) if kv is not None else client.cmp_create(REVOKED_KEY, 0)
+        ok, _, _ = client.txn([cmp], [client.op_put(REVOKED_KEY, json.dumps({"serials": serials}))])
+        if ok:
+            return
+    raise CrossnetError("the revocation list changed at the same time on another host; try again")
+
+
+def write_crl(paths: Paths, ca: pki.CA, serials: list[int]) -> None:
+    from crossnet.state import write_text_atomic
+
+    write_text_atomic(paths.mesh.pki_dir / pki.CRL, pki.make_crl(ca, serials).decode())
+
+
 def remove_host_records(client: Any, name: str) -> list[str]:
     """Everything the store holds for `name`: its subnet lease (peers drop its routes
     and tunnels), containers, remembered subnet, mesh record. Returns what was removed."""
@@ -496,6 +527,8 @@ class Supervisor:
         self.agent_endpoints: list[str] = []
         self.join_server = None
         self._clients: dict[tuple, Any] = {}
+        self._crl: list[int] | None = None  # the serials in this host's CRL file, once written
+        self._serial: int | None = None
         self._stop = threading.Event()
 
     # ---- children
@@ -527,6 +560,8 @@ class Supervisor:
         return eps or [own]
 
     def start_etcd(self) -> None:
+        if not (self.paths.mesh.pki_dir / pki.CRL).exists():  # a state dir from before revocation existed
+            self.sync_crl(self.client(timeout=2.0) if not self.paths.mesh.can_sign() else None)
         self.paths.etcd_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.paths.etcd_dir, 0o700)
         argv = etcd_argv(self.name, self.address, str(self.paths.etcd_dir / "data"), str(self.paths.mesh.pki_dir),
@@ -629,11 +664,27 @@ class Supervisor:
 
     # ---- periodic
     def heartbeat(self) -> None:
+        if self._serial is None:
+            self._serial = pki.load_cert(self.paths.mesh.member_cert).serial_number
         self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", json.dumps(
-            {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time()}))
+            {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time(),
+             "serial": self._serial}))
+
+    def sync_crl(self, c: Any | None) -> None:
+        """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
+        to ask, the first host's own CA signs an empty list)."""
+        serials = revoked_serials(c) if c is not None else []
+        if serials == self._crl:
+            return
+        ca = load_cluster_ca(c) if c is not None else self.paths.mesh.load_ca(need_key=True)
+        write_crl(self.paths, ca, serials)
+        if self._crl is not None:
+            log.info("revocation list updated: %d certificate(s) revoked", len(serials))
+        self._crl = serials
 
     def maintain(self) -> None:
         c = self.client(timeout=2.0)
+        self.sync_crl(c)
         members = member_list(c)
         own = client_url(self.address)
         eps = endpoint_list(members, own if self.st["role"] == "voter" else None)
@@ -826,6 +877,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl)  # validate
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
+    write_crl(paths, ca, [])  # etcd refuses every connection without a readable CRL file
     paths.save({"version": 1, "name": name, "address": address, "iface": iface, "role": "voter", "voters": voters,
                 "initial_cluster": f"{name}={peer_url(address)}", "cluster_state": "new",
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
@@ -877,6 +929,7 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
         c = etcd_client(paths, eps)
         cfg = retrying(lambda: get_json(c, f"{MESH_PREFIX}/config"), timeout=10) or {}
         st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
+        write_crl(paths, retrying(lambda: load_cluster_ca(c), timeout=10), retrying(lambda: revoked_serials(c)))
         own_peer = peer_url(address)
         role, members = admit(c, own_peer, st["voters"], name)
         st["role"] = role
@@ -935,6 +988,12 @@ def forget(state_dir: str, host: str) -> list[str]:
         raise ConfigError("HOST: this is this host; use `crossnet stop --release`")
     c = etcd_client(paths, Supervisor(state_dir).endpoints())
     done = []
+    record = next((h for h in mesh_hosts(c) if h.get("name") == host), None)
+    serial = record.get("serial") if record else None
+    if isinstance(serial, int) and serial > 0:
+        revoke_serial(c, serial)
+        done.append("certificate (revoked)")
+        write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within MAINTAIN s
     for m in member_list(c):
         if m.get("name") == host:
             member_remove(c, m["ID"])
