@@ -151,3 +151,16 @@ def test_forgotten_host_certificate_is_refused_by_every_remaining_member(lab4):
     st = _wait(lambda: (s := _status(lab, "h2"))["store"] == "ok" and s, 30, "store ok")
     assert sorted(m["name"] for m in st["members"] if m["role"] == "voter") == sorted(voters)
     assert gone not in {p["name"] for p in st["peers"]}
+
+
+@pytest.mark.parametrize("backend", ["ovs-gre", "ovs-vxlan"])
+def test_ovs_backends_with_store_mesh_all_pairs_ping(lab_factory, backend):
+    """`lab up --store mesh --backend ovs-*`: the agent inside `crossnet launch` programs
+    Open vSwitch tunnels (each host's private ovs from the lab's ovs service)."""
+    lab = lab_factory(hosts=3, underlay="l2", backend=backend, containers=1, extra={"store": "mesh"})
+    st = _wait(lambda: (s := _status(lab, "h2"))["store"] == "ok" and len(s["peers"]) == 3 and s, 60, "3 peers")
+    assert {p["name"]: p["state"] for p in st["peers"]} == {"h1": "up", "h2": "up", "h3": "up"}
+    assert {p["via"]["backend"] for p in st["peers"] if p["name"] != "h2"} == {backend}
+    pairs = lab.check()
+    assert len(pairs) == 6 and all(p.ok for p in pairs), [p for p in pairs if not p.ok]
+    assert "Port" in lab.run("h1", ["ovs-vsctl", "show"], check=True).stdout

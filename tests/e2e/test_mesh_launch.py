@@ -247,6 +247,9 @@ def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
     assert all(m["healthy"] for m in st["members"])
     assert {p["name"]: p["state"] for p in st["peers"]} == {f"h{i}": "up" for i in range(1, 6)}
     assert all(p["subnet"] and p["address"] for p in st["peers"])
+    # L2 underlay: every peer is reached directly on the segment
+    assert {p["name"]: p["via"]["text"] for p in st["peers"]} == {
+        **{f"h{i}": "vxlan, direct on the underlay segment" for i in (1, 2, 3, 5)}, "h4": "this host"}
     assert all(p.ok for p in lab.check())
     # launch again: says so, changes nothing
     pid = (Path(lab.plan.host("h2").state_dir) / "mesh" / "launch.pid").read_text()
