@@ -499,7 +499,7 @@ class AgentThread:
     def _main(self) -> None:
         try:
             self.returncode = self.agent.run()
-        except Exception:  # noqa: BLE001 -- the supervisor restarts it; the reason goes to the log
+        except Exception:  # the supervisor restarts it; the reason goes to the log
             log.exception("agent failed")
             self.returncode = 1
 
