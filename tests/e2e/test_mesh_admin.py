@@ -22,19 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.agentlab import module_factory
-from tests.e2e.test_mesh_launch import _launch, _status, _token_line, _wait
+from tests.e2e.test_mesh_launch import _launch, _status, _token_line, _wait, typed_lab
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def lab4(request, lab_sweep):
-    factory = module_factory(request)
-    lab = factory(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
-    yield lab
-    for h in lab.plan.hosts:
-        lab.crossnet(h.name, "stop", check=False, timeout=60)
+    yield from typed_lab(request)
 
 
 def test_two_hosts_joining_at_once_into_two_voters_make_exactly_three(lab4):

@@ -87,13 +87,18 @@ def _tcp_payloads(frames: list[bytes]) -> list[tuple[int, int, bytes]]:
 
 # ---------------------------------------------------------------- joins typed by hand
 
-@pytest.fixture(scope="module")
-def joins(request, lab_sweep):
-    factory = module_factory(request)
-    lab = factory(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
+def typed_lab(request):
+    """A 4-host L3 lab without any store (the tests type the user's commands); every
+    host's `crossnet launch` is stopped at the end. For module-scoped fixtures."""
+    lab = module_factory(request)(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
     yield lab
     for h in lab.plan.hosts:
         lab.crossnet(h.name, "stop", check=False, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def joins(request, lab_sweep):
+    yield from typed_lab(request)
 
 
 def test_first_launch_then_join_is_tls_only_on_the_wire(joins, tmp_path):
