@@ -360,3 +360,27 @@ def test_etcd_argv_checks_the_crl_on_client_and_peer_ports():
     argv = ml.etcd_argv("h1", "10.0.0.1", "/s/d", "/s/pki", "h1=https://10.0.0.1:2380", "new", "t")
     assert argv[argv.index("--client-crl-file") + 1] == "/s/pki/revoked.crl"
     assert argv[argv.index("--peer-crl-file") + 1] == "/s/pki/revoked.crl"
+
+
+def test_a_join_refused_during_an_election_is_tried_again_but_quorum_loss_is_final():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise CrossnetError("join via 10.0.0.3:6790 refused: store unavailable: cannot reach etcd (timed out)")
+        return "joined"
+
+    assert ml.join_riding_out_elections(flaky, timeout=10, interval=0.01) == "joined" and len(calls) == 3
+    for final in ("join via 10.0.0.3:6790 refused: store unavailable: quorum lost (1/3 voters)",
+                  "join via 10.0.0.3:6790 refused: token abc123: wrong secret",
+                  "10.0.0.3:6790 belongs to another cluster"):
+        calls.clear()
+
+        def refuse(msg=final):
+            calls.append(1)
+            raise CrossnetError(msg)
+
+        with pytest.raises(CrossnetError):
+            ml.join_riding_out_elections(refuse, timeout=10, interval=0.01)
+        assert len(calls) == 1, final

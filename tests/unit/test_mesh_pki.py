@@ -297,6 +297,9 @@ def test_crl_lists_the_revoked_serials_and_is_signed_by_the_ca(ca, tmp_path):
         assert (res.returncode == 0) == ok, res.stdout + res.stderr
     empty = x509.load_pem_x509_crl(pki.make_crl(ca, []))
     assert len(empty) == 0 and empty.is_signature_valid(ca.cert.public_key())
+    assert pki.crl_serials(tmp_path / "crl.pem") == [revoked.serial_number]
+    assert pki.crl_serials(tmp_path / "missing.pem") is None
+    assert pki.crl_serials(tmp_path / "c.pem") is None  # a certificate, not a CRL
 
 
 def test_crl_needs_the_ca_key(ca):

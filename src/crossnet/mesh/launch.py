@@ -54,8 +54,8 @@ HEARTBEAT = 5.0
 MAINTAIN = 5.0
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
-# 250 ms instead of 100 ms (election after 2.5 s without one), one OS thread for Go code
-ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "5000"]
+# 250 ms instead of 100 ms (election after 2.5-5 s without one), one OS thread for Go code
+ETCD_TUNING = ["--heartbeat-interval", "250", "--election-timeout", "2500"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "50"}
 READY_TIMEOUT = 90.0
 
@@ -674,6 +674,8 @@ class Supervisor:
         """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
         to ask, the first host's own CA signs an empty list)."""
         serials = revoked_serials(c) if c is not None else []
+        if self._crl is None:  # what the file already says (written at launch): rewritten only on a change
+            self._crl = pki.crl_serials(self.paths.mesh.pki_dir / pki.CRL)
         if serials == self._crl:
             return
         ca = load_cluster_ca(c) if c is not None else self.paths.mesh.load_ca(need_key=True)
@@ -912,13 +914,34 @@ def _abort(state_dir: str, member_of: list[str] | None = None, name: str | None 
     shutil.rmtree(paths.root, ignore_errors=True)
 
 
+JOIN_RETRY_S = 20.0
+
+
+def join_riding_out_elections(fn: Callable[[], Any], timeout: float = JOIN_RETRY_S, interval: float = 1.0) -> Any:
+    """fn() (the join handshake), again while the serving host refuses it because its
+    etcd does not answer for a moment — a voter died and the others are electing a
+    leader (up to 2 election timeouts). A refusal leaves nothing on either host, so a
+    new handshake is safe; quorum loss and every other refusal are final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except CrossnetError as exc:
+            msg = str(exc)
+            if ("refused: store unavailable" not in msg or "quorum lost" in msg
+                    or time.monotonic() + interval > deadline):
+                raise
+            log.info("join refused for now (%s); trying again", msg)
+            time.sleep(interval)
+
+
 def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, iface: str, address: str,
                 spawn: bool = True) -> str:
     """Handshake, then `member add` (voter while < voters), then the supervisor."""
     from crossnet.mesh import join
 
     paths = Paths(Path(state_dir))
-    result = join.request_join(server, join_token, name, address)  # refusal: nothing written anywhere
+    result = join_riding_out_elections(lambda: join.request_join(server, join_token, name, address))
     pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
     os.chmod(paths.root, 0o700)
     members = result.members

@@ -309,6 +309,17 @@ def make_crl(ca: CA, serials: Any) -> bytes:
     return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
+def crl_serials(path: str | os.PathLike[str]) -> list[int] | None:
+    """The serials a CRL file lists (sorted), or None if it is missing or unreadable."""
+    from cryptography import x509
+
+    try:
+        crl = x509.load_pem_x509_crl(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return sorted(r.serial_number for r in crl)
+
+
 def _ca_paths(directory: str | os.PathLike[str]) -> tuple[Path, Path]:
     d = Path(directory)
     return d / CA_CERT, d / CA_KEY
