@@ -185,6 +185,16 @@ def test_control_figures_are_sane(quick):
     assert all(a >= b for a, b in zip(ag["program_s"]["samples"], ag["program_after_ready_s"]["samples"]))
     assert _pos(ag["agent_rss_mb"]) and ag["agent_rss_mb"] < 1024
 
+    me = cp["mesh"]  # `crossnet launch`: a small mesh in the quick suite
+    assert me["status"] == "ok", me.get("reason")
+    assert me["hosts"] == cp["params"]["mesh_hosts"] >= 2
+    assert me["join_s"]["n"] == cp["params"]["mesh_joins"] and all(_pos(x) for x in me["join_s"]["samples"])
+    assert me["join_s"]["min"] <= me["join_s"]["p95"] <= me["join_s"]["max"]
+    v = me["voter"]
+    assert all(_pos(v[k]["rss_mb"]) and v[k]["rss_mb"] < 1024 for k in ("etcd", "launch"))
+    assert _approx(v["total"]["rss_mb"], v["etcd"]["rss_mb"] + v["launch"]["rss_mb"], abs=0.2)
+    assert 0 <= v["total"]["cpu_pct"] < 200
+
 
 def test_memory_and_targets(quick):
     res = quick["res"]
@@ -202,7 +212,7 @@ def test_memory_and_targets(quick):
 
     targets = {t["id"]: t for t in res["targets"]}
     assert {"vxlan-1500", "host-gw-1500", "bridge-1500", "ovs-gre-1500", "attach-p50", "peers-1000", "cni-add",
-            "podman-run", "agent-p95", "agent-rss"} <= set(targets)
+            "podman-run", "agent-p95", "agent-rss", "mesh-join-p95", "mesh-rss", "mesh-idle-cpu"} <= set(targets)
     for t in targets.values():
         assert t["met"] in (True, False, None)
         if t["id"].endswith("-9000"):
@@ -232,6 +242,8 @@ def test_memory_and_targets(quick):
     assert targets["cni-add"]["value"] == cp["cni"]["add_ratio"]
     assert targets["agent-p95"]["value"] == cp["agent"]["program_s"]["p95"]
     assert targets["agent-rss"]["value"] == cp["agent"]["agent_rss_mb"]
+    assert targets["mesh-join-p95"]["value"] == cp["mesh"]["join_s"]["p95"]
+    assert targets["mesh-rss"]["value"] == cp["mesh"]["voter"]["total"]["rss_mb"]
 
 
 def test_report_and_plots(quick):

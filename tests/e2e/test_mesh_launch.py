@@ -87,13 +87,18 @@ def _tcp_payloads(frames: list[bytes]) -> list[tuple[int, int, bytes]]:
 
 # ---------------------------------------------------------------- joins typed by hand
 
-@pytest.fixture(scope="module")
-def joins(request, lab_sweep):
-    factory = module_factory(request)
-    lab = factory(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
+def typed_lab(request):
+    """A 4-host L3 lab without any store (the tests type the user's commands); every
+    host's `crossnet launch` is stopped at the end. For module-scoped fixtures."""
+    lab = module_factory(request)(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
     yield lab
     for h in lab.plan.hosts:
         lab.crossnet(h.name, "stop", check=False, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def joins(request, lab_sweep):
+    yield from typed_lab(request)
 
 
 def test_first_launch_then_join_is_tls_only_on_the_wire(joins, tmp_path):
@@ -215,7 +220,7 @@ def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
     # others keep the quorum, a new host joins (through h3)
     pids = subprocess.run(["ip", "netns", "pids", lab.plan.host("h1").netns], capture_output=True, text=True,
                           check=True).stdout.split()
-    assert len(pids) == 3, pids  # supervisor, etcd, agent
+    assert len(pids) == 2, pids  # supervisor (with the agent inside), etcd
     for pid in pids:
         os.kill(int(pid), signal.SIGKILL)
     res = _launch(lab, "h4", "--token", token, lab.plan.host("h3").address)
@@ -247,6 +252,9 @@ def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
     assert all(m["healthy"] for m in st["members"])
     assert {p["name"]: p["state"] for p in st["peers"]} == {f"h{i}": "up" for i in range(1, 6)}
     assert all(p["subnet"] and p["address"] for p in st["peers"])
+    # L2 underlay: every peer is reached directly on the segment
+    assert {p["name"]: p["via"]["text"] for p in st["peers"]} == {
+        **{f"h{i}": "vxlan, direct on the underlay segment" for i in (1, 2, 3, 5)}, "h4": "this host"}
     assert all(p.ok for p in lab.check())
     # launch again: says so, changes nothing
     pid = (Path(lab.plan.host("h2").state_dir) / "mesh" / "launch.pid").read_text()

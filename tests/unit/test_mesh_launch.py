@@ -252,3 +252,135 @@ def test_retrying_rides_out_an_election_but_not_a_real_error():
 
     with pytest.raises(CrossnetError, match="timed out"):
         ml.retrying(always, timeout=0.1, interval=0.01)
+
+
+# ---------------------------------------------------------------- voter admission is atomic
+
+class FakeCluster:
+    """Just enough of EtcdClient for launch.admit: a lock key created in a transaction on
+    a lease, the member list and `member add` (slow, to widen any race)."""
+
+    def __init__(self, voters: int):
+        import threading
+
+        self.members = [{"name": f"v{i}", "ID": str(i), "peerURLs": [f"https://10.0.0.{i}:2380"]}
+                        for i in range(voters)]
+        self.keys: dict[str, tuple[str, int]] = {}
+        self.leases = 0
+        self.mu = threading.Lock()
+
+    def lease_grant(self, ttl):
+        with self.mu:
+            self.leases += 1
+            return self.leases, ttl
+
+    def lease_revoke(self, lease):
+        with self.mu:
+            self.keys = {k: v for k, v in self.keys.items() if v[1] != lease}
+        return True
+
+    @staticmethod
+    def cmp_create(key, rev):
+        return ("absent", key)
+
+    @staticmethod
+    def op_put(key, value, lease=0):
+        return (key, value, lease)
+
+    def txn(self, compare, success, failure=None):
+        with self.mu:
+            ok = all(k not in self.keys for _, k in compare)
+            if ok:
+                for key, value, lease in success:
+                    self.keys[key] = (value, lease)
+            return ok, [], 0
+
+    def call(self, path, body):
+        import time
+
+        if path == "cluster/member/list":
+            with self.mu:
+                return {"members": [dict(m) for m in self.members]}
+        assert path == "cluster/member/add"
+        time.sleep(0.05)
+        with self.mu:
+            self.members.append({"name": "", "ID": str(len(self.members)), "peerURLs": body["peerURLs"]})
+            return {"members": [dict(m) for m in self.members]}
+
+
+def test_two_hosts_joining_at_once_make_exactly_one_more_voter():
+    import threading
+
+    cluster = FakeCluster(voters=2)
+    roles: dict[str, str] = {}
+
+    def join(name: str, peer: str) -> None:
+        roles[name] = ml.admit(cluster, peer, 3, name)[0]
+
+    threads = [threading.Thread(target=join, args=(f"h{i}", f"https://10.0.1.{i}:2380")) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(roles.values()) == ["client", "client", "client", "voter"]
+    assert len(ml.voters_of(cluster.members)) == 3
+    assert ml.VOTER_LOCK not in cluster.keys  # released
+
+
+def test_voter_lock_is_released_when_member_add_fails():
+    cluster = FakeCluster(voters=1)
+
+    def refuse(path, body):
+        if path == "cluster/member/add":
+            raise CrossnetError("etcd: peerURL exists")
+        return FakeCluster.call(cluster, path, body)
+
+    cluster.call = refuse
+    with pytest.raises(CrossnetError):
+        ml.admit(cluster, "https://10.0.1.1:2380", 3, "h1")
+    assert ml.VOTER_LOCK not in cluster.keys
+
+
+@pytest.mark.parametrize("value, want", [
+    (None, []), ('{"serials": [3, 1, 3]}', [1, 3]), ('{"serials": "x"}', []), ('[1]', []),
+    ('{"serials": [2, -2, 0, "7", true, 1.5]}', [2]),
+])
+def test_revoked_serials_from_a_hostile_store_keep_only_positive_ints(value, want):
+    from crossnet.store.etcdclient import KV
+
+    class One:
+        def get(self, key):
+            assert key == ml.REVOKED_KEY
+            return None if value is None else KV(key, value.encode(), 1, 1, 1, 0)
+
+    assert ml.revoked_serials(One()) == want
+
+
+def test_etcd_argv_checks_the_crl_on_client_and_peer_ports():
+    argv = ml.etcd_argv("h1", "10.0.0.1", "/s/d", "/s/pki", "h1=https://10.0.0.1:2380", "new", "t")
+    assert argv[argv.index("--client-crl-file") + 1] == "/s/pki/revoked.crl"
+    assert argv[argv.index("--peer-crl-file") + 1] == "/s/pki/revoked.crl"
+
+
+def test_a_join_refused_during_an_election_is_tried_again_but_quorum_loss_is_final():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise CrossnetError("join via 10.0.0.3:6790 refused: store unavailable: cannot reach etcd (timed out)")
+        return "joined"
+
+    assert ml.join_riding_out_elections(flaky, timeout=10, interval=0.01) == "joined" and len(calls) == 3
+    for final in ("join via 10.0.0.3:6790 refused: store unavailable: quorum lost (1/3 voters)",
+                  "join via 10.0.0.3:6790 refused: token abc123: wrong secret",
+                  "10.0.0.3:6790 belongs to another cluster"):
+        calls.clear()
+
+        def refuse(msg=final):
+            calls.append(1)
+            raise CrossnetError(msg)
+
+        with pytest.raises(CrossnetError):
+            ml.join_riding_out_elections(refuse, timeout=10, interval=0.01)
+        assert len(calls) == 1, final

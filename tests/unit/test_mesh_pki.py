@@ -272,3 +272,37 @@ def test_validate_address(value):
     else:
         with pytest.raises(ConfigError, match="^address: "):
             pki.validate_address(text)
+
+
+def test_crl_lists_the_revoked_serials_and_is_signed_by_the_ca(ca, tmp_path):
+    from cryptography import x509
+
+    _, ca = ca
+    key = pki.generate_key()
+    revoked = ca.issue(pki.load_csr(pki.make_csr(key, "h4")), "h4", "10.0.0.4")
+    kept = ca.issue(pki.load_csr(pki.make_csr(key, "h5")), "h5", "10.0.0.5")
+    crl = x509.load_pem_x509_crl(pki.make_crl(ca, [revoked.serial_number, revoked.serial_number]))
+    assert crl.is_signature_valid(ca.cert.public_key())
+    assert crl.get_revoked_certificate_by_serial_number(revoked.serial_number) is not None
+    assert crl.get_revoked_certificate_by_serial_number(kept.serial_number) is None
+    assert len(crl) == 1
+    # openssl agrees: the revoked certificate fails CRL checking, the other passes
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
+    (tmp_path / "crl.pem").write_bytes(pki.make_crl(ca, [revoked.serial_number]))
+    for cert, ok in ((revoked, False), (kept, True)):
+        (tmp_path / "c.pem").write_bytes(pki.cert_pem(cert))
+        res = subprocess.run(["openssl", "verify", "-crl_check", "-CAfile", str(tmp_path / "ca.pem"),
+                              "-CRLfile", str(tmp_path / "crl.pem"), str(tmp_path / "c.pem")],
+                             capture_output=True, text=True, check=False)
+        assert (res.returncode == 0) == ok, res.stdout + res.stderr
+    empty = x509.load_pem_x509_crl(pki.make_crl(ca, []))
+    assert len(empty) == 0 and empty.is_signature_valid(ca.cert.public_key())
+    assert pki.crl_serials(tmp_path / "crl.pem") == [revoked.serial_number]
+    assert pki.crl_serials(tmp_path / "missing.pem") is None
+    assert pki.crl_serials(tmp_path / "c.pem") is None  # a certificate, not a CRL
+
+
+def test_crl_needs_the_ca_key(ca):
+    _, ca = ca
+    with pytest.raises(pki.PkiError):
+        pki.make_crl(pki.CA(ca.cert, None), [1])

@@ -678,6 +678,9 @@ class Agent:
             self._shutdown_threads()
             self._reset_ipr()
             self.store.close()
+            if self._lock_fh is not None:  # an agent run again in the same process (crossnet launch) takes it anew
+                self._lock_fh.close()
+                self._lock_fh = None
 
     def _run(self) -> int:
         self._identity()

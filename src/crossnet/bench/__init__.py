@@ -13,7 +13,8 @@ Modules:
 - ``dataplane`` suite: per backend a 4-host lab: container h1 → h2 (crossnet) vs host
                 h3 → h4 (never configured: the underlay), interleaved
 - ``worker``    runs *inside* a lab host namespace: in-process attach loops, CNI calls
-- ``control``   suite: attach latency, N-peer apply, CNI ADD, podman run, agent
+- ``control``   suite: attach latency, N-peer apply, CNI ADD, podman run, agent, mesh
+- ``agentbench``/``meshbench``  the etcd agent's and `crossnet launch`'s labs (join latency, footprint)
 - ``targets``   the issue's performance targets, evaluated on a result
 - ``report``    docs/benchmarks.md + plots in docs/img/
 

@@ -10,6 +10,7 @@
   both executed the way a runtime executes a plugin, interleaved.
 - podman: ``podman run --rm`` with --network none / reference bridge / crossnet.
 - agent: programming latency of the etcd agent, when it exists.
+- mesh: `crossnet launch --token` join latency, idle etcd+agent footprint (meshbench).
 
 Peak RSS of every crossnet process involved is recorded in RunContext.memory.
 """
@@ -410,18 +411,32 @@ def bench_dns(rc: RunContext) -> dict[str, Any]:
         return {"status": "failed", "reason": clean_error(exc)}
 
 
+def bench_mesh(rc: RunContext, hosts: int = 5, joins: int = 10, idle_s: float = 30.0) -> dict[str, Any]:
+    """`crossnet launch --token` join latency and the idle etcd+agent footprint."""
+    from crossnet.bench import meshbench
+
+    try:
+        return meshbench.run(rc, hosts=hosts, joins=joins, idle_s=idle_s)
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001
+        return {"status": "failed", "reason": clean_error(exc)}
+
+
 # ---------------------------------------------------------------- suite
 
 
 def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_sizes: tuple[int, ...] = (10, 100, 1000),
         peer_backends: tuple[str, ...] = ("vxlan", "host-gw"), cni_count: int = 50, podman_runs: int = 10,
         agent: bool = True, profile: bool = False, reset_max: int = 1000, agent_hosts: int = 20,
-        agent_joins: int = 10, peer_repeats: int = 1) -> dict[str, Any]:
+        agent_joins: int = 10, peer_repeats: int = 1, mesh: bool = True, mesh_hosts: int = 5, mesh_joins: int = 10,
+        mesh_idle: float = 30.0) -> dict[str, Any]:
     t0 = time.monotonic()
     res: dict[str, Any] = {"suite": "control", "params": {
         "attach_count": attach_count, "cli_count": cli_count, "peer_sizes": list(peer_sizes),
         "peer_backends": list(peer_backends), "cni_count": cni_count, "podman_runs": podman_runs,
-        "agent": agent, "agent_hosts": agent_hosts, "agent_joins": agent_joins}}
+        "agent": agent, "agent_hosts": agent_hosts, "agent_joins": agent_joins, "mesh": mesh,
+        "mesh_hosts": mesh_hosts, "mesh_joins": mesh_joins, "mesh_idle": mesh_idle}}
     res["attach"] = bench_attach(rc, attach_count, cli_count)
     res["peers"] = bench_peers(rc, peer_sizes, peer_backends, profile_over_s=1.0 if profile else None,
                                reset_max=reset_max, repeats=peer_repeats)
@@ -431,8 +446,10 @@ def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_size
     res["agent"] = bench_agent(rc, agent_hosts, agent_joins) if agent else {
         "status": "skipped", "reason": "disabled for this run"}
     res["dns"] = bench_dns(rc) if agent else {"status": "skipped", "reason": "disabled for this run (with the agent)"}
+    res["mesh"] = bench_mesh(rc, mesh_hosts, mesh_joins, mesh_idle) if mesh else {
+        "status": "skipped", "reason": "disabled for this run"}
     res["elapsed_s"] = round(time.monotonic() - t0, 1)
     return res
 
 
-__all__ = ["run", "bench_attach", "bench_peers", "bench_cni", "bench_podman", "bench_agent", "bench_dns"]
+__all__ = ["run", "bench_attach", "bench_peers", "bench_cni", "bench_podman", "bench_agent", "bench_dns", "bench_mesh"]

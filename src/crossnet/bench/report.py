@@ -49,6 +49,19 @@ WHY = {
         "registration and lease, its own host's apply; the peers program it within milliseconds of its "
         "registration (see 'after ready')."
     ),
+    "mesh-join-p95": (
+        "A join is a new Python process (imports, key generation), the token handshake over TLS, a TLS "
+        "etcd client, the voter lock and (for the 3rd host) `member add` + an etcd start, the supervisor's "
+        "start-up, its agent's lease and first sync, then `crossnet attach` and the peers' programming."
+    ),
+    "mesh-rss": (
+        "The launch process holds the agent, the join endpoint and the supervision in one interpreter; "
+        "~8 MB of it is the `cryptography` library the join endpoint signs with (docs/mesh.md, Resources)."
+    ),
+    "mesh-idle-cpu": (
+        "Idle etcd 3.4 alone takes ~0.3 %; the rest is raft with two peers over TLS (heartbeat 500 ms) and "
+        "every host's heartbeat, lease keep-alives and watches (docs/mesh.md, Resources)."
+    ),
 }
 
 # what a container→container packet crosses compared with the underlay (h3 → h4: a veth pair on a switch)
@@ -580,6 +593,23 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
     else:
         out.append(f"{ag.get('status')}: {ag.get('reason')}")
     out.append("")
+    me = cp.get("mesh") or {}
+    if me:
+        out.append("### crossnet launch (mesh)")
+        out.append("")
+        if me.get("status") == "ok":
+            j = me["join_s"]
+            out.append(f"{j['n']} joins into a {me['hosts']}-host mesh (`crossnet stop --release`, then `crossnet "
+                       f"launch --token` + `crossnet attach` until every existing host's container pings the new "
+                       f"one): p50 {j['p50']} s, p95 {j['p95']} s, max {j['max']} s.")
+            out.append("")
+            rows = [[role, k, str(v["rss_mb"]), str(v["cpu_pct"])]
+                    for role in ("voter", "client") if me.get(role)
+                    for k, v in me[role].items() if isinstance(v, dict)]
+            out.append(_md_table(["host", "process", "RSS MB", f"idle CPU % ({me['voter']['idle_s']} s)"], rows))
+        else:
+            out.append(f"{me.get('status')}: {me.get('reason')}")
+        out.append("")
     return out
 
 

@@ -183,6 +183,27 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         for tid in ("dns-p99", "dns-change"):
             out.append(_t(tid, "DNS", "≤ 2 ms" if tid == "dns-p99" else "≤ 2 s", None, "ms" if tid == "dns-p99"
                           else "s", None, status=f"{dn.get('status', 'not measured')}: {dn.get('reason', '')}"))
+    out += _mesh_targets(cp.get("mesh") or {})
+    return out
+
+
+def _mesh_targets(me: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13: join p95 ≤ 3 s (10 joins into a 5-host mesh); etcd member + agent on one
+    host ≤ 80 MB RSS together, idle CPU ≤ 1 %."""
+    what = "mesh: `crossnet launch --token` → every host reaches the new host's container, p95"
+    if me.get("status") != "ok" or not me.get("join_s", {}).get("n"):
+        return [_t("mesh-join-p95", what, "≤ 3 s", None, "s", None,
+                   status=f"{me.get('status', 'not measured')}: {me.get('reason', '')}")]
+    v = me["join_s"]["p95"]
+    out = [_t("mesh-join-p95", what, "≤ 3 s", v, "s", v <= 3.0, _pct_short(v, 3.0, False),
+              f"{me['join_s']['n']} joins into a {me['hosts']}-host mesh; launch + attach + first ping from each")]
+    tot = me["voter"]["total"]
+    parts = ", ".join(f"{k} {me['voter'][k]['rss_mb']} MB" for k in ("etcd", "launch") if k in me["voter"])
+    out.append(_t("mesh-rss", "mesh voter: etcd member + crossnet launch (agent inside), RSS", "≤ 80 MB",
+                  tot["rss_mb"], "MB", tot["rss_mb"] <= 80, _pct_short(tot["rss_mb"], 80, False), parts))
+    out.append(_t("mesh-idle-cpu", "mesh voter: etcd member + agent, idle CPU", "≤ 1 %", tot["cpu_pct"], "%",
+                  tot["cpu_pct"] <= 1.0, _pct_short(tot["cpu_pct"], 1.0, False),
+                  f"over {me['voter']['idle_s']} s with nothing happening"))
     return out
 
 

@@ -20,13 +20,13 @@ QUICK = {
     "mtus": (1500,), "repeats": 2, "duration": 1.0, "ping_count": 20,
     "attach_count": 200, "cli_count": 10, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan",),
     "reset_max": 1000, "peer_repeats": 1, "cni_count": 10, "podman_runs": 3, "agent": True, "agent_hosts": 4,
-    "agent_joins": 5, "diagnostics": False,
+    "agent_joins": 5, "diagnostics": False, "mesh": True, "mesh_hosts": 2, "mesh_joins": 2, "mesh_idle": 5.0,
 }
 FULL = {
     "mtus": (1500, 9000), "repeats": 5, "duration": 5.0, "ping_count": 200,
     "attach_count": 250, "cli_count": 200, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan", "host-gw"),
     "reset_max": 1000, "peer_repeats": 3, "cni_count": 50, "podman_runs": 10, "agent": True, "agent_hosts": 20,
-    "agent_joins": 10, "diagnostics": True,
+    "agent_joins": 10, "diagnostics": True, "mesh": True, "mesh_hosts": 5, "mesh_joins": 10, "mesh_idle": 30.0,
 }
 
 
@@ -184,7 +184,9 @@ def _print_human(res: dict[str, Any]) -> None:
         for col in ("measure", "result"):
             t.add_column(col)
         at = cp.get("attach") or {}
-        if at.get("status") == "ok":
+        if "attach" not in cp:  # `bench mesh`: only its own row
+            pass
+        elif at.get("status") == "ok":
             for key, label in (("inprocess", "attach (in-process)"), ("cli", "attach (CLI)")):
                 if at.get(key):
                     a = at[key]["attach_ms"]
@@ -203,20 +205,33 @@ def _print_human(res: dict[str, Any]) -> None:
         if (cp.get("peers") or {}).get("status") not in (None, "ok"):
             t.add_row("peers", f"{cp['peers']['status']}: {cp['peers'].get('reason')}")
         cn = cp.get("cni") or {}
-        if cn.get("status") == "ok":
+        if "cni" not in cp:
+            pass
+        elif cn.get("status") == "ok":
             x, r = cn["crossnet-cni"]["add_ms"], cn["bridge+host-local"]["add_ms"]
             t.add_row("CNI ADD", f"crossnet-cni p50 {x['p50']:.1f} ms vs bridge+host-local {r['p50']:.1f} ms "
                                  f"(ratio {cn.get('add_ratio')})")
         else:
             t.add_row("CNI ADD", f"{cn.get('status')}: {cn.get('reason')}")
         po = cp.get("podman") or {}
-        if po.get("status") == "ok":
+        if "podman" not in cp:
+            pass
+        elif po.get("status") == "ok":
             t.add_row("podman run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in po["run_s"].items())
                       + f" (added: {po.get('added_s')})")
         else:
             t.add_row("podman run", f"{po.get('status')}: {po.get('reason')}")
         ag = cp.get("agent") or {}
-        t.add_row("agent", "ok" if ag.get("status") == "ok" else f"{ag.get('status')}: {ag.get('reason')}")
+        if "agent" in cp:
+            t.add_row("agent", "ok" if ag.get("status") == "ok" else f"{ag.get('status')}: {ag.get('reason')}")
+        me = cp.get("mesh") or {}
+        if me.get("status") == "ok":
+            v = me["voter"]["total"]
+            t.add_row("mesh (crossnet launch)", f"join → every host reaches its container p95 {me['join_s']['p95']:.2f} s "
+                                                f"(n={me['join_s']['n']}); voter etcd+agent {v['rss_mb']} MB, "
+                                                f"idle CPU {v['cpu_pct']} %")
+        elif me:
+            t.add_row("mesh (crossnet launch)", f"{me.get('status')}: {me.get('reason')}")
         con.print(t)
     if res.get("memory"):
         t = Table(title="peak RSS", header_style="bold")
@@ -268,7 +283,8 @@ def _run_control(rc: Any, s: dict[str, Any], profile: bool) -> dict[str, Any]:
     return control.run(rc, attach_count=s["attach_count"], cli_count=s["cli_count"], peer_sizes=s["peer_sizes"],
                        peer_backends=s["peer_backends"], reset_max=s["reset_max"], cni_count=s["cni_count"],
                        podman_runs=s["podman_runs"], agent=s["agent"], profile=profile,
-                       peer_repeats=s["peer_repeats"], agent_hosts=s["agent_hosts"], agent_joins=s["agent_joins"])
+                       peer_repeats=s["peer_repeats"], agent_hosts=s["agent_hosts"], agent_joins=s["agent_joins"],
+                       mesh=s["mesh"], mesh_hosts=s["mesh_hosts"], mesh_joins=s["mesh_joins"], mesh_idle=s["mesh_idle"])
 
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -400,6 +416,30 @@ def register(main: click.Group) -> None:
                 res["transport"] = transportbench.run(rc, samples=samples, repeats=repeats, duration=duration)
             except Skip as exc:
                 res["transport"] = {"suite": "transport", "status": "skipped", "reason": str(exc)}
+        _emit(_finish(res, rc, t0), output, save, False, "docs")
+
+    @bench.command("mesh")
+    @QUICK_OPT
+    @click.option("--hosts", type=click.IntRange(1, 20), help="Hosts of the mesh the new host joins (default 5; quick 2).")
+    @click.option("--joins", type=click.IntRange(1, 50), help="Joins measured (default 10; quick 2).")
+    @click.option("--idle", type=click.FloatRange(1, 600), help="Idle window for CPU %% (s; default 30; quick 5).")
+    @OUTPUT
+    @SAVE
+    def mesh_cmd(quick, hosts, joins, idle, output, save):
+        """`crossnet launch`: join latency (launch --token on a new host → every host
+        reaches its container) and the idle RSS/CPU of etcd member + agent (also part
+        of `bench control`)."""
+        _require_root()
+        from crossnet.bench.control import bench_mesh
+        from crossnet.bench.util import RunContext
+
+        s = _settings(quick, mesh_hosts=hosts, mesh_joins=joins, mesh_idle=idle)
+        rc = RunContext(quick=quick, log=_logger(output))
+        t0 = time.monotonic()
+        res = _header(quick)
+        with _sigterm_as_interrupt():
+            res["control"] = {"suite": "control", "params": {k: s[k] for k in ("mesh_hosts", "mesh_joins", "mesh_idle")},
+                              "mesh": bench_mesh(rc, s["mesh_hosts"], s["mesh_joins"], s["mesh_idle"])}
         _emit(_finish(res, rc, t0), output, save, False, "docs")
 
     @bench.command("all")

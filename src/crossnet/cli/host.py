@@ -299,7 +299,20 @@ def status(ctx: click.Context, output: str) -> None:
     if via is not None and "error" not in via["host"]:
         st = dict(via["host"], agent=via["agent"])
     else:
-        st = get_status(_state(ctx))
+        try:
+            st = get_status(_state(ctx))
+        except CrossnetError as exc:
+            mesh = _mesh_status(ctx)
+            if mesh is None:
+                raise
+            from crossnet.mesh.launch import format_status, not_programmed
+
+            down = not_programmed(mesh, str(exc))
+            if output == "json":
+                _json(down)
+            else:
+                click.echo(f"{down['host']}: not programmed (no applied state): {down['reason']}\n{format_status(mesh)}")
+            return
     mesh = _mesh_status(ctx)
     if mesh is not None:
         st["mesh"] = mesh

@@ -51,8 +51,13 @@ DEFAULT_BACKEND = "vxlan"
 DEFAULT_VOTERS = 3
 DEFAULT_TTL = 30
 HEARTBEAT = 5.0
-MAINTAIN = 3.0
+MAINTAIN = 5.0
 ETCD_BINARY = "etcd"
+# etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
+# 250 ms instead of 100 ms (election after 2.5-5 s without one), one OS thread for Go code,
+# garbage collection at +25 % heap (GOGC=25: 34 MB instead of 37 MB measured, CPU no higher)
+ETCD_TUNING = ["--heartbeat-interval", "250", "--election-timeout", "2500"]
+ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
 
 
@@ -183,7 +188,8 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
         "--client-cert-auth", "--trusted-ca-file", str(d / pki.CA_CERT),
         "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
         "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT),
-        "--snapshot-count", "5000", "--logger", "zap", "--log-outputs", "stderr",
+        "--client-crl-file", str(d / pki.CRL), "--peer-crl-file", str(d / pki.CRL),
+        "--snapshot-count", "5000", *ETCD_TUNING, "--logger", "zap", "--log-outputs", "stderr",
     ]
 
 
@@ -337,6 +343,44 @@ def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
             time.sleep(0.5)
 
 
+VOTER_LOCK = f"{MESH_PREFIX}/voter-lock"
+VOTER_LOCK_TTL = 60
+
+
+@contextlib.contextmanager
+def voter_lock(client: Any, holder: str, timeout: float = 90.0, interval: float = 0.3):
+    """Only one host at a time decides whether it becomes a voter and adds itself:
+    `/crossnet-mesh/voter-lock`, created in a transaction only if absent, on a lease (a
+    host that dies holding it frees it after VOTER_LOCK_TTL s). Without it two hosts
+    joining at once both saw 2 voters and both became the third."""
+    lease, _ = client.lease_grant(VOTER_LOCK_TTL)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            ok, _, _ = client.txn([client.cmp_create(VOTER_LOCK, 0)], [client.op_put(VOTER_LOCK, holder, lease=lease)])
+            if ok:
+                break
+            if time.monotonic() > deadline:
+                raise CrossnetError(f"another host kept the voter lock for {timeout:.0f}s; try again")
+            time.sleep(interval)
+        yield
+    finally:
+        with contextlib.suppress(CrossnetError):
+            client.lease_revoke(lease)
+
+
+def admit(client: Any, own_peer: str, max_voters: int, holder: str) -> tuple[str, list[dict]]:
+    """(role, members): under the voter lock, read the member list and, while there are
+    fewer than max_voters voters, `member add` this host as one — atomically with
+    respect to every other joining or promoted host."""
+    with voter_lock(client, holder):
+        members = retrying(lambda: member_list(client), timeout=10)
+        role = role_for(members, max_voters)
+        if role == "voter":
+            members = member_add(client, own_peer)
+    return role, members
+
+
 def member_remove(client: Any, member_id: str, timeout: float = 30.0) -> None:
     """`member remove`, retried while etcd answers "unhealthy cluster" (a member connected
     less than 5 s ago does not count towards the quorum its strict check wants)."""
@@ -381,6 +425,36 @@ def load_cluster_ca(client: Any) -> pki.CA:
     return pki.CA(cert, key)
 
 
+REVOKED_KEY = f"{MESH_PREFIX}/revoked"
+
+
+def revoked_serials(client: Any) -> list[int]:
+    """The serial numbers of the member certificates of forgotten hosts."""
+    doc = get_json(client, REVOKED_KEY) or {}
+    serials = doc.get("serials") if isinstance(doc, dict) else None
+    if not isinstance(serials, list):
+        return []
+    return sorted({x for x in serials if isinstance(x, int) and not isinstance(x, bool) and x > 0})
+
+
+def revoke_serial(client: Any, serial: int, attempts: int = 10) -> None:
+    """Add a certificate's serial to the revocation list in etcd (compare-and-swap)."""
+    for _ in range(attempts):
+        kv = client.get(REVOKED_KEY)
+        serials = sorted(set(revoked_serials(client)) | {int(serial)})
+        cmp = client.cmp_mod(REVOKED_KEY, kv.mod_revision) if kv is not None else client.cmp_create(REVOKED_KEY, 0)
+        ok, _, _ = client.txn([cmp], [client.op_put(REVOKED_KEY, json.dumps({"serials": serials}))])
+        if ok:
+            return
+    raise CrossnetError("the revocation list changed at the same time on another host; try again")
+
+
+def write_crl(paths: Paths, ca: pki.CA, serials: list[int]) -> None:
+    from crossnet.state import write_text_atomic
+
+    write_text_atomic(paths.mesh.pki_dir / pki.CRL, pki.make_crl(ca, serials).decode())
+
+
 def remove_host_records(client: Any, name: str) -> list[str]:
     """Everything the store holds for `name`: its subnet lease (peers drop its routes
     and tunnels), containers, remembered subnet, mesh record. Returns what was removed."""
@@ -403,6 +477,44 @@ def remove_host_records(client: Any, name: str) -> list[str]:
 
 # ====================================================================== the supervisor
 
+class AgentThread:
+    """`crossnet agent` inside the supervisor's process: the same Agent, on a thread,
+    with the member certificate; `poll()`/`stop()` like the child process it replaces."""
+
+    def __init__(self, state_dir: str, paths: Paths, endpoints: list[str], name: str, iface: str, address: str):
+        from crossnet.agent.core import Agent, AgentOptions
+        from crossnet.state import StateDir
+        from crossnet.store.etcd import EtcdStore
+
+        m = paths.mesh
+        store = EtcdStore.connect(",".join(endpoints), AGENT_PREFIX, cert=str(m.member_cert), key=str(m.member_key),
+                                  cacert=str(m.ca_cert))
+        self.agent = Agent(store, StateDir(state_dir), AgentOptions(name=name, iface=iface, address=address))
+        self.returncode: int | None = None
+        self._thread = threading.Thread(target=self._main, name="agent", daemon=True)
+
+    def start(self) -> AgentThread:
+        self._thread.start()
+        return self
+
+    def _main(self) -> None:
+        try:
+            self.returncode = self.agent.run()
+        except Exception:  # the supervisor restarts it; the reason goes to the log
+            log.exception("agent failed")
+            self.returncode = 1
+
+    def poll(self) -> int | None:
+        return None if self._thread.is_alive() else (self.returncode if self.returncode is not None else 1)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.agent.request_stop()
+        self.agent.store.interrupt_watch()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("the agent did not stop within %.0fs", timeout)
+
+
 class Supervisor:
     """`crossnet launch --foreground`: the etcd member (voters), the join endpoint, the
     agent; heartbeat, endpoint refresh, promotion; SIGTERM stops them (data plane kept)."""
@@ -412,9 +524,12 @@ class Supervisor:
         self.paths = Paths(Path(state_dir))
         self.st = self.paths.load()
         self.etcd: subprocess.Popen | None = None
-        self.agent: subprocess.Popen | None = None
+        self.agent: AgentThread | None = None
         self.agent_endpoints: list[str] = []
         self.join_server = None
+        self._clients: dict[tuple, Any] = {}
+        self._crl: list[int] | None = None  # the serials in this host's CRL file, once written
+        self._serial: int | None = None
         self._stop = threading.Event()
 
     # ---- children
@@ -427,7 +542,16 @@ class Supervisor:
         return self.st["address"]
 
     def client(self, timeout: float = 5.0):
-        return etcd_client(self.paths, self.endpoints(), timeout)
+        """One client per endpoint list and timeout, kept: its TLS connections are reused
+        (a new client per heartbeat cost a TLS handshake on both sides every few seconds,
+        most of etcd's idle CPU)."""
+        key = (tuple(self.endpoints()), timeout)
+        c = self._clients.get(key)
+        if c is None:
+            if any(k[0] != key[0] for k in self._clients):
+                self._clients = {}  # the endpoints changed: drop the old clients
+            c = self._clients[key] = etcd_client(self.paths, list(key[0]), timeout)
+        return c
 
     def endpoints(self) -> list[str]:
         eps = list(self.st.get("endpoints") or [])
@@ -437,13 +561,15 @@ class Supervisor:
         return eps or [own]
 
     def start_etcd(self) -> None:
+        if not (self.paths.mesh.pki_dir / pki.CRL).exists():  # a state dir from before revocation existed
+            self.sync_crl(self.client(timeout=2.0) if not self.paths.mesh.can_sign() else None)
         self.paths.etcd_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.paths.etcd_dir, 0o700)
         argv = etcd_argv(self.name, self.address, str(self.paths.etcd_dir / "data"), str(self.paths.mesh.pki_dir),
                          self.st["initial_cluster"], self.st["cluster_state"], self.st["cluster_token"])
         with open(self.paths.etcd_dir / "etcd.log", "ab") as logf:
             self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+                                         start_new_session=True, env={**os.environ, **ETCD_ENV})
         log.info("etcd member %s started (pid %d, %s)", self.name, self.etcd.pid, self.st["cluster_state"])
 
     def wait_etcd(self, timeout: float = 60.0) -> None:
@@ -459,20 +585,20 @@ class Supervisor:
         raise CrossnetError(f"etcd did not become ready within {timeout:.0f}s")
 
     def start_agent(self) -> None:
-        m = self.paths.mesh
+        """The agent runs in this process (a thread), not as a child: one Python
+        interpreter for the supervisor, the join endpoint and the agent (docs/mesh.md,
+        "Resources")."""
         self.agent_endpoints = self.endpoints()
-        argv = [sys.executable, "-m", "crossnet", "--state-dir", self.state_dir, "agent",
-                "--etcd", ",".join(self.agent_endpoints), "--prefix", AGENT_PREFIX,
-                "--cert", str(m.member_cert), "--key", str(m.member_key), "--cacert", str(m.ca_cert),
-                "--name", self.name, "--iface", self.st["iface"], "--address", self.address]
-        with open(self.paths.root / "agent.log", "ab") as logf:
-            self.agent = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
-        log.info("agent started (pid %d) on %s", self.agent.pid, ",".join(self.agent_endpoints))
+        self.agent = AgentThread(self.state_dir, self.paths, self.agent_endpoints, self.name, self.st["iface"],
+                                 self.address).start()
+        log.info("agent started on %s", ",".join(self.agent_endpoints))
 
     @staticmethod
-    def _end(proc: subprocess.Popen | None, timeout: float = 15.0) -> None:
+    def _end(proc: subprocess.Popen | AgentThread | None, timeout: float = 15.0) -> None:
         if proc is None or proc.poll() is not None:
+            return
+        if isinstance(proc, AgentThread):
+            proc.stop(timeout)
             return
         proc.send_signal(signal.SIGTERM)
         try:
@@ -539,11 +665,29 @@ class Supervisor:
 
     # ---- periodic
     def heartbeat(self) -> None:
+        if self._serial is None:
+            self._serial = pki.load_cert(self.paths.mesh.member_cert).serial_number
         self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", json.dumps(
-            {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time()}))
+            {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time(),
+             "serial": self._serial}))
+
+    def sync_crl(self, c: Any | None) -> None:
+        """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
+        to ask, the first host's own CA signs an empty list)."""
+        serials = revoked_serials(c) if c is not None else []
+        if self._crl is None:  # what the file already says (written at launch): rewritten only on a change
+            self._crl = pki.crl_serials(self.paths.mesh.pki_dir / pki.CRL)
+        if serials == self._crl:
+            return
+        ca = load_cluster_ca(c) if c is not None else self.paths.mesh.load_ca(need_key=True)
+        write_crl(self.paths, ca, serials)
+        if self._crl is not None:
+            log.info("revocation list updated: %d certificate(s) revoked", len(serials))
+        self._crl = serials
 
     def maintain(self) -> None:
         c = self.client(timeout=2.0)
+        self.sync_crl(c)
         members = member_list(c)
         own = client_url(self.address)
         eps = endpoint_list(members, own if self.st["role"] == "voter" else None)
@@ -555,16 +699,18 @@ class Supervisor:
             cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
             want = int(cfg.get("voters") or DEFAULT_VOTERS)
             if len(voters) < want and promotion_candidate(mesh_hosts(c), time.time()) == self.name:
-                self.promote(c)
+                self.promote(c, want)
         if self.agent is not None and self.endpoints() != self.agent_endpoints:
             log.info("etcd endpoints changed: restarting the agent")
             self._end(self.agent)
             self.start_agent()
 
-    def promote(self, c: Any) -> None:
-        log.info("promoting this host to an etcd voter")
+    def promote(self, c: Any, want: int) -> None:
         own_peer = peer_url(self.address)
-        members = member_add(c, own_peer)
+        role, members = admit(c, own_peer, want, self.name)
+        if role != "voter":  # another host took the slot meanwhile
+            return
+        log.info("promoted this host to an etcd voter")
         self.st.update(role="voter", cluster_state="existing",
                        initial_cluster=initial_cluster(members, self.name, own_peer))
         shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
@@ -606,6 +752,7 @@ class Supervisor:
                 if now - last_maint >= MAINTAIN:
                     last_maint = now
                     self._once(self.maintain, "membership")
+                    trim_memory()
         finally:
             release = self.paths.release_marker.exists()
             self.shutdown(release)
@@ -661,8 +808,36 @@ class Supervisor:
             log.error("release: %s", exc)
 
 
+def _libc() -> Any:
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives every thread that allocates its own malloc arena (the agent's and the
+    join endpoint's threads: ~8 MB RSS measured); one arena is plenty for this process."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+
+
+def trim_memory() -> None:
+    """Give freed heap back to the kernel (start-up and each join leave free pages that
+    glibc keeps otherwise): part of the RSS budget, docs/mesh.md "Resources"."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 def run_foreground(state_dir: str) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s crossnet-launch %(levelname)s %(message)s")
+    from crossnet.agent.core import setup_logging
+
+    setup_logging()  # one log for the supervisor and the agent it runs (credentials masked)
+    _one_malloc_arena()
     return Supervisor(state_dir).run()
 
 
@@ -711,6 +886,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
         raise ConfigError(str(exc).replace("config: dns_domain", "--dns-domain", 1)) from None
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
+    write_crl(paths, ca, [])  # etcd refuses every connection without a readable CRL file
     paths.save({"version": 1, "name": name, "address": address, "iface": iface, "role": "voter", "voters": voters,
                 "initial_cluster": f"{name}={peer_url(address)}", "cluster_state": "new",
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
@@ -746,13 +922,34 @@ def _abort(state_dir: str, member_of: list[str] | None = None, name: str | None 
     shutil.rmtree(paths.root, ignore_errors=True)
 
 
+JOIN_RETRY_S = 20.0
+
+
+def join_riding_out_elections(fn: Callable[[], Any], timeout: float = JOIN_RETRY_S, interval: float = 1.0) -> Any:
+    """fn() (the join handshake), again while the serving host refuses it because its
+    etcd does not answer for a moment — a voter died and the others are electing a
+    leader (up to 2 election timeouts). A refusal leaves nothing on either host, so a
+    new handshake is safe; quorum loss and every other refusal are final."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except CrossnetError as exc:
+            msg = str(exc)
+            if ("refused: store unavailable" not in msg or "quorum lost" in msg
+                    or time.monotonic() + interval > deadline):
+                raise
+            log.info("join refused for now (%s); trying again", msg)
+            time.sleep(interval)
+
+
 def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, iface: str, address: str,
                 spawn: bool = True) -> str:
     """Handshake, then `member add` (voter while < voters), then the supervisor."""
     from crossnet.mesh import join
 
     paths = Paths(Path(state_dir))
-    result = join.request_join(server, join_token, name, address)  # refusal: nothing written anywhere
+    result = join_riding_out_elections(lambda: join.request_join(server, join_token, name, address))
     pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
     os.chmod(paths.root, 0o700)
     members = result.members
@@ -763,11 +960,12 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
         c = etcd_client(paths, eps)
         cfg = retrying(lambda: get_json(c, f"{MESH_PREFIX}/config"), timeout=10) or {}
         st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
-        role = role_for(retrying(lambda: member_list(c), timeout=10), st["voters"])
+        write_crl(paths, retrying(lambda: load_cluster_ca(c), timeout=10), retrying(lambda: revoked_serials(c)))
+        own_peer = peer_url(address)
+        role, members = admit(c, own_peer, st["voters"], name)
         st["role"] = role
         if role == "voter":
-            own_peer = peer_url(address)
-            st["initial_cluster"] = initial_cluster(member_add(c, own_peer), name, own_peer)
+            st["initial_cluster"] = initial_cluster(members, name, own_peer)
         paths.save(st)
     except BaseException:
         shutil.rmtree(paths.root, ignore_errors=True)
@@ -821,6 +1019,12 @@ def forget(state_dir: str, host: str) -> list[str]:
         raise ConfigError("HOST: this is this host; use `crossnet stop --release`")
     c = etcd_client(paths, Supervisor(state_dir).endpoints())
     done = []
+    record = next((h for h in mesh_hosts(c) if h.get("name") == host), None)
+    serial = record.get("serial") if record else None
+    if isinstance(serial, int) and serial > 0:
+        revoke_serial(c, serial)
+        done.append("certificate (revoked)")
+        write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within MAINTAIN s
     for m in member_list(c):
         if m.get("name") == host:
             member_remove(c, m["ID"])
@@ -890,6 +1094,9 @@ def status(state_dir: str) -> dict:
             with contextlib.suppress(ValueError):
                 remembered[kv.key.decode().rsplit("/", 1)[1] if isinstance(kv.key, bytes) else kv.key] = \
                     json.loads(kv.value)
+        cfg = get_json(c, f"{AGENT_PREFIX}/config") or {}
+        hops = underlay_next_hops([(s or h).get("address") for s, h in
+                                   ((subnets.get(n), hosts.get(n, {})) for n in set(hosts) | set(subnets))])
         now = time.time()
         for name in sorted(set(hosts) | set(subnets)):
             h, s = hosts.get(name, {}), subnets.get(name)
@@ -899,7 +1106,7 @@ def status(state_dir: str) -> dict:
                 "subnet": (s or remembered.get(name) or {}).get("subnet"),
                 "role": h.get("role", "?"), "state": "up" if s else "down",
                 "last_seen": round(now - seen, 1) if seen else None,
-                "via": "this host" if name == st["name"] else "vxlan over the underlay"})
+                "via": how_reached(name == st["name"], cfg.get("backend"), hops.get((s or h).get("address")))})
             if h.get("role") == "client":
                 out["members"].append({"name": name, "role": "client",
                                        "healthy": bool(seen and now - seen < 3 * HEARTBEAT), "leader": False,
@@ -907,9 +1114,50 @@ def status(state_dir: str) -> dict:
     return out
 
 
+def how_reached(own: bool, backend: str | None, next_hop: str | None | bool) -> dict:
+    """How this host reaches a peer: the data plane (backend) and the underlay next hop —
+    "direct" (same segment: no gateway on the route to its address), the router's
+    address, or "unknown" (no route)."""
+    if own:
+        return {"backend": None, "next_hop": None, "text": "this host"}
+    hop = "unknown" if next_hop is False else (next_hop or "direct")
+    where = "direct on the underlay segment" if hop == "direct" else (
+        "no underlay route" if hop == "unknown" else f"via router {hop}")
+    return {"backend": backend, "next_hop": hop, "text": f"{backend or '?'}, {where}"}
+
+
+def underlay_next_hops(addresses: Iterable[str | None]) -> dict[str, str | None | bool]:
+    """address -> the gateway of this namespace's route to it (None: on-link, False: no
+    route), looked up with netlink (`ip route get`, nothing sent)."""
+    from pyroute2 import IPRoute
+
+    out: dict[str, str | None | bool] = {}
+    with IPRoute() as ipr:
+        for a in {a for a in addresses if a}:
+            try:
+                ipaddress.IPv4Address(a)
+                r = ipr.route("get", dst=a)
+            except Exception:  # noqa: BLE001 -- a record's bad address or no route: reported as unknown
+                out[a] = False
+                continue
+            out[a] = r[0].get_attr("RTA_GATEWAY") if r else False
+    return out
+
+
+def not_programmed(mesh: dict, why: str) -> dict:
+    """`status` on a launched host that has no applied state (the agent never programmed
+    it): what is down instead of a traceback or a bare error."""
+    if not mesh["running"]:
+        what = "crossnet launch is not running here (etcd member and agent are down); start it: crossnet launch"
+    else:
+        what = "the agent has not programmed this host yet (see <state-dir>/mesh/launch.log)"
+    return {"host": mesh["name"], "programmed": False, "reason": what, "detail": why, "mesh": mesh}
+
+
 def format_status(s: dict) -> str:
     lines = [(f"mesh: this host {s['name']} ({s['address']}, {s['role']}), "
-              f"{'running' if s['running'] else 'NOT running'}; store {s['store']}")]
+              f"{'running' if s['running'] else 'NOT running'}; "
+              f"{'store ok' if s['store'] == 'ok' else s['store']}")]
     lines.append("members:")
     for m in s["members"]:
         lines.append(f"  {m['name']:16} {m['role']:6} {'healthy' if m['healthy'] else 'UNHEALTHY':9}"
@@ -918,5 +1166,5 @@ def format_status(s: dict) -> str:
     for p in s["peers"]:
         seen = f"{p['last_seen']:.0f}s ago" if p["last_seen"] is not None else "never"
         lines.append(f"  {p['name']:16} {p['address'] or '?':15} {p['subnet'] or '?':18} {p['state']:5} "
-                     f"last seen {seen:10} via {p['via']}")
+                     f"last seen {seen:10} {p['via']['text']}")
     return "\n".join(lines)

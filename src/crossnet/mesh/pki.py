@@ -35,6 +35,7 @@ CA_CERT = "ca.crt"
 CA_KEY = "ca.key"
 MEMBER_CERT = "member.crt"
 MEMBER_KEY = "member.key"
+CRL = "revoked.crl"  # the certificates of forgotten hosts (etcd's --client-crl-file/--peer-crl-file)
 
 CA_DAYS = 3650
 MEMBER_DAYS = 365
@@ -288,6 +289,35 @@ class CA:
                            critical=False)
         )
         return builder.sign(self.key, hashes.SHA256())
+
+
+def make_crl(ca: CA, serials: Any) -> bytes:
+    """A PEM CRL signed by the CA listing `serials` (ints). etcd reads its CRL file at
+    every new TLS connection of its client and peer ports and drops those presenting
+    a listed certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    if ca.key is None:
+        raise PkiError("this host holds no CA key: it cannot sign the revocation list")
+    now = _now()
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+               .last_update(now - CLOCK_SKEW).next_update(now + datetime.timedelta(days=CA_DAYS)))
+    for serial in sorted(set(serials)):
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build())
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def crl_serials(path: str | os.PathLike[str]) -> list[int] | None:
+    """The serials a CRL file lists (sorted), or None if it is missing or unreadable."""
+    from cryptography import x509
+
+    try:
+        crl = x509.load_pem_x509_crl(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return sorted(r.serial_number for r in crl)
 
 
 def _ca_paths(directory: str | os.PathLike[str]) -> tuple[Path, Path]:

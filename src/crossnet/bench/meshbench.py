@@ -1,0 +1,132 @@
+"""`crossnet launch` mesh (issue 13): join latency and the per-host footprint, in a lab
+with ``--store mesh`` (every host launched by token, etcd members in the host
+namespaces).
+
+Join: the last host leaves (`crossnet stop --release`: it gives its subnet back and
+leaves the mesh) and joins again as a new host: `crossnet launch --token T ADDR`, then
+`crossnet attach` of its container; the time runs from the launch command's start
+until every existing host's container pings the new container (each existing host
+reaching the new host's first container). p95 over the samples.
+
+Footprint: after the joins, with nothing happening, on a voter (etcd member + the
+`crossnet launch` process that runs the agent, the join endpoint and the supervision)
+and on a client (that process only): RSS now (VmRSS) and CPU % over an idle window
+(utime + stime from /proc, all threads).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from crossnet.bench.util import RunContext, Skip, bench_lab, percentile, summary
+
+LAB_TTL = 30  # the default lease TTL of `crossnet launch` (keepalive traffic as in real use)
+
+
+def _pids(state_dir: str) -> dict[str, int]:
+    """{'launch': pid, 'etcd': pid?} of a launched lab host."""
+    launch = int((Path(state_dir) / "mesh" / "launch.pid").read_text().strip())
+    out = {"launch": launch}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{d}/comm") as fh:
+                comm = fh.read().strip()
+        except OSError:
+            continue
+        if int(fields[1]) == launch and comm == "etcd":
+            out["etcd"] = int(d)
+    return out
+
+
+def _role(state_dir: str) -> str | None:
+    import json
+
+    return json.loads((Path(state_dir) / "mesh" / "launch.json").read_text()).get("role")
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as fh:
+        f = fh.read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def footprint(pids: dict[str, int], idle_s: float) -> dict[str, Any]:
+    """RSS (MB, now) and CPU % over idle_s of each process and of all together."""
+    hz = os.sysconf("SC_CLK_TCK")
+    t0 = time.monotonic()
+    before = {k: _cpu_ticks(p) for k, p in pids.items()}
+    time.sleep(idle_s)
+    dt = time.monotonic() - t0
+    out: dict[str, Any] = {}
+    for k, p in pids.items():
+        out[k] = {"rss_mb": round(_rss_kb(p) / 1024, 1),
+                  "cpu_pct": round(100.0 * (_cpu_ticks(p) - before[k]) / hz / dt, 2)}
+    out["total"] = {"rss_mb": round(sum(v["rss_mb"] for v in out.values()), 1),
+                    "cpu_pct": round(sum(v["cpu_pct"] for v in out.values()), 2)}
+    out["idle_s"] = round(dt, 1)
+    return out
+
+
+def _pings(netns: str, addr: str) -> bool:
+    return subprocess.run(["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-q", addr], capture_output=True,
+                          check=False).returncode == 0
+
+
+def run(rc: RunContext, hosts: int = 5, joins: int = 10, idle_s: float = 30.0) -> dict[str, Any]:
+    """hosts: the mesh the new host joins (the lab has hosts + 1)."""
+    if not shutil.which("etcd"):
+        raise Skip("etcd not installed (apt-get install etcd-server)")
+    out: dict[str, Any] = {"status": "ok", "hosts": hosts, "joins": joins, "backend": "vxlan"}
+    t_lab = time.monotonic()
+    rc.log(f"mesh: lab with {hosts + 1} hosts, `crossnet launch` on each")
+    with bench_lab({"hosts": hosts + 1, "containers": 1, "backend": "vxlan",
+                    "extra": {"store": "mesh", "ttl": LAB_TTL}}) as lab:
+        out["lab_up_s"] = round(time.monotonic() - t_lab, 1)
+        new, peers = lab.hosts[-1], list(lab.hosts[:-1])
+        line = lab.crossnet(peers[0].name, "token", "create", "--ttl", "2h").stdout
+        parts = next(ln for ln in line.splitlines() if "--token" in ln).split()
+        token, addr = parts[parts.index("--token") + 1], parts[-1]
+        cid = new.containers[0]
+        peer_ctr = {h.name: h.containers[0] for h in peers}
+        samples = []
+        for i in range(joins):
+            rc.log(f"mesh: {new.name} leaves and joins again by token ({i + 1}/{joins})")
+            lab.crossnet(new.name, "stop", "--release", timeout=120)
+            t0 = time.monotonic()
+            lab.crossnet(new.name, "launch", "--name", new.name, "--token", token, addr, timeout=180)
+            lab.crossnet(new.name, "attach", cid, timeout=60)
+            ip = next(c["address"] for c in lab.status(new.name)["containers"] if c["id"] == cid)
+            pending = dict(peer_ctr)
+            deadline = t0 + 60
+            while pending and time.monotonic() < deadline:
+                pending = {h: c for h, c in pending.items() if not _pings(c, ip)}
+            if pending:
+                raise RuntimeError(f"{', '.join(pending)} did not reach {new.name}'s container {ip} within 60 s")
+            samples.append(time.monotonic() - t0)
+        out["join_s"] = summary(samples, 3)
+        out["join_s"]["p95"] = round(percentile(samples, 95), 3)
+        voter = peers[0]  # h1 created the mesh: a voter
+        rc.log(f"mesh: idle footprint of {voter.name} (voter), {idle_s:.0f} s")
+        out["voter"] = footprint(_pids(voter.state_dir), idle_s)
+        client = next((h for h in lab.hosts if _role(h.state_dir) == "client"), None)
+        if client is not None:  # a mesh of more than 3 hosts
+            out["client"] = footprint({"launch": _pids(client.state_dir)["launch"]}, min(idle_s, 10.0))
+        rc.note_memory("crossnet launch (agent inside)", "mesh voter, idle", int(out["voter"]["launch"]["rss_mb"] * 1024))
+    return out
