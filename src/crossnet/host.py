@@ -243,7 +243,8 @@ def status(state: StateDir) -> dict[str, Any]:
         "local_programmed": local_ok,
         "drift": drift,
         "peers": peers,
-        "connections": connections.rows(state, ctx),  # per-peer transport (crossnet.transport.connections)
+        # per-peer transport (crossnet.transport.connections), with the measured path MTUs
+        "connections": connections.rows(state, ctx, pmtu.paths_of((applied or {}).get("path_mtu"), ctx)),
         "containers": containers.list_containers(state),
         **path_mtu,
         **extra,

@@ -90,6 +90,8 @@ def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_f
         other = "h3" if name == "h1" else "h1"
         assert rows[other]["path_mtu"] == 1500 and rows[other]["narrow"] is False
     assert statuses["h2"]["narrow_peers"] == []
+    # the connections table carries the same measurements
+    assert {c["peer"]: c["pmtu"] for c in statuses["h1"]["connections"]} == {"h2": NARROW, "h3": 1500}
     assert {p["name"]: p["path_mtu"] for p in statuses["h2"]["peers"]} == {"h1": NARROW, "h3": NARROW}
     text = lab.crossnet("h1", "status").stdout
     assert "narrow path: peer h2 measured path MTU 1400" in " ".join(text.split()), text

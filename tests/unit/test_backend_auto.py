@@ -174,6 +174,10 @@ def test_on_link_peer_starts_direct_and_connections_without_agent(tmp_path):
     assert rows == [{"peer": "h2", "address": "10.0.2.2", "transport": "direct", "encrypted": False, "pmtu": None,
                      "rtt_ms": None, "state": "unprobed", "since": None}]
 
+    # a measured path MTU (crossnet.transport.pmtu's record) fills the column
+    rows = connections.rows(StateDir(tmp_path), c, {"h2": 1400})
+    assert rows[0]["pmtu"] == 1400 and connections.text_rows(rows)[0][4] == "1400"
+
 
 def test_lab_cluster_file_carries_encrypt():
     from crossnet.lab.topology import LabOptions, plan_lab

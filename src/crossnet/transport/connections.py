@@ -5,8 +5,8 @@ since when.
 Backend auto: what the agent's prober wrote (``<state-dir>/transport.json``, see
 crossnet.transport.prober); without a running agent (`crossnet apply`) the transport
 recorded in applied.json and state "unprobed". Other backends: their one transport.
-A path MTU appears when a peer entry carries one (`pmtu`, from path-MTU discovery),
-else None ("-" in text).
+A path MTU appears when path-MTU discovery measured one (`--probe-mtu`, the
+`path_mtu` record of applied.json, crossnet.transport.pmtu), else None ("-" in text).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ BACKEND_TRANSPORT = {"host-gw": "direct", "bridge": "direct", "vxlan": "vxlan", 
 STALE_AFTER = 10.0  # s: a transport.json not rewritten for this long is from an agent that stopped
 
 
-def rows(state: StateDir, ctx: HostContext) -> list[dict[str, Any]]:
+def rows(state: StateDir, ctx: HostContext, path_mtus: dict[str, int | None] | None = None) -> list[dict[str, Any]]:
+    """One row per peer; `path_mtus`: the measured path MTU per peer (crossnet.transport.pmtu,
+    `--probe-mtu`), used where the prober's own entry has none."""
     probed: dict[str, Any] = {}
     stale = True
     if ctx.backend == "auto":
@@ -50,6 +52,8 @@ def rows(state: StateDir, ctx: HostContext) -> list[dict[str, Any]]:
             else:
                 transport, state_ = BACKEND_TRANSPORT.get(ctx.backend, ctx.backend), "configured"
             rtt = since = pmtu = None
+        if not isinstance(pmtu, int):
+            pmtu = (path_mtus or {}).get(peer.name)
         out.append({"peer": peer.name, "address": str(peer.address), "transport": transport,
                     "encrypted": transport == "wireguard", "pmtu": pmtu if isinstance(pmtu, int) else None,
                     "rtt_ms": rtt if isinstance(rtt, (int, float)) else None, "state": state_,
