@@ -227,6 +227,10 @@ class FakeDb:
 class FakeEnv:
     def __init__(self, db):
         self.extra = {"ovsdb": db}
+        self.invalidated: list[str] = []
+
+    def changed(self, *kinds: str) -> None:  # plan.env.Env's cache hook
+        self.invalidated += kinds
 
 
 def ours(role):

@@ -196,7 +196,7 @@ def start_for_agent(agent: Any) -> DnsService | None:
     def read() -> dict | None:
         return agent.cluster_containers()["hosts"] if channel else local_containers(agent.state)
 
-    svc = DnsService(agent.state, getattr(agent.cfg, "dns_domain", DEFAULT_DOMAIN) or DEFAULT_DOMAIN,
+    svc = DnsService(agent.state, agent.cfg.dns_domain,
                      [agent.cfg.network], listen_addresses(agent.ctx), read,
                      revision=(lambda: store.containers_at()[1]) if channel else None,
                      watch=store.watch_containers if channel else None,

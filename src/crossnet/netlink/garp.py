@@ -85,9 +85,9 @@ def targets(ipr: Any, ctx: Any) -> list[tuple[str, str, list[str]]]:
     if underlay is not None:
         name, mac = links[underlay]
         out.append((name, mac, sorted(addrs[underlay], key=lambda a: a != str(ctx.address))))
-    gateway = str(getattr(ctx, "gateway", "") or "")
+    gateway = str(ctx.gateway)
     for i, (name, mac) in links.items():
-        if name == getattr(ctx, "bridge", None) and i != underlay and gateway in addrs.get(i, []):
+        if name == ctx.bridge and i != underlay and gateway in addrs.get(i, []):
             out.append((name, mac, [gateway]))
     return out
 

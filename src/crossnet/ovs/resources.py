@@ -95,10 +95,8 @@ def port_conflict(d: ovsdb.OvsDb, bridge: str, name: str, role: str = "port") ->
 
 
 def _changed(env: Env, *kinds: str) -> None:
-    """Tell the Env's kernel-state cache (if it has one) that something changed."""
-    fn = getattr(env, "changed", None)
-    if fn is not None:
-        fn(*kinds)
+    """Tell the Env's kernel-state cache that something changed."""
+    env.changed(*kinds)
 
 
 def _link(env: Env, name: str) -> nl.LinkInfo | None:
