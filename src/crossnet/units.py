@@ -69,16 +69,27 @@ class UnitOptions:
         return " ".join([self.exe, "--state-dir", self.state_dir, *args])
 
 
-def agent_unit(o: UnitOptions) -> str:
+def _unit(o: UnitOptions, description: str, unit: str, service: str) -> str:
+    """One unit file: the marker, [Unit] (after the network is online), [Service] with the
+    hardening, [Install] in multi-user.target."""
     return f"""{MARKER}
 [Unit]
-Description=crossnet agent: keeps this host's container network programmed
+Description={description}
 Wants=network-online.target
+{unit}
+[Service]
+{service}{_HARDENING.format(state_dir=o.state_dir)}
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def agent_unit(o: UnitOptions) -> str:
+    return _unit(o, "crossnet agent: keeps this host's container network programmed", f"""\
 After=network-online.target crossnet-apply.service
 Before={RUNTIMES}
 Conflicts=crossnet-launch.service
-
-[Service]
+""", f"""\
 Type=notify
 NotifyAccess=main
 EnvironmentFile=-{o.env_file}
@@ -90,42 +101,28 @@ RestartSec=2
 RestartPreventExitStatus=2
 TimeoutStartSec=120
 TimeoutStopSec=30
-{_HARDENING.format(state_dir=o.state_dir)}
-[Install]
-WantedBy=multi-user.target
-"""
+""")
 
 
 def apply_unit(o: UnitOptions) -> str:
-    return f"""{MARKER}
-[Unit]
-Description=crossnet: program this host from the static cluster file at boot
-Wants=network-online.target
+    return _unit(o, "crossnet: program this host from the static cluster file at boot", f"""\
 After=network-online.target
 Before={RUNTIMES} crossnet-agent.service
 ConditionPathExists={o.cluster_file}
-
-[Service]
+""", f"""\
 Type=oneshot
 RemainAfterExit=yes
 ExecStart={o.command("apply", "-f", o.cluster_file)}
-{_HARDENING.format(state_dir=o.state_dir)}
-[Install]
-WantedBy=multi-user.target
-"""
+""")
 
 
 def launch_unit(o: UnitOptions) -> str:
-    return f"""{MARKER}
-[Unit]
-Description=crossnet mesh: etcd member and agent of this host (crossnet launch)
-Wants=network-online.target
+    return _unit(o, "crossnet mesh: etcd member and agent of this host (crossnet launch)", f"""\
 After=network-online.target
 Before={RUNTIMES}
 Conflicts=crossnet-agent.service
 ConditionPathExists={o.state_dir}/mesh/launch.json
-
-[Service]
+""", f"""\
 Type=simple
 ExecStart={o.command("launch", "--foreground")}
 # SIGTERM to the supervisor, which stops etcd and the agent; what is left after the timeout is killed
@@ -134,10 +131,7 @@ Restart=on-failure
 RestartSec=2
 RestartPreventExitStatus=2
 TimeoutStopSec=45
-{_HARDENING.format(state_dir=o.state_dir)}
-[Install]
-WantedBy=multi-user.target
-"""
+""")
 
 
 RENDER = {"agent": agent_unit, "apply": apply_unit, "launch": launch_unit}
