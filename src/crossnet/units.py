@@ -152,7 +152,7 @@ def _is_ours(path: Path) -> bool:
 
 
 def _systemctl(*args: str) -> None:
-    proc = subprocess.run(["systemctl", *args], capture_output=True, text=True)
+    proc = subprocess.run(["systemctl", *args], check=False, capture_output=True, text=True)
     if proc.returncode != 0:
         raise CrossnetError(f"systemctl {' '.join(args)}: {proc.stderr.strip() or f'exit {proc.returncode}'}")
 

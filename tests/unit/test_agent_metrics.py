@@ -28,10 +28,10 @@ def samples(text: str) -> dict[tuple[str, tuple], float]:
 
 
 def fake_agent(**kw) -> SimpleNamespace:
-    base = dict(synced_at=1.0, health={"keepalive": None, "watch": None, "sync": None, "containers": None},
-                data_plane_problem=None, peers={}, peer_res={}, revision=0, lease=None,
-                book=SimpleNamespace(records={}, invalid={}, rejected_total=0), rejected_containers=0,
-                transports=None, dns=None, metrics=None)
+    base = {"synced_at": 1.0, "health": {"keepalive": None, "watch": None, "sync": None, "containers": None},
+            "data_plane_problem": None, "peers": {}, "peer_res": {}, "revision": 0, "lease": None,
+            "book": SimpleNamespace(records={}, invalid={}, rejected_total=0), "rejected_containers": 0,
+            "transports": None, "dns": None, "metrics": None}
     base.update(kw)
     return SimpleNamespace(**base)
 
@@ -75,13 +75,13 @@ def test_rejections_transport_switches_and_dns_queries():
 
 
 @pytest.mark.parametrize("state,ok,reason", [
-    (dict(synced_at=None), False, "not synced yet"),
-    (dict(health={"sync": "peer h2: no route"}), False, "last sync failed: peer h2: no route"),
-    (dict(health={"watch": "etcd down"}), True, "ok (store unreachable: watch: etcd down; data plane intact)"),
-    (dict(health={"keepalive": "etcd down"}, data_plane_problem="wireguard-go exited"), False,
+    ({"synced_at": None}, False, "not synced yet"),
+    ({"health": {"sync": "peer h2: no route"}}, False, "last sync failed: peer h2: no route"),
+    ({"health": {"watch": "etcd down"}}, True, "ok (store unreachable: watch: etcd down; data plane intact)"),
+    ({"health": {"keepalive": "etcd down"}, "data_plane_problem": "wireguard-go exited"}, False,
      "store unreachable (keepalive: etcd down) and data plane broken (wireguard-go exited)"),
-    (dict(data_plane_problem="wireguard-go exited"), True, "ok"),
-    (dict(), True, "ok"),
+    ({"data_plane_problem": "wireguard-go exited"}, True, "ok"),
+    ({}, True, "ok"),
 ])
 def test_health_states(state, ok, reason):
     got_ok, why = metrics.health(fake_agent(**state))
@@ -145,13 +145,13 @@ def test_a_port_in_use_is_one_line():
 def test_agent_start_up_does_not_import_prometheus_client():
     code = ("import sys; import crossnet.cli.agent, crossnet.agent.core; "
             "print('prometheus_client' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
 
 
 def test_bad_metrics_address_is_bad_input_before_anything_starts(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "agent",
                            "-f", str(tmp_path / "none.yaml"), "--metrics-address", "example.org:9100"],
-                          capture_output=True, text=True, timeout=60)
+                          check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("crossnet: error: --metrics-address:")
     assert not (tmp_path / "s").exists()

@@ -74,5 +74,5 @@ def test_text_stays_the_default(captured):
 
 def test_cli_accepts_only_text_or_json(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "agent",
-                           "-f", "x.yaml", "--log-format", "xml"], capture_output=True, text=True, timeout=60)
+                           "-f", "x.yaml", "--log-format", "xml"], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--log-format" in proc.stderr

@@ -97,7 +97,7 @@ class AgentMetrics:
         gauge, counter = GaugeMetricFamily, CounterMetricFamily
 
         class Collector:
-            def collect(inner) -> Any:  # noqa: N805 - reads the agent at scrape time
+            def collect(inner) -> Any:  # reads the agent at scrape time
                 yield from self._collect(gauge, counter)
 
         self.registry.register(Collector())
@@ -158,7 +158,7 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "crossnet-agent"
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
                     body, ctype = metrics.render()
