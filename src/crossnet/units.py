@@ -10,10 +10,10 @@ their installation by ``crossnet systemd install|uninstall`` (docs/production.md
   (after a first ``crossnet launch`` wrote the mesh's state).
 
 Capabilities: the agent programs links, routes, neighbours, nft and sysctls
-(CAP_NET_ADMIN), enters container network namespaces (setns) and gives wireguard-go a private mount
-namespace (CAP_SYS_ADMIN), reads
-another process's /proc/PID/ns/net (CAP_SYS_PTRACE), sends raw ARP/probes (CAP_NET_RAW)
-and serves DNS on port 53 (CAP_NET_BIND_SERVICE). Nothing else is kept.
+(CAP_NET_ADMIN), enters container network namespaces (setns) and gives wireguard-go a
+private mount namespace (CAP_SYS_ADMIN), reads another process's /proc/PID/ns/net
+(CAP_SYS_PTRACE), sends raw ARP/probes (CAP_NET_RAW) and serves DNS on port 53
+(CAP_NET_BIND_SERVICE). Nothing else is kept.
 """
 
 from __future__ import annotations
