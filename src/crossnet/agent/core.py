@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from crossnet import program
+from crossnet import program, sdnotify
 from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -137,6 +137,8 @@ class Agent:
         self._published: tuple | None = None  # (lease id, containers) last written to the store
         self.pmtu = pmtu.Monitor.resume(state, opts.resync) if opts.probe_mtu else None
         self.transports = None  # backend auto: crossnet.transport.prober.Prober
+        self.metrics: Any = None  # --metrics-address: crossnet.agent.metrics.AgentMetrics (sync/error hooks)
+        self.data_plane_problem: str | None = None  # what the backend last said is broken locally (/healthz)
 
     # ------------------------------------------------------------------ helpers
 
@@ -144,6 +146,8 @@ class Agent:
         """Log a component's health only when it changes (no log spam while etcd is down)."""
         before = self.health.get(what)
         self.health[what] = error
+        if error and self.metrics is not None:
+            self.metrics.error(what)
         if error and error != before:
             log.error("%s: %s", what, error)
         elif not error and before:
@@ -159,6 +163,8 @@ class Agent:
                 return fn()
             except (StoreError, ApplyError) as exc:
                 attempt += 1
+                if self.metrics is not None:
+                    self.metrics.error(what)
                 limit = self.opts.retries
                 if limit and attempt >= limit:
                     raise CrossnetError(f"{what}: {exc} (gave up after {attempt} attempts)") from None
@@ -387,6 +393,7 @@ class Agent:
         assert self.ctx and self.backend and self.lease
         if snap.revision < self.revision:
             return  # older than what we have already applied
+        t0 = time.perf_counter()
         own = [r for r in snap.hosts if self._key(r) == self.lease.subnet]
         if self.store.kind != "static" and (not own or own[0].name != self.name):
             self.queue.put(("lease-lost", self.lease.lease_id))
@@ -415,6 +422,8 @@ class Agent:
             self.base_res = [r for r in done.owned if r.key() not in peer_keys]
             self.revision = snap.revision
         self.synced_at = time.time()
+        if self.metrics is not None:
+            self.metrics.synced(time.perf_counter() - t0)
         for ch in done.changes:
             log.info("  %s", ch)
         log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(done.changes))
@@ -713,7 +722,9 @@ class Agent:
 
         self.dns = start_for_agent(self)  # names of the cluster's containers (docs/dns.md)
         log.info("ready")
+        beat = sdnotify.ready(f"synced: {len(self.peer_res)} peer(s)", self.stop)  # systemd Type=notify
         while not self.stop.is_set():
+            beat.beat()
             try:
                 item = self.queue.get(timeout=0.5)
             except queue.Empty:
@@ -733,6 +744,7 @@ class Agent:
                 self._reset_ipr()
                 self.next_resync = min(self.next_resync, time.monotonic() + 2)
         log.info("stopping (%s)", "releasing the subnet" if self.opts.release else "data plane left in place")
+        sdnotify.notify("STOPPING=1")
         self._shutdown_threads()
         if self.opts.release:
             self._release()
@@ -811,6 +823,7 @@ class Agent:
             self.next_resync = 0.0  # the device takes the new key now
             return
         broken = self.backend.local_broken(self.ctx, self._env())
+        self.data_plane_problem = broken or None
         if broken:
             log.warning("%s: re-programming this host", broken)
             self.next_resync = 0.0
@@ -877,9 +890,14 @@ def _rss_kb() -> int | None:
     return None
 
 
-def setup_logging(verbose: bool = False) -> None:
+def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s crossnet-agent %(levelname)s %(message)s"))
+    if fmt == "json":  # one JSON object per line (crossnet.logjson)
+        from crossnet.logjson import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s crossnet-agent %(levelname)s %(message)s"))
     handler.addFilter(MaskingFilter())  # no password or token of an endpoint in the log
     root = logging.getLogger("crossnet")
     root.handlers[:] = [handler]

@@ -136,10 +136,15 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
 @click.option("--probe-mtu", is_flag=True,
               help="Measure every peer's path MTU (at start, every resync, when a peer joins) and lower the "
                    "container MTU to fit (docs/mtu.md).")
+@click.option("--metrics-address", metavar="HOST:PORT",
+              help="Serve Prometheus /metrics, /healthz and /readyz here (off by default; a bare PORT is "
+                   "127.0.0.1:PORT; docs/production.md).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one object per line (ts, level, logger, msg, fields).")
 @click.option("-v", "--verbose", is_flag=True)
 @click.pass_context
 def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, ttl, release, retries,
-          backoff_max, resync, timeout, no_api, probe_mtu, verbose) -> None:
+          backoff_max, resync, timeout, no_api, probe_mtu, metrics_address, log_format, verbose) -> None:
     """Run the crossnet agent on this host (foreground, logs to stderr).
 
     Registers this host in etcd, leases a subnet (the same one after a restart),
@@ -161,7 +166,11 @@ def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, 
         raise ConfigError(f"--ttl: must be at least 2 seconds, got {ttl}")
     if retries < 0 or backoff_max <= 0 or resync <= 0:
         raise ConfigError("--retries/--backoff-max/--resync: must be positive")
-    setup_logging(verbose)
+    if metrics_address is not None:
+        from crossnet.agent.metrics import parse_address
+
+        parse_address(metrics_address)  # bad input: exit 2 before anything starts
+    setup_logging(verbose, log_format)
     if path:
         from crossnet.store.static import StaticStore
 
@@ -171,7 +180,17 @@ def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, 
     opts = AgentOptions(name=name, iface=iface, address=address, ttl=ttl, release=release, retries=retries,
                         backoff_initial=min(0.5, backoff_max), backoff_max=backoff_max, resync=resync,
                         api=not no_api, probe_mtu=probe_mtu)
-    code = Agent(store, StateDir(ctx.obj["state_dir"]), opts).run()
+    the_agent = Agent(store, StateDir(ctx.obj["state_dir"]), opts)
+    server = None
+    if metrics_address is not None:
+        from crossnet.agent.metrics import serve
+
+        server = serve(the_agent, metrics_address)
+    try:
+        code = the_agent.run()
+    finally:
+        if server is not None:
+            server.close()
     sys.exit(code)
 
 

@@ -24,6 +24,7 @@ COMMAND_MODULES = {
     "crossnet.cli.wg": ("keygen",),  # WireGuard key of this host (backend wireguard)
     "crossnet.cli.mesh": ("launch", "stop", "forget", "token"),
     "crossnet.cli.dns": ("dns",),  # dns serve (no agent: this host's containers' names)
+    "crossnet.cli.systemd": ("systemd",),  # systemd install|uninstall (crossnet.units)
 }
 
 
@@ -122,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except Exception as exc:  # a bug: one line by default, the traceback on request
+        from crossnet.optdeps import missing
+
+        err = missing(exc) if isinstance(exc, ModuleNotFoundError) else None
+        if err is not None:  # an optional package not installed: say which (crossnet.optdeps)
+            click.echo(f"crossnet: error: {err}", err=True)
+            sys.exit(err.exit_code)
         if os.environ.get("CROSSNET_DEBUG"):
             raise
         click.echo(f"crossnet: internal error: {type(exc).__name__}: {exc} (set CROSSNET_DEBUG=1 for a traceback)", err=True)

@@ -97,8 +97,11 @@ class OvsDb:
     private subclass: several databases (lab hosts) can be open in one process."""
 
     def __init__(self, socket: str | None = None, timeout: float = DEFAULT_TIMEOUT, check_vswitchd: bool = True):
-        from ovsdbapp.backend.ovs_idl import connection
-        from ovsdbapp.schema.open_vswitch import impl_idl
+        from crossnet.optdeps import needed
+
+        with needed("ovsdbapp"):
+            from ovsdbapp.backend.ovs_idl import connection
+            from ovsdbapp.schema.open_vswitch import impl_idl
 
         self.socket = socket or db_socket()
         self.timeout = timeout

@@ -1,0 +1,218 @@
+"""The agent's Prometheus metrics and health endpoints (``crossnet agent --metrics-address
+HOST:PORT``, off by default; docs/production.md).
+
+- ``GET /metrics``: Prometheus text format (prometheus_client, imported only when the
+  option is given). Gauges and totals are read from the agent at scrape time; the sync
+  histogram and the error counter are fed by two hooks in crossnet.agent.core
+  (``Agent.metrics.synced(seconds)``, ``Agent.metrics.error(component)``).
+- ``GET /healthz``: 200 ``ok`` when the last full sync succeeded and the store is
+  reachable or the data plane is intact; 503 and a one-line reason otherwise.
+- ``GET /readyz``: 200 once synced with the store reachable, else 503.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from crossnet.errors import ConfigError, CrossnetError
+from crossnet.optdeps import needed
+
+log = logging.getLogger("crossnet.agent.metrics")
+DEFAULT_HOST = "127.0.0.1"
+SYNC_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STORE_PARTS = ("keepalive", "watch")  # health components that fail when the store is unreachable
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT``, ``:PORT`` or ``PORT`` (then 127.0.0.1). Every address
+    (0.0.0.0, ::) only when written out."""
+    label = "--metrics-address"
+    raw = text.strip()
+    host, sep, port = raw.rpartition(":")
+    if not sep:
+        host, port = "", raw
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or DEFAULT_HOST
+    if host == "localhost":
+        host = DEFAULT_HOST
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{label}: {text!r}: the host must be an IP address or localhost (HOST:PORT)") from None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{label}: {text!r}: the port must be 1-65535 (HOST:PORT)")
+    if ip.is_multicast:
+        raise ConfigError(f"{label}: {text!r}: not a unicast address")
+    return str(ip), int(port)
+
+
+def health(agent: Any) -> tuple[bool, str]:
+    """(healthy, one-line reason) — what /healthz answers."""
+    if agent.synced_at is None:
+        return False, "not synced yet (start-up in progress)"
+    errors = agent.health
+    if errors.get("sync"):
+        return False, f"last sync failed: {errors['sync']}"
+    store = next((f"{k}: {errors[k]}" for k in STORE_PARTS if errors.get(k)), None)
+    broken = getattr(agent, "data_plane_problem", None)
+    if store and broken:
+        return False, f"store unreachable ({store}) and data plane broken ({broken})"
+    if store:
+        return True, f"ok (store unreachable: {store}; data plane intact)"
+    return True, "ok"
+
+
+def ready(agent: Any) -> tuple[bool, str]:
+    """(ready, reason) — /readyz: synced and the store reachable."""
+    ok, why = health(agent)
+    if not ok:
+        return ok, why
+    store = next((f"{k}: {agent.health[k]}" for k in STORE_PARTS if agent.health.get(k)), None)
+    return (False, f"store unreachable ({store})") if store else (True, "ok")
+
+
+class AgentMetrics:
+    """The agent's registry: a custom collector reading the agent, the sync histogram,
+    the error counter, and the process collector (RSS, CPU, open fds)."""
+
+    def __init__(self, agent: Any):
+        with needed("prometheus_client", "--metrics-address"):
+            import prometheus_client as pc
+            from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        self.agent = agent
+        self._pc = pc
+        self.registry = pc.CollectorRegistry()
+        self.sync_seconds = pc.Histogram("crossnet_agent_sync_duration_seconds",
+                                         "Duration of the agent's full syncs (count: number of syncs)",
+                                         buckets=SYNC_BUCKETS, registry=self.registry)
+        self.errors = pc.Counter("crossnet_agent_errors", "Failures by component (store requests, syncs, publishing)",
+                                 ["component"], registry=self.registry)
+        pc.ProcessCollector(registry=self.registry)
+        gauge, counter = GaugeMetricFamily, CounterMetricFamily
+
+        class Collector:
+            def collect(inner) -> Any:  # reads the agent at scrape time
+                yield from self._collect(gauge, counter)
+
+        self.registry.register(Collector())
+
+    # hooks called by the agent
+    def synced(self, seconds: float) -> None:
+        self.sync_seconds.observe(seconds)
+
+    def error(self, component: str) -> None:
+        self.errors.labels(component).inc()
+
+    def _collect(self, gauge: Any, counter: Any) -> Any:
+        a = self.agent
+        peers = gauge("crossnet_agent_peers", "Peers by state: known (live records), valid, programmed", labels=["state"])
+        peers.add_metric(["known"], len(a.book.records) + len(a.book.invalid))
+        peers.add_metric(["valid"], len(a.peers))
+        peers.add_metric(["programmed"], len(a.peer_res))
+        yield peers
+        yield gauge("crossnet_agent_synced", "1 once the first full sync succeeded", value=int(a.synced_at is not None))
+        if a.synced_at is not None:
+            yield gauge("crossnet_agent_last_sync_timestamp_seconds", "Time of the last full sync (Unix)", value=a.synced_at)
+        ok, _ = health(a)
+        yield gauge("crossnet_agent_healthy", "1 when /healthz answers 200", value=int(ok))
+        up = gauge("crossnet_agent_component_up", "0 while a component reports an error", labels=["component"])
+        for k, v in sorted(a.health.items()):
+            up.add_metric([k], int(not v))
+        yield up
+        yield gauge("crossnet_agent_store_revision", "Store revision of the last applied change", value=a.revision)
+        lease = a.lease
+        if lease is not None and lease.ttl:
+            yield gauge("crossnet_agent_lease_ttl_seconds", "TTL of this host's subnet lease", value=lease.ttl)
+        yield counter("crossnet_agent_rejected_records", "Store records refused by validation",
+                      value=a.book.rejected_total)
+        yield counter("crossnet_agent_rejected_containers", "Published containers refused (outside their host's subnet)",
+                      value=a.rejected_containers)
+        if a.transports is not None:
+            yield counter("crossnet_agent_transport_switches", "Per-peer transport switches (backend auto)",
+                          value=getattr(a.transports, "switches", 0))
+        dns = a.dns
+        stats = getattr(getattr(dns, "server", None), "stats", None)
+        if isinstance(stats, dict):
+            q = counter("crossnet_agent_dns_queries", "DNS queries by outcome", labels=["outcome"])
+            for k, v in sorted(stats.items()):
+                q.add_metric([k], v)
+            yield q
+
+    def render(self) -> tuple[bytes, str]:
+        return self._pc.generate_latest(self.registry), self._pc.CONTENT_TYPE_LATEST
+
+
+class MetricsServer:
+    """HTTP on ``(host, port)`` in a daemon thread: /metrics, /healthz, /readyz."""
+
+    def __init__(self, agent: Any, address: tuple[str, int]):
+        self.metrics = AgentMetrics(agent)
+        metrics = self.metrics
+
+        class Handler(BaseHTTPRequestHandler):
+            server_version = "crossnet-agent"
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    body, ctype = metrics.render()
+                    self._send(200, body, ctype)
+                elif path in ("/healthz", "/readyz"):
+                    ok, why = (health if path == "/healthz" else ready)(metrics.agent)
+                    self._send(200 if ok else 503, (why + "\n").encode(), "text/plain; charset=utf-8")
+                else:
+                    self._send(404, b"not found: try /metrics, /healthz, /readyz\n", "text/plain; charset=utf-8")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # scrapes are not log lines
+                pass
+
+        host, port = address
+        cls = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host), "daemon_threads": True})
+        try:
+            self.httpd = cls((host, port), Handler)
+        except OSError as exc:
+            raise CrossnetError(f"--metrics-address: cannot listen on {_join(host, port)}: {exc.strerror or exc}") from None
+        self.address = _join(host, self.httpd.server_address[1])
+        self.thread = threading.Thread(target=self.httpd.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> MetricsServer:
+        self.thread.start()
+        log.info("metrics on http://%s/metrics (health: /healthz, /readyz)", self.address)
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _family(host: str) -> int:
+    import socket
+
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def serve(agent: Any, text: str) -> MetricsServer:
+    """Parse ``--metrics-address``, listen, hook the metrics into the agent."""
+    host, port = parse_address(text)
+    if ipaddress.ip_address(host).is_unspecified:
+        log.warning("--metrics-address %s: metrics and health are served on every address of this host", text)
+    server = MetricsServer(agent, (host, port)).start()
+    agent.metrics = server.metrics
+    return server

@@ -1,0 +1,157 @@
+"""crossnet.agent.metrics: /metrics in Prometheus text format read from an agent (a real
+Agent on the fake kernel and in-memory store, and a fake agent for the health states),
+/healthz and /readyz answers, the --metrics-address rules, and that the agent's start-up
+does not import prometheus_client unless asked."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from crossnet.agent import metrics
+from crossnet.errors import ConfigError
+from tests.unit.test_agent_sync import deliver, kernel, start, store_for  # noqa: F401 - kernel is a fixture
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def fake_agent(**kw) -> SimpleNamespace:
+    base = {"synced_at": 1.0, "health": {"keepalive": None, "watch": None, "sync": None, "containers": None},
+            "data_plane_problem": None, "peers": {}, "peer_res": {}, "revision": 0, "lease": None,
+            "book": SimpleNamespace(records={}, invalid={}, rejected_total=0), "rejected_containers": 0,
+            "transports": None, "dns": None, "metrics": None}
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def test_metrics_of_a_real_agent_follow_its_syncs(kernel, tmp_path):  # noqa: F811
+    store = store_for("vxlan")
+    store.join("h2", "10.56.0.2")
+    a = start(store, kernel, tmp_path)
+    m = metrics.AgentMetrics(a)
+    a.metrics = m
+    before = samples(m.render()[0].decode())
+    assert before[("crossnet_agent_peers", (("state", "programmed"),))] == 1
+    assert before[("crossnet_agent_synced", ())] == 1 and before[("crossnet_agent_healthy", ())] == 1
+    assert before[("crossnet_agent_sync_duration_seconds_count", ())] == 0  # the sync before the hook
+    assert before[("crossnet_agent_lease_ttl_seconds", ())] == 10
+    assert before[("process_resident_memory_bytes", ())] > 0
+    store.join("h3", "10.56.0.3")
+    deliver(a, store)
+    a.full_sync(store.snapshot())  # a resync: counted and timed by the hook in full_sync
+    a._report("keepalive", "etcd unreachable")  # the error hook in _report
+    after = samples(m.render()[0].decode())
+    assert after[("crossnet_agent_peers", (("state", "programmed"),))] == 2
+    assert after[("crossnet_agent_peers", (("state", "known"),))] == 2
+    assert after[("crossnet_agent_sync_duration_seconds_count", ())] == 1
+    assert after[("crossnet_agent_sync_duration_seconds_sum", ())] > 0
+    assert after[("crossnet_agent_errors_total", (("component", "keepalive"),))] == 1
+    assert after[("crossnet_agent_component_up", (("component", "keepalive"),))] == 0
+    assert after[("crossnet_agent_healthy", ())] == 1  # store down, data plane intact: still healthy
+
+
+def test_rejections_transport_switches_and_dns_queries():
+    a = fake_agent(book=SimpleNamespace(records={}, invalid={"x": "bad"}, rejected_total=3), rejected_containers=2,
+                   transports=SimpleNamespace(switches=4),
+                   dns=SimpleNamespace(server=SimpleNamespace(stats={"queries": 7, "answered": 5})))
+    s = samples(metrics.AgentMetrics(a).render()[0].decode())
+    assert s[("crossnet_agent_rejected_records_total", ())] == 3
+    assert s[("crossnet_agent_rejected_containers_total", ())] == 2
+    assert s[("crossnet_agent_transport_switches_total", ())] == 4
+    assert s[("crossnet_agent_dns_queries_total", (("outcome", "queries"),))] == 7
+    assert s[("crossnet_agent_peers", (("state", "known"),))] == 1
+
+
+@pytest.mark.parametrize("state,ok,reason", [
+    ({"synced_at": None}, False, "not synced yet"),
+    ({"health": {"sync": "peer h2: no route"}}, False, "last sync failed: peer h2: no route"),
+    ({"health": {"watch": "etcd down"}}, True, "ok (store unreachable: watch: etcd down; data plane intact)"),
+    ({"health": {"keepalive": "etcd down"}, "data_plane_problem": "wireguard-go exited"}, False,
+     "store unreachable (keepalive: etcd down) and data plane broken (wireguard-go exited)"),
+    ({"data_plane_problem": "wireguard-go exited"}, True, "ok"),
+    ({}, True, "ok"),
+])
+def test_health_states(state, ok, reason):
+    got_ok, why = metrics.health(fake_agent(**state))
+    assert got_ok is ok and why.startswith(reason) and "\n" not in why
+
+
+def test_ready_needs_the_store():
+    assert metrics.ready(fake_agent()) == (True, "ok")
+    assert metrics.ready(fake_agent(health={"watch": "etcd down"}))[0] is False
+    assert metrics.ready(fake_agent(synced_at=None))[0] is False
+
+
+def get(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.headers["Content-Type"], r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers["Content-Type"], e.read().decode()
+
+
+def test_http_endpoints():
+    a = fake_agent(synced_at=None)
+    server = metrics.MetricsServer(a, ("127.0.0.1", 0)).start()
+    try:
+        base = f"http://{server.address}"
+        code, ctype, body = get(base + "/healthz")
+        assert (code, body) == (503, "not synced yet (start-up in progress)\n")
+        a.synced_at = 5.0
+        assert get(base + "/healthz")[0] == 200 and get(base + "/readyz")[2] == "ok\n"
+        code, ctype, body = get(base + "/metrics")
+        assert code == 200 and ctype.startswith("text/plain") and "crossnet_agent_synced 1.0" in body
+        assert get(base + "/nothing")[0] == 404
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("text,want", [("9100", ("127.0.0.1", 9100)), (":9100", ("127.0.0.1", 9100)),
+                                       ("localhost:9100", ("127.0.0.1", 9100)), ("10.1.2.3:80", ("10.1.2.3", 80)),
+                                       ("0.0.0.0:9100", ("0.0.0.0", 9100)), ("[::1]:9100", ("::1", 9100))])
+def test_parse_address(text, want):
+    assert metrics.parse_address(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "host.example:9100", "10.1.2.3", "10.1.2.3:0", "10.1.2.3:70000",
+                                  "10.1.2.3:x", "224.0.0.1:9100", "1.2.3.4:9100:1"])
+def test_parse_address_refuses(text):
+    with pytest.raises(ConfigError, match="^--metrics-address: "):
+        metrics.parse_address(text)
+
+
+def test_a_port_in_use_is_one_line():
+    first = metrics.MetricsServer(fake_agent(), ("127.0.0.1", 0))
+    try:
+        port = int(first.address.rsplit(":", 1)[1])
+        with pytest.raises(metrics.CrossnetError, match=r"^--metrics-address: cannot listen on 127\.0\.0\.1:\d+: "):
+            metrics.MetricsServer(fake_agent(), ("127.0.0.1", port))
+    finally:
+        first.httpd.server_close()
+
+
+def test_agent_start_up_does_not_import_prometheus_client():
+    code = ("import sys; import crossnet.cli.agent, crossnet.agent.core; "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_bad_metrics_address_is_bad_input_before_anything_starts(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "agent",
+                           "-f", str(tmp_path / "none.yaml"), "--metrics-address", "example.org:9100"],
+                          check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("crossnet: error: --metrics-address:")
+    assert not (tmp_path / "s").exists()

@@ -1,0 +1,78 @@
+"""`--log-format json`: one JSON object per line (ts RFC 3339 UTC, level, logger, msg,
+extra fields, exc), credentials masked in the message, the fields and the traceback;
+text stays the default."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import subprocess
+import sys
+
+import pytest
+
+from crossnet.agent.core import setup_logging
+
+
+class Captured:
+    def __init__(self, capsys):
+        self.capsys = capsys
+
+    def getvalue(self) -> str:  # what the handler (made on pytest's sys.stderr) wrote
+        return self.capsys.readouterr().err
+
+
+@pytest.fixture
+def captured(capsys):
+    root = logging.getLogger("crossnet")
+    saved = (root.handlers[:], root.level, root.propagate)
+    yield Captured(capsys)
+    root.handlers[:], root.level, root.propagate = saved
+
+
+def lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_one_object_per_line_with_fields(captured):
+    setup_logging(False, "json")
+    log = logging.getLogger("crossnet.agent")
+    log.info("peer %s added", "h2", extra={"peer": "h2", "changes": 3})
+    log.debug("not shown at info")
+    log.warning("multi\nline")
+    out = lines(captured.getvalue())
+    assert len(out) == 2
+    first = out[0]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
+    assert (first["level"], first["logger"], first["msg"], first["peer"], first["changes"]) == \
+        ("info", "crossnet.agent", "peer h2 added", "h2", 3)
+    assert out[1]["msg"] == "multi\nline" and out[1]["level"] == "warning"
+
+
+def test_credentials_are_masked_in_message_fields_and_traceback(captured):
+    setup_logging(True, "json")
+    log = logging.getLogger("crossnet.agent")
+    log.error("store %s down", "http://root:s3cret@10.0.0.1:2379", extra={"endpoint": "http://u:hunter2@h:1"})
+    try:
+        raise RuntimeError("connect http://admin:pa55@etcd:2379?token=abc failed")
+    except RuntimeError:
+        log.exception("watch")
+    text = captured.getvalue()
+    assert "s3cret" not in text and "hunter2" not in text and "pa55" not in text and "abc" not in text
+    out = lines(text)
+    assert out[0]["msg"] == "store http://root:***@10.0.0.1:2379 down" and out[0]["endpoint"] == "http://u:***@h:1"
+    assert "RuntimeError" in out[1]["exc"] and "admin:***@etcd" in out[1]["exc"]
+
+
+def test_text_stays_the_default(captured):
+    setup_logging()
+    logging.getLogger("crossnet.agent").info("hello http://a:b@c")
+    line = captured.getvalue().strip()
+    assert line.endswith("crossnet-agent INFO hello http://a:***@c") and not line.startswith("{")
+
+
+def test_cli_accepts_only_text_or_json(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "agent",
+                           "-f", "x.yaml", "--log-format", "xml"], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--log-format" in proc.stderr
