@@ -295,3 +295,11 @@ def test_helper_reply_to_a_bad_request_is_a_decoding_error():
     reply = plugin.bad_request_reply("stdin: must be a string")
     out = json.loads(reply["stdout"])
     assert reply["rc"] == 1 and out["code"] == 6 and "stdin" in out["msg"]
+
+
+def test_control_characters_in_cni_netns_stay_on_one_line():
+    """Found by test_fuzz_plugin_entry: CNI_NETNS='\\n' made a two-line error message."""
+    from crossnet.cni.plugin import _short
+
+    assert _short("\n") == "\\n" and _short("a\tb") == "a\\tb" and _short("plain") == "plain"
+    assert "\n" not in _short("x\n" * 100)

@@ -128,7 +128,9 @@ def parse_cni_args(raw: str) -> dict[str, str]:
 
 
 def _short(text: str, n: int = 64) -> str:
-    """Hostile input in a one-line message: at most n characters."""
+    """Hostile input in a one-line message: control characters escaped, at most n characters."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]  # a newline in CNI_NETNS must not split the message
     return text if len(text) <= n else text[:n] + "..."
 
 
