@@ -131,7 +131,11 @@ def assert_traced(res: dict, peer: str, transport: str, tunnel: str | None) -> N
     nic = next(h for h in res["hops"] if h["kind"] == "nic" and h["host"] == "h1")
     cap = nic["capture"]
     seen = {"wireguard": cap.get("wireguard", 0), "vxlan": cap["vxlan"], "direct": cap["plain"]}
-    assert seen[transport] >= 5 and sum(seen.values()) == seen[transport], cap
+    assert seen[transport] >= 5, cap
+    # the probe itself (plain) and VXLAN-encapsulated probes are recognised exactly: none on
+    # another transport. WireGuard datagrams cannot be attributed (encrypted): auto's prober
+    # and other peers' WireGuard traffic count there too, so they are not required to be 0.
+    assert all(seen[t] == 0 for t in ("vxlan", "direct") if t != transport), cap
 
 
 def test_auto_starts_on_vxlan_everywhere(auto_lab):
