@@ -384,3 +384,37 @@ def test_a_join_refused_during_an_election_is_tried_again_but_quorum_loss_is_fin
         with pytest.raises(CrossnetError):
             ml.join_riding_out_elections(refuse, timeout=10, interval=0.01)
         assert len(calls) == 1, final
+
+
+# ---------------------------------------------------------------- launch --encrypt (backend auto)
+
+@pytest.mark.parametrize("args", [
+    ["launch", "--encrypt"],  # default backend vxlan
+    ["launch", "--encrypt", "--backend", "host-gw"],
+    ["launch", "--encrypt", "--backend", "auto", "--token", "ab12cd.0123456789abcdef", "--ca-pin",
+     "sha256:" + "0" * 64, "10.0.0.1"],  # joining: the mesh's setting is the first host's
+])
+def test_launch_encrypt_is_first_host_and_auto_only(tmp_path, args):
+    proc = _cli(tmp_path, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("crossnet: error: --encrypt: "), lines
+    assert not (tmp_path / "state").exists()
+
+
+def test_launch_encrypt_reaches_the_store_config(tmp_path):
+    """launch_first records it, bootstrap writes it as auto.encrypt: the agents read it there."""
+    from crossnet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^--encrypt: only with --backend auto, not 'vxlan'$"):
+        ml.launch_first(str(tmp_path / "v"), "h1", "eth0", "192.0.2.1", "10.32.0.0/12", 24, "vxlan", 1, 30,
+                        spawn=False, encrypt=True)
+    assert not (tmp_path / "v").exists()
+    ml.launch_first(str(tmp_path / "a"), "h1", "eth0", "192.0.2.1", "10.32.0.0/12", 24, "auto", 1, 30,
+                    spawn=False, encrypt=True)
+    n = ml.Paths(tmp_path / "a").load()["network"]
+    assert n["encrypt"] is True
+    cfg = ml.network_config(n)
+    assert cfg.backend == "auto" and cfg.auto.encrypt and cfg.to_json()["auto"] == {"encrypt": True}
+    plain = ml.network_config({**n, "encrypt": False})
+    assert not plain.auto.encrypt and "auto" not in plain.to_json()

@@ -160,3 +160,94 @@ def test_monitor_resumes_from_the_last_record(tmp_path):
     assert pmtu.Monitor.resume(state, 60).record is None
     state.save_applied({"host": "h1", "path_mtu": record(h2=1400)})
     assert pmtu.Monitor.resume(state, 60).record == record(h2=1400)
+
+
+# ---- backend auto: one container MTU for every transport a peer may move to ---------------
+def auto_ctx(keys: dict[str, bool], encrypt: bool = False, underlay: int = 1500) -> HostContext:
+    from crossnet.wg.keys import generate_private, public_of
+
+    c = ctx_for("vxlan", underlay, peers=tuple(keys))
+    c.backend, c.auto, c.mtu = "auto", {"encrypt": encrypt}, underlay - get_backend("auto").overhead
+    for p in c.peers:
+        p.data = {"wireguard_key": public_of(generate_private())} if keys[p.name] else {}
+    return c
+
+
+@pytest.mark.parametrize(("keys", "encrypt", "paths", "want"), [
+    # every peer may fall back to WireGuard (the usual case: every host publishes a key): IPv4 60
+    ({"h2": True, "h3": True}, False, {"h2": 1400, "h3": 1500}, 1340),
+    ({"h2": True, "h3": True}, False, {"h2": 1500, "h3": 1500}, 1440),
+    # no peer has a key: only direct / vxlan possible: 50
+    ({"h2": False, "h3": False}, False, {"h2": 1400, "h3": 1500}, 1350),
+    # the narrow peer has no key (vxlan at most: 1400 - 50), the wide one may use WireGuard (1500 - 60)
+    ({"h2": False, "h3": True}, False, {"h2": 1400, "h3": 1500}, 1350),
+    # the narrow peer may use WireGuard: 1400 - 60
+    ({"h2": True, "h3": False}, False, {"h2": 1400, "h3": 1500}, 1340),
+    # a peer not measured (None) may still use WireGuard up to the underlay: 1500 - 60
+    ({"h2": False, "h3": True}, False, {"h2": 1500, "h3": None}, 1440),
+    # encrypt: every peer on WireGuard
+    ({"h2": True, "h3": True}, True, {"h2": 1400, "h3": 1500}, 1340),
+])
+def test_auto_sizes_containers_for_every_transport_a_peer_may_use(keys, encrypt, paths, want):
+    c = auto_ctx(keys, encrypt)
+    pmtu.adjust(c, get_backend("auto"), record(**paths))
+    assert c.mtu == want
+    # the rule: every candidate transport of every measured peer carries a full container packet
+    from crossnet.backends.auto import peer_candidates
+
+    for p in c.peers:
+        path = paths[p.name] or c.underlay_mtu
+        for t in peer_candidates(c, p, on_link_=True):
+            assert c.mtu + pmtu.TRANSPORT_OVERHEAD[t] <= min(path, c.underlay_mtu), (p.name, t)
+
+
+def test_auto_without_a_measurement_keeps_the_static_overhead():
+    c = auto_ctx({"h2": True, "h3": True})
+    assert pmtu.adjust(c, get_backend("auto"), None) is None and c.mtu == 1420  # 1500 - 80 (IPv6 worst case)
+
+
+@given(underlay=st.integers(576, 9000), paths=st.lists(st.one_of(st.none(), st.integers(576, 9000)), min_size=1,
+                                                       max_size=3),
+       keys=st.lists(st.booleans(), min_size=3, max_size=3), encrypt=st.booleans())
+def test_auto_container_mtu_fits_every_candidate_of_every_peer(underlay, paths, keys, encrypt):
+    from crossnet.backends.auto import peer_candidates
+
+    names = ("h2", "h3", "h4")[:len(paths)]
+    c = auto_ctx(dict(zip(names, keys)), encrypt, underlay)
+    pmtu.adjust(c, get_backend("auto"), record(**dict(zip(names, paths))))
+    overheads = []
+    for p, m in zip(c.peers, paths):
+        worst = max(pmtu.TRANSPORT_OVERHEAD[t] for t in peer_candidates(c, p, on_link_=True))
+        overheads.append(worst)
+        if m:
+            assert c.mtu + worst <= max(min(m, underlay), pmtu.MIN_PATH_MTU)
+        assert c.mtu + worst <= underlay
+    measured = [m for m in paths if m]
+    if not measured:
+        assert c.mtu == underlay - get_backend("auto").overhead
+    else:  # and no smaller than needed: one peer's bound is met exactly
+        bounds = [underlay - max(overheads)] + [max(min(m, underlay), pmtu.MIN_PATH_MTU) - o
+                                                for m, o in zip(paths, overheads) if m]
+        assert c.mtu == min(bounds)
+
+
+def test_the_probers_full_size_probes_use_the_measured_container_mtu(tmp_path):
+    """The agent's full sync sets ctx.mtu from the record (pmtu.adjust); the prober probes
+    every candidate of every peer at exactly that size, don't-fragment."""
+    import threading
+
+    from crossnet.transport.prober import Prober
+
+    c = auto_ctx({"h2": True, "h3": True})
+    pmtu.adjust(c, get_backend("auto"), record(h2=1400, h3=1500))
+    sent = []
+
+    def echo(dst, size, *, timeout, df=True, netns=None, src=None):
+        sent.append((dst, size, df))
+        return 0.0005
+
+    p = Prober(tmp_path, lambda: c, lambda: [IPv4Network("10.0.1.0/24")], lambda s: None, threading.Event(), echo=echo)
+    for pe in c.peers:
+        p.annotate(pe)
+    p.round()
+    assert len(sent) == 4 and {(s, df) for _d, s, df in sent} == {(1340, True)}

@@ -30,10 +30,12 @@ def _state(ctx: click.Context) -> str:
               help="Host lease TTL in seconds (first host).")
 @click.option("--dns-domain", default="crossnet.local", show_default=True,
               help="Containers' DNS names are NAME.<this domain> (first host; docs/dns.md).")
+@click.option("--encrypt", is_flag=True,
+              help="With --backend auto: every peer over WireGuard (first host; docs/transport.md).")
 @click.option("--foreground", is_flag=True, help="Run the supervisor in the foreground (systemd, containers).")
 @click.pass_context
 def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, backend, voters, ttl,
-           dns_domain, foreground) -> None:
+           dns_domain, encrypt, foreground) -> None:
     """Create a mesh (first host) or join one: `crossnet launch --token T ADDR`.
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
@@ -45,6 +47,10 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
 
     state_dir = _state(ctx)
     paths = ml.Paths(__import__("pathlib").Path(state_dir))
+    if encrypt and (token or addr or paths.launch_json.exists()):
+        raise ConfigError("--encrypt: only when creating a mesh (the first host); joining or restarting hosts "
+                          "follow the mesh's setting")
+    ml.check_encrypt(backend, encrypt)
     pid = paths.running_pid()
     if foreground and paths.launch_json.exists() and pid is None and not (token or addr):
         raise SystemExit(ml.run_foreground(state_dir))  # the detached supervisor, or systemd's
@@ -86,7 +92,7 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         return
     ifname, ip = ml.detect_underlay(iface, address)
     jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
-                         spawn=not foreground, dns_domain=dns_domain)
+                         spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt)
     if jt is None:
         raise SystemExit(ml.run_foreground(state_dir))
     click.echo(f"mesh created on {host_name} ({ip}); on every other host run:")

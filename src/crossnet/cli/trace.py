@@ -36,6 +36,8 @@ def render_text(res: dict) -> str:
     dst = res["dst"] if res["dst"] == res["dst_address"] else f"{res['dst']} ({dst_where})"
     tunnel = f"tunnel {res['tunnel']}" if res.get("tunnel") else "no tunnel"
     transport = f", transport {res['transport']}" if res.get("transport") else ""
+    if res.get("peer"):  # backend auto: what crossnet records for the destination's peer
+        transport += f" (recorded for peer {res['peer']}: {res['recorded_transport']})"
     lines.append(f"trace {src} → {dst}: backend {res['backend']}{transport}, {tunnel}")
     hops = res["hops"]
     w_where = max([len(_where(h)) for h in hops] + [4])

@@ -640,14 +640,10 @@ class Supervisor:
 
     # ---- first host
     def bootstrap(self) -> None:
-        from crossnet.store import NetworkConfig
         from crossnet.store.etcd import EtcdStore
 
         c = self.client()
-        n = self.st["network"]
-        cfg = NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"],
-                            name="crossnet", ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local")
-        EtcdStore(c, AGENT_PREFIX).init_config(cfg)
+        EtcdStore(c, AGENT_PREFIX).init_config(network_config(self.st["network"]))
         ca = self.paths.mesh.load_ca(need_key=True)
         ca_doc = json.dumps({"cert": ca.cert_pem.decode(), "key": pki.key_pem(ca.key).decode()})
         c.txn([c.cmp_create(f"{MESH_PREFIX}/ca", 0)],
@@ -871,12 +867,30 @@ def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
                         f"(it keeps trying: `crossnet stop` to give up)")
 
 
-def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
-                 voters: int, ttl: int, spawn: bool = True, dns_domain: str = "crossnet.local") -> JoinToken | None:
-    """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
-    the supervisor, which prints the join command once etcd is up."""
+def check_encrypt(backend: str, encrypt: bool) -> None:
+    """`launch --encrypt` is backend auto's `auto.encrypt` (docs/transport.md)."""
+    if encrypt and backend != "auto":
+        raise ConfigError(f"--encrypt: only with --backend auto, not {backend!r}")
+
+
+def network_config(n: dict) -> Any:
+    """The store's NetworkConfig of launch.json's `network` (what the first host writes)."""
     from crossnet.store import NetworkConfig
 
+    return NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"], name="crossnet",
+                         ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local",
+                         **({"auto": {"encrypt": True}} if n.get("encrypt") else {}))
+
+
+def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
+                 voters: int, ttl: int, spawn: bool = True, dns_domain: str = "crossnet.local",
+                 encrypt: bool = False) -> JoinToken | None:
+    """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
+    the supervisor, which prints the join command once etcd is up. `encrypt` (backend
+    auto only): every peer over WireGuard."""
+    from crossnet.store import NetworkConfig
+
+    check_encrypt(backend, encrypt)
     try:  # validate (the options' names in the message)
         dns_domain = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl,
                                    dns_domain=dns_domain).dns_domain
@@ -892,7 +906,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
                 "endpoints": [client_url(address)],
                 "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl,
-                            "dns_domain": dns_domain},
+                            "dns_domain": dns_domain, **({"encrypt": True} if encrypt else {})},
                 "print_token": not spawn})
     if not spawn:
         return None

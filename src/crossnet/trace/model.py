@@ -222,10 +222,13 @@ class TraceResult:
     verified: bool = False
     probe: dict | None = None
     warnings: list[str] = field(default_factory=list)
+    peer: str | None = None  # backend auto: the peer holding the destination
+    recorded_transport: str | None = None  # backend auto: the transport crossnet records for it
 
     @property
     def transport(self) -> str | None:
-        """How the packet crossed the underlay: wireguard / vxlan / gre / plain (None: it did not)."""
+        """How the packet crossed the underlay: wireguard / vxlan / gre / plain (None: it
+        did not); backend auto names plain IP `direct`, as its connections table does."""
         kinds = [h.kind for h in self.hops]
         if "wireguard" in kinds:
             return "wireguard"
@@ -233,7 +236,9 @@ class TraceResult:
             return "vxlan"
         if "ovs-tunnel" in kinds:
             return "ovs-tunnel"
-        return "plain" if "nic" in kinds else None
+        if "nic" in kinds:
+            return "direct" if self.backend == "auto" else "plain"
+        return None
 
     @property
     def flagged(self) -> list[int]:
@@ -249,6 +254,7 @@ class TraceResult:
             "dst_host": self.dst.host,
             "backend": self.backend,
             "transport": self.transport,
+            **({"peer": self.peer, "recorded_transport": self.recorded_transport} if self.peer else {}),
             "tunnel": self.tunnel,
             "complete": self.complete,
             "handoff": self.handoff,

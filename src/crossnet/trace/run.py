@@ -51,7 +51,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
     if ovs_tracer is not None:
         sources.update(ovs_tracer.counter_sources())
     for h in hosts.values():
-        if h.ctx.backend == "wireguard":
+        if h.ctx.backend in ("wireguard", "auto"):
             sources[f"wg:{h.name}"] = lambda h=h: wireguard_counters(h)
     sources.update(counter_sources or {})
 
@@ -63,7 +63,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         tap_objs: list[tuple[tuple[str, str], NicTap]] = []
         ports = {4789, 8472} | {int(h.ctx.port or 4789) for h in hosts.values()}
         wg_ports = {int((h.ctx.wireguard or {}).get("port") or 51820) for h in hosts.values()
-                    if h.ctx.backend == "wireguard"}
+                    if h.ctx.backend in ("wireguard", "auto")}
         src_host = hosts.get(src.host or "")
         if src_host is not None:
             tap_objs.append(((src_host.view.key, src_host.ctx.iface),
@@ -96,6 +96,13 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
     backend = hosts[src.host].ctx.backend if src.host in hosts else "?"
     result = TraceResult(src=src, dst=dst, backend=backend, hops=hops, tunnel=walker.tunnel,
                          complete=walker.complete, handoff=walker.handoff, warnings=walker.warnings)
+    if src.host in hosts:
+        recorded = recorded_transport(hosts[src.host], dst.address)
+        if recorded is not None:
+            result.peer, result.recorded_transport = recorded
+            if result.transport and result.transport != result.recorded_transport:
+                result.warnings.append(f"peer {result.peer}: crossnet records transport {result.recorded_transport}, "
+                                       f"but the kernel's routes send this packet over {result.transport}")
     if verify and before is not None and after is not None and probe is not None:
         sent = int(probe.get("sent") or 0)
         apply_deltas(hops, before, after, sent)
@@ -110,6 +117,24 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
     if not result.complete and result.handoff is None:
         result.warnings.append("the path could not be followed to the destination")
     return result
+
+
+def recorded_transport(host: HostSide, dst: str) -> tuple[str, str] | None:
+    """(peer, transport) that `host` records for the peer holding `dst` (backend auto: the
+    agent prober's choice in transport.json, else the one in applied.json's context, as
+    `crossnet status` shows it); None for other backends or an address of no peer."""
+    if host.ctx.backend != "auto":
+        return None
+    addr = ipaddress.ip_address(dst)
+    peer = next((p for p in host.ctx.peers if addr in p.subnet), None)
+    if peer is None:
+        return None
+    from crossnet.state import StateDir
+    from crossnet.transport.connections import rows
+
+    state = StateDir(host.state_dir or host.ctx.state_dir or "/nonexistent")
+    row = next((r for r in rows(state, host.ctx) if r["peer"] == peer.name), None)
+    return (peer.name, row["transport"]) if row else None
 
 
 # ---- resolving SRC / DST on a host -----------------------------------------------------------

@@ -17,12 +17,13 @@ from typing import Callable, Iterable
 
 from crossnet.check import netns_prefix as _netns_prefix
 from crossnet.trace.model import MAX_COUNT, PROBE_INTERVAL, Hop, HostSide, link_by
-from crossnet.trace.views import wireguard_peer
+from crossnet.trace.views import wireguard_device, wireguard_peer
 
 
 def wireguard_counters(host: HostSide) -> dict[str, tuple[int, int]]:
     """{peer public key: (tx_bytes, rx_bytes)} of the host's WireGuard device."""
-    dev = link_by(host.view, name=host.backend.tunnel_device(host.ctx))
+    name = wireguard_device(host)
+    dev = link_by(host.view, name=name) if name else None
     if dev is None:
         return {}
     _peer, st = wireguard_peer(host, dev, "0.0.0.0")

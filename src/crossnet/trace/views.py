@@ -151,6 +151,16 @@ class KernelView:
 
 
 
+def wireguard_device(host: HostSide) -> str | None:
+    """The WireGuard device crossnet made on `host`: backend wireguard's, and backend
+    auto's (its WireGuard transport); None for the other backends."""
+    if host.ctx.backend not in ("wireguard", "auto"):
+        return None
+    from crossnet.backends import wireguard as wgb
+
+    return wgb.settings(host.ctx)["device"]
+
+
 def wireguard_peer(host: HostSide, dev: Link, ip: str) -> tuple[Any, Any]:
     """(peer state whose allowed IPs hold `ip` or None, device state or None) of the
     WireGuard device `dev` on `host`: wireguard-go through its UAPI socket (reachable from

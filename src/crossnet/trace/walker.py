@@ -30,7 +30,7 @@ from crossnet.trace.model import (
     matching_route,
     nud_name,
 )
-from crossnet.trace.views import wireguard_peer
+from crossnet.trace.views import wireguard_device, wireguard_peer
 
 
 class Walker:
@@ -347,8 +347,7 @@ class Walker:
 
     @staticmethod
     def _is_wireguard(host: HostSide, link: Link) -> bool:
-        return link.kind == "wireguard" or (
-            host.ctx.backend == "wireguard" and link.name == host.backend.tunnel_device(host.ctx))
+        return link.kind == "wireguard" or link.name == wireguard_device(host)
 
     def wireguard(self, host: HostSide, dev: Link, pkt: Packet) -> None:
         """Routed into a WireGuard device: the peer whose allowed IPs hold the destination
@@ -449,7 +448,7 @@ class Walker:
             self.ovs.ingress(self, target, nic, pkt)
             return
         if e.get("type") == "wireguard":
-            wdev = target.backend.tunnel_device(target.ctx) if target.ctx.backend == "wireguard" else None
+            wdev = wireguard_device(target)
             wl = link_by(target.view, name=wdev) if wdev else None
             if wl is None:
                 self.add(Hop(target.name, None, "wireguard", "no WireGuard device here",

@@ -9,6 +9,20 @@ exceeds what this host's own NIC carries. Transport overhead: vxlan 50 (outer Et
 the backend's static 80, used while nothing is measured, assumes IPv6), ovs-gre 38, ovs-vxlan 50, host-gw 0 (direct).
 The bridge backend puts containers on the LAN itself: nothing to probe.
 
+Backend auto (docs/transport.md) has one container MTU for every peer, while each peer
+may move between its candidate transports at any time (the prober switches within
+seconds, without resizing containers). So each peer counts with the largest overhead of
+the transports it may use (vxlan 50, wireguard 60 when it has a WireGuard key, only
+wireguard with `encrypt`; direct 0 never the largest), and the underlay bound with the
+largest of all peers (a peer whose path was not measured may still use any of its
+transports up to the underlay MTU):
+
+    container MTU = min(underlay MTU - max overhead of any peer,
+                        path MTU of p - max overhead of p's transports, for each measured p)
+
+Every transport of every peer then carries a full container packet: direct needs
+container MTU <= path, vxlan container MTU + 50 <= path, wireguard + 60 <= path.
+
 A peer is *narrow* when its path cannot carry the configured underlay MTU: `status`
 names it with the number measured. `crossnet apply --probe-mtu` measures (every peer
 in parallel, bounded time) and records the result in applied.json (`path_mtu`); a later
@@ -26,6 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from crossnet.backends import lan_backend_names
+from crossnet.backends import vxlan as vx
 from crossnet.backends.base import Backend, HostContext
 from crossnet.errors import ConfigError
 from crossnet.transport.probe import PathUnreachable, discover
@@ -37,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MIN_PATH_MTU = 576  # the smallest MTU probed (and the smallest `mtu` a cluster file may give)
 IPV4_OVERHEAD = {"wireguard": 60}  # backends whose static overhead assumes an IPv6 underlay
+TRANSPORT_OVERHEAD = {"direct": 0, "vxlan": vx.Vxlan.overhead, "wireguard": IPV4_OVERHEAD["wireguard"]}  # auto's
 WORKERS = 16
 
 
@@ -50,15 +66,32 @@ def transport_overhead(backend: Backend) -> int:
     return IPV4_OVERHEAD.get(backend.name, backend.overhead)
 
 
-def container_mtu(underlay_mtu: int, configured: int, paths: dict[str, int | None], overhead: int) -> int:
+def container_mtu(underlay_mtu: int, configured: int, paths: dict[str, int | None],
+                  overhead: int | dict[str, int]) -> int:
     """The container MTU once paths are measured: min(underlay MTU, smallest measured
     path MTU) - the transport's overhead on this underlay; `configured` (underlay - the
     backend's static overhead) when nothing was measured (peers whose path could not be
-    measured, None, do not count). Never above the underlay MTU minus the overhead."""
-    measured = [m for m in paths.values() if m]
+    measured, None, do not count). Never above the underlay MTU minus the overhead.
+    `overhead` per peer (backend auto, see `peer_overheads`): each measured path minus
+    its peer's overhead, the underlay minus the largest of all."""
+    measured = {n: m for n, m in paths.items() if m}
     if not measured:
         return configured
-    return max(min(underlay_mtu, *measured), MIN_PATH_MTU) - overhead
+    if isinstance(overhead, int):
+        return max(min(underlay_mtu, *measured.values()), MIN_PATH_MTU) - overhead
+    worst = max(overhead.values(), default=0)
+    return min([underlay_mtu - worst] + [max(min(underlay_mtu, m), MIN_PATH_MTU) - overhead.get(n, worst)
+                                         for n, m in measured.items()])
+
+
+def peer_overheads(ctx: HostContext, backend: Backend) -> int | dict[str, int]:
+    """The overhead to size the containers with: the backend's (`transport_overhead`), or
+    for backend auto per peer the largest overhead of the transports it may use."""
+    if backend.name != "auto":
+        return transport_overhead(backend)
+    from crossnet.backends.auto import peer_candidates
+
+    return {p.name: max(TRANSPORT_OVERHEAD[t] for t in peer_candidates(ctx, p, on_link_=False)) for p in ctx.peers}
 
 
 def narrow_peers(underlay_mtu: int, paths: dict[str, int | None]) -> dict[str, int]:
@@ -121,7 +154,7 @@ def adjust(ctx: HostContext, backend: Backend, record: dict[str, Any] | None) ->
         return None
     paths = paths_of(record, ctx)
     ctx.mtu = container_mtu(ctx.underlay_mtu, ctx.underlay_mtu - backend.overhead, paths,
-                            transport_overhead(backend))
+                            peer_overheads(ctx, backend))
     kept = {k: v for k, v in record.items() if k != "peers"}
     kept["peers"] = {n: record["peers"][n] for n in paths}
     return kept
