@@ -1,7 +1,14 @@
 """``--log-format json``: one JSON object per log line — ``ts`` (RFC 3339 UTC, ms),
 ``level``, ``logger``, ``msg``, then the record's extra fields (``log.info(..., extra={"peer": "h2"})``)
 and ``exc`` for a traceback. Credentials are masked (crossnet.redact): the handler's
-MaskingFilter masks the message and traceback, this formatter the extra fields."""
+MaskingFilter masks the message and traceback, this formatter the extra fields.
+
+One time format everywhere (docs/operations.md "Log fields"): :func:`rfc3339` is the one
+formatter of wall-clock times for the logs (JSON and text: :class:`TextFormatter`), the
+CNI plugin's and warm helper's log lines (:func:`line`) and every ``-o json``.
+The log format of `crossnet agent` and `crossnet launch` is ``--log-format``;
+``CROSSNET_LOG_FORMAT`` carries it to the processes they start (:func:`env_format`).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,33 @@ from crossnet.redact import mask_credentials
 _STANDARD = frozenset(vars(logging.LogRecord("x", 0, "x", 0, "x", None, None))) | {"message", "asctime", "taskName"}
 
 
+ENV = "CROSSNET_LOG_FORMAT"
+FORMATS = ("text", "json")
+
+
 def rfc3339(ts: float) -> str:
-    """``2026-12-03T15:56:13.123Z``"""
+    """``2026-12-03T15:56:13.123Z`` (UTC, milliseconds)."""
     ms = int(ts * 1000) % 1000
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{ms:03d}Z"
+
+
+def env_format(default: str = "text") -> str:
+    """The log format a parent process asked for in CROSSNET_LOG_FORMAT (else `default`)."""
+    import os
+
+    value = os.environ.get(ENV, "")
+    return value if value in FORMATS else default
+
+
+def line(logger: str, msg: str, level: str = "info", ts: float | None = None, **fields: object) -> str:
+    """One JSON log line of the same shape as :class:`JsonFormatter`'s, for code that
+    does not use the logging module (the CNI plugin's ``logFile``: one short process)."""
+    out: dict[str, object] = {"ts": rfc3339(time.time() if ts is None else ts), "level": level,
+                              "logger": logger, "msg": mask_credentials(msg)}
+    for key, value in fields.items():
+        if key not in out:
+            out[key] = _field(value)
+    return json.dumps(out, ensure_ascii=False, default=str)
 
 
 def _field(value: object) -> object:
@@ -26,7 +56,21 @@ def _field(value: object) -> object:
         return mask_credentials(value)
     if value is None or isinstance(value, (bool, int, float)):
         return value
+    if isinstance(value, dict):
+        return {str(k): _field(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_field(v) for v in value]
     return mask_credentials(str(value))
+
+
+class TextFormatter(logging.Formatter):
+    """The text log: ``<RFC 3339 UTC time> <name> <LEVEL> <message>``."""
+
+    def __init__(self, name: str):
+        super().__init__(f"%(asctime)s {name} %(levelname)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return rfc3339(record.created)
 
 
 class JsonFormatter(logging.Formatter):

@@ -100,9 +100,10 @@ def pair_on(lab, transport: str) -> dict | None:
 
 
 def log_time(line: str) -> float:
-    """The wall time of an agent log line (asctime: local time, milliseconds)."""
-    stamp, ms = line[:23].split(",")
-    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(ms) / 1000
+    """The wall time of an agent log line (its first word: RFC 3339 UTC, milliseconds)."""
+    from datetime import datetime
+
+    return datetime.fromisoformat(line.split(" ", 1)[0]).timestamp()
 
 
 def agent_log(lab, hname: str) -> str:

@@ -155,3 +155,104 @@ def test_bad_metrics_address_is_bad_input_before_anything_starts(tmp_path):
                           check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("crossnet: error: --metrics-address:")
     assert not (tmp_path / "s").exists()
+
+
+def test_resources_lease_left_store_and_repairs_of_a_real_agent(kernel, tmp_path):  # noqa: F811
+    """Resources programmed (local + per peer), the lease's TTL left, the store reachable,
+    and a full sync that catches up a change it missed counts as repaired (the hook in
+    full_sync: the first sync does not count)."""
+    store = store_for("vxlan")
+    store.join("h2", "10.56.0.2")
+    a = start(store, kernel, tmp_path)
+    m = metrics.AgentMetrics(a)
+    a.metrics = m
+    s = samples(m.render()[0].decode())
+    assert s[("crossnet_agent_resources_programmed", (("part", "peers"),))] == len(a.peer_res[next(iter(a.peer_res))])
+    assert s[("crossnet_agent_resources_programmed", (("part", "local"),))] == len(a.base_res) > 0
+    assert 9 <= s[("crossnet_agent_lease_ttl_left_seconds", ())] <= 10
+    assert s[("crossnet_agent_store_reachable", ())] == 1
+    assert s[("crossnet_agent_resources_repaired_total", ())] == 0
+    assert s[("crossnet_agent_containers_attached", ())] == 0
+    store.join("h3", "10.56.0.3")  # the event is missed: the next full sync programs h3
+    a.full_sync(store.snapshot())
+    a.lease_renewed -= 4  # 4 s without renewal
+    a._report("watch", "etcd unreachable")
+    s = samples(m.render()[0].decode())
+    assert s[("crossnet_agent_resources_repaired_total", ())] > 0
+    assert 5 <= s[("crossnet_agent_lease_ttl_left_seconds", ())] <= 6
+    assert s[("crossnet_agent_store_reachable", ())] == 0
+
+
+def test_lease_left_is_never_negative():
+    import time
+
+    a = fake_agent(lease=SimpleNamespace(ttl=10), lease_renewed=time.monotonic() - 60)
+    assert metrics.lease_left(a) == 0
+    assert metrics.lease_left(fake_agent(lease=SimpleNamespace(ttl=10))) is None  # never renewed: unknown
+
+
+def test_containers_attached_reads_the_host(tmp_path):
+    items = [{"id": "a"}, {"id": "b"}]
+    s = samples(metrics.AgentMetrics(fake_agent(_local_containers=lambda: items)).render()[0].decode())
+    assert s[("crossnet_agent_containers_attached", ())] == 2
+
+
+def per_peer_prober(tmp_path):
+    """A real Prober whose selector for h2 saw answers on direct and none on vxlan."""
+    import threading
+    from ipaddress import IPv4Network
+
+    from crossnet.transport.prober import Prober
+    from crossnet.transport.select import Selector
+
+    p = Prober(tmp_path, lambda: None, list, lambda s: None, threading.Event())
+    subnet = IPv4Network("10.32.2.0/24")
+    sel = Selector(("direct", "vxlan"), 0.0)
+    sel.record("direct", 0.0012, 1.0)
+    sel.record("direct", 0.0008, 1.5)
+    sel.record("vxlan", None, 1.5)
+    p.selectors[subnet] = sel
+    p.peers[subnet] = SimpleNamespace(name="h2", address="192.168.56.2")
+    p.switches = 1
+    return p
+
+
+def test_per_peer_transport_and_rtt_from_the_prober(tmp_path):
+    s = samples(metrics.AgentMetrics(fake_agent(transports=per_peer_prober(tmp_path))).render()[0].decode())
+    assert s[("crossnet_agent_peer_transport", (("peer", "h2"), ("transport", "direct")))] == 1
+    assert s[("crossnet_agent_peer_transport", (("peer", "h2"), ("transport", "vxlan")))] == 0
+    assert s[("crossnet_agent_peer_rtt_seconds", (("peer", "h2"), ("transport", "direct")))] == pytest.approx(0.0008)
+    assert ("crossnet_agent_peer_rtt_seconds", (("peer", "h2"), ("transport", "vxlan"))) not in s  # never answered
+    assert s[("crossnet_agent_peer_probes_total", (("peer", "h2"), ("transport", "vxlan")))] == 1
+    assert s[("crossnet_agent_peer_probes_answered_total", (("peer", "h2"), ("transport", "direct")))] == 2
+    assert s[("crossnet_agent_transport_switches_total", ())] == 1
+
+
+def test_attach_and_cni_latency_through_the_api(tmp_path):
+    """The agent's API times the attaches and CNI calls it runs (crossnet-cni hands its
+    calls to the agent): here an attach on a host not configured yet (409) and a CNI ADD
+    with a bad network configuration (rc != 0), both counted as errors; a stale CNI call
+    (another namespace: the plugin runs it itself) is not counted."""
+    from crossnet.agent import api
+    from crossnet.cni import netns_id, target_id
+    from crossnet.state import StateDir
+
+    a = fake_agent(state=StateDir(str(tmp_path / "s")), containers_changed=lambda: None)
+    a.metrics = metrics.AgentMetrics(a)
+    with pytest.raises(api.NotConfigured):
+        api.handle(a, "POST", "/v1/attach", {"id": "c1", "netns": "/proc/self/ns/net"})
+    environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth0",
+               "CNI_PATH": "/opt/cni/bin"}
+    body = {"environ": environ, "stdin": "{}", "netns": list(netns_id()), "target": list(target_id(environ))}
+    status, out = api.handle(a, "POST", "/v1/cni", body)
+    assert status == 200 and out["rc"] != 0, out
+    api.handle(a, "POST", "/v1/cni", {**body, "target": [0, 0]})  # stale
+    s = samples(a.metrics.render()[0].decode())
+    assert s[("crossnet_agent_attach_duration_seconds_count", (("result", "error"),))] == 1
+    assert s[("crossnet_agent_cni_duration_seconds_count", (("command", "ADD"), ("result", "error")))] == 1
+    assert s[("crossnet_agent_cni_duration_seconds_sum", (("command", "ADD"), ("result", "error")))] > 0
+
+
+def test_observe_without_metrics_does_nothing():
+    metrics.observe(fake_agent(), "attach", 0.1, True)  # no --metrics-address: no registry, no error
+    metrics.observe(SimpleNamespace(), "cni", 0.1, True, "ADD")

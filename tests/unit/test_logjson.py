@@ -9,10 +9,13 @@ import logging
 import re
 import subprocess
 import sys
+import time
+from datetime import datetime
 
 import pytest
 
 from crossnet.agent.core import setup_logging
+from crossnet.logjson import env_format, line, rfc3339
 
 
 class Captured:
@@ -76,3 +79,37 @@ def test_cli_accepts_only_text_or_json(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "agent",
                            "-f", "x.yaml", "--log-format", "xml"], check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--log-format" in proc.stderr
+
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def test_text_log_times_are_rfc3339_utc(captured):
+    """One time format in every log: the text log's first word is the same RFC 3339 UTC
+    time as the JSON log's ``ts`` (was asctime: local time, comma before the ms)."""
+    setup_logging()
+    logging.getLogger("crossnet.agent").info("hello")
+    stamp, rest = captured.getvalue().strip().split(" ", 1)
+    assert RFC3339.match(stamp), stamp
+    assert abs(datetime.fromisoformat(stamp).timestamp() - time.time()) < 60
+    assert rest == "crossnet-agent INFO hello"
+
+
+def test_rfc3339_is_utc_with_milliseconds():
+    assert rfc3339(0) == "1970-01-01T00:00:00.000Z"
+    assert rfc3339(1796313373.1239) == "2026-12-03T15:56:13.123Z"
+
+
+def test_line_has_the_formatter_shape_and_masks(captured):
+    out = json.loads(line("crossnet.cni", "ADD ok", ts=0, command="ADD", rc=0, url="http://u:pw@h"))
+    assert out == {"ts": "1970-01-01T00:00:00.000Z", "level": "info", "logger": "crossnet.cni", "msg": "ADD ok",
+                   "command": "ADD", "rc": 0, "url": "http://u:***@h"}
+
+
+def test_env_format(monkeypatch):
+    monkeypatch.setenv("CROSSNET_LOG_FORMAT", "json")
+    assert env_format() == "json"
+    monkeypatch.setenv("CROSSNET_LOG_FORMAT", "xml")
+    assert env_format() == "text"
+    monkeypatch.delenv("CROSSNET_LOG_FORMAT")
+    assert env_format("json") == "json"

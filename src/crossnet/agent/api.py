@@ -40,6 +40,7 @@ import threading
 import time
 from typing import Any, Protocol
 
+from crossnet.agent.metrics import observe
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.state import StateDir
 from crossnet.unixhttp import UnixHTTPConnection, short_path
@@ -379,10 +380,15 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
             cid, netns = resolve(str(body.get("container") or cid))
         check_netns(netns, "netns" if "netns" in body else "container")
         _same_namespace(body, str(netns))
-        ctx, backend = _context(state)
-        att = containers.attach(state, ctx, backend, cid, netns, requested=body.get("ip"),
-                                ifname=str(body.get("ifname") or "eth0"))
-        containers.name_and_resolver(state, ctx, att, body.get("name"))
+        t0, ok = time.perf_counter(), False
+        try:
+            ctx, backend = _context(state)
+            att = containers.attach(state, ctx, backend, cid, netns, requested=body.get("ip"),
+                                    ifname=str(body.get("ifname") or "eth0"))
+            containers.name_and_resolver(state, ctx, att, body.get("name"))
+            ok = True
+        finally:
+            observe(agent, "attach", time.perf_counter() - t0, ok)
         _containers_changed(agent)
         return 200, att.to_json()
     if method == "POST" and path == "/v1/detach":
@@ -404,7 +410,11 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
     if method == "GET" and path == "/v1/containers":
         return 200, agent.cluster_containers()
     if method == "POST" and path == "/v1/cni":
+        t0 = time.perf_counter()
         out = _cni(body)
+        if not out.get("stale"):
+            observe(agent, "cni", time.perf_counter() - t0, out.get("rc") == 0,
+                    str((body.get("environ") or {}).get("CNI_COMMAND")))
         if not out.get("stale") and str((body.get("environ") or {}).get("CNI_COMMAND")) in ("ADD", "DEL"):
             _containers_changed(agent)
         return 200, out

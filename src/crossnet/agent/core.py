@@ -138,6 +138,7 @@ class Agent:
         self.pmtu = pmtu.Monitor.resume(state, opts.resync) if opts.probe_mtu else None
         self.transports = None  # backend auto: crossnet.transport.prober.Prober
         self.metrics: Any = None  # --metrics-address: crossnet.agent.metrics.AgentMetrics (sync/error hooks)
+        self.lease_renewed: float | None = None  # monotonic time the lease was last granted or renewed
         self.data_plane_problem: str | None = None  # what the backend last said is broken locally (/healthz)
 
     # ------------------------------------------------------------------ helpers
@@ -152,6 +153,10 @@ class Agent:
             log.error("%s: %s", what, error)
         elif not error and before:
             log.info("%s: recovered", what)
+
+    def _count_error(self, what: str) -> None:
+        if self.metrics is not None:
+            self.metrics.error(what)
 
     def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
         delay = self.opts.backoff_initial
@@ -294,7 +299,7 @@ class Agent:
         if previous is not None and lease.subnet != previous:
             log.warning("subnet %s is no longer available; this host now has %s "
                         "(containers attached with addresses of %s must be re-attached)", previous, lease.subnet, previous)
-        self.lease = lease
+        self.lease, self.lease_renewed = lease, time.monotonic()
         self._save_lease()
         self.ctx = self._context()
         log.info("host %s (%s on %s) holds subnet %s (lease %x, ttl %ss)", self.name, self.address, self.iface,
@@ -421,9 +426,10 @@ class Agent:
             peer_keys = {r.key() for res in per_peer.values() for r in res}
             self.base_res = [r for r in done.owned if r.key() not in peer_keys]
             self.revision = snap.revision
+        repaired = len(done.changes) if self.synced_at is not None else 0  # after the first: drift
         self.synced_at = time.time()
         if self.metrics is not None:
-            self.metrics.synced(time.perf_counter() - t0)
+            self.metrics.synced(time.perf_counter() - t0, repaired)
         for ch in done.changes:
             log.info("  %s", ch)
         log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(done.changes))
@@ -479,6 +485,7 @@ class Agent:
             outcome = program.program_local(self.ctx, self.backend, env, self.base_res)
         except ApplyError as exc:
             log.error("local resources: %s; will retry at the next resync", exc)
+            self._count_error("local")
             self.next_resync = min(self.next_resync, time.monotonic() + 2)
             return
         self.base_res = outcome.resources
@@ -494,6 +501,7 @@ class Agent:
                                            self.peer_res.get(subnet, []))
         except ApplyError as exc:
             log.error("peer %s (%s): %s; will retry at the next resync", rec.name if rec else "?", subnet, exc)
+            self._count_error("peer")
             self.next_resync = min(self.next_resync, time.monotonic() + 2)
             return
         if rec is not None and outcome.resources:
@@ -519,6 +527,7 @@ class Agent:
                 continue
             try:
                 self.store.renew(lease)
+                self.lease_renewed = time.monotonic()
                 self._report("keepalive", None)
             except LeaseLost as exc:
                 self._report("keepalive", str(exc))
@@ -890,14 +899,12 @@ def _rss_kb() -> int | None:
     return None
 
 
-def setup_logging(verbose: bool = False, fmt: str = "text") -> None:
-    handler = logging.StreamHandler()
-    if fmt == "json":  # one JSON object per line (crossnet.logjson)
-        from crossnet.logjson import JsonFormatter
+def setup_logging(verbose: bool = False, fmt: str = "text", name: str = "crossnet-agent") -> None:
+    from crossnet.logjson import JsonFormatter, TextFormatter
 
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s crossnet-agent %(levelname)s %(message)s"))
+    handler = logging.StreamHandler()
+    # one JSON object per line, or text; RFC 3339 UTC times either way (crossnet.logjson)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter(name))
     handler.addFilter(MaskingFilter())  # no password or token of an endpoint in the log
     root = logging.getLogger("crossnet")
     root.handlers[:] = [handler]

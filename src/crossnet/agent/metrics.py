@@ -2,9 +2,13 @@
 HOST:PORT``, off by default; docs/production.md).
 
 - ``GET /metrics``: Prometheus text format (prometheus_client, imported only when the
-  option is given). Gauges and totals are read from the agent at scrape time; the sync
-  histogram and the error counter are fed by two hooks in crossnet.agent.core
-  (``Agent.metrics.synced(seconds)``, ``Agent.metrics.error(component)``).
+  option is given). Gauges and totals are read from the agent at scrape time (peers,
+  resources, containers, lease, store, per-peer transport and RTT from the prober); the
+  histograms and counters are fed by hooks: ``synced(seconds, repaired)`` and
+  ``error(component)`` in crossnet.agent.core, ``observe(agent, kind, seconds, ...)`` in
+  crossnet.agent.api around the attaches and CNI calls the agent runs (the CNI plugin
+  hands ADD/DEL to the agent when one runs: its latency is measured there, the plugin
+  process imports nothing more). docs/operations.md "Metrics reference" lists them all.
 - ``GET /healthz``: 200 ``ok`` when the last full sync succeeded and the store is
   reachable or the data plane is intact; 503 and a one-line reason otherwise.
 - ``GET /readyz``: 200 once synced with the store reachable, else 503.
@@ -24,6 +28,7 @@ from crossnet.optdeps import needed
 log = logging.getLogger("crossnet.agent.metrics")
 DEFAULT_HOST = "127.0.0.1"
 SYNC_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ATTACH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STORE_PARTS = ("keepalive", "watch")  # health components that fail when the store is unreachable
 
 
@@ -93,6 +98,15 @@ class AgentMetrics:
                                          buckets=SYNC_BUCKETS, registry=self.registry)
         self.errors = pc.Counter("crossnet_agent_errors", "Failures by component (store requests, syncs, publishing)",
                                  ["component"], registry=self.registry)
+        self.repaired = pc.Counter("crossnet_agent_resources_repaired",
+                                   "Kernel changes made by full syncs after the first one (drift repaired, "
+                                   "missed changes caught up)", registry=self.registry)
+        self.attach_seconds = pc.Histogram("crossnet_agent_attach_duration_seconds",
+                                           "Duration of the container attaches the agent ran (POST /v1/attach)",
+                                           ["result"], buckets=ATTACH_BUCKETS, registry=self.registry)
+        self.cni_seconds = pc.Histogram("crossnet_agent_cni_duration_seconds",
+                                        "Duration of the CNI calls crossnet-cni handed to the agent (POST /v1/cni)",
+                                        ["command", "result"], buckets=ATTACH_BUCKETS, registry=self.registry)
         pc.ProcessCollector(registry=self.registry)
         gauge, counter = GaugeMetricFamily, CounterMetricFamily
 
@@ -103,8 +117,16 @@ class AgentMetrics:
         self.registry.register(Collector())
 
     # hooks called by the agent
-    def synced(self, seconds: float) -> None:
+    def synced(self, seconds: float, repaired: int = 0) -> None:
         self.sync_seconds.observe(seconds)
+        if repaired:
+            self.repaired.inc(repaired)
+
+    def attached(self, seconds: float, ok: bool) -> None:
+        self.attach_seconds.labels("ok" if ok else "error").observe(seconds)
+
+    def cni(self, command: str, seconds: float, ok: bool) -> None:
+        self.cni_seconds.labels(command, "ok" if ok else "error").observe(seconds)
 
     def error(self, component: str) -> None:
         self.errors.labels(component).inc()
@@ -126,9 +148,25 @@ class AgentMetrics:
             up.add_metric([k], int(not v))
         yield up
         yield gauge("crossnet_agent_store_revision", "Store revision of the last applied change", value=a.revision)
+        yield gauge("crossnet_agent_store_reachable", "0 while the store's keepalive or watch fails",
+                    value=int(not any(a.health.get(k) for k in STORE_PARTS)))
+        res = gauge("crossnet_agent_resources_programmed", "Kernel resources the agent owns, by part",
+                    labels=["part"])
+        res.add_metric(["local"], len(getattr(a, "base_res", None) or []))
+        res.add_metric(["peers"], sum(len(v) for v in list(a.peer_res.values())))
+        yield res
+        attached = _attached(a)
+        if attached is not None:
+            yield gauge("crossnet_agent_containers_attached", "Containers attached on this host (not stale)",
+                        value=attached)
         lease = a.lease
         if lease is not None and lease.ttl:
             yield gauge("crossnet_agent_lease_ttl_seconds", "TTL of this host's subnet lease", value=lease.ttl)
+            left = lease_left(a)
+            if left is not None:
+                yield gauge("crossnet_agent_lease_ttl_left_seconds",
+                            "Seconds until the lease expires unless renewed (TTL minus time since the last renewal)",
+                            value=left)
         yield counter("crossnet_agent_rejected_records", "Store records refused by validation",
                       value=a.book.rejected_total)
         yield counter("crossnet_agent_rejected_containers", "Published containers refused (outside their host's subnet)",
@@ -136,6 +174,7 @@ class AgentMetrics:
         if a.transports is not None:
             yield counter("crossnet_agent_transport_switches", "Per-peer transport switches (backend auto)",
                           value=getattr(a.transports, "switches", 0))
+            yield from _per_peer(a.transports, gauge, counter)
         dns = a.dns
         stats = getattr(getattr(dns, "server", None), "stats", None)
         if isinstance(stats, dict):
@@ -146,6 +185,56 @@ class AgentMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return self._pc.generate_latest(self.registry), self._pc.CONTENT_TYPE_LATEST
+
+
+def lease_left(agent: Any) -> float | None:
+    """Seconds the lease has left: its TTL minus the time since the last renewal (the
+    agent's ``lease_renewed``, monotonic), 0 once past; None without a TTL'd lease."""
+    lease, renewed = agent.lease, getattr(agent, "lease_renewed", None)
+    if lease is None or not lease.ttl or renewed is None:
+        return None
+    import time
+
+    return round(max(0.0, lease.ttl - (time.monotonic() - renewed)), 3)
+
+
+def _attached(agent: Any) -> int | None:
+    try:
+        return len(agent._local_containers())
+    except (CrossnetError, OSError, ValueError, AttributeError):
+        return None
+
+
+def _per_peer(prober: Any, gauge: Any, counter: Any) -> Any:
+    """Per peer (name) and transport: the one in use (1) and the other candidates (0),
+    the last round-trip time, probes sent and answered (crossnet.transport.prober)."""
+    snap = prober.snapshot() if hasattr(prober, "snapshot") else {"peers": {}}
+    use = gauge("crossnet_agent_peer_transport", "1 for the transport in use to the peer, 0 for the other candidates",
+                labels=["peer", "transport"])
+    rtt = gauge("crossnet_agent_peer_rtt_seconds", "Last answered full-size probe's round-trip time",
+                labels=["peer", "transport"])
+    sent = counter("crossnet_agent_peer_probes", "Probes sent", labels=["peer", "transport"])
+    answered = counter("crossnet_agent_peer_probes_answered", "Probes answered", labels=["peer", "transport"])
+    for name, p in sorted(snap.get("peers", {}).items()):
+        for t, c in sorted((p.get("candidates") or {}).items()):
+            use.add_metric([name, t], int(t == p.get("transport")))
+            if c.get("rtt_ms") is not None:
+                rtt.add_metric([name, t], c["rtt_ms"] / 1000)
+            sent.add_metric([name, t], c.get("probes", 0))
+            answered.add_metric([name, t], c.get("answered", 0))
+    yield from (use, rtt, sent, answered)
+
+
+def observe(agent: Any, kind: str, seconds: float, ok: bool, command: str = "") -> None:
+    """Hook for crossnet.agent.api: one attach (kind "attach") or CNI call (kind "cni")
+    the agent ran; nothing without --metrics-address."""
+    m = getattr(agent, "metrics", None)
+    if m is None:
+        return
+    if kind == "attach":
+        m.attached(seconds, ok)
+    elif command in ("ADD", "DEL", "CHECK"):
+        m.cni(command, seconds, ok)
 
 
 class MetricsServer:

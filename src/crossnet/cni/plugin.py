@@ -901,9 +901,11 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
         path = None
     if not _is_path(path):
         return
-    line = {
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "command": req_env.get("CNI_COMMAND"),
+    from crossnet.logjson import line as log_line  # the shape and time format of every JSON log
+
+    command = req_env.get("CNI_COMMAND")
+    fields = {
+        "command": command,
         "containerID": req_env.get("CNI_CONTAINERID"),
         "netns": req_env.get("CNI_NETNS"),
         "ifname": req_env.get("CNI_IFNAME"),
@@ -913,10 +915,11 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
         "via": via,
     }
     if rc:
-        line["error"] = out
+        fields["error"] = out
+    text = log_line("crossnet.cni", f"{command} {'failed' if rc else 'ok'}", "error" if rc else "info", **fields)
     try:
         with open(path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+            fh.write(text + "\n")
     except (OSError, ValueError):
         pass
 

@@ -54,10 +54,12 @@ MAX_REQUEST = 4 << 20
 def _event(log_file: str | None, event: str, **kw: Any) -> None:
     if not log_file:
         return
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "server": event, "pid": os.getpid(), **kw}
+    from crossnet.logjson import line
+
+    text = line("crossnet.cni.server", f"warm helper {event}", server=event, pid=os.getpid(), **kw)
     try:
         with open(log_file, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+            fh.write(text + "\n")
     except OSError:
         pass
 
