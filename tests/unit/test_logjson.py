@@ -113,3 +113,38 @@ def test_env_format(monkeypatch):
     assert env_format() == "text"
     monkeypatch.delenv("CROSSNET_LOG_FORMAT")
     assert env_format("json") == "json"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text"])
+def test_launch_supervisor_log_follows_log_format(captured, monkeypatch, tmp_path, fmt):
+    """`crossnet launch --log-format json` reaches the supervisor (`launch --foreground`,
+    started detached: through CROSSNET_LOG_FORMAT) and the agent it runs: one JSON object
+    per line; text names crossnet-launch. (The supervisor is replaced by one that logs.)"""
+    from crossnet.mesh import launch as ml
+
+    class Supervisor:
+        def __init__(self, state_dir):
+            self.state_dir = state_dir
+
+        def run(self):
+            logging.getLogger("crossnet.mesh").info("etcd member started")
+            logging.getLogger("crossnet.agent").warning("peer h2 down")
+            return 0
+
+    monkeypatch.setattr(ml, "Supervisor", Supervisor)
+    monkeypatch.setenv("CROSSNET_LOG_FORMAT", fmt)
+    assert ml.run_foreground(str(tmp_path)) == 0
+    out = captured.getvalue().strip().splitlines()
+    if fmt == "json":
+        recs = [json.loads(x) for x in out]
+        assert [(r["level"], r["logger"], r["msg"]) for r in recs] == [
+            ("info", "crossnet.mesh", "etcd member started"), ("warning", "crossnet.agent", "peer h2 down")]
+        assert all(RFC3339.match(r["ts"]) for r in recs)
+    else:
+        assert out[0].split(" ", 1)[1] == "crossnet-launch INFO etcd member started"
+
+
+def test_launch_refuses_an_unknown_log_format(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "launch",
+                           "--log-format", "xml"], check=False, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--log-format" in proc.stderr

@@ -33,9 +33,12 @@ def _state(ctx: click.Context) -> str:
 @click.option("--encrypt", is_flag=True,
               help="With --backend auto: every peer over WireGuard (first host; docs/transport.md).")
 @click.option("--foreground", is_flag=True, help="Run the supervisor in the foreground (systemd, containers).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="The supervisor's and its agent's log: text (default) or json, one object per line "
+                   "(docs/operations.md \"Log fields\").")
 @click.pass_context
 def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, backend, voters, ttl,
-           dns_domain, encrypt, foreground) -> None:
+           dns_domain, encrypt, foreground, log_format) -> None:
     """Create a mesh (first host) or join one: `crossnet launch --token T ADDR`.
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
@@ -46,6 +49,12 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
     from crossnet.mesh import launch as ml
 
     state_dir = _state(ctx)
+    if log_format:  # the supervisor reads it, also when started detached (crossnet.logjson.env_format)
+        import os
+
+        from crossnet.logjson import ENV
+
+        os.environ[ENV] = log_format
     paths = ml.Paths(__import__("pathlib").Path(state_dir))
     if encrypt and (token or addr or paths.launch_json.exists()):
         raise ConfigError("--encrypt: only when creating a mesh (the first host); joining or restarting hosts "

@@ -831,8 +831,10 @@ def trim_memory() -> None:
 
 def run_foreground(state_dir: str) -> int:
     from crossnet.agent.core import setup_logging
+    from crossnet.logjson import env_format
 
-    setup_logging()  # one log for the supervisor and the agent it runs (credentials masked)
+    # one log for the supervisor and the agent it runs (credentials masked); `launch --log-format`
+    setup_logging(fmt=env_format(), name="crossnet-launch")
     _one_malloc_arena()
     return Supervisor(state_dir).run()
 
