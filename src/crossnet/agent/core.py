@@ -45,6 +45,7 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from crossnet import program, sdnotify
+from crossnet.agent.health import lease_left
 from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -661,6 +662,7 @@ class Agent:
             "subnet": str(lease.subnet) if lease else None,
             "lease": f"{lease.lease_id:x}" if lease and lease.lease_id else None,
             "ttl": lease.ttl if lease else None,
+            "ttl_left": lease_left(self),
             "revision": self.revision,
             "synced": self.synced_at is not None,
             "synced_at": self.synced_at,

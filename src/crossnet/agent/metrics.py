@@ -22,6 +22,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from crossnet.agent.health import STORE_PARTS, lease_left
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.optdeps import needed
 
@@ -29,7 +30,6 @@ log = logging.getLogger("crossnet.agent.metrics")
 DEFAULT_HOST = "127.0.0.1"
 SYNC_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ATTACH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-STORE_PARTS = ("keepalive", "watch")  # health components that fail when the store is unreachable
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -185,17 +185,6 @@ class AgentMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return self._pc.generate_latest(self.registry), self._pc.CONTENT_TYPE_LATEST
-
-
-def lease_left(agent: Any) -> float | None:
-    """Seconds the lease has left: its TTL minus the time since the last renewal (the
-    agent's ``lease_renewed``, monotonic), 0 once past; None without a TTL'd lease."""
-    lease, renewed = agent.lease, getattr(agent, "lease_renewed", None)
-    if lease is None or not lease.ttl or renewed is None:
-        return None
-    import time
-
-    return round(max(0.0, lease.ttl - (time.monotonic() - renewed)), 3)
 
 
 def _attached(agent: Any) -> int | None:

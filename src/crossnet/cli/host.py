@@ -304,6 +304,9 @@ def status(ctx: click.Context, output: str) -> None:
         except CrossnetError as exc:
             mesh = _mesh_status(ctx)
             if mesh is None:
+                down = _agent_health(ctx, None)  # e.g. agent.json but no agent: say that, not "run apply"
+                if down is not None:
+                    raise CrossnetError(f"{down['problem']} ({exc})") from None
                 raise
             from crossnet.mesh.launch import format_status, not_programmed
 
@@ -319,6 +322,9 @@ def status(ctx: click.Context, output: str) -> None:
     from crossnet.dns.resolv import status_of
 
     st["dns"] = status_of(_state(ctx))
+    health = _agent_health(ctx, st.get("agent"))  # running, synced, store, lease; or "not running"
+    if health is not None:
+        st["agent_health"] = health
     if output == "json":
         _json(st)
         return
@@ -354,6 +360,10 @@ def status(ctx: click.Context, output: str) -> None:
                        time.strftime("%H:%M:%S", time.localtime(hs)) if hs else "never",
                        str(p.get("rx_bytes", 0)), str(p.get("tx_bytes", 0)))
         console.print(wt)
+    if health is not None:
+        from crossnet.agent.health import text as health_text
+
+        console.print(health_text(health))
     console.print(st["dns"]["text"])
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
@@ -389,6 +399,13 @@ def status(ctx: click.Context, output: str) -> None:
         from crossnet.mesh.launch import format_status
 
         click.echo(format_status(mesh))
+
+
+def _agent_health(ctx: click.Context, agent: dict | None) -> dict | None:
+    from crossnet.agent.health import summary
+
+    state = _state(ctx)
+    return summary(state.root, state.load_applied(), agent)
 
 
 def _mesh_status(ctx: click.Context) -> dict | None:
