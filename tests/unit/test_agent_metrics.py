@@ -5,6 +5,7 @@ does not import prometheus_client unless asked."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import urllib.error
@@ -243,9 +244,13 @@ def test_attach_and_cni_latency_through_the_api(tmp_path):
         api.handle(a, "POST", "/v1/attach", {"id": "c1", "netns": "/proc/self/ns/net"})
     environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net", "CNI_IFNAME": "eth0",
                "CNI_PATH": "/opt/cni/bin"}
-    body = {"environ": environ, "stdin": "{}", "netns": list(netns_id()), "target": list(target_id(environ))}
+    log = tmp_path / "cni.log"
+    body = {"environ": environ, "stdin": json.dumps({"logFile": str(log)}), "netns": list(netns_id()),
+            "target": list(target_id(environ))}
     status, out = api.handle(a, "POST", "/v1/cni", body)
     assert status == 200 and out["rc"] != 0, out
+    line = json.loads(log.read_text())  # the network's logFile has the call, as the plugin and helper write it
+    assert (line["via"], line["command"], line["level"], line["msg"]) == ("agent", "ADD", "error", "ADD failed")
     api.handle(a, "POST", "/v1/cni", {**body, "target": [0, 0]})  # stale
     s = samples(a.metrics.render()[0].decode())
     assert s[("crossnet_agent_attach_duration_seconds_count", (("result", "error"),))] == 1

@@ -459,7 +459,9 @@ def _cni(body: dict) -> dict:
         return {"stale": True}
     if body.get("target") != target_id(environ):  # CNI_NETNS names another namespace here: the caller runs it
         return {"stale": True}
+    t0 = time.perf_counter()
     rc, out = plugin.run(environ, stdin)
+    plugin._log(environ, stdin, rc, out, time.perf_counter() - t0, via="agent")  # the network's logFile, if any
     return {"rc": rc, "stdout": plugin.output_text(out)}
 
 

@@ -96,7 +96,8 @@ class AgentMetrics:
         self.sync_seconds = pc.Histogram("crossnet_agent_sync_duration_seconds",
                                          "Duration of the agent's full syncs (count: number of syncs)",
                                          buckets=SYNC_BUCKETS, registry=self.registry)
-        self.errors = pc.Counter("crossnet_agent_errors", "Failures by component (store requests, syncs, publishing)",
+        self.errors = pc.Counter("crossnet_agent_errors", "Failures by component: keepalive, watch (the store), sync, peer, local (reconcile errors), "
+                                 "containers (publishing), and the start-up steps retried",
                                  ["component"], registry=self.registry)
         self.repaired = pc.Counter("crossnet_agent_resources_repaired",
                                    "Kernel changes made by full syncs after the first one (drift repaired, "
@@ -143,14 +144,16 @@ class AgentMetrics:
             yield gauge("crossnet_agent_last_sync_timestamp_seconds", "Time of the last full sync (Unix)", value=a.synced_at)
         ok, _ = health(a)
         yield gauge("crossnet_agent_healthy", "1 when /healthz answers 200", value=int(ok))
-        up = gauge("crossnet_agent_component_up", "0 while a component reports an error", labels=["component"])
+        up = gauge("crossnet_agent_component_up", "0 while a component reports an error (keepalive, watch, sync, containers)",
+                   labels=["component"])
         for k, v in sorted(a.health.items()):
             up.add_metric([k], int(not v))
         yield up
         yield gauge("crossnet_agent_store_revision", "Store revision of the last applied change", value=a.revision)
         yield gauge("crossnet_agent_store_reachable", "0 while the store's keepalive or watch fails",
                     value=int(not any(a.health.get(k) for k in STORE_PARTS)))
-        res = gauge("crossnet_agent_resources_programmed", "Kernel resources the agent owns, by part",
+        res = gauge("crossnet_agent_resources_programmed", "Kernel resources the agent owns: part local (bridge, tunnel device, "
+                    "nft...) or peers (routes, FDB, neighbours, tunnel ports of every peer)",
                     labels=["part"])
         res.add_metric(["local"], len(getattr(a, "base_res", None) or []))
         res.add_metric(["peers"], sum(len(v) for v in list(a.peer_res.values())))
