@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from crossnet.lab.procs import stop as stop_pid
 from tests.e2e.agentlab import LabCluster, crossnet_in, module_factory, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -40,13 +41,13 @@ PROM = "127.0.0.1:9090"  # inside h1's namespace
 
 QUERY = """
 import json, sys, urllib.parse, urllib.request
-url = "http://%s/api/v1/query?" + urllib.parse.urlencode({"query": sys.argv[1]})
+url = "http://PROM/api/v1/query?" + urllib.parse.urlencode({"query": sys.argv[1]})
 try:
     with urllib.request.urlopen(url, timeout=10) as r:
         sys.stdout.write(r.read().decode())
 except OSError as e:
     print(json.dumps({"status": "unreachable", "error": str(e)}))
-""" % PROM
+""".replace("PROM", PROM)
 
 
 def prometheus_binary() -> str:
@@ -92,13 +93,8 @@ def scraped(request, lab_sweep):
     try:
         yield SimpleLab(lab, c, proc, d, t0)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        stop_pid(proc.pid, signal.SIGTERM, 20)  # `ip netns exec` execs: the pid is prometheus's
+        proc.wait(5)
         log.close()
         for h in list(c.procs):
             c.stop(h, signal.SIGKILL)

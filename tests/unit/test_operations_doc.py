@@ -78,7 +78,7 @@ def test_every_issue_metric_is_there(tmp_path):
 
 def documented_log_fields() -> set[str]:
     text = DOC.read_text().split("## Log fields", 1)[1]
-    return set(re.findall(r"^\| `([a-zA-Z_]+)` \|", text, re.M))
+    return set(re.findall(r"^\| `([a-zA-Z_]+)` \|", text, re.MULTILINE))
 
 
 def test_log_fields_lists_every_field(tmp_path, capsys):

@@ -103,4 +103,4 @@ def text(h: dict[str, Any] | None) -> str | None:
     return line
 
 
-__all__ = ["STORE_PARTS", "lease_left", "expected", "summary", "text"]
+__all__ = ["STORE_PARTS", "expected", "lease_left", "summary", "text"]
