@@ -123,9 +123,9 @@ class SimpleLab:
         return wait_for(lambda: (v := self.query(promql)) and cond(v) and v, timeout, f"{what} ({promql})",
                         interval=0.5)
 
-    def status_text(self, h: str) -> subprocess.CompletedProcess:
+    def status_text(self, h: str, *args: str) -> subprocess.CompletedProcess:
         hp = self.c.host(h)
-        return crossnet_in(hp.netns, hp.state_dir, "status", env={"COLUMNS": "300"})
+        return crossnet_in(hp.netns, hp.state_dir, "status", *args, env={"COLUMNS": "300"})
 
 
 def test_prometheus_reads_every_agents_metrics(scraped):
@@ -165,6 +165,10 @@ def test_prometheus_reads_every_agents_metrics(scraped):
     line = next((x for x in st.stdout.splitlines() if x.startswith("agent: ")), "")
     assert line.startswith("agent: running (pid ") and ", synced 20" in line, st.stdout
     assert " reachable, lease ttl 10 s (" in line, line
+    ah = json.loads(s.status_text("h1", "-o", "json").stdout)["agent_health"]
+    assert (ah["running"], ah["synced"], ah["store_reachable"], ah["lease_ttl"], ah["problem"]) == \
+        (True, True, True, TTL, None), ah
+    assert 0 < ah["lease_ttl_left"] <= TTL and ah["synced_at"].endswith("Z"), ah
 
     # h3's agent stops: Prometheus sees the target down, status on h3 says so clearly
     c.stop("h3", signal.SIGTERM)
@@ -172,3 +176,5 @@ def test_prometheus_reads_every_agents_metrics(scraped):
     st = s.status_text("h3")
     assert "agent: NOT RUNNING — the agent is not running: an agent holds this host's lease (agent.json)" \
         in st.stdout, (st.returncode, st.stdout, st.stderr)
+    ah = json.loads(s.status_text("h3", "-o", "json").stdout)["agent_health"]
+    assert ah["running"] is False and "systemctl start crossnet-agent" in ah["problem"], ah

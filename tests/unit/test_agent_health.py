@@ -52,7 +52,7 @@ def test_not_running_where_it_should_is_said_clearly(tmp_path, setup, applied, w
 
 def test_running_agent_line():
     h = health.summary("/nonexistent", BY_AGENT, AGENT)
-    assert h == {"running": True, "expected": True, "pid": 42, "synced": True, "synced_at": 0.0,
+    assert h == {"running": True, "expected": True, "pid": 42, "synced": True, "synced_at": "1970-01-01T00:00:00.000Z",
                  "store": AGENT["store"], "store_reachable": True, "lease_ttl": 10, "lease_ttl_left": 7.25,
                  "healthy": True, "errors": {}, "problem": None}
     assert plain(health.text(h)) == ("agent: running (pid 42), synced 1970-01-01T00:00:00.000Z, "

@@ -53,14 +53,17 @@ def summary(state_root: str | Path, applied: dict | None, agent: dict | None) ->
             return None
         why, how = want
         return {"running": False, "expected": True, "problem": f"the agent is not running: {why}; {how}"}
+    from crossnet.logjson import rfc3339  # the one time format of every log and -o json
+
     errors = agent.get("errors") or {}
+    synced_at = agent.get("synced_at")
     store_errors = {k: v for k, v in errors.items() if k in STORE_PARTS and v}
     out = {
         "running": True,
         "expected": want is not None,
         "pid": agent.get("pid"),
         "synced": bool(agent.get("synced")),
-        "synced_at": agent.get("synced_at"),
+        "synced_at": rfc3339(synced_at) if isinstance(synced_at, (int, float)) else None,
         "store": agent.get("store"),
         "store_reachable": not store_errors,
         "lease_ttl": agent.get("ttl"),
@@ -85,10 +88,8 @@ def text(h: dict[str, Any] | None) -> str | None:
 
     if not h["running"]:
         return f"[red]agent: NOT RUNNING — {esc(h['problem'])}[/]"
-    from crossnet.logjson import rfc3339
-
     parts = [f"agent: running (pid {h.get('pid')})"]
-    parts.append(f"synced {rfc3339(h['synced_at'])}" if h["synced"] and h.get("synced_at") is not None else
+    parts.append(f"synced {h['synced_at']}" if h["synced"] and h.get("synced_at") else
                  "synced" if h["synced"] else "[red]not synced[/]")
     parts.append(f"store {esc(str(h.get('store') or '?'))} " + ("reachable" if h["store_reachable"] else "[red]unreachable[/]"))
     if h.get("lease_ttl"):
