@@ -77,12 +77,15 @@ def test_cni_plugin_served_by_agent(lab_factory, tmp_path, client):
         assert add.returncode == 0, add.stdout + add.stderr
         ip = json.loads(add.stdout)["ips"][0]["address"].split("/")[0]
         assert not (Path(h1.state_dir) / "cni.sock").exists()  # the agent served it
-        assert not log.exists()  # the agent does not log calls; a local run or a helper would
+        # the agent writes the call to the network's logFile as the plugin or its helper would
+        assert [(x["via"], x["command"], x["rc"]) for x in map(json.loads, log.read_text().splitlines())] == \
+            [("agent", "ADD", 0)]
         assert ip in {c["address"] for c in lab.status("h1")["containers"]}
         other = next(h for h in lab.hosts if h.name == "h2").containers[0]
         assert subprocess.run(["ip", "netns", "exec", other, "ping", "-c", "1", "-W", "2", ip],
                               capture_output=True).returncode == 0
         assert cni("DEL").returncode == 0
+        assert [json.loads(x)["via"] for x in log.read_text().splitlines()] == ["agent", "agent"]
         assert ip not in {c["address"] for c in lab.status("h1")["containers"]}
     finally:
         subprocess.run(["ip", "netns", "del", cname])
