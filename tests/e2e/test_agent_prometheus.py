@@ -5,8 +5,8 @@ through its HTTP API (/api/v1/query), as an operator's dashboards would:
 * every host has its 2 peers programmed, its container attached, a recent full sync,
   the store reachable, its lease's TTL left in (0, TTL];
 * per peer: the transport in use (one per peer) and its round-trip time (the prober);
-* an attach through the agent (`crossnet attach` with the agent running) shows in the
-  attach latency histogram;
+* an attach through the agent (`crossnet attach` with the agent running) and a CNI ADD
+  (crossnet-cni hands it to the agent) show in the attach and CNI latency histograms;
 * `crossnet status` shows the agent's health in text (running, synced, store reachable,
   lease TTL); once h3's agent is stopped, Prometheus sees its target down and
   `crossnet status` on h3 says the agent is NOT RUNNING.
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from crossnet.lab.etcd import wait_agent_ready
 from crossnet.lab.procs import stop as stop_pid
 from tests.e2e.agentlab import LabCluster, crossnet_in, module_factory, wait_for
 
@@ -73,9 +74,11 @@ def scraped(request, lab_sweep):
                                   extra={"store": "etcd", "ttl": TTL})
     c = LabCluster(lab, ttl=TTL)
     t0 = time.time()
-    for h in HOSTS:  # the lab's agents again, now with metrics on their lab address
+    for h in HOSTS:  # the lab's agents again, now with metrics on their lab address (started together)
         c.stop(h)
-        c.start(h, "--metrics-address", f"{c.host(h).address}:{PORT}")
+        c.start(h, "--metrics-address", f"{c.host(h).address}:{PORT}", wait=False)
+    for h in HOSTS:
+        wait_agent_ready(c.host(h).state_dir, timeout=60, proc=c.procs[h], log_path=c.log(h))
     wait_for(lambda: c.all_programmed(HOSTS), 60, "every agent has both peers programmed", interval=0.3)
 
     d = Path(lab.plan.lab_dir) / "prometheus"
@@ -158,6 +161,22 @@ def test_prometheus_reads_every_agents_metrics(scraped):
     assert out.returncode == 0, out.stderr
     assert s.wait('crossnet_agent_attach_duration_seconds_count{result="ok"}', lambda v: v.get("h1", 0) >= 1,
                   "h1's attach counted")
+    # and a CNI ADD that crossnet-cni hands to h1's agent
+    cname = f"{h1.netns}-cni"
+    subprocess.run(["ip", "netns", "add", cname], check=True)
+    try:
+        conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni", "stateDir": h1.state_dir})
+        env = {**os.environ, "CNI_COMMAND": "ADD", "CNI_CONTAINERID": "e" * 64, "CNI_NETNS": f"/run/netns/{cname}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+        add = subprocess.run(["ip", "netns", "exec", h1.netns, sys.executable, "-c",
+                              "from crossnet.cni.client import main; main()"],
+                             input=conf, text=True, capture_output=True, env=env, timeout=60, check=False)
+        assert add.returncode == 0, add.stdout + add.stderr
+        assert s.wait('crossnet_agent_cni_duration_seconds_count{command="ADD", result="ok"}',
+                      lambda v: v.get("h1") == 1, "h1's CNI ADD counted")
+        assert s.query("crossnet_agent_containers_attached")["h1"] == 2
+    finally:
+        subprocess.run(["ip", "netns", "del", cname], check=False)
 
     # crossnet status: the agent's health in text
     st = s.status_text("h1")
