@@ -37,12 +37,18 @@ def fake_agent(**kw) -> SimpleNamespace:
     return SimpleNamespace(**base)
 
 
-def test_metrics_of_a_real_agent_follow_its_syncs(kernel, tmp_path):  # noqa: F811
+def metered_agent(kernel, tmp_path):  # noqa: F811
+    """A real agent (fake kernel, in-memory store, peer h2) with its metrics hooked in."""
     store = store_for("vxlan")
     store.join("h2", "10.56.0.2")
     a = start(store, kernel, tmp_path)
     m = metrics.AgentMetrics(a)
     a.metrics = m
+    return store, a, m
+
+
+def test_metrics_of_a_real_agent_follow_its_syncs(kernel, tmp_path):  # noqa: F811
+    store, a, m = metered_agent(kernel, tmp_path)
     before = samples(m.render()[0].decode())
     assert before[("crossnet_agent_peers", (("state", "programmed"),))] == 1
     assert before[("crossnet_agent_synced", ())] == 1 and before[("crossnet_agent_healthy", ())] == 1
@@ -162,11 +168,7 @@ def test_resources_lease_left_store_and_repairs_of_a_real_agent(kernel, tmp_path
     """Resources programmed (local + per peer), the lease's TTL left, the store reachable,
     and a full sync that catches up a change it missed counts as repaired (the hook in
     full_sync: the first sync does not count)."""
-    store = store_for("vxlan")
-    store.join("h2", "10.56.0.2")
-    a = start(store, kernel, tmp_path)
-    m = metrics.AgentMetrics(a)
-    a.metrics = m
+    store, a, m = metered_agent(kernel, tmp_path)
     s = samples(m.render()[0].decode())
     assert s[("crossnet_agent_resources_programmed", (("part", "peers"),))] == len(a.peer_res[next(iter(a.peer_res))])
     assert s[("crossnet_agent_resources_programmed", (("part", "local"),))] == len(a.base_res) > 0
