@@ -319,6 +319,7 @@ def status(ctx: click.Context, output: str) -> None:
     from crossnet.dns.resolv import status_of
 
     st["dns"] = status_of(_state(ctx))
+    st["expose"] = _expose_status(_state(ctx))
     if output == "json":
         _json(st)
         return
@@ -355,6 +356,10 @@ def status(ctx: click.Context, output: str) -> None:
                        str(p.get("rx_bytes", 0)), str(p.get("tx_bytes", 0)))
         console.print(wt)
     console.print(st["dns"]["text"])
+    if st["expose"]:
+        from crossnet.expose import status_text
+
+        console.print(status_text(st["expose"]), markup=False)
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")
@@ -389,6 +394,21 @@ def status(ctx: click.Context, output: str) -> None:
         from crossnet.mesh.launch import format_status
 
         click.echo(format_status(mesh))
+
+
+def _expose_status(state: StateDir) -> dict | None:
+    """The `expose` part of status (crossnet.expose): None when the host is not configured."""
+    from crossnet.expose import status_of
+    from crossnet.host import load_previous
+
+    applied, previous = load_previous(state)
+    if not applied:
+        return None
+    from crossnet.backends.base import HostContext
+
+    ctx = HostContext.from_json(applied["context"])
+    ctx.state_dir = str(state.root)
+    return status_of(ctx, previous)
 
 
 def _mesh_status(ctx: click.Context) -> dict | None:
