@@ -187,11 +187,13 @@ def test_expose_hide(xlab):
     assert x.nft_table()
 
     # hide: exactly the picture from before
+    assert "nft delete table ip crossnet-expose" in x.crossnet("h1", "hide", "--dry-run").stdout
+    assert x.nft_table()  # a dry run changes nothing
     assert json.loads(x.crossnet("h1", "hide", "-o", "json").stdout)["changed"]
     assert not x.nft_table() and not x.recorded()
     assert not os.path.exists(os.path.join(x.h1.state_dir, "expose.json"))
     assert x.sources() == before
-    assert "not exposed" in x.crossnet("h1", "status").stdout
+    assert json.loads(x.crossnet("h1", "status", "-o", "json").stdout)["expose"]["networks"][0]["exposed"] is False
     assert json.loads(x.crossnet("h1", "hide", "-o", "json").stdout)["changed"] is False
 
 

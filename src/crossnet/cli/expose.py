@@ -35,7 +35,9 @@ def _run(ctx: click.Context, network: str | None, on: bool, dry_run: bool, outpu
         if not result.changes:
             click.echo("# nothing to do")
         for ch in result.changes:
-            click.echo(("# remove: " if ch.action == "remove" else "") + ch.resource.describe())
+            r = ch.resource
+            click.echo(f"nft delete table {r.family} {r.name}" if ch.action == "remove" and r.kind == "nft-table"
+                       else ("# remove: " if ch.action == "remove" else "") + r.describe())
         return
     click.echo(head)
     for ch in result.changes:
