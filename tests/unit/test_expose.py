@@ -72,3 +72,21 @@ def test_hostile_file_exposes_nothing(tmp_path_factory, value):
 def test_damaged_file_exposes_nothing(tmp_path):
     (tmp_path / expose.FILE).write_text("{not json")
     assert expose.load(tmp_path) == [] and expose.resources(ctx(tmp_path)) == []
+
+
+def test_agent_resync_endpoint(tmp_path):
+    """POST /v1/resync (what `crossnet expose`/`hide` send): the agent's main loop syncs
+    at once; a field it does not know is refused; GET is not allowed."""
+    from crossnet.agent import api as agentapi
+    from crossnet.state import StateDir
+
+    class Agent:
+        state = StateDir(tmp_path)
+        next_resync = 1e12
+
+    agent = Agent()
+    assert agentapi.handle(agent, "POST", "/v1/resync", {}) == (200, {"resync": True})
+    assert agent.next_resync == 0.0
+    with pytest.raises(agentapi.BadRequest, match="unknown field 'x'"):
+        agentapi.handle(agent, "POST", "/v1/resync", {"x": 1})
+    assert agentapi.handle(agent, "GET", "/v1/resync", {})[0] == 405
