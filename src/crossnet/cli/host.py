@@ -319,7 +319,9 @@ def status(ctx: click.Context, output: str) -> None:
     from crossnet.dns.resolv import status_of
 
     st["dns"] = status_of(_state(ctx))
-    st["expose"] = _expose_status(_state(ctx))
+    from crossnet.expose.ops import status as expose_status
+
+    st["expose"] = expose_status(_state(ctx))  # `crossnet expose` (docs/expose.md)
     if output == "json":
         _json(st)
         return
@@ -394,21 +396,6 @@ def status(ctx: click.Context, output: str) -> None:
         from crossnet.mesh.launch import format_status
 
         click.echo(format_status(mesh))
-
-
-def _expose_status(state: StateDir) -> dict | None:
-    """The `expose` part of status (crossnet.expose): None when the host is not configured."""
-    from crossnet.expose import status_of
-    from crossnet.host import load_previous
-
-    applied, previous = load_previous(state)
-    if not applied:
-        return None
-    from crossnet.backends.base import HostContext
-
-    ctx = HostContext.from_json(applied["context"])
-    ctx.state_dir = str(state.root)
-    return status_of(ctx, previous)
 
 
 def _mesh_status(ctx: click.Context) -> dict | None:

@@ -36,6 +36,16 @@ class Result:
                 "changes": [{"action": c.action, "command": c.resource.describe()} for c in self.changes]}
 
 
+def status(state: StateDir) -> dict[str, Any] | None:
+    """The `expose` part of `crossnet status` (expose.status_of); None when the host is
+    not configured."""
+    try:
+        _, ctx, previous = _recorded(state)
+    except CrossnetError:
+        return None
+    return expose.status_of(ctx, previous)
+
+
 def _recorded(state: StateDir) -> tuple[dict, HostContext, list]:
     from crossnet.host import load_previous
 
