@@ -194,6 +194,9 @@ def reset(state: StateDir) -> list[Change]:
             containers.detach_all(state, ctx, backend, env)
             changes = teardown(previous, env)
         state.clear()
+        from crossnet import expose
+
+        expose.save(state.root, [])  # `crossnet expose` is undone with the rest
         return changes
 
 

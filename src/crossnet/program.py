@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
+from crossnet import expose
 from crossnet.netlink import garp
 from crossnet.netlink import iproute as nl
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -128,7 +129,7 @@ def common_resources(ctx: HostContext) -> list[Resource]:
             "  }"
         )
         out.append(NftTable("ip", NFT_TABLE, body))
-    return out
+    return out + expose.resources(ctx)  # `crossnet expose`: this host's address in the network
 
 
 def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:

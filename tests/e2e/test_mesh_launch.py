@@ -34,6 +34,8 @@ from crossnet.mesh.token import JoinToken, Token, parse_join_token
 from tests.e2e.agentlab import module_factory
 from tests.e2e.pcap import Capture
 
+DNS_DOMAIN = "mesh.example"  # the `mesh` lab's `launch --dns-domain`
+
 pytestmark = pytest.mark.e2e
 
 
@@ -239,7 +241,8 @@ def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
 @pytest.fixture(scope="module")
 def mesh(request, lab_sweep):
     factory = module_factory(request)
-    return factory(hosts=5, underlay="l2", backend="vxlan", containers=1, extra={"store": "mesh"})
+    return factory(hosts=5, underlay="l2", backend="vxlan", containers=1,
+                   extra={"store": "mesh", "dns_domain": DNS_DOMAIN})
 
 
 def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
@@ -261,6 +264,31 @@ def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
     res = _launch(lab, "h2")
     assert "already running" in res.stdout and "nothing changed" in res.stdout
     assert (Path(lab.plan.host("h2").state_dir) / "mesh" / "launch.pid").read_text() == pid
+
+
+def test_launch_dns_domain_answers_on_every_host(mesh):
+    """`crossnet launch --dns-domain` (h1 created the mesh with it): every host's agent
+    answers NAME.<domain> for a container of another host, on its own gateway (real
+    queries from each host's container); the default domain is not crossnet's then."""
+    from crossnet.dns.resolv import served as dns_served
+    from crossnet.state import StateDir
+    from tests.e2e.test_dns import QUERY
+
+    lab = mesh
+    web = lab.plan.host("h5").containers[0]
+    att = json.loads(lab.crossnet("h5", "attach", web, "--name", "web", "-o", "json").stdout)
+    for h in lab.plan.hosts:
+        served = dns_served(StateDir(h.state_dir))  # <state-dir>/dns.json: this host's DNS
+        assert served["domain"] == DNS_DOMAIN
+        gw = served["listen"][0]
+
+        def answers(name, h=h, gw=gw) -> list[str]:
+            out = subprocess.run(["ip", "netns", "exec", h.containers[0], sys.executable, "-c", QUERY, name, "A",
+                                  gw, "udp"], capture_output=True, text=True, timeout=30, check=False)
+            assert out.returncode == 0, out.stderr[-500:]
+            return json.loads(out.stdout)["answers"]
+
+        _wait(lambda answers=answers: answers(f"web.{DNS_DOMAIN}") == [att["address"]], 15, f"web on {h.name}")
 
 
 def _pair_ok(lab, src, dst) -> bool:

@@ -2,6 +2,8 @@
 
 - 2 hosts (vxlan, host-gw): containers on both, cross-host ping (from inside the
   containers, podman exec) and HTTP (busybox httpd / wget), `--ip`, `-p` via portmap.
+- names (issue 15, agents on etcd): a container resolves and fetches another host's by its
+  podman name; a removed container stops resolving on every host.
 - leak test: `podman run --rm` cycles leave no veth, address, route, IPAM entry,
   netns or CNI cache entry: 100 cycles (CROSSNET_LEAK_CYCLES overrides).
 - `crossnet attach docker:NAME` / `podman:NAME` through podman's Docker-compatible
@@ -69,6 +71,48 @@ def test_two_hosts_ping_and_http(lab_factory, backend):
     assert f"mtu {statuses['h1']['mtu']}" in out
     route = pm(lab, "h1").exec(c1, "ip", "route").stdout
     assert f"default via {statuses['h1']['gateway']}" in route
+
+
+def test_names_resolve_across_hosts_and_leave_with_the_container(lab_factory):
+    """Issue 15 with real podman (agents on etcd serve DNS): a container of one host resolves
+    and fetches a container of another host by its podman name (busybox nslookup, wget
+    http://web.crossnet.local through the resolver the CNI result gave podman); once it is
+    removed, the name resolves on no host (the store's container watch, bounded poll)."""
+    from crossnet.lab.etcdserver import etcd_available
+    from crossnet.lab.podman import SERVE
+
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    lab = lab_factory(hosts=2, backend="vxlan", containers=1, extra={"runtime": "podman", "store": "etcd"})
+    h1, h2 = lab.hosts
+    c1, c2 = h1.containers[0], h2.containers[0]
+    pm(lab, "h2").start("web", command=("sh", "-c", SERVE))
+    web = pm(lab, "h2").inspect("web")["NetworkSettings"]["Networks"]
+    web_addr = next(iter(web.values()))["IPAddress"]
+    assert "nameserver " + lab.status("h1")["gateway"] in pm(lab, "h1").exec(c1, "cat", "/etc/resolv.conf").stdout
+
+    def resolves(host, cont, name) -> str:
+        out = pm(lab, host).exec(cont, "nslookup", name).stdout
+        return out.split(f"Name:\t{name}", 1)[1] if f"Name:\t{name}" in out else ""
+
+    for host, cont in (("h1", c1), ("h2", c2)):  # both hosts answer (h2's name from h1's container too)
+        _until(lambda: f"Address: {web_addr}" in resolves(host, cont, "web.crossnet.local"), 10, f"web on {host}")
+    a2 = addresses(lab, "h2")[c2]
+    assert f"Address: {a2}" in resolves("h1", c1, f"{c2}.crossnet.local")  # the lab's own container too
+    page = pm(lab, "h1").exec(c1, "timeout", "5", "wget", "-qO-", "http://web.crossnet.local/")
+    assert page.returncode == 0 and "hello from crossnet" in page.stdout, page.stdout + page.stderr
+
+    pm(lab, "h2").run("rm", "-f", "-t", "0", "web")
+    for host, cont in (("h1", c1), ("h2", c2)):
+        _until(lambda: resolves(host, cont, "web.crossnet.local") == "", 10, f"web gone on {host}")
+    assert f"Address: {a2}" in resolves("h1", c1, f"{c2}.crossnet.local")  # the others stay
+
+
+def _until(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        time.sleep(0.2)
 
 
 def test_static_ip_and_published_port(lab_factory):

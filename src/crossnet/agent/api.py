@@ -11,6 +11,7 @@
                                     -> {"id", "detached", "address"?, "asked_as"?} (an attachment
                                     of the same namespace under another id is found)
     POST /v1/gc      {"dry_run"?}   -> {"dry_run", "collected": [...]} (crossnet gc)
+    POST /v1/resync  {}             -> {"resync": true} (a full sync soon: crossnet expose/hide)
     GET  /v1/containers             {"host", "store", "known", "hosts": {name: [{"id", "address", "name"?}]}}:
                                     every host's containers as published in the store
                                     (known: false with the cluster file, which has no channel)
@@ -262,6 +263,7 @@ FIELDS = {
     "/v1/detach": ("container", "id", "netns", "netns_id"),
     "/v1/cni": ("environ", "stdin", "netns", "code", "target"),
     "/v1/gc": ("dry_run",),
+    "/v1/resync": (),
 }
 MAX_FIELD = 4096
 
@@ -407,6 +409,9 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         if items and not body.get("dry_run"):
             _containers_changed(agent)
         return 200, {"dry_run": bool(body.get("dry_run")), "collected": items}
+    if method == "POST" and path == "/v1/resync":  # the main loop syncs within 0.5 s (crossnet expose)
+        agent.next_resync = 0.0
+        return 200, {"resync": True}
     if method == "GET" and path == "/v1/containers":
         return 200, agent.cluster_containers()
     if method == "POST" and path == "/v1/cni":
@@ -418,7 +423,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         if not out.get("stale") and str((body.get("environ") or {}).get("CNI_COMMAND")) in ("ADD", "DEL"):
             _containers_changed(agent)
         return 200, out
-    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/gc", "/v1/cni", "/v1/containers"):
+    if path in ("/v1/status", "/v1/peers", "/v1/attach", "/v1/detach", "/v1/gc", "/v1/cni", "/v1/containers", "/v1/resync"):
         return 405, {"error": f"{method} not allowed on {path}"}
     return 404, {"error": f"no such endpoint {path} (try /v1/status)"}
 

@@ -325,6 +325,9 @@ def status(ctx: click.Context, output: str) -> None:
     health = _agent_health(ctx, st.get("agent"))  # running, synced, store, lease; or "not running"
     if health is not None:
         st["agent_health"] = health
+    from crossnet.expose.ops import status as expose_status
+
+    st["expose"] = expose_status(_state(ctx))  # `crossnet expose` (docs/expose.md)
     if output == "json":
         _json(st)
         return
@@ -365,6 +368,10 @@ def status(ctx: click.Context, output: str) -> None:
 
         console.print(health_text(health))
     console.print(st["dns"]["text"])
+    if st["expose"]:
+        from crossnet.expose import status_text
+
+        console.print(status_text(st["expose"]), markup=False)
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")

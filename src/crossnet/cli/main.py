@@ -26,6 +26,7 @@ COMMAND_MODULES = {
     "crossnet.cli.dns": ("dns",),  # dns serve (no agent: this host's containers' names)
     "crossnet.cli.systemd": ("systemd",),  # systemd install|uninstall (crossnet.units)
     "crossnet.cli.completion": ("completion", "man"),  # generated from this command tree
+    "crossnet.cli.expose": ("expose", "hide"),  # this host's address in the network (crossnet.expose)
 }
 
 

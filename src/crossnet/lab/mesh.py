@@ -69,8 +69,10 @@ def _start(plan, host) -> None:
 
                 _fabric_tx_checksum_off(plan)
             ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
+            domain = (plan.extra or {}).get("dns_domain")  # tests: `launch --dns-domain`
             out = run(plan, host, "launch", "--name", host.name, "--network", plan.network,
-                      "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl)
+                      "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl,
+                      *(["--dns-domain", str(domain)] if domain else []))
             _join[plan.name] = parse_join_line(out.stdout)
             return
         if not done[names[i - 1]].wait(LAUNCH_TIMEOUT * i) or plan.name not in _join:

@@ -1,0 +1,92 @@
+"""crossnet.expose, the pure part: the network lookup, the hostile expose.json, the resources."""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from hypothesis import given, strategies as st
+
+from crossnet import expose, program
+from crossnet.backends.base import HostContext
+from crossnet.errors import ConfigError
+
+
+def ctx(tmp_path, backend="host-gw") -> HostContext:
+    return HostContext(cluster_name="prod", backend=backend, host="h1", address=IPv4Address("192.168.1.10"),
+                       iface="eth0", subnet=IPv4Network("10.32.3.0/24"), network=IPv4Network("10.32.0.0/16"),
+                       gateway=IPv4Address("10.32.3.1"), prefixlen=16, bridge="cn0", underlay_mtu=1500, mtu=1500,
+                       masquerade=False, state_dir=str(tmp_path))
+
+
+def test_lookup_names_the_option(tmp_path):
+    c = ctx(tmp_path)
+    assert expose.lookup(c, None) == "prod" and expose.lookup(c, "prod") == "prod"
+    with pytest.raises(ConfigError, match=r"^--network: this host has no network 'other' \(its networks: prod\)"):
+        expose.lookup(c, "other")
+
+
+def test_not_exposed_adds_nothing(tmp_path):
+    c = ctx(tmp_path)
+    assert expose.resources(c) == []
+    assert not any(r.key() == f"nft:ip:{expose.NFT_TABLE}" for r in program.common_resources(c))
+
+
+def test_exposed_is_one_snat_table_in_common_resources(tmp_path):
+    c = ctx(tmp_path)
+    expose.save(tmp_path, ["prod"])
+    (res,) = expose.resources(c)
+    assert res.key() == "nft:ip:crossnet-expose"
+    assert ("ip daddr 10.32.0.0/16 ip saddr != 10.32.0.0/16 fib saddr type local snat to 10.32.3.1"
+            in res.body)
+    assert res.key() in {r.key() for r in program.common_resources(c)}  # apply and the agent keep it
+    assert expose.status_of(c, [res])["networks"] == [
+        {"network": "prod", "exposed": True, "address": "10.32.3.1", "programmed": True}]
+    assert expose.status_of(c, [])["networks"][0]["programmed"] is False
+    expose.save(tmp_path, [])
+    assert not (tmp_path / expose.FILE).exists() and expose.resources(c) == []
+
+
+def test_bridge_backend_is_already_in_the_network(tmp_path):
+    c = ctx(tmp_path, backend="bridge")
+    expose.save(tmp_path, ["prod"])
+    assert expose.resources(c) == [] and expose.address(c) == IPv4Address("192.168.1.10")
+    assert expose.status_of(c, [])["networks"][0]["programmed"] is True
+
+
+def test_another_networks_name_exposes_nothing(tmp_path):
+    expose.save(tmp_path, ["other"])
+    assert expose.resources(ctx(tmp_path)) == []
+
+
+@given(st.one_of(st.none(), st.booleans(), st.integers(), st.text(), st.lists(st.integers()),
+                 st.dictionaries(st.text(), st.integers()),
+                 st.fixed_dictionaries({"networks": st.one_of(st.text(), st.integers(), st.lists(st.integers()))})))
+def test_hostile_file_exposes_nothing(tmp_path_factory, value):
+    d = tmp_path_factory.mktemp("x")
+    (d / expose.FILE).write_text(json.dumps(value))
+    assert expose.resources(ctx(d)) == []
+
+
+def test_damaged_file_exposes_nothing(tmp_path):
+    (tmp_path / expose.FILE).write_text("{not json")
+    assert expose.load(tmp_path) == [] and expose.resources(ctx(tmp_path)) == []
+
+
+def test_agent_resync_endpoint(tmp_path):
+    """POST /v1/resync (what `crossnet expose`/`hide` send): the agent's main loop syncs
+    at once; a field it does not know is refused; GET is not allowed."""
+    from crossnet.agent import api as agentapi
+    from crossnet.state import StateDir
+
+    class Agent:
+        state = StateDir(tmp_path)
+        next_resync = 1e12
+
+    agent = Agent()
+    assert agentapi.handle(agent, "POST", "/v1/resync", {}) == (200, {"resync": True})
+    assert agent.next_resync == 0.0
+    with pytest.raises(agentapi.BadRequest, match="unknown field 'x'"):
+        agentapi.handle(agent, "POST", "/v1/resync", {"x": 1})
+    assert agentapi.handle(agent, "GET", "/v1/resync", {})[0] == 405
