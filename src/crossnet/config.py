@@ -202,7 +202,10 @@ class Cluster(NetworkSettings):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (unset optional fields omitted); round-trips via parse_cluster."""
-        return self.model_dump(mode="json", exclude_none=True)
+        out = self.model_dump(mode="json", exclude_none=True)
+        if not out.get("networks"):
+            out.pop("networks", None)  # a one-network file reads as it always did
+        return out
 
 
 # --------------------------------------------------------------------------- cross-field rules
@@ -382,7 +385,9 @@ def _networks_errors(c: Cluster) -> Iterator[Problem]:
     names = {}
     nets: list[tuple[str, IPv4Network]] = [("network", c.network)] if c.network is not None else []
     vnis = {c.vxlan.vni: "vxlan.vni"}
-    bridges = {c.bridge_name(): "bridge"} | {h.iface: f"hosts[{i}].iface" for i, h in enumerate(c.hosts)}
+    bridges = {c.bridge_name(): "bridge"}
+    for i, h in enumerate(c.hosts):
+        bridges.setdefault(h.iface, f"hosts[{i}].iface")
     for i, net in enumerate(c.networks):
         where = f"networks[{i}]"
         if net.name in names:
