@@ -168,6 +168,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         # the one path (crossnet.program): context -> resources -> reconcile -> applied.json
         source = {"cluster": cluster.to_dict(), **({"path_mtu": path_mtu} if path_mtu else {})}
         nets = networks.contexts(cluster, ctx, backend)  # the named networks (docs/networks.md)
+        networks.check_kept(applied, nets)
         if not dry_run:
             networks.prune(state, set(nets), backend, env)
         done = program.program_host(state, env, ctx, backend, previous, source, dry_run=dry_run,

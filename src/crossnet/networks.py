@@ -52,6 +52,19 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
     return out
 
 
+def check_kept(applied: dict | None, nets: dict[str, HostContext]) -> None:
+    """A network's subnet on this host never moves while it exists (its containers would
+    keep stale addresses): a ConfigError naming the network, before any change."""
+    old = (applied or {}).get("networks") or {}
+    for name, ctx in nets.items():
+        held = (old.get(name) or {}).get("subnet") if isinstance(old.get(name), dict) else None
+        if held is not None and held != str(ctx.subnet):
+            raise ConfigError(
+                f"networks[{name}]: the cluster file now gives host {ctx.host} {ctx.subnet}, but it was applied with "
+                f"{held} (hosts inserted, removed or reordered, or its network changed); to renumber it, apply "
+                f"without network {name} first (its containers are detached), then with it")
+
+
 class _Nic:
     """The NIC facts program.context reads (the top-level context already read them)."""
 

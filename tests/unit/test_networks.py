@@ -167,3 +167,14 @@ def test_network_state_dirs(tmp_path):
     sub = networks.check_known(state, "blue")
     assert HostContext.applied(sub).bridge == "cn-blue"
     assert ipaddress.ip_network(sub.load_applied()["context"]["subnet"]) == blue.subnet
+
+
+def test_a_network_subnet_never_moves():
+    blue = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24")
+    networks.check_kept(None, {"blue": blue})
+    networks.check_kept({"networks": {"blue": blue.to_json()}}, {"blue": blue})
+    moved = fake_ctx("blue", "10.41.0.0/16", "10.41.1.0/24")
+    with pytest.raises(ConfigError, match=r"networks\[blue\]: the cluster file now gives host h1 10.41.1.0/24, "
+                                          r"but it was applied with 10.41.0.0/24"):
+        networks.check_kept({"networks": {"blue": blue.to_json()}}, {"blue": moved})
+    networks.check_kept({"networks": {"red": blue.to_json()}}, {"blue": moved})  # a new network: nothing held
