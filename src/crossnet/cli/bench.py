@@ -418,6 +418,29 @@ def register(main: click.Group) -> None:
                 res["transport"] = {"suite": "transport", "status": "skipped", "reason": str(exc)}
         _emit(_finish(res, rc, t0), output, save, False, "docs")
 
+    @bench.command("networks")
+    @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True, help="iperf3 runs per path.")
+    @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
+                  help="Seconds per iperf3 run.")
+    @OUTPUT
+    @SAVE
+    def networks_cmd(repeats, duration, output, save):
+        """Isolated networks (docs/networks.md): vxlan throughput with a second, isolated
+        network vs one network, on the same path."""
+        _require_root()
+        from crossnet.bench import netisobench
+        from crossnet.bench.util import RunContext, Skip
+
+        rc = RunContext(log=_logger(output))
+        t0 = time.monotonic()
+        res = _header(False)
+        with _sigterm_as_interrupt():
+            try:
+                res["networks"] = netisobench.run(rc, repeats=repeats, duration=duration)
+            except Skip as exc:
+                res["networks"] = {"suite": "networks", "status": "skipped", "reason": str(exc)}
+        _emit(_finish(res, rc, t0), output, save, False, "docs")
+
     @bench.command("mesh")
     @QUICK_OPT
     @click.option("--hosts", type=click.IntRange(1, 20), help="Hosts of the mesh the new host joins (default 5; quick 2).")
