@@ -169,13 +169,12 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         source = {"cluster": cluster.to_dict(), **({"path_mtu": path_mtu} if path_mtu else {})}
         nets = networks.contexts(cluster, ctx, backend)  # the named networks (docs/networks.md)
         networks.check_kept(applied, nets)
-        if not dry_run:
-            networks.prune(state, set(nets), backend, env)
         done = program.program_host(state, env, ctx, backend, previous, source, dry_run=dry_run,
                                     always_record=bool(applied) and path_mtu != applied.get("path_mtu"),
                                     mtu_was=(applied.get("context") or {}).get("mtu") if applied else None,
                                     networks=nets)
-        if not dry_run:
+        if not dry_run:  # after the checks and the kernel: bad input changes nothing
+            networks.prune(state, set(nets), backend, env)
             networks.record(state, host_name, nets)
         return ApplyResult(host_name, cluster.backend, done.changes, dry_run, ctx, time.perf_counter() - started)
 

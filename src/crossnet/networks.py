@@ -10,8 +10,9 @@ more, with its own CIDR, per-host subnet, bridge and VNI. Here:
 * :func:`state_of` -- a network's own state dir, ``<state-dir>/networks/<name>``: its
   applied.json (the network's context: what `attach --network`, the CNI plugin of
   `cni install --network` and `status` read) and its ipam.json (its addresses).
-* :func:`record` / :func:`forget` -- after an apply, those records (a network that is
-  gone: its containers detached, its directory removed) and at reset, all of them.
+* :func:`prune` / :func:`record` / :func:`forget` -- after an apply, a network that is
+  gone (its containers detached, its directory removed) and the others' records; at
+  reset, all of them.
 """
 
 from __future__ import annotations
@@ -100,8 +101,8 @@ def check_known(state: StateDir, name: str) -> StateDir:
 
 
 def prune(state: StateDir, keep: set[str], backend: Backend, env: Env) -> None:
-    """Before an apply: a network no longer in the file has its containers detached and
-    its state dir removed (its bridge, VNI and rules go with the apply)."""
+    """After an apply: a network no longer in the file has its containers detached and
+    its state dir removed (its bridge, VNI and rules went with the apply)."""
     for name in recorded(state):
         if name not in keep:
             _forget_one(state, name, backend, env)

@@ -213,10 +213,19 @@ def test_add_and_remove_a_network_interrupts_no_other(lab):
         apply_all(lab)
         assert lab.run(h1.name, ["ip", "link", "show", "cn-green"]).returncode == 0
         assert "inet:green_cross" in counters(lab, h1.name)
+        g1 = f"{lab.name}-g1"  # prefixed: removed with the lab
+        subprocess.run(["ip", "netns", "add", g1], check=True)
+        att = json.loads(lab.crossnet(h1.name, "attach", f"/run/netns/{g1}", "--network", "green", "-o", "json").stdout)
+        assert att["cidr"].startswith("10.34.")
         write_networks(lab, [{"name": "blue", "network": BLUE}])
         apply_all(lab)
         assert lab.run(h1.name, ["ip", "link", "show", "cn-green"]).returncode != 0
+        assert lab.run(h1.name, ["ip", "link", "show", att["host_if"]]).returncode != 0  # its container: detached
+        assert "eth0" not in subprocess.run(["ip", "netns", "exec", g1, "ip", "-o", "link"], capture_output=True,
+                                            text=True).stdout
         assert not (Path(h1.state_dir) / "networks" / "green").exists()
+        gone = lab.crossnet(h1.name, "attach", f"/run/netns/{g1}", "--network", "green", check=False)
+        assert gone.returncode == 2 and "no network 'green'" in gone.stderr
     finally:
         for p in pings:
             p.send_signal(signal.SIGINT)
