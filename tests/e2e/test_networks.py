@@ -266,6 +266,7 @@ def test_cni_install_network_then_reset(lab, tmp_path):
     in_k1 = ["ip", "netns", "exec", netns]
     assert subprocess.run([*in_k1, "ping", "-c", "1", "-W", "2", blue_h2], capture_output=True).returncode == 0
     assert subprocess.run([*in_k1, "ping", "-c", "1", "-W", "1", default_h2], capture_output=True).returncode != 0
+    podman_run_network_blue(lab, blue_h2, default_h2)
     # reset: every network's containers detached, bridges, VNIs and tables gone
     each(lambda h: lab.crossnet(h.name, "reset"), lab.hosts)
     for h in lab.hosts:
@@ -275,3 +276,28 @@ def test_cni_install_network_then_reset(lab, tmp_path):
         assert lab.run(h.name, ["nft", "list", "table", "arp", "crossnet_iso"]).returncode != 0
         assert not (Path(h.state_dir) / "networks").exists()
     assert "eth0" not in subprocess.run([*in_k1, "ip", "-o", "link"], capture_output=True, text=True).stdout
+
+
+def podman_run_network_blue(lab, blue_peer: str, default_peer: str) -> None:
+    """Real podman on h1: `podman run --network blue` through the conflist of network blue
+    (name blue, stateDir <state-dir>/networks/blue) joins blue, and only blue."""
+    import shutil
+
+    if not shutil.which("podman"):
+        pytest.skip("podman not installed")
+    from crossnet.lab.podman import HostPodman
+
+    h1 = lab.hosts[0]
+    p = HostPodman(h1.netns, Path(lab.plan.lab_dir) / "pb",  # podman: runroot path ≤ 50 chars
+                   str(Path(h1.state_dir) / "networks" / "blue"), network="blue")
+    try:
+        p.setup(portmap=False)
+        assert json.loads((p.net_dir / "10-blue.conflist").read_text())["name"] == "blue"
+        p.ensure_image()
+        p.start("pb1")
+        addr = p.inspect("pb1")["NetworkSettings"]["Networks"]["blue"]["IPAddress"]
+        assert addr.startswith("10.33.")
+        assert p.exec("pb1", "ping", "-c", "1", "-W", "2", blue_peer).returncode == 0
+        assert p.exec("pb1", "ping", "-c", "1", "-W", "1", default_peer).returncode != 0
+    finally:
+        p.teardown()
