@@ -178,3 +178,17 @@ def test_a_network_subnet_never_moves():
                                           r"but it was applied with 10.41.0.0/24"):
         networks.check_kept({"networks": {"blue": blue.to_json()}}, {"blue": moved})
     networks.check_kept({"networks": {"red": blue.to_json()}}, {"blue": moved})  # a new network: nothing held
+
+
+def test_bench_target_networks_isolation():
+    from crossnet.bench.targets import evaluate
+
+    def target(res):
+        return next(t for t in evaluate(res) if t["id"] == "networks-isolation")
+
+    assert (target({})["met"], target({})["status"]) == (None, "not measured in this run")
+    ok = target({"networks": {"status": "ok", "isolation_ratio": 0.98, "isolation_ratio_min": 0.9,
+                              "isolation_ratio_max": 1.1}})
+    assert (ok["value"], ok["met"]) == (0.98, True) and "0.9–1.1" in ok["note"]
+    missed = target({"networks": {"status": "ok", "isolation_ratio": 0.9}})
+    assert missed["met"] is False and missed["shortfall"]
