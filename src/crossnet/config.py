@@ -189,9 +189,23 @@ class Cluster(NetworkSettings):
         me = self.host(name)
         return [h for h in self.hosts if h.name != me.name]
 
+    # ---- more isolated networks (`networks:`, docs/networks.md)
+
+    def network_vni(self, index: int) -> int:
+        """VNI of networks[index]: its own, or the top-level VNI + index + 1."""
+        return self.networks[index].vni or self.vxlan.vni + index + 1
+
+    def network_subnets(self, index: int) -> dict[str, IPv4Network]:
+        """Per host, its subnet of networks[index]: the lowest free block, in file order."""
+        net = self.networks[index]
+        return leases.carve_subnets(net.network, net.subnet_len or self.subnet_len, [(h.name, None) for h in self.hosts])
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict (unset optional fields omitted); round-trips via parse_cluster."""
-        return self.model_dump(mode="json", exclude_none=True)
+        out = self.model_dump(mode="json", exclude_none=True)
+        if not out.get("networks"):
+            out.pop("networks", None)  # a one-network file reads as it always did
+        return out
 
 
 # --------------------------------------------------------------------------- cross-field rules
@@ -268,6 +282,8 @@ def _semantic_errors(c: Cluster) -> Iterator[Problem]:
         yield from _bridge_errors(c)
     else:
         yield from _overlay_errors(c)
+    if c.networks:
+        yield from _networks_errors(c)
 
 
 def _section_errors(c: Cluster) -> Iterator[Problem]:
@@ -355,6 +371,50 @@ def _overlay_errors(c: Cluster) -> Iterator[Problem]:
             f"subnet_len {c.subnet_len} in {network} gives {_count(count, 'subnet')} "
             f"for {_count(len(c.hosts), 'host')}",
         )
+
+
+NETWORKS_BACKENDS = ("host-gw", "vxlan")  # backends that carry several networks
+
+
+def _networks_errors(c: Cluster) -> Iterator[Problem]:
+    """networks: safe names, their own non-overlapping CIDRs (with each other, the top-level
+    network, the underlay), distinct VNIs and bridges, a subnet for every host."""
+    if c.backend not in NETWORKS_BACKENDS:
+        yield ("networks",), f"backend {c.backend} carries one network; several need {' or '.join(NETWORKS_BACKENDS)}"
+        return
+    names = {}
+    nets: list[tuple[str, IPv4Network]] = [("network", c.network)] if c.network is not None else []
+    vnis = {c.vxlan.vni: "vxlan.vni"}
+    bridges = {c.bridge_name(): "bridge"}
+    for i, h in enumerate(c.hosts):
+        bridges.setdefault(h.iface, f"hosts[{i}].iface")
+    for i, net in enumerate(c.networks):
+        where = f"networks[{i}]"
+        if net.name in names:
+            yield (("networks", i, "name"), f"duplicate network name {net.name!r} (also {names[net.name]})")
+        names.setdefault(net.name, where)
+        for other, cidr in nets:
+            if cidr.overlaps(net.network):
+                yield (("networks", i, "network"), f"{net.network} overlaps {other} {cidr}")
+        nets.append((f"{where}.network", net.network))
+        for j, host in enumerate(c.hosts):
+            if host.address in net.network:
+                yield (("networks", i, "network"), f"{net.network} contains {_host_ref(j, host)} address {host.address}")
+        yield from _underlay_overlap_errors(c, ("networks", i, "network"), net.network)
+        vni = c.network_vni(i)
+        if vni in vnis:
+            yield (("networks", i, "vni"), f"VNI {vni} is already {vnis[vni]}'s")
+        vnis.setdefault(vni, f"{where}.vni")
+        bridge = net.bridge_name()
+        if bridge in bridges:
+            yield (("networks", i, "bridge"), f"bridge {bridge} is already {bridges[bridge]}")
+        bridges.setdefault(bridge, f"{where}.bridge")
+        subnet_len = net.subnet_len or c.subnet_len
+        problem = subnet_len_problem(net.network, subnet_len)
+        if problem:
+            yield (("networks", i, "subnet_len"), problem)
+        elif (1 << (subnet_len - net.network.prefixlen)) < len(c.hosts):
+            yield (("networks", i, "subnet_len"), f"{net.network} has fewer /{subnet_len} subnets than hosts")
 
 
 def _auto_errors(c: Cluster, network: IPv4Network) -> Iterator[Problem]:

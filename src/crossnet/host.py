@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from crossnet import program
+from crossnet import networks, program
 from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -167,9 +167,15 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         path_mtu = pmtu.for_apply(ctx, backend, applied, probe=probe_mtu)  # lowers ctx.mtu (crossnet.transport.pmtu)
         # the one path (crossnet.program): context -> resources -> reconcile -> applied.json
         source = {"cluster": cluster.to_dict(), **({"path_mtu": path_mtu} if path_mtu else {})}
+        nets = networks.contexts(cluster, ctx, backend)  # the named networks (docs/networks.md)
+        networks.check_kept(applied, nets)
         done = program.program_host(state, env, ctx, backend, previous, source, dry_run=dry_run,
                                     always_record=bool(applied) and path_mtu != applied.get("path_mtu"),
-                                    mtu_was=(applied.get("context") or {}).get("mtu") if applied else None)
+                                    mtu_was=(applied.get("context") or {}).get("mtu") if applied else None,
+                                    networks=nets)
+        if not dry_run:  # after the checks and the kernel: bad input changes nothing
+            networks.prune(state, set(nets), backend, env)
+            networks.record(state, host_name, nets)
         return ApplyResult(host_name, cluster.backend, done.changes, dry_run, ctx, time.perf_counter() - started)
 
 
@@ -192,6 +198,7 @@ def reset(state: StateDir) -> list[Change]:
         with nl.open_ipr() as ipr:
             env = Env(ipr)
             containers.detach_all(state, ctx, backend, env)
+            networks.forget(state, backend, env)  # the named networks' containers and records
             changes = teardown(previous, env)
         state.clear()
         from crossnet import expose
@@ -249,6 +256,7 @@ def status(state: StateDir) -> dict[str, Any]:
         # per-peer transport (crossnet.transport.connections), with the measured path MTUs
         "connections": connections.rows(state, ctx, pmtu.paths_of((applied or {}).get("path_mtu"), ctx)),
         "containers": containers.list_containers(state),
+        **networks.status(state, applied),
         **path_mtu,
         **extra,
     }

@@ -151,6 +151,46 @@ class AutoSpec(BaseModel):
     probe_network: Network = IPv4Network("198.18.0.0/15")
 
 
+NETWORK_NAME_RE = r"[a-z][a-z0-9]{0,11}"  # a named network (docs/networks.md); its bridge: cn-<name>
+DEFAULT_NETWORK = "default"  # the top-level settings' network, for `--network`
+
+
+class NamedNetwork(BaseModel):
+    """One more isolated network of a cluster (``networks:``, docs/networks.md): its own
+    CIDR, per-host subnets, bridge (default ``cn-<name>``) and VNI (default: the
+    top-level VNI + its position + 1). Everything else is the top-level settings'."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    network: Network
+    subnet_len: int | None = None  # default: the top-level subnet_len
+    vni: Annotated[int, in_range(1, 16_777_215)] | None = None
+    bridge: IfName | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        import re
+
+        if not isinstance(value, str) or not re.fullmatch(NETWORK_NAME_RE, value):
+            raise ValueError(f"network name {short(value)} must match {NETWORK_NAME_RE} (lower-case letters and digits)")
+        if value == DEFAULT_NETWORK:
+            raise ValueError(f"{value!r} names the top-level network; choose another name")
+        return value
+
+    @field_validator("bridge")
+    @classmethod
+    def _check_bridge(cls, value: str | None) -> str | None:
+        why = ifname.reserved_problem(value) if value is not None else None
+        if why is not None:
+            raise ValueError(f"{why}: choose another bridge name")
+        return value
+
+    def bridge_name(self) -> str:
+        return self.bridge or f"cn-{self.name}"
+
+
 class NetworkSettings(BaseModel):
     """The settings of one container network, whoever holds them (the cluster file,
     a store). Checks of one field live here; rules between fields that need the hosts
@@ -169,6 +209,7 @@ class NetworkSettings(BaseModel):
     wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
     auto: AutoSpec = Field(default_factory=AutoSpec)
     dns_domain: str = "crossnet.local"  # containers' names: NAME.<dns_domain> (docs/dns.md)
+    networks: list[NamedNetwork] = Field(default_factory=list)  # more isolated networks (docs/networks.md)
 
     @classmethod
     def backend_problem(cls, value: str) -> str | None:
@@ -262,6 +303,9 @@ class NetworkConfig(NetworkSettings):
 
     @model_validator(mode="after")
     def _check_subnet_len(self) -> NetworkConfig:
+        if self.networks:  # not carried by the store's JSON yet: refused, never silently dropped
+            raise problems_error(type(self).__name__, [(("networks",), "several networks need the static cluster "
+                                                        "file and `crossnet apply` (not supported with a store yet)")])
         problem = subnet_len_problem(self.network, self.subnet_len)
         if problem:
             raise problems_error(type(self).__name__, [(("subnet_len",), problem)])

@@ -138,6 +138,15 @@ def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
     return common_resources(ctx) + backend.resources(ctx)
 
 
+def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, HostContext]) -> list[Resource]:
+    """What the named networks add (docs/networks.md): each network's own local and peer
+    resources from the same backend, and the nftables isolation between all of them."""
+    from crossnet import netiso
+
+    extra = [r for net in networks.values() for r in backend.resources(net)]
+    return extra + netiso.isolation_resources({"default": ctx, **networks}) if networks else []
+
+
 def local_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
     """desired_resources without the peers' own (those may still be listed, e.g. OVS flows)."""
     return common_resources(ctx) + backend.local_resources(ctx)
@@ -225,7 +234,7 @@ class Programmed:
 def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, previous: list[Resource],
                  source: dict[str, Any], *, dry_run: bool = False, check_underlay: bool = True,
                  protect_routes: bool = True, always_record: bool = False,
-                 mtu_was: int | None = None) -> Programmed:
+                 mtu_was: int | None = None, networks: dict[str, HostContext] | None = None) -> Programmed:
     """HostContext -> desired_resources -> reconcile (with the journal) -> record.
 
     `previous`: what the record says this host owns (host.load_previous). Checks first,
@@ -235,15 +244,21 @@ def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, 
     only say what would change. applied.json is written when something changed, when
     there was no record, when an interrupted run left a journal, or `always_record`.
     `mtu_was`: the container MTU of the last run; when ctx.mtu differs (a measured path
-    MTU changed it, crossnet.transport.pmtu), running containers' veths follow."""
-    desired = desired_resources(ctx, backend)
+    MTU changed it, crossnet.transport.pmtu), running containers' veths follow.
+    `networks`: this host's context of every named network (docs/networks.md),
+    programmed and recorded with the top-level one."""
+    networks = networks or {}
+    desired = desired_resources(ctx, backend) + network_resources(ctx, backend, networks)
     if check_underlay:
         backend.check_underlay(ctx, env)
     if protect_routes:
-        check_routes(ctx, env, previous + desired)
+        for one in (ctx, *networks.values()):
+            check_routes(one, env, previous + desired)
     if dry_run:
         return Programmed(pending(desired, previous, env), desired, None)
     header = record_header(ctx, source)
+    if networks:
+        header["networks"] = {name: net.to_json() for name, net in networks.items()}
     unrecorded = not state.applied_path.exists() or state.journal_path.exists()
     outcome: Outcome = reconcile(desired, previous, env, StateJournal(state, header))
     garp.announce(ctx, env.ipr)  # peers learn a new NIC MAC now, not after ~30 s (crossnet.netlink.garp)

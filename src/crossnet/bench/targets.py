@@ -65,6 +65,18 @@ def _transport_targets(tr: dict[str, Any] | None) -> list[dict[str, Any]]:
     return out
 
 
+def _networks_targets(nw: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """`crossnet bench networks`: with the isolation of a second network ≥ 0.97× one network."""
+    what = "vxlan throughput with a second, isolated network / one network (interleaved, same lab)"
+    if not nw or nw.get("status") != "ok":
+        why = "not measured in this run" if not nw else f"{nw.get('status')}: {nw.get('reason', '')}"
+        return [_t("networks-isolation", what, "≥ 0.97", None, "×", None, status=why)]
+    r = nw.get("isolation_ratio")
+    return [_t("networks-isolation", what, "≥ 0.97", r, "×", r is not None and r >= 0.97,
+               _pct_short(r, 0.97, True) if r is not None else "",
+               f"range {nw.get('isolation_ratio_min')}–{nw.get('isolation_ratio_max')} (worst/best pairing of repeats)")]
+
+
 def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     dp = results.get("dataplane")
     cp = results.get("control") or {}
@@ -91,6 +103,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             out.append(_t(f"ovs-gre-{mtu}", what, "≥ 1.0", v, "×", v >= 1.0, _pct_short(v, 1.0, True),
                           f"normalised by each lab's underlay: {r['vs_manual']['normalised_ratio']}"))
     out += _transport_targets(results.get("transport"))
+    out += _networks_targets(results.get("networks"))
     # attach
     at = cp.get("attach") or {}
     what = "attach latency p50 (in-process containers.attach)"

@@ -260,6 +260,23 @@ def _print_human(res: dict[str, Any]) -> None:
     con.print(f"{res.get('elapsed_s')} s")
 
 
+def _one_suite(suite: str, fn: Callable[[Any], dict[str, Any]], output: str, save: str | None) -> None:
+    """A command running one suite of its own (`bench transport`, `bench networks`):
+    results under `suite`, or why it was skipped; the targets evaluated."""
+    _require_root()
+    from crossnet.bench.util import RunContext, Skip
+
+    rc = RunContext(log=_logger(output))
+    t0 = time.monotonic()
+    res = _header(False)
+    with _sigterm_as_interrupt():
+        try:
+            res[suite] = fn(rc)
+        except Skip as exc:
+            res[suite] = {"suite": suite, "status": "skipped", "reason": str(exc)}
+    _emit(_finish(res, rc, t0), output, save, False, "docs")
+
+
 def _settings(quick: bool, **over: Any) -> dict[str, Any]:
     s = dict(QUICK if quick else FULL)
     s.update({k: v for k, v in over.items() if v is not None})
@@ -404,19 +421,23 @@ def register(main: click.Group) -> None:
     def transport_cmd(samples, repeats, duration, output, save):
         """Backend auto (docs/transport.md): fallback time when UDP 4789 is filtered
         between two hosts, and per-peer throughput vs the picked backend alone."""
-        _require_root()
         from crossnet.bench import transportbench
-        from crossnet.bench.util import RunContext, Skip
 
-        rc = RunContext(log=_logger(output))
-        t0 = time.monotonic()
-        res = _header(False)
-        with _sigterm_as_interrupt():
-            try:
-                res["transport"] = transportbench.run(rc, samples=samples, repeats=repeats, duration=duration)
-            except Skip as exc:
-                res["transport"] = {"suite": "transport", "status": "skipped", "reason": str(exc)}
-        _emit(_finish(res, rc, t0), output, save, False, "docs")
+        _one_suite("transport", lambda rc: transportbench.run(rc, samples=samples, repeats=repeats, duration=duration),
+                   output, save)
+
+    @bench.command("networks")
+    @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True, help="iperf3 runs per path.")
+    @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
+                  help="Seconds per iperf3 run.")
+    @OUTPUT
+    @SAVE
+    def networks_cmd(repeats, duration, output, save):
+        """Isolated networks (docs/networks.md): vxlan throughput with a second, isolated
+        network vs one network, on the same path."""
+        from crossnet.bench import netisobench
+
+        _one_suite("networks", lambda rc: netisobench.run(rc, repeats=repeats, duration=duration), output, save)
 
     @bench.command("mesh")
     @QUICK_OPT

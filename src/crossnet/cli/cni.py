@@ -30,8 +30,10 @@ def register(main: click.Group) -> None:
                   help="Where the runtime reads network configuration lists (podman: network_config_dir).")
     @click.option("--bin-dir", default=DEFAULT_BIN_DIR, show_default=True,
                   help="Where the runtime looks for CNI plugins (podman: cni_plugin_dirs).")
-    @click.option("--name", default=DEFAULT_NETWORK_NAME, show_default=True,
-                  help="Network name (podman run --network NAME).")
+    @click.option("--name", default=None,
+                  help=f"Network name (podman run --network NAME) [default: --network's, else {DEFAULT_NETWORK_NAME}].")
+    @click.option("--network", "network", default=None, metavar="NAME",
+                  help="A named network of the cluster file (`networks:`, docs/networks.md): one conflist per network.")
     @click.option("--portmap/--no-portmap", default=True, show_default=True,
                   help="Chain the reference portmap plugin (podman run -p).")
     @click.option("--log-file", default=None, help="Make the plugin append one JSON line per call to this file.")
@@ -39,8 +41,8 @@ def register(main: click.Group) -> None:
                   help="Compile the native client (needs cc); --no-native installs the Python client only.")
     @click.option("-o", "--output", default="text", show_default=True, metavar="text|json")
     @click.pass_context
-    def install_cmd(ctx: click.Context, conf_dir: str, bin_dir: str, name: str, portmap: bool,
-                    log_file: str | None, native: bool, output: str) -> None:
+    def install_cmd(ctx: click.Context, conf_dir: str, bin_dir: str, name: str | None, network: str | None,
+                    portmap: bool, log_file: str | None, native: bool, output: str) -> None:
         """Write this host's conflist and put crossnet-cni where the runtime finds it.
 
         \b
@@ -55,7 +57,14 @@ def register(main: click.Group) -> None:
         from crossnet.cni.install import install
 
         output = _output(output)
-        res = install(ctx.obj["state_dir"], conf_dir=conf_dir, bin_dir=bin_dir, name=name,
+        state_dir = ctx.obj["state_dir"]
+        if network is not None:  # the network's own state dir: its subnet, bridge, IPAM
+            from crossnet import networks
+            from crossnet.state import StateDir
+
+            state_dir = str(networks.check_known(StateDir(state_dir), network).root)
+        name = name or network or DEFAULT_NETWORK_NAME
+        res = install(state_dir, conf_dir=conf_dir, bin_dir=bin_dir, name=name,
                       portmap=portmap, log_file=log_file, native=native)
         if output == "json":
             click.echo(json.dumps(res, indent=2))

@@ -125,6 +125,16 @@ def _check_requested_ip(ip: str | None, state: StateDir) -> None:
         raise ConfigError(f"--ip: {addr} is this host's container gateway")
 
 
+def _network_state(ctx: click.Context, network: str | None) -> StateDir:
+    """The state dir of --network NAME (docs/networks.md); without it, the top-level one.
+    A named network is served here, never by an agent (the store has no networks yet)."""
+    if network is None:
+        return _state(ctx)
+    from crossnet import networks
+
+    return networks.check_known(_state(ctx), network)
+
+
 def _json(data) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
 
@@ -198,9 +208,12 @@ def reset(ctx: click.Context, output: str) -> None:
               help="Interface name inside the container.")
 @click.option("--name", "name", help="The container's DNS name (NAME.crossnet.local; default: podman:/docker: "
                                      "the container's name).")
+@click.option("--network", "network", default=None, metavar="NAME",
+              help="A named network of the cluster file (`networks:`, docs/networks.md); default: the top-level one.")
 @OUTPUT
 @click.pass_context
-def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name: str | None, output: str) -> None:
+def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name: str | None,
+           network: str | None, output: str) -> None:
     """Connect CONTAINER to the cluster network.
 
     CONTAINER is a netns name (`ip netns list`), a netns path, `pid:N`,
@@ -215,17 +228,18 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name
     from crossnet.dns import runtime_name
 
     name = runtime_name(container, name)  # ConfigError naming --name
+    state = _network_state(ctx, network)
     cid, path = resolve(container)
-    _check_requested_ip(ip, _state(ctx))
+    _check_requested_ip(ip, state)
     # never the host's own namespace (checked here, in the agent and in containers.attach);
     # its identity goes to the agent, which refuses a path it resolves differently
     ident = containers.check_target(path, f"CONTAINER {container!r}")
-    data = _agent(ctx, "POST", "/v1/attach", {"id": cid, "netns": path, "ip": ip, "ifname": ifname, "name": name,
-                                              **({"netns_id": list(ident)} if ident else {})})
+    data = None if network else _agent(ctx, "POST", "/v1/attach", {
+        "id": cid, "netns": path, "ip": ip, "ifname": ifname, "name": name, **({"netns_id": list(ident)} if ident else {})})
     if data is None:
-        hctx, backend = load_context(_state(ctx))
-        att = containers.attach(_state(ctx), hctx, backend, cid, path, requested=ip, ifname=ifname)
-        containers.name_and_resolver(_state(ctx), hctx, att, name)
+        hctx, backend = load_context(state)
+        att = containers.attach(state, hctx, backend, cid, path, requested=ip, ifname=ifname)
+        containers.name_and_resolver(state, hctx, att, name)
         data = att.to_json()
     if output == "json":
         _json(data)
@@ -238,9 +252,11 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name
 
 @click.command()
 @click.argument("container", callback=_container_arg)
+@click.option("--network", "network", default=None, metavar="NAME",
+              help="A named network of the cluster file (`networks:`, docs/networks.md); default: the top-level one.")
 @OUTPUT
 @click.pass_context
-def detach(ctx: click.Context, container: str, output: str) -> None:
+def detach(ctx: click.Context, container: str, network: str | None, output: str) -> None:
     """Disconnect CONTAINER: remove its veth and release its address. Idempotent."""
     from crossnet import containers
     from crossnet.host import load_context
@@ -256,14 +272,15 @@ def detach(ctx: click.Context, container: str, output: str) -> None:
     # its netns name): found by the namespace's identity
     ident = containers.netns_ident(path) if path else None
     body = {"id": cid, **({"netns": path, "netns_id": list(ident)} if ident else {})}
-    via = _agent(ctx, "POST", "/v1/detach", body)
+    state = _network_state(ctx, network)
+    via = None if network else _agent(ctx, "POST", "/v1/detach", body)
     if via is not None:
         res = {k: via[k] for k in ("id", "address", "host_if") if k in via} if via.get("detached") else None
         key = via.get("id", cid)
     else:
-        hctx, backend = load_context(_state(ctx))
-        key = containers.resolve_key(_state(ctx), hctx, cid, path if ident else None)
-        res = containers.detach(_state(ctx), hctx, backend, key)
+        hctx, backend = load_context(state)
+        key = containers.resolve_key(state, hctx, cid, path if ident else None)
+        res = containers.detach(state, hctx, backend, key)
     if output == "json":
         _json({"id": key, "detached": res is not None, **(res or {}), **({"asked_as": cid} if key != cid else {})})
     elif res is None:
@@ -402,6 +419,9 @@ def status(ctx: click.Context, output: str) -> None:
         cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "",
                      "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
     console.print(cont)
+    for net_name, net in (st.get("networks") or {}).items():
+        console.print(f"network {net_name}: {net['subnet']} of {net['network']} on {net['bridge']} (vni {net['vni']}), "
+                      f"{len(net['containers'])} container(s)")
     if mesh is not None:
         from crossnet.mesh.launch import format_status
 

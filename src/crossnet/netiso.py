@@ -1,0 +1,65 @@
+"""Isolation between the named networks of one host (docs/networks.md, docs/security.md).
+
+Pure: given this host's context of every network (the top-level one named ``default``),
+the nftables tables that keep them apart, as two `NftTable` resources of crossnet's own
+(``inet crossnet_iso`` and ``arp crossnet_iso``). For every network N (bridge brN, this
+host's subnet sN, network netN) and O = every other network's CIDR:
+
+    forward  iifname brN ip saddr != sN        drop  counter N_spoof    (a container sends only from its subnet)
+             ip saddr netN ip daddr O          drop  counter N_cross    (this host's and every other host's)
+             iifname brN oifname <other bridges> drop counter N_cross   (whatever else is routed)
+    input    iifname brN ip saddr != sN        drop  counter N_spoof
+             iifname brN ip daddr O            drop  counter N_gateway  (the other networks' gateways are this host's)
+             ip saddr netN ip daddr O          drop  counter N_gateway  (… also from N's containers on other hosts)
+    arp in   iifname brN arp daddr ip O        drop  counter N_arp      (no ARP answer for another network's gateway)
+             iifname brN arp saddr ip != sN    drop  counter N_arp
+
+Both tables are replaced atomically (`NftTable.ensure`), so adding or removing a network
+never opens nor closes anything for the others. The text is what `nft list table` prints
+back, line for line (`NftTable.check`).
+"""
+
+from __future__ import annotations
+
+from crossnet.backends.base import HostContext
+from crossnet.plan.resources import NftTable, Resource
+
+TABLE = "crossnet_iso"
+PRIORITY = "filter - 10"  # before other filter chains: a drop here is final
+
+
+def counter_names(nets: dict[str, HostContext]) -> list[str]:
+    return [f"{n}_{what}" for n in nets for what in ("spoof", "cross", "gateway")]
+
+
+def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
+    """The isolation tables for ``nets`` (name -> this host's context of that network);
+    none for a single network."""
+    if len(nets) < 2:
+        return []
+    fwd: list[str] = []  # the order `nft list` prints them back in
+    inp: list[str] = []
+    arp: list[str] = []
+    for name, ctx in nets.items():
+        br, sub, net = f'"{ctx.bridge}"', str(ctx.subnet), str(ctx.network)
+        others = [o for n, o in nets.items() if n != name]  # one rule each: nft merges and reorders set elements
+        fwd.append(f'iifname {br} ip saddr != {sub} counter name "{name}_spoof" drop')
+        inp.append(f'iifname {br} ip saddr != {sub} counter name "{name}_spoof" drop')
+        arp.append(f'iifname {br} arp saddr ip != {sub} counter name "{name}_arp" drop')
+        for o in others:
+            fwd += [f'ip saddr {net} ip daddr {o.network} counter name "{name}_cross" drop',
+                    f'iifname {br} oifname "{o.bridge}" counter name "{name}_cross" drop']
+            inp += [f'iifname {br} ip daddr {o.network} counter name "{name}_gateway" drop',
+                    f'ip saddr {net} ip daddr {o.network} counter name "{name}_gateway" drop']
+            arp.append(f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop')
+
+    def chain(hook: str, rules: list[str]) -> str:
+        head = f"\ttype filter hook {hook} priority {PRIORITY}; policy accept;"
+        return f"\tchain {hook} {{\n\t{head}\n" + "".join(f"\t\t{r}\n" for r in rules) + "\t}"
+
+    def counters(names: list[str]) -> str:
+        return "\n".join(f"\tcounter {c} {{\n\t}}" for c in names)
+
+    inet = counters(counter_names(nets)) + "\n\n" + chain("forward", fwd) + "\n\n" + chain("input", inp)
+    arps = counters([f"{n}_arp" for n in nets]) + "\n\n" + chain("input", arp)
+    return [NftTable("inet", TABLE, inet), NftTable("arp", TABLE, arps)]

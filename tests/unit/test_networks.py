@@ -1,0 +1,194 @@
+"""Named networks (docs/networks.md), the pure part: the cluster file's `networks:` rules,
+each network's context and resources (crossnet.networks, crossnet.program) and the
+isolation tables (crossnet.netiso). The packets: tests/e2e/test_networks.py."""
+
+from __future__ import annotations
+
+import ipaddress
+from ipaddress import IPv4Address, IPv4Network
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crossnet import netiso, networks, program
+from crossnet.backends import get_backend
+from crossnet.backends.base import HostContext, Peer
+from crossnet.config import parse_cluster
+from crossnet.errors import ConfigError
+from crossnet.netmodel import NetworkConfig
+from crossnet.state import StateDir
+
+HOSTS = [{"name": f"h{i}", "address": f"192.168.9.{i}", "iface": "eth0"} for i in (1, 2, 3)]
+
+
+def cluster(backend: str = "vxlan", nets=({"name": "blue", "network": "10.41.0.0/16"},), **top):
+    return parse_cluster({"name": "c", "backend": backend, "network": "10.40.0.0/16", "hosts": HOSTS,
+                          "networks": list(nets), **top})
+
+
+def error(**kw) -> str:
+    with pytest.raises(ConfigError) as exc:
+        cluster(**kw)
+    return str(exc.value)
+
+
+def test_a_file_without_networks_reads_and_dumps_as_before():
+    c = parse_cluster({"name": "c", "backend": "vxlan", "network": "10.40.0.0/16", "hosts": HOSTS})
+    assert c.networks == [] and "networks" not in c.to_dict()
+    assert NetworkConfig.of(c).networks == []
+
+
+def test_defaults_vni_bridge_subnets():
+    c = cluster(nets=[{"name": "blue", "network": "10.41.0.0/16"}, {"name": "red", "network": "10.42.0.0/20",
+                                                                   "subnet_len": 26, "vni": 77, "bridge": "br-red"}])
+    assert [c.network_vni(0), c.network_vni(1)] == [2, 77]
+    assert [n.bridge_name() for n in c.networks] == ["cn-blue", "br-red"]
+    assert c.network_subnets(0) == {f"h{i}": IPv4Network(f"10.41.{i - 1}.0/24") for i in (1, 2, 3)}
+    assert c.network_subnets(1)["h3"] == IPv4Network("10.42.0.128/26")
+    assert parse_cluster(c.to_dict()) == c
+
+
+@pytest.mark.parametrize("nets, field, why", [
+    ([{"name": "Blue", "network": "10.41.0.0/16"}], "networks[0].name", "must match"),
+    ([{"name": "default", "network": "10.41.0.0/16"}], "networks[0].name", "top-level"),
+    ([{"name": "a" * 13, "network": "10.41.0.0/16"}], "networks[0].name", "must match"),
+    ([{"name": "x;rm", "network": "10.41.0.0/16"}], "networks[0].name", "must match"),
+    ([{"name": "blue", "network": "10.40.128.0/17"}], "networks[0].network", "overlaps network 10.40.0.0/16"),
+    ([{"name": "blue", "network": "192.168.0.0/16"}], "networks[0].network", "contains hosts[0]"),
+    ([{"name": "a", "network": "10.41.0.0/16"}, {"name": "b", "network": "10.41.7.0/24", "subnet_len": 28}],
+     "networks[1].network", "overlaps networks[0].network"),
+    ([{"name": "a", "network": "10.41.0.0/16"}, {"name": "a", "network": "10.42.0.0/16"}],
+     "networks[1].name", "duplicate"),
+    ([{"name": "a", "network": "10.41.0.0/16", "vni": 1}], "networks[0].vni", "VNI 1 is already vxlan.vni"),
+    ([{"name": "a", "network": "10.41.0.0/16"}, {"name": "b", "network": "10.42.0.0/16", "vni": 2}],
+     "networks[1].vni", "VNI 2"),
+    ([{"name": "a", "network": "10.41.0.0/16", "bridge": "cn0"}], "networks[0].bridge", "already bridge"),
+    ([{"name": "a", "network": "10.41.0.0/16", "bridge": "eth0"}], "networks[0].bridge", "hosts[0].iface"),
+    ([{"name": "a", "network": "10.41.0.0/16", "bridge": "cnvx9"}], "networks[0].bridge", "VXLAN"),
+    ([{"name": "a", "network": "10.41.0.0/30"}], "networks[0].subnet_len", ""),
+    ([{"name": "a", "network": "10.41.0.0/23"}], "networks[0].subnet_len", "fewer /24 subnets than hosts"),
+    ([{"name": "a", "network": "10.41.0.0/16", "colour": 1}], "networks[0].colour", "unknown key"),
+])
+def test_bad_networks_name_the_field(nets, field, why):
+    msg = error(nets=nets)
+    assert f"{field}: " in msg and why in msg and "\n" not in msg
+
+
+def test_underlay_networks_and_backends():
+    assert "networks[0].network: 10.41.0.0/16 overlaps underlay_networks[0]" in error(underlay_networks=["10.41.3.0/24"])
+    for backend in ("wireguard", "ovs-vxlan", "auto"):
+        assert "networks: backend" in error(backend=backend)
+    assert cluster(backend="host-gw").networks[0].name == "blue"
+
+
+def test_a_store_refuses_networks_instead_of_dropping_them():
+    with pytest.raises(ConfigError, match="networks: several networks need the static cluster file"):
+        NetworkConfig.of(cluster())
+
+
+def host_ctx(c, backend) -> HostContext:
+    subnets = c.host_subnets()
+    peers = [Peer(h.name, h.address, subnets[h.name], backend.host_data(c.name, h.name, h.address))
+             for h in c.peers_of("h1")]
+    return program.context(program.Settings.of_cluster(c), backend, host="h1", address=IPv4Address("192.168.9.1"),
+                           iface="eth0", subnet=subnets["h1"], nic=networks._Nic(1500, "02:00:00:00:00:01"),
+                           peers=peers)
+
+
+@pytest.mark.parametrize("backend_name", ["vxlan", "host-gw"])
+def test_each_network_has_its_own_resources(backend_name):
+    c = cluster(backend=backend_name, nets=[{"name": "blue", "network": "10.41.0.0/16"},
+                                            {"name": "red", "network": "10.42.0.0/16"}])
+    b = get_backend(backend_name)
+    ctx = host_ctx(c, b)
+    nets = networks.contexts(c, ctx, b)
+    blue = nets["blue"]
+    assert (blue.bridge, blue.vni, blue.subnet, blue.gateway) == ("cn-blue", 2, IPv4Network("10.41.0.0/24"),
+                                                                  IPv4Address("10.41.0.1"))
+    assert [p.subnet for p in blue.peers] == [IPv4Network("10.41.1.0/24"), IPv4Network("10.41.2.0/24")]
+    assert blue.mtu == ctx.mtu and not blue.masquerade
+    desired = program.desired_resources(ctx, b) + program.network_resources(ctx, b, nets)
+    keys = [r.key() for r in desired]
+    assert len(keys) == len(set(keys))  # nothing shared, nothing twice
+    assert "nft:inet:crossnet_iso" in keys and "nft:arp:crossnet_iso" in keys
+    assert program.network_resources(ctx, b, {}) == []
+    links = {k for k in keys if k.startswith("link:")}
+    assert {"link:cn0", "link:cn-blue", "link:cn-red"} <= links
+    if backend_name == "vxlan":
+        assert {"link:cnvx1", "link:cnvx2", "link:cnvx3"} <= links
+    assert {"route:10.41.1.0/24", "route:10.42.2.0/24", "route:10.40.1.0/24"} <= set(keys)
+
+
+def fake_ctx(name: str, net: str, sub: str) -> HostContext:
+    s = IPv4Network(sub)
+    return HostContext("c", "vxlan", "h1", IPv4Address("192.168.9.1"), "eth0", s, IPv4Network(net),
+                       s.network_address + 1, s.prefixlen, f"cn-{name}", 1500, 1450, False)
+
+
+def test_one_network_needs_no_isolation_table():
+    assert netiso.isolation_resources({"default": fake_ctx("d", "10.40.0.0/16", "10.40.0.0/24")}) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True))
+def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds):
+    nets = {f"n{i}": fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24") for i in seconds}
+    inet, arp = netiso.isolation_resources(nets)
+    for a, ca in nets.items():
+        assert f"counter {a}_cross {{" in inet.body and f"counter {a}_arp {{" in arp.body
+        assert f'iifname "{ca.bridge}" ip saddr != {ca.subnet} counter name "{a}_spoof" drop' in inet.body
+        for b, cb in nets.items():
+            if a == b:
+                continue
+            assert f'ip saddr {ca.network} ip daddr {cb.network} counter name "{a}_cross" drop' in inet.body
+            assert f'iifname "{ca.bridge}" oifname "{cb.bridge}" counter name "{a}_cross" drop' in inet.body
+            assert f'iifname "{ca.bridge}" ip daddr {cb.network} counter name "{a}_gateway" drop' in inet.body
+            assert f'iifname "{ca.bridge}" arp daddr ip {cb.network} counter name "{a}_arp" drop' in arp.body
+    # every rule uses a counter declared in its table
+    for table in (inet, arp):
+        declared = {line.split()[1] for line in table.body.splitlines() if line.strip().startswith("counter ")}
+        used = {line.split('counter name "')[1].split('"')[0] for line in table.body.splitlines() if "counter name" in line}
+        assert used <= declared
+
+
+def test_network_state_dirs(tmp_path):
+    state = StateDir(tmp_path)
+    assert networks.state_of(state, "default") is state
+    assert networks.state_of(state, "blue").root == tmp_path / "networks" / "blue"
+    for bad in ("../x", "Blue", "a/b", "", "x" * 13):
+        with pytest.raises(ConfigError, match="--network: invalid network name"):
+            networks.state_of(state, bad)
+    with pytest.raises(ConfigError, match=r"--network: this host has no network 'blue' \(applied: default\)"):
+        networks.check_known(state, "blue")
+    blue = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24")
+    networks.record(state, "h1", {"blue": blue})
+    assert networks.recorded(state) == ["blue"]
+    sub = networks.check_known(state, "blue")
+    assert HostContext.applied(sub).bridge == "cn-blue"
+    assert ipaddress.ip_network(sub.load_applied()["context"]["subnet"]) == blue.subnet
+
+
+def test_a_network_subnet_never_moves():
+    blue = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24")
+    networks.check_kept(None, {"blue": blue})
+    networks.check_kept({"networks": {"blue": blue.to_json()}}, {"blue": blue})
+    moved = fake_ctx("blue", "10.41.0.0/16", "10.41.1.0/24")
+    with pytest.raises(ConfigError, match=r"networks\[blue\]: the cluster file now gives host h1 10.41.1.0/24, "
+                                          r"but it was applied with 10.41.0.0/24"):
+        networks.check_kept({"networks": {"blue": blue.to_json()}}, {"blue": moved})
+    networks.check_kept({"networks": {"red": blue.to_json()}}, {"blue": moved})  # a new network: nothing held
+
+
+def test_bench_target_networks_isolation():
+    from crossnet.bench.targets import evaluate
+
+    def target(res):
+        return next(t for t in evaluate(res) if t["id"] == "networks-isolation")
+
+    assert (target({})["met"], target({})["status"]) == (None, "not measured in this run")
+    ok = target({"networks": {"status": "ok", "isolation_ratio": 0.98, "isolation_ratio_min": 0.9,
+                              "isolation_ratio_max": 1.1}})
+    assert (ok["value"], ok["met"]) == (0.98, True) and "0.9–1.1" in ok["note"]
+    missed = target({"networks": {"status": "ok", "isolation_ratio": 0.9}})
+    assert missed["met"] is False and missed["shortfall"]
