@@ -122,3 +122,35 @@ def register(main: click.Group) -> None:
         backup = f"; the old file is {write}{BACKUP_SUFFIX}" if change.old_text is not None else ""
         click.echo(f"wrote {write} (bridge {cfg['bridge']}, fixed-cidr {cfg['fixed-cidr']}, mtu {cfg['mtu']}){backup}; "
                    "restart Docker to use it", err=True)
+
+    @main.command("docker-plugin")
+    @click.option("--socket", "socket_path", default=None, metavar="PATH",
+                  help="Unix socket to serve on (default /run/docker/plugins/crossnet.sock: Docker's "
+                       "legacy plugin discovery).")
+    @click.option("--docker-host", default=None, metavar="unix:///PATH", envvar="DOCKER_HOST",
+                  help="dockerd's API, to learn container names for `crossnet status` (env DOCKER_HOST; "
+                       "default /var/run/docker.sock).")
+    @click.option("-v", "--verbose", is_flag=True, help="Log every request and its answer to stderr (errors always).")
+    @click.pass_context
+    def docker_plugin_cmd(ctx: click.Context, socket_path: str | None, docker_host: str | None,
+                          verbose: bool) -> None:
+        """Serve Docker's remote network driver + IPAM driver `crossnet` (foreground).
+
+        \b
+        docker network create -d crossnet --ipam-driver crossnet crossnet
+        docker run --network crossnet ...
+        Containers get addresses from this host's crossnet subnet (the IPAM `crossnet
+        attach` and crossnet-cni use) and are listed by `crossnet status`. See docs/docker.md.
+        """
+        from crossnet.runtime.dockerplugin import DEFAULT_SOCKET, make_plugin, serve
+
+        path = socket_path or DEFAULT_SOCKET
+        if not path.startswith("/") or len(path.encode()) > 107 or "\0" in path:
+            raise ConfigError(f"--socket: {path!r} must be an absolute path of at most 107 bytes")
+        api = docker_host or "unix:///var/run/docker.sock"
+        if not api.startswith("unix:///"):
+            raise ConfigError(f"--docker-host: {api!r}: only unix:///PATH is supported")
+        plugin = make_plugin(ctx.obj["state_dir"], api[len("unix://"):])
+        serve(plugin, path, ready=lambda: click.echo(f"crossnet docker-plugin: serving {path}", err=True),
+              verbose=verbose)
+

@@ -51,6 +51,9 @@ IMAGE = "local/crossnet-busybox:1"
 DOCKER_CLI = "/usr/bin/docker"  # the client shipped with docker.io (same API version as its dockerd)
 DOCKERD = "dockerd"
 BACKENDS = ("bridge", "host-gw", "vxlan")  # what `crossnet docker-config` supports
+NETWORK = "crossnet"  # --runtime docker-plugin: the Docker network of crossnet's driver
+# --runtime docker-plugin: containers survive a dockerd restart (the driver's e2e restarts it)
+PLUGIN_DAEMON_JSON = {"live-restore": True}
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 DOCKER_TIMEOUT = 120.0
@@ -146,11 +149,7 @@ class HostDocker:
         return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, str(self.base), *dockerd]
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        return pid if pid > 1 and _alive(pid) else None
+        return _read_pid(self.pidfile)
 
     def ping(self) -> bool:
         from crossnet.unixhttp import UnixHTTPConnection
@@ -200,12 +199,7 @@ class HostDocker:
         return self.start_daemon()
 
     def _last_log_line(self) -> str:
-        try:
-            lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            return "no log"
-        errs = [ln for ln in lines if "level=error" in ln or "level=fatal" in ln or "failed" in ln]
-        return (errs or lines or ["no log"])[-1][-300:]
+        return _last_line(self.log_path)
 
     def _write_client_script(self) -> None:
         script = self.base / "docker"
@@ -215,11 +209,57 @@ class HostDocker:
         )
         script.chmod(0o755)
 
+    # ---- crossnet docker-plugin ------------------------------------------------------------
+    @property
+    def plugin_socket(self) -> Path:
+        return self.plugin_dir / "crossnet.sock"
+
+    @property
+    def plugin_pidfile(self) -> Path:
+        return self.base / "plugin.pid"
+
+    def start_plugin(self, timeout: float = 30.0) -> int:
+        """`crossnet docker-plugin` in the host namespace, serving D/plugins/crossnet.sock
+        (= /run/docker/plugins/crossnet.sock for this host's dockerd)."""
+        pid = _read_pid(self.plugin_pidfile)
+        if pid is not None and self.plugin_socket.exists():
+            return pid
+        self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        proc = ns.spawn(self.netns, [sys.executable, "-m", "crossnet", "--state-dir", self.state_dir, "docker-plugin",
+                                     "--socket", str(self.plugin_socket), "--docker-host", f"unix://{self.socket}"],
+                        self.base / "plugin.log")
+        self.plugin_pidfile.write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise CrossnetError(f"{self.netns}: crossnet docker-plugin exited ({proc.returncode}): "
+                                    f"{_last_line(self.base / 'plugin.log')}")
+            if self.plugin_socket.exists():
+                return proc.pid
+            time.sleep(0.05)
+        raise CrossnetError(f"{self.netns}: crossnet docker-plugin did not create {self.plugin_socket} in {timeout:.0f}s")
+
+    def stop_plugin(self) -> None:
+        pid = _read_pid(self.plugin_pidfile)
+        if pid is not None:
+            _signal_and_wait(pid, signal.SIGTERM, 10.0) or _signal_and_wait(pid, signal.SIGKILL, 5.0)
+        with contextlib.suppress(FileNotFoundError):
+            self.plugin_pidfile.unlink()
+
     # ---- image / containers -----------------------------------------------------------
     def ensure_image(self) -> None:
         if self.run("image", "inspect", IMAGE, check=False).returncode == 0:
             return
         self.run("import", "--change", 'CMD ["/bin/sh"]', str(podman.image_tarball()), IMAGE, timeout=300)
+
+    def create_network(self) -> None:
+        """`docker network create -d crossnet --ipam-driver crossnet --subnet SUBNET crossnet`
+        (once; SUBNET: this host's crossnet subnet)."""
+        if self.run("network", "inspect", NETWORK, check=False).returncode != 0:
+            from crossnet.state import StateDir
+
+            subnet = StateDir(self.state_dir).load_applied()["context"]["subnet"]
+            self.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", "--subnet", subnet, NETWORK)
 
     def start(self, name: str, *, network: str | None = None, command: Sequence[str] = ("sleep", "1000000"),
               extra: Sequence[str] = ()) -> str:
@@ -248,9 +288,31 @@ class HostDocker:
             if ids:
                 with contextlib.suppress(CrossnetError):
                     self.run("rm", "-f", *ids, check=False, timeout=180)
+            if self.plugin_pidfile.exists():
+                with contextlib.suppress(CrossnetError):
+                    self.run("network", "rm", NETWORK, check=False, timeout=60)
             self.stop_daemon()
+        self.stop_plugin()
         ns.unmount_under(self.base)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _last_line(path: Path) -> str:
+    """The last error line of a log (else its last line)."""
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errs = [ln for ln in lines if "level=error" in ln or "level=fatal" in ln or "failed" in ln or "error" in ln]
+    return (errs or lines or ["no log"])[-1][-300:]
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 1 and _alive(pid) else None
 
 
 def _alive(pid: int) -> bool:
@@ -288,14 +350,25 @@ def _stop_service(plan: Any, host: Any) -> None:
 
 
 def start_containers(plan: Any, host: Any) -> dict[str, str]:
-    """daemon.json by `crossnet docker-config --write`, dockerd, the image, then the
-    host's lab containers with plain `docker run` on Docker's default bridge network
-    (= crossnet's bridge); returns {name: container id}."""
+    """--runtime docker: daemon.json by `crossnet docker-config --write` (Docker's default
+    bridge network = crossnet's bridge). --runtime docker-plugin: `crossnet docker-plugin`
+    and `docker network create -d crossnet --ipam-driver crossnet crossnet` (dockerd with
+    live-restore). Then dockerd, the image, and the host's lab containers with plain
+    `docker run`; returns {name: container id}."""
     d = host_docker(plan, host)
-    d.write_config()
+    plugin = podman.runtime_of(plan) == "docker-plugin"
+    if plugin:
+        d.base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        d.config.write_text(json.dumps(PLUGIN_DAEMON_JSON, indent=2) + "\n")
+        d.start_plugin()
+    else:
+        d.write_config()
     d.start_daemon()
     d.ensure_image()
-    return {name: d.start(name, command=("sh", "-c", podman.SERVE)) for name in host.containers}
+    if plugin:
+        d.create_network()
+    network = NETWORK if plugin else None
+    return {name: d.start(name, network=network, command=("sh", "-c", podman.SERVE)) for name in host.containers}
 
 
 def endpoints(plan: Any) -> list[Endpoint]:
@@ -326,4 +399,4 @@ def http_check(plan: Any, eps: Sequence[Endpoint], timeout: float = 5.0) -> list
 
 
 SERVICE = register_service(HostService("docker", _start_service, _stop_service,
-                                       enabled=lambda plan: podman.runtime_of(plan) == "docker"))
+                                       enabled=lambda plan: podman.runtime_of(plan) in ("docker", "docker-plugin")))

@@ -248,7 +248,7 @@ class HostPodman:
 
 
 # ---- lab integration ------------------------------------------------------------------
-RUNTIMES = ("netns", "podman", "docker")
+RUNTIMES = ("netns", "podman", "docker", "docker-plugin")
 SERVE = "httpd -p 80 -h /var/www && exec sleep 999999999"  # every container serves HTTP
 
 
