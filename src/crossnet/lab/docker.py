@@ -2,8 +2,7 @@
 
 Every simulated host gets its own ``dockerd`` (Debian's docker.io), started as::
 
-    unshare --mount --propagation private -- sh -c 'mount --bind PLUGINS /run/docker/plugins; exec ...'
-      nsenter --net=/run/netns/<host> dockerd --config-file D/daemon.json --data-root D/data
+    nsenter --mount=D/mntns --net=/run/netns/<host> dockerd --config-file D/daemon.json --data-root D/data
         --exec-root D/exec --pidfile D/docker.pid -H unix://D/docker.sock --storage-driver vfs
         --iptables=false
 
@@ -11,7 +10,9 @@ Every simulated host gets its own ``dockerd`` (Debian's docker.io), started as::
   mounts dockerd needs);
 - its own data/exec root, pidfile and API socket, and its own containerd (started by
   dockerd);
-- its own mount namespace in which ``/run/docker/plugins`` (legacy plugin discovery, a
+- its own mount namespace (made once per host by ``unshare --mount=D/mntns``, kept
+  across dockerd restarts: a restarted dockerd needs the sandbox netns mounts of its
+  live-restored containers) in which ``/run/docker/plugins`` (legacy plugin discovery, a
   fixed path in dockerd) is the host's ``D/plugins`` directory: every simulated host
   finds *its own* ``crossnet.sock`` (``crossnet docker-plugin``), and ``/run/containerd``
   (where the containerd shims put their sockets) is ``D/containerd-run``; the mounts
@@ -133,8 +134,8 @@ class HostDocker:
             self.config.write_text(json.dumps(cfg, indent=2) + "\n")
 
     def daemon_argv(self) -> list[str]:
-        dockerd = [
-            "nsenter", f"--net={self.netns_path}", DOCKERD,
+        argv = [
+            "nsenter", f"--mount={self.mount_ns}", f"--net={self.netns_path}", DOCKERD,
             "--data-root", str(self.base / "data"),
             "--exec-root", str(self.base / "exec"),
             "--pidfile", str(self.pidfile),
@@ -143,10 +144,29 @@ class HostDocker:
             "--iptables=false",
         ]
         if self.config.exists():
-            dockerd[3:3] = ["--config-file", str(self.config)]
+            argv[4:4] = ["--config-file", str(self.config)]
+        return argv
+
+    @property
+    def mount_ns(self) -> Path:
+        return self.base / "mntns"
+
+    def ensure_mount_ns(self) -> None:
+        """The host's own mount namespace, kept (bind-mounted at D/mntns) across dockerd
+        restarts: a restarted dockerd must see the netns bind mounts (sandbox keys) its
+        predecessor made there, or it tears down the endpoints of live-restored
+        containers. In it, /run/docker/plugins = D/plugins and /run/containerd =
+        D/containerd-run."""
+        if _is_mount_point(self.mount_ns):
+            return
+        self.mount_ns.touch()
         script = ('mkdir -p /run/docker/plugins /run/containerd && mount --bind "$0/plugins" /run/docker/plugins'
-                  ' && mount --bind "$0/containerd-run" /run/containerd && exec "$@"')
-        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, str(self.base), *dockerd]
+                  ' && mount --bind "$0/containerd-run" /run/containerd')
+        proc = subprocess.run(["unshare", f"--mount={self.mount_ns}", "--propagation", "private", "--",
+                               "sh", "-c", script, str(self.base)], capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            raise CrossnetError(f"{self.netns}: cannot make dockerd's mount namespace: "
+                                f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
 
     def pid(self) -> int | None:
         return _read_pid(self.pidfile)
@@ -172,6 +192,7 @@ class HostDocker:
             return pid
         for d in ("data", "exec", "plugins", "containerd-run"):
             (self.base / d).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.ensure_mount_ns()
         with open(self.log_path, "ab") as log:
             proc = subprocess.Popen(self.daemon_argv(), stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True)
@@ -305,6 +326,15 @@ def _last_line(path: Path) -> str:
         return "no log"
     errs = [ln for ln in lines if "level=error" in ln or "level=fatal" in ln or "failed" in ln or "error" in ln]
     return (errs or lines or ["no log"])[-1][-300:]
+
+
+def _is_mount_point(path: Path) -> bool:
+    want = os.path.realpath(path)
+    try:
+        with open("/proc/self/mountinfo") as fh:
+            return any(line.split()[4] == want for line in fh)
+    except OSError:
+        return False
 
 
 def _read_pid(path: Path) -> int | None:

@@ -21,7 +21,8 @@ Protocol mapping:
   the backend, MTU of the backend) and hands Docker the peer (SrcName), which Docker
   moves into the container and configures; DeleteEndpoint deletes the veth. Every
   handler is idempotent.
-- Errors: ``{"Err": "one line"}`` (no subnet yet: "run crossnet apply/launch first").
+- Errors: ``{"Err": "one line"}`` (the IPAM protocol's key is ``Error``); no subnet
+  yet: "run crossnet apply/launch first".
 
 Every request is validated (crossnet runs as root; the socket is root-only): ids are
 hex/alnum of bounded length, addresses parse and lie in this host's subnet, the body is a
@@ -125,10 +126,12 @@ class DockerPlugin:
 
     # ---- dispatch -----------------------------------------------------------------------
     def handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
-        """(HTTP status, JSON answer) for one request."""
+        """(HTTP status, JSON answer) for one request. Errors: {"Err": "one line"} (the
+        IPAM protocol spells it {"Error": ...})."""
+        err_key = "Error" if path.startswith("/IpamDriver.") else "Err"
         fn = self.routes.get(path)
         if fn is None:
-            return 404, {"Err": f"unknown endpoint {path[:80]!r}"}
+            return 404, {err_key: f"unknown endpoint {_one_line(path)[:80]!r}"}
         try:
             if len(raw) > MAX_BODY:
                 raise PluginError(f"request body larger than {MAX_BODY} bytes")
@@ -142,12 +145,10 @@ class DockerPlugin:
                 raise PluginError("request body must be a JSON object")
             with self._lock:
                 return 200, fn(body)
-        except PluginError as exc:
-            return 200, {"Err": _one_line(str(exc))}
-        except CrossnetError as exc:
-            return 200, {"Err": _one_line(str(exc))}
+        except (PluginError, CrossnetError) as exc:
+            return 200, {err_key: _one_line(str(exc))}
         except Exception as exc:  # noqa: BLE001 - Docker gets one line, the plugin keeps serving
-            return 200, {"Err": _one_line(f"crossnet: {type(exc).__name__}: {exc}")}
+            return 200, {err_key: _one_line(f"crossnet: {type(exc).__name__}: {exc}")}
 
     def context(self) -> tuple[Any, Any, Any]:
         try:
@@ -467,11 +468,12 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
             except ValueError:
                 length = -1
             if length < 0 or length > MAX_BODY:
-                status, answer = 200, {"Err": f"request body larger than {MAX_BODY} bytes"}
+                status, answer = 200, {"Err": f"request body larger than {MAX_BODY} bytes",
+                                       "Error": f"request body larger than {MAX_BODY} bytes"}
                 self.close_connection = True
             else:
                 status, answer = plugin.handle(self.path, self.rfile.read(length))
-            if verbose or "Err" in answer:
+            if verbose or "Err" in answer or "Error" in answer:
                 sys.stderr.write(f"{self.path} -> {json.dumps(answer)[:300]}\n")
                 sys.stderr.flush()
             data = json.dumps(answer).encode()
