@@ -443,6 +443,13 @@ def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_size
     res["cni"] = bench_cni(rc, cni_count)
     res["podman"] = bench_podman(rc, podman_runs) if podman_runs else {"status": "skipped",
                                                                         "reason": "disabled (--podman-runs 0)"}
+    from crossnet.bench import dockerbench
+
+    if rc.quick:  # a dockerd per lab host takes a minute on a loaded 2-core CI machine
+        res["docker"] = {"status": "skipped", "reason": "--quick (the full control suite measures it)"}
+    else:
+        res["docker"] = dockerbench.run(rc, podman_runs) if podman_runs else {
+            "status": "skipped", "reason": "disabled (--podman-runs 0)"}
     res["agent"] = bench_agent(rc, agent_hosts, agent_joins) if agent else {
         "status": "skipped", "reason": "disabled for this run"}
     res["dns"] = bench_dns(rc) if agent else {"status": "skipped", "reason": "disabled for this run (with the agent)"}

@@ -580,6 +580,8 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
     else:
         out.append(f"{po.get('status')}: {po.get('reason')}")
     out.append("")
+    if "docker" in cp:
+        out += docker_run_section(cp["docker"])
     ag = cp.get("agent") or {}
     out.append("### etcd agent")
     out.append("")
@@ -713,3 +715,22 @@ def write_report(results: dict[str, Any], docs_dir: str | os.PathLike[str] = "do
     (docs / "benchmarks.json").write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
     return {"report": str(docs / "benchmarks.md"), "json": str(docs / "benchmarks.json"),
             **{k: str(docs / IMG_DIR / v) for k, v in img.items()}}
+
+
+def docker_run_section(dk: dict[str, Any]) -> list[str]:
+    """Markdown of the docker-run row's measurements (crossnet.bench.dockerbench)."""
+    out = ["### docker run", ""]
+    if dk.get("status") == "ok":
+        out.append(f"`docker run --rm IMAGE true` on a simulated host (real dockerd, vfs storage), {dk.get('runs')} "
+                   "runs per network, interleaved: `none`, Docker's default `bridge`, crossnet's driver "
+                   f"(`crossnet docker-plugin`, backend {dk.get('backend')}). Load average at start: "
+                   f"{dk.get('load_before')}.")
+        out.append("")
+        rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
+                 dk["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in dk["run_s"].items()]
+        out.append(_md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows))
+    else:
+        out.append(f"{dk.get('status')}: {dk.get('reason')}")
+    out.append("")
+    return out
+

@@ -152,6 +152,18 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_t("podman-run", what, "≤ 1.0", None, "×", None,
                       status=f"{po.get('status', 'not measured')}: {po.get('reason', '')}"))
+    dk = cp.get("docker") or {}
+    what = "time a network adds to `docker run --rm`, crossnet's driver / Docker's default bridge"
+    if dk.get("status") == "ok" and dk.get("added_ratio") is not None:
+        v = dk["added_ratio"]
+        a = dk["added_s"]
+        note = f"+{a.get('crossnet driver')} s vs +{a.get('docker bridge')} s over --network none"
+        out.append(_t("docker-run", what, "≤ 1.0", v, "×", v <= 1.0, _pct_short(v, 1.0, False), note))
+    elif "docker" in cp:
+        why = (f"{dk.get('status')}: {dk.get('reason', '')}" if dk.get("status") != "ok" else
+               f"no ratio: Docker's bridge added {(dk.get('added_s') or {}).get('docker bridge')} s over --network none "
+               f"(noise), crossnet's driver {(dk.get('added_s') or {}).get('crossnet driver')} s")
+        out.append(_t("docker-run", what, "≤ 1.0", None, "×", None, status=why))
     ag = cp.get("agent") or {}
     what = "agent: new host programmed on all peers, p95 (from agent start)"
     if ag.get("status") == "ok" and ag.get("program_s", {}).get("n"):

@@ -221,6 +221,14 @@ def _print_human(res: dict[str, Any]) -> None:
                       + f" (added: {po.get('added_s')})")
         else:
             t.add_row("podman run", f"{po.get('status')}: {po.get('reason')}")
+        dk = cp.get("docker") or {}
+        if "docker" not in cp:
+            pass
+        elif dk.get("status") == "ok":
+            t.add_row("docker run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in dk["run_s"].items())
+                      + f" (added: {dk.get('added_s')})")
+        else:
+            t.add_row("docker run", f"{dk.get('status')}: {dk.get('reason')}")
         ag = cp.get("agent") or {}
         if "agent" in cp:
             t.add_row("agent", "ok" if ag.get("status") == "ok" else f"{ag.get('status')}: {ag.get('reason')}")
@@ -318,7 +326,7 @@ def _control_options(f):
         click.option("--peers", "peers", help="Peer counts, comma-separated (default 10,100,1000)."),
         click.option("--peer-backends", help="Backends for the peer test (default vxlan,host-gw; quick vxlan)."),
         click.option("--cni-count", type=click.IntRange(1, 500), help="CNI ADD/DEL per plugin (default 50; quick 10)."),
-        click.option("--podman-runs", type=click.IntRange(0, 100), help="podman runs per network (default 10; quick 3; 0 skips)."),
+        click.option("--podman-runs", type=click.IntRange(0, 100), help="podman (and docker) runs per network (default 10; quick 3; 0 skips)."),
         click.option("--profile/--no-profile", default=None,
                      help="Profile (pyinstrument) what misses its target (default: on in full mode)."),
     ]
