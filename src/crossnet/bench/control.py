@@ -37,6 +37,7 @@ from crossnet.bench.util import (
     bench_lab,
     clean_error,
     crossnet_cli,
+    interleaved_runs,
     loadavg,
     ratio,
     run_measured,
@@ -354,28 +355,10 @@ def bench_podman(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict
             (p.net_dir / f"30-{ref_name}.conflist").write_text(json.dumps(ref, indent=2))
             (p.net_dir / "30-benchx.conflist").write_text(json.dumps(xlist, indent=2))
             nets = {"none": "none", "bridge+host-local": ref_name, "crossnet-cni": "benchx"}
-            times: dict[str, list[float]] = {k: [] for k in nets}
-            errors: list[str] = []
             rc.log(f"podman: warm-up, then {runs} × run --rm per network (interleaved)")
-            for label, net in nets.items():
-                res = run_measured(p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), timeout=180, env=p.env())
-                if not res.ok:
-                    raise RuntimeError(f"podman run --network {net}: {res.error_line()}")
-            for _ in range(runs):
-                for label, net in nets.items():
-                    res = run_measured(p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), timeout=180,
-                                       env=p.env())
-                    if res.ok:
-                        times[label].append(res.wall_s)
-                    else:
-                        errors.append(f"{label}: {res.error_line()}")
-            out["run_s"] = {k: summary(v, 4) for k, v in times.items()}
-            none = out["run_s"]["none"].get("median")
-            out["added_s"] = {k: round(v["median"] - none, 4) for k, v in out["run_s"].items()
-                              if k != "none" and v.get("n")}
-            out["errors"] = errors[:5]
-            x, r = out["added_s"].get("crossnet-cni"), out["added_s"].get("bridge+host-local")
-            out["added_ratio"] = ratio(x, r) if x is not None and r else None
+            out.update(interleaved_runs(lambda net: p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), nets,
+                                        runs, env=p.env(), what="podman run", ref="bridge+host-local",
+                                        mine="crossnet-cni"))
     except Skip as exc:
         return {"status": "skipped", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001

@@ -10,7 +10,14 @@ import shutil
 import time
 from typing import Any
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, clean_error, loadavg, ratio, run_measured, summary
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    clean_error,
+    interleaved_runs,
+    loadavg,
+)
 
 NETWORKS = {"none": "none", "docker bridge": "bridge", "crossnet driver": "crossnet"}
 
@@ -31,27 +38,9 @@ def run(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict[str, Any
             d.start_daemon()
             d.ensure_image()
             d.create_network()
-            times: dict[str, list[float]] = {k: [] for k in NETWORKS}
-            errors: list[str] = []
             rc.log(f"docker: warm-up, then {runs} × run --rm per network (interleaved)")
-            for net in NETWORKS.values():
-                res = run_measured(d.argv("run", "--rm", "--network", net, ld.IMAGE, "true"), timeout=180)
-                if not res.ok:
-                    raise RuntimeError(f"docker run --network {net}: {res.error_line()}")
-            for _ in range(runs):
-                for label, net in NETWORKS.items():
-                    res = run_measured(d.argv("run", "--rm", "--network", net, ld.IMAGE, "true"), timeout=180)
-                    if res.ok:
-                        times[label].append(res.wall_s)
-                    else:
-                        errors.append(f"{label}: {res.error_line()}")
-            out["run_s"] = {k: summary(v, 4) for k, v in times.items()}
-            none = out["run_s"]["none"].get("median")
-            out["added_s"] = {k: round(v["median"] - none, 4) for k, v in out["run_s"].items()
-                              if k != "none" and v.get("n")}
-            out["errors"] = errors[:5]
-            x, r = out["added_s"].get("crossnet driver"), out["added_s"].get("docker bridge")
-            out["added_ratio"] = ratio(x, r) if x is not None and r else None
+            out.update(interleaved_runs(lambda net: d.argv("run", "--rm", "--network", net, ld.IMAGE, "true"),
+                                        NETWORKS, runs, what="docker run", ref="docker bridge", mine="crossnet driver"))
     except Skip as exc:
         return {"status": "skipped", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001

@@ -38,9 +38,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from crossnet.check import Endpoint
 from crossnet.errors import CrossnetError

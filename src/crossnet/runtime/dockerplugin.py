@@ -39,7 +39,8 @@ import re
 import secrets
 import sys
 import threading
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 
@@ -245,9 +246,9 @@ class DockerPlugin:
         return {k: v for k, v in (nets or {}).items() if isinstance(k, str) and _ID.fullmatch(k) and isinstance(v, dict)}
 
     def _save_networks(self, nets: dict[str, Any]) -> None:
-        from crossnet.state import write_json_atomic
-
         from pathlib import Path
+
+        from crossnet.state import write_json_atomic
 
         write_json_atomic(Path(self.networks_path), {"version": 1, "networks": nets})
 
@@ -294,7 +295,7 @@ class DockerPlugin:
         nid = self._network(body)
         eid = _id(body, "EndpointID")
         iface = _obj(body, "Interface")
-        ctx, _backend, pool = self.context()
+        _ctx, _backend, pool = self.context()
         want = _str(iface, "Address")
         if not want:
             raise PluginError("Interface.Address: missing (create the network with --ipam-driver crossnet)")
@@ -387,8 +388,8 @@ def _one_line(msg: str) -> str:
 # ---- the real kernel ------------------------------------------------------------------------
 class NetlinkKernel:
     def create_veth(self, ctx: Any, backend: Any, host_if: str, peer: str, mac: str) -> None:
-        from crossnet.netlink import iproute as nl
         from crossnet.containers import NotReady
+        from crossnet.netlink import iproute as nl
         from crossnet.plan.env import Env
 
         with nl.open_ipr() as ipr:
@@ -462,7 +463,7 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
+        def do_POST(self) -> None:
             try:
                 length = int(self.headers.get("Content-Length") or 0)
             except ValueError:
@@ -483,7 +484,7 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST  # noqa: N815
+        do_GET = do_POST
 
         def log_message(self, fmt: str, *args: Any) -> None:
             pass
