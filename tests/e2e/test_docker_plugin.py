@@ -9,7 +9,8 @@ crossnet`, 2 containers per host with `docker run --network crossnet`. Checked i
 - all 30 pairs ping, addresses from each host's crossnet subnet, `crossnet status`
   lists them with their container names, HTTP across hosts;
 - errors come back as Docker's one-line `Err` (address in use; hostile requests);
-- a dockerd restart keeps the running containers connected and leaks nothing;
+- a dockerd restart keeps the running containers connected and leaks nothing; so does a
+  restart of the plugin;
 - `docker run --rm` cycles leave no veth and no address (CROSSNET_DOCKER_CYCLES, default 5; the issue's 50 as a soak).
 """
 
@@ -117,7 +118,7 @@ def test_errors_are_one_line_err(lab):
     assert host_state(lab, "h1") == before
 
 
-def test_dockerd_restart_keeps_containers_connected_and_leaks_nothing(lab):
+def test_dockerd_and_plugin_restart_keep_containers_connected_and_leak_nothing(lab):
     from crossnet.check import all_ok
     from crossnet.lab import docker
 
@@ -131,6 +132,11 @@ def test_dockerd_restart_keeps_containers_connected_and_leaks_nothing(lab):
     assert len(eps) == 6 and len(pairs) == 30 and all_ok(pairs), [p for p in pairs if not p.ok]
     assert host_state(lab, "h1") == before
     # and the restarted dockerd still drives the driver
+    d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", eps[-1].address)
+    assert host_state(lab, "h1") == before
+    # a crossnet restart (the plugin process): networks and addresses are on disk
+    d.stop_plugin()
+    d.start_plugin()
     d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", eps[-1].address)
     assert host_state(lab, "h1") == before
 

@@ -95,13 +95,14 @@ def test_full_lifecycle_shares_ipam_and_is_idempotent(env):
     assert mac == first["Interface"]["MacAddress"]
     key = next(k for k in env.pool.entries() if k.startswith("docker:"))
     assert env.pool.get(key).meta["endpoint"] == EID and env.pool.get(key).meta["host_if"] == host_if
+    assert p.endpoint_exists(EID)
     p.set_name(EID, "web")
     assert env.pool.get(key).meta["name"] == "web"
     assert call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})["Value"]["name"] == "web"
     assert call(p, "/NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": EID}) == {}
     for _ in range(2):
         assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
-    assert env.kernel.veths == {}
+    assert env.kernel.veths == {} and not p.endpoint_exists(EID)  # the name lookup stops
     for _ in range(2):
         assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
     assert set(env.pool.entries()) == {"some-attached-container"}

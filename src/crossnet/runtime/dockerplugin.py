@@ -367,6 +367,14 @@ class DockerPlugin:
             pool.update_meta(found[0], {"endpoint": None, "host_if": None})
         return {}
 
+    def endpoint_exists(self, eid: str) -> bool:
+        with self._lock:
+            try:
+                _ctx, _backend, pool = self.context()
+            except PluginError:
+                return False
+            return self._endpoint(pool, eid) is not None
+
     def set_name(self, eid: str, name: str) -> None:
         """Record the container's name on its endpoint's IPAM entry (`crossnet status`)."""
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
@@ -438,8 +446,10 @@ def _learn_name(plugin: DockerPlugin, socket_path: str, nid: str, eid: str, trie
     from crossnet.runtime.engines import EngineClient
 
     client = EngineClient(socket_path, "docker")
-    for _ in range(tries):
-        time.sleep(0.25)
+    for i in range(tries):
+        time.sleep(0.1 if i == 0 else 0.25)
+        if not plugin.endpoint_exists(eid):  # gone already (docker run --rm): nothing to name
+            return
         try:
             status, data = client.request("GET", f"/networks/{nid}")
         except CrossnetError:
