@@ -574,9 +574,7 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
         out.append(f"`podman run --rm IMAGE true` on a simulated host, {po.get('runs')} runs per network, "
                    "interleaved (both conflists without portmap).")
         out.append("")
-        rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
-                 po["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in po["run_s"].items()]
-        out.append(_md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows))
+        out.append(run_table(po))
     else:
         out.append(f"{po.get('status')}: {po.get('reason')}")
     out.append("")
@@ -717,6 +715,13 @@ def write_report(results: dict[str, Any], docs_dir: str | os.PathLike[str] = "do
             **{k: str(docs / IMG_DIR / v) for k, v in img.items()}}
 
 
+def run_table(res: dict[str, Any]) -> str:
+    """The table of a `… run --rm` row (bench.util.interleaved_runs): per network."""
+    rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
+             res["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in res["run_s"].items()]
+    return _md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows)
+
+
 def docker_run_section(dk: dict[str, Any]) -> list[str]:
     """Markdown of the docker-run row's measurements (crossnet.bench.dockerbench)."""
     out = ["### docker run", ""]
@@ -726,9 +731,7 @@ def docker_run_section(dk: dict[str, Any]) -> list[str]:
                    f"(`crossnet docker-plugin`, backend {dk.get('backend')}). Load average at start: "
                    f"{dk.get('load_before')}.")
         out.append("")
-        rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
-                 dk["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in dk["run_s"].items()]
-        out.append(_md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows))
+        out.append(run_table(dk))
     else:
         out.append(f"{dk.get('status')}: {dk.get('reason')}")
     out.append("")

@@ -213,22 +213,15 @@ def _print_human(res: dict[str, Any]) -> None:
                                  f"(ratio {cn.get('add_ratio')})")
         else:
             t.add_row("CNI ADD", f"{cn.get('status')}: {cn.get('reason')}")
-        po = cp.get("podman") or {}
-        if "podman" not in cp:
-            pass
-        elif po.get("status") == "ok":
-            t.add_row("podman run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in po["run_s"].items())
-                      + f" (added: {po.get('added_s')})")
-        else:
-            t.add_row("podman run", f"{po.get('status')}: {po.get('reason')}")
-        dk = cp.get("docker") or {}
-        if "docker" not in cp:
-            pass
-        elif dk.get("status") == "ok":
-            t.add_row("docker run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in dk["run_s"].items())
-                      + f" (added: {dk.get('added_s')})")
-        else:
-            t.add_row("docker run", f"{dk.get('status')}: {dk.get('reason')}")
+        for key in ("podman", "docker"):  # `… run --rm` rows (bench.util.interleaved_runs)
+            r = cp.get(key) or {}
+            if key not in cp:
+                pass
+            elif r.get("status") == "ok":
+                t.add_row(f"{key} run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in r["run_s"].items())
+                          + f" (added: {r.get('added_s')})")
+            else:
+                t.add_row(f"{key} run", f"{r.get('status')}: {r.get('reason')}")
         ag = cp.get("agent") or {}
         if "agent" in cp:
             t.add_row("agent", "ok" if ag.get("status") == "ok" else f"{ag.get('status')}: {ag.get('reason')}")
