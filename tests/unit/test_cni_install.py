@@ -11,12 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from crossnet.cni.install import (
     conflist,
     docker_daemon_config,
     install,
     merge_daemon_json,
+    plan_daemon_json,
     wrapper_script,
 )
 from crossnet.errors import ConfigError
@@ -144,10 +147,56 @@ def test_cli_docker_config_bridge(tmp_path, monkeypatch):
 
 def test_merge_daemon_json_keeps_other_keys(tmp_path):
     path = tmp_path / "daemon.json"
-    path.write_text(json.dumps({"log-driver": "journald", "mtu": 9000}))
-    merged = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450})
-    assert merged == {"log-driver": "journald", "mtu": 1450, "bridge": "cn0"}
-    assert json.loads(path.read_text()) == merged
+    path.write_text(json.dumps({"log-driver": "journald", "mtu": 1450}))
+    change = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450})
+    assert change.merged == {"log-driver": "journald", "mtu": 1450, "bridge": "cn0"}
+    assert json.loads(path.read_text()) == change.merged
+    assert not change.conflicts
+
+
+def test_merge_daemon_json_never_silently_overwrites_a_value_the_user_set(tmp_path):
+    path = tmp_path / "daemon.json"
+    original = json.dumps({"log-driver": "journald", "mtu": 9000, "bridge": "docker1"})
+    path.write_text(original)
+    with pytest.raises(ConfigError) as exc:
+        merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450, "fixed-cidr": "10.32.1.0/24"})
+    msg = str(exc.value)
+    assert "mtu: 9000 (crossnet: 1450)" in msg and 'bridge: "docker1" (crossnet: "cn0")' in msg and "--force" in msg
+    assert "\n" not in msg and "fixed-cidr" not in msg  # one line; only the keys that differ
+    assert path.read_text() == original and not (tmp_path / "daemon.json.crossnet.bak").exists()
+    change = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450}, force=True)
+    assert json.loads(path.read_text()) == {"log-driver": "journald", "mtu": 1450, "bridge": "cn0"}
+    assert (tmp_path / "daemon.json.crossnet.bak").read_text() == original  # the backup
+    assert set(change.conflicts) == {"mtu", "bridge"}
+
+
+def test_merge_daemon_json_diff_and_no_rewrite_when_unchanged(tmp_path):
+    path = tmp_path / "daemon.json"
+    first = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450})
+    assert first.diff().startswith("--- /dev/null\n+++ ") and '+  "mtu": 1450' in first.diff()
+    assert not (tmp_path / "daemon.json.crossnet.bak").exists()  # nothing to back up
+    before = path.stat().st_mtime_ns
+    again = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450})
+    assert not again.changed and again.diff() == "" and path.stat().st_mtime_ns == before
+    path.write_text(json.dumps({"bridge": "cn0", "mtu": 1450, "debug": True}))
+    more = merge_daemon_json(str(path), {"bridge": "cn0", "mtu": 1450, "fixed-cidr": "10.32.1.0/24"})
+    assert '+  "fixed-cidr": "10.32.1.0/24"' in more.diff() and f"--- {path}" in more.diff()
+    assert json.loads((tmp_path / "daemon.json.crossnet.bak").read_text())["debug"] is True
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(existing=st.dictionaries(st.sampled_from(["mtu", "bridge", "fixed-cidr", "debug", "log-level"]),
+                                st.one_of(st.integers(0, 9999), st.text(max_size=8), st.booleans()), max_size=5),
+       cfg=st.dictionaries(st.sampled_from(["mtu", "bridge", "fixed-cidr", "default-gateway"]),
+                           st.one_of(st.integers(0, 9999), st.text(max_size=8)), max_size=4))
+def test_plan_daemon_json_properties(existing, cfg):
+    change = plan_daemon_json("daemon.json", json.dumps(existing), cfg)
+    # conflicts are exactly the keys the file sets to another value; other keys are kept
+    assert set(change.conflicts) == {k for k in cfg if k in existing and existing[k] != cfg[k]}
+    assert all(change.merged[k] == v for k, v in cfg.items())
+    assert all(change.merged[k] == v for k, v in existing.items() if k not in cfg)
+    assert change.changed == (change.merged != existing)
+    assert (change.diff() == "") == (not change.changed)
 
 
 def test_merge_daemon_json_refuses_bip_and_garbage(tmp_path):
@@ -251,3 +300,26 @@ def test_shim_defines_come_from_the_python_code():
     assert d["CN_VERSIONS"] == '"' + " ".join(SUPPORTED_VERSIONS) + '"'
     assert d["CN_COMMANDS"] == '"' + " ".join(client.SERVER_COMMANDS) + '"'
     assert d["CN_FALLBACK"] == '"/o\\042d\\134d/x\\077"'
+
+
+def test_cli_docker_config_write_shows_diff_refuses_conflicts_exit_2(tmp_path, state_dir):
+    target = tmp_path / "daemon.json"
+    target.write_text(json.dumps({"mtu": 1400, "debug": True}))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(state_dir), "docker-config",
+                               "--write", str(target), *extra], capture_output=True, text=True, timeout=60)
+
+    refused = run()
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        f"crossnet: error: --write: {target} already sets mtu: 1400 (crossnet: 1450); not overwriting values set "
+        f"there: rerun with --force to replace them (the old file is kept as {target}.crossnet.bak)"]
+    assert json.loads(target.read_text()) == {"mtu": 1400, "debug": True}
+    forced = run("--force")
+    assert forced.returncode == 0, forced.stderr
+    assert '-  "mtu": 1400' in forced.stdout and '+  "mtu": 1450,' in forced.stdout  # the diff
+    assert "replaced (--force): mtu: 1400 (crossnet: 1450)" in forced.stderr
+    assert json.loads((tmp_path / "daemon.json.crossnet.bak").read_text()) == {"mtu": 1400, "debug": True}
+    again = run()
+    assert again.returncode == 0 and again.stdout == "" and "up to date" in again.stderr

@@ -37,6 +37,7 @@ from crossnet.bench.util import (
     bench_lab,
     clean_error,
     crossnet_cli,
+    interleaved_runs,
     loadavg,
     ratio,
     run_measured,
@@ -354,28 +355,10 @@ def bench_podman(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict
             (p.net_dir / f"30-{ref_name}.conflist").write_text(json.dumps(ref, indent=2))
             (p.net_dir / "30-benchx.conflist").write_text(json.dumps(xlist, indent=2))
             nets = {"none": "none", "bridge+host-local": ref_name, "crossnet-cni": "benchx"}
-            times: dict[str, list[float]] = {k: [] for k in nets}
-            errors: list[str] = []
             rc.log(f"podman: warm-up, then {runs} × run --rm per network (interleaved)")
-            for label, net in nets.items():
-                res = run_measured(p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), timeout=180, env=p.env())
-                if not res.ok:
-                    raise RuntimeError(f"podman run --network {net}: {res.error_line()}")
-            for _ in range(runs):
-                for label, net in nets.items():
-                    res = run_measured(p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), timeout=180,
-                                       env=p.env())
-                    if res.ok:
-                        times[label].append(res.wall_s)
-                    else:
-                        errors.append(f"{label}: {res.error_line()}")
-            out["run_s"] = {k: summary(v, 4) for k, v in times.items()}
-            none = out["run_s"]["none"].get("median")
-            out["added_s"] = {k: round(v["median"] - none, 4) for k, v in out["run_s"].items()
-                              if k != "none" and v.get("n")}
-            out["errors"] = errors[:5]
-            x, r = out["added_s"].get("crossnet-cni"), out["added_s"].get("bridge+host-local")
-            out["added_ratio"] = ratio(x, r) if x is not None and r else None
+            out.update(interleaved_runs(lambda net: p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), nets,
+                                        runs, env=p.env(), what="podman run", ref="bridge+host-local",
+                                        mine="crossnet-cni"))
     except Skip as exc:
         return {"status": "skipped", "reason": str(exc)}
     except Exception as exc:  # noqa: BLE001
@@ -443,6 +426,13 @@ def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_size
     res["cni"] = bench_cni(rc, cni_count)
     res["podman"] = bench_podman(rc, podman_runs) if podman_runs else {"status": "skipped",
                                                                         "reason": "disabled (--podman-runs 0)"}
+    from crossnet.bench import dockerbench
+
+    if rc.quick:  # a dockerd per lab host takes a minute on a loaded 2-core CI machine
+        res["docker"] = {"status": "skipped", "reason": "--quick (the full control suite measures it)"}
+    else:
+        res["docker"] = dockerbench.run(rc, podman_runs) if podman_runs else {
+            "status": "skipped", "reason": "disabled (--podman-runs 0)"}
     res["agent"] = bench_agent(rc, agent_hosts, agent_joins) if agent else {
         "status": "skipped", "reason": "disabled for this run"}
     res["dns"] = bench_dns(rc) if agent else {"status": "skipped", "reason": "disabled for this run (with the agent)"}

@@ -574,12 +574,12 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
         out.append(f"`podman run --rm IMAGE true` on a simulated host, {po.get('runs')} runs per network, "
                    "interleaved (both conflists without portmap).")
         out.append("")
-        rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
-                 po["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in po["run_s"].items()]
-        out.append(_md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows))
+        out.append(run_table(po))
     else:
         out.append(f"{po.get('status')}: {po.get('reason')}")
     out.append("")
+    if "docker" in cp:
+        out += docker_run_section(cp["docker"])
     ag = cp.get("agent") or {}
     out.append("### etcd agent")
     out.append("")
@@ -713,3 +713,27 @@ def write_report(results: dict[str, Any], docs_dir: str | os.PathLike[str] = "do
     (docs / "benchmarks.json").write_text(json.dumps(results, indent=1, sort_keys=False) + "\n")
     return {"report": str(docs / "benchmarks.md"), "json": str(docs / "benchmarks.json"),
             **{k: str(docs / IMG_DIR / v) for k, v in img.items()}}
+
+
+def run_table(res: dict[str, Any]) -> str:
+    """The table of a `… run --rm` row (bench.util.interleaved_runs): per network."""
+    rows = [[k, str(v.get("n")), v.get("median"), v.get("min"), v.get("max"),
+             res["added_s"].get(k, 0.0) if k != "none" else "–"] for k, v in res["run_s"].items()]
+    return _md_table(["--network", "runs", "median s", "min s", "max s", "added vs none s"], rows)
+
+
+def docker_run_section(dk: dict[str, Any]) -> list[str]:
+    """Markdown of the docker-run row's measurements (crossnet.bench.dockerbench)."""
+    out = ["### docker run", ""]
+    if dk.get("status") == "ok":
+        out.append(f"`docker run --rm IMAGE true` on a simulated host (real dockerd, vfs storage), {dk.get('runs')} "
+                   "runs per network, interleaved: `none`, Docker's default `bridge`, crossnet's driver "
+                   f"(`crossnet docker-plugin`, backend {dk.get('backend')}). Load average at start: "
+                   f"{dk.get('load_before')}.")
+        out.append("")
+        out.append(run_table(dk))
+    else:
+        out.append(f"{dk.get('status')}: {dk.get('reason')}")
+    out.append("")
+    return out
+

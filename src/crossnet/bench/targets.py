@@ -13,6 +13,19 @@ def _row(dp: dict[str, Any] | None, name: str, mtu: int) -> dict[str, Any] | Non
     return None
 
 
+def _run_target(tid: str, what: str, res: dict[str, Any], mine: str, ref: str) -> dict[str, Any]:
+    """A `… run --rm` row (bench.util.interleaved_runs): what `mine` adds over --network
+    none, relative to what `ref` adds; ≤ 1.0."""
+    a = res.get("added_s") or {}
+    if res.get("status") == "ok" and res.get("added_ratio") is not None:
+        v = res["added_ratio"]
+        note = f"+{a.get(mine)} s vs +{a.get(ref)} s over --network none"
+        return _t(tid, what, "≤ 1.0", v, "×", v <= 1.0, _pct_short(v, 1.0, False), note)
+    why = (f"no ratio: {ref} added {a.get(ref)} s over --network none (noise), {mine} {a.get(mine)} s"
+           if res.get("status") == "ok" else f"{res.get('status', 'not measured')}: {res.get('reason', '')}")
+    return _t(tid, what, "≤ 1.0", None, "×", None, status=why)
+
+
 def _t(tid: str, what: str, target: str, value: float | None, unit: str, met: bool | None,
        shortfall: str | None = None, note: str | None = None, status: str | None = None,
        also: str | None = None, flags: list[str] | None = None, goal: float | None = None) -> dict[str, Any]:
@@ -155,16 +168,11 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_t("cni-add", what, "≤ 1.0", None, "×", None,
                       status=f"{cn.get('status', 'not measured')}: {cn.get('reason', '')}"))
-    po = cp.get("podman") or {}
-    what = "time a CNI network adds to `podman run --rm`, crossnet / reference"
-    if po.get("status") == "ok" and po.get("added_ratio") is not None:
-        v = po["added_ratio"]
-        a = po["added_s"]
-        note = f"+{a.get('crossnet-cni')} s vs +{a.get('bridge+host-local')} s over --network none"
-        out.append(_t("podman-run", what, "≤ 1.0", v, "×", v <= 1.0, _pct_short(v, 1.0, False), note))
-    else:
-        out.append(_t("podman-run", what, "≤ 1.0", None, "×", None,
-                      status=f"{po.get('status', 'not measured')}: {po.get('reason', '')}"))
+    out.append(_run_target("podman-run", "time a CNI network adds to `podman run --rm`, crossnet / reference",
+                           cp.get("podman") or {}, "crossnet-cni", "bridge+host-local"))
+    if "docker" in cp:
+        out.append(_run_target("docker-run", "time a network adds to `docker run --rm`, crossnet's driver / "
+                               "Docker's default bridge", cp["docker"], "crossnet driver", "docker bridge"))
     ag = cp.get("agent") or {}
     what = "agent: new host programmed on all peers, p95 (from agent start)"
     if ag.get("status") == "ok" and ag.get("program_s", {}).get("n"):

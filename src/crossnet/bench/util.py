@@ -140,6 +140,37 @@ def run_measured(argv: Sequence[str], *, timeout: float, env: dict[str, str] | N
                         timed_out.is_set())
 
 
+def interleaved_runs(argv_for: Callable[[str], list[str]], nets: dict[str, str], runs: int, *,
+                     env: dict[str, str] | None = None, what: str = "run",
+                     ref: str | None = None, mine: str | None = None) -> dict[str, Any]:
+    """`container run --rm` timings per network: one warm-up per network (a failure
+    raises), then `runs` rounds over every network (interleaved, so load drifts hit all
+    alike). ``nets``: label -> network (the label "none" is the baseline). Returns
+    run_s (summary per label), added_s (median over "none"), errors, and added_ratio
+    (``mine`` / ``ref`` of added_s, when both are given and the reference added > 0)."""
+    for net in nets.values():
+        res = run_measured(argv_for(net), timeout=180, env=env)
+        if not res.ok:
+            raise RuntimeError(f"{what} --network {net}: {res.error_line()}")
+    times: dict[str, list[float]] = {k: [] for k in nets}
+    errors: list[str] = []
+    for _ in range(runs):
+        for label, net in nets.items():
+            res = run_measured(argv_for(net), timeout=180, env=env)
+            if res.ok:
+                times[label].append(res.wall_s)
+            else:
+                errors.append(f"{label}: {res.error_line()}")
+    out: dict[str, Any] = {"run_s": {k: summary(v, 4) for k, v in times.items()}}
+    none = out["run_s"]["none"].get("median")
+    out["added_s"] = {k: round(v["median"] - none, 4) for k, v in out["run_s"].items() if k != "none" and v.get("n")}
+    out["errors"] = errors[:5]
+    if ref is not None and mine is not None:
+        x, r = out["added_s"].get(mine), out["added_s"].get(ref)
+        out["added_ratio"] = ratio(x, r) if x is not None and r else None
+    return out
+
+
 def netns_argv(netns: str, argv: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
     prefix = ["ip", "netns", "exec", netns]
     if env:

@@ -213,14 +213,15 @@ def _print_human(res: dict[str, Any]) -> None:
                                  f"(ratio {cn.get('add_ratio')})")
         else:
             t.add_row("CNI ADD", f"{cn.get('status')}: {cn.get('reason')}")
-        po = cp.get("podman") or {}
-        if "podman" not in cp:
-            pass
-        elif po.get("status") == "ok":
-            t.add_row("podman run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in po["run_s"].items())
-                      + f" (added: {po.get('added_s')})")
-        else:
-            t.add_row("podman run", f"{po.get('status')}: {po.get('reason')}")
+        for key in ("podman", "docker"):  # `… run --rm` rows (bench.util.interleaved_runs)
+            r = cp.get(key) or {}
+            if key not in cp:
+                pass
+            elif r.get("status") == "ok":
+                t.add_row(f"{key} run --rm", ", ".join(f"{k} {v['median']:.3f} s" for k, v in r["run_s"].items())
+                          + f" (added: {r.get('added_s')})")
+            else:
+                t.add_row(f"{key} run", f"{r.get('status')}: {r.get('reason')}")
         ag = cp.get("agent") or {}
         if "agent" in cp:
             t.add_row("agent", "ok" if ag.get("status") == "ok" else f"{ag.get('status')}: {ag.get('reason')}")
@@ -335,7 +336,7 @@ def _control_options(f):
         click.option("--peers", "peers", help="Peer counts, comma-separated (default 10,100,1000)."),
         click.option("--peer-backends", help="Backends for the peer test (default vxlan,host-gw; quick vxlan)."),
         click.option("--cni-count", type=click.IntRange(1, 500), help="CNI ADD/DEL per plugin (default 50; quick 10)."),
-        click.option("--podman-runs", type=click.IntRange(0, 100), help="podman runs per network (default 10; quick 3; 0 skips)."),
+        click.option("--podman-runs", type=click.IntRange(0, 100), help="podman (and docker) runs per network (default 10; quick 3; 0 skips)."),
         click.option("--profile/--no-profile", default=None,
                      help="Profile (pyinstrument) what misses its target (default: on in full mode)."),
     ]

@@ -83,20 +83,27 @@ def register(main: click.Group) -> None:
     @main.command("docker-config")
     @click.option("--write", "write", is_flag=False, flag_value=DEFAULT_DAEMON_JSON, default=None,
                   metavar="[PATH]",
-                  help=f"Merge into daemon.json instead of printing (default path {DEFAULT_DAEMON_JSON}).")
+                  help=f"Merge into daemon.json instead of printing (default path {DEFAULT_DAEMON_JSON}); "
+                       "prints the change as a diff and keeps the old file as PATH.crossnet.bak.")
+    @click.option("--force", is_flag=True,
+                  help="--write: replace values daemon.json already sets to something else (e.g. an mtu).")
     @click.pass_context
-    def docker_config_cmd(ctx: click.Context, write: str | None) -> None:
+    def docker_config_cmd(ctx: click.Context, write: str | None, force: bool) -> None:
         """Print (or write) Docker's daemon.json for this host's crossnet bridge.
 
         Replaces the tutorial's hand-edited /etc/default/docker line
         (`DOCKER_OPTS="-b=br0 --fixed-cidr=... --mtu=..."`). Restart Docker afterwards.
         Docker's IPAM then hands out this host's subnet: do not also attach containers
-        with `crossnet attach`/crossnet-cni on the same host.
+        with `crossnet attach`/crossnet-cni on the same host. With --write, a value the
+        file already sets differently (say your own `mtu`) is not overwritten: the
+        command names them and exits 2 unless --force.
         """
-        from crossnet.cni.install import docker_daemon_config, merge_daemon_json
+        from crossnet.cni.install import BACKUP_SUFFIX, docker_daemon_config, merge_daemon_json
         from crossnet.errors import CrossnetError
         from crossnet.state import StateDir
 
+        if force and write is None:
+            raise ConfigError("--force: only with --write")
         state = StateDir(ctx.obj["state_dir"])
         applied = state.load_applied()
         if not applied:
@@ -113,6 +120,46 @@ def register(main: click.Group) -> None:
         if write is None:
             click.echo(json.dumps(cfg, indent=2))
             return
-        merge_daemon_json(write, cfg)
-        click.echo(f"wrote {write} (bridge {cfg['bridge']}, fixed-cidr {cfg['fixed-cidr']}, mtu {cfg['mtu']}); "
+        change = merge_daemon_json(write, cfg, force=force)
+        if not change.changed:
+            click.echo(f"{write} is up to date (bridge {cfg['bridge']}, fixed-cidr {cfg['fixed-cidr']}, "
+                       f"mtu {cfg['mtu']}); nothing written", err=True)
+            return
+        click.echo(change.diff(), nl=False)
+        if change.conflicts:
+            click.echo(f"replaced (--force): {change.conflict_text()}", err=True)
+        backup = f"; the old file is {write}{BACKUP_SUFFIX}" if change.old_text is not None else ""
+        click.echo(f"wrote {write} (bridge {cfg['bridge']}, fixed-cidr {cfg['fixed-cidr']}, mtu {cfg['mtu']}){backup}; "
                    "restart Docker to use it", err=True)
+
+    @main.command("docker-plugin")
+    @click.option("--socket", "socket_path", default=None, metavar="PATH",
+                  help="Unix socket to serve on (default /run/docker/plugins/crossnet.sock: Docker's "
+                       "legacy plugin discovery).")
+    @click.option("--docker-host", default=None, metavar="unix:///PATH", envvar="DOCKER_HOST",
+                  help="dockerd's API, to learn container names for `crossnet status` (env DOCKER_HOST; "
+                       "default /var/run/docker.sock).")
+    @click.option("-v", "--verbose", is_flag=True, help="Log every request and its answer to stderr (errors always).")
+    @click.pass_context
+    def docker_plugin_cmd(ctx: click.Context, socket_path: str | None, docker_host: str | None,
+                          verbose: bool) -> None:
+        """Serve Docker's remote network driver + IPAM driver `crossnet` (foreground).
+
+        \b
+        docker network create -d crossnet --ipam-driver crossnet crossnet
+        docker run --network crossnet ...
+        Containers get addresses from this host's crossnet subnet (the IPAM `crossnet
+        attach` and crossnet-cni use) and are listed by `crossnet status`. See docs/docker.md.
+        """
+        from crossnet.runtime.dockerplugin import DEFAULT_SOCKET, make_plugin, serve
+
+        path = socket_path or DEFAULT_SOCKET
+        if not path.startswith("/") or len(path.encode()) > 107 or "\0" in path:
+            raise ConfigError(f"--socket: {path!r} must be an absolute path of at most 107 bytes")
+        api = docker_host or "unix:///var/run/docker.sock"
+        if not api.startswith("unix:///"):
+            raise ConfigError(f"--docker-host: {api!r}: only unix:///PATH is supported")
+        plugin = make_plugin(ctx.obj["state_dir"], api[len("unix://"):])
+        serve(plugin, path, ready=lambda: click.echo(f"crossnet docker-plugin: serving {path}", err=True),
+              verbose=verbose)
+

@@ -70,9 +70,11 @@ def _build_options(f):
         click.option("--containers", type=int, default=DEFAULT_CONTAINERS, show_default=True,
                      help="Containers (network namespaces) attached per host."),
         click.option("--mtu", type=int, default=None, help="Underlay MTU of every underlay link."),
-        click.option("--runtime", default="netns", show_default=True, metavar="netns|podman",
-                     help="Containers: plain network namespaces + `crossnet attach`, or real podman "
-                          "containers (busybox) attached by the crossnet-cni plugin."),
+        click.option("--runtime", default="netns", show_default=True, metavar="netns|podman|docker|docker-plugin",
+                     help="Containers: plain network namespaces + `crossnet attach`, real podman "
+                          "containers (busybox) attached by the crossnet-cni plugin, or a dockerd per host "
+                          "configured by `crossnet docker-config --write` and plain `docker run`, or a dockerd per host "
+                          "with crossnet's network driver (`crossnet docker-plugin`; docs/docker.md)."),
         click.option("--store", default="static", show_default=True, metavar="static|etcd|mesh", expose_value=False,
                      callback=_store_option,
                      help="static: `crossnet apply` with the lab's cluster file; etcd: an etcd server in the "
@@ -112,8 +114,8 @@ def _dns_option(ctx, _param, value):
 
 
 def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_len, runtime="netns") -> LabOptions:
-    if runtime not in ("netns", "podman"):
-        raise ConfigError(f"--runtime: unknown runtime {runtime!r} (choose from netns, podman)")
+    if runtime not in ("netns", "podman", "docker", "docker-plugin"):
+        raise ConfigError(f"--runtime: unknown runtime {runtime!r} (choose from netns, podman, docker, docker-plugin)")
     extra = {"runtime": runtime} if runtime != "netns" else {}
     ctx = click.get_current_context(silent=True)
     store = ctx.meta.get("crossnet.lab.store") if ctx is not None else None
@@ -129,6 +131,9 @@ def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_le
         if backend != "auto":
             raise ConfigError(f"--encrypt: only with --backend auto, not {backend!r}")
         extra["encrypt"] = True
+    if runtime == "docker" and (backend not in ("bridge", "host-gw", "vxlan") or store in ("etcd", "mesh")):
+        raise ConfigError(f"--runtime docker: needs --store static and a backend Docker's bridge can use "
+                          f"(bridge, host-gw, vxlan), not {backend!r}" + (f" with --store {store}" if store else ""))
     return LabOptions(name=name, hosts=hosts, underlay=underlay, backend=backend, containers=containers,
                       mtu=mtu, network=network, subnet_len=subnet_len, extra=extra).validate()
 

@@ -18,7 +18,7 @@ COMMAND_MODULES = {
     "crossnet.cli.host": ("apply", "reset", "attach", "detach", "status", "check", "gc"),
     "crossnet.cli.lab": ("lab",),  # lab up/down/exec/demo/check/list
     "crossnet.cli.trace": ("trace",),  # trace SRC DST [--verify] (`lab trace` is in crossnet.cli.lab)
-    "crossnet.cli.cni": ("cni", "docker-config"),
+    "crossnet.cli.cni": ("cni", "docker-config", "docker-plugin"),
     "crossnet.cli.agent": ("agent", "etcd"),
     "crossnet.cli.bench": ("bench",),
     "crossnet.cli.wg": ("keygen",),  # WireGuard key of this host (backend wireguard)

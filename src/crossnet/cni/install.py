@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -264,19 +265,78 @@ def docker_daemon_config(applied: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-def merge_daemon_json(path: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    """Merge cfg into the existing daemon.json at path (other keys are kept)."""
+BACKUP_SUFFIX = ".crossnet.bak"
+
+
+@dataclass
+class DaemonJsonChange:
+    """What `docker-config --write` would do to a daemon.json (pure: see plan_daemon_json)."""
+
+    path: str
+    old_text: str | None  # None: the file does not exist
+    merged: dict[str, Any]
+    conflicts: dict[str, tuple[Any, Any]]  # key -> (the file's value, crossnet's value)
+
+    @property
+    def new_text(self) -> str:
+        return json.dumps(self.merged, indent=2) + "\n"
+
+    @property
+    def changed(self) -> bool:
+        return self.old_text is None or json.loads(self.old_text or "{}") != self.merged
+
+    def diff(self) -> str:
+        """A unified diff of the file as it is (or nothing) and as it would be."""
+        import difflib
+
+        if not self.changed:
+            return ""
+        # the file's keys as crossnet would format them: the diff shows values, not layout
+        old = (json.dumps(json.loads(self.old_text or "{}"), indent=2) + "\n").splitlines(keepends=True) \
+            if self.old_text is not None else []
+        return "".join(difflib.unified_diff(old, self.new_text.splitlines(keepends=True),
+                                            fromfile=self.path if self.old_text is not None else "/dev/null",
+                                            tofile=self.path))
+
+    def conflict_text(self) -> str:
+        return ", ".join(f"{k}: {json.dumps(old)} (crossnet: {json.dumps(new)})"
+                         for k, (old, new) in sorted(self.conflicts.items()))
+
+
+def plan_daemon_json(path: str, old_text: str | None, cfg: dict[str, Any]) -> DaemonJsonChange:
+    """Merge cfg into the daemon.json text `old_text` (None: no file; other keys are
+    kept). A key the file already sets to another value is a conflict: the caller
+    refuses to overwrite it without --force."""
     try:
-        existing = json.loads(Path(path).read_text() or "{}")
-    except FileNotFoundError:
-        existing = {}
+        existing = json.loads(old_text or "{}") if old_text is not None else {}
     except ValueError as exc:
         raise ConfigError(f"--write: {path} is not valid JSON ({exc}); fix or remove it first") from None
     if not isinstance(existing, dict):
         raise ConfigError(f"--write: {path} does not hold a JSON object")
     if "bip" in existing:
         raise ConfigError(f"--write: {path} sets 'bip', which Docker refuses together with 'bridge'; remove it")
-    merged = {**existing, **cfg}
-    _write_atomic(Path(path), json.dumps(merged, indent=2) + "\n", 0o644)
-    return merged
+    conflicts = {k: (existing[k], v) for k, v in cfg.items() if k in existing and existing[k] != v}
+    return DaemonJsonChange(path, old_text, {**existing, **cfg}, conflicts)
 
+
+def merge_daemon_json(path: str, cfg: dict[str, Any], force: bool = False) -> DaemonJsonChange:
+    """Merge cfg into the daemon.json at path (other keys are kept). Refuses (ConfigError,
+    file untouched) to change a value the file already sets unless `force`; before
+    changing an existing file, keeps its previous content in PATH.crossnet.bak."""
+    p = Path(path)
+    try:
+        old_text: str | None = p.read_text()
+    except FileNotFoundError:
+        old_text = None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--write: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    change = plan_daemon_json(path, old_text, cfg)
+    if change.conflicts and not force:
+        raise ConfigError(f"--write: {path} already sets {change.conflict_text()}; not overwriting values set "
+                          "there: rerun with --force to replace them (the old file is kept as "
+                          f"{path}{BACKUP_SUFFIX})")
+    if change.changed:
+        if old_text is not None:
+            _write_atomic(Path(path + BACKUP_SUFFIX), old_text, 0o600)
+        _write_atomic(p, change.new_text, 0o644)
+    return change

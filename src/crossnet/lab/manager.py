@@ -236,6 +236,10 @@ class Lab:
         addresses when `underlay` or when the lab was built without apply."""
         if underlay or not self.applied:
             return [Endpoint(h.name, h.netns, h.address) for h in self.hosts]
+        if self.plan.extra.get("runtime") in ("docker", "docker-plugin"):  # Docker's IPAM: addresses from `docker inspect`
+            from crossnet.lab import docker
+
+            return docker.endpoints(self.plan)
         statuses = statuses if statuses is not None else self.statuses()
         eps = []
         for h in self.hosts:
@@ -394,6 +398,10 @@ def _build(lab: Lab, apply: bool, log: Log) -> None:
             from crossnet.lab import podman
 
             _parallel(lambda h: podman.start_containers(plan, h), plan.hosts)
+        elif apply and plan.extra.get("runtime") in ("docker", "docker-plugin"):  # dockerd per host, plain `docker run`
+            from crossnet.lab import docker
+
+            _parallel(lambda h: docker.start_containers(plan, h), plan.hosts)
         else:
             _parallel(containers, plan.hosts)
     manifest["phase"] = "ready"
@@ -522,7 +530,12 @@ def demo(opts: LabOptions, *, count: int = 1, timeout: float = 1.0, apply: bool 
         pairs = lab.check(count=count, timeout=timeout, statuses=statuses)
         summary = lab.summary(statuses)
         http = None
-        if lab.applied and lab.plan.extra.get("runtime") == "podman":
+        if lab.applied and lab.plan.extra.get("runtime") in ("docker", "docker-plugin"):
+            from crossnet.lab import docker
+
+            log("fetching http:// from a docker container on every host to one on every other host")
+            http = docker.http_check(lab.plan, lab.endpoints())
+        elif lab.applied and lab.plan.extra.get("runtime") == "podman":
             from crossnet.lab import podman
 
             log("fetching http:// from a podman container on every host to one on every other host")

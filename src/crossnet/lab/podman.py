@@ -25,7 +25,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from crossnet.errors import CrossnetError
 from crossnet.lab import netns as ns
@@ -248,7 +248,7 @@ class HostPodman:
 
 
 # ---- lab integration ------------------------------------------------------------------
-RUNTIMES = ("netns", "podman")
+RUNTIMES = ("netns", "podman", "docker", "docker-plugin")
 SERVE = "httpd -p 80 -h /var/www && exec sleep 999999999"  # every container serves HTTP
 
 
@@ -280,20 +280,28 @@ def start_containers(plan: Any, host: Any) -> dict[str, str]:
 def http_check(plan: Any, statuses: dict[str, dict[str, Any]], timeout: float = 5.0) -> list[dict[str, Any]]:
     """From the first container of every host, `wget` the page served by the first
     container of every other host (busybox httpd), addressed by its crossnet address."""
-    firsts = {}
+    firsts = []
     for h in plan.hosts:
         by_name = {c.get("name"): c for c in (statuses.get(h.name) or {}).get("containers") or []}
         if h.containers and by_name.get(h.containers[0], {}).get("address"):
-            firsts[h.name] = (h, h.containers[0], str(by_name[h.containers[0]]["address"]).split("/")[0])
+            firsts.append((h, h.containers[0], str(by_name[h.containers[0]]["address"]).split("/")[0]))
+    return http_matrix(firsts, lambda host, name, *cmd, timeout: host_podman(plan, host).exec(
+        name, *cmd, timeout=timeout), timeout=timeout)
+
+
+def http_matrix(firsts: Sequence[tuple[Any, str, str]], exec_fn: Callable[..., subprocess.CompletedProcess],
+                timeout: float = 5.0) -> list[dict[str, Any]]:
+    """firsts: (host, container, address) per host; from every one `wget` every other
+    one's page; exec_fn(host, container, *cmd, timeout=) runs a command in a container."""
     out = []
-    for src_host, src, _ in firsts.values():
-        for dst_host, dst, addr in firsts.values():
+    for src_host, src, _ in firsts:
+        for dst_host, dst, addr in firsts:
             if dst_host is src_host:
                 continue
             t0 = time.monotonic()
             # busybox wget -T crashes (Debian busybox-static); bound it with timeout(1)
-            proc = host_podman(plan, src_host).exec(src, "timeout", str(int(timeout)), "wget", "-qO-",
-                                                     f"http://{addr}/", timeout=timeout + 30)
+            proc = exec_fn(src_host, src, "timeout", str(int(timeout)), "wget", "-qO-", f"http://{addr}/",
+                           timeout=timeout + 30)
             ok = proc.returncode == 0 and "hello from crossnet" in proc.stdout
             out.append({"src": src, "dst": dst, "url": f"http://{addr}/", "ok": ok,
                         "ms": round((time.monotonic() - t0) * 1000, 1),

@@ -27,7 +27,7 @@ from typing import Callable
 from crossnet.lab.topology import HostPlan, LabPlan
 
 # modules that register services at import (imported by name: they import this module)
-SERVICE_MODULES: list[str] = ["crossnet.lab.podman", "crossnet.lab.ovs", "crossnet.lab.etcd", "crossnet.lab.mesh",
+SERVICE_MODULES: list[str] = ["crossnet.lab.podman", "crossnet.lab.docker", "crossnet.lab.ovs", "crossnet.lab.etcd", "crossnet.lab.mesh",
                               "crossnet.lab.dns"]
 
 

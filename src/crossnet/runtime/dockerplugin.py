@@ -1,0 +1,532 @@
+"""`crossnet docker-plugin`: Docker's remote network driver and IPAM driver (legacy v1
+plugin protocol: JSON over HTTP on a unix socket, found by dockerd at
+/run/docker/plugins/crossnet.sock), so that::
+
+    docker network create -d crossnet --ipam-driver crossnet crossnet
+    docker run --network crossnet ...
+
+puts containers on the cross-host network with addresses from this host's crossnet
+subnet. The IPAM is crossnet's own (the AddressPool `crossnet attach` and crossnet-cni
+use): a Docker endpoint is an IPAM entry keyed ``docker:<endpoint id prefix>`` (its
+meta: endpoint, network, host-side veth, MAC, container name), listed by `crossnet
+status`.
+
+Protocol mapping:
+- IpamDriver.RequestPool: this host's subnet (the network containers live in), only
+  IPv4; RequestAddress: the gateway (crossnet's) or an allocation in the shared pool
+  (``--ip``: that address, "address in use" when taken); ReleaseAddress releases it.
+- NetworkDriver.CreateNetwork records the network (``<state-dir>/docker-networks.json``:
+  survives plugin restarts); CreateEndpoint binds the endpoint to the allocated address;
+  Join creates the veth pair in the host namespace (host side on crossnet's bridge via
+  the backend, MTU of the backend) and hands Docker the peer (SrcName), which Docker
+  moves into the container and configures; DeleteEndpoint deletes the veth. Every
+  handler is idempotent.
+- Errors: ``{"Err": "one line"}`` (the IPAM protocol's key is ``Error``); no subnet
+  yet: "run crossnet apply/launch first".
+
+Every request is validated (crossnet runs as root; the socket is root-only): ids are
+hex/alnum of bounded length, addresses parse and lie in this host's subnet, the body is a
+bounded JSON object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from crossnet.errors import ConfigError, CrossnetError, IpamError
+
+DEFAULT_SOCKET = "/run/docker/plugins/crossnet.sock"
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+ADDRESS_SPACE = "crossnet"
+GATEWAY_TYPE = "com.docker.network.gateway"
+KEY_PREFIX = "docker:"
+MAX_BODY = 64 * 1024
+_ID = re.compile(r"[A-Za-z0-9]{1,128}")
+NOT_READY = "this host has no crossnet subnet yet: run crossnet apply/launch first"
+
+
+class PluginError(Exception):
+    """Answered as {"Err": message}."""
+
+
+class Kernel(Protocol):
+    """What the driver does to the host (real: NetlinkKernel; unit tests: a fake)."""
+
+    def create_veth(self, ctx: Any, backend: Any, host_if: str, peer: str, mac: str) -> None: ...
+
+    def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool: ...
+
+
+def _id(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not _ID.fullmatch(value):
+        raise PluginError(f"{field}: expected an id (letters and digits, 1-128), got {str(value)[:40]!r}")
+    return value
+
+
+def _obj(body: dict[str, Any], field: str) -> dict[str, Any]:
+    value = body.get(field)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise PluginError(f"{field}: expected an object")
+    return value
+
+
+def _str(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
+    if value is None:
+        return ""
+    if not isinstance(value, str) or len(value) > 256:
+        raise PluginError(f"{field}: expected a string")
+    return value
+
+
+class DockerPlugin:
+    """The protocol's handlers; `context()` gives (HostContext, Backend, AddressPool) or
+    raises CrossnetError when the host is not configured."""
+
+    def __init__(self, context: Callable[[], tuple[Any, Any, Any]], kernel: Kernel, networks_path: str,
+                 names: Callable[[str, str], None] | None = None):
+        self._context = context
+        self.kernel = kernel
+        self.networks_path = networks_path
+        self.names = names  # called (network id, endpoint id) after a Join: learn the container's name
+        self._lock = threading.Lock()
+        self.routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "/Plugin.Activate": lambda _b: {"Implements": ["NetworkDriver", "IpamDriver"]},
+            "/NetworkDriver.GetCapabilities": lambda _b: {"Scope": "local", "ConnectivityScope": "global"},
+            "/NetworkDriver.CreateNetwork": self.create_network,
+            "/NetworkDriver.DeleteNetwork": self.delete_network,
+            "/NetworkDriver.CreateEndpoint": self.create_endpoint,
+            "/NetworkDriver.EndpointOperInfo": self.endpoint_oper_info,
+            "/NetworkDriver.DeleteEndpoint": self.delete_endpoint,
+            "/NetworkDriver.Join": self.join,
+            "/NetworkDriver.Leave": self.leave,
+            "/NetworkDriver.DiscoverNew": lambda _b: {},
+            "/NetworkDriver.DiscoverDelete": lambda _b: {},
+            "/NetworkDriver.ProgramExternalConnectivity": lambda _b: {},
+            "/NetworkDriver.RevokeExternalConnectivity": lambda _b: {},
+            "/IpamDriver.GetCapabilities": lambda _b: {"RequiresMACAddress": False, "RequiresRequestReplay": False},
+            "/IpamDriver.GetDefaultAddressSpaces": lambda _b: {"LocalDefaultAddressSpace": ADDRESS_SPACE,
+                                                                "GlobalDefaultAddressSpace": ADDRESS_SPACE},
+            "/IpamDriver.RequestPool": self.request_pool,
+            "/IpamDriver.ReleasePool": self.release_pool,
+            "/IpamDriver.RequestAddress": self.request_address,
+            "/IpamDriver.ReleaseAddress": self.release_address,
+        }
+
+    # ---- dispatch -----------------------------------------------------------------------
+    def handle(self, path: str, raw: bytes) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, JSON answer) for one request. Errors: {"Err": "one line"} (the
+        IPAM protocol spells it {"Error": ...})."""
+        err_key = "Error" if path.startswith("/IpamDriver.") else "Err"
+        fn = self.routes.get(path)
+        if fn is None:
+            return 404, {err_key: f"unknown endpoint {_one_line(path)[:80]!r}"}
+        try:
+            if len(raw) > MAX_BODY:
+                raise PluginError(f"request body larger than {MAX_BODY} bytes")
+            try:
+                body = json.loads(raw or b"{}")
+            except ValueError:
+                raise PluginError("request body is not JSON") from None
+            if body is None:
+                body = {}
+            if not isinstance(body, dict):
+                raise PluginError("request body must be a JSON object")
+            with self._lock:
+                return 200, fn(body)
+        except (PluginError, CrossnetError) as exc:
+            return 200, {err_key: _one_line(str(exc))}
+        except Exception as exc:  # noqa: BLE001 - Docker gets one line, the plugin keeps serving
+            return 200, {err_key: _one_line(f"crossnet: {type(exc).__name__}: {exc}")}
+
+    def context(self) -> tuple[Any, Any, Any]:
+        try:
+            return self._context()
+        except ConfigError:
+            raise
+        except CrossnetError:
+            raise PluginError(NOT_READY) from None
+
+    # ---- IPAM ---------------------------------------------------------------------------
+    def _pool_id(self, pool: Any) -> str:
+        return f"{ADDRESS_SPACE}/{pool.subnet}"
+
+    def _check_pool_id(self, body: dict[str, Any], pool: Any) -> None:
+        pid = _str(body, "PoolID")
+        if pid != self._pool_id(pool):
+            raise PluginError(f"PoolID: unknown pool {pid[:60]!r} (this host's crossnet pool is {self._pool_id(pool)})")
+
+    def request_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("V6"):
+            raise PluginError("V6: crossnet hands out IPv4 addresses only")
+        space = _str(body, "AddressSpace")
+        if space not in ("", ADDRESS_SPACE):
+            raise PluginError(f"AddressSpace: unknown address space {space[:40]!r} (use {ADDRESS_SPACE!r})")
+        if _str(body, "SubPool"):
+            raise PluginError("SubPool (--ip-range) is not supported: crossnet hands out this host's subnet")
+        ctx, _backend, pool = self.context()
+        want = _str(body, "Pool")
+        if not want:
+            # Docker (local scope) releases and re-requests a default pool that overlaps a
+            # route of the host, forever; the host's own subnet always does: ask for --subnet
+            raise PluginError(f"Pool: pass this host's crossnet subnet: docker network create -d crossnet "
+                              f"--ipam-driver crossnet --subnet {ctx.subnet} NAME")
+        if want:
+            try:
+                net = ipaddress.IPv4Network(want)
+            except ValueError:
+                raise PluginError(f"Pool: {want[:60]!r} is not an IPv4 network") from None
+            if net != pool.subnet and net != ctx.subnet:
+                raise PluginError(f"Pool: {net} is not this host's crossnet subnet {ctx.subnet} (leave --subnet out)")
+        return {"PoolID": self._pool_id(pool), "Pool": str(pool.subnet), "Data": {}}
+
+    def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
+        _str(body, "PoolID")
+        return {}
+
+    def request_address(self, body: dict[str, Any]) -> dict[str, Any]:
+        ctx, _backend, pool = self.context()
+        self._check_pool_id(body, pool)
+        opts = _obj(body, "Options")
+        want = _str(body, "Address")
+        addr = None
+        if want:
+            try:
+                addr = ipaddress.IPv4Address(want.split("/")[0])
+            except ValueError:
+                raise PluginError(f"Address: {want[:60]!r} is not an IPv4 address") from None
+        plen = pool.subnet.prefixlen
+        if opts.get("RequestAddressType") == GATEWAY_TYPE:
+            if addr is not None and addr != ctx.gateway:
+                raise PluginError(f"Address: the gateway is crossnet's {ctx.gateway}, not {addr} (leave --gateway out)")
+            return {"Address": f"{ctx.gateway}/{plen}", "Data": {}}
+        if addr is not None and addr not in pool.usable:
+            raise PluginError(f"Address: {addr} is outside this host's subnet {pool.usable}")
+        try:
+            alloc = pool.allocate(f"{KEY_PREFIX}{secrets.token_hex(8)}", addr, meta={"docker": True})
+        except IpamError as exc:
+            if addr is not None and "already taken" in str(exc):
+                raise PluginError(f"Address: {addr} is in use ({str(exc).split('by ')[-1]})") from None
+            raise PluginError(str(exc)) from None
+        return {"Address": f"{alloc.address}/{plen}", "Data": {}}
+
+    def release_address(self, body: dict[str, Any]) -> dict[str, Any]:
+        ctx, _backend, pool = self.context()
+        self._check_pool_id(body, pool)
+        want = _str(body, "Address")
+        try:
+            addr = ipaddress.IPv4Address(want.split("/")[0])
+        except ValueError:
+            raise PluginError(f"Address: {want[:60]!r} is not an IPv4 address") from None
+        if addr == ctx.gateway:
+            return {}
+        for key, alloc in pool.entries().items():
+            if key.startswith(KEY_PREFIX) and alloc.address == addr:
+                pool.release(key)
+        return {}
+
+    # ---- network driver -------------------------------------------------------------------
+    def _networks(self) -> dict[str, Any]:
+        from crossnet.state import read_json
+
+        data = read_json(self.networks_path) if os.path.exists(self.networks_path) else None
+        nets = (data or {}).get("networks") if isinstance(data, dict) else None
+        return {k: v for k, v in (nets or {}).items() if isinstance(k, str) and _ID.fullmatch(k) and isinstance(v, dict)}
+
+    def _save_networks(self, nets: dict[str, Any]) -> None:
+        from pathlib import Path
+
+        from crossnet.state import write_json_atomic
+
+        write_json_atomic(Path(self.networks_path), {"version": 1, "networks": nets})
+
+    def _network(self, body: dict[str, Any]) -> str:
+        nid = _id(body, "NetworkID")
+        if nid not in self._networks():
+            raise PluginError(f"NetworkID: unknown network {nid[:12]} (not created with this plugin)")
+        return nid
+
+    def create_network(self, body: dict[str, Any]) -> dict[str, Any]:
+        nid = _id(body, "NetworkID")
+        ctx, _backend, pool = self.context()
+        v4 = body.get("IPv4Data") or []
+        if not isinstance(v4, list) or len(v4) != 1 or not isinstance(v4[0], dict):
+            raise PluginError("IPv4Data: expected one IPv4 pool (create the network with --ipam-driver crossnet)")
+        got = _str(v4[0], "Pool")
+        if got != str(pool.subnet):
+            raise PluginError(f"IPv4Data: pool {got[:40]!r} is not this host's crossnet subnet {pool.subnet} "
+                              "(create the network with --ipam-driver crossnet)")
+        if body.get("IPv6Data"):
+            raise PluginError("IPv6Data: crossnet's network is IPv4 only")
+        nets = self._networks()
+        if nid not in nets:
+            nets[nid] = {"subnet": str(pool.subnet), "gateway": str(ctx.gateway)}
+            self._save_networks(nets)
+        return {}
+
+    def delete_network(self, body: dict[str, Any]) -> dict[str, Any]:
+        nid = _id(body, "NetworkID")
+        nets = self._networks()
+        if nets.pop(nid, None) is not None:
+            self._save_networks(nets)
+        return {}
+
+    def _endpoint(self, pool: Any, eid: str) -> tuple[str, Any] | None:
+        for key, alloc in pool.entries().items():
+            if key.startswith(KEY_PREFIX) and alloc.meta.get("endpoint") == eid:
+                return key, alloc
+        return None
+
+    def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        from crossnet.containers import container_mac, host_ifname
+
+        nid = self._network(body)
+        eid = _id(body, "EndpointID")
+        iface = _obj(body, "Interface")
+        _ctx, _backend, pool = self.context()
+        want = _str(iface, "Address")
+        if not want:
+            raise PluginError("Interface.Address: missing (create the network with --ipam-driver crossnet)")
+        try:
+            addr = ipaddress.IPv4Interface(want).ip
+        except ValueError:
+            raise PluginError(f"Interface.Address: {want[:60]!r} is not an IPv4 address") from None
+        mac = _str(iface, "MacAddress")
+        if mac and not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", mac):
+            raise PluginError(f"Interface.MacAddress: {mac[:40]!r} is not a MAC address")
+        found = self._endpoint(pool, eid)
+        if found is None:
+            found = next(((k, a) for k, a in pool.entries().items()
+                          if k.startswith(KEY_PREFIX) and a.address == addr and not a.meta.get("endpoint")), None)
+        if found is None or found[1].address != addr:
+            raise PluginError(f"Interface.Address: {addr} was not handed out by crossnet's IPAM "
+                              "(create the network with --ipam-driver crossnet)")
+        key, alloc = found
+        meta = {"endpoint": eid, "network": nid, "host_if": host_ifname(eid), "ifname": "eth0",
+                "mac": mac.lower() or container_mac(addr)}
+        if any(alloc.meta.get(k) != v for k, v in meta.items()):
+            pool.update_meta(key, meta)
+        return {} if mac else {"Interface": {"MacAddress": meta["mac"]}}
+
+    def endpoint_oper_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._network(body)
+        eid = _id(body, "EndpointID")
+        _ctx, _backend, pool = self.context()
+        found = self._endpoint(pool, eid)
+        if found is None:
+            return {"Value": {}}
+        alloc = found[1]
+        return {"Value": {"address": str(alloc.address), "host_if": alloc.meta.get("host_if"),
+                          "name": alloc.meta.get("name")}}
+
+    def join(self, body: dict[str, Any]) -> dict[str, Any]:
+        from crossnet.containers import temp_ifname
+
+        nid = self._network(body)
+        eid = _id(body, "EndpointID")
+        _str(body, "SandboxKey")
+        ctx, backend, pool = self.context()
+        found = self._endpoint(pool, eid)
+        if found is None:
+            raise PluginError(f"EndpointID: unknown endpoint {eid[:12]}")
+        _key, alloc = found
+        peer = temp_ifname(eid)
+        self.kernel.create_veth(ctx, backend, alloc.meta["host_if"], peer, alloc.meta["mac"])
+        if self.names is not None:
+            self.names(nid, eid)
+        return {"InterfaceName": {"SrcName": peer, "DstPrefix": "eth"}, "Gateway": str(ctx.gateway),
+                "StaticRoutes": [], "DisableGatewayService": False}
+
+    def leave(self, body: dict[str, Any]) -> dict[str, Any]:
+        self._network(body)
+        _id(body, "EndpointID")
+        return {}  # the veth goes with DeleteEndpoint (or with the container's namespace)
+
+    def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
+        from crossnet.containers import host_ifname
+
+        _id(body, "NetworkID")  # also for a network deleted meanwhile: still remove the veth
+        eid = _id(body, "EndpointID")
+        ctx, backend, pool = self.context()
+        found = self._endpoint(pool, eid)
+        host_if = found[1].meta.get("host_if") if found else host_ifname(eid)
+        self.kernel.delete_veth(ctx, backend, host_if)
+        if found is not None:  # the address stays until IPAM ReleaseAddress; the endpoint binding goes
+            pool.update_meta(found[0], {"endpoint": None, "host_if": None})
+        return {}
+
+    def endpoint_exists(self, eid: str) -> bool:
+        with self._lock:
+            try:
+                _ctx, _backend, pool = self.context()
+            except PluginError:
+                return False
+            return self._endpoint(pool, eid) is not None
+
+    def set_name(self, eid: str, name: str) -> None:
+        """Record the container's name on its endpoint's IPAM entry (`crossnet status`)."""
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", name):
+            return
+        with self._lock:
+            try:
+                _ctx, _backend, pool = self.context()
+            except PluginError:
+                return
+            found = self._endpoint(pool, eid)
+            if found is not None and found[1].meta.get("name") != name:
+                pool.update_meta(found[0], {"name": name})
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(msg.split())[:400] or "error"
+
+
+# ---- the real kernel ------------------------------------------------------------------------
+class NetlinkKernel:
+    def create_veth(self, ctx: Any, backend: Any, host_if: str, peer: str, mac: str) -> None:
+        from crossnet.containers import NotReady
+        from crossnet.netlink import iproute as nl
+        from crossnet.plan.env import Env
+
+        with nl.open_ipr() as ipr:
+            if nl.ifindex(ipr, ctx.bridge) is None:
+                raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run crossnet apply/launch first")
+            if nl.ifindex(ipr, host_if) is not None:  # a retried Join: start over with a fresh pair
+                ipr.link("del", index=nl.ifindex(ipr, host_if))
+            if nl.ifindex(ipr, peer) is not None:
+                ipr.link("del", index=nl.ifindex(ipr, peer))
+            ipr.link("add", ifname=host_if, kind="veth", mtu=ctx.mtu,
+                     peer={"ifname": peer, "address": mac, "mtu": ctx.mtu})
+            host_idx = nl.require_index(ipr, host_if)
+            backend.attach_port(ctx, Env(ipr), host_if)
+            ipr.link("set", index=host_idx, state="up")
+
+    def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool:
+        from crossnet.containers import _remove_host_veth
+
+        return _remove_host_veth(ctx, backend, host_if)
+
+
+# ---- the server -----------------------------------------------------------------------------
+def make_plugin(state_dir: str, docker_host: str | None = None) -> DockerPlugin:
+    from crossnet.containers import pool_for
+    from crossnet.host import load_context
+    from crossnet.state import StateDir
+
+    state = StateDir(state_dir)
+
+    def context() -> tuple[Any, Any, Any]:
+        ctx, backend = load_context(state)
+        return ctx, backend, pool_for(state, ctx)
+
+    plugin = DockerPlugin(context, NetlinkKernel(), os.path.join(state_dir, "docker-networks.json"))
+    if docker_host:
+        plugin.names = lambda nid, eid: threading.Thread(
+            target=_learn_name, args=(plugin, docker_host, nid, eid), daemon=True).start()
+    return plugin
+
+
+def _learn_name(plugin: DockerPlugin, socket_path: str, nid: str, eid: str, tries: int = 40) -> None:
+    """After a Join: ask dockerd which container the endpoint belongs to (GET
+    /networks/ID lists endpoints with container names once the join completed)."""
+    import time
+
+    from crossnet.runtime.engines import EngineClient
+
+    client = EngineClient(socket_path, "docker")
+    for i in range(tries):
+        time.sleep(0.1 if i == 0 else 0.25)
+        if not plugin.endpoint_exists(eid):  # gone already (docker run --rm): nothing to name
+            return
+        try:
+            status, data = client.request("GET", f"/networks/{nid}")
+        except CrossnetError:
+            continue
+        if status != 200 or not isinstance(data, dict):
+            continue
+        for c in (data.get("Containers") or {}).values():
+            if isinstance(c, dict) and c.get("EndpointID") == eid and isinstance(c.get("Name"), str):
+                plugin.set_name(eid, c["Name"])
+                return
+
+
+def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | None = None,
+          verbose: bool = False) -> None:
+    """Serve the plugin on a unix socket until SIGTERM/SIGINT."""
+    import signal
+    import socketserver
+    import stat
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if length < 0 or length > MAX_BODY:
+                status, answer = 200, {"Err": f"request body larger than {MAX_BODY} bytes",
+                                       "Error": f"request body larger than {MAX_BODY} bytes"}
+                self.close_connection = True
+            else:
+                status, answer = plugin.handle(self.path, self.rfile.read(length))
+            if verbose or "Err" in answer or "Error" in answer:
+                sys.stderr.write(f"{self.path} -> {json.dumps(answer)[:300]}\n")
+                sys.stderr.flush()
+            data = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            pass
+
+        def address_string(self) -> str:
+            return "docker"
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+    with contextlib.suppress(FileNotFoundError):
+        st = os.lstat(socket_path)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ConfigError(f"--socket: {socket_path} exists and is not a socket")
+        os.unlink(socket_path)
+    os.makedirs(os.path.dirname(socket_path) or ".", mode=0o755, exist_ok=True)
+    old = os.umask(0o177)
+    try:
+        server = Server(socket_path, Handler)
+    finally:
+        os.umask(old)
+
+    def stop(_sig: int, _frame: Any) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if ready is not None:
+            ready()
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(socket_path)

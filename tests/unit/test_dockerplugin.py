@@ -1,0 +1,196 @@
+"""crossnet docker-plugin's protocol handlers (crossnet.runtime.dockerplugin) with a fake
+kernel and a real AddressPool in a temp dir: no Docker, no netlink."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crossnet.errors import CrossnetError
+from crossnet.ipam import AddressPool
+from crossnet.runtime.dockerplugin import DockerPlugin
+
+SUBNET = ipaddress.ip_network("10.32.1.0/24")
+GW = ipaddress.ip_address("10.32.1.1")
+POOL_ID = "crossnet/10.32.1.0/24"
+NID = "a" * 64
+EID = "b" * 64
+
+
+class FakeKernel:
+    def __init__(self):
+        self.veths: dict[str, tuple[str, str]] = {}
+        self.calls: list[tuple] = []
+
+    def create_veth(self, ctx, backend, host_if, peer, mac):
+        self.calls.append(("create", host_if, peer, mac))
+        self.veths[host_if] = (peer, mac)
+
+    def delete_veth(self, ctx, backend, host_if):
+        self.calls.append(("delete", host_if))
+        return self.veths.pop(host_if, None) is not None
+
+
+@pytest.fixture
+def env(tmp_path):
+    ctx = SimpleNamespace(subnet=SUBNET, gateway=GW, bridge="cn0", mtu=1450, backend="vxlan")
+    pool = AddressPool(tmp_path / "ipam.json", SUBNET, reserved={GW})
+    state = {"ready": True}
+
+    def context():
+        if not state["ready"]:
+            raise CrossnetError("this host is not configured yet (no applied.json); run `crossnet apply` first")
+        return ctx, None, pool
+
+    kernel = FakeKernel()
+    plugin = DockerPlugin(context, kernel, str(tmp_path / "docker-networks.json"))
+    return SimpleNamespace(plugin=plugin, pool=pool, kernel=kernel, state=state, tmp=tmp_path)
+
+
+def call(plugin, path, body=None, raw=None):
+    status, answer = plugin.handle(path, raw if raw is not None else json.dumps(body or {}).encode())
+    assert status == 200
+    return answer
+
+
+def make_network(plugin):
+    assert call(plugin, "/IpamDriver.RequestPool", {"AddressSpace": "crossnet", "Pool": str(SUBNET)}) == \
+        {"PoolID": POOL_ID, "Pool": str(SUBNET), "Data": {}}
+    gw = call(plugin, "/IpamDriver.RequestAddress",
+              {"PoolID": POOL_ID, "Options": {"RequestAddressType": "com.docker.network.gateway"}})
+    assert gw == {"Address": "10.32.1.1/24", "Data": {}}
+    assert call(plugin, "/NetworkDriver.CreateNetwork",
+                {"NetworkID": NID, "IPv4Data": [{"AddressSpace": "crossnet", "Pool": str(SUBNET),
+                                                 "Gateway": "10.32.1.1/24"}]}) == {}
+
+
+def test_activate_and_capabilities(env):
+    assert call(env.plugin, "/Plugin.Activate") == {"Implements": ["NetworkDriver", "IpamDriver"]}
+    assert call(env.plugin, "/NetworkDriver.GetCapabilities")["Scope"] == "local"
+    assert call(env.plugin, "/IpamDriver.GetDefaultAddressSpaces")["LocalDefaultAddressSpace"] == "crossnet"
+    assert call(env.plugin, "/IpamDriver.GetCapabilities") == {"RequiresMACAddress": False,
+                                                                "RequiresRequestReplay": False}
+
+
+def test_full_lifecycle_shares_ipam_and_is_idempotent(env):
+    p = env.plugin
+    env.pool.allocate("some-attached-container")  # `crossnet attach` took 10.32.1.2
+    make_network(p)
+    make_network(p)  # idempotent
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "", "Options": {}})["Address"]
+    assert addr == "10.32.1.3/24"  # the shared pool: not the attached container's address
+    ep = {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr, "MacAddress": ""}}
+    first = call(p, "/NetworkDriver.CreateEndpoint", ep)
+    assert first["Interface"]["MacAddress"].startswith("0a:58:")
+    assert call(p, "/NetworkDriver.CreateEndpoint", ep) == first  # retried: same answer
+    join = call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    assert join["Gateway"] == "10.32.1.1" and join["InterfaceName"]["DstPrefix"] == "eth"
+    [(kind, host_if, peer, mac)] = env.kernel.calls
+    assert kind == "create" and host_if.startswith("cnv") and peer == join["InterfaceName"]["SrcName"]
+    assert mac == first["Interface"]["MacAddress"]
+    key = next(k for k in env.pool.entries() if k.startswith("docker:"))
+    assert env.pool.get(key).meta["endpoint"] == EID and env.pool.get(key).meta["host_if"] == host_if
+    assert p.endpoint_exists(EID)
+    p.set_name(EID, "web")
+    assert env.pool.get(key).meta["name"] == "web"
+    assert call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})["Value"]["name"] == "web"
+    assert call(p, "/NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": EID}) == {}
+    for _ in range(2):
+        assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
+    assert env.kernel.veths == {} and not p.endpoint_exists(EID)  # the name lookup stops
+    for _ in range(2):
+        assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
+    assert set(env.pool.entries()) == {"some-attached-container"}
+    for _ in range(2):
+        assert call(p, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == {}
+    assert call(p, "/IpamDriver.ReleasePool", {"PoolID": POOL_ID}) == {}
+
+
+def test_networks_survive_a_plugin_restart(env):
+    make_network(env.plugin)
+    again = DockerPlugin(env.plugin._context, env.kernel, env.plugin.networks_path)
+    addr = call(again, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    assert "Err" not in call(again, "/NetworkDriver.CreateEndpoint",
+                             {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+
+
+def test_errors(env):
+    p = env.plugin
+    # the IPAM protocol's error key is "Error", the network driver's "Err"
+    assert "--subnet 10.32.1.0/24" in call(p, "/IpamDriver.RequestPool", {"AddressSpace": "crossnet"})["Error"]
+    assert "not this host's crossnet subnet" in call(p, "/IpamDriver.RequestPool", {"Pool": "10.99.0.0/24"})["Error"]
+    assert "IPv4" in call(p, "/IpamDriver.RequestPool", {"Pool": str(SUBNET), "V6": True})["Error"]
+    assert "unknown pool" in call(p, "/IpamDriver.RequestAddress", {"PoolID": "other"})["Error"]
+    make_network(p)
+    taken = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.32.1.9"})["Address"]
+    assert taken == "10.32.1.9/24"
+    again = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.32.1.9"})
+    assert "10.32.1.9 is in use" in again["Error"]
+    assert "outside" in call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.9.9.9"})["Error"]
+    gw_opts = {"RequestAddressType": "com.docker.network.gateway"}
+    assert call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.32.1.1", "Options": gw_opts}) \
+        == {"Address": "10.32.1.1/24", "Data": {}}
+    assert "leave --gateway out" in call(p, "/IpamDriver.RequestAddress",
+                                         {"PoolID": POOL_ID, "Address": "10.32.1.254", "Options": gw_opts})["Error"]
+    other = "c" * 64
+    assert "unknown network" in call(p, "/NetworkDriver.CreateEndpoint",
+                                     {"NetworkID": other, "EndpointID": EID, "Interface": {"Address": taken}})["Err"]
+    assert "not handed out" in call(p, "/NetworkDriver.CreateEndpoint", {
+        "NetworkID": NID, "EndpointID": EID, "Interface": {"Address": "10.32.1.77/24"}})["Err"]
+    assert "unknown endpoint" in call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID})["Err"]
+    assert "IPv4Data" in call(p, "/NetworkDriver.CreateNetwork", {
+        "NetworkID": other, "IPv4Data": [{"Pool": "172.17.0.0/16"}]})["Err"]
+    env.state["ready"] = False
+    assert call(p, "/IpamDriver.RequestPool", {"Pool": str(SUBNET)})["Error"] == \
+        "this host has no crossnet subnet yet: run crossnet apply/launch first"
+    assert env.kernel.calls == []
+
+
+@pytest.mark.parametrize("path,raw,want", [
+    ("/NetworkDriver.Join", b'{"NetworkID": "../../etc/passwd", "EndpointID": "x"}', "NetworkID: expected an id"),
+    ("/NetworkDriver.Join", b'{"NetworkID": 7}', "NetworkID: expected an id"),
+    ("/NetworkDriver.CreateNetwork", b"not json", "not JSON"),
+    ("/NetworkDriver.CreateNetwork", b"[]", "JSON object"),
+    ("/NetworkDriver.CreateNetwork", b"{" + b" " * 70000 + b"}", "larger than"),
+    ("/IpamDriver.RequestAddress", b'{"PoolID": "crossnet/10.32.1.0/24", "Address": "10.32.1.300"}',
+     "not an IPv4 address"),
+    ("/NetworkDriver.CreateEndpoint", b'{"NetworkID": "' + NID.encode() + b'", "EndpointID": "e", "Interface": 5}',
+     "Interface: expected an object"),
+])
+def test_hostile_requests_get_one_line_errors(env, path, raw, want):
+    make_network(env.plugin)
+    answer = call(env.plugin, path, raw=raw)
+    err = answer.get("Err") or answer.get("Error")
+    assert want in err and "\n" not in err and len(err) <= 400
+    assert env.kernel.calls == []
+
+
+def test_unknown_path_is_404(env):
+    status, answer = env.plugin.handle("/Nope\n", b"{}")
+    assert status == 404 and "\n" not in answer["Err"]
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=12), kids, max_size=4),
+                    max_leaves=12)
+FIELDS = st.fixed_dictionaries({}, optional={
+    k: JSON | st.just(v) for k, v in {"NetworkID": NID, "EndpointID": EID, "PoolID": POOL_ID,
+                                      "Address": "10.32.1.5/24", "Pool": str(SUBNET), "V6": False,
+                                      "Interface": {"Address": "10.32.1.5/24"}, "Options": {}}.items()})
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(DockerPlugin(lambda: None, FakeKernel(), "/nonexistent").routes)), body=FIELDS)
+def test_any_request_gets_an_answer_or_one_line_error(env, path, body):
+    status, answer = env.plugin.handle(path, json.dumps(body).encode())
+    assert status == 200 and isinstance(answer, dict)
+    err = answer.get("Err") or answer.get("Error")
+    assert err is None or (isinstance(err, str) and "\n" not in err and "Traceback" not in err)
+    for _, host_if, *_ in (c for c in env.kernel.calls if c[0] == "create"):
+        assert host_if.startswith("cnv") and len(host_if) <= 15
