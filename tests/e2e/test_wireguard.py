@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossnet.check import socket_in_netns
+from crossnet.netlink.ns import socket_in_netns
 from crossnet.lab.manager import Lab
 from tests.e2e.pcap import Capture
 
