@@ -206,13 +206,12 @@ class Agent:
     def _identity(self) -> None:
         """This host's name, underlay interface and address."""
         self.name = validate_host_name(self.opts.name or socket.gethostname().split(".")[0])
-        env = self._env()
         want = None
-        if self.opts.address:
-            try:
-                want = IPv4Address(self.opts.address)
-            except ValueError:
-                raise ConfigError(f"--address: {self.opts.address!r} is not an IPv4 address") from None
+        if self.opts.address:  # bad input before any netlink socket
+            from crossnet.netmodel import ipv4_address
+
+            want = ipv4_address(self.opts.address, "--address")
+        env = self._env()
         addrs = nl.all_addresses(env.ipr)
         links = {li.index: li for li in nl.all_links(env.ipr)}
         # what this host used before: a backend may have moved the address off the NIC
