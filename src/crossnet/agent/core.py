@@ -88,7 +88,9 @@ class AgentOptions:
     resync: float = 60.0
     watch_timeout: float = 30.0
     api: bool = True
-    probe_mtu: bool = False  # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join
+    # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join;
+    # None: the backend's default (pmtu.probes_by_default: on for auto)
+    probe_mtu: bool | None = None
 
 
 def lease_path(state: StateDir) -> str:
@@ -317,6 +319,8 @@ class Agent:
         if self.address in cfg.network:
             raise ConfigError(f"network {cfg.network} contains this host's underlay address {self.address}")
         self.cfg, self.backend = cfg, backend
+        if self.pmtu is None and self.opts.probe_mtu is None and pmtu.probes_by_default(cfg.backend):
+            self.pmtu = pmtu.Monitor.resume(self.state, self.opts.resync)
 
     # ------------------------------------------------------------------ programming
 
