@@ -70,7 +70,8 @@ def _start(plan, host) -> None:
                 _fabric_tx_checksum_off(plan)
             ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
             out = run(plan, host, "launch", "--name", host.name, "--network", plan.network,
-                      "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl)
+                      "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl,
+                      *(["--encrypt"] if (plan.extra or {}).get("encrypt") else []))
             _join[plan.name] = parse_join_line(out.stdout)
             return
         if not done[names[i - 1]].wait(LAUNCH_TIMEOUT * i) or plan.name not in _join:
