@@ -423,7 +423,8 @@ def test_launch_backend_auto_encrypt_all_pairs_over_wireguard_nothing_in_clear(l
     pings, and on h2's underlay link the only UDP is WireGuard's, with no container address
     and no payload marker in clear (the mesh's own etcd/join traffic is TLS over TCP)."""
     from crossnet.lab.etcd import wait_agent_ready
-    from tests.e2e.test_wireguard import MARKER, ipv4, ping
+    from tests.e2e.pcap import assert_nothing_in_clear, captured_while
+    from tests.e2e.test_wireguard import MARKER, marker_pings
 
     lab = lab_factory(hosts=3, underlay="l3", backend="auto", containers=1, apply=True,
                       extra={"store": "mesh", "encrypt": True})
@@ -443,20 +444,5 @@ def test_launch_backend_auto_encrypt_all_pairs_over_wireguard_nothing_in_clear(l
     addrs = {h: st["containers"][0]["address"].split("/")[0] for h, st in sts.items()}
     h2 = lab.plan.host("h2")
     c1, c3 = lab.plan.host("h1").containers[0], lab.plan.host("h3").containers[0]
-    cap = Capture(h2.netns, h2.ifname, tmp_path / "h2.pcap")
-    try:
-        assert ping(c1, addrs["h2"], 3, pattern=MARKER[:16].hex()) == 3
-        assert ping(c3, addrs["h2"], 3, pattern=MARKER[:16].hex()) == 3
-    finally:
-        frames = cap.stop()
-    port = 51820  # launch's WireGuard port (the store config's default)
-    wg = [f for f in frames if (ip := ipv4(f)) and ip[0] == 17 and port in (ip[3], ip[4])]
-    assert len(wg) >= 12, f"only {len(wg)} WireGuard datagrams captured"
-    for f in frames:
-        ip = ipv4(f)
-        if ip is not None:
-            proto, src, dst, sport, dport = ip
-            assert not {src, dst} & set(addrs.values()), f"container address in clear on the underlay: {ip}"
-            assert proto != 17 or port in (sport, dport), f"UDP other than WireGuard on the underlay: {ip}"
-            assert proto in (1, 6, 17), f"neither WireGuard nor the mesh's TLS: {ip}"
-        assert MARKER not in f and MARKER[:16] not in f, "payload marker in clear on the underlay"
+    frames = captured_while(h2.netns, h2.ifname, tmp_path / "h2.pcap", lambda: marker_pings([c1, c3], addrs["h2"]))
+    assert_nothing_in_clear(frames, set(addrs.values()), MARKER)  # launch's WireGuard port, 51820

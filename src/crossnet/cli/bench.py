@@ -327,6 +327,23 @@ def _control_options(f):
     return f
 
 
+def _own_suite(key: str, run: Any, output: str, save: str | None) -> None:
+    """A suite with a command of its own (`bench transport`, `bench wireguard`): results
+    under `key`, a Skip recorded as skipped; `bench report --add` puts them in the report."""
+    _require_root()
+    from crossnet.bench.util import RunContext, Skip
+
+    rc = RunContext(log=_logger(output))
+    t0 = time.monotonic()
+    res = _header(False)
+    with _sigterm_as_interrupt():
+        try:
+            res[key] = run(rc)
+        except Skip as exc:
+            res[key] = {"suite": key, "status": "skipped", "reason": str(exc)}
+    _emit(_finish(res, rc, t0), output, save, False, "docs")
+
+
 def register(main: click.Group) -> None:
     @main.group("bench")
     def bench() -> None:
@@ -406,19 +423,10 @@ def register(main: click.Group) -> None:
     def transport_cmd(samples, repeats, duration, output, save):
         """Backend auto (docs/transport.md): fallback time when UDP 4789 is filtered
         between two hosts, and per-peer throughput vs the picked backend alone."""
-        _require_root()
         from crossnet.bench import transportbench
-        from crossnet.bench.util import RunContext, Skip
 
-        rc = RunContext(log=_logger(output))
-        t0 = time.monotonic()
-        res = _header(False)
-        with _sigterm_as_interrupt():
-            try:
-                res["transport"] = transportbench.run(rc, samples=samples, repeats=repeats, duration=duration)
-            except Skip as exc:
-                res["transport"] = {"suite": "transport", "status": "skipped", "reason": str(exc)}
-        _emit(_finish(res, rc, t0), output, save, False, "docs")
+        _own_suite("transport", lambda rc: transportbench.run(rc, samples=samples, repeats=repeats, duration=duration),
+                   output, save)
 
     @bench.command("wireguard")
     @click.option("--repeats", type=click.IntRange(1, 50), default=6, show_default=True,
@@ -431,19 +439,9 @@ def register(main: click.Group) -> None:
     def wireguard_cmd(repeats, duration, output, save):
         """Backend wireguard vs the same WireGuard set up by hand (wireguard-go, wg, ip),
         crossnet unencrypted (vxlan) and the underlay, interleaved in the same rounds."""
-        _require_root()
         from crossnet.bench import wgbench
-        from crossnet.bench.util import RunContext, Skip
 
-        rc = RunContext(log=_logger(output))
-        t0 = time.monotonic()
-        res = _header(False)
-        with _sigterm_as_interrupt():
-            try:
-                res["wireguard"] = wgbench.run(rc, repeats=repeats, duration=duration)
-            except Skip as exc:
-                res["wireguard"] = {"suite": "wireguard", "status": "skipped", "reason": str(exc)}
-        _emit(_finish(res, rc, t0), output, save, False, "docs")
+        _own_suite("wireguard", lambda rc: wgbench.run(rc, repeats=repeats, duration=duration), output, save)
 
     @bench.command("mesh")
     @QUICK_OPT
