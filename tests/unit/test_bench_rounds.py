@@ -72,7 +72,7 @@ def test_wireguard_target_and_section():
     res = {"wireguard": WG}
     t = next(t for t in evaluate(res) if t["id"] == "wireguard-manual")
     assert t["value"] == 0.99 and t["met"] is False and t["goal"] == 1.0
-    assert "0.8–1.25" in t["note"] and "manual-wireguard" in t["also"]
+    assert "pairs of rounds 1.0–1.0, single rounds 0.8–1.25" in t["note"] and "manual-wireguard" in t["also"]
     text = render(res, {})
     assert "## WireGuard: encrypted vs unencrypted vs underlay" in text
     for label in ("crossnet wireguard (encrypted)", "hand-built WireGuard (encrypted)", "crossnet vxlan (unencrypted)",
@@ -91,7 +91,7 @@ def test_transport_targets_use_the_rounds():
           "vs_alone": {"vxlan": 0.98}}
     t = {t["id"]: t for t in evaluate({"transport": tr})}
     assert t["auto-vxlan"]["value"] == 0.98 and t["auto-vxlan"]["met"] is True
-    assert "pairs of interleaved rounds" in t["auto-vxlan"]["what"] and "0.9–1.07" in t["auto-vxlan"]["note"]
+    assert "pairs of interleaved rounds" in t["auto-vxlan"]["what"] and "single rounds 0.9–1.07" in t["auto-vxlan"]["note"]
     assert t["auto-fallback"]["met"] is True
     text = render({"transport": tr}, {})
     assert "## Backend auto: fallback and per-peer throughput" in text and "median **0.98**" in text

@@ -64,13 +64,21 @@ def _transport_targets(tr: dict[str, Any] | None) -> list[dict[str, Any]]:
         rr = rounds.get(picked) or {}
         if rr:  # interleaved rounds: auto and the backend alone seconds apart in every round
             what_r = f"auto per-peer throughput / {picked} alone (median over pairs of interleaved rounds of auto ÷ alone)"
-            note = (f"rounds {min(rr['round_ratios'])}–{max(rr['round_ratios'])}; ratio of medians "
-                    f"{rr.get('ratio_of_medians')}") if rr.get("round_ratios") else None
+            note = _rounds_note(rr)
         else:  # older runs: separate labs, each ÷ its underlay
             what_r, note = f"auto per-peer throughput / {picked} alone (each ÷ its underlay)", None
         out.append(_t(f"auto-{picked}", what_r, "≥ 0.97", r, "×", r is not None and r >= 0.97,
                       _pct_short(r, 0.97, True) if r is not None else "", note))
     return out
+
+
+def _rounds_note(r: dict[str, Any]) -> str | None:
+    """The spread behind a median over interleaved rounds (crossnet.bench.wgbench)."""
+    rounds, pairs = r.get("round_ratios") or [], r.get("pair_ratios") or []
+    if not rounds:
+        return None
+    out = f"pairs of rounds {min(pairs)}–{max(pairs)}, " if pairs else ""
+    return out + f"single rounds {min(rounds)}–{max(rounds)}; ratio of medians {r.get('ratio_of_medians')}"
 
 
 def _wireguard_target(wg: dict[str, Any] | None) -> dict[str, Any]:
@@ -84,8 +92,7 @@ def _wireguard_target(wg: dict[str, Any] | None) -> dict[str, Any]:
     v = vm.get("median_round_ratio")
     rows = {r["name"]: r for r in wg.get("rows", [])}
     also = ", ".join(f"{n} {rows[n]['ratio']:.3g}" for n in ("wireguard", "manual-wireguard", "vxlan") if n in rows)
-    rr = vm.get("round_ratios") or []
-    note = (f"rounds {min(rr)}–{max(rr)}; ratio of medians {vm.get('ratio_of_medians')}" if rr else None)
+    note = _rounds_note(vm)
     return _t("wireguard-manual", what, "≥ 1.0", v, "×", v is not None and v >= 1.0,
               _pct_short(v, 1.0, True) if v is not None else "", note, also=f"÷ underlay: {also}" if also else None,
               goal=1.0)
