@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable
 
-from crossnet.netlink.ns import setns
+from crossnet.netlink.ns import socket_in_netns
 from crossnet.transport.probe import checksum
 
 PING_INTERVAL = 0.2  # seconds between probes when count > 1
@@ -63,12 +63,6 @@ def netns_prefix(netns: str | None) -> list[str]:
     return ["ip", "netns", "exec", netns]
 
 
-def _netns_path(netns: str) -> str | None:
-    if not netns:
-        return None
-    return netns if netns.startswith("/") else f"/run/netns/{netns}"
-
-
 # ---- probe via iputils ping ---------------------------------------------------------
 def _probe_ping(src: Endpoint, address: str, count: int, timeout: float) -> tuple[bool, float | None, str | None]:
     argv = [*netns_prefix(src.netns), "ping", "-n", "-q", "-c", str(count), "-W", f"{timeout:g}"]
@@ -94,33 +88,6 @@ def _probe_ping(src: Endpoint, address: str, count: int, timeout: float) -> tupl
 
 
 # ---- built-in ICMP echo (no iputils) ------------------------------------------------
-def socket_in_netns(netns: str, family: int, type_: int, proto: int) -> socket.socket:
-    """A socket created inside `netns` (a short-lived thread enters the namespace,
-    creates it and exits; the socket stays bound to that namespace)."""
-    path = _netns_path(netns)
-    if path is None:
-        return socket.socket(family, type_, proto)
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                setns(fd)
-            finally:
-                os.close(fd)
-            box["sock"] = socket.socket(family, type_, proto)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box["err"] = exc
-
-    t = threading.Thread(target=run, name="crossnet-netns-socket", daemon=True)
-    t.start()
-    t.join()
-    if "err" in box:
-        raise box["err"]
-    return box["sock"]
-
-
 def _probe_icmp(src: Endpoint, address: str, count: int, timeout: float) -> tuple[bool, float | None, str | None]:
     try:
         ip = ipaddress.ip_address(address)

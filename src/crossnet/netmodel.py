@@ -20,7 +20,7 @@ importing YAML or building the cluster file's models (start-up time and memory).
 from __future__ import annotations
 
 from collections.abc import Callable
-from ipaddress import IPv4Address, IPv4Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -54,15 +54,41 @@ def short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _parse_address(value: Any) -> Any:
+IPV4_ONLY = "crossnet's underlay and container networks are IPv4 only (docs/transport.md)"
+
+
+def ipv4_problem(value: Any) -> str | None:
+    """Why `value` is no IPv4 address (None: it is one). An IPv6 address is named as such:
+    crossnet is IPv4 only (its overheads, probes and records assume IPv4)."""
     if isinstance(value, IPv4Address):
-        return value
+        return None
     if not isinstance(value, str):
-        raise ValueError(f"expected an IPv4 address like 10.0.0.1, got {short(value)}")
+        return f"expected an IPv4 address like 10.0.0.1, got {short(value)}"
     try:
-        addr = IPv4Address(value.strip())
+        IPv4Address(value.strip())
+        return None
     except ValueError:
-        raise ValueError(f"invalid IPv4 address {short(value)}") from None
+        pass
+    try:
+        IPv6Address(value.strip().split("%", 1)[0])
+    except ValueError:
+        return f"invalid IPv4 address {short(value)}"
+    return f"{short(value.strip())} is an IPv6 address: {IPV4_ONLY}"
+
+
+def ipv4_address(value: str, field: str) -> IPv4Address:
+    """`value` as an IPv4 address, else ConfigError naming `field` (e.g. ``--address``)."""
+    problem = ipv4_problem(value)
+    if problem:
+        raise ConfigError(f"{field}: {problem}")
+    return IPv4Address(value.strip())
+
+
+def _parse_address(value: Any) -> Any:
+    problem = ipv4_problem(value)
+    if problem:
+        raise ValueError(problem)
+    addr = value if isinstance(value, IPv4Address) else IPv4Address(value.strip())
     problem = _not_unicast(addr)
     if problem:
         raise ValueError(f"{addr} is {problem}, not a unicast host address")
@@ -211,6 +237,14 @@ class NetworkSettings(BaseModel):
     dns_domain: str = "crossnet.local"  # containers' names: NAME.<dns_domain> (docs/dns.md)
     networks: list[NamedNetwork] = Field(default_factory=list)  # more isolated networks (docs/networks.md)
 
+    def transport_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(wireguard, auto) as the data plane takes them: WireGuard's settings for
+        backends wireguard and auto, auto's for auto, empty otherwise. The one rule for
+        ``program.Settings`` (cluster file and store) and ``NetworkConfig.of``."""
+        wireguard = self.wireguard.model_dump() if self.backend in ("wireguard", "auto") else {}
+        auto = self.auto.model_dump(mode="json") if self.backend == "auto" else {}
+        return wireguard, auto
+
     @classmethod
     def backend_problem(cls, value: str) -> str | None:
         """Why ``value`` is no backend for this kind of model (None: it is one)."""
@@ -317,10 +351,9 @@ class NetworkConfig(NetworkSettings):
     @classmethod
     def of(cls, settings: NetworkSettings) -> NetworkConfig:
         """The network config of a cluster file (the static store): its network
-        settings, WireGuard's only for backend wireguard (as ``apply`` uses them)."""
+        settings, WireGuard's and auto's as ``apply`` uses them (``transport_settings``)."""
         data = {k: getattr(settings, k) for k in NetworkSettings.model_fields}
-        data["wireguard"] = settings.wireguard.model_dump() if settings.backend in ("wireguard", "auto") else {}
-        data["auto"] = settings.auto.model_dump(mode="json") if settings.backend == "auto" else {}
+        data["wireguard"], data["auto"] = settings.transport_settings()
         return cls(**data)
 
     # ---- what the agent reads

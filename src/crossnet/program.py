@@ -61,15 +61,13 @@ class Settings:
     def of_cluster(cls, cluster: Cluster) -> Settings:
         return cls(cluster.name, cluster.backend, cluster.container_network(), cluster.container_prefixlen(),
                    cluster.bridge_name(), cluster.mtu, cluster.masquerade, cluster.vxlan.vni, cluster.vxlan.port,
-                   cluster.wireguard.model_dump() if cluster.backend in ("wireguard", "auto") else {},
-                   cluster.auto.model_dump(mode="json") if cluster.backend == "auto" else {})
+                   *cluster.transport_settings())
 
     @classmethod
     def of_config(cls, cfg: Any) -> Settings:
         """From a store's settings (crossnet.store.NetworkConfig, a layer below this one)."""
         return cls(cfg.name, cfg.backend, cfg.network, cfg.subnet_len, cfg.bridge_name, cfg.mtu, cfg.masquerade,
-                   cfg.vni, cfg.port, cfg.wireguard.model_dump() if cfg.backend in ("wireguard", "auto") else {},
-                   cfg.auto.model_dump(mode="json") if cfg.backend == "auto" else {})
+                   cfg.vni, cfg.port, *cfg.transport_settings())
 
 
 def context(settings: Settings, backend: Backend, *, host: str, address: IPv4Address, iface: str,

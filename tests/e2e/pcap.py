@@ -7,6 +7,7 @@ late) and a SIGINT before that lost the whole capture (2 runs in 5)."""
 from __future__ import annotations
 
 import signal
+import socket
 import struct
 import subprocess
 import time
@@ -52,4 +53,47 @@ def read_pcap(path: Path) -> list[bytes]:
         incl = struct.unpack(endian + "IIII", data[off:off + 16])[2]
         frames.append(data[off + 16:off + 16 + incl])
         off += 16 + incl
+    return frames
+
+
+def ipv4(frame: bytes) -> tuple[int, str, str, int, int] | None:
+    """(proto, src, dst, sport, dport) of an IPv4 frame (ports 0 unless UDP/TCP)."""
+    off, etype = 14, struct.unpack("!H", frame[12:14])[0]
+    if etype == 0x8100:
+        off, etype = 18, struct.unpack("!H", frame[16:18])[0]
+    if etype != 0x0800:
+        return None
+    ihl = (frame[off] & 0x0F) * 4
+    proto = frame[off + 9]
+    src, dst = socket.inet_ntoa(frame[off + 12:off + 16]), socket.inet_ntoa(frame[off + 16:off + 20])
+    sport = dport = 0
+    if proto in (6, 17):
+        sport, dport = struct.unpack("!HH", frame[off + ihl:off + ihl + 4])
+    return proto, src, dst, sport, dport
+
+
+def assert_nothing_in_clear(frames: list[bytes], container_addrs: set[str], marker: bytes, port: int = 51820,
+                            min_datagrams: int = 12) -> None:
+    """Encrypted container traffic on an underlay capture: at least `min_datagrams`
+    WireGuard datagrams (UDP `port`), no other UDP, no container address in an IPv4 header
+    and no payload `marker` (nor its first 16 bytes, what `ping -p` repeats) anywhere."""
+    wg = [f for f in frames if (ip := ipv4(f)) and ip[0] == 17 and port in (ip[3], ip[4])]
+    assert len(wg) >= min_datagrams, f"only {len(wg)} WireGuard datagrams captured"
+    for f in frames:
+        ip = ipv4(f)
+        if ip is not None:
+            proto, src, dst, sport, dport = ip
+            assert not {src, dst} & container_addrs, f"container address in clear on the underlay: {ip}"
+            assert proto != 17 or port in (sport, dport), f"UDP other than WireGuard on the underlay: {ip}"
+        assert marker not in f and marker[:16] not in f, "payload marker in clear on the underlay"
+
+
+def captured_while(netns: str, ifname: str, path: Path, action) -> list[bytes]:
+    """The frames on `ifname` of `netns` while `action()` runs (the capture stops even
+    when it fails)."""
+    cap = Capture(netns, ifname, path)
+    try:
+        action()
+    finally:
+        frames = cap.stop()
     return frames

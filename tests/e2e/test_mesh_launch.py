@@ -12,6 +12,8 @@ formed by join tokens, the agent programming every host.
   data plane and `status` says so; `forget` promotes a client; `stop --release`
   removes a host everywhere (and the other client is promoted in its place); a host whose namespace is recreated with its state dir
   kept comes back with `crossnet launch`: same member, subnet, container address.
+* `crossnet launch --backend auto --encrypt` (`lab up --store mesh --encrypt`, a 3-host L3
+  lab of its own): every peer on WireGuard, all pairs ping, only WireGuard UDP on the wire.
 The `mesh` tests run in file order, each leaving the mesh as the next expects.
 """
 
@@ -441,3 +443,34 @@ def test_lab_demo_store_mesh_on_an_l3_underlay(lab_factory):
     assert len(data["pairs"]) == 6 and all(p["ok"] for p in data["pairs"])
     assert len({h["subnet"] for h in data["hosts"]}) == 3
     assert not lab_dir(name).exists()
+
+
+def test_launch_backend_auto_encrypt_all_pairs_over_wireguard_nothing_in_clear(lab_factory, tmp_path):
+    """`crossnet launch --backend auto --encrypt` (the lab's mesh service types it on h1, the
+    others join by token) on an L3 lab: every peer on WireGuard, every container pair
+    pings, and on h2's underlay link the only UDP is WireGuard's, with no container address
+    and no payload marker in clear (the mesh's own etcd/join traffic is TLS over TCP)."""
+    from crossnet.lab.etcd import wait_agent_ready
+    from tests.e2e.pcap import assert_nothing_in_clear, captured_while
+    from tests.e2e.test_wireguard import MARKER, marker_pings
+
+    lab = lab_factory(hosts=3, underlay="l3", backend="auto", containers=1, apply=True,
+                      extra={"store": "mesh", "encrypt": True})
+    cfg = json.loads(lab.crossnet("h1", "status", "-o", "json", timeout=60).stdout)
+    assert cfg["backend"] == "auto"
+    for h in lab.hosts:
+        wait_agent_ready(h.state_dir, timeout=60)
+
+    def on_wireguard():
+        sts = lab.statuses()
+        conns = {(h, c["peer"]): (c["transport"], c["state"]) for h, st in sts.items() for c in st["connections"]}
+        return sts if len(conns) == 6 and set(conns.values()) == {("wireguard", "established")} else None
+
+    sts = _wait(on_wireguard, 60, "every peer established on wireguard")
+    assert all(c["encrypted"] for st in sts.values() for c in st["connections"])
+    _wait(lambda: all(p.ok for p in lab.check(count=1, timeout=2)), 30, "every container pair pings")
+    addrs = {h: st["containers"][0]["address"].split("/")[0] for h, st in sts.items()}
+    h2 = lab.plan.host("h2")
+    c1, c3 = lab.plan.host("h1").containers[0], lab.plan.host("h3").containers[0]
+    frames = captured_while(h2.netns, h2.ifname, tmp_path / "h2.pcap", lambda: marker_pings([c1, c3], addrs["h2"]))
+    assert_nothing_in_clear(frames, set(addrs.values()), MARKER)  # launch's WireGuard port, 51820

@@ -130,11 +130,14 @@ def test_probe_mtu_refused_for_the_bridge_backend(lab_factory):
     assert before == after
 
 
-def test_agent_probe_mtu_follows_the_narrow_link(lab_factory, tmp_path):
+@pytest.mark.parametrize(("backend", "flags", "overhead"), [("vxlan", ["--probe-mtu"], 50), ("auto", [], 60)])
+def test_agent_probe_mtu_follows_the_narrow_link(lab_factory, tmp_path, backend, flags, overhead):
     """`crossnet agent --probe-mtu` (static cluster file) on every host: the agents program
     the hosts, measure their peers once they join, and lower the container MTU to the
-    narrow path; containers attached through them get it and DF pings of that size cross."""
-    lab = lab_factory(hosts=3, underlay="l3", backend="vxlan", containers=1, apply=False)
+    narrow path; containers attached through them get it and DF pings of that size cross.
+    Backend auto probes without the flag (the default) and sizes for WireGuard (60), and
+    its connections table shows h2's measured path MTU."""
+    lab = lab_factory(hosts=3, underlay="l3", backend=backend, containers=1, apply=False)
     hosts = {h.name: h for h in lab.hosts}
     h2 = hosts["h2"]
     set_mtu(lab.plan.fabric.netns, h2.fabric_ifname, NARROW)
@@ -145,27 +148,34 @@ def test_agent_probe_mtu_follows_the_narrow_link(lab_factory, tmp_path):
             with open(tmp_path / f"{name}.log", "ab") as log:
                 procs[name] = subprocess.Popen(
                     ["ip", "netns", "exec", h.netns, sys.executable, "-m", "crossnet", "--state-dir", h.state_dir,
-                     "agent", "-f", lab.plan.cluster_file, "--name", name, "--iface", h.ifname, "--probe-mtu",
+                     "agent", "-f", lab.plan.cluster_file, "--name", name, "--iface", h.ifname, *flags,
                      "--resync", "5"],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         for name, h in hosts.items():
             wait_agent_ready(h.state_dir, timeout=60, proc=procs[name], log_path=str(tmp_path / f"{name}.log"))
 
+        want = NARROW - overhead
+
         def settled():
             sts = lab.statuses()
-            return sts if all(s["mtu"] == NARROW - 50 for s in sts.values()) else None
+            return sts if all(s["mtu"] == want for s in sts.values()) else None
 
-        statuses = wait_for(settled, 60, "every host at container MTU 1350")
+        statuses = wait_for(settled, 60, f"every host at container MTU {want}")
         assert statuses["h1"]["narrow_peers"] == [{"name": "h2", "path_mtu": NARROW}]
         assert statuses["h3"]["narrow_peers"] == [{"name": "h2", "path_mtu": NARROW}]
         assert all(p["programmed"] for s in statuses.values() for p in s["peers"])
+        if backend == "auto":  # the connections table: h2's path MTU next to its transport
+            conns = {c["peer"]: c for c in statuses["h1"]["connections"]}
+            assert conns["h2"]["pmtu"] == NARROW and conns["h3"]["pmtu"] == 1500, conns
+            text = lab.crossnet("h1", "status").stdout
+            assert "narrow path: peer h2 measured path MTU 1400" in text, text
         for name, h in hosts.items():
             lab.crossnet(name, "attach", h.containers[0])
         statuses = lab.statuses()
         addrs = {name: statuses[name]["containers"][0]["address"].split("/")[0] for name in hosts}
         for a, z in itertools.permutations(hosts, 2):
-            assert link_mtu(hosts[a].containers[0], "eth0") == NARROW - 50
-            ok = df_ping(hosts[a].containers[0], addrs[z], NARROW - 50)
+            assert link_mtu(hosts[a].containers[0], "eth0") == want
+            ok = df_ping(hosts[a].containers[0], addrs[z], want)
             assert ok.returncode == 0, (a, z, ok.stdout, ok.stderr)
     finally:
         for proc in procs.values():

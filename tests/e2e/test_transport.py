@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.agentlab import module_factory, wait_for
-from tests.e2e.pcap import Capture
-from tests.e2e.test_wireguard import MARKER, ipv4, ping
+from tests.e2e.pcap import assert_nothing_in_clear, captured_while
+from tests.e2e.test_wireguard import MARKER, marker_pings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -196,21 +196,8 @@ def test_encrypt_puts_every_peer_on_wireguard_nothing_in_clear(encrypted_lab, tm
     addrs = {h: st["containers"][0]["address"] for h, st in sts.items()}
     h2 = host(lab, "h2")
     c1, c3 = host(lab, "h1").containers[0], host(lab, "h3").containers[0]
-    cap = Capture(h2.netns, h2.ifname, tmp_path / "h2.pcap")
-    try:
-        assert ping(c1, addrs["h2"], 3, pattern=MARKER[:16].hex()) == 3
-        assert ping(c3, addrs["h2"], 3, pattern=MARKER[:16].hex()) == 3
-    finally:
-        frames = cap.stop()
-    wg = [f for f in frames if (ip := ipv4(f)) and ip[0] == 17 and 51820 in (ip[3], ip[4])]
-    assert len(wg) >= 12, f"only {len(wg)} WireGuard datagrams captured"
-    for f in frames:
-        ip = ipv4(f)
-        if ip is not None:
-            proto, src, dst, sport, dport = ip
-            assert not {src, dst} & set(addrs.values()), f"container address in clear on the underlay: {ip}"
-            assert proto != 17 or 51820 in (sport, dport), f"UDP other than WireGuard on the underlay: {ip}"
-        assert MARKER not in f and MARKER[:16] not in f, "payload marker in clear on the underlay"
+    frames = captured_while(h2.netns, h2.ifname, tmp_path / "h2.pcap", lambda: marker_pings([c1, c3], addrs["h2"]))
+    assert_nothing_in_clear(frames, set(addrs.values()), MARKER)
 
 
 # ---- `crossnet apply` (no agent, no probes): the choice from the facts alone ----------------

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -22,9 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossnet.check import socket_in_netns
+from crossnet.netlink.ns import socket_in_netns
 from crossnet.lab.manager import Lab
-from tests.e2e.pcap import Capture
+from tests.e2e.pcap import Capture, ipv4
 
 from .agentlab import wait_for
 from .test_foundation import container_addr, host, tcp_transfer
@@ -53,6 +52,12 @@ def ping(netns: str, addr: str, count: int = 3, pattern: str | None = None) -> i
         if "received" in line:
             return int(line.split(",")[1].split()[0])
     return 0
+
+
+def marker_pings(sources: list[str], addr: str, count: int = 3) -> None:
+    """`count` echoes carrying MARKER from every source namespace to `addr`, all answered."""
+    for src in sources:
+        assert ping(src, addr, count, pattern=MARKER[:16].hex()) == count, src
 
 
 def link_stats(netns: str, ifname: str) -> tuple[int, int]:
@@ -106,22 +111,6 @@ def addresses(lab: Lab) -> dict[str, tuple[str, list[str]]]:
 
 
 # ---- pcap -------------------------------------------------------------------------------------
-def ipv4(frame: bytes) -> tuple[int, str, str, int, int] | None:
-    """(proto, src, dst, sport, dport) of an IPv4 frame (ports 0 unless UDP/TCP)."""
-    off, etype = 14, struct.unpack("!H", frame[12:14])[0]
-    if etype == 0x8100:
-        off, etype = 18, struct.unpack("!H", frame[16:18])[0]
-    if etype != 0x0800:
-        return None
-    ihl = (frame[off] & 0x0F) * 4
-    proto = frame[off + 9]
-    src, dst = socket.inet_ntoa(frame[off + 12:off + 16]), socket.inet_ntoa(frame[off + 16:off + 20])
-    sport = dport = 0
-    if proto in (6, 17):
-        sport, dport = struct.unpack("!HH", frame[off + ihl:off + ihl + 4])
-    return proto, src, dst, sport, dport
-
-
 TCP_SERVER = r"""
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

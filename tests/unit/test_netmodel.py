@@ -194,3 +194,25 @@ def test_the_store_and_the_model_stay_light():
             " NetworkConfig is crossnet.netmodel.NetworkConfig]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == [False, True, False, False, True]
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "host-gw", "ovs-gre", "wireguard", "auto"])
+def test_one_rule_gives_wireguard_and_auto_settings_to_every_path(backend):
+    """WireGuard's settings for wireguard/auto, auto's for auto: the same from the cluster
+    file (program.Settings.of_cluster), the store (of_config) and NetworkConfig.of."""
+    from crossnet.program import Settings
+
+    cfg = NetworkConfig(network="10.32.0.0/16", backend=backend, wireguard={"port": 51999},
+                        auto={"encrypt": True} if backend == "auto" else {})
+    wg, auto = cfg.transport_settings()
+    assert bool(wg) == (backend in ("wireguard", "auto"))
+    assert bool(auto) == (backend == "auto")
+    if wg:
+        assert wg["port"] == 51999
+    if auto:
+        assert auto["encrypt"] is True
+    s = Settings.of_config(cfg)
+    assert (s.wireguard, s.auto) == (wg, auto)
+    of = NetworkConfig.of(cfg)
+    assert of.transport_settings() == (wg, auto)
+    assert (of.wireguard.model_dump() if wg else {}) == wg

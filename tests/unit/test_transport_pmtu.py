@@ -251,3 +251,42 @@ def test_the_probers_full_size_probes_use_the_measured_container_mtu(tmp_path):
         p.annotate(pe)
     p.round()
     assert len(sent) == 4 and {(s, df) for _d, s, df in sent} == {(1340, True)}
+
+
+# ---------------------------------------------------------------- the agent's default
+
+
+class _ConfigStore:
+    def __init__(self, backend: str):
+        from crossnet.netmodel import NetworkConfig
+
+        self.cfg = NetworkConfig(network="10.32.0.0/16", backend=backend)
+
+    def get_config(self):
+        return self.cfg
+
+
+@pytest.mark.parametrize("backend,flag,probes", [
+    ("auto", None, True), ("auto", False, False), ("auto", True, True),
+    ("vxlan", None, False), ("vxlan", True, True), ("wireguard", None, False), ("host-gw", None, False),
+])
+def test_the_agent_probes_by_default_for_auto_only(tmp_path, backend, flag, probes):
+    from ipaddress import IPv4Address
+
+    from crossnet.agent.core import Agent, AgentOptions
+    from crossnet.state import StateDir
+
+    agent = Agent(_ConfigStore(backend), StateDir(tmp_path), AgentOptions(name="h1", api=False, probe_mtu=flag))
+    agent.address = IPv4Address("192.0.2.1")
+    agent._load_config()
+    assert (agent.pmtu is not None) is probes
+    assert pmtu.probes_by_default(backend) is (backend == "auto")
+
+
+def test_agent_help_names_the_default():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "crossnet", "agent", "--help"], capture_output=True, text=True,
+                         timeout=60).stdout
+    assert "--probe-mtu / --no-probe-mtu" in out and "on for backend auto" in " ".join(out.split())

@@ -89,7 +89,9 @@ class AgentOptions:
     resync: float = 60.0
     watch_timeout: float = 30.0
     api: bool = True
-    probe_mtu: bool = False  # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join
+    # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join;
+    # None: the backend's default (pmtu.probes_by_default: on for auto)
+    probe_mtu: bool | None = None
 
 
 def lease_path(state: StateDir) -> str:
@@ -212,13 +214,12 @@ class Agent:
     def _identity(self) -> None:
         """This host's name, underlay interface and address."""
         self.name = validate_host_name(self.opts.name or socket.gethostname().split(".")[0])
-        env = self._env()
         want = None
-        if self.opts.address:
-            try:
-                want = IPv4Address(self.opts.address)
-            except ValueError:
-                raise ConfigError(f"--address: {self.opts.address!r} is not an IPv4 address") from None
+        if self.opts.address:  # bad input before any netlink socket
+            from crossnet.netmodel import ipv4_address
+
+            want = ipv4_address(self.opts.address, "--address")
+        env = self._env()
         addrs = nl.all_addresses(env.ipr)
         links = {li.index: li for li in nl.all_links(env.ipr)}
         # what this host used before: a backend may have moved the address off the NIC
@@ -324,6 +325,8 @@ class Agent:
         if self.address in cfg.network:
             raise ConfigError(f"network {cfg.network} contains this host's underlay address {self.address}")
         self.cfg, self.backend = cfg, backend
+        if self.pmtu is None and self.opts.probe_mtu is None and pmtu.probes_by_default(cfg.backend):
+            self.pmtu = pmtu.Monitor.resume(self.state, self.opts.resync)
 
     # ------------------------------------------------------------------ programming
 

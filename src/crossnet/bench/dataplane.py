@@ -41,11 +41,11 @@ from crossnet.bench.util import (
 DEFAULT_MTUS = (1500, 9000)
 # the order rows appear in (hand-built baseline right before its crossnet equivalent)
 ORDER = ("manual-bridge-routes", "host-gw", "manual-bridge-nic", "bridge", "manual-vxlan", "vxlan", "manual-ovs-gre", "manual-ovs-gre-via",
-         "ovs-gre", "ovs-vxlan")
+         "ovs-gre", "ovs-vxlan", "manual-wireguard", "wireguard")
 
 
-# run only when asked for (--backends wireguard): its row against a hand-built `wg` + `ip`
-# baseline is the performance part of issue 14, not written yet
+# run only when asked for (--backends wireguard, with its hand-built manual-wireguard); the
+# wireguard target is measured interleaved in one lab by `crossnet bench wireguard` (wgbench)
 NOT_BY_DEFAULT = ("wireguard", "auto")  # auto: `crossnet bench transport`, or --backends auto,host-gw
 
 
@@ -274,7 +274,8 @@ def run(rc: RunContext, backends: list[str] | None = None, mtus: tuple[int, ...]
     backends = backends or all_backends()
     names = list(backends)
     if manual_layouts:
-        names += [n for n, cls in manual.LAYOUTS.items() if diagnostics or not cls.diagnostic]
+        names += [n for n, cls in manual.LAYOUTS.items() if (diagnostics or not cls.diagnostic)
+                  and (cls.compares_with not in NOT_BY_DEFAULT or cls.compares_with in backends)]
     names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
     t0 = time.monotonic()
     rows = []

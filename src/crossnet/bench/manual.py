@@ -18,6 +18,13 @@ the manual method, not crossnet's code path.)
   userspace datapath needs the underlay address on an OVS bridge ``br-phy`` holding
   the NIC and an nft ingress drop on the NIC (see ../shared/notes/ovs-userspace.md).
   Each host runs its own ovsdb-server + ovs-vswitchd.
+* ``manual-wireguard`` — WireGuard by hand, as a wg-quick user would type it: a Linux
+  bridge per host for its containers, ``wireguard-go wg0``, ``wg genkey`` / ``wg
+  pubkey``, ``wg set wg0 private-key FILE listen-port … peer … allowed-ips <peer
+  subnet> endpoint <peer>:…``, ``ip link set wg0 mtu 1420 up`` (wg-quick's MTU) and
+  ``ip route add <peer subnet> dev wg0``. Each wireguard-go runs in a mount namespace
+  with a private /run, so the UAPI sockets of the simulated hosts sharing one machine
+  do not collide (``wg`` enters that mount namespace with ``nsenter``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ import ipaddress
 import json
 import os
 import shutil
+import signal
+import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -313,5 +323,89 @@ class KernelVxlan(Layout):
         return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], inner, self.steps)
 
 
-LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, BridgeNic, KernelVxlan, OvsGre, OvsGreVia)}
+class ManualWireguard(Layout):
+    name = "manual-wireguard"
+    description = ("WireGuard by hand: wireguard-go wg0, `wg set` (key file, listen-port, a peer per host with "
+                   "allowed-ips = its container subnet and its endpoint), `ip route add <peer subnet> dev wg0`, "
+                   "containers on a Linux bridge")
+    overhead = 80  # wg-quick's MTU: 1420 on a 1500 underlay (the same as crossnet's backend without probing)
+    compares_with = "wireguard"
+    PORT = 51820
+    START_TIMEOUT = 10.0
+
+    def __init__(self, lab: Any, hosts: list[Any] | None = None):
+        super().__init__(lab)
+        self.hosts = list(hosts) if hosts is not None else list(lab.hosts[:2])
+        self.procs: list[subprocess.Popen] = []
+
+    def check_available(self) -> None:
+        super().check_available()
+        for tool in ("wireguard-go", "wg", "nsenter", "unshare"):
+            if not shutil.which(tool):
+                raise Skip(f"{tool} not installed (wireguard-go, wireguard-tools, util-linux)")
+
+    def _wireguard_go(self, host: Any) -> int:
+        """`wireguard-go wg0` in the host, in a mount namespace with its own /run."""
+        self.steps.append(f"[{host.name}] wireguard-go wg0   (in its own mount namespace: private /run)")
+        argv = ["ip", "netns", "exec", host.netns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+                'mount -t tmpfs -o mode=0700,size=1m bench-wg /run && exec wireguard-go -f wg0']
+        env = {**os.environ, "LOG_LEVEL": "error", "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        self.procs.append(proc)
+        sock = f"/proc/{proc.pid}/root/run/wireguard/wg0.sock"  # ip netns exec, unshare and sh exec: one pid
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while not os.path.exists(sock):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{host.name}: wireguard-go wg0 did not start (exit {proc.poll()})")
+            time.sleep(0.02)
+        return proc.pid
+
+    def build(self, mtu: int) -> Built:
+        inner = mtu - self.overhead
+        addrs, pubs, pids, keydirs = [], [], [], []
+        for k, h in enumerate(self.hosts, 1):
+            self._run(h.netns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            self._run(h.netns, ["ip", "link", "add", "br0", "type", "bridge"])
+            self._run(h.netns, ["ip", "link", "set", "br0", "mtu", str(inner), "up"])
+            self._run(h.netns, ["ip", "addr", "add", f"{MANUAL_NET}.{k}.1/24", "dev", "br0"])
+            addrs.append(self._container(h, k, inner, "br0"))
+            keydir = Path(self.lab.plan.lab_dir) / "hosts" / h.name / "bench-wg"
+            keydir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = keydir / "private.key"
+            self.steps.append(f"[{h.name}] umask 077; wg genkey > {key.name}; wg pubkey < {key.name}")
+            key.write_text(sh(["wg", "genkey"]).stdout)
+            os.chmod(key, 0o600)
+            pubs.append(sh(["wg", "pubkey"], input=key.read_text()).stdout.strip())
+            keydirs.append(key)
+            pids.append(self._wireguard_go(h))
+        for k, h in enumerate(self.hosts, 1):
+            # the key file is under the lab's /run, which wireguard-go's mount namespace hides: stdin
+            argv = ["wg", "set", "wg0", "listen-port", str(self.PORT), "private-key", "/dev/stdin"]
+            for j, peer in enumerate(self.hosts, 1):
+                if j != k:
+                    argv += ["peer", pubs[j - 1], "allowed-ips", f"{MANUAL_NET}.{j}.0/24",
+                             "endpoint", f"{peer.address}:{self.PORT}"]
+            self.steps.append(f"[{h.name}] " + " ".join(argv) + " < private.key")
+            sh(["nsenter", f"--mount=/proc/{pids[k - 1]}/ns/mnt", "--", *argv], input=keydirs[k - 1].read_text())
+            self._run(h.netns, ["ip", "link", "set", "wg0", "mtu", str(inner), "up"])
+            for j, _peer in enumerate(self.hosts, 1):
+                if j != k:
+                    self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "dev", "wg0"])
+        return Built(self.container_ns(self.hosts[0]), self.container_ns(self.hosts[1]), addrs[1], inner, self.steps)
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.procs = []
+
+
+LAYOUTS = {cls.name: cls for cls in (BridgeRoutes, BridgeNic, KernelVxlan, OvsGre, OvsGreVia, ManualWireguard)}
 

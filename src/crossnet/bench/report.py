@@ -613,6 +613,102 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
     return out
 
 
+def _gbps_cell(g: dict[str, Any]) -> str:
+    return f"{g['median']:.3f} ({g['min']:.3f}–{g['max']:.3f})"
+
+
+def _run_line(suite: dict[str, Any]) -> list[str]:
+    """The command and time of a suite run on its own (`crossnet bench report --add`)."""
+    if not suite.get("command"):
+        return []
+    return ["```", suite["command"], "```", "",
+            (f"Run {suite.get('started')} ({suite.get('elapsed_s')} s), git {suite.get('git') or '?'}, "
+             f"load average (1/5/15 min) at its start {suite.get('load')}."), ""]
+
+
+def _wireguard_md(wg: dict[str, Any]) -> list[str]:
+    out = ["## WireGuard: encrypted vs unencrypted vs underlay", ""]
+    if wg.get("status") != "ok":
+        return out + [f"{wg.get('status')}: {wg.get('reason')}", ""]
+    out += _run_line(wg)
+    p = wg.get("params") or {}
+    out.append(
+        "Two labs up at the same time, one switch each. Lab A (6 hosts): h1 → h2 crossnet's backend wireguard "
+        "(`crossnet apply`, wireguard-go supervised by crossnet), h3 → h4 the same WireGuard set up by hand "
+        "(commands below), h5 → h6 never configured: the underlay. Lab B (2 hosts): crossnet's unencrypted "
+        "overlay (backend vxlan), container h1 → h2. Each round runs one iperf3 TCP run "
+        f"({p.get('duration_s')} s) on every path, the order reversed every other round; {p.get('repeats')} "
+        "rounds. ÷ underlay: median ÷ the underlay's median; per round: median over rounds of the path ÷ the "
+        "underlay run of the same round. The target figure is the median over pairs of rounds (one in each "
+        "order: whichever path runs first in a round measures a little lower, so a pair cancels the order) of "
+        "the geometric mean of crossnet ÷ hand-built (the two runs of a round are seconds apart; both are "
+        "divided by the same underlay, which cancels).")
+    out.append("")
+    rows = []
+    label = {"wireguard": "crossnet wireguard (encrypted)", "manual-wireguard": "hand-built WireGuard (encrypted)",
+             "vxlan": "crossnet vxlan (unencrypted)", "underlay": "underlay (host → host)"}
+    for r in wg.get("rows", []):
+        rows.append([label.get(r["name"], r["name"]), r.get("container_mtu"), _gbps_cell(r["gbps"]),
+                     ", ".join(f"{x:.3f}" for x in r["gbps"].get("samples", [])), f"**{_f(r.get('ratio'), 3)}**",
+                     _f(r.get("round_ratio"), 3), f"{r['rtt']['p50_ms']:.3f} / {r['rtt']['p99_ms']:.3f}"])
+    out.append(_md_table(["path", "MTU", "Gbit/s median (min–max)", "per round", "÷ underlay", "÷ underlay per round",
+                          "RTT p50/p99 ms"], rows))
+    out.append("")
+    vm = wg.get("vs_manual") or {}
+    out.append(f"crossnet ÷ hand-built per round: {', '.join(str(x) for x in vm.get('round_ratios') or [])}; "
+               f"per pair of rounds: {', '.join(str(x) for x in vm.get('pair_ratios') or [])} — "
+               f"median **{vm.get('median_round_ratio')}**, ratio of the medians {vm.get('ratio_of_medians')}. "
+               f"crossnet encrypted ÷ crossnet unencrypted (median over rounds): {wg.get('vs_unencrypted')}.")
+    out.append("")
+    if wg.get("steps"):
+        out.append("<details><summary>How the hand-built WireGuard was built</summary>")
+        out.append("")
+        out.append("```")
+        out += wg["steps"]
+        out.append("```")
+        out.append("</details>")
+        out.append("")
+    return out
+
+
+def _transport_md(tr: dict[str, Any]) -> list[str]:
+    out = ["## Backend auto: fallback and per-peer throughput", ""]
+    if tr.get("status") != "ok":
+        return out + [f"{tr.get('status')}: {tr.get('reason')}", ""]
+    out += _run_line(tr)
+    p = tr.get("params") or {}
+    fb, rc = tr.get("fallback_s") or {}, tr.get("recovery_s") or {}
+    out.append(
+        "An L3 lab on etcd (3 hosts behind one router, an agent per host). Fallback: nft in the router drops UDP "
+        "4789 between h1 and h2; measured from the filter going up to h1's container reaching h2's again "
+        f"(over WireGuard by then): {', '.join(str(x) for x in fb.get('samples') or [])} s (max {fb.get('max')} s); "
+        f"filter lifted → both back on VXLAN: {', '.join(str(x) for x in rc.get('samples') or [])} s.")
+    out.append("")
+    if tr.get("rounds"):
+        out.append(
+            "Per-peer throughput, filter up (h1 → h2 on WireGuard, h1 → h3 on VXLAN), against the same path with "
+            "that backend alone (h1 → h2 of two more L3 labs up at the same time) and the underlay (h1 → h3 host "
+            f"to host in auto's lab): every round one iperf3 run ({p.get('duration_s')} s) on each of the five "
+            f"paths, the order reversed every other round, {p.get('repeats')} rounds; the target figure is the "
+            "median over pairs of rounds (one in each order) of the geometric mean of auto ÷ alone.")
+        out.append("")
+        rows = [[r["name"], _gbps_cell(r["overlay"]["gbps"]),
+                 ", ".join(f"{x:.3f}" for x in r["overlay"]["gbps"].get("samples", [])), _f(r.get("ratio"), 3)]
+                for r in tr.get("rows", [])]
+        u = tr.get("underlay") or {}
+        if u:
+            rows.append(["underlay", _gbps_cell(u["gbps"]), ", ".join(f"{x:.3f}" for x in u["gbps"]["samples"]), "1"])
+        out.append(_md_table(["path", "Gbit/s median (min–max)", "per round", "÷ underlay"], rows))
+        out.append("")
+        for picked, rr in tr["rounds"].items():
+            out.append(f"- auto ({picked} picked) ÷ {picked} alone per round: "
+                       f"{', '.join(str(x) for x in rr.get('round_ratios') or [])}; per pair of rounds "
+                       f"{', '.join(str(x) for x in rr.get('pair_ratios') or [])} — median "
+                       f"**{rr.get('median_round_ratio')}**, ratio of the medians {rr.get('ratio_of_medians')}")
+        out.append("")
+    return out
+
+
 def render(results: dict[str, Any], img: dict[str, str]) -> str:
     m = results.get("machine") or {}
     targets = evaluate(results)
@@ -681,6 +777,10 @@ def render(results: dict[str, Any], img: dict[str, str]) -> str:
             out += ["## Data plane", "", f"skipped: {dp.get('reason')}", ""]
         else:
             out += _dataplane_md(dp)
+    if results.get("wireguard"):
+        out += _wireguard_md(results["wireguard"])
+    if results.get("transport"):
+        out += _transport_md(results["transport"])
     if results.get("control"):
         out += _control_md(results["control"])
     mem = results.get("memory") or []

@@ -133,9 +133,10 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
               help="Full re-read of the store and repair of the host every S seconds.")
 @click.option("--timeout", type=float, default=5.0, show_default=True, help="etcd request timeout (s).")
 @click.option("--no-api", is_flag=True, help="Do not serve the local API socket.")
-@click.option("--probe-mtu", is_flag=True,
-              help="Measure every peer's path MTU (at start, every resync, when a peer joins) and lower the "
-                   "container MTU to fit (docs/mtu.md).")
+@click.option("--probe-mtu/--no-probe-mtu", default=None,
+              help="Measure every peer's path MTU (at start, every resync, when a peer joins) and size the "
+                   "container MTU to fit (docs/mtu.md). Default: on for backend auto (its transports are chosen "
+                   "by full-size probes), off for the others.")
 @click.option("--metrics-address", metavar="HOST:PORT",
               help="Serve Prometheus /metrics, /healthz and /readyz here (off by default; a bare PORT is "
                    "127.0.0.1:PORT; docs/production.md).")

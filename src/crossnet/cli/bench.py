@@ -414,7 +414,9 @@ def register(main: click.Group) -> None:
     @bench.command("transport")
     @click.option("--samples", type=click.IntRange(1, 20), default=3, show_default=True,
                   help="Fallback measurements (filter up, traffic flowing again, filter down).")
-    @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True, help="iperf3 runs per path.")
+    @click.option("--repeats", type=click.IntRange(1, 50), default=6, show_default=True,
+                  help="Interleaved rounds of iperf3 runs (one per path each; even: the target figure pairs a "
+                       "round with the next, run in the other order).")
     @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
                   help="Seconds per iperf3 run.")
     @OUTPUT
@@ -439,6 +441,21 @@ def register(main: click.Group) -> None:
         from crossnet.bench import netisobench
 
         _one_suite("networks", lambda rc: netisobench.run(rc, repeats=repeats, duration=duration), output, save)
+
+    @bench.command("wireguard")
+    @click.option("--repeats", type=click.IntRange(1, 50), default=6, show_default=True,
+                  help="Interleaved rounds (one iperf3 run per path each; even: the target figure pairs a round "
+                       "with the next, run in the other order).")
+    @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
+                  help="Seconds per iperf3 run.")
+    @OUTPUT
+    @SAVE
+    def wireguard_cmd(repeats, duration, output, save):
+        """Backend wireguard vs the same WireGuard set up by hand (wireguard-go, wg, ip),
+        crossnet unencrypted (vxlan) and the underlay, interleaved in the same rounds."""
+        from crossnet.bench import wgbench
+
+        _one_suite("wireguard", lambda rc: wgbench.run(rc, repeats=repeats, duration=duration), output, save)
 
     @bench.command("mesh")
     @QUICK_OPT
@@ -493,8 +510,11 @@ def register(main: click.Group) -> None:
     @bench.command("report")
     @click.option("-i", "--input", "input_", default="docs/benchmarks.json", show_default=True,
                   type=click.Path(dir_okay=False), help="Results JSON (from --save, -o json or a previous report).")
+    @click.option("--add", "adds", multiple=True, type=click.Path(dir_okay=False),
+                  help="Results of `bench transport` / `bench wireguard` (--save FILE) to add to the input's "
+                       "(their own command and time are kept with them).")
     @DOCS
-    def report_cmd(input_, docs):
+    def report_cmd(input_, adds, docs):
         """Write docs/benchmarks.md and docs/img/bench-*.png from saved results."""
         from crossnet.bench.report import write_report
         from crossnet.bench.targets import evaluate
@@ -506,6 +526,16 @@ def register(main: click.Group) -> None:
             raise ConfigError(f"--input: {input_} not found (run `crossnet bench all --save FILE` first)") from None
         except ValueError as exc:
             raise ConfigError(f"--input: {input_} is not JSON ({exc})") from None
+        for add in adds:
+            try:
+                with open(add) as fh:
+                    extra = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"--add: cannot read {add} ({exc})") from None
+            for suite in ("transport", "wireguard", "networks"):
+                if isinstance(extra.get(suite), dict):
+                    res[suite] = {**extra[suite], "command": extra.get("command"), "started": extra.get("started"),
+                                  "git": extra.get("git"), "load": (extra.get("machine") or {}).get("loadavg")}
         res["targets"] = evaluate(res)
         written = write_report(res, docs)
         click.echo(f"wrote {', '.join(written.values())}")

@@ -72,7 +72,8 @@ def _start(plan, host) -> None:
             domain = (plan.extra or {}).get("dns_domain")  # tests: `launch --dns-domain`
             out = run(plan, host, "launch", "--name", host.name, "--network", plan.network,
                       "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl,
-                      *(["--dns-domain", str(domain)] if domain else []))
+                      *(["--dns-domain", str(domain)] if domain else []),
+                      *(["--encrypt"] if (plan.extra or {}).get("encrypt") else []))
             _join[plan.name] = parse_join_line(out.stdout)
             return
         if not done[names[i - 1]].wait(LAUNCH_TIMEOUT * i) or plan.name not in _join:

@@ -70,10 +70,9 @@ def pick_underlay(default_oif: int | None, links: dict[int, str], addrs: dict[in
     default route; else the only non-lo interface with a global IPv4 address."""
     by_name = {n: i for i, n in links.items()}
     if address is not None:
-        try:
-            ip = str(ipaddress.IPv4Address(address))
-        except ValueError:
-            raise ConfigError(f"--address: expected an IPv4 address, got {address[:64]!r}") from None
+        from crossnet.netmodel import ipv4_address
+
+        ip = str(ipv4_address(address, "--address"))
         owners = [i for i, a in addrs.items() if ip in a]
         if iface is not None:
             if iface not in by_name:

@@ -23,14 +23,7 @@ from crossnet.netlink.const import (  # noqa: F401 - nl.X (this module) is used 
     RTNH_F_ONLINK,
     RTPROT_KERNEL,
 )
-
-
-def netns_path(spec: str) -> str:
-    """A netns name (/run/netns/NAME) or path -> absolute path; raise if missing."""
-    path = spec if "/" in spec else f"/run/netns/{spec}"
-    if not os.path.exists(path):
-        raise CrossnetError(f"network namespace {spec!r} not found ({path})")
-    return path
+from crossnet.netlink.ns import netns_path  # nl.netns_path: containers
 
 
 def open_ipr(netns: str | None = None) -> IPRoute:

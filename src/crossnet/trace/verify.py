@@ -133,10 +133,10 @@ class NicTap:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        from crossnet.check import socket_in_netns
+        from crossnet.netlink.ns import socket_in_netns
 
         try:
-            self._sock = socket_in_netns(self.netns or "", socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+            self._sock = socket_in_netns(self.netns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
             self._sock.bind((self.ifname, ETH_P_ALL))
             self._sock.setblocking(False)
         except OSError as exc:

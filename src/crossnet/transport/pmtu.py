@@ -220,6 +220,19 @@ def update_containers(state: StateDir, ctx: HostContext) -> list[str]:
     return changed
 
 
+# Backends whose agent measures path MTUs unless told not to (`agent --no-probe-mtu`):
+# auto moves peers between transports by full-size probes anyway (Weave probes always);
+# a path that cannot carry the container MTU would make every transport of that peer
+# "fail". `apply` stays opt-in (`--probe-mtu`): one measurement, frozen in applied.json,
+# with nothing to correct it later (docs/mtu.md).
+PROBED_BY_DEFAULT = ("auto",)
+
+
+def probes_by_default(backend_name: str) -> bool:
+    """Whether `crossnet agent` measures path MTUs for this backend without --probe-mtu."""
+    return backend_name in PROBED_BY_DEFAULT
+
+
 class Monitor:
     """The agent's prober (`crossnet agent --probe-mtu`): measures every peer's path at
     start, every `interval` seconds and soon after `poke()` (a peer joined or changed);

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Self
 
 from crossnet.errors import CrossnetError
+from crossnet.netlink.ns import socket_in_netns
 
 # <linux/in.h>
 IP_MTU_DISCOVER = 10
@@ -174,32 +175,6 @@ def classify(packet: bytes, dst: str, ident: int, seq: int) -> Outcome | None:
     return None
 
 
-def _socket_in(netns: str | None) -> socket.socket:
-    """A raw ICMP socket created in `netns` (name or path; None: this namespace): the
-    calling thread enters it with crossnet.netlink.ns.setns only for the socket() call."""
-    if netns is None:
-        return socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMP)
-    from crossnet.netlink.iproute import netns_path
-    from crossnet.netlink.ns import setns
-
-    target = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            setns(target)
-            try:
-                return socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.IPPROTO_ICMP)
-            finally:
-                try:
-                    setns(own)
-                except OSError as exc:
-                    raise RuntimeError(f"cannot return to this thread's network namespace: {exc}") from None
-        finally:
-            os.close(own)
-    finally:
-        os.close(target)
-
-
 class Prober:
     """One raw ICMP socket (DF on, cached path MTU ignored) for many probes to one
     destination. `probe(size)` -> Outcome; close() when done (or use `with`)."""
@@ -209,7 +184,7 @@ class Prober:
         self.dst = socket.inet_ntoa(socket.inet_aton(dst))  # IPv4 dotted quad or ValueError/OSError
         self.timeout = timeout
         self.slowest: float | None = None  # the longest round trip seen by this prober
-        self.sock = _socket_in(netns)
+        self.sock = socket_in_netns(netns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         try:
             self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_PROBE if df else 0)
             if src:
