@@ -25,6 +25,8 @@ PYTHON_CLIENT = f"{PLUGIN_TYPE}-py"  # the Python client next to the native one 
 CC = "cc"
 CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra")
 CNI_VERSION = "1.0.0"
+# the native client scripts/install builds once, under the installation's prefix (sys.prefix)
+PREBUILT_CLIENT = Path("libexec", "crossnet", PLUGIN_TYPE)
 # where runtimes usually look for reference plugins (portmap)
 STANDARD_PLUGIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni", "/usr/local/libexec/cni")
 
@@ -181,6 +183,45 @@ def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
             os.unlink(tmp)
 
 
+def prebuilt_client(prefix: str | None = None) -> Path | None:
+    """The native client built at install time for this installation, or None (a
+    development checkout: `crossnet cni install` compiles it then)."""
+    path = Path(prefix or sys.prefix) / PREBUILT_CLIENT
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def build_prebuilt(prefix: str | None = None) -> int:
+    """scripts/install (and scripts/test for its environment): compile the native client
+    once into <prefix>/libexec/crossnet/. Its fallback, the Python client, is found next
+    to wherever `crossnet cni install` copies it. Exit status for the script."""
+    target = Path(prefix or sys.prefix) / PREBUILT_CLIENT
+    why = build_shim(target, PYTHON_CLIENT)
+    if why:
+        print(f"crossnet: error: native CNI client not built: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _copy_client(src: Path, target: Path) -> str | None:
+    """Put the prebuilt client at target (atomic, self-tested): None, or why not."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o755)
+        why = _self_test(tmp)
+        if why:
+            return why
+        os.replace(tmp, target)
+        return None
+    except OSError as exc:
+        return f"cannot copy {src}: {exc.strerror or exc}"
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def install(
     state_dir: str,
     conf_dir: str = DEFAULT_CONF_DIR,
@@ -192,9 +233,10 @@ def install(
     native: bool = True,
 ) -> dict[str, Any]:
     """Write the conflist and the plugin: `crossnet-cni-py` (the Python client) and
-    `crossnet-cni`, the native client compiled from shim.c (falls back to crossnet-cni-py),
-    or, without a working C compiler or with native=False, a copy of the Python client.
-    Returns what was written."""
+    `crossnet-cni`, the native client (falls back to crossnet-cni-py): a copy of the one
+    scripts/install built (:func:`prebuilt_client`), compiled from shim.c only where there
+    is none (a development checkout); without either, or with native=False, a copy of the
+    Python client. Returns what was written."""
     from crossnet.state import StateDir, read_json
 
     state = StateDir(state_dir)
@@ -210,7 +252,13 @@ def install(
     py_client = Path(bin_dir) / PYTHON_CLIENT
     wrapper = wrapper_script()
     _write_atomic(py_client, wrapper, 0o755)  # first: the native client execs it
-    why = build_shim(plugin, str(py_client.absolute())) if native else "--no-native"
+    prebuilt = prebuilt_client() if native else None
+    if not native:
+        why = "--no-native"
+    elif prebuilt:
+        why = _copy_client(prebuilt, plugin)
+    else:
+        why = build_shim(plugin, str(py_client.absolute()))
     if why:
         _write_atomic(plugin, wrapper, 0o755)
     warnings = []
@@ -226,6 +274,7 @@ def install(
         "plugin": str(plugin),
         "client": "python" if why else "native",
         "client_note": why,
+        "client_source": None if why else ("prebuilt" if prebuilt else "compiled"),
         "python_client": str(py_client),
         "state_dir": str(state.root),
         "host": ctx.get("host"),
