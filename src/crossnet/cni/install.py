@@ -31,14 +31,22 @@ PREBUILT_CLIENT = Path("libexec", "crossnet", PLUGIN_TYPE)
 STANDARD_PLUGIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni", "/usr/local/libexec/cni")
 
 
-def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | None = None) -> dict[str, Any]:
-    """The network configuration list for this host: crossnet-cni (+ portmap for -p)."""
+def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | None = None,
+             helper: str = "external") -> dict[str, Any]:
+    """The network configuration list for this host: crossnet-cni (+ portmap for -p).
+    helper: who starts the warm helper — "external" (systemd's crossnet-cni-helper.socket,
+    or the agent), or "spawn" (the plugin itself: the lab's simulated hosts, no systemd)."""
+    from crossnet.cni.plugin import HELPER_MODES
+
+    if helper not in HELPER_MODES:
+        raise ConfigError(f"--helper: {helper!r} is not one of {', '.join(HELPER_MODES)}")
     if not name or any(c in name for c in "/ \t\n"):
         raise ConfigError(f"--name: invalid network name {name!r}")
     main: dict[str, Any] = {
         "type": PLUGIN_TYPE,
         "stateDir": os.path.abspath(state_dir),
         "capabilities": {"ips": True, "mac": True},
+        "helper": helper,
     }
     if log_file:
         main["logFile"] = log_file
@@ -231,6 +239,7 @@ def install(
     log_file: str | None = None,
     require_state: bool = True,
     native: bool = True,
+    helper: str = "external",
 ) -> dict[str, Any]:
     """Write the conflist and the plugin: `crossnet-cni-py` (the Python client) and
     `crossnet-cni`, the native client (falls back to crossnet-cni-py): a copy of the one
@@ -245,7 +254,7 @@ def install(
         raise ConfigError(
             f"--state-dir: this host is not configured (no {state.applied_path}); run `crossnet apply -f CLUSTER` first"
         )
-    conf = conflist(name, state_dir, portmap=portmap, log_file=log_file)
+    conf = conflist(name, state_dir, portmap=portmap, log_file=log_file, helper=helper)
     conf_file = conflist_path(conf_dir, name)
     _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     plugin = Path(bin_dir) / PLUGIN_TYPE
@@ -280,6 +289,7 @@ def install(
         "host": ctx.get("host"),
         "subnet": ctx.get("subnet"),
         "portmap": portmap,
+        "helper": helper,
         "warnings": warnings,
     }
 
