@@ -41,5 +41,8 @@ def register(main: click.Group) -> None:
         for line in uninstall.run(steps, unit_dir, dry_run=dry_run):
             click.echo(line)
         if not dry_run:
-            click.echo(f"crossnet uninstalled (state dir {ctx.obj['state_dir']} kept)")
+            import os
+
+            kept = f" (state dir {ctx.obj['state_dir']} kept)" if os.path.isdir(ctx.obj["state_dir"]) else ""
+            click.echo(f"crossnet uninstalled{kept}")
 

@@ -2,8 +2,11 @@
 
 A CNI plugin is a fresh process per call; importing crossnet's netlink code (pyroute2,
 asyncio, ...) costs ~0.2 s per call, which would make crossnet's ADD/DEL several times
-slower than the reference Go plugins. So the first ADD/DEL/CHECK on a host starts this
-helper (detached, in the same network namespace, from the same code) and runs its own
+slower than the reference Go plugins. So this helper is started — by systemd on the first
+call (crossnet-cni-helper.socket runs `crossnet cni serve`, which hands over the listening
+socket) for a conflist with ``"helper": "external"`` (what `crossnet cni install` writes), or,
+with ``"helper": "spawn"``, by the first ADD/DEL/CHECK itself (detached, in the same network
+namespace, from the same code: the lab, which has no systemd) — and that call runs its own
 request in-process; later calls only send ``{environ, stdin}`` over
 ``<stateDir>/cni.sock`` and get ``{rc, stdout}`` back: the same :func:`plugin.run`, the
 same state dir and IPAM, just already imported.
