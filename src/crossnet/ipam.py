@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.state import check_state_dir, lock_fd, write_json_atomic
-from crossnet.stateformat import upgrade
 from crossnet.errors import IpamError
 from crossnet.leases import CarveError, carve_subnets, count_free_blocks, span
+from crossnet.stateformat import upgrade
 
 __all__ = ["STATE_VERSION", "AddressPool", "Allocation", "CarveError", "carve_subnets", "count_free_blocks"]
 

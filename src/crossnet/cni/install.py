@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,28 +159,17 @@ def _self_test(binary: str) -> str | None:
         return f"the built client failed its self-test ({exc})"
 
 
-def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
-    """Compile the native client (shim.c) to target, falling back to the Python client
-    at fallback. Atomic: built under a temporary name in target's directory, self-tested,
-    then renamed. Returns None on success, else why it was not built."""
-    compiler = shutil.which(cc)
-    if not compiler:
-        return f"no C compiler ({cc}) on PATH"
-    src = shim_source()
-    if not src.is_file():
-        return f"{src} is missing"
+def _place_client(target: Path, make: Callable[[str], str | None]) -> str | None:
+    """Put a native client at target atomically: make(tmp) writes it under a temporary
+    name in target's directory (None, or why not), then it is self-tested and renamed.
+    Returns None on success, else why it is not there."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        try:
-            proc = subprocess.run([compiler, *CFLAGS, *shim_defines(fallback), "-o", tmp, str(src)],
-                                  capture_output=True, text=True, errors="replace", timeout=120)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return f"{cc} failed: {exc}"
-        if proc.returncode != 0:
-            lines = [x for x in proc.stderr.splitlines() if x.strip()]
-            return f"{cc} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+        why = make(tmp)
+        if why:
+            return why
         os.chmod(tmp, 0o755)
         why = _self_test(tmp)
         if why:
@@ -189,6 +179,31 @@ def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
+    """Compile the native client (shim.c) to target, falling back to the Python client
+    at fallback (relative: next to the executable). Atomic and self-tested
+    (:func:`_place_client`). Returns None on success, else why it was not built."""
+    compiler = shutil.which(cc)
+    if not compiler:
+        return f"no C compiler ({cc}) on PATH"
+    src = shim_source()
+    if not src.is_file():
+        return f"{src} is missing"
+
+    def compile_to(tmp: str) -> str | None:
+        try:
+            proc = subprocess.run([compiler, *CFLAGS, *shim_defines(fallback), "-o", tmp, str(src)],
+                                  capture_output=True, text=True, errors="replace", timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{cc} failed: {exc}"
+        if proc.returncode != 0:
+            lines = [x for x in proc.stderr.splitlines() if x.strip()]
+            return f"{cc} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+        return None
+
+    return _place_client(target, compile_to)
 
 
 def prebuilt_client(prefix: str | None = None) -> Path | None:
@@ -212,22 +227,17 @@ def build_prebuilt(prefix: str | None = None) -> int:
 
 def _copy_client(src: Path, target: Path) -> str | None:
     """Put the prebuilt client at target (atomic, self-tested): None, or why not."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o755)
-        why = _self_test(tmp)
-        if why:
-            return why
-        os.replace(tmp, target)
+    def copy_to(tmp: str) -> str | None:
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError as exc:
+            return f"cannot copy {src}: {exc.strerror or exc}"
         return None
+
+    try:
+        return _place_client(target, copy_to)
     except OSError as exc:
-        return f"cannot copy {src}: {exc.strerror or exc}"
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        return f"cannot write {target}: {exc.strerror or exc}"
 
 
 def install(
