@@ -21,6 +21,7 @@ from typing import Any
 from crossnet.state import check_state_dir, lock_fd, write_json_atomic
 from crossnet.errors import IpamError
 from crossnet.leases import CarveError, carve_subnets, count_free_blocks, span
+from crossnet.stateformat import upgrade
 
 __all__ = ["STATE_VERSION", "AddressPool", "Allocation", "CarveError", "carve_subnets", "count_free_blocks"]
 
@@ -238,8 +239,7 @@ class AddressPool:
 
     def _decode(self, raw: Any) -> _State:
         try:
-            if raw.get("version") != STATE_VERSION:
-                raise ValueError(f"unsupported version {raw.get('version')!r}")
+            raw = upgrade("ipam.json", raw, self.path)  # older formats migrated, newer refused
             if IPv4Network(raw["subnet"]) != self.subnet:
                 raise IpamError(
                     f"{self.path}: state is for subnet {raw['subnet']}, not {self.subnet}"

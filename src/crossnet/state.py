@@ -94,6 +94,15 @@ def crash_point() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _current_format(name: str, data: dict | None, path: Path) -> dict | None:
+    """A state file in the format this crossnet writes (crossnet.stateformat)."""
+    if data is None:
+        return None
+    from crossnet.stateformat import upgrade
+
+    return upgrade(name, data, path)
+
+
 class DamagedStateFile(CrossnetError, ValueError):
     """A state file that cannot be read or is not JSON (a ValueError too, so callers that
     treat a torn file as missing keep doing so)."""
@@ -259,7 +268,7 @@ class StateDir:
         data = read_json(self.applied_path)
         if data is not None and not isinstance(data, dict):
             raise DamagedStateFile(f"{self.applied_path}: damaged state file, expected a JSON object")
-        return data
+        return _current_format("applied.json", data, self.applied_path)
 
     def save_applied(self, data: dict) -> None:
         """The complete record of what crossnet owns: it supersedes the journal."""
@@ -268,7 +277,10 @@ class StateDir:
         self.clear_journal()
 
     def load_journal(self) -> dict | None:
-        return read_json(self.journal_path)
+        data = read_json(self.journal_path)
+        if data is not None and not isinstance(data, dict):
+            raise DamagedStateFile(f"{self.journal_path}: damaged state file, expected a JSON object")
+        return _current_format("journal.json", data, self.journal_path)
 
     def save_journal(self, data: dict) -> None:
         """Write-ahead record (fsync'd file and directory) of an apply in progress."""

@@ -29,7 +29,9 @@ from crossnet.errors import ConfigError, CrossnetError
 SYSTEM_UNIT_DIR = "/etc/systemd/system"
 MARKER = "# Installed by `crossnet systemd install`; `crossnet systemd uninstall` removes it."
 RUNTIMES = "docker.service podman.service containerd.service crio.service"
-UNITS = {"agent": "crossnet-agent.service", "apply": "crossnet-apply.service", "launch": "crossnet-launch.service"}
+UNITS = {"agent": "crossnet-agent.service", "apply": "crossnet-apply.service", "launch": "crossnet-launch.service",
+         # the CNI plugin's warm helper, started by systemd on the first call (socket activation)
+         "cni": "crossnet-cni-helper.socket", "cni-service": "crossnet-cni-helper.service"}
 WATCHDOG_SEC = 60
 CAPABILITIES = "CAP_NET_ADMIN CAP_NET_RAW CAP_SYS_ADMIN CAP_SYS_PTRACE CAP_NET_BIND_SERVICE"
 
@@ -135,7 +137,41 @@ TimeoutStopSec=45
 """)
 
 
-RENDER = {"agent": agent_unit, "apply": apply_unit, "launch": launch_unit}
+def cni_socket_unit(o: UnitOptions) -> str:
+    return f"""{MARKER}
+[Unit]
+Description=crossnet-cni warm helper socket (CNI calls of this host's runtimes)
+ConditionPathExists={o.state_dir}/applied.json
+
+[Socket]
+ListenStream={o.state_dir}/cni.sock
+SocketMode=0600
+RemoveOnStop=yes
+Service=crossnet-cni-helper.service
+
+[Install]
+WantedBy=sockets.target
+"""
+
+
+def cni_service_unit(o: UnitOptions) -> str:
+    # started by crossnet-cni-helper.socket only (no [Install]); exits after 5 idle
+    # minutes or when crossnet's files change, and the socket starts it again
+    return f"""{MARKER}
+[Unit]
+Description=crossnet-cni warm helper (serves CNI ADD/DEL/CHECK without an interpreter start per call)
+Requires=crossnet-cni-helper.socket
+After=crossnet-cni-helper.socket crossnet-apply.service
+
+[Service]
+Type=simple
+ExecStart={o.command("cni", "serve")}
+Restart=no
+{_HARDENING.format(state_dir=o.state_dir)}"""
+
+
+RENDER = {"agent": agent_unit, "apply": apply_unit, "launch": launch_unit,
+          "cni": cni_socket_unit, "cni-service": cni_service_unit}
 
 
 def render(which: list[str], opts: UnitOptions) -> dict[str, str]:
@@ -209,4 +245,6 @@ def uninstall(names: list[str], unit_dir: str, systemd: bool, dry_run: bool = Fa
 
 
 def next_steps(names: list[str]) -> str:
+    # a socket-activated service is started by its socket, not enabled itself
+    names = [n for n in names if not (n.endswith(".service") and n[:-8] + ".socket" in names)]
     return "then: systemctl enable --now " + " ".join(shlex.quote(n) for n in names)

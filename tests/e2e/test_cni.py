@@ -547,6 +547,64 @@ def test_server_serves_later_calls(host, clean, tmp_path):
     assert _log_lines(log)[-1]["via"] == "server"
 
 
+def _lock_free(path: str) -> bool:
+    import fcntl
+    import os
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_external_helper_is_never_spawned_and_socket_activation_serves(host, clean, tmp_path):
+    """`"helper": "external"` (what `crossnet cni install` writes): the plugin starts no
+    helper; the one systemd starts on the first call (crossnet-cni-helper.socket, here
+    systemd-socket-activate with the unit's command `crossnet cni serve`) serves the calls."""
+    import os
+    import shutil
+    import signal
+    import sys
+
+    from crossnet.cni import socket_path
+
+    activate = shutil.which("systemd-socket-activate")
+    if not activate:
+        pytest.skip("needs systemd-socket-activate (package systemd)")
+    log = tmp_path / "cni.log"
+    conf = host.conf(logFile=str(log), helper="external")
+    sock = Path(socket_path(host.state_dir))
+    # a helper the earlier tests' calls spawned exits once its socket is gone (and frees its lock)
+    sock.unlink(missing_ok=True)
+    assert _wait_for(lambda: _lock_free(str(sock) + ".lock"), timeout=30.0)
+    c1, n1 = cid(), host.new_netns()
+    assert host.cni("ADD", conf, cid=c1, netns=n1)[0] == 0
+    assert not _wait_for(sock.exists, timeout=3.0), "the plugin started a helper"
+    env = [f"-E{k}={os.environ[k]}" for k in ("PATH", "PYTHONPATH") if k in os.environ]
+    proc = subprocess.Popen(["ip", "netns", "exec", host.netns, activate, "-l", str(sock), *env, sys.executable,
+                             "-m", "crossnet", "--state-dir", host.state_dir, "cni", "serve", "--idle", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        assert _wait_for(sock.exists), proc.stderr
+        c2, n2 = cid(), host.new_netns()
+        assert host.cni("ADD", conf, cid=c2, netns=n2)[0] == 0
+        assert host.cni("DEL", conf, cid=c2, netns=n2) == (0, None)
+        assert host.cni("DEL", conf, cid=c1, netns=n1) == (0, None)
+        calls = [x["via"] for x in _log_lines(log) if x.get("command")]
+        assert calls[-4:] == ["process", "server", "server", "server"], calls
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        sock.unlink(missing_ok=True)
+
+
 def test_server_disabled(host, clean, tmp_path):
     log = tmp_path / "cni.log"
     conf = host.conf(logFile=str(log), server=False)

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crossnet.cni import install as cni_install
 from crossnet.cni.install import (
     conflist,
     docker_daemon_config,
@@ -241,7 +242,7 @@ def _version(plugin) -> dict:
 
 
 @pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler (cc)")
-def test_install_native_client(tmp_path, state_dir):
+def test_install_native_client(tmp_path, state_dir, no_prebuilt):
     bin_dir = tmp_path / "bin"
     res = install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(bin_dir))
     assert res["client"] == "native" and res["client_note"] is None
@@ -255,7 +256,13 @@ def test_install_native_client(tmp_path, state_dir):
     assert sorted(p.name for p in bin_dir.iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
 
 
-def test_install_without_compiler_uses_python_client(tmp_path, state_dir, monkeypatch):
+@pytest.fixture
+def no_prebuilt(monkeypatch):
+    """A development checkout: no native client built at install time (scripts/install's)."""
+    monkeypatch.setattr(cni_install, "prebuilt_client", lambda prefix=None: None)
+
+
+def test_install_without_compiler_uses_python_client(tmp_path, state_dir, monkeypatch, no_prebuilt):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no cc anywhere
     bin_dir = tmp_path / "bin"
     res = install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(bin_dir))
@@ -266,7 +273,7 @@ def test_install_without_compiler_uses_python_client(tmp_path, state_dir, monkey
     assert sorted(p.name for p in bin_dir.iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
 
 
-def test_install_python_client_on_request_and_failed_build(tmp_path, state_dir, monkeypatch):
+def test_install_python_client_on_request_and_failed_build(tmp_path, state_dir, monkeypatch, no_prebuilt):
     res = install(str(state_dir), conf_dir=str(tmp_path / "n"), bin_dir=str(tmp_path / "b"), native=False)
     assert res["client"] == "python"
     assert (tmp_path / "b" / "crossnet-cni").read_text() == wrapper_script()
@@ -279,6 +286,32 @@ def test_install_python_client_on_request_and_failed_build(tmp_path, state_dir, 
     res = install(str(state_dir), conf_dir=str(tmp_path / "n"), bin_dir=str(tmp_path / "b2"))
     assert res["client"] == "python" and "broken" in res["client_note"]
     assert sorted(p.name for p in (tmp_path / "b2").iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
+
+
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler (cc) to build the prebuilt client")
+def test_install_copies_the_prebuilt_client_and_never_compiles(tmp_path, state_dir, monkeypatch):
+    """scripts/install builds the native client once (build_prebuilt into the prefix);
+    `cni install` copies it, with no compiler on PATH, and the copy finds the Python
+    client next to wherever it was put (its fallback is relative to the executable)."""
+    prefix = tmp_path / "prefix"
+    assert cni_install.build_prebuilt(str(prefix)) == 0
+    built = prefix / "libexec" / "crossnet" / "crossnet-cni"
+    assert cni_install.prebuilt_client(str(prefix)) == built
+    monkeypatch.setattr(sys, "prefix", str(prefix))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no cc: nothing may be compiled
+    for n in (1, 2):  # two hosts' bin dirs from the same build
+        bin_dir = tmp_path / f"bin{n}"
+        res = install(str(state_dir), conf_dir=str(tmp_path / f"net{n}.d"), bin_dir=str(bin_dir))
+        assert (res["client"], res["client_note"], res["client_source"]) == ("native", None, "prebuilt")
+        plugin = bin_dir / "crossnet-cni"
+        assert plugin.read_bytes() == built.read_bytes() and oct(plugin.stat().st_mode & 0o777) == "0o755"
+        assert sorted(p.name for p in bin_dir.iterdir()) == ["crossnet-cni", "crossnet-cni-py"]
+        # a command the native client does not serve goes to the Python client next to it:
+        # replace that one by a marker script to see which file ran
+        (bin_dir / "crossnet-cni-py").write_text(f"#!/bin/sh\necho fallback-{n} \"$CNI_COMMAND\"\n")
+        proc = subprocess.run([str(plugin)], input=b"{}", capture_output=True, timeout=30,
+                              env={"CNI_COMMAND": "NOSUCH", "PATH": "/usr/bin:/bin"})
+        assert proc.stdout.decode().split() == [f"fallback-{n}", "NOSUCH"], proc
 
 
 def test_cli_cni_install_reports_client(tmp_path, state_dir):

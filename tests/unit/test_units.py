@@ -45,13 +45,14 @@ def exe(tmp_path) -> str:
 def test_every_unit_passes_systemd_analyze_verify(tmp_path, exe):
     unit_dir = tmp_path / "units"
     unit_dir.mkdir()
-    proc = run_cli("systemd", "install", "--agent", "--apply", "--launch", "--unit-dir", str(unit_dir),
+    proc = run_cli("systemd", "install", "--agent", "--apply", "--launch", "--cni", "--unit-dir", str(unit_dir),
                    "--exec", exe, state_dir=tmp_path / "state")
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in unit_dir.iterdir())
     assert names == sorted(units.UNITS.values())
     for name in names:
-        v = subprocess.run([ANALYZE, "verify", str(unit_dir / name)], check=False, capture_output=True, text=True, timeout=60)
+        v = subprocess.run([ANALYZE, "verify", str(unit_dir / name)], check=False, capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "SYSTEMD_UNIT_PATH": f"{unit_dir}:"})
         assert v.returncode == 0, v.stderr
         assert name not in v.stderr, v.stderr  # a bad directive is only a warning naming the file
 
@@ -127,3 +128,13 @@ def test_install_dry_run_then_install_then_uninstall(tmp_path, exe):
 def test_install_into_a_missing_directory_is_bad_input(tmp_path, exe):
     proc = run_cli("systemd", "install", "--unit-dir", str(tmp_path / "nope"), "--exec", exe, state_dir=tmp_path / "s")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--unit-dir" in proc.stderr
+
+
+def test_cni_helper_socket_activates_the_helper(exe):
+    text = units.render(["cni", "cni-service"], units.UnitOptions(exe=exe, state_dir="/var/lib/crossnet"))
+    sock, svc = fields(text["crossnet-cni-helper.socket"]), fields(text["crossnet-cni-helper.service"])
+    assert sock["ListenStream"] == "/var/lib/crossnet/cni.sock" and sock["SocketMode"] == "0600"
+    assert sock["Service"] == "crossnet-cni-helper.service" and sock["WantedBy"] == "sockets.target"
+    assert svc["ExecStart"] == f"{exe} --state-dir /var/lib/crossnet cni serve"
+    assert "WantedBy" not in svc  # started by its socket only
+    assert units.next_steps(list(text)) == "then: systemctl enable --now crossnet-cni-helper.socket"

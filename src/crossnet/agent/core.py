@@ -265,6 +265,10 @@ class Agent:
     def _previous(self) -> tuple[IPv4Network | None, int]:
         """The subnet/lease this host had (local lease file, else applied.json)."""
         data = read_json(self.state.root / "agent.json") or {}
+        if isinstance(data, dict) and data:
+            from crossnet.stateformat import upgrade
+
+            data = upgrade("agent.json", data, self.state.root / "agent.json")
         lease = data.get("lease") or {}
         if lease.get("name") == self.name and lease.get("subnet"):
             with contextlib.suppress(ValueError):

@@ -262,7 +262,7 @@ def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[s
             base.mkdir(parents=True, exist_ok=True)
             log_file = base / "cni.log"
             info = install(h.state_dir, conf_dir=str(base / "net.d"), bin_dir=str(base / "bin"), name="crossnet",
-                           portmap=False, log_file=str(log_file))
+                           portmap=False, log_file=str(log_file), helper="spawn")
             out["client"] = info.get("client")  # native | python
             conflist = json.loads(Path(info["conflist"]).read_text())
             xconf = {**conflist["plugins"][0], "name": conflist["name"], "cniVersion": conflist["cniVersion"]}

@@ -39,10 +39,13 @@ def register(main: click.Group) -> None:
     @click.option("--log-file", default=None, help="Make the plugin append one JSON line per call to this file.")
     @click.option("--native/--no-native", default=True, show_default=True,
                   help="Compile the native client (needs cc); --no-native installs the Python client only.")
+    @click.option("--helper", type=click.Choice(["external", "spawn"]), default="external", show_default=True,
+                  help="Who starts the warm helper: external (`crossnet systemd install --cni`, or the agent) "
+                       "or spawn (the plugin starts it itself: hosts without systemd).")
     @click.option("-o", "--output", default="text", show_default=True, metavar="text|json")
     @click.pass_context
     def install_cmd(ctx: click.Context, conf_dir: str, bin_dir: str, name: str | None, network: str | None,
-                    portmap: bool, log_file: str | None, native: bool, output: str) -> None:
+                    portmap: bool, log_file: str | None, native: bool, helper: str, output: str) -> None:
         """Write this host's conflist and put crossnet-cni where the runtime finds it.
 
         \b
@@ -65,7 +68,7 @@ def register(main: click.Group) -> None:
             state_dir = str(networks.check_known(StateDir(state_dir), network).root)
         name = name or network or DEFAULT_NETWORK_NAME
         res = install(state_dir, conf_dir=conf_dir, bin_dir=bin_dir, name=name,
-                      portmap=portmap, log_file=log_file, native=native)
+                      portmap=portmap, log_file=log_file, native=native, helper=helper)
         if output == "json":
             click.echo(json.dumps(res, indent=2))
             return
@@ -78,7 +81,35 @@ def register(main: click.Group) -> None:
         click.echo(f"  wrote {res['python_client']}")
         for w in res["warnings"]:
             click.echo(f"warning: {w}", err=True)
+        if helper == "external":
+            click.echo("  warm helper: `crossnet systemd install --cni` (or a running agent) serves the calls")
         click.echo(f"use it: podman run --network {res['network']} ...")
+
+    @cni.command("serve")
+    @click.option("--idle", default=300.0, show_default=True, type=float,
+                  help="Exit after this many seconds without a call (0: never).")
+    @click.pass_context
+    def serve_cmd(ctx: click.Context, idle: float) -> None:
+        """Run the CNI plugin's warm helper on <state-dir>/cni.sock in the foreground.
+
+        Started by crossnet-cni-helper.socket (`crossnet systemd install --cni`), which
+        hands over the listening socket (LISTEN_FDS); by hand it listens itself.
+        """
+        import os
+
+        from crossnet.cni.server import serve
+        from crossnet.state import StateDir
+
+        state = StateDir(ctx.obj["state_dir"])
+        if not state.applied_path.exists():
+            raise ConfigError(f"--state-dir: this host is not configured (no {state.applied_path}); "
+                              "run `crossnet apply -f CLUSTER` first")
+        fd = None
+        if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS") == "1":
+            fd = 3  # SD_LISTEN_FDS_START
+        for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+            os.environ.pop(var, None)
+        serve(str(state.root), idle=idle, listen_fd=fd)
 
     @main.command("docker-config")
     @click.option("--write", "write", is_flag=False, flag_value=DEFAULT_DAEMON_JSON, default=None,

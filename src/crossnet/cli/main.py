@@ -27,6 +27,7 @@ COMMAND_MODULES = {
     "crossnet.cli.systemd": ("systemd",),  # systemd install|uninstall (crossnet.units)
     "crossnet.cli.completion": ("completion", "man"),  # generated from this command tree
     "crossnet.cli.expose": ("expose", "hide"),  # this host's address in the network (crossnet.expose)
+    "crossnet.cli.uninstall": ("uninstall",),  # remove what scripts/install added (crossnet.uninstall)
 }
 
 

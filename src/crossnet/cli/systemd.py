@@ -12,6 +12,8 @@ _WHICH = [
     click.option("--agent", "agent", is_flag=True, help="crossnet-agent.service (`crossnet agent`, Type=notify)."),
     click.option("--apply", "apply_", is_flag=True, help="crossnet-apply.service (oneshot `crossnet apply -f` at boot)."),
     click.option("--launch", "launch", is_flag=True, help="crossnet-launch.service (the mesh: `crossnet launch --foreground`)."),
+    click.option("--cni", "cni", is_flag=True,
+                 help="crossnet-cni-helper.socket/.service (the CNI plugin's warm helper, socket-activated)."),
     click.option("--unit-dir", default=units.SYSTEM_UNIT_DIR, show_default=True, type=click.Path(file_okay=False),
                  help="Where unit files go (systemctl is run only for the default)."),
     click.option("--dry-run", is_flag=True, help="Print what would be done; change nothing."),
@@ -24,8 +26,10 @@ def _which_options(fn):
     return fn
 
 
-def _chosen(agent: bool, apply_: bool, launch: bool, default: list[str]) -> list[str]:
-    return [w for w, on in (("agent", agent), ("apply", apply_), ("launch", launch)) if on] or default
+def _chosen(agent: bool, apply_: bool, launch: bool, cni: bool, default: list[str]) -> list[str]:
+    """The units chosen by the flags (else default); --cni is the socket and its service."""
+    chosen = [w for w, on in (("agent", agent), ("apply", apply_), ("launch", launch), ("cni", cni)) if on] or default
+    return [u for w in chosen for u in (("cni", "cni-service") if w == "cni" else (w,))]
 
 
 @click.group("systemd")
@@ -41,9 +45,9 @@ def systemd_group() -> None:
 @click.option("--env-file", default=units.UnitOptions.env_file, show_default=True,
               help="Options of crossnet-agent.service (CROSSNET_ETCD=..., CROSSNET_AGENT_ARGS=...).")
 @click.pass_context
-def systemd_install(ctx, agent, apply_, launch, unit_dir, dry_run, exe, cluster_file, env_file) -> None:
+def systemd_install(ctx, agent, apply_, launch, cni, unit_dir, dry_run, exe, cluster_file, env_file) -> None:
     """Write the chosen units (default: --agent) and reload systemd."""
-    which = _chosen(agent, apply_, launch, ["agent"])
+    which = _chosen(agent, apply_, launch, cni, ["agent"])
     if exe is None:
         exe = shutil.which("crossnet") or units.UnitOptions.exe
     opts = units.UnitOptions(exe=exe, state_dir=ctx.obj["state_dir"], cluster_file=cluster_file, env_file=env_file)
@@ -57,9 +61,9 @@ def systemd_install(ctx, agent, apply_, launch, unit_dir, dry_run, exe, cluster_
 
 @systemd_group.command("uninstall")
 @_which_options
-def systemd_uninstall(agent, apply_, launch, unit_dir, dry_run) -> None:
+def systemd_uninstall(agent, apply_, launch, cni, unit_dir, dry_run) -> None:
     """Stop, disable and remove crossnet's units (default: all of them)."""
-    which = _chosen(agent, apply_, launch, list(units.UNITS))
+    which = _chosen(agent, apply_, launch, cni, ["agent", "apply", "launch", "cni"])
     reload = unit_dir.rstrip("/") == units.SYSTEM_UNIT_DIR
     for line in units.uninstall([units.UNITS[w] for w in which], unit_dir, systemd=reload, dry_run=dry_run):
         click.echo(line)

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,18 +27,28 @@ PYTHON_CLIENT = f"{PLUGIN_TYPE}-py"  # the Python client next to the native one 
 CC = "cc"
 CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra")
 CNI_VERSION = "1.0.0"
+# the native client scripts/install builds once, under the installation's prefix (sys.prefix)
+PREBUILT_CLIENT = Path("libexec", "crossnet", PLUGIN_TYPE)
 # where runtimes usually look for reference plugins (portmap)
 STANDARD_PLUGIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni", "/usr/local/libexec/cni")
 
 
-def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | None = None) -> dict[str, Any]:
-    """The network configuration list for this host: crossnet-cni (+ portmap for -p)."""
+def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | None = None,
+             helper: str = "external") -> dict[str, Any]:
+    """The network configuration list for this host: crossnet-cni (+ portmap for -p).
+    helper: who starts the warm helper — "external" (systemd's crossnet-cni-helper.socket,
+    or the agent), or "spawn" (the plugin itself: the lab's simulated hosts, no systemd)."""
+    from crossnet.cni.plugin import HELPER_MODES
+
+    if helper not in HELPER_MODES:
+        raise ConfigError(f"--helper: {helper!r} is not one of {', '.join(HELPER_MODES)}")
     if not name or any(c in name for c in "/ \t\n"):
         raise ConfigError(f"--name: invalid network name {name!r}")
     main: dict[str, Any] = {
         "type": PLUGIN_TYPE,
         "stateDir": os.path.abspath(state_dir),
         "capabilities": {"ips": True, "mac": True},
+        "helper": helper,
     }
     if log_file:
         main["logFile"] = log_file
@@ -149,28 +160,17 @@ def _self_test(binary: str) -> str | None:
         return f"the built client failed its self-test ({exc})"
 
 
-def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
-    """Compile the native client (shim.c) to target, falling back to the Python client
-    at fallback. Atomic: built under a temporary name in target's directory, self-tested,
-    then renamed. Returns None on success, else why it was not built."""
-    compiler = shutil.which(cc)
-    if not compiler:
-        return f"no C compiler ({cc}) on PATH"
-    src = shim_source()
-    if not src.is_file():
-        return f"{src} is missing"
+def _place_client(target: Path, make: Callable[[str], str | None]) -> str | None:
+    """Put a native client at target atomically: make(tmp) writes it under a temporary
+    name in target's directory (None, or why not), then it is self-tested and renamed.
+    Returns None on success, else why it is not there."""
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        try:
-            proc = subprocess.run([compiler, *CFLAGS, *shim_defines(fallback), "-o", tmp, str(src)],
-                                  capture_output=True, text=True, errors="replace", timeout=120)
-        except (OSError, subprocess.SubprocessError) as exc:
-            return f"{cc} failed: {exc}"
-        if proc.returncode != 0:
-            lines = [x for x in proc.stderr.splitlines() if x.strip()]
-            return f"{cc} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+        why = make(tmp)
+        if why:
+            return why
         os.chmod(tmp, 0o755)
         why = _self_test(tmp)
         if why:
@@ -182,6 +182,65 @@ def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
             os.unlink(tmp)
 
 
+def build_shim(target: Path, fallback: str, cc: str = CC) -> str | None:
+    """Compile the native client (shim.c) to target, falling back to the Python client
+    at fallback (relative: next to the executable). Atomic and self-tested
+    (:func:`_place_client`). Returns None on success, else why it was not built."""
+    compiler = shutil.which(cc)
+    if not compiler:
+        return f"no C compiler ({cc}) on PATH"
+    src = shim_source()
+    if not src.is_file():
+        return f"{src} is missing"
+
+    def compile_to(tmp: str) -> str | None:
+        try:
+            proc = subprocess.run([compiler, *CFLAGS, *shim_defines(fallback), "-o", tmp, str(src)],
+                                  capture_output=True, text=True, errors="replace", timeout=120)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"{cc} failed: {exc}"
+        if proc.returncode != 0:
+            lines = [x for x in proc.stderr.splitlines() if x.strip()]
+            return f"{cc} failed: {lines[-1] if lines else f'exit {proc.returncode}'}"
+        return None
+
+    return _place_client(target, compile_to)
+
+
+def prebuilt_client(prefix: str | None = None) -> Path | None:
+    """The native client built at install time for this installation, or None (a
+    development checkout: `crossnet cni install` compiles it then)."""
+    path = Path(prefix or sys.prefix) / PREBUILT_CLIENT
+    return path if path.is_file() and os.access(path, os.X_OK) else None
+
+
+def build_prebuilt(prefix: str | None = None) -> int:
+    """scripts/install (and scripts/test for its environment): compile the native client
+    once into <prefix>/libexec/crossnet/. Its fallback, the Python client, is found next
+    to wherever `crossnet cni install` copies it. Exit status for the script."""
+    target = Path(prefix or sys.prefix) / PREBUILT_CLIENT
+    why = build_shim(target, PYTHON_CLIENT)
+    if why:
+        print(f"crossnet: error: native CNI client not built: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _copy_client(src: Path, target: Path) -> str | None:
+    """Put the prebuilt client at target (atomic, self-tested): None, or why not."""
+    def copy_to(tmp: str) -> str | None:
+        try:
+            shutil.copyfile(src, tmp)
+        except OSError as exc:
+            return f"cannot copy {src}: {exc.strerror or exc}"
+        return None
+
+    try:
+        return _place_client(target, copy_to)
+    except OSError as exc:
+        return f"cannot write {target}: {exc.strerror or exc}"
+
+
 def install(
     state_dir: str,
     conf_dir: str = DEFAULT_CONF_DIR,
@@ -191,11 +250,13 @@ def install(
     log_file: str | None = None,
     require_state: bool = True,
     native: bool = True,
+    helper: str = "external",
 ) -> dict[str, Any]:
     """Write the conflist and the plugin: `crossnet-cni-py` (the Python client) and
-    `crossnet-cni`, the native client compiled from shim.c (falls back to crossnet-cni-py),
-    or, without a working C compiler or with native=False, a copy of the Python client.
-    Returns what was written."""
+    `crossnet-cni`, the native client (falls back to crossnet-cni-py): a copy of the one
+    scripts/install built (:func:`prebuilt_client`), compiled from shim.c only where there
+    is none (a development checkout); without either, or with native=False, a copy of the
+    Python client. Returns what was written."""
     from crossnet.state import StateDir, read_json
 
     state = StateDir(state_dir)
@@ -204,14 +265,20 @@ def install(
         raise ConfigError(
             f"--state-dir: this host is not configured (no {state.applied_path}); run `crossnet apply -f CLUSTER` first"
         )
-    conf = conflist(name, state_dir, portmap=portmap, log_file=log_file)
+    conf = conflist(name, state_dir, portmap=portmap, log_file=log_file, helper=helper)
     conf_file = conflist_path(conf_dir, name)
     _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     plugin = Path(bin_dir) / PLUGIN_TYPE
     py_client = Path(bin_dir) / PYTHON_CLIENT
     wrapper = wrapper_script()
     _write_atomic(py_client, wrapper, 0o755)  # first: the native client execs it
-    why = build_shim(plugin, str(py_client.absolute())) if native else "--no-native"
+    prebuilt = prebuilt_client() if native else None
+    if not native:
+        why = "--no-native"
+    elif prebuilt:
+        why = _copy_client(prebuilt, plugin)
+    else:
+        why = build_shim(plugin, str(py_client.absolute()))
     if why:
         _write_atomic(plugin, wrapper, 0o755)
     warnings = []
@@ -227,11 +294,13 @@ def install(
         "plugin": str(plugin),
         "client": "python" if why else "native",
         "client_note": why,
+        "client_source": None if why else ("prebuilt" if prebuilt else "compiled"),
         "python_client": str(py_client),
         "state_dir": str(state.root),
         "host": ctx.get("host"),
         "subnet": ctx.get("subnet"),
         "portmap": portmap,
+        "helper": helper,
         "warnings": warnings,
     }
 

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 PLUGIN_TYPE = "crossnet-cni"
 DEFAULT_STATE_DIR = "/var/lib/crossnet"
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+# who starts the warm helper (network configuration "helper"): the plugin itself, or
+# someone else (systemd's crossnet-cni-helper.socket, `crossnet cni serve`, the agent)
+HELPER_MODES = ("spawn", "external")
 # commands (and the spec version that introduced them)
 COMMANDS = {"ADD": "0.1.0", "DEL": "0.1.0", "CHECK": "0.4.0", "VERSION": "0.1.0", "STATUS": "1.1.0", "GC": "1.1.0"}
 KNOWN_ARGS = {
@@ -299,6 +302,8 @@ def validate_conf(conf: dict[str, Any]) -> None:
         _want(_is_path(log_file), "logFile", "an absolute path", log_file)
     if "server" in conf:
         _want(isinstance(conf["server"], bool), "server", "a boolean", conf["server"])
+    if "helper" in conf:
+        _want(conf["helper"] in HELPER_MODES, "helper", " or ".join(map(repr, HELPER_MODES)), conf["helper"])
     if "serverIdleSeconds" in conf:
         idle = conf["serverIdleSeconds"]
         _want(isinstance(idle, (int, float)) and not isinstance(idle, bool) and 0 < idle <= 86400,
@@ -931,9 +936,12 @@ def output_text(out: Any) -> str | None:
 def run_local(environ: dict[str, str], stdin: bytes, spawn_for: str | None = None,
               conf: dict | None = None) -> None:
     """Run the call in this process (no helper served it); with spawn_for, first start
-    the warm helper of that state dir for the next calls (crossnet.cni.server)."""
+    the warm helper of that state dir for the next calls (crossnet.cni.server) — only
+    with ``"helper": "spawn"`` (a conflist without the key: written by crossnet before
+    0.2, or by hand). With ``"helper": "external"`` (what `crossnet cni install` writes)
+    the helper is started by systemd (crossnet-cni-helper.socket) or is the agent."""
     started = time.perf_counter()
-    if spawn_for is not None:
+    if spawn_for is not None and (conf or {}).get("helper", "spawn") == "spawn":
         from crossnet.cni import DEFAULT_IDLE, spawn
 
         conf = conf or {}

@@ -2,8 +2,11 @@
 
 A CNI plugin is a fresh process per call; importing crossnet's netlink code (pyroute2,
 asyncio, ...) costs ~0.2 s per call, which would make crossnet's ADD/DEL several times
-slower than the reference Go plugins. So the first ADD/DEL/CHECK on a host starts this
-helper (detached, in the same network namespace, from the same code) and runs its own
+slower than the reference Go plugins. So this helper is started — by systemd on the first
+call (crossnet-cni-helper.socket runs `crossnet cni serve`, which hands over the listening
+socket) for a conflist with ``"helper": "external"`` (what `crossnet cni install` writes), or,
+with ``"helper": "spawn"``, by the first ADD/DEL/CHECK itself (detached, in the same network
+namespace, from the same code: the lab, which has no systemd) — and that call runs its own
 request in-process; later calls only send ``{environ, stdin}`` over
 ``<stateDir>/cni.sock`` and get ``{rc, stdout}`` back: the same :func:`plugin.run`, the
 same state dir and IPAM, just already imported.
@@ -64,8 +67,15 @@ def _event(log_file: str | None, event: str, **kw: Any) -> None:
         pass
 
 
-def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = None) -> None:
+def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = None,
+          listen_fd: int | None = None) -> None:
+    """Serve state_dir's CNI calls until idle seconds pass without one (idle <= 0: no
+    limit). listen_fd: a listening socket on <state_dir>/cni.sock handed over by
+    systemd (socket activation, `crossnet cni serve`): it is used as it is and never
+    removed (systemd keeps it and starts the helper again on the next call)."""
     path = socket_path(state_dir)
+    if idle <= 0:
+        idle = float("inf")
     try:
         lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
@@ -97,19 +107,23 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
     except Exception:  # noqa: BLE001 - warming up only
         pass
     my_code, my_netns = code_id(), netns_id()
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)
-    try:
-        srv.bind(path)
-    finally:
-        os.umask(old_umask)
-    st = os.stat(path)
-    ident = (st.st_dev, st.st_ino)
-    srv.listen(64)
+    if listen_fd is not None:
+        srv = socket.socket(fileno=listen_fd)
+        ident = None  # systemd's socket: never removed here
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            srv.bind(path)
+        finally:
+            os.umask(old_umask)
+        st = os.stat(path)
+        ident = (st.st_dev, st.st_ino)
+        srv.listen(64)
     srv.settimeout(min(idle, HEALTH_INTERVAL))
     last = time.monotonic()
 
@@ -136,7 +150,7 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
         except socket.timeout:
             if time.monotonic() - last >= idle:
                 break
-            if not _still_ours(path, ident):
+            if ident is not None and not _still_ours(path, ident):
                 reason = "socket gone"
                 break
             if not os.path.exists(os.path.join(state_dir, "applied.json")):
@@ -223,8 +237,8 @@ def _still_ours(path: str, ident: tuple[int, int]) -> bool:
     return (st.st_dev, st.st_ino) == ident
 
 
-def _cleanup(srv: socket.socket, path: str, ident: tuple[int, int], close: bool = True) -> None:
-    if _still_ours(path, ident):  # only remove the socket if it is still ours
+def _cleanup(srv: socket.socket, path: str, ident: tuple[int, int] | None, close: bool = True) -> None:
+    if ident is not None and _still_ours(path, ident):  # only remove the socket if it is still ours
         try:
             os.unlink(path)
         except OSError:

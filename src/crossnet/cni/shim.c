@@ -2,8 +2,10 @@
  * crossnet-cni native client: forwards a CNI call to a warm crossnet process
  * without starting a Python interpreter.
  *
- * `crossnet cni install` compiles this file (crossnet.cni.install.build_shim) into
- * <bin-dir>/crossnet-cni when a C compiler works. It does what crossnet.cni.client does
+ * scripts/install compiles this file once (crossnet.cni.install.build_prebuilt) into
+ * <prefix>/libexec/crossnet/crossnet-cni; `crossnet cni install` copies that to
+ * <bin-dir>/crossnet-cni (it compiles it only where no prebuilt client exists: a
+ * development checkout). It does what crossnet.cni.client does
  * on its fast path and nothing else:
  *
  *   - CNI_COMMAND ADD/DEL/CHECK/STATUS/GC: send {"environ", "stdin", "netns", "target", "code"}
@@ -21,7 +23,9 @@
  * Correctness never depends on this file: the helper parses stdin itself.
  *
  * Build-time constants (all from crossnet.cni.install.shim_defines, never typed twice):
- *   CN_FALLBACK      path of the Python client (crossnet-cni-py)
+ *   CN_FALLBACK      path of the Python client (crossnet-cni-py); a relative one is taken
+ *                    relative to this executable's directory (/proc/self/exe), so the client
+ *                    built once at install time works wherever `crossnet cni install` copies it
  *   CN_VERSIONS      supported CNI versions, space separated (plugin.SUPPORTED_VERSIONS)
  *   CN_COMMANDS      commands served by helper/agent (client.SERVER_COMMANDS)
  *   CN_STATE_DIR     default "stateDir" (client.DEFAULT_STATE_DIR)
@@ -247,13 +251,33 @@ static int restore_stdin(void) {
 
 static void fail(const char *what, int err) NORETURN;
 
+/* the Python client: CN_FALLBACK, or a relative CN_FALLBACK next to this executable */
+static const char *fallback_path(void) {
+    static char path[PATH_MAX];
+    if (CN_FALLBACK[0] == '/')
+        return CN_FALLBACK;
+    if (path[0])
+        return path;
+    ssize_t n = readlink("/proc/self/exe", path, sizeof path - 1);
+    if (n <= 0)
+        return CN_FALLBACK;
+    path[n] = 0;
+    char *slash = strrchr(path, '/');
+    if (!slash || (size_t)(slash - path) + 1 + strlen(CN_FALLBACK) >= sizeof path) {
+        path[0] = 0;
+        return CN_FALLBACK;
+    }
+    strcpy(slash + 1, CN_FALLBACK);
+    return path;
+}
+
 /* the plugin cannot even start: a CNI error (code 199, internal) on stdout */
 static void fail(const char *what, int err) {
     size_t vn;
     const char *v = last_version(&vn);
     struct buf b = {0, 0, 0};
     char msg[512];
-    snprintf(msg, sizeof msg, "crossnet-cni: %s %s: %s", what, CN_FALLBACK, strerror(err));
+    snprintf(msg, sizeof msg, "crossnet-cni: %s %s: %s", what, fallback_path(), strerror(err));
     buf_str(&b, "{\"cniVersion\":");
     buf_json(&b, v, vn);
     buf_str(&b, ",\"code\":199,\"msg\":");
@@ -271,8 +295,9 @@ static void fallback(void) {
     busy = 1;
     if (restore_stdin())
         fail("cannot pass stdin to", errno);
-    char *fb_argv[2] = {(char *)CN_FALLBACK, NULL};
-    execv(CN_FALLBACK, g_argv && g_argv[0] ? g_argv : fb_argv);
+    const char *fb = fallback_path();
+    char *fb_argv[2] = {(char *)fb, NULL};
+    execv(fb, g_argv && g_argv[0] ? g_argv : fb_argv);
     fail("cannot run", errno);
 }
 

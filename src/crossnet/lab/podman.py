@@ -191,7 +191,7 @@ class HostPodman:
             CONTAINERS_CONF.format(base=self.base, plugin_dirs=json.dumps(self.plugin_dirs), network=self.network)
         )
         install(self.state_dir, conf_dir=str(self.net_dir), bin_dir=str(self.bin_dir), name=self.network,
-                portmap=portmap, log_file=log_file, require_state=False)
+                portmap=portmap, log_file=log_file, require_state=False, helper="spawn")  # no systemd in a simulated host
         # `<base>/podman ARGS` runs this host's podman by hand (same namespace and config)
         import shlex
 

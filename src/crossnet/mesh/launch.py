@@ -228,11 +228,16 @@ class Paths:
 
     def load(self) -> dict:
         try:
-            return json.loads(self.launch_json.read_text())
+            doc = json.loads(self.launch_json.read_text())
         except FileNotFoundError:
             raise CrossnetError(f"{self.root}: this host was never launched; run `crossnet launch`") from None
         except ValueError:
             raise CrossnetError(f"{self.launch_json}: not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise CrossnetError(f"{self.launch_json}: not a JSON object")
+        from crossnet.stateformat import upgrade
+
+        return upgrade("mesh/launch.json", doc, self.launch_json)
 
     def save(self, st: dict) -> None:
         from crossnet.state import write_json_atomic

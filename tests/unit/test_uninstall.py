@@ -1,0 +1,153 @@
+"""`crossnet uninstall` (crossnet.uninstall): removes exactly what scripts/install and
+crossnet's own install commands added, nothing else; refuses a configured host."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from crossnet import uninstall
+from crossnet.errors import ConfigError, CrossnetError
+
+
+def _tree(root: Path) -> set[str]:
+    out = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            out.add(os.path.relpath(os.path.join(dirpath, n), root))
+    return out
+
+
+def _manifest(prefix: Path, bin_dir: Path, **kw) -> dict:
+    doc = {"version": 1, "prefix": str(prefix), "bin_dir": str(bin_dir),
+           "links": [str(bin_dir / "crossnet"), str(bin_dir / "crossnet-cni")], "packages_added": [], **kw}
+    path = prefix / uninstall.MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc))
+    return doc
+
+
+@pytest.fixture
+def installed(tmp_path):
+    """A fake installation: a venv that runs this crossnet (its sys.path in a .pth), the
+    manifest scripts/install writes, the command links."""
+    root = tmp_path / "root"
+    prefix, bin_dir = root / "opt" / "crossnet", root / "usr" / "local" / "bin"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(prefix)], check=True, timeout=120)
+    purelib = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
+    purelib.mkdir(parents=True, exist_ok=True)
+    (purelib / "crossnet-test.pth").write_text("\n".join(p for p in sys.path if p and os.path.isdir(p)) + "\n")
+    bin_dir.mkdir(parents=True)
+    for name in ("crossnet", "crossnet-cni"):
+        (prefix / "bin" / name).write_text(f"#!{prefix}/bin/python\nfrom crossnet.cli.main import main; main()\n")
+        (prefix / "bin" / name).chmod(0o755)
+        os.symlink(prefix / "bin" / name, bin_dir / name)
+    doc = _manifest(prefix, bin_dir)
+    return root, prefix, bin_dir, doc
+
+
+def _run(prefix: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(prefix / "bin" / "python"), "-m", "crossnet", *args], capture_output=True,
+                          text=True, timeout=120, env=env, cwd="/", check=False)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_uninstall_removes_everything_install_and_crossnet_added(installed, tmp_path):
+    root, prefix, bin_dir, _ = installed
+    state = root / "var" / "lib" / "crossnet"
+    state.mkdir(parents=True)
+    units, cni_bin, cni_conf = root / "etc" / "systemd" / "system", root / "opt" / "cni" / "bin", root / "etc" / "cni" / "net.d"
+    units.mkdir(parents=True)
+    cni_bin.mkdir(parents=True)
+    cni_conf.mkdir(parents=True)
+    # what was there before crossnet: a foreign unit, plugin, conflist, command
+    (units / "other.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (cni_bin / "portmap").write_text("#!/bin/sh\n")
+    (cni_conf / "87-podman.conflist").write_text(json.dumps({"name": "podman", "plugins": [{"type": "bridge"}]}))
+    (bin_dir / "other-tool").write_text("#!/bin/sh\n")
+    # what scripts/install added: the prefix and the two links
+    before = {p for p in _tree(root) if not p.startswith("opt/crossnet")} - {"usr/local/bin/crossnet",
+                                                                            "usr/local/bin/crossnet-cni"}
+    # crossnet's own install commands, run from the installation (a configured host first)
+    (state / "applied.json").write_text(json.dumps({"version": 1, "host": "h1", "resources": [],
+                                                    "context": {"host": "h1", "subnet": "10.32.1.0/24"}}))
+    _run(prefix, "--state-dir", str(state), "cni", "install", "--bin-dir", str(cni_bin), "--conf-dir", str(cni_conf))
+    _run(prefix, "--state-dir", str(state), "systemd", "install", "--agent", "--apply", "--unit-dir", str(units))
+    assert {"crossnet-cni", "crossnet-cni-py"} <= set(os.listdir(cni_bin))
+    assert "10-crossnet.conflist" in os.listdir(cni_conf) and "crossnet-agent.service" in os.listdir(units)
+    # refused while the host is configured: nothing removed
+    snapshot = _tree(root)
+    proc = _run(prefix, "--state-dir", str(state), "uninstall", "--unit-dir", str(units), "--cni-bin-dir",
+                str(cni_bin), "--cni-conf-dir", str(cni_conf), check=False)
+    assert proc.returncode == 2 and "crossnet: error: --state-dir: this host is still configured" in proc.stderr
+    assert _tree(root) == snapshot
+    # after `reset` (the record gone): dry run changes nothing, then the real thing
+    (state / "applied.json").unlink()
+    args = ("--state-dir", str(state), "uninstall", "--unit-dir", str(units), "--cni-bin-dir", str(cni_bin),
+            "--cni-conf-dir", str(cni_conf))
+    dry = _run(prefix, *args, "--dry-run")
+    assert _tree(root) == snapshot - {"var/lib/crossnet/applied.json"}
+    assert f"remove {prefix}/" in dry.stdout
+    out = _run(prefix, *args).stdout
+    assert out.splitlines()[-1] == f"crossnet uninstalled (state dir {state} kept)"
+    assert not prefix.exists()
+    after = _tree(root)
+    assert after == before, sorted(after ^ before)  # the state dir is kept (empty here)
+
+
+def test_links_that_no_longer_point_into_the_prefix_are_left_alone(installed):
+    root, prefix, bin_dir, doc = installed
+    (bin_dir / "crossnet-cni").unlink()
+    (bin_dir / "crossnet-cni").write_text("#!/bin/sh\n# someone else's\n")
+    lines, steps = uninstall.plan(doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"),
+                                  packages=True, force=False)
+    assert lines == [f"{bin_dir / 'crossnet-cni'}: not a link into {prefix.resolve()}, left alone"]
+    assert steps == [("unlink", bin_dir / "crossnet"), ("rmtree", Path(os.path.realpath(prefix)))]  # no packages added
+
+
+def test_packages_are_removed_only_on_request(installed):
+    root, prefix, bin_dir, _ = installed
+    doc = _manifest(prefix, bin_dir, packages_added=["etcd-server", "wireguard-go"])
+    args = (doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"))
+    assert not [s for s in uninstall.plan(*args, packages=False, force=False)[1] if s[0] == "apt"]
+    assert uninstall.plan(*args, packages=True, force=False)[1][-1] == ("apt", ["etcd-server", "wireguard-go"])
+    assert uninstall.run([("apt", ["etcd-server"])], str(root / "u"), dry_run=True) == \
+        ["apt-get remove -y etcd-server"]
+
+
+def test_manifest_problems_are_one_line(tmp_path, installed):
+    with pytest.raises(ConfigError, match="not installed by scripts/install"):
+        uninstall.load_manifest(str(tmp_path / "nowhere"))
+    prefix = installed[1]
+    path = prefix / uninstall.MANIFEST
+    for doc, match in (({"version": 2}, "unknown install manifest format"),
+                       ([], "unknown install manifest format"),
+                       ({"version": 1, "prefix": "/opt/elsewhere", "bin_dir": "/b", "links": [], "packages_added": []},
+                        "names prefix '/opt/elsewhere'"),
+                       ({"version": 1, "prefix": str(prefix), "bin_dir": "/b", "links": "x", "packages_added": []},
+                        "field 'links'"),
+                       ({"version": 1, "prefix": str(prefix), "bin_dir": "/b", "links": [1], "packages_added": []},
+                        "lists of strings")):
+        path.write_text(json.dumps(doc))
+        with pytest.raises(CrossnetError, match=match):
+            uninstall.load_manifest(str(prefix))
+    path.write_text("{")
+    with pytest.raises(CrossnetError, match="unreadable install manifest"):
+        uninstall.load_manifest(str(prefix))
+
+
+def test_a_prefix_that_is_not_a_venv_is_never_removed(installed):
+    root, prefix, _, doc = installed
+    (prefix / "pyvenv.cfg").unlink()
+    with pytest.raises(CrossnetError, match="is not a virtual environment"):
+        uninstall.plan(doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"),
+                       packages=False, force=False)
