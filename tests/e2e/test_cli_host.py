@@ -330,6 +330,6 @@ def test_lab_demo_json_when_up_fails(labs):
     assert res.returncode == 1
     data = json.loads(res.stdout)  # exactly one JSON document on stdout
     assert data["ok"] is False and data["lab"] == name and data["pairs"] == []
-    assert "one L2 segment" in data["error"]
+    assert "one L2 segment" in data["error"]["message"] and data["error"]["kind"] == "failed"
     assert res.stderr.strip().startswith("crossnet: error: ") and len(res.stderr.strip().splitlines()) == 1
     assert not lab_dir(name).exists()

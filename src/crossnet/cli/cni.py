@@ -37,7 +37,8 @@ def register(main: click.Group) -> None:
     @click.option("--log-file", default=None, help="Make the plugin append one JSON line per call to this file.")
     @click.option("--native/--no-native", default=True, show_default=True,
                   help="Compile the native client (needs cc); --no-native installs the Python client only.")
-    @click.option("-o", "--output", default="text", show_default=True, metavar="text|json")
+    @click.option("-o", "--output", default="text", show_default=True, type=click.Choice(["text", "json"]),
+                  help="text for people, json for scripts (docs/json.md).")
     @click.pass_context
     def install_cmd(ctx: click.Context, conf_dir: str, bin_dir: str, name: str, portmap: bool,
                     log_file: str | None, native: bool, output: str) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import click
 
+from crossnet.backends import backend_names
 from crossnet.cli import trace as trace_cli
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab.topology import (
@@ -55,7 +56,7 @@ def _name_option(f):
 
 
 def _output_option(f):
-    return click.option("-o", "--output", "output", default="text", show_default=True, metavar="text|json",
+    return click.option("-o", "--output", "output", default="text", show_default=True, type=click.Choice(OUTPUTS),
                         help="Output format.")(f)
 
 
@@ -63,17 +64,18 @@ def _build_options(f):
     opts = [
         click.option("--hosts", "hosts", type=int, default=DEFAULT_HOSTS, show_default=True,
                      help="Number of simulated hosts."),
-        click.option("--underlay", default=DEFAULT_UNDERLAY, show_default=True, metavar="l2|l3",
+        click.option("--underlay", default=DEFAULT_UNDERLAY, show_default=True, type=click.Choice(["l2", "l3"]),
                      help="l2: hosts on one switched LAN; l3: each host in its own /24 behind a router."),
-        click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
-                     help="Data plane written into the cluster file (bridge, host-gw, vxlan, ovs...)."),
+        click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(backend_names()),
+                     help="Data plane written into the cluster file."),
         click.option("--containers", type=int, default=DEFAULT_CONTAINERS, show_default=True,
                      help="Containers (network namespaces) attached per host."),
         click.option("--mtu", type=int, default=None, help="Underlay MTU of every underlay link."),
-        click.option("--runtime", default="netns", show_default=True, metavar="netns|podman",
+        click.option("--runtime", default="netns", show_default=True, type=click.Choice(["netns", "podman"]),
                      help="Containers: plain network namespaces + `crossnet attach`, or real podman "
                           "containers (busybox) attached by the crossnet-cni plugin."),
-        click.option("--store", default="static", show_default=True, metavar="static|etcd|mesh", expose_value=False,
+        click.option("--store", default="static", show_default=True, type=click.Choice(["static", "etcd", "mesh"]),
+                     expose_value=False,
                      callback=_store_option,
                      help="static: `crossnet apply` with the lab's cluster file; etcd: an etcd server in the "
                           "lab and `crossnet agent` on every host (see docs/agent.md)."),
@@ -309,8 +311,10 @@ def register(main: click.Group) -> None:
             if output != "json":
                 raise
             # scripts read stdout: one JSON object even when the lab could not be built
+            from crossnet.cli.contract import error_object
+
             _emit_json({"lab": opts.name, "backend": opts.backend, "underlay": opts.underlay,
-                        "applied": not no_apply, "ok": False, "error": str(exc), "pairs": []})
+                        "applied": not no_apply, **error_object(str(exc), exc.exit_code), "pairs": []})
             click.echo(f"crossnet: error: {exc}", err=True)
             sys.exit(exc.exit_code)
         if output == "json":

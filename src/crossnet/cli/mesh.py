@@ -17,7 +17,8 @@ def _state(ctx: click.Context) -> str:
 @click.argument("addr", required=False)
 @click.option("--token", "token", help="Join token printed by the first host (<id>.<secret>.<ca pin>).")
 @click.option("--ca-pin", help="CA pin (sha256:…) when --token is a bare <id>.<secret>.")
-@click.option("--name", help="This host's name (default: the machine's host name).")
+@click.option("--host", "--name", "name", help="This host's name (default: the machine's host name; "
+                                                "--name is the old spelling).")
 @click.option("--iface", help="Underlay interface (default: the one of the default route).")
 @click.option("--address", help="Underlay address (default: the interface's first IPv4 address).")
 @click.option("--network", default="10.32.0.0/12", show_default=True, help="Container network (first host).")
@@ -145,7 +146,8 @@ def token_create(ctx, ttl, description) -> None:
 
 
 @token_group.command("list")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for scripts (docs/json.md).")
 @click.pass_context
 def token_list(ctx, output) -> None:
     from crossnet.mesh import launch as ml
