@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -77,7 +76,9 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
     result = store.init_config(cfg, force=force)
     if output == "json":
-        click.echo(json.dumps({"result": result, "key": store.config_key, "config": cfg.to_json()}, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit({"result": result, "key": store.config_key, "config": cfg.to_json()})
     else:
         click.echo(f"{store.config_key}: {result}: network {cfg.network}, /{cfg.subnet_len} per host, "
                    f"backend {cfg.backend}, lease ttl {cfg.ttl}s")
@@ -100,8 +101,10 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
     remembered = store.remembered()
     leases = [{**h.to_json(), "lease": f"{h.lease:x}"} for h in sorted(snap.hosts, key=lambda h: h.subnet)]
     if output == "json":
-        click.echo(json.dumps({"config": cfg, "revision": snap.revision, "hosts": leases,
-                               "remembered": {k: str(v) for k, v in remembered.items()}}, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit({"config": cfg, "revision": snap.revision, "hosts": leases,
+              "remembered": {k: str(v) for k, v in remembered.items()}})
         return
     if cfg is None:
         click.echo(f"{store.config_key}: not initialised (run `crossnet etcd init`)")

@@ -59,7 +59,9 @@ def register(main: click.Group) -> None:
         res = install(ctx.obj["state_dir"], conf_dir=conf_dir, bin_dir=bin_dir, name=name,
                       portmap=portmap, log_file=log_file, native=native)
         if output == "json":
-            click.echo(json.dumps(res, indent=2))
+            from crossnet.cli.contract import emit
+
+            emit(res)
             return
         click.echo(f"network {res['network']}: host {res['host']}, subnet {res['subnet']}")
         click.echo(f"  wrote {res['conflist']}")

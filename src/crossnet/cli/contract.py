@@ -69,7 +69,10 @@ def normalize(argv: list[str]) -> list[str]:
     i, moved_output = 0, []
     while i < len(front) and head[-1] != "exec":  # `lab exec` has no -o: left where it is
         n = _take(front, i, OUTPUT_OPTS)
-        if n:
+        if _take(front, i, GROUP_VALUE_OPTS):  # `--state-dir VALUE` stays together
+            n = _take(front, i, GROUP_VALUE_OPTS)
+            out += front[i:i + n]
+        elif n:
             moved_output += front[i:i + n]
         else:
             n = 1
@@ -80,6 +83,8 @@ def normalize(argv: list[str]) -> list[str]:
     i = 0
     while i < len(back):
         n = _take(back, i, GROUP_VALUE_OPTS)
+        if n == 1 and back[i] in GROUP_VALUE_OPTS:  # a trailing `--state-dir` without its value
+            return front + [back[i]]  # click: "option '--state-dir' requires an argument"
         if n:
             moved_state += back[i:i + n]
         elif _take(back, i, OUTPUT_OPTS):  # `-o VALUE` stays together
@@ -141,7 +146,7 @@ class CommaChoice(click.ParamType):
     def __init__(self, choices: tuple[str, ...]) -> None:
         self.choices = tuple(choices)
 
-    def get_metavar(self, param, ctx=None) -> str:  # noqa: ARG002 - click's signature
+    def get_metavar(self, param, ctx=None) -> str:
         return "[" + "|".join(self.choices) + "],..."
 
     def convert(self, value, param, ctx):
@@ -152,3 +157,44 @@ class CommaChoice(click.ParamType):
         if bad:
             self.fail(f"{bad[0]!r} is not one of {', '.join(self.choices)}", param, ctx)
         return value
+
+
+# fields that hold a point in time, in any command's JSON: printed as RFC 3339 UTC
+# (`2026-12-03T15:56:13.123Z`) whatever the internal record keeps (epoch seconds, local time)
+TIME_KEYS = frozenset({"synced_at", "measured_at", "path_mtu_measured_at", "since", "last_handshake",
+                       "created_at", "created", "expires", "started_at", "time", "ts"})
+
+
+def _rfc3339(value: object) -> object:
+    import datetime
+
+    from crossnet.logjson import rfc3339
+
+    if isinstance(value, bool) or value is None:
+        return value  # keygen's `created: true` is not a time
+    if isinstance(value, (int, float)):
+        return rfc3339(float(value)) if value > 0 else None  # 0: never (a WireGuard handshake)
+    if isinstance(value, str):
+        try:
+            t = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        if t.tzinfo is None:
+            return value  # no zone: which one is unknown, left as it is
+        return rfc3339(t.timestamp())
+    return value
+
+
+def json_times(data: object) -> object:
+    """`data` with every TIME_KEYS field (at any depth) in RFC 3339 UTC."""
+    if isinstance(data, dict):
+        return {k: _rfc3339(v) if k in TIME_KEYS and not isinstance(v, (dict, list)) else json_times(v)
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [json_times(x) for x in data]
+    return data
+
+
+def emit(data: object) -> None:
+    """Print a command's -o json result: one JSON document, times in RFC 3339 UTC."""
+    click.echo(json.dumps(json_times(data), indent=2, sort_keys=False))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sys
 from typing import TYPE_CHECKING
@@ -126,7 +125,9 @@ def _check_requested_ip(ip: str | None, state: StateDir) -> None:
 
 
 def _json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    from crossnet.cli.contract import emit
+
+    emit(data)
 
 
 @click.command()

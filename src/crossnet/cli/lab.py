@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any, Callable
@@ -34,7 +33,9 @@ def _output(value: str) -> str:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    from crossnet.cli.contract import emit
+
+    emit(data)
 
 
 def _log(output: str) -> Callable[[str], None]:

@@ -3,7 +3,6 @@ on crossnet-run etcd members (docs/mesh.md)."""
 
 from __future__ import annotations
 
-import json
 import socket
 
 import click
@@ -154,7 +153,9 @@ def token_list(ctx, output) -> None:
 
     rows = ml.token_store(_state(ctx)).list()
     if output == "json":
-        click.echo(json.dumps(rows, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit({"tokens": rows})
         return
     for r in rows:
         click.echo(f"{r['id']}  {r['state']:8} expires {r['expires']}  {r['description']}")
