@@ -208,7 +208,7 @@ def test_check_static_local_pairs_and_peer_gateways(labs):
     h1, h2 = host(lab, "h1"), host(lab, "h2")
     rc, data = check_json(lab, "h1")
     assert rc == 0, data
-    assert data["ok"] is True and data["host"] == "h1" and data["containers"] == "unknown"
+    assert data["ok"] is True and data["host"] == "h1" and data["peer_containers"] == "unknown"
     pairs = {(p["src"], p["dst"]): p for p in data["pairs"]}
     c1, c2 = h1.containers
     assert set(pairs) == {(c1, c2), (c2, c1), (c1, "h2 (gateway)"), (c2, "h2 (gateway)")}
@@ -246,7 +246,7 @@ def test_check_etcd_lists_peer_containers(labs):
     h2 = host(lab, "h2")
     rc, data = check_json(lab, "h1")
     assert rc == 0, data
-    assert data["containers"] == "published" and data["ok"] is True
+    assert data["peer_containers"] == "published" and data["ok"] is True
     dsts = {p["dst"]: p for p in data["pairs"]}
     assert set(dsts) == {f"h2/{h2.containers[0]}"}
     d = dsts[f"h2/{h2.containers[0]}"]

@@ -496,11 +496,11 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
         rows = []
         for (_s, (d, dhost, kind)), p in zip(jobs, pairs):
             rows.append({"src": p.src, "dst": p.dst, "ok": p.ok, "rtt_ms": p.rtt_ms, "error": p.error,
-                         "dst_host": dhost, "dst_address": d.address, "kind": kind})
+                         "src_host": me, "dst_host": dhost, "dst_address": d.address, "kind": kind})
         _json({
             "host": me,
             "ok": ok,
-            "containers": "published" if published is not None else "unknown",
+            "peer_containers": "published" if published is not None else "unknown",
             "note": note,
             "stale": stale,
             "pairs": rows,

@@ -200,7 +200,7 @@ def register(main: click.Group) -> None:
         statuses = lab_.statuses() if lab_.applied else {}
         s = lab_.summary(statuses)
         if output == "json":
-            _emit_json(s)
+            _emit_json({"lab": s["name"], **s})  # `lab` as in every lab command (`name`: the old key)
         else:
             _print_summary(s)
 
@@ -218,7 +218,8 @@ def register(main: click.Group) -> None:
         m = _manager()
         results = m.down_all(log=_log(output), force=force) if all_ else [m.down(name, log=_log(output))]
         if output == "json":
-            _emit_json(results if all_ else results[0])
+            named = [{"lab": r["name"], **r} for r in results]
+            _emit_json({"labs": named} if all_ else named[0])
         elif not any(r["existed"] for r in results):
             click.echo("no lab to remove" if all_ else f"lab {name!r} does not exist (nothing to do)")
 
@@ -230,7 +231,7 @@ def register(main: click.Group) -> None:
         m = _manager()
         labs = m.list_labs()
         if output == "json":
-            _emit_json(labs)
+            _emit_json({"labs": [{"lab": x["name"], **x} for x in labs]})
             return
         if not labs:
             click.echo("no labs")
@@ -282,11 +283,14 @@ def register(main: click.Group) -> None:
         _check_probe_args(count, timeout)
         m = _manager()
         lab_ = m.Lab.open(validate_name(name))
-        pairs = lab_.check(count=count, timeout=timeout, underlay=underlay)
+        statuses = None if underlay or not lab_.applied else lab_.statuses()
+        pairs = lab_.check(count=count, timeout=timeout, underlay=underlay, statuses=statuses)
         ok = m.reachable(pairs)  # the verdict `lab demo` uses too
         if output == "json":
+            host_of = _host_of(lab_, statuses)
             _emit_json({"lab": lab_.name, "backend": lab_.plan.backend, "underlay": lab_.plan.underlay,
-                        "pairs": pairs_to_json(pairs), "ok": ok})
+                        "pairs": [{**p, "src_host": host_of.get(p["src"]), "dst_host": host_of.get(p["dst"])}
+                                  for p in pairs_to_json(pairs)], "ok": ok})
         else:
             _print_pairs(pairs, f"lab {lab_.name}: {lab_.plan.backend} over {lab_.plan.underlay}", lab_.name)
         if not ok:
@@ -318,8 +322,11 @@ def register(main: click.Group) -> None:
                         "applied": not no_apply, **error_object(str(exc), exc.exit_code), "pairs": []})
             click.echo(f"crossnet: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        if output == "json":
-            _emit_json(result)
+        if output == "json":  # the vocabulary of `lab check`: containers, pairs with src_host/dst_host
+            host_of = {e["name"]: e["host"] for e in result.get("endpoints") or []}
+            _emit_json({**result, "containers": result.get("endpoints"),
+                        "pairs": [{**p, "src_host": host_of.get(p["src"]), "dst_host": host_of.get(p["dst"])}
+                                  for p in result.get("pairs") or []]})
         else:
             _print_pairs(result["pairs"], f"{result['backend']} over {result['underlay']} "
                                           f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"])
@@ -330,6 +337,15 @@ def register(main: click.Group) -> None:
                            f"{x['url']}" + (f" ({x['ms']:.0f} ms)" if x["ok"] else f": {x['error']}"))
         if not result["ok"]:
             sys.exit(1)
+
+
+def _host_of(lab_, statuses: dict | None) -> dict[str, str]:
+    """Endpoint label (as Lab.endpoints names it) -> the lab host it is on."""
+    out = {h.name: h.name for h in lab_.hosts}
+    for h in lab_.hosts:
+        for c in ((statuses or {}).get(h.name) or {}).get("containers") or []:
+            out[str(c.get("name") or c.get("id") or c.get("netns"))] = h.name
+    return out
 
 
 def _check_probe_args(count: int, timeout: float) -> None:
