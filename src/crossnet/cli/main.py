@@ -25,6 +25,7 @@ COMMAND_MODULES = {
     "crossnet.cli.mesh": ("launch", "stop", "forget", "token"),
     "crossnet.cli.dns": ("dns",),  # dns serve (no agent: this host's containers' names)
     "crossnet.cli.systemd": ("systemd",),  # systemd install|uninstall (crossnet.units)
+    "crossnet.cli.validate": ("validate",),  # validate -f FILE: offline (crossnet.validate)
 }
 
 
