@@ -12,7 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crossnet.cli.contract import CommaChoice, error_object, normalize, output_format, wants_json
+from crossnet.cli.contract import (
+    CommaChoice,
+    error_object,
+    normalize,
+    output_format,
+    wants_json,
+)
 from crossnet.cli.main import cli
 
 
@@ -20,7 +26,7 @@ def crossnet(*argv: str, state_dir: str, env: dict | None = None) -> subprocess.
     import os
 
     e = dict(os.environ, CROSSNET_STATE_DIR=state_dir, **(env or {}))
-    return subprocess.run([sys.executable, "-m", "crossnet", *argv], capture_output=True, text=True, env=e,
+    return subprocess.run([sys.executable, "-m", "crossnet", *argv], capture_output=True, text=True, env=e, check=False,
                           timeout=60)
 
 

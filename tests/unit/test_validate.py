@@ -36,7 +36,7 @@ def base(**kw) -> dict:
 
 
 def run(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "crossnet", *argv], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "crossnet", *argv], capture_output=True, text=True, timeout=60, check=False,
                           env=dict(os.environ, CROSSNET_STATE_DIR="/nonexistent/state"))
 
 

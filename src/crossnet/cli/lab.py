@@ -39,8 +39,7 @@ def _emit_json(data: Any) -> None:
 
 
 def _log(output: str) -> Callable[[str], None]:
-    if output == "json":
-        return lambda _msg: None
+    """Progress on stderr: stdout stays the result (one JSON object with -o json)."""
     return lambda msg: click.echo(f"· {msg}", err=True)
 
 

@@ -80,7 +80,7 @@ SHAPES: dict[str, Any] = {
     "lab trace": TRACE,
 }
 # commands whose -o json has its own documented format, not described here
-OWN_FORMAT = {"bench all": "docs/benchmarks.md", "bench dataplane": "docs/benchmarks.md",
+OWN_FORMAT = {"bench all": "docs/benchmarks.md", "bench dataplane": "docs/benchmarks.md", "bench mesh": "docs/benchmarks.md",
               "bench control": "docs/benchmarks.md", "bench transport": "docs/benchmarks.md"}
 
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
