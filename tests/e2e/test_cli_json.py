@@ -49,7 +49,6 @@ def test_lab_up_json_and_progress(built):
     ("check", ["check"]),
     ("gc", ["gc", "--dry-run"]),
     ("apply", ["apply", "-f", "@cluster@", "--dry-run"]),
-    ("validate", ["validate", "-f", "@cluster@"]),
     ("keygen", ["keygen"]),
     ("trace", ["trace", "@c1@", "@c2addr@"]),
 ])

@@ -6,15 +6,11 @@ import contextlib
 import fcntl
 import os
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
 from crossnet.errors import CrossnetError
 from crossnet.state import StateDir
-
-if TYPE_CHECKING:  # rich is imported only by the text output of status/check (~30 ms)
-    from rich.table import Table
 
 OUTPUT = click.option(
     "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -511,39 +507,18 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
         caption = "RTT in ms; ✗ = unreachable"
         if any(kind == "gateway" for _, _, kind in dsts):
             caption += "; NAME (gateway): a peer whose containers are unknown here"
-        Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
+        from crossnet.cli.checkview import failure_lines, matrix
+
+        Console().print(matrix(pairs, [d.name for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
         if note:
             click.echo(note)
         if stale_note:
             click.echo(stale_note)
         click.echo(summary_line(pairs))
-        for p in [p for p in pairs if not p.ok][:10]:
-            click.echo(f"  ✗ {p.src} → {p.dst}: {p.error or 'unreachable'}")
+        host_of = {s.name: me for s, _, _ in local} | {d.name: h for d, h, _ in dsts}
+        for line in failure_lines(pairs, host_of.get):
+            click.echo(f"  ✗ {line}")
     sys.exit(0 if ok else 1)
-
-
-def _matrix(pairs, dsts, title: str, caption: str) -> Table:
-    """Rows: this host's containers; columns: every destination; cells: RTT in ms or ✗."""
-    from rich.table import Table
-
-    cell = {(p.src, p.dst): p for p in pairs}
-    srcs = list(dict.fromkeys(p.src for p in pairs))
-    table = Table(title=title, caption=caption)
-    table.add_column("src \\ dst", style="bold", no_wrap=True)
-    for d in dsts:
-        table.add_column(d.name, justify="right")
-    for s in srcs:
-        row = []
-        for d in dsts:
-            p = cell.get((s, d.name))
-            if p is None:
-                row.append("[dim]·[/dim]")
-            elif p.ok:
-                row.append(f"[green]{p.rtt_ms:.2f}[/green]" if p.rtt_ms is not None else "[green]✓[/green]")
-            else:
-                row.append("[bold red]✗[/bold red]")
-        table.add_row(s, *row)
-    return table
 
 
 def _cluster_containers(ctx: click.Context) -> tuple[dict[str, list[dict]] | None, str | None]:

@@ -155,20 +155,23 @@ def _print_summary(s: dict[str, Any]) -> None:
     con.print(f"try: crossnet lab exec --name {s['name']} h1 -- crossnet status")
 
 
-def _print_pairs(pairs, title: str, lab_name: str | None = None) -> None:
+def _print_pairs(pairs, title: str, lab_name: str | None = None, host_of: dict[str, str] | None = None) -> None:
     from rich.console import Console
 
-    from crossnet.check import Pair, render_matrix, summary_line
+    from crossnet.check import Pair, summary_line
+    from crossnet.cli.checkview import failure_lines, matrix
 
-    ps = [Pair(**p) if isinstance(p, dict) else p for p in pairs]
+    fields = set(Pair.__dataclass_fields__)
+    ps = [Pair(**{k: v for k, v in p.items() if k in fields}) if isinstance(p, dict) else p for p in pairs]
     con = Console()
     strip = f"{lab_name}-" if lab_name else ""
-    con.print(render_matrix(ps, title=title, label=lambda n: n[len(strip):] if strip and n.startswith(strip) else n))
-    bad = [p for p in ps if not p.ok]
-    for p in bad[:10]:
-        con.print(f"  [red]✗[/red] {p.src} → {p.dst}: {p.error or 'unreachable'}")
-    if len(bad) > 10:
-        con.print(f"  ... and {len(bad) - 10} more")
+
+    def label(n: str) -> str:
+        return n[len(strip):] if strip and n.startswith(strip) else n
+
+    con.print(matrix(ps, title=title, label=label))
+    for line in failure_lines(ps, (host_of or {}).get, label):
+        con.print(f"  [red]✗[/red] {line}", highlight=False)
     con.print(summary_line(ps))
 
 
@@ -291,7 +294,8 @@ def register(main: click.Group) -> None:
                         "pairs": [{**p, "src_host": host_of.get(p["src"]), "dst_host": host_of.get(p["dst"])}
                                   for p in pairs_to_json(pairs)], "ok": ok})
         else:
-            _print_pairs(pairs, f"lab {lab_.name}: {lab_.plan.backend} over {lab_.plan.underlay}", lab_.name)
+            _print_pairs(pairs, f"lab {lab_.name}: {lab_.plan.backend} over {lab_.plan.underlay}", lab_.name,
+                         _host_of(lab_, statuses))
         if not ok:
             sys.exit(1)
 
@@ -328,7 +332,8 @@ def register(main: click.Group) -> None:
                                   for p in result.get("pairs") or []]})
         else:
             _print_pairs(result["pairs"], f"{result['backend']} over {result['underlay']} "
-                                          f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"])
+                                          f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"],
+                         {e["name"]: e["host"] for e in result.get("endpoints") or []})
             strip = f"{result['lab']}-"
             for x in result.get("http") or []:
                 mark = "✓" if x["ok"] else "✗"
