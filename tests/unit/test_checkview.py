@@ -96,3 +96,15 @@ def test_every_failure_is_counted(spec):
         else:
             counted += 1
     assert counted == sum(1 for p in pairs if not p.ok)
+
+
+def test_container_label_names_runtime_containers():
+    """status/attach show a podman/docker container by its name, with a short id."""
+    from crossnet.cli.checkview import container_label
+
+    hexid = "3f2a1b0c9d8e" + "0" * 52
+    assert container_label(hexid, "web") == "web (3f2a1b0c9d8e)"
+    assert container_label(hexid + "/net1", "web") == "web (3f2a1b0c9d8e)"
+    assert container_label("cnlab-h1-c1", None) == "cnlab-h1-c1"
+    assert container_label("cnlab-h1-c1", "db") == "db (cnlab-h1-c1)"
+    assert container_label("web", "web") == "web"

@@ -123,3 +123,16 @@ def failure_lines(pairs: Sequence[Any], host_of: Callable[[str], str | None],
     if len(lines) > MAX_LINES:
         lines = lines[:MAX_LINES] + [f"... and {len(lines) - MAX_LINES} more"]
     return lines
+
+
+def container_label(cid: str, name: str | None) -> str:
+    """How `status` and `attach` name a container: its runtime name when it has one,
+    with a short id when the id is a runtime's 64-hex id (`web (3f2a1b0c9d8e)`)."""
+    import re
+
+    if not name:
+        return cid
+    if name == cid:
+        return name
+    hexid = re.fullmatch(r"(?:[0-9a-f]{64})(?:[-:/].*)?", cid)
+    return f"{name} ({cid[:12]})" if hexid else f"{name} ({cid})"

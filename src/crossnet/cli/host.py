@@ -230,7 +230,11 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name
         note = "" if data["changed"] else " (already attached, nothing changed)"
         if data.get("asked_as") is not None:  # the namespace was attached before under another id
             note = f" (already attached as {data['id']})"
-        click.echo(f"{cid}: {data['ifname']} {data['cidr']} via {data['gateway']} mtu {data['mtu']} (host side {data['host_if']}){note}")
+        from crossnet.cli.checkview import container_label
+
+        runtime, sep, rname = container.partition(":")
+        who = container_label(cid, name or (rname if sep and runtime in ("podman", "docker") else None))
+        click.echo(f"{who}: {data['ifname']} {data['cidr']} via {data['gateway']} mtu {data['mtu']} (host side {data['host_if']}){note}")
 
 
 @click.command()
@@ -375,11 +379,13 @@ def status(ctx: click.Context, output: str) -> None:
             conns.add_row(*row)
         console.print(conns)
     cont = Table(title="containers", title_justify="left")
-    for col in ("id", "address", "ifname", "host side", "state"):
+    for col in ("container", "address", "ifname", "host side", "state"):
         cont.add_column(col)
+    from crossnet.cli.checkview import container_label
+
     for c in st["containers"]:
         state = c.get("state", "attached")
-        cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "",
+        cont.add_row(container_label(c["id"], c.get("name")), c["address"], c["ifname"], c["host_if"] or "",
                      "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
     console.print(cont)
     if mesh is not None:
