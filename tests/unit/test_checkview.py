@@ -108,3 +108,9 @@ def test_container_label_names_runtime_containers():
     assert container_label("cnlab-h1-c1", None) == "cnlab-h1-c1"
     assert container_label("cnlab-h1-c1", "db") == "db (cnlab-h1-c1)"
     assert container_label("web", "web") == "web"
+
+
+def test_wide_matrix_keeps_the_callers_note():
+    pairs, _ = lab_pairs()
+    text = " ".join(render(matrix(pairs, caption="RTT in ms; ✗ = unreachable; NAME (gateway): a peer")).split())
+    assert "NAME (gateway): a peer" in text and "RTT median" in text

@@ -59,8 +59,10 @@ def matrix(pairs: Sequence[Any], dsts: Sequence[str] | None = None, title: str |
     from rich import box
 
     rtts = sorted(p.rtt_ms for p in pairs if p.ok and p.rtt_ms is not None)
+    extra = caption.replace("RTT in ms; ✗ = unreachable", "").lstrip("; ")  # e.g. check's "NAME (gateway)" note
     caption = "✓ reachable; ✗ = unreachable" + (
-        f"; RTT median {rtts[len(rtts) // 2]:.2f} ms, max {rtts[-1]:.2f} ms" if rtts else "")
+        f"; RTT median {rtts[len(rtts) // 2]:.2f} ms, max {rtts[-1]:.2f} ms" if rtts else "") + (
+        f"; {extra}" if extra else "")
     caption += "; columns: " + " ".join(f"{num[n]}={label(n)}" for n in cols)
     table = Table(title=title, caption=caption, caption_justify="left", box=box.SIMPLE_HEAD, padding=(0, 0, 0, 1),
                   pad_edge=False)
