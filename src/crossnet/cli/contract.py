@@ -67,7 +67,8 @@ def normalize(argv: list[str]) -> list[str]:
         return list(argv)
     front, back, out = head[:cmd], head[cmd:], []
     i, moved_output = 0, []
-    while i < len(front) and head[-1] != "exec":  # `lab exec` has no -o: left where it is
+    lab_exec = head[-2:] == ["lab", "exec"]
+    while i < len(front) and not lab_exec:  # `lab exec` has no -o: left where it is
         n = _take(front, i, OUTPUT_OPTS)
         if _take(front, i, GROUP_VALUE_OPTS):  # `--state-dir VALUE` stays together
             n = _take(front, i, GROUP_VALUE_OPTS)
@@ -78,7 +79,7 @@ def normalize(argv: list[str]) -> list[str]:
             n = 1
             out.append(front[i])
         i += n
-    front = out if head[-1] != "exec" else front
+    front = out if not lab_exec else front
     out, moved_state = [], []
     i = 0
     while i < len(back):
