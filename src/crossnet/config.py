@@ -348,13 +348,17 @@ def _underlay_overlap_errors(c: Cluster, loc: Loc, net: IPv4Network) -> Iterator
 def _overlay_errors(c: Cluster) -> Iterator[Problem]:
     network = c.network
     assert network is not None
+    hint = None
     for i, host in enumerate(c.hosts):
         if host.address in network:
+            if hint is None:  # the first message names a range that works (crossnet.suggest)
+                hint = _free_network_hint(c, network)
             yield (
                 ("network",),
                 f"{network} overlaps the underlay: it contains {_host_ref(i, host)} "
-                f"address {host.address}",
+                f"address {host.address}{hint}",
             )
+            hint = ""
     yield from _underlay_overlap_errors(c, ("network",), network)
     if c.backend == "auto":
         yield from _auto_errors(c, network)
@@ -415,6 +419,14 @@ def _networks_errors(c: Cluster) -> Iterator[Problem]:
             yield (("networks", i, "subnet_len"), problem)
         elif (1 << (subnet_len - net.network.prefixlen)) < len(c.hosts):
             yield (("networks", i, "subnet_len"), f"{net.network} has fewer /{subnet_len} subnets than hosts")
+
+
+def _free_network_hint(c: Cluster, network: IPv4Network) -> str:
+    from crossnet.suggest import free_network
+
+    free = free_network(network, c.subnet_len, len(c.hosts), [h.address for h in c.hosts], c.underlay_networks,
+                        [h.subnet for h in c.hosts if h.subnet is not None])
+    return f" (a free range: network: {free})" if free is not None else ""
 
 
 def _auto_errors(c: Cluster, network: IPv4Network) -> Iterator[Problem]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from crossnet.cli.contract import wants_json
 from crossnet.lab.manager import crossnet_argv
 from tests.conftest import LabFactory
 from tests.unit.test_bad_input_cluster import YAML_CASES, materialize
@@ -129,7 +131,10 @@ def test_bad_cli_input(env, case):
     assert lines[0].startswith("crossnet: error: "), lines[0]
     assert "internal error" not in lines[0] and "Traceback" not in res.stderr
     assert message in lines[0], (message, lines[0])
-    assert res.stdout == "", res.stdout[-500:]
+    if wants_json(argv):  # -o json: the error as one JSON object on stdout too (docs/json.md)
+        assert json.loads(res.stdout)["error"]["message"] == lines[0].removeprefix("crossnet: error: ")
+    else:
+        assert res.stdout == "", res.stdout[-500:]
     assert diff(before_k, snapshot(h1.netns)) == []
     assert state_snapshot(state) == before_s
     if "fresh" in str(case.get("env")):

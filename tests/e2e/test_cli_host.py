@@ -208,7 +208,7 @@ def test_check_static_local_pairs_and_peer_gateways(labs):
     h1, h2 = host(lab, "h1"), host(lab, "h2")
     rc, data = check_json(lab, "h1")
     assert rc == 0, data
-    assert data["ok"] is True and data["host"] == "h1" and data["containers"] == "unknown"
+    assert data["ok"] is True and data["host"] == "h1" and data["peer_containers"] == "unknown"
     pairs = {(p["src"], p["dst"]): p for p in data["pairs"]}
     c1, c2 = h1.containers
     assert set(pairs) == {(c1, c2), (c2, c1), (c1, "h2 (gateway)"), (c2, "h2 (gateway)")}
@@ -246,7 +246,7 @@ def test_check_etcd_lists_peer_containers(labs):
     h2 = host(lab, "h2")
     rc, data = check_json(lab, "h1")
     assert rc == 0, data
-    assert data["containers"] == "published" and data["ok"] is True
+    assert data["peer_containers"] == "published" and data["ok"] is True
     dsts = {p["dst"]: p for p in data["pairs"]}
     assert set(dsts) == {f"h2/{h2.containers[0]}"}
     d = dsts[f"h2/{h2.containers[0]}"]
@@ -330,6 +330,7 @@ def test_lab_demo_json_when_up_fails(labs):
     assert res.returncode == 1
     data = json.loads(res.stdout)  # exactly one JSON document on stdout
     assert data["ok"] is False and data["lab"] == name and data["pairs"] == []
-    assert "one L2 segment" in data["error"]
-    assert res.stderr.strip().startswith("crossnet: error: ") and len(res.stderr.strip().splitlines()) == 1
+    assert "one L2 segment" in data["error"]["message"] and data["error"]["kind"] == "failed"
+    errors = [x for x in res.stderr.splitlines() if not x.startswith("· ")]  # "· ": progress (stderr)
+    assert len(errors) == 1 and errors[0].startswith("crossnet: error: ")
     assert not lab_dir(name).exists()

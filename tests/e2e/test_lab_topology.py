@@ -251,7 +251,7 @@ def test_cli_up_exec_check_list_down(lab_factory):
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["ok"] is True and len(json.loads(r.stdout)["pairs"]) == 2
     r = crossnet_cli("lab", "list", "-o", "json", env=env)
-    assert name in {x["name"] for x in json.loads(r.stdout)}
+    assert name in {x["lab"] for x in json.loads(r.stdout)["labs"]}
 
     r = crossnet_cli("lab", "down", "--name", name, "-o", "json", env=env)
     assert r.returncode == 0, r.stderr

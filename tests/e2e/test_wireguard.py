@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -183,7 +184,7 @@ def test_all_pairs_tcp_trace_and_only_wireguard_on_the_underlay(make_lab, underl
     assert res["transport"] == "wireguard" and res["verified"] and res["tunnel"] == "cnwg0"
     enc = [h for h in res["hops"] if h["kind"] == "wireguard" and h["host"] == "h1"]
     assert enc and enc[0]["extra"]["peer"] == "h3" and enc[0]["extra"]["tx_bytes_delta"] >= 5 * 84
-    assert enc[0]["extra"]["last_handshake"] > 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", enc[0]["extra"]["last_handshake"])  # RFC 3339 UTC
     nic = next(h for h in res["hops"] if h["kind"] == "nic" and h["host"] == "h1")
     assert nic["capture"]["wireguard"] >= 5 and nic["capture"]["plain"] == 0
 

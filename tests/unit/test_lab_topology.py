@@ -230,9 +230,9 @@ def test_ping_matrix_trivial():
     [
         (["lab", "up", "--hosts", "0"], "--hosts"),
         (["lab", "up", "--name", "Bad-Name"], "--name"),
-        (["lab", "up", "--backend", "frobnicate"], "--backend"),
-        (["lab", "demo", "--underlay", "l9"], "--underlay"),
-        (["lab", "up", "-o", "yaml"], "-o/--output"),
+        (["lab", "up", "--backend", "frobnicate"], "lab up: invalid value for '--backend'"),
+        (["lab", "demo", "--underlay", "l9"], "lab demo: invalid value for '--underlay'"),
+        (["lab", "up", "-o", "yaml"], "lab up: invalid value for '-o' / '--output'"),
         (["lab", "down", "--name", "x-y"], "--name"),
     ],
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -43,7 +42,7 @@ def etcd_group() -> None:
 @click.option("--network", required=True, help="Container network, e.g. 10.32.0.0/16.")
 @click.option("--subnet-len", type=int, default=24, show_default=True, help="Prefix length of each host's subnet.")
 @click.option("--backend", type=click.Choice(backends.store_backend_names()), default="vxlan",
-              show_default=True)
+              show_default=True, help="Data plane of every host (docs/cluster-file.md).")
 @click.option("--ttl", type=int, default=60, show_default=True,
               help="Lease TTL (s): a host that stops renewing is removed from its peers after this.")
 @click.option("--masquerade", is_flag=True, help="NAT container traffic leaving the container network.")
@@ -58,7 +57,8 @@ def etcd_group() -> None:
 @click.option("--dns-domain", default="crossnet.local", show_default=True,
               help="Containers' DNS names are NAME.<this domain> (docs/dns.md).")
 @click.option("--force", is_flag=True, help="Replace a different existing config (restart the agents after).")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for scripts (docs/json.md).")
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
               cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, dns_domain, force,
               output) -> None:
@@ -76,7 +76,9 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
     result = store.init_config(cfg, force=force)
     if output == "json":
-        click.echo(json.dumps({"result": result, "key": store.config_key, "config": cfg.to_json()}, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit({"result": result, "key": store.config_key, "config": cfg.to_json()})
     else:
         click.echo(f"{store.config_key}: {result}: network {cfg.network}, /{cfg.subnet_len} per host, "
                    f"backend {cfg.backend}, lease ttl {cfg.ttl}s")
@@ -84,7 +86,8 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
 
 @etcd_group.command("show")
 @etcd_options
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for scripts (docs/json.md).")
 def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
     """Show the network config and the hosts holding a subnet lease."""
     from crossnet.store import NotInitialized
@@ -98,8 +101,10 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
     remembered = store.remembered()
     leases = [{**h.to_json(), "lease": f"{h.lease:x}"} for h in sorted(snap.hosts, key=lambda h: h.subnet)]
     if output == "json":
-        click.echo(json.dumps({"config": cfg, "revision": snap.revision, "hosts": leases,
-                               "remembered": {k: str(v) for k, v in remembered.items()}}, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit({"config": cfg, "revision": snap.revision, "hosts": leases,
+              "remembered": {k: str(v) for k, v in remembered.items()}})
         return
     if cfg is None:
         click.echo(f"{store.config_key}: not initialised (run `crossnet etcd init`)")
@@ -120,7 +125,8 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
 @click.option("--cert", type=click.Path(dir_okay=False), help="TLS client certificate (PEM).")
 @click.option("--key", "keyfile", type=click.Path(dir_okay=False), help="TLS client key (PEM).")
 @click.option("--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify etcd's certificate.")
-@click.option("--name", "name", help="This host's name (default: the machine's host name).")
+@click.option("--host", "--name", "name", help="This host's name (default: the machine's host name; "
+                                                "--name is the old spelling).")
 @click.option("--iface", help="Underlay interface (default: the one of the default route).")
 @click.option("--address", help="Underlay address to publish (default: the interface's first IPv4 address).")
 @click.option("--ttl", type=int, help="Lease TTL in seconds (default: the network config's).")
@@ -142,7 +148,7 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
                    "127.0.0.1:PORT; docs/production.md).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one object per line (ts, level, logger, msg, fields).")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
 @click.pass_context
 def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, ttl, release, retries,
           backoff_max, resync, timeout, no_api, probe_mtu, metrics_address, log_format, verbose) -> None:

@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterator
 
 import click
 
+from crossnet.backends import backend_names
+from crossnet.cli.contract import CommaChoice
 from crossnet.errors import ConfigError
 
 QUICK = {
@@ -315,9 +317,12 @@ QUICK_OPT = click.option("--quick", is_flag=True,
                               "1 s iperf3 runs, fewer containers, a 4-host agent lab.")
 
 
+_BACKEND_LIST = CommaChoice(backend_names())
+
+
 def _dataplane_options(f):
     opts = [
-        click.option("--backends", help="Comma-separated backends (default: every backend crossnet has but wireguard)."),
+        click.option("--backends", type=_BACKEND_LIST, help="Comma-separated backends (default: every backend crossnet has but wireguard)."),
         click.option("--mtu", "mtu", help="Underlay MTUs, comma-separated (default 1500,9000; quick: 1500)."),
         click.option("--repeats", type=click.IntRange(1, 50), help="iperf3 runs per path (default 5; quick 2)."),
         click.option("--duration", type=click.FloatRange(1, 60), help="Seconds per iperf3 run (default 5; quick 1)."),
@@ -334,7 +339,7 @@ def _control_options(f):
         click.option("--attach-count", type=click.IntRange(1, 250), help="In-process attaches on one /24 (default 250; quick 200)."),
         click.option("--cli-count", type=click.IntRange(0, 250), help="`crossnet attach` CLI runs (default 200; quick 10)."),
         click.option("--peers", "peers", help="Peer counts, comma-separated (default 10,100,1000)."),
-        click.option("--peer-backends", help="Backends for the peer test (default vxlan,host-gw; quick vxlan)."),
+        click.option("--peer-backends", type=_BACKEND_LIST, help="Backends for the peer test (default vxlan,host-gw; quick vxlan)."),
         click.option("--cni-count", type=click.IntRange(1, 500), help="CNI ADD/DEL per plugin (default 50; quick 10)."),
         click.option("--podman-runs", type=click.IntRange(0, 100), help="podman (and docker) runs per network (default 10; quick 3; 0 skips)."),
         click.option("--profile/--no-profile", default=None,

@@ -42,7 +42,8 @@ def register(main: click.Group) -> None:
     @click.option("--helper", type=click.Choice(["external", "spawn"]), default="external", show_default=True,
                   help="Who starts the warm helper: external (`crossnet systemd install --cni`, or the agent) "
                        "or spawn (the plugin starts it itself: hosts without systemd).")
-    @click.option("-o", "--output", default="text", show_default=True, metavar="text|json")
+    @click.option("-o", "--output", default="text", show_default=True, type=click.Choice(["text", "json"]),
+                  help="text for people, json for scripts (docs/json.md).")
     @click.pass_context
     def install_cmd(ctx: click.Context, conf_dir: str, bin_dir: str, name: str | None, network: str | None,
                     portmap: bool, log_file: str | None, native: bool, helper: str, output: str) -> None:
@@ -70,7 +71,9 @@ def register(main: click.Group) -> None:
         res = install(state_dir, conf_dir=conf_dir, bin_dir=bin_dir, name=name,
                       portmap=portmap, log_file=log_file, native=native, helper=helper)
         if output == "json":
-            click.echo(json.dumps(res, indent=2))
+            from crossnet.cli.contract import emit
+
+            emit(res)
             return
         click.echo(f"network {res['network']}: host {res['host']}, subnet {res['subnet']}")
         click.echo(f"  wrote {res['conflist']}")

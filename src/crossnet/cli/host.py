@@ -4,18 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sys
-from typing import TYPE_CHECKING
 
 import click
 
 from crossnet.errors import CrossnetError
 from crossnet.state import StateDir
-
-if TYPE_CHECKING:  # rich is imported only by the text output of status/check (~30 ms)
-    from rich.table import Table
 
 OUTPUT = click.option(
     "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -136,7 +131,9 @@ def _network_state(ctx: click.Context, network: str | None) -> StateDir:
 
 
 def _json(data) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    from crossnet.cli.contract import emit
+
+    emit(data)
 
 
 @click.command()
@@ -247,7 +244,11 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name
         note = "" if data["changed"] else " (already attached, nothing changed)"
         if data.get("asked_as") is not None:  # the namespace was attached before under another id
             note = f" (already attached as {data['id']})"
-        click.echo(f"{cid}: {data['ifname']} {data['cidr']} via {data['gateway']} mtu {data['mtu']} (host side {data['host_if']}){note}")
+        from crossnet.cli.checkview import container_label
+
+        runtime, sep, rname = container.partition(":")
+        who = container_label(cid, name or (rname if sep and runtime in ("podman", "docker") else None))
+        click.echo(f"{who}: {data['ifname']} {data['cidr']} via {data['gateway']} mtu {data['mtu']} (host side {data['host_if']}){note}")
 
 
 @click.command()
@@ -412,11 +413,13 @@ def status(ctx: click.Context, output: str) -> None:
             conns.add_row(*row)
         console.print(conns)
     cont = Table(title="containers", title_justify="left")
-    for col in ("id", "address", "ifname", "host side", "state"):
+    for col in ("container", "address", "ifname", "host side", "state"):
         cont.add_column(col)
+    from crossnet.cli.checkview import container_label
+
     for c in st["containers"]:
         state = c.get("state", "attached")
-        cont.add_row(c["id"], c["address"], c["ifname"], c["host_if"] or "",
+        cont.add_row(container_label(c["id"], c.get("name")), c["address"], c["ifname"], c["host_if"] or "",
                      "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
     console.print(cont)
     for net_name, net in (st.get("networks") or {}).items():
@@ -539,11 +542,11 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
         rows = []
         for (_s, (d, dhost, kind)), p in zip(jobs, pairs):
             rows.append({"src": p.src, "dst": p.dst, "ok": p.ok, "rtt_ms": p.rtt_ms, "error": p.error,
-                         "dst_host": dhost, "dst_address": d.address, "kind": kind})
+                         "src_host": me, "dst_host": dhost, "dst_address": d.address, "kind": kind})
         _json({
             "host": me,
             "ok": ok,
-            "containers": "published" if published is not None else "unknown",
+            "peer_containers": "published" if published is not None else "unknown",
             "note": note,
             "stale": stale,
             "pairs": rows,
@@ -554,39 +557,18 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
         caption = "RTT in ms; ✗ = unreachable"
         if any(kind == "gateway" for _, _, kind in dsts):
             caption += "; NAME (gateway): a peer whose containers are unknown here"
-        Console().print(_matrix(pairs, [d for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
+        from crossnet.cli.checkview import failure_lines, matrix
+
+        Console().print(matrix(pairs, [d.name for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
         if note:
             click.echo(note)
         if stale_note:
             click.echo(stale_note)
         click.echo(summary_line(pairs))
-        for p in [p for p in pairs if not p.ok][:10]:
-            click.echo(f"  ✗ {p.src} → {p.dst}: {p.error or 'unreachable'}")
+        host_of = {s.name: me for s, _, _ in local} | {d.name: h for d, h, _ in dsts}
+        for line in failure_lines(pairs, host_of.get):
+            click.echo(f"  ✗ {line}")
     sys.exit(0 if ok else 1)
-
-
-def _matrix(pairs, dsts, title: str, caption: str) -> Table:
-    """Rows: this host's containers; columns: every destination; cells: RTT in ms or ✗."""
-    from rich.table import Table
-
-    cell = {(p.src, p.dst): p for p in pairs}
-    srcs = list(dict.fromkeys(p.src for p in pairs))
-    table = Table(title=title, caption=caption)
-    table.add_column("src \\ dst", style="bold", no_wrap=True)
-    for d in dsts:
-        table.add_column(d.name, justify="right")
-    for s in srcs:
-        row = []
-        for d in dsts:
-            p = cell.get((s, d.name))
-            if p is None:
-                row.append("[dim]·[/dim]")
-            elif p.ok:
-                row.append(f"[green]{p.rtt_ms:.2f}[/green]" if p.rtt_ms is not None else "[green]✓[/green]")
-            else:
-                row.append("[bold red]✗[/bold red]")
-        table.add_row(s, *row)
-    return table
 
 
 def _cluster_containers(ctx: click.Context) -> tuple[dict[str, list[dict]] | None, str | None]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any, Callable
 
 import click
 
+from crossnet.backends import backend_names
 from crossnet.cli import trace as trace_cli
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab.topology import (
@@ -33,12 +33,13 @@ def _output(value: str) -> str:
 
 
 def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=False))
+    from crossnet.cli.contract import emit
+
+    emit(data)
 
 
 def _log(output: str) -> Callable[[str], None]:
-    if output == "json":
-        return lambda _msg: None
+    """Progress on stderr: stdout stays the result (one JSON object with -o json)."""
     return lambda msg: click.echo(f"· {msg}", err=True)
 
 
@@ -55,7 +56,7 @@ def _name_option(f):
 
 
 def _output_option(f):
-    return click.option("-o", "--output", "output", default="text", show_default=True, metavar="text|json",
+    return click.option("-o", "--output", "output", default="text", show_default=True, type=click.Choice(OUTPUTS),
                         help="Output format.")(f)
 
 
@@ -63,19 +64,21 @@ def _build_options(f):
     opts = [
         click.option("--hosts", "hosts", type=int, default=DEFAULT_HOSTS, show_default=True,
                      help="Number of simulated hosts."),
-        click.option("--underlay", default=DEFAULT_UNDERLAY, show_default=True, metavar="l2|l3",
+        click.option("--underlay", default=DEFAULT_UNDERLAY, show_default=True, type=click.Choice(["l2", "l3"]),
                      help="l2: hosts on one switched LAN; l3: each host in its own /24 behind a router."),
-        click.option("--backend", default=DEFAULT_BACKEND, show_default=True,
-                     help="Data plane written into the cluster file (bridge, host-gw, vxlan, ovs...)."),
+        click.option("--backend", default=DEFAULT_BACKEND, show_default=True, type=click.Choice(backend_names()),
+                     help="Data plane written into the cluster file."),
         click.option("--containers", type=int, default=DEFAULT_CONTAINERS, show_default=True,
                      help="Containers (network namespaces) attached per host."),
         click.option("--mtu", type=int, default=None, help="Underlay MTU of every underlay link."),
-        click.option("--runtime", default="netns", show_default=True, metavar="netns|podman|docker|docker-plugin",
+        click.option("--runtime", default="netns", show_default=True,
+                     type=click.Choice(["netns", "podman", "docker", "docker-plugin"]),
                      help="Containers: plain network namespaces + `crossnet attach`, real podman "
                           "containers (busybox) attached by the crossnet-cni plugin, or a dockerd per host "
                           "configured by `crossnet docker-config --write` and plain `docker run`, or a dockerd per host "
                           "with crossnet's network driver (`crossnet docker-plugin`; docs/docker.md)."),
-        click.option("--store", default="static", show_default=True, metavar="static|etcd|mesh", expose_value=False,
+        click.option("--store", default="static", show_default=True, type=click.Choice(["static", "etcd", "mesh"]),
+                     expose_value=False,
                      callback=_store_option,
                      help="static: `crossnet apply` with the lab's cluster file; etcd: an etcd server in the "
                           "lab and `crossnet agent` on every host (see docs/agent.md)."),
@@ -158,20 +161,23 @@ def _print_summary(s: dict[str, Any]) -> None:
     con.print(f"try: crossnet lab exec --name {s['name']} h1 -- crossnet status")
 
 
-def _print_pairs(pairs, title: str, lab_name: str | None = None) -> None:
+def _print_pairs(pairs, title: str, lab_name: str | None = None, host_of: dict[str, str] | None = None) -> None:
     from rich.console import Console
 
-    from crossnet.check import Pair, render_matrix, summary_line
+    from crossnet.check import Pair, summary_line
+    from crossnet.cli.checkview import failure_lines, matrix
 
-    ps = [Pair(**p) if isinstance(p, dict) else p for p in pairs]
+    fields = set(Pair.__dataclass_fields__)
+    ps = [Pair(**{k: v for k, v in p.items() if k in fields}) if isinstance(p, dict) else p for p in pairs]
     con = Console()
     strip = f"{lab_name}-" if lab_name else ""
-    con.print(render_matrix(ps, title=title, label=lambda n: n[len(strip):] if strip and n.startswith(strip) else n))
-    bad = [p for p in ps if not p.ok]
-    for p in bad[:10]:
-        con.print(f"  [red]✗[/red] {p.src} → {p.dst}: {p.error or 'unreachable'}")
-    if len(bad) > 10:
-        con.print(f"  ... and {len(bad) - 10} more")
+
+    def label(n: str) -> str:
+        return n[len(strip):] if strip and n.startswith(strip) else n
+
+    con.print(matrix(ps, title=title, label=label))
+    for line in failure_lines(ps, (host_of or {}).get, label):
+        con.print(f"  [red]✗[/red] {line}", highlight=False)
     con.print(summary_line(ps))
 
 
@@ -202,7 +208,7 @@ def register(main: click.Group) -> None:
         statuses = lab_.statuses() if lab_.applied else {}
         s = lab_.summary(statuses)
         if output == "json":
-            _emit_json(s)
+            _emit_json({"lab": s["name"], **s})  # `lab` as in every lab command (`name`: the old key)
         else:
             _print_summary(s)
 
@@ -220,7 +226,8 @@ def register(main: click.Group) -> None:
         m = _manager()
         results = m.down_all(log=_log(output), force=force) if all_ else [m.down(name, log=_log(output))]
         if output == "json":
-            _emit_json(results if all_ else results[0])
+            named = [{"lab": r["name"], **r} for r in results]
+            _emit_json({"labs": named} if all_ else named[0])
         elif not any(r["existed"] for r in results):
             click.echo("no lab to remove" if all_ else f"lab {name!r} does not exist (nothing to do)")
 
@@ -232,7 +239,7 @@ def register(main: click.Group) -> None:
         m = _manager()
         labs = m.list_labs()
         if output == "json":
-            _emit_json(labs)
+            _emit_json({"labs": [{"lab": x["name"], **x} for x in labs]})
             return
         if not labs:
             click.echo("no labs")
@@ -284,13 +291,17 @@ def register(main: click.Group) -> None:
         _check_probe_args(count, timeout)
         m = _manager()
         lab_ = m.Lab.open(validate_name(name))
-        pairs = lab_.check(count=count, timeout=timeout, underlay=underlay)
+        statuses = None if underlay or not lab_.applied else lab_.statuses()
+        pairs = lab_.check(count=count, timeout=timeout, underlay=underlay, statuses=statuses)
         ok = m.reachable(pairs)  # the verdict `lab demo` uses too
         if output == "json":
+            host_of = _host_of(lab_, statuses)
             _emit_json({"lab": lab_.name, "backend": lab_.plan.backend, "underlay": lab_.plan.underlay,
-                        "pairs": pairs_to_json(pairs), "ok": ok})
+                        "pairs": [{**p, "src_host": host_of.get(p["src"]), "dst_host": host_of.get(p["dst"])}
+                                  for p in pairs_to_json(pairs)], "ok": ok})
         else:
-            _print_pairs(pairs, f"lab {lab_.name}: {lab_.plan.backend} over {lab_.plan.underlay}", lab_.name)
+            _print_pairs(pairs, f"lab {lab_.name}: {lab_.plan.backend} over {lab_.plan.underlay}", lab_.name,
+                         _host_of(lab_, statuses))
         if not ok:
             sys.exit(1)
 
@@ -314,15 +325,21 @@ def register(main: click.Group) -> None:
             if output != "json":
                 raise
             # scripts read stdout: one JSON object even when the lab could not be built
+            from crossnet.cli.contract import error_object
+
             _emit_json({"lab": opts.name, "backend": opts.backend, "underlay": opts.underlay,
-                        "applied": not no_apply, "ok": False, "error": str(exc), "pairs": []})
+                        "applied": not no_apply, **error_object(str(exc), exc.exit_code), "pairs": []})
             click.echo(f"crossnet: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        if output == "json":
-            _emit_json(result)
+        if output == "json":  # the vocabulary of `lab check`: containers, pairs with src_host/dst_host
+            host_of = {e["name"]: e["host"] for e in result.get("endpoints") or []}
+            _emit_json({**result, "containers": result.get("endpoints"),
+                        "pairs": [{**p, "src_host": host_of.get(p["src"]), "dst_host": host_of.get(p["dst"])}
+                                  for p in result.get("pairs") or []]})
         else:
             _print_pairs(result["pairs"], f"{result['backend']} over {result['underlay']} "
-                                          f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"])
+                                          f"({len(result['hosts'])} hosts, {result['elapsed_s']:.1f}s)", result["lab"],
+                         {e["name"]: e["host"] for e in result.get("endpoints") or []})
             strip = f"{result['lab']}-"
             for x in result.get("http") or []:
                 mark = "✓" if x["ok"] else "✗"
@@ -330,6 +347,15 @@ def register(main: click.Group) -> None:
                            f"{x['url']}" + (f" ({x['ms']:.0f} ms)" if x["ok"] else f": {x['error']}"))
         if not result["ok"]:
             sys.exit(1)
+
+
+def _host_of(lab_, statuses: dict | None) -> dict[str, str]:
+    """Endpoint label (as Lab.endpoints names it) -> the lab host it is on."""
+    out = {h.name: h.name for h in lab_.hosts}
+    for h in lab_.hosts:
+        for c in ((statuses or {}).get(h.name) or {}).get("containers") or []:
+            out[str(c.get("name") or c.get("id") or c.get("netns"))] = h.name
+    return out
 
 
 def _check_probe_args(count: int, timeout: float) -> None:

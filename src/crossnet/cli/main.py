@@ -28,6 +28,7 @@ COMMAND_MODULES = {
     "crossnet.cli.completion": ("completion", "man"),  # generated from this command tree
     "crossnet.cli.expose": ("expose", "hide"),  # this host's address in the network (crossnet.expose)
     "crossnet.cli.uninstall": ("uninstall",),  # remove what scripts/install added (crossnet.uninstall)
+    "crossnet.cli.validate": ("validate",),  # validate -f FILE: offline (crossnet.validate)
 }
 
 
@@ -103,24 +104,40 @@ def usage_line(exc: click.UsageError) -> str:
     return f"{sub + ': ' if sub else ''}{msg} (see {path} --help)"
 
 
+def _fail(message: str, code: int, as_json: bool, option: str | None = None) -> None:
+    """The one error line on stderr, and with -o json the error object on stdout (docs/json.md)."""
+    if as_json:
+        from crossnet.cli.contract import error_json
+
+        click.echo(error_json(message, code, option))
+    click.echo(f"crossnet: error: {message}", err=True)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
+    from crossnet.cli.contract import normalize, wants_json
+
+    argv = normalize(sys.argv[1:] if argv is None else list(argv))
+    as_json = wants_json(argv)
     try:
         cli.main(args=argv, prog_name="crossnet", standalone_mode=False)
     except click.exceptions.Abort:
+        if as_json:
+            from crossnet.cli.contract import error_json
+
+            click.echo(error_json("aborted", 130))
         click.echo("crossnet: aborted", err=True)
         sys.exit(130)
     except click.exceptions.NoArgsIsHelpError as exc:  # bare `crossnet` / `crossnet lab`: the help, as before
         exc.show()
         sys.exit(exc.exit_code)
     except click.UsageError as exc:  # bad arguments/options: one line, exit 2 (--help is unchanged)
-        click.echo(f"crossnet: error: {usage_line(exc)}", err=True)
-        sys.exit(2)
+        param = getattr(exc, "param", None)
+        _fail(usage_line(exc), 2, as_json, (param.opts[0] if getattr(param, "opts", None) else None))
     except click.ClickException as exc:
-        click.echo(f"crossnet: error: {_one_line(exc.format_message())}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(_one_line(exc.format_message()), exc.exit_code, as_json)
     except CrossnetError as exc:
-        click.echo(f"crossnet: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        _fail(str(exc), exc.exit_code, as_json)
     except KeyboardInterrupt:
         sys.exit(130)
     except SystemExit:
@@ -130,9 +147,12 @@ def main(argv: list[str] | None = None) -> None:
 
         err = missing(exc) if isinstance(exc, ModuleNotFoundError) else None
         if err is not None:  # an optional package not installed: say which (crossnet.optdeps)
-            click.echo(f"crossnet: error: {err}", err=True)
-            sys.exit(err.exit_code)
+            _fail(str(err), err.exit_code, as_json)
         if os.environ.get("CROSSNET_DEBUG"):
             raise
+        if as_json:
+            from crossnet.cli.contract import error_json
+
+            click.echo(error_json(f"internal error: {type(exc).__name__}: {exc}", 70))
         click.echo(f"crossnet: internal error: {type(exc).__name__}: {exc} (set CROSSNET_DEBUG=1 for a traceback)", err=True)
         sys.exit(70)

@@ -3,7 +3,6 @@ on crossnet-run etcd members (docs/mesh.md)."""
 
 from __future__ import annotations
 
-import json
 import socket
 
 import click
@@ -17,7 +16,8 @@ def _state(ctx: click.Context) -> str:
 @click.argument("addr", required=False)
 @click.option("--token", "token", help="Join token printed by the first host (<id>.<secret>.<ca pin>).")
 @click.option("--ca-pin", help="CA pin (sha256:…) when --token is a bare <id>.<secret>.")
-@click.option("--name", help="This host's name (default: the machine's host name).")
+@click.option("--host", "--name", "name", help="This host's name (default: the machine's host name; "
+                                                "--name is the old spelling).")
 @click.option("--iface", help="Underlay interface (default: the one of the default route).")
 @click.option("--address", help="Underlay address (default: the interface's first IPv4 address).")
 @click.option("--network", default="10.32.0.0/12", show_default=True, help="Container network (first host).")
@@ -154,14 +154,17 @@ def token_create(ctx, ttl, description) -> None:
 
 
 @token_group.command("list")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people, json for scripts (docs/json.md).")
 @click.pass_context
 def token_list(ctx, output) -> None:
     from crossnet.mesh import launch as ml
 
     rows = ml.token_store(_state(ctx)).list()
     if output == "json":
-        click.echo(json.dumps(rows, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit({"tokens": rows})
         return
     for r in rows:
         click.echo(f"{r['id']}  {r['state']:8} expires {r['expires']}  {r['description']}")

@@ -4,7 +4,6 @@ shares the options and the output."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -95,7 +94,9 @@ def _where(h: dict) -> str:
 def _emit(result, output: str, verify: bool) -> None:
     data = result.to_json()
     if output == "json":
-        click.echo(json.dumps(data, indent=2))
+        from crossnet.cli.contract import emit
+
+        emit(data)
     else:
         click.echo(render_text(data))
     if verify and not result.verified:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 
@@ -21,7 +19,9 @@ def keygen(ctx: click.Context, rotate: bool, output: str) -> None:
 
     public, created = keys.ensure_key(ctx.obj["state_dir"], rotate=rotate)
     if output == "json":
-        click.echo(json.dumps({"public_key": public, "created": created, "rotated": rotate}))
+        from crossnet.cli.contract import emit
+
+        emit({"public_key": public, "created": created, "rotated": rotate})
     else:
         click.echo(public)
 

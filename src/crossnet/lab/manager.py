@@ -297,6 +297,14 @@ class Lab:
         return down(self.name, log=log)
 
 
+def _timed(log: Log, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args), then `what: ready (1.2s)` on the progress log (each host as it finishes)."""
+    t0 = time.monotonic()
+    out = fn(*args)
+    log(f"{what}: ready ({time.monotonic() - t0:.1f}s)")
+    return out
+
+
 def _parallel(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     """fn over items on a few threads; results in order; the first error (in item
     order) is raised after all finished."""
@@ -376,12 +384,12 @@ def _build(lab: Lab, apply: bool, log: Log) -> None:
         manifest["services"].append({"name": svc.name, "module": svc.module})
         lab.save()
         log(f"starting service {svc.name} on {len(plan.hosts)} hosts")
-        _parallel(lambda h, svc=svc: svc.start(plan, h), plan.hosts)
+        _parallel(lambda h, svc=svc: _timed(log, f"{svc.name} on {h.name}", svc.start, plan, h), plan.hosts)
     if apply and plan.extra.get("store") in ("etcd", "mesh"):  # the `agent`/`mesh` service programmed them
         log(f"hosts programmed by their crossnet agents (etcd in {plan.fabric.netns})")
     elif apply:
         log(f"crossnet apply ({plan.backend}) on {', '.join(h.name for h in plan.hosts)}")
-        _parallel(lambda h: lab.apply(h.name), plan.hosts)
+        _parallel(lambda h: _timed(log, f"apply on {h.name}", lab.apply, h.name), plan.hosts)
         manifest["phase"] = "applied"
         lab.save()
     if plan.containers_per_host:

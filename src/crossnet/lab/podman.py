@@ -309,6 +309,11 @@ def http_matrix(firsts: Sequence[tuple[Any, str, str]], exec_fn: Callable[..., s
     return out
 
 
+def _env(plan: Any, host: Any) -> dict[str, str]:
+    """`lab exec HOST -- crossnet attach podman:NAME` finds NAME through this host's podman wrapper."""
+    return {"CROSSNET_PODMAN": str(host_podman(plan, host).base / "podman")}
+
+
 SERVICE = register_service(HostService("podman", _start_service, _stop_service,
-                                       enabled=lambda plan: runtime_of(plan) == "podman"))
+                                       enabled=lambda plan: runtime_of(plan) == "podman", env=_env))
 
