@@ -55,7 +55,10 @@ MAINTAIN = 5.0
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
 # 250 ms instead of 100 ms (election after 2.5-5 s without one), one OS thread for Go code,
-# garbage collection at +25 % heap (GOGC=25: 34 MB instead of 37 MB measured, CPU no higher)
+# garbage collection at +25 % heap (GOGC=25: 34 MB instead of 37 MB measured, CPU no higher).
+# --snapshot-count 5000 (3.4's default 100000; etcd_argv): the raft log etcd keeps
+# in memory is bounded by it plus 5000 catch-up entries. GOMEMLIMIT=20MiB was tried: -2.5 MB,
+# but the collector ran all the time (~15 % CPU): not set.
 ETCD_TUNING = ["--heartbeat-interval", "250", "--election-timeout", "2500"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
