@@ -53,6 +53,10 @@ def test_crl_serials_of_a_missing_or_garbage_file_is_none(tmp_path):
 def test_helper_ca_issues_a_member_certificate_and_refuses_a_bad_csr(ca):
     helper = signer.HelperCA(ca.cert_pem.decode(), pki.key_pem(ca.key).decode())
     assert helper.pin == ca.pin and helper.key
+    with pytest.raises(pki.PkiError, match="needs the CA key"):  # a CA without its key serves no joins
+        from crossnet.mesh.join import JoinService
+
+        JoinService(signer.HelperCA(ca.cert_pem.decode(), ""), tokens=None)
     key = pki.generate_key()
     cert = pki.load_cert_pem(helper.issue_pem(pki.make_csr(key, "h2"), "h2", "10.0.0.2"))
     pki.check_member_cert(cert, ca.cert, key=key, address="10.0.0.2", name="h2")

@@ -170,8 +170,8 @@ class HelperCA:
         self.pin = cert_pin(cert_pem)
 
     @property
-    def key(self) -> bool:  # JoinService only asks whether this CA can sign
-        return bool(self._key_pem)
+    def key(self) -> bool | None:  # JoinService only asks whether this CA can sign (None: it cannot)
+        return True if self._key_pem else None
 
     @property
     def cert_pem(self) -> bytes:
