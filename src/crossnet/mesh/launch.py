@@ -685,7 +685,8 @@ class Supervisor:
     def sync_crl(self, c: Any | None) -> None:
         """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
         to ask, the first host's own CA signs an empty list)."""
-        from crossnet.mesh import signer  # signs in a helper process: no cryptography here
+        # signs in a helper process: no cryptography here
+        from crossnet.mesh import signer
 
         serials = revoked_serials(c) if c is not None else []
         if self._crl is None:  # what the file already says (written at launch): rewritten only on a change

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
@@ -150,11 +149,11 @@ def _run(request: dict) -> dict:
         raise CrossnetError(f"certificate helper: {exc}") from None
     try:
         doc = json.loads(proc.stdout)
-        if not isinstance(doc, dict):
-            raise ValueError
     except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
         tail = " ".join(proc.stderr.decode(errors="replace").split())[-300:]
-        raise CrossnetError(f"certificate helper failed (exit {proc.returncode}): {tail}") from None
+        raise CrossnetError(f"certificate helper failed (exit {proc.returncode}): {tail}")
     if "error" in doc:
         exc_type = {"config": ConfigError, "pki": pki.PkiError}.get(doc.get("kind"), CrossnetError)
         raise exc_type(str(doc["error"]))
