@@ -261,6 +261,12 @@ def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
     assert {p["name"]: p["via"]["text"] for p in st["peers"]} == {
         **{f"h{i}": "vxlan, direct on the underlay segment" for i in (1, 2, 3, 5)}, "h4": "this host"}
     assert all(p.ok for p in lab.check())
+    # the joins were signed and the CRL written by the helper process: the long-running
+    # `crossnet launch` processes (voter h1 served the joins, client h4) never load
+    # `cryptography` (~8 MB of the RSS budget, docs/mesh.md "Resources")
+    for h in ("h1", "h4"):
+        pid = int((Path(lab.plan.host(h).state_dir) / "mesh" / "launch.pid").read_text())
+        assert "cryptography" not in Path(f"/proc/{pid}/maps").read_text(), h
     # launch again: says so, changes nothing
     pid = (Path(lab.plan.host("h2").state_dir) / "mesh" / "launch.pid").read_text()
     res = _launch(lab, "h2")

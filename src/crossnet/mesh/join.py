@@ -82,9 +82,10 @@ class JoinService:
     """Transport-agnostic join endpoint of a host that holds the CA key. Refusals
     change nothing (the token store is only read; nothing is written)."""
 
-    def __init__(self, ca: pki.CA, tokens: TokenStore, members: Callable[[], list] | None = None,
+    def __init__(self, ca: Any, tokens: TokenStore, members: Callable[[], list] | None = None,
                  admit: Callable[[str, str], None] | None = None, clock: Callable[[], float] = time.monotonic):
-        """members() fills the response's member list; admit(name, address), called once
+        """ca: pki.CA, or signer.HelperCA (signs in a helper process: `pin`, `cert_pem`,
+        `key`, `issue_pem`). members() fills the response's member list; admit(name, address), called once
         the token is proven and before signing, may raise JoinRefused (e.g. code
         "conflict": name or address taken — `crossnet launch` checks its member list)."""
         if ca.key is None:
@@ -143,11 +144,10 @@ class JoinService:
         self._consume(nonce)  # single use, whatever happens next
         message = transcript(self.ca.pin, nonce, token_id, name, address, csr_der)
         self.tokens.verify_proof(token_id, message, proof)  # TokenError: unknown/wrong-secret/revoked/expired
-        csr = pki.load_csr(csr_der)
-        if self.admit is not None:
+        if self.admit is not None:  # read-only; the CSR is validated by issue_pem
             self.admit(name, address)
-        cert = self.ca.issue(csr, name, address)
-        return {"protocol": PROTOCOL, "cert": pki.cert_pem(cert).decode(), "ca": self.ca.cert_pem.decode(),
+        cert = self.ca.issue_pem(csr_der, name, address)  # pki.CA, or signer.HelperCA (another process)
+        return {"protocol": PROTOCOL, "cert": cert, "ca": self.ca.cert_pem.decode(),
                 "members": list(self.members())}
 
 

@@ -55,7 +55,10 @@ MAINTAIN = 5.0
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
 # 250 ms instead of 100 ms (election after 2.5-5 s without one), one OS thread for Go code,
-# garbage collection at +25 % heap (GOGC=25: 34 MB instead of 37 MB measured, CPU no higher)
+# garbage collection at +25 % heap (GOGC=25: 34 MB instead of 37 MB measured, CPU no higher).
+# --snapshot-count 5000 (3.4's default 100000; etcd_argv): the raft log etcd keeps
+# in memory is bounded by it plus 5000 catch-up entries. GOMEMLIMIT=20MiB was tried: -2.5 MB,
+# but the collector ran all the time (~15 % CPU): not set.
 ETCD_TUNING = ["--heartbeat-interval", "250", "--election-timeout", "2500"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
@@ -417,15 +420,22 @@ def mesh_hosts(client: Any) -> list[dict]:
     return out
 
 
-def load_cluster_ca(client: Any) -> pki.CA:
-    """The CA with its key, from etcd (every member can sign joins)."""
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
+def cluster_ca_pem(client: Any) -> tuple[str, str]:
+    """(certificate PEM, key PEM) of the CA, from etcd (every member can sign joins)."""
     doc = get_json(client, f"{MESH_PREFIX}/ca")
     if not doc:
         raise CrossnetError("the cluster CA is not in etcd yet")
-    cert = pki.load_cert_pem(doc["cert"], "ca")
-    key = load_pem_private_key(doc["key"].encode(), None)
+    return doc["cert"], doc["key"]
+
+
+def load_cluster_ca(client: Any) -> pki.CA:
+    """The CA with its key, from etcd, loaded with `cryptography` (short-lived commands;
+    the supervisor signs through crossnet.mesh.signer instead)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    cert_text, key_text = cluster_ca_pem(client)
+    cert = pki.load_cert_pem(cert_text, "ca")
+    key = load_pem_private_key(key_text.encode(), None)
     return pki.CA(cert, key)
 
 
@@ -612,12 +622,12 @@ class Supervisor:
             proc.wait()
 
     def start_join_server(self) -> None:
-        from crossnet.mesh import join
+        from crossnet.mesh import join, signer
 
         if self.join_server is not None:
             return
         client = self.client()
-        ca = load_cluster_ca(client)
+        ca = signer.HelperCA(*cluster_ca_pem(client))  # cryptography stays out of this process
         m = self.paths.mesh
 
         def members() -> list:
@@ -648,8 +658,11 @@ class Supervisor:
 
         c = self.client()
         EtcdStore(c, AGENT_PREFIX).init_config(network_config(self.st["network"]))
-        ca = self.paths.mesh.load_ca(need_key=True)
-        ca_doc = json.dumps({"cert": ca.cert_pem.decode(), "key": pki.key_pem(ca.key).decode()})
+        from crossnet.mesh import signer
+
+        m = self.paths.mesh  # the CA launch_first has just created (PEM files, no cryptography here)
+        ca_cert, ca_key = m.ca_cert.read_text(), (m.pki_dir / pki.CA_KEY).read_text()
+        ca_doc = json.dumps({"cert": ca_cert, "key": ca_key})
         c.txn([c.cmp_create(f"{MESH_PREFIX}/ca", 0)],
               [c.op_put(f"{MESH_PREFIX}/ca", ca_doc),
                c.op_put(f"{MESH_PREFIX}/config", json.dumps({"voters": self.st["voters"]}))])
@@ -659,14 +672,16 @@ class Supervisor:
         if self.st.pop("print_token", False):  # first launch in the foreground: no other place to say it
             from crossnet.mesh.token import join_command
 
-            jt = JoinToken(EtcdTokenStore(c).create(), ca.pin)
+            jt = JoinToken(EtcdTokenStore(c).create(), signer.cert_pin(ca_cert))
             print(f"mesh created; on every other host run:\n  {join_command(jt, self.address)}", flush=True)
             self.paths.save(self.st)
 
     # ---- periodic
     def heartbeat(self) -> None:
         if self._serial is None:
-            self._serial = pki.load_cert(self.paths.mesh.member_cert).serial_number
+            from crossnet.mesh import signer
+
+            self._serial = signer.cert_serial(self.paths.mesh.member_cert.read_bytes())
         self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", json.dumps(
             {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time(),
              "serial": self._serial}))
@@ -674,13 +689,15 @@ class Supervisor:
     def sync_crl(self, c: Any | None) -> None:
         """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
         to ask, the first host's own CA signs an empty list)."""
+        # signs in a helper process: no cryptography here
+        from crossnet.mesh import signer
+
         serials = revoked_serials(c) if c is not None else []
         if self._crl is None:  # what the file already says (written at launch): rewritten only on a change
-            self._crl = pki.crl_serials(self.paths.mesh.pki_dir / pki.CRL)
+            self._crl = signer.crl_serials(self.paths.mesh.pki_dir / pki.CRL)
         if serials == self._crl:
             return
-        ca = load_cluster_ca(c) if c is not None else self.paths.mesh.load_ca(need_key=True)
-        write_crl(self.paths, ca, serials)
+        signer.write_crl(self.paths.mesh.pki_dir, serials, *(cluster_ca_pem(c) if c is not None else ()))
         if self._crl is not None:
             log.info("revocation list updated: %d certificate(s) revoked", len(serials))
         self._crl = serials

@@ -290,6 +290,11 @@ class CA:
         )
         return builder.sign(self.key, hashes.SHA256())
 
+    def issue_pem(self, csr_der: bytes, name: str, address: str) -> str:
+        """issue() of a DER CSR (validated by load_csr), as PEM: what the join endpoint
+        sends (`crossnet.mesh.signer.HelperCA` does the same in a helper process)."""
+        return cert_pem(self.issue(load_csr(csr_der), name, address)).decode()
+
 
 def make_crl(ca: CA, serials: Any) -> bytes:
     """A PEM CRL signed by the CA listing `serials` (ints). etcd reads its CRL file at
