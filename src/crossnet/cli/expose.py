@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import click
@@ -26,7 +25,9 @@ def _run(ctx: click.Context, network: str | None, on: bool, dry_run: bool, outpu
     if not dry_run:
         result.agent = _poke_agent(state)
     if output == "json":
-        click.echo(json.dumps(result.to_json(), indent=2))
+        from crossnet.cli.contract import emit
+
+        emit(result.to_json())
         return
     verb = "exposed: this host is" if on else "hidden: this host no longer uses"
     head = f"network {result.network} {verb} {result.address}"

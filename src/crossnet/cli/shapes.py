@@ -38,6 +38,8 @@ LAB_SUMMARY = {"lab": "str", "name": "str", "underlay": "str", "backend": "str",
 LAB_DOWN = {"lab": "str", "name": "str", "existed": "bool", "namespaces_removed": ["str"], "processes_killed": "int",
             "errors": ["str"]}
 PROBLEM = {"field": "str", "message": "str"}
+EXPOSE = {"network": "str", "exposed": "bool", "address": "str", "dry_run": "bool", "changed": "bool",
+          "agent_resync": "bool", "changes": [{"action": "str", "command": "str"}]}
 
 SHAPES: dict[str, Any] = {
     "apply": APPLY,
@@ -60,6 +62,8 @@ SHAPES: dict[str, Any] = {
                  "problems": [PROBLEM]},
     "trace": TRACE,
     "keygen": {"public_key": "str", "created": "bool", "rotated": "bool"},
+    "expose": EXPOSE,
+    "hide": EXPOSE,
     "cni install": {"network": "str", "conflist": "str", "plugin": "str", "host": "str", "subnet": "str",
                     "portmap": "bool", "warnings": ["str"]},
     "etcd init": {"result": "str", "key": "str", "config": {"network": "str", "backend": "str"}},
@@ -81,7 +85,8 @@ SHAPES: dict[str, Any] = {
 }
 # commands whose -o json has its own documented format, not described here
 OWN_FORMAT = {"bench all": "docs/benchmarks.md", "bench dataplane": "docs/benchmarks.md", "bench mesh": "docs/benchmarks.md",
-              "bench control": "docs/benchmarks.md", "bench transport": "docs/benchmarks.md"}
+              "bench control": "docs/benchmarks.md", "bench transport": "docs/benchmarks.md",
+              "bench networks": "docs/benchmarks.md", "bench wireguard": "docs/benchmarks.md"}
 
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 _TYPES = {"str": str, "int": int, "number": (int, float), "bool": bool}
