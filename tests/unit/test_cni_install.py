@@ -356,3 +356,24 @@ def test_cli_docker_config_write_shows_diff_refuses_conflicts_exit_2(tmp_path, s
     assert json.loads((tmp_path / "daemon.json.crossnet.bak").read_text()) == {"mtu": 1400, "debug": True}
     again = run()
     assert again.returncode == 0 and again.stdout == "" and "up to date" in again.stderr
+
+
+def test_install_labels_the_network_for_podman_network_inspect(tmp_path, state_dir):
+    install(str(state_dir), conf_dir=str(tmp_path / "net.d"), bin_dir=str(tmp_path / "bin"), name="cx")
+    conf = json.loads((tmp_path / "net.d" / "10-cx.conflist").read_text())
+    assert conf["args"]["podman_labels"] == {"crossnet.subnet": "10.32.1.0/24", "crossnet.gateway": "10.32.1.1",
+                                             "crossnet.network": "10.32.0.0/16", "crossnet.backend": "vxlan",
+                                             "crossnet.mtu": "1450"}
+    assert "args" not in conflist("x", "/s")  # nothing to label: no key at all
+    if not shutil.which("podman"):
+        pytest.skip("podman is not installed (scripts/install installs it)")
+    # real podman reads the list (and asks the installed plugin for its VERSION); it shows
+    # the labels for a plugin that is not one of its own drivers
+    (tmp_path / "containers.conf").write_text(
+        f'[network]\nnetwork_backend = "cni"\ncni_plugin_dirs = ["{tmp_path / "bin"}", "/usr/lib/cni", "/opt/cni/bin"]\n'
+        f'network_config_dir = "{tmp_path / "net.d"}"\n')
+    proc = subprocess.run(["podman", "network", "inspect", "cx"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CONTAINERS_CONF": str(tmp_path / "containers.conf")})
+    assert proc.returncode == 0, proc.stderr
+    [net] = json.loads(proc.stdout)
+    assert net["driver"] == "crossnet-cni" and net["labels"]["crossnet.subnet"] == "10.32.1.0/24"

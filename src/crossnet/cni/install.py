@@ -33,11 +33,21 @@ PREBUILT_CLIENT = Path("libexec", "crossnet", PLUGIN_TYPE)
 STANDARD_PLUGIN_DIRS = ("/opt/cni/bin", "/usr/lib/cni", "/usr/libexec/cni", "/usr/local/libexec/cni")
 
 
+def podman_labels(context: dict[str, Any]) -> dict[str, str]:
+    """What `podman network inspect` shows of this host's network: podman reads the
+    address ranges only from its own drivers' configs (bridge, macvlan, ipvlan), but shows
+    the list's `args.podman_labels` for any plugin. Informational only: the plugin takes
+    its subnet from the state dir, never from these."""
+    keys = {"subnet": "subnet", "gateway": "gateway", "network": "network", "backend": "backend", "mtu": "mtu"}
+    return {f"crossnet.{label}": str(context[key]) for label, key in keys.items() if context.get(key) is not None}
+
+
 def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | None = None,
-             helper: str = "external") -> dict[str, Any]:
+             helper: str = "external", labels: dict[str, str] | None = None) -> dict[str, Any]:
     """The network configuration list for this host: crossnet-cni (+ portmap for -p).
     helper: who starts the warm helper — "external" (systemd's crossnet-cni-helper.socket,
-    or the agent), or "spawn" (the plugin itself: the lab's simulated hosts, no systemd)."""
+    or the agent), or "spawn" (the plugin itself: the lab's simulated hosts, no systemd).
+    labels: shown by `podman network inspect` (:func:`podman_labels`)."""
     from crossnet.cni.plugin import HELPER_MODES
 
     if helper not in HELPER_MODES:
@@ -55,7 +65,11 @@ def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | No
     plugins = [main]
     if portmap:
         plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
-    return {"cniVersion": CNI_VERSION, "name": name, "plugins": plugins}
+    out: dict[str, Any] = {"cniVersion": CNI_VERSION, "name": name}
+    if labels:
+        out["args"] = {"podman_labels": dict(labels)}
+    out["plugins"] = plugins
+    return out
 
 
 def conflist_path(conf_dir: str, name: str) -> Path:
@@ -265,7 +279,8 @@ def install(
         raise ConfigError(
             f"--state-dir: this host is not configured (no {state.applied_path}); run `crossnet apply -f CLUSTER` first"
         )
-    conf = conflist(name, state_dir, portmap=portmap, log_file=log_file, helper=helper)
+    ctx = (applied or {}).get("context") or {}
+    conf = conflist(name, state_dir, portmap=portmap, log_file=log_file, helper=helper, labels=podman_labels(ctx))
     conf_file = conflist_path(conf_dir, name)
     _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     plugin = Path(bin_dir) / PLUGIN_TYPE
@@ -287,7 +302,6 @@ def install(
             f"the portmap plugin is not in {bin_dir} or {', '.join(STANDARD_PLUGIN_DIRS)}: "
             "install the reference CNI plugins (containernetworking-plugins) for -p"
         )
-    ctx = (applied or {}).get("context") or {}
     return {
         "network": name,
         "conflist": str(conf_file),
