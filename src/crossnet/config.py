@@ -661,6 +661,11 @@ def _check_shape(path: Path, text: str) -> None:
                     "(a cluster file is far smaller)"
                 )
     except yaml.YAMLError as exc:
+        if "maximum nesting depth" in str(getattr(exc, "problem", "") or ""):
+            # libyaml (PyYAML >= 6.0.4 wheels) stops at its own depth limit while scanning
+            # ahead, before this walk reaches MAX_DEPTH: the same verdict, the same words
+            raise ConfigError(f"{path}: {_where(getattr(exc, 'problem_mark', None))}nested deeper than "
+                              f"{MAX_DEPTH} levels") from None
         raise _yaml_error(path, exc) from None
     finally:
         loader.dispose()
