@@ -22,7 +22,6 @@ import importlib.util
 import ipaddress
 import json
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -41,6 +40,7 @@ from crossnet.bench.util import (
     loadavg,
     ratio,
     run_measured,
+    runtime_run_bench,
     summary,
 )
 
@@ -333,38 +333,28 @@ def _helper_times(log_file: Path) -> dict[str, Any]:
 
 
 def bench_podman(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict[str, Any]:
-    if not shutil.which("podman"):
-        return {"status": "skipped", "reason": "podman not installed"}
     from crossnet.lab import podman as lp
 
-    out: dict[str, Any] = {"status": "ok", "backend": backend, "runs": runs, "load_before": loadavg()}
-    t0 = time.monotonic()
-    try:
-        with bench_lab({"hosts": 1, "containers": 0, "backend": backend, "extra": {"runtime": "podman"}}) as lab:
-            h = lab.hosts[0]
-            p = lp.host_podman(lab.plan, h)
-            if not p.net_dir.exists():  # the lab's podman service did not run: set it up here
-                p.setup(portmap=False)
-                p.ensure_image()
-            ref_name = "benchref"
-            ref = {"cniVersion": "1.0.0", "name": ref_name, "plugins": [reference_conf(p.base)]}
-            xlist = json.loads(next(p.net_dir.glob(f"*{p.network}.conflist")).read_text())
-            # compare plugin with plugin: no portmap in either list
-            xlist["plugins"] = [pl for pl in xlist["plugins"] if pl.get("type") != "portmap"]
-            xlist["name"] = "benchx"
-            (p.net_dir / f"30-{ref_name}.conflist").write_text(json.dumps(ref, indent=2))
-            (p.net_dir / "30-benchx.conflist").write_text(json.dumps(xlist, indent=2))
-            nets = {"none": "none", "bridge+host-local": ref_name, "crossnet-cni": "benchx"}
-            rc.log(f"podman: warm-up, then {runs} × run --rm per network (interleaved)")
-            out.update(interleaved_runs(lambda net: p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), nets,
-                                        runs, env=p.env(), what="podman run", ref="bridge+host-local",
-                                        mine="crossnet-cni"))
-    except Skip as exc:
-        return {"status": "skipped", "reason": str(exc)}
-    except Exception as exc:  # noqa: BLE001
-        out.update(status="failed", reason=clean_error(exc))
-    out["elapsed_s"] = round(time.monotonic() - t0, 1)
-    return out
+    def measure(lab: Any, out: dict[str, Any]) -> None:
+        p = lp.host_podman(lab.plan, lab.hosts[0])
+        if not p.net_dir.exists():  # the lab's podman service did not run: set it up here
+            p.setup(portmap=False)
+            p.ensure_image()
+        ref_name = "benchref"
+        ref = {"cniVersion": "1.0.0", "name": ref_name, "plugins": [reference_conf(p.base)]}
+        xlist = json.loads(next(p.net_dir.glob(f"*{p.network}.conflist")).read_text())
+        # compare plugin with plugin: no portmap in either list
+        xlist["plugins"] = [pl for pl in xlist["plugins"] if pl.get("type") != "portmap"]
+        xlist["name"] = "benchx"
+        (p.net_dir / f"30-{ref_name}.conflist").write_text(json.dumps(ref, indent=2))
+        (p.net_dir / "30-benchx.conflist").write_text(json.dumps(xlist, indent=2))
+        nets = {"none": "none", "bridge+host-local": ref_name, "crossnet-cni": "benchx"}
+        rc.log(f"podman: warm-up, then {runs} × run --rm per network (interleaved)")
+        out.update(interleaved_runs(lambda net: p.argv("run", "--rm", "--network", net, lp.IMAGE, "true"), nets,
+                                    runs, env=p.env(), what="podman run", ref="bridge+host-local",
+                                    mine="crossnet-cni"))
+
+    return runtime_run_bench("podman", "podman not installed", "podman", backend, runs, measure)
 
 
 # ---------------------------------------------------------------- agent

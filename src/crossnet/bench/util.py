@@ -140,6 +140,26 @@ def run_measured(argv: Sequence[str], *, timeout: float, env: dict[str, str] | N
                         timed_out.is_set())
 
 
+def runtime_run_bench(binary: str, missing: str, runtime: str, backend: str, runs: int,
+                      measure: Callable[[Any, dict[str, Any]], None]) -> dict[str, Any]:
+    """A `… run --rm` row (podman, docker): a one-host lab of `backend` with the lab
+    runtime `runtime`, `measure(lab, out)` fills `out` (interleaved_runs); skipped when
+    `binary` is missing (`missing` says what to install), failed with a clean reason."""
+    if not shutil.which(binary):
+        return {"status": "skipped", "reason": missing}
+    out: dict[str, Any] = {"status": "ok", "backend": backend, "runs": runs, "load_before": loadavg()}
+    t0 = time.monotonic()
+    try:
+        with bench_lab({"hosts": 1, "containers": 0, "backend": backend, "extra": {"runtime": runtime}}) as lab:
+            measure(lab, out)
+    except Skip as exc:
+        return {"status": "skipped", "reason": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a failed row, reported
+        out.update(status="failed", reason=clean_error(exc))
+    out["elapsed_s"] = round(time.monotonic() - t0, 1)
+    return out
+
+
 def interleaved_runs(argv_for: Callable[[str], list[str]], nets: dict[str, str], runs: int, *,
                      env: dict[str, str] | None = None, what: str = "run",
                      ref: str | None = None, mine: str | None = None) -> dict[str, Any]:
