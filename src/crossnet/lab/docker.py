@@ -66,19 +66,8 @@ def docker_cli() -> str:
 
 
 @dataclass
-class HostDocker:
+class HostDocker(podman.RuntimeHost):
     """dockerd of one simulated host."""
-
-    netns: str  # host namespace name (or /run/netns path)
-    base: Path  # per-host docker directory
-    state_dir: str  # the host's crossnet state dir
-
-    def __post_init__(self) -> None:
-        self.base = Path(self.base)
-
-    @property
-    def netns_path(self) -> str:
-        return self.netns if self.netns.startswith("/") else f"/run/netns/{self.netns}"
 
     @property
     def socket(self) -> Path:

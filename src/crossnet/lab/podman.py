@@ -119,13 +119,12 @@ def image_tarball(cache_dir: Path | None = None) -> Path:
 
 
 @dataclass
-class HostPodman:
-    """podman of one simulated host."""
+class RuntimeHost:
+    """A container runtime of one simulated host (podman here, dockerd in lab.docker)."""
 
     netns: str  # host namespace name (or /run/netns path)
-    base: Path  # per-host podman directory
+    base: Path  # per-host directory of the runtime
     state_dir: str  # the host's crossnet state dir
-    network: str = NETWORK
 
     def __post_init__(self) -> None:
         self.base = Path(self.base)
@@ -133,6 +132,13 @@ class HostPodman:
     @property
     def netns_path(self) -> str:
         return self.netns if self.netns.startswith("/") else f"/run/netns/{self.netns}"
+
+
+@dataclass
+class HostPodman(RuntimeHost):
+    """podman of one simulated host."""
+
+    network: str = NETWORK
 
     @property
     def conf_path(self) -> Path:
