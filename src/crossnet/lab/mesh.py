@@ -1,6 +1,7 @@
 """Service ``mesh`` (`crossnet lab up|demo --store mesh`): every simulated host runs
 exactly the user's commands (docs/mesh.md) — `crossnet launch` on h1, then
-`crossnet launch --token T <h1's address>` on the others, one join at a time in host order (each
+`crossnet launch --token T <the previous host's address>` on the others (h1's token; from h5 on
+the join goes through a client), one join at a time in host order (each
 voter added is a `member add` that must be running before the next) — and
 `crossnet stop` when the lab goes down. No separate etcd namespace: the etcd members
 run in the host namespaces, started and supervised by `crossnet launch`.
@@ -58,7 +59,8 @@ def _events(plan) -> dict[str, threading.Event]:
 
 def _start(plan, host) -> None:
     """h1 creates the mesh; h<i> joins once h<i-1> is done (in host order, so the first
-    hosts are the voters), through h1's address with h1's token."""
+    hosts are the voters) with h1's token, through h<i-1>'s address: the token names no
+    particular host, and from the 5th host on the join goes through a client."""
     done = _events(plan)
     names = [h.name for h in plan.hosts]
     i = names.index(host.name)
@@ -78,8 +80,8 @@ def _start(plan, host) -> None:
             return
         if not done[names[i - 1]].wait(LAUNCH_TIMEOUT * i) or plan.name not in _join:
             raise CrossnetError(f"{host.name}: {names[i - 1]} did not launch; not joining")
-        token, addr = _join[plan.name]
-        run(plan, host, "launch", "--name", host.name, "--token", token, addr)
+        token, _ = _join[plan.name]
+        run(plan, host, "launch", "--name", host.name, "--token", token, plan.host(names[i - 1]).address)
     except BaseException:
         _join.pop(plan.name, None)  # the hosts after this one give up too
         raise
