@@ -5,10 +5,12 @@ formed by join tokens, the agent programming every host.
   `crossnet launch` on h1, `crossnet launch --token T ADDR` on h2 while tcpdump
   watches h2's underlay link (TLS only: no plaintext HTTP/gRPC for the join *and* for
   etcd's client and peer traffic), refusals on h3 (token of another cluster, wrong
-  secret) that leave nothing behind on either side; h4 refused while the quorum is
-  lost (the line says so), then joining while one voter of three is killed.
+  secret, revoked, expired) that leave nothing behind on either side; h4 refused while
+  two voters are killed (the line says the quorum is lost), then joining while one voter
+  of three is killed.
 * `mesh`: a 5-host L2 lab built by `crossnet lab up --store mesh` (the lab runs the same
-  commands): 3 voters + 2 clients, every container pair pings; quorum loss keeps the
+  commands; h5 joins through the client h4): 3 voters + 2 clients, every container pair
+  pings; quorum loss (two voters killed) keeps the
   data plane and `status` says so; `forget` promotes a client; `stop --release`
   removes a host everywhere (and the other client is promoted in its place); a host whose namespace is recreated with its state dir
   kept comes back with `crossnet launch`: same member, subnet, container address.
@@ -143,6 +145,11 @@ def test_wrong_tokens_are_refused_and_leave_nothing(joins, tmp_path):
     token, addr = _token_line(lab.crossnet("h1", "token", "create", "--ttl", "10m").stdout)
     good = parse_join_token(token)
     other = pki.create_ca(tmp_path / "other")
+    revoked = parse_join_token(_token_line(lab.crossnet("h1", "token", "create").stdout)[0])
+    lab.crossnet("h1", "token", "revoke", revoked.token.id)
+    expired = parse_join_token(_token_line(lab.crossnet("h1", "token", "create", "--ttl", "1s").stdout)[0])
+    _wait(lambda: {t["id"]: t["state"] for t in json.loads(lab.crossnet("h1", "token", "list", "-o", "json").stdout)
+                   ["tokens"]}[expired.token.id] == "expired", 10, "token expired")
     members_before = lab.crossnet("h1", "status", "-o", "json").stdout
     tokens_before = lab.crossnet("h1", "token", "list", "-o", "json").stdout
     h1_before = _tree(h1_dir / "mesh")
@@ -151,6 +158,8 @@ def test_wrong_tokens_are_refused_and_leave_nothing(joins, tmp_path):
         "another cluster": (str(JoinToken(good.token, other.pin)), "belongs to another cluster"),
         "wrong secret": (str(JoinToken(Token(good.token.id, "x" * 16), good.pin)), "wrong secret"),
         "no pin": (f"{good.token}", "carries no CA pin"),
+        "revoked": (str(revoked), f"token {revoked.token.id} was revoked at"),
+        "expired": (str(expired), f"token {expired.token.id} expired at"),
     }
     for what, (tok, msg) in cases.items():
         res = _launch(lab, "h3", "--token", tok, addr, check=False)
@@ -159,6 +168,8 @@ def test_wrong_tokens_are_refused_and_leave_nothing(joins, tmp_path):
         assert len(err) == 1 and err[0].startswith("crossnet: error:") and msg in err[0], (what, err)
         assert (sorted(p.name for p in h3_dir.iterdir()) if h3_dir.exists() else None) == h3_before, what
         assert not (h3_dir / "mesh").exists(), what
+        assert not subprocess.run(["ip", "netns", "pids", lab.plan.host("h3").netns], capture_output=True,
+                                  text=True, check=True).stdout.split(), what  # no etcd, no launch process
     assert _tree(h1_dir / "mesh") == h1_before
     assert lab.crossnet("h1", "token", "list", "-o", "json").stdout == tokens_before
     members = [m["name"] for m in json.loads(members_before)["mesh"]["members"]]
@@ -204,6 +215,16 @@ sys.stdin.read()
 """
 
 
+def _kill(lab, host: str) -> None:
+    """A crash: SIGKILL to every process of the host (the supervisor with the agent inside,
+    its etcd member); the kernel state (the data plane) stays as it is."""
+    pids = subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], capture_output=True, text=True,
+                          check=True).stdout.split()
+    assert len(pids) == 2, (host, pids)  # supervisor (with the agent inside), etcd
+    for pid in pids:
+        os.kill(int(pid), signal.SIGKILL)
+
+
 def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
     lab = joins
     h4_dir = Path(lab.plan.host("h4").state_dir)
@@ -211,7 +232,7 @@ def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
     token, _ = _token_line(lab.crossnet("h1", "token", "create", "--ttl", "10m").stdout)
     h1 = lab.plan.host("h1").address
     for h in ("h2", "h3"):
-        lab.crossnet(h, "stop")
+        _kill(lab, h)
     res = _launch(lab, "h4", "--token", token, h1, check=False)
     assert res.returncode == 1
     err = res.stderr.strip().splitlines()
@@ -220,13 +241,8 @@ def test_join_refused_without_quorum_and_working_with_a_voter_down(joins):
     for h in ("h2", "h3"):
         _launch(lab, h)
     _wait(lambda: _status(lab, "h1")["store"] == "ok", 60, "quorum back")
-    # one voter of three killed (SIGKILL to the supervisor, etcd and agent: a crash): the
-    # others keep the quorum, a new host joins (through h3)
-    pids = subprocess.run(["ip", "netns", "pids", lab.plan.host("h1").netns], capture_output=True, text=True,
-                          check=True).stdout.split()
-    assert len(pids) == 2, pids  # supervisor (with the agent inside), etcd
-    for pid in pids:
-        os.kill(int(pid), signal.SIGKILL)
+    # one voter of three killed (a crash): the others keep the quorum, a new host joins (through h3)
+    _kill(lab, "h1")
     res = _launch(lab, "h4", "--token", token, lab.plan.host("h3").address)
     assert "joined the mesh as a client" in res.stdout, res.stdout
     st = _status(lab, "h4")
@@ -305,9 +321,12 @@ def _pair_ok(lab, src, dst) -> bool:
 
 
 def test_quorum_loss_keeps_the_data_plane_and_recovers(mesh):
+    """Two voters of three killed (SIGKILL: etcd member and launch process): h1 keeps
+    running and comes back to `ok` by itself once the killed voters are launched again."""
     lab = mesh
+    h1_pid = (Path(lab.plan.host("h1").state_dir) / "mesh" / "launch.pid").read_text()
     for h in ("h2", "h3"):
-        lab.crossnet(h, "stop")
+        _kill(lab, h)
     st = _wait(lambda: (s := _status(lab, "h1"))["store"].startswith("store unavailable") and s, 20, "quorum lost")
     assert st["store"] == "store unavailable: quorum lost (1/3 voters)", st["store"]
     text = lab.crossnet("h1", "status").stdout
@@ -315,24 +334,36 @@ def test_quorum_loss_keeps_the_data_plane_and_recovers(mesh):
     # data plane kept everywhere: every pair still pings (the stopped hosts included)
     assert all(p.ok for p in lab.check())
     for h in ("h2", "h3"):
-        _launch(lab, h)
+        lab.crossnet(h, "launch", timeout=120)  # no arguments: the state dir says who it is
     _wait(lambda: _status(lab, "h1")["store"] == "ok", 60, "store back")
     _wait(lambda: {p["state"] for p in _status(lab, "h4")["peers"]} == {"up"}, 60, "every peer up")
+    assert all(m["healthy"] for m in _status(lab, "h1")["members"])
     assert all(p.ok for p in lab.check())
+    assert (Path(lab.plan.host("h1").state_dir) / "mesh" / "launch.pid").read_text() == h1_pid  # no restart
 
 
 def _routes(lab, host) -> str:
     return lab.run(host, ["ip", "route", "show"], check=True).stdout
 
 
+def _fdb_neigh(lab, host) -> str:
+    return (lab.run(host, ["bridge", "fdb", "show"], check=True).stdout
+            + lab.run(host, ["ip", "neigh", "show"], check=True).stdout)
+
+
 def test_forget_removes_the_host_everywhere_and_promotes_the_client(mesh):
     lab = mesh
     gone = next(p for p in _status(lab, "h1")["peers"] if p["name"] == "h3")
+    vtep_mac = lab.run("h3", ["ip", "-o", "link", "show", "type", "vxlan"], check=True).stdout.split("link/ether ")[1][:17]
     lab.crossnet("h3", "stop")
+    # positive control: the peers' vxlan FDB and neighbour tables name h3 (address, VTEP MAC)
+    assert f"dst {gone['address']} " in _fdb_neigh(lab, "h1") and vtep_mac in _fdb_neigh(lab, "h1")
     res = lab.crossnet("h1", "forget", "h3")
     assert "etcd member" in res.stdout and "subnet" in res.stdout
     for h in ("h1", "h2", "h4", "h5"):
         _wait(lambda h=h: gone["subnet"] not in _routes(lab, h), 20, f"{h}: route to h3 removed")
+        _wait(lambda h=h: f"dst {gone['address']} " not in (t := _fdb_neigh(lab, h)) and vtep_mac not in t, 20,
+              f"{h}: vxlan FDB/neighbour entries of h3 removed")
     # h4 (the live client with the smallest name) becomes a voter, h5 stays a client
     _wait(lambda: json.loads((Path(lab.plan.host("h4").state_dir) / "mesh" / "launch.json").read_text())["role"]
           == "voter", 40, "h4 promoted")
