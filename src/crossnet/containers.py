@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -486,14 +487,32 @@ def find_attachments(state: StateDir, ctx: HostContext, netns: str) -> list[str]
 def resolve_key(state: StateDir, ctx: HostContext, container_id: str, netns: str | None) -> str:
     """The IPAM key to detach for CONTAINER: ``container_id`` when attached under it,
     else the one attachment of the same namespace under another name; ConfigError when
-    several ids share that namespace (naming them)."""
-    if netns is None or not os.path.exists(state.ipam_path) or pool_for(state, ctx).get(container_id) is not None:
+    several ids share that namespace (naming them). Without ``netns`` (the runtime no longer
+    knows the container): a ``docker:NAME``/``podman:NAME`` record found by its recorded name."""
+    if not os.path.exists(state.ipam_path) or pool_for(state, ctx).get(container_id) is not None:
         return container_id
+    if netns is None:
+        return _key_by_runtime_name(state, ctx, container_id)
     keys = find_attachments(state, ctx, netns)
     if len(keys) > 1:
         raise ConfigError(f"CONTAINER: {container_id!r}: its network namespace is attached under several ids "
                           f"({', '.join(keys)}); detach them by id")
     return keys[0] if keys else container_id
+
+
+def _key_by_runtime_name(state: StateDir, ctx: HostContext, spec: str) -> str:
+    """`detach docker:NAME` / `podman:NAME` once the runtime no longer knows NAME (docker rm):
+    the attachment `attach` recorded under the container's id with that name, else ``spec``.
+    Only attach's records (keyed by a container id), never a Docker driver endpoint."""
+    runtime, sep, name = spec.partition(":")
+    if not sep or runtime not in ("docker", "podman") or not name:
+        return spec
+    keys = sorted(k for k, a in pool_for(state, ctx).entries().items()
+                  if a.meta.get("name") == name and re.fullmatch(r"[0-9a-f]{12,64}", k))
+    if len(keys) > 1:
+        raise ConfigError(f"CONTAINER: {spec!r}: several attachments are named {name!r} "
+                          f"({', '.join(keys)}); detach them by id")
+    return keys[0] if keys else spec
 
 
 def _remove_host_veth(ctx: HostContext, backend: Backend, host_if: str) -> bool:

@@ -63,6 +63,8 @@ def test_tutorial_workflow_ping_all_pairs_lan_router_and_http(lab):
         subnet = ipaddress.ip_network(statuses[h.name]["subnet"])
         mine = [e for e in eps if e.name in h.containers]
         assert len(mine) == 2 and all(ipaddress.ip_address(e.address) in subnet for e in mine), (subnet, mine)
+    shown = {c["id"]: c["address"] for h in lab.summary(statuses)["hosts"] for c in h["containers"]}
+    assert shown == {e.name: e.address for e in eps}  # `lab up`'s table: Docker's addresses, not "-"
     pairs = lab.check()  # every container pings every other (from the containers' namespaces)
     assert len(pairs) == 12 and all_ok(pairs), [p for p in pairs if not p.ok]
     router = lab.plan.cluster_dict()["lan"]["gateway"]
@@ -131,6 +133,16 @@ def test_attach_detach_docker_container_also_after_restart(lab):
         assert veths[-1] not in lab.run("h1", ["ip", "-o", "link"]).stdout
         again = crossnet_in(lab, "h1", "detach", "docker:att", "-o", "json")
         assert again.returncode == 0 and json.loads(again.stdout)["detached"] is False
+        # removed (docker rm) while attached: detach by name finds the record by its recorded name
+        res = crossnet_in(lab, "h1", "attach", "docker:att", "--ip", want, "-o", "json")
+        assert res.returncode == 0, res.stderr
+        cid = json.loads(res.stdout)["id"]
+        d.run("rm", "-f", "att")
+        res = crossnet_in(lab, "h1", "detach", "docker:att", "-o", "json")
+        assert res.returncode == 0, res.stderr
+        out = json.loads(res.stdout)
+        assert out["detached"] is True and out["id"] == cid and out["address"] == want, out
+        assert not [c for c in lab.status("h1")["containers"] if c["id"] == cid]
     finally:
         d.run("rm", "-f", "att", check=False)
 

@@ -3,11 +3,12 @@
 One lab (module scope): 3 hosts in their own /24s behind a router (l3), vxlan,
 `lab up --runtime docker-plugin`: per host a dockerd (live-restore) finding its own
 `crossnet docker-plugin` at /run/docker/plugins/crossnet.sock (its private mount
-namespace), `docker network create -d crossnet --ipam-driver crossnet --subnet SUBNET
-crossnet`, 2 containers per host with `docker run --network crossnet`. Checked in it:
+namespace), `docker network create -d crossnet --ipam-driver crossnet crossnet` (no
+--subnet), 2 containers per host with `docker run --network crossnet`. Checked in it:
 
 - all 30 pairs ping, addresses from each host's crossnet subnet, `crossnet status`
   lists them with their container names, HTTP across hosts;
+- the `--subnet SUBNET` form works too (a second network; `docker run --ip` needs it);
 - errors come back as Docker's one-line `Err` (address in use; hostile requests);
 - a dockerd restart keeps the running containers connected and leaks nothing; so does a
   restart of the plugin;
@@ -91,19 +92,35 @@ def test_all_pairs_status_names_http(lab):
         assert all(ipaddress.ip_address(named[c]["address"]) in subnet for c in h.containers)
         assert {named[c]["address"] for c in h.containers} == {e.address for e in eps if e.name in h.containers}
         info = json.loads(dk(lab, h.name).run("network", "inspect", "crossnet").stdout)[0]
-        assert info["Driver"] == "crossnet" and info["IPAM"]["Config"][0]["Subnet"] == st["subnet"]
+        gateway = f"{subnet.network_address + 1}"  # crossnet's gateway; the pool: libnetwork's any-pool
+        assert info["Driver"] == "crossnet" and info["IPAM"]["Config"][0] == {"Subnet": "0.0.0.0/0",
+                                                                              "Gateway": gateway}, info["IPAM"]
+        assert {v["IPv4Address"] for v in info["Containers"].values()} == \
+            {f"{named[c]['address'].split('/')[0]}/{subnet.prefixlen}" for c in h.containers}
         mtu = dk(lab, h.name).exec(h.containers[0], "ip", "-o", "link", "show", "eth0").stdout
         assert f"mtu {st['mtu']}" in mtu
     http = docker.http_check(lab.plan, eps)
     assert len(http) == 6 and all(x["ok"] for x in http), http
 
 
-def test_errors_are_one_line_err(lab):
+def test_subnet_form_and_errors_are_one_line_err(lab):
     d = dk(lab, "h1")
-    taken = d.inspect(lab.plan.host("h1").containers[0])["NetworkSettings"]["Networks"]["crossnet"]["IPAddress"]
-    before = host_state(lab, "h1")
-    proc = d.run("run", "--rm", "--network", "crossnet", "--ip", taken, IMAGE, "true", check=False)
-    assert proc.returncode != 0 and f"{taken} is in use" in proc.stderr, proc.stderr
+    subnet = lab.status("h1")["subnet"]
+    # the --subnet form (what `docker run --ip` needs: Docker wants a user-configured subnet)
+    d.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", "--subnet", subnet, "xnsub")
+    try:
+        info = json.loads(d.run("network", "inspect", "xnsub").stdout)[0]
+        assert info["IPAM"]["Config"][0]["Subnet"] == subnet, info["IPAM"]
+        peer = dk(lab, "h2").inspect(lab.plan.host("h2").containers[0])["NetworkSettings"]["Networks"]["crossnet"]
+        proc = d.run("run", "--rm", "--network", "xnsub", IMAGE, "ping", "-c", "1", "-W", "2", peer["IPAddress"],
+                     check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        taken = d.inspect(lab.plan.host("h1").containers[0])["NetworkSettings"]["Networks"]["crossnet"]["IPAddress"]
+        before = host_state(lab, "h1")
+        proc = d.run("run", "--rm", "--network", "xnsub", "--ip", taken, IMAGE, "true", check=False)
+        assert proc.returncode != 0 and f"{taken} is in use" in proc.stderr, proc.stderr
+    finally:
+        d.run("network", "rm", "xnsub", check=False)
     for path, raw, want in [
         ("/NetworkDriver.Join", b'{"NetworkID": "../../etc", "EndpointID": "x"}', "NetworkID: expected an id"),
         ("/NetworkDriver.CreateEndpoint", b'{"NetworkID": "' + b"f" * 64 + b'", "EndpointID": "e"}',

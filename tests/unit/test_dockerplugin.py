@@ -122,7 +122,6 @@ def test_networks_survive_a_plugin_restart(env):
 def test_errors(env):
     p = env.plugin
     # the IPAM protocol's error key is "Error", the network driver's "Err"
-    assert "--subnet 10.32.1.0/24" in call(p, "/IpamDriver.RequestPool", {"AddressSpace": "crossnet"})["Error"]
     assert "not this host's crossnet subnet" in call(p, "/IpamDriver.RequestPool", {"Pool": "10.99.0.0/24"})["Error"]
     assert "IPv4" in call(p, "/IpamDriver.RequestPool", {"Pool": str(SUBNET), "V6": True})["Error"]
     assert "unknown pool" in call(p, "/IpamDriver.RequestAddress", {"PoolID": "other"})["Error"]
@@ -194,3 +193,26 @@ def test_any_request_gets_an_answer_or_one_line_error(env, path, body):
     assert err is None or (isinstance(err, str) and "\n" not in err and "Traceback" not in err)
     for _, host_if, *_ in (c for c in env.kernel.calls if c[0] == "create"):
         assert host_if.startswith("cnv") and len(host_if) <= 15
+
+
+def test_network_without_subnet_gets_the_any_pool_and_crossnets_gateway(env):
+    """`docker network create -d crossnet --ipam-driver crossnet crossnet` (no --subnet):
+    libnetwork's route-overlap loop skips the pool 0.0.0.0/0 and takes the gateway from the
+    pool's data (then asks no gateway address); endpoints still get the host's subnet."""
+    p = env.plugin
+    answer = call(p, "/IpamDriver.RequestPool", {"AddressSpace": "crossnet", "Pool": "", "SubPool": ""})
+    assert answer == {"PoolID": POOL_ID, "Pool": "0.0.0.0/0", "Data": {"com.docker.network.gateway": "10.32.1.1/24"}}
+    assert call(p, "/NetworkDriver.CreateNetwork", {"NetworkID": NID, "IPv4Data": [
+        {"AddressSpace": "crossnet", "Pool": "0.0.0.0/0", "Gateway": "10.32.1.1/24"}]}) == {}
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "", "Options": {}})["Address"]
+    assert addr == "10.32.1.2/24"
+    assert "Err" not in call(p, "/NetworkDriver.CreateEndpoint",
+                             {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    # the any-pool with another gateway is not crossnet's network
+    other = "b" * 64
+    for gw in ("10.32.1.9/24", "10.32.1.1/16", "", "x" * 200):
+        err = call(p, "/NetworkDriver.CreateNetwork", {"NetworkID": other, "IPv4Data": [
+            {"AddressSpace": "crossnet", "Pool": "0.0.0.0/0", "Gateway": gw}]})["Err"]
+        assert "gateway" in err and "\n" not in err
+    assert "unknown network" in call(p, "/NetworkDriver.CreateEndpoint",
+                                     {"NetworkID": other, "EndpointID": "c" * 64, "Interface": {}})["Err"]

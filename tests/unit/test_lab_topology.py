@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crossnet.check import Endpoint, Pair, pairs_to_json, ping_matrix, render_matrix, summary_line
-from crossnet.errors import ConfigError
+from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab.topology import (
     DEFAULT_NETWORK,
     MAX_HOSTS,
@@ -245,3 +245,22 @@ def test_cli_rejects_bad_input(args, needle, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("crossnet: error: " + needle), err
     assert "\n" not in err
+
+
+def test_lab_summary_shows_docker_container_addresses(tmp_path, monkeypatch):
+    """`lab up --runtime docker`: Docker's IPAM gives the addresses (crossnet status has
+    none), so the summary takes them from `docker inspect` like `lab check` does."""
+    from crossnet.lab import docker
+    from crossnet.lab.manager import Lab
+    from crossnet.lab.topology import LabOptions, plan_lab
+
+    plan = plan_lab(LabOptions(name="tsum", hosts=2, containers=1, extra={"runtime": "docker"}).validate(), 3,
+                    str(tmp_path / "lab"))
+    lab = Lab({**plan.to_dict(), "apply": True})
+    names = [c for h in plan.hosts for c in h.containers]
+    fake = [Endpoint(n, f"/proc/{100 + i}/ns/net", f"10.9.{i}.2") for i, n in enumerate(names)]
+    monkeypatch.setattr(docker, "endpoints", lambda p: fake)
+    got = {c["id"]: (c["address"], c["netns"]) for h in lab.summary({})["hosts"] for c in h["containers"]}
+    assert got == {e.name: (e.address, e.netns) for e in fake}
+    monkeypatch.setattr(docker, "endpoints", lambda p: (_ for _ in ()).throw(CrossnetError("daemon down")))
+    assert all(c["address"] is None for h in lab.summary({})["hosts"] for c in h["containers"])

@@ -286,3 +286,22 @@ def test_agent_checks_the_callers_namespace_identity(tmp_path) -> None:
         _same_namespace({"netns_id": [st_.st_dev, st_.st_ino + 1]}, str(f))
     with pytest.raises(ConfigError, match="netns_id"):
         _same_namespace({"netns_id": "abc"}, str(f))
+
+
+def test_resolve_key_finds_a_removed_runtime_container_by_its_recorded_name(tmp_path) -> None:
+    """`detach docker:NAME` after `docker rm`: the runtime no longer knows NAME (no netns),
+    the record attach made is keyed by the container id and carries the name."""
+    state = StateDir(tmp_path / "state")
+    pool = containers.pool_for(state, _ctx())
+    cid = "ab" * 32
+    pool.allocate(cid, meta={"netns": "/proc/999999999/ns/net", "name": "web"})
+    pool.allocate("docker:0123456789ab", meta={"name": "web"})  # a Docker driver endpoint: never detached by name
+    pool.allocate("cd" * 32, meta={"name": "db"})
+    assert containers.resolve_key(state, _ctx(), "docker:web", None) == cid
+    assert containers.resolve_key(state, _ctx(), "podman:web", None) == cid
+    assert containers.resolve_key(state, _ctx(), "docker:gone", None) == "docker:gone"
+    assert containers.resolve_key(state, _ctx(), "web", None) == "web"  # not a runtime spec
+    assert containers.resolve_key(state, _ctx(), "docker:", None) == "docker:"
+    pool.allocate("ef" * 32, meta={"name": "web"})
+    with pytest.raises(ConfigError, match=f"{cid}, {'ef' * 32}"):
+        containers.resolve_key(state, _ctx(), "docker:web", None)

@@ -398,7 +398,7 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         if netns:
             _same_namespace(body, str(netns))
         ctx, backend = _context(state)
-        key = containers.resolve_key(state, ctx, cid, str(netns)) if netns else cid  # another name of it
+        key = containers.resolve_key(state, ctx, cid, str(netns) if netns else None)  # another name of it
         res = containers.detach(state, ctx, backend, key)
         if res is not None:
             _containers_changed(agent)

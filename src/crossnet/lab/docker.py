@@ -264,13 +264,9 @@ class HostDocker(podman.RuntimeHost):
         self.run("import", "--change", 'CMD ["/bin/sh"]', str(podman.image_tarball()), IMAGE, timeout=300)
 
     def create_network(self) -> None:
-        """`docker network create -d crossnet --ipam-driver crossnet --subnet SUBNET crossnet`
-        (once; SUBNET: this host's crossnet subnet)."""
+        """`docker network create -d crossnet --ipam-driver crossnet crossnet` (once)."""
         if self.run("network", "inspect", NETWORK, check=False).returncode != 0:
-            from crossnet.state import StateDir
-
-            subnet = StateDir(self.state_dir).load_applied()["context"]["subnet"]
-            self.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", "--subnet", subnet, NETWORK)
+            self.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", NETWORK)
 
     def start(self, name: str, *, network: str | None = None, command: Sequence[str] = ("sleep", "1000000"),
               extra: Sequence[str] = ()) -> str:

@@ -257,12 +257,27 @@ class Lab:
         return ping_matrix(self.endpoints(underlay, statuses), count=count, timeout=timeout, workers=workers)
 
     # -- summary --------------------------------------------------------------------
+    def _docker_endpoints(self) -> dict[str, Endpoint]:
+        """Docker runtimes: each container's address as Docker gave it (`docker inspect`,
+        what `lab check` pings), by container name; {} otherwise or when a daemon does not answer."""
+        if not self.applied or self.plan.extra.get("runtime") not in ("docker", "docker-plugin"):
+            return {}
+        from crossnet.lab import docker
+
+        try:
+            return {e.name: e for e in docker.endpoints(self.plan)}
+        except CrossnetError:
+            return {}
+
     def summary(self, statuses: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
         p = self.plan
         hosts = []
+        docker_eps = self._docker_endpoints()
         for h in p.hosts:
             st = (statuses or {}).get(h.name) or {}
             by_id = {c.get("name") or c.get("id"): c for c in st.get("containers") or []}
+            by_id.update({c: {"netns": docker_eps[c].netns, "address": docker_eps[c].address}
+                          for c in h.containers if c in docker_eps})
             hosts.append({
                 "name": h.name,
                 "netns": h.netns,

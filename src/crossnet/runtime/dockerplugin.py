@@ -13,7 +13,8 @@ status`.
 
 Protocol mapping:
 - IpamDriver.RequestPool: this host's subnet (the network containers live in), only
-  IPv4; RequestAddress: the gateway (crossnet's) or an allocation in the shared pool
+  IPv4; without ``--subnet`` the pool 0.0.0.0/0 with crossnet's gateway in its data
+  (libnetwork's route-overlap loop, docs/docker.md); RequestAddress: the gateway (crossnet's) or an allocation in the shared pool
   (``--ip``: that address, "address in use" when taken); ReleaseAddress releases it.
 - NetworkDriver.CreateNetwork records the network (``<state-dir>/docker-networks.json``:
   survives plugin restarts); CreateEndpoint binds the endpoint to the allocated address;
@@ -51,6 +52,8 @@ GATEWAY_TYPE = "com.docker.network.gateway"
 KEY_PREFIX = "docker:"
 MAX_BODY = 64 * 1024
 _ID = re.compile(r"[A-Za-z0-9]{1,128}")
+ANY_POOL = "0.0.0.0/0"  # RequestPool's answer without --subnet (see request_pool)
+GATEWAY_LABEL = "com.docker.network.gateway"  # libnetwork's netlabel.Gateway in a pool's data
 NOT_READY = "this host has no crossnet subnet yet: run crossnet apply/launch first"
 
 
@@ -179,17 +182,18 @@ class DockerPlugin:
         ctx, _backend, pool = self.context()
         want = _str(body, "Pool")
         if not want:
-            # Docker (local scope) releases and re-requests a default pool that overlaps a
-            # route of the host, forever; the host's own subnet always does: ask for --subnet
-            raise PluginError(f"Pool: pass this host's crossnet subnet: docker network create -d crossnet "
-                              f"--ipam-driver crossnet --subnet {ctx.subnet} NAME")
-        if want:
-            try:
-                net = ipaddress.IPv4Network(want)
-            except ValueError:
-                raise PluginError(f"Pool: {want[:60]!r} is not an IPv4 network") from None
-            if net != pool.subnet and net != ctx.subnet:
-                raise PluginError(f"Pool: {net} is not this host's crossnet subnet {ctx.subnet} (leave --subnet out)")
+            # No --subnet: libnetwork (requestPoolHelper, local scope) releases and re-requests a
+            # pool that overlaps a route of the host, forever, and this host's subnet always has
+            # one (crossnet's bridge). It skips that check for the pool 0.0.0.0/0 (what Docker's
+            # null IPAM answers) and takes the gateway from the pool's data: docs/docker.md
+            return {"PoolID": self._pool_id(pool), "Pool": ANY_POOL,
+                    "Data": {GATEWAY_LABEL: f"{ctx.gateway}/{pool.subnet.prefixlen}"}}
+        try:
+            net = ipaddress.IPv4Network(want)
+        except ValueError:
+            raise PluginError(f"Pool: {want[:60]!r} is not an IPv4 network") from None
+        if net != pool.subnet and net != ctx.subnet:
+            raise PluginError(f"Pool: {net} is not this host's crossnet subnet {ctx.subnet} (leave --subnet out)")
         return {"PoolID": self._pool_id(pool), "Pool": str(pool.subnet), "Data": {}}
 
     def release_pool(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -265,7 +269,12 @@ class DockerPlugin:
         if not isinstance(v4, list) or len(v4) != 1 or not isinstance(v4[0], dict):
             raise PluginError("IPv4Data: expected one IPv4 pool (create the network with --ipam-driver crossnet)")
         got = _str(v4[0], "Pool")
-        if got != str(pool.subnet):
+        if got == ANY_POOL:  # created without --subnet (request_pool): the gateway must be crossnet's
+            gw = _str(v4[0], "Gateway")
+            if gw != f"{ctx.gateway}/{pool.subnet.prefixlen}":
+                raise PluginError(f"IPv4Data: gateway {gw[:40]!r} is not this host's crossnet gateway "
+                                  f"{ctx.gateway}/{pool.subnet.prefixlen}")
+        elif got != str(pool.subnet):
             raise PluginError(f"IPv4Data: pool {got[:40]!r} is not this host's crossnet subnet {pool.subnet} "
                               "(create the network with --ipam-driver crossnet)")
         if body.get("IPv6Data"):
