@@ -469,14 +469,14 @@ def _dataplane_md(dp: dict[str, Any]) -> list[str]:
         if r["name"] in seen:
             continue
         seen.add(r["name"])
-        out.append(f"<details><summary>How <code>{r['name']}</code> was built (MTU {r['mtu']}): "
-                   f"{r.get('description', '')}</summary>\n")
-        out.append("```")
-        out.extend(r["steps"])
-        out.append("```")
-        out.append("</details>")
-        out.append("")
+        out += _steps_details(f"How <code>{r['name']}</code> was built (MTU {r['mtu']}): "
+                              f"{r.get('description', '')}", r["steps"])
     return out
+
+
+def _steps_details(summary: str, steps: list[str]) -> list[str]:
+    """A folded block of the commands a hand-built layout was made with."""
+    return [f"<details><summary>{summary}</summary>", "", "```", *steps, "```", "</details>", ""]
 
 
 def _control_md(cp: dict[str, Any]) -> list[str]:
@@ -661,13 +661,7 @@ def _wireguard_md(wg: dict[str, Any]) -> list[str]:
                f"crossnet encrypted ÷ crossnet unencrypted (median over rounds): {wg.get('vs_unencrypted')}.")
     out.append("")
     if wg.get("steps"):
-        out.append("<details><summary>How the hand-built WireGuard was built</summary>")
-        out.append("")
-        out.append("```")
-        out += wg["steps"]
-        out.append("```")
-        out.append("</details>")
-        out.append("")
+        out += _steps_details("How the hand-built WireGuard was built", wg["steps"])
     return out
 
 

@@ -276,17 +276,6 @@ class HostDocker(podman.RuntimeHost):
         proc = self.run(*args, *extra, IMAGE, *command)
         return proc.stdout.strip().splitlines()[-1]
 
-    def exec(self, name: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
-        return self.run("exec", name, *cmd, timeout=timeout, check=check)
-
-    def inspect(self, name: str) -> dict[str, Any]:
-        data = json.loads(self.run("inspect", "--type", "container", name).stdout)
-        return data[0] if isinstance(data, list) else data
-
-    def container_ids(self) -> list[str]:
-        proc = self.run("ps", "-aq", "--no-trunc", check=False)
-        return proc.stdout.split() if proc.returncode == 0 else []
-
     def teardown(self) -> None:
         """Remove every container, stop dockerd, unmount and delete the per-host
         directory. Idempotent."""

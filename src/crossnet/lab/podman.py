@@ -133,6 +133,22 @@ class RuntimeHost:
     def netns_path(self) -> str:
         return self.netns if self.netns.startswith("/") else f"/run/netns/{self.netns}"
 
+    def run(self, *args: str, timeout: float = 120.0, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        """The runtime's CLI with `args` (podman / docker, same command line)."""
+        raise NotImplementedError
+
+    def container_ids(self) -> list[str]:
+        proc = self.run("ps", "-aq", "--no-trunc", check=False)
+        return proc.stdout.split() if proc.returncode == 0 else []
+
+    def exec(self, name: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
+        return self.run("exec", name, *cmd, timeout=timeout, check=check)
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        data = json.loads(self.run("inspect", "--type", "container", name).stdout)
+        return data[0] if isinstance(data, list) else data
+
 
 @dataclass
 class HostPodman(RuntimeHost):
@@ -215,10 +231,6 @@ class HostPodman(RuntimeHost):
             return
         self.run("import", "--change", 'CMD ["/bin/sh"]', str(image_tarball()), IMAGE, timeout=300)
 
-    def container_ids(self) -> list[str]:
-        proc = self.run("ps", "-aq", "--no-trunc", check=False)
-        return proc.stdout.split() if proc.returncode == 0 else []
-
     def start(self, name: str, *, ip: str | None = None, publish: Sequence[str] = (),
               command: Sequence[str] = ("sleep", "1000000"), extra: Sequence[str] = ()) -> str:
         args = ["run", "-d", "--name", name, "--hostname", name, "--network", self.network, "--cap-add", "NET_RAW"]
@@ -228,14 +240,6 @@ class HostPodman(RuntimeHost):
             args += ["-p", p]
         proc = self.run(*args, *extra, IMAGE, *command)
         return proc.stdout.strip().splitlines()[-1]
-
-    def exec(self, name: str, *cmd: str, timeout: float = 30.0, check: bool = False) -> subprocess.CompletedProcess:
-        return self.run("exec", name, *cmd, timeout=timeout, check=check)
-
-    def inspect(self, name: str) -> dict[str, Any]:
-        proc = self.run("inspect", "--type", "container", name)
-        data = json.loads(proc.stdout)
-        return data[0] if isinstance(data, list) else data
 
     def remove_all(self) -> None:
         """Remove every container of this podman (CNI DEL runs inside the host netns)."""
