@@ -43,7 +43,8 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
     for i, net in enumerate(cluster.networks):
         subnets = cluster.network_subnets(i)
         settings = replace(base, network=net.network, prefixlen=net.subnet_len or cluster.subnet_len,
-                           bridge=net.bridge_name(), vni=cluster.network_vni(i), masquerade=False)
+                           bridge=net.bridge_name(), vni=cluster.network_vni(i),
+                           masquerade=cluster.masquerade if net.masquerade is None else net.masquerade)
         peers = [Peer(p.name, p.address, subnets[p.name], p.data, p.transport) for p in ctx.peers]
         one = program.context(settings, backend, host=ctx.host, address=ctx.address, iface=ctx.iface,
                               subnet=subnets[ctx.host], nic=_Nic(ctx.underlay_mtu, ctx.nic_mac),  # type: ignore[arg-type]

@@ -199,6 +199,31 @@ def test_other_gateways_arp_and_spoofing_dropped(lab):
     assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
 
 
+def test_masquerade_per_network(lab):
+    """`masquerade:` of a named network: its containers reach an address outside the
+    cluster (the lab's LAN router), the top-level network's don't (its own masquerade off)."""
+    h1 = lab.hosts[0]
+    outside = lab.plan.fabric.address.split("/")[0]
+    blue_c, default_c = h1.containers[2], h1.containers[0]
+
+    def pings(src: str) -> bool:
+        return lab.run(src, ["ping", "-c", "1", "-W", "2", outside]).returncode == 0
+
+    assert not pings(blue_c)  # the router has no route back to 10.33.0.0/16
+    write_networks(lab, [{"name": "blue", "network": BLUE, "masquerade": True}])
+    try:
+        apply_all(lab, hosts=[h1])
+        assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode == 0
+        assert pings(blue_c) and not pings(default_c)
+        blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["containers"][0]["address"].split("/")[0]
+        assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
+    finally:
+        write_networks(lab, [{"name": "blue", "network": BLUE}])
+        apply_all(lab, hosts=[h1])
+    assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode != 0
+    assert not pings(blue_c)
+
+
 def test_add_and_remove_a_network_interrupts_no_other(lab):
     h1, h2 = lab.hosts[0], lab.hosts[1]
     again = apply_all(lab, hosts=[h1])

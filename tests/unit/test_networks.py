@@ -120,6 +120,33 @@ def test_each_network_has_its_own_resources(backend_name):
     assert {"route:10.41.1.0/24", "route:10.42.2.0/24", "route:10.40.1.0/24"} <= set(keys)
 
 
+@pytest.mark.parametrize(("top", "blue", "red", "nat"), [
+    (False, None, None, []), (True, None, None, ["blue", "red"]), (True, False, None, ["red"]),
+    (False, True, None, ["blue"]), (False, None, False, []),
+])
+def test_masquerade_per_network_defaults_to_the_top_level_one(top, blue, red, nat):
+    nets_in = [{"name": "blue", "network": "10.41.0.0/16"}, {"name": "red", "network": "10.42.0.0/16"}]
+    for spec, value in zip(nets_in, (blue, red)):
+        if value is not None:
+            spec["masquerade"] = value
+    c = cluster(nets=nets_in, masquerade=top)
+    b = get_backend("vxlan")
+    ctx = host_ctx(c, b)
+    nets = networks.contexts(c, ctx, b)
+    assert [n for n, one in nets.items() if one.masquerade] == nat
+    tables = {r.key(): r for r in program.network_resources(ctx, b, nets) if r.key().startswith("nft:ip:")}
+    if not nat:
+        assert tables == {}
+        return
+    body = tables["nft:ip:crossnet_nat"].body
+    rules = [line.strip() for line in body.splitlines() if "masquerade" in line]
+    assert rules == [f"ip saddr {nets[n].subnet} ip daddr != {nets[n].network} masquerade" for n in nat]
+    top_table = [r for r in program.desired_resources(ctx, b) if r.key() == "nft:ip:crossnet"]
+    assert bool(top_table) == top  # the top-level table is what a one-network file makes
+    if top:
+        assert "10.41." not in top_table[0].body
+
+
 def fake_ctx(name: str, net: str, sub: str) -> HostContext:
     s = IPv4Network(sub)
     return HostContext("c", "vxlan", "h1", IPv4Address("192.168.9.1"), "eth0", s, IPv4Network(net),
