@@ -118,6 +118,21 @@ def record(state: StateDir, host: str, networks: dict[str, HostContext]) -> None
                                              "context": net.to_json(), "resources": []})
 
 
+def follow_mtu(state: StateDir, applied: dict | None, networks: dict[str, HostContext]) -> dict[str, list[str]]:
+    """After an apply: a network whose container MTU changed since the last one (a
+    measured path MTU, `mtu:`) has its running containers follow, like the top-level
+    network's (crossnet.transport.pmtu.update_containers). Returns network -> ids changed."""
+    from crossnet.transport import pmtu
+
+    old = (applied or {}).get("networks") or {}
+    out = {}
+    for name, net in networks.items():
+        was = (old.get(name) or {}).get("mtu") if isinstance(old.get(name), dict) else None
+        if was is not None and was != net.mtu:
+            out[name] = pmtu.update_containers(state_of(state, name), net)
+    return out
+
+
 def forget(state: StateDir, backend: Backend, env: Env) -> None:
     """reset: every network's containers detached and its state dir removed."""
     for name in recorded(state):

@@ -199,6 +199,34 @@ def test_other_gateways_arp_and_spoofing_dropped(lab):
     assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
 
 
+def test_check_per_network_and_isolation(lab):
+    """`crossnet check`: every network of the host on its own (cross-network pairs are no
+    failures); `--network blue --isolation` also probes blue -> default, which all fail."""
+    h1 = lab.hosts[0]
+    res = lab.crossnet(h1.name, "check", "-o", "json", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["networks"] == ["default", "blue"]
+    by_net: dict[str, list] = {"default": [], "blue": []}
+    for p in out["pairs"]:
+        assert p["network"] == p["dst_network"] and p["ok"], p
+        by_net[p["network"]].append(p)
+    # 2 local containers per network: each other + the 2 peers' gateways on that network
+    assert len(by_net["default"]) == len(by_net["blue"]) == 2 * 3
+    assert {p["dst_address"].split(".")[1] for p in by_net["blue"]} == {"33"}
+    assert "isolation" not in out
+    iso = lab.crossnet(h1.name, "check", "--network", "blue", "--isolation", "-o", "json", check=False)
+    assert iso.returncode == 0, iso.stdout + iso.stderr
+    got = json.loads(iso.stdout)
+    assert got["networks"] == ["blue"] and {p["network"] for p in got["pairs"]} == {"blue"}
+    assert len(got["isolation"]) == 2 * 4 and all(p["ok"] and not p["reached"] for p in got["isolation"])
+    assert {p["dst_network"] for p in got["isolation"]} == {"default"}
+    text = lab.crossnet(h1.name, "check", "--network", "blue", check=False)
+    assert text.returncode == 0 and "network blue" in text.stdout and "OK: all 6 pairs reachable" in text.stdout
+    bad = lab.crossnet(h1.name, "check", "--network", "nosuch", check=False)
+    assert bad.returncode == 2 and "--network" in bad.stderr
+
+
 def test_masquerade_per_network(lab):
     """`masquerade:` of a named network: its containers reach an address outside the
     cluster (the lab's LAN router), the top-level network's don't (its own masquerade off)."""
@@ -222,6 +250,27 @@ def test_masquerade_per_network(lab):
         apply_all(lab, hosts=[h1])
     assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode != 0
     assert not pings(blue_c)
+
+
+def test_a_changed_mtu_reaches_every_networks_containers(lab):
+    """A new container MTU (here `mtu:`; a measured path MTU takes the same path) reaches the
+    running containers of the named networks too, not only the top-level network's."""
+    h1 = lab.hosts[0]
+
+    def mtus() -> list[int]:
+        return [json.loads(lab.run(c, ["ip", "-j", "link", "show", "eth0"], check=True).stdout)[0]["mtu"]
+                for c in (h1.containers[0], h1.containers[2])]  # default, blue
+
+    before = mtus()
+    assert before[0] == before[1]
+    lab.netfile.write_text(yaml.safe_dump({**lab.cluster, "mtu": 1400, "networks": [{"name": "blue", "network": BLUE}]}))
+    try:
+        apply_all(lab, hosts=[h1])
+        assert mtus() == [1350, 1350]
+    finally:
+        write_networks(lab, [{"name": "blue", "network": BLUE}])
+        apply_all(lab, hosts=[h1])
+    assert mtus() == before
 
 
 def test_add_and_remove_a_network_interrupts_no_other(lab):

@@ -219,3 +219,19 @@ def test_bench_target_networks_isolation():
     assert (ok["value"], ok["met"]) == (0.98, True) and "0.9–1.1" in ok["note"]
     missed = target({"networks": {"status": "ok", "isolation_ratio": 0.9}})
     assert missed["met"] is False and missed["shortfall"]
+
+
+def test_a_changed_mtu_reaches_the_named_networks_containers(tmp_path, monkeypatch):
+    from crossnet.transport import pmtu
+
+    calls = []
+    monkeypatch.setattr(pmtu, "update_containers", lambda state, ctx: calls.append((state.root, ctx.mtu)) or ["c1"])
+    state = StateDir(tmp_path)
+    blue, red = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24"), fake_ctx("red", "10.42.0.0/16", "10.42.0.0/24")
+    was = {"networks": {"blue": blue.to_json(), "red": red.to_json()}}
+    assert networks.follow_mtu(state, was, {"blue": blue, "red": red}) == {}  # unchanged: nothing touched
+    assert networks.follow_mtu(state, None, {"blue": blue}) == {}  # first apply: containers got it at attach
+    lower = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24")
+    lower.mtu = 1400
+    assert networks.follow_mtu(state, was, {"blue": lower, "red": red}) == {"blue": ["c1"]}
+    assert calls == [(tmp_path / "networks" / "blue", 1400)]
