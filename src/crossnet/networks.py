@@ -133,6 +133,20 @@ def follow_mtu(state: StateDir, applied: dict | None, networks: dict[str, HostCo
     return out
 
 
+def gc(state: StateDir, backend: Backend, dry_run: bool = False) -> list[dict]:
+    """`crossnet gc` for every named network of this host: each one's containers whose
+    namespace is gone (containers.gc on its own IPAM), each item naming its network."""
+    from crossnet import containers
+
+    out = []
+    for name in recorded(state):
+        sub = state_of(state, name)
+        if sub.applied_path.exists():
+            out += [{**item, "network": name}
+                    for item in containers.gc(sub, HostContext.applied(sub), backend, dry_run=dry_run)]
+    return out
+
+
 def forget(state: StateDir, backend: Backend, env: Env) -> None:
     """reset: every network's containers detached and its state dir removed."""
     for name in recorded(state):

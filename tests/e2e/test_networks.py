@@ -273,6 +273,22 @@ def test_a_changed_mtu_reaches_every_networks_containers(lab):
     assert mtus() == before
 
 
+def test_gc_collects_a_named_networks_dead_container(lab):
+    h1 = lab.hosts[0]
+    gone = f"{lab.name}-gc1"  # prefixed: removed with the lab
+    subprocess.run(["ip", "netns", "add", gone], check=True)
+    att = json.loads(lab.crossnet(h1.name, "attach", f"/run/netns/{gone}", "--network", "blue", "-o", "json").stdout)
+    subprocess.run(["ip", "netns", "del", gone], check=True)
+    dry = json.loads(lab.crossnet(h1.name, "gc", "--dry-run", "-o", "json").stdout)
+    assert [(i["network"], i["address"]) for i in dry["collected"]] == [("blue", att["address"].split("/")[0])]
+    done = json.loads(lab.crossnet(h1.name, "gc", "-o", "json").stdout)
+    assert [i["network"] for i in done["collected"]] == ["blue"]
+    blue = lab.status(h1.name)["networks"]["blue"]["containers"]
+    assert len(blue) == 2 and att["address"] not in {c["address"] for c in blue}
+    assert lab.run(h1.name, ["ip", "link", "show", att["host_if"]]).returncode != 0
+    assert json.loads(lab.crossnet(h1.name, "gc", "-o", "json").stdout)["collected"] == []
+
+
 def test_add_and_remove_a_network_interrupts_no_other(lab):
     h1, h2 = lab.hosts[0], lab.hosts[1]
     again = apply_all(lab, hosts=[h1])

@@ -235,3 +235,23 @@ def test_a_changed_mtu_reaches_the_named_networks_containers(tmp_path, monkeypat
     lower.mtu = 1400
     assert networks.follow_mtu(state, was, {"blue": lower, "red": red}) == {"blue": ["c1"]}
     assert calls == [(tmp_path / "networks" / "blue", 1400)]
+
+
+def test_gc_collects_each_named_networks_own_ipam(tmp_path, monkeypatch):
+    from crossnet import containers
+
+    seen = []
+
+    def fake_gc(state, ctx, backend, dry_run=False):
+        seen.append((state.root, ctx.bridge, dry_run))
+        return [{"id": f"x-{ctx.bridge}", "reason": "namespace gone", "address": str(ctx.gateway + 1)}]
+
+    monkeypatch.setattr(containers, "gc", fake_gc)
+    state = StateDir(tmp_path)
+    assert networks.gc(state, get_backend("vxlan")) == []  # no named network: nothing
+    networks.record(state, "h1", {"blue": fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24"),
+                                  "red": fake_ctx("red", "10.42.0.0/16", "10.42.0.0/24")})
+    got = networks.gc(state, get_backend("vxlan"), dry_run=True)
+    assert [(i["network"], i["id"], i["address"]) for i in got] == [("blue", "x-cn-blue", "10.41.0.2"),
+                                                                    ("red", "x-cn-red", "10.42.0.2")]
+    assert seen == [(tmp_path / "networks" / "blue", "cn-blue", True), (tmp_path / "networks" / "red", "cn-red", True)]

@@ -457,8 +457,9 @@ def _mesh_status(ctx: click.Context) -> dict | None:
 def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
     """Collect containers whose network namespace is gone (status shows them `stale`):
     remove the host side of their veth if it is still there and release their address.
-    A running `crossnet agent` does this at every resync."""
-    from crossnet import containers
+    A running `crossnet agent` does this at every resync (the top-level network's);
+    the named networks' (docs/networks.md) are collected here."""
+    from crossnet import containers, networks
     from crossnet.host import load_context
 
     via = _agent(ctx, "POST", "/v1/gc", {"dry_run": dry_run})
@@ -467,6 +468,8 @@ def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
     else:
         hctx, backend = load_context(_state(ctx))
         items = containers.gc(_state(ctx), hctx, backend, dry_run=dry_run)
+    if networks.recorded(_state(ctx)):  # the named networks: never served by an agent (docs/networks.md)
+        items = [*items, *networks.gc(_state(ctx), load_context(_state(ctx))[1], dry_run=dry_run)]
     if output == "json":
         _json({"dry_run": dry_run, "collected": items})
         return
@@ -475,7 +478,8 @@ def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
     for it in items:
         verb = "would release" if dry_run else "released"
         veth = f", removed {it['host_if']}" if it.get("veth_removed") else ""
-        click.echo(f"{it['id']}: {it['reason']}: {verb} {it['address']}{veth}")
+        net = f" (network {it['network']})" if it.get("network") else ""
+        click.echo(f"{it['id']}{net}: {it['reason']}: {verb} {it['address']}{veth}")
 
 
 @click.command()

@@ -60,7 +60,7 @@ SHAPES: dict[str, Any] = {
               "pairs": [dict(PAIR, dst_address="str", kind="str", network="str", dst_network="str")],
               "isolation?": [dict(PAIR, dst_address="str", kind="str", network="str", dst_network="str",
                                   reached="bool")]},
-    "gc": {"dry_run": "bool", "collected": [{"id": "str", "reason": "str", "address": "str?"}]},
+    "gc": {"dry_run": "bool", "collected": [{"id": "str", "reason": "str", "address": "str?", "network?": "str"}]},
     "validate": {"ok": "bool", "file": "str", "cluster": "str?", "backend": "str?", "hosts": ["str"],
                  "problems": [PROBLEM]},
     "trace": TRACE,
