@@ -289,6 +289,55 @@ def test_gc_collects_a_named_networks_dead_container(lab):
     assert json.loads(lab.crossnet(h1.name, "gc", "-o", "json").stdout)["collected"] == []
 
 
+RECV = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9999)); s.settimeout(30)
+print("ready", flush=True)
+print(s.recvfrom(100)[1][0], flush=True)
+"""
+
+
+def seen_source(lab, src_host, bind: str, dst_netns: str, dst: str) -> str:
+    """The source address a container sees for a UDP datagram the host `src_host` sends from `bind`."""
+    recv = subprocess.Popen(lab.argv(dst_netns, [sys.executable, "-c", RECV]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert recv.stdout.readline().strip() == "ready"
+        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(({bind!r}, 0)); "
+                f"s.sendto(b'x', ({dst!r}, 9999))")
+        lab.run(src_host, [sys.executable, "-c", send], check=True)
+        return recv.communicate(timeout=30)[0].strip()
+    finally:
+        recv.kill()
+        recv.wait()
+
+
+def test_expose_a_named_network(lab):
+    """`expose --network blue`: the host's packets into blue leave from its blue gateway
+    (its own table), every other network and the isolation stay as they were; `hide` undoes it."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    gw_blue = lab.status(h1.name)["networks"]["blue"]["gateway"]
+    peer = lab.status(h2.name)["networks"]["blue"]["containers"][0]
+    peer_addr = peer["address"].split("/")[0]
+    got = json.loads(lab.crossnet(h1.name, "expose", "--network", "blue", "-o", "json").stdout)
+    try:
+        assert (got["network"], got["exposed"], got["address"]) == ("blue", True, gw_blue)
+        assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose-blue"]).returncode == 0
+        assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose"]).returncode != 0
+        # nothing of the named networks was taken down by the reprogramming
+        assert lab.run(h1.name, ["ip", "link", "show", "cn-blue"]).returncode == 0
+        assert lab.run(h1.name, ["nft", "list", "table", "inet", "crossnet_iso"]).returncode == 0
+        assert lab.run(h1.containers[2], ["ping", "-c", "1", "-W", "2", peer_addr]).returncode == 0
+        assert seen_source(lab, h1.name, h1.address, peer["id"], peer_addr) == gw_blue
+        exp = {n["network"]: n for n in lab.status(h1.name)["expose"]["networks"]}
+        assert exp["blue"]["exposed"] and exp["blue"]["programmed"] and not exp[lab.cluster["name"]]["exposed"]
+        assert not apply_all(lab, hosts=[h1])[0]["changed"]  # apply keeps it
+    finally:
+        lab.crossnet(h1.name, "hide", "--network", "blue")
+    assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose-blue"]).returncode != 0
+    assert seen_source(lab, h1.name, h1.address, peer["id"], peer_addr) == h1.address
+    assert lab.run(h1.name, ["ip", "link", "show", "cn-blue"]).returncode == 0
+
+
 def test_add_and_remove_a_network_interrupts_no_other(lab):
     h1, h2 = lab.hosts[0], lab.hosts[1]
     again = apply_all(lab, hosts=[h1])
@@ -356,6 +405,19 @@ def test_cni_install_network_then_reset(lab, tmp_path):
     in_k1 = ["ip", "netns", "exec", netns]
     assert subprocess.run([*in_k1, "ping", "-c", "1", "-W", "2", blue_h2], capture_output=True).returncode == 0
     assert subprocess.run([*in_k1, "ping", "-c", "1", "-W", "1", default_h2], capture_output=True).returncode != 0
+    # CNI GC of network blue (1.1.0): k1 is no valid attachment any more -> detached from
+    # blue's own IPAM; blue's `crossnet attach` containers and the default network untouched
+    blue_before = {c["id"] for c in lab.status(h1.name)["networks"]["blue"]["containers"]}
+    default_before = lab.status(h1.name)["containers"]
+    gc_env = {**{k: v for k, v in env.items() if k in ("PATH", "CNI_PATH")}, "CNI_COMMAND": "GC"}
+    gc_in = json.dumps({"cniVersion": "1.1.0", "name": "blue", **plugin, "cni.dev/valid-attachments": []}).encode()
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{h1.netns}", res["plugin"]], input=gc_in, env=gc_env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blue_after = lab.status(h1.name)["networks"]["blue"]["containers"]
+    assert len(blue_after) == len(blue_before) - 1 and addr not in {c["address"].split("/")[0] for c in blue_after}
+    assert lab.status(h1.name)["containers"] == default_before
+    assert "eth0" not in subprocess.run([*in_k1, "ip", "-o", "link"], capture_output=True, text=True).stdout
     podman_run_network_blue(lab, blue_h2, default_h2)
     # reset: every network's containers detached, bridges, VNIs and tables gone
     each(lambda h: lab.crossnet(h.name, "reset"), lab.hosts)
