@@ -149,6 +149,7 @@ def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, Ho
     nat = [net for net in networks.values() if net.masquerade]
     if nat:  # their own table: the top-level one (NFT_TABLE) stays as a one-network file makes it
         extra.append(NftTable("ip", NETWORKS_NAT_TABLE, _masquerade_body(nat)))
+    extra += [r for name, net in networks.items() for r in expose.resources(net, network=name)]  # `expose --network`
     return extra + netiso.isolation_resources({"default": ctx, **networks})
 
 
