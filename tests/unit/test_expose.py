@@ -92,11 +92,11 @@ def test_agent_resync_endpoint(tmp_path):
     assert agentapi.handle(agent, "GET", "/v1/resync", {})[0] == 405
 
 
-def blue_ctx(tmp_path, backend="vxlan") -> HostContext:
-    return HostContext(cluster_name="prod", backend=backend, host="h1", address=IPv4Address("192.168.1.10"),
-                       iface="eth0", subnet=IPv4Network("10.33.3.0/24"), network=IPv4Network("10.33.0.0/16"),
-                       gateway=IPv4Address("10.33.3.1"), prefixlen=24, bridge="cn-blue", underlay_mtu=1500, mtu=1450,
-                       masquerade=False, state_dir=str(tmp_path))
+def blue_ctx(tmp_path) -> HostContext:
+    """A named network's context (vxlan) on the same host."""
+    return HostContext(**{**ctx(tmp_path, "vxlan").__dict__, "subnet": IPv4Network("10.33.3.0/24"),
+                          "network": IPv4Network("10.33.0.0/16"), "gateway": IPv4Address("10.33.3.1"),
+                          "bridge": "cn-blue", "mtu": 1450})
 
 
 def test_a_named_network_is_exposed_on_its_own(tmp_path):
