@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -336,6 +337,67 @@ def test_expose_a_named_network(lab):
     assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose-blue"]).returncode != 0
     assert seen_source(lab, h1.name, h1.address, peer["id"], peer_addr) == h1.address
     assert lab.run(h1.name, ["ip", "link", "show", "cn-blue"]).returncode == 0
+
+
+DNS_QUERY = r"""
+import json, sys
+from dnslib import DNSRecord
+q = DNSRecord.question(sys.argv[1], "A")
+try:
+    r = DNSRecord.parse(q.send(sys.argv[2], 53, timeout=2))
+    print(json.dumps({"rcode": r.header.rcode, "answers": [str(a.rdata) for a in r.rr]}))
+except (OSError, TimeoutError):
+    print(json.dumps({"rcode": "timeout", "answers": []}))
+"""
+
+
+def test_dns_per_network(lab, tmp_path):
+    """`crossnet dns serve` with a named network: NAME.crossnet.local of a blue container
+    resolves on blue's gateway only; the default network's server says NXDOMAIN for it (and
+    the other way round); the other network's gateway does not answer at all; the resolv.conf
+    `attach --network blue` writes names blue's gateway."""
+    h1 = lab.hosts[0]
+    st = lab.status(h1.name)
+    gw_default, gw_blue = st["gateway"], st["networks"]["blue"]["gateway"]
+    (tmp_path / "resolv.conf").write_text("")  # no upstream: nothing leaves the lab
+    serve = subprocess.Popen(lab.argv(h1.name, [sys.executable, "-m", "crossnet", "dns", "serve", "--resolv-conf",
+                                                str(tmp_path / "resolv.conf")]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    made = []
+    try:
+        blue_dns = Path(h1.state_dir) / "networks" / "blue" / "dns.json"
+        for _ in range(150):  # both servers up (bounded: 30 s)
+            if blue_dns.exists() and lab.status(h1.name)["dns"]["served"]:
+                break
+            assert serve.poll() is None, serve.stderr.read()
+            time.sleep(0.2)
+        assert blue_dns.exists() and json.loads(blue_dns.read_text())["listen"] == [gw_blue]
+        for ns, name, extra in ((f"{lab.name}-dnb", "bweb", ["--network", "blue"]), (f"{lab.name}-dnd", "dweb", [])):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append((ns, extra))
+            lab.crossnet(h1.name, "attach", f"/run/netns/{ns}", "--name", name, *extra)
+        resolv = Path(f"/etc/netns/{lab.name}-dnb/resolv.conf").read_text()
+        assert f"nameserver {gw_blue}" in resolv and gw_default not in resolv
+
+        def ask(src: str, name: str, server: str) -> dict:
+            out = lab.run(src, [sys.executable, "-c", DNS_QUERY, f"{name}.crossnet.local", server], check=True)
+            return json.loads(out.stdout)
+
+        blue_c, default_c = h1.containers[2], h1.containers[0]
+        got = each(lambda job: ask(*job), [(blue_c, "bweb", gw_blue), (blue_c, "dweb", gw_blue),
+                                           (default_c, "dweb", gw_default), (default_c, "bweb", gw_default),
+                                           (blue_c, "dweb", gw_default)])
+        assert got[0]["rcode"] == 0 and got[0]["answers"][0].startswith("10.33."), got
+        assert got[1] == {"rcode": 3, "answers": []}, got  # NXDOMAIN: not blue's
+        assert got[2]["rcode"] == 0 and got[2]["answers"][0].startswith("10.32."), got
+        assert got[3] == {"rcode": 3, "answers": []}, got
+        assert got[4]["rcode"] == "timeout", got  # the default gateway is out of blue's reach
+    finally:
+        for ns, extra in made:
+            lab.crossnet(h1.name, "detach", f"/run/netns/{ns}", *extra, check=False)
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
+    assert not (Path(h1.state_dir) / "networks" / "blue" / "dns.json").exists()
 
 
 def test_add_and_remove_a_network_interrupts_no_other(lab):
