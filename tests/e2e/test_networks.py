@@ -235,22 +235,22 @@ def test_masquerade_per_network(lab):
     outside = lab.plan.fabric.address.split("/")[0]
     blue_c, default_c = h1.containers[2], h1.containers[0]
 
-    def pings(src: str) -> bool:
-        return lab.run(src, ["ping", "-c", "1", "-W", "2", outside]).returncode == 0
+    def pings(src: str, wait: str = "2") -> bool:
+        return lab.run(src, ["ping", "-c", "1", "-W", wait, outside]).returncode == 0
 
-    assert not pings(blue_c)  # the router has no route back to 10.33.0.0/16
+    assert not pings(blue_c, "1")  # the router has no route back to 10.33.0.0/16
     write_networks(lab, [{"name": "blue", "network": BLUE, "masquerade": True}])
     try:
         apply_all(lab, hosts=[h1])
         assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode == 0
-        assert pings(blue_c) and not pings(default_c)
+        assert pings(blue_c) and not pings(default_c, "1")
         blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["containers"][0]["address"].split("/")[0]
         assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
     finally:
         write_networks(lab, [{"name": "blue", "network": BLUE}])
         apply_all(lab, hosts=[h1])
     assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode != 0
-    assert not pings(blue_c)
+    assert not pings(blue_c, "1")
 
 
 def test_a_changed_mtu_reaches_every_networks_containers(lab):
