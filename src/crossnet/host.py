@@ -176,6 +176,7 @@ def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_r
         if not dry_run:  # after the checks and the kernel: bad input changes nothing
             networks.prune(state, set(nets), backend, env)
             networks.record(state, host_name, nets)
+            networks.follow_mtu(state, applied, nets)  # their running containers follow a changed MTU
         return ApplyResult(host_name, cluster.backend, done.changes, dry_run, ctx, time.perf_counter() - started)
 
 

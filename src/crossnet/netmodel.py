@@ -193,6 +193,7 @@ class NamedNetwork(BaseModel):
     subnet_len: int | None = None  # default: the top-level subnet_len
     vni: Annotated[int, in_range(1, 16_777_215)] | None = None
     bridge: IfName | None = None
+    masquerade: bool | None = None  # default: the top-level masquerade
 
     @field_validator("name")
     @classmethod

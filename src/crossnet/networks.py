@@ -43,7 +43,8 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
     for i, net in enumerate(cluster.networks):
         subnets = cluster.network_subnets(i)
         settings = replace(base, network=net.network, prefixlen=net.subnet_len or cluster.subnet_len,
-                           bridge=net.bridge_name(), vni=cluster.network_vni(i), masquerade=False)
+                           bridge=net.bridge_name(), vni=cluster.network_vni(i),
+                           masquerade=cluster.masquerade if net.masquerade is None else net.masquerade)
         peers = [Peer(p.name, p.address, subnets[p.name], p.data, p.transport) for p in ctx.peers]
         one = program.context(settings, backend, host=ctx.host, address=ctx.address, iface=ctx.iface,
                               subnet=subnets[ctx.host], nic=_Nic(ctx.underlay_mtu, ctx.nic_mac),  # type: ignore[arg-type]
@@ -115,6 +116,35 @@ def record(state: StateDir, host: str, networks: dict[str, HostContext]) -> None
         os.makedirs(sub.root, mode=0o700, exist_ok=True)
         write_json_atomic(sub.applied_path, {"version": 1, "host": host, "network": name,
                                              "context": net.to_json(), "resources": []})
+
+
+def follow_mtu(state: StateDir, applied: dict | None, networks: dict[str, HostContext]) -> dict[str, list[str]]:
+    """After an apply: a network whose container MTU changed since the last one (a
+    measured path MTU, `mtu:`) has its running containers follow, like the top-level
+    network's (crossnet.transport.pmtu.update_containers). Returns network -> ids changed."""
+    from crossnet.transport import pmtu
+
+    old = (applied or {}).get("networks") or {}
+    out = {}
+    for name, net in networks.items():
+        was = (old.get(name) or {}).get("mtu") if isinstance(old.get(name), dict) else None
+        if was is not None and was != net.mtu:
+            out[name] = pmtu.update_containers(state_of(state, name), net)
+    return out
+
+
+def gc(state: StateDir, backend: Backend, dry_run: bool = False) -> list[dict]:
+    """`crossnet gc` for every named network of this host: each one's containers whose
+    namespace is gone (containers.gc on its own IPAM), each item naming its network."""
+    from crossnet import containers
+
+    out = []
+    for name in recorded(state):
+        sub = state_of(state, name)
+        if sub.applied_path.exists():
+            out += [{**item, "network": name}
+                    for item in containers.gc(sub, HostContext.applied(sub), backend, dry_run=dry_run)]
+    return out
 
 
 def forget(state: StateDir, backend: Backend, env: Env) -> None:

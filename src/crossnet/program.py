@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory 
 
 log = logging.getLogger("crossnet.agent")
 NFT_TABLE = "crossnet"
+NETWORKS_NAT_TABLE = "crossnet_nat"  # the named networks' masquerade (docs/networks.md)
 
 
 # ---------------------------------------------------------------- 1. the context
@@ -120,14 +121,15 @@ def peer_usable(ctx: HostContext, backend: Backend, env: Env, peer: Peer) -> boo
 def common_resources(ctx: HostContext) -> list[Resource]:
     out: list[Resource] = [Sysctl("net.ipv4.ip_forward", "1")]
     if ctx.masquerade:
-        body = (
-            "  chain postrouting {\n"
-            "    type nat hook postrouting priority srcnat; policy accept;\n"
-            f"    ip saddr {ctx.subnet} ip daddr != {ctx.network} masquerade\n"
-            "  }"
-        )
-        out.append(NftTable("ip", NFT_TABLE, body))
+        out.append(NftTable("ip", NFT_TABLE, _masquerade_body([ctx])))
     return out + expose.resources(ctx)  # `crossnet expose`: this host's address in the network
+
+
+def _masquerade_body(ctxs: list[HostContext]) -> str:
+    """One postrouting chain: each network's containers reach what lies outside it from
+    this host's address (the nft text `nft list table` prints back, line by line)."""
+    rules = "".join(f"    ip saddr {c.subnet} ip daddr != {c.network} masquerade\n" for c in ctxs)
+    return "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n" + rules + "  }"
 
 
 def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
@@ -141,8 +143,14 @@ def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, Ho
     resources from the same backend, and the nftables isolation between all of them."""
     from crossnet import netiso
 
+    if not networks:
+        return []
     extra = [r for net in networks.values() for r in backend.resources(net)]
-    return extra + netiso.isolation_resources({"default": ctx, **networks}) if networks else []
+    nat = [net for net in networks.values() if net.masquerade]
+    if nat:  # their own table: the top-level one (NFT_TABLE) stays as a one-network file makes it
+        extra.append(NftTable("ip", NETWORKS_NAT_TABLE, _masquerade_body(nat)))
+    extra += [r for name, net in networks.items() for r in expose.resources(net, network=name)]  # `expose --network`
+    return extra + netiso.isolation_resources({"default": ctx, **networks})
 
 
 def local_resources(ctx: HostContext, backend: Backend) -> list[Resource]:

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -199,6 +200,206 @@ def test_other_gateways_arp_and_spoofing_dropped(lab):
     assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
 
 
+def test_check_per_network_and_isolation(lab):
+    """`crossnet check`: every network of the host on its own (cross-network pairs are no
+    failures); `--network blue --isolation` also probes blue -> default, which all fail."""
+    h1 = lab.hosts[0]
+    res = lab.crossnet(h1.name, "check", "-o", "json", check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] and out["networks"] == ["default", "blue"]
+    by_net: dict[str, list] = {"default": [], "blue": []}
+    for p in out["pairs"]:
+        assert p["network"] == p["dst_network"] and p["ok"], p
+        by_net[p["network"]].append(p)
+    # 2 local containers per network: each other + the 2 peers' gateways on that network
+    assert len(by_net["default"]) == len(by_net["blue"]) == 2 * 3
+    assert {p["dst_address"].split(".")[1] for p in by_net["blue"]} == {"33"}
+    assert "isolation" not in out
+    iso = lab.crossnet(h1.name, "check", "--network", "blue", "--isolation", "-o", "json", check=False)
+    assert iso.returncode == 0, iso.stdout + iso.stderr
+    got = json.loads(iso.stdout)
+    assert got["networks"] == ["blue"] and {p["network"] for p in got["pairs"]} == {"blue"}
+    assert len(got["isolation"]) == 2 * 4 and all(p["ok"] and not p["reached"] for p in got["isolation"])
+    assert {p["dst_network"] for p in got["isolation"]} == {"default"}
+    text = lab.crossnet(h1.name, "check", "--network", "blue", check=False)
+    assert text.returncode == 0 and "network blue" in text.stdout and "OK: all 6 pairs reachable" in text.stdout
+    bad = lab.crossnet(h1.name, "check", "--network", "nosuch", check=False)
+    assert bad.returncode == 2 and "--network" in bad.stderr
+
+
+def test_masquerade_per_network(lab):
+    """`masquerade:` of a named network: its containers reach an address outside the
+    cluster (the lab's LAN router), the top-level network's don't (its own masquerade off)."""
+    h1 = lab.hosts[0]
+    outside = lab.plan.fabric.address.split("/")[0]
+    blue_c, default_c = h1.containers[2], h1.containers[0]
+
+    def pings(src: str, wait: str = "2") -> bool:
+        return lab.run(src, ["ping", "-c", "1", "-W", wait, outside]).returncode == 0
+
+    assert not pings(blue_c, "1")  # the router has no route back to 10.33.0.0/16
+    write_networks(lab, [{"name": "blue", "network": BLUE, "masquerade": True}])
+    try:
+        apply_all(lab, hosts=[h1])
+        assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode == 0
+        assert pings(blue_c) and not pings(default_c, "1")
+        blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["containers"][0]["address"].split("/")[0]
+        assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
+    finally:
+        write_networks(lab, [{"name": "blue", "network": BLUE}])
+        apply_all(lab, hosts=[h1])
+    assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet_nat"]).returncode != 0
+    assert not pings(blue_c, "1")
+
+
+def test_a_changed_mtu_reaches_every_networks_containers(lab):
+    """A new container MTU (here `mtu:`; a measured path MTU takes the same path) reaches the
+    running containers of the named networks too, not only the top-level network's."""
+    h1 = lab.hosts[0]
+
+    def mtus() -> list[int]:
+        return [json.loads(lab.run(c, ["ip", "-j", "link", "show", "eth0"], check=True).stdout)[0]["mtu"]
+                for c in (h1.containers[0], h1.containers[2])]  # default, blue
+
+    before = mtus()
+    assert before[0] == before[1]
+    lab.netfile.write_text(yaml.safe_dump({**lab.cluster, "mtu": 1400, "networks": [{"name": "blue", "network": BLUE}]}))
+    try:
+        apply_all(lab, hosts=[h1])
+        assert mtus() == [1350, 1350]
+    finally:
+        write_networks(lab, [{"name": "blue", "network": BLUE}])
+        apply_all(lab, hosts=[h1])
+    assert mtus() == before
+
+
+def test_gc_collects_a_named_networks_dead_container(lab):
+    h1 = lab.hosts[0]
+    gone = f"{lab.name}-gc1"  # prefixed: removed with the lab
+    subprocess.run(["ip", "netns", "add", gone], check=True)
+    att = json.loads(lab.crossnet(h1.name, "attach", f"/run/netns/{gone}", "--network", "blue", "-o", "json").stdout)
+    subprocess.run(["ip", "netns", "del", gone], check=True)
+    dry = json.loads(lab.crossnet(h1.name, "gc", "--dry-run", "-o", "json").stdout)
+    assert [(i["network"], i["address"]) for i in dry["collected"]] == [("blue", att["address"].split("/")[0])]
+    done = json.loads(lab.crossnet(h1.name, "gc", "-o", "json").stdout)
+    assert [i["network"] for i in done["collected"]] == ["blue"]
+    blue = lab.status(h1.name)["networks"]["blue"]["containers"]
+    assert len(blue) == 2 and att["address"] not in {c["address"] for c in blue}
+    assert lab.run(h1.name, ["ip", "link", "show", att["host_if"]]).returncode != 0
+    assert json.loads(lab.crossnet(h1.name, "gc", "-o", "json").stdout)["collected"] == []
+
+
+RECV = r"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", 9999)); s.settimeout(30)
+print("ready", flush=True)
+print(s.recvfrom(100)[1][0], flush=True)
+"""
+
+
+def seen_source(lab, src_host, bind: str, dst_netns: str, dst: str) -> str:
+    """The source address a container sees for a UDP datagram the host `src_host` sends from `bind`."""
+    recv = subprocess.Popen(lab.argv(dst_netns, [sys.executable, "-c", RECV]), stdout=subprocess.PIPE, text=True)
+    try:
+        assert recv.stdout.readline().strip() == "ready"
+        send = (f"import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(({bind!r}, 0)); "
+                f"s.sendto(b'x', ({dst!r}, 9999))")
+        lab.run(src_host, [sys.executable, "-c", send], check=True)
+        return recv.communicate(timeout=30)[0].strip()
+    finally:
+        recv.kill()
+        recv.wait()
+
+
+def test_expose_a_named_network(lab):
+    """`expose --network blue`: the host's packets into blue leave from its blue gateway
+    (its own table), every other network and the isolation stay as they were; `hide` undoes it."""
+    h1, h2 = lab.hosts[0], lab.hosts[1]
+    gw_blue = lab.status(h1.name)["networks"]["blue"]["gateway"]
+    peer = lab.status(h2.name)["networks"]["blue"]["containers"][0]
+    peer_addr = peer["address"].split("/")[0]
+    got = json.loads(lab.crossnet(h1.name, "expose", "--network", "blue", "-o", "json").stdout)
+    try:
+        assert (got["network"], got["exposed"], got["address"]) == ("blue", True, gw_blue)
+        assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose-blue"]).returncode == 0
+        assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose"]).returncode != 0
+        # nothing of the named networks was taken down by the reprogramming
+        assert lab.run(h1.name, ["ip", "link", "show", "cn-blue"]).returncode == 0
+        assert lab.run(h1.name, ["nft", "list", "table", "inet", "crossnet_iso"]).returncode == 0
+        assert lab.run(h1.containers[2], ["ping", "-c", "1", "-W", "2", peer_addr]).returncode == 0
+        assert seen_source(lab, h1.name, h1.address, peer["id"], peer_addr) == gw_blue
+        exp = {n["network"]: n for n in lab.status(h1.name)["expose"]["networks"]}
+        assert exp["blue"]["exposed"] and exp["blue"]["programmed"] and not exp[lab.cluster["name"]]["exposed"]
+        assert not apply_all(lab, hosts=[h1])[0]["changed"]  # apply keeps it
+    finally:
+        lab.crossnet(h1.name, "hide", "--network", "blue")
+    assert lab.run(h1.name, ["nft", "list", "table", "ip", "crossnet-expose-blue"]).returncode != 0
+    assert seen_source(lab, h1.name, h1.address, peer["id"], peer_addr) == h1.address
+    assert lab.run(h1.name, ["ip", "link", "show", "cn-blue"]).returncode == 0
+
+
+DNS_QUERY = r"""
+import json, sys
+from dnslib import DNSRecord
+q = DNSRecord.question(sys.argv[1], "A")
+try:
+    r = DNSRecord.parse(q.send(sys.argv[2], 53, timeout=2))
+    print(json.dumps({"rcode": r.header.rcode, "answers": [str(a.rdata) for a in r.rr]}))
+except (OSError, TimeoutError):
+    print(json.dumps({"rcode": "timeout", "answers": []}))
+"""
+
+
+def test_dns_per_network(lab, tmp_path):
+    """`crossnet dns serve` with a named network: NAME.crossnet.local of a blue container
+    resolves on blue's gateway only; the default network's server says NXDOMAIN for it (and
+    the other way round); the other network's gateway does not answer at all; the resolv.conf
+    `attach --network blue` writes names blue's gateway."""
+    h1 = lab.hosts[0]
+    st = lab.status(h1.name)
+    gw_default, gw_blue = st["gateway"], st["networks"]["blue"]["gateway"]
+    (tmp_path / "resolv.conf").write_text("")  # no upstream: nothing leaves the lab
+    serve = subprocess.Popen(lab.argv(h1.name, [sys.executable, "-m", "crossnet", "dns", "serve", "--resolv-conf",
+                                                str(tmp_path / "resolv.conf")]),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    made = []
+    try:
+        blue_dns = Path(h1.state_dir) / "networks" / "blue" / "dns.json"
+        for _ in range(150):  # both servers up (bounded: 30 s)
+            if blue_dns.exists() and lab.status(h1.name)["dns"]["served"]:
+                break
+            assert serve.poll() is None, serve.stderr.read()
+            time.sleep(0.2)
+        assert blue_dns.exists() and json.loads(blue_dns.read_text())["listen"] == [gw_blue]
+        for ns, name, extra in ((f"{lab.name}-dnb", "bweb", ["--network", "blue"]), (f"{lab.name}-dnd", "dweb", [])):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append((ns, extra))
+            lab.crossnet(h1.name, "attach", f"/run/netns/{ns}", "--name", name, *extra)
+        resolv = Path(f"/etc/netns/{lab.name}-dnb/resolv.conf").read_text()
+        assert f"nameserver {gw_blue}" in resolv and gw_default not in resolv
+
+        def ask(src: str, name: str, server: str) -> dict:
+            out = lab.run(src, [sys.executable, "-c", DNS_QUERY, f"{name}.crossnet.local", server], check=True)
+            return json.loads(out.stdout)
+
+        blue_c, default_c = h1.containers[2], h1.containers[0]
+        got = each(lambda job: ask(*job), [(blue_c, "bweb", gw_blue), (blue_c, "dweb", gw_blue),
+                                           (default_c, "dweb", gw_default), (default_c, "bweb", gw_default),
+                                           (blue_c, "dweb", gw_default)])
+        assert got[0]["rcode"] == 0 and got[0]["answers"][0].startswith("10.33."), got
+        assert got[1] == {"rcode": 3, "answers": []}, got  # NXDOMAIN: not blue's
+        assert got[2]["rcode"] == 0 and got[2]["answers"][0].startswith("10.32."), got
+        assert got[3] == {"rcode": 3, "answers": []}, got
+        assert got[4]["rcode"] == "timeout", got  # the default gateway is out of blue's reach
+    finally:
+        for ns, extra in made:
+            lab.crossnet(h1.name, "detach", f"/run/netns/{ns}", *extra, check=False)
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(timeout=30)
+    assert not (Path(h1.state_dir) / "networks" / "blue" / "dns.json").exists()
+
+
 def test_add_and_remove_a_network_interrupts_no_other(lab):
     h1, h2 = lab.hosts[0], lab.hosts[1]
     again = apply_all(lab, hosts=[h1])
@@ -266,6 +467,19 @@ def test_cni_install_network_then_reset(lab, tmp_path):
     in_k1 = ["ip", "netns", "exec", netns]
     assert subprocess.run([*in_k1, "ping", "-c", "1", "-W", "2", blue_h2], capture_output=True).returncode == 0
     assert subprocess.run([*in_k1, "ping", "-c", "1", "-W", "1", default_h2], capture_output=True).returncode != 0
+    # CNI GC of network blue (1.1.0): k1 is no valid attachment any more -> detached from
+    # blue's own IPAM; blue's `crossnet attach` containers and the default network untouched
+    blue_before = {c["id"] for c in lab.status(h1.name)["networks"]["blue"]["containers"]}
+    default_before = lab.status(h1.name)["containers"]
+    gc_env = {**{k: v for k, v in env.items() if k in ("PATH", "CNI_PATH")}, "CNI_COMMAND": "GC"}
+    gc_in = json.dumps({"cniVersion": "1.1.0", "name": "blue", **plugin, "cni.dev/valid-attachments": []}).encode()
+    proc = subprocess.run(["nsenter", f"--net=/run/netns/{h1.netns}", res["plugin"]], input=gc_in, env=gc_env,
+                          capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    blue_after = lab.status(h1.name)["networks"]["blue"]["containers"]
+    assert len(blue_after) == len(blue_before) - 1 and addr not in {c["address"].split("/")[0] for c in blue_after}
+    assert lab.status(h1.name)["containers"] == default_before
+    assert "eth0" not in subprocess.run([*in_k1, "ip", "-o", "link"], capture_output=True, text=True).stdout
     podman_run_network_blue(lab, blue_h2, default_h2)
     # reset: every network's containers detached, bridges, VNIs and tables gone
     each(lambda h: lab.crossnet(h.name, "reset"), lab.hosts)

@@ -90,3 +90,30 @@ def test_agent_resync_endpoint(tmp_path):
     with pytest.raises(agentapi.BadRequest, match="unknown field 'x'"):
         agentapi.handle(agent, "POST", "/v1/resync", {"x": 1})
     assert agentapi.handle(agent, "GET", "/v1/resync", {})[0] == 405
+
+
+def blue_ctx(tmp_path) -> HostContext:
+    """A named network's context (vxlan) on the same host."""
+    return HostContext(**{**ctx(tmp_path, "vxlan").__dict__, "subnet": IPv4Network("10.33.3.0/24"),
+                          "network": IPv4Network("10.33.0.0/16"), "gateway": IPv4Address("10.33.3.1"),
+                          "bridge": "cn-blue", "mtu": 1450})
+
+
+def test_a_named_network_is_exposed_on_its_own(tmp_path):
+    c, blue = ctx(tmp_path, "vxlan"), blue_ctx(tmp_path)
+    assert expose.lookup(c, None, ["blue"]) == "prod" and expose.lookup(c, "blue", ["blue"]) == "blue"
+    with pytest.raises(ConfigError, match=r"^--network: this host has no network 'red' \(its networks: prod, blue\)"):
+        expose.lookup(c, "red", ["blue"])
+    assert expose.resources(blue, network="blue") == []  # nothing recorded yet
+    expose.save(tmp_path, ["blue"])
+    assert expose.resources(c) == []  # the top-level network stays hidden
+    (table,) = expose.resources(blue, network="blue")
+    assert table.key() == f"nft:ip:{expose.NFT_TABLE}-blue"
+    assert "ip daddr 10.33.0.0/16 ip saddr != 10.33.0.0/16 fib saddr type local snat to 10.33.3.1" in table.body
+    from crossnet.backends import get_backend
+
+    keys = [r.key() for r in program.network_resources(c, get_backend("vxlan"), {"blue": blue})]
+    assert f"nft:ip:{expose.NFT_TABLE}-blue" in keys and f"nft:ip:{expose.NFT_TABLE}" not in keys
+    info = expose.status_of(c, [table], {"blue": blue})["networks"]
+    assert info == [{"network": "prod", "exposed": False, "address": None, "programmed": False},
+                    {"network": "blue", "exposed": True, "address": "10.33.3.1", "programmed": True}]

@@ -120,6 +120,33 @@ def test_each_network_has_its_own_resources(backend_name):
     assert {"route:10.41.1.0/24", "route:10.42.2.0/24", "route:10.40.1.0/24"} <= set(keys)
 
 
+@pytest.mark.parametrize(("top", "blue", "red", "nat"), [
+    (False, None, None, []), (True, None, None, ["blue", "red"]), (True, False, None, ["red"]),
+    (False, True, None, ["blue"]), (False, None, False, []),
+])
+def test_masquerade_per_network_defaults_to_the_top_level_one(top, blue, red, nat):
+    nets_in = [{"name": "blue", "network": "10.41.0.0/16"}, {"name": "red", "network": "10.42.0.0/16"}]
+    for spec, value in zip(nets_in, (blue, red)):
+        if value is not None:
+            spec["masquerade"] = value
+    c = cluster(nets=nets_in, masquerade=top)
+    b = get_backend("vxlan")
+    ctx = host_ctx(c, b)
+    nets = networks.contexts(c, ctx, b)
+    assert [n for n, one in nets.items() if one.masquerade] == nat
+    tables = {r.key(): r for r in program.network_resources(ctx, b, nets) if r.key().startswith("nft:ip:")}
+    if not nat:
+        assert tables == {}
+        return
+    body = tables["nft:ip:crossnet_nat"].body
+    rules = [line.strip() for line in body.splitlines() if "masquerade" in line]
+    assert rules == [f"ip saddr {nets[n].subnet} ip daddr != {nets[n].network} masquerade" for n in nat]
+    top_table = [r for r in program.desired_resources(ctx, b) if r.key() == "nft:ip:crossnet"]
+    assert bool(top_table) == top  # the top-level table is what a one-network file makes
+    if top:
+        assert "10.41." not in top_table[0].body
+
+
 def fake_ctx(name: str, net: str, sub: str) -> HostContext:
     s = IPv4Network(sub)
     return HostContext("c", "vxlan", "h1", IPv4Address("192.168.9.1"), "eth0", s, IPv4Network(net),
@@ -192,3 +219,39 @@ def test_bench_target_networks_isolation():
     assert (ok["value"], ok["met"]) == (0.98, True) and "0.9–1.1" in ok["note"]
     missed = target({"networks": {"status": "ok", "isolation_ratio": 0.9}})
     assert missed["met"] is False and missed["shortfall"]
+
+
+def test_a_changed_mtu_reaches_the_named_networks_containers(tmp_path, monkeypatch):
+    from crossnet.transport import pmtu
+
+    calls = []
+    monkeypatch.setattr(pmtu, "update_containers", lambda state, ctx: calls.append((state.root, ctx.mtu)) or ["c1"])
+    state = StateDir(tmp_path)
+    blue, red = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24"), fake_ctx("red", "10.42.0.0/16", "10.42.0.0/24")
+    was = {"networks": {"blue": blue.to_json(), "red": red.to_json()}}
+    assert networks.follow_mtu(state, was, {"blue": blue, "red": red}) == {}  # unchanged: nothing touched
+    assert networks.follow_mtu(state, None, {"blue": blue}) == {}  # first apply: containers got it at attach
+    lower = fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24")
+    lower.mtu = 1400
+    assert networks.follow_mtu(state, was, {"blue": lower, "red": red}) == {"blue": ["c1"]}
+    assert calls == [(tmp_path / "networks" / "blue", 1400)]
+
+
+def test_gc_collects_each_named_networks_own_ipam(tmp_path, monkeypatch):
+    from crossnet import containers
+
+    seen = []
+
+    def fake_gc(state, ctx, backend, dry_run=False):
+        seen.append((state.root, ctx.bridge, dry_run))
+        return [{"id": f"x-{ctx.bridge}", "reason": "namespace gone", "address": str(ctx.gateway + 1)}]
+
+    monkeypatch.setattr(containers, "gc", fake_gc)
+    state = StateDir(tmp_path)
+    assert networks.gc(state, get_backend("vxlan")) == []  # no named network: nothing
+    networks.record(state, "h1", {"blue": fake_ctx("blue", "10.41.0.0/16", "10.41.0.0/24"),
+                                  "red": fake_ctx("red", "10.42.0.0/16", "10.42.0.0/24")})
+    got = networks.gc(state, get_backend("vxlan"), dry_run=True)
+    assert [(i["network"], i["id"], i["address"]) for i in got] == [("blue", "x-cn-blue", "10.41.0.2"),
+                                                                    ("red", "x-cn-red", "10.42.0.2")]
+    assert seen == [(tmp_path / "networks" / "blue", "cn-blue", True), (tmp_path / "networks" / "red", "cn-red", True)]

@@ -457,8 +457,9 @@ def _mesh_status(ctx: click.Context) -> dict | None:
 def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
     """Collect containers whose network namespace is gone (status shows them `stale`):
     remove the host side of their veth if it is still there and release their address.
-    A running `crossnet agent` does this at every resync."""
-    from crossnet import containers
+    A running `crossnet agent` does this at every resync (the top-level network's);
+    the named networks' (docs/networks.md) are collected here."""
+    from crossnet import containers, networks
     from crossnet.host import load_context
 
     via = _agent(ctx, "POST", "/v1/gc", {"dry_run": dry_run})
@@ -467,6 +468,8 @@ def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
     else:
         hctx, backend = load_context(_state(ctx))
         items = containers.gc(_state(ctx), hctx, backend, dry_run=dry_run)
+    if networks.recorded(_state(ctx)):  # the named networks: never served by an agent (docs/networks.md)
+        items = [*items, *networks.gc(_state(ctx), load_context(_state(ctx))[1], dry_run=dry_run)]
     if output == "json":
         _json({"dry_run": dry_run, "collected": items})
         return
@@ -475,16 +478,21 @@ def gc(ctx: click.Context, dry_run: bool, output: str) -> None:
     for it in items:
         verb = "would release" if dry_run else "released"
         veth = f", removed {it['host_if']}" if it.get("veth_removed") else ""
-        click.echo(f"{it['id']}: {it['reason']}: {verb} {it['address']}{veth}")
+        net = f" (network {it['network']})" if it.get("network") else ""
+        click.echo(f"{it['id']}{net}: {it['reason']}: {verb} {it['address']}{veth}")
 
 
 @click.command()
 @click.option("--count", default=1, show_default=True, type=click.IntRange(1, 100), help="Pings per pair.")
 @click.option("--timeout", default=1.0, show_default=True, type=click.FloatRange(0, 60, min_open=True),
               callback=_finite, help="Seconds to wait for each reply.")
+@click.option("--network", "network", default=None, metavar="NAME",
+              help="Check this network only (`networks:`, docs/networks.md); default: every network of this host.")
+@click.option("--isolation", is_flag=True,
+              help="Also probe every pair of different networks: each must fail (exit 1 if one answers).")
 @OUTPUT
 @click.pass_context
-def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
+def check(ctx: click.Context, count: int, timeout: float, network: str | None, isolation: bool, output: str) -> None:
     """Reachability matrix: ping from every container on this host to every
     container of the cluster this host knows, exit 1 if any pair fails.
 
@@ -495,80 +503,95 @@ def check(ctx: click.Context, count: int, timeout: float, output: str) -> None:
     that has none) is covered by pinging its container gateway, which crosses the
     same overlay path (labelled "NAME (gateway)", kind "gateway"). Run `check` on
     every host (in the lab: `crossnet lab check`) for the whole matrix.
+    With named networks, each network is checked on its own (pairs of one network
+    only); `--isolation` adds the pairs between networks, which must all fail.
     """
-    import ipaddress
     from concurrent.futures import ThreadPoolExecutor
 
-    from crossnet.check import Endpoint, Pair, probe, summary_line
+    from crossnet import netcheck, networks
+    from crossnet.backends.base import HostContext
+    from crossnet.check import Pair, probe, summary_line
     from crossnet.host import status as get_status
 
-    st = get_status(_state(ctx))
+    state = _state(ctx)
+    every = [netcheck.DEFAULT, *networks.recorded(state)]
+    subs = {n: networks.check_known(state, n) for n in ([network] if network else [])}  # bad --network: exit 2
+    names = [network] if network else every
+    planned = every if isolation else names  # --isolation: the other networks are destinations
+    st = get_status(state)
     me = st["host"]
-    # containers whose namespace is gone are reported as stale, never probed (nothing to enter)
-    stale = [{"id": c["id"], "address": c["address"], "netns": c["netns"]}
-             for c in st["containers"] if c.get("state") == "stale"]
-    local = [(Endpoint(c.get("name") or c["id"], c["netns"] or "", c["address"].split("/")[0]), me, "container")
-             for c in st["containers"] if c.get("state") != "stale"]
+    published, note = _cluster_containers(ctx) if netcheck.DEFAULT in planned else (None, None)
+    plans = []
+    for n in planned:
+        subs[n] = subs.get(n) or networks.state_of(state, n)
+        peers = [] if n == netcheck.DEFAULT else [
+            {"name": p.name, "address": str(p.address), "subnet": str(p.subnet)}
+            for p in HostContext.applied(subs[n]).peers]
+        conts, peers = netcheck.network_status(st, n, peers)
+        plans.append(netcheck.plan(n, me, st["backend"], conts, peers,
+                                   published if n == netcheck.DEFAULT else None))
+    stale = [c for p in plans if p.network in names for c in p.stale]
     stale_note = (f"stale (namespace gone, not probed; `crossnet gc` collects them): "
                   f"{', '.join(c['id'] for c in stale)}") if stale else None
-    if not local:
+    if not any(p.local for p in plans if p.network in names):
         raise CrossnetError("no containers attached on this host: nothing to check (crossnet attach CONTAINER)"
                             + (f"; {len(stale)} {stale_note}" if stale else ""))
-    published, note = _cluster_containers(ctx)
-    dsts = list(local)
-    peers = {p["name"]: p for p in st["peers"]}
-    for name in sorted(set(peers) | set(published or {})):
-        if name == me:
-            continue
-        theirs = (published or {}).get(name) or []
-        for c in theirs:
-            dsts.append((Endpoint(f"{name}/{c.get('name') or c['id']}", "", c["address"]), name, "container"))
-        if not theirs and name in peers:
-            # the peer's container gateway (reached through the overlay), or the peer itself on a LAN
-            net = ipaddress.ip_network(peers[name]["subnet"])
-            gw = peers[name]["address"] if st["backend"] == "bridge" else str(net.network_address + 1)
-            dsts.append((Endpoint(f"{name} (gateway)", "", gw), name, "gateway"))
-    jobs = [(s, d) for s, _, _ in local for d in dsts if s.address != d[0].address]
+    same, cross = netcheck.jobs(plans, isolation, network)
 
     def run(job):
-        s, (d, _host, _kind) = job
+        s, (d, _host, _kind), _sn, _dn = job
         ok, rtt, err = probe(s, d.address, count, timeout)
         return Pair(s.name, d.name, ok, rtt, err)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        pairs = list(pool.map(run, jobs))
-    ok = all(p.ok for p in pairs)
+        pairs = list(pool.map(run, same))
+        crossed = list(pool.map(run, cross))
+    leaks = [p for p in crossed if p.ok]
+    ok = all(p.ok for p in pairs) and not leaks
     if output == "json":
-        rows = []
-        for (_s, (d, dhost, kind)), p in zip(jobs, pairs):
-            rows.append({"src": p.src, "dst": p.dst, "ok": p.ok, "rtt_ms": p.rtt_ms, "error": p.error,
-                         "src_host": me, "dst_host": dhost, "dst_address": d.address, "kind": kind})
-        _json({
-            "host": me,
-            "ok": ok,
-            "peer_containers": "published" if published is not None else "unknown",
-            "note": note,
-            "stale": stale,
-            "pairs": rows,
-        })
+        def row(job, p):
+            s, (d, dhost, kind), sn, dn = job
+            return {"src": p.src, "dst": p.dst, "ok": p.ok, "rtt_ms": p.rtt_ms, "error": p.error, "src_host": me,
+                    "dst_host": dhost, "dst_address": d.address, "kind": kind, "network": sn, "dst_network": dn}
+
+        out = {"host": me, "ok": ok, "peer_containers": "published" if published is not None else "unknown",
+               "note": note, "stale": stale, "networks": names, "pairs": [row(j, p) for j, p in zip(same, pairs)]}
+        if isolation:
+            out["isolation"] = [{**row(j, p), "ok": not p.ok, "reached": p.ok} for j, p in zip(cross, crossed)]
+        _json(out)
     else:
         from rich.console import Console
 
-        caption = "RTT in ms; ✗ = unreachable"
-        if any(kind == "gateway" for _, _, kind in dsts):
-            caption += "; NAME (gateway): a peer whose containers are unknown here"
         from crossnet.cli.checkview import failure_lines, matrix
 
-        Console().print(matrix(pairs, [d.name for d, _, _ in dsts], title=f"reachability from {me}", caption=caption))
+        host_of: dict[str, str] = {}
+        for plan, part in _by_network([p for p in plans if p.network in names], same, pairs):
+            if not plan.local:
+                click.echo(f"network {plan.network}: no containers on this host")
+                continue
+            caption = "RTT in ms; ✗ = unreachable"
+            if any(kind == "gateway" for _, _, kind in plan.dsts):
+                caption += "; NAME (gateway): a peer whose containers are unknown here"
+            title = f"reachability from {me}" + ("" if names == [netcheck.DEFAULT] else f", network {plan.network}")
+            Console().print(matrix(part, [d.name for d, _, _ in plan.dsts], title=title, caption=caption))
+            host_of |= {s.name: me for s, _, _ in plan.local} | {d.name: h for d, h, _ in plan.dsts}
         if note:
             click.echo(note)
         if stale_note:
             click.echo(stale_note)
         click.echo(summary_line(pairs))
-        host_of = {s.name: me for s, _, _ in local} | {d.name: h for d, h, _ in dsts}
         for line in failure_lines(pairs, host_of.get):
             click.echo(f"  ✗ {line}")
+        if isolation:
+            click.echo(f"isolation: {len(crossed) - len(leaks)} of {len(crossed)} cross-network pairs blocked"
+                       + ("" if not leaks else f"; REACHED: {', '.join(f'{p.src} -> {p.dst}' for p in leaks)}"))
     sys.exit(0 if ok else 1)
+
+
+def _by_network(plans, jobs, pairs):
+    """Each plan with its own pairs (jobs are in plan order)."""
+    for plan in plans:
+        yield plan, [p for j, p in zip(jobs, pairs) if j[2] == plan.network]
 
 
 def _cluster_containers(ctx: click.Context) -> tuple[dict[str, list[dict]] | None, str | None]:

@@ -246,10 +246,42 @@ def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop
     except OSError as exc:
         raise CrossnetError(f"dns: cannot listen on {', '.join(svc.listen)} port {port}: "
                             f"{exc.strerror or exc}") from None
+    named = named_services(state, domain, port, resolv_conf)
     try:
         stop.wait()
     finally:
+        for one in named:
+            one.stop()
         svc.stop()
+
+
+def named_services(state: StateDir, domain: str, port: int, resolv_conf: str) -> list[DnsService]:
+    """`crossnet dns serve` for the named networks this host applied (docs/networks.md):
+    one server per network, on that network's gateway, answering for that network's
+    containers only (its own state dir: its IPAM, dns.json, dns.lock), so a name resolves
+    only from its own network (another network's server says NXDOMAIN, and its gateway is
+    out of reach: crossnet.netiso). Started once (networks applied later: restart it); one
+    that cannot listen is logged and skipped."""
+    from crossnet import networks
+    from crossnet.backends.base import HostContext
+
+    out = []
+    for name in networks.recorded(state):
+        sub = networks.state_of(state, name)
+        try:
+            ctx = HostContext.applied(sub)
+        except Exception as exc:  # noqa: BLE001 - a damaged record: that network has no DNS
+            log.error("dns: network %s: %s; not served", name, exc)
+            continue
+        svc = DnsService(sub, domain, [ctx.network], listen_addresses(ctx),
+                         lambda sub=sub: local_containers(sub), port=port, resolv_conf=resolv_conf, scope="host")
+        try:
+            svc.start()
+        except OSError as exc:
+            log.error("dns: network %s: cannot listen on %s: %s", name, ", ".join(svc.listen), exc.strerror or exc)
+            continue
+        out.append(svc)
+    return out
 
 
 __all__ = ["DnsService", "listen_addresses", "serve", "start_for_agent", "upstreams"]

@@ -37,19 +37,17 @@ FILE = "expose.json"
 NFT_TABLE = "crossnet-expose"  # its own table: independent of the masquerade table (crossnet.program)
 
 
-def networks_of(ctx: HostContext) -> list[str]:
-    """The names of the networks this host is in (today one: the cluster's). The one
-    place the multi-network work extends."""
-    return [ctx.cluster_name]
+def networks_of(ctx: HostContext, named: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The names of the networks this host is in: the cluster's (the top-level network)
+    and `named`, the cluster file's named networks this host applied (docs/networks.md)."""
+    return [ctx.cluster_name, *[n for n in named if n != ctx.cluster_name]]
 
 
-def lookup(ctx: HostContext, name: str | None) -> str:
-    """`--network NAME` (None: the host's only network) -> the network's name;
-    ConfigError naming the option when this host has no such network."""
-    names = networks_of(ctx)
+def lookup(ctx: HostContext, name: str | None, named: list[str] | tuple[str, ...] = ()) -> str:
+    """`--network NAME` (None: the top-level network, the cluster's) -> the network's
+    name; ConfigError naming the option when this host has no such network."""
+    names = networks_of(ctx, named)
     if name is None:
-        if len(names) != 1:
-            raise ConfigError(f"--network: this host is in several networks ({', '.join(names)}); name one")
         return names[0]
     if name not in names:
         raise ConfigError(f"--network: this host has no network {name[:64]!r} (its networks: {', '.join(names)})")
@@ -96,12 +94,13 @@ def rules(ctx: HostContext) -> str:
             f"snat to {address(ctx)}")
 
 
-def resources(ctx: HostContext, names: list[str] | None = None) -> list[Resource]:
+def resources(ctx: HostContext, names: list[str] | None = None, network: str | None = None) -> list[Resource]:
     """The resources exposing this host's network takes ([] when it is not exposed;
     backend bridge: none, the host's own LAN address already is in the network).
-    `names`: the exposed networks (default: as recorded in the state dir)."""
+    `names`: the exposed networks (default: as recorded in the state dir). `network`: a
+    named network's name, `ctx` its context (its own table, ``crossnet-expose-NAME``)."""
     names = load(ctx.state_dir) if names is None else names
-    if ctx.backend == "bridge" or not set(names) & set(networks_of(ctx)):
+    if ctx.backend == "bridge" or (network or ctx.cluster_name) not in names:
         return []
     body = (
         "  chain postrouting {\n"
@@ -109,20 +108,20 @@ def resources(ctx: HostContext, names: list[str] | None = None) -> list[Resource
         f"{rules(ctx)}\n"
         "  }"
     )
-    return [NftTable("ip", NFT_TABLE, body)]
+    return [NftTable("ip", NFT_TABLE if network is None else f"{NFT_TABLE}-{network}", body)]
 
 
-def status_of(ctx: HostContext, recorded: list[Resource]) -> dict[str, Any]:
-    """The `expose` part of `crossnet status`: per network of this host whether it is
-    exposed, its address, and whether what exposing takes is programmed (recorded in
-    applied.json by the last apply/sync)."""
+def status_of(ctx: HostContext, recorded: list[Resource], named: dict[str, HostContext] | None = None) -> dict[str, Any]:
+    """The `expose` part of `crossnet status`: per network of this host (`named`: the
+    named networks' contexts) whether it is exposed, its address, and whether what
+    exposing takes is programmed (recorded in applied.json by the last apply/sync)."""
     exposed = set(load(ctx.state_dir))
     have = {r.key() for r in recorded}
-    want = [r.key() for r in resources(ctx)]
     out = []
-    for name in networks_of(ctx):
+    for name, one, net in [(ctx.cluster_name, ctx, None), *[(n, c, n) for n, c in (named or {}).items()]]:
         on = name in exposed
-        out.append({"network": name, "exposed": on, "address": str(address(ctx)) if on else None,
+        want = [r.key() for r in resources(one, network=net)]
+        out.append({"network": name, "exposed": on, "address": str(address(one)) if on else None,
                     "programmed": on and all(k in have for k in want)})
     return {"networks": out}
 

@@ -40,10 +40,26 @@ def status(state: StateDir) -> dict[str, Any] | None:
     """The `expose` part of `crossnet status` (expose.status_of); None when the host is
     not configured."""
     try:
-        _, ctx, previous = _recorded(state)
+        applied, ctx, previous = _recorded(state)
     except CrossnetError:
         return None
-    return expose.status_of(ctx, previous)
+    return expose.status_of(ctx, previous, _named(applied, str(state.root)))
+
+
+def _named(applied: dict, root: str) -> dict[str, HostContext]:
+    """The named networks' contexts applied.json recorded (docs/networks.md)."""
+    out = {}
+    for name, data in ((applied.get("networks") or {}) if isinstance(applied.get("networks"), dict) else {}).items():
+        one = HostContext.from_json(data)
+        one.state_dir = root
+        out[name] = one
+    return out
+
+
+def _target(ctx: HostContext, named: dict[str, HostContext], network: str | None) -> tuple[str, HostContext, str | None]:
+    """--network -> (its name, its context, the name `expose.resources` takes for it)."""
+    name = expose.lookup(ctx, network, list(named))
+    return (name, ctx, None) if name == ctx.cluster_name else (name, named[name], name)
 
 
 def _recorded(state: StateDir) -> tuple[dict, HostContext, list]:
@@ -62,16 +78,17 @@ def set_exposed(state: StateDir, network: str | None, on: bool, dry_run: bool = 
     """Expose (`on`) or hide this host's network NAME (None: its only one)."""
     if dry_run:  # read only: no lock file, no state dir created
         applied, ctx, previous = _recorded(state)
-        name = expose.lookup(ctx, network)
+        name, one, net = _target(ctx, _named(applied, str(state.root)), network)
         names = _changed(expose.load(state.root), name, on)
-        want = expose.resources(ctx, names)
-        have = [r for r in previous if r.key() in {x.key() for x in expose.resources(ctx, [name])}]
+        want = expose.resources(one, names, network=net)
+        have = [r for r in previous if r.key() in {x.key() for x in expose.resources(one, [name], network=net)}]
         with nl.open_ipr() as ipr:
             changes = pending(want, have, Env(ipr))
-        return Result(name, on, str(expose.address(ctx)), True, changes)
+        return Result(name, on, str(expose.address(one)), True, changes)
     with state.lock():
         applied, ctx, previous = _recorded(state)
-        name = expose.lookup(ctx, network)
+        named = _named(applied, str(state.root))
+        name, one, _net = _target(ctx, named, network)
         before = expose.load(state.root)
         expose.save(state.root, _changed(before, name, on))
         backend = get_backend(ctx.backend)
@@ -79,11 +96,12 @@ def set_exposed(state: StateDir, network: str | None, on: bool, dry_run: bool = 
         try:
             with nl.open_ipr() as ipr:
                 done = program.program_host(state, Env(ipr), ctx, backend, previous, source,
-                                            check_underlay=False, protect_routes=False, always_record=True)
+                                            check_underlay=False, protect_routes=False, always_record=True,
+                                            networks=named)  # the named networks stay as they are
         except Exception:
             expose.save(state.root, before)  # failed (rolled back): the record says what the kernel has
             raise
-    return Result(name, on, str(expose.address(ctx)), False, done.changes)
+    return Result(name, on, str(expose.address(one)), False, done.changes)
 
 
 def _changed(names: list[str], name: str, on: bool) -> list[str]:
