@@ -228,7 +228,12 @@ def test_what_the_programs_do_not_handle_goes_through_the_stack(lab):
     # ARP for the link-local gateway, answered by proxy ARP
     lab.ip("c1", "neigh", "flush", "dev", "eth0")
     assert ping(lab, "c1", "10.77.2.2").returncode == 0
+    # a source address that is not the container's own: never the fast path
+    lab.ip("c1", "addr", "add", "10.77.1.99/32", "dev", "eth0")
+    lab.run("c1", "ping", "-c", "1", "-W", "1", "-I", "10.77.1.99", "10.77.2.2")
+    lab.ip("c1", "addr", "del", "10.77.1.99/32", "dev", "eth0")
     after = lab.ebpf("h1", "counters")
+    assert after["pass_source"] > before["pass_source"]
     assert after["pass_ttl"] > before["pass_ttl"]
     assert after["pass_outside"] > before["pass_outside"]
     assert after["pass_not_ipv4"] > before["pass_not_ipv4"]

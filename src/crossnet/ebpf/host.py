@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import errno
 import hashlib
+import ipaddress
 import os
 import re
 import subprocess
@@ -281,8 +282,6 @@ class BpfConfig(Resource):
                 f"<{self.network} ifindex({self.iface}) ifindex({self.vxlan or '-'})>")
 
     def want(self, env: Env) -> maps.Config:
-        import ipaddress
-
         vx = env.require_index(self.vxlan) if self.vxlan else 0
         return maps.Config(ipaddress.IPv4Network(self.network), env.require_index(self.iface), vx)
 
@@ -372,9 +371,18 @@ def attach_container(ctx: HostContext, host_ifname: str) -> None:
         info = nl.link_info(ipr, index=index)
         if info is None or info.kind != "veth":
             raise CrossnetError(f"ebpf: {host_ifname} is not a veth")
+        address = container_address(ipr, index, ipaddress.IPv4Network(str(ctx.network)))
         with _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
-            bpfsys.map_update(fd, maps.ifindex_key(index), maps.ifindex_key(1))
+            bpfsys.map_update(fd, maps.ifindex_key(index), maps.veth_value(address))
         tc_attach(ipr, index, directory, "cn_from_container")
+
+
+def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:
+    """The container behind veth index: the /32 route inside the network through it
+    (routed veths: made before attach_container). None when there is not exactly one."""
+    found = [r.dst for r in nl.routes(ipr) if r.oif == index and r.dst and r.dst.endswith("/32")
+             and ipaddress.IPv4Address(r.dst.split("/")[0]) in network]
+    return ipaddress.IPv4Address(found[0].split("/")[0]) if len(found) == 1 else None
 
 
 def detach_container(ctx: HostContext, host_ifname: str) -> None:

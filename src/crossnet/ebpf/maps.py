@@ -12,7 +12,7 @@ CONFIG_FORMAT = "=4s4sII"
 CONFIG_KEY = struct.pack("=I", 0)
 # enum in crossnet_tc.c, same order
 COUNTERS = ("redirect_neigh", "redirect_peer", "pass_not_ipv4", "pass_not_host", "pass_outside",
-            "pass_ip_options", "pass_ttl", "pass_fib", "pass_target", "pass_malformed")
+            "pass_ip_options", "pass_ttl", "pass_fib", "pass_target", "pass_malformed", "pass_source")
 # map names as pinned by bpftool (pinmaps DIR/<name>)
 CONFIG_MAP, VETHS_MAP, STATS_MAP = "cn_config", "cn_veths", "cn_stats"
 PROGRAMS = ("cn_from_container", "cn_to_container")
@@ -40,6 +40,12 @@ class Config:
 
 def ifindex_key(ifindex: int) -> bytes:
     return struct.pack("=I", ifindex)
+
+
+def veth_value(address: ipaddress.IPv4Address | None) -> bytes:
+    """cn_veths value: the container's address (network order); 0.0.0.0 when unknown
+    (then nothing from that veth takes the fast path: no packet has source 0.0.0.0 there)."""
+    return (address or ipaddress.IPv4Address(0)).packed
 
 
 def counter_key(index: int) -> bytes:

@@ -47,6 +47,7 @@ enum {
 	CN_PASS_FIB,
 	CN_PASS_TARGET,
 	CN_PASS_MALFORMED,
+	CN_PASS_SOURCE,
 	CN_NCOUNTERS,
 };
 
@@ -57,8 +58,10 @@ struct {
 	__type(value, struct cn_config);
 } cn_config SEC(".maps");
 
-/* host-side veths of crossnet's containers (key: ifindex): the only targets of
- * bpf_redirect_peer and, with the underlay/vxlan ifindexes, of bpf_redirect_neigh */
+/* host-side veths of crossnet's containers (key: ifindex; value: the container's
+ * address, network byte order): the only targets of bpf_redirect_peer and, with the
+ * underlay/vxlan ifindexes, of bpf_redirect_neigh; and the only source address the
+ * from-container program forwards from that veth (anything else takes the stack) */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -167,10 +170,20 @@ int cn_from_container(struct __sk_buff *skb)
 	struct bpf_fib_lookup fib;
 	struct cn_config *cfg = NULL;
 	struct bpf_redir_neigh nh = {};
+	__u32 in = skb->ingress_ifindex;
+	__u32 *source;
+	struct iphdr *iph;
 	int verdict;
 
 	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
 		return verdict;
+	/* only the container's own address: a spoofed source meets the stack's rules */
+	iph = (void *)(long)skb->data + sizeof(struct ethhdr);
+	if ((void *)(iph + 1) > (void *)(long)skb->data_end)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	source = bpf_map_lookup_elem(&cn_veths, &in);
+	if (!source || *source != iph->saddr)
+		return count(CN_PASS_SOURCE, TC_ACT_OK);
 	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) && !is_veth(fib.ifindex))
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
