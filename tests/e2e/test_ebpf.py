@@ -33,31 +33,30 @@ GW = "169.254.1.1"
 
 DRIVER = r"""
 import json, sys
+from pathlib import Path
 from crossnet.backends.base import HostContext
 from crossnet.plan.env import Env
+from crossnet.plan.reconciler import reconcile, teardown
 from crossnet.plan.resources import Resource
 from crossnet.netlink.iproute import open_ipr
-from crossnet.ebpf import host, problem
+from crossnet.ebpf import build, host, problem
 op, ctx, arg = sys.argv[1], HostContext.from_json(json.loads(sys.argv[2])), json.loads(sys.argv[3])
 out = None
 if op == "problem":
     out = problem()
-elif op == "apply":
-    res = host.host_resources(ctx)
+elif op == "apply":  # arg: {"previous": records, "obj": another object file or None}
+    if arg.get("obj"):
+        build.find_object = lambda build=True: (Path(arg["obj"]), None)
     with open_ipr() as ipr:
-        env = Env(ipr)
-        for r in res:
-            r.prepare(env); r.ensure(env); env.changed()
-    out = [r.to_json() for r in res]
+        done = reconcile(host.host_resources(ctx), [Resource.from_json(d) for d in arg["previous"]], Env(ipr))
+    out = [r.to_json() for r in done.resources]
 elif op == "check":
     with open_ipr() as ipr:
         env = Env(ipr)
         out = [Resource.from_json(d).check(env) for d in arg]
 elif op == "remove":
     with open_ipr() as ipr:
-        env = Env(ipr)
-        for d in reversed(arg):
-            Resource.from_json(d).remove(env); env.changed()
+        teardown([Resource.from_json(d) for d in arg], Env(ipr))
 elif op == "attach":
     host.attach_container(ctx, arg)
 elif op == "detach":
@@ -156,7 +155,7 @@ def lab(tmp_path_factory):
         # a clsact of someone else's on h2's underlay NIC: removal must keep it
         lab.run("h2", "tc", "qdisc", "add", "dev", "u0", "clsact", check=True)
         for host, (_, _, containers) in HOSTS.items():
-            lab.records[host] = lab.ebpf(host, "apply")
+            lab.records[host] = lab.ebpf(host, "apply", {"previous": []})
             for i in range(len(containers)):
                 lab.ebpf(host, "attach", f"cnv{i}")
         yield lab
@@ -255,14 +254,41 @@ def test_a_new_process_finds_everything_in_place(lab):
     assert lab.ebpf("h1", "counters")["redirect_neigh"] > before
 
 
+def test_a_new_object_replaces_the_programs_in_place(lab, tmp_path):
+    """An upgrade: another object (other content) is loaded into a new pin directory and
+    attached before the old one is unpinned; traffic never stops."""
+    obj = tmp_path / "crossnet_tc.o"
+    old_dirs = {h: next(r["pin_dir"] for r in lab.records[h] if r["kind"] == "ebpf-programs") for h in HOSTS}
+    obj.write_bytes(open(next(r["obj"] for r in lab.records["h1"] if r["kind"] == "ebpf-programs"), "rb").read()
+                    + bytes(8))  # same programs, other content
+    for host in HOSTS:
+        lab.records[host] = lab.ebpf(host, "apply", {"previous": lab.records[host], "obj": str(obj)})
+        new_dir = next(r["pin_dir"] for r in lab.records[host] if r["kind"] == "ebpf-programs")
+        assert new_dir != old_dirs[host] and os.path.isdir(new_dir) and not os.path.exists(old_dirs[host])
+        assert lab.ebpf(host, "check", lab.records[host]) == [True] * len(lab.records[host])
+    # new maps: h2's container veth is not in them yet, so its NIC program leaves the
+    # packets to the stack, which still delivers them
+    before = lab.ebpf("h2", "counters")
+    assert ping(lab, "c1", "10.77.2.2").returncode == 0
+    assert lab.ebpf("h2", "counters")["pass_target"] > before["pass_target"]
+    lab.ebpf("h2", "attach", "cnv0")
+    lab.ebpf("h1", "attach", "cnv0")
+    before = {h: lab.ebpf(h, "counters") for h in HOSTS}
+    assert ping(lab, "c1", "10.77.2.2").returncode == 0
+    after = {h: lab.ebpf(h, "counters") for h in HOSTS}
+    assert after["h1"]["redirect_neigh"] > before["h1"]["redirect_neigh"]
+    assert after["h2"]["redirect_peer"] > before["h2"]["redirect_peer"]
+
+
 def _prog_ids(lab: Lab, host: str, dev: str) -> list[int]:
     out = lab.run(host, "tc", "filter", "show", "dev", dev, "ingress", check=True).stdout
     return [int(word.split(":")[-1]) for word in out.split() if word.startswith("crossnet:")]
 
 
 def test_remove_leaves_nothing(lab):
-    ids = _prog_ids(lab, "h1", "u0") + _prog_ids(lab, "h1", "cnv0") + _prog_ids(lab, "h2", "u0")
-    assert len(ids) == 3
+    devs = {h: ["u0", *(f"cnv{i}" for i in range(len(HOSTS[h][2])))] for h in HOSTS}
+    ids = [pid for h in HOSTS for dev in devs[h] for pid in _prog_ids(lab, h, dev)]
+    assert len(ids) == 5
     maps = set()
     for pid in ids:
         maps |= set(json.loads(sh("bpftool", "prog", "show", "id", str(pid), "-j").stdout)["map_ids"])
@@ -272,11 +298,12 @@ def test_remove_leaves_nothing(lab):
         for i in range(len(containers)):
             lab.ebpf(host, "detach", f"cnv{i}")
         lab.ebpf(host, "remove", lab.records.pop(host))
-        for dev in ["u0", *(f"cnv{i}" for i in range(len(containers)))]:
+        for dev in devs[host]:
             assert lab.run(host, "tc", "filter", "show", "dev", dev, "ingress", check=True).stdout.strip() == ""
     assert "clsact" not in lab.run("h1", "tc", "qdisc", "show", "dev", "u0", check=True).stdout  # ours: gone
     assert "clsact" in lab.run("h2", "tc", "qdisc", "show", "dev", "u0", check=True).stdout  # not ours: kept
     assert not any(os.path.exists(d) for d in pin_dirs)
+    assert not any(os.path.exists(os.path.dirname(d)) for d in pin_dirs)
     for pid in ids:
         assert sh("bpftool", "prog", "show", "id", str(pid), check=False).returncode != 0
     for mid in maps:

@@ -77,8 +77,10 @@ def test_possible_cpus(text, n):
 # ---------------------------------------------------------------- resources
 
 
-def test_host_resources_json_round_trip_and_describe(monkeypatch):
-    monkeypatch.setattr(build, "find_object", lambda build=True: (Path("/opt/crossnet/libexec/crossnet/crossnet_tc.o"), None))
+def test_host_resources_json_round_trip_and_describe(monkeypatch, tmp_path):
+    obj = tmp_path / "crossnet_tc.o"
+    obj.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(build, "find_object", lambda build=True: (obj, None))
     res = host.host_resources(ctx("vxlan"))
     kinds = [r.kind for r in res]
     assert kinds == ["ebpf-programs", "ebpf-config", "ebpf-tc", "ebpf-tc"]
@@ -87,9 +89,9 @@ def test_host_resources_json_round_trip_and_describe(monkeypatch):
         r.saved["clsact_added"] = True
         back = Resource.from_json(r.to_json())
         assert back == r and back.key() == r.key() and back.saved == r.saved
-    pins = host.pin_dir("/var/lib/crossnet/h1")
+    pins = host.pin_dir("/var/lib/crossnet/h1", obj)
     assert res[0].describe().endswith(
-        f"bpftool prog loadall /opt/crossnet/libexec/crossnet/crossnet_tc.o {pins}/progs type classifier pinmaps {pins}/maps")
+        f"bpftool prog loadall {obj} {pins}/progs type classifier pinmaps {pins}/maps")
     assert res[2].describe() == (f"tc qdisc add dev eth0 clsact 2>/dev/null; tc filter replace dev eth0 ingress "
                                  f"pref {host.TC_PREF} handle 1 bpf da pinned {pins}/progs/cn_to_container")
     assert "10.1.0.0/16" in res[1].describe() and "ifindex(cnvx7)" in res[1].describe()
@@ -102,12 +104,19 @@ def test_host_resources_without_object_says_why(monkeypatch):
         host.host_resources(ctx())
 
 
-def test_pin_dir_per_state_dir():
-    a, b = host.pin_dir("/var/lib/crossnet/h1"), host.pin_dir("/var/lib/crossnet/h2")
-    assert a != b and a.startswith("/sys/fs/bpf/crossnet/") and host._valid_pin_dir(a) == a
+def test_pin_dir_per_state_dir_and_object(tmp_path):
+    one, two = tmp_path / "1.o", tmp_path / "2.o"
+    one.write_bytes(b"one")
+    two.write_bytes(b"two")
+    a, b = host.pin_dir("/var/lib/crossnet/h1", one), host.pin_dir("/var/lib/crossnet/h2", one)
+    c = host.pin_dir("/var/lib/crossnet/h1", two)
+    assert len({a, b, c}) == 3 and a.startswith("/sys/fs/bpf/crossnet/") and host._valid_pin_dir(a) == a
+    assert a.rsplit("/", 1)[0] == c.rsplit("/", 1)[0] == str(host.host_dir("/var/lib/crossnet/h1"))
 
 
-@pytest.mark.parametrize("bad", ["/sys/fs/bpf", "/sys/fs/bpf/crossnet/../../..", "/tmp/x", "/sys/fs/bpf/crossnet/ABC", 3])
+@pytest.mark.parametrize("bad", ["/sys/fs/bpf", "/sys/fs/bpf/crossnet/../../..", "/tmp/x", "/sys/fs/bpf/crossnet/ABC", 3,
+                                 "/sys/fs/bpf/crossnet/0123456789abcdef", "/sys/fs/bpf/crossnet/0123456789abcdef/../x",
+                                 "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef/x"])
 def test_recorded_pin_dir_is_validated(bad):
     with pytest.raises(ApplyError, match="pin directory"):
         host._valid_pin_dir(bad)

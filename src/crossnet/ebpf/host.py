@@ -44,22 +44,46 @@ TC_EGRESS = 0xFFFFFFF3
 TC_PREF = 1000  # crossnet's filter priority on an interface's clsact ingress
 TC_HANDLE = 1
 FILTER_PREFIX = "crossnet:"  # tc filter name: crossnet:<program>:<prog id>
-_PIN_DIR = re.compile(r"^/sys/fs/bpf/crossnet/[0-9a-f]{16}$")
+_PIN_DIR = re.compile(r"^/sys/fs/bpf/crossnet/[0-9a-f]{16}/[0-9a-f]{16}$")
 
 
 # ---------------------------------------------------------------- bpffs and pins
 
 
-def pin_dir(state_dir: str) -> str:
+def host_dir(state_dir: str) -> Path:
     """The bpffs directory of the host whose state directory is state_dir."""
     digest = hashlib.sha256(os.path.realpath(state_dir or "/var/lib/crossnet").encode()).hexdigest()[:16]
-    return str(BASE / digest)
+    return BASE / digest
+
+
+def pin_dir(state_dir: str, obj: str | Path) -> str:
+    """Where the programs of object obj are pinned for that host: one subdirectory per
+    object content, so a new object (upgrade) is a new set of resources, loaded and
+    attached before the old set is removed."""
+    digest = hashlib.sha256(Path(obj).read_bytes()).hexdigest()[:16]
+    return str(host_dir(state_dir) / digest)
+
+
+def current_pin_dir(state_dir: str) -> str:
+    """The pin directory in use for that host (the only one; during an upgrade the
+    current object's). CrossnetError when the programs are not loaded."""
+    from crossnet.ebpf import build
+
+    base = host_dir(state_dir)
+    dirs = sorted(str(d) for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+    if len(dirs) == 1:
+        return dirs[0]
+    obj, _ = build.find_object(build=False)
+    if obj is not None and pin_dir(state_dir, obj) in dirs:
+        return pin_dir(state_dir, obj)
+    raise CrossnetError(f"crossnet's eBPF programs are not loaded for {state_dir or 'this host'} "
+                        f"(nothing pinned under {base}): apply the host first")
 
 
 def _valid_pin_dir(path: str) -> str:
     """Records are hostile: only crossnet's own pin directories are loaded into or removed."""
     if not isinstance(path, str) or not _PIN_DIR.match(path):
-        raise ApplyError(f"ebpf: pin directory {path!r} is not under {BASE}/<16 hex digits>")
+        raise ApplyError(f"ebpf: pin directory {path!r} is not {BASE}/<16 hex digits>/<16 hex digits>")
     return path
 
 
@@ -119,8 +143,8 @@ def load(obj: str, directory: str) -> None:
 
 
 def unpin(directory: str) -> None:
-    """Remove the pins under directory (and it, and BASE when empty). Objects still used
-    by a tc filter stay loaded until the filter goes."""
+    """Remove the pins under directory (and it, and its parents up to BASE when empty).
+    Objects still used by a tc filter stay loaded until the filter goes."""
     d = Path(directory)
     for sub in ("progs", "maps"):
         for pin in (d / sub).glob("*") if (d / sub).is_dir() else ():
@@ -128,7 +152,9 @@ def unpin(directory: str) -> None:
                 pin.unlink()
         with contextlib.suppress(FileNotFoundError, OSError):
             (d / sub).rmdir()
-    for empty in (d, BASE):
+    for empty in (d, d.parent, BASE):
+        if empty == BASE.parent:
+            break
         with contextlib.suppress(FileNotFoundError, OSError):
             empty.rmdir()
 
@@ -353,7 +379,7 @@ def host_resources(ctx: HostContext) -> list[Resource]:
     obj, why = build.find_object()
     if obj is None:
         raise CrossnetError(f"datapath ebpf: {why}")
-    directory = pin_dir(ctx.state_dir)
+    directory = pin_dir(ctx.state_dir, obj)
     vxlan = f"cnvx{ctx.vni}" if ctx.backend == "vxlan" else None
     out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan),
                            TcProgram(ctx.iface, directory, "cn_to_container")]
@@ -365,7 +391,7 @@ def host_resources(ctx: HostContext) -> list[Resource]:
 def attach_container(ctx: HostContext, host_ifname: str) -> None:
     """Run the from-container program on the container's host-side veth (this netns) and
     allow it as a redirect target. The host's resources must be applied first."""
-    directory = pin_dir(ctx.state_dir)
+    directory = current_pin_dir(ctx.state_dir)
     with nl.open_ipr() as ipr:
         index = nl.require_index(ipr, host_ifname)
         info = nl.link_info(ipr, index=index)
@@ -387,11 +413,15 @@ def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddr
 
 def detach_container(ctx: HostContext, host_ifname: str) -> None:
     """Undo attach_container (idempotent: a veth already gone is fine)."""
-    directory = pin_dir(ctx.state_dir)
     with nl.open_ipr() as ipr:
         index = nl.ifindex(ipr, host_ifname)
         if index is not None:
             tc_detach(ipr, index, remove_clsact=True)
+        try:
+            directory = current_pin_dir(ctx.state_dir)
+        except CrossnetError:
+            return  # nothing loaded: no map to clean
+        if index is not None:
             with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
                 bpfsys.map_delete(fd, maps.ifindex_key(index))
         prune_veths(ipr, directory)
@@ -410,11 +440,11 @@ def prune_veths(ipr, directory: str) -> None:
 def counters(ctx: HostContext) -> dict[str, int]:
     """The programs' counters summed over CPUs (names: crossnet.ebpf.maps.COUNTERS, plus
     the totals redirect and pass); all zero when the programs are not loaded."""
-    directory = pin_dir(ctx.state_dir)
     values: dict[str, int] = {}
-    with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.STATS_MAP}") as fd:
-        cpus = bpfsys.possible_cpus()
-        for i, name in enumerate(maps.COUNTERS):
-            raw = bpfsys.map_lookup(fd, maps.counter_key(i), 8 * cpus)
-            values[name] = maps.percpu_sum(raw, cpus) if raw else 0
+    with contextlib.suppress(CrossnetError):
+        with _pinned(f"{current_pin_dir(ctx.state_dir)}/maps/{maps.STATS_MAP}") as fd:
+            cpus = bpfsys.possible_cpus()
+            for i, name in enumerate(maps.COUNTERS):
+                raw = bpfsys.map_lookup(fd, maps.counter_key(i), 8 * cpus)
+                values[name] = maps.percpu_sum(raw, cpus) if raw else 0
     return maps.summarise(values)
