@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import crossnet.ebpf as ebpf
 from crossnet.backends.base import HostContext
 from crossnet.ebpf import bpfsys, build, host, maps
-from crossnet.errors import ApplyError
+from crossnet.errors import ApplyError, ConfigError
 from crossnet.plan.resources import Resource
 
 REAL_FIND_OBJECT = build.find_object
@@ -193,3 +193,11 @@ def test_find_object_prefers_prebuilt_then_cache(monkeypatch, tmp_path):
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"\x7fELF")
     assert build.find_object(build=False) == (cached, None)
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 16, "x/y", "../eth0", 3])
+def test_container_interface_names_are_checked_before_the_kernel(bad, monkeypatch):
+    monkeypatch.setattr(host.nl, "open_ipr", lambda: pytest.fail("reached netlink"))
+    for fn in (host.attach_container, host.detach_container):
+        with pytest.raises(ConfigError, match="host_ifname"):
+            fn(ctx(), bad)

@@ -28,6 +28,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet.ebpf import bpfsys, maps
 from crossnet.errors import ApplyError, CrossnetError
+from crossnet.ifname import check as check_ifname
 from crossnet.netlink import iproute as nl
 from crossnet.plan.env import Env
 from crossnet.plan.resources import Resource
@@ -391,6 +392,7 @@ def host_resources(ctx: HostContext) -> list[Resource]:
 def attach_container(ctx: HostContext, host_ifname: str) -> None:
     """Run the from-container program on the container's host-side veth (this netns) and
     allow it as a redirect target. The host's resources must be applied first."""
+    check_ifname(host_ifname, "host_ifname")
     directory = current_pin_dir(ctx.state_dir)
     with nl.open_ipr() as ipr:
         index = nl.require_index(ipr, host_ifname)
@@ -413,6 +415,7 @@ def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddr
 
 def detach_container(ctx: HostContext, host_ifname: str) -> None:
     """Undo attach_container (idempotent: a veth already gone is fine)."""
+    check_ifname(host_ifname, "host_ifname")
     with nl.open_ipr() as ipr:
         index = nl.ifindex(ipr, host_ifname)
         if index is not None:
