@@ -280,6 +280,26 @@ def test_a_new_object_replaces_the_programs_in_place(lab, tmp_path):
     assert after["h2"]["redirect_peer"] > before["h2"]["redirect_peer"]
 
 
+def test_trace_verify_reads_the_counters_as_hops(lab):
+    """crossnet.trace.ebpf from the tracing process (another namespace, same bpffs): one
+    `ebpf` hop per host, the probe counted as redirected on both."""
+    from types import SimpleNamespace
+
+    from crossnet.trace import ebpf as trace_ebpf
+
+    hosts = {h: SimpleNamespace(name=h, state_dir=lab.ctx(h)["state_dir"], ctx=None) for h in HOSTS}
+    sources = trace_ebpf.counter_sources(hosts)
+    assert sorted(sources) == ["ebpf:h1", "ebpf:h2"]
+    before = {k: fn() for k, fn in sources.items()}
+    assert lab.run("c1", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.77.2.2").returncode == 0
+    after = {k: fn() for k, fn in sources.items()}
+    hops: list = []
+    trace_ebpf.add_hops(hops, before, after)
+    assert [h.host for h in hops] == ["h1", "h2"] and all(h.kind == "ebpf" for h in hops)
+    for h in hops:  # 3 requests and 3 replies through each host: neigh one way, peer the other
+        assert h.extra["ebpf"]["redirect_neigh"] >= 3 and h.extra["ebpf"]["redirect_peer"] >= 3, h
+
+
 def _prog_ids(lab: Lab, host: str, dev: str) -> list[int]:
     out = lab.run(host, "tc", "filter", "show", "dev", dev, "ingress", check=True).stdout
     return [int(word.split(":")[-1]) for word in out.split() if word.startswith("crossnet:")]

@@ -443,9 +443,23 @@ def prune_veths(ipr, directory: str) -> None:
 def counters(ctx: HostContext) -> dict[str, int]:
     """The programs' counters summed over CPUs (names: crossnet.ebpf.maps.COUNTERS, plus
     the totals redirect and pass); all zero when the programs are not loaded."""
+    return counters_at(ctx.state_dir)
+
+
+def loaded(state_dir: str) -> bool:
+    """Whether crossnet's programs are pinned for the host of state_dir."""
+    try:
+        current_pin_dir(state_dir)
+    except (CrossnetError, OSError):
+        return False
+    return True
+
+
+def counters_at(state_dir: str) -> dict[str, int]:
+    """counters() of the host whose state directory is state_dir."""
     values: dict[str, int] = {}
     with contextlib.suppress(CrossnetError):
-        with _pinned(f"{current_pin_dir(ctx.state_dir)}/maps/{maps.STATS_MAP}") as fd:
+        with _pinned(f"{current_pin_dir(state_dir)}/maps/{maps.STATS_MAP}") as fd:
             cpus = bpfsys.possible_cpus()
             for i, name in enumerate(maps.COUNTERS):
                 raw = bpfsys.map_lookup(fd, maps.counter_key(i), 8 * cpus)
