@@ -94,7 +94,9 @@ def test_host_resources_json_round_trip_and_describe(monkeypatch, tmp_path):
         f"bpftool prog loadall {obj} {pins}/progs type classifier pinmaps {pins}/maps")
     assert res[2].describe() == (f"tc qdisc add dev eth0 clsact 2>/dev/null; tc filter replace dev eth0 ingress "
                                  f"pref {host.TC_PREF} handle 1 bpf da pinned {pins}/progs/cn_to_container")
-    assert "10.1.0.0/16" in res[1].describe() and "ifindex(cnvx7)" in res[1].describe()
+    assert res[1].describe() == (f"bpftool map update pinned {pins}/maps/cn_config key hex 00 00 00 00 value hex "
+                                 "0a 01 00 00 ff ff 00 00 <ifindex of eth0, 4 bytes little endian> "
+                                 "<ifindex of cnvx7, 4 bytes little endian>  # 10.1.0.0/16")
     assert [r.kind for r in host.host_resources(ctx("host-gw"))] == ["ebpf-programs", "ebpf-config", "ebpf-tc"]
 
 
@@ -201,3 +203,10 @@ def test_container_interface_names_are_checked_before_the_kernel(bad, monkeypatc
     for fn in (host.attach_container, host.detach_container):
         with pytest.raises(ConfigError, match="host_ifname"):
             fn(ctx(), bad)
+
+
+@pytest.mark.parametrize("obj", ["/etc/passwd", "/nonexistent/crossnet_tc.o", 3])
+def test_only_a_crossnet_object_is_loaded(obj, monkeypatch):
+    monkeypatch.setattr(host, "load", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(ApplyError, match="is not a crossnet_tc.o file"):
+        host.BpfPrograms("/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef", obj).ensure(None)

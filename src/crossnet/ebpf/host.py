@@ -144,8 +144,9 @@ def load(obj: str, directory: str) -> None:
 
 
 def unpin(directory: str) -> None:
-    """Remove the pins under directory (and it, and its parents up to BASE when empty).
-    Objects still used by a tc filter stay loaded until the filter goes."""
+    """Remove the pins under directory (and it, and its parent when empty; BASE, shared
+    by every host of a lab, stays). Objects still used by a tc filter stay loaded until
+    the filter goes."""
     d = Path(directory)
     for sub in ("progs", "maps"):
         for pin in (d / sub).glob("*") if (d / sub).is_dir() else ():
@@ -153,9 +154,7 @@ def unpin(directory: str) -> None:
                 pin.unlink()
         with contextlib.suppress(FileNotFoundError, OSError):
             (d / sub).rmdir()
-    for empty in (d, d.parent, BASE):
-        if empty == BASE.parent:
-            break
+    for empty in (d, d.parent) if d.parent != BASE else (d,):
         with contextlib.suppress(FileNotFoundError, OSError):
             empty.rmdir()
 
@@ -280,6 +279,10 @@ class BpfPrograms(Resource):
 
     def ensure(self, env: Env) -> None:
         _valid_pin_dir(self.pin_dir)
+        from crossnet.ebpf.build import OBJECT_NAME
+
+        if not isinstance(self.obj, str) or Path(self.obj).name != OBJECT_NAME or not Path(self.obj).is_file():
+            raise ApplyError(f"ebpf: {self.obj!r} is not a {OBJECT_NAME} file")
         why = ensure_bpffs()
         if why:
             raise ApplyError(why)
@@ -304,9 +307,11 @@ class BpfConfig(Resource):
         return f"ebpf-config:{self.pin_dir}"
 
     def describe(self) -> str:
-        where = f"{self.pin_dir}/maps/{maps.CONFIG_MAP}"
-        return (f"bpftool map update pinned {where} key hex 00 00 00 00 value hex "
-                f"<{self.network} ifindex({self.iface}) ifindex({self.vxlan or '-'})>")
+        net = ipaddress.IPv4Network(self.network)
+        addr = " ".join(f"{b:02x}" for b in net.network_address.packed + net.netmask.packed)
+        vx = f"<ifindex of {self.vxlan}, 4 bytes little endian>" if self.vxlan else "00 00 00 00"
+        return (f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex 00 00 00 00 value hex "
+                f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx}  # {self.network}")
 
     def want(self, env: Env) -> maps.Config:
         vx = env.require_index(self.vxlan) if self.vxlan else 0
