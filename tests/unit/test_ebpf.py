@@ -126,6 +126,23 @@ def test_recorded_pin_dir_is_validated(bad):
         host.BpfPrograms(bad, "/x.o").remove(None)
 
 
+def test_private_sysfs_of_ip_netns_exec(tmp_path):
+    (tmp_path / "lab-h1").touch()
+    info = ("23 1 0:21 / /sys rw - sysfs sysfs rw\n"
+            "305 23 0:46 / /sys/fs/bpf rw - bpf bpf rw\n"
+            "600 300 0:99 / /sys rw,relatime - sysfs lab-h1 rw\n")
+    assert host.private_sysfs(info, str(tmp_path)) == "lab-h1"
+    assert host.private_sysfs(info.replace("lab-h1", "other"), str(tmp_path)) is None
+    assert host.private_sysfs("23 1 0:21 / /sys rw shared:7 - sysfs sysfs rw\n", str(tmp_path)) is None
+
+
+def test_ensure_bpffs_refuses_an_ephemeral_mount(monkeypatch):
+    monkeypatch.setattr(host, "bpffs_mounted", lambda info=None: False)
+    monkeypatch.setattr(host, "private_sysfs", lambda info=None: "lab-h1")
+    monkeypatch.setattr(host.ctypes, "CDLL", lambda *a, **k: pytest.fail("mounted"))
+    assert "nsenter --net=/run/netns/lab-h1" in host.ensure_bpffs()
+
+
 def test_bpffs_mounted_reads_mountinfo():
     line = "41 24 0:37 / /sys/fs/bpf rw,nosuid shared:17 - {} bpf rw,mode=700\n"
     assert host.bpffs_mounted(line.format("bpf"))

@@ -88,27 +88,50 @@ def _valid_pin_dir(path: str) -> str:
     return path
 
 
-def bpffs_mounted(mountinfo: str | None = None) -> bool:
-    """Whether /sys/fs/bpf is a bpffs mount in this mount namespace."""
+def _mounts(mountinfo: str | None) -> list[tuple[str, str, str]]:
+    """(mount point, fs type, source) of each line of /proc/self/mountinfo (or the text)."""
     if mountinfo is None:
         try:
             mountinfo = Path("/proc/self/mountinfo").read_text()
         except OSError:
-            return False
+            return []
+    out = []
     for line in mountinfo.splitlines():
         fields = line.split()
-        if len(fields) < 5 or "-" not in fields:
+        if len(fields) < 5 or "-" not in fields[5:]:
             continue
-        fstype = fields[fields.index("-") + 1]
-        if fields[4] == str(BPFFS) and fstype == BPF_FS_TYPE:
-            return True
-    return False
+        sep = fields.index("-", 5)
+        if len(fields) > sep + 2:
+            out.append((fields[4], fields[sep + 1], fields[sep + 2]))
+    return out
+
+
+def bpffs_mounted(mountinfo: str | None = None) -> bool:
+    """Whether /sys/fs/bpf is a bpffs mount in this mount namespace."""
+    return any(point == str(BPFFS) and fstype == BPF_FS_TYPE for point, fstype, _ in _mounts(mountinfo))
+
+
+def private_sysfs(mountinfo: str | None = None, netns_dir: str = "/run/netns") -> str | None:
+    """The namespace name when /sys is the private sysfs `ip netns exec NAME` mounts (its
+    source is NAME): a bpffs mounted under it vanishes, pins included, with the process."""
+    for point, fstype, source in reversed(_mounts(mountinfo)):
+        if point == "/sys":
+            return source if fstype == "sysfs" and source != "sysfs" and os.path.exists(f"{netns_dir}/{source}") else None
+    return None
 
 
 def ensure_bpffs() -> str | None:
     """Mount bpffs on /sys/fs/bpf if it is not (nowhere else). None, or why not."""
-    if bpffs_mounted():
+    mountinfo = None
+    with contextlib.suppress(OSError):
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    if bpffs_mounted(mountinfo):
         return None
+    netns = private_sysfs(mountinfo)
+    if netns:
+        return (f"no bpffs on {BPFFS} in this mount namespace, whose /sys is the private one of "
+                f"`ip netns exec {netns}`: pins would vanish with this process; run crossnet with "
+                f"`nsenter --net=/run/netns/{netns}` instead")
     if not BPFFS.is_dir():
         return f"{BPFFS} does not exist (no sysfs?)"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
