@@ -9,6 +9,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from crossnet.errors import ConfigError
+from crossnet.trace import ebpf as trace_ebpf
 from crossnet.trace.model import (
     DEFAULT_COUNT,
     MAX_COUNT,
@@ -53,6 +54,8 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
     for h in hosts.values():
         if h.ctx.backend in ("wireguard", "auto"):
             sources[f"wg:{h.name}"] = lambda h=h: wireguard_counters(h)
+    if verify:  # hosts running crossnet's tc eBPF programs: their counters as hops
+        sources.update(trace_ebpf.counter_sources(hosts))
     sources.update(counter_sources or {})
 
     probe = None
@@ -108,6 +111,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         apply_deltas(hops, before, after, sent)
         attach_captures(hops, taps)
         wireguard_deltas(hops, before, after)
+        trace_ebpf.add_hops(hops, before, after)
         result.probe = {**probe, "count": count}
         counted = [h for h in hops if h.expect is not None and h.moved is not None]
         result.verified = ((walker.complete or walker.handoff is not None) and bool(counted)

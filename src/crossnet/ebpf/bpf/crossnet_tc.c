@@ -1,0 +1,224 @@
+// SPDX-License-Identifier: GPL-2.0
+/* crossnet's tc eBPF host routing (datapath: ebpf), see docs/ebpf.md.
+ *
+ * Two classifier programs (direct action), one object, maps shared:
+ *   cn_from_container  tc ingress of a container's host-side veth (packets FROM the
+ *                      container): FIB lookup, then bpf_redirect_neigh to the egress
+ *                      device (underlay NIC, vxlan device, or a local container's veth).
+ *   cn_to_container    tc ingress of the underlay NIC / vxlan device (packets TOWARDS a
+ *                      local container): FIB lookup, then bpf_redirect_peer into the
+ *                      container, only when the FIB target is a veth crossnet attached.
+ * Anything else returns TC_ACT_OK: the kernel's stack handles it exactly as without
+ * the programs (ARP, non-IPv4, IP options/fragments, TTL <= 1, destinations outside
+ * the container network (masquerade), local delivery, unresolved neighbours, ...).
+ * Configuration is in maps filled by crossnet (crossnet.ebpf.host), never compiled in.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/ip.h>
+#include <linux/in.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1FFF
+
+/* keep in sync with crossnet/ebpf/maps.py (CONFIG_FORMAT, COUNTERS) */
+struct cn_config {
+	__u32 net;      /* container network address, network byte order */
+	__u32 mask;     /* its netmask, network byte order (0: not configured, pass all) */
+	__u32 underlay; /* ifindex of the underlay NIC */
+	__u32 vxlan;    /* ifindex of the vxlan device, 0 if none */
+};
+
+enum {
+	CN_REDIRECT_NEIGH = 0,
+	CN_REDIRECT_PEER,
+	CN_PASS_NOT_IPV4,
+	CN_PASS_NOT_HOST,
+	CN_PASS_OUTSIDE,
+	CN_PASS_IP_OPTIONS,
+	CN_PASS_TTL,
+	CN_PASS_FIB,
+	CN_PASS_TARGET,
+	CN_PASS_MALFORMED,
+	CN_PASS_SOURCE,
+	CN_NCOUNTERS,
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct cn_config);
+} cn_config SEC(".maps");
+
+/* host-side veths of crossnet's containers (key: ifindex; value: the container's
+ * address, network byte order): the only targets of bpf_redirect_peer and, with the
+ * underlay/vxlan ifindexes, of bpf_redirect_neigh; and the only source address the
+ * from-container program forwards from that veth (anything else takes the stack) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} cn_veths SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CN_NCOUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} cn_stats SEC(".maps");
+
+static __always_inline int count(__u32 idx, int verdict)
+{
+	__u64 *v = bpf_map_lookup_elem(&cn_stats, &idx);
+
+	if (v)
+		*v += 1;
+	return verdict;
+}
+
+static __always_inline int is_veth(__u32 ifindex)
+{
+	return bpf_map_lookup_elem(&cn_veths, &ifindex) != NULL;
+}
+
+/* Common checks and the FIB lookup. Returns -1 and sets *verdict when the packet goes
+ * to the stack; else 0 with fib filled (SUCCESS) and iph valid. */
+static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *fib,
+				 struct cn_config **cfgp, int *verdict)
+{
+	__u32 zero = 0;
+	struct cn_config *cfg = bpf_map_lookup_elem(&cn_config, &zero);
+	void *data, *data_end;
+	struct ethhdr *eth;
+	struct iphdr *iph;
+	long rc;
+
+	*verdict = TC_ACT_OK;
+	if (skb->protocol != bpf_htons(ETH_P_IP))
+		return count(CN_PASS_NOT_IPV4, -1);
+	if (skb->pkt_type != PACKET_HOST)
+		return count(CN_PASS_NOT_HOST, -1);
+	if (!cfg || !cfg->mask)
+		return count(CN_PASS_OUTSIDE, -1);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + sizeof(*eth) + sizeof(*iph) > data_end) {
+		if (bpf_skb_pull_data(skb, sizeof(*eth) + sizeof(*iph)))
+			return count(CN_PASS_MALFORMED, -1);
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + sizeof(*eth) + sizeof(*iph) > data_end)
+			return count(CN_PASS_MALFORMED, -1);
+	}
+	eth = data;
+	iph = data + sizeof(*eth);
+	if (eth->h_proto != bpf_htons(ETH_P_IP) || iph->version != 4)
+		return count(CN_PASS_NOT_IPV4, -1);
+	if ((iph->saddr & cfg->mask) != cfg->net || (iph->daddr & cfg->mask) != cfg->net)
+		return count(CN_PASS_OUTSIDE, -1);
+	if (iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
+		return count(CN_PASS_IP_OPTIONS, -1);
+	if (iph->ttl <= 1)
+		return count(CN_PASS_TTL, -1);
+
+	__builtin_memset(fib, 0, sizeof(*fib));
+	fib->family = AF_INET;
+	fib->tos = iph->tos;
+	fib->l4_protocol = iph->protocol;
+	fib->tot_len = 0; /* no MTU check: 64 KB GSO packets would get FRAG_NEEDED */
+	fib->ipv4_src = iph->saddr;
+	fib->ipv4_dst = iph->daddr;
+	fib->ifindex = skb->ingress_ifindex;
+	rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return count(CN_PASS_FIB, -1);
+	if (fib->ifindex == skb->ingress_ifindex)
+		return count(CN_PASS_TARGET, -1);
+	*cfgp = cfg;
+	return 0;
+}
+
+/* what the kernel's forwarder does (ip_decrease_ttl) */
+static __always_inline int decrease_ttl(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct iphdr *iph = data + sizeof(struct ethhdr);
+	__u32 check;
+
+	if ((void *)(iph + 1) > data_end)
+		return -1;
+	check = iph->check;
+	check += bpf_htons(0x0100);
+	iph->check = (__u16)(check + (check >= 0xFFFF));
+	iph->ttl--;
+	return 0;
+}
+
+SEC("tc")
+int cn_from_container(struct __sk_buff *skb)
+{
+	struct bpf_fib_lookup fib;
+	struct cn_config *cfg = NULL;
+	struct bpf_redir_neigh nh = {};
+	__u32 in = skb->ingress_ifindex;
+	__u32 *source;
+	struct iphdr *iph;
+	int verdict;
+
+	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
+		return verdict;
+	/* only the container's own address: a spoofed source meets the stack's rules */
+	iph = (void *)(long)skb->data + sizeof(struct ethhdr);
+	if ((void *)(iph + 1) > (void *)(long)skb->data_end)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	source = bpf_map_lookup_elem(&cn_veths, &in);
+	if (!source || *source != iph->saddr)
+		return count(CN_PASS_SOURCE, TC_ACT_OK);
+	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) && !is_veth(fib.ifindex))
+		return count(CN_PASS_TARGET, TC_ACT_OK);
+	if (decrease_ttl(skb) < 0)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	nh.nh_family = AF_INET;
+	nh.ipv4_nh = fib.ipv4_dst; /* the next hop the FIB chose */
+	count(CN_REDIRECT_NEIGH, 0);
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+}
+
+SEC("tc")
+int cn_to_container(struct __sk_buff *skb)
+{
+	struct bpf_fib_lookup fib;
+	struct cn_config *cfg = NULL;
+	void *data, *data_end;
+	struct ethhdr *eth;
+	int verdict;
+
+	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
+		return verdict;
+	if (!is_veth(fib.ifindex))
+		return count(CN_PASS_TARGET, TC_ACT_OK);
+	if (decrease_ttl(skb) < 0)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	/* the neighbour the FIB resolved: the container's MAC, from the host veth's */
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	count(CN_REDIRECT_PEER, 0);
+	return bpf_redirect_peer(fib.ifindex, 0);
+}
+
+char LICENSE[] SEC("license") = "GPL";

@@ -1,0 +1,495 @@
+"""Loading, pinning, attaching, counting and removing crossnet's tc eBPF programs
+(docs/ebpf.md). The host part is reconciler resources (``host_resources``); the
+per-container part is ``attach_container`` / ``detach_container``, called where the
+routed container veth is made (crossnet.datapath).
+
+Pins live under ``/sys/fs/bpf/crossnet/<hash of the state directory>/`` (``progs/``,
+``maps/``): lab hosts share one bpffs mount, and the hash keeps their programs apart.
+The tc filters hold the programs, so traffic does not stop when crossnet exits or the
+agent restarts; the pins let the next run find the programs and maps in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from crossnet.ebpf import bpfsys, maps
+from crossnet.errors import ApplyError, CrossnetError
+from crossnet.ifname import check as check_ifname
+from crossnet.netlink import iproute as nl
+from crossnet.plan.env import Env
+from crossnet.plan.resources import Resource
+
+if TYPE_CHECKING:
+    from crossnet.backends.base import HostContext
+
+BPFTOOL = "bpftool"
+BPFFS = Path("/sys/fs/bpf")
+BASE = BPFFS / "crossnet"
+BPF_FS_TYPE = "bpf"
+TC_INGRESS = 0xFFFFFFF2  # clsact ingress (ffff:fff2)
+TC_EGRESS = 0xFFFFFFF3
+TC_PREF = 1000  # crossnet's filter priority on an interface's clsact ingress
+TC_HANDLE = 1
+FILTER_PREFIX = "crossnet:"  # tc filter name: crossnet:<program>:<prog id>
+_PIN_DIR = re.compile(r"^/sys/fs/bpf/crossnet/[0-9a-f]{16}/[0-9a-f]{16}$")
+
+
+# ---------------------------------------------------------------- bpffs and pins
+
+
+def host_dir(state_dir: str) -> Path:
+    """The bpffs directory of the host whose state directory is state_dir."""
+    digest = hashlib.sha256(os.path.realpath(state_dir or "/var/lib/crossnet").encode()).hexdigest()[:16]
+    return BASE / digest
+
+
+def pin_dir(state_dir: str, obj: str | Path) -> str:
+    """Where the programs of object obj are pinned for that host: one subdirectory per
+    object content, so a new object (upgrade) is a new set of resources, loaded and
+    attached before the old set is removed."""
+    digest = hashlib.sha256(Path(obj).read_bytes()).hexdigest()[:16]
+    return str(host_dir(state_dir) / digest)
+
+
+def current_pin_dir(state_dir: str) -> str:
+    """The pin directory in use for that host (the only one; during an upgrade the
+    current object's). CrossnetError when the programs are not loaded."""
+    from crossnet.ebpf import build
+
+    base = host_dir(state_dir)
+    dirs = sorted(str(d) for d in base.iterdir() if d.is_dir()) if base.is_dir() else []
+    if len(dirs) == 1:
+        return dirs[0]
+    obj, _ = build.find_object(build=False)
+    if obj is not None and pin_dir(state_dir, obj) in dirs:
+        return pin_dir(state_dir, obj)
+    raise CrossnetError(f"crossnet's eBPF programs are not loaded for {state_dir or 'this host'} "
+                        f"(nothing pinned under {base}): apply the host first")
+
+
+def _valid_pin_dir(path: str) -> str:
+    """Records are hostile: only crossnet's own pin directories are loaded into or removed."""
+    if not isinstance(path, str) or not _PIN_DIR.match(path):
+        raise ApplyError(f"ebpf: pin directory {path!r} is not {BASE}/<16 hex digits>/<16 hex digits>")
+    return path
+
+
+def _mounts(mountinfo: str | None) -> list[tuple[str, str, str]]:
+    """(mount point, fs type, source) of each line of /proc/self/mountinfo (or the text)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return []
+    out = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or "-" not in fields[5:]:
+            continue
+        sep = fields.index("-", 5)
+        if len(fields) > sep + 2:
+            out.append((fields[4], fields[sep + 1], fields[sep + 2]))
+    return out
+
+
+def bpffs_mounted(mountinfo: str | None = None) -> bool:
+    """Whether /sys/fs/bpf is a bpffs mount in this mount namespace."""
+    return any(point == str(BPFFS) and fstype == BPF_FS_TYPE for point, fstype, _ in _mounts(mountinfo))
+
+
+def private_sysfs(mountinfo: str | None = None, netns_dir: str = "/run/netns") -> str | None:
+    """The namespace name when /sys is the private sysfs `ip netns exec NAME` mounts (its
+    source is NAME): a bpffs mounted under it vanishes, pins included, with the process."""
+    for point, fstype, source in reversed(_mounts(mountinfo)):
+        if point == "/sys":
+            return source if fstype == "sysfs" and source != "sysfs" and os.path.exists(f"{netns_dir}/{source}") else None
+    return None
+
+
+def ensure_bpffs() -> str | None:
+    """Mount bpffs on /sys/fs/bpf if it is not (nowhere else). None, or why not."""
+    mountinfo = None
+    with contextlib.suppress(OSError):
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    if bpffs_mounted(mountinfo):
+        return None
+    netns = private_sysfs(mountinfo)
+    if netns:
+        return (f"no bpffs on {BPFFS} in this mount namespace, whose /sys is the private one of "
+                f"`ip netns exec {netns}`: pins would vanish with this process; run crossnet with "
+                f"`nsenter --net=/run/netns/{netns}` instead")
+    if not BPFFS.is_dir():
+        return f"{BPFFS} does not exist (no sysfs?)"
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if libc.mount(b"bpf", str(BPFFS).encode(), b"bpf", 0, b"mode=0700") != 0:
+        err = ctypes.get_errno()
+        return f"cannot mount bpffs on {BPFFS}: {os.strerror(err)}"
+    return None
+
+
+def _bpftool(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run([BPFTOOL, *args], capture_output=True, text=True, errors="replace", timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return subprocess.CompletedProcess([BPFTOOL, *args], 127, "", str(exc))
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [x.strip() for x in (proc.stderr or proc.stdout or "").splitlines() if x.strip()]
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def load_command(obj: str, directory: str) -> list[str]:
+    return [BPFTOOL, "prog", "loadall", obj, f"{directory}/progs", "type", "classifier", "pinmaps", f"{directory}/maps"]
+
+
+def load(obj: str, directory: str) -> None:
+    """Load every program of obj and pin programs and maps under directory."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    proc = _bpftool(*load_command(obj, directory)[1:])
+    if proc.returncode != 0:
+        unpin(directory)
+        raise ApplyError(f"the kernel refuses crossnet's eBPF programs ({obj}): {_last_line(proc)}")
+
+
+def unpin(directory: str) -> None:
+    """Remove the pins under directory (and it, and its parent when empty; BASE, shared
+    by every host of a lab, stays). Objects still used by a tc filter stay loaded until
+    the filter goes."""
+    d = Path(directory)
+    for sub in ("progs", "maps"):
+        for pin in (d / sub).glob("*") if (d / sub).is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                pin.unlink()
+        with contextlib.suppress(FileNotFoundError, OSError):
+            (d / sub).rmdir()
+    for empty in (d, d.parent) if d.parent != BASE else (d,):
+        with contextlib.suppress(FileNotFoundError, OSError):
+            empty.rmdir()
+
+
+def trial_load(obj: Path) -> str | None:
+    """Load the programs once into a scratch directory and remove them: None if the
+    kernel accepts them, else why not."""
+    scratch = str(BASE / f"probe-{os.getpid()}")  # bpffs refuses dots in names
+    try:
+        load(str(obj), scratch)
+    except (ApplyError, OSError) as exc:
+        return str(exc)
+    finally:
+        unpin(scratch)
+    return None
+
+
+def _pins(directory: str) -> list[str]:
+    return [f"{directory}/progs/{p}" for p in maps.PROGRAMS] + [
+        f"{directory}/maps/{m}" for m in (maps.CONFIG_MAP, maps.VETHS_MAP, maps.STATS_MAP)]
+
+
+@contextlib.contextmanager
+def _pinned(path: str):
+    try:
+        fd = bpfsys.obj_get(path)
+    except OSError as exc:
+        raise CrossnetError(f"eBPF object {path} is not pinned ({exc.strerror}): apply the host first") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _pinned_prog_id(directory: str, program: str) -> int | None:
+    try:
+        with _pinned(f"{directory}/progs/{program}") as fd:
+            return bpfsys.prog_id(fd)
+    except (CrossnetError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------- tc (pyroute2)
+
+
+def _filters(ipr, index: int, parent: int = TC_INGRESS) -> list:
+    try:
+        return [m for m in ipr.get_filters(index=index, parent=parent) if nl.attr(m, "TCA_KIND")]
+    except NetlinkError as exc:
+        if exc.code in (errno.EINVAL, errno.ENOENT, errno.ENODEV):
+            return []
+        raise
+
+
+def _filter_name(msg) -> str:
+    opts = nl.attr(msg, "TCA_OPTIONS")
+    return (opts.get_attr("TCA_BPF_NAME") if opts is not None else None) or ""
+
+
+def _ours(msg) -> bool:
+    return (msg["info"] >> 16) == TC_PREF and nl.attr(msg, "TCA_KIND") == "bpf" and _filter_name(msg).startswith(FILTER_PREFIX)
+
+
+def has_clsact(ipr, index: int) -> bool:
+    return any(nl.attr(q, "TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=index))
+
+
+def tc_attached(ipr, index: int, program: str, prog_id: int | None) -> bool:
+    """Our filter on index's ingress runs exactly the pinned program (id in its name)."""
+    want = f"{FILTER_PREFIX}{program}:{prog_id}"
+    return prog_id is not None and any(_ours(m) and _filter_name(m) == want for m in _filters(ipr, index))
+
+
+def tc_attach(ipr, index: int, directory: str, program: str) -> bool:
+    """Add clsact if missing and (re)place crossnet's filter running the pinned program on
+    ingress. Returns whether the clsact qdisc was added here."""
+    added = False
+    if not has_clsact(ipr, index):
+        try:
+            ipr.tc("add", "clsact", index)
+            added = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+    with _pinned(f"{directory}/progs/{program}") as fd:
+        name = f"{FILTER_PREFIX}{program}:{bpfsys.prog_id(fd)}"
+        ipr.tc("replace-filter", "bpf", index, TC_HANDLE, fd=fd, name=name, parent=TC_INGRESS,
+               prio=TC_PREF, protocol=0x0003, direct_action=True)
+    return added
+
+
+def tc_detach(ipr, index: int, remove_clsact: bool) -> None:
+    """Remove crossnet's filter (only if it is ours) and, when remove_clsact, the clsact
+    qdisc too unless some other filter still uses it."""
+    if any(_ours(m) for m in _filters(ipr, index)):
+        with contextlib.suppress(NetlinkError):
+            ipr.tc("del-filter", "bpf", index, TC_HANDLE, parent=TC_INGRESS, prio=TC_PREF, protocol=0x0003)
+    if remove_clsact and has_clsact(ipr, index) and not _filters(ipr, index) and not _filters(ipr, index, TC_EGRESS):
+        with contextlib.suppress(NetlinkError):
+            ipr.tc("del", "clsact", index)
+
+
+# ---------------------------------------------------------------- resources
+
+
+@dataclass
+class BpfPrograms(Resource):
+    """crossnet's programs and maps, loaded from the object and pinned under pin_dir."""
+
+    kind: ClassVar[str] = "ebpf-programs"
+    pin_dir: str
+    obj: str
+
+    def key(self) -> str:
+        return f"ebpf-programs:{self.pin_dir}"
+
+    def describe(self) -> str:
+        return f"mount -t bpf bpf {BPFFS} 2>/dev/null; " + " ".join(load_command(self.obj, self.pin_dir))
+
+    def check(self, env: Env) -> bool:
+        return all(os.path.exists(p) for p in _pins(self.pin_dir))
+
+    def ensure(self, env: Env) -> None:
+        _valid_pin_dir(self.pin_dir)
+        from crossnet.ebpf.build import OBJECT_NAME
+
+        if not isinstance(self.obj, str) or Path(self.obj).name != OBJECT_NAME or not Path(self.obj).is_file():
+            raise ApplyError(f"ebpf: {self.obj!r} is not a {OBJECT_NAME} file")
+        why = ensure_bpffs()
+        if why:
+            raise ApplyError(why)
+        unpin(self.pin_dir)  # a partial set from an interrupted load
+        load(self.obj, self.pin_dir)
+
+    def remove(self, env: Env) -> None:
+        unpin(_valid_pin_dir(self.pin_dir))
+
+
+@dataclass
+class BpfConfig(Resource):
+    """The programs' configuration map: container network, underlay and vxlan ifindexes."""
+
+    kind: ClassVar[str] = "ebpf-config"
+    pin_dir: str
+    network: str
+    iface: str
+    vxlan: str | None = None
+
+    def key(self) -> str:
+        return f"ebpf-config:{self.pin_dir}"
+
+    def describe(self) -> str:
+        net = ipaddress.IPv4Network(self.network)
+        addr = " ".join(f"{b:02x}" for b in net.network_address.packed + net.netmask.packed)
+        vx = f"<ifindex of {self.vxlan}, 4 bytes little endian>" if self.vxlan else "00 00 00 00"
+        return (f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex 00 00 00 00 value hex "
+                f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx}  # {self.network}")
+
+    def want(self, env: Env) -> maps.Config:
+        vx = env.require_index(self.vxlan) if self.vxlan else 0
+        return maps.Config(ipaddress.IPv4Network(self.network), env.require_index(self.iface), vx)
+
+    def check(self, env: Env) -> bool:
+        try:
+            with _pinned(f"{self.pin_dir}/maps/{maps.CONFIG_MAP}") as fd:
+                raw = bpfsys.map_lookup(fd, maps.CONFIG_KEY, 16)
+            return raw is not None and maps.Config.unpack(raw) == self.want(env)
+        except (CrossnetError, OSError):
+            return False
+
+    def ensure(self, env: Env) -> None:
+        _valid_pin_dir(self.pin_dir)
+        want = self.want(env)
+        with _pinned(f"{self.pin_dir}/maps/{maps.CONFIG_MAP}") as fd:
+            bpfsys.map_update(fd, maps.CONFIG_KEY, want.pack())
+        prune_veths(env.ipr, self.pin_dir)
+
+    def remove(self, env: Env) -> None:
+        """Nothing: the map goes with the pins (BpfPrograms) and the filters."""
+
+
+@dataclass
+class TcProgram(Resource):
+    """clsact + crossnet's direct-action bpf filter on dev's ingress running a pinned program."""
+
+    kind: ClassVar[str] = "ebpf-tc"
+    dev: str
+    pin_dir: str
+    program: str
+
+    def key(self) -> str:
+        return f"ebpf-tc:{self.dev}:ingress"
+
+    def describe(self) -> str:
+        return (f"tc qdisc add dev {self.dev} clsact 2>/dev/null; tc filter replace dev {self.dev} ingress "
+                f"pref {TC_PREF} handle {TC_HANDLE} bpf da pinned {self.pin_dir}/progs/{self.program}")
+
+    def check(self, env: Env) -> bool:
+        idx = env.index(self.dev)
+        return idx is not None and tc_attached(env.ipr, idx, self.program, _pinned_prog_id(self.pin_dir, self.program))
+
+    def prepare(self, env: Env) -> None:
+        idx = env.index(self.dev)
+        if idx is not None and not has_clsact(env.ipr, idx):
+            self.saved.setdefault("clsact_added", True)
+
+    def ensure(self, env: Env) -> None:
+        _valid_pin_dir(self.pin_dir)
+        if self.program not in maps.PROGRAMS:
+            raise ApplyError(f"ebpf: unknown program {self.program!r}")
+        if tc_attach(env.ipr, env.require_index(self.dev), self.pin_dir, self.program):
+            self.saved["clsact_added"] = True
+
+    def remove(self, env: Env) -> None:
+        idx = env.index(self.dev)
+        if idx is not None:
+            tc_detach(env.ipr, idx, bool(self.saved.get("clsact_added")))
+
+
+# ---------------------------------------------------------------- the API (docs/ebpf.md)
+
+
+def host_resources(ctx: HostContext) -> list[Resource]:
+    """This host's desired eBPF resources: programs + maps pinned, configuration filled
+    from ctx, the to-container program on the underlay NIC (and the vxlan device)."""
+    from crossnet.ebpf import build
+
+    obj, why = build.find_object()
+    if obj is None:
+        raise CrossnetError(f"datapath ebpf: {why}")
+    directory = pin_dir(ctx.state_dir, obj)
+    vxlan = f"cnvx{ctx.vni}" if ctx.backend == "vxlan" else None
+    out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan),
+                           TcProgram(ctx.iface, directory, "cn_to_container")]
+    if vxlan:
+        out.append(TcProgram(vxlan, directory, "cn_to_container"))
+    return out
+
+
+def attach_container(ctx: HostContext, host_ifname: str) -> None:
+    """Run the from-container program on the container's host-side veth (this netns) and
+    allow it as a redirect target. The host's resources must be applied first."""
+    check_ifname(host_ifname, "host_ifname")
+    directory = current_pin_dir(ctx.state_dir)
+    with nl.open_ipr() as ipr:
+        index = nl.require_index(ipr, host_ifname)
+        info = nl.link_info(ipr, index=index)
+        if info is None or info.kind != "veth":
+            raise CrossnetError(f"ebpf: {host_ifname} is not a veth")
+        address = container_address(ipr, index, ipaddress.IPv4Network(str(ctx.network)))
+        with _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
+            bpfsys.map_update(fd, maps.ifindex_key(index), maps.veth_value(address))
+        tc_attach(ipr, index, directory, "cn_from_container")
+
+
+def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:
+    """The container behind veth index: the /32 route inside the network through it
+    (routed veths: made before attach_container). None when there is not exactly one."""
+    found = [r.dst for r in nl.routes(ipr) if r.oif == index and r.dst and r.dst.endswith("/32")
+             and ipaddress.IPv4Address(r.dst.split("/")[0]) in network]
+    return ipaddress.IPv4Address(found[0].split("/")[0]) if len(found) == 1 else None
+
+
+def detach_container(ctx: HostContext, host_ifname: str) -> None:
+    """Undo attach_container (idempotent: a veth already gone is fine)."""
+    check_ifname(host_ifname, "host_ifname")
+    with nl.open_ipr() as ipr:
+        index = nl.ifindex(ipr, host_ifname)
+        if index is not None:
+            tc_detach(ipr, index, remove_clsact=True)
+        try:
+            directory = current_pin_dir(ctx.state_dir)
+        except CrossnetError:
+            return  # nothing loaded: no map to clean
+        if index is not None:
+            with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
+                bpfsys.map_delete(fd, maps.ifindex_key(index))
+        prune_veths(ipr, directory)
+
+
+def prune_veths(ipr, directory: str) -> None:
+    """Drop allowed-veth entries whose interface no longer exists (a veth deleted with its
+    container before detach): an index the kernel reuses is never a redirect target."""
+    with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
+        present = {l.index for l in nl.all_links(ipr) if l.kind == "veth"}
+        for key in bpfsys.map_keys(fd, 4):
+            if int.from_bytes(key, "little") not in present:
+                bpfsys.map_delete(fd, key)
+
+
+def counters(ctx: HostContext) -> dict[str, int]:
+    """The programs' counters summed over CPUs (names: crossnet.ebpf.maps.COUNTERS, plus
+    the totals redirect and pass); all zero when the programs are not loaded."""
+    return counters_at(ctx.state_dir)
+
+
+def loaded(state_dir: str) -> bool:
+    """Whether crossnet's programs are pinned for the host of state_dir."""
+    try:
+        current_pin_dir(state_dir)
+    except (CrossnetError, OSError):
+        return False
+    return True
+
+
+def counters_at(state_dir: str) -> dict[str, int]:
+    """counters() of the host whose state directory is state_dir."""
+    values: dict[str, int] = {}
+    with contextlib.suppress(CrossnetError):
+        with _pinned(f"{current_pin_dir(state_dir)}/maps/{maps.STATS_MAP}") as fd:
+            cpus = bpfsys.possible_cpus()
+            for i, name in enumerate(maps.COUNTERS):
+                raw = bpfsys.map_lookup(fd, maps.counter_key(i), 8 * cpus)
+                values[name] = maps.percpu_sum(raw, cpus) if raw else 0
+    return maps.summarise(values)

@@ -1,0 +1,229 @@
+"""crossnet.ebpf without a kernel: map packing, resource JSON round trip and describe
+text, pin-directory validation, bpffs detection, and every problem() path with fakes."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import crossnet.ebpf as ebpf
+from crossnet.backends.base import HostContext
+from crossnet.ebpf import bpfsys, build, host, maps
+from crossnet.errors import ApplyError, ConfigError
+from crossnet.plan.resources import Resource
+
+REAL_FIND_OBJECT = build.find_object
+
+
+def ctx(backend: str = "host-gw", state_dir: str = "/var/lib/crossnet/h1") -> HostContext:
+    return HostContext("c", backend, "h1", ipaddress.IPv4Address("192.168.1.1"), "eth0",
+                       ipaddress.IPv4Network("10.1.1.0/24"), ipaddress.IPv4Network("10.1.0.0/16"),
+                       ipaddress.IPv4Address("169.254.1.1"), 32, "", 1500, 1450, True, vni=7, state_dir=state_dir)
+
+
+# ---------------------------------------------------------------- maps
+
+
+@given(st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_config_round_trip(prefix, addr, underlay, vxlan):
+    net = ipaddress.IPv4Network((addr, prefix), strict=False)
+    cfg = maps.Config(net, underlay, vxlan)
+    raw = cfg.pack()
+    assert len(raw) == 16  # sizeof(struct cn_config)
+    assert maps.Config.unpack(raw) == cfg
+
+
+def test_config_layout_is_network_order_addresses_and_native_ifindexes():
+    raw = maps.Config(ipaddress.IPv4Network("10.1.0.0/16"), 3, 9).pack()
+    assert raw[:8] == bytes([10, 1, 0, 0, 255, 255, 0, 0])
+    assert struct.unpack("=II", raw[8:]) == (3, 9)
+
+
+def test_config_refuses_ifindex_out_of_range():
+    with pytest.raises(ValueError, match="underlay"):
+        maps.Config(ipaddress.IPv4Network("10.0.0.0/8"), -1).pack()
+
+
+def test_counters_match_the_c_enum():
+    src = build.source().read_text()
+    enum = src[src.index("enum {"):src.index("CN_NCOUNTERS")]
+    names = [w.strip().rstrip(",").removesuffix(" = 0").lower()[3:] for w in enum.splitlines()[1:] if w.strip()]
+    assert tuple(names) == maps.COUNTERS
+    for name in (*maps.PROGRAMS, maps.CONFIG_MAP, maps.VETHS_MAP, maps.STATS_MAP):
+        assert name in src
+
+
+@given(st.lists(st.integers(0, 2**40), min_size=1, max_size=8))
+def test_percpu_sum(values):
+    raw = b"".join(struct.pack("=Q", v) for v in values)
+    assert maps.percpu_sum(raw, len(values)) == sum(values)
+
+
+def test_summarise_totals():
+    out = maps.summarise({"redirect_peer": 2, "redirect_neigh": 3, "pass_ttl": 1, "pass_outside": 4})
+    assert (out["redirect"], out["pass"], out["pass_fib"]) == (5, 5, 0)
+
+
+@pytest.mark.parametrize("text,n", [("0-1\n", 2), ("0\n", 1), ("0,2-5\n", 5), ("0-63", 64)])
+def test_possible_cpus(text, n):
+    assert bpfsys.possible_cpus(text) == n
+
+
+# ---------------------------------------------------------------- resources
+
+
+def test_host_resources_json_round_trip_and_describe(monkeypatch, tmp_path):
+    obj = tmp_path / "crossnet_tc.o"
+    obj.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(build, "find_object", lambda build=True: (obj, None))
+    res = host.host_resources(ctx("vxlan"))
+    kinds = [r.kind for r in res]
+    assert kinds == ["ebpf-programs", "ebpf-config", "ebpf-tc", "ebpf-tc"]
+    assert [r.dev for r in res if r.kind == "ebpf-tc"] == ["eth0", "cnvx7"]
+    for r in res:
+        r.saved["clsact_added"] = True
+        back = Resource.from_json(r.to_json())
+        assert back == r and back.key() == r.key() and back.saved == r.saved
+    pins = host.pin_dir("/var/lib/crossnet/h1", obj)
+    assert res[0].describe().endswith(
+        f"bpftool prog loadall {obj} {pins}/progs type classifier pinmaps {pins}/maps")
+    assert res[2].describe() == (f"tc qdisc add dev eth0 clsact 2>/dev/null; tc filter replace dev eth0 ingress "
+                                 f"pref {host.TC_PREF} handle 1 bpf da pinned {pins}/progs/cn_to_container")
+    assert res[1].describe() == (f"bpftool map update pinned {pins}/maps/cn_config key hex 00 00 00 00 value hex "
+                                 "0a 01 00 00 ff ff 00 00 <ifindex of eth0, 4 bytes little endian> "
+                                 "<ifindex of cnvx7, 4 bytes little endian>  # 10.1.0.0/16")
+    assert [r.kind for r in host.host_resources(ctx("host-gw"))] == ["ebpf-programs", "ebpf-config", "ebpf-tc"]
+
+
+def test_host_resources_without_object_says_why(monkeypatch):
+    monkeypatch.setattr(build, "find_object", lambda build=True: (None, "no clang to compile the eBPF programs"))
+    with pytest.raises(Exception, match="datapath ebpf: no clang"):
+        host.host_resources(ctx())
+
+
+def test_pin_dir_per_state_dir_and_object(tmp_path):
+    one, two = tmp_path / "1.o", tmp_path / "2.o"
+    one.write_bytes(b"one")
+    two.write_bytes(b"two")
+    a, b = host.pin_dir("/var/lib/crossnet/h1", one), host.pin_dir("/var/lib/crossnet/h2", one)
+    c = host.pin_dir("/var/lib/crossnet/h1", two)
+    assert len({a, b, c}) == 3 and a.startswith("/sys/fs/bpf/crossnet/") and host._valid_pin_dir(a) == a
+    assert a.rsplit("/", 1)[0] == c.rsplit("/", 1)[0] == str(host.host_dir("/var/lib/crossnet/h1"))
+
+
+@pytest.mark.parametrize("bad", ["/sys/fs/bpf", "/sys/fs/bpf/crossnet/../../..", "/tmp/x", "/sys/fs/bpf/crossnet/ABC", 3,
+                                 "/sys/fs/bpf/crossnet/0123456789abcdef", "/sys/fs/bpf/crossnet/0123456789abcdef/../x",
+                                 "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef/x"])
+def test_recorded_pin_dir_is_validated(bad):
+    with pytest.raises(ApplyError, match="pin directory"):
+        host._valid_pin_dir(bad)
+    with pytest.raises(ApplyError, match="pin directory"):
+        host.BpfPrograms(bad, "/x.o").remove(None)
+
+
+def test_private_sysfs_of_ip_netns_exec(tmp_path):
+    (tmp_path / "lab-h1").touch()
+    info = ("23 1 0:21 / /sys rw - sysfs sysfs rw\n"
+            "305 23 0:46 / /sys/fs/bpf rw - bpf bpf rw\n"
+            "600 300 0:99 / /sys rw,relatime - sysfs lab-h1 rw\n")
+    assert host.private_sysfs(info, str(tmp_path)) == "lab-h1"
+    assert host.private_sysfs(info.replace("lab-h1", "other"), str(tmp_path)) is None
+    assert host.private_sysfs("23 1 0:21 / /sys rw shared:7 - sysfs sysfs rw\n", str(tmp_path)) is None
+
+
+def test_ensure_bpffs_refuses_an_ephemeral_mount(monkeypatch):
+    monkeypatch.setattr(host, "bpffs_mounted", lambda info=None: False)
+    monkeypatch.setattr(host, "private_sysfs", lambda info=None: "lab-h1")
+    monkeypatch.setattr(host.ctypes, "CDLL", lambda *a, **k: pytest.fail("mounted"))
+    assert "nsenter --net=/run/netns/lab-h1" in host.ensure_bpffs()
+
+
+def test_bpffs_mounted_reads_mountinfo():
+    line = "41 24 0:37 / /sys/fs/bpf rw,nosuid shared:17 - {} bpf rw,mode=700\n"
+    assert host.bpffs_mounted(line.format("bpf"))
+    assert not host.bpffs_mounted(line.format("sysfs"))
+    assert not host.bpffs_mounted("41 24 0:37 / /sys/fs/bpf/x rw - bpf bpf rw\n")
+
+
+# ---------------------------------------------------------------- problem()
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    ebpf._problem.cache_clear()
+    monkeypatch.setattr("platform.machine", lambda: "x86_64")
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    monkeypatch.setattr("shutil.which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(build, "find_object", lambda build=True: (Path("/x.o"), None))
+    monkeypatch.setattr(host, "ensure_bpffs", lambda: None)
+    monkeypatch.setattr(host, "trial_load", lambda obj: None)
+    yield monkeypatch
+    ebpf._problem.cache_clear()
+
+
+def test_problem_none_when_everything_is_there(fresh):
+    assert ebpf.problem() is None
+
+
+@pytest.mark.parametrize("patch,expect", [
+    (("platform.machine", lambda: "aarch64"), "x86_64 only"),
+    (("os.geteuid", lambda: 1000), "needs root"),
+    (("shutil.which", lambda name: None), "no bpftool"),
+])
+def test_problem_paths(fresh, patch, expect):
+    fresh.setattr(*patch)
+    assert expect in ebpf.problem()
+
+
+def test_problem_no_object_no_clang(fresh, tmp_path):
+    fresh.setattr(build, "find_object", REAL_FIND_OBJECT)
+    fresh.setattr(build, "prebuilt", lambda prefix=None: None)
+    fresh.setattr(build, "CACHE_DIR", tmp_path)
+    fresh.setattr("shutil.which", lambda name: None if name == "clang" else f"/usr/bin/{name}")
+    assert ebpf.problem() == "no clang to compile the eBPF programs (Debian: apt install clang libbpf-dev)"
+    assert not any(tmp_path.iterdir())
+
+
+def test_problem_bpffs_and_kernel(fresh):
+    fresh.setattr(host, "ensure_bpffs", lambda: "cannot mount bpffs on /sys/fs/bpf: Operation not permitted")
+    assert ebpf.problem().startswith("cannot mount bpffs")
+    ebpf._problem.cache_clear()
+    fresh.setattr(host, "ensure_bpffs", lambda: None)
+    fresh.setattr(host, "trial_load", lambda obj: "the kernel refuses crossnet's eBPF programs (/x.o): invalid argument")
+    assert "kernel refuses" in ebpf.problem()
+
+
+def test_find_object_prefers_prebuilt_then_cache(monkeypatch, tmp_path):
+    pre = tmp_path / "prefix"
+    (pre / build.PREBUILT).parent.mkdir(parents=True)
+    (pre / build.PREBUILT).write_bytes(b"\x7fELF")
+    monkeypatch.setattr("sys.prefix", str(pre))
+    assert build.find_object(build=False) == (pre / build.PREBUILT, None)
+    monkeypatch.setattr("sys.prefix", str(tmp_path / "none"))
+    monkeypatch.setattr(build, "CACHE_DIR", tmp_path / "cache")
+    obj, why = build.find_object(build=False)
+    assert obj is None and "not built yet" in why
+    cached = tmp_path / "cache" / build.source_hash() / build.OBJECT_NAME
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"\x7fELF")
+    assert build.find_object(build=False) == (cached, None)
+
+
+@pytest.mark.parametrize("bad", ["", "a" * 16, "x/y", "../eth0", 3])
+def test_container_interface_names_are_checked_before_the_kernel(bad, monkeypatch):
+    monkeypatch.setattr(host.nl, "open_ipr", lambda: pytest.fail("reached netlink"))
+    for fn in (host.attach_container, host.detach_container):
+        with pytest.raises(ConfigError, match="host_ifname"):
+            fn(ctx(), bad)
+
+
+@pytest.mark.parametrize("obj", ["/etc/passwd", "/nonexistent/crossnet_tc.o", 3])
+def test_only_a_crossnet_object_is_loaded(obj, monkeypatch):
+    monkeypatch.setattr(host, "load", lambda *a: pytest.fail("loaded"))
+    with pytest.raises(ApplyError, match="is not a crossnet_tc.o file"):
+        host.BpfPrograms("/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef", obj).ensure(None)

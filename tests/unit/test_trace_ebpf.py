@@ -1,0 +1,48 @@
+"""crossnet.trace.ebpf: the eBPF programs' counters as trace hops (pure part, fakes)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from crossnet.ebpf import host as ebpf_host
+from crossnet.ebpf.maps import summarise
+from crossnet.trace import ebpf as trace_ebpf
+from crossnet.trace.model import Hop
+
+
+def pairs(**values: int) -> dict[str, tuple[int, int]]:
+    return {k: (v, 0) for k, v in summarise(values).items()}
+
+
+def test_one_hop_per_host_after_its_last_hop():
+    hops = [Hop("h1", "veth1", "veth", "a"), Hop("h1", "eth0", "nic", "b"), Hop("h2", "eth0", "nic", "c"),
+            Hop("h2", "veth9", "veth", "d")]
+    before = {"ebpf:h1": pairs(redirect_neigh=10, pass_ttl=1), "ebpf:h2": pairs()}
+    after = {"ebpf:h1": pairs(redirect_neigh=13, redirect_peer=3, pass_ttl=2),
+             "ebpf:h2": pairs(redirect_peer=3, redirect_neigh=3), "h1-view": {}}
+    trace_ebpf.add_hops(hops, before, after)
+    assert [(h.host, h.kind) for h in hops] == [("h1", "veth"), ("h1", "nic"), ("h1", "ebpf"), ("h2", "nic"),
+                                                ("h2", "veth"), ("h2", "ebpf")]
+    h1 = hops[2]
+    assert h1.detail == "tc eBPF: 6 redirected (neigh 3, peer 3), 1 passed to the stack"
+    assert h1.note == "passed to the stack: ttl 1"
+    assert h1.extra["ebpf"]["redirect"] == 6 and h1.moved is None and h1.expect is None
+    assert hops[5].note is None and hops[5].detail.startswith("tc eBPF: 6 redirected")
+
+
+def test_host_without_hops_or_before_reading():
+    hops = [Hop("h1", "eth0", "nic", "b")]
+    trace_ebpf.add_hops(hops, {}, {"ebpf:h3": pairs(redirect_peer=1)})
+    assert len(hops) == 1  # no reading before the probe: no delta, no hop
+    trace_ebpf.add_hops(hops, {"ebpf:h3": pairs()}, {"ebpf:h3": pairs(redirect_peer=1)})
+    assert [(h.host, h.kind) for h in hops] == [("h1", "nic"), ("h3", "ebpf")]
+
+
+def test_counter_sources_only_for_hosts_with_programs(monkeypatch):
+    monkeypatch.setattr(ebpf_host, "loaded", lambda sd: sd == "/s/h1")
+    monkeypatch.setattr(ebpf_host, "counters_at", lambda sd: summarise({"redirect_peer": 4}))
+    hosts = {"h1": SimpleNamespace(name="h1", state_dir=None, ctx=SimpleNamespace(state_dir="/s/h1")),
+             "h2": SimpleNamespace(name="h2", state_dir="/s/h2", ctx=SimpleNamespace(state_dir="/s/h2"))}
+    sources = trace_ebpf.counter_sources(hosts)
+    assert list(sources) == ["ebpf:h1"]
+    assert sources["ebpf:h1"]()["redirect_peer"] == (4, 0)
