@@ -216,3 +216,89 @@ def test_network_without_subnet_gets_the_any_pool_and_crossnets_gateway(env):
         assert "gateway" in err and "\n" not in err
     assert "unknown network" in call(p, "/NetworkDriver.CreateEndpoint",
                                      {"NetworkID": other, "EndpointID": "c" * 64, "Interface": {}})["Err"]
+
+
+# ---- the request path's cost (crossnet bench docker-run) ----------------------------------
+def _stamp(path):
+    st_ = path.stat()
+    return st_.st_ino, st_.st_mtime_ns
+
+
+def test_a_container_costs_three_ipam_writes_and_delete_endpoint_none(env, monkeypatch):
+    """RequestAddress, CreateEndpoint, ReleaseAddress write the IPAM; DeleteEndpoint does
+    not (the binding goes with the entry); only the release is fsync'd with its directory."""
+    import os
+
+    p = env.plugin
+    make_network(p)
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(os.path.isdir(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    before = _stamp(env.tmp / "ipam.json")
+    assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
+    assert _stamp(env.tmp / "ipam.json") == before and not p.endpoint_exists(EID)
+    assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
+    assert not any(k.startswith("docker:") for k in env.pool.entries())
+    assert syncs == [False, False, False, True]  # 2 writes: the file only; the release: file + directory
+
+
+def test_reads_are_cached_until_the_file_changes(env, monkeypatch):
+    """Join re-reads neither docker-networks.json nor the IPAM file while they are
+    unchanged, and sees a change made by another process (a new file: rename)."""
+    from crossnet.ipam import AddressPool as Pool
+
+    p = env.plugin
+    make_network(p)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    reads = []
+    real = Pool._read
+    monkeypatch.setattr(Pool, "_read", lambda self: (reads.append(1), real(self))[1])
+    for _ in range(3):
+        call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})
+    assert reads == []
+    other = Pool(env.tmp / "ipam.json", SUBNET, reserved={GW})  # another process renames a new file in
+    key = next(k for k in other.entries() if k.startswith("docker:"))
+    other.update_meta(key, {"name": "renamed"})
+    assert call(p, "/NetworkDriver.EndpointOperInfo",
+                {"NetworkID": NID, "EndpointID": EID})["Value"]["name"] == "renamed"
+
+
+def test_timings_report_per_request(env):
+    make_network(env.plugin)
+    status, report = env.plugin.handle("/crossnet.Timings", b"")
+    assert status == 200
+    assert report["NetworkDriver.CreateNetwork"]["n"] == 1 and report["NetworkDriver.CreateNetwork"]["mean_ms"] >= 0
+    assert report["IpamDriver.RequestAddress"]["n"] == 1  # the gateway
+
+
+def test_raw_veth_messages():
+    """The fast path's netlink messages: a veth pair with both ends here (no
+    IFLA_NET_NS_FD) and the kernel's MAC for the host end; a delete by name."""
+    import struct
+
+    from crossnet.netlink import raw as nlraw
+    from crossnet.netlink.const import IFLA_ADDRESS, IFLA_NET_NS_FD, RTM_DELLINK
+
+    def attrs(body, start=16):
+        out, off = [], start
+        while off + 4 <= len(body):
+            length, kind = struct.unpack_from("=HH", body, off)
+            out.append((kind & 0x7FFF, body[off + 4:off + length]))
+            off += (length + 3) & ~3
+        return out
+
+    _t, _f, body, _w = nlraw.veth_create("cnvabc", 1450, None, 7, "tmpabc", "0a:58:0a:20:01:03", None)
+    assert IFLA_ADDRESS not in [k for k, _ in attrs(body)]  # the host end: the kernel's MAC
+    _t, _f, with_ns, _w = nlraw.veth_create("cnvabc", 1450, "0a:58:0a:20:01:04", 7, "tmpabc", "0a:58:0a:20:01:03", 5)
+    assert IFLA_ADDRESS in [k for k, _ in attrs(with_ns)]
+    # the peer's attributes (inside IFLA_LINKINFO/IFLA_INFO_DATA/VETH_INFO_PEER): no netns fd when None
+    ns_attr = struct.pack("=HHI", 8, IFLA_NET_NS_FD, 5)
+    assert ns_attr in with_ns and struct.pack("=HH", 8, IFLA_NET_NS_FD) not in body
+    assert len(with_ns) == len(body) + 12 + 8  # + the host end's MAC, + the peer's netns fd
+    mtype, flags, body, what = nlraw.link_del("cnvabc")
+    assert mtype == RTM_DELLINK and b"cnvabc\0" in body and "cnvabc" in what
