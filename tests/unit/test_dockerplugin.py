@@ -125,6 +125,9 @@ def test_errors(env):
     assert "not this host's crossnet subnet" in call(p, "/IpamDriver.RequestPool", {"Pool": "10.99.0.0/24"})["Error"]
     assert "IPv4" in call(p, "/IpamDriver.RequestPool", {"Pool": str(SUBNET), "V6": True})["Error"]
     assert "unknown pool" in call(p, "/IpamDriver.RequestAddress", {"PoolID": "other"})["Error"]
+    # a network made for the subnet this host had before a new lease: say what to do
+    moved = call(p, "/IpamDriver.RequestAddress", {"PoolID": "crossnet/10.32.7.0/24"})["Error"]
+    assert "made for subnet 10.32.7.0/24" in moved and "now 10.32.1.0/24" in moved and "docker network rm" in moved
     make_network(p)
     taken = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.32.1.9"})["Address"]
     assert taken == "10.32.1.9/24"

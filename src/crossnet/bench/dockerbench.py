@@ -23,7 +23,7 @@ def run(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict[str, Any
         d.start_plugin()
         d.start_daemon()
         d.ensure_image()
-        d.create_network()
+        d.wait_network()
         rc.log(f"docker: warm-up, then {runs} × run --rm per network (interleaved)")
         out.update(interleaved_runs(lambda net: d.argv("run", "--rm", "--network", net, ld.IMAGE, "true"),
                                     NETWORKS, runs, what="docker run", ref="docker bridge", mine="crossnet driver"))

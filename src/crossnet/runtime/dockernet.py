@@ -65,7 +65,7 @@ class NetworkCreator:
     ``client`` has ``request(method, path, body=None) -> (status, data)`` (EngineClient)."""
 
     def __init__(self, client: Any, name: str, subnet: Callable[[], tuple[str, str]],
-                 log: Callable[[str], None], *, first_delay: float = 0.2, max_delay: float = 5.0,
+                 log: Callable[[str], None], *, first_delay: float = 0.2, max_delay: float = 2.0,
                  max_tries: int | None = None):
         self.client = client
         self.name = check_name(name)

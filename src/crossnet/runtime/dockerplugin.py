@@ -189,6 +189,10 @@ class DockerPlugin:
 
     def _check_pool_id(self, body: dict[str, Any], pool: Any) -> None:
         pid = _str(body, "PoolID")
+        if pid != self._pool_id(pool) and pid.startswith(f"{ADDRESS_SPACE}/") and pid != f"{ADDRESS_SPACE}/{ANY_POOL}":
+            raise PluginError(f"PoolID: this Docker network was made for subnet {pid.split('/', 1)[1][:40]}, but this "
+                              f"host's crossnet subnet is now {pool.subnet}: remove the network once no container "
+                              "uses it (docker network rm) and restart crossnet docker-plugin to recreate it")
         if pid != self._pool_id(pool):
             raise PluginError(f"PoolID: unknown pool {pid[:60]!r} (this host's crossnet pool is {self._pool_id(pool)})")
 
@@ -404,6 +408,16 @@ class DockerPlugin:
             while len(self._deleted) > 4096:
                 del self._deleted[next(iter(self._deleted))]
         return {}
+
+    def subnet_gateway(self) -> tuple[str, str]:
+        """(this host's subnet, crossnet's gateway) for the network the plugin creates
+        (crossnet.runtime.dockernet); CrossnetError while the host has none."""
+        with self._lock:
+            try:
+                ctx, _backend, pool = self.context()
+            except PluginError as exc:
+                raise CrossnetError(str(exc)) from None
+            return str(pool.subnet), str(ctx.gateway)
 
     def endpoint_exists(self, eid: str) -> bool:
         with self._lock:
