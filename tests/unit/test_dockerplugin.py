@@ -305,3 +305,17 @@ def test_raw_veth_messages():
     assert len(with_ns) == len(body) + 12 + 8  # + the host end's MAC, + the peer's netns fd
     mtype, flags, body, what = nlraw.link_del("cnvabc")
     assert mtype == RTM_DELLINK and b"cnvabc\0" in body and "cnvabc" in what
+
+
+def test_bench_report_lists_the_plugins_time_per_request():
+    from crossnet.bench.report import docker_run_section
+
+    dk = {"status": "ok", "runs": 2, "backend": "vxlan", "load_before": [1.0],
+          "run_s": {"none": {"n": 2, "median": 1.0, "min": 1.0, "max": 1.0},
+                    "crossnet driver": {"n": 2, "median": 1.1, "min": 1.1, "max": 1.1}},
+          "added_s": {"crossnet driver": 0.1},
+          "plugin_ms": {"NetworkDriver.Join": {"n": 3, "mean_ms": 4.5}, "Plugin.Activate": {"n": 1, "mean_ms": 0.01},
+                        "NetworkDriver.DeleteEndpoint": {"n": 3, "mean_ms": 17.0}}}
+    text = "\n".join(docker_run_section(dk))
+    assert "time per request (mean ms, HTTP not included): DeleteEndpoint 17.0, Join 4.5." in text
+    assert "Activate" not in text  # once per plugin, not per container
