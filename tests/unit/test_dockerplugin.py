@@ -93,6 +93,7 @@ def test_full_lifecycle_shares_ipam_and_is_idempotent(env):
     [(kind, host_if, peer, mac)] = env.kernel.calls
     assert kind == "create" and host_if.startswith("cnv") and peer == join["InterfaceName"]["SrcName"]
     assert mac == first["Interface"]["MacAddress"]
+    p.flush()  # the writer thread's job (the binding is written after the answer)
     key = next(k for k in env.pool.entries() if k.startswith("docker:"))
     assert env.pool.get(key).meta["endpoint"] == EID and env.pool.get(key).meta["host_if"] == host_if
     assert p.endpoint_exists(EID)
@@ -227,25 +228,71 @@ def _stamp(path):
     return st_.st_ino, st_.st_mtime_ns
 
 
-def test_a_container_costs_three_ipam_writes_and_delete_endpoint_none(env, monkeypatch):
-    """RequestAddress, CreateEndpoint, ReleaseAddress write the IPAM; DeleteEndpoint does
-    not (the binding goes with the entry); only the release is fsync'd with its directory."""
+def test_the_request_path_writes_the_ipam_twice(env, monkeypatch):
+    """On the request path only RequestAddress (file fsync'd, not its directory) and
+    ReleaseAddress (both) write the IPAM; CreateEndpoint's binding is written after the
+    answer (the writer thread: flush), DeleteEndpoint writes nothing."""
     import os
 
     p = env.plugin
     make_network(p)
+    woken = []
+    monkeypatch.setattr(p, "_write_soon", lambda: woken.append(1))  # the writer thread, driven by hand here
     syncs = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(os.path.isdir(f"/proc/self/fd/{fd}")), real_fsync(fd)))
     addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    assert syncs == [False]
+    before = _stamp(env.tmp / "ipam.json")
     call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
-    call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    assert woken == [1] and _stamp(env.tmp / "ipam.json") == before  # not written yet: Join works all the same
+    join = call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    assert join["InterfaceName"]["SrcName"] and env.kernel.veths
+    assert call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})["Value"]["host_if"]
+    p.flush()
+    assert syncs == [False, False]
+    [key] = [k for k in env.pool.entries() if k.startswith("docker:")]
+    assert env.pool.get(key).meta["endpoint"] == EID
+    again = DockerPlugin(p._context, env.kernel, p.networks_path)  # a restarted plugin finds it on disk
+    assert again.endpoint_exists(EID)
     before = _stamp(env.tmp / "ipam.json")
     assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
-    assert _stamp(env.tmp / "ipam.json") == before and not p.endpoint_exists(EID)
+    assert _stamp(env.tmp / "ipam.json") == before and not p.endpoint_exists(EID) and not env.kernel.veths
     assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
     assert not any(k.startswith("docker:") for k in env.pool.entries())
-    assert syncs == [False, False, False, True]  # 2 writes: the file only; the release: file + directory
+    assert syncs == [False, False, False, True]  # the release: file + directory
+
+
+def test_a_binding_released_before_it_was_written_is_not_resurrected(env, monkeypatch):
+    p = env.plugin
+    make_network(p)
+    monkeypatch.setattr(p, "_write_soon", lambda: None)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})
+    call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr})
+    p.flush()
+    assert not any(k.startswith("docker:") for k in env.pool.entries()) and not p._pending
+    # the same address handed out again binds to the new endpoint, not the old one
+    addr2 = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": addr.split("/")[0]})["Address"]
+    other = "d" * 64
+    assert "Err" not in call(p, "/NetworkDriver.CreateEndpoint",
+                             {"NetworkID": NID, "EndpointID": other, "Interface": {"Address": addr2}})
+    assert p.endpoint_exists(other) and not p.endpoint_exists(EID)
+
+
+def test_the_writer_thread_writes_the_binding(env):
+    p = env.plugin
+    make_network(p)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(a.meta.get("endpoint") == EID for a in env.pool.entries().values()):
+        time.sleep(0.01)
+    assert any(a.meta.get("endpoint") == EID for a in env.pool.entries().values())
 
 
 def test_reads_are_cached_until_the_file_changes(env, monkeypatch):

@@ -110,6 +110,11 @@ class DockerPlugin:
         self._lock = threading.Lock()
         self._files = StatCache()
         self._deleted: dict[str, None] = {}  # endpoints deleted, entry not yet released (insertion order)
+        # CreateEndpoint's binding (IPAM key -> (pool, meta)) until the writer thread has put
+        # it in the IPAM file: the write (an fsync) is off the request path (flush())
+        self._pending: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
         self.timings: dict[str, list[float]] = {}  # path -> [count, total seconds] (GET /crossnet.Timings)
         self.routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/Plugin.Activate": lambda _b: {"Implements": ["NetworkDriver", "IpamDriver"]},
@@ -265,7 +270,8 @@ class DockerPlugin:
         for key, alloc in self._entries(pool).items():
             if key.startswith(KEY_PREFIX) and alloc.address == addr:
                 pool.release(key)
-                self._deleted.pop(alloc.meta.get("endpoint"), None)
+                pending = self._pending.pop(key, None)
+                self._deleted.pop(alloc.meta.get("endpoint") or (pending[1].get("endpoint") if pending else None), None)
         return {}
 
     # ---- network driver -------------------------------------------------------------------
@@ -321,10 +327,46 @@ class DockerPlugin:
         return {}
 
     def _endpoint(self, pool: Any, eid: str) -> tuple[str, Any] | None:
-        for key, alloc in self._entries(pool).items():
-            if key.startswith(KEY_PREFIX) and alloc.meta.get("endpoint") == eid:
+        import dataclasses
+
+        entries = self._entries(pool)
+        for key, (_pool, meta) in list(self._pending.items()):
+            if meta.get("endpoint") == eid:
+                if key not in entries:  # released meanwhile
+                    return None
+                return key, dataclasses.replace(entries[key], meta={**entries[key].meta, **meta})
+        for key, alloc in entries.items():
+            if key.startswith(KEY_PREFIX) and alloc.meta.get("endpoint") == eid and key not in self._pending:
                 return key, alloc
         return None
+
+    def flush(self) -> None:
+        """Write the pending endpoint bindings to the IPAM file (the writer thread; at
+        shutdown; tests). An entry released meanwhile is skipped."""
+        with self._lock:
+            items = dict(self._pending)
+        for key, (pool, meta) in items.items():
+            with contextlib.suppress(IpamError):
+                pool.update_meta(key, meta, durable=False)  # as the allocation (request_address)
+        with self._lock:
+            for key, item in items.items():
+                if self._pending.get(key) is item:
+                    del self._pending[key]
+
+    def _write_soon(self) -> None:
+        if self._writer is None:
+            def run() -> None:
+                while True:
+                    self._wake.wait()
+                    self._wake.clear()
+                    try:
+                        self.flush()
+                    except Exception as exc:  # noqa: BLE001 - logged; the next binding retries all
+                        sys.stderr.write(f"crossnet docker-plugin: writing endpoint bindings: {_one_line(str(exc))}\n")
+
+            self._writer = threading.Thread(target=run, name="crossnet-docker-ipam", daemon=True)
+            self._writer.start()
+        self._wake.set()
 
     def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         from crossnet.containers import container_mac, host_ifname
@@ -346,7 +388,8 @@ class DockerPlugin:
         found = self._endpoint(pool, eid)
         if found is None:
             found = next(((k, a) for k, a in self._entries(pool).items()
-                          if k.startswith(KEY_PREFIX) and a.address == addr and not a.meta.get("endpoint")), None)
+                          if k.startswith(KEY_PREFIX) and a.address == addr and not a.meta.get("endpoint")
+                          and k not in self._pending), None)
         if found is None or found[1].address != addr:
             raise PluginError(f"Interface.Address: {addr} was not handed out by crossnet's IPAM "
                               "(create the network with --ipam-driver crossnet)")
@@ -355,7 +398,10 @@ class DockerPlugin:
         meta = {"endpoint": eid, "network": nid, "host_if": host_ifname(eid), "ifname": "eth0",
                 "mac": mac.lower() or container_mac(addr)}
         if any(alloc.meta.get(k) != v for k, v in meta.items()):
-            pool.update_meta(key, meta, durable=False)  # as the allocation (request_address)
+            # written by the writer thread, not before the answer: a plugin killed before it
+            # only loses the binding (Join of this endpoint fails; Delete/Release work without)
+            self._pending[key] = (pool, meta)
+            self._write_soon()
         return {} if mac else {"Interface": {"MacAddress": meta["mac"]}}
 
     def endpoint_oper_info(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -688,5 +734,6 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+        plugin.flush()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)
