@@ -4,15 +4,15 @@ against a fake Docker Engine API served over a unix socket in a temp dir."""
 from __future__ import annotations
 
 import json
-import socketserver
 import threading
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.runtime.dockernet import NetworkCreator, check_name, existing_note, network_config
 from crossnet.runtime.engines import EngineClient
+from tests.unit.test_cni_runtimes import _Handler as EngineHandler  # its JSON answers (_send)
+from tests.unit.test_cni_runtimes import _Server
 
 SUBNET, GW = "10.32.1.0/24", "10.32.1.1"
 
@@ -27,22 +27,14 @@ class FakeDocker:
         self.requests: list[tuple[str, str, object]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self, status: int, body: object) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(EngineHandler):
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, None))
                 name = self.path.rsplit("/", 1)[-1]
                 if name in fake.networks:
-                    self._answer(200, fake.networks[name])
+                    self._send(200, fake.networks[name])
                 else:
-                    self._answer(404, {"message": f"network {name} not found"})
+                    self._send(404, {"message": f"network {name} not found"})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -51,17 +43,11 @@ class FakeDocker:
                     cfg = body["IPAM"]["Config"]
                     fake.networks[body["Name"]] = {"Name": body["Name"], "Driver": body["Driver"],
                                                    "IPAM": {"Driver": body["IPAM"]["Driver"], "Config": cfg}}
-                    self._answer(201, {"Id": "n" * 64, "Warning": ""})
+                    self._send(201, {"Id": "n" * 64, "Warning": ""})
                 else:
-                    self._answer(fake.create_status, {"message": "plugin not found"})
+                    self._send(fake.create_status, {"message": "plugin not found"})
 
-            def log_message(self, *_a) -> None:
-                pass
-
-        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-            daemon_threads = True
-
-        self.server_cls, self.handler = Server, Handler
+        self.server_cls, self.handler = _Server, Handler
         self.server = None
 
     def start(self) -> None:
