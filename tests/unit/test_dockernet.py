@@ -9,9 +9,16 @@ import threading
 import pytest
 
 from crossnet.errors import ConfigError, CrossnetError
-from crossnet.runtime.dockernet import NetworkCreator, check_name, existing_note, network_config
+from crossnet.runtime.dockernet import (
+    NetworkCreator,
+    check_name,
+    existing_note,
+    network_config,
+)
 from crossnet.runtime.engines import EngineClient
-from tests.unit.test_cni_runtimes import _Handler as EngineHandler  # its JSON answers (_send)
+from tests.unit.test_cni_runtimes import (
+    _Handler as EngineHandler,  # its JSON answers (_send)
+)
 from tests.unit.test_cni_runtimes import _Server
 
 SUBNET, GW = "10.32.1.0/24", "10.32.1.1"
@@ -175,6 +182,6 @@ def test_cli_rejects_a_bad_network_name_before_anything(tmp_path):
     sock = tmp_path / "p.sock"
     proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path / "s"), "docker-plugin",
                            "--socket", str(sock), "--network-name", "bad name"],
-                          capture_output=True, text=True, timeout=60, env=os.environ)
+                          capture_output=True, text=True, timeout=60, env=os.environ, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("crossnet: error: --network-name:"), proc.stderr
     assert not sock.exists() and not (tmp_path / "s").exists()

@@ -350,7 +350,7 @@ def test_raw_veth_messages():
     ns_attr = struct.pack("=HHI", 8, IFLA_NET_NS_FD, 5)
     assert ns_attr in with_ns and struct.pack("=HH", 8, IFLA_NET_NS_FD) not in body
     assert len(with_ns) == len(body) + 12 + 8  # + the host end's MAC, + the peer's netns fd
-    mtype, flags, body, what = nlraw.link_del("cnvabc")
+    mtype, _flags, body, what = nlraw.link_del("cnvabc")
     assert mtype == RTM_DELLINK and b"cnvabc\0" in body and "cnvabc" in what
 
 

@@ -48,6 +48,3 @@ def plugin_timings(socket_path: str) -> dict[str, Any]:
     finally:
         conn.close()
     return data if isinstance(data, dict) else {}
-
-    return runtime_run_bench("dockerd", "dockerd not installed (apt-get install docker.io)", "docker-plugin", backend,
-                             runs, measure)
