@@ -98,11 +98,14 @@ class AddressPool:
         requested: IPv4Address | None = None,
         meta: dict[str, Any] | None = None,
         meta_for: Callable[[IPv4Address], dict[str, Any]] | None = None,
+        durable: bool = True,
     ) -> Allocation:
         """Address for ``key``: its existing one, ``requested``, or the next free one
         after the last handed out (round robin, wrapping). Existing meta is kept; a new
         allocation records ``meta`` plus ``meta_for(address)`` (metadata that depends
-        on the address, e.g. a MAC derived from it) in the same write."""
+        on the address, e.g. a MAC derived from it) in the same write. ``durable=False``:
+        the write survives a crash of the process, not necessarily a power loss
+        (write_text_atomic's sync_dir; for a caller whose allocation dies with the machine)."""
         with self._locked():
             state = self._read()
             existing = state.allocations.get(key)
@@ -120,7 +123,7 @@ class AddressPool:
                                created=True, previous_last=state.last)
             state.allocations[key] = alloc
             state.last = address
-            self._write(state)
+            self._write(state, durable)
             return alloc
 
     def release(self, key: str) -> Allocation | None:
@@ -175,15 +178,16 @@ class AddressPool:
     def entries(self) -> dict[str, Allocation]:
         return self._read().allocations
 
-    def update_meta(self, key: str, meta: dict[str, Any]) -> None:
-        """Merge ``meta`` into the allocation's meta (``dict.update``)."""
+    def update_meta(self, key: str, meta: dict[str, Any], durable: bool = True) -> None:
+        """Merge ``meta`` into the allocation's meta (``dict.update``; ``durable``: as
+        for allocate)."""
         with self._locked():
             state = self._read()
             alloc = state.allocations.get(key)
             if alloc is None:
                 raise IpamError(f"no address allocated for '{key}' in {self.path}")
             alloc.meta.update(meta)
-            self._write(state)
+            self._write(state, durable)
 
     # ---- choosing addresses
 
@@ -255,7 +259,7 @@ class AddressPool:
             raise IpamError(f"{self.path}: malformed IPAM state: {exc!r}") from exc
         return _State(last, allocations)
 
-    def _write(self, state: _State) -> None:
+    def _write(self, state: _State, durable: bool = True) -> None:
         data = {
             "version": STATE_VERSION,
             "subnet": str(self.subnet),
@@ -265,4 +269,4 @@ class AddressPool:
                 for key, a in state.allocations.items()
             },
         }
-        write_json_atomic(self.path, data)
+        write_json_atomic(self.path, data, sync_dir=durable)

@@ -3,12 +3,14 @@
 One lab (module scope): 3 hosts in their own /24s behind a router (l3), vxlan,
 `lab up --runtime docker-plugin`: per host a dockerd (live-restore) finding its own
 `crossnet docker-plugin` at /run/docker/plugins/crossnet.sock (its private mount
-namespace), `docker network create -d crossnet --ipam-driver crossnet crossnet` (no
---subnet), 2 containers per host with `docker run --network crossnet`. Checked in it:
+namespace), which creates the network `crossnet` itself (--subnet/--gateway of the host),
+2 containers per host with `docker run --network crossnet`. Checked in it:
 
 - all 30 pairs ping, addresses from each host's crossnet subnet, `crossnet status`
-  lists them with their container names, HTTP across hosts;
-- the `--subnet SUBNET` form works too (a second network; `docker run --ip` needs it);
+  lists them with their container names, HTTP across hosts; `docker network inspect`
+  shows the host's subnet and gateway;
+- the literal `docker network create -d crossnet --ipam-driver crossnet NAME` (no
+  --subnet: pool 0.0.0.0/0) works too; `docker run --ip` on the plugin's network;
 - errors come back as Docker's one-line `Err` (address in use; hostile requests);
 - a dockerd restart keeps the running containers connected and leaks nothing; so does a
   restart of the plugin;
@@ -91,10 +93,13 @@ def test_all_pairs_status_names_http(lab):
         subnet = ipaddress.ip_network(st["subnet"])
         assert all(ipaddress.ip_address(named[c]["address"]) in subnet for c in h.containers)
         assert {named[c]["address"] for c in h.containers} == {e.address for e in eps if e.name in h.containers}
+        # the plugin created the network itself, with this host's subnet and crossnet's gateway
         info = json.loads(dk(lab, h.name).run("network", "inspect", "crossnet").stdout)[0]
-        gateway = f"{subnet.network_address + 1}"  # crossnet's gateway; the pool: libnetwork's any-pool
-        assert info["Driver"] == "crossnet" and info["IPAM"]["Config"][0] == {"Subnet": "0.0.0.0/0",
-                                                                              "Gateway": gateway}, info["IPAM"]
+        gateway = f"{subnet.network_address + 1}"
+        assert info["Driver"] == "crossnet" and info["IPAM"]["Config"] == [{"Subnet": str(subnet),
+                                                                            "Gateway": gateway}], info["IPAM"]
+        assert info["IPAM"]["Driver"] == "crossnet"
+        assert "created Docker network 'crossnet'" in (dk(lab, h.name).base / "plugin.log").read_text()
         assert {v["IPv4Address"] for v in info["Containers"].values()} == \
             {f"{named[c]['address'].split('/')[0]}/{subnet.prefixlen}" for c in h.containers}
         mtu = dk(lab, h.name).exec(h.containers[0], "ip", "-o", "link", "show", "eth0").stdout
@@ -103,24 +108,27 @@ def test_all_pairs_status_names_http(lab):
     assert len(http) == 6 and all(x["ok"] for x in http), http
 
 
-def test_subnet_form_and_errors_are_one_line_err(lab):
+def test_literal_create_form_and_errors_are_one_line_err(lab):
     d = dk(lab, "h1")
-    subnet = lab.status("h1")["subnet"]
-    # the --subnet form (what `docker run --ip` needs: Docker wants a user-configured subnet)
-    d.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", "--subnet", subnet, "xnsub")
+    subnet = ipaddress.ip_network(lab.status("h1")["subnet"])
+    # the literal `docker network create -d crossnet --ipam-driver crossnet NAME` (no --subnet) still
+    # works: the pool 0.0.0.0/0 (libnetwork's route-overlap loop, docs/docker.md) with crossnet's gateway
+    d.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", "xnany")
     try:
-        info = json.loads(d.run("network", "inspect", "xnsub").stdout)[0]
-        assert info["IPAM"]["Config"][0]["Subnet"] == subnet, info["IPAM"]
+        info = json.loads(d.run("network", "inspect", "xnany").stdout)[0]
+        assert info["IPAM"]["Config"] == [{"Subnet": "0.0.0.0/0", "Gateway": f"{subnet.network_address + 1}"}], \
+            info["IPAM"]
         peer = dk(lab, "h2").inspect(lab.plan.host("h2").containers[0])["NetworkSettings"]["Networks"]["crossnet"]
-        proc = d.run("run", "--rm", "--network", "xnsub", IMAGE, "ping", "-c", "1", "-W", "2", peer["IPAddress"],
+        proc = d.run("run", "--rm", "--network", "xnany", IMAGE, "ping", "-c", "1", "-W", "2", peer["IPAddress"],
                      check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        # `docker run --ip` works on the plugin's network (a user-configured subnet for Docker)
         taken = d.inspect(lab.plan.host("h1").containers[0])["NetworkSettings"]["Networks"]["crossnet"]["IPAddress"]
         before = host_state(lab, "h1")
-        proc = d.run("run", "--rm", "--network", "xnsub", "--ip", taken, IMAGE, "true", check=False)
+        proc = d.run("run", "--rm", "--network", "crossnet", "--ip", taken, IMAGE, "true", check=False)
         assert proc.returncode != 0 and f"{taken} is in use" in proc.stderr, proc.stderr
     finally:
-        d.run("network", "rm", "xnsub", check=False)
+        d.run("network", "rm", "xnany", check=False)
     for path, raw, want in [
         ("/NetworkDriver.Join", b'{"NetworkID": "../../etc", "EndpointID": "x"}', "NetworkID: expected an id"),
         ("/NetworkDriver.CreateEndpoint", b'{"NetworkID": "' + b"f" * 64 + b'", "EndpointID": "e"}',
@@ -151,9 +159,14 @@ def test_dockerd_and_plugin_restart_keep_containers_connected_and_leak_nothing(l
     # and the restarted dockerd still drives the driver
     d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", eps[-1].address)
     assert host_state(lab, "h1") == before
-    # a crossnet restart (the plugin process): networks and addresses are on disk
+    # a crossnet restart (the plugin process): networks and addresses are on disk; the
+    # plugin's network exists and is left alone (it has containers)
     d.stop_plugin()
     d.start_plugin()
+    deadline = time.monotonic() + 30
+    while "exists (subnet" not in (d.base / "plugin.log").read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "Docker network 'crossnet' exists (subnet" in (d.base / "plugin.log").read_text()
     d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", eps[-1].address)
     assert host_state(lab, "h1") == before
 

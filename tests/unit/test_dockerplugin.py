@@ -93,6 +93,7 @@ def test_full_lifecycle_shares_ipam_and_is_idempotent(env):
     [(kind, host_if, peer, mac)] = env.kernel.calls
     assert kind == "create" and host_if.startswith("cnv") and peer == join["InterfaceName"]["SrcName"]
     assert mac == first["Interface"]["MacAddress"]
+    p.flush()  # the writer thread's job (the binding is written after the answer)
     key = next(k for k in env.pool.entries() if k.startswith("docker:"))
     assert env.pool.get(key).meta["endpoint"] == EID and env.pool.get(key).meta["host_if"] == host_if
     assert p.endpoint_exists(EID)
@@ -125,6 +126,9 @@ def test_errors(env):
     assert "not this host's crossnet subnet" in call(p, "/IpamDriver.RequestPool", {"Pool": "10.99.0.0/24"})["Error"]
     assert "IPv4" in call(p, "/IpamDriver.RequestPool", {"Pool": str(SUBNET), "V6": True})["Error"]
     assert "unknown pool" in call(p, "/IpamDriver.RequestAddress", {"PoolID": "other"})["Error"]
+    # a network made for the subnet this host had before a new lease: say what to do
+    moved = call(p, "/IpamDriver.RequestAddress", {"PoolID": "crossnet/10.32.7.0/24"})["Error"]
+    assert "made for subnet 10.32.7.0/24" in moved and "now 10.32.1.0/24" in moved and "docker network rm" in moved
     make_network(p)
     taken = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "10.32.1.9"})["Address"]
     assert taken == "10.32.1.9/24"
@@ -216,3 +220,149 @@ def test_network_without_subnet_gets_the_any_pool_and_crossnets_gateway(env):
         assert "gateway" in err and "\n" not in err
     assert "unknown network" in call(p, "/NetworkDriver.CreateEndpoint",
                                      {"NetworkID": other, "EndpointID": "c" * 64, "Interface": {}})["Err"]
+
+
+# ---- the request path's cost (crossnet bench docker-run) ----------------------------------
+def _stamp(path):
+    st_ = path.stat()
+    return st_.st_ino, st_.st_mtime_ns
+
+
+def test_the_request_path_writes_the_ipam_twice(env, monkeypatch):
+    """On the request path only RequestAddress (file fsync'd, not its directory) and
+    ReleaseAddress (both) write the IPAM; CreateEndpoint's binding is written after the
+    answer (the writer thread: flush), DeleteEndpoint writes nothing."""
+    import os
+
+    p = env.plugin
+    make_network(p)
+    woken = []
+    monkeypatch.setattr(p, "_write_soon", lambda: woken.append(1))  # the writer thread, driven by hand here
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(os.path.isdir(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    assert syncs == [False]
+    before = _stamp(env.tmp / "ipam.json")
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    assert woken == [1] and _stamp(env.tmp / "ipam.json") == before  # not written yet: Join works all the same
+    join = call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    assert join["InterfaceName"]["SrcName"] and env.kernel.veths
+    assert call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})["Value"]["host_if"]
+    p.flush()
+    assert syncs == [False, False]
+    [key] = [k for k in env.pool.entries() if k.startswith("docker:")]
+    assert env.pool.get(key).meta["endpoint"] == EID
+    again = DockerPlugin(p._context, env.kernel, p.networks_path)  # a restarted plugin finds it on disk
+    assert again.endpoint_exists(EID)
+    before = _stamp(env.tmp / "ipam.json")
+    assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
+    assert _stamp(env.tmp / "ipam.json") == before and not p.endpoint_exists(EID) and not env.kernel.veths
+    assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
+    assert not any(k.startswith("docker:") for k in env.pool.entries())
+    assert syncs == [False, False, False, True]  # the release: file + directory
+
+
+def test_a_binding_released_before_it_was_written_is_not_resurrected(env, monkeypatch):
+    p = env.plugin
+    make_network(p)
+    monkeypatch.setattr(p, "_write_soon", lambda: None)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID})
+    call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr})
+    p.flush()
+    assert not any(k.startswith("docker:") for k in env.pool.entries()) and not p._pending
+    # the same address handed out again binds to the new endpoint, not the old one
+    addr2 = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": addr.split("/")[0]})["Address"]
+    other = "d" * 64
+    assert "Err" not in call(p, "/NetworkDriver.CreateEndpoint",
+                             {"NetworkID": NID, "EndpointID": other, "Interface": {"Address": addr2}})
+    assert p.endpoint_exists(other) and not p.endpoint_exists(EID)
+
+
+def test_the_writer_thread_writes_the_binding(env):
+    p = env.plugin
+    make_network(p)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any(a.meta.get("endpoint") == EID for a in env.pool.entries().values()):
+        time.sleep(0.01)
+    assert any(a.meta.get("endpoint") == EID for a in env.pool.entries().values())
+
+
+def test_reads_are_cached_until_the_file_changes(env, monkeypatch):
+    """Join re-reads neither docker-networks.json nor the IPAM file while they are
+    unchanged, and sees a change made by another process (a new file: rename)."""
+    from crossnet.ipam import AddressPool as Pool
+
+    p = env.plugin
+    make_network(p)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
+    call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    reads = []
+    real = Pool._read
+    monkeypatch.setattr(Pool, "_read", lambda self: (reads.append(1), real(self))[1])
+    for _ in range(3):
+        call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})
+    assert reads == []
+    other = Pool(env.tmp / "ipam.json", SUBNET, reserved={GW})  # another process renames a new file in
+    key = next(k for k in other.entries() if k.startswith("docker:"))
+    other.update_meta(key, {"name": "renamed"})
+    assert call(p, "/NetworkDriver.EndpointOperInfo",
+                {"NetworkID": NID, "EndpointID": EID})["Value"]["name"] == "renamed"
+
+
+def test_timings_report_per_request(env):
+    make_network(env.plugin)
+    status, report = env.plugin.handle("/crossnet.Timings", b"")
+    assert status == 200
+    assert report["NetworkDriver.CreateNetwork"]["n"] == 1 and report["NetworkDriver.CreateNetwork"]["mean_ms"] >= 0
+    assert report["IpamDriver.RequestAddress"]["n"] == 1  # the gateway
+
+
+def test_raw_veth_messages():
+    """The fast path's netlink messages: a veth pair with both ends here (no
+    IFLA_NET_NS_FD) and the kernel's MAC for the host end; a delete by name."""
+    import struct
+
+    from crossnet.netlink import raw as nlraw
+    from crossnet.netlink.const import IFLA_ADDRESS, IFLA_NET_NS_FD, RTM_DELLINK
+
+    def attrs(body, start=16):
+        out, off = [], start
+        while off + 4 <= len(body):
+            length, kind = struct.unpack_from("=HH", body, off)
+            out.append((kind & 0x7FFF, body[off + 4:off + length]))
+            off += (length + 3) & ~3
+        return out
+
+    _t, _f, body, _w = nlraw.veth_create("cnvabc", 1450, None, 7, "tmpabc", "0a:58:0a:20:01:03", None)
+    assert IFLA_ADDRESS not in [k for k, _ in attrs(body)]  # the host end: the kernel's MAC
+    _t, _f, with_ns, _w = nlraw.veth_create("cnvabc", 1450, "0a:58:0a:20:01:04", 7, "tmpabc", "0a:58:0a:20:01:03", 5)
+    assert IFLA_ADDRESS in [k for k, _ in attrs(with_ns)]
+    # the peer's attributes (inside IFLA_LINKINFO/IFLA_INFO_DATA/VETH_INFO_PEER): no netns fd when None
+    ns_attr = struct.pack("=HHI", 8, IFLA_NET_NS_FD, 5)
+    assert ns_attr in with_ns and struct.pack("=HH", 8, IFLA_NET_NS_FD) not in body
+    assert len(with_ns) == len(body) + 12 + 8  # + the host end's MAC, + the peer's netns fd
+    mtype, _flags, body, what = nlraw.link_del("cnvabc")
+    assert mtype == RTM_DELLINK and b"cnvabc\0" in body and "cnvabc" in what
+
+
+def test_bench_report_lists_the_plugins_time_per_request():
+    from crossnet.bench.report import docker_run_section
+
+    dk = {"status": "ok", "runs": 2, "backend": "vxlan", "load_before": [1.0],
+          "run_s": {"none": {"n": 2, "median": 1.0, "min": 1.0, "max": 1.0},
+                    "crossnet driver": {"n": 2, "median": 1.1, "min": 1.1, "max": 1.1}},
+          "added_s": {"crossnet driver": 0.1},
+          "plugin_ms": {"NetworkDriver.Join": {"n": 3, "mean_ms": 4.5}, "Plugin.Activate": {"n": 1, "mean_ms": 0.01},
+                        "NetworkDriver.DeleteEndpoint": {"n": 3, "mean_ms": 17.0}}}
+    text = "\n".join(docker_run_section(dk))
+    assert "time per request (mean ms, HTTP not included): DeleteEndpoint 17.0, Join 4.5." in text
+    assert "Activate" not in text  # once per plugin, not per container

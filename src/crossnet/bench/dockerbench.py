@@ -23,10 +23,28 @@ def run(rc: RunContext, runs: int = 10, backend: str = "vxlan") -> dict[str, Any
         d.start_plugin()
         d.start_daemon()
         d.ensure_image()
-        d.create_network()
+        d.wait_network()
         rc.log(f"docker: warm-up, then {runs} × run --rm per network (interleaved)")
         out.update(interleaved_runs(lambda net: d.argv("run", "--rm", "--network", net, ld.IMAGE, "true"),
                                     NETWORKS, runs, what="docker run", ref="docker bridge", mine="crossnet driver"))
+        out["plugin_ms"] = plugin_timings(str(d.plugin_socket))
 
     return runtime_run_bench("dockerd", "dockerd not installed (apt-get install docker.io)", "docker-plugin", backend,
                              runs, measure)
+
+
+def plugin_timings(socket_path: str) -> dict[str, Any]:
+    """The plugin's own time per request (GET /crossnet.Timings): {request: {n, mean_ms}},
+    or {} when it does not answer."""
+    from crossnet.runtime.dockerplugin import TIMINGS_PATH
+    from crossnet.unixhttp import UnixHTTPConnection
+
+    conn = UnixHTTPConnection(socket_path, timeout=5.0)
+    try:
+        conn.request("GET", TIMINGS_PATH)
+        data = json.loads(conn.getresponse().read())
+    except (OSError, ValueError):
+        return {}
+    finally:
+        conn.close()
+    return data if isinstance(data, dict) else {}

@@ -826,6 +826,12 @@ def docker_run_section(dk: dict[str, Any]) -> list[str]:
                    f"{dk.get('load_before')}.")
         out.append("")
         out.append(run_table(dk))
+        per = {k.split(".")[-1]: v.get("mean_ms") for k, v in (dk.get("plugin_ms") or {}).items()
+               if isinstance(v, dict) and (v.get("n") or 0) > 1}
+        if per:
+            out.append("")
+            out.append("crossnet driver, the plugin's time per request (mean ms, HTTP not included): "
+                       + ", ".join(f"{k} {v}" for k, v in sorted(per.items(), key=lambda kv: -(kv[1] or 0))) + ".")
     else:
         out.append(f"{dk.get('status')}: {dk.get('reason')}")
     out.append("")

@@ -173,15 +173,21 @@ def register(main: click.Group) -> None:
     @click.option("--docker-host", default=None, metavar="unix:///PATH", envvar="DOCKER_HOST",
                   help="dockerd's API, to learn container names for `crossnet status` (env DOCKER_HOST; "
                        "default /var/run/docker.sock).")
+    @click.option("--create-network/--no-create-network", default=True, show_default=True,
+                  help="Create the Docker network (--network-name) with this host's subnet and gateway once "
+                       "dockerd answers (retried in the background); an existing one is left alone.")
+    @click.option("--network-name", default="crossnet", show_default=True, metavar="NAME",
+                  help="Name of the Docker network --create-network makes.")
     @click.option("-v", "--verbose", is_flag=True, help="Log every request and its answer to stderr (errors always).")
     @click.pass_context
     def docker_plugin_cmd(ctx: click.Context, socket_path: str | None, docker_host: str | None,
-                          verbose: bool) -> None:
+                          create_network: bool, network_name: str, verbose: bool) -> None:
         """Serve Docker's remote network driver + IPAM driver `crossnet` (foreground).
 
         \b
-        docker network create -d crossnet --ipam-driver crossnet crossnet
         docker run --network crossnet ...
+        The plugin creates the Docker network `crossnet` itself (--subnet/--gateway of
+        this host); by hand: docker network create -d crossnet --ipam-driver crossnet NAME.
         Containers get addresses from this host's crossnet subnet (the IPAM `crossnet
         attach` and crossnet-cni use) and are listed by `crossnet status`. See docs/docker.md.
         """
@@ -193,7 +199,27 @@ def register(main: click.Group) -> None:
         api = docker_host or "unix:///var/run/docker.sock"
         if not api.startswith("unix:///"):
             raise ConfigError(f"--docker-host: {api!r}: only unix:///PATH is supported")
+        creator = None
+        if create_network:
+            from crossnet.runtime.dockernet import check_name
+
+            check_name(network_name)
         plugin = make_plugin(ctx.obj["state_dir"], api[len("unix://"):])
-        serve(plugin, path, ready=lambda: click.echo(f"crossnet docker-plugin: serving {path}", err=True),
-              verbose=verbose)
+        if create_network:
+            from crossnet.runtime.dockernet import NetworkCreator
+            from crossnet.runtime.engines import EngineClient
+
+            creator = NetworkCreator(EngineClient(api[len("unix://"):], "docker"), network_name, plugin.subnet_gateway,
+                                     lambda msg: click.echo(f"crossnet docker-plugin: {msg}", err=True))
+
+        def ready() -> None:
+            click.echo(f"crossnet docker-plugin: serving {path}", err=True)
+            if creator is not None:  # dockerd calls back into this plugin: only once it serves
+                creator.start()
+
+        try:
+            serve(plugin, path, ready=ready, verbose=verbose)
+        finally:
+            if creator is not None:
+                creator.stop()
 

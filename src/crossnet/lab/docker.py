@@ -263,10 +263,15 @@ class HostDocker(podman.RuntimeHost):
             return
         self.run("import", "--change", 'CMD ["/bin/sh"]', str(podman.image_tarball()), IMAGE, timeout=300)
 
-    def create_network(self) -> None:
-        """`docker network create -d crossnet --ipam-driver crossnet crossnet` (once)."""
-        if self.run("network", "inspect", NETWORK, check=False).returncode != 0:
-            self.run("network", "create", "-d", "crossnet", "--ipam-driver", "crossnet", NETWORK)
+    def wait_network(self, timeout: float = 60.0) -> None:
+        """Wait for the `crossnet` network `crossnet docker-plugin` creates itself once
+        dockerd answers (--create-network: this host's subnet and gateway)."""
+        deadline = time.monotonic() + timeout
+        while self.run("network", "inspect", NETWORK, check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise CrossnetError(f"{self.netns}: crossnet docker-plugin did not create the Docker network "
+                                    f"{NETWORK!r} in {timeout:.0f}s: {_last_line(self.base / 'plugin.log')}")
+            time.sleep(0.1)
 
     def start(self, name: str, *, network: str | None = None, command: Sequence[str] = ("sleep", "1000000"),
               extra: Sequence[str] = ()) -> str:
@@ -356,9 +361,8 @@ def _stop_service(plan: Any, host: Any) -> None:
 
 def start_containers(plan: Any, host: Any) -> dict[str, str]:
     """--runtime docker: daemon.json by `crossnet docker-config --write` (Docker's default
-    bridge network = crossnet's bridge). --runtime docker-plugin: `crossnet docker-plugin`
-    and `docker network create -d crossnet --ipam-driver crossnet crossnet` (dockerd with
-    live-restore). Then dockerd, the image, and the host's lab containers with plain
+    bridge network = crossnet's bridge). --runtime docker-plugin: `crossnet docker-plugin`,
+    which creates the network `crossnet` itself once dockerd (live-restore) answers. Then dockerd, the image, and the host's lab containers with plain
     `docker run`; returns {name: container id}."""
     d = host_docker(plan, host)
     plugin = podman.runtime_of(plan) == "docker-plugin"
@@ -371,7 +375,7 @@ def start_containers(plan: Any, host: Any) -> dict[str, str]:
     d.start_daemon()
     d.ensure_image()
     if plugin:
-        d.create_network()
+        d.wait_network()
     network = NETWORK if plugin else None
     return {name: d.start(name, network=network, command=("sh", "-c", podman.SERVE)) for name in host.containers}
 

@@ -44,6 +44,7 @@ from crossnet.netlink.const import (
     RTA_GATEWAY,
     RTA_OIF,
     RTEXT_FILTER_SKIP_STATS,
+    RTM_DELLINK,
     RTM_GETLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
@@ -142,19 +143,27 @@ class Rtnl:
 
 
 # ---- message builders: (type, flags, body, what)
-def veth_create(name: str, mtu: int, mac: str, master: int, peer: str, peer_mac: str, peer_netns_fd: int,
-                ) -> tuple[int, int, bytes, str]:
-    """A veth pair: ``name`` here (up, MTU, MAC, enslaved to ``master``) and ``peer``
-    created directly in the namespace ``peer_netns_fd`` (same MTU, ``peer_mac``; down)."""
+def veth_create(name: str, mtu: int, mac: str | None, master: int, peer: str, peer_mac: str,
+                peer_netns_fd: int | None) -> tuple[int, int, bytes, str]:
+    """A veth pair: ``name`` here (up, MTU, MAC — the kernel's when None —, enslaved to
+    ``master``) and ``peer`` created directly in the namespace ``peer_netns_fd`` (here
+    when None; same MTU, ``peer_mac``; down)."""
     # the peer cannot be created up: veth_open() refuses (ENOTCONN) while this end is
     # not registered yet; the caller sets it up inside its namespace
     peer_msg = (_IFINFO.pack(0, 0, 0, 0, 0) + _ifname(peer) + _attr(IFLA_MTU, struct.pack("=I", mtu))
-                + _attr(IFLA_ADDRESS, _mac(peer_mac)) + _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd)))
+                + _attr(IFLA_ADDRESS, _mac(peer_mac)))
+    if peer_netns_fd is not None:
+        peer_msg += _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
     linkinfo = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_msg))
     body = (_IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + _ifname(name) + _attr(IFLA_MTU, struct.pack("=I", mtu))
-            + _attr(IFLA_ADDRESS, _mac(mac)) + _attr(IFLA_MASTER, struct.pack("=I", master))
+            + (_attr(IFLA_ADDRESS, _mac(mac)) if mac else b"") + _attr(IFLA_MASTER, struct.pack("=I", master))
             + _attr(IFLA_LINKINFO, linkinfo))
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"creating veth {name} (peer {peer})"
+
+
+def link_del(name: str) -> tuple[int, int, bytes, str]:
+    """Delete interface ``name`` (ENODEV when there is none)."""
+    return RTM_DELLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + _ifname(name), f"deleting {name}"
 
 
 def link_up(index: int, what: str) -> tuple[int, int, bytes, str]:

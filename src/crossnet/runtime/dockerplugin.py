@@ -20,8 +20,9 @@ Protocol mapping:
   survives plugin restarts); CreateEndpoint binds the endpoint to the allocated address;
   Join creates the veth pair in the host namespace (host side on crossnet's bridge via
   the backend, MTU of the backend) and hands Docker the peer (SrcName), which Docker
-  moves into the container and configures; DeleteEndpoint deletes the veth. Every
-  handler is idempotent.
+  moves into the container and configures; DeleteEndpoint deletes the veth (the IPAM
+  entry, with its endpoint binding, goes with ReleaseAddress). Every handler is
+  idempotent.
 - Errors: ``{"Err": "one line"}`` (the IPAM protocol's key is ``Error``); no subnet
   yet: "run crossnet apply/launch first".
 
@@ -40,6 +41,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -54,6 +56,7 @@ MAX_BODY = 64 * 1024
 _ID = re.compile(r"[A-Za-z0-9]{1,128}")
 ANY_POOL = "0.0.0.0/0"  # RequestPool's answer without --subnet (see request_pool)
 GATEWAY_LABEL = "com.docker.network.gateway"  # libnetwork's netlabel.Gateway in a pool's data
+TIMINGS_PATH = "/crossnet.Timings"  # not Docker's: per-request handler times (crossnet bench docker-run)
 NOT_READY = "this host has no crossnet subnet yet: run crossnet apply/launch first"
 
 
@@ -105,6 +108,14 @@ class DockerPlugin:
         self.networks_path = networks_path
         self.names = names  # called (network id, endpoint id) after a Join: learn the container's name
         self._lock = threading.Lock()
+        self._files = StatCache()
+        self._deleted: dict[str, None] = {}  # endpoints deleted, entry not yet released (insertion order)
+        # CreateEndpoint's binding (IPAM key -> (pool, meta)) until the writer thread has put
+        # it in the IPAM file: the write (an fsync) is off the request path (flush())
+        self._pending: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._wake = threading.Event()
+        self._writer: threading.Thread | None = None
+        self.timings: dict[str, list[float]] = {}  # path -> [count, total seconds] (GET /crossnet.Timings)
         self.routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/Plugin.Activate": lambda _b: {"Implements": ["NetworkDriver", "IpamDriver"]},
             "/NetworkDriver.GetCapabilities": lambda _b: {"Scope": "local", "ConnectivityScope": "global"},
@@ -133,6 +144,8 @@ class DockerPlugin:
         """(HTTP status, JSON answer) for one request. Errors: {"Err": "one line"} (the
         IPAM protocol spells it {"Error": ...})."""
         err_key = "Error" if path.startswith("/IpamDriver.") else "Err"
+        if path == TIMINGS_PATH:
+            return 200, self.timing_report()
         fn = self.routes.get(path)
         if fn is None:
             return 404, {err_key: f"unknown endpoint {_one_line(path)[:80]!r}"}
@@ -148,11 +161,24 @@ class DockerPlugin:
             if not isinstance(body, dict):
                 raise PluginError("request body must be a JSON object")
             with self._lock:
-                return 200, fn(body)
+                t0 = time.monotonic()
+                try:
+                    return 200, fn(body)
+                finally:
+                    t = self.timings.setdefault(path, [0, 0.0])
+                    t[0] += 1
+                    t[1] += time.monotonic() - t0
         except (PluginError, CrossnetError) as exc:
             return 200, {err_key: _one_line(str(exc))}
         except Exception as exc:  # noqa: BLE001 - Docker gets one line, the plugin keeps serving
             return 200, {err_key: _one_line(f"crossnet: {type(exc).__name__}: {exc}")}
+
+    def timing_report(self) -> dict[str, Any]:
+        """{path: {"n": requests, "mean_ms": handler time}} since the plugin started (the
+        handler only: HTTP and JSON around it not included)."""
+        with self._lock:
+            return {p.lstrip("/"): {"n": int(n), "mean_ms": round(total / n * 1000, 3)}
+                    for p, (n, total) in sorted(self.timings.items()) if n}
 
     def context(self) -> tuple[Any, Any, Any]:
         try:
@@ -168,6 +194,10 @@ class DockerPlugin:
 
     def _check_pool_id(self, body: dict[str, Any], pool: Any) -> None:
         pid = _str(body, "PoolID")
+        if pid != self._pool_id(pool) and pid.startswith(f"{ADDRESS_SPACE}/") and pid != f"{ADDRESS_SPACE}/{ANY_POOL}":
+            raise PluginError(f"PoolID: this Docker network was made for subnet {pid.split('/', 1)[1][:40]}, but this "
+                              f"host's crossnet subnet is now {pool.subnet}: remove the network once no container "
+                              "uses it (docker network rm) and restart crossnet docker-plugin to recreate it")
         if pid != self._pool_id(pool):
             raise PluginError(f"PoolID: unknown pool {pid[:60]!r} (this host's crossnet pool is {self._pool_id(pool)})")
 
@@ -219,7 +249,8 @@ class DockerPlugin:
         if addr is not None and addr not in pool.usable:
             raise PluginError(f"Address: {addr} is outside this host's subnet {pool.usable}")
         try:
-            alloc = pool.allocate(f"{KEY_PREFIX}{secrets.token_hex(8)}", addr, meta={"docker": True})
+            # not durable over a power loss: the endpoint dies with the machine (Docker makes a new one)
+            alloc = pool.allocate(f"{KEY_PREFIX}{secrets.token_hex(8)}", addr, meta={"docker": True}, durable=False)
         except IpamError as exc:
             if addr is not None and "already taken" in str(exc):
                 raise PluginError(f"Address: {addr} is in use ({str(exc).split('by ')[-1]})") from None
@@ -236,18 +267,21 @@ class DockerPlugin:
             raise PluginError(f"Address: {want[:60]!r} is not an IPv4 address") from None
         if addr == ctx.gateway:
             return {}
-        for key, alloc in pool.entries().items():
+        for key, alloc in self._entries(pool).items():
             if key.startswith(KEY_PREFIX) and alloc.address == addr:
                 pool.release(key)
+                pending = self._pending.pop(key, None)
+                self._deleted.pop(alloc.meta.get("endpoint") or (pending[1].get("endpoint") if pending else None), None)
         return {}
 
     # ---- network driver -------------------------------------------------------------------
     def _networks(self) -> dict[str, Any]:
-        from crossnet.state import read_json
+        return dict(self._files.get(self.networks_path, _read_networks))
 
-        data = read_json(self.networks_path) if os.path.exists(self.networks_path) else None
-        nets = (data or {}).get("networks") if isinstance(data, dict) else None
-        return {k: v for k, v in (nets or {}).items() if isinstance(k, str) and _ID.fullmatch(k) and isinstance(v, dict)}
+    def _entries(self, pool: Any) -> dict[str, Any]:
+        """pool.entries(), parsed again only when the IPAM file changed (read-only use:
+        every change goes through the pool's own locked read-modify-write)."""
+        return self._files.get(str(pool.path), lambda _p: pool.entries(), key=id(pool))
 
     def _save_networks(self, nets: dict[str, Any]) -> None:
         from pathlib import Path
@@ -293,10 +327,46 @@ class DockerPlugin:
         return {}
 
     def _endpoint(self, pool: Any, eid: str) -> tuple[str, Any] | None:
-        for key, alloc in pool.entries().items():
-            if key.startswith(KEY_PREFIX) and alloc.meta.get("endpoint") == eid:
+        import dataclasses
+
+        entries = self._entries(pool)
+        for key, (_pool, meta) in list(self._pending.items()):
+            if meta.get("endpoint") == eid:
+                if key not in entries:  # released meanwhile
+                    return None
+                return key, dataclasses.replace(entries[key], meta={**entries[key].meta, **meta})
+        for key, alloc in entries.items():
+            if key.startswith(KEY_PREFIX) and alloc.meta.get("endpoint") == eid and key not in self._pending:
                 return key, alloc
         return None
+
+    def flush(self) -> None:
+        """Write the pending endpoint bindings to the IPAM file (the writer thread; at
+        shutdown; tests). An entry released meanwhile is skipped."""
+        with self._lock:
+            items = dict(self._pending)
+        for key, (pool, meta) in items.items():
+            with contextlib.suppress(IpamError):
+                pool.update_meta(key, meta, durable=False)  # as the allocation (request_address)
+        with self._lock:
+            for key, item in items.items():
+                if self._pending.get(key) is item:
+                    del self._pending[key]
+
+    def _write_soon(self) -> None:
+        if self._writer is None:
+            def run() -> None:
+                while True:
+                    self._wake.wait()
+                    self._wake.clear()
+                    try:
+                        self.flush()
+                    except Exception as exc:  # noqa: BLE001 - logged; the next binding retries all
+                        sys.stderr.write(f"crossnet docker-plugin: writing endpoint bindings: {_one_line(str(exc))}\n")
+
+            self._writer = threading.Thread(target=run, name="crossnet-docker-ipam", daemon=True)
+            self._writer.start()
+        self._wake.set()
 
     def create_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
         from crossnet.containers import container_mac, host_ifname
@@ -317,16 +387,21 @@ class DockerPlugin:
             raise PluginError(f"Interface.MacAddress: {mac[:40]!r} is not a MAC address")
         found = self._endpoint(pool, eid)
         if found is None:
-            found = next(((k, a) for k, a in pool.entries().items()
-                          if k.startswith(KEY_PREFIX) and a.address == addr and not a.meta.get("endpoint")), None)
+            found = next(((k, a) for k, a in self._entries(pool).items()
+                          if k.startswith(KEY_PREFIX) and a.address == addr and not a.meta.get("endpoint")
+                          and k not in self._pending), None)
         if found is None or found[1].address != addr:
             raise PluginError(f"Interface.Address: {addr} was not handed out by crossnet's IPAM "
                               "(create the network with --ipam-driver crossnet)")
         key, alloc = found
+        self._deleted.pop(eid, None)
         meta = {"endpoint": eid, "network": nid, "host_if": host_ifname(eid), "ifname": "eth0",
                 "mac": mac.lower() or container_mac(addr)}
         if any(alloc.meta.get(k) != v for k, v in meta.items()):
-            pool.update_meta(key, meta)
+            # written by the writer thread, not before the answer: a plugin killed before it
+            # only loses the binding (Join of this endpoint fails; Delete/Release work without)
+            self._pending[key] = (pool, meta)
+            self._write_soon()
         return {} if mac else {"Interface": {"MacAddress": meta["mac"]}}
 
     def endpoint_oper_info(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -372,9 +447,23 @@ class DockerPlugin:
         found = self._endpoint(pool, eid)
         host_if = found[1].meta.get("host_if") if found else host_ifname(eid)
         self.kernel.delete_veth(ctx, backend, host_if)
-        if found is not None:  # the address stays until IPAM ReleaseAddress; the endpoint binding goes
-            pool.update_meta(found[0], {"endpoint": None, "host_if": None})
+        # the entry (address and endpoint binding) stays until IPAM ReleaseAddress, which
+        # follows: no IPAM write here (a second DeleteEndpoint finds no veth; idempotent)
+        if found is not None:
+            self._deleted[eid] = None
+            while len(self._deleted) > 4096:
+                del self._deleted[next(iter(self._deleted))]
         return {}
+
+    def subnet_gateway(self) -> tuple[str, str]:
+        """(this host's subnet, crossnet's gateway) for the network the plugin creates
+        (crossnet.runtime.dockernet); CrossnetError while the host has none."""
+        with self._lock:
+            try:
+                ctx, _backend, pool = self.context()
+            except PluginError as exc:
+                raise CrossnetError(str(exc)) from None
+            return str(pool.subnet), str(ctx.gateway)
 
     def endpoint_exists(self, eid: str) -> bool:
         with self._lock:
@@ -382,7 +471,7 @@ class DockerPlugin:
                 _ctx, _backend, pool = self.context()
             except PluginError:
                 return False
-            return self._endpoint(pool, eid) is not None
+            return eid not in self._deleted and self._endpoint(pool, eid) is not None
 
     def set_name(self, eid: str, name: str) -> None:
         """Record the container's name on its endpoint's IPAM entry (`crossnet status`)."""
@@ -402,9 +491,75 @@ def _one_line(msg: str) -> str:
     return " ".join(msg.split())[:400] or "error"
 
 
+def _read_networks(path: str) -> dict[str, Any]:
+    from crossnet.state import read_json
+
+    data = read_json(path) if os.path.exists(path) else None
+    nets = (data or {}).get("networks") if isinstance(data, dict) else None
+    return {k: v for k, v in (nets or {}).items() if isinstance(k, str) and _ID.fullmatch(k) and isinstance(v, dict)}
+
+
+class StatCache:
+    """What a loader made of a file, made again only when the file changed: its
+    (inode, mtime, size) differ. crossnet replaces its state files by rename (a new
+    inode), so a write by any process is seen; a missing file is not cached."""
+
+    def __init__(self) -> None:
+        self._items: dict[Any, tuple[tuple[int, int, int], Any]] = {}
+
+    def get(self, path: str, load: Callable[[str], Any], key: Any = None) -> Any:
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return load(path)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        hit = self._items.get((path, key))
+        if hit is not None and hit[0] == stamp:
+            return hit[1]
+        value = load(path)
+        self._items[(path, key)] = (stamp, value)
+        return value
+
+
 # ---- the real kernel ------------------------------------------------------------------------
 class NetlinkKernel:
+    """Join/DeleteEndpoint's kernel work. Backends that plug a port in as a plain bridge
+    port (Backend.attach_port, all of today's) take the fast path: one warm raw
+    rtnetlink socket (crossnet.netlink.raw), the veth pair created up, with its MTU,
+    MAC and bridge master in one request; others go through pyroute2 and the backend."""
+
+    def __init__(self) -> None:
+        self._rtnl: Any = None
+
+    def _plain(self, backend: Any) -> bool:
+        from crossnet.backends.base import Backend
+
+        return (type(backend).attach_port is Backend.attach_port
+                and type(backend).detach_port is Backend.detach_port)
+
+    def _call(self, fn: Callable[[Any], Any]) -> Any:
+        """fn(raw socket), on a fresh socket once more if the warm one failed (not for
+        the kernel refusing a request: RtnlError)."""
+        from crossnet.netlink import raw as nlraw
+
+        for attempt in (0, 1):
+            if self._rtnl is None:
+                self._rtnl = nlraw.Rtnl()
+            try:
+                return fn(self._rtnl)
+            except nlraw.RtnlError:
+                raise
+            except OSError:
+                self._rtnl.sock.close()
+                self._rtnl = None
+                if attempt:
+                    raise
+        return None
+
     def create_veth(self, ctx: Any, backend: Any, host_if: str, peer: str, mac: str) -> None:
+        if self._plain(backend):
+            self._call(lambda r: _raw_create_veth(r, ctx, host_if, peer, mac))
+            return
         from crossnet.containers import NotReady
         from crossnet.netlink import iproute as nl
         from crossnet.plan.env import Env
@@ -423,9 +578,47 @@ class NetlinkKernel:
             ipr.link("set", index=host_idx, state="up")
 
     def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool:
+        if self._plain(backend):
+            return bool(self._call(lambda r: _raw_delete(r, host_if)))
         from crossnet.containers import _remove_host_veth
 
         return _remove_host_veth(ctx, backend, host_if)
+
+
+def _raw_delete(rtnl: Any, name: str) -> bool:
+    """Delete interface ``name``: True if it was there."""
+    from crossnet.netlink import raw as nlraw
+
+    try:
+        rtnl.call([nlraw.link_del(name)])
+    except nlraw.RtnlError as exc:
+        if exc.errno == nlraw.ENODEV:
+            return False
+        raise CrossnetError(str(exc.strerror)) from None
+    return True
+
+
+def _raw_create_veth(rtnl: Any, ctx: Any, host_if: str, peer: str, mac: str) -> None:
+    import errno
+
+    from crossnet.containers import NotReady
+    from crossnet.netlink import raw as nlraw
+
+    bridge = rtnl.ifindex(ctx.bridge)
+    if bridge is None:
+        raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run crossnet apply/launch first")
+    try:
+        rtnl.call([nlraw.veth_create(host_if, ctx.mtu, None, bridge, peer, mac, None)])
+        return
+    except nlraw.RtnlError as exc:
+        if exc.errno != errno.EEXIST:
+            raise CrossnetError(str(exc.strerror)) from None
+    _raw_delete(rtnl, host_if)  # a retried Join: start over with a fresh pair
+    _raw_delete(rtnl, peer)
+    try:
+        rtnl.call([nlraw.veth_create(host_if, ctx.mtu, None, bridge, peer, mac, None)])
+    except nlraw.RtnlError as exc:
+        raise CrossnetError(str(exc.strerror)) from None
 
 
 # ---- the server -----------------------------------------------------------------------------
@@ -435,10 +628,14 @@ def make_plugin(state_dir: str, docker_host: str | None = None) -> DockerPlugin:
     from crossnet.state import StateDir
 
     state = StateDir(state_dir)
+    cache = StatCache()
 
-    def context() -> tuple[Any, Any, Any]:
+    def load(_path: str) -> tuple[Any, Any, Any]:
         ctx, backend = load_context(state)
         return ctx, backend, pool_for(state, ctx)
+
+    def context() -> tuple[Any, Any, Any]:  # read again only when applied.json changed
+        return cache.get(str(state.applied_path), load)
 
     plugin = DockerPlugin(context, NetlinkKernel(), os.path.join(state_dir, "docker-networks.json"))
     if docker_host:
@@ -450,13 +647,13 @@ def make_plugin(state_dir: str, docker_host: str | None = None) -> DockerPlugin:
 def _learn_name(plugin: DockerPlugin, socket_path: str, nid: str, eid: str, tries: int = 40) -> None:
     """After a Join: ask dockerd which container the endpoint belongs to (GET
     /networks/ID lists endpoints with container names once the join completed)."""
-    import time
-
     from crossnet.runtime.engines import EngineClient
 
     client = EngineClient(socket_path, "docker")
     for i in range(tries):
-        time.sleep(0.1 if i == 0 else 0.25)
+        # not at once: a `docker run --rm` container is often gone by then, and dockerd is
+        # not asked while it is still tearing it down (crossnet bench docker-run)
+        time.sleep(0.5 if i == 0 else 0.25)
         if not plugin.endpoint_exists(eid):  # gone already (docker run --rm): nothing to name
             return
         try:
@@ -537,5 +734,6 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
         server.serve_forever(poll_interval=0.5)
     finally:
         server.server_close()
+        plugin.flush()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(socket_path)

@@ -37,10 +37,15 @@ class EngineClient:
         self.socket_path = socket_path
         self.label = label
 
-    def request(self, method: str, path: str) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         conn = UnixHTTPConnection(self.socket_path)
+        headers = {"Host": "docker", "Accept": "application/json"}
+        data = None
+        if body is not None:  # a JSON request body (POST /networks/create)
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, path, headers={"Host": "docker", "Accept": "application/json"})
+            conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
             body = resp.read()
         except FileNotFoundError:
