@@ -125,6 +125,14 @@ def test_etcd_argv_is_tls_everywhere_with_client_cert_auth():
     assert argv[argv.index("--initial-cluster-state") + 1] == "new"
 
 
+def test_etcd_argv_compacts_the_history_of_the_heartbeats():
+    """Every heartbeat is a revision: without auto-compaction etcd's history (memory, data
+    file) grows for ever and the backend quota eventually refuses every write."""
+    argv = ml.etcd_argv("h1", "10.0.0.1", "/s/d", "/s/pki", "h1=https://10.0.0.1:2380", "new", "t")
+    assert argv[argv.index("--auto-compaction-mode") + 1] == "periodic"
+    assert argv[argv.index("--auto-compaction-retention") + 1] == "1h"
+
+
 def test_parse_join_line():
     assert parse_join_line("mesh created on h1 (10.0.0.1); on every other host run:\n"
                            "  crossnet launch --token ab12cd.0123456789abcdef.ff 10.0.0.1\n") == \
@@ -512,3 +520,24 @@ def test_the_tick_still_follows_the_revocation_list_and_refuses_a_hostile_one(tm
     with pytest.raises(CrossnetError, match="not a revocation list"):
         sup.tick()
     assert sup._crl == [5, 9] and len(written) == 1  # the CRL file is left as it was
+
+
+# ---------------------------------------------------------------- the detached supervisor's entry
+
+def test_the_detached_supervisor_runs_without_the_cli(tmp_path):
+    """The supervisor is started as `python -m crossnet.mesh.supervise` (still reading as
+    `launch --foreground` for running_pid), and what it runs loads no click."""
+    argv = ml.supervisor_argv(str(tmp_path))
+    assert argv[1:3] == ["-m", "crossnet.mesh.supervise"] and argv[-2:] == ["launch", "--foreground"]
+    code = ("import sys; import crossnet.mesh.supervise, crossnet.mesh.launch, crossnet.agent.core, "
+            "crossnet.agent.api, crossnet.store.etcd, crossnet.dns.service, crossnet.mesh.join, crossnet.logjson; "
+            "print(sorted(m for m in sys.modules if m == 'click' or m.startswith(('click.', 'crossnet.cli'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # on a host that never launched: one line, exit 1, nothing created
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr.strip().startswith("crossnet: error: ") and "never launched" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "mesh").exists()
+    bad = subprocess.run([sys.executable, "-m", "crossnet.mesh.supervise", "--state-dir"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "usage:" in bad.stderr

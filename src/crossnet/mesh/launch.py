@@ -60,6 +60,11 @@ ETCD_BINARY = "etcd"
 # in memory is bounded by it plus 5000 catch-up entries. GOMEMLIMIT=20MiB was tried: -2.5 MB,
 # but the collector ran all the time (~15 % CPU): not set.
 ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "2500"]
+# etcd keeps every revision until compacted, and every heartbeat (each host every HEARTBEAT s) is
+# one: without compaction its memory and data file grow for ever (5 hosts: ~86,000 revisions a
+# day) until the 2 GB quota stops every write. Keep one hour of history (compacted hourly); a
+# watch resuming from before that gets "compacted" and the agent re-reads a snapshot.
+ETCD_COMPACTION = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
 
@@ -191,7 +196,7 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
         "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
         "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT),
         "--client-crl-file", str(d / pki.CRL), "--peer-crl-file", str(d / pki.CRL),
-        "--snapshot-count", "5000", *ETCD_TUNING, "--logger", "zap", "--log-outputs", "stderr",
+        "--snapshot-count", "5000", *ETCD_TUNING, *ETCD_COMPACTION, "--logger", "zap", "--log-outputs", "stderr",
     ]
 
 
@@ -895,9 +900,15 @@ def _agent_synced(state_dir: str) -> bool:
         return False
 
 
+def supervisor_argv(state_dir: str) -> list[str]:
+    """`crossnet launch --foreground`, without the CLI in the long-running process
+    (crossnet.mesh.supervise)."""
+    return [sys.executable, "-m", "crossnet.mesh.supervise", "--state-dir", state_dir, "launch", "--foreground"]
+
+
 def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
     paths = Paths(Path(state_dir))
-    argv = [sys.executable, "-m", "crossnet", "--state-dir", state_dir, "launch", "--foreground"]
+    argv = supervisor_argv(state_dir)
     with open(paths.logfile, "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True)
