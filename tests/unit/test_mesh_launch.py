@@ -125,6 +125,14 @@ def test_etcd_argv_is_tls_everywhere_with_client_cert_auth():
     assert argv[argv.index("--initial-cluster-state") + 1] == "new"
 
 
+def test_etcd_argv_compacts_the_history_of_the_heartbeats():
+    """Every heartbeat is a revision: without auto-compaction etcd's history (memory, data
+    file) grows for ever and the backend quota eventually refuses every write."""
+    argv = ml.etcd_argv("h1", "10.0.0.1", "/s/d", "/s/pki", "h1=https://10.0.0.1:2380", "new", "t")
+    assert argv[argv.index("--auto-compaction-mode") + 1] == "periodic"
+    assert argv[argv.index("--auto-compaction-retention") + 1] == "1h"
+
+
 def test_parse_join_line():
     assert parse_join_line("mesh created on h1 (10.0.0.1); on every other host run:\n"
                            "  crossnet launch --token ab12cd.0123456789abcdef.ff 10.0.0.1\n") == \
@@ -418,3 +426,118 @@ def test_launch_encrypt_reaches_the_store_config(tmp_path):
     assert cfg.backend == "auto" and cfg.auto.encrypt and cfg.to_json()["auto"] == {"encrypt": True}
     plain = ml.network_config({**n, "encrypt": False})
     assert not plain.auto.encrypt and "auto" not in plain.to_json()
+
+
+# ---------------------------------------------------------------- the supervisor's idle requests
+
+class RecordingEtcd:
+    """The real EtcdClient's request building (txn, range, put, member list) over an
+    in-memory key space; every request that would hit etcd is recorded in `calls`."""
+
+    def __init__(self, members: list[dict], kv: dict[str, str]):
+        from crossnet.store.etcdclient import EtcdClient
+
+        self.client = EtcdClient("http://10.0.0.1:2379")
+        self.client.call = self.call  # type: ignore[method-assign]
+        self.members, self.kv, self.calls = members, dict(kv), []
+
+    def _kvs(self, req: dict) -> list[dict]:
+        from crossnet.store.etcdclient import b64, unb64
+
+        key = unb64(req["key"]).decode()
+        end = unb64(req["range_end"]).decode() if req.get("range_end") else None
+        keys = [k for k in sorted(self.kv) if (key <= k < end if end else k == key)]
+        return [{"key": b64(k), "value": b64(self.kv[k]), "mod_revision": "1"} for k in keys]
+
+    def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
+        from crossnet.store.etcdclient import unb64
+
+        self.calls.append(path)
+        header = {"header": {"revision": "1"}}
+        if path == "cluster/member/list":
+            return {"members": [dict(m) for m in self.members], **header}
+        if path == "kv/range":
+            return {"kvs": self._kvs(body), **header}
+        if path == "kv/put":
+            self.kv[unb64(body["key"]).decode()] = unb64(body["value"]).decode()
+            return header
+        assert path == "kv/txn" and not body["compare"], path
+        responses = []
+        for op in body["success"]:
+            if "request_put" in op:
+                self.kv[unb64(op["request_put"]["key"]).decode()] = unb64(op["request_put"]["value"]).decode()
+                responses.append({"response_put": {}})
+            else:
+                responses.append({"response_range": {"kvs": self._kvs(op["request_range"])}})
+        return {"succeeded": True, "responses": responses, **header}
+
+
+def _supervisor(tmp_path, role: str, etcd: RecordingEtcd) -> ml.Supervisor:
+    paths = ml.Paths(tmp_path)
+    paths.root.mkdir(parents=True)
+    paths.save({"name": "h4" if role == "client" else "h1", "address": "10.0.0.4" if role == "client" else "10.0.0.1",
+                "role": role, "endpoints": ["https://10.0.0.1:2379"]})
+    sup = ml.Supervisor(str(tmp_path))
+    sup._serial, sup._crl = 77, []  # the member certificate's serial, the CRL file written at launch
+    sup.client = lambda timeout=5.0: etcd.client  # type: ignore[method-assign]
+    return sup
+
+
+VOTERS = [{"name": f"h{i}", "ID": str(i), "peerURLs": [f"https://10.0.0.{i}:2380"],
+           "clientURLs": [f"https://10.0.0.{i}:2379"]} for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("role", ["voter", "client"])
+def test_an_idle_supervisor_tick_is_two_requests_heartbeat_crl_and_member_list(tmp_path, role):
+    """Each request costs etcd CPU (TLS + its HTTP gateway): an idle tick is one transaction
+    (heartbeat + revocation list) and the member list, whatever the role (it was 3 for a
+    voter, 5 for a client); the mesh config is read once."""
+    etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
+    sup = _supervisor(tmp_path, role, etcd)
+    sup.tick()
+    etcd.calls.clear()
+    for _ in range(3):
+        sup.tick()
+    assert etcd.calls == ["kv/txn", "cluster/member/list"] * 3
+    rec = json.loads(etcd.kv[f"{ml.MESH_PREFIX}/hosts/{sup.name}"])
+    assert rec["name"] == sup.name and rec["role"] == role and rec["serial"] == 77 and rec["seen"] > 0
+    assert sorted(sup.st["endpoints"]) == [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)]
+
+
+def test_the_tick_still_follows_the_revocation_list_and_refuses_a_hostile_one(tmp_path, monkeypatch):
+    from crossnet.mesh import signer
+
+    written = []
+    monkeypatch.setattr(signer, "write_crl", lambda pki_dir, serials, *ca: written.append((serials, ca)))
+    etcd = RecordingEtcd(VOTERS, {ml.REVOKED_KEY: json.dumps({"serials": [9, 5]}),
+                                  f"{ml.MESH_PREFIX}/ca": json.dumps({"cert": "C", "key": "K"})})
+    sup = _supervisor(tmp_path, "voter", etcd)
+    sup.tick()
+    assert written == [([5, 9], ("C", "K"))] and sup._crl == [5, 9]
+    sup.tick()  # unchanged: not signed again
+    assert len(written) == 1
+    etcd.kv[ml.REVOKED_KEY] = "not json"
+    with pytest.raises(CrossnetError, match="not a revocation list"):
+        sup.tick()
+    assert sup._crl == [5, 9] and len(written) == 1  # the CRL file is left as it was
+
+
+# ---------------------------------------------------------------- the detached supervisor's entry
+
+def test_the_detached_supervisor_runs_without_the_cli(tmp_path):
+    """The supervisor is started as `python -m crossnet.mesh.supervise` (still reading as
+    `launch --foreground` for running_pid), and what it runs loads no click."""
+    argv = ml.supervisor_argv(str(tmp_path))
+    assert argv[1:3] == ["-m", "crossnet.mesh.supervise"] and argv[-2:] == ["launch", "--foreground"]
+    code = ("import sys; import crossnet.mesh.supervise, crossnet.mesh.launch, crossnet.agent.core, "
+            "crossnet.agent.api, crossnet.store.etcd, crossnet.dns.service, crossnet.mesh.join, crossnet.logjson; "
+            "print(sorted(m for m in sys.modules if m == 'click' or m.startswith(('click.', 'crossnet.cli'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # on a host that never launched: one line, exit 1, nothing created
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and p.stderr.strip().startswith("crossnet: error: ") and "never launched" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and not (tmp_path / "mesh").exists()
+    bad = subprocess.run([sys.executable, "-m", "crossnet.mesh.supervise", "--state-dir"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "usage:" in bad.stderr

@@ -51,15 +51,20 @@ DEFAULT_BACKEND = "vxlan"
 DEFAULT_VOTERS = 3
 DEFAULT_TTL = 30
 HEARTBEAT = 5.0
-MAINTAIN = 5.0
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
-# 250 ms instead of 100 ms (election after 2.5-5 s without one), one OS thread for Go code,
+# 500 ms instead of 100 ms, election after 2.5-5 s without one (5 heartbeats: etcd's minimum
+# ratio; the election bound the faults tests need is the same as with 250 ms), one OS thread for Go code,
 # garbage collection at +25 % heap (GOGC=25: 34 MB instead of 37 MB measured, CPU no higher).
 # --snapshot-count 5000 (3.4's default 100000; etcd_argv): the raft log etcd keeps
 # in memory is bounded by it plus 5000 catch-up entries. GOMEMLIMIT=20MiB was tried: -2.5 MB,
 # but the collector ran all the time (~15 % CPU): not set.
-ETCD_TUNING = ["--heartbeat-interval", "250", "--election-timeout", "2500"]
+ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "2500"]
+# etcd keeps every revision until compacted, and every heartbeat (each host every HEARTBEAT s) is
+# one: without compaction its memory and data file grow for ever (5 hosts: ~86,000 revisions a
+# day) until the 2 GB quota stops every write. Keep one hour of history (compacted hourly); a
+# watch resuming from before that gets "compacted" and the agent re-reads a snapshot.
+ETCD_COMPACTION = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
 
@@ -191,7 +196,7 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
         "--peer-cert-file", str(d / pki.MEMBER_CERT), "--peer-key-file", str(d / pki.MEMBER_KEY),
         "--peer-client-cert-auth", "--peer-trusted-ca-file", str(d / pki.CA_CERT),
         "--client-crl-file", str(d / pki.CRL), "--peer-crl-file", str(d / pki.CRL),
-        "--snapshot-count", "5000", *ETCD_TUNING, "--logger", "zap", "--log-outputs", "stderr",
+        "--snapshot-count", "5000", *ETCD_TUNING, *ETCD_COMPACTION, "--logger", "zap", "--log-outputs", "stderr",
     ]
 
 
@@ -444,7 +449,16 @@ REVOKED_KEY = f"{MESH_PREFIX}/revoked"
 
 def revoked_serials(client: Any) -> list[int]:
     """The serial numbers of the member certificates of forgotten hosts."""
-    doc = get_json(client, REVOKED_KEY) or {}
+    kv = client.get(REVOKED_KEY)
+    return serials_of(kv.value if kv is not None else None)
+
+
+def serials_of(value: bytes | None) -> list[int]:
+    """The serials of a revocation list document (REVOKED_KEY's value; hostile input)."""
+    try:
+        doc = json.loads(value) if value is not None else {}
+    except ValueError:  # keep the CRL file as it is rather than trusting nothing or everything
+        raise CrossnetError(f"etcd {REVOKED_KEY}: not a revocation list") from None
     serials = doc.get("serials") if isinstance(doc, dict) else None
     if not isinstance(serials, list):
         return []
@@ -544,6 +558,7 @@ class Supervisor:
         self._clients: dict[tuple, Any] = {}
         self._crl: list[int] | None = None  # the serials in this host's CRL file, once written
         self._serial: int | None = None
+        self._want: int | None = None  # the mesh's number of voters (/crossnet-mesh/config)
         self._stop = threading.Event()
 
     # ---- children
@@ -677,22 +692,40 @@ class Supervisor:
             self.paths.save(self.st)
 
     # ---- periodic
-    def heartbeat(self) -> None:
+    def _host_record(self) -> str:
         if self._serial is None:
             from crossnet.mesh import signer
 
             self._serial = signer.cert_serial(self.paths.mesh.member_cert.read_bytes())
-        self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", json.dumps(
-            {"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time(),
-             "serial": self._serial}))
+        return json.dumps({"name": self.name, "address": self.address, "role": self.st["role"], "seen": time.time(),
+                           "serial": self._serial})
 
-    def sync_crl(self, c: Any | None) -> None:
+    def heartbeat(self) -> None:
+        self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", self._host_record())
+
+    def tick(self) -> None:
+        """Every HEARTBEAT s, two requests whatever the mesh size (docs/mesh.md "Resources"):
+        one transaction writes this host's heartbeat and reads the revocation list, then
+        `maintain` reads the member list (the config and the hosts only when a voter is
+        missing)."""
+        c = self.client(timeout=2.0)
+        _, responses, _ = c.txn([], [c.op_put(f"{MESH_PREFIX}/hosts/{self.name}", self._host_record()),
+                                     c.op_range(REVOKED_KEY)])
+        from crossnet.store.etcdclient import KV
+
+        kvs = (responses[1].get("response_range") or {}).get("kvs") if len(responses) > 1 else None
+        self.maintain(c)
+        self.sync_crl(c, serials_of(KV.from_json(kvs[0]).value if kvs else None))
+
+    def sync_crl(self, c: Any | None, serials: list[int] | None = None) -> None:
         """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
-        to ask, the first host's own CA signs an empty list)."""
+        to ask, the first host's own CA signs an empty list; serials: the list already
+        read)."""
         # signs in a helper process: no cryptography here
         from crossnet.mesh import signer
 
-        serials = revoked_serials(c) if c is not None else []
+        if serials is None:
+            serials = revoked_serials(c) if c is not None else []
         if self._crl is None:  # what the file already says (written at launch): rewritten only on a change
             self._crl = signer.crl_serials(self.paths.mesh.pki_dir / pki.CRL)
         if serials == self._crl:
@@ -702,9 +735,7 @@ class Supervisor:
             log.info("revocation list updated: %d certificate(s) revoked", len(serials))
         self._crl = serials
 
-    def maintain(self) -> None:
-        c = self.client(timeout=2.0)
-        self.sync_crl(c)
+    def maintain(self, c: Any) -> None:
         members = member_list(c)
         own = client_url(self.address)
         eps = endpoint_list(members, own if self.st["role"] == "voter" else None)
@@ -713,10 +744,11 @@ class Supervisor:
             self.paths.save(self.st)
         if self.st["role"] == "client":
             voters = voters_of(members)
-            cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
-            want = int(cfg.get("voters") or DEFAULT_VOTERS)
-            if len(voters) < want and promotion_candidate(mesh_hosts(c), time.time()) == self.name:
-                self.promote(c, want)
+            if self._want is None:  # written once by the first host (bootstrap): read once
+                cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
+                self._want = int(cfg.get("voters") or DEFAULT_VOTERS)
+            if len(voters) < self._want and promotion_candidate(mesh_hosts(c), time.time()) == self.name:
+                self.promote(c, self._want)
         if self.agent is not None and self.endpoints() != self.agent_endpoints:
             log.info("etcd endpoints changed: restarting the agent")
             self._end(self.agent)
@@ -750,7 +782,7 @@ class Supervisor:
             self._retry(self.heartbeat, "heartbeat")
             self.start_agent()
             self._retry(self.start_join_server, "join endpoint")
-            last_beat = last_maint = time.monotonic()
+            last_beat = time.monotonic()
             while not self._stop.wait(0.5):
                 now = time.monotonic()
                 if self.etcd is not None and self.etcd.poll() is not None:
@@ -765,10 +797,7 @@ class Supervisor:
                         self.start_join_server()
                 if now - last_beat >= HEARTBEAT:
                     last_beat = now
-                    self._once(self.heartbeat, "heartbeat")
-                if now - last_maint >= MAINTAIN:
-                    last_maint = now
-                    self._once(self.maintain, "membership")
+                    self._once(self.tick, "heartbeat/membership")
                     trim_memory()
         finally:
             release = self.paths.release_marker.exists()
@@ -871,9 +900,15 @@ def _agent_synced(state_dir: str) -> bool:
         return False
 
 
+def supervisor_argv(state_dir: str) -> list[str]:
+    """`crossnet launch --foreground`, without the CLI in the long-running process
+    (crossnet.mesh.supervise)."""
+    return [sys.executable, "-m", "crossnet.mesh.supervise", "--state-dir", state_dir, "launch", "--foreground"]
+
+
 def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
     paths = Paths(Path(state_dir))
-    argv = [sys.executable, "-m", "crossnet", "--state-dir", state_dir, "launch", "--foreground"]
+    argv = supervisor_argv(state_dir)
     with open(paths.logfile, "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True)
@@ -1061,7 +1096,7 @@ def forget(state_dir: str, host: str) -> list[str]:
     if isinstance(serial, int) and serial > 0:
         revoke_serial(c, serial)
         done.append("certificate (revoked)")
-        write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within MAINTAIN s
+        write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within HEARTBEAT s
     for m in member_list(c):
         if m.get("name") == host:
             member_remove(c, m["ID"])
