@@ -135,3 +135,7 @@ def test_twin_targets_use_the_normalised_ratio():
     assert t["host-gw-twin-9000"]["status"] == "no hand-built twin measured"
     assert t["bridge-twin-1500"]["status"] == "failed: boom"
     assert t["vxlan-twin-9000"]["status"] == "not measured in this run"
+    from crossnet.bench.report import why
+
+    assert "flannel-style" in why("vxlan-twin-1500", {"dataplane": dp}, 0.97)
+    assert "bridge netfilter off" in why("host-gw-twin-9000", {"dataplane": dp}, 0.97)
