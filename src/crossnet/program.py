@@ -28,7 +28,7 @@ from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError
 from crossnet.plan.env import Env
 from crossnet.plan.reconciler import Change, Journal, Outcome, pending, reconcile
-from crossnet.plan.resources import NftTable, Resource, Sysctl
+from crossnet.plan.resources import Bridge, BridgeNetfilterOff, NftTable, Resource, Sysctl
 from crossnet.state import StateDir, crash_point
 
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)
@@ -132,10 +132,21 @@ def _masquerade_body(ctxs: list[HostContext]) -> str:
     return "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n" + rules + "  }"
 
 
-def desired_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
+def bridge_netfilter_off(resources: list[Resource]) -> list[Resource]:
+    """`resources` + bridge netfilter off while the Linux bridges among them are the
+    namespace's only ones (plan.resources.BridgeNetfilterOff), right after the last of
+    them (it exists then; and local_resources + the peers' parts stay desired_resources)."""
+    at = [i for i, r in enumerate(resources) if isinstance(r, Bridge)]
+    if not at:
+        return resources
+    ours = sorted({resources[i].name for i in at})
+    return resources[:at[-1] + 1] + [BridgeNetfilterOff(ours)] + resources[at[-1] + 1:]
+
+
+def desired_resources(ctx: HostContext, backend: Backend, extra: list[Resource] | None = None) -> list[Resource]:
     """Everything this host must have: forwarding (+ masquerade), the backend's local
-    resources and every peer's, in the backend's order."""
-    return common_resources(ctx) + backend.resources(ctx)
+    resources and every peer's, in the backend's order (+ `extra`: the named networks')."""
+    return bridge_netfilter_off(common_resources(ctx) + backend.resources(ctx) + (extra or []))
 
 
 def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, HostContext]) -> list[Resource]:
@@ -155,7 +166,7 @@ def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, Ho
 
 def local_resources(ctx: HostContext, backend: Backend) -> list[Resource]:
     """desired_resources without the peers' own (those may still be listed, e.g. OVS flows)."""
-    return common_resources(ctx) + backend.local_resources(ctx)
+    return bridge_netfilter_off(common_resources(ctx) + backend.local_resources(ctx))
 
 
 def peer_resources(ctx: HostContext, backend: Backend, peer: Peer) -> list[Resource]:
@@ -254,7 +265,7 @@ def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, 
     `networks`: this host's context of every named network (docs/networks.md),
     programmed and recorded with the top-level one."""
     networks = networks or {}
-    desired = desired_resources(ctx, backend) + network_resources(ctx, backend, networks)
+    desired = desired_resources(ctx, backend, network_resources(ctx, backend, networks))
     if check_underlay:
         backend.check_underlay(ctx, env)
     if protect_routes:

@@ -85,8 +85,11 @@ def break_route(netns: str, subnet: str) -> None:
 
 DRY_RUN_LINES = {
     "bridge": ["sysctl -w net.ipv4.ip_forward=1", "ip link add br0 type bridge", "ip link set eth0 master br0",
+               "ip link set dev br0 type bridge nf_call_iptables 0 nf_call_ip6tables 0 nf_call_arptables 0",
+               "sysctl -w net.bridge.bridge-nf-call-iptables=0 net.bridge.bridge-nf-call-ip6tables=0",
                "nft -f -", "masquerade"],
     "host-gw": ["sysctl -w net.ipv4.ip_forward=1", "ip link add cn0 type bridge", "ip addr add 10.32.0.1/24 dev cn0",
+                "ip link set dev cn0 type bridge nf_call_iptables 0", "has no bridge but cn0",
                 "ip route replace 10.32.1.0/24 via", "nft -f -", "masquerade"],
     "vxlan": ["ip link add cnvx1 type vxlan id 1", "bridge fdb append", "ip neigh replace 10.32.1.0",
               "ip route replace 10.32.1.0/24 via 10.32.1.0 dev cnvx1 onlink", "nft -f -", "masquerade"],

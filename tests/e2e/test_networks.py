@@ -398,6 +398,43 @@ def test_dns_per_network(lab, tmp_path):
         os.killpg(serve.pid, signal.SIGTERM)
         serve.wait(timeout=30)
     assert not (Path(h1.state_dir) / "networks" / "blue" / "dns.json").exists()
+BRIDGE_NF = ("iptables", "ip6tables", "arptables")
+# a host's bridges' nf_call_* attributes, read through pyroute2 in its namespace
+READ_BRIDGES = r"""
+import json
+from pyroute2 import IPRoute
+out = {}
+with IPRoute() as ipr:
+    for msg in ipr.get_links():
+        info = msg.get_attr("IFLA_LINKINFO")
+        if info is not None and info.get_attr("IFLA_INFO_KIND") == "bridge":
+            data = info.get_attr("IFLA_INFO_DATA")
+            out[msg.get_attr("IFLA_IFNAME")] = {k: data.get_attr(f"IFLA_BR_NF_CALL_{k.upper()}")
+                                                for k in ("iptables", "ip6tables", "arptables")}
+print(json.dumps(out))
+"""
+
+
+def bridge_nf_sysctls(lab, host: str) -> list[str]:
+    return [lab.run(host, ["cat", f"/proc/sys/net/bridge/bridge-nf-call-{t}"], check=True).stdout.strip()
+            for t in BRIDGE_NF]
+
+
+def test_bridge_netfilter_off_and_only_the_isolation_hooks(lab):
+    """Issue 18: crossnet's bridges pass no frame through the IP hooks (bridge netfilter
+    off: per bridge and the namespace's sysctls, the only switch that turns it off), and
+    the only netfilter chains on the path are the isolation tables' (no masquerade here:
+    no nat chain, no conntrack-forcing rule). The other tests of this module prove the
+    isolation holds without bridge netfilter."""
+    for h in lab.hosts:
+        got = json.loads(lab.run(h.name, [sys.executable, "-c", READ_BRIDGES], check=True).stdout)
+        assert got == {b: dict.fromkeys(BRIDGE_NF, 0) for b in ("cn0", "cn-blue")}, (h.name, got)
+        assert bridge_nf_sysctls(lab, h.name) == ["0", "0", "0"], h.name
+        ruleset = json.loads(lab.run(h.name, ["nft", "-j", "list", "chains"], check=True).stdout)["nftables"]
+        hooked = sorted((c["chain"]["family"], c["chain"]["table"], c["chain"]["hook"])
+                        for c in ruleset if "chain" in c and "hook" in c["chain"])
+        assert hooked == [("arp", "crossnet_iso", "input"), ("inet", "crossnet_iso", "forward"),
+                          ("inet", "crossnet_iso", "input")], (h.name, hooked)
 
 
 def test_add_and_remove_a_network_interrupts_no_other(lab):
@@ -489,6 +526,7 @@ def test_cni_install_network_then_reset(lab, tmp_path):
         assert lab.run(h.name, ["nft", "list", "table", "inet", "crossnet_iso"]).returncode != 0
         assert lab.run(h.name, ["nft", "list", "table", "arp", "crossnet_iso"]).returncode != 0
         assert not (Path(h.state_dir) / "networks").exists()
+        assert bridge_nf_sysctls(lab, h.name) == ["1", "1", "1"], h.name  # what apply found (a new namespace's)
     assert "eth0" not in subprocess.run([*in_k1, "ip", "-o", "link"], capture_output=True, text=True).stdout
 
 

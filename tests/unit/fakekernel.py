@@ -23,7 +23,7 @@ from crossnet.netlink import iproute as nl
 from crossnet.netlink.batch import Batch
 from crossnet.netlink.const import NUD_PERMANENT, RT_SCOPE_LINK, RTPROT_KERNEL, RTPROT_STATIC
 from crossnet.plan.env import Env
-from crossnet.plan.resources import Fdb, Neigh, Route, Sysctl
+from crossnet.plan.resources import BridgeNetfilterOff, Fdb, Neigh, Route, Sysctl
 
 
 class FakeKernel:
@@ -110,16 +110,26 @@ def machine() -> FakeKernel:
 
 def install(monkeypatch: Any, kernel: FakeKernel, proc_dir: Path, ip_forward: str = "0") -> list[str]:
     """Route what bypasses the Env to the fake: netlink.link_info/route_get, the sysctl
-    files (under `proc_dir`, never the machine's /proc/sys) and gratuitous ARP (recorded,
+    files and bridge netfilter's (under `proc_dir`, never the machine's /proc/sys) and gratuitous ARP (recorded,
     never sent). Returns the list the announced host names are appended to."""
     proc = proc_dir / "ip_forward"
     proc.write_text(f"{ip_forward}\n")
     monkeypatch.setattr(Sysctl, "path", property(lambda self: proc))
+    bridge_nf = proc_dir / "sys"  # br_netfilter "loaded", its sysctls at the default 1
+    (bridge_nf / "net" / "bridge").mkdir(parents=True, exist_ok=True)
+    for name in BridgeNetfilterOff.NAMES:
+        (bridge_nf / name.replace(".", "/")).write_text("1\n")
+    monkeypatch.setattr(BridgeNetfilterOff, "ROOT", bridge_nf)
     monkeypatch.setattr(nl, "link_info", kernel.link_info)
     monkeypatch.setattr(nl, "route_get", kernel.route_get)
     announced: list[str] = []
     monkeypatch.setattr(garp, "announce", lambda ctx, ipr: announced.append(ctx.host) or [])
     return announced
+
+
+def bridge_info(kw: dict[str, Any]) -> dict[str, Any]:
+    """pyroute2's bridge attributes (br_nf_call_iptables=0) as a link dump shows them."""
+    return {f"IFLA_BR_{a[3:].upper()}": v for a, v in kw.items() if a.startswith("br_")}
 
 
 class FakeIpr:
@@ -137,6 +147,7 @@ class FakeIpr:
             if ifname in k.links:
                 raise NetlinkError(errno.EEXIST, "exists")
             info = {f"IFLA_VXLAN_{a[6:].upper()}": v for a, v in kw.items() if a.startswith("vxlan_")}
+            info.update(bridge_info(kw))
             k.add_link(ifname, kind, mac=address, up=False, info=info)
             return
         name = k.name_of(index)
@@ -150,7 +161,8 @@ class FakeIpr:
         k.write("link-set", name)
         li = k.links[name]
         k.links[name] = replace(li, mtu=mtu if mtu is not None else li.mtu, mac=address or li.mac,
-                                up=True if state == "up" else li.up, master=master if master is not None else li.master)
+                                up=True if state == "up" else li.up, master=master if master is not None else li.master,
+                                info_data={**li.info_data, **bridge_info(kw)})
 
     def addr(self, op: str, index: int, address: str, prefixlen: int, **kw: Any) -> None:
         cidr = f"{address}/{prefixlen}"

@@ -20,7 +20,7 @@ from crossnet.backends.base import Peer, gateway_mac, stable_mac
 from crossnet.config import parse_cluster
 from crossnet.host import build_context
 from crossnet.plan.nic import NicTakeover
-from crossnet.plan.resources import Address, Bridge, Fdb, Neigh, NftTable, Resource, Route, Sysctl, Vxlan
+from crossnet.plan.resources import Address, Bridge, BridgeNetfilterOff, Fdb, Neigh, NftTable, Resource, Route, Sysctl, Vxlan
 from crossnet.store import NetworkConfig
 from crossnet.wg.resources import WgDevice, WgPeer
 
@@ -66,7 +66,8 @@ def test_bridge():
     assert (ctx.bridge, ctx.mtu, ctx.gateway, ctx.prefixlen, ctx.network) == (
         "br0", 1500, IPv4Address("10.56.0.11"), 24, IPv4Network("10.56.0.0/24"))
     assert program.desired_resources(ctx, b) == [
-        Sysctl("net.ipv4.ip_forward", "1"), Bridge("br0", 1500, mac=NIC.mac), NicTakeover("eth0", "br0")]
+        Sysctl("net.ipv4.ip_forward", "1"), Bridge("br0", 1500, mac=NIC.mac), BridgeNetfilterOff(["br0"]),
+        NicTakeover("eth0", "br0")]
     assert all(b.peer_resources(ctx, p) == [] for p in ctx.peers)  # one L2 segment: nothing per peer
 
 
@@ -74,7 +75,7 @@ def test_host_gw():
     ctx, b = ctx_of("host-gw")
     assert program.desired_resources(ctx, b) == [
         Sysctl("net.ipv4.ip_forward", "1"),
-        Bridge("cn0", 1500, mac=gateway_mac(ctx)), Address("cn0", "10.32.0.1/24"),
+        Bridge("cn0", 1500, mac=gateway_mac(ctx)), BridgeNetfilterOff(["cn0"]), Address("cn0", "10.32.0.1/24"),
         Route("10.32.1.0/24", gateway="10.56.0.12", dev="eth0"),
         Route("10.32.2.0/24", gateway="10.56.0.13", dev="eth0"),
     ]
@@ -88,7 +89,7 @@ def test_vxlan():
     assert res[:2] == [Sysctl("net.ipv4.ip_forward", "1"), NftTable("ip", "crossnet", res[1].body)]
     assert "ip saddr 10.32.0.0/24 ip daddr != 10.32.0.0/16 masquerade" in res[1].body
     assert res[2:] == [
-        Bridge("cn0", 1450, mac=gateway_mac(ctx)), Address("cn0", "10.32.0.1/24"),
+        Bridge("cn0", 1450, mac=gateway_mac(ctx)), BridgeNetfilterOff(["cn0"]), Address("cn0", "10.32.0.1/24"),
         Vxlan("cnvx42", 42, 8472, "10.56.0.11", "eth0", 1450, mac["h1"]), Address("cnvx42", "10.32.0.0/32"),
         Fdb("cnvx42", mac["h2"], "10.56.0.12"), Neigh("cnvx42", "10.32.1.0", mac["h2"]),
         Route("10.32.1.0/24", gateway="10.32.1.0", dev="cnvx42", onlink=True),

@@ -40,7 +40,7 @@ def owned(state: StateDir) -> list[Resource]:
 def test_dry_run_changes_nothing(world):
     k, state, ctx, b, announced = world
     done = program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE, dry_run=True)
-    assert [c.action for c in done.changes] == ["create"] * 4 and done.owned is None
+    assert [c.action for c in done.changes] == ["create"] * 5 and done.owned is None
     assert k.log == [] and state.load_applied() is None and state.load_journal() is None and announced == []
 
 

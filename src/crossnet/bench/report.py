@@ -63,6 +63,18 @@ WHY = {
         "every host's heartbeat, lease keep-alives and watches (docs/mesh.md, Resources)."
     ),
 }
+# `<backend>-twin-<mtu>` (issue 18): what still differs from the hand-built twin, docs/benchmarks-parity.md
+TWIN = ("Everything on the two packet paths was diffed (docs/benchmarks-parity.md); crossnet runs with bridge "
+        "netfilter off on its own bridges, the twin with the namespace default (on). ")
+WHY.update({
+    "host-gw-twin": TWIN + "The rest of host-gw's path is the twin's, device for device: a gap is run-to-run noise "
+                           "unless it stays outside the spread of repeated runs.",
+    "bridge-twin": TWIN + "The rest of the bridge backend's path is the twin's (crossnet also turns IPv4 forwarding "
+                          "on, which bridged traffic does not use).",
+    "vxlan-twin": TWIN + "One step remains: crossnet's vxlan is flannel-style (the vxlan device outside the bridge, "
+                         "peer subnets routed via it), so the receiving host routes every packet once more where the "
+                         "twin only bridges it.",
+})
 
 # what a container→container packet crosses compared with the underlay (h3 → h4: a veth pair on a switch)
 DATA_PATH = {

@@ -63,6 +63,22 @@ def _ratio_target(dp: dict[str, Any] | None, tid: str, name: str, mtu: int, goal
     return _t(tid, what, f"≥ {goal}", v, "×", v >= goal, _pct_short(v, goal, True), note, also=also, goal=goal)
 
 
+def _twin_target(dp: dict[str, Any] | None, name: str, mtu: int, goal: float = 0.97) -> dict[str, Any]:
+    """Issue 18, `datapath: kernel`: crossnet's backend ÷ its hand-built twin (the same
+    design typed by hand, crossnet.bench.manual), each normalised by its own lab's underlay."""
+    tid, what = f"{name}-twin-{mtu}", f"{name} ÷ its hand-built twin (each ÷ its lab's underlay), MTU {mtu}"
+    r = _row(dp, name, mtu)
+    if r is None:
+        return _t(tid, what, f"≥ {goal}", None, "×", None, status="not measured in this run")
+    vm = r.get("vs_manual") or {}
+    v = vm.get("normalised_ratio")
+    if r["status"] != "ok" or v is None:
+        why = f"{r['status']}: {r.get('reason', '')}" if r["status"] != "ok" else "no hand-built twin measured"
+        return _t(tid, what, f"≥ {goal}", None, "×", None, status=why)
+    return _t(tid, what, f"≥ {goal}", v, "×", v >= goal, _pct_short(v, goal, True),
+              f"raw ratio (not normalised) {vm.get('ratio')}", also=f"twin: {vm.get('baseline')}", goal=goal)
+
+
 def _transport_targets(tr: dict[str, Any] | None) -> list[dict[str, Any]]:
     """backend auto (`crossnet bench transport`): fallback ≤ 5 s, per peer ≥ 0.97× the picked backend alone."""
     what = "auto: filter on UDP 4789 up → container traffic flowing again (max of samples)"
@@ -134,6 +150,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
         _ratio_target(dp, "bridge-1500", "bridge", 1500, 0.97),
         _ratio_target(dp, "bridge-9000", "bridge", 9000, 0.97),
     ]
+    out += [_twin_target(dp, name, mtu) for name in ("host-gw", "bridge", "vxlan") for mtu in (1500, 9000)]
     for mtu in (1500, 9000):
         what = f"ovs-gre TCP throughput / tutorial's hand-built OVS layout, MTU {mtu}"
         r = _row(dp, "ovs-gre", mtu)

@@ -132,9 +132,17 @@ class Bridge(Resource):
     def key(self) -> str:
         return f"link:{self.name}"
 
+    # bridge netfilter (br_netfilter) off on crossnet's own bridges: nothing of crossnet's
+    # needs bridged frames in the IP hooks (docs/benchmarks-parity.md). The per-bridge
+    # switches can only turn the hooks ON for one bridge while the namespace's
+    # net.bridge.bridge-nf-call-* sysctls are 0 (BridgeNetfilterOff), so they must stay 0.
+    NF_CALL: ClassVar[tuple[str, ...]] = ("iptables", "ip6tables", "arptables")
+
     def describe(self) -> str:
         mac = f" address {self.mac}" if self.mac else ""
-        return f"ip link add {self.name} type bridge{mac} && ip link set {self.name} mtu {self.mtu} up"
+        nf = " ".join(f"nf_call_{t} 0" for t in self.NF_CALL)
+        return (f"ip link add {self.name} type bridge{mac} && ip link set {self.name} mtu {self.mtu} up"
+                f" && ip link set dev {self.name} type bridge {nf}")
 
     def check(self, env: Env) -> bool:
         info = env.link(self.name)
@@ -144,6 +152,7 @@ class Bridge(Resource):
             and info.mtu == self.mtu
             and info.up
             and (self.mac is None or info.mac == self.mac)
+            and all(not info.info_data.get(f"IFLA_BR_NF_CALL_{t.upper()}", 0) for t in self.NF_CALL)
         )
 
     def ensure(self, env: Env) -> None:
@@ -154,7 +163,8 @@ class Bridge(Resource):
         if info is None:
             env.ipr.link("add", ifname=self.name, kind="bridge", **kw)
             env.changed("links")
-        env.ipr.link("set", index=env.require_index(self.name), mtu=self.mtu, state="up", **kw)
+        env.ipr.link("set", index=env.require_index(self.name), mtu=self.mtu, state="up", kind="bridge",
+                     **{f"br_nf_call_{t}": 0 for t in self.NF_CALL}, **kw)
         env.changed("links")
 
     def remove(self, env: Env) -> None:
@@ -482,6 +492,70 @@ class Sysctl(Resource):
         if previous is not None:
             with contextlib.suppress(OSError):
                 self.path.write_text(previous)
+
+
+@dataclass
+class BridgeNetfilterOff(Resource):
+    """Bridge netfilter off in this namespace: `net.bridge.bridge-nf-call-{iptables,
+    ip6tables,arptables}` = 0. With br_netfilter loaded every bridge of a namespace passes
+    its frames through the IP/ARP netfilter hooks while these are 1 (each new namespace
+    starts at 1); a bridge's own nf_call_* attributes can only add the hooks, never remove
+    them (measured, docs/benchmarks-parity.md). Nothing of crossnet's needs bridged frames
+    in those hooks (masquerade, expose and the isolation tables act on routed packets), so
+    crossnet turns them off -- but only while its own bridges (`ours`) are the only ones in
+    the namespace: another bridge (Docker's, a CNI's) may rely on them, so then crossnet
+    leaves them as they are (check() is satisfied) rather than fight over them.
+    No br_netfilter (no /proc/sys/net/bridge): nothing to do. remove() restores the values
+    it found."""
+
+    kind: ClassVar[str] = "bridge-nf-off"
+    ours: list[str] = field(default_factory=list)
+    NAMES: ClassVar[tuple[str, ...]] = tuple(f"net.bridge.bridge-nf-call-{t}" for t in Bridge.NF_CALL)
+    ROOT: ClassVar[Path] = Path("/proc/sys")
+
+    def key(self) -> str:
+        return "sysctl:net.bridge.bridge-nf-call"
+
+    def path(self, name: str) -> Path:
+        return self.ROOT / name.replace(".", "/")
+
+    def describe(self) -> str:
+        others = f"no bridge but {', '.join(self.ours)}" if self.ours else "no other bridge"
+        return (f"sysctl -w {' '.join(f'{n}=0' for n in self.NAMES)}"
+                f"   # while br_netfilter is loaded and this host has {others}")
+
+    def foreign(self, env: Env) -> list[str]:
+        return sorted(l.name for l in env.links().values() if l.kind == "bridge" and l.name not in self.ours)
+
+    def _current(self) -> dict[str, str]:
+        out = {}
+        for name in self.NAMES:
+            with contextlib.suppress(OSError):
+                out[name] = self.path(name).read_text().strip()
+        return out
+
+    def check(self, env: Env) -> bool:
+        current = self._current()
+        return not current or all(v == "0" for v in current.values()) or bool(self.foreign(env))
+
+    def prepare(self, env: Env) -> None:
+        for name, value in self._current().items():
+            if value != "0":
+                self.saved.setdefault(name, value)
+
+    def ensure(self, env: Env) -> None:
+        if self.foreign(env):
+            return
+        for name, value in self._current().items():
+            if value != "0":
+                self.saved.setdefault(name, value)
+                self.path(name).write_text("0")
+
+    def remove(self, env: Env) -> None:
+        for name, value in self.saved.items():
+            if name in self.NAMES and value in ("0", "1"):
+                with contextlib.suppress(OSError):
+                    self.path(name).write_text(value)
 
 
 def nft(script: str) -> subprocess.CompletedProcess:
