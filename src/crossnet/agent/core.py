@@ -109,7 +109,10 @@ class Agent:
         self.opts = opts
         self.stop = threading.Event()
         self.queue: queue.Queue[tuple] = queue.Queue()
-        self.cfg: NetworkConfig | None = None
+        self.cfg: NetworkConfig | None = None  # the store's config (+ networks kept for their containers)
+        self.nets: dict[str, HostContext] = {}  # this host's context of each named network (docs/networks.md)
+        self.kept_networks: list[str] = []  # named networks gone from the store, kept for their containers
+        self.store_cfg: NetworkConfig | None = None  # the config as the store has it
         self.backend: Backend | None = None
         self.lease: SubnetLease | None = None
         self.ctx: HostContext | None = None
@@ -125,7 +128,8 @@ class Agent:
         self.revision = 0
         self.started = time.time()
         self.synced_at: float | None = None
-        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None, "containers": None}
+        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None, "containers": None,
+                                              "config": None}
         self.reacquire_at: float | None = None
         self.next_resync = 0.0
         self.next_local_check = 0.0
@@ -328,9 +332,99 @@ class Agent:
         assert self.address is not None
         if self.address in cfg.network:
             raise ConfigError(f"network {cfg.network} contains this host's underlay address {self.address}")
-        self.cfg, self.backend = cfg, backend
+        self.store_cfg = cfg
+        self.cfg, self.backend = self._effective(cfg), backend
         if self.pmtu is None and self.opts.probe_mtu is None and pmtu.probes_by_default(cfg.backend):
             self.pmtu = pmtu.Monitor.resume(self.state, self.opts.resync)
+
+    def _effective(self, cfg: NetworkConfig) -> NetworkConfig:
+        """``cfg`` plus the named networks it no longer names that still have containers
+        here (kept until they are detached, docs/networks.md); StoreError when those clash."""
+        from crossnet import netstore
+
+        assert self.address is not None
+        for net in cfg.networks:
+            if self.address in net.network:
+                raise StoreError(f"networks: network {net.name} {net.network} contains this host's underlay "
+                                 f"address {self.address}")
+        kept = netstore.kept(cfg, self.state)
+        try:
+            eff = netstore.effective(cfg, kept)
+        except ConfigError as exc:
+            raise StoreError(f"the store's networks clash with {', '.join(n.name for n in kept)}, kept here for "
+                             f"their attached containers: {exc}") from None
+        names = [n.name for n in kept]
+        if names != self.kept_networks:
+            for name in names:
+                log.warning("network %s is gone from the store but containers are attached to it here: kept until "
+                            "they are detached", name)
+            self.kept_networks = names
+        return eff
+
+    def follow_config(self, new: NetworkConfig) -> bool:
+        """A changed network config (the config watch; every resync for the kept networks):
+        its named networks are followed live -- a network added is leased and programmed,
+        one removed is released and removed (kept while containers are attached) -- without
+        touching the others. Other changes need a restart of the agents (logged). Returns
+        whether this host's networks changed (the caller re-syncs)."""
+        assert self.cfg and self.store_cfg and self.lease
+        def plain(c: NetworkConfig) -> dict:
+            return {k: v for k, v in c.to_json().items() if k != "networks"}
+
+        if plain(new) != plain(self.store_cfg):
+            self._report("config", "the store's network config changed beyond its networks: only those are "
+                                   "followed; restart the agents for the rest")
+        else:
+            self._report("config", None)
+        data = {k: getattr(self.store_cfg, k) for k in type(self.store_cfg).model_fields}
+        data["networks"] = new.networks
+        try:
+            eff = self._effective(NetworkConfig(**data))
+        except (ConfigError, StoreError) as exc:
+            self._report("config", str(exc))
+            return False
+        self.store_cfg = new
+        if eff.to_json() == self.cfg.to_json():
+            return False
+        before = [n.name for n in self.cfg.networks]
+        self.cfg = eff
+        try:
+            self._acquire(self.lease.subnet, self.lease.lease_id)  # lease (or release) the networks' subnets
+        except StoreError as exc:
+            self._report("config", f"leasing the networks' subnets: {exc}")
+            return False
+        log.info("networks: %s -> %s", ", ".join(before) or "-", ", ".join(n.name for n in eff.networks) or "-")
+        return True
+
+    def _config_loop(self) -> None:
+        """Watch the store's network config; each change is queued ("config")."""
+        since = self.revision + 1
+        delay = self.opts.backoff_initial
+        while not self.stop.is_set():
+            try:
+                for rev in self.store.watch_config(since, self.stop):
+                    since = max(since, rev + 1)
+                    self.queue.put(("config",))
+                delay = self.opts.backoff_initial
+            except StoreError:
+                if self.stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.opts.backoff_max)
+                self.queue.put(("config",))  # re-read after a reconnect: a change may have been missed
+                since = 0  # from now on (the revision may be compacted)
+            except Exception:  # never let the watcher die silently
+                log.exception("config watch: unexpected error")
+                if self.stop.wait(delay):
+                    return
+
+    def _config_changed(self) -> None:
+        try:
+            new = self.store.get_config()
+        except StoreError as exc:
+            self._report("config", f"reading the network config: {exc}")
+            return
+        if self.follow_config(new):
+            self._resync()
 
     # ------------------------------------------------------------------ programming
 
@@ -387,8 +481,10 @@ class Agent:
             foreign.append(net)
         macs = frozenset(v for v in self.backend.host_data(self.cfg.name, self.name, self.address).values()
                          if isinstance(v, str))
+        from crossnet import netstore
+
         return LocalView(self.cfg.network, self.cfg.subnet_len, self.name, self.address, self.lease.subnet, macs,
-                         tuple(foreign), tuple(connected))
+                         tuple(foreign), tuple(connected), netstore.view(self.cfg, self.lease.record.networks))
 
     def _take_snapshot(self, snap: Snapshot, env: Env, owned: list[Resource]) -> None:
         """Every record of the snapshot but ours, filed under its key; the valid ones
@@ -423,16 +519,8 @@ class Agent:
             self.ctx.peers = list(usable.values())
             mtu_was = self.ctx.mtu
             pmtu.adjust(self.ctx, self.backend, self.pmtu.record if self.pmtu else None)  # measured paths
-            done = program.program_host(self.state, env, self.ctx, self.backend, previous, self._source(),
-                                        check_underlay=False, protect_routes=self.synced_at is None,
-                                        always_record=True, mtu_was=mtu_was)
-            assert done.owned is not None
-            # split what is owned now for the fast path: each peer's resources, the rest local
-            by_key = {r.key(): r for r in done.owned}
-            per_peer = {s: program.peer_resources(self.ctx, self.backend, p) for s, p in usable.items()}
-            self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
-            peer_keys = {r.key() for res in per_peer.values() for r in res}
-            self.base_res = [r for r in done.owned if r.key() not in peer_keys]
+            done = self._program_all(env, previous, usable, mtu_was)
+            self._split_owned(done, usable)
             self.revision = snap.revision
         repaired = len(done.changes) if self.synced_at is not None else 0  # after the first: drift
         self.synced_at = time.time()
@@ -441,6 +529,33 @@ class Agent:
         for ch in done.changes:
             log.info("  %s", ch)
         log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(done.changes))
+
+    def _program_all(self, env: Env, previous: list[Resource], usable: dict[IPv4Network, Peer],
+                     mtu_was: int | None = None) -> program.Programmed:
+        """program_host with every named network (crossnet.netstore), as `crossnet apply`
+        does; then each network's own record, and a network gone is pruned."""
+        from crossnet import networks, netstore
+
+        assert self.ctx and self.backend and self.lease and self.cfg
+        nets = netstore.contexts(self.cfg, self.ctx, self.backend, self.lease.record.networks,
+                                 [(p, self.peers[s].networks) for s, p in usable.items()])
+        done = program.program_host(self.state, env, self.ctx, self.backend, previous, self._source(),
+                                    check_underlay=False, protect_routes=self.synced_at is None,
+                                    always_record=True, mtu_was=mtu_was, networks=nets)
+        assert done.owned is not None
+        networks.prune(self.state, set(nets), self.backend, env)
+        networks.record(self.state, self.name, nets)
+        self.nets = nets
+        return done
+
+    def _split_owned(self, done: program.Programmed, usable: dict[IPv4Network, Peer]) -> None:
+        """What is owned now, for the fast path: each peer's resources, the rest local."""
+        assert self.ctx and self.backend and done.owned is not None
+        by_key = {r.key(): r for r in done.owned}
+        per_peer = {s: program.peer_resources(self.ctx, self.backend, p) for s, p in usable.items()}
+        self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
+        peer_keys = {r.key() for res in per_peer.values() for r in res}
+        self.base_res = [r for r in done.owned if r.key() not in peer_keys]
 
     def apply_events(self, events: list[PeerEvent]) -> None:
         assert self.ctx and self.backend
@@ -474,6 +589,17 @@ class Agent:
             changed |= {s for s in touched if (s in valid) != (s in self.peer_res)}
             self.peers = valid
             if not changed:
+                return
+            if self.nets or (self.cfg and self.cfg.networks):  # named networks: the whole path
+                from crossnet.host import load_previous
+
+                usable = {s: p for s, p in ((s, self._peer(valid[s])) for s in sorted(valid))
+                          if program.peer_usable(self.ctx, self.backend, env, p)}
+                self.ctx.peers = list(usable.values())
+                done = self._program_all(env, load_previous(self.state)[1], usable)
+                self._split_owned(done, usable)
+                for ch in done.changes:
+                    log.info("  %s", ch)
                 return
             # peers added/changed first, then the local resources that may list the peers
             # (OVS flows name the tunnel ports), then the removed peers
@@ -683,6 +809,9 @@ class Agent:
             "rejected_records": self.book.rejected_total,
             "rejected": self.book.rejected_json(),
             "rejected_containers": self.rejected_containers,
+            "networks": {name: {"network": str(c.network), "subnet": str(c.subnet), "bridge": c.bridge, "vni": c.vni,
+                                "peers": len(c.peers), "kept": name in self.kept_networks}
+                         for name, c in self.nets.items()},
             "rss_kb": _rss_kb(),
         }
 
@@ -730,6 +859,8 @@ class Agent:
             self._api = serve(self, socket_path(self.state))
         self._start_thread("watch", self._watch_loop)
         self._start_thread("containers", self._publisher_loop)
+        if self.store.config_watch:
+            self._start_thread("config", self._config_loop)
         if self.pmtu:
             self._start_thread("pmtu", lambda: self.pmtu.run(
                 lambda: self.ctx, self.backend, lambda: setattr(self, "next_resync", 0.0), self.stop))
@@ -776,6 +907,8 @@ class Agent:
             self._sync_safely(item[1])
             if self.health.get("containers"):  # the store is back: retry the failed publish
                 self.containers_changed(wait=0)
+        elif kind == "config":
+            self._config_changed()
         elif kind == "transport" and item[1] in self.peers:  # the prober switched this peer's transport
             with self.state.lock():
                 self._program_peer(self._env(), item[1])
@@ -794,6 +927,8 @@ class Agent:
 
     def _resync(self) -> None:
         self.next_resync = time.monotonic() + self.opts.resync
+        if self.kept_networks and self.store_cfg is not None:
+            self.follow_config(self.store_cfg)  # a kept network whose containers are gone now goes
         try:
             snap = self.store.snapshot()
         except StoreError as exc:
