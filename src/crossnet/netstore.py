@@ -63,7 +63,7 @@ def kept(cfg: NetworkConfig, state: StateDir) -> list[NamedNetwork]:
     out = []
     for name in networks.recorded(state):
         sub = networks.state_of(state, name)
-        if name in names or not containers.list_containers(sub):
+        if name in names or not [c for c in containers.list_containers(sub) if c.get("state") != "stale"]:
             continue
         c = (sub.load_applied() or {}).get("context") or {}
         try:
@@ -83,4 +83,30 @@ def effective(cfg: NetworkConfig, extra: list[NamedNetwork]) -> NetworkConfig:
 
     data = {k: getattr(cfg, k) for k in type(cfg).model_fields}
     data["networks"] = [*cfg.networks, *extra]
+    return NetworkConfig(**data)
+
+
+def pin_vnis(cfg: NetworkConfig, old: NetworkConfig | None) -> NetworkConfig:
+    """``cfg`` with every named network's VNI written out, as `etcd init` and `launch`
+    store it: one given stays; else the VNI the store's config ``old`` gives the network
+    of that name; else the lowest one free above the top-level VNI. So removing or
+    reordering networks later never moves another network's VNI (its devices would be
+    replaced under its containers)."""
+    if not cfg.networks:
+        return cfg
+    from crossnet.netmodel import NetworkConfig
+
+    before = {n.name: old.network_vni(i) for i, n in enumerate(old.networks)} if old is not None else {}
+    used = {cfg.vxlan.vni} | {n.vni for n in cfg.networks if n.vni}
+    pinned = []
+    for net in cfg.networks:
+        vni = net.vni
+        if vni is None and before.get(net.name) not in (None, *used):
+            vni = before[net.name]
+        if vni is None:
+            vni = next(v for v in range(cfg.vxlan.vni + 1, 1 << 24) if v not in used)
+        used.add(vni)
+        pinned.append(net.model_copy(update={"vni": vni}))
+    data = {k: getattr(cfg, k) for k in type(cfg).model_fields}
+    data["networks"] = pinned
     return NetworkConfig(**data)

@@ -115,6 +115,15 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
                                **named_networks(network_names, network_cidrs, networks_file)},
                               source="", label=option)
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
+    if cfg.networks:  # every network's VNI written out; one already in the store keeps its own
+        from crossnet import netstore
+        from crossnet.store import StoreError
+
+        try:
+            old = store.get_config()
+        except StoreError:  # none yet (or unreadable: replaced only with --force)
+            old = None
+        cfg = netstore.pin_vnis(cfg, old)
     result = store.init_config(cfg, force=force)
     if output == "json":
         from crossnet.cli.contract import emit

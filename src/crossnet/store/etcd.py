@@ -263,11 +263,12 @@ class EtcdStore(Store):
         return out
 
     def _lease_networks(self, cfg: NetworkConfig, name: str, lease_id: int,
-                        previous: dict) -> dict[str, IPv4Network]:
+                        remembered: dict[str, tuple[IPv4Network, dict]]) -> dict[str, IPv4Network]:
         """This host's subnet of every named network of ``cfg``, each one key
         ``<prefix>/networks/<net>/<subnet>`` bound to ``lease_id``, taken by the same rules
-        and the same kind of transaction as the main subnet (crossnet.leases); its keys of
-        networks no longer in ``cfg`` are deleted."""
+        and the same kind of transaction as the main subnet (crossnet.leases: what it had,
+        else the lowest free one no other host remembers); its keys of networks no longer
+        in ``cfg`` are deleted."""
         c = self.client
         kvs, _ = c.range(self.networks_prefix, prefix=True)
         by_net: dict[str, dict[IPv4Network, KV]] = {}
@@ -282,11 +283,12 @@ class EtcdStore(Store):
             for attempt in range(ACQUIRE_ATTEMPTS):
                 mine = {s: kv for s, kv in taken.items() if _owner(kv) == name}
                 live = [s for s, kv in mine.items() if kv.lease == lease_id]
-                want = previous.get(net.name)
-                with_prev = [IPv4Network(want)] if isinstance(want, str) and _is_network(want) else []
+                had = {h: IPv4Network(n[net.name]) for h, (_, n) in remembered.items()
+                       if isinstance(n.get(net.name), str) and _is_network(n[net.name])}
                 try:
                     sub = choose_subnet(net.network, net.subnet_len or cfg.subnet_len, taken,
-                                        wanted=[*live, *with_prev, *mine], mine=list(mine))
+                                        wanted=[*live, had.get(name), *mine], mine=list(mine),
+                                        avoid=[s for h, s in had.items() if h != name])
                 except SubnetsExhausted as exc:
                     raise StoreError(f"network {net.name}: {exc}") from None
                 stale = [(s, kv) for s, kv in mine.items() if s != sub]
@@ -362,7 +364,7 @@ class EtcdStore(Store):
                     )
             if not lease_id:
                 lease_id, ttl = c.lease_grant(ttl)
-            nets = self._lease_networks(cfg, name, lease_id, remembered_all.get(name, (None, {}))[1])
+            nets = self._lease_networks(cfg, name, lease_id, remembered_all)
             if kv is not None and kv.lease == lease_id:
                 rec = self._record(kv)
                 want = HostRecord(name, address, sub, data, networks=nets)
