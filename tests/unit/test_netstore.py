@@ -280,3 +280,17 @@ def test_agent_refuses_a_network_containing_its_address(kernel, tmp_path):
     a.name, a.address, a.iface = "h1", IPv4Address("10.56.0.1"), "eth0"
     with pytest.raises(StoreError, match="networks: network blue 10.56.0.0/16 contains this host's underlay address"):
         a._load_config()
+
+
+def test_a_config_change_beyond_its_networks_changes_nothing_but_the_networks(kernel, tmp_path):
+    """Only the networks are followed live: a new cluster name (it derives the VTEP MACs)
+    or VNI in the store is reported, never taken -- not at the first change, nor at the next."""
+    store = MemoryStore(pin_vnis(config([BLUE]), None))
+    a = start(store, kernel, tmp_path)
+    data = dict(a.lease.record.data)
+    for nets in ([BLUE, RED], [RED]):
+        store.cfg = pin_vnis(config(nets, name="other", vxlan={"vni": 7}), store.cfg)
+        assert a.follow_config(store.cfg)
+        assert a.cfg.name == "c" and a.cfg.vxlan.vni == 1 and a.lease.record.data == data
+        assert "only those are followed" in a.health["config"]
+    assert [n.name for n in a.cfg.networks] == ["red"]

@@ -379,11 +379,12 @@ class Agent:
         data = {k: getattr(self.store_cfg, k) for k in type(self.store_cfg).model_fields}
         data["networks"] = new.networks
         try:
-            eff = self._effective(NetworkConfig(**data))
+            followed = NetworkConfig(**data)  # the settings this agent started with, the new networks
+            eff = self._effective(followed)
         except (ConfigError, StoreError) as exc:
             self._report("config", str(exc))
             return False
-        self.store_cfg = new
+        self.store_cfg = followed
         if eff.to_json() == self.cfg.to_json():
             return False
         before = [n.name for n in self.cfg.networks]
