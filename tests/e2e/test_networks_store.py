@@ -1,14 +1,15 @@
 """Named networks under a store (docs/networks.md, "Under a store"), end to end: real
-etcd and agents (`lab up --store etcd`), real packets.
+etcd and agents, real packets.
 
-One lab (module scope, 3 hosts, vxlan): `crossnet etcd init --force --network-name blue
-... --network-name red ...` adds two networks to the running cluster; every agent
-leases a subnet of each, programs them (bridges, VNIs, peers' routes/FDB, isolation);
-one container per network per host (`attach --network`): same-network pairs ping across
-hosts, cross-network pairs never do. A third network added while pings run in the other
-two: it works, and they lose no packet. Then `crossnet launch --network-name` on a
-host of a lab of its own... no: on one host of the same lab, as the first host of a
-mesh of one, creates the mesh with the network.
+* One lab (module scope, 3 hosts, vxlan, `lab up --store etcd`): `crossnet etcd init
+  --force --network-name blue ... --network-name red ...` adds two networks to the
+  running cluster; every agent leases a subnet of each and programs them (bridges,
+  VNIs, peers' FDB/routes, isolation); one container per network per host (`attach
+  --network`): same-network pairs ping across hosts, cross-network pairs never do. A
+  third network added while pings run in the other two: it works, they lose no packet.
+* A 2-host lab without a store: `crossnet launch --network-name blue` on the first
+  host, the second joins (taking blue from the store; `--network-name` on a joining
+  host is refused with one line); blue containers ping across the hosts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ import pytest
 
 from crossnet.check import Endpoint, ping_matrix
 from crossnet.lab.etcd import lab_etcd
-from tests.e2e.agentlab import continuous_ping, end_ping, module_factory, ping_stats, wait_for
+from tests.e2e.agentlab import (
+    continuous_ping,
+    end_ping,
+    module_factory,
+    ping_stats,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -108,3 +115,38 @@ def test_a_third_network_added_at_run_time_interrupts_none(lab):
     for out in outs:
         sent, got = ping_stats(out)
         assert sent >= 20 and got == sent, out  # not one packet lost while green came
+
+
+@pytest.fixture(scope="module")
+def mesh_lab(request, lab_sweep):
+    """2 hosts without any store: `crossnet launch` makes one (etcd members, agents)."""
+    lab = module_factory(request)(hosts=2, underlay="l2", backend="vxlan", containers=1, apply=False)
+    yield lab
+    for h in lab.plan.hosts:
+        lab.crossnet(h.name, "stop", check=False, timeout=60)
+
+
+def test_launch_with_a_named_network(mesh_lab):
+    lab = mesh_lab
+    out = lab.crossnet("h1", "launch", "--name", "h1", "--voters", "1", "--network", "10.32.0.0/16",
+                       "--network-name", "blue", "--network-cidr", NETS["blue"], timeout=120).stdout
+    line = next(ln for ln in out.splitlines() if "crossnet launch --token" in ln).split()
+    token, addr = line[line.index("--token") + 1], line[-1]
+    bad = lab.crossnet("h2", "launch", "--name", "h2", "--token", token, addr, "--network-name", "red",
+                       "--network-cidr", NETS["red"], check=False)
+    assert bad.returncode == 2 and "--network-name: only when creating a mesh" in bad.stderr, bad.stderr
+    lab.crossnet("h2", "launch", "--name", "h2", "--token", token, addr, timeout=120)  # takes blue from the store
+    wait_for(lambda: programmed(lab, ["blue"]) and all(
+        lab.status(h.name)["networks"]["blue"]["subnet"] for h in lab.hosts), 60, "blue on both hosts")
+    eps = []
+    for h in lab.hosts:
+        c = h.containers[0]
+        lab.crossnet(h.name, "attach", c, "--network", "blue")
+        got = next(x for x in lab.status(h.name)["networks"]["blue"]["containers"] if x["id"] == c)
+        eps.append(Endpoint(f"{h.name}/blue", c, got["address"].split("/")[0]))
+    assert all(e.address.startswith("10.33.") for e in eps)
+    def all_ok():
+        pairs = ping_matrix(eps, count=1, timeout=1.0)
+        return len(pairs) == 2 and all(p.ok for p in pairs)
+
+    wait_for(all_ok, 20, "blue pings between the launched hosts")

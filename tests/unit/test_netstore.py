@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crossnet.agent.core import Agent, AgentOptions
-from crossnet.netstore import pin_vnis
 from crossnet.errors import ConfigError
+from crossnet.netstore import pin_vnis
 from crossnet.plan.resources import NftTable
 from crossnet.state import StateDir
 from crossnet.store import HostRecord, NetworkConfig, StoreError

@@ -535,7 +535,7 @@ class Agent:
                      mtu_was: int | None = None) -> program.Programmed:
         """program_host with every named network (crossnet.netstore), as `crossnet apply`
         does; then each network's own record, and a network gone is pruned."""
-        from crossnet import networks, netstore
+        from crossnet import netstore, networks
 
         assert self.ctx and self.backend and self.lease and self.cfg
         nets = netstore.contexts(self.cfg, self.ctx, self.backend, self.lease.record.networks,
