@@ -294,3 +294,17 @@ def test_a_config_change_beyond_its_networks_changes_nothing_but_the_networks(ke
         assert a.cfg.name == "c" and a.cfg.vxlan.vni == 1 and a.lease.record.data == data
         assert "only those are followed" in a.health["config"]
     assert [n.name for n in a.cfg.networks] == ["red"]
+
+
+def test_a_hostile_config_at_run_time_changes_nothing(kernel, tmp_path):
+    store = MemoryStore(pin_vnis(config([BLUE]), None))
+    a = start(store, kernel, tmp_path)
+    links, nets = set(kernel.links), dict(a.lease.record.networks)
+
+    def hostile():
+        raise StoreError("etcd /crossnet/config: networks[1].network: 10.33.0.0/16 overlaps networks[0].network")
+
+    store.get_config = hostile
+    a._handle(("config",))
+    assert "overlaps" in a.health["config"] and set(kernel.links) == links and a.lease.record.networks == nets
+    assert [n.name for n in a.cfg.networks] == ["blue"]
