@@ -22,8 +22,11 @@ from crossnet.plan.resources import NftTable
 from crossnet.state import StateDir
 from crossnet.store import HostRecord, NetworkConfig, StoreError
 from crossnet.store.records import LocalView, select_records
-from tests.unit.fakekernel import FakeEnv, FakeKernel, install, machine
+from tests.unit.fakekernel import FakeKernel, install, machine
 from tests.unit.fakestore import MemoryStore
+from tests.unit.test_agent_sync import (
+    start,  # the agent up to "ready" on the fake kernel
+)
 
 BLUE = {"name": "blue", "network": "10.33.0.0/16"}
 RED = {"name": "red", "network": "10.34.0.0/16"}
@@ -214,16 +217,6 @@ def kernel(tmp_path, monkeypatch) -> FakeKernel:
     monkeypatch.setattr(NftTable, "remove", lambda self, env: tables.pop(self.key(), None))
     k.nft = tables  # type: ignore[attr-defined]
     return k
-
-
-def start(store: MemoryStore, kernel: FakeKernel, root) -> Agent:
-    a = Agent(store, StateDir(root / "state"), AgentOptions(name="h1", api=False))
-    a.name, a.address, a.iface = "h1", IPv4Address("10.56.0.1"), "eth0"
-    a._env = lambda: FakeEnv(kernel)
-    a._load_config()
-    a._acquire(*a._previous())
-    a.full_sync(store.snapshot())
-    return a
 
 
 def routes(kernel: FakeKernel) -> set[str]:

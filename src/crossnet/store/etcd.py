@@ -451,28 +451,27 @@ class EtcdStore(Store):
         """The revisions (after ``since``) at which some host's published containers
         changed; ends after ``read_timeout`` idle seconds (the caller watches again).
         ``on_open(conn)``: the watch's connection (to break a blocked read when stopping)."""
-        try:
-            for events, rev in self.client.watch(self.containers_prefix, since, prefix=True,
-                                                 read_timeout=read_timeout, on_open=on_open):
-                if stop.is_set():
-                    return
-                if events:
-                    yield rev
-        except WatchCompacted as exc:
-            raise StoreUnavailable(f"watch: {exc}") from None
-        except EtcdError as exc:
-            raise _unavailable(exc) from None
+        return self._changes(self.containers_prefix, True, since, stop, read_timeout, on_open)
 
     def watch_config(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[int]:
         """The revisions (after ``since``) at which the network config key changed; ends
         after ``read_timeout`` idle seconds (the caller watches again)."""
-        try:
-            def opened(conn) -> None:
-                with self._watch_lock:
-                    self._config_conn = conn
+        def opened(conn) -> None:
+            with self._watch_lock:
+                self._config_conn = conn
 
-            for events, rev in self.client.watch(self.config_key, since, prefix=False, read_timeout=read_timeout,
-                                                 on_open=opened):
+        try:
+            yield from self._changes(self.config_key, False, since, stop, read_timeout, opened)
+        finally:
+            with self._watch_lock:
+                self._config_conn = None
+
+    def _changes(self, key: str, prefix: bool, since: int, stop: threading.Event, read_timeout: float,
+                 on_open: Any) -> Iterator[int]:
+        """The revisions (after ``since``) at which ``key`` (or what it prefixes) changed."""
+        try:
+            for events, rev in self.client.watch(key, since, prefix=prefix, read_timeout=read_timeout,
+                                                 on_open=on_open):
                 if stop.is_set():
                     return
                 if events:
@@ -481,9 +480,6 @@ class EtcdStore(Store):
             raise StoreUnavailable(f"watch: {exc}") from None
         except EtcdError as exc:
             raise _unavailable(exc) from None
-        finally:
-            with self._watch_lock:
-                self._config_conn = None
 
     # ------------------------------------------------------------------ watch
 
