@@ -301,3 +301,16 @@ def test_a_hostile_config_at_run_time_changes_nothing(kernel, tmp_path):
     a._handle(("config",))
     assert "overlaps" in a.health["config"] and set(kernel.links) == links and a.lease.record.networks == nets
     assert [n.name for n in a.cfg.networks] == ["blue"]
+
+
+def test_a_network_that_could_not_be_leased_is_retried_at_the_next_resync(kernel, tmp_path):
+    store = MemoryStore(pin_vnis(config([BLUE]), None))
+    a = start(store, kernel, tmp_path)
+    new = pin_vnis(config([BLUE, RED]), store.cfg)
+    store.unavailable = True  # etcd down while the change arrives
+    assert not a.follow_config(new)
+    assert a.config_pending is new and [n.name for n in a.cfg.networks] == ["blue"] and "retrying" in a.health["config"]
+    store.unavailable = False
+    store.cfg = new
+    a._resync()
+    assert "cn-red" in kernel.links and a.config_pending is None and a.health["config"] is None

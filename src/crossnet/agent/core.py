@@ -112,7 +112,8 @@ class Agent:
         self.cfg: NetworkConfig | None = None  # the store's config (+ networks kept for their containers)
         self.nets: dict[str, HostContext] = {}  # this host's context of each named network (docs/networks.md)
         self.kept_networks: list[str] = []  # named networks gone from the store, kept for their containers
-        self.store_cfg: NetworkConfig | None = None  # the config as the store has it
+        self.store_cfg: NetworkConfig | None = None  # the config followed (the store's at start + its networks)
+        self.config_pending: NetworkConfig | None = None  # a config change not taken yet (retried at resync)
         self.backend: Backend | None = None
         self.lease: SubnetLease | None = None
         self.ctx: HostContext | None = None
@@ -337,95 +338,22 @@ class Agent:
         if self.pmtu is None and self.opts.probe_mtu is None and pmtu.probes_by_default(cfg.backend):
             self.pmtu = pmtu.Monitor.resume(self.state, self.opts.resync)
 
-    def _effective(self, cfg: NetworkConfig) -> NetworkConfig:
-        """``cfg`` plus the named networks it no longer names that still have containers
-        here (kept until they are detached, docs/networks.md); StoreError when those clash."""
-        from crossnet import netstore
+    # the named networks of a changed config (crossnet.agent.netfollow, docs/networks.md)
 
-        assert self.address is not None
-        for net in cfg.networks:
-            if self.address in net.network:
-                raise StoreError(f"networks: network {net.name} {net.network} contains this host's underlay "
-                                 f"address {self.address}")
-        kept = netstore.kept(cfg, self.state)
-        try:
-            eff = netstore.effective(cfg, kept)
-        except ConfigError as exc:
-            raise StoreError(f"the store's networks clash with {', '.join(n.name for n in kept)}, kept here for "
-                             f"their attached containers: {exc}") from None
-        names = [n.name for n in kept]
-        if names != self.kept_networks:
-            for name in names:
-                log.warning("network %s is gone from the store but containers are attached to it here: kept until "
-                            "they are detached", name)
-            self.kept_networks = names
-        return eff
+    def _effective(self, cfg: NetworkConfig) -> NetworkConfig:
+        from crossnet.agent import netfollow
+
+        return netfollow.effective(self, cfg)
 
     def follow_config(self, new: NetworkConfig) -> bool:
-        """A changed network config (the config watch; every resync for the kept networks):
-        its named networks are followed live -- a network added is leased and programmed,
-        one removed is released and removed (kept while containers are attached) -- without
-        touching the others. Other changes need a restart of the agents (logged). Returns
-        whether this host's networks changed (the caller re-syncs)."""
-        assert self.cfg and self.store_cfg and self.lease
-        def plain(c: NetworkConfig) -> dict:
-            return {k: v for k, v in c.to_json().items() if k != "networks"}
+        from crossnet.agent import netfollow
 
-        if plain(new) != plain(self.store_cfg):
-            self._report("config", "the store's network config changed beyond its networks: only those are "
-                                   "followed; restart the agents for the rest")
-        else:
-            self._report("config", None)
-        data = {k: getattr(self.store_cfg, k) for k in type(self.store_cfg).model_fields}
-        data["networks"] = new.networks
-        try:
-            followed = NetworkConfig(**data)  # the settings this agent started with, the new networks
-            eff = self._effective(followed)
-        except (ConfigError, StoreError) as exc:
-            self._report("config", str(exc))
-            return False
-        self.store_cfg = followed
-        if eff.to_json() == self.cfg.to_json():
-            return False
-        before = [n.name for n in self.cfg.networks]
-        self.cfg = eff
-        try:
-            self._acquire(self.lease.subnet, self.lease.lease_id)  # lease (or release) the networks' subnets
-        except StoreError as exc:
-            self._report("config", f"leasing the networks' subnets: {exc}")
-            return False
-        log.info("networks: %s -> %s", ", ".join(before) or "-", ", ".join(n.name for n in eff.networks) or "-")
-        return True
+        return netfollow.follow(self, new)
 
     def _config_loop(self) -> None:
-        """Watch the store's network config; each change is queued ("config")."""
-        since = self.revision + 1
-        delay = self.opts.backoff_initial
-        while not self.stop.is_set():
-            try:
-                for rev in self.store.watch_config(since, self.stop):
-                    since = max(since, rev + 1)
-                    self.queue.put(("config",))
-                delay = self.opts.backoff_initial
-            except StoreError:
-                if self.stop.wait(delay):
-                    return
-                delay = min(delay * 2, self.opts.backoff_max)
-                self.queue.put(("config",))  # re-read after a reconnect: a change may have been missed
-                since = 0  # from now on (the revision may be compacted)
-            except Exception:  # never let the watcher die silently
-                log.exception("config watch: unexpected error")
-                if self.stop.wait(delay):
-                    return
+        from crossnet.agent import netfollow
 
-    def _config_changed(self) -> None:
-        try:
-            new = self.store.get_config()
-        except StoreError as exc:
-            self._report("config", f"reading the network config: {exc}")
-            return
-        if self.follow_config(new):
-            self._resync()
+        netfollow.watch_loop(self)
 
     # ------------------------------------------------------------------ programming
 
@@ -909,7 +837,9 @@ class Agent:
             if self.health.get("containers"):  # the store is back: retry the failed publish
                 self.containers_changed(wait=0)
         elif kind == "config":
-            self._config_changed()
+            from crossnet.agent import netfollow
+
+            netfollow.changed(self)
         elif kind == "transport" and item[1] in self.peers:  # the prober switched this peer's transport
             with self.state.lock():
                 self._program_peer(self._env(), item[1])
@@ -928,8 +858,9 @@ class Agent:
 
     def _resync(self) -> None:
         self.next_resync = time.monotonic() + self.opts.resync
-        if self.kept_networks and self.store_cfg is not None:
-            self.follow_config(self.store_cfg)  # a kept network whose containers are gone now goes
+        if (self.kept_networks or self.config_pending) and self.store_cfg is not None:
+            # a kept network whose containers are gone now goes; a change that failed is retried
+            self.follow_config(self.config_pending or self.store_cfg)
         try:
             snap = self.store.snapshot()
         except StoreError as exc:
