@@ -377,47 +377,27 @@ def _overlay_errors(c: Cluster) -> Iterator[Problem]:
         )
 
 
-NETWORKS_BACKENDS = ("host-gw", "vxlan")  # backends that carry several networks
-
-
 def _networks_errors(c: Cluster) -> Iterator[Problem]:
-    """networks: safe names, their own non-overlapping CIDRs (with each other, the top-level
-    network, the underlay), distinct VNIs and bridges, a subnet for every host."""
-    if c.backend not in NETWORKS_BACKENDS:
-        yield ("networks",), f"backend {c.backend} carries one network; several need {' or '.join(NETWORKS_BACKENDS)}"
-        return
-    names = {}
-    nets: list[tuple[str, IPv4Network]] = [("network", c.network)] if c.network is not None else []
-    vnis = {c.vxlan.vni: "vxlan.vni"}
-    bridges = {c.bridge_name(): "bridge"}
+    """networks: the rules a store's config shares (netmodel.named_network_problems), and
+    those that need the hosts: no host address nor underlay inside a network, no bridge
+    named like a NIC, a subnet for every host."""
+    from crossnet.netmodel import named_network_problems
+
+    nics = {}
     for i, h in enumerate(c.hosts):
-        bridges.setdefault(h.iface, f"hosts[{i}].iface")
+        nics.setdefault(h.iface, f"hosts[{i}].iface")
+    shared = list(named_network_problems(c.backend, c.network, c.subnet_len, c.vxlan.vni, c.bridge_name(),
+                                         c.networks, nics))
+    yield from shared
+    if any(loc == ("networks",) for loc, _ in shared):
+        return
     for i, net in enumerate(c.networks):
-        where = f"networks[{i}]"
-        if net.name in names:
-            yield (("networks", i, "name"), f"duplicate network name {net.name!r} (also {names[net.name]})")
-        names.setdefault(net.name, where)
-        for other, cidr in nets:
-            if cidr.overlaps(net.network):
-                yield (("networks", i, "network"), f"{net.network} overlaps {other} {cidr}")
-        nets.append((f"{where}.network", net.network))
         for j, host in enumerate(c.hosts):
             if host.address in net.network:
                 yield (("networks", i, "network"), f"{net.network} contains {_host_ref(j, host)} address {host.address}")
         yield from _underlay_overlap_errors(c, ("networks", i, "network"), net.network)
-        vni = c.network_vni(i)
-        if vni in vnis:
-            yield (("networks", i, "vni"), f"VNI {vni} is already {vnis[vni]}'s")
-        vnis.setdefault(vni, f"{where}.vni")
-        bridge = net.bridge_name()
-        if bridge in bridges:
-            yield (("networks", i, "bridge"), f"bridge {bridge} is already {bridges[bridge]}")
-        bridges.setdefault(bridge, f"{where}.bridge")
         subnet_len = net.subnet_len or c.subnet_len
-        problem = subnet_len_problem(net.network, subnet_len)
-        if problem:
-            yield (("networks", i, "subnet_len"), problem)
-        elif (1 << (subnet_len - net.network.prefixlen)) < len(c.hosts):
+        if subnet_len_problem(net.network, subnet_len) is None and (1 << (subnet_len - net.network.prefixlen)) < len(c.hosts):
             yield (("networks", i, "subnet_len"), f"{net.network} has fewer /{subnet_len} subnets than hosts")
 
 

@@ -19,7 +19,7 @@ importing YAML or building the cluster file's models (start-up time and memory).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ipaddress import IPv4Address, IPv4Network, IPv6Address
 from typing import Annotated, Any, Literal, get_args
 
@@ -312,6 +312,48 @@ def subnet_len_problem(network: IPv4Network, subnet_len: int) -> str | None:
     return None
 
 
+NETWORKS_BACKENDS = ("host-gw", "vxlan")  # backends that carry several networks (docs/networks.md)
+MAX_NETWORKS = 64  # named networks a store's config may carry (a hostile record cannot make thousands)
+
+
+def named_network_problems(backend: str, network: IPv4Network | None, subnet_len: int, vni: int, bridge: str,
+                           networks: list[NamedNetwork], reserved: dict[str, str] | None = None) -> Iterator[Problem]:
+    """The rules of ``networks:`` that need no hosts, for the cluster file (crossnet.config)
+    and a store's config alike: a backend that carries several networks, unique names,
+    CIDRs that overlap neither the top-level network nor each other, distinct VNIs
+    (default: ``vni`` + position + 1) and bridges (``reserved``: more names taken, e.g.
+    the hosts' NICs), a valid ``subnet_len``."""
+    if not networks:
+        return
+    if backend not in NETWORKS_BACKENDS:
+        yield ("networks",), f"backend {backend} carries one network; several need {' or '.join(NETWORKS_BACKENDS)}"
+        return
+    names: dict[str, str] = {}
+    nets: list[tuple[str, IPv4Network]] = [("network", network)] if network is not None else []
+    vnis = {vni: "vxlan.vni"}
+    bridges = {bridge: "bridge", **{k: v for k, v in (reserved or {}).items() if k != bridge}}
+    for i, net in enumerate(networks):
+        where = f"networks[{i}]"
+        if net.name in names:
+            yield (("networks", i, "name"), f"duplicate network name {net.name!r} (also {names[net.name]})")
+        names.setdefault(net.name, where)
+        for other, cidr in nets:
+            if cidr.overlaps(net.network):
+                yield (("networks", i, "network"), f"{net.network} overlaps {other} {cidr}")
+        nets.append((f"{where}.network", net.network))
+        one_vni = net.vni or vni + i + 1
+        if one_vni in vnis:
+            yield (("networks", i, "vni"), f"VNI {one_vni} is already {vnis[one_vni]}'s")
+        vnis.setdefault(one_vni, f"{where}.vni")
+        one_bridge = net.bridge_name()
+        if one_bridge in bridges:
+            yield (("networks", i, "bridge"), f"bridge {one_bridge} is already {bridges[one_bridge]}")
+        bridges.setdefault(one_bridge, f"{where}.bridge")
+        problem = subnet_len_problem(net.network, net.subnet_len or subnet_len)
+        if problem:
+            yield (("networks", i, "subnet_len"), problem)
+
+
 class NetworkConfig(NetworkSettings):
     """A store's network config (`crossnet etcd init` writes it, every agent reads it).
 
@@ -338,9 +380,12 @@ class NetworkConfig(NetworkSettings):
 
     @model_validator(mode="after")
     def _check_subnet_len(self) -> NetworkConfig:
-        if self.networks:  # not carried by the store's JSON yet: refused, never silently dropped
-            raise problems_error(type(self).__name__, [(("networks",), "several networks need the static cluster "
-                                                        "file and `crossnet apply` (not supported with a store yet)")])
+        found = list(named_network_problems(self.backend, self.network, self.subnet_len, self.vxlan.vni,
+                                            self.bridge_name, self.networks))
+        if len(self.networks) > MAX_NETWORKS:
+            found.insert(0, (("networks",), f"{len(self.networks)} networks: a store carries at most {MAX_NETWORKS}"))
+        if found:  # the cluster file's rules that need no hosts (the store has none)
+            raise problems_error(type(self).__name__, found)
         problem = subnet_len_problem(self.network, self.subnet_len)
         if problem:
             raise problems_error(type(self).__name__, [(("subnet_len",), problem)])
@@ -392,7 +437,13 @@ class NetworkConfig(NetworkSettings):
             **({"wireguard": wireguard} if wireguard else {}),
             **({"auto": auto} if auto else {}),
             **({"dns_domain": self.dns_domain} if self.dns_domain != "crossnet.local" else {}),
+            **({"networks": [n.model_dump(mode="json", exclude_none=True) for n in self.networks]}
+               if self.networks else {}),
         }
+
+    def network_vni(self, index: int) -> int:
+        """VNI of networks[index]: its own, or the top-level VNI + index + 1 (as the cluster file's)."""
+        return self.networks[index].vni or self.vxlan.vni + index + 1
 
     @classmethod
     def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:

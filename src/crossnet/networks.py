@@ -46,12 +46,17 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
                            bridge=net.bridge_name(), vni=cluster.network_vni(i),
                            masquerade=cluster.masquerade if net.masquerade is None else net.masquerade)
         peers = [Peer(p.name, p.address, subnets[p.name], p.data, p.transport) for p in ctx.peers]
-        one = program.context(settings, backend, host=ctx.host, address=ctx.address, iface=ctx.iface,
-                              subnet=subnets[ctx.host], nic=_Nic(ctx.underlay_mtu, ctx.nic_mac),  # type: ignore[arg-type]
-                              peers=peers, state_dir=ctx.state_dir)
-        one.mtu = ctx.mtu  # one underlay, one backend: the top-level container MTU (path MTU included)
-        out[net.name] = one
+        out[net.name] = one_context(settings, ctx, backend, subnets[ctx.host], peers)
     return out
+
+
+def one_context(settings: program.Settings, ctx: HostContext, backend: Backend, subnet, peers: list[Peer]) -> HostContext:
+    """This host's context of one named network (``settings``: its own), from the top-level ``ctx``."""
+    one = program.context(settings, backend, host=ctx.host, address=ctx.address, iface=ctx.iface,
+                          subnet=subnet, nic=_Nic(ctx.underlay_mtu, ctx.nic_mac),  # type: ignore[arg-type]
+                          peers=peers, state_dir=ctx.state_dir)
+    one.mtu = ctx.mtu  # one underlay, one backend: the top-level container MTU (path MTU included)
+    return one
 
 
 def check_kept(applied: dict | None, nets: dict[str, HostContext]) -> None:

@@ -41,13 +41,17 @@ class MemoryStore(Store):
         self.revision += 1
         return self.revision
 
-    def join(self, name: str, address: str, subnet: str | None = None, data: dict | None = None) -> HostRecord:
-        """Another host registers (in the subnet given, else the lowest free one)."""
+    def join(self, name: str, address: str, subnet: str | None = None, data: dict | None = None,
+             networks: dict | None = None) -> HostRecord:
+        """Another host registers (in the subnet given, else the lowest free one; ``networks``:
+        its subnets of the named networks)."""
         net = IPv4Network(subnet) if subnet else self._free()
+        for old in [s for s, r in self.records.items() if r.name == name and s != net]:
+            del self.records[old]  # a host holds one subnet
         self._lease += 1
         rev = self._bump()
         rec = HostRecord(name, IPv4Address(address), net, dict(data or {}), lease=self._lease, revision=rev, key=net,
-                         created=rev)
+                         created=rev, networks={k: IPv4Network(v) for k, v in (networks or {}).items()})
         self.records[net] = rec
         self.events.append(PeerEvent("put", net, rec, rev))
         return rec
@@ -84,8 +88,20 @@ class MemoryStore(Store):
     def acquire(self, cfg, name, address, data, previous=None, previous_lease=0, ttl=None) -> SubnetLease:
         self._check()
         net = self._free(previous, name)
-        rec = self.join(name, str(address), str(net), data)
-        return SubnetLease(HostRecord(name, rec.address, net, dict(data)), rec.lease, ttl or cfg.ttl)
+        nets = self._free_networks(cfg, name)
+        rec = self.join(name, str(address), str(net), data, networks=nets)
+        return SubnetLease(HostRecord(name, rec.address, net, dict(data), networks=nets), rec.lease, ttl or cfg.ttl)
+
+    def _free_networks(self, cfg, name: str) -> dict[str, IPv4Network]:
+        """One subnet per named network: the one this host holds, else the lowest free (crossnet.leases)."""
+        from crossnet.leases import choose_subnet
+
+        out = {}
+        for n in cfg.networks:
+            held = {r.networks[n.name]: r.name for r in self.records.values() if n.name in r.networks}
+            mine = [s for s, owner in held.items() if owner == name]
+            out[n.name] = choose_subnet(n.network, n.subnet_len or cfg.subnet_len, held, wanted=mine, mine=mine)
+        return out
 
     def renew(self, lease: SubnetLease) -> None:
         self._check()

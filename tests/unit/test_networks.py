@@ -82,9 +82,11 @@ def test_underlay_networks_and_backends():
     assert cluster(backend="host-gw").networks[0].name == "blue"
 
 
-def test_a_store_refuses_networks_instead_of_dropping_them():
-    with pytest.raises(ConfigError, match="networks: several networks need the static cluster file"):
-        NetworkConfig.of(cluster())
+def test_a_store_carries_the_cluster_files_networks():
+    c = cluster()
+    cfg = NetworkConfig.of(c)
+    assert [n.name for n in cfg.networks] == [n.name for n in c.networks]
+    assert [cfg.network_vni(i) for i in range(len(cfg.networks))] == [c.network_vni(i) for i in range(len(c.networks))]
 
 
 def host_ctx(c, backend) -> HostContext:

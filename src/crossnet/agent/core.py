@@ -109,7 +109,11 @@ class Agent:
         self.opts = opts
         self.stop = threading.Event()
         self.queue: queue.Queue[tuple] = queue.Queue()
-        self.cfg: NetworkConfig | None = None
+        self.cfg: NetworkConfig | None = None  # the store's config (+ networks kept for their containers)
+        self.nets: dict[str, HostContext] = {}  # this host's context of each named network (docs/networks.md)
+        self.kept_networks: list[str] = []  # named networks gone from the store, kept for their containers
+        self.store_cfg: NetworkConfig | None = None  # the config followed (the store's at start + its networks)
+        self.config_pending: NetworkConfig | None = None  # a config change not taken yet (retried at resync)
         self.backend: Backend | None = None
         self.lease: SubnetLease | None = None
         self.ctx: HostContext | None = None
@@ -125,7 +129,8 @@ class Agent:
         self.revision = 0
         self.started = time.time()
         self.synced_at: float | None = None
-        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None, "containers": None}
+        self.health: dict[str, str | None] = {"keepalive": None, "watch": None, "sync": None, "containers": None,
+                                              "config": None}
         self.reacquire_at: float | None = None
         self.next_resync = 0.0
         self.next_local_check = 0.0
@@ -328,9 +333,27 @@ class Agent:
         assert self.address is not None
         if self.address in cfg.network:
             raise ConfigError(f"network {cfg.network} contains this host's underlay address {self.address}")
-        self.cfg, self.backend = cfg, backend
+        self.store_cfg = cfg
+        self.cfg, self.backend = self._effective(cfg), backend
         if self.pmtu is None and self.opts.probe_mtu is None and pmtu.probes_by_default(cfg.backend):
             self.pmtu = pmtu.Monitor.resume(self.state, self.opts.resync)
+
+    # the named networks of a changed config (crossnet.agent.netfollow, docs/networks.md)
+
+    def _effective(self, cfg: NetworkConfig) -> NetworkConfig:
+        from crossnet.agent import netfollow
+
+        return netfollow.effective(self, cfg)
+
+    def follow_config(self, new: NetworkConfig) -> bool:
+        from crossnet.agent import netfollow
+
+        return netfollow.follow(self, new)
+
+    def _config_loop(self) -> None:
+        from crossnet.agent import netfollow
+
+        netfollow.watch_loop(self)
 
     # ------------------------------------------------------------------ programming
 
@@ -387,8 +410,10 @@ class Agent:
             foreign.append(net)
         macs = frozenset(v for v in self.backend.host_data(self.cfg.name, self.name, self.address).values()
                          if isinstance(v, str))
+        from crossnet import netstore
+
         return LocalView(self.cfg.network, self.cfg.subnet_len, self.name, self.address, self.lease.subnet, macs,
-                         tuple(foreign), tuple(connected))
+                         tuple(foreign), tuple(connected), netstore.view(self.cfg, self.lease.record.networks))
 
     def _take_snapshot(self, snap: Snapshot, env: Env, owned: list[Resource]) -> None:
         """Every record of the snapshot but ours, filed under its key; the valid ones
@@ -423,16 +448,8 @@ class Agent:
             self.ctx.peers = list(usable.values())
             mtu_was = self.ctx.mtu
             pmtu.adjust(self.ctx, self.backend, self.pmtu.record if self.pmtu else None)  # measured paths
-            done = program.program_host(self.state, env, self.ctx, self.backend, previous, self._source(),
-                                        check_underlay=False, protect_routes=self.synced_at is None,
-                                        always_record=True, mtu_was=mtu_was)
-            assert done.owned is not None
-            # split what is owned now for the fast path: each peer's resources, the rest local
-            by_key = {r.key(): r for r in done.owned}
-            per_peer = {s: program.peer_resources(self.ctx, self.backend, p) for s, p in usable.items()}
-            self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
-            peer_keys = {r.key() for res in per_peer.values() for r in res}
-            self.base_res = [r for r in done.owned if r.key() not in peer_keys]
+            done = self._program_all(env, previous, usable, mtu_was)
+            self._split_owned(done, usable)
             self.revision = snap.revision
         repaired = len(done.changes) if self.synced_at is not None else 0  # after the first: drift
         self.synced_at = time.time()
@@ -441,6 +458,33 @@ class Agent:
         for ch in done.changes:
             log.info("  %s", ch)
         log.info("synced at revision %d: %d peer(s), %d change(s)", snap.revision, len(self.peer_res), len(done.changes))
+
+    def _program_all(self, env: Env, previous: list[Resource], usable: dict[IPv4Network, Peer],
+                     mtu_was: int | None = None) -> program.Programmed:
+        """program_host with every named network (crossnet.netstore), as `crossnet apply`
+        does; then each network's own record, and a network gone is pruned."""
+        from crossnet import netstore, networks
+
+        assert self.ctx and self.backend and self.lease and self.cfg
+        nets = netstore.contexts(self.cfg, self.ctx, self.backend, self.lease.record.networks,
+                                 [(p, self.peers[s].networks) for s, p in usable.items()])
+        done = program.program_host(self.state, env, self.ctx, self.backend, previous, self._source(),
+                                    check_underlay=False, protect_routes=self.synced_at is None,
+                                    always_record=True, mtu_was=mtu_was, networks=nets)
+        assert done.owned is not None
+        networks.prune(self.state, set(nets), self.backend, env)
+        networks.record(self.state, self.name, nets)
+        self.nets = nets
+        return done
+
+    def _split_owned(self, done: program.Programmed, usable: dict[IPv4Network, Peer]) -> None:
+        """What is owned now, for the fast path: each peer's resources, the rest local."""
+        assert self.ctx and self.backend and done.owned is not None
+        by_key = {r.key(): r for r in done.owned}
+        per_peer = {s: program.peer_resources(self.ctx, self.backend, p) for s, p in usable.items()}
+        self.peer_res = {s: [by_key.get(r.key(), r) for r in res] for s, res in per_peer.items()}
+        peer_keys = {r.key() for res in per_peer.values() for r in res}
+        self.base_res = [r for r in done.owned if r.key() not in peer_keys]
 
     def apply_events(self, events: list[PeerEvent]) -> None:
         assert self.ctx and self.backend
@@ -474,6 +518,17 @@ class Agent:
             changed |= {s for s in touched if (s in valid) != (s in self.peer_res)}
             self.peers = valid
             if not changed:
+                return
+            if self.nets or (self.cfg and self.cfg.networks):  # named networks: the whole path
+                from crossnet.host import load_previous
+
+                usable = {s: p for s, p in ((s, self._peer(valid[s])) for s in sorted(valid))
+                          if program.peer_usable(self.ctx, self.backend, env, p)}
+                self.ctx.peers = list(usable.values())
+                done = self._program_all(env, load_previous(self.state)[1], usable)
+                self._split_owned(done, usable)
+                for ch in done.changes:
+                    log.info("  %s", ch)
                 return
             # peers added/changed first, then the local resources that may list the peers
             # (OVS flows name the tunnel ports), then the removed peers
@@ -683,6 +738,9 @@ class Agent:
             "rejected_records": self.book.rejected_total,
             "rejected": self.book.rejected_json(),
             "rejected_containers": self.rejected_containers,
+            "networks": {name: {"network": str(c.network), "subnet": str(c.subnet), "bridge": c.bridge, "vni": c.vni,
+                                "peers": len(c.peers), "kept": name in self.kept_networks}
+                         for name, c in self.nets.items()},
             "rss_kb": _rss_kb(),
         }
 
@@ -730,6 +788,8 @@ class Agent:
             self._api = serve(self, socket_path(self.state))
         self._start_thread("watch", self._watch_loop)
         self._start_thread("containers", self._publisher_loop)
+        if self.store.config_watch:
+            self._start_thread("config", self._config_loop)
         if self.pmtu:
             self._start_thread("pmtu", lambda: self.pmtu.run(
                 lambda: self.ctx, self.backend, lambda: setattr(self, "next_resync", 0.0), self.stop))
@@ -776,6 +836,10 @@ class Agent:
             self._sync_safely(item[1])
             if self.health.get("containers"):  # the store is back: retry the failed publish
                 self.containers_changed(wait=0)
+        elif kind == "config":
+            from crossnet.agent import netfollow
+
+            netfollow.changed(self)
         elif kind == "transport" and item[1] in self.peers:  # the prober switched this peer's transport
             with self.state.lock():
                 self._program_peer(self._env(), item[1])
@@ -794,6 +858,9 @@ class Agent:
 
     def _resync(self) -> None:
         self.next_resync = time.monotonic() + self.opts.resync
+        if (self.kept_networks or self.config_pending) and self.store_cfg is not None:
+            # a kept network whose containers are gone now goes; a change that failed is retried
+            self.follow_config(self.config_pending or self.store_cfg)
         try:
             snap = self.store.snapshot()
         except StoreError as exc:

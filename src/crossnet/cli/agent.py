@@ -32,6 +32,42 @@ def _store(etcd: str, prefix: str, cert, keyfile, cacert, timeout: float):
     return EtcdStore.connect(etcd, prefix, cert=cert, key=keyfile, cacert=cacert, timeout=timeout)
 
 
+def network_options(fn):
+    """--network-name/--network-cidr (repeatable, in pairs) and --networks-file: the named
+    networks of a store's config (docs/networks.md); `etcd init` and `launch` take them."""
+    fn = click.option("--networks-file", type=click.Path(dir_okay=False), default=None,
+                      help="YAML/JSON list of named networks, as the cluster file's `networks:` "
+                           "(name, network, subnet_len, vni, bridge).")(fn)
+    fn = click.option("--network-cidr", "network_cidrs", multiple=True, metavar="CIDR",
+                      help="The CIDR of the --network-name of the same position.")(fn)
+    return click.option("--network-name", "network_names", multiple=True, metavar="NAME",
+                        help="One more isolated network (repeatable, each with a --network-cidr).")(fn)
+
+
+def named_networks(names: tuple[str, ...], cidrs: tuple[str, ...], path: str | None) -> dict:
+    """The ``networks`` of a store's config from the options (none: no key)."""
+    from crossnet.errors import ConfigError
+
+    if len(names) != len(cidrs):
+        raise ConfigError(f"--network-name/--network-cidr: {len(names)} name(s) but {len(cidrs)} CIDR(s); "
+                          "give each --network-name its --network-cidr")
+    out: list = [{"name": n, "network": c} for n, c in zip(names, cidrs, strict=True)]
+    if path:
+        import yaml
+
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh.read(1 << 20))
+        except (OSError, yaml.YAMLError, RecursionError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--networks-file: cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+        if isinstance(data, dict) and "networks" in data:
+            data = data["networks"]
+        if not isinstance(data, list):
+            raise ConfigError("--networks-file: expected a list of networks (or a mapping with `networks:`)")
+        out += data
+    return {"networks": out} if out else {}
+
+
 @click.group("etcd")
 def etcd_group() -> None:
     """Manage the cluster's network config in etcd (for `crossnet agent`)."""
@@ -56,32 +92,47 @@ def etcd_group() -> None:
 @click.option("--encrypt", is_flag=True, help="Backend auto: every peer over WireGuard (docs/transport.md).")
 @click.option("--dns-domain", default="crossnet.local", show_default=True,
               help="Containers' DNS names are NAME.<this domain> (docs/dns.md).")
-@click.option("--force", is_flag=True, help="Replace a different existing config (restart the agents after).")
+@network_options
+@click.option("--force", is_flag=True, help="Replace a different existing config (a change of its networks only: "
+                                            "the agents follow it; anything else: restart them).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text for people, json for scripts (docs/json.md).")
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
-              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, dns_domain, force,
-              output) -> None:
+              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, dns_domain, network_names,
+              network_cidrs, networks_file, force, output) -> None:
     """Write the cluster's network config to etcd (once; idempotent)."""
     from crossnet.store import NetworkConfig
 
     def option(field: str) -> str:  # vxlan.vni -> --vni, wireguard.port -> --wireguard-port
+        if field.startswith("networks"):
+            return field  # networks[1].network: the n-th --network-name/--network-cidr (or the file's entry)
         return "--" + field.removeprefix("vxlan.").removeprefix("auto.").replace("wireguard.", "wireguard-").replace("_", "-")
 
     cfg = NetworkConfig.parse({"network": network, "backend": backend, "subnet_len": subnet_len, "name": cluster_name,
                                "ttl": ttl, "masquerade": masquerade, "dns_domain": dns_domain, "mtu": mtu, "vxlan": {"vni": vni, "port": port},
                                "wireguard": {"port": wireguard_port, "keepalive": wireguard_keepalive},
-                               **({"auto": {"encrypt": True}} if encrypt else {})},
+                               **({"auto": {"encrypt": True}} if encrypt else {}),
+                               **named_networks(network_names, network_cidrs, networks_file)},
                               source="", label=option)
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
+    if cfg.networks:  # every network's VNI written out; one already in the store keeps its own
+        from crossnet import netstore
+        from crossnet.store import StoreError
+
+        try:
+            old = store.get_config()
+        except StoreError:  # none yet (or unreadable: replaced only with --force)
+            old = None
+        cfg = netstore.pin_vnis(cfg, old)
     result = store.init_config(cfg, force=force)
     if output == "json":
         from crossnet.cli.contract import emit
 
         emit({"result": result, "key": store.config_key, "config": cfg.to_json()})
     else:
+        more = "".join(f", network {n.name} {n.network}" for n in cfg.networks)
         click.echo(f"{store.config_key}: {result}: network {cfg.network}, /{cfg.subnet_len} per host, "
-                   f"backend {cfg.backend}, lease ttl {cfg.ttl}s")
+                   f"backend {cfg.backend}, lease ttl {cfg.ttl}s{more}")
 
 
 @etcd_group.command("show")

@@ -937,12 +937,13 @@ def network_config(n: dict) -> Any:
 
     return NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"], name="crossnet",
                          ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local",
-                         **({"auto": {"encrypt": True}} if n.get("encrypt") else {}))
+                         **({"auto": {"encrypt": True}} if n.get("encrypt") else {}),
+                         **({"networks": n["networks"]} if n.get("networks") else {}))
 
 
 def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
                  voters: int, ttl: int, spawn: bool = True, dns_domain: str = "crossnet.local",
-                 encrypt: bool = False) -> JoinToken | None:
+                 encrypt: bool = False, networks: list | None = None) -> JoinToken | None:
     """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
     the supervisor, which prints the join command once etcd is up. `encrypt` (backend
     auto only): every peer over WireGuard."""
@@ -956,6 +957,13 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
         if "dns_domain" not in str(exc):
             raise
         raise ConfigError(str(exc).replace("config: dns_domain", "--dns-domain", 1)) from None
+    if networks:  # the named networks (docs/networks.md), validated like `etcd init`'s, VNIs written out
+        from crossnet import netstore
+
+        cfg = NetworkConfig.parse({"network": network, "backend": backend, "subnet_len": subnet_len, "ttl": ttl,
+                                   "networks": networks}, source="", label=lambda f: f if f.startswith("networks")
+                                  else "--" + f.replace("_", "-"))
+        networks = [n.model_dump(mode="json", exclude_none=True) for n in netstore.pin_vnis(cfg, None).networks]
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
     write_crl(paths, ca, [])  # etcd refuses every connection without a readable CRL file
@@ -964,7 +972,8 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
                 "endpoints": [client_url(address)],
                 "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl,
-                            "dns_domain": dns_domain, **({"encrypt": True} if encrypt else {})},
+                            "dns_domain": dns_domain, **({"encrypt": True} if encrypt else {}),
+                            **({"networks": networks} if networks else {})},
                 "print_token": not spawn})
     if not spawn:
         return None

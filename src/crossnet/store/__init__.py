@@ -70,9 +70,13 @@ class HostRecord:
     revision: int = 0  # store revision of this record (etcd mod_revision)
     key: IPv4Network | None = field(default=None, compare=False)  # the subnet its store key names
     created: int = field(default=0, compare=False)  # age: etcd create_revision, cluster file order (lower = older)
+    networks: dict[str, IPv4Network] = field(default_factory=dict)  # named network -> this host's subnet of it
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "address": str(self.address), "subnet": str(self.subnet), "data": self.data}
+        out = {"name": self.name, "address": str(self.address), "subnet": str(self.subnet), "data": self.data}
+        if self.networks:  # none: the record reads as it always did
+            out["networks"] = {k: str(v) for k, v in sorted(self.networks.items())}
+        return out
 
     @classmethod
     def from_json(cls, data: Any, lease: int = 0, revision: int = 0, key: IPv4Network | None = None,
@@ -94,12 +98,31 @@ class HostRecord:
                 revision=revision,
                 key=key,
                 created=created,
+                networks=_record_networks(data.get("networks")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"bad host record {json.dumps(data)[:200]}: {exc}") from None
 
     def same_content(self, other: HostRecord | None) -> bool:
         return other is not None and self.to_json() == other.to_json()
+
+
+MAX_RECORD_NETWORKS = 64  # = netmodel.MAX_NETWORKS (not imported: keeps pydantic out)
+NETWORK_NAME_RE = re.compile(r"[a-z][a-z0-9]{0,11}")
+
+
+def _record_networks(value: Any) -> dict[str, IPv4Network]:
+    """A record's ``networks`` ({name: subnet}): safe names, IPv4 networks; else TypeError/ValueError."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_RECORD_NETWORKS:
+        raise TypeError(f"networks must be an object of at most {MAX_RECORD_NETWORKS} network names")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str) or not NETWORK_NAME_RE.fullmatch(k) or not isinstance(v, str):
+            raise TypeError("networks: expected network name -> subnet string")
+        out[k] = IPv4Network(v)
+    return out
 
 
 @dataclass
@@ -148,6 +171,7 @@ class Store(ABC):
     transient problems (retry), StoreError/ConfigError for real ones."""
 
     kind: str = "store"
+    config_watch: bool = False  # watch_config reports changes of the network config
 
     @abstractmethod
     def describe(self) -> str:
@@ -200,6 +224,11 @@ class Store(ABC):
         """Revisions after ``since`` at which some host's published containers changed
         (crossnet's DNS follows them); ``on_open(conn)`` gets the watch's connection. The
         default: no channel, nothing ever changes."""
+        return iter(())
+
+    def watch_config(self, since: int, stop: threading.Event) -> Iterator[int]:
+        """Revisions (after ``since``) at which the network config changed (the agent
+        follows its named networks); only when ``config_watch``."""
         return iter(())
 
     def interrupt_watch(self) -> None:

@@ -8,7 +8,11 @@
     <prefix>/containers/<name>         {"name", "subnet", "containers": [{"id", "address", "name"?}]}:
                                        the host's attached containers, bound to its lease like
                                        its subnet key (read by `crossnet check` on any host)
-    <prefix>/hosts/<name>              {"subnet", "address"}: the subnet this host had last,
+    <prefix>/networks/<net>/<a.b.c.d>-<len>
+                                       one per live host and named network (docs/networks.md):
+                                       {"name", "subnet"}, bound to the host's lease like its
+                                       subnet key; the host's record lists them ("networks")
+    <prefix>/hosts/<name>              {"subnet", "address", "networks"?}: the subnets this host had last,
                                        without a lease, so a host coming back after its lease
                                        expired gets the same subnet if still free; deleted by
                                        `crossnet agent --release`
@@ -72,6 +76,23 @@ def parse_subnet_key(part: str) -> IPv4Network | None:
         return None
 
 
+def _owner(kv: KV) -> str | None:
+    """The host name a named network's subnet key holds (None: unreadable)."""
+    try:
+        data = json.loads(kv.value)
+    except ValueError:
+        return None
+    return data.get("name") if isinstance(data, dict) else None
+
+
+def _is_network(text: str) -> bool:
+    try:
+        IPv4Network(text)
+    except ValueError:
+        return False
+    return True
+
+
 def normalize_prefix(prefix: str) -> str:
     prefix = "/" + prefix.strip("/")
     if prefix == "/" or any(c.isspace() for c in prefix):
@@ -87,11 +108,13 @@ def _unavailable(exc: EtcdError) -> StoreError:
 
 class EtcdStore(Store):
     kind = "etcd"
+    config_watch = True
 
     def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX):
         self.client = client
         self.prefix = normalize_prefix(prefix)
         self._watch_conn = None
+        self._config_conn = None
         self._watch_lock = threading.Lock()
 
     @classmethod
@@ -116,6 +139,13 @@ class EtcdStore(Store):
     @property
     def containers_prefix(self) -> str:
         return f"{self.prefix}/containers/"
+
+    @property
+    def networks_prefix(self) -> str:
+        return f"{self.prefix}/networks/"
+
+    def network_key(self, network: str, subnet: IPv4Network) -> str:
+        return f"{self.networks_prefix}{network}/{subnet_key_part(subnet)}"
 
     def containers_key(self, name: str) -> str:
         return self.containers_prefix + name
@@ -217,13 +247,74 @@ class EtcdStore(Store):
 
     def remembered(self) -> dict[str, IPv4Network]:
         """host name -> the subnet it had last (<prefix>/hosts/)."""
+        return {h: s for h, (s, _) in self._remembered().items()}
+
+    def _remembered(self) -> dict[str, tuple[IPv4Network, dict]]:
+        """host name -> (the subnet it had last, its named networks' as recorded)."""
         kvs, _ = self.client.range(self.hosts_prefix, prefix=True)
         out = {}
         for kv in kvs:
             try:
-                out[kv.key[len(self.hosts_prefix):]] = IPv4Network(json.loads(kv.value)["subnet"])
-            except (ValueError, KeyError, TypeError):
+                data = json.loads(kv.value)
+                nets = data.get("networks")
+                out[kv.key[len(self.hosts_prefix):]] = (IPv4Network(data["subnet"]), nets if isinstance(nets, dict) else {})
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue
+        return out
+
+    def _lease_networks(self, cfg: NetworkConfig, name: str, lease_id: int,
+                        remembered: dict[str, tuple[IPv4Network, dict]]) -> dict[str, IPv4Network]:
+        """This host's subnet of every named network of ``cfg``, each one key
+        ``<prefix>/networks/<net>/<subnet>`` bound to ``lease_id``, taken by the same rules
+        and the same kind of transaction as the main subnet (crossnet.leases: what it had,
+        else the lowest free one no other host remembers); its keys of networks no longer
+        in ``cfg`` are deleted."""
+        c = self.client
+        kvs, _ = c.range(self.networks_prefix, prefix=True)
+        by_net: dict[str, dict[IPv4Network, KV]] = {}
+        for kv in kvs:
+            net_name, _, part = kv.key[len(self.networks_prefix):].partition("/")
+            sub = parse_subnet_key(part)
+            if sub is not None:
+                by_net.setdefault(net_name, {})[sub] = kv
+        out: dict[str, IPv4Network] = {}
+        for net in cfg.networks:
+            taken = by_net.get(net.name, {})
+            for attempt in range(ACQUIRE_ATTEMPTS):
+                mine = {s: kv for s, kv in taken.items() if _owner(kv) == name}
+                live = [s for s, kv in mine.items() if kv.lease == lease_id]
+                had = {h: IPv4Network(n[net.name]) for h, (_, n) in remembered.items()
+                       if isinstance(n.get(net.name), str) and _is_network(n[net.name])}
+                try:
+                    sub = choose_subnet(net.network, net.subnet_len or cfg.subnet_len, taken,
+                                        wanted=[*live, had.get(name), *mine], mine=list(mine),
+                                        avoid=[s for h, s in had.items() if h != name])
+                except SubnetsExhausted as exc:
+                    raise StoreError(f"network {net.name}: {exc}") from None
+                stale = [(s, kv) for s, kv in mine.items() if s != sub]
+                kv = taken.get(sub)
+                if kv is not None and kv.lease == lease_id and not stale:
+                    break
+                key = self.network_key(net.name, sub)
+                compare = [c.cmp_mod(key, kv.mod_revision) if kv is not None else c.cmp_create(key, 0)]
+                ops = [c.op_put(key, json.dumps({"name": name, "subnet": str(sub)}, sort_keys=True), lease=lease_id)]
+                for _s, okv in stale:
+                    compare.append(c.cmp_mod(okv.key, okv.mod_revision))
+                    ops.append(c.op_delete(okv.key))
+                ok, _, _ = c.txn(compare, ops)
+                if ok:
+                    break
+                time.sleep(random.uniform(0.005, 0.05) * min(attempt + 1, 8))  # lost a race: re-read, retry
+                again, _ = c.range(f"{self.networks_prefix}{net.name}/", prefix=True)
+                taken = {s: k for k in again if (s := parse_subnet_key(k.key.rpartition("/")[2])) is not None}
+            else:
+                raise StoreError(f"network {net.name}: could not acquire a subnet after {ACQUIRE_ATTEMPTS} attempts")
+            out[net.name] = sub
+        wanted = {n.name for n in cfg.networks}
+        for net_name, taken in by_net.items():  # a network removed from the config: give its subnet back
+            for okv in taken.values() if net_name not in wanted else ():
+                if _owner(okv) == name:
+                    c.txn([c.cmp_mod(okv.key, okv.mod_revision)], [c.op_delete(okv.key)])
         return out
 
     # ------------------------------------------------------------------ leases
@@ -253,7 +344,8 @@ class EtcdStore(Store):
                 rec = self._record(kv)
                 if rec is not None and rec.name == name:
                     mine.append((sub, kv))
-            remembered = self.remembered()
+            remembered_all = self._remembered()
+            remembered = {h: sub for h, (sub, _) in remembered_all.items()}
             live = [m for m, kv in mine if lease_id and kv.lease == lease_id]
             try:  # the rules (crossnet.leases): keep what this host had if free, else the lowest free
                 sub = choose_subnet(cfg.network, cfg.subnet_len, taken,
@@ -270,19 +362,23 @@ class EtcdStore(Store):
                         f"host name {name!r} is already registered by {rec.address} with a live lease "
                         f"(subnet {sub}); use another --name, or wait for its lease (TTL {cfg.ttl}s) to expire"
                     )
-            if lease_id and kv is not None and kv.lease == lease_id:
-                rec = self._record(kv)
-                want = HostRecord(name, address, sub, data)
-                if rec is not None and want.same_content(rec) and not [m for m in mine if m[0] != sub]:
-                    return SubnetLease(HostRecord(name, address, sub, data, lease_id, kv.mod_revision), lease_id, ttl)
             if not lease_id:
                 lease_id, ttl = c.lease_grant(ttl)
-            record = HostRecord(name, address, sub, data)
+            nets = self._lease_networks(cfg, name, lease_id, remembered_all)
+            if kv is not None and kv.lease == lease_id:
+                rec = self._record(kv)
+                want = HostRecord(name, address, sub, data, networks=nets)
+                if rec is not None and want.same_content(rec) and not [m for m in mine if m[0] != sub]:
+                    return SubnetLease(HostRecord(name, address, sub, data, lease_id, kv.mod_revision, networks=nets),
+                                       lease_id, ttl)
+            record = HostRecord(name, address, sub, data, networks=nets)
             key = self.subnet_key(sub)
             compare = [c.cmp_mod(key, kv.mod_revision) if kv is not None else c.cmp_create(key, 0)]
+            remember = {"subnet": str(sub), "address": str(address),
+                        **({"networks": {k: str(v) for k, v in nets.items()}} if nets else {})}
             ops = [
                 c.op_put(key, json.dumps(record.to_json(), sort_keys=True), lease=lease_id),
-                c.op_put(self.host_key(name), json.dumps({"subnet": str(sub), "address": str(address)})),
+                c.op_put(self.host_key(name), json.dumps(remember)),
             ]
             for other, okv in mine:  # this host held other subnets before (e.g. lost local state)
                 if other != sub:
@@ -355,9 +451,27 @@ class EtcdStore(Store):
         """The revisions (after ``since``) at which some host's published containers
         changed; ends after ``read_timeout`` idle seconds (the caller watches again).
         ``on_open(conn)``: the watch's connection (to break a blocked read when stopping)."""
+        return self._changes(self.containers_prefix, True, since, stop, read_timeout, on_open)
+
+    def watch_config(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[int]:
+        """The revisions (after ``since``) at which the network config key changed; ends
+        after ``read_timeout`` idle seconds (the caller watches again)."""
+        def opened(conn) -> None:
+            with self._watch_lock:
+                self._config_conn = conn
+
         try:
-            for events, rev in self.client.watch(self.containers_prefix, since, prefix=True,
-                                                 read_timeout=read_timeout, on_open=on_open):
+            yield from self._changes(self.config_key, False, since, stop, read_timeout, opened)
+        finally:
+            with self._watch_lock:
+                self._config_conn = None
+
+    def _changes(self, key: str, prefix: bool, since: int, stop: threading.Event, read_timeout: float,
+                 on_open: Any) -> Iterator[int]:
+        """The revisions (after ``since``) at which ``key`` (or what it prefixes) changed."""
+        try:
+            for events, rev in self.client.watch(key, since, prefix=prefix, read_timeout=read_timeout,
+                                                 on_open=on_open):
                 if stop.is_set():
                     return
                 if events:
@@ -405,12 +519,13 @@ class EtcdStore(Store):
         import socket
 
         with self._watch_lock:
-            conn = self._watch_conn
-        if conn is not None and conn.sock is not None:
-            try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            conns = [self._watch_conn, self._config_conn]
+        for conn in conns:
+            if conn is not None and conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def close(self) -> None:
         self.interrupt_watch()

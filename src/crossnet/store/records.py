@@ -55,6 +55,8 @@ class LocalView:
     macs: frozenset[str] = frozenset()  # this host's own MACs (its backend data)
     foreign: tuple[IPv4Network, ...] = ()  # routes of this host that crossnet does not own
     connected: tuple[IPv4Network, ...] = ()  # this host's directly connected networks
+    # the named networks (docs/networks.md): name -> (its CIDR, its subnet_len, this host's subnet of it)
+    networks: Mapping[str, tuple[IPv4Network, int, IPv4Network | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -123,9 +125,9 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
     for net in view.foreign:
         if net.prefixlen > 0 and net.overlaps(sub):
             return f"subnet: {sub} overlaps this host's route {net}"
-    why = check_address(rec.address, view)
+    why = check_address(rec.address, view) or _networks_problem(rec, view)
     if why:
-        return f"address: {why}"
+        return why if why.startswith("networks") else f"address: {why}"
     if not isinstance(rec.data, dict):
         return "data: not an object"
     for k in MAC_KEYS:
@@ -138,6 +140,22 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
     from crossnet.wg.keys import validate_host_data
 
     return validate_host_data(rec.data)  # data.wireguard_key: a 32-byte base64 public key
+
+
+def _networks_problem(rec: HostRecord, view: LocalView) -> str | None:
+    """Why a record's subnets of the named networks must not be used: each one this host
+    knows is a /subnet_len inside that network's CIDR, not this host's own (a network this
+    host does not know yet is ignored until its config arrives)."""
+    for name, sub in sorted(rec.networks.items()):
+        known = view.networks.get(name)
+        if known is None:
+            continue
+        cidr, subnet_len, own = known
+        if sub.prefixlen != subnet_len or not sub.subnet_of(cidr):
+            return f"networks.{name}: {sub} is not a /{subnet_len} inside network {name}'s {cidr}"
+        if own is not None and sub.overlaps(own):
+            return f"networks.{name}: {sub} is this host's subnet of network {name}"
+    return None
 
 
 def _age(item: tuple[IPv4Network, HostRecord]) -> tuple:
@@ -163,10 +181,15 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
     names: dict[str, IPv4Network] = {}
     macs: dict[str, IPv4Network] = {}
     wg_keys: dict[str, IPv4Network] = {}
+    net_subnets: dict[tuple[str, IPv4Network], IPv4Network] = {}  # (network, subnet) -> key (all aligned)
     for key, rec in sorted(candidates, key=_age):
         why = None
         other = by_subnet.get(rec.subnet)
-        if other is not None:
+        clash_net = next(((n, s) for n, s in sorted(rec.networks.items()) if (n, s) in net_subnets), None)
+        if clash_net is not None:
+            why = (f"networks.{clash_net[0]}: {clash_net[1]} is already claimed by the older record "
+                   f"{net_subnets[clash_net]}")
+        elif other is not None:
             why = f"subnet: {rec.subnet} is already claimed by the older record {other} ({out.valid[other].name})"
         elif rec.name in names:
             why = f"name: {rec.name} is already claimed by the older record {names[rec.name]}"
@@ -190,6 +213,8 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
                 macs[rec.data[k]] = key
         if "wireguard_key" in rec.data:
             wg_keys[rec.data["wireguard_key"]] = key
+        for n, s in rec.networks.items():
+            net_subnets[(n, s)] = key
     return out
 
 

@@ -67,12 +67,13 @@ class StaticStore(Store):
         cluster = self._load()
         backend = get_backend(cluster.backend)
         subnets = cluster.host_subnets()
+        nets = [(n.name, cluster.network_subnets(j)) for j, n in enumerate(cluster.networks)]  # docs/networks.md
         # key: the subnet itself; age: the host's place in the file (the first one wins a
         # conflict; the agent validates these like any store's records, crossnet.store.records)
         return [
             HostRecord(h.name, h.address, subnets[h.name],
                        {**backend.host_data(cluster.name, h.name, h.address), **h.published_data()},
-                       key=subnets[h.name], created=i + 1)
+                       key=subnets[h.name], created=i + 1, networks={n: subs[h.name] for n, subs in nets})
             for i, h in enumerate(cluster.hosts)
         ]
 
@@ -99,7 +100,7 @@ class StaticStore(Store):
                     raise StoreError(f"{self.path}: host {name} has address {rec.address}, but this host uses {address}")
                 self._check_kept(i, rec, previous)
                 self._accept(records)
-                return SubnetLease(HostRecord(name, address, rec.subnet, data), 0, 0)
+                return SubnetLease(HostRecord(name, address, rec.subnet, data, networks=rec.networks), 0, 0)
         raise StoreError(f"{self.path}: no host named {name!r} in the cluster file")
 
     def _check_kept(self, index: int, rec: HostRecord, held: IPv4Network | None) -> None:
