@@ -18,7 +18,6 @@ but for reading state dirs:
 
 from __future__ import annotations
 
-from dataclasses import replace
 from ipaddress import IPv4Network
 from typing import TYPE_CHECKING
 
@@ -41,8 +40,7 @@ def contexts(cfg: NetworkConfig, ctx: HostContext, backend: Backend, own: dict[s
         subnet = own.get(net.name)
         if subnet is None:
             continue
-        settings = replace(base, network=net.network, prefixlen=net.subnet_len or cfg.subnet_len,
-                           bridge=net.bridge_name(), vni=cfg.network_vni(i), masquerade=False)
+        settings = networks.named_settings(base, net, cfg.subnet_len, cfg.network_vni(i), cfg.masquerade)
         members = [Peer(p.name, p.address, subs[net.name], p.data, p.transport) for p, subs in peers if net.name in subs]
         out[net.name] = networks.one_context(settings, ctx, backend, subnet, members)
     return out

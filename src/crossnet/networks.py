@@ -31,6 +31,7 @@ from crossnet.state import StateDir, write_json_atomic
 
 if TYPE_CHECKING:
     from crossnet.config import Cluster
+    from crossnet.netmodel import NamedNetwork
 
 DEFAULT = "default"
 NAME_RE = re.compile(r"[a-z][a-z0-9]{0,11}")  # = netmodel.NETWORK_NAME_RE (not imported: keeps pydantic out)
@@ -42,12 +43,19 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
     base = program.Settings.of_cluster(cluster)
     for i, net in enumerate(cluster.networks):
         subnets = cluster.network_subnets(i)
-        settings = replace(base, network=net.network, prefixlen=net.subnet_len or cluster.subnet_len,
-                           bridge=net.bridge_name(), vni=cluster.network_vni(i),
-                           masquerade=cluster.masquerade if net.masquerade is None else net.masquerade)
+        settings = named_settings(base, net, cluster.subnet_len, cluster.network_vni(i), cluster.masquerade)
         peers = [Peer(p.name, p.address, subnets[p.name], p.data, p.transport) for p in ctx.peers]
         out[net.name] = one_context(settings, ctx, backend, subnets[ctx.host], peers)
     return out
+
+
+def named_settings(base: program.Settings, net: NamedNetwork, subnet_len: int, vni: int,
+                   masquerade: bool) -> program.Settings:
+    """A named network's own settings from the top-level ``base`` (its CIDR, subnet length,
+    bridge, VNI; its ``masquerade:``, else the top-level one) — the cluster file's and the
+    store's (crossnet.netstore) one rule."""
+    return replace(base, network=net.network, prefixlen=net.subnet_len or subnet_len, bridge=net.bridge_name(),
+                   vni=vni, masquerade=masquerade if net.masquerade is None else net.masquerade)
 
 
 def one_context(settings: program.Settings, ctx: HostContext, backend: Backend, subnet, peers: list[Peer]) -> HostContext:

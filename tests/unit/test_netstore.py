@@ -314,3 +314,13 @@ def test_a_network_that_could_not_be_leased_is_retried_at_the_next_resync(kernel
     store.cfg = new
     a._resync()
     assert "cn-red" in kernel.links and a.config_pending is None and a.health["config"] is None
+
+
+def test_a_store_networks_masquerade_follows_its_own_field_else_the_top_level_one(kernel, tmp_path):
+    """Under a store as in a cluster file (networks.named_settings, the one rule): a named
+    network's `masquerade:` wins, unset it takes the top-level one."""
+    store = MemoryStore(config([{**BLUE, "masquerade": True}, RED], backend="host-gw", masquerade=False))
+    a = start(store, kernel, tmp_path)
+    assert a.nets["blue"].masquerade is True and a.nets["red"].masquerade is False
+    nat = kernel.nft.get("nft:ip:crossnet_nat", "")
+    assert "10.33.0.0/24" in nat and "10.34." not in nat
