@@ -230,6 +230,7 @@ class NetworkSettings(BaseModel):
     subnet_len: int = 24
     mtu: Annotated[int, in_range(576, 65_535)] | None = None
     masquerade: bool = False
+    datapath: str = "kernel"  # kernel | ebpf: routed container veths (docs/datapath.md)
     bridge: IfName | None = None
     vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
     wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
@@ -259,6 +260,26 @@ class NetworkSettings(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("datapath")
+    @classmethod
+    def _check_datapath(cls, value: str) -> str:
+        from crossnet.datapath import CHOICES
+
+        if value not in CHOICES:
+            raise ValueError(f"unknown datapath {short(value)} (choices: {', '.join(CHOICES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _check_datapath_backend(self) -> NetworkSettings:
+        from crossnet.datapath import backend_problem
+
+        problem = backend_problem(self.backend, self.datapath)
+        if problem is None and self.datapath != "kernel" and self.networks:
+            problem = "datapath ebpf does not support several networks (networks:) yet; use datapath kernel"
+        if problem:
+            raise problems_error(type(self).__name__, [(("datapath",), problem)])
+        return self
 
     @field_validator("dns_domain")
     @classmethod
@@ -391,6 +412,7 @@ class NetworkConfig(NetworkSettings):
             **({"wireguard": wireguard} if wireguard else {}),
             **({"auto": auto} if auto else {}),
             **({"dns_domain": self.dns_domain} if self.dns_domain != "crossnet.local" else {}),
+            **({"datapath": self.datapath} if self.datapath != "kernel" else {}),
         }
 
     @classmethod
