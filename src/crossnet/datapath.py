@@ -23,18 +23,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("crossnet.datapath")
 
-CHOICES = ("kernel", "ebpf")
-ROUTED_BACKENDS = ("host-gw", "vxlan")
 GATEWAY = "169.254.1.1"  # the routed containers' default gateway (link-local, the same on every host)
 _why_not: dict[str, str | None] = {}  # ebpf.problem(), asked once per process (one log line)
-
-
-def backend_problem(backend: str, datapath: str) -> str | None:
-    """Why `datapath` cannot be used with `backend` (None: it can)."""
-    if datapath != "kernel" and backend not in ROUTED_BACKENDS:
-        return (f"datapath {datapath} is supported with backends {' and '.join(ROUTED_BACKENDS)} only, "
-                f"not {backend}; use datapath kernel")
-    return None
 
 
 def routed(ctx: HostContext) -> bool:
@@ -96,22 +86,16 @@ def container_detached(ctx: HostContext, host_if: str) -> None:
     """Before the routed veth is deleted (idempotent; none yet)."""
 
 
-def check_switch(state: StateDir, ctx: HostContext) -> None:
+def check_switch(state: StateDir, ctx: HostContext, env: object) -> None:
     """Refuse (one line, nothing changed) to switch a host between datapaths while it
-    has containers attached: their veths are laid out for the other one."""
-    import os
-
+    has containers attached (their veths are laid out for the other one)."""
     applied = state.load_applied() if state.applied_path.exists() else None
     before = ((applied or {}).get("context") or {}).get("datapath", "kernel") if applied else None
     now = getattr(ctx, "datapath", "kernel")
-    if before is None or before == now or not os.path.exists(state.ipam_path):
+    if before is None or before == now or not _veths(env):
         return
-    from crossnet.containers import pool_for
-    from crossnet.backends.base import HostContext as Ctx
-
-    if pool_for(state, Ctx.from_json(applied["context"])).entries():
-        raise ConfigError(f"datapath: this host runs datapath {before} with containers attached; "
-                          f"detach them (crossnet detach) before switching to {now}")
+    raise ConfigError(f"datapath: this host runs datapath {before} with containers attached; "
+                      f"detach them (crossnet detach) before switching to {now}")
 
 
 def repair_port(ctx: HostContext, ipr: object, host_idx: int, cidr: str) -> bool:
@@ -132,11 +116,13 @@ def repair_port(ctx: HostContext, ipr: object, host_idx: int, cidr: str) -> bool
     return changed
 
 
+def _veths(env: object) -> set[int]:
+    import re
+
+    return {link.index for name, link in env.links().items() if re.fullmatch(r"cnv[0-9a-f]{10}", name)}
+
+
 def container_devices(ctx: HostContext, env: object) -> set[int]:
     """The indexes of this host's routed container veths (crossnet.containers.host_ifname
     names): the /32 routes via them are crossnet's, not routes of the host's own."""
-    import re
-
-    if not routed(ctx):
-        return set()
-    return {link.index for name, link in env.links().items() if re.fullmatch(r"cnv[0-9a-f]{10}", name)}
+    return _veths(env) if routed(ctx) else set()

@@ -264,17 +264,13 @@ class NetworkSettings(BaseModel):
     @field_validator("datapath")
     @classmethod
     def _check_datapath(cls, value: str) -> str:
-        from crossnet.datapath import CHOICES
-
-        if value not in CHOICES:
-            raise ValueError(f"unknown datapath {short(value)} (choices: {', '.join(CHOICES)})")
+        if value not in backends.DATAPATHS:
+            raise ValueError(backends.datapath_problem("", value))
         return value
 
     @model_validator(mode="after")
     def _check_datapath_backend(self) -> NetworkSettings:
-        from crossnet.datapath import backend_problem
-
-        problem = backend_problem(self.backend, self.datapath)
+        problem = backends.datapath_problem(self.backend, self.datapath)
         if problem is None and self.datapath != "kernel" and self.networks:
             problem = "datapath ebpf does not support several networks (networks:) yet; use datapath kernel"
         if problem:

@@ -248,7 +248,7 @@ def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, 
     `networks`: this host's context of every named network (docs/networks.md),
     programmed and recorded with the top-level one."""
     networks = networks or {}
-    datapath.check_switch(state, ctx)
+    datapath.check_switch(state, ctx, env)
     desired = desired_resources(ctx, backend) + network_resources(ctx, backend, networks)
     if check_underlay:
         backend.check_underlay(ctx, env)

@@ -174,6 +174,53 @@ def test_reattach_repairs_the_host_route(routed):
     assert ping(routed.host("h2").containers[0], c["address"], count=2)
 
 
+_CNI = ("import json, os, sys\n"
+        "from crossnet.cni import plugin\n"
+        "code, out = plugin.run(dict(os.environ), sys.stdin.buffer.read())\n"
+        "print(json.dumps(out) if out is not None else '')\n"
+        "sys.exit(code)\n")
+
+
+def test_cni_add_check_del(routed):
+    """CNI ADD gives a /32 with gateway 169.254.1.1 and the default route via it; CHECK
+    passes on the routed veth; DEL removes veth and route."""
+    import sys
+
+    h1 = routed.host("h1")
+    ns = f"{routed.lab.name}-cni1"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni",
+                       "stateDir": h1.state_dir}).encode()
+
+    def cni(command: str, stdin: bytes = conf) -> tuple[int, dict | None]:
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": "routedcni1", "CNI_NETNS": f"/run/netns/{ns}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+        proc = subprocess.run(["nsenter", f"--net=/run/netns/{h1.netns}", sys.executable, "-c", _CNI], input=stdin,
+                              env=env, capture_output=True, timeout=60)
+        out = proc.stdout.decode().strip()
+        return proc.returncode, (json.loads(out) if out and out != "null" else None)
+
+    try:
+        code, res = cni("ADD")
+        assert code == 0, res
+        (ip,) = res["ips"]
+        assert ip["gateway"] == GATEWAY and ip["address"].endswith("/32")
+        assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
+        address = ip["address"].split("/")[0]
+        assert ping(routed.host("h2").containers[0], address, count=2)
+        code, out = cni("CHECK", json.dumps({**json.loads(conf), "prevResult": res}).encode())
+        assert code == 0, out
+        host_if = res["interfaces"][0]["name"]
+        subprocess.run(["ip", "-n", h1.netns, "route", "del", f"{address}/32"], check=True)
+        code, out = cni("CHECK", json.dumps({**json.loads(conf), "prevResult": res}).encode())
+        assert code != 0 and f"no route {address}/32 dev {host_if}" in json.dumps(out)
+        code, out = cni("DEL")
+        assert code == 0, out
+        assert not [l for l in ip_json(h1.netns, "link", "show") if l["ifname"] == host_if]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
 def test_switching_datapath_with_containers_is_refused(routed):
     lab = routed.lab
     h1 = routed.host("h1")

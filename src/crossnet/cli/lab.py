@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from crossnet.backends import backend_names
+from crossnet.backends import backend_names, datapath_problem
 from crossnet.cli import trace as trace_cli
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab.topology import (
@@ -142,9 +142,7 @@ def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_le
         extra["encrypt"] = True
     datapath = ctx.meta.get("crossnet.lab.datapath", "kernel") if ctx is not None else "kernel"
     if datapath != "kernel":
-        from crossnet import datapath as dp
-
-        why = dp.backend_problem(backend, datapath) if datapath in dp.CHOICES else f"unknown datapath {datapath!r}"
+        why = datapath_problem(backend, datapath)
         if why:
             raise ConfigError(f"--datapath: {why}")
         extra["datapath"] = datapath
