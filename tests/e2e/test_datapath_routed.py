@@ -242,3 +242,22 @@ def test_reset_leaves_nothing(routed):
         res = routed.run(h.name, "reset")
         assert res.returncode == 0, res.stderr
         assert diff(routed.before[h.name], snapshot(h.netns)) == []
+
+
+def test_agent_programs_a_routed_network_from_the_store(lab_factory):
+    """The etcd store carries `datapath` (lab: `etcd init`'s config): each agent programs the
+    routed layout (no bridge, /32 routes) and the containers of both hosts reach each other."""
+    from crossnet.lab.etcdserver import etcd_available
+
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    lab = lab_factory(hosts=2, underlay="l3", backend="vxlan", containers=1, extra={"store": "etcd", "datapath": "ebpf"})
+    pairs = lab.check(count=2)
+    assert len(pairs) == 2 and all(p.ok for p in pairs), pairs
+    for h in lab.hosts:
+        st = lab.status(h.name)
+        assert st["datapath"]["layout"] == "routed"
+        links = ip_json(h.netns, "-d", "link", "show")
+        assert not [l for l in links if (l.get("linkinfo") or {}).get("info_kind") == "bridge"]
+        (c,) = st["containers"]
+        assert any(r["dst"] == c["address"] and r["dev"] == c["host_if"] for r in ip_json(h.netns, "route", "show"))
