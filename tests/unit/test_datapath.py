@@ -202,3 +202,25 @@ def test_cni_result_of_a_routed_attachment():
     res = plugin.build_result(req, None, att, "0a:59:0a:20:00:02")
     assert res["ips"] == [{"address": "10.32.0.2/32", "gateway": "169.254.1.1", "interface": 1}]
     assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": "169.254.1.1"}]
+
+
+# ---------------------------------------------------------------- crossnet launch --datapath
+
+
+def test_launch_carries_the_datapath_into_the_store_config():
+    from crossnet.mesh.launch import network_config
+
+    n = {"network": "10.32.0.0/12", "backend": "host-gw", "subnet_len": 24, "ttl": 30}
+    assert network_config(n).datapath == "kernel"
+    assert network_config({**n, "datapath": "ebpf"}).datapath == "ebpf"
+
+
+@pytest.mark.parametrize("backend,value", [("ovs-gre", "ebpf"), ("vxlan", "xdp")])
+def test_launch_refuses_a_bad_datapath_naming_the_option(tmp_path, backend, value):
+    from crossnet.mesh.launch import launch_first
+
+    with pytest.raises(ConfigError) as exc:
+        launch_first(str(tmp_path), "h1", "eth0", "10.0.0.1", "10.32.0.0/12", 24, backend, 1, 30, spawn=False,
+                     datapath=value)
+    assert str(exc.value).startswith("--datapath: ") and len(str(exc.value).splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # nothing written

@@ -32,13 +32,15 @@ def _state(ctx: click.Context) -> str:
               help="Containers' DNS names are NAME.<this domain> (first host; docs/dns.md).")
 @click.option("--encrypt", is_flag=True,
               help="With --backend auto: every peer over WireGuard (first host; docs/transport.md).")
+@click.option("--datapath", default="kernel", show_default=True,
+              help="kernel (container bridge) or ebpf (routed container veths; first host; docs/datapath.md).")
 @click.option("--foreground", is_flag=True, help="Run the supervisor in the foreground (systemd, containers).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="The supervisor's and its agent's log: text (default) or json, one object per line "
                    "(docs/operations.md \"Log fields\").")
 @click.pass_context
 def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, backend, voters, ttl,
-           dns_domain, encrypt, foreground, log_format) -> None:
+           dns_domain, encrypt, datapath, foreground, log_format) -> None:
     """Create a mesh (first host) or join one: `crossnet launch --token T ADDR`.
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
@@ -56,6 +58,9 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
 
         os.environ[ENV] = log_format
     paths = ml.Paths(__import__("pathlib").Path(state_dir))
+    if datapath != "kernel" and (token or addr or paths.launch_json.exists()):
+        raise ConfigError("--datapath: only when creating a mesh (the first host); joining or restarting hosts "
+                          "follow the mesh's setting")
     if encrypt and (token or addr or paths.launch_json.exists()):
         raise ConfigError("--encrypt: only when creating a mesh (the first host); joining or restarting hosts "
                           "follow the mesh's setting")
@@ -101,7 +106,7 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         return
     ifname, ip = ml.detect_underlay(iface, address)
     jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
-                         spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt)
+                         spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt, datapath=datapath)
     if jt is None:
         raise SystemExit(ml.run_foreground(state_dir))
     click.echo(f"mesh created on {host_name} ({ip}); on every other host run:")

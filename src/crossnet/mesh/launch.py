@@ -902,12 +902,13 @@ def network_config(n: dict) -> Any:
 
     return NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"], name="crossnet",
                          ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local",
-                         **({"auto": {"encrypt": True}} if n.get("encrypt") else {}))
+                         **({"auto": {"encrypt": True}} if n.get("encrypt") else {}),
+                         datapath=n.get("datapath") or "kernel")
 
 
 def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
                  voters: int, ttl: int, spawn: bool = True, dns_domain: str = "crossnet.local",
-                 encrypt: bool = False) -> JoinToken | None:
+                 encrypt: bool = False, datapath: str = "kernel") -> JoinToken | None:
     """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
     the supervisor, which prints the join command once etcd is up. `encrypt` (backend
     auto only): every peer over WireGuard."""
@@ -916,11 +917,12 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     check_encrypt(backend, encrypt)
     try:  # validate (the options' names in the message)
         dns_domain = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl,
-                                   dns_domain=dns_domain).dns_domain
+                                   dns_domain=dns_domain, datapath=datapath).dns_domain
     except ConfigError as exc:
-        if "dns_domain" not in str(exc):
-            raise
-        raise ConfigError(str(exc).replace("config: dns_domain", "--dns-domain", 1)) from None
+        for field, option in (("dns_domain", "--dns-domain"), ("datapath", "--datapath")):
+            if f"config: {field}" in str(exc):
+                raise ConfigError(str(exc).replace(f"config: {field}", option, 1)) from None
+        raise
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
     write_crl(paths, ca, [])  # etcd refuses every connection without a readable CRL file
@@ -929,7 +931,8 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
                 "endpoints": [client_url(address)],
                 "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl,
-                            "dns_domain": dns_domain, **({"encrypt": True} if encrypt else {})},
+                            "dns_domain": dns_domain, **({"encrypt": True} if encrypt else {}),
+                            **({"datapath": datapath} if datapath != "kernel" else {})},
                 "print_token": not spawn})
     if not spawn:
         return None
