@@ -17,6 +17,7 @@ from typing import Any
 
 from pyroute2.netlink.exceptions import NetlinkError
 
+from crossnet import datapath
 from crossnet.netlink import iproute as nl
 from crossnet.netlink import raw as nlraw
 from crossnet.backends.base import Backend, HostContext
@@ -207,6 +208,8 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
     except ValueError:
         raise IpamError(f"--ip: {requested!r} is not an IPv4 address") from None
     host_if = host_ifname(container_id)
+    routed = datapath.routed(ctx)
+    prefixlen, gateway = (32, datapath.GATEWAY) if routed else (ctx.prefixlen, str(ctx.gateway))
     base_meta = {"netns": netns, "netns_id": list(ident), "ifname": ifname, "host_if": host_if, **(meta or {})}
     # a new address decides the MACs: recorded with it in one IPAM write
     alloc = pool.allocate(container_id, req, meta=base_meta,
@@ -223,10 +226,11 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
                 if host_idx is None and inner is None:  # new: the fast path, raw netlink
                     cmac = mac or container_mac(alloc.address)
                     host_mac = container_mac(alloc.address, host_side=True)
-                    bridge = host.ifindex(ctx.bridge)
-                    if bridge is None:
+                    bridge = None if routed else host.ifindex(ctx.bridge)
+                    if bridge is None and not routed:
                         raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run `crossnet apply` first")
-                    host.call([nlraw.veth_create(host_if, ctx.mtu, host_mac, bridge, ifname, cmac, ns_fd)])
+                    master = None if routed else bridge  # routed: no master, a /32 route instead
+                    host.call([nlraw.veth_create(host_if, ctx.mtu, host_mac, master, ifname, cmac, ns_fd)])
                     created_veth = True
                     idx = inside.ifindex(ifname)
                     if idx is None:
@@ -234,9 +238,16 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
                     inside.call([
                         nlraw.link_up(LOOPBACK_IFINDEX, "lo"),
                         nlraw.link_up(idx, ifname),
-                        nlraw.addr_add(idx, f"{alloc.address}/{ctx.prefixlen}", ifname),
-                        nlraw.default_route(str(ctx.gateway), idx),
+                        nlraw.addr_add(idx, f"{alloc.address}/{prefixlen}", ifname),
+                        *([nlraw.neigh_permanent(idx, gateway, host_mac)] if routed else []),
+                        nlraw.default_route(gateway, idx, onlink=routed),
                     ])
+                    if routed:
+                        hidx = host.ifindex(host_if)
+                        if hidx is None:
+                            raise CrossnetError(f"the host end {host_if} of {container_id}'s veth vanished during attach")
+                        host.call([nlraw.host_route(f"{alloc.address}/32", hidx)])
+                        datapath.container_attached(ctx, host_if)
                     mac_now = cmac
                     changed = True
             if host_idx is not None and inner is None:
@@ -266,7 +277,7 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
         if not created_veth:  # existing: check and repair (pyroute2, reads everything back)
             with nl.open_ipr() as ipr, nl.open_ipr(ops) as cipr:
                 changed = existing is None
-                if nl.ifindex(ipr, ctx.bridge) is None:
+                if not routed and nl.ifindex(ipr, ctx.bridge) is None:
                     raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run `crossnet apply` first")
                 env = Env(ipr)
                 hinfo = nl.link_info(ipr, index=host_idx)
@@ -275,8 +286,12 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
                 if hinfo.mtu != ctx.mtu or not hinfo.up:
                     ipr.link("set", index=host_idx, mtu=ctx.mtu, state="up")
                     changed = True
-                backend.attach_port(ctx, env, host_if)
-                changed |= _configure_inside(cipr, ifname, f"{alloc.address}/{ctx.prefixlen}", str(ctx.gateway), ctx.mtu)
+                if routed:
+                    changed |= datapath.repair_port(ctx, ipr, host_idx, f"{alloc.address}/32")
+                else:
+                    backend.attach_port(ctx, env, host_if)
+                gw_mac = hinfo.mac if routed else None
+                changed |= _configure_inside(cipr, ifname, f"{alloc.address}/{prefixlen}", gateway, ctx.mtu, gw_mac)
                 mac_now = nl.link_info(cipr, ifname).mac
                 host_mac = hinfo.mac
     except Exception as exc:
@@ -293,7 +308,7 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
     if alloc.meta.get("mac") != mac_now or any(alloc.meta.get(k) != v for k, v in base_meta.items()):
         pool.update_meta(container_id, {**base_meta, "mac": mac_now})
     return Attachment(
-        container_id, netns, str(alloc.address), ctx.prefixlen, str(ctx.gateway), ifname, host_if, ctx.mtu, mac_now,
+        container_id, netns, str(alloc.address), prefixlen, gateway, ifname, host_if, ctx.mtu, mac_now,
         changed, host_mac, allocation=alloc,
     )
 
@@ -401,7 +416,9 @@ def _owner_of(pool: AddressPool, netns: str, ifname: str, inner: int | None) -> 
     return None
 
 
-def _configure_inside(cipr, ifname: str, cidr: str, gateway: str, mtu: int) -> bool:
+def _configure_inside(cipr, ifname: str, cidr: str, gateway: str, mtu: int, gw_mac: str | None = None) -> bool:
+    """The container side as attach makes it. ``gw_mac``: routed (docs/datapath.md): the
+    gateway is a permanent neighbour with this MAC and the default route is onlink."""
     changed = False
     lo = nl.ifindex(cipr, "lo")
     if lo is not None and not nl.link_info(cipr, index=lo).up:
@@ -421,9 +438,12 @@ def _configure_inside(cipr, ifname: str, cidr: str, gateway: str, mtu: int) -> b
         iface = ipaddress.ip_interface(cidr)
         cipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
         changed = True
+    if gw_mac is not None:
+        cipr.neigh("replace", ifindex=idx, dst=gateway, lladdr=gw_mac, state=nl.NUD_PERMANENT)
     default = [r for r in nl.routes(cipr) if r.dst == "0.0.0.0/0"]
     if not any(r.gateway == gateway and r.oif == idx for r in default):
-        cipr.route("replace", dst="0.0.0.0", dst_len=0, gateway=gateway, oif=idx, table=nl.RT_TABLE_MAIN)
+        extra = {"flags": nl.RTNH_F_ONLINK} if gw_mac is not None else {}
+        cipr.route("replace", dst="0.0.0.0", dst_len=0, gateway=gateway, oif=idx, table=nl.RT_TABLE_MAIN, **extra)
         changed = True
     return changed
 
@@ -519,6 +539,8 @@ def _remove_host_veth(ctx: HostContext, backend: Backend, host_if: str) -> bool:
     with nl.open_ipr() as ipr:
         env = Env(ipr)
         backend.detach_port(ctx, env, host_if)
+        if datapath.routed(ctx):
+            datapath.container_detached(ctx, host_if)
         idx = nl.ifindex(ipr, host_if)
         if idx is None:
             return False
@@ -574,6 +596,8 @@ def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: st
     with nl.open_ipr() as ipr:
         env = Env(ipr)
         backend.detach_port(ctx, env, host_if)
+        if datapath.routed(ctx):
+            datapath.container_detached(ctx, host_if)
         idx = nl.ifindex(ipr, host_if)
         if idx is not None:
             try:

@@ -226,7 +226,7 @@ def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, 
 
 
 def status(state: StateDir) -> dict[str, Any]:
-    from crossnet import containers
+    from crossnet import containers, datapath
     from crossnet.transport import connections
 
     ctx, backend = load_context(state)
@@ -251,6 +251,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "mtu": ctx.mtu,
         "underlay_mtu": ctx.underlay_mtu,
         "masquerade": ctx.masquerade,
+        "datapath": datapath.describe(ctx),  # docs/datapath.md
         "local_programmed": local_ok,
         "drift": drift,
         "peers": peers,

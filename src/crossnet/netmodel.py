@@ -231,6 +231,7 @@ class NetworkSettings(BaseModel):
     subnet_len: int = 24
     mtu: Annotated[int, in_range(576, 65_535)] | None = None
     masquerade: bool = False
+    datapath: str = "kernel"  # kernel | ebpf: routed container veths (docs/datapath.md)
     bridge: IfName | None = None
     vxlan: VxlanSpec = Field(default_factory=VxlanSpec)
     wireguard: WireguardSpec = Field(default_factory=WireguardSpec)
@@ -260,6 +261,22 @@ class NetworkSettings(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @field_validator("datapath")
+    @classmethod
+    def _check_datapath(cls, value: str) -> str:
+        if value not in backends.DATAPATHS:
+            raise ValueError(backends.datapath_problem("", value))
+        return value
+
+    @model_validator(mode="after")
+    def _check_datapath_backend(self) -> NetworkSettings:
+        problem = backends.datapath_problem(self.backend, self.datapath)
+        if problem is None and self.datapath != "kernel" and self.networks:
+            problem = "datapath ebpf does not support several networks (networks:) yet; use datapath kernel"
+        if problem:
+            raise problems_error(type(self).__name__, [(("datapath",), problem)])
+        return self
 
     @field_validator("dns_domain")
     @classmethod
@@ -439,6 +456,7 @@ class NetworkConfig(NetworkSettings):
             **({"dns_domain": self.dns_domain} if self.dns_domain != "crossnet.local" else {}),
             **({"networks": [n.model_dump(mode="json", exclude_none=True) for n in self.networks]}
                if self.networks else {}),
+            **({"datapath": self.datapath} if self.datapath != "kernel" else {}),
         }
 
     def network_vni(self, index: int) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from crossnet import expose
+from crossnet import datapath, expose
 from crossnet.netlink import garp
 from crossnet.netlink import iproute as nl
 from crossnet.backends.base import Backend, HostContext, Peer
@@ -57,18 +57,19 @@ class Settings:
     port: int
     wireguard: dict
     auto: dict = field(default_factory=dict)  # backend auto's settings (encrypt, probe_network)
+    datapath: str = "kernel"  # kernel | ebpf (crossnet.datapath)
 
     @classmethod
     def of_cluster(cls, cluster: Cluster) -> Settings:
         return cls(cluster.name, cluster.backend, cluster.container_network(), cluster.container_prefixlen(),
                    cluster.bridge_name(), cluster.mtu, cluster.masquerade, cluster.vxlan.vni, cluster.vxlan.port,
-                   *cluster.transport_settings())
+                   *cluster.transport_settings(), datapath=cluster.datapath)
 
     @classmethod
     def of_config(cls, cfg: Any) -> Settings:
         """From a store's settings (crossnet.store.NetworkConfig, a layer below this one)."""
         return cls(cfg.name, cfg.backend, cfg.network, cfg.subnet_len, cfg.bridge_name, cfg.mtu, cfg.masquerade,
-                   cfg.vni, cfg.port, *cfg.transport_settings())
+                   cfg.vni, cfg.port, *cfg.transport_settings(), datapath=getattr(cfg, "datapath", "kernel"))
 
 
 def context(settings: Settings, backend: Backend, *, host: str, address: IPv4Address, iface: str,
@@ -99,6 +100,7 @@ def context(settings: Settings, backend: Backend, *, host: str, address: IPv4Add
         state_dir=state_dir,
         wireguard=dict(settings.wireguard),
         auto=dict(settings.auto),
+        datapath=settings.datapath,
     )
 
 
@@ -178,7 +180,7 @@ def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
     """The container network must not overlap routes this host already has
     (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
     owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
-    ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")}
+    ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")} | datapath.container_devices(ctx, env)
     for r in env.routes():
         if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
             continue
@@ -265,6 +267,7 @@ def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, 
     `networks`: this host's context of every named network (docs/networks.md),
     programmed and recorded with the top-level one."""
     networks = networks or {}
+    datapath.check_switch(state, ctx, env)
     desired = desired_resources(ctx, backend, network_resources(ctx, backend, networks))
     if check_underlay:
         backend.check_underlay(ctx, env)

@@ -395,7 +395,9 @@ class Agent:
 
         assert self.cfg and self.ctx and self.backend and self.lease
         ours_dst = {r.dst for r in owned if r.kind == "route" and getattr(r, "dst", None)}
-        ours_dev = {env.index(self.ctx.bridge)}
+        from crossnet import datapath
+
+        ours_dev = {env.index(self.ctx.bridge)} | datapath.container_devices(self.ctx, env)
         tunnel = self.backend.tunnel_device(self.ctx)
         if tunnel:
             ours_dev.add(env.index(tunnel))

@@ -40,6 +40,23 @@ BACKENDS: dict[str, BackendSpec] = {
 }
 
 
+# `datapath:` (docs/datapath.md; crossnet.datapath): kernel everywhere, ebpf (routed
+# container veths) for these backends
+DATAPATHS = ("kernel", "ebpf")
+ROUTED_BACKENDS = ("host-gw", "vxlan")
+
+
+def datapath_problem(backend: str, datapath: str) -> str | None:
+    """Why `datapath` cannot be used with `backend` (None: it can)."""
+    if datapath not in DATAPATHS:
+        shown = repr(datapath) if len(datapath) <= 40 else repr(datapath[:40]) + "…"
+        return f"unknown datapath {shown} (choices: {', '.join(DATAPATHS)})"
+    if datapath != "kernel" and backend not in ROUTED_BACKENDS:
+        return (f"datapath {datapath} is supported with backends {' and '.join(ROUTED_BACKENDS)} only, "
+                f"not {backend}; use datapath kernel")
+    return None
+
+
 def backend_names() -> tuple[str, ...]:
     """Every backend, in registry order."""
     return tuple(BACKENDS)

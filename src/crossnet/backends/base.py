@@ -60,6 +60,7 @@ class HostContext:
     state_dir: str = ""  # this host's state directory (backends that keep files there: wireguard)
     wireguard: dict = field(default_factory=dict)  # wireguard settings: port, device, keepalive, implementation
     auto: dict = field(default_factory=dict)  # backend auto: encrypt, probe_network
+    datapath: str = "kernel"  # kernel | ebpf (routed container veths: crossnet.datapath)
 
     def to_json(self) -> dict:
         out = {k: (str(v) if isinstance(v, (IPv4Address, IPv4Network)) else v) for k, v in self.__dict__.items()}

@@ -4,6 +4,7 @@ Needs all hosts on one L2 segment (the next hop must be on-link)."""
 
 from __future__ import annotations
 
+from crossnet import datapath
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
 from crossnet.plan.resources import Address, Bridge, Resource, Route
 
@@ -15,6 +16,8 @@ class HostGw(Backend):
     description = "plain routes to each peer's container subnet via the peer's underlay address"
 
     def local_resources(self, ctx: HostContext) -> list[Resource]:
+        if datapath.routed(ctx):  # no container bridge (docs/datapath.md)
+            return datapath.local_resources(ctx)
         return [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx))]
 
     def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:

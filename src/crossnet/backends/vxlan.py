@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
+from crossnet import datapath
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac, stable_mac
 from crossnet.plan.resources import Address, Bridge, Fdb, Neigh, Resource, Route, Vxlan as VxlanLink
 
@@ -33,9 +34,10 @@ class Vxlan(Backend):
     def local_resources(self, ctx: HostContext) -> list[Resource]:
         dev = self.device(ctx)
         mac = self.host_data(ctx.cluster_name, ctx.host, ctx.address)["vtep_mac"]
+        own = (datapath.local_resources(ctx) if datapath.routed(ctx)  # no container bridge (docs/datapath.md)
+               else [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx))])
         return [
-            Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)),
-            Address(ctx.bridge, gateway_cidr(ctx)),
+            *own,
             VxlanLink(dev, ctx.vni, ctx.port, str(ctx.address), ctx.iface, ctx.mtu, mac),
             Address(dev, f"{ctx.subnet.network_address}/32"),
         ]

@@ -92,14 +92,16 @@ def etcd_group() -> None:
 @click.option("--encrypt", is_flag=True, help="Backend auto: every peer over WireGuard (docs/transport.md).")
 @click.option("--dns-domain", default="crossnet.local", show_default=True,
               help="Containers' DNS names are NAME.<this domain> (docs/dns.md).")
+@click.option("--datapath", default="kernel", show_default=True,
+              help="kernel (container bridge) or ebpf (routed container veths; docs/datapath.md).")
 @network_options
 @click.option("--force", is_flag=True, help="Replace a different existing config (a change of its networks only: "
                                             "the agents follow it; anything else: restart them).")
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text for people, json for scripts (docs/json.md).")
 def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len, backend, ttl, masquerade,
-              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, dns_domain, network_names,
-              network_cidrs, networks_file, force, output) -> None:
+              cluster_name, mtu, vni, port, wireguard_port, wireguard_keepalive, encrypt, dns_domain, datapath,
+              network_names, network_cidrs, networks_file, force, output) -> None:
     """Write the cluster's network config to etcd (once; idempotent)."""
     from crossnet.store import NetworkConfig
 
@@ -111,7 +113,7 @@ def etcd_init(etcd, prefix, cert, keyfile, cacert, timeout, network, subnet_len,
     cfg = NetworkConfig.parse({"network": network, "backend": backend, "subnet_len": subnet_len, "name": cluster_name,
                                "ttl": ttl, "masquerade": masquerade, "dns_domain": dns_domain, "mtu": mtu, "vxlan": {"vni": vni, "port": port},
                                "wireguard": {"port": wireguard_port, "keepalive": wireguard_keepalive},
-                               **({"auto": {"encrypt": True}} if encrypt else {}),
+                               **({"auto": {"encrypt": True}} if encrypt else {}), "datapath": datapath,
                                **named_networks(network_names, network_cidrs, networks_file)},
                               source="", label=option)
     store = _store(etcd, prefix, cert, keyfile, cacert, timeout)

@@ -360,6 +360,10 @@ def status(ctx: click.Context, output: str) -> None:
         f"subnet {st['subnet']} gateway {st['gateway']} bridge {st['bridge']} mtu {st['mtu']} "
         f"(underlay {st['underlay_mtu']}) masquerade {'on' if st['masquerade'] else 'off'}"
     )
+    if st.get("datapath"):  # docs/datapath.md
+        d = st["datapath"]
+        console.print(f"datapath: {d['datapath']} ({d['layout']} container veths"
+                      + (f"; {d['why']}" if d.get("why") else "") + ")", markup=False)
     if st.get("ovs"):
         o = st["ovs"]
         console.print(

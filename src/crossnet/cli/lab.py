@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import click
 
-from crossnet.backends import backend_names
+from crossnet.backends import backend_names, datapath_problem
 from crossnet.cli import trace as trace_cli
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.lab.topology import (
@@ -84,6 +84,8 @@ def _build_options(f):
                           "lab and `crossnet agent` on every host (see docs/agent.md)."),
         click.option("--encrypt", is_flag=True, expose_value=False, callback=_encrypt_option,
                      help="--backend auto: every peer over WireGuard (docs/transport.md)."),
+        click.option("--datapath", default="kernel", show_default=True, expose_value=False, callback=_datapath_option,
+                     help="kernel (container bridge) or ebpf (routed container veths; docs/datapath.md)."),
         click.option("--dns", is_flag=True, expose_value=False, callback=_dns_option,
                      help="--store static: run `crossnet dns serve` on every host (with etcd/mesh the agents "
                           "serve DNS anyway; docs/dns.md)."),
@@ -112,6 +114,10 @@ def _encrypt_option(ctx, _param, value):
     ctx.meta["crossnet.lab.encrypt"] = bool(value)
 
 
+def _datapath_option(ctx, _param, value):
+    ctx.meta["crossnet.lab.datapath"] = value
+
+
 def _dns_option(ctx, _param, value):
     ctx.meta["crossnet.lab.dns"] = bool(value)
 
@@ -134,6 +140,12 @@ def _options(name, hosts, underlay, backend, containers, mtu, network, subnet_le
         if backend != "auto":
             raise ConfigError(f"--encrypt: only with --backend auto, not {backend!r}")
         extra["encrypt"] = True
+    datapath = ctx.meta.get("crossnet.lab.datapath", "kernel") if ctx is not None else "kernel"
+    if datapath != "kernel":
+        why = datapath_problem(backend, datapath)
+        if why:
+            raise ConfigError(f"--datapath: {why}")
+        extra["datapath"] = datapath
     if runtime == "docker" and (backend not in ("bridge", "host-gw", "vxlan") or store in ("etcd", "mesh")):
         raise ConfigError(f"--runtime docker: needs --store static and a backend Docker's bridge can use "
                           f"(bridge, host-gw, vxlan), not {backend!r}" + (f" with --store {store}" if store else ""))

@@ -35,13 +35,15 @@ def _state(ctx: click.Context) -> str:
 @click.option("--encrypt", is_flag=True,
               help="With --backend auto: every peer over WireGuard (first host; docs/transport.md).")
 @network_options
+@click.option("--datapath", default="kernel", show_default=True,
+              help="kernel (container bridge) or ebpf (routed container veths; first host; docs/datapath.md).")
 @click.option("--foreground", is_flag=True, help="Run the supervisor in the foreground (systemd, containers).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
               help="The supervisor's and its agent's log: text (default) or json, one object per line "
                    "(docs/operations.md \"Log fields\").")
 @click.pass_context
 def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, backend, voters, ttl,
-           dns_domain, encrypt, network_names, network_cidrs, networks_file, foreground, log_format) -> None:
+           dns_domain, encrypt, network_names, network_cidrs, networks_file, datapath, foreground, log_format) -> None:
     """Create a mesh (first host) or join one: `crossnet launch --token T ADDR`.
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
@@ -65,6 +67,9 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
     if nets and (token or addr or paths.launch_json.exists()):
         raise ConfigError("--network-name: only when creating a mesh (the first host); joining or restarting hosts "
                           "take the networks from the store (change them with `crossnet etcd init --force`)")
+    if datapath != "kernel" and (token or addr or paths.launch_json.exists()):
+        raise ConfigError("--datapath: only when creating a mesh (the first host); joining or restarting hosts "
+                          "follow the mesh's setting")
     if encrypt and (token or addr or paths.launch_json.exists()):
         raise ConfigError("--encrypt: only when creating a mesh (the first host); joining or restarting hosts "
                           "follow the mesh's setting")
@@ -110,7 +115,8 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         return
     ifname, ip = ml.detect_underlay(iface, address)
     jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
-                         spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt, networks=nets)
+                         spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt, networks=nets,
+                         datapath=datapath)
     if jt is None:
         raise SystemExit(ml.run_foreground(state_dir))
     click.echo(f"mesh created on {host_name} ({ip}); on every other host run:")

@@ -49,6 +49,7 @@ SHAPES: dict[str, Any] = {
     "detach": {"id": "str", "detached": "bool", "address?": "str", "host_if?": "str?", "asked_as?": "str"},
     "status": {"host": "str", "cluster": "str", "backend": "str", "address": "str", "iface": "str", "subnet": "str",
                "gateway": "str", "bridge": "str?", "mtu": "int", "underlay_mtu": "int", "masquerade": "bool",
+               "datapath": {"datapath": "str", "configured": "str", "layout": "str", "why": "str?"},
                "drift": ["any"], "path_mtu_measured_at": "time?",
                "peers": [{"name": "str", "address": "str", "subnet": "str", "programmed": "bool"}],
                "connections?": [{"peer": "str", "address": "str", "transport": "str", "encrypted": "bool",

@@ -739,9 +739,12 @@ def check_attachment(host: Host, alloc: Any, netns: str, ifname: str, prev: Any)
     from crossnet.netlink import iproute as nl
     from crossnet.backends.base import Backend
 
+    from crossnet import datapath
+
     ctx = host.ctx
-    cidr = f"{alloc.address}/{ctx.prefixlen}"
-    gateway = str(ctx.gateway)
+    routed = datapath.routed(ctx)
+    cidr = f"{alloc.address}/{32 if routed else ctx.prefixlen}"
+    gateway = datapath.GATEWAY if routed else str(ctx.gateway)
     host_if = alloc.meta.get("host_if")
     problems: list[str] = []
     if isinstance(prev, dict):
@@ -769,7 +772,12 @@ def check_attachment(host: Host, alloc: Any, netns: str, ifname: str, prev: Any)
         else:
             if not hinfo.up:
                 problems.append(f"host interface {host_if} is down")
-            if type(host.backend).attach_port is Backend.attach_port:
+            if routed:
+                if hinfo.master:
+                    problems.append(f"host interface {host_if} has a master (routed veth expected)")
+                if not any(r.dst == f"{alloc.address}/32" and r.oif == hinfo.index for r in nl.routes(ipr)):
+                    problems.append(f"no route {alloc.address}/32 dev {host_if}")
+            elif type(host.backend).attach_port is Backend.attach_port:
                 bridge = nl.ifindex(ipr, ctx.bridge)
                 if bridge is None or hinfo.master != bridge:
                     problems.append(f"host interface {host_if} is not a port of {ctx.bridge}")

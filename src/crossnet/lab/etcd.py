@@ -144,7 +144,8 @@ def _start_etcd(plan, host) -> None:
         ttl = int((plan.extra or {}).get("ttl") or LAB_TTL)
         cfg = NetworkConfig(network=plan.network, backend=plan.backend, subnet_len=plan.subnet_len, name=plan.name,
                             ttl=ttl, mtu=plan.mtu,
-                            auto={"encrypt": True} if (plan.extra or {}).get("encrypt") else {})
+                            auto={"encrypt": True} if (plan.extra or {}).get("encrypt") else {},
+                            datapath=(plan.extra or {}).get("datapath", "kernel"))
         EtcdStore(srv.client(), LAB_PREFIX).init_config(cfg, force=True)
 
 

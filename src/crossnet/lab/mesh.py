@@ -75,7 +75,8 @@ def _start(plan, host) -> None:
             out = run(plan, host, "launch", "--name", host.name, "--network", plan.network,
                       "--subnet-len", str(plan.subnet_len), "--backend", plan.backend, "--ttl", ttl,
                       *(["--dns-domain", str(domain)] if domain else []),
-                      *(["--encrypt"] if (plan.extra or {}).get("encrypt") else []))
+                      *(["--encrypt"] if (plan.extra or {}).get("encrypt") else []),
+                      *(["--datapath", str(plan.extra["datapath"])] if (plan.extra or {}).get("datapath") else []))
             _join[plan.name] = parse_join_line(out.stdout)
             return
         if not done[names[i - 1]].wait(LAUNCH_TIMEOUT * i) or plan.name not in _join:

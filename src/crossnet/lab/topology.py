@@ -232,6 +232,8 @@ class LabPlan:
             d["subnet_len"] = self.subnet_len
         d["mtu"] = None
         d["masquerade"] = False
+        if (self.extra or {}).get("datapath", "kernel") != "kernel":
+            d["datapath"] = self.extra["datapath"]  # docs/datapath.md; lab/etcd.py writes it into the store config
         if self.backend == "auto" and (self.extra or {}).get("encrypt"):
             d["auto"] = {"encrypt": True}  # as lab/etcd.py writes it into the store config
         d["hosts"] = [{"name": h.name, "address": h.address, "iface": h.ifname} for h in self.hosts]

@@ -938,12 +938,13 @@ def network_config(n: dict) -> Any:
     return NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"], name="crossnet",
                          ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local",
                          **({"auto": {"encrypt": True}} if n.get("encrypt") else {}),
-                         **({"networks": n["networks"]} if n.get("networks") else {}))
+                         **({"networks": n["networks"]} if n.get("networks") else {}),
+                         datapath=n.get("datapath") or "kernel")
 
 
 def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,
                  voters: int, ttl: int, spawn: bool = True, dns_domain: str = "crossnet.local",
-                 encrypt: bool = False, networks: list | None = None) -> JoinToken | None:
+                 encrypt: bool = False, networks: list | None = None, datapath: str = "kernel") -> JoinToken | None:
     """The first host. spawn=False (`launch --foreground`): only prepare; the caller runs
     the supervisor, which prints the join command once etcd is up. `encrypt` (backend
     auto only): every peer over WireGuard."""
@@ -952,17 +953,18 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     check_encrypt(backend, encrypt)
     try:  # validate (the options' names in the message)
         dns_domain = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl,
-                                   dns_domain=dns_domain).dns_domain
+                                   dns_domain=dns_domain, datapath=datapath).dns_domain
     except ConfigError as exc:
-        if "dns_domain" not in str(exc):
-            raise
-        raise ConfigError(str(exc).replace("config: dns_domain", "--dns-domain", 1)) from None
+        for field, option in (("dns_domain", "--dns-domain"), ("datapath", "--datapath")):
+            if f"config: {field}" in str(exc):
+                raise ConfigError(str(exc).replace(f"config: {field}", option, 1)) from None
+        raise
     if networks:  # the named networks (docs/networks.md), validated like `etcd init`'s, VNIs written out
         from crossnet import netstore
 
         cfg = NetworkConfig.parse({"network": network, "backend": backend, "subnet_len": subnet_len, "ttl": ttl,
-                                   "networks": networks}, source="", label=lambda f: f if f.startswith("networks")
-                                  else "--" + f.replace("_", "-"))
+                                   "networks": networks, "datapath": datapath}, source="",
+                                  label=lambda f: f if f.startswith("networks") else "--" + f.replace("_", "-"))
         networks = [n.model_dump(mode="json", exclude_none=True) for n in netstore.pin_vnis(cfg, None).networks]
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
@@ -973,7 +975,8 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                 "endpoints": [client_url(address)],
                 "network": {"network": network, "subnet_len": subnet_len, "backend": backend, "ttl": ttl,
                             "dns_domain": dns_domain, **({"encrypt": True} if encrypt else {}),
-                            **({"networks": networks} if networks else {})},
+                            **({"networks": networks} if networks else {}),
+                            **({"datapath": datapath} if datapath != "kernel" else {})},
                 "print_token": not spawn})
     if not spawn:
         return None

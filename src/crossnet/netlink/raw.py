@@ -18,7 +18,7 @@ import socket
 import struct
 from typing import Any
 
-from crossnet.netlink.batch import _HDR, _attr, _mac
+from crossnet.netlink.batch import _HDR, Batch, _attr, _mac
 from crossnet.netlink.const import (
     AF_INET,
     IFA_ADDRESS,
@@ -50,6 +50,7 @@ from crossnet.netlink.const import (
     RTM_NEWLINK,
     RTM_NEWROUTE,
     RTN_UNICAST,
+    RTNH_F_ONLINK,
     RTPROT_STATIC,
     VETH_INFO_PEER,
 )
@@ -143,11 +144,11 @@ class Rtnl:
 
 
 # ---- message builders: (type, flags, body, what)
-def veth_create(name: str, mtu: int, mac: str | None, master: int, peer: str, peer_mac: str,
+def veth_create(name: str, mtu: int, mac: str | None, master: int | None, peer: str, peer_mac: str,
                 peer_netns_fd: int | None) -> tuple[int, int, bytes, str]:
     """A veth pair: ``name`` here (up, MTU, MAC — the kernel's when None —, enslaved to
-    ``master``) and ``peer`` created directly in the namespace ``peer_netns_fd`` (here
-    when None; same MTU, ``peer_mac``; down)."""
+    ``master``; None: no master, a routed veth) and ``peer`` created directly in the
+    namespace ``peer_netns_fd`` (here when None; same MTU, ``peer_mac``; down)."""
     # the peer cannot be created up: veth_open() refuses (ENOTCONN) while this end is
     # not registered yet; the caller sets it up inside its namespace
     peer_msg = (_IFINFO.pack(0, 0, 0, 0, 0) + _ifname(peer) + _attr(IFLA_MTU, struct.pack("=I", mtu))
@@ -156,7 +157,8 @@ def veth_create(name: str, mtu: int, mac: str | None, master: int, peer: str, pe
         peer_msg += _attr(IFLA_NET_NS_FD, struct.pack("=I", peer_netns_fd))
     linkinfo = _attr(IFLA_INFO_KIND, b"veth\0") + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_msg))
     body = (_IFINFO.pack(0, 0, 0, IFF_UP, IFF_UP) + _ifname(name) + _attr(IFLA_MTU, struct.pack("=I", mtu))
-            + (_attr(IFLA_ADDRESS, _mac(mac)) if mac else b"") + _attr(IFLA_MASTER, struct.pack("=I", master))
+            + (_attr(IFLA_ADDRESS, _mac(mac)) if mac else b"")
+            + (_attr(IFLA_MASTER, struct.pack("=I", master)) if master is not None else b"")
             + _attr(IFLA_LINKINFO, linkinfo))
     return RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"creating veth {name} (peer {peer})"
 
@@ -177,8 +179,23 @@ def addr_add(index: int, cidr: str, what: str) -> tuple[int, int, bytes, str]:
     return RTM_NEWADDR, NLM_F_CREATE | NLM_F_REPLACE, body, f"adding {cidr} to {what}"
 
 
-def default_route(gateway: str, oif: int) -> tuple[int, int, bytes, str]:
-    body = _RTMSG.pack(AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST, 0)
+def default_route(gateway: str, oif: int, onlink: bool = False) -> tuple[int, int, bytes, str]:
+    body = _RTMSG.pack(AF_INET, 0, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, RT_SCOPE_UNIVERSE, RTN_UNICAST,
+                       RTNH_F_ONLINK if onlink else 0)
     body += _attr(RTA_GATEWAY, ipaddress.IPv4Address(gateway).packed)
     body += _attr(RTA_OIF, struct.pack("=i", oif))
     return RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body, f"default route via {gateway}"
+
+
+def host_route(cidr: str, oif: int) -> tuple[int, int, bytes, str]:
+    """``ip route replace CIDR dev OIF`` (scope link): a routed container's host route."""
+    batch = Batch()
+    batch.route_replace(cidr, None, oif, False, f"route {cidr} via interface {oif}")
+    return batch.messages[0]
+
+
+def neigh_permanent(index: int, ip: str, mac: str) -> tuple[int, int, bytes, str]:
+    """``ip neigh replace IP lladdr MAC dev INDEX nud permanent``."""
+    batch = Batch()
+    batch.neigh_replace(index, ip, mac, f"neighbour {ip} lladdr {mac}")
+    return batch.messages[0]

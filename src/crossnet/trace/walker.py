@@ -312,6 +312,9 @@ class Walker:
             n = v.neigh(nh, out.index)
             pkt.mac = n.mac.lower() if n and n.mac else None
             self.ovs_step(host, out.name, pkt)
+        elif out.kind == "veth" and self.container_on_port(host, out.name) is not None:
+            # datapath ebpf: a /32 route straight to a container's routed veth (docs/datapath.md)
+            self.deliver(host, out, self.container_on_port(host, out.name))
         else:
             n = v.neigh(nh, out.index)
             pkt.mac = n.mac.lower() if n and n.mac else None

@@ -1,0 +1,263 @@
+"""End to end: `datapath: ebpf` (docs/datapath.md) — routed container veths for host-gw
+and vxlan in one lab per backend (2 hosts, 2 containers each, masquerade on): no container
+bridge, a /32 route per container, the link-local gateway as a static neighbour; all pairs,
+TCP, MTU edge sizes, masquerade to an address outside the cluster, `check`, `trace`,
+status naming the datapath that runs (kernel here: crossnet.ebpf is not part of this
+branch, so the routed layout runs without programs), and a reset that leaves each host
+exactly as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import LabFactory
+
+from .kstate import diff, snapshot
+from .test_foundation import ping, tcp_transfer
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root"),
+]
+
+GATEWAY = "169.254.1.1"
+
+
+class RoutedLab:
+    def __init__(self, lab, backend: str, before: dict[str, dict], dry_run: str) -> None:
+        self.lab, self.backend, self.before, self.dry_run = lab, backend, before, dry_run
+
+    def host(self, name: str):
+        return next(h for h in self.lab.hosts if h.name == name)
+
+    def run(self, hname: str, *args: str) -> subprocess.CompletedProcess:
+        return self.lab.crossnet(hname, *args, check=False)
+
+    def status(self, hname: str) -> dict:
+        return self.lab.status(hname)
+
+    def address(self, container: str) -> str:
+        for h in self.lab.hosts:
+            for c in self.status(h.name)["containers"]:
+                if c["id"] == container:
+                    return c["address"]
+        raise AssertionError(f"{container} is not attached")
+
+
+def ip_json(netns: str, *args: str) -> list:
+    return json.loads(subprocess.run(["ip", "-n", netns, "-j", *args], capture_output=True, text=True,
+                                     check=True).stdout or "[]")
+
+
+@pytest.fixture(scope="module", params=["host-gw", "vxlan"])
+def routed(request, lab_sweep) -> RoutedLab:
+    backend = request.param
+    factory = LabFactory.for_test(request)
+    lab = factory(hosts=2, underlay="l3" if backend == "vxlan" else "l2", backend=backend, containers=2,
+                  apply=False, extra={"datapath": "ebpf"})
+    cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
+    assert cluster["datapath"] == "ebpf"  # `lab up --datapath ebpf` writes it into the cluster file
+    cluster["masquerade"] = True
+    Path(lab.plan.cluster_file).write_text(yaml.safe_dump(cluster))
+    before = {h.name: snapshot(h.netns) for h in lab.hosts}
+    dry = lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run", check=False)
+    assert dry.returncode == 0, dry.stderr
+    for h in lab.hosts:
+        lab.apply(h.name)
+    for h in lab.hosts:
+        for c in h.containers:
+            lab.attach(h.name, c)
+    lab.manifest["apply"] = True  # as `lab up` records it: lab.check pings the containers
+    lab.save()
+    return RoutedLab(lab, backend, before, dry.stdout)
+
+
+def test_dry_run_and_layout(routed):
+    """--dry-run shows the host address on lo and no bridge; the kernel then has no bridge,
+    masterless host veths with a /32 route each, and containers with a /32 address, the
+    gateway 169.254.1.1 as a permanent neighbour and an onlink default route via it."""
+    lab = routed.lab
+    h1 = routed.host("h1")
+    st = routed.status("h1")
+    assert f"ip addr add {st['gateway']}/32 dev lo" in routed.dry_run
+    assert "type bridge" not in routed.dry_run
+    links = ip_json(h1.netns, "-d", "link", "show")
+    assert not [l for l in links if (l.get("linkinfo") or {}).get("info_kind") == "bridge"]
+    routes = {r["dst"]: r for r in ip_json(h1.netns, "route", "show")}
+    for c in st["containers"]:
+        veth = next(l for l in links if l["ifname"] == c["host_if"])
+        assert "master" not in veth
+        assert routes[c["address"]]["dev"] == c["host_if"]
+        cns = os.path.basename(c["netns"])
+        assert ip_json(cns, "-4", "addr", "show", "dev", "eth0")[0]["addr_info"][0]["prefixlen"] == 32
+        default = next(r for r in ip_json(cns, "route", "show") if r["dst"] == "default")
+        assert default["gateway"] == GATEWAY and "onlink" in default.get("flags", [])
+        neigh = next(n for n in ip_json(cns, "neigh", "show", "dev", "eth0") if n["dst"] == GATEWAY)
+        assert neigh["lladdr"] == veth["address"] and "PERMANENT" in neigh["state"]
+    assert f"{st['gateway']}/32" in [f"{a['local']}/{a['prefixlen']}" for a in
+                                      ip_json(h1.netns, "-4", "addr", "show", "dev", "lo")[0]["addr_info"]]
+    assert lab.plan.hosts  # the lab is the one the fixture built
+
+
+def test_status_names_the_datapath(routed):
+    st = routed.status("h1")
+    d = st["datapath"]
+    assert (d["configured"], d["layout"], d["datapath"]) == ("ebpf", "routed", "kernel")
+    assert d["why"].startswith("eBPF datapath not available")
+    text = routed.run("h1", "status")
+    assert text.returncode == 0, text.stderr
+    assert "datapath: kernel (routed container veths; eBPF datapath not available" in " ".join(text.stdout.split())
+
+
+def test_all_pairs_tcp_and_mtu_edges(routed):
+    lab = routed.lab
+    pairs = lab.check()
+    assert len(pairs) == 12 and all(p.ok for p in pairs), [p for p in pairs if not p.ok]
+    src, dst = routed.host("h1").containers[0], routed.host("h2").containers[1]
+    dst_addr = routed.address(dst)
+    assert tcp_transfer(src, dst, dst_addr) > 1e6
+    mtu = routed.status("h1")["mtu"]
+    assert mtu == (1450 if routed.backend == "vxlan" else 1500)
+
+    def df_ping(size: int) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", src, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(size),
+                               dst_addr], capture_output=True, text=True)
+
+    assert df_ping(mtu - 28).returncode == 0  # the largest unfragmented packet crosses
+    too_big = df_ping(mtu - 27)
+    assert too_big.returncode != 0 and "message too long" in (too_big.stdout + too_big.stderr).lower()
+    same_host = routed.address(routed.host("h1").containers[1])
+    assert ping(src, same_host)  # routed through the host, no bridge between them
+
+
+def test_masquerade_reaches_outside(routed):
+    h1 = routed.host("h1")
+    fabric = routed.lab.plan.fabric.address or next(h for h in routed.lab.plan.hosts if h.name == "h1").fabric_address
+    outside = fabric.split("/")[0]  # the switch (l2) or router (l3): not part of the cluster
+    c1 = h1.containers[0]
+    assert ping(c1, outside, count=2)
+
+
+def test_check_and_trace(routed):
+    lab = routed.lab
+    res = routed.run("h1", "check", "-o", "json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["ok"] is True
+    h2 = routed.host("h2")
+    src, dst = routed.host("h1").containers[0], h2.containers[0]
+    trace = routed.run("h1", "trace", src, dst, "--peer-state-dir", h2.state_dir, "--peer-netns", h2.netns,
+                       "--verify", "--count", "5")
+    assert trace.returncode == 0, trace.stdout + trace.stderr
+    out = trace.stdout
+    assert f"route {routed.address(dst)}/32 dev" in out and f"{dst} receives" in out
+    assert "(no master)" in out
+    assert lab.plan.name in out
+
+
+def test_reattach_repairs_the_host_route(routed):
+    """attach of an attached container (the slow path) puts back a deleted /32 route."""
+    h1 = routed.host("h1")
+    c = routed.status("h1")["containers"][0]
+    subprocess.run(["ip", "-n", h1.netns, "route", "del", f"{c['address']}/32"], check=True)
+    assert not ping(routed.host("h2").containers[0], c["address"])
+    res = routed.run("h1", "attach", c["netns"], "-o", "json")
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["changed"] is True and out["gateway"] == GATEWAY and out["cidr"] == f"{c['address']}/32"
+    assert ping(routed.host("h2").containers[0], c["address"], count=2)
+
+
+_CNI = ("import json, os, sys\n"
+        "from crossnet.cni import plugin\n"
+        "code, out = plugin.run(dict(os.environ), sys.stdin.buffer.read())\n"
+        "print(json.dumps(out) if out is not None else '')\n"
+        "sys.exit(code)\n")
+
+
+def test_cni_add_check_del(routed):
+    """CNI ADD gives a /32 with gateway 169.254.1.1 and the default route via it; CHECK
+    passes on the routed veth; DEL removes veth and route."""
+    import sys
+
+    h1 = routed.host("h1")
+    ns = f"{routed.lab.name}-cni1"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni",
+                       "stateDir": h1.state_dir}).encode()
+
+    def cni(command: str, stdin: bytes = conf) -> tuple[int, dict | None]:
+        env = {**os.environ, "CNI_COMMAND": command, "CNI_CONTAINERID": "routedcni1", "CNI_NETNS": f"/run/netns/{ns}",
+               "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
+        proc = subprocess.run(["nsenter", f"--net=/run/netns/{h1.netns}", sys.executable, "-c", _CNI], input=stdin,
+                              env=env, capture_output=True, timeout=60)
+        out = proc.stdout.decode().strip()
+        return proc.returncode, (json.loads(out) if out and out != "null" else None)
+
+    try:
+        code, res = cni("ADD")
+        assert code == 0, res
+        (ip,) = res["ips"]
+        assert ip["gateway"] == GATEWAY and ip["address"].endswith("/32")
+        assert res["routes"] == [{"dst": "0.0.0.0/0", "gw": GATEWAY}]
+        address = ip["address"].split("/")[0]
+        assert ping(routed.host("h2").containers[0], address, count=2)
+        code, out = cni("CHECK", json.dumps({**json.loads(conf), "prevResult": res}).encode())
+        assert code == 0, out
+        host_if = res["interfaces"][0]["name"]
+        subprocess.run(["ip", "-n", h1.netns, "route", "del", f"{address}/32"], check=True)
+        code, out = cni("CHECK", json.dumps({**json.loads(conf), "prevResult": res}).encode())
+        assert code != 0 and f"no route {address}/32 dev {host_if}" in json.dumps(out)
+        code, out = cni("DEL")
+        assert code == 0, out
+        assert not [l for l in ip_json(h1.netns, "link", "show") if l["ifname"] == host_if]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_switching_datapath_with_containers_is_refused(routed):
+    lab = routed.lab
+    h1 = routed.host("h1")
+    cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
+    cluster["datapath"] = "kernel"
+    path = Path(lab.plan.lab_dir) / "kernel.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    now = snapshot(h1.netns)
+    res = routed.run("h1", "apply", "-f", str(path), "--host", "h1")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "datapath:" in res.stderr
+    assert "detach" in res.stderr
+    assert diff(now, snapshot(h1.netns)) == []
+
+
+def test_reset_leaves_nothing(routed):
+    """Last: reset on every host (containers detached with it) leaves each host as before apply."""
+    for h in routed.lab.hosts:
+        res = routed.run(h.name, "reset")
+        assert res.returncode == 0, res.stderr
+        assert diff(routed.before[h.name], snapshot(h.netns)) == []
+
+
+def test_agent_programs_a_routed_network_from_the_store(lab_factory):
+    """The etcd store carries `datapath` (lab: `etcd init`'s config): each agent programs the
+    routed layout (no bridge, /32 routes) and the containers of both hosts reach each other."""
+    from crossnet.lab.etcdserver import etcd_available
+
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    lab = lab_factory(hosts=2, underlay="l3", backend="vxlan", containers=1, extra={"store": "etcd", "datapath": "ebpf"})
+    pairs = lab.check(count=2)
+    assert len(pairs) == 2 and all(p.ok for p in pairs), pairs
+    for h in lab.hosts:
+        st = lab.status(h.name)
+        assert st["datapath"]["layout"] == "routed"
+        links = ip_json(h.netns, "-d", "link", "show")
+        assert not [l for l in links if (l.get("linkinfo") or {}).get("info_kind") == "bridge"]
+        (c,) = st["containers"]
+        assert any(r["dst"] == c["address"] and r["dev"] == c["host_if"] for r in ip_json(h.netns, "route", "show"))
