@@ -5,7 +5,7 @@ neighbour inside the container, tc eBPF programs on top when the host can run th
 
 Every call into the eBPF programs (crossnet.ebpf) goes through this module:
 :func:`host_resources`, :func:`container_attached`, :func:`container_detached`,
-:func:`active`. Without crossnet.ebpf (or on a host that cannot run it) the routed layout
+:func:`active`. On a host that cannot run them (crossnet.ebpf.problem) the routed layout
 stays and the kernel forwards alone: ``status`` says ``datapath: kernel (why)``.
 """
 
@@ -36,12 +36,9 @@ def routed(ctx: HostContext) -> bool:
 def ebpf_problem() -> str | None:
     """Why this host cannot run the eBPF programs (None: it can); logged once."""
     if "ebpf" not in _why_not:
-        try:
-            from crossnet import ebpf  # type: ignore[attr-defined]  # bpfprog's part; wired at integration
+        from crossnet import ebpf
 
-            why = ebpf.problem()
-        except ImportError as exc:
-            why = f"eBPF datapath not available: {exc}"
+        why = ebpf.problem()
         if why is not None:
             log.warning("datapath ebpf: falling back to kernel forwarding: %s", why)
         _why_not["ebpf"] = why
@@ -54,36 +51,63 @@ def active(ctx: HostContext) -> str:
     return "ebpf" if routed(ctx) and ebpf_problem() is None else "kernel"
 
 
-def describe(ctx: HostContext) -> dict[str, str | None]:
+def describe(ctx: HostContext) -> dict:
     """What `crossnet status` shows: {"datapath": what runs, "configured": what the
-    network asks, "layout": bridge | routed, "why": why ebpf does not run (or None)}."""
+    network asks, "layout": bridge | routed, "why": why ebpf does not run (or None),
+    "counters" (ebpf only): the programs' counters, crossnet.ebpf.host.counters}."""
     run = active(ctx)
     why = ebpf_problem() if routed(ctx) and run != "ebpf" else None
-    return {"datapath": run, "configured": getattr(ctx, "datapath", "kernel"),
-            "layout": "routed" if routed(ctx) else "bridge", "why": why}
+    out: dict = {"datapath": run, "configured": getattr(ctx, "datapath", "kernel"),
+                 "layout": "routed" if routed(ctx) else "bridge", "why": why}
+    if run == "ebpf":  # the programs' counters: redirected (the fast path) vs passed to the stack, per reason
+        from crossnet.ebpf import host
+
+        out["counters"] = host.counters(ctx) if host.loaded(ctx.state_dir) else {}
+    return out
 
 
-def local_resources(ctx: HostContext) -> list[Resource]:
+def local_resources(ctx: HostContext, devices: list[Resource] | tuple[Resource, ...] = ()) -> list[Resource]:
     """A routed host's own resources in place of the container bridge: this host's
     address in its subnet as a /32 on `lo` (masquerade, DNS, expose keep working; no
-    device needed: a dummy link needs a kernel module), then the programs
-    (:func:`host_resources`)."""
+    device needed: a dummy link needs a kernel module), the backend's ``devices`` (the
+    vxlan device), then the programs (:func:`host_resources`: they attach to those)."""
     from crossnet.plan.resources import Address
 
-    return [Address("lo", f"{ctx.gateway}/32"), *host_resources(ctx)]
+    return [Address("lo", f"{ctx.gateway}/32"), *devices, *host_resources(ctx)]
 
 
 def host_resources(ctx: HostContext) -> list[Resource]:
-    """The eBPF programs of this host (crossnet.ebpf.host.host_resources): none here yet."""
-    return []
+    """The eBPF programs of this host (crossnet.ebpf.host.host_resources: programs and
+    maps pinned, configuration, the to-container program on the NIC and the vxlan
+    device) when it runs the ebpf datapath; none otherwise (kernel forwarding)."""
+    if active(ctx) != "ebpf":
+        return []
+    from crossnet.ebpf import host
+
+    return host.host_resources(ctx)
 
 
 def container_attached(ctx: HostContext, host_if: str) -> None:
-    """After the routed veth and its /32 route exist: the container veth's program (none yet)."""
+    """After the routed veth and its /32 route exist: the from-container program on its
+    host side, when this host's programs are loaded (apply/agent loaded them: a cheap
+    check of their pins, no feature probe on the attach path)."""
+    if not routed(ctx):
+        return
+    from crossnet.ebpf import host
+
+    if host.loaded(ctx.state_dir):
+        host.attach_container(ctx, host_if)
 
 
 def container_detached(ctx: HostContext, host_if: str) -> None:
-    """Before the routed veth is deleted (idempotent; none yet)."""
+    """Before the routed veth is deleted: its program and its redirect-target entry
+    (idempotent: nothing loaded, or the veth already gone, is fine)."""
+    if not routed(ctx):
+        return
+    from crossnet.ebpf import host
+
+    if host.loaded(ctx.state_dir):
+        host.detach_container(ctx, host_if)
 
 
 def check_switch(state: StateDir, ctx: HostContext, env: object) -> None:

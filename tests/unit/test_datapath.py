@@ -127,34 +127,45 @@ def test_dry_run_text_and_json_round_trip_of_a_routed_host():
 # ---------------------------------------------------------------- the eBPF hooks and the fallback
 
 
-def test_without_crossnet_ebpf_the_datapath_is_kernel_with_one_log_line(monkeypatch, caplog):
-    import sys
+def test_a_host_that_cannot_run_ebpf_gets_kernel_with_one_log_line(monkeypatch, caplog):
+    from crossnet import ebpf
 
-    monkeypatch.setitem(sys.modules, "crossnet.ebpf", None)  # import fails: not built / not integrated
+    monkeypatch.setattr(ebpf, "problem", lambda: "no bpftool to load the eBPF programs")
     monkeypatch.setattr(datapath, "_why_not", {})
-    ctx, _ = ctx_of("host-gw", datapath="ebpf")
+    ctx, b = ctx_of("host-gw", datapath="ebpf")
     with caplog.at_level(logging.WARNING, logger="crossnet.datapath"):
         assert datapath.active(ctx) == "kernel"
         assert datapath.active(ctx) == "kernel"
         d = datapath.describe(ctx)
+        assert datapath.host_resources(ctx) == []  # no programs: the routed layout, kernel forwarding
     assert d["datapath"] == "kernel" and d["configured"] == "ebpf" and d["layout"] == "routed"
-    assert d["why"].startswith("eBPF datapath not available: ")
+    assert d["why"] == "no bpftool to load the eBPF programs"
     lines = [r for r in caplog.records if r.name == "crossnet.datapath"]
-    assert len(lines) == 1 and "eBPF datapath not available" in lines[0].getMessage()
+    assert len(lines) == 1 and "no bpftool" in lines[0].getMessage()
 
 
-def test_ebpf_runs_when_the_module_says_the_host_can(monkeypatch):
-    import sys
-    import types
+def test_ebpf_runs_when_the_module_says_the_host_can_and_its_programs_come_after_the_devices(monkeypatch, tmp_path):
+    from crossnet import ebpf
+    from crossnet.ebpf import build
+    from crossnet.ebpf import host as ebpf_host
 
-    fake = types.ModuleType("crossnet.ebpf")
-    fake.problem = lambda: None
-    monkeypatch.setitem(sys.modules, "crossnet.ebpf", fake)
+    monkeypatch.setattr(ebpf, "problem", lambda: None)
     monkeypatch.setattr(datapath, "_why_not", {})
-    ebpf, _ = ctx_of("vxlan", datapath="ebpf")
+    obj = tmp_path / "crossnet_tc.o"
+    obj.write_bytes(b"an object")  # its pin directory is named by a hash of its content
+    monkeypatch.setattr(build, "find_object", lambda: (obj, None))
+    ebpf_ctx, b = ctx_of("vxlan", datapath="ebpf")
     kernel, _ = ctx_of("vxlan")
-    assert datapath.active(ebpf) == "ebpf" and datapath.describe(ebpf)["why"] is None
+    assert datapath.active(ebpf_ctx) == "ebpf" and datapath.describe(ebpf_ctx)["why"] is None
     assert datapath.active(kernel) == "kernel" and datapath.describe(kernel)["layout"] == "bridge"
+    local = b.local_resources(ebpf_ctx)
+    kinds = [type(r) for r in local]
+    assert kinds[:3] == [Address, Vxlan, Address]  # lo /32, the vxlan device, its address ...
+    progs = [r for r in local if isinstance(r, ebpf_host.TcProgram)]
+    assert {p.dev for p in progs} == {"eth0", "cnvx1"}  # ... then the programs on the NIC and the device
+    assert min(local.index(p) for p in progs) > kinds.index(Vxlan)
+    assert datapath.host_resources(kernel) == [] and not any(isinstance(r, ebpf_host.TcProgram)
+                                                           for r in b.local_resources(kernel))
 
 
 # ---------------------------------------------------------------- the routed attach's messages

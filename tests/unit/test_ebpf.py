@@ -3,6 +3,7 @@ text, pin-directory validation, bpffs detection, and every problem() path with f
 
 from __future__ import annotations
 
+import json
 import ipaddress
 import struct
 from pathlib import Path
@@ -227,3 +228,24 @@ def test_only_a_crossnet_object_is_loaded(obj, monkeypatch):
     monkeypatch.setattr(host, "load", lambda *a: pytest.fail("loaded"))
     with pytest.raises(ApplyError, match="is not a crossnet_tc.o file"):
         host.BpfPrograms("/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef", obj).ensure(None)
+
+
+def test_a_record_of_ebpf_resources_reads_back_in_a_process_that_never_imported_them():
+    """`crossnet status` / `reset` read applied.json before anything imports crossnet.ebpf
+    (kept out of the attach path for start-up time): plan.resources.LAZY_KINDS names the
+    module of each of its kinds, and from_json imports it."""
+    import subprocess
+    import sys
+
+    from crossnet.ebpf import host as ebpf_host
+    from crossnet.plan.resources import LAZY_KINDS
+
+    kinds = {c.kind for c in (ebpf_host.BpfPrograms, ebpf_host.BpfConfig, ebpf_host.TcProgram)}
+    assert {k for k, m in LAZY_KINDS.items() if m == "crossnet.ebpf.host"} == kinds
+    record = ebpf_host.TcProgram("eth0", "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef",
+                                 "cn_to_container").to_json()
+    code = ("import json, sys; from crossnet.plan.resources import Resource; "
+            "assert 'crossnet.ebpf.host' not in sys.modules; "
+            f"r = Resource.from_json(json.loads({json.dumps(json.dumps(record))})); print(type(r).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "TcProgram"

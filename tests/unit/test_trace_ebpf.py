@@ -46,3 +46,22 @@ def test_counter_sources_only_for_hosts_with_programs(monkeypatch):
     sources = trace_ebpf.counter_sources(hosts)
     assert list(sources) == ["ebpf:h1"]
     assert sources["ebpf:h1"]()["redirect_peer"] == (4, 0)
+
+
+def test_a_veth_the_fast_path_bypassed_is_not_a_failure_when_the_program_counted_the_probe():
+    """bpf_redirect_peer puts a packet straight into the container: the host side of its
+    veth never transmits it. With the probe's 5 requests redirected into containers on h2,
+    h2's host-side veth hop (expect tx, not moved) is noted as bypassed, not failed; with
+    fewer redirects (the probe did not take the fast path) it stays a failure."""
+    def path() -> list[Hop]:
+        return [Hop("h2", "eth0", "nic", "n", expect="rx", moved=True),
+                Hop("h2", "cnv1", "veth", "host side", expect="tx", moved=False, note="tx counter did not move"),
+                Hop("h2", "eth0", "veth", "container", expect="rx", moved=True)]
+
+    hops = path()
+    trace_ebpf.add_hops(hops, {"ebpf:h2": pairs()}, {"ebpf:h2": pairs(redirect_peer=5)}, sent=5)
+    assert hops[1].expect is None and hops[1].moved is None and "bypassed" in hops[1].note
+    assert hops[0].expect == "rx" and hops[2].expect == "rx"  # the others still count
+    short = path()
+    trace_ebpf.add_hops(short, {"ebpf:h2": pairs()}, {"ebpf:h2": pairs(redirect_peer=2)}, sent=5)
+    assert short[1].expect == "tx" and short[1].moved is False

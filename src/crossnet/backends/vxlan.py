@@ -34,13 +34,11 @@ class Vxlan(Backend):
     def local_resources(self, ctx: HostContext) -> list[Resource]:
         dev = self.device(ctx)
         mac = self.host_data(ctx.cluster_name, ctx.host, ctx.address)["vtep_mac"]
-        own = (datapath.local_resources(ctx) if datapath.routed(ctx)  # no container bridge (docs/datapath.md)
-               else [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx))])
-        return [
-            *own,
-            VxlanLink(dev, ctx.vni, ctx.port, str(ctx.address), ctx.iface, ctx.mtu, mac),
-            Address(dev, f"{ctx.subnet.network_address}/32"),
-        ]
+        device = [VxlanLink(dev, ctx.vni, ctx.port, str(ctx.address), ctx.iface, ctx.mtu, mac),
+                  Address(dev, f"{ctx.subnet.network_address}/32")]
+        if datapath.routed(ctx):  # no container bridge; the programs after the device (docs/datapath.md)
+            return datapath.local_resources(ctx, device)
+        return [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx)), *device]
 
     def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
         dev = self.device(ctx)

@@ -364,6 +364,10 @@ def status(ctx: click.Context, output: str) -> None:
         d = st["datapath"]
         console.print(f"datapath: {d['datapath']} ({d['layout']} container veths"
                       + (f"; {d['why']}" if d.get("why") else "") + ")", markup=False)
+        if d.get("counters"):  # docs/ebpf.md: the fast path really taken?
+            c = d["counters"]
+            console.print(f"ebpf: {c.get('redirect', 0)} packets redirected, {c.get('pass', 0)} passed to the stack",
+                          markup=False)
     if st.get("ovs"):
         o = st["ovs"]
         console.print(

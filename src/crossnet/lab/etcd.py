@@ -28,6 +28,7 @@ from pathlib import Path
 
 from crossnet.errors import CrossnetError
 from crossnet.lab.etcdserver import EtcdServer
+from crossnet.lab.netns import host_exec
 from crossnet.lab.procs import stop as stop_pid
 from crossnet.lab.services import HostService, host_env, register_service
 
@@ -48,11 +49,11 @@ def agent_argv(state_dir: str, etcd: str, name: str, iface: str = "eth0", prefix
 
 def start_agent(netns: str, state_dir: str, etcd: str, name: str, log_path: str, iface: str = "eth0",
                 prefix: str = LAB_PREFIX, extra: list[str] | tuple[str, ...] = (),
-                env: dict[str, str] | None = None) -> subprocess.Popen:
+                env: dict[str, str] | None = None, plan: object | None = None) -> subprocess.Popen:
     """Start `crossnet agent` in `netns`; output appended to log_path; pid in <state_dir>/../agent.pid."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     Path(state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-    argv = ["ip", "netns", "exec", netns, *agent_argv(state_dir, etcd, name, iface, prefix, extra)]
+    argv = [*host_exec(netns, plan), *agent_argv(state_dir, etcd, name, iface, prefix, extra)]
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, **(env or {})})
@@ -171,7 +172,7 @@ def _start_agent(plan, host) -> None:
     log_path = str(Path(plan.lab_dir) / "hosts" / host.name / "agent.log")
     ttl = str(int((plan.extra or {}).get("ttl") or LAB_TTL))
     proc = start_agent(host.netns, host.state_dir, srv.url, host.name, log_path, iface=host.ifname,
-                       extra=["--ttl", ttl], env=host_env(plan, host))
+                       extra=["--ttl", ttl], env=host_env(plan, host), plan=plan)
     wait_agent_ready(host.state_dir, proc=proc, log_path=log_path)
 
 

@@ -181,6 +181,7 @@ class Lab:
         prefix = ["ip", "netns", "exec", netns]
         host = next((h for h in self.hosts if h.netns == netns), None)
         if host is not None:
+            prefix = ns.host_exec(netns, self.plan)
             prefix += ["env", f"CROSSNET_STATE_DIR={host.state_dir}"]
             prefix += [f"{k}={v}" for k, v in svc_registry.host_env(self.plan, host).items()]
         return [*prefix, *cmd]

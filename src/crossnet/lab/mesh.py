@@ -15,6 +15,7 @@ import sys
 import threading
 
 from crossnet.errors import CrossnetError
+from crossnet.lab.netns import host_exec
 from crossnet.lab.services import HostService, host_env, register_service
 
 LAB_TTL = 10
@@ -32,7 +33,7 @@ def _enabled(plan) -> bool:
 
 def launch_argv(plan, host, *args: str) -> list[str]:
     env = [f"{k}={v}" for k, v in host_env(plan, host).items()]
-    return ["ip", "netns", "exec", host.netns, "env", f"CROSSNET_STATE_DIR={host.state_dir}", *env,
+    return [*host_exec(host.netns, plan), "env", f"CROSSNET_STATE_DIR={host.state_dir}", *env,
             sys.executable, "-m", "crossnet", *args]
 
 

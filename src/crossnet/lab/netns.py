@@ -161,6 +161,16 @@ def kill_netns_processes(names: Iterable[str], term_timeout: float = 3.0,
     return signalled
 
 
+def host_exec(netns: str, plan: object | None = None) -> list[str]:
+    """The argv prefix running a command in a lab host's namespace: ``ip netns exec``, or
+    for a lab with ``datapath: ebpf`` ``nsenter --net`` (``ip netns exec`` remounts /sys
+    in a private mount namespace, so the eBPF pins on /sys/fs/bpf would vanish with the
+    command: crossnet.ebpf refuses it and falls back to kernel forwarding)."""
+    if ((getattr(plan, "extra", None) or {}).get("datapath") or "kernel") == "ebpf":
+        return ["nsenter", f"--net=/run/netns/{netns}"]
+    return ["ip", "netns", "exec", netns]
+
+
 def spawn(netns: str, argv: list[str], log_path: str | os.PathLike[str],
           env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a long-running process (a daemon for a lab service) inside `netns`,

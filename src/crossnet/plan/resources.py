@@ -31,6 +31,10 @@ from crossnet.errors import ApplyError
 from crossnet.plan.env import Env
 
 REGISTRY: dict[str, type["Resource"]] = {}
+# kinds defined by a module the commands import only when they need it (start-up time):
+# from_json imports it to read a record holding one (tests/unit/test_ebpf.py checks the list)
+LAZY_KINDS: dict[str, str] = {"ebpf-programs": "crossnet.ebpf.host", "ebpf-config": "crossnet.ebpf.host",
+                              "ebpf-tc": "crossnet.ebpf.host"}
 
 
 @dataclass
@@ -77,7 +81,12 @@ class Resource:
     @staticmethod
     def from_json(data: dict) -> "Resource":
         data = dict(data)
-        cls = REGISTRY[data.pop("kind")]
+        kind = data.pop("kind")
+        if kind not in REGISTRY and kind in LAZY_KINDS:
+            import importlib
+
+            importlib.import_module(LAZY_KINDS[kind])
+        cls = REGISTRY[kind]
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 

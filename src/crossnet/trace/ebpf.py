@@ -35,9 +35,13 @@ def describe(deltas: dict[str, int]) -> tuple[str, str | None]:
 
 
 def add_hops(hops: list[Hop], before: dict[str, dict[str, tuple[int, int]]],
-             after: dict[str, dict[str, tuple[int, int]]]) -> None:
+             after: dict[str, dict[str, tuple[int, int]]], sent: int = 0) -> None:
     """Insert one `ebpf` hop per host with counters, after that host's last hop (pure).
-    The packets of other traffic during the probe count too: a caveat, not a check."""
+    The packets of other traffic during the probe count too: a caveat, not a check.
+    ``sent``: the probe's echo requests. A packet `bpf_redirect_peer` puts straight into
+    a container never leaves the host side of its veth, whose tx counter then stays:
+    when that host's programs redirected into a container at least ``sent`` packets,
+    such a veth hop is not counted (noted as the fast path) instead of failing."""
     for key in sorted(k for k in after if k.startswith(PREFIX)):
         name = key.removeprefix(PREFIX)
         b, a = before.get(key), after[key]
@@ -46,5 +50,10 @@ def add_hops(hops: list[Hop], before: dict[str, dict[str, tuple[int, int]]],
         deltas = {k: a[k][0] - b.get(k, (0, 0))[0] for k in a}
         detail, note = describe(deltas)
         hop = Hop(host=name, device=None, kind="ebpf", detail=detail, note=note, extra={"ebpf": deltas})
+        if sent and deltas.get("redirect_peer", 0) >= sent:
+            for h in hops:
+                if h.host == name and h.kind == "veth" and h.expect == "tx" and not h.moved:
+                    h.expect, h.moved = None, None
+                    h.note = "bypassed: the tc eBPF program put the packets straight into the container (redirect_peer)"
         last = max((i for i, h in enumerate(hops) if h.host == name), default=len(hops) - 1)
         hops.insert(last + 1, hop)

@@ -111,7 +111,7 @@ def trace(src: Endpoint, dst: Endpoint, hosts: dict[str, HostSide], container_vi
         apply_deltas(hops, before, after, sent)
         attach_captures(hops, taps)
         wireguard_deltas(hops, before, after)
-        trace_ebpf.add_hops(hops, before, after)
+        trace_ebpf.add_hops(hops, before, after, sent)
         result.probe = {**probe, "count": count}
         counted = [h for h in hops if h.expect is not None and h.moved is not None]
         result.verified = ((walker.complete or walker.handoff is not None) and bool(counted)
