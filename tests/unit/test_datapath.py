@@ -153,7 +153,8 @@ def test_ebpf_runs_when_the_module_says_the_host_can_and_its_programs_come_after
     monkeypatch.setattr(datapath, "_why_not", {})
     obj = tmp_path / "crossnet_tc.o"
     obj.write_bytes(b"an object")  # its pin directory is named by a hash of its content
-    monkeypatch.setattr(build, "find_object", lambda: (obj, None))
+    monkeypatch.setattr(build, "find_object", lambda build=True: (obj, None))
+    monkeypatch.setattr(ebpf_host, "loaded", lambda state_dir: False)
     ebpf_ctx, b = ctx_of("vxlan", datapath="ebpf")
     kernel, _ = ctx_of("vxlan")
     assert datapath.active(ebpf_ctx) == "ebpf" and datapath.describe(ebpf_ctx)["why"] is None

@@ -305,6 +305,12 @@ def test_reads_are_cached_until_the_file_changes(env, monkeypatch):
     addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
     call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID, "Interface": {"Address": addr}})
     call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    import time
+
+    deadline = time.monotonic() + 10  # the writer thread's binding write reads the file: let it finish first
+    while p._pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    call(p, "/NetworkDriver.EndpointOperInfo", {"NetworkID": NID, "EndpointID": EID})  # re-reads the written file once
     reads = []
     real = Pool._read
     monkeypatch.setattr(Pool, "_read", lambda self: (reads.append(1), real(self))[1])
