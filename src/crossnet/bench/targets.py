@@ -113,6 +113,65 @@ def _networks_targets(nw: dict[str, Any] | None) -> list[dict[str, Any]]:
                f"range {nw.get('isolation_ratio_min')}–{nw.get('isolation_ratio_max')} (worst/best pairing of repeats)")]
 
 
+# issue 18, `datapath: ebpf` (crossnet bench datapath): ebpf ÷ underlay, ebpf ÷ kernel; RTT p50 overhead (µs)
+DATAPATH_GOALS = {"host-gw": (0.95, 1.08), "vxlan": (0.80, 1.05)}
+RTT_OVERHEAD_US = 20.0
+
+
+def _datapath_targets(dx: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per backend and MTU of `crossnet bench datapath` (crossnet.bench.datapathbench):
+    ebpf ÷ underlay, ebpf ÷ kernel (median over pairs of interleaved rounds), the ebpf
+    path's RTT p50 overhead over the underlay."""
+    rows = [r for r in (dx or {}).get("rows", []) if r.get("backend") in DATAPATH_GOALS]
+    keys = [(r["backend"], r["mtu"]) for r in rows] or [(b, 1500) for b in DATAPATH_GOALS]
+    out = []
+    for backend, mtu in keys:
+        gu, gk = DATAPATH_GOALS[backend]
+        specs = [(f"datapath-{backend}-ebpf-{mtu}", f"{backend} `datapath: ebpf` TCP throughput / underlay, MTU {mtu}",
+                  f"≥ {gu}", "×", gu),
+                 (f"datapath-{backend}-ebpf-vs-kernel-{mtu}", f"{backend} `datapath: ebpf` / `datapath: kernel` TCP "
+                  f"throughput (median over pairs of interleaved rounds), MTU {mtu}", f"≥ {gk}", "×", gk),
+                 (f"datapath-{backend}-rtt-{mtu}", f"{backend} `datapath: ebpf` RTT p50 overhead vs underlay, MTU {mtu}",
+                  f"≤ {RTT_OVERHEAD_US:g} µs", "µs", RTT_OVERHEAD_US)]
+        r = next((x for x in rows if x["backend"] == backend and x["mtu"] == mtu), None)
+        e = ((r or {}).get("paths") or {}).get("ebpf") or {}
+        k = ((r or {}).get("paths") or {}).get("kernel") or {}
+        why = None
+        if dx is None:
+            why = "not measured in this run"
+        elif dx.get("status") != "ok":
+            why = f"{dx.get('status')}: {dx.get('reason', '')}"
+        elif r is None:
+            why = "not measured in this run"
+        elif r.get("status") != "ok":
+            why = f"{r.get('status')}: {r.get('reason', '')}"
+        elif e.get("status") == "skipped":
+            why = f"skipped: {e.get('reason')}"
+        elif e.get("fell_back"):
+            why = f"ebpf did not run: {e['fell_back']}"
+        if why:
+            out += [_t(tid, what, goal_s, None, unit, None, status=why) for tid, what, goal_s, unit, _g in specs]
+            continue
+        vk = (r.get("ebpf_vs_kernel") or {})
+        values = [
+            (e.get("ratio"), f"range {e.get('ratio_min')}–{e.get('ratio_max')} (worst/best pairing of repeats)",
+             f"kernel: {k.get('ratio')} ×"),
+            (vk.get("median_round_ratio"), _rounds_note(vk), f"ratio of the medians {vk.get('ratio_of_medians')}"),
+            (e.get("rtt_overhead_us"), f"ebpf RTT p50 {(e.get('rtt') or {}).get('p50_ms')} ms, underlay "
+             f"{(((r.get('paths') or {}).get('underlay') or {}).get('rtt') or {}).get('p50_ms')} ms",
+             f"kernel: {k.get('rtt_overhead_us')} µs"),
+        ]
+        for (tid, what, goal_s, unit, goal), (v, note, also) in zip(specs, values):
+            if v is None:
+                out.append(_t(tid, what, goal_s, None, unit, None, status="no figure in this run"))
+                continue
+            met = v <= goal if unit == "µs" else v >= goal
+            short = (f"{v - goal:+.3g} µs over the limit ({v:.3g} vs {goal:.3g})" if unit == "µs"
+                     else _pct_short(v, goal, True))
+            out.append(_t(tid, what, goal_s, v, unit, met, short, note, also=also, goal=goal))
+    return out
+
+
 def _rounds_note(r: dict[str, Any]) -> str | None:
     """The spread behind a median over interleaved rounds (crossnet.bench.wgbench)."""
     rounds, pairs = r.get("round_ratios") or [], r.get("pair_ratios") or []
@@ -167,6 +226,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                           f"normalised by each lab's underlay: {r['vs_manual']['normalised_ratio']}"))
     out += _transport_targets(results.get("transport"))
     out += _networks_targets(results.get("networks"))
+    out += _datapath_targets(results.get("datapath"))
     if "wireguard" in results:
         out.append(_wireguard_target(results.get("wireguard")))
     # attach

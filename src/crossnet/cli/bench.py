@@ -23,12 +23,15 @@ QUICK = {
     "attach_count": 200, "cli_count": 10, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan",),
     "reset_max": 1000, "peer_repeats": 1, "cni_count": 10, "podman_runs": 3, "agent": True, "agent_hosts": 4,
     "agent_joins": 5, "diagnostics": False, "mesh": True, "mesh_hosts": 2, "mesh_joins": 2, "mesh_idle": 5.0,
+    # `bench datapath` in `bench all --quick`: one short round of host-gw only
+    "datapath_repeats": 1, "datapath_skip": {"vxlan": "--quick: host-gw only (`crossnet bench datapath` measures it)"},
 }
 FULL = {
     "mtus": (1500, 9000), "repeats": 5, "duration": 5.0, "ping_count": 200,
     "attach_count": 250, "cli_count": 200, "peer_sizes": (10, 100, 1000), "peer_backends": ("vxlan", "host-gw"),
     "reset_max": 1000, "peer_repeats": 3, "cni_count": 50, "podman_runs": 10, "agent": True, "agent_hosts": 20,
     "agent_joins": 10, "diagnostics": True, "mesh": True, "mesh_hosts": 5, "mesh_joins": 10, "mesh_idle": 30.0,
+    "datapath_repeats": 5, "datapath_skip": {},
 }
 
 
@@ -297,6 +300,23 @@ def _run_dataplane(rc: Any, s: dict[str, Any], backends: list[str] | None, manua
         return {"suite": "dataplane", "status": "skipped", "reason": str(exc), "rows": []}
 
 
+def _run_datapath(rc: Any, s: dict[str, Any], backends: list[str] | None) -> dict[str, Any]:
+    """`bench all`'s datapath rows (crossnet.bench.datapathbench): the backends of
+    --backends that have `datapath: ebpf` (default host-gw, vxlan), the suite's MTUs."""
+    from crossnet.bench import datapathbench
+    from crossnet.bench.util import Skip
+
+    names = [b for b in (backends or datapathbench.BACKENDS) if b in datapathbench.BACKENDS]
+    try:
+        if not names:
+            raise Skip(f"none of --backends has datapath ebpf ({', '.join(datapathbench.BACKENDS)})")
+        repeats = s["datapath_repeats"] if rc.quick else max(s["repeats"], s["datapath_repeats"])  # 5+ in full
+        return datapathbench.run(rc, names, mtus=s["mtus"], repeats=repeats, duration=s["duration"],
+                                 ping_count=s["ping_count"], skip=s["datapath_skip"])
+    except Skip as exc:
+        return {"suite": "datapath", "status": "skipped", "reason": str(exc), "rows": []}
+
+
 def _run_control(rc: Any, s: dict[str, Any], profile: bool) -> dict[str, Any]:
     from crossnet.bench import control
 
@@ -447,6 +467,27 @@ def register(main: click.Group) -> None:
 
         _one_suite("networks", lambda rc: netisobench.run(rc, repeats=repeats, duration=duration), output, save)
 
+    @bench.command("datapath")
+    @click.option("--backends", type=CommaChoice(["host-gw", "vxlan"]), default="host-gw,vxlan", show_default=True,
+                  help="Backends measured with both datapaths.")
+    @click.option("--mtu", "mtu", default="1500", show_default=True, help="Underlay MTUs, comma-separated (e.g. 1500,9000).")
+    @click.option("--repeats", type=click.IntRange(1, 50), default=5, show_default=True,
+                  help="Interleaved rounds (one iperf3 run per path each).")
+    @click.option("--duration", type=click.FloatRange(1, 60), default=5.0, show_default=True,
+                  help="Seconds per iperf3 run.")
+    @click.option("--ping-count", type=click.IntRange(5, 2000), default=200, show_default=True, help="Pings per path.")
+    @OUTPUT
+    @SAVE
+    def datapath_cmd(backends, mtu, repeats, duration, ping_count, output, save):
+        """`datapath: ebpf` vs `datapath: kernel` (docs/datapath.md) for host-gw and vxlan:
+        TCP throughput ÷ the underlay, ebpf ÷ kernel, RTT p50 overhead, the three paths
+        interleaved in the same rounds (a kernel lab with the underlay, an ebpf lab)."""
+        from crossnet.bench import datapathbench
+
+        mtus = _ints(mtu, "--mtu")
+        _one_suite("datapath", lambda rc: datapathbench.run(rc, _names(backends), mtus=mtus, repeats=repeats,
+                                                            duration=duration, ping_count=ping_count), output, save)
+
     @bench.command("wireguard")
     @click.option("--repeats", type=click.IntRange(1, 50), default=6, show_default=True,
                   help="Interleaved rounds (one iperf3 run per path each; even: the target figure pairs a round "
@@ -509,6 +550,7 @@ def register(main: click.Group) -> None:
         res = _header(quick)
         with _sigterm_as_interrupt():
             res["dataplane"] = _run_dataplane(rc, s, _names(backends), not no_manual)
+            res["datapath"] = _run_datapath(rc, s, _names(backends))
             res["control"] = _run_control(rc, s, (not quick) if profile is None else profile)
         _emit(_finish(res, rc, t0), output, save, report, docs)
 
@@ -516,7 +558,7 @@ def register(main: click.Group) -> None:
     @click.option("-i", "--input", "input_", default="docs/benchmarks.json", show_default=True,
                   type=click.Path(dir_okay=False), help="Results JSON (from --save, -o json or a previous report).")
     @click.option("--add", "adds", multiple=True, type=click.Path(dir_okay=False),
-                  help="Results of `bench transport` / `bench wireguard` (--save FILE) to add to the input's "
+                  help="Results of `bench transport` / `bench wireguard` / `bench datapath` (--save FILE) to add to the input's "
                        "(their own command and time are kept with them).")
     @DOCS
     def report_cmd(input_, adds, docs):
@@ -537,7 +579,7 @@ def register(main: click.Group) -> None:
                     extra = json.load(fh)
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"--add: cannot read {add} ({exc})") from None
-            for suite in ("transport", "wireguard", "networks"):
+            for suite in ("transport", "wireguard", "networks", "datapath"):
                 if isinstance(extra.get(suite), dict):
                     res[suite] = {**extra[suite], "command": extra.get("command"), "started": extra.get("started"),
                                   "git": extra.get("git"), "load": (extra.get("machine") or {}).get("loadavg")}

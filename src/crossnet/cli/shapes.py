@@ -91,7 +91,8 @@ SHAPES: dict[str, Any] = {
 # commands whose -o json has its own documented format, not described here
 OWN_FORMAT = {"bench all": "docs/benchmarks.md", "bench dataplane": "docs/benchmarks.md", "bench mesh": "docs/benchmarks.md",
               "bench control": "docs/benchmarks.md", "bench transport": "docs/benchmarks.md",
-              "bench networks": "docs/benchmarks.md", "bench wireguard": "docs/benchmarks.md"}
+              "bench networks": "docs/benchmarks.md", "bench wireguard": "docs/benchmarks.md",
+              "bench datapath": "docs/benchmarks.md"}
 
 _TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 _TYPES = {"str": str, "int": int, "number": (int, float), "bool": bool}
