@@ -677,6 +677,64 @@ def _wireguard_md(wg: dict[str, Any]) -> list[str]:
     return out
 
 
+def _datapath_md(dx: dict[str, Any]) -> list[str]:
+    """`crossnet bench datapath` (crossnet.bench.datapathbench): per backend and MTU the
+    three paths of the interleaved rounds and the ebpf ÷ kernel figures."""
+    out = ["## Datapaths: `datapath: ebpf` vs `datapath: kernel`", ""]
+    if dx.get("status") != "ok":
+        return out + [f"{dx.get('status')}: {dx.get('reason')}", ""]
+    out += _run_line(dx)
+    p = dx.get("params") or {}
+    out.append(
+        "Per backend and MTU two labs up at the same time, one switch each: a `datapath: kernel` lab (h1 → h2 "
+        "container to container; h3 → h4, never configured, the underlay) and a `datapath: ebpf` lab (h1 → h2, routed "
+        "container veths and the tc eBPF programs, docs/datapath.md). Every round one iperf3 TCP run "
+        f"({p.get('duration_s')} s) on each of the three paths, the order reversed every other round, "
+        f"{p.get('repeats')} rounds; then {p.get('ping_count')} pings per path. ebpf ÷ kernel is the median over pairs "
+        "of rounds (one in each order); the RTT overhead is the path's p50 minus the underlay's. Measure on a quiet "
+        "machine: the paths differ by a few percent, less than what other work on a shared 2-vCPU VM moves them.")
+    if dx.get("ebpf_problem"):
+        out.append("")
+        out.append(f"This machine cannot run the eBPF programs ({dx['ebpf_problem']}): the ebpf rows are skipped.")
+    out.append("")
+    rows = []
+    for r in dx.get("rows", []):
+        if r.get("status") != "ok":
+            rows.append([r["backend"], str(r["mtu"]), "–", f"{r.get('status')}: {r.get('reason')}", "–", "–", "–", "–"])
+            continue
+        for name in ("kernel", "ebpf", "underlay"):
+            x = (r.get("paths") or {}).get(name) or {}
+            if "gbps" not in x:
+                rows.append([r["backend"], str(r["mtu"]), name, f"{x.get('status', 'not measured')}: "
+                             f"{x.get('reason', '')}", "–", "–", "–", "–"])
+                continue
+            ran = {(d or {}).get("datapath") for d in (x.get("datapath") or {}).values()}
+            label = name + (f" (ran: {', '.join(sorted(map(str, ran)))})" if name == "ebpf" and ran != {"ebpf"} else "")
+            rtt = x.get("rtt") or {}
+            rows.append([r["backend"], str(r["mtu"]), label, _gbps_cell(x["gbps"]),
+                         ", ".join(f"{v:.3f}" for v in x["gbps"].get("samples", [])),
+                         "1" if name == "underlay" else _f(x.get("ratio"), 3),
+                         f"{_f(rtt.get('p50_ms'), 3)}/{_f(rtt.get('p99_ms'), 3)}",
+                         "–" if name == "underlay" else _f(x.get("rtt_overhead_us"), 3)])
+    out.append(_md_table(["backend", "MTU", "path", "Gbit/s median (min–max)", "per round", "÷ underlay",
+                          "RTT p50/p99 ms", "RTT p50 overhead µs"], rows))
+    out.append("")
+    for r in dx.get("rows", []):
+        vk = r.get("ebpf_vs_kernel")
+        if not vk:
+            continue
+        counters = {h: ((d or {}).get("counters") or {}).get("redirect")
+                    for h, d in (((r.get("paths") or {}).get("ebpf") or {}).get("datapath") or {}).items()}
+        out.append(f"- {r['backend']}, MTU {r['mtu']}: ebpf ÷ kernel per round "
+                   f"{', '.join(str(x) for x in vk.get('round_ratios') or [])}; per pair of rounds "
+                   f"{', '.join(str(x) for x in vk.get('pair_ratios') or []) or '–'} — median "
+                   f"**{vk.get('median_round_ratio')}**, ratio of the medians {vk.get('ratio_of_medians')}"
+                   + (f"; packets the programs redirected: {', '.join(f'{h} {n}' for h, n in counters.items())}"
+                      if counters else ""))
+    out.append("")
+    return out
+
+
 def _transport_md(tr: dict[str, Any]) -> list[str]:
     out = ["## Backend auto: fallback and per-peer throughput", ""]
     if tr.get("status") != "ok":
@@ -783,6 +841,8 @@ def render(results: dict[str, Any], img: dict[str, str]) -> str:
             out += ["## Data plane", "", f"skipped: {dp.get('reason')}", ""]
         else:
             out += _dataplane_md(dp)
+    if results.get("datapath"):
+        out += _datapath_md(results["datapath"])
     if results.get("wireguard"):
         out += _wireguard_md(results["wireguard"])
     if results.get("transport"):

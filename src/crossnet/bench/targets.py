@@ -123,7 +123,8 @@ def _datapath_targets(dx: dict[str, Any] | None) -> list[dict[str, Any]]:
     ebpf ÷ underlay, ebpf ÷ kernel (median over pairs of interleaved rounds), the ebpf
     path's RTT p50 overhead over the underlay."""
     rows = [r for r in (dx or {}).get("rows", []) if r.get("backend") in DATAPATH_GOALS]
-    keys = [(r["backend"], r["mtu"]) for r in rows] or [(b, 1500) for b in DATAPATH_GOALS]
+    keys = sorted({(b, 1500) for b in DATAPATH_GOALS} | {(r["backend"], r["mtu"]) for r in rows},
+                  key=lambda k: (k[1], list(DATAPATH_GOALS).index(k[0])))  # MTU 1500 always shown
     out = []
     for backend, mtu in keys:
         gu, gk = DATAPATH_GOALS[backend]
