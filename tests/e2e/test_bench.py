@@ -124,6 +124,35 @@ def test_dataplane_figures_are_sane(quick):
     assert by["bridge"]["container_mtu"] == by["manual-bridge-nic"]["container_mtu"] == 1500
 
 
+def test_datapath_figures_are_sane(quick):
+    """`bench all --quick` runs one short round of `bench datapath` (host-gw): kernel,
+    ebpf and the underlay interleaved; the ebpf lab really ran the programs."""
+    dx = quick["res"]["datapath"]
+    assert dx["status"] == "ok", dx.get("reason")
+    rows = {r["backend"]: r for r in dx["rows"]}
+    assert set(rows) == {"host-gw", "vxlan"} and dx["params"]["mtus"] == [1500]
+    assert rows["vxlan"]["status"] == "skipped" and rows["vxlan"]["reason"].startswith("--quick")
+    r = rows["host-gw"]
+    assert r["status"] == "ok", r.get("reason")
+    measured = ["kernel", "underlay"] + ([] if dx["ebpf_problem"] else ["ebpf"])
+    for name in measured:
+        g = r["paths"][name]["gbps"]
+        assert g["n"] == dx["params"]["repeats"] == len(g["samples"]) and all(_pos(x) for x in g["samples"])
+        assert _pos(r["paths"][name]["rtt"]["p50_ms"])
+    u = r["paths"]["underlay"]
+    for name in measured[:1] + measured[2:]:
+        p = r["paths"][name]
+        assert _approx(p["ratio"], p["gbps"]["median"] / u["gbps"]["median"])
+        assert _approx(p["rtt_overhead_us"], (p["rtt"]["p50_ms"] - u["rtt"]["p50_ms"]) * 1000, rel=1e-2, abs=0.2)
+    if dx["ebpf_problem"]:
+        assert r["paths"]["ebpf"] == {"status": "skipped", "reason": dx["ebpf_problem"]}
+    else:
+        e = r["paths"]["ebpf"]
+        assert all(d["datapath"] == "ebpf" and d["counters"]["redirect"] > 0 for d in e["datapath"].values()), e
+        assert all(d["datapath"] == "kernel" for d in r["paths"]["kernel"]["datapath"].values())
+        assert _approx(r["ebpf_vs_kernel"]["ratio_of_medians"], e["gbps"]["median"] / r["paths"]["kernel"]["gbps"]["median"])
+
+
 def test_control_figures_are_sane(quick):
     cp = quick["res"]["control"]
     at = cp["attach"]
@@ -228,6 +257,12 @@ def test_memory_and_targets(quick):
         if t["id"] == "networks-isolation" and "networks" not in res:
             assert t["status"] == "not measured in this run", t  # its own command: `crossnet bench networks`
             continue
+        if t["id"].startswith("datapath-vxlan-"):  # `bench datapath` measures it; --quick: one round of host-gw
+            assert t["status"].startswith("skipped: --quick"), t
+            continue
+        if t["id"].startswith("datapath-") and res["datapath"]["ebpf_problem"]:
+            assert t["status"] == f"skipped: {res['datapath']['ebpf_problem']}", t  # no eBPF here: said why
+            continue
         if t["id"] == "podman-run" and res["control"]["podman"]["added_s"]["bridge+host-local"] <= 0:
             continue  # 3 quick runs: the reference may add nothing measurable, so there is no ratio
         # every suite ran completely, so every other target has a value
@@ -262,6 +297,7 @@ def test_report_and_plots(quick):
     assert text.startswith("# Benchmarks")
     assert "crossnet bench all --quick" in text
     assert "## Targets" in text and "## Data plane" in text and "## Control plane" in text
+    assert "## Datapaths: `datapath: ebpf` vs `datapath: kernel`" in text
     assert "data plane lab" in text  # peak RSS of the data plane's crossnet processes
     assert "no hand-built baseline" not in text and "within the run-to-run noise" not in text
     for png in ("bench-throughput.png", "bench-attach.png", "bench-peers.png", "bench-cni.png"):

@@ -115,15 +115,15 @@ def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: floa
             k1, k2, u1, u2 = lk.hosts[:4]
             paths = {"kernel": (k1.containers[0], k2.containers[0], _up(rc, lk, (k1, k2), f"{backend} kernel, MTU {mtu}")),
                      "underlay": (u1.netns, u2.netns, u2.address)}
-            row["paths"] = {"kernel": {"container_mtu": lk.status(k2.name).get("mtu")}, "underlay": {}}
+            row["paths"] = {"kernel": {"container_mtu": lk.status(k2.name).get("mtu")}, "ebpf": {}, "underlay": {}}
             le = None
             if ebpf_why is None:
                 le = stack.enter_context(bench_lab(_lab_opts(backend, mtu, 2, "ebpf"), apply=False))
                 e1, e2 = le.hosts[:2]
                 paths["ebpf"] = (e1.containers[0], e2.containers[0], _up(rc, le, (e1, e2), f"{backend} ebpf, MTU {mtu}"))
-                row["paths"]["ebpf"] = {"container_mtu": le.status(e2.name).get("mtu")}
+                row["paths"]["ebpf"].update(container_mtu=le.status(e2.name).get("mtu"))
             else:
-                row["paths"]["ebpf"] = {"status": "skipped", "reason": ebpf_why}
+                row["paths"]["ebpf"].update(status="skipped", reason=ebpf_why)
             order = [p for p in PATHS if p in paths]
             rc.log(f"datapath {backend} mtu {mtu}: {repeats} interleaved rounds of {', '.join(order)}")
             res = _paired({p: paths[p] for p in order}, repeats, duration, ping_count)

@@ -120,7 +120,7 @@ def _finish(res: dict[str, Any], rc: Any, t0: float) -> dict[str, Any]:
     res["labs_created"] = list(CREATED_LABS)
     cores = res["machine"].get("cores") or 1
     loads = [(res["machine"].get("loadavg") or [0])[0], *res["load_after"][:1]]
-    for row in (res.get("dataplane") or {}).get("rows", []):
+    for row in (res.get("dataplane") or {}).get("rows", []) + (res.get("datapath") or {}).get("rows", []):
         loads += (row.get("load_before") or [])[:1]
     for part in (res.get("control") or {}).values():
         if isinstance(part, dict):
