@@ -251,6 +251,9 @@ def test_memory_and_targets(quick):
         if t["id"] == "auto-fallback" and "transport" not in res:
             assert t["status"] == "not measured in this run", t  # its own command: `crossnet bench transport`
             continue
+        if t["id"] in ("attach-ebpf", "cni-add-ebpf") and res["quick"]:  # datapath ebpf: the full control suite
+            assert t["status"].startswith("skipped: --quick"), t
+            continue
         if t["id"] == "docker-run" and res["quick"]:  # a dockerd per lab host: the full control suite only
             assert t["status"].startswith("skipped: --quick"), t
             continue

@@ -164,3 +164,26 @@ def test_copy_of_fixture_is_not_mutated_by_rendering():
     before = copy.deepcopy(SAVED)
     render(SAVED, {})
     assert SAVED == before
+
+
+def _ms(samples: list[float]) -> dict:
+    return summary(samples, 3)
+
+
+def test_attach_and_cni_with_ebpf_within_the_kernel_spread():
+    kernel = [10.0, 11.0, 12.0, 13.0, 20.0]  # median 12, p90 17.2
+    cp = {"attach": {"status": "ok", "inprocess": {"attach_ms": _ms(kernel)}},
+          "attach_ebpf": {"status": "ok", "inprocess": {"attach_ms": _ms([14.0, 15.0, 16.0])}},  # median 15: within
+          "cni": {"status": "ok", "crossnet-cni": {"add_ms": _ms(kernel)}},
+          "cni_ebpf": {"status": "ok", "crossnet-cni": {"add_ms": _ms([18.0, 19.0, 30.0])}}}  # median 19: above
+    t = {x["id"]: x for x in evaluate({"control": cp})}
+    a, c = t["attach-ebpf"], t["cni-add-ebpf"]
+    assert a["met"] is True and a["value"] == 1.25 and "kernel 12.0 ms (p90 17.2)" in a["note"]
+    assert c["met"] is False and c["value"] == round(19 / 12, 3)
+    assert c["shortfall"] == "ebpf median 19.0 ms above the kernel run's p90 17.2 ms"
+    skipped = {"status": "skipped", "reason": "--quick (the full control suite measures it)"}
+    t = {x["id"]: x for x in evaluate({"control": {**cp, "attach_ebpf": skipped, "cni_ebpf": skipped}})}
+    assert t["attach-ebpf"]["status"] == t["cni-add-ebpf"]["status"] == "skipped: --quick (the full control suite measures it)"
+    t = {x["id"]: x for x in evaluate({"control": {**cp, "cni": {"status": "failed", "reason": "boom"}}})}
+    assert t["cni-add-ebpf"]["status"] == "failed: boom" and t["cni-add-ebpf"]["met"] is None
+    assert {x["id"]: x for x in evaluate({})}["attach-ebpf"]["status"] == "not measured in this run"

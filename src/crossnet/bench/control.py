@@ -70,11 +70,18 @@ def _make_netns(names: list[str]) -> None:
 # ---------------------------------------------------------------- attach
 
 
-def bench_attach(rc: RunContext, count: int = 200, cli_count: int = 200, backend: str = "vxlan") -> dict[str, Any]:
-    out: dict[str, Any] = {"backend": backend, "status": "ok", "load_before": loadavg()}
+def _lab(backend: str, datapath: str) -> dict[str, Any]:
+    """A one-host lab; `datapath: ebpf` (docs/datapath.md) as `lab up --datapath ebpf`."""
+    return {"hosts": 1, "containers": 0, "backend": backend,
+            "extra": {"datapath": datapath} if datapath != "kernel" else {}}
+
+
+def bench_attach(rc: RunContext, count: int = 200, cli_count: int = 200, backend: str = "vxlan",
+                 datapath: str = "kernel") -> dict[str, Any]:
+    out: dict[str, Any] = {"backend": backend, "datapath": datapath, "status": "ok", "load_before": loadavg()}
     t0 = time.monotonic()
     try:
-        with bench_lab({"hosts": 1, "containers": 0, "backend": backend}) as lab:
+        with bench_lab(_lab(backend, datapath)) as lab:
             h = lab.hosts[0]
             names = [f"{h.netns}-a{i}" for i in range(max(count, cli_count))]
             rc.log(f"attach: creating {len(names)} container namespaces")
@@ -248,15 +255,15 @@ def reference_conf(base: Path) -> dict[str, Any]:
     }
 
 
-def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan") -> dict[str, Any]:
+def bench_cni(rc: RunContext, count: int = 50, backend: str = "vxlan", datapath: str = "kernel") -> dict[str, Any]:
     if not all(os.access(f"{REFERENCE_PLUGIN_DIR}/{p}", os.X_OK) for p in ("bridge", "host-local")):
         return {"status": "skipped", "reason": f"reference CNI plugins missing in {REFERENCE_PLUGIN_DIR}"}
-    out: dict[str, Any] = {"status": "ok", "backend": backend, "load_before": loadavg()}
+    out: dict[str, Any] = {"status": "ok", "backend": backend, "datapath": datapath, "load_before": loadavg()}
     t0 = time.monotonic()
     try:
         from crossnet.cni.install import install
 
-        with bench_lab({"hosts": 1, "containers": 0, "backend": backend}) as lab:
+        with bench_lab(_lab(backend, datapath)) as lab:
             h = lab.hosts[0]
             base = Path(lab.plan.lab_dir) / "hosts" / h.name / "bench-cni"
             base.mkdir(parents=True, exist_ok=True)
@@ -399,6 +406,18 @@ def bench_mesh(rc: RunContext, hosts: int = 5, joins: int = 10, idle_s: float = 
 # ---------------------------------------------------------------- suite
 
 
+def _ebpf_variants(rc: RunContext, attach_count: int, cni_count: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Issue 18: in-process attach and CNI ADD with `datapath: ebpf` (routed veths, the
+    veth's program attached), to compare with the kernel rows of the same run."""
+    from crossnet import ebpf
+
+    why = "--quick (the full control suite measures it)" if rc.quick else ebpf.problem()
+    if why:
+        return ({"status": "skipped", "reason": why},) * 2
+    rc.log("attach and CNI ADD again with datapath ebpf")
+    return bench_attach(rc, attach_count, 0, datapath="ebpf"), bench_cni(rc, cni_count, datapath="ebpf")
+
+
 def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_sizes: tuple[int, ...] = (10, 100, 1000),
         peer_backends: tuple[str, ...] = ("vxlan", "host-gw"), cni_count: int = 50, podman_runs: int = 10,
         agent: bool = True, profile: bool = False, reset_max: int = 1000, agent_hosts: int = 20,
@@ -414,6 +433,7 @@ def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_size
     res["peers"] = bench_peers(rc, peer_sizes, peer_backends, profile_over_s=1.0 if profile else None,
                                reset_max=reset_max, repeats=peer_repeats)
     res["cni"] = bench_cni(rc, cni_count)
+    res["attach_ebpf"], res["cni_ebpf"] = _ebpf_variants(rc, attach_count, cni_count)
     res["podman"] = bench_podman(rc, podman_runs) if podman_runs else {"status": "skipped",
                                                                         "reason": "disabled (--podman-runs 0)"}
     from crossnet.bench import dockerbench

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from crossnet.bench.util import ratio
+
 
 def _row(dp: dict[str, Any] | None, name: str, mtu: int) -> dict[str, Any] | None:
     for r in (dp or {}).get("rows", []):
@@ -173,6 +175,34 @@ def _datapath_targets(dx: dict[str, Any] | None) -> list[dict[str, Any]]:
     return out
 
 
+def _ebpf_control_targets(cp: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 18: attach p50 and CNI ADD with `datapath: ebpf` unchanged within the spread
+    of `datapath: kernel` (same run, same backend): the ebpf median ≤ the kernel run's p90."""
+    out = []
+    for tid, what, kkey, ekey, pick in (
+            ("attach-ebpf", "attach latency p50 (in-process), `datapath: ebpf` / kernel", "attach", "attach_ebpf",
+             lambda x: ((x.get("inprocess") or {}).get("attach_ms") or {})),
+            ("cni-add-ebpf", "crossnet-cni ADD median, `datapath: ebpf` / kernel", "cni", "cni_ebpf",
+             lambda x: ((x.get("crossnet-cni") or {}).get("add_ms") or {}))):
+        k, e = cp.get(kkey) or {}, cp.get(ekey)
+        if e is None:
+            out.append(_t(tid, what, "≤ kernel's p90", None, "×", None, status="not measured in this run"))
+            continue
+        bad = next((x for x in (e, k) if x.get("status") != "ok"), None)
+        ks, es = pick(k), pick(e)
+        if bad is not None or not ks.get("n") or not es.get("n"):
+            why = f"{bad.get('status')}: {bad.get('reason', '')}" if bad is not None else "no samples"
+            out.append(_t(tid, what, "≤ kernel's p90", None, "×", None, status=why))
+            continue
+        v = ratio(es["median"], ks["median"])
+        goal = ratio(ks["p90"], ks["median"])
+        out.append(_t(tid, what, "≤ kernel's p90", v, "×", es["median"] <= ks["p90"],
+                      f"ebpf median {es['median']} ms above the kernel run's p90 {ks['p90']} ms",
+                      f"ebpf {es['median']} ms (p90 {es['p90']}), kernel {ks['median']} ms (p90 {ks['p90']}), "
+                      f"n {es['n']}/{ks['n']}", also=f"kernel p90 = {goal} × its median", goal=goal))
+    return out
+
+
 def _rounds_note(r: dict[str, Any]) -> str | None:
     """The spread behind a median over interleaved rounds (crossnet.bench.wgbench)."""
     rounds, pairs = r.get("round_ratios") or [], r.get("pair_ratios") or []
@@ -281,6 +311,7 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
     else:
         out.append(_t("cni-add", what, "≤ 1.0", None, "×", None,
                       status=f"{cn.get('status', 'not measured')}: {cn.get('reason', '')}"))
+    out += _ebpf_control_targets(cp)
     out.append(_run_target("podman-run", "time a CNI network adds to `podman run --rm`, crossnet / reference",
                            cp.get("podman") or {}, "crossnet-cni", "bridge+host-local"))
     if "docker" in cp:
