@@ -187,3 +187,16 @@ def test_attach_and_cni_with_ebpf_within_the_kernel_spread():
     t = {x["id"]: x for x in evaluate({"control": {**cp, "cni": {"status": "failed", "reason": "boom"}}})}
     assert t["cni-add-ebpf"]["status"] == "failed: boom" and t["cni-add-ebpf"]["met"] is None
     assert {x["id"]: x for x in evaluate({})}["attach-ebpf"]["status"] == "not measured in this run"
+
+
+def test_a_missed_datapath_target_says_what_the_run_was():
+    text = render(SAVED, {})
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **host-gw `datapath: ebpf` TCP throughput / underlay"))
+    load = SAVED["datapath"]["rows"][0]["load_before"][0]
+    assert f"1 interleaved round(s), 1-min load average {load} before the row" in line
+    assert "one round cannot cancel the order effect" in line and "the programs redirected h1 " in line
+    busy = _row("host-gw", [8.0, 8.0], [8.0, 8.0], [10.0, 10.0])
+    busy["load_before"] = [3.5, 2.0, 1.0]
+    text = render(_res(busy), {})
+    line = next(ln for ln in text.splitlines() if ln.startswith("- **host-gw `datapath: ebpf` / `datapath: kernel`"))
+    assert "2 interleaved round(s)" in line and "busy machine" in line and "h1 100, h2 100 packets" in line

@@ -163,6 +163,29 @@ def dataplane_why(results: dict[str, Any], name: str, mtu: int, goal: float) -> 
     return " ".join(x for x in out if x)
 
 
+def datapath_why(results: dict[str, Any], tid: str) -> str:
+    """What this run's datapath row says about a miss (crossnet.bench.datapathbench):
+    how many rounds at what load, and whether the programs ran."""
+    backend = next((b for b in ("host-gw", "vxlan") if tid.startswith(f"datapath-{b}-")), None)
+    mtu = tid.rsplit("-", 1)[1]
+    r = next((x for x in (results.get("datapath") or {}).get("rows", [])
+              if x.get("backend") == backend and str(x.get("mtu")) == mtu), None)
+    if not r or r.get("status") != "ok":
+        return ""
+    n = (((r.get("paths") or {}).get("kernel") or {}).get("gbps") or {}).get("n")
+    load = (r.get("load_before") or [None])[0]
+    out = [f"{n} interleaved round(s), 1-min load average {load} before the row"]
+    if n is not None and n < 2:
+        out.append("one round cannot cancel the order effect (pairs of rounds need 2 or more): not a result")
+    elif load is not None and load >= 1.0:
+        out.append("measured on a busy machine: re-run on a quiet one before drawing conclusions")
+    red = {h: ((d or {}).get("counters") or {}).get("redirect")
+           for h, d in ((((r.get("paths") or {}).get("ebpf") or {}).get("datapath")) or {}).items()}
+    if red:
+        out.append("the programs redirected " + ", ".join(f"{h} {v}" for h, v in red.items()) + " packets")
+    return "; ".join(out) + "."
+
+
 def why(tid: str, results: dict[str, Any], goal: float | None = None) -> str:
     """The explanation of a missed target, with this run's own figures where possible."""
     cp = results.get("control") or {}
@@ -170,6 +193,8 @@ def why(tid: str, results: dict[str, Any], goal: float | None = None) -> str:
     text = WHY.get(key, "")
     if key in DATA_PATH and goal is not None:
         text = dataplane_why(results, key, int(tid.rsplit("-", 1)[1]), goal)
+    if tid.startswith("datapath-"):
+        text = datapath_why(results, tid)
     if tid.startswith("ovs-gre-"):
         mtu = int(tid.rsplit("-", 1)[1])
         rows = (results.get("dataplane") or {}).get("rows", [])
