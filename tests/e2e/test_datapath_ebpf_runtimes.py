@@ -18,8 +18,15 @@ import sys
 import pytest
 
 from crossnet.lab.netns import host_exec
-from tests.e2e.agentlab import LabCluster, continuous_ping, end_ping, module_factory, ping_stats, synced_changes,
-                              wait_for
+from tests.e2e.agentlab import (
+    LabCluster,
+    continuous_ping,
+    end_ping,
+    module_factory,
+    ping_stats,
+    synced_changes,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
