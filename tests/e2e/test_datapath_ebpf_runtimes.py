@@ -10,6 +10,7 @@ agent — one lab per case, module-scoped:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -103,3 +104,55 @@ def test_reset_after_stopping_the_agent_leaves_nothing(agents):
         assert res.returncode == 0, res.stderr
         assert not ebpf_host.loaded(h.state_dir)
         assert nic_prog_ids(h.netns, h.ifname) == []
+
+
+# ---------------------------------------------------------------- podman (the CNI plugin)
+
+
+def veth_entries(state_dir: str) -> set[int]:
+    """The ifindexes in the programs' allowed-veth map (the redirect targets)."""
+    from crossnet.ebpf import bpfsys, maps
+    from crossnet.ebpf import host as ebpf_host
+
+    with ebpf_host._pinned(f"{ebpf_host.current_pin_dir(state_dir)}/maps/{maps.VETHS_MAP}") as fd:
+        return {int.from_bytes(k, "little") for k in bpfsys.map_keys(fd, 4)}
+
+
+@pytest.fixture(scope="module")
+def podlab(request, lab_sweep):
+    import shutil
+
+    from tests.conftest import LabFactory
+
+    if not shutil.which("podman") or not os.path.exists("/bin/busybox"):
+        pytest.skip("needs podman and busybox-static")
+    _needs_ebpf()
+    return LabFactory.for_test(request)(hosts=2, backend="vxlan", underlay="l3", containers=1,
+                                        extra={"runtime": "podman", "datapath": "ebpf"})
+
+
+def test_podman_containers_use_the_programs(podlab):
+    """`lab up --runtime podman --datapath ebpf`: crossnet-cni's ADD gives podman's
+    containers routed veths with the from-container program (redirect counters move on
+    both hosts under a cross-host ping); DEL (podman rm) removes the veth's map entry."""
+    from crossnet.ebpf import host as ebpf_host
+    from crossnet.lab.podman import host_podman
+
+    lab = podlab
+    h1, h2 = lab.hosts
+    st = {h.name: lab.status(h.name) for h in lab.hosts}
+    assert st["h1"]["datapath"]["datapath"] == "ebpf"
+    (c1,), (c2,) = st["h1"]["containers"], st["h2"]["containers"]
+    before = {h.name: ebpf_host.counters_at(h.state_dir) for h in lab.hosts}
+    idx = int(json.loads(subprocess.run(["ip", "-n", h1.netns, "-j", "link", "show", c1["host_if"]],
+                                        capture_output=True, text=True, check=True).stdout)[0]["ifindex"])
+    assert idx in veth_entries(h1.state_dir)  # ADD allowed the veth as a redirect target
+    assert nic_prog_ids(h1.netns, c1["host_if"])  # and put the from-container program on it
+    proc = host_podman(lab.plan, lab.plan.host("h1")).exec(h1.containers[0], "ping", "-c", "3", "-W", "2",
+                                                           c2["address"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in lab.hosts:
+        after = ebpf_host.counters_at(h.state_dir)
+        assert after["redirect"] > before[h.name].get("redirect", 0), (h.name, before[h.name], after)
+    host_podman(lab.plan, lab.plan.host("h1")).run("rm", "-f", h1.containers[0])
+    assert idx not in veth_entries(h1.state_dir)  # DEL removed the veth's entry
