@@ -43,7 +43,7 @@ def _needs_ebpf() -> None:
 def nic_prog_ids(netns: str, dev: str) -> list[int]:
     """The ids of crossnet's programs on dev's tc ingress hook."""
     out = subprocess.run(["ip", "netns", "exec", netns, "tc", "filter", "show", "dev", dev, "ingress"],
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True, check=False).stdout
     return [int(m) for m in re.findall(r"crossnet\S*.*? id (\d+)", out)]
 
 
@@ -100,7 +100,8 @@ def test_reset_after_stopping_the_agent_leaves_nothing(agents):
         h = agents.host(name)
         agents.stop(name)
         res = subprocess.run([*host_exec(h.netns, agents.plan), sys.executable, "-m", "crossnet", "--state-dir",
-                              h.state_dir, "reset"], capture_output=True, text=True, timeout=60)
+                              h.state_dir, "reset"], capture_output=True, text=True, timeout=60,
+                             check=False)
         assert res.returncode == 0, res.stderr
         assert not ebpf_host.loaded(h.state_dir)
         assert nic_prog_ids(h.netns, h.ifname) == []
@@ -139,7 +140,7 @@ def test_podman_containers_use_the_programs(podlab):
     from crossnet.lab.podman import host_podman
 
     lab = podlab
-    h1, h2 = lab.hosts
+    h1 = lab.hosts[0]
     st = {h.name: lab.status(h.name) for h in lab.hosts}
     assert st["h1"]["datapath"]["datapath"] == "ebpf"
     (c1,), (c2,) = st["h1"]["containers"], st["h2"]["containers"]
@@ -156,3 +157,53 @@ def test_podman_containers_use_the_programs(podlab):
         assert after["redirect"] > before[h.name].get("redirect", 0), (h.name, before[h.name], after)
     host_podman(lab.plan, lab.plan.host("h1")).run("rm", "-f", h1.containers[0])
     assert idx not in veth_entries(h1.state_dir)  # DEL removed the veth's entry
+
+
+# ---------------------------------------------------------------- Docker (crossnet docker-plugin)
+
+
+@pytest.fixture(scope="module")
+def docklab(request, lab_sweep):
+    import shutil
+
+    from tests.conftest import LabFactory
+
+    if not shutil.which("dockerd") or not os.path.exists("/bin/busybox"):
+        pytest.skip("needs docker.io (dockerd) and busybox-static")
+    _needs_ebpf()
+    return LabFactory.for_test(request)(hosts=2, backend="vxlan", underlay="l3", containers=1,
+                                        extra={"runtime": "docker-plugin", "datapath": "ebpf"})
+
+
+def test_docker_plugin_routed_endpoints(docklab):
+    """`lab up --runtime docker-plugin --datapath ebpf`: Join gives a routed endpoint (a
+    masterless host veth, the /32 route via it, the container's /32 and its default route
+    via 169.254.1.1) with the from-container program; containers of both hosts ping with
+    the redirect counters moving on both; DeleteEndpoint removes the veth's map entry."""
+    from crossnet.ebpf import host as ebpf_host
+    from crossnet.lab.docker import host_docker
+
+    lab = docklab
+    h1 = lab.hosts[0]
+    st = {h.name: lab.status(h.name) for h in lab.hosts}
+    (c1,), (c2,) = st["h1"]["containers"], st["h2"]["containers"]
+    link = json.loads(subprocess.run(["ip", "-n", h1.netns, "-j", "-d", "link", "show", c1["host_if"]],
+                                     capture_output=True, text=True, check=True).stdout)[0]
+    assert "master" not in link
+    routes = json.loads(subprocess.run(["ip", "-n", h1.netns, "-j", "route", "show", f"{c1['address']}/32"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert [r["dev"] for r in routes] == [c1["host_if"]]
+    assert link["ifindex"] in veth_entries(h1.state_dir) and nic_prog_ids(h1.netns, c1["host_if"])
+    d1 = host_docker(lab.plan, lab.plan.host("h1"))
+    inside = d1.exec(h1.containers[0], "ip", "-4", "-o", "addr", "show", "eth0").stdout
+    assert f"{c1['address']}/32" in inside, inside
+    assert "default via 169.254.1.1" in d1.exec(h1.containers[0], "ip", "route").stdout
+    before = {h.name: ebpf_host.counters_at(h.state_dir) for h in lab.hosts}
+    proc = d1.exec(h1.containers[0], "ping", "-c", "3", "-W", "2", c2["address"])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in lab.hosts:
+        after = ebpf_host.counters_at(h.state_dir)
+        assert after["redirect"] > before[h.name].get("redirect", 0), (h.name, before[h.name], after)
+    d1.run("rm", "-f", h1.containers[0])
+    assert link["ifindex"] not in veth_entries(h1.state_dir)  # DeleteEndpoint removed the entry
+    assert not [c for c in lab.status("h1")["containers"] if c["address"] == c1["address"]]
