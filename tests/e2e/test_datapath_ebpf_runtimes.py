@@ -5,7 +5,13 @@ agent — one lab per case, module-scoped:
   one host's agent is stopped (SIGTERM) and started again loses nothing; the programs
   stay attached (the same pinned program id on the NIC before and after), the redirect
   counters keep moving; `crossnet reset` after stopping the agent leaves no tc filter
-  and no pin.
+  and no pin;
+* podman (`lab up --runtime podman --datapath ebpf`, the CNI plugin): ADD puts the
+  from-container program and the veth's redirect-target entry, a cross-host ping moves the
+  redirect counters on both hosts, DEL (podman rm) removes the entry;
+* Docker's network driver (`--runtime docker-plugin`): routed endpoints (masterless veth,
+  /32 route, /32 in the container, default via 169.254.1.1), the counters move, DeleteEndpoint
+  removes the entry.
 """
 
 from __future__ import annotations
@@ -119,24 +125,41 @@ def veth_entries(state_dir: str) -> set[int]:
         return {int.from_bytes(k, "little") for k in bpfsys.map_keys(fd, 4)}
 
 
-@pytest.fixture(scope="module")
-def podlab(request, lab_sweep):
+def runtime_lab(request, runtime: str, tool: str, package: str):
+    """A 2-host vxlan lab (l3) with `--runtime RUNTIME --datapath ebpf`, 1 container per host."""
     import shutil
 
     from tests.conftest import LabFactory
 
-    if not shutil.which("podman") or not os.path.exists("/bin/busybox"):
-        pytest.skip("needs podman and busybox-static")
+    if not shutil.which(tool) or not os.path.exists("/bin/busybox"):
+        pytest.skip(f"needs {package} and busybox-static")
     _needs_ebpf()
     return LabFactory.for_test(request)(hosts=2, backend="vxlan", underlay="l3", containers=1,
-                                        extra={"runtime": "podman", "datapath": "ebpf"})
+                                        extra={"runtime": runtime, "datapath": "ebpf"})
+
+
+def ping_redirects(lab, runtime_host, container: str, dst: str) -> None:
+    """A ping from a container (the runtime's exec) crosses hosts through the programs:
+    the redirect counters move on both hosts."""
+    from crossnet.ebpf import host as ebpf_host
+
+    before = {h.name: ebpf_host.counters_at(h.state_dir) for h in lab.hosts}
+    proc = runtime_host.exec(container, "ping", "-c", "3", "-W", "2", dst)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for h in lab.hosts:
+        after = ebpf_host.counters_at(h.state_dir)
+        assert after["redirect"] > before[h.name].get("redirect", 0), (h.name, before[h.name], after)
+
+
+@pytest.fixture(scope="module")
+def podlab(request, lab_sweep):
+    return runtime_lab(request, "podman", "podman", "podman")
 
 
 def test_podman_containers_use_the_programs(podlab):
     """`lab up --runtime podman --datapath ebpf`: crossnet-cni's ADD gives podman's
     containers routed veths with the from-container program (redirect counters move on
     both hosts under a cross-host ping); DEL (podman rm) removes the veth's map entry."""
-    from crossnet.ebpf import host as ebpf_host
     from crossnet.lab.podman import host_podman
 
     lab = podlab
@@ -144,17 +167,11 @@ def test_podman_containers_use_the_programs(podlab):
     st = {h.name: lab.status(h.name) for h in lab.hosts}
     assert st["h1"]["datapath"]["datapath"] == "ebpf"
     (c1,), (c2,) = st["h1"]["containers"], st["h2"]["containers"]
-    before = {h.name: ebpf_host.counters_at(h.state_dir) for h in lab.hosts}
     idx = int(json.loads(subprocess.run(["ip", "-n", h1.netns, "-j", "link", "show", c1["host_if"]],
                                         capture_output=True, text=True, check=True).stdout)[0]["ifindex"])
     assert idx in veth_entries(h1.state_dir)  # ADD allowed the veth as a redirect target
     assert nic_prog_ids(h1.netns, c1["host_if"])  # and put the from-container program on it
-    proc = host_podman(lab.plan, lab.plan.host("h1")).exec(h1.containers[0], "ping", "-c", "3", "-W", "2",
-                                                           c2["address"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for h in lab.hosts:
-        after = ebpf_host.counters_at(h.state_dir)
-        assert after["redirect"] > before[h.name].get("redirect", 0), (h.name, before[h.name], after)
+    ping_redirects(lab, host_podman(lab.plan, lab.plan.host("h1")), h1.containers[0], c2["address"])
     host_podman(lab.plan, lab.plan.host("h1")).run("rm", "-f", h1.containers[0])
     assert idx not in veth_entries(h1.state_dir)  # DEL removed the veth's entry
 
@@ -164,15 +181,7 @@ def test_podman_containers_use_the_programs(podlab):
 
 @pytest.fixture(scope="module")
 def docklab(request, lab_sweep):
-    import shutil
-
-    from tests.conftest import LabFactory
-
-    if not shutil.which("dockerd") or not os.path.exists("/bin/busybox"):
-        pytest.skip("needs docker.io (dockerd) and busybox-static")
-    _needs_ebpf()
-    return LabFactory.for_test(request)(hosts=2, backend="vxlan", underlay="l3", containers=1,
-                                        extra={"runtime": "docker-plugin", "datapath": "ebpf"})
+    return runtime_lab(request, "docker-plugin", "dockerd", "docker.io (dockerd)")
 
 
 def test_docker_plugin_routed_endpoints(docklab):
@@ -180,7 +189,6 @@ def test_docker_plugin_routed_endpoints(docklab):
     masterless host veth, the /32 route via it, the container's /32 and its default route
     via 169.254.1.1) with the from-container program; containers of both hosts ping with
     the redirect counters moving on both; DeleteEndpoint removes the veth's map entry."""
-    from crossnet.ebpf import host as ebpf_host
     from crossnet.lab.docker import host_docker
 
     lab = docklab
@@ -198,12 +206,7 @@ def test_docker_plugin_routed_endpoints(docklab):
     inside = d1.exec(h1.containers[0], "ip", "-4", "-o", "addr", "show", "eth0").stdout
     assert f"{c1['address']}/32" in inside, inside
     assert "default via 169.254.1.1" in d1.exec(h1.containers[0], "ip", "route").stdout
-    before = {h.name: ebpf_host.counters_at(h.state_dir) for h in lab.hosts}
-    proc = d1.exec(h1.containers[0], "ping", "-c", "3", "-W", "2", c2["address"])
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    for h in lab.hosts:
-        after = ebpf_host.counters_at(h.state_dir)
-        assert after["redirect"] > before[h.name].get("redirect", 0), (h.name, before[h.name], after)
+    ping_redirects(lab, d1, h1.containers[0], c2["address"])
     d1.run("rm", "-f", h1.containers[0])
     assert link["ifindex"] not in veth_entries(h1.state_dir)  # DeleteEndpoint removed the entry
     assert not [c for c in lab.status("h1")["containers"] if c["address"] == c1["address"]]
