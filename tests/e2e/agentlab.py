@@ -61,7 +61,7 @@ class LabCluster(Cluster):
 
         hp = self.host(h)
         proc = start_agent(hp.netns, hp.state_dir, self.etcd.url, h, self.log(h), iface=hp.ifname, prefix=prefix,
-                           extra=[*self.agent_args(), *extra], env=host_env(self.plan, hp))
+                           extra=[*self.agent_args(), *extra], env=host_env(self.plan, hp), plan=self.plan)
         self.procs[h] = proc
         if wait:
             return wait_agent_ready(hp.state_dir, timeout=60, proc=proc, log_path=self.log(h))

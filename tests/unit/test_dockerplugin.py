@@ -27,6 +27,10 @@ class FakeKernel:
         self.veths: dict[str, tuple[str, str]] = {}
         self.calls: list[tuple] = []
 
+    def create_routed_veth(self, ctx, host_if, peer, mac, address):
+        self.calls.append(("create-routed", host_if, peer, mac, address))
+        self.veths[host_if] = (peer, mac)
+
     def create_veth(self, ctx, backend, host_if, peer, mac):
         self.calls.append(("create", host_if, peer, mac))
         self.veths[host_if] = (peer, mac)
@@ -110,6 +114,27 @@ def test_full_lifecycle_shares_ipam_and_is_idempotent(env):
     for _ in range(2):
         assert call(p, "/NetworkDriver.DeleteNetwork", {"NetworkID": NID}) == {}
     assert call(p, "/IpamDriver.ReleasePool", {"PoolID": POOL_ID}) == {}
+
+
+def test_routed_endpoint_datapath_ebpf(env):
+    """datapath ebpf: the container gets a /32, Join a routed veth (the address for its
+    /32 host route) and the link-local gateway with a connected route to it (libnetwork
+    adds StaticRoutes before the default route via the gateway)."""
+    p = env.plugin
+    ctx, _backend, _pool = p.context()
+    ctx.datapath = "ebpf"
+    make_network(p)  # the network's gateway stays crossnet's (the host's address in its subnet)
+    addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID, "Address": "", "Options": {}})["Address"]
+    assert addr == "10.32.1.2/32"
+    call(p, "/NetworkDriver.CreateEndpoint", {"NetworkID": NID, "EndpointID": EID,
+                                              "Interface": {"Address": addr, "MacAddress": ""}})
+    join = call(p, "/NetworkDriver.Join", {"NetworkID": NID, "EndpointID": EID, "SandboxKey": "/x"})
+    assert join["Gateway"] == "169.254.1.1"
+    assert join["StaticRoutes"] == [{"Destination": "169.254.1.1/32", "RouteType": 1}]
+    [(kind, _host_if, peer, _mac, address)] = env.kernel.calls
+    assert (kind, address, peer) == ("create-routed", "10.32.1.2", join["InterfaceName"]["SrcName"])
+    assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
+    assert env.kernel.veths == {}
 
 
 def test_networks_survive_a_plugin_restart(env):

@@ -69,6 +69,8 @@ def docker_cli() -> str:
 class HostDocker(podman.RuntimeHost):
     """dockerd of one simulated host."""
 
+    plugin_exec: tuple[str, ...] = ()  # argv prefix of the plugin (lab.netns.host_exec; default ip netns exec)
+
     @property
     def socket(self) -> Path:
         return self.base / "docker.sock"
@@ -238,7 +240,7 @@ class HostDocker(podman.RuntimeHost):
         self.plugin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         proc = ns.spawn(self.netns, [sys.executable, "-m", "crossnet", "--state-dir", self.state_dir, "docker-plugin",
                                      "--socket", str(self.plugin_socket), "--docker-host", f"unix://{self.socket}"],
-                        self.base / "plugin.log")
+                        self.base / "plugin.log", prefix=self.plugin_exec or None)
         self.plugin_pidfile.write_text(f"{proc.pid}\n")
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -346,7 +348,8 @@ def _signal_and_wait(pid: int, sig: int, timeout: float) -> bool:
 
 # ---- lab integration ------------------------------------------------------------------
 def host_docker(plan: Any, host: Any) -> HostDocker:
-    return HostDocker(host.netns, Path(plan.lab_dir) / "hosts" / host.name / "docker", host.state_dir)
+    return HostDocker(host.netns, Path(plan.lab_dir) / "hosts" / host.name / "docker", host.state_dir,
+                      tuple(ns.host_exec(host.netns, plan)))
 
 
 def _start_service(plan: Any, host: Any) -> None:

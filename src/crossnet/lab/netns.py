@@ -172,13 +172,14 @@ def host_exec(netns: str, plan: object | None = None) -> list[str]:
 
 
 def spawn(netns: str, argv: list[str], log_path: str | os.PathLike[str],
-          env: dict[str, str] | None = None) -> subprocess.Popen:
+          env: dict[str, str] | None = None, prefix: list[str] | tuple[str, ...] | None = None) -> subprocess.Popen:
     """Start a long-running process (a daemon for a lab service) inside `netns`,
-    output appended to `log_path`. `lab down` kills it with the namespace."""
+    output appended to `log_path`. `lab down` kills it with the namespace.
+    ``prefix``: the argv prefix entering `netns` (host_exec's), ``ip netns exec`` by default."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         return subprocess.Popen(
-            ["ip", "netns", "exec", netns, *argv],
+            [*(prefix or ("ip", "netns", "exec", netns)), *argv],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})}, start_new_session=True,
         )

@@ -69,6 +69,8 @@ class Kernel(Protocol):
 
     def create_veth(self, ctx: Any, backend: Any, host_if: str, peer: str, mac: str) -> None: ...
 
+    def create_routed_veth(self, ctx: Any, host_if: str, peer: str, mac: str, address: str) -> None: ...
+
     def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool: ...
 
 
@@ -242,6 +244,9 @@ class DockerPlugin:
             except ValueError:
                 raise PluginError(f"Address: {want[:60]!r} is not an IPv4 address") from None
         plen = pool.subnet.prefixlen
+        from crossnet import datapath
+
+        cplen = 32 if datapath.routed(ctx) else plen  # routed (datapath ebpf): the container gets a /32
         if opts.get("RequestAddressType") == GATEWAY_TYPE:
             if addr is not None and addr != ctx.gateway:
                 raise PluginError(f"Address: the gateway is crossnet's {ctx.gateway}, not {addr} (leave --gateway out)")
@@ -255,7 +260,7 @@ class DockerPlugin:
             if addr is not None and "already taken" in str(exc):
                 raise PluginError(f"Address: {addr} is in use ({str(exc).split('by ')[-1]})") from None
             raise PluginError(str(exc)) from None
-        return {"Address": f"{alloc.address}/{plen}", "Data": {}}
+        return {"Address": f"{alloc.address}/{cplen}", "Data": {}}
 
     def release_address(self, body: dict[str, Any]) -> dict[str, Any]:
         ctx, _backend, pool = self.context()
@@ -427,11 +432,17 @@ class DockerPlugin:
             raise PluginError(f"EndpointID: unknown endpoint {eid[:12]}")
         _key, alloc = found
         peer = temp_ifname(eid)
-        self.kernel.create_veth(ctx, backend, alloc.meta["host_if"], peer, alloc.meta["mac"])
+        from crossnet import datapath
+
+        routed = datapath.routed(ctx)
+        if routed:  # datapath ebpf: no bridge, a /32 route to the container via its host veth
+            self.kernel.create_routed_veth(ctx, alloc.meta["host_if"], peer, alloc.meta["mac"], str(alloc.address))
+        else:
+            self.kernel.create_veth(ctx, backend, alloc.meta["host_if"], peer, alloc.meta["mac"])
         if self.names is not None:
             self.names(nid, eid)
-        return {"InterfaceName": {"SrcName": peer, "DstPrefix": "eth"}, "Gateway": str(ctx.gateway),
-                "StaticRoutes": [], "DisableGatewayService": False}
+        return {"InterfaceName": {"SrcName": peer, "DstPrefix": "eth"}, **join_routes(ctx, routed),
+                "DisableGatewayService": False}
 
     def leave(self, body: dict[str, Any]) -> dict[str, Any]:
         self._network(body)
@@ -485,6 +496,19 @@ class DockerPlugin:
             found = self._endpoint(pool, eid)
             if found is not None and found[1].meta.get("name") != name:
                 pool.update_meta(found[0], {"name": name})
+
+
+def join_routes(ctx: Any, routed: bool) -> dict[str, Any]:
+    """Join's gateway and routes: crossnet's gateway on the bridge; routed (datapath
+    ebpf, the container has a /32): the link-local gateway 169.254.1.1 with a connected
+    (RouteType 1: ``dev eth0``) route to it, which libnetwork adds before the default
+    route via the gateway (it looks that gateway's direct route up); the host veth
+    answers its ARP (proxy ARP)."""
+    from crossnet import datapath
+
+    if not routed:
+        return {"Gateway": str(ctx.gateway), "StaticRoutes": []}
+    return {"Gateway": datapath.GATEWAY, "StaticRoutes": [{"Destination": f"{datapath.GATEWAY}/32", "RouteType": 1}]}
 
 
 def _one_line(msg: str) -> str:
@@ -577,8 +601,32 @@ class NetlinkKernel:
             backend.attach_port(ctx, Env(ipr), host_if)
             ipr.link("set", index=host_idx, state="up")
 
+    def create_routed_veth(self, ctx: Any, host_if: str, peer: str, mac: str, address: str) -> None:
+        """datapath ebpf's veth: no master, up, proxy ARP (the gateway 169.254.1.1), the
+        /32 route to ``address`` via it, then the from-container program (crossnet.datapath)."""
+        from crossnet import datapath
+        from crossnet.ifname import check_ifname
+        from crossnet.netlink import raw as nlraw
+
+        check_ifname(host_if, "host_if")
+
+        def make(rtnl: Any) -> None:
+            _raw_create_veth(rtnl, ctx, host_if, peer, mac, routed=True)
+            index = rtnl.ifindex(host_if)
+            if index is None:
+                raise CrossnetError(f"{host_if} vanished during Join")
+            with open(f"/proc/sys/net/ipv4/conf/{host_if}/proxy_arp", "w") as fh:
+                fh.write("1\n")
+            rtnl.call([nlraw.host_route(f"{ipaddress.IPv4Address(address)}/32", index)])
+
+        self._call(make)
+        datapath.container_attached(ctx, host_if)
+
     def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool:
-        if self._plain(backend):
+        from crossnet import datapath
+
+        datapath.container_detached(ctx, host_if)  # routed: its program and map entry first
+        if self._plain(backend) or datapath.routed(ctx):
             return bool(self._call(lambda r: _raw_delete(r, host_if)))
         from crossnet.containers import _remove_host_veth
 
@@ -598,14 +646,14 @@ def _raw_delete(rtnl: Any, name: str) -> bool:
     return True
 
 
-def _raw_create_veth(rtnl: Any, ctx: Any, host_if: str, peer: str, mac: str) -> None:
+def _raw_create_veth(rtnl: Any, ctx: Any, host_if: str, peer: str, mac: str, routed: bool = False) -> None:
     import errno
 
     from crossnet.containers import NotReady
     from crossnet.netlink import raw as nlraw
 
-    bridge = rtnl.ifindex(ctx.bridge)
-    if bridge is None:
+    bridge = None if routed else rtnl.ifindex(ctx.bridge)
+    if bridge is None and not routed:
         raise NotReady(f"the container bridge {ctx.bridge!r} does not exist: run crossnet apply/launch first")
     try:
         rtnl.call([nlraw.veth_create(host_if, ctx.mtu, None, bridge, peer, mac, None)])
