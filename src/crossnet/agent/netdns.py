@@ -46,7 +46,8 @@ def _start(agent: Agent, name: str, ctx: Any) -> Any:
     store = agent.store
     svc = DnsService(networks.state_of(agent.state, name), agent.cfg.dns_domain, [ctx.network],
                      listen_addresses(ctx), lambda: of_network(agent.cluster_containers()["hosts"], name),
-                     revision=lambda: store.containers_at()[1], watch=store.watch_containers)
+                     port=agent.dns.server.port, revision=lambda: store.containers_at()[1],
+                     watch=store.watch_containers)
     try:
         svc.start()
     except BlockingIOError:
@@ -55,6 +56,9 @@ def _start(agent: Agent, name: str, ctx: Any) -> Any:
     except OSError as exc:
         log.error("dns: network %s: cannot listen on %s: %s; retrying at the next sync", name,
                   ", ".join(svc.listen), exc.strerror or exc)
+        return None
+    except Exception:  # noqa: BLE001 - DNS never takes the agent (the data plane) down with it
+        log.exception("dns: network %s: not started; retrying at the next sync", name)
         return None
     return svc
 

@@ -306,7 +306,9 @@ def filter_containers(published: Mapping[str, list[dict]], subnets: Mapping[str,
         good = []
         for c in items or []:
             net = c.get("network")
-            sub = subnets.get(name) if net is None else (named or {}).get(name, {}).get(net)
+            sub = subnets.get(name)  # a host without a valid record: none of its containers
+            if sub is not None and net is not None:
+                sub = (named or {}).get(name, {}).get(net)
             try:
                 addr = IPv4Address(str(c.get("address")))
             except ValueError:
