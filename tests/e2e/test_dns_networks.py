@@ -130,3 +130,12 @@ def test_a_detached_container_stops_resolving_on_the_other_host(lab):
         assert nslookup(lab, h2, "blue", name(h2, "blue"))[0]  # the others still resolve
     finally:
         attach(lab, h1, 1, "blue")
+
+
+def test_check_pings_only_the_top_level_networks_published_containers(lab):
+    """The named networks' containers are published too (with their network): `crossnet
+    check` of the top-level network must not take them for its own (they are isolated)."""
+    out = lab.crossnet("h2", "check", "--network", "default", "-o", "json", check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    dsts = {p["dst"] for p in json.loads(out.stdout)["pairs"]}
+    assert dsts == {"h1/dh1"}, dsts  # h1's top-level container; never bh1 or rh1 (published by h1 too)
