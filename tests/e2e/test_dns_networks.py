@@ -104,7 +104,8 @@ def test_each_network_resolves_its_own_names_across_hosts_only(lab):
 def test_attach_network_gets_its_gateway_in_resolv_conf(lab):
     h2 = lab.hosts[1]
     for net in NETWORKS:
-        text = open(f"/etc/netns/{h2.containers[NETWORKS.index(net)]}/resolv.conf").read()
+        with open(f"/etc/netns/{h2.containers[NETWORKS.index(net)]}/resolv.conf") as fh:
+            text = fh.read()
         assert f"nameserver {served(lab, 'h2', net)['listen'][0]}\n" in text, (net, text)
 
 

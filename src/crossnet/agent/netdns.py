@@ -57,7 +57,7 @@ def _start(agent: Agent, name: str, ctx: Any) -> Any:
         log.error("dns: network %s: cannot listen on %s: %s; retrying at the next sync", name,
                   ", ".join(svc.listen), exc.strerror or exc)
         return None
-    except Exception:  # noqa: BLE001 - DNS never takes the agent (the data plane) down with it
+    except Exception:  # DNS never takes the agent (the data plane) down with it
         log.exception("dns: network %s: not started; retrying at the next sync", name)
         return None
     return svc
