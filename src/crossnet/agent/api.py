@@ -12,7 +12,7 @@
                                     of the same namespace under another id is found)
     POST /v1/gc      {"dry_run"?}   -> {"dry_run", "collected": [...]} (crossnet gc)
     POST /v1/resync  {}             -> {"resync": true} (a full sync soon: crossnet expose/hide)
-    GET  /v1/containers             {"host", "store", "known", "hosts": {name: [{"id", "address", "name"?}]}}:
+    GET  /v1/containers             {"host", "store", "known", "hosts": {name: [{"id", "address", "name"?, "network"?}]}}:
                                     every host's containers as published in the store
                                     (known: false with the cluster file, which has no channel)
 

@@ -118,6 +118,7 @@ class Agent:
         self.lease: SubnetLease | None = None
         self.ctx: HostContext | None = None
         self.dns: Any = None  # crossnet.dns.service.DnsService once started
+        self.net_dns: dict[str, Any] = {}  # named network -> its DnsService (crossnet.agent.netdns)
         self.name = ""
         self.address: IPv4Address | None = None
         self.iface = ""
@@ -402,12 +403,17 @@ class Agent:
         if tunnel:
             ours_dev.add(env.index(tunnel))
         ours_dev.discard(None)
+        # the named networks' devices, each with its CIDR (their routes are crossnet's too)
+        nets_dev = {env.index(d): n.network for n in self.nets.values()
+                    for d in (n.bridge, self.backend.tunnel_device(n)) if d}
+        nets_dev.pop(None, None)
         foreign, connected = [], []
         for r in env.routes():
             net = ipaddress.ip_network(r.dst, strict=False)
             if not r.gateway and r.oif not in ours_dev:
                 connected.append(net)
-            if r.dst in ours_dst or (r.oif in ours_dev and net.subnet_of(self.cfg.network)):
+            if (r.dst in ours_dst or (r.oif in ours_dev and net.subnet_of(self.cfg.network))
+                    or (r.oif in nets_dev and net.subnet_of(nets_dev[r.oif]))):
                 continue
             foreign.append(net)
         macs = frozenset(v for v in self.backend.host_data(self.cfg.name, self.name, self.address).values()
@@ -651,10 +657,9 @@ class Agent:
                 self._pub_cond.wait_for(lambda: self._pub_done >= target or self.stop.is_set(), timeout=wait)
 
     def _local_containers(self) -> list[dict[str, str]]:
-        from crossnet import containers
-        from crossnet.store import clean_containers
+        from crossnet.agent import netdns
 
-        return clean_containers([c for c in containers.list_containers(self.state) if c.get("state") != "stale"])
+        return netdns.local_containers(self.state)  # the named networks' too, with their network
 
     def publish_containers(self) -> None:
         """Write this host's containers to the store if they changed since the last write."""
@@ -707,7 +712,10 @@ class Agent:
             subnets = {r.name: s for s, r in list(self.peers.items())}
             if self.lease is not None:
                 subnets[self.name] = self.lease.subnet
-            hosts, dropped = filter_containers(hosts, subnets)
+            named = {r.name: r.networks for r in list(self.peers.values())}
+            if self.lease is not None:
+                named[self.name] = self.lease.record.networks
+            hosts, dropped = filter_containers(hosts, subnets, named)
             if dropped:
                 self.rejected_containers += dropped
                 log.warning("ignored %d published container(s) outside their host's valid subnet", dropped)
@@ -801,6 +809,7 @@ class Agent:
         from crossnet.dns.service import start_for_agent
 
         self.dns = start_for_agent(self)  # names of the cluster's containers (docs/dns.md)
+        self._sync_dns()
         log.info("ready")
         beat = sdnotify.ready(f"synced: {len(self.peer_res)} peer(s)", self.stop)  # systemd Type=notify
         while not self.stop.is_set():
@@ -854,9 +863,15 @@ class Agent:
         try:
             self.full_sync(snap)
             self._report("sync", None)
+            self._sync_dns()
         except (ApplyError, ConfigError) as exc:
             self._report("sync", str(exc))
             self.next_resync = min(self.next_resync, time.monotonic() + 2)
+
+    def _sync_dns(self) -> None:
+        from crossnet.agent import netdns
+
+        netdns.sync(self)  # one DNS server per named network (docs/dns.md)
 
     def _resync(self) -> None:
         self.next_resync = time.monotonic() + self.opts.resync
@@ -943,6 +958,9 @@ class Agent:
         for t in self._threads:
             t.join(timeout=10)
         self._threads = []
+        from crossnet.agent import netdns
+
+        netdns.stop_all(self)
         if self.dns is not None:
             self.dns.stop()
             self.dns = None

@@ -165,7 +165,8 @@ def etcd_show(etcd, prefix, cert, keyfile, cacert, timeout, output) -> None:
         click.echo(f"network {cfg['network']} /{cfg['subnet_len']} backend {cfg['backend']} ttl {cfg['ttl']}s")
     click.echo(f"{len(leases)} host(s) at revision {snap.revision}:")
     for h in leases:
-        click.echo(f"  {h['name']:20} {h['address']:15} {h['subnet']:18} lease {h['lease']}")
+        nets = "".join(f", {n} {sub}" for n, sub in sorted((h.get("networks") or {}).items()))  # named networks
+        click.echo(f"  {h['name']:20} {h['address']:15} {h['subnet']:18} lease {h['lease']}{nets}")
 
 
 @click.command("agent")

@@ -612,7 +612,9 @@ def _cluster_containers(ctx: click.Context) -> tuple[dict[str, list[dict]] | Non
     if via is None or not via.get("known"):
         return None, ("peers' containers are unknown without an agent on etcd: their gateways are pinged "
                       "instead; run `crossnet check` on every host for the whole matrix")
-    return dict(via.get("hosts") or {}), None
+    # the top-level network's (a named network's carry their `network`: docs/dns.md)
+    return {h: [c for c in items or [] if isinstance(c, dict) and not c.get("network")]
+            for h, items in (via.get("hosts") or {}).items()}, None
 
 
 def register(main: click.Group) -> None:

@@ -56,6 +56,12 @@ def local_containers(state: StateDir) -> dict[str, list[dict]]:
     return {"": [c for c in containers.list_containers(state) if c.get("state") != "stale"]}
 
 
+def of_network(hosts: dict[str, list[dict]], network: str | None) -> dict[str, list[dict]]:
+    """host -> its published containers of ``network`` (their ``network`` field; None: the
+    top-level network's, which carry none): each network's DNS answers for its own only."""
+    return {h: [c for c in items if c.get("network") == network] for h, items in hosts.items()}
+
+
 class DnsService:
     """A :class:`crossnet.dns.server.DnsServer` and the thread that keeps its table current.
 
@@ -193,8 +199,10 @@ def start_for_agent(agent: Any) -> DnsService | None:
     except StoreError:  # down right now: it has the channel
         channel = True
 
-    def read() -> dict | None:
-        return agent.cluster_containers()["hosts"] if channel else local_containers(agent.state)
+    def read() -> dict | None:  # the top-level network's (the named ones': crossnet.agent.netdns)
+        if not channel:
+            return local_containers(agent.state)
+        return of_network(agent.cluster_containers()["hosts"], None)
 
     svc = DnsService(agent.state, agent.cfg.dns_domain,
                      [agent.cfg.network], listen_addresses(agent.ctx), read,
@@ -284,4 +292,4 @@ def named_services(state: StateDir, domain: str, port: int, resolv_conf: str) ->
     return out
 
 
-__all__ = ["DnsService", "listen_addresses", "serve", "start_for_agent", "upstreams"]
+__all__ = ["DnsService", "listen_addresses", "of_network", "serve", "start_for_agent", "upstreams"]

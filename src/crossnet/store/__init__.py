@@ -240,9 +240,12 @@ class Store(ABC):
 
 
 def clean_containers(items: Any) -> list[dict[str, str]]:
-    """Keep the well-formed container entries (id, IPv4 address, optional name), sorted by
-    id. A name that is not a DNS name (crossnet.dns.name_problem) is dropped, the entry kept:
-    what is published and what is read from the store only carries names DNS may serve."""
+    """Keep the well-formed container entries (id, IPv4 address, optional name, optional
+    network), sorted by id. A name that is not a DNS name (crossnet.dns.name_problem) is
+    dropped, the entry kept: what is published and what is read from the store only carries
+    names DNS may serve. ``network``: the named network the container is attached to
+    (docs/networks.md; absent or ``default``: the top-level network); an entry whose
+    network is not a network name is dropped whole (it cannot be placed in any network)."""
     from crossnet.dns import name_problem
 
     out = []
@@ -256,6 +259,11 @@ def clean_containers(items: Any) -> list[dict[str, str]]:
         item = {"id": str(c["id"]), "address": addr}
         if c.get("name") and name_problem(c["name"]) is None:
             item["name"] = str(c["name"])
+        net = c.get("network")
+        if net is not None and net != "default":
+            if not isinstance(net, str) or not NETWORK_NAME_RE.fullmatch(net):
+                continue
+            item["network"] = net
         out.append(item)
     return sorted(out, key=lambda c: (c["id"], c["address"]))
 

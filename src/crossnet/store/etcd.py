@@ -5,7 +5,7 @@
                                        attached to the host's etcd lease (TTL): the lease
                                        expires or is revoked -> the key vanishes -> peers
                                        remove that host's routes/FDB/neighbours
-    <prefix>/containers/<name>         {"name", "subnet", "containers": [{"id", "address", "name"?}]}:
+    <prefix>/containers/<name>         {"name", "subnet", "containers": [{"id", "address", "name"?, "network"?}]}:
                                        the host's attached containers, bound to its lease like
                                        its subnet key (read by `crossnet check` on any host)
     <prefix>/networks/<net>/<a.b.c.d>-<len>

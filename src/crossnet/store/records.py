@@ -15,7 +15,8 @@ neighbours, FDB entries and tunnel ports from them. A record is only used when
   unicast and not all-zero, and not one of this host's own;
 * its subnet overlaps none of this host's routes that crossnet does not own (the
   underlay's connected route, the default route's more specific neighbours, an
-  operator's static route...) nor this host's own subnet;
+  operator's static route...) nor this host's own subnet; the same for its subnets of
+  the named networks (``networks``);
 * no older live record claims an overlapping subnet, the same name or the same MAC:
   the oldest record (lowest ``created``: etcd create_revision, the cluster file's host
   order) wins, the younger one is ignored until the older one goes away.
@@ -144,8 +145,9 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
 
 def _networks_problem(rec: HostRecord, view: LocalView) -> str | None:
     """Why a record's subnets of the named networks must not be used: each one this host
-    knows is a /subnet_len inside that network's CIDR, not this host's own (a network this
-    host does not know yet is ignored until its config arrives)."""
+    knows is a /subnet_len inside that network's CIDR, not this host's own, overlapping
+    none of this host's routes that crossnet does not own (a network this host does not
+    know yet is ignored until its config arrives)."""
     for name, sub in sorted(rec.networks.items()):
         known = view.networks.get(name)
         if known is None:
@@ -155,6 +157,9 @@ def _networks_problem(rec: HostRecord, view: LocalView) -> str | None:
             return f"networks.{name}: {sub} is not a /{subnet_len} inside network {name}'s {cidr}"
         if own is not None and sub.overlaps(own):
             return f"networks.{name}: {sub} is this host's subnet of network {name}"
+        for net in view.foreign:
+            if net.prefixlen > 0 and net.overlaps(sub):
+                return f"networks.{name}: {sub} overlaps this host's route {net}"
     return None
 
 
@@ -287,17 +292,23 @@ class PeerBook:
         return out
 
 
-def filter_containers(published: Mapping[str, list[dict]], subnets: Mapping[str, IPv4Network]) -> tuple[dict, int]:
+def filter_containers(published: Mapping[str, list[dict]], subnets: Mapping[str, IPv4Network],
+                      named: Mapping[str, Mapping[str, IPv4Network]] | None = None) -> tuple[dict, int]:
     """Keep the published containers of hosts with a valid record (`subnets`: host
     name -> its validated subnet), and of those only the addresses inside the host's
     subnet (not its network, gateway or broadcast address): `crossnet check` pings
-    them from this host's containers. Returns (kept, number dropped)."""
+    them from this host's containers. A container of a named network (its ``network``)
+    is checked against the host's validated subnet of that network instead (`named`:
+    host name -> network -> subnet); none: it is dropped. Returns (kept, number dropped)."""
     kept: dict[str, list[dict]] = {}
     dropped = 0
     for name, items in published.items():
-        sub = subnets.get(name)
         good = []
         for c in items or []:
+            net = c.get("network")
+            sub = subnets.get(name)  # a host without a valid record: none of its containers
+            if sub is not None and net is not None:
+                sub = (named or {}).get(name, {}).get(net)
             try:
                 addr = IPv4Address(str(c.get("address")))
             except ValueError:
@@ -307,7 +318,7 @@ def filter_containers(published: Mapping[str, list[dict]], subnets: Mapping[str,
                 dropped += 1
                 continue
             good.append(c)
-        if sub is not None:
+        if name in subnets:
             kept[name] = good
     return kept, dropped
 
