@@ -384,6 +384,11 @@ def test_dns_per_network(lab, tmp_path):
             return json.loads(out.stdout)
 
         blue_c, default_c = h1.containers[2], h1.containers[0]
+        for _ in range(40):  # the servers re-read this host's containers every second (bounded: ~20 s)
+            if all(r["rcode"] == 0 for r in each(lambda job: ask(*job), [(blue_c, "bweb", gw_blue),
+                                                                        (default_c, "dweb", gw_default)])):
+                break
+            time.sleep(0.5)
         got = each(lambda job: ask(*job), [(blue_c, "bweb", gw_blue), (blue_c, "dweb", gw_blue),
                                            (default_c, "dweb", gw_default), (default_c, "bweb", gw_default),
                                            (blue_c, "dweb", gw_default)])

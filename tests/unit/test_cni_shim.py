@@ -93,10 +93,21 @@ class Helper:
                                  log=str(self.log))
         self.proc = subprocess.Popen([sys.executable, "-c", src], stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
-        while not self.sock.exists():
+        while not self.listening():  # the path exists from bind(); connect() works only after listen()
             assert self.proc.poll() is None, "fake helper died"
             assert time.monotonic() < deadline, "fake helper did not start"
             time.sleep(0.02)
+
+    def listening(self) -> bool:
+        """The socket is bound AND listening (/proc/net/unix flag __SO_ACCEPTCON), without
+        connecting to it (a probe connection would be a request the helper logs)."""
+        path = str(self.sock)
+        with open("/proc/net/unix") as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                    return True
+        return False
 
     def events(self) -> list[dict]:
         return [json.loads(x) for x in self.log.read_text().splitlines()] if self.log.exists() else []

@@ -49,8 +49,11 @@ def compile_object(target: Path, clang: str = CLANG) -> str | None:
     os.close(fd)
     try:
         try:
-            proc = subprocess.run([compiler, *CFLAGS, "-c", str(src), "-o", tmp], capture_output=True,
-                                  text=True, errors="replace", timeout=300)
+            # debug info (BTF needs -g) names no build directory: neither clang's working
+            # directory (scripts/install runs in the checkout) nor where the source lies
+            proc = subprocess.run([compiler, *CFLAGS, f"-fdebug-prefix-map={src.parent}=crossnet/ebpf/bpf",
+                                   f"-fdebug-prefix-map={os.getcwd()}=.", "-c", str(src), "-o", tmp],
+                                  capture_output=True, text=True, errors="replace", timeout=300, cwd=src.parent)
         except (OSError, subprocess.SubprocessError) as exc:
             return f"{clang} failed: {exc}"
         if proc.returncode != 0:
