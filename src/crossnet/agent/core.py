@@ -141,6 +141,7 @@ class Agent:
         # containers publisher: requests are numbered; the thread publishes the latest
         self._pub_cond = threading.Condition()
         self._pub_wanted = 0
+        self._local = None  # crossnet.agent.localcache.LocalContainers, made on first use
         self._pub_done = 0
         self._published: tuple | None = None  # (lease id, containers) last written to the store
         self.pmtu = pmtu.Monitor.resume(state, opts.resync) if opts.probe_mtu else None
@@ -651,10 +652,12 @@ class Agent:
                 self._pub_cond.wait_for(lambda: self._pub_done >= target or self.stop.is_set(), timeout=wait)
 
     def _local_containers(self) -> list[dict[str, str]]:
-        from crossnet import containers
+        from crossnet.agent.localcache import LocalContainers
         from crossnet.store import clean_containers
 
-        return clean_containers([c for c in containers.list_containers(self.state) if c.get("state") != "stale"])
+        if self._local is None or self._local.state is not self.state:
+            self._local = LocalContainers(self.state)  # re-reads only when its files/namespaces changed
+        return clean_containers([c for c in self._local.read() if c.get("state") != "stale"])
 
     def publish_containers(self) -> None:
         """Write this host's containers to the store if they changed since the last write."""
