@@ -65,9 +65,9 @@ ETCD_BINARY = "etcd"
 # in memory is bounded by it plus 5000 catch-up entries. GOMEMLIMIT=20MiB was tried: -2.5 MB,
 # but the collector ran all the time (~15 % CPU): not set.
 ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "2500"]
-# etcd keeps every revision until compacted, and every heartbeat (each host every HEARTBEAT s) is
-# one: without compaction its memory and data file grow for ever (5 hosts: ~86,000 revisions a
-# day) until the 2 GB quota stops every write. Keep one hour of history (compacted hourly); a
+# etcd keeps every revision until compacted (each write is one: agents' records, leases'
+# keys; the host heartbeat was one per host every HEARTBEAT s before the presence lease):
+# without compaction its memory and data file grow for ever until the 2 GB quota stops every write. Keep one hour of history (compacted hourly); a
 # watch resuming from before that gets "compacted" and the agent re-reads a snapshot.
 ETCD_COMPACTION = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
