@@ -445,11 +445,17 @@ class RecordingEtcd:
         self.key_lease: dict[str, int] = {}
         self.leases: dict[int, int] = {}  # id -> granted TTL
         self.writes = 0
+        self.rev = 1  # the store revision: bumped by each key written or deleted, as in etcd
+
+    def set(self, key: str, value: str) -> None:
+        self.kv[key] = value
+        self.rev += 1
 
     def expire(self, lease: int) -> None:
         del self.leases[lease]
         for k in [k for k, lid in self.key_lease.items() if lid == lease]:
             del self.kv[k], self.key_lease[k]
+            self.rev += 1
 
     def _put(self, req: dict) -> None:
         from crossnet.store.etcdclient import unb64
@@ -459,6 +465,7 @@ class RecordingEtcd:
         self.kv[key] = unb64(req["value"]).decode()
         self.key_lease[key] = lease
         self.writes += 1
+        self.rev += 1
 
     def _kvs(self, req: dict) -> list[dict]:
         from crossnet.store.etcdclient import b64, unb64
@@ -473,7 +480,7 @@ class RecordingEtcd:
         from crossnet.store.etcdclient import unb64
 
         self.calls.append(path)
-        header = {"header": {"revision": "1"}}
+        header = {"header": {"revision": str(self.rev)}}
         if path == "cluster/member/list":
             return {"members": [dict(m) for m in self.members], **header}
         if path == "kv/range":
@@ -488,7 +495,7 @@ class RecordingEtcd:
             return {"ID": str(lid), "TTL": body["TTL"], **header}
         if path == "lease/keepalive":  # answered by the leader from memory: not a write
             lid = int(body["ID"])
-            return {"result": {"ID": str(lid), "TTL": str(self.leases[lid])} if lid in self.leases else {}, **header}
+            return {"result": {"ID": str(lid), "TTL": str(self.leases[lid]), **header} if lid in self.leases else {}}
         if path == "kv/lease/timetolive":
             lid = int(body["ID"])
             return ({"ID": str(lid), "TTL": str(self.leases[lid] - 4), "grantedTTL": str(self.leases[lid]), **header}
@@ -506,6 +513,7 @@ class RecordingEtcd:
             for k in gone:
                 del self.kv[k]
                 self.key_lease.pop(k, None)
+                self.rev += 1
             self.writes += 1
             return {"deleted": str(len(gone)), **header}
         assert path == "kv/txn" and not body["compare"], path
@@ -535,11 +543,12 @@ VOTERS = [{"name": f"h{i}", "ID": str(i), "peerURLs": [f"https://10.0.0.{i}:2380
 
 
 @pytest.mark.parametrize("role", ["voter", "client"])
-def test_an_idle_supervisor_tick_writes_nothing_lease_keepalive_crl_and_member_list(tmp_path, role):
+def test_an_idle_supervisor_tick_writes_nothing_lease_keepalive_and_member_list(tmp_path, role):
     """Each write is a raft proposal (an fsync on every voter) and each request costs etcd
     CPU (TLS + its HTTP gateway): an idle tick refreshes the host's presence lease (no
-    write), reads the revocation list and the member list, whatever the role; the host
-    record and its `alive/` key are written once; the mesh config is read once."""
+    write) and reads the member list, whatever the role; the revocation list only when the
+    store's revision moved; the host record and its `alive/` key are written once; the mesh
+    config is read once."""
     etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
     sup = _supervisor(tmp_path, role, etcd)
     sup.tick()
@@ -548,7 +557,7 @@ def test_an_idle_supervisor_tick_writes_nothing_lease_keepalive_crl_and_member_l
     writes = etcd.writes
     for _ in range(3):
         sup.tick()
-    assert etcd.calls == ["lease/keepalive", "kv/range", "cluster/member/list"] * 3
+    assert etcd.calls == ["lease/keepalive", "cluster/member/list"] * 3  # nothing written: no CRL re-read
     assert etcd.writes == writes  # the heartbeat Put of every tick is gone
     rec = json.loads(etcd.kv[f"{ml.MESH_PREFIX}/hosts/{sup.name}"])
     assert rec["name"] == sup.name and rec["role"] == role and rec["serial"] == 77 and rec["seen"] > 0
@@ -590,10 +599,29 @@ def test_the_tick_still_follows_the_revocation_list_and_refuses_a_hostile_one(tm
     assert written == [([5, 9], ("C", "K"))] and sup._crl == [5, 9]
     sup.tick()  # unchanged: not signed again
     assert len(written) == 1
-    etcd.kv[ml.REVOKED_KEY] = "not json"
+    etcd.set(ml.REVOKED_KEY, json.dumps({"serials": [9, 5, 12]}))  # a forget elsewhere: read at the next tick
+    etcd.calls.clear()
+    sup.tick()
+    assert etcd.calls[:3] == ["lease/keepalive", "kv/range", "cluster/member/list"] and written[-1][0] == [5, 9, 12]
+    etcd.set(ml.REVOKED_KEY, "not json")
     with pytest.raises(CrossnetError, match="not a revocation list"):
         sup.tick()
-    assert sup._crl == [5, 9] and len(written) == 1  # the CRL file is left as it was
+    assert sup._crl == [5, 9, 12] and len(written) == 2  # the CRL file is left as it was
+    with pytest.raises(CrossnetError, match="not a revocation list"):
+        sup.tick()  # read again (and refused again) at every tick until it is fixed
+
+
+def test_the_revocation_list_is_read_at_least_every_crl_ticks(tmp_path):
+    """A member that answers the keep-alive may lag behind the one that served the last
+    read: nothing written is trusted for CRL_TICKS ticks at most."""
+    etcd = RecordingEtcd(VOTERS, {ml.REVOKED_KEY: json.dumps({"serials": []})})
+    sup = _supervisor(tmp_path, "voter", etcd)
+    sup.tick()
+    etcd.calls.clear()
+    for _ in range(ml.CRL_TICKS):
+        sup.tick()
+    assert etcd.calls.count("kv/range") == 1 and etcd.calls[-3:] == ["lease/keepalive", "kv/range",
+                                                                         "cluster/member/list"]
 
 
 # ---------------------------------------------------------------- the detached supervisor's entry
