@@ -36,7 +36,7 @@ def _state(tmp_path, n: int = 3) -> tuple[StateDir, list[str]]:
 
 
 def test_a_tick_with_nothing_changed_does_not_read_again(tmp_path):
-    state, paths = _state(tmp_path)
+    state, _ = _state(tmp_path)
     reads = []
     cache = localcache.LocalContainers(state, read=lambda: reads.append(1) or containers.list_containers(state))
     first = cache.read()

@@ -68,8 +68,9 @@ ETCD_BINARY = "etcd"
 ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "2500"]
 # etcd keeps every revision until compacted (each write is one: agents' records, leases'
 # keys; the host heartbeat was one per host every HEARTBEAT s before the presence lease):
-# without compaction its memory and data file grow for ever until the 2 GB quota stops every write. Keep one hour of history (compacted hourly); a
-# watch resuming from before that gets "compacted" and the agent re-reads a snapshot.
+# without compaction its memory and data file grow for ever until the 2 GB quota stops every
+# write. Keep one hour of history (compacted hourly); a watch resuming from before that gets
+# "compacted" and the agent re-reads a snapshot.
 ETCD_COMPACTION = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
@@ -743,12 +744,9 @@ class Supervisor:
         read again only when the store changed since the last read (the keep-alive's
         answer carries the store's revision) or CRL_TICKS ticks passed."""
         c = self.client(timeout=2.0)
-        rev = None
-        if self._lease is not None:
-            res = c.call("lease/keepalive", {"ID": str(self._lease)}).get("result") or {}
-            if int(res.get("TTL", 0)) > 0:
-                rev = int((res.get("header") or {}).get("revision", 0)) or None
-        if rev is None:
+        res = c.call("lease/keepalive", {"ID": str(self._lease)}).get("result") or {} if self._lease else {}
+        rev = int((res.get("header") or {}).get("revision", 0)) or None  # None: unknown, read the list
+        if int(res.get("TTL", 0)) <= 0:
             if self._lease is not None:
                 log.info("presence lease expired: writing this host's record again")
             self.heartbeat()
