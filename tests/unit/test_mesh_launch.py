@@ -95,11 +95,11 @@ def test_initial_cluster_names_the_new_member():
 
 
 def test_promotion_candidate_is_the_live_client_with_the_smallest_name():
-    now = 1000.0
-    hosts = [{"name": "h5", "role": "client", "seen": now - 1}, {"name": "h4", "role": "client", "seen": now - 100},
-             {"name": "h1", "role": "voter", "seen": now}, {"name": "h6", "role": "client", "seen": now - 2}]
-    assert ml.promotion_candidate(hosts, now) == "h5"  # h4 is stale
-    assert ml.promotion_candidate(hosts[2:3], now) is None
+    hosts = [{"name": "h5", "role": "client"}, {"name": "h4", "role": "client"},
+             {"name": "h1", "role": "voter"}, {"name": "h6", "role": "client"}]
+    assert ml.promotion_candidate(hosts, {"h1", "h5", "h6"}) == "h5"  # h4's presence lease expired
+    assert ml.promotion_candidate(hosts, {"h1"}) is None
+    assert ml.promotion_candidate(hosts[2:3], {"h1", "h4"}) is None
 
 
 @pytest.mark.parametrize("reachable,voters,line", [
@@ -431,8 +431,10 @@ def test_launch_encrypt_reaches_the_store_config(tmp_path):
 # ---------------------------------------------------------------- the supervisor's idle requests
 
 class RecordingEtcd:
-    """The real EtcdClient's request building (txn, range, put, member list) over an
-    in-memory key space; every request that would hit etcd is recorded in `calls`."""
+    """The real EtcdClient's request building (txn, range, put, member list, leases) over
+    an in-memory key space; every request that would hit etcd is recorded in `calls`,
+    every write (a raft proposal: an fsync on each voter) in `writes`. `expire(lease)`
+    does what etcd does when a lease runs out: drops it and its keys."""
 
     def __init__(self, members: list[dict], kv: dict[str, str]):
         from crossnet.store.etcdclient import EtcdClient
@@ -440,6 +442,30 @@ class RecordingEtcd:
         self.client = EtcdClient("http://10.0.0.1:2379")
         self.client.call = self.call  # type: ignore[method-assign]
         self.members, self.kv, self.calls = members, dict(kv), []
+        self.key_lease: dict[str, int] = {}
+        self.leases: dict[int, int] = {}  # id -> granted TTL
+        self.writes = 0
+        self.rev = 1  # the store revision: bumped by each key written or deleted, as in etcd
+
+    def set(self, key: str, value: str) -> None:
+        self.kv[key] = value
+        self.rev += 1
+
+    def expire(self, lease: int) -> None:
+        del self.leases[lease]
+        for k in [k for k, lid in self.key_lease.items() if lid == lease]:
+            del self.kv[k], self.key_lease[k]
+            self.rev += 1
+
+    def _put(self, req: dict) -> None:
+        from crossnet.store.etcdclient import unb64
+
+        key, lease = unb64(req["key"]).decode(), int(req.get("lease", 0))
+        assert not lease or lease in self.leases, "put on a lease that does not exist"
+        self.kv[key] = unb64(req["value"]).decode()
+        self.key_lease[key] = lease
+        self.writes += 1
+        self.rev += 1
 
     def _kvs(self, req: dict) -> list[dict]:
         from crossnet.store.etcdclient import b64, unb64
@@ -447,25 +473,54 @@ class RecordingEtcd:
         key = unb64(req["key"]).decode()
         end = unb64(req["range_end"]).decode() if req.get("range_end") else None
         keys = [k for k in sorted(self.kv) if (key <= k < end if end else k == key)]
-        return [{"key": b64(k), "value": b64(self.kv[k]), "mod_revision": "1"} for k in keys]
+        return [{"key": b64(k), "value": b64(self.kv[k]), "mod_revision": "1", "lease": str(self.key_lease.get(k, 0))}
+                for k in keys]
 
     def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
         from crossnet.store.etcdclient import unb64
 
         self.calls.append(path)
-        header = {"header": {"revision": "1"}}
+        header = {"header": {"revision": str(self.rev)}}
         if path == "cluster/member/list":
             return {"members": [dict(m) for m in self.members], **header}
         if path == "kv/range":
             return {"kvs": self._kvs(body), **header}
         if path == "kv/put":
-            self.kv[unb64(body["key"]).decode()] = unb64(body["value"]).decode()
+            self._put(body)
             return header
+        if path == "lease/grant":
+            lid = 1000 + len(self.calls)
+            self.leases[lid] = int(body["TTL"])
+            self.writes += 1
+            return {"ID": str(lid), "TTL": body["TTL"], **header}
+        if path == "lease/keepalive":  # answered by the leader from memory: not a write
+            lid = int(body["ID"])
+            return {"result": {"ID": str(lid), "TTL": str(self.leases[lid]), **header} if lid in self.leases else {}}
+        if path == "kv/lease/timetolive":
+            lid = int(body["ID"])
+            return ({"ID": str(lid), "TTL": str(self.leases[lid] - 4), "grantedTTL": str(self.leases[lid]), **header}
+                    if lid in self.leases else {"ID": str(lid), "TTL": "-1", **header})
+        if path == "lease/revoke":
+            from crossnet.store.etcdclient import GRPC_NOT_FOUND, EtcdError
+
+            if int(body["ID"]) not in self.leases:
+                raise EtcdError("etcdserver: requested lease not found", code=GRPC_NOT_FOUND)
+            self.expire(int(body["ID"]))
+            self.writes += 1
+            return header
+        if path == "kv/deleterange":
+            gone = [k for k in self.kv if k == unb64(body["key"]).decode()]
+            for k in gone:
+                del self.kv[k]
+                self.key_lease.pop(k, None)
+                self.rev += 1
+            self.writes += 1
+            return {"deleted": str(len(gone)), **header}
         assert path == "kv/txn" and not body["compare"], path
         responses = []
         for op in body["success"]:
             if "request_put" in op:
-                self.kv[unb64(op["request_put"]["key"]).decode()] = unb64(op["request_put"]["value"]).decode()
+                self._put(op["request_put"])
                 responses.append({"response_put": {}})
             else:
                 responses.append({"response_range": {"kvs": self._kvs(op["request_range"])}})
@@ -488,20 +543,48 @@ VOTERS = [{"name": f"h{i}", "ID": str(i), "peerURLs": [f"https://10.0.0.{i}:2380
 
 
 @pytest.mark.parametrize("role", ["voter", "client"])
-def test_an_idle_supervisor_tick_is_two_requests_heartbeat_crl_and_member_list(tmp_path, role):
-    """Each request costs etcd CPU (TLS + its HTTP gateway): an idle tick is one transaction
-    (heartbeat + revocation list) and the member list, whatever the role (it was 3 for a
-    voter, 5 for a client); the mesh config is read once."""
+def test_an_idle_supervisor_tick_writes_nothing_lease_keepalive_and_member_list(tmp_path, role):
+    """Each write is a raft proposal (an fsync on every voter) and each request costs etcd
+    CPU (TLS + its HTTP gateway): an idle tick refreshes the host's presence lease (no
+    write) and reads the member list, whatever the role; the revocation list only when the
+    store's revision moved; the host record and its `alive/` key are written once; the mesh
+    config is read once."""
     etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
     sup = _supervisor(tmp_path, role, etcd)
     sup.tick()
+    assert etcd.calls[:2] == ["lease/grant", "kv/txn"]
     etcd.calls.clear()
+    writes = etcd.writes
     for _ in range(3):
         sup.tick()
-    assert etcd.calls == ["kv/txn", "cluster/member/list"] * 3
+    assert etcd.calls == ["lease/keepalive", "cluster/member/list"] * 3  # nothing written: no CRL re-read
+    assert etcd.writes == writes  # the heartbeat Put of every tick is gone
     rec = json.loads(etcd.kv[f"{ml.MESH_PREFIX}/hosts/{sup.name}"])
     assert rec["name"] == sup.name and rec["role"] == role and rec["serial"] == 77 and rec["seen"] > 0
+    assert etcd.key_lease[f"{ml.ALIVE_PREFIX}{sup.name}"] == sup._lease and etcd.leases[sup._lease] == ml.ALIVE_TTL
+    assert etcd.key_lease[f"{ml.MESH_PREFIX}/hosts/{sup.name}"] == 0  # the record outlives the lease (forget's serial)
     assert sorted(sup.st["endpoints"]) == [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)]
+
+
+def test_an_expired_presence_lease_is_granted_again_and_status_reads_its_age(tmp_path):
+    """Quorum lost for longer than ALIVE_TTL (or etcd restored from scratch): the keep-alive
+    answers TTL 0, the next tick writes the record on a new lease; liveness (promotion,
+    `status`) is the lease: alive_hosts lists it, presence_age reads its age."""
+    etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
+    sup = _supervisor(tmp_path, "client", etcd)
+    sup.tick()
+    first = sup._lease
+    assert ml.alive_hosts(etcd.client) == {"h4": first}
+    assert ml.presence_age(etcd.client, first) == 4 and ml.presence_age(etcd.client, None) is None
+    etcd.expire(first)
+    assert ml.alive_hosts(etcd.client) == {} and ml.presence_age(etcd.client, first) is None
+    assert ml.promotion_candidate(ml.mesh_hosts(etcd.client), ml.alive_hosts(etcd.client)) is None
+    sup.tick()
+    assert sup._lease != first and ml.alive_hosts(etcd.client) == {"h4": sup._lease}
+    assert ml.promotion_candidate(ml.mesh_hosts(etcd.client), ml.alive_hosts(etcd.client)) == "h4"
+    # forget/release: the record, the lease and its key go
+    assert ml.remove_host_records(etcd.client, "h4") == ["mesh record"]
+    assert ml.alive_hosts(etcd.client) == {} and sup._lease not in etcd.leases
 
 
 def test_the_tick_still_follows_the_revocation_list_and_refuses_a_hostile_one(tmp_path, monkeypatch):
@@ -516,10 +599,29 @@ def test_the_tick_still_follows_the_revocation_list_and_refuses_a_hostile_one(tm
     assert written == [([5, 9], ("C", "K"))] and sup._crl == [5, 9]
     sup.tick()  # unchanged: not signed again
     assert len(written) == 1
-    etcd.kv[ml.REVOKED_KEY] = "not json"
+    etcd.set(ml.REVOKED_KEY, json.dumps({"serials": [9, 5, 12]}))  # a forget elsewhere: read at the next tick
+    etcd.calls.clear()
+    sup.tick()
+    assert etcd.calls[:3] == ["lease/keepalive", "kv/range", "cluster/member/list"] and written[-1][0] == [5, 9, 12]
+    etcd.set(ml.REVOKED_KEY, "not json")
     with pytest.raises(CrossnetError, match="not a revocation list"):
         sup.tick()
-    assert sup._crl == [5, 9] and len(written) == 1  # the CRL file is left as it was
+    assert sup._crl == [5, 9, 12] and len(written) == 2  # the CRL file is left as it was
+    with pytest.raises(CrossnetError, match="not a revocation list"):
+        sup.tick()  # read again (and refused again) at every tick until it is fixed
+
+
+def test_the_revocation_list_is_read_at_least_every_crl_ticks(tmp_path):
+    """A member that answers the keep-alive may lag behind the one that served the last
+    read: nothing written is trusted for CRL_TICKS ticks at most."""
+    etcd = RecordingEtcd(VOTERS, {ml.REVOKED_KEY: json.dumps({"serials": []})})
+    sup = _supervisor(tmp_path, "voter", etcd)
+    sup.tick()
+    etcd.calls.clear()
+    for _ in range(ml.CRL_TICKS):
+        sup.tick()
+    assert etcd.calls.count("kv/range") == 1 and etcd.calls[-3:] == ["lease/keepalive", "kv/range",
+                                                                         "cluster/member/list"]
 
 
 # ---------------------------------------------------------------- the detached supervisor's entry

@@ -17,7 +17,7 @@ Functions of the running `crossnet.agent.core.Agent` (its main thread).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from crossnet.state import StateDir
 
@@ -26,16 +26,18 @@ Agent = Any  # crossnet.agent.core.Agent (not imported: it imports this module)
 log = logging.getLogger("crossnet.dns")
 
 
-def local_containers(state: StateDir) -> list[dict[str, str]]:
+def local_containers(state: StateDir, read: Callable[[StateDir], list[dict]] | None = None) -> list[dict[str, str]]:
     """This host's live containers, the top-level network's and every named network's
-    (``network``: its name), as published (crossnet.store.clean_containers)."""
+    (``network``: its name), as published (crossnet.store.clean_containers). ``read``: a
+    state dir's container list (default crossnet.containers.list_containers; the agent
+    passes its per-state-dir cache, crossnet.agent.localcache)."""
     from crossnet import containers, networks
     from crossnet.store import clean_containers
 
-    items = [c for c in containers.list_containers(state) if c.get("state") != "stale"]
+    read = read or containers.list_containers
+    items = [c for c in read(state) if c.get("state") != "stale"]
     for name in networks.recorded(state):
-        items += [{**c, "network": name} for c in containers.list_containers(networks.state_of(state, name))
-                  if c.get("state") != "stale"]
+        items += [{**c, "network": name} for c in read(networks.state_of(state, name)) if c.get("state") != "stale"]
     return clean_containers(items)
 
 

@@ -10,7 +10,8 @@ etcd keys of the mesh (beside the agent's `<prefix>/…`, prefix `/crossnet`):
     /crossnet-mesh/config         {"voters": 3}                      written once by the first host
     /crossnet-mesh/ca             {"cert": PEM, "key": PEM}          the cluster CA (signs joins on any host)
     /crossnet-mesh/tokens         the token store document (verifiers only, crossnet.mesh.token)
-    /crossnet-mesh/hosts/<name>   {"name", "address", "role", "seen"}  heartbeat every HEARTBEAT s
+    /crossnet-mesh/hosts/<name>   {"name", "address", "role", "seen", "serial"}  written at start/promotion
+    /crossnet-mesh/alive/<name>   ""  on the host's presence lease (ALIVE_TTL), kept alive every HEARTBEAT s
 
 Local state (`<state-dir>/mesh/`): `launch.json` (name, address, iface, role, …),
 `launch.pid`, `launch.log`, `etcd/` (the member's data dir), `pki/` (crossnet.mesh.state).
@@ -51,6 +52,11 @@ DEFAULT_BACKEND = "vxlan"
 DEFAULT_VOTERS = 3
 DEFAULT_TTL = 30
 HEARTBEAT = 5.0
+# A host is alive while its presence lease lives: the supervisor refreshes it every HEARTBEAT s
+# (a lease keep-alive is answered by the leader from memory: no raft write, no fsync on the
+# voters, unlike the heartbeat `Put` it replaces); it expires 3 HEARTBEATs after the last one.
+ALIVE_TTL = int(3 * HEARTBEAT)
+CRL_TICKS = 6  # the revocation list is read at least every CRL_TICKS ticks even if nothing was written
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
 # 500 ms instead of 100 ms, election after 2.5-5 s without one (5 heartbeats: etcd's minimum
@@ -60,10 +66,11 @@ ETCD_BINARY = "etcd"
 # in memory is bounded by it plus 5000 catch-up entries. GOMEMLIMIT=20MiB was tried: -2.5 MB,
 # but the collector ran all the time (~15 % CPU): not set.
 ETCD_TUNING = ["--heartbeat-interval", "500", "--election-timeout", "2500"]
-# etcd keeps every revision until compacted, and every heartbeat (each host every HEARTBEAT s) is
-# one: without compaction its memory and data file grow for ever (5 hosts: ~86,000 revisions a
-# day) until the 2 GB quota stops every write. Keep one hour of history (compacted hourly); a
-# watch resuming from before that gets "compacted" and the agent re-reads a snapshot.
+# etcd keeps every revision until compacted (each write is one: agents' records, leases'
+# keys; the host heartbeat was one per host every HEARTBEAT s before the presence lease):
+# without compaction its memory and data file grow for ever until the 2 GB quota stops every
+# write. Keep one hour of history (compacted hourly); a watch resuming from before that gets
+# "compacted" and the agent re-reads a snapshot.
 ETCD_COMPACTION = ["--auto-compaction-mode", "periodic", "--auto-compaction-retention", "1h"]
 ETCD_ENV = {"GOMAXPROCS": "1", "GOGC": "25"}
 READY_TIMEOUT = 90.0
@@ -167,11 +174,12 @@ def initial_cluster(members: list[dict], name: str, own_peer: str) -> str:
     return ",".join(sorted(parts))
 
 
-def promotion_candidate(hosts: list[dict], now: float, fresh: float = 3 * HEARTBEAT) -> str | None:
+def promotion_candidate(hosts: list[dict], alive: Iterable[str]) -> str | None:
     """The client host that becomes a voter when voters are missing: the live client
-    (heartbeat younger than `fresh`) with the smallest name; every host computes the
-    same answer, only that one acts."""
-    live = sorted(h["name"] for h in hosts if h.get("role") == "client" and now - float(h.get("seen", 0)) < fresh)
+    (its presence lease lives: refreshed less than ALIVE_TTL s ago) with the smallest
+    name; every host computes the same answer, only that one acts."""
+    alive = set(alive)
+    live = sorted(h["name"] for h in hosts if h.get("role") == "client" and h.get("name") in alive)
     return live[0] if live else None
 
 
@@ -425,6 +433,13 @@ def mesh_hosts(client: Any) -> list[dict]:
     return out
 
 
+def alive_hosts(client: Any) -> dict[str, int]:
+    """name -> presence lease of every host whose lease lives (its `alive/<name>` key is
+    deleted by etcd with the lease)."""
+    kvs, _ = client.range(ALIVE_PREFIX, prefix=True)
+    return {kv.key.rsplit("/", 1)[1]: kv.lease for kv in kvs if kv.lease}
+
+
 def cluster_ca_pem(client: Any) -> tuple[str, str]:
     """(certificate PEM, key PEM) of the CA, from etcd (every member can sign joins)."""
     doc = get_json(client, f"{MESH_PREFIX}/ca")
@@ -445,6 +460,7 @@ def load_cluster_ca(client: Any) -> pki.CA:
 
 
 REVOKED_KEY = f"{MESH_PREFIX}/revoked"
+ALIVE_PREFIX = f"{MESH_PREFIX}/alive/"
 
 
 def revoked_serials(client: Any) -> list[int]:
@@ -496,9 +512,13 @@ def remove_host_records(client: Any, name: str) -> list[str]:
                         client.lease_revoke(kv.lease)
                 client.delete(kv.key.decode() if isinstance(kv.key, bytes) else kv.key)
                 done.append("subnet")
+    lease = alive_hosts(client).get(name)
+    if lease:
+        with contextlib.suppress(CrossnetError):
+            client.lease_revoke(lease)
     for key, what in ((f"{AGENT_PREFIX}/containers/{name}", "containers"), (f"{AGENT_PREFIX}/hosts/{name}", "hosts"),
-                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record")):
-        if client.delete(key):
+                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record"), (f"{ALIVE_PREFIX}{name}", None)):
+        if client.delete(key) and what:
             done.append(what)
     return done
 
@@ -559,6 +579,9 @@ class Supervisor:
         self._crl: list[int] | None = None  # the serials in this host's CRL file, once written
         self._serial: int | None = None
         self._want: int | None = None  # the mesh's number of voters (/crossnet-mesh/config)
+        self._lease: int | None = None  # this host's presence lease (alive/<name>)
+        self._crl_rev: int | None = None  # the store revision the revocation list was last read at
+        self._crl_ticks = 0  # ticks since that read
         self._stop = threading.Event()
 
     # ---- children
@@ -701,21 +724,39 @@ class Supervisor:
                            "serial": self._serial})
 
     def heartbeat(self) -> None:
-        self.client(timeout=2.0).put(f"{MESH_PREFIX}/hosts/{self.name}", self._host_record())
+        """Write this host's record and its `alive/<name>` key on a new presence lease (at
+        start, after a promotion, and when the lease is gone); the ticks only refresh the
+        lease."""
+        c = self.client(timeout=2.0)
+        lease, _ = c.lease_grant(ALIVE_TTL)
+        c.txn([], [c.op_put(f"{MESH_PREFIX}/hosts/{self.name}", self._host_record()),
+                   c.op_put(f"{ALIVE_PREFIX}{self.name}", "", lease=lease)])
+        old, self._lease = self._lease, lease
+        if old is not None:
+            with contextlib.suppress(CrossnetError):
+                c.lease_revoke(old)
 
     def tick(self) -> None:
-        """Every HEARTBEAT s, two requests whatever the mesh size (docs/mesh.md "Resources"):
-        one transaction writes this host's heartbeat and reads the revocation list, then
-        `maintain` reads the member list (the config and the hosts only when a voter is
-        missing)."""
+        """Every HEARTBEAT s, two requests and no write whatever the mesh size (docs/mesh.md
+        "Resources"): the presence lease's keep-alive (answered from the leader's memory;
+        a new lease and record only if it expired), then `maintain` reads the member list
+        (the config and the hosts only when a voter is missing). The revocation list is
+        read again only when the store changed since the last read (the keep-alive's
+        answer carries the store's revision) or CRL_TICKS ticks passed."""
         c = self.client(timeout=2.0)
-        _, responses, _ = c.txn([], [c.op_put(f"{MESH_PREFIX}/hosts/{self.name}", self._host_record()),
-                                     c.op_range(REVOKED_KEY)])
-        from crossnet.store.etcdclient import KV
-
-        kvs = (responses[1].get("response_range") or {}).get("kvs") if len(responses) > 1 else None
+        res = c.call("lease/keepalive", {"ID": str(self._lease)}).get("result") or {} if self._lease else {}
+        rev = int((res.get("header") or {}).get("revision", 0)) or None  # None: unknown, read the list
+        if int(res.get("TTL", 0)) <= 0:
+            if self._lease is not None:
+                log.info("presence lease expired: writing this host's record again")
+            self.heartbeat()
+        self._crl_ticks += 1
+        stale = rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS
+        kvs, read_rev = c.range(REVOKED_KEY) if stale else ([], None)
         self.maintain(c)
-        self.sync_crl(c, serials_of(KV.from_json(kvs[0]).value if kvs else None))
+        if read_rev is not None:
+            self.sync_crl(c, serials_of(kvs[0].value if kvs else None))
+            self._crl_rev, self._crl_ticks = read_rev, 0
 
     def sync_crl(self, c: Any | None, serials: list[int] | None = None) -> None:
         """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
@@ -747,7 +788,7 @@ class Supervisor:
             if self._want is None:  # written once by the first host (bootstrap): read once
                 cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
                 self._want = int(cfg.get("voters") or DEFAULT_VOTERS)
-            if len(voters) < self._want and promotion_candidate(mesh_hosts(c), time.time()) == self.name:
+            if len(voters) < self._want and promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
                 self.promote(c, self._want)
         if self.agent is not None and self.endpoints() != self.agent_endpoints:
             log.info("etcd endpoints changed: restarting the agent")
@@ -824,6 +865,9 @@ class Supervisor:
             self.join_server.close()
         if release:
             self._release()
+        elif self._lease is not None:  # stopped: not alive any more (status, promotion) at once
+            with contextlib.suppress(CrossnetError):
+                self.client(timeout=2.0).lease_revoke(self._lease)
         self._end(self.etcd)
         with contextlib.suppress(FileNotFoundError):
             self.paths.pidfile.unlink()
@@ -1166,6 +1210,7 @@ def status(state_dir: str) -> dict:
     if reason is None:
         c = etcd_client(paths, voter_urls, timeout=2.0)
         hosts = {h["name"]: h for h in mesh_hosts(c)}
+        alive = alive_hosts(c)
         subnets = {}
         kvs, _ = c.range(f"{AGENT_PREFIX}/subnets/", prefix=True)
         for kv in kvs:
@@ -1181,21 +1226,31 @@ def status(state_dir: str) -> dict:
         cfg = get_json(c, f"{AGENT_PREFIX}/config") or {}
         hops = underlay_next_hops([(s or h).get("address") for s, h in
                                    ((subnets.get(n), hosts.get(n, {})) for n in set(hosts) | set(subnets))])
-        now = time.time()
         for name in sorted(set(hosts) | set(subnets)):
             h, s = hosts.get(name, {}), subnets.get(name)
-            seen = h.get("seen")
+            seen = presence_age(c, alive.get(name))
             out["peers"].append({
                 "name": name, "address": (s or h).get("address"),
                 "subnet": (s or remembered.get(name) or {}).get("subnet"),
                 "role": h.get("role", "?"), "state": "up" if s else "down",
-                "last_seen": round(now - seen, 1) if seen else None,
+                "last_seen": seen,
                 "via": how_reached(name == st["name"], cfg.get("backend"), hops.get((s or h).get("address")))})
             if h.get("role") == "client":
                 out["members"].append({"name": name, "role": "client",
-                                       "healthy": bool(seen and now - seen < 3 * HEARTBEAT), "leader": False,
+                                       "healthy": seen is not None, "leader": False,
                                        "url": None})
     return out
+
+
+def presence_age(client: Any, lease: int | None) -> int | None:
+    """Seconds since a host last refreshed its presence lease (its granted TTL minus what
+    is left, etcd's LeaseTimeToLive); None: no live lease (stopped, gone, or not refreshed
+    for ALIVE_TTL s)."""
+    if not lease:
+        return None
+    data = client.call("kv/lease/timetolive", {"ID": str(lease)})
+    ttl, granted = int(data.get("TTL", -1)), int(data.get("grantedTTL", 0))
+    return max(0, granted - ttl) if ttl > 0 and granted > 0 else None
 
 
 def how_reached(own: bool, backend: str | None, next_hop: str | None | bool) -> dict:
@@ -1248,7 +1303,7 @@ def format_status(s: dict) -> str:
                      f"{' leader' if m['leader'] else ''}")
     lines.append("peers:")
     for p in s["peers"]:
-        seen = f"{p['last_seen']:.0f}s ago" if p["last_seen"] is not None else "never"
+        seen = f"{p['last_seen']:.0f}s ago" if p["last_seen"] is not None else f"> {ALIVE_TTL}s ago"
         lines.append(f"  {p['name']:16} {p['address'] or '?':15} {p['subnet'] or '?':18} {p['state']:5} "
                      f"last seen {seen:10} {p['via']['text']}")
     return "\n".join(lines)
