@@ -169,6 +169,27 @@ def test_ebpf_runs_when_the_module_says_the_host_can_and_its_programs_come_after
                                                            for r in b.local_resources(kernel))
 
 
+def test_status_of_a_host_whose_programs_are_pinned_asks_no_feature_probe(monkeypatch):
+    """`status` runs in its own process: with the programs pinned (apply/agent loaded them)
+    it reports ebpf and their counters without a trial load of the object."""
+    from crossnet import ebpf
+    from crossnet.ebpf import host as ebpf_host
+
+    probes = []
+    monkeypatch.setattr(ebpf, "problem", lambda: probes.append(1) or None)
+    monkeypatch.setattr(datapath, "_why_not", {})
+    monkeypatch.setattr(ebpf_host, "loaded", lambda state_dir: True)
+    monkeypatch.setattr(ebpf_host, "counters", lambda ctx: {"redirect_to_container": 7})
+    ctx, _ = ctx_of("host-gw", datapath="ebpf")
+    d = datapath.describe(ctx)
+    assert d == {"datapath": "ebpf", "configured": "ebpf", "layout": "routed", "why": None,
+                 "counters": {"redirect_to_container": 7}}
+    assert probes == []
+    monkeypatch.setattr(ebpf_host, "loaded", lambda state_dir: False)  # not pinned: the probe says why not
+    monkeypatch.setattr(ebpf, "problem", lambda: probes.append(1) or "no bpftool")
+    assert datapath.describe(ctx)["why"] == "no bpftool" and probes == [1]
+
+
 # ---------------------------------------------------------------- the routed attach's messages
 
 

@@ -142,7 +142,7 @@ class Agent:
         # containers publisher: requests are numbered; the thread publishes the latest
         self._pub_cond = threading.Condition()
         self._pub_wanted = 0
-        self._local: dict[str, Any] = {}  # state dir -> crossnet.agent.localcache.LocalContainers, made on first use
+        self._local: Any = None  # crossnet.localcache.Readers: the container list per state dir, cached
         self._pub_done = 0
         self._published: tuple | None = None  # (lease id, containers) last written to the store
         self.pmtu = pmtu.Monitor.resume(state, opts.resync) if opts.probe_mtu else None
@@ -659,15 +659,11 @@ class Agent:
 
     def _local_containers(self) -> list[dict[str, str]]:
         from crossnet.agent import netdns
-        from crossnet.agent.localcache import LocalContainers
+        from crossnet.localcache import Readers
 
-        def read(state: StateDir) -> list[dict]:  # one cache per state dir (top-level, each named network)
-            cache = self._local.get(str(state.root))
-            if cache is None:
-                cache = self._local[str(state.root)] = LocalContainers(state)
-            return cache.read()  # re-reads only when its files/namespaces changed
-
-        return netdns.local_containers(self.state, read)  # the named networks' too, with their network
+        if self._local is None:  # one cache per state dir (top-level, each named network)
+            self._local = Readers()
+        return netdns.local_containers(self.state, self._local.read)  # the named networks' too, with their network
 
     def publish_containers(self) -> None:
         """Write this host's containers to the store if they changed since the last write."""

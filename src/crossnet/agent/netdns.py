@@ -30,7 +30,7 @@ def local_containers(state: StateDir, read: Callable[[StateDir], list[dict]] | N
     """This host's live containers, the top-level network's and every named network's
     (``network``: its name), as published (crossnet.store.clean_containers). ``read``: a
     state dir's container list (default crossnet.containers.list_containers; the agent
-    passes its per-state-dir cache, crossnet.agent.localcache)."""
+    passes its per-state-dir cache, crossnet.localcache)."""
     from crossnet import containers, networks
     from crossnet.store import clean_containers
 

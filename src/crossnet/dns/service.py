@@ -50,10 +50,14 @@ def upstreams(listen: list[str], path: str = RESOLV_CONF) -> list[str]:
     return parse_resolv_conf(text, exclude=listen)
 
 
-def local_containers(state: StateDir) -> dict[str, list[dict]]:
+def local_containers(state: StateDir, read: Callable[[StateDir], list[dict]] | None = None) -> dict[str, list[dict]]:
+    """This host's live containers of ``state`` as the table takes them. ``read``: a state
+    dir's container list (default crossnet.containers.list_containers; a server that
+    asks every second passes a crossnet.localcache.Readers' read)."""
     from crossnet import containers
 
-    return {"": [c for c in containers.list_containers(state) if c.get("state") != "stale"]}
+    read = read or containers.list_containers
+    return {"": [c for c in read(state) if c.get("state") != "stale"]}
 
 
 def of_network(hosts: dict[str, list[dict]], network: str | None) -> dict[str, list[dict]]:
@@ -244,8 +248,11 @@ def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop
                 return
     if domain is None:  # what the agent last applied, else the default
         domain = ((state.load_applied() or {}).get("network_config") or {}).get("dns_domain") or DEFAULT_DOMAIN
+    from crossnet.localcache import Readers
+
+    cached = Readers()  # the table is re-read every LOCAL_POLL seconds: only what changed
     svc = DnsService(state, domain, [ctx.network], listen_addresses(ctx),
-                     lambda: local_containers(state), port=port, resolv_conf=resolv_conf, scope="host")
+                     lambda: local_containers(state, cached.read), port=port, resolv_conf=resolv_conf, scope="host")
     try:
         svc.start()
     except BlockingIOError:
@@ -254,7 +261,7 @@ def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop
     except OSError as exc:
         raise CrossnetError(f"dns: cannot listen on {', '.join(svc.listen)} port {port}: "
                             f"{exc.strerror or exc}") from None
-    named = named_services(state, domain, port, resolv_conf)
+    named = named_services(state, domain, port, resolv_conf, cached)
     try:
         stop.wait()
     finally:
@@ -263,7 +270,7 @@ def serve(state: StateDir, domain: str | None, port: int, resolv_conf: str, stop
         svc.stop()
 
 
-def named_services(state: StateDir, domain: str, port: int, resolv_conf: str) -> list[DnsService]:
+def named_services(state: StateDir, domain: str, port: int, resolv_conf: str, cached: Any = None) -> list[DnsService]:
     """`crossnet dns serve` for the named networks this host applied (docs/networks.md):
     one server per network, on that network's gateway, answering for that network's
     containers only (its own state dir: its IPAM, dns.json, dns.lock), so a name resolves
@@ -282,7 +289,8 @@ def named_services(state: StateDir, domain: str, port: int, resolv_conf: str) ->
             log.error("dns: network %s: %s; not served", name, exc)
             continue
         svc = DnsService(sub, domain, [ctx.network], listen_addresses(ctx),
-                         lambda sub=sub: local_containers(sub), port=port, resolv_conf=resolv_conf, scope="host")
+                         lambda sub=sub: local_containers(sub, cached.read if cached else None), port=port,
+                         resolv_conf=resolv_conf, scope="host")
         try:
             svc.start()
         except OSError as exc:

@@ -1,5 +1,5 @@
-"""This host's containers as the agent publishes them, re-read only when what they are
-read from changed (docs/mesh.md "Resources").
+"""This host's containers as the agent and `crossnet dns serve` read them every second,
+re-read only when what they are read from changed (docs/mesh.md "Resources").
 
 The agent's DNS asks every second (crossnet.dns.service LOCAL_POLL) whether a container's
 namespace died without a detach; a full read parses ipam.json and applied.json and stats
@@ -72,3 +72,17 @@ class LocalContainers:
         self._entries = entries
         self._sig = signature(self.state, entries) if stable else None
         return entries
+
+
+class Readers:
+    """One :class:`LocalContainers` per state dir (the top-level network's, each named
+    network's), made on first use: ``read(state)`` is list_containers(state), cached."""
+
+    def __init__(self) -> None:
+        self._caches: dict[str, LocalContainers] = {}
+
+    def read(self, state: Any) -> list[dict[str, Any]]:
+        cache = self._caches.get(str(state.root))
+        if cache is None:
+            cache = self._caches[str(state.root)] = LocalContainers(state)
+        return cache.read()

@@ -1,6 +1,6 @@
-"""crossnet.agent.localcache: the agent's list of this host's containers (asked every
-second by its DNS) is read again only when ipam.json, applied.json or a namespace path
-changed — with real files and the real list_containers."""
+"""crossnet.localcache: this host's list of containers (asked every second by the agent's
+DNS and by `crossnet dns serve`) is read again only when ipam.json, applied.json or a
+namespace path changed — with real files and the real list_containers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 import pytest
 
 from crossnet import containers
-from crossnet.agent import localcache
+from crossnet import localcache
 from crossnet.backends.base import HostContext
 from crossnet.state import StateDir
 
@@ -113,3 +113,20 @@ def test_the_cached_tick_is_cheaper_than_a_read(tmp_path, n):
     t2 = time.perf_counter()
     assert full == cached == first
     print(f"\n{n} containers: full read {(t1 - t0) / 200 * 1e6:.0f} µs, cached tick {(t2 - t1) / 200 * 1e6:.0f} µs")
+
+
+def test_readers_keep_one_cache_per_state_dir_and_dns_serve_reads_through_it(tmp_path, monkeypatch):
+    from crossnet.dns import service
+
+    one, _ = _state(tmp_path / "a")
+    two, _ = _state(tmp_path / "b", n=1)
+    reads: list[str] = []
+    real = containers.list_containers
+    monkeypatch.setattr(containers, "list_containers", lambda st: reads.append(str(st.root)) or real(st))
+    readers = localcache.Readers()
+    for _ in range(4):  # `crossnet dns serve`'s table re-read, every LOCAL_POLL seconds
+        table_one = service.local_containers(one, readers.read)
+        table_two = service.local_containers(two, readers.read)
+    assert [c["id"] for c in table_one[""]] == ["c0", "c1", "c2"]
+    assert [c["id"] for c in table_two[""]] == ["c0"]
+    assert sorted(reads) == sorted([str(one.root), str(two.root)])  # each state dir read once
