@@ -22,9 +22,11 @@ name, so the rules above that name a bridge become
     forward  iifname "cnv*" fib saddr . iif oif missing  drop  counter spoof   (strict reverse path:
     input    iifname "cnv*" fib saddr . iif oif missing  drop  counter spoof    a container sends only
                                                                                 from its own /32)
-    arp in   iifname "cnv*" arp saddr ip netN arp daddr ip O  drop  counter N_arp
+    arp in   iifname "cnv*" arp operation request arp saddr ip netN arp daddr ip O  drop  counter N_arp
 
-and the address rules (``ip saddr netN ip daddr O``) do the rest: a source that passed the
+(requests only: the host resolves a routed container by ARP from whichever of its addresses
+the kernel picks, possibly another network's gateway on ``lo``, so replies must pass) and
+the address rules (``ip saddr netN ip daddr O``) do the rest: a source that passed the
 reverse-path check is the container's own address, in its own network. (The eBPF programs
 forward only within one network: crossnet.ebpf, bpf/crossnet_tc.c.)
 
@@ -89,7 +91,7 @@ def _routed_resources(nets: dict[str, HostContext]) -> list[Resource]:
         for o in (o for n, o in nets.items() if n != name):
             fwd.append(f'ip saddr {ctx.network} ip daddr {o.network} counter name "{name}_cross" drop')
             inp.append(f'ip saddr {ctx.network} ip daddr {o.network} counter name "{name}_gateway" drop')
-            arp.append(f'iifname {ROUTED_VETHS} arp saddr ip {ctx.network} arp daddr ip {o.network} '
+            arp.append(f'iifname {ROUTED_VETHS} arp operation request arp saddr ip {ctx.network} arp daddr ip {o.network} '
                        f'counter name "{name}_arp" drop')
     return _tables(nets, fwd, inp, arp)
 

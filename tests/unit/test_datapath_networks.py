@@ -227,7 +227,7 @@ def test_isolation_matches_routed_veths(programs):
     assert f'ip saddr 10.32.0.0/16 ip daddr {BLUE} counter name "default_cross" drop' in forward
     assert f'ip saddr {BLUE} ip daddr 10.32.0.0/16 counter name "blue_cross" drop' in forward
     assert f'ip saddr {BLUE} ip daddr 10.32.0.0/16 counter name "blue_gateway" drop' in inp
-    assert f'iifname "cnv*" arp saddr ip {BLUE} arp daddr ip 10.32.0.0/16 counter name "blue_arp" drop' in arp.body
+    assert f'iifname "cnv*" arp operation request arp saddr ip {BLUE} arp daddr ip 10.32.0.0/16 counter name "blue_arp" drop' in arp.body
     assert netiso.counter_names({"default": ctx, **nets}) == [
         "spoof", "default_cross", "default_gateway", "blue_cross", "blue_gateway"]
     for name in netiso.counter_names({"default": ctx, **nets}):
