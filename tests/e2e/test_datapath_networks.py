@@ -137,18 +137,25 @@ def test_a_spoofed_source_is_dropped_on_the_routed_veth(lab):
     assert ping(blue_c, blue_h2, count=2)  # its own network still works
 
 
-def test_reset_leaves_no_pin_and_no_filter(lab):
+def reset_leaves_no_program(lab, before: dict | None = None) -> None:
+    """reset on every host: no pin, no crossnet filter on any device (and, given the
+    snapshots taken before apply, the host exactly as it was)."""
     from crossnet.ebpf import host as ebpf_host
 
     for h in lab.hosts:
         res = lab.crossnet(h.name, "reset", check=False)
         assert res.returncode == 0, res.stderr
-        assert diff(lab.before[h.name], snapshot(h.netns)) == []
+        if before is not None:
+            assert diff(before[h.name], snapshot(h.netns)) == []
         assert not ebpf_host.loaded(h.state_dir)
         for dev in [h.ifname, *(l["ifname"] for l in ip_json(h.netns, "link", "show"))]:
             tc = subprocess.run(["ip", "netns", "exec", h.netns, "tc", "filter", "show", "dev", dev, "ingress"],
                                 capture_output=True, text=True)
             assert "crossnet" not in tc.stdout, (h.name, dev)
+
+
+def test_reset_leaves_no_pin_and_no_filter(lab):
+    reset_leaves_no_program(lab, lab.before)
 
 
 def test_auto_with_ebpf(request, lab_sweep):
@@ -171,13 +178,4 @@ def test_auto_with_ebpf(request, lab_sweep):
     if ebpf_runs():
         after = redirects(lab)
         assert all(after[h] > before[h] for h in after), (before, after)
-    from crossnet.ebpf import host as ebpf_host
-
-    for h in lab.hosts:  # reset: no pin, no program left on the NIC or the vxlan device
-        res = lab.crossnet(h.name, "reset", check=False)
-        assert res.returncode == 0, res.stderr
-        assert not ebpf_host.loaded(h.state_dir)
-        for dev in [h.ifname, *(l["ifname"] for l in ip_json(h.netns, "link", "show"))]:
-            tc = subprocess.run(["ip", "netns", "exec", h.netns, "tc", "filter", "show", "dev", dev, "ingress"],
-                                capture_output=True, text=True)
-            assert "crossnet" not in tc.stdout, (h.name, dev)
+    reset_leaves_no_program(lab)
