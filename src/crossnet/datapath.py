@@ -97,6 +97,17 @@ def host_resources(ctx: HostContext) -> list[Resource]:
     return host.host_resources(ctx)
 
 
+def one_program_set(resources: list[Resource]) -> list[Resource]:
+    """The named networks (docs/networks.md) share this host's one set of programs:
+    ``resources`` (every network's) with one configuration holding all of them
+    (crossnet.ebpf.host.one_program_set); unchanged with one network."""
+    if sum(1 for r in resources if r.kind == "ebpf-config") < 2:
+        return resources
+    from crossnet.ebpf import host
+
+    return host.one_program_set(resources)
+
+
 def container_attached(ctx: HostContext, host_if: str) -> None:
     """After the routed veth and its /32 route exist: the from-container program on its
     host side, when this host's programs are loaded (apply/agent loaded them: a cheap

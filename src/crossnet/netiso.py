@@ -14,6 +14,22 @@ host's subnet sN, network netN) and O = every other network's CIDR:
     arp in   iifname brN arp daddr ip O        drop  counter N_arp      (no ARP answer for another network's gateway)
              iifname brN arp saddr ip != sN    drop  counter N_arp
 
+With routed container veths (``datapath: ebpf``, docs/datapath.md) there is no bridge per
+network: a container's host veth (``cnv…``, crossnet.containers.host_ifname) has no master
+and a /32 route to the container. nftables cannot tell a routed veth's network from its
+name, so the rules above that name a bridge become
+
+    forward  iifname "cnv*" fib saddr . iif oif missing  drop  counter spoof   (strict reverse path:
+    input    iifname "cnv*" fib saddr . iif oif missing  drop  counter spoof    a container sends only
+                                                                                from its own /32)
+    arp in   iifname "cnv*" arp operation request arp saddr ip netN arp daddr ip O  drop  counter N_arp
+
+(requests only: the host resolves a routed container by ARP from whichever of its addresses
+the kernel picks, possibly another network's gateway on ``lo``, so replies must pass) and
+the address rules (``ip saddr netN ip daddr O``) do the rest: a source that passed the
+reverse-path check is the container's own address, in its own network. (The eBPF programs
+forward only within one network: crossnet.ebpf, bpf/crossnet_tc.c.)
+
 Both tables are replaced atomically (`NftTable.ensure`), so adding or removing a network
 never opens nor closes anything for the others. The text is what `nft list table` prints
 back, line for line (`NftTable.check`).
@@ -26,9 +42,18 @@ from crossnet.plan.resources import NftTable, Resource
 
 TABLE = "crossnet_iso"
 PRIORITY = "filter - 10"  # before other filter chains: a drop here is final
+ROUTED_VETHS = '"cnv*"'  # crossnet.containers.host_ifname: every routed container veth
+ROUTED_SPOOF = "spoof"  # the routed veths' one anti-spoofing counter (no network name lacks "_": no clash)
+
+
+def routed(nets: dict[str, HostContext]) -> bool:
+    """The networks have routed container veths (one datapath for all of them)."""
+    return any(getattr(ctx, "datapath", "kernel") == "ebpf" for ctx in nets.values())
 
 
 def counter_names(nets: dict[str, HostContext]) -> list[str]:
+    if routed(nets):  # one anti-spoofing rule for every routed veth
+        return [ROUTED_SPOOF] + [f"{n}_{what}" for n in nets for what in ("cross", "gateway")]
     return [f"{n}_{what}" for n in nets for what in ("spoof", "cross", "gateway")]
 
 
@@ -37,6 +62,8 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     none for a single network."""
     if len(nets) < 2:
         return []
+    if routed(nets):
+        return _routed_resources(nets)
     fwd: list[str] = []  # the order `nft list` prints them back in
     inp: list[str] = []
     arp: list[str] = []
@@ -53,6 +80,23 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
                     f'ip saddr {net} ip daddr {o.network} counter name "{name}_gateway" drop']
             arp.append(f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop')
 
+    return _tables(nets, fwd, inp, arp)
+
+
+def _routed_resources(nets: dict[str, HostContext]) -> list[Resource]:
+    """The tables for routed container veths (module docstring)."""
+    spoof = f'iifname {ROUTED_VETHS} fib saddr . iif oif missing counter name "{ROUTED_SPOOF}" drop'
+    fwd, inp, arp = [spoof], [spoof], []
+    for name, ctx in nets.items():
+        for o in (o for n, o in nets.items() if n != name):
+            fwd.append(f'ip saddr {ctx.network} ip daddr {o.network} counter name "{name}_cross" drop')
+            inp.append(f'ip saddr {ctx.network} ip daddr {o.network} counter name "{name}_gateway" drop')
+            arp.append(f'iifname {ROUTED_VETHS} arp operation request arp saddr ip {ctx.network} arp daddr ip {o.network} '
+                       f'counter name "{name}_arp" drop')
+    return _tables(nets, fwd, inp, arp)
+
+
+def _tables(nets: dict[str, HostContext], fwd: list[str], inp: list[str], arp: list[str]) -> list[Resource]:
     def chain(hook: str, rules: list[str]) -> str:
         head = f"\ttype filter hook {hook} priority {PRIORITY}; policy accept;"
         return f"\tchain {hook} {{\n\t{head}\n" + "".join(f"\t\t{r}\n" for r in rules) + "\t}"

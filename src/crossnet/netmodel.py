@@ -272,8 +272,6 @@ class NetworkSettings(BaseModel):
     @model_validator(mode="after")
     def _check_datapath_backend(self) -> NetworkSettings:
         problem = backends.datapath_problem(self.backend, self.datapath)
-        if problem is None and self.datapath != "kernel" and self.networks:
-            problem = "datapath ebpf does not support several networks (networks:) yet; use datapath kernel"
         if problem:
             raise problems_error(type(self).__name__, [(("datapath",), problem)])
         return self

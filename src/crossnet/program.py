@@ -148,7 +148,7 @@ def bridge_netfilter_off(resources: list[Resource]) -> list[Resource]:
 def desired_resources(ctx: HostContext, backend: Backend, extra: list[Resource] | None = None) -> list[Resource]:
     """Everything this host must have: forwarding (+ masquerade), the backend's local
     resources and every peer's, in the backend's order (+ `extra`: the named networks')."""
-    return bridge_netfilter_off(common_resources(ctx) + backend.resources(ctx) + (extra or []))
+    return bridge_netfilter_off(datapath.one_program_set(common_resources(ctx) + backend.resources(ctx) + (extra or [])))
 
 
 def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, HostContext]) -> list[Resource]:

@@ -184,20 +184,28 @@ def test_other_gateways_arp_and_spoofing_dropped(lab):
         lab.run(blue_c, ["ip", "route", "del", f"{gw_default_h1}/32", "dev", "eth0"])
     # spoofed sources: a blue container sending from a default-network address (one no
     # container holds) reaches no default container, on its host or another
-    spoof = st2["subnet"].rsplit(".", 1)[0] + ".200"
-    targets = [c["address"].split("/")[0] for c in st1["containers"] + st2["containers"]]
-    lab.run(blue_c, ["ip", "addr", "add", f"{spoof}/32", "dev", "eth0"], check=True)
-    try:
-        codes = each(lambda t: lab.run(blue_c, ["ping", "-c", "1", "-W", "1", "-I", spoof, t]).returncode, targets)
-        assert all(codes), list(zip(targets, codes))
-    finally:
-        lab.run(blue_c, ["ip", "addr", "del", f"{spoof}/32", "dev", "eth0"])
+    targets = spoofed_pings_fail(lab, blue_c, st1, st2)
     after = counters(lab, h1.name)
     assert after["arp:blue_arp"] > mid["arp:blue_arp"]
-    assert after["inet:blue_spoof"] >= mid["inet:blue_spoof"] + len(targets)
+    assert after["inet:blue_spoof"] >= mid["inet:blue_spoof"] + targets
     # and the blue container still reaches its own network (nothing it tried broke it)
     blue_h2 = lab.status(h2.name)["networks"]["blue"]["containers"][0]["address"].split("/")[0]
     assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
+
+
+def spoofed_pings_fail(lab, container: str, st1: dict, st2: dict) -> int:
+    """`container` pings every default-network container of both hosts (status st1, st2)
+    from an address of h2's default subnet that no container holds: none answers.
+    Returns how many were tried."""
+    spoof = st2["subnet"].rsplit(".", 1)[0] + ".200"
+    targets = [c["address"].split("/")[0] for c in st1["containers"] + st2["containers"]]
+    lab.run(container, ["ip", "addr", "add", f"{spoof}/32", "dev", "eth0"], check=True)
+    try:
+        codes = each(lambda t: lab.run(container, ["ping", "-c", "1", "-W", "1", "-I", spoof, t]).returncode, targets)
+        assert all(codes), list(zip(targets, codes))
+    finally:
+        lab.run(container, ["ip", "addr", "del", f"{spoof}/32", "dev", "eth0"])
+    return len(targets)
 
 
 def test_check_per_network_and_isolation(lab):

@@ -37,7 +37,7 @@ def test_ebpf_is_accepted_for_routed_backends(backend):
     assert NetworkConfig.from_json(cfg.to_json()).datapath == "ebpf"
 
 
-@pytest.mark.parametrize("backend", ["bridge", "wireguard", "auto", "ovs-gre", "ovs-vxlan"])
+@pytest.mark.parametrize("backend", ["bridge", "wireguard", "ovs-gre", "ovs-vxlan"])
 def test_ebpf_is_refused_elsewhere_with_one_line_naming_the_field(backend):
     doc = cluster_file(backend, datapath="ebpf")
     with pytest.raises(ConfigError) as exc:
@@ -51,12 +51,6 @@ def test_default_is_kernel_and_old_records_load():
     assert cfg.datapath == "kernel" and "datapath" not in cfg.to_json()  # records written before keep their bytes
     old = {"name": "c", "network": "10.32.0.0/16", "subnet_len": 24, "backend": "vxlan", "ttl": 60}
     assert NetworkConfig.from_json(old).datapath == "kernel"
-
-
-def test_several_networks_are_refused_with_ebpf():
-    doc = cluster_file("vxlan", datapath="ebpf", networks=[{"name": "blue", "network": "10.40.0.0/16"}])
-    with pytest.raises(ConfigError, match="datapath"):
-        parse_cluster(doc)
 
 
 @settings(max_examples=60, deadline=None)

@@ -43,7 +43,7 @@ BACKENDS: dict[str, BackendSpec] = {
 # `datapath:` (docs/datapath.md; crossnet.datapath): kernel everywhere, ebpf (routed
 # container veths) for these backends
 DATAPATHS = ("kernel", "ebpf")
-ROUTED_BACKENDS = ("host-gw", "vxlan")
+ROUTED_BACKENDS = ("host-gw", "vxlan", "auto")
 
 
 def datapath_problem(backend: str, datapath: str) -> str | None:
@@ -52,7 +52,7 @@ def datapath_problem(backend: str, datapath: str) -> str | None:
         shown = repr(datapath) if len(datapath) <= 40 else repr(datapath[:40]) + "…"
         return f"unknown datapath {shown} (choices: {', '.join(DATAPATHS)})"
     if datapath != "kernel" and backend not in ROUTED_BACKENDS:
-        return (f"datapath {datapath} is supported with backends {' and '.join(ROUTED_BACKENDS)} only, "
+        return (f"datapath {datapath} is supported with backends {', '.join(ROUTED_BACKENDS)} only, "
                 f"not {backend}; use datapath kernel")
     return None
 

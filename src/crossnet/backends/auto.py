@@ -30,6 +30,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from crossnet import datapath
 from crossnet.netlink import iproute as nl
 from crossnet.backends import vxlan as vx
 from crossnet.backends import wireguard as wgb
@@ -111,7 +112,7 @@ class Auto(Backend):
 
     def local_resources(self, ctx: HostContext) -> list[Resource]:
         s, w = settings(ctx), wgb.settings(ctx)
-        out: list[Resource] = [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx))]
+        out: list[Resource] = []
         if not s["encrypt"]:
             dev = vx.Vxlan.device(ctx)
             out += [VxlanLink(dev, ctx.vni, ctx.port, str(ctx.address), ctx.iface, ctx.mtu,
@@ -122,7 +123,9 @@ class Auto(Backend):
                 Address(w["device"], f"{wg_probe_address(ctx, ctx.subnet)}/32")]
         if s["encrypt"]:
             out.append(Route(str(ctx.network), dev=w["device"]))  # never in clear
-        return out
+        if datapath.routed(ctx):  # no container bridge; the programs after the devices (docs/datapath.md)
+            return datapath.local_resources(ctx, out)
+        return [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx)), *out]
 
     def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
         s, w = settings(ctx), wgb.settings(ctx)

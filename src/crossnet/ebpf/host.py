@@ -20,7 +20,7 @@ import ipaddress
 import os
 import re
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -318,33 +318,56 @@ class BpfPrograms(Resource):
 
 @dataclass
 class BpfConfig(Resource):
-    """The programs' configuration map: container network, underlay and vxlan ifindexes."""
+    """The programs' configuration map: one entry per container network of this host (the
+    top-level one first, then ``more``: the named networks, docs/networks.md), each with
+    its CIDR, the underlay's and its vxlan device's ifindexes; then an empty entry."""
 
     kind: ClassVar[str] = "ebpf-config"
     pin_dir: str
     network: str
     iface: str
     vxlan: str | None = None
+    more: list = field(default_factory=list)  # the named networks' [network, vxlan device or None]
 
     def key(self) -> str:
         return f"ebpf-config:{self.pin_dir}"
 
-    def describe(self) -> str:
-        net = ipaddress.IPv4Network(self.network)
-        addr = " ".join(f"{b:02x}" for b in net.network_address.packed + net.netmask.packed)
-        vx = f"<ifindex of {self.vxlan}, 4 bytes little endian>" if self.vxlan else "00 00 00 00"
-        return (f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex 00 00 00 00 value hex "
-                f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx}  # {self.network}")
+    def entries(self) -> list[tuple[ipaddress.IPv4Network, str | None]]:
+        """(network, vxlan device) of every slot, checked (records are hostile)."""
+        out = []
+        for item in [[self.network, self.vxlan], *(self.more if isinstance(self.more, list) else [None])]:
+            try:
+                net, vx = item
+                if vx is not None:
+                    check_ifname(vx, "vxlan")
+                out.append((ipaddress.IPv4Network(net), vx))
+            except (TypeError, ValueError, CrossnetError) as exc:
+                raise ApplyError(f"ebpf: bad network entry {str(item)[:80]!r} in the configuration: {exc}") from None
+        if len(out) > maps.MAX_NETWORKS - 1:
+            raise ApplyError(f"ebpf: {len(out)} networks, the programs hold at most {maps.MAX_NETWORKS - 1}")
+        return out
 
-    def want(self, env: Env) -> maps.Config:
-        vx = env.require_index(self.vxlan) if self.vxlan else 0
-        return maps.Config(ipaddress.IPv4Network(self.network), env.require_index(self.iface), vx)
+    def describe(self) -> str:
+        lines = []
+        for slot, (net, vxlan) in enumerate(self.entries()):
+            addr = " ".join(f"{b:02x}" for b in net.network_address.packed + net.netmask.packed)
+            vx = f"<ifindex of {vxlan}, 4 bytes little endian>" if vxlan else "00 00 00 00"
+            key = " ".join(f"{b:02x}" for b in maps.config_key(slot))
+            lines.append(f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex {key} value hex "
+                         f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx}  # {net}")
+        return "; ".join(lines)
+
+    def want(self, env: Env) -> list[maps.Config]:
+        underlay = env.require_index(self.iface)
+        return [maps.Config(net, underlay, env.require_index(vx) if vx else 0) for net, vx in self.entries()]
 
     def check(self, env: Env) -> bool:
         try:
+            want = self.want(env)
             with _pinned(f"{self.pin_dir}/maps/{maps.CONFIG_MAP}") as fd:
-                raw = bpfsys.map_lookup(fd, maps.CONFIG_KEY, 16)
-            return raw is not None and maps.Config.unpack(raw) == self.want(env)
+                have = [bpfsys.map_lookup(fd, maps.config_key(i), 16) for i in range(len(want) + 1)]
+            return (all(raw is not None and maps.Config.unpack(raw) == w for raw, w in zip(have, want))
+                    and have[-1] in (None, maps.EMPTY_CONFIG))
         except (CrossnetError, OSError):
             return False
 
@@ -352,7 +375,12 @@ class BpfConfig(Resource):
         _valid_pin_dir(self.pin_dir)
         want = self.want(env)
         with _pinned(f"{self.pin_dir}/maps/{maps.CONFIG_MAP}") as fd:
-            bpfsys.map_update(fd, maps.CONFIG_KEY, want.pack())
+            for slot, one in enumerate(want):  # in place: a packet meanwhile at worst takes the stack
+                bpfsys.map_update(fd, maps.config_key(slot), one.pack())
+            for slot in range(len(want), maps.MAX_NETWORKS):  # the end of the list (a network removed)
+                if bpfsys.map_lookup(fd, maps.config_key(slot), 16) in (None, maps.EMPTY_CONFIG):
+                    break
+                bpfsys.map_update(fd, maps.config_key(slot), maps.EMPTY_CONFIG)
         prune_veths(env.ipr, self.pin_dir)
 
     def remove(self, env: Env) -> None:
@@ -409,11 +437,48 @@ def host_resources(ctx: HostContext) -> list[Resource]:
     if obj is None:
         raise CrossnetError(f"datapath ebpf: {why}")
     directory = pin_dir(ctx.state_dir, obj)
-    vxlan = f"cnvx{ctx.vni}" if ctx.backend == "vxlan" else None
+    vxlan = vxlan_device(ctx)
     out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan),
                            TcProgram(ctx.iface, directory, "cn_to_container")]
     if vxlan:
         out.append(TcProgram(vxlan, directory, "cn_to_container"))
+    return out
+
+
+def vxlan_device(ctx: HostContext) -> str | None:
+    """The vxlan device the programs forward to and from: backend vxlan's, and backend
+    auto's unless it encrypts everything (no vxlan device then). auto's WireGuard device
+    (cnwg0) is no target: the from-container program passes packets routed into it to the
+    stack, and decrypted packets reach the containers through the stack (docs/datapath.md)."""
+    encrypt = bool((ctx.auto or {}).get("encrypt", False))  # = crossnet.backends.auto.settings (no import: layering)
+    if ctx.backend == "vxlan" or (ctx.backend == "auto" and not encrypt):
+        return f"cnvx{ctx.vni}"
+    return None
+
+
+def one_program_set(resources: list[Resource]) -> list[Resource]:
+    """Several networks on one host share one set of programs (docs/networks.md): each
+    network's backend resources list it, so keep the first BpfPrograms and TcProgram of a
+    key, and ONE BpfConfig holding every network (in the order they come, the top-level
+    one first) where the last of them was: after every network's vxlan device."""
+    configs = [r for r in resources if isinstance(r, BpfConfig)]
+    if len(configs) < 2:
+        return resources
+    first = configs[0]
+    merged = BpfConfig(first.pin_dir, first.network, first.iface, first.vxlan,
+                       [*first.more, *([c.network, c.vxlan] for c in configs[1:] if c.pin_dir == first.pin_dir)])
+    seen: set[str] = set()
+    out: list[Resource] = []
+    for r in resources:
+        if isinstance(r, BpfConfig):
+            if r is configs[-1]:
+                out.append(merged)
+            continue
+        if isinstance(r, (BpfPrograms, TcProgram)):
+            if r.key() in seen:
+                continue
+            seen.add(r.key())
+        out.append(r)
     return out
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 # struct cn_config { __u32 net, mask (network byte order); __u32 underlay, vxlan (ifindexes) }
 CONFIG_FORMAT = "=4s4sII"
 CONFIG_KEY = struct.pack("=I", 0)
+MAX_NETWORKS = 72  # cn_config's entries (CN_MAX_NETS): the top-level network + up to 64 named ones
 # enum in crossnet_tc.c, same order
 COUNTERS = ("redirect_neigh", "redirect_peer", "pass_not_ipv4", "pass_not_host", "pass_outside",
             "pass_ip_options", "pass_ttl", "pass_fib", "pass_target", "pass_malformed", "pass_source")
@@ -36,6 +37,16 @@ class Config:
         net, mask, underlay, vxlan = struct.unpack(CONFIG_FORMAT, data[:struct.calcsize(CONFIG_FORMAT)])
         network = ipaddress.IPv4Network(f"{ipaddress.IPv4Address(net)}/{ipaddress.IPv4Address(mask)}")
         return cls(network, underlay, vxlan)
+
+
+def config_key(slot: int) -> bytes:
+    """cn_config's key of the slot-th network (0: the top-level one)."""
+    if not 0 <= slot < MAX_NETWORKS:
+        raise ValueError(f"network slot out of range: {slot}")
+    return struct.pack("=I", slot)
+
+
+EMPTY_CONFIG = bytes(struct.calcsize(CONFIG_FORMAT))  # mask 0: the end of the list
 
 
 def ifindex_key(ifindex: int) -> bytes:

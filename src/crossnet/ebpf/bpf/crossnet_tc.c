@@ -28,7 +28,11 @@
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1FFF
 
-/* keep in sync with crossnet/ebpf/maps.py (CONFIG_FORMAT, COUNTERS) */
+/* keep in sync with crossnet/ebpf/maps.py (CONFIG_FORMAT, COUNTERS, MAX_NETWORKS) */
+#define CN_MAX_NETS 72 /* the top-level network + 64 named networks (docs/networks.md) */
+
+/* one entry per container network of the host (key 0: the top-level one, then the
+ * named networks; the first entry with mask 0 ends the list) */
 struct cn_config {
 	__u32 net;      /* container network address, network byte order */
 	__u32 mask;     /* its netmask, network byte order (0: not configured, pass all) */
@@ -53,7 +57,7 @@ enum {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, CN_MAX_NETS);
 	__type(key, __u32);
 	__type(value, struct cn_config);
 } cn_config SEC(".maps");
@@ -85,9 +89,30 @@ static __always_inline int count(__u32 idx, int verdict)
 	return verdict;
 }
 
-static __always_inline int is_veth(__u32 ifindex)
+/* ifindex is the host veth of the container whose address is daddr: the only redirect
+ * target among the veths (its container is in daddr's network, hence the source's) */
+static __always_inline int veth_of(__u32 ifindex, __u32 daddr)
 {
-	return bpf_map_lookup_elem(&cn_veths, &ifindex) != NULL;
+	__u32 *addr = bpf_map_lookup_elem(&cn_veths, &ifindex);
+
+	return addr && *addr == daddr;
+}
+
+/* the container network holding daddr (NULL: none). Networks are isolated from each
+ * other (docs/networks.md): a packet takes the fast path only when its source is in the
+ * same network; anything across networks goes to the stack, where nftables drops it. */
+static __always_inline struct cn_config *network_of(__u32 daddr)
+{
+	for (__u32 i = 0; i < CN_MAX_NETS; i++) {
+		__u32 key = i;
+		struct cn_config *cfg = bpf_map_lookup_elem(&cn_config, &key);
+
+		if (!cfg || !cfg->mask)
+			return NULL;
+		if ((daddr & cfg->mask) == cfg->net)
+			return cfg;
+	}
+	return NULL;
 }
 
 /* Common checks and the FIB lookup. Returns -1 and sets *verdict when the packet goes
@@ -95,8 +120,7 @@ static __always_inline int is_veth(__u32 ifindex)
 static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *fib,
 				 struct cn_config **cfgp, int *verdict)
 {
-	__u32 zero = 0;
-	struct cn_config *cfg = bpf_map_lookup_elem(&cn_config, &zero);
+	struct cn_config *cfg;
 	void *data, *data_end;
 	struct ethhdr *eth;
 	struct iphdr *iph;
@@ -107,8 +131,6 @@ static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *f
 		return count(CN_PASS_NOT_IPV4, -1);
 	if (skb->pkt_type != PACKET_HOST)
 		return count(CN_PASS_NOT_HOST, -1);
-	if (!cfg || !cfg->mask)
-		return count(CN_PASS_OUTSIDE, -1);
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	if (data + sizeof(*eth) + sizeof(*iph) > data_end) {
@@ -123,7 +145,8 @@ static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *f
 	iph = data + sizeof(*eth);
 	if (eth->h_proto != bpf_htons(ETH_P_IP) || iph->version != 4)
 		return count(CN_PASS_NOT_IPV4, -1);
-	if ((iph->saddr & cfg->mask) != cfg->net || (iph->daddr & cfg->mask) != cfg->net)
+	cfg = network_of(iph->daddr);
+	if (!cfg || (iph->saddr & cfg->mask) != cfg->net)
 		return count(CN_PASS_OUTSIDE, -1);
 	if (iph->ihl != 5 || (iph->frag_off & bpf_htons(IP_MF | IP_OFFSET)))
 		return count(CN_PASS_IP_OPTIONS, -1);
@@ -184,7 +207,8 @@ int cn_from_container(struct __sk_buff *skb)
 	source = bpf_map_lookup_elem(&cn_veths, &in);
 	if (!source || *source != iph->saddr)
 		return count(CN_PASS_SOURCE, TC_ACT_OK);
-	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) && !is_veth(fib.ifindex))
+	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) &&
+	    !veth_of(fib.ifindex, iph->daddr))
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
@@ -201,11 +225,15 @@ int cn_to_container(struct __sk_buff *skb)
 	struct cn_config *cfg = NULL;
 	void *data, *data_end;
 	struct ethhdr *eth;
+	struct iphdr *iph;
 	int verdict;
 
 	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
 		return verdict;
-	if (!is_veth(fib.ifindex))
+	iph = (void *)(long)skb->data + sizeof(struct ethhdr);
+	if ((void *)(iph + 1) > (void *)(long)skb->data_end)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	if (!veth_of(fib.ifindex, iph->daddr))
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
