@@ -25,6 +25,7 @@ EID = "b" * 64
 class FakeKernel:
     def __init__(self):
         self.veths: dict[str, tuple[str, str]] = {}
+        self.retired: set[str] = set()
         self.calls: list[tuple] = []
 
     def create_routed_veth(self, ctx, host_if, peer, mac, address):
@@ -38,6 +39,21 @@ class FakeKernel:
     def delete_veth(self, ctx, backend, host_if):
         self.calls.append(("delete", host_if))
         return self.veths.pop(host_if, None) is not None
+
+    def retire_veth(self, ctx, backend, host_if):  # as NetlinkKernel: routed veths go at once
+        if getattr(ctx, "datapath", None) == "ebpf":
+            self.delete_veth(ctx, backend, host_if)
+            return None
+        self.calls.append(("retire", host_if))
+        if host_if not in self.veths:
+            return None
+        self.retired.add(host_if)
+        return host_if
+
+    def reap_veth(self, token):
+        self.calls.append(("reap", token))
+        self.retired.discard(token)
+        self.veths.pop(token, None)
 
 
 @pytest.fixture
@@ -107,6 +123,7 @@ def test_full_lifecycle_shares_ipam_and_is_idempotent(env):
     assert call(p, "/NetworkDriver.Leave", {"NetworkID": NID, "EndpointID": EID}) == {}
     for _ in range(2):
         assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
+    p.flush()  # the writer thread's job (the veth is deleted after the answer)
     assert env.kernel.veths == {} and not p.endpoint_exists(EID)  # the name lookup stops
     for _ in range(2):
         assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
@@ -282,10 +299,17 @@ def test_the_request_path_writes_the_ipam_twice(env, monkeypatch):
     assert again.endpoint_exists(EID)
     before = _stamp(env.tmp / "ipam.json")
     assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}
-    assert _stamp(env.tmp / "ipam.json") == before and not p.endpoint_exists(EID) and not env.kernel.veths
+    assert _stamp(env.tmp / "ipam.json") == before and not p.endpoint_exists(EID)
+    # the veth: marked on the request path, deleted by the writer thread after the answer
+    [host_if] = env.kernel.veths
+    assert env.kernel.retired == {host_if} and env.kernel.calls[-1] == ("retire", host_if) and woken == [1, 1]
     assert call(p, "/IpamDriver.ReleaseAddress", {"PoolID": POOL_ID, "Address": addr}) == {}
     assert not any(k.startswith("docker:") for k in env.pool.entries())
     assert syncs == [False, False, False, True]  # the release: file + directory
+    p.flush()
+    assert env.kernel.veths == {} and env.kernel.retired == set() and env.kernel.calls[-1] == ("reap", host_if)
+    assert call(p, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": EID}) == {}  # idempotent
+    assert env.kernel.calls[-1] == ("retire", host_if) and not p._reap  # gone already: nothing to reap
 
 
 def test_a_binding_released_before_it_was_written_is_not_resurrected(env, monkeypatch):
@@ -428,3 +452,20 @@ def test_bench_row_compares_with_a_user_defined_docker_bridge_too():
     dk.pop("added_ratio_user")
     t = next(t for t in evaluate({"control": {"docker": dk}}) if t["id"] == "docker-run")
     assert t["also"] is None
+
+
+def test_raw_retire_messages():
+    """DeleteEndpoint's mark (the alias, no NUL: as iproute2) and the writer's delete by index."""
+    import struct
+
+    from crossnet.netlink import raw as nlraw
+    from crossnet.netlink.const import IFLA_IFALIAS, RTM_DELLINK, RTM_NEWLINK
+    from crossnet.runtime.dockerplugin import RETIRED_ALIAS
+
+    mtype, flags, body, what = nlraw.link_alias(42, RETIRED_ALIAS, "cnvabc")
+    assert (mtype, flags) == (RTM_NEWLINK, 0) and "cnvabc" in what
+    assert struct.unpack_from("=i", body, 4)[0] == 42  # ifinfomsg.ifi_index
+    alias = RETIRED_ALIAS.encode()
+    assert body[16:] == struct.pack("=HH", 4 + len(alias), IFLA_IFALIAS) + alias + b"\0" * (-len(alias) % 4)
+    mtype, _flags, body, _what = nlraw.link_del_index(42, "cnvabc")
+    assert mtype == RTM_DELLINK and body == struct.pack("=BxHiII", 0, 0, 42, 0, 0)
