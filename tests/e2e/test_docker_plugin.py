@@ -59,6 +59,18 @@ def host_state(lab, host) -> dict:
     return {"veths": links, "ipam": sorted((c["id"], c["address"]) for c in lab.status(host)["containers"])}
 
 
+def settled_state(lab, host, timeout: float = 15.0) -> dict:
+    """host_state once no veth is marked retired (or at the timeout): the driver deletes
+    a removed endpoint's veth right after answering DeleteEndpoint (its writer thread)."""
+    from crossnet.runtime.dockerplugin import RETIRED_ALIAS
+
+    deadline = time.monotonic() + timeout
+    while (RETIRED_ALIAS in lab.run(host, ["ip", "-o", "link", "show", "type", "veth"]).stdout
+           and time.monotonic() < deadline):
+        time.sleep(0.1)
+    return host_state(lab, host)
+
+
 def plugin_call(lab, host, path: str, raw: bytes) -> dict:
     """One raw request to the host's plugin socket (what dockerd sends)."""
     s = socket.socket(socket.AF_UNIX)
@@ -124,7 +136,7 @@ def test_literal_create_form_and_errors_are_one_line_err(lab):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         # `docker run --ip` works on the plugin's network (a user-configured subnet for Docker)
         taken = d.inspect(lab.plan.host("h1").containers[0])["NetworkSettings"]["Networks"]["crossnet"]["IPAddress"]
-        before = host_state(lab, "h1")
+        before = settled_state(lab, "h1")
         proc = d.run("run", "--rm", "--network", "crossnet", "--ip", taken, IMAGE, "true", check=False)
         assert proc.returncode != 0 and f"{taken} is in use" in proc.stderr, proc.stderr
     finally:
@@ -148,7 +160,7 @@ def test_dockerd_and_plugin_restart_keep_containers_connected_and_leak_nothing(l
     from crossnet.lab import docker
 
     d = dk(lab, "h1")
-    before = host_state(lab, "h1")
+    before = settled_state(lab, "h1")
     old_pid = d.pid()
     d.restart_daemon()
     assert d.pid() != old_pid
@@ -158,7 +170,7 @@ def test_dockerd_and_plugin_restart_keep_containers_connected_and_leak_nothing(l
     assert host_state(lab, "h1") == before
     # and the restarted dockerd still drives the driver
     d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", eps[-1].address)
-    assert host_state(lab, "h1") == before
+    assert settled_state(lab, "h1") == before
     # a crossnet restart (the plugin process): networks and addresses are on disk; the
     # plugin's network exists and is left alone (it has containers)
     d.stop_plugin()
@@ -168,7 +180,7 @@ def test_dockerd_and_plugin_restart_keep_containers_connected_and_leak_nothing(l
         time.sleep(0.2)
     assert "Docker network 'crossnet' exists (subnet" in (d.base / "plugin.log").read_text()
     d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", eps[-1].address)
-    assert host_state(lab, "h1") == before
+    assert settled_state(lab, "h1") == before
 
 
 def test_docker_run_rm_cycles_leak_nothing(lab):
@@ -177,9 +189,9 @@ def test_docker_run_rm_cycles_leak_nothing(lab):
     cycles = int(os.environ.get("CROSSNET_DOCKER_CYCLES", "5"))
     d = dk(lab, "h2")
     peer = next(e for e in docker.endpoints(lab.plan) if e.name in lab.plan.host("h3").containers)
-    before = host_state(lab, "h2")
+    before = settled_state(lab, "h2")
     for i in range(cycles):
         proc = d.run("run", "--rm", "--network", "crossnet", IMAGE, "ping", "-c", "1", "-W", "2", peer.address,
                      check=False)
         assert proc.returncode == 0, (i, proc.stdout + proc.stderr)
-    assert host_state(lab, "h2") == before
+    assert settled_state(lab, "h2") == before

@@ -918,9 +918,17 @@ def docker_run_section(dk: dict[str, Any]) -> list[str]:
     out = ["### docker run", ""]
     if dk.get("status") == "ok":
         out.append(f"`docker run --rm IMAGE true` on a simulated host (real dockerd, vfs storage), {dk.get('runs')} "
-                   "runs per network, interleaved: `none`, Docker's default `bridge`, crossnet's driver "
-                   f"(`crossnet docker-plugin`, backend {dk.get('backend')}). Load average at start: "
-                   f"{dk.get('load_before')}.")
+                   "runs per network, interleaved: `none`, Docker's default `bridge`, "
+                   + ("a user-defined network of Docker's bridge driver (`docker user bridge`: dockerd's embedded "
+                      "DNS, which every user-defined network gets, crossnet's too), "
+                      if "docker user bridge" in dk.get("run_s", {}) else "")
+                   + f"crossnet's driver (`crossnet docker-plugin`, backend {dk.get('backend')}). Load average at "
+                   f"start: {dk.get('load_before')}.")
+        if dk.get("added_ratio_user") is not None:
+            out.append("")
+            out.append(f"crossnet's driver / Docker's user-defined bridge, time added over `none`: "
+                       f"**{dk['added_ratio_user']}×** (the target's ratio, over the default `bridge`: "
+                       f"{dk.get('added_ratio')}×).")
         out.append("")
         out.append(run_table(dk))
         per = {k.split(".")[-1]: v.get("mean_ms") for k, v in (dk.get("plugin_ms") or {}).items()

@@ -26,6 +26,7 @@ from crossnet.netlink.const import (
     IFF_UP,
     IFLA_ADDRESS,
     IFLA_EXT_MASK,
+    IFLA_IFALIAS,
     IFLA_IFNAME,
     IFLA_INFO_DATA,
     IFLA_INFO_KIND,
@@ -166,6 +167,17 @@ def veth_create(name: str, mtu: int, mac: str | None, master: int | None, peer: 
 def link_del(name: str) -> tuple[int, int, bytes, str]:
     """Delete interface ``name`` (ENODEV when there is none)."""
     return RTM_DELLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + _ifname(name), f"deleting {name}"
+
+
+def link_del_index(index: int, what: str) -> tuple[int, int, bytes, str]:
+    """Delete interface number ``index`` (ENODEV when there is none)."""
+    return RTM_DELLINK, 0, _IFINFO.pack(0, 0, index, 0, 0), f"deleting {what}"
+
+
+def link_alias(index: int, alias: str, what: str) -> tuple[int, int, bytes, str]:
+    """Set the alias (``ip link show``'s ``alias``; no NUL, as iproute2) of interface number ``index``."""
+    return RTM_NEWLINK, 0, _IFINFO.pack(0, 0, index, 0, 0) + _attr(IFLA_IFALIAS, alias.encode()), \
+        f"marking {what}"
 
 
 def link_up(index: int, what: str) -> tuple[int, int, bytes, str]:

@@ -20,9 +20,10 @@ Protocol mapping:
   survives plugin restarts); CreateEndpoint binds the endpoint to the allocated address;
   Join creates the veth pair in the host namespace (host side on crossnet's bridge via
   the backend, MTU of the backend) and hands Docker the peer (SrcName), which Docker
-  moves into the container and configures; DeleteEndpoint deletes the veth (the IPAM
-  entry, with its endpoint binding, goes with ReleaseAddress). Every handler is
-  idempotent.
+  moves into the container and configures; DeleteEndpoint marks the veth retired (its
+  alias) and the plugin's writer thread deletes it right after the answer (a plugin
+  killed in between: its next start removes the marked veths); the IPAM entry, with its
+  endpoint binding, goes with ReleaseAddress. Every handler is idempotent.
 - Errors: ``{"Err": "one line"}`` (the IPAM protocol's key is ``Error``); no subnet
   yet: "run crossnet apply/launch first".
 
@@ -58,6 +59,7 @@ ANY_POOL = "0.0.0.0/0"  # RequestPool's answer without --subnet (see request_poo
 GATEWAY_LABEL = "com.docker.network.gateway"  # libnetwork's netlabel.Gateway in a pool's data
 TIMINGS_PATH = "/crossnet.Timings"  # not Docker's: per-request handler times (crossnet bench docker-run)
 NOT_READY = "this host has no crossnet subnet yet: run crossnet apply/launch first"
+RETIRED_ALIAS = "crossnet:docker-retired"  # a deleted endpoint's host veth, removed after the answer
 
 
 class PluginError(Exception):
@@ -72,6 +74,10 @@ class Kernel(Protocol):
     def create_routed_veth(self, ctx: Any, host_if: str, peer: str, mac: str, address: str) -> None: ...
 
     def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool: ...
+
+    def retire_veth(self, ctx: Any, backend: Any, host_if: str) -> Any: ...
+
+    def reap_veth(self, token: Any) -> None: ...
 
 
 def _id(body: dict[str, Any], field: str) -> str:
@@ -115,6 +121,7 @@ class DockerPlugin:
         # CreateEndpoint's binding (IPAM key -> (pool, meta)) until the writer thread has put
         # it in the IPAM file: the write (an fsync) is off the request path (flush())
         self._pending: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._reap: list[Any] = []  # DeleteEndpoint's retired veths (retire_veth's tokens): the writer deletes them
         self._wake = threading.Event()
         self._writer: threading.Thread | None = None
         self.timings: dict[str, list[float]] = {}  # path -> [count, total seconds] (GET /crossnet.Timings)
@@ -346,10 +353,17 @@ class DockerPlugin:
         return None
 
     def flush(self) -> None:
-        """Write the pending endpoint bindings to the IPAM file (the writer thread; at
-        shutdown; tests). An entry released meanwhile is skipped."""
+        """Write the pending endpoint bindings to the IPAM file and delete the retired
+        veths (the writer thread; at shutdown; tests). An entry released meanwhile is
+        skipped."""
         with self._lock:
             items = dict(self._pending)
+            reap, self._reap = self._reap, []
+        for token in reap:
+            try:
+                self.kernel.reap_veth(token)
+            except Exception as exc:  # noqa: BLE001 - still marked: the next plugin start removes it
+                sys.stderr.write(f"crossnet docker-plugin: deleting a veth: {_one_line(str(exc))}\n")
         for key, (pool, meta) in items.items():
             with contextlib.suppress(IpamError):
                 pool.update_meta(key, meta, durable=False)  # as the allocation (request_address)
@@ -457,7 +471,14 @@ class DockerPlugin:
         ctx, backend, pool = self.context()
         found = self._endpoint(pool, eid)
         host_if = found[1].meta.get("host_if") if found else host_ifname(eid)
-        self.kernel.delete_veth(ctx, backend, host_if)
+        # the veth is marked (its alias) and the writer thread deletes it after the answer:
+        # the kernel's deletion (an RCU barrier, ~15-30 ms) is off the request path; a
+        # plugin killed before that leaves a marked veth, which the next start removes
+        # (NetlinkKernel.sweep_retired). Backends without the fast path: deleted here.
+        token = self.kernel.retire_veth(ctx, backend, host_if)
+        if token is not None:
+            self._reap.append(token)
+            self._write_soon()
         # the entry (address and endpoint binding) stays until IPAM ReleaseAddress, which
         # follows: no IPAM write here (a second DeleteEndpoint finds no veth; idempotent)
         if found is not None:
@@ -554,6 +575,8 @@ class NetlinkKernel:
 
     def __init__(self) -> None:
         self._rtnl: Any = None
+        self._reaper: Any = None  # reap_veth's socket
+        self._reap_lock = threading.Lock()
 
     def _plain(self, backend: Any) -> bool:
         from crossnet.backends.base import Backend
@@ -622,6 +645,65 @@ class NetlinkKernel:
         self._call(make)
         datapath.container_attached(ctx, host_if)
 
+    def retire_veth(self, ctx: Any, backend: Any, host_if: str) -> int | None:
+        """DeleteEndpoint's part on the request path: mark the host veth (RETIRED_ALIAS)
+        and return its index for reap_veth (its peer, back in this namespace, is down:
+        the bridge port carries nothing meanwhile). None when it is gone already, or
+        deleted here: routed veths (their /32 route and program go at once, the address
+        may come back at once) and backends without the fast path."""
+        from crossnet import datapath
+        from crossnet.netlink import raw as nlraw
+
+        if datapath.routed(ctx) or not self._plain(backend):
+            self.delete_veth(ctx, backend, host_if)
+            return None
+
+        def mark(rtnl: Any) -> int | None:
+            index = rtnl.ifindex(host_if)
+            if index is None:
+                return None
+            try:
+                rtnl.call([nlraw.link_alias(index, RETIRED_ALIAS, host_if)])
+            except nlraw.RtnlError as exc:
+                if exc.errno == nlraw.ENODEV:
+                    return None
+                raise CrossnetError(str(exc.strerror)) from None
+            return index
+
+        return self._call(mark)
+
+    def reap_veth(self, token: int) -> None:
+        """Delete a retired veth by its index (the writer thread's own socket: never the
+        request path's)."""
+        from crossnet.netlink import raw as nlraw
+
+        with self._reap_lock:
+            if self._reaper is None:
+                self._reaper = nlraw.Rtnl()
+            try:
+                self._reaper.call([nlraw.link_del_index(token, f"interface {token}")])
+            except nlraw.RtnlError as exc:
+                if exc.errno != nlraw.ENODEV:
+                    raise CrossnetError(str(exc.strerror)) from None
+            except OSError:
+                self._reaper.sock.close()
+                self._reaper = None
+                raise
+
+    def sweep_retired(self) -> list[str]:
+        """Delete the veths a previous plugin retired but did not delete (killed in
+        between): at start. Returns their names."""
+        from crossnet.netlink import iproute as nl
+
+        gone = []
+        with nl.open_ipr() as ipr:
+            for link in ipr.get_links():
+                if link.get_attr("IFLA_IFALIAS") == RETIRED_ALIAS:
+                    with contextlib.suppress(Exception):
+                        ipr.link("del", index=link["index"])
+                        gone.append(link.get_attr("IFLA_IFNAME"))
+        return gone
+
     def delete_veth(self, ctx: Any, backend: Any, host_if: str) -> bool:
         from crossnet import datapath
 
@@ -685,7 +767,12 @@ def make_plugin(state_dir: str, docker_host: str | None = None) -> DockerPlugin:
     def context() -> tuple[Any, Any, Any]:  # read again only when applied.json changed
         return cache.get(str(state.applied_path), load)
 
-    plugin = DockerPlugin(context, NetlinkKernel(), os.path.join(state_dir, "docker-networks.json"))
+    kernel = NetlinkKernel()
+    try:
+        kernel.sweep_retired()
+    except Exception as exc:  # noqa: BLE001 - serving matters more; said once
+        sys.stderr.write(f"crossnet docker-plugin: removing retired veths: {_one_line(str(exc))}\n")
+    plugin = DockerPlugin(context, kernel, os.path.join(state_dir, "docker-networks.json"))
     if docker_host:
         plugin.names = lambda nid, eid: threading.Thread(
             target=_learn_name, args=(plugin, docker_host, nid, eid), daemon=True).start()
