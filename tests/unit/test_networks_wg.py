@@ -98,7 +98,9 @@ def test_a_pinned_vni_keeps_a_networks_port_when_another_goes():
     first = pin_vnis(NetworkConfig(network="10.32.0.0/16", backend="wireguard", name="c", networks=[BLUE, RED]), None)
     later = pin_vnis(NetworkConfig(network="10.32.0.0/16", backend="wireguard", name="c",
                                    networks=[{"name": "red", "network": "10.42.0.0/16"}]), first)
-    port = lambda cfg, i: named.port(cfg.wireguard.port, cfg.vni, cfg.network_vni(i), cfg.networks[i].wireguard_port)  # noqa: E731
+    def port(cfg, i):
+        return named.port(cfg.wireguard.port, cfg.vni, cfg.network_vni(i), cfg.networks[i].wireguard_port)
+
     assert port(first, 1) == port(later, 0) == 51822
 
 
