@@ -8,6 +8,9 @@ wireguard-go per device (these machines have no kernel module).
   same-network pair pings across hosts, no cross-network pair does (the isolation
   counters count), `crossnet check --isolation` agrees; reset leaves no device, table,
   wireguard-go or state dir of either network;
+* under a store (etcd, agents; a second lab): `etcd init --backend wireguard
+  --network-name blue` added at run time; the agents lease and program blue on its own
+  device; the same matrix;
 * backend auto on the same hosts (`apply`, no prober: a routed underlay gives every peer
   vxlan, ``auto.encrypt`` WireGuard): blue follows the top-level choice on its own
   devices (cnvx2, then cnwg2), and stays isolated.
@@ -141,10 +144,53 @@ def test_auto_named_network_follows_the_per_peer_choice(lab):
     apply_and_attach(lab, backend="auto")  # routed underlay, no prober: every peer on vxlan
     assert blue_route_dev(lab, h1, h2) == "cnvx2" and blue_route_dev(lab, h2, h1) == "cnvx2"
     isolated_matrix(lab)
-    apply_all(lab)  # unchanged: nothing moves
     lab.netfile.write_text(yaml.safe_dump({**lab.cluster, "backend": "auto", "auto": {"encrypt": True},
                                            "networks": [{"name": "blue", "network": BLUE}]}))
     apply_all(lab)  # encrypt: every peer on WireGuard, blue on its own device
     assert blue_route_dev(lab, h1, h2) == "cnwg2" and blue_route_dev(lab, h2, h1) == "cnwg2"
     isolated_matrix(lab)
     reset_all(lab)
+
+
+@pytest.fixture(scope="module")
+def store_lab(request, lab_sweep):
+    from crossnet.lab.etcdserver import etcd_available
+
+    if not etcd_available():
+        pytest.skip("needs etcd (apt-get install etcd-server)")
+    if not shutil.which("wireguard-go") and not Path("/sys/module/wireguard").exists():
+        pytest.skip("needs wireguard-go (apt-get install wireguard-go)")
+    from crossnet.lab.etcd import lab_etcd
+    from tests.e2e.agentlab import module_factory
+
+    lab = module_factory(request)(hosts=2, underlay="l3", backend="wireguard", containers=2,
+                                  extra={"store": "etcd", "ttl": 5})
+    lab.etcd_url = lab_etcd(lab.plan).url
+    return lab
+
+
+def test_store_agents_program_each_network_on_its_own_device(store_lab):
+    from tests.e2e.agentlab import wait_for
+    from tests.e2e.test_networks_store import NETS, init, put
+
+    lab = store_lab
+    assert NETS["blue"] == BLUE
+    got = init(lab, "blue")  # the lab's settings (backend wireguard) + blue
+    assert [n["name"] for n in got["config"]["networks"]] == ["blue"], got
+
+    def ready() -> bool:
+        for h in lab.hosts:
+            nets = lab.status(h.name).get("networks") or {}
+            if "blue" not in nets or "cnwg2" not in lab.run(h.name, ["ip", "-o", "link"]).stdout:
+                return False
+        return True
+
+    wait_for(ready, 30, "every agent programs blue")
+    each(lambda h: put(lab, h, h.containers[1], "blue"), lab.hosts)
+    h1, h2 = lab.hosts
+    wait_for(lambda: blue_route_dev(lab, h1, h2) == "cnwg2", 15, "h1 routes h2's blue subnet into cnwg2")
+    isolated_matrix(lab)
+    st2 = lab.status(h2.name)
+    got = uapi_get(Path(h1.state_dir) / "wireguard", "cnwg2")
+    assert "listen_port=51821\n" in got and f"allowed_ip={st2['networks']['blue']['subnet']}\n" in got, got
+    assert got.count("allowed_ip=") == 1, got
