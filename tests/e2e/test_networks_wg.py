@@ -13,7 +13,8 @@ wireguard-go per device (these machines have no kernel module).
   device; the same matrix;
 * backend auto on the same hosts (`apply`, no prober: a routed underlay gives every peer
   vxlan, ``auto.encrypt`` WireGuard): blue follows the top-level choice on its own
-  devices (cnvx2, then cnwg2), and stays isolated.
+  devices (cnvx2, then cnwg2); the matrix on vxlan, then blue pings across through
+  cnwg2 and not into default.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from crossnet.check import ping_matrix
-from tests.e2e.test_networks import apply_all, counters, each, members
+from tests.e2e.agentlab import wait_for
+from tests.e2e.test_networks import apply_all, each, isolated_matrix, members
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -65,40 +65,15 @@ def reset_all(lab) -> None:
         assert "wireguard" not in lab.run(h.name, ["ss", "-Hunlp"]).stdout  # no wireguard-go left listening
 
 
-def isolated_matrix(lab, settle: float = 20.0) -> None:
-    """Same-network pairs ping (after at most ``settle`` s: a WireGuard handshake started
-    before the peer's device existed is retried after 5 s), cross-network pairs never."""
-    nets = members(lab)
-    assert len(nets["default"]) == 2 and len(nets["blue"]) == 2
-    net_of = {e.name: n for n, eps in nets.items() for e in eps}
-    before = {h.name: counters(lab, h.name) for h in lab.hosts}
-    deadline = time.monotonic() + settle
-    while True:
-        pairs = ping_matrix(nets["default"] + nets["blue"], count=1, timeout=1.0, workers=12)
-        assert len(pairs) == 4 * 3
-        crossed = [(p.src, p.dst) for p in pairs if p.ok and net_of[p.src] != net_of[p.dst]]
-        assert not crossed, crossed
-        missing = [(p.src, p.dst) for p in pairs if not p.ok and net_of[p.src] == net_of[p.dst]]
-        if not missing:
-            break
-        assert time.monotonic() < deadline, f"same-network pairs that do not ping: {missing}"
-        time.sleep(1.0)
-    after = {h.name: counters(lab, h.name) for h in lab.hosts}
-    for h in lab.hosts:
-        for n in ("default", "blue"):
-            assert after[h.name][f"inet:{n}_cross"] > before[h.name][f"inet:{n}_cross"], (h.name, n)
-    iso = lab.crossnet(lab.hosts[0].name, "check", "--isolation", "-o", "json", check=False)
-    assert iso.returncode == 0, iso.stdout + iso.stderr
-    got = json.loads(iso.stdout)
-    assert got["ok"] and got["isolation"] and not any(p["reached"] for p in got["isolation"])
-
-
-def blue_route_dev(lab, h, peer) -> str:
-    """The device h routes peer's blue subnet into."""
-    subnet = lab.status(peer.name)["networks"]["blue"]["subnet"]
-    routes = json.loads(lab.run(h.name, ["ip", "-j", "route", "show", subnet], check=True).stdout)
-    assert len(routes) == 1, routes
-    return routes[0]["dev"]
+def route_devs(lab) -> dict[str, str]:
+    """host -> the device it routes the other host's blue subnet into."""
+    subnets = {h.name: lab.status(h.name)["networks"]["blue"]["subnet"] for h in lab.hosts}
+    out = {}
+    for h, peer in zip(lab.hosts, lab.hosts[::-1]):
+        routes = json.loads(lab.run(h.name, ["ip", "-j", "route", "show", subnets[peer.name]], check=True).stdout)
+        assert len(routes) == 1, routes
+        out[h.name] = routes[0]["dev"]
+    return out
 
 
 def test_wireguard_each_network_its_own_device_port_and_peers(lab):
@@ -111,7 +86,7 @@ def test_wireguard_each_network_its_own_device_port_and_peers(lab):
     st2 = lab.status(h2.name)
     for dev, subnet, port in (("cnwg0", st2["subnet"], 51820), ("cnwg2", st2["networks"]["blue"]["subnet"], 51821)):
         assert wg_state(Path(h1.state_dir) / "wireguard", dev) == (port, [(f"{h2.address}:{port}", [subnet])])
-    assert blue_route_dev(lab, h1, h2) == "cnwg2"
+    assert route_devs(lab) == {h1.name: "cnwg2", h2.name: "cnwg2"}
     reset_all(lab)
 
 
@@ -128,13 +103,19 @@ def wg_state(run_dir: Path, dev: str) -> tuple[int, list[tuple[str | None, list[
 def test_auto_named_network_follows_the_per_peer_choice(lab):
     h1, h2 = lab.hosts
     apply_and_attach(lab, backend="auto")  # routed underlay, no prober: every peer on vxlan
-    assert blue_route_dev(lab, h1, h2) == "cnvx2" and blue_route_dev(lab, h2, h1) == "cnvx2"
+    assert route_devs(lab) == {h1.name: "cnvx2", h2.name: "cnvx2"}
     isolated_matrix(lab)
     lab.netfile.write_text(yaml.safe_dump({**lab.cluster, "backend": "auto", "auto": {"encrypt": True},
                                            "networks": [{"name": "blue", "network": BLUE}]}))
     apply_all(lab)  # encrypt: every peer on WireGuard, blue on its own device
-    assert blue_route_dev(lab, h1, h2) == "cnwg2" and blue_route_dev(lab, h2, h1) == "cnwg2"
-    isolated_matrix(lab)
+    assert route_devs(lab) == {h1.name: "cnwg2", h2.name: "cnwg2"}
+    # blue across the hosts through cnwg2 (the isolation tables are the ones checked above)
+    nets = members(lab)
+    b1, b2 = sorted(nets["blue"], key=lambda e: e.name)
+    d2 = sorted(nets["default"], key=lambda e: e.name)[1]
+    wait_for(lambda: lab.run(b1.netns, ["ping", "-c", "1", "-W", "1", b2.address]).returncode == 0, 20,
+             "blue h1 -> blue h2 through cnwg2")
+    assert lab.run(b1.netns, ["ping", "-c", "2", "-W", "1", d2.address]).returncode != 0
     reset_all(lab)
 
 
@@ -156,7 +137,6 @@ def store_lab(request, lab_sweep):
 
 
 def test_store_agents_program_each_network_on_its_own_device(store_lab):
-    from tests.e2e.agentlab import wait_for
     from tests.e2e.test_networks_store import NETS, init, put
 
     lab = store_lab
@@ -174,7 +154,7 @@ def test_store_agents_program_each_network_on_its_own_device(store_lab):
     wait_for(ready, 30, "every agent programs blue")
     each(lambda h: put(lab, h, h.containers[1], "blue"), lab.hosts)
     h1, h2 = lab.hosts
-    wait_for(lambda: blue_route_dev(lab, h1, h2) == "cnwg2", 15, "h1 routes h2's blue subnet into cnwg2")
+    wait_for(lambda: route_devs(lab) == {h1.name: "cnwg2", h2.name: "cnwg2"}, 15, "blue routed into cnwg2")
     isolated_matrix(lab)
     st2 = lab.status(h2.name)
     blue2 = st2["networks"]["blue"]["subnet"]
