@@ -387,7 +387,7 @@ def _networks_errors(c: Cluster) -> Iterator[Problem]:
     for i, h in enumerate(c.hosts):
         nics.setdefault(h.iface, f"hosts[{i}].iface")
     shared = list(named_network_problems(c.backend, c.network, c.subnet_len, c.vxlan.vni, c.bridge_name(),
-                                         c.networks, nics))
+                                         c.networks, nics, wireguard=c.wireguard, vxlan_port=c.vxlan.port))
     yield from shared
     if any(loc == ("networks",) for loc, _ in shared):
         return

@@ -194,6 +194,8 @@ class NamedNetwork(BaseModel):
     vni: Annotated[int, in_range(1, 16_777_215)] | None = None
     bridge: IfName | None = None
     masquerade: bool | None = None  # default: the top-level masquerade
+    # backends wireguard/auto: its device cnwg<vni>'s port (default: wireguard.port + vni offset, crossnet.wg.named)
+    wireguard_port: Annotated[int, in_range(1, 65_535)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -272,6 +274,8 @@ class NetworkSettings(BaseModel):
     @model_validator(mode="after")
     def _check_datapath_backend(self) -> NetworkSettings:
         problem = backends.datapath_problem(self.backend, self.datapath)
+        if problem is None and self.datapath != "kernel" and self.networks and self.backend == "auto":
+            problem = "datapath ebpf with several networks (networks:) needs backend host-gw or vxlan"
         if problem:
             raise problems_error(type(self).__name__, [(("datapath",), problem)])
         return self
@@ -327,17 +331,19 @@ def subnet_len_problem(network: IPv4Network, subnet_len: int) -> str | None:
     return None
 
 
-NETWORKS_BACKENDS = ("host-gw", "vxlan")  # backends that carry several networks (docs/networks.md)
+NETWORKS_BACKENDS = ("host-gw", "vxlan", "wireguard", "auto")  # backends that carry several networks (docs/networks.md)
 MAX_NETWORKS = 64  # named networks a store's config may carry (a hostile record cannot make thousands)
 
 
 def named_network_problems(backend: str, network: IPv4Network | None, subnet_len: int, vni: int, bridge: str,
-                           networks: list[NamedNetwork], reserved: dict[str, str] | None = None) -> Iterator[Problem]:
+                           networks: list[NamedNetwork], reserved: dict[str, str] | None = None, *,
+                           wireguard: WireguardSpec | None = None, vxlan_port: int = 4789) -> Iterator[Problem]:
     """The rules of ``networks:`` that need no hosts, for the cluster file (crossnet.config)
     and a store's config alike: a backend that carries several networks, unique names,
     CIDRs that overlap neither the top-level network nor each other, distinct VNIs
     (default: ``vni`` + position + 1) and bridges (``reserved``: more names taken, e.g.
-    the hosts' NICs), a valid ``subnet_len``."""
+    the hosts' NICs), a valid ``subnet_len``; with WireGuard (``wireguard``: the top-level
+    settings), distinct ports and devices (crossnet.wg.named)."""
     if not networks:
         return
     if backend not in NETWORKS_BACKENDS:
@@ -367,6 +373,11 @@ def named_network_problems(backend: str, network: IPv4Network | None, subnet_len
         problem = subnet_len_problem(net.network, net.subnet_len or subnet_len)
         if problem:
             yield (("networks", i, "subnet_len"), problem)
+    from crossnet.wg import named
+
+    wg = wireguard or WireguardSpec()
+    yield from named.problems(backend, wg.port, wg.device, vxlan_port, vni,
+                              [(i, net.vni or vni + i + 1, net.wireguard_port) for i, net in enumerate(networks)], bridges)
 
 
 class NetworkConfig(NetworkSettings):
@@ -396,7 +407,8 @@ class NetworkConfig(NetworkSettings):
     @model_validator(mode="after")
     def _check_subnet_len(self) -> NetworkConfig:
         found = list(named_network_problems(self.backend, self.network, self.subnet_len, self.vxlan.vni,
-                                            self.bridge_name, self.networks))
+                                            self.bridge_name, self.networks, wireguard=self.wireguard,
+                                            vxlan_port=self.vxlan.port))
         if len(self.networks) > MAX_NETWORKS:
             found.insert(0, (("networks",), f"{len(self.networks)} networks: a store carries at most {MAX_NETWORKS}"))
         if found:  # the cluster file's rules that need no hosts (the store has none)

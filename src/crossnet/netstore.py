@@ -66,7 +66,7 @@ def kept(cfg: NetworkConfig, state: StateDir) -> list[NamedNetwork]:
         c = (sub.load_applied() or {}).get("context") or {}
         try:
             out.append(NamedNetwork(name=name, network=c["network"], subnet_len=c["prefixlen"], vni=c["vni"],
-                                    bridge=c["bridge"]))
+                                    bridge=c["bridge"], wireguard_port=(c.get("wireguard") or {}).get("port")))
         except (KeyError, ValueError, TypeError):
             continue  # an unreadable record: nothing to keep it by (reset removes it)
     return out

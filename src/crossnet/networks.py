@@ -52,10 +52,15 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
 def named_settings(base: program.Settings, net: NamedNetwork, subnet_len: int, vni: int,
                    masquerade: bool) -> program.Settings:
     """A named network's own settings from the top-level ``base`` (its CIDR, subnet length,
-    bridge, VNI; its ``masquerade:``, else the top-level one) — the cluster file's and the
+    bridge, VNI; its ``masquerade:``, else the top-level one; WireGuard's device and port,
+    crossnet.wg.named) — the cluster file's and the
     store's (crossnet.netstore) one rule."""
+    from crossnet.wg import named
+
+    wireguard, auto = named.settings(base.wireguard, base.auto, base.vni, vni, net.wireguard_port)
     return replace(base, network=net.network, prefixlen=net.subnet_len or subnet_len, bridge=net.bridge_name(),
-                   vni=vni, masquerade=masquerade if net.masquerade is None else net.masquerade)
+                   vni=vni, masquerade=masquerade if net.masquerade is None else net.masquerade,
+                   wireguard=wireguard, auto=auto)
 
 
 def one_context(settings: program.Settings, ctx: HostContext, backend: Backend, subnet, peers: list[Peer]) -> HostContext:

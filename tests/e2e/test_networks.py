@@ -118,6 +118,36 @@ def counters(lab, host: str) -> dict[str, int]:
     return out
 
 
+def isolated_matrix(lab, settle: float = 20.0) -> None:
+    """2 hosts, one container of ``default`` and one of ``blue`` each: same-network pairs
+    ping (after at most ``settle`` s: e.g. a WireGuard handshake started before the peer's
+    device existed is retried after 5 s), cross-network pairs never; the counters count
+    the drops and `crossnet check --isolation` agrees."""
+    nets = members(lab)
+    assert len(nets["default"]) == 2 and len(nets["blue"]) == 2
+    net_of = {e.name: n for n, eps in nets.items() for e in eps}
+    before = {h.name: counters(lab, h.name) for h in lab.hosts}
+    deadline = time.monotonic() + settle
+    while True:
+        pairs = ping_matrix(nets["default"] + nets["blue"], count=1, timeout=1.0, workers=12)
+        assert len(pairs) == 4 * 3
+        crossed = [(p.src, p.dst) for p in pairs if p.ok and net_of[p.src] != net_of[p.dst]]
+        assert not crossed, crossed
+        missing = [(p.src, p.dst) for p in pairs if not p.ok and net_of[p.src] == net_of[p.dst]]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, f"same-network pairs that do not ping: {missing}"
+        time.sleep(1.0)
+    after = {h.name: counters(lab, h.name) for h in lab.hosts}
+    for h in lab.hosts:
+        for n in ("default", "blue"):
+            assert after[h.name][f"inet:{n}_cross"] > before[h.name][f"inet:{n}_cross"], (h.name, n)
+    iso = lab.crossnet(lab.hosts[0].name, "check", "--isolation", "-o", "json", check=False)
+    assert iso.returncode == 0, iso.stdout + iso.stderr
+    got = json.loads(iso.stdout)
+    assert got["ok"] and got["isolation"] and not any(p["reached"] for p in got["isolation"])
+
+
 def probe(lab, src: str, jobs: list[tuple[str, str]]) -> list[str]:
     proc = lab.run(src, [sys.executable, "-c", PROBE, json.dumps(jobs)], check=True, timeout=60)
     return json.loads(proc.stdout)

@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossnet.check import ping_matrix
-from tests.e2e.test_networks import BLUE, apply_all, counters, each, members
+from tests.e2e.test_networks import BLUE, apply_all, each, isolated_matrix, members
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -42,17 +41,4 @@ def test_host_gw_networks_matrix(lab):
     routes = lab.run(lab.hosts[0].name, ["ip", "-j", "route"], check=True).stdout
     blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["subnet"]
     assert any(r["dst"] == blue_h2 and r.get("gateway") == lab.hosts[1].address for r in json.loads(routes))
-    before = {h.name: counters(lab, h.name) for h in lab.hosts}
-    pairs = ping_matrix(nets["default"] + nets["blue"], count=1, timeout=1.0, workers=12)
-    net_of = {e.name: n for n, eps in nets.items() for e in eps}
-    assert len(pairs) == 4 * 3
-    wrong = [(p.src, p.dst, p.ok) for p in pairs if p.ok != (net_of[p.src] == net_of[p.dst])]
-    assert not wrong, wrong
-    after = {h.name: counters(lab, h.name) for h in lab.hosts}
-    for h in lab.hosts:
-        for n in ("default", "blue"):
-            assert after[h.name][f"inet:{n}_cross"] > before[h.name][f"inet:{n}_cross"], (h.name, n)
-    iso = lab.crossnet(lab.hosts[0].name, "check", "--isolation", "-o", "json", check=False)
-    assert iso.returncode == 0, iso.stdout + iso.stderr
-    got = json.loads(iso.stdout)
-    assert got["ok"] and got["isolation"] and not any(p["reached"] for p in got["isolation"])
+    isolated_matrix(lab, settle=0.0)

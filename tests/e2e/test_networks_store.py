@@ -53,7 +53,7 @@ def init(lab, *names: str) -> dict:
     cfg = EtcdStore(lab_etcd(lab.plan).client(), "/crossnet").get_config()  # what the lab wrote: kept
     args = ["etcd", "init", "--etcd", lab.etcd_url, "--force", "--ttl", str(cfg.ttl), "--network", str(cfg.network),
             "--name", cfg.name, "--subnet-len", str(cfg.subnet_len), "--vni", str(cfg.vxlan.vni), "--port",
-            str(cfg.vxlan.port), *(["--mtu", str(cfg.mtu)] if cfg.mtu else []), "-o", "json"]
+            str(cfg.vxlan.port), "--backend", cfg.backend, *(["--mtu", str(cfg.mtu)] if cfg.mtu else []), "-o", "json"]
     for n in names:
         args += ["--network-name", n, "--network-cidr", NETS[n]]
     return json.loads(lab.crossnet("h1", *args).stdout)

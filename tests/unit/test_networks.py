@@ -77,8 +77,10 @@ def test_bad_networks_name_the_field(nets, field, why):
 
 def test_underlay_networks_and_backends():
     assert "networks[0].network: 10.41.0.0/16 overlaps underlay_networks[0]" in error(underlay_networks=["10.41.3.0/24"])
-    for backend in ("wireguard", "ovs-vxlan", "auto"):
+    for backend in ("ovs-vxlan", "ovs-gre"):
         assert "networks: backend" in error(backend=backend)
+    for backend in ("wireguard", "auto"):  # their named networks: tests/unit/test_networks_wg.py
+        assert cluster(backend=backend).networks[0].name == "blue"
     assert cluster(backend="host-gw").networks[0].name == "blue"
 
 

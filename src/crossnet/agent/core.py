@@ -856,6 +856,9 @@ class Agent:
 
             netfollow.changed(self)
         elif kind == "transport" and item[1] in self.peers:  # the prober switched this peer's transport
+            if self.nets:  # the named networks follow the choice (backend auto): the whole path
+                self._resync()
+                return
             with self.state.lock():
                 self._program_peer(self._env(), item[1])
                 self._save_applied()

@@ -23,6 +23,11 @@ address that only it reaches, so the prober can tell which ones work:
 
 With `encrypt` there is no VXLAN device, and the whole container network is routed
 into cnwg0 (a peer without a key is dropped there, never sent in clear).
+
+A named network (docs/networks.md) has its own VXLAN device (`cnvx<its VNI>`) and
+WireGuard device (`cnwg<its VNI>`, its own port: crossnet.wg.named) and routes each peer's
+subnet of it over the transport the top-level network chose for that peer (its context's
+`auto.named`): no probe addresses of its own, allowed-ips its subnet only.
 """
 
 from __future__ import annotations
@@ -50,7 +55,8 @@ OVERHEAD = max(vx.Vxlan.overhead, wgb.OVERHEAD)  # a peer may move to WireGuard 
 def settings(ctx: HostContext) -> dict[str, Any]:
     a = ctx.auto or {}
     return {"encrypt": bool(a.get("encrypt", False)),
-            "probe_network": IPv4Network(a.get("probe_network") or DEFAULT_PROBE_NETWORK)}
+            "probe_network": IPv4Network(a.get("probe_network") or DEFAULT_PROBE_NETWORK),
+            "named": bool(a.get("named", False))}  # a named network: follows the top-level choice, no probes
 
 
 def wg_probe_address(ctx: HostContext, subnet: IPv4Network) -> IPv4Address:
@@ -119,8 +125,9 @@ class Auto(Backend):
                               self.host_data(ctx.cluster_name, ctx.host, ctx.address)["vtep_mac"]),
                     Address(dev, f"{ctx.subnet.network_address}/32")]
         out += [WgDevice(w["device"], w["port"], ctx.mtu, str(keys.key_path(ctx.state_dir or "/var/lib/crossnet")),
-                         wgb.run_dir(ctx), w["implementation"]),
-                Address(w["device"], f"{wg_probe_address(ctx, ctx.subnet)}/32")]
+                         wgb.run_dir(ctx), w["implementation"])]
+        if not s["named"]:  # a named network's peers follow the top-level choice: nothing to probe
+            out.append(Address(w["device"], f"{wg_probe_address(ctx, ctx.subnet)}/32"))
         if s["encrypt"]:
             out.append(Route(str(ctx.network), dev=w["device"]))  # never in clear
         if datapath.routed(ctx):  # no container bridge; the programs after the devices (docs/datapath.md)
@@ -137,7 +144,10 @@ class Auto(Backend):
             gw = str(peer.subnet.network_address)
             out += [Fdb(dev, mac, str(peer.address)), Neigh(dev, gw, mac), Route(f"{gw}/32", dev=dev)]
         key = peer.data.get("wireguard_key")
-        if key and not keys.check_key(key):
+        if key and not keys.check_key(key) and s["named"]:  # its own device: allowed-ips its subnet only
+            out.append(WgPeer(w["device"], wgb.run_dir(ctx), peer.name, key, f"{peer.address}:{w['port']}",
+                              [str(peer.subnet)], w["keepalive"]))
+        elif key and not keys.check_key(key):
             probe = f"{wg_probe_address(ctx, peer.subnet)}/32"
             out += [WgPeer(w["device"], wgb.run_dir(ctx), peer.name, key, f"{peer.address}:{w['port']}",
                            [str(peer.subnet), probe], w["keepalive"]),
