@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from crossnet import datapath, netiso, networks, program
 from crossnet.backends.base import HostContext
 from crossnet.config import parse_cluster
+from crossnet.errors import ConfigError
 from crossnet.ebpf import build, maps
 from crossnet.ebpf import host as ebpf_host
 from crossnet.errors import ApplyError
