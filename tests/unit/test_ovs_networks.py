@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossnet import netstore, networks, program
+from crossnet import netiso, netstore, networks, program
 from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext, Peer
 from crossnet.config import parse_cluster
@@ -149,3 +149,25 @@ def test_the_store_path_builds_the_same_named_contexts(backend_name):
     peers = [(p, {n: next(q.subnet for q in c.peers if q.name == p.name) for n, c in nets.items()}) for p in ctx.peers]
     got = netstore.contexts(cfg, ctx, b, own, peers)
     assert {n: c.to_json() for n, c in got.items()} == {n: c.to_json() for n, c in nets.items()}
+
+
+@pytest.mark.parametrize("backend_name", ["ovs-gre", "ovs-vxlan", "vxlan"])
+def test_anti_spoofing_lets_the_networks_own_tunnel_in(backend_name):
+    """With the ovs backends the tunnel is a port of the network's bridge: frames (and ARP
+    for the gateways) of its containers on other hosts enter through it, so the bridge's
+    source check is the network's CIDR (still never another network's address); the
+    kernel backends keep this host's subnet."""
+    if backend_name == "vxlan":
+        b = get_backend("vxlan")
+        c = cluster("vxlan")
+        subnets = c.host_subnets()
+        ctx = program.context(program.Settings.of_cluster(c), b, host="h1", address=IPv4Address("192.168.9.1"),
+                              iface="eth0", subnet=subnets["h1"], nic=networks._Nic(1500, None), peers=[])
+        nets = networks.contexts(c, ctx, b)
+    else:
+        b, ctx, nets = contexts(backend_name)
+    tables = {r.family: r.body for r in netiso.isolation_resources({"default": ctx, **nets})}
+    src = "10.41.0.0/16" if backend_name != "vxlan" else "10.41.0.0/24"
+    assert f'iifname "cn-blue" ip saddr != {src} counter name "blue_spoof" drop' in tables["inet"]
+    assert f'iifname "cn-blue" arp saddr ip != {src} counter name "blue_arp" drop' in tables["arp"]
+    assert 'ip saddr 10.41.0.0/16 ip daddr 10.42.0.0/16 counter name "blue_cross" drop' in tables["inet"]
