@@ -171,3 +171,23 @@ def test_anti_spoofing_lets_the_networks_own_tunnel_in(backend_name):
     assert f'iifname "cn-blue" ip saddr != {src} counter name "blue_spoof" drop' in tables["inet"]
     assert f'iifname "cn-blue" arp saddr ip != {src} counter name "blue_arp" drop' in tables["arp"]
     assert 'ip saddr 10.41.0.0/16 ip daddr 10.42.0.0/16 counter name "blue_cross" drop' in tables["inet"]
+
+
+def test_a_named_networks_ovs_bridge_crossnet_did_not_create_is_refused_before_anything_changes(tmp_path):
+    """apply (and --dry-run) checks every network's OVS bridges and ports, not only the
+    top-level ones: a hand-made `cnovs2` is refused with one line, nothing written."""
+    from crossnet.errors import ApplyError
+    from crossnet.state import StateDir
+    from tests.unit.test_ovs_backend import FakeDb, FakeEnv, Row
+
+    b, ctx, nets = contexts("ovs-vxlan")
+    db = FakeDb({"br-phy": Row("br-phy", {"crossnet": "underlay"}, ["br-phy"]),
+                 "cnovs0": Row("cnovs0", {"crossnet": "overlay"}, ["cnovs0"]),
+                 "cnovs2": Row("cnovs2", {}, ["cnovs2", "mine"])})
+    b.check_underlay(ctx, FakeEnv(db))  # the top-level network alone is fine
+    state = StateDir(tmp_path / "state")
+    for dry_run in (True, False):
+        with pytest.raises(ApplyError, match=r"^OVS bridge cnovs2 already exists and was not created by crossnet"):
+            program.program_host(state, FakeEnv(db), ctx, b, [], {"cluster": "x"}, dry_run=dry_run,
+                                 protect_routes=False, networks=nets)
+    assert not list(tmp_path.rglob("*.json"))
