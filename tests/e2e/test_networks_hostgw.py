@@ -19,11 +19,12 @@ from tests.e2e.test_networks import BLUE, apply_all, counters, each, members
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
 
-@pytest.fixture(scope="module")
-def lab(request, lab_sweep):
+def two_network_lab(request, backend: str):
+    """A module's lab: 2 hosts of ``backend``, networks ``default`` and ``blue``, one
+    container of each per host (also tests/e2e/test_ovs_networks.py)."""
     from tests.conftest import LabFactory
 
-    lab = LabFactory.for_test(request)(hosts=2, underlay="l2", backend="host-gw", containers=2, apply=False)
+    lab = LabFactory.for_test(request)(hosts=2, underlay="l2", backend=backend, containers=2, apply=False)
     cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
     cluster["networks"] = [{"name": "blue", "network": BLUE}]
     lab.netfile = Path(lab.plan.cluster_file).with_name("networks.yaml")
@@ -34,16 +35,11 @@ def lab(request, lab_sweep):
     return lab
 
 
-def test_host_gw_networks_matrix(lab):
-    nets = members(lab)
-    assert len(nets["default"]) == 2 and len(nets["blue"]) == 2
-    st = lab.status(lab.hosts[0].name)
-    assert st["backend"] == "host-gw" and st["networks"]["blue"]["vni"] is not None
-    routes = lab.run(lab.hosts[0].name, ["ip", "-j", "route"], check=True).stdout
-    blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["subnet"]
-    assert any(r["dst"] == blue_h2 and r.get("gateway") == lab.hosts[1].address for r in json.loads(routes))
+def assert_isolated(lab, nets, timeout: float = 1.0) -> None:
+    """Every same-network pair pings, no cross pair does, every host's counters count the
+    drops, and `crossnet check --isolation` agrees."""
     before = {h.name: counters(lab, h.name) for h in lab.hosts}
-    pairs = ping_matrix(nets["default"] + nets["blue"], count=1, timeout=1.0, workers=12)
+    pairs = ping_matrix(nets["default"] + nets["blue"], count=1, timeout=timeout, workers=12)
     net_of = {e.name: n for n, eps in nets.items() for e in eps}
     assert len(pairs) == 4 * 3
     wrong = [(p.src, p.dst, p.ok) for p in pairs if p.ok != (net_of[p.src] == net_of[p.dst])]
@@ -56,3 +52,19 @@ def test_host_gw_networks_matrix(lab):
     assert iso.returncode == 0, iso.stdout + iso.stderr
     got = json.loads(iso.stdout)
     assert got["ok"] and got["isolation"] and not any(p["reached"] for p in got["isolation"])
+
+
+@pytest.fixture(scope="module")
+def lab(request, lab_sweep):
+    return two_network_lab(request, "host-gw")
+
+
+def test_host_gw_networks_matrix(lab):
+    nets = members(lab)
+    assert len(nets["default"]) == 2 and len(nets["blue"]) == 2
+    st = lab.status(lab.hosts[0].name)
+    assert st["backend"] == "host-gw" and st["networks"]["blue"]["vni"] is not None
+    routes = lab.run(lab.hosts[0].name, ["ip", "-j", "route"], check=True).stdout
+    blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["subnet"]
+    assert any(r["dst"] == blue_h2 and r.get("gateway") == lab.hosts[1].address for r in json.loads(routes))
+    assert_isolated(lab, nets)
