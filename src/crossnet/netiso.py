@@ -33,6 +33,12 @@ forward only within one network: crossnet.ebpf, bpf/crossnet_tc.c.)
 Both tables are replaced atomically (`NftTable.ensure`), so adding or removing a network
 never opens nor closes anything for the others. The text is what `nft list table` prints
 back, line for line (`NftTable.check`).
+
+With ovs-gre/ovs-vxlan the tunnel is a port of brN (its OVS bridge's internal port), so
+frames of N's containers on other hosts, and ARP of their gateways, enter through brN:
+there sN in the `saddr !=` rules is netN (`spoof_sources`). A container still cannot send
+from another network's address; other networks' frames never reach brN (their own OVS
+bridge and tunnel key).
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ def counter_names(nets: dict[str, HostContext]) -> list[str]:
     return [f"{n}_{what}" for n in nets for what in ("spoof", "cross", "gateway")]
 
 
+def spoof_sources(ctx: HostContext) -> str:
+    """What may enter through the network's bridge: this host's subnet, or the whole
+    network when the backend's tunnel is a port of that bridge (ovs-gre, ovs-vxlan)."""
+    return str(ctx.network if ctx.backend.startswith("ovs-") else ctx.subnet)
+
+
 def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     """The isolation tables for ``nets`` (name -> this host's context of that network);
     none for a single network."""
@@ -68,7 +80,7 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     inp: list[str] = []
     arp: list[str] = []
     for name, ctx in nets.items():
-        br, sub, net = f'"{ctx.bridge}"', str(ctx.subnet), str(ctx.network)
+        br, sub, net = f'"{ctx.bridge}"', spoof_sources(ctx), str(ctx.network)
         others = [o for n, o in nets.items() if n != name]  # one rule each: nft merges and reorders set elements
         fwd.append(f'iifname {br} ip saddr != {sub} counter name "{name}_spoof" drop')
         inp.append(f'iifname {br} ip saddr != {sub} counter name "{name}_spoof" drop')

@@ -331,8 +331,17 @@ def subnet_len_problem(network: IPv4Network, subnet_len: int) -> str | None:
     return None
 
 
-NETWORKS_BACKENDS = ("host-gw", "vxlan", "wireguard", "auto")  # backends that carry several networks (docs/networks.md)
+NETWORKS_BACKENDS = ("host-gw", "vxlan", "wireguard", "auto", "ovs-gre", "ovs-vxlan")  # backends that carry several networks (docs/networks.md)
 MAX_NETWORKS = 64  # named networks a store's config may carry (a hostile record cannot make thousands)
+
+
+def networks_backend_problem(backend: str) -> str:
+    """Why ``backend`` carries no named networks, and what to use instead."""
+    use = ", ".join(NETWORKS_BACKENDS)
+    if backend in backends.lan_backend_names():  # bridge: the NIC in br0, containers on the LAN itself
+        return (f"backend {backend} is one LAN segment (the host NIC in its bridge, no tunnel to keep networks "
+                f"apart; this machine has no VLAN module): networks need one of {use}")
+    return f"backend {backend} carries one network; several need one of {use}"
 
 
 def named_network_problems(backend: str, network: IPv4Network | None, subnet_len: int, vni: int, bridge: str,
@@ -347,7 +356,7 @@ def named_network_problems(backend: str, network: IPv4Network | None, subnet_len
     if not networks:
         return
     if backend not in NETWORKS_BACKENDS:
-        yield ("networks",), f"backend {backend} carries one network; several need {' or '.join(NETWORKS_BACKENDS)}"
+        yield ("networks",), networks_backend_problem(backend)
         return
     names: dict[str, str] = {}
     nets: list[tuple[str, IPv4Network]] = [("network", network)] if network is not None else []

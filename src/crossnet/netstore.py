@@ -42,7 +42,7 @@ def contexts(cfg: NetworkConfig, ctx: HostContext, backend: Backend, own: dict[s
             continue
         settings = networks.named_settings(base, net, cfg.subnet_len, cfg.network_vni(i), cfg.masquerade)
         members = [Peer(p.name, p.address, subs[net.name], p.data, p.transport) for p, subs in peers if net.name in subs]
-        out[net.name] = networks.one_context(settings, ctx, backend, subnet, members)
+        out[net.name] = networks.one_context(settings, ctx, backend, subnet, members, net.name)
     return out
 
 

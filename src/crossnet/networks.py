@@ -45,7 +45,7 @@ def contexts(cluster: Cluster, ctx: HostContext, backend: Backend) -> dict[str, 
         subnets = cluster.network_subnets(i)
         settings = named_settings(base, net, cluster.subnet_len, cluster.network_vni(i), cluster.masquerade)
         peers = [Peer(p.name, p.address, subnets[p.name], p.data, p.transport) for p in ctx.peers]
-        out[net.name] = one_context(settings, ctx, backend, subnets[ctx.host], peers)
+        out[net.name] = one_context(settings, ctx, backend, subnets[ctx.host], peers, net.name)
     return out
 
 
@@ -63,12 +63,16 @@ def named_settings(base: program.Settings, net: NamedNetwork, subnet_len: int, v
                    wireguard=wireguard, auto=auto)
 
 
-def one_context(settings: program.Settings, ctx: HostContext, backend: Backend, subnet, peers: list[Peer]) -> HostContext:
-    """This host's context of one named network (``settings``: its own), from the top-level ``ctx``."""
+def one_context(settings: program.Settings, ctx: HostContext, backend: Backend, subnet, peers: list[Peer],
+                name: str) -> HostContext:
+    """This host's context of named network ``name`` (``settings``: its own), from the top-level ``ctx``."""
     one = program.context(settings, backend, host=ctx.host, address=ctx.address, iface=ctx.iface,
                           subnet=subnet, nic=_Nic(ctx.underlay_mtu, ctx.nic_mac),  # type: ignore[arg-type]
                           peers=peers, state_dir=ctx.state_dir)
-    one.mtu = ctx.mtu  # one underlay, one backend: the top-level container MTU (path MTU included)
+    # one underlay, one backend: the top-level container MTU (path MTU included), less what the
+    # network's own tunnel key adds (ovs-gre)
+    one.mtu = ctx.mtu - backend.key_overhead
+    one.net_name = name
     return one
 
 

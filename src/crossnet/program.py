@@ -270,7 +270,8 @@ def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, 
     datapath.check_switch(state, ctx, env)
     desired = desired_resources(ctx, backend, network_resources(ctx, backend, networks))
     if check_underlay:
-        backend.check_underlay(ctx, env)
+        for one in (ctx, *networks.values()):  # ovs: each network's own OVS bridge and ports too
+            backend.check_underlay(one, env)
     if protect_routes:
         for one in (ctx, *networks.values()):
             check_routes(one, env, previous + desired)

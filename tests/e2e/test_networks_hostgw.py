@@ -18,11 +18,12 @@ from tests.e2e.test_networks import BLUE, apply_all, each, isolated_matrix, memb
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
 
-@pytest.fixture(scope="module")
-def lab(request, lab_sweep):
+def two_network_lab(request, backend: str):
+    """A module's lab: 2 hosts of ``backend``, networks ``default`` and ``blue``, one
+    container of each per host (also tests/e2e/test_ovs_networks.py)."""
     from tests.conftest import LabFactory
 
-    lab = LabFactory.for_test(request)(hosts=2, underlay="l2", backend="host-gw", containers=2, apply=False)
+    lab = LabFactory.for_test(request)(hosts=2, underlay="l2", backend=backend, containers=2, apply=False)
     cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
     cluster["networks"] = [{"name": "blue", "network": BLUE}]
     lab.netfile = Path(lab.plan.cluster_file).with_name("networks.yaml")
@@ -31,6 +32,11 @@ def lab(request, lab_sweep):
     each(lambda h: (lab.crossnet(h.name, "attach", h.containers[0]),
                     lab.crossnet(h.name, "attach", h.containers[1], "--network", "blue")), lab.hosts)
     return lab
+
+
+@pytest.fixture(scope="module")
+def lab(request, lab_sweep):
+    return two_network_lab(request, "host-gw")
 
 
 def test_host_gw_networks_matrix(lab):

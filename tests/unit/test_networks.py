@@ -77,11 +77,21 @@ def test_bad_networks_name_the_field(nets, field, why):
 
 def test_underlay_networks_and_backends():
     assert "networks[0].network: 10.41.0.0/16 overlaps underlay_networks[0]" in error(underlay_networks=["10.41.3.0/24"])
-    for backend in ("ovs-vxlan", "ovs-gre"):
-        assert "networks: backend" in error(backend=backend)
     for backend in ("wireguard", "auto"):  # their named networks: tests/unit/test_networks_wg.py
         assert cluster(backend=backend).networks[0].name == "blue"
-    assert cluster(backend="host-gw").networks[0].name == "blue"
+    for backend in ("host-gw", "ovs-gre", "ovs-vxlan"):
+        assert cluster(backend=backend).networks[0].name == "blue"
+
+
+def test_the_bridge_backend_says_why_it_carries_no_networks():
+    """The LAN method (the NIC in br0, one L2 segment, no VLAN module): refused with why
+    and what to use instead."""
+    with pytest.raises(ConfigError) as exc:
+        parse_cluster({"name": "c", "backend": "bridge", "lan": {"cidr": "192.168.9.0/24", "gateway": "192.168.9.254"},
+                       "hosts": HOSTS, "networks": [{"name": "blue", "network": "10.41.0.0/16"}]})
+    msg = str(exc.value)
+    assert "networks: backend bridge is one LAN segment" in msg, msg
+    assert all(b in msg for b in ("vxlan", "host-gw", "ovs-gre", "ovs-vxlan")), msg
 
 
 def test_a_store_carries_the_cluster_files_networks():

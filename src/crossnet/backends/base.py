@@ -61,6 +61,7 @@ class HostContext:
     wireguard: dict = field(default_factory=dict)  # wireguard settings: port, device, keepalive, implementation
     auto: dict = field(default_factory=dict)  # backend auto: encrypt, probe_network
     datapath: str = "kernel"  # kernel | ebpf (routed container veths: crossnet.datapath)
+    net_name: str = ""  # a named network's name (docs/networks.md); "" = the top-level network
 
     def to_json(self) -> dict:
         out = {k: (str(v) if isinstance(v, (IPv4Address, IPv4Network)) else v) for k, v in self.__dict__.items()}
@@ -106,6 +107,7 @@ class Backend(Protocol):
     name: str  # as registered in crossnet.backends.BACKENDS
     needs_l2: ClassVar[bool] = False  # all hosts must share one L2 segment
     overhead: int = 0  # encapsulation bytes subtracted from the underlay MTU
+    key_overhead: int = 0  # more bytes a named network's own tunnel key adds (ovs-gre: the GRE key)
     description: str = ""
     required_host_data: ClassVar[tuple[str, ...]] = ()  # fields every host of a cluster file must give (wireguard_key)
 

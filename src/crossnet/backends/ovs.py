@@ -21,6 +21,12 @@ Per host (the tutorial's layout; chosen by measurement, see docs/ovs.md):
 * MTU: containers get underlay − 38 (GRE: outer Ethernet 14 + IPv4 20 + GRE 4) or
   − 50 (VXLAN: 14 + 20 + UDP 8 + VXLAN 8); OVS neither fragments nor sends
   "fragmentation needed", so this is the only safe value.
+* Named networks (docs/networks.md): each has its own OVS bridge `cnovs<vni>` (its
+  own flow table) behind its own container bridge, and its own tunnel ports
+  (`gre<vni>-<peer>` / `vxl<vni>-<peer>`) whose key is the network's VNI, so OVS
+  demultiplexes the networks by key and no frame can cross from one bridge to
+  another. The underlay part (br-phy, the NIC, the nft table) is the top-level
+  network's and shared. GRE's key costs 4 bytes: those networks' MTU is 4 lower.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ class OvsBackend(Backend):
         self.name = name
         self.tunnel = tunnel  # OVS interface type: gre | vxlan
         self.overhead = overhead
+        self.key_overhead = 4 if tunnel == "gre" else 0  # a named network's GRE key (VXLAN always has one)
         self.description = (
             f"Open vSwitch bridge with a {tunnel.upper()} port per peer (full mesh, split horizon); "
             "userspace datapath with br-phy when the kernel module is missing"
@@ -90,8 +97,22 @@ class OvsBackend(Backend):
             return self.host_data(ctx.cluster_name, ctx.host, ctx.address)["gw_mac"]
         return peer.data.get("gw_mac") or self.host_data(ctx.cluster_name, peer.name, peer.address)["gw_mac"]
 
-    def tunnel_port(self, peer: Peer) -> str:
-        prefix = "gre-" if self.tunnel == "gre" else "vxl-"
+    @staticmethod
+    def overlay_bridge(ctx: HostContext | None = None) -> str:
+        """The OVS bridge of ctx's network: `cnovs0` (top-level), `cnovs<vni>` (named)."""
+        return f"cnovs{ctx.vni}" if ctx is not None and ctx.net_name else OVERLAY_BRIDGE
+
+    def tunnel_port(self, peer: Peer, ctx: HostContext | None = None) -> str:
+        """`gre-<peer>` / `vxl-<peer>` (top-level network), `gre<vni>-<peer>` /
+        `vxl<vni>-<peer>` (a named network); hashed when too long or not flow-safe
+        (port names are unique across OVS bridges, and pasted into OpenFlow rules)."""
+        base = "gre" if self.tunnel == "gre" else "vxl"
+        if ctx is not None and ctx.net_name:
+            name = f"{base}{ctx.vni}-{peer.name}"
+            if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer.name):  # 'x': never a top-level or unhashed name
+                name = f"{base}x" + hashlib.sha1(f"{ctx.vni}/{peer.name}".encode()).hexdigest()[:11]
+            return name
+        prefix = base + "-"
         name = prefix + peer.name
         if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer.name):  # the name is pasted into OpenFlow rules
             name = prefix + hashlib.sha1(peer.name.encode()).hexdigest()[:8]
@@ -99,10 +120,10 @@ class OvsBackend(Backend):
 
     def tunnel_options(self, ctx: HostContext, peer: Peer) -> dict[str, str]:
         opts = {"remote_ip": str(peer.address)}
-        if self.tunnel == "vxlan":
+        if self.tunnel == "vxlan" or ctx.net_name:  # a named network's own key: its VNI (GRE too)
             opts["key"] = str(ctx.vni)
-            if ctx.port != 4789:
-                opts["dst_port"] = str(ctx.port)
+        if self.tunnel == "vxlan" and ctx.port != 4789:
+            opts["dst_port"] = str(ctx.port)
         return opts
 
     @staticmethod
@@ -111,7 +132,7 @@ class OvsBackend(Backend):
 
     def flows(self, ctx: HostContext) -> list[str]:
         c = f"cookie={FLOW_COOKIE}"
-        tunnels = [(self.tunnel_port(p), self.gw_mac(ctx, p)) for p in ctx.peers]
+        tunnels = [(self.tunnel_port(p, ctx), self.gw_mac(ctx, p)) for p in ctx.peers]
         out = [f"{c},priority=100,in_port={port},actions=output:LOCAL" for port, _ in tunnels]
         out += [f"{c},priority=90,in_port=LOCAL,dl_dst={mac},actions=output:{port}" for port, mac in tunnels]
         flood = ",".join(f"output:{port}" for port, _ in tunnels) or "drop"
@@ -121,7 +142,7 @@ class OvsBackend(Backend):
 
     # ---- desired state --------------------------------------------------------------
     def _underlay(self, ctx: HostContext) -> list[Resource]:
-        if self.datapath() != "netdev":
+        if self.datapath() != "netdev" or ctx.net_name:  # the top-level network's, shared by the named ones
             return []
         device = nft_ifname(ctx.iface, f"hosts[{ctx.host}].iface")  # never pasted into nft unchecked
         body = (
@@ -137,19 +158,20 @@ class OvsBackend(Backend):
         ]
 
     def _overlay(self, ctx: HostContext) -> list[Resource]:
+        ovs_br = self.overlay_bridge(ctx)
         return [
             Bridge(ctx.bridge, ctx.mtu, mac=self.gw_mac(ctx)),
             Address(ctx.bridge, gateway_cidr(ctx)),
             # traffic to peers enters and leaves cn0: no ICMP redirects to containers
-            Sysctl("net.ipv4.conf.all.send_redirects", "0"),
+            *([] if ctx.net_name else [Sysctl("net.ipv4.conf.all.send_redirects", "0")]),
             DevSysctl(f"net.ipv4.conf.{ctx.bridge}.send_redirects", "0"),
-            OvsBridge(OVERLAY_BRIDGE, self.datapath(), "secure", mtu=ctx.mtu, role="overlay"),
-            Enslave(OVERLAY_BRIDGE, ctx.bridge),
+            OvsBridge(ovs_br, self.datapath(), "secure", mtu=ctx.mtu, role="overlay"),
+            Enslave(ovs_br, ctx.bridge),
         ]
 
     def _tail(self, ctx: HostContext) -> list[Resource]:
-        out: list[Resource] = [OvsFlows(OVERLAY_BRIDGE, self.flows(ctx))]
-        if self.datapath() == "netdev":
+        out: list[Resource] = [OvsFlows(self.overlay_bridge(ctx), self.flows(ctx))]
+        if self.datapath() == "netdev" and not ctx.net_name:
             out.append(TunnelNeighbours(PHY_BRIDGE))
         return out
 
@@ -158,7 +180,8 @@ class OvsBackend(Backend):
 
     def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
         return [
-            OvsPort(OVERLAY_BRIDGE, self.tunnel_port(peer), self.tunnel, self.tunnel_options(ctx, peer), role="tunnel"),
+            OvsPort(self.overlay_bridge(ctx), self.tunnel_port(peer, ctx), self.tunnel, self.tunnel_options(ctx, peer),
+                    role="tunnel"),
             Route(str(peer.subnet), gateway=self.peer_gateway(peer), dev=ctx.bridge, onlink=True),
         ]
 
@@ -195,7 +218,7 @@ class OvsBackend(Backend):
 
     # ---- containers: the default (veth into the Linux bridge cn0) is the layout -----
     def tunnel_device(self, ctx: HostContext) -> str | None:
-        return OVERLAY_BRIDGE
+        return self.overlay_bridge(ctx)
 
     # ---- status ---------------------------------------------------------------------
     def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
