@@ -91,9 +91,11 @@ static __always_inline int is_veth(__u32 ifindex)
 }
 
 /* Common checks and the FIB lookup. Returns -1 and sets *verdict when the packet goes
- * to the stack; else 0 with fib filled (SUCCESS) and iph valid. */
+ * to the stack; else the lookup's result with fib filled: BPF_FIB_LKUP_RET_SUCCESS
+ * (next hop and its MAC known), or BPF_FIB_LKUP_RET_NO_NEIGH when no_neigh_ok (next hop
+ * known, its MAC not resolved yet). */
 static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *fib,
-				 struct cn_config **cfgp, int *verdict)
+				 struct cn_config **cfgp, int *verdict, int no_neigh_ok)
 {
 	__u32 zero = 0;
 	struct cn_config *cfg = bpf_map_lookup_elem(&cn_config, &zero);
@@ -139,11 +141,25 @@ static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *f
 	fib->ipv4_dst = iph->daddr;
 	fib->ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && !(no_neigh_ok && rc == BPF_FIB_LKUP_RET_NO_NEIGH))
 		return count(CN_PASS_FIB, -1);
 	if (fib->ifindex == skb->ingress_ifindex)
 		return count(CN_PASS_TARGET, -1);
 	*cfgp = cfg;
+	return rc;
+}
+
+/* the Ethernet header the FIB resolved (next hop's MAC, the egress device's own) */
+static __always_inline int set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
 	return 0;
 }
 
@@ -173,9 +189,11 @@ int cn_from_container(struct __sk_buff *skb)
 	__u32 in = skb->ingress_ifindex;
 	__u32 *source;
 	struct iphdr *iph;
-	int verdict;
+	int local;
+	int verdict, rc;
 
-	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
+	rc = route(skb, &fib, &cfg, &verdict, 1);
+	if (rc < 0 || !cfg)
 		return verdict;
 	/* only the container's own address: a spoofed source meets the stack's rules */
 	iph = (void *)(long)skb->data + sizeof(struct ethhdr);
@@ -184,10 +202,25 @@ int cn_from_container(struct __sk_buff *skb)
 	source = bpf_map_lookup_elem(&cn_veths, &in);
 	if (!source || *source != iph->saddr)
 		return count(CN_PASS_SOURCE, TC_ACT_OK);
-	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) && !is_veth(fib.ifindex))
+	local = is_veth(fib.ifindex);
+	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) && !local)
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		/* the FIB resolved the next hop's MAC already: write it and hand the packet to
+		 * the egress device (bpf_redirect_neigh would look the neighbour up again);
+		 * a container on this host: straight into it (its veth peer's ingress) */
+		if (set_macs(skb, &fib) < 0)
+			return count(CN_PASS_MALFORMED, TC_ACT_OK);
+		if (local) {
+			count(CN_REDIRECT_PEER, 0);
+			return bpf_redirect_peer(fib.ifindex, 0);
+		}
+		count(CN_REDIRECT_NEIGH, 0);
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	/* next hop not resolved yet: the kernel's neighbour code resolves it (ARP) */
 	nh.nh_family = AF_INET;
 	nh.ipv4_nh = fib.ipv4_dst; /* the next hop the FIB chose */
 	count(CN_REDIRECT_NEIGH, 0);
@@ -199,24 +232,17 @@ int cn_to_container(struct __sk_buff *skb)
 {
 	struct bpf_fib_lookup fib;
 	struct cn_config *cfg = NULL;
-	void *data, *data_end;
-	struct ethhdr *eth;
 	int verdict;
 
-	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
+	if (route(skb, &fib, &cfg, &verdict, 0) < 0 || !cfg)
 		return verdict;
 	if (!is_veth(fib.ifindex))
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return count(CN_PASS_MALFORMED, TC_ACT_OK);
 	/* the neighbour the FIB resolved: the container's MAC, from the host veth's */
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	if (set_macs(skb, &fib) < 0)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
 	count(CN_REDIRECT_PEER, 0);
 	return bpf_redirect_peer(fib.ifindex, 0);
 }
