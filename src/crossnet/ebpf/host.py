@@ -402,7 +402,9 @@ class TcProgram(Resource):
 
 def host_resources(ctx: HostContext) -> list[Resource]:
     """This host's desired eBPF resources: programs + maps pinned, configuration filled
-    from ctx, the to-container program on the underlay NIC (and the vxlan device)."""
+    from ctx, the to-container program where other hosts' container packets arrive: the
+    underlay NIC (host-gw) or the vxlan device (vxlan; on the NIC it would only see the
+    encapsulated packets and pass every one of them)."""
     from crossnet.ebpf import build
 
     obj, why = build.find_object()
@@ -410,11 +412,8 @@ def host_resources(ctx: HostContext) -> list[Resource]:
         raise CrossnetError(f"datapath ebpf: {why}")
     directory = pin_dir(ctx.state_dir, obj)
     vxlan = f"cnvx{ctx.vni}" if ctx.backend == "vxlan" else None
-    out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan),
-                           TcProgram(ctx.iface, directory, "cn_to_container")]
-    if vxlan:
-        out.append(TcProgram(vxlan, directory, "cn_to_container"))
-    return out
+    return [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan),
+            TcProgram(vxlan or ctx.iface, directory, "cn_to_container")]
 
 
 def attach_container(ctx: HostContext, host_ifname: str) -> None:

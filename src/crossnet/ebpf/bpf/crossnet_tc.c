@@ -3,11 +3,13 @@
  *
  * Two classifier programs (direct action), one object, maps shared:
  *   cn_from_container  tc ingress of a container's host-side veth (packets FROM the
- *                      container): FIB lookup, then bpf_redirect_neigh to the egress
- *                      device (underlay NIC, vxlan device, or a local container's veth).
- *   cn_to_container    tc ingress of the underlay NIC / vxlan device (packets TOWARDS a
- *                      local container): FIB lookup, then bpf_redirect_peer into the
- *                      container, only when the FIB target is a veth crossnet attached.
+ *                      container): FIB lookup, then the FIB's MACs and bpf_redirect to the
+ *                      egress device (underlay NIC, vxlan device), bpf_redirect_peer into a
+ *                      local container, or bpf_redirect_neigh while the next hop is unresolved.
+ *   cn_to_container    tc ingress of the underlay NIC (host-gw) or the vxlan device (vxlan:
+ *                      the decapsulated packets) (packets TOWARDS a local container): FIB
+ *                      lookup, then bpf_redirect_peer into the container, only when the FIB
+ *                      target is a veth crossnet attached.
  * Anything else returns TC_ACT_OK: the kernel's stack handles it exactly as without
  * the programs (ARP, non-IPv4, IP options/fragments, TTL <= 1, destinations outside
  * the container network (masquerade), local delivery, unresolved neighbours, ...).
