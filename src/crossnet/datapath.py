@@ -88,8 +88,8 @@ def local_resources(ctx: HostContext, devices: list[Resource] | tuple[Resource, 
 
 def host_resources(ctx: HostContext) -> list[Resource]:
     """The eBPF programs of this host (crossnet.ebpf.host.host_resources: programs and
-    maps pinned, configuration, the to-container program on the NIC and the vxlan
-    device) when it runs the ebpf datapath; none otherwise (kernel forwarding)."""
+    maps pinned, configuration, the to-container program on the NIC (host-gw) or the
+    vxlan device (vxlan)) when it runs the ebpf datapath; none otherwise (kernel forwarding)."""
     if active(ctx) != "ebpf":
         return []
     from crossnet.ebpf import host

@@ -3,7 +3,7 @@ agent — one lab per case, module-scoped:
 
 * agent (etcd, vxlan, 2 hosts, 1 container each): a continuous ping across hosts while
   one host's agent is stopped (SIGTERM) and started again loses nothing; the programs
-  stay attached (the same pinned program id on the NIC before and after), the redirect
+  stay attached (the same pinned program id on the vxlan device before and after), the redirect
   counters keep moving; `crossnet reset` after stopping the agent leaves no tc filter
   and no pin;
 * podman (`lab up --runtime podman --datapath ebpf`, the CNI plugin): ADD puts the
@@ -53,6 +53,14 @@ def nic_prog_ids(netns: str, dev: str) -> list[int]:
     return [int(m) for m in re.findall(r"crossnet\S*.*? id (\d+)", out)]
 
 
+def vxlan_devs(netns: str) -> list[str]:
+    """The vxlan devices of a host: with backend vxlan they carry the to-container program
+    (the decapsulated packets arrive there; the NIC carries none)."""
+    out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", "type", "vxlan"], capture_output=True, text=True,
+                         check=False).stdout
+    return [link["ifname"] for link in json.loads(out or "[]")]
+
+
 @pytest.fixture(scope="module")
 def agents(request, lab_sweep) -> LabCluster:
     from crossnet.lab.etcdserver import etcd_available
@@ -72,8 +80,10 @@ def test_agent_restart_under_ping_loses_nothing(agents):
     from crossnet.ebpf import host as ebpf_host
 
     h1, h2 = agents.host("h1"), agents.host("h2")
-    ids = {h.name: nic_prog_ids(h.netns, h.ifname) for h in (h1, h2)}
-    assert all(ids.values()), ids  # the programs run on both NICs
+    dev = {h.name: vxlan_devs(h.netns)[0] for h in (h1, h2)}
+    ids = {h.name: nic_prog_ids(h.netns, dev[h.name]) for h in (h1, h2)}
+    assert all(ids.values()), ids  # the programs run on both vxlan devices
+    assert nic_prog_ids(h1.netns, h1.ifname) == nic_prog_ids(h2.netns, h2.ifname) == []  # and not on the NICs
     before = ebpf_host.counters_at(h2.state_dir)
     ping = continuous_ping(h1.containers[0], agents.containers["h2"], count=200, interval=0.05)
     try:
@@ -82,7 +92,7 @@ def test_agent_restart_under_ping_loses_nothing(agents):
         agents.stop("h2")
         mid = ebpf_host.counters_at(h2.state_dir)
         assert ebpf_host.loaded(h2.state_dir)  # the agent's shutdown leaves the programs in place
-        assert nic_prog_ids(h2.netns, h2.ifname) == ids["h2"]
+        assert nic_prog_ids(h2.netns, dev["h2"]) == ids["h2"]
         wait_for(lambda: ebpf_host.counters_at(h2.state_dir)["redirect"] > mid["redirect"], 10,
                  "redirects with the agent down")
         offset = agents.log_size("h2")
@@ -95,7 +105,7 @@ def test_agent_restart_under_ping_loses_nothing(agents):
             end_ping(ping)
     sent, received = ping_stats(out)
     assert sent == 200 and received == sent, out
-    assert nic_prog_ids(h2.netns, h2.ifname) == ids["h2"]  # the restarted agent found them in place: no reload
+    assert nic_prog_ids(h2.netns, dev["h2"]) == ids["h2"]  # the restarted agent found them in place: no reload
     after = ebpf_host.counters_at(h2.state_dir)
     assert after["redirect"] > mid["redirect"]
 
@@ -110,7 +120,7 @@ def test_reset_after_stopping_the_agent_leaves_nothing(agents):
                              check=False)
         assert res.returncode == 0, res.stderr
         assert not ebpf_host.loaded(h.state_dir)
-        assert nic_prog_ids(h.netns, h.ifname) == []
+        assert all(nic_prog_ids(h.netns, d) == [] for d in (h.ifname, *vxlan_devs(h.netns)))
 
 
 # ---------------------------------------------------------------- podman (the CNI plugin)

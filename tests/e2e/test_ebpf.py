@@ -214,11 +214,30 @@ def test_fast_path_forwards_and_counts(lab):
     assert tcp_transfer(lab, "c2", "c1") == "4000000"
     after = {h: lab.counters(h) for h in HOSTS}
     for h in HOSTS:
-        # from the containers: bpf_redirect_neigh; towards them from the NIC: bpf_redirect_peer
+        # from the containers to the NIC: redirect_neigh; into them (from the NIC, or from the
+        # other container of h1): redirect_peer
         assert after[h]["redirect_neigh"] > before[h]["redirect_neigh"], (h, after[h])
         assert after[h]["redirect_peer"] > before[h]["redirect_peer"], (h, after[h])
     # the TCP transfer: 4 MB in (GSO) packets of at most 64 KB
     assert after["h1"]["redirect_neigh"] - before["h1"]["redirect_neigh"] >= 4_000_000 // 65536
+
+
+def test_unresolved_next_hop_and_local_containers_stay_on_the_fast_path(lab):
+    """A next hop whose MAC is not resolved (after a neighbour flush) is resolved by
+    bpf_redirect_neigh instead of handing the packet to the stack (pass_fib); a container
+    of the same host gets the packets straight into it (bpf_redirect_peer from the other
+    container's veth), not through its host-side veth."""
+    lab.ip("h1", "neigh", "flush", "dev", "u0")  # h1's ARP entry for h2
+    before = lab.counters("h1")
+    assert ping(lab, "c1", "10.77.2.2").returncode == 0
+    after = lab.counters("h1")
+    assert after["pass_fib"] == before["pass_fib"], after
+    assert after["redirect_neigh"] >= before["redirect_neigh"] + 2, after
+    before = lab.counters("h1")
+    assert ping(lab, "c1", "10.77.1.3").returncode == 0
+    after = lab.counters("h1")
+    assert after["redirect_peer"] >= before["redirect_peer"] + 4, after  # 2 requests, 2 replies
+    assert after["redirect_neigh"] == before["redirect_neigh"], after
 
 
 def test_what_the_programs_do_not_handle_goes_through_the_stack(lab):

@@ -430,7 +430,9 @@ class TcProgram(Resource):
 
 def host_resources(ctx: HostContext) -> list[Resource]:
     """This host's desired eBPF resources: programs + maps pinned, configuration filled
-    from ctx, the to-container program on the underlay NIC (and the vxlan device)."""
+    from ctx, the to-container program where other hosts' container packets arrive: the
+    underlay NIC (host-gw) or the vxlan device (vxlan; on the NIC it would only see the
+    encapsulated packets and pass every one of them)."""
     from crossnet.ebpf import build
 
     obj, why = build.find_object()
@@ -438,9 +440,10 @@ def host_resources(ctx: HostContext) -> list[Resource]:
         raise CrossnetError(f"datapath ebpf: {why}")
     directory = pin_dir(ctx.state_dir, obj)
     vxlan = vxlan_device(ctx)
-    out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan),
-                           TcProgram(ctx.iface, directory, "cn_to_container")]
-    if vxlan:
+    out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan)]
+    if ctx.backend != "vxlan":  # host-gw (and auto's host-gw peers): packets for containers arrive on the NIC
+        out.append(TcProgram(ctx.iface, directory, "cn_to_container"))
+    if vxlan:  # decapsulated packets: on the vxlan device only (on the NIC the program would only pass them)
         out.append(TcProgram(vxlan, directory, "cn_to_container"))
     return out
 

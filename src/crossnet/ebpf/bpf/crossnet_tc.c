@@ -3,11 +3,13 @@
  *
  * Two classifier programs (direct action), one object, maps shared:
  *   cn_from_container  tc ingress of a container's host-side veth (packets FROM the
- *                      container): FIB lookup, then bpf_redirect_neigh to the egress
- *                      device (underlay NIC, vxlan device, or a local container's veth).
- *   cn_to_container    tc ingress of the underlay NIC / vxlan device (packets TOWARDS a
- *                      local container): FIB lookup, then bpf_redirect_peer into the
- *                      container, only when the FIB target is a veth crossnet attached.
+ *                      container): FIB lookup, then the FIB's MACs and bpf_redirect to the
+ *                      egress device (underlay NIC, vxlan device), bpf_redirect_peer into a
+ *                      local container, or bpf_redirect_neigh while the next hop is unresolved.
+ *   cn_to_container    tc ingress of the underlay NIC (host-gw) or the vxlan device (vxlan:
+ *                      the decapsulated packets) (packets TOWARDS a local container): FIB
+ *                      lookup, then bpf_redirect_peer into the container, only when the FIB
+ *                      target is a veth crossnet attached.
  * Anything else returns TC_ACT_OK: the kernel's stack handles it exactly as without
  * the programs (ARP, non-IPv4, IP options/fragments, TTL <= 1, destinations outside
  * the container network (masquerade), local delivery, unresolved neighbours, ...).
@@ -116,9 +118,11 @@ static __always_inline struct cn_config *network_of(__u32 daddr)
 }
 
 /* Common checks and the FIB lookup. Returns -1 and sets *verdict when the packet goes
- * to the stack; else 0 with fib filled (SUCCESS) and iph valid. */
+ * to the stack; else the lookup's result with fib filled: BPF_FIB_LKUP_RET_SUCCESS
+ * (next hop and its MAC known), or BPF_FIB_LKUP_RET_NO_NEIGH when no_neigh_ok (next hop
+ * known, its MAC not resolved yet). */
 static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *fib,
-				 struct cn_config **cfgp, int *verdict)
+				 struct cn_config **cfgp, int *verdict, int no_neigh_ok)
 {
 	struct cn_config *cfg;
 	void *data, *data_end;
@@ -162,11 +166,25 @@ static __always_inline int route(struct __sk_buff *skb, struct bpf_fib_lookup *f
 	fib->ipv4_dst = iph->daddr;
 	fib->ifindex = skb->ingress_ifindex;
 	rc = bpf_fib_lookup(skb, fib, sizeof(*fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && !(no_neigh_ok && rc == BPF_FIB_LKUP_RET_NO_NEIGH))
 		return count(CN_PASS_FIB, -1);
 	if (fib->ifindex == skb->ingress_ifindex)
 		return count(CN_PASS_TARGET, -1);
 	*cfgp = cfg;
+	return rc;
+}
+
+/* the Ethernet header the FIB resolved (next hop's MAC, the egress device's own) */
+static __always_inline int set_macs(struct __sk_buff *skb, const struct bpf_fib_lookup *fib)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	__builtin_memcpy(eth->h_dest, fib->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib->smac, ETH_ALEN);
 	return 0;
 }
 
@@ -196,9 +214,11 @@ int cn_from_container(struct __sk_buff *skb)
 	__u32 in = skb->ingress_ifindex;
 	__u32 *source;
 	struct iphdr *iph;
-	int verdict;
+	int local;
+	int verdict, rc;
 
-	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
+	rc = route(skb, &fib, &cfg, &verdict, 1);
+	if (rc < 0 || !cfg)
 		return verdict;
 	/* only the container's own address: a spoofed source meets the stack's rules */
 	iph = (void *)(long)skb->data + sizeof(struct ethhdr);
@@ -207,11 +227,25 @@ int cn_from_container(struct __sk_buff *skb)
 	source = bpf_map_lookup_elem(&cn_veths, &in);
 	if (!source || *source != iph->saddr)
 		return count(CN_PASS_SOURCE, TC_ACT_OK);
-	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) &&
-	    !veth_of(fib.ifindex, iph->daddr))
+	local = veth_of(fib.ifindex, iph->daddr);  /* a container of this host, of this network */
+	if (fib.ifindex != cfg->underlay && (!cfg->vxlan || fib.ifindex != cfg->vxlan) && !local)
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
+	if (rc == BPF_FIB_LKUP_RET_SUCCESS) {
+		/* the FIB resolved the next hop's MAC already: write it and hand the packet to
+		 * the egress device (bpf_redirect_neigh would look the neighbour up again);
+		 * a container on this host: straight into it (its veth peer's ingress) */
+		if (set_macs(skb, &fib) < 0)
+			return count(CN_PASS_MALFORMED, TC_ACT_OK);
+		if (local) {
+			count(CN_REDIRECT_PEER, 0);
+			return bpf_redirect_peer(fib.ifindex, 0);
+		}
+		count(CN_REDIRECT_NEIGH, 0);
+		return bpf_redirect(fib.ifindex, 0);
+	}
+	/* next hop not resolved yet: the kernel's neighbour code resolves it (ARP) */
 	nh.nh_family = AF_INET;
 	nh.ipv4_nh = fib.ipv4_dst; /* the next hop the FIB chose */
 	count(CN_REDIRECT_NEIGH, 0);
@@ -223,12 +257,10 @@ int cn_to_container(struct __sk_buff *skb)
 {
 	struct bpf_fib_lookup fib;
 	struct cn_config *cfg = NULL;
-	void *data, *data_end;
-	struct ethhdr *eth;
 	struct iphdr *iph;
 	int verdict;
 
-	if (route(skb, &fib, &cfg, &verdict) < 0 || !cfg)
+	if (route(skb, &fib, &cfg, &verdict, 0) < 0 || !cfg)
 		return verdict;
 	iph = (void *)(long)skb->data + sizeof(struct ethhdr);
 	if ((void *)(iph + 1) > (void *)(long)skb->data_end)
@@ -237,14 +269,9 @@ int cn_to_container(struct __sk_buff *skb)
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (decrease_ttl(skb) < 0)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return count(CN_PASS_MALFORMED, TC_ACT_OK);
 	/* the neighbour the FIB resolved: the container's MAC, from the host veth's */
-	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	if (set_macs(skb, &fib) < 0)
+		return count(CN_PASS_MALFORMED, TC_ACT_OK);
 	count(CN_REDIRECT_PEER, 0);
 	return bpf_redirect_peer(fib.ifindex, 0);
 }
