@@ -543,11 +543,11 @@ VOTERS = [{"name": f"h{i}", "ID": str(i), "peerURLs": [f"https://10.0.0.{i}:2380
 
 
 @pytest.mark.parametrize("role", ["voter", "client"])
-def test_an_idle_supervisor_tick_writes_nothing_lease_keepalive_and_member_list(tmp_path, role):
+def test_an_idle_supervisor_tick_writes_nothing_and_sends_only_the_lease_keepalive(tmp_path, role):
     """Each write is a raft proposal (an fsync on every voter) and each request costs etcd
     CPU (TLS + its HTTP gateway): an idle tick refreshes the host's presence lease (no
-    write) and reads the member list, whatever the role; the revocation list only when the
-    store's revision moved; the host record and its `alive/` key are written once; the mesh
+    write), whatever the role; the revocation and member lists only when the store's
+    revision moved; the host record and its `alive/` key are written once; the mesh
     config is read once."""
     etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
     sup = _supervisor(tmp_path, role, etcd)
@@ -557,7 +557,7 @@ def test_an_idle_supervisor_tick_writes_nothing_lease_keepalive_and_member_list(
     writes = etcd.writes
     for _ in range(3):
         sup.tick()
-    assert etcd.calls == ["lease/keepalive", "cluster/member/list"] * 3  # nothing written: no CRL re-read
+    assert etcd.calls == ["lease/keepalive"] * 3  # nothing written: no revocation or member list re-read
     assert etcd.writes == writes  # the heartbeat Put of every tick is gone
     rec = json.loads(etcd.kv[f"{ml.MESH_PREFIX}/hosts/{sup.name}"])
     assert rec["name"] == sup.name and rec["role"] == role and rec["serial"] == 77 and rec["seen"] > 0
@@ -609,6 +609,25 @@ def test_the_tick_still_follows_the_revocation_list_and_refuses_a_hostile_one(tm
     assert sup._crl == [5, 9, 12] and len(written) == 2  # the CRL file is left as it was
     with pytest.raises(CrossnetError, match="not a revocation list"):
         sup.tick()  # read again (and refused again) at every tick until it is fixed
+
+
+def test_a_membership_change_is_read_at_the_next_tick_after_a_write(tmp_path):
+    """The member list (endpoints, promotion) is no longer read at every tick: every change
+    of it comes with a write (a joiner's or promoted host's record, `forget`'s revocation
+    and record removal, `stop --release`'s, an expired presence lease's `alive/` key), which
+    moves the revision the keep-alive answers; the next tick then reads it."""
+    etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
+    sup = _supervisor(tmp_path, "voter", etcd)
+    sup.tick()
+    assert sorted(sup.st["endpoints"]) == [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)]
+    etcd.members = VOTERS[:2]  # h3 removed (its member) ...
+    sup.tick()
+    assert len(sup.st["endpoints"]) == 3  # ... nothing written yet: not read (at most CRL_TICKS ticks late)
+    etcd.set(f"{ml.MESH_PREFIX}/hosts/h3", "{}")  # ... the write that comes with it
+    etcd.calls.clear()
+    sup.tick()
+    assert etcd.calls == ["lease/keepalive", "kv/range", "cluster/member/list"]
+    assert sorted(sup.st["endpoints"]) == [f"https://10.0.0.{i}:2379" for i in (1, 2)]
 
 
 def test_the_revocation_list_is_read_at_least_every_crl_ticks(tmp_path):

@@ -60,7 +60,6 @@ def test_config_round_trips_and_a_config_without_networks_reads_as_before():
     ([{**BLUE, "bridge": "cn0"}], {}, "networks[0].bridge", "bridge cn0 is already bridge"),
     ([{**BLUE, "bridge": "cnvx5"}], {}, "networks[0].bridge", "choose another bridge name"),
     ([{**BLUE, "subnet_len": 8}], {}, "networks[0].subnet_len", "must be longer"),
-    ([BLUE], {"backend": "ovs-vxlan"}, "networks", "backend ovs-vxlan carries one network"),
     ([{**BLUE, "wireguard_port": 51820}], {"backend": "wireguard"}, "networks[0].wireguard_port",
      "port 51820 is already wireguard.port's"),
     ([{**BLUE, "wireguard_port": 70000}], {"backend": "auto"}, "networks[0].wireguard_port", "out of range"),

@@ -56,7 +56,7 @@ HEARTBEAT = 5.0
 # (a lease keep-alive is answered by the leader from memory: no raft write, no fsync on the
 # voters, unlike the heartbeat `Put` it replaces); it expires 3 HEARTBEATs after the last one.
 ALIVE_TTL = int(3 * HEARTBEAT)
-CRL_TICKS = 6  # the revocation list is read at least every CRL_TICKS ticks even if nothing was written
+CRL_TICKS = 6  # the revocation and member lists are read at least every CRL_TICKS ticks even if nothing was written
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
 # 500 ms instead of 100 ms, election after 2.5-5 s without one (5 heartbeats: etcd's minimum
@@ -580,7 +580,7 @@ class Supervisor:
         self._serial: int | None = None
         self._want: int | None = None  # the mesh's number of voters (/crossnet-mesh/config)
         self._lease: int | None = None  # this host's presence lease (alive/<name>)
-        self._crl_rev: int | None = None  # the store revision the revocation list was last read at
+        self._crl_rev: int | None = None  # the store revision the revocation and member lists were last read at
         self._crl_ticks = 0  # ticks since that read
         self._stop = threading.Event()
 
@@ -737,26 +737,27 @@ class Supervisor:
                 c.lease_revoke(old)
 
     def tick(self) -> None:
-        """Every HEARTBEAT s, two requests and no write whatever the mesh size (docs/mesh.md
+        """Every HEARTBEAT s, one request and no write whatever the mesh size (docs/mesh.md
         "Resources"): the presence lease's keep-alive (answered from the leader's memory;
-        a new lease and record only if it expired), then `maintain` reads the member list
-        (the config and the hosts only when a voter is missing). The revocation list is
-        read again only when the store changed since the last read (the keep-alive's
-        answer carries the store's revision) or CRL_TICKS ticks passed."""
+        a new lease and record only if it expired). The revocation list and the member list
+        (`maintain`: endpoints, promotion) are read again only when the store changed since
+        the last read (the keep-alive's answer carries the store's revision: a join, a
+        promotion, `forget`, `stop --release`, a revocation and a host's expired presence
+        lease all write or delete keys) or CRL_TICKS ticks passed."""
         c = self.client(timeout=2.0)
         res = c.call("lease/keepalive", {"ID": str(self._lease)}).get("result") or {} if self._lease else {}
-        rev = int((res.get("header") or {}).get("revision", 0)) or None  # None: unknown, read the list
+        rev = int((res.get("header") or {}).get("revision", 0)) or None  # None: unknown, read the lists
         if int(res.get("TTL", 0)) <= 0:
             if self._lease is not None:
                 log.info("presence lease expired: writing this host's record again")
             self.heartbeat()
         self._crl_ticks += 1
-        stale = rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS
-        kvs, read_rev = c.range(REVOKED_KEY) if stale else ([], None)
+        if not (rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS):
+            return
+        kvs, read_rev = c.range(REVOKED_KEY)
         self.maintain(c)
-        if read_rev is not None:
-            self.sync_crl(c, serials_of(kvs[0].value if kvs else None))
-            self._crl_rev, self._crl_ticks = read_rev, 0
+        self.sync_crl(c, serials_of(kvs[0].value if kvs else None))
+        self._crl_rev, self._crl_ticks = read_rev, 0
 
     def sync_crl(self, c: Any | None, serials: list[int] | None = None) -> None:
         """Keep <pki>/revoked.crl equal to the revocation list in etcd (c None: no cluster
