@@ -198,7 +198,35 @@ def status(state: StateDir, applied: dict | None) -> dict:
     out = {}
     for name, c in nets.items():
         sub = state_of(state, name)
+        routed = c.get("datapath", "kernel") == "ebpf"  # routed container veths: no bridge (crossnet.datapath)
         out[name] = {"network": c.get("network"), "subnet": c.get("subnet"), "gateway": c.get("gateway"),
-                     "bridge": c.get("bridge"), "vni": c.get("vni"),
+                     "bridge": None if routed else c.get("bridge"), "vni": c.get("vni"),
+                     "layout": "routed" if routed else "bridge", "devices": carriers(c),
                      "containers": containers.list_containers(sub) if sub.applied_path.exists() else []}
     return {"networks": out}
+
+
+CARRIER_KINDS = ("vxlan", "wireguard-device", "ovs-bridge")  # the devices that keep a network apart between hosts
+
+
+def carriers(context: dict) -> list[dict]:
+    """The devices that carry a named network between hosts, as its backend describes
+    them for its recorded context (its own VXLAN device, WireGuard device and port, OVS
+    bridge; none for host-gw: routes): [{"kind", "name"[, "port"]}]. A record that does
+    not load says nothing (its network's other fields still show)."""
+    from crossnet.backends import get_backend
+    from crossnet.backends.base import HostContext
+
+    try:
+        ctx = HostContext.from_json(context)
+        resources = get_backend(ctx.backend).local_resources(ctx)
+    except Exception:  # noqa: BLE001 - a damaged record: status shows the rest
+        return []
+    out = []
+    for r in resources:
+        if r.kind in CARRIER_KINDS:
+            one = {"kind": r.kind, "name": r.name}
+            if getattr(r, "port", None) is not None and r.kind == "wireguard-device":
+                one["port"] = r.port
+            out.append(one)
+    return out

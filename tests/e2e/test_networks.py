@@ -186,7 +186,8 @@ def test_other_gateways_arp_and_spoofing_dropped(lab):
     st1, st2 = lab.status(h1.name), lab.status(h2.name)
     text = lab.crossnet(h1.name, "status").stdout
     blue1 = st1["networks"]["blue"]
-    assert f"network blue: {blue1['subnet']} of {BLUE} on cn-blue (vni 2), 2 container(s)" in text, text
+    assert f"network blue: {blue1['subnet']} of {BLUE} on cn-blue (vni 2; vxlan cnvx2), 2 container(s)" in text, text
+    assert blue1["devices"] == [{"kind": "vxlan", "name": "cnvx2"}] and blue1["layout"] == "bridge"
     blue_c = h1.containers[2]  # blue, on h1
     default_c = h1.containers[0]
     gw_default_h1, gw_blue_h1 = st1["gateway"], st1["networks"]["blue"]["gateway"]

@@ -88,7 +88,7 @@ def test_two_networks_added_through_the_store_are_isolated(lab):
         mine = [subnets[h.name][n] for h in lab.hosts]
         assert len(set(mine)) == 3 and all(s.startswith(NETS[n][:6]) for s in mine), mine
     text = lab.crossnet("h1", "status").stdout
-    assert f"network blue: {subnets['h1']['blue']} of {NETS['blue']} on cn-blue (vni 2)" in text, text
+    assert f"network blue: {subnets['h1']['blue']} of {NETS['blue']} on cn-blue (vni 2; vxlan cnvx2)" in text, text
     lab.members = {n: [put(lab, h, h.containers[i], n) for h in lab.hosts] for i, n in ((1, "blue"), (2, "red"))}
     everyone = lab.members["blue"] + lab.members["red"]
     pairs = ping_matrix(everyone, count=1, timeout=1.0, workers=12)

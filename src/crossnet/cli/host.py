@@ -431,8 +431,11 @@ def status(ctx: click.Context, output: str) -> None:
                      "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
     console.print(cont)
     for net_name, net in (st.get("networks") or {}).items():
-        console.print(f"network {net_name}: {net['subnet']} of {net['network']} on {net['bridge']} (vni {net['vni']}), "
-                      f"{len(net['containers'])} container(s)")
+        where = f"on {net['bridge']}" if net.get("bridge") else "routed veths"
+        carried = ", ".join(f"{d['kind']} {d['name']}" + (f" port {d['port']}" if d.get("port") else "")
+                            for d in net.get("devices") or [])
+        console.print(f"network {net_name}: {net['subnet']} of {net['network']} {where} (vni {net['vni']}"
+                      f"{'; ' + carried if carried else ''}), {len(net['containers'])} container(s)", soft_wrap=True)
     if mesh is not None:
         from crossnet.mesh.launch import format_status
 
