@@ -55,7 +55,10 @@ def describe(ctx: HostContext) -> dict:
     """What `crossnet status` shows: {"datapath": what runs, "configured": what the
     network asks, "layout": bridge | routed, "why": why ebpf does not run (or None),
     "counters" (ebpf only): the programs' counters, crossnet.ebpf.host.counters}."""
-    if routed(ctx) and _loaded(ctx):  # apply/agent loaded the programs: they run (no trial load per status)
+    from crossnet.ebpf import host
+
+    loaded = routed(ctx) and host.loaded(ctx.state_dir)  # a cheap look at the pins, no feature probe
+    if loaded:  # apply/agent loaded the programs: they run (no trial load per status)
         run, why = "ebpf", None
     else:
         run = active(ctx)
@@ -63,17 +66,8 @@ def describe(ctx: HostContext) -> dict:
     out: dict = {"datapath": run, "configured": getattr(ctx, "datapath", "kernel"),
                  "layout": "routed" if routed(ctx) else "bridge", "why": why}
     if run == "ebpf":  # the programs' counters: redirected (the fast path) vs passed to the stack, per reason
-        from crossnet.ebpf import host
-
-        out["counters"] = host.counters(ctx) if _loaded(ctx) else {}
+        out["counters"] = host.counters(ctx) if loaded else {}
     return out
-
-
-def _loaded(ctx: HostContext) -> bool:
-    """This host's programs are pinned (a cheap look at the pins, no feature probe)."""
-    from crossnet.ebpf import host
-
-    return host.loaded(ctx.state_dir)
 
 
 def local_resources(ctx: HostContext, devices: list[Resource] | tuple[Resource, ...] = ()) -> list[Resource]:

@@ -359,6 +359,7 @@ def named_network_problems(backend: str, network: IPv4Network | None, subnet_len
         yield ("networks",), networks_backend_problem(backend)
         return
     names: dict[str, str] = {}
+    wg_nets: list[tuple[int, int, int | None]] = []  # (position, VNI, own wireguard_port): crossnet.wg.named
     nets: list[tuple[str, IPv4Network]] = [("network", network)] if network is not None else []
     vnis = {vni: "vxlan.vni"}
     bridges = {bridge: "bridge", **{k: v for k, v in (reserved or {}).items() if k != bridge}}
@@ -372,6 +373,7 @@ def named_network_problems(backend: str, network: IPv4Network | None, subnet_len
                 yield (("networks", i, "network"), f"{net.network} overlaps {other} {cidr}")
         nets.append((f"{where}.network", net.network))
         one_vni = net.vni or vni + i + 1
+        wg_nets.append((i, one_vni, net.wireguard_port))
         if one_vni in vnis:
             yield (("networks", i, "vni"), f"VNI {one_vni} is already {vnis[one_vni]}'s")
         vnis.setdefault(one_vni, f"{where}.vni")
@@ -385,8 +387,7 @@ def named_network_problems(backend: str, network: IPv4Network | None, subnet_len
     from crossnet.wg import named
 
     wg = wireguard or WireguardSpec()
-    yield from named.problems(backend, wg.port, wg.device, vxlan_port, vni,
-                              [(i, net.vni or vni + i + 1, net.wireguard_port) for i, net in enumerate(networks)], bridges)
+    yield from named.problems(backend, wg.port, wg.device, vxlan_port, vni, wg_nets, bridges)
 
 
 class NetworkConfig(NetworkSettings):

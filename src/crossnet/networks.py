@@ -225,8 +225,5 @@ def carriers(context: dict) -> list[dict]:
     out = []
     for r in resources:
         if r.kind in CARRIER_KINDS:
-            one = {"kind": r.kind, "name": r.name}
-            if getattr(r, "port", None) is not None and r.kind == "wireguard-device":
-                one["port"] = r.port
-            out.append(one)
+            out.append({"kind": r.kind, "name": r.name, **({"port": r.port} if r.kind == "wireguard-device" else {})})
     return out

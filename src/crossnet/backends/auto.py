@@ -36,11 +36,11 @@ from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
 from crossnet import datapath
-from crossnet.netlink import iproute as nl
 from crossnet.backends import vxlan as vx
 from crossnet.backends import wireguard as wgb
 from crossnet.backends.base import Backend, HostContext, Peer, gateway_cidr, gateway_mac
 from crossnet.errors import ConfigError
+from crossnet.netlink import iproute as nl
 from crossnet.plan.env import Env
 from crossnet.plan.resources import Address, Bridge, Fdb, Neigh, Resource, Route
 from crossnet.plan.resources import Vxlan as VxlanLink
@@ -144,14 +144,13 @@ class Auto(Backend):
             gw = str(peer.subnet.network_address)
             out += [Fdb(dev, mac, str(peer.address)), Neigh(dev, gw, mac), Route(f"{gw}/32", dev=dev)]
         key = peer.data.get("wireguard_key")
-        if key and not keys.check_key(key) and s["named"]:  # its own device: allowed-ips its subnet only
+        if key and not keys.check_key(key):
+            # a named network's own device: allowed-ips its subnet only (it probes nothing)
+            probe = None if s["named"] else f"{wg_probe_address(ctx, peer.subnet)}/32"
             out.append(WgPeer(w["device"], wgb.run_dir(ctx), peer.name, key, f"{peer.address}:{w['port']}",
-                              [str(peer.subnet)], w["keepalive"]))
-        elif key and not keys.check_key(key):
-            probe = f"{wg_probe_address(ctx, peer.subnet)}/32"
-            out += [WgPeer(w["device"], wgb.run_dir(ctx), peer.name, key, f"{peer.address}:{w['port']}",
-                           [str(peer.subnet), probe], w["keepalive"]),
-                    Route(probe, dev=w["device"])]
+                              [str(peer.subnet), *([probe] if probe else [])], w["keepalive"]))
+            if probe:
+                out.append(Route(probe, dev=w["device"]))
         elif t == "wireguard":
             return out  # no key yet: its subnet stays in the network route (encrypt) or unrouted
         if t == "direct":
@@ -185,4 +184,4 @@ def make(name: str) -> Backend:
     return Auto()
 
 
-__all__ = ["Auto", "make", "probe_targets", "transport_of", "peer_candidates", "wg_probe_address", "connected_networks"]
+__all__ = ["Auto", "connected_networks", "make", "peer_candidates", "probe_targets", "transport_of", "wg_probe_address"]
