@@ -294,6 +294,23 @@ def test_a_config_change_beyond_its_networks_changes_nothing_but_the_networks(ke
     assert [n.name for n in a.cfg.networks] == ["red"]
 
 
+def test_a_change_of_the_networks_only_is_not_reported_as_more(kernel, tmp_path):
+    """`etcd init --force` writes every WireGuard setting it has (their defaults) where
+    the first config had none: the same settings, another JSON. Only the networks
+    changed, so nothing is reported (health ``config`` stays clear)."""
+    store = MemoryStore(pin_vnis(config([BLUE]), None))  # no "wireguard" key, like `lab up --store etcd`
+    a = start(store, kernel, tmp_path)
+    as_init_writes = {**config([]).to_json(), "wireguard": {"port": 51820, "keepalive": 0}, "networks": [BLUE, RED]}
+    store.cfg = pin_vnis(NetworkConfig.from_json(as_init_writes), store.cfg)
+    assert store.cfg.to_json()["wireguard"] != a.store_cfg.to_json().get("wireguard")  # the JSON differs
+    assert a.follow_config(store.cfg)
+    assert a.health["config"] is None and [n.name for n in a.cfg.networks] == ["blue", "red"]
+    # a real change beyond the networks (a WireGuard port) is still reported, and not taken
+    store.cfg = pin_vnis(NetworkConfig.from_json({**as_init_writes, "wireguard": {"port": 51000}}), store.cfg)
+    assert not a.follow_config(store.cfg)
+    assert "only those are followed" in a.health["config"] and a.cfg.wireguard.port == 51820
+
+
 def test_a_hostile_config_at_run_time_changes_nothing(kernel, tmp_path):
     store = MemoryStore(pin_vnis(config([BLUE]), None))
     a = start(store, kernel, tmp_path)

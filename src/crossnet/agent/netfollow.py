@@ -59,7 +59,10 @@ def follow(agent: Agent, new: NetworkConfig) -> bool:
     assert agent.cfg and agent.store_cfg and agent.lease
 
     def plain(c: NetworkConfig) -> dict:
-        return {k: v for k, v in c.to_json().items() if k != "networks"}
+        # the settings' values, not their JSON: to_json writes WireGuard's and auto's settings
+        # only when they were given, so the same settings (e.g. `etcd init --force` writing
+        # WireGuard's defaults) would read as a change
+        return c.model_dump(exclude={"networks"})
 
     beyond = plain(new) != plain(agent.store_cfg)
     data = {k: getattr(agent.store_cfg, k) for k in type(agent.store_cfg).model_fields}
