@@ -201,7 +201,7 @@ def status(state: StateDir, applied: dict | None) -> dict:
         routed = c.get("datapath", "kernel") == "ebpf"  # routed container veths: no bridge (crossnet.datapath)
         out[name] = {"network": c.get("network"), "subnet": c.get("subnet"), "gateway": c.get("gateway"),
                      "bridge": None if routed else c.get("bridge"), "vni": c.get("vni"),
-                     "layout": "routed" if routed else "bridge", "devices": carriers(c),
+                     "layout": "routed" if routed else "bridge", "devices": carriers(c), "peers": peers_of(c),
                      "containers": containers.list_containers(sub) if sub.applied_path.exists() else []}
     return {"networks": out}
 
@@ -227,3 +227,37 @@ def carriers(context: dict) -> list[dict]:
         if r.kind in CARRIER_KINDS:
             out.append({"kind": r.kind, "name": r.name, **({"port": r.port} if r.kind == "wireguard-device" else {})})
     return out
+
+
+def peers_of(context: dict) -> list[dict]:
+    """The peers of a named network as its recorded context holds them, each with the
+    transport that reaches it: backend auto's choice recorded for that peer (the one
+    the agent or apply programmed; crossnet.backends.auto.transport_of), else the
+    backend's one transport (crossnet.transport.connections): [{"name", "address",
+    "subnet", "transport"}]. A record that does not load says nothing."""
+    from crossnet.backends.base import HostContext
+    from crossnet.transport.connections import BACKEND_TRANSPORT
+
+    try:
+        ctx = HostContext.from_json(context)
+        if ctx.backend == "auto":
+            from crossnet.backends.auto import transport_of
+
+            how = [transport_of(ctx, p) for p in ctx.peers]
+        else:
+            how = [BACKEND_TRANSPORT.get(ctx.backend, ctx.backend)] * len(ctx.peers)
+    except Exception:  # noqa: BLE001 - a damaged record: status shows the rest
+        return []
+    return [{"name": p.name, "address": str(p.address), "subnet": str(p.subnet), "transport": t}
+            for p, t in zip(ctx.peers, how, strict=True)]
+
+
+def peers_text(peers: list[dict]) -> str:
+    """`status`'s line of a named network's peers, grouped by transport:
+    ``peers over vxlan: h2 10.33.1.0/24, h3 10.33.2.0/24; over wireguard: h4 …`` (none: ``no peers``)."""
+    if not peers:
+        return "no peers"
+    groups: dict[str, list[str]] = {}
+    for p in peers:
+        groups.setdefault(p["transport"], []).append(f"{p['name']} {p['subnet']}")
+    return "peers " + "; ".join(f"over {t}: {', '.join(names)}" for t, names in groups.items())

@@ -436,6 +436,10 @@ def status(ctx: click.Context, output: str) -> None:
                             for d in net.get("devices") or [])
         console.print(f"network {net_name}: {net['subnet']} of {net['network']} {where} (vni {net['vni']}"
                       f"{'; ' + carried if carried else ''}), {len(net['containers'])} container(s)", soft_wrap=True)
+        if "peers" in net:  # an agent's status from before peers were listed has none
+            from crossnet.networks import peers_text
+
+            console.print(f"  {peers_text(net['peers'])}", soft_wrap=True, markup=False)
     if mesh is not None:
         from crossnet.mesh.launch import format_status
 
