@@ -14,7 +14,6 @@ etcd and agents, real packets.
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -28,10 +27,9 @@ from tests.e2e.agentlab import (
     ping_stats,
     wait_for,
 )
+from tests.e2e.netstorelab import NETS, config_health, init, programmed, put
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
-
-NETS = {"blue": "10.33.0.0/16", "red": "10.34.0.0/16", "green": "10.35.0.0/16"}
 
 
 @pytest.fixture(scope="module")
@@ -46,40 +44,6 @@ def lab(request, lab_sweep):
     return lab
 
 
-def init(lab, *names: str) -> dict:
-    """`crossnet etcd init --force` with the lab's settings and the named networks `names`."""
-    from crossnet.store.etcd import EtcdStore
-
-    cfg = EtcdStore(lab_etcd(lab.plan).client(), "/crossnet").get_config()  # what the lab wrote: kept
-    args = ["etcd", "init", "--etcd", lab.etcd_url, "--force", "--ttl", str(cfg.ttl), "--network", str(cfg.network),
-            "--name", cfg.name, "--subnet-len", str(cfg.subnet_len), "--vni", str(cfg.vxlan.vni), "--port",
-            str(cfg.vxlan.port), "--backend", cfg.backend, *(["--mtu", str(cfg.mtu)] if cfg.mtu else []), "-o", "json"]
-    for n in names:
-        args += ["--network-name", n, "--network-cidr", NETS[n]]
-    return json.loads(lab.crossnet("h1", *args).stdout)
-
-
-def programmed(lab, names) -> dict | None:
-    """host -> its network -> subnet, once every host has every network of `names` with both peers."""
-    out = {}
-    for h in lab.hosts:
-        st = lab.status(h.name)
-        nets = st.get("networks") or {}
-        if sorted(nets) != sorted(names):
-            return None
-        out[h.name] = {n: nets[n]["subnet"] for n in names}
-    return out
-
-
-def put(lab, h, container: str, network: str) -> Endpoint:
-    """Move one of the lab's containers from the default network to `network`."""
-    lab.crossnet(h.name, "detach", container)
-    lab.crossnet(h.name, "attach", container, "--network", network)
-    st = lab.status(h.name)
-    c = next(c for c in st["networks"][network]["containers"] if c["id"] == container)
-    return Endpoint(f"{h.name}/{network}", container, c["address"].split("/")[0])
-
-
 def test_two_networks_added_through_the_store_are_isolated(lab):
     res = init(lab, "blue", "red")
     assert [(n["name"], n["vni"]) for n in res["config"]["networks"]] == [("blue", 2), ("red", 3)]
@@ -89,6 +53,12 @@ def test_two_networks_added_through_the_store_are_isolated(lab):
         assert len(set(mine)) == 3 and all(s.startswith(NETS[n][:6]) for s in mine), mine
     text = lab.crossnet("h1", "status").stdout
     assert f"network blue: {subnets['h1']['blue']} of {NETS['blue']} on cn-blue (vni 2; vxlan cnvx2)" in text, text
+    want = sorted([("h2", subnets["h2"]["blue"], "vxlan"), ("h3", subnets["h3"]["blue"], "vxlan")])
+    wait_for(lambda: sorted((p["name"], p["subnet"], p["transport"])
+                            for p in lab.status("h1")["networks"]["blue"]["peers"]) == want, 20, "h1's blue peers")
+    assert "peers over vxlan: h" in lab.crossnet("h1", "status").stdout
+    # `etcd init` wrote WireGuard's defaults where the lab wrote none: still only the networks changed
+    assert config_health(lab) == {h.name: None for h in lab.hosts}
     lab.members = {n: [put(lab, h, h.containers[i], n) for h in lab.hosts] for i, n in ((1, "blue"), (2, "red"))}
     everyone = lab.members["blue"] + lab.members["red"]
     pairs = ping_matrix(everyone, count=1, timeout=1.0, workers=12)
