@@ -105,11 +105,13 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
         time.sleep(interval)
 
 
-def continuous_ping(src_netns: str, dst: str, count: int, interval: float = 0.2) -> subprocess.Popen:
-    """A bounded ping (at most `count` packets, `count * interval + 10` s) in a container namespace."""
+def continuous_ping(src_netns: str, dst: str, count: int, interval: float = 0.2,
+                    quiet: bool = True) -> subprocess.Popen:
+    """A bounded ping (at most `count` packets, `count * interval + 10` s) in a container
+    namespace; `quiet=False`: one line per reply too (for :func:`lost_seqs`)."""
     deadline = int(count * interval + 10)
-    return subprocess.Popen(["ip", "netns", "exec", src_netns, "ping", "-n", "-q", "-c", str(count), "-i",
-                             str(interval), "-W", "1", "-w", str(deadline), dst],
+    return subprocess.Popen(["ip", "netns", "exec", src_netns, "ping", "-n", *(["-q"] if quiet else []), "-c",
+                             str(count), "-i", str(interval), "-W", "1", "-w", str(deadline), dst],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -131,6 +133,14 @@ def ping_stats(out: str) -> tuple[int, int]:
     m = re.search(r"(\d+) packets transmitted, (\d+) (?:packets )?received", out)
     assert m, out
     return int(m.group(1)), int(m.group(2))
+
+
+def lost_seqs(out: str) -> list[int]:
+    """The sequence numbers of a `continuous_ping(quiet=False)` that got no reply, the
+    last one sent excepted (its reply may still have been on its way when ping was stopped)."""
+    sent, _ = ping_stats(out)
+    got = {int(m) for m in re.findall(r"icmp_seq=(\d+)", out)}
+    return [s for s in range(1, sent) if s not in got]
 
 
 def crossnet_in(netns: str, state_dir: str, *args: str, env: dict | None = None,
