@@ -274,8 +274,6 @@ class NetworkSettings(BaseModel):
     @model_validator(mode="after")
     def _check_datapath_backend(self) -> NetworkSettings:
         problem = backends.datapath_problem(self.backend, self.datapath)
-        if problem is None and self.datapath != "kernel" and self.networks and self.backend == "auto":
-            problem = "datapath ebpf with several networks (networks:) needs backend host-gw or vxlan"
         if problem:
             raise problems_error(type(self).__name__, [(("datapath",), problem)])
         return self

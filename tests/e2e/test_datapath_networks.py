@@ -44,10 +44,11 @@ def redirects(lab) -> dict[str, int]:
     return {h.name: ebpf_host.counters_at(h.state_dir).get("redirect", 0) for h in lab.hosts}
 
 
-@pytest.fixture(scope="module")
-def lab(request, lab_sweep):
-    lab = LabFactory.for_test(request)(hosts=2, underlay="l3", backend="vxlan", containers=2, apply=False,
-                                       extra={"datapath": "ebpf"})
+def with_blue(lab):
+    """A `datapath: ebpf` lab made with ``apply=False`` and 2 containers per host: its
+    cluster file plus network ``blue`` (``lab.netfile``), the hosts' kernel state before
+    (``lab.before``), applied on every host, then per host container 0 attached to the
+    top-level network and container 1 to blue. Returns the lab."""
     cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
     assert cluster["datapath"] == "ebpf"
     cluster["networks"] = [{"name": "blue", "network": BLUE}]
@@ -58,6 +59,12 @@ def lab(request, lab_sweep):
     each(lambda h: (lab.crossnet(h.name, "attach", h.containers[0]),
                     lab.crossnet(h.name, "attach", h.containers[1], "--network", "blue")), lab.hosts)
     return lab
+
+
+@pytest.fixture(scope="module")
+def lab(request, lab_sweep):
+    return with_blue(LabFactory.for_test(request)(hosts=2, underlay="l3", backend="vxlan", containers=2, apply=False,
+                                                  extra={"datapath": "ebpf"}))
 
 
 def test_every_network_is_routed(lab):

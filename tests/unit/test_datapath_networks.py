@@ -2,7 +2,8 @@
 docs/networks.md), without a kernel: validation accepts them, every network's resources
 are routed (no bridge) with ONE set of programs whose configuration holds every network
 after every vxlan device, the isolation tables match routed veths, the configuration map
-is written slot by slot (fake map), and auto's programs leave its WireGuard device alone.
+is written slot by slot (fake map), auto's programs leave its WireGuard devices alone, with
+one network or several.
 The kernel side: tests/e2e/test_datapath_networks.py."""
 
 from __future__ import annotations
@@ -239,11 +240,15 @@ def test_isolation_matches_routed_veths(programs):
 # ---------------------------------------------------------------- backend auto
 
 
-def auto_ctx(**auto):
-    doc = cluster_file("auto", datapath="ebpf", auto=auto)
+def auto_doc(**extra) -> dict:
+    doc = cluster_file("auto", datapath="ebpf", **extra)
     for i, h in enumerate(doc["hosts"]):
         h["wireguard_key"] = key(i + 1)
-    cluster = parse_cluster(doc)
+    return doc
+
+
+def auto_ctx(**auto):
+    cluster = parse_cluster(auto_doc(auto=auto))
     b = get_backend("auto")
     ctx = build_context(cluster, "h1", NoKernel(), b, state_dir="/var/lib/crossnet-test")
     return ctx, b
@@ -281,13 +286,84 @@ def test_auto_kernel_datapath_keeps_its_bridge():
     assert isinstance(local[0], Bridge) and local[1] == Address("cn0", "10.32.0.1/24")
 
 
-def test_ebpf_with_auto_and_networks_is_refused_naming_the_datapath():
-    """auto carries named networks (crossnet.wg.named) and runs ebpf with one network;
-    both together are not tested yet: one line naming the field, from either model."""
-    doc = cluster_file("auto", datapath="ebpf", networks=[{"name": "blue", "network": BLUE}])
+def test_ebpf_with_auto_and_networks_is_accepted_by_either_model():
+    """auto carries named networks (crossnet.wg.named) and runs ebpf: both together too,
+    from the cluster file and from a store's config (and its JSON round trip)."""
+    cluster = parse_cluster(auto_doc(networks=[{"name": "blue", "network": BLUE}]))
+    assert cluster.datapath == "ebpf" and [n.name for n in cluster.networks] == ["blue"]
+    cfg = NetworkConfig(network="10.32.0.0/16", backend="auto", datapath="ebpf",
+                        networks=[{"name": "blue", "network": BLUE}])
+    again = NetworkConfig.from_json(cfg.to_json())
+    assert again.datapath == "ebpf" and again.backend == "auto" and [n.name for n in again.networks] == ["blue"]
+
+
+def test_ebpf_with_a_backend_that_cannot_route_and_networks_is_still_refused():
+    doc = cluster_file("wireguard", datapath="ebpf", networks=[{"name": "blue", "network": BLUE}])
     for i, h in enumerate(doc["hosts"]):
         h["wireguard_key"] = key(i + 1)
-    with pytest.raises(ConfigError, match=r"datapath: datapath ebpf with several networks .* host-gw or vxlan"):
+    with pytest.raises(ConfigError, match=r"datapath: datapath ebpf is supported with backends host-gw, vxlan, auto only"):
         parse_cluster(doc)
-    with pytest.raises(ConfigError, match=r"datapath: datapath ebpf with several networks"):
-        NetworkConfig(network="10.32.0.0/16", backend="auto", datapath="ebpf", networks=[{"name": "blue", "network": BLUE}])
+
+
+def auto_with_networks(**auto):
+    cluster = parse_cluster(auto_doc(auto=auto, networks=[{"name": "blue", "network": BLUE},
+                                                          {"name": "red", "network": RED}]))
+    b = get_backend("auto")
+    ctx = build_context(cluster, "h1", NoKernel(), b, state_dir="/var/lib/crossnet-test")
+    return ctx, b, networks.contexts(cluster, ctx, b)
+
+
+def test_auto_with_networks_every_network_routed_one_program_set_on_each_vxlan_device(programs):
+    """Each network routed (its gateway on lo, no bridge), its own cnvx<vni> and
+    cnwg<vni>; ONE set of programs: the to-container program on the NIC (direct peers)
+    and on every network's vxlan device (vxlan peers), none on a WireGuard device; the one
+    configuration holds every network with its own vxlan device, written after them all."""
+    ctx, b, nets = auto_with_networks()
+    assert all(n.datapath == "ebpf" and n.backend == "auto" for n in nets.values())
+    res = desired(ctx, b, nets)
+    assert not [r for r in res if isinstance(r, Bridge)]
+    assert [r.cidr for r in res if isinstance(r, Address) and r.dev == "lo"] == ["10.32.0.1/32", "10.40.0.1/32",
+                                                                                 "10.41.0.1/32"]
+    assert len({r.key() for r in res}) == len(res)
+    assert sorted(r.name for r in res if isinstance(r, Vxlan)) == ["cnvx1", "cnvx2", "cnvx3"]
+    assert sorted(r.name for r in res if isinstance(r, WgDevice)) == ["cnwg0", "cnwg2", "cnwg3"]
+    (loads,) = [r for r in res if isinstance(r, ebpf_host.BpfPrograms)]
+    (cfg,) = [r for r in res if isinstance(r, ebpf_host.BpfConfig)]
+    assert [(str(n), v) for n, v in cfg.entries()] == [("10.32.0.0/16", "cnvx1"), (BLUE, "cnvx2"), (RED, "cnvx3")]
+    kinds = [i for i, r in enumerate(res) if isinstance(r, (Vxlan, WgDevice))]
+    assert res.index(cfg) > max(kinds)
+    tcs = [r for r in res if isinstance(r, ebpf_host.TcProgram)]
+    assert sorted(t.dev for t in tcs) == ["cnvx1", "cnvx2", "cnvx3", "eth0"]
+    assert all(t.pin_dir == loads.pin_dir == cfg.pin_dir for t in tcs)
+    assert [Resource.from_json(r.to_json()) for r in res] == res
+
+
+def test_auto_with_networks_peers_over_the_top_level_choice(programs):
+    """A named network's peers take the transport the top-level network chose for them:
+    direct (the NIC: the programs there), vxlan (its own cnvx<vni>), WireGuard (its own
+    cnwg<vni>, the stack)."""
+    _, b, nets = auto_with_networks()
+    blue = nets["blue"]
+    for transport, dev in (("direct", "eth0"), ("vxlan", "cnvx2"), ("wireguard", "cnwg2")):
+        peer = blue.peers[0]
+        peer.transport = transport
+        routes = [r for r in b.peer_resources(blue, peer) if getattr(r, "dst", None) == str(peer.subnet)]
+        assert [r.dev for r in routes] == [dev], (transport, routes)
+
+
+def test_auto_encrypt_with_networks_has_no_vxlan_target(programs):
+    ctx, b, nets = auto_with_networks(encrypt=True)
+    res = desired(ctx, b, nets)
+    assert not [r for r in res if isinstance(r, (Bridge, Vxlan))]
+    (cfg,) = [r for r in res if isinstance(r, ebpf_host.BpfConfig)]
+    assert [v for _, v in cfg.entries()] == [None, None, None]
+    assert [r.dev for r in res if isinstance(r, ebpf_host.TcProgram)] == ["eth0"]
+
+
+def test_auto_with_networks_isolation_matches_routed_veths(programs):
+    ctx, _, nets = auto_with_networks()
+    tables = netiso.isolation_resources({"default": ctx, **nets})
+    inet = next(t for t in tables if t.family == "inet")
+    assert 'iifname "cnv*" fib saddr . iif oif missing counter name "spoof" drop' in inet.body
+    assert f'ip saddr {BLUE} ip daddr 10.32.0.0/16 counter name "blue_cross" drop' in inet.body
+    assert "cn-blue" not in inet.body  # no bridge to name
