@@ -269,3 +269,61 @@ def test_gc_collects_each_named_networks_own_ipam(tmp_path, monkeypatch):
     assert [(i["network"], i["id"], i["address"]) for i in got] == [("blue", "x-cn-blue", "10.41.0.2"),
                                                                     ("red", "x-cn-red", "10.42.0.2")]
     assert seen == [(tmp_path / "networks" / "blue", "cn-blue", True), (tmp_path / "networks" / "red", "cn-red", True)]
+
+
+def test_bench_networks_crossover_roles():
+    from crossnet.bench.netisobench import roles
+
+    assert roles(8) == ["Q", "P", "P", "Q", "Q", "P", "P", "Q"]
+    for bad in (0, 3, 6):
+        with pytest.raises(ValueError, match="rounds: .* multiple of 4"):
+            roles(bad)
+
+
+def test_bench_networks_crossover_cancels_the_pair_bias():
+    """Pair Q is 20 % faster than P whatever the roles; the isolation costs 5 %: the round
+    ratios swing with the roles, the estimate is the 5 %."""
+    from crossnet.bench.netisobench import BLOCK, crossover
+
+    cost, bias = 0.95, 1.2
+    ratios = [cost * (bias if iso == "Q" else 1 / bias) for iso in BLOCK * 3]
+    est = crossover(ratios)
+    assert est["ratio"] == 0.95 and est["blocks"] == [0.95, 0.95, 0.95]
+    assert est["ci95"] == [0.95, 0.95]  # identical blocks: no spread
+
+
+def test_bench_networks_crossover_cancels_a_linear_drift():
+    """The bias between the pairs drifts linearly over a block (load changing): ABBA still
+    gives the cost exactly."""
+    import math
+
+    from crossnet.bench.netisobench import BLOCK, block_estimates
+
+    cost = 0.97
+    ratios = []
+    for i, iso in enumerate(BLOCK):
+        ln_bias = 0.1 + 0.03 * i  # ln(Q/P) drifting
+        ratios.append(math.exp(math.log(cost) + (ln_bias if iso == "Q" else -ln_bias)))
+    [est] = block_estimates(ratios)
+    assert est == pytest.approx(cost, rel=1e-9)
+
+
+def test_bench_networks_crossover_interval_and_partial_blocks():
+    from crossnet.bench.netisobench import crossover
+
+    noisy = [1.0, 0.9, 0.95, 1.05, 0.8, 1.1, 1.0, 0.9, 0.97]  # two blocks + a round of a third
+    est = crossover(noisy)
+    assert len(est["blocks"]) == 2
+    lo, hi = est["ci95"]
+    assert lo <= est["ratio"] <= hi and lo < hi
+    assert crossover(noisy) == est  # the same data, the same interval
+    assert crossover([0.9, 1.0]) == {"blocks": [], "ratio": None, "ci95": [None, None]}
+
+
+def test_bench_target_networks_crossover_note():
+    from crossnet.bench.targets import evaluate
+
+    res = {"networks": {"status": "ok", "method": "crossover", "isolation_ratio": 0.96, "blocks": [0.95, 0.97],
+                        "isolation_ratio_min": 0.94, "isolation_ratio_max": 0.98}}
+    t = next(t for t in evaluate(res) if t["id"] == "networks-isolation")
+    assert t["met"] is False and "95 % interval 0.94–0.98 over 2 blocks" in t["note"]

@@ -1,61 +1,146 @@
 """`crossnet bench networks` (docs/networks.md): what the isolation between named
-networks costs. One vxlan lab of 4 hosts on one switch, one container each, all in the
-top-level network:
+networks costs, as a crossover experiment.
 
-* h1, h2 apply the cluster file as the lab wrote it ("one network");
-* h3, h4 apply the same file plus a second network (`networks:`: its bridge, VNI and
-  the nftables isolation tables, which every packet of the first network now crosses:
-  "with isolation");
+One vxlan lab of 4 hosts on one switch, one container each, all in the top-level
+network; two host pairs carry a path each: P = h1-c1 → h2-c1, Q = h3-c1 → h4-c1. In every
+round one pair runs with a second network (`networks:` in its cluster file: its bridge, VNI
+and the nftables isolation tables, which every packet of the first network then crosses),
+the other with the cluster file as the lab wrote it; before the round the hosts whose role
+changes re-apply the other file, and the tables are checked on all four hosts (present on
+the pair with isolation, absent on the other). Each round measures both paths once
+(iperf3, the order reversed every other round).
 
-iperf3 h1-c1 → h2-c1 and h3-c1 → h4-c1 interleaved run by run (load changes on this
-shared machine hit both alike); target: with isolation ≥ 0.97 × one network.
+Roles go in blocks of 4 rounds, Q P P Q ("ABBA"): per round r = isolated path ÷ plain
+path, and ln r = cost ± the bias between the two pairs (their hosts and veths are not
+equal), + for Q, − for P. The mean of ln r over a block cancels the pair bias, a drift
+of it that is linear over the block, and the order effect (the isolated path runs second
+in the first two rounds of a block and first in the last two). The figure is exp of the
+mean over blocks, with a bootstrap interval over blocks; target: ≥ 0.97 (≤ 3 % cost).
 """
 
 from __future__ import annotations
 
+import math
+import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, ratio
+from crossnet.bench.util import RunContext, Skip, bench_lab, percentile, summary
 
 SECOND = {"name": "bench", "network": "10.250.0.0/16"}
+BLOCK = ("Q", "P", "P", "Q")  # which pair carries the second network, round by round
+BOOTSTRAP = 2000
 
 
-def run(rc: RunContext, repeats: int = 3, duration: float = 3.0, ping_count: int = 50) -> dict[str, Any]:
+def roles(rounds: int) -> list[str]:
+    """The pair with isolation in each round: whole ABBA blocks (rounds a multiple of 4)."""
+    if rounds < len(BLOCK) or rounds % len(BLOCK):
+        raise ValueError(f"rounds: {rounds} is not a positive multiple of {len(BLOCK)}")
+    return [BLOCK[i % len(BLOCK)] for i in range(rounds)]
+
+
+def block_estimates(round_ratios: Sequence[float]) -> list[float]:
+    """Per complete block of 4 rounds, exp(mean ln r): the isolation's factor with the
+    pair bias cancelled. Rounds of an incomplete block (a run cut short) are left out."""
+    n = len(BLOCK)
+    out = []
+    for i in range(0, len(round_ratios) - n + 1, n):
+        block = round_ratios[i:i + n]
+        if all(r > 0 for r in block):
+            out.append(math.exp(sum(math.log(r) for r in block) / n))
+    return out
+
+
+def crossover(round_ratios: Sequence[float], seed: int = 0) -> dict[str, Any]:
+    """The estimate over blocks: exp(mean of the blocks' ln), its 95 % bootstrap interval
+    (blocks resampled with replacement; a fixed seed, so the same data gives the same
+    interval), and the blocks themselves. None figures when there is no complete block."""
+    blocks = block_estimates(round_ratios)
+    if not blocks:
+        return {"blocks": [], "ratio": None, "ci95": [None, None]}
+    logs = [math.log(b) for b in blocks]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choice(logs) for _ in logs) / len(logs) for _ in range(BOOTSTRAP))
+    return {"blocks": [round(b, 4) for b in blocks],
+            "ratio": round(math.exp(sum(logs) / len(logs)), 3),
+            "ci95": [round(math.exp(percentile(means, 2.5)), 3), round(math.exp(percentile(means, 97.5)), 3)]}
+
+
+def run(rc: RunContext, rounds: int = 24, duration: float = 3.0) -> dict[str, Any]:
     import yaml
 
-    from crossnet.bench.dataplane import _both, _paired
+    from crossnet.bench import traffic
+    from crossnet.bench.dataplane import _both
 
+    plan = roles(rounds)
     for tool in ("iperf3", "nft"):
         if not shutil.which(tool):
             raise Skip(f"{tool} not installed")
-    out: dict[str, Any] = {"suite": "networks", "status": "ok"}
+    out: dict[str, Any] = {"suite": "networks", "status": "ok", "method": "crossover", "rounds": rounds,
+                           "duration_s": duration}
     t0 = time.monotonic()
     with bench_lab({"hosts": 4, "underlay": "l2", "backend": "vxlan", "containers": 1}, apply=False) as lab:
         one = lab.plan.cluster_file
         two = Path(one).with_name("two-networks.yaml")
         two.write_text(yaml.safe_dump({**yaml.safe_load(Path(one).read_text()), "networks": [SECOND]}))
-        files = dict(zip([h.name for h in lab.hosts], [one, one, str(two), str(two)]))
-        rc.log("networks: h1, h2 with one network; h3, h4 with a second, isolated one")
-        _both(lambda h: lab.crossnet(h.name, "apply", "-f", files[h.name], "--host", h.name), lab.hosts)
-        _both(lambda h: lab.crossnet(h.name, "attach", h.containers[0]), lab.hosts)
         h1, h2, h3, h4 = lab.hosts[:4]
+        pairs = {"P": (h1, h2), "Q": (h3, h4)}
+        applied: dict[str, str] = {}
+
+        def apply(hosts: Sequence[Any], file: str) -> None:
+            todo = [h for h in hosts if applied.get(h.name) != file]
+            if not todo:
+                return
+            _both(lambda h: lab.crossnet(h.name, "apply", "-f", file, "--host", h.name), tuple(todo))
+            applied.update({h.name: file for h in todo})
+
+        def tables(host: Any) -> bool:
+            return lab.run(host.name, ["nft", "list", "table", "inet", "crossnet_iso"]).returncode == 0
+
+        def set_roles(iso: str) -> None:
+            for name, hosts in pairs.items():
+                apply(hosts, str(two) if name == iso else one)
+            wrong = [h.name for name, hosts in pairs.items() for h in hosts if tables(h) != (name == iso)]
+            if wrong:
+                raise RuntimeError(f"isolation tables not as planned on {', '.join(wrong)} (pair {iso} isolated)")
+
+        rc.log(f"networks: {rounds} rounds, pairs h1→h2 and h3→h4 taking turns with a second network (Q P P Q)")
+        apply(lab.hosts[:4], one)
+        _both(lambda h: lab.crossnet(h.name, "attach", h.containers[0]), lab.hosts)
         addr = {h.name: lab.status(h.name)["containers"][0]["address"].split("/")[0] for h in (h2, h4)}
-        out["isolation_tables"] = lab.run(h3.name, ["nft", "list", "table", "inet", "crossnet_iso"]).returncode == 0
-        if not out["isolation_tables"]:
-            raise RuntimeError("h3 has no isolation table after applying two networks")
-        rc.log("networks: iperf3 h1-c1 → h2-c1 and h3-c1 → h4-c1, interleaved")
-        out["paths"] = _paired({"one network": (h1.containers[0], h2.containers[0], addr[h2.name]),
-                                "with isolation": (h3.containers[0], h4.containers[0], addr[h4.name])},
-                               repeats, duration, ping_count)
-    a, b = out["paths"]["one network"]["gbps"], out["paths"]["with isolation"]["gbps"]
-    out["isolation_ratio"] = ratio(b["median"], a["median"])
-    out["isolation_ratio_min"] = ratio(b["min"], a["max"])
-    out["isolation_ratio_max"] = ratio(b["max"], a["min"])
+        paths = {name: (a.containers[0], b.containers[0], addr[b.name]) for name, (a, b) in pairs.items()}
+        servers = [traffic.IperfServer(b.containers[0]) for _a, b in pairs.values()]
+        per_round: list[dict[str, Any]] = []
+        try:
+            for srv in servers:
+                srv.start()
+            for i, iso in enumerate(plan):
+                set_roles(iso)
+                for client, _server, a in paths.values():
+                    traffic.wait_reachable(client, a)
+                gbps = {}
+                for name in (("P", "Q") if i % 2 == 0 else ("Q", "P")):
+                    client, _server, a = paths[name]
+                    gbps[name], _retr = traffic.iperf_gbps(client, a, duration)
+                plain = "P" if iso == "Q" else "Q"
+                per_round.append({"isolated": iso, "gbps": gbps,
+                                  "ratio": round(gbps[iso] / gbps[plain], 4) if gbps[plain] > 0 else 0.0})
+                rc.log(f"networks: round {i + 1}/{rounds}: isolated {iso} {gbps[iso]:.2f}, "
+                       f"plain {gbps[plain]:.2f} Gbit/s")
+        finally:
+            for srv in servers:
+                srv.stop()
+    out["per_round"] = per_round
+    out["one_network_gbps"] = summary([r["gbps"]["P" if r["isolated"] == "Q" else "Q"] for r in per_round])
+    out["with_isolation_gbps"] = summary([r["gbps"][r["isolated"]] for r in per_round])
+    est = crossover([r["ratio"] for r in per_round])
+    out["blocks"] = est["blocks"]
+    out["isolation_ratio"] = est["ratio"]
+    out["isolation_ratio_min"], out["isolation_ratio_max"] = est["ci95"]
     out["elapsed_s"] = round(time.monotonic() - t0, 1)
     return out
 
 
-__all__ = ["run"]
+__all__ = ["block_estimates", "crossover", "roles", "run"]

@@ -475,17 +475,23 @@ def register(main: click.Group) -> None:
                    output, save)
 
     @bench.command("networks")
-    @click.option("--repeats", type=click.IntRange(1, 50), default=3, show_default=True, help="iperf3 runs per path.")
+    @click.option("--rounds", type=click.IntRange(4, 200), default=24, show_default=True,
+                  help="Rounds (a multiple of 4: blocks Q P P Q of which host pair has the second network); "
+                       "each runs iperf3 once on both pairs.")
     @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
                   help="Seconds per iperf3 run.")
     @OUTPUT
     @SAVE
-    def networks_cmd(repeats, duration, output, save):
+    def networks_cmd(rounds, duration, output, save):
         """Isolated networks (docs/networks.md): vxlan throughput with a second, isolated
-        network vs one network, on the same path."""
+        network vs one network. Two host pairs take turns carrying the second network
+        (re-applied between rounds, blocks Q P P Q), so the figure compares each pair with
+        itself; about 10 s per round (24 rounds: ~4 min)."""
+        if rounds % 4:
+            raise click.BadParameter(f"{rounds} is not a multiple of 4", param_hint="--rounds")
         from crossnet.bench import netisobench
 
-        _one_suite("networks", lambda rc: netisobench.run(rc, repeats=repeats, duration=duration), output, save)
+        _one_suite("networks", lambda rc: netisobench.run(rc, rounds=rounds, duration=duration), output, save)
 
     @bench.command("datapath")
     @click.option("--backends", type=CommaChoice(["host-gw", "vxlan"]), default="host-gw,vxlan", show_default=True,
