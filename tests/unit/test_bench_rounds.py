@@ -1,5 +1,5 @@
 """The interleaved-rounds statistics of `crossnet bench wireguard` / `bench transport`
-(crossnet.bench.wgbench), their targets and report sections, on made-up results."""
+(crossnet.bench.util: round_ratios, pair_ratios, median_ratio), their targets and report sections, on made-up results."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from crossnet.bench.report import render
 from crossnet.bench.targets import evaluate
-from crossnet.bench.wgbench import median_ratio, pair_ratios, round_ratios
+from crossnet.bench.util import median_ratio, pair_ratios, round_ratios
 
 speeds = st.floats(min_value=0.01, max_value=100, allow_nan=False)
 

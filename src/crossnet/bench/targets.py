@@ -204,7 +204,7 @@ def _ebpf_control_targets(cp: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _rounds_note(r: dict[str, Any]) -> str | None:
-    """The spread behind a median over interleaved rounds (crossnet.bench.wgbench)."""
+    """The spread behind a median over interleaved rounds (crossnet.bench.util.median_ratio)."""
     rounds, pairs = r.get("round_ratios") or [], r.get("pair_ratios") or []
     if not rounds:
         return None
