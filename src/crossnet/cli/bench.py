@@ -433,7 +433,7 @@ def register(main: click.Group) -> None:
         (e.g. the bridge backend enslaves the NIC), so h1 → h2 would not be the bare
         wire. Each backend's hand-built twin (the tutorial's layout, typed by hand on
         a second lab without crossnet, up at the same time) runs in the same rounds:
-        crossnet, twin, underlay, the order reversed every other round; crossnet ÷ twin
+        crossnet, underlay, twin, the order reversed every other round; crossnet ÷ twin
         is the median over pairs of rounds. --backends X runs X and X's twin only."""
         _require_root()
         from crossnet.bench.util import RunContext
