@@ -114,12 +114,21 @@ def test_dataplane_figures_are_sane(quick):
         else:
             # the crossnet processes that built the lab were measured (peak RSS)
             assert _pos(r["crossnet_rss_mb"]["apply"]) and _pos(r["crossnet_rss_mb"]["attach"])
+    assert dp["params"]["twins_interleaved"] is True
     for name, base in BASELINES.items():
         r, m = by[name], by[base]
+        # measured together: the twin's row right before its backend's, one underlay, the same rounds
+        assert rows.index(m) + 1 == rows.index(r)
+        assert m["underlay"] == r["underlay"] and m["load_before"] == r["load_before"]
         vs = r["vs_manual"]
-        assert vs["baseline"] == base
+        assert vs["baseline"] == base and vs["interleaved"] is True
         assert _approx(vs["ratio"], r["overlay"]["gbps"]["median"] / m["overlay"]["gbps"]["median"])
         assert _approx(vs["normalised_ratio"], r["ratio"] / m["ratio"], rel=5e-3)
+        per_round = [a / b for a, b in zip(r["overlay"]["gbps"]["samples"], m["overlay"]["gbps"]["samples"])]
+        assert vs["round_ratios"] == [pytest.approx(x, abs=1e-3) for x in per_round]
+        pairs = [math.sqrt(per_round[i] * per_round[i + 1]) for i in range(0, len(per_round) - 1, 2)]
+        assert vs["pair_ratios"] == [pytest.approx(x, abs=1e-3) for x in pairs]
+        assert _approx(vs["median_round_ratio"], statistics.median(pairs))
     assert by["vxlan"]["container_mtu"] == 1450 and by["manual-vxlan"]["container_mtu"] == 1450
     assert by["bridge"]["container_mtu"] == by["manual-bridge-nic"]["container_mtu"] == 1500
 
@@ -278,7 +287,9 @@ def test_memory_and_targets(quick):
     for name in ("vxlan", "host-gw", "bridge"):
         assert targets[f"{name}-1500"]["value"] == rows[name]["ratio"]
         assert BASELINES[name] in targets[f"{name}-1500"]["also"]
-    assert targets["ovs-gre-1500"]["value"] == rows["ovs-gre"]["vs_manual"]["ratio"]
+    assert targets["ovs-gre-1500"]["value"] == rows["ovs-gre"]["vs_manual"]["median_round_ratio"]
+    for name in ("vxlan", "host-gw", "bridge"):  # issue 18: each backend ÷ its twin, the interleaved figure
+        assert targets[f"{name}-twin-1500"]["value"] == rows[name]["vs_manual"]["median_round_ratio"]
     cp = res["control"]
     assert targets["attach-p50"]["value"] == cp["attach"]["inprocess"]["attach_ms"]["p50"]
     assert "CLI p50" in targets["attach-p50"]["also"]  # the CLI figure sits in the same row

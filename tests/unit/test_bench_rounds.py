@@ -1,5 +1,5 @@
 """The interleaved-rounds statistics of `crossnet bench wireguard` / `bench transport`
-(crossnet.bench.wgbench), their targets and report sections, on made-up results."""
+(crossnet.bench.util: round_ratios, pair_ratios, median_ratio), their targets and report sections, on made-up results."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from crossnet.bench.report import render
 from crossnet.bench.targets import evaluate
-from crossnet.bench.wgbench import median_ratio, pair_ratios, round_ratios
+from crossnet.bench.util import median_ratio, pair_ratios, round_ratios
 
 speeds = st.floats(min_value=0.01, max_value=100, allow_nan=False)
 
@@ -116,26 +116,3 @@ def test_report_add_merges_a_suite_with_its_own_command(tmp_path):
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("crossnet: error: --add:")
 
-
-def test_twin_targets_use_the_normalised_ratio():
-    """Issue 18: every kernel-datapath backend ≥ 0.97× its hand-built twin, each ÷ its lab's underlay."""
-    def row(name, mtu, normalised=None, status="ok"):
-        r = {"name": name, "kind": "crossnet", "mtu": mtu, "status": status, "ratio": 0.8}
-        if normalised is not None:
-            r["vs_manual"] = {"baseline": f"manual-{name}", "ratio": 0.9, "normalised_ratio": normalised}
-        return r
-
-    dp = {"rows": [row("host-gw", 1500, 0.95), row("vxlan", 1500, 1.01), row("host-gw", 9000),
-                   {**row("bridge", 1500), "status": "failed", "reason": "boom"}]}
-    t = {t["id"]: t for t in evaluate({"dataplane": dp}) if "-twin-" in t["id"]}
-    assert sorted(t) == [f"{n}-twin-{m}" for n in ("bridge", "host-gw", "vxlan") for m in (1500, 9000)]
-    assert (t["host-gw-twin-1500"]["value"], t["host-gw-twin-1500"]["met"]) == (0.95, False)
-    assert t["host-gw-twin-1500"]["target"] == "≥ 0.97" and "manual-host-gw" in t["host-gw-twin-1500"]["also"]
-    assert (t["vxlan-twin-1500"]["value"], t["vxlan-twin-1500"]["met"]) == (1.01, True)
-    assert t["host-gw-twin-9000"]["status"] == "no hand-built twin measured"
-    assert t["bridge-twin-1500"]["status"] == "failed: boom"
-    assert t["vxlan-twin-9000"]["status"] == "not measured in this run"
-    from crossnet.bench.report import why
-
-    assert "flannel-style" in why("vxlan-twin-1500", {"dataplane": dp}, 0.97)
-    assert "bridge netfilter off" in why("host-gw-twin-9000", {"dataplane": dp}, 0.97)

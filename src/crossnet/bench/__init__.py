@@ -11,7 +11,8 @@ Modules:
                 the NIC; kernel VXLAN; OVS netdev bridge + GRE port + Linux bridge),
                 built step by step with ip/ovs-vsctl
 - ``dataplane`` suite: per backend a 4-host lab: container h1 → h2 (crossnet) vs host
-                h3 → h4 (never configured: the underlay), interleaved
+                h3 → h4 (never configured: the underlay), and its hand-built twin in a
+                second lab up at the same time, all three interleaved round by round
 - ``worker``    runs *inside* a lab host namespace: in-process attach loops, CNI calls
 - ``control``   suite: attach latency, N-peer apply, CNI ADD, podman run, agent, mesh
 - ``agentbench``/``meshbench``  the etcd agent's and `crossnet launch`'s labs (join latency, footprint)

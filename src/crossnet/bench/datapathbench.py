@@ -11,7 +11,7 @@ Per backend (host-gw, vxlan) and MTU, two labs up at the same time, one switch e
 Every round runs one iperf3 TCP run on each of the three paths (the order reversed every
 other round, dataplane._paired), so load changes on this shared machine hit all alike;
 then ping RTT on each. Figures: throughput ÷ underlay, ebpf ÷ kernel (median over pairs of
-rounds, wgbench.median_ratio), RTT p50 overhead vs the underlay in µs. When this machine
+rounds, util.median_ratio), RTT p50 overhead vs the underlay in µs. When this machine
 cannot run the programs (crossnet.ebpf.problem()), lab E is not built and the ebpf path
 says ``skipped: <why>``; when lab E's hosts fell back to kernel forwarding, the row says so.
 """
@@ -48,7 +48,7 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any]:
     """From the paths' measurements (gbps/rtt of kernel, ebpf, underlay): each path ÷
     the underlay (median, worst/best pairing), its RTT p50 overhead in µs, and ebpf ÷
     kernel over the interleaved rounds."""
-    from crossnet.bench.wgbench import median_ratio, pair_ratios, round_ratios
+    from crossnet.bench.util import median_ratio, pair_ratios, round_ratios
 
     paths = row.get("paths") or {}
     u = paths.get("underlay")

@@ -132,23 +132,32 @@ def dataplane_why(results: dict[str, Any], name: str, mtu: int, goal: float) -> 
         out.append(f"Unlike the other backends, {missing}, so this run cannot tell how much of the gap is the data "
                    "path itself and how much crossnet adds.")
     else:
-        norm = r["ratio"] / base["ratio"]
-        raw = (r.get("vs_manual") or {}).get("ratio")
-        lo = r["ratio_min"] / base["ratio_max"] if base.get("ratio_max") else None
-        hi = r["ratio_max"] / base["ratio_min"] if base.get("ratio_min") else None
+        vm = r.get("vs_manual") or {}
+        raw = vm.get("ratio")
+        if vm.get("median_round_ratio") is not None:  # measured in the same rounds (dataplane.measure_with_twin)
+            norm = vm["median_round_ratio"]
+            each = vm.get("pair_ratios") or vm.get("round_ratios") or []
+            lo, hi = (min(each), max(each)) if each else (None, None)
+            where, how = "in the same rounds, on the same underlay", "the pairs of rounds put"
+            vs = f"{norm:.3f} × the hand-built layout, median over pairs of interleaved rounds"
+        else:  # an older run: two labs measured one after the other
+            norm = r["ratio"] / base["ratio"]
+            lo = r["ratio_min"] / base["ratio_max"] if base.get("ratio_max") else None
+            hi = r["ratio_max"] / base["ratio_min"] if base.get("ratio_min") else None
+            where, how = "same lab shape, same run", "the worst/best pairing of the repeats puts"
+            vs = f"{norm:.3f} × the hand-built layout relative to each lab's own underlay"
+        vs += f", {raw} × in Gbit/s" if raw is not None else ""
         spread = f"{lo:.2f}–{hi:.2f}" if lo is not None and hi is not None else "not known"
-        out.append(f"The hand-built equivalent ({base_name}, same lab shape, same run) reached {base['ratio']} × "
+        out.append(f"The hand-built equivalent ({base_name}, {where}) reached {base['ratio']} × "
                    f"its underlay (range {base.get('ratio_min')}–{base.get('ratio_max')})"
                    + (", below the target as well." if base["ratio"] < goal else ", meeting the target."))
-        vs = (f"{norm:.3f} × the hand-built layout relative to each lab's own underlay"
-              + (f", {raw} × in Gbit/s" if raw is not None else ""))
         if norm >= SAME_AS_HAND_BUILT:
             out.append(f"crossnet ≈ the hand-built layout (within {(1 - SAME_AS_HAND_BUILT) * 100:.0f}%: {vs}): the gap to the underlay is the data path itself, "
                        "not something crossnet adds.")
         else:
             covered = lo is not None and hi is not None and lo <= 1.0 <= hi
-            out.append(f"crossnet is {(1 - norm) * 100:.0f}% below the hand-built layout ({vs}); the worst/best "
-                       f"pairing of the repeats puts that comparison at {spread}, which "
+            out.append(f"crossnet is {(1 - norm) * 100:.0f}% below the hand-built layout ({vs}); {how} "
+                       f"that comparison at {spread}, which "
                        + ("covers 1.0: this run cannot tell that difference from noise." if covered else
                           "stays below 1.0: crossnet's layout is slower than the hand-built one in this run, "
                           "beyond the spread of its repeats.")
@@ -469,8 +478,25 @@ def _dataplane_md(dp: dict[str, Any]) -> list[str]:
         f"measured in the same minutes. iperf3 TCP, {p.get('repeats')} × {p.get('duration_s')} s "
         "per path, container→container and underlay runs interleaved (order alternating), so both see the "
         f"same load; median (min–max). Ping: {p.get('ping_count')} echoes 10 ms apart. `manual-*` rows are "
-        "the tutorial's layouts built by hand on h1, h2 of a lab without crossnet, step by step "
-        "(commands below). Ratio = median container→container / median underlay of the same lab.")
+        "the tutorial's layouts built by hand, step by step (commands below). Ratio = median "
+        "container→container / median underlay of the same lab.")
+    if p.get("twins_interleaved"):
+        out.append("")
+        out.append(
+            "Each backend and its hand-built twin (the `manual-*` row right above it) are measured together: "
+            "the twin is built on h1, h2 of a second lab without crossnet, up at the same time on a switch of "
+            "its own, and every round runs one iperf3 run on crossnet's path, the underlay and the twin's "
+            "(h3 → h4 of crossnet's lab, the twin row shows the same underlay), the order reversed every other "
+            "round, so crossnet and the twin take each end of a round once per pair of rounds. \"× twin\" is "
+            "the median over pairs of rounds (which cancels the order effect) of crossnet ÷ twin per round, "
+            "with the range of those pairs: both runs of a round "
+            "are seconds apart, so drift between two labs measured minutes apart does not enter it. Diagnostic "
+            "layouts run in a lab of their own (× the layout they vary, each ÷ its own underlay).")
+    else:
+        out.append("")
+        out.append("This run measured each hand-built layout in a lab of its own, after or before its crossnet "
+                   "backend (each ÷ its own lab's underlay); later runs measure a backend and its twin in the "
+                   "same interleaved rounds.")
     out.append("")
     for mtu in p.get("mtus", []):
         rows = [r for r in dp.get("rows", []) if r["mtu"] == mtu]
@@ -484,7 +510,13 @@ def _dataplane_md(dp: dict[str, Any]) -> list[str]:
             g = o["gbps"]
             ug = u["gbps"]
             vs = r.get("vs_manual")
-            vs_txt = f"{vs['ratio']} × {vs['baseline']}" if vs else ""
+            vs_txt = ""
+            if vs and vs.get("median_round_ratio") is not None:
+                each = vs.get("pair_ratios") or vs.get("round_ratios") or []
+                spread = f" (pairs {min(each)}–{max(each)})" if each else ""
+                vs_txt = f"{vs['median_round_ratio']} × twin {vs['baseline']}{spread}"
+            elif vs:
+                vs_txt = f"{vs['ratio']} × {vs['baseline']}"
             table.append([
                 f"`{r['name']}`", r["kind"], str(r.get("container_mtu") or "–"),
                 f"{g['median']:.2f} ({g['min']:.2f}–{g['max']:.2f})",

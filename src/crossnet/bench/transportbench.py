@@ -10,7 +10,7 @@
   (h1-c1 → h2-c1 of two more L3 labs, up at the same time) and the underlay (h1 → h3
   host to host in auto's lab), all five paths interleaved in every round (the order
   reversed every other round). The target figure is the median over pairs of rounds (one
-  in each order, wgbench.median_ratio) of auto ÷ alone (the two runs of a round are seconds apart, so this machine's load swings, which
+  in each order, util.median_ratio) of auto ÷ alone (the two runs of a round are seconds apart, so this machine's load swings, which
   move one layout between 0.4× and 1.2× of its underlay from one run to the next, hit
   both alike).
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.bench.util import RunContext, Skip, bench_lab, ratio, summary
-from crossnet.bench.wgbench import median_ratio, pair_ratios, round_ratios
+from crossnet.bench.util import median_ratio, pair_ratios, round_ratios
 
 FILTER = "cnbenchblk"
 FALLBACK_BOUND = 30.0  # s: give up waiting (reported as a failure)

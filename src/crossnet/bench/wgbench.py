@@ -18,35 +18,14 @@ both on the same underlay of the same minutes, so "both ÷ underlay" cancels to 
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
 from typing import Any
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, percentile, ratio
+from crossnet.bench.util import RunContext, Skip, bench_lab, median_ratio, pair_ratios, ratio, round_ratios
 
 PATHS = ("wireguard", "manual-wireguard", "vxlan", "underlay")  # the order of a round (reversed every other one)
-
-
-def round_ratios(a: list[float], b: list[float]) -> list[float]:
-    """Per round a_i ÷ b_i (the two runs of one round are seconds apart)."""
-    return [x / y for x, y in zip(a, b) if y > 0]
-
-
-def pair_ratios(a: list[float], b: list[float]) -> list[float]:
-    """Per pair of rounds (one in each order: `_paired` reverses the order every other
-    round) the geometric mean of a_i ÷ b_i. Whichever of two paths runs first in a round
-    measures a little lower here (seen as ratios alternating between rounds), so a
-    single round, or an odd count of them, is biased by the order; a pair is not."""
-    rs = round_ratios(a, b)
-    return [math.sqrt(rs[i] * rs[i + 1]) for i in range(0, len(rs) - 1, 2)]
-
-
-def median_ratio(a: list[float], b: list[float]) -> float | None:
-    """The target figure: median over pairs of rounds (`pair_ratios`); one round: its ratio."""
-    rs = pair_ratios(a, b) or round_ratios(a, b)
-    return round(percentile(rs, 50), 3) if rs else None
 
 
 def _attached(lab: Any, host: Any) -> str:
