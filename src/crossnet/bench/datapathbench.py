@@ -31,7 +31,7 @@ from typing import Any
 from crossnet.bench.util import RunContext, Skip, bench_lab, clean_error, loadavg, ratio
 
 BACKENDS = ("host-gw", "vxlan")
-PATHS = ("kernel", "ebpf", "floor", "underlay")  # the order of a round (reversed every other one)
+PATHS = ("kernel", "floor", "underlay", "ebpf")  # a round's order, reversed every other one: kernel and ebpf at the two ends, so a pair of rounds gives each both ends
 
 
 def ebpf_unavailable() -> str | None:
