@@ -143,16 +143,23 @@ def test_datapath_figures_are_sane(quick):
     assert rows["vxlan"]["status"] == "skipped" and rows["vxlan"]["reason"].startswith("--quick")
     r = rows["host-gw"]
     assert r["status"] == "ok", r.get("reason")
-    measured = ["kernel", "underlay"] + ([] if dx["ebpf_problem"] else ["ebpf"])
+    measured = ["kernel", "underlay", "floor"] + ([] if dx["ebpf_problem"] else ["ebpf"])
     for name in measured:
         g = r["paths"][name]["gbps"]
         assert g["n"] == dx["params"]["repeats"] == len(g["samples"]) and all(_pos(x) for x in g["samples"])
         assert _pos(r["paths"][name]["rtt"]["p50_ms"])
     u = r["paths"]["underlay"]
-    for name in measured[:1] + measured[2:]:
+    for name in [n for n in measured if n != "underlay"]:
         p = r["paths"][name]
         assert _approx(p["ratio"], p["gbps"]["median"] / u["gbps"]["median"])
         assert _approx(p["rtt_overhead_us"], (p["rtt"]["p50_ms"] - u["rtt"]["p50_ms"]) * 1000, rel=1e-2, abs=0.2)
+    f = r["paths"]["floor"]  # the hand-built routed veth, on hosts of its own
+    assert f["layout"] == "floor-routed-veth" and any("ip route add" in s for s in f["steps"])
+    for name in [n for n in measured if n in ("kernel", "ebpf")]:
+        vf = r["paths"][name]["vs_floor"]
+        assert _pos(vf["median_round_ratio"])
+        assert _approx(vf["rtt_over_floor_us"], (r["paths"][name]["rtt"]["p50_ms"] - f["rtt"]["p50_ms"]) * 1000,
+                       rel=1e-2, abs=0.2)
     if dx["ebpf_problem"]:
         assert r["paths"]["ebpf"] == {"status": "skipped", "reason": dx["ebpf_problem"]}
     else:

@@ -200,3 +200,39 @@ def test_a_missed_datapath_target_says_what_the_run_was():
     text = render(_res(busy), {})
     line = next(ln for ln in text.splitlines() if ln.startswith("- **host-gw `datapath: ebpf` / `datapath: kernel`"))
     assert "2 interleaved round(s)" in line and "busy machine" in line and "h1 100, h2 100 packets" in line
+
+
+def test_the_floor_row_and_the_paths_over_it():
+    """The hand-built floor (h5 → h6): its own ÷ underlay, and kernel/ebpf ÷ the floor
+    (median over pairs of rounds) with their RTT p50 over the floor's."""
+    from crossnet.bench.wgbench import median_ratio
+
+    row = _row("host-gw", [8, 10, 9, 11], [12, 13, 12, 14], [20, 21, 19, 22], rtts=(0.060, 0.052, 0.050))
+    row["paths"]["floor"] = {**_path([13, 12, 14, 13], 0.049), "layout": "floor-routed-veth",
+                             "steps": ["[h5] ip link add vf1 ..."]}
+    row = finish_row(row)
+    p = row["paths"]
+    assert p["floor"]["ratio"] == round(13 / 20.5, 3) and "vs_floor" not in p["floor"]
+    assert p["ebpf"]["vs_floor"] == {"median_round_ratio": median_ratio([12, 13, 12, 14], [13, 12, 14, 13]),
+                                     "rtt_over_floor_us": 3.0}
+    assert p["kernel"]["vs_floor"]["rtt_over_floor_us"] == 11.0
+    md = render(_res(row), {})
+    assert "÷ floor (rounds)" in md and "How the floor was built (floor-routed-veth, host-gw rows)" in md
+    assert "[h5] ip link add vf1 ..." in md
+
+
+def test_a_row_without_the_floor_has_no_floor_figures():
+    row = _row("vxlan", [8, 9], [10, 11], [20, 20])
+    assert all("vs_floor" not in row["paths"][k] for k in ("kernel", "ebpf"))
+
+
+def test_the_floor_layout_refuses_an_unknown_encapsulation():
+    from crossnet.bench.manual import RoutedVethFloor
+
+    class Lab:
+        hosts = ("h1", "h2")
+
+    assert RoutedVethFloor(Lab()).name == "floor-routed-veth"
+    assert RoutedVethFloor(Lab(), encap="vxlan").overhead == 50
+    with pytest.raises(ValueError, match="encap"):
+        RoutedVethFloor(Lab(), encap="gre")

@@ -3,15 +3,20 @@
 
 Per backend (host-gw, vxlan) and MTU, two labs up at the same time, one switch each (l2):
 
-* lab K, 4 hosts, `datapath: kernel`: h1, h2 run `crossnet apply` + `attach` with one
-  container each; h3 → h4, never configured, is the underlay;
+* lab K, 6 hosts, `datapath: kernel`: h1, h2 run `crossnet apply` + `attach` with one
+  container each; h3 → h4, never configured, is the underlay; h5 → h6 is the floor
+  (manual.RoutedVethFloor: a container veth and a route by hand, host-gw's shape, or
+  flannel's L3 vxlan layout for vxlan, nothing of crossnet's) -- the least a container
+  path of that shape costs here, so the figures say how much of the gap to the underlay
+  is the veth and namespace crossing every container path has;
 * lab E, 2 hosts, `datapath: ebpf` (`lab up --datapath ebpf`): h1, h2 the same, with
   routed container veths and the tc eBPF programs (crossnet.ebpf).
 
-Every round runs one iperf3 TCP run on each of the three paths (the order reversed every
+Every round runs one iperf3 TCP run on each of the four paths (the order reversed every
 other round, dataplane._paired), so load changes on this shared machine hit all alike;
 then ping RTT on each. Figures: throughput ÷ underlay, ebpf ÷ kernel (median over pairs of
-rounds, util.median_ratio), RTT p50 overhead vs the underlay in µs. When this machine
+rounds, util.median_ratio), RTT p50 overhead vs the underlay in µs; for kernel and ebpf
+also ÷ the floor and the RTT p50 over the floor's. When this machine
 cannot run the programs (crossnet.ebpf.problem()), lab E is not built and the ebpf path
 says ``skipped: <why>``; when lab E's hosts fell back to kernel forwarding, the row says so.
 """
@@ -26,7 +31,7 @@ from typing import Any
 from crossnet.bench.util import RunContext, Skip, bench_lab, clean_error, loadavg, ratio
 
 BACKENDS = ("host-gw", "vxlan")
-PATHS = ("kernel", "ebpf", "underlay")  # the order of a round (reversed every other one)
+PATHS = ("kernel", "floor", "underlay", "ebpf")  # a round's order, reversed every other one: kernel and ebpf at the two ends, so a pair of rounds gives each both ends
 
 
 def ebpf_unavailable() -> str | None:
@@ -55,7 +60,8 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any]:
     if not u or "gbps" not in u:
         return row
     ug = u["gbps"]
-    for name in ("kernel", "ebpf"):
+    f = paths.get("floor") or {}
+    for name in ("kernel", "ebpf", "floor"):
         p = paths.get(name)
         if not p or "gbps" not in p:
             continue
@@ -65,6 +71,9 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any]:
         p["ratio_max"] = ratio(g["max"], ug["min"])
         p["round_ratio"] = median_ratio(g["samples"], ug["samples"])
         p["rtt_overhead_us"] = rtt_overhead_us(p, u)
+        if name != "floor" and "gbps" in f:
+            p["vs_floor"] = {"median_round_ratio": median_ratio(g["samples"], f["gbps"]["samples"]),
+                             "rtt_over_floor_us": rtt_overhead_us(p, f)}
     k, e = paths.get("kernel") or {}, paths.get("ebpf") or {}
     if "gbps" in k and "gbps" in e:
         ks, es = k["gbps"]["samples"], e["gbps"]["samples"]
@@ -106,16 +115,22 @@ def _describe(lab: Any, hosts: tuple[Any, ...]) -> dict[str, Any]:
 def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: float, ping_count: int,
             ebpf_why: str | None) -> dict[str, Any]:
     from crossnet.bench.dataplane import _paired
+    from crossnet.bench.manual import RoutedVethFloor
 
     row: dict[str, Any] = {"backend": backend, "mtu": mtu, "status": "ok", "load_before": loadavg()}
     t0 = time.monotonic()
     try:
         with ExitStack() as stack:
-            lk = stack.enter_context(bench_lab(_lab_opts(backend, mtu, 4, "kernel"), apply=False))
-            k1, k2, u1, u2 = lk.hosts[:4]
+            lk = stack.enter_context(bench_lab(_lab_opts(backend, mtu, 6, "kernel"), apply=False))
+            k1, k2, u1, u2, f1, f2 = lk.hosts[:6]
             paths = {"kernel": (k1.containers[0], k2.containers[0], _up(rc, lk, (k1, k2), f"{backend} kernel, MTU {mtu}")),
                      "underlay": (u1.netns, u2.netns, u2.address)}
-            row["paths"] = {"kernel": {"container_mtu": lk.status(k2.name).get("mtu")}, "ebpf": {}, "underlay": {}}
+            floor = RoutedVethFloor(lk, (f1, f2), encap="vxlan" if backend == "vxlan" else None)
+            built = floor.build(mtu)
+            paths["floor"] = (built.client_ns, built.server_ns, built.server_addr)
+            row["paths"] = {"kernel": {"container_mtu": lk.status(k2.name).get("mtu")}, "ebpf": {},
+                            "floor": {"layout": floor.name, "container_mtu": built.container_mtu,
+                                      "steps": built.steps}, "underlay": {}}
             le = None
             if ebpf_why is None:
                 le = stack.enter_context(bench_lab(_lab_opts(backend, mtu, 2, "ebpf"), apply=False))

@@ -323,6 +323,75 @@ class KernelVxlan(Layout):
         return Built(self.container_ns(hosts[0]), self.container_ns(hosts[1]), addrs[1], inner, self.steps)
 
 
+class RoutedVethFloor(Layout):
+    """Not a tutorial layout: the least a container path of a backend's shape costs on
+    this machine, built by hand with nothing of crossnet's (no bridge, no nft table, no
+    programs): a veth into a container namespace whose host end holds the gateway, and
+    a route to the peer's containers -- via the peer host (``encap=None``, host-gw's
+    shape) or over a vxlan device without learning, flannel's L3 layout (``"vxlan"``).
+    `bench datapath` runs it beside the datapaths, on two hosts of its own."""
+
+    name = "floor-routed-veth"
+    description = ("the floor, by hand: a veth into the container namespace, the gateway on its host end (no bridge), "
+                   "`ip route add <peer subnet> via <peer host>`; nothing of crossnet's")
+    diagnostic = True
+    VNI = 43
+
+    def __init__(self, lab: Any, hosts: tuple[Any, ...] | None = None, encap: str | None = None):
+        super().__init__(lab)
+        self.hosts = tuple(hosts or lab.hosts[:2])
+        self.encap = encap
+        if encap == "vxlan":
+            self.name = "floor-routed-veth-vxlan"
+            self.overhead = 50
+            self.description = ("the floor, by hand: a veth into the container namespace, the gateway on its host end "
+                                "(no bridge), a vxlan device without learning, `ip route add <peer subnet> via "
+                                "<peer's vxlan address> dev vf0 onlink` + static neighbour and FDB entries")
+        elif encap is not None:
+            raise ValueError(f"encap: {encap!r} is not None or 'vxlan'")
+
+    def build(self, mtu: int) -> Built:
+        inner = mtu - self.overhead
+        addrs = []
+        for k, h in enumerate(self.hosts, 1):
+            self._run(h.netns, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            cns = self.container_ns(h)
+            self._run(None, ["ip", "netns", "add", cns])
+            veth = f"vf{k}"
+            self._run(h.netns, ["ip", "link", "add", veth, "mtu", str(inner), "type", "veth", "peer", "name", "eth0",
+                                "mtu", str(inner), "netns", cns])
+            self._run(h.netns, ["ip", "addr", "add", f"{MANUAL_NET}.{k}.1/24", "dev", veth])
+            self._run(h.netns, ["ip", "link", "set", veth, "up"])
+            self._run(cns, ["ip", "link", "set", "lo", "up"])
+            self._run(cns, ["ip", "link", "set", "eth0", "up"])
+            addrs.append(f"{MANUAL_NET}.{k}.2")
+            self._run(cns, ["ip", "addr", "add", f"{addrs[-1]}/24", "dev", "eth0"])
+            self._run(cns, ["ip", "route", "add", "default", "via", f"{MANUAL_NET}.{k}.1"])
+            if self.encap == "vxlan":
+                self._run(h.netns, ["ip", "link", "add", "vf0", "address", self._mac(k), "type", "vxlan", "id",
+                                    str(self.VNI), "local", h.address, "dev", h.ifname, "dstport", "4789",
+                                    "nolearning"])
+                self._run(h.netns, ["ip", "addr", "add", f"{MANUAL_NET}.{k}.0/32", "dev", "vf0"])
+                self._run(h.netns, ["ip", "link", "set", "vf0", "mtu", str(inner), "up"])
+        for k, h in enumerate(self.hosts, 1):
+            for j, peer in enumerate(self.hosts, 1):
+                if j == k:
+                    continue
+                if self.encap == "vxlan":
+                    self._run(h.netns, ["ip", "neigh", "add", f"{MANUAL_NET}.{j}.0", "lladdr", self._mac(j),
+                                        "dev", "vf0", "nud", "permanent"])
+                    self._run(h.netns, ["bridge", "fdb", "append", self._mac(j), "dev", "vf0", "dst", peer.address])
+                    self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "via", f"{MANUAL_NET}.{j}.0",
+                                        "dev", "vf0", "onlink"])
+                else:
+                    self._run(h.netns, ["ip", "route", "add", f"{MANUAL_NET}.{j}.0/24", "via", peer.address])
+        return Built(self.container_ns(self.hosts[0]), self.container_ns(self.hosts[1]), addrs[1], inner, self.steps)
+
+    @staticmethod
+    def _mac(k: int) -> str:
+        return f"02:40:00:00:00:{k:02x}"
+
+
 class ManualWireguard(Layout):
     name = "manual-wireguard"
     description = ("WireGuard by hand: wireguard-go wg0, `wg set` (key file, listen-port, a peer per host with "

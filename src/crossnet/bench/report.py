@@ -744,9 +744,10 @@ def _datapath_md(dx: dict[str, Any]) -> list[str]:
     p = dx.get("params") or {}
     out.append(
         "Per backend and MTU two labs up at the same time, one switch each: a `datapath: kernel` lab (h1 → h2 "
-        "container to container; h3 → h4, never configured, the underlay) and a `datapath: ebpf` lab (h1 → h2, routed "
-        "container veths and the tc eBPF programs, docs/datapath.md). Every round one iperf3 TCP run "
-        f"({p.get('duration_s')} s) on each of the three paths, the order reversed every other round, "
+        "container to container; h3 → h4, never configured, the underlay; h5 → h6 the floor: a container veth and "
+        "a route typed by hand, nothing of crossnet's — host-gw's shape, or flannel's L3 vxlan layout for vxlan) and "
+        "a `datapath: ebpf` lab (h1 → h2, routed container veths and the tc eBPF programs, docs/datapath.md). Every "
+        f"round one iperf3 TCP run ({p.get('duration_s')} s) on each path, the order reversed every other round, "
         f"{p.get('repeats')} rounds; then {p.get('ping_count')} pings per path. ebpf ÷ kernel is the median over pairs "
         "of rounds (one in each order); the RTT overhead is the path's p50 minus the underlay's. Measure on a quiet "
         "machine: the paths differ by a few percent, less than what other work on a shared 2-vCPU VM moves them.")
@@ -757,13 +758,14 @@ def _datapath_md(dx: dict[str, Any]) -> list[str]:
     rows = []
     for r in dx.get("rows", []):
         if r.get("status") != "ok":
-            rows.append([r["backend"], str(r["mtu"]), "–", f"{r.get('status')}: {r.get('reason')}", "–", "–", "–", "–"])
+            rows.append([r["backend"], str(r["mtu"]), "–", f"{r.get('status')}: {r.get('reason')}", "–", "–", "–", "–",
+                         "–", "–"])
             continue
-        for name in ("kernel", "ebpf", "underlay"):
+        for name in ("kernel", "ebpf", "floor", "underlay"):
             x = (r.get("paths") or {}).get(name) or {}
             if "gbps" not in x:
                 rows.append([r["backend"], str(r["mtu"]), name, f"{x.get('status', 'not measured')}: "
-                             f"{x.get('reason', '')}", "–", "–", "–", "–"])
+                             f"{x.get('reason', '')}", "–", "–", "–", "–", "–", "–"])
                 continue
             ran = {(d or {}).get("datapath") for d in (x.get("datapath") or {}).values()}
             label = name + (f" (ran: {', '.join(sorted(map(str, ran)))})" if name == "ebpf" and ran != {"ebpf"} else "")
@@ -772,9 +774,11 @@ def _datapath_md(dx: dict[str, Any]) -> list[str]:
                          ", ".join(f"{v:.3f}" for v in x["gbps"].get("samples", [])),
                          "1" if name == "underlay" else _f(x.get("ratio"), 3),
                          f"{_f(rtt.get('p50_ms'), 3)}/{_f(rtt.get('p99_ms'), 3)}",
-                         "–" if name == "underlay" else _f(x.get("rtt_overhead_us"), 3)])
+                         "–" if name == "underlay" else _f(x.get("rtt_overhead_us"), 3),
+                         _f((x.get("vs_floor") or {}).get("median_round_ratio"), 3) if x.get("vs_floor") else "–",
+                         _f((x.get("vs_floor") or {}).get("rtt_over_floor_us"), 3) if x.get("vs_floor") else "–"])
     out.append(_md_table(["backend", "MTU", "path", "Gbit/s median (min–max)", "per round", "÷ underlay",
-                          "RTT p50/p99 ms", "RTT p50 overhead µs"], rows))
+                          "RTT p50/p99 ms", "RTT p50 overhead µs", "÷ floor (rounds)", "RTT over floor µs"], rows))
     out.append("")
     for r in dx.get("rows", []):
         vk = r.get("ebpf_vs_kernel")
@@ -789,6 +793,12 @@ def _datapath_md(dx: dict[str, Any]) -> list[str]:
                    + (f"; packets the programs redirected: {', '.join(f'{h} {n}' for h, n in counters.items())}"
                       if counters else ""))
     out.append("")
+    shown: set[str] = set()
+    for r in dx.get("rows", []):
+        fl = (r.get("paths") or {}).get("floor") or {}
+        if fl.get("steps") and fl.get("layout") not in shown:
+            shown.add(fl["layout"])
+            out += _steps_details(f"How the floor was built ({fl['layout']}, {r['backend']} rows)", fl["steps"])
     return out
 
 

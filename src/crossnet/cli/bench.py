@@ -197,22 +197,24 @@ def _print_human(res: dict[str, Any]) -> None:
     dx = res.get("datapath")
     if dx and dx.get("rows"):
         t = Table(title="datapath ebpf vs kernel: TCP throughput and RTT (interleaved rounds)", header_style="bold")
-        for col in ("backend", "MTU", "path", "Gbit/s (min–max)", "÷ underlay", "RTT p50 ms", "RTT overhead µs"):
+        for col in ("backend", "MTU", "path", "Gbit/s (min–max)", "÷ underlay", "RTT p50 ms", "RTT overhead µs",
+                    "÷ floor", "RTT over floor µs"):
             t.add_column(col)
         for r in dx["rows"]:
             if r["status"] != "ok":
                 t.add_row(r["backend"], str(r["mtu"]), "", f"[yellow]{r['status']}[/yellow]: {r.get('reason', '')}",
-                          "", "", "")
+                          "", "", "", "", "")
                 continue
             for name, p in r["paths"].items():
                 if "gbps" not in p:
                     t.add_row(r["backend"], str(r["mtu"]), name, f"[yellow]{p.get('status')}[/yellow]: "
-                              f"{p.get('reason', '')}", "", "", "")
+                              f"{p.get('reason', '')}", "", "", "", "", "")
                     continue
-                g = p["gbps"]
+                g, vf = p["gbps"], p.get("vs_floor") or {}
                 t.add_row(r["backend"], str(r["mtu"]), name, f"{g['median']:.2f} ({g['min']:.2f}–{g['max']:.2f})",
                           "1" if name == "underlay" else str(p.get("ratio")), f"{p['rtt']['p50_ms']:.3f}",
-                          "" if name == "underlay" else str(p.get("rtt_overhead_us")))
+                          "" if name == "underlay" else str(p.get("rtt_overhead_us")),
+                          str(vf.get("median_round_ratio", "")), str(vf.get("rtt_over_floor_us", "")))
         con.print(t)
     cp = res.get("control")
     if cp:
