@@ -662,3 +662,24 @@ def test_the_detached_supervisor_runs_without_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "crossnet.mesh.supervise", "--state-dir"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+def test_the_idle_supervisor_sleeps_until_etcd_exits_or_it_is_asked_to_stop(tmp_path):
+    """The supervisor's loop has no 0.5 s poll: it sleeps until its next tick unless its
+    attention event is set — by a thread blocked on etcd's pidfd when etcd exits (it is
+    restarted at once), by the agent thread's exit, by SIGTERM (request_stop)."""
+    sup = _supervisor(tmp_path, "voter", RecordingEtcd(VOTERS, {}))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        sup._watch_exit(proc)
+        assert not sup._poll_child  # the pidfd is there: nothing polls
+        assert not sup._attention.wait(0.3)  # nothing to look at while etcd runs
+        proc.stdin.close()  # etcd exits
+        assert sup._attention.wait(10)
+        assert proc.wait(5) == 0  # reaped by Popen as before: the watcher only waits for it
+    finally:
+        proc.kill()
+        proc.wait()
+    sup._attention.clear()
+    sup.request_stop()
+    assert sup._stop.is_set() and sup._attention.is_set()
