@@ -683,3 +683,27 @@ def test_the_idle_supervisor_sleeps_until_etcd_exits_or_it_is_asked_to_stop(tmp_
     sup._attention.clear()
     sup.request_stop()
     assert sup._stop.is_set() and sup._attention.is_set()
+
+
+@pytest.mark.parametrize(("outcome", "code"), [(0, 0), (RuntimeError("boom"), 1)])
+def test_the_agent_thread_wakes_the_supervisor_when_it_ends_and_reads_as_ended_then(outcome, code):
+    """on_exit runs on the agent thread itself, which is still alive then: poll() must
+    already give the exit code, or the woken supervisor would not restart the agent
+    until its next tick."""
+    import threading
+
+    class Agent:
+        def run(self):
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    seen: list = []
+    woke = threading.Event()
+    at = ml.AgentThread.__new__(ml.AgentThread)  # without the etcd store its __init__ connects
+    at.agent, at.returncode, at.ended = Agent(), None, False
+    at.on_exit = lambda: (seen.append(at.poll()), woke.set())
+    at._thread = threading.Thread(target=at._main, daemon=True)
+    assert at.start().poll() in (None, code)
+    assert woke.wait(10)
+    assert seen == [code] and at.poll() == code

@@ -543,6 +543,7 @@ class AgentThread:
         self.agent = Agent(store, StateDir(state_dir), AgentOptions(name=name, iface=iface, address=address))
         self.returncode: int | None = None
         self.on_exit = on_exit  # the supervisor's loop sleeps until a child exits (or its next tick)
+        self.ended = False  # set before on_exit runs (the thread is still alive then)
         self._thread = threading.Thread(target=self._main, name="agent", daemon=True)
 
     def start(self) -> AgentThread:
@@ -556,11 +557,16 @@ class AgentThread:
             log.exception("agent failed")
             self.returncode = 1
         finally:
+            if self.returncode is None:
+                self.returncode = 1
+            self.ended = True
             if self.on_exit is not None:
                 self.on_exit()
 
     def poll(self) -> int | None:
-        return None if self._thread.is_alive() else (self.returncode if self.returncode is not None else 1)
+        if not self.ended and self._thread.is_alive():
+            return None
+        return self.returncode if self.returncode is not None else 1
 
     def stop(self, timeout: float = 15.0) -> None:
         self.agent.request_stop()
