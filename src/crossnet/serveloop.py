@@ -66,6 +66,8 @@ class Waker:
                 ready = sel.select()
                 if self.woken:
                     return
+                if any(key.fileobj is self._r for key, _ in ready):
+                    self.reset()  # a byte left from before a reset(): drained, never a busy loop
                 if any(key.fileobj is sock for key, _ in ready):
                     yield
 

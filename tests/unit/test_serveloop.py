@@ -170,3 +170,27 @@ def test_waker_readable_yields_per_readiness_and_ends_on_wake(counting):
         waker.close()
         a.close()
         b.close()
+
+
+def test_a_stale_wake_byte_after_reset_does_not_spin_the_loop(counting):
+    """reset() makes the waker usable again; a byte that still arrives after it (a wake()
+    racing a reset) is drained by the loop, which then sleeps again instead of spinning."""
+    a, b = socket.socketpair()
+    waker = serveloop.Waker()
+    waker.wake()
+    waker.reset()
+    waker._w.send(b"\0")  # the late byte
+    t = threading.Thread(target=lambda: list(waker.readable(a)), daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)
+        calls = counting.calls
+        time.sleep(0.5)
+        assert 1 <= calls <= 2 and counting.calls == calls  # woke once for the byte, then asleep
+        waker.wake()
+        t.join(timeout=5)
+        assert not t.is_alive()
+    finally:
+        waker.close()
+        a.close()
+        b.close()
