@@ -202,3 +202,17 @@ def test_the_idle_main_loop_sleeps_until_its_next_deadline_and_is_woken_for_stop
     a.request_stop()
     assert a.stop.is_set() and a.queue.get_nowait() == ("wake",)
     a._handle(("wake",))  # nothing to do but turn the loop
+
+
+def test_the_local_check_asks_for_a_republish_when_the_dns_answers_cluster_wide(tmp_path):
+    """No DNS tick thread: the main loop's local check (every second) asks the publisher,
+    which republishes only when this host's list changed (a namespace died, no detach)."""
+    from types import SimpleNamespace
+
+    for scope, want in (("cluster", [0]), ("host", []), (None, [])):
+        a = Agent(store_for("vxlan"), StateDir(tmp_path / "state"), AgentOptions(name="h1", api=False))
+        asked: list[float] = []
+        a.containers_changed = lambda wait=1.0, force=False, asked=asked: asked.append(wait)  # type: ignore[method-assign]
+        a.dns = SimpleNamespace(scope=scope) if scope else None
+        a._check_local()  # no lease yet: the rest of the check waits for it
+        assert asked == want, scope

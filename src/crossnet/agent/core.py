@@ -928,10 +928,16 @@ class Agent:
         return items
 
     def _check_local(self) -> None:
-        """Every second: republish what only this host knows when it changed (a rotated
+        """Every second: republish this host's containers when one's namespace died (with
+        the cluster-wide DNS), what only this host knows when it changed (a rotated
         WireGuard key: `crossnet keygen --rotate`), and re-program at once when the
         backend says its local data plane broke (wireguard-go died)."""
         self.next_local_check = time.monotonic() + LOCAL_CHECK_INTERVAL
+        if self.dns is not None and self.dns.scope == "cluster":
+            # the DNS answers every host's published containers: a container whose namespace
+            # died without a detach leaves this host's list (the publisher reads it only when
+            # ipam.json, applied.json or a namespace path changed: crossnet.localcache)
+            self.containers_changed(wait=0)
         if self.lease is None or self.ctx is None or self.backend is None or self.reacquire_at is not None:
             return
         try:
