@@ -436,10 +436,25 @@ def test_stop_release_removes_the_host_everywhere(mesh):
     assert "vxlan" not in lab.run("h4", ["ip", "-o", "link"], check=True).stdout
 
 
+def _etcd_pid(lab, host: str, exclude: int, missing_ok: bool = False) -> int | None:
+    """The pid of the etcd member in the host's namespace (not the supervisor ``exclude``)."""
+    for pid in labns.netns_pids([lab.plan.host(host).netns]).get(lab.plan.host(host).netns, []):
+        if pid == exclude:
+            continue
+        try:
+            exe = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        if exe == "etcd":
+            return pid
+    assert missing_ok, f"no etcd in {host}"
+    return None
+
+
 def test_foreground_first_launch_for_systemd(lab_factory):
     """`crossnet launch --foreground` on a new host: creates the mesh, prints the join
-    command, stays in the foreground (the supervisor itself); SIGTERM stops it (data
-    plane kept) with exit 0."""
+    command, stays in the foreground (the supervisor itself); an etcd member killed alone
+    is started again by it; SIGTERM stops it (data plane kept) with exit 0."""
     lab = lab_factory(hosts=2, underlay="l2", backend="vxlan", containers=0, apply=False)
     proc = subprocess.Popen(lab.argv("h1", [sys.executable, "-m", "crossnet", "launch", "--foreground",
                                             "--name", "h1"]),
@@ -457,6 +472,14 @@ def test_foreground_first_launch_for_systemd(lab_factory):
         assert "joined the mesh as a voter" in res.stdout
         st = _wait(lambda: (s := _status(lab, "h2"))["store"] == "ok" and len(s["peers"]) == 2 and s, 30, "2 peers")
         assert {p["name"]: p["state"] for p in st["peers"]} == {"h1": "up", "h2": "up"}
+        # etcd dies alone: the supervisor (asleep until its next tick, woken by etcd's
+        # pidfd) starts it again and h1's agent reads the store through it
+        etcd = _etcd_pid(lab, "h1", exclude=proc.pid)
+        os.kill(etcd, signal.SIGKILL)
+        again = _wait(lambda: (p := _etcd_pid(lab, "h1", exclude=proc.pid, missing_ok=True)) not in (None, etcd) and p,
+                      30, "etcd started again")
+        assert proc.poll() is None and again != etcd
+        _wait(lambda: _status(lab, "h1")["store"] == "ok", 30, "h1's store ok again")
     finally:
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)

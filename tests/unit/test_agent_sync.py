@@ -177,3 +177,42 @@ def test_a_peer_the_backend_cannot_reach_is_skipped_not_fatal(kernel, tmp_path):
     far2 = store.join("far2", "10.99.0.6")
     deliver(a, store)
     assert str(far2.subnet) not in routes(kernel) and recorded(a)[0] == ["h2"]
+
+
+def test_the_idle_main_loop_sleeps_until_its_next_deadline_and_is_woken_for_stop_and_resync(tmp_path):
+    """The main loop's queue wait: until the next local check, resync or re-registration
+    (never a fixed 0.5 s tick), at most half the systemd watchdog window; stopping and
+    POST /v1/resync (resync_soon) put a wake-up item so neither waits for the timeout."""
+    import time
+
+    from crossnet.agent import core
+
+    a = Agent(store_for("vxlan"), StateDir(tmp_path / "state"), AgentOptions(name="h1", api=False))
+    now = time.monotonic()
+    a.next_local_check, a.next_resync, a.reacquire_at = now + 0.8, now + 30, None
+    assert 0.6 < a._idle_wait(0.0) <= 0.8
+    assert 0.0 < a._idle_wait(0.5) <= 0.25  # systemd's watchdog window: the loop beats in time
+    a.next_local_check = now + 60
+    assert a._idle_wait(0.0) == core.LOCAL_CHECK_INTERVAL  # bounded even with every deadline far
+    a.reacquire_at = now - 1
+    assert a._idle_wait(0.0) == 0.0  # overdue: no sleep at all
+    a.reacquire_at, a.next_resync = None, now + 30
+    a.resync_soon()
+    assert a.next_resync == 0.0 and a.queue.get_nowait() == ("wake",)
+    a.request_stop()
+    assert a.stop.is_set() and a.queue.get_nowait() == ("wake",)
+    a._handle(("wake",))  # nothing to do but turn the loop
+
+
+def test_the_local_check_asks_for_a_republish_when_the_dns_answers_cluster_wide(tmp_path):
+    """No DNS tick thread: the main loop's local check (every second) asks the publisher,
+    which republishes only when this host's list changed (a namespace died, no detach)."""
+    from types import SimpleNamespace
+
+    for scope, want in (("cluster", [0]), ("host", []), (None, [])):
+        a = Agent(store_for("vxlan"), StateDir(tmp_path / "state"), AgentOptions(name="h1", api=False))
+        asked: list[float] = []
+        a.containers_changed = lambda wait=1.0, force=False, asked=asked: asked.append(wait)  # type: ignore[method-assign]
+        a.dns = SimpleNamespace(scope=scope) if scope else None
+        a._check_local()  # no lease yet: the rest of the check waits for it
+        assert asked == want, scope

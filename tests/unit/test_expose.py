@@ -82,11 +82,14 @@ def test_agent_resync_endpoint(tmp_path):
 
     class Agent:
         state = StateDir(tmp_path)
-        next_resync = 1e12
+        asked = 0
+
+        def resync_soon(self):
+            self.asked += 1
 
     agent = Agent()
     assert agentapi.handle(agent, "POST", "/v1/resync", {}) == (200, {"resync": True})
-    assert agent.next_resync == 0.0
+    assert agent.asked == 1
     with pytest.raises(agentapi.BadRequest, match="unknown field 'x'"):
         agentapi.handle(agent, "POST", "/v1/resync", {"x": 1})
     assert agentapi.handle(agent, "GET", "/v1/resync", {})[0] == 405

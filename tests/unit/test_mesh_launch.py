@@ -662,3 +662,48 @@ def test_the_detached_supervisor_runs_without_the_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "crossnet.mesh.supervise", "--state-dir"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "usage:" in bad.stderr
+
+
+def test_the_idle_supervisor_sleeps_until_etcd_exits_or_it_is_asked_to_stop(tmp_path):
+    """The supervisor's loop has no 0.5 s poll: it sleeps until its next tick unless its
+    attention event is set — by a thread blocked on etcd's pidfd when etcd exits (it is
+    restarted at once), by the agent thread's exit, by SIGTERM (request_stop)."""
+    sup = _supervisor(tmp_path, "voter", RecordingEtcd(VOTERS, {}))
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        sup._watch_exit(proc)
+        assert not sup._poll_child  # the pidfd is there: nothing polls
+        assert not sup._attention.wait(0.3)  # nothing to look at while etcd runs
+        proc.stdin.close()  # etcd exits
+        assert sup._attention.wait(10)
+        assert proc.wait(5) == 0  # reaped by Popen as before: the watcher only waits for it
+    finally:
+        proc.kill()
+        proc.wait()
+    sup._attention.clear()
+    sup.request_stop()
+    assert sup._stop.is_set() and sup._attention.is_set()
+
+
+@pytest.mark.parametrize(("outcome", "code"), [(0, 0), (RuntimeError("boom"), 1)])
+def test_the_agent_thread_wakes_the_supervisor_when_it_ends_and_reads_as_ended_then(outcome, code):
+    """on_exit runs on the agent thread itself, which is still alive then: poll() must
+    already give the exit code, or the woken supervisor would not restart the agent
+    until its next tick."""
+    import threading
+
+    class Agent:
+        def run(self):
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+    seen: list = []
+    woke = threading.Event()
+    at = ml.AgentThread.__new__(ml.AgentThread)  # without the etcd store its __init__ connects
+    at.agent, at.returncode, at.ended = Agent(), None, False
+    at.on_exit = lambda: (seen.append(at.poll()), woke.set())
+    at._thread = threading.Thread(target=at._main, daemon=True)
+    assert at.start().poll() in (None, code)
+    assert woke.wait(10)
+    assert seen == [code] and at.poll() == code

@@ -149,6 +149,7 @@ def test_monitor_measures_calls_changed_once_and_wakes_on_poke(monkeypatch):
     time.sleep(0.2)
     assert changed == [1, 1] and ctx.mtu == 1450
     stop.set()
+    mon.poke()  # it sleeps until its next round or a poke (no periodic wakeup): stopping pokes
     t.join(timeout=5)
     assert not t.is_alive()
 

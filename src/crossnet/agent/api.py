@@ -43,6 +43,7 @@ from typing import Any, Protocol
 
 from crossnet.agent.metrics import observe
 from crossnet.errors import ConfigError, CrossnetError, IpamError
+from crossnet.serveloop import WakeOnShutdown
 from crossnet.state import StateDir
 from crossnet.unixhttp import UnixHTTPConnection, short_path
 
@@ -58,6 +59,8 @@ class Agent(Protocol):
     def cluster_containers(self) -> dict[str, Any]: ...
 
     def containers_changed(self, wait: float = 1.0, force: bool = False) -> None: ...
+
+    def resync_soon(self) -> None: ...
 
 MAX_BODY = 1 << 20  # larger bodies: 413
 MAX_DEPTH = 16  # JSON nesting of a body (the largest one, /v1/cni, needs 2)
@@ -80,10 +83,11 @@ class NotConfigured(CrossnetError):
     """The agent has not configured this host (yet): 409."""
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+class _Server(WakeOnShutdown, socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """One thread per connection, at most MAX_CONNECTIONS of them: a connection over
     the limit gets a 503 and is closed by the accepting thread, which never blocks on
-    it. Each connection must deliver its request within REQUEST_TIMEOUT."""
+    it. Each connection must deliver its request within REQUEST_TIMEOUT. The accepting
+    thread sleeps until a connection or close() (crossnet.serveloop: no poll interval)."""
 
     daemon_threads = True
     allow_reuse_address = False
@@ -409,8 +413,8 @@ def handle(agent: Agent, method: str, path: str, body: dict) -> tuple[int, Any]:
         if items and not body.get("dry_run"):
             _containers_changed(agent)
         return 200, {"dry_run": bool(body.get("dry_run")), "collected": items}
-    if method == "POST" and path == "/v1/resync":  # the main loop syncs within 0.5 s (crossnet expose)
-        agent.next_resync = 0.0
+    if method == "POST" and path == "/v1/resync":  # the main loop is woken and syncs (crossnet expose)
+        agent.resync_soon()
         return 200, {"resync": True}
     if method == "GET" and path == "/v1/containers":
         return 200, agent.cluster_containers()
@@ -482,8 +486,7 @@ def _context(state: StateDir):
 class _ApiHandle:
     def __init__(self, server: _Server):
         self.server = server
-        self.thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                                       name="api", daemon=True)
+        self.thread = threading.Thread(target=server.serve_forever, name="api", daemon=True)
         self.thread.start()
 
     def close(self) -> None:

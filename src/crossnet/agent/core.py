@@ -108,7 +108,8 @@ class Agent:
         self.state = state
         self.opts = opts
         self.stop = threading.Event()
-        self.queue: queue.Queue[tuple] = queue.Queue()
+        # what the main loop acts on; SimpleQueue: put() is safe in a signal handler (request_stop)
+        self.queue: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self.cfg: NetworkConfig | None = None  # the store's config (+ networks kept for their containers)
         self.nets: dict[str, HostContext] = {}  # this host's context of each named network (docs/networks.md)
         self.kept_networks: list[str] = []  # named networks gone from the store, kept for their containers
@@ -762,6 +763,23 @@ class Agent:
 
     def request_stop(self, *_args: Any) -> None:
         self.stop.set()
+        self.queue.put(("wake",))  # the main loop sleeps until its next deadline: wake it now
+
+    def resync_soon(self) -> None:
+        """A full resync at once (POST /v1/resync, the PMTU thread): the main loop is woken."""
+        self.next_resync = 0.0
+        self.queue.put(("wake",))
+
+    def _idle_wait(self, window: float) -> float:
+        """Seconds the main loop may sleep on its queue: until the next thing it has to do
+        (local check, resync, re-registration), no periodic wakeup beyond those; at most
+        half the systemd watchdog's window (``window``, 0: none)."""
+        due = min(self.next_local_check, self.next_resync,
+                  self.reacquire_at if self.reacquire_at is not None else float("inf"))
+        wait = due - time.monotonic()
+        if window:
+            wait = min(wait, window / 2)
+        return min(max(wait, 0.0), LOCAL_CHECK_INTERVAL)
 
     def run(self) -> int:
         if threading.current_thread() is threading.main_thread():
@@ -805,8 +823,7 @@ class Agent:
         if self.store.config_watch:
             self._start_thread("config", self._config_loop)
         if self.pmtu:
-            self._start_thread("pmtu", lambda: self.pmtu.run(
-                lambda: self.ctx, self.backend, lambda: setattr(self, "next_resync", 0.0), self.stop))
+            self._start_thread("pmtu", lambda: self.pmtu.run(lambda: self.ctx, self.backend, self.resync_soon, self.stop))
         if self.transports:
             self._start_thread("transport", self.transports.run)
         self.containers_changed(wait=0)
@@ -819,7 +836,7 @@ class Agent:
         while not self.stop.is_set():
             beat.beat()
             try:
-                item = self.queue.get(timeout=0.5)
+                item = self.queue.get(timeout=self._idle_wait(beat.window))
             except queue.Empty:
                 item = None
             try:
@@ -911,10 +928,16 @@ class Agent:
         return items
 
     def _check_local(self) -> None:
-        """Every second: republish what only this host knows when it changed (a rotated
+        """Every second: republish this host's containers when one's namespace died (with
+        the cluster-wide DNS), what only this host knows when it changed (a rotated
         WireGuard key: `crossnet keygen --rotate`), and re-program at once when the
         backend says its local data plane broke (wireguard-go died)."""
         self.next_local_check = time.monotonic() + LOCAL_CHECK_INTERVAL
+        if self.dns is not None and self.dns.scope == "cluster":
+            # the DNS answers every host's published containers: a container whose namespace
+            # died without a detach leaves this host's list (the publisher reads it only when
+            # ipam.json, applied.json or a namespace path changed: crossnet.localcache)
+            self.containers_changed(wait=0)
         if self.lease is None or self.ctx is None or self.backend is None or self.reacquire_at is not None:
             return
         try:
@@ -956,6 +979,8 @@ class Agent:
 
     def _shutdown_threads(self) -> None:
         self.stop.set()
+        if self.pmtu:
+            self.pmtu.poke()  # its thread sleeps until its next round otherwise
         with self._pub_cond:
             self._pub_cond.notify_all()
         self.store.interrupt_watch()

@@ -13,7 +13,6 @@ The wire format is dnslib's.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -26,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dnslib import AAAA, CLASS, DNSHeader, DNSRecord, OPCODE, PTR, QTYPE, RCODE, RR, A  # noqa: F401
 
 from crossnet.dns import TTL, RoundRobin, Table, normalize
+from crossnet.serveloop import Waker
 
 log = logging.getLogger("crossnet.dns")
 
@@ -286,6 +286,7 @@ class DnsServer:
         self.table = table or Table()
         self.rr = RoundRobin()
         self.stop_event = threading.Event()
+        self._waker = Waker()  # the listener threads sleep on their socket and this: stop() wakes them
         self._socks: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns-forward")
@@ -332,8 +333,7 @@ class DnsServer:
                 t.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
                 t.bind((addr, self.port))
                 t.listen(64)
-                t.settimeout(0.5)
-                u.settimeout(0.5)
+                t.setblocking(False)  # accept() after the selector said readable: never hangs
                 self._spawn(f"dns-udp-{addr}", self._udp_loop, u)
                 self._spawn(f"dns-tcp-{addr}", self._tcp_loop, t)
         except OSError:
@@ -347,30 +347,26 @@ class DnsServer:
 
     def stop(self) -> None:
         self.stop_event.set()
-        for s in self._socks:  # wakes the threads blocked in recvfrom/accept
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
+        self._waker.wake()  # the listener threads return from their selector now
         for th in self._threads:
             th.join(timeout=2)
         for s in self._socks:
             s.close()
         self._socks, self._threads = [], []
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._waker.close()
 
     def _udp_loop(self, sock: socket.socket) -> None:
-        while not self.stop_event.is_set():
-            try:
-                data, peer = sock.recvfrom(MAX_QUERY + 1)
-            except TimeoutError:
-                continue
-            except OSError:
-                if self.stop_event.is_set():
-                    return
-                continue
-            try:
-                self._udp_one(sock, data, peer)
-            except Exception:  # noqa: BLE001 - one bad query never stops the server
-                log.exception("dns: answering a UDP query")
+        for _ in self._waker.readable(sock):  # sleeps (no timeout) until a datagram or stop()
+            while not self.stop_event.is_set():  # every datagram queued, then sleep again
+                try:
+                    data, peer = sock.recvfrom(MAX_QUERY + 1, socket.MSG_DONTWAIT)
+                except OSError:  # BlockingIOError: none left
+                    break
+                try:
+                    self._udp_one(sock, data, peer)
+                except Exception:  # noqa: BLE001 - one bad query never stops the server
+                    log.exception("dns: answering a UDP query")
 
     def _udp_one(self, sock: socket.socket, data: bytes, peer) -> None:
         self.stats["queries"] += 1
@@ -409,15 +405,14 @@ class DnsServer:
             self._pending.release()
 
     def _tcp_loop(self, sock: socket.socket) -> None:
-        while not self.stop_event.is_set():
+        for _ in self._waker.readable(sock):  # sleeps (no timeout) until a connection or stop()
             try:
                 conn, _peer = sock.accept()
-            except TimeoutError:
+            except BlockingIOError:  # the client went away before accept()
                 continue
-            except OSError:
-                if self.stop_event.is_set():
+            except OSError:  # out of descriptors: the connection waits in the backlog
+                if self.stop_event.wait(0.05):
                     return
-                time.sleep(0.05)
                 continue
             if not self._tcp_slots.acquire(blocking=False):
                 conn.close()  # over the cap: the client retries

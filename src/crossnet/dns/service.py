@@ -76,12 +76,11 @@ class DnsService:
     def __init__(self, state: StateDir, domain: str, networks: list[IPv4Network], listen: list[str],
                  read: Callable[[], dict | None], port: int = 53, resolv_conf: str = RESOLV_CONF,
                  revision: Callable[[], int] | None = None,
-                 watch: Callable[[int, threading.Event], Any] | None = None, scope: str = "cluster",
-                 tick: Callable[[], None] | None = None):
+                 watch: Callable[[int, threading.Event], Any] | None = None, scope: str = "cluster"):
         from crossnet.dns.server import DnsServer, Forwarder
 
         self.state, self.domain, self.networks, self.listen = state, domain, networks, listen
-        self.read, self.revision, self.watch, self.scope, self.tick = read, revision, watch, scope, tick
+        self.read, self.revision, self.watch, self.scope = read, revision, watch, scope
         self.upstreams = upstreams(listen, resolv_conf)
         self.server = DnsServer(listen, Forwarder(self.upstreams), port=port, table=Table(domain, tuple(networks)))
         self.stop_event = threading.Event()
@@ -107,8 +106,6 @@ class DnsService:
             raise
         self._thread = threading.Thread(target=self._loop, name="dns-table", daemon=True)
         self._thread.start()
-        if self.tick is not None:
-            threading.Thread(target=self._tick_loop, name="dns-tick", daemon=True).start()
         self._write_info()
         log.info("dns: serving %s on %s port %d (%s), forwarding other names to %s", self.domain,
                  ", ".join(self.listen), self.server.port, self.scope, ", ".join(self.upstreams) or "nobody")
@@ -176,14 +173,6 @@ class DnsService:
                 self.error = str(exc)
                 self.stop_event.wait(WATCH_RETRY)
 
-    def _tick_loop(self) -> None:
-        assert self.tick is not None
-        while not self.stop_event.wait(LOCAL_POLL):
-            try:
-                self.tick()
-            except Exception:  # noqa: BLE001 - never let it die silently
-                log.exception("dns: local check")
-
     def _refresh_logged(self) -> None:
         before = len(self.server.table.names)
         self.refresh()
@@ -212,10 +201,9 @@ def start_for_agent(agent: Any) -> DnsService | None:
                      [agent.cfg.network], listen_addresses(agent.ctx), read,
                      revision=(lambda: store.containers_at()[1]) if channel else None,
                      watch=store.watch_containers if channel else None,
-                     scope="cluster" if channel else "host",
-                     # a container whose namespace died (no detach) drops out of the list the
-                     # agent publishes: have it republish every second when that changed
-                     tick=(lambda: agent.containers_changed(wait=0)) if channel else None)
+                     scope="cluster" if channel else "host")
+    # a container whose namespace died (no detach) drops out of the list the agent publishes:
+    # with scope "cluster" its main loop asks for a republish every second (Agent._check_local)
     try:
         svc.start()
     except BlockingIOError:

@@ -39,6 +39,7 @@ from typing import Any, Callable
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
 from crossnet.mesh.token import JoinToken, Token, TokenError, TokenStore, validate_id
+from crossnet.serveloop import WakeOnShutdown
 
 PROTOCOL = "crossnet-join/1"
 JOIN_PORT = 6790
@@ -227,9 +228,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
-class JoinServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+class JoinServer(WakeOnShutdown, socketserver.ThreadingMixIn, http.server.HTTPServer):
     """The join endpoint over TLS (TLS 1.2+), with this host's member certificate (issued
-    by the cluster CA, the host's address in its SANs). `start()` serves in a thread."""
+    by the cluster CA, the host's address in its SANs). `start()` serves in a thread,
+    which sleeps until a connection or close() (crossnet.serveloop: no poll interval)."""
 
     daemon_threads = True
     allow_reuse_address = True

@@ -24,6 +24,7 @@ import ipaddress
 import json
 import logging
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -56,6 +57,7 @@ HEARTBEAT = 5.0
 # (a lease keep-alive is answered by the leader from memory: no raft write, no fsync on the
 # voters, unlike the heartbeat `Put` it replaces); it expires 3 HEARTBEATs after the last one.
 ALIVE_TTL = int(3 * HEARTBEAT)
+POLL_CHILD = 0.5  # s between looks at etcd when its exit cannot be waited for (no pidfd), and join endpoint retries
 CRL_TICKS = 6  # the revocation and member lists are read at least every CRL_TICKS ticks even if nothing was written
 ETCD_BINARY = "etcd"
 # etcd tuned for an idle LAN mesh (measured, docs/mesh.md "Resources"): raft heartbeats every
@@ -529,7 +531,8 @@ class AgentThread:
     """`crossnet agent` inside the supervisor's process: the same Agent, on a thread,
     with the member certificate; `poll()`/`stop()` like the child process it replaces."""
 
-    def __init__(self, state_dir: str, paths: Paths, endpoints: list[str], name: str, iface: str, address: str):
+    def __init__(self, state_dir: str, paths: Paths, endpoints: list[str], name: str, iface: str, address: str,
+                 on_exit: Callable[[], None] | None = None):
         from crossnet.agent.core import Agent, AgentOptions
         from crossnet.state import StateDir
         from crossnet.store.etcd import EtcdStore
@@ -539,6 +542,8 @@ class AgentThread:
                                   cacert=str(m.ca_cert))
         self.agent = Agent(store, StateDir(state_dir), AgentOptions(name=name, iface=iface, address=address))
         self.returncode: int | None = None
+        self.on_exit = on_exit  # the supervisor's loop sleeps until a child exits (or its next tick)
+        self.ended = False  # set before on_exit runs (the thread is still alive then)
         self._thread = threading.Thread(target=self._main, name="agent", daemon=True)
 
     def start(self) -> AgentThread:
@@ -551,9 +556,17 @@ class AgentThread:
         except Exception:  # the supervisor restarts it; the reason goes to the log
             log.exception("agent failed")
             self.returncode = 1
+        finally:
+            if self.returncode is None:
+                self.returncode = 1
+            self.ended = True
+            if self.on_exit is not None:
+                self.on_exit()
 
     def poll(self) -> int | None:
-        return None if self._thread.is_alive() else (self.returncode if self.returncode is not None else 1)
+        if not self.ended and self._thread.is_alive():
+            return None
+        return self.returncode if self.returncode is not None else 1
 
     def stop(self, timeout: float = 15.0) -> None:
         self.agent.request_stop()
@@ -583,6 +596,14 @@ class Supervisor:
         self._crl_rev: int | None = None  # the store revision the revocation and member lists were last read at
         self._crl_ticks = 0  # ticks since that read
         self._stop = threading.Event()
+        # set by whatever the main loop must look at before its next tick: stop, etcd or
+        # the agent exited (the loop sleeps until then, no periodic wakeup)
+        self._attention = threading.Event()
+        self._poll_child = False  # no pidfd for etcd: the loop looks every POLL_CHILD s
+
+    def request_stop(self, *_args: Any) -> None:
+        self._stop.set()
+        self._attention.set()
 
     # ---- children
     @property
@@ -623,6 +644,27 @@ class Supervisor:
             self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                          start_new_session=True, env={**os.environ, **ETCD_ENV})
         log.info("etcd member %s started (pid %d, %s)", self.name, self.etcd.pid, self.st["cluster_state"])
+        self._watch_exit(self.etcd)
+
+    def _watch_exit(self, proc: subprocess.Popen) -> None:
+        """Wake the main loop when ``proc`` exits: a thread blocked on its pidfd (it never
+        reaps: Popen does). Without pidfds (Linux < 5.3) the loop polls every POLL_CHILD s."""
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            self._poll_child = True
+            return
+
+        def wait() -> None:
+            try:
+                with selectors.DefaultSelector() as sel:
+                    sel.register(fd, selectors.EVENT_READ)
+                    sel.select()  # readable once the process exited
+            finally:
+                os.close(fd)
+                self._attention.set()
+
+        threading.Thread(target=wait, name="etcd-exit", daemon=True).start()
 
     def wait_etcd(self, timeout: float = 60.0) -> None:
         c = etcd_client(self.paths, [client_url(self.address)], timeout=2.0)
@@ -642,7 +684,7 @@ class Supervisor:
         "Resources")."""
         self.agent_endpoints = self.endpoints()
         self.agent = AgentThread(self.state_dir, self.paths, self.agent_endpoints, self.name, self.st["iface"],
-                                 self.address).start()
+                                 self.address, on_exit=self._attention.set).start()
         log.info("agent started on %s", ",".join(self.agent_endpoints))
 
     @staticmethod
@@ -813,7 +855,7 @@ class Supervisor:
     # ---- main loop
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
+            signal.signal(sig, self.request_stop)
         self.paths.pidfile.write_text(f"{os.getpid()}\n")
         try:
             if self.st["role"] == "voter":
@@ -825,7 +867,15 @@ class Supervisor:
             self.start_agent()
             self._retry(self.start_join_server, "join endpoint")
             last_beat = time.monotonic()
-            while not self._stop.wait(0.5):
+            while not self._stop.is_set():
+                # asleep until the next tick, a child's exit or stop (request_stop)
+                wait = HEARTBEAT - (time.monotonic() - last_beat)
+                if self.join_server is None or self._poll_child:
+                    wait = min(wait, POLL_CHILD)  # retried / polled as before
+                self._attention.wait(max(wait, 0.0))
+                self._attention.clear()
+                if self._stop.is_set():
+                    break
                 now = time.monotonic()
                 if self.etcd is not None and self.etcd.poll() is not None:
                     log.error("etcd exited (%s); restarting it", self.etcd.returncode)

@@ -238,7 +238,8 @@ class Monitor:
     start, every `interval` seconds and soon after `poke()` (a peer joined or changed);
     when the container MTU the new record gives differs from the one in use it calls
     `changed()` (the agent then resyncs: `adjust` in its full sync, containers updated).
-    `record` is the last measurement (kept in applied.json as apply keeps its own)."""
+    `record` is the last measurement (kept in applied.json as apply keeps its own).
+    `run(…, stop)` sleeps between rounds without waking: set `stop`, then `poke()`."""
 
     def __init__(self, interval: float, **probe_opts: Any):
         self.interval = interval
@@ -277,7 +278,9 @@ class Monitor:
                     if trial.mtu != ctx.mtu:
                         log.info("path MTU: container MTU %d -> %d", ctx.mtu, trial.mtu)
                         changed()
+            # sleeps until the next round or poke() (no periodic wakeup): whoever sets
+            # `stop` pokes too (the agent's _shutdown_threads)
             deadline = time.monotonic() + self.interval
             while not stop.is_set() and time.monotonic() < deadline:
-                if self._wake.wait(0.5):
+                if self._wake.wait(max(0.0, deadline - time.monotonic())):
                     break
