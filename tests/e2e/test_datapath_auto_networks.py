@@ -20,17 +20,15 @@ import concurrent.futures as cf
 import json
 import os
 import shutil
-import time
 
 import pytest
 
-from crossnet.check import ping_matrix
 from tests.conftest import LabFactory
 
 from .test_datapath_networks import ebpf_runs, reset_leaves_no_program, with_blue
 from .test_datapath_routed import ip_json
 from .test_foundation import tcp_transfer
-from .test_networks import counters, members, probe, spoofed_pings_fail
+from .test_networks import counters, members, probe, same_network_pings, spoofed_pings_fail
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -99,17 +97,8 @@ def test_same_network_pairs_ping_and_tcp_cross_network_never(lab):
     everyone = nets["default"] + nets["blue"]
     net_of = {e.name: n for n, eps in nets.items() for e in eps}
     before = {h.name: counters(lab, h.name) for h in lab.hosts}
-    deadline = time.monotonic() + 10.0  # the first packets resolve the neighbours on the way
-    while True:
-        pairs = ping_matrix(everyone, count=1, timeout=1.0, workers=12)
-        assert len(pairs) == 6 * 5
-        crossed = [(p.src, p.dst) for p in pairs if p.ok and net_of[p.src] != net_of[p.dst]]
-        assert not crossed, crossed
-        missing = [(p.src, p.dst) for p in pairs if not p.ok and net_of[p.src] == net_of[p.dst]]
-        if not missing:
-            break
-        assert time.monotonic() < deadline, f"same-network pairs that do not ping: {missing}"
-        time.sleep(1.0)
+    assert len(everyone) == 6
+    same_network_pings(everyone, net_of, 10.0)  # the first packets resolve the neighbours on the way
     # TCP and UDP from every container to every other one: a same-network closed port
     # answers (refused: a packet came back), a cross-network one never does
     with cf.ThreadPoolExecutor(6) as ex:

@@ -118,6 +118,24 @@ def counters(lab, host: str) -> dict[str, int]:
     return out
 
 
+def same_network_pings(endpoints, net_of: dict, settle: float) -> None:
+    """Every pair of ``endpoints`` pings once per round until each same-network pair
+    answers (at most ``settle`` s: the first packets resolve neighbours, a handshake may be
+    retried); in no round does a cross-network pair answer."""
+    n = len(endpoints)
+    deadline = time.monotonic() + settle
+    while True:
+        pairs = ping_matrix(endpoints, count=1, timeout=1.0, workers=12)
+        assert len(pairs) == n * (n - 1)
+        crossed = [(p.src, p.dst) for p in pairs if p.ok and net_of[p.src] != net_of[p.dst]]
+        assert not crossed, crossed
+        missing = [(p.src, p.dst) for p in pairs if not p.ok and net_of[p.src] == net_of[p.dst]]
+        if not missing:
+            return
+        assert time.monotonic() < deadline, f"same-network pairs that do not ping: {missing}"
+        time.sleep(1.0)
+
+
 def isolated_matrix(lab, settle: float = 20.0) -> None:
     """2 hosts, one container of ``default`` and one of ``blue`` each: same-network pairs
     ping (after at most ``settle`` s: e.g. a WireGuard handshake started before the peer's
@@ -127,17 +145,7 @@ def isolated_matrix(lab, settle: float = 20.0) -> None:
     assert len(nets["default"]) == 2 and len(nets["blue"]) == 2
     net_of = {e.name: n for n, eps in nets.items() for e in eps}
     before = {h.name: counters(lab, h.name) for h in lab.hosts}
-    deadline = time.monotonic() + settle
-    while True:
-        pairs = ping_matrix(nets["default"] + nets["blue"], count=1, timeout=1.0, workers=12)
-        assert len(pairs) == 4 * 3
-        crossed = [(p.src, p.dst) for p in pairs if p.ok and net_of[p.src] != net_of[p.dst]]
-        assert not crossed, crossed
-        missing = [(p.src, p.dst) for p in pairs if not p.ok and net_of[p.src] == net_of[p.dst]]
-        if not missing:
-            break
-        assert time.monotonic() < deadline, f"same-network pairs that do not ping: {missing}"
-        time.sleep(1.0)
+    same_network_pings(nets["default"] + nets["blue"], net_of, settle)
     after = {h.name: counters(lab, h.name) for h in lab.hosts}
     for h in lab.hosts:
         for n in ("default", "blue"):
