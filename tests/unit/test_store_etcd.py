@@ -240,6 +240,21 @@ def test_config_init_get(store):
 
 
 @needs_etcd
+def test_config_init_again_with_the_same_settings_is_unchanged_however_written(store):
+    """A config written without the WireGuard settings (as `lab up --store etcd` does) and
+    `etcd init` with the same settings, which writes WireGuard's defaults: the same
+    values in other JSON -- unchanged, not "a different network config" (no --force)."""
+    plain = {k: v for k, v in cfg().to_json().items() if k != "wireguard"}
+    store.client.put(store.config_key, json.dumps(plain))
+    explicit = NetworkConfig.from_json({**plain, "wireguard": {"port": 51820, "keepalive": 0}})
+    assert explicit.to_json() != plain  # the JSON differs, the values do not
+    assert store.init_config(explicit) == "unchanged"
+    assert json.loads(store.client.get(store.config_key).value) == plain  # left as it was
+    with pytest.raises(ConfigError, match="--force"):  # a real difference still needs --force
+        store.init_config(NetworkConfig.from_json({**plain, "wireguard": {"port": 51000}}))
+
+
+@needs_etcd
 def test_acquire_reuse_and_release(store):
     c = cfg()
     a = store.acquire(c, "a", IPv4Address("192.0.2.1"), {"vtep_mac": "02:00:00:00:00:0a"})

@@ -193,7 +193,9 @@ class EtcdStore(Store):
             current = KV.from_json(kvs[0]) if kvs else None
             if current is not None:
                 try:
-                    if NetworkConfig.from_json(json.loads(current.value)).to_json() == cfg.to_json():
+                    # the settings' values, not their JSON: to_json() writes WireGuard's and auto's
+                    # settings only when given, so the same config reads back in other words
+                    if NetworkConfig.from_json(json.loads(current.value)).model_dump() == cfg.model_dump():
                         return "unchanged"
                 except (ValueError, ConfigError):
                     pass
