@@ -86,7 +86,6 @@ class WakeOnShutdown:
     def __init__(self, *args: Any, **kwargs: Any):
         self._waker = Waker()
         self._loop_done = threading.Event()
-        self._stop_asked = False
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
@@ -96,26 +95,15 @@ class WakeOnShutdown:
     def serve_forever(self, poll_interval: float | None = None) -> None:  # never polls: the argument is ignored
         self._loop_done.clear()
         try:
-            with self._waker.selector_class() as sel:
-                sel.register(self, selectors.EVENT_READ)  # type: ignore[arg-type] - the server has fileno()
-                sel.register(self._waker, selectors.EVENT_READ)
-                while not self._stop_asked:
-                    ready = sel.select()  # no timeout: only a connection or shutdown() wakes it
-                    if self._stop_asked:
-                        break
-                    for key, _ in ready:
-                        if key.fileobj is self:
-                            self._handle_request_noblock()  # type: ignore[attr-defined]
-                        else:  # a late byte of an earlier shutdown(): drained, never a busy loop
-                            self._waker.reset()
-                    self.service_actions()  # type: ignore[attr-defined]
+            # the waker is woken by shutdown() only: readable() ends exactly when it is asked
+            for _ in self._waker.readable(self):  # no timeout: only a connection or shutdown() wakes it
+                self._handle_request_noblock()  # type: ignore[attr-defined]
+                self.service_actions()  # type: ignore[attr-defined]
         finally:
-            self._stop_asked = False
             self._waker.reset()
             self._loop_done.set()
 
     def shutdown(self) -> None:
-        self._stop_asked = True
         self._waker.wake()
         self._loop_done.wait()
 
