@@ -85,6 +85,32 @@ def test_endpoint_list_properties(ips, own_ip):
     assert (eps[0] == own) == (own_ip in ips) if eps else not ips
 
 
+def test_client_hosts_are_spread_over_the_voters():
+    """Every client used to send its keep-alives and watches to the voter with the smallest
+    address; each now starts at a voter picked by its name (the others follow, in order)."""
+    ms = [_m("a", "10.0.0.1"), _m("b", "10.0.0.2"), _m("c", "10.0.0.3")]
+    firsts = {ml.endpoint_list(ms, spread=f"h{i}")[0] for i in range(30)}
+    assert firsts == {f"https://10.0.0.{i}:2379" for i in (1, 2, 3)}
+    eps = ml.endpoint_list(ms, spread="h5")
+    assert eps == ml.endpoint_list(list(reversed(ms)), spread="h5")  # the member list's order does not matter
+    i = eps.index("https://10.0.0.1:2379")
+    assert eps[i:] + eps[:i] == ["https://10.0.0.1:2379", "https://10.0.0.2:2379", "https://10.0.0.3:2379"]
+    # a voter still uses its own member first
+    assert ml.endpoint_list(ms, own="https://10.0.0.3:2379", spread="c")[0] == "https://10.0.0.3:2379"
+
+
+@given(st.lists(st.integers(1, 250), unique=True, max_size=7), st.text(min_size=1, max_size=20))
+def test_spread_endpoint_list_is_a_rotation_of_the_sorted_voters(ips, name):
+    ms = [_m(f"h{i}", f"10.0.0.{i}") for i in ips]
+    plain = ml.endpoint_list(ms)
+    eps = ml.endpoint_list(ms, spread=name)
+    assert sorted(eps) == sorted(plain)
+    assert eps == ml.endpoint_list(ms, spread=name)
+    if eps:
+        k = plain.index(eps[0])
+        assert eps == plain[k:] + plain[:k]
+
+
 def test_initial_cluster_names_the_new_member():
     # etcd's member add answer: the new member has no name yet
     ms = [_m("h1", "10.0.0.1"), {"ID": "9", "peerURLs": ["https://10.0.0.2:2380"]}]

@@ -221,6 +221,41 @@ def test_watch_idle_timeout_ends_quietly(client, prefix):
     assert all(not events for events, _ in batches)
 
 
+@needs_etcd
+def test_an_idle_watch_stays_open_and_its_socket_has_tcp_keepalive(client, prefix):
+    """An idle watch is not re-opened every 30 s (a TLS handshake, a watch and a read on
+    the etcd member each time, from every host): it waits past etcd's 10-minute progress
+    notification, and the kernel's keepalive probes find a peer that is gone."""
+    import socket
+
+    from crossnet.store import etcdclient
+
+    rev = client.put(f"{prefix}/ka", "x")
+    opened = []
+    stream = client.watch(f"{prefix}/ka-nothing/", rev + 1, on_open=opened.append)
+    next(stream)  # the "created" message
+    sock = opened[0].sock
+    try:
+        assert sock.gettimeout() == etcdclient.WATCH_IDLE_TIMEOUT > 600
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == etcdclient.WATCH_KEEPALIVE_IDLE
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == etcdclient.WATCH_KEEPALIVE_INTERVAL
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == etcdclient.WATCH_KEEPALIVE_COUNT
+    finally:
+        stream.close()
+
+
+def test_keep_alive_leaves_a_unix_socket_alone():
+    import socket
+
+    from crossnet.store.etcdclient import keep_alive
+
+    a, b = socket.socketpair()
+    with a, b:
+        keep_alive(a)
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
+
+
 # ------------------------------------------------------------------ store
 
 

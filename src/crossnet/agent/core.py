@@ -87,7 +87,7 @@ class AgentOptions:
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
     resync: float = 60.0
-    watch_timeout: float = 30.0
+    watch_timeout: float = 660.0  # = store.etcdclient.WATCH_IDLE_TIMEOUT (not imported: no etcd client without a store)
     api: bool = True
     # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join;
     # None: the backend's default (pmtu.probes_by_default: on for auto)

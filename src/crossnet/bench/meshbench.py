@@ -8,10 +8,12 @@ leaves the mesh) and joins again as a new host: `crossnet launch --token T ADDR`
 until every existing host's container pings the new container (each existing host
 reaching the new host's first container). p95 over the samples.
 
-Footprint: after the joins, with nothing happening, on a voter (etcd member + the
-`crossnet launch` process that runs the agent, the join endpoint and the supervision)
-and on a client (that process only): RSS now (VmRSS) and CPU % over an idle window
-(utime + stime from /proc, all threads).
+Footprint: after the joins, with nothing happening, on every voter (etcd member + the
+`crossnet launch` process that runs the agent, the join endpoint and the supervision;
+all measured over the same window) and on a client (that process only): RSS now (VmRSS)
+and CPU % over an idle window (utime + stime from /proc, all threads). ``voter`` is the
+busiest voter (the most CPU), ``voters`` has each one; the targets take the worst voter
+for each figure.
 """
 
 from __future__ import annotations
@@ -69,19 +71,27 @@ def _rss_kb(pid: int) -> int:
 
 def footprint(pids: dict[str, int], idle_s: float) -> dict[str, Any]:
     """RSS (MB, now) and CPU % over idle_s of each process and of all together."""
+    return footprints({"": pids}, idle_s)[""]
+
+
+def footprints(groups: dict[str, dict[str, int]], idle_s: float) -> dict[str, dict[str, Any]]:
+    """:func:`footprint` of several groups of processes (one per host) over one window."""
     hz = os.sysconf("SC_CLK_TCK")
     t0 = time.monotonic()
-    before = {k: _cpu_ticks(p) for k, p in pids.items()}
+    before = {(g, k): _cpu_ticks(p) for g, pids in groups.items() for k, p in pids.items()}
     time.sleep(idle_s)
     dt = time.monotonic() - t0
-    out: dict[str, Any] = {}
-    for k, p in pids.items():
-        out[k] = {"rss_mb": round(_rss_kb(p) / 1024, 1),
-                  "cpu_pct": round(100.0 * (_cpu_ticks(p) - before[k]) / hz / dt, 2)}
-    out["total"] = {"rss_mb": round(sum(v["rss_mb"] for v in out.values()), 1),
-                    "cpu_pct": round(sum(v["cpu_pct"] for v in out.values()), 2)}
-    out["idle_s"] = round(dt, 1)
-    return out
+    result: dict[str, dict[str, Any]] = {}
+    for g, pids in groups.items():
+        out: dict[str, Any] = {}
+        for k, p in pids.items():
+            out[k] = {"rss_mb": round(_rss_kb(p) / 1024, 1),
+                      "cpu_pct": round(100.0 * (_cpu_ticks(p) - before[(g, k)]) / hz / dt, 2)}
+        out["total"] = {"rss_mb": round(sum(v["rss_mb"] for v in out.values()), 1),
+                        "cpu_pct": round(sum(v["cpu_pct"] for v in out.values()), 2)}
+        out["idle_s"] = round(dt, 1)
+        result[g] = out
+    return result
 
 
 def _pings(netns: str, addr: str) -> bool:
@@ -122,9 +132,11 @@ def run(rc: RunContext, hosts: int = 5, joins: int = 10, idle_s: float = 30.0) -
             samples.append(time.monotonic() - t0)
         out["join_s"] = summary(samples, 3)
         out["join_s"]["p95"] = round(percentile(samples, 95), 3)
-        voter = peers[0]  # h1 created the mesh: a voter
-        rc.log(f"mesh: idle footprint of {voter.name} (voter), {idle_s:.0f} s")
-        out["voter"] = footprint(_pids(voter.state_dir), idle_s)
+        voters = [h for h in lab.hosts if _role(h.state_dir) == "voter"]
+        rc.log(f"mesh: idle footprint of the voters ({', '.join(h.name for h in voters)}), {idle_s:.0f} s")
+        out["voters"] = footprints({h.name: _pids(h.state_dir) for h in voters}, idle_s)
+        busiest = max(out["voters"], key=lambda n: out["voters"][n]["total"]["cpu_pct"])
+        out["voter"] = {**out["voters"][busiest], "host": busiest}
         client = next((h for h in lab.hosts if _role(h.state_dir) == "client"), None)
         if client is not None:  # a mesh of more than 3 hosts
             out["client"] = footprint({"launch": _pids(client.state_dir)["launch"]}, min(idle_s, 10.0))

@@ -675,9 +675,11 @@ def _control_md(cp: dict[str, Any]) -> list[str]:
                        f"launch --token` + `crossnet attach` until every existing host's container pings the new "
                        f"one): p50 {j['p50']} s, p95 {j['p95']} s, max {j['max']} s.")
             out.append("")
-            rows = [[role, k, str(v["rss_mb"]), str(v["cpu_pct"])]
-                    for role in ("voter", "client") if me.get(role)
-                    for k, v in me[role].items() if isinstance(v, dict)]
+            hosts = {f"voter {n}": fp for n, fp in (me.get("voters") or {"": me["voter"]}).items()}
+            if me.get("client"):
+                hosts["client"] = me["client"]
+            rows = [[host.strip(), k, str(v["rss_mb"]), str(v["cpu_pct"])]
+                    for host, fp in hosts.items() for k, v in fp.items() if isinstance(v, dict)]
             out.append(_md_table(["host", "process", "RSS MB", f"idle CPU % ({me['voter']['idle_s']} s)"], rows))
         else:
             out.append(f"{me.get('status')}: {me.get('reason')}")

@@ -392,13 +392,17 @@ def _mesh_targets(me: dict[str, Any]) -> list[dict[str, Any]]:
     v = me["join_s"]["p95"]
     out = [_t("mesh-join-p95", what, "≤ 3 s", v, "s", v <= 3.0, _pct_short(v, 3.0, False),
               f"{me['join_s']['n']} joins into a {me['hosts']}-host mesh; launch + attach + first ping from each")]
-    tot = me["voter"]["total"]
-    parts = ", ".join(f"{k} {me['voter'][k]['rss_mb']} MB" for k in ("etcd", "launch") if k in me["voter"])
+    # the worst voter for each figure (runs before the voters were all measured: h1's only)
+    voters = me.get("voters") or {me["voter"].get("host", "voter"): me["voter"]}
+    big = max(voters, key=lambda n: voters[n]["total"]["rss_mb"])
+    busy = max(voters, key=lambda n: voters[n]["total"]["cpu_pct"])
+    rss, cpu = voters[big]["total"]["rss_mb"], voters[busy]["total"]["cpu_pct"]
+    parts = ", ".join(f"{k} {voters[big][k]['rss_mb']} MB" for k in ("etcd", "launch") if k in voters[big])
     out.append(_t("mesh-rss", "mesh voter: etcd member + crossnet launch (agent inside), RSS", "≤ 80 MB",
-                  tot["rss_mb"], "MB", tot["rss_mb"] <= 80, _pct_short(tot["rss_mb"], 80, False), parts))
-    out.append(_t("mesh-idle-cpu", "mesh voter: etcd member + agent, idle CPU", "≤ 1 %", tot["cpu_pct"], "%",
-                  tot["cpu_pct"] <= 1.0, _pct_short(tot["cpu_pct"], 1.0, False),
-                  f"over {me['voter']['idle_s']} s with nothing happening"))
+                  rss, "MB", rss <= 80, _pct_short(rss, 80, False), f"{big} (the largest of {len(voters)}): {parts}"))
+    out.append(_t("mesh-idle-cpu", "mesh voter: etcd member + agent, idle CPU", "≤ 1 %", cpu, "%",
+                  cpu <= 1.0, _pct_short(cpu, 1.0, False),
+                  f"{busy} (the busiest of {len(voters)}) over {voters[busy]['idle_s']} s with nothing happening"))
     return out
 
 

@@ -150,13 +150,22 @@ def role_for(members: list[dict], max_voters: int) -> str:
     return "voter" if len(voters_of(members)) < max_voters else "client"
 
 
-def endpoint_list(members: list[dict], own: str | None = None) -> list[str]:
-    """Client URLs of the voters (this host's own first when it is one), sorted, no
-    duplicates: what the agent and every etcd client of this host use."""
+def endpoint_list(members: list[dict], own: str | None = None, spread: str | None = None) -> list[str]:
+    """Client URLs of the voters, no duplicates: what the agent and every etcd client of
+    this host use, the first one as long as it answers. A voter's own URL comes first. A
+    client host (``own`` not a voter's URL) given ``spread`` (its name) starts at a voter
+    chosen by a hash of that name, the others following in order: the clients' requests
+    (lease keep-alives, watches) are shared out among the voters instead of all going to
+    the voter with the smallest address. Otherwise: sorted."""
     urls = sorted({u for m in voters_of(members) for u in m.get("clientURLs") or []})
     if own is not None and own in urls:
         urls.remove(own)
         urls.insert(0, own)
+    elif spread is not None and urls:
+        import zlib
+
+        first = zlib.crc32(spread.encode()) % len(urls)
+        urls = urls[first:] + urls[:first]
     return urls
 
 
@@ -822,7 +831,7 @@ class Supervisor:
     def maintain(self, c: Any) -> None:
         members = member_list(c)
         own = client_url(self.address)
-        eps = endpoint_list(members, own if self.st["role"] == "voter" else None)
+        eps = endpoint_list(members, own if self.st["role"] == "voter" else None, spread=self.name)
         if eps and eps != self.st.get("endpoints"):
             self.st["endpoints"] = eps
             self.paths.save(self.st)
@@ -1132,7 +1141,7 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
     pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
     os.chmod(paths.root, 0o700)
     members = result.members
-    eps = endpoint_list(members)
+    eps = endpoint_list(members, spread=name)
     st = {"version": 1, "name": name, "address": address, "iface": iface, "endpoints": eps, "bootstrapped": True,
           "cluster_token": "crossnet-" + join_token.pin.split(":")[1][:16], "cluster_state": "existing"}
     try:

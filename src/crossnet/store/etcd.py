@@ -52,6 +52,7 @@ from crossnet.store import (
 from crossnet.store.etcdclient import (
     GRPC_NOT_FOUND,
     KV,
+    WATCH_IDLE_TIMEOUT,
     EtcdClient,
     EtcdError,
     EtcdUnavailable,
@@ -449,15 +450,17 @@ class EtcdStore(Store):
         return out, rev
 
     def watch_containers(self, since: int, stop: threading.Event, on_open: Any = None,
-                         read_timeout: float = 30.0) -> Iterator[int]:
+                         read_timeout: float = WATCH_IDLE_TIMEOUT) -> Iterator[int]:
         """The revisions (after ``since``) at which some host's published containers
-        changed; ends after ``read_timeout`` idle seconds (the caller watches again).
+        changed; ends after ``read_timeout`` seconds without even a progress notification
+        (the caller watches again).
         ``on_open(conn)``: the watch's connection (to break a blocked read when stopping)."""
         return self._changes(self.containers_prefix, True, since, stop, read_timeout, on_open)
 
-    def watch_config(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[int]:
+    def watch_config(self, since: int, stop: threading.Event, read_timeout: float = WATCH_IDLE_TIMEOUT) -> Iterator[int]:
         """The revisions (after ``since``) at which the network config key changed; ends
-        after ``read_timeout`` idle seconds (the caller watches again)."""
+        after ``read_timeout`` seconds without even a progress notification (the caller
+        watches again)."""
         def opened(conn) -> None:
             with self._watch_lock:
                 self._config_conn = conn
@@ -485,7 +488,7 @@ class EtcdStore(Store):
 
     # ------------------------------------------------------------------ watch
 
-    def watch(self, since: int, stop: threading.Event, read_timeout: float = 30.0) -> Iterator[list[PeerEvent]]:
+    def watch(self, since: int, stop: threading.Event, read_timeout: float = WATCH_IDLE_TIMEOUT) -> Iterator[list[PeerEvent]]:
         def opened(conn) -> None:
             with self._watch_lock:
                 self._watch_conn = conn

@@ -35,6 +35,19 @@ from crossnet.unixhttp import UnixHTTPConnection
 # grpc codes the gateway returns in {"code": N}
 GRPC_NOT_FOUND = 5
 
+# A watch stays open while it is quiet. etcd sends a progress notification on an idle watch
+# every 10 minutes (its --experimental-watch-progress-notify-interval default): a watch silent
+# for longer than WATCH_IDLE_TIMEOUT is taken as dead and opened again. A host or link that
+# died is found sooner by TCP keepalive on the watch's socket (the kernel probes the idle
+# connection: WATCH_KEEPALIVE_IDLE s of silence, then WATCH_KEEPALIVE_COUNT probes
+# WATCH_KEEPALIVE_INTERVAL s apart; no request, no TLS record, nothing for etcd to do).
+# Re-opening idle watches every 30 s instead cost every host a TLS handshake, a watch and a
+# read per watch each time, on the etcd member it uses (docs/mesh.md "Idle requests").
+WATCH_IDLE_TIMEOUT = 660.0
+WATCH_KEEPALIVE_IDLE = 15
+WATCH_KEEPALIVE_INTERVAL = 5
+WATCH_KEEPALIVE_COUNT = 3
+
 
 class EtcdError(CrossnetError):
     """etcd answered, with an error."""
@@ -178,6 +191,18 @@ def _friendly(exc: BaseException) -> str:
     if isinstance(exc, http.client.RemoteDisconnected):
         return "connection closed by server"
     return str(exc) or type(exc).__name__
+
+
+def keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive on a long-lived (watch) connection: a peer that is gone without a
+    word (host down, link cut) ends the read after about WATCH_KEEPALIVE_IDLE +
+    WATCH_KEEPALIVE_COUNT * WATCH_KEEPALIVE_INTERVAL s of silence."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return  # a unix socket: the peer's death closes it
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, WATCH_KEEPALIVE_IDLE)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, WATCH_KEEPALIVE_INTERVAL)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, WATCH_KEEPALIVE_COUNT)
 
 
 class EtcdClient:
@@ -376,14 +401,15 @@ class EtcdClient:
 
     # ------------------------------------------------------------------ watch
 
-    def watch(self, key: str, start_revision: int, prefix: bool = True, read_timeout: float = 30.0,
+    def watch(self, key: str, start_revision: int, prefix: bool = True, read_timeout: float = WATCH_IDLE_TIMEOUT,
               on_open: Any = None) -> Iterator[tuple[list[Event], int]]:
         """Stream (events, header revision) for key/prefix from start_revision on.
 
-        Ends (StopIteration) when nothing arrived for read_timeout seconds (etcd 3.4
-        sends progress notifications only every 10 minutes); raises EtcdUnavailable on
-        connection problems or when the server closes the stream, WatchCompacted when
-        start_revision is gone.
+        Ends (StopIteration) when nothing arrived for read_timeout seconds (with
+        ``progress_notify`` etcd sends a progress notification every 10 minutes on an idle
+        watch); raises EtcdUnavailable on connection problems, when TCP keepalive finds the
+        peer gone (:func:`keep_alive`) or when the server closes the stream, WatchCompacted
+        when start_revision is gone.
         The caller reconnects from its last seen revision + 1.
         """
         req: dict[str, Any] = {"key": b64(key), "start_revision": str(start_revision), "progress_notify": True}
@@ -401,6 +427,7 @@ class EtcdClient:
                     raise EtcdError(f"{ep}: watch failed: HTTP {resp.status} {resp.read()[:200]!r}")
                 if conn.sock is not None:
                     conn.sock.settimeout(read_timeout)
+                    keep_alive(conn.sock)
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 errors.append(f"{ep}: {_friendly(exc)}")
