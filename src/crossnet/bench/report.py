@@ -57,13 +57,15 @@ WHY = {
     "mesh-rss": (
         "etcd ≈ 19.5 MB of its own binary's pages + its Go heap (rafthttp's buffers ≈ 11.8 MB); the launch "
         "process holds the agent, the join endpoint and the supervision in one interpreter (signing runs in a "
-        "helper process: no `cryptography` in it), ≈ 8 MB of it pydantic (docs/mesh.md, Resources)."
+        "helper process: no `cryptography` in it), 10.6 MB of it pydantic and the network model "
+        "(docs/mesh.md, Resources)."
     ),
     "mesh-idle-cpu": (
         "Idle etcd 3.4 alone takes ~0.3 %; the rest is raft with two peers over TLS (heartbeat 500 ms; etcd's "
         "peer prober makes a new TLS connection to each peer every 4 s, ≈ 26 % of a follower's CPU, no flag "
-        "changes it), the hosts' lease keep-alives and watches. The launch process sleeps until it has work "
-        "(no polling loops): ~0.2 % (docs/mesh.md, Resources)."
+        "changes it), the hosts' lease keep-alives (client hosts spread over the voters). Watches stay open "
+        "(TCP keepalive). The launch process sleeps until it has work (no polling loops): ~0.15 % "
+        "(docs/mesh.md, Resources)."
     ),
 }
 # `<backend>-twin-<mtu>` (issue 18): what still differs from the hand-built twin, docs/benchmarks-parity.md
