@@ -17,20 +17,40 @@ from crossnet import serveloop
 
 
 class CountingSelector(selectors.DefaultSelector):
-    """The default selector, counting select() calls and refusing a timeout."""
+    """The default selector, counting select() calls and refusing a timeout; ``blocked``:
+    how many threads are inside select() right now."""
 
     calls = 0
+    blocked = 0
     timeouts: ClassVar[list] = []
+    _lock = threading.Lock()
 
     def select(self, timeout=None):
-        type(self).calls += 1
-        type(self).timeouts.append(timeout)
-        return super().select(timeout)
+        cls = type(self)
+        with cls._lock:
+            cls.calls += 1
+            cls.timeouts.append(timeout)
+            cls.blocked += 1
+        try:
+            return super().select(timeout)
+        finally:
+            with cls._lock:
+                cls.blocked -= 1
+
+
+def _wait_blocked(counting, n: int = 1, within: float = 5.0) -> None:
+    """Until n threads sleep in select() (a loop that just served a request may still be on
+    its way back to it: on a loaded machine, after the client already has the answer)."""
+    deadline = time.monotonic() + within
+    while counting.blocked < n:
+        assert time.monotonic() < deadline, "the serving loop never went back to select()"
+        time.sleep(0.01)
 
 
 @pytest.fixture
 def counting(monkeypatch):
     CountingSelector.calls = 0
+    CountingSelector.blocked = 0
     CountingSelector.timeouts = []
     monkeypatch.setattr(serveloop.Waker, "selector_class", CountingSelector)
     return CountingSelector
@@ -92,6 +112,7 @@ def test_no_wakeup_while_idle(counting):
     t = _serving(server)
     try:
         assert _get(server.server_address[1], "/warm") == (200, b"hello /warm")
+        _wait_blocked(counting)
         before = counting.calls
         time.sleep(1.0)
         assert counting.calls == before  # socketserver's own loop: two select() calls in that second
@@ -156,6 +177,7 @@ def test_waker_readable_yields_per_readiness_and_ends_on_wake(counting):
         deadline = time.monotonic() + 5
         while not got and time.monotonic() < deadline:
             time.sleep(0.01)
+        _wait_blocked(counting)  # back in select() after handling "one"
         calls = counting.calls
         time.sleep(0.5)
         assert counting.calls == calls  # asleep while nothing comes
@@ -184,6 +206,7 @@ def test_a_stale_wake_byte_after_reset_does_not_spin_the_loop(counting):
     t.start()
     try:
         time.sleep(0.3)
+        _wait_blocked(counting)
         calls = counting.calls
         time.sleep(0.5)
         assert 1 <= calls <= 2 and counting.calls == calls  # woke once for the byte, then asleep
