@@ -22,13 +22,21 @@ def _member(ca, directory, name):
     return directory
 
 
-@pytest.fixture(scope="module")
-def mesh_etcd(tmp_path_factory):
-    if not etcd_available():
-        pytest.skip("needs etcd")
-    root = tmp_path_factory.mktemp("meshetcd")
-    ca = pki.create_ca(root / "ca")
-    names = ["m1", "m2"]
+def _stop(procs) -> None:
+    for proc, log in procs:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def _start(root, ca, names):
+    """(procs, ports, clients) of a cluster up and answering, or None when a member exited
+    while starting (a port free_port() found was taken before etcd bound it: another test
+    process's outgoing connection, on a machine running tests in parallel)."""
     ports = {n: (free_port(), free_port()) for n in names}
     cluster = ",".join(f"{n}=https://{LOOPBACK}:{ports[n][1]}" for n in names)
     procs = []
@@ -36,7 +44,7 @@ def mesh_etcd(tmp_path_factory):
         for n in names:
             d = _member(ca, root / n / "pki", n)
             client, peer = ports[n]
-            log = open(root / f"{n}.log", "wb")  # noqa: SIM115 - closed with the process below
+            log = open(root / f"{n}.log", "ab")  # noqa: SIM115 - closed with the process (_stop)
             procs.append((subprocess.Popen(
                 ["etcd", "--name", n, "--data-dir", str(root / n / "data"),
                  "--listen-client-urls", f"https://{LOOPBACK}:{client}",
@@ -62,19 +70,35 @@ def mesh_etcd(tmp_path_factory):
                     clients[n].put("/crossnet-test/ready", n)
                     break
                 except EtcdError:
-                    if time.monotonic() > deadline or any(p.poll() is not None for p, _ in procs):
+                    if any(p.poll() is not None for p, _ in procs):
+                        _stop(procs)
+                        return None
+                    if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
+    except BaseException:
+        _stop(procs)
+        raise
+    return procs, ports, clients
+
+
+@pytest.fixture(scope="module")
+def mesh_etcd(tmp_path_factory):
+    if not etcd_available():
+        pytest.skip("needs etcd")
+    for _attempt in range(3):
+        root = tmp_path_factory.mktemp("meshetcd")  # a new CA and data dirs per attempt
+        ca = pki.create_ca(root / "ca")
+        started = _start(root, ca, ["m1", "m2"])
+        if started is not None:
+            break
+    else:
+        pytest.fail(f"etcd members exited while starting, 3 times (logs: {root})")
+    procs, ports, clients = started
+    try:
         yield root, ca, ports, clients
     finally:
-        for proc, log in procs:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
+        _stop(procs)
 
 
 def test_write_on_one_member_is_read_on_the_other(mesh_etcd):
@@ -118,3 +142,31 @@ def test_client_refuses_a_server_outside_the_cluster_ca(mesh_etcd, tmp_path):
                         key=str(d / pki.MEMBER_KEY), cacert=str(d / pki.CA_CERT), timeout=2)
     with pytest.raises(EtcdUnavailable, match="TLS|certificate"):
         client.get("/crossnet-test/k")
+
+
+def test_a_member_whose_port_was_taken_is_started_again_elsewhere(tmp_path, monkeypatch):
+    """The fixture's retry: a port that free_port() found and another process took before
+    etcd bound it (a flaky CI error: 'connection refused' from a member that had exited)."""
+    import socket
+    import sys
+
+    if not etcd_available():
+        pytest.skip("needs etcd")
+    taken = socket.socket()
+    taken.bind((LOOPBACK, 0))
+    taken.listen()
+    try:
+        real = free_port
+        ports = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(sys.modules[__name__], "free_port", lambda: next(ports, None) or real())
+        ca = pki.create_ca(tmp_path / "a" / "ca")
+        assert _start(tmp_path / "a", ca, ["m1"]) is None  # m1 could not listen: gone, stopped
+        started = _start(tmp_path / "b", pki.create_ca(tmp_path / "b" / "ca"), ["m1"])
+        assert started is not None
+        procs, _, clients = started
+        try:
+            assert clients["m1"].get("/crossnet-test/ready").value == b"m1"
+        finally:
+            _stop(procs)
+    finally:
+        taken.close()
