@@ -42,7 +42,7 @@ GRPC_NOT_FOUND = 5
 # connection: WATCH_KEEPALIVE_IDLE s of silence, then WATCH_KEEPALIVE_COUNT probes
 # WATCH_KEEPALIVE_INTERVAL s apart; no request, no TLS record, nothing for etcd to do).
 # Re-opening idle watches every 30 s instead cost every host a TLS handshake, a watch and a
-# read per watch each time, on the etcd member it uses (docs/mesh.md "Idle requests").
+# read per watch each time, on the etcd member it uses (docs/mesh.md, Resources).
 WATCH_IDLE_TIMEOUT = 660.0
 WATCH_KEEPALIVE_IDLE = 15
 WATCH_KEEPALIVE_INTERVAL = 5
