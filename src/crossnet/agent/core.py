@@ -87,7 +87,6 @@ class AgentOptions:
     backoff_initial: float = 0.5
     backoff_max: float = 10.0
     resync: float = 60.0
-    watch_timeout: float = 660.0  # = store.etcdclient.WATCH_IDLE_TIMEOUT (not imported: no etcd client without a store)
     api: bool = True
     # measure peers' path MTU (crossnet.transport.pmtu) at start, every resync, on join;
     # None: the backend's default (pmtu.probes_by_default: on for auto)
@@ -620,8 +619,7 @@ class Agent:
                     self.queue.put(("snapshot", snap))
                     since = snap.revision + 1
                     need_snapshot = False
-                kw = {"read_timeout": self.opts.watch_timeout} if self.store.kind == "etcd" else {}
-                for batch in self.store.watch(since, self.stop, **kw):
+                for batch in self.store.watch(since, self.stop):  # etcd: open until WATCH_IDLE_TIMEOUT of silence
                     self._report("watch", None)
                     delay = self.opts.backoff_initial
                     if batch:
