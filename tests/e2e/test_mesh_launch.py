@@ -283,6 +283,11 @@ def test_five_hosts_three_voters_two_clients_all_pairs_ping(mesh):
     for h in ("h1", "h4"):
         pid = int((Path(lab.plan.host(h).state_dir) / "mesh" / "launch.pid").read_text())
         assert "cryptography" not in Path(f"/proc/{pid}/maps").read_text(), h
+    # h1 started alone; as h2 and h3 became voters its agent was handed their endpoints
+    # and kept running (a restart took its API socket away: `crossnet attach` failed)
+    log1 = Path(lab.plan.host("h1").state_dir) / "mesh" / "launch.log"
+    _wait(lambda: "etcd endpoints changed: the agent uses" in log1.read_text(), 30, "h1's agent given new endpoints")
+    assert log1.read_text().count("agent started on") == 1, log1.read_text()[-2000:]
     # launch again: says so, changes nothing
     pid = (Path(lab.plan.host("h2").state_dir) / "mesh" / "launch.pid").read_text()
     res = _launch(lab, "h2")

@@ -81,6 +81,10 @@ class MemoryStore(Store):
     def describe(self) -> str:
         return self.where
 
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """Like a store with servers (etcd): describe() names them."""
+        self.where = ",".join(endpoints)
+
     def get_config(self) -> NetworkConfig:
         self._check()
         return self.cfg

@@ -216,3 +216,19 @@ def test_the_local_check_asks_for_a_republish_when_the_dns_answers_cluster_wide(
         a.dns = SimpleNamespace(scope=scope) if scope else None
         a._check_local()  # no lease yet: the rest of the check waits for it
         assert asked == want, scope
+
+
+def test_new_store_endpoints_are_used_and_recorded_so_a_restart_keeps_the_lease(kernel, tmp_path):
+    """`crossnet launch` hands its running agent the new voters (Agent.set_store_endpoints)
+    instead of restarting it; agent.json then names the new servers, so the agent started
+    on them after a restart reuses its lease rather than taking a new one."""
+    store = MemoryStore(NetworkConfig(network=IPv4Network("10.32.0.0/16"), backend="vxlan", name="c", ttl=10),
+                        where="https://10.0.0.1:2379")
+    a = start(store, kernel, tmp_path)
+    lease = a.lease.lease_id
+    assert a._previous() == (a.lease.subnet, lease)
+    store.where = "https://10.0.0.1:2379,https://10.0.0.2:2379"  # what the restarted agent will be given
+    assert a._previous() == (a.lease.subnet, 0)  # agent.json names the old servers: the lease would be lost
+    a.set_store_endpoints(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
+    assert store.describe() == "https://10.0.0.1:2379,https://10.0.0.2:2379"
+    assert a._previous() == (a.lease.subnet, lease)

@@ -733,3 +733,43 @@ def test_the_agent_thread_wakes_the_supervisor_when_it_ends_and_reads_as_ended_t
     assert at.start().poll() in (None, code)
     assert woke.wait(10)
     assert seen == [code] and at.poll() == code
+
+
+class _RecordingAgent:
+    """Stands in for the supervisor's AgentThread: records endpoint changes and stops."""
+
+    def __init__(self):
+        self.endpoints: list[list[str]] = []
+        self.stopped = 0
+
+    def poll(self):
+        return None
+
+    def set_endpoints(self, endpoints):
+        self.endpoints.append(list(endpoints))
+
+    def stop(self, timeout=15.0):
+        self.stopped += 1
+
+    def send_signal(self, sig):
+        self.stopped += 1
+
+
+@pytest.mark.parametrize("role", ["voter", "client"])
+def test_new_voters_reach_the_running_agent_without_a_restart(tmp_path, role):
+    """When the voters change, the agent gets the new endpoints and keeps running: a
+    restart took its API socket away for a moment (a `crossnet attach` at that moment
+    failed with 'no crossnet agent is running': a CI failure) and dropped its watches."""
+    etcd = RecordingEtcd(VOTERS, {f"{ml.MESH_PREFIX}/config": json.dumps({"voters": 3})})
+    sup = _supervisor(tmp_path, role, etcd)
+    agent = _RecordingAgent()
+    sup.agent, sup.agent_endpoints = agent, sup.endpoints()  # type: ignore[assignment]
+    sup.start_agent = lambda: pytest.fail("the agent was restarted")  # type: ignore[method-assign]
+    sup.tick()
+    assert sup.agent is agent and agent.stopped == 0
+    assert len(agent.endpoints) == 1 and sorted(agent.endpoints[0]) == [f"https://10.0.0.{i}:2379" for i in (1, 2, 3)]
+    assert sup.agent_endpoints == agent.endpoints[0] == sup.endpoints()
+    if role == "voter":
+        assert agent.endpoints[0][0] == "https://10.0.0.1:2379"  # its own member first
+    sup.tick()
+    assert len(agent.endpoints) == 1  # nothing changed: nothing sent

@@ -438,3 +438,62 @@ def test_containers_of_an_unreachable_store_are_unavailable():
     s = EtcdStore(EtcdClient(f"http://127.0.0.1:{free_port()}", timeout=1), "/x")
     with pytest.raises(StoreUnavailable):
         s.containers()
+
+
+def test_set_endpoints_moves_the_next_request_and_drops_kept_alive_connections(etcd):
+    """The mesh's supervisor changes its running agent's endpoints when the voters change
+    (the agent is not restarted): the next request goes to the new list, a connection kept
+    alive to an old endpoint is not reused, a bad URL leaves the list as it was."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    c = EtcdClient(dead, timeout=1)
+    with pytest.raises(EtcdUnavailable):
+        c.range("/x")
+    c.set_endpoints([dead, etcd.url])
+    assert c.range("/x")[0] == []  # the second endpoint answers
+    c.set_endpoints([etcd.url])
+    c.range("/x")  # a kept-alive connection to etcd now
+    c.set_endpoints([dead])
+    with pytest.raises(EtcdUnavailable, match="connection refused"):
+        c.range("/x")  # not sent on the connection kept alive to etcd
+    for bad in (["ftp://h:1"], []):
+        with pytest.raises(ConfigError, match="--etcd"):
+            c.set_endpoints(bad)
+    assert c.describe() == dead
+    c.close()
+
+
+def test_set_endpoints_from_another_thread_reaches_every_threads_next_call(etcd):
+    """Each thread keeps its own connections: a thread that talked to etcd before the
+    change drops them at its next call."""
+    c = EtcdClient(etcd.url, timeout=1)
+    first, go, done = threading.Event(), threading.Event(), threading.Event()
+    seen: list[object] = []
+
+    def worker():
+        c.range("/x")  # this thread's connection to etcd
+        first.set()
+        go.wait(5)
+        try:
+            c.range("/x")
+            seen.append("answered")
+        except EtcdUnavailable as exc:
+            seen.append(exc)
+        done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert first.wait(10)
+    c.set_endpoints([f"http://127.0.0.1:{free_port()}"])
+    go.set()
+    assert done.wait(10)
+    t.join(5)
+    assert len(seen) == 1 and isinstance(seen[0], EtcdUnavailable)
+    c.close()
+
+
+def test_only_a_store_with_servers_changes_them(tmp_path):
+    from crossnet.store import StoreError
+    from crossnet.store.static import StaticStore
+
+    with pytest.raises(StoreError, match="no servers to change"):
+        StaticStore(tmp_path / "cluster.yaml").set_endpoints(["http://127.0.0.1:2379"])

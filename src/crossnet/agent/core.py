@@ -759,6 +759,13 @@ class Agent:
 
     # ------------------------------------------------------------------ main
 
+    def set_store_endpoints(self, endpoints: list[str]) -> None:
+        """The store's servers changed (the mesh's voters): requests go to these from now
+        on, and agent.json names them, so that a restart on them keeps this lease."""
+        self.store.set_endpoints(endpoints)
+        if self.lease is not None:
+            self._save_lease()
+
     def request_stop(self, *_args: Any) -> None:
         self.stop.set()
         self.queue.put(("wake",))  # the main loop sleeps until its next deadline: wake it now

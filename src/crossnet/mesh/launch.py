@@ -577,6 +577,10 @@ class AgentThread:
             return None
         return self.returncode if self.returncode is not None else 1
 
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """The voters changed: the running agent uses these from its next request on."""
+        self.agent.set_store_endpoints(endpoints)
+
     def stop(self, timeout: float = 15.0) -> None:
         self.agent.request_stop()
         self.agent.store.interrupt_watch()
@@ -843,9 +847,11 @@ class Supervisor:
             if len(voters) < self._want and promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
                 self.promote(c, self._want)
         if self.agent is not None and self.endpoints() != self.agent_endpoints:
-            log.info("etcd endpoints changed: restarting the agent")
-            self._end(self.agent)
-            self.start_agent()
+            # not a restart: the agent keeps its lease, its watches and its API socket
+            # (a restart made `crossnet attach` fail while it was down)
+            self.agent_endpoints = self.endpoints()
+            self.agent.set_endpoints(self.agent_endpoints)
+            log.info("etcd endpoints changed: the agent uses %s", ",".join(self.agent_endpoints))
 
     def promote(self, c: Any, want: int) -> None:
         own_peer = peer_url(self.address)

@@ -235,6 +235,10 @@ class Store(ABC):
         """Break a blocked `watch` read from another thread (the agent's keepalive when the
         store looks dead). The default: watch does not block on a connection."""
 
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """Use these servers from the next request on (a store with servers: etcd)."""
+        raise StoreError(f"the {self.kind} store has no servers to change")
+
     def close(self) -> None:
         pass
 

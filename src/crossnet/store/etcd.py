@@ -123,6 +123,10 @@ class EtcdStore(Store):
                 cacert: str | None = None, timeout: float = 5.0) -> EtcdStore:
         return cls(EtcdClient(endpoints, cert=cert, key=key, cacert=cacert, timeout=timeout), prefix)
 
+    def set_endpoints(self, endpoints: list[str]) -> None:
+        """Talk to these etcd endpoints from the next request on (EtcdClient.set_endpoints)."""
+        self.client.set_endpoints(endpoints)
+
     # ------------------------------------------------------------------ keys
 
     @property

@@ -227,10 +227,25 @@ class EtcdClient:
             self._ssl = ctx
         self._local = threading.local()
         self._preferred = 0  # index of the endpoint that answered last
+        self._generation = 0  # bumped by set_endpoints: each thread drops its kept-alive connections
         self._lock = threading.Lock()
 
     def describe(self) -> str:
         return mask_credentials(",".join(map(str, self.endpoints)))
+
+    def set_endpoints(self, urls: str | list[str]) -> None:
+        """Use these endpoints from the next request on (ConfigError on a bad URL, the
+        old list kept). A watch already open stays on its endpoint until it ends; kept-alive
+        connections are dropped by each thread at its next call. The mesh's supervisor
+        calls this when the voters change, so its agent keeps running (and answering on
+        its socket) instead of being restarted."""
+        endpoints = parse_endpoints(urls)
+        if not endpoints:
+            raise ConfigError("--etcd: no endpoint given")
+        with self._lock:
+            self.endpoints = endpoints
+            self._preferred = 0
+            self._generation += 1
 
     # ------------------------------------------------------------------ transport
 
@@ -241,9 +256,21 @@ class EtcdClient:
             return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ssl)
         return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
 
-    def _order(self) -> list[int]:
-        n = len(self.endpoints)
+    def _order(self, endpoints: list[Endpoint]) -> list[int]:
+        n = len(endpoints)
         return [(self._preferred + i) % n for i in range(n)]
+
+    def _conns(self) -> dict[int, http.client.HTTPConnection]:
+        """This thread's kept-alive connections by endpoint index, emptied when the
+        endpoints changed since its last call."""
+        local = self._local.__dict__
+        conns = local.setdefault("conns", {})
+        if local.get("generation") != self._generation:
+            for c in conns.values():
+                c.close()
+            conns.clear()
+            local["generation"] = self._generation
+        return conns
 
     def close(self) -> None:
         conns = getattr(self._local, "conns", {})
@@ -254,10 +281,11 @@ class EtcdClient:
     def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
         """POST body as JSON to /v3/<path> on the first endpoint that answers."""
         payload = json.dumps(body).encode()
-        conns: dict[int, http.client.HTTPConnection] = self._local.__dict__.setdefault("conns", {})
+        endpoints = self.endpoints  # one list for this call even if set_endpoints runs meanwhile
+        conns = self._conns()
         errors = []
-        for i in self._order():
-            ep = self.endpoints[i]
+        for i in self._order(endpoints):
+            ep = endpoints[i]
             for attempt in (0, 1):  # a kept-alive connection may have gone stale: retry once fresh
                 conn = conns.get(i)
                 fresh = conn is None
@@ -302,8 +330,9 @@ class EtcdClient:
     def version(self) -> str:
         """The server version (GET /version), first endpoint that answers."""
         errors = []
-        for i in self._order():
-            ep = self.endpoints[i]
+        endpoints = self.endpoints
+        for i in self._order(endpoints):
+            ep = endpoints[i]
             conn = self._connect(ep, self.timeout)
             try:
                 conn.request("GET", "/version")
@@ -417,8 +446,9 @@ class EtcdClient:
             req["range_end"] = b64(prefix_end(key))
         payload = json.dumps({"create_request": req}).encode()
         errors = []
-        for i in self._order():
-            ep = self.endpoints[i]
+        endpoints = self.endpoints
+        for i in self._order(endpoints):
+            ep = endpoints[i]
             conn = self._connect(ep, self.timeout)
             try:
                 conn.request("POST", "/v3/watch", payload, {"Content-Type": "application/json"})
