@@ -54,3 +54,27 @@ def test_footprints_measures_real_processes_over_one_window():
     assert set(out) == {"me", "again"}
     for fp in out.values():
         assert fp["self"]["rss_mb"] > 1 and fp["total"]["rss_mb"] == fp["self"]["rss_mb"] and fp["idle_s"] >= 0.0
+
+
+def test_join_probes_go_out_at_once_and_report_the_hosts_that_got_a_reply(monkeypatch):
+    """A join sample ends when every existing host reached the new container: the hosts not
+    there yet are probed together, each ping waiting PROBE_WAIT (not one after the other
+    with a 1 s timeout each, which made a sample up to a second late)."""
+    from crossnet.bench import meshbench
+
+    events: list[tuple[str, str]] = []
+
+    class FakePing:
+        def __init__(self, argv, **_kw):
+            self.ns = argv[3]
+            assert argv[:3] == ["ip", "netns", "exec"] and argv[4:] == ["ping", "-c1", "-W", "0.2", "-q", "10.32.6.2"]
+            events.append(("start", self.ns))
+
+        def wait(self):
+            events.append(("wait", self.ns))
+            return 0 if self.ns in ("ns-h1", "ns-h3") else 1
+
+    monkeypatch.setattr(meshbench.subprocess, "Popen", FakePing)
+    got = meshbench.reached({"h1": "ns-h1", "h2": "ns-h2", "h3": "ns-h3"}, "10.32.6.2")
+    assert got == {"h1", "h3"}
+    assert [e for e, _ in events] == ["start"] * 3 + ["wait"] * 3  # all started before any is waited for
