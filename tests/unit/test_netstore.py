@@ -155,12 +155,11 @@ def test_peer_subnets_per_network_are_validated_and_the_older_claim_wins():
 
 @pytest.fixture(scope="module")
 def etcd(tmp_path_factory):
-    from crossnet.lab.etcdserver import EtcdServer, etcd_available, free_port
+    from crossnet.lab.etcdserver import EtcdServer, etcd_available
 
     if not etcd_available():
         pytest.skip("etcd not installed (apt-get install etcd-server)")
-    srv = EtcdServer(tmp_path_factory.mktemp("etcd"), port=free_port(), peer_port=free_port(), name="netstore")
-    srv.start()
+    srv = EtcdServer.on_free_ports(tmp_path_factory.mktemp("etcd"), name="netstore")
     yield srv
     srv.stop()
 

@@ -38,8 +38,7 @@ needs_etcd = pytest.mark.skipif(not etcd_available(), reason="etcd not installed
 def etcd(tmp_path_factory):
     if not etcd_available():
         pytest.skip("etcd not installed (apt-get install etcd-server)")
-    srv = EtcdServer(tmp_path_factory.mktemp("etcd"), port=free_port(), peer_port=free_port(), name="t6unit")
-    srv.start()
+    srv = EtcdServer.on_free_ports(tmp_path_factory.mktemp("etcd"), name="t6unit")
     yield srv
     srv.stop()
 
@@ -497,3 +496,29 @@ def test_only_a_store_with_servers_changes_them(tmp_path):
 
     with pytest.raises(StoreError, match="no servers to change"):
         StaticStore(tmp_path / "cluster.yaml").set_endpoints(["http://127.0.0.1:2379"])
+
+
+def test_a_local_etcd_whose_port_was_taken_starts_again_on_other_ports(tmp_path, monkeypatch):
+    """Test fixtures start etcd on ports free_port() found; another process can take one
+    before etcd binds it (tests run in parallel): etcd exits, and on_free_ports starts it
+    again on new ports instead of failing the fixture."""
+    import socket
+
+    from crossnet.lab import etcdserver
+
+    if not etcd_available():
+        pytest.skip("etcd not installed")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1]])
+        real = etcdserver.free_port
+        monkeypatch.setattr(etcdserver, "free_port", lambda: next(ports, None) or real())
+        srv = EtcdServer.on_free_ports(tmp_path, name="retry")
+        try:
+            assert srv.run_dir == tmp_path / "try2" and srv.port != taken.getsockname()[1]
+            assert "address already in use" in (tmp_path / "try1" / "etcd.log").read_text()
+            srv.client().put("/retry", "1")
+            assert srv.client().get("/retry").value == b"1"
+        finally:
+            srv.stop()

@@ -30,28 +30,35 @@ def tls_etcd(tmp_path_factory):
                  "-out", f"{name}.csr", cwd=d)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-days", "2", "-extfile", "san.cnf", "-out", f"{name}.pem", cwd=d)
-    port, peer = free_port(), free_port()
-    url = f"https://127.0.0.1:{port}"
-    log = open(d / "etcd.log", "wb")  # noqa: SIM115 - closed in the finalizer below
-    proc = subprocess.Popen(
-        ["etcd", "--name", "t6tls", "--data-dir", str(d / "data"), "--listen-client-urls", url,
-         "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"t6tls=http://127.0.0.1:{peer}", "--cert-file", str(d / "server.pem"),
-         "--key-file", str(d / "server.key"), "--client-cert-auth", "--trusted-ca-file", str(d / "ca.pem")],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
+    for attempt in range(1, 4):  # a port free_port() found may be taken before etcd binds it (tests in parallel)
+        port, peer = free_port(), free_port()
+        url = f"https://127.0.0.1:{port}"
+        log = open(d / f"etcd{attempt}.log", "wb")  # noqa: SIM115 - closed in the finalizer below
+        proc = subprocess.Popen(
+            ["etcd", "--name", "t6tls", "--data-dir", str(d / f"data{attempt}"), "--listen-client-urls", url,
+             "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+             "--initial-cluster", f"t6tls=http://127.0.0.1:{peer}", "--cert-file", str(d / "server.pem"),
+             "--key-file", str(d / "server.key"), "--client-cert-auth", "--trusted-ca-file", str(d / "ca.pem")],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         client = EtcdClient(url, cert=str(d / "client.pem"), key=str(d / "client.key"), cacert=str(d / "ca.pem"),
                             timeout=1)
         deadline = time.monotonic() + 20
-        while True:
+        while proc.poll() is None:
             try:
                 client.range("/")
                 break
             except EtcdUnavailable:
-                if time.monotonic() > deadline or proc.poll() is not None:
+                if time.monotonic() > deadline:
+                    proc.kill()
                     raise
                 time.sleep(0.1)
+        if proc.poll() is None:
+            break
+        log.close()
+        if attempt == 3:
+            pytest.fail(f"etcd exited while starting, 3 times (see {d}/etcd3.log)")
+    try:
         yield url, d
     finally:
         proc.terminate()

@@ -45,6 +45,24 @@ class EtcdServer:
         self.name = name
         self.proc: subprocess.Popen | None = None
 
+    @classmethod
+    def on_free_ports(cls, run_dir: str | os.PathLike[str], name: str = "crossnet", attempts: int = 3,
+                      wait: float = 20.0) -> EtcdServer:
+        """A local etcd (tests) started on 127.0.0.1 ports free right now, and started again
+        on new ports (in ``run_dir``/try<N>) when it exits while starting: a port that
+        free_port() found can be taken by another process (tests run in parallel) before
+        etcd binds it. A start that times out is not tried again."""
+        for attempt in range(1, attempts + 1):
+            srv = cls(Path(run_dir) / f"try{attempt}", port=free_port(), peer_port=free_port(), name=name)
+            try:
+                return srv.start(wait)
+            except CrossnetError:
+                exited = srv.proc is not None and srv.proc.poll() is not None
+                srv.stop()
+                if not exited or attempt == attempts:
+                    raise
+        raise AssertionError("unreachable")
+
     # ---- addresses
     @property
     def client_urls(self) -> list[str]:
