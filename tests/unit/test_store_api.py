@@ -167,3 +167,29 @@ def test_agent_publishes_its_containers_when_they_change(tmp_path):
         assert info["known"] is True and info["hosts"] == {"h1": store.published[-1][1]}
     finally:
         agent._shutdown_threads()
+
+
+def test_a_cli_command_whose_agent_goes_away_after_the_check_uses_the_state_dir(tmp_path, monkeypatch):
+    """`crossnet attach` asks the agent when one answers. An agent stopped or restarting
+    between that check and the request (the socket gone: the request was never sent) is
+    treated as no agent — the command works on the state dir — instead of failing with
+    'no crossnet agent is running' (a CI failure: the mesh restarted its agent then)."""
+    import click
+
+    from crossnet.cli import host as clihost
+
+    handle = agentapi.serve(FakeAgent(tmp_path), str(tmp_path / "agent.sock"))
+    ctx = click.Context(click.Command("attach"), obj={"state_dir": str(tmp_path)})
+    assert clihost._agent(ctx, "GET", "/v1/peers")[0]["name"] == "h2"  # the agent answers
+    real = agentapi.agent_running
+
+    def running_then_gone(state_dir):
+        answered = real(state_dir)
+        handle.close()  # the agent stops right after answering the check
+        return answered
+
+    monkeypatch.setattr(agentapi, "agent_running", running_then_gone)
+    assert clihost._agent(ctx, "POST", "/v1/attach", {"container": "c1"}) is None
+    assert not (tmp_path / "agent.sock").exists()
+    with pytest.raises(agentapi.AgentNotRunning, match="no crossnet agent is running"):
+        agentapi.call(tmp_path, "POST", "/v1/attach", {"container": "c1"})

@@ -79,6 +79,11 @@ class BadRequest(CrossnetError):
         self.status = status
 
 
+class AgentNotRunning(CrossnetError):
+    """Nothing answers on the state dir's agent socket (no agent runs, or it is being
+    restarted): the request was not sent."""
+
+
 class NotConfigured(CrossnetError):
     """The agent has not configured this host (yet): 409."""
 
@@ -514,7 +519,7 @@ def call(state_dir: str | os.PathLike[str], method: str, path: str, body: dict |
         resp = conn.getresponse()
         raw = resp.read()
     except (FileNotFoundError, ConnectionRefusedError):
-        raise CrossnetError(f"no crossnet agent is running with state dir {state_dir} (no {sock})") from None
+        raise AgentNotRunning(f"no crossnet agent is running with state dir {state_dir} (no {sock})") from None
     except (OSError, http.client.HTTPException) as exc:
         raise CrossnetError(f"agent API {sock}: {exc}") from None
     finally:

@@ -50,11 +50,14 @@ def _agent(ctx: click.Context, method: str, path: str, body: dict | None = None)
     sock = os.path.join(ctx.obj["state_dir"], "agent.sock")
     if not os.path.exists(sock):
         return None
-    from crossnet.agent.api import agent_running, call
+    from crossnet.agent.api import AgentNotRunning, agent_running, call
 
     if not agent_running(ctx.obj["state_dir"]):
         return None  # a stale socket: fall back to the state dir
-    return call(ctx.obj["state_dir"], method, path, body)
+    try:
+        return call(ctx.obj["state_dir"], method, path, body)
+    except AgentNotRunning:
+        return None  # gone since (stopped or restarting; the request was not sent): as when none runs
 
 
 def _container_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
