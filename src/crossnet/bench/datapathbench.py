@@ -93,16 +93,9 @@ def _lab_opts(backend: str, mtu: int, hosts: int, datapath: str) -> dict[str, An
 
 def _up(rc: RunContext, lab: Any, hosts: tuple[Any, ...], what: str) -> str:
     """apply + attach on `hosts` (at once, as `lab up` does); the server container's address."""
-    from crossnet.bench.dataplane import _both, _crossnet
-    from crossnet.lab.manager import APPLY_TIMEOUT, ATTACH_TIMEOUT
+    from crossnet.bench.dataplane import apply_and_attach
 
-    rss: dict[str, list[int]] = {"apply": [], "attach": []}
-    _both(lambda h: rss["apply"].append(
-        _crossnet(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT)), hosts)
-    _both(lambda h: rss["attach"].extend(_crossnet(lab, h, ["attach", c], ATTACH_TIMEOUT) for c in h.containers),
-          hosts)
-    rc.note_memory("crossnet apply (CLI)", f"datapath lab: {what}", max(rss["apply"]))
-    rc.note_memory("crossnet attach (CLI)", f"datapath lab: {what}", max(rss["attach"]))
+    apply_and_attach(rc, lab, hosts, f"datapath lab: {what}")
     st = lab.status(hosts[1].name)
     return next(c for c in st["containers"] if c["netns"].endswith(hosts[1].containers[0]))["address"].split("/")[0]
 

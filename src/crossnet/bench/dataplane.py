@@ -194,23 +194,28 @@ def _manual_row(name: str, mtu: int) -> dict[str, Any]:
             "compares_with": cls.compares_with, "diagnoses": cls.diagnoses}
 
 
+def apply_and_attach(rc: RunContext, lab: Any, hosts: tuple[Any, ...], where: str) -> dict[str, list[int]]:
+    """`crossnet apply` + `attach` of every container on ``hosts`` (the hosts at once, as
+    `lab up` does); the commands' peak RSS noted in rc under ``where`` and returned (KiB)."""
+    from crossnet.lab.manager import APPLY_TIMEOUT, ATTACH_TIMEOUT
+
+    rss: dict[str, list[int]] = {"apply": [], "attach": []}
+    _both(lambda h: rss["apply"].append(
+        _crossnet(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT)), hosts)
+    _both(lambda h: rss["attach"].extend(
+        _crossnet(lab, h, ["attach", c], ATTACH_TIMEOUT) for c in h.containers), hosts)
+    rc.note_memory("crossnet apply (CLI)", where, max(rss["apply"]))
+    rc.note_memory("crossnet attach (CLI)", where, max(rss["attach"]))
+    return rss
+
+
 def _set_up_crossnet(rc: RunContext, lab: Any, backend: str, mtu: int, row: dict[str, Any]
                      ) -> tuple[str, str, str]:
     """`crossnet apply` + `attach` on h1, h2 of `lab` (peak RSS noted in rc and row);
     the container→container path (client netns, server netns, address)."""
-    from crossnet.lab.manager import APPLY_TIMEOUT, ATTACH_TIMEOUT
-
     h1, h2 = lab.hosts[:2]
     rc.log(f"{backend} mtu {mtu}: crossnet apply + attach on {h1.name}, {h2.name}")
-    rss: dict[str, list[int]] = {"apply": [], "attach": []}
-    _both(lambda h: rss["apply"].append(
-        _crossnet(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT)),
-        (h1, h2))
-    _both(lambda h: rss["attach"].extend(
-        _crossnet(lab, h, ["attach", c], ATTACH_TIMEOUT) for c in h.containers), (h1, h2))
-    where = f"data plane lab: {backend}, MTU {mtu} (max over {h1.name}, {h2.name})"
-    rc.note_memory("crossnet apply (CLI)", where, max(rss["apply"]))
-    rc.note_memory("crossnet attach (CLI)", where, max(rss["attach"]))
+    rss = apply_and_attach(rc, lab, (h1, h2), f"data plane lab: {backend}, MTU {mtu} (max over {h1.name}, {h2.name})")
     row["crossnet_rss_mb"] = {k: round(max(v) / 1024, 1) for k, v in rss.items() if v}
     st2 = lab.status(h2.name)
     dst = next(c for c in st2["containers"] if c["netns"].endswith(h2.containers[0]))
