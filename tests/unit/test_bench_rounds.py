@@ -116,3 +116,16 @@ def test_report_add_merges_a_suite_with_its_own_command(tmp_path):
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("crossnet: error: --add:")
 
+
+
+def test_a_failed_baseline_run_drops_its_pair_and_never_shifts_the_others():
+    """A round whose baseline run failed (0) takes its pair with it; the other pairs stay
+    one round of each order. Before, the failed round was dropped from the list of round
+    ratios first: with round 3 failed, rounds 2 and 4 (both "a first") made a pair, biased
+    by the order (1.6 instead of 2.0)."""
+    a, b = _rounds(2.0, [1.0] * 6, 0.8)
+    b[2] = 0.0
+    assert pair_ratios(a, b) == [2.0, 2.0]
+    a, b = _rounds(2.0, [1.0] * 6, 0.8)
+    b[3] = 0.0
+    assert pair_ratios(a, b) == [2.0, 2.0]

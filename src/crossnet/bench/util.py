@@ -80,9 +80,11 @@ def pair_ratios(a: list[float], b: list[float]) -> list[float]:
     """Per pair of rounds (one in each order: `dataplane._paired` reverses the order every other
     round) the geometric mean of a_i ÷ b_i. Whichever of two paths runs first in a round
     measures a little lower here (seen as ratios alternating between rounds), so a
-    single round, or an odd count of them, is biased by the order; a pair is not."""
-    rs = round_ratios(a, b)
-    return [math.sqrt(rs[i] * rs[i + 1]) for i in range(0, len(rs) - 1, 2)]
+    single round, or an odd count of them, is biased by the order; a pair is not. Rounds
+    pair by their index (0-1, 2-3, ...): a pair with a failed baseline run (≤ 0) is left
+    out whole, so a failure never pairs two rounds of the same order."""
+    n = min(len(a), len(b))
+    return [math.sqrt(a[i] / b[i] * a[i + 1] / b[i + 1]) for i in range(0, n - 1, 2) if b[i] > 0 and b[i + 1] > 0]
 
 
 def median_ratio(a: list[float], b: list[float]) -> float | None:
