@@ -6,9 +6,17 @@ real packets, 2 hosts behind one router.
   the same-network pairs ping across the hosts, the pairs of different networks never.
 * A third network (`green`) added through the store while a continuous ping runs in
   blue and another in red: green gets its own OVS bridge and works, stays apart from
-  the others, and the pings lose no packet (every reply but the one possibly in flight
-  when the ping is stopped).
+  the others, and each ping loses at most one packet (every reply but the one possibly
+  in flight when the ping is stopped). Not none: Open vSwitch's userspace datapath (the
+  only one on these machines) sometimes drops a tunnel packet it receives while a bridge
+  is added on that host, or while a new internal port comes up with IPv6 — reproduced
+  with plain `ovs-vsctl add-br` and no crossnet at all (docs/ovs.md, "Packets lost while
+  a bridge is added"): a CI run lost one packet of ~200 in 1 of 3 runs. More than one
+  lost packet, or a lost packet with the vxlan backend (tests/e2e/test_networks_store.py,
+  strict), is a crossnet defect.
 """
+
+OVS_USERSPACE_LOSS = 1  # packets a ping may lose while green's OVS bridge is added (docs/ovs.md)
 
 from __future__ import annotations
 
@@ -92,4 +100,4 @@ def test_a_third_network_added_under_ping_interrupts_none(lab):
         lost = lost_seqs(out)
         print(f"{n}: {sent} sent, {got} received, lost icmp_seq {lost}")
         assert sent >= 40, out
-        assert not lost, (n, lost, out[-400:])
+        assert len(lost) <= OVS_USERSPACE_LOSS, (n, lost, out[-400:])
