@@ -16,7 +16,6 @@ real packets, 2 hosts behind one router.
   strict), is a crossnet defect.
 """
 
-OVS_USERSPACE_LOSS = 1  # packets a ping may lose while green's OVS bridge is added (docs/ovs.md)
 
 from __future__ import annotations
 
@@ -46,6 +45,7 @@ from tests.e2e.netstorelab import (
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
 BACKEND = "ovs-gre"
+OVS_USERSPACE_LOSS = 1  # packets a ping may lose while green's OVS bridge is added (docs/ovs.md)
 
 @pytest.fixture(scope="module")
 def lab(request, lab_sweep):
