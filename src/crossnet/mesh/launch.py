@@ -846,11 +846,12 @@ class Supervisor:
                 self._want = int(cfg.get("voters") or DEFAULT_VOTERS)
             if len(voters) < self._want and promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
                 self.promote(c, self._want)
-        if self.agent is not None and self.endpoints() != self.agent_endpoints:
+        wanted = self.endpoints()
+        if self.agent is not None and wanted != self.agent_endpoints:
             # not a restart: the agent keeps its lease, its watches and its API socket
             # (a restart made `crossnet attach` fail while it was down)
-            self.agent_endpoints = self.endpoints()
-            self.agent.set_endpoints(self.agent_endpoints)
+            self.agent_endpoints = wanted
+            self.agent.set_endpoints(wanted)
             log.info("etcd endpoints changed: the agent uses %s", ",".join(self.agent_endpoints))
 
     def promote(self, c: Any, want: int) -> None:

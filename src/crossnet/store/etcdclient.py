@@ -256,21 +256,22 @@ class EtcdClient:
             return http.client.HTTPSConnection(ep.host, ep.port, timeout=timeout, context=self._ssl)
         return http.client.HTTPConnection(ep.host, ep.port, timeout=timeout)
 
-    def _order(self, endpoints: list[Endpoint]) -> list[int]:
-        n = len(endpoints)
-        return [(self._preferred + i) % n for i in range(n)]
-
-    def _conns(self) -> dict[int, http.client.HTTPConnection]:
-        """This thread's kept-alive connections by endpoint index, emptied when the
-        endpoints changed since its last call."""
+    def _ordered(self) -> tuple[list[tuple[int, Endpoint]], dict[int, http.client.HTTPConnection]]:
+        """For one call: the endpoints (index, endpoint), the one that answered last
+        first, and this thread's kept-alive connections by index into the same list. Both
+        are taken together (set_endpoints may run meanwhile): the connections are dropped
+        when the list changed since this thread's last call."""
+        with self._lock:
+            endpoints, generation = self.endpoints, self._generation
         local = self._local.__dict__
         conns = local.setdefault("conns", {})
-        if local.get("generation") != self._generation:
+        if local.get("generation") != generation:
             for c in conns.values():
                 c.close()
             conns.clear()
-            local["generation"] = self._generation
-        return conns
+            local["generation"] = generation
+        indexes = [(self._preferred + k) % len(endpoints) for k in range(len(endpoints))]
+        return [(i, endpoints[i]) for i in indexes], conns
 
     def close(self) -> None:
         conns = getattr(self._local, "conns", {})
@@ -281,11 +282,9 @@ class EtcdClient:
     def call(self, path: str, body: dict, timeout: float | None = None) -> dict:
         """POST body as JSON to /v3/<path> on the first endpoint that answers."""
         payload = json.dumps(body).encode()
-        endpoints = self.endpoints  # one list for this call even if set_endpoints runs meanwhile
-        conns = self._conns()
+        order, conns = self._ordered()
         errors = []
-        for i in self._order(endpoints):
-            ep = endpoints[i]
+        for i, ep in order:
             for attempt in (0, 1):  # a kept-alive connection may have gone stale: retry once fresh
                 conn = conns.get(i)
                 fresh = conn is None
@@ -330,9 +329,8 @@ class EtcdClient:
     def version(self) -> str:
         """The server version (GET /version), first endpoint that answers."""
         errors = []
-        endpoints = self.endpoints
-        for i in self._order(endpoints):
-            ep = endpoints[i]
+        order, _ = self._ordered()
+        for i, ep in order:
             conn = self._connect(ep, self.timeout)
             try:
                 conn.request("GET", "/version")
@@ -446,9 +444,8 @@ class EtcdClient:
             req["range_end"] = b64(prefix_end(key))
         payload = json.dumps({"create_request": req}).encode()
         errors = []
-        endpoints = self.endpoints
-        for i in self._order(endpoints):
-            ep = endpoints[i]
+        order, _ = self._ordered()
+        for i, ep in order:
             conn = self._connect(ep, self.timeout)
             try:
                 conn.request("POST", "/v3/watch", payload, {"Content-Type": "application/json"})
