@@ -44,6 +44,12 @@ def test_ovs_networks_own_bridges_keys_and_isolation(lab):
     assert sh(lab, h1.name, "ovs-vsctl", "list-ports", f"cnovs{vni}").split() == [blue_port]
     assert sh(lab, h1.name, "ovs-vsctl", "get", "interface", blue_port, "options:key").strip() == f'"{vni}"'
     assert f"cnovs{vni}" in sh(lab, h1.name, "ip", "-o", "link", "show", "master", "cn-blue")
+    # IPv6 never came up on the bridges and internal ports (crossnet.ovs.resources.DevIpv6Off):
+    # off, and no link-local address was ever made on them
+    for h in lab.hosts:
+        for dev in ("cn0", "cnovs0", "cn-blue", f"cnovs{vni}"):
+            assert sh(lab, h.name, "cat", f"/proc/sys/net/ipv6/conf/{dev}/disable_ipv6").strip() == "1", (h.name, dev)
+            assert sh(lab, h.name, "ip", "-6", "-o", "addr", "show", "dev", dev).strip() == "", (h.name, dev)
     nets = members(lab)
     assert len(nets["default"]) == 2 and len(nets["blue"]) == 2
     # a full-size frame of blue crosses (DF): blue's MTU fits its tunnel

@@ -18,6 +18,7 @@ from crossnet import program
 from crossnet.backends import get_backend
 from crossnet.backends.base import Peer, gateway_mac, stable_mac
 from crossnet.config import parse_cluster
+from crossnet.errors import ApplyError
 from crossnet.host import build_context
 from crossnet.plan.nic import NicTakeover
 from crossnet.plan.resources import Address, Bridge, BridgeNetfilterOff, Fdb, Neigh, NftTable, Resource, Route, Sysctl, Vxlan
@@ -146,3 +147,11 @@ def test_apply_and_agent_build_the_same_context(backend, tmp_path):
                                  state_dir=str(tmp_path))
     assert from_store == from_file
     assert (from_file.mtu, from_file.underlay_mtu, from_file.bridge) == (1400 - b.overhead, 1400, "cnx0")
+
+
+def test_a_record_naming_an_unknown_resource_kind_is_one_clear_error():
+    """A record of this host written by another crossnet version (a kind this one does not
+    know, e.g. a newer `dev-ipv6-off` read by an older crossnet) was a KeyError, printed as
+    an internal error; now a CrossnetError naming the kind (the CLI prints it as one line)."""
+    with pytest.raises(ApplyError, match=r"resource kind this crossnet does not know: 'from-the-future'"):
+        Resource.from_json({"kind": "from-the-future", "name": "x"})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,12 +17,13 @@ from crossnet.backends.base import HostContext, Peer
 from crossnet.ovs import db as ovsdb
 from crossnet.ovs.resources import (
     AddressMove,
+    DevIpv6Off,
     OvsBridge,
     OvsFlows,
     OvsPort,
     TunnelNeighbours,
 )
-from crossnet.plan.resources import NftTable, Resource, Route
+from crossnet.plan.resources import Enslave, NftTable, Resource, Route
 
 
 def ctx_for(backend: str, peers: int = 3, host: str = "h1", port: int = 4789, names: list[str] | None = None) -> HostContext:
@@ -65,6 +67,13 @@ def test_resources_userspace_datapath(backend):
     nft = next(r for r in res if isinstance(r, NftTable))
     assert nft.family == "netdev" and 'device "eth0"' in nft.body and "policy drop" in nft.body
     overlay = next(r for r in res if isinstance(r, OvsBridge) and r.name == "cnovs0")
+    # IPv6 off on cn0 and cnovs0 before the internal port brings them up (DevIpv6Off)
+    at = {r.key(): i for i, r in enumerate(res)}
+    enslave = next(i for i, r in enumerate(res) if isinstance(r, Enslave) and r.dev == "cnovs0")
+    for dev in ("cn0", "cnovs0"):
+        off = at[f"sysctl:net.ipv6.conf.{dev}.disable_ipv6"]
+        assert res[off] == DevIpv6Off(f"net.ipv6.conf.{dev}.disable_ipv6", "1") and off < enslave
+    assert at["sysctl:net.ipv6.conf.cnovs0.disable_ipv6"] > res.index(overlay)
     assert overlay.datapath == "netdev" and overlay.fail_mode == "secure" and overlay.mtu == ctx.mtu
     tunnels = [r for r in res if isinstance(r, OvsPort) and r.bridge == "cnovs0"]
     assert [t.options["remote_ip"] for t in tunnels] == [str(p.address) for p in ctx.peers]
@@ -387,3 +396,20 @@ def test_bridge_check_needs_the_internal_port_device_on_both_datapaths(monkeypat
     assert br.check(FakeEnv(db)) is True
     links["cnovs0"].mtu = 1500
     assert br.check(FakeEnv(db)) is False
+
+
+def test_ipv6_off_is_left_on_remove_and_satisfied_without_ipv6(tmp_path, monkeypatch):
+    """DevIpv6Off: remove() never turns IPv6 back on (the device goes with its network; IPv6
+    coming up next to OVS loses packets, docs/ovs.md); a kernel without IPv6 has nothing to
+    do (no /proc/sys/net/ipv6: satisfied, ensure writes nothing)."""
+    r = DevIpv6Off.of("cnovs7")
+    assert r.describe() == "sysctl -w net.ipv6.conf.cnovs7.disable_ipv6=1" and r.kind == "dev-ipv6-off"
+    assert Resource.from_json(r.to_json()) == r
+    written = []
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: written.append(self))
+    r.saved["previous"] = "0"
+    r.remove(None)
+    monkeypatch.setattr(DevIpv6Off, "IPV6", tmp_path / "no-ipv6")
+    assert r.check(None) is True
+    r.ensure(None)
+    assert written == []

@@ -50,6 +50,7 @@ from crossnet.ovs import db as ovsdb
 from crossnet.ovs.resources import (
     FLOW_COOKIE,
     AddressMove,
+    DevIpv6Off,
     DevSysctl,
     OvsBridge,
     OvsFlows,
@@ -161,11 +162,15 @@ class OvsBackend(Backend):
         ovs_br = self.overlay_bridge(ctx)
         return [
             Bridge(ctx.bridge, ctx.mtu, mac=self.gw_mac(ctx)),
+            # IPv6 off on the bridge and the internal port before the port brings them up
+            # (the userspace datapath loses packets meanwhile: DevIpv6Off)
+            DevIpv6Off.of(ctx.bridge),
             Address(ctx.bridge, gateway_cidr(ctx)),
             # traffic to peers enters and leaves cn0: no ICMP redirects to containers
             *([] if ctx.net_name else [Sysctl("net.ipv4.conf.all.send_redirects", "0")]),
             DevSysctl(f"net.ipv4.conf.{ctx.bridge}.send_redirects", "0"),
             OvsBridge(ovs_br, self.datapath(), "secure", mtu=ctx.mtu, role="overlay"),
+            DevIpv6Off.of(ovs_br),
             Enslave(ovs_br, ctx.bridge),
         ]
 

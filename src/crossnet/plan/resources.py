@@ -86,7 +86,10 @@ class Resource:
             import importlib
 
             importlib.import_module(LAZY_KINDS[kind])
-        cls = REGISTRY[kind]
+        cls = REGISTRY.get(kind)
+        if cls is None:  # e.g. a record written by a newer crossnet: one line, not a KeyError
+            raise ApplyError(f"crossnet's record of this host names a resource kind this crossnet does not know: "
+                             f"{kind!r} (written by another version of crossnet?)")
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
