@@ -233,6 +233,10 @@ def test_bench_target_networks_isolation():
     assert (ok["value"], ok["met"]) == (0.98, True) and "0.9–1.1" in ok["note"]
     missed = target({"networks": {"status": "ok", "isolation_ratio": 0.9}})
     assert missed["met"] is False and missed["shortfall"]
+    # `bench networks --datapath ebpf`: a row of its own, naming the datapath
+    eb = next(t for t in evaluate({"networks": {"status": "ok", "datapath": "ebpf", "isolation_ratio": 0.981}})
+              if t["id"].startswith("networks-isolation"))
+    assert (eb["id"], eb["met"]) == ("networks-isolation-ebpf", True) and "datapath ebpf" in eb["what"]
 
 
 def test_a_changed_mtu_reaches_the_named_networks_containers(tmp_path, monkeypatch):

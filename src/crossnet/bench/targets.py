@@ -122,12 +122,15 @@ def _transport_targets(tr: dict[str, Any] | None) -> list[dict[str, Any]]:
 
 def _networks_targets(nw: dict[str, Any] | None) -> list[dict[str, Any]]:
     """`crossnet bench networks`: with the isolation of a second network ≥ 0.97× one network."""
-    what = "vxlan throughput with a second, isolated network / one network (crossover rounds, same lab)"
+    ebpf = (nw or {}).get("datapath") == "ebpf"  # `bench networks --datapath ebpf`: a row of its own
+    tid = "networks-isolation-ebpf" if ebpf else "networks-isolation"
+    what = (f"vxlan{' (datapath ebpf)' if ebpf else ''} throughput with a second, isolated network / one network "
+            "(crossover rounds, same lab)")
     if not nw or nw.get("status") != "ok":
         why = "not measured in this run" if not nw else f"{nw.get('status')}: {nw.get('reason', '')}"
-        return [_t("networks-isolation", what, "≥ 0.97", None, "×", None, status=why)]
+        return [_t(tid, what, "≥ 0.97", None, "×", None, status=why)]
     r = nw.get("isolation_ratio")
-    return [_t("networks-isolation", what, "≥ 0.97", r, "×", r is not None and r >= 0.97,
+    return [_t(tid, what, "≥ 0.97", r, "×", r is not None and r >= 0.97,
                _pct_short(r, 0.97, True) if r is not None else "",
                _networks_note(nw))]
 

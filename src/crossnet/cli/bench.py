@@ -495,9 +495,11 @@ def register(main: click.Group) -> None:
                        "each runs iperf3 once on both pairs.")
     @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
                   help="Seconds per iperf3 run.")
+    @click.option("--datapath", type=click.Choice(["kernel", "ebpf"]), default="kernel", show_default=True,
+                  help="The lab's datapath (docs/datapath.md); ebpf: target row networks-isolation-ebpf.")
     @OUTPUT
     @SAVE
-    def networks_cmd(rounds, duration, output, save):
+    def networks_cmd(rounds, duration, datapath, output, save):
         """Isolated networks (docs/networks.md): vxlan throughput with a second, isolated
         network vs one network. Two host pairs take turns carrying the second network
         (re-applied between rounds, blocks Q P P Q), so the figure compares each pair with
@@ -506,7 +508,8 @@ def register(main: click.Group) -> None:
             raise click.BadParameter(f"{rounds} is not a multiple of 4", param_hint="--rounds")
         from crossnet.bench import netisobench
 
-        _one_suite("networks", lambda rc: netisobench.run(rc, rounds=rounds, duration=duration), output, save)
+        _one_suite("networks", lambda rc: netisobench.run(rc, rounds=rounds, duration=duration, datapath=datapath),
+                   output, save)
 
     @bench.command("datapath")
     @click.option("--backends", type=CommaChoice(["host-gw", "vxlan"]), default="host-gw,vxlan", show_default=True,
