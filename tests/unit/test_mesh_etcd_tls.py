@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from crossnet.lab.etcdserver import etcd_available, free_port, retry_port_races
 from crossnet.mesh import pki
 from crossnet.store.etcdclient import EtcdClient, EtcdError, EtcdUnavailable
-from crossnet.lab.etcdserver import etcd_available, free_port
 
 LOOPBACK = "127.0.0.1"
 
@@ -86,15 +86,13 @@ def _start(root, ca, names):
 def mesh_etcd(tmp_path_factory):
     if not etcd_available():
         pytest.skip("needs etcd")
-    for _attempt in range(3):
+    def start(_attempt: int):
         root = tmp_path_factory.mktemp("meshetcd")  # a new CA and data dirs per attempt
         ca = pki.create_ca(root / "ca")
         started = _start(root, ca, ["m1", "m2"])
-        if started is not None:
-            break
-    else:
-        pytest.fail(f"etcd members exited while starting, 3 times (logs: {root})")
-    procs, ports, clients = started
+        return None if started is None else (root, ca, started)
+
+    root, ca, (procs, ports, clients) = retry_port_races(start, what="etcd members m1, m2")
     try:
         yield root, ca, ports, clients
     finally:

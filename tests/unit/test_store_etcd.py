@@ -522,3 +522,25 @@ def test_a_local_etcd_whose_port_was_taken_starts_again_on_other_ports(tmp_path,
             assert srv.client().get("/retry").value == b"1"
         finally:
             srv.stop()
+
+
+def test_retry_port_races_tries_again_only_while_etcd_exited():
+    """The one retry of the tests' local etcds (crossnet.lab.etcdserver.retry_port_races):
+    None (etcd exited while starting) → again with new ports; a result ends it; an error
+    of start() is not retried; after the last attempt one error naming what failed."""
+    from crossnet.errors import CrossnetError
+    from crossnet.lab.etcdserver import retry_port_races
+
+    seen = []
+    assert retry_port_races(lambda a: seen.append(a) or ("up" if a == 2 else None)) == "up" and seen == [1, 2]
+    with pytest.raises(CrossnetError, match=r"etcd m1 exited while starting, 3 times"):
+        retry_port_races(lambda a: None, what="etcd m1")
+
+    def boom(attempt):
+        seen.append(attempt)
+        raise TimeoutError("etcd did not answer")
+
+    seen.clear()
+    with pytest.raises(TimeoutError):
+        retry_port_races(boom)
+    assert seen == [1]

@@ -10,7 +10,7 @@ import pytest
 
 from crossnet.errors import ConfigError
 from crossnet.store.etcdclient import EtcdClient, EtcdUnavailable
-from crossnet.lab.etcdserver import etcd_available, free_port
+from crossnet.lab.etcdserver import etcd_available, free_port, retry_port_races
 
 
 def _openssl(*args, cwd):
@@ -30,7 +30,9 @@ def tls_etcd(tmp_path_factory):
                  "-out", f"{name}.csr", cwd=d)
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-days", "2", "-extfile", "san.cnf", "-out", f"{name}.pem", cwd=d)
-    for attempt in range(1, 4):  # a port free_port() found may be taken before etcd binds it (tests in parallel)
+
+    def start(attempt: int):
+        """(process, log, url) answering, or None when etcd exited while starting."""
         port, peer = free_port(), free_port()
         url = f"https://127.0.0.1:{port}"
         log = open(d / f"etcd{attempt}.log", "wb")  # noqa: SIM115 - closed in the finalizer below
@@ -47,17 +49,17 @@ def tls_etcd(tmp_path_factory):
         while proc.poll() is None:
             try:
                 client.range("/")
-                break
+                return proc, log, url
             except EtcdUnavailable:
                 if time.monotonic() > deadline:
                     proc.kill()
+                    log.close()
                     raise
                 time.sleep(0.1)
-        if proc.poll() is None:
-            break
         log.close()
-        if attempt == 3:
-            pytest.fail(f"etcd exited while starting, 3 times (see {d}/etcd3.log)")
+        return None
+
+    proc, log, url = retry_port_races(start, what=f"etcd with TLS (logs: {d}/etcd*.log)")
     try:
         yield url, d
     finally:

@@ -16,11 +16,13 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from crossnet.errors import CrossnetError
 from crossnet.store.etcdclient import EtcdClient, EtcdError
 
 ETCD_BINARY = "etcd"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -32,6 +34,19 @@ def free_port() -> int:
 
 def etcd_available() -> bool:
     return shutil.which(ETCD_BINARY) is not None
+
+
+def retry_port_races(start: Callable[[int], T | None], attempts: int = 3, what: str = "etcd") -> T:
+    """``start(attempt)`` (1, 2, …) on ports free_port() finds, again while it returns None:
+    None means etcd exited while starting, most likely because another process took a
+    port between free_port() and etcd binding it (tests run in parallel). Anything else
+    ``start`` raises (a timeout, a bad flag) ends it at once. The one retry of every local
+    etcd of the tests: EtcdServer.on_free_ports, the TLS and mesh fixtures."""
+    for attempt in range(1, attempts + 1):
+        got = start(attempt)
+        if got is not None:
+            return got
+    raise CrossnetError(f"{what} exited while starting, {attempts} times (ports taken by other processes?)")
 
 
 class EtcdServer:
@@ -52,16 +67,18 @@ class EtcdServer:
         on new ports (in ``run_dir``/try<N>) when it exits while starting: a port that
         free_port() found can be taken by another process (tests run in parallel) before
         etcd binds it. A start that times out is not tried again."""
-        for attempt in range(1, attempts + 1):
+        def start(attempt: int) -> EtcdServer | None:
             srv = cls(Path(run_dir) / f"try{attempt}", port=free_port(), peer_port=free_port(), name=name)
             try:
                 return srv.start(wait)
             except CrossnetError:
                 exited = srv.proc is not None and srv.proc.poll() is not None
                 srv.stop()
-                if not exited or attempt == attempts:
+                if not exited:
                     raise
-        raise AssertionError("unreachable")
+                return None
+
+        return retry_port_races(start, attempts, what=f"etcd {name} (logs: {run_dir}/try*/etcd.log)")
 
     # ---- addresses
     @property
