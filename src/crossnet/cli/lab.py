@@ -273,13 +273,17 @@ def register(main: click.Group) -> None:
     @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
     def exec_cmd(name, host, cmd):
         """Run CMD in lab namespace HOST (h1 or LAB-h1; also sw/rt, h1-c1) with
-        CROSSNET_STATE_DIR set to that host's state dir. Exit code passed through."""
+        CROSSNET_STATE_DIR set to that host's state dir. Exit code passed through.
+        CMD `crossnet` is this crossnet (the interpreter running this command, as the lab's
+        own commands are), not whichever one PATH finds first."""
         cmd = list(cmd)
         if cmd and cmd[0] == "--":
             cmd = cmd[1:]
         if not cmd:
             raise ConfigError("exec: missing command (crossnet lab exec HOST -- CMD...)")
         m = _manager()
+        if cmd[0] == "crossnet":  # another installation's crossnet could not read this one's records
+            cmd = m.crossnet_argv(*cmd[1:])
         lab_ = m.Lab.open(validate_name(name))
         argv = lab_.argv(host, cmd)
         sys.stdout.flush()
