@@ -81,6 +81,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
     import yaml
 
     from crossnet.bench import traffic
+    from crossnet.bench.datapathbench import _describe, _lab_opts, ebpf_unavailable
     from crossnet.bench.dataplane import _both
 
     plan = roles(rounds)
@@ -90,17 +91,13 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
         if not shutil.which(tool):
             raise Skip(f"{tool} not installed")
     if datapath == "ebpf":
-        from crossnet.bench.datapathbench import ebpf_unavailable
-
         why = ebpf_unavailable()
         if why:
             raise Skip(f"datapath ebpf: {why}")
     out: dict[str, Any] = {"suite": "networks", "status": "ok", "method": "crossover", "rounds": rounds,
                            "duration_s": duration, "datapath": datapath}
     t0 = time.monotonic()
-    opts = {"hosts": 4, "underlay": "l2", "backend": "vxlan", "containers": 1,
-            "extra": {"datapath": datapath} if datapath != "kernel" else {}}
-    with bench_lab(opts, apply=False) as lab:
+    with bench_lab(_lab_opts("vxlan", 1500, 4, datapath), apply=False) as lab:
         one = lab.plan.cluster_file
         two = Path(one).with_name("two-networks.yaml")
         two.write_text(yaml.safe_dump({**yaml.safe_load(Path(one).read_text()), "networks": [SECOND]}))
@@ -149,7 +146,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
                 rc.log(f"networks: round {i + 1}/{rounds}: isolated {iso} {gbps[iso]:.2f}, "
                        f"plain {gbps[plain]:.2f} Gbit/s")
             if datapath == "ebpf":
-                out["datapath_status"] = fast = {h.name: lab.status(h.name).get("datapath") for h in lab.hosts[:4]}
+                out["datapath_status"] = fast = _describe(lab, lab.hosts[:4])
                 slow = [n for n, d in fast.items() if (d or {}).get("datapath") != "ebpf"]
                 if slow:
                     raise RuntimeError(f"datapath ebpf not running on {', '.join(slow)}: "
