@@ -16,7 +16,6 @@ real packets, 2 hosts behind one router.
   strict), is a crossnet defect.
 """
 
-
 from __future__ import annotations
 
 import os

@@ -86,6 +86,7 @@ def _start(root, ca, names):
 def mesh_etcd(tmp_path_factory):
     if not etcd_available():
         pytest.skip("needs etcd")
+
     def start(_attempt: int):
         root = tmp_path_factory.mktemp("meshetcd")  # a new CA and data dirs per attempt
         ca = pki.create_ca(root / "ca")
