@@ -178,7 +178,11 @@ def test_failed_up_tears_down_and_services_hook(lab_factory, tmp_path):
         lab = lab_factory(hosts=2, containers=0, apply=False)
         assert sorted(calls) == [("start", "h1"), ("start", "h2")]
         assert [s["name"] for s in manager.read_manifest(lab.name)["services"]] == ["tsleeper"]
-        assert all(netns.netns_pids([h.netns])[h.netns] for h in lab.hosts)
+        # `ip netns exec` enters the namespace after Popen returns: wait (bounded) for it
+        deadline = time.monotonic() + 10
+        while not all(netns.netns_pids([h.netns])[h.netns] for h in lab.hosts):
+            assert time.monotonic() < deadline, "the services' sleepers never entered their hosts"
+            time.sleep(0.05)
         manager.down(lab.name)
         assert sorted(calls)[:2] == [("start", "h1"), ("start", "h2")]
         assert sorted(c for c in calls if c[0] == "stop") == [("stop", "h1"), ("stop", "h2")]
