@@ -20,7 +20,7 @@ importing YAML or building the cluster file's models (start-up time and memory).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from ipaddress import IPv4Address, IPv4Network, IPv6Address
+from ipaddress import IPv4Address, IPv4Network
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -37,6 +37,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from crossnet import backends, ifname
 from crossnet.errors import ConfigError
+from crossnet.ipv4 import IPV4_ONLY, ipv4_address, ipv4_problem, short  # noqa: F401 (names of this module too)
+from crossnet.netview import ConfigMethods, NamedMethods, SettingsMethods
 
 BACKENDS = backends.backend_names()
 STORE_BACKENDS = backends.store_backend_names()
@@ -46,42 +48,6 @@ DEFAULT_TTL = 60
 MIN_TTL = 2
 
 # --------------------------------------------------------------------------- field types
-
-
-def short(value: Any) -> str:
-    """``repr(value)``, cut to 60 characters (values in messages may be hostile)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-IPV4_ONLY = "crossnet's underlay and container networks are IPv4 only (docs/transport.md)"
-
-
-def ipv4_problem(value: Any) -> str | None:
-    """Why `value` is no IPv4 address (None: it is one). An IPv6 address is named as such:
-    crossnet is IPv4 only (its overheads, probes and records assume IPv4)."""
-    if isinstance(value, IPv4Address):
-        return None
-    if not isinstance(value, str):
-        return f"expected an IPv4 address like 10.0.0.1, got {short(value)}"
-    try:
-        IPv4Address(value.strip())
-        return None
-    except ValueError:
-        pass
-    try:
-        IPv6Address(value.strip().split("%", 1)[0])
-    except ValueError:
-        return f"invalid IPv4 address {short(value)}"
-    return f"{short(value.strip())} is an IPv6 address: {IPV4_ONLY}"
-
-
-def ipv4_address(value: str, field: str) -> IPv4Address:
-    """`value` as an IPv4 address, else ConfigError naming `field` (e.g. ``--address``)."""
-    problem = ipv4_problem(value)
-    if problem:
-        raise ConfigError(f"{field}: {problem}")
-    return IPv4Address(value.strip())
 
 
 def _parse_address(value: Any) -> Any:
@@ -181,7 +147,7 @@ NETWORK_NAME_RE = r"[a-z][a-z0-9]{0,11}"  # a named network (docs/networks.md); 
 DEFAULT_NETWORK = "default"  # the top-level settings' network, for `--network`
 
 
-class NamedNetwork(BaseModel):
+class NamedNetwork(NamedMethods, BaseModel):
     """One more isolated network of a cluster (``networks:``, docs/networks.md): its own
     CIDR, per-host subnets, bridge (default ``cn-<name>``) and VNI (default: the
     top-level VNI + its position + 1). Everything else is the top-level settings'."""
@@ -216,11 +182,7 @@ class NamedNetwork(BaseModel):
             raise ValueError(f"{why}: choose another bridge name")
         return value
 
-    def bridge_name(self) -> str:
-        return self.bridge or f"cn-{self.name}"
-
-
-class NetworkSettings(BaseModel):
+class NetworkSettings(SettingsMethods, BaseModel):
     """The settings of one container network, whoever holds them (the cluster file,
     a store). Checks of one field live here; rules between fields that need the hosts
     live in crossnet.config."""
@@ -240,14 +202,6 @@ class NetworkSettings(BaseModel):
     auto: AutoSpec = Field(default_factory=AutoSpec)
     dns_domain: str = "crossnet.local"  # containers' names: NAME.<dns_domain> (docs/dns.md)
     networks: list[NamedNetwork] = Field(default_factory=list)  # more isolated networks (docs/networks.md)
-
-    def transport_settings(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(wireguard, auto) as the data plane takes them: WireGuard's settings for
-        backends wireguard and auto, auto's for auto, empty otherwise. The one rule for
-        ``program.Settings`` (cluster file and store) and ``NetworkConfig.of``."""
-        wireguard = self.wireguard.model_dump() if self.backend in ("wireguard", "auto") else {}
-        auto = self.auto.model_dump(mode="json") if self.backend == "auto" else {}
-        return wireguard, auto
 
     @classmethod
     def backend_problem(cls, value: str) -> str | None:
@@ -388,7 +342,7 @@ def named_network_problems(backend: str, network: IPv4Network | None, subnet_len
     yield from named.problems(backend, wg.port, wg.device, vxlan_port, vni, wg_nets, bridges)
 
 
-class NetworkConfig(NetworkSettings):
+class NetworkConfig(ConfigMethods, NetworkSettings):
     """A store's network config (`crossnet etcd init` writes it, every agent reads it).
 
     Built from keywords (``NetworkConfig(network="10.32.0.0/16", backend="vxlan")``),
@@ -436,50 +390,6 @@ class NetworkConfig(NetworkSettings):
         data = {k: getattr(settings, k) for k in NetworkSettings.model_fields}
         data["wireguard"], data["auto"] = settings.transport_settings()
         return cls(**data)
-
-    # ---- what the agent reads
-
-    @property
-    def vni(self) -> int:
-        return self.vxlan.vni
-
-    @property
-    def port(self) -> int:
-        return self.vxlan.port
-
-    @property
-    def bridge_name(self) -> str:
-        return self.bridge or "cn0"
-
-    # ---- the store's JSON
-
-    def to_json(self) -> dict[str, Any]:
-        """``{"name", "network", "subnet_len", "backend", "ttl", "masquerade", "mtu",
-        "vxlan": {"vni", "port"}, "bridge"}``, plus ``"wireguard"`` with the settings that
-        were given (none given: no key), and ``"auto"`` likewise."""
-        wireguard = self.wireguard.model_dump(exclude_unset=True)
-        auto = self.auto.model_dump(mode="json", exclude_unset=True)
-        return {
-            "name": self.name,
-            "network": str(self.network),
-            "subnet_len": self.subnet_len,
-            "backend": self.backend,
-            "ttl": self.ttl,
-            "masquerade": self.masquerade,
-            "mtu": self.mtu,
-            "vxlan": {"vni": self.vxlan.vni, "port": self.vxlan.port},
-            "bridge": self.bridge,
-            **({"wireguard": wireguard} if wireguard else {}),
-            **({"auto": auto} if auto else {}),
-            **({"dns_domain": self.dns_domain} if self.dns_domain != "crossnet.local" else {}),
-            **({"networks": [n.model_dump(mode="json", exclude_none=True) for n in self.networks]}
-               if self.networks else {}),
-            **({"datapath": self.datapath} if self.datapath != "kernel" else {}),
-        }
-
-    def network_vni(self, index: int) -> int:
-        """VNI of networks[index]: its own, or the top-level VNI + index + 1 (as the cluster file's)."""
-        return self.networks[index].vni or self.vxlan.vni + index + 1
 
     @classmethod
     def from_json(cls, data: Any, source: str = "config") -> NetworkConfig:

@@ -54,8 +54,7 @@ def view(cfg: NetworkConfig, own: dict[str, IPv4Network]) -> dict[str, tuple[IPv
 def kept(cfg: NetworkConfig, state: StateDir) -> list[NamedNetwork]:
     """The networks this host has records of that ``cfg`` no longer names and that still
     have containers attached: kept (as they were applied) until those are detached."""
-    from crossnet import containers
-    from crossnet.netmodel import NamedNetwork
+    from crossnet import containers, netconfig
 
     names = {n.name for n in cfg.networks}
     out = []
@@ -65,7 +64,7 @@ def kept(cfg: NetworkConfig, state: StateDir) -> list[NamedNetwork]:
             continue
         c = (sub.load_applied() or {}).get("context") or {}
         try:
-            out.append(NamedNetwork(name=name, network=c["network"], subnet_len=c["prefixlen"], vni=c["vni"],
+            out.append(netconfig.named(name=name, network=c["network"], subnet_len=c["prefixlen"], vni=c["vni"],
                                     bridge=c["bridge"], wireguard_port=(c.get("wireguard") or {}).get("port")))
         except (KeyError, ValueError, TypeError):
             continue  # an unreadable record: nothing to keep it by (reset removes it)
@@ -77,11 +76,11 @@ def effective(cfg: NetworkConfig, extra: list[NamedNetwork]) -> NetworkConfig:
     with the config's (the caller keeps what it has)."""
     if not extra:
         return cfg
-    from crossnet.netmodel import NetworkConfig
+    from crossnet import netconfig
 
     data = {k: getattr(cfg, k) for k in type(cfg).model_fields}
     data["networks"] = [*cfg.networks, *extra]
-    return NetworkConfig(**data)
+    return netconfig.build(**data)
 
 
 def pin_vnis(cfg: NetworkConfig, old: NetworkConfig | None) -> NetworkConfig:
@@ -92,7 +91,7 @@ def pin_vnis(cfg: NetworkConfig, old: NetworkConfig | None) -> NetworkConfig:
     replaced under its containers)."""
     if not cfg.networks:
         return cfg
-    from crossnet.netmodel import NetworkConfig
+    from crossnet import netconfig
 
     before = {n.name: old.network_vni(i) for i, n in enumerate(old.networks)} if old is not None else {}
     used = {cfg.vxlan.vni} | {n.vni for n in cfg.networks if n.vni}
@@ -107,4 +106,4 @@ def pin_vnis(cfg: NetworkConfig, old: NetworkConfig | None) -> NetworkConfig:
         pinned.append(net.model_copy(update={"vni": vni}))
     data = {k: getattr(cfg, k) for k in type(cfg).model_fields}
     data["networks"] = pinned
-    return NetworkConfig(**data)
+    return netconfig.build(**data)

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossnet import program, sdnotify
 from crossnet.agent.health import lease_left
@@ -57,7 +57,6 @@ from crossnet.state import StateDir, ensure_state_dir, lock_fd, read_json, write
 from crossnet.store import (
     HostRecord,
     LeaseLost,
-    NetworkConfig,
     PeerEvent,
     Snapshot,
     Store,
@@ -67,6 +66,9 @@ from crossnet.store import (
 )
 from crossnet.store.records import LocalView, PeerBook, filter_containers
 from crossnet.transport import pmtu
+
+if TYPE_CHECKING:
+    from crossnet.netmodel import NetworkConfig
 
 log = logging.getLogger("crossnet.agent")
 LOCAL_CHECK_INTERVAL = 1.0  # s between checks of the local data plane / published data (_check_local)
@@ -223,7 +225,7 @@ class Agent:
         self.name = validate_host_name(self.opts.name or socket.gethostname().split(".")[0])
         want = None
         if self.opts.address:  # bad input before any netlink socket
-            from crossnet.netmodel import ipv4_address
+            from crossnet.ipv4 import ipv4_address
 
             want = ipv4_address(self.opts.address, "--address")
         env = self._env()

@@ -54,7 +54,7 @@ def follow(agent: Agent, new: NetworkConfig) -> bool:
     """Take the networks of ``new`` (the settings the agent started with stay). Returns
     whether this host's networks changed (the caller re-syncs); a failure is reported
     and retried at the next resync (``agent.config_pending``)."""
-    from crossnet.netmodel import NetworkConfig
+    from crossnet import netconfig
 
     assert agent.cfg and agent.store_cfg and agent.lease
 
@@ -68,7 +68,7 @@ def follow(agent: Agent, new: NetworkConfig) -> bool:
     data = {k: getattr(agent.store_cfg, k) for k in type(agent.store_cfg).model_fields}
     data["networks"] = new.networks
     try:
-        followed = NetworkConfig(**data)  # the settings this agent started with, the new networks
+        followed = netconfig.build(**data)  # the settings this agent started with, the new networks
         eff = effective(agent, followed)
     except (ConfigError, StoreError) as exc:
         agent._report("config", str(exc))

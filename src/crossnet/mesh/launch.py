@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossnet import netconfig
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
 from crossnet.mesh.state import MeshDir
@@ -87,7 +88,7 @@ def pick_underlay(default_oif: int | None, links: dict[int, str], addrs: dict[in
     default route; else the only non-lo interface with a global IPv4 address."""
     by_name = {n: i for i, n in links.items()}
     if address is not None:
-        from crossnet.netmodel import ipv4_address
+        from crossnet.ipv4 import ipv4_address
 
         ip = str(ipv4_address(address, "--address"))
         owners = [i for i, a in addrs.items() if ip in a]
@@ -997,6 +998,7 @@ def run_foreground(state_dir: str) -> int:
     # one log for the supervisor and the agent it runs (credentials masked); `launch --log-format`
     setup_logging(fmt=env_format(), name="crossnet-launch")
     _one_malloc_arena()
+    netconfig.use_helper()  # network configs validated in a helper: no pydantic in this process
     return Supervisor(state_dir).run()
 
 
@@ -1043,14 +1045,13 @@ def check_encrypt(backend: str, encrypt: bool) -> None:
 
 
 def network_config(n: dict) -> Any:
-    """The store's NetworkConfig of launch.json's `network` (what the first host writes)."""
-    from crossnet.store import NetworkConfig
-
-    return NetworkConfig(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"], name="crossnet",
-                         ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local",
-                         **({"auto": {"encrypt": True}} if n.get("encrypt") else {}),
-                         **({"networks": n["networks"]} if n.get("networks") else {}),
-                         datapath=n.get("datapath") or "kernel")
+    """The store's NetworkConfig of launch.json's `network` (what the first host writes;
+    its daemon validates it in netconfig's helper)."""
+    return netconfig.build(network=n["network"], backend=n["backend"], subnet_len=n["subnet_len"], name="crossnet",
+                           ttl=n["ttl"], dns_domain=n.get("dns_domain") or "crossnet.local",
+                           **({"auto": {"encrypt": True}} if n.get("encrypt") else {}),
+                           **({"networks": n["networks"]} if n.get("networks") else {}),
+                           datapath=n.get("datapath") or "kernel")
 
 
 def launch_first(state_dir: str, name: str, iface: str, address: str, network: str, subnet_len: int, backend: str,

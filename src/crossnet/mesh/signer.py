@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-from crossnet.errors import ConfigError, CrossnetError
+from crossnet.errors import ConfigError
 from crossnet.mesh import pki
 
 HELPER_TIMEOUT = 30.0
@@ -139,25 +137,9 @@ def crl_serials(path: str | os.PathLike[str]) -> list[int] | None:
 # ---------------------------------------------------------------- calling the helper
 
 def _run(request: dict) -> dict:
-    # -S with this process's sys.path: the same modules, without site's .pth processing
-    # at every start (part of each join's latency)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    try:
-        proc = subprocess.run([sys.executable, "-S", "-m", "crossnet.mesh.signer"], input=json.dumps(request).encode(),
-                              capture_output=True, timeout=HELPER_TIMEOUT, check=False, env=env)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CrossnetError(f"certificate helper: {exc}") from None
-    try:
-        doc = json.loads(proc.stdout)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict):
-        tail = " ".join(proc.stderr.decode(errors="replace").split())[-300:]
-        raise CrossnetError(f"certificate helper failed (exit {proc.returncode}): {tail}")
-    if "error" in doc:
-        exc_type = {"config": ConfigError, "pki": pki.PkiError}.get(doc.get("kind"), CrossnetError)
-        raise exc_type(str(doc["error"]))
-    return doc
+    from crossnet import helper
+
+    return helper.run("crossnet.mesh.signer", request, "certificate helper", HELPER_TIMEOUT, {"pki": pki.PkiError})
 
 
 class HelperCA:
@@ -210,16 +192,9 @@ def serve(req: dict) -> dict:
 
 
 def main() -> int:
-    try:
-        out = serve(json.loads(sys.stdin.buffer.read()))
-    except ConfigError as exc:
-        out = {"error": str(exc), "kind": "config"}
-    except pki.PkiError as exc:
-        out = {"error": str(exc), "kind": "pki"}
-    except Exception as exc:  # noqa: BLE001 - one line back to the caller, which raises it
-        out = {"error": f"{type(exc).__name__}: {exc}", "kind": "error"}
-    sys.stdout.write(json.dumps(out))
-    return 0
+    from crossnet import helper
+
+    return helper.serve_stdin(serve, {ConfigError: "config", pki.PkiError: "pki"})
 
 
 if __name__ == "__main__":

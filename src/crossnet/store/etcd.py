@@ -32,14 +32,14 @@ import threading
 import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv4Network
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from crossnet import netconfig
 from crossnet.errors import ConfigError
 from crossnet.leases import SubnetsExhausted, choose_subnet
 from crossnet.store import (
     HostRecord,
     LeaseLost,
-    NetworkConfig,
     NotInitialized,
     PeerEvent,
     Snapshot,
@@ -58,6 +58,9 @@ from crossnet.store.etcdclient import (
     EtcdUnavailable,
     WatchCompacted,
 )
+
+if TYPE_CHECKING:
+    from crossnet.netmodel import NetworkConfig
 
 DEFAULT_PREFIX = "/crossnet"
 ACQUIRE_ATTEMPTS = 64
@@ -181,7 +184,7 @@ class EtcdStore(Store):
         except ValueError:
             raise StoreError(f"etcd {self.config_key}: not valid JSON") from None
         try:
-            return NetworkConfig.from_json(data, source=f"etcd {self.config_key}")
+            return netconfig.parse(data, source=f"etcd {self.config_key}")
         except ConfigError as exc:  # someone wrote a bad config: a store problem, not a CLI one
             raise StoreError(str(exc)) from None
 
@@ -200,7 +203,7 @@ class EtcdStore(Store):
                 try:
                     # the settings' values, not their JSON: to_json() writes WireGuard's and auto's
                     # settings only when given, so the same config reads back in other words
-                    if NetworkConfig.from_json(json.loads(current.value)).model_dump() == cfg.model_dump():
+                    if netconfig.parse(json.loads(current.value)).model_dump() == cfg.model_dump():
                         return "unchanged"
                 except (ValueError, ConfigError):
                     pass
