@@ -345,3 +345,72 @@ def test_a_store_networks_masquerade_follows_its_own_field_else_the_top_level_on
     assert a.nets["blue"].masquerade is True and a.nets["red"].masquerade is False
     nat = kernel.nft.get("nft:ip:crossnet_nat", "")
     assert "10.33.0.0/24" in nat and "10.34." not in nat
+
+
+# ---------------------------------------------------------------- helper mode (crossnet launch's process)
+@pytest.fixture
+def helper_mode():
+    from crossnet import netconfig
+
+    netconfig.use_helper()
+    try:
+        yield
+    finally:
+        netconfig.use_helper(False)
+
+
+def test_the_agent_in_helper_mode_follows_networks_as_with_the_model(kernel, tmp_path, helper_mode, monkeypatch):
+    """`crossnet launch`'s process validates its configs in crossnet.netconfig's helper and
+    holds views: the same agent, the same kernel state (networks added, kept, removed)."""
+    from crossnet import helper
+
+    calls, real = [], helper.run
+
+    def counted(module, request, *args, **kw):
+        calls.append(request["op"])
+        return real(module, request, *args, **kw)
+
+    monkeypatch.setattr(helper, "run", counted)
+    test_agent_programs_every_network_and_follows_the_store(kernel, tmp_path)
+    assert "build" in calls  # the effective configs (networks followed, kept) came from the helper
+
+
+def test_the_etcd_store_in_helper_mode_reads_the_same_config_and_a_failed_helper_is_retryable(
+        store, helper_mode, monkeypatch):
+    from crossnet import helper
+    from crossnet.errors import CrossnetError
+    from crossnet.netview import NetworkConfigView
+
+    want = pin_vnis(config([BLUE, RED], wireguard={"port": 5000}), None)
+    store.init_config(want)
+    got = store.get_config()
+    assert isinstance(got, NetworkConfigView) and got.to_json() == want.to_json()
+    assert store.init_config(want) == "unchanged"
+
+    def broken(*a, **kw):
+        raise CrossnetError("network config helper failed (exit -9): ")
+
+    monkeypatch.setattr(helper, "run", broken)
+    with pytest.raises(StoreError, match=r"^etcd /ns-\w+/config: network config helper failed"):
+        store.get_config()  # StoreError: the agent retries it
+
+
+def test_a_failed_helper_while_following_is_reported_and_taken_at_the_next_resync(kernel, tmp_path, helper_mode,
+                                                                                 monkeypatch):
+    from crossnet import helper
+    from crossnet.errors import CrossnetError
+
+    store = MemoryStore(config([BLUE], backend="host-gw"))
+    a = start(store, kernel, tmp_path)
+    new = pin_vnis(config([BLUE, RED], backend="host-gw"), store.cfg)
+    real = helper.run
+
+    def killed(*args, **kw):
+        raise CrossnetError("helper killed")
+
+    monkeypatch.setattr(helper, "run", killed)
+    assert not a.follow_config(new)
+    assert a.health["config"] == "helper killed" and a.config_pending is new and "cn-red" not in kernel.links
+    monkeypatch.setattr(helper, "run", real)
+    a._resync()
+    assert a.config_pending is None and a.health["config"] is None and "cn-red" in kernel.links

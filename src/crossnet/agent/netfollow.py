@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from crossnet.errors import ConfigError
+from crossnet.errors import ConfigError, CrossnetError
 from crossnet.store import StoreError
 
 if TYPE_CHECKING:
@@ -41,6 +41,8 @@ def effective(agent: Agent, cfg: NetworkConfig) -> NetworkConfig:
     except ConfigError as exc:
         raise StoreError(f"the store's networks clash with {', '.join(n.name for n in kept)}, kept here for "
                          f"their attached containers: {exc}") from None
+    except CrossnetError as exc:  # the validating helper failed (crossnet.netconfig): retried at the next resync
+        raise StoreError(f"the network config with the kept networks: {exc}") from None
     names = [n.name for n in kept]
     if names != agent.kept_networks:
         for name in names:
@@ -70,8 +72,9 @@ def follow(agent: Agent, new: NetworkConfig) -> bool:
     try:
         followed = netconfig.build(**data)  # the settings this agent started with, the new networks
         eff = effective(agent, followed)
-    except (ConfigError, StoreError) as exc:
+    except CrossnetError as exc:  # a bad config, a clash, or the validating helper failed
         agent._report("config", str(exc))
+        agent.config_pending = new  # retried at the next resync
         return False
     if eff.to_json() == agent.cfg.to_json():
         agent.store_cfg, agent.config_pending = followed, None

@@ -35,7 +35,7 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from crossnet import netconfig
-from crossnet.errors import ConfigError
+from crossnet.errors import ConfigError, CrossnetError
 from crossnet.leases import SubnetsExhausted, choose_subnet
 from crossnet.store import (
     HostRecord,
@@ -187,6 +187,8 @@ class EtcdStore(Store):
             return netconfig.parse(data, source=f"etcd {self.config_key}")
         except ConfigError as exc:  # someone wrote a bad config: a store problem, not a CLI one
             raise StoreError(str(exc)) from None
+        except CrossnetError as exc:  # the validating helper failed (crossnet.netconfig): try again later
+            raise StoreError(f"etcd {self.config_key}: {exc}") from None
 
     def init_config(self, cfg: NetworkConfig, force: bool = False) -> str:
         """Write the config once. Returns "created", "unchanged" or "replaced"."""
