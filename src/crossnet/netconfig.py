@@ -26,6 +26,7 @@ from crossnet.errors import ConfigError
 from crossnet.netview import NamedNetworkView, NetworkConfigView, as_input, encode
 
 HELPER_TIMEOUT = 30.0
+HELPER_MODULE = "crossnet.netconfig"
 _HELPER = False
 
 
@@ -82,7 +83,7 @@ def named(**fields: Any) -> Any:
 def _ask(request: dict) -> dict:
     from crossnet import helper
 
-    return helper.run("crossnet.netconfig", request, "network config helper", HELPER_TIMEOUT)
+    return helper.run(HELPER_MODULE, request, "network config helper", HELPER_TIMEOUT)
 
 
 # ---------------------------------------------------------------- the helper process
@@ -101,9 +102,18 @@ def serve(req: dict) -> dict:
 
 
 def main() -> int:
-    from crossnet import helper
+    from crossnet import helper, netmodel  # noqa: F401 - the model first: a helper started ahead is ready
 
     return helper.serve_stdin(serve, {ConfigError: "config"})
+
+
+def prestart() -> None:
+    """Start the helper now when configs are validated in one (an agent's start-up: it
+    imports the model while the agent connects to its store)."""
+    if _HELPER:
+        from crossnet import helper
+
+        helper.prestart(HELPER_MODULE)
 
 
 if __name__ == "__main__":

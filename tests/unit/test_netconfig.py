@@ -22,15 +22,6 @@ from crossnet.netmodel import (
 )
 
 
-@pytest.fixture
-def helper_mode():
-    netconfig.use_helper()
-    try:
-        yield
-    finally:
-        netconfig.use_helper(False)
-
-
 @pytest.mark.parametrize("view, model", [
     (netview.VxlanView, VxlanSpec), (netview.WireguardView, WireguardSpec), (netview.AutoView, AutoSpec),
     (netview.NamedNetworkView, NamedNetwork), (netview.NetworkConfigView, NetworkConfig),
@@ -182,3 +173,43 @@ def test_the_long_running_process_never_imports_pydantic():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core', 'yaml')))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ---- a helper started ahead (the agent's start-up: the model imports while it connects)
+
+def test_a_prestarted_helper_serves_the_next_request_then_helpers_start_per_request(helper_mode):
+    netconfig.prestart()
+    proc, _ = helper._warm[netconfig.HELPER_MODULE]
+    assert netconfig.parse(GOOD).to_json() == NetworkConfig.parse(GOOD).to_json()
+    assert proc.returncode == 0 and netconfig.HELPER_MODULE not in helper._warm  # it served, once
+    assert netconfig.parse(GOOD).name == "crossnet"  # a new one per request
+
+
+def test_prestart_does_nothing_when_configs_are_validated_in_process():
+    netconfig.prestart()
+    assert netconfig.HELPER_MODULE not in helper._warm
+
+
+@pytest.mark.parametrize("how", ["stale", "dead"])
+def test_a_stale_or_dead_prestarted_helper_is_replaced(how, helper_mode, monkeypatch):
+    netconfig.prestart()
+    proc, _ = helper._warm[netconfig.HELPER_MODULE]
+    if how == "stale":
+        monkeypatch.setattr(helper, "WARM_MAX_AGE", 0.0)
+    else:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert netconfig.parse(GOOD).to_json() == NetworkConfig.parse(GOOD).to_json()
+    assert proc.poll() is not None and netconfig.HELPER_MODULE not in helper._warm
+
+
+def test_an_unused_helper_gives_up_waiting():
+    code = ("from crossnet import helper\n"
+            "helper.WARM_WAIT = 1\n"
+            "helper.serve_stdin(lambda req: req, {})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.wait(timeout=20) != 0  # SIGALRM, though its stdin stays open
+    finally:
+        proc.kill()
+        proc.communicate()

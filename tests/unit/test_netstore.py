@@ -348,17 +348,6 @@ def test_a_store_networks_masquerade_follows_its_own_field_else_the_top_level_on
 
 
 # ---------------------------------------------------------------- helper mode (crossnet launch's process)
-@pytest.fixture
-def helper_mode():
-    from crossnet import netconfig
-
-    netconfig.use_helper()
-    try:
-        yield
-    finally:
-        netconfig.use_helper(False)
-
-
 def test_the_agent_in_helper_mode_follows_networks_as_with_the_model(kernel, tmp_path, helper_mode, monkeypatch):
     """`crossnet launch`'s process validates its configs in crossnet.netconfig's helper and
     holds views: the same agent, the same kernel state (networks added, kept, removed)."""

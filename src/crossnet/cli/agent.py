@@ -237,6 +237,10 @@ def agent(ctx, etcd, path, prefix, cert, keyfile, cacert, name, iface, address, 
 
         store = StaticStore(path)
     else:
+        from crossnet import netconfig
+
+        netconfig.use_helper()  # the store's config validated in a helper: no pydantic in this process
+        netconfig.prestart()  # which imports the model while this process connects
         store = _store(etcd, prefix, cert, keyfile, cacert, timeout)
     opts = AgentOptions(name=name, iface=iface, address=address, ttl=ttl, release=release, retries=retries,
                         backoff_initial=min(0.5, backoff_max), backoff_max=backoff_max, resync=resync,

@@ -697,6 +697,7 @@ class Supervisor:
         interpreter for the supervisor, the join endpoint and the agent (docs/mesh.md,
         "Resources")."""
         self.agent_endpoints = self.endpoints()
+        netconfig.prestart()  # the agent's first step reads the network config: its helper imports the model meanwhile
         self.agent = AgentThread(self.state_dir, self.paths, self.agent_endpoints, self.name, self.st["iface"],
                                  self.address, on_exit=self._attention.set).start()
         log.info("agent started on %s", ",".join(self.agent_endpoints))
