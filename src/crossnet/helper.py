@@ -1,6 +1,6 @@
 """Short-lived helper processes of the long-running ones: work that needs a heavy
 library (``cryptography`` for signing: crossnet.mesh.signer; pydantic for validating
-a network config: crossnet.netview) runs in ``python -S -m MODULE``, so the process
+a network config: crossnet.netconfig) runs in ``python -S -m MODULE``, so the process
 that stays (``crossnet launch``: etcd member + agent ≤ 80 MB, issue 13) never loads it.
 
 Protocol: one JSON object on the helper's stdin (never on a command line: it may hold

@@ -36,10 +36,6 @@ def use_helper(on: bool = True) -> None:
     _HELPER = on
 
 
-def helper_mode() -> bool:
-    return _HELPER
-
-
 def parse(data: Any, source: str = "config") -> Any:
     """``NetworkConfig.parse(data, source)``: a NetworkConfig, or its view in helper mode."""
     if not _HELPER:

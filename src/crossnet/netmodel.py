@@ -182,6 +182,7 @@ class NamedNetwork(NamedMethods, BaseModel):
             raise ValueError(f"{why}: choose another bridge name")
         return value
 
+
 class NetworkSettings(SettingsMethods, BaseModel):
     """The settings of one container network, whoever holds them (the cluster file,
     a store). Checks of one field live here; rules between fields that need the hosts

@@ -159,11 +159,11 @@ class _View:
 
 
 def _dump(v: Any, mode: str, exclude_unset: bool, exclude_none: bool) -> Any:
-    if isinstance(v, _View):
+    if getattr(type(v), "model_fields", None) is not None:  # a view or a pydantic model
         return v.model_dump(mode=mode, exclude_unset=exclude_unset, exclude_none=exclude_none)
-    if isinstance(v, list):
+    if isinstance(v, list | tuple):
         return [_dump(x, mode, exclude_unset, exclude_none) for x in v]
-    if mode == "json" and isinstance(v, IPv4Network):
+    if mode == "json" and isinstance(v, IPv4Network | IPv4Address):
         return str(v)
     return v
 
@@ -208,15 +208,8 @@ def encode(value: Any) -> Any:
     return value
 
 
-def as_input(value: Any) -> Any:
-    """A field's value as the model's input: a model as its fields that were set (so the
-    model built from it knows the same ones set: ``to_json`` writes only those)."""
-    if getattr(type(value), "model_fields", None) is not None:
-        return {f: as_input(getattr(value, f)) for f in value.model_fields_set}
-    if isinstance(value, dict):
-        return {k: as_input(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [as_input(x) for x in value]
-    if isinstance(value, IPv4Network | IPv4Address):
-        return str(value)
-    return value
+def as_input(fields: dict[str, Any]) -> dict[str, Any]:
+    """A model's fields (values may be models or views) as JSON input to build it: each
+    model as ``model_dump(mode="json", exclude_unset=True)``, so the model built from it
+    knows the same ones set (``to_json`` writes only those)."""
+    return {k: _dump(v, "json", exclude_unset=True, exclude_none=False) for k, v in fields.items()}
