@@ -70,7 +70,9 @@ def follow(agent: Agent, new: NetworkConfig) -> bool:
     data = {k: getattr(agent.store_cfg, k) for k in type(agent.store_cfg).model_fields}
     data["networks"] = new.networks
     try:
-        followed = netconfig.build(**data)  # the settings this agent started with, the new networks
+        # the settings this agent started with, the new networks (the config it follows
+        # again at a resync is that already: no second validation)
+        followed = agent.store_cfg if new is agent.store_cfg else netconfig.build(**data)
         eff = effective(agent, followed)
     except CrossnetError as exc:  # a bad config, a clash, or the validating helper failed
         agent._report("config", str(exc))
