@@ -86,7 +86,9 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _lab_opts(backend: str, mtu: int, hosts: int, datapath: str) -> dict[str, Any]:
+def lab_opts(backend: str, mtu: int, hosts: int, datapath: str) -> dict[str, Any]:
+    """A bench lab of `hosts` on one switch, one container each, with `datapath`
+    (also `bench networks`' lab)."""
     return {"hosts": hosts, "underlay": "l2", "backend": backend, "containers": 1,
             "mtu": None if mtu == 1500 else mtu, "extra": {"datapath": datapath} if datapath != "kernel" else {}}
 
@@ -100,7 +102,7 @@ def _up(rc: RunContext, lab: Any, hosts: tuple[Any, ...], what: str) -> str:
     return next(c for c in st["containers"] if c["netns"].endswith(hosts[1].containers[0]))["address"].split("/")[0]
 
 
-def _describe(lab: Any, hosts: tuple[Any, ...]) -> dict[str, Any]:
+def datapath_status(lab: Any, hosts: tuple[Any, ...]) -> dict[str, Any]:
     """`status`'s datapath part of each host (what runs, the programs' counters)."""
     return {h.name: lab.status(h.name).get("datapath") for h in hosts}
 
@@ -114,7 +116,7 @@ def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: floa
     t0 = time.monotonic()
     try:
         with ExitStack() as stack:
-            lk = stack.enter_context(bench_lab(_lab_opts(backend, mtu, 6, "kernel"), apply=False))
+            lk = stack.enter_context(bench_lab(lab_opts(backend, mtu, 6, "kernel"), apply=False))
             k1, k2, u1, u2, f1, f2 = lk.hosts[:6]
             paths = {"kernel": (k1.containers[0], k2.containers[0], _up(rc, lk, (k1, k2), f"{backend} kernel, MTU {mtu}")),
                      "underlay": (u1.netns, u2.netns, u2.address)}
@@ -126,7 +128,7 @@ def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: floa
                                       "steps": built.steps}, "underlay": {}}
             le = None
             if ebpf_why is None:
-                le = stack.enter_context(bench_lab(_lab_opts(backend, mtu, 2, "ebpf"), apply=False))
+                le = stack.enter_context(bench_lab(lab_opts(backend, mtu, 2, "ebpf"), apply=False))
                 e1, e2 = le.hosts[:2]
                 paths["ebpf"] = (e1.containers[0], e2.containers[0], _up(rc, le, (e1, e2), f"{backend} ebpf, MTU {mtu}"))
                 row["paths"]["ebpf"].update(container_mtu=le.status(e2.name).get("mtu"))
@@ -137,9 +139,9 @@ def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: floa
             res = _paired({p: paths[p] for p in order}, repeats, duration, ping_count)
             for p in order:
                 row["paths"][p].update(res[p])
-            row["paths"]["kernel"]["datapath"] = _describe(lk, (k1, k2))
+            row["paths"]["kernel"]["datapath"] = datapath_status(lk, (k1, k2))
             if le is not None:  # after the traffic: the counters show the programs ran
-                desc = _describe(le, le.hosts[:2])
+                desc = datapath_status(le, le.hosts[:2])
                 row["paths"]["ebpf"]["datapath"] = desc
                 ran = {h: (d or {}).get("datapath") for h, d in desc.items()}
                 if any(v != "ebpf" for v in ran.values()):
@@ -174,4 +176,4 @@ def run(rc: RunContext, backends: tuple[str, ...] | list[str] = BACKENDS, mtus: 
             "rows": rows, "elapsed_s": round(time.monotonic() - t0, 1)}
 
 
-__all__ = ["BACKENDS", "finish_row", "rtt_overhead_us", "run"]
+__all__ = ["BACKENDS", "datapath_status", "finish_row", "lab_opts", "rtt_overhead_us", "run"]

@@ -81,7 +81,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
     import yaml
 
     from crossnet.bench import traffic
-    from crossnet.bench.datapathbench import _describe, _lab_opts, ebpf_unavailable
+    from crossnet.bench.datapathbench import datapath_status, ebpf_unavailable, lab_opts
     from crossnet.bench.dataplane import _both
 
     plan = roles(rounds)
@@ -97,7 +97,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
     out: dict[str, Any] = {"suite": "networks", "status": "ok", "method": "crossover", "rounds": rounds,
                            "duration_s": duration, "datapath": datapath}
     t0 = time.monotonic()
-    with bench_lab(_lab_opts("vxlan", 1500, 4, datapath), apply=False) as lab:
+    with bench_lab(lab_opts("vxlan", 1500, 4, datapath), apply=False) as lab:
         one = lab.plan.cluster_file
         two = Path(one).with_name("two-networks.yaml")
         two.write_text(yaml.safe_dump({**yaml.safe_load(Path(one).read_text()), "networks": [SECOND]}))
@@ -146,7 +146,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
                 rc.log(f"networks: round {i + 1}/{rounds}: isolated {iso} {gbps[iso]:.2f}, "
                        f"plain {gbps[plain]:.2f} Gbit/s")
             if datapath == "ebpf":
-                out["datapath_status"] = fast = _describe(lab, lab.hosts[:4])
+                out["datapath_status"] = fast = datapath_status(lab, lab.hosts[:4])
                 slow = [n for n, d in fast.items() if (d or {}).get("datapath") != "ebpf"]
                 if slow:
                     raise RuntimeError(f"datapath ebpf not running on {', '.join(slow)}: "
