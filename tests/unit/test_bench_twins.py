@@ -1,5 +1,5 @@
 """`crossnet bench dataplane`: each backend and its hand-built twin measured in the same
-interleaved rounds (crossnet.bench.dataplane: plan, round_order, _paired,
+interleaved rounds (crossnet.bench.dataplane: plan, round_order, paired,
 measure_with_twin, twin_comparison), the targets `<backend>-twin-<mtu>` / `ovs-gre-<mtu>`
 and the report, with fake traffic and fake labs (no namespace, no iperf3)."""
 
@@ -101,7 +101,7 @@ def test_round_order_alternates():
 
 def test_paired_runs_every_path_once_per_round_in_alternating_order(monkeypatch):
     fake = FakeTraffic({"crossnet": 10.0, "twin": 8.0, "underlay": 20.0}, load=lambda k: 1.0).install(monkeypatch)
-    res = dataplane._paired(_paths("crossnet", "twin", "underlay"), 4, 1.0, 5)
+    res = dataplane.paired(_paths("crossnet", "twin", "underlay"), 4, 1.0, 5)
     assert fake.runs == ["crossnet", "twin", "underlay", "underlay", "twin", "crossnet"] * 2
     assert fake.servers[:3] == ["start crossnet-server", "start twin-server", "start underlay-server"]
     assert fake.servers[3:] == ["stop crossnet-server", "stop twin-server", "stop underlay-server"]
@@ -125,12 +125,12 @@ position = st.floats(min_value=0.6, max_value=1.0)
 def test_the_figure_cancels_drift_and_the_order_effect(true_ratio, pairs, positions, drift):
     """Load drifting run by run and a cost of each position in a round: crossnet ÷ twin
     from the same rounds (crossnet and twin at the two ends, as measure_with_twin orders
-    them) still comes out at the true ratio (a real `_paired`, fake iperf3)."""
+    them) still comes out at the true ratio (a real `paired`, fake iperf3)."""
     mp = pytest.MonkeyPatch()
     try:
         fake = FakeTraffic({"crossnet": 10.0 * true_ratio, "twin": 10.0, "underlay": 20.0},
                            load=lambda k: 1.0 / (1.0 + drift * k), position=positions).install(mp)
-        res = dataplane._paired(_paths("crossnet", "underlay", "twin"), 2 * pairs, 1.0, 5)
+        res = dataplane.paired(_paths("crossnet", "underlay", "twin"), 2 * pairs, 1.0, 5)
     finally:
         mp.undo()
     assert len(fake.runs) == 6 * pairs

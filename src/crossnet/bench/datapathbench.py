@@ -13,7 +13,7 @@ Per backend (host-gw, vxlan) and MTU, two labs up at the same time, one switch e
   routed container veths and the tc eBPF programs (crossnet.ebpf).
 
 Every round runs one iperf3 TCP run on each of the four paths (the order reversed every
-other round, dataplane._paired), so load changes on this shared machine hit all alike;
+other round, dataplane.paired), so load changes on this shared machine hit all alike;
 then ping RTT on each. Figures: throughput ÷ underlay, ebpf ÷ kernel (median over pairs of
 rounds, util.median_ratio), RTT p50 overhead vs the underlay in µs; for kernel and ebpf
 also ÷ the floor and the RTT p50 over the floor's. When this machine
@@ -109,7 +109,7 @@ def datapath_status(lab: Any, hosts: tuple[Any, ...]) -> dict[str, Any]:
 
 def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: float, ping_count: int,
             ebpf_why: str | None) -> dict[str, Any]:
-    from crossnet.bench.dataplane import _paired
+    from crossnet.bench.dataplane import paired
     from crossnet.bench.manual import RoutedVethFloor
 
     row: dict[str, Any] = {"backend": backend, "mtu": mtu, "status": "ok", "load_before": loadavg()}
@@ -136,7 +136,7 @@ def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: floa
                 row["paths"]["ebpf"].update(status="skipped", reason=ebpf_why)
             order = [p for p in PATHS if p in paths]
             rc.log(f"datapath {backend} mtu {mtu}: {repeats} interleaved rounds of {', '.join(order)}")
-            res = _paired({p: paths[p] for p in order}, repeats, duration, ping_count)
+            res = paired({p: paths[p] for p in order}, repeats, duration, ping_count)
             for p in order:
                 row["paths"][p].update(res[p])
             row["paths"]["kernel"]["datapath"] = datapath_status(lk, (k1, k2))

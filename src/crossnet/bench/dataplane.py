@@ -86,7 +86,7 @@ def round_order(labels: list[str], i: int) -> list[str]:
     return list(labels) if i % 2 == 0 else list(reversed(labels))
 
 
-def _paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: float, ping_count: int
+def paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: float, ping_count: int
             ) -> dict[str, dict[str, Any]]:
     """iperf3 + ping on several paths {label: (client netns, server netns, address)},
     interleaved run by run (`round_order`), so load changes on this shared machine hit
@@ -116,7 +116,7 @@ def _paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: floa
     return out
 
 
-def _both(fn: Callable[[Any], Any], hosts: tuple[Any, ...]) -> None:
+def at_once(fn: Callable[[Any], Any], hosts: tuple[Any, ...]) -> None:
     """fn on every host at once (as `lab up` does); the first error is raised."""
     with ThreadPoolExecutor(max_workers=len(hosts)) as pool:
         futures = [pool.submit(fn, h) for h in hosts]
@@ -134,7 +134,7 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _crossnet(lab: Any, host: Any, args: list[str], timeout: float) -> int:
+def crossnet_measured(lab: Any, host: Any, args: list[str], timeout: float) -> int:
     """`crossnet ARGS` in a host namespace, as the lab runs it (this interpreter);
     returns the peak RSS (kB) of that process (wait4)."""
     from crossnet.lab.manager import crossnet_argv
@@ -200,10 +200,10 @@ def apply_and_attach(rc: RunContext, lab: Any, hosts: tuple[Any, ...], where: st
     from crossnet.lab.manager import APPLY_TIMEOUT, ATTACH_TIMEOUT
 
     rss: dict[str, list[int]] = {"apply": [], "attach": []}
-    _both(lambda h: rss["apply"].append(
-        _crossnet(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT)), hosts)
-    _both(lambda h: rss["attach"].extend(
-        _crossnet(lab, h, ["attach", c], ATTACH_TIMEOUT) for c in h.containers), hosts)
+    at_once(lambda h: rss["apply"].append(
+        crossnet_measured(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT)), hosts)
+    at_once(lambda h: rss["attach"].extend(
+        crossnet_measured(lab, h, ["attach", c], ATTACH_TIMEOUT) for c in h.containers), hosts)
     rc.note_memory("crossnet apply (CLI)", where, max(rss["apply"]))
     rc.note_memory("crossnet attach (CLI)", where, max(rss["attach"]))
     return rss
@@ -245,7 +245,7 @@ def measure_backend(rc: RunContext, backend: str, mtu: int, repeats: int, durati
             h3, h4 = lab.hosts[2:4]
             path = _set_up_crossnet(rc, lab, backend, mtu, row)
             rc.log(f"{backend} mtu {mtu}: container→container and underlay {h3.name}→{h4.name}")
-            row.update(_paired({"overlay": path, "underlay": (h3.netns, h4.netns, h4.address)},
+            row.update(paired({"overlay": path, "underlay": (h3.netns, h4.netns, h4.address)},
                                repeats, duration, ping_count))
             _note_long_lived(rc, lab, backend, mtu, row)
     except Skip as exc:
@@ -313,7 +313,7 @@ def measure_with_twin(rc: RunContext, backend: str, twin: str, mtu: int, repeats
                      "twin": (built.client_ns, built.server_ns, built.server_addr)}
             rc.log(f"{backend} vs {twin} mtu {mtu}: {repeats} interleaved rounds of crossnet, "
                    f"underlay {h3.name}→{h4.name}, twin")
-            res = _paired(paths, repeats, duration, ping_count)
+            res = paired(paths, repeats, duration, ping_count)
             row.update(overlay=res["crossnet"], underlay=res["underlay"])
             trow.update(overlay=res["twin"], underlay=res["underlay"])
             _note_long_lived(rc, lab, backend, mtu, row)
@@ -349,7 +349,7 @@ def measure_manual(rc: RunContext, name: str, mtu: int, repeats: int, duration: 
                 row["container_mtu"] = built.container_mtu
                 row["steps"] = built.steps
                 rc.log(f"{name} mtu {mtu}: container→container and underlay {h3.name}→{h4.name}")
-                row.update(_paired({"overlay": (built.client_ns, built.server_ns, built.server_addr),
+                row.update(paired({"overlay": (built.client_ns, built.server_ns, built.server_addr),
                                     "underlay": (h3.netns, h4.netns, h4.address)}, repeats, duration, ping_count))
             finally:
                 layout.teardown()
@@ -425,4 +425,5 @@ def run(rc: RunContext, backends: list[str] | None = None, mtus: tuple[int, ...]
     }
 
 
-__all__ = ["all_backends", "backend_unavailable", "measure_with_twin", "plan", "round_order", "run", "twin_comparison"]
+__all__ = ["all_backends", "at_once", "backend_unavailable", "crossnet_measured", "measure_with_twin", "paired", "plan", "round_order",
+           "run", "twin_comparison"]

@@ -82,7 +82,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
 
     from crossnet.bench import traffic
     from crossnet.bench.datapathbench import datapath_status, ebpf_unavailable, lab_opts
-    from crossnet.bench.dataplane import _both
+    from crossnet.bench.dataplane import at_once
 
     plan = roles(rounds)
     if datapath not in DATAPATHS:
@@ -109,7 +109,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
             todo = [h for h in hosts if applied.get(h.name) != file]
             if not todo:
                 return
-            _both(lambda h: lab.crossnet(h.name, "apply", "-f", file, "--host", h.name), tuple(todo))
+            at_once(lambda h: lab.crossnet(h.name, "apply", "-f", file, "--host", h.name), tuple(todo))
             applied.update({h.name: file for h in todo})
 
         def tables(host: Any) -> bool:
@@ -124,7 +124,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
 
         rc.log(f"networks: {rounds} rounds, pairs h1→h2 and h3→h4 taking turns with a second network (Q P P Q)")
         apply(lab.hosts[:4], one)
-        _both(lambda h: lab.crossnet(h.name, "attach", h.containers[0]), lab.hosts)
+        at_once(lambda h: lab.crossnet(h.name, "attach", h.containers[0]), lab.hosts)
         addr = {h.name: lab.status(h.name)["containers"][0]["address"].split("/")[0] for h in (h2, h4)}
         paths = {name: (a.containers[0], b.containers[0], addr[b.name]) for name, (a, b) in pairs.items()}
         servers = [traffic.IperfServer(b.containers[0]) for _a, b in pairs.values()]

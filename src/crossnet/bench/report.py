@@ -247,7 +247,6 @@ def why(tid: str, results: dict[str, Any], goal: float | None = None) -> str:
         cn = cp.get("cni") or {}
         x = (cn.get("crossnet-cni") or {}).get("add_ms", {}).get("median")
         py = (cn.get("python_start_ms") or {}).get("median")
-        ns = (cn.get("netns_exec_ms") or {}).get("median")
         at = (((cp.get("attach") or {}).get("inprocess") or {}).get("attach_ms") or {}).get("p50")
         first = (cn.get("crossnet-cni") or {}).get("first_add_ms")
         helper = (cn.get("helper_add_ms") or {}).get("median")

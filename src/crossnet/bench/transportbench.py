@@ -96,7 +96,7 @@ ROUND = ("auto (vxlan picked)", "vxlan alone", "auto (wireguard picked)", "wireg
 def _interleaved(auto: Any, alone: dict[str, Any], repeats: int, duration: float, ping_count: int
                  ) -> dict[str, Any]:
     """The per-peer throughput rounds (auto's filter is up: h1 → h2 on wireguard, h1 → h3 on vxlan)."""
-    from crossnet.bench.dataplane import _paired
+    from crossnet.bench.dataplane import paired
 
     h1, h3 = auto.hosts[0], auto.hosts[2]
     c1, _ = _container(auto, "h1")
@@ -105,7 +105,7 @@ def _interleaved(auto: Any, alone: dict[str, Any], repeats: int, duration: float
              "underlay": (h1.netns, h3.netns, h3.address)}
     for backend, lab in alone.items():
         paths[f"{backend} alone"] = (_container(lab, "h1")[0], *_container(lab, "h2"))
-    res = _paired({k: paths[k] for k in ROUND}, repeats, duration, ping_count)
+    res = paired({k: paths[k] for k in ROUND}, repeats, duration, ping_count)
     under = res["underlay"]["gbps"]
     rows = [{"name": k, "status": "ok", "overlay": res[k], "ratio": ratio(res[k]["gbps"]["median"], under["median"], 4)}
             for k in ROUND if k != "underlay"]

@@ -77,7 +77,7 @@ def round_ratios(a: list[float], b: list[float]) -> list[float]:
 
 
 def pair_ratios(a: list[float], b: list[float]) -> list[float]:
-    """Per pair of rounds (one in each order: `dataplane._paired` reverses the order every other
+    """Per pair of rounds (one in each order: `dataplane.paired` reverses the order every other
     round) the geometric mean of a_i ÷ b_i. Whichever of two paths runs first in a round
     measures a little lower here (seen as ratios alternating between rounds), so a
     single round, or an odd count of them, is biased by the order; a pair is not. Rounds

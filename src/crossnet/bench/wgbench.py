@@ -35,7 +35,7 @@ def _attached(lab: Any, host: Any) -> str:
 
 def run(rc: RunContext, repeats: int = 6, duration: float = 3.0, ping_count: int = 50) -> dict[str, Any]:
     from crossnet.bench import manual
-    from crossnet.bench.dataplane import _both, _crossnet, _paired
+    from crossnet.bench.dataplane import at_once, crossnet_measured, paired
     from crossnet.lab.manager import APPLY_TIMEOUT, ATTACH_TIMEOUT
 
     for tool in ("iperf3", "wg"):
@@ -50,9 +50,9 @@ def run(rc: RunContext, repeats: int = 6, duration: float = 3.0, ping_count: int
             bench_lab({"hosts": 2, "underlay": "l2", "backend": "vxlan", "containers": 1}) as plain:
         h1, h2, h3, h4, h5, h6 = lab.hosts[:6]
         rc.log(f"wireguard: crossnet apply + attach on {h1.name}, {h2.name}")
-        _both(lambda h: _crossnet(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT),
+        at_once(lambda h: crossnet_measured(lab, h, ["apply", "-f", lab.plan.cluster_file, "--host", h.name], APPLY_TIMEOUT),
               (h1, h2))
-        _both(lambda h: _crossnet(lab, h, ["attach", h.containers[0]], ATTACH_TIMEOUT), (h1, h2))
+        at_once(lambda h: crossnet_measured(lab, h, ["attach", h.containers[0]], ATTACH_TIMEOUT), (h1, h2))
         layout = manual.ManualWireguard(lab, hosts=[h3, h4])
         layout.check_available()
         try:
@@ -68,7 +68,7 @@ def run(rc: RunContext, repeats: int = 6, duration: float = 3.0, ping_count: int
             mtus = {"wireguard": lab.status(h2.name).get("mtu"), "manual-wireguard": built.container_mtu,
                     "vxlan": plain.status(p2.name).get("mtu"), "underlay": 1500}
             rc.log(f"wireguard: {repeats} interleaved rounds of {', '.join(PATHS)}")
-            res = _paired({k: paths[k] for k in PATHS}, repeats, duration, ping_count)
+            res = paired({k: paths[k] for k in PATHS}, repeats, duration, ping_count)
         finally:
             layout.teardown()
     under = res["underlay"]["gbps"]
