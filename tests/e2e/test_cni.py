@@ -216,6 +216,25 @@ def test_del_without_add(host, clean):
     assert host.cni("DEL", cid=cid(), drop=("CNI_NETNS",)) == (0, None)
 
 
+def test_del_of_an_id_never_added_leaves_a_link_of_its_hashed_name(host, clean):
+    """DEL for an id crossnet never attached deletes nothing, even a host link named like
+    that id's veth (`cnv` + hash): the Docker plugin names its endpoints' veths the same way,
+    so a DEL with CNI_CONTAINERID = a Docker endpoint id took that container off the network."""
+    from crossnet.containers import host_ifname
+
+    c = cid()
+    name = host_ifname(c)
+    subprocess.run(["ip", "-n", host.netns, "link", "add", name, "type", "veth", "peer", "name", "cnt" + name[3:]],
+                   check=True)
+    try:
+        assert host.cni("DEL", cid=c, netns=host.new_netns()) == (0, None)
+        assert host.cni("DEL", cid=c, drop=("CNI_NETNS",)) == (0, None)
+        assert name in {link[0] for link in host.kernel()["links"]}, "DEL deleted a link crossnet has no record of"
+        assert c not in host.allocations()
+    finally:
+        subprocess.run(["ip", "-n", host.netns, "link", "del", name], capture_output=True, check=False)
+
+
 def test_del_after_netns_is_gone(host, clean):
     c, netns = cid(), host.new_netns()
     assert host.cni("ADD", cid=c, netns=netns)[0] == 0
