@@ -18,15 +18,14 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet import datapath
-from crossnet.netlink import iproute as nl
-from crossnet.netlink import raw as nlraw
 from crossnet.backends.base import Backend, HostContext
 from crossnet.dns import resolv as dns_resolv
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.ipam import AddressPool
+from crossnet.netlink import iproute as nl
+from crossnet.netlink import raw as nlraw
 from crossnet.plan.env import Env
 from crossnet.state import StateDir
-
 
 LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
 
@@ -588,10 +587,15 @@ def gc(state: StateDir, ctx: HostContext, backend: Backend, dry_run: bool = Fals
 
 def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: str) -> dict | None:
     """Remove the container's veth and release its address. Idempotent: returns None
-    if the container was not attached."""
+    if the container was not attached. Without an IPAM entry for ``container_id`` nothing
+    is touched: the entry is written before attach makes the veth and released after
+    detach removed it, so a link of the hashed name without one is not crossnet's
+    attachment of this id (the Docker plugin names its endpoints' veths the same way)."""
     pool = pool_for(state, ctx)
     alloc = pool.get(container_id)
-    host_if = (alloc.meta.get("host_if") if alloc else None) or host_ifname(container_id)
+    if alloc is None:
+        return None
+    host_if = alloc.meta.get("host_if") or host_ifname(container_id)
     removed = False
     with nl.open_ipr() as ipr:
         env = Env(ipr)

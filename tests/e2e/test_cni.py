@@ -216,6 +216,55 @@ def test_del_without_add(host, clean):
     assert host.cni("DEL", cid=cid(), drop=("CNI_NETNS",)) == (0, None)
 
 
+def test_del_of_an_id_never_added_leaves_a_link_of_its_hashed_name(host, clean):
+    """DEL for an id crossnet never attached deletes nothing, even a host link named like
+    that id's veth (`cnv` + hash): the Docker plugin names its endpoints' veths the same way,
+    so a DEL with CNI_CONTAINERID = a Docker endpoint id took that container off the network."""
+    from crossnet.containers import host_ifname
+
+    c = cid()
+    name = host_ifname(c)
+    subprocess.run(["ip", "-n", host.netns, "link", "add", name, "type", "veth", "peer", "name", "cnt" + name[3:]],
+                   check=True)
+    try:
+        assert host.cni("DEL", cid=c, netns=host.new_netns()) == (0, None)
+        assert host.cni("DEL", cid=c, drop=("CNI_NETNS",)) == (0, None)
+        assert name in {link[0] for link in host.kernel()["links"]}, "DEL deleted a link crossnet has no record of"
+        assert c not in host.allocations()
+    finally:
+        subprocess.run(["ip", "-n", host.netns, "link", "del", name], capture_output=True, check=False)
+
+
+def test_del_leaves_an_attachment_crossnet_cni_did_not_make(host, clean):
+    """`crossnet attach NAME` records the attachment under NAME, which is also a valid
+    CNI_CONTAINERID: a DEL with it (and no CNI_NETNS, which DEL allows) detached a
+    container the plugin never added. Only this network's crossnet-cni attachments go
+    (as for GC); another network's DEL leaves them too."""
+    from crossnet.lab.manager import crossnet_argv
+
+    netns = host.new_netns()
+    name = os.path.basename(netns)
+    proc = host.lab.run(host.plan.name, crossnet_argv("attach", name, "-o", "json"))
+    assert proc.returncode == 0, proc.stderr
+    att = json.loads(proc.stdout)
+    try:
+        before = host.footprint()
+        assert host.cni("DEL", cid=name, drop=("CNI_NETNS",)) == (0, None)
+        assert host.cni("DEL", cid=name, netns=netns) == (0, None)
+        assert host.footprint() == before, "DEL removed an attachment made by `crossnet attach`"
+        # a CNI attachment of this network is left alone by another network's DEL
+        c, cnetns = cid(), host.new_netns()
+        assert host.cni("ADD", cid=c, netns=cnetns)[0] == 0
+        made = host.footprint()
+        assert host.cni("DEL", host.conf(name="other-net"), cid=c, netns=cnetns) == (0, None)
+        assert host.footprint() == made and c in host.allocations()
+        assert host.cni("DEL", cid=c, netns=cnetns) == (0, None)
+        assert c not in host.allocations()
+    finally:
+        host.lab.run(host.plan.name, crossnet_argv("detach", name))
+    assert att["id"] not in host.allocations()
+
+
 def test_del_after_netns_is_gone(host, clean):
     c, netns = cid(), host.new_netns()
     assert host.cni("ADD", cid=c, netns=netns)[0] == 0

@@ -239,3 +239,11 @@ def test_attach_by_runtime_api(lab_factory, api_socket, kind):
     assert cid not in {c["id"] for c in lab.status("h1")["containers"]}
     proc = lab.run("h1", crossnet_argv("attach", f"{kind}:nosuch"), env=env)
     assert proc.returncode == 2 and "no such container" in proc.stderr
+    # a name that is an option of the runtime's command: `podman container inspect -l` is
+    # the newest container ("plain"), which was attached; now one line, nothing attached
+    for name in ("-l", "--latest"):
+        proc = lab.run("h1", crossnet_argv("attach", f"{kind}:{name}"), env=env)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f"crossnet: error: CONTAINER: {kind}: '{name}' is not a container name or id "
+            "(a letter or digit, then letters, digits, '_', '.' or '-'; at most 255)"], proc.stderr
+        assert cid not in {c["id"] for c in lab.status("h1")["containers"]}

@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from crossnet.runtime import engines as runtimes
 from crossnet.errors import ConfigError
+from crossnet.runtime import engines as runtimes
 from crossnet.runtime.spec import resolve
 
 
@@ -118,3 +118,26 @@ def test_tcp_docker_host_rejected(monkeypatch):
 def test_empty_name():
     with pytest.raises(ConfigError):
         runtimes.resolve_docker("")
+
+
+@pytest.mark.parametrize("name", ["-l", "--latest", "--format={{.Id}}", "a b", "x/../y", "-", "é"])
+def test_a_name_that_is_no_container_name_never_reaches_the_runtime(tmp_path, monkeypatch, name):
+    """`podman:-l` ran `podman container inspect -l`: podman took it for --latest and
+    crossnet attached (or detached) the newest container, whichever it was. A name that
+    is not a container name or id is one line naming CONTAINER; podman is never run and
+    the Engine API never asked."""
+    log = tmp_path / "argv"
+    podman = tmp_path / "podman"
+    podman.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {log}\necho "[]"\n')
+    podman.chmod(0o755)
+    monkeypatch.setenv("CROSSNET_PODMAN", str(podman))
+    monkeypatch.delenv("CROSSNET_PODMAN_SOCKET", raising=False)
+    monkeypatch.delenv("CONTAINER_HOST", raising=False)
+    monkeypatch.setattr(runtimes, "PODMAN_SOCKET", str(tmp_path / "no-podman.sock"))
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker.sock")
+    for runtime in ("podman", "docker"):
+        with pytest.raises(ConfigError) as err:
+            resolve(f"{runtime}:{name}")
+        msg = str(err.value)
+        assert msg.startswith(f"CONTAINER: {runtime}: ") and "is not a container name" in msg and "\n" not in msg
+    assert not log.exists(), f"podman was run with {log.read_text()!r}"

@@ -9,7 +9,7 @@ import time
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
-from dnslib import QTYPE, RCODE, DNSRecord, EDNS0
+from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -422,3 +422,95 @@ def test_store_keeps_only_dns_names():
                             {"id": "c", "address": "10.32.0.4", "name": 7}])
     assert got == [{"id": "a", "address": "10.32.0.2", "name": "web"}, {"id": "b", "address": "10.32.0.3"},
                    {"id": "c", "address": "10.32.0.4"}]
+
+
+# ---- hostile TCP clients (a real server on 127.0.0.1) -------------------------------------
+@pytest.fixture
+def tcp_server(monkeypatch):
+    """A DnsServer on 127.0.0.1 (a free port), TCP_IDLE cut to 0.5 s, answering HOSTS."""
+    import socket
+
+    from crossnet.dns import server as dns_server
+
+    monkeypatch.setattr(dns_server, "TCP_IDLE", 0.5)
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        srv = dns_server.DnsServer(["127.0.0.1"], Forwarder([]), port=port, table=table())
+        try:
+            srv.start()
+        except OSError:  # the UDP port is taken: another one
+            continue
+        break
+    else:
+        raise RuntimeError("no free port")
+    yield srv
+    srv.stop()
+
+
+def _closed_by_peer(conn, wait: float) -> bool:
+    """The server closed ``conn`` (EOF or reset) within ``wait`` seconds."""
+    import select
+
+    if not select.select([conn], [], [], wait)[0]:
+        return False
+    try:
+        return conn.recv(1) == b""
+    except OSError:
+        return True
+
+
+def _tcp_query(port: int, name: str) -> DNSRecord:
+    import socket
+    import struct
+
+    wire = DNSRecord.question(name).pack()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+        c.sendall(struct.pack("!H", len(wire)) + wire)
+        size = struct.unpack("!H", c.recv(2, socket.MSG_WAITALL))[0]
+        return DNSRecord.parse(c.recv(size, socket.MSG_WAITALL))
+
+
+def test_a_tcp_client_trickling_its_query_is_cut_off_at_the_idle_limit(tcp_server):
+    """A length prefix announcing 200 bytes, then one byte every 0.2 s: each read came
+    within TCP_IDLE, so the connection was held until the query was complete (200 bytes:
+    40 s here, 16 minutes with the real 5 s) — 32 such clients took every TCP slot.
+    The whole query must arrive within TCP_IDLE of the first byte awaited."""
+    import socket
+    import struct
+
+    conn = socket.create_connection(("127.0.0.1", tcp_server.port), timeout=5)
+    try:
+        conn.sendall(struct.pack("!H", 200))
+        sent = 0
+        while sent < 40:  # 8 s of trickling; the server must hang up long before
+            try:
+                conn.send(b"\x00")
+            except OSError:
+                break
+            sent += 1
+            if _closed_by_peer(conn, 0.2):
+                break
+        assert sent < 40, "the server kept a connection that sent one byte every 0.2 s for 8 s"
+    finally:
+        conn.close()
+    assert sorted(addrs(_tcp_query(tcp_server.port, "web.crossnet.local"))) == ["10.32.0.2", "10.32.1.2"]
+
+
+def test_tcp_connections_that_never_send_are_closed_and_udp_keeps_answering(tcp_server):
+    """MAX_TCP idle connections: UDP still answers meanwhile; each idle one is closed after
+    TCP_IDLE, and a TCP query is answered again afterwards."""
+    import socket
+
+    from crossnet.dns import server as dns_server
+
+    idle = [socket.create_connection(("127.0.0.1", tcp_server.port), timeout=5) for _ in range(dns_server.MAX_TCP)]
+    try:
+        reply = DNSRecord.parse(DNSRecord.question("db.crossnet.local").send("127.0.0.1", tcp_server.port, timeout=2))
+        assert addrs(reply) == ["10.32.0.3"]
+        assert all(_closed_by_peer(c, 5) for c in idle)
+    finally:
+        for c in idle:
+            c.close()
+    assert addrs(_tcp_query(tcp_server.port, "db.crossnet.local")) == ["10.32.0.3"]

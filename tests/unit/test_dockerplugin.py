@@ -196,6 +196,32 @@ def test_errors(env):
     assert env.kernel.calls == []
 
 
+def test_delete_of_an_unknown_endpoint_never_touches_another_attachments_veth(env):
+    """DeleteEndpoint for an endpoint the plugin has no binding of falls back to the veth
+    name of that id (a plugin killed before it wrote the binding), but never to a veth
+    the IPAM records for another attachment: crossnet-cni and `crossnet attach` name a
+    container's veth the same way (`cnv` + hash of its id), and a 64-hex CNI container id
+    is a valid EndpointID, so a Delete with it took that container off the network."""
+    from crossnet.containers import host_ifname
+
+    make_network(env.plugin)
+    cni_id = "c" * 64  # a container attached by crossnet-cni under this id
+    env.pool.allocate(cni_id, meta={"host_if": host_ifname(cni_id), "ifname": "eth0",
+                                    "cni": {"network": "crossnet", "containerID": cni_id, "ifname": "eth0"}})
+    env.kernel.veths[host_ifname(cni_id)] = ("eth0", "0a:58:0a:20:01:02")
+    before = env.pool.entries()
+    assert call(env.plugin, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": cni_id}) == {}
+    env.plugin.flush()
+    assert host_ifname(cni_id) in env.kernel.veths and not env.kernel.retired
+    assert env.kernel.calls == [] and env.pool.entries() == before
+    # an endpoint id whose binding was lost: its own veth (no record names it) still goes
+    lost = "d" * 64
+    env.kernel.veths[host_ifname(lost)] = ("tmp", "0a:58:0a:20:01:03")
+    assert call(env.plugin, "/NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": lost}) == {}
+    env.plugin.flush()
+    assert host_ifname(lost) not in env.kernel.veths and host_ifname(cni_id) in env.kernel.veths
+
+
 @pytest.mark.parametrize("path,raw,want", [
     ("/NetworkDriver.Join", b'{"NetworkID": "../../etc/passwd", "EndpointID": "x"}', "NetworkID: expected an id"),
     ("/NetworkDriver.Join", b'{"NetworkID": 7}', "NetworkID: expected an id"),

@@ -31,7 +31,9 @@ import re
 import sys
 import time
 
-from crossnet.cni import MAX_STDIN  # network configuration bytes (a real one is < 4 KiB)
+from crossnet.cni import (
+    MAX_STDIN,  # network configuration bytes (a real one is < 4 KiB)
+)
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~7 ms per call
 if TYPE_CHECKING:
@@ -706,8 +708,11 @@ def cmd_del(req: Request) -> None:
     from crossnet.errors import CrossnetError
 
     key = attachment_key(cid, ifname)
+    alloc = host.pool().get(key)
+    if alloc is not None and not made_by(alloc, req.name):
+        return None  # `crossnet attach`'s, or another network's (as GC): not this network's to remove
     netns = req.environ.get("CNI_NETNS", "")
-    if netns and containers.attached_elsewhere(host.pool().get(key), netns):
+    if netns and containers.attached_elsewhere(alloc, netns):
         return None  # the id lives in another namespace (this one's ADD was refused): nothing of ours here
     try:
         containers.detach(host.state, host.ctx, host.backend, key)
@@ -716,6 +721,13 @@ def cmd_del(req: Request) -> None:
     except OSError as exc:
         raise CniError(E_ATTACH, f"detaching {cid} failed: {exc}") from None
     return None
+
+
+def made_by(alloc: Any, network: str) -> bool:
+    """The IPAM entry is an attachment crossnet-cni made for ``network`` (its ADD records
+    ``meta.cni``); DEL and GC remove only those."""
+    cni = alloc.meta.get("cni")
+    return isinstance(cni, dict) and cni.get("network") == network
 
 
 def cmd_check(req: Request) -> None:
@@ -736,10 +748,9 @@ def cmd_check(req: Request) -> None:
 
 
 def check_attachment(host: Host, alloc: Any, netns: str, ifname: str, prev: Any) -> list[str]:
-    from crossnet.netlink import iproute as nl
-    from crossnet.backends.base import Backend
-
     from crossnet import datapath
+    from crossnet.backends.base import Backend
+    from crossnet.netlink import iproute as nl
 
     ctx = host.ctx
     routed = datapath.routed(ctx)
@@ -811,9 +822,9 @@ def cmd_gc(req: Request) -> None:
 
     stale = []
     for key, alloc in host.pool().entries().items():
-        cni = alloc.meta.get("cni")
-        if not isinstance(cni, dict) or cni.get("network") != req.name:
+        if not made_by(alloc, req.name):
             continue  # not made by this network's plugin (e.g. `crossnet attach`)
+        cni = alloc.meta["cni"]
         if (cni.get("containerID"), cni.get("ifname")) not in valid:
             stale.append(key)
     errors = []
@@ -914,7 +925,9 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
         path = None
     if not _is_path(path):
         return
-    from crossnet.logjson import line as log_line  # the shape and time format of every JSON log
+    from crossnet.logjson import (
+        line as log_line,  # the shape and time format of every JSON log
+    )
 
     command = req_env.get("CNI_COMMAND")
     fields = {

@@ -7,7 +7,9 @@ nothing when not even its header parses), an answer never holds more than the re
 of the one name asked (UDP: cut to the client's size with TC set), forwarded queries are
 bounded in number (:data:`MAX_PENDING`, else SERVFAIL) and time (:data:`FORWARD_TIMEOUT`
 per upstream, :data:`FORWARD_TOTAL` in all), TCP connections are capped
-(:data:`MAX_TCP`) and closed after :data:`TCP_IDLE` seconds without a full query.
+(:data:`MAX_TCP`) and closed when a query has not arrived whole :data:`TCP_IDLE` seconds
+after the server began waiting for it (a byte now and then does not extend that), or
+after ``4 * TCP_IDLE`` seconds in all.
 The wire format is dnslib's.
 """
 
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from dnslib import AAAA, CLASS, DNSHeader, DNSRecord, OPCODE, PTR, QTYPE, RCODE, RR, A  # noqa: F401
+from dnslib import AAAA, CLASS, OPCODE, PTR, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord  # noqa: F401
 
 from crossnet.dns import TTL, RoundRobin, Table, normalize
 from crossnet.serveloop import Waker
@@ -211,15 +213,22 @@ def udp_exchange(data: bytes, server: str, port: int, timeout: float) -> bytes:
 
 
 def tcp_exchange(data: bytes, server: str, port: int, timeout: float) -> bytes:
+    deadline = time.monotonic() + timeout
     with socket.create_connection((server, port), timeout=timeout) as s:
         s.sendall(struct.pack("!H", len(data)) + data)
-        size = struct.unpack("!H", _recv_exact(s, 2))[0]
-        return _recv_exact(s, size)
+        size = struct.unpack("!H", _recv_exact(s, 2, deadline))[0]
+        return _recv_exact(s, size, deadline)
 
 
-def _recv_exact(s: socket.socket, n: int) -> bytes:
+def _recv_exact(s: socket.socket, n: int, deadline: float) -> bytes:
+    """``n`` bytes from ``s``, all of them by ``deadline`` (time.monotonic): a peer sending
+    a byte now and then cannot stretch one message past it (TimeoutError)."""
     buf = b""
     while len(buf) < n:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("message not received in time")
+        s.settimeout(left)
         chunk = s.recv(n - len(buf))
         if not chunk:
             raise ConnectionError("connection closed")
@@ -421,21 +430,23 @@ class DnsServer:
 
     def _tcp_conn(self, conn: socket.socket) -> None:
         try:
-            conn.settimeout(TCP_IDLE)
             deadline = time.monotonic() + TCP_IDLE * 4
             for _ in range(TCP_MAX_QUERIES):
-                if self.stop_event.is_set() or time.monotonic() > deadline:
+                now = time.monotonic()
+                if self.stop_event.is_set() or now > deadline:
                     return
+                by = min(now + TCP_IDLE, deadline)  # the whole query, length prefix and all
                 try:
-                    size = struct.unpack("!H", _recv_exact(conn, 2))[0]
+                    size = struct.unpack("!H", _recv_exact(conn, 2, by))[0]
                     if size == 0 or size > MAX_QUERY:
                         return
-                    data = _recv_exact(conn, size)
+                    data = _recv_exact(conn, size, by)
                 except (OSError, ConnectionError, struct.error):
                     return
                 out = self.respond(data, None)
                 if out is None:
                     return
+                conn.settimeout(TCP_IDLE)
                 conn.sendall(struct.pack("!H", len(out)) + out)
         except Exception:  # noqa: BLE001
             log.exception("dns: TCP connection")

@@ -471,6 +471,9 @@ class DockerPlugin:
         ctx, backend, pool = self.context()
         found = self._endpoint(pool, eid)
         host_if = found[1].meta.get("host_if") if found else host_ifname(eid)
+        if found is None and any((alloc.meta.get("host_if") or host_ifname(key)) == host_if
+                                 for key, alloc in self._entries(pool).items()):
+            return {}  # no binding, and the veth of that name is another attachment's (crossnet-cni, attach)
         # the veth is marked (its alias) and the writer thread deletes it after the answer:
         # the kernel's deletion (an RCU barrier, ~15-30 ms) is off the request path; a
         # plugin killed before that leaves a marked veth, which the next start removes

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -124,16 +125,30 @@ def netns_of(info: dict[str, Any], label: str, name: str) -> tuple[str, str]:
     return cid, path
 
 
-def resolve_docker(name: str) -> tuple[str, str]:
+# a container name or (a prefix of) its id, as Docker and podman make them: never an option
+# (`podman container inspect -l` is the newest container), a path or white space
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def check_name(label: str, name: str) -> None:
+    """``name`` of a ``docker:``/``podman:`` spec, before any runtime is asked (ConfigError
+    naming CONTAINER)."""
     if not name:
-        raise ConfigError("CONTAINER: docker: empty container name")
+        raise ConfigError(f"CONTAINER: {label}: empty container name")
+    if not NAME_RE.fullmatch(name):
+        shown = name[:40].encode("unicode_escape").decode("ascii")
+        raise ConfigError(f"CONTAINER: {label}: '{shown}' is not a container name or id "
+                          "(a letter or digit, then letters, digits, '_', '.' or '-'; at most 255)")
+
+
+def resolve_docker(name: str) -> tuple[str, str]:
+    check_name("docker", name)
     client = EngineClient(docker_socket(), "docker")
     return netns_of(client.inspect(name), "docker", name)
 
 
 def resolve_podman(name: str) -> tuple[str, str]:
-    if not name:
-        raise ConfigError("CONTAINER: podman: empty container name")
+    check_name("podman", name)
     sock = podman_socket()
     if sock:
         return netns_of(EngineClient(sock, "podman").inspect(name), "podman", name)
@@ -148,8 +163,13 @@ def resolve_podman(name: str) -> tuple[str, str]:
         if "no such container" in msg.lower():
             raise ConfigError(f"CONTAINER: podman: no such container {name!r}")
         raise CrossnetError(f"podman container inspect {name} failed: {msg}")
-    data = json.loads(proc.stdout)
+    try:
+        data = json.loads(proc.stdout)
+    except ValueError:
+        raise CrossnetError(f"podman container inspect {name}: the answer is not JSON") from None
     info = data[0] if isinstance(data, list) and data else data
+    if not isinstance(info, dict):
+        raise ConfigError(f"CONTAINER: podman: no such container {name!r}")
     return netns_of(info, "podman", name)
 
 
