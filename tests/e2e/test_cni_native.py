@@ -61,19 +61,20 @@ class NativeHost(Host):
             assert rc == 0
         assert _wait_for(sock.exists)
 
-    def stop_helper(self) -> None:
-        """Make the warm helper step down: a request claiming other code (root namespace,
-        so it is never served)."""
+    def stop_helper(self, state_dir: str | None = None) -> None:
+        """Make the warm helper (of this host's state dir, or of ``state_dir``) step down: a
+        request claiming other code (root namespace, so it is never served)."""
         import crossnet.cni as protocol
 
-        sock = Path(protocol.socket_path(self.state_dir))
+        state_dir = state_dir or self.state_dir
+        sock = Path(protocol.socket_path(state_dir))
         if not sock.exists():
             return
         env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": cid(), "CNI_IFNAME": "eth0", "CNI_PATH": "/usr/lib/cni"}
         real = protocol.code_id
         try:  # the request is packed in crossnet.cni (client.call is crossnet.cni.call)
             protocol.code_id = lambda: "other-code"
-            assert protocol.call(self.state_dir, env, json.dumps(self.conf()).encode()) is None
+            assert protocol.call(state_dir, env, json.dumps(self.conf(stateDir=state_dir)).encode()) is None
         finally:
             protocol.code_id = real
         assert _wait_for(lambda: not sock.exists())
@@ -188,3 +189,27 @@ def test_same_answer_as_python_client(nhost, nclean, case, helper):
         results.append(nhost.raw(plugin, command, stdin, **env))
     assert results[0] == results[1], results
     nhost.stop_helper()  # a helper started here must not outlive the comparison
+
+
+def test_never_hands_the_call_to_another_users_socket(nhost, nclean, tmp_path):
+    """Sockets at the agent's and the helper's paths whose listener is another user (a
+    stateDir others can write): the native client sends them nothing (peer_is_us in
+    shim.c), nor does the Python client it falls back to; the call runs in the process.
+    (Its own state dir, a copy of the host's applied state: the host's helper comes and
+    goes with the other tests.)"""
+    import crossnet.cni as protocol
+    from tests.unit.test_cni_client import foreign_listener
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o755)
+    shutil.copy(Path(nhost.state_dir) / "applied.json", state / "applied.json")
+    agent, helper = (str(state / n) for n in (protocol.AGENT_SOCKET, protocol.SOCKET_NAME))
+    try:
+        with foreign_listener(agent, wait=2.0) as to_agent, foreign_listener(helper, wait=2.0) as to_helper:
+            rc, res, via = nhost.via(nhost.native, "DEL", nhost.conf(stateDir=str(state)), CNI_CONTAINERID=cid(),
+                                     CNI_IFNAME="eth0")
+        assert (rc, res, via) == (0, None, "process")
+        assert (to_agent["received"], to_helper["received"]) == (0, 0)
+    finally:  # the helper the Python client started for that state dir (after running the call)
+        _wait_for(lambda: Path(helper).exists())
+        nhost.stop_helper(str(state))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 
@@ -60,3 +62,77 @@ def test_code_id_names_files_that_exist():
 
     root = Path(crossnet.__file__).parent
     assert [f for f in _CODE_FILES if not (root / f).is_file()] == []
+
+
+NOBODY = 65534
+FOREIGN_REPLY = b'{"rc": 0, "stdout": "{\\"cniVersion\\": \\"1.0.0\\", \\"hijacked\\": true}"}'
+_LISTENER = r"""
+import os, socket, sys
+path, uid = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)                       # root may make the socket in a root-owned directory ...
+os.chmod(path, 0o777)
+os.setgid(uid); os.setuid(uid)     # ... but the listener (SO_PEERCRED: who called listen) is uid
+s.listen(8)
+print("ready", flush=True)
+s.settimeout(float(sys.argv[3]))
+got = 0
+try:
+    while True:
+        c, _ = s.accept()
+        c.settimeout(2)
+        data = b""
+        try:
+            while chunk := c.recv(65536):
+                data += chunk
+        except OSError:
+            pass
+        got += len(data)
+        try:
+            c.sendall(sys.argv[4].encode())
+        except OSError:
+            pass  # the client went away without a word
+        c.close()
+except OSError:  # no connection for a while: done
+    pass
+print("received", got, flush=True)
+"""
+
+
+@contextlib.contextmanager
+def foreign_listener(path: str, uid: int = NOBODY, wait: float = 3.0):
+    """A unix socket at ``path`` listened on by another user (uid): answers every
+    connection with FOREIGN_REPLY; yields a dict whose "received" (bytes it was sent in
+    all) is filled in when the block ends."""
+    proc = subprocess.Popen([sys.executable, "-S", "-c", _LISTENER, path, str(uid), str(wait),
+                             FOREIGN_REPLY.decode()], stdout=subprocess.PIPE, text=True)
+    out: dict = {}
+    ino = None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        ino = os.stat(path).st_ino
+        yield out
+    finally:
+        tail = proc.communicate(timeout=wait + 10)[0].split()
+        out["received"] = int(tail[-1]) if tail[-2:-1] == ["received"] else None
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == ino:  # a helper may have put its own socket there since
+                os.unlink(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (a listener of another uid)")
+def test_a_socket_of_another_user_is_never_handed_the_call(tmp_path):
+    """stateDir pointing at a directory another user can write: a helper socket that user
+    made there gets nothing (client.peer_is_us), the call runs in the process instead."""
+    import crossnet.cni as protocol
+
+    (tmp_path / "applied.json").write_text("{}")
+    env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0"}
+    conf = json.dumps({"cniVersion": "1.0.0", "name": "n", "stateDir": str(tmp_path)}).encode()
+    with foreign_listener(str(tmp_path / protocol.SOCKET_NAME), wait=1.0) as seen:
+        assert protocol.call(str(tmp_path), env, conf) is None
+    assert seen["received"] == 0
+    # the same listener as this process's user is used: the check is the uid, nothing else
+    with foreign_listener(str(tmp_path / protocol.SOCKET_NAME), uid=os.geteuid(), wait=1.0) as seen:
+        rc, stdout = protocol.call(str(tmp_path), env, conf)
+    assert (rc, json.loads(stdout)["hijacked"]) == (0, True) and seen["received"] > 0

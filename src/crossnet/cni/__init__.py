@@ -124,14 +124,26 @@ def request_bytes(environ, stdin: bytes) -> bytes:
     return text.encode("ascii")
 
 
+def peer_is_us(sock) -> bool:
+    """The process listening on the connected unix socket runs as this process's user
+    (SO_PEERCRED: the credentials of its ``listen``). A call and the container's network
+    are handed only to such a server: a socket another user made in ``stateDir`` (a
+    misconfigured, writable directory) is never asked, the call runs in this process."""
+    cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)  # struct ucred: pid, uid, gid
+    return int.from_bytes(cred[4:8], sys.byteorder) == os.geteuid()
+
+
 def _exchange(path: str, payload: bytes) -> bytes | None:
-    """Send payload on the unix socket at path, read until the peer closes."""
+    """Send payload on the unix socket at path, read until the peer closes; None if nobody
+    listens there or the listener is another user (:func:`peer_is_us`)."""
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(CLIENT_TIMEOUT)
         try:
             sock.connect(path)
         except OSError:
+            return None
+        if not peer_is_us(sock):
             return None
         sock.sendall(payload)
         sock.shutdown(_socket.SHUT_WR)

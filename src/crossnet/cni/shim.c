@@ -643,8 +643,17 @@ static char *path_join(const char *dir, size_t dlen, const char *name) {
 
 /* ------------------------------------------------------------------ socket round trip */
 
-/* connect to the unix socket at path, send head + body, shut down writing, read until
- * the peer closes: 0 and *out, or -1 (nobody there, refused, timeout, ...) */
+/* the process listening on the connected socket runs as this process's user (client.peer_is_us:
+ * a socket another user made in a writable stateDir is never handed the call) */
+static int peer_is_us(int fd) {
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 && len == sizeof cred && cred.uid == geteuid();
+}
+
+/* connect to the unix socket at path, check its listener (peer_is_us), send head + body,
+ * shut down writing, read until the peer closes: 0 and *out, or -1 (nobody there, refused,
+ * another user's, timeout, ...) */
 static int exchange(const char *path, const char *head, size_t hn, const char *body, size_t bn, struct buf *out) {
     struct sockaddr_un sa;
     size_t pl = strlen(path);
@@ -659,7 +668,7 @@ static int exchange(const char *path, const char *head, size_t hn, const char *b
     struct timeval tv = {CN_TIMEOUT, 0};
     if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) || setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) ||
         connect(fd, (struct sockaddr *)&sa, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + pl)) ||
-        put_all(fd, head, hn, 1) || put_all(fd, body, bn, 1) || shutdown(fd, SHUT_WR)) {
+        !peer_is_us(fd) || put_all(fd, head, hn, 1) || put_all(fd, body, bn, 1) || shutdown(fd, SHUT_WR)) {
         close(fd);
         return -1;
     }
