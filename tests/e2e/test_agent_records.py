@@ -134,6 +134,9 @@ def hostile_records(cluster: LabCluster) -> dict[str, dict]:
         subnet_key_part(k[4]): rec("evil6", "10.57.9.12", k[4], "ff:ff:ff:ff:ff:ff"),
         # a younger record with a live host's name (and its own subnet): the older one wins
         subnet_key_part(k[5]): rec("h2", "10.57.9.13", k[5], "02:66:66:66:66:06"),
+        # a MAC with a trailing newline ("$" matched before it): pyroute2 could not encode it, and
+        # that one peer's failure rolled back a restarted agent's whole first sync (every peer)
+        subnet_key_part(k[7]): rec("evil8", "10.57.9.14", k[7], "02:66:66:66:66:08\n"),
     }
     if cluster.plan.underlay == "l2":  # on l3 each host's link has its own broadcast address
         # the shared underlay's broadcast address as the peer's address

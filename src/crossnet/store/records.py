@@ -39,7 +39,7 @@ from crossnet.store import HOST_NAME_RE, HostRecord
 log = logging.getLogger("crossnet.agent")
 
 MAC_KEYS = ("vtep_mac", "gw_mac")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")  # fullmatch: "$" accepts a trailing newline
 _BROADCAST = IPv4Address("255.255.255.255")
 _THIS_NET = IPv4Network("0.0.0.0/8")
 
@@ -68,7 +68,7 @@ class Selection:
 
 def check_mac(value: object) -> str | None:
     """Why `value` is not a usable unicast MAC (None: it is)."""
-    if not isinstance(value, str) or not MAC_RE.match(value):
+    if not isinstance(value, str) or not MAC_RE.fullmatch(value):
         return f"{value!r} is not a lower-case MAC address xx:xx:xx:xx:xx:xx"
     if int(value[:2], 16) & 1:
         return f"{value} is a multicast/broadcast MAC"
@@ -108,7 +108,7 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
     older record claims the same subnet, name or MAC: see select_records)."""
     if key is None:
         return "key: not a subnet key <a.b.c.d>-<len>"
-    if not isinstance(rec.name, str) or not HOST_NAME_RE.match(rec.name):
+    if not isinstance(rec.name, str) or not HOST_NAME_RE.fullmatch(rec.name):
         return f"name: {rec.name!r} is not a valid host name"
     if view.name and rec.name == view.name:
         return f"name: {rec.name} is this host's name"
