@@ -310,3 +310,15 @@ def test_a_good_wireguard_key_passes_and_a_second_claim_of_it_loses():
     sel = select_records({r.key: r for r in (young, other, old)}, VIEW)
     assert sorted(sel.valid) == [old.key, other.key]
     assert sel.rejected[young.key].startswith("data.wireguard_key: already claimed by the older record 10.32.2.0/24")
+
+
+def test_another_spelling_of_an_older_records_wireguard_key_loses_too():
+    # "x...x1=" decodes to the same 32 bytes as WG_A ("x...x0="): the same WireGuard peer in
+    # the kernel, so the younger record would take over the older host's traffic
+    alias = WG_A[:42] + "1="
+    old = rec("h2", subnet="10.32.2.0/24", created=3, wireguard_key=WG_A)
+    young = rec("h3", address="10.56.0.3", subnet="10.32.3.0/24", created=9, wireguard_key=alias)
+    sel = select_records({r.key: r for r in (young, old)}, VIEW)
+    assert sorted(sel.valid) == [old.key]
+    assert sel.rejected[young.key] == ("data.wireguard_key is not the canonical base64 of its 32 bytes "
+                                       "(as `crossnet keygen` prints it)")
