@@ -266,3 +266,39 @@ def test_a_younger_claimant_is_ignored_until_the_older_record_goes(cluster):
     wait_for(lambda: routes_everywhere(set(), {k1, k2}), 10, "both gone on every host")
     wait_for(lambda: not diffs(cluster, before), 10, "every host as before")
     whole(cluster)
+
+
+def test_a_host_gw_peer_on_link_through_another_device_is_skipped_not_fatal(cluster):
+    """host-gw: a valid record whose address is on-link on h1 through another device than
+    its underlay NIC (here a second link of h1, as docker0 or a second NIC would be) cannot
+    be h1's next hop (`ip route add ... via A dev eth0`: "Nexthop has invalid gateway").
+    h1 skips that peer, logged; its kernel is unchanged, and a restarted agent's first
+    full sync programs every other peer (the failing route rolled the whole sync back)."""
+    if cluster.plan.backend != "host-gw":
+        pytest.skip("host-gw only: its peers' routes go through the underlay NIC")
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    other = IPv4Network("172.31.250.0/24")
+    link = ["ip", "link", "add", "sa0", "type", "veth", "peer", "name", "sa1"]
+    for cmd in (link, ["ip", "addr", "add", f"{other.network_address + 1}/{other.prefixlen}", "dev", "sa0"],
+                ["ip", "link", "set", "sa0", "up"], ["ip", "link", "set", "sa1", "up"]):
+        assert cluster.lab.run("h1", cmd, timeout=20).returncode == 0, cmd
+    key = store.subnets_prefix + subnet_key_part(free_keys(cluster, 1)[0])
+    value = {"name": "evil9", "address": str(other.network_address + 7), "subnet": str(free_keys(cluster, 1)[0]),
+             "data": {"vtep_mac": "02:66:66:66:66:09"}}
+    try:
+        before = states(cluster)
+        rev = store.client.put(key, json.dumps(value))
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        assert diffs(cluster, before) == {}
+        assert cluster.mesh(HOSTS) == []
+        cluster.stop("h1", signal.SIGTERM)
+        cluster.start("h1")
+        whole(cluster)
+        assert diffs(cluster, before) == {}
+        text = Path(cluster.log("h1")).read_text()
+        assert f"peer evil9 skipped: backend host-gw: peer evil9 ({value['address']}) is on-link through sa0" in text
+    finally:
+        store.client.delete(key)
+        cluster.lab.run("h1", ["ip", "link", "del", "sa0"], timeout=20)
+    whole(cluster)
