@@ -302,3 +302,47 @@ def test_a_host_gw_peer_on_link_through_another_device_is_skipped_not_fatal(clus
         store.client.delete(key)
         cluster.lab.run("h1", ["ip", "link", "del", "sa0"], timeout=20)
     whole(cluster)
+
+
+def test_a_peer_named_like_an_older_peers_hashed_ovs_port_is_rejected(cluster):
+    """OVS: a host name too long for `gre-<name>` gets the port `gre-<8 hex of its sha1>`,
+    which is also the port of a peer named with those 8 hex digits. The younger record
+    of the two is rejected on every host; the port keeps the older host's remote_ip."""
+    import hashlib
+
+    if not cluster.plan.backend.startswith("ovs"):
+        pytest.skip("OVS tunnel port names")
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    k_old, k_young = free_keys(cluster, 2)
+    victim = "worker-node-0001"
+    twin = hashlib.sha1(victim.encode()).hexdigest()[:8]
+    port = ("gre-" if cluster.plan.backend == "ovs-gre" else "vxl-") + twin
+    keys = [store.subnets_prefix + subnet_key_part(k) for k in (k_old, k_young)]
+
+    def remote_ip(h: str) -> str:
+        got = cluster.lab.run(h, ["ovs-vsctl", "get", "interface", port, "options:remote_ip"], timeout=20)
+        return got.stdout.strip().strip('"') if got.returncode == 0 else ""
+
+    try:
+        store.client.put(keys[0], json.dumps({"name": victim, "address": "10.57.9.60", "subnet": str(k_old),
+                                              "data": {"gw_mac": "02:66:66:66:66:60"}}))
+        rev = store.client.put(keys[1], json.dumps({"name": twin, "address": "10.57.9.61", "subnet": str(k_young),
+                                                    "data": {"gw_mac": "02:66:66:66:66:61"}}))
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        wait_for(lambda: all(remote_ip(h) == "10.57.9.60" for h in HOSTS), 10, f"{port} to the older host everywhere")
+        for h in HOSTS:
+            assert [r["reason"] for r in cluster.status(h)["rejected"]] == [
+                f"name: {twin} needs the OVS tunnel port {port}, already claimed by the older record {k_old}"]
+        assert cluster.mesh(HOSTS) == []
+        # a restarted agent: the same in its first full sync
+        cluster.stop("h3", signal.SIGTERM)
+        cluster.start("h3")
+        wait_for(lambda: len(cluster.status("h3")["rejected"]) == 1, 10, "h3 rejects it at start")
+        assert remote_ip("h3") == "10.57.9.60"
+    finally:
+        for key in keys:
+            store.client.delete(key)
+    wait_for(lambda: all(not cluster.status(h)["rejected"] for h in HOSTS), 20, "no rejected record left")
+    wait_for(lambda: all(remote_ip(h) == "" for h in HOSTS), 10, f"{port} gone everywhere")
+    whole(cluster)

@@ -312,6 +312,19 @@ def test_a_good_wireguard_key_passes_and_a_second_claim_of_it_loses():
     assert sel.rejected[young.key].startswith("data.wireguard_key: already claimed by the older record 10.32.2.0/24")
 
 
+def test_what_the_backend_says_a_peer_takes_is_kept_by_the_older_record():
+    # e.g. OVS: "worker-node-0001"'s tunnel port is gre-<8 hex of its sha1>, the port of a
+    # peer named with those 8 hex digits: one port, and the younger host would get the traffic
+    view = LocalView(**{**VIEW.__dict__, "claims": lambda r: ["port gre-x"] if r.name in ("h2", "h3") else []})
+    old = rec("h2", subnet="10.32.2.0/24", created=3)
+    young = rec("h3", address="10.56.0.3", subnet="10.32.3.0/24", created=9)
+    other = rec("h4", address="10.56.0.4", subnet="10.32.4.0/24", created=11)
+    for order in ((young, other, old), (old, young, other)):
+        sel = select_records({r.key: r for r in order}, view)
+        assert sorted(sel.valid) == [old.key, other.key]
+        assert sel.rejected == {young.key: "name: h3 needs the port gre-x, already claimed by the older record 10.32.2.0/24"}
+
+
 def test_another_spelling_of_an_older_records_wireguard_key_loses_too():
     # "x...x1=" decodes to the same 32 bytes as WG_A ("x...x0="): the same WireGuard peer in
     # the kernel, so the younger record would take over the older host's traffic

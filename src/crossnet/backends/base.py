@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -176,6 +177,12 @@ class Backend(Protocol):
         """Undo anything attach_port did besides the veth itself (deleted by the caller)."""
 
     # --- tracing: the device that carries traffic to a peer
+    def peer_claims(self, ctxs: Iterable[HostContext], name: str) -> list[str]:
+        """What a peer named `name` takes on this host in each of `ctxs` (its networks here)
+        that no other peer may take too, one line each (crossnet.store.records: the older
+        record keeps it). Default: nothing beyond the name itself."""
+        return []
+
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return None
 
