@@ -271,7 +271,7 @@ def test_a_younger_claimant_is_ignored_until_the_older_record_goes(cluster):
 def test_a_host_gw_peer_on_link_through_another_device_is_skipped_not_fatal(cluster):
     """host-gw: a valid record whose address is on-link on h1 through another device than
     its underlay NIC (here a second link of h1, as docker0 or a second NIC would be) cannot
-    be h1's next hop (`ip route add ... via A dev eth0`: "Nexthop has invalid gateway").
+    be h1's next hop (`ip route replace ... via A dev eth0`: "Network is unreachable").
     h1 skips that peer, logged; its kernel is unchanged, and a restarted agent's first
     full sync programs every other peer (the failing route rolled the whole sync back)."""
     if cluster.plan.backend != "host-gw":

@@ -151,7 +151,7 @@ class Backend(Protocol):
                     f"({peer.address}) is reached via router {route.gateway}; use backend vxlan for an L3 underlay"
                 )
             if want is not None and route.oif != want:
-                # "ip route add <subnet> via <address> dev <dev>" would fail (invalid gateway)
+                # the kernel refuses "ip route add <subnet> via <address> dev <dev>" (ENETUNREACH, EINVAL)
                 link = env.link(index=route.oif)
                 raise ApplyError(f"backend {self.name}: peer {peer.name} ({peer.address}) is on-link through "
                                  f"{link.name if link else route.oif}, not through {dev}")
