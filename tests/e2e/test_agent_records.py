@@ -134,6 +134,9 @@ def hostile_records(cluster: LabCluster) -> dict[str, dict]:
         subnet_key_part(k[4]): rec("evil6", "10.57.9.12", k[4], "ff:ff:ff:ff:ff:ff"),
         # a younger record with a live host's name (and its own subnet): the older one wins
         subnet_key_part(k[5]): rec("h2", "10.57.9.13", k[5], "02:66:66:66:66:06"),
+        # a MAC with a trailing newline ("$" matched before it): pyroute2 could not encode it, and
+        # that one peer's failure rolled back a restarted agent's whole first sync (every peer)
+        subnet_key_part(k[7]): rec("evil8", "10.57.9.14", k[7], "02:66:66:66:66:08\n"),
     }
     if cluster.plan.underlay == "l2":  # on l3 each host's link has its own broadcast address
         # the shared underlay's broadcast address as the peer's address
@@ -262,4 +265,84 @@ def test_a_younger_claimant_is_ignored_until_the_older_record_goes(cluster):
             store.client.delete(key)
     wait_for(lambda: routes_everywhere(set(), {k1, k2}), 10, "both gone on every host")
     wait_for(lambda: not diffs(cluster, before), 10, "every host as before")
+    whole(cluster)
+
+
+def test_a_host_gw_peer_on_link_through_another_device_is_skipped_not_fatal(cluster):
+    """host-gw: a valid record whose address is on-link on h1 through another device than
+    its underlay NIC (here a second link of h1, as docker0 or a second NIC would be) cannot
+    be h1's next hop (`ip route replace ... via A dev eth0`: "Network is unreachable").
+    h1 skips that peer, logged; its kernel is unchanged, and a restarted agent's first
+    full sync programs every other peer (the failing route rolled the whole sync back)."""
+    if cluster.plan.backend != "host-gw":
+        pytest.skip("host-gw only: its peers' routes go through the underlay NIC")
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    other = IPv4Network("172.31.250.0/24")
+    link = ["ip", "link", "add", "sa0", "type", "veth", "peer", "name", "sa1"]
+    for cmd in (link, ["ip", "addr", "add", f"{other.network_address + 1}/{other.prefixlen}", "dev", "sa0"],
+                ["ip", "link", "set", "sa0", "up"], ["ip", "link", "set", "sa1", "up"]):
+        assert cluster.lab.run("h1", cmd, timeout=20).returncode == 0, cmd
+    key = store.subnets_prefix + subnet_key_part(free_keys(cluster, 1)[0])
+    value = {"name": "evil9", "address": str(other.network_address + 7), "subnet": str(free_keys(cluster, 1)[0]),
+             "data": {"vtep_mac": "02:66:66:66:66:09"}}
+    try:
+        before = states(cluster)
+        rev = store.client.put(key, json.dumps(value))
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        assert diffs(cluster, before) == {}
+        assert cluster.mesh(HOSTS) == []
+        cluster.stop("h1", signal.SIGTERM)
+        cluster.start("h1")
+        whole(cluster)
+        assert diffs(cluster, before) == {}
+        text = Path(cluster.log("h1")).read_text()
+        assert f"peer evil9 skipped: backend host-gw: peer evil9 ({value['address']}) is on-link through sa0" in text
+    finally:
+        store.client.delete(key)
+        cluster.lab.run("h1", ["ip", "link", "del", "sa0"], timeout=20)
+    whole(cluster)
+
+
+def test_a_peer_named_like_an_older_peers_hashed_ovs_port_is_rejected(cluster):
+    """OVS: a host name too long for `gre-<name>` gets the port `gre-<8 hex of its sha1>`,
+    which is also the port of a peer named with those 8 hex digits. The younger record
+    of the two is rejected on every host; the port keeps the older host's remote_ip."""
+    import hashlib
+
+    if not cluster.plan.backend.startswith("ovs"):
+        pytest.skip("OVS tunnel port names")
+    whole(cluster)
+    store = EtcdStore(cluster.etcd.client(), PREFIX)
+    k_old, k_young = free_keys(cluster, 2)
+    victim = "worker-node-0001"
+    twin = hashlib.sha1(victim.encode()).hexdigest()[:8]
+    port = ("gre-" if cluster.plan.backend == "ovs-gre" else "vxl-") + twin
+    keys = [store.subnets_prefix + subnet_key_part(k) for k in (k_old, k_young)]
+
+    def remote_ip(h: str) -> str:
+        got = cluster.lab.run(h, ["ovs-vsctl", "get", "interface", port, "options:remote_ip"], timeout=20)
+        return got.stdout.strip().strip('"') if got.returncode == 0 else ""
+
+    try:
+        store.client.put(keys[0], json.dumps({"name": victim, "address": "10.57.9.60", "subnet": str(k_old),
+                                              "data": {"gw_mac": "02:66:66:66:66:60"}}))
+        rev = store.client.put(keys[1], json.dumps({"name": twin, "address": "10.57.9.61", "subnet": str(k_young),
+                                                    "data": {"gw_mac": "02:66:66:66:66:61"}}))
+        wait_for(lambda: seen(cluster, rev), 20, f"every agent at store revision {rev}")
+        wait_for(lambda: all(remote_ip(h) == "10.57.9.60" for h in HOSTS), 10, f"{port} to the older host everywhere")
+        for h in HOSTS:
+            assert [r["reason"] for r in cluster.status(h)["rejected"]] == [
+                f"name: {twin} needs the OVS tunnel port {port}, already claimed by the older record {k_old}"]
+        assert cluster.mesh(HOSTS) == []
+        # a restarted agent: the same in its first full sync
+        cluster.stop("h3", signal.SIGTERM)
+        cluster.start("h3")
+        wait_for(lambda: len(cluster.status("h3")["rejected"]) == 1, 10, "h3 rejects it at start")
+        assert remote_ip("h3") == "10.57.9.60"
+    finally:
+        for key in keys:
+            store.client.delete(key)
+    wait_for(lambda: all(not cluster.status(h)["rejected"] for h in HOSTS), 20, "no rejected record left")
+    wait_for(lambda: all(remote_ip(h) == "" for h in HOSTS), 10, f"{port} gone everywhere")
     whole(cluster)

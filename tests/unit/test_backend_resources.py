@@ -82,6 +82,47 @@ def test_host_gw():
     ]
 
 
+class RoutesOnly:
+    """check_underlay's view of the host: eth0 (the underlay, 10.56.0.0/24) and docker0
+    (172.17.0.0/16)."""
+
+    LINKS = {2: "eth0", 3: "docker0"}
+
+    def __init__(self):
+        self._routes = [nl.RouteInfo("10.56.0.0/24", None, 2, 2, 253, "10.56.0.11", 0, None),
+                        nl.RouteInfo("172.17.0.0/16", None, 3, 2, 253, "172.17.0.1", 0, None),
+                        nl.RouteInfo("0.0.0.0/0", "10.56.0.1", 2, 4, 0, None, 0, None)]
+        self.ipr = None
+
+    def routes(self):
+        return self._routes
+
+    def index(self, name):
+        return {v: k for k, v in self.LINKS.items()}.get(name)
+
+    def link(self, name=None, index=None):
+        return nl.LinkInfo(index, self.LINKS[index], None, 1500, "", True, None, {}) if index in self.LINKS else None
+
+
+@pytest.mark.parametrize("address, why", [
+    ("10.56.0.12", None),
+    # on-link, but through docker0: "ip route add ... via 172.17.0.5 dev eth0" is refused by the
+    # kernel, and in the agent's full sync that one route rolled back every peer's
+    ("172.17.0.5", "backend host-gw: peer h9 (172.17.0.5) is on-link through docker0, not through eth0"),
+])
+def test_host_gw_peers_must_be_on_link_through_the_underlay_nic(address, why, monkeypatch):
+    ctx, b = ctx_of("host-gw")
+    # the kernel's answer for an address on docker0's network (asked when the fast path does not decide)
+    monkeypatch.setattr(nl, "route_get", lambda ipr, dst: nl.RouteInfo(f"{dst}/32", None, 3, 2, 253, None, 0, None))
+    peer = Peer("h9", IPv4Address(address), IPv4Network("10.32.9.0/24"), {})
+    env = RoutesOnly()
+    assert program.peer_usable(ctx, b, env, peer) is (why is None)
+    if why:
+        with pytest.raises(ApplyError) as exc:
+            b.check_underlay(type(ctx)(**{**ctx.__dict__, "peers": [peer]}), env)
+        assert str(exc.value) == why
+
+
 def test_vxlan():
     ctx, b = ctx_of("vxlan", vxlan={"vni": 42, "port": 8472}, masquerade=True)
     assert ctx.mtu == 1450

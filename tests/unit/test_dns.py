@@ -46,7 +46,8 @@ def test_good_names(name):
     assert name_problem(name) is None
 
 
-@pytest.mark.parametrize("name", ["", "-web", "web-", "a..b", "a b", "we/b", "a" * 64, "é", "x\x00", ".", None, 5])
+@pytest.mark.parametrize("name", ["", "-web", "web-", "a..b", "a b", "we/b", "a" * 64, "é", "x\x00", ".", None, 5,
+                                  "web\n", "a\n.b", "web\n\n"])
 def test_bad_names(name):
     assert name_problem(name)
 
@@ -102,8 +103,10 @@ def test_unknown_and_other_types():
 def test_rejected_entries_are_counted_not_served():
     t = table({"h": [{"id": "a", "address": "10.32.0.2", "name": "bad name"},
                      {"id": "b", "address": "nope", "name": "ok"},
-                     {"id": "c", "address": "10.32.0.5", "name": "fine"}]})
-    assert t.rejected == 2 and list(t.names) == ["fine.crossnet.local"]
+                     {"id": "c", "address": "10.32.0.5", "name": "fine"},
+                     {"id": "d", "address": "10.32.0.6", "name": "web\n"}]})  # "$" matched before the newline
+    assert t.rejected == 3 and list(t.names) == ["fine.crossnet.local"]
+    assert ask(t, "6.0.32.10.in-addr.arpa", "PTR").header.rcode == RCODE.NXDOMAIN  # no PTR carrying a newline
 
 
 @settings(max_examples=300, deadline=None)

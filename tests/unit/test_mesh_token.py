@@ -35,6 +35,13 @@ def snapshot(path):
 
 # ---------------------------------------------------------------- strings
 
+def test_a_token_id_with_a_trailing_newline_is_refused():
+    # the id of a join request is not stripped ("$" matched before the newline)
+    with pytest.raises(ConfigError, match=r"^token_id: expected 6 characters a-z0-9$"):
+        tk.validate_id("abcdef\n", "token_id")
+    assert tk.validate_id("abcdef", "token_id") == "abcdef"
+
+
 def test_generated_tokens_have_the_bootstrap_token_shape():
     seen = set()
     for _ in range(200):

@@ -130,6 +130,21 @@ def test_vxlan_options_and_port_names():
     ]
 
 
+def test_a_peer_named_like_another_peers_hashed_port_claims_the_same_port():
+    # "worker-node-0001" is too long for "gre-<name>": its port is gre-<8 hex of its sha1>,
+    # which is also the literal port of a peer named with those 8 hex digits
+    import hashlib
+
+    b = get_backend("ovs-gre")
+    twin = hashlib.sha1(b"worker-node-0001").hexdigest()[:8]
+    ctx = ctx_for("ovs-gre", names=["worker-node-0001", twin])
+    ports = [r for r in b.resources(ctx) if isinstance(r, OvsPort) and r.type]
+    assert ports[0].name == ports[1].name == f"gre-{twin}"  # one OVS port, two remote_ips: why records check it
+    assert b.peer_claims([ctx], "worker-node-0001") == b.peer_claims([ctx], twin) == [f"OVS tunnel port gre-{twin}"]
+    assert b.peer_claims([ctx], "h2") == ["OVS tunnel port gre-h2"]
+    assert get_backend("vxlan").peer_claims([ctx], "h2") == []
+
+
 def test_json_round_trip_and_dry_run_text():
     b = get_backend("ovs-gre")
     res = b.resources(ctx_for("ovs-gre"))

@@ -69,6 +69,14 @@ def test_a_good_record_passes():
     ({"name": "h1"}, "name"),  # this host's name
     ({"name": "bad name;"}, "name"),
     ({"name": "-x"}, "name"),
+    # "$" also matches before a trailing newline: these passed (this host's own name and MAC
+    # among them), and pyroute2 cannot encode "..:ee\n" as a neighbour's lladdr: that one
+    # peer's failure rolled back the agent's whole full sync (every peer)
+    ({"name": "h1\n"}, "name"),  # this host's name, spelt with a newline
+    ({"name": "h2\n"}, "name"),
+    ({"mac": stable_mac("c", "h1", "vxlan") + "\n"}, "data.vtep_mac"),
+    ({"mac": "02:00:00:00:00:01\n"}, "data.vtep_mac"),
+    ({"gw_mac": "02:00:00:00:00:01\n"}, "data.gw_mac"),
 ])
 def test_hostile_records_are_rejected_naming_the_field(kw, field):
     why = check(rec(**kw))
@@ -80,7 +88,8 @@ def test_a_key_that_names_no_subnet_is_rejected():
 
 
 @pytest.mark.parametrize("mac, ok", [("02:00:00:00:00:01", True), ("00:16:3e:00:00:01", True),
-                                     ("03:00:00:00:00:01", False), ("", False), (5, False), (None, False)])
+                                     ("03:00:00:00:00:01", False), ("", False), (5, False), (None, False),
+                                     ("02:00:00:00:00:01\n", False)])
 def test_check_mac(mac, ok):
     assert (check_mac(mac) is None) == ok
 
@@ -301,3 +310,28 @@ def test_a_good_wireguard_key_passes_and_a_second_claim_of_it_loses():
     sel = select_records({r.key: r for r in (young, other, old)}, VIEW)
     assert sorted(sel.valid) == [old.key, other.key]
     assert sel.rejected[young.key].startswith("data.wireguard_key: already claimed by the older record 10.32.2.0/24")
+
+
+def test_what_the_backend_says_a_peer_takes_is_kept_by_the_older_record():
+    # e.g. OVS: "worker-node-0001"'s tunnel port is gre-<8 hex of its sha1>, the port of a
+    # peer named with those 8 hex digits: one port, and the younger host would get the traffic
+    view = LocalView(**{**VIEW.__dict__, "claims": lambda r: ["port gre-x"] if r.name in ("h2", "h3") else []})
+    old = rec("h2", subnet="10.32.2.0/24", created=3)
+    young = rec("h3", address="10.56.0.3", subnet="10.32.3.0/24", created=9)
+    other = rec("h4", address="10.56.0.4", subnet="10.32.4.0/24", created=11)
+    for order in ((young, other, old), (old, young, other)):
+        sel = select_records({r.key: r for r in order}, view)
+        assert sorted(sel.valid) == [old.key, other.key]
+        assert sel.rejected == {young.key: "name: h3 needs the port gre-x, already claimed by the older record 10.32.2.0/24"}
+
+
+def test_another_spelling_of_an_older_records_wireguard_key_loses_too():
+    # "x...x1=" decodes to the same 32 bytes as WG_A ("x...x0="): the same WireGuard peer in
+    # the kernel, so the younger record would take over the older host's traffic
+    alias = WG_A[:42] + "1="
+    old = rec("h2", subnet="10.32.2.0/24", created=3, wireguard_key=WG_A)
+    young = rec("h3", address="10.56.0.3", subnet="10.32.3.0/24", created=9, wireguard_key=alias)
+    sel = select_records({r.key: r for r in (young, old)}, VIEW)
+    assert sorted(sel.valid) == [old.key]
+    assert sel.rejected[young.key] == ("data.wireguard_key is not the canonical base64 of its 32 bytes "
+                                       "(as `crossnet keygen` prints it)")

@@ -423,8 +423,13 @@ class Agent:
                          if isinstance(v, str))
         from crossnet import netstore
 
+        ctx, nets, backend = self.ctx, dict(self.nets), self.backend
+
+        def claims(rec: HostRecord) -> list[str]:  # e.g. its OVS tunnel ports (in the networks followed so far)
+            return backend.peer_claims([ctx, *(nets[n] for n in sorted(rec.networks) if n in nets)], rec.name)
+
         return LocalView(self.cfg.network, self.cfg.subnet_len, self.name, self.address, self.lease.subnet, macs,
-                         tuple(foreign), tuple(connected), netstore.view(self.cfg, self.lease.record.networks))
+                         tuple(foreign), tuple(connected), netstore.view(self.cfg, self.lease.record.networks), claims)
 
     def _take_snapshot(self, snap: Snapshot, env: Env, owned: list[Resource]) -> None:
         """Every record of the snapshot but ours, filed under its key; the valid ones

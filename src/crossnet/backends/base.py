@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -125,13 +126,21 @@ class Backend(Protocol):
         """Complete the context from facts of the live host before resources are made
         (backend auto: each peer's initial transport). Read-only."""
 
+    def peer_device(self, ctx: HostContext) -> str | None:
+        """The device this backend's routes name with a peer's address as next hop (None:
+        no such route); check_underlay requires each peer to be on-link through it."""
+        return None
+
     # --- validation against the live host (runs before anything changes)
     def check_underlay(self, ctx: HostContext, env: Env) -> None:
         if not self.needs_l2:
             return
         onlink = _onlink_lookup(env)
+        dev = self.peer_device(ctx)
+        want = env.index(dev) if dev else None
         for peer in ctx.peers:
-            if onlink(peer.address):  # fast path: one route dump instead of a netlink request per peer
+            connected = onlink(peer.address)  # fast path: one route dump instead of a netlink request per peer
+            if connected is not None and (want is None or connected.oif == want):
                 continue
             route = nl.route_get(env.ipr, str(peer.address))
             if route is None:
@@ -141,6 +150,11 @@ class Backend(Protocol):
                     f"backend {self.name} needs all hosts on one L2 segment, but peer {peer.name} "
                     f"({peer.address}) is reached via router {route.gateway}; use backend vxlan for an L3 underlay"
                 )
+            if want is not None and route.oif != want:
+                # the kernel refuses "ip route add <subnet> via <address> dev <dev>" (ENETUNREACH, EINVAL)
+                link = env.link(index=route.oif)
+                raise ApplyError(f"backend {self.name}: peer {peer.name} ({peer.address}) is on-link through "
+                                 f"{link.name if link else route.oif}, not through {dev}")
 
     # --- desired state
     def local_resources(self, ctx: HostContext) -> list[Resource]:
@@ -163,6 +177,12 @@ class Backend(Protocol):
         """Undo anything attach_port did besides the veth itself (deleted by the caller)."""
 
     # --- tracing: the device that carries traffic to a peer
+    def peer_claims(self, ctxs: Iterable[HostContext], name: str) -> list[str]:
+        """What a peer named `name` takes on this host in each of `ctxs` (its networks here)
+        that no other peer may take too, one line each (crossnet.store.records: the older
+        record keeps it). Default: nothing beyond the name itself."""
+        return []
+
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return None
 
@@ -183,24 +203,24 @@ class Backend(Protocol):
 
 
 def _onlink_lookup(env: Env):
-    """address -> True when the most specific route to it in the main table (from the
-    Env's one-dump snapshot) is a directly connected one (no gateway, scope link).
-    Anything else (a gateway, no route, blackhole...) returns False and the caller asks
-    the kernel (route_get) as before. 1,000 host-gw peers: 1.8 s of route_gets -> ms."""
-    by_len: dict[int, dict[int, object]] = {}
+    """address -> the most specific route to it in the main table (from the Env's one-dump
+    snapshot) when that is a directly connected one (no gateway, scope link). Anything
+    else (a gateway, no route, blackhole...) returns None and the caller asks the kernel
+    (route_get) as before. 1,000 host-gw peers: 1.8 s of route_gets -> ms."""
+    by_len: dict[int, dict[int, nl.RouteInfo]] = {}
     for r in env.routes():
         net = ipaddress.ip_network(r.dst, strict=False)
         by_len.setdefault(net.prefixlen, {}).setdefault(int(net.network_address), r)
     lens = sorted(by_len, reverse=True)
 
-    def onlink(address: IPv4Address) -> bool:
+    def onlink(address: IPv4Address) -> nl.RouteInfo | None:
         a = int(address)
         for plen in lens:
             mask = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
             r = by_len[plen].get(a & mask)
             if r is not None:
-                return not r.gateway and r.scope == RT_SCOPE_LINK
-        return False
+                return r if not r.gateway and r.scope == RT_SCOPE_LINK else None
+        return None
 
     return onlink
 

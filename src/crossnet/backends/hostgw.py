@@ -20,6 +20,9 @@ class HostGw(Backend):
             return datapath.local_resources(ctx)
         return [Bridge(ctx.bridge, ctx.mtu, mac=gateway_mac(ctx)), Address(ctx.bridge, gateway_cidr(ctx))]
 
+    def peer_device(self, ctx: HostContext) -> str | None:
+        return ctx.iface
+
     def peer_resources(self, ctx: HostContext, peer: Peer) -> list[Resource]:
         return [Route(str(peer.subnet), gateway=str(peer.address), dev=ctx.iface)]
 

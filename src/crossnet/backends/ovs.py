@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from ipaddress import IPv4Address
 from typing import Any
 
@@ -106,18 +107,28 @@ class OvsBackend(Backend):
     def tunnel_port(self, peer: Peer, ctx: HostContext | None = None) -> str:
         """`gre-<peer>` / `vxl-<peer>` (top-level network), `gre<vni>-<peer>` /
         `vxl<vni>-<peer>` (a named network); hashed when too long or not flow-safe
-        (port names are unique across OVS bridges, and pasted into OpenFlow rules)."""
+        (port names are unique across OVS bridges, and pasted into OpenFlow rules).
+        A hashed name may equal another peer's (`gre-<8 hex>` is also the port of a peer
+        named so): peer_claims lets only the older record have it."""
+        return self._port_name(peer.name, ctx)
+
+    def _port_name(self, peer: str, ctx: HostContext | None) -> str:
         base = "gre" if self.tunnel == "gre" else "vxl"
         if ctx is not None and ctx.net_name:
-            name = f"{base}{ctx.vni}-{peer.name}"
-            if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer.name):  # 'x': never a top-level or unhashed name
-                name = f"{base}x" + hashlib.sha1(f"{ctx.vni}/{peer.name}".encode()).hexdigest()[:11]
+            name = f"{base}{ctx.vni}-{peer}"
+            if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer):  # 'x': never a top-level or unhashed name
+                name = f"{base}x" + hashlib.sha1(f"{ctx.vni}/{peer}".encode()).hexdigest()[:11]
             return name
         prefix = base + "-"
-        name = prefix + peer.name
-        if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer.name):  # the name is pasted into OpenFlow rules
-            name = prefix + hashlib.sha1(peer.name.encode()).hexdigest()[:8]
+        name = prefix + peer
+        if len(name) > 15 or not _FLOW_SAFE.fullmatch(peer):  # the name is pasted into OpenFlow rules
+            name = prefix + hashlib.sha1(peer.encode()).hexdigest()[:8]
         return name
+
+    def peer_claims(self, ctxs: Iterable[HostContext], name: str) -> list[str]:
+        # two peers with one tunnel port: the port's remote_ip is the last one set, and the
+        # flows to both peers' gateway MACs output to it (one host would get the other's traffic)
+        return [f"OVS tunnel port {self._port_name(name, ctx)}" for ctx in ctxs]
 
     def tunnel_options(self, ctx: HostContext, peer: Peer) -> dict[str, str]:
         opts = {"remote_ip": str(peer.address)}

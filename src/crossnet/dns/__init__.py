@@ -25,7 +25,7 @@ TTL = 1  # seconds: a detached container must stop resolving within 2 s everywhe
 MAX_NAME = 63  # a container name: one or more labels, at most this many characters in all
 MAX_DOMAIN = 120
 MAX_RECORDS = 65_536  # containers a table takes (the rest are dropped and counted)
-_LABEL_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")  # fullmatch: "$" accepts a trailing newline
 
 
 def _labels_problem(text: str, limit: int) -> str | None:
@@ -34,7 +34,7 @@ def _labels_problem(text: str, limit: int) -> str | None:
     if len(text) > limit:
         return f"longer than {limit} characters"
     for label in text.split("."):
-        if not _LABEL_RE.match(label):
+        if not _LABEL_RE.fullmatch(label):
             return (f"{label!r} is not a DNS label (1..63 letters, digits, '_' or '-', "
                     "not starting or ending with '-')")
     return None

@@ -43,9 +43,9 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)  # not_before is back-dated by this m
 MAX_PEM = 16 * 1024  # a CSR or certificate larger than this is refused unparsed
 
 PIN_PREFIX = "sha256:"
-_PIN_HEX_RE = re.compile(r"^[0-9a-f]{64}$")
+_PIN_HEX_RE = re.compile(r"[0-9a-f]{64}")  # fullmatch: "$" accepts a trailing newline
 # same rule as host names in the cluster file (crossnet.config): one DNS label
-HOST_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
+HOST_NAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 
 
 class PkiError(CrossnetError):
@@ -55,7 +55,7 @@ class PkiError(CrossnetError):
 # ---------------------------------------------------------------- validation
 
 def validate_name(name: Any, field: str = "name") -> str:
-    if not isinstance(name, str) or not HOST_NAME_RE.match(name):
+    if not isinstance(name, str) or not HOST_NAME_RE.fullmatch(name):
         raise ConfigError(f"{field}: a host name is 1-32 characters a-z, 0-9 and '-', "
                           f"not starting or ending with '-'")
     return name
@@ -79,7 +79,7 @@ def parse_pin(text: Any, field: str = "--ca-pin") -> str:
     value = text.strip().lower()
     if value.startswith(PIN_PREFIX):
         value = value[len(PIN_PREFIX):]
-    if not _PIN_HEX_RE.match(value):
+    if not _PIN_HEX_RE.fullmatch(value):
         raise ConfigError(f"{field}: expected sha256:<64 hex digits> (the SHA-256 of the cluster CA's public key)")
     return PIN_PREFIX + value
 

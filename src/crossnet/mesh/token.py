@@ -39,8 +39,8 @@ DEFAULT_TTL = 24 * 3600
 MAX_TTL = 365 * 24 * 3600
 PRUNE_AFTER = 7 * 24 * 3600  # expired/revoked tokens are forgotten this long after
 TOKENS_FILE = "tokens.json"
-_ID_RE = re.compile(rf"^[a-z0-9]{{{ID_LEN}}}$")
-_SECRET_RE = re.compile(rf"^[a-z0-9]{{{SECRET_LEN}}}$")
+_ID_RE = re.compile(rf"[a-z0-9]{{{ID_LEN}}}")  # fullmatch: "$" accepts a trailing newline
+_SECRET_RE = re.compile(rf"[a-z0-9]{{{SECRET_LEN}}}")
 _VERIFIER_TAG = b"crossnet-join-token-v1\0"
 
 
@@ -92,7 +92,7 @@ def verifier(token_id: str, secret: str) -> bytes:
 
 
 def validate_id(token_id: Any, field: str = "token id") -> str:
-    if not isinstance(token_id, str) or not _ID_RE.match(token_id):
+    if not isinstance(token_id, str) or not _ID_RE.fullmatch(token_id):
         raise ConfigError(f"{field}: expected {ID_LEN} characters a-z0-9")
     return token_id
 
@@ -102,9 +102,9 @@ def _split(text: Any, field: str) -> list[str]:
         raise ConfigError(f"{field}: expected a token <id>.<secret>")
     parts = text.strip().split(".")
     # the messages below never repeat the input: it may hold a secret
-    if not _ID_RE.match(parts[0]):
+    if not _ID_RE.fullmatch(parts[0]):
         raise ConfigError(f"{field}: the token id (before the first '.') must be {ID_LEN} characters a-z0-9")
-    if len(parts) < 2 or not _SECRET_RE.match(parts[1]):
+    if len(parts) < 2 or not _SECRET_RE.fullmatch(parts[1]):
         raise ConfigError(f"{field}: the token secret (after the first '.') must be {SECRET_LEN} characters a-z0-9")
     return parts
 

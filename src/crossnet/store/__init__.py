@@ -39,7 +39,7 @@ def __getattr__(name: str) -> Any:
 
 # backends that work with a leased per-host subnet (bridge needs LAN ranges: static file only)
 STORE_BACKENDS = backends.store_backend_names()
-HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?")  # fullmatch: "$" accepts a trailing newline
 
 
 class StoreError(CrossnetError):
@@ -273,7 +273,7 @@ def clean_containers(items: Any) -> list[dict[str, str]]:
 
 
 def validate_host_name(name: str) -> str:
-    if not HOST_NAME_RE.match(name or ""):
+    if not HOST_NAME_RE.fullmatch(name or ""):
         raise ConfigError(f"--name: invalid host name {name!r} (1..63 of letters, digits, '.', '_', '-')")
     return name
 

@@ -17,7 +17,8 @@ neighbours, FDB entries and tunnel ports from them. A record is only used when
   underlay's connected route, the default route's more specific neighbours, an
   operator's static route...) nor this host's own subnet; the same for its subnets of
   the named networks (``networks``);
-* no older live record claims an overlapping subnet, the same name or the same MAC:
+* no older live record claims an overlapping subnet, the same name or the same MAC
+  (or WireGuard key, or what the backend says a peer takes: an OVS tunnel port name):
   the oldest record (lowest ``created``: etcd create_revision, the cluster file's host
   order) wins, the younger one is ignored until the older one goes away.
 
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -39,7 +40,7 @@ from crossnet.store import HOST_NAME_RE, HostRecord
 log = logging.getLogger("crossnet.agent")
 
 MAC_KEYS = ("vtep_mac", "gw_mac")
-MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")  # fullmatch: "$" accepts a trailing newline
 _BROADCAST = IPv4Address("255.255.255.255")
 _THIS_NET = IPv4Network("0.0.0.0/8")
 
@@ -58,6 +59,9 @@ class LocalView:
     connected: tuple[IPv4Network, ...] = ()  # this host's directly connected networks
     # the named networks (docs/networks.md): name -> (its CIDR, its subnet_len, this host's subnet of it)
     networks: Mapping[str, tuple[IPv4Network, int, IPv4Network | None]] = field(default_factory=dict)
+    # what else a record's host takes on this host, one per peer (the backend's: an OVS tunnel
+    # port name, Backend.peer_claims); the older record keeps it, as with names and MACs
+    claims: Callable[[HostRecord], Iterable[str]] | None = None
 
 
 @dataclass
@@ -68,7 +72,7 @@ class Selection:
 
 def check_mac(value: object) -> str | None:
     """Why `value` is not a usable unicast MAC (None: it is)."""
-    if not isinstance(value, str) or not MAC_RE.match(value):
+    if not isinstance(value, str) or not MAC_RE.fullmatch(value):
         return f"{value!r} is not a lower-case MAC address xx:xx:xx:xx:xx:xx"
     if int(value[:2], 16) & 1:
         return f"{value} is a multicast/broadcast MAC"
@@ -108,7 +112,7 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
     older record claims the same subnet, name or MAC: see select_records)."""
     if key is None:
         return "key: not a subnet key <a.b.c.d>-<len>"
-    if not isinstance(rec.name, str) or not HOST_NAME_RE.match(rec.name):
+    if not isinstance(rec.name, str) or not HOST_NAME_RE.fullmatch(rec.name):
         return f"name: {rec.name!r} is not a valid host name"
     if view.name and rec.name == view.name:
         return f"name: {rec.name} is this host's name"
@@ -186,9 +190,12 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
     names: dict[str, IPv4Network] = {}
     macs: dict[str, IPv4Network] = {}
     wg_keys: dict[str, IPv4Network] = {}
+    claimed: dict[str, IPv4Network] = {}  # an entry of view.claims -> the key holding it
     net_subnets: dict[tuple[str, IPv4Network], IPv4Network] = {}  # (network, subnet) -> key (all aligned)
     for key, rec in sorted(candidates, key=_age):
         why = None
+        claims = sorted(set(view.claims(rec))) if view.claims else []
+        taken = next((c for c in claims if c in claimed), None)
         other = by_subnet.get(rec.subnet)
         clash_net = next(((n, s) for n, s in sorted(rec.networks.items()) if (n, s) in net_subnets), None)
         if clash_net is not None:
@@ -207,9 +214,13 @@ def select_records(records: Mapping[IPv4Network, HostRecord], view: LocalView,
             elif wg is not None and wg in wg_keys:
                 # one public key = one WireGuard peer entry: a second host would take over its traffic
                 why = f"data.wireguard_key: already claimed by the older record {wg_keys[wg]}"
+            elif taken is not None:
+                why = f"name: {rec.name} needs the {taken}, already claimed by the older record {claimed[taken]}"
         if why:
             out.rejected[key] = why
             continue
+        for c in claims:
+            claimed[c] = key
         out.valid[key] = rec
         by_subnet[rec.subnet] = key
         names[rec.name] = key

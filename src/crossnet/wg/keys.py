@@ -40,6 +40,9 @@ def check_key(value: object) -> str | None:
         return "is not valid base64"
     if len(raw) != KEY_LEN:
         return "does not decode to 32 bytes"
+    if base64.b64encode(raw).decode() != value:  # the last character's 2 low bits are ignored by b64decode:
+        # 4 spellings of one key, which the kernel reports as 1 and keeps as 1 peer
+        return "is not the canonical base64 of its 32 bytes (as `crossnet keygen` prints it)"
     return None
 
 
