@@ -122,7 +122,8 @@ def test_pin_dir_per_state_dir_and_object(tmp_path):
 
 @pytest.mark.parametrize("bad", ["/sys/fs/bpf", "/sys/fs/bpf/crossnet/../../..", "/tmp/x", "/sys/fs/bpf/crossnet/ABC", 3,
                                  "/sys/fs/bpf/crossnet/0123456789abcdef", "/sys/fs/bpf/crossnet/0123456789abcdef/../x",
-                                 "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef/x"])
+                                 "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef/x",
+                                 "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef\n"])
 def test_recorded_pin_dir_is_validated(bad):
     with pytest.raises(ApplyError, match="pin directory"):
         host._valid_pin_dir(bad)

@@ -36,7 +36,7 @@ def test_valid_names(name):
     assert validate_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "Lab", "1lab", "lab-1", "abcdefghi", "la b", "lab_1"])
+@pytest.mark.parametrize("name", ["", "Lab", "1lab", "lab-1", "abcdefghi", "la b", "lab_1", "lab\n"])
 def test_invalid_names(name):
     with pytest.raises(ConfigError, match="--name"):
         validate_name(name)

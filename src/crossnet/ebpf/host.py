@@ -83,7 +83,7 @@ def current_pin_dir(state_dir: str) -> str:
 
 def _valid_pin_dir(path: str) -> str:
     """Records are hostile: only crossnet's own pin directories are loaded into or removed."""
-    if not isinstance(path, str) or not _PIN_DIR.match(path):
+    if not isinstance(path, str) or not _PIN_DIR.fullmatch(path):  # not .match: "$" accepts a trailing newline
         raise ApplyError(f"ebpf: pin directory {path!r} is not {BASE}/<16 hex digits>/<16 hex digits>")
     return path
 

@@ -52,7 +52,7 @@ MANIFEST_VERSION = 1
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):  # not .match: "$" accepts a trailing newline
         raise ConfigError(
             f"--name: invalid lab name {name!r} (1-8 characters: a lowercase letter, "
             "then lowercase letters or digits; no '-')"
