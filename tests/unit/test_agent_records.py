@@ -221,3 +221,18 @@ def test_programmed_peers_are_always_exactly_the_valid_records(tmp_path_factory,
             assert [r.key() for r in res] == [r.key() for r in a.backend.peer_resources(a.ctx, a._peer(expected[s]))]
         keys = [r.key() for res in a.peer_res.values() for r in res]
         assert len(keys) == len(set(keys))  # no resource belongs to two peers
+
+
+def test_a_record_with_this_hosts_own_wireguard_key_is_rejected(agent):
+    """The key _acquire published (the backend's local_data) counts as this host's own, like
+    its MACs: the kernel ignores a WireGuard peer with the interface's own public key."""
+    from crossnet.wg import keys
+
+    agent.backend = get_backend("wireguard")
+    mine = keys.ensure_key(str(agent.state.root))[0]
+    k = IPv4Network("10.32.2.0/24")
+    rec = HostRecord("h2", IPv4Address("10.56.0.2"), k, {"wireguard_key": mine}, key=k)
+    rec.created = next(REV)
+    agent.apply_events([PeerEvent("put", k, rec, rec.created)])
+    assert agent.programmed == [] and agent.peers == {}
+    assert [r["reason"] for r in agent.info()["rejected"]] == ["data.wireguard_key: this host's own WireGuard public key"]

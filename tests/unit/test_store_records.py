@@ -335,3 +335,11 @@ def test_another_spelling_of_an_older_records_wireguard_key_loses_too():
     assert sorted(sel.valid) == [old.key]
     assert sel.rejected[young.key] == ("data.wireguard_key is not the canonical base64 of its 32 bytes "
                                        "(as `crossnet keygen` prints it)")
+
+
+def test_a_record_with_this_hosts_own_wireguard_key_is_rejected():
+    # the kernel ignores a peer with the interface's own public key: the record's subnet
+    # would never be reachable and the peer would read back as drift on every sync
+    view = LocalView(**{**VIEW.__dict__, "macs": VIEW.macs | {WG_A}})
+    assert check(rec(wireguard_key=WG_A), view) == "data.wireguard_key: this host's own WireGuard public key"
+    assert check(rec(wireguard_key=WG_B), view) is None

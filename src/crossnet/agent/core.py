@@ -419,8 +419,9 @@ class Agent:
                     or (r.oif in nets_dev and net.subnet_of(nets_dev[r.oif]))):
                 continue
             foreign.append(net)
-        macs = frozenset(v for v in self.backend.host_data(self.cfg.name, self.name, self.address).values()
-                         if isinstance(v, str))
+        mine = {**self.backend.host_data(self.cfg.name, self.name, self.address),
+                **self.backend.local_data(str(self.state.root), create=False)}  # what _acquire published
+        macs = frozenset(v for v in mine.values() if isinstance(v, str))  # MACs, the WireGuard key
         from crossnet import netstore
 
         ctx, nets, backend = self.ctx, dict(self.nets), self.backend

@@ -54,7 +54,7 @@ class LocalView:
     name: str = ""
     address: IPv4Address | None = None
     subnet: IPv4Network | None = None  # this host's own lease
-    macs: frozenset[str] = frozenset()  # this host's own MACs (its backend data)
+    macs: frozenset[str] = frozenset()  # this host's own MACs and WireGuard key (its backend data's values)
     foreign: tuple[IPv4Network, ...] = ()  # routes of this host that crossnet does not own
     connected: tuple[IPv4Network, ...] = ()  # this host's directly connected networks
     # the named networks (docs/networks.md): name -> (its CIDR, its subnet_len, this host's subnet of it)
@@ -144,7 +144,10 @@ def check_record(key: IPv4Network | None, rec: HostRecord, view: LocalView) -> s
                 return f"data.{k}: {rec.data[k]} is this host's own MAC"
     from crossnet.wg.keys import validate_host_data
 
-    return validate_host_data(rec.data)  # data.wireguard_key: a 32-byte base64 public key
+    why = validate_host_data(rec.data)  # data.wireguard_key: a 32-byte base64 public key
+    if why is None and rec.data.get("wireguard_key") in view.macs:  # (its canonical spelling: one spelling each)
+        return "data.wireguard_key: this host's own WireGuard public key"
+    return why
 
 
 def _networks_problem(rec: HostRecord, view: LocalView) -> str | None:
