@@ -223,11 +223,15 @@ def record(state: StateDir, header: dict, resources: list[Resource]) -> None:
 
 
 class StateJournal(Journal):
-    """The write-ahead record in the state dir (journal.json, fsync'd)."""
+    """The write-ahead record in the state dir (journal.json, fsync'd). A journal an
+    interrupted run left is the record this run starts from (host.load_previous): a
+    rollback puts it back as it was instead of discarding it, since what that run made
+    is on no other record."""
 
     def __init__(self, state: StateDir, header: dict):
         self.state = state
         self.header = header
+        self.resumed = state.load_journal() if state.journal_path.exists() else None
 
     def write(self, resources: list[Resource]) -> None:
         self.state.save_journal({**self.header, "resources": [r.to_json() for r in resources]})
@@ -235,6 +239,12 @@ class StateJournal(Journal):
 
     def discard(self) -> None:
         self.state.clear_journal()
+
+    def rolled_back(self, owned: list[Resource]) -> None:
+        if self.resumed is not None:
+            self.state.save_journal(self.resumed)
+        else:
+            self.discard()
 
 
 # ---------------------------------------------------------------- the path
