@@ -589,6 +589,10 @@ def test_killed_then_a_failed_apply_keeps_the_journal_so_reset_or_apply_still_re
                 with pytest.raises(ApplyError, match="rolled back"):
                     reconcile(later, load_previous(state)[1], Env(k), StateJournal(state, HEADER))
             assert state.journal_path.read_bytes() == journal  # the record, as the interrupted run left it
+            if where == "takeover":  # it gave the NIC back at once (not a port of br0): the host stays reachable
+                now, before = k.state(), host().state()
+                assert [x for x in now["links"] if x[0] == "eth0"] == [x for x in before["links"] if x[0] == "eth0"]
+                assert (now["addrs"], now["routes"]) == (before["addrs"], before["routes"]), (n, then)
             previous = load_previous(state)[1]
             if then == "reset":
                 teardown(previous, Env(k))
