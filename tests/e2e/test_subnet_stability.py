@@ -101,3 +101,32 @@ def test_apply_refuses_a_container_network_overlapping_a_host_route(make_lab):
         subprocess.run(["ip", "-n", h1.netns, "route", "del", inside, "dev", "eth0"], check=True)
     res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
     assert res.returncode == 0, res.stderr
+
+
+def test_apply_refuses_a_route_of_the_admins_to_a_peers_subnet_instead_of_taking_it_over(make_lab):
+    """h1 already routes h2's container subnet, through a gateway of the admin's. The
+    overlap check let it pass (its destination is one crossnet routes): apply replaced it
+    with crossnet's route and reset deleted that -- the admin's route gone. Now apply
+    refuses it, one line, nothing changed; the very route crossnet makes is no obstacle."""
+    lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0, apply=False)
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    [peer_route] = [c["command"] for c in json.loads(res.stdout)["changes"] if f"via {h2.address}" in c["command"]]
+    subnet = peer_route.split()[3]  # ip route replace SUBNET via H2 dev eth0
+    admins = unused_underlay_address(lab)
+    subprocess.run(["ip", "-n", h1.netns, "route", "add", subnet, "via", admins, "dev", "eth0"], check=True)
+    before = snapshot(h1.netns)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    err = res.stderr.strip()
+    assert res.returncode == 2, err
+    network = yaml.safe_load(Path(lab.plan.cluster_file).read_text())["network"]
+    assert err == (f"crossnet: error: network: container network {network} overlaps this host's route "
+                   f"{subnet} via {admins} dev eth0")
+    assert diff(before, snapshot(h1.netns)) == []
+    assert not (Path(h1.state_dir) / "applied.json").exists()
+    # the route crossnet makes, made by hand: apply goes through
+    subprocess.run(["ip", "-n", h1.netns, "route", "replace", subnet, "via", str(h2.address), "dev", "eth0"],
+                   check=True)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    assert res.returncode == 0, res.stderr
