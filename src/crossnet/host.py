@@ -201,10 +201,12 @@ def reset(state: StateDir) -> list[Change]:
             containers.detach_all(state, ctx, backend, env)
             networks.forget(state, backend, env)  # the named networks' containers and records
             changes = teardown(previous, env)
-        state.clear()
         from crossnet import expose
 
-        expose.save(state.root, [])  # `crossnet expose` is undone with the rest
+        # `crossnet expose` is undone with the rest, before the record goes: a reset killed
+        # in between is run again from the record (with no record it returns at once)
+        expose.save(state.root, [])
+        state.clear()
         return changes
 
 

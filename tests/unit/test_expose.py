@@ -120,3 +120,38 @@ def test_a_named_network_is_exposed_on_its_own(tmp_path):
     info = expose.status_of(c, [table], {"blue": blue})["networks"]
     assert info == [{"network": "prod", "exposed": False, "address": None, "programmed": False},
                     {"network": "blue", "exposed": True, "address": "10.33.3.1", "programmed": True}]
+
+
+class _Killed(BaseException):
+    """SIGKILL stand-in: no clean-up handler runs."""
+
+
+def test_reset_killed_after_clearing_its_record_still_undoes_expose_when_run_again(tmp_path, monkeypatch):
+    """`reset` removed applied.json, then expose.json: killed in between, the next reset
+    found no record and returned at once, leaving expose.json -- the next apply exposed the
+    host again though reset had run. expose.json goes before the record does."""
+    import contextlib
+
+    from crossnet import host
+    from crossnet.netlink import iproute as nl
+    from crossnet.state import StateDir
+    from tests.unit.fakekernel import FakeIpr, FakeKernel
+
+    c = ctx(tmp_path)
+    state = StateDir(tmp_path)
+    state.save_applied({"version": 1, "host": "h1", "context": c.to_json(), "resources": []})
+    expose.save(tmp_path, ["prod"])
+    monkeypatch.setattr(nl, "open_ipr", lambda *a, **kw: contextlib.nullcontext(FakeIpr(FakeKernel())))
+    real_clear = StateDir.clear
+
+    def clear_then_die(self):
+        real_clear(self)
+        raise _Killed
+
+    monkeypatch.setattr(StateDir, "clear", clear_then_die)
+    with pytest.raises(_Killed):
+        host.reset(state)
+    monkeypatch.setattr(StateDir, "clear", real_clear)
+    host.reset(state)  # the operator runs it again
+    assert not (tmp_path / expose.FILE).exists() and expose.resources(c) == []
+    assert not state.applied_path.exists()
