@@ -130,3 +130,38 @@ def test_apply_refuses_a_route_of_the_admins_to_a_peers_subnet_instead_of_taking
                    check=True)
     res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
     assert res.returncode == 0, res.stderr
+
+
+def test_an_nft_table_crossnet_did_not_create_is_refused_and_never_replaced_or_deleted(make_lab):
+    """The admin's own `table ip crossnet` (crossnet's masquerade table's name): apply used
+    to replace it atomically with crossnet's and reset then deleted it. Now apply refuses it
+    (one line naming it, exit 1, nothing changed) like a link crossnet did not create;
+    reset leaves it; once it is gone, apply goes through and reset removes crossnet's own."""
+    lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0, apply=False)
+    h1 = host(lab, "h1")
+    cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
+    cluster["masquerade"] = True
+    path = Path(lab.plan.lab_dir) / "masquerade.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    nft = ["ip", "netns", "exec", h1.netns, "nft"]
+    subprocess.run([*nft, "add table ip crossnet; add chain ip crossnet mine { type filter hook output priority 0; }; "
+                    "add rule ip crossnet mine counter"], check=True)
+    before = snapshot(h1.netns)
+    assert "chain mine" in before["nft"]
+    for extra in (("--dry-run",), ()):
+        res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1", *extra)
+        err = res.stderr.strip()
+        assert res.returncode == 1, err
+        assert err == ("crossnet: error: nftables table ip crossnet already exists and was not created by crossnet; "
+                       "crossnet does not replace or delete tables it did not create: delete it, then apply again"), err
+        assert diff(before, snapshot(h1.netns)) == []
+        assert not (Path(h1.state_dir) / "applied.json").exists()
+    res = crossnet(lab, "h1", "reset")
+    assert res.returncode == 0, res.stderr
+    assert diff(before, snapshot(h1.netns)) == []
+    subprocess.run([*nft, "delete table ip crossnet"], check=True)
+    res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1")
+    assert res.returncode == 0, res.stderr
+    assert "masquerade" in subprocess.run([*nft, "list table ip crossnet"], capture_output=True, text=True).stdout
+    assert crossnet(lab, "h1", "reset").returncode == 0
+    assert subprocess.run([*nft, "list table ip crossnet"], capture_output=True).returncode != 0

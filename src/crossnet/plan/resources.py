@@ -605,6 +605,20 @@ class NftTable(Resource):
         it = iter(have)
         return all(any(w == h for h in it) for w in want)
 
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        """crossnet never replaces (ensure) or deletes (remove) a table it did not create: the
+        table existing while crossnet has no record of it (applied.json, or the journal of
+        an interrupted apply) is refused. Only asked for a table not on record."""
+        if self.key() in owned:
+            return
+        try:
+            found = subprocess.run(["nft", "list", "table", self.family, self.name], capture_output=True).returncode == 0
+        except OSError:
+            return  # no nft: check/ensure say so
+        if found:
+            raise ApplyError(f"nftables table {self.family} {self.name} already exists and was not created by crossnet; "
+                             "crossnet does not replace or delete tables it did not create: delete it, then apply again")
+
     def ensure(self, env: Env) -> None:
         # declaring then deleting then re-creating in one transaction replaces it atomically
         script = f"table {self.family} {self.name}\ndelete table {self.family} {self.name}\n" + self.script()
