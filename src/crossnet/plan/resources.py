@@ -349,7 +349,14 @@ class Route(Resource):
         env.changed("routes")
 
     def remove(self, env: Env) -> None:
-        gone = [r for r in self._current(env) if r.gateway == self.gateway]
+        # only the route ensure() makes: through its device (gone with the device: gone), with
+        # no metric -- others to the same destination (an admin's fallback through another
+        # device or with a metric) are not crossnet's
+        own = env.index(self.dev) if self.dev else None
+        if self.dev and own is None:
+            return
+        gone = [r for r in self._current(env)
+                if r.gateway == self.gateway and (own is None or r.oif == own) and not r.metric]
         for r in gone:
             net = ipaddress.ip_network(self.dst)
             kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
