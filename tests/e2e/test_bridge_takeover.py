@@ -302,3 +302,37 @@ def test_apply_killed_then_an_apply_that_fails_keeps_the_record_so_reset_restore
         pytest.fail("apply never ran through")
     assert took_over >= 3, took_over  # kills after the NIC was a port of br0 were among them
     assert run(lab, "h1", "reset").returncode == 0
+
+
+def test_status_after_a_first_apply_killed_half_way_reports_it_and_its_drift(make_lab):
+    """The first apply killed once the NIC is a port of br0: `status` used to say "this
+    host is not configured yet (no applied.json)" (exit 1) while the host was half taken
+    over. It reports the interrupted apply (from its journal) and what differs from it;
+    reset then restores the host and status says not configured again."""
+    lab = bridge_lab(make_lab)
+    h1 = lab.plan.host("h1")
+    original = full_snapshot(h1.netns)
+    for n in range(1, 40):
+        res = apply(lab, crash_at=n)
+        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        if any(l.get("master") == "br0" for l in ip_json(h1.netns, "link", "show", "dev", "eth0")):
+            break
+        assert run(lab, "h1", "reset").returncode == 0
+    else:
+        pytest.fail("the NIC never became a port of br0")
+    assert state_files(lab) == {"journal.json"}
+    st = run(lab, "h1", "status", "-o", "json")
+    assert st.returncode == 0, st.stderr
+    out = json.loads(st.stdout)
+    assert out["interrupted"] is True and out["backend"] == "bridge" and out["host"] == "h1"
+    assert any("ip link set eth0 master br0" in d for d in out["drift"]), out["drift"]
+    text = run(lab, "h1", "status")
+    assert text.returncode == 0 and "interrupted: an apply was killed half-way" in text.stdout, text.stdout
+    assert run(lab, "h1", "reset").returncode == 0
+    assert diff(original, full_snapshot(h1.netns)) == []
+    gone = run(lab, "h1", "status")
+    assert gone.returncode == 1 and "not configured yet" in gone.stderr, gone.stderr
+    assert apply(lab).returncode == 0
+    out = json.loads(run(lab, "h1", "status", "-o", "json").stdout)
+    assert out["interrupted"] is False and out["drift"] == []
+    assert run(lab, "h1", "reset").returncode == 0
