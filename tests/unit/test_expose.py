@@ -155,3 +155,19 @@ def test_reset_killed_after_clearing_its_record_still_undoes_expose_when_run_aga
     host.reset(state)  # the operator runs it again
     assert not (tmp_path / expose.FILE).exists() and expose.resources(c) == []
     assert not state.applied_path.exists()
+
+
+def test_a_hide_killed_before_it_programmed_the_host_is_reported_as_still_programmed(tmp_path):
+    """`hide` writes expose.json, then programs the host: killed in between, the SNAT table
+    is still in the kernel and on record, and status said plainly "not exposed". It says
+    the table is still programmed, and how it goes (apply, or hide again)."""
+    c = ctx(tmp_path)
+    expose.save(tmp_path, ["prod"])
+    recorded = expose.resources(c)
+    expose.save(tmp_path, [])  # hide: the file first ... killed before program_host
+    info = expose.status_of(c, recorded)
+    assert info["networks"] == [{"network": "prod", "exposed": False, "address": None, "programmed": True}]
+    assert "not exposed" in expose.status_text(info) and "[still programmed: run apply" in expose.status_text(info)
+    # once applied, nothing left
+    done = expose.status_of(c, [])
+    assert done["networks"][0]["programmed"] is False and "still programmed" not in expose.status_text(done)
