@@ -201,10 +201,12 @@ def reset(state: StateDir) -> list[Change]:
             containers.detach_all(state, ctx, backend, env)
             networks.forget(state, backend, env)  # the named networks' containers and records
             changes = teardown(previous, env)
-        state.clear()
         from crossnet import expose
 
-        expose.save(state.root, [])  # `crossnet expose` is undone with the rest
+        # `crossnet expose` is undone with the rest, before the record goes: a reset killed
+        # in between is run again from the record (with no record it returns at once)
+        expose.save(state.root, [])
+        state.clear()
         return changes
 
 
@@ -229,8 +231,15 @@ def status(state: StateDir) -> dict[str, Any]:
     from crossnet import containers, datapath
     from crossnet.transport import connections
 
-    ctx, backend = load_context(state)
     applied, previous = load_previous(state)
+    # an interrupted apply's journal is the record (load_previous): a first apply killed
+    # half-way is reported with what it may have changed, not as "not configured yet"
+    interrupted = bool(applied) and state.journal_path.exists() and applied.get("host") == (state.load_journal() or {}).get("host")
+    if interrupted:
+        ctx = HostContext.from_json(applied["context"])
+        backend = get_backend(ctx.backend)
+    else:
+        ctx, backend = load_context(state)
     with nl.open_ipr() as ipr:
         env = Env(ipr)
         local_ok = all(r.check(env) for r in backend.local_resources(ctx))
@@ -253,6 +262,7 @@ def status(state: StateDir) -> dict[str, Any]:
         "masquerade": ctx.masquerade,
         "datapath": datapath.describe(ctx),  # docs/datapath.md
         "local_programmed": local_ok,
+        "interrupted": interrupted,  # an apply (or agent sync) was killed: apply completes it, reset undoes it
         "drift": drift,
         "peers": peers,
         # per-peer transport (crossnet.transport.connections), with the measured path MTUs

@@ -176,21 +176,29 @@ def peer_resources(ctx: HostContext, backend: Backend, peer: Peer) -> list[Resou
     return backend.peer_resources(ctx, peer)
 
 
-def check_routes(ctx: HostContext, env: Env, owned: list[Resource]) -> None:
-    """The container network must not overlap routes this host already has
-    (other than the ones crossnet made, and the LAN itself for the bridge backend)."""
+def check_routes(ctx: HostContext, env: Env, owned: list[Resource], desired: list[Resource] = ()) -> None:
+    """The container network must not overlap routes this host already has (other than
+    the ones crossnet made -- `owned`, its record -- and the LAN itself for the bridge
+    backend). A route to exactly a destination crossnet is about to route (`desired`) is
+    in the way too unless it is that very route (same gateway and device): crossnet's
+    `ip route replace` would silently take it over, and `reset` then delete it."""
     owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
+    wanted = {(r.dst, r.gateway, (env.index(r.dev) or -1) if r.dev else None)  # -1: its device is not there yet
+              for r in desired if r.kind == "route" and getattr(r, "dst", None)}
     ours = {env.index(ctx.bridge)} | {env.index(f"cnvx{ctx.vni}")} | datapath.container_devices(ctx, env)
     for r in env.routes():
         if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
+            continue
+        if (r.dst, r.gateway, r.oif) in wanted or (r.dst, r.gateway, None) in wanted:
             continue
         if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
             continue
         net = ipaddress.ip_network(r.dst)
         if net.overlaps(ctx.network):
             dev = nl.link_info(env.ipr, index=r.oif).name if r.oif else "?"
+            via = f" via {r.gateway}" if r.gateway else ""
             raise ConfigError(
-                f"network: container network {ctx.network} overlaps this host's route {r.dst} dev {dev}"
+                f"network: container network {ctx.network} overlaps this host's route {r.dst}{via} dev {dev}"
             )
 
 
@@ -223,11 +231,15 @@ def record(state: StateDir, header: dict, resources: list[Resource]) -> None:
 
 
 class StateJournal(Journal):
-    """The write-ahead record in the state dir (journal.json, fsync'd)."""
+    """The write-ahead record in the state dir (journal.json, fsync'd). A journal an
+    interrupted run left is the record this run starts from (host.load_previous): a
+    rollback puts it back as it was instead of discarding it, since what that run made
+    is on no other record."""
 
     def __init__(self, state: StateDir, header: dict):
         self.state = state
         self.header = header
+        self.resumed = state.load_journal() if state.journal_path.exists() else None
 
     def write(self, resources: list[Resource]) -> None:
         self.state.save_journal({**self.header, "resources": [r.to_json() for r in resources]})
@@ -235,6 +247,12 @@ class StateJournal(Journal):
 
     def discard(self) -> None:
         self.state.clear_journal()
+
+    def rolled_back(self, owned: list[Resource]) -> None:
+        if self.resumed is not None:
+            self.state.save_journal(self.resumed)
+        else:
+            self.discard()
 
 
 # ---------------------------------------------------------------- the path
@@ -274,7 +292,7 @@ def program_host(state: StateDir, env: Env, ctx: HostContext, backend: Backend, 
             backend.check_underlay(one, env)
     if protect_routes:
         for one in (ctx, *networks.values()):
-            check_routes(one, env, previous + desired)
+            check_routes(one, env, previous, desired)
     if dry_run:
         return Programmed(pending(desired, previous, env), desired, None)
     header = record_header(ctx, source)

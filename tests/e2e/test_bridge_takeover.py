@@ -257,3 +257,82 @@ def test_apply_killed_at_every_step_then_apply_completes_or_reset_restores(make_
     # journal, bridge, sysctl, enslave, 2 addresses x 2, 3 routes, record: every one was hit
     print(f"apply killed at each of its {killed} steps, then {then}")
     assert killed >= 12, killed
+
+
+def test_apply_killed_then_an_apply_that_fails_keeps_the_record_so_reset_restores(make_lab, tmp_path):
+    """For N = 1, 2, ...: `apply` killed at its N-th crash point, then an `apply` that
+    fails (nft refuses the masquerade table: an `nft` on PATH that always fails) and rolls
+    back. That apply started from the killed one's journal, so it had created nothing: its
+    rollback used to discard the journal, the only record of the bridge and the moved NIC
+    configuration -- `reset` then did nothing and every later apply refused br0 as not
+    crossnet's. Now the journal stays: `reset` restores the host exactly, h1 reaches h2."""
+    lab = bridge_lab(make_lab)
+    h1, h2 = lab.plan.host("h1"), lab.plan.host("h2")
+    cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
+    cluster["masquerade"] = True  # an nft table in the desired list
+    path = Path(lab.plan.lab_dir) / "masquerade.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    (broken / "nft").write_text("#!/bin/sh\necho 'Error: injected' >&2\nexit 1\n")
+    (broken / "nft").chmod(0o755)
+    failing = f"PATH={broken}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+    original = full_snapshot(h1.netns)
+
+    def lab_apply(*env: str, crash_at: int | None = None) -> subprocess.CompletedProcess:
+        crash = [f"CROSSNET_TEST_CRASH_AT={crash_at}"] if crash_at else []
+        return lab.run("h1", ["env", *crash, *env, sys.executable, "-m", "crossnet", "apply", "-f", str(path),
+                              "--host", "h1"], timeout=60)
+
+    took_over = 0
+    for n in range(1, 80):
+        res = lab_apply(crash_at=n)
+        if res.returncode == 0:
+            break
+        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        took_over += any(l.get("master") == "br0" for l in ip_json(h1.netns, "link", "show", "dev", "eth0"))
+        failed = lab_apply(failing)
+        assert failed.returncode != 0 and "rolled back" in failed.stderr, (n, failed.stderr)
+        reset = run(lab, "h1", "reset")
+        assert reset.returncode == 0, (n, reset.stderr)
+        assert diff(original, full_snapshot(h1.netns)) == [], f"after a kill at step {n}, a failed apply, reset"
+        assert state_files(lab) == set()
+        assert ping(h1.netns, h2.address), n
+    else:
+        pytest.fail("apply never ran through")
+    assert took_over >= 3, took_over  # kills after the NIC was a port of br0 were among them
+    assert run(lab, "h1", "reset").returncode == 0
+
+
+def test_status_after_a_first_apply_killed_half_way_reports_it_and_its_drift(make_lab):
+    """The first apply killed once the NIC is a port of br0: `status` used to say "this
+    host is not configured yet (no applied.json)" (exit 1) while the host was half taken
+    over. It reports the interrupted apply (from its journal) and what differs from it;
+    reset then restores the host and status says not configured again."""
+    lab = bridge_lab(make_lab)
+    h1 = lab.plan.host("h1")
+    original = full_snapshot(h1.netns)
+    for n in range(1, 40):
+        res = apply(lab, crash_at=n)
+        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        if any(l.get("master") == "br0" for l in ip_json(h1.netns, "link", "show", "dev", "eth0")):
+            break
+        assert run(lab, "h1", "reset").returncode == 0
+    else:
+        pytest.fail("the NIC never became a port of br0")
+    assert state_files(lab) == {"journal.json"}
+    st = run(lab, "h1", "status", "-o", "json")
+    assert st.returncode == 0, st.stderr
+    out = json.loads(st.stdout)
+    assert out["interrupted"] is True and out["backend"] == "bridge" and out["host"] == "h1"
+    assert any("ip link set eth0 master br0" in d for d in out["drift"]), out["drift"]
+    text = run(lab, "h1", "status")
+    assert text.returncode == 0 and "interrupted: an apply was killed half-way" in text.stdout, text.stdout
+    assert run(lab, "h1", "reset").returncode == 0
+    assert diff(original, full_snapshot(h1.netns)) == []
+    gone = run(lab, "h1", "status")
+    assert gone.returncode == 1 and "not configured yet" in gone.stderr, gone.stderr
+    assert apply(lab).returncode == 0
+    out = json.loads(run(lab, "h1", "status", "-o", "json").stdout)
+    assert out["interrupted"] is False and out["drift"] == []
+    assert run(lab, "h1", "reset").returncode == 0

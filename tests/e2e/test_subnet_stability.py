@@ -101,3 +101,67 @@ def test_apply_refuses_a_container_network_overlapping_a_host_route(make_lab):
         subprocess.run(["ip", "-n", h1.netns, "route", "del", inside, "dev", "eth0"], check=True)
     res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
     assert res.returncode == 0, res.stderr
+
+
+def test_apply_refuses_a_route_of_the_admins_to_a_peers_subnet_instead_of_taking_it_over(make_lab):
+    """h1 already routes h2's container subnet, through a gateway of the admin's. The
+    overlap check let it pass (its destination is one crossnet routes): apply replaced it
+    with crossnet's route and reset deleted that -- the admin's route gone. Now apply
+    refuses it, one line, nothing changed; the very route crossnet makes is no obstacle."""
+    lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0, apply=False)
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    [peer_route] = [c["command"] for c in json.loads(res.stdout)["changes"] if f"via {h2.address}" in c["command"]]
+    subnet = peer_route.split()[3]  # ip route replace SUBNET via H2 dev eth0
+    admins = unused_underlay_address(lab)
+    subprocess.run(["ip", "-n", h1.netns, "route", "add", subnet, "via", admins, "dev", "eth0"], check=True)
+    before = snapshot(h1.netns)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    err = res.stderr.strip()
+    assert res.returncode == 2, err
+    network = yaml.safe_load(Path(lab.plan.cluster_file).read_text())["network"]
+    assert err == (f"crossnet: error: network: container network {network} overlaps this host's route "
+                   f"{subnet} via {admins} dev eth0")
+    assert diff(before, snapshot(h1.netns)) == []
+    assert not (Path(h1.state_dir) / "applied.json").exists()
+    # the route crossnet makes, made by hand: apply goes through
+    subprocess.run(["ip", "-n", h1.netns, "route", "replace", subnet, "via", str(h2.address), "dev", "eth0"],
+                   check=True)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    assert res.returncode == 0, res.stderr
+
+
+def test_an_nft_table_crossnet_did_not_create_is_refused_and_never_replaced_or_deleted(make_lab):
+    """The admin's own `table ip crossnet` (crossnet's masquerade table's name): apply used
+    to replace it atomically with crossnet's and reset then deleted it. Now apply refuses it
+    (one line naming it, exit 1, nothing changed) like a link crossnet did not create;
+    reset leaves it; once it is gone, apply goes through and reset removes crossnet's own."""
+    lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0, apply=False)
+    h1 = host(lab, "h1")
+    cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
+    cluster["masquerade"] = True
+    path = Path(lab.plan.lab_dir) / "masquerade.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    nft = ["ip", "netns", "exec", h1.netns, "nft"]
+    subprocess.run([*nft, "add table ip crossnet; add chain ip crossnet mine { type filter hook output priority 0; }; "
+                    "add rule ip crossnet mine counter"], check=True)
+    before = snapshot(h1.netns)
+    assert "chain mine" in before["nft"]
+    for extra in (("--dry-run",), ()):
+        res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1", *extra)
+        err = res.stderr.strip()
+        assert res.returncode == 1, err
+        assert err == ("crossnet: error: nftables table ip crossnet already exists and was not created by crossnet; "
+                       "crossnet does not replace or delete tables it did not create: delete it, then apply again"), err
+        assert diff(before, snapshot(h1.netns)) == []
+        assert not (Path(h1.state_dir) / "applied.json").exists()
+    res = crossnet(lab, "h1", "reset")
+    assert res.returncode == 0, res.stderr
+    assert diff(before, snapshot(h1.netns)) == []
+    subprocess.run([*nft, "delete table ip crossnet"], check=True)
+    res = crossnet(lab, "h1", "apply", "-f", str(path), "--host", "h1")
+    assert res.returncode == 0, res.stderr
+    assert "masquerade" in subprocess.run([*nft, "list table ip crossnet"], capture_output=True, text=True).stdout
+    assert crossnet(lab, "h1", "reset").returncode == 0
+    assert subprocess.run([*nft, "list table ip crossnet"], capture_output=True).returncode != 0

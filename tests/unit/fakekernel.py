@@ -182,7 +182,14 @@ class FakeIpr:
             self.k.route_replace(cidr, gateway, oif)
             return
         self.k.write("route-del", cidr)
-        self.k.routes = [r for r in self.k.routes if not (r.dst == cidr and r.gateway == gateway)]
+        # like the kernel: one route, the first in metric order that matches; a device or a
+        # metric named must match, one not named matches any
+        match = sorted((r for r in self.k.routes if r.dst == cidr and r.gateway == gateway and r.proto != RTPROT_KERNEL
+                        and (oif is None or r.oif == oif) and (not kw.get("priority") or r.metric == kw["priority"])),
+                       key=lambda r: r.metric or 0)
+        if not match:
+            raise NetlinkError(errno.ESRCH, "no such route")
+        self.k.routes.remove(match[0])
 
     def neigh(self, op: str, dst: str, lladdr: str, ifindex: int, **kw: Any) -> None:
         if op == "replace":

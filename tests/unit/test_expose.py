@@ -120,3 +120,54 @@ def test_a_named_network_is_exposed_on_its_own(tmp_path):
     info = expose.status_of(c, [table], {"blue": blue})["networks"]
     assert info == [{"network": "prod", "exposed": False, "address": None, "programmed": False},
                     {"network": "blue", "exposed": True, "address": "10.33.3.1", "programmed": True}]
+
+
+class _Killed(BaseException):
+    """SIGKILL stand-in: no clean-up handler runs."""
+
+
+def test_reset_killed_after_clearing_its_record_still_undoes_expose_when_run_again(tmp_path, monkeypatch):
+    """`reset` removed applied.json, then expose.json: killed in between, the next reset
+    found no record and returned at once, leaving expose.json -- the next apply exposed the
+    host again though reset had run. expose.json goes before the record does."""
+    import contextlib
+
+    from crossnet import host
+    from crossnet.netlink import iproute as nl
+    from crossnet.state import StateDir
+    from tests.unit.fakekernel import FakeIpr, FakeKernel
+
+    c = ctx(tmp_path)
+    state = StateDir(tmp_path)
+    state.save_applied({"version": 1, "host": "h1", "context": c.to_json(), "resources": []})
+    expose.save(tmp_path, ["prod"])
+    monkeypatch.setattr(nl, "open_ipr", lambda *a, **kw: contextlib.nullcontext(FakeIpr(FakeKernel())))
+    real_clear = StateDir.clear
+
+    def clear_then_die(self):
+        real_clear(self)
+        raise _Killed
+
+    monkeypatch.setattr(StateDir, "clear", clear_then_die)
+    with pytest.raises(_Killed):
+        host.reset(state)
+    monkeypatch.setattr(StateDir, "clear", real_clear)
+    host.reset(state)  # the operator runs it again
+    assert not (tmp_path / expose.FILE).exists() and expose.resources(c) == []
+    assert not state.applied_path.exists()
+
+
+def test_a_hide_killed_before_it_programmed_the_host_is_reported_as_still_programmed(tmp_path):
+    """`hide` writes expose.json, then programs the host: killed in between, the SNAT table
+    is still in the kernel and on record, and status said plainly "not exposed". It says
+    the table is still programmed, and how it goes (apply, or hide again)."""
+    c = ctx(tmp_path)
+    expose.save(tmp_path, ["prod"])
+    recorded = expose.resources(c)
+    expose.save(tmp_path, [])  # hide: the file first ... killed before program_host
+    info = expose.status_of(c, recorded)
+    assert info["networks"] == [{"network": "prod", "exposed": False, "address": None, "programmed": True}]
+    assert "not exposed" in expose.status_text(info) and "[still programmed: run apply" in expose.status_text(info)
+    # once applied, nothing left
+    done = expose.status_of(c, [])
+    assert done["networks"][0]["programmed"] is False and "still programmed" not in expose.status_text(done)

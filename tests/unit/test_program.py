@@ -80,3 +80,47 @@ def test_checks_refuse_before_the_first_change(world):
     with pytest.raises(ApplyError, match="far .* is reached via router 10.56.0.254"):
         program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
     assert [op for op, _ in k.log] == ["route"] and state.load_applied() is None and state.load_journal() is None
+
+
+def test_a_route_of_the_admins_to_a_peers_subnet_is_refused_not_replaced_then_deleted(world):
+    """A route this host already has to exactly a destination crossnet would route (a
+    peer's subnet) but not the same route (another gateway), and not on crossnet's record:
+    it used to pass the overlap check (its destination is among the desired routes'), was
+    silently replaced by crossnet's `ip route replace`, and `reset` then deleted crossnet's
+    -- the admin's route gone for good. It is refused like any overlapping route, before
+    anything changes; the same route as crossnet's (e.g. set up by hand as the tutorial
+    does) is not in the way, and a recorded one is crossnet's own."""
+    k, state, ctx, b, _ = world
+    k.route_replace("10.32.2.0/24", "10.56.0.99", k.index("eth0"))
+    k.log.clear()
+    with pytest.raises(ConfigError, match=r"^network: container network 10.32.0.0/16 overlaps this host's route "
+                                          r"10.32.2.0/24 via 10.56.0.99 dev eth0$"):
+        program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
+    assert k.log == [] and state.load_applied() is None and state.load_journal() is None
+    # the same route as crossnet's own: no conflict
+    k.route_replace("10.32.2.0/24", "10.56.0.2", k.index("eth0"))
+    done = program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
+    # crossnet's on record, then changed behind its back: a repair, not a refusal
+    k.route_replace("10.32.2.0/24", "10.56.0.99", k.index("eth0"))
+    again = program.program_host(state, FakeEnv(k, batch=True), ctx, b, owned(state), SOURCE)
+    assert [(c.action, c.resource.key()) for c in again.changes] == [("repair", "route:10.32.2.0/24")]
+    assert done.owned is not None
+
+
+def test_a_route_to_the_whole_network_on_another_device_is_refused_for_wireguard(tmp_path, monkeypatch):
+    """wireguard routes the whole container network into its device (not there yet on a
+    first apply): a route of the admin's to that network through another device was
+    taken over the same way."""
+    k = machine()
+    install(monkeypatch, k, tmp_path, ip_forward="1")
+    b = get_backend("wireguard")
+    settings = program.Settings("c", "wireguard", IPv4Network("10.32.0.0/16"), 24, "cn0", None, False, 1, 4789, {})
+    ctx = program.context(settings, b, host="h1", address=IPv4Address("10.56.0.1"), iface="eth0",
+                          subnet=IPv4Network("10.32.1.0/24"), nic=k.links["eth0"], peers=[])
+    assert "route:10.32.0.0/16" in [r.key() for r in program.desired_resources(ctx, b)]
+    k.route_replace("10.32.0.0/16", None, k.index("eth0"))
+    k.log.clear()
+    with pytest.raises(ConfigError, match=r"^network: container network 10.32.0.0/16 overlaps this host's route "
+                                          r"10.32.0.0/16 dev eth0$"):
+        program.program_host(StateDir(tmp_path / "state"), FakeEnv(k, batch=True), ctx, b, [], SOURCE)
+    assert k.log == []

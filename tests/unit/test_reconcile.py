@@ -188,3 +188,23 @@ def test_property_kernel_ends_as_desired(want, had, drift, batch):
     assert all(r.check(env) for r in desired)
     assert {r.dst for r in k.routes if r.proto != 2} == {f"10.32.{i}.0/24" for i in want | drift}
     assert reconcile(desired, out.resources, FakeEnv(k, batch=batch)).changes == []
+
+
+def test_removing_crossnets_route_leaves_the_admins_routes_to_the_same_destination():
+    """wireguard routes a peer's subnet into its device without a gateway. Route.remove
+    deleted every non-kernel route to that destination without a gateway, on any device:
+    an admin's fallback route through eth0 (metric 100) went with crossnet's when the peer
+    left or on reset. It deletes only its own: through its device, without a metric."""
+    from crossnet.netlink.const import RT_SCOPE_LINK, RTPROT_STATIC
+    from crossnet.netlink.iproute import RouteInfo
+
+    k = machine()
+    k.add_link("cnwg0", "wireguard")
+    ours = Route("10.32.2.0/24", dev="cnwg0")
+    reconcile([ours], [], FakeEnv(k))
+    admins = [RouteInfo("10.32.2.0/24", None, k.index("eth0"), RTPROT_STATIC, RT_SCOPE_LINK, None, 0, 100),
+              RouteInfo("10.32.2.0/24", None, k.index("cnwg0"), RTPROT_STATIC, RT_SCOPE_LINK, None, 0, 200)]
+    k.routes += admins
+    out = reconcile([], [ours], FakeEnv(k))
+    assert [(c.action, c.resource.key()) for c in out.changes] == [("remove", "route:10.32.2.0/24")]
+    assert [r for r in k.routes if r.dst == "10.32.2.0/24"] == admins

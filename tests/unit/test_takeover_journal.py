@@ -530,3 +530,73 @@ def test_ovs_address_move_killed_at_every_step_then_apply_or_reset(monkeypatch):
             else:
                 teardown(rec.resources(), Env(k))
                 assert k.state() == ovs_host().state(), n
+
+
+HEADER = {"version": 1, "host": "h1", "context": {"backend": "bridge"}}
+
+
+def _inject(monkeypatch, k: FakeKernel, where: str) -> None:
+    """The next apply fails at `where`: inside the takeover (a route the kernel refuses)
+    or after it (a later resource, here a second bridge the kernel refuses)."""
+    if where == "takeover":
+        real = k.route
+
+        def refuse(cmd, **kw):
+            if kw.get("table") == 100 and kw["oif"] != k.link_lookup("eth0")[0]:
+                raise NetlinkError(22, "injected")
+            return real(cmd, **kw)
+
+        monkeypatch.setattr(k, "route", refuse)
+    else:
+        real_ensure = Bridge.ensure
+
+        def ensure(self, env):
+            if self.name == "br1":
+                raise NetlinkError(95, "injected")
+            return real_ensure(self, env)
+
+        monkeypatch.setattr(Bridge, "ensure", ensure)
+
+
+@pytest.mark.parametrize("where", ["takeover", "after"])
+def test_killed_then_a_failed_apply_keeps_the_journal_so_reset_or_apply_still_recover(monkeypatch, tmp_path, where):
+    """An apply killed half-way leaves its journal; the next apply takes it as the record
+    (everything in it is `previous`), fails later on and rolls back what IT created --
+    nothing, the interrupted run created it all. It used to discard the journal then: the
+    bridge (and, failing after the takeover, the NIC's moved addresses and routes) were on
+    no record any more, reset left them, and every later apply refused br0 as a link
+    crossnet did not create. The journal must stay the record of what crossnet owns."""
+    from crossnet.program import StateJournal
+
+    later = [*desired(), Bridge("br1", 1500)]
+    done = host()
+    reconcile(desired(), [], Env(done))
+    steps = _steps(monkeypatch)
+    for n in range(1, steps + 1):
+        for then in ("reset", "apply"):
+            state = StateDir(tmp_path / f"{where}-{n}-{then}")
+            k = host()
+            kill_at(monkeypatch, n)
+            with pytest.raises(Killed):
+                reconcile(desired(), [], Env(k), StateJournal(state, HEADER))
+            kill_at(monkeypatch, 0)
+            journal = state.journal_path.read_bytes()
+            todo = {c.resource.key() for c in pending(later, load_previous(state)[1], Env(k))}
+            if where == "takeover" and "takeover:eth0" not in todo:
+                continue  # killed after the takeover's last step: nothing of it left to fail
+            with pytest.MonkeyPatch.context() as mp:
+                _inject(mp, k, where)
+                with pytest.raises(ApplyError, match="rolled back"):
+                    reconcile(later, load_previous(state)[1], Env(k), StateJournal(state, HEADER))
+            assert state.journal_path.read_bytes() == journal  # the record, as the interrupted run left it
+            if where == "takeover":  # it gave the NIC back at once (not a port of br0): the host stays reachable
+                now, before = k.state(), host().state()
+                assert [x for x in now["links"] if x[0] == "eth0"] == [x for x in before["links"] if x[0] == "eth0"]
+                assert (now["addrs"], now["routes"]) == (before["addrs"], before["routes"]), (n, then)
+            previous = load_previous(state)[1]
+            if then == "reset":
+                teardown(previous, Env(k))
+                assert k.state() == host().state(), (where, n)
+            else:
+                reconcile(desired(), previous, Env(k), StateJournal(state, HEADER))
+                assert k.state() == done.state(), (where, n)

@@ -401,6 +401,9 @@ def status(ctx: click.Context, output: str) -> None:
         from crossnet.expose import status_text
 
         console.print(status_text(st["expose"]), markup=False)
+    if st.get("interrupted"):
+        console.print("[yellow]interrupted: an apply was killed half-way (journal.json); run apply to complete it "
+                      "or reset to undo it[/]")
     if st["drift"]:
         console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
     peers = Table(title="peers", title_justify="left")

@@ -51,7 +51,7 @@ SHAPES: dict[str, Any] = {
                "gateway": "str", "bridge": "str?", "mtu": "int", "underlay_mtu": "int", "masquerade": "bool",
                "datapath": {"datapath": "str", "configured": "str", "layout": "str", "why": "str?",
                             "counters?": "any"},
-               "drift": ["any"], "path_mtu_measured_at": "time?",
+               "interrupted": "bool", "drift": ["any"], "path_mtu_measured_at": "time?",
                "peers": [{"name": "str", "address": "str", "subnet": "str", "programmed": "bool"}],
                "connections?": [{"peer": "str", "address": "str", "transport": "str", "encrypted": "bool",
                                  "since": "time?"}],

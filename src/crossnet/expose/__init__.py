@@ -114,22 +114,28 @@ def resources(ctx: HostContext, names: list[str] | None = None, network: str | N
 def status_of(ctx: HostContext, recorded: list[Resource], named: dict[str, HostContext] | None = None) -> dict[str, Any]:
     """The `expose` part of `crossnet status`: per network of this host (`named`: the
     named networks' contexts) whether it is exposed, its address, and whether what
-    exposing takes is programmed (recorded in applied.json by the last apply/sync)."""
+    exposing takes is programmed (recorded in applied.json by the last apply/sync) -- for a
+    hidden network: whether it still is (a `hide` interrupted before it programmed the host)."""
     exposed = set(load(ctx.state_dir))
     have = {r.key() for r in recorded}
     out = []
     for name, one, net in [(ctx.cluster_name, ctx, None), *[(n, c, n) for n, c in (named or {}).items()]]:
         on = name in exposed
         want = [r.key() for r in resources(one, network=net)]
+        # hidden but its table still on record (a `hide` killed before it programmed the host)
+        left = not on and any(r.key() in have for r in resources(one, [name], network=net))
         out.append({"network": name, "exposed": on, "address": str(address(one)) if on else None,
-                    "programmed": on and all(k in have for k in want)})
+                    "programmed": (on and all(k in have for k in want)) or left})
     return {"networks": out}
 
 
 def status_text(info: dict[str, Any]) -> str:
     parts = []
     for n in info.get("networks") or []:
-        if not n["exposed"]:
+        if not n["exposed"] and n["programmed"]:
+            parts.append(f"expose: network {n['network']}: not exposed [still programmed: run apply, or "
+                         "`crossnet hide` again, or wait for the agent's sync]")
+        elif not n["exposed"]:
             parts.append(f"expose: network {n['network']}: not exposed (`crossnet expose` gives this host an address in it)")
         else:
             how = "" if n["programmed"] else " [not programmed yet: run apply, or wait for the agent's sync]"

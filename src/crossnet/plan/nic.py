@@ -242,7 +242,9 @@ class NicTakeover(Resource):
         except Exception:
             # half-way: the NIC has lost its addresses (and with them its routes);
             # give everything back before the error travels up, so the host keeps
-            # its connectivity whatever failed
+            # its connectivity whatever failed (remove() reads links: the snapshot from
+            # before the NIC was enslaved would make it leave the NIC a port of the bridge)
+            env.changed()
             with contextlib.suppress(Exception):
                 self.remove(env)
             raise

@@ -42,6 +42,11 @@ class Journal:
     def discard(self) -> None:
         """The kernel is back to the recorded state: the entry is no longer needed."""
 
+    def rolled_back(self, owned: list[Resource]) -> None:
+        """A failed run removed what it created: crossnet owns `owned` again, the record
+        the run started from (which may have been an interrupted run's journal)."""
+        self.discard()
+
 
 def preflight(desired: list[Resource], previous: list[Resource], env: Env) -> None:
     """Refuse, before anything changes, what must not be applied (links crossnet did
@@ -119,7 +124,7 @@ def reconcile(desired: list[Resource], previous: list[Resource], env: Env, journ
         if env.batch:
             env.batch.messages.clear()
         if journal is not None and undone:
-            journal.discard()
+            journal.rolled_back(previous)
         if isinstance(exc, ApplyError):
             raise ApplyError(f"{exc} (rolled back)") from exc
         what = failed.describe() if failed is not None else "apply"

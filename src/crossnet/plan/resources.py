@@ -349,7 +349,14 @@ class Route(Resource):
         env.changed("routes")
 
     def remove(self, env: Env) -> None:
-        gone = [r for r in self._current(env) if r.gateway == self.gateway]
+        # only the route ensure() makes: through its device (gone with the device: gone), with
+        # no metric -- others to the same destination (an admin's fallback through another
+        # device or with a metric) are not crossnet's
+        own = env.index(self.dev) if self.dev else None
+        if self.dev and own is None:
+            return
+        gone = [r for r in self._current(env)
+                if r.gateway == self.gateway and (own is None or r.oif == own) and not r.metric]
         for r in gone:
             net = ipaddress.ip_network(self.dst)
             kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
@@ -604,6 +611,20 @@ class NftTable(Resource):
         want = [line.strip() for line in self.body.splitlines() if line.strip()]
         it = iter(have)
         return all(any(w == h for h in it) for w in want)
+
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        """crossnet never replaces (ensure) or deletes (remove) a table it did not create: the
+        table existing while crossnet has no record of it (applied.json, or the journal of
+        an interrupted apply) is refused. Only asked for a table not on record."""
+        if self.key() in owned:
+            return
+        try:
+            found = subprocess.run(["nft", "list", "table", self.family, self.name], capture_output=True).returncode == 0
+        except OSError:
+            return  # no nft: check/ensure say so
+        if found:
+            raise ApplyError(f"nftables table {self.family} {self.name} already exists and was not created by crossnet; "
+                             "crossnet does not replace or delete tables it did not create: delete it, then apply again")
 
     def ensure(self, env: Env) -> None:
         # declaring then deleting then re-creating in one transaction replaces it atomically
