@@ -12,6 +12,7 @@ import hashlib
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -163,6 +164,7 @@ def attach(
     mac: str | None = None,
     meta: dict[str, Any] | None = None,
     reuse: bool = True,
+    foreign: Callable[[Any], str | None] | None = None,
 ) -> Attachment:
     """Attach (idempotent). ``mac``: MAC for a new container interface (default
     :func:`container_mac`); ``meta``: extra IPAM metadata recorded with the address.
@@ -179,7 +181,10 @@ def attach(
     before under another name, e.g. once by path and once by netns name): with ``reuse``
     (``crossnet attach``) that attachment is checked and returned (``asked_as`` =
     ``container_id``), without ``reuse`` (the CNI plugin, whose spec requires an error for
-    an existing interface) it is :class:`InUse`."""
+    an existing interface) it is :class:`InUse`. ``foreign(entry)``: why an existing IPAM
+    entry of ``container_id`` is not the caller's to re-attach (another CNI network's),
+    or None; when it says why: :class:`InUse`, nothing changed (checked after the
+    allocation, so a concurrent first attach of the same id by another caller is seen)."""
     netns = nl.netns_path(netns)
     # the namespace is opened once: the identity checked is the one used (a /proc/PID path
     # whose process exits cannot turn into another namespace halfway through)
@@ -191,14 +196,16 @@ def attach(
         st = os.fstat(ns_fd)
         ident = (st.st_dev, st.st_ino)
         refuse_host_netns(ident, f"netns {netns}")
-        return _attach(state, ctx, backend, container_id, netns, ns_fd, ident, requested, ifname, mac, meta, reuse)
+        return _attach(state, ctx, backend, container_id, netns, ns_fd, ident, requested, ifname, mac, meta, reuse,
+                       foreign)
     finally:
         os.close(ns_fd)
 
 
 def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: str, netns: str, ns_fd: int,
             ident: tuple[int, int], requested: str | None, ifname: str, mac: str | None,
-            meta: dict[str, Any] | None, reuse: bool) -> Attachment:
+            meta: dict[str, Any] | None, reuse: bool,
+            foreign: Callable[[Any], str | None] | None = None) -> Attachment:
     ops = f"/proc/self/fd/{ns_fd}"  # `netns` as opened above, for every kernel operation inside it
     pool = pool_for(state, ctx)
     existing = pool.get(container_id)
@@ -213,6 +220,10 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
     # a new address decides the MACs: recorded with it in one IPAM write
     alloc = pool.allocate(container_id, req, meta=base_meta,
                           meta_for=lambda address: {"mac": mac or container_mac(address)})
+    why = foreign(alloc) if foreign is not None and not alloc.created else None
+    if why:  # before any kernel change: the entry (and its meta) stays the other owner's
+        raise InUse(f"{container_id!r} ({ifname}) is already {why} with {alloc.address}; "
+                    "detach it there first", owner=container_id)
     created_veth = False
     host_mac: str | None = None
     try:

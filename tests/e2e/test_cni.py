@@ -381,6 +381,44 @@ def test_second_interface(host, clean):
     assert host.cni("DEL", cid=c, netns=netns) == (0, None)
 
 
+def test_one_container_in_two_networks_over_one_state_dir(host, clean):
+    """An attachment is (network, container id, ifname). Network B's ADD of the (id,
+    ifname) that network A's attachment holds was taken as A's idempotent re-ADD and
+    re-recorded the entry as B's: B's DEL then removed A's container. Now it is refused
+    (code 104, naming the interface), changing nothing; B with its own ifname works, and
+    each network's CHECK, DEL and GC touch only their own."""
+    a, b = host.conf(name="net-a"), host.conf(name="net-b")
+    c, netns = cid(), host.new_netns()
+    assert host.cni("ADD", a, cid=c, netns=netns)[0] == 0
+    made = host.footprint()
+    rc, out = host.cni("ADD", b, cid=c, netns=netns)
+    assert rc != 0 and out["code"] == 104, out
+    addr = host.allocations()[c]["address"]
+    assert out["msg"] == (f"CNI_CONTAINERID {c}, CNI_IFNAME eth0: {c!r} (eth0) is already attached by network "
+                          f"'net-a' with {addr}; detach it there first"), out
+    assert host.footprint() == made
+    assert host.allocations()[c]["meta"]["cni"]["network"] == "net-a"
+    assert host.cni("CHECK", a, cid=c, netns=netns) == (0, None)  # still A's, as A made it
+    rc, out = host.cni("CHECK", b, cid=c, netns=netns)
+    assert rc != 0 and out["code"] == 3, out  # B has no such attachment
+    assert host.cni("DEL", b, cid=c, netns=netns) == (0, None)  # the runtime cleaning up B's failed ADD
+    assert host.footprint() == made
+    # B through another interface: a second, independent attachment
+    rc, res = host.cni("ADD", b, cid=c, netns=netns, ifname="eth1")
+    assert rc == 0 and [i["name"] for i in res["interfaces"]][-1] == "eth1", res
+    assert host.allocations()[f"{c}/eth1"]["meta"]["cni"]["network"] == "net-b"
+    assert container_links(os.path.basename(netns)) == ["eth0", "eth1", "lo"]
+    assert host.cni("CHECK", b, cid=c, netns=netns, ifname="eth1") == (0, None)
+    # B's GC that knows none of its attachments removes B's, never A's
+    gc_b = host.conf(version="1.1.0", name="net-b", **{"cni.dev/valid-attachments": []})
+    assert host.cni("GC", gc_b, ifname=None) == (0, None)
+    assert c in host.allocations() and f"{c}/eth1" not in host.allocations()
+    assert container_links(os.path.basename(netns)) == ["eth0", "lo"]
+    assert host.allocations()[c]["meta"]["cni"]["network"] == "net-a"
+    assert host.cni("DEL", a, cid=c, netns=netns) == (0, None)
+    assert c not in host.allocations()
+
+
 def test_check_failures(host, clean):
     c, netns = cid(), host.new_netns()
     rc, out = host.cni("CHECK", cid=c, netns=netns)

@@ -361,3 +361,51 @@ def test_log_file(tmp_path, monkeypatch, capsys):
     assert exc.value.code == 0
     line = json.loads(log.read_text())
     assert line["command"] == "DEL" and line["rc"] == 0
+
+
+# ---- one container in two networks over one state dir: (network, id, ifname) is the attachment
+
+
+def _cni_meta(network, cid=CID, ifname="eth0"):
+    return {"cni": {"network": network, "containerID": cid, "ifname": ifname}}
+
+
+def test_not_ours_names_the_other_owner():
+    alloc = SimpleNamespace(meta=_cni_meta("net-a"))
+    assert plugin.not_ours(alloc, "net-a") is None
+    assert plugin.not_ours(alloc, "net-b") == "attached by network 'net-a'"
+    assert plugin.not_ours(SimpleNamespace(meta={"netns": "/run/netns/x"}), "net-a") == (
+        "attached by crossnet attach or the agent, not by crossnet-cni")
+
+
+def test_add_of_another_network_leaves_the_attachment_as_it_was(tmp_path):
+    """Network B's ADD with the (container id, ifname) of network A's attachment was taken
+    as a re-ADD and re-recorded the entry as B's (B's DEL/GC then removed A's container).
+    It is refused before any kernel operation (a regular file stands in for the netns:
+    the refusal comes before the namespace is opened for netlink)."""
+    import ipaddress
+
+    from crossnet import containers
+    from crossnet.state import StateDir
+
+    ctx = SimpleNamespace(gateway=ipaddress.IPv4Address("10.32.0.1"), backend="vxlan",
+                          subnet=ipaddress.IPv4Network("10.32.0.0/24"), prefixlen=16)
+    state = StateDir(tmp_path / "state")
+    ns = tmp_path / "ns"
+    ns.write_text("")
+    pool = containers.pool_for(state, ctx)
+    a = pool.allocate(CID, meta={"netns": str(ns), "ifname": "eth0", **_cni_meta("net-a")})
+    before = state.ipam_path.read_bytes()
+    with pytest.raises(containers.InUse) as exc:
+        containers.attach(state, ctx, None, CID, str(ns), ifname="eth0", meta=_cni_meta("net-b"), reuse=False,
+                          foreign=lambda alloc: plugin.not_ours(alloc, "net-b"))
+    assert str(exc.value) == (f"{CID!r} (eth0) is already attached by network 'net-a' with {a.address}; "
+                              "detach it there first")
+    assert state.ipam_path.read_bytes() == before
+    assert plugin.made_by(pool.get(CID), "net-a")
+    # the owner's own re-ADD passes that check and goes on to the kernel (setns into a
+    # regular file: EINVAL), leaving the entry as it was
+    with pytest.raises(OSError):
+        containers.attach(state, ctx, None, CID, str(ns), ifname="eth0", meta=_cni_meta("net-a"), reuse=False,
+                          foreign=lambda alloc: plugin.not_ours(alloc, "net-a"))
+    assert state.ipam_path.read_bytes() == before

@@ -643,7 +643,7 @@ def cmd_add(req: Request) -> dict[str, Any]:
         meta["name"] = req.args["K8S_POD_NAME"]  # podman sends the container name here
     try:
         att = containers.attach(host.state, host.ctx, host.backend, key, netns, requested=requested, ifname=ifname,
-                                mac=mac, meta=meta, reuse=False)
+                                mac=mac, meta=meta, reuse=False, foreign=lambda alloc: not_ours(alloc, req.name))
     except IpamError as exc:
         raise CniError(E_IPAM, str(exc)) from None
     except containers.NotReady as exc:  # transient: `crossnet apply` has not made the bridge (yet)
@@ -730,6 +730,19 @@ def made_by(alloc: Any, network: str) -> bool:
     return isinstance(cni, dict) and cni.get("network") == network
 
 
+def not_ours(alloc: Any, network: str) -> str | None:
+    """Why an existing IPAM entry under an ADD's key is not ``network``'s to re-ADD (the
+    spec: an attachment is (network, container id, ifname)), or None when it is. Taking
+    it over would re-record another network's (or `crossnet attach`'s) attachment as
+    this network's, for this network's DEL and GC to remove."""
+    if made_by(alloc, network):
+        return None
+    cni = alloc.meta.get("cni")
+    if isinstance(cni, dict):
+        return f"attached by network {_short(str(cni.get('network')))!r}"
+    return "attached by crossnet attach or the agent, not by crossnet-cni"
+
+
 def cmd_check(req: Request) -> None:
     _prepare(req)
     cid, ifname = req.container_id, req.ifname
@@ -739,7 +752,7 @@ def cmd_check(req: Request) -> None:
     host = Host(req.state_dir)
     key = attachment_key(cid, ifname)
     alloc = host.pool().get(key)
-    if alloc is None:
+    if alloc is None or not made_by(alloc, req.name):  # another network's is not this one's to check
         raise CniError(E_UNKNOWN_CONTAINER, f"container {cid} ({ifname}) is not attached to {req.name}")
     problems = check_attachment(host, alloc, netns_file, ifname, req.conf.get("prevResult"))
     if problems:
