@@ -94,8 +94,12 @@ def check_target(path: str, field: str) -> tuple[int, int] | None:
     return ident
 
 
-def host_ifname(container_id: str) -> str:
-    return "cnv" + hashlib.sha1(container_id.encode()).hexdigest()[:10]
+def host_ifname(container_id: str, net_name: str = "") -> str:
+    """The host end of an attachment's veth: ``cnv`` + a hash of the id, and of the
+    network's name for a named network (docs/networks.md): one container attached to two
+    networks gets two veths, never the other network's."""
+    key = f"{net_name}\0{container_id}" if net_name else container_id
+    return "cnv" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
 def temp_ifname(container_id: str) -> str:
@@ -213,7 +217,10 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
         req = ipaddress.IPv4Address(requested) if requested else None
     except ValueError:
         raise IpamError(f"--ip: {requested!r} is not an IPv4 address") from None
-    host_if = host_ifname(container_id)
+    # an existing attachment keeps the veth it was made with (recorded)
+    recorded_if = existing.meta.get("host_if") if existing is not None else None
+    host_if = recorded_if if isinstance(recorded_if, str) and recorded_if.startswith("cnv") else \
+        host_ifname(container_id, getattr(ctx, "net_name", ""))
     routed = datapath.routed(ctx)
     prefixlen, gateway = (32, datapath.GATEWAY) if routed else (ctx.prefixlen, str(ctx.gateway))
     base_meta = {"netns": netns, "netns_id": list(ident), "ifname": ifname, "host_if": host_if, **(meta or {})}
@@ -268,7 +275,8 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
         if not created_veth and host_idx is None:  # `ifname` exists here, not made for this id
             owner = _owner_of(pool, ops, ifname, inner)
             if owner is None:
-                raise CrossnetError(f"container {container_id} already has an interface {ifname!r} not made by crossnet")
+                raise CrossnetError(f"container {container_id} already has an interface {ifname!r} not made by crossnet "
+                                    "for this network (another network's, or not crossnet's): use another interface name")
             key, other = owner
             if not reuse:
                 raise InUse(f"{ifname} in {netns} is already crossnet's attachment of {key!r} "

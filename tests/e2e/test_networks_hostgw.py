@@ -48,3 +48,49 @@ def test_host_gw_networks_matrix(lab):
     blue_h2 = lab.status(lab.hosts[1].name)["networks"]["blue"]["subnet"]
     assert any(r["dst"] == blue_h2 and r.get("gateway") == lab.hosts[1].address for r in json.loads(routes))
     isolated_matrix(lab, settle=0.0)
+
+
+def _links(lab, target: str) -> dict[str, tuple]:
+    """name -> (kind/master, addresses) of every link in a lab namespace."""
+    out = json.loads(lab.run(target, ["ip", "-d", "-j", "addr"], check=True).stdout)
+    return {a["ifname"]: (a.get("master"), sorted(f"{i['local']}/{i['prefixlen']}" for i in a.get("addr_info", [])
+                                                  if i.get("family") == "inet")) for a in out}
+
+
+def test_one_container_in_two_networks_by_crossnet_attach(lab):
+    """A container attached to ``default`` (eth0) joins ``blue`` too with `attach --network
+    blue --ifname eth1`: two interfaces, detached independently. Both networks named the
+    host veth cnv+hash(id): blue's attach took default's veth for half of its own pair and
+    deleted it (eth1), or moved it to cn-blue and added blue's address to it (eth0). Now
+    a named network's veth has its own name; blue's eth0 is refused, nothing changed."""
+    from crossnet.lab.manager import one_line_error
+
+    h = lab.hosts[0]
+    c = h.containers[0]
+    host_before, inside_before = _links(lab, h.name), _links(lab, c)
+    route = json.loads(lab.run(c, ["ip", "-j", "route", "show", "default"], check=True).stdout)[0]
+    assert route["dev"] == "eth0"
+    proc = lab.crossnet(h.name, "attach", c, "--network", "blue", "-o", "json", check=False)
+    assert proc.returncode != 0
+    assert "eth0" in one_line_error(proc) and "\n" not in one_line_error(proc)
+    assert (_links(lab, h.name), _links(lab, c)) == (host_before, inside_before)
+    blue_ids = {x["id"] for x in lab.status(h.name)["networks"]["blue"]["containers"]}
+    assert c not in blue_ids
+    att = json.loads(lab.crossnet(h.name, "attach", c, "--network", "blue", "--ifname", "eth1", "-o", "json").stdout)
+    try:
+        inside = _links(lab, c)
+        assert inside["eth0"] == inside_before["eth0"]  # default's interface untouched
+        assert inside["eth1"][1] == [att["cidr"]] and att["cidr"].startswith("10.33.")
+        host_now = _links(lab, h.name)
+        assert {n: v for n, v in host_now.items() if n in host_before} == host_before  # default's veth, same bridge
+        assert host_now[att["host_if"]][0] == "cn-blue"
+        # each network's gateway answers through its own interface
+        for gw, dev in ((route["gateway"], "eth0"), (att["gateway"], "eth1")):
+            ping = lab.run(c, ["ping", "-c1", "-W2", "-I", dev, gw])
+            assert ping.returncode == 0, (gw, dev, ping.stdout)
+    finally:
+        lab.crossnet(h.name, "detach", c, "--network", "blue")
+        # the last attach took the default route (eth1's, gone with it): give eth0 it back
+        lab.run(c, ["ip", "route", "replace", "default", "via", route["gateway"], "dev", "eth0"], check=True)
+    assert (_links(lab, h.name), _links(lab, c)) == (host_before, inside_before)
+    assert c in {x["id"] for x in lab.status(h.name)["containers"]}

@@ -305,3 +305,20 @@ def test_resolve_key_finds_a_removed_runtime_container_by_its_recorded_name(tmp_
     pool.allocate("ef" * 32, meta={"name": "web"})
     with pytest.raises(ConfigError, match=f"{cid}, {'ef' * 32}"):
         containers.resolve_key(state, _ctx(), "docker:web", None)
+
+
+def test_a_named_networks_veth_is_not_the_top_level_networks() -> None:
+    """One container id attached to ``default`` and to ``blue``: both networks named the
+    host veth cnv+hash(id), so blue's attach took default's veth as its own. A named
+    network's name is in the hash; the top-level network's names are as before (running
+    attachments keep theirs), every name is a routed-veth name (crossnet.datapath)."""
+    import hashlib
+    import re
+
+    cid = "ab" * 32
+    top = containers.host_ifname(cid)
+    assert top == "cnv" + hashlib.sha1(cid.encode()).hexdigest()[:10]
+    names = {top, containers.host_ifname(cid, "blue"), containers.host_ifname(cid, "red")}
+    assert len(names) == 3 and all(re.fullmatch(r"cnv[0-9a-f]{10}", n) for n in names)
+    # a top-level key that spells "network/id" is not the named network's attachment of id
+    assert containers.host_ifname(f"blue/{cid}") != containers.host_ifname(cid, "blue")
