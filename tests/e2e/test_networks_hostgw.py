@@ -90,7 +90,10 @@ def test_one_container_in_two_networks_by_crossnet_attach(lab):
             assert ping.returncode == 0, (gw, dev, ping.stdout)
     finally:
         lab.crossnet(h.name, "detach", c, "--network", "blue")
-        # the last attach took the default route (eth1's, gone with it): give eth0 it back
-        lab.run(c, ["ip", "route", "replace", "default", "via", route["gateway"], "dev", "eth0"], check=True)
+        # the last attach took the default route (eth1's, gone with it): attaching the
+        # other network again repairs it (docs/networks.md)
+        lab.crossnet(h.name, "attach", c)
+    again = json.loads(lab.run(c, ["ip", "-j", "route", "show", "default"], check=True).stdout)
+    assert [(r["gateway"], r["dev"]) for r in again] == [(route["gateway"], "eth0")]
     assert (_links(lab, h.name), _links(lab, c)) == (host_before, inside_before)
     assert c in {x["id"] for x in lab.status(h.name)["containers"]}
