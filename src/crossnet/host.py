@@ -227,10 +227,13 @@ def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, 
     return out
 
 
+REFUSES = "  # apply refuses: "  # in a drift entry: what follows is the line apply fails with
+
+
 def drift_line(r: Resource, env: Env) -> str:
     """A drifted resource as status shows it: what apply would do, or why it refuses."""
     why = r.conflict(env)
-    return r.describe() if why is None else f"{r.describe()}  # apply refuses: {why}"
+    return r.describe() if why is None else f"{r.describe()}{REFUSES}{why}"
 
 
 def status(state: StateDir) -> dict[str, Any]:
