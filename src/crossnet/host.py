@@ -15,10 +15,10 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from crossnet import networks, program
-from crossnet.netlink import iproute as nl
 from crossnet.backends import get_backend
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError
+from crossnet.netlink import iproute as nl
 from crossnet.plan.env import Env
 from crossnet.plan.reconciler import Change, teardown
 from crossnet.plan.resources import Resource
@@ -227,6 +227,15 @@ def peer_status(ctx: HostContext, backend: Backend, env: Env) -> list[dict[str, 
     return out
 
 
+REFUSES = "  # apply refuses: "  # in a drift entry: what follows is the line apply fails with
+
+
+def drift_line(r: Resource, env: Env) -> str:
+    """A drifted resource as status shows it: what apply would do, or why it refuses."""
+    why = r.conflict(env)
+    return r.describe() if why is None else f"{r.describe()}{REFUSES}{why}"
+
+
 def status(state: StateDir) -> dict[str, Any]:
     from crossnet import containers, datapath
     from crossnet.transport import connections
@@ -243,7 +252,7 @@ def status(state: StateDir) -> dict[str, Any]:
     with nl.open_ipr() as ipr:
         env = Env(ipr)
         local_ok = all(r.check(env) for r in backend.local_resources(ctx))
-        drift = [r.describe() for r in previous if not r.check(env)]
+        drift = [drift_line(r, env) for r in previous if not r.check(env)]
         peers = peer_status(ctx, backend, env)
         path_mtu = pmtu.status_info(applied, ctx, peers)  # per-peer path MTU, narrow peers
         extra = backend.status_info(ctx, env)  # backend-specific extras (e.g. OVS datapath)

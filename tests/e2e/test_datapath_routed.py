@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -256,6 +257,59 @@ def test_switching_datapath_with_containers_is_refused(routed):
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "datapath:" in res.stderr
     assert "detach" in res.stderr
     assert diff(now, snapshot(h1.netns)) == []
+
+
+ADMIN_BPF = r"""
+struct __sk_buff;
+__attribute__((section("tc"), used)) int adm(struct __sk_buff *skb) { return -1; }
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+def test_an_admins_filter_in_crossnets_tc_slot_is_refused_by_apply_and_named_by_status(routed, tmp_path):
+    """The admin replaces crossnet's filter (pref 1000 handle 1) on the device where the
+    to-container program runs (NIC for host-gw, vxlan device for vxlan): `status` says apply
+    refuses and why, `apply` and `apply --dry-run` fail with that one line and leave the
+    admin's filter; once it is moved away, `apply` repairs and status has no drift."""
+    from crossnet import ebpf
+
+    if ebpf.problem() is not None or not shutil.which("clang"):
+        pytest.skip("the eBPF programs do not run here (kernel datapath): no tc filter of crossnet's")
+    h1 = routed.host("h1")
+    st = routed.status("h1")
+    dev = st["iface"] if routed.backend == "host-gw" else next(
+        l["ifname"] for l in ip_json(h1.netns, "-d", "link", "show")
+        if (l.get("linkinfo") or {}).get("info_kind") == "vxlan")
+    (tmp_path / "adm.c").write_text(ADMIN_BPF)
+    subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(tmp_path / "adm.c"), "-o", str(tmp_path / "adm.o")],
+                   check=True)
+
+    def tc(*args: str) -> str:
+        return subprocess.run(["tc", "-n", h1.netns, *args], capture_output=True, text=True, check=True).stdout
+
+    tc("filter", "replace", "dev", dev, "ingress", "pref", "1000", "handle", "1", "bpf", "da",
+       "obj", str(tmp_path / "adm.o"), "sec", "tc")
+    try:
+        theirs = tc("filter", "show", "dev", dev, "ingress")
+        assert "adm.o:[tc]" in theirs and "crossnet:" not in theirs
+        why = (f"ebpf: {dev} ingress already has a tc filter crossnet did not create at crossnet's priority "
+               f"(pref 1000): bpf handle 0x1 protocol 0x0003 'adm.o:[tc]'")
+        drift = routed.status("h1")["drift"]
+        assert len(drift) == 1 and f"tc filter replace dev {dev} ingress" in drift[0], drift
+        assert f"  # apply refuses: {why}" in drift[0]
+        text = " ".join(routed.run("h1", "status").stdout.split())
+        assert "apply refuses to repair 1 of them:" in text and why in text
+        for extra in (("--dry-run",), ()):
+            res = routed.run("h1", "apply", "-f", routed.lab.plan.cluster_file, "--host", "h1", *extra)
+            assert res.returncode != 0
+            (line,) = [x for x in res.stderr.splitlines() if x.strip()]
+            assert why in line
+            assert tc("filter", "show", "dev", dev, "ingress") == theirs
+    finally:
+        tc("filter", "del", "dev", dev, "ingress", "pref", "1000")
+    routed.lab.apply("h1")
+    assert routed.status("h1")["drift"] == []
+    assert "crossnet:cn_to_container:" in tc("filter", "show", "dev", dev, "ingress")
 
 
 def test_reset_leaves_nothing(routed):

@@ -3,8 +3,8 @@ text, pin-directory validation, bpffs detection, and every problem() path with f
 
 from __future__ import annotations
 
-import json
 import ipaddress
+import json
 import struct
 from pathlib import Path
 
@@ -253,3 +253,86 @@ def test_a_record_of_ebpf_resources_reads_back_in_a_process_that_never_imported_
             f"r = Resource.from_json(json.loads({json.dumps(json.dumps(record))})); print(type(r).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "TcProgram"
+
+
+class _Msg(dict):
+    """A tc filter dump message: info = pref << 16 | protocol (network order), handle, attrs."""
+
+    def __init__(self, pref: int, proto: int, handle: int, kind: str, name: str | None = None):
+        super().__init__(info=pref << 16 | int.from_bytes(proto.to_bytes(2, "big"), "little"), handle=handle)
+        self.attrs = {"TCA_KIND": kind, "TCA_OPTIONS": _Msg.Opts(name) if name is not None else None}
+
+    def get_attr(self, name):
+        return self.attrs.get(name)
+
+    class Opts:
+        def __init__(self, name):
+            self.name = name
+
+        def get_attr(self, name):
+            return self.name if name == "TCA_BPF_NAME" else None
+
+
+class _Ipr:
+    def __init__(self, filters):
+        self.filters, self.calls = filters, []
+
+    def get_filters(self, index, parent):
+        return list(self.filters) if parent == host.TC_INGRESS else []
+
+    def get_qdiscs(self, index):
+        return []
+
+    def tc(self, *args, **kw):
+        self.calls.append(args)
+
+
+OURS = [_Msg(1000, 3, 0, "bpf"), _Msg(1000, 3, 1, "bpf", "crossnet:cn_to_container:42")]
+
+
+@pytest.mark.parametrize("filters, found", [
+    (OURS, []),
+    ([_Msg(10, 0x800, 0, "bpf"), _Msg(10, 0x800, 1, "bpf", "adm.o:[drop]"), *OURS], []),  # another pref
+    ([_Msg(1000, 3, 0, "bpf"), _Msg(1000, 3, 1, "bpf", "adm.o:[pass]")], ["bpf handle 0x1 protocol 0x0003 'adm.o:[pass]'"]),
+    ([*OURS, _Msg(1000, 3, 2, "bpf", "crossnot:x")], ["bpf handle 0x2 protocol 0x0003 'crossnot:x'"]),
+    ([_Msg(1000, 0x800, 0, "bpf"), _Msg(1000, 0x800, 7, "bpf", "adm.o:[pass]")],
+     ["bpf handle 0x7 protocol 0x0800 'adm.o:[pass]'"]),  # another protocol: the kernel would refuse ours
+    ([_Msg(1000, 3, 0, "matchall"), _Msg(1000, 3, 1, "matchall")], ["matchall handle 0x1 protocol 0x0003"]),
+])
+def test_foreign_filters_at_crossnets_priority(filters, found):
+    assert host.foreign_filters(_Ipr(filters), 5) == found
+
+
+def test_tc_attach_refuses_a_foreign_filter_before_any_change(monkeypatch):
+    monkeypatch.setattr(host, "_pinned", lambda path: pytest.fail("opened a pin"))
+    ipr = _Ipr([_Msg(1000, 3, 1, "bpf", "adm.o:[pass]")])
+    with pytest.raises(ApplyError) as err:
+        host.tc_attach(ipr, 5, "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef", "cn_to_container", "eth0")
+    assert str(err.value).startswith("ebpf: eth0 ingress already has a tc filter crossnet did not create at "
+                                     "crossnet's priority (pref 1000): bpf handle 0x1 protocol 0x0003 'adm.o:[pass]'; ")
+    assert ipr.calls == []
+
+
+def test_tc_program_preflight_and_status_drift_name_the_foreign_filter():
+    """Recorded or not, a foreign filter at crossnet's priority is refused before anything
+    changes (apply, --dry-run), and status' drift line says so instead of promising a repair."""
+    from types import SimpleNamespace
+
+    from crossnet.host import drift_line
+    from crossnet.plan.env import Env
+
+    res = host.TcProgram("eth0", "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef", "cn_to_container")
+    env = Env(_Ipr([_Msg(1000, 3, 0, "bpf"), _Msg(1000, 3, 1, "bpf", "adm.o:[pass]")]))
+    env._cache["links"] = {"eth0": SimpleNamespace(index=5)}
+    want = ("ebpf: eth0 ingress already has a tc filter crossnet did not create at crossnet's priority (pref 1000): "
+            "bpf handle 0x1 protocol 0x0003 'adm.o:[pass]'; crossnet does not replace or delete filters it did not "
+            "create: move it to another pref (`tc filter show dev eth0 ingress`), then apply again")
+    for owned in (set(), {res.key()}):
+        with pytest.raises(ApplyError) as err:
+            res.preflight(env, owned)
+        assert str(err.value) == want
+    assert drift_line(res, env) == f"{res.describe()}  # apply refuses: {want}"
+    env.ipr.filters = OURS
+    res.preflight(env, set())
+    assert res.conflict(env) is None and drift_line(res, env) == res.describe()
+    assert env.ipr.calls == []

@@ -222,10 +222,9 @@ def attach(ctx: click.Context, container: str, ip: str | None, ifname: str, name
     the right MTU. Idempotent: the same container keeps its address.
     """
     from crossnet import containers
+    from crossnet.dns import runtime_name
     from crossnet.host import load_context
     from crossnet.runtime.spec import resolve
-
-    from crossnet.dns import runtime_name
 
     name = runtime_name(container, name)  # ConfigError naming --name
     state = _network_state(ctx, network)
@@ -405,7 +404,13 @@ def status(ctx: click.Context, output: str) -> None:
         console.print("[yellow]interrupted: an apply was killed half-way (journal.json); run apply to complete it "
                       "or reset to undo it[/]")
     if st["drift"]:
-        console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; run apply to repair[/]")
+        from crossnet.host import REFUSES
+
+        refused = [d.split(REFUSES, 1)[1] for d in st["drift"] if REFUSES in d]
+        console.print(f"[yellow]drift: {len(st['drift'])} resource(s) differ from what apply programmed; "
+                      + (f"apply refuses to repair {len(refused)} of them:[/]" if refused else "run apply to repair[/]"))
+        for why in refused:
+            console.print(f"  {why}", markup=False, soft_wrap=True)
     peers = Table(title="peers", title_justify="left")
     for col in ("name", "address", "subnet", "programmed", "path mtu"):
         peers.add_column(col)

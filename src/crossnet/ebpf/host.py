@@ -19,6 +19,7 @@ import hashlib
 import ipaddress
 import os
 import re
+import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,28 @@ def _ours(msg) -> bool:
     return (msg["info"] >> 16) == TC_PREF and nl.attr(msg, "TCA_KIND") == "bpf" and _filter_name(msg).startswith(FILTER_PREFIX)
 
 
+def foreign_filters(ipr, index: int) -> list[str]:
+    """The filters on index's ingress at crossnet's priority that crossnet did not create
+    (no `crossnet:` name), each as `KIND handle H protocol P [NAME]`: `replace` would
+    overwrite one at crossnet's handle, and the kernel refuses a second kind or protocol
+    at one priority. A dump's header line of each priority (handle 0, no filter: the
+    kernel drops a list with its last filter) is not counted."""
+    out = []
+    for m in _filters(ipr, index):
+        if (m["info"] >> 16) != TC_PREF or not m["handle"] or _ours(m):
+            continue
+        kind, proto = nl.attr(m, "TCA_KIND"), socket.ntohs(m["info"] & 0xFFFF)
+        name = _filter_name(m)
+        out.append(f"{kind} handle {m['handle']:#x} protocol {proto:#06x}" + (f" {name!r}" if name else ""))
+    return out
+
+
+def foreign_filter_error(dev: str, found: list[str]) -> str:
+    return (f"ebpf: {dev} ingress already has a tc filter crossnet did not create at crossnet's priority "
+            f"(pref {TC_PREF}): {'; '.join(found)}; crossnet does not replace or delete filters it did not "
+            f"create: move it to another pref (`tc filter show dev {dev} ingress`), then apply again")
+
+
 def has_clsact(ipr, index: int) -> bool:
     return any(nl.attr(q, "TCA_KIND") == "clsact" for q in ipr.get_qdiscs(index=index))
 
@@ -251,9 +274,13 @@ def tc_attached(ipr, index: int, program: str, prog_id: int | None) -> bool:
     return prog_id is not None and any(_ours(m) and _filter_name(m) == want for m in _filters(ipr, index))
 
 
-def tc_attach(ipr, index: int, directory: str, program: str) -> bool:
+def tc_attach(ipr, index: int, directory: str, program: str, dev: str = "") -> bool:
     """Add clsact if missing and (re)place crossnet's filter running the pinned program on
-    ingress. Returns whether the clsact qdisc was added here."""
+    ingress. Returns whether the clsact qdisc was added here. Refuses (ApplyError, nothing
+    changed) when a filter crossnet did not create holds its priority."""
+    found = foreign_filters(ipr, index)
+    if found:
+        raise ApplyError(foreign_filter_error(dev or f"interface {index}", found))
     added = False
     if not has_clsact(ipr, index):
         try:
@@ -407,6 +434,19 @@ class TcProgram(Resource):
         idx = env.index(self.dev)
         return idx is not None and tc_attached(env.ipr, idx, self.program, _pinned_prog_id(self.pin_dir, self.program))
 
+    def conflict(self, env: Env) -> str | None:
+        idx = env.index(self.dev)
+        found = foreign_filters(env.ipr, idx) if idx is not None else []
+        return foreign_filter_error(self.dev, found) if found else None
+
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        """An admin's filter at crossnet's priority (pref 1000) on the device is refused before
+        anything changes, recorded or not: crossnet's filter may have been replaced by hand
+        since apply, and `replace` would overwrite it."""
+        why = self.conflict(env)
+        if why:
+            raise ApplyError(why)
+
     def prepare(self, env: Env) -> None:
         idx = env.index(self.dev)
         if idx is not None and not has_clsact(env.ipr, idx):
@@ -416,7 +456,7 @@ class TcProgram(Resource):
         _valid_pin_dir(self.pin_dir)
         if self.program not in maps.PROGRAMS:
             raise ApplyError(f"ebpf: unknown program {self.program!r}")
-        if tc_attach(env.ipr, env.require_index(self.dev), self.pin_dir, self.program):
+        if tc_attach(env.ipr, env.require_index(self.dev), self.pin_dir, self.program, self.dev):
             self.saved["clsact_added"] = True
 
     def remove(self, env: Env) -> None:
@@ -498,7 +538,7 @@ def attach_container(ctx: HostContext, host_ifname: str) -> None:
         address = container_address(ipr, index, ipaddress.IPv4Network(str(ctx.network)))
         with _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
             bpfsys.map_update(fd, maps.ifindex_key(index), maps.veth_value(address))
-        tc_attach(ipr, index, directory, "cn_from_container")
+        tc_attach(ipr, index, directory, "cn_from_container", host_ifname)
 
 
 def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:

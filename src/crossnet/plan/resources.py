@@ -26,8 +26,8 @@ from typing import Any, ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError
+from crossnet.netlink import iproute as nl
 from crossnet.plan.env import Env
 
 REGISTRY: dict[str, type["Resource"]] = {}
@@ -68,6 +68,11 @@ class Resource:
     def preflight(self, env: Env, owned: set[str]) -> None:
         """Before anything changes (also for --dry-run): raise ApplyError if this
         resource must not be applied here. `owned`: keys of what crossnet recorded."""
+
+    def conflict(self, env: Env) -> str | None:
+        """Why `apply` would refuse to (re)create this resource here (something crossnet did
+        not create is in the way), or None: `status` gives it with the drift."""
+        return None
 
     def prepare(self, env: Env) -> None:
         """Before ensure(), and before the journal is written: put into `saved`
