@@ -266,3 +266,16 @@ def test_a_named_networks_tunnel_port_is_claimed_before_the_network_is_followed(
     assert list(sel.valid) == [older.key]
     assert sel.rejected == {younger.key: "name: h3 needs the OVS tunnel port grexcollision, already claimed by "
                                          "the older record 10.32.2.0/24"}
+
+
+def test_unknown_data_keys_of_a_record_never_reach_the_peer(agent):
+    """The peer programmed (and written to applied.json with its data) carries only the
+    data keys crossnet reads; the rest of a store writer's record is dropped on reading."""
+    raw = {"name": "h2", "address": "10.56.0.2", "subnet": "10.32.2.0/24",
+           "data": {"vtep_mac": stable_mac("c", "h2", "vxlan"), "junk": {"big": "x" * 4096}}}
+    k = IPv4Network("10.32.2.0/24")
+    rec = HostRecord.from_json(raw, key=k, created=next(REV))
+    agent.apply_events([PeerEvent("put", k, rec, rec.created)])
+    assert agent.programmed == [("10.32.2.0/24", "h2")]
+    agent._sync_ctx_peers()
+    assert [p["data"] for p in agent.ctx.to_json()["peers"]] == [{"vtep_mac": stable_mac("c", "h2", "vxlan")}]
