@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import join, pki
+from crossnet.mesh.launch import client_url, peer_url
 from crossnet.mesh.token import JoinToken, Token, TokenStore
 
 LOOPBACK = "127.0.0.1"
@@ -36,7 +37,8 @@ class Cluster:
         pki.issue_self(self.ca, self.pki_dir, name, address)
         self.tokens = TokenStore(root / "tokens.json")
         self.service = join.JoinService(self.ca, self.tokens,
-                                        members=lambda: [{"name": name, "address": address}])
+                                        members=lambda: [{"name": name, "clientURLs": [client_url(address)],
+                                                          "peerURLs": [peer_url(address)], "isLearner": False}])
         self.seen: list[tuple[str, str, bytes]] = []
         handle = self.service.handle
 
@@ -118,7 +120,9 @@ def test_join_over_tls_issues_a_cert_for_the_joiners_own_key(cluster, tmp_path):
     cert = pki.load_cert(out / "member.crt")
     pki.check_member_cert(cert, cluster.ca.cert, key=key, address="10.0.0.2", name="host2")
     assert pki.ca_pin(pki.load_cert(out / "ca.crt")) == cluster.ca.pin
-    assert result.members == [{"name": "host1", "address": LOOPBACK}]
+    assert result.members == [{"name": "host1", "clientURLs": [f"https://{LOOPBACK}:2379"],
+                               "peerURLs": [f"https://{LOOPBACK}:2380"], "isLearner": False}]
+    assert client_url("fd00::1") == "https://[fd00::1]:2379" and peer_url("fd00::1") == "https://[fd00::1]:2380"
 
     # what crossed the wire: the CA fetch, a challenge, one join request
     assert [(m, p) for m, p, _ in cluster.seen] == [("GET", "/v1/ca"), ("POST", "/v1/challenge"),
@@ -476,3 +480,52 @@ def test_parse_server_forms():
     for bad in ("host1", "10.0.0.1:0", "10.0.0.1:x", "[fd00::1", ""):
         with pytest.raises(ConfigError, match="^ADDR: "):
             join.parse_server(bad)
+
+
+MEMBER = {"name": "host1", "clientURLs": ["https://10.0.0.1:2379"], "peerURLs": ["https://10.0.0.1:2380"],
+          "isLearner": False}
+
+
+@pytest.mark.parametrize("members, field", [
+    ("x", "members: expected a list"),
+    ([MEMBER] * (join.MAX_MEMBERS + 1), "members: expected a list"),
+    (["host1"], "members[0]: expected an object"),
+    ([MEMBER, {**MEMBER, "name": "h2\n"}], "members[1].name"),
+    ([{**MEMBER, "name": 7}], "members[0].name"),
+    ([{**MEMBER, "clientURLs": "https://10.0.0.1:2379"}], "members[0].clientURLs: expected a list"),
+    ([{**MEMBER, "clientURLs": ["http://10.0.0.1:2379"]}], "members[0].clientURLs[0]: expected https://IP:PORT"),
+    ([{**MEMBER, "clientURLs": ["unix:///run/docker.sock"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://etcd.example.com:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://10.0.0.1:2379,https://10.0.0.9:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://user:pw@10.0.0.1:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://10.0.0.1:2379/v3"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://10.0.0.1:0"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://224.0.0.1:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://10.0.0.1:2380\n"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://fd00::1:2380"]}], "members[0].peerURLs[0]"),  # IPv6 without brackets
+    ([{**MEMBER, "peerURLs": ["https://[fe80::1%eth0]:2380"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://[10.0.0.1]:2380"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://10.0.0.1:02380"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://10.0.0.1:2380"] * (join.MAX_URLS + 1)}], "members[0].peerURLs: expected a list"),
+    ([{**MEMBER, "isLearner": "no"}], "members[0].isLearner: expected true or false"),
+])
+def test_check_join_response_refuses_a_hostile_member_list(cluster, members, field):
+    """The member list is what the joiner's etcd client connects to and what launch.json
+    keeps: every entry is checked before anything is saved (https://IP:PORT URLs only)."""
+    key = pki.generate_key()
+    good = pki.cert_pem(cluster.ca.issue(pki.make_csr(key, "host2"), "host2", "10.0.0.2")).decode()
+    doc = {"cert": good, "ca": cluster.ca.cert_pem.decode(), "members": members}
+    with pytest.raises(join.JoinRefused) as info:
+        join.check_join_response(doc, cluster.ca.pin, key, "host2", "10.0.0.2", "t")
+    assert info.value.code == "bad-response"
+    assert str(info.value).startswith(f"t: malformed member list: {field}") and "\n" not in str(info.value)
+
+
+def test_check_join_response_keeps_only_the_known_fields_of_each_member(cluster):
+    key = pki.generate_key()
+    good = pki.cert_pem(cluster.ca.issue(pki.make_csr(key, "host2"), "host2", "10.0.0.2")).decode()
+    members = [{**MEMBER, "extra": "x" * 100}, {"name": "", "peerURLs": ["https://[fd00::3]:2380"]}]
+    res = join.check_join_response({"cert": good, "ca": cluster.ca.cert_pem.decode(), "members": members},
+                                   cluster.ca.pin, key, "host2", "10.0.0.2", "t")
+    assert res.members == [MEMBER, {"name": "", "clientURLs": [], "peerURLs": ["https://[fd00::3]:2380"],
+                                    "isLearner": False}]

@@ -773,3 +773,34 @@ def test_new_voters_reach_the_running_agent_without_a_restart(tmp_path, role):
         assert agent.endpoints[0][0] == "https://10.0.0.1:2379"  # its own member first
     sup.tick()
     assert len(agent.endpoints) == 1  # nothing changed: nothing sent
+
+
+# ---------------------------------------------------------------- what a joiner accepts back
+
+def test_endpoint_list_keeps_only_https_ip_urls():
+    """etcd's member list (every tick, and a join response) names what this host's clients
+    connect to: a member advertising http://, unix:// or a host name is never used."""
+    ms = [{"name": "a", "clientURLs": ["https://10.0.0.1:2379", "http://10.0.0.1:2379"], "peerURLs": []},
+          {"name": "b", "clientURLs": ["unix:///run/docker.sock", "https://etcd.example.com:2379",
+                                      "https://10.0.0.2:2379,https://10.0.0.9:2379"]},
+          {"name": "c", "clientURLs": ["https://[fd00::3]:2379"]}]
+    assert ml.endpoint_list(ms) == ["https://10.0.0.1:2379", "https://[fd00::3]:2379"]
+
+
+def test_a_join_answer_without_a_voter_url_leaves_nothing(tmp_path, monkeypatch):
+    """The serving host's member list gives the joiner no etcd endpoint: one line, and the
+    state dir (member key and certificate) is not created."""
+    from crossnet.mesh import join, pki
+    from crossnet.mesh.token import JoinToken, Token
+
+    ca = pki.create_ca(tmp_path / "ca")
+    key = pki.generate_key()
+    cert = ca.issue(pki.make_csr(key, "h2"), "h2", "10.0.0.2")
+    learner = {"name": "h1", "clientURLs": ["https://10.0.0.1:2379"], "peerURLs": [], "isLearner": True}
+    monkeypatch.setattr(join, "request_join", lambda *a, **k: join.JoinResult(key, cert, ca.cert, [learner]))
+    token = JoinToken(Token("ab12cd", "0123456789abcdef"), ca.pin)
+    state = tmp_path / "state"
+    with pytest.raises(CrossnetError) as info:
+        ml.launch_join(str(state), "10.0.0.1", token, "h2", "eth0", "10.0.0.2", spawn=False)
+    assert str(info.value) == "10.0.0.1: the join answer names no voter's client URL (https://IP:PORT); nothing was saved"
+    assert not state.exists()

@@ -47,6 +47,8 @@ NONCE_TTL = 60.0
 MAX_NONCES = 4096
 MAX_BODY = 64 * 1024
 TIMEOUT = 10.0
+MAX_MEMBERS = 128  # entries of a join response's member list (etcd clusters have a handful of voters)
+MAX_URLS = 8  # client or peer URLs of one member
 
 
 class JoinRefused(CrossnetError):
@@ -340,8 +342,40 @@ def check_join_response(doc: Any, pin: str, key: Any, name: str, address: str, w
         pki.check_member_cert(cert, ca_cert, key=key, address=address, name=name)
     except pki.PkiError as exc:
         raise JoinRefused("bad-response", f"{where}: issued certificate refused: {exc}") from None
-    members = doc.get("members")
-    return JoinResult(key, cert, ca_cert, members if isinstance(members, list) else [])
+    try:
+        members = check_members(doc.get("members", []))
+    except ConfigError as exc:
+        raise JoinRefused("bad-response", f"{where}: malformed member list: {exc}") from None
+    return JoinResult(key, cert, ca_cert, members)
+
+
+def check_members(members: Any) -> list[dict]:
+    """The member list a serving host returns (its etcd members: what the joiner's etcd
+    client connects to and launch.json keeps), each entry checked and reduced to the
+    fields crossnet reads; ConfigError naming the field."""
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise ConfigError(f"members: expected a list of at most {MAX_MEMBERS} members")
+    out = []
+    for i, m in enumerate(members):
+        if not isinstance(m, dict):
+            raise ConfigError(f"members[{i}]: expected an object")
+        name = m.get("name", "")  # "" or absent: a member added but not started yet
+        if name != "":
+            pki.validate_name(name, f"members[{i}].name")
+        urls = {}
+        for f in ("clientURLs", "peerURLs"):
+            value = m.get(f) or []
+            if not isinstance(value, list) or len(value) > MAX_URLS:
+                raise ConfigError(f"members[{i}].{f}: expected a list of at most {MAX_URLS} URLs")
+            for j, u in enumerate(value):
+                if pki.member_url(u) is None:
+                    raise ConfigError(f"members[{i}].{f}[{j}]: expected https://IP:PORT, got {str(u)[:64]!r}")
+            urls[f] = list(value)
+        learner = m.get("isLearner", False)
+        if not isinstance(learner, bool):
+            raise ConfigError(f"members[{i}].isLearner: expected true or false")
+        out.append({"name": name, **urls, "isLearner": learner})
+    return out
 
 
 def _call(conn: http.client.HTTPConnection, method: str, path: str, where: str,

@@ -134,12 +134,16 @@ def detect_underlay(iface: str | None = None, address: str | None = None) -> tup
     return pick_underlay(oif, links, addrs, iface, address)
 
 
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address  # an IPv6 address goes in brackets
+
+
 def client_url(address: str) -> str:
-    return f"https://{address}:{CLIENT_PORT}"
+    return f"https://{_url_host(address)}:{CLIENT_PORT}"
 
 
 def peer_url(address: str) -> str:
-    return f"https://{address}:{PEER_PORT}"
+    return f"https://{_url_host(address)}:{PEER_PORT}"
 
 
 def voters_of(members: Iterable[dict]) -> list[dict]:
@@ -157,8 +161,9 @@ def endpoint_list(members: list[dict], own: str | None = None, spread: str | Non
     client host (``own`` not a voter's URL) given ``spread`` (its name) starts at a voter
     chosen by a hash of that name, the others following in order: the clients' requests
     (lease keep-alives, watches) are shared out among the voters instead of all going to
-    the voter with the smallest address. Otherwise: sorted."""
-    urls = sorted({u for m in voters_of(members) for u in m.get("clientURLs") or []})
+    the voter with the smallest address. Otherwise: sorted. Only https://IP:PORT URLs
+    (pki.member_url): a member advertising http://, unix:// or a host name is skipped."""
+    urls = sorted({u for m in voters_of(members) for u in m.get("clientURLs") or [] if pki.member_url(u)})
     if own is not None and own in urls:
         urls.remove(own)
         urls.insert(0, own)
@@ -1147,10 +1152,13 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
 
     paths = Paths(Path(state_dir))
     result = join_riding_out_elections(lambda: join.request_join(server, join_token, name, address))
+    members = result.members  # checked by join.check_members
+    eps = endpoint_list(members, spread=name)
+    if not eps:
+        raise CrossnetError(f"{server}: the join answer names no voter's client URL (https://IP:PORT); "
+                            f"nothing was saved")
     pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
     os.chmod(paths.root, 0o700)
-    members = result.members
-    eps = endpoint_list(members, spread=name)
     st = {"version": 1, "name": name, "address": address, "iface": iface, "endpoints": eps, "bootstrapped": True,
           "cluster_token": "crossnet-" + join_token.pin.split(":")[1][:16], "cluster_state": "existing"}
     try:
