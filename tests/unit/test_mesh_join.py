@@ -529,3 +529,60 @@ def test_check_join_response_keeps_only_the_known_fields_of_each_member(cluster)
                                    cluster.ca.pin, key, "host2", "10.0.0.2", "t")
     assert res.members == [MEMBER, {"name": "", "clientURLs": [], "peerURLs": ["https://[fd00::3]:2380"],
                                     "isLearner": False}]
+
+
+def _trickle(addr, stop_after: float) -> float:
+    """A client that completes TLS, then sends a request line one byte at a time, each
+    byte well within the socket timeout: seconds until the server closed it (or stop_after)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    t0 = time.monotonic()
+    with socket.create_connection(addr, timeout=5) as raw, ctx.wrap_socket(raw) as s:
+        s.settimeout(0.05)
+        for b in b"GET /v1/ca HTTP/1.1\r\nX-Pad: " + b"a" * 10_000:
+            if time.monotonic() - t0 > stop_after:
+                break
+            try:
+                s.send(bytes([b]))
+                if s.recv(1) == b"":
+                    break  # closed by the server
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+    return time.monotonic() - t0
+
+
+def test_a_connection_that_trickles_is_cut_at_the_deadline(cluster, monkeypatch):
+    """Every read within the socket timeout, never a whole request: the connection (and
+    its thread) ends at the connection deadline, not whenever the client stops."""
+    monkeypatch.setattr(join, "TIMEOUT", 1.0)
+    monkeypatch.setattr(join._Handler, "timeout", 1.0)
+    monkeypatch.setattr(join, "CONNECTION_DEADLINE", 1.5)
+    addr = cluster.serve()
+    assert _trickle(addr, stop_after=6.0) < 4.0
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(cluster, monkeypatch):
+    """Idle connections (no TLS handshake) hold at most MAX_CONNECTIONS threads; the next
+    one is closed at once, and a join works again once they are gone."""
+    monkeypatch.setattr(join, "MAX_CONNECTIONS", 3)
+    addr = cluster.serve()
+    idle = [socket.create_connection(addr, timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(addr, timeout=5) as extra:
+            assert extra.recv(1) == b""  # closed by the server, not left waiting
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            join.request_join(addr, cluster.join_token(cluster.tokens.create()), "host2", "10.0.0.2")
+            break
+        except CrossnetError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
