@@ -387,8 +387,11 @@ def test_bad_csr_with_valid_proof_is_a_400(cluster):
     req["csr"] = base64.b64encode(csr).decode()
     req["proof"] = base64.b64encode(join.make_proof(jt.token, join.transcript(
         cluster.ca.pin, req["nonce"], token.id, req["name"], req["address"], csr))).decode()
+    released = []
+    cluster.service.admit = lambda name, address: lambda: released.append((name, address))
     status, doc = cluster.service.handle("POST", "/v1/join", json.dumps(req).encode())
     assert status == 400 and doc["error"].startswith("csr: "), doc
+    assert released == [("host2", "10.0.0.2")]  # what the admit hook reserved is given back
 
 
 @pytest.mark.parametrize("method, path, body, status", [

@@ -93,7 +93,8 @@ class JoinService:
         """ca: pki.CA, or signer.HelperCA (signs in a helper process: `pin`, `cert_pem`,
         `key`, `issue_pem`). members() fills the response's member list; admit(name, address), called once
         the token is proven and before signing, may raise JoinRefused (e.g. code
-        "conflict": name or address taken — `crossnet launch` checks its member list)."""
+        "conflict": name or address taken — `crossnet launch`: launch.admit_joiner, which
+        reserves both) and may return a callable, called if no certificate is issued."""
         if ca.key is None:
             raise pki.PkiError("a join endpoint needs the CA key")
         self.ca = ca
@@ -150,9 +151,15 @@ class JoinService:
         self._consume(nonce)  # single use, whatever happens next
         message = transcript(self.ca.pin, nonce, token_id, name, address, csr_der)
         self.tokens.verify_proof(token_id, message, proof)  # TokenError: unknown/wrong-secret/revoked/expired
-        if self.admit is not None:  # read-only; the CSR is validated by issue_pem
-            self.admit(name, address)
-        cert = self.ca.issue_pem(csr_der, name, address)  # pki.CA, or signer.HelperCA (another process)
+        # the admit hook may reserve name and address (returning what gives them back when
+        # no certificate is issued: a bad CSR, a signer error); the CSR is validated by issue_pem
+        release = self.admit(name, address) if self.admit is not None else None
+        try:
+            cert = self.ca.issue_pem(csr_der, name, address)  # pki.CA, or signer.HelperCA (another process)
+        except BaseException:
+            if callable(release):
+                release()
+            raise
         return {"protocol": PROTOCOL, "cert": cert, "ca": self.ca.cert_pem.decode(),
                 "members": list(self.members())}
 

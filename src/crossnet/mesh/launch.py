@@ -516,6 +516,53 @@ def write_crl(paths: Paths, ca: pki.CA, serials: list[int]) -> None:
     write_text_atomic(paths.mesh.pki_dir / pki.CRL, pki.make_crl(ca, serials).decode())
 
 
+JOINING_PREFIX = f"{MESH_PREFIX}/joining/"
+JOIN_RESERVE_TTL = 300  # s a name and address stay reserved for a joiner that has not written its record yet
+
+
+def admit_joiner(client: Any, name: str, address: str) -> Callable[[], None] | None:
+    """The join endpoint's admit hook: JoinRefused("conflict") when another host holds
+    `name` or `address` — a member's record (`/crossnet-mesh/hosts/`), or a joiner admitted
+    less than JOIN_RESERVE_TTL s ago that has not written its record yet: admission
+    reserves both in one transaction (`joining/name/<name>` = address,
+    `joining/address/<address>` = name, on a lease), so two hosts joining at once with
+    one name or one address cannot both get a certificate. The same name and address
+    again (a retried join, a member re-joining) is admitted. Returns what gives a new
+    reservation back (the join endpoint calls it when no certificate was issued)."""
+    from crossnet.mesh import join
+
+    for h in retrying(lambda: mesh_hosts(client)):
+        if h.get("name") == name and h.get("address") != address:
+            raise join.JoinRefused("conflict", f"host name {name!r} is already taken by {h.get('address')}")
+        if h.get("address") == address and h.get("name") != name:
+            raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
+    by_name, by_addr = f"{JOINING_PREFIX}name/{name}", f"{JOINING_PREFIX}address/{address}"
+    for _ in range(3):
+        held = {}
+        for key in (by_name, by_addr):
+            kv = retrying(lambda key=key: client.get(key))
+            if kv is not None:
+                held[key] = kv.value.decode() if isinstance(kv.value, bytes) else str(kv.value)
+        if held.get(by_name, address) != address:
+            raise join.JoinRefused("conflict", f"host name {name!r} is being joined by {held[by_name]}")
+        if held.get(by_addr, name) != name:
+            raise join.JoinRefused("conflict", f"address {address} is being joined by {held[by_addr]!r}")
+        if len(held) == 2:
+            return None  # reserved for this same name and address already
+        lease, _ = client.lease_grant(JOIN_RESERVE_TTL)
+
+        def release(lease: int = lease) -> None:
+            with contextlib.suppress(CrossnetError):
+                client.lease_revoke(lease)  # its keys go with it
+
+        ok, _, _ = client.txn([client.cmp_create(by_name, 0), client.cmp_create(by_addr, 0)],
+                              [client.op_put(by_name, address, lease=lease), client.op_put(by_addr, name, lease=lease)])
+        if ok:
+            return release
+        release()
+    raise join.JoinRefused("conflict", f"host name {name!r} or address {address} is being joined by another host")
+
+
 def remove_host_records(client: Any, name: str) -> list[str]:
     """Everything the store holds for `name`: its subnet lease (peers drop its routes
     and tunnels), containers, remembered subnet, mesh record. Returns what was removed."""
@@ -533,8 +580,16 @@ def remove_host_records(client: Any, name: str) -> list[str]:
     if lease:
         with contextlib.suppress(CrossnetError):
             client.lease_revoke(lease)
+    extra = []  # its join's reservation (admit_joiner), if still held: its name and its address
+    joining = client.get(f"{JOINING_PREFIX}name/{name}")
+    if joining is not None:
+        by_addr = f"{JOINING_PREFIX}address/{joining.value.decode()}"
+        held = client.get(by_addr)
+        if held is not None and held.value.decode() == name:
+            extra.append((by_addr, None))
     for key, what in ((f"{AGENT_PREFIX}/containers/{name}", "containers"), (f"{AGENT_PREFIX}/hosts/{name}", "hosts"),
-                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record"), (f"{ALIVE_PREFIX}{name}", None)):
+                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record"), (f"{ALIVE_PREFIX}{name}", None),
+                      (f"{JOINING_PREFIX}name/{name}", None), *extra):
         if client.delete(key) and what:
             done.append(what)
     return done
@@ -735,12 +790,8 @@ class Supervisor:
                      "isLearner": bool(mm.get("isLearner"))}
                     for mm in retrying(lambda: member_list(self.client(timeout=2.0)))]
 
-        def admit(name: str, address: str) -> None:
-            for h in retrying(lambda: mesh_hosts(self.client(timeout=2.0))):
-                if h.get("name") == name and h.get("address") != address:
-                    raise join.JoinRefused("conflict", f"host name {name!r} is already taken by {h.get('address')}")
-                if h.get("address") == address and h.get("name") != name:
-                    raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
+        def admit(name: str, address: str) -> Callable[[], None] | None:
+            return admit_joiner(self.client(timeout=2.0), name, address)
 
         def unavailable() -> str | None:
             reachable, total, _ = probe_voters(self.paths, self.endpoints(), timeout=0.7)
