@@ -589,3 +589,15 @@ def test_connections_beyond_the_limit_are_closed_at_once(cluster, monkeypatch):
         except CrossnetError:
             assert time.monotonic() < deadline
             time.sleep(0.1)
+
+
+def test_a_servers_refusal_reaches_the_terminal_as_printable_text():
+    """Step 1 runs before anything is verified: whatever answers at ADDR chooses the error
+    text and code the joiner prints. Control characters (terminal escapes) are escaped,
+    the code is a known-looking word or bad-response."""
+    exc = join._refusal(403, {"error": "\x1b]0;owned\x07token \x1b[2Jgone\r\nnext", "code": "x\x1b[2J"}, "10.0.0.1:6790")
+    assert str(exc).isprintable() and "\x1b" not in str(exc)
+    assert str(exc) == "join via 10.0.0.1:6790 refused: \\x1b]0;owned\\x07token \\x1b[2Jgone next"
+    assert exc.code == "bad-response"
+    assert join._refusal(403, {"error": "token abc: wrong secret", "code": "wrong-secret"}, "w").code == "wrong-secret"
+    assert join._refusal(500, {"error": "x", "code": "a" * 65}, "w").code == "bad-response"

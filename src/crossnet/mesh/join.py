@@ -27,6 +27,7 @@ import http.client
 import http.server
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import socketserver
@@ -453,10 +454,20 @@ def _call(conn: http.client.HTTPConnection, method: str, path: str, where: str,
 
 
 def _refusal(status: int, data: Any, where: str) -> JoinRefused:
+    """The server's refusal as one printable line: in step 1 nothing is verified yet, so
+    whatever answers chooses this text (control characters escaped: no terminal escapes)
+    and code (a lower-case word, else bad-response)."""
     msg = data.get("error") if isinstance(data, dict) else None
     code = data.get("code") if isinstance(data, dict) else None
     text = " ".join(str(msg).split())[:300] if msg else f"HTTP {status}"
-    return JoinRefused(code if isinstance(code, str) else "bad-response", f"join via {where} refused: {text}")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if not (isinstance(code, str) and _CODE_RE.fullmatch(code)):
+        code = "bad-response"
+    return JoinRefused(code, f"join via {where} refused: {text}")
+
+
+_CODE_RE = re.compile(r"[a-z][a-z-]{0,31}")
 
 
 def request_join(server: str | tuple[str, int], join_token: JoinToken, name: str, address: str,
