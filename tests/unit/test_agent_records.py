@@ -236,3 +236,46 @@ def test_a_record_with_this_hosts_own_wireguard_key_is_rejected(agent):
     agent.apply_events([PeerEvent("put", k, rec, rec.created)])
     assert agent.programmed == [] and agent.peers == {}
     assert [r["reason"] for r in agent.info()["rejected"]] == ["data.wireguard_key: this host's own WireGuard public key"]
+
+
+def test_a_named_networks_tunnel_port_is_claimed_before_the_network_is_followed(agent, monkeypatch):
+    """OVS: a peer's tunnel port in a named network is claimed (the older record keeps it)
+    from the first selection on, not only once the agent follows that network: the full
+    sync that first follows it programs the peers selected with the networks known then."""
+    from crossnet.netmodel import NetworkConfig as Model
+    from crossnet.netstore import pin_vnis
+
+    agent.backend = get_backend("ovs-vxlan")
+    agent.cfg = pin_vnis(Model(network=NET, backend="ovs-vxlan", name="c",
+                               networks=[{"name": "blue", "network": "10.41.0.0/16"}]),
+                         None)
+    agent.lease.record.networks = {"blue": IPv4Network("10.41.1.0/24")}
+    assert agent.nets == {}  # not followed yet (the first full sync does)
+    real = agent.backend._port_name
+    # two peers whose tunnel ports in blue are one port (a hash collision, made here)
+    monkeypatch.setattr(agent.backend, "_port_name",
+                        lambda peer, ctx: "grexcollision" if ctx is not None and ctx.net_name else real(peer, ctx))
+    older, younger = put("10.32.2.0/24", "h2", "10.56.0.2").record, put("10.32.3.0/24", "h3", "10.56.0.3").record
+    older.networks = {"blue": IPv4Network("10.41.2.0/24")}
+    younger.networks = {"blue": IPv4Network("10.41.3.0/24")}
+    view = agent._view(agent._env(), [])
+    assert "OVS tunnel port grexcollision" in view.claims(younger)
+    from crossnet.store.records import select_records
+
+    sel = select_records({older.key: older, younger.key: younger}, view)
+    assert list(sel.valid) == [older.key]
+    assert sel.rejected == {younger.key: "name: h3 needs the OVS tunnel port grexcollision, already claimed by "
+                                         "the older record 10.32.2.0/24"}
+
+
+def test_unknown_data_keys_of_a_record_never_reach_the_peer(agent):
+    """The peer programmed (and written to applied.json with its data) carries only the
+    data keys crossnet reads; the rest of a store writer's record is dropped on reading."""
+    raw = {"name": "h2", "address": "10.56.0.2", "subnet": "10.32.2.0/24",
+           "data": {"vtep_mac": stable_mac("c", "h2", "vxlan"), "junk": {"big": "x" * 4096}}}
+    k = IPv4Network("10.32.2.0/24")
+    rec = HostRecord.from_json(raw, key=k, created=next(REV))
+    agent.apply_events([PeerEvent("put", k, rec, rec.created)])
+    assert agent.programmed == [("10.32.2.0/24", "h2")]
+    agent._sync_ctx_peers()
+    assert [p["data"] for p in agent.ctx.to_json()["peers"]] == [{"vtep_mac": stable_mac("c", "h2", "vxlan")}]

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import join, pki
+from crossnet.mesh.launch import client_url, peer_url
 from crossnet.mesh.token import JoinToken, Token, TokenStore
 
 LOOPBACK = "127.0.0.1"
@@ -36,7 +37,8 @@ class Cluster:
         pki.issue_self(self.ca, self.pki_dir, name, address)
         self.tokens = TokenStore(root / "tokens.json")
         self.service = join.JoinService(self.ca, self.tokens,
-                                        members=lambda: [{"name": name, "address": address}])
+                                        members=lambda: [{"name": name, "clientURLs": [client_url(address)],
+                                                          "peerURLs": [peer_url(address)], "isLearner": False}])
         self.seen: list[tuple[str, str, bytes]] = []
         handle = self.service.handle
 
@@ -118,7 +120,9 @@ def test_join_over_tls_issues_a_cert_for_the_joiners_own_key(cluster, tmp_path):
     cert = pki.load_cert(out / "member.crt")
     pki.check_member_cert(cert, cluster.ca.cert, key=key, address="10.0.0.2", name="host2")
     assert pki.ca_pin(pki.load_cert(out / "ca.crt")) == cluster.ca.pin
-    assert result.members == [{"name": "host1", "address": LOOPBACK}]
+    assert result.members == [{"name": "host1", "clientURLs": [f"https://{LOOPBACK}:2379"],
+                               "peerURLs": [f"https://{LOOPBACK}:2380"], "isLearner": False}]
+    assert client_url("fd00::1") == "https://[fd00::1]:2379" and peer_url("fd00::1") == "https://[fd00::1]:2380"
 
     # what crossed the wire: the CA fetch, a challenge, one join request
     assert [(m, p) for m, p, _ in cluster.seen] == [("GET", "/v1/ca"), ("POST", "/v1/challenge"),
@@ -383,8 +387,11 @@ def test_bad_csr_with_valid_proof_is_a_400(cluster):
     req["csr"] = base64.b64encode(csr).decode()
     req["proof"] = base64.b64encode(join.make_proof(jt.token, join.transcript(
         cluster.ca.pin, req["nonce"], token.id, req["name"], req["address"], csr))).decode()
+    released = []
+    cluster.service.admit = lambda name, address: lambda: released.append((name, address))
     status, doc = cluster.service.handle("POST", "/v1/join", json.dumps(req).encode())
     assert status == 400 and doc["error"].startswith("csr: "), doc
+    assert released == [("host2", "10.0.0.2")]  # what the admit hook reserved is given back
 
 
 @pytest.mark.parametrize("method, path, body, status", [
@@ -476,3 +483,121 @@ def test_parse_server_forms():
     for bad in ("host1", "10.0.0.1:0", "10.0.0.1:x", "[fd00::1", ""):
         with pytest.raises(ConfigError, match="^ADDR: "):
             join.parse_server(bad)
+
+
+MEMBER = {"name": "host1", "clientURLs": ["https://10.0.0.1:2379"], "peerURLs": ["https://10.0.0.1:2380"],
+          "isLearner": False}
+
+
+@pytest.mark.parametrize("members, field", [
+    ("x", "members: expected a list"),
+    ([MEMBER] * (join.MAX_MEMBERS + 1), "members: expected a list"),
+    (["host1"], "members[0]: expected an object"),
+    ([MEMBER, {**MEMBER, "name": "h2\n"}], "members[1].name"),
+    ([{**MEMBER, "name": 7}], "members[0].name"),
+    ([{**MEMBER, "clientURLs": "https://10.0.0.1:2379"}], "members[0].clientURLs: expected a list"),
+    ([{**MEMBER, "clientURLs": ["http://10.0.0.1:2379"]}], "members[0].clientURLs[0]: expected https://IP:PORT"),
+    ([{**MEMBER, "clientURLs": ["unix:///run/docker.sock"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://etcd.example.com:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://10.0.0.1:2379,https://10.0.0.9:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://user:pw@10.0.0.1:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://10.0.0.1:2379/v3"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://10.0.0.1:0"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "clientURLs": ["https://224.0.0.1:2379"]}], "members[0].clientURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://10.0.0.1:2380\n"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://fd00::1:2380"]}], "members[0].peerURLs[0]"),  # IPv6 without brackets
+    ([{**MEMBER, "peerURLs": ["https://[fe80::1%eth0]:2380"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://[10.0.0.1]:2380"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://10.0.0.1:02380"]}], "members[0].peerURLs[0]"),
+    ([{**MEMBER, "peerURLs": ["https://10.0.0.1:2380"] * (join.MAX_URLS + 1)}], "members[0].peerURLs: expected a list"),
+    ([{**MEMBER, "isLearner": "no"}], "members[0].isLearner: expected true or false"),
+])
+def test_check_join_response_refuses_a_hostile_member_list(cluster, members, field):
+    """The member list is what the joiner's etcd client connects to and what launch.json
+    keeps: every entry is checked before anything is saved (https://IP:PORT URLs only)."""
+    key = pki.generate_key()
+    good = pki.cert_pem(cluster.ca.issue(pki.make_csr(key, "host2"), "host2", "10.0.0.2")).decode()
+    doc = {"cert": good, "ca": cluster.ca.cert_pem.decode(), "members": members}
+    with pytest.raises(join.JoinRefused) as info:
+        join.check_join_response(doc, cluster.ca.pin, key, "host2", "10.0.0.2", "t")
+    assert info.value.code == "bad-response"
+    assert str(info.value).startswith(f"t: malformed member list: {field}") and "\n" not in str(info.value)
+
+
+def test_check_join_response_keeps_only_the_known_fields_of_each_member(cluster):
+    key = pki.generate_key()
+    good = pki.cert_pem(cluster.ca.issue(pki.make_csr(key, "host2"), "host2", "10.0.0.2")).decode()
+    members = [{**MEMBER, "extra": "x" * 100}, {"name": "", "peerURLs": ["https://[fd00::3]:2380"]}]
+    res = join.check_join_response({"cert": good, "ca": cluster.ca.cert_pem.decode(), "members": members},
+                                   cluster.ca.pin, key, "host2", "10.0.0.2", "t")
+    assert res.members == [MEMBER, {"name": "", "clientURLs": [], "peerURLs": ["https://[fd00::3]:2380"],
+                                    "isLearner": False}]
+
+
+def _trickle(addr, stop_after: float) -> float:
+    """A client that completes TLS, then sends a request line one byte at a time, each
+    byte well within the socket timeout: seconds until the server closed it (or stop_after)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    t0 = time.monotonic()
+    with socket.create_connection(addr, timeout=5) as raw, ctx.wrap_socket(raw) as s:
+        s.settimeout(0.05)
+        for b in b"GET /v1/ca HTTP/1.1\r\nX-Pad: " + b"a" * 10_000:
+            if time.monotonic() - t0 > stop_after:
+                break
+            try:
+                s.send(bytes([b]))
+                if s.recv(1) == b"":
+                    break  # closed by the server
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+    return time.monotonic() - t0
+
+
+def test_a_connection_that_trickles_is_cut_at_the_deadline(cluster, monkeypatch):
+    """Every read within the socket timeout, never a whole request: the connection (and
+    its thread) ends at the connection deadline, not whenever the client stops."""
+    monkeypatch.setattr(join, "TIMEOUT", 1.0)
+    monkeypatch.setattr(join._Handler, "timeout", 1.0)
+    monkeypatch.setattr(join, "CONNECTION_DEADLINE", 1.5)
+    addr = cluster.serve()
+    assert _trickle(addr, stop_after=6.0) < 4.0
+
+
+def test_connections_beyond_the_limit_are_closed_at_once(cluster, monkeypatch):
+    """Idle connections (no TLS handshake) hold at most MAX_CONNECTIONS threads; the next
+    one is closed at once, and a join works again once they are gone."""
+    monkeypatch.setattr(join, "MAX_CONNECTIONS", 3)
+    addr = cluster.serve()
+    idle = [socket.create_connection(addr, timeout=5) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        with socket.create_connection(addr, timeout=5) as extra:
+            assert extra.recv(1) == b""  # closed by the server, not left waiting
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            join.request_join(addr, cluster.join_token(cluster.tokens.create()), "host2", "10.0.0.2")
+            break
+        except CrossnetError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+
+
+def test_a_servers_refusal_reaches_the_terminal_as_printable_text():
+    """Step 1 runs before anything is verified: whatever answers at ADDR chooses the error
+    text and code the joiner prints. Control characters (terminal escapes) are escaped,
+    the code is a known-looking word or bad-response."""
+    exc = join._refusal(403, {"error": "\x1b]0;owned\x07token \x1b[2Jgone\r\nnext", "code": "x\x1b[2J"}, "10.0.0.1:6790")
+    assert str(exc).isprintable() and "\x1b" not in str(exc)
+    assert str(exc) == "join via 10.0.0.1:6790 refused: \\x1b]0;owned\\x07token \\x1b[2Jgone next"
+    assert exc.code == "bad-response"
+    assert join._refusal(403, {"error": "token abc: wrong secret", "code": "wrong-secret"}, "w").code == "wrong-secret"
+    assert join._refusal(500, {"error": "x", "code": "a" * 65}, "w").code == "bad-response"

@@ -773,3 +773,136 @@ def test_new_voters_reach_the_running_agent_without_a_restart(tmp_path, role):
         assert agent.endpoints[0][0] == "https://10.0.0.1:2379"  # its own member first
     sup.tick()
     assert len(agent.endpoints) == 1  # nothing changed: nothing sent
+
+
+# ---------------------------------------------------------------- what a joiner accepts back
+
+def test_endpoint_list_keeps_only_https_ip_urls():
+    """etcd's member list (every tick, and a join response) names what this host's clients
+    connect to: a member advertising http://, unix:// or a host name is never used."""
+    ms = [{"name": "a", "clientURLs": ["https://10.0.0.1:2379", "http://10.0.0.1:2379"], "peerURLs": []},
+          {"name": "b", "clientURLs": ["unix:///run/docker.sock", "https://etcd.example.com:2379",
+                                      "https://10.0.0.2:2379,https://10.0.0.9:2379"]},
+          {"name": "c", "clientURLs": ["https://[fd00::3]:2379"]}]
+    assert ml.endpoint_list(ms) == ["https://10.0.0.1:2379", "https://[fd00::3]:2379"]
+
+
+def test_a_join_answer_without_a_voter_url_leaves_nothing(tmp_path, monkeypatch):
+    """The serving host's member list gives the joiner no etcd endpoint: one line, and the
+    state dir (member key and certificate) is not created."""
+    from crossnet.mesh import join, pki
+    from crossnet.mesh.token import JoinToken, Token
+
+    ca = pki.create_ca(tmp_path / "ca")
+    key = pki.generate_key()
+    cert = ca.issue(pki.make_csr(key, "h2"), "h2", "10.0.0.2")
+    learner = {"name": "h1", "clientURLs": ["https://10.0.0.1:2379"], "peerURLs": [], "isLearner": True}
+    monkeypatch.setattr(join, "request_join", lambda *a, **k: join.JoinResult(key, cert, ca.cert, [learner]))
+    token = JoinToken(Token("ab12cd", "0123456789abcdef"), ca.pin)
+    state = tmp_path / "state"
+    with pytest.raises(CrossnetError) as info:
+        ml.launch_join(str(state), "10.0.0.1", token, "h2", "eth0", "10.0.0.2", spawn=False)
+    assert str(info.value) == "10.0.0.1: the join answer names no voter's client URL (https://IP:PORT); nothing was saved"
+    assert not state.exists()
+
+
+# ---------------------------------------------------------------- a joiner's name and address
+
+class FakeKV:
+    """Just enough of EtcdClient for launch.admit_joiner: range/get, leases, and
+    transactions of create-if-absent compares and puts."""
+
+    def __init__(self, hosts=()):
+        import threading
+
+        self.keys: dict[str, tuple[str, int]] = {f"{ml.MESH_PREFIX}/hosts/{h['name']}": (json.dumps(h), 0)
+                                                 for h in hosts}
+        self.leases = 0
+        self.mu = threading.Lock()
+
+    def range(self, key, prefix=False):
+        from types import SimpleNamespace
+
+        with self.mu:
+            return [SimpleNamespace(key=k.encode(), value=v.encode(), lease=lease)
+                    for k, (v, lease) in sorted(self.keys.items()) if (k.startswith(key) if prefix else k == key)], 0
+
+    def get(self, key):
+        kvs, _ = self.range(key)
+        return kvs[0] if kvs else None
+
+    def lease_grant(self, ttl):
+        with self.mu:
+            self.leases += 1
+            return self.leases, ttl
+
+    cmp_create = staticmethod(FakeCluster.cmp_create)
+    op_put = staticmethod(FakeCluster.op_put)
+    txn = FakeCluster.txn
+    lease_revoke = FakeCluster.lease_revoke
+
+    def delete(self, key):
+        with self.mu:
+            return self.keys.pop(key, None) is not None
+
+
+def test_one_name_and_one_address_per_joiner_even_before_its_first_record():
+    """Two hosts joining at once with one name (or one address): the first is admitted and
+    reserves both until its own record is written; the other is refused. The same host
+    asking again (a retried join) is admitted; a refusal writes nothing."""
+    from crossnet.mesh import join
+
+    kv = FakeKV(hosts=[{"name": "h1", "address": "10.0.0.1"}])
+    ml.admit_joiner(kv, "h2", "10.0.0.2")
+    before = dict(kv.keys)
+    for name, address, text in [("h2", "10.0.0.3", "host name 'h2' is being joined by 10.0.0.2"),
+                                ("h3", "10.0.0.2", "address 10.0.0.2 is being joined by 'h2'"),
+                                ("h1", "10.0.0.9", "host name 'h1' is already taken by 10.0.0.1"),
+                                ("h4", "10.0.0.1", "address 10.0.0.1 is already taken by 'h1'")]:
+        with pytest.raises(join.JoinRefused) as info:
+            ml.admit_joiner(kv, name, address)
+        assert (info.value.code, str(info.value)) == ("conflict", text)
+        assert kv.keys == before
+    assert ml.admit_joiner(kv, "h2", "10.0.0.2") is None  # the same joiner again: already reserved
+    release = ml.admit_joiner(kv, "h1", "10.0.0.1")  # a member re-joining with its own name and address
+    assert all(lease for k, (_, lease) in kv.keys.items() if "/joining/" in k)  # reservations expire
+    release()  # the certificate could not be issued: the reservation goes at once
+    assert kv.keys == before
+
+
+def test_two_hosts_joining_at_once_with_one_name_one_is_refused():
+    import threading
+
+    from crossnet.mesh import join
+
+    kv = FakeKV()
+    out: dict[str, str] = {}
+
+    def one(address: str) -> None:
+        try:
+            ml.admit_joiner(kv, "h2", address)
+            out[address] = "admitted"
+        except join.JoinRefused as exc:
+            out[address] = exc.code
+
+    threads = [threading.Thread(target=one, args=(f"10.0.0.{i}",)) for i in range(2, 8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(out.values()) == ["admitted"] + ["conflict"] * 5
+
+
+def test_forget_gives_the_hosts_join_reservation_back():
+    """`forget`/`stop --release` soon after a join: the name and address are free again at
+    once (not only when the reservation's lease ends); another joiner's address is kept."""
+    kv = FakeKV()
+    ml.admit_joiner(kv, "h2", "10.0.0.2")
+    ml.admit_joiner(kv, "h3", "10.0.0.3")
+    kv.keys[f"{ml.JOINING_PREFIX}address/10.0.0.2"] = ("h3", 0)  # (not h2's any more)
+    ml.remove_host_records(kv, "h2")
+    assert sorted(k for k in kv.keys if "/joining/" in k) == [f"{ml.JOINING_PREFIX}address/10.0.0.2",
+                                                             f"{ml.JOINING_PREFIX}address/10.0.0.3",
+                                                             f"{ml.JOINING_PREFIX}name/h3"]
+    ml.remove_host_records(kv, "h3")
+    assert [k for k in kv.keys if "/joining/" in k] == [f"{ml.JOINING_PREFIX}address/10.0.0.2"]

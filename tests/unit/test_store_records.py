@@ -343,3 +343,30 @@ def test_a_record_with_this_hosts_own_wireguard_key_is_rejected():
     view = LocalView(**{**VIEW.__dict__, "macs": VIEW.macs | {WG_A}})
     assert check(rec(wireguard_key=WG_A), view) == "data.wireguard_key: this host's own WireGuard public key"
     assert check(rec(wireguard_key=WG_B), view) is None
+
+
+def test_unknown_keys_of_a_records_data_are_dropped_when_it_is_read():
+    """A record's `data` keeps only what crossnet reads (DATA_KEYS): anything else a store
+    writer adds never reaches the agent's peers, applied.json or its status."""
+    from crossnet.store import DATA_KEYS
+
+    mac = stable_mac("c", "h2", "vxlan")
+    raw = {"name": "h2", "address": "10.56.0.2", "subnet": "10.32.2.0/24",
+           "data": {"vtep_mac": mac, "junk": "x" * 4096, "nested": {"a": [1, 2]}, "gw_mac": "02:00:00:00:00:09"}}
+    rec = HostRecord.from_json(raw)
+    assert rec.data == {"vtep_mac": mac, "gw_mac": "02:00:00:00:00:09"}
+    assert rec.to_json()["data"] == rec.data
+    assert set(DATA_KEYS) == {"vtep_mac", "gw_mac", "wireguard_key"}
+
+
+@pytest.mark.parametrize("name", ["bridge", "host-gw", "vxlan", "ovs-gre", "ovs-vxlan", "wireguard", "auto"])
+def test_every_key_a_backend_publishes_is_a_data_key(name, tmp_path):
+    """What a backend publishes (host_data, local_data) survives the reading of its record."""
+    from crossnet.backends import get_backend
+    from crossnet.store import DATA_KEYS
+
+    b = get_backend(name)
+    published = {**b.host_data("c", "h1", IPv4Address("10.56.0.1")), **b.local_data(str(tmp_path), create=True)}
+    assert set(published) <= set(DATA_KEYS)
+    rec = HostRecord.from_json({"name": "h1", "address": "10.56.0.1", "subnet": "10.32.1.0/24", "data": published})
+    assert rec.data == published

@@ -424,9 +424,13 @@ class Agent:
         macs = frozenset(v for v in mine.values() if isinstance(v, str))  # MACs, the WireGuard key
         from crossnet import netstore
 
-        ctx, nets, backend = self.ctx, dict(self.nets), self.backend
+        # the networks this host follows after this selection (the config's, that it holds a subnet
+        # of), not only those followed so far: the sync that first follows one programs the peers
+        # selected here, so their claims there count from now on (ports carry no peers: none needed)
+        nets = {**netstore.contexts(self.cfg, self.ctx, self.backend, self.lease.record.networks, []), **self.nets}
+        ctx, backend = self.ctx, self.backend
 
-        def claims(rec: HostRecord) -> list[str]:  # e.g. its OVS tunnel ports (in the networks followed so far)
+        def claims(rec: HostRecord) -> list[str]:  # e.g. its OVS tunnel ports (in the networks followed)
             return backend.peer_claims([ctx, *(nets[n] for n in sorted(rec.networks) if n in nets)], rec.name)
 
         return LocalView(self.cfg.network, self.cfg.subnet_len, self.name, self.address, self.lease.subnet, macs,

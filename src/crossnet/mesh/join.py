@@ -22,10 +22,12 @@ in step 1 is public and is trusted only once its pin matches.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import http.server
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import socketserver
@@ -47,6 +49,10 @@ NONCE_TTL = 60.0
 MAX_NONCES = 4096
 MAX_BODY = 64 * 1024
 TIMEOUT = 10.0
+MAX_CONNECTIONS = 64  # connections served at once; the next one is closed at once
+CONNECTION_DEADLINE = 60.0  # s a connection may last, whatever it sends (a join takes well under 1 s)
+MAX_MEMBERS = 128  # entries of a join response's member list (etcd clusters have a handful of voters)
+MAX_URLS = 8  # client or peer URLs of one member
 
 
 class JoinRefused(CrossnetError):
@@ -88,7 +94,8 @@ class JoinService:
         """ca: pki.CA, or signer.HelperCA (signs in a helper process: `pin`, `cert_pem`,
         `key`, `issue_pem`). members() fills the response's member list; admit(name, address), called once
         the token is proven and before signing, may raise JoinRefused (e.g. code
-        "conflict": name or address taken — `crossnet launch` checks its member list)."""
+        "conflict": name or address taken — `crossnet launch`: launch.admit_joiner, which
+        reserves both) and may return a callable, called if no certificate is issued."""
         if ca.key is None:
             raise pki.PkiError("a join endpoint needs the CA key")
         self.ca = ca
@@ -145,9 +152,15 @@ class JoinService:
         self._consume(nonce)  # single use, whatever happens next
         message = transcript(self.ca.pin, nonce, token_id, name, address, csr_der)
         self.tokens.verify_proof(token_id, message, proof)  # TokenError: unknown/wrong-secret/revoked/expired
-        if self.admit is not None:  # read-only; the CSR is validated by issue_pem
-            self.admit(name, address)
-        cert = self.ca.issue_pem(csr_der, name, address)  # pki.CA, or signer.HelperCA (another process)
+        # the admit hook may reserve name and address (returning what gives them back when
+        # no certificate is issued: a bad CSR, a signer error); the CSR is validated by issue_pem
+        release = self.admit(name, address) if self.admit is not None else None
+        try:
+            cert = self.ca.issue_pem(csr_der, name, address)  # pki.CA, or signer.HelperCA (another process)
+        except BaseException:
+            if callable(release):
+                release()
+            raise
         return {"protocol": PROTOCOL, "cert": cert, "ca": self.ca.cert_pem.decode(),
                 "members": list(self.members())}
 
@@ -237,6 +250,13 @@ class JoinServer(WakeOnShutdown, socketserver.ThreadingMixIn, http.server.HTTPSe
     allow_reuse_address = True
 
     def __init__(self, service: JoinService, host: str, port: int, cert_file: str, key_file: str):
+        # open connections: the raw socket -> (a duplicate of it, start): a client that sends
+        # each byte within TIMEOUT but never a whole request is cut at CONNECTION_DEADLINE
+        # (shutdown of the duplicate ends every read of the TLS socket), and at most
+        # MAX_CONNECTIONS hold a thread
+        self._conns: dict[socket.socket, tuple[socket.socket, float]] = {}
+        self._conns_lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -258,6 +278,46 @@ class JoinServer(WakeOnShutdown, socketserver.ThreadingMixIn, http.server.HTTPSe
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # failed TLS handshakes, resets: the client sees them; no traceback on stderr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        now = time.monotonic()
+        with self._conns_lock:
+            if sum(now - start <= CONNECTION_DEADLINE for _, start in self._conns.values()) >= MAX_CONNECTIONS:
+                request.close()
+                return
+            try:
+                self._conns[request] = (request.dup(), now)
+            except OSError:
+                request.close()
+                return
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="crossnet-join-reaper", daemon=True)
+                self._reaper.start()
+        super().process_request(request, client_address)
+
+    def _reap(self) -> None:
+        """Runs while connections are open, asleep until the oldest one's deadline: shuts
+        down those past CONNECTION_DEADLINE (their threads then end and unregister them)."""
+        while True:
+            with self._conns_lock:
+                if not self._conns:
+                    self._reaper = None
+                    return
+                now = time.monotonic()
+                for watch, start in self._conns.values():
+                    if now - start > CONNECTION_DEADLINE:
+                        with contextlib.suppress(OSError):
+                            watch.shutdown(socket.SHUT_RDWR)
+                due = [start + CONNECTION_DEADLINE for _, start in self._conns.values()
+                       if start + CONNECTION_DEADLINE >= now]
+            time.sleep(max(0.05, min(due) - now + 0.01) if due else 0.05)  # later ones are due later
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            entry = self._conns.pop(request, None)
+        if entry is not None:
+            entry[0].close()
+        super().shutdown_request(request)
 
     def start(self) -> JoinServer:
         self._thread = threading.Thread(target=self.serve_forever, name="crossnet-join", daemon=True)
@@ -340,8 +400,40 @@ def check_join_response(doc: Any, pin: str, key: Any, name: str, address: str, w
         pki.check_member_cert(cert, ca_cert, key=key, address=address, name=name)
     except pki.PkiError as exc:
         raise JoinRefused("bad-response", f"{where}: issued certificate refused: {exc}") from None
-    members = doc.get("members")
-    return JoinResult(key, cert, ca_cert, members if isinstance(members, list) else [])
+    try:
+        members = check_members(doc.get("members", []))
+    except ConfigError as exc:
+        raise JoinRefused("bad-response", f"{where}: malformed member list: {exc}") from None
+    return JoinResult(key, cert, ca_cert, members)
+
+
+def check_members(members: Any) -> list[dict]:
+    """The member list a serving host returns (its etcd members: what the joiner's etcd
+    client connects to and launch.json keeps), each entry checked and reduced to the
+    fields crossnet reads; ConfigError naming the field."""
+    if not isinstance(members, list) or len(members) > MAX_MEMBERS:
+        raise ConfigError(f"members: expected a list of at most {MAX_MEMBERS} members")
+    out = []
+    for i, m in enumerate(members):
+        if not isinstance(m, dict):
+            raise ConfigError(f"members[{i}]: expected an object")
+        name = m.get("name", "")  # "" or absent: a member added but not started yet
+        if name != "":
+            pki.validate_name(name, f"members[{i}].name")
+        urls = {}
+        for f in ("clientURLs", "peerURLs"):
+            value = m.get(f) or []
+            if not isinstance(value, list) or len(value) > MAX_URLS:
+                raise ConfigError(f"members[{i}].{f}: expected a list of at most {MAX_URLS} URLs")
+            for j, u in enumerate(value):
+                if pki.member_url(u) is None:
+                    raise ConfigError(f"members[{i}].{f}[{j}]: expected https://IP:PORT, got {str(u)[:64]!r}")
+            urls[f] = list(value)
+        learner = m.get("isLearner", False)
+        if not isinstance(learner, bool):
+            raise ConfigError(f"members[{i}].isLearner: expected true or false")
+        out.append({"name": name, **urls, "isLearner": learner})
+    return out
 
 
 def _call(conn: http.client.HTTPConnection, method: str, path: str, where: str,
@@ -362,10 +454,20 @@ def _call(conn: http.client.HTTPConnection, method: str, path: str, where: str,
 
 
 def _refusal(status: int, data: Any, where: str) -> JoinRefused:
+    """The server's refusal as one printable line: in step 1 nothing is verified yet, so
+    whatever answers chooses this text (control characters escaped: no terminal escapes)
+    and code (a lower-case word, else bad-response)."""
     msg = data.get("error") if isinstance(data, dict) else None
     code = data.get("code") if isinstance(data, dict) else None
     text = " ".join(str(msg).split())[:300] if msg else f"HTTP {status}"
-    return JoinRefused(code if isinstance(code, str) else "bad-response", f"join via {where} refused: {text}")
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if not (isinstance(code, str) and _CODE_RE.fullmatch(code)):
+        code = "bad-response"
+    return JoinRefused(code, f"join via {where} refused: {text}")
+
+
+_CODE_RE = re.compile(r"[a-z][a-z-]{0,31}")
 
 
 def request_join(server: str | tuple[str, int], join_token: JoinToken, name: str, address: str,

@@ -134,12 +134,16 @@ def detect_underlay(iface: str | None = None, address: str | None = None) -> tup
     return pick_underlay(oif, links, addrs, iface, address)
 
 
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address  # an IPv6 address goes in brackets
+
+
 def client_url(address: str) -> str:
-    return f"https://{address}:{CLIENT_PORT}"
+    return f"https://{_url_host(address)}:{CLIENT_PORT}"
 
 
 def peer_url(address: str) -> str:
-    return f"https://{address}:{PEER_PORT}"
+    return f"https://{_url_host(address)}:{PEER_PORT}"
 
 
 def voters_of(members: Iterable[dict]) -> list[dict]:
@@ -157,8 +161,9 @@ def endpoint_list(members: list[dict], own: str | None = None, spread: str | Non
     client host (``own`` not a voter's URL) given ``spread`` (its name) starts at a voter
     chosen by a hash of that name, the others following in order: the clients' requests
     (lease keep-alives, watches) are shared out among the voters instead of all going to
-    the voter with the smallest address. Otherwise: sorted."""
-    urls = sorted({u for m in voters_of(members) for u in m.get("clientURLs") or []})
+    the voter with the smallest address. Otherwise: sorted. Only https://IP:PORT URLs
+    (pki.member_url): a member advertising http://, unix:// or a host name is skipped."""
+    urls = sorted({u for m in voters_of(members) for u in m.get("clientURLs") or [] if pki.member_url(u)})
     if own is not None and own in urls:
         urls.remove(own)
         urls.insert(0, own)
@@ -511,6 +516,53 @@ def write_crl(paths: Paths, ca: pki.CA, serials: list[int]) -> None:
     write_text_atomic(paths.mesh.pki_dir / pki.CRL, pki.make_crl(ca, serials).decode())
 
 
+JOINING_PREFIX = f"{MESH_PREFIX}/joining/"
+JOIN_RESERVE_TTL = 300  # s a name and address stay reserved for a joiner that has not written its record yet
+
+
+def admit_joiner(client: Any, name: str, address: str) -> Callable[[], None] | None:
+    """The join endpoint's admit hook: JoinRefused("conflict") when another host holds
+    `name` or `address` — a member's record (`/crossnet-mesh/hosts/`), or a joiner admitted
+    less than JOIN_RESERVE_TTL s ago that has not written its record yet: admission
+    reserves both in one transaction (`joining/name/<name>` = address,
+    `joining/address/<address>` = name, on a lease), so two hosts joining at once with
+    one name or one address cannot both get a certificate. The same name and address
+    again (a retried join, a member re-joining) is admitted. Returns what gives a new
+    reservation back (the join endpoint calls it when no certificate was issued)."""
+    from crossnet.mesh import join
+
+    for h in retrying(lambda: mesh_hosts(client)):
+        if h.get("name") == name and h.get("address") != address:
+            raise join.JoinRefused("conflict", f"host name {name!r} is already taken by {h.get('address')}")
+        if h.get("address") == address and h.get("name") != name:
+            raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
+    by_name, by_addr = f"{JOINING_PREFIX}name/{name}", f"{JOINING_PREFIX}address/{address}"
+    for _ in range(3):
+        held = {}
+        for key in (by_name, by_addr):
+            kv = retrying(lambda key=key: client.get(key))
+            if kv is not None:
+                held[key] = kv.value.decode() if isinstance(kv.value, bytes) else str(kv.value)
+        if held.get(by_name, address) != address:
+            raise join.JoinRefused("conflict", f"host name {name!r} is being joined by {held[by_name]}")
+        if held.get(by_addr, name) != name:
+            raise join.JoinRefused("conflict", f"address {address} is being joined by {held[by_addr]!r}")
+        if len(held) == 2:
+            return None  # reserved for this same name and address already
+        lease, _ = client.lease_grant(JOIN_RESERVE_TTL)
+
+        def release(lease: int = lease) -> None:
+            with contextlib.suppress(CrossnetError):
+                client.lease_revoke(lease)  # its keys go with it
+
+        ok, _, _ = client.txn([client.cmp_create(by_name, 0), client.cmp_create(by_addr, 0)],
+                              [client.op_put(by_name, address, lease=lease), client.op_put(by_addr, name, lease=lease)])
+        if ok:
+            return release
+        release()
+    raise join.JoinRefused("conflict", f"host name {name!r} or address {address} is being joined by another host")
+
+
 def remove_host_records(client: Any, name: str) -> list[str]:
     """Everything the store holds for `name`: its subnet lease (peers drop its routes
     and tunnels), containers, remembered subnet, mesh record. Returns what was removed."""
@@ -528,8 +580,16 @@ def remove_host_records(client: Any, name: str) -> list[str]:
     if lease:
         with contextlib.suppress(CrossnetError):
             client.lease_revoke(lease)
+    extra = []  # its join's reservation (admit_joiner), if still held: its name and its address
+    joining = client.get(f"{JOINING_PREFIX}name/{name}")
+    if joining is not None:
+        by_addr = f"{JOINING_PREFIX}address/{joining.value.decode()}"
+        held = client.get(by_addr)
+        if held is not None and held.value.decode() == name:
+            extra.append((by_addr, None))
     for key, what in ((f"{AGENT_PREFIX}/containers/{name}", "containers"), (f"{AGENT_PREFIX}/hosts/{name}", "hosts"),
-                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record"), (f"{ALIVE_PREFIX}{name}", None)):
+                      (f"{MESH_PREFIX}/hosts/{name}", "mesh record"), (f"{ALIVE_PREFIX}{name}", None),
+                      (f"{JOINING_PREFIX}name/{name}", None), *extra):
         if client.delete(key) and what:
             done.append(what)
     return done
@@ -730,12 +790,8 @@ class Supervisor:
                      "isLearner": bool(mm.get("isLearner"))}
                     for mm in retrying(lambda: member_list(self.client(timeout=2.0)))]
 
-        def admit(name: str, address: str) -> None:
-            for h in retrying(lambda: mesh_hosts(self.client(timeout=2.0))):
-                if h.get("name") == name and h.get("address") != address:
-                    raise join.JoinRefused("conflict", f"host name {name!r} is already taken by {h.get('address')}")
-                if h.get("address") == address and h.get("name") != name:
-                    raise join.JoinRefused("conflict", f"address {address} is already taken by {h.get('name')!r}")
+        def admit(name: str, address: str) -> Callable[[], None] | None:
+            return admit_joiner(self.client(timeout=2.0), name, address)
 
         def unavailable() -> str | None:
             reachable, total, _ = probe_voters(self.paths, self.endpoints(), timeout=0.7)
@@ -1147,10 +1203,13 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
 
     paths = Paths(Path(state_dir))
     result = join_riding_out_elections(lambda: join.request_join(server, join_token, name, address))
+    members = result.members  # checked by join.check_members
+    eps = endpoint_list(members, spread=name)
+    if not eps:
+        raise CrossnetError(f"{server}: the join answer names no voter's client URL (https://IP:PORT); "
+                            f"nothing was saved")
     pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
     os.chmod(paths.root, 0o700)
-    members = result.members
-    eps = endpoint_list(members, spread=name)
     st = {"version": 1, "name": name, "address": address, "iface": iface, "endpoints": eps, "bootstrapped": True,
           "cluster_token": "crossnet-" + join_token.pin.split(":")[1][:16], "cluster_state": "existing"}
     try:

@@ -72,6 +72,25 @@ def validate_address(address: Any, field: str = "address") -> str:
     return str(ip)
 
 
+def member_url(url: Any) -> str | None:
+    """`url` if it is an etcd URL of a mesh member, https://IP:PORT (IPv6 in brackets),
+    exactly as `crossnet launch` advertises them; else None. No host name (no DNS), no
+    http/unix scheme, no credentials, path, comma or whitespace."""
+    if not isinstance(url, str) or len(url) > 64 or not url.startswith("https://"):
+        return None
+    host, sep, port = url[len("https://"):].rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        ip = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        return None
+    if (not sep or ip.version != (6 if bracketed else 4) or ip.is_multicast or ip.is_unspecified
+            or getattr(ip, "scope_id", None)
+            or not (port.isascii() and port.isdigit() and str(int(port)) == port and 1 <= int(port) <= 65535)):
+        return None
+    return url if (f"[{ip}]" if bracketed else str(ip)) == host else None
+
+
 def parse_pin(text: Any, field: str = "--ca-pin") -> str:
     """Normalise a CA pin to "sha256:<64 hex>" (a bare 64-hex value is accepted)."""
     if not isinstance(text, str):

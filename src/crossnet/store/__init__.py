@@ -58,6 +58,12 @@ class LeaseLost(StoreError):
     """Our subnet lease no longer exists in the store."""
 
 
+# the keys of a record's `data` crossnet reads: what the backends publish (host_data,
+# local_data; tests/unit/test_store_records.py checks every backend's) and
+# crossnet.store.records validates; any other key a store writer adds is dropped on reading
+DATA_KEYS = ("vtep_mac", "gw_mac", "wireguard_key")
+
+
 @dataclass
 class HostRecord:
     """What one host publishes: its underlay address, subnet and backend data."""
@@ -93,7 +99,7 @@ class HostRecord:
                 name=data["name"],
                 address=IPv4Address(data["address"]),
                 subnet=IPv4Network(data["subnet"]),
-                data=dict(extra),
+                data={k: v for k, v in extra.items() if k in DATA_KEYS},
                 lease=lease,
                 revision=revision,
                 key=key,
