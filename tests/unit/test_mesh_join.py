@@ -601,3 +601,18 @@ def test_a_servers_refusal_reaches_the_terminal_as_printable_text():
     assert exc.code == "bad-response"
     assert join._refusal(403, {"error": "token abc: wrong secret", "code": "wrong-secret"}, "w").code == "wrong-secret"
     assert join._refusal(500, {"error": "x", "code": "a" * 65}, "w").code == "bad-response"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "::1", "169.254.7.7", "fe80::2"])
+def test_a_join_for_a_loopback_or_link_local_address_is_refused_and_issues_nothing(cluster, address):
+    """The server refuses it whatever the joiner's own code checked: 400 naming the field."""
+    token = cluster.tokens.create()
+    req = _request(cluster, token)  # signed for 10.0.0.2 by the real client...
+    req["address"] = address  # ...then rewritten by a hostile one
+    before = cluster.files()
+    status, doc = cluster.service.handle("POST", "/v1/join", json.dumps(req).encode())
+    assert (status, doc["code"]) == (400, "bad-request")
+    assert doc["error"].startswith(f"address: {address} is a ") and "\n" not in doc["error"]
+    assert cluster.files() == before
+    with pytest.raises(ConfigError, match=r"^address: .* expected the joining host's underlay address$"):
+        join.make_join_request(JoinToken(token, cluster.ca.pin), "0" * 32, "host2", address, pki.generate_key())

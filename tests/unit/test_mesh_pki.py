@@ -307,3 +307,15 @@ def test_crl_needs_the_ca_key(ca):
     _, ca = ca
     with pytest.raises(pki.PkiError):
         pki.make_crl(pki.CA(ca.cert, None), [1])
+
+
+@pytest.mark.parametrize(("address", "kind"), [
+    ("127.0.0.1", "loopback"), ("127.8.9.10", "loopback"), ("::1", "loopback"),
+    ("169.254.1.2", "link-local"), ("fe80::1", "link-local"),
+])
+def test_a_joining_hosts_loopback_or_link_local_address_is_refused(address, kind):
+    with pytest.raises(ConfigError) as info:
+        pki.validate_joiner_address(address)
+    assert str(info.value) == f"address: {address} is a {kind} address; expected the joining host's underlay address"
+    assert pki.validate_joiner_address("10.0.0.2") == "10.0.0.2"
+    assert pki.validate_joiner_address("fd00::2") == "fd00::2"

@@ -145,7 +145,7 @@ class JoinService:
             raise ConfigError(f"protocol: expected {PROTOCOL}")
         token_id = validate_id(req.get("token_id"), "token_id")
         name = pki.validate_name(req.get("name"))
-        address = pki.validate_address(req.get("address"))
+        address = pki.validate_joiner_address(req.get("address"))
         nonce = _field_str(req, "nonce", 64)
         csr_der = _field_b64(req, "csr", pki.MAX_PEM)
         proof = _field_b64(req, "proof", 64)
@@ -365,7 +365,7 @@ def parse_server(text: Any, field: str = "ADDR") -> tuple[str, int]:
 def make_join_request(join_token: JoinToken, nonce: str, name: str, address: str, key: Any) -> dict:
     """The POST /v1/join document: CSR (public key only) and the HMAC proof."""
     name = pki.validate_name(name)
-    address = pki.validate_address(address)
+    address = pki.validate_joiner_address(address)
     csr = pki.make_csr(key, name)
     token = join_token.token
     proof = make_proof(token, transcript(join_token.pin, nonce, token.id, name, address, csr))
@@ -477,7 +477,7 @@ def request_join(server: str | tuple[str, int], join_token: JoinToken, name: str
     host, port = parse_server(server) if isinstance(server, str) else server
     where = f"{host}:{port}"
     name = pki.validate_name(name)
-    address = pki.validate_address(address)
+    address = pki.validate_joiner_address(address)
     try:
         # 1: public data over unverified TLS; authenticated by the pin, nothing else
         insecure = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

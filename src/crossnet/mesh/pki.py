@@ -72,6 +72,17 @@ def validate_address(address: Any, field: str = "address") -> str:
     return str(ip)
 
 
+def validate_joiner_address(address: Any, field: str = "address") -> str:
+    """A joining host's underlay address: unicast, and neither loopback nor link-local
+    (no other host reaches it there, and it would be the SAN of that host's certificate)."""
+    text = validate_address(address, field)
+    ip = ipaddress.ip_address(text)
+    kind = "loopback" if ip.is_loopback else "link-local" if ip.is_link_local else None
+    if kind:
+        raise ConfigError(f"{field}: {text} is a {kind} address; expected the joining host's underlay address")
+    return text
+
+
 def member_url(url: Any) -> str | None:
     """`url` if it is an etcd URL of a mesh member, https://IP:PORT (IPv6 in brackets),
     exactly as `crossnet launch` advertises them; else None. No host name (no DNS), no
