@@ -9,6 +9,9 @@ to the waker, which makes every thread waiting on it return at once.
 
 * :class:`Waker` — the self-pipe: ``wake()`` (idempotent, safe from any thread),
   ``readable(sock)`` yields each time ``sock`` is readable and ends once woken.
+* :class:`LimitedConnections` — a mixin for a threading ``socketserver`` server that
+  anything beyond local root can reach: at most ``limits()`` connections at once, per
+  source and in all (the next is closed at once), each cut at its deadline.
 * :class:`WakeOnShutdown` — a mixin for a ``socketserver`` server (put it first in the
   bases): ``serve_forever()`` waits on the listening socket and the waker only,
   ``shutdown()`` wakes it and waits until it returned, as the standard one does.
@@ -17,9 +20,11 @@ to the waker, which makes every thread waiting on it return at once.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,6 +82,85 @@ class Waker:
             self._w.close()
 
 
+def source_key(address: str) -> str:
+    """Whose share a connection counts against: the IPv4 address, an IPv6 /64 (one host
+    holds a whole /64), an IPv4-mapped IPv6 address as its IPv4 address."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
+class LimitedConnections:
+    """Mixin for a ``socketserver.ThreadingMixIn`` TCP server (before it in the bases):
+    ``limits()`` = (connections at once, at once per :func:`source_key`, seconds a
+    connection may last). A connection beyond either limit is closed at once; one past its
+    deadline is shut down, whatever it still sends (a client that trickles one byte within
+    each read timeout, never a whole request), which ends every read of its thread. The
+    per-source share keeps one client from holding every slot."""
+
+    def limits(self) -> tuple[int, int, float]:
+        raise NotImplementedError
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        # the raw socket -> (a duplicate of it, start, source): shutting the duplicate down
+        # ends every read of the socket (also through a TLS wrapper)
+        self._conns: dict[socket.socket, tuple[socket.socket, float, str]] = {}
+        self._conns_lock = threading.Lock()
+        self._reaper: threading.Thread | None = None
+        super().__init__(*args, **kwargs)
+
+    def open_connections(self) -> int:
+        with self._conns_lock:
+            return len(self._conns)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        most, per_source, deadline = self.limits()
+        now = time.monotonic()
+        source = source_key(str(client_address[0]))
+        with self._conns_lock:
+            live = [src for _, start, src in self._conns.values() if now - start <= deadline]
+            if len(live) >= most or live.count(source) >= per_source:
+                request.close()
+                return
+            try:
+                self._conns[request] = (request.dup(), now, source)
+            except OSError:
+                request.close()
+                return
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, name="crossnet-conn-reaper", daemon=True)
+                self._reaper.start()
+        super().process_request(request, client_address)  # type: ignore[misc]
+
+    def _reap(self) -> None:
+        """Runs while connections are open, asleep until the oldest one's deadline: shuts
+        down those past it (their threads then end and unregister them)."""
+        while True:
+            deadline = self.limits()[2]
+            with self._conns_lock:
+                if not self._conns:
+                    self._reaper = None
+                    return
+                now = time.monotonic()
+                for watch, start, _ in self._conns.values():
+                    if now - start > deadline:
+                        with contextlib.suppress(OSError):
+                            watch.shutdown(socket.SHUT_RDWR)
+                due = [start + deadline for _, start, _ in self._conns.values() if start + deadline >= now]
+            time.sleep(max(0.05, min(due) - now + 0.01) if due else 0.05)  # later ones are due later
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            entry = self._conns.pop(request, None)
+        if entry is not None:
+            entry[0].close()
+        super().shutdown_request(request)  # type: ignore[misc]
+
+
 class WakeOnShutdown:
     """Mixin for a ``socketserver`` server (first in the bases): serve_forever() without a
     poll interval, woken by shutdown(). ``serve_forever`` and ``shutdown`` keep the
@@ -112,4 +196,4 @@ class WakeOnShutdown:
         self._waker.close()
 
 
-__all__ = ["WakeOnShutdown", "Waker"]
+__all__ = ["LimitedConnections", "WakeOnShutdown", "Waker", "source_key"]

@@ -263,3 +263,95 @@ def test_attach_and_cni_latency_through_the_api(tmp_path):
 def test_observe_without_metrics_does_nothing():
     metrics.observe(fake_agent(), "attach", 0.1, True)  # no --metrics-address: no registry, no error
     metrics.observe(SimpleNamespace(), "cni", 0.1, True, "ADD")
+
+
+def _trickle(addr, stop_after: float) -> float:
+    """Sends a request line one byte every 50 ms (each well within the read timeout,
+    never a whole request): seconds until the server closed the connection (or stop_after)."""
+    import socket
+    import time
+
+    t0 = time.monotonic()
+    with socket.create_connection(addr, timeout=5) as s:
+        s.settimeout(0.05)
+        for b in b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 10_000:
+            if time.monotonic() - t0 > stop_after:
+                break
+            try:
+                s.send(bytes([b]))
+                if s.recv(1) == b"":
+                    break  # closed by the server
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+    return time.monotonic() - t0
+
+
+def _server(monkeypatch, **limits):
+    for k, v in limits.items():
+        monkeypatch.setattr(metrics, k, v)
+    server = metrics.MetricsServer(fake_agent(synced_at=5.0), ("127.0.0.1", 0)).start()
+    return server, ("127.0.0.1", server.httpd.server_address[1])
+
+
+def _healthz(addr, source: str) -> int:
+    import http.client
+
+    conn = http.client.HTTPConnection(*addr, timeout=5, source_address=(source, 0))
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_an_idle_or_trickling_client_is_cut_at_the_deadline(monkeypatch):
+    """The endpoint may listen on every address: a client that sends nothing, or one byte
+    at a time, had held its connection and thread for as long as it liked."""
+    import socket
+    import time
+
+    server, addr = _server(monkeypatch, TIMEOUT=1.0, CONNECTION_DEADLINE=1.5)
+    try:
+        assert _trickle(addr, stop_after=6.0) < 4.0
+        with socket.create_connection(addr, timeout=5) as idle:
+            t0 = time.monotonic()
+            assert idle.recv(1) == b""  # closed by the server after the read timeout
+            assert time.monotonic() - t0 < 4.0
+        assert _healthz(addr, "127.0.0.1") == 200
+    finally:
+        server.close()
+
+
+def test_connections_beyond_the_limits_are_closed_at_once_and_one_source_cannot_hold_them_all(monkeypatch):
+    """Idle connections hold at most MAX_PER_SOURCE threads per source address and
+    MAX_CONNECTIONS in all: the next is closed at once; other sources are still served."""
+    import socket
+
+    server, addr = _server(monkeypatch, MAX_CONNECTIONS=4, MAX_PER_SOURCE=2)
+    held = []
+    try:
+        held += [socket.create_connection(addr, timeout=5, source_address=("127.0.0.1", 0)) for _ in range(2)]
+        _wait_held(server, 2)
+        with socket.create_connection(addr, timeout=2, source_address=("127.0.0.1", 0)) as extra:
+            assert extra.recv(1) == b""  # this source holds its share: closed, not left waiting
+        assert _healthz(addr, "127.0.0.2") == 200  # another source is served meanwhile
+        _wait_held(server, 2)  # that request's connection is gone
+        held += [socket.create_connection(addr, timeout=5, source_address=("127.0.0.3", 0)) for _ in range(2)]
+        _wait_held(server, 4)
+        with socket.create_connection(addr, timeout=2, source_address=("127.0.0.4", 0)) as extra:
+            assert extra.recv(1) == b""  # all MAX_CONNECTIONS held
+    finally:
+        for s in held:
+            s.close()
+        server.close()
+
+
+def _wait_held(server, n):
+    import time
+
+    deadline = time.monotonic() + 5
+    while server.httpd.open_connections() != n:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)

@@ -616,3 +616,30 @@ def test_a_join_for_a_loopback_or_link_local_address_is_refused_and_issues_nothi
     assert cluster.files() == before
     with pytest.raises(ConfigError, match=r"^address: .* expected the joining host's underlay address$"):
         join.make_join_request(JoinToken(token, cluster.ca.pin), "0" * 32, "host2", address, pki.generate_key())
+
+
+def test_one_source_cannot_hold_every_connection(cluster, monkeypatch):
+    """MAX_PER_SOURCE idle connections from one address are all it gets (the next is closed
+    at once), while a join from another address is served; before, MAX_CONNECTIONS idle
+    connections from one client had locked every joiner out for their 60 s."""
+    monkeypatch.setattr(join, "MAX_PER_SOURCE", 2)
+    addr = cluster.serve()
+    idle = [socket.create_connection(addr, timeout=5, source_address=("127.0.0.2", 0)) for _ in range(2)]
+    try:
+        with socket.create_connection(addr, timeout=2, source_address=("127.0.0.2", 0)) as extra:
+            assert extra.recv(1) == b""  # closed by the server, not left waiting
+        res = join.request_join(addr, cluster.join_token(cluster.tokens.create()), "host2", "10.0.0.2")
+        assert res.cert is not None  # from 127.0.0.1, another source
+    finally:
+        for s in idle:
+            s.close()
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("10.1.2.3", "10.1.2.3"), ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"), ("::ffff:10.1.2.3", "10.1.2.3"), ("fe80::1%eth0", "fe80::/64"),
+])
+def test_connections_count_against_their_sources_share(address, key):
+    from crossnet.serveloop import source_key
+
+    assert source_key(address) == key

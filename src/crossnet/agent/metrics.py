@@ -25,11 +25,19 @@ from typing import Any
 from crossnet.agent.health import STORE_PARTS, lease_left
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.optdeps import needed
+from crossnet.serveloop import LimitedConnections
 
 log = logging.getLogger("crossnet.agent.metrics")
 DEFAULT_HOST = "127.0.0.1"
 SYNC_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ATTACH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# the endpoint may listen on every address (no authentication): a request is read within
+# TIMEOUT per read and CONNECTION_DEADLINE in all, at most MAX_CONNECTIONS at once, at most
+# MAX_PER_SOURCE of them from one address (crossnet.serveloop.LimitedConnections)
+TIMEOUT = 10.0
+CONNECTION_DEADLINE = 30.0
+MAX_CONNECTIONS = 32
+MAX_PER_SOURCE = 4
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -239,6 +247,10 @@ class MetricsServer:
         class Handler(BaseHTTPRequestHandler):
             server_version = "crossnet-agent"
 
+            def setup(self) -> None:
+                self.timeout = TIMEOUT  # read at call time: tests shorten it
+                super().setup()
+
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 if path == "/metrics":
@@ -261,7 +273,9 @@ class MetricsServer:
                 pass
 
         host, port = address
-        cls = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host), "daemon_threads": True})
+        cls = type("Server", (LimitedConnections, ThreadingHTTPServer),
+                   {"address_family": _family(host), "daemon_threads": True,
+                    "limits": lambda _self: (MAX_CONNECTIONS, MAX_PER_SOURCE, CONNECTION_DEADLINE)})
         try:
             self.httpd = cls((host, port), Handler)
         except OSError as exc:

@@ -22,7 +22,6 @@ in step 1 is public and is trusted only once its pin matches.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import http.server
 import ipaddress
@@ -41,7 +40,7 @@ from typing import Any, Callable
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
 from crossnet.mesh.token import JoinToken, Token, TokenError, TokenStore, validate_id
-from crossnet.serveloop import WakeOnShutdown
+from crossnet.serveloop import LimitedConnections, WakeOnShutdown
 
 PROTOCOL = "crossnet-join/1"
 JOIN_PORT = 6790
@@ -50,6 +49,7 @@ MAX_NONCES = 4096
 MAX_BODY = 64 * 1024
 TIMEOUT = 10.0
 MAX_CONNECTIONS = 64  # connections served at once; the next one is closed at once
+MAX_PER_SOURCE = 8  # of them from one address (IPv6: one /64), so one client cannot hold them all
 CONNECTION_DEADLINE = 60.0  # s a connection may last, whatever it sends (a join takes well under 1 s)
 MAX_MEMBERS = 128  # entries of a join response's member list (etcd clusters have a handful of voters)
 MAX_URLS = 8  # client or peer URLs of one member
@@ -241,7 +241,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._dispatch("POST")
 
 
-class JoinServer(WakeOnShutdown, socketserver.ThreadingMixIn, http.server.HTTPServer):
+class JoinServer(WakeOnShutdown, LimitedConnections, socketserver.ThreadingMixIn, http.server.HTTPServer):
     """The join endpoint over TLS (TLS 1.2+), with this host's member certificate (issued
     by the cluster CA, the host's address in its SANs). `start()` serves in a thread,
     which sleeps until a connection or close() (crossnet.serveloop: no poll interval)."""
@@ -250,13 +250,9 @@ class JoinServer(WakeOnShutdown, socketserver.ThreadingMixIn, http.server.HTTPSe
     allow_reuse_address = True
 
     def __init__(self, service: JoinService, host: str, port: int, cert_file: str, key_file: str):
-        # open connections: the raw socket -> (a duplicate of it, start): a client that sends
-        # each byte within TIMEOUT but never a whole request is cut at CONNECTION_DEADLINE
-        # (shutdown of the duplicate ends every read of the TLS socket), and at most
-        # MAX_CONNECTIONS hold a thread
-        self._conns: dict[socket.socket, tuple[socket.socket, float]] = {}
-        self._conns_lock = threading.Lock()
-        self._reaper: threading.Thread | None = None
+        # LimitedConnections: a client that sends each byte within TIMEOUT but never a whole
+        # request is cut at CONNECTION_DEADLINE; at most MAX_CONNECTIONS hold a thread, at
+        # most MAX_PER_SOURCE of them from one source
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
@@ -279,45 +275,8 @@ class JoinServer(WakeOnShutdown, socketserver.ThreadingMixIn, http.server.HTTPSe
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # failed TLS handshakes, resets: the client sees them; no traceback on stderr
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        now = time.monotonic()
-        with self._conns_lock:
-            if sum(now - start <= CONNECTION_DEADLINE for _, start in self._conns.values()) >= MAX_CONNECTIONS:
-                request.close()
-                return
-            try:
-                self._conns[request] = (request.dup(), now)
-            except OSError:
-                request.close()
-                return
-            if self._reaper is None:
-                self._reaper = threading.Thread(target=self._reap, name="crossnet-join-reaper", daemon=True)
-                self._reaper.start()
-        super().process_request(request, client_address)
-
-    def _reap(self) -> None:
-        """Runs while connections are open, asleep until the oldest one's deadline: shuts
-        down those past CONNECTION_DEADLINE (their threads then end and unregister them)."""
-        while True:
-            with self._conns_lock:
-                if not self._conns:
-                    self._reaper = None
-                    return
-                now = time.monotonic()
-                for watch, start in self._conns.values():
-                    if now - start > CONNECTION_DEADLINE:
-                        with contextlib.suppress(OSError):
-                            watch.shutdown(socket.SHUT_RDWR)
-                due = [start + CONNECTION_DEADLINE for _, start in self._conns.values()
-                       if start + CONNECTION_DEADLINE >= now]
-            time.sleep(max(0.05, min(due) - now + 0.01) if due else 0.05)  # later ones are due later
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._conns_lock:
-            entry = self._conns.pop(request, None)
-        if entry is not None:
-            entry[0].close()
-        super().shutdown_request(request)
+    def limits(self) -> tuple[int, int, float]:
+        return MAX_CONNECTIONS, MAX_PER_SOURCE, CONNECTION_DEADLINE
 
     def start(self) -> JoinServer:
         self._thread = threading.Thread(target=self.serve_forever, name="crossnet-join", daemon=True)
