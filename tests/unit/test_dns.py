@@ -3,6 +3,7 @@ queries, the forwarder against a fake upstream, resolv.conf handling, the domain
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -517,3 +518,74 @@ def test_tcp_connections_that_never_send_are_closed_and_udp_keeps_answering(tcp_
         for c in idle:
             c.close()
     assert addrs(_tcp_query(tcp_server.port, "db.crossnet.local")) == ["10.32.0.3"]
+
+
+# ---- who may ask: the network's containers only (no open resolver) -----------------------
+def _service_on_loopback(tmp_path):
+    """A DnsService for the container network 127.0.0.0/29 listening on 127.0.0.1 (a free
+    port), its upstream a fake that counts what it is asked."""
+    import socket
+
+    from crossnet.dns.service import DnsService
+
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 192.0.2.53\n")
+    asked = []
+
+    def upstream(wire, server, port, timeout):
+        asked.append(server)
+        q = DNSRecord.parse(wire)
+        return q.reply().pack()
+
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        svc = DnsService(StateDir(str(tmp_path / "state")), "crossnet.local", [IPv4Network("127.0.0.0/29")],
+                         ["127.0.0.1"], lambda: None, port=port, resolv_conf=str(resolv))
+        svc.server.forwarder.exchange = upstream
+        try:
+            svc.server.start()
+        except OSError:
+            continue
+        return svc, port, asked
+    raise RuntimeError("no free port")
+
+
+def _udp_ask(port, name, source, wait=1.0):
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.settimeout(wait)
+        s.sendto(DNSRecord.question(name).pack(), ("127.0.0.1", port))
+        try:
+            return DNSRecord.parse(s.recv(4096))
+        except TimeoutError:
+            return None
+
+
+def test_queries_from_outside_the_container_network_get_no_answer_and_are_never_forwarded(tmp_path):
+    """The server listens on the gateway address, which the underlay (any host with a route
+    to it) and other networks' containers can reach: it had forwarded their queries to the
+    host's resolvers (an open resolver, a reflector for spoofed sources) and answered
+    crossnet's names. Now only sources inside the network get anything."""
+    import socket
+    import struct
+
+    svc, port, asked = _service_on_loopback(tmp_path)
+    try:
+        assert _udp_ask(port, "example.org", "127.0.0.9") is None  # outside 127.0.0.0/29
+        assert _udp_ask(port, "db.crossnet.local", "127.0.0.9") is None
+        assert asked == []
+        with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=("127.0.0.9", 0)) as c:
+            wire = DNSRecord.question("example.org").pack()
+            with contextlib.suppress(OSError):
+                c.sendall(struct.pack("!H", len(wire)) + wire)
+            assert _closed_by_peer(c, 2.0)
+        assert asked == []
+        inside = _udp_ask(port, "example.org", "127.0.0.2")
+        assert inside is not None and inside.header.rcode == RCODE.NOERROR and asked == ["192.0.2.53"]
+        assert _udp_ask(port, "db.crossnet.local", "127.0.0.3").header.rcode == RCODE.NXDOMAIN
+    finally:
+        svc.server.stop()

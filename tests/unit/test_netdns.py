@@ -125,6 +125,7 @@ def ctx(gateway: str, network: str) -> SimpleNamespace:
 
 def query(name: str, server: str, port: int, qtype: str = "A") -> DNSRecord:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((server, 0))  # from the gateway address, as the host's own queries go (127/8: from 127.0.0.1)
         s.settimeout(2)
         s.sendto(DNSRecord.question(name, qtype).pack(), (server, port))
         return DNSRecord.parse(s.recv(4096))

@@ -9,7 +9,8 @@ bounded in number (:data:`MAX_PENDING`, else SERVFAIL) and time (:data:`FORWARD_
 per upstream, :data:`FORWARD_TOTAL` in all), TCP connections are capped
 (:data:`MAX_TCP`) and closed when a query has not arrived whole :data:`TCP_IDLE` seconds
 after the server began waiting for it (a byte now and then does not extend that), or
-after ``4 * TCP_IDLE`` seconds in all.
+after ``4 * TCP_IDLE`` seconds in all. Only ``clients`` (the container network and the
+listen addresses) get anything: a query from elsewhere is dropped, never forwarded.
 The wire format is dnslib's.
 """
 
@@ -23,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from ipaddress import IPv4Address, IPv4Network
+from typing import Any
 
 from dnslib import AAAA, CLASS, OPCODE, PTR, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord  # noqa: F401
 
@@ -290,8 +293,13 @@ class DnsServer:
     """UDP and TCP listeners on ``addresses`` (port ``port``) answering from the table
     ``set_table`` installed last (swapped whole: readers never lock)."""
 
-    def __init__(self, addresses: Sequence[str], forwarder: Forwarder, port: int = 53, table: Table | None = None):
+    def __init__(self, addresses: Sequence[str], forwarder: Forwarder, port: int = 53, table: Table | None = None,
+                 clients: Sequence[IPv4Network] | None = None):
         self.addresses, self.port, self.forwarder = list(addresses), port, forwarder
+        # who may ask (None: anyone): a query from elsewhere gets nothing, a TCP connection
+        # is closed at once — the gateway address is reachable from the underlay and from
+        # other networks' containers, and forwarding for them made this an open resolver
+        self.clients = None if clients is None else [*clients, *(IPv4Network(a) for a in self.addresses)]
         self.table = table or Table()
         self.rr = RoundRobin()
         self.stop_event = threading.Event()
@@ -305,6 +313,16 @@ class DnsServer:
 
     def set_table(self, table: Table) -> None:
         self.table = table
+
+    def serves(self, peer: Any) -> bool:
+        """Whether the source address ``peer`` (a socket address) may ask."""
+        if self.clients is None:
+            return True
+        try:
+            ip = IPv4Address(peer[0])
+        except (ValueError, IndexError, TypeError):
+            return False
+        return any(ip in net for net in self.clients)
 
     # ---- answering (shared by UDP and TCP)
     def respond(self, data: bytes, limit: int | None) -> bytes | None:
@@ -379,6 +397,9 @@ class DnsServer:
 
     def _udp_one(self, sock: socket.socket, data: bytes, peer) -> None:
         self.stats["queries"] += 1
+        if not self.serves(peer):
+            self.stats["dropped"] += 1
+            return
         fast = fast_answer(self.table, data, self.rr)
         if fast is not None:
             self.stats["answered"] += 1
@@ -416,12 +437,16 @@ class DnsServer:
     def _tcp_loop(self, sock: socket.socket) -> None:
         for _ in self._waker.readable(sock):  # sleeps (no timeout) until a connection or stop()
             try:
-                conn, _peer = sock.accept()
+                conn, peer = sock.accept()
             except BlockingIOError:  # the client went away before accept()
                 continue
             except OSError:  # out of descriptors: the connection waits in the backlog
                 if self.stop_event.wait(0.05):
                     return
+                continue
+            if not self.serves(peer):
+                self.stats["dropped"] += 1
+                conn.close()
                 continue
             if not self._tcp_slots.acquire(blocking=False):
                 conn.close()  # over the cap: the client retries

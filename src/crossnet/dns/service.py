@@ -82,7 +82,8 @@ class DnsService:
         self.state, self.domain, self.networks, self.listen = state, domain, networks, listen
         self.read, self.revision, self.watch, self.scope = read, revision, watch, scope
         self.upstreams = upstreams(listen, resolv_conf)
-        self.server = DnsServer(listen, Forwarder(self.upstreams), port=port, table=Table(domain, tuple(networks)))
+        self.server = DnsServer(listen, Forwarder(self.upstreams), port=port, table=Table(domain, tuple(networks)),
+                                clients=networks)
         self.stop_event = threading.Event()
         self.error: str | None = None
         self.updated_at: float | None = None
