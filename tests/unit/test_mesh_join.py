@@ -634,12 +634,3 @@ def test_one_source_cannot_hold_every_connection(cluster, monkeypatch):
         for s in idle:
             s.close()
 
-
-@pytest.mark.parametrize(("address", "key"), [
-    ("10.1.2.3", "10.1.2.3"), ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"), ("::ffff:10.1.2.3", "10.1.2.3"), ("fe80::1%eth0", "fe80::/64"),
-])
-def test_connections_count_against_their_sources_share(address, key):
-    from crossnet.serveloop import source_key
-
-    assert source_key(address) == key

@@ -222,3 +222,11 @@ def test_a_stale_wake_byte_after_reset_does_not_spin_the_loop(counting):
         waker.close()
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize(("address", "key"), [
+    ("10.1.2.3", "10.1.2.3"), ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"), ("::ffff:10.1.2.3", "10.1.2.3"), ("fe80::1%eth0", "fe80::/64"),
+])
+def test_connections_count_against_their_sources_share(address, key):
+    assert serveloop.source_key(address) == key
