@@ -246,6 +246,50 @@ def test_other_names_forwarded_to_the_hosts_resolver(dns_lab, tmp_path):
     wait_for(lambda: _served(c, "h1") and _served(c, "h1")["upstreams"] != [up_addr], 30, "h1 back on its own resolvers")
 
 
+FROM_UNDERLAY = textwrap.dedent("""
+    import json, socket, struct, sys
+    from dnslib import DNSRecord
+    server, source, name = sys.argv[1], sys.argv[2], sys.argv[3]
+    wire = DNSRecord.question(name).pack()
+    out = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind((source, 0))
+        u.settimeout(2)
+        u.sendto(wire, (server, 53))
+        try:
+            out["udp"] = len(u.recv(4096))
+        except TimeoutError:
+            out["udp"] = None
+    with socket.create_connection((server, 53), timeout=5, source_address=(source, 0)) as t:
+        out["tcp_connected"] = True  # the gateway is reachable from here
+        try:
+            t.sendall(struct.pack("!H", len(wire)) + wire)
+            out["tcp"] = len(t.recv(4096)) or None
+        except OSError:
+            out["tcp"] = None
+    print(json.dumps(out))
+""")
+
+
+def test_the_underlay_gets_no_answer_from_a_hosts_dns(dns_lab):
+    """h2 routes h1's gateway address to h1's underlay address (as any host on the
+    underlay can) and asks from its own underlay address: TCP reaches the server, which
+    closes the connection; neither UDP nor TCP gets an answer (it had been an open
+    resolver for the underlay). h2's container still gets h1's answer."""
+    c = dns_lab
+    h1, h2 = c.host("h1"), c.host("h2")
+    gw1 = gateway(c, "h1")
+    assert query(c, "h2", f"db.{DOMAIN}", server=gw1)["answers"] == [c.containers["h3"]]  # a container is served
+    subprocess.run(["ip", "-n", h2.netns, "route", "add", f"{gw1}/32", "via", str(h1.address)], check=True)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", h2.netns, sys.executable, "-c", FROM_UNDERLAY, gw1,
+                              str(h2.address), f"db.{DOMAIN}"], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr[-800:]
+        assert json.loads(out.stdout) == {"udp": None, "tcp_connected": True, "tcp": None}
+    finally:
+        subprocess.run(["ip", "-n", h2.netns, "route", "del", f"{gw1}/32", "via", str(h1.address)], check=True)
+
+
 def test_lab_netns_removal_removes_crossnets_resolv_conf(tmp_path):
     """`ip netns del` leaves /etc/netns/NAME behind: removing a lab namespace takes the
     resolv.conf crossnet attach wrote with it (and nothing else)."""
