@@ -144,7 +144,7 @@ def test_issued_cert_passes_openssl_verify_for_server_and_client(ca, tmp_path):
         out = subprocess.run(["openssl", "verify", "-purpose", purpose, "-CAfile", str(d / pki.CA_CERT),
                               str(tmp_path / "m.crt")], capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr
-    other = pki.create_ca(tmp_path / "other")
+    pki.create_ca(tmp_path / "other")
     out = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "other" / pki.CA_CERT),
                           str(tmp_path / "m.crt")], capture_output=True, text=True)
     assert out.returncode != 0

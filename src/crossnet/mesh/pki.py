@@ -226,8 +226,7 @@ def make_csr(key: Any, name: str) -> bytes:
     """A DER CSR for `key` with CN = name. The CA ignores everything in it but the
     public key (and checks its self-signature): it sets subject and SANs itself."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.x509.oid import NameOID
 
     validate_name(name)
