@@ -7,8 +7,9 @@ packages it had to install. Uninstalling removes, in this order:
 - crossnet's systemd units (`crossnet systemd install`; files crossnet did not write are
   left alone), stopped and disabled first when they are in the system unit directory;
 - the CNI plugin `crossnet cni install` put in the CNI bin dir (crossnet-cni and
-  crossnet-cni-py, only files crossnet wrote) and the conflists in the CNI conf dir whose
-  plugin is crossnet-cni: they run the interpreter that is about to go;
+  crossnet-cni-py, only files crossnet wrote) and the conflists in the CNI conf dir of the
+  shape it writes (crossnet-cni, then at most portmap): they run the interpreter that is
+  about to go; an admin's own list chaining crossnet-cni with other plugins is left alone;
 - the links in the bin dir (only symlinks that still point into the prefix);
 - the prefix itself (only a directory holding the manifest and a ``pyvenv.cfg``);
 - with ``packages=True``, the Debian packages install added (``apt-get remove``).
@@ -75,14 +76,25 @@ def _is_ours_plugin(path: Path) -> bool:
     return data.startswith(b"\x7fELF") and NATIVE_MARK in data
 
 
+LIST_KEYS = {"cniVersion", "name", "args", "plugins"}  # what crossnet.cni.install.conflist writes
+MAIN_KEYS = {"type", "stateDir", "capabilities", "helper", "logFile"}
+PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+
+
 def _is_ours_conflist(path: Path) -> bool:
+    """A conflist of the shape `crossnet cni install` writes (crossnet-cni, then at most
+    portmap, no other key): an admin's own list that merely chains crossnet-cni is not."""
     from crossnet.cni.plugin import PLUGIN_TYPE
 
     try:
         doc = json.loads(path.read_text())
-        return any(isinstance(p, dict) and p.get("type") == PLUGIN_TYPE for p in doc.get("plugins", []))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return False
+    if not isinstance(doc, dict) or not set(doc) <= LIST_KEYS or not isinstance(doc.get("plugins"), list):
+        return False
+    main, *rest = doc["plugins"] or [None]
+    return (isinstance(main, dict) and main.get("type") == PLUGIN_TYPE and set(main) <= MAIN_KEYS
+            and rest in ([], [PORTMAP]))
 
 
 def plan(doc: dict[str, Any], state_dir: str, unit_dir: str, cni_bin_dir: str, cni_conf_dir: str,

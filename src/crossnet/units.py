@@ -195,16 +195,19 @@ def _systemctl(*args: str) -> None:
 
 
 def install(units: dict[str, str], unit_dir: str, reload: bool, dry_run: bool = False) -> list[str]:
-    """Write the units (a file of the same name not written by crossnet is refused);
+    """Write the units (a file of the same name not written by crossnet is refused, before
+    any unit is written);
     `systemctl daemon-reload` when ``reload``. Returns what was (or would be) done."""
     d = Path(unit_dir)
     if not d.is_dir():
         raise ConfigError(f"--unit-dir: {unit_dir} is not a directory")
+    for name in units:  # all checked before any is written: a refusal leaves nothing half-installed
+        path = d / name
+        if (path.exists() or path.is_symlink()) and not _is_ours(path):
+            raise ConfigError(f"--unit-dir: {path} exists and was not installed by crossnet; remove it first")
     done = []
     for name, text in units.items():
         path = d / name
-        if path.exists() and not _is_ours(path):
-            raise ConfigError(f"--unit-dir: {path} exists and was not installed by crossnet; remove it first")
         if path.exists() and path.read_text() == text:
             done.append(f"{path}: up to date")
             continue

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from crossnet.lab.manager import Lab
 from crossnet.lab import ovs as ovs_lab_service
+from crossnet.lab.manager import Lab
 from crossnet.lab.ovsdaemon import wait_gone
 from tests.conftest import LabFactory
 from tests.e2e.pcap import Capture
@@ -395,6 +395,37 @@ def test_apply_refuses_bridges_and_ports_it_did_not_create(fo_lab_factory):
     lab.apply("h1")
     ids = sh(lab, "h1", "ovs-vsctl", "get", "bridge", "br-phy", "external_ids:crossnet").stdout.strip()
     assert ids.strip('"') == "underlay"
+
+
+@pytest.mark.parametrize("kind", ["bridge", "tap"])
+def test_a_kernel_link_named_like_an_ovs_bridge_is_refused_and_left_alone(fo_lab_factory, kind):
+    """An admin's own kernel link called `cnovs0` (a Linux bridge, a persistent tap; no
+    OVSDB row: the OVSDB checks see
+    nothing): apply used to add the OVS bridge anyway, take the admin's link for its
+    internal port (a persistent tap: ovs-vswitchd opened it), enslave it into cn0, and
+    reset deleted the tap. Now refused before anything changes, one line naming it; the
+    link keeps its address, and reset leaves it."""
+    lab = fo_lab_factory(hosts=2, backend="ovs-gre", containers=0, apply=False)
+    add = ["ip", "link", "add", "cnovs0", "type", "bridge"] if kind == "bridge" else \
+        ["ip", "tuntap", "add", "dev", "cnovs0", "mode", "tap"]
+    sh(lab, "h1", *add)
+    sh(lab, "h1", "ip", "addr", "add", "192.0.2.77/28", "dev", "cnovs0")
+    sh(lab, "h1", "ip", "link", "set", "cnovs0", "up")
+    before_db, before_host = ovsdb_config(lab, "h1"), host_footprint(lab, "h1")
+    what = "tun link" if kind == "tap" else "bridge link"
+    for extra in ((), ("--dry-run",)):
+        proc = lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", *extra, check=False)
+        assert proc.returncode == 1, (extra, proc.stdout, proc.stderr)
+        assert proc.stderr.strip() == (
+            f"crossnet: error: interface cnovs0 already exists and was not created by crossnet ({what}; "
+            "addresses: 192.0.2.77/28); crossnet does not take over or delete links it did not create: remove or "
+            "rename it (crossnet's OVS bridge names are fixed), then apply again"), (extra, proc.stderr)
+        assert ovsdb_config(lab, "h1") == before_db, extra
+        assert host_footprint(lab, "h1") == before_host, extra
+    assert not os.path.exists(os.path.join(lab.plan.host("h1").state_dir, "applied.json"))
+    lab.crossnet("h1", "reset")
+    assert "192.0.2.77/28" in sh(lab, "h1", "ip", "-o", "-4", "addr", "show", "dev", "cnovs0").stdout
+    assert host_footprint(lab, "h1") == before_host
 
 
 def test_status_without_open_vswitch_shows_what_it_can(fo_lab_factory):

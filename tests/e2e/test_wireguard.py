@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from crossnet.netlink.ns import socket_in_netns
 from crossnet.lab.manager import Lab
+from crossnet.netlink.ns import socket_in_netns
 from tests.e2e.pcap import Capture, ipv4
 
 from .agentlab import wait_for
@@ -369,3 +369,50 @@ def test_agent_restarts_wireguard_go_and_rotation_keeps_a_tcp_flow(make_lab):
     assert lab.status("h1")["wireguard"]["public_key"] == new_key
     all_pairs_ok(lab)
     assert addresses(lab) == before
+
+
+def test_a_wireguard_go_device_crossnet_did_not_start_is_refused_and_left_alone(make_lab):
+    """An admin's own wireguard-go named cnwg0 (its socket in its own /run, its own key,
+    port and peer) on h1: apply and apply --dry-run refuse with one line naming it before
+    anything changes (before: refused only when the device's turn came, after the rest of
+    the plan had run), its configuration untouched, and reset leaves it running."""
+    from crossnet.wg import uapi
+
+    lab = make_lab(hosts=2, underlay="l2", backend="wireguard", containers=0, apply=False)
+    h1 = host(lab, "h1")
+    admin = subprocess.Popen(
+        ["ip", "netns", "exec", h1.netns, "unshare", "--mount", "--propagation", "private", "sh", "-c",
+         'mount -t tmpfs admin-wg /run && exec wireguard-go -f cnwg0'],
+        env={"PATH": os.environ["PATH"], "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        sock = f"/proc/{admin.pid}/root/run/wireguard/cnwg0.sock"
+        wait_for(lambda: os.path.exists(sock), 5, "the admin's wireguard-go socket")
+        admin_key = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk="
+        peer = uapi.PeerConfig("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=", "192.0.2.9:51999", ["172.16.0.0/12"])
+        uapi.set_(sock, uapi.set_message(private_key=admin_key, listen_port=51999, peers=[peer]))
+
+        def config() -> tuple:
+            st = uapi.get(sock)
+            return st.public_key, st.listen_port, {k: (p.endpoint, p.allowed_ips) for k, p in st.peers.items()}
+
+        def footprint() -> tuple[str, ...]:
+            return tuple(subprocess.run(["ip", "-n", h1.netns, *cmd], capture_output=True, text=True,
+                                        check=True).stdout for cmd in (["-o", "link"], ["-o", "-4", "addr"], ["route"]))
+
+        before_wg, before_host = config(), footprint()
+        assert before_wg[2] == {peer.public_key: ("192.0.2.9:51999", ["172.16.0.0/12"])}
+        for extra in ((), ("--dry-run",)):
+            proc = lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", *extra, check=False)
+            assert proc.returncode == 1, (extra, proc.stdout, proc.stderr)
+            assert proc.stderr.strip() == (
+                "crossnet: error: interface cnwg0 already exists and was not created by crossnet (tun link); "
+                "crossnet does not take over or delete links it did not create: remove or rename it (or choose "
+                "another `wireguard.device`, or a named network's `vni`, in the cluster file), then apply again"), \
+                (extra, proc.stderr)
+            assert config() == before_wg and footprint() == before_host, extra
+        lab.crossnet("h1", "reset")
+        assert admin.poll() is None and config() == before_wg and footprint() == before_host
+    finally:
+        admin.terminate()
+        admin.wait(timeout=10)

@@ -98,10 +98,10 @@ def applied_from(cluster_file: str, host: str, monkeypatch) -> dict:
     """applied.json as `crossnet apply -f cluster_file` writes it on `host`: the real
     context (crossnet.host.build_context) from the cluster file, with the NIC's kernel
     facts (MTU 1500, a MAC) supplied instead of read from this machine."""
-    from crossnet.netlink import iproute as nl
     from crossnet.backends import get_backend
     from crossnet.config import load_cluster
     from crossnet.host import build_context
+    from crossnet.netlink import iproute as nl
 
     cluster = load_cluster(os.path.join(EXAMPLES, cluster_file))
     spec = cluster.host(host)
@@ -377,3 +377,32 @@ def test_install_labels_the_network_for_podman_network_inspect(tmp_path, state_d
     assert proc.returncode == 0, proc.stderr
     [net] = json.loads(proc.stdout)
     assert net["driver"] == "crossnet-cni" and net["labels"]["crossnet.subnet"] == "10.32.1.0/24"
+
+
+@pytest.mark.parametrize("which", ["conflist", "crossnet-cni", "crossnet-cni-py"])
+def test_install_never_overwrites_a_file_crossnet_did_not_write(tmp_path, state_dir, which):
+    """An admin's conflist of the same network name, or another program's crossnet-cni /
+    crossnet-cni-py in the bin dir: refused in one line naming it, and nothing written."""
+    conf_dir, bin_dir = tmp_path / "net.d", tmp_path / "bin"
+    conf_dir.mkdir()
+    bin_dir.mkdir()
+    foreign = conf_dir / "10-cx.conflist" if which == "conflist" else bin_dir / which
+    text = ('{"cniVersion": "1.0.0", "name": "cx", "plugins": [{"type": "bridge"}]}\n' if which == "conflist"
+            else "#!/bin/sh\necho the admin's own plugin\n")
+    foreign.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        install(str(state_dir), conf_dir=str(conf_dir), bin_dir=str(bin_dir), name="cx", native=False)
+    option = "--name" if which == "conflist" else "--bin-dir"
+    assert str(err.value) == (f"{option}: {foreign} exists and was not written by crossnet; "
+                              "remove it first (crossnet does not overwrite it)")
+    assert foreign.read_text() == text
+    assert sorted(p.name for d in (conf_dir, bin_dir) for p in d.iterdir()) == [foreign.name]
+
+
+def test_install_again_replaces_the_files_crossnet_wrote(tmp_path, state_dir):
+    kw = {"conf_dir": str(tmp_path / "net.d"), "bin_dir": str(tmp_path / "bin"), "name": "cx", "native": False}
+    install(str(state_dir), **kw)
+    res = install(str(state_dir), portmap=False, **kw)
+    assert [p["type"] for p in json.loads((tmp_path / "net.d" / "10-cx.conflist").read_text())["plugins"]] == [
+        "crossnet-cni"]
+    assert res["client"] == "python"

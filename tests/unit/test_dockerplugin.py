@@ -495,3 +495,42 @@ def test_raw_retire_messages():
     assert body[16:] == struct.pack("=HH", 4 + len(alias), IFLA_IFALIAS) + alias + b"\0" * (-len(alias) % 4)
     mtype, _flags, body, _what = nlraw.link_del_index(42, "cnvabc")
     assert mtype == RTM_DELLINK and body == struct.pack("=BxHiII", 0, 0, 42, 0, 0)
+
+
+def test_serve_never_replaces_a_socket_another_process_serves(tmp_path):
+    """A live socket at --socket (another docker-plugin, or whatever else dockerd reaches
+    as `crossnet`) used to be unlinked and replaced, and removed again at exit. Now refused
+    in one line naming it; the other socket keeps its path. A stale one is replaced."""
+    import os
+    import signal
+    import socket
+
+    from crossnet.errors import ConfigError
+    from crossnet.runtime.dockerplugin import serve
+
+    path = str(tmp_path / "crossnet.sock")
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(path)
+    other.listen(1)
+    ino = os.stat(path).st_ino
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    served = []
+
+    def ready():  # the old code got here: stop at once
+        served.append(os.stat(path).st_ino)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    plugin = SimpleNamespace(flush=lambda: None)
+    try:
+        with pytest.raises(ConfigError) as err:
+            serve(plugin, path, ready=ready)
+        assert str(err.value) == (f"--socket: {path} is served by a running process (another crossnet "
+                                  "docker-plugin?); stop it first, or choose another --socket")
+        assert served == [] and os.stat(path).st_ino == ino
+        other.close()  # now a stale socket: replaced, and removed at exit
+        serve(plugin, path, ready=ready)
+        assert served and not os.path.exists(path)
+    finally:
+        other.close()
+        for s, h in saved.items():
+            signal.signal(s, h)

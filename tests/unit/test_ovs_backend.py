@@ -428,3 +428,37 @@ def test_ipv6_off_is_left_on_remove_and_satisfied_without_ipv6(tmp_path, monkeyp
     assert r.check(None) is True
     r.ensure(None)
     assert written == []
+
+
+def test_a_kernel_link_named_like_an_ovs_bridge_without_an_ovsdb_row_is_refused():
+    """An admin's dummy/tap/bridge called cnovs0 has no OVSDB row, so bridge_conflict sees
+    nothing; the bridge's preflight refuses the link unless crossnet recorded the bridge,
+    or OVSDB has the bridge (the link is then its internal port, judged by the row)."""
+    from crossnet.errors import ApplyError
+    from crossnet.netlink.iproute import LinkInfo
+
+    class LinkEnv(FakeEnv):
+        def __init__(self, db, links):
+            super().__init__(db)
+            self._links = links
+
+        def link(self, name=None, index=None):
+            return self._links.get(name)
+
+        def links(self):
+            return dict(self._links)
+
+        def addresses(self, index):
+            return ["192.0.2.77/28"] if index == 9 else []
+
+    tap = {"cnovs0": LinkInfo(9, "cnovs0", "tun", 1500, None, True, None, {})}
+    br = OvsBridge("cnovs0", "netdev", "secure", mtu=1450, role="overlay")
+    with pytest.raises(ApplyError) as exc:
+        br.preflight(LinkEnv(FakeDb({}), tap), set())
+    assert str(exc.value) == (
+        "interface cnovs0 already exists and was not created by crossnet (tun link; addresses: 192.0.2.77/28); "
+        "crossnet does not take over or delete links it did not create: remove or rename it (crossnet's OVS "
+        "bridge names are fixed), then apply again")
+    br.preflight(LinkEnv(FakeDb({}), tap), {br.key()})  # recorded as crossnet's
+    br.preflight(LinkEnv(FakeDb({"cnovs0": Row("cnovs0", ours("overlay"), ["cnovs0"])}), tap), set())
+    br.preflight(LinkEnv(FakeDb({}), {}), set())  # nothing there

@@ -151,3 +151,27 @@ def test_a_prefix_that_is_not_a_venv_is_never_removed(installed):
     with pytest.raises(CrossnetError, match="is not a virtual environment"):
         uninstall.plan(doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"),
                        packages=False, force=False)
+
+
+def test_only_conflists_of_the_shape_crossnet_writes_are_crossnets(tmp_path):
+    """Every conflist naming crossnet-cni anywhere counted as crossnet's: an admin's own
+    list chaining it with other plugins (bandwidth, firewall) was deleted by uninstall and
+    overwritten by `cni install --name` of its network. Only what cni install writes is
+    crossnet's now: crossnet-cni, then at most portmap, nothing else."""
+    from crossnet.cni.install import conflist
+
+    def ours(doc) -> bool:
+        p = tmp_path / "x.conflist"
+        p.write_text(json.dumps(doc))
+        return uninstall._is_ours_conflist(p)
+
+    for kw in ({}, {"portmap": False}, {"log_file": "/tmp/l", "helper": "spawn", "labels": {"crossnet.host": "h1"}}):
+        assert ours(conflist("crossnet", "/var/lib/crossnet", **kw)), kw
+    mine = conflist("mine", "/var/lib/crossnet")
+    chained = {**mine, "plugins": [*mine["plugins"], {"type": "bandwidth", "capabilities": {"bandwidth": True}}]}
+    assert not ours(chained)
+    assert not ours({**mine, "plugins": [{"type": "firewall"}, *mine["plugins"]]})
+    assert not ours({**mine, "plugins": [{**mine["plugins"][0], "ipam": {"type": "host-local"}}]})
+    assert not ours({**mine, "disableCheck": True})
+    assert not ours({"name": "podman", "plugins": [{"type": "bridge"}]})
+    assert not ours([1]) and not ours({"plugins": "crossnet-cni"})

@@ -138,3 +138,18 @@ def test_cni_helper_socket_activates_the_helper(exe):
     assert svc["ExecStart"] == f"{exe} --state-dir /var/lib/crossnet cni serve"
     assert "WantedBy" not in svc  # started by its socket only
     assert units.next_steps(list(text)) == "then: systemctl enable --now crossnet-cni-helper.socket"
+
+
+def test_install_refusing_one_foreign_unit_writes_none_of_the_others(tmp_path, exe):
+    """--cni is two units: the socket used to be written before the admin's service of the
+    same name was found and refused, leaving a socket that activates the admin's service."""
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    foreign = unit_dir / "crossnet-cni-helper.service"
+    foreign.write_text("[Service]\nExecStart=/bin/true\n")
+    text = units.render(["agent", "cni", "cni-service"], units.UnitOptions(exe=exe, state_dir=str(tmp_path / "s")))
+    with pytest.raises(ConfigError) as err:
+        units.install(text, str(unit_dir), reload=False)
+    assert str(err.value) == f"--unit-dir: {foreign} exists and was not installed by crossnet; remove it first"
+    assert sorted(p.name for p in unit_dir.iterdir()) == ["crossnet-cni-helper.service"]
+    assert foreign.read_text() == "[Service]\nExecStart=/bin/true\n"

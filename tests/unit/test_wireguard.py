@@ -31,6 +31,7 @@ ALICE_PRIV = bytes.fromhex("77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177
 ALICE_PUB = bytes.fromhex("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
 B64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
 PEER_KEY = B64(bytes(range(32)))
+PEER_KEY2 = B64(bytes(range(100, 132)))
 
 
 # ---------------------------------------------------------------- keys
@@ -299,6 +300,9 @@ class FakeEnv(Env):
     def links(self):
         return dict(self._links)
 
+    def addresses(self, index):
+        return []
+
 
 @pytest.fixture
 def fake_wg(monkeypatch):
@@ -336,6 +340,40 @@ def test_kernel_device_created_through_pyroute2_and_configured_over_genetlink(tm
     dev.remove(env)
     assert env.ipr.calls[-1][0] == "del" and "cnwg0" not in env.links()
     assert pub  # (the public key is all the host ever prints)
+
+
+@pytest.mark.parametrize("recorded", [False, True])
+def test_a_wireguard_device_crossnet_did_not_create_is_refused_and_never_reconfigured(tmp_path, fake_wg, recorded):
+    """An admin's own kernel WireGuard device named like crossnet's (cnwg0, or the
+    cluster's wireguard.device) used to be taken over: its private key and listen port
+    replaced by crossnet's (the admin's tunnel dead), crossnet's peers added next to the
+    admin's, and the device deleted by reset. Now refused before anything changes; a device
+    crossnet recorded creating is still its own to repair."""
+    from crossnet.errors import ApplyError
+    from crossnet.plan.reconciler import reconcile
+
+    keys.ensure_key(tmp_path)
+    admin_key = base64.b64encode(bytes(range(1, 33))).decode()
+    run_dir = str(tmp_path / "wireguard")
+    dev = WgDevice("cnwg0", 51820, 1420, str(keys.key_path(tmp_path)), run_dir)
+    peer = WgPeer("cnwg0", run_dir, "h2", PEER_KEY, "10.57.2.2:51820", ["10.32.1.0/24"])
+    env = FakeEnv()
+    env._links["cnwg0"] = LinkInfo(7, "cnwg0", "wireguard", 1420, None, True, None, {})
+    admin_peer = {"public_key": PEER_KEY2, "endpoint_addr": "192.0.2.9", "endpoint_port": 51999,
+                  "allowed_ips": ["172.16.0.0/12"], "persistent_keepalive": 0}
+    fake_wg.devices["cnwg0"] = {"priv": admin_key, "port": 51999, "peers": {PEER_KEY2: admin_peer}}
+    if not recorded:
+        with pytest.raises(ApplyError) as exc:
+            reconcile([dev, peer], [], env)
+        assert str(exc.value) == (
+            "interface cnwg0 already exists and was not created by crossnet (wireguard link); crossnet does not "
+            "take over or delete links it did not create: remove or rename it (or choose another "
+            "`wireguard.device`, or a named network's `vni`, in the cluster file), then apply again")
+        assert [c for c in fake_wg.calls if c[0] == "set"] == [] and env.ipr.calls == []
+        assert fake_wg.devices["cnwg0"] == {"priv": admin_key, "port": 51999, "peers": {PEER_KEY2: admin_peer}}
+        return
+    reconcile([dev, peer], [WgDevice("cnwg0", 51820, 1420, str(keys.key_path(tmp_path)), run_dir)], env)
+    assert fake_wg.devices["cnwg0"]["port"] == 51820 and PEER_KEY in fake_wg.devices["cnwg0"]["peers"]
 
 
 def test_kernel_refusal_with_implementation_kernel_is_one_error(tmp_path, fake_wg):

@@ -255,6 +255,18 @@ def _copy_client(src: Path, target: Path) -> str | None:
         return f"cannot write {target}: {exc.strerror or exc}"
 
 
+def _check_ours(conf_file: Path, plugin: Path, py_client: Path) -> None:
+    """Refuse (before anything is written) to replace a conflist or plugin file of the
+    same name that crossnet did not write: an admin's network, another program's binary."""
+    from crossnet.uninstall import _is_ours_conflist, _is_ours_plugin
+
+    for option, path, ours in (("--name", conf_file, _is_ours_conflist), ("--bin-dir", plugin, _is_ours_plugin),
+                               ("--bin-dir", py_client, _is_ours_plugin)):
+        if (path.exists() or path.is_symlink()) and not ours(path):
+            raise ConfigError(f"{option}: {path} exists and was not written by crossnet; "
+                              "remove it first (crossnet does not overwrite it)")
+
+
 def install(
     state_dir: str,
     conf_dir: str = DEFAULT_CONF_DIR,
@@ -270,7 +282,8 @@ def install(
     `crossnet-cni`, the native client (falls back to crossnet-cni-py): a copy of the one
     scripts/install built (:func:`prebuilt_client`), compiled from shim.c only where there
     is none (a development checkout); without either, or with native=False, a copy of the
-    Python client. Returns what was written."""
+    Python client. A conflist or plugin file of the same name crossnet did not write is
+    refused, nothing written. Returns what was written."""
     from crossnet.state import StateDir, read_json
 
     state = StateDir(state_dir)
@@ -282,9 +295,10 @@ def install(
     ctx = (applied or {}).get("context") or {}
     conf = conflist(name, state_dir, portmap=portmap, log_file=log_file, helper=helper, labels=podman_labels(ctx))
     conf_file = conflist_path(conf_dir, name)
-    _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     plugin = Path(bin_dir) / PLUGIN_TYPE
     py_client = Path(bin_dir) / PYTHON_CLIENT
+    _check_ours(conf_file, plugin, py_client)
+    _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     wrapper = wrapper_script()
     _write_atomic(py_client, wrapper, 0o755)  # first: the native client execs it
     prebuilt = prebuilt_client() if native else None

@@ -20,13 +20,19 @@ from typing import Any, ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from crossnet.netlink import iproute as nl
 from crossnet.errors import ApplyError
+from crossnet.netlink import iproute as nl
 from crossnet.ovs import db as ovsdb
-from crossnet.state import crash_point
 from crossnet.plan.env import Env
-from crossnet.plan.nic import replay_order, route_commands, route_kw, routes_present, saved_routes
-from crossnet.plan.resources import Resource, Sysctl
+from crossnet.plan.nic import (
+    replay_order,
+    route_commands,
+    route_kw,
+    routes_present,
+    saved_routes,
+)
+from crossnet.plan.resources import Resource, Sysctl, refuse_foreign_link
+from crossnet.state import crash_point
 
 OWNER_KEY = "crossnet"  # external_ids:crossnet=<what> on every bridge/port crossnet creates
 FLOW_COOKIE = "0xc055e7"
@@ -201,6 +207,18 @@ class OvsBridge(Resource):
                 txn.add(api.db_clear("Bridge", self.name, "fail_mode"))
         _wait_link(env, self.name)  # both datapaths: Enslave and AddressMove need the device
         _changed(env, "links")
+
+    def preflight(self, env: Env, owned_keys: set[str]) -> None:
+        """A kernel link of this name with no OVS bridge behind it (an admin's dummy, tap,
+        Linux bridge) is refused: OVS would take it for the bridge's internal port (a
+        persistent tap it even opens), crossnet would enslave it, and remove() delete it.
+        With an OVSDB row, bridge_conflict judges the row (the link is its internal port)."""
+        if self.key() in owned_keys or env.link(self.name) is None:
+            return
+        d = ovs_or_none(env)
+        if d is not None and d.bridge(self.name) is not None:
+            return
+        refuse_foreign_link(env, self.name, self.key(), owned_keys, " (crossnet's OVS bridge names are fixed)")
 
     def remove(self, env: Env) -> None:
         d = ovs(env)

@@ -806,6 +806,21 @@ def _learn_name(plugin: DockerPlugin, socket_path: str, nid: str, eid: str, trie
                 return
 
 
+def _served(socket_path: str) -> bool:
+    """Whether a process accepts connections on the unix socket at socket_path."""
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(socket_path)
+        return True
+    except OSError:  # refused (nobody listens: stale), gone
+        return False
+    finally:
+        probe.close()
+
+
 def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | None = None,
           verbose: bool = False) -> None:
     """Serve the plugin on a unix socket until SIGTERM/SIGINT."""
@@ -853,6 +868,9 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
         st = os.lstat(socket_path)
         if not stat.S_ISSOCK(st.st_mode):
             raise ConfigError(f"--socket: {socket_path} exists and is not a socket")
+        if _served(socket_path):  # another process's: never taken over (a stale one is replaced)
+            raise ConfigError(f"--socket: {socket_path} is served by a running process (another crossnet "
+                              "docker-plugin?); stop it first, or choose another --socket")
         os.unlink(socket_path)
     os.makedirs(os.path.dirname(socket_path) or ".", mode=0o755, exist_ok=True)
     old = os.umask(0o177)
@@ -860,6 +878,7 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
         server = Server(socket_path, Handler)
     finally:
         os.umask(old)
+    mine = os.stat(socket_path).st_ino
 
     def stop(_sig: int, _frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -874,4 +893,5 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
         server.server_close()
         plugin.flush()
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(socket_path)
+            if os.stat(socket_path).st_ino == mine:  # still this server's socket, not a successor's
+                os.unlink(socket_path)

@@ -17,7 +17,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from crossnet.errors import ApplyError, CrossnetError
 from crossnet.plan.env import Env
-from crossnet.plan.resources import Resource
+from crossnet.plan.resources import Resource, refuse_foreign_link
 from crossnet.wg import control, keys, proc, uapi
 
 IMPLS = ("auto", "kernel", "userspace")
@@ -118,6 +118,11 @@ class WgDevice(Resource):
         ctl.set(private_key=private, listen_port=self.port)
         env.ipr.link("set", index=env.require_index(self.name), mtu=self.mtu, state="up")
         env.changed("links", "addresses", "routes", f"wg:{self.name}")
+
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        # an admin's own WireGuard device of this name: never re-keyed, given peers or deleted
+        refuse_foreign_link(env, self.name, self.key(), owned,
+                            " (or choose another `wireguard.device`, or a named network's `vni`, in the cluster file)")
 
     def remove(self, env: Env) -> None:
         proc.stop(self.run_dir, self.name)  # userspace: the device and its socket go with it
