@@ -266,26 +266,15 @@ def test_observe_without_metrics_does_nothing():
 
 
 def _trickle(addr, stop_after: float) -> float:
-    """Sends a request line one byte every 50 ms (each well within the read timeout,
-    never a whole request): seconds until the server closed the connection (or stop_after)."""
+    """A request line one byte every 50 ms: seconds until the server closed the connection."""
     import socket
     import time
 
+    from tests.unit.trickle import trickle
+
     t0 = time.monotonic()
     with socket.create_connection(addr, timeout=5) as s:
-        s.settimeout(0.05)
-        for b in b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 10_000:
-            if time.monotonic() - t0 > stop_after:
-                break
-            try:
-                s.send(bytes([b]))
-                if s.recv(1) == b"":
-                    break  # closed by the server
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-    return time.monotonic() - t0
+        return trickle(s, b"GET /metrics HTTP/1.1\r\nX-Pad: " + b"a" * 10_000, t0, stop_after)
 
 
 def _server(monkeypatch, **limits):

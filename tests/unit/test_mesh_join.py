@@ -535,27 +535,17 @@ def test_check_join_response_keeps_only_the_known_fields_of_each_member(cluster)
 
 
 def _trickle(addr, stop_after: float) -> float:
-    """A client that completes TLS, then sends a request line one byte at a time, each
-    byte well within the socket timeout: seconds until the server closed it (or stop_after)."""
+    """A client that completes TLS, then sends a request line one byte at a time: seconds
+    until the server closed it (or stop_after)."""
     import ssl
+
+    from tests.unit.trickle import trickle
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
     t0 = time.monotonic()
     with socket.create_connection(addr, timeout=5) as raw, ctx.wrap_socket(raw) as s:
-        s.settimeout(0.05)
-        for b in b"GET /v1/ca HTTP/1.1\r\nX-Pad: " + b"a" * 10_000:
-            if time.monotonic() - t0 > stop_after:
-                break
-            try:
-                s.send(bytes([b]))
-                if s.recv(1) == b"":
-                    break  # closed by the server
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-    return time.monotonic() - t0
+        return trickle(s, b"GET /v1/ca HTTP/1.1\r\nX-Pad: " + b"a" * 10_000, t0, stop_after)
 
 
 def test_a_connection_that_trickles_is_cut_at_the_deadline(cluster, monkeypatch):
