@@ -126,23 +126,32 @@ class ApplyResult:
         }
 
 
-def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
-    """The record of what crossnet owns. When an apply was interrupted its journal
-    is the record: it lists everything applied.json does plus everything that apply
-    may have created, with what must be restored (see crossnet.state)."""
+def load_record(state: StateDir) -> tuple[dict | None, bool]:
+    """The record of what crossnet owns, and whether it is an interrupted apply's journal.
+    When an apply was interrupted its journal is the record: it lists everything
+    applied.json does plus everything that apply may have created, with what must be
+    restored (see crossnet.state)."""
     applied = state.load_applied()
     journal = state.load_journal()
-    if journal and journal.get("resources") is not None:
-        if applied and applied.get("host") != journal.get("host"):
-            journal = None  # not this record's (cannot happen through apply)
-        else:
-            applied = journal
+    # a journal of another host's record is not this record's (cannot happen through apply)
+    if journal and journal.get("resources") is not None and (not applied or applied.get("host") == journal.get("host")):
+        return journal, True
+    return applied or None, False
+
+
+def load_previous(state: StateDir) -> tuple[dict | None, list[Resource]]:
+    """The record of what crossnet owns (:func:`load_record`) and its resources."""
+    applied, _interrupted = load_record(state)
+    return applied, record_resources(applied)
+
+
+def record_resources(applied: dict | None) -> list[Resource]:
     if not applied:
-        return None, []
+        return []
     backend_name = (applied.get("context") or {}).get("backend")
     if backend_name:
         get_backend(backend_name)  # its module registers the resource kinds it records (e.g. ovs-*)
-    return applied, [Resource.from_json(r) for r in applied.get("resources", [])]
+    return [Resource.from_json(r) for r in applied.get("resources", [])]
 
 
 def apply(cluster: Cluster, state: StateDir, host_name: str | None = None, dry_run: bool = False,
@@ -240,10 +249,10 @@ def status(state: StateDir) -> dict[str, Any]:
     from crossnet import containers, datapath
     from crossnet.transport import connections
 
-    applied, previous = load_previous(state)
-    # an interrupted apply's journal is the record (load_previous): a first apply killed
+    # an interrupted apply's journal is the record (load_record): a first apply killed
     # half-way is reported with what it may have changed, not as "not configured yet"
-    interrupted = bool(applied) and state.journal_path.exists() and applied.get("host") == (state.load_journal() or {}).get("host")
+    applied, interrupted = load_record(state)
+    previous = record_resources(applied)
     if interrupted:
         ctx = HostContext.from_json(applied["context"])
         backend = get_backend(ctx.backend)
