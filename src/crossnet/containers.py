@@ -102,6 +102,12 @@ def host_ifname(container_id: str, net_name: str = "") -> str:
     return "cnv" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
+def recorded_host_if(key: str, alloc: Any) -> str:
+    """The host end of the attachment recorded under ``key``: the name in its IPAM entry,
+    else (an entry from before names were recorded) the default network's name for it."""
+    return alloc.meta.get("host_if") or host_ifname(key)
+
+
 def temp_ifname(container_id: str) -> str:
     return "cnt" + hashlib.sha1(container_id.encode()).hexdigest()[:10]
 
@@ -396,7 +402,7 @@ def attached_elsewhere(alloc: Any, netns: str) -> str | None:
     if not isinstance(recorded, str) or _netns_id(path) is None or _netns_id(recorded) is None \
             or _same_netns(recorded, path):
         return None
-    host_if = alloc.meta.get("host_if") or host_ifname(alloc.key)
+    host_if = recorded_host_if(alloc.key, alloc)
     with nl.open_ipr() as ipr:
         try:
             hmsg = ipr.link("get", index=nl.require_index(ipr, host_if))[0]
@@ -429,7 +435,7 @@ def _owner_of(pool: AddressPool, netns: str, ifname: str, inner: int | None) -> 
         return None
     name = hmsg.get_attr("IFLA_IFNAME")
     for key, alloc in pool.entries().items():
-        if (alloc.meta.get("host_if") or host_ifname(key)) == name and alloc.meta.get("ifname", "eth0") == ifname:
+        if recorded_host_if(key, alloc) == name and alloc.meta.get("ifname", "eth0") == ifname:
             return key, alloc
     return None
 
@@ -504,7 +510,7 @@ def stale_reason(alloc: Any, host_links: set[str] | None = None) -> str | None:
     why = _path_gone(alloc)
     if why is None:
         return None
-    host_if = alloc.meta.get("host_if") or host_ifname(alloc.key)
+    host_if = recorded_host_if(alloc.key, alloc)
     if host_if in (host_links if host_links is not None else _host_links()):
         return None
     return why
@@ -586,7 +592,7 @@ def gc(state: StateDir, ctx: HostContext, backend: Backend, dry_run: bool = Fals
         why = stale_reason(alloc, links)
         if why is None:
             continue
-        host_if = alloc.meta.get("host_if") or host_ifname(key)
+        host_if = recorded_host_if(key, alloc)
         item = {"id": key, "address": str(alloc.address), "netns": alloc.meta.get("netns"), "host_if": host_if,
                 "reason": why, "veth_removed": False, "collected": False}
         if not dry_run:
@@ -614,7 +620,7 @@ def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: st
     alloc = pool.get(container_id)
     if alloc is None:
         return None
-    host_if = alloc.meta.get("host_if") or host_ifname(container_id)
+    host_if = recorded_host_if(container_id, alloc)
     removed = False
     with nl.open_ipr() as ipr:
         env = Env(ipr)

@@ -464,15 +464,14 @@ class DockerPlugin:
         return {}  # the veth goes with DeleteEndpoint (or with the container's namespace)
 
     def delete_endpoint(self, body: dict[str, Any]) -> dict[str, Any]:
-        from crossnet.containers import host_ifname
+        from crossnet.containers import host_ifname, recorded_host_if
 
         _id(body, "NetworkID")  # also for a network deleted meanwhile: still remove the veth
         eid = _id(body, "EndpointID")
         ctx, backend, pool = self.context()
         found = self._endpoint(pool, eid)
         host_if = found[1].meta.get("host_if") if found else host_ifname(eid)
-        if found is None and any((alloc.meta.get("host_if") or host_ifname(key)) == host_if
-                                 for key, alloc in self._entries(pool).items()):
+        if found is None and any(recorded_host_if(key, alloc) == host_if for key, alloc in self._entries(pool).items()):
             return {}  # no binding, and the veth of that name is another attachment's (crossnet-cni, attach)
         # the veth is marked (its alias) and the writer thread deletes it after the answer:
         # the kernel's deletion (an RCU barrier, ~15-30 ms) is off the request path; a
