@@ -435,17 +435,12 @@ class TcProgram(Resource):
         return idx is not None and tc_attached(env.ipr, idx, self.program, _pinned_prog_id(self.pin_dir, self.program))
 
     def conflict(self, env: Env) -> str | None:
+        """An admin's filter at crossnet's priority (pref 1000) on the device: refused before
+        anything changes (Resource.preflight), recorded or not — crossnet's filter may have
+        been replaced by hand since apply, and `replace` would overwrite it."""
         idx = env.index(self.dev)
         found = foreign_filters(env.ipr, idx) if idx is not None else []
         return foreign_filter_error(self.dev, found) if found else None
-
-    def preflight(self, env: Env, owned: set[str]) -> None:
-        """An admin's filter at crossnet's priority (pref 1000) on the device is refused before
-        anything changes, recorded or not: crossnet's filter may have been replaced by hand
-        since apply, and `replace` would overwrite it."""
-        why = self.conflict(env)
-        if why:
-            raise ApplyError(why)
 
     def prepare(self, env: Env) -> None:
         idx = env.index(self.dev)

@@ -67,7 +67,11 @@ class Resource:
 
     def preflight(self, env: Env, owned: set[str]) -> None:
         """Before anything changes (also for --dry-run): raise ApplyError if this
-        resource must not be applied here. `owned`: keys of what crossnet recorded."""
+        resource must not be applied here. `owned`: keys of what crossnet recorded.
+        Default: what :meth:`conflict` says, recorded or not."""
+        why = self.conflict(env)
+        if why:
+            raise ApplyError(why)
 
     def conflict(self, env: Env) -> str | None:
         """Why `apply` would refuse to (re)create this resource here (something crossnet did
