@@ -160,6 +160,21 @@ def test_down_works_when_nothing_exists(lab_sweep):
                       "processes_killed": 0, "errors": []}
 
 
+def test_down_removes_the_ebpf_pins_of_its_hosts(lab_factory):
+    """`datapath: ebpf` pins its programs in the machine's bpffs, outside the lab's
+    namespaces and directory: `lab down` (no `reset` on the hosts) removes them too."""
+    from crossnet import ebpf
+    from crossnet.ebpf import host as ebpf_host
+
+    if ebpf.problem() is not None:
+        pytest.skip(f"this machine cannot load crossnet's eBPF programs: {ebpf.problem()}")
+    lab = lab_factory(hosts=2, backend="host-gw", containers=1, extra={"datapath": "ebpf"})
+    dirs = [ebpf_host.host_dir(h.state_dir) for h in lab.hosts]
+    assert all(d.is_dir() and any(d.iterdir()) for d in dirs), dirs  # each host's programs are pinned
+    manager.down(lab.name)
+    assert [d for d in dirs if d.exists()] == []
+
+
 def test_failed_up_tears_down_and_services_hook(lab_factory, tmp_path):
     calls: list[tuple[str, str]] = []
 

@@ -336,3 +336,22 @@ def test_tc_program_preflight_and_status_drift_name_the_foreign_filter():
     res.preflight(env, set())
     assert res.conflict(env) is None and drift_line(res, env) == res.describe()
     assert env.ipr.calls == []
+
+
+def test_remove_host_removes_only_that_hosts_pin_directories(monkeypatch, tmp_path):
+    """`lab down` frees a host's pins without `reset`: every `<16 hex>` pin directory of
+    that host (an upgrade leaves two), nothing else of it, nothing of another host."""
+    monkeypatch.setattr(host, "BASE", tmp_path / "crossnet")
+    mine, theirs = host.host_dir(str(tmp_path / "a")), host.host_dir(str(tmp_path / "b"))
+    for base in (mine, theirs):
+        for obj in ("0123456789abcdef", "fedcba9876543210"):
+            for sub, pin in (("progs", "cn_from_container"), ("maps", "cn_config")):
+                (base / obj / sub).mkdir(parents=True)
+                (base / obj / sub / pin).write_text("")
+    (mine / "notes").mkdir()  # not a pin directory: stays, and so does the host's directory
+    assert host.remove_host(str(tmp_path / "a")) == 2
+    assert sorted(p.name for p in mine.iterdir()) == ["notes"]
+    assert sorted(p.name for p in theirs.iterdir()) == ["0123456789abcdef", "fedcba9876543210"]
+    (mine / "notes").rmdir()
+    assert host.remove_host(str(tmp_path / "a")) == 0 and not mine.exists()
+    assert host.remove_host(str(tmp_path / "never")) == 0

@@ -183,6 +183,21 @@ def unpin(directory: str) -> None:
             empty.rmdir()
 
 
+def remove_host(state_dir: str) -> int:
+    """Remove every pin directory of the host whose state directory is state_dir (for a
+    host that goes away without `reset`, e.g. `crossnet lab down`); how many were
+    removed. Only its `<16 hex digits>` subdirectories are touched."""
+    base = host_dir(state_dir)
+    removed = 0
+    for d in sorted(base.iterdir()) if base.is_dir() else ():
+        if d.is_dir() and re.fullmatch(r"[0-9a-f]{16}", d.name):
+            unpin(str(d))
+            removed += 1
+    with contextlib.suppress(FileNotFoundError, OSError):
+        base.rmdir()
+    return removed
+
+
 def trial_load(obj: Path) -> str | None:
     """Load the programs once into a scratch directory and remove them: None if the
     kernel accepts them, else why not."""

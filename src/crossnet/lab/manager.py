@@ -462,6 +462,7 @@ def down(name: str, log: Log | None = None) -> dict[str, Any]:
     d = lab_dir(name)
     existed = d.exists()
     if existed:
+        errors += _remove_bpf_pins(d)
         ns.unmount_under(d)  # storage a runtime (podman) may have left mounted in the lab dir
     shutil.rmtree(d, ignore_errors=True)
     if d.exists():
@@ -473,6 +474,20 @@ def down(name: str, log: Log | None = None) -> dict[str, Any]:
     if errors:
         raise CrossnetError(f"lab {name!r}: down incomplete: {'; '.join(errors)}")
     return result
+
+
+def _remove_bpf_pins(d: Path) -> list[str]:
+    """The eBPF pins of the lab's hosts (`datapath: ebpf`): they live in the machine's
+    bpffs, outside the namespaces and the lab dir, so removing those does not free them."""
+    from crossnet.ebpf import host as bpf_host
+
+    errors = []
+    for state in sorted((d / "hosts").glob("*/state")):
+        try:
+            bpf_host.remove_host(str(state))
+        except OSError as exc:
+            errors.append(f"eBPF pins of {state}: {exc}")
+    return errors
 
 
 def _stop_services(manifest: dict[str, Any]) -> list[str]:
