@@ -520,6 +520,33 @@ def test_tcp_connections_that_never_send_are_closed_and_udp_keeps_answering(tcp_
     assert addrs(_tcp_query(tcp_server.port, "db.crossnet.local")) == ["10.32.0.3"]
 
 
+def test_one_client_cannot_hold_every_tcp_slot(tcp_server):
+    """One container opening MAX_TCP connections that never send had taken every TCP slot
+    (for 4 * TCP_IDLE each, again and again): TCP DNS was shut for the host's other
+    containers. A source holds at most MAX_TCP_PER_SOURCE connections; its next ones are
+    closed at once and another source is answered meanwhile."""
+    import socket
+    import struct
+
+    from crossnet.dns import server as dns_server
+
+    idle = [socket.create_connection(("127.0.0.1", tcp_server.port), timeout=5) for _ in range(dns_server.MAX_TCP)]
+    try:
+        held = dns_server.MAX_TCP_PER_SOURCE
+        assert not any(_closed_by_peer(c, 0) for c in idle[:held])
+        assert all(_closed_by_peer(c, 0.3) for c in idle[held:])  # at once, well before TCP_IDLE
+        wire = DNSRecord.question("db.crossnet.local").pack()
+        with socket.create_connection(("127.0.0.1", tcp_server.port), timeout=5,
+                                      source_address=("127.0.0.2", 0)) as other:
+            other.sendall(struct.pack("!H", len(wire)) + wire)
+            size = struct.unpack("!H", other.recv(2, socket.MSG_WAITALL))[0]
+            assert addrs(DNSRecord.parse(other.recv(size, socket.MSG_WAITALL))) == ["10.32.0.3"]
+        assert not any(_closed_by_peer(c, 0) for c in idle[:held])  # still within TCP_IDLE: held
+    finally:
+        for c in idle:
+            c.close()
+
+
 # ---- who may ask: the network's containers only (no open resolver) -----------------------
 def _service_on_loopback(tmp_path):
     """A DnsService for the container network 127.0.0.0/29 listening on 127.0.0.1 (a free
