@@ -76,14 +76,10 @@ def _is_ours_plugin(path: Path) -> bool:
     return data.startswith(b"\x7fELF") and NATIVE_MARK in data
 
 
-LIST_KEYS = {"cniVersion", "name", "args", "plugins"}  # what crossnet.cni.install.conflist writes
-MAIN_KEYS = {"type", "stateDir", "capabilities", "helper", "logFile"}
-PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
-
-
 def _is_ours_conflist(path: Path) -> bool:
     """A conflist of the shape `crossnet cni install` writes (crossnet-cni, then at most
     portmap, no other key): an admin's own list that merely chains crossnet-cni is not."""
+    from crossnet.cni.install import LIST_KEYS, MAIN_KEYS, PORTMAP
     from crossnet.cni.plugin import PLUGIN_TYPE
 
     try:

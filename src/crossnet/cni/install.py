@@ -27,6 +27,12 @@ PYTHON_CLIENT = f"{PLUGIN_TYPE}-py"  # the Python client next to the native one 
 CC = "cc"
 CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra")
 CNI_VERSION = "1.0.0"
+# What :func:`conflist` writes, and so what `crossnet uninstall` recognises as its own
+# (crossnet.uninstall): every key it may write at the list's top and in crossnet-cni's entry,
+# and the portmap entry it chains.
+LIST_KEYS = frozenset({"cniVersion", "name", "args", "plugins"})
+MAIN_KEYS = frozenset({"type", "stateDir", "capabilities", "helper", "logFile"})
+PORTMAP: dict[str, Any] = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
 # the native client scripts/install builds once, under the installation's prefix (sys.prefix)
 PREBUILT_CLIENT = Path("libexec", "crossnet", PLUGIN_TYPE)
 # where runtimes usually look for reference plugins (portmap)
@@ -64,7 +70,7 @@ def conflist(name: str, state_dir: str, portmap: bool = True, log_file: str | No
         main["logFile"] = log_file
     plugins = [main]
     if portmap:
-        plugins.append({"type": "portmap", "capabilities": {"portMappings": True}, "snat": True})
+        plugins.append(json.loads(json.dumps(PORTMAP)))  # a copy: callers may change theirs
     out: dict[str, Any] = {"cniVersion": CNI_VERSION, "name": name}
     if labels:
         out["args"] = {"podman_labels": dict(labels)}
