@@ -624,3 +624,137 @@ def test_one_source_cannot_hold_every_connection(cluster, monkeypatch):
         for s in idle:
             s.close()
 
+
+
+# ---------------------------------------------------------------- per-source rate limit of failed joins
+
+def _bad_proofs(addr, cluster, token_id: str, n: int, source: str = "127.0.0.2") -> list[tuple[int, str, str | None]]:
+    """A client guessing secrets as fast as the server answers: on one keep-alive TLS
+    connection from `source`, n times a challenge and a join whose proof is made with a
+    wrong secret. (status, code, Retry-After) of each attempt's last answer."""
+    import http.client
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection(*addr, context=ctx, timeout=5, source_address=(source, 0))
+    guess = JoinToken(Token(token_id, "0" * 16), cluster.ca.pin)
+    key = pki.generate_key()
+    out = []
+
+    def post(path, doc):
+        body = json.dumps(doc).encode()
+        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read()), resp.getheader("Retry-After")
+
+    try:
+        for _ in range(n):
+            status, doc, retry = post("/v1/challenge", {})
+            if status == 200:
+                status, doc, retry = post("/v1/join", join.make_join_request(guess, doc["nonce"], "host2",
+                                                                             "10.0.0.2", key))
+            out.append((status, doc.get("code"), retry))
+    finally:
+        conn.close()
+    return out
+
+
+def _counting_verifications(cluster) -> list:
+    """Every proof the token store evaluates (a token lookup and an HMAC each)."""
+    calls = []
+    verify = cluster.tokens.verify_proof
+    cluster.tokens.verify_proof = lambda *a: (calls.append(a[0]), verify(*a))[1]
+    return calls
+
+
+def test_repeated_bad_proofs_from_one_source_are_refused_without_evaluation(cluster):
+    """50 wrong secrets in a row from one address: the first MAX_FAILURES are evaluated
+    (wrong-secret), every later one is refused with 429 `rate-limited` and Retry-After,
+    without a token lookup; before, all 50 were evaluated, as fast as the server answered."""
+    addr = cluster.serve()
+    token = cluster.tokens.create()
+    verified = _counting_verifications(cluster)
+    got = _bad_proofs(addr, cluster, token.id, 50)
+    n = join.MAX_FAILURES
+    assert [(s, c) for s, c, _ in got[:n]] == [(403, "wrong-secret")] * n
+    assert [(s, c) for s, c, _ in got[n:]] == [(429, "rate-limited")] * (50 - n)
+    assert all(r is not None and 1 <= int(r) <= join.FAILURE_BACKOFF for _, _, r in got[n:])
+    assert verified == [token.id] * n
+    # another source still joins meanwhile, with the same token
+    res = join.request_join(addr, cluster.join_token(token), "host3", "10.0.0.3")
+    assert res.cert is not None and len(verified) == n + 1
+
+
+def test_a_rate_limited_joiner_gets_one_line_with_when_to_retry(cluster, tmp_path):
+    """Through the joiner's own code: after MAX_FAILURES wrong secrets its next join (even
+    with the right token) is refused in step 1 with one printable line saying when to
+    retry, nothing evaluated, nothing written; once the back-off is over it joins."""
+    from crossnet.ratelimit import FailureLimit
+
+    addr = cluster.serve()
+    now = [5000.0]
+    cluster.servers[-1].failures = FailureLimit(join.MAX_FAILURES, join.FAILURE_WINDOW, join.FAILURE_BACKOFF,
+                                                join.MAX_SOURCES, clock=lambda: now[0])
+    jt = cluster.join_token(cluster.tokens.create())
+    wrong = JoinToken(Token(jt.token.id, "9" * 16), jt.pin)
+    for _ in range(join.MAX_FAILURES):
+        with pytest.raises(join.JoinRefused) as info:
+            join.request_join(addr, wrong, "host2", "10.0.0.2")
+        assert info.value.code == "wrong-secret"
+        now[0] += 1
+    verified = _counting_verifications(cluster)
+    cluster.seen.clear()
+    for token in (wrong, jt):
+        with pytest.raises(join.JoinRefused) as info:
+            join.join(addr, token, "host2", "10.0.0.2", str(tmp_path / "j"))
+        assert info.value.code == "rate-limited"
+        assert str(info.value) == (f"join via {addr[0]}:{addr[1]} refused: too many failed joins from 127.0.0.1 "
+                                   f"({join.MAX_FAILURES} within 60 s); try again in 59 s")
+        assert str(info.value).isprintable()
+    assert verified == [] and cluster.seen == [] and not (tmp_path / "j").exists()
+    now[0] += 59  # the last failure was at 5004: blocked until 5064
+    res = join.join(addr, jt, "host2", "10.0.0.2", str(tmp_path / "j"))
+    assert res.cert is not None and verified == [jt.token.id]
+
+
+def test_successes_are_not_counted(cluster):
+    """One failure short of the limit, then any number of joins: none is refused."""
+    addr = cluster.serve()
+    jt = cluster.join_token(cluster.tokens.create())
+    wrong = JoinToken(Token(jt.token.id, "8" * 16), jt.pin)
+    for _ in range(join.MAX_FAILURES - 1):
+        with pytest.raises(join.JoinRefused, match="wrong secret"):
+            join.request_join(addr, wrong, "host2", "10.0.0.2")
+    for i in range(join.MAX_FAILURES + 1):
+        assert join.request_join(addr, jt, f"h{i}", f"10.0.0.{10 + i}").cert is not None
+
+
+def test_a_conflict_after_a_good_proof_is_not_a_failure(cluster):
+    """The admit hook's refusal (name or address taken) comes after a valid proof: a
+    host retrying it is not rate-limited."""
+    cluster.service.admit = lambda name, address: (_ for _ in ()).throw(join.JoinRefused("conflict", "taken"))
+    addr = cluster.serve()
+    jt = cluster.join_token(cluster.tokens.create())
+    for _ in range(join.MAX_FAILURES + 2):
+        with pytest.raises(join.JoinRefused) as info:
+            join.request_join(addr, jt, "host2", "10.0.0.2")
+        assert info.value.code == "conflict"
+
+
+def test_connections_faster_than_the_rate_are_closed_before_the_tls_handshake(cluster, monkeypatch):
+    """Beyond CONNECT_BURST new connections (refilled at CONNECT_RATE per s) from one
+    address, the next is closed at once, before any TLS handshake; another address
+    still joins."""
+    monkeypatch.setattr(join, "CONNECT_BURST", 3)
+    monkeypatch.setattr(join, "CONNECT_RATE", 0.001)
+    addr = cluster.serve()
+    for _ in range(3):  # accepted: the server waits for a TLS ClientHello
+        with socket.create_connection(addr, timeout=5, source_address=("127.0.0.2", 0)) as s:
+            s.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                s.recv(1)
+    with socket.create_connection(addr, timeout=5, source_address=("127.0.0.2", 0)) as extra:
+        assert extra.recv(1) == b""  # closed by the server without a word of TLS
+    res = join.request_join(addr, cluster.join_token(cluster.tokens.create()), "host2", "10.0.0.2")
+    assert res.cert is not None  # from 127.0.0.1: its own bucket

@@ -26,6 +26,7 @@ import http.client
 import http.server
 import ipaddress
 import json
+import math
 import re
 import secrets
 import socket
@@ -40,7 +41,8 @@ from typing import Any, Callable
 from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
 from crossnet.mesh.token import JoinToken, Token, TokenError, TokenStore, validate_id
-from crossnet.serveloop import LimitedConnections, WakeOnShutdown
+from crossnet.ratelimit import ConnectRate, FailureLimit
+from crossnet.serveloop import LimitedConnections, WakeOnShutdown, source_key
 
 PROTOCOL = "crossnet-join/1"
 JOIN_PORT = 6790
@@ -51,6 +53,12 @@ TIMEOUT = 10.0
 MAX_CONNECTIONS = 64  # connections served at once; the next one is closed at once
 MAX_PER_SOURCE = 8  # of them from one address (IPv6: one /64), so one client cannot hold them all
 CONNECTION_DEADLINE = 60.0  # s a connection may last, whatever it sends (a join takes well under 1 s)
+MAX_FAILURES = 5  # refused requests (wrong secret, unknown token, bad proof...) of one source
+FAILURE_WINDOW = 60.0  # ...within this many s: the source is then refused with `rate-limited`...
+FAILURE_BACKOFF = 60.0  # ...for this many s, before any token lookup or proof check
+CONNECT_RATE = 5.0  # new connections per s and source (refilled), before the TLS handshake...
+CONNECT_BURST = 20  # ...and at once (a join takes 2)
+MAX_SOURCES = 4096  # sources each of these two tables remembers (the least recently seen go first)
 MAX_MEMBERS = 128  # entries of a join response's member list (etcd clusters have a handful of voters)
 MAX_URLS = 8  # client or peer URLs of one member
 
@@ -58,6 +66,7 @@ MAX_URLS = 8  # client or peer URLs of one member
 class JoinRefused(CrossnetError):
     """The handshake was refused. `code`: unknown, wrong-secret, revoked, expired
     (the token), bad-nonce, bad-request, conflict (refused by the admit hook),
+    rate-limited (too many refused requests from this source: try again later),
     ca-pin-mismatch, bad-server-cert, bad-response."""
 
     def __init__(self, code: str, message: str):
@@ -218,19 +227,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             n = int(self.headers.get("Content-Length") or 0)
         except ValueError:
             n = -1
+        source = source_key(str(self.client_address[0]))
+        failures = self.server.failures
+        wait = failures.retry_after(source)
+        headers = {}
         if not 0 <= n <= MAX_BODY:
             status, doc = 400, {"error": "request body too large", "code": "bad-request"}
             self.close_connection = True
+        elif wait is not None:  # no token lookup, proof check or signature for this source until then
+            self.rfile.read(n)  # read (at most MAX_BODY), so the connection stays usable
+            status, doc = 429, _rate_limited(source, failures, wait)
+            headers["Retry-After"] = str(math.ceil(wait))
         else:
             body = self.rfile.read(n) if n else b""
             try:
                 status, doc = self.server.service.handle(method, self.path.split("?")[0], body)
             except Exception as exc:  # noqa: BLE001 - one line to the client, never a dropped connection
                 status, doc = 500, {"error": f"internal error: {type(exc).__name__}: {exc}", "code": "server-error"}
+        if 400 <= status < 429 and doc.get("code") != "conflict":
+            # a refused request (bad input, wrong secret, unknown/expired/revoked token, used
+            # nonce); not "conflict" (the proof was good) nor the server's own errors (5xx)
+            failures.failed(source)
         data = json.dumps(doc).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -239,6 +262,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self._dispatch("POST")
+
+
+def _rate_limited(source: str, failures: FailureLimit, wait: float) -> dict:
+    return {"error": f"too many failed joins from {source} ({failures.failures} within {failures.window:g} s); "
+                     f"try again in {math.ceil(wait)} s", "code": "rate-limited"}
 
 
 class JoinServer(WakeOnShutdown, LimitedConnections, socketserver.ThreadingMixIn, http.server.HTTPServer):
@@ -261,6 +289,10 @@ class JoinServer(WakeOnShutdown, LimitedConnections, socketserver.ThreadingMixIn
             raise pki.PkiError(f"join endpoint certificate {cert_file}: {exc}") from None
         self.ssl_context = ctx
         self.service = service
+        # per source: refused requests (checked before any work for a request) and new
+        # connections (checked before the TLS handshake)
+        self.failures = FailureLimit(MAX_FAILURES, FAILURE_WINDOW, FAILURE_BACKOFF, MAX_SOURCES)
+        self.connects = ConnectRate(CONNECT_RATE, CONNECT_BURST, MAX_SOURCES)
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             super().__init__((host, port), _Handler)
@@ -277,6 +309,14 @@ class JoinServer(WakeOnShutdown, LimitedConnections, socketserver.ThreadingMixIn
 
     def limits(self) -> tuple[int, int, float]:
         return MAX_CONNECTIONS, MAX_PER_SOURCE, CONNECTION_DEADLINE
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # a source opening connections faster than CONNECT_RATE (after CONNECT_BURST) gets
+        # them closed at once, before any TLS handshake; then LimitedConnections' limits
+        if not self.connects.allow(source_key(str(client_address[0]))):
+            request.close()
+            return
+        super().process_request(request, client_address)
 
     def start(self) -> JoinServer:
         self._thread = threading.Thread(target=self.serve_forever, name="crossnet-join", daemon=True)
