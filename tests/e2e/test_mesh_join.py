@@ -123,3 +123,26 @@ def test_hosts_without_the_right_token_are_refused_and_keep_nothing(mesh_lab, tm
     assert tokens.path.read_bytes() == store_before
     h1_pki = sorted(p.name for p in (Path(lab.plan.host("h1").state_dir) / "mesh" / "pki").iterdir())
     assert h1_pki == ["ca.crt", "ca.key", "member.crt", "member.key"]
+
+
+def test_a_host_guessing_secrets_is_rate_limited_while_another_joins(mesh_lab):
+    """h3 tries wrong secrets: after join.MAX_FAILURES refusals its next join, even with
+    the right token, is refused with the one `rate-limited` line (when to retry) and it
+    keeps nothing; h2, another address, joins meanwhile."""
+    lab, ca, tokens = mesh_lab
+    good = JoinToken(tokens.create(ttl=600), ca.pin)
+    wrong = JoinToken(Token(good.token.id, "y" * 16), ca.pin)
+    h3 = lab.plan.host("h3")
+    h3_mesh = Path(h3.state_dir) / "mesh"
+    codes = [_join(lab, "h3", wrong, h3_mesh / "pki")[1]["code"] for _ in range(join.MAX_FAILURES)]
+    assert codes == ["wrong-secret"] * join.MAX_FAILURES
+    for jt in (wrong, good):
+        rc, res = _join(lab, "h3", jt, h3_mesh / "pki")
+        assert rc == 1 and res["code"] == "rate-limited", res
+        assert res["error"].startswith(f"join via {lab.plan.host('h1').address}:{join.JOIN_PORT} refused: "
+                                       f"too many failed joins from {h3.address} ({join.MAX_FAILURES} within 60 s); "
+                                       f"try again in "), res
+        assert res["error"].endswith(" s") and res["error"].isprintable()
+        assert not h3_mesh.exists()
+    rc, res = _join(lab, "h2", good, Path(lab.plan.host("h2").state_dir) / "mesh" / "pki")
+    assert rc == 0, res
