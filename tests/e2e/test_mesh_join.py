@@ -1,6 +1,7 @@
 """The mesh join handshake between simulated hosts (lab namespaces, L3 underlay): h1
 serves the join endpoint on its underlay address, h2 joins with the join token, h3
-with a token of another cluster / a wrong secret is refused and keeps nothing. tcpdump
+with a token of another cluster / a wrong secret is refused and keeps nothing, and once
+it has guessed too often, is refused with `rate-limited` while h2 still joins. tcpdump
 on the router side of h2's link sees the whole exchange: TLS only, no plaintext HTTP,
 no token, no certificate or key in the clear."""
 
