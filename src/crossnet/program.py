@@ -180,8 +180,9 @@ def check_routes(ctx: HostContext, env: Env, owned: list[Resource], desired: lis
     """The container network must not overlap routes this host already has (other than
     the ones crossnet made -- `owned`, its record -- and the LAN itself for the bridge
     backend). A route to exactly a destination crossnet is about to route (`desired`) is
-    in the way too unless it is that very route (same gateway and device): crossnet's
-    `ip route replace` would silently take it over, and `reset` then delete it."""
+    in the way too unless it is that very route (same gateway and device) made by crossnet
+    (its protocol number, RTPROT_CROSSNET): crossnet's `ip route replace` would silently
+    take it over, and `reset` then delete it -- an admin's identical route too."""
     owned_dsts = {r.dst for r in owned if getattr(r, "dst", None) and r.kind == "route"}
     wanted = {(r.dst, r.gateway, (env.index(r.dev) or -1) if r.dev else None)  # -1: its device is not there yet
               for r in desired if r.kind == "route" and getattr(r, "dst", None)}
@@ -189,7 +190,7 @@ def check_routes(ctx: HostContext, env: Env, owned: list[Resource], desired: lis
     for r in env.routes():
         if r.dst == "0.0.0.0/0" or r.dst in owned_dsts or r.oif in ours:
             continue
-        if (r.dst, r.gateway, r.oif) in wanted or (r.dst, r.gateway, None) in wanted:
+        if r.proto == nl.RTPROT_CROSSNET and ((r.dst, r.gateway, r.oif) in wanted or (r.dst, r.gateway, None) in wanted):
             continue
         if ctx.backend == "bridge" and ipaddress.ip_network(r.dst) == ctx.network:
             continue

@@ -107,7 +107,10 @@ def test_apply_refuses_a_route_of_the_admins_to_a_peers_subnet_instead_of_taking
     """h1 already routes h2's container subnet, through a gateway of the admin's. The
     overlap check let it pass (its destination is one crossnet routes): apply replaced it
     with crossnet's route and reset deleted that -- the admin's route gone. Now apply
-    refuses it, one line, nothing changed; the very route crossnet makes is no obstacle."""
+    refuses it, one line, nothing changed. The very route crossnet makes, made by hand
+    before the first apply, used to pass as crossnet's own: apply recorded it and reset
+    deleted it. It is refused the same way; crossnet's own routes carry its protocol
+    number (151), and reset removes only those."""
     lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0, apply=False)
     h1, h2 = host(lab, "h1"), host(lab, "h2")
     res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run", "-o", "json")
@@ -125,11 +128,27 @@ def test_apply_refuses_a_route_of_the_admins_to_a_peers_subnet_instead_of_taking
                    f"{subnet} via {admins} dev eth0")
     assert diff(before, snapshot(h1.netns)) == []
     assert not (Path(h1.state_dir) / "applied.json").exists()
-    # the route crossnet makes, made by hand: apply goes through
+    # the route crossnet makes, made by hand: refused the same way, never adopted
     subprocess.run(["ip", "-n", h1.netns, "route", "replace", subnet, "via", str(h2.address), "dev", "eth0"],
                    check=True)
+    before = snapshot(h1.netns)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    err = res.stderr.strip()
+    assert res.returncode == 2, err
+    assert err == (f"crossnet: error: network: container network {network} overlaps this host's route "
+                   f"{subnet} via {h2.address} dev eth0")
+    assert diff(before, snapshot(h1.netns)) == []
+    assert not (Path(h1.state_dir) / "applied.json").exists()
+    # gone: apply makes crossnet's own (proto 151), reset removes it and nothing else
+    subprocess.run(["ip", "-n", h1.netns, "route", "del", subnet], check=True)
     res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
     assert res.returncode == 0, res.stderr
+    shown = subprocess.run(["ip", "-n", h1.netns, "route", "show", subnet], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert shown[:6] == [subnet, "via", str(h2.address), "dev", "eth0", "proto"] and shown[6] == "151", shown
+    assert crossnet(lab, "h1", "reset").returncode == 0
+    assert subprocess.run(["ip", "-n", h1.netns, "route", "show", subnet], capture_output=True, text=True,
+                          check=True).stdout == ""
 
 
 def test_an_nft_table_crossnet_did_not_create_is_refused_and_never_replaced_or_deleted(make_lab):

@@ -84,10 +84,10 @@ class FakeKernel:
             raise NetlinkError(code)  # its text: the errno's, as from the kernel
         self.log.append((op, what))
 
-    def route_replace(self, dst: str, gateway: str | None, oif: int | None) -> None:
+    def route_replace(self, dst: str, gateway: str | None, oif: int | None, proto: int = RTPROT_STATIC) -> None:
         self.write("route", dst)
         self.routes = [r for r in self.routes if not (r.dst == dst and r.proto != RTPROT_KERNEL)]
-        self.routes.append(nl.RouteInfo(dst, gateway, oif, RTPROT_STATIC,
+        self.routes.append(nl.RouteInfo(dst, gateway, oif, proto,
                                         RT_SCOPE_LINK if not gateway else 0, None, 0, None))
 
     def neigh_replace(self, idx: int, ip: str, mac: str) -> None:
@@ -179,13 +179,14 @@ class FakeIpr:
               **kw: Any) -> None:
         cidr = f"{dst}/{dst_len}"
         if op == "replace":
-            self.k.route_replace(cidr, gateway, oif)
+            self.k.route_replace(cidr, gateway, oif, kw.get("proto", RTPROT_STATIC))  # pyroute2's default: static
             return
         self.k.write("route-del", cidr)
         # like the kernel: one route, the first in metric order that matches; a device or a
-        # metric named must match, one not named matches any
+        # metric or protocol named must match, one not named matches any
         match = sorted((r for r in self.k.routes if r.dst == cidr and r.gateway == gateway and r.proto != RTPROT_KERNEL
-                        and (oif is None or r.oif == oif) and (not kw.get("priority") or r.metric == kw["priority"])),
+                        and (oif is None or r.oif == oif) and (not kw.get("priority") or r.metric == kw["priority"])
+                        and (not kw.get("proto") or r.proto == kw["proto"])),
                        key=lambda r: r.metric or 0)
         if not match:
             raise NetlinkError(errno.ESRCH, "no such route")
@@ -219,10 +220,11 @@ class FakeBatch(Batch):
         failures = []
         if self.messages:
             self.commits.append(len(self.messages))
-        for _mtype, _flags, _body, tag in self.messages:
+        for _mtype, _flags, body, tag in self.messages:
             try:
                 if isinstance(tag, Route):
-                    self.k.route_replace(tag.dst, tag.gateway, self.k.index(tag.dev) if tag.dev else None)
+                    proto = body[5]  # struct rtmsg: family dst_len src_len tos table protocol ...
+                    self.k.route_replace(tag.dst, tag.gateway, self.k.index(tag.dev) if tag.dev else None, proto)
                 elif isinstance(tag, Neigh):
                     self.k.neigh_replace(self.k.index(tag.dev), tag.ip, tag.mac)
                 elif isinstance(tag, Fdb):

@@ -14,6 +14,7 @@ from crossnet import program
 from crossnet.backends import get_backend
 from crossnet.backends.base import Peer
 from crossnet.errors import ApplyError, ConfigError
+from crossnet.netlink.const import RTPROT_CROSSNET
 from crossnet.plan.resources import Resource
 from crossnet.state import StateDir
 from tests.unit.fakekernel import FakeEnv, install, machine
@@ -88,8 +89,8 @@ def test_a_route_of_the_admins_to_a_peers_subnet_is_refused_not_replaced_then_de
     it used to pass the overlap check (its destination is among the desired routes'), was
     silently replaced by crossnet's `ip route replace`, and `reset` then deleted crossnet's
     -- the admin's route gone for good. It is refused like any overlapping route, before
-    anything changes; the same route as crossnet's (e.g. set up by hand as the tutorial
-    does) is not in the way, and a recorded one is crossnet's own."""
+    anything changes; the same route made by crossnet (its protocol number) is not in
+    the way, and a recorded one is crossnet's own."""
     k, state, ctx, b, _ = world
     k.route_replace("10.32.2.0/24", "10.56.0.99", k.index("eth0"))
     k.log.clear()
@@ -97,14 +98,39 @@ def test_a_route_of_the_admins_to_a_peers_subnet_is_refused_not_replaced_then_de
                                           r"10.32.2.0/24 via 10.56.0.99 dev eth0$"):
         program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
     assert k.log == [] and state.load_applied() is None and state.load_journal() is None
-    # the same route as crossnet's own: no conflict
-    k.route_replace("10.32.2.0/24", "10.56.0.2", k.index("eth0"))
+    # the same route as crossnet's, made by crossnet (e.g. its record lost): no conflict
+    k.route_replace("10.32.2.0/24", "10.56.0.2", k.index("eth0"), RTPROT_CROSSNET)
     done = program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
     # crossnet's on record, then changed behind its back: a repair, not a refusal
     k.route_replace("10.32.2.0/24", "10.56.0.99", k.index("eth0"))
     again = program.program_host(state, FakeEnv(k, batch=True), ctx, b, owned(state), SOURCE)
     assert [(c.action, c.resource.key()) for c in again.changes] == [("repair", "route:10.32.2.0/24")]
     assert done.owned is not None
+
+
+RTPROT_BOOT = 3  # what `ip route add` gives a route
+
+
+@pytest.mark.parametrize("proto", [RTPROT_BOOT, 4])  # `ip route add`; pyroute2's (or `proto static`)
+def test_an_admins_route_identical_to_crossnets_is_refused_not_adopted(world, proto):
+    """The very route crossnet would make to a peer's subnet (same gateway and device),
+    made by the admin before the first apply: it passed the overlap check as if it were
+    crossnet's, apply recorded it as crossnet's own and reset -- or the peer going away --
+    deleted it. Only a route carrying crossnet's protocol number is crossnet's: this one
+    is refused like any route of the admin's, before anything changes."""
+    k, state, ctx, b, _ = world
+    k.route_replace("10.32.2.0/24", "10.56.0.2", k.index("eth0"), proto)
+    k.log.clear()
+    before = list(k.routes)
+    with pytest.raises(ConfigError, match=r"^network: container network 10.32.0.0/16 overlaps this host's route "
+                                          r"10.32.2.0/24 via 10.56.0.2 dev eth0$"):
+        program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
+    assert k.log == [] and k.routes == before and state.load_applied() is None and state.load_journal() is None
+    # gone: apply goes through, and crossnet's own route carries its protocol number
+    k.routes = [r for r in k.routes if r.dst != "10.32.2.0/24"]
+    program.program_host(state, FakeEnv(k, batch=True), ctx, b, [], SOURCE)
+    assert {(r.dst, r.proto) for r in k.routes if r.dst.startswith("10.32.")} == {
+        ("10.32.2.0/24", RTPROT_CROSSNET), ("10.32.3.0/24", RTPROT_CROSSNET)}
 
 
 def test_a_route_to_the_whole_network_on_another_device_is_refused_for_wireguard(tmp_path, monkeypatch):

@@ -176,13 +176,21 @@ def test_journal_is_written_before_the_first_change(tmp_path, monkeypatch):
 def test_property_kernel_ends_as_desired(want, had, drift, batch):
     """Whatever was owned before and whatever drifted: afterwards every desired resource
     checks, no longer wanted ones are gone (a route someone re-pointed is theirs now and
-    stays), and a second reconcile changes nothing."""
+    stays), and a second reconcile changes nothing -- unless someone else's route is where
+    crossnet wants one it has none: that is refused, nothing changed."""
     k = machine()
     previous = [r for i in sorted(had) for r in peer(i)]
     reconcile(previous, [], FakeEnv(k))
     for i in drift:  # re-pointed by someone else (or added where crossnet had none)
         k.route_replace(f"10.32.{i}.0/24", "10.56.0.250", k.index("eth0"))
     desired = base() + [r for i in sorted(want) for r in peer(i)]
+    if (want & drift) - had:
+        before, writes = list(k.routes), len(k.log)
+        with pytest.raises(ApplyError, match=r"^route 10\.32\.\d+\.0/24 via 10\.56\.0\.250 dev eth0 already "
+                                             r"exists and was not made by crossnet"):
+            reconcile(desired, previous, FakeEnv(k, batch=batch))
+        assert k.routes == before and len(k.log) == writes
+        return
     out = reconcile(desired, previous, FakeEnv(k, batch=batch))
     env = FakeEnv(k)
     assert all(r.check(env) for r in desired)
@@ -208,3 +216,48 @@ def test_removing_crossnets_route_leaves_the_admins_routes_to_the_same_destinati
     out = reconcile([], [ours], FakeEnv(k))
     assert [(c.action, c.resource.key()) for c in out.changes] == [("remove", "route:10.32.2.0/24")]
     assert [r for r in k.routes if r.dst == "10.32.2.0/24"] == admins
+
+
+RTPROT_BOOT = 3  # what `ip route add` gives a route
+
+
+def test_a_route_identical_to_crossnets_but_not_made_by_it_is_never_taken_over():
+    """The agent's per-peer path reconciles without the overlap check: a route of the
+    admin's identical to the one crossnet makes for a new peer passed `check` and was
+    recorded as crossnet's own, so the peer going away deleted it. Only a route carrying
+    crossnet's protocol number, or one on its record, is crossnet's."""
+    from crossnet.netlink.const import RTPROT_CROSSNET
+
+    k = machine()
+    k.route_replace("10.32.2.0/24", "10.56.0.2", k.index("eth0"), RTPROT_BOOT)
+    before, writes = list(k.routes), len(k.log)
+    for batch in (False, True):
+        with pytest.raises(ApplyError, match=r"^route 10.32.2.0/24 via 10.56.0.2 dev eth0 already exists and was not "
+                                             r"made by crossnet; crossnet does not take over or delete routes it did "
+                                             r"not make: delete it, then apply again$"):
+            reconcile(peer(2), [], FakeEnv(k, batch=batch))
+        with pytest.raises(ApplyError):
+            pending(peer(2), [], FakeEnv(k))
+    assert k.routes == before and len(k.log) == writes
+    # made by crossnet (its record lost): its own
+    k.route_replace("10.32.2.0/24", "10.56.0.2", k.index("eth0"), RTPROT_CROSSNET)
+    assert reconcile(peer(2), [], FakeEnv(k)).changes == []
+
+
+def test_an_older_crossnets_recorded_routes_are_still_its_own_and_the_admins_stay():
+    """Upgrade: routes an older crossnet made carry proto static, not the marker. On the
+    record they are crossnet's (no refusal, no change, removed when no longer wanted);
+    new ones carry the marker; an identical route of the admin's that replaced crossnet's
+    recorded one after apply (proto boot) is left when crossnet's would be removed."""
+    from crossnet.netlink.const import RTPROT_CROSSNET, RTPROT_STATIC
+
+    k = machine()
+    old = peer(2) + peer(3)
+    for r in old:
+        k.route_replace(r.dst, r.gateway, k.index("eth0"), RTPROT_STATIC)
+    out = reconcile(old + peer(4), old, FakeEnv(k, batch=True))
+    assert [(c.action, c.resource.key()) for c in out.changes] == [("create", "route:10.32.4.0/24")]
+    assert k.route("10.32.4.0/24").proto == RTPROT_CROSSNET and k.route("10.32.2.0/24").proto == RTPROT_STATIC
+    k.route_replace("10.32.3.0/24", "10.56.0.3", k.index("eth0"), RTPROT_BOOT)  # the admin's now
+    reconcile([], out.resources, FakeEnv(k))
+    assert [(r.dst, r.proto) for r in k.routes if r.dst.startswith("10.32.")] == [("10.32.3.0/24", RTPROT_BOOT)]

@@ -72,10 +72,11 @@ class Batch:
     def __len__(self) -> int:
         return len(self.messages)
 
-    def route_replace(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, tag: Any) -> None:
+    def route_replace(self, dst: str, gateway: str | None, oif: int | None, onlink: bool, tag: Any,
+                      proto: int = RTPROT_STATIC) -> None:
         net = ipaddress.IPv4Network(dst)
         scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-        body = _RTMSG.pack(AF_INET, net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_STATIC, scope, RTN_UNICAST,
+        body = _RTMSG.pack(AF_INET, net.prefixlen, 0, 0, RT_TABLE_MAIN, proto, scope, RTN_UNICAST,
                            RTNH_F_ONLINK if onlink else 0)
         body += _attr(RTA_DST, net.network_address.packed)
         if gateway:

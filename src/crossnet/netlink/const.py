@@ -27,7 +27,11 @@ RTM_NEWNEIGH = 28
 # routes (struct rtmsg, rtattr)
 RT_TABLE_MAIN = 254
 RTPROT_KERNEL = 2
-RTPROT_STATIC = 4
+RTPROT_STATIC = 4  # what pyroute2 and crossnet before its own marker used
+# crossnet's own routes (crossnet.plan.resources.Route) carry this protocol number, as BIRD's
+# carry 12 and Calico's 80: a route of the admin's (`ip route` says proto boot/static) is
+# told from crossnet's in the kernel itself; `ip route` shows it as `proto 151`
+RTPROT_CROSSNET = 151
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
 RTN_UNICAST = 1

@@ -21,7 +21,9 @@ from crossnet.netlink.const import (  # noqa: F401 - nl.X (this module) is used 
     NUD_PERMANENT,
     RT_TABLE_MAIN,
     RTNH_F_ONLINK,
+    RTPROT_CROSSNET,
     RTPROT_KERNEL,
+    RTPROT_STATIC,
 )
 from crossnet.netlink.ns import netns_path  # nl.netns_path: containers
 

@@ -326,7 +326,8 @@ class Route(Resource):
 
     def _kw(self, env: Env) -> dict:
         net = ipaddress.ip_network(self.dst)
-        kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
+        kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN,
+                              "proto": nl.RTPROT_CROSSNET}
         if self.gateway:
             kw["gateway"] = self.gateway
         if self.dev:
@@ -340,6 +341,25 @@ class Route(Resource):
     def _current(self, env: Env) -> list[nl.RouteInfo]:
         return [r for r in env.routes_to(self.dst) if r.proto != nl.RTPROT_KERNEL]
 
+    def preflight(self, env: Env, owned: set[str]) -> None:
+        """crossnet never takes over a route it did not make: `ensure`'s `ip route replace`
+        would overwrite the main table's route to this destination without a metric, and
+        the record would then make it crossnet's (`reset`, the peer going away, delete
+        it) -- also an admin's route identical to crossnet's. Unless this route is
+        recorded (an older crossnet's routes carry proto static, not the marker), such a
+        route must carry crossnet's protocol number (RTPROT_CROSSNET)."""
+        if self.key() in owned:
+            return
+        for r in self._current(env):
+            if not r.metric and r.proto != nl.RTPROT_CROSSNET:
+                via = f" via {r.gateway}" if r.gateway else ""
+                link = env.link(index=r.oif) if r.oif else None
+                dev = f" dev {link.name}" if link else ""
+                raise ApplyError(
+                    f"route {r.dst}{via}{dev} already exists and was not made by crossnet; crossnet does not "
+                    "take over or delete routes it did not make: delete it, then apply again"
+                )
+
     def check(self, env: Env) -> bool:
         want_oif = env.index(self.dev) if self.dev else None
         if self.dev and want_oif is None:
@@ -352,23 +372,26 @@ class Route(Resource):
     def ensure(self, env: Env) -> None:
         if env.batch is not None and not self.src:
             oif = env.require_index(self.dev) if self.dev else None
-            env.batch.route_replace(self.dst, self.gateway, oif, self.onlink, self)
+            env.batch.route_replace(self.dst, self.gateway, oif, self.onlink, self, nl.RTPROT_CROSSNET)
             return
         env.ipr.route("replace", **self._kw(env))
         env.changed("routes")
 
     def remove(self, env: Env) -> None:
         # only the route ensure() makes: through its device (gone with the device: gone), with
-        # no metric -- others to the same destination (an admin's fallback through another
-        # device or with a metric) are not crossnet's
+        # no metric, crossnet's protocol number (proto static: an older crossnet's) -- others
+        # to the same destination (an admin's fallback through another device or with a
+        # metric, an identical one `ip route` made: proto boot) are not crossnet's
         own = env.index(self.dev) if self.dev else None
         if self.dev and own is None:
             return
         gone = [r for r in self._current(env)
-                if r.gateway == self.gateway and (own is None or r.oif == own) and not r.metric]
+                if r.gateway == self.gateway and (own is None or r.oif == own) and not r.metric
+                and r.proto in (nl.RTPROT_CROSSNET, nl.RTPROT_STATIC)]
         for r in gone:
             net = ipaddress.ip_network(self.dst)
-            kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN}
+            kw: dict[str, Any] = {"dst": str(net.network_address), "dst_len": net.prefixlen, "table": nl.RT_TABLE_MAIN,
+                                  "proto": r.proto}
             if r.gateway:
                 kw["gateway"] = r.gateway
             if r.oif:
