@@ -22,13 +22,19 @@ from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
 from crossnet import datapath, expose
-from crossnet.netlink import garp
-from crossnet.netlink import iproute as nl
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ApplyError, ConfigError
+from crossnet.netlink import garp
+from crossnet.netlink import iproute as nl
 from crossnet.plan.env import Env
 from crossnet.plan.reconciler import Change, Journal, Outcome, pending, reconcile
-from crossnet.plan.resources import Bridge, BridgeNetfilterOff, NftTable, Resource, Sysctl
+from crossnet.plan.resources import (
+    Bridge,
+    BridgeNetfilterOff,
+    NftTable,
+    Resource,
+    Sysctl,
+)
 from crossnet.state import StateDir, crash_point
 
 if TYPE_CHECKING:  # annotations only: keeps pydantic out of the agent's memory (RSS budget)

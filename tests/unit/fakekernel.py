@@ -21,7 +21,12 @@ from pyroute2.netlink.exceptions import NetlinkError
 from crossnet.netlink import garp
 from crossnet.netlink import iproute as nl
 from crossnet.netlink.batch import Batch
-from crossnet.netlink.const import NUD_PERMANENT, RT_SCOPE_LINK, RTPROT_KERNEL, RTPROT_STATIC
+from crossnet.netlink.const import (
+    NUD_PERMANENT,
+    RT_SCOPE_LINK,
+    RTPROT_KERNEL,
+    RTPROT_STATIC,
+)
 from crossnet.plan.env import Env
 from crossnet.plan.resources import BridgeNetfilterOff, Fdb, Neigh, Route, Sysctl
 
