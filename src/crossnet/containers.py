@@ -659,9 +659,7 @@ def name_and_resolver(state: StateDir, ctx: HostContext, att: Attachment, name: 
     runtime's) and give a named netns crossnet's resolver (/etc/netns/NAME/resolv.conf,
     when this host serves DNS and there is none): docs/dns.md."""
     update: dict[str, Any] = {"name": name} if name else {}
-    path = dns_resolv.install(state, att.netns)
-    if path:
-        update["resolv_conf"] = path
+    update.update(dns_resolv.install(state, att.netns) or {})
     if update:
         pool_for(state, ctx).update_meta(att.id, update)
 

@@ -162,7 +162,8 @@ def test_status_says_cluster_wide(dns_lab):
 def test_named_netns_gets_resolv_conf_and_loses_it_at_detach(dns_lab):
     """attach of a named netns wrote /etc/netns/NAME/resolv.conf (what `ip netns exec`
     uses): busybox nslookup inside resolves a container of another host by name; detach
-    removes the file; attach again writes it again."""
+    removes the file (and the directory crossnet made); attach again writes it again. A
+    directory the admin made before attach stays at detach (it was removed when empty)."""
     from crossnet.dns import MARKER
 
     c = dns_lab
@@ -178,6 +179,14 @@ def test_named_netns_gets_resolv_conf_and_loses_it_at_detach(dns_lab):
     res = agentapi.call(c.state("h2"), "POST", "/v1/detach", {"container": name})
     assert res["detached"]
     assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+    os.mkdir(os.path.dirname(path))  # the admin's, empty
+    try:
+        name_container(c, "h2", "web")
+        assert open(path).read().startswith(MARKER)
+        assert agentapi.call(c.state("h2"), "POST", "/v1/detach", {"container": name})["detached"]
+        assert not os.path.exists(path) and os.listdir(os.path.dirname(path)) == []
+    finally:
+        os.rmdir(os.path.dirname(path))
     name_container(c, "h2", "web")
     assert open(path).read().startswith(MARKER)
 
@@ -305,7 +314,7 @@ def test_lab_netns_removal_removes_crossnets_resolv_conf(tmp_path):
     name = f"fgdns{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True, timeout=20)
     try:
-        path = dns_resolv.install(state, f"/run/netns/{name}")
+        path = dns_resolv.install(state, f"/run/netns/{name}")["resolv_conf"]
         assert path == f"/etc/netns/{name}/resolv.conf" and os.path.exists(path)
         assert labns.remove_netns(name)
         assert not os.path.exists(os.path.dirname(path))

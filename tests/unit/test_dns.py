@@ -287,12 +287,13 @@ def test_netns_resolv_conf_written_and_removed_only_if_ours(tmp_path):
     state, etc = served_state(tmp_path), str(tmp_path / "etc-netns")
     assert dns_resolv.netns_name("/run/netns/c1") == "c1" and dns_resolv.netns_name("/proc/1/ns/net") is None
     assert dns_resolv.install(state, "/proc/12/ns/net", etc=etc) is None  # not a named netns
-    path = dns_resolv.install(state, "/run/netns/c1", etc=etc)
-    assert path == f"{etc}/c1/resolv.conf"
+    meta = dns_resolv.install(state, "/run/netns/c1", etc=etc)
+    path = f"{etc}/c1/resolv.conf"
+    assert meta == {"resolv_conf": path, "resolv_conf_dir": f"{etc}/c1"}  # what the attachment records
     text = open(path).read()
     assert "nameserver 10.32.0.1\n" in text and "search crossnet.local\n" in text
     assert dns_resolv.install(state, "/run/netns/c1", etc=etc) is None  # exists: never replaced
-    assert dns_resolv.remove({"resolv_conf": path}, etc=etc) and not os.path.exists(os.path.dirname(path))
+    assert dns_resolv.remove(meta, etc=etc) and not os.path.exists(os.path.dirname(path))
     # the admin's own file (or one edited since): left alone
     os.makedirs(f"{etc}/c2")
     with open(f"{etc}/c2/resolv.conf", "w") as fh:
@@ -302,9 +303,38 @@ def test_netns_resolv_conf_written_and_removed_only_if_ours(tmp_path):
     assert os.path.exists(f"{etc}/c2/resolv.conf")
     assert not dns_resolv.remove({"resolv_conf": "/etc/passwd"}, etc=etc)  # outside: never
     assert not dns_resolv.remove({}, etc=etc)
-    path = dns_resolv.install(state, "/run/netns/c3", etc=etc)
+    path = dns_resolv.install(state, "/run/netns/c3", etc=etc)["resolv_conf"]
     assert dns_resolv.remove_named("c3", etc=etc) and not os.path.exists(path)
+    assert os.path.isdir(f"{etc}/c3")  # no record of the directory: left
+    assert not dns_resolv.remove_named("c3", etc=etc, directory=True) and not os.path.exists(f"{etc}/c3")  # the lab's
     assert not dns_resolv.remove_named("c2", etc=etc) and not dns_resolv.remove_named("../c2", etc=etc)
+
+
+def test_an_admins_netns_directory_is_never_removed_only_the_one_crossnet_made(tmp_path):
+    """/etc/netns/NAME made by the admin (empty: the namespace's /etc overrides to come, or
+    none yet): attach wrote resolv.conf into it, and detach removed the file and then the
+    directory because it was empty -- the admin's directory. Now the attachment records
+    whether crossnet created the directory, and only such a one is removed; a record from
+    before (no `resolv_conf_dir`) removes no directory."""
+    state, etc = served_state(tmp_path), str(tmp_path / "etc-netns")
+    os.makedirs(f"{etc}/c4")
+    meta = dns_resolv.install(state, "/run/netns/c4", etc=etc)
+    assert meta == {"resolv_conf": f"{etc}/c4/resolv.conf"}  # the directory is not crossnet's
+    assert dns_resolv.remove(meta, etc=etc)
+    assert os.path.isdir(f"{etc}/c4") and os.listdir(f"{etc}/c4") == []
+    # forged or stale records: a directory other than the file's, or outside, is never removed
+    os.makedirs(f"{etc}/c5")
+    assert not dns_resolv.remove({"resolv_conf": f"{etc}/c4/resolv.conf", "resolv_conf_dir": f"{etc}/c5"}, etc=etc)
+    assert not dns_resolv.remove({"resolv_conf": "/tmp/x/resolv.conf", "resolv_conf_dir": "/tmp/x"}, etc=etc)
+    assert os.path.isdir(f"{etc}/c4") and os.path.isdir(f"{etc}/c5")
+    # crossnet's directory, its file already gone (the namespace removed): the directory goes
+    meta = dns_resolv.install(state, "/run/netns/c6", etc=etc)
+    os.unlink(meta["resolv_conf"])
+    assert not dns_resolv.remove(meta, etc=etc) and not os.path.exists(f"{etc}/c6")
+    # crossnet's directory the admin has put a file into since: stays, with the file
+    meta = dns_resolv.install(state, "/run/netns/c7", etc=etc)
+    open(f"{etc}/c7/hosts", "w").close()
+    assert dns_resolv.remove(meta, etc=etc) and os.listdir(f"{etc}/c7") == ["hosts"]
 
 
 def test_not_served_no_resolv_conf(tmp_path):

@@ -5,7 +5,10 @@ network namespace (what ``ip netns exec NAME`` bind-mounts over /etc/resolv.conf
 
 crossnet writes /etc/netns/NAME/resolv.conf only when there is none, records that it did
 in the attachment (``resolv_conf``), and removes it at detach only when it is still the
-file crossnet wrote (its first line is :data:`crossnet.dns.MARKER`).
+file crossnet wrote (its first line is :data:`crossnet.dns.MARKER`). The directory
+/etc/netns/NAME is removed (when empty) only when crossnet created it, recorded the same
+way (``resolv_conf_dir``): an admin's own directory (other files of the namespace's /etc
+in it, or none yet) stays.
 """
 
 from __future__ import annotations
@@ -111,52 +114,75 @@ def netns_name(path: str) -> str | None:
     return None
 
 
-def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> str | None:
+def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str] | None:
     """Write /etc/netns/NAME/resolv.conf for the named namespace ``netns`` when this host
-    serves DNS and the file does not exist; returns its path when crossnet wrote it."""
+    serves DNS and the file does not exist. Returns what the attachment records when
+    crossnet wrote it: ``resolv_conf`` (its path) and, when crossnet also created the
+    directory /etc/netns/NAME, ``resolv_conf_dir`` (only then may detach remove it)."""
     name = netns_name(netns)
     info = served(state)
     if name is None or info is None:
         return None
     directory = os.path.join(etc, name)
     path = os.path.join(directory, "resolv.conf")
+    os.makedirs(etc, mode=0o755, exist_ok=True)
     try:
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        os.mkdir(directory, 0o755)
+        created = True
+    except FileExistsError:
+        created = False  # the admin's (or an earlier attachment's): never crossnet's to remove
+    try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except FileExistsError:
-        return None  # the admin's own file: never replaced
+        return None  # the admin's own file: never replaced (created is False: the file was in it)
+    except OSError:
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        raise
     with os.fdopen(fd, "w") as fh:
         fh.write(resolv_conf_text(info["listen"], [info["domain"]]))
-    return path
+    return {"resolv_conf": path, **({"resolv_conf_dir": directory} if created else {})}
+
+
+def _under(path: Any, etc: str) -> bool:
+    return isinstance(path, str) and path.startswith(etc.rstrip("/") + "/") and ".." not in path.split("/")
 
 
 def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC) -> bool:
-    """Remove the resolv.conf an attachment recorded writing, if it is still crossnet's
-    (and the directory when that leaves it empty)."""
-    path = (meta or {}).get("resolv_conf")
-    if not isinstance(path, str) or not path.startswith(etc.rstrip("/") + "/") or ".." in path.split("/"):
+    """Remove the resolv.conf an attachment recorded writing, if it is still crossnet's;
+    then its directory, when crossnet recorded creating it and it is empty. True when
+    the file was removed."""
+    meta = meta or {}
+    path = meta.get("resolv_conf")
+    if not _under(path, etc):
         return False
+    removed = False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        return False
-    with os.fdopen(fd) as fh:
-        first = fh.readline().rstrip("\n")
-    if first != MARKER:
-        return False
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(path))  # only when empty
-    return True
+        fd = None
+    if fd is not None:
+        with os.fdopen(fd) as fh:
+            first = fh.readline().rstrip("\n")
+        if first == MARKER:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            removed = True
+    if meta.get("resolv_conf_dir") == os.path.dirname(path):
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(path))  # only when empty
+    return removed
 
 
-def remove_named(name: str, etc: str = NETNS_ETC) -> bool:
+def remove_named(name: str, etc: str = NETNS_ETC, *, directory: bool = False) -> bool:
     """Remove crossnet's resolv.conf of the named netns ``name`` (its namespace is being
-    deleted: `ip netns del` leaves /etc/netns/NAME in place)."""
+    deleted: `ip netns del` leaves /etc/netns/NAME in place). Without a record, the
+    directory only with ``directory`` (the lab, for the namespaces it named and created)."""
     if not name or "/" in name or name in (".", ".."):
         return False
-    return remove({"resolv_conf": os.path.join(etc, name, "resolv.conf")}, etc=etc)
+    path = os.path.join(etc, name, "resolv.conf")
+    return remove({"resolv_conf": path, **({"resolv_conf_dir": os.path.dirname(path)} if directory else {})}, etc=etc)
 
 
 __all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "write_info"]

@@ -75,7 +75,9 @@ def remove_netns(name: str) -> bool:
             raise CrossnetError(f"cannot remove network namespace {name!r}: {exc}") from None
     from crossnet.dns.resolv import remove_named
 
-    remove_named(name)  # /etc/netns/NAME/resolv.conf crossnet attach wrote (ip netns del leaves it)
+    # /etc/netns/NAME/resolv.conf crossnet attach wrote (ip netns del leaves it), and the
+    # directory when empty: NAME is the lab's (its unique prefix), made by the lab
+    remove_named(name, directory=True)
     return True
 
 
