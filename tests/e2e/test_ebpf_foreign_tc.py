@@ -273,3 +273,32 @@ def test_a_filter_replaced_by_hand_is_drift_apply_refuses_and_reset_keeps_it_and
             if os.path.exists(pin):
                 os.unlink(pin)
         lab.clean(ctx)
+
+
+@pytest.mark.parametrize("extra", [("handle", "1"), ("handle", "7", "protocol", "ip")], ids=["same-handle", "other-protocol"])
+def test_an_admins_filter_at_pref_1000_in_another_chain_is_left_alone_not_refused(lab, extra):
+    """A filter of the admin's at pref 1000 in chain 1 (the kernel keeps a priority list
+    per chain: it takes neither crossnet's handle nor its protocol slot, crossnet's replace
+    and del act on chain 0) was refused like one at crossnet's slot. Now apply puts
+    crossnet's filter in chain 0 beside it, changes nothing of it, no drift; reset removes
+    crossnet's filter only and keeps the clsact the admin's filter uses."""
+    ctx = lab.fresh_state()
+    lab.clean()
+    lab.tc("qdisc", "add", "dev", "u0", "clsact")
+    lab.admin_filter("add", "ingress", 1000, "pass", "chain", "1", *extra)
+    before = lab.filters()
+    assert "chain 1" in before and "adm.o:[pass]" in before
+    try:
+        dry = lab.crossnet("dry-run", ctx)
+        assert isinstance(dry, list) and any("tc filter replace dev u0 ingress pref 1000" in c for c in dry), dry
+        records = lab.crossnet("apply", ctx)
+        assert isinstance(records, list), records
+        after = lab.filters()
+        [ours] = _ours(after)
+        assert "chain 0" in ours
+        assert [line for line in after.splitlines() if "chain 1" in line] == before.splitlines()
+        assert lab.crossnet("drift", ctx, records) == []
+        lab.crossnet("reset", ctx, records)
+        assert lab.filters() == before and lab.clsact()
+    finally:
+        lab.clean(ctx)

@@ -3,6 +3,7 @@ text, pin-directory validation, bpffs detection, and every problem() path with f
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import struct
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pyroute2.netlink.exceptions import NetlinkError
 
 import crossnet.ebpf as ebpf
 from crossnet.backends.base import HostContext
@@ -258,9 +260,10 @@ def test_a_record_of_ebpf_resources_reads_back_in_a_process_that_never_imported_
 class _Msg(dict):
     """A tc filter dump message: info = pref << 16 | protocol (network order), handle, attrs."""
 
-    def __init__(self, pref: int, proto: int, handle: int, kind: str, name: str | None = None):
+    def __init__(self, pref: int, proto: int, handle: int, kind: str, name: str | None = None, chain: int = 0):
         super().__init__(info=pref << 16 | int.from_bytes(proto.to_bytes(2, "big"), "little"), handle=handle)
-        self.attrs = {"TCA_KIND": kind, "TCA_OPTIONS": _Msg.Opts(name) if name is not None else None}
+        self.attrs = {"TCA_KIND": kind, "TCA_OPTIONS": _Msg.Opts(name) if name is not None else None,
+                      "TCA_CHAIN": chain}
 
     def get_attr(self, name):
         return self.attrs.get(name)
@@ -274,17 +277,24 @@ class _Msg(dict):
 
 
 class _Ipr:
-    def __init__(self, filters):
-        self.filters, self.calls = filters, []
+    def __init__(self, filters, clsact: bool = False):
+        self.filters, self.calls, self.clsact = filters, [], clsact
+        self.dumps: list[str] = []
 
     def get_filters(self, index, parent):
+        self.dumps.append("filters")
         return list(self.filters) if parent == host.TC_INGRESS else []
 
     def get_qdiscs(self, index):
-        return []
+        self.dumps.append("qdiscs")
+        return [_Msg(0, 0, 0, "clsact")] if self.clsact else []
 
     def tc(self, *args, **kw):
+        if args[:2] == ("add", "clsact") and self.clsact:
+            raise NetlinkError(errno.EEXIST)
         self.calls.append(args)
+        if args[:2] == ("add", "clsact"):
+            self.clsact = True
 
 
 OURS = [_Msg(1000, 3, 0, "bpf"), _Msg(1000, 3, 1, "bpf", "crossnet:cn_to_container:42")]
@@ -298,9 +308,44 @@ OURS = [_Msg(1000, 3, 0, "bpf"), _Msg(1000, 3, 1, "bpf", "crossnet:cn_to_contain
     ([_Msg(1000, 0x800, 0, "bpf"), _Msg(1000, 0x800, 7, "bpf", "adm.o:[pass]")],
      ["bpf handle 0x7 protocol 0x0800 'adm.o:[pass]'"]),  # another protocol: the kernel would refuse ours
     ([_Msg(1000, 3, 0, "matchall"), _Msg(1000, 3, 1, "matchall")], ["matchall handle 0x1 protocol 0x0003"]),
-])
+    # pref 1000 in another chain: its own priority list, crossnet's replace/del act on chain 0 only
+    ([_Msg(1000, 3, 0, "bpf", chain=1), _Msg(1000, 3, 1, "bpf", "adm.o:[pass]", chain=1), *OURS], []),
+    ([_Msg(1000, 0x800, 0, "bpf", chain=7), _Msg(1000, 0x800, 7, "bpf", "adm.o:[pass]", chain=7)], []),
+    ([_Msg(1000, 3, 1, "bpf", "adm.o:[pass]", chain=1), _Msg(1000, 3, 0, "bpf"), _Msg(1000, 3, 1, "bpf", "adm.o:[drop]")],
+     ["bpf handle 0x1 protocol 0x0003 'adm.o:[drop]'"]),
+], ids=["ours", "other-pref", "same-handle", "crossnot", "other-protocol", "matchall", "chain-1", "chain-7-ip",
+        "chain-0-only"])
 def test_foreign_filters_at_crossnets_priority(filters, found):
     assert host.foreign_filters(_Ipr(filters), 5) == found
+
+
+def test_a_filter_named_like_crossnets_in_another_chain_is_not_crossnets():
+    """crossnet's filter is chain 0's pref 1000: one of that name in chain 1 is not it (tc_attached
+    false: apply puts crossnet's in place; tc_detach deletes nothing)."""
+    ipr = _Ipr([_Msg(1000, 3, 0, "bpf", chain=1), _Msg(1000, 3, 1, "bpf", "crossnet:cn_to_container:42", chain=1)])
+    assert not host.tc_attached(ipr, 5, "cn_to_container", 42)
+    host.tc_detach(ipr, 5, remove_clsact=False)
+    assert ipr.calls == []
+    assert host.tc_attached(_Ipr(OURS), 5, "cn_to_container", 42)
+
+
+def test_a_filters_chain_is_read_from_the_kernels_message():
+    """pyroute2 (0.9) does not decode TCA_CHAIN; crossnet reads it from the message's bytes
+    (a real dump message built here: nlmsghdr, tcmsg, TCA_KIND, TCA_CHAIN); none: chain 0."""
+    from pyroute2.netlink.rtnl.tcmsg import tcmsg
+
+    def message(*attrs: tuple[int, bytes]) -> tcmsg:
+        body = struct.pack("=BxxxiIII", 0, 5, 1, host.TC_INGRESS, 1000 << 16 | 0x0300)
+        for kind, value in attrs:
+            body += struct.pack("=HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+        data = struct.pack("=IHHII", 16 + len(body), 44, 2, 1, 0) + body
+        msg = tcmsg(b"\0" * 8 + data, offset=8)  # as in a dump: one message of a larger buffer
+        msg.decode()
+        return msg
+
+    assert host._chain(message((1, b"bpf\0"), (11, struct.pack("=I", 3)))) == 3
+    assert host._chain(message((11, struct.pack("=I", 0)), (1, b"bpf\0"))) == 0
+    assert host._chain(message((1, b"bpf\0"))) == 0
 
 
 def test_tc_attach_refuses_a_foreign_filter_before_any_change(monkeypatch):

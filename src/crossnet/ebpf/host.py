@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import socket
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ TC_INGRESS = 0xFFFFFFF2  # clsact ingress (ffff:fff2)
 TC_EGRESS = 0xFFFFFFF3
 TC_PREF = 1000  # crossnet's filter priority on an interface's clsact ingress
 TC_HANDLE = 1
+TCA_CHAIN = 11  # linux/rtnetlink.h (the filter's chain; not decoded by pyroute2 0.9)
+_NLMSG_TCMSG = 16 + 20  # struct nlmsghdr + struct tcmsg: where a filter message's attributes start
+_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 FILTER_PREFIX = "crossnet:"  # tc filter name: crossnet:<program>:<prog id>
 _PIN_DIR = re.compile(r"^/sys/fs/bpf/crossnet/[0-9a-f]{16}/[0-9a-f]{16}$")
 
@@ -253,19 +257,47 @@ def _filter_name(msg) -> str:
     return (opts.get_attr("TCA_BPF_NAME") if opts is not None else None) or ""
 
 
+def _chain(msg) -> int:
+    """The filter's chain (TCA_CHAIN). pyroute2 0.9 does not decode it: read from the
+    message's own bytes (nlmsghdr, struct tcmsg, then the attributes). None: chain 0."""
+    decoded = nl.attr(msg, "TCA_CHAIN")
+    if decoded is not None:
+        return decoded
+    data, start = getattr(msg, "data", None), getattr(msg, "offset", 0)
+    if not data:
+        return 0
+    end = min(len(data), start + msg["header"]["length"])
+    off = start + _NLMSG_TCMSG
+    while off + 4 <= end:
+        length, kind = struct.unpack_from("=HH", data, off)
+        if length < 4:
+            break
+        if kind & _NLA_TYPE_MASK == TCA_CHAIN and length >= 8:
+            return struct.unpack_from("=I", data, off + 4)[0]
+        off += (length + 3) & ~3
+    return 0
+
+
+def _at_our_slot(msg) -> bool:
+    """In crossnet's slot: chain 0 (where its replace and del act), pref 1000. Each chain
+    has its own priorities: pref 1000 of chain 1 neither holds crossnet's handle nor
+    decides the protocol of chain 0's pref 1000."""
+    return (msg["info"] >> 16) == TC_PREF and _chain(msg) == 0
+
+
 def _ours(msg) -> bool:
-    return (msg["info"] >> 16) == TC_PREF and nl.attr(msg, "TCA_KIND") == "bpf" and _filter_name(msg).startswith(FILTER_PREFIX)
+    return _at_our_slot(msg) and nl.attr(msg, "TCA_KIND") == "bpf" and _filter_name(msg).startswith(FILTER_PREFIX)
 
 
 def foreign_filters(ipr, index: int) -> list[str]:
-    """The filters on index's ingress at crossnet's priority that crossnet did not create
-    (no `crossnet:` name), each as `KIND handle H protocol P [NAME]`: `replace` would
-    overwrite one at crossnet's handle, and the kernel refuses a second kind or protocol
-    at one priority. A dump's header line of each priority (handle 0, no filter: the
-    kernel drops a list with its last filter) is not counted."""
+    """The filters on index's ingress at crossnet's slot (chain 0, pref 1000) that crossnet
+    did not create (no `crossnet:` name), each as `KIND handle H protocol P [NAME]`:
+    `replace` would overwrite one at crossnet's handle, and the kernel refuses a second
+    kind or protocol at one priority of a chain. A dump's header line of each priority
+    (handle 0, no filter: the kernel drops a list with its last filter) is not counted."""
     out = []
     for m in _filters(ipr, index):
-        if (m["info"] >> 16) != TC_PREF or not m["handle"] or _ours(m):
+        if not _at_our_slot(m) or not m["handle"] or _ours(m):
             continue
         kind, proto = nl.attr(m, "TCA_KIND"), socket.ntohs(m["info"] & 0xFFFF)
         name = _filter_name(m)
