@@ -3,6 +3,7 @@ text, pin-directory validation, bpffs detection, and every problem() path with f
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import json
@@ -346,6 +347,23 @@ def test_a_filters_chain_is_read_from_the_kernels_message():
     assert host._chain(message((1, b"bpf\0"), (11, struct.pack("=I", 3)))) == 3
     assert host._chain(message((11, struct.pack("=I", 0)), (1, b"bpf\0"))) == 0
     assert host._chain(message((1, b"bpf\0"))) == 0
+
+
+def test_tc_attach_dumps_the_filters_once_and_no_qdisc(monkeypatch):
+    """tc_attach read the device twice (the ingress filters, then the qdiscs to see whether
+    clsact is there): one filter dump is enough, `add clsact` answers EEXIST when it is
+    there. Same outcome: clsact added (and said so) only when missing, crossnet's filter
+    replaced."""
+    monkeypatch.setattr(host, "_pinned", lambda path: contextlib.nullcontext(9))
+    monkeypatch.setattr(host.bpfsys, "prog_id", lambda fd: 43)
+    for had in (False, True):
+        ipr = _Ipr(OURS, clsact=had)
+        added = host.tc_attach(ipr, 5, "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef",
+                               "cn_to_container", "eth0")
+        assert ipr.dumps == ["filters"]
+        assert added is (not had) and ipr.clsact
+        assert ipr.calls[-1] == ("replace-filter", "bpf", 5, host.TC_HANDLE)
+        assert ipr.calls[:-1] == ([] if had else [("add", "clsact", 5)])
 
 
 def test_tc_attach_refuses_a_foreign_filter_before_any_change(monkeypatch):

@@ -324,18 +324,18 @@ def tc_attached(ipr, index: int, program: str, prog_id: int | None) -> bool:
 def tc_attach(ipr, index: int, directory: str, program: str, dev: str = "") -> bool:
     """Add clsact if missing and (re)place crossnet's filter running the pinned program on
     ingress. Returns whether the clsact qdisc was added here. Refuses (ApplyError, nothing
-    changed) when a filter crossnet did not create holds its priority."""
+    changed) when a filter crossnet did not create holds its priority. One dump (the
+    ingress filters): whether clsact is there, `add` says (EEXIST)."""
     found = foreign_filters(ipr, index)
     if found:
         raise ApplyError(foreign_filter_error(dev or f"interface {index}", found))
     added = False
-    if not has_clsact(ipr, index):
-        try:
-            ipr.tc("add", "clsact", index)
-            added = True
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
+    try:
+        ipr.tc("add", "clsact", index)
+        added = True
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
     with _pinned(f"{directory}/progs/{program}") as fd:
         name = f"{FILTER_PREFIX}{program}:{bpfsys.prog_id(fd)}"
         ipr.tc("replace-filter", "bpf", index, TC_HANDLE, fd=fd, name=name, parent=TC_INGRESS,
