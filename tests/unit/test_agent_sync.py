@@ -232,3 +232,24 @@ def test_new_store_endpoints_are_used_and_recorded_so_a_restart_keeps_the_lease(
     a.set_store_endpoints(["https://10.0.0.1:2379", "https://10.0.0.2:2379"])
     assert store.describe() == "https://10.0.0.1:2379,https://10.0.0.2:2379"
     assert a._previous() == (a.lease.subnet, lease)
+
+
+def test_an_admins_route_identical_to_a_new_peers_is_never_taken_over(kernel, tmp_path, caplog):
+    """Regression (the agent already held): an admin's route to a new peer's subnet, the very
+    one crossnet would make (same gateway and device, `ip route`'s proto boot). The agent
+    validates the peer's record against the routes it does not own and rejects it (one
+    line), so the fast path never reaches the route (Route.preflight would refuse it
+    there too: test_reconcile.py); the route is never recorded and stays when the peer
+    leaves."""
+    store = store_for("host-gw")
+    a = start(store, kernel, tmp_path)
+    kernel.route_replace("10.32.2.0/24", "10.56.0.2", kernel.index("eth0"), 3)  # the admin's (proto boot)
+    admins = kernel.route("10.32.2.0/24")
+    h2 = store.join("h2", "10.56.0.2", subnet="10.32.2.0/24")
+    deliver(a, store)
+    assert ("rejected store record 10.32.2.0/24 (name='h2' address=10.56.0.2 subnet=10.32.2.0/24): subnet: "
+            "10.32.2.0/24 overlaps this host's route 10.32.2.0/24") in caplog.text
+    assert kernel.route(str(h2.subnet)) == admins and recorded(a)[1] == set()
+    store.leave("h2")
+    deliver(a, store)
+    assert kernel.route(str(h2.subnet)) == admins and recorded(a)[1] == set()

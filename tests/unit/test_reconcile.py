@@ -222,10 +222,11 @@ RTPROT_BOOT = 3  # what `ip route add` gives a route
 
 
 def test_a_route_identical_to_crossnets_but_not_made_by_it_is_never_taken_over():
-    """The agent's per-peer path reconciles without the overlap check: a route of the
-    admin's identical to the one crossnet makes for a new peer passed `check` and was
-    recorded as crossnet's own, so the peer going away deleted it. Only a route carrying
-    crossnet's protocol number, or one on its record, is crossnet's."""
+    """reconcile itself (every path: apply, the agent's fast path and resyncs, expose): a
+    route of the admin's identical to the one crossnet makes passed `check`, was recorded
+    as crossnet's own, and the peer going away deleted it. Only a route carrying crossnet's
+    protocol number, or one on its record, is crossnet's; any other is refused before
+    anything changes."""
     from crossnet.netlink.const import RTPROT_CROSSNET
 
     k = machine()
