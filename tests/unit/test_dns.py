@@ -331,6 +331,9 @@ def test_an_admins_netns_directory_is_never_removed_only_the_one_crossnet_made(t
     meta = dns_resolv.install(state, "/run/netns/c6", etc=etc)
     os.unlink(meta["resolv_conf"])
     assert not dns_resolv.remove(meta, etc=etc) and not os.path.exists(f"{etc}/c6")
+    # a file where the directory would be: nothing written, nothing raised (as before)
+    open(f"{etc}/c8", "w").close()
+    assert dns_resolv.install(state, "/run/netns/c8", etc=etc) is None and os.path.isfile(f"{etc}/c8")
     # crossnet's directory the admin has put a file into since: stays, with the file
     meta = dns_resolv.install(state, "/run/netns/c7", etc=etc)
     open(f"{etc}/c7/hosts", "w").close()

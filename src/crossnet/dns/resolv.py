@@ -133,8 +133,8 @@ def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str]
         created = False  # the admin's (or an earlier attachment's): never crossnet's to remove
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    except FileExistsError:
-        return None  # the admin's own file: never replaced (created is False: the file was in it)
+    except (FileExistsError, NotADirectoryError):
+        return None  # the admin's own file (or a file named like the directory): never replaced
     except OSError:
         if created:
             with contextlib.suppress(OSError):
