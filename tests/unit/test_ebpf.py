@@ -335,6 +335,8 @@ def test_a_filters_chain_is_read_from_the_kernels_message():
     (a real dump message built here: nlmsghdr, tcmsg, TCA_KIND, TCA_CHAIN); none: chain 0."""
     from pyroute2.netlink.rtnl.tcmsg import tcmsg
 
+    from crossnet.netlink.const import TCA_CHAIN
+
     def message(*attrs: tuple[int, bytes]) -> tcmsg:
         body = struct.pack("=BxxxiIII", 0, 5, 1, host.TC_INGRESS, 1000 << 16 | 0x0300)
         for kind, value in attrs:
@@ -344,8 +346,8 @@ def test_a_filters_chain_is_read_from_the_kernels_message():
         msg.decode()
         return msg
 
-    assert host._chain(message((1, b"bpf\0"), (11, struct.pack("=I", 3)))) == 3
-    assert host._chain(message((11, struct.pack("=I", 0)), (1, b"bpf\0"))) == 0
+    assert host._chain(message((1, b"bpf\0"), (TCA_CHAIN, struct.pack("=I", 3)))) == 3
+    assert host._chain(message((TCA_CHAIN, struct.pack("=I", 0)), (1, b"bpf\0"))) == 0
     assert host._chain(message((1, b"bpf\0"))) == 0
 
 

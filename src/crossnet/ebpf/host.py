@@ -32,6 +32,7 @@ from crossnet.ebpf import bpfsys, maps
 from crossnet.errors import ApplyError, CrossnetError
 from crossnet.ifname import check as check_ifname
 from crossnet.netlink import iproute as nl
+from crossnet.netlink.const import NLA_TYPE_MASK, NLMSG_HDRLEN, TCA_CHAIN, TCMSG_SIZE
 from crossnet.plan.env import Env
 from crossnet.plan.resources import Resource
 
@@ -46,9 +47,6 @@ TC_INGRESS = 0xFFFFFFF2  # clsact ingress (ffff:fff2)
 TC_EGRESS = 0xFFFFFFF3
 TC_PREF = 1000  # crossnet's filter priority on an interface's clsact ingress
 TC_HANDLE = 1
-TCA_CHAIN = 11  # linux/rtnetlink.h (the filter's chain; not decoded by pyroute2 0.9)
-_NLMSG_TCMSG = 16 + 20  # struct nlmsghdr + struct tcmsg: where a filter message's attributes start
-_NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 FILTER_PREFIX = "crossnet:"  # tc filter name: crossnet:<program>:<prog id>
 _PIN_DIR = re.compile(r"^/sys/fs/bpf/crossnet/[0-9a-f]{16}/[0-9a-f]{16}$")
 
@@ -267,12 +265,12 @@ def _chain(msg) -> int:
     if not data:
         return 0
     end = min(len(data), start + msg["header"]["length"])
-    off = start + _NLMSG_TCMSG
+    off = start + NLMSG_HDRLEN + TCMSG_SIZE  # the attributes follow struct nlmsghdr and struct tcmsg
     while off + 4 <= end:
         length, kind = struct.unpack_from("=HH", data, off)
         if length < 4:
             break
-        if kind & _NLA_TYPE_MASK == TCA_CHAIN and length >= 8:
+        if kind & NLA_TYPE_MASK == TCA_CHAIN and length >= 8:
             return struct.unpack_from("=I", data, off + 4)[0]
         off += (length + 3) & ~3
     return 0

@@ -10,6 +10,7 @@ AF_BRIDGE = 7
 AF_INET6 = 10
 
 # netlink message header (linux/netlink.h)
+NLMSG_HDRLEN = 16  # struct nlmsghdr
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -38,6 +39,11 @@ RTN_UNICAST = 1
 RTN_LOCAL = 2
 RTNH_F_ONLINK = 0x4
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+
+# traffic control (struct tcmsg, linux/rtnetlink.h)
+TCMSG_SIZE = 20
+TCA_CHAIN = 11  # a filter's chain (pyroute2 0.9 does not decode it)
+NLA_TYPE_MASK = 0x3FFF  # an attribute's type without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 # neighbours (struct ndmsg, linux/neighbour.h)
 NDA_DST, NDA_LLADDR = 1, 2
