@@ -158,12 +158,12 @@ def test_only_conflists_of_the_shape_crossnet_writes_are_crossnets(tmp_path):
     list chaining it with other plugins (bandwidth, firewall) was deleted by uninstall and
     overwritten by `cni install --name` of its network. Only what cni install writes is
     crossnet's now: crossnet-cni, then at most portmap, nothing else."""
-    from crossnet.cni.install import conflist
+    from crossnet.cni.install import conflist, is_ours_conflist
 
     def ours(doc) -> bool:
         p = tmp_path / "x.conflist"
         p.write_text(json.dumps(doc))
-        return uninstall._is_ours_conflist(p)
+        return is_ours_conflist(p)
 
     for kw in ({}, {"portmap": False}, {"log_file": "/tmp/l", "helper": "spawn", "labels": {"crossnet.host": "h1"}}):
         assert ours(conflist("crossnet", "/var/lib/crossnet", **kw)), kw
