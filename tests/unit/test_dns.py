@@ -589,3 +589,34 @@ def test_queries_from_outside_the_container_network_get_no_answer_and_are_never_
         assert _udp_ask(port, "db.crossnet.local", "127.0.0.3").header.rcode == RCODE.NXDOMAIN
     finally:
         svc.server.stop()
+
+
+def test_netns_resolv_conf_temporaries_of_a_killed_writer_are_swept_never_a_live_ones(tmp_path):
+    """install writes under a temporary name in /etc/netns (never in /etc/netns/NAME, whose
+    every file `ip netns exec` bind-mounts) and links it into place; a writer killed before
+    the link leaves its temporary, which the next install or remove of that name sweeps --
+    unless its writer (the pid in its name) is still alive."""
+    import subprocess
+    from pathlib import Path
+
+    from crossnet.dns import MARKER
+
+    state, etc = served_state(tmp_path), str(tmp_path / "etc-netns")
+    os.makedirs(etc)
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # a pid that is gone
+    dead = f"{etc}/.c1.resolv.conf.{proc.pid}.tmp"
+    live = f"{etc}/.c1.resolv.conf.{os.getppid()}.tmp"
+    other = f"{etc}/.c10.resolv.conf.{proc.pid}.tmp"  # another namespace's: not this name's
+    for p in (dead, live, other):
+        open(p, "w").close()
+    path = dns_resolv.install(state, "/run/netns/c1", etc=etc)
+    assert path == f"{etc}/c1/resolv.conf" and Path(path).read_text().startswith(MARKER)
+    assert sorted(os.listdir(etc)) == sorted(["c1", os.path.basename(live), os.path.basename(other)])
+    assert os.listdir(f"{etc}/c1") == ["resolv.conf"]  # the temporary never in the bind-mounted directory
+    # recorded but never written (an attach killed in between): the empty directory goes
+    os.unlink(path)
+    assert not dns_resolv.remove({"resolv_conf": path}, etc=etc) and not os.path.exists(f"{etc}/c1")
+    # remove_named of a directory crossnet recorded nothing in: an empty one stays
+    os.makedirs(f"{etc}/c4")
+    assert not dns_resolv.remove_named("c4", etc=etc) and os.path.isdir(f"{etc}/c4")

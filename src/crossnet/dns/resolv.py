@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.dns import MARKER, resolv_conf_text
-from crossnet.state import StateDir, lock_fd, write_text_atomic
+from crossnet.state import StateDir, crash_point, lock_fd, write_text_atomic
 
 NETNS_ETC = "/etc/netns"
 NETNS_RUN = ("/run/netns", "/var/run/netns")
@@ -111,34 +111,90 @@ def netns_name(path: str) -> str | None:
     return None
 
 
+def target(state: StateDir, netns: str, etc: str = NETNS_ETC) -> str | None:
+    """The resolv.conf :func:`install` would write for ``netns`` (a named namespace, this
+    host serves DNS), or None."""
+    name = netns_name(netns)
+    if name is None or served(state) is None:
+        return None
+    return os.path.join(etc, name, "resolv.conf")
+
+
+def _temp_prefix(name: str) -> str:
+    # in /etc/netns itself, never in /etc/netns/NAME: `ip netns exec` bind-mounts every
+    # file of that directory over /etc
+    return f".{name}.resolv.conf."
+
+
+def _sweep(name: str, etc: str) -> None:
+    """Remove the temporaries of `name`'s resolv.conf that a killed crossnet left (their
+    writer, named in the file name, is gone)."""
+    prefix = _temp_prefix(name)
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(etc):
+            pid = entry[len(prefix):-len(".tmp")] if entry.startswith(prefix) and entry.endswith(".tmp") else ""
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # its writer is still at it
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(etc, entry))
+
+
 def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> str | None:
     """Write /etc/netns/NAME/resolv.conf for the named namespace ``netns`` when this host
-    serves DNS and the file does not exist; returns its path when crossnet wrote it."""
-    name = netns_name(netns)
+    serves DNS and the file does not exist; returns its path when crossnet wrote it.
+    The file appears whole or not at all: written and fsync'd under a temporary name in
+    /etc/netns, then hard-linked into place (link(2) fails on an existing file, as O_EXCL
+    would) -- created in place, a kill before the write left an empty file, taken for the
+    admin's and kept forever."""
+    path = target(state, netns, etc)
     info = served(state)
-    if name is None or info is None:
+    if path is None or info is None:
         return None
-    directory = os.path.join(etc, name)
-    path = os.path.join(directory, "resolv.conf")
+    name = netns_name(netns) or ""
+    directory = os.path.dirname(path)
+    if os.path.lexists(path):
+        return None  # the admin's own file: never replaced
+    _sweep(name, etc)
+    tmp = os.path.join(etc, f"{_temp_prefix(name)}{os.getpid()}.tmp")
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(resolv_conf_text(info["listen"], [info["domain"]]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT)
+        os.link(tmp, path)
     except FileExistsError:
-        return None  # the admin's own file: never replaced
-    with os.fdopen(fd, "w") as fh:
-        fh.write(resolv_conf_text(info["listen"], [info["domain"]]))
+        return None  # the admin's own file (made meanwhile): never replaced
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return path
 
 
-def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC) -> bool:
+def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC, recorded: bool = True) -> bool:
     """Remove the resolv.conf an attachment recorded writing, if it is still crossnet's
-    (and the directory when that leaves it empty)."""
+    (and the directory when that leaves it empty; with ``recorded``, also when the file
+    was never written: an attach killed after recording it left the directory)."""
     path = (meta or {}).get("resolv_conf")
     if not isinstance(path, str) or not path.startswith(etc.rstrip("/") + "/") or ".." in path.split("/"):
         return False
+    directory = os.path.dirname(path)
+    _sweep(os.path.basename(directory), etc)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
+        if recorded:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)  # only when empty
         return False
     with os.fdopen(fd) as fh:
         first = fh.readline().rstrip("\n")
@@ -147,7 +203,7 @@ def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC) -> bool:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     with contextlib.suppress(OSError):
-        os.rmdir(os.path.dirname(path))  # only when empty
+        os.rmdir(directory)  # only when empty
     return True
 
 
@@ -156,7 +212,8 @@ def remove_named(name: str, etc: str = NETNS_ETC) -> bool:
     deleted: `ip netns del` leaves /etc/netns/NAME in place)."""
     if not name or "/" in name or name in (".", ".."):
         return False
-    return remove({"resolv_conf": os.path.join(etc, name, "resolv.conf")}, etc=etc)
+    return remove({"resolv_conf": os.path.join(etc, name, "resolv.conf")}, etc=etc, recorded=False)
 
 
-__all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "write_info"]
+__all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "target",
+           "write_info"]
