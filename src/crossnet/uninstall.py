@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,30 @@ def _is_ours_plugin(path: Path) -> bool:
     return data.startswith(b"\x7fELF") and NATIVE_MARK in data
 
 
+def left_over(directory: Path, name_re: str) -> list[Path]:
+    """The temporaries (crossnet.cni.install._temp_of: ``.NAME.PID.tmp``) in `directory` of files whose name matches
+    `name_re` that a killed crossnet left: their writer, named in the file name, is gone
+    (a live one's are not listed)."""
+    out = []
+    pattern = re.compile(rf"\.({name_re})\.([0-9]+)\.tmp")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    for entry in sorted(entries):
+        m = pattern.fullmatch(entry)
+        if m is None or int(m.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+            continue  # still writing it
+        except ProcessLookupError:
+            out.append(Path(directory) / entry)
+        except OSError:
+            continue
+    return out
+
+
 LIST_KEYS = {"cniVersion", "name", "args", "plugins"}  # what crossnet.cni.install.conflist writes
 MAIN_KEYS = {"type", "stateDir", "capabilities", "helper", "logFile"}
 PORTMAP = {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
@@ -119,6 +144,9 @@ def plan(doc: dict[str, Any], state_dir: str, unit_dir: str, cni_bin_dir: str, c
     conf = Path(cni_conf_dir)
     if conf.is_dir():
         steps.extend(("unlink", p) for p in sorted(conf.glob("*.conflist")) if _is_ours_conflist(p))
+    # what a `cni install` killed before its renames left
+    steps.extend(("unlink", p) for p in left_over(Path(cni_bin_dir), "|".join(map(re.escape, PLUGIN_FILES))))
+    steps.extend(("unlink", p) for p in left_over(conf, r"[^/]+\.conflist") if _is_ours_conflist(p))
     prefix = os.path.realpath(doc["prefix"])
     for link in doc["links"]:
         p = Path(link)
