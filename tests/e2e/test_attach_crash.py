@@ -57,11 +57,29 @@ def netns_etc_litter(name: str) -> list[str]:
     return sorted(e for e in os.listdir(dns_resolv.NETNS_ETC) if e == name or e.startswith(f".{name}."))
 
 
-@pytest.fixture
-def attach_lab(make_lab):
+def veth_map(lab: Lab) -> list[int] | None:
+    """The ifindexes in the eBPF datapath's allowed-veth map (None: no programs loaded)."""
+    from crossnet.ebpf import bpfsys, maps
+    from crossnet.ebpf import host as ebpf_host
+
+    state_dir = lab.plan.host("h1").state_dir
+    if not ebpf_host.loaded(state_dir):
+        return None
+    with ebpf_host._pinned(f"{ebpf_host.current_pin_dir(state_dir)}/maps/{maps.VETHS_MAP}") as fd:
+        return sorted(int.from_bytes(k, "little") for k in bpfsys.map_keys(fd, 4))
+
+
+@pytest.fixture(params=["kernel", "ebpf"])
+def attach_lab(make_lab, request):
     """(lab, container netns name, h1 before its apply): h1 applied, DNS "served" for
-    h1's state dir."""
-    lab = make_lab(hosts=1, underlay="l2", backend="vxlan", containers=0, apply=False)
+    h1's state dir. kernel: vxlan, the veth on the bridge; ebpf: host-gw with routed
+    veths (a /32 route each, and where the programs load, the from-container program
+    and an entry in the allowed-veth map)."""
+    if request.param == "kernel":
+        lab = make_lab(hosts=1, underlay="l2", backend="vxlan", containers=0, apply=False)
+    else:
+        lab = make_lab(hosts=1, underlay="l2", backend="host-gw", containers=0, apply=False,
+                       extra={"datapath": "ebpf"})
     h1 = lab.plan.host("h1")
     original = snapshot(h1.netns)
     lab.apply("h1")
@@ -94,6 +112,12 @@ def assert_attached(lab: Lab, name: str, n: int) -> None:
     addrs = json.loads(subprocess.run(["ip", "-n", name, "-j", "-4", "addr", "show", "dev", "eth0"],
                                       capture_output=True, text=True, check=True).stdout)
     assert [i["local"] for a in addrs for i in a["addr_info"]] == [entries[name]["address"]], (n, addrs)
+    allowed = veth_map(lab)
+    if allowed is not None:  # the eBPF datapath runs: its veth is a redirect target
+        host_if = entries[name]["meta"]["host_if"]
+        index = json.loads(subprocess.run(["ip", "-n", lab.plan.host("h1").netns, "-j", "link", "show", host_if],
+                                          capture_output=True, text=True, check=True).stdout)[0]["ifindex"]
+        assert allowed == [index], (n, allowed, index)
 
 
 def assert_clean(lab: Lab, name: str, before: dict, container_before: dict, n: int, after: str) -> None:
@@ -102,6 +126,7 @@ def assert_clean(lab: Lab, name: str, before: dict, container_before: dict, n: i
     assert diff(container_before, snapshot(name)) == [], f"killed at step {n}, then {after}: the container"
     assert ipam_entries(lab) == {}, (n, after)
     assert netns_etc_litter(name) == [], (n, after)
+    assert veth_map(lab) in (None, []), (n, after)
 
 
 @pytest.mark.parametrize("then", ["attach", "detach", "reset"])
