@@ -620,3 +620,14 @@ def test_netns_resolv_conf_temporaries_of_a_killed_writer_are_swept_never_a_live
     # remove_named of a directory crossnet recorded nothing in: an empty one stays
     os.makedirs(f"{etc}/c4")
     assert not dns_resolv.remove_named("c4", etc=etc) and os.path.isdir(f"{etc}/c4")
+
+
+def test_detach_is_never_blocked_by_what_replaced_crossnets_resolv_conf(tmp_path):
+    """detach removes the recorded resolv.conf before it releases the entry: a file that
+    replaced crossnet's (binary, not UTF-8) is left alone without an error."""
+    etc = str(tmp_path / "etc-netns")
+    os.makedirs(f"{etc}/c5")
+    with open(f"{etc}/c5/resolv.conf", "wb") as fh:
+        fh.write(b"\xff\xfe\x00binary\n")
+    assert not dns_resolv.remove({"resolv_conf": f"{etc}/c5/resolv.conf"}, etc=etc)
+    assert os.path.exists(f"{etc}/c5/resolv.conf")

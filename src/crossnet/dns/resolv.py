@@ -196,9 +196,9 @@ def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC, recorded: bool = T
             with contextlib.suppress(OSError):
                 os.rmdir(directory)  # only when empty
         return False
-    with os.fdopen(fd) as fh:
-        first = fh.readline().rstrip("\n")
-    if first != MARKER:
+    with os.fdopen(fd, "rb") as fh:  # bytes: any file (an admin's binary one too) is read without an error
+        first = fh.readline(len(MARKER.encode()) + 2).rstrip(b"\n")
+    if first != MARKER.encode():
         return False
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
