@@ -86,9 +86,11 @@ _crash = {"at": None, "step": 0}
 def crash_point() -> None:
     """Test hook: with CROSSNET_TEST_CRASH_AT=N in the environment, the process kills
     itself (SIGKILL, no clean-up of any kind) at the N-th crash point it passes. The
-    crash points sit between the kernel changes and state writes of `apply`, so a test
-    can enumerate N = 1, 2, ... until apply completes and check that every
-    interruption is recoverable. Costs one dict lookup when unset."""
+    crash points sit between the kernel changes and state writes of `apply` (and of what
+    runs through it: `expose`/`hide`, the named networks' records), of `attach`/`detach`
+    (crossnet.containers, /etc/netns resolv.conf) and the file writes of `cni install`,
+    so a test can enumerate N = 1, 2, ... until the command completes and check that
+    every interruption is recoverable. Costs one dict lookup when unset."""
     at = _crash["at"]
     if at is None:
         value = os.environ.get(CRASH_ENV, "")
