@@ -135,3 +135,24 @@ def test_removing_a_network_with_containers_killed_at_every_step(make_lab, then)
         pytest.fail("apply never ran through")
     assert diff(t.with_c1, snapshot(t.netns)) == []
     assert n >= 5, n
+
+
+def test_reset_killed_at_every_step_then_reset_again(make_lab):
+    """reset of a host with containers on the top-level network and on blue, blue exposed
+    too: killed at its N-th crash point (a container's detach, a named network's, each
+    resource removed), the next reset leaves the host exactly as before its first apply."""
+    t = NetLab(make_lab)
+    for n in range(1, MAX_STEPS):
+        t.blue_state()
+        ok(crossnet(t.lab, "expose", "--network", "blue"), "expose blue")
+        assert "crossnet-expose-blue" in snapshot(t.netns)["nft"]
+        res = crossnet(t.lab, "reset", crash_at=n)
+        if res.returncode == 0:
+            assert diff(t.original, snapshot(t.netns)) == [] and state_left(t.lab) == []
+            break
+        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        t.reset_is_original(n, "reset")
+        t.base_state()
+    else:
+        pytest.fail("reset never ran through")
+    assert n >= 10, n
