@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import stat
 import tempfile
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from crossnet.errors import ConfigError, CrossnetError
-
 
 PRETTY_MAX = 16 * 1024  # larger documents are written compact (see write_json_atomic)
 
@@ -77,6 +77,30 @@ def write_text_atomic(path: Path, text: str, sync_dir: bool = True) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def left_over(directory: str | os.PathLike[str], name_re: str) -> list[Path]:
+    """The temporaries ``.NAME.PID.tmp`` (crossnet.cni.install, crossnet.dns.resolv) in
+    `directory`, NAME matching `name_re`, that a killed crossnet left: their writer, named
+    in the file name, is gone (a live one's are not listed)."""
+    out = []
+    pattern = re.compile(rf"\.({name_re})\.([0-9]+)\.tmp")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    for entry in sorted(entries):
+        m = pattern.fullmatch(entry)
+        if m is None or int(m.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+            continue  # still writing it
+        except ProcessLookupError:
+            out.append(Path(directory) / entry)
+        except OSError:
+            continue
+    return out
 
 
 CRASH_ENV = "CROSSNET_TEST_CRASH_AT"

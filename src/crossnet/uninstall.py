@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.errors import ConfigError, CrossnetError
+from crossnet.state import left_over
 
 MANIFEST = Path("share", "crossnet", "install.json")
 MANIFEST_VERSION = 1
@@ -75,30 +76,6 @@ def _is_ours_plugin(path: Path) -> bool:
     if data.startswith(b"#!"):
         return WRAPPER_MARK.encode() in data
     return data.startswith(b"\x7fELF") and NATIVE_MARK in data
-
-
-def left_over(directory: Path, name_re: str) -> list[Path]:
-    """The temporaries (crossnet.cni.install._temp_of: ``.NAME.PID.tmp``) in `directory` of files whose name matches
-    `name_re` that a killed crossnet left: their writer, named in the file name, is gone
-    (a live one's are not listed)."""
-    out = []
-    pattern = re.compile(rf"\.({name_re})\.([0-9]+)\.tmp")
-    try:
-        entries = os.listdir(directory)
-    except OSError:
-        return []
-    for entry in sorted(entries):
-        m = pattern.fullmatch(entry)
-        if m is None or int(m.group(2)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(2)), 0)
-            continue  # still writing it
-        except ProcessLookupError:
-            out.append(Path(directory) / entry)
-        except OSError:
-            continue
-    return out
 
 
 LIST_KEYS = {"cniVersion", "name", "args", "plugins"}  # what crossnet.cni.install.conflist writes

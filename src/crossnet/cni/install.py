@@ -18,7 +18,7 @@ from typing import Any
 
 from crossnet.cni.plugin import PLUGIN_TYPE
 from crossnet.errors import ConfigError
-from crossnet.state import crash_point
+from crossnet.state import crash_point, left_over
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_BIN_DIR = "/opt/cni/bin"
@@ -113,9 +113,7 @@ def _temp_of(path: Path) -> Path:
 
 
 def _sweep(path: Path) -> None:
-    """Remove the temporaries of `path` a killed crossnet left (crossnet.uninstall.left_over)."""
-    from crossnet.uninstall import left_over
-
+    """Remove the temporaries of `path` a killed crossnet left (crossnet.state.left_over)."""
     for tmp in left_over(path.parent, re.escape(path.name)):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

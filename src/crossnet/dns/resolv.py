@@ -14,11 +14,12 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from crossnet.dns import MARKER, resolv_conf_text
-from crossnet.state import StateDir, crash_point, lock_fd, write_text_atomic
+from crossnet.state import StateDir, crash_point, left_over, lock_fd, write_text_atomic
 
 NETNS_ETC = "/etc/netns"
 NETNS_RUN = ("/run/netns", "/var/run/netns")
@@ -128,22 +129,10 @@ def _temp_prefix(name: str) -> str:
 
 def _sweep(name: str, etc: str) -> None:
     """Remove the temporaries of `name`'s resolv.conf that a killed crossnet left (their
-    writer, named in the file name, is gone)."""
-    prefix = _temp_prefix(name)
-    with contextlib.suppress(OSError):
-        for entry in os.listdir(etc):
-            pid = entry[len(prefix):-len(".tmp")] if entry.startswith(prefix) and entry.endswith(".tmp") else ""
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-                continue  # its writer is still at it
-            except ProcessLookupError:
-                pass
-            except OSError:
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(etc, entry))
+    writer, named in the file name, is gone: crossnet.state.left_over)."""
+    for tmp in left_over(etc, re.escape(f"{name}.resolv.conf")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> str | None:
