@@ -26,7 +26,7 @@ from crossnet.ipam import AddressPool
 from crossnet.netlink import iproute as nl
 from crossnet.netlink import raw as nlraw
 from crossnet.plan.env import Env
-from crossnet.state import StateDir
+from crossnet.state import StateDir, crash_point
 
 LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every network namespace
 
@@ -233,6 +233,7 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
     # a new address decides the MACs: recorded with it in one IPAM write
     alloc = pool.allocate(container_id, req, meta=base_meta,
                           meta_for=lambda address: {"mac": mac or container_mac(address)})
+    crash_point()  # test hook (CROSSNET_TEST_CRASH_AT): the IPAM entry, no link yet
     why = foreign(alloc) if foreign is not None and not alloc.created else None
     if why:  # before any kernel change: the entry (and its meta) stays the other owner's
         raise InUse(f"{container_id!r} ({ifname}) is already {why} with {alloc.address}; "
@@ -255,6 +256,7 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
                     master = None if routed else bridge  # routed: no master, a /32 route instead
                     host.call([nlraw.veth_create(host_if, ctx.mtu, host_mac, master, ifname, cmac, ns_fd)])
                     created_veth = True
+                    crash_point()
                     idx = inside.ifindex(ifname)
                     if idx is None:
                         raise CrossnetError(f"{ifname} did not appear in {netns}")
@@ -265,12 +267,15 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
                         *([nlraw.neigh_permanent(idx, gateway, host_mac)] if routed else []),
                         nlraw.default_route(gateway, idx, onlink=routed),
                     ])
+                    crash_point()
                     if routed:
                         hidx = host.ifindex(host_if)
                         if hidx is None:
                             raise CrossnetError(f"the host end {host_if} of {container_id}'s veth vanished during attach")
                         host.call([nlraw.host_route(f"{alloc.address}/32", hidx)])
+                        crash_point()
                         datapath.container_attached(ctx, host_if)
+                        crash_point()
                     mac_now = cmac
                     changed = True
             if host_idx is not None and inner is None:
@@ -331,6 +336,7 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
         raise
     if alloc.meta.get("mac") != mac_now or any(alloc.meta.get(k) != v for k, v in base_meta.items()):
         pool.update_meta(container_id, {**base_meta, "mac": mac_now})
+        crash_point()
     return Attachment(
         container_id, netns, str(alloc.address), prefixlen, gateway, ifname, host_if, ctx.mtu, mac_now,
         changed, host_mac, allocation=alloc,
@@ -600,12 +606,12 @@ def gc(state: StateDir, ctx: HostContext, backend: Backend, dry_run: bool = Fals
                 if stale_reason(current) is None:
                     return False  # came back meanwhile
                 item["veth_removed"] = _remove_host_veth(ctx, backend, host_if)
+                dns_resolv.remove(current.meta)  # before the entry that records it goes
                 return True
 
             item["collected"] = pool.release_if(key, alloc, before=remove) is not None
             if not item["collected"]:
                 continue
-            dns_resolv.remove(alloc.meta)
         out.append(item)
     return out
 
@@ -627,6 +633,7 @@ def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: st
         backend.detach_port(ctx, env, host_if)
         if datapath.routed(ctx):
             datapath.container_detached(ctx, host_if)
+        crash_point()
         idx = nl.ifindex(ipr, host_if)
         if idx is not None:
             try:
@@ -635,11 +642,13 @@ def detach(state: StateDir, ctx: HostContext, backend: Backend, container_id: st
             except NetlinkError as exc:
                 if exc.code != 19:
                     raise
+            crash_point()
+    # /etc/netns/NAME/resolv.conf, if attach wrote it: before the entry that records it goes
+    dns_resolv.remove(alloc.meta)
+    crash_point()
     released = pool.release(container_id)
     if released is None and not removed:
         return None
-    if released is not None:
-        dns_resolv.remove(released.meta)  # /etc/netns/NAME/resolv.conf, if attach wrote it
     return {"id": container_id, "address": str(released.address) if released else None, "host_if": host_if}
 
 
@@ -657,11 +666,23 @@ def detach_all(state: StateDir, ctx: HostContext, backend: Backend, env: Env) ->
 def name_and_resolver(state: StateDir, ctx: HostContext, att: Attachment, name: str | None) -> None:
     """After `crossnet attach`: record the container's DNS name (``--name``, or the
     runtime's) and give a named netns crossnet's resolver (/etc/netns/NAME/resolv.conf,
-    when this host serves DNS and there is none): docs/dns.md."""
+    when this host serves DNS and there is none): docs/dns.md. The file is recorded in the
+    attachment before it is written, with the directory /etc/netns/NAME when crossnet is
+    about to create it (and the record corrected when either turns out to be the admin's):
+    killed in between, detach still removes them."""
     update: dict[str, Any] = {"name": name} if name else {}
-    update.update(dns_resolv.install(state, att.netns) or {})
+    pool = pool_for(state, ctx)
+    claim = dns_resolv.claim(state, att.netns)
+    if claim:
+        pool.update_meta(att.id, {**update, **claim})
+        update = {}
+        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT)
+    wrote = dns_resolv.install(state, att.netns)
+    crash_point()
+    if wrote != claim:  # the admin's file or directory after all (or made meanwhile): record what crossnet made
+        update.update({k: (wrote or {}).get(k) for k in {**(claim or {}), **(wrote or {})}})
     if update:
-        pool_for(state, ctx).update_meta(att.id, update)
+        pool.update_meta(att.id, update)
 
 
 def list_containers(state: StateDir) -> list[dict[str, Any]]:

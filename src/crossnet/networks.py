@@ -27,7 +27,7 @@ from crossnet import program
 from crossnet.backends.base import Backend, HostContext, Peer
 from crossnet.errors import ConfigError
 from crossnet.plan.env import Env
-from crossnet.state import StateDir, write_json_atomic
+from crossnet.state import StateDir, crash_point, write_json_atomic
 
 if TYPE_CHECKING:
     from crossnet.config import Cluster
@@ -138,6 +138,7 @@ def record(state: StateDir, host: str, networks: dict[str, HostContext]) -> None
         os.makedirs(sub.root, mode=0o700, exist_ok=True)
         write_json_atomic(sub.applied_path, {"version": 1, "host": host, "network": name,
                                              "context": net.to_json(), "resources": []})
+        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT)
 
 
 def follow_mtu(state: StateDir, applied: dict | None, networks: dict[str, HostContext]) -> dict[str, list[str]]:
@@ -185,6 +186,7 @@ def _forget_one(state: StateDir, name: str, backend: Backend, env: Env) -> None:
     data = sub.load_applied()
     if data and data.get("context"):
         containers.detach_all(sub, HostContext.from_json(data["context"]), backend, env)
+        crash_point()
     shutil.rmtree(sub.root, ignore_errors=True)
 
 

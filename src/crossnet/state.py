@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import stat
 import tempfile
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from crossnet.errors import ConfigError, CrossnetError
-
 
 PRETTY_MAX = 16 * 1024  # larger documents are written compact (see write_json_atomic)
 
@@ -79,6 +79,30 @@ def write_text_atomic(path: Path, text: str, sync_dir: bool = True) -> None:
         os.close(dir_fd)
 
 
+def left_over(directory: str | os.PathLike[str], name_re: str) -> list[Path]:
+    """The temporaries ``.NAME.PID.tmp`` (crossnet.cni.install, crossnet.dns.resolv) in
+    `directory`, NAME matching `name_re`, that a killed crossnet left: their writer, named
+    in the file name, is gone (a live one's are not listed)."""
+    out = []
+    pattern = re.compile(rf"\.({name_re})\.([0-9]+)\.tmp")
+    try:
+        entries = os.listdir(directory)
+    except OSError:
+        return []
+    for entry in sorted(entries):
+        m = pattern.fullmatch(entry)
+        if m is None or int(m.group(2)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(2)), 0)
+            continue  # still writing it
+        except ProcessLookupError:
+            out.append(Path(directory) / entry)
+        except OSError:
+            continue
+    return out
+
+
 CRASH_ENV = "CROSSNET_TEST_CRASH_AT"
 _crash = {"at": None, "step": 0}
 
@@ -86,9 +110,11 @@ _crash = {"at": None, "step": 0}
 def crash_point() -> None:
     """Test hook: with CROSSNET_TEST_CRASH_AT=N in the environment, the process kills
     itself (SIGKILL, no clean-up of any kind) at the N-th crash point it passes. The
-    crash points sit between the kernel changes and state writes of `apply`, so a test
-    can enumerate N = 1, 2, ... until apply completes and check that every
-    interruption is recoverable. Costs one dict lookup when unset."""
+    crash points sit between the kernel changes and state writes of `apply` (and of what
+    runs through it: `expose`/`hide`, the named networks' records), of `attach`/`detach`
+    (crossnet.containers, /etc/netns resolv.conf) and the file writes of `cni install`,
+    so a test can enumerate N = 1, 2, ... until the command completes and check that
+    every interruption is recoverable. Costs one dict lookup when unset."""
     at = _crash["at"]
     if at is None:
         value = os.environ.get(CRASH_ENV, "")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.errors import ConfigError, CrossnetError
+from crossnet.state import left_over
 
 MANIFEST = Path("share", "crossnet", "install.json")
 MANIFEST_VERSION = 1
@@ -86,6 +88,9 @@ def plan(doc: dict[str, Any], state_dir: str, unit_dir: str, cni_bin_dir: str, c
     conf = Path(cni_conf_dir)
     if conf.is_dir():
         steps.extend(("unlink", p) for p in sorted(conf.glob("*.conflist")) if is_ours_conflist(p))
+    # what a `cni install` killed before its renames left
+    steps.extend(("unlink", p) for p in left_over(Path(cni_bin_dir), "|".join(map(re.escape, PLUGIN_FILES))))
+    steps.extend(("unlink", p) for p in left_over(conf, r"[^/]+\.conflist") if is_ours_conflist(p))
     prefix = os.path.realpath(doc["prefix"])
     for link in doc["links"]:
         p = Path(link)

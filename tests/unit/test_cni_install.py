@@ -406,3 +406,56 @@ def test_install_again_replaces_the_files_crossnet_wrote(tmp_path, state_dir):
     assert [p["type"] for p in json.loads((tmp_path / "net.d" / "10-cx.conflist").read_text())["plugins"]] == [
         "crossnet-cni"]
     assert res["client"] == "python"
+
+
+# ---- killed at every step (CROSSNET_TEST_CRASH_AT: the process SIGKILLs itself at its N-th crash point)
+
+
+def _install_proc(state_dir, conf, bins, *extra, crash_at=None):
+    env = {**os.environ, "CROSSNET_TEST_CRASH_AT": str(crash_at or 0)}
+    return subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(state_dir), "cni", "install",
+                           "--conf-dir", str(conf), "--bin-dir", str(bins), "--name", "cx", *extra],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+@pytest.mark.parametrize("native", [pytest.param(True, marks=pytest.mark.skipif(
+    not shutil.which("cc") and not cni_install.prebuilt_client(), reason="needs the native client")), False])
+@pytest.mark.parametrize("before", ["nothing", "an older install"])
+def test_cni_install_killed_at_every_step_never_leaves_a_conflist_without_its_plugin(tmp_path, state_dir, native,
+                                                                                   before):
+    """`cni install` killed at each of its steps: a conflist is there only complete (the
+    one being installed, or the one before) and only once the plugin it names is in the
+    bin dir (a runtime that sees the network can run it; the conflist used to be written
+    first); the next install completes and leaves no temporary file behind (a kill
+    between a temporary's write and its rename used to leave it for good)."""
+    from crossnet.cni.install import is_ours_plugin
+
+    extra = () if native else ("--no-native",)
+    conf, bins = tmp_path / "net.d", tmp_path / "bin"
+    files = {conf / "10-cx.conflist", bins / "crossnet-cni", bins / "crossnet-cni-py"}
+    for n in range(1, 30):
+        for d in (conf, bins):
+            shutil.rmtree(d, ignore_errors=True)
+        old = None
+        if before != "nothing":
+            assert _install_proc(state_dir, conf, bins, "--no-portmap", *extra).returncode == 0
+            old = (conf / "10-cx.conflist").read_text()
+        res = _install_proc(state_dir, conf, bins, *extra, crash_at=n)
+        if res.returncode == 0:
+            break
+        assert res.returncode == -9, (n, res.returncode, res.stderr)
+        listed = conf / "10-cx.conflist"
+        if listed.exists():
+            doc = json.loads(listed.read_text())
+            assert listed.read_text() == old or [p["type"] for p in doc["plugins"]] == ["crossnet-cni", "portmap"], n
+            for plugin in (bins / "crossnet-cni", bins / "crossnet-cni-py"):
+                assert is_ours_plugin(plugin) and os.access(plugin, os.X_OK), (n, plugin)
+        again = _install_proc(state_dir, conf, bins, *extra)
+        assert again.returncode == 0, (n, again.stderr)
+        assert {p for d in (conf, bins) for p in d.iterdir()} == files, (n, sorted(os.listdir(conf)),
+                                                                          sorted(os.listdir(bins)))
+        assert [p["type"] for p in json.loads((conf / "10-cx.conflist").read_text())["plugins"]] == [
+            "crossnet-cni", "portmap"], n
+    else:
+        pytest.fail("cni install never ran through")
+    assert n >= 5, n  # each file written, then renamed

@@ -649,3 +649,64 @@ def test_queries_from_outside_the_container_network_get_no_answer_and_are_never_
         assert _udp_ask(port, "db.crossnet.local", "127.0.0.3").header.rcode == RCODE.NXDOMAIN
     finally:
         svc.server.stop()
+
+
+def test_netns_resolv_conf_temporaries_of_a_killed_writer_are_swept_never_a_live_ones(tmp_path):
+    """install writes under a temporary name in /etc/netns (never in /etc/netns/NAME, whose
+    every file `ip netns exec` bind-mounts) and links it into place; a writer killed before
+    the link leaves its temporary, which the next install or remove of that name sweeps --
+    unless its writer (the pid in its name) is still alive."""
+    import subprocess
+    from pathlib import Path
+
+    from crossnet.dns import MARKER
+
+    state, etc = served_state(tmp_path), str(tmp_path / "etc-netns")
+    os.makedirs(etc)
+    proc = subprocess.Popen(["true"])
+    proc.wait()  # a pid that is gone
+    dead = f"{etc}/.c1.resolv.conf.{proc.pid}.tmp"
+    live = f"{etc}/.c1.resolv.conf.{os.getppid()}.tmp"
+    other = f"{etc}/.c10.resolv.conf.{proc.pid}.tmp"  # another namespace's: not this name's
+    for p in (dead, live, other):
+        open(p, "w").close()
+    rec = dns_resolv.install(state, "/run/netns/c1", etc=etc)
+    path = f"{etc}/c1/resolv.conf"
+    assert rec == {"resolv_conf": path, "resolv_conf_dir": f"{etc}/c1"} and Path(path).read_text().startswith(MARKER)
+    assert sorted(os.listdir(etc)) == sorted(["c1", os.path.basename(live), os.path.basename(other)])
+    assert os.listdir(f"{etc}/c1") == ["resolv.conf"]  # the temporary never in the bind-mounted directory
+    # recorded but never written (an attach killed in between): the empty directory goes
+    os.unlink(path)
+    assert not dns_resolv.remove(rec, etc=etc) and not os.path.exists(f"{etc}/c1")
+    # remove_named of a directory crossnet recorded nothing in: an empty one stays
+    os.makedirs(f"{etc}/c4")
+    assert not dns_resolv.remove_named("c4", etc=etc) and os.path.isdir(f"{etc}/c4")
+
+
+def test_detach_is_never_blocked_by_what_replaced_crossnets_resolv_conf(tmp_path):
+    """detach removes the recorded resolv.conf before it releases the entry: a file that
+    replaced crossnet's (binary, not UTF-8) is left alone without an error."""
+    etc = str(tmp_path / "etc-netns")
+    os.makedirs(f"{etc}/c5")
+    with open(f"{etc}/c5/resolv.conf", "wb") as fh:
+        fh.write(b"\xff\xfe\x00binary\n")
+    assert not dns_resolv.remove({"resolv_conf": f"{etc}/c5/resolv.conf"}, etc=etc)
+    assert os.path.exists(f"{etc}/c5/resolv.conf")
+
+
+def test_the_claim_recorded_before_install_names_the_directory_only_when_crossnet_will_create_it(tmp_path):
+    """attach records dns_resolv.claim before install writes (an attach killed in between
+    leaves a record detach completes): the directory is in it only when it does not exist
+    yet, so a killed attach's empty directory goes with detach and an admin's stays."""
+    state, etc = served_state(tmp_path), str(tmp_path / "etc-netns")
+    mine = dns_resolv.claim(state, "/run/netns/c7", etc=etc)
+    assert mine == {"resolv_conf": f"{etc}/c7/resolv.conf", "resolv_conf_dir": f"{etc}/c7"}
+    os.makedirs(f"{etc}/c7")  # install made the directory, then the attach was killed
+    assert not dns_resolv.remove(mine, etc=etc) and not os.path.exists(f"{etc}/c7")
+    os.makedirs(f"{etc}/c8")  # the admin's
+    theirs = dns_resolv.claim(state, "/run/netns/c8", etc=etc)
+    assert theirs == {"resolv_conf": f"{etc}/c8/resolv.conf"}
+    assert dns_resolv.install(state, "/run/netns/c8", etc=etc) == theirs
+    assert dns_resolv.remove(theirs, etc=etc) and os.path.isdir(f"{etc}/c8")
+    open(f"{etc}/c9", "w").close()  # a file where the directory would be: nothing written, nothing raised
+    assert dns_resolv.install(state, "/run/netns/c9", etc=etc) is None and os.path.isfile(f"{etc}/c9")

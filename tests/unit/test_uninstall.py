@@ -175,3 +175,29 @@ def test_only_conflists_of_the_shape_crossnet_writes_are_crossnets(tmp_path):
     assert not ours({**mine, "disableCheck": True})
     assert not ours({"name": "podman", "plugins": [{"type": "bridge"}]})
     assert not ours([1]) and not ours({"plugins": "crossnet-cni"})
+
+
+def test_the_temporaries_of_a_killed_cni_install_are_removed_a_live_ones_and_others_kept(installed):
+    """A `cni install` killed before its renames leaves `.NAME.PID.tmp` next to the file
+    (crossnet.cni.install._temp_of); uninstall removes those whose writer is gone and that
+    are crossnet's (its plugin names; a conflist of crossnet's shape), nothing else."""
+    from crossnet.cni.install import conflist, wrapper_script
+
+    root, prefix, _, doc = installed
+    cb, cc = root / "cb", root / "cc"
+    cb.mkdir()
+    cc.mkdir()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    live = os.getpid()
+    ours = json.dumps(conflist("cx", "/var/lib/crossnet"))
+    files = {cb / f".crossnet-cni.{gone.pid}.tmp": wrapper_script(), cb / f".crossnet-cni-py.{gone.pid}.tmp": "x",
+             cb / f".crossnet-cni.{live}.tmp": wrapper_script(), cb / f".portmap.{gone.pid}.tmp": "x",
+             cc / f".10-cx.conflist.{gone.pid}.tmp": ours, cc / f".10-cx.conflist.{live}.tmp": ours,
+             cc / f".87-podman.conflist.{gone.pid}.tmp": json.dumps({"name": "podman", "plugins": [{"type": "bridge"}]})}
+    for p, text in files.items():
+        p.write_text(text)
+    _, steps = uninstall.plan(doc, str(root / "state"), str(root / "u"), str(cb), str(cc), packages=False, force=False)
+    assert sorted(str(arg) for kind, arg in steps if kind == "unlink" and ".tmp" in str(arg)) == sorted(
+        map(str, [cb / f".crossnet-cni.{gone.pid}.tmp", cb / f".crossnet-cni-py.{gone.pid}.tmp",
+                  cc / f".10-cx.conflist.{gone.pid}.tmp"]))

@@ -17,11 +17,12 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from crossnet.dns import MARKER, resolv_conf_text
-from crossnet.state import StateDir, lock_fd, write_text_atomic
+from crossnet.state import StateDir, crash_point, left_over, lock_fd, write_text_atomic
 
 NETNS_ETC = "/etc/netns"
 NETNS_RUN = ("/run/netns", "/var/run/netns")
@@ -114,34 +115,86 @@ def netns_name(path: str) -> str | None:
     return None
 
 
+def target(state: StateDir, netns: str, etc: str = NETNS_ETC) -> str | None:
+    """The resolv.conf :func:`install` would write for ``netns`` (a named namespace, this
+    host serves DNS), or None."""
+    name = netns_name(netns)
+    if name is None or served(state) is None:
+        return None
+    return os.path.join(etc, name, "resolv.conf")
+
+
+def claim(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str] | None:
+    """What the attachment records BEFORE :func:`install` writes (so that an attach killed
+    in between leaves a record detach completes): ``resolv_conf``, and ``resolv_conf_dir``
+    when /etc/netns/NAME does not exist yet (install will create it). None: there is
+    nothing crossnet would write."""
+    path = target(state, netns, etc)
+    if path is None or os.path.lexists(path):
+        return None
+    directory = os.path.dirname(path)
+    return {"resolv_conf": path, **({} if os.path.lexists(directory) else {"resolv_conf_dir": directory})}
+
+
+def _temp_prefix(name: str) -> str:
+    # in /etc/netns itself, never in /etc/netns/NAME: `ip netns exec` bind-mounts every
+    # file of that directory over /etc
+    return f".{name}.resolv.conf."
+
+
+def _sweep(name: str, etc: str) -> None:
+    """Remove the temporaries of `name`'s resolv.conf that a killed crossnet left (their
+    writer, named in the file name, is gone: crossnet.state.left_over)."""
+    for tmp in left_over(etc, re.escape(f"{name}.resolv.conf")):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str] | None:
     """Write /etc/netns/NAME/resolv.conf for the named namespace ``netns`` when this host
     serves DNS and the file does not exist. Returns what the attachment records when
     crossnet wrote it: ``resolv_conf`` (its path) and, when crossnet also created the
-    directory /etc/netns/NAME, ``resolv_conf_dir`` (only then may detach remove it)."""
-    name = netns_name(netns)
+    directory /etc/netns/NAME, ``resolv_conf_dir`` (only then may detach remove it).
+    The file appears whole or not at all: written and fsync'd under a temporary name in
+    /etc/netns, then hard-linked into place (link(2) fails on an existing file, as O_EXCL
+    would) -- created in place, a kill before the write left an empty file, taken for the
+    admin's and kept forever."""
+    path = target(state, netns, etc)
     info = served(state)
-    if name is None or info is None:
-        return None
-    directory = os.path.join(etc, name)
-    path = os.path.join(directory, "resolv.conf")
+    if path is None or info is None or os.path.lexists(path):
+        return None  # nothing to serve, or the admin's own file: never replaced
+    name = netns_name(netns) or ""
+    directory = os.path.dirname(path)
     os.makedirs(etc, mode=0o755, exist_ok=True)
+    _sweep(name, etc)
     try:
         os.mkdir(directory, 0o755)
         created = True
     except FileExistsError:
         created = False  # the admin's (or an earlier attachment's): never crossnet's to remove
+    tmp = os.path.join(etc, f"{_temp_prefix(name)}{os.getpid()}.tmp")
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(resolv_conf_text(info["listen"], [info["domain"]]))
+            fh.flush()
+            os.fsync(fh.fileno())
+        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT)
+        os.link(tmp, path)
     except (FileExistsError, NotADirectoryError):
-        return None  # the admin's own file (or a file named like the directory): never replaced
+        # the admin's own file (made meanwhile), or a file where the directory would be
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        return None
     except OSError:
         if created:
             with contextlib.suppress(OSError):
                 os.rmdir(directory)
         raise
-    with os.fdopen(fd, "w") as fh:
-        fh.write(resolv_conf_text(info["listen"], [info["domain"]]))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     return {"resolv_conf": path, **({"resolv_conf_dir": directory} if created else {})}
 
 
@@ -151,27 +204,30 @@ def _under(path: Any, etc: str) -> bool:
 
 def remove(meta: dict[str, Any] | None, etc: str = NETNS_ETC) -> bool:
     """Remove the resolv.conf an attachment recorded writing, if it is still crossnet's;
-    then its directory, when crossnet recorded creating it and it is empty. True when
-    the file was removed."""
+    then its directory, when crossnet recorded creating it and it is empty (also when the
+    file was never written: an attach killed after recording it). True when the file was
+    removed."""
     meta = meta or {}
     path = meta.get("resolv_conf")
     if not _under(path, etc):
         return False
+    directory = os.path.dirname(path)
+    _sweep(os.path.basename(directory), etc)
     removed = False
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         fd = None
     if fd is not None:
-        with os.fdopen(fd) as fh:
-            first = fh.readline().rstrip("\n")
-        if first == MARKER:
+        with os.fdopen(fd, "rb") as fh:  # bytes: any file (an admin's binary one too) is read without an error
+            first = fh.readline(len(MARKER.encode()) + 2).rstrip(b"\n")
+        if first == MARKER.encode():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
             removed = True
-    if meta.get("resolv_conf_dir") == os.path.dirname(path):
+    if meta.get("resolv_conf_dir") == directory:
         with contextlib.suppress(OSError):
-            os.rmdir(os.path.dirname(path))  # only when empty
+            os.rmdir(directory)  # only when empty
     return removed
 
 
@@ -185,4 +241,5 @@ def remove_named(name: str, etc: str = NETNS_ETC, *, directory: bool = False) ->
     return remove({"resolv_conf": path, **({"resolv_conf_dir": os.path.dirname(path)} if directory else {})}, etc=etc)
 
 
-__all__ = ["cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "write_info"]
+__all__ = ["claim", "cni_dns", "info_path", "install", "netns_name", "remove", "remove_named", "served", "status_of", "target",
+           "write_info"]

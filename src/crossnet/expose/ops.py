@@ -16,7 +16,7 @@ from crossnet.errors import CrossnetError
 from crossnet.netlink import iproute as nl
 from crossnet.plan.env import Env
 from crossnet.plan.reconciler import Change, pending
-from crossnet.state import StateDir
+from crossnet.state import StateDir, crash_point
 
 RECORD_OWN = ("version", "host", "context", "resources")  # what record_header writes itself
 
@@ -91,6 +91,7 @@ def set_exposed(state: StateDir, network: str | None, on: bool, dry_run: bool = 
         name, one, _net = _target(ctx, named, network)
         before = expose.load(state.root)
         expose.save(state.root, _changed(before, name, on))
+        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT): recorded, not programmed yet
         backend = get_backend(ctx.backend)
         source = {k: v for k, v in applied.items() if k not in RECORD_OWN and k not in program.record_extras(ctx)}
         try:

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 from crossnet.errors import ApplyError
-from crossnet.state import crash_point
 from crossnet.plan.env import Env
 from crossnet.plan.resources import Resource
+from crossnet.state import crash_point
 
 
 @dataclass
@@ -142,6 +141,7 @@ def teardown(resources: list[Resource], env: Env) -> list[Change]:
     changes = []
     for r in reversed(resources):
         r.remove(env)
+        crash_point()  # test hook: reset killed here runs again from the same record
         changes.append(Change("remove", r))
     env.changed()
     return changes
