@@ -92,7 +92,7 @@ DRY_RUN_LINES = {
                 "ip link set dev cn0 type bridge nf_call_iptables 0", "has no bridge but cn0",
                 "ip route replace 10.32.1.0/24 via", "nft -f -", "masquerade"],
     "vxlan": ["ip link add cnvx1 type vxlan id 1", "bridge fdb append", "ip neigh replace 10.32.1.0",
-              "ip route replace 10.32.1.0/24 via 10.32.1.0 dev cnvx1 onlink", "nft -f -", "masquerade"],
+              "ip route replace 10.32.1.0/24 via 10.32.1.0 dev cnvx1 onlink proto 151", "nft -f -", "masquerade"],
 }
 
 

@@ -151,6 +151,28 @@ def test_apply_refuses_a_route_of_the_admins_to_a_peers_subnet_instead_of_taking
                           check=True).stdout == ""
 
 
+def test_the_route_dry_run_prints_typed_by_hand_is_crossnets(make_lab):
+    """--dry-run prints the commands apply runs. Since crossnet's routes carry its protocol
+    number, the route line must say so: typed from a dry-run without it, the route was
+    refused by the next apply as an admin's. With it, apply takes it as its own (no change,
+    no drift) and reset removes it."""
+    lab = make_lab(hosts=2, underlay="l2", backend="host-gw", containers=0, apply=False)
+    h1, h2 = host(lab, "h1"), host(lab, "h2")
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    [peer_route] = [c["command"] for c in json.loads(res.stdout)["changes"] if f"via {h2.address}" in c["command"]]
+    assert peer_route.endswith(" proto 151"), peer_route
+    subprocess.run(["ip", "-n", h1.netns, *peer_route.split()[1:]], check=True)
+    res = crossnet(lab, "h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1")
+    assert res.returncode == 0, res.stderr
+    status = json.loads(crossnet(lab, "h1", "status", "-o", "json").stdout)
+    assert status["drift"] == [], status["drift"]
+    subnet = peer_route.split()[3]
+    assert crossnet(lab, "h1", "reset").returncode == 0
+    assert subprocess.run(["ip", "-n", h1.netns, "route", "show", subnet], capture_output=True, text=True,
+                          check=True).stdout == ""
+
+
 def test_an_nft_table_crossnet_did_not_create_is_refused_and_never_replaced_or_deleted(make_lab):
     """The admin's own `table ip crossnet` (crossnet's masquerade table's name): apply used
     to replace it atomically with crossnet's and reset then deleted it. Now apply refuses it

@@ -231,7 +231,7 @@ def test_apply_on_one_segment_routes_directly_and_reset_removes_exactly_that(lab
     assert lab.status("h1")["drift"]
     dry = json.loads(lab.crossnet("h1", "apply", "-f", lab.plan.cluster_file, "--host", "h1", "--dry-run",
                                   "-o", "json").stdout)
-    assert [c["command"] for c in dry["changes"]] == [f"ip route replace {sub2} via {h2.address} dev eth0"]
+    assert [c["command"] for c in dry["changes"]] == [f"ip route replace {sub2} via {h2.address} dev eth0 proto 151"]
     lab.crossnet("h1", "detach", host(lab, "h1").containers[0], check=False)
     lab.crossnet("h1", "reset")
     assert not {"cn0", "cnvx1", "cnwg0"} & links(h1.netns)

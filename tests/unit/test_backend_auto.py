@@ -52,21 +52,21 @@ def subnet_route(res) -> str:
 
 def test_each_transport_routes_the_peer_subnet_its_own_way_and_keeps_every_probe_path():
     b, c = get_backend("auto"), ctx()
-    assert subnet_route(b.peer_resources(c, peer(transport="direct"))) == "ip route replace 10.32.2.0/24 via 10.0.2.2 dev eth0"
+    assert subnet_route(b.peer_resources(c, peer(transport="direct"))) == "ip route replace 10.32.2.0/24 via 10.0.2.2 dev eth0 proto 151"
     assert subnet_route(b.peer_resources(c, peer(transport="vxlan"))) == \
-        "ip route replace 10.32.2.0/24 via 10.32.2.0 dev cnvx1 onlink"
-    assert subnet_route(b.peer_resources(c, peer(transport="wireguard"))) == "ip route replace 10.32.2.0/24 dev cnwg0"
+        "ip route replace 10.32.2.0/24 via 10.32.2.0 dev cnvx1 onlink proto 151"
+    assert subnet_route(b.peer_resources(c, peer(transport="wireguard"))) == "ip route replace 10.32.2.0/24 dev cnwg0 proto 151"
     for t in ("direct", "vxlan", "wireguard"):
         d = described(b.peer_resources(c, peer(transport=t)))
-        assert "ip route replace 10.32.2.0/32 dev cnvx1" in d  # the vxlan probe path
-        assert f"ip route replace {wg_probe_address(c, IPv4Network('10.32.2.0/24'))}/32 dev cnwg0" in d
+        assert "ip route replace 10.32.2.0/32 dev cnvx1 proto 151" in d  # the vxlan probe path
+        assert f"ip route replace {wg_probe_address(c, IPv4Network('10.32.2.0/24'))}/32 dev cnwg0 proto 151" in d
         assert sum(x.startswith("ip route replace 10.32.2.0/24") for x in d) == 1
 
 
 def test_no_key_no_wireguard_and_unknown_choice_falls_to_vxlan():
     b, c = get_backend("auto"), ctx()
     d = described(b.peer_resources(c, peer(transport="wireguard", with_key=False)))
-    assert not any("cnwg0" in x for x in d) and subnet_route(b.peer_resources(c, peer(with_key=False))).endswith("onlink")
+    assert not any("cnwg0" in x for x in d) and subnet_route(b.peer_resources(c, peer(with_key=False))).endswith("onlink proto 151")
     assert transport_of(c, peer(transport="bogus")) == "vxlan"
 
 
@@ -74,9 +74,9 @@ def test_encrypt_has_no_vxlan_and_routes_the_network_into_wireguard():
     b, c = get_backend("auto"), ctx(encrypt=True)
     local = described(b.local_resources(c))
     assert not any("cnvx" in x for x in local)
-    assert "ip route replace 10.32.0.0/16 dev cnwg0" in local
+    assert "ip route replace 10.32.0.0/16 dev cnwg0 proto 151" in local
     p = peer(transport="vxlan")  # a recorded choice that encrypt no longer allows
-    assert subnet_route(b.peer_resources(c, p)) == "ip route replace 10.32.2.0/24 dev cnwg0"
+    assert subnet_route(b.peer_resources(c, p)) == "ip route replace 10.32.2.0/24 dev cnwg0 proto 151"
     assert not any("cnvx" in x for x in described(b.peer_resources(c, p)))
 
 

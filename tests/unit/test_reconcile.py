@@ -119,7 +119,7 @@ def test_a_batch_failure_names_the_refused_resource():
     k.refuse[("route", "10.32.3.0/24")] = errno.ENETUNREACH
     with pytest.raises(ApplyError) as exc:
         reconcile(peer(2) + peer(3) + peer(4), [], FakeEnv(k, batch=True))
-    assert str(exc.value).startswith("ip route replace 10.32.3.0/24 via 10.56.0.3 dev eth0: ")
+    assert str(exc.value).startswith("ip route replace 10.32.3.0/24 via 10.56.0.3 dev eth0 proto 151: ")
     assert k.route("10.32.2.0/24") is None and k.route("10.32.4.0/24") is None
 
 

@@ -322,6 +322,8 @@ class Route(Resource):
             parts.append("onlink")
         if self.src:
             parts.append(f"src {self.src}")
+        # as crossnet makes it: a route typed from --dry-run is then crossnet's (docs/security.md)
+        parts.append(f"proto {nl.RTPROT_CROSSNET}")
         return " ".join(parts)
 
     def _kw(self, env: Env) -> dict:
