@@ -691,18 +691,44 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
     ctx = HostContext.applied(state)
     out = []
     entries = pool_for(state, ctx).entries()
-    links = _host_links() if any(_path_gone(a) for a in entries.values()) else set()
+    links = _host_links() if entries else set()  # one dump: a stale or incomplete entry has no host veth
     for key, alloc in sorted(entries.items()):
-        out.append(
-            {
-                "id": key,
-                "netns": alloc.meta.get("netns"),
-                "address": str(alloc.address),
-                "ifname": alloc.meta.get("ifname", "eth0"),
-                "host_if": alloc.meta.get("host_if"),
-                "mac": alloc.meta.get("mac"),
-                "name": alloc.meta.get("name"),  # runtime's container name (crossnet-cni: K8S_POD_NAME)
-                "state": "stale" if stale_reason(alloc, links) else "attached",  # stale: its namespace is gone (crossnet gc)
-            }
-        )
+        row = {
+            "id": key,
+            "netns": alloc.meta.get("netns"),
+            "address": str(alloc.address),
+            "ifname": alloc.meta.get("ifname", "eth0"),
+            "host_if": alloc.meta.get("host_if"),
+            "mac": alloc.meta.get("mac"),
+            "name": alloc.meta.get("name"),  # runtime's container name (crossnet-cni: K8S_POD_NAME)
+            "state": "attached",
+        }
+        if stale_reason(alloc, links):
+            row["state"] = "stale"  # its namespace is gone (crossnet gc)
+        elif recorded_host_if(key, alloc) not in links:
+            row.update(incomplete(key, alloc, getattr(ctx, "net_name", "")))
+        out.append(row)
     return out
+
+
+def incomplete(key: str, alloc: Any, net_name: str = "") -> dict[str, str]:
+    """The status fields of an IPAM entry whose namespace is alive but whose veth is not
+    on the host: an attach killed after its IPAM write (crossnet.state.crash_point), or one
+    still running. ``missing``: what it lacks; ``complete``: the command that finishes it
+    (attach again under the same id: the same address; for a CNI attachment the runtime's
+    ADD) or removes it (detach by id)."""
+    import shlex
+
+    host_if = recorded_host_if(key, alloc)
+    net = f" --network {shlex.quote(net_name)}" if net_name else ""
+    remove = f"crossnet detach{net} {shlex.quote(key)}"
+    cni = alloc.meta.get("cni")
+    if isinstance(cni, dict):
+        again = f"the runtime's CNI ADD of network {cni.get('network')!r} again"
+    else:
+        ifname = alloc.meta.get("ifname", "eth0")
+        again = f"crossnet attach{net}" + (f" --ifname {shlex.quote(ifname)}" if ifname != "eth0" else "") + \
+            f" {shlex.quote(key)}"
+    return {"state": "incomplete", "missing": f"the veth {host_if} (an attach interrupted after the address was "
+                                              "recorded, or still running)",
+            "complete": f"{again} (or {remove} to remove it)"}

@@ -41,6 +41,8 @@ def signature(state: Any, entries: list[dict[str, Any]] | None) -> Signature | N
         ident = netns_ident(path) if isinstance(path, str) and path else None
         if isinstance(path, str) and path and ident is None and e.get("state") != "stale":
             return None  # attached though its path is gone: depends on the host's links
+        if e.get("state") == "incomplete":
+            return None  # no veth yet: depends on the host's links (the attach may be running)
         idents.append(ident)
     return _file_sig(state.ipam_path), _file_sig(state.applied_path), tuple(idents)
 

@@ -186,3 +186,32 @@ def test_detach_killed_at_every_step_then_detach_again_or_attach(attach_lab):
     else:
         pytest.fail("detach never ran through")
     assert n >= 3, n
+
+
+def test_an_attach_killed_after_its_ipam_write_shows_incomplete_until_completed(attach_lab):
+    """attach killed at its first crash point (the IPAM entry written, no veth yet): status
+    listed it `attached`. It says `incomplete`, what is missing and how to complete it (text
+    and JSON); the attach it names completes it, and a detach removes it."""
+    lab, name, _ = attach_lab
+    assert crossnet(lab, "attach", name, crash_at=1).returncode == -signal.SIGKILL
+    host_if = ipam_entries(lab)[name]["meta"]["host_if"]
+    res = crossnet(lab, "status", "-o", "json")
+    assert res.returncode == 0, res.stderr
+    [row] = json.loads(res.stdout)["containers"]
+    assert (row["id"], row["state"]) == (name, "incomplete"), row
+    assert row["missing"].startswith(f"the veth {host_if} ")
+    assert row["complete"] == f"crossnet attach {name} (or crossnet detach {name} to remove it)"
+    text = crossnet(lab, "status")
+    assert text.returncode == 0 and f"{name}: incomplete, missing the veth {host_if}" in text.stdout, text.stdout
+    assert crossnet(lab, "attach", name).returncode == 0  # the command it names
+    [row] = json.loads(crossnet(lab, "status", "-o", "json").stdout)["containers"]
+    assert row["state"] == "attached" and "missing" not in row, row
+    assert_attached(lab, name, 1)
+    # killed again, then removed by the detach it names
+    assert crossnet(lab, "detach", name).returncode == 0
+    assert crossnet(lab, "attach", name, crash_at=1).returncode == -signal.SIGKILL
+    [row] = json.loads(crossnet(lab, "status", "-o", "json").stdout)["containers"]
+    assert row["state"] == "incomplete", row
+    assert crossnet(lab, "detach", name).returncode == 0
+    assert ipam_entries(lab) == {}
+    assert json.loads(crossnet(lab, "status", "-o", "json").stdout)["containers"] == []

@@ -52,3 +52,44 @@ def test_attachment_json_says_which_id_it_was_asked_as() -> None:
     assert "asked_as" not in att.to_json()
     att.asked_as = "web"
     assert att.to_json()["asked_as"] == "web" and att.to_json()["id"] == "/run/netns/web"
+
+
+def test_an_entry_whose_veth_was_never_made_is_incomplete_not_attached(tmp_path, monkeypatch) -> None:
+    """An attach killed after its IPAM write (no veth yet) was listed `attached` by
+    status/list_containers; it is `incomplete`, with what is missing and the commands that
+    finish or remove it. An entry whose namespace is gone stays `stale`, a whole one
+    `attached`."""
+    from types import SimpleNamespace
+
+    from crossnet import containers
+    from crossnet.state import StateDir
+
+    state = StateDir(str(tmp_path))
+    state.root.mkdir(parents=True, exist_ok=True)
+    state.ipam_path.write_text("{}")
+    alive, gone = tmp_path / "alive", tmp_path / "gone"
+    alive.write_text("")
+
+    def entry(key: str, address: str, netns: str) -> SimpleNamespace:
+        return SimpleNamespace(key=key, address=IPv4Address(address),
+                               meta={"netns": netns, "ifname": "eth0", "host_if": host_ifname(key)})
+
+    entries = {"web": entry("web", "10.32.0.2", str(alive)), "half": entry("half", "10.32.0.3", str(alive)),
+               "dead": entry("dead", "10.32.0.4", str(gone))}
+    monkeypatch.setattr(containers.HostContext, "applied", staticmethod(lambda s: SimpleNamespace()))
+    monkeypatch.setattr(containers, "pool_for", lambda s, c: SimpleNamespace(entries=lambda: entries))
+    monkeypatch.setattr(containers, "_host_links", lambda: {"lo", host_ifname("web")})
+    monkeypatch.setattr(containers, "netns_ident", lambda p: (1, 2) if p == str(alive) else None)
+    rows = {r["id"]: r for r in containers.list_containers(state)}
+    assert {k: r["state"] for k, r in rows.items()} == {"web": "attached", "half": "incomplete", "dead": "stale"}
+    assert "missing" not in rows["web"] and "complete" not in rows["dead"]
+    assert rows["half"]["missing"].startswith(f"the veth {host_ifname('half')} ")
+    # the id attach gave it: `attach half` resolves to it again (a path would be another id)
+    assert rows["half"]["complete"] == "crossnet attach half (or crossnet detach half to remove it)"
+    # a named network's entry, another interface name: the commands say so
+    assert containers.incomplete("x y", SimpleNamespace(meta={"ifname": "net1"}), "blue")["complete"] == \
+        "crossnet attach --network blue --ifname net1 'x y' (or crossnet detach --network blue 'x y' to remove it)"
+    # a CNI attachment is completed by the runtime's ADD
+    cni = SimpleNamespace(meta={"cni": {"network": "podman1", "containerID": "c0ffee", "ifname": "eth0"}})
+    assert containers.incomplete("c0ffee/eth0", cni)["complete"] == \
+        "the runtime's CNI ADD of network 'podman1' again (or crossnet detach c0ffee/eth0 to remove it)"

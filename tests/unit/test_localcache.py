@@ -10,8 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from crossnet import containers
-from crossnet import localcache
+from crossnet import containers, localcache
 from crossnet.backends.base import HostContext
 from crossnet.state import StateDir
 
@@ -35,6 +34,15 @@ def _state(tmp_path, n: int = 3) -> tuple[StateDir, list[str]]:
     return state, paths
 
 
+@pytest.fixture(autouse=True)
+def host_links(monkeypatch) -> set[str]:
+    """The host ends of the veths _state's entries stand for (each attached, not
+    `incomplete`); a test removes one to let its container's veth go."""
+    links = {f"cnv{i}x" for i in range(10)}
+    monkeypatch.setattr(containers, "_host_links", lambda: set(links))
+    return links
+
+
 def test_a_tick_with_nothing_changed_does_not_read_again(tmp_path):
     state, _ = _state(tmp_path)
     reads = []
@@ -46,9 +54,9 @@ def test_a_tick_with_nothing_changed_does_not_read_again(tmp_path):
     assert len(reads) == 1
 
 
-def test_each_input_change_is_read_again(tmp_path, monkeypatch):
+def test_each_input_change_is_read_again(tmp_path, host_links):
     state, paths = _state(tmp_path)
-    monkeypatch.setattr(containers, "_host_links", lambda: set())  # no host side veth left
+    host_links.add(containers.host_ifname("c9"))
     cache = localcache.LocalContainers(state)
     cache.read()
     # a new attachment (ipam.json replaced)
@@ -58,6 +66,7 @@ def test_each_input_change_is_read_again(tmp_path, monkeypatch):
     assert [e["id"] for e in cache.read()] == ["c0", "c1", "c2", "c9"] and cache.reads == 2
     # a container's namespace dies without a detach: stale at the next tick
     os.unlink(paths[1])
+    host_links.discard("cnv1x")  # the kernel deletes the pair with the namespace
     got = {e["id"]: e["state"] for e in cache.read()}
     assert got["c1"] == "stale" and got["c0"] == "attached" and cache.reads == 3
     cache.read()
@@ -65,6 +74,7 @@ def test_each_input_change_is_read_again(tmp_path, monkeypatch):
     # another namespace under the same path: read again
     (tmp_path / "other").write_text("")  # created while the old one exists: another inode
     os.replace(tmp_path / "other", paths[0])
+    host_links.discard("cnv0x")
     assert {e["id"]: e["state"] for e in cache.read()}["c0"] == "stale" and cache.reads == 4
     # applied.json rewritten (the agent re-programmed the host)
     state.save_applied(state.load_applied())
@@ -84,6 +94,20 @@ def test_an_attached_entry_whose_path_is_gone_is_never_cached(tmp_path, monkeypa
     assert cache.reads == 2
     monkeypatch.setattr(containers, "_host_links", lambda: set())
     assert cache.read()[0]["state"] == "stale"
+
+
+def test_an_incomplete_entry_is_never_cached(tmp_path, host_links):
+    """No veth yet (an attach killed after its IPAM write, or one running): `incomplete`,
+    and its state depends on the links, which are not watched: read every tick, and
+    `attached` as soon as the veth is there."""
+    state, _ = _state(tmp_path, 1)
+    host_links.discard("cnv0x")
+    cache = localcache.LocalContainers(state)
+    assert cache.read()[0]["state"] == "incomplete"
+    host_links.add("cnv0x")
+    assert cache.read()[0]["state"] == "attached" and cache.reads == 2
+    cache.read()
+    assert cache.reads == 2  # whole again: cached
 
 
 def test_a_full_read_at_least_every_max_age(tmp_path, monkeypatch):

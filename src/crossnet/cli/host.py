@@ -439,8 +439,12 @@ def status(ctx: click.Context, output: str) -> None:
     for c in st["containers"]:
         state = c.get("state", "attached")
         cont.add_row(container_label(c["id"], c.get("name")), c["address"], c["ifname"], c["host_if"] or "",
-                     "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else state)
+                     "[yellow]stale[/] (namespace gone: crossnet gc)" if state == "stale" else
+                     "[yellow]incomplete[/] (no veth: see below)" if state == "incomplete" else state)
     console.print(cont)
+    for c in st["containers"]:
+        if c.get("state") == "incomplete":
+            console.print(f"{c['id']}: incomplete, missing {c.get('missing')}: {c.get('complete')}", soft_wrap=True)
     for net_name, net in (st.get("networks") or {}).items():
         where = f"on {net['bridge']}" if net.get("bridge") else "routed veths"
         carried = ", ".join(f"{d['kind']} {d['name']}" + (f" port {d['port']}" if d.get("port") else "")

@@ -22,7 +22,7 @@ ERROR = {"ok": "bool", "error": {"message": "str", "kind": "str", "exit_code": "
 PAIR = {"src": "str", "dst": "str", "ok": "bool", "rtt_ms": "number?", "error": "str?",
         "src_host": "str?", "dst_host": "str?"}
 CONTAINER = {"id": "str", "netns": "str?", "address": "str?", "ifname": "str", "host_if": "str?", "name": "str?",
-             "state": "str"}
+             "state": "str", "missing?": "str", "complete?": "str"}
 APPLY = {"host": "str", "backend": "str", "dry_run": "bool", "changed": "bool",
          "changes": [{"action": "str", "command": "str"}], "subnet": "str?", "mtu": "int?", "elapsed_s": "number"}
 HOP = {"host": "str", "device": "str?", "kind": "str", "detail": "str?", "netns": "str?"}
