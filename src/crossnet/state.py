@@ -112,7 +112,8 @@ def crash_point() -> None:
     itself (SIGKILL, no clean-up of any kind) at the N-th crash point it passes. The
     crash points sit between the kernel changes and state writes of `apply` (and of what
     runs through it: `expose`/`hide`, the named networks' records), of `attach`/`detach`
-    (crossnet.containers, /etc/netns resolv.conf) and the file writes of `cni install`,
+    (crossnet.containers, /etc/netns resolv.conf), the file writes of `cni install` and
+    the steps of `uninstall` (each entry of the prefix it deletes),
     so a test can enumerate N = 1, 2, ... until the command completes and check that
     every interruption is recoverable. Costs one dict lookup when unset."""
     at = _crash["at"]

@@ -11,8 +11,18 @@ packages it had to install. Uninstalling removes, in this order:
   shape it writes (crossnet-cni, then at most portmap): they run the interpreter that is
   about to go; an admin's own list chaining crossnet-cni with other plugins is left alone;
 - the links in the bin dir (only symlinks that still point into the prefix);
-- the prefix itself (only a directory holding the manifest and a ``pyvenv.cfg``);
-- with ``packages=True``, the Debian packages install added (``apt-get remove``).
+- the prefix itself (only a directory holding the manifest and a ``pyvenv.cfg``): renamed
+  at once (atomically) to the sibling ``.<name>.removing`` (:func:`removing_path`), then
+  emptied but for the manifest;
+- with ``packages=True``, the Debian packages install added (``apt-get remove``);
+- last, the manifest and the renamed directory.
+
+Crash safety: killed before the rename, ``<prefix>/bin/crossnet`` is still there and a
+second run (`crossnet uninstall`, scripts/uninstall) plans what is left; killed after it,
+``<prefix>`` is gone and scripts/uninstall finishes the ``.<name>.removing`` tree itself
+(bash: the rest of the tree, the packages with ``--packages``, then the manifest), or a
+`crossnet uninstall` of a new installation in the same prefix removes it first. The
+tree is touched only while its manifest names the prefix (or it holds no file at all).
 
 The state directory is kept: it is the record of what crossnet programmed (``reset``
 needs it) and the IPAM allocations; removing crossnet from a host that is still
@@ -31,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.errors import ConfigError, CrossnetError
-from crossnet.state import left_over
+from crossnet.state import crash_point, left_over
 
 MANIFEST = Path("share", "crossnet", "install.json")
 MANIFEST_VERSION = 1
@@ -40,6 +50,29 @@ PLUGIN_FILES = ("crossnet-cni", "crossnet-cni-py")
 
 def manifest_path(prefix: str | None = None) -> Path:
     return Path(prefix or sys.prefix) / MANIFEST
+
+
+def removing_path(prefix: str | os.PathLike[str]) -> Path:
+    """Where uninstall renames the prefix before deleting it: ``<parent>/.<name>.removing``."""
+    p = Path(prefix)
+    return p.parent / f".{p.name}.removing"
+
+
+def unfinished(removing: Path, prefix: str) -> bool:
+    """``removing`` is what an interrupted uninstall of ``prefix`` left: a directory (not a
+    link) whose manifest names ``prefix``, or that holds no file any more (killed while it
+    removed the last empty directories)."""
+    if removing.is_symlink() or not removing.is_dir():
+        return False
+    try:
+        doc = json.loads((removing / MANIFEST).read_text())
+        return isinstance(doc, dict) and isinstance(doc.get("prefix"), str) and \
+            os.path.realpath(doc["prefix"]) == os.path.realpath(prefix)
+    except FileNotFoundError:
+        return all(not files for _, _, files in os.walk(removing)) and not any(
+            os.path.islink(os.path.join(d, n)) for d, dirs, _ in os.walk(removing) for n in dirs)
+    except (OSError, ValueError):
+        return False
 
 
 def load_manifest(prefix: str | None = None) -> dict[str, Any]:
@@ -67,7 +100,8 @@ def load_manifest(prefix: str | None = None) -> dict[str, Any]:
 
 def plan(doc: dict[str, Any], state_dir: str, unit_dir: str, cni_bin_dir: str, cni_conf_dir: str,
          packages: bool, force: bool) -> tuple[list[str], list[tuple[str, Any]]]:
-    """(lines to print, steps) of an uninstall; steps are ("units"|"unlink"|"rmtree"|"apt", arg)."""
+    """(lines to print, steps) of an uninstall; steps are ("units"|"unlink"|"rmtree"|"rename"|
+    "empty"|"apt"|"drop", arg): what a re-run needs (the prefix's command, its manifest) goes last."""
     from crossnet import units
     from crossnet.cni.install import is_ours_conflist, is_ours_plugin
     from crossnet.state import StateDir
@@ -100,10 +134,38 @@ def plan(doc: dict[str, Any], state_dir: str, unit_dir: str, cni_bin_dir: str, c
             lines.append(f"{p}: not a link into {prefix}, left alone")
     if not (Path(prefix) / "pyvenv.cfg").is_file():
         raise CrossnetError(f"uninstall: {prefix} is not a virtual environment; not removing it")
-    steps.append(("rmtree", Path(prefix)))
+    removing = removing_path(prefix)
+    if removing.exists() or removing.is_symlink():
+        if not unfinished(removing, prefix):
+            raise CrossnetError(f"uninstall: {removing} exists and is not what an interrupted uninstall of "
+                                f"{prefix} left; not touching it (move it away)")
+        steps.append(("rmtree", removing))  # an earlier uninstall's, killed after its rename
+    # what a re-run needs (the command, then the manifest) goes last: one rename takes the
+    # prefix away whole, the manifest is deleted after everything else
+    steps.append(("rename", (Path(prefix), removing)))
+    steps.append(("empty", removing))
     if packages and doc["packages_added"]:
         steps.append(("apt", list(doc["packages_added"])))
+    steps.append(("drop", removing))
     return lines, steps
+
+
+def _empty_but_manifest(root: Path) -> None:
+    """Delete everything under root except the manifest (and the directories leading to it)."""
+    keep = root / MANIFEST
+    todo = [root]
+    while todo:
+        d = todo.pop()
+        for entry in sorted(d.iterdir()):
+            if entry == keep:
+                continue
+            if keep.is_relative_to(entry) and entry.is_dir() and not entry.is_symlink():
+                todo.append(entry)
+            elif entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            crash_point()  # test hook (CROSSNET_TEST_CRASH_AT): the tree half deleted
 
 
 def run(steps: list[tuple[str, Any]], unit_dir: str, dry_run: bool) -> list[str]:
@@ -111,7 +173,7 @@ def run(steps: list[tuple[str, Any]], unit_dir: str, dry_run: bool) -> list[str]
     from crossnet import units
 
     done = []
-    for kind, arg in steps:
+    for i, (kind, arg) in enumerate(steps):
         if kind == "units":
             reload = unit_dir.rstrip("/") == units.SYSTEM_UNIT_DIR
             done.extend(units.uninstall(arg, unit_dir, systemd=reload, dry_run=dry_run))
@@ -119,8 +181,19 @@ def run(steps: list[tuple[str, Any]], unit_dir: str, dry_run: bool) -> list[str]
             done.append(f"remove {arg}")
             if not dry_run:
                 arg.unlink(missing_ok=True)
+        elif kind == "rename":
+            src, dst = arg
+            done.append(f"remove {src}/ (renamed to {dst}/ first, its manifest deleted last)")
+            if not dry_run:
+                os.rename(src, dst)
+        elif kind == "empty":
+            if not dry_run:
+                _empty_but_manifest(arg)
         elif kind == "rmtree":
-            done.append(f"remove {arg}/")
+            done.append(f"remove {arg}/ (left by an interrupted uninstall)")
+            if not dry_run:
+                shutil.rmtree(arg)
+        elif kind == "drop":  # the manifest and the directories leading to it, last
             if not dry_run:
                 shutil.rmtree(arg)
         elif kind == "apt":
@@ -132,4 +205,6 @@ def run(steps: list[tuple[str, Any]], unit_dir: str, dry_run: bool) -> list[str]
                 if proc.returncode != 0:
                     tail = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
                     raise CrossnetError(f"apt-get remove: {tail}")
+        if not dry_run and i < len(steps) - 1:
+            crash_point()  # test hook (CROSSNET_TEST_CRASH_AT): between the steps
     return done

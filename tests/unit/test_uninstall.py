@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -111,7 +113,10 @@ def test_links_that_no_longer_point_into_the_prefix_are_left_alone(installed):
     lines, steps = uninstall.plan(doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"),
                                   packages=True, force=False)
     assert lines == [f"{bin_dir / 'crossnet-cni'}: not a link into {prefix.resolve()}, left alone"]
-    assert steps == [("unlink", bin_dir / "crossnet"), ("rmtree", Path(os.path.realpath(prefix)))]  # no packages added
+    real = Path(os.path.realpath(prefix))
+    removing = real.parent / ".crossnet.removing"
+    assert steps == [("unlink", bin_dir / "crossnet"), ("rename", (real, removing)), ("empty", removing),
+                     ("drop", removing)]  # no packages added
 
 
 def test_packages_are_removed_only_on_request(installed):
@@ -119,7 +124,9 @@ def test_packages_are_removed_only_on_request(installed):
     doc = _manifest(prefix, bin_dir, packages_added=["etcd-server", "wireguard-go"])
     args = (doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"))
     assert not [s for s in uninstall.plan(*args, packages=False, force=False)[1] if s[0] == "apt"]
-    assert uninstall.plan(*args, packages=True, force=False)[1][-1] == ("apt", ["etcd-server", "wireguard-go"])
+    # before the manifest goes: a run killed in apt-get can be finished (scripts/uninstall --packages)
+    assert uninstall.plan(*args, packages=True, force=False)[1][-2:] == [
+        ("apt", ["etcd-server", "wireguard-go"]), ("drop", prefix.parent / ".crossnet.removing")]
     assert uninstall.run([("apt", ["etcd-server"])], str(root / "u"), dry_run=True) == \
         ["apt-get remove -y etcd-server"]
 
@@ -201,3 +208,122 @@ def test_the_temporaries_of_a_killed_cni_install_are_removed_a_live_ones_and_oth
     assert sorted(str(arg) for kind, arg in steps if kind == "unlink" and ".tmp" in str(arg)) == sorted(
         map(str, [cb / f".crossnet-cni.{gone.pid}.tmp", cb / f".crossnet-cni-py.{gone.pid}.tmp",
                   cc / f".10-cx.conflist.{gone.pid}.tmp"]))
+
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "uninstall"
+
+
+def _script(prefix: Path, state: Path, *args: str, crash_at: int | None = None) -> subprocess.CompletedProcess:
+    """scripts/uninstall of the installation at prefix (CROSSNET_PREFIX)."""
+    from crossnet.state import CRASH_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", CRASH_ENV)}
+    env.update({"CROSSNET_PREFIX": str(prefix), "CROSSNET_STATE_DIR": str(state),
+                **({CRASH_ENV: str(crash_at)} if crash_at else {})})
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=120, env=env,
+                          cwd="/", check=False)
+
+
+def test_an_uninstall_killed_at_every_step_is_finished_by_running_scripts_uninstall_again(installed, tmp_path):
+    """Killed while it deleted the prefix, uninstall left no `crossnet` to run again and
+    scripts/uninstall refused ("not installed"): the rest stayed for good. The prefix is
+    now renamed to .crossnet.removing whole, emptied, its manifest deleted last, and
+    scripts/uninstall finishes such a tree itself. Killed at its N-th crash point (every
+    step, every entry of the prefix), a second scripts/uninstall leaves exactly what was
+    there before the install."""
+    root, prefix, bin_dir, _ = installed
+    state = root / "var" / "lib" / "crossnet"
+    units, cni_bin, cni_conf = root / "etc" / "systemd" / "system", root / "opt" / "cni" / "bin", root / "etc" / "cni" / "net.d"
+    for d in (state, units, cni_bin, cni_conf):
+        d.mkdir(parents=True)
+    (cni_bin / "portmap").write_text("#!/bin/sh\n")
+    (root / "opt" / ".other").write_text("a neighbour of the prefix\n")
+    before = {p for p in _tree(root) if not p.startswith("opt/crossnet")} - {"usr/local/bin/crossnet",
+                                                                            "usr/local/bin/crossnet-cni"}
+    (state / "applied.json").write_text(json.dumps({"version": 1, "host": "h1", "resources": [],
+                                                    "context": {"host": "h1", "subnet": "10.32.1.0/24"}}))
+    _run(prefix, "--state-dir", str(state), "cni", "install", "--bin-dir", str(cni_bin), "--conf-dir", str(cni_conf))
+    _run(prefix, "--state-dir", str(state), "systemd", "install", "--agent", "--unit-dir", str(units))
+    (state / "applied.json").unlink()  # `crossnet reset`
+    template = tmp_path / "template"
+    shutil.copytree(root, template, symlinks=True)
+    args = ("--unit-dir", str(units), "--cni-bin-dir", str(cni_bin), "--cni-conf-dir", str(cni_conf))
+    removing = prefix.parent / ".crossnet.removing"
+    for n in range(1, 80):
+        res = _script(prefix, state, *args, crash_at=n)
+        if res.returncode == 0:
+            assert _tree(root) == before, (n, sorted(_tree(root) ^ before))
+            break
+        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        again = _script(prefix, state, *args)
+        assert again.returncode == 0, (n, again.stdout, again.stderr)
+        assert _tree(root) == before, (n, sorted(_tree(root) ^ before))
+        assert not removing.exists() and not prefix.exists(), n
+        shutil.rmtree(root)
+        shutil.copytree(template, root, symlinks=True)
+    else:
+        pytest.fail("uninstall never ran through")
+    assert n >= 10, n  # unit, plugin files, conflist, links, rename, the prefix's entries
+
+
+def test_scripts_uninstall_finishes_only_a_tree_its_manifest_names(tmp_path):
+    """The .NAME.removing tree of a killed uninstall: with --packages the packages its
+    manifest lists (--dry-run: only said, nothing removed); a manifest naming another
+    prefix, a hostile package name, or files without a manifest: refused, nothing touched."""
+    prefix = tmp_path / "opt" / "crossnet"
+    removing = tmp_path / "opt" / ".crossnet.removing"
+    manifest = removing / uninstall.MANIFEST
+
+    def leftover(doc: dict | None) -> None:
+        shutil.rmtree(removing, ignore_errors=True)
+        (removing / "lib" / "python3" / "site-packages").mkdir(parents=True)
+        (removing / "lib" / "python3" / "site-packages" / "x.py").write_text("")
+        (removing / "bin").mkdir()
+        os.symlink("/usr/bin/python3", removing / "bin" / "python")
+        if doc is not None:
+            manifest.parent.mkdir(parents=True)
+            manifest.write_text(json.dumps({"version": 1, "prefix": str(prefix), "bin_dir": "/usr/local/bin",
+                                            "links": [], "packages_added": [], **doc}, indent=2, sort_keys=True))
+
+    leftover({"packages_added": ["etcd-server", "wireguard-go"]})
+    snapshot = _tree(removing)
+    res = _script(prefix, tmp_path / "state", "--packages", "--dry-run")
+    assert res.returncode == 0 and "apt-get remove -y etcd-server wireguard-go" in res.stdout, res
+    assert _tree(removing) == snapshot
+    for doc, err in (({"prefix": "/opt/elsewhere"}, "names prefix '/opt/elsewhere'"),
+                     ({"packages_added": ["ok", "x;rm -rf /"]}, "is not a Debian package name"),
+                     (None, "holds files but no crossnet manifest")):
+        leftover(doc)
+        snapshot = _tree(removing)
+        res = _script(prefix, tmp_path / "state", "--packages")
+        assert res.returncode == 1 and err in res.stderr, (doc, res.stderr)
+        assert _tree(removing) == snapshot, doc
+    leftover({})
+    res = _script(prefix, tmp_path / "state")
+    assert res.returncode == 0 and not removing.exists(), res.stderr
+    assert os.listdir(tmp_path / "opt") == []
+    res = _script(prefix, tmp_path / "state")
+    assert res.returncode == 1 and "crossnet is not installed in" in res.stderr
+
+
+def test_a_new_installation_removes_the_tree_a_killed_uninstall_left_and_nothing_foreign(installed):
+    """Reinstalled after an uninstall killed past its rename: the next uninstall removes
+    the old .crossnet.removing first (its manifest names this prefix, or it holds no file);
+    a directory of that name that is not such a tree is refused, nothing planned."""
+    root, prefix, _, doc = installed
+    removing = prefix.parent / ".crossnet.removing"
+    args = (doc, str(root / "state"), str(root / "u"), str(root / "cb"), str(root / "cc"))
+    (removing / "share" / "crossnet").mkdir(parents=True)  # killed while removing the empty directories
+    steps = uninstall.plan(*args, packages=False, force=False)[1]
+    assert steps[-4:] == [("rmtree", removing), ("rename", (Path(os.path.realpath(prefix)), removing)),
+                          ("empty", removing), ("drop", removing)]
+    (removing / uninstall.MANIFEST).write_text(json.dumps({**doc, "prefix": str(prefix)}))
+    assert uninstall.plan(*args, packages=False, force=False)[1][-4] == ("rmtree", removing)
+    for foreign in ({**doc, "prefix": "/opt/other"}, "not json"):
+        (removing / uninstall.MANIFEST).write_text(json.dumps(foreign) if isinstance(foreign, dict) else foreign)
+        with pytest.raises(CrossnetError, match=r"\.crossnet\.removing exists and is not what an interrupted"):
+            uninstall.plan(*args, packages=False, force=False)
+    (removing / uninstall.MANIFEST).unlink()
+    (removing / "data").write_text("someone's")
+    with pytest.raises(CrossnetError, match="is not what an interrupted uninstall"):
+        uninstall.plan(*args, packages=False, force=False)
