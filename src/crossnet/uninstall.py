@@ -93,6 +93,9 @@ def load_manifest(prefix: str | None = None) -> dict[str, Any]:
             raise CrossnetError(f"uninstall: {path}: field {key!r} missing or not a {kind.__name__}")
     if not all(isinstance(x, str) for x in doc["links"] + doc["packages_added"]):
         raise CrossnetError(f"uninstall: {path}: links and packages_added must be lists of strings")
+    bad = [p for p in doc["packages_added"] if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*", p)]
+    if bad:  # they become apt-get's arguments: never an option (scripts/uninstall checks the same)
+        raise CrossnetError(f"uninstall: {path}: packages_added: {bad[0]!r} is not a Debian package name")
     if os.path.realpath(doc["prefix"]) != os.path.realpath(path.parents[2]):
         raise CrossnetError(f"uninstall: {path}: names prefix {doc['prefix']!r}, not the one it is in")
     return doc

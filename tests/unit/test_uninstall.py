@@ -143,7 +143,10 @@ def test_manifest_problems_are_one_line(tmp_path, installed):
                        ({"version": 1, "prefix": str(prefix), "bin_dir": "/b", "links": "x", "packages_added": []},
                         "field 'links'"),
                        ({"version": 1, "prefix": str(prefix), "bin_dir": "/b", "links": [1], "packages_added": []},
-                        "lists of strings")):
+                        "lists of strings"),
+                       ({"version": 1, "prefix": str(prefix), "bin_dir": "/b", "links": [],
+                         "packages_added": ["etcd-server", "-oDebug::pkgProblemResolver=1"]},
+                        "packages_added: '-oDebug::pkgProblemResolver=1' is not a Debian package name")):
         path.write_text(json.dumps(doc))
         with pytest.raises(CrossnetError, match=match):
             uninstall.load_manifest(str(prefix))
