@@ -705,7 +705,9 @@ def list_containers(state: StateDir) -> list[dict[str, Any]]:
         }
         if stale_reason(alloc, links):
             row["state"] = "stale"  # its namespace is gone (crossnet gc)
-        elif recorded_host_if(key, alloc) not in links:
+        elif alloc.meta.get("netns") and recorded_host_if(key, alloc) not in links:
+            # made by attach (it records the namespace first; the Docker plugin's entries have
+            # none, Docker joins them later) and its namespace alive, but no veth
             row.update(incomplete(key, alloc, getattr(ctx, "net_name", "")))
         out.append(row)
     return out

@@ -75,13 +75,17 @@ def test_an_entry_whose_veth_was_never_made_is_incomplete_not_attached(tmp_path,
                                meta={"netns": netns, "ifname": "eth0", "host_if": host_ifname(key)})
 
     entries = {"web": entry("web", "10.32.0.2", str(alive)), "half": entry("half", "10.32.0.3", str(alive)),
-               "dead": entry("dead", "10.32.0.4", str(gone))}
+               "dead": entry("dead", "10.32.0.4", str(gone)),
+               # the Docker plugin's address before Docker joins the endpoint: no namespace recorded
+               "docker:0a1b": SimpleNamespace(key="docker:0a1b", address=IPv4Address("10.32.0.5"),
+                                              meta={"docker": True})}
     monkeypatch.setattr(containers.HostContext, "applied", staticmethod(lambda s: SimpleNamespace()))
     monkeypatch.setattr(containers, "pool_for", lambda s, c: SimpleNamespace(entries=lambda: entries))
     monkeypatch.setattr(containers, "_host_links", lambda: {"lo", host_ifname("web")})
     monkeypatch.setattr(containers, "netns_ident", lambda p: (1, 2) if p == str(alive) else None)
     rows = {r["id"]: r for r in containers.list_containers(state)}
-    assert {k: r["state"] for k, r in rows.items()} == {"web": "attached", "half": "incomplete", "dead": "stale"}
+    assert {k: r["state"] for k, r in rows.items()} == {"web": "attached", "half": "incomplete", "dead": "stale",
+                                                         "docker:0a1b": "attached"}
     assert "missing" not in rows["web"] and "complete" not in rows["dead"]
     assert rows["half"]["missing"].startswith(f"the veth {host_ifname('half')} ")
     # the id attach gave it: `attach half` resolves to it again (a path would be another id)
