@@ -906,3 +906,50 @@ def test_forget_gives_the_hosts_join_reservation_back():
                                                              f"{ml.JOINING_PREFIX}name/h3"]
     ml.remove_host_records(kv, "h3")
     assert [k for k in kv.keys if "/joining/" in k] == [f"{ml.JOINING_PREFIX}address/10.0.0.2"]
+
+
+# ---------------------------------------------------------------- a join killed half-way
+
+def test_the_member_a_killed_join_added_is_found_by_its_peer_url():
+    own = "https://10.0.0.9:2380"
+    added = [_m("h1", "10.0.0.1"), {"name": "", "ID": "9", "peerURLs": [own]}]
+    assert ml.added_member_cluster(added, "h9", own) == "h1=https://10.0.0.1:2380,h9=https://10.0.0.9:2380"
+    assert ml.added_member_cluster([_m("h1", "10.0.0.1")], "h9", own) is None
+    assert ml.added_member_cluster([_m("h1", "10.0.0.1"), {"name": "", "ID": "8",
+                                    "peerURLs": ["https://10.0.0.8:2380"]}], "h9", own) is None
+
+
+def _pending_join(tmp_path, monkeypatch, cluster) -> ml.Paths:
+    paths = ml.Paths(tmp_path)
+    paths.root.mkdir(parents=True)
+    paths.save({"version": 1, "name": "h9", "address": "10.0.0.9", "iface": "eth0", "role": ml.JOINING,
+                "voters": 3, "endpoints": ["https://10.0.0.0:2379"], "bootstrapped": True,
+                "cluster_token": "crossnet-x", "cluster_state": "existing"})
+    monkeypatch.setattr(ml, "etcd_client", lambda *a, **kw: cluster)
+    return paths
+
+
+@pytest.mark.parametrize("added_before", [True, False])
+def test_a_rerun_of_a_killed_join_starts_the_added_member_or_adds_it_once(tmp_path, monkeypatch, added_before):
+    """Killed after `member add` (added_before): the re-run records the member it finds
+    and adds none (a second add would leave 2 members for one host, one never started);
+    killed before: the re-run adds it, once."""
+    cluster = FakeCluster(voters=1)
+    own = "https://10.0.0.9:2380"
+    if added_before:
+        cluster.members.append({"name": "", "ID": "9", "peerURLs": [own]})
+    paths = _pending_join(tmp_path, monkeypatch, cluster)
+    assert ml.finish_join(str(tmp_path), spawn=False) == "voter"
+    assert [m["peerURLs"] for m in cluster.members].count([own]) == 1
+    assert len(cluster.members) == 2
+    st = paths.load()
+    assert st["role"] == "voter" and st["initial_cluster"] == "h9=https://10.0.0.9:2380,v0=https://10.0.0.0:2380"
+    assert cluster.keys == {}  # the voter lock given back when it was taken
+
+
+def test_a_rerun_of_a_killed_join_into_a_full_cluster_is_a_client(tmp_path, monkeypatch):
+    cluster = FakeCluster(voters=3)
+    paths = _pending_join(tmp_path, monkeypatch, cluster)
+    assert ml.finish_join(str(tmp_path), spawn=False) == "client"
+    assert len(cluster.members) == 3 and paths.load()["role"] == "client"
+    assert "initial_cluster" not in paths.load()

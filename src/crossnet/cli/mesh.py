@@ -83,15 +83,16 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
                    f"pid {pid}); nothing changed")
         return
     if paths.launch_json.exists():
-        if token or addr:
+        if (token or addr) and paths.load().get("role") != ml.JOINING:  # a join killed half-way is completed
             raise ConfigError("--token: this host already belongs to a mesh; `crossnet launch` alone restarts it "
                               "(`crossnet stop --release` leaves it)")
+        joining = paths.load().get("role") == ml.JOINING
         ml.launch_again(state_dir, spawn=not foreground)
         if foreground:
             raise SystemExit(ml.run_foreground(state_dir))
         st = paths.load()
-        click.echo(f"{st['name']} ({st['address']}) is back in the mesh as a {st['role']}; "
-                   f"`crossnet token create` makes a join token")
+        click.echo(f"{st['name']} ({st['address']}) {'joined' if joining else 'is back in'} the mesh as a "
+                   f"{st['role']}; `crossnet token create` makes a join token")
         return
     if bool(token) != bool(addr):
         raise ConfigError("--token: joining needs both --token TOKEN and the ADDR of a running host")

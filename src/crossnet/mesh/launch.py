@@ -41,6 +41,7 @@ from crossnet.errors import ConfigError, CrossnetError
 from crossnet.mesh import pki
 from crossnet.mesh.state import MeshDir
 from crossnet.mesh.token import JoinToken, TokenStore
+from crossnet.state import CRASH_ENV, crash_point
 
 log = logging.getLogger("crossnet.mesh")
 
@@ -1056,6 +1057,8 @@ def run_foreground(state_dir: str) -> int:
     setup_logging(fmt=env_format(), name="crossnet-launch")
     _one_malloc_arena()
     netconfig.use_helper()  # network configs validated in a helper: no pydantic in this process
+    if Paths(Path(state_dir)).load().get("role") == JOINING:  # systemd restarting a join killed half-way
+        finish_join(state_dir, spawn=False)
     return Supervisor(state_dir).run()
 
 
@@ -1081,7 +1084,8 @@ def _spawn(state_dir: str, timeout: float = READY_TIMEOUT) -> int:
     argv = supervisor_argv(state_dir)
     with open(paths.logfile, "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True,  # the test hook is the launching command's, not its child's
+                                env={k: v for k, v in os.environ.items() if k != CRASH_ENV})
     paths.pidfile.write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -1210,6 +1214,7 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
                             f"nothing was saved")
     pki.save_member(paths.mesh.pki_dir, result.key, result.cert, result.ca_cert)
     os.chmod(paths.root, 0o700)
+    crash_point()
     st = {"version": 1, "name": name, "address": address, "iface": iface, "endpoints": eps, "bootstrapped": True,
           "cluster_token": "crossnet-" + join_token.pin.split(":")[1][:16], "cluster_state": "existing"}
     try:
@@ -1217,15 +1222,61 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
         cfg = retrying(lambda: get_json(c, f"{MESH_PREFIX}/config"), timeout=10) or {}
         st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
         write_crl(paths, retrying(lambda: load_cluster_ca(c), timeout=10), retrying(lambda: revoked_serials(c)))
-        own_peer = peer_url(address)
-        role, members = admit(c, own_peer, st["voters"], name)
-        st["role"] = role
-        if role == "voter":
-            st["initial_cluster"] = initial_cluster(members, name, own_peer)
+        # recorded BEFORE `member add`: a launch killed from here on is completed by the next
+        # `crossnet launch` (finish_join), which starts the member it finds added or admits again
+        st["role"] = JOINING
         paths.save(st)
     except BaseException:
         shutil.rmtree(paths.root, ignore_errors=True)
         raise
+    crash_point()
+    return finish_join(state_dir, spawn=spawn)
+
+
+JOINING = "joining"  # launch.json's role while a join's `member add` may or may not have happened
+
+
+def added_member_cluster(members: list[dict], name: str, own_peer: str) -> str | None:
+    """A join killed after `member add` (the cluster now counts a voter that never
+    started: a 1-voter cluster has lost its quorum until it starts): the member that
+    join added is the one with this host's peer URL. Returns the --initial-cluster that
+    starts it, or None when no member has that URL (the join had not added one: admit
+    again)."""
+    if not any(own_peer in (m.get("peerURLs") or []) for m in voters_of(members)):
+        return None
+    return initial_cluster(members, name, own_peer)
+
+
+def finish_join(state_dir: str, spawn: bool = True) -> str:
+    """The join's second half, from launch.json's role JOINING (a first run, or a run that
+    was killed): the member this host already added is started, not added twice;
+    otherwise the role is decided and the member added under the voter lock. Then the
+    supervisor."""
+    paths = Paths(Path(state_dir))
+    st = paths.load()
+    name, eps, own_peer = st["name"], list(st["endpoints"]), peer_url(st["address"])
+    c = etcd_client(paths, eps)
+    # the member list is served by any member, quorum or not (etcd 3.4)
+    cluster = added_member_cluster(retrying(lambda: member_list(c), timeout=10), name, own_peer)
+    if cluster is not None:
+        role = "voter"
+        log.info("the member this join added earlier is started now")
+    else:
+        try:
+            role, members = admit(c, own_peer, st["voters"], name)
+        except BaseException:
+            with contextlib.suppress(CrossnetError):  # no member of ours in the cluster: nothing to complete
+                if added_member_cluster(member_list(c), name, own_peer) is None:
+                    shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+        crash_point()
+        if role == "voter":
+            cluster = initial_cluster(members, name, own_peer)
+    st["role"] = role
+    if cluster is not None:
+        st["initial_cluster"] = cluster
+    paths.save(st)
+    crash_point()
     if not spawn:
         return role
     try:
@@ -1240,6 +1291,9 @@ def launch_again(state_dir: str, spawn: bool = True) -> None:
     """A launched host whose supervisor is not running (restart): same member, same subnet."""
     paths = Paths(Path(state_dir))
     st = paths.load()
+    if st.get("role") == JOINING:  # a join killed half-way: completed
+        finish_join(state_dir, spawn=spawn)
+        return
     st["cluster_state"] = "existing" if st.get("bootstrapped") else st.get("cluster_state", "new")
     paths.save(st)
     if spawn:
