@@ -8,14 +8,17 @@ cluster must not stay without quorum: a 1-voter cluster that got a second voter 
 never started has lost it. `crossnet launch` run again on that host completes the join
 (or refuses in one line a state the documented reset -- removing <state-dir>/mesh --
 clears, the cluster untouched); then `stop --release` gives the 1-voter cluster back.
-A 2-host L3 lab: h1 the first host, h2 the joiner.
+A 3-host L3 lab: h1 the first host, h2 the joiner (h3 the third voter for `forget`); a
+1-host lab for the first launch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +35,7 @@ MAX_STEPS = 10
 
 @pytest.fixture(scope="module")
 def lab(request, lab_sweep):
-    lab = module_factory(request)(hosts=2, underlay="l3", backend="vxlan", containers=0, apply=False)
+    lab = module_factory(request)(hosts=3, underlay="l3", backend="vxlan", containers=0, apply=False)
     yield lab
     for h in lab.plan.hosts:
         lab.crossnet(h.name, "stop", check=False, timeout=60)
@@ -96,3 +99,145 @@ def test_a_joiner_killed_at_every_step_completes_on_the_next_launch(lab):
     else:
         raise AssertionError(f"the join still crashed at step {MAX_STEPS}")
     _wait(lambda: _members(lab) == ["h1", "h2"], 60, "the uninterrupted join")
+
+
+def _join(lab, host: str, token: str, via: str, members: tuple[str, ...] = ("h1", "h2")) -> None:
+    res = _launch(lab, host, "--token", token, via)
+    assert res.returncode == 0, res.stderr
+    _wait(lambda: _members(lab) == list(members), 60, f"{host} joined")
+
+
+def test_stop_release_killed_at_every_step_is_completed_by_the_next_stop(lab):
+    """stop --release writes its marker, then SIGTERMs the supervisor (which releases the
+    host: records, member, data plane, state dir). Killed after the marker, a later plain
+    `stop` (or systemd's SIGTERM to a restarted supervisor) must not release the host;
+    killed anywhere, `stop --release` again completes the release."""
+    token = next(ln for ln in lab.crossnet("h1", "token", "create", "--ttl", "10m").stdout.splitlines()
+                 if "--token" in ln).split()
+    token, h1 = token[token.index("--token") + 1], token[-1]
+    h2_mesh = Path(lab.plan.host("h2").state_dir) / "mesh"
+    assert _members(lab) == ["h1", "h2"]  # as the test before left it
+    res = lab.run("h2", ["env", "CROSSNET_TEST_CRASH_AT=1", sys.executable, "-m", "crossnet", "stop", "--release"],
+                  timeout=90)
+    assert res.returncode in (-9, 137), res
+    res = lab.crossnet("h2", "stop", timeout=90)
+    assert "data plane left in place" in res.stdout
+    assert (h2_mesh / "launch.json").exists(), "a plain stop released the host"
+    res = _launch(lab, "h2")
+    assert res.returncode == 0 and "is back in the mesh as a voter" in res.stdout, res
+    _wait(lambda: _members(lab) == ["h1", "h2"], 60, "h2 back")
+    for n in range(1, MAX_STEPS + 1):
+        res = lab.run("h2", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "stop",
+                             "--release"], timeout=90)
+        if res.returncode == 0:
+            assert n > 2, f"stop passed only {n - 1} crash points"
+            break
+        assert res.returncode in (-9, 137), (n, res)
+        again = lab.crossnet("h2", "stop", "--release", timeout=90)
+        assert again.stdout.strip() in ("stopped and left the mesh", "crossnet launch is not running on this host")
+        _wait(lambda: not h2_mesh.exists(), 60, f"step {n}: h2's mesh state removed")
+        _wait(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released")
+        _join(lab, "h2", token, h1)
+    else:
+        raise AssertionError(f"stop still crashed at step {MAX_STEPS}")
+    _wait(lambda: _members(lab) == ["h1"], 60, "the uninterrupted release")
+    _join(lab, "h2", token, h1)
+
+
+def test_forget_killed_at_every_step_is_completed_by_the_next_forget(lab):
+    """forget revokes the host's certificate, removes its etcd member, then its records;
+    killed between, `forget` again finishes (or says there is nothing left to forget)
+    and h1 and h3 keep their quorum. (3 voters: with 2, one gone is a lost quorum and
+    nothing can be removed.)"""
+    token = next(ln for ln in lab.crossnet("h1", "token", "create", "--ttl", "10m").stdout.splitlines()
+                 if "--token" in ln).split()
+    token, h1 = token[token.index("--token") + 1], token[-1]
+    h2_mesh = Path(lab.plan.host("h2").state_dir) / "mesh"
+    _join(lab, "h3", token, h1, ("h1", "h2", "h3"))
+    for n in range(1, MAX_STEPS + 1):
+        assert _members(lab) == ["h1", "h2", "h3"]
+        lab.crossnet("h2", "stop", timeout=90)  # h2 is gone
+        res = lab.run("h1", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "forget", "h2"],
+                      timeout=90)
+        if res.returncode == 0:
+            assert n > 2, f"forget passed only {n - 1} crash points"
+            break
+        assert res.returncode in (-9, 137), (n, res)
+        again = lab.crossnet("h1", "forget", "h2", timeout=90, check=False)
+        if again.returncode != 0:
+            err = again.stderr.strip().splitlines()
+            assert len(err) == 1 and "no host 'h2' in this mesh" in err[0], (n, err)
+        _wait(lambda: _members(lab) == ["h1", "h3"], 60, f"step {n}: h2 forgotten")
+        st = _mesh(lab, "h1")
+        assert [p["name"] for p in st["peers"]] == ["h1", "h3"], (n, st["peers"])
+        shutil.rmtree(h2_mesh)  # a forgotten host comes back as a new one
+        _join(lab, "h2", token, h1, ("h1", "h2", "h3"))
+    else:
+        raise AssertionError(f"forget still crashed at step {MAX_STEPS}")
+    _wait(lambda: _members(lab) == ["h1", "h3"], 60, "the uninterrupted forget")
+
+
+def _power_loss(lab, host: str) -> None:
+    """SIGKILL to every process left in the host's namespace (its etcd member)."""
+    pids = subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], capture_output=True, text=True,
+                          check=True).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+    _wait(lambda: not subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], check=False,
+                                     capture_output=True,
+                                     text=True).stdout.split(), 10, "no process left")
+
+
+def _first_launch_ok(lab) -> None:
+    """h1 runs a 1-voter mesh: store ok, its agent programmed it, a token can be made."""
+    _wait(lambda: _members(lab) == ["h1"], 60, "h1's member")
+    assert "crossnet launch --token" in lab.crossnet("h1", "token", "create", "--ttl", "5m").stdout
+    assert lab.crossnet("h1", "status", "-o", "json").returncode == 0  # programmed: its applied state exists
+
+
+def test_a_first_launch_killed_at_every_step_completes_on_the_next_launch(lab_factory):
+    """The first host: CA + member certificate, launch.json, the supervisor (detached:
+    etcd --initial-cluster-state new, the network config and CA written into etcd, the
+    agent), the token. Killed at each step of `crossnet launch` and of `crossnet launch
+    --foreground` (whose supervisor is this very process: the bootstrap's steps too),
+    `crossnet launch` again completes the mesh; killed before launch.json it refuses in
+    one line naming the reset (nothing else knows that CA yet)."""
+    lab = lab_factory(hosts=1, underlay="l2", backend="vxlan", containers=0, apply=False)
+    h1_mesh = Path(lab.plan.host("h1").state_dir) / "mesh"
+    try:
+        for foreground in (False, True):
+            for n in range(1, MAX_STEPS + 1):
+                argv = ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "launch", "--name",
+                        "h1", *(["--foreground"] if foreground else [])]
+                proc = subprocess.Popen(lab.argv("h1", argv), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        stdin=subprocess.DEVNULL, text=True)
+                out = ""
+                while proc.poll() is None and "crossnet launch --token" not in out:
+                    out += proc.stdout.readline()
+                if "crossnet launch --token" in out:  # every crash point passed
+                    assert n > 3, (foreground, n)
+                    _first_launch_ok(lab)
+                    lab.crossnet("h1", "stop", "--release", timeout=90)
+                    assert proc.wait(90) == 0
+                    assert not h1_mesh.exists()
+                    break
+                assert proc.returncode == -9, (foreground, n, proc.returncode, out)
+                if foreground and n % 2 == 0:  # a power loss takes its etcd member too; odd n: the
+                    _power_loss(lab, "h1")  # supervisor alone was killed (OOM killer), its etcd left running
+                again = _launch(lab, "h1")
+                if again.returncode != 0:
+                    err = again.stderr.strip().splitlines()
+                    assert len(err) == 1 and "half-made mesh state; remove it first" in err[0], (n, err)
+                    assert not (h1_mesh / "launch.json").exists()
+                    shutil.rmtree(h1_mesh)
+                    again = _launch(lab, "h1")
+                assert again.returncode == 0, (foreground, n, again.stderr)
+                _first_launch_ok(lab)
+                assert lab.crossnet("h1", "stop", "--release", timeout=90).stdout.strip() == \
+                    "stopped and left the mesh"
+                assert not h1_mesh.exists()
+            else:
+                raise AssertionError(f"the first launch still crashed at step {MAX_STEPS}")
+    finally:
+        lab.crossnet("h1", "stop", check=False, timeout=60)

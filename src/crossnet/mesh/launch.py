@@ -810,23 +810,31 @@ class Supervisor:
 
         c = self.client()
         EtcdStore(c, AGENT_PREFIX).init_config(network_config(self.st["network"]))
-        from crossnet.mesh import signer
-
+        crash_point()  # (the test hook reaches the supervisor in the foreground only: _spawn drops it)
         m = self.paths.mesh  # the CA launch_first has just created (PEM files, no cryptography here)
         ca_cert, ca_key = m.ca_cert.read_text(), (m.pki_dir / pki.CA_KEY).read_text()
         ca_doc = json.dumps({"cert": ca_cert, "key": ca_key})
         c.txn([c.cmp_create(f"{MESH_PREFIX}/ca", 0)],
               [c.op_put(f"{MESH_PREFIX}/ca", ca_doc),
                c.op_put(f"{MESH_PREFIX}/config", json.dumps({"voters": self.st["voters"]}))])
+        crash_point()
         self.st["bootstrapped"] = True
         self.st["cluster_state"] = "existing"
         self.paths.save(self.st)
-        if self.st.pop("print_token", False):  # first launch in the foreground: no other place to say it
-            from crossnet.mesh.token import join_command
+        crash_point()
 
-            jt = JoinToken(EtcdTokenStore(c).create(), signer.cert_pin(ca_cert))
-            print(f"mesh created; on every other host run:\n  {join_command(jt, self.address)}", flush=True)
-            self.paths.save(self.st)
+    def print_join_command(self) -> None:
+        """First launch in the foreground: no other place to say it (again by the next
+        run if this one was killed before it did)."""
+        from crossnet.mesh import signer
+        from crossnet.mesh.token import join_command
+
+        c = self.client()
+        pin = signer.cert_pin(self.paths.mesh.ca_cert.read_text())
+        jt = JoinToken(EtcdTokenStore(c).create(), pin)
+        print(f"mesh created; on every other host run:\n  {join_command(jt, self.address)}", flush=True)
+        self.st.pop("print_token", None)
+        self.paths.save(self.st)
 
     # ---- periodic
     def _host_record(self) -> str:
@@ -932,12 +940,16 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.paths.pidfile.write_text(f"{os.getpid()}\n")
+        with contextlib.suppress(FileNotFoundError):  # a `stop --release` killed before its SIGTERM meant an
+            self.paths.release_marker.unlink()  # earlier run: this one's SIGTERM (systemd's too) keeps the host
         try:
             if self.st["role"] == "voter":
                 self.start_etcd()
                 self.wait_etcd()
                 if not self.st.get("bootstrapped"):
                     self.bootstrap()
+                if self.st.get("print_token"):
+                    self.print_join_command()
             self._retry(self.heartbeat, "heartbeat")
             self.start_agent()
             self._retry(self.start_join_server, "join endpoint")
@@ -1142,6 +1154,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     paths = Paths(Path(state_dir))
     ca = paths.mesh.init_cluster(name, address)
     write_crl(paths, ca, [])  # etcd refuses every connection without a readable CRL file
+    crash_point()
     paths.save({"version": 1, "name": name, "address": address, "iface": iface, "role": "voter", "voters": voters,
                 "initial_cluster": f"{name}={peer_url(address)}", "cluster_state": "new",
                 "cluster_token": "crossnet-" + ca.pin.split(":")[1][:16], "bootstrapped": False,
@@ -1151,6 +1164,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
                             **({"networks": networks} if networks else {}),
                             **({"datapath": datapath} if datapath != "kernel" else {})},
                 "print_token": not spawn})
+    crash_point()
     if not spawn:
         return None
     try:
@@ -1158,6 +1172,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     except BaseException:
         _abort(state_dir)
         raise
+    crash_point()
     c = etcd_client(paths, [client_url(address)])
     return JoinToken(EtcdTokenStore(c).create(), ca.pin)
 
@@ -1307,7 +1322,12 @@ def stop(state_dir: str, release: bool, timeout: float = 60.0) -> bool:
         return False
     if release:
         paths.release_marker.write_text("")
+    else:  # one left by a `stop --release` killed before its SIGTERM is not this stop's wish
+        with contextlib.suppress(FileNotFoundError):
+            paths.release_marker.unlink()
+    crash_point()
     os.kill(pid, signal.SIGTERM)
+    crash_point()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -1335,10 +1355,12 @@ def forget(state_dir: str, host: str) -> list[str]:
         revoke_serial(c, serial)
         done.append("certificate (revoked)")
         write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within HEARTBEAT s
+        crash_point()
     for m in member_list(c):
         if m.get("name") == host:
             member_remove(c, m["ID"])
             done.append("etcd member")
+            crash_point()
     done += remove_host_records(c, host)
     if not done:
         raise ConfigError(f"HOST: no host {host!r} in this mesh")
