@@ -953,3 +953,15 @@ def test_a_rerun_of_a_killed_join_into_a_full_cluster_is_a_client(tmp_path, monk
     assert ml.finish_join(str(tmp_path), spawn=False) == "client"
     assert len(cluster.members) == 3 and paths.load()["role"] == "client"
     assert "initial_cluster" not in paths.load()
+
+
+def test_only_an_etcd_on_this_hosts_data_dir_is_taken_for_a_left_member():
+    data = "/var/lib/crossnet/mesh/etcd/data"
+    argv = ml.etcd_argv("h1", "10.0.0.1", data, "/var/lib/crossnet/mesh/pki", "h1=https://10.0.0.1:2380",
+                        "existing", "crossnet-x")
+    assert ml.runs_member_of(b"\0".join(a.encode() for a in argv) + b"\0", data)
+    assert ml.runs_member_of(b"\0".join(a.encode() for a in ["/usr/bin/etcd", *argv[1:]]), data)
+    assert not ml.runs_member_of(b"\0".join(a.encode() for a in argv), data + "2")  # another state dir's
+    assert not ml.runs_member_of(b"\0".join(a.encode() for a in ["sleep", *argv[1:]]), data)  # a reused pid
+    assert not ml.runs_member_of(b"etcd\0--data-dir", data)
+    assert not ml.runs_member_of(b"", data)

@@ -226,6 +226,20 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
     ]
 
 
+def runs_member_of(cmdline: bytes, data_dir: str) -> bool:
+    """Whether a process's /proc cmdline is an etcd crossnet started on `data_dir` (etcd_argv):
+    one left running by a supervisor that was killed alone (the OOM killer) — the next
+    supervisor ends it, else its own etcd could not bind the member's ports. Anything else
+    with that pid (reused) is never touched."""
+    argv = cmdline.split(b"\0")
+    try:
+        at = argv.index(b"--data-dir")
+    except ValueError:
+        return False
+    return (os.path.basename(argv[0]) == os.path.basename(ETCD_BINARY).encode() and at + 1 < len(argv)
+            and argv[at + 1] == data_dir.encode())
+
+
 # ====================================================================== local state
 
 @dataclass
@@ -259,6 +273,35 @@ class Paths:
     @property
     def release_marker(self) -> Path:
         return self.root / "release"
+
+    @property
+    def etcd_pidfile(self) -> Path:
+        return self.etcd_dir / "etcd.pid"
+
+    def end_left_etcd(self, timeout: float = 15.0) -> None:
+        """SIGTERM (then SIGKILL) the etcd member of this state dir that outlived the
+        supervisor which started it (runs_member_of)."""
+        try:
+            pid = int(self.etcd_pidfile.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmd = fh.read()
+        except (OSError, ValueError):
+            return
+        if pid <= 1 or not runs_member_of(cmd, str(self.etcd_dir / "data")):
+            return
+        log.warning("an etcd member (pid %d) of this host outlived its supervisor: stopping it", pid)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    with open(f"/proc/{pid}/stat") as fh:
+                        if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                            return
+                except OSError:
+                    return
+                time.sleep(0.1)
 
     def load(self) -> dict:
         try:
@@ -715,9 +758,11 @@ class Supervisor:
         os.chmod(self.paths.etcd_dir, 0o700)
         argv = etcd_argv(self.name, self.address, str(self.paths.etcd_dir / "data"), str(self.paths.mesh.pki_dir),
                          self.st["initial_cluster"], self.st["cluster_state"], self.st["cluster_token"])
+        self.paths.end_left_etcd()
         with open(self.paths.etcd_dir / "etcd.log", "ab") as logf:
             self.etcd = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                          start_new_session=True, env={**os.environ, **ETCD_ENV})
+        self.paths.etcd_pidfile.write_text(f"{self.etcd.pid}\n")
         log.info("etcd member %s started (pid %d, %s)", self.name, self.etcd.pid, self.st["cluster_state"])
         self._watch_exit(self.etcd)
 
