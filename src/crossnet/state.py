@@ -112,9 +112,11 @@ def crash_point() -> None:
     itself (SIGKILL, no clean-up of any kind) at the N-th crash point it passes. The
     crash points sit between the kernel changes and state writes of `apply` (and of what
     runs through it: `expose`/`hide`, the named networks' records), of `attach`/`detach`
-    (crossnet.containers, /etc/netns resolv.conf), the file writes of `cni install` and
-    the steps of `uninstall` (each entry of the prefix it deletes),
-    so a test can enumerate N = 1, 2, ... until the command completes and check that
+    (crossnet.containers, /etc/netns resolv.conf), the file writes of `cni install`, the
+    steps of `uninstall` (each entry of the prefix it deletes) and the steps of `crossnet
+    launch` (first host, join, the bootstrap), `stop` and `forget` (crossnet.mesh.launch;
+    a detached supervisor does not inherit it), so a test can enumerate N = 1, 2, ...
+    until the command completes and check that
     every interruption is recoverable. Costs one dict lookup when unset."""
     at = _crash["at"]
     if at is None:
