@@ -177,6 +177,11 @@ def test_forget_killed_at_every_step_is_completed_by_the_next_forget(lab):
     _wait(lambda: _members(lab) == ["h1", "h3"], 60, "the uninterrupted forget")
 
 
+def _netns_pids(lab, host: str) -> list[str]:
+    return subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
 def _power_loss(lab, host: str) -> None:
     """SIGKILL to every process left in the host's namespace (its etcd member)."""
     pids = subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], capture_output=True, text=True,
@@ -254,6 +259,13 @@ def test_a_first_launch_killed_at_every_step_completes_on_the_next_launch(lab_fa
                 release()
             else:
                 assert foreground, f"the first launch still crashed at step {MAX_STEPS}"
+        proc, _ = run(3, True)  # the supervisor killed alone once its etcd runs: `stop` ends that etcd too
+        assert proc.wait(90) == -9 and _netns_pids(lab, "h1")
+        assert lab.crossnet("h1", "stop").stdout.strip() == "crossnet launch is not running on this host"
+        _wait(lambda: not _netns_pids(lab, "h1"), 20, "the left etcd stopped")
+        assert _launch(lab, "h1").returncode == 0
+        _first_launch_ok(lab)
+        release()
         proc, out = run(None, True)  # uninterrupted, in the foreground
         assert "crossnet launch --token" in out
         _first_launch_ok(lab)

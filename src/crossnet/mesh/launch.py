@@ -1364,6 +1364,8 @@ def stop(state_dir: str, release: bool, timeout: float = 60.0) -> bool:
     paths = Paths(Path(state_dir))
     pid = paths.running_pid()
     if pid is None:
+        if paths.launch_json.exists():  # a supervisor killed alone: its etcd member stops too
+            paths.end_left_etcd()
         return False
     if release:
         paths.release_marker.write_text("")
