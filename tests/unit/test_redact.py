@@ -55,6 +55,8 @@ def test_masked_output_never_contains_the_password(scheme, user, password, host,
     message = template.format(url)
     without = template.format(f"{scheme}://{host}{port}{tail}")
     assume(password not in without and password not in user)
+    # a password that is part of the masked URL itself ("**@" in "0:***@0") proves nothing
+    assume(password not in template.format(f"{scheme}://{user}:***@{host}{port}{tail}"))
     masked = mask_credentials(message)
     assert password not in masked
     assert f"{user}:***@{host}" in masked  # still says which user and host
