@@ -1114,7 +1114,9 @@ def run_foreground(state_dir: str) -> int:
     setup_logging(fmt=env_format(), name="crossnet-launch")
     _one_malloc_arena()
     netconfig.use_helper()  # network configs validated in a helper: no pydantic in this process
-    if Paths(Path(state_dir)).load().get("role") == JOINING:  # systemd restarting a join killed half-way
+    paths = Paths(Path(state_dir))
+    # systemd restarting a join killed half-way (never launched: the supervisor says so)
+    if paths.launch_json.exists() and paths.load().get("role") == JOINING:
         finish_join(state_dir, spawn=False)
     return Supervisor(state_dir).run()
 
