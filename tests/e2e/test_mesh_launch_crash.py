@@ -21,12 +21,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.agentlab import module_factory
+from tests.e2e.agentlab import module_factory, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -49,17 +48,6 @@ def _launch(lab, host: str, *args: str, crash_at: int | None = None) -> subproce
 
 def _mesh(lab, host: str) -> dict:
     return json.loads(lab.crossnet(host, "status", "-o", "json", timeout=60).stdout)["mesh"]
-
-
-def _wait(cond, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not true within {timeout}s (last: {last!r})")
 
 
 def _members(lab) -> list[str] | None:
@@ -89,22 +77,22 @@ def test_a_joiner_killed_at_every_step_completes_on_the_next_launch(lab):
             again = _launch(lab, "h2", "--token", token, h1)
         assert again.returncode == 0, (n, again.stderr)
         assert "mesh as a voter" in again.stdout, (n, again.stdout)
-        _wait(lambda: _members(lab) == ["h1", "h2"], 60, f"step {n}: h2 a started member")
+        wait_for(lambda: _members(lab) == ["h1", "h2"], 60, f"step {n}: h2 a started member", interval=0.5)
         st = _mesh(lab, "h2")
         assert st["store"] == "ok" and all(m["healthy"] for m in st["members"]), (n, st)
         rel = lab.crossnet("h2", "stop", "--release", timeout=90, check=False)
         assert rel.returncode == 0, (n, rel.stderr)
-        _wait(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released, h1 alone with its quorum")
+        wait_for(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released, h1 alone with its quorum", interval=0.5)
         assert not h2_mesh.exists(), n
     else:
         raise AssertionError(f"the join still crashed at step {MAX_STEPS}")
-    _wait(lambda: _members(lab) == ["h1", "h2"], 60, "the uninterrupted join")
+    wait_for(lambda: _members(lab) == ["h1", "h2"], 60, "the uninterrupted join", interval=0.5)
 
 
 def _join(lab, host: str, token: str, via: str, members: tuple[str, ...] = ("h1", "h2")) -> None:
     res = _launch(lab, host, "--token", token, via)
     assert res.returncode == 0, res.stderr
-    _wait(lambda: _members(lab) == list(members), 60, f"{host} joined")
+    wait_for(lambda: _members(lab) == list(members), 60, f"{host} joined", interval=0.5)
 
 
 def test_stop_release_killed_at_every_step_is_completed_by_the_next_stop(lab):
@@ -125,7 +113,7 @@ def test_stop_release_killed_at_every_step_is_completed_by_the_next_stop(lab):
     assert (h2_mesh / "launch.json").exists(), "a plain stop released the host"
     res = _launch(lab, "h2")
     assert res.returncode == 0 and "is back in the mesh as a voter" in res.stdout, res
-    _wait(lambda: _members(lab) == ["h1", "h2"], 60, "h2 back")
+    wait_for(lambda: _members(lab) == ["h1", "h2"], 60, "h2 back", interval=0.5)
     for n in range(1, MAX_STEPS + 1):
         res = lab.run("h2", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "stop",
                              "--release"], timeout=90)
@@ -135,12 +123,12 @@ def test_stop_release_killed_at_every_step_is_completed_by_the_next_stop(lab):
         assert res.returncode in (-9, 137), (n, res)
         again = lab.crossnet("h2", "stop", "--release", timeout=90)
         assert again.stdout.strip() in ("stopped and left the mesh", "crossnet launch is not running on this host")
-        _wait(lambda: not h2_mesh.exists(), 60, f"step {n}: h2's mesh state removed")
-        _wait(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released")
+        wait_for(lambda: not h2_mesh.exists(), 60, f"step {n}: h2's mesh state removed", interval=0.5)
+        wait_for(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released", interval=0.5)
         _join(lab, "h2", token, h1)
     else:
         raise AssertionError(f"stop still crashed at step {MAX_STEPS}")
-    _wait(lambda: _members(lab) == ["h1"], 60, "the uninterrupted release")
+    wait_for(lambda: _members(lab) == ["h1"], 60, "the uninterrupted release", interval=0.5)
     _join(lab, "h2", token, h1)
 
 
@@ -167,14 +155,14 @@ def test_forget_killed_at_every_step_is_completed_by_the_next_forget(lab):
         if again.returncode != 0:
             err = again.stderr.strip().splitlines()
             assert len(err) == 1 and "no host 'h2' in this mesh" in err[0], (n, err)
-        _wait(lambda: _members(lab) == ["h1", "h3"], 60, f"step {n}: h2 forgotten")
+        wait_for(lambda: _members(lab) == ["h1", "h3"], 60, f"step {n}: h2 forgotten", interval=0.5)
         st = _mesh(lab, "h1")
         assert [p["name"] for p in st["peers"]] == ["h1", "h3"], (n, st["peers"])
         shutil.rmtree(h2_mesh)  # a forgotten host comes back as a new one
         _join(lab, "h2", token, h1, ("h1", "h2", "h3"))
     else:
         raise AssertionError(f"forget still crashed at step {MAX_STEPS}")
-    _wait(lambda: _members(lab) == ["h1", "h3"], 60, "the uninterrupted forget")
+    wait_for(lambda: _members(lab) == ["h1", "h3"], 60, "the uninterrupted forget", interval=0.5)
 
 
 def _netns_pids(lab, host: str) -> list[str]:
@@ -189,9 +177,9 @@ def _power_loss(lab, host: str) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(pid), signal.SIGKILL)
-    _wait(lambda: not subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], check=False,
-                                     capture_output=True,
-                                     text=True).stdout.split(), 10, "no process left")
+    wait_for(lambda: not subprocess.run(["ip", "netns", "pids", lab.plan.host(host).netns], check=False,
+                                       capture_output=True,
+                                       text=True).stdout.split(), 10, "no process left")
 
 
 def _first_launch_ok(lab) -> None:
@@ -202,7 +190,7 @@ def _first_launch_ok(lab) -> None:
         return (st["running"] and st["store"] == "ok" and [m["name"] for m in st["members"]] == ["h1"]
                 and [(p["name"], p["state"]) for p in st["peers"]] == [("h1", "up")])
 
-    _wait(ok, 60, "h1 running, programmed")
+    wait_for(ok, 60, "h1 running, programmed", interval=0.5)
     assert "crossnet launch --token" in lab.crossnet("h1", "token", "create", "--ttl", "5m").stdout
 
 
@@ -262,7 +250,7 @@ def test_a_first_launch_killed_at_every_step_completes_on_the_next_launch(lab_fa
         proc, _ = run(3, True)  # the supervisor killed alone once its etcd runs: `stop` ends that etcd too
         assert proc.wait(90) == -9 and _netns_pids(lab, "h1")
         assert lab.crossnet("h1", "stop").stdout.strip() == "crossnet launch is not running on this host"
-        _wait(lambda: not _netns_pids(lab, "h1"), 20, "the left etcd stopped")
+        wait_for(lambda: not _netns_pids(lab, "h1"), 20, "the left etcd stopped")
         assert _launch(lab, "h1").returncode == 0
         _first_launch_ok(lab)
         release()
