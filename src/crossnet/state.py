@@ -103,6 +103,13 @@ def left_over(directory: str | os.PathLike[str], name_re: str) -> list[Path]:
     return out
 
 
+
+def remove_left_over(directory: str | os.PathLike[str], name_re: str) -> None:
+    """Delete the temporaries :func:`left_over` lists (a killed writer's)."""
+    for tmp in left_over(directory, name_re):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
 CRASH_ENV = "CROSSNET_TEST_CRASH_AT"
 _crash = {"at": None, "step": 0}
 

@@ -45,7 +45,6 @@ from crossnet.state import crash_point, left_over
 
 MANIFEST = Path("share", "crossnet", "install.json")
 MANIFEST_VERSION = 1
-PLUGIN_FILES = ("crossnet-cni", "crossnet-cni-py")
 
 
 def manifest_path(prefix: str | None = None) -> Path:
@@ -106,7 +105,7 @@ def plan(doc: dict[str, Any], state_dir: str, unit_dir: str, cni_bin_dir: str, c
     """(lines to print, steps) of an uninstall; steps are ("units"|"unlink"|"rmtree"|"rename"|
     "empty"|"apt"|"drop", arg): what a re-run needs (the prefix's command, its manifest) goes last."""
     from crossnet import units
-    from crossnet.cni.install import is_ours_conflist, is_ours_plugin
+    from crossnet.cni.install import PLUGIN_FILES, is_ours_conflist, is_ours_plugin
     from crossnet.state import StateDir
 
     state = StateDir(state_dir)

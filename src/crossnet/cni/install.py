@@ -18,13 +18,14 @@ from typing import Any
 
 from crossnet.cni.plugin import PLUGIN_TYPE
 from crossnet.errors import ConfigError
-from crossnet.state import crash_point, left_over
+from crossnet.state import crash_point, remove_left_over
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_NETWORK_NAME = "crossnet"
 DEFAULT_DAEMON_JSON = "/etc/docker/daemon.json"
 PYTHON_CLIENT = f"{PLUGIN_TYPE}-py"  # the Python client next to the native one (its fallback)
+PLUGIN_FILES = (PLUGIN_TYPE, PYTHON_CLIENT)  # what `cni install` puts in the CNI bin dir
 CC = "cc"
 CFLAGS = ("-std=c99", "-O2", "-Wall", "-Wextra")
 CNI_VERSION = "1.0.0"
@@ -146,13 +147,6 @@ def _temp_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _sweep(path: Path) -> None:
-    """Remove the temporaries of `path` a killed crossnet left (crossnet.state.left_over)."""
-    for tmp in left_over(path.parent, re.escape(path.name)):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
 def _fsync_path(path: str | Path, flags: int = os.O_RDONLY) -> None:
     fd = os.open(path, flags)
     try:
@@ -164,7 +158,7 @@ def _fsync_path(path: str | Path, flags: int = os.O_RDONLY) -> None:
 def _new_temp(path: Path) -> Path:
     """A fresh temporary for `path` (its directory made; a killed writer's left-overs swept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(path)
+    remove_left_over(path.parent, re.escape(path.name))  # a killed writer's temporaries
     tmp = _temp_of(path)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)  # a left-over of an earlier process with this pid

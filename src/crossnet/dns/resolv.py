@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from crossnet.dns import MARKER, resolv_conf_text
-from crossnet.state import StateDir, crash_point, left_over, lock_fd, write_text_atomic
+from crossnet.state import (
+    StateDir,
+    crash_point,
+    lock_fd,
+    remove_left_over,
+    write_text_atomic,
+)
 
 NETNS_ETC = "/etc/netns"
 NETNS_RUN = ("/run/netns", "/var/run/netns")
@@ -145,9 +151,7 @@ def _temp_prefix(name: str) -> str:
 def _sweep(name: str, etc: str) -> None:
     """Remove the temporaries of `name`'s resolv.conf that a killed crossnet left (their
     writer, named in the file name, is gone: crossnet.state.left_over)."""
-    for tmp in left_over(etc, re.escape(f"{name}.resolv.conf")):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    remove_left_over(etc, re.escape(f"{name}.resolv.conf"))
 
 
 def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str] | None:
