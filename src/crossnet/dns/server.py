@@ -309,7 +309,6 @@ class DnsServer:
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns-forward")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        self._tcp_slots = threading.BoundedSemaphore(MAX_TCP)
         self._tcp_sources: dict[str, int] = {}  # open TCP connections per source (serveloop.source_key)
         self._tcp_lock = threading.Lock()
         self.stats = {"queries": 0, "answered": 0, "forwarded": 0, "dropped": 0}
@@ -461,11 +460,10 @@ class DnsServer:
         """A TCP slot for a connection from source, unless all are taken or source holds
         its share (one container must not shut TCP DNS for the others)."""
         with self._tcp_lock:
-            if self._tcp_sources.get(source, 0) >= MAX_TCP_PER_SOURCE:
+            held = self._tcp_sources.get(source, 0)
+            if held >= MAX_TCP_PER_SOURCE or sum(self._tcp_sources.values()) >= MAX_TCP:
                 return False
-            if not self._tcp_slots.acquire(blocking=False):
-                return False
-            self._tcp_sources[source] = self._tcp_sources.get(source, 0) + 1
+            self._tcp_sources[source] = held + 1
             return True
 
     def _tcp_give(self, source: str) -> None:
@@ -473,7 +471,6 @@ class DnsServer:
             left = self._tcp_sources.pop(source, 1) - 1
             if left:
                 self._tcp_sources[source] = left
-            self._tcp_slots.release()
 
     def _tcp_conn(self, conn: socket.socket, source: str) -> None:
         try:
