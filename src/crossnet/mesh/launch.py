@@ -226,6 +226,21 @@ def etcd_argv(name: str, address: str, data_dir: str, pki_dir: str, cluster: str
     ]
 
 
+def _exited(pid: int, timeout: float) -> bool:
+    """Wait (bounded) until pid has exited (gone, or a zombie: not our child to reap);
+    whether it did."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def runs_member_of(cmdline: bytes, data_dir: str) -> bool:
     """Whether a process's /proc cmdline is an etcd crossnet started on `data_dir` (etcd_argv):
     one left running by a supervisor that was killed alone (the OOM killer) — the next
@@ -293,15 +308,8 @@ class Paths:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    with open(f"/proc/{pid}/stat") as fh:
-                        if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                            return
-                except OSError:
-                    return
-                time.sleep(0.1)
+            if _exited(pid, timeout):
+                return
 
     def load(self) -> dict:
         try:
@@ -1377,16 +1385,7 @@ def stop(state_dir: str, release: bool, timeout: float = 60.0) -> bool:
     crash_point()
     os.kill(pid, signal.SIGTERM)
     crash_point()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-                    break
-        except OSError:
-            break
-        time.sleep(0.1)
-    else:
+    if not _exited(pid, timeout):
         raise CrossnetError(f"crossnet launch (pid {pid}) did not stop within {timeout:.0f}s")
     return True
 
