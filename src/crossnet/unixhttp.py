@@ -3,24 +3,10 @@ unix listener and crossnet's own agent API all use this one connection class."""
 
 from __future__ import annotations
 
-import contextlib
 import http.client
-import os
 import socket
-from collections.abc import Iterator
 
-
-@contextlib.contextmanager
-def short_path(path: str) -> Iterator[str]:
-    """AF_UNIX paths are limited to 107 bytes; go through /proc/self/fd/N/ for longer ones."""
-    if len(path.encode()) < 100:
-        yield path
-        return
-    fd = os.open(os.path.dirname(path) or ".", os.O_PATH | os.O_DIRECTORY)
-    try:
-        yield f"/proc/self/fd/{fd}/{os.path.basename(path)}"
-    finally:
-        os.close(fd)
+from crossnet.unixsock import short_path
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
