@@ -41,11 +41,12 @@ import threading
 import time
 from typing import Any, Protocol
 
+from crossnet import unixsock
 from crossnet.agent.metrics import observe
 from crossnet.errors import ConfigError, CrossnetError, IpamError
 from crossnet.serveloop import WakeOnShutdown
 from crossnet.state import StateDir
-from crossnet.unixhttp import UnixHTTPConnection, short_path
+from crossnet.unixhttp import UnixHTTPConnection
 
 
 class Agent(Protocol):
@@ -101,15 +102,22 @@ class _Server(WakeOnShutdown, socketserver.ThreadingMixIn, socketserver.UnixStre
         self.agent = agent
         self.path = path
         self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        old = os.umask(0o177)
+        # never another process's socket, nor a file that is not a socket (crossnet.unixsock)
         try:
-            with short_path(path) as p:
-                super().__init__(p, _Handler, bind_and_activate=True)
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
+            sock, self.ident = unixsock.bind(path, 0o600, backlog=self.request_queue_size)
+        except unixsock.InUse:
+            raise ConfigError(f"--state-dir: {path} is served by a running process (another crossnet agent?); "
+                              "stop it first") from None
+        except ConfigError as exc:
+            raise ConfigError(f"--state-dir: {exc}") from None
+        try:
+            super().__init__(path, _Handler, bind_and_activate=False)
+        except BaseException:
+            unixsock.release(path, self.ident)
+            sock.close()
+            raise
+        self.socket.close()
+        self.socket = sock
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
@@ -134,9 +142,8 @@ class _Server(WakeOnShutdown, socketserver.ThreadingMixIn, socketserver.UnixStre
 
     def close(self) -> None:
         self.shutdown()
+        unixsock.release(self.path, self.ident)  # before closing: a successor's socket stays
         self.server_close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
 
 
 def _refuse_busy(sock: Any) -> None:
@@ -462,8 +469,7 @@ def _cni(body: dict) -> dict:
     """Run one crossnet-cni invocation ({environ, stdin, netns}) in the agent: the
     same plugin code and IPAM, without a process start. Callers from another
     network namespace are told `stale` and run the plugin themselves."""
-    from crossnet.cni import plugin
-    from crossnet.cni import netns_id, target_id
+    from crossnet.cni import netns_id, plugin, target_id
 
     try:
         environ, stdin = plugin.unpack_request(body)
