@@ -33,6 +33,7 @@ import signal
 import socket
 import time
 
+from crossnet import unixsock
 from crossnet.cni import (  # noqa: F401  (shared with the client; spawn: server.spawn)
     DEFAULT_IDLE,
     code_id,
@@ -89,11 +90,10 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
             if time.monotonic() >= deadline:
                 return  # another helper serves this state dir
             time.sleep(0.05)
-    from crossnet.cni import plugin
-
     # import everything a request needs now, not during the first request
     import crossnet.backends  # noqa: F401
     import crossnet.containers  # noqa: F401
+    from crossnet.cni import plugin
 
     try:
         from crossnet.state import read_json
@@ -111,19 +111,18 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
         srv = socket.socket(fileno=listen_fd)
         ident = None  # systemd's socket: never removed here
     else:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
-        try:
-            srv.bind(path)
-        finally:
-            os.umask(old_umask)
-        st = os.stat(path)
-        ident = (st.st_dev, st.st_ino)
-        srv.listen(64)
+        from crossnet.errors import ConfigError
+
+        try:  # never another listener's socket (systemd's, a helper's), nor a file that is not one
+            srv, ident = unixsock.bind(path, 0o600, backlog=64)
+        except unixsock.InUse as exc:  # a racing helper won, or systemd's socket: it serves the calls
+            _event(log_file, "stop", reason=str(exc))
+            os.close(lock)
+            return
+        except ConfigError as exc:
+            _event(log_file, "stop", reason=str(exc))
+            os.close(lock)
+            raise
     srv.settimeout(min(idle, HEALTH_INTERVAL))
     last = time.monotonic()
 
@@ -150,7 +149,7 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
         except socket.timeout:
             if time.monotonic() - last >= idle:
                 break
-            if ident is not None and not _still_ours(path, ident):
+            if ident is not None and not unixsock.still_ours(path, ident):
                 reason = "socket gone"
                 break
             if not os.path.exists(os.path.join(state_dir, "applied.json")):
@@ -229,20 +228,8 @@ def _recv_limited(conn: socket.socket) -> bytes:
         chunks.append(data)
 
 
-def _still_ours(path: str, ident: tuple[int, int]) -> bool:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == ident
-
-
 def _cleanup(srv: socket.socket, path: str, ident: tuple[int, int] | None, close: bool = True) -> None:
-    if ident is not None and _still_ours(path, ident):  # only remove the socket if it is still ours
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    unixsock.release(path, ident)  # only if it is still ours; never systemd's (ident None)
     if close:
         try:
             srv.close()
