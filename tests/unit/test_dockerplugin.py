@@ -534,3 +534,34 @@ def test_serve_never_replaces_a_socket_another_process_serves(tmp_path):
         other.close()
         for s, h in saved.items():
             signal.signal(s, h)
+
+
+@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+def test_serve_refuses_a_path_that_is_not_a_socket_and_leaves_it(tmp_path, kind):
+    """--socket naming a regular file, a directory or a symlink (even to a stale socket):
+    one line naming it, nothing removed or followed, nothing served."""
+    import socket
+
+    from crossnet.errors import ConfigError
+    from crossnet.runtime.dockerplugin import serve
+
+    path = tmp_path / "crossnet.sock"
+    target = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(target))
+    s.close()
+    if kind == "file":
+        path.write_text("keep")
+    elif kind == "dir":
+        path.mkdir()
+    else:
+        path.symlink_to(target)
+
+    def ready():  # never reached
+        raise AssertionError("served")
+
+    with pytest.raises(ConfigError) as err:
+        serve(SimpleNamespace(flush=lambda: None), str(path), ready=ready)
+    assert str(err.value) == f"--socket: {path} exists and is not a socket"
+    assert (path.read_text() == "keep" if kind == "file" else path.is_dir() if kind == "dir"
+            else path.is_symlink() and target.is_socket())

@@ -805,27 +805,11 @@ def _learn_name(plugin: DockerPlugin, socket_path: str, nid: str, eid: str, trie
                 return
 
 
-def _served(socket_path: str) -> bool:
-    """Whether a process accepts connections on the unix socket at socket_path."""
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(socket_path)
-        return True
-    except OSError:  # refused (nobody listens: stale), gone
-        return False
-    finally:
-        probe.close()
-
-
 def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | None = None,
           verbose: bool = False) -> None:
     """Serve the plugin on a unix socket until SIGTERM/SIGINT."""
     import signal
     import socketserver
-    import stat
     from http.server import BaseHTTPRequestHandler
 
     class Handler(BaseHTTPRequestHandler):
@@ -863,21 +847,19 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
     class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         daemon_threads = True
 
-    with contextlib.suppress(FileNotFoundError):
-        st = os.lstat(socket_path)
-        if not stat.S_ISSOCK(st.st_mode):
-            raise ConfigError(f"--socket: {socket_path} exists and is not a socket")
-        if _served(socket_path):  # another process's: never taken over (a stale one is replaced)
-            raise ConfigError(f"--socket: {socket_path} is served by a running process (another crossnet "
-                              "docker-plugin?); stop it first, or choose another --socket")
-        os.unlink(socket_path)
+    from crossnet import unixsock
+
     os.makedirs(os.path.dirname(socket_path) or ".", mode=0o755, exist_ok=True)
-    old = os.umask(0o177)
-    try:
-        server = Server(socket_path, Handler)
-    finally:
-        os.umask(old)
-    mine = os.stat(socket_path).st_ino
+    try:  # another process's socket is never taken over, a file that is not a socket never removed
+        sock, mine = unixsock.bind(socket_path, 0o600, backlog=Server.request_queue_size)
+    except unixsock.InUse:
+        raise ConfigError(f"--socket: {socket_path} is served by a running process (another crossnet "
+                          "docker-plugin?); stop it first, or choose another --socket") from None
+    except ConfigError as exc:
+        raise ConfigError(f"--socket: {exc}") from None
+    server = Server(socket_path, Handler, bind_and_activate=False)
+    server.socket.close()
+    server.socket = sock
 
     def stop(_sig: int, _frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
@@ -889,8 +871,6 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
             ready()
         server.serve_forever(poll_interval=0.5)
     finally:
+        unixsock.release(socket_path, mine)  # before closing: only this server's socket, not a successor's
         server.server_close()
         plugin.flush()
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(socket_path).st_ino == mine:  # still this server's socket, not a successor's
-                os.unlink(socket_path)
