@@ -692,6 +692,65 @@ def test_external_helper_is_never_spawned_and_socket_activation_serves(host, cle
         sock.unlink(missing_ok=True)
 
 
+def test_spawned_helper_never_takes_a_live_socket_and_replaces_a_stale_one(host, clean, tmp_path):
+    """A live listener holds cni.sock (here one that answers nothing usable, like
+    systemd's activation socket whose helper answers `stale`): the plugin runs the call
+    itself and the helper it spawns exits 0 leaving that socket serving (was: the helper
+    unlinked it and took the path). Once that listener is gone (a stale socket file), the
+    next spawned helper replaces it and serves the calls."""
+    import socket
+    import threading
+
+    from crossnet.cni import socket_path
+
+    log = tmp_path / "cni.log"
+    conf = host.conf(logFile=str(log))
+    sock = Path(socket_path(host.state_dir))
+    sock.unlink(missing_ok=True)  # a helper the earlier tests spawned exits once its socket is gone
+    assert _wait_for(lambda: _lock_free(str(sock) + ".lock"), timeout=30.0)
+    other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    other.bind(str(sock))
+    other.listen(16)
+    other.settimeout(0.2)
+    ino = sock.lstat().st_ino
+    done = threading.Event()
+
+    def answer_nothing() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = other.accept()
+            except OSError:
+                continue
+            conn.close()
+
+    t = threading.Thread(target=answer_nothing, daemon=True)
+    t.start()
+    try:
+        c1, n1 = cid(), host.new_netns()
+        assert host.cni("ADD", conf, cid=c1, netns=n1)[0] == 0
+        assert _wait_for(lambda: any(x.get("server") == "stop" for x in _log_lines(log)), timeout=30.0), \
+            _log_lines(log)
+        stops = [x for x in _log_lines(log) if x.get("server") in ("start", "stop")]
+        assert [x["server"] for x in stops] == ["stop"], stops
+        assert stops[0]["reason"] == f"{sock} is served by a running process"
+        assert sock.lstat().st_ino == ino  # still the other listener's socket
+        assert host.cni("DEL", conf, cid=c1, netns=n1) == (0, None)
+        calls = [x["via"] for x in _log_lines(log) if x.get("command")]
+        assert calls == ["process", "process"], calls
+    finally:
+        done.set()
+        t.join(timeout=5)
+        other.close()  # the socket file stays: stale
+    assert sock.exists() and sock.lstat().st_ino == ino
+    c2, n2 = cid(), host.new_netns()
+    assert host.cni("ADD", conf, cid=c2, netns=n2)[0] == 0  # in-process; spawns a helper that replaces it
+    assert _wait_for(lambda: [x["server"] for x in _log_lines(log) if x.get("server")][-1] == "start"), \
+        "no helper replaced the stale socket"
+    assert host.cni("DEL", conf, cid=c2, netns=n2) == (0, None)
+    calls = [x["via"] for x in _log_lines(log) if x.get("command")]
+    assert calls[-2:] == ["process", "server"], calls
+
+
 def test_server_disabled(host, clean, tmp_path):
     log = tmp_path / "cni.log"
     conf = host.conf(logFile=str(log), server=False)
