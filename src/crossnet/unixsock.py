@@ -4,7 +4,7 @@ the CNI helper imports it).
 * :func:`bind` — the path is lstat()ed (a symlink is never followed): absent → bound;
   not a socket → ConfigError "<path> exists and is not a socket" (left as it is);
   a socket a process accepts on → :class:`InUse` (left as it is: the caller words it);
-  a stale socket (connect refused) → unlinked, if it is still that inode, and replaced.
+  a stale socket (connect refused, twice) → unlinked, if it is still that inode, and replaced.
   Bound under a umask, so the socket is never wider than ``mode``; listening before the
   function returns. bind() failing with EADDRINUSE (another process bound the path
   between the check and ours) is InUse too.
@@ -15,9 +15,8 @@ the CNI helper imports it).
 * :func:`short_path` — AF_UNIX addresses are limited to 107 bytes; longer paths go
   through ``/proc/self/fd/N/``.
 
-Left: a process that probes our socket between our bind() and listen() (two syscalls
-back to back) sees it refuse and may take it for stale; it unlinks it only if the
-inode is the one it probed.
+A socket is stale only if it refuses twice, STALE_RECHECK apart, as the same inode: one
+another process bound a moment ago refuses until its listen() (the next syscall).
 """
 
 from __future__ import annotations
@@ -27,12 +26,14 @@ import errno
 import os
 import socket
 import stat
+import time
 from collections.abc import Iterator
 
 from crossnet.errors import ConfigError
 
 Ident = tuple[int, int]  # (st_dev, st_ino) of the socket file bind() created
 PROBE_TIMEOUT = 1.0
+STALE_RECHECK = 0.05  # seconds between two refused probes before a socket counts as stale
 
 
 class InUse(ConfigError):
@@ -111,6 +112,9 @@ def bind(path: str, mode: int = 0o600, backlog: int = 64) -> tuple[socket.socket
         if not stat.S_ISSOCK(st.st_mode):
             raise ConfigError(f"{path} exists and is not a socket")
         alive = _accepting(path)
+        if alive is False:  # refused: stale, or bound a moment ago and not listening yet: ask again
+            time.sleep(STALE_RECHECK)
+            alive = _accepting(path) if still_ours(path, _ident(st)) else None
         if alive:
             raise InUse(f"{path} is served by a running process")
         if alive is False:

@@ -219,3 +219,25 @@ def test_unknown_probe_error_is_never_taken_for_stale(tmp_path, monkeypatch):
     with pytest.raises(unixsock.InUse):
         unixsock.bind(path)
     assert _ino(path) == ino
+
+
+def test_a_socket_bound_but_not_yet_listening_is_not_taken_for_stale(tmp_path, monkeypatch):
+    """Another process bound the path and listens a moment later (bind and listen are two
+    syscalls): the first probe is refused, the second, STALE_RECHECK later, is not."""
+    path = str(tmp_path / "young.sock")
+    young = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    young.bind(path)  # not listening yet: connect refused
+    ino = _ino(path)
+    real_sleep = unixsock.time.sleep
+
+    def sleep_then_listen(t):
+        young.listen(1)
+        real_sleep(t)
+
+    monkeypatch.setattr(unixsock.time, "sleep", sleep_then_listen)
+    try:
+        with pytest.raises(unixsock.InUse):
+            unixsock.bind(path)
+        assert _ino(path) == ino and _accepts(path)
+    finally:
+        young.close()
