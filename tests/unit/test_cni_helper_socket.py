@@ -71,7 +71,7 @@ def test_live_socket_at_the_path_is_left_serving_and_the_helper_exits_0(h):
     ino = os.lstat(h.sock).st_ino
     try:
         proc = _start(h)
-        out, err = _wait(proc)
+        _, err = _wait(proc)
         assert proc.returncode == 0 and err == b"", err.decode()
         assert os.lstat(h.sock).st_ino == ino
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,7 +92,7 @@ def test_not_a_socket_at_the_path_is_left(h, tmp_path, kind):
     else:
         h.sock.symlink_to(target)
     proc = _start(h)
-    out, err = _wait(proc)
+    _, err = _wait(proc)
     assert proc.returncode != 0
     assert err.decode().strip().splitlines()[-1] == f"crossnet.errors.ConfigError: {h.sock} exists and is not a socket"
     if kind == "file":
