@@ -120,3 +120,18 @@ def test_two_racing_helpers_one_serves_the_other_exits_0(h):
                 p.terminate()
             p.communicate(timeout=10)
     assert not os.path.lexists(h.sock)  # the winner removed its own socket at SIGTERM
+
+
+def test_a_link_at_the_lock_path_is_never_followed(h, tmp_path):
+    """The helper's lock `cni.sock.lock` was opened O_CREAT following links: a symlink
+    planted there made root create (an empty file) wherever it pointed. It is opened like
+    every lock of crossnet (crossnet.state.open_lock_file: O_NOFOLLOW): the helper stops,
+    nothing is created, the link is left."""
+    target = tmp_path / "created-by-root"
+    lock = h.sock.with_name(h.sock.name + ".lock")
+    lock.symlink_to(target)
+    proc = _start(h)
+    _, err = _wait(proc)
+    assert proc.returncode == 0, err.decode()
+    assert not os.path.lexists(target) and lock.is_symlink()
+    assert not os.path.lexists(h.sock)  # it never served

@@ -77,9 +77,13 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
     path = socket_path(state_dir)
     if idle <= 0:
         idle = float("inf")
-    try:
-        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
+    from crossnet.errors import ConfigError
+    from crossnet.state import open_lock_file
+
+    try:  # 0600, never through a link planted at the path (as every lock of crossnet)
+        lock = open_lock_file(path + ".lock")
+    except ConfigError as exc:
+        _event(log_file, "stop", reason=str(exc))
         return
     deadline = time.monotonic() + 3.0  # a helper stepping down (code changed) may still hold it
     while True:
@@ -111,8 +115,6 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
         srv = socket.socket(fileno=listen_fd)
         ident = None  # systemd's socket: never removed here
     else:
-        from crossnet.errors import ConfigError
-
         try:  # never another listener's socket (systemd's, a helper's), nor a file that is not one
             srv, ident = unixsock.bind(path, 0o600, backlog=64)
         except unixsock.InUse as exc:  # a racing helper won, or systemd's socket: it serves the calls
