@@ -51,6 +51,24 @@ def line(logger: str, msg: str, level: str = "info", ts: float | None = None, **
     return json.dumps(out, ensure_ascii=False, default=str)
 
 
+def append_line(path: str, text: str) -> None:
+    """Append one line to the log file ``path`` (a CNI network's ``logFile``: configuration
+    a runtime hands the plugin, so never trusted): created 0600 if absent, never through a
+    symbolic link (O_NOFOLLOW), never into anything but a regular file (a FIFO or device
+    there is left alone, O_NONBLOCK: never waited on). OSError when it cannot be written."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 def _field(value: object) -> object:
     if isinstance(value, str):
         return mask_credentials(value)

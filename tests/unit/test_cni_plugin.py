@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from types import SimpleNamespace
 
 import pytest
@@ -409,3 +411,28 @@ def test_add_of_another_network_leaves_the_attachment_as_it_was(tmp_path):
         containers.attach(state, ctx, None, CID, str(ns), ifname="eth0", meta=_cni_meta("net-a"), reuse=False,
                           foreign=lambda alloc: plugin.not_ours(alloc, "net-a"))
     assert state.ipam_path.read_bytes() == before
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_log_file_is_never_written_through_a_link_or_into_a_fifo(tmp_path, monkeypatch, kind):
+    """The network's logFile (configuration the runtime hands over) was opened with a plain
+    append: a link planted at the path had root append the call's line to the file it named,
+    a FIFO there blocked the plugin until a reader came. Now the call runs and nothing is
+    written (crossnet.logjson.append_line)."""
+    import io
+
+    log = tmp_path / "cni.log"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    if kind == "symlink":
+        log.symlink_to(victim)
+    else:
+        os.mkfifo(log)
+    stdin = conf(logFile=str(log))
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(stdin), isatty=lambda: False))
+    monkeypatch.setattr("os.environ", env("DEL", CNI_NETNS=None))
+    with pytest.raises(SystemExit) as exc:
+        plugin.main()
+    assert exc.value.code == 0
+    assert victim.read_text() == "precious\n"
+    assert log.is_symlink() if kind == "symlink" else stat.S_ISFIFO(os.lstat(log).st_mode)

@@ -938,9 +938,8 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
         path = None
     if not _is_path(path):
         return
-    from crossnet.logjson import (
-        line as log_line,  # the shape and time format of every JSON log
-    )
+    # line: the shape and time format of every JSON log
+    from crossnet.logjson import append_line, line
 
     command = req_env.get("CNI_COMMAND")
     fields = {
@@ -955,10 +954,9 @@ def _log(req_env: dict[str, str], stdin: bytes, rc: int, out: Any, elapsed: floa
     }
     if rc:
         fields["error"] = out
-    text = log_line("crossnet.cni", f"{command} {'failed' if rc else 'ok'}", "error" if rc else "info", **fields)
+    text = line("crossnet.cni", f"{command} {'failed' if rc else 'ok'}", "error" if rc else "info", **fields)
     try:
-        with open(path, "a") as fh:
-            fh.write(text + "\n")
+        append_line(path, text)  # never through a link, never into a FIFO or device
     except (OSError, ValueError):
         pass
 

@@ -58,13 +58,12 @@ MAX_REQUEST = 4 << 20
 def _event(log_file: str | None, event: str, **kw: Any) -> None:
     if not log_file:
         return
-    from crossnet.logjson import line
+    from crossnet.logjson import append_line, line
 
     text = line("crossnet.cni.server", f"warm helper {event}", server=event, pid=os.getpid(), **kw)
     try:
-        with open(log_file, "a") as fh:
-            fh.write(text + "\n")
-    except OSError:
+        append_line(log_file, text)  # the network's logFile: never through a link
+    except (OSError, ValueError):
         pass
 
 
