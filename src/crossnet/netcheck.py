@@ -23,12 +23,15 @@ DEFAULT = "default"
 @dataclass
 class NetPlan:
     """One network's endpoints on this host: `local` (probe sources) and `dsts`
-    (endpoint, its host, kind "container" | "gateway"), `stale` containers (not probed)."""
+    (endpoint, its host, kind "container" | "gateway"); not probed: `stale` containers
+    (namespace gone) and `incomplete` ones (no veth: an attach killed half-way or still
+    running; their pairs could only fail, which `status` already says, with the fix)."""
 
     network: str
     local: list[tuple[Endpoint, str, str]] = field(default_factory=list)
     dsts: list[tuple[Endpoint, str, str]] = field(default_factory=list)
     stale: list[dict] = field(default_factory=list)
+    incomplete: list[dict] = field(default_factory=list)
 
 
 def plan(network: str, me: str, backend: str, containers: list[dict], peers: list[dict],
@@ -39,8 +42,10 @@ def plan(network: str, me: str, backend: str, containers: list[dict], peers: lis
     out = NetPlan(network)
     out.stale = [{"id": c["id"], "address": c["address"], "netns": c["netns"]}
                  for c in containers if c.get("state") == "stale"]
+    out.incomplete = [{"id": c["id"], "address": c["address"], "netns": c["netns"], "complete": c.get("complete")}
+                      for c in containers if c.get("state") == "incomplete"]
     out.local = [(Endpoint(tag + (c.get("name") or c["id"]), c["netns"] or "", c["address"].split("/")[0]), me,
-                  "container") for c in containers if c.get("state") != "stale"]
+                  "container") for c in containers if c.get("state") not in ("stale", "incomplete")]
     out.dsts = list(out.local)
     by_name = {p["name"]: p for p in peers}
     for name in sorted(set(by_name) | set(published or {})):

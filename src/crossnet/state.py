@@ -80,7 +80,7 @@ def write_text_atomic(path: Path, text: str, sync_dir: bool = True) -> None:
 
 
 def left_over(directory: str | os.PathLike[str], name_re: str) -> list[Path]:
-    """The temporaries ``.NAME.PID.tmp`` (crossnet.cni.install, crossnet.dns.resolv) in
+    """The temporaries ``.NAME.PID.tmp`` (:func:`pid_temp`; crossnet.dns.resolv too) in
     `directory`, NAME matching `name_re`, that a killed crossnet left: their writer, named
     in the file name, is gone (a live one's are not listed)."""
     out = []
@@ -109,6 +109,56 @@ def remove_left_over(directory: str | os.PathLike[str], name_re: str) -> None:
     for tmp in left_over(directory, name_re):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+def pid_temp(path: Path) -> Path:
+    """The temporary a file outside the state dir (a CNI conflist or plugin, a systemd
+    unit) is written under before its rename: in the same directory, hidden, named after
+    the file and this process, so a killed writer's is found by :func:`left_over` (runtimes
+    read only *.conf, *.conflist and *.json from the CNI conf dir, systemd only unit
+    suffixes)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def fsync_path(path: str | Path, flags: int = os.O_RDONLY) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_pid_temp(path: Path) -> Path:
+    """A fresh :func:`pid_temp` for `path` (its directory made; a killed writer's left-overs swept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_left_over(path.parent, re.escape(path.name))
+    tmp = pid_temp(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a left-over of an earlier process with this pid
+    return tmp
+
+
+def replace_file(path: Path, text: str, mode: int) -> None:
+    """Replace `path` with `text`, whole or not at all: written (O_EXCL, never through a
+    symlink) and fsync'd under :func:`pid_temp`, given `mode`, renamed over it, the
+    directory fsync'd. For files outside the state dir with a public mode
+    (:func:`write_text_atomic` is for the state dir's private files)."""
+    tmp = new_pid_temp(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT): written, not in place yet
+        os.replace(tmp, path)
+        crash_point()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_path(path.parent)
+
 
 CRASH_ENV = "CROSSNET_TEST_CRASH_AT"
 _crash = {"at": None, "step": 0}

@@ -18,13 +18,14 @@ private mount namespace (CAP_SYS_ADMIN), reads another process's /proc/PID/ns/ne
 
 from __future__ import annotations
 
-import os
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from crossnet.errors import ConfigError, CrossnetError
+from crossnet.state import left_over, replace_file
 
 SYSTEM_UNIT_DIR = "/etc/systemd/system"
 MARKER = "# Installed by `crossnet systemd install`; `crossnet systemd uninstall` removes it."
@@ -213,10 +214,7 @@ def install(units: dict[str, str], unit_dir: str, reload: bool, dry_run: bool = 
             continue
         done.append(f"write {path}")
         if not dry_run:
-            tmp = path.with_name(f".{name}.tmp")
-            tmp.write_text(text)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            replace_file(path, text, 0o644)  # whole or not at all; a killed run's temporary swept
     if reload:
         done.append("systemctl daemon-reload")
         if not dry_run:
@@ -240,6 +238,10 @@ def uninstall(names: list[str], unit_dir: str, systemd: bool, dry_run: bool = Fa
         done.append(f"remove {d / n}")
         if not dry_run:
             (d / n).unlink()
+    for tmp in left_over(d, "|".join(map(re.escape, names))):  # a killed install's temporaries
+        done.append(f"remove {tmp}")
+        if not dry_run:
+            tmp.unlink(missing_ok=True)
     if systemd and ours:
         done.append("systemctl daemon-reload")
         if not dry_run:

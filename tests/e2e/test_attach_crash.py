@@ -203,6 +203,10 @@ def test_an_attach_killed_after_its_ipam_write_shows_incomplete_until_completed(
     assert row["complete"] == f"crossnet attach {name} (or crossnet detach {name} to remove it)"
     text = crossnet(lab, "status")
     assert text.returncode == 0 and f"{name}: incomplete, missing the veth {host_if}" in text.stdout, text.stdout
+    chk = crossnet(lab, "check")  # not probed (its pairs could only fail): named, with where to look
+    assert chk.returncode == 1 and "no containers attached on this host" in chk.stderr, (chk.stdout, chk.stderr)
+    assert f"1 incomplete (no veth yet, not probed; `crossnet status` says how to complete or remove them): {name}" \
+        in chk.stderr, chk.stderr
     assert crossnet(lab, "attach", name).returncode == 0  # the command it names
     [row] = json.loads(crossnet(lab, "status", "-o", "json").stdout)["containers"]
     assert row["state"] == "attached" and "missing" not in row, row

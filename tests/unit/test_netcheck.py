@@ -60,3 +60,15 @@ def test_network_status_reads_the_named_network():
     assert netcheck.network_status(st, "default", []) == (st["containers"], PEERS_D)
     assert netcheck.network_status(st, "blue", PEERS_B) == ([cont("x", "10.41.0.2")], PEERS_B)
     assert netcheck.network_status(st, "red", PEERS_B) == ([], PEERS_B)
+
+
+def test_incomplete_containers_are_listed_not_probed():
+    """An attach killed before its veth (status: `incomplete`) used to be a probe source and
+    destination: every pair of it failed, blamed on the network."""
+    half = {**cont("h", "10.40.0.5", "incomplete"), "complete": "crossnet attach h (or crossnet detach h to remove it)"}
+    d = netcheck.plan("default", "h1", "vxlan", [cont("a", "10.40.0.2"), half], PEERS_D, None)
+    assert [e.name for e, _, _ in d.local] == ["a"] and [e.name for e, _, _ in d.dsts] == ["a", "h2 (gateway)"]
+    assert d.incomplete == [{"id": "h", "address": "10.40.0.5/24", "netns": "/run/netns/h",
+                             "complete": "crossnet attach h (or crossnet detach h to remove it)"}]
+    same, _ = netcheck.jobs([d])
+    assert {(s.name, dst.name) for s, (dst, _, _), _, _ in same} == {("a", "h2 (gateway)")}

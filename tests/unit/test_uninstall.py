@@ -189,7 +189,7 @@ def test_only_conflists_of_the_shape_crossnet_writes_are_crossnets(tmp_path):
 
 def test_the_temporaries_of_a_killed_cni_install_are_removed_a_live_ones_and_others_kept(installed):
     """A `cni install` killed before its renames leaves `.NAME.PID.tmp` next to the file
-    (crossnet.cni.install._temp_of); uninstall removes those whose writer is gone and that
+    (crossnet.state.pid_temp); uninstall removes those whose writer is gone and that
     are crossnet's (its plugin names; a conflist of crossnet's shape), nothing else."""
     from crossnet.cni.install import conflist, wrapper_script
 

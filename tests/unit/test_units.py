@@ -153,3 +153,43 @@ def test_install_refusing_one_foreign_unit_writes_none_of_the_others(tmp_path, e
     assert str(err.value) == f"--unit-dir: {foreign} exists and was not installed by crossnet; remove it first"
     assert sorted(p.name for p in unit_dir.iterdir()) == ["crossnet-cni-helper.service"]
     assert foreign.read_text() == "[Service]\nExecStart=/bin/true\n"
+
+
+def test_install_never_writes_through_a_link_at_its_temporary_name(tmp_path, exe):
+    """A unit used to be written to the fixed name `.NAME.tmp` with a plain open: a symlink
+    planted there (a --unit-dir others can write, or a left-over) made install write the
+    unit's text, as root, into whatever file the link named."""
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    name = "crossnet-agent.service"
+    (unit_dir / f".{name}.tmp").symlink_to(victim)
+    for pid in (os.getpid(), 1):  # both temporaries this process could pick or sweep
+        (unit_dir / f".{name}.{pid}.tmp").symlink_to(victim)
+    text = units.render(["agent"], units.UnitOptions(exe=exe, state_dir=str(tmp_path / "s")))
+    units.install(text, str(unit_dir), reload=False)
+    assert victim.read_text() == "precious\n"
+    assert (unit_dir / name).read_text() == text[name] and not (unit_dir / name).is_symlink()
+    assert oct((unit_dir / name).stat().st_mode & 0o777) == "0o644"
+
+
+def test_a_killed_installs_temporary_is_swept_by_the_next_install_and_by_uninstall(tmp_path, exe):
+    """Temporaries are `.NAME.PID.tmp`: one whose writer is gone is a killed install's and
+    is removed (a live writer's is left alone)."""
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    name = "crossnet-agent.service"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = unit_dir / f".{name}.{dead.pid}.tmp"
+    live = unit_dir / f".{name}.1.tmp"  # pid 1 is alive
+    for p in (killed, live):
+        p.write_text("half a unit")
+    text = units.render(["agent"], units.UnitOptions(exe=exe, state_dir=str(tmp_path / "s")))
+    units.install(text, str(unit_dir), reload=False)
+    assert not killed.exists() and live.exists()
+    killed.write_text("half a unit")
+    done = units.uninstall([name], str(unit_dir), systemd=False)
+    assert f"remove {killed}" in done and f"remove {unit_dir / name}" in done
+    assert sorted(p.name for p in unit_dir.iterdir()) == [live.name]

@@ -563,9 +563,13 @@ def check(ctx: click.Context, count: int, timeout: float, network: str | None, i
     stale = [c for p in plans if p.network in names for c in p.stale]
     stale_note = (f"stale (namespace gone, not probed; `crossnet gc` collects them): "
                   f"{', '.join(c['id'] for c in stale)}") if stale else None
+    unfinished = [c for p in plans if p.network in names for c in p.incomplete]
+    unfinished_note = (f"incomplete (no veth yet, not probed; `crossnet status` says how to complete or remove "
+                       f"them): {', '.join(c['id'] for c in unfinished)}") if unfinished else None
     if not any(p.local for p in plans if p.network in names):
         raise CrossnetError("no containers attached on this host: nothing to check (crossnet attach CONTAINER)"
-                            + (f"; {len(stale)} {stale_note}" if stale else ""))
+                            + (f"; {len(stale)} {stale_note}" if stale else "")
+                            + (f"; {len(unfinished)} {unfinished_note}" if unfinished else ""))
     same, cross = netcheck.jobs(plans, isolation, network)
 
     def run(job):
@@ -585,7 +589,7 @@ def check(ctx: click.Context, count: int, timeout: float, network: str | None, i
                     "dst_host": dhost, "dst_address": d.address, "kind": kind, "network": sn, "dst_network": dn}
 
         out = {"host": me, "ok": ok, "peer_containers": "published" if published is not None else "unknown",
-               "note": note, "stale": stale, "networks": names, "pairs": [row(j, p) for j, p in zip(same, pairs)]}
+               "note": note, "stale": stale, "incomplete": unfinished, "networks": names, "pairs": [row(j, p) for j, p in zip(same, pairs)]}
         if isolation:
             out["isolation"] = [{**row(j, p), "ok": not p.ok, "reached": p.ok} for j, p in zip(cross, crossed)]
         _json(out)
@@ -609,6 +613,8 @@ def check(ctx: click.Context, count: int, timeout: float, network: str | None, i
             click.echo(note)
         if stale_note:
             click.echo(stale_note)
+        if unfinished_note:
+            click.echo(unfinished_note)
         click.echo(summary_line(pairs))
         for line in failure_lines(pairs, host_of.get):
             click.echo(f"  ✗ {line}")

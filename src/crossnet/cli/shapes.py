@@ -58,6 +58,7 @@ SHAPES: dict[str, Any] = {
                "containers": [CONTAINER], "dns": {"served": "bool", "text": "str"}},
     "check": {"host": "str", "ok": "bool", "peer_containers": "str", "note": "str?",
               "stale": [{"id": "str", "address": "str", "netns": "str?"}],
+              "incomplete": [{"id": "str", "address": "str", "netns": "str?", "complete": "str?"}],
               "networks": ["str"],
               "pairs": [dict(PAIR, dst_address="str", kind="str", network="str", dst_network="str")],
               "isolation?": [dict(PAIR, dst_address="str", kind="str", network="str", dst_network="str",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ from typing import Any
 
 from crossnet.cni.plugin import PLUGIN_TYPE
 from crossnet.errors import ConfigError
-from crossnet.state import crash_point, remove_left_over
+from crossnet.state import crash_point, fsync_path, new_pid_temp, replace_file
 
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_BIN_DIR = "/opt/cni/bin"
@@ -140,52 +139,6 @@ def wrapper_script(python: str | None = None, paths: list[str] | None = None) ->
     )
 
 
-def _temp_of(path: Path) -> Path:
-    """The temporary a file of crossnet's is written under before its rename: in the same
-    directory, hidden, named after the file and this process (runtimes read only *.conf,
-    *.conflist and *.json from the conf dir, and run only the plugin a conflist names)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _fsync_path(path: str | Path, flags: int = os.O_RDONLY) -> None:
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _new_temp(path: Path) -> Path:
-    """A fresh temporary for `path` (its directory made; a killed writer's left-overs swept)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_left_over(path.parent, re.escape(path.name))  # a killed writer's temporaries
-    tmp = _temp_of(path)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)  # a left-over of an earlier process with this pid
-    return tmp
-
-
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    """Replace `path` with `text`, whole or not at all: written and fsync'd under a
-    temporary name (:func:`_temp_of`), renamed over it, the directory fsync'd."""
-    tmp = _new_temp(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        crash_point()  # test hook (CROSSNET_TEST_CRASH_AT): written, not in place yet
-        os.replace(tmp, path)
-        crash_point()
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_path(path.parent)
-
-
 def find_plugin(name: str, dirs: list[str]) -> str | None:
     for d in dirs:
         p = Path(d) / name
@@ -246,7 +199,7 @@ def _place_client(target: Path, make: Callable[[str], str | None]) -> str | None
     """Put a native client at target atomically: make(tmp) writes it under a temporary
     name in target's directory (None, or why not), then it is self-tested, fsync'd and
     renamed. Returns None on success, else why it is not there."""
-    tmp = _new_temp(target)
+    tmp = new_pid_temp(target)
     try:
         why = make(str(tmp))
         if why:
@@ -255,11 +208,11 @@ def _place_client(target: Path, make: Callable[[str], str | None]) -> str | None
         why = _self_test(str(tmp))
         if why:
             return why
-        _fsync_path(tmp)
+        fsync_path(tmp)
         crash_point()
         os.replace(tmp, target)
         crash_point()
-        _fsync_path(target.parent)
+        fsync_path(target.parent)
         return None
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -368,7 +321,7 @@ def install(
     py_client = Path(bin_dir) / PYTHON_CLIENT
     _check_ours(conf_file, plugin, py_client)
     wrapper = wrapper_script()
-    _write_atomic(py_client, wrapper, 0o755)  # first: the native client execs it
+    replace_file(py_client, wrapper, 0o755)  # first: the native client execs it
     prebuilt = prebuilt_client() if native else None
     if not native:
         why = "--no-native"
@@ -377,10 +330,10 @@ def install(
     else:
         why = build_shim(plugin, str(py_client.absolute()))
     if why:
-        _write_atomic(plugin, wrapper, 0o755)
+        replace_file(plugin, wrapper, 0o755)
     # the conflist last: a runtime that sees the network finds the plugin it names (an
     # install killed in between leaves plugins no conflist uses, which the next one replaces)
-    _write_atomic(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
+    replace_file(conf_file, json.dumps(conf, indent=2) + "\n", 0o644)
     warnings = []
     if portmap and not find_plugin("portmap", [bin_dir, *STANDARD_PLUGIN_DIRS]):
         warnings.append(
@@ -505,6 +458,6 @@ def merge_daemon_json(path: str, cfg: dict[str, Any], force: bool = False) -> Da
                           f"{path}{BACKUP_SUFFIX})")
     if change.changed:
         if old_text is not None:
-            _write_atomic(Path(path + BACKUP_SUFFIX), old_text, 0o600)
-        _write_atomic(p, change.new_text, 0o644)
+            replace_file(Path(path + BACKUP_SUFFIX), old_text, 0o600)
+        replace_file(p, change.new_text, 0o644)
     return change

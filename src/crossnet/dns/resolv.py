@@ -26,6 +26,7 @@ from crossnet.state import (
     StateDir,
     crash_point,
     lock_fd,
+    pid_temp,
     remove_left_over,
     write_text_atomic,
 )
@@ -142,12 +143,6 @@ def claim(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str] |
     return {"resolv_conf": path, **({} if os.path.lexists(directory) else {"resolv_conf_dir": directory})}
 
 
-def _temp_prefix(name: str) -> str:
-    # in /etc/netns itself, never in /etc/netns/NAME: `ip netns exec` bind-mounts every
-    # file of that directory over /etc
-    return f".{name}.resolv.conf."
-
-
 def _sweep(name: str, etc: str) -> None:
     """Remove the temporaries of `name`'s resolv.conf that a killed crossnet left (their
     writer, named in the file name, is gone: crossnet.state.left_over)."""
@@ -176,7 +171,9 @@ def install(state: StateDir, netns: str, etc: str = NETNS_ETC) -> dict[str, str]
         created = True
     except FileExistsError:
         created = False  # the admin's (or an earlier attachment's): never crossnet's to remove
-    tmp = os.path.join(etc, f"{_temp_prefix(name)}{os.getpid()}.tmp")
+    # in /etc/netns itself, never in /etc/netns/NAME: `ip netns exec` bind-mounts every
+    # file of that directory over /etc
+    tmp = str(pid_temp(Path(etc) / f"{name}.resolv.conf"))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as fh:
