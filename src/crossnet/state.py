@@ -161,10 +161,10 @@ def replace_file(path: Path, text: str, mode: int) -> None:
 
 
 CRASH_ENV = "CROSSNET_TEST_CRASH_AT"
-_crash = {"at": None, "step": 0}
+_crash: dict = {"at": None, "step": 0}
 
 
-def crash_point() -> None:
+def crash_point(label: str = "") -> None:
     """Test hook: with CROSSNET_TEST_CRASH_AT=N in the environment, the process kills
     itself (SIGKILL, no clean-up of any kind) at the N-th crash point it passes. The
     crash points sit between the kernel changes and state writes of `apply` (and of what
@@ -174,12 +174,19 @@ def crash_point() -> None:
     launch` (first host, join, the bootstrap), `stop` and `forget` (crossnet.mesh.launch;
     a detached supervisor does not inherit it), so a test can enumerate N = 1, 2, ...
     until the command completes and check that
-    every interruption is recoverable. Costs one dict lookup when unset."""
+    every interruption is recoverable. A labelled crash point (the supervisor's promotion
+    steps, which run after an agent's uncounted applies) is also reached by name:
+    CROSSNET_TEST_CRASH_AT=<label> kills at that label's first pass. Costs one dict
+    lookup when unset."""
     at = _crash["at"]
     if at is None:
         value = os.environ.get(CRASH_ENV, "")
-        at = _crash["at"] = int(value) if value.isdigit() else 0
+        at = _crash["at"] = int(value) if value.isdigit() else value
     if not at:
+        return
+    if isinstance(at, str):
+        if label and label == at:
+            os.kill(os.getpid(), signal.SIGKILL)
         return
     _crash["step"] += 1
     if _crash["step"] == at:

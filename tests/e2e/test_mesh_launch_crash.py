@@ -261,3 +261,67 @@ def test_a_first_launch_killed_at_every_step_completes_on_the_next_launch(lab_fa
         assert proc.wait(90) == 0
     finally:
         lab.crossnet("h1", "stop", check=False, timeout=60)
+
+
+PROMOTE_STEPS = ("promote-recorded", "promote-added", "promote-saved")  # Supervisor.promote's labelled crash points
+
+
+def _role(lab, host: str) -> str | None:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((Path(lab.plan.host(host).state_dir) / "mesh" / "launch.json").read_text())["role"]
+    return None
+
+
+def test_a_promotion_killed_at_every_step_completes_on_the_next_launch(lab_factory, tmp_path):
+    """A client promotes itself when voters are missing: (under the voter lock) `member
+    add`, its role recorded, its etcd started. Killed after `member add` (a 1-voter cluster
+    plus this never-started voter has lost its quorum) or before etcd's first start, the
+    next `crossnet launch` on that host must start the member it added (not add a second)
+    or, killed before `member add`, come back as a client that promotes itself again.
+    A 3-host L3 lab, `--voters 2`: h1 and h3 voters, h2 the client; h3 leaves (`stop
+    --release`) and h2, its supervisor in the foreground with the test hook (the promotion
+    runs in the supervisor; its crash points are labelled), is killed at each step."""
+    lab = lab_factory(hosts=3, underlay="l3", backend="vxlan", containers=0, apply=False)
+    res = _launch(lab, "h1", "--voters", "2")
+    assert res.returncode == 0, res.stderr
+    line = next(ln for ln in res.stdout.splitlines() if "crossnet launch --token" in ln).split()
+    token, h1 = line[line.index("--token") + 1], line[-1]
+    procs: list[subprocess.Popen] = []
+    try:
+        for step in PROMOTE_STEPS:
+            _join(lab, "h3", token, h1, ("h1", "h3"))  # 1 voter < 2: a voter
+            res = _launch(lab, "h2", "--token", token, h1)
+            assert res.returncode == 0 and "mesh as a client" in res.stdout, (step, res.stdout, res.stderr)
+            lab.crossnet("h2", "stop", timeout=90)
+            with open(tmp_path / f"h2-{step}.log", "wb") as logf:  # the foreground supervisor, the hook set
+                proc = subprocess.Popen(lab.argv("h2", ["env", f"CROSSNET_TEST_CRASH_AT={step}", sys.executable, "-m",
+                                                        "crossnet", "launch", "--foreground"]),
+                                        stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+            procs.append(proc)
+            wait_for(lambda: (s := _mesh(lab, "h2"))["running"] and any(p["name"] == "h2" and p["last_seen"] is not None
+                                                                       for p in s["peers"]),
+                     60, f"{step}: h2's supervisor running, alive", interval=0.5)
+            assert _role(lab, "h2") == "client"
+            rel = lab.crossnet("h3", "stop", "--release", timeout=90, check=False)  # a voter is missing now
+            assert rel.returncode == 0, (step, rel.stderr)
+            assert proc.wait(120) == -9, (step, proc.returncode, (tmp_path / f"h2-{step}.log").read_text()[-2000:])
+            again = _launch(lab, "h2")
+            assert again.returncode == 0, (step, again.stderr)
+            wait_for(lambda: _role(lab, "h2") == "voter", 60, f"{step}: h2 a voter", interval=0.5)
+            wait_for(lambda: _members(lab) == ["h1", "h2"], 60, f"{step}: h2 a started member, none added twice",
+                     interval=0.5)
+            st = _mesh(lab, "h2")
+            assert st["store"] == "ok" and st["role"] == "voter", (step, st)
+            assert sorted((m["name"], m["role"], m["healthy"]) for m in st["members"]) == [("h1", "voter", True),
+                                                                                    ("h2", "voter", True)], (step, st)
+            rel = lab.crossnet("h2", "stop", "--release", timeout=90, check=False)  # back to h1 alone
+            assert rel.returncode == 0, (step, rel.stderr)
+            wait_for(lambda: _members(lab) == ["h1"], 60, f"{step}: h2 released, h1 alone with its quorum",
+                     interval=0.5)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        for h in ("h2", "h3", "h1"):
+            lab.crossnet(h, "stop", check=False, timeout=60)

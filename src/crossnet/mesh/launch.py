@@ -954,6 +954,8 @@ class Supervisor:
 
     def maintain(self, c: Any) -> None:
         members = member_list(c)
+        if self.st["role"] == PROMOTING:  # a promotion whose `member add` failed (its answer may be lost)
+            self.settle_promotion(members)
         own = client_url(self.address)
         eps = endpoint_list(members, own if self.st["role"] == "voter" else None, spread=self.name)
         if eps and eps != self.st.get("endpoints"):
@@ -975,15 +977,31 @@ class Supervisor:
             log.info("etcd endpoints changed: the agent uses %s", ",".join(self.agent_endpoints))
 
     def promote(self, c: Any, want: int) -> None:
-        own_peer = peer_url(self.address)
-        role, members = admit(c, own_peer, want, self.name)
-        if role != "voter":  # another host took the slot meanwhile
+        """This client becomes a voter: role PROMOTING recorded BEFORE `member add` (killed
+        from there on, the next start settles it: settle_pending), the member added under
+        the voter lock, then settle_promotion. An error of `admit` leaves PROMOTING: the
+        next read of the member list (maintain) settles it."""
+        self.st["role"] = PROMOTING
+        self.paths.save(self.st)
+        crash_point("promote-recorded")
+        _, members = admit(c, peer_url(self.address), want, self.name)
+        crash_point("promote-added")
+        self.settle_promotion(members)
+
+    def settle_promotion(self, members: list[dict]) -> None:
+        """From role PROMOTING and the member list: this host's added member found by its
+        peer URL is started (`existing`, its data dir new); none (another host took the
+        slot, or no `member add` happened) makes it a client again."""
+        role, cluster = settle_pending(PROMOTING, members, self.name, peer_url(self.address))
+        if role != "voter":
+            self.st["role"] = "client"
+            self.paths.save(self.st)
             return
         log.info("promoted this host to an etcd voter")
-        self.st.update(role="voter", cluster_state="existing",
-                       initial_cluster=initial_cluster(members, self.name, own_peer))
         shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
+        self.st.update(role="voter", cluster_state="existing", initial_cluster=cluster)
         self.paths.save(self.st)
+        crash_point("promote-saved")
         self.start_etcd()
         self.wait_etcd()
         self.heartbeat()
@@ -1079,12 +1097,11 @@ class Supervisor:
         c = etcd_client(self.paths, self.endpoints(), timeout=3.0)
         try:
             log.info("release: removed %s", ", ".join(remove_host_records(c, self.name)) or "nothing")
-            if self.st["role"] == "voter":
-                members = member_list(c)
-                me = next((m for m in members if m.get("name") == self.name), None)
-                if me is not None and len(members) > 1:
-                    member_remove(c, me["ID"])
-                    log.info("release: etcd member %s removed", self.name)
+            members = member_list(c)  # its member, if any: a voter's, or a promotion's not started yet
+            me = next((m for m in members if is_own_member(m, self.name, peer_url(self.address))), None)
+            if me is not None and len(members) > 1:
+                member_remove(c, me["ID"])
+                log.info("release: etcd member %s removed", self.name)
         except CrossnetError as exc:
             log.error("release: %s", exc)
 
@@ -1123,9 +1140,9 @@ def run_foreground(state_dir: str) -> int:
     _one_malloc_arena()
     netconfig.use_helper()  # network configs validated in a helper: no pydantic in this process
     paths = Paths(Path(state_dir))
-    # systemd restarting a join killed half-way (never launched: the supervisor says so)
-    if paths.launch_json.exists() and paths.load().get("role") == JOINING:
-        finish_join(state_dir, spawn=False)
+    # systemd restarting a join or promotion killed half-way (never launched: the supervisor says so)
+    if paths.launch_json.exists() and paths.load().get("role") in PENDING_ROLES:
+        finish_pending(state_dir, spawn=False)
     return Supervisor(state_dir).run()
 
 
@@ -1242,8 +1259,8 @@ def _abort(state_dir: str, member_of: list[str] | None = None, name: str | None 
     if member_of and name:
         with contextlib.suppress(CrossnetError):
             c = etcd_client(paths, member_of, timeout=3.0)
-            me = next((m for m in member_list(c) if m.get("name") == name
-                       or peer_url(paths.load()["address"]) in (m.get("peerURLs") or [])), None)
+            own_peer = peer_url(paths.load()["address"])
+            me = next((m for m in member_list(c) if is_own_member(m, name, own_peer)), None)
             if me is not None:
                 member_remove(c, me["ID"], timeout=10)
     shutil.rmtree(paths.root, ignore_errors=True)
@@ -1293,45 +1310,67 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
         st["voters"] = int(cfg.get("voters") or DEFAULT_VOTERS)
         write_crl(paths, retrying(lambda: load_cluster_ca(c), timeout=10), retrying(lambda: revoked_serials(c)))
         # recorded BEFORE `member add`: a launch killed from here on is completed by the next
-        # `crossnet launch` (finish_join), which starts the member it finds added or admits again
+        # `crossnet launch` (finish_pending), which starts the member it finds added or admits again
         st["role"] = JOINING
         paths.save(st)
     except BaseException:
         shutil.rmtree(paths.root, ignore_errors=True)
         raise
     crash_point()
-    return finish_join(state_dir, spawn=spawn)
+    return finish_pending(state_dir, spawn=spawn)
 
 
 JOINING = "joining"  # launch.json's role while a join's `member add` may or may not have happened
+PROMOTING = "promoting"  # the same for a client's promotion to a voter (Supervisor.promote)
+PENDING_ROLES = (JOINING, PROMOTING)  # settled by the next start (finish_pending)
+
+
+def is_own_member(m: dict, name: str, own_peer: str) -> bool:
+    """Whether etcd member `m` is this host's: by name, or by its peer URL (a member
+    added by a join or promotion that never started has no name yet)."""
+    return (bool(name) and m.get("name") == name) or own_peer in (m.get("peerURLs") or [])
 
 
 def added_member_cluster(members: list[dict], name: str, own_peer: str) -> str | None:
-    """A join killed after `member add` (the cluster now counts a voter that never
-    started: a 1-voter cluster has lost its quorum until it starts): the member that
-    join added is the one with this host's peer URL. Returns the --initial-cluster that
-    starts it, or None when no member has that URL (the join had not added one: admit
-    again)."""
+    """A join or promotion killed after `member add` (the cluster now counts a voter
+    that never started: a 1-voter cluster has lost its quorum until it starts): the
+    member it added is the one with this host's peer URL. Returns the --initial-cluster
+    that starts it, or None when no member has that URL (no member was added)."""
     if not any(own_peer in (m.get("peerURLs") or []) for m in voters_of(members)):
         return None
     return initial_cluster(members, name, own_peer)
 
 
-def finish_join(state_dir: str, spawn: bool = True) -> str:
-    """The join's second half, from launch.json's role JOINING (a first run, or a run that
-    was killed): the member this host already added is started, not added twice;
-    otherwise the role is decided and the member added under the voter lock. Then the
-    supervisor."""
+def settle_pending(pending: str, members: list[dict], name: str, own_peer: str) -> tuple[str | None, str | None]:
+    """(role, --initial-cluster) of a host whose launch.json says JOINING or PROMOTING
+    (`pending`: its `member add` may or may not have happened), from the member list:
+    its member found by peer URL -> ("voter", cluster): started, never added twice; none
+    -> a promotion is a client again ("client", None: the supervisor promotes it again
+    while voters are missing), a join (None, None): decided and added under the voter
+    lock as in a first run."""
+    cluster = added_member_cluster(members, name, own_peer)
+    if cluster is not None:
+        return "voter", cluster
+    return ("client", None) if pending == PROMOTING else (None, None)
+
+
+def finish_pending(state_dir: str, spawn: bool = True) -> str:
+    """The second half of a join or promotion, from launch.json's role JOINING (a first
+    run, or a run that was killed) or PROMOTING (a supervisor killed while promoting this
+    host): settle_pending — the member this host already added is started (its data dir
+    new), not added twice; none: a join decides its role and adds the member under the
+    voter lock, a promotion is a client again. Then the supervisor."""
     paths = Paths(Path(state_dir))
     st = paths.load()
+    pending = st["role"]
     name, eps, own_peer = st["name"], list(st["endpoints"]), peer_url(st["address"])
     c = etcd_client(paths, eps)
     # the member list is served by any member, quorum or not (etcd 3.4)
-    cluster = added_member_cluster(retrying(lambda: member_list(c), timeout=10), name, own_peer)
-    if cluster is not None:
-        role = "voter"
-        log.info("the member this join added earlier is started now")
-    else:
+    role, cluster = settle_pending(pending, retrying(lambda: member_list(c), timeout=10), name, own_peer)
+    if role == "voter":
+        log.info("the member this host's %s added earlier is started now",
+                 "join" if pending == JOINING else "promotion")
+    elif role is None:
         try:
             role, members = admit(c, own_peer, st["voters"], name)
         except BaseException:
@@ -1342,9 +1381,10 @@ def finish_join(state_dir: str, spawn: bool = True) -> str:
         crash_point()
         if role == "voter":
             cluster = initial_cluster(members, name, own_peer)
+    if cluster is not None:  # a member never started: no data of its own yet
+        shutil.rmtree(paths.etcd_dir / "data", ignore_errors=True)
+        st["initial_cluster"], st["cluster_state"] = cluster, "existing"
     st["role"] = role
-    if cluster is not None:
-        st["initial_cluster"] = cluster
     paths.save(st)
     crash_point()
     if not spawn:
@@ -1352,7 +1392,8 @@ def finish_join(state_dir: str, spawn: bool = True) -> str:
     try:
         _spawn(state_dir)
     except BaseException:
-        _abort(state_dir, eps if role == "voter" else None, name)
+        if pending == JOINING:  # a promoted host keeps its mesh state (launch_again's way)
+            _abort(state_dir, eps if role == "voter" else None, name)
         raise
     return role
 
@@ -1361,8 +1402,8 @@ def launch_again(state_dir: str, spawn: bool = True) -> None:
     """A launched host whose supervisor is not running (restart): same member, same subnet."""
     paths = Paths(Path(state_dir))
     st = paths.load()
-    if st.get("role") == JOINING:  # a join killed half-way: completed
-        finish_join(state_dir, spawn=spawn)
+    if st.get("role") in PENDING_ROLES:  # a join or promotion killed half-way: completed
+        finish_pending(state_dir, spawn=spawn)
         return
     st["cluster_state"] = "existing" if st.get("bootstrapped") else st.get("cluster_state", "new")
     paths.save(st)
@@ -1404,8 +1445,10 @@ def forget(state_dir: str, host: str) -> list[str]:
         done.append("certificate (revoked)")
         write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within HEARTBEAT s
         crash_point()
+    address = record.get("address") if record else None  # its member may have no name yet (never started)
+    own_peer = peer_url(address) if isinstance(address, str) and address else ""
     for m in member_list(c):
-        if m.get("name") == host:
+        if is_own_member(m, host, own_peer):
             member_remove(c, m["ID"])
             done.append("etcd member")
             crash_point()
@@ -1545,8 +1588,18 @@ def not_programmed(mesh: dict, why: str) -> dict:
     return {"host": mesh["name"], "programmed": False, "reason": what, "detail": why, "mesh": mesh}
 
 
+def role_text(role: str, running: bool) -> str:
+    """launch.json's role as `status` words it: a JOINING or PROMOTING host (its `member
+    add` may or may not have happened) says so and what settles it."""
+    if role not in PENDING_ROLES:
+        return role
+    what = "a join" if role == JOINING else "a promotion to voter"
+    return (f"{role}: {what} not completed; "
+            + ("its supervisor settles it at its next membership read" if running else "`crossnet launch` completes it"))
+
+
 def format_status(s: dict) -> str:
-    lines = [(f"mesh: this host {s['name']} ({s['address']}, {s['role']}), "
+    lines = [(f"mesh: this host {s['name']} ({s['address']}, {role_text(s['role'], s['running'])}), "
               f"{'running' if s['running'] else 'NOT running'}; "
               f"{'store ok' if s['store'] == 'ok' else s['store']}")]
     lines.append("members:")
