@@ -66,7 +66,9 @@ def test_role_is_voter_until_max_voters():
     three = [_m("a", "10.0.0.1"), _m("b", "10.0.0.2"), _m("c", "10.0.0.3")]
     assert ml.role_for(three, 3) == "client"
     assert ml.role_for(three, 5) == "voter"
-    assert ml.role_for(three[:2] + [_m("l", "10.0.0.9", learner=True)], 3) == "voter"  # learners do not vote
+    # a learner is a host's member still catching up, promoted by that host: its slot is taken
+    assert ml.role_for(three[:2] + [_m("l", "10.0.0.9", learner=True)], 3) == "client"
+    assert ml.role_for(three[:1] + [_m("l", "10.0.0.9", learner=True)], 3) == "voter"
 
 
 def test_endpoint_list_is_the_voters_own_first():
@@ -302,6 +304,8 @@ class FakeCluster:
         self.keys: dict[str, tuple[str, int]] = {}
         self.leases = 0
         self.mu = threading.Lock()
+        self.behind = 0  # promote calls refused as "not in sync" before one succeeds
+        self.promoted: list[str] = []
 
     def lease_grant(self, ttl):
         with self.mu:
@@ -335,10 +339,21 @@ class FakeCluster:
         if path == "cluster/member/list":
             with self.mu:
                 return {"members": [dict(m) for m in self.members]}
+        if path == "cluster/member/promote":
+            with self.mu:
+                if self.behind > 0:
+                    self.behind -= 1
+                    raise CrossnetError(f"etcd cluster/member/promote: etcdserver: {ml.NOT_IN_SYNC}")
+                [m] = [m for m in self.members if m["ID"] == body["ID"]]
+                assert m.get("isLearner"), "etcd refuses to promote a voter"
+                m["isLearner"] = False
+                self.promoted.append(body["ID"])
+                return {"members": [dict(m) for m in self.members]}
         assert path == "cluster/member/add"
         time.sleep(0.05)
         with self.mu:
-            self.members.append({"name": "", "ID": str(len(self.members)), "peerURLs": body["peerURLs"]})
+            self.members.append({"name": "", "ID": str(len(self.members)), "peerURLs": body["peerURLs"],
+                                 "isLearner": body.get("isLearner", False)})
             return {"members": [dict(m) for m in self.members]}
 
 
@@ -357,7 +372,8 @@ def test_two_hosts_joining_at_once_make_exactly_one_more_voter():
     for t in threads:
         t.join(10)
     assert sorted(roles.values()) == ["client", "client", "client", "voter"]
-    assert len(ml.voters_of(cluster.members)) == 3
+    assert len(cluster.members) == 3 and len(ml.voters_of(cluster.members)) == 2  # the new one: a learner
+    assert cluster.members[-1]["isLearner"] is True
     assert ml.VOTER_LOCK not in cluster.keys  # released
 
 
@@ -968,9 +984,10 @@ def test_what_a_pending_join_or_promotion_becomes_from_the_member_list(pending):
     v0 = {"name": "v0", "ID": "0", "peerURLs": ["https://10.0.0.0:2380"]}
     added = [v0, {"name": "", "ID": "9", "peerURLs": [OWN]}]
     assert ml.settle_pending(pending, added, "h9", OWN) == ("voter", "h9=https://10.0.0.9:2380,v0=https://10.0.0.0:2380")
-    learner = [v0, {"name": "", "ID": "9", "peerURLs": [OWN], "isLearner": True}]  # not a voter that was added
+    learner = [v0, {"name": "", "ID": "9", "peerURLs": [OWN], "isLearner": True}]  # as member_add adds it
+    assert ml.settle_pending(pending, learner, "h9", OWN) == ("voter", "h9=https://10.0.0.9:2380,v0=https://10.0.0.0:2380")
     expected = ("client", None) if pending == ml.PROMOTING else (None, None)
-    for members in ([v0], [v0, {"name": "", "ID": "8", "peerURLs": ["https://10.0.0.8:2380"]}], learner):
+    for members in ([v0], [v0, {"name": "", "ID": "8", "peerURLs": ["https://10.0.0.8:2380"]}]):
         assert ml.settle_pending(pending, members, "h9", OWN) == expected
 
 
@@ -1121,3 +1138,73 @@ def test_only_an_etcd_on_this_hosts_data_dir_is_taken_for_a_left_member():
     assert not ml.runs_member_of(b"\0".join(a.encode() for a in ["sleep", *argv[1:]]), data)  # a reused pid
     assert not ml.runs_member_of(b"etcd\0--data-dir", data)
     assert not ml.runs_member_of(b"", data)
+
+
+# ---------------------------------------------------------------- learners
+
+def test_promote_learner_waits_until_the_member_caught_up_and_never_promotes_twice(monkeypatch):
+    """A member added by a join or promotion is a learner (no quorum share while it is not
+    running); its host asks for the promotion once its etcd runs, retried while etcd says
+    the learner is not in sync with the leader."""
+    monkeypatch.setattr(ml.time, "sleep", lambda s: None)
+    cluster = FakeCluster(voters=1)
+    ml.member_add(cluster, OWN)
+    assert cluster.members[-1]["isLearner"] is True and len(ml.voters_of(cluster.members)) == 1
+    cluster.behind = 3
+    assert ml.promote_learner(cluster, OWN) is True
+    assert cluster.promoted == ["1"] and len(ml.voters_of(cluster.members)) == 2
+    assert ml.promote_learner(cluster, OWN) is False and cluster.promoted == ["1"]  # a voter already
+    with pytest.raises(CrossnetError, match="no etcd member with this host's peer URL"):
+        ml.promote_learner(cluster, "https://10.0.0.77:2380")  # forgotten meanwhile
+
+
+def test_promote_learner_gives_up_at_its_deadline_or_on_another_error(monkeypatch):
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(ml.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(ml.time, "sleep", lambda s: None)
+    cluster = FakeCluster(voters=1)
+    ml.member_add(cluster, OWN)
+    cluster.behind = 1000
+    with pytest.raises(CrossnetError, match="in sync"):
+        ml.promote_learner(cluster, OWN, timeout=60)
+    assert cluster.members[-1]["isLearner"] is True
+    cluster.behind = 0
+    cluster.call = lambda path, body: (_ for _ in ()).throw(CrossnetError("etcd: permission denied")) \
+        if path == "cluster/member/promote" else FakeCluster.call(cluster, path, body)
+    with pytest.raises(CrossnetError, match="permission denied"):
+        ml.promote_learner(cluster, OWN)
+
+
+def test_a_started_learner_is_promoted_before_its_etcd_is_waited_for_and_the_mark_cleared(tmp_path, monkeypatch):
+    """finish_pending marks launch.json `learner` with the member it starts; the
+    supervisor's wait for its etcd promotes it first (a learner does not answer that
+    read), then clears the mark: a restart after that does not ask again. Killed before
+    the mark was cleared, the next start finds a voter and only clears it."""
+    monkeypatch.setattr(ml.time, "sleep", lambda s: None)
+    cluster = FakeCluster(voters=1)
+    paths = _pending_join(tmp_path, monkeypatch, cluster)
+    assert ml.finish_pending(str(tmp_path), spawn=False) == "voter"
+    assert paths.load()["learner"] is True and cluster.members[-1]["isLearner"] is True
+    sup = ml.Supervisor(str(tmp_path))
+    read = []
+
+    class Own:  # this host's own etcd: answers only once its member is a voter
+        def range(self, key, prefix=False):
+            read.append(cluster.members[-1]["isLearner"])
+            return [], 0
+
+    monkeypatch.setattr(ml, "etcd_client", lambda p, eps, **kw: Own() if eps == ["https://10.0.0.9:2379"] else cluster)
+    cluster.behind = 2
+    sup.wait_etcd()
+    assert read == [False] and cluster.promoted == ["1"]
+    assert "learner" not in paths.load() and "learner" not in sup.st
+    sup2 = ml.Supervisor(str(tmp_path))
+    sup2.wait_etcd()
+    assert cluster.promoted == ["1"]  # not asked again
+
+    st = paths.load()
+    st["learner"] = True  # killed after the promotion, before the mark was cleared
+    paths.save(st)
+    sup3 = ml.Supervisor(str(tmp_path))
+    sup3.wait_etcd()
+    assert cluster.promoted == ["1"] and "learner" not in paths.load()

@@ -152,8 +152,10 @@ def voters_of(members: Iterable[dict]) -> list[dict]:
 
 
 def role_for(members: list[dict], max_voters: int) -> str:
-    """A joining host is a voter while the cluster has fewer than max_voters voters."""
-    return "voter" if len(voters_of(members)) < max_voters else "client"
+    """A joining host is a voter while the cluster has fewer than max_voters members: its
+    voters and its learners (each a host's member still catching up, promoted by that
+    host as soon as it has: a voter-to-be, whose slot is taken)."""
+    return "voter" if len(members) < max_voters else "client"
 
 
 def endpoint_list(members: list[dict], own: str | None = None, spread: str | None = None) -> list[str]:
@@ -177,10 +179,11 @@ def endpoint_list(members: list[dict], own: str | None = None, spread: str | Non
 
 
 def initial_cluster(members: list[dict], name: str, own_peer: str) -> str:
-    """--initial-cluster for a member added to a running cluster: every voter's
-    name=peerURL; the member just added (no name yet) is this host."""
+    """--initial-cluster for a member added to a running cluster: every member's
+    name=peerURL (learners too: etcd checks that it names every member); the member just
+    added (no name yet) is this host."""
     parts = []
-    for m in voters_of(members):
+    for m in members:
         urls = m.get("peerURLs") or []
         if not urls:
             continue
@@ -420,16 +423,47 @@ def retrying(fn: Callable[[], Any], timeout: float = 3.0, interval: float = 0.25
 
 
 def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
-    """`member add` as a voter; etcd refuses while a member started less than 5 s ago
-    ("unhealthy cluster", its strict reconfiguration check): retried until timeout."""
+    """`member add` as a learner (etcd's non-voting member): it does not count towards
+    the quorum until its host promotes it (promote_learner), once its etcd has caught up
+    -- a host that dies between `member add` and its etcd's start (or while catching up)
+    leaves the cluster its quorum (a voter added that way had cost a 1-voter cluster its
+    quorum until that host came back). etcd refuses while a member started less than 5 s
+    ago ("unhealthy cluster", its strict reconfiguration check): retried until timeout."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return list(client.call("cluster/member/add", {"peerURLs": [peer]}).get("members", []))
+            return list(client.call("cluster/member/add", {"peerURLs": [peer], "isLearner": True})
+                        .get("members", []))
         except CrossnetError as exc:
             if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+NOT_IN_SYNC = "can only promote a learner member which is in sync with leader"
+
+
+def promote_learner(client: Any, own_peer: str, timeout: float = 60.0,
+                    stopped: Callable[[], bool] = lambda: False) -> bool:
+    """Promote this host's member (found by its peer URL) from learner to voter, asking
+    the other members (`client`); retried while etcd says it has not caught up with the
+    leader yet (or "unhealthy cluster"). True: promoted now; False: already a voter.
+    CrossnetError when the member is gone (forgotten meanwhile) or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        me = next((m for m in member_list(client) if own_peer in (m.get("peerURLs") or [])), None)
+        if me is None:
+            raise CrossnetError(f"no etcd member with this host's peer URL {own_peer} (forgotten?)")
+        if not me.get("isLearner"):
+            return False
+        try:
+            client.call("cluster/member/promote", {"ID": me["ID"]})
+            return True
+        except CrossnetError as exc:
+            retry = NOT_IN_SYNC in str(exc) or "unhealthy cluster" in str(exc)
+            if not retry or time.monotonic() > deadline or stopped():
+                raise
+        time.sleep(0.3)
 
 
 VOTER_LOCK = f"{MESH_PREFIX}/voter-lock"
@@ -795,6 +829,11 @@ class Supervisor:
         threading.Thread(target=wait, name="etcd-exit", daemon=True).start()
 
     def wait_etcd(self, timeout: float = 60.0) -> None:
+        """Until this host's etcd member answers; a member added by a join or promotion
+        (launch.json `learner`) is promoted from learner to voter first (a learner does
+        not serve this read)."""
+        if self.st.get("learner"):
+            self.promote_own_learner(timeout)
         c = etcd_client(self.paths, [client_url(self.address)], timeout=2.0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self._stop.is_set():
@@ -805,6 +844,20 @@ class Supervisor:
                 return
             time.sleep(0.2)
         raise CrossnetError(f"etcd did not become ready within {timeout:.0f}s")
+
+    def promote_own_learner(self, timeout: float) -> None:
+        """Ask the other members to promote this host's learner once its etcd has caught
+        up; `learner` cleared from launch.json once it is a voter (killed before that, the
+        next start asks again: a voter already is left as it is)."""
+        own = client_url(self.address)
+        others = [e for e in self.st.get("endpoints") or [] if e != own]
+        if others:
+            c = etcd_client(self.paths, others, timeout=2.0)
+            if promote_learner(c, peer_url(self.address), timeout, stopped=self._stop.is_set):
+                log.info("this host's etcd member caught up: promoted from learner to voter")
+        crash_point("learner-promoted")
+        self.st.pop("learner", None)
+        self.paths.save(self.st)
 
     def start_agent(self) -> None:
         """The agent runs in this process (a thread), not as a child: one Python
@@ -962,7 +1015,7 @@ class Supervisor:
             self.st["endpoints"] = eps
             self.paths.save(self.st)
         if self.st["role"] == "client":
-            voters = voters_of(members)
+            voters = members  # learners too: each a voter-to-be (role_for)
             if self._want is None:  # written once by the first host (bootstrap): read once
                 cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
                 self._want = int(cfg.get("voters") or DEFAULT_VOTERS)
@@ -999,7 +1052,7 @@ class Supervisor:
             return
         log.info("promoted this host to an etcd voter")
         shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
-        self.st.update(role="voter", cluster_state="existing", initial_cluster=cluster)
+        self.st.update(role="voter", cluster_state="existing", initial_cluster=cluster, learner=True)
         self.paths.save(self.st)
         crash_point("promote-saved")
         self.start_etcd()
@@ -1336,7 +1389,7 @@ def added_member_cluster(members: list[dict], name: str, own_peer: str) -> str |
     that never started: a 1-voter cluster has lost its quorum until it starts): the
     member it added is the one with this host's peer URL. Returns the --initial-cluster
     that starts it, or None when no member has that URL (no member was added)."""
-    if not any(own_peer in (m.get("peerURLs") or []) for m in voters_of(members)):
+    if not any(own_peer in (m.get("peerURLs") or []) for m in members):  # a learner, or a voter by now
         return None
     return initial_cluster(members, name, own_peer)
 
@@ -1383,7 +1436,7 @@ def finish_pending(state_dir: str, spawn: bool = True) -> str:
             cluster = initial_cluster(members, name, own_peer)
     if cluster is not None:  # a member never started: no data of its own yet
         shutil.rmtree(paths.etcd_dir / "data", ignore_errors=True)
-        st["initial_cluster"], st["cluster_state"] = cluster, "existing"
+        st["initial_cluster"], st["cluster_state"], st["learner"] = cluster, "existing", True
     st["role"] = role
     paths.save(st)
     crash_point()
