@@ -1208,3 +1208,16 @@ def test_a_started_learner_is_promoted_before_its_etcd_is_waited_for_and_the_mar
     sup3 = ml.Supervisor(str(tmp_path))
     sup3.wait_etcd()
     assert cluster.promoted == ["1"] and "learner" not in paths.load()
+
+
+def test_status_names_a_learner_member_as_such():
+    """A joining or promoted host's member is an etcd learner until its host promotes it:
+    `status` says `learner`, not `voter` (it has no vote yet)."""
+    voter, learner = _m("h1", "10.0.0.1"), _m("", "10.0.0.2", learner=True)
+    rows = [ml.member_row(m, {"https://10.0.0.1:2379"}, voter["ID"]) for m in (voter, learner)]
+    assert rows == [{"name": "h1", "role": "voter", "healthy": True, "leader": True, "url": "https://10.0.0.1:2379"},
+                    {"name": "(starting)", "role": "learner", "healthy": False, "leader": False,
+                     "url": "https://10.0.0.2:2379"}]
+    text = ml.format_status({"name": "h1", "address": "10.0.0.1", "role": "voter", "running": True, "store": "ok",
+                             "members": rows, "peers": []})
+    assert "  (starting)       learner UNHEALTHY" in text.splitlines()

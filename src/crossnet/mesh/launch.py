@@ -1534,6 +1534,16 @@ def probe_voters(paths: Paths, urls: list[str], timeout: float = 1.5) -> tuple[i
     return len(leaders), total, {"members": members, "leaders": leaders, "ids": ids}
 
 
+def member_row(m: dict, answered: set[str], leader_id: str | None) -> dict:
+    """`status`'s row of etcd member `m`: role `voter`, or `learner` (a joining or promoted
+    host's member, catching up until its host promotes it: no vote yet); healthy = one of
+    its client URLs answered (`answered`)."""
+    urls = m.get("clientURLs") or []
+    return {"name": m.get("name") or "(starting)", "role": "learner" if m.get("isLearner") else "voter",
+            "healthy": any(u in answered for u in urls), "leader": str(m.get("ID")) == leader_id,
+            "url": urls[0] if urls else None}
+
+
 def status(state_dir: str) -> dict:
     """The mesh as this host sees it: members (voter/client, healthy, leader), peers."""
     paths = Paths(Path(state_dir))
@@ -1550,11 +1560,7 @@ def status(state_dir: str) -> dict:
         reason = f"store unavailable: no leader ({reachable}/{nvoters} voters)"
     if reason:
         out["store"] = reason
-    for m in members:
-        urls = m.get("clientURLs") or []
-        out["members"].append({"name": m.get("name") or "(starting)", "role": "voter",
-                               "healthy": any(u in ids.values() for u in urls),
-                               "leader": str(m.get("ID")) == leader_id, "url": urls[0] if urls else None})
+    out["members"] = [member_row(m, set(ids.values()), leader_id) for m in members]
     if reason is None:
         c = etcd_client(paths, voter_urls, timeout=2.0)
         hosts = {h["name"]: h for h in mesh_hosts(c)}
@@ -1657,7 +1663,7 @@ def format_status(s: dict) -> str:
               f"{'store ok' if s['store'] == 'ok' else s['store']}")]
     lines.append("members:")
     for m in s["members"]:
-        lines.append(f"  {m['name']:16} {m['role']:6} {'healthy' if m['healthy'] else 'UNHEALTHY':9}"
+        lines.append(f"  {m['name']:16} {m['role']:7} {'healthy' if m['healthy'] else 'UNHEALTHY':9}"
                      f"{' leader' if m['leader'] else ''}")
     lines.append("peers:")
     for p in s["peers"]:
