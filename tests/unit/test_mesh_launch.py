@@ -1128,6 +1128,32 @@ def test_forget_removes_the_never_started_member_of_a_host_killed_while_promotin
     assert [m["name"] for m in mesh.members] == ["h1", "h2"]
 
 
+@pytest.mark.parametrize("how", ["reservation", "address"])
+def test_forget_finds_a_killed_joiners_learner_without_any_record(tmp_path, monkeypatch, how):
+    """A joiner killed between `member add` and its first record leaves a learner with no
+    name and no host record: `forget NAME` found nothing ("no host") and the learner kept
+    a voter's slot. Now found by the address its join reserved (within JOIN_RESERVE_TTL s)
+    or, once that expired, by `forget ADDRESS`."""
+    mesh = FakeMesh([], [{"name": "h1", "ID": "1", "peerURLs": ["https://10.0.0.1:2380"]},
+                         {"name": "", "ID": "9", "peerURLs": [OWN], "isLearner": True}])
+    if how == "reservation":
+        mesh.keys[f"{ml.JOINING_PREFIX}name/h9"] = ("10.0.0.9", 7)
+        mesh.keys[f"{ml.JOINING_PREFIX}address/10.0.0.9"] = ("h9", 7)
+    paths = ml.Paths(tmp_path)
+    paths.root.mkdir(parents=True)
+    paths.save({"version": 1, "name": "h1", "address": "10.0.0.1", "iface": "eth0", "role": "voter",
+                "endpoints": ["https://10.0.0.1:2379"]})
+    monkeypatch.setattr(ml, "etcd_client", lambda *a, **kw: mesh)
+    if how == "address":
+        with pytest.raises(ConfigError, match="^HOST: no host 'h9' in this mesh$"):
+            ml.forget(str(tmp_path), "h9")  # nothing names it any more
+    assert ml.forget(str(tmp_path), "h9" if how == "reservation" else "10.0.0.9")[0] == "etcd member"
+    assert [m["name"] for m in mesh.members] == ["h1"] and not any("joining" in k for k in mesh.keys)
+    with pytest.raises(ConfigError, match="^HOST: this is this host"):
+        mesh.keys[f"{ml.MESH_PREFIX}/hosts/h1"] = (json.dumps({"name": "h1", "address": "10.0.0.1"}), 0)
+        ml.forget(str(tmp_path), "10.0.0.1")
+
+
 def test_only_an_etcd_on_this_hosts_data_dir_is_taken_for_a_left_member():
     data = "/var/lib/crossnet/mesh/etcd/data"
     argv = ml.etcd_argv("h1", "10.0.0.1", data, "/var/lib/crossnet/mesh/pki", "h1=https://10.0.0.1:2380",

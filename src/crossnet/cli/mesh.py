@@ -141,7 +141,11 @@ def stop(ctx, release) -> None:
 @click.argument("host")
 @click.pass_context
 def forget(ctx, host) -> None:
-    """Remove a host that is gone for good (its member, subnet, routes on every peer)."""
+    """Remove a host that is gone for good (its member, subnet, routes on every peer).
+
+    HOST is its name, or its underlay address: a joiner killed before it wrote its first
+    record leaves an etcd member with no name (a learner: no vote, but a voter's slot),
+    found by the address its join reserved for 5 minutes, later by `forget ADDRESS`."""
     from crossnet.mesh import launch as ml
 
     done = ml.forget(_state(ctx), host)

@@ -1491,15 +1491,26 @@ def forget(state_dir: str, host: str) -> list[str]:
         raise ConfigError("HOST: this is this host; use `crossnet stop --release`")
     c = etcd_client(paths, Supervisor(state_dir).endpoints())
     done = []
-    record = next((h for h in mesh_hosts(c) if h.get("name") == host), None)
+    hosts = mesh_hosts(c)
+    record = next((h for h in hosts if h.get("name") == host), None)
+    # a joiner killed before its first record: its member (a learner never started, no
+    # name yet) is found by the peer URL of the address its join reserved, or -- the
+    # reservation expired -- of the address given as HOST
+    address = record.get("address") if record else reserved_address(c, host)
+    if record is None and address is None and is_ipv4(host):
+        address = host
+        record = next((h for h in hosts if h.get("address") == host), None)
+        if record is not None and isinstance(record.get("name"), str):
+            host = record["name"]
+            if host == st["name"]:
+                raise ConfigError("HOST: this is this host; use `crossnet stop --release`")
     serial = record.get("serial") if record else None
     if isinstance(serial, int) and serial > 0:
         revoke_serial(c, serial)
         done.append("certificate (revoked)")
         write_crl(paths, load_cluster_ca(c), revoked_serials(c))  # here at once; the others within HEARTBEAT s
         crash_point()
-    address = record.get("address") if record else None  # its member may have no name yet (never started)
-    own_peer = peer_url(address) if isinstance(address, str) and address else ""
+    own_peer = peer_url(address) if isinstance(address, str) and is_ipv4(address) else ""
     for m in member_list(c):
         if is_own_member(m, host, own_peer):
             member_remove(c, m["ID"])
@@ -1509,6 +1520,24 @@ def forget(state_dir: str, host: str) -> list[str]:
     if not done:
         raise ConfigError(f"HOST: no host {host!r} in this mesh")
     return done
+
+
+def is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def reserved_address(client: Any, name: str) -> str | None:
+    """The address a joiner's admission reserved for `name` (admit_joiner; held
+    JOIN_RESERVE_TTL s), if still held."""
+    kv = client.get(f"{JOINING_PREFIX}name/{name}")
+    if kv is None:
+        return None
+    value = kv.value.decode() if isinstance(kv.value, bytes) else str(kv.value)
+    return value if is_ipv4(value) else None
 
 
 def token_store(state_dir: str) -> EtcdTokenStore:
