@@ -9,6 +9,9 @@ to the waker, which makes every thread waiting on it return at once.
 
 * :class:`Waker` — the self-pipe: ``wake()`` (idempotent, safe from any thread),
   ``readable(sock)`` yields each time ``sock`` is readable and ends once woken.
+* :class:`ConnectionSlots` — a thread-safe count of open connections, capped in all and
+  per source: ``try_acquire(source)`` takes a slot (or answers False), ``release(source)``
+  gives it back.
 * :class:`LimitedConnections` — a mixin for a threading ``socketserver`` server that
   anything beyond local root can reach: at most ``limits()`` connections at once, per
   source and in all (the next is closed at once), each cut at its deadline.
@@ -92,6 +95,48 @@ def source_key(address: str) -> str:
     if ip.version == 6 and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ipaddress.ip_network(f"{ip}/64", strict=False)) if ip.version == 6 else str(ip)
+
+
+class ConnectionSlots:
+    """At most ``total`` slots held at once, at most ``per_source`` of them by one source
+    (``None`` for both: no per-source share, e.g. a unix socket). Thread-safe; a holder
+    gives back exactly what it took."""
+
+    def __init__(self, total: int, per_source: int | None = None):
+        self.total, self.per_source = total, per_source
+        self._held: dict[str | None, int] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def try_acquire(self, source: str | None = None) -> bool:
+        """A slot for ``source``, unless all are taken or ``source`` holds its share."""
+        with self._lock:
+            held = self._held.get(source, 0)
+            if self._count >= self.total or (self.per_source is not None and held >= self.per_source):
+                return False
+            self._held[source] = held + 1
+            self._count += 1
+            return True
+
+    def release(self, source: str | None = None) -> None:
+        """Give back a slot ``try_acquire(source)`` took; one never taken is an error."""
+        with self._lock:
+            held = self._held.get(source, 0)
+            if held <= 0:
+                raise ValueError(f"release: no slot held for source {source!r}")
+            if held == 1:
+                del self._held[source]
+            else:
+                self._held[source] = held - 1
+            self._count -= 1
+
+    def held(self, source: str | None = None) -> int:
+        with self._lock:
+            return self._held.get(source, 0)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return self._count
 
 
 class LimitedConnections:
@@ -196,4 +241,4 @@ class WakeOnShutdown:
         self._waker.close()
 
 
-__all__ = ["LimitedConnections", "WakeOnShutdown", "Waker", "source_key"]
+__all__ = ["ConnectionSlots", "LimitedConnections", "WakeOnShutdown", "Waker", "source_key"]

@@ -22,10 +22,13 @@ import pytest
 
 from crossnet.lab.etcd import agent_status
 from tests.e2e.agentlab import FgLabFactory
+from tests.e2e.crashsteps import killed_at_every_step
 from tests.e2e.test_agent_stores import StaticCluster
 from tests.e2e.test_bridge_takeover import diff, full_snapshot, ping, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
+
+MAX_STEPS = 59  # crash points tried at most
 
 
 @pytest.fixture
@@ -74,11 +77,10 @@ def test_agent_killed_at_every_step_of_its_first_sync_then_reset_restores(fg_lab
     original = full_snapshot(h1.netns)
     assert original["sysctls"]["net.ipv4.ip_forward"] == "0"
 
-    killed = 0
-    for n in range(1, 60):
-        if not killed_or_synced(start_agent(c, "h1", n), h1.state_dir):
-            break
-        killed += 1
+    def first_sync(n: int) -> int:
+        return -signal.SIGKILL if killed_or_synced(start_agent(c, "h1", n), h1.state_dir) else 0
+
+    def recover(n: int) -> None:
         reset = run(lab, "h1", "reset")
         assert reset.returncode == 0, (n, reset.stderr)
         assert diff(original, full_snapshot(h1.netns)) == [], f"agent killed at step {n}, then reset"
@@ -91,8 +93,8 @@ def test_agent_killed_at_every_step_of_its_first_sync_then_reset_restores(fg_lab
             assert state_files(h1.state_dir) == {"applied.json"}, n
             assert run(lab, "h1", "reset").returncode == 0
             assert diff(original, full_snapshot(h1.netns)) == [], f"agent killed at step {n}, agent again, reset"
-    else:
-        pytest.fail("the agent never got through its first sync")
+
+    killed = killed_at_every_step(first_sync, recover, MAX_STEPS, "the agent's first sync") - 1
     synced = full_snapshot(h1.netns)
     assert synced["sysctls"]["net.ipv4.ip_forward"] == "1"
     assert run(lab, "h1", "reset").returncode == 0

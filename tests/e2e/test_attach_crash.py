@@ -28,6 +28,7 @@ from crossnet.dns import resolv as dns_resolv
 from crossnet.lab.manager import Lab
 from crossnet.state import StateDir
 
+from .crashsteps import killed_at_every_step
 from .kstate import diff, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -139,12 +140,8 @@ def test_attach_killed_at_every_step_then_completed_or_removed(attach_lab, then)
     lab, name, original = attach_lab
     h1 = lab.plan.host("h1")
     before, container_before = snapshot(h1.netns), snapshot(name)
-    for n in range(1, MAX_STEPS):
-        res = crossnet(lab, "attach", name, crash_at=n)
-        if res.returncode == 0:
-            assert_attached(lab, name, n)
-            break
-        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+
+    def recover(n: int) -> None:
         if then == "attach":
             again = crossnet(lab, "attach", name)
             assert again.returncode == 0, (n, again.stderr)
@@ -157,8 +154,9 @@ def test_attach_killed_at_every_step_then_completed_or_removed(attach_lab, then)
             assert crossnet(lab, "reset").returncode == 0, n
             assert_clean(lab, name, original, container_before, n, then)
             lab.apply("h1")
-    else:
-        pytest.fail("attach never ran through")
+
+    n = killed_at_every_step(lambda n: crossnet(lab, "attach", name, crash_at=n), recover, MAX_STEPS, "attach")
+    assert_attached(lab, name, n)
     assert n >= 6, n  # the crash points were passed: IPAM, veth, inside, MACs, resolv.conf (x2)
 
 
@@ -169,13 +167,12 @@ def test_detach_killed_at_every_step_then_detach_again_or_attach(attach_lab):
     lab, name, _ = attach_lab
     h1 = lab.plan.host("h1")
     before, container_before = snapshot(h1.netns), snapshot(name)
-    for n in range(1, MAX_STEPS):
+
+    def detach(n: int) -> subprocess.CompletedProcess:
         assert crossnet(lab, "attach", name).returncode == 0
-        res = crossnet(lab, "detach", name, crash_at=n)
-        if res.returncode == 0:
-            assert_clean(lab, name, before, container_before, n, "nothing")
-            break
-        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        return crossnet(lab, "detach", name, crash_at=n)
+
+    def recover(n: int) -> None:
         if n % 2:
             again = crossnet(lab, "attach", name)
             assert again.returncode == 0, (n, again.stderr)
@@ -183,8 +180,9 @@ def test_detach_killed_at_every_step_then_detach_again_or_attach(attach_lab):
         out = crossnet(lab, "detach", name)
         assert out.returncode == 0, (n, out.stderr)
         assert_clean(lab, name, before, container_before, n, "detach")
-    else:
-        pytest.fail("detach never ran through")
+
+    n = killed_at_every_step(detach, recover, MAX_STEPS, "detach")
+    assert_clean(lab, name, before, container_before, n, "nothing")
     assert n >= 3, n
 
 

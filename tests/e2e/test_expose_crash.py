@@ -21,6 +21,7 @@ import pytest
 
 from crossnet.lab.manager import Lab
 
+from .crashsteps import killed_at_every_step
 from .kstate import diff, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -76,13 +77,7 @@ def test_killed_at_every_step_then_again_undone_or_reset(expose_lab, command):
             assert crossnet(lab, "expose").returncode == 0
         assert diff(start, snapshot(netns)) == []
 
-    prepare()
-    for n in range(1, MAX_STEPS):
-        res = crossnet(lab, command, crash_at=n)
-        if res.returncode == 0:
-            assert diff(done, snapshot(netns)) == [] and exposed(lab) == (command == "expose")
-            break
-        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+    def recover(n: int) -> None:
         again = crossnet(lab, command)
         assert again.returncode == 0, (n, again.stderr)
         assert diff(done, snapshot(netns)) == [], f"{command} killed at step {n}, then {command}"
@@ -103,6 +98,8 @@ def test_killed_at_every_step_then_again_undone_or_reset(expose_lab, command):
         assert state_files(lab) == set(), n
         lab.apply("h1")
         prepare()
-    else:
-        pytest.fail(f"{command} never ran through")
+
+    prepare()
+    n = killed_at_every_step(lambda n: crossnet(lab, command, crash_at=n), recover, MAX_STEPS, command)
+    assert diff(done, snapshot(netns)) == [] and exposed(lab) == (command == "expose")
     assert n >= 4, n  # expose.json, journal, the table, applied.json

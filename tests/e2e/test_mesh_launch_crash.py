@@ -26,10 +26,12 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.agentlab import module_factory, wait_for
+from tests.e2e.crashsteps import killed_at_every_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
 MAX_STEPS = 10
+KILLED = (-9, 137)  # SIGKILL: the process itself, or a shell's report of it
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +64,8 @@ def test_a_joiner_killed_at_every_step_completes_on_the_next_launch(lab):
     line = next(ln for ln in res.stdout.splitlines() if "crossnet launch --token" in ln).split()
     token, h1 = line[line.index("--token") + 1], line[-1]
     h2_mesh = Path(lab.plan.host("h2").state_dir) / "mesh"
-    for n in range(1, MAX_STEPS + 1):
-        res = _launch(lab, "h2", "--token", token, h1, crash_at=n)
-        if res.returncode == 0:
-            assert n > 4, f"the join passed only {n - 1} crash points"
-            break
-        assert res.returncode == -9 or res.returncode == 137, (n, res.returncode, res.stderr)
+
+    def recover(n: int) -> None:
         # whatever step it was killed at, h1 keeps its quorum: a member added by a join is a
         # learner until its host promotes it (an unstarted voter had cost the 1-voter cluster it)
         assert _mesh(lab, "h1")["store"] == "ok", (n, _mesh(lab, "h1"))
@@ -87,8 +85,10 @@ def test_a_joiner_killed_at_every_step_completes_on_the_next_launch(lab):
         assert rel.returncode == 0, (n, rel.stderr)
         wait_for(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released, h1 alone with its quorum", interval=0.5)
         assert not h2_mesh.exists(), n
-    else:
-        raise AssertionError(f"the join still crashed at step {MAX_STEPS}")
+
+    n = killed_at_every_step(lambda n: _launch(lab, "h2", "--token", token, h1, crash_at=n), recover, MAX_STEPS,
+                             "the join", killed=KILLED)
+    assert n > 4, f"the join passed only {n - 1} crash points"
     wait_for(lambda: _members(lab) == ["h1", "h2"], 60, "the uninterrupted join", interval=0.5)
 
 
@@ -117,20 +117,20 @@ def test_stop_release_killed_at_every_step_is_completed_by_the_next_stop(lab):
     res = _launch(lab, "h2")
     assert res.returncode == 0 and "is back in the mesh as a voter" in res.stdout, res
     wait_for(lambda: _members(lab) == ["h1", "h2"], 60, "h2 back", interval=0.5)
-    for n in range(1, MAX_STEPS + 1):
-        res = lab.run("h2", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "stop",
-                             "--release"], timeout=90)
-        if res.returncode == 0:
-            assert n > 2, f"stop passed only {n - 1} crash points"
-            break
-        assert res.returncode in (-9, 137), (n, res)
+
+    def release(n: int) -> subprocess.CompletedProcess:
+        return lab.run("h2", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "stop",
+                              "--release"], timeout=90)
+
+    def recover(n: int) -> None:
         again = lab.crossnet("h2", "stop", "--release", timeout=90)
         assert again.stdout.strip() in ("stopped and left the mesh", "crossnet launch is not running on this host")
         wait_for(lambda: not h2_mesh.exists(), 60, f"step {n}: h2's mesh state removed", interval=0.5)
         wait_for(lambda: _members(lab) == ["h1"], 60, f"step {n}: h2 released", interval=0.5)
         _join(lab, "h2", token, h1)
-    else:
-        raise AssertionError(f"stop still crashed at step {MAX_STEPS}")
+
+    n = killed_at_every_step(release, recover, MAX_STEPS, "stop --release", killed=KILLED)
+    assert n > 2, f"stop passed only {n - 1} crash points"
     wait_for(lambda: _members(lab) == ["h1"], 60, "the uninterrupted release", interval=0.5)
     _join(lab, "h2", token, h1)
 
@@ -145,15 +145,14 @@ def test_forget_killed_at_every_step_is_completed_by_the_next_forget(lab):
     token, h1 = token[token.index("--token") + 1], token[-1]
     h2_mesh = Path(lab.plan.host("h2").state_dir) / "mesh"
     _join(lab, "h3", token, h1, ("h1", "h2", "h3"))
-    for n in range(1, MAX_STEPS + 1):
+
+    def forget(n: int) -> subprocess.CompletedProcess:
         assert _members(lab) == ["h1", "h2", "h3"]
         lab.crossnet("h2", "stop", timeout=90)  # h2 is gone
-        res = lab.run("h1", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "forget", "h2"],
-                      timeout=90)
-        if res.returncode == 0:
-            assert n > 2, f"forget passed only {n - 1} crash points"
-            break
-        assert res.returncode in (-9, 137), (n, res)
+        return lab.run("h1", ["env", f"CROSSNET_TEST_CRASH_AT={n}", sys.executable, "-m", "crossnet", "forget", "h2"],
+                       timeout=90)
+
+    def recover(n: int) -> None:
         again = lab.crossnet("h1", "forget", "h2", timeout=90, check=False)
         if again.returncode != 0:
             err = again.stderr.strip().splitlines()
@@ -163,8 +162,9 @@ def test_forget_killed_at_every_step_is_completed_by_the_next_forget(lab):
         assert [p["name"] for p in st["peers"]] == ["h1", "h3"], (n, st["peers"])
         shutil.rmtree(h2_mesh)  # a forgotten host comes back as a new one
         _join(lab, "h2", token, h1, ("h1", "h2", "h3"))
-    else:
-        raise AssertionError(f"forget still crashed at step {MAX_STEPS}")
+
+    n = killed_at_every_step(forget, recover, MAX_STEPS, "forget", killed=KILLED)
+    assert n > 2, f"forget passed only {n - 1} crash points"
     wait_for(lambda: _members(lab) == ["h1", "h3"], 60, "the uninterrupted forget", interval=0.5)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 
 from crossnet.lab.manager import Lab
 
+from .crashsteps import killed_at_every_step
 from .kstate import diff, snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -94,11 +94,8 @@ class NetLab:
 @pytest.mark.parametrize("then", ["apply", "reset"])
 def test_adding_a_network_killed_at_every_step(make_lab, then):
     t = NetLab(make_lab)
-    for n in range(1, MAX_STEPS):
-        res = apply(t.lab, t.blue, crash_at=n)
-        if res.returncode == 0:
-            break
-        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+
+    def recover(n: int) -> None:
         if then == "apply":
             ok(apply(t.lab, t.blue), f"adding blue killed at step {n}, then apply")
             ok(crossnet(t.lab, "attach", t.c2, "--network", "blue"), f"step {n}: attach c2 to blue")
@@ -108,8 +105,8 @@ def test_adding_a_network_killed_at_every_step(make_lab, then):
         else:
             t.reset_is_original(n, "adding blue")
             t.base_state()
-    else:
-        pytest.fail("apply never ran through")
+
+    n = killed_at_every_step(lambda n: apply(t.lab, t.blue, crash_at=n), recover, MAX_STEPS, "apply")
     assert n >= 5, n
 
 
@@ -117,11 +114,8 @@ def test_adding_a_network_killed_at_every_step(make_lab, then):
 def test_removing_a_network_with_containers_killed_at_every_step(make_lab, then):
     t = NetLab(make_lab)
     t.blue_state()
-    for n in range(1, MAX_STEPS):
-        res = apply(t.lab, t.base, crash_at=n)
-        if res.returncode == 0:
-            break
-        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+
+    def recover(n: int) -> None:
         if then == "apply":
             ok(apply(t.lab, t.base), f"removing blue killed at step {n}, then apply")
             assert diff(t.with_c1, snapshot(t.netns)) == [], f"removing blue killed at step {n}, then apply"
@@ -131,8 +125,8 @@ def test_removing_a_network_with_containers_killed_at_every_step(make_lab, then)
             t.reset_is_original(n, "removing blue")
             t.base_state()
         t.blue_state()
-    else:
-        pytest.fail("apply never ran through")
+
+    n = killed_at_every_step(lambda n: apply(t.lab, t.base, crash_at=n), recover, MAX_STEPS, "apply")
     assert diff(t.with_c1, snapshot(t.netns)) == []
     assert n >= 5, n
 
@@ -142,17 +136,17 @@ def test_reset_killed_at_every_step_then_reset_again(make_lab):
     too: killed at its N-th crash point (a container's detach, a named network's, each
     resource removed), the next reset leaves the host exactly as before its first apply."""
     t = NetLab(make_lab)
-    for n in range(1, MAX_STEPS):
+
+    def reset(n: int) -> subprocess.CompletedProcess:
         t.blue_state()
         ok(crossnet(t.lab, "expose", "--network", "blue"), "expose blue")
         assert "crossnet-expose-blue" in snapshot(t.netns)["nft"]
-        res = crossnet(t.lab, "reset", crash_at=n)
-        if res.returncode == 0:
-            assert diff(t.original, snapshot(t.netns)) == [] and state_left(t.lab) == []
-            break
-        assert res.returncode == -signal.SIGKILL, (n, res.returncode, res.stderr)
+        return crossnet(t.lab, "reset", crash_at=n)
+
+    def recover(n: int) -> None:
         t.reset_is_original(n, "reset")
         t.base_state()
-    else:
-        pytest.fail("reset never ran through")
+
+    n = killed_at_every_step(reset, recover, MAX_STEPS, "reset")
+    assert diff(t.original, snapshot(t.netns)) == [] and state_left(t.lab) == []
     assert n >= 10, n

@@ -14,6 +14,7 @@ import pytest
 from crossnet.agent import api as agentapi
 from crossnet.errors import ConfigError
 from crossnet.state import StateDir
+from tests.unit import planted
 
 
 class FakeAgent:
@@ -76,23 +77,13 @@ def test_stale_socket_is_replaced(tmp_path):
         handle.close()
 
 
-@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+@pytest.mark.parametrize("kind", planted.KINDS)
 def test_not_a_socket_is_refused_and_left(tmp_path, kind):
     path = tmp_path / "agent.sock"
     target = tmp_path / "target"
     target.write_text("keep")
-    if kind == "file":
-        path.write_text("keep")
-    elif kind == "dir":
-        path.mkdir()
-    else:
-        path.symlink_to(target)
+    planted.plant(path, kind, target)
     with pytest.raises(ConfigError) as err:
         agentapi.serve(FakeAgent(tmp_path), str(path))
     assert str(err.value) == f"--state-dir: {path} exists and is not a socket"
-    if kind == "file":
-        assert path.read_text() == "keep"
-    elif kind == "dir":
-        assert path.is_dir()
-    else:
-        assert path.is_symlink() and target.read_text() == "keep"
+    assert planted.left_as_planted(path, kind) and target.read_text() == "keep"

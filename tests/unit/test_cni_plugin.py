@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import stat
@@ -26,6 +27,15 @@ def conf(**extra):
     c = {"cniVersion": "1.0.0", "name": "crossnet", "type": "crossnet-cni", "stateDir": "/nonexistent/crossnet"}
     c.update(extra)
     return json.dumps({k: v for k, v in c.items() if v is not None}).encode()
+
+
+def main_exit(monkeypatch, stdin: bytes, environ: dict) -> int:
+    """plugin.main() as a runtime calls it (``stdin``, the environment ``environ``): its exit code."""
+    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(stdin), isatty=lambda: False))
+    monkeypatch.setattr("os.environ", environ)
+    with pytest.raises(SystemExit) as exc:
+        plugin.main()
+    return exc.value.code
 
 
 def error_of(rc, out):
@@ -340,27 +350,14 @@ def test_internal_errors_become_json(monkeypatch):
 
 
 def test_main_prints_json_and_exits_nonzero(monkeypatch, capsys):
-    import io
-
-    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(b"garbage"), isatty=lambda: False))
-    monkeypatch.setattr("os.environ", env())
-    with pytest.raises(SystemExit) as exc:
-        plugin.main()
-    assert exc.value.code == 1
+    assert main_exit(monkeypatch, b"garbage", env()) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["code"] == 6
 
 
 def test_log_file(tmp_path, monkeypatch, capsys):
-    import io
-
     log = tmp_path / "cni.log"
-    stdin = conf(logFile=str(log))
-    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(stdin), isatty=lambda: False))
-    monkeypatch.setattr("os.environ", env("DEL", CNI_NETNS=None))
-    with pytest.raises(SystemExit) as exc:
-        plugin.main()
-    assert exc.value.code == 0
+    assert main_exit(monkeypatch, conf(logFile=str(log)), env("DEL", CNI_NETNS=None)) == 0
     line = json.loads(log.read_text())
     assert line["command"] == "DEL" and line["rc"] == 0
 
@@ -419,8 +416,6 @@ def test_log_file_is_never_written_through_a_link_or_into_a_fifo(tmp_path, monke
     append: a link planted at the path had root append the call's line to the file it named,
     a FIFO there blocked the plugin until a reader came. Now the call runs and nothing is
     written (crossnet.logjson.append_line)."""
-    import io
-
     log = tmp_path / "cni.log"
     victim = tmp_path / "victim"
     victim.write_text("precious\n")
@@ -428,11 +423,6 @@ def test_log_file_is_never_written_through_a_link_or_into_a_fifo(tmp_path, monke
         log.symlink_to(victim)
     else:
         os.mkfifo(log)
-    stdin = conf(logFile=str(log))
-    monkeypatch.setattr("sys.stdin", SimpleNamespace(buffer=io.BytesIO(stdin), isatty=lambda: False))
-    monkeypatch.setattr("os.environ", env("DEL", CNI_NETNS=None))
-    with pytest.raises(SystemExit) as exc:
-        plugin.main()
-    assert exc.value.code == 0
+    assert main_exit(monkeypatch, conf(logFile=str(log)), env("DEL", CNI_NETNS=None)) == 0
     assert victim.read_text() == "precious\n"
     assert log.is_symlink() if kind == "symlink" else stat.S_ISFIFO(os.lstat(log).st_mode)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from crossnet.errors import CrossnetError
 from crossnet.ipam import AddressPool
 from crossnet.runtime.dockerplugin import DockerPlugin
+from tests.unit import planted
 
 SUBNET = ipaddress.ip_network("10.32.1.0/24")
 GW = ipaddress.ip_address("10.32.1.1")
@@ -536,7 +537,7 @@ def test_serve_never_replaces_a_socket_another_process_serves(tmp_path):
             signal.signal(s, h)
 
 
-@pytest.mark.parametrize("kind", ["file", "dir", "symlink"])
+@pytest.mark.parametrize("kind", planted.KINDS)
 def test_serve_refuses_a_path_that_is_not_a_socket_and_leaves_it(tmp_path, kind):
     """--socket naming a regular file, a directory or a symlink (even to a stale socket):
     one line naming it, nothing removed or followed, nothing served."""
@@ -550,12 +551,7 @@ def test_serve_refuses_a_path_that_is_not_a_socket_and_leaves_it(tmp_path, kind)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(target))
     s.close()
-    if kind == "file":
-        path.write_text("keep")
-    elif kind == "dir":
-        path.mkdir()
-    else:
-        path.symlink_to(target)
+    planted.plant(path, kind, target)
 
     def ready():  # never reached
         raise AssertionError("served")
@@ -563,5 +559,4 @@ def test_serve_refuses_a_path_that_is_not_a_socket_and_leaves_it(tmp_path, kind)
     with pytest.raises(ConfigError) as err:
         serve(SimpleNamespace(flush=lambda: None), str(path), ready=ready)
     assert str(err.value) == f"--socket: {path} exists and is not a socket"
-    assert (path.read_text() == "keep" if kind == "file" else path.is_dir() if kind == "dir"
-            else path.is_symlink() and target.is_socket())
+    assert planted.left_as_planted(path, kind) and target.is_socket()

@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from crossnet import unixsock
 from crossnet.agent.metrics import observe
 from crossnet.errors import ConfigError, CrossnetError, IpamError
-from crossnet.serveloop import WakeOnShutdown
+from crossnet.serveloop import ConnectionSlots, WakeOnShutdown
 from crossnet.state import StateDir
 from crossnet.unixhttp import UnixHTTPConnection
 
@@ -101,7 +101,7 @@ class _Server(WakeOnShutdown, socketserver.ThreadingMixIn, socketserver.UnixStre
     def __init__(self, path: str, agent: Agent):
         self.agent = agent
         self.path = path
-        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.slots = ConnectionSlots(MAX_CONNECTIONS)  # a unix socket: no per-source share
         # never another process's socket, nor a file that is not a socket (crossnet.unixsock)
         try:
             sock, self.ident = unixsock.bind(path, 0o600, backlog=self.request_queue_size)
@@ -120,7 +120,7 @@ class _Server(WakeOnShutdown, socketserver.ThreadingMixIn, socketserver.UnixStre
         self.socket = sock
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
+        if not self.slots.try_acquire():
             _refuse_busy(request)
             self.shutdown_request(request)
             return

@@ -7,7 +7,8 @@ nothing when not even its header parses), an answer never holds more than the re
 of the one name asked (UDP: cut to the client's size with TC set), forwarded queries are
 bounded in number (:data:`MAX_PENDING`, else SERVFAIL) and time (:data:`FORWARD_TIMEOUT`
 per upstream, :data:`FORWARD_TOTAL` in all), TCP connections are capped
-(:data:`MAX_TCP`, :data:`MAX_TCP_PER_SOURCE` from one client) and closed when a query has not arrived whole :data:`TCP_IDLE` seconds
+(:data:`MAX_TCP`, :data:`MAX_TCP_PER_SOURCE` from one client; a
+:class:`crossnet.serveloop.ConnectionSlots`) and closed when a query has not arrived whole :data:`TCP_IDLE` seconds
 after the server began waiting for it (a byte now and then does not extend that), or
 after ``4 * TCP_IDLE`` seconds in all. Only ``clients`` (the container network and the
 listen addresses) get anything: a query from elsewhere is dropped, never forwarded.
@@ -30,7 +31,7 @@ from typing import Any
 from dnslib import AAAA, CLASS, OPCODE, PTR, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord  # noqa: F401
 
 from crossnet.dns import TTL, RoundRobin, Table, normalize
-from crossnet.serveloop import Waker, source_key
+from crossnet.serveloop import ConnectionSlots, Waker, source_key
 
 log = logging.getLogger("crossnet.dns")
 
@@ -309,8 +310,9 @@ class DnsServer:
         self._threads: list[threading.Thread] = []
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="dns-forward")
         self._pending = threading.BoundedSemaphore(MAX_PENDING)
-        self._tcp_sources: dict[str, int] = {}  # open TCP connections per source (serveloop.source_key)
-        self._tcp_lock = threading.Lock()
+        # open TCP connections, in all and per source (serveloop.source_key): one container
+        # must not shut TCP DNS for the others
+        self._tcp_slots = ConnectionSlots(MAX_TCP, MAX_TCP_PER_SOURCE)
         self.stats = {"queries": 0, "answered": 0, "forwarded": 0, "dropped": 0}
 
     def set_table(self, table: Table) -> None:
@@ -451,26 +453,10 @@ class DnsServer:
                 conn.close()
                 continue
             source = source_key(str(peer[0]))
-            if not self._tcp_take(source):
+            if not self._tcp_slots.try_acquire(source):
                 conn.close()  # over the cap or this client's share: the client retries
                 continue
             threading.Thread(target=self._tcp_conn, args=(conn, source), name="dns-tcp-conn", daemon=True).start()
-
-    def _tcp_take(self, source: str) -> bool:
-        """A TCP slot for a connection from source, unless all are taken or source holds
-        its share (one container must not shut TCP DNS for the others)."""
-        with self._tcp_lock:
-            held = self._tcp_sources.get(source, 0)
-            if held >= MAX_TCP_PER_SOURCE or sum(self._tcp_sources.values()) >= MAX_TCP:
-                return False
-            self._tcp_sources[source] = held + 1
-            return True
-
-    def _tcp_give(self, source: str) -> None:
-        with self._tcp_lock:
-            left = self._tcp_sources.pop(source, 1) - 1
-            if left:
-                self._tcp_sources[source] = left
 
     def _tcp_conn(self, conn: socket.socket, source: str) -> None:
         try:
@@ -496,7 +482,7 @@ class DnsServer:
             log.exception("dns: TCP connection")
         finally:
             conn.close()
-            self._tcp_give(source)
+            self._tcp_slots.release(source)
 
 
 __all__ = ["DnsServer", "Forwarder", "fast_answer", "local_answer", "parse_query", "tcp_exchange", "udp_exchange"]
