@@ -352,6 +352,8 @@ class FakeCluster:
         assert path == "cluster/member/add"
         time.sleep(0.05)
         with self.mu:
+            if body.get("isLearner") and any(m.get("isLearner") for m in self.members):  # etcd 3.4: one at a time
+                raise CrossnetError(f"etcd cluster/member/add: etcdserver: {ml.TOO_MANY_LEARNERS}")
             self.members.append({"name": "", "ID": str(len(self.members)), "peerURLs": body["peerURLs"],
                                  "isLearner": body.get("isLearner", False)})
             return {"members": [dict(m) for m in self.members]}
@@ -1247,3 +1249,31 @@ def test_status_names_a_learner_member_as_such():
     text = ml.format_status({"name": "h1", "address": "10.0.0.1", "role": "voter", "running": True, "store": "ok",
                              "members": rows, "peers": []})
     assert "  (starting)       learner UNHEALTHY" in text.splitlines()
+
+
+def test_a_join_waits_for_another_hosts_learner_then_is_a_client_if_it_stays_one(monkeypatch):
+    """etcd 3.4 holds one learner at a time ("too many learner members in cluster"): a join
+    waits for the other host's learner to be promoted (normally within a second or two),
+    and if it is never promoted (its host died before its etcd started) becomes a client
+    instead of failing the join; no member is added for it."""
+    now = [0.0]
+    monkeypatch.setattr(ml.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(ml.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    cluster = FakeCluster(voters=1)
+    cluster.members.append({"name": "", "ID": "8", "peerURLs": ["https://10.0.0.8:2380"], "isLearner": True})
+    role, members = ml.admit(cluster, OWN, 5, "h9")
+    assert role == "client" and len(members) == 2 and now[0] > ml.LEARNER_WAIT
+    assert ml.VOTER_LOCK not in cluster.keys  # given back
+
+    now[0] = 0.0
+    sleep = ml.time.sleep
+
+    def promoted_meanwhile(s):  # the other host's learner is promoted after a second
+        sleep(s)
+        if now[0] >= 1.0:
+            cluster.members[1]["isLearner"] = False
+
+    monkeypatch.setattr(ml.time, "sleep", promoted_meanwhile)
+    role, members = ml.admit(cluster, OWN, 5, "h9")
+    assert role == "voter" and members[-1]["peerURLs"] == [OWN] and members[-1]["isLearner"] is True
+    assert 1.0 <= now[0] < ml.LEARNER_WAIT

@@ -422,20 +422,35 @@ def retrying(fn: Callable[[], Any], timeout: float = 3.0, interval: float = 0.25
             time.sleep(interval)
 
 
-def member_add(client: Any, peer: str, timeout: float = 40.0) -> list[dict]:
+TOO_MANY_LEARNERS = "too many learner members in cluster"
+LEARNER_WAIT = 15.0  # s a join waits for another host's learner to be promoted (one at a time in etcd 3.4)
+
+
+class LearnerPending(CrossnetError):
+    """etcd holds one learner at a time (3.4): another host's member is still a learner."""
+
+
+def member_add(client: Any, peer: str, timeout: float = 40.0, learner_wait: float = LEARNER_WAIT) -> list[dict]:
     """`member add` as a learner (etcd's non-voting member): it does not count towards
     the quorum until its host promotes it (promote_learner), once its etcd has caught up
     -- a host that dies between `member add` and its etcd's start (or while catching up)
     leaves the cluster its quorum (a voter added that way had cost a 1-voter cluster its
     quorum until that host came back). etcd refuses while a member started less than 5 s
-    ago ("unhealthy cluster", its strict reconfiguration check): retried until timeout."""
-    deadline = time.monotonic() + timeout
+    ago ("unhealthy cluster", its strict reconfiguration check): retried until timeout;
+    and while another host's member is a learner (etcd 3.4 holds one at a time): retried
+    for learner_wait s (it is promoted within a second or two of its etcd's start), then
+    LearnerPending (its host may be gone: `admit` makes this host a client)."""
+    start = time.monotonic()
     while True:
         try:
             return list(client.call("cluster/member/add", {"peerURLs": [peer], "isLearner": True})
                         .get("members", []))
         except CrossnetError as exc:
-            if "unhealthy cluster" not in str(exc) or time.monotonic() > deadline:
+            waited = time.monotonic() - start
+            if TOO_MANY_LEARNERS in str(exc):
+                if waited > learner_wait:
+                    raise LearnerPending(str(exc)) from None
+            elif "unhealthy cluster" not in str(exc) or waited > timeout:
                 raise
             time.sleep(0.5)
 
@@ -495,12 +510,19 @@ def voter_lock(client: Any, holder: str, timeout: float = 90.0, interval: float 
 def admit(client: Any, own_peer: str, max_voters: int, holder: str) -> tuple[str, list[dict]]:
     """(role, members): under the voter lock, read the member list and, while there are
     fewer than max_voters voters, `member add` this host as one — atomically with
-    respect to every other joining or promoted host."""
+    respect to every other joining or promoted host. Another host's learner still not
+    promoted after LEARNER_WAIT s (its host gone before its etcd started): a client (a
+    client is promoted later, while voters are missing; `forget` removes that learner)."""
     with voter_lock(client, holder):
         members = retrying(lambda: member_list(client), timeout=10)
         role = role_for(members, max_voters)
         if role == "voter":
-            members = member_add(client, own_peer)
+            try:
+                members = member_add(client, own_peer)
+            except LearnerPending:
+                log.warning("another host's etcd member is still a learner (etcd holds one at a time); "
+                            "this host is a client for now")
+                return "client", retrying(lambda: member_list(client), timeout=10)
     return role, members
 
 
