@@ -1277,3 +1277,31 @@ def test_a_join_waits_for_another_hosts_learner_then_is_a_client_if_it_stays_one
     role, members = ml.admit(cluster, OWN, 5, "h9")
     assert role == "voter" and members[-1]["peerURLs"] == [OWN] and members[-1]["isLearner"] is True
     assert 1.0 <= now[0] < ml.LEARNER_WAIT
+
+
+def test_a_supervisor_never_waits_on_another_hosts_learner(tmp_path, monkeypatch):
+    """A client's promotion runs in its supervisor's tick, which also keeps its presence
+    lease (15 s): while another host's learner is pending, maintain tries no promotion, and
+    a promotion that meets one (a race) does not wait the join's LEARNER_WAIT: a client."""
+    cluster = FakeCluster(voters=1)
+    cluster.members.append({"name": "", "ID": "8", "peerURLs": ["https://10.0.0.8:2380"], "isLearner": True})
+    sup, started = _promoting_supervisor(tmp_path, monkeypatch, cluster)
+    tried = []
+    monkeypatch.setattr(sup, "promote", lambda c, want: tried.append(want))
+    monkeypatch.setattr(ml, "promotion_candidate", lambda hosts, alive: "h9")
+    monkeypatch.setattr(ml, "mesh_hosts", lambda c: [])
+    monkeypatch.setattr(ml, "alive_hosts", lambda c: {})
+    sup._want = 3
+    sup.maintain(cluster)
+    assert tried == []  # 2 members < 3 voters wanted, but a learner is pending
+    cluster.members[1]["isLearner"] = False
+    sup.maintain(cluster)
+    assert tried == [3]  # promoted meanwhile: a slot is free
+
+    cluster.members[1]["isLearner"] = True
+    sup2, started2 = _promoting_supervisor(tmp_path / "again", monkeypatch, cluster)
+    waited = []
+    monkeypatch.setattr(ml.time, "sleep", lambda s: waited.append(s))
+    sup2.promote(cluster, 3)
+    assert 0.5 not in waited and sup2.paths.load()["role"] == "client" and started2 == []  # no retry (0.05: the fake)
+    assert len(cluster.members) == 2

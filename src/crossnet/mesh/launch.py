@@ -507,18 +507,20 @@ def voter_lock(client: Any, holder: str, timeout: float = 90.0, interval: float 
             client.lease_revoke(lease)
 
 
-def admit(client: Any, own_peer: str, max_voters: int, holder: str) -> tuple[str, list[dict]]:
+def admit(client: Any, own_peer: str, max_voters: int, holder: str,
+          learner_wait: float = LEARNER_WAIT) -> tuple[str, list[dict]]:
     """(role, members): under the voter lock, read the member list and, while there are
     fewer than max_voters voters, `member add` this host as one — atomically with
     respect to every other joining or promoted host. Another host's learner still not
-    promoted after LEARNER_WAIT s (its host gone before its etcd started): a client (a
-    client is promoted later, while voters are missing; `forget` removes that learner)."""
+    promoted after `learner_wait` s (its host gone before its etcd started): a client (a
+    client is promoted later, while voters are missing; `forget` removes that learner). A
+    supervisor's promotion does not wait (learner_wait 0: its tick keeps its presence lease)."""
     with voter_lock(client, holder):
         members = retrying(lambda: member_list(client), timeout=10)
         role = role_for(members, max_voters)
         if role == "voter":
             try:
-                members = member_add(client, own_peer)
+                members = member_add(client, own_peer, learner_wait=learner_wait)
             except LearnerPending:
                 log.warning("another host's etcd member is still a learner (etcd holds one at a time); "
                             "this host is a client for now")
@@ -1037,11 +1039,14 @@ class Supervisor:
             self.st["endpoints"] = eps
             self.paths.save(self.st)
         if self.st["role"] == "client":
-            voters = members  # learners too: each a voter-to-be (role_for)
             if self._want is None:  # written once by the first host (bootstrap): read once
                 cfg = get_json(c, f"{MESH_PREFIX}/config") or {}
                 self._want = int(cfg.get("voters") or DEFAULT_VOTERS)
-            if len(voters) < self._want and promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
+            # learners count (each a voter-to-be: role_for); while one is pending no promotion is
+            # tried (etcd holds one at a time: the tick would wait for it, its presence lease with it)
+            pending = any(m.get("isLearner") for m in members)
+            if len(members) < self._want and not pending and \
+                    promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
                 self.promote(c, self._want)
         wanted = self.endpoints()
         if self.agent is not None and wanted != self.agent_endpoints:
@@ -1059,7 +1064,7 @@ class Supervisor:
         self.st["role"] = PROMOTING
         self.paths.save(self.st)
         crash_point("promote-recorded")
-        _, members = admit(c, peer_url(self.address), want, self.name)
+        _, members = admit(c, peer_url(self.address), want, self.name, learner_wait=0.0)
         crash_point("promote-added")
         self.settle_promotion(members)
 
