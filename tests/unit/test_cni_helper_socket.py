@@ -135,3 +135,27 @@ def test_a_link_at_the_lock_path_is_never_followed(h, tmp_path):
     assert proc.returncode == 0, err.decode()
     assert not os.path.lexists(target) and lock.is_symlink()
     assert not os.path.lexists(h.sock)  # it never served
+
+
+def test_a_helper_started_while_another_serves_leaves_at_once(h):
+    """The lock held and the socket there: another helper serves, this one stops at once
+    (it used to wait up to 3 s for the lock -- made for a helper stepping down, which
+    removes its socket first -- and then took over from a helper that stepped down in that
+    window, outliving it unasked: tests/e2e/test_cni_native.py's stop_helper found a
+    socket again). A helper waiting for a stepping-down one (no socket) still waits."""
+    first = _start(h)
+    try:
+        deadline = time.monotonic() + HELPER_EXIT
+        while not h.listening():
+            assert time.monotonic() < deadline and first.poll() is None, "the first helper never listened"
+            time.sleep(0.05)
+        second = _start(h)
+        _, err = _wait(second)
+        assert second.returncode == 0 and err == b"", err.decode()
+        stops = [e for e in h.events() if e.get("server") == "stop"]
+        assert [e["reason"] for e in stops] == ["another helper serves this state dir"], h.events()
+        assert first.poll() is None and h.listening()  # the first one serves on
+        assert _request(h.sock) == {"rc": 0, "stdout": "served"}
+    finally:
+        first.terminate()
+        first.communicate(timeout=10)

@@ -90,8 +90,13 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except OSError:
-            if time.monotonic() >= deadline:
-                return  # another helper serves this state dir
+            # held: by a helper stepping down (it removed the socket first) -- wait for it; by
+            # one that serves (its socket is there) -- leave at once: waiting, this helper
+            # took over whenever that one stepped down, outliving it unasked
+            if os.path.lexists(path) or time.monotonic() >= deadline:
+                _event(log_file, "stop", reason="another helper serves this state dir")
+                os.close(lock)
+                return
             time.sleep(0.05)
     # import everything a request needs now, not during the first request
     import crossnet.backends  # noqa: F401
