@@ -12,6 +12,9 @@ the CNI helper imports it).
   (its (st_dev, st_ino)): never a successor's socket, never what replaced it. Call it
   before closing the socket: while the socket is open its inode stays allocated, so no
   new file can have its number (closed first, a successor's socket may reuse it).
+* :func:`bind_for` — :func:`bind` for a server whose path comes from an option: every
+  refusal one line naming that option; :func:`adopt` gives the bound socket to a
+  ``socketserver`` server made with ``bind_and_activate=False``.
 * :func:`short_path` — AF_UNIX addresses are limited to 107 bytes; longer paths go
   through ``/proc/self/fd/N/``.
 
@@ -28,6 +31,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from crossnet.errors import ConfigError
 
@@ -142,3 +146,22 @@ def bind(path: str, mode: int = 0o600, backlog: int = 64) -> tuple[socket.socket
         raise ConfigError(f"{path}: cannot listen: {exc.strerror or exc}") from None
     assert ident is not None
     return sock, ident
+
+
+def bind_for(option: str, path: str, in_use: str, mode: int = 0o600, backlog: int = 64) -> tuple[socket.socket, Ident]:
+    """:func:`bind`, each refusal a ConfigError naming ``option`` (the one that set the
+    path); ``in_use``: what follows "PATH is served by a running process" (who it may be,
+    what to do)."""
+    try:
+        return bind(path, mode, backlog)
+    except InUse:
+        raise ConfigError(f"{option}: {path} is served by a running process {in_use}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
+
+
+def adopt(server: Any, sock: socket.socket) -> None:
+    """Give ``server`` (a ``socketserver`` server made with ``bind_and_activate=False``:
+    its own socket never bound) the listening socket :func:`bind` made."""
+    server.socket.close()
+    server.socket = sock

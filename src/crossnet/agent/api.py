@@ -103,21 +103,15 @@ class _Server(WakeOnShutdown, socketserver.ThreadingMixIn, socketserver.UnixStre
         self.path = path
         self.slots = ConnectionSlots(MAX_CONNECTIONS)  # a unix socket: no per-source share
         # never another process's socket, nor a file that is not a socket (crossnet.unixsock)
-        try:
-            sock, self.ident = unixsock.bind(path, 0o600, backlog=self.request_queue_size)
-        except unixsock.InUse:
-            raise ConfigError(f"--state-dir: {path} is served by a running process (another crossnet agent?); "
-                              "stop it first") from None
-        except ConfigError as exc:
-            raise ConfigError(f"--state-dir: {exc}") from None
+        sock, self.ident = unixsock.bind_for("--state-dir", path, "(another crossnet agent?); stop it first",
+                                             backlog=self.request_queue_size)
         try:
             super().__init__(path, _Handler, bind_and_activate=False)
         except BaseException:
             unixsock.release(path, self.ident)
             sock.close()
             raise
-        self.socket.close()
-        self.socket = sock
+        unixsock.adopt(self, sock)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.try_acquire():

@@ -850,16 +850,11 @@ def serve(plugin: DockerPlugin, socket_path: str, ready: Callable[[], None] | No
     from crossnet import unixsock
 
     os.makedirs(os.path.dirname(socket_path) or ".", mode=0o755, exist_ok=True)
-    try:  # another process's socket is never taken over, a file that is not a socket never removed
-        sock, mine = unixsock.bind(socket_path, 0o600, backlog=Server.request_queue_size)
-    except unixsock.InUse:
-        raise ConfigError(f"--socket: {socket_path} is served by a running process (another crossnet "
-                          "docker-plugin?); stop it first, or choose another --socket") from None
-    except ConfigError as exc:
-        raise ConfigError(f"--socket: {exc}") from None
+    # another process's socket is never taken over, a file that is not a socket never removed
+    sock, mine = unixsock.bind_for("--socket", socket_path, "(another crossnet docker-plugin?); stop it first, "
+                                   "or choose another --socket", backlog=Server.request_queue_size)
     server = Server(socket_path, Handler, bind_and_activate=False)
-    server.socket.close()
-    server.socket = sock
+    unixsock.adopt(server, sock)
 
     def stop(_sig: int, _frame: Any) -> None:
         threading.Thread(target=server.shutdown, daemon=True).start()
