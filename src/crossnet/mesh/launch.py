@@ -466,7 +466,7 @@ def promote_learner(client: Any, own_peer: str, timeout: float = 60.0,
     CrossnetError when the member is gone (forgotten meanwhile) or the time is up."""
     deadline = time.monotonic() + timeout
     while True:
-        me = next((m for m in member_list(client) if own_peer in (m.get("peerURLs") or [])), None)
+        me = member_with_peer(member_list(client), own_peer)
         if me is None:
             raise CrossnetError(f"no etcd member with this host's peer URL {own_peer} (forgotten?)")
         if not me.get("isLearner"):
@@ -1411,12 +1411,18 @@ def is_own_member(m: dict, name: str, own_peer: str) -> bool:
     return (bool(name) and m.get("name") == name) or own_peer in (m.get("peerURLs") or [])
 
 
+def member_with_peer(members: list[dict], own_peer: str) -> dict | None:
+    """The member with this host's peer URL (whatever its name: none yet if never started)."""
+    return next((m for m in members if is_own_member(m, "", own_peer)), None)
+
+
 def added_member_cluster(members: list[dict], name: str, own_peer: str) -> str | None:
-    """A join or promotion killed after `member add` (the cluster now counts a voter
-    that never started: a 1-voter cluster has lost its quorum until it starts): the
-    member it added is the one with this host's peer URL. Returns the --initial-cluster
-    that starts it, or None when no member has that URL (no member was added)."""
-    if not any(own_peer in (m.get("peerURLs") or []) for m in members):  # a learner, or a voter by now
+    """A join or promotion killed after `member add` (a learner that never started: no
+    vote, but its host must start it, not add another): the member it added is the one
+    with this host's peer URL (a learner, or a voter by now). Returns the
+    --initial-cluster that starts it, or None when no member has that URL (no member was
+    added)."""
+    if member_with_peer(members, own_peer) is None:
         return None
     return initial_cluster(members, name, own_peer)
 
