@@ -103,12 +103,12 @@ def left_over(directory: str | os.PathLike[str], name_re: str) -> list[Path]:
     return out
 
 
-
 def remove_left_over(directory: str | os.PathLike[str], name_re: str) -> None:
     """Delete the temporaries :func:`left_over` lists (a killed writer's)."""
     for tmp in left_over(directory, name_re):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
 
 def pid_temp(path: Path) -> Path:
     """The temporary a file outside the state dir (a CNI conflist or plugin, a systemd

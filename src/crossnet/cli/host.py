@@ -589,7 +589,8 @@ def check(ctx: click.Context, count: int, timeout: float, network: str | None, i
                     "dst_host": dhost, "dst_address": d.address, "kind": kind, "network": sn, "dst_network": dn}
 
         out = {"host": me, "ok": ok, "peer_containers": "published" if published is not None else "unknown",
-               "note": note, "stale": stale, "incomplete": unfinished, "networks": names, "pairs": [row(j, p) for j, p in zip(same, pairs)]}
+               "note": note, "stale": stale, "incomplete": unfinished, "networks": names,
+               "pairs": [row(j, p) for j, p in zip(same, pairs)]}
         if isolation:
             out["isolation"] = [{**row(j, p), "ok": not p.ok, "reached": p.ok} for j, p in zip(cross, crossed)]
         _json(out)

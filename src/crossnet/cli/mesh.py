@@ -83,10 +83,10 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
                    f"pid {pid}); nothing changed")
         return
     if paths.launch_json.exists():
-        if (token or addr) and paths.load().get("role") != ml.JOINING:  # a join killed half-way is completed
+        joining = paths.load().get("role") == ml.JOINING
+        if (token or addr) and not joining:  # a join killed half-way is completed
             raise ConfigError("--token: this host already belongs to a mesh; `crossnet launch` alone restarts it "
                               "(`crossnet stop --release` leaves it)")
-        joining = paths.load().get("role") == ml.JOINING
         ml.launch_again(state_dir, spawn=not foreground)
         if foreground:
             raise SystemExit(ml.run_foreground(state_dir))
