@@ -94,13 +94,13 @@ def test_not_a_socket_at_the_path_is_left(h, tmp_path, kind):
     proc = _start(h)
     _, err = _wait(proc)
     assert proc.returncode != 0
-    assert err.decode().strip().splitlines()[-1] == f"crossnet.errors.ConfigError: {h.sock} exists and is not a socket"
+    assert err.decode().strip().splitlines()[-1] == f"crossnet.errors.ConfigError: --state-dir: {h.sock} exists and is not a socket"
     if kind == "file":
         assert h.sock.read_text() == "keep"
     else:
         assert h.sock.is_symlink() and target.read_text() == "keep"
     stops = [e for e in h.events() if e.get("server") == "stop"]
-    assert stops and stops[-1]["reason"] == f"{h.sock} exists and is not a socket"
+    assert stops and stops[-1]["reason"] == f"--state-dir: {h.sock} exists and is not a socket"
 
 
 def test_two_racing_helpers_one_serves_the_other_exits_0(h):
@@ -159,3 +159,16 @@ def test_a_helper_started_while_another_serves_leaves_at_once(h):
     finally:
         first.terminate()
         first.communicate(timeout=10)
+
+
+def test_serve_by_hand_on_a_file_names_the_option_and_leaves_it(tmp_path):
+    """`crossnet cni serve` typed by hand: the path is <state-dir>/cni.sock, so the one
+    error line names --state-dir (it named no option before)."""
+    (tmp_path / "applied.json").write_text("{}")
+    sock = tmp_path / "cni.sock"
+    sock.write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "crossnet", "--state-dir", str(tmp_path), "cni", "serve",
+                           "--idle", "1"], capture_output=True, text=True, timeout=HELPER_EXIT)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"crossnet: error: --state-dir: {sock} exists and is not a socket"]
+    assert sock.read_text() == "keep"

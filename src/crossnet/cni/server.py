@@ -125,10 +125,11 @@ def serve(state_dir: str, idle: float = DEFAULT_IDLE, log_file: str | None = Non
             _event(log_file, "stop", reason=str(exc))
             os.close(lock)
             return
-        except ConfigError as exc:
-            _event(log_file, "stop", reason=str(exc))
+        except ConfigError as exc:  # the path is <state-dir>/cni.sock: name that option
+            why = f"--state-dir: {exc}"
+            _event(log_file, "stop", reason=why)
             os.close(lock)
-            raise
+            raise ConfigError(why) from None
     srv.settimeout(min(idle, HEALTH_INTERVAL))
     last = time.monotonic()
 
