@@ -42,6 +42,16 @@ def module_factory(request: pytest.FixtureRequest) -> FgLabFactory:
     return FgLabFactory.for_test(request)
 
 
+def launched_lab(request: pytest.FixtureRequest, hosts: int = 4, underlay: str = "l3", containers: int = 0):
+    """A vxlan lab without any store, for a module-scoped fixture (`yield from`): the
+    tests type `crossnet launch` themselves; every host's is stopped at the end."""
+    lab = module_factory(request)(hosts=hosts, underlay=underlay, backend="vxlan", containers=containers,
+                                  apply=False)
+    yield lab
+    for h in lab.plan.hosts:
+        lab.crossnet(h.name, "stop", check=False, timeout=60)
+
+
 class LabCluster(Cluster):
     """test_agent's Cluster on a lab built by `lab up --store etcd`: the lab started etcd
     and the agents; restarted agents get the host's service environment (OVS) too."""

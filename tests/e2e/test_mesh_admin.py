@@ -22,14 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_mesh_launch import _launch, _status, _token_line, _wait, typed_lab
+from tests.e2e.agentlab import launched_lab
+from tests.e2e.test_mesh_launch import _launch, _status, _token_line, _wait
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def lab4(request, lab_sweep):
-    yield from typed_lab(request)
+    yield from launched_lab(request)  # 4 hosts, L3
 
 
 def test_two_hosts_joining_at_once_into_two_voters_make_exactly_three(lab4):

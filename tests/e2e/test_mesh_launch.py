@@ -35,7 +35,7 @@ import pytest
 from crossnet.lab import netns as labns
 from crossnet.mesh import pki
 from crossnet.mesh.token import JoinToken, Token, parse_join_token
-from tests.e2e.agentlab import module_factory
+from tests.e2e.agentlab import launched_lab, module_factory
 from tests.e2e.pcap import Capture
 
 DNS_DOMAIN = "mesh.example"  # the `mesh` lab's `launch --dns-domain`
@@ -93,18 +93,9 @@ def _tcp_payloads(frames: list[bytes]) -> list[tuple[int, int, bytes]]:
 
 # ---------------------------------------------------------------- joins typed by hand
 
-def typed_lab(request):
-    """A 4-host L3 lab without any store (the tests type the user's commands); every
-    host's `crossnet launch` is stopped at the end. For module-scoped fixtures."""
-    lab = module_factory(request)(hosts=4, underlay="l3", backend="vxlan", containers=0, apply=False)
-    yield lab
-    for h in lab.plan.hosts:
-        lab.crossnet(h.name, "stop", check=False, timeout=60)
-
-
 @pytest.fixture(scope="module")
 def joins(request, lab_sweep):
-    yield from typed_lab(request)
+    yield from launched_lab(request)  # 4 hosts, L3
 
 
 def test_first_launch_then_join_is_tls_only_on_the_wire(joins, tmp_path):

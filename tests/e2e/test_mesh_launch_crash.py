@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.agentlab import module_factory, wait_for
+from tests.e2e.agentlab import launched_lab, wait_for
 from tests.e2e.crashsteps import killed_at_every_step
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -36,10 +36,7 @@ KILLED = (-9, 137)  # SIGKILL: the process itself, or a shell's report of it
 
 @pytest.fixture(scope="module")
 def lab(request, lab_sweep):
-    lab = module_factory(request)(hosts=3, underlay="l3", backend="vxlan", containers=0, apply=False)
-    yield lab
-    for h in lab.plan.hosts:
-        lab.crossnet(h.name, "stop", check=False, timeout=60)
+    yield from launched_lab(request, hosts=3)
 
 
 def _launch(lab, host: str, *args: str, crash_at: int | None = None) -> subprocess.CompletedProcess:

@@ -23,6 +23,7 @@ from crossnet.lab.etcd import lab_etcd
 from tests.e2e.agentlab import (
     continuous_ping,
     end_ping,
+    launched_lab,
     module_factory,
     ping_stats,
     wait_for,
@@ -90,10 +91,7 @@ def test_a_third_network_added_at_run_time_interrupts_none(lab):
 @pytest.fixture(scope="module")
 def mesh_lab(request, lab_sweep):
     """2 hosts without any store: `crossnet launch` makes one (etcd members, agents)."""
-    lab = module_factory(request)(hosts=2, underlay="l2", backend="vxlan", containers=1, apply=False)
-    yield lab
-    for h in lab.plan.hosts:
-        lab.crossnet(h.name, "stop", check=False, timeout=60)
+    yield from launched_lab(request, hosts=2, underlay="l2", containers=1)
 
 
 def test_launch_with_a_named_network(mesh_lab):
