@@ -4,9 +4,10 @@ containers' default route via the link-local gateway 169.254.1.1 held by a stati
 neighbour inside the container, tc eBPF programs on top when the host can run them).
 
 Every call into the eBPF programs (crossnet.ebpf) goes through this module:
-:func:`host_resources`, :func:`container_attached`, :func:`container_detached`,
-:func:`active`. On a host that cannot run them (crossnet.ebpf.problem) the routed layout
-stays and the kernel forwards alone: ``status`` says ``datapath: kernel (why)``.
+:func:`host_resources`, :func:`vtep_resources`, :func:`container_attached`,
+:func:`container_detached`, :func:`active`. On a host that cannot run them
+(crossnet.ebpf.problem) the routed layout stays and the kernel forwards alone: ``status``
+says ``datapath: kernel (why)``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,17 @@ def host_resources(ctx: HostContext) -> list[Resource]:
     from crossnet.ebpf import host
 
     return host.host_resources(ctx)
+
+
+def vtep_resources(ctx: HostContext, dev: str, nexthop: str, underlay: str) -> list[Resource]:
+    """A vxlan peer's entry for the programs' own encapsulation (crossnet.ebpf.host.BpfVtep)
+    when this host runs the ebpf datapath with backend vxlan; none otherwise (the vxlan
+    device encapsulates)."""
+    if active(ctx) != "ebpf":
+        return []
+    from crossnet.ebpf import host
+
+    return host.vtep_resources(ctx, dev, nexthop, underlay)
 
 
 def one_program_set(resources: list[Resource]) -> list[Resource]:

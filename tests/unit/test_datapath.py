@@ -157,7 +157,7 @@ def test_ebpf_runs_when_the_module_says_the_host_can_and_its_programs_come_after
     kinds = [type(r) for r in local]
     assert kinds[:3] == [Address, Vxlan, Address]  # lo /32, the vxlan device, its address ...
     progs = [r for r in local if isinstance(r, ebpf_host.TcProgram)]
-    assert {p.dev for p in progs} == {"cnvx1"}  # ... then the program on the device (not the NIC)
+    assert {p.dev for p in progs} == {"cnvx1", "eth0"}  # ... then the programs on the device and the NIC
     assert min(local.index(p) for p in progs) > kinds.index(Vxlan)
     assert datapath.host_resources(kernel) == [] and not any(isinstance(r, ebpf_host.TcProgram)
                                                            for r in b.local_resources(kernel))

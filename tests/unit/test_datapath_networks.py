@@ -96,12 +96,19 @@ def test_every_network_is_routed_and_shares_one_program_set(programs, backend):
     (loads,) = [r for r in res if isinstance(r, ebpf_host.BpfPrograms)]
     (cfg,) = [r for r in res if isinstance(r, ebpf_host.BpfConfig)]
     vx = {"vxlan": ["cnvx1", "cnvx2", "cnvx3"], "host-gw": [None, None, None]}[backend]
-    assert [(str(n), v) for n, v in cfg.entries()] == list(zip(["10.32.0.0/16", BLUE, RED], vx))
+    vnis = {"vxlan": [1, 2, 3], "host-gw": [0, 0, 0]}[backend]  # each network's vxlan device's VNI
+    assert [(str(n), v, i) for n, v, i in cfg.entries()] == list(zip(["10.32.0.0/16", BLUE, RED], vx, vnis))
+    # backend vxlan: the programs make and take apart VXLAN frames themselves (docs/datapath.md)
+    assert (cfg.local, cfg.port) == ((str(ctx.address), 4789) if backend == "vxlan" else (None, 0))
+    vteps = sorted((r.dev, r.nexthop, r.underlay) for r in res if isinstance(r, ebpf_host.BpfVtep))
+    want = sorted((dev, str(p.subnet.network_address), str(p.address))
+                  for dev, n in zip(("cnvx1", "cnvx2", "cnvx3"), [ctx, *nets.values()]) for p in n.peers)
+    assert want and vteps == (want if backend == "vxlan" else [])  # one per peer of each network: the device's FDB + neighbour
     devices = [i for i, r in enumerate(res) if isinstance(r, Vxlan)]
     assert res.index(cfg) > max(devices, default=-1)  # every device exists before its ifindex is written
     tcs = [r for r in res if isinstance(r, ebpf_host.TcProgram)]
-    nic = [] if backend == "vxlan" else ["eth0"]  # vxlan: decapsulated packets arrive on the vxlan devices only
-    assert sorted(t.dev for t in tcs) == sorted([*nic, *(v for v in vx if v)])
+    # the NIC: host-gw's packets, vxlan's frames the program takes apart; each vxlan device: what it decapsulated
+    assert sorted(t.dev for t in tcs) == sorted(["eth0", *(v for v in vx if v)])
     assert all(t.program == "cn_to_container" and t.pin_dir == loads.pin_dir == cfg.pin_dir for t in tcs)
     assert res.index(loads) < min(res.index(t) for t in tcs)
     assert [Resource.from_json(r.to_json()) for r in res] == res  # applied.json round trip
@@ -162,6 +169,7 @@ def fake_map(monkeypatch):
     monkeypatch.setattr(ebpf_host.bpfsys, "map_lookup", lambda fd, k, size: cells.get(k))
     monkeypatch.setattr(ebpf_host.bpfsys, "map_update", lambda fd, k, v: cells.__setitem__(k, v))
     monkeypatch.setattr(ebpf_host, "prune_veths", lambda ipr, d: None)
+    monkeypatch.setattr(ebpf_host, "prune_vteps", lambda d, devices: None)
     return cells
 
 
@@ -329,7 +337,8 @@ def test_auto_with_networks_every_network_routed_one_program_set_on_each_vxlan_d
     assert sorted(r.name for r in res if isinstance(r, WgDevice)) == ["cnwg0", "cnwg2", "cnwg3"]
     (loads,) = [r for r in res if isinstance(r, ebpf_host.BpfPrograms)]
     (cfg,) = [r for r in res if isinstance(r, ebpf_host.BpfConfig)]
-    assert [(str(n), v) for n, v in cfg.entries()] == [("10.32.0.0/16", "cnvx1"), (BLUE, "cnvx2"), (RED, "cnvx3")]
+    assert [(str(n), v) for n, v, _ in cfg.entries()] == [("10.32.0.0/16", "cnvx1"), (BLUE, "cnvx2"), (RED, "cnvx3")]
+    assert cfg.port == 0  # auto: its vxlan devices encapsulate (the programs only redirect)
     kinds = [i for i, r in enumerate(res) if isinstance(r, (Vxlan, WgDevice))]
     assert res.index(cfg) > max(kinds)
     tcs = [r for r in res if isinstance(r, ebpf_host.TcProgram)]
@@ -356,7 +365,7 @@ def test_auto_encrypt_with_networks_has_no_vxlan_target(programs):
     res = desired(ctx, b, nets)
     assert not [r for r in res if isinstance(r, (Bridge, Vxlan))]
     (cfg,) = [r for r in res if isinstance(r, ebpf_host.BpfConfig)]
-    assert [v for _, v in cfg.entries()] == [None, None, None]
+    assert [v for _, v, _ in cfg.entries()] == [None, None, None]
     assert [r.dev for r in res if isinstance(r, ebpf_host.TcProgram)] == ["eth0"]
 
 

@@ -33,24 +33,38 @@ def ctx(backend: str = "host-gw", state_dir: str = "/var/lib/crossnet/h1") -> Ho
 # ---------------------------------------------------------------- maps
 
 
-@given(st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
-def test_config_round_trip(prefix, addr, underlay, vxlan):
+@given(st.integers(0, 32), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1),
+       st.integers(0, 2**24 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**16 - 1))
+def test_config_round_trip(prefix, addr, underlay, vxlan, vni, local, port):
     net = ipaddress.IPv4Network((addr, prefix), strict=False)
-    cfg = maps.Config(net, underlay, vxlan)
+    cfg = maps.Config(net, underlay, vxlan, vni, ipaddress.IPv4Address(local), port)
     raw = cfg.pack()
-    assert len(raw) == 16  # sizeof(struct cn_config)
+    assert len(raw) == 28  # sizeof(struct cn_config)
     assert maps.Config.unpack(raw) == cfg
 
 
 def test_config_layout_is_network_order_addresses_and_native_ifindexes():
-    raw = maps.Config(ipaddress.IPv4Network("10.1.0.0/16"), 3, 9).pack()
+    raw = maps.Config(ipaddress.IPv4Network("10.1.0.0/16"), 3, 9, 0x123456, ipaddress.IPv4Address("192.168.1.1"),
+                      4789).pack()
     assert raw[:8] == bytes([10, 1, 0, 0, 255, 255, 0, 0])
-    assert struct.unpack("=II", raw[8:]) == (3, 9)
+    assert struct.unpack("=III", raw[8:20]) == (3, 9, 0x123456)  # ifindexes and VNI: host order
+    assert raw[20:] == bytes([192, 168, 1, 1, 0x12, 0xB5, 0, 0])  # local address and port: network order
+    assert maps.Config(ipaddress.IPv4Network("10.1.0.0/16"), 3).pack()[12:] == bytes(16)  # no vxlan: zeros
 
 
-def test_config_refuses_ifindex_out_of_range():
-    with pytest.raises(ValueError, match="underlay"):
-        maps.Config(ipaddress.IPv4Network("10.0.0.0/8"), -1).pack()
+@pytest.mark.parametrize("kw,field", [({"underlay": -1}, "underlay"), ({"vni": 2**24}, "vni"),
+                                      ({"port": 2**16}, "port"), ({"vxlan": 2**32}, "vxlan")])
+def test_config_refuses_out_of_range(kw, field):
+    with pytest.raises(ValueError, match=field):
+        maps.Config(ipaddress.IPv4Network("10.0.0.0/8"), **{"underlay": 1, **kw}).pack()
+
+
+def test_vtep_entry_layout():
+    key = maps.vtep_key(7, ipaddress.IPv4Address("10.32.1.0"))
+    assert key == struct.pack("=I", 7) + bytes([10, 32, 1, 0])  # struct cn_vtep_key
+    assert maps.vtep_value(ipaddress.IPv4Address("192.168.1.2")) == bytes([192, 168, 1, 2])
+    with pytest.raises(ValueError, match="vxlan"):
+        maps.vtep_key(0, ipaddress.IPv4Address("10.32.1.0"))
 
 
 def test_counters_match_the_c_enum():
@@ -58,7 +72,7 @@ def test_counters_match_the_c_enum():
     enum = src[src.index("enum {"):src.index("CN_NCOUNTERS")]
     names = [w.strip().rstrip(",").removesuffix(" = 0").lower()[3:] for w in enum.splitlines()[1:] if w.strip()]
     assert tuple(names) == maps.COUNTERS
-    for name in (*maps.PROGRAMS, maps.CONFIG_MAP, maps.VETHS_MAP, maps.STATS_MAP):
+    for name in (*maps.PROGRAMS, maps.CONFIG_MAP, maps.VETHS_MAP, maps.VTEPS_MAP, maps.STATS_MAP):
         assert name in src
 
 
@@ -71,6 +85,8 @@ def test_percpu_sum(values):
 def test_summarise_totals():
     out = maps.summarise({"redirect_peer": 2, "redirect_neigh": 3, "pass_ttl": 1, "pass_outside": 4})
     assert (out["redirect"], out["pass"], out["pass_fib"]) == (5, 5, 0)
+    out = maps.summarise({"redirect_encap": 6, "redirect_decap": 7, "redirect_peer": 1})
+    assert (out["redirect"], out["pass"]) == (14, 0)  # the programs' own VXLAN is the fast path too
 
 
 @pytest.mark.parametrize("text,n", [("0-1\n", 2), ("0\n", 1), ("0,2-5\n", 5), ("0-63", 64)])
@@ -87,10 +103,13 @@ def test_host_resources_json_round_trip_and_describe(monkeypatch, tmp_path):
     monkeypatch.setattr(build, "find_object", lambda build=True: (obj, None))
     res = host.host_resources(ctx("vxlan"))
     kinds = [r.kind for r in res]
-    assert kinds == ["ebpf-programs", "ebpf-config", "ebpf-tc"]
-    # vxlan: other hosts' container packets arrive (decapsulated) on the vxlan device only;
-    # on the NIC the program would run for every encapsulated packet just to pass it
-    assert [r.dev for r in res if r.kind == "ebpf-tc"] == ["cnvx7"]
+    assert kinds == ["ebpf-programs", "ebpf-config", "ebpf-tc", "ebpf-tc"]
+    # vxlan: the program on the NIC takes apart the frames of this host's networks, the one
+    # on the vxlan device gets what the device decapsulated (frames the NIC's left to the stack)
+    assert [r.dev for r in res if r.kind == "ebpf-tc"] == ["eth0", "cnvx7"]
+    cfg = res[1]
+    assert (cfg.vxlan, cfg.vni, cfg.local, cfg.port) == ("cnvx7", 7, "192.168.1.1", 4789)
+    assert "c0 a8 01 01 12 b5 00 00" in cfg.describe()  # local address and port in the slot
     for r in res:
         r.saved["clsact_added"] = True
         back = Resource.from_json(r.to_json())
@@ -98,11 +117,11 @@ def test_host_resources_json_round_trip_and_describe(monkeypatch, tmp_path):
     pins = host.pin_dir("/var/lib/crossnet/h1", obj)
     assert res[0].describe().endswith(
         f"bpftool prog loadall {obj} {pins}/progs type classifier pinmaps {pins}/maps")
-    assert res[2].describe() == (f"tc qdisc add dev cnvx7 clsact 2>/dev/null; tc filter replace dev cnvx7 ingress "
+    assert res[3].describe() == (f"tc qdisc add dev cnvx7 clsact 2>/dev/null; tc filter replace dev cnvx7 ingress "
                                  f"pref {host.TC_PREF} handle 1 bpf da pinned {pins}/progs/cn_to_container")
     assert res[1].describe() == (f"bpftool map update pinned {pins}/maps/cn_config key hex 00 00 00 00 value hex "
                                  "0a 01 00 00 ff ff 00 00 <ifindex of eth0, 4 bytes little endian> "
-                                 "<ifindex of cnvx7, 4 bytes little endian>  # 10.1.0.0/16")
+                                 "<ifindex of cnvx7, 4 bytes little endian> 07 00 00 00 c0 a8 01 01 12 b5 00 00  # 10.1.0.0/16")
     hostgw = host.host_resources(ctx("host-gw"))
     assert [(r.kind, getattr(r, "dev", None)) for r in hostgw][2:] == [("ebpf-tc", "eth0")]
 
@@ -420,3 +439,109 @@ def test_remove_host_removes_only_that_hosts_pin_directories(monkeypatch, tmp_pa
     (mine / "notes").rmdir()
     assert host.remove_host(str(tmp_path / "a")) == 0 and not mine.exists()
     assert host.remove_host(str(tmp_path / "never")) == 0
+
+
+# ---------------------------------------------------------------- the programs' own VXLAN (backend vxlan)
+
+VTEP_PIN = "/sys/fs/bpf/crossnet/0123456789abcdef/0123456789abcdef"
+
+
+def test_vtep_round_trip_and_describe():
+    r = host.BpfVtep(VTEP_PIN, "cnvx7", "10.1.2.0", "192.168.1.2")
+    back = Resource.from_json(r.to_json())
+    assert back == r and back.key() == "ebpf-vtep:cnvx7:10.1.2.0"
+    assert r.describe() == (f"bpftool map update pinned {VTEP_PIN}/maps/cn_vteps key hex <ifindex of cnvx7, "
+                            "4 bytes little endian> 0a 01 02 00 value hex c0 a8 01 02  # 10.1.2.0 -> 192.168.1.2")
+
+
+class VtepEnv:
+    ipr = None
+
+    def __init__(self, index_of):
+        self.index_of = index_of
+
+    def index(self, name):
+        return self.index_of.get(name)
+
+    def require_index(self, name):
+        return self.index_of[name]
+
+
+@pytest.fixture
+def vtep_map(monkeypatch):
+    cells: dict[bytes, bytes] = {}
+
+    @contextlib.contextmanager
+    def pinned(path):
+        assert path.endswith("/maps/cn_vteps")
+        yield 99
+
+    monkeypatch.setattr(host, "_pinned", pinned)
+    monkeypatch.setattr(host.bpfsys, "map_lookup", lambda fd, k, size: cells.get(k))
+    monkeypatch.setattr(host.bpfsys, "map_update", lambda fd, k, v: cells.__setitem__(k, v))
+    monkeypatch.setattr(host.bpfsys, "map_delete", lambda fd, k: cells.pop(k, None))
+    monkeypatch.setattr(host.bpfsys, "map_keys", lambda fd, size: list(cells))
+    return cells
+
+
+def test_vtep_ensure_check_remove(vtep_map):
+    env = VtepEnv({"cnvx7": 9})
+    r = host.BpfVtep(VTEP_PIN, "cnvx7", "10.1.2.0", "192.168.1.2")
+    assert not r.check(env)
+    r.ensure(env)
+    assert r.check(env)
+    assert vtep_map == {maps.vtep_key(9, ipaddress.IPv4Address("10.1.2.0")): bytes([192, 168, 1, 2])}
+    moved = host.BpfVtep(VTEP_PIN, "cnvx7", "10.1.2.0", "192.168.1.3")  # the peer's new underlay address
+    assert not moved.check(env)
+    moved.ensure(env)
+    assert moved.check(env) and not r.check(env) and len(vtep_map) == 1
+    moved.remove(env)
+    assert vtep_map == {}
+    assert not r.check(VtepEnv({}))  # no device: never in place
+    r.remove(VtepEnv({}))  # nothing to do
+
+
+def test_vteps_of_devices_the_configuration_no_longer_names_are_pruned(vtep_map):
+    for idx in (5, 6):
+        vtep_map[maps.vtep_key(idx, ipaddress.IPv4Address("10.1.2.0"))] = bytes(4)
+    host.prune_vteps(VTEP_PIN, {6})
+    assert list(vtep_map) == [maps.vtep_key(6, ipaddress.IPv4Address("10.1.2.0"))]
+    host.prune_vteps(VTEP_PIN, set())  # no vxlan device of the programs' own: none left
+    assert vtep_map == {}
+
+
+@pytest.mark.parametrize("dev,nexthop,underlay", [("bad name!", "10.1.2.0", "192.168.1.2"),
+                                                  ("cnvx7", "10.1.2.300", "192.168.1.2"),
+                                                  ("cnvx7", "10.1.2.0", None), ("cnvx7", 5, "192.168.1.2")])
+def test_a_hostile_vtep_record_is_refused_before_the_map(vtep_map, dev, nexthop, underlay):
+    r = host.BpfVtep(VTEP_PIN, dev, nexthop, underlay)
+    with pytest.raises(ApplyError, match="ebpf: bad VTEP entry"):
+        r.ensure(VtepEnv({"cnvx7": 9, "bad name!": 3}))
+    assert vtep_map == {} and not r.check(VtepEnv({"cnvx7": 9}))
+
+
+@pytest.mark.parametrize("local,port", [("192.168.1.300", 4789), ("192.168.1.1", 0), ("192.168.1.1", 70000),
+                                        ("192.168.1.1", "4789"), (None, 4789), (3232235777, 4789)])
+def test_a_hostile_encapsulation_record_is_refused(local, port):
+    cfg = host.BpfConfig(VTEP_PIN, "10.1.0.0/16", "eth0", "cnvx7", vni=7, local=local, port=port)
+    with pytest.raises(ApplyError, match="ebpf: bad vxlan encapsulation"):
+        cfg.describe()
+
+
+def test_backend_vxlan_peers_get_a_vtep_only_when_the_programs_run(monkeypatch, tmp_path):
+    from crossnet import datapath
+    from crossnet.backends.base import Peer
+    from crossnet.backends.vxlan import Vxlan
+
+    obj = tmp_path / "crossnet_tc.o"
+    obj.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(build, "find_object", lambda build=True: (obj, None))
+    peer = Peer("h2", ipaddress.IPv4Address("192.168.1.2"), ipaddress.IPv4Network("10.1.2.0/24"), {})
+    c = ctx("vxlan")
+    for active, want in (("ebpf", [("cnvx7", "10.1.2.0", "192.168.1.2")]), ("kernel", [])):
+        monkeypatch.setattr(datapath, "active", lambda ctx, a=active: a)
+        vteps = [(r.dev, r.nexthop, r.underlay) for r in Vxlan().peer_resources(c, peer)
+                 if isinstance(r, host.BpfVtep)]
+        assert vteps == want, active
+    monkeypatch.setattr(datapath, "active", lambda ctx: "ebpf")
+    assert datapath.vtep_resources(ctx("auto"), "cnvx7", "10.1.2.0", "192.168.1.2") == []  # auto: the device's

@@ -48,6 +48,7 @@ class Vxlan(Backend):
             Fdb(dev, mac, str(peer.address)),
             Neigh(dev, gw, mac),
             Route(str(peer.subnet), gateway=gw, dev=dev, onlink=True),
+            *datapath.vtep_resources(ctx, dev, gw, str(peer.address)),  # ebpf: the programs encapsulate too
         ]
 
     def tunnel_device(self, ctx: HostContext) -> str | None:

@@ -64,8 +64,18 @@ def pin_dir(state_dir: str, obj: str | Path) -> str:
     """Where the programs of object obj are pinned for that host: one subdirectory per
     object content, so a new object (upgrade) is a new set of resources, loaded and
     attached before the old set is removed."""
-    digest = hashlib.sha256(Path(obj).read_bytes()).hexdigest()[:16]
-    return str(host_dir(state_dir) / digest)
+    return str(host_dir(state_dir) / _object_digest(str(obj)))
+
+
+_digests: dict[tuple[str, int, int], str] = {}  # (path, mtime_ns, size) -> digest: once per process (every peer asks)
+
+
+def _object_digest(obj: str) -> str:
+    st = os.stat(obj)
+    key = (obj, st.st_mtime_ns, st.st_size)
+    if key not in _digests:
+        _digests[key] = hashlib.sha256(Path(obj).read_bytes()).hexdigest()[:16]
+    return _digests[key]
 
 
 def current_pin_dir(state_dir: str) -> str:
@@ -215,7 +225,7 @@ def trial_load(obj: Path) -> str | None:
 
 def _pins(directory: str) -> list[str]:
     return [f"{directory}/progs/{p}" for p in maps.PROGRAMS] + [
-        f"{directory}/maps/{m}" for m in (maps.CONFIG_MAP, maps.VETHS_MAP, maps.STATS_MAP)]
+        f"{directory}/maps/{m}" for m in (maps.CONFIG_MAP, maps.VETHS_MAP, maps.VTEPS_MAP, maps.STATS_MAP)]
 
 
 @contextlib.contextmanager
@@ -392,52 +402,85 @@ class BpfPrograms(Resource):
 class BpfConfig(Resource):
     """The programs' configuration map: one entry per container network of this host (the
     top-level one first, then ``more``: the named networks, docs/networks.md), each with
-    its CIDR, the underlay's and its vxlan device's ifindexes; then an empty entry."""
+    its CIDR, the underlay's and its vxlan device's ifindexes and that device's VNI; then
+    an empty entry. ``local``/``port``: the vxlan devices' local address and UDP port when
+    the programs encapsulate themselves (backend vxlan); port 0: they leave it to the
+    devices."""
 
     kind: ClassVar[str] = "ebpf-config"
     pin_dir: str
     network: str
     iface: str
     vxlan: str | None = None
-    more: list = field(default_factory=list)  # the named networks' [network, vxlan device or None]
+    more: list = field(default_factory=list)  # the named networks' [network, vxlan device or None, vni]
+    vni: int = 0
+    local: str | None = None
+    port: int = 0
 
     def key(self) -> str:
         return f"ebpf-config:{self.pin_dir}"
 
-    def entries(self) -> list[tuple[ipaddress.IPv4Network, str | None]]:
-        """(network, vxlan device) of every slot, checked (records are hostile)."""
+    def entries(self) -> list[tuple[ipaddress.IPv4Network, str | None, int]]:
+        """(network, vxlan device, vni) of every slot, checked (records are hostile)."""
         out = []
-        for item in [[self.network, self.vxlan], *(self.more if isinstance(self.more, list) else [None])]:
+        for item in [[self.network, self.vxlan, self.vni], *(self.more if isinstance(self.more, list) else [None])]:
             try:
-                net, vx = item
+                net, vx, *rest = item
+                vni = rest[0] if rest else 0
+                if len(rest) > 1 or type(vni) is not int or not 0 <= vni < 2**24:
+                    raise ValueError("vni is not a number below 2**24")
                 if vx is not None:
                     check_ifname(vx, "vxlan")
-                out.append((ipaddress.IPv4Network(net), vx))
+                out.append((ipaddress.IPv4Network(net), vx, vni))
             except (TypeError, ValueError, CrossnetError) as exc:
                 raise ApplyError(f"ebpf: bad network entry {str(item)[:80]!r} in the configuration: {exc}") from None
         if len(out) > maps.MAX_NETWORKS - 1:
             raise ApplyError(f"ebpf: {len(out)} networks, the programs hold at most {maps.MAX_NETWORKS - 1}")
         return out
 
+    def encap(self) -> tuple[ipaddress.IPv4Address, int]:
+        """(local address, port) for the programs' own VXLAN, checked; (0.0.0.0, 0): none."""
+        if not self.port and self.local is None:
+            return ipaddress.IPv4Address(0), 0
+        try:
+            if type(self.port) is not int or not 0 < self.port < 2**16:
+                raise ValueError(f"port {self.port!r} is not a UDP port")
+            if not isinstance(self.local, str):
+                raise ValueError(f"local address {self.local!r} is not a string")
+            return ipaddress.IPv4Address(self.local), self.port
+        except (TypeError, ValueError) as exc:
+            raise ApplyError(f"ebpf: bad vxlan encapsulation in the configuration: {exc}") from None
+
     def describe(self) -> str:
         lines = []
-        for slot, (net, vxlan) in enumerate(self.entries()):
+        local, port = self.encap()
+        for slot, (net, vxlan, vni) in enumerate(self.entries()):
             addr = " ".join(f"{b:02x}" for b in net.network_address.packed + net.netmask.packed)
             vx = f"<ifindex of {vxlan}, 4 bytes little endian>" if vxlan else "00 00 00 00"
+            tail = " ".join(f"{b:02x}" for b in struct.pack("=I", vni if vxlan and port else 0)
+                            + (local.packed if vxlan and port else bytes(4))
+                            + struct.pack(">H", port if vxlan else 0) + bytes(2))
             key = " ".join(f"{b:02x}" for b in maps.config_key(slot))
             lines.append(f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex {key} value hex "
-                         f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx}  # {net}")
+                         f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx} {tail}  # {net}")
         return "; ".join(lines)
 
     def want(self, env: Env) -> list[maps.Config]:
         underlay = env.require_index(self.iface)
-        return [maps.Config(net, underlay, env.require_index(vx) if vx else 0) for net, vx in self.entries()]
+        local, port = self.encap()
+        out = []
+        for net, vx, vni in self.entries():
+            if vx and port:  # the programs make and take apart this device's VXLAN
+                out.append(maps.Config(net, underlay, env.require_index(vx), vni, local, port))
+            else:
+                out.append(maps.Config(net, underlay, env.require_index(vx) if vx else 0))
+        return out
 
     def check(self, env: Env) -> bool:
         try:
             want = self.want(env)
             with _pinned(f"{self.pin_dir}/maps/{maps.CONFIG_MAP}") as fd:
-                have = [bpfsys.map_lookup(fd, maps.config_key(i), 16) for i in range(len(want) + 1)]
+                have = [bpfsys.map_lookup(fd, maps.config_key(i), maps.CONFIG_SIZE) for i in range(len(want) + 1)]
             return (all(raw is not None and maps.Config.unpack(raw) == w for raw, w in zip(have, want))
                     and have[-1] in (None, maps.EMPTY_CONFIG))
         except (CrossnetError, OSError):
@@ -450,13 +493,73 @@ class BpfConfig(Resource):
             for slot, one in enumerate(want):  # in place: a packet meanwhile at worst takes the stack
                 bpfsys.map_update(fd, maps.config_key(slot), one.pack())
             for slot in range(len(want), maps.MAX_NETWORKS):  # the end of the list (a network removed)
-                if bpfsys.map_lookup(fd, maps.config_key(slot), 16) in (None, maps.EMPTY_CONFIG):
+                if bpfsys.map_lookup(fd, maps.config_key(slot), maps.CONFIG_SIZE) in (None, maps.EMPTY_CONFIG):
                     break
                 bpfsys.map_update(fd, maps.config_key(slot), maps.EMPTY_CONFIG)
         prune_veths(env.ipr, self.pin_dir)
+        prune_vteps(self.pin_dir, {w.vxlan for w in want if w.port})
 
     def remove(self, env: Env) -> None:
         """Nothing: the map goes with the pins (BpfPrograms) and the filters."""
+
+
+@dataclass
+class BpfVtep(Resource):
+    """A peer's VTEP for the programs' own VXLAN (cn_vteps): on vxlan device ``dev``, the
+    next hop the FIB gives for the peer's subnet (its .0 address: the device's static
+    neighbour) -> the peer's underlay address (the device's FDB entry for that neighbour's
+    MAC). Without the entry the programs hand such packets to the device."""
+
+    kind: ClassVar[str] = "ebpf-vtep"
+    pin_dir: str
+    dev: str
+    nexthop: str
+    underlay: str
+
+    def key(self) -> str:
+        return f"ebpf-vtep:{self.dev}:{self.nexthop}"
+
+    def _addresses(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        """(next hop, underlay address), checked (records are hostile)."""
+        try:
+            check_ifname(self.dev, "vxlan")
+            if not isinstance(self.nexthop, str) or not isinstance(self.underlay, str):
+                raise ValueError("addresses are strings")
+            return ipaddress.IPv4Address(self.nexthop), ipaddress.IPv4Address(self.underlay)
+        except (TypeError, ValueError, CrossnetError) as exc:
+            raise ApplyError(f"ebpf: bad VTEP entry {self.dev!r} {self.nexthop!r} -> {self.underlay!r}: {exc}") from None
+
+    def describe(self) -> str:
+        nexthop, underlay = self._addresses()
+        return (f"bpftool map update pinned {self.pin_dir}/maps/{maps.VTEPS_MAP} key hex <ifindex of {self.dev}, "
+                f"4 bytes little endian> {' '.join(f'{b:02x}' for b in nexthop.packed)} value hex "
+                f"{' '.join(f'{b:02x}' for b in underlay.packed)}  # {self.nexthop} -> {self.underlay}")
+
+    def check(self, env: Env) -> bool:
+        try:
+            nexthop, underlay = self._addresses()
+            idx = env.index(self.dev)
+            if idx is None:
+                return False
+            with _pinned(f"{self.pin_dir}/maps/{maps.VTEPS_MAP}") as fd:
+                return bpfsys.map_lookup(fd, maps.vtep_key(idx, nexthop), 4) == maps.vtep_value(underlay)
+        except (CrossnetError, OSError, ValueError):
+            return False
+
+    def ensure(self, env: Env) -> None:
+        _valid_pin_dir(self.pin_dir)
+        nexthop, underlay = self._addresses()
+        with _pinned(f"{self.pin_dir}/maps/{maps.VTEPS_MAP}") as fd:
+            bpfsys.map_update(fd, maps.vtep_key(env.require_index(self.dev), nexthop), maps.vtep_value(underlay))
+
+    def remove(self, env: Env) -> None:
+        """The entry (the map goes with the pins; a device gone: prune_vteps drops its entries)."""
+        nexthop, _ = self._addresses()
+        idx = env.index(self.dev)
+        if idx is None:
+            return
+        with contextlib.suppress(CrossnetError, OSError), _pinned(f"{_valid_pin_dir(self.pin_dir)}/maps/{maps.VTEPS_MAP}") as fd:
+            bpfsys.map_delete(fd, maps.vtep_key(idx, nexthop))
 
 
 @dataclass
@@ -511,21 +614,35 @@ class TcProgram(Resource):
 def host_resources(ctx: HostContext) -> list[Resource]:
     """This host's desired eBPF resources: programs + maps pinned, configuration filled
     from ctx, the to-container program where other hosts' container packets arrive: the
-    underlay NIC (host-gw) or the vxlan device (vxlan; on the NIC it would only see the
-    encapsulated packets and pass every one of them)."""
+    underlay NIC (host-gw; vxlan: the frames it takes apart itself) and the vxlan device
+    (what the device decapsulated: frames the NIC's program left to the stack)."""
+    obj = _object()
+    directory = pin_dir(ctx.state_dir, obj)
+    vxlan = vxlan_device(ctx)
+    own = ctx.backend == "vxlan"  # the programs' own VXLAN (backend auto's peers: the device's)
+    out: list[Resource] = [BpfPrograms(directory, str(obj)),
+                           BpfConfig(directory, str(ctx.network), ctx.iface, vxlan, vni=ctx.vni if own else 0,
+                                     local=str(ctx.address) if own else None, port=ctx.port if own else 0)]
+    out.append(TcProgram(ctx.iface, directory, "cn_to_container"))
+    if vxlan:
+        out.append(TcProgram(vxlan, directory, "cn_to_container"))
+    return out
+
+
+def _object() -> Path:
     from crossnet.ebpf import build
 
     obj, why = build.find_object()
     if obj is None:
         raise CrossnetError(f"datapath ebpf: {why}")
-    directory = pin_dir(ctx.state_dir, obj)
-    vxlan = vxlan_device(ctx)
-    out: list[Resource] = [BpfPrograms(directory, str(obj)), BpfConfig(directory, str(ctx.network), ctx.iface, vxlan)]
-    if ctx.backend != "vxlan":  # host-gw (and auto's host-gw peers): packets for containers arrive on the NIC
-        out.append(TcProgram(ctx.iface, directory, "cn_to_container"))
-    if vxlan:  # decapsulated packets: on the vxlan device only (on the NIC the program would only pass them)
-        out.append(TcProgram(vxlan, directory, "cn_to_container"))
-    return out
+    return obj
+
+
+def vtep_resources(ctx: HostContext, dev: str, nexthop: str, underlay: str) -> list[Resource]:
+    """A vxlan peer's entry for the programs' own encapsulation (backend vxlan)."""
+    if ctx.backend != "vxlan":
+        return []
+    return [BpfVtep(pin_dir(ctx.state_dir, _object()), dev, nexthop, underlay)]
 
 
 def vxlan_device(ctx: HostContext) -> str | None:
@@ -549,7 +666,8 @@ def one_program_set(resources: list[Resource]) -> list[Resource]:
         return resources
     first = configs[0]
     merged = BpfConfig(first.pin_dir, first.network, first.iface, first.vxlan,
-                       [*first.more, *([c.network, c.vxlan] for c in configs[1:] if c.pin_dir == first.pin_dir)])
+                       [*first.more, *([c.network, c.vxlan, c.vni] for c in configs[1:] if c.pin_dir == first.pin_dir)],
+                       vni=first.vni, local=first.local, port=first.port)
     seen: set[str] = set()
     out: list[Resource] = []
     for r in resources:
@@ -613,6 +731,16 @@ def prune_veths(ipr, directory: str) -> None:
         present = {l.index for l in nl.all_links(ipr) if l.kind == "veth"}
         for key in bpfsys.map_keys(fd, 4):
             if int.from_bytes(key, "little") not in present:
+                bpfsys.map_delete(fd, key)
+
+
+def prune_vteps(directory: str, devices: set[int]) -> None:
+    """Drop VTEP entries of vxlan devices the configuration no longer names (a network
+    removed, a device made anew under another ifindex): a reused index never sends a
+    container's packet to an old peer address."""
+    with contextlib.suppress(CrossnetError, OSError), _pinned(f"{directory}/maps/{maps.VTEPS_MAP}") as fd:
+        for key in bpfsys.map_keys(fd, 8):
+            if int.from_bytes(key[:4], "little") not in devices:
                 bpfsys.map_delete(fd, key)
 
 
