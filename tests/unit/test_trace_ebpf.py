@@ -65,3 +65,30 @@ def test_a_veth_the_fast_path_bypassed_is_not_a_failure_when_the_program_counted
     short = path()
     trace_ebpf.add_hops(short, {"ebpf:h2": pairs()}, {"ebpf:h2": pairs(redirect_peer=2)}, sent=5)
     assert short[1].expect == "tx" and short[1].moved is False
+
+
+def test_vxlan_hops_the_programs_own_encapsulation_bypassed():
+    """Backend vxlan with datapath ebpf: the sender's program wraps the probe itself and
+    hands it to the NIC (the vxlan device's tx stays), the receiver's NIC program takes the
+    header off and puts it into the container (the device's rx and the container veth's
+    host side stay). With the probe's 5 requests counted so, those hops are bypassed; the
+    NIC hops still count; with fewer, they stay failures."""
+    def path() -> list[Hop]:
+        return [Hop("h1", "cnvx1", "vxlan", "encap", expect="tx", moved=False),
+                Hop("h1", "eth0", "nic", "out", expect="tx", moved=True),
+                Hop("h2", "eth0", "nic", "in", expect="rx", moved=True),
+                Hop("h2", "cnvx1", "vxlan", "decap", expect="rx", moved=False),
+                Hop("h2", "cnv1", "veth", "host side", expect="tx", moved=False)]
+
+    hops = path()
+    trace_ebpf.add_hops(hops, {"ebpf:h1": pairs(), "ebpf:h2": pairs()},
+                        {"ebpf:h1": pairs(redirect_encap=5), "ebpf:h2": pairs(redirect_decap=5)}, sent=5)
+    real = [h for h in hops if h.kind != "ebpf"]
+    assert [h.expect for h in real] == [None, "tx", "rx", None, None]
+    assert "encapsulated" in real[0].note and "VXLAN header" in real[3].note and "straight into" in real[4].note
+    h2 = next(h for h in hops if h.kind == "ebpf" and h.host == "h2")
+    assert "decap 5" in h2.detail and h2.extra["ebpf"]["redirect"] == 5
+    short = path()
+    trace_ebpf.add_hops(short, {"ebpf:h1": pairs(), "ebpf:h2": pairs()},
+                        {"ebpf:h1": pairs(redirect_encap=4), "ebpf:h2": pairs(redirect_decap=4)}, sent=5)
+    assert [h.expect for h in short if h.kind != "ebpf"] == ["tx", "tx", "rx", "rx", "tx"]
