@@ -528,6 +528,74 @@ def admit(client: Any, own_peer: str, max_voters: int, holder: str,
     return role, members
 
 
+STALE_LEARNER_S = 300.0  # s an unstarted learner is kept before the voters remove it (JOIN_RESERVE_TTL)
+STALE_LEARNER_ENV = "CROSSNET_STALE_LEARNER_S"  # test/ops knob: that bound, a positive number of seconds
+
+
+def stale_learner_bound(environ: dict[str, str]) -> float:
+    """STALE_LEARNER_S, or the positive number of seconds in CROSSNET_STALE_LEARNER_S."""
+    import math
+
+    text = environ.get(STALE_LEARNER_ENV)
+    if text is None:
+        return STALE_LEARNER_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{STALE_LEARNER_ENV}: {text[:40]!r} is not a positive number of seconds")
+    return value
+
+
+def unstarted_learner(m: dict) -> bool:
+    """An etcd learner whose etcd never started: no name, no client URL (a started one
+    published both; its host promotes it on its next start)."""
+    return bool(m.get("isLearner")) and not m.get("name") and not m.get("clientURLs") and bool(m.get("ID")) \
+        and bool(m.get("peerURLs"))
+
+
+def stale_learners(members: list[dict], seen: dict[tuple, float], now: float, own_peer: str,
+                   bound: float) -> tuple[list[dict], dict[tuple, float]]:
+    """(stale, seen'): the learners that never started (unstarted_learner), other than
+    this host's own member, seen so (first in `seen`: (ID, peer URLs) -> time) for at
+    least `bound` s by `now`; seen' keeps the first-seen time of every such learner still
+    in `members` (a new one: now; one that started, was promoted or removed is dropped).
+    A voter, a named learner and this host's member are never stale."""
+    out: dict[tuple, float] = {}
+    stale = []
+    for m in members:
+        if not unstarted_learner(m) or own_peer in m["peerURLs"]:
+            continue
+        key = (str(m["ID"]), tuple(m["peerURLs"]))
+        first = out[key] = min(seen.get(key, now), now)
+        if now - first >= bound:
+            stale.append(m)
+    return stale, out
+
+
+MEMBER_NOT_FOUND = "member not found"
+
+
+def remove_stale_learner(client: Any, m: dict) -> bool:
+    """`member remove` of a stale learner, its ID and peer URLs checked right before in a
+    fresh member list: still there, still an unstarted learner with those URLs (started,
+    promoted or replaced meanwhile: kept). Another voter removing it at the same moment
+    ("member not found") is success. Whether this host removed it (False: gone already,
+    or kept)."""
+    cur = next((x for x in member_list(client) if str(x.get("ID")) == str(m["ID"])), None)
+    if cur is None:
+        return False
+    if not unstarted_learner(cur) or list(cur["peerURLs"]) != list(m["peerURLs"]):
+        return False
+    try:
+        member_remove(client, str(m["ID"]), timeout=5.0)
+    except CrossnetError as exc:
+        if MEMBER_NOT_FOUND not in str(exc):
+            raise
+    return True
+
+
 def member_remove(client: Any, member_id: str, timeout: float = 30.0) -> None:
     """`member remove`, retried while etcd answers "unhealthy cluster" (a member connected
     less than 5 s ago does not count towards the quorum its strict check wants)."""
@@ -779,6 +847,8 @@ class Supervisor:
         self._lease: int | None = None  # this host's presence lease (alive/<name>)
         self._crl_rev: int | None = None  # the store revision the revocation and member lists were last read at
         self._crl_ticks = 0  # ticks since that read
+        self._stale_bound = stale_learner_bound(os.environ)
+        self._unstarted: dict[tuple, float] = {}  # learners never started -> first seen (monotonic; voters)
         self._stop = threading.Event()
         # set by whatever the main loop must look at before its next tick: stop, etcd or
         # the agent exited (the loop sleeps until then, no periodic wakeup)
@@ -868,6 +938,31 @@ class Supervisor:
                 return
             time.sleep(0.2)
         raise CrossnetError(f"etcd did not become ready within {timeout:.0f}s")
+
+    def settle_removed_learner(self) -> None:
+        """launch.json says `learner` (a join's or promotion's member, never promoted) but
+        no member has this host's peer URL any more: the voters removed it (never started
+        within their stale bound, STALE_LEARNER_S: this host was down that long after
+        `member add`) or it was forgotten. Starting etcd for it would fail for ever; this
+        host is a client instead (its supervisor promotes it again while voters are
+        missing). The member list unreadable: left as it is (the start says why)."""
+        own = client_url(self.address)
+        others = [e for e in self.st.get("endpoints") or [] if e != own]
+        if not others:
+            return
+        try:
+            members = retrying(lambda: member_list(etcd_client(self.paths, others, timeout=2.0)), timeout=10)
+        except CrossnetError as exc:
+            log.warning("could not read the member list: %s", exc)
+            return
+        if member_with_peer(members, peer_url(self.address)) is not None:
+            return
+        log.warning("this host's etcd learner was removed before it started (down for longer than the voters "
+                    "wait, or forgotten): this host is a client now")
+        shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
+        self.st.update(role="client", endpoints=others)
+        self.st.pop("learner", None)
+        self.paths.save(self.st)
 
     def promote_own_learner(self, timeout: float) -> None:
         """Ask the other members to promote this host's learner once its etcd has caught
@@ -1004,7 +1099,8 @@ class Supervisor:
                 log.info("presence lease expired: writing this host's record again")
             self.heartbeat()
         self._crl_ticks += 1
-        if not (rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS):
+        if not (rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS
+                or self._unstarted):  # (an unstarted learner watched: the member list every tick)
             return
         kvs, read_rev = c.range(REVOKED_KEY)
         self.maintain(c)
@@ -1048,6 +1144,8 @@ class Supervisor:
             if len(members) < self._want and not pending and \
                     promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
                 self.promote(c, self._want)
+        if self.st["role"] == "voter" and not self.st.get("learner"):
+            self.drop_stale_learners(c, members)
         wanted = self.endpoints()
         if self.agent is not None and wanted != self.agent_endpoints:
             # not a restart: the agent keeps its lease, its watches and its API socket
@@ -1055,6 +1153,24 @@ class Supervisor:
             self.agent_endpoints = wanted
             self.agent.set_endpoints(wanted)
             log.info("etcd endpoints changed: the agent uses %s", ",".join(self.agent_endpoints))
+
+    def drop_stale_learners(self, c: Any, members: list[dict]) -> None:
+        """A voter removes every other host's learner that never started (no name) and
+        has been seen so for the stale bound (STALE_LEARNER_S): its host was killed after
+        `member add` and did not come back; it took a voter's slot and, as etcd's one
+        learner, blocked every join's and promotion's `member add`. Re-checked right
+        before `member remove` (remove_stale_learner); another voter doing the same is
+        harmless."""
+        stale, self._unstarted = stale_learners(members, self._unstarted, time.monotonic(),
+                                                peer_url(self.address), self._stale_bound)
+        for m in stale:
+            try:
+                if remove_stale_learner(c, m):
+                    log.warning("removed the etcd learner %s: never started in %.0fs (its host gone after "
+                                "`member add`)", m["peerURLs"][0], self._stale_bound)
+                    self._unstarted.pop((str(m["ID"]), tuple(m["peerURLs"])), None)
+            except CrossnetError as exc:
+                log.warning("stale learner %s: %s", m["peerURLs"][0], exc)
 
     def promote(self, c: Any, want: int) -> None:
         """This client becomes a voter: role PROMOTING recorded BEFORE `member add` (killed
@@ -1094,6 +1210,8 @@ class Supervisor:
         with contextlib.suppress(FileNotFoundError):  # a `stop --release` killed before its SIGTERM meant an
             self.paths.release_marker.unlink()  # earlier run: this one's SIGTERM (systemd's too) keeps the host
         try:
+            if self.st["role"] == "voter" and self.st.get("learner"):
+                self.settle_removed_learner()
             if self.st["role"] == "voter":
                 self.start_etcd()
                 self.wait_etcd()
