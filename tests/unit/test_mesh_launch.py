@@ -1432,6 +1432,8 @@ def test_a_voters_supervisor_removes_a_learner_never_started_after_the_bound(tmp
     cluster.members.append(own)
     client = _voter_supervisor(tmp_path / "client", monkeypatch, cluster, role="client")
     sup = _voter_supervisor(tmp_path, monkeypatch, cluster)
+    assert sup._stale_bound == ml.STALE_LEARNER_S  # until run() reads the knob
+    sup._stale_bound = ml.stale_learner_bound(ml.os.environ)
     assert sup._stale_bound == 20.0
     caplog.set_level("WARNING", logger="crossnet.mesh")
     for _ in range(4):  # 15 s: kept
@@ -1501,3 +1503,30 @@ def test_a_started_learner_keeps_its_member_when_its_host_comes_back(tmp_path, m
     cluster.members.pop()
     ml.Supervisor(str(tmp_path)).settle_removed_learner()
     assert paths.load() == before
+
+
+def test_a_bad_stale_learner_knob_stops_a_launch_before_anything_and_never_status(tmp_path, monkeypatch):
+    """CROSSNET_STALE_LEARNER_S is the supervisor's: a bad value is refused in one line by
+    the launching commands before the handshake or any file, and by the supervisor before
+    it starts anything; `status`/`forget` (which build a Supervisor for its endpoints) never
+    read it."""
+    from crossnet.mesh import join
+
+    monkeypatch.setenv(ml.STALE_LEARNER_ENV, "-1")
+    monkeypatch.setattr(join, "request_join", lambda *a: pytest.fail("handshake with a bad knob"))
+    state = tmp_path / "j"
+    with pytest.raises(ConfigError, match=r"^CROSSNET_STALE_LEARNER_S: '-1' is not a positive number of seconds$"):
+        ml.launch_join(str(state), "10.0.0.1", None, "h9", "eth0", "10.0.0.9", spawn=False)
+    with pytest.raises(ConfigError, match="^CROSSNET_STALE_LEARNER_S: "):
+        ml.launch_first(str(state), "h1", "eth0", "10.0.0.1", "10.32.0.0/12", 24, "vxlan", 3, 30, spawn=False)
+    assert not state.exists()
+    cluster = FakeCluster(voters=1)
+    paths = _pending_join(tmp_path, monkeypatch, cluster, role="voter")
+    before = paths.load()
+    with pytest.raises(ConfigError, match="^CROSSNET_STALE_LEARNER_S: "):
+        ml.launch_again(str(tmp_path), spawn=False)
+    sup = ml.Supervisor(str(tmp_path))  # what status and forget do
+    monkeypatch.setattr(sup, "start_etcd", lambda: pytest.fail("etcd started with a bad knob"))
+    with pytest.raises(ConfigError, match="^CROSSNET_STALE_LEARNER_S: "):
+        sup.run()
+    assert paths.load() == before and not paths.pidfile.exists()

@@ -847,7 +847,7 @@ class Supervisor:
         self._lease: int | None = None  # this host's presence lease (alive/<name>)
         self._crl_rev: int | None = None  # the store revision the revocation and member lists were last read at
         self._crl_ticks = 0  # ticks since that read
-        self._stale_bound = stale_learner_bound(os.environ)
+        self._stale_bound = STALE_LEARNER_S  # CROSSNET_STALE_LEARNER_S, read by run (status/forget never fail on it)
         self._unstarted: dict[tuple, float] = {}  # learners never started -> first seen (monotonic; voters)
         self._stop = threading.Event()
         # set by whatever the main loop must look at before its next tick: stop, etcd or
@@ -1204,6 +1204,7 @@ class Supervisor:
 
     # ---- main loop
     def run(self) -> int:
+        self._stale_bound = stale_learner_bound(os.environ)  # a bad value: one line, nothing started
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.paths.pidfile.write_text(f"{os.getpid()}\n")
@@ -1337,6 +1338,7 @@ def run_foreground(state_dir: str) -> int:
     setup_logging(fmt=env_format(), name="crossnet-launch")
     _one_malloc_arena()
     netconfig.use_helper()  # network configs validated in a helper: no pydantic in this process
+    stale_learner_bound(os.environ)  # before a pending join's `member add`, not only in run()
     paths = Paths(Path(state_dir))
     # systemd restarting a join or promotion killed half-way (never launched: the supervisor says so)
     if paths.launch_json.exists() and paths.load().get("role") in PENDING_ROLES:
@@ -1405,6 +1407,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     auto only): every peer over WireGuard."""
     from crossnet.store import NetworkConfig
 
+    stale_learner_bound(os.environ)  # the supervisor's knob, refused before anything is made
     check_encrypt(backend, encrypt)
     try:  # validate (the options' names in the message)
         dns_domain = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl,
@@ -1490,6 +1493,7 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
     """Handshake, then `member add` (voter while < voters), then the supervisor."""
     from crossnet.mesh import join
 
+    stale_learner_bound(os.environ)  # the supervisor's knob, refused before the handshake
     paths = Paths(Path(state_dir))
     result = join_riding_out_elections(lambda: join.request_join(server, join_token, name, address))
     members = result.members  # checked by join.check_members
@@ -1604,6 +1608,7 @@ def finish_pending(state_dir: str, spawn: bool = True) -> str:
 
 def launch_again(state_dir: str, spawn: bool = True) -> None:
     """A launched host whose supervisor is not running (restart): same member, same subnet."""
+    stale_learner_bound(os.environ)  # the supervisor's knob, refused before anything is started
     paths = Paths(Path(state_dir))
     st = paths.load()
     if st.get("role") in PENDING_ROLES:  # a join or promotion killed half-way: completed
