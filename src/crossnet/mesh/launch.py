@@ -593,6 +593,7 @@ def remove_stale_learner(client: Any, m: dict) -> bool:
     except CrossnetError as exc:
         if MEMBER_NOT_FOUND not in str(exc):
             raise
+        return False  # another voter's removal came first: no error, and no log line here
     return True
 
 
