@@ -1353,6 +1353,12 @@ def test_stale_learners_property(members, seen, now, bound):
         assert key in seen and now - seen[key] >= bound  # only a learner seen before, for the bound
     keys = {(m["ID"], tuple(m["peerURLs"])) for m in members}
     assert set(seen2) <= keys and all(t <= now for t in seen2.values())
+    for m in members:  # and every unstarted learner but this host's own, seen for the bound, is stale
+        key = (m["ID"], tuple(m["peerURLs"]))
+        if m["isLearner"] and not m["name"] and not m["clientURLs"] and m["peerURLs"] and OWN not in m["peerURLs"]:
+            assert key in seen2
+            if key in seen and now - seen[key] >= bound:
+                assert m in stale
 
 
 @pytest.mark.parametrize("text", ["0", "-5", "nan", "inf", "abc", "", "1e999", " "])

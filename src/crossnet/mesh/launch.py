@@ -513,7 +513,8 @@ def admit(client: Any, own_peer: str, max_voters: int, holder: str,
     fewer than max_voters voters, `member add` this host as one — atomically with
     respect to every other joining or promoted host. Another host's learner still not
     promoted after `learner_wait` s (its host gone before its etcd started): a client (a
-    client is promoted later, while voters are missing; `forget` removes that learner). A
+    client is promoted later, while voters are missing; the voters remove that learner
+    after STALE_LEARNER_S, `forget` at once). A
     supervisor's promotion does not wait (learner_wait 0: its tick keeps its presence lease)."""
     with voter_lock(client, holder):
         members = retrying(lambda: member_list(client), timeout=10)
@@ -1091,7 +1092,8 @@ class Supervisor:
         (`maintain`: endpoints, promotion) are read again only when the store changed since
         the last read (the keep-alive's answer carries the store's revision: a join, a
         promotion, `forget`, `stop --release`, a revocation and a host's expired presence
-        lease all write or delete keys) or CRL_TICKS ticks passed."""
+        lease all write or delete keys) or CRL_TICKS ticks passed; on a voter watching a
+        learner that never started (drop_stale_learners), every tick until it is gone."""
         c = self.client(timeout=2.0)
         res = c.call("lease/keepalive", {"ID": str(self._lease)}).get("result") or {} if self._lease else {}
         rev = int((res.get("header") or {}).get("revision", 0)) or None  # None: unknown, read the lists
