@@ -326,3 +326,56 @@ def test_a_promotion_killed_at_every_step_completes_on_the_next_launch(lab_facto
                 proc.wait(10)
         for h in ("h2", "h3", "h1"):
             lab.crossnet(h, "stop", check=False, timeout=60)
+
+
+STALE_S = 10  # the voters' stale-learner bound for this test (CROSSNET_STALE_LEARNER_S; 300 s by default)
+
+
+@pytest.mark.parametrize("crash_at,left", [(3, "joining"), (4, "voter")])
+def test_a_learner_whose_host_never_started_it_is_removed_by_the_voters(lab_factory, crash_at, left):
+    """h2 is killed right after its join's `member add` (crash point 3; 4: after recording
+    `voter` + `learner`, before its supervisor started etcd): its learner (no name, never
+    started) takes a voter's slot and, etcd 3.4's one learner, would make every join wait
+    15 s and come in as a client. h1's supervisor (the bound shortened to STALE_S) removes
+    it within the bound + its ticks, logging its peer URL; then h3 joins as a voter, and
+    h2, launched again, recovers: `joining` re-adds itself, `voter` + `learner` (its
+    member gone) is a client that promotes itself into the free slot."""
+    import time
+
+    lab = lab_factory(hosts=3, underlay="l3", backend="vxlan", containers=0, apply=False)
+    try:
+        res = lab.run("h1", ["env", f"CROSSNET_STALE_LEARNER_S={STALE_S}", sys.executable, "-m", "crossnet", "launch",
+                             "--name", "h1"], timeout=150)
+        assert res.returncode == 0, res.stderr
+        line = next(ln for ln in res.stdout.splitlines() if "crossnet launch --token" in ln).split()
+        token, h1 = line[line.index("--token") + 1], line[-1]
+        killed = _launch(lab, "h2", "--token", token, h1, crash_at=crash_at)
+        assert killed.returncode in KILLED, (killed.returncode, killed.stderr)
+        t0 = time.monotonic()
+        assert _role(lab, "h2") == left
+        assert _members(lab) == ["(starting)", "h1"]  # h2's learner, never started; h1 keeps its quorum
+        wait_for(lambda: _members(lab) == ["h1"], STALE_S + 3 * 5 + 10, "h1 removed h2's stale learner",
+                 interval=0.5)
+        took = time.monotonic() - t0
+        assert took >= STALE_S - 1, took  # not before the bound (it was first seen at most a tick after the kill)
+        h2 = lab.plan.host("h2").address.split("/")[0]
+        log = (Path(lab.plan.host("h1").state_dir) / "mesh" / "launch.log").read_text()
+        removed = [ln for ln in log.splitlines() if "removed the etcd learner" in ln]
+        assert len(removed) == 1 and f"https://{h2}:2380" in removed[0], removed
+        t0 = time.monotonic()
+        joined = _launch(lab, "h3", "--token", token, h1)
+        join_s = time.monotonic() - t0
+        assert joined.returncode == 0 and "mesh as a voter" in joined.stdout, (joined.stdout, joined.stderr)
+        wait_for(lambda: _members(lab) == ["h1", "h3"], 60, "h3 a started voter", interval=0.5)
+        print(f"stale learner removed {took:.1f}s after the kill (bound {STALE_S}s); h3's join took {join_s:.1f}s")
+        again = _launch(lab, "h2")
+        assert again.returncode == 0, (again.stdout, again.stderr)
+        if left == "joining":
+            assert "mesh as a voter" in again.stdout, again.stdout
+        voters = [("h1", "voter", True), ("h2", "voter", True), ("h3", "voter", True)]
+        wait_for(lambda: (st := _mesh(lab, "h1"))["store"] == "ok" and sorted(
+            (m["name"], m["role"], m["healthy"]) for m in st["members"]) == voters, 60, "h2 back, a started voter",
+            interval=0.5)
+    finally:
+        for h in ("h2", "h3", "h1"):
+            lab.crossnet(h, "stop", check=False, timeout=60)

@@ -1305,3 +1305,234 @@ def test_a_supervisor_never_waits_on_another_hosts_learner(tmp_path, monkeypatch
     sup2.promote(cluster, 3)
     assert 0.5 not in waited and sup2.paths.load()["role"] == "client" and started2 == []  # no retry (0.05: the fake)
     assert len(cluster.members) == 2
+
+
+# ---------------------------------------------------------------- a learner whose host never started it
+
+GONE = "https://10.0.0.8:2380"  # the peer URL of a joiner killed right after `member add`
+
+
+def _unstarted(mid="8", peer=GONE):
+    return {"name": "", "ID": mid, "peerURLs": [peer], "isLearner": True}  # as member_add leaves it
+
+
+def test_an_unstarted_learner_is_stale_only_after_the_bound_and_never_a_voter_own_or_named_one():
+    voter = {"name": "v0", "ID": "0", "peerURLs": ["https://10.0.0.0:2380"], "clientURLs": ["https://10.0.0.0:2379"]}
+    named = {"name": "h7", "ID": "7", "peerURLs": ["https://10.0.0.7:2380"], "clientURLs": ["https://10.0.0.7:2379"],
+             "isLearner": True}  # its etcd started: its host promotes it on its next start
+    own = _unstarted("9", OWN)
+    members = [voter, named, own, _unstarted()]
+    stale, seen = ml.stale_learners(members, {}, 100.0, OWN, 300.0)
+    assert stale == [] and seen == {("8", (GONE,)): 100.0}
+    stale, seen = ml.stale_learners(members, seen, 399.0, OWN, 300.0)
+    assert stale == [] and seen == {("8", (GONE,)): 100.0}  # first seen kept, not yet stale
+    stale, seen = ml.stale_learners(members, seen, 400.0, OWN, 300.0)
+    assert stale == [_unstarted()]
+    started = dict(_unstarted(), name="h8", clientURLs=["https://10.0.0.8:2379"])
+    assert ml.stale_learners([voter, started], seen, 1000.0, OWN, 300.0) == ([], {})  # started: forgotten
+    # the same ID with other peer URLs (member update) is watched anew
+    stale, seen = ml.stale_learners([_unstarted(peer="https://10.0.0.6:2380")], seen, 1000.0, OWN, 300.0)
+    assert stale == [] and seen == {("8", ("https://10.0.0.6:2380",)): 1000.0}
+
+
+@given(members=st.lists(st.fixed_dictionaries({
+    "ID": st.sampled_from(["1", "2", "3", "4"]),
+    "name": st.sampled_from(["", "h1", None]),
+    "peerURLs": st.sampled_from([[OWN], [GONE], ["https://10.0.0.6:2380"], []]),
+    "clientURLs": st.sampled_from([[], ["https://10.0.0.8:2379"]]),
+    "isLearner": st.booleans()}), max_size=5),
+    seen=st.dictionaries(st.tuples(st.sampled_from(["1", "2", "9"]), st.sampled_from([(OWN,), (GONE,)])),
+                         st.floats(0, 2000)),
+    now=st.floats(0, 2000), bound=st.floats(0.001, 1000))
+def test_stale_learners_property(members, seen, now, bound):
+    stale, seen2 = ml.stale_learners(members, seen, now, OWN, bound)
+    for m in stale:
+        assert m in members and m["isLearner"] and not m["name"] and not m["clientURLs"]
+        assert OWN not in m["peerURLs"]
+        key = (m["ID"], tuple(m["peerURLs"]))
+        assert key in seen and now - seen[key] >= bound  # only a learner seen before, for the bound
+    keys = {(m["ID"], tuple(m["peerURLs"])) for m in members}
+    assert set(seen2) <= keys and all(t <= now for t in seen2.values())
+    for m in members:  # and every unstarted learner but this host's own, seen for the bound, is stale
+        key = (m["ID"], tuple(m["peerURLs"]))
+        if m["isLearner"] and not m["name"] and not m["clientURLs"] and m["peerURLs"] and OWN not in m["peerURLs"]:
+            assert key in seen2
+            if key in seen and now - seen[key] >= bound:
+                assert m in stale
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "nan", "inf", "abc", "", "1e999", " "])
+def test_the_stale_learner_bound_knob_is_a_positive_number(text):
+    assert ml.stale_learner_bound({}) == ml.STALE_LEARNER_S == ml.JOIN_RESERVE_TTL
+    assert ml.stale_learner_bound({ml.STALE_LEARNER_ENV: "12.5"}) == 12.5
+    with pytest.raises(ConfigError) as exc:
+        ml.stale_learner_bound({ml.STALE_LEARNER_ENV: text})
+    assert str(exc.value).startswith("CROSSNET_STALE_LEARNER_S: ") and "\n" not in str(exc.value)
+
+
+class RemovingCluster(FakeCluster):
+    """FakeCluster with `member remove` (etcd's "member not found" for an unknown ID)."""
+
+    def __init__(self, voters: int):
+        super().__init__(voters)
+        self.removed: list[str] = []
+        self.before_remove = lambda: None  # another voter acting between the re-check and the remove
+
+    def call(self, path, body):
+        if path == "cluster/member/remove":
+            self.before_remove()
+            with self.mu:
+                if not any(m["ID"] == body["ID"] for m in self.members):
+                    raise CrossnetError("etcd cluster/member/remove: etcdserver: member not found")
+                self.members = [m for m in self.members if m["ID"] != body["ID"]]
+                self.removed.append(body["ID"])
+                return {"members": [dict(m) for m in self.members]}
+        return super().call(path, body)
+
+
+def test_a_stale_learner_is_rechecked_before_its_removal_and_a_second_remover_is_harmless():
+    cluster = RemovingCluster(voters=1)
+    cluster.members.append(_unstarted())
+    assert ml.remove_stale_learner(cluster, _unstarted()) is True and cluster.removed == ["8"]
+    assert ml.remove_stale_learner(cluster, _unstarted()) is False  # gone already: nothing asked
+
+    cluster.members.append(_unstarted())  # another voter removes it between the re-check and the remove
+    cluster.before_remove = lambda: cluster.members.pop()
+    assert ml.remove_stale_learner(cluster, _unstarted()) is False and len(cluster.members) == 1  # no error
+    cluster.before_remove = lambda: None
+
+    for changed in ({"name": "h8", "clientURLs": ["https://10.0.0.8:2379"]}, {"isLearner": False},
+                    {"peerURLs": ["https://10.0.0.6:2380"]}):  # started, promoted, or another member by now
+        cluster.members[1:] = [dict(_unstarted(), **changed)]
+        assert ml.remove_stale_learner(cluster, _unstarted()) is False
+        assert len(cluster.members) == 2
+    cluster.call = lambda path, body: (_ for _ in ()).throw(CrossnetError("etcd: permission denied")) \
+        if path == "cluster/member/remove" else RemovingCluster.call(cluster, path, body)
+    cluster.members[1:] = [_unstarted()]
+    with pytest.raises(CrossnetError, match="permission denied"):
+        ml.remove_stale_learner(cluster, _unstarted())
+
+
+def _voter_supervisor(tmp_path, monkeypatch, cluster, role="voter") -> ml.Supervisor:
+    _pending_join(tmp_path, monkeypatch, cluster, role=role)
+    sup = ml.Supervisor(str(tmp_path))
+    monkeypatch.setattr(ml, "mesh_hosts", lambda c: [])
+    monkeypatch.setattr(ml, "alive_hosts", lambda c: {})
+    monkeypatch.setattr(sup, "promote", lambda c, want: None)
+    sup._want = 3
+    return sup
+
+
+def test_a_voters_supervisor_removes_a_learner_never_started_after_the_bound(tmp_path, monkeypatch, caplog):
+    """A joiner killed right after `member add`: its learner (no name) takes a voter's slot
+    and, etcd's one learner, blocks every `member add`. The voters' maintain removes it
+    once seen so for the bound (one line naming its peer URL); then a join is a voter again.
+    Never this host's own member, a voter, or a client's doing."""
+    monkeypatch.setenv(ml.STALE_LEARNER_ENV, "20")
+    now = [1000.0]
+    monkeypatch.setattr(ml.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(ml.time, "sleep", lambda s: now.__setitem__(0, now[0] + s))
+    cluster = RemovingCluster(voters=1)
+    ml.admit(cluster, GONE, 3, "h8")  # the joiner's `member add`, then it was killed
+    own = {"name": "h9", "ID": "9", "peerURLs": [OWN], "clientURLs": ["https://10.0.0.9:2379"]}
+    cluster.members.append(own)
+    client = _voter_supervisor(tmp_path / "client", monkeypatch, cluster, role="client")
+    sup = _voter_supervisor(tmp_path, monkeypatch, cluster)
+    assert sup._stale_bound == ml.STALE_LEARNER_S  # until run() reads the knob
+    sup._stale_bound = ml.stale_learner_bound(ml.os.environ)
+    assert sup._stale_bound == 20.0
+    caplog.set_level("WARNING", logger="crossnet.mesh")
+    for _ in range(4):  # 15 s: kept
+        sup.maintain(cluster)
+        client.maintain(cluster)
+        now[0] += 5.0
+    assert [m["peerURLs"] for m in cluster.members] == [["https://10.0.0.0:2380"], [GONE], [OWN]]
+    assert sup._unstarted  # watched: the tick reads the member list every time meanwhile
+    sup.maintain(cluster)  # 20 s
+    assert cluster.removed == ["1"] and [m["peerURLs"] for m in cluster.members] == [["https://10.0.0.0:2380"], [OWN]]
+    lines = [r.getMessage() for r in caplog.records if "removed the etcd learner" in r.getMessage()]
+    assert lines == [f"removed the etcd learner {GONE}: never started in 20s (its host gone after `member add`)"]
+    assert sup._unstarted == {}
+    now[0] += 1000.0
+    client.maintain(cluster)
+    assert cluster.removed == ["1"]  # a client never removes anything
+    role, members = ml.admit(cluster, "https://10.0.0.7:2380", 3, "h7")
+    assert role == "voter" and members[-1]["peerURLs"] == ["https://10.0.0.7:2380"]  # not a client after 15 s
+
+    # this host's own member, a learner never started (its promotion pending): never removed
+    sup.st["learner"] = True
+    cluster.members = [cluster.members[0], _unstarted("9", OWN)]
+    sup._unstarted = {}
+    for _ in range(3):
+        sup.maintain(cluster)
+        now[0] += 1000.0
+    assert cluster.removed == ["1"]
+
+
+@pytest.mark.parametrize("role", [ml.JOINING, ml.PROMOTING, "learner"])
+def test_a_host_back_after_its_learner_was_removed_re_adds_itself_or_is_a_client(tmp_path, monkeypatch, role):
+    """Killed after `member add` and back after the voters removed its learner: a join
+    (launch.json `joining`) is admitted again (a voter: the slot is free), a promotion is a
+    client again, and a host killed after recording `voter` + `learner` (its etcd never
+    started) is a client instead of starting an etcd for a member that is gone."""
+    cluster = RemovingCluster(voters=1)
+    paths = _pending_join(tmp_path, monkeypatch, cluster, role=ml.JOINING if role == "learner" else role)
+    if role == "learner":
+        assert ml.finish_pending(str(tmp_path), spawn=False) == "voter" and paths.load()["learner"] is True
+        (paths.etcd_dir / "data").mkdir(parents=True)
+    else:
+        ml.admit(cluster, OWN, 3, "h9")  # then killed
+    assert len(cluster.members) == 2
+    assert ml.remove_stale_learner(cluster, cluster.members[1]) is True and len(cluster.members) == 1
+    if role == "learner":
+        sup = ml.Supervisor(str(tmp_path))
+        sup.settle_removed_learner()
+        st = paths.load()
+        assert st["role"] == "client" and "learner" not in st and st["endpoints"] == ["https://10.0.0.0:2379"]
+        assert not (paths.etcd_dir / "data").exists() and len(cluster.members) == 1
+        return
+    got = ml.finish_pending(str(tmp_path), spawn=False)
+    assert got == ("voter" if role == ml.JOINING else "client") and paths.load()["role"] == got
+    assert [m["peerURLs"] for m in cluster.members].count([OWN]) == (1 if role == ml.JOINING else 0)
+
+
+def test_a_started_learner_keeps_its_member_when_its_host_comes_back(tmp_path, monkeypatch):
+    """settle_removed_learner leaves a host whose member is still there (or whose member
+    list cannot be read) as it is."""
+    cluster = RemovingCluster(voters=1)
+    paths = _pending_join(tmp_path, monkeypatch, cluster)
+    assert ml.finish_pending(str(tmp_path), spawn=False) == "voter"
+    before = paths.load()
+    ml.Supervisor(str(tmp_path)).settle_removed_learner()
+    assert paths.load() == before and len(cluster.members) == 2
+    monkeypatch.setattr(ml, "retrying", lambda fn, **kw: (_ for _ in ()).throw(CrossnetError("no leader")))
+    cluster.members.pop()
+    ml.Supervisor(str(tmp_path)).settle_removed_learner()
+    assert paths.load() == before
+
+
+def test_a_bad_stale_learner_knob_stops_a_launch_before_anything_and_never_status(tmp_path, monkeypatch):
+    """CROSSNET_STALE_LEARNER_S is the supervisor's: a bad value is refused in one line by
+    the launching commands before the handshake or any file, and by the supervisor before
+    it starts anything; `status`/`forget` (which build a Supervisor for its endpoints) never
+    read it."""
+    from crossnet.mesh import join
+
+    monkeypatch.setenv(ml.STALE_LEARNER_ENV, "-1")
+    monkeypatch.setattr(join, "request_join", lambda *a: pytest.fail("handshake with a bad knob"))
+    state = tmp_path / "j"
+    with pytest.raises(ConfigError, match=r"^CROSSNET_STALE_LEARNER_S: '-1' is not a positive number of seconds$"):
+        ml.launch_join(str(state), "10.0.0.1", None, "h9", "eth0", "10.0.0.9", spawn=False)
+    with pytest.raises(ConfigError, match="^CROSSNET_STALE_LEARNER_S: "):
+        ml.launch_first(str(state), "h1", "eth0", "10.0.0.1", "10.32.0.0/12", 24, "vxlan", 3, 30, spawn=False)
+    assert not state.exists()
+    cluster = FakeCluster(voters=1)
+    paths = _pending_join(tmp_path, monkeypatch, cluster, role="voter")
+    before = paths.load()
+    with pytest.raises(ConfigError, match="^CROSSNET_STALE_LEARNER_S: "):
+        ml.launch_again(str(tmp_path), spawn=False)
+    sup = ml.Supervisor(str(tmp_path))  # what status and forget do
+    monkeypatch.setattr(sup, "start_etcd", lambda: pytest.fail("etcd started with a bad knob"))
+    with pytest.raises(ConfigError, match="^CROSSNET_STALE_LEARNER_S: "):
+        sup.run()
+    assert paths.load() == before and not paths.pidfile.exists()

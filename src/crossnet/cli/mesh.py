@@ -145,7 +145,8 @@ def forget(ctx, host) -> None:
 
     HOST is its name, or its underlay address: a joiner killed before it wrote its first
     record leaves an etcd member with no name (a learner: no vote, but a voter's slot),
-    found by the address its join reserved for 5 minutes, later by `forget ADDRESS`."""
+    found by the address its join reserved for 5 minutes, later by `forget ADDRESS` (the
+    voters' supervisors remove it themselves after 5 minutes)."""
     from crossnet.mesh import launch as ml
 
     done = ml.forget(_state(ctx), host)

@@ -513,7 +513,8 @@ def admit(client: Any, own_peer: str, max_voters: int, holder: str,
     fewer than max_voters voters, `member add` this host as one — atomically with
     respect to every other joining or promoted host. Another host's learner still not
     promoted after `learner_wait` s (its host gone before its etcd started): a client (a
-    client is promoted later, while voters are missing; `forget` removes that learner). A
+    client is promoted later, while voters are missing; the voters remove that learner
+    after STALE_LEARNER_S, `forget` at once). A
     supervisor's promotion does not wait (learner_wait 0: its tick keeps its presence lease)."""
     with voter_lock(client, holder):
         members = retrying(lambda: member_list(client), timeout=10)
@@ -526,6 +527,75 @@ def admit(client: Any, own_peer: str, max_voters: int, holder: str,
                             "this host is a client for now")
                 return "client", retrying(lambda: member_list(client), timeout=10)
     return role, members
+
+
+STALE_LEARNER_S = 300.0  # s an unstarted learner is kept before the voters remove it (JOIN_RESERVE_TTL)
+STALE_LEARNER_ENV = "CROSSNET_STALE_LEARNER_S"  # test/ops knob: that bound, a positive number of seconds
+
+
+def stale_learner_bound(environ: dict[str, str]) -> float:
+    """STALE_LEARNER_S, or the positive number of seconds in CROSSNET_STALE_LEARNER_S."""
+    import math
+
+    text = environ.get(STALE_LEARNER_ENV)
+    if text is None:
+        return STALE_LEARNER_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{STALE_LEARNER_ENV}: {text[:40]!r} is not a positive number of seconds")
+    return value
+
+
+def unstarted_learner(m: dict) -> bool:
+    """An etcd learner whose etcd never started: no name, no client URL (a started one
+    published both; its host promotes it on its next start)."""
+    return bool(m.get("isLearner")) and not m.get("name") and not m.get("clientURLs") and bool(m.get("ID")) \
+        and bool(m.get("peerURLs"))
+
+
+def stale_learners(members: list[dict], seen: dict[tuple, float], now: float, own_peer: str,
+                   bound: float) -> tuple[list[dict], dict[tuple, float]]:
+    """(stale, seen'): the learners that never started (unstarted_learner), other than
+    this host's own member, seen so (first in `seen`: (ID, peer URLs) -> time) for at
+    least `bound` s by `now`; seen' keeps the first-seen time of every such learner still
+    in `members` (a new one: now; one that started, was promoted or removed is dropped).
+    A voter, a named learner and this host's member are never stale."""
+    out: dict[tuple, float] = {}
+    stale = []
+    for m in members:
+        if not unstarted_learner(m) or own_peer in m["peerURLs"]:
+            continue
+        key = (str(m["ID"]), tuple(m["peerURLs"]))
+        first = out[key] = min(seen.get(key, now), now)
+        if now - first >= bound:
+            stale.append(m)
+    return stale, out
+
+
+MEMBER_NOT_FOUND = "member not found"
+
+
+def remove_stale_learner(client: Any, m: dict) -> bool:
+    """`member remove` of a stale learner, its ID and peer URLs checked right before in a
+    fresh member list: still there, still an unstarted learner with those URLs (started,
+    promoted or replaced meanwhile: kept). Another voter removing it at the same moment
+    ("member not found") is success. Whether this host removed it (False: gone already,
+    or kept)."""
+    cur = next((x for x in member_list(client) if str(x.get("ID")) == str(m["ID"])), None)
+    if cur is None:
+        return False
+    if not unstarted_learner(cur) or list(cur["peerURLs"]) != list(m["peerURLs"]):
+        return False
+    try:
+        member_remove(client, str(m["ID"]), timeout=5.0)
+    except CrossnetError as exc:
+        if MEMBER_NOT_FOUND not in str(exc):
+            raise
+        return False  # another voter's removal came first: no error, and no log line here
+    return True
 
 
 def member_remove(client: Any, member_id: str, timeout: float = 30.0) -> None:
@@ -779,6 +849,8 @@ class Supervisor:
         self._lease: int | None = None  # this host's presence lease (alive/<name>)
         self._crl_rev: int | None = None  # the store revision the revocation and member lists were last read at
         self._crl_ticks = 0  # ticks since that read
+        self._stale_bound = STALE_LEARNER_S  # CROSSNET_STALE_LEARNER_S, read by run (status/forget never fail on it)
+        self._unstarted: dict[tuple, float] = {}  # learners never started -> first seen (monotonic; voters)
         self._stop = threading.Event()
         # set by whatever the main loop must look at before its next tick: stop, etcd or
         # the agent exited (the loop sleeps until then, no periodic wakeup)
@@ -868,6 +940,31 @@ class Supervisor:
                 return
             time.sleep(0.2)
         raise CrossnetError(f"etcd did not become ready within {timeout:.0f}s")
+
+    def settle_removed_learner(self) -> None:
+        """launch.json says `learner` (a join's or promotion's member, never promoted) but
+        no member has this host's peer URL any more: the voters removed it (never started
+        within their stale bound, STALE_LEARNER_S: this host was down that long after
+        `member add`) or it was forgotten. Starting etcd for it would fail for ever; this
+        host is a client instead (its supervisor promotes it again while voters are
+        missing). The member list unreadable: left as it is (the start says why)."""
+        own = client_url(self.address)
+        others = [e for e in self.st.get("endpoints") or [] if e != own]
+        if not others:
+            return
+        try:
+            members = retrying(lambda: member_list(etcd_client(self.paths, others, timeout=2.0)), timeout=10)
+        except CrossnetError as exc:
+            log.warning("could not read the member list: %s", exc)
+            return
+        if member_with_peer(members, peer_url(self.address)) is not None:
+            return
+        log.warning("this host's etcd learner was removed before it started (down for longer than the voters "
+                    "wait, or forgotten): this host is a client now")
+        shutil.rmtree(self.paths.etcd_dir / "data", ignore_errors=True)
+        self.st.update(role="client", endpoints=others)
+        self.st.pop("learner", None)
+        self.paths.save(self.st)
 
     def promote_own_learner(self, timeout: float) -> None:
         """Ask the other members to promote this host's learner once its etcd has caught
@@ -995,7 +1092,8 @@ class Supervisor:
         (`maintain`: endpoints, promotion) are read again only when the store changed since
         the last read (the keep-alive's answer carries the store's revision: a join, a
         promotion, `forget`, `stop --release`, a revocation and a host's expired presence
-        lease all write or delete keys) or CRL_TICKS ticks passed."""
+        lease all write or delete keys) or CRL_TICKS ticks passed; on a voter watching a
+        learner that never started (drop_stale_learners), every tick until it is gone."""
         c = self.client(timeout=2.0)
         res = c.call("lease/keepalive", {"ID": str(self._lease)}).get("result") or {} if self._lease else {}
         rev = int((res.get("header") or {}).get("revision", 0)) or None  # None: unknown, read the lists
@@ -1004,7 +1102,8 @@ class Supervisor:
                 log.info("presence lease expired: writing this host's record again")
             self.heartbeat()
         self._crl_ticks += 1
-        if not (rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS):
+        if not (rev is None or self._crl_rev is None or rev > self._crl_rev or self._crl_ticks >= CRL_TICKS
+                or self._unstarted):  # (an unstarted learner watched: the member list every tick)
             return
         kvs, read_rev = c.range(REVOKED_KEY)
         self.maintain(c)
@@ -1048,6 +1147,8 @@ class Supervisor:
             if len(members) < self._want and not pending and \
                     promotion_candidate(mesh_hosts(c), alive_hosts(c)) == self.name:
                 self.promote(c, self._want)
+        if self.st["role"] == "voter" and not self.st.get("learner"):
+            self.drop_stale_learners(c, members)
         wanted = self.endpoints()
         if self.agent is not None and wanted != self.agent_endpoints:
             # not a restart: the agent keeps its lease, its watches and its API socket
@@ -1055,6 +1156,24 @@ class Supervisor:
             self.agent_endpoints = wanted
             self.agent.set_endpoints(wanted)
             log.info("etcd endpoints changed: the agent uses %s", ",".join(self.agent_endpoints))
+
+    def drop_stale_learners(self, c: Any, members: list[dict]) -> None:
+        """A voter removes every other host's learner that never started (no name) and
+        has been seen so for the stale bound (STALE_LEARNER_S): its host was killed after
+        `member add` and did not come back; it took a voter's slot and, as etcd's one
+        learner, blocked every join's and promotion's `member add`. Re-checked right
+        before `member remove` (remove_stale_learner); another voter doing the same is
+        harmless."""
+        stale, self._unstarted = stale_learners(members, self._unstarted, time.monotonic(),
+                                                peer_url(self.address), self._stale_bound)
+        for m in stale:
+            try:
+                if remove_stale_learner(c, m):
+                    log.warning("removed the etcd learner %s: never started in %.0fs (its host gone after "
+                                "`member add`)", m["peerURLs"][0], self._stale_bound)
+                    self._unstarted.pop((str(m["ID"]), tuple(m["peerURLs"])), None)
+            except CrossnetError as exc:
+                log.warning("stale learner %s: %s", m["peerURLs"][0], exc)
 
     def promote(self, c: Any, want: int) -> None:
         """This client becomes a voter: role PROMOTING recorded BEFORE `member add` (killed
@@ -1088,12 +1207,15 @@ class Supervisor:
 
     # ---- main loop
     def run(self) -> int:
+        self._stale_bound = stale_learner_bound(os.environ)  # a bad value: one line, nothing started
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         self.paths.pidfile.write_text(f"{os.getpid()}\n")
         with contextlib.suppress(FileNotFoundError):  # a `stop --release` killed before its SIGTERM meant an
             self.paths.release_marker.unlink()  # earlier run: this one's SIGTERM (systemd's too) keeps the host
         try:
+            if self.st["role"] == "voter" and self.st.get("learner"):
+                self.settle_removed_learner()
             if self.st["role"] == "voter":
                 self.start_etcd()
                 self.wait_etcd()
@@ -1219,6 +1341,7 @@ def run_foreground(state_dir: str) -> int:
     setup_logging(fmt=env_format(), name="crossnet-launch")
     _one_malloc_arena()
     netconfig.use_helper()  # network configs validated in a helper: no pydantic in this process
+    stale_learner_bound(os.environ)  # before a pending join's `member add`, not only in run()
     paths = Paths(Path(state_dir))
     # systemd restarting a join or promotion killed half-way (never launched: the supervisor says so)
     if paths.launch_json.exists() and paths.load().get("role") in PENDING_ROLES:
@@ -1287,6 +1410,7 @@ def launch_first(state_dir: str, name: str, iface: str, address: str, network: s
     auto only): every peer over WireGuard."""
     from crossnet.store import NetworkConfig
 
+    stale_learner_bound(os.environ)  # the supervisor's knob, refused before anything is made
     check_encrypt(backend, encrypt)
     try:  # validate (the options' names in the message)
         dns_domain = NetworkConfig(network=network, backend=backend, subnet_len=subnet_len, name="crossnet", ttl=ttl,
@@ -1372,6 +1496,7 @@ def launch_join(state_dir: str, server: str, join_token: JoinToken, name: str, i
     """Handshake, then `member add` (voter while < voters), then the supervisor."""
     from crossnet.mesh import join
 
+    stale_learner_bound(os.environ)  # the supervisor's knob, refused before the handshake
     paths = Paths(Path(state_dir))
     result = join_riding_out_elections(lambda: join.request_join(server, join_token, name, address))
     members = result.members  # checked by join.check_members
@@ -1486,6 +1611,7 @@ def finish_pending(state_dir: str, spawn: bool = True) -> str:
 
 def launch_again(state_dir: str, spawn: bool = True) -> None:
     """A launched host whose supervisor is not running (restart): same member, same subnet."""
+    stale_learner_bound(os.environ)  # the supervisor's knob, refused before anything is started
     paths = Paths(Path(state_dir))
     st = paths.load()
     if st.get("role") in PENDING_ROLES:  # a join or promotion killed half-way: completed
