@@ -48,7 +48,8 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
     the agent, supervised by one `crossnet launch --foreground` process; returns once
-    this host is programmed and prints the command the next hosts run.
+    this host is programmed and prints the command the next hosts run. An interrupted
+    launch or join is completed by the same command again.
     """
     from crossnet.errors import ConfigError
     from crossnet.mesh import launch as ml
