@@ -6,8 +6,9 @@ lock) runs etcd's `member add`, records its role and starts the supervisor (etcd
 CROSSNET_TEST_CRASH_AT=N: the command SIGKILLs itself at its N-th crash point), the
 cluster must not stay without quorum: a 1-voter cluster that got a second voter which
 never started has lost it. `crossnet launch` run again on that host completes the join
-(or refuses in one line a state the documented reset -- removing <state-dir>/mesh --
-clears, the cluster untouched); then `stop --release` gives the 1-voter cluster back.
+(killed before launch.json, with the certificate only, the cluster untouched: the join
+command again, which removes that state first; `crossnet launch` alone is refused in one
+line); then `stop --release` gives the 1-voter cluster back.
 A 3-host L3 lab: h1 the first host, h2 the joiner (h3 the third voter for `forget`); a
 1-host lab for the first launch.
 """
@@ -45,6 +46,12 @@ def _launch(lab, host: str, *args: str, crash_at: int | None = None) -> subproce
                    timeout=150)
 
 
+def _tree(path: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Every entry under path: its lstat mode and a file's bytes."""
+    return {str(p.relative_to(path)): (p.lstat().st_mode, p.read_bytes() if p.is_file() else None)
+            for p in sorted(path.rglob("*"))}
+
+
 def _mesh(lab, host: str) -> dict:
     return json.loads(lab.crossnet(host, "status", "-o", "json", timeout=60).stdout)["mesh"]
 
@@ -61,18 +68,26 @@ def test_a_joiner_killed_at_every_step_completes_on_the_next_launch(lab):
     line = next(ln for ln in res.stdout.splitlines() if "crossnet launch --token" in ln).split()
     token, h1 = line[line.index("--token") + 1], line[-1]
     h2_mesh = Path(lab.plan.host("h2").state_dir) / "mesh"
+    half_made: list[int] = []  # the steps killed before launch.json
 
     def recover(n: int) -> None:
         # whatever step it was killed at, h1 keeps its quorum: a member added by a join is a
         # learner until its host promotes it (an unstarted voter had cost the 1-voter cluster it)
         assert _mesh(lab, "h1")["store"] == "ok", (n, _mesh(lab, "h1"))
-        again = _launch(lab, "h2", *(("--token", token, h1) if n % 2 else ()))  # either command the user may type
-        if again.returncode != 0:  # nothing of the cluster's was touched: one line, the reset path named
-            err = again.stderr.strip().splitlines()
-            assert len(err) == 1 and "half-made mesh state; remove it first" in err[0], (n, err)
-            assert _members(lab) == ["h1"], n
-            shutil.rmtree(h2_mesh)
-            again = _launch(lab, "h2", "--token", token, h1)
+        if not (h2_mesh / "launch.json").exists():  # killed before it: nothing of the cluster's was touched
+            assert (h2_mesh / "pki" / "member.crt").exists(), n  # (the state the rerun must complete)
+            half_made.append(n)
+            before = _tree(h2_mesh)
+            alone = _launch(lab, "h2")  # never the first host of a new mesh: one line naming the join command
+            err = alone.stderr.strip().splitlines()
+            assert alone.returncode == 2 and err == [
+                f"crossnet: error: --token: {h2_mesh} holds the half-made state of an interrupted join; run the join "
+                f"command again to complete it (`crossnet launch --token TOKEN ADDR`)"], (n, err)
+            assert _tree(h2_mesh) == before and _members(lab) == ["h1"], n
+            again = _launch(lab, "h2", "--token", token, h1)  # the same join again (its name and address reserved)
+            assert "removing the half-made mesh state of an interrupted launch" in again.stderr, (n, again.stderr)
+        else:
+            again = _launch(lab, "h2", *(("--token", token, h1) if n % 2 else ()))  # either command the user may type
         assert again.returncode == 0, (n, again.stderr)
         assert "mesh as a voter" in again.stdout, (n, again.stdout)
         wait_for(lambda: _members(lab) == ["h1", "h2"], 60, f"step {n}: h2 a started member", interval=0.5)
@@ -86,6 +101,7 @@ def test_a_joiner_killed_at_every_step_completes_on_the_next_launch(lab):
     n = killed_at_every_step(lambda n: _launch(lab, "h2", "--token", token, h1, crash_at=n), recover, MAX_STEPS,
                              "the join", killed=KILLED)
     assert n > 4, f"the join passed only {n - 1} crash points"
+    assert half_made == [1], half_made  # (the first crash point: certificate saved, launch.json not yet)
     wait_for(lambda: _members(lab) == ["h1", "h2"], 60, "the uninterrupted join", interval=0.5)
 
 
@@ -204,10 +220,11 @@ def test_a_first_launch_killed_at_every_step_completes_on_the_next_launch(lab_fa
     agent), the token. Killed at each step of `crossnet launch` and of `crossnet launch
     --foreground` (whose supervisor is this very process: the bootstrap's steps too; killed
     alone, its etcd left running, or with it, a power loss), `crossnet launch` again
-    completes the mesh; killed before launch.json it refuses in one line naming the reset
-    (nothing else knows that CA yet)."""
+    completes the mesh; killed before launch.json (nothing else knows that CA yet) it
+    removes the state the killed run left and makes the mesh anew."""
     lab = lab_factory(hosts=1, underlay="l2", backend="vxlan", containers=0, apply=False)
     h1_mesh = Path(lab.plan.host("h1").state_dir) / "mesh"
+    completed: list[tuple[bool, int]] = []  # (foreground, step) of the runs killed before launch.json
 
     def run(n: int | None, foreground: bool) -> tuple[subprocess.Popen, str]:
         argv = ["env", *([f"CROSSNET_TEST_CRASH_AT={n}"] if n else []), sys.executable, "-m", "crossnet", "launch",
@@ -235,18 +252,18 @@ def test_a_first_launch_killed_at_every_step_completes_on_the_next_launch(lab_fa
                 assert proc.wait(90) == -9, (foreground, n, proc.returncode, out)
                 if foreground and n % 2 == 0:  # a power loss takes its etcd member too; odd n: the
                     _power_loss(lab, "h1")  # supervisor alone was killed (OOM killer), its etcd left running
+                half_made = not (h1_mesh / "launch.json").exists()  # its CA never shown to anyone
+                assert not half_made or (h1_mesh / "pki" / "ca.key").exists(), (foreground, n)
                 again = _launch(lab, "h1")
-                if again.returncode != 0:
-                    err = again.stderr.strip().splitlines()
-                    assert len(err) == 1 and "half-made mesh state; remove it first" in err[0], (n, err)
-                    assert not (h1_mesh / "launch.json").exists()
-                    shutil.rmtree(h1_mesh)
-                    again = _launch(lab, "h1")
                 assert again.returncode == 0, (foreground, n, again.stderr)
+                if half_made:  # completed: the state the killed run left removed, the mesh made anew
+                    assert "removing the half-made mesh state of an interrupted launch" in again.stderr, (n, again)
+                    completed.append((foreground, n))
                 _first_launch_ok(lab)
                 release()
             else:
                 assert foreground, f"the first launch still crashed at step {MAX_STEPS}"
+        assert completed == [(False, 1), (True, 1)], completed  # (CA and certificate made, launch.json not yet)
         proc, _ = run(3, True)  # the supervisor killed alone once its etcd runs: `stop` ends that etcd too
         assert proc.wait(90) == -9 and _netns_pids(lab, "h1")
         assert lab.crossnet("h1", "stop").stdout.strip() == "crossnet launch is not running on this host"

@@ -48,7 +48,8 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
 
     Starts an etcd member (voters) or uses the voters (clients), the join endpoint and
     the agent, supervised by one `crossnet launch --foreground` process; returns once
-    this host is programmed and prints the command the next hosts run.
+    this host is programmed and prints the command the next hosts run. An interrupted
+    launch or join is completed by the same command again.
     """
     from crossnet.errors import ConfigError
     from crossnet.mesh import launch as ml
@@ -96,9 +97,8 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         return
     if bool(token) != bool(addr):
         raise ConfigError("--token: joining needs both --token TOKEN and the ADDR of a running host")
-    if paths.mesh.root.exists() and any(paths.mesh.root.iterdir()):
-        raise ConfigError(f"--state-dir: {paths.mesh.root} holds a half-made mesh state; remove it first")
     from crossnet.mesh.join import parse_server
+    from crossnet.mesh.state import launch_lock
     from crossnet.mesh.token import join_command, parse_join_token
 
     host_name = name or socket.gethostname()
@@ -106,8 +106,10 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         jt = parse_join_token(token, ca_pin)
         server = parse_server(addr)
         ifname, ip = ml.detect_underlay(iface, address)
-        role = ml.launch_join(state_dir, f"{server[0]}:{server[1]}", jt, host_name, ifname, ip,
-                              spawn=not foreground)
+        with launch_lock(state_dir):
+            complete_half_made(paths.mesh.root, joining=True)
+            role = ml.launch_join(state_dir, f"{server[0]}:{server[1]}", jt, host_name, ifname, ip,
+                                  spawn=not foreground)
         if foreground:
             click.echo(f"{host_name} ({ip}) joins the mesh as a {role}", err=True)
             raise SystemExit(ml.run_foreground(state_dir))
@@ -115,13 +117,41 @@ def launch(ctx, addr, token, ca_pin, name, iface, address, network, subnet_len, 
         click.echo(f"  {join_command(jt, ip)}")
         return
     ifname, ip = ml.detect_underlay(iface, address)
-    jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
-                         spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt, networks=nets,
-                         datapath=datapath)
+    with launch_lock(state_dir):
+        complete_half_made(paths.mesh.root, joining=False)
+        jt = ml.launch_first(state_dir, host_name, ifname, ip, network, subnet_len, backend, voters, ttl,
+                             spawn=not foreground, dns_domain=dns_domain, encrypt=encrypt, networks=nets,
+                             datapath=datapath)
     if jt is None:
         raise SystemExit(ml.run_foreground(state_dir))
     click.echo(f"mesh created on {host_name} ({ip}); on every other host run:")
     click.echo(f"  {join_command(jt, ip)}")
+
+
+def complete_half_made(root, joining: bool) -> None:
+    """A first launch or join killed before launch.json (no supervisor runs: the caller
+    holds launch_lock) is run again: the state it left is removed when crossnet made all
+    of it (crossnet.mesh.state.half_made) and it was the same kind of launch; else one line,
+    nothing removed. A half-joined host never becomes the first host of a new mesh."""
+    import logging
+
+    from crossnet.errors import ConfigError
+    from crossnet.mesh.state import FIRST, JOIN, half_made, remove_half_made
+
+    found = half_made(root)
+    if found.why is not None:
+        raise ConfigError(f"--state-dir: {root} holds a half-made mesh state; remove it first "
+                          f"(nothing removed: {found.why})")
+    if found.kind == FIRST and joining:
+        raise ConfigError(f"--token: {root} holds the half-made state of an interrupted first launch (a new mesh's "
+                          f"CA); `crossnet launch` alone completes it, or remove {root} to join instead")
+    if found.kind == JOIN and not joining:
+        raise ConfigError(f"--token: {root} holds the half-made state of an interrupted join; run the join command "
+                          f"again to complete it (`crossnet launch --token TOKEN ADDR`)")
+    if found.kind is not None:
+        logging.getLogger("crossnet.mesh").warning("removing the half-made mesh state of an interrupted launch (%s)",
+                                                   root)
+        remove_half_made(found)
 
 
 @click.command("stop")
