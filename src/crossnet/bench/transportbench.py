@@ -24,8 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, ratio, summary
-from crossnet.bench.util import median_ratio, pair_ratios, round_ratios
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    median_ratio,
+    pair_ratios,
+    ratio,
+    round_ratios,
+    summary,
+)
 
 FILTER = "cnbenchblk"
 FALLBACK_BOUND = 30.0  # s: give up waiting (reported as a failure)

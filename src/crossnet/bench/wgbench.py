@@ -23,7 +23,15 @@ import shutil
 import time
 from typing import Any
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, median_ratio, pair_ratios, ratio, round_ratios
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    median_ratio,
+    pair_ratios,
+    ratio,
+    round_ratios,
+)
 
 PATHS = ("wireguard", "manual-wireguard", "vxlan", "underlay")  # the order of a round (reversed every other one)
 
