@@ -66,7 +66,7 @@ class FakeTraffic:
         fake = self
 
         class Server:
-            def __init__(self, netns):
+            def __init__(self, netns, cpu=None):
                 self.netns = netns
 
             def start(self):
@@ -81,7 +81,7 @@ class FakeTraffic:
         monkeypatch.setattr(t, "iperf_gbps", self.iperf)
         return self
 
-    def iperf(self, client_ns: str, addr: str, duration: float):
+    def iperf(self, client_ns: str, addr: str, duration: float, cpu: int | None = None):
         k = len(self.runs)
         self.runs.append(client_ns)
         return self.speeds[client_ns] * self.load(k) * self.position[k % len(self.position)], 0

@@ -136,7 +136,7 @@ def measure(rc: RunContext, backend: str, mtu: int, repeats: int, duration: floa
                 row["paths"]["ebpf"].update(status="skipped", reason=ebpf_why)
             order = [p for p in PATHS if p in paths]
             rc.log(f"datapath {backend} mtu {mtu}: {repeats} interleaved rounds of {', '.join(order)}")
-            res = paired({p: paths[p] for p in order}, repeats, duration, ping_count)
+            res = paired({p: paths[p] for p in order}, repeats, duration, ping_count, cpu=rc.cpu)
             for p in order:
                 row["paths"][p].update(res[p])
             row["paths"]["kernel"]["datapath"] = datapath_status(lk, (k1, k2))
@@ -172,7 +172,7 @@ def run(rc: RunContext, backends: tuple[str, ...] | list[str] = BACKENDS, mtus: 
             rows.append(measure(rc, backend, mtu, repeats, duration, ping_count, why))
     return {"suite": "datapath", "status": "ok", "ebpf_problem": why,
             "params": {"backends": list(backends), "mtus": list(mtus), "repeats": repeats, "duration_s": duration,
-                       "ping_count": ping_count},
+                       "ping_count": ping_count, "cpu": rc.cpu},
             "rows": rows, "elapsed_s": round(time.monotonic() - t0, 1)}
 
 

@@ -86,16 +86,17 @@ def round_order(labels: list[str], i: int) -> list[str]:
     return list(labels) if i % 2 == 0 else list(reversed(labels))
 
 
-def paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: float, ping_count: int
-            ) -> dict[str, dict[str, Any]]:
+def paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: float, ping_count: int,
+           cpu: int | None = None) -> dict[str, dict[str, Any]]:
     """iperf3 + ping on several paths {label: (client netns, server netns, address)},
     interleaved run by run (`round_order`), so load changes on this shared machine hit
-    every path alike; sample i of every path comes from round i."""
+    every path alike; sample i of every path comes from round i. `cpu`: every iperf3
+    client and server pinned to that CPU (`RunContext.cpu`, `--cpu`)."""
     for client, _server, addr in paths.values():
         traffic.wait_reachable(client, addr)
     gbps: dict[str, list[float]] = {k: [] for k in paths}
     retr: dict[str, list[int | None]] = {k: [] for k in paths}
-    servers = [traffic.IperfServer(server) for _c, server, _a in paths.values()]
+    servers = [traffic.IperfServer(server, cpu=cpu) for _c, server, _a in paths.values()]
     try:
         for srv in servers:
             srv.start()
@@ -103,7 +104,7 @@ def paired(paths: dict[str, tuple[str, str, str]], repeats: int, duration: float
         for i in range(repeats):
             for label in round_order(labels, i):
                 client, _server, addr = paths[label]
-                g, r = traffic.iperf_gbps(client, addr, duration)
+                g, r = traffic.iperf_gbps(client, addr, duration, cpu=cpu)
                 gbps[label].append(g)
                 retr[label].append(r)
     finally:
@@ -246,7 +247,7 @@ def measure_backend(rc: RunContext, backend: str, mtu: int, repeats: int, durati
             path = _set_up_crossnet(rc, lab, backend, mtu, row)
             rc.log(f"{backend} mtu {mtu}: container→container and underlay {h3.name}→{h4.name}")
             row.update(paired({"overlay": path, "underlay": (h3.netns, h4.netns, h4.address)},
-                               repeats, duration, ping_count))
+                               repeats, duration, ping_count, cpu=rc.cpu))
             _note_long_lived(rc, lab, backend, mtu, row)
     except Skip as exc:
         return {**row, "status": "skipped", "reason": str(exc)}
@@ -313,7 +314,7 @@ def measure_with_twin(rc: RunContext, backend: str, twin: str, mtu: int, repeats
                      "twin": (built.client_ns, built.server_ns, built.server_addr)}
             rc.log(f"{backend} vs {twin} mtu {mtu}: {repeats} interleaved rounds of crossnet, "
                    f"underlay {h3.name}→{h4.name}, twin")
-            res = paired(paths, repeats, duration, ping_count)
+            res = paired(paths, repeats, duration, ping_count, cpu=rc.cpu)
             row.update(overlay=res["crossnet"], underlay=res["underlay"])
             trow.update(overlay=res["twin"], underlay=res["underlay"])
             _note_long_lived(rc, lab, backend, mtu, row)
@@ -350,7 +351,8 @@ def measure_manual(rc: RunContext, name: str, mtu: int, repeats: int, duration: 
                 row["steps"] = built.steps
                 rc.log(f"{name} mtu {mtu}: container→container and underlay {h3.name}→{h4.name}")
                 row.update(paired({"overlay": (built.client_ns, built.server_ns, built.server_addr),
-                                    "underlay": (h3.netns, h4.netns, h4.address)}, repeats, duration, ping_count))
+                                    "underlay": (h3.netns, h4.netns, h4.address)}, repeats, duration, ping_count,
+                                   cpu=rc.cpu))
             finally:
                 layout.teardown()
     except Skip as exc:
@@ -419,7 +421,7 @@ def run(rc: RunContext, backends: list[str] | None = None, mtus: tuple[int, ...]
         "suite": "dataplane",
         "params": {"backends": list(backends), "mtus": list(mtus), "repeats": repeats, "duration_s": duration,
                    "ping_count": ping_count, "manual_layouts": manual_layouts, "diagnostics": diagnostics,
-                   "twins_interleaved": True},
+                   "twins_interleaved": True, "cpu": rc.cpu},
         "rows": rows,
         "elapsed_s": round(time.monotonic() - t0, 1),
     }

@@ -95,7 +95,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
         if why:
             raise Skip(f"datapath ebpf: {why}")
     out: dict[str, Any] = {"suite": "networks", "status": "ok", "method": "crossover", "rounds": rounds,
-                           "duration_s": duration, "datapath": datapath}
+                           "duration_s": duration, "datapath": datapath, "cpu": rc.cpu}
     t0 = time.monotonic()
     with bench_lab(lab_opts("vxlan", 1500, 4, datapath), apply=False) as lab:
         one = lab.plan.cluster_file
@@ -127,7 +127,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
         at_once(lambda h: lab.crossnet(h.name, "attach", h.containers[0]), lab.hosts)
         addr = {h.name: lab.status(h.name)["containers"][0]["address"].split("/")[0] for h in (h2, h4)}
         paths = {name: (a.containers[0], b.containers[0], addr[b.name]) for name, (a, b) in pairs.items()}
-        servers = [traffic.IperfServer(b.containers[0]) for _a, b in pairs.values()]
+        servers = [traffic.IperfServer(b.containers[0], cpu=rc.cpu) for _a, b in pairs.values()]
         per_round: list[dict[str, Any]] = []
         try:
             for srv in servers:
@@ -139,7 +139,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
                 gbps = {}
                 for name in (("P", "Q") if i % 2 == 0 else ("Q", "P")):
                     client, _server, a = paths[name]
-                    gbps[name], _retr = traffic.iperf_gbps(client, a, duration)
+                    gbps[name], _retr = traffic.iperf_gbps(client, a, duration, cpu=rc.cpu)
                 plain = "P" if iso == "Q" else "Q"
                 per_round.append({"isolated": iso, "gbps": gbps,
                                   "ratio": round(gbps[iso] / gbps[plain], 4) if gbps[plain] > 0 else 0.0})

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 from pathlib import Path
@@ -692,13 +691,39 @@ def _gbps_cell(g: dict[str, Any]) -> str:
     return f"{g['median']:.3f} ({g['min']:.3f}–{g['max']:.3f})"
 
 
+THROUGHPUT_SUITES = ("dataplane", "datapath", "wireguard", "transport", "networks")
+
+
+def suite_cpu(suite: dict[str, Any] | None) -> int | None:
+    """The CPU a suite's iperf3 runs were pinned to (`--cpu`), None when unpinned."""
+    suite = suite or {}
+    cpu = (suite.get("params") or {}).get("cpu", suite.get("cpu"))  # `bench networks`: no params
+    return cpu if isinstance(cpu, int) and not isinstance(cpu, bool) else None
+
+
+def pinned_cpu(results: dict[str, Any]) -> int | None:
+    """The CPU of this run's own throughput suites (not of one added with its own command)."""
+    for name in THROUGHPUT_SUITES:
+        suite = results.get(name)
+        if isinstance(suite, dict) and not suite.get("command") and suite_cpu(suite) is not None:
+            return suite_cpu(suite)
+    return None
+
+
+def pinned_sentence(cpu: int | None) -> str:
+    if cpu is None:
+        return ""
+    return (f" iperf3 client and server pinned to CPU {cpu} (`--cpu {cpu}`): the whole path runs on that CPU, "
+            "so the throughput figures measure its CPU cost per byte.")
+
+
 def _run_line(suite: dict[str, Any]) -> list[str]:
     """The command and time of a suite run on its own (`crossnet bench report --add`)."""
     if not suite.get("command"):
         return []
     return ["```", suite["command"], "```", "",
             (f"Run {suite.get('started')} ({suite.get('elapsed_s')} s), git {suite.get('git') or '?'}, "
-             f"load average (1/5/15 min) at its start {suite.get('load')}."), ""]
+             f"load average (1/5/15 min) at its start {suite.get('load')}.{pinned_sentence(suite_cpu(suite))}"), ""]
 
 
 def _wireguard_md(wg: dict[str, Any]) -> list[str]:
@@ -863,7 +888,8 @@ def render(results: dict[str, Any], img: dict[str, str]) -> str:
         f"Machine: {m.get('cores')} cores ({m.get('cpu')}), {m.get('memory_mb')} MB, kernel {m.get('kernel')}, "
         f"Python {m.get('python')}, pyroute2 {m.get('pyroute2')}, {m.get('iperf3') or 'no iperf3'}, "
         f"{m.get('ovs') or 'no OVS'}, {m.get('podman') or 'no podman'}. "
-        f"Load average (1/5/15 min) at start {m.get('loadavg')}, at the end {load_end}.")
+        f"Load average (1/5/15 min) at start {m.get('loadavg')}, at the end {load_end}."
+        + pinned_sentence(pinned_cpu(results)))
     if results.get("load_note"):
         out.append("")
         out.append(results["load_note"])

@@ -1,6 +1,14 @@
 """Bounded traffic between two network namespaces: iperf3 TCP throughput and ping
 RTT. Every run is limited in count and time; servers are started by us and
-stopped by pid."""
+stopped by pid.
+
+`cpu`: iperf3's client and server pinned to that one CPU (`-A`), so the whole path
+(sender, the veths' softirq work on the sending CPU's backlog, receiver) runs on it
+and a run measures the path's CPU cost per byte instead of where the scheduler put
+the two processes (docs/benchmarks.md). iperf3 3.12: a server started with `-A N`
+stays on N for every test; a client's `-A N,M` runs the client on N and asks the
+server to run that one test on M (it returns to its own affinity after). The client
+sends `-A N,N`, so both ends are on N even with a server started unpinned."""
 
 from __future__ import annotations
 
@@ -23,15 +31,28 @@ class TrafficError(RuntimeError):
     pass
 
 
+def server_argv(port: int = IPERF_PORT, cpu: int | None = None) -> list[str]:
+    """iperf3's server (--idle-timeout: a server we fail to stop still exits on its own)."""
+    argv = ["iperf3", "-s", "-p", str(port), "--idle-timeout", "120"]
+    return argv if cpu is None else [*argv, "-A", str(cpu)]
+
+
+def client_argv(server_addr: str, secs: int, port: int = IPERF_PORT, cpu: int | None = None) -> list[str]:
+    """One TCP run with JSON output; with `cpu`, `-A cpu,cpu`: the client and this
+    test's server side on that CPU."""
+    argv = ["iperf3", "-c", server_addr, "-p", str(port), "-t", str(secs), "-J", "--connect-timeout", "3000"]
+    return argv if cpu is None else [*argv, "-A", f"{cpu},{cpu}"]
+
+
 @dataclass
 class IperfServer:
     netns: str
     port: int = IPERF_PORT
+    cpu: int | None = None  # pinned to this CPU (`-A`), else wherever the scheduler puts it
     proc: subprocess.Popen | None = None
 
     def start(self) -> "IperfServer":
-        # --idle-timeout: a server we fail to stop still exits on its own
-        argv = netns_argv(self.netns, ["iperf3", "-s", "-p", str(self.port), "--idle-timeout", "120"])
+        argv = netns_argv(self.netns, server_argv(self.port, self.cpu))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         time.sleep(0.3)
@@ -60,12 +81,11 @@ class IperfServer:
 
 
 def iperf_gbps(client_ns: str, server_addr: str, duration: float, port: int = IPERF_PORT,
-               tries: int = 3) -> tuple[float, int | None]:
+               tries: int = 3, cpu: int | None = None) -> tuple[float, int | None]:
     """One TCP run of `duration` seconds: receiver-side throughput in Gbit/s and the
-    sender's TCP retransmissions."""
+    sender's TCP retransmissions. `cpu`: client and server pinned to that CPU."""
     secs = max(1, int(round(duration)))
-    argv = netns_argv(client_ns, ["iperf3", "-c", server_addr, "-p", str(port), "-t", str(secs), "-J",
-                                  "--connect-timeout", "3000"])
+    argv = netns_argv(client_ns, client_argv(server_addr, secs, port, cpu))
     last = ""
     for attempt in range(tries):
         res = run_measured(argv, timeout=secs + 20)

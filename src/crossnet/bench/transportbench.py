@@ -24,8 +24,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, ratio, summary
-from crossnet.bench.util import median_ratio, pair_ratios, round_ratios
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    median_ratio,
+    pair_ratios,
+    ratio,
+    round_ratios,
+    summary,
+)
 
 FILTER = "cnbenchblk"
 FALLBACK_BOUND = 30.0  # s: give up waiting (reported as a failure)
@@ -93,8 +101,8 @@ def _fallback_once(lab: Any, src_ns: str, dst: str) -> float | None:
 ROUND = ("auto (vxlan picked)", "vxlan alone", "auto (wireguard picked)", "wireguard alone", "underlay")
 
 
-def _interleaved(auto: Any, alone: dict[str, Any], repeats: int, duration: float, ping_count: int
-                 ) -> dict[str, Any]:
+def _interleaved(auto: Any, alone: dict[str, Any], repeats: int, duration: float, ping_count: int,
+                 cpu: int | None = None) -> dict[str, Any]:
     """The per-peer throughput rounds (auto's filter is up: h1 → h2 on wireguard, h1 → h3 on vxlan)."""
     from crossnet.bench.dataplane import paired
 
@@ -105,7 +113,7 @@ def _interleaved(auto: Any, alone: dict[str, Any], repeats: int, duration: float
              "underlay": (h1.netns, h3.netns, h3.address)}
     for backend, lab in alone.items():
         paths[f"{backend} alone"] = (_container(lab, "h1")[0], *_container(lab, "h2"))
-    res = paired({k: paths[k] for k in ROUND}, repeats, duration, ping_count)
+    res = paired({k: paths[k] for k in ROUND}, repeats, duration, ping_count, cpu=cpu)
     under = res["underlay"]["gbps"]
     rows = [{"name": k, "status": "ok", "overlay": res[k], "ratio": ratio(res[k]["gbps"]["median"], under["median"], 4)}
             for k in ROUND if k != "underlay"]
@@ -128,7 +136,8 @@ def run(rc: RunContext, samples: int = 3, repeats: int = 3, duration: float = 3.
     if not shutil.which("wireguard-go") and not Path("/sys/module/wireguard").exists():
         raise Skip("no wireguard kernel module and wireguard-go not installed")
     out: dict[str, Any] = {"suite": "transport", "status": "ok", "rows": [],
-                           "params": {"samples": samples, "repeats": repeats, "duration_s": duration}}
+                           "params": {"samples": samples, "repeats": repeats, "duration_s": duration,
+                                      "cpu": rc.cpu}}
     t_all = time.monotonic()
     opts = {"hosts": 3, "underlay": "l3", "backend": "auto", "containers": 1, "extra": {"store": "etcd", "ttl": 5}}
     l3 = {"hosts": 3, "underlay": "l3", "containers": 1}
@@ -159,7 +168,8 @@ def run(rc: RunContext, samples: int = 3, repeats: int = 3, duration: float = 3.
                 if _wait_transport(lab, [("h1", "h2"), ("h2", "h1")], "wireguard", 30) is None:
                     raise RuntimeError("h1 and h2 did not move to wireguard with UDP 4789 filtered")
                 rc.log(f"transport: {repeats} interleaved rounds of {', '.join(ROUND)}")
-                thr = _interleaved(lab, {"vxlan": vx, "wireguard": wg}, repeats, duration, ping_count)
+                thr = _interleaved(lab, {"vxlan": vx, "wireguard": wg}, repeats, duration, ping_count,
+                                   cpu=rc.cpu)
             finally:
                 _unblock(lab)
     out["rows"] = thr["rows"]

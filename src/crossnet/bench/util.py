@@ -367,6 +367,7 @@ class RunContext:
     log: Callable[[str], None] = lambda _m: None
     memory: list[dict[str, Any]] = field(default_factory=list)
     profile: bool = False  # profile slow paths with pyinstrument when a target is missed
+    cpu: int | None = None  # iperf3's client and server pinned to this CPU (`--cpu`), else unpinned
 
     def note_memory(self, process: str, what: str, maxrss_kb: int | None) -> None:
         if maxrss_kb:

@@ -23,7 +23,15 @@ import shutil
 import time
 from typing import Any
 
-from crossnet.bench.util import RunContext, Skip, bench_lab, median_ratio, pair_ratios, ratio, round_ratios
+from crossnet.bench.util import (
+    RunContext,
+    Skip,
+    bench_lab,
+    median_ratio,
+    pair_ratios,
+    ratio,
+    round_ratios,
+)
 
 PATHS = ("wireguard", "manual-wireguard", "vxlan", "underlay")  # the order of a round (reversed every other one)
 
@@ -45,7 +53,8 @@ def run(rc: RunContext, repeats: int = 6, duration: float = 3.0, ping_count: int
         raise Skip("no wireguard kernel module and wireguard-go not installed")
     t0 = time.monotonic()
     out: dict[str, Any] = {"suite": "wireguard", "status": "ok",
-                           "params": {"repeats": repeats, "duration_s": duration, "ping_count": ping_count}}
+                           "params": {"repeats": repeats, "duration_s": duration, "ping_count": ping_count,
+                                      "cpu": rc.cpu}}
     with bench_lab({"hosts": 6, "underlay": "l2", "backend": "wireguard", "containers": 1}, apply=False) as lab, \
             bench_lab({"hosts": 2, "underlay": "l2", "backend": "vxlan", "containers": 1}) as plain:
         h1, h2, h3, h4, h5, h6 = lab.hosts[:6]
@@ -68,7 +77,7 @@ def run(rc: RunContext, repeats: int = 6, duration: float = 3.0, ping_count: int
             mtus = {"wireguard": lab.status(h2.name).get("mtu"), "manual-wireguard": built.container_mtu,
                     "vxlan": plain.status(p2.name).get("mtu"), "underlay": 1500}
             rc.log(f"wireguard: {repeats} interleaved rounds of {', '.join(PATHS)}")
-            res = paired({k: paths[k] for k in PATHS}, repeats, duration, ping_count)
+            res = paired({k: paths[k] for k in PATHS}, repeats, duration, ping_count, cpu=rc.cpu)
         finally:
             layout.teardown()
     under = res["underlay"]["gbps"]

@@ -47,6 +47,31 @@ def _ints(value: str | None, what: str) -> tuple[int, ...] | None:
     return out
 
 
+def _cpu_ranges(cpus: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5" (as Cpus_allowed_list writes them)."""
+    out: list[str] = []
+    for c in cpus:
+        if out and out[-1].rpartition("-")[2] == str(c - 1):
+            out[-1] = f"{out[-1].partition('-')[0]}-{c}"
+        else:
+            out.append(str(c))
+    return ",".join(out)
+
+
+def _cpu_option(_ctx: Any, _param: Any, value: str | None) -> int | None:
+    """--cpu: a CPU this process may run on (os.sched_getaffinity), else unpinned (None)."""
+    if value is None:
+        return None
+    allowed = sorted(os.sched_getaffinity(0))
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()):
+        raise ConfigError(f"--cpu: expected one CPU number ({_cpu_ranges(allowed)}), got {value!r}")
+    cpu = int(text)
+    if cpu not in allowed:
+        raise ConfigError(f"--cpu: CPU {cpu} is not one this machine lets crossnet run on ({_cpu_ranges(allowed)})")
+    return cpu
+
+
 def _names(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -171,9 +196,13 @@ def _print_human(res: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from crossnet.bench.report import pinned_cpu
     from crossnet.bench.targets import verdict
 
     con = Console(width=None if sys.stdout.isatty() else 160)
+    cpu = pinned_cpu(res)
+    if cpu is not None:
+        con.print(f"iperf3 client and server pinned to CPU {cpu} (--cpu {cpu})")
     dp = res.get("dataplane")
     if dp and dp.get("rows"):
         t = Table(title="data plane: TCP throughput and RTT, container→container vs host→host (same lab)",
@@ -299,13 +328,14 @@ def _print_human(res: dict[str, Any]) -> None:
     con.print(f"{res.get('elapsed_s')} s")
 
 
-def _one_suite(suite: str, fn: Callable[[Any], dict[str, Any]], output: str, save: str | None) -> None:
+def _one_suite(suite: str, fn: Callable[[Any], dict[str, Any]], output: str, save: str | None,
+               cpu: int | None = None) -> None:
     """A command running one suite of its own (`bench transport`, `bench networks`):
     results under `suite`, or why it was skipped; the targets evaluated."""
     _require_root()
     from crossnet.bench.util import RunContext, Skip
 
-    rc = RunContext(log=_logger(output))
+    rc = RunContext(log=_logger(output), cpu=cpu)
     t0 = time.monotonic()
     res = _header(False)
     with _sigterm_as_interrupt():
@@ -365,6 +395,9 @@ OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), def
 SAVE = click.option("--save", type=click.Path(dir_okay=False), help="Also write the JSON results to this file.")
 REPORT = click.option("--report", "report", is_flag=True, help="Write docs/benchmarks.md + docs/img/*.png.")
 DOCS = click.option("--docs", default="docs", show_default=True, help="Docs directory for --report.")
+CPU = click.option("--cpu", metavar="N", callback=_cpu_option,
+                   help="Pin every iperf3 client and server to CPU N (iperf3 -A): the whole path runs on one CPU, "
+                        "so rounds agree to a few percent (docs/benchmarks.md). Default: unpinned.")
 QUICK_OPT = click.option("--quick", is_flag=True,
                          help="Short runs for the CI smoke test (whole `bench all` < 3 min): MTU 1500 only, "
                               "1 s iperf3 runs, fewer containers, a 4-host agent lab.")
@@ -421,11 +454,12 @@ def register(main: click.Group) -> None:
     @bench.command("dataplane")
     @QUICK_OPT
     @_dataplane_options
+    @CPU
     @OUTPUT
     @SAVE
     @REPORT
     @DOCS
-    def dataplane_cmd(quick, backends, mtu, repeats, duration, ping_count, no_manual, output, save, report, docs):
+    def dataplane_cmd(quick, backends, mtu, repeats, duration, ping_count, no_manual, cpu, output, save, report, docs):
         """Per backend a 4-host lab: iperf3 TCP and ping, container→container vs host→host.
 
         h1, h2 run crossnet with one container each (the path under test); h3 → h4,
@@ -441,7 +475,7 @@ def register(main: click.Group) -> None:
         from crossnet.bench.util import RunContext
 
         s = _settings(quick, mtus=_ints(mtu, "--mtu"), repeats=repeats, duration=duration, ping_count=ping_count)
-        rc = RunContext(quick=quick, log=_logger(output))
+        rc = RunContext(quick=quick, log=_logger(output), cpu=cpu)
         t0 = time.monotonic()
         res = _header(quick)
         with _sigterm_as_interrupt():
@@ -479,15 +513,16 @@ def register(main: click.Group) -> None:
                        "round with the next, run in the other order).")
     @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
                   help="Seconds per iperf3 run.")
+    @CPU
     @OUTPUT
     @SAVE
-    def transport_cmd(samples, repeats, duration, output, save):
+    def transport_cmd(samples, repeats, duration, cpu, output, save):
         """Backend auto (docs/transport.md): fallback time when UDP 4789 is filtered
         between two hosts, and per-peer throughput vs the picked backend alone."""
         from crossnet.bench import transportbench
 
         _one_suite("transport", lambda rc: transportbench.run(rc, samples=samples, repeats=repeats, duration=duration),
-                   output, save)
+                   output, save, cpu)
 
     @bench.command("networks")
     @click.option("--rounds", type=click.IntRange(4, 200), default=24, show_default=True,
@@ -497,9 +532,10 @@ def register(main: click.Group) -> None:
                   help="Seconds per iperf3 run.")
     @click.option("--datapath", type=click.Choice(["kernel", "ebpf"]), default="kernel", show_default=True,
                   help="The lab's datapath (docs/datapath.md); ebpf: target row networks-isolation-ebpf.")
+    @CPU
     @OUTPUT
     @SAVE
-    def networks_cmd(rounds, duration, datapath, output, save):
+    def networks_cmd(rounds, duration, datapath, cpu, output, save):
         """Isolated networks (docs/networks.md): vxlan throughput with a second, isolated
         network vs one network. Two host pairs take turns carrying the second network
         (re-applied between rounds, blocks Q P P Q), so the figure compares each pair with
@@ -509,7 +545,7 @@ def register(main: click.Group) -> None:
         from crossnet.bench import netisobench
 
         _one_suite("networks", lambda rc: netisobench.run(rc, rounds=rounds, duration=duration, datapath=datapath),
-                   output, save)
+                   output, save, cpu)
 
     @bench.command("datapath")
     @click.option("--backends", type=CommaChoice(["host-gw", "vxlan"]), default="host-gw,vxlan", show_default=True,
@@ -520,9 +556,10 @@ def register(main: click.Group) -> None:
     @click.option("--duration", type=click.FloatRange(1, 60), default=5.0, show_default=True,
                   help="Seconds per iperf3 run.")
     @click.option("--ping-count", type=click.IntRange(5, 2000), default=200, show_default=True, help="Pings per path.")
+    @CPU
     @OUTPUT
     @SAVE
-    def datapath_cmd(backends, mtu, repeats, duration, ping_count, output, save):
+    def datapath_cmd(backends, mtu, repeats, duration, ping_count, cpu, output, save):
         """`datapath: ebpf` vs `datapath: kernel` (docs/datapath.md) for host-gw and vxlan:
         TCP throughput ÷ the underlay, ebpf ÷ kernel, RTT p50 overhead, the three paths
         interleaved in the same rounds (a kernel lab with the underlay, an ebpf lab)."""
@@ -530,7 +567,8 @@ def register(main: click.Group) -> None:
 
         mtus = _ints(mtu, "--mtu")
         _one_suite("datapath", lambda rc: datapathbench.run(rc, _names(backends), mtus=mtus, repeats=repeats,
-                                                            duration=duration, ping_count=ping_count), output, save)
+                                                            duration=duration, ping_count=ping_count), output, save,
+                   cpu)
 
     @bench.command("wireguard")
     @click.option("--repeats", type=click.IntRange(1, 50), default=6, show_default=True,
@@ -538,14 +576,15 @@ def register(main: click.Group) -> None:
                        "with the next, run in the other order).")
     @click.option("--duration", type=click.FloatRange(1, 60), default=3.0, show_default=True,
                   help="Seconds per iperf3 run.")
+    @CPU
     @OUTPUT
     @SAVE
-    def wireguard_cmd(repeats, duration, output, save):
+    def wireguard_cmd(repeats, duration, cpu, output, save):
         """Backend wireguard vs the same WireGuard set up by hand (wireguard-go, wg, ip),
         crossnet unencrypted (vxlan) and the underlay, interleaved in the same rounds."""
         from crossnet.bench import wgbench
 
-        _one_suite("wireguard", lambda rc: wgbench.run(rc, repeats=repeats, duration=duration), output, save)
+        _one_suite("wireguard", lambda rc: wgbench.run(rc, repeats=repeats, duration=duration), output, save, cpu)
 
     @bench.command("mesh")
     @QUICK_OPT
@@ -575,12 +614,13 @@ def register(main: click.Group) -> None:
     @QUICK_OPT
     @_dataplane_options
     @_control_options
+    @CPU
     @OUTPUT
     @SAVE
     @REPORT
     @DOCS
     def all_cmd(quick, backends, mtu, repeats, duration, ping_count, no_manual, attach_count, cli_count, peers,
-                peer_backends, cni_count, podman_runs, profile, output, save, report, docs):
+                peer_backends, cni_count, podman_runs, profile, cpu, output, save, report, docs):
         """Both suites, one results object (and with --report, docs/benchmarks.md)."""
         _require_root()
         from crossnet.bench.util import RunContext
@@ -589,7 +629,7 @@ def register(main: click.Group) -> None:
                       attach_count=attach_count, cli_count=cli_count, peer_sizes=_ints(peers, "--peers"),
                       peer_backends=tuple(_names(peer_backends)) if peer_backends else None, cni_count=cni_count,
                       podman_runs=podman_runs)
-        rc = RunContext(quick=quick, log=_logger(output))
+        rc = RunContext(quick=quick, log=_logger(output), cpu=cpu)
         t0 = time.monotonic()
         res = _header(quick)
         with _sigterm_as_interrupt():
