@@ -325,6 +325,19 @@ def open_lock_file(path: str | os.PathLike[str]) -> int:
     raise ConfigError(f"lock file {path}: cannot make it private (someone keeps replacing it)")
 
 
+def drop_lock_file(path: Path, made: list[Path]) -> None:
+    """Remove a lock file while still holding it (a process that opened it meanwhile finds
+    it unlinked, lock_fd, and takes a new one), then the directories ``made`` for it
+    (deepest first), each only while empty."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    for d in made:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 def lock_fd(path: str | os.PathLike[str], operation: int = fcntl.LOCK_EX) -> int:
     """open_lock_file + flock(operation); retried when the file was replaced while we
     waited (so two processes never hold locks on different inodes of the same path).
@@ -424,12 +437,6 @@ class StateDir:
         finally:
             try:
                 if fresh and not self.applied_path.exists() and not self.ipam_path.exists():
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-                    for d in missing:  # deepest first
-                        try:
-                            d.rmdir()
-                        except OSError:
-                            break
+                    drop_lock_file(path, missing)
             finally:
                 os.close(fd)

@@ -205,7 +205,7 @@ def launch_lock(state_root: str | os.PathLike[str]) -> Iterator[None]:
     `crossnet launch` on this state dir meanwhile is refused instead of taking that state
     for a half-made one. The lock file is removed at the end (still held), and so are the
     state directories this call created while they are empty."""
-    from crossnet.state import ensure_state_dir, lock_fd
+    from crossnet.state import drop_lock_file, ensure_state_dir, lock_fd
 
     root = Path(state_root)
     missing = [d for d in (root, *root.parents) if not d.exists()]
@@ -219,13 +219,7 @@ def launch_lock(state_root: str | os.PathLike[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        try:  # removed while held: whoever opened it meanwhile finds it unlinked (lock_fd) and retries
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            for d in missing:  # deepest first; kept once not empty
-                try:
-                    d.rmdir()
-                except OSError:
-                    break
+        try:
+            drop_lock_file(path, missing)
         finally:
             os.close(fd)
