@@ -389,14 +389,11 @@ static __always_inline int decap(struct __sk_buff *skb)
 	/* VXLAN of this host: the inner packet meets the same checks as the device's output */
 	if (route(skb, &fib, &cfg, &verdict, 0, VXLAN_ENCAP_LEN) < 0 || !cfg)
 		return verdict;
-	data = (void *)(long)skb->data;
+	data = (void *)(long)skb->data; /* route() may have pulled: the pointers again (its checks hold) */
 	data_end = (void *)(long)skb->data_end;
-	eth = data + VXLAN_ENCAP_LEN;
 	iph = data + inner_ip;
 	if ((void *)(iph + 1) > data_end)
 		return count(CN_PASS_MALFORMED, TC_ACT_OK);
-	if (eth->h_proto != bpf_htons(ETH_P_IP))
-		return count(CN_PASS_NOT_IPV4, TC_ACT_OK);
 	if (!veth_of(fib.ifindex, iph->daddr))
 		return count(CN_PASS_TARGET, TC_ACT_OK);
 	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_ENCAP_LEN, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_FIXED_GSO))
