@@ -24,7 +24,7 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -451,30 +451,34 @@ class BpfConfig(Resource):
         except (TypeError, ValueError) as exc:
             raise ApplyError(f"ebpf: bad vxlan encapsulation in the configuration: {exc}") from None
 
-    def describe(self) -> str:
-        lines = []
-        local, port = self.encap()
-        for slot, (net, vxlan, vni) in enumerate(self.entries()):
-            addr = " ".join(f"{b:02x}" for b in net.network_address.packed + net.netmask.packed)
-            vx = f"<ifindex of {vxlan}, 4 bytes little endian>" if vxlan else "00 00 00 00"
-            tail = " ".join(f"{b:02x}" for b in struct.pack("=I", vni if vxlan and port else 0)
-                            + (local.packed if vxlan and port else bytes(4))
-                            + struct.pack(">H", port if vxlan else 0) + bytes(2))
-            key = " ".join(f"{b:02x}" for b in maps.config_key(slot))
-            lines.append(f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex {key} value hex "
-                         f"{addr} <ifindex of {self.iface}, 4 bytes little endian> {vx} {tail}  # {net}")
-        return "; ".join(lines)
-
-    def want(self, env: Env) -> list[maps.Config]:
-        underlay = env.require_index(self.iface)
+    def slots(self, index: Callable[[str], int]) -> list[maps.Config]:
+        """The map's entries, in slot order; ``index`` gives a device's ifindex."""
+        underlay = index(self.iface)
         local, port = self.encap()
         out = []
         for net, vx, vni in self.entries():
             if vx and port:  # the programs make and take apart this device's VXLAN
-                out.append(maps.Config(net, underlay, env.require_index(vx), vni, local, port))
+                out.append(maps.Config(net, underlay, index(vx), vni, local, port))
             else:
-                out.append(maps.Config(net, underlay, env.require_index(vx) if vx else 0))
+                out.append(maps.Config(net, underlay, index(vx) if vx else 0))
         return out
+
+    def describe(self) -> str:
+        def hexs(raw: bytes) -> str:
+            return " ".join(f"{b:02x}" for b in raw)
+
+        lines = []
+        # the packed slots with ifindex 0, shown as placeholders: the layout is maps.Config's
+        for slot, ((net, vxlan, _), one) in enumerate(zip(self.entries(), self.slots(lambda _dev: 0))):
+            raw = one.pack()
+            vx = f"<ifindex of {vxlan}, 4 bytes little endian>" if vxlan else hexs(raw[12:16])
+            lines.append(f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex "
+                         f"{hexs(maps.config_key(slot))} value hex {hexs(raw[:8])} <ifindex of {self.iface}, "
+                         f"4 bytes little endian> {vx} {hexs(raw[16:])}  # {net}")
+        return "; ".join(lines)
+
+    def want(self, env: Env) -> list[maps.Config]:
+        return self.slots(env.require_index)
 
     def check(self, env: Env) -> bool:
         try:
@@ -619,7 +623,7 @@ def host_resources(ctx: HostContext) -> list[Resource]:
     obj = _object()
     directory = pin_dir(ctx.state_dir, obj)
     vxlan = vxlan_device(ctx)
-    own = ctx.backend == "vxlan"  # the programs' own VXLAN (backend auto's peers: the device's)
+    own = own_vxlan(ctx)
     out: list[Resource] = [BpfPrograms(directory, str(obj)),
                            BpfConfig(directory, str(ctx.network), ctx.iface, vxlan, vni=ctx.vni if own else 0,
                                      local=str(ctx.address) if own else None, port=ctx.port if own else 0)]
@@ -627,6 +631,12 @@ def host_resources(ctx: HostContext) -> list[Resource]:
     if vxlan:
         out.append(TcProgram(vxlan, directory, "cn_to_container"))
     return out
+
+
+def own_vxlan(ctx: HostContext) -> bool:
+    """The programs make and take apart the VXLAN frames themselves: backend vxlan (backend
+    auto's vxlan peers keep the device's encapsulation)."""
+    return ctx.backend == "vxlan"
 
 
 def _object() -> Path:
@@ -640,7 +650,7 @@ def _object() -> Path:
 
 def vtep_resources(ctx: HostContext, dev: str, nexthop: str, underlay: str) -> list[Resource]:
     """A vxlan peer's entry for the programs' own encapsulation (backend vxlan)."""
-    if ctx.backend != "vxlan":
+    if not own_vxlan(ctx):
         return []
     return [BpfVtep(pin_dir(ctx.state_dir, _object()), dev, nexthop, underlay)]
 
