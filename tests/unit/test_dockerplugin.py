@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -309,7 +310,14 @@ def test_the_request_path_writes_the_ipam_twice(env, monkeypatch):
     monkeypatch.setattr(p, "_write_soon", lambda: woken.append(1))  # the writer thread, driven by hand here
     syncs = []
     real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(os.path.isdir(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    me = threading.get_ident()  # the request path runs here (other threads of the worker may fsync too)
+
+    def fsync(fd):
+        if threading.get_ident() == me:
+            syncs.append(os.path.isdir(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     addr = call(p, "/IpamDriver.RequestAddress", {"PoolID": POOL_ID})["Address"]
     assert syncs == [False]
     before = _stamp(env.tmp / "ipam.json")
