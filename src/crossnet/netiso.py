@@ -3,21 +3,30 @@
 Pure: given this host's context of every network (the top-level one named ``default``),
 the nftables tables that keep them apart, as two `NftTable` resources of crossnet's own
 (``inet crossnet_iso`` and ``arp crossnet_iso``). For every network N (bridge brN, this
-host's subnet sN, network netN) and O = every other network's CIDR:
+host's subnet sN, network netN) and every other network O (bridge brO, network netO):
 
-    forward  iifname brN ip saddr != sN        drop  counter N_spoof    (a container sends only from its subnet)
-             ip saddr netN ip daddr O          drop  counter N_cross    (this host's and every other host's)
-             iifname brN oifname <other bridges> drop counter N_cross   (whatever else is routed)
-    input    iifname brN ip saddr != sN        drop  counter N_spoof
-             iifname brN ip daddr O            drop  counter N_gateway  (the other networks' gateways are this host's)
-             ip saddr netN ip daddr O          drop  counter N_gateway  (… also from N's containers on other hosts)
-    arp in   iifname brN arp daddr ip O        drop  counter N_arp      (no ARP answer for another network's gateway)
-             iifname brN arp saddr ip != sN    drop  counter N_arp
+    forward  iifname vmap { brN : jump N_bridge, … }          (what N's containers send)
+             ip saddr vmap { netN : jump N_forward, … }       (what any of N's addresses send)
+    input    iifname vmap { brN : jump N_bridge, … }
+             ip saddr vmap { netN : jump N_input, … }
+    N_bridge   ip saddr != sN      drop  counter N_spoof    (a container sends only from its subnet)
+               oifname { brO, … }  drop  counter N_cross    (whatever else is routed; never in input)
+    N_forward  ip daddr netO       drop  counter N_cross    (one rule per O: this host's and every other host's)
+    N_input    ip daddr netO       drop  counter N_gateway  (the other networks' gateways are this host's)
+    arp in   iifname brN arp daddr ip netO drop  counter N_arp      (no ARP answer for another network's gateway)
+             iifname brN arp saddr ip != sN drop counter N_arp
+
+Every packet meets at most two verdict-map lookups and the rules of its own network's
+chains, whatever the number of networks: the per-pair rules this replaced
+(``ip saddr netN ip daddr netO`` for every N and O in one chain) were evaluated one by one
+for every forwarded packet (docs/networks.md#cost has what each layout costs). A source
+that passed N_bridge is in sN, inside netN, so its packets also go through N_forward /
+N_input.
 
 With routed container veths (``datapath: ebpf``, docs/datapath.md) there is no bridge per
 network: a container's host veth (``cnv…``, crossnet.containers.host_ifname) has no master
 and a /32 route to the container. nftables cannot tell a routed veth's network from its
-name, so the rules above that name a bridge become
+name, so the bridge verdict map becomes
 
     forward  iifname "cnv*" fib saddr . iif oif missing  drop  counter spoof   (strict reverse path:
     input    iifname "cnv*" fib saddr . iif oif missing  drop  counter spoof    a container sends only
@@ -26,13 +35,16 @@ name, so the rules above that name a bridge become
 
 (requests only: the host resolves a routed container by ARP from whichever of its addresses
 the kernel picks, possibly another network's gateway on ``lo``, so replies must pass) and
-the address rules (``ip saddr netN ip daddr O``) do the rest: a source that passed the
-reverse-path check is the container's own address, in its own network. (The eBPF programs
-forward only within one network: crossnet.ebpf, bpf/crossnet_tc.c.)
+the address chains do the rest: a source that passed the reverse-path check is the
+container's own address, in its own network. (The eBPF programs forward only within one
+network: crossnet.ebpf, bpf/crossnet_tc.c.)
 
 Both tables are replaced atomically (`NftTable.ensure`), so adding or removing a network
 never opens nor closes anything for the others. The text is what `nft list table` prints
-back, line for line (`NftTable.check`).
+back, line for line, but for the order of a set's elements, which nft chooses
+(`NftTable.check`). Sets hold only names and verdicts: nft would merge adjacent prefixes
+of an address set (``{ 10.250.0.0/16, 10.251.0.0/16 }`` lists back as ``10.250.0.0/15``),
+so addresses get one rule each; the saddr map cannot merge (one verdict per network).
 
 With ovs-gre/ovs-vxlan the tunnel is a port of brN (its OVS bridge's internal port), so
 frames of N's containers on other hosts, and ARP of their gateways, enter through brN:
@@ -42,6 +54,8 @@ bridge and tunnel key).
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 from crossnet.backends.base import HostContext
 from crossnet.plan.resources import NftTable, Resource
@@ -74,48 +88,48 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     none for a single network."""
     if len(nets) < 2:
         return []
-    if routed(nets):
-        return _routed_resources(nets)
-    fwd: list[str] = []  # the order `nft list` prints them back in
-    inp: list[str] = []
+    routed_veths = routed(nets)
+    chains: list[tuple[str, list[str]]] = []  # the regular chains, in the order `nft list` prints them
     arp: list[str] = []
     for name, ctx in nets.items():
-        br, sub, net = f'"{ctx.bridge}"', spoof_sources(ctx), str(ctx.network)
-        others = [o for n, o in nets.items() if n != name]  # one rule each: nft merges and reorders set elements
-        fwd.append(f'iifname {br} ip saddr != {sub} counter name "{name}_spoof" drop')
-        inp.append(f'iifname {br} ip saddr != {sub} counter name "{name}_spoof" drop')
-        arp.append(f'iifname {br} arp saddr ip != {sub} counter name "{name}_arp" drop')
-        for o in others:
-            fwd += [f'ip saddr {net} ip daddr {o.network} counter name "{name}_cross" drop',
-                    f'iifname {br} oifname "{o.bridge}" counter name "{name}_cross" drop']
-            inp += [f'iifname {br} ip daddr {o.network} counter name "{name}_gateway" drop',
-                    f'ip saddr {net} ip daddr {o.network} counter name "{name}_gateway" drop']
-            arp.append(f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop')
-
-    return _tables(nets, fwd, inp, arp)
-
-
-def _routed_resources(nets: dict[str, HostContext]) -> list[Resource]:
-    """The tables for routed container veths (module docstring)."""
-    spoof = f'iifname {ROUTED_VETHS} fib saddr . iif oif missing counter name "{ROUTED_SPOOF}" drop'
-    fwd, inp, arp = [spoof], [spoof], []
-    for name, ctx in nets.items():
-        for o in (o for n, o in nets.items() if n != name):
-            fwd.append(f'ip saddr {ctx.network} ip daddr {o.network} counter name "{name}_cross" drop')
-            inp.append(f'ip saddr {ctx.network} ip daddr {o.network} counter name "{name}_gateway" drop')
-            arp.append(f'iifname {ROUTED_VETHS} arp operation request arp saddr ip {ctx.network} arp daddr ip {o.network} '
-                       f'counter name "{name}_arp" drop')
-    return _tables(nets, fwd, inp, arp)
+        others = [o for n, o in nets.items() if n != name]
+        if routed_veths:
+            arp += [f'iifname {ROUTED_VETHS} arp operation request arp saddr ip {ctx.network} arp daddr ip {o.network} '
+                    f'counter name "{name}_arp" drop' for o in others]
+        else:
+            br, sub = f'"{ctx.bridge}"', spoof_sources(ctx)
+            bridges = _set(f'"{o.bridge}"' for o in others)
+            chains.append((f"{name}_bridge", [f'ip saddr != {sub} counter name "{name}_spoof" drop',
+                                              f'oifname {bridges} counter name "{name}_cross" drop']))
+            arp.append(f'iifname {br} arp saddr ip != {sub} counter name "{name}_arp" drop')
+            arp += [f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop' for o in others]
+        chains.append((f"{name}_forward", [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others]))
+        chains.append((f"{name}_input", [f'ip daddr {o.network} counter name "{name}_gateway" drop' for o in others]))
+    if routed_veths:
+        first = f'iifname {ROUTED_VETHS} fib saddr . iif oif missing counter name "{ROUTED_SPOOF}" drop'
+    else:
+        first = "iifname vmap " + _set(f'"{ctx.bridge}" : jump {name}_bridge' for name, ctx in nets.items())
+    hooks = {hook: [first, "ip saddr vmap " + _set(f"{ctx.network} : jump {name}_{hook}" for name, ctx in nets.items())]
+             for hook in ("forward", "input")}
+    return _tables(nets, chains, hooks, arp)
 
 
-def _tables(nets: dict[str, HostContext], fwd: list[str], inp: list[str], arp: list[str]) -> list[Resource]:
-    def chain(hook: str, rules: list[str]) -> str:
-        head = f"\ttype filter hook {hook} priority {PRIORITY}; policy accept;"
-        return f"\tchain {hook} {{\n\t{head}\n" + "".join(f"\t\t{r}\n" for r in rules) + "\t}"
+def _set(elements: Iterable[str]) -> str:
+    """An anonymous set as nft lists it back: one element bare, more in braces."""
+    items = list(elements)
+    return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
+
+
+def _tables(nets: dict[str, HostContext], chains: list[tuple[str, list[str]]], hooks: dict[str, list[str]],
+            arp: list[str]) -> list[Resource]:
+    def chain(name: str, rules: list[str], hook: str | None = None) -> str:
+        head = f"\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;\n" if hook else ""
+        return f"\tchain {name} {{\n{head}" + "".join(f"\t\t{r}\n" for r in rules) + "\t}"
 
     def counters(names: list[str]) -> str:
         return "\n".join(f"\tcounter {c} {{\n\t}}" for c in names)
 
-    inet = counters(counter_names(nets)) + "\n\n" + chain("forward", fwd) + "\n\n" + chain("input", inp)
-    arps = counters([f"{n}_arp" for n in nets]) + "\n\n" + chain("input", arp)
+    inet = "\n\n".join([counters(counter_names(nets))] + [chain(n, rules) for n, rules in chains]
+                       + [chain(hook, rules, hook) for hook, rules in hooks.items()])
+    arps = counters([f"{n}_arp" for n in nets]) + "\n\n" + chain("input", arp, "input")
     return [NftTable("inet", TABLE, inet), NftTable("arp", TABLE, arps)]

@@ -235,9 +235,13 @@ def test_isolation_matches_routed_veths(programs):
     spoof = 'iifname "cnv*" fib saddr . iif oif missing counter name "spoof" drop'
     forward, inp = inet.body.split("chain input")
     assert spoof in forward and spoof in inp  # a routed container sends only from its own /32
-    assert f'ip saddr 10.32.0.0/16 ip daddr {BLUE} counter name "default_cross" drop' in forward
-    assert f'ip saddr {BLUE} ip daddr 10.32.0.0/16 counter name "blue_cross" drop' in forward
-    assert f'ip saddr {BLUE} ip daddr 10.32.0.0/16 counter name "blue_gateway" drop' in inp
+    assert f"ip saddr vmap {{ 10.32.0.0/16 : jump default_forward, {BLUE} : jump blue_forward }}" in forward
+    assert f"ip saddr vmap {{ 10.32.0.0/16 : jump default_input, {BLUE} : jump blue_input }}" in inp
+    chains = {c.split(" {")[0]: c.split("{", 1)[1].split("}")[0] for c in inet.body.split("chain ")[1:]}
+    assert f'ip daddr {BLUE} counter name "default_cross" drop' in chains["default_forward"]
+    assert 'ip daddr 10.32.0.0/16 counter name "blue_cross" drop' in chains["blue_forward"]
+    assert 'ip daddr 10.32.0.0/16 counter name "blue_gateway" drop' in chains["blue_input"]
+    assert "blue_bridge" not in chains and "vmap {" not in chains["forward"].split("ip saddr vmap")[0]
     assert f'iifname "cnv*" arp operation request arp saddr ip {BLUE} arp daddr ip 10.32.0.0/16 counter name "blue_arp" drop' in arp.body
     assert netiso.counter_names({"default": ctx, **nets}) == [
         "spoof", "default_cross", "default_gateway", "blue_cross", "blue_gateway"]
@@ -374,5 +378,6 @@ def test_auto_with_networks_isolation_matches_routed_veths(programs):
     tables = netiso.isolation_resources({"default": ctx, **nets})
     inet = next(t for t in tables if t.family == "inet")
     assert 'iifname "cnv*" fib saddr . iif oif missing counter name "spoof" drop' in inet.body
-    assert f'ip saddr {BLUE} ip daddr 10.32.0.0/16 counter name "blue_cross" drop' in inet.body
+    assert f"{BLUE} : jump blue_forward" in inet.body
+    assert 'ip daddr 10.32.0.0/16 counter name "blue_cross" drop' in inet.body.split("chain blue_forward {")[1]
     assert "cn-blue" not in inet.body  # no bridge to name

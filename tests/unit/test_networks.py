@@ -17,6 +17,7 @@ from crossnet.backends.base import HostContext, Peer
 from crossnet.config import parse_cluster
 from crossnet.errors import ConfigError
 from crossnet.netmodel import NetworkConfig
+from crossnet.plan.resources import nft_line
 from crossnet.state import StateDir
 
 HOSTS = [{"name": f"h{i}", "address": f"192.168.9.{i}", "iface": "eth0"} for i in (1, 2, 3)]
@@ -171,26 +172,72 @@ def test_one_network_needs_no_isolation_table():
     assert netiso.isolation_resources({"default": fake_ctx("d", "10.40.0.0/16", "10.40.0.0/24")}) == []
 
 
+def nft_chains(body: str) -> dict[str, list[str]]:
+    """The rules of each chain of an nft table body, by chain name."""
+    out: dict[str, list[str]] = {}
+    name = None
+    for line in (line.strip() for line in body.splitlines()):
+        if line.startswith("chain "):
+            name = line.split()[1]
+            out[name] = []
+        elif line == "}":
+            name = None
+        elif name and line and not line.startswith("type "):
+            out[name].append(line)
+    return out
+
+
+def vmap(rule: str) -> dict[str, str]:
+    """`KEY vmap { k : jump c, … }` -> {k: c}."""
+    inner = rule.split("{ ", 1)[1].rsplit(" }", 1)[0]
+    return dict((k, v.removeprefix("jump ")) for k, v in (e.split(" : ") for e in inner.split(", ")))
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True))
 def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds):
     nets = {f"n{i}": fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24") for i in seconds}
     inet, arp = netiso.isolation_resources(nets)
+    chains = nft_chains(inet.body)
+    for hook in ("forward", "input"):  # two lookups, whatever the number of networks
+        assert len(chains[hook]) == 2, chains[hook]
+        assert chains[hook][0].startswith("iifname vmap ") and chains[hook][1].startswith("ip saddr vmap ")
+        assert vmap(chains[hook][0]) == {f'"{c.bridge}"': f"{n}_bridge" for n, c in nets.items()}
+        assert vmap(chains[hook][1]) == {str(c.network): f"{n}_{hook}" for n, c in nets.items()}
     for a, ca in nets.items():
         assert f"counter {a}_cross {{" in inet.body and f"counter {a}_arp {{" in arp.body
-        assert f'iifname "{ca.bridge}" ip saddr != {ca.subnet} counter name "{a}_spoof" drop' in inet.body
-        for b, cb in nets.items():
-            if a == b:
-                continue
-            assert f'ip saddr {ca.network} ip daddr {cb.network} counter name "{a}_cross" drop' in inet.body
-            assert f'iifname "{ca.bridge}" oifname "{cb.bridge}" counter name "{a}_cross" drop' in inet.body
-            assert f'iifname "{ca.bridge}" ip daddr {cb.network} counter name "{a}_gateway" drop' in inet.body
+        others = [cb for b, cb in nets.items() if b != a]
+        bridges = [f'"{cb.bridge}"' for cb in others]
+        oif = bridges[0] if len(bridges) == 1 else "{ " + ", ".join(bridges) + " }"
+        assert chains[f"{a}_bridge"] == [f'ip saddr != {ca.subnet} counter name "{a}_spoof" drop',
+                                         f'oifname {oif} counter name "{a}_cross" drop']
+        assert chains[f"{a}_forward"] == [f'ip daddr {cb.network} counter name "{a}_cross" drop' for cb in others]
+        assert chains[f"{a}_input"] == [f'ip daddr {cb.network} counter name "{a}_gateway" drop' for cb in others]
+        for cb in others:
             assert f'iifname "{ca.bridge}" arp daddr ip {cb.network} counter name "{a}_arp" drop' in arp.body
-    # every rule uses a counter declared in its table
+        assert f'iifname "{ca.bridge}" arp saddr ip != {ca.subnet} counter name "{a}_arp" drop' in arp.body
+    # every jump has its chain, every rule uses a counter declared in its table
+    assert set(chains) == {"forward", "input"} | {f"{n}_{c}" for n in nets for c in ("bridge", "forward", "input")}
     for table in (inet, arp):
         declared = {line.split()[1] for line in table.body.splitlines() if line.strip().startswith("counter ")}
         used = {line.split('counter name "')[1].split('"')[0] for line in table.body.splitlines() if "counter name" in line}
         assert used <= declared
+
+
+@pytest.mark.parametrize("listed, ours, same", [
+    ('iifname vmap { "cn0" : jump a_bridge, "cn-b" : jump b_bridge }',
+     'iifname vmap { "cn-b" : jump b_bridge, "cn0" : jump a_bridge }', True),
+    ('oifname { "cn-x", "cn-b" } counter name "a_cross" drop', 'oifname { "cn-b", "cn-x" } counter name "a_cross" drop', True),
+    ("\t\tip daddr 10.2.0.0/16 counter name \"a_cross\" drop", 'ip daddr 10.2.0.0/16 counter name "a_cross" drop', True),
+    ('oifname { "cn-x", "cn-b" } counter name "a_cross" drop', 'oifname { "cn-b", "cn-y" } counter name "a_cross" drop', False),
+    ('iifname vmap { "cn0" : jump a_bridge, "cn-b" : jump b_bridge }',
+     'iifname vmap { "cn0" : jump b_bridge, "cn-b" : jump a_bridge }', False),
+    ("chain forward {", "chain forward {", True),
+])
+def test_nft_lines_compare_sets_in_any_order(listed, ours, same):
+    """`NftTable.check` reads a set's elements in whatever order nft lists them (a hash set
+    lists in its own order); anything else still differs."""
+    assert (nft_line(listed) == nft_line(ours)) is same
 
 
 def test_network_state_dirs(tmp_path):

@@ -168,9 +168,12 @@ def test_anti_spoofing_lets_the_networks_own_tunnel_in(backend_name):
         b, ctx, nets = contexts(backend_name)
     tables = {r.family: r.body for r in netiso.isolation_resources({"default": ctx, **nets})}
     src = "10.41.0.0/16" if backend_name != "vxlan" else "10.41.0.0/24"
-    assert f'iifname "cn-blue" ip saddr != {src} counter name "blue_spoof" drop' in tables["inet"]
+    bridge_chain = tables["inet"].split("chain blue_bridge {")[1].split("}")[0]
+    assert f'ip saddr != {src} counter name "blue_spoof" drop' in bridge_chain
+    assert '"cn-blue" : jump blue_bridge' in tables["inet"]
     assert f'iifname "cn-blue" arp saddr ip != {src} counter name "blue_arp" drop' in tables["arp"]
-    assert 'ip saddr 10.41.0.0/16 ip daddr 10.42.0.0/16 counter name "blue_cross" drop' in tables["inet"]
+    assert "10.41.0.0/16 : jump blue_forward" in tables["inet"]
+    assert 'ip daddr 10.42.0.0/16 counter name "blue_cross" drop' in tables["inet"].split("chain blue_forward {")[1]
 
 
 def test_a_named_networks_ovs_bridge_crossnet_did_not_create_is_refused_before_anything_changes(tmp_path):

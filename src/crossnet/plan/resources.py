@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -616,6 +617,15 @@ def nft(script: str) -> subprocess.CompletedProcess:
     return subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True)
 
 
+_NFT_SET = re.compile(r"\{ ([^{}]*) \}")  # an anonymous set or map written on one line
+
+
+def nft_line(line: str) -> str:
+    """A line of nft text with its one-line sets' elements sorted: nft lists a set's
+    elements in an order of its own (a hash set's, not the order they were given in)."""
+    return _NFT_SET.sub(lambda m: "{ " + ", ".join(sorted(m.group(1).split(", "))) + " }", line.strip())
+
+
 @dataclass
 class NftTable(Resource):
     """A whole nftables table owned by crossnet, replaced atomically when it differs."""
@@ -641,8 +651,8 @@ class NftTable(Resource):
         if out.returncode != 0:
             return False
         # compare normalised rule text: every non-empty line of our body must be present, in order
-        have = [line.strip() for line in out.stdout.splitlines() if line.strip()]
-        want = [line.strip() for line in self.body.splitlines() if line.strip()]
+        have = [nft_line(line) for line in out.stdout.splitlines() if line.strip()]
+        want = [nft_line(line) for line in self.body.splitlines() if line.strip()]
         it = iter(have)
         return all(any(w == h for h in it) for w in want)
 
