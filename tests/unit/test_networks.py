@@ -378,3 +378,24 @@ def test_bench_target_networks_crossover_note():
                         "isolation_ratio_min": 0.94, "isolation_ratio_max": 0.98}}
     t = next(t for t in evaluate(res) if t["id"] == "networks-isolation")
     assert t["met"] is False and "95 % interval 0.94–0.98 over 2 blocks" in t["note"]
+
+
+def test_bench_networks_cross_checks_next_to_the_crossover():
+    """The median of the round ratios and the ratio of the medians (session 18's pinned
+    run: 0.991 by blocks, 0.938 by the medians, because a few rounds put the plain pair in a
+    slower mode): both in the result and in the target's detail."""
+    from crossnet.bench.netisobench import cross_checks
+    from crossnet.bench.targets import evaluate
+
+    rounds = [{"isolated": iso, "gbps": {iso: 9.5, ("P" if iso == "Q" else "Q"): 10.0}, "ratio": 0.95}
+              for iso in ("Q", "P", "P", "Q")]
+    rounds[1] = {"isolated": "P", "gbps": {"P": 9.5, "Q": 6.0}, "ratio": round(9.5 / 6.0, 4)}  # plain pair slow once
+    got = cross_checks(rounds)
+    assert got == {"median_round_ratio": 0.95, "ratio_of_medians": 0.95}
+    assert cross_checks([]) == {"median_round_ratio": None, "ratio_of_medians": None}
+    res = {"networks": {"status": "ok", "method": "crossover", "isolation_ratio": 1.05, "blocks": [1.05],
+                        "isolation_ratio_min": 1.05, "isolation_ratio_max": 1.05, **got}}
+    t = next(t for t in evaluate(res) if t["id"] == "networks-isolation")
+    assert "median of the round ratios 0.95; ratio of the medians 0.95" in t["note"]
+    del res["networks"]["median_round_ratio"], res["networks"]["ratio_of_medians"]  # a result saved before
+    assert "median" not in next(t for t in evaluate(res) if t["id"] == "networks-isolation")["note"]

@@ -74,6 +74,19 @@ def crossover(round_ratios: Sequence[float], seed: int = 0) -> dict[str, Any]:
             "ci95": [round(math.exp(percentile(means, 2.5)), 3), round(math.exp(percentile(means, 97.5)), 3)]}
 
 
+def cross_checks(per_round: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """Two plainer figures next to the crossover's: the median of the rounds' ratios and
+    the ratio of the medians (isolated ÷ plain Gbit/s). They keep the pair bias, but a
+    round where one pair falls into a second throughput mode moves them less than it
+    moves a block (docs/benchmarks.md, session 18)."""
+    ratios = [r["ratio"] for r in per_round if r["ratio"] > 0]
+    iso = [r["gbps"][r["isolated"]] for r in per_round]
+    plain = [r["gbps"]["P" if r["isolated"] == "Q" else "Q"] for r in per_round]
+    mid_plain = percentile(plain, 50) if plain else 0.0
+    return {"median_round_ratio": round(percentile(ratios, 50), 3) if ratios else None,
+            "ratio_of_medians": round(percentile(iso, 50) / mid_plain, 3) if mid_plain > 0 else None}
+
+
 DATAPATHS = ("kernel", "ebpf")
 
 
@@ -158,6 +171,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
     out["one_network_gbps"] = summary([r["gbps"]["P" if r["isolated"] == "Q" else "Q"] for r in per_round])
     out["with_isolation_gbps"] = summary([r["gbps"][r["isolated"]] for r in per_round])
     est = crossover([r["ratio"] for r in per_round])
+    out.update(cross_checks(per_round))
     out["blocks"] = est["blocks"]
     out["isolation_ratio"] = est["ratio"]
     out["isolation_ratio_min"], out["isolation_ratio_max"] = est["ci95"]
@@ -165,4 +179,4 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
     return out
 
 
-__all__ = ["DATAPATHS", "block_estimates", "crossover", "roles", "run"]
+__all__ = ["DATAPATHS", "block_estimates", "cross_checks", "crossover", "roles", "run"]

@@ -138,8 +138,11 @@ def _networks_targets(nw: dict[str, Any] | None) -> list[dict[str, Any]]:
 def _networks_note(nw: dict[str, Any]) -> str:
     lo, hi = nw.get("isolation_ratio_min"), nw.get("isolation_ratio_max")
     if nw.get("method") == "crossover":
+        checks = [f"{what} {nw[key]}" for key, what in (("median_round_ratio", "median of the round ratios"),
+                                                         ("ratio_of_medians", "ratio of the medians"))
+                  if nw.get(key) is not None]  # absent from results saved before session 19
         return (f"95 % interval {lo}–{hi} over {len(nw.get('blocks') or [])} blocks of 4 rounds "
-                "(the two host pairs take turns with the second network)")
+                "(the two host pairs take turns with the second network)" + "".join(f"; {c}" for c in checks))
     return f"range {lo}–{hi} (worst/best pairing of repeats)"  # a result saved before the crossover
 
 
