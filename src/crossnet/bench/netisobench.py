@@ -74,14 +74,24 @@ def crossover(round_ratios: Sequence[float], seed: int = 0) -> dict[str, Any]:
             "ci95": [round(math.exp(percentile(means, 2.5)), 3), round(math.exp(percentile(means, 97.5)), 3)]}
 
 
+def plain_pair(isolated: str) -> str:
+    """The pair that ran without the second network in a round where ``isolated`` had it."""
+    return "P" if isolated == "Q" else "Q"
+
+
+def by_role(per_round: Sequence[dict[str, Any]]) -> tuple[list[float], list[float]]:
+    """Each round's Gbit/s of the isolated pair and of the plain pair, in round order."""
+    return ([r["gbps"][r["isolated"]] for r in per_round],
+            [r["gbps"][plain_pair(r["isolated"])] for r in per_round])
+
+
 def cross_checks(per_round: Sequence[dict[str, Any]]) -> dict[str, float | None]:
     """Two plainer figures next to the crossover's: the median of the rounds' ratios and
     the ratio of the medians (isolated ÷ plain Gbit/s). They keep the pair bias, but a
     round where one pair falls into a second throughput mode moves them less than it
     moves a block (docs/benchmarks.md, session 18)."""
     ratios = [r["ratio"] for r in per_round if r["ratio"] > 0]
-    iso = [r["gbps"][r["isolated"]] for r in per_round]
-    plain = [r["gbps"]["P" if r["isolated"] == "Q" else "Q"] for r in per_round]
+    iso, plain = by_role(per_round)
     mid_plain = percentile(plain, 50) if plain else 0.0
     return {"median_round_ratio": round(percentile(ratios, 50), 3) if ratios else None,
             "ratio_of_medians": round(percentile(iso, 50) / mid_plain, 3) if mid_plain > 0 else None}
@@ -153,7 +163,7 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
                 for name in (("P", "Q") if i % 2 == 0 else ("Q", "P")):
                     client, _server, a = paths[name]
                     gbps[name], _retr = traffic.iperf_gbps(client, a, duration, cpu=rc.cpu)
-                plain = "P" if iso == "Q" else "Q"
+                plain = plain_pair(iso)
                 per_round.append({"isolated": iso, "gbps": gbps,
                                   "ratio": round(gbps[iso] / gbps[plain], 4) if gbps[plain] > 0 else 0.0})
                 rc.log(f"networks: round {i + 1}/{rounds}: isolated {iso} {gbps[iso]:.2f}, "
@@ -168,8 +178,8 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
             for srv in servers:
                 srv.stop()
     out["per_round"] = per_round
-    out["one_network_gbps"] = summary([r["gbps"]["P" if r["isolated"] == "Q" else "Q"] for r in per_round])
-    out["with_isolation_gbps"] = summary([r["gbps"][r["isolated"]] for r in per_round])
+    isolated, plain = by_role(per_round)
+    out["one_network_gbps"], out["with_isolation_gbps"] = summary(plain), summary(isolated)
     est = crossover([r["ratio"] for r in per_round])
     out.update(cross_checks(per_round))
     out["blocks"] = est["blocks"]
