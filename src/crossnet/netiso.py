@@ -13,6 +13,7 @@ host's subnet sN, network netN) and every other network O (bridge brO, network n
                oifname { brO, … }  drop  counter N_cross    (whatever else is routed; never in input)
     N_forward  ip daddr netO       drop  counter N_cross    (one rule per O: this host's and every other host's)
     N_input    ip daddr netO       drop  counter N_gateway  (the other networks' gateways are this host's)
+    N_forward, N_input  udp dport P / ip protocol gre  drop  counter N_tunnel  (no tunnel packet from a container)
     arp in   iifname brN arp daddr ip netO drop  counter N_arp      (no ARP answer for another network's gateway)
              iifname brN arp saddr ip != sN drop counter N_arp
 
@@ -38,6 +39,17 @@ the kernel picks, possibly another network's gateway on ``lo``, so replies must 
 the address chains do the rest: a source that passed the reverse-path check is the
 container's own address, in its own network. (The eBPF programs forward only within one
 network: crossnet.ebpf, bpf/crossnet_tc.c.)
+
+The last rule of N_forward and N_input drops what a container could make of the host's
+tunnels: VXLAN (and GRE) packets carry no proof of their sender, and a tunnel socket
+listens on every address of a host. A container of N that sends a hand-made VXLAN packet
+with another network's VNI to its gateway, or to any host's address, would otherwise have
+its inner packet delivered into that network: on this host, on the host it is sent to
+(whatever source address masquerading gives it on the way). So no packet from a network's
+addresses to the tunnel port (vxlan, auto, ovs-vxlan: the cluster's UDP port; ovs-gre: IP
+protocol GRE) is forwarded or delivered, whatever its destination; real tunnel packets
+come from underlay addresses, never from a network's. WireGuard's are authenticated and
+host-gw has no tunnel (no rule).
 
 Both tables are replaced atomically (`NftTable.ensure`), so adding or removing a network
 never opens nor closes anything for the others. The text is what `nft list table` prints
@@ -71,10 +83,23 @@ def routed(nets: dict[str, HostContext]) -> bool:
     return any(getattr(ctx, "datapath", "kernel") == "ebpf" for ctx in nets.values())
 
 
+UNAUTHENTICATED_UDP = ("vxlan", "auto", "ovs-vxlan")  # backends whose tunnel is plain UDP on ctx.port
+UNAUTHENTICATED_IP = {"ovs-gre": "gre"}  # backends whose tunnel is an IP protocol
+
+
+def tunnel_matches(nets: dict[str, HostContext]) -> list[str]:
+    """nft matches for the packets of this host's unauthenticated tunnels (none: host-gw,
+    wireguard)."""
+    ports = sorted({ctx.port for ctx in nets.values() if ctx.backend in UNAUTHENTICATED_UDP})
+    protocols = sorted({UNAUTHENTICATED_IP[ctx.backend] for ctx in nets.values() if ctx.backend in UNAUTHENTICATED_IP})
+    return ([f"udp dport {_set(str(p) for p in ports)}"] if ports else []) + [f"ip protocol {p}" for p in protocols]
+
+
 def counter_names(nets: dict[str, HostContext]) -> list[str]:
+    what = ("cross", "gateway") + (("tunnel",) if tunnel_matches(nets) else ())
     if routed(nets):  # one anti-spoofing rule for every routed veth
-        return [ROUTED_SPOOF] + [f"{n}_{what}" for n in nets for what in ("cross", "gateway")]
-    return [f"{n}_{what}" for n in nets for what in ("spoof", "cross", "gateway")]
+        return [ROUTED_SPOOF] + [f"{n}_{w}" for n in nets for w in what]
+    return [f"{n}_{w}" for n in nets for w in ("spoof",) + what]
 
 
 def spoof_sources(ctx: HostContext) -> str:
@@ -89,6 +114,7 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     if len(nets) < 2:
         return []
     routed_veths = routed(nets)
+    tunnels = tunnel_matches(nets)
     chains: list[tuple[str, list[str]]] = []  # the regular chains, in the order `nft list` prints them
     arp: list[str] = []
     for name, ctx in nets.items():
@@ -103,8 +129,11 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
                                               f'oifname {bridges} counter name "{name}_cross" drop']))
             arp.append(f'iifname {br} arp saddr ip != {sub} counter name "{name}_arp" drop')
             arp += [f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop' for o in others]
-        chains.append((f"{name}_forward", [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others]))
-        chains.append((f"{name}_input", [f'ip daddr {o.network} counter name "{name}_gateway" drop' for o in others]))
+        tunnel = [f'{m} counter name "{name}_tunnel" drop' for m in tunnels]
+        chains.append((f"{name}_forward",
+                       [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others] + tunnel))
+        chains.append((f"{name}_input",
+                       [f'ip daddr {o.network} counter name "{name}_gateway" drop' for o in others] + tunnel))
     if routed_veths:
         first = f'iifname {ROUTED_VETHS} fib saddr . iif oif missing counter name "{ROUTED_SPOOF}" drop'
     else:

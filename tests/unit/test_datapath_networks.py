@@ -243,8 +243,9 @@ def test_isolation_matches_routed_veths(programs):
     assert 'ip daddr 10.32.0.0/16 counter name "blue_gateway" drop' in chains["blue_input"]
     assert "blue_bridge" not in chains and "vmap {" not in chains["forward"].split("ip saddr vmap")[0]
     assert f'iifname "cnv*" arp operation request arp saddr ip {BLUE} arp daddr ip 10.32.0.0/16 counter name "blue_arp" drop' in arp.body
+    assert 'udp dport 4789 counter name "blue_tunnel" drop' in chains["blue_input"]  # vxlan: no VXLAN from a container
     assert netiso.counter_names({"default": ctx, **nets}) == [
-        "spoof", "default_cross", "default_gateway", "blue_cross", "blue_gateway"]
+        "spoof", "default_cross", "default_gateway", "default_tunnel", "blue_cross", "blue_gateway", "blue_tunnel"]
     for name in netiso.counter_names({"default": ctx, **nets}):
         assert f"counter {name} {{" in inet.body
 

@@ -162,10 +162,15 @@ def test_masquerade_per_network_defaults_to_the_top_level_one(top, blue, red, na
         assert "10.41." not in top_table[0].body
 
 
-def fake_ctx(name: str, net: str, sub: str) -> HostContext:
+def fake_ctx(name: str, net: str, sub: str, backend: str = "vxlan", port: int = 4789) -> HostContext:
     s = IPv4Network(sub)
-    return HostContext("c", "vxlan", "h1", IPv4Address("192.168.9.1"), "eth0", s, IPv4Network(net),
-                       s.network_address + 1, s.prefixlen, f"cn-{name}", 1500, 1450, False)
+    return HostContext("c", backend, "h1", IPv4Address("192.168.9.1"), "eth0", s, IPv4Network(net),
+                       s.network_address + 1, s.prefixlen, f"cn-{name}", 1500, 1450, False, port=port)
+
+
+# what each backend's tunnel looks like to nft; None: no unauthenticated tunnel
+TUNNEL_MATCH = {"vxlan": "udp dport {port}", "auto": "udp dport {port}", "ovs-vxlan": "udp dport {port}",
+                "ovs-gre": "ip protocol gre", "host-gw": None, "wireguard": None}
 
 
 def test_one_network_needs_no_isolation_table():
@@ -193,11 +198,13 @@ def vmap(rule: str) -> dict[str, str]:
     return dict((k, v.removeprefix("jump ")) for k, v in (e.split(" : ") for e in inner.split(", ")))
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True))
-def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds):
-    nets = {f"n{i}": fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24") for i in seconds}
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True), st.sampled_from(sorted(TUNNEL_MATCH)),
+       st.integers(1, 65535))
+def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds, backend, port):
+    nets = {f"n{i}": fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24", backend, port) for i in seconds}
     inet, arp = netiso.isolation_resources(nets)
+    tunnel = TUNNEL_MATCH[backend]
     chains = nft_chains(inet.body)
     for hook in ("forward", "input"):  # two lookups, whatever the number of networks
         assert len(chains[hook]) == 2, chains[hook]
@@ -209,19 +216,33 @@ def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds):
         others = [cb for b, cb in nets.items() if b != a]
         bridges = [f'"{cb.bridge}"' for cb in others]
         oif = bridges[0] if len(bridges) == 1 else "{ " + ", ".join(bridges) + " }"
-        assert chains[f"{a}_bridge"] == [f'ip saddr != {ca.subnet} counter name "{a}_spoof" drop',
+        sources = ca.network if backend.startswith("ovs-") else ca.subnet  # an OVS bridge also carries the tunnel
+        assert chains[f"{a}_bridge"] == [f'ip saddr != {sources} counter name "{a}_spoof" drop',
                                          f'oifname {oif} counter name "{a}_cross" drop']
-        assert chains[f"{a}_forward"] == [f'ip daddr {cb.network} counter name "{a}_cross" drop' for cb in others]
-        assert chains[f"{a}_input"] == [f'ip daddr {cb.network} counter name "{a}_gateway" drop' for cb in others]
+        # no packet of a network's addresses may address a tunnel that cannot tell who sent it
+        last = [f'{tunnel.format(port=port)} counter name "{a}_tunnel" drop'] if tunnel else []
+        assert chains[f"{a}_forward"] == [f'ip daddr {cb.network} counter name "{a}_cross" drop' for cb in others] + last
+        assert chains[f"{a}_input"] == [f'ip daddr {cb.network} counter name "{a}_gateway" drop' for cb in others] + last
+        assert (f"counter {a}_tunnel {{" in inet.body) is bool(tunnel)
         for cb in others:
             assert f'iifname "{ca.bridge}" arp daddr ip {cb.network} counter name "{a}_arp" drop' in arp.body
-        assert f'iifname "{ca.bridge}" arp saddr ip != {ca.subnet} counter name "{a}_arp" drop' in arp.body
+        assert f'iifname "{ca.bridge}" arp saddr ip != {sources} counter name "{a}_arp" drop' in arp.body
     # every jump has its chain, every rule uses a counter declared in its table
     assert set(chains) == {"forward", "input"} | {f"{n}_{c}" for n in nets for c in ("bridge", "forward", "input")}
     for table in (inet, arp):
         declared = {line.split()[1] for line in table.body.splitlines() if line.strip().startswith("counter ")}
         used = {line.split('counter name "')[1].split('"')[0] for line in table.body.splitlines() if "counter name" in line}
         assert used <= declared
+
+
+def test_every_tunnel_port_of_the_host_is_closed_to_every_network():
+    """Networks whose tunnels use different ports: a container of either may address neither."""
+    nets = {"a": fake_ctx("a", "10.1.0.0/16", "10.1.3.0/24", port=8472), "b": fake_ctx("b", "10.2.0.0/16", "10.2.3.0/24")}
+    chains = nft_chains(netiso.isolation_resources(nets)[0].body)
+    for n in nets:
+        assert chains[f"{n}_forward"][-1] == f'udp dport {{ 4789, 8472 }} counter name "{n}_tunnel" drop'
+        assert chains[f"{n}_input"][-1] == f'udp dport {{ 4789, 8472 }} counter name "{n}_tunnel" drop'
+    assert netiso.counter_names(nets) == [f"{n}_{c}" for n in nets for c in ("spoof", "cross", "gateway", "tunnel")]
 
 
 @pytest.mark.parametrize("listed, ours, same", [
