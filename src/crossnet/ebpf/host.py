@@ -468,13 +468,13 @@ class BpfConfig(Resource):
             return " ".join(f"{b:02x}" for b in raw)
 
         lines = []
-        # the packed slots with ifindex 0, shown as placeholders: the layout is maps.Config's
+        # the packed slots with their ifindex fields shown as placeholders (the kernel knows them)
         for slot, ((net, vxlan, _), one) in enumerate(zip(self.entries(), self.slots(lambda _dev: 0))):
-            raw = one.pack()
-            vx = f"<ifindex of {vxlan}, 4 bytes little endian>" if vxlan else hexs(raw[12:16])
+            devices = {"underlay": self.iface, "vxlan": vxlan}
+            value = " ".join(f"<ifindex of {devices[f]}, 4 bytes little endian>" if devices.get(f) else hexs(raw)
+                             for f, raw in maps.config_fields(one.pack()))
             lines.append(f"bpftool map update pinned {self.pin_dir}/maps/{maps.CONFIG_MAP} key hex "
-                         f"{hexs(maps.config_key(slot))} value hex {hexs(raw[:8])} <ifindex of {self.iface}, "
-                         f"4 bytes little endian> {vx} {hexs(raw[16:])}  # {net}")
+                         f"{hexs(maps.config_key(slot))} value hex {value}  # {net}")
         return "; ".join(lines)
 
     def want(self, env: Env) -> list[maps.Config]:

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 # struct cn_config { __u32 net, mask (network byte order); __u32 underlay, vxlan (ifindexes);
 #                    __u32 vni; __u32 local (network byte order); __u16 port (network byte order), pad }
-CONFIG_FORMAT = "=4s4sIII4s2s2x"
+CONFIG_FIELDS = (("net", "4s"), ("mask", "4s"), ("underlay", "I"), ("vxlan", "I"), ("vni", "I"), ("local", "4s"),
+                 ("port", "2s"), ("pad", "2x"))
+CONFIG_FORMAT = "=" + "".join(code for _name, code in CONFIG_FIELDS)
 CONFIG_SIZE = struct.calcsize(CONFIG_FORMAT)
 CONFIG_KEY = struct.pack("=I", 0)
 MAX_NETWORKS = 72  # cn_config's entries (CN_MAX_NETS): the top-level network + up to 64 named ones
@@ -52,6 +54,16 @@ class Config:
         net, mask, underlay, vxlan, vni, local, port = struct.unpack(CONFIG_FORMAT, data[:CONFIG_SIZE])
         network = ipaddress.IPv4Network(f"{ipaddress.IPv4Address(net)}/{ipaddress.IPv4Address(mask)}")
         return cls(network, underlay, vxlan, vni, ipaddress.IPv4Address(local), struct.unpack(">H", port)[0])
+
+
+def config_fields(raw: bytes) -> list[tuple[str, bytes]]:
+    """A packed cn_config record cut into its fields (CONFIG_FIELDS' names, padding included)."""
+    out, at = [], 0
+    for name, code in CONFIG_FIELDS:
+        size = struct.calcsize("=" + code)
+        out.append((name, raw[at:at + size]))
+        at += size
+    return out
 
 
 def config_key(slot: int) -> bytes:
