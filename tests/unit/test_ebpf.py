@@ -50,6 +50,11 @@ def test_config_layout_is_network_order_addresses_and_native_ifindexes():
     assert struct.unpack("=III", raw[8:20]) == (3, 9, 0x123456)  # ifindexes and VNI: host order
     assert raw[20:] == bytes([192, 168, 1, 1, 0x12, 0xB5, 0, 0])  # local address and port: network order
     assert maps.Config(ipaddress.IPv4Network("10.1.0.0/16"), 3).pack()[12:] == bytes(16)  # no vxlan: zeros
+    fields = dict(maps.config_fields(raw))  # the same layout, by name
+    assert list(fields) == ["net", "mask", "underlay", "vxlan", "vni", "local", "port", "pad"]
+    assert b"".join(fields.values()) == raw
+    assert struct.unpack("=I", fields["underlay"]) == (3,) and struct.unpack("=I", fields["vxlan"]) == (9,)
+    assert fields["port"] == bytes([0x12, 0xB5]) and fields["pad"] == bytes(2)
 
 
 @pytest.mark.parametrize("kw,field", [({"underlay": -1}, "underlay"), ({"vni": 2**24}, "vni"),
