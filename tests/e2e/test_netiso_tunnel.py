@@ -5,7 +5,8 @@ A container of network ``default`` sends a hand-made tunnel packet -- ``blue``'s
 key), the MAC the receiving host's blue tunnel takes, an inner datagram from one of
 blue's addresses to a blue container -- to its gateway, its host's underlay address,
 and the other host's gateway and underlay address. Before the isolation tables' tunnel
-rule each of these reached the blue container with kernel vxlan (both datapaths); with
+rule each of these reached the blue container with kernel vxlan (both datapaths; and
+auto, whose peers on a routed underlay are on vxlan); with
 ovs-vxlan and ovs-gre the one to the other host's underlay address did (masquerading
 gives it this host's address, the source OVS's tunnel port accepts). Now none arrives,
 and the sending host's ``default_tunnel`` counter counts every packet.
@@ -61,13 +62,15 @@ except (socket.timeout, TimeoutError):
 """.replace("LISTEN_PORT", str(PORT))
 
 
-@pytest.fixture(scope="module", params=["vxlan", "vxlan-ebpf", "ovs-vxlan", "ovs-gre"])
+@pytest.fixture(scope="module", params=["vxlan", "vxlan-ebpf", "auto", "ovs-vxlan", "ovs-gre"])
 def lab(request, lab_sweep):
     from tests.conftest import LabFactory
 
     backend = request.param.removesuffix("-ebpf")
     factory = LabFactory.for_test(request)
-    lab = factory(hosts=2, underlay="l2", backend=backend, containers=2, apply=False)
+    # auto: a routed underlay and no prober, so every peer is on vxlan (tests/e2e/test_networks_wg.py)
+    underlay = "l3" if backend == "auto" else "l2"
+    lab = factory(hosts=2, underlay=underlay, backend=backend, containers=2, apply=False)
     cluster = yaml.safe_load(Path(lab.plan.cluster_file).read_text())
     # masquerading: what leaves for another host's underlay address carries this host's
     # address, the source an OVS tunnel port accepts (it matches its peer's address)
@@ -87,9 +90,9 @@ def lab(request, lab_sweep):
 def tunnel_of(lab, host: str, blue: dict) -> dict:
     """Where blue's tunnel on ``host`` takes packets in: the kind, UDP port, VNI / key and
     the MAC an inner frame needs to be taken by the host (``blue``: status's network)."""
-    if lab.plan.backend == "vxlan":  # a vxlan device per network
-        link = json.loads(lab.run(host, ["ip", "-j", "-d", "link", "show", blue["devices"][0]["name"]],
-                                  check=True).stdout)[0]
+    if lab.plan.backend in ("vxlan", "auto"):  # a vxlan device per network
+        dev = next(d["name"] for d in blue["devices"] if d["kind"] == "vxlan")
+        link = json.loads(lab.run(host, ["ip", "-j", "-d", "link", "show", dev], check=True).stdout)[0]
         data = link["linkinfo"]["info_data"]
         return {"kind": "vxlan", "mac": link["address"], "vni": data["id"], "port": data["port"]}
     # OVS: the network's OVS bridge sends what its tunnels bring to the container bridge
