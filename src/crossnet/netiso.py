@@ -2,8 +2,9 @@
 
 Pure: given this host's context of every network (the top-level one named ``default``),
 the nftables tables that keep them apart, as two `NftTable` resources of crossnet's own
-(``inet crossnet_iso`` and ``arp crossnet_iso``). For every network N (bridge brN, this
-host's subnet sN, network netN) and every other network O (bridge brO, network netO):
+(``inet crossnet_iso`` -- ``netdev crossnet_iso`` with backend vxlan, below -- and
+``arp crossnet_iso``). For every network N (bridge brN, this host's subnet sN, network
+netN) and every other network O (bridge brO, network netO):
 
     forward  iifname vmap { brN : jump N_bridge, … }          (what N's containers send)
              ip saddr vmap { netN : jump N_forward, … }       (what any of N's addresses send)
@@ -58,6 +59,25 @@ back, line for line, but for the order of a set's elements, which nft chooses
 of an address set (``{ 10.250.0.0/16, 10.251.0.0/16 }`` lists back as ``10.250.0.0/15``),
 so addresses get one rule each; the saddr map cannot merge (one verdict per network).
 
+With backend vxlan and the kernel datapath every packet of a network enters this host
+through one of that network's own two devices, its bridge brN (what its containers here
+send) or its vxlan device vxN (what its containers elsewhere send). There the checks are
+`netdev` ingress chains on those devices instead (table ``netdev crossnet_iso``), which
+need no lookup to find the network and which nothing else crosses (the outer VXLAN
+packets on the underlay NIC meet no rule; docs/networks.md#cost):
+
+    N_bridge  (ingress brN)  ip saddr != sN  drop  counter N_spoof
+                             ip daddr gwO    drop  counter N_gateway  (this host's address in O)
+                             ip daddr netO   drop  counter N_cross
+                             udp dport P     drop  counter N_tunnel
+    N_vxlan   (ingress vxN)  the same but the first
+
+A packet meets only its own network's chain, once per host. (`oifname` of the other
+bridges has no place there, a netdev chain knowing no output: nothing routes an address
+outside netO into brO.) Other backends keep the hook-wide layout: host-gw and auto's
+direct peers carry every network through the underlay NIC, wireguard's and OVS's are
+not measured with it yet.
+
 With ovs-gre/ovs-vxlan the tunnel is a port of brN (its OVS bridge's internal port), so
 frames of N's containers on other hosts, and ARP of their gateways, enter through brN:
 there sN in the `saddr !=` rules is netN (`spoof_sources`). A container still cannot send
@@ -108,11 +128,19 @@ def spoof_sources(ctx: HostContext) -> str:
     return str(ctx.network if ctx.backend.startswith("ovs-") else ctx.subnet)
 
 
+def on_own_devices(nets: dict[str, HostContext]) -> bool:
+    """Every packet of each network enters through that network's bridge or vxlan device
+    (backend vxlan, kernel datapath): the netdev layout."""
+    return not routed(nets) and all(ctx.backend == "vxlan" for ctx in nets.values())
+
+
 def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     """The isolation tables for ``nets`` (name -> this host's context of that network);
     none for a single network."""
     if len(nets) < 2:
         return []
+    if on_own_devices(nets):
+        return _device_tables(nets)
     routed_veths = routed(nets)
     tunnels = tunnel_matches(nets)
     chains: list[tuple[str, list[str]]] = []  # the regular chains, in the order `nft list` prints them
@@ -123,12 +151,10 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
             arp += [f'iifname {ROUTED_VETHS} arp operation request arp saddr ip {ctx.network} arp daddr ip {o.network} '
                     f'counter name "{name}_arp" drop' for o in others]
         else:
-            br, sub = f'"{ctx.bridge}"', spoof_sources(ctx)
-            bridges = _set(f'"{o.bridge}"' for o in others)
+            sub, bridges = spoof_sources(ctx), _set(f'"{o.bridge}"' for o in others)
             chains.append((f"{name}_bridge", [f'ip saddr != {sub} counter name "{name}_spoof" drop',
                                               f'oifname {bridges} counter name "{name}_cross" drop']))
-            arp.append(f'iifname {br} arp saddr ip != {sub} counter name "{name}_arp" drop')
-            arp += [f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop' for o in others]
+            arp += _arp_rules(name, ctx, others)
         tunnel = [f'{m} counter name "{name}_tunnel" drop' for m in tunnels]
         chains.append((f"{name}_forward",
                        [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others] + tunnel))
@@ -143,22 +169,56 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     return _tables(nets, chains, hooks, arp)
 
 
+def _device_tables(nets: dict[str, HostContext]) -> list[Resource]:
+    """The netdev layout: one ingress chain per bridge and per vxlan device."""
+    from crossnet.backends.vxlan import Vxlan
+
+    tunnels = tunnel_matches(nets)
+    chains: list[tuple[str, list[str], str]] = []
+    arp: list[str] = []
+    for name, ctx in nets.items():
+        others = [o for n, o in nets.items() if n != name]
+        drops = ([f'ip daddr {o.gateway} counter name "{name}_gateway" drop' for o in others]
+                 + [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others]
+                 + [f'{m} counter name "{name}_tunnel" drop' for m in tunnels])
+        spoof = f'ip saddr != {spoof_sources(ctx)} counter name "{name}_spoof" drop'
+        chains += [(f"{name}_bridge", [spoof, *drops], ctx.bridge), (f"{name}_vxlan", drops, Vxlan.device(ctx))]
+        arp += _arp_rules(name, ctx, others)
+    netdev = "\n\n".join([_counters(counter_names(nets))] + [_chain(n, rules, "ingress", dev) for n, rules, dev in chains])
+    return [NftTable("netdev", TABLE, netdev), _arp_table(nets, arp)]
+
+
+def _arp_rules(name: str, ctx: HostContext, others: list[HostContext]) -> list[str]:
+    """The ARP rules of a network with a bridge: no answer for another network's address,
+    none to a source outside what may enter through the bridge."""
+    br, sub = f'"{ctx.bridge}"', spoof_sources(ctx)
+    return ([f'iifname {br} arp saddr ip != {sub} counter name "{name}_arp" drop']
+            + [f'iifname {br} arp daddr ip {o.network} counter name "{name}_arp" drop' for o in others])
+
+
 def _set(elements: Iterable[str]) -> str:
     """An anonymous set as nft lists it back: one element bare, more in braces."""
     items = list(elements)
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
 
+def _chain(name: str, rules: list[str], hook: str | None = None, device: str | None = None) -> str:
+    """A chain as nft lists it back (a base chain when ``hook``; on ``device``: netdev)."""
+    on = f' device "{device}"' if device else ""
+    head = f"\t\ttype filter hook {hook}{on} priority {PRIORITY}; policy accept;\n" if hook else ""
+    return f"\tchain {name} {{\n{head}" + "".join(f"\t\t{r}\n" for r in rules) + "\t}"
+
+
+def _counters(names: list[str]) -> str:
+    return "\n".join(f"\tcounter {c} {{\n\t}}" for c in names)
+
+
+def _arp_table(nets: dict[str, HostContext], arp: list[str]) -> NftTable:
+    return NftTable("arp", TABLE, _counters([f"{n}_arp" for n in nets]) + "\n\n" + _chain("input", arp, "input"))
+
+
 def _tables(nets: dict[str, HostContext], chains: list[tuple[str, list[str]]], hooks: dict[str, list[str]],
             arp: list[str]) -> list[Resource]:
-    def chain(name: str, rules: list[str], hook: str | None = None) -> str:
-        head = f"\t\ttype filter hook {hook} priority {PRIORITY}; policy accept;\n" if hook else ""
-        return f"\tchain {name} {{\n{head}" + "".join(f"\t\t{r}\n" for r in rules) + "\t}"
-
-    def counters(names: list[str]) -> str:
-        return "\n".join(f"\tcounter {c} {{\n\t}}" for c in names)
-
-    inet = "\n\n".join([counters(counter_names(nets))] + [chain(n, rules) for n, rules in chains]
-                       + [chain(hook, rules, hook) for hook, rules in hooks.items()])
-    arps = counters([f"{n}_arp" for n in nets]) + "\n\n" + chain("input", arp, "input")
-    return [NftTable("inet", TABLE, inet), NftTable("arp", TABLE, arps)]
+    inet = "\n\n".join([_counters(counter_names(nets))] + [_chain(n, rules) for n, rules in chains]
+                       + [_chain(hook, rules, hook) for hook, rules in hooks.items()])
+    return [NftTable("inet", TABLE, inet), _arp_table(nets, arp)]

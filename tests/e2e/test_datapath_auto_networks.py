@@ -111,7 +111,7 @@ def test_same_network_pairs_ping_and_tcp_cross_network_never(lab):
     after = {h.name: counters(lab, h.name) for h in lab.hosts}
     for h in lab.hosts:
         for n in ("default", "blue"):
-            assert after[h.name][f"inet:{n}_cross"] > before[h.name][f"inet:{n}_cross"], (h.name, n)
+            assert after[h.name][f"ip:{n}_cross"] > before[h.name][f"ip:{n}_cross"], (h.name, n)
 
 
 def test_tcp_of_both_networks_takes_the_fast_path(lab):
@@ -144,10 +144,10 @@ def test_other_gateways_and_a_spoofed_source_get_nothing(lab):
                               ("tcp", st1["networks"]["blue"]["gateway"])])
     assert got == ["timeout", "timeout", "timeout", "refused"]
     mid = counters(lab, h1.name)
-    assert mid["inet:blue_gateway"] > before["inet:blue_gateway"]  # its own host's default gateway
-    assert mid["inet:blue_cross"] > before["inet:blue_cross"]  # another host's, forwarded
+    assert mid["ip:blue_gateway"] > before["ip:blue_gateway"]  # its own host's default gateway
+    assert mid["ip:blue_cross"] > before["ip:blue_cross"]  # another host's, forwarded
     targets = spoofed_pings_fail(lab, blue_c, st1, st2)
-    assert counters(lab, h1.name)["inet:spoof"] >= mid["inet:spoof"] + targets
+    assert counters(lab, h1.name)["ip:spoof"] >= mid["ip:spoof"] + targets
     blue_h2 = st2["networks"]["blue"]["containers"][0]["address"].split("/")[0]
     assert lab.run(blue_c, ["ping", "-c", "1", "-W", "2", blue_h2]).returncode == 0
 

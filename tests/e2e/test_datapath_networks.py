@@ -97,7 +97,7 @@ def test_same_network_pairs_take_the_fast_path_cross_pairs_never_pass(lab):
     after_iso = {h.name: counters(lab, h.name) for h in lab.hosts}
     for h in lab.hosts:
         for n in ("default", "blue"):
-            assert after_iso[h.name][f"inet:{n}_cross"] > before_iso[h.name][f"inet:{n}_cross"], (h.name, n)
+            assert after_iso[h.name][f"ip:{n}_cross"] > before_iso[h.name][f"ip:{n}_cross"], (h.name, n)
     for net in ("default", "blue"):  # both networks' entries of cn_config: the flow is redirected on both hosts
         src, dst = nets[net]
         before = redirects(lab)
@@ -121,7 +121,7 @@ def test_a_spoofed_source_is_dropped_on_the_routed_veth(lab):
     before = counters(lab, h1.name)
     targets = spoofed_pings_fail(lab, blue_c, st1, st2)
     mid = counters(lab, h1.name)
-    assert mid["inet:spoof"] >= before["inet:spoof"] + targets
+    assert mid["ip:spoof"] >= before["ip:spoof"] + targets
     # ARP: a request for the other network's gateway (this host's address on lo) from the
     # blue veth is dropped and counted (the host's own ARP for its containers works: the
     # pairs above); the ping gets nothing either way

@@ -123,10 +123,11 @@ def injected(lab, listener_ns: str, attacker_ns: str, to: str, tunnel: dict, src
 
 def tunnel_drops(lab, host: str) -> int | None:
     """The packets counted by the isolation table's ``default_tunnel`` counter (None: no such counter)."""
-    proc = lab.run(host, ["nft", "-j", "list", "counter", "inet", "crossnet_iso", "default_tunnel"])
-    if proc.returncode:
-        return None
-    return next(i["counter"]["packets"] for i in json.loads(proc.stdout)["nftables"] if "counter" in i)
+    for family in ("inet", "netdev"):  # vxlan: the netdev layout (crossnet.netiso)
+        proc = lab.run(host, ["nft", "-j", "list", "counter", family, "crossnet_iso", "default_tunnel"])
+        if proc.returncode == 0:
+            return next(i["counter"]["packets"] for i in json.loads(proc.stdout)["nftables"] if "counter" in i)
+    return None
 
 
 def test_tunnel_packets_from_a_container_reach_no_other_network(lab):

@@ -59,7 +59,7 @@ def reset_all(lab) -> None:
     for h in lab.hosts:
         links = lab.run(h.name, ["ip", "-o", "link"]).stdout
         assert not [x for x in ("cn0", "cn-blue", "cnwg", "cnvx") if x in links], links
-        for family in ("inet", "arp"):
+        for family in ("inet", "netdev", "arp"):
             assert lab.run(h.name, ["nft", "list", "table", family, "crossnet_iso"]).returncode != 0
         assert not (Path(h.state_dir) / "networks").exists()
         assert "wireguard" not in lab.run(h.name, ["ss", "-Hunlp"]).stdout  # no wireguard-go left listening

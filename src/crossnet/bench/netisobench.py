@@ -135,8 +135,9 @@ def run(rc: RunContext, rounds: int = 24, duration: float = 3.0, datapath: str =
             at_once(lambda h: lab.crossnet(h.name, "apply", "-f", file, "--host", h.name), tuple(todo))
             applied.update({h.name: file for h in todo})
 
-        def tables(host: Any) -> bool:
-            return lab.run(host.name, ["nft", "list", "table", "inet", "crossnet_iso"]).returncode == 0
+        def tables(host: Any) -> bool:  # vxlan's isolation table: netdev (ebpf datapath: inet; crossnet.netiso)
+            return any(lab.run(host.name, ["nft", "list", "table", family, "crossnet_iso"]).returncode == 0
+                       for family in ("netdev", "inet"))
 
         def set_roles(iso: str) -> None:
             for name, hosts in pairs.items():
