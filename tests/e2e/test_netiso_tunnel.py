@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.test_networks import counters
+
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
 BLUE = "10.33.0.0/16"
@@ -121,15 +123,6 @@ def injected(lab, listener_ns: str, attacker_ns: str, to: str, tunnel: dict, src
     return heard(listener_ns, lambda: lab.run(attacker_ns, argv, check=True))
 
 
-def tunnel_drops(lab, host: str) -> int | None:
-    """The packets counted by the isolation table's ``default_tunnel`` counter (None: no such counter)."""
-    for family in ("inet", "netdev"):  # vxlan: the netdev layout (crossnet.netiso)
-        proc = lab.run(host, ["nft", "-j", "list", "counter", family, "crossnet_iso", "default_tunnel"])
-        if proc.returncode == 0:
-            return next(i["counter"]["packets"] for i in json.loads(proc.stdout)["nftables"] if "counter" in i)
-    return None
-
-
 def test_tunnel_packets_from_a_container_reach_no_other_network(lab):
     h1, h2 = lab.hosts[0], lab.hosts[1]
     st1, st2 = lab.status(h1.name), lab.status(h2.name)
@@ -137,7 +130,7 @@ def test_tunnel_packets_from_a_container_reach_no_other_network(lab):
     blue2 = st2["networks"]["blue"]["containers"][0]["address"].split("/")[0]
     t1, t2 = tunnel_of(lab, h1.name, st1["networks"]["blue"]), tunnel_of(lab, h2.name, st2["networks"]["blue"])
     attacker = h1.containers[0]  # network default, on h1
-    before = tunnel_drops(lab, h1.name)
+    before = counters(lab, h1.name).get("ip:default_tunnel")  # None: no tunnel rule
     # (the blue container, the tunnel address, its vtep, the inner source and destination)
     tries = {
         "h1's gateway": (h1.containers[1], st1["gateway"], t1, blue2, blue1),
@@ -148,7 +141,7 @@ def test_tunnel_packets_from_a_container_reach_no_other_network(lab):
     results = {what: injected(lab, ns, attacker, to, t, src, dst) for what, (ns, to, t, src, dst) in tries.items()}
     assert results == {what: "nothing" for what in tries}
     # every try was dropped on h1, 3 packets each (on h2 nothing of it arrived)
-    assert before is not None and tunnel_drops(lab, h1.name) == before + 3 * len(tries)
+    assert before is not None and counters(lab, h1.name)["ip:default_tunnel"] == before + 3 * len(tries)
     # the same listener hears a datagram its blue peer sends it (the probe works)
     send = f"import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'plain', ('{blue1}', {PORT}))"
     assert heard(h1.containers[1], lambda: lab.run(h2.containers[1], ["python3", "-c", send], check=True)) \
