@@ -2,7 +2,7 @@
 
 Pure: given this host's context of every network (the top-level one named ``default``),
 the nftables tables that keep them apart, as two `NftTable` resources of crossnet's own
-(``inet crossnet_iso`` -- ``netdev crossnet_iso`` with backend vxlan, below -- and
+(``inet crossnet_iso`` -- ``netdev crossnet_iso`` with backends vxlan and wireguard, below -- and
 ``arp crossnet_iso``). For every network N (bridge brN, this host's subnet sN, network
 netN) and every other network O (bridge brO, network netO):
 
@@ -59,24 +59,26 @@ back, line for line, but for the order of a set's elements, which nft chooses
 of an address set (``{ 10.250.0.0/16, 10.251.0.0/16 }`` lists back as ``10.250.0.0/15``),
 so addresses get one rule each; the saddr map cannot merge (one verdict per network).
 
-With backend vxlan and the kernel datapath every packet of a network enters this host
-through one of that network's own two devices, its bridge brN (what its containers here
-send) or its vxlan device vxN (what its containers elsewhere send). There the checks are
-`netdev` ingress chains on those devices instead (table ``netdev crossnet_iso``), which
-need no lookup to find the network and which nothing else crosses (the outer VXLAN
-packets on the underlay NIC meet no rule; docs/networks.md#cost):
+With backends vxlan and wireguard and the kernel datapath every packet of a network
+enters this host through one of that network's own devices: its bridge brN (what its
+containers here send) or its tunnel device tN (what its containers elsewhere send: vxlan
+cnvx<vni>, wireguard the network's WireGuard device; ``Backend.ingress_devices``). There
+the checks are `netdev` ingress chains on those devices instead (table ``netdev
+crossnet_iso``), which need no lookup to find the network and which nothing else crosses
+(the outer VXLAN packets on the underlay NIC meet no rule; docs/networks.md#cost):
 
     N_bridge  (ingress brN)  ip saddr != sN  drop  counter N_spoof
                              ip daddr gwO    drop  counter N_gateway  (this host's address in O)
                              ip daddr netO   drop  counter N_cross
-                             udp dport P     drop  counter N_tunnel
-    N_vxlan   (ingress vxN)  the same but the first
+                             udp dport P     drop  counter N_tunnel   (vxlan)
+    N_vxlan / N_wireguard    the same but the first
+              (ingress tN)
 
 A packet meets only its own network's chain, once per host. (`oifname` of the other
 bridges has no place there, a netdev chain knowing no output: nothing routes an address
 outside netO into brO.) Other backends keep the hook-wide layout: host-gw and auto's
-direct peers carry every network through the underlay NIC, wireguard's and OVS's are
-not measured with it yet.
+direct peers carry every network through the underlay NIC, OVS's are not measured with
+it yet.
 
 With ovs-gre/ovs-vxlan the tunnel is a port of brN (its OVS bridge's internal port), so
 frames of N's containers on other hosts, and ARP of their gateways, enter through brN:
@@ -128,21 +130,18 @@ def spoof_sources(ctx: HostContext) -> str:
     return str(ctx.network if ctx.backend.startswith("ovs-") else ctx.subnet)
 
 
-def on_own_devices(nets: dict[str, HostContext]) -> bool:
-    """Every packet of each network enters through that network's bridge or vxlan device
-    (backend vxlan, kernel datapath): the netdev layout."""
-    return not routed(nets) and all(ctx.backend == "vxlan" for ctx in nets.values())
-
-
-def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
+def isolation_resources(nets: dict[str, HostContext],
+                        own_devices: dict[str, list[str] | None] | None = None) -> list[Resource]:
     """The isolation tables for ``nets`` (name -> this host's context of that network);
-    none for a single network."""
+    none for a single network. ``own_devices``: name -> the devices besides its bridge
+    through which that network's packets from other hosts enter, none other's
+    (``Backend.ingress_devices``; None: they share the underlay NIC). When every network
+    has its own: the netdev layout, else the inet one."""
     if len(nets) < 2:
         return []
-    if on_own_devices(nets):
-        return _device_tables(nets)
-    routed_veths = routed(nets)
-    tunnels = tunnel_matches(nets)
+    own, routed_veths = own_devices or {}, routed(nets)
+    if not routed_veths and all(own.get(name) is not None for name in nets):  # routed veths: no bridge to hook
+        return _device_tables(nets, own)
     chains: list[tuple[str, list[str]]] = []  # the regular chains, in the order `nft list` prints them
     arp: list[str] = []
     for name, ctx in nets.items():
@@ -155,11 +154,9 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
             chains.append((f"{name}_bridge", [f'ip saddr != {sub} counter name "{name}_spoof" drop',
                                               f'oifname {bridges} counter name "{name}_cross" drop']))
             arp += _arp_rules(name, ctx, others)
-        tunnel = [f'{m} counter name "{name}_tunnel" drop' for m in tunnels]
-        chains.append((f"{name}_forward",
-                       [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others] + tunnel))
-        chains.append((f"{name}_input",
-                       [f'ip daddr {o.network} counter name "{name}_gateway" drop' for o in others] + tunnel))
+        tunnel = _tunnel_rules(name, nets)
+        chains.append((f"{name}_forward", _cross_rules(name, others, "cross") + tunnel))
+        chains.append((f"{name}_input", _cross_rules(name, others, "gateway") + tunnel))
     if routed_veths:
         first = f'iifname {ROUTED_VETHS} fib saddr . iif oif missing counter name "{ROUTED_SPOOF}" drop'
     else:
@@ -169,20 +166,29 @@ def isolation_resources(nets: dict[str, HostContext]) -> list[Resource]:
     return _tables(nets, chains, hooks, arp)
 
 
-def _device_tables(nets: dict[str, HostContext]) -> list[Resource]:
-    """The netdev layout: one ingress chain per bridge and per vxlan device."""
-    from crossnet.backends.vxlan import Vxlan
+def _cross_rules(name: str, others: list[HostContext], counter: str) -> list[str]:
+    """Drop what a packet of network ``name`` addresses to another network (counter name_counter)."""
+    return [f'ip daddr {o.network} counter name "{name}_{counter}" drop' for o in others]
 
-    tunnels = tunnel_matches(nets)
+
+def _tunnel_rules(name: str, nets: dict[str, HostContext]) -> list[str]:
+    """Drop a packet of network ``name`` to this host's unauthenticated tunnels (counter name_tunnel)."""
+    return [f'{m} counter name "{name}_tunnel" drop' for m in tunnel_matches(nets)]
+
+
+def _device_tables(nets: dict[str, HostContext], own: dict[str, list[str] | None]) -> list[Resource]:
+    """The netdev layout: one ingress chain per bridge and per own device of each network."""
     chains: list[tuple[str, list[str], str]] = []
     arp: list[str] = []
     for name, ctx in nets.items():
         others = [o for n, o in nets.items() if n != name]
         drops = ([f'ip daddr {o.gateway} counter name "{name}_gateway" drop' for o in others]
-                 + [f'ip daddr {o.network} counter name "{name}_cross" drop' for o in others]
-                 + [f'{m} counter name "{name}_tunnel" drop' for m in tunnels])
+                 + _cross_rules(name, others, "cross") + _tunnel_rules(name, nets))
         spoof = f'ip saddr != {spoof_sources(ctx)} counter name "{name}_spoof" drop'
-        chains += [(f"{name}_bridge", [spoof, *drops], ctx.bridge), (f"{name}_vxlan", drops, Vxlan.device(ctx))]
+        devices = own[name] or []  # not None: isolation_resources checked
+        chains.append((f"{name}_bridge", [spoof, *drops], ctx.bridge))
+        kind = ctx.backend.replace("-", "_")  # N_vxlan, N_wireguard (N_vxlan2 ... for a second device)
+        chains += [(f"{name}_{kind}{i + 1 if i else ''}", drops, dev) for i, dev in enumerate(devices)]
         arp += _arp_rules(name, ctx, others)
     netdev = "\n\n".join([_counters(counter_names(nets))] + [_chain(n, rules, "ingress", dev) for n, rules, dev in chains])
     return [NftTable("netdev", TABLE, netdev), _arp_table(nets, arp)]

@@ -160,8 +160,6 @@ def desired_resources(ctx: HostContext, backend: Backend, extra: list[Resource] 
 def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, HostContext]) -> list[Resource]:
     """What the named networks add (docs/networks.md): each network's own local and peer
     resources from the same backend, and the nftables isolation between all of them."""
-    from crossnet import netiso
-
     if not networks:
         return []
     extra = [r for net in networks.values() for r in backend.resources(net)]
@@ -169,7 +167,16 @@ def network_resources(ctx: HostContext, backend: Backend, networks: dict[str, Ho
     if nat:  # their own table: the top-level one (NFT_TABLE) stays as a one-network file makes it
         extra.append(NftTable("ip", NETWORKS_NAT_TABLE, _masquerade_body(nat)))
     extra += [r for name, net in networks.items() for r in expose.resources(net, network=name)]  # `expose --network`
-    return extra + netiso.isolation_resources({"default": ctx, **networks})
+    return extra + isolation_resources(ctx, backend, networks)
+
+
+def isolation_resources(ctx: HostContext, backend: Backend, networks: dict[str, HostContext]) -> list[Resource]:
+    """The nftables isolation between the top-level network (``default``) and the named
+    ones (crossnet.netiso), told which devices each network's packets enter by alone."""
+    from crossnet import netiso
+
+    nets = {"default": ctx, **networks}
+    return netiso.isolation_resources(nets, {name: backend.ingress_devices(net) for name, net in nets.items()})
 
 
 def local_resources(ctx: HostContext, backend: Backend) -> list[Resource]:

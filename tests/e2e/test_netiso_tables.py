@@ -24,6 +24,7 @@ import json, sys
 from ipaddress import IPv4Address, IPv4Network
 from dataclasses import replace
 from crossnet import netiso
+from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext
 from crossnet.plan.resources import NftTable
 
@@ -32,10 +33,12 @@ ctxs = {}
 for name, (net, sub) in nets.items():
     s = IPv4Network(sub)
     ctx = HostContext("c", backend, "h1", IPv4Address("192.168.9.1"), "eth0", s, IPv4Network(net),
-                      s.network_address + 1, s.prefixlen, f"cn-{name}", 1500, 1450, False, vni=len(ctxs) + 1)
+                      s.network_address + 1, s.prefixlen, f"cn-{name}", 1500, 1450, False, vni=len(ctxs) + 1,
+                      wireguard={"device": f"cnwg{len(ctxs) + 1}"})
     ctxs[name] = replace(ctx, datapath=datapath) if datapath != "kernel" else ctx
 out = {}
-for table in netiso.isolation_resources(ctxs):
+own = {name: get_backend(backend).ingress_devices(ctx) for name, ctx in ctxs.items()}  # as crossnet.program passes them
+for table in netiso.isolation_resources(ctxs, own):
     table.ensure(None)
     first = table.check(None)
     # one changed rule: the last drop of the table lets through instead
@@ -68,6 +71,7 @@ CASES = {
 
 @pytest.mark.parametrize("backend, datapath, family", [
     ("vxlan", "kernel", "netdev"),  # ingress chains on devices the scratch namespace does not have
+    ("wireguard", "kernel", "netdev"),
     ("vxlan", "ebpf", "inet"),
     ("host-gw", "kernel", "inet"),
 ])

@@ -19,8 +19,10 @@ wireguard-go per device (these machines have no kernel module).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import pytest
 import yaml
 
 from tests.e2e.agentlab import wait_for
-from tests.e2e.test_networks import apply_all, each, isolated_matrix, members
+from tests.e2e.test_networks import apply_all, counters, each, iso_family, isolated_matrix, members
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -87,6 +89,42 @@ def test_wireguard_each_network_its_own_device_port_and_peers(lab):
     for dev, subnet, port in (("cnwg0", st2["subnet"], 51820), ("cnwg2", st2["networks"]["blue"]["subnet"], 51821)):
         assert wg_state(Path(h1.state_dir) / "wireguard", dev) == (port, [(f"{h2.address}:{port}", [subnet])])
     assert route_devs(lab) == {h1.name: "cnwg2", h2.name: "cnwg2"}
+    reset_all(lab)
+
+
+def test_wireguard_a_peer_tunnelling_into_another_network_is_dropped_where_it_enters(lab):
+    """Backend wireguard checks each network's packets on its own devices (the netdev
+    layout: a chain on each bridge and each WireGuard device). A peer that sends another
+    network's destination through blue's tunnel -- h2 given h1's default container in
+    blue's allowed-ips, as a misconfigured or hostile host could -- gets nothing into
+    default on h1: blue's chain on cnwg2 drops it (blue_cross), while the same path still
+    carries blue's own packets."""
+    from crossnet.wg import proc, uapi
+
+    apply_and_attach(lab)
+    h1, h2 = lab.hosts
+    for h in lab.hosts:
+        assert iso_family(lab, h.name) == "netdev", h.name
+        listed = lab.run(h.name, ["nft", "list", "table", "netdev", "crossnet_iso"], check=True).stdout
+        assert sorted(re.findall(r'hook ingress device "([^"]+)"', listed)) == ["cn-blue", "cn0", "cnwg0", "cnwg2"]
+    st1, st2 = lab.status(h1.name), lab.status(h2.name)
+    default_dst = st1["containers"][0]["address"].split("/")[0]
+    blue_dst = st1["networks"]["blue"]["containers"][0]["address"].split("/")[0]
+    src = str(ipaddress.ip_network(st2["networks"]["blue"]["subnet"]).network_address + 1)  # h2's blue gateway
+    sock = proc.socket_path(proc.read_pid(Path(h2.state_dir) / "wireguard", "cnwg2"), "cnwg2")
+    (peer,) = uapi.get(sock).peers.values()
+    uapi.set_(sock, uapi.set_message(peers=[uapi.PeerConfig(
+        peer.public_key, peer.endpoint, [*peer.allowed_ips, f"{default_dst}/32"])]))
+    lab.run(h2.name, ["ip", "route", "add", f"{default_dst}/32", "dev", "cnwg2", "src", src], check=True)
+
+    def ping(dst: str) -> bool:
+        return lab.run(h2.name, ["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", "-I", src, dst],
+                       timeout=15).returncode == 0
+
+    assert ping(blue_dst)  # the path works: blue's own packet, from h2's blue address through cnwg2
+    before = counters(lab, h1.name)["ip:blue_cross"]
+    assert not ping(default_dst)
+    assert counters(lab, h1.name)["ip:blue_cross"] >= before + 3
     reset_all(lab)
 
 

@@ -230,7 +230,7 @@ def test_network_of_a_destination_as_the_program_finds_it(seconds):
 
 def test_isolation_matches_routed_veths(programs):
     ctx, b, nets = with_networks("vxlan", BLUE)
-    inet, arp = netiso.isolation_resources({"default": ctx, **nets})
+    inet, arp = program.isolation_resources(ctx, b, nets)
     assert "cn0" not in inet.body and "cn-blue" not in inet.body  # no bridge to name
     spoof = 'iifname "cnv*" fib saddr . iif oif missing counter name "spoof" drop'
     forward, inp = inet.body.split("chain input")
@@ -375,8 +375,8 @@ def test_auto_encrypt_with_networks_has_no_vxlan_target(programs):
 
 
 def test_auto_with_networks_isolation_matches_routed_veths(programs):
-    ctx, _, nets = auto_with_networks()
-    tables = netiso.isolation_resources({"default": ctx, **nets})
+    ctx, b, nets = auto_with_networks()
+    tables = program.isolation_resources(ctx, b, nets)
     inet = next(t for t in tables if t.family == "inet")
     assert 'iifname "cnv*" fib saddr . iif oif missing counter name "spoof" drop' in inet.body
     assert f"{BLUE} : jump blue_forward" in inet.body

@@ -203,12 +203,30 @@ def vmap(rule: str) -> dict[str, str]:
     return dict((k, v.removeprefix("jump ")) for k, v in (e.split(" : ") for e in inner.split(", ")))
 
 
+# the backends whose networks each enter a host through devices of their own (the netdev layout)
+OWN_DEVICES = {"vxlan": "cnvx{vni}", "wireguard": "cnwg{vni}"}
+
+
+def own_devices(nets: dict[str, HostContext]) -> dict[str, list[str] | None]:
+    """What program.network_resources passes: each network's Backend.ingress_devices."""
+    return {n: get_backend(c.backend).ingress_devices(c) for n, c in nets.items()}
+
+
+def test_only_vxlan_and_wireguard_networks_enter_through_devices_of_their_own():
+    for backend in TUNNEL_MATCH:
+        ctx = replace(fake_ctx("n", "10.9.0.0/16", "10.9.3.0/24", backend), vni=7, wireguard={"device": "cnwg7"})
+        want = OWN_DEVICES.get(backend)
+        assert get_backend(backend).ingress_devices(ctx) == ([want.format(vni=7)] if want else None), backend
+    routed = replace(fake_ctx("n", "10.9.0.0/16", "10.9.3.0/24", "vxlan"), datapath="ebpf")  # no bridge to hook
+    assert get_backend("vxlan").ingress_devices(routed) is None
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True),
-       st.sampled_from(sorted(set(TUNNEL_MATCH) - {"vxlan"})), st.integers(1, 65535))
+       st.sampled_from(sorted(set(TUNNEL_MATCH) - set(OWN_DEVICES))), st.integers(1, 65535))
 def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds, backend, port):
     nets = {f"n{i}": fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24", backend, port) for i in seconds}
-    inet, arp = netiso.isolation_resources(nets)
+    inet, arp = netiso.isolation_resources(nets, own_devices(nets))
     tunnel = TUNNEL_MATCH[backend]
     chains = nft_chains(inet.body)
     for hook in ("forward", "input"):  # two lookups, whatever the number of networks
@@ -241,30 +259,42 @@ def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds, backend,
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True), st.integers(1, 65535))
-def test_vxlan_checks_each_networks_packets_on_its_own_devices(seconds, port):
-    """Backend vxlan, kernel datapath: one netdev ingress chain per bridge and per vxlan
-    device, each with the drops of its own network only."""
-    nets = {f"n{i}": replace(fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24", "vxlan", port), vni=i + 1)
-            for i in seconds}
-    netdev, arp = netiso.isolation_resources(nets)
+@given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True), st.sampled_from(sorted(OWN_DEVICES)),
+       st.integers(1, 65535))
+def test_vxlan_and_wireguard_check_each_networks_packets_on_its_own_devices(seconds, backend, port):
+    """Backends vxlan and wireguard, kernel datapath: one netdev ingress chain per bridge
+    and per tunnel device, each with the drops of its own network only (the tunnel rule:
+    vxlan's; WireGuard's packets are authenticated)."""
+    nets = {f"n{i}": replace(fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24", backend, port), vni=i + 1,
+                             wireguard={"device": f"cnwg{i + 1}"}) for i in seconds}
+    netdev, arp = netiso.isolation_resources(nets, own_devices(nets))
     assert (netdev.family, arp.family) == ("netdev", "arp")
     chains = nft_chains(netdev.body)
-    assert set(chains) == {f"{n}_{d}" for n in nets for d in ("bridge", "vxlan")}
+    assert set(chains) == {f"{n}_{d}" for n in nets for d in ("bridge", backend)}
+    tunnel = TUNNEL_MATCH[backend]
     for a, ca in nets.items():
         others = [cb for b, cb in nets.items() if b != a]
         drops = ([f'ip daddr {cb.gateway} counter name "{a}_gateway" drop' for cb in others]
                  + [f'ip daddr {cb.network} counter name "{a}_cross" drop' for cb in others]
-                 + [f'udp dport {port} counter name "{a}_tunnel" drop'])
+                 + ([f'{tunnel.format(port=port)} counter name "{a}_tunnel" drop'] if tunnel else []))
         assert chains[f"{a}_bridge"] == [f'ip saddr != {ca.subnet} counter name "{a}_spoof" drop', *drops]
-        assert chains[f"{a}_vxlan"] == drops
+        assert chains[f"{a}_{backend}"] == drops
+        device = OWN_DEVICES[backend].format(vni=ca.vni)
         assert f'chain {a}_bridge {{\n\t\ttype filter hook ingress device "{ca.bridge}" priority filter - 10;' in netdev.body
-        assert f'chain {a}_vxlan {{\n\t\ttype filter hook ingress device "cnvx{ca.vni}" priority filter - 10;' in netdev.body
+        assert f'chain {a}_{backend} {{\n\t\ttype filter hook ingress device "{device}" priority filter - 10;' in netdev.body
         for cb in others:
             assert f'iifname "{ca.bridge}" arp daddr ip {cb.network} counter name "{a}_arp" drop' in arp.body
     declared = {line.split()[1] for line in netdev.body.splitlines() if line.strip().startswith("counter ")}
     used = {line.split('counter name "')[1].split('"')[0] for line in netdev.body.splitlines() if "counter name" in line}
     assert used == declared == set(netiso.counter_names(nets))
+
+
+def test_one_network_without_devices_of_its_own_keeps_every_network_in_the_inet_layout():
+    """The netdev layout needs every network's own devices: one missing (None) -> inet."""
+    nets = {n: replace(fake_ctx(n, f"10.{i}.0.0/16", f"10.{i}.3.0/24"), vni=i) for i, n in ((1, "a"), (2, "b"))}
+    assert [t.family for t in netiso.isolation_resources(nets, {"a": ["cnvx1"], "b": ["cnvx2"]})] == ["netdev", "arp"]
+    assert [t.family for t in netiso.isolation_resources(nets, {"a": ["cnvx1"], "b": None})] == ["inet", "arp"]
+    assert [t.family for t in netiso.isolation_resources(nets)] == ["inet", "arp"]
 
 
 def test_every_tunnel_port_of_the_host_is_closed_to_every_network():

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crossnet import netiso, netstore, networks, program
+from crossnet import netstore, networks, program
 from crossnet.backends import get_backend
 from crossnet.backends.base import HostContext, Peer
 from crossnet.config import parse_cluster
@@ -166,7 +166,7 @@ def test_anti_spoofing_lets_the_networks_own_tunnel_in(backend_name):
         nets = networks.contexts(c, ctx, b)
     else:
         b, ctx, nets = contexts(backend_name)
-    tables = {r.family: r.body for r in netiso.isolation_resources({"default": ctx, **nets})}
+    tables = {r.family: r.body for r in program.isolation_resources(ctx, b, nets)}
     src = "10.41.0.0/16" if backend_name != "vxlan" else "10.41.0.0/24"
     assert f'iifname "cn-blue" arp saddr ip != {src} counter name "blue_arp" drop' in tables["arp"]
     if backend_name == "vxlan":  # the netdev layout: the bridge's own ingress chain

@@ -186,6 +186,14 @@ class Backend(Protocol):
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return None
 
+    # --- isolation (crossnet.netiso): its netdev layout hooks a network's own devices
+    def ingress_devices(self, ctx: HostContext) -> list[str] | None:
+        """The devices besides its bridge through which this network's packets from other
+        hosts enter this host, and no other network's (vxlan: cnvx<vni>); None when they
+        enter through a device networks share (the underlay NIC: host-gw, auto's direct
+        peers) or when the network has no bridge (routed veths, datapath ebpf)."""
+        return None
+
     def gw_mac(self, ctx: HostContext, peer: Peer | None = None) -> str | None:
         """The MAC of the container gateway of `peer` (this host's when None) when the
         backend derives it (frames reach it across the overlay at L2: ovs); None when

@@ -54,6 +54,9 @@ class Vxlan(Backend):
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return self.device(ctx)
 
+    def ingress_devices(self, ctx: HostContext) -> list[str] | None:
+        return None if datapath.routed(ctx) else [self.device(ctx)]
+
 
 def make(name: str) -> Backend:
     return Vxlan()

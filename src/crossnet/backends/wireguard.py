@@ -98,6 +98,9 @@ class WireGuard(Backend):
     def tunnel_device(self, ctx: HostContext) -> str | None:
         return self.device(ctx)
 
+    def ingress_devices(self, ctx: HostContext) -> list[str] | None:
+        return [self.device(ctx)]  # each network its own device, its peers' subnets of it only
+
     def status_info(self, ctx: HostContext, env: Env) -> dict[str, Any]:
         s = settings(ctx)
         st = device_state(env, s["device"], run_dir(ctx))
