@@ -4,6 +4,7 @@ isolation tables (crossnet.netiso). The packets: tests/e2e/test_networks.py."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network
@@ -112,10 +113,12 @@ def host_ctx(c, backend) -> HostContext:
                            peers=peers)
 
 
-@pytest.mark.parametrize("backend_name", ["vxlan", "host-gw"])
+@pytest.mark.parametrize("backend_name", ["vxlan", "host-gw", "wireguard"])
 def test_each_network_has_its_own_resources(backend_name):
+    wg_hosts = {"hosts": [{**h, "wireguard_key": base64.b64encode(bytes([i + 1]) * 32).decode()} for i, h in enumerate(HOSTS)]}
     c = cluster(backend=backend_name, nets=[{"name": "blue", "network": "10.41.0.0/16"},
-                                            {"name": "red", "network": "10.42.0.0/16"}])
+                                            {"name": "red", "network": "10.42.0.0/16"}],
+                **(wg_hosts if backend_name == "wireguard" else {}))
     b = get_backend(backend_name)
     ctx = host_ctx(c, b)
     nets = networks.contexts(c, ctx, b)
@@ -127,7 +130,7 @@ def test_each_network_has_its_own_resources(backend_name):
     desired = program.desired_resources(ctx, b) + program.network_resources(ctx, b, nets)
     keys = [r.key() for r in desired]
     assert len(keys) == len(set(keys))  # nothing shared, nothing twice
-    family = "netdev" if backend_name == "vxlan" else "inet"  # vxlan: ingress chains on each network's devices
+    family = "inet" if backend_name == "host-gw" else "netdev"  # ingress chains on each network's devices
     assert f"nft:{family}:crossnet_iso" in keys and "nft:arp:crossnet_iso" in keys
     if family == "netdev":  # loaded after the devices its chains hook (older kernels refuse an absent one)
         at = keys.index("nft:netdev:crossnet_iso")
@@ -137,6 +140,10 @@ def test_each_network_has_its_own_resources(backend_name):
     assert {"link:cn0", "link:cn-blue", "link:cn-red"} <= links
     if backend_name == "vxlan":
         assert {"link:cnvx1", "link:cnvx2", "link:cnvx3"} <= links
+    if backend_name == "wireguard":  # the devices the netdev chains hook, before the table; a route per network
+        assert {"link:cnwg0", "link:cnwg2", "link:cnwg3"} <= links
+        assert {"route:10.40.0.0/16", "route:10.41.0.0/16", "route:10.42.0.0/16"} <= set(keys)
+        return
     assert {"route:10.41.1.0/24", "route:10.42.2.0/24", "route:10.40.1.0/24"} <= set(keys)
 
 
