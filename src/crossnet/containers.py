@@ -274,7 +274,7 @@ def _attach(state: StateDir, ctx: HostContext, backend: Backend, container_id: s
                             raise CrossnetError(f"the host end {host_if} of {container_id}'s veth vanished during attach")
                         host.call([nlraw.host_route(f"{alloc.address}/32", hidx)])
                         crash_point()
-                        datapath.container_attached(ctx, host_if)
+                        datapath.container_attached(ctx, host_if, new=(host, hidx, alloc.address))
                         crash_point()
                     mac_now = cmac
                     changed = True

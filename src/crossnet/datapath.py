@@ -13,11 +13,13 @@ says ``datapath: kernel (why)``.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from crossnet.errors import ConfigError
 
 if TYPE_CHECKING:
+    from ipaddress import IPv4Address
+
     from crossnet.backends.base import HostContext
     from crossnet.plan.resources import Resource
     from crossnet.state import StateDir
@@ -114,16 +116,21 @@ def one_program_set(resources: list[Resource]) -> list[Resource]:
     return host.one_program_set(resources)
 
 
-def container_attached(ctx: HostContext, host_if: str) -> None:
+def container_attached(ctx: HostContext, host_if: str, new: tuple[Any, int, IPv4Address] | None = None) -> None:
     """After the routed veth and its /32 route exist: the from-container program on its
     host side, when this host's programs are loaded (apply/agent loaded them: a cheap
-    check of their pins, no feature probe on the attach path)."""
+    check of their pins, no feature probe on the attach path). ``new``: (the caller's
+    raw netlink socket, the veth's index, the container's address) when the caller has
+    just created that veth (crossnet.ebpf.host.attach_new_veth: nothing to look up)."""
     if not routed(ctx):
         return
     from crossnet.ebpf import host
 
     if host.loaded(ctx.state_dir):
-        host.attach_container(ctx, host_if)
+        if new is not None:
+            host.attach_new_veth(ctx, *new, host_if)
+        else:
+            host.attach_container(ctx, host_if)
 
 
 def container_detached(ctx: HostContext, host_if: str) -> None:

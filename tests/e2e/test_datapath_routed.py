@@ -263,6 +263,48 @@ def test_reattach_repairs_the_host_route(routed):
     assert ping(routed.host("h2").containers[0], c["address"], count=2)
 
 
+def veth_filters(netns: str, dev: str) -> list[dict]:
+    """`tc -j filter show dev DEV ingress`: what the kernel reports of each filter there."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "tc", "-j", "filter", "show", "dev", dev, "ingress"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out or "[]")
+
+
+def test_a_new_veths_program_is_the_one_the_slow_path_attaches(routed):
+    """attach's fast path adds clsact and crossnet's filter with raw netlink on the veth it
+    has just made: the kernel reports exactly the filter the slow path (pyroute2, as a
+    repairing attach does) puts back after it is deleted -- protocol all, pref 1000,
+    handle 1, direct-action, named after the pinned program, running it -- and the
+    container's traffic takes it."""
+    from crossnet import ebpf
+    from crossnet.ebpf import host as ebpf_host
+
+    if ebpf.problem() is not None:
+        pytest.skip(f"this machine cannot run the eBPF programs: {ebpf.problem()}")
+    h1 = routed.host("h1")
+    c = routed.status("h1")["containers"][0]
+    (route,) = ip_json(h1.netns, "route", "show", f"{c['address']}/32")
+    dev = route["dev"]
+    prog_id = ebpf_host._pinned_prog_id(ebpf_host.current_pin_dir(h1.state_dir), "cn_from_container")
+    fast = veth_filters(h1.netns, dev)
+    ours = [f for f in fast if (f.get("options") or {}).get("bpf_name")]
+    assert len(ours) == 1, fast
+    opts = ours[0]["options"]
+    assert (ours[0]["kind"], ours[0]["protocol"], ours[0]["pref"]) == ("bpf", "all", 1000), ours
+    assert (opts["handle"], opts["bpf_name"], opts.get("direct-action"), opts["prog"]["id"]) == \
+        ("0x1", f"crossnet:cn_from_container:{prog_id}", True, prog_id), opts
+    before = ebpf_host.counters_at(h1.state_dir).get("redirect", 0)
+    peer = routed.status("h2")["containers"][0]["address"]
+    assert ping(os.path.basename(c["netns"]), peer, count=3)
+    assert ebpf_host.counters_at(h1.state_dir).get("redirect", 0) > before
+    subprocess.run(["ip", "netns", "exec", h1.netns, "tc", "filter", "del", "dev", dev, "ingress", "pref", "1000"],
+                   check=True)
+    assert not [f for f in veth_filters(h1.netns, dev) if (f.get("options") or {}).get("bpf_name")]
+    res = routed.run("h1", "attach", c["netns"], "-o", "json")  # attached already: the slow path repairs
+    assert res.returncode == 0, res.stderr
+    assert veth_filters(h1.netns, dev) == fast
+
+
 _CNI = ("import json, os, sys\n"
         "from crossnet.cni import plugin\n"
         "code, out = plugin.run(dict(os.environ), sys.stdin.buffer.read())\n"

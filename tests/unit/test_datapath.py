@@ -218,6 +218,30 @@ def test_routed_container_routes():
     assert IPv4Address(datapath.GATEWAY).packed in neigh
 
 
+def test_the_new_veths_program_is_tc_add_clsact_then_a_direct_action_bpf_filter():
+    """attach's fast path (crossnet.ebpf.host.attach_new_veth): the messages `tc qdisc add
+    dev X clsact` and `tc filter add dev X ingress protocol all pref 1000 handle 1 bpf da
+    fd F name N` send; both refuse what exists (EXCL) instead of replacing it."""
+    from crossnet.ebpf import host
+    from crossnet.netlink.const import (NLM_F_CREATE, NLM_F_EXCL, RTM_NEWQDISC, RTM_NEWTFILTER, TCA_BPF_FD,
+                                        TCA_BPF_FLAGS, TCA_BPF_NAME, TCA_KIND, TCA_OPTIONS, TCMSG_SIZE)
+
+    mtype, flags, body, what = nlraw.clsact_add(9, "cnvabc")
+    assert (mtype, flags) == (RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL) and "cnvabc" in what
+    assert struct.unpack_from("=BxHiIII", body) == (0, 0, 9, 0xFFFF0000, 0xFFFFFFF1, 0)  # handle ffff:, parent clsact
+    assert _attrs(body, TCMSG_SIZE) == {TCA_KIND: b"clsact\0"}
+    mtype, flags, body, what = nlraw.bpf_filter_add(9, host.TC_INGRESS, host.TC_PREF, host.TC_HANDLE, 42,
+                                                    "crossnet:cn_from_container:7", "cnvabc")
+    assert (mtype, flags) == (RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL)
+    # handle 1, parent ffff:fff2 (clsact ingress), info = pref << 16 | htons(ETH_P_ALL)
+    assert struct.unpack_from("=BxHiIII", body) == (0, 0, 9, 1, 0xFFFFFFF2, 1000 << 16 | 0x0300)
+    top = _attrs(body, TCMSG_SIZE)
+    assert top[TCA_KIND] == b"bpf\0"
+    opts = _attrs(top[TCA_OPTIONS], 0)
+    assert struct.unpack("=I", opts[TCA_BPF_FD]) == (42,) and struct.unpack("=I", opts[TCA_BPF_FLAGS]) == (1,)
+    assert opts[TCA_BPF_NAME] == b"crossnet:cn_from_container:7\0"
+
+
 def test_cni_result_of_a_routed_attachment():
     from crossnet.cni import plugin
     from crossnet.containers import Attachment

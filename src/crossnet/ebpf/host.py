@@ -32,7 +32,15 @@ from crossnet.ebpf import bpfsys, maps
 from crossnet.errors import ApplyError, CrossnetError
 from crossnet.ifname import check as check_ifname
 from crossnet.netlink import iproute as nl
-from crossnet.netlink.const import NLA_TYPE_MASK, NLMSG_HDRLEN, TCA_CHAIN, TCMSG_SIZE
+from crossnet.netlink.const import (
+    ETH_P_ALL,
+    NLA_TYPE_MASK,
+    NLMSG_HDRLEN,
+    TC_EGRESS,
+    TC_INGRESS,
+    TCA_CHAIN,
+    TCMSG_SIZE,
+)
 from crossnet.plan.env import Env
 from crossnet.plan.resources import Resource
 
@@ -43,8 +51,6 @@ BPFTOOL = "bpftool"
 BPFFS = Path("/sys/fs/bpf")
 BASE = BPFFS / "crossnet"
 BPF_FS_TYPE = "bpf"
-TC_INGRESS = 0xFFFFFFF2  # clsact ingress (ffff:fff2)
-TC_EGRESS = 0xFFFFFFF3
 TC_PREF = 1000  # crossnet's filter priority on an interface's clsact ingress
 TC_HANDLE = 1
 FILTER_PREFIX = "crossnet:"  # tc filter name: crossnet:<program>:<prog id>
@@ -347,7 +353,7 @@ def tc_attach(ipr, index: int, directory: str, program: str, dev: str = "") -> b
     with _pinned(f"{directory}/progs/{program}") as fd:
         name = f"{FILTER_PREFIX}{program}:{bpfsys.prog_id(fd)}"
         ipr.tc("replace-filter", "bpf", index, TC_HANDLE, fd=fd, name=name, parent=TC_INGRESS,
-               prio=TC_PREF, protocol=0x0003, direct_action=True)
+               prio=TC_PREF, protocol=ETH_P_ALL, direct_action=True)
     return added
 
 
@@ -356,7 +362,7 @@ def tc_detach(ipr, index: int, remove_clsact: bool) -> None:
     qdisc too unless some other filter still uses it."""
     if any(_ours(m) for m in _filters(ipr, index)):
         with contextlib.suppress(NetlinkError):
-            ipr.tc("del-filter", "bpf", index, TC_HANDLE, parent=TC_INGRESS, prio=TC_PREF, protocol=0x0003)
+            ipr.tc("del-filter", "bpf", index, TC_HANDLE, parent=TC_INGRESS, prio=TC_PREF, protocol=ETH_P_ALL)
     if remove_clsact and has_clsact(ipr, index) and not _filters(ipr, index) and not _filters(ipr, index, TC_EGRESS):
         with contextlib.suppress(NetlinkError):
             ipr.tc("del", "clsact", index)
@@ -707,6 +713,23 @@ def attach_container(ctx: HostContext, host_ifname: str) -> None:
         with _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
             bpfsys.map_update(fd, maps.ifindex_key(index), maps.veth_value(address))
         tc_attach(ipr, index, directory, "cn_from_container", host_ifname)
+
+
+def attach_new_veth(ctx: HostContext, rtnl, index: int, address: ipaddress.IPv4Address, host_ifname: str) -> None:
+    """attach_container for a host veth the caller has just created (attach's fast path,
+    raw netlink on the caller's socket ``rtnl``): nothing can be on it yet, so no lookup
+    of its kind, route or filters; its redirect-target entry, then clsact and crossnet's
+    filter added (not replaced: EEXIST means it is not that fresh, and the caller's
+    rollback deletes the veth)."""
+    from crossnet.netlink import raw as nlraw
+
+    directory = current_pin_dir(ctx.state_dir)
+    with _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
+        bpfsys.map_update(fd, maps.ifindex_key(index), maps.veth_value(address))
+    with _pinned(f"{directory}/progs/cn_from_container") as fd:
+        name = f"{FILTER_PREFIX}cn_from_container:{bpfsys.prog_id(fd)}"
+        rtnl.call([nlraw.clsact_add(index, host_ifname),
+                   nlraw.bpf_filter_add(index, TC_INGRESS, TC_PREF, TC_HANDLE, fd, name, host_ifname)])
 
 
 def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddress.IPv4Address | None:

@@ -40,9 +40,17 @@ RTN_LOCAL = 2
 RTNH_F_ONLINK = 0x4
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 
-# traffic control (struct tcmsg, linux/rtnetlink.h)
+# traffic control (struct tcmsg, linux/rtnetlink.h; linux/pkt_sched.h, linux/pkt_cls.h)
 TCMSG_SIZE = 20
+RTM_NEWQDISC, RTM_NEWTFILTER = 36, 44
+TCA_KIND, TCA_OPTIONS = 1, 2
 TCA_CHAIN = 11  # a filter's chain (pyroute2 0.9 does not decode it)
+TC_H_CLSACT = 0xFFFFFFF1  # the clsact qdisc's parent (TC_H_INGRESS) ...
+TC_H_CLSACT_HANDLE = 0xFFFF0000  # ... and its handle (ffff:)
+TC_INGRESS, TC_EGRESS = 0xFFFFFFF2, 0xFFFFFFF3  # clsact's ingress / egress hooks (ffff:fff2, ffff:fff3)
+TCA_BPF_FD, TCA_BPF_NAME, TCA_BPF_FLAGS = 6, 7, 8  # cls_bpf's options
+TCA_BPF_FLAG_ACT_DIRECT = 1  # direct-action: the program's return value is the verdict
+ETH_P_ALL = 0x0003
 NLA_TYPE_MASK = 0x3FFF  # an attribute's type without NLA_F_NESTED / NLA_F_NET_BYTEORDER
 
 # neighbours (struct ndmsg, linux/neighbour.h)

@@ -5,7 +5,8 @@ reply). Creating a container's veth pair and configuring it takes a handful of
 requests whose messages are small fixed structs (rtnetlink(7)), so attach packs
 them here: an interface lookup is one request whose reply is read for its index
 only, and the container side (lo up, address, default route) goes out as one burst
-whose ACKs are read together. Errors come back as :class:`RtnlError` (an OSError
+whose ACKs are read together; with ``datapath: ebpf`` the new host veth's clsact and
+program filter too (:func:`clsact_add`, :func:`bpf_filter_add`). Errors come back as :class:`RtnlError` (an OSError
 carrying the kernel's errno) naming the object.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 from crossnet.netlink.batch import _HDR, Batch, _attr, _mac
 from crossnet.netlink.const import (
     AF_INET,
+    ETH_P_ALL,
     IFA_ADDRESS,
     IFA_LOCAL,
     IFF_UP,
@@ -49,10 +51,20 @@ from crossnet.netlink.const import (
     RTM_GETLINK,
     RTM_NEWADDR,
     RTM_NEWLINK,
+    RTM_NEWQDISC,
     RTM_NEWROUTE,
+    RTM_NEWTFILTER,
     RTN_UNICAST,
     RTNH_F_ONLINK,
     RTPROT_STATIC,
+    TC_H_CLSACT,
+    TC_H_CLSACT_HANDLE,
+    TCA_BPF_FD,
+    TCA_BPF_FLAG_ACT_DIRECT,
+    TCA_BPF_FLAGS,
+    TCA_BPF_NAME,
+    TCA_KIND,
+    TCA_OPTIONS,
     VETH_INFO_PEER,
 )
 
@@ -62,6 +74,7 @@ LOOPBACK_IFINDEX = 1
 _IFINFO = struct.Struct("=BxHiII")  # family, pad, type, index, flags, change
 _IFADDR = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
 _RTMSG = struct.Struct("=BBBBBBBBI")
+_TCMSG = struct.Struct("=BxHiIII")  # family, pad, pad, ifindex, handle, parent, info
 
 
 class RtnlError(OSError):
@@ -211,3 +224,20 @@ def neigh_permanent(index: int, ip: str, mac: str) -> tuple[int, int, bytes, str
     batch = Batch()
     batch.neigh_replace(index, ip, mac, f"neighbour {ip} lladdr {mac}")
     return batch.messages[0]
+
+
+def clsact_add(index: int, what: str) -> tuple[int, int, bytes, str]:
+    """``tc qdisc add dev INDEX clsact`` (EEXIST when it has one)."""
+    body = _TCMSG.pack(0, 0, index, TC_H_CLSACT_HANDLE, TC_H_CLSACT, 0) + _attr(TCA_KIND, b"clsact\0")
+    return RTM_NEWQDISC, NLM_F_CREATE | NLM_F_EXCL, body, f"adding clsact to {what}"
+
+
+def bpf_filter_add(index: int, parent: int, pref: int, handle: int, prog_fd: int, name: str,
+                   what: str) -> tuple[int, int, bytes, str]:
+    """``tc filter add dev INDEX parent PARENT protocol all pref PREF handle HANDLE bpf da
+    fd PROG_FD name NAME`` (EEXIST when that slot is taken)."""
+    options = (_attr(TCA_BPF_FD, struct.pack("=I", prog_fd)) + _attr(TCA_BPF_NAME, name.encode() + b"\0")
+               + _attr(TCA_BPF_FLAGS, struct.pack("=I", TCA_BPF_FLAG_ACT_DIRECT)))
+    body = (_TCMSG.pack(0, 0, index, handle, parent, pref << 16 | socket.htons(ETH_P_ALL))
+            + _attr(TCA_KIND, b"bpf\0") + _attr(TCA_OPTIONS, options))
+    return RTM_NEWTFILTER, NLM_F_CREATE | NLM_F_EXCL, body, f"adding filter {name} to {what}"

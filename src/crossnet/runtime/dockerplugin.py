@@ -635,7 +635,7 @@ class NetlinkKernel:
 
         check_ifname(host_if, "host_if")
 
-        def make(rtnl: Any) -> None:
+        def make(rtnl: Any) -> int:
             _raw_create_veth(rtnl, ctx, host_if, peer, mac, routed=True)
             index = rtnl.ifindex(host_if)
             if index is None:
@@ -643,9 +643,11 @@ class NetlinkKernel:
             with open(f"/proc/sys/net/ipv4/conf/{host_if}/proxy_arp", "w") as fh:
                 fh.write("1\n")
             rtnl.call([nlraw.host_route(f"{ipaddress.IPv4Address(address)}/32", index)])
+            return index
 
-        self._call(make)
-        datapath.container_attached(ctx, host_if)
+        index = self._call(make)
+        new = ipaddress.IPv4Address(address)  # the veth just made: its program without lookups
+        self._call(lambda rtnl: datapath.container_attached(ctx, host_if, new=(rtnl, index, new)))
 
     def retire_veth(self, ctx: Any, backend: Any, host_if: str) -> int | None:
         """DeleteEndpoint's part on the request path: mark the host veth (RETIRED_ALIAS)
