@@ -17,6 +17,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -350,8 +351,12 @@ def test_remove_leaves_nothing(lab):
     assert "clsact" in lab.run("h2", "tc", "qdisc", "show", "dev", "u0", check=True).stdout  # not ours: kept
     assert not any(os.path.exists(d) for d in pin_dirs)
     assert not any(os.path.exists(os.path.dirname(d)) for d in pin_dirs)
-    for pid in ids:
-        assert sh("bpftool", "prog", "show", "id", str(pid), check=False).returncode != 0
-    for mid in maps:
-        assert sh("bpftool", "map", "show", "id", str(mid), check=False).returncode != 0
+    # the kernel frees a program after an RCU grace period and a map from a workqueue after
+    # its last program: both asynchronously, so wait (bounded) for each id to go
+    deadline = time.monotonic() + 10
+    for what, ids_ in (("prog", ids), ("map", sorted(maps))):
+        for oid in ids_:
+            while sh("bpftool", what, "show", "id", str(oid), check=False).returncode == 0:
+                assert time.monotonic() < deadline, f"bpf {what} {oid} still exists 10 s after remove"
+                time.sleep(0.05)
     assert ping(lab, "c1", "10.77.2.2").returncode == 0  # the kernel path alone
