@@ -719,8 +719,8 @@ def attach_new_veth(ctx: HostContext, rtnl, index: int, address: ipaddress.IPv4A
     """attach_container for a host veth the caller has just created (attach's fast path,
     raw netlink on the caller's socket ``rtnl``): nothing can be on it yet, so no lookup
     of its kind, route or filters; its redirect-target entry, then clsact and crossnet's
-    filter added (not replaced: EEXIST means it is not that fresh, and the caller's
-    rollback deletes the veth)."""
+    filter added, not replaced (EEXIST: it is not that fresh, and the attach fails: attach
+    rolls its veth back, the docker plugin's endpoint goes with DeleteEndpoint)."""
     from crossnet.netlink import raw as nlraw
 
     directory = current_pin_dir(ctx.state_dir)
