@@ -134,14 +134,15 @@ def container_attached(ctx: HostContext, host_if: str, new: tuple[Any, int, IPv4
 
 
 def container_detached(ctx: HostContext, host_if: str) -> None:
-    """Before the routed veth is deleted: its program and its redirect-target entry
-    (idempotent: nothing loaded, or the veth already gone, is fine)."""
+    """Before the routed veth is deleted: its redirect-target entry and stale ones (its
+    program goes with the veth; crossnet.ebpf.host.forget_veth). Idempotent: nothing
+    loaded, or the veth already gone, is fine."""
     if not routed(ctx):
         return
     from crossnet.ebpf import host
 
     if host.loaded(ctx.state_dir):
-        host.detach_container(ctx, host_if)
+        host.forget_veth(ctx, host_if)
 
 
 def check_switch(state: StateDir, ctx: HostContext, env: object) -> None:

@@ -305,6 +305,52 @@ def test_a_new_veths_program_is_the_one_the_slow_path_attaches(routed):
     assert veth_filters(h1.netns, dev) == fast
 
 
+def veth_entries(state_dir: str) -> set[int]:
+    """The ifindexes in the programs' allowed-veth map (the redirect targets)."""
+    from crossnet.ebpf import bpfsys, maps
+    from crossnet.ebpf import host as ebpf_host
+
+    with ebpf_host._pinned(f"{ebpf_host.current_pin_dir(state_dir)}/maps/{maps.VETHS_MAP}") as fd:
+        return {int.from_bytes(k, "little") for k in bpfsys.map_keys(fd, 4)}
+
+
+def test_detach_forgets_its_veth_and_vanished_ones_and_keeps_the_others(routed):
+    """Detach (crossnet.ebpf.host.forget_veth, raw netlink) removes the container's
+    redirect-target entry and those of veths gone without a detach (a container whose
+    namespace was deleted), and keeps every live container's entry."""
+    from crossnet import ebpf
+
+    if ebpf.problem() is not None:
+        pytest.skip(f"this machine cannot run the eBPF programs: {ebpf.problem()}")
+    h1 = routed.host("h1")
+    names = [f"{h1.netns}-x{i}" for i in (1, 2)]
+    ids = {}
+    try:
+        for n in names:
+            subprocess.run(["ip", "netns", "add", n], check=True)
+            res = routed.run("h1", "attach", n, "-o", "json")
+            assert res.returncode == 0, res.stderr
+            ids[n] = json.loads(res.stdout)["id"]
+        index = {}
+        for n in names:
+            address = next(c["address"] for c in routed.status("h1")["containers"] if c["id"] == ids[n])
+            (route,) = ip_json(h1.netns, "route", "show", f"{address}/32")
+            index[n] = next(link["ifindex"] for link in ip_json(h1.netns, "link", "show", route["dev"]))
+        before = veth_entries(h1.state_dir)
+        assert set(index.values()) <= before
+        subprocess.run(["ip", "netns", "del", names[1]], check=True)  # its veth pair goes, its entry stays
+        assert index[names[1]] in veth_entries(h1.state_dir)
+        res = routed.run("h1", "detach", n := names[0])
+        assert res.returncode == 0, res.stderr
+        ids.pop(n)
+        assert veth_entries(h1.state_dir) == before - set(index.values())
+    finally:
+        for n in names:
+            subprocess.run(["ip", "netns", "del", n], check=False, capture_output=True)
+        for cid in ids.values():  # the vanished one's address
+            routed.run("h1", "detach", cid)
+
+
 _CNI = ("import json, os, sys\n"
         "from crossnet.cni import plugin\n"
         "code, out = plugin.run(dict(os.environ), sys.stdin.buffer.read())\n"

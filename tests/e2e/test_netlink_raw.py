@@ -146,3 +146,29 @@ def test_raw_veth_pair_equals_pyroute2(netns):
     assert ref_ctr["kind"] == "veth" and ref_ctr["address"] == "0a:58:0a:20:00:02"
     assert raw_host == ref_host
     assert raw_ctr == ref_ctr
+
+
+_KINDS = _SETUP + r"""
+import json
+from crossnet.netlink import iproute as nl
+from crossnet.netlink import raw as nlraw
+for i in range(300):  # more than one 64 KiB read of the dump
+    ipr.link("add", ifname=f"xv{i}", kind="veth", peer={"ifname": f"xp{i}"})
+with nlraw.Rtnl() as rt:
+    raw = rt.link_kinds()
+print(json.dumps({"raw": sorted(raw.items()), "pyroute2": sorted((l.index, l.kind) for l in nl.all_links(ipr))}))
+"""
+
+
+def test_raw_link_kinds_equal_pyroute2(netns):
+    """Rtnl.link_kinds (detach's stale-veth check, crossnet.ebpf.host.forget_veth): every
+    interface's index and kind from one dump read field by field, as pyroute2 reads them
+    (600 veths: the dump spans many reads; lo: no kind)."""
+    ns = netns()
+    res = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _KINDS], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["raw"] == got["pyroute2"]
+    kinds = [k for _, k in got["raw"]]
+    assert kinds.count("veth") == 600 and {"bridge", "vxlan", None} <= set(kinds)

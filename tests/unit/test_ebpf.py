@@ -550,3 +550,24 @@ def test_backend_vxlan_peers_get_a_vtep_only_when_the_programs_run(monkeypatch, 
         assert vteps == want, active
     monkeypatch.setattr(datapath, "active", lambda ctx: "ebpf")
     assert datapath.vtep_resources(ctx("auto"), "cnvx7", "10.1.2.0", "192.168.1.2") == []  # auto: the device's
+
+
+@given(st.sets(st.integers(1, 500), max_size=12), st.sets(st.integers(1, 500), max_size=12),
+       st.sets(st.integers(501, 600), max_size=4))
+def test_stale_veth_entries_go_and_an_attach_meanwhile_keeps_its_entry(entries, live, attached_meanwhile):
+    """_prune_veth_entries (detach's forget_veth, apply's prune_veths): an entry whose
+    index is not a present veth goes, every other stays; an attach that runs while the
+    interfaces are read (its veth made, then its entry written) keeps its entry, which a
+    key list read after the interfaces would have taken for stale."""
+    cells = {i.to_bytes(4, "little") for i in entries}
+
+    def present() -> set[int]:
+        for i in attached_meanwhile:  # a concurrent attach: the veth, then its entry
+            cells.add(i.to_bytes(4, "little"))
+        return set(live)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bpfsys, "map_keys", lambda fd, size: sorted(cells))
+        mp.setattr(bpfsys, "map_delete", lambda fd, key: cells.discard(key))
+        host._prune_veth_entries(7, present)
+    assert {int.from_bytes(k, "little") for k in cells} == (entries & live) | attached_meanwhile

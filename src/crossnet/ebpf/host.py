@@ -757,14 +757,42 @@ def detach_container(ctx: HostContext, host_ifname: str) -> None:
         prune_veths(ipr, directory)
 
 
+def forget_veth(ctx: HostContext, host_ifname: str) -> None:
+    """detach_container for a routed veth the caller deletes next (detach, CNI DEL, the
+    docker plugin): its qdisc and filter go with it, so only its redirect-target entry
+    and stale ones are removed, over raw netlink (one index lookup, one dump read for
+    indexes and kinds: no pyroute2, no filter or qdisc dump). Idempotent."""
+    from crossnet.netlink import raw as nlraw
+
+    check_ifname(host_ifname, "host_ifname")
+    try:
+        directory = current_pin_dir(ctx.state_dir)
+    except CrossnetError:
+        return  # nothing loaded: no map to clean
+    with nlraw.Rtnl() as rtnl:
+        index = rtnl.ifindex(host_ifname)
+        with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
+            if index is not None:
+                bpfsys.map_delete(fd, maps.ifindex_key(index))
+            _prune_veth_entries(fd, lambda: {i for i, kind in rtnl.link_kinds().items() if kind == "veth"})
+
+
 def prune_veths(ipr, directory: str) -> None:
     """Drop allowed-veth entries whose interface no longer exists (a veth deleted with its
     container before detach): an index the kernel reuses is never a redirect target."""
     with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
-        present = {l.index for l in nl.all_links(ipr) if l.kind == "veth"}
-        for key in bpfsys.map_keys(fd, 4):
-            if int.from_bytes(key, "little") not in present:
-                bpfsys.map_delete(fd, key)
+        _prune_veth_entries(fd, lambda: {l.index for l in nl.all_links(ipr) if l.kind == "veth"})
+
+
+def _prune_veth_entries(fd: int, present_veths: Callable[[], set[int]]) -> None:
+    """Delete the entries of the veths map ``fd`` whose index is not a present veth. The
+    keys are read before the interfaces: an attach running meanwhile makes its veth before
+    its entry, so an entry too new for the key list is never taken for a stale one."""
+    keys = bpfsys.map_keys(fd, 4)
+    present = present_veths()
+    for key in keys:
+        if int.from_bytes(key, "little") not in present:
+            bpfsys.map_delete(fd, key)
 
 
 def prune_vteps(directory: str, devices: set[int]) -> None:

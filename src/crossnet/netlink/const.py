@@ -11,8 +11,9 @@ AF_INET6 = 10
 
 # netlink message header (linux/netlink.h)
 NLMSG_HDRLEN = 16  # struct nlmsghdr
-NLMSG_ERROR = 2
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300  # NLM_F_ROOT | NLM_F_MATCH
 NLM_F_ACK = 0x4
 NLM_F_REPLACE = 0x100
 NLM_F_EXCL = 0x200
