@@ -236,3 +236,43 @@ def test_the_floor_layout_refuses_an_unknown_encapsulation():
     assert RoutedVethFloor(Lab(), encap="vxlan").overhead == 50
     with pytest.raises(ValueError, match="encap"):
         RoutedVethFloor(Lab(), encap="gre")
+
+
+@pytest.mark.parametrize("only, ebpf_why", [(("attach", "cni"), None), (("cni",), None), (("attach",), "no bpftool"),
+                                            (("peers", "mesh"), None)])
+def test_control_measures_only_the_parts_asked_for(monkeypatch, only, ebpf_why):
+    """`bench control --only`: the parts asked for run (attach and cni with their ebpf rows,
+    unless this machine cannot run the programs), every other one is recorded as skipped,
+    and the targets say so instead of a figure."""
+    import crossnet.ebpf as ebpf
+    from crossnet.bench import control, dockerbench
+    from crossnet.bench.util import RunContext
+
+    ran: list[tuple[str, str]] = []
+
+    def fake(name):
+        def measure(rc, *args, datapath="kernel", **kw):
+            ran.append((name, datapath))
+            return {"status": "ok", "name": name, "datapath": datapath}
+        return measure
+
+    for name in ("attach", "peers", "cni", "podman", "agent", "dns", "mesh"):
+        monkeypatch.setattr(control, f"bench_{name}", fake(name))
+    monkeypatch.setattr(dockerbench, "run", fake("docker"))
+    monkeypatch.setattr(ebpf, "problem", lambda: ebpf_why)
+    res = control.run(RunContext(), parts=only)
+    want = {"attach": ["attach"], "peers": ["peers"], "cni": ["cni"], "podman": ["podman", "docker"],
+            "agent": ["agent", "dns"], "mesh": ["mesh"]}
+    asked = {n for p in only for n in want[p]}
+    assert {n for n, dp in ran if dp == "kernel"} == asked
+    assert {n for n, dp in ran if dp == "ebpf"} == (set() if ebpf_why else asked & {"attach", "cni"})
+    for key in ("attach", "peers", "cni", "podman", "docker", "agent", "dns", "mesh"):
+        assert (res[key]["status"] == "ok") is (key in asked), key
+        if key not in asked:
+            assert res[key]["reason"] == "not asked for (--only)", key
+    t = {x["id"]: x for x in evaluate({"control": res})}
+    if "attach" not in only:
+        assert t["attach-ebpf"]["status"] == "skipped: not asked for (--only)"
+    elif ebpf_why:
+        assert t["attach-ebpf"]["status"] == f"skipped: {ebpf_why}"
+    assert res["params"]["parts"] == list(only)

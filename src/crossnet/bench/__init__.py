@@ -21,3 +21,8 @@ Modules:
 
 Every lab is named ``b`` + 7 random characters and torn down in ``finally``.
 """
+
+# the parts of the control suite, as `bench control --only` names them (podman: and docker;
+# agent: and container DNS; attach and cni: with their `datapath: ebpf` rows); here, not in
+# ``control``, so that the CLI lists them without importing the suite
+CONTROL_PARTS = ("attach", "peers", "cni", "podman", "agent", "mesh")

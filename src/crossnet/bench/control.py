@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from crossnet.bench import CONTROL_PARTS
+
 import yaml
 
 from crossnet.bench.util import (
@@ -406,48 +408,61 @@ def bench_mesh(rc: RunContext, hosts: int = 5, joins: int = 10, idle_s: float = 
 # ---------------------------------------------------------------- suite
 
 
-def _ebpf_variants(rc: RunContext, attach_count: int, cni_count: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Issue 18: in-process attach and CNI ADD with `datapath: ebpf` (routed veths, the
-    veth's program attached), to compare with the kernel rows of the same run."""
+PARTS = CONTROL_PARTS  # `bench control --only`
+
+
+def _ebpf_variant(rc: RunContext, what: str, measure: Any) -> dict[str, Any]:
+    """Issue 18: a control row again with `datapath: ebpf` (routed veths, the veth's
+    program attached), to compare with the kernel row of the same run."""
     from crossnet import ebpf
 
     why = "--quick (the full control suite measures it)" if rc.quick else ebpf.problem()
     if why:
-        return ({"status": "skipped", "reason": why},) * 2
-    rc.log("attach and CNI ADD again with datapath ebpf")
-    return bench_attach(rc, attach_count, 0, datapath="ebpf"), bench_cni(rc, cni_count, datapath="ebpf")
+        return {"status": "skipped", "reason": why}
+    rc.log(f"{what} again with datapath ebpf")
+    return measure()
 
 
 def run(rc: RunContext, attach_count: int = 200, cli_count: int = 200, peer_sizes: tuple[int, ...] = (10, 100, 1000),
         peer_backends: tuple[str, ...] = ("vxlan", "host-gw"), cni_count: int = 50, podman_runs: int = 10,
         agent: bool = True, profile: bool = False, reset_max: int = 1000, agent_hosts: int = 20,
         agent_joins: int = 10, peer_repeats: int = 1, mesh: bool = True, mesh_hosts: int = 5, mesh_joins: int = 10,
-        mesh_idle: float = 30.0) -> dict[str, Any]:
+        mesh_idle: float = 30.0, parts: tuple[str, ...] = PARTS) -> dict[str, Any]:
+    """The control suite; ``parts`` (PARTS): the ones measured, the others recorded as
+    skipped (attach and cni include their `datapath: ebpf` rows)."""
     t0 = time.monotonic()
     res: dict[str, Any] = {"suite": "control", "params": {
         "attach_count": attach_count, "cli_count": cli_count, "peer_sizes": list(peer_sizes),
         "peer_backends": list(peer_backends), "cni_count": cni_count, "podman_runs": podman_runs,
         "agent": agent, "agent_hosts": agent_hosts, "agent_joins": agent_joins, "mesh": mesh,
-        "mesh_hosts": mesh_hosts, "mesh_joins": mesh_joins, "mesh_idle": mesh_idle}}
-    res["attach"] = bench_attach(rc, attach_count, cli_count)
-    res["peers"] = bench_peers(rc, peer_sizes, peer_backends, profile_over_s=1.0 if profile else None,
-                               reset_max=reset_max, repeats=peer_repeats)
-    res["cni"] = bench_cni(rc, cni_count)
-    res["attach_ebpf"], res["cni_ebpf"] = _ebpf_variants(rc, attach_count, cni_count)
-    res["podman"] = bench_podman(rc, podman_runs) if podman_runs else {"status": "skipped",
-                                                                        "reason": "disabled (--podman-runs 0)"}
+        "mesh_hosts": mesh_hosts, "mesh_joins": mesh_joins, "mesh_idle": mesh_idle, "parts": list(parts)}}
+    unasked = {"status": "skipped", "reason": "not asked for (--only)"}
+
+    def part(name: str, measure: Any) -> dict[str, Any]:
+        return measure() if name in parts else dict(unasked)
+
+    res["attach"] = part("attach", lambda: bench_attach(rc, attach_count, cli_count))
+    res["peers"] = part("peers", lambda: bench_peers(rc, peer_sizes, peer_backends,
+                                                     profile_over_s=1.0 if profile else None, reset_max=reset_max,
+                                                     repeats=peer_repeats))
+    res["cni"] = part("cni", lambda: bench_cni(rc, cni_count))
+    res["attach_ebpf"] = part("attach", lambda: _ebpf_variant(
+        rc, "attach", lambda: bench_attach(rc, attach_count, 0, datapath="ebpf")))
+    res["cni_ebpf"] = part("cni", lambda: _ebpf_variant(
+        rc, "CNI ADD/DEL", lambda: bench_cni(rc, cni_count, datapath="ebpf")))
+    off = {"status": "skipped", "reason": "disabled (--podman-runs 0)"}
+    res["podman"] = part("podman", lambda: bench_podman(rc, podman_runs) if podman_runs else dict(off))
     from crossnet.bench import dockerbench
 
     if rc.quick:  # a dockerd per lab host takes a minute on a loaded 2-core CI machine
         res["docker"] = {"status": "skipped", "reason": "--quick (the full control suite measures it)"}
     else:
-        res["docker"] = dockerbench.run(rc, podman_runs) if podman_runs else {
-            "status": "skipped", "reason": "disabled (--podman-runs 0)"}
-    res["agent"] = bench_agent(rc, agent_hosts, agent_joins) if agent else {
-        "status": "skipped", "reason": "disabled for this run"}
-    res["dns"] = bench_dns(rc) if agent else {"status": "skipped", "reason": "disabled for this run (with the agent)"}
-    res["mesh"] = bench_mesh(rc, mesh_hosts, mesh_joins, mesh_idle) if mesh else {
-        "status": "skipped", "reason": "disabled for this run"}
+        res["docker"] = part("podman", lambda: dockerbench.run(rc, podman_runs) if podman_runs else dict(off))
+    disabled = {"status": "skipped", "reason": "disabled for this run"}
+    res["agent"] = part("agent", lambda: bench_agent(rc, agent_hosts, agent_joins) if agent else dict(disabled))
+    res["dns"] = part("agent", lambda: bench_dns(rc) if agent else {
+        "status": "skipped", "reason": "disabled for this run (with the agent)"})
+    res["mesh"] = part("mesh", lambda: bench_mesh(rc, mesh_hosts, mesh_joins, mesh_idle) if mesh else dict(disabled))
     res["elapsed_s"] = round(time.monotonic() - t0, 1)
     return res
 

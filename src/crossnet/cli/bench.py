@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator
 import click
 
 from crossnet.backends import backend_names
+from crossnet.bench import CONTROL_PARTS
 from crossnet.cli.contract import CommaChoice
 from crossnet.errors import ConfigError
 
@@ -380,14 +381,16 @@ def _run_datapath(rc: Any, s: dict[str, Any], backends: list[str] | None) -> dic
         return {"suite": "datapath", "status": "skipped", "reason": str(exc), "rows": []}
 
 
-def _run_control(rc: Any, s: dict[str, Any], profile: bool) -> dict[str, Any]:
+def _run_control(rc: Any, s: dict[str, Any], profile: bool, only: str | None = None) -> dict[str, Any]:
     from crossnet.bench import control
 
+    parts = tuple(_names(only)) if only else control.PARTS
     return control.run(rc, attach_count=s["attach_count"], cli_count=s["cli_count"], peer_sizes=s["peer_sizes"],
                        peer_backends=s["peer_backends"], reset_max=s["reset_max"], cni_count=s["cni_count"],
                        podman_runs=s["podman_runs"], agent=s["agent"], profile=profile,
                        peer_repeats=s["peer_repeats"], agent_hosts=s["agent_hosts"], agent_joins=s["agent_joins"],
-                       mesh=s["mesh"], mesh_hosts=s["mesh_hosts"], mesh_joins=s["mesh_joins"], mesh_idle=s["mesh_idle"])
+                       mesh=s["mesh"], mesh_hosts=s["mesh_hosts"], mesh_joins=s["mesh_joins"], mesh_idle=s["mesh_idle"],
+                       parts=parts)
 
 
 OUTPUT = click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -485,13 +488,20 @@ def register(main: click.Group) -> None:
     @bench.command("control")
     @QUICK_OPT
     @_control_options
+    @click.option("--only", type=CommaChoice(CONTROL_PARTS),
+                  help="Measure only these parts (comma-separated; default all): attach and cni include their "
+                       "`datapath: ebpf` rows, podman the docker run row, agent container DNS.")
     @OUTPUT
     @SAVE
     @REPORT
     @DOCS
-    def control_cmd(quick, attach_count, cli_count, peers, peer_backends, cni_count, podman_runs, profile, output,
-                    save, report, docs):
-        """attach latency, N-peer apply, CNI ADD vs reference plugins, podman run, agent."""
+    def control_cmd(quick, attach_count, cli_count, peers, peer_backends, cni_count, podman_runs, profile, only,
+                    output, save, report, docs):
+        """attach latency, N-peer apply, CNI ADD vs reference plugins, podman run, agent.
+
+        \b
+          crossnet bench control --only attach,cni   attach and CNI ADD/DEL, kernel and ebpf datapaths
+        """
         _require_root()
         from crossnet.bench.util import RunContext
 
@@ -502,7 +512,7 @@ def register(main: click.Group) -> None:
         t0 = time.monotonic()
         res = _header(quick)
         with _sigterm_as_interrupt():
-            res["control"] = _run_control(rc, s, (not quick) if profile is None else profile)
+            res["control"] = _run_control(rc, s, (not quick) if profile is None else profile, only)
         _emit(_finish(res, rc, t0), output, save, report, docs)
 
     @bench.command("transport")
