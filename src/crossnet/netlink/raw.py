@@ -17,7 +17,7 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Any
+from typing import Any, Iterator
 
 from crossnet.netlink.batch import _HDR, Batch, _attr, _mac
 from crossnet.netlink.const import (
@@ -119,20 +119,30 @@ class Rtnl:
         self.sock.sendall(out)
         return seqs
 
-    def _replies(self, seqs: list[int]) -> dict[int, tuple[int, bytes]]:
-        """seq -> (type, message) of the first answer to each request."""
-        pending, got = set(seqs), {}
-        while pending:
+    def _received(self) -> Iterator[tuple[int, int, bytes, int, int]]:
+        """(seq, type, datagram, offset, length) of each message read from the socket, in
+        order, reading on for as long as the caller takes them."""
+        while True:
             data = self.sock.recv(1 << 16)
             offset = 0
             while offset + _HDR.size <= len(data):
                 length, mtype, _flags, seq, _pid = _HDR.unpack_from(data, offset)
                 if length < _HDR.size:
                     break
-                if seq in pending:
-                    pending.discard(seq)
-                    got[seq] = (mtype, data[offset:offset + length])
+                yield seq, mtype, data, offset, length
                 offset += (length + 3) & ~3
+
+    def _replies(self, seqs: list[int]) -> dict[int, tuple[int, bytes]]:
+        """seq -> (type, message) of the first answer to each request."""
+        pending, got = set(seqs), {}
+        if not pending:
+            return got
+        for seq, mtype, data, offset, length in self._received():
+            if seq in pending:
+                pending.discard(seq)
+                got[seq] = (mtype, data[offset:offset + length])
+                if not pending:
+                    break
         return got
 
     def call(self, messages: list[tuple[int, int, bytes, str]]) -> None:
@@ -153,26 +163,20 @@ class Rtnl:
         body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(IFLA_EXT_MASK, struct.pack("=I", RTEXT_FILTER_SKIP_STATS))
         (seq,) = self._send([(RTM_GETLINK, NLM_F_DUMP, body)])
         out: dict[int, str | None] = {}
-        while True:
-            data = self.sock.recv(1 << 16)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, mtype, _flags, got, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    break
-                if got == seq:
-                    if mtype == NLMSG_DONE:
-                        return out
-                    if mtype == NLMSG_ERROR:
-                        (error,) = struct.unpack_from("=i", data, offset + _HDR.size)
-                        raise RtnlError(-error, f"listing interfaces: {os.strerror(-error)}")
-                    if mtype == RTM_NEWLINK:
-                        index = _IFINFO.unpack_from(data, offset + _HDR.size)[2]
-                        start = offset + _HDR.size + _IFINFO.size
-                        info = _find_attr(data, start, offset + length, IFLA_LINKINFO)
-                        kind = _find_attr(data, info[0], info[1], IFLA_INFO_KIND) if info else None
-                        out[index] = data[kind[0]:kind[1]].rstrip(b"\0").decode() if kind else None
-                offset += (length + 3) & ~3
+        for got, mtype, data, offset, length in self._received():
+            if got != seq:
+                continue
+            if mtype == NLMSG_DONE:
+                return out
+            if mtype == NLMSG_ERROR:
+                (error,) = struct.unpack_from("=i", data, offset + _HDR.size)
+                raise RtnlError(-error, f"listing interfaces: {os.strerror(-error)}")
+            if mtype == RTM_NEWLINK:
+                index = _IFINFO.unpack_from(data, offset + _HDR.size)[2]
+                info = _find_attr(data, offset + _HDR.size + _IFINFO.size, offset + length, IFLA_LINKINFO)
+                kind = _find_attr(data, info[0], info[1], IFLA_INFO_KIND) if info else None
+                out[index] = data[kind[0]:kind[1]].rstrip(b"\0").decode() if kind else None
+        return out  # not reached: _received reads on
 
     def ifindex(self, name: str) -> int | None:
         """Index of interface ``name`` (None if there is none)."""
