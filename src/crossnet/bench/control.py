@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from crossnet.bench import CONTROL_PARTS
-
 import yaml
 
+from crossnet.bench import CONTROL_PARTS
 from crossnet.bench.util import (
     RunContext,
     Skip,
