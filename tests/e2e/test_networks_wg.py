@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,16 @@ def test_wireguard_a_peer_tunnelling_into_another_network_is_dropped_where_it_en
                        timeout=15).returncode == 0
 
     assert ping(blue_dst)  # the path works: blue's own packet, from h2's blue address through cnwg2
+    before = counters(lab, h1.name)["ip:blue_cross"]
+    assert not ping(default_dst)
+    assert counters(lab, h1.name)["ip:blue_cross"] >= before + 3
+    # h1's wireguard-go of cnwg2 dies (its device goes), apply starts a new one: the chain,
+    # bound to the name, hooks the new device without any change to the table
+    os.kill(proc.read_pid(Path(h1.state_dir) / "wireguard", "cnwg2"), signal.SIGKILL)
+    wait_for(lambda: lab.run(h1.name, ["ip", "link", "show", "cnwg2"]).returncode != 0, 10, "cnwg2 gone on h1")
+    (again,) = apply_all(lab, hosts=[h1])
+    assert not [c for c in again["changes"] if "crossnet_iso" in c["command"]], again["changes"]
+    wait_for(lambda: ping(blue_dst), 30, "blue through h1's new cnwg2")
     before = counters(lab, h1.name)["ip:blue_cross"]
     assert not ping(default_dst)
     assert counters(lab, h1.name)["ip:blue_cross"] >= before + 3
