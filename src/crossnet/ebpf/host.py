@@ -32,9 +32,9 @@ from crossnet.ebpf import bpfsys, maps
 from crossnet.errors import ApplyError, CrossnetError
 from crossnet.ifname import check as check_ifname
 from crossnet.netlink import iproute as nl
+from crossnet.netlink import raw as nlraw
 from crossnet.netlink.const import (
     ETH_P_ALL,
-    NLA_TYPE_MASK,
     NLMSG_HDRLEN,
     TC_EGRESS,
     TC_INGRESS,
@@ -281,15 +281,9 @@ def _chain(msg) -> int:
     if not data:
         return 0
     end = min(len(data), start + msg["header"]["length"])
-    off = start + NLMSG_HDRLEN + TCMSG_SIZE  # the attributes follow struct nlmsghdr and struct tcmsg
-    while off + 4 <= end:
-        length, kind = struct.unpack_from("=HH", data, off)
-        if length < 4:
-            break
-        if kind & NLA_TYPE_MASK == TCA_CHAIN and length >= 8:
-            return struct.unpack_from("=I", data, off + 4)[0]
-        off += (length + 3) & ~3
-    return 0
+    # the attributes follow struct nlmsghdr and struct tcmsg
+    found = nlraw.find_attr(data, start + NLMSG_HDRLEN + TCMSG_SIZE, end, TCA_CHAIN)
+    return struct.unpack_from("=I", data, found[0])[0] if found and found[1] - found[0] >= 4 else 0
 
 
 def _at_our_slot(msg) -> bool:
@@ -721,8 +715,6 @@ def attach_new_veth(ctx: HostContext, rtnl, index: int, address: ipaddress.IPv4A
     of its kind, route or filters; its redirect-target entry, then clsact and crossnet's
     filter added, not replaced (EEXIST: it is not that fresh, and the attach fails: attach
     rolls its veth back, the docker plugin's endpoint goes with DeleteEndpoint)."""
-    from crossnet.netlink import raw as nlraw
-
     directory = current_pin_dir(ctx.state_dir)
     with _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
         bpfsys.map_update(fd, maps.ifindex_key(index), maps.veth_value(address))
@@ -762,8 +754,6 @@ def forget_veth(ctx: HostContext, host_ifname: str) -> None:
     docker plugin): its qdisc and filter go with it, so only its redirect-target entry
     and stale ones are removed, over raw netlink (one index lookup, one dump read for
     indexes and kinds: no pyroute2, no filter or qdisc dump). Idempotent."""
-    from crossnet.netlink import raw as nlraw
-
     check_ifname(host_ifname, "host_ifname")
     try:
         directory = current_pin_dir(ctx.state_dir)

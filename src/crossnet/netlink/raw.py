@@ -6,8 +6,8 @@ requests whose messages are small fixed structs (rtnetlink(7)), so attach packs
 them here: an interface lookup is one request whose reply is read for its index
 only, and the container side (lo up, address, default route) goes out as one burst
 whose ACKs are read together; with ``datapath: ebpf`` the new host veth's clsact and
-program filter too (:func:`clsact_add`, :func:`bpf_filter_add`). Errors come back as :class:`RtnlError` (an OSError
-carrying the kernel's errno) naming the object.
+program filter too (:func:`clsact_add`, :func:`bpf_filter_add`). Errors come back as
+:class:`RtnlError` (an OSError carrying the kernel's errno) naming the object.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ class Rtnl:
                 raise RtnlError(-error, f"listing interfaces: {os.strerror(-error)}")
             if mtype == RTM_NEWLINK:
                 index = _IFINFO.unpack_from(data, offset + _HDR.size)[2]
-                info = _find_attr(data, offset + _HDR.size + _IFINFO.size, offset + length, IFLA_LINKINFO)
-                kind = _find_attr(data, info[0], info[1], IFLA_INFO_KIND) if info else None
+                info = find_attr(data, offset + _HDR.size + _IFINFO.size, offset + length, IFLA_LINKINFO)
+                kind = find_attr(data, info[0], info[1], IFLA_INFO_KIND) if info else None
                 out[index] = data[kind[0]:kind[1]].rstrip(b"\0").decode() if kind else None
         return out  # not reached: _received reads on
 
@@ -191,7 +191,7 @@ class Rtnl:
         return _IFINFO.unpack_from(msg, _HDR.size)[2]
 
 
-def _find_attr(data: bytes, start: int, end: int, kind: int) -> tuple[int, int] | None:
+def find_attr(data: bytes, start: int, end: int, kind: int) -> tuple[int, int] | None:
     """(start, end) of the payload of the first attribute ``kind`` in data[start:end]."""
     while start + 4 <= end:
         length, akind = struct.unpack_from("=HH", data, start)
