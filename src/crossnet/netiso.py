@@ -139,9 +139,9 @@ def isolation_resources(nets: dict[str, HostContext],
     has its own: the netdev layout, else the inet one."""
     if len(nets) < 2:
         return []
-    own, routed_veths = own_devices or {}, routed(nets)
+    own, routed_veths, tunnels = own_devices or {}, routed(nets), tunnel_matches(nets)
     if not routed_veths and all(own.get(name) is not None for name in nets):  # routed veths: no bridge to hook
-        return _device_tables(nets, own)
+        return _device_tables(nets, own, tunnels)
     chains: list[tuple[str, list[str]]] = []  # the regular chains, in the order `nft list` prints them
     arp: list[str] = []
     for name, ctx in nets.items():
@@ -154,7 +154,7 @@ def isolation_resources(nets: dict[str, HostContext],
             chains.append((f"{name}_bridge", [f'ip saddr != {sub} counter name "{name}_spoof" drop',
                                               f'oifname {bridges} counter name "{name}_cross" drop']))
             arp += _arp_rules(name, ctx, others)
-        tunnel = _tunnel_rules(name, nets)
+        tunnel = _tunnel_rules(name, tunnels)
         chains.append((f"{name}_forward", _cross_rules(name, others, "cross") + tunnel))
         chains.append((f"{name}_input", _cross_rules(name, others, "gateway") + tunnel))
     if routed_veths:
@@ -171,19 +171,21 @@ def _cross_rules(name: str, others: list[HostContext], counter: str) -> list[str
     return [f'ip daddr {o.network} counter name "{name}_{counter}" drop' for o in others]
 
 
-def _tunnel_rules(name: str, nets: dict[str, HostContext]) -> list[str]:
-    """Drop a packet of network ``name`` to this host's unauthenticated tunnels (counter name_tunnel)."""
-    return [f'{m} counter name "{name}_tunnel" drop' for m in tunnel_matches(nets)]
+def _tunnel_rules(name: str, tunnels: list[str]) -> list[str]:
+    """Drop a packet of network ``name`` to this host's unauthenticated tunnels (``tunnels``:
+    tunnel_matches; counter name_tunnel)."""
+    return [f'{m} counter name "{name}_tunnel" drop' for m in tunnels]
 
 
-def _device_tables(nets: dict[str, HostContext], own: dict[str, list[str] | None]) -> list[Resource]:
+def _device_tables(nets: dict[str, HostContext], own: dict[str, list[str] | None],
+                   tunnels: list[str]) -> list[Resource]:
     """The netdev layout: one ingress chain per bridge and per own device of each network."""
     chains: list[tuple[str, list[str], str]] = []
     arp: list[str] = []
     for name, ctx in nets.items():
         others = [o for n, o in nets.items() if n != name]
         drops = ([f'ip daddr {o.gateway} counter name "{name}_gateway" drop' for o in others]
-                 + _cross_rules(name, others, "cross") + _tunnel_rules(name, nets))
+                 + _cross_rules(name, others, "cross") + _tunnel_rules(name, tunnels))
         spoof = f'ip saddr != {spoof_sources(ctx)} counter name "{name}_spoof" drop'
         devices = own[name] or []  # not None: isolation_resources checked
         chains.append((f"{name}_bridge", [spoof, *drops], ctx.bridge))
