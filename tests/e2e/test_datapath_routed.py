@@ -21,6 +21,7 @@ import yaml
 from tests.conftest import LabFactory
 
 from .kstate import diff, snapshot
+from .test_datapath_ebpf_runtimes import veth_entries
 from .test_foundation import ping, tcp_transfer
 
 pytestmark = [
@@ -303,15 +304,6 @@ def test_a_new_veths_program_is_the_one_the_slow_path_attaches(routed):
     res = routed.run("h1", "attach", c["netns"], "-o", "json")  # attached already: the slow path repairs
     assert res.returncode == 0, res.stderr
     assert veth_filters(h1.netns, dev) == fast
-
-
-def veth_entries(state_dir: str) -> set[int]:
-    """The ifindexes in the programs' allowed-veth map (the redirect targets)."""
-    from crossnet.ebpf import bpfsys, maps
-    from crossnet.ebpf import host as ebpf_host
-
-    with ebpf_host._pinned(f"{ebpf_host.current_pin_dir(state_dir)}/maps/{maps.VETHS_MAP}") as fd:
-        return {int.from_bytes(k, "little") for k in bpfsys.map_keys(fd, 4)}
 
 
 def test_detach_forgets_its_veth_and_vanished_ones_and_keeps_the_others(routed):
