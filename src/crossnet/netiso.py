@@ -59,10 +59,11 @@ back, line for line, but for the order of a set's elements, which nft chooses
 of an address set (``{ 10.250.0.0/16, 10.251.0.0/16 }`` lists back as ``10.250.0.0/15``),
 so addresses get one rule each; the saddr map cannot merge (one verdict per network).
 
-With backends vxlan and wireguard and the kernel datapath every packet of a network
-enters this host through one of that network's own devices: its bridge brN (what its
-containers here send) or its tunnel device tN (what its containers elsewhere send: vxlan
-cnvx<vni>, wireguard the network's WireGuard device; ``Backend.ingress_devices``). There
+With backends vxlan, wireguard, ovs-gre and ovs-vxlan and the kernel datapath every
+packet of a network enters this host through one of that network's own devices: its
+bridge brN (what its containers here send; OVS: also what its containers elsewhere send,
+below) or its tunnel device tN (what its containers elsewhere send: vxlan cnvx<vni>,
+wireguard the network's WireGuard device; ``Backend.ingress_devices``). There
 the checks are `netdev` ingress chains on those devices instead (table ``netdev
 crossnet_iso``), which need no lookup to find the network and which nothing else crosses
 (the outer VXLAN packets on the underlay NIC meet no rule; docs/networks.md#cost):
@@ -70,18 +71,19 @@ crossnet_iso``), which need no lookup to find the network and which nothing else
     N_bridge  (ingress brN)  ip saddr != sN  drop  counter N_spoof
                              ip daddr gwO    drop  counter N_gateway  (this host's address in O)
                              ip daddr netO   drop  counter N_cross
-                             udp dport P     drop  counter N_tunnel   (vxlan)
-    N_vxlan / N_wireguard    the same but the first
+                             udp dport P     drop  counter N_tunnel   (vxlan, ovs-vxlan;
+                                                                       ovs-gre: ip protocol gre)
+    N_vxlan / N_wireguard    the same but the first (OVS: no such chain)
               (ingress tN)
 
 A packet meets only its own network's chain, once per host. (`oifname` of the other
 bridges has no place there, a netdev chain knowing no output: nothing routes an address
 outside netO into brO.) Other backends keep the hook-wide layout: host-gw and auto's
-direct peers carry every network through the underlay NIC, OVS's are not measured with
-it yet.
+direct peers carry every network through the underlay NIC.
 
-With ovs-gre/ovs-vxlan the tunnel is a port of brN (its OVS bridge's internal port), so
-frames of N's containers on other hosts, and ARP of their gateways, enter through brN:
+With ovs-gre/ovs-vxlan the tunnel is a port of brN (its OVS bridge's internal port; the
+OVS bridge holds N's tunnel ports only, keyed by N's VNI), so frames of N's containers on
+other hosts, and ARP of their gateways, enter through brN and nothing else:
 there sN in the `saddr !=` rules is netN (`spoof_sources`). A container still cannot send
 from another network's address; other networks' frames never reach brN (their own OVS
 bridge and tunnel key).

@@ -110,8 +110,8 @@ def members(lab) -> dict[str, list[Endpoint]]:
 
 
 def iso_family(lab, host: str) -> str | None:
-    """The family of the host's IP isolation table: netdev (vxlan: ingress chains on each
-    network's devices), inet (the other backends, the ebpf datapath), or None: none."""
+    """The family of the host's IP isolation table: netdev (vxlan, wireguard, ovs: ingress
+    chains on each network's devices), inet (host-gw, auto, the ebpf datapath), or None: none."""
     found = [f for f in ("inet", "netdev") if lab.run(host, ["nft", "list", "table", f, "crossnet_iso"]).returncode == 0]
     assert len(found) <= 1, (host, found)
     return found[0] if found else None

@@ -3,7 +3,8 @@ matrix is vxlan: tests/e2e/test_networks.py). 2 hosts, 2 networks (``default`` a
 of each network per host, OVS with the userspace datapath in every host namespace: each
 network has its own OVS bridge and tunnel ports keyed by its VNI; every same-network pair
 pings (on one host and across), every cross-network pair does not, the isolation
-counters count the drops, `crossnet check --isolation` says the same, a full-size DF ping
+counters (in the netdev layout: an ingress chain on each network's bridge) count the drops,
+`crossnet check --isolation` says the same, a full-size DF ping
 fits blue's MTU (with GRE, 4 bytes less: its key), `reset` leaves no OVS bridge, port or
 device behind, and `apply --dry-run` prints each network's ovs-vsctl commands."""
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
-from tests.e2e.test_networks import isolated_matrix, members
+from tests.e2e.test_networks import iso_family, isolated_matrix, members
 from tests.e2e.test_networks_hostgw import two_network_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
@@ -58,6 +60,12 @@ def test_ovs_networks_own_bridges_keys_and_isolation(lab):
     assert mtu == top - (4 if lab.ovs_backend == "ovs-gre" else 0)
     src = nets["blue"][0]
     dst = next(e for e in nets["blue"] if e.name.split("/")[0] != src.name.split("/")[0])
+    # isolation: the netdev layout, one ingress chain per network's bridge (its tunnel ports
+    # are its OVS bridge's, which reaches the kernel through a port of that bridge only)
+    for h in lab.hosts:
+        assert iso_family(lab, h.name) == "netdev"
+        listed = sh(lab, h.name, "nft", "list", "table", "netdev", "crossnet_iso")
+        assert sorted(re.findall(r"hook ingress device \"([^\"]+)\"", listed)) == ["cn-blue", "cn0"], listed
     isolated_matrix(lab, settle=10.0)
     ping = lab.run(src.netns, ["ping", "-c", "1", "-W", "2", "-M", "do", "-s", str(mtu - 28), dst.address])
     assert ping.returncode == 0, ping.stdout + ping.stderr

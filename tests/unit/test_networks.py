@@ -210,8 +210,10 @@ def vmap(rule: str) -> dict[str, str]:
     return dict((k, v.removeprefix("jump ")) for k, v in (e.split(" : ") for e in inner.split(", ")))
 
 
-# the backends whose networks each enter a host through devices of their own (the netdev layout)
-OWN_DEVICES = {"vxlan": "cnvx{vni}", "wireguard": "cnwg{vni}"}
+# the backends whose networks each enter a host through devices of their own (the netdev
+# layout): besides the bridge, vxlan's and wireguard's tunnel device; OVS's tunnel is a port
+# of the network's bridge (its OVS bridge's internal port), so the bridge alone
+OWN_DEVICES = {"vxlan": ["cnvx{vni}"], "wireguard": ["cnwg{vni}"], "ovs-gre": [], "ovs-vxlan": []}
 
 
 def own_devices(nets: dict[str, HostContext]) -> dict[str, list[str] | None]:
@@ -219,11 +221,12 @@ def own_devices(nets: dict[str, HostContext]) -> dict[str, list[str] | None]:
     return {n: get_backend(c.backend).ingress_devices(c) for n, c in nets.items()}
 
 
-def test_only_vxlan_and_wireguard_networks_enter_through_devices_of_their_own():
+def test_only_vxlan_wireguard_and_ovs_networks_enter_through_devices_of_their_own():
     for backend in TUNNEL_MATCH:
         ctx = replace(fake_ctx("n", "10.9.0.0/16", "10.9.3.0/24", backend), vni=7, wireguard={"device": "cnwg7"})
         want = OWN_DEVICES.get(backend)
-        assert get_backend(backend).ingress_devices(ctx) == ([want.format(vni=7)] if want else None), backend
+        assert get_backend(backend).ingress_devices(ctx) == (None if want is None else [d.format(vni=7) for d in want]), \
+            backend
     routed = replace(fake_ctx("n", "10.9.0.0/16", "10.9.3.0/24", "vxlan"), datapath="ebpf")  # no bridge to hook
     assert get_backend("vxlan").ingress_devices(routed) is None
 
@@ -246,7 +249,7 @@ def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds, backend,
         others = [cb for b, cb in nets.items() if b != a]
         bridges = [f'"{cb.bridge}"' for cb in others]
         oif = bridges[0] if len(bridges) == 1 else "{ " + ", ".join(bridges) + " }"
-        sources = ca.network if backend.startswith("ovs-") else ca.subnet  # an OVS bridge also carries the tunnel
+        sources = ca.subnet  # host-gw, auto: only this host's containers enter through the bridge
         assert chains[f"{a}_bridge"] == [f'ip saddr != {sources} counter name "{a}_spoof" drop',
                                          f'oifname {oif} counter name "{a}_cross" drop']
         # no packet of a network's addresses may address a tunnel that cannot tell who sent it
@@ -268,29 +271,34 @@ def test_every_ordered_pair_is_dropped_both_ways_with_counters(seconds, backend,
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(0, 200), min_size=2, max_size=5, unique=True), st.sampled_from(sorted(OWN_DEVICES)),
        st.integers(1, 65535))
-def test_vxlan_and_wireguard_check_each_networks_packets_on_its_own_devices(seconds, backend, port):
-    """Backends vxlan and wireguard, kernel datapath: one netdev ingress chain per bridge
-    and per tunnel device, each with the drops of its own network only (the tunnel rule:
-    vxlan's; WireGuard's packets are authenticated)."""
+def test_vxlan_wireguard_and_ovs_check_each_networks_packets_on_its_own_devices(seconds, backend, port):
+    """Backends vxlan, wireguard, ovs-gre and ovs-vxlan, kernel datapath: one netdev ingress
+    chain per bridge and per tunnel device (OVS: none, its tunnel is a port of the bridge),
+    each with the drops of its own network only (the tunnel rule: vxlan's and OVS's;
+    WireGuard's packets are authenticated). Through an OVS bridge come the network's
+    packets from other hosts too: its source check is the network, not this host's subnet."""
     nets = {f"n{i}": replace(fake_ctx(f"n{i}", f"10.{i}.0.0/16", f"10.{i}.3.0/24", backend, port), vni=i + 1,
                              wireguard={"device": f"cnwg{i + 1}"}) for i in seconds}
     netdev, arp = netiso.isolation_resources(nets, own_devices(nets))
     assert (netdev.family, arp.family) == ("netdev", "arp")
     chains = nft_chains(netdev.body)
-    assert set(chains) == {f"{n}_{d}" for n in nets for d in ("bridge", backend)}
+    kind = backend.replace("-", "_")
+    assert set(chains) == {f"{n}_{d}" for n in nets for d in ("bridge", kind)[:1 + len(OWN_DEVICES[backend])]}
     tunnel = TUNNEL_MATCH[backend]
     for a, ca in nets.items():
         others = [cb for b, cb in nets.items() if b != a]
         drops = ([f'ip daddr {cb.gateway} counter name "{a}_gateway" drop' for cb in others]
                  + [f'ip daddr {cb.network} counter name "{a}_cross" drop' for cb in others]
                  + ([f'{tunnel.format(port=port)} counter name "{a}_tunnel" drop'] if tunnel else []))
-        assert chains[f"{a}_bridge"] == [f'ip saddr != {ca.subnet} counter name "{a}_spoof" drop', *drops]
-        assert chains[f"{a}_{backend}"] == drops
-        device = OWN_DEVICES[backend].format(vni=ca.vni)
+        sources = ca.network if backend.startswith("ovs-") else ca.subnet
+        assert chains[f"{a}_bridge"] == [f'ip saddr != {sources} counter name "{a}_spoof" drop', *drops]
         assert f'chain {a}_bridge {{\n\t\ttype filter hook ingress device "{ca.bridge}" priority filter - 10;' in netdev.body
-        assert f'chain {a}_{backend} {{\n\t\ttype filter hook ingress device "{device}" priority filter - 10;' in netdev.body
+        for device in (d.format(vni=ca.vni) for d in OWN_DEVICES[backend]):
+            assert chains[f"{a}_{kind}"] == drops
+            assert f'chain {a}_{kind} {{\n\t\ttype filter hook ingress device "{device}" priority filter - 10;' in netdev.body
         for cb in others:
             assert f'iifname "{ca.bridge}" arp daddr ip {cb.network} counter name "{a}_arp" drop' in arp.body
+        assert f'iifname "{ca.bridge}" arp saddr ip != {sources} counter name "{a}_arp" drop' in arp.body
     declared = {line.split()[1] for line in netdev.body.splitlines() if line.strip().startswith("counter ")}
     used = {line.split('counter name "')[1].split('"')[0] for line in netdev.body.splitlines() if "counter name" in line}
     assert used == declared == set(netiso.counter_names(nets))

@@ -99,6 +99,11 @@ class OvsBackend(Backend):
             return self.host_data(ctx.cluster_name, ctx.host, ctx.address)["gw_mac"]
         return peer.data.get("gw_mac") or self.host_data(ctx.cluster_name, peer.name, peer.address)["gw_mac"]
 
+    def ingress_devices(self, ctx: HostContext) -> list[str] | None:
+        # none besides the bridge: the network's OVS bridge (its own tunnel ports, keyed by
+        # its VNI) reaches the kernel only through its internal port, a port of the bridge
+        return []
+
     @staticmethod
     def overlay_bridge(ctx: HostContext | None = None) -> str:
         """The OVS bridge of ctx's network: `cnovs0` (top-level), `cnovs<vni>` (named)."""
