@@ -30,6 +30,7 @@ from crossnet.state import StateDir
 
 from .crashsteps import killed_at_every_step
 from .kstate import diff, snapshot
+from .test_datapath_ebpf_runtimes import veth_entries
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -59,15 +60,11 @@ def netns_etc_litter(name: str) -> list[str]:
 
 
 def veth_map(lab: Lab) -> list[int] | None:
-    """The ifindexes in the eBPF datapath's allowed-veth map (None: no programs loaded)."""
-    from crossnet.ebpf import bpfsys, maps
+    """h1's ifindexes in the eBPF datapath's allowed-veth map, sorted (None: no programs loaded)."""
     from crossnet.ebpf import host as ebpf_host
 
     state_dir = lab.plan.host("h1").state_dir
-    if not ebpf_host.loaded(state_dir):
-        return None
-    with ebpf_host._pinned(f"{ebpf_host.current_pin_dir(state_dir)}/maps/{maps.VETHS_MAP}") as fd:
-        return sorted(int.from_bytes(k, "little") for k in bpfsys.map_keys(fd, 4))
+    return sorted(veth_entries(state_dir)) if ebpf_host.loaded(state_dir) else None
 
 
 @pytest.fixture(params=["kernel", "ebpf"])
