@@ -189,10 +189,10 @@ class Backend(Protocol):
     # --- isolation (crossnet.netiso): its netdev layout hooks a network's own devices
     def ingress_devices(self, ctx: HostContext) -> list[str] | None:
         """The devices besides its bridge through which this network's packets from other
-        hosts enter this host, and no other network's (vxlan: cnvx<vni>; ovs: none, [], its
-        tunnel is a port of the bridge); None when they
-        enter through a device networks share (the underlay NIC: host-gw, auto's direct
-        peers) or when the network has no bridge (routed veths, datapath ebpf)."""
+        hosts enter this host, and no other network's (vxlan: cnvx<vni>; ovs: [], its tunnel
+        is a port of the bridge); None when they enter through a device networks share (the
+        underlay NIC: host-gw, auto's direct peers) or when the network has no bridge
+        (routed veths, datapath ebpf)."""
         return None
 
     def gw_mac(self, ctx: HostContext, peer: Peer | None = None) -> str | None:
