@@ -342,6 +342,39 @@ def test_kernel_device_created_through_pyroute2_and_configured_over_genetlink(tm
     assert pub  # (the public key is all the host ever prints)
 
 
+def test_an_mtu_change_sends_the_device_nothing_else(tmp_path, fake_wg):
+    """ensure on a running device sends key and port only when they differ: wireguard-go
+    re-opens its UDP socket on every listen_port it is sent (packets arriving meanwhile are
+    lost), and `apply --probe-mtu` changing the MTU needs nothing else."""
+    keys.ensure_key(tmp_path)
+    path, run = str(keys.key_path(tmp_path)), str(tmp_path / "wireguard")
+    env = FakeEnv()
+    WgDevice("cnwg0", 51820, 1420, path, run).ensure(env)
+
+    def sets() -> list:
+        return [c for c in fake_wg.calls if c[0] == "set"]
+
+    before = len(sets())
+    env.changed("links", "wg:cnwg0")
+    narrow = WgDevice("cnwg0", 51820, 1340, path, run)
+    assert not narrow.check(env)
+    narrow.ensure(env)
+    assert len(sets()) == before and env.ipr.calls[-1][1]["mtu"] == 1340
+    env.changed("links", "wg:cnwg0")
+    assert narrow.check(env)
+    moved = WgDevice("cnwg0", 51821, 1340, path, run)  # another port: sent (with the key)
+    moved.ensure(env)
+    assert sets()[before:] == [("set", "cnwg0", {"listen_port": 51821, "private_key": keys.read_private(path),
+                                                 "peer": None})]
+    env.changed("links", "wg:cnwg0")
+    assert moved.check(env)
+    fake_wg.devices["cnwg0"]["priv"] = keys.generate_private()  # another key on the device: replaced
+    env.changed("wg:cnwg0")
+    assert not moved.check(env)
+    moved.ensure(env)
+    assert sets()[-1][2]["private_key"] == keys.read_private(path)
+
+
 @pytest.mark.parametrize("recorded", [False, True])
 def test_a_wireguard_device_crossnet_did_not_create_is_refused_and_never_reconfigured(tmp_path, fake_wg, recorded):
     """An admin's own kernel WireGuard device named like crossnet's (cnwg0, or the

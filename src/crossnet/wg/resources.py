@@ -109,13 +109,17 @@ class WgDevice(Resource):
         if info is not None and self.impl != "auto" and ctl.impl != self.impl:
             self.remove(env)
             info = None
+        st = device_state(env, self.name, self.run_dir) if info is not None else None
         if info is None:
             self._create(env)
             env.changed("links")
             ctl = device_control(env, self.name, self.run_dir)
             if ctl is None:
                 raise ApplyError(f"wireguard device {self.name} did not appear")
-        ctl.set(private_key=private, listen_port=self.port)
+        # only what differs: wireguard-go re-opens its UDP socket on every listen_port it is
+        # sent (what arrives meanwhile is lost), e.g. on an MTU change that needs nothing else
+        if st is None or st.public_key != keys.public_of(private) or st.listen_port != self.port:
+            ctl.set(private_key=private, listen_port=self.port)
         env.ipr.link("set", index=env.require_index(self.name), mtu=self.mtu, state="up")
         env.changed("links", "addresses", "routes", f"wg:{self.name}")
 
