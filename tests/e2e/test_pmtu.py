@@ -8,7 +8,8 @@ own NICs say 1500; every host's container MTU follows (1400 − the transport's 
 containers attached before the change get it too, don't-fragment pings of exactly the
 container MTU cross between every pair of containers, one byte more fails at once with a
 local error instead of vanishing, and `status` (text and JSON) names h2 as narrow with
-1400. Only links inside the lab's namespaces change; every lab is removed by the fixture,
+1400. With WireGuard (wireguard, auto) every wireguard-go keeps its UDP sockets through
+the MTU change (sent its port again, it re-opened them, losing what arrived meanwhile). Only links inside the lab's namespaces change; every lab is removed by the fixture,
 pass or fail.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +59,13 @@ def df_ping(netns: str, addr: str, size: int, count: int = 1) -> subprocess.Comp
                           capture_output=True, text=True, timeout=30, check=False)
 
 
+def udp_socket_inodes(netns: str, port: int) -> set[str]:
+    """The inodes of the UDP sockets bound to `port` in `netns` (a socket re-opened: new ones)."""
+    out = subprocess.run(["ip", "netns", "exec", netns, "ss", "-H", "-u", "-a", "-n", "-e", f"sport = :{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return set(re.findall(r"\bino:(\d+)", out))
+
+
 @pytest.mark.parametrize(("backend", "underlay"), [("vxlan", "l3"), ("wireguard", "l3"), ("host-gw", "l2"),
                                                   ("auto", "l3")])
 def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_factory, backend, underlay):
@@ -64,8 +73,14 @@ def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_f
     hosts = {h.name: h for h in lab.hosts}
     h1, h2 = hosts["h1"], hosts["h2"]
     b = get_backend(backend)
-    full = {s["host"]: s["mtu"] for s in lab.statuses().values()}
+    before = lab.statuses()
+    full = {s["host"]: s["mtu"] for s in before.values()}
     assert set(full.values()) == {1500 - b.overhead}  # before: the NIC's 1500 everywhere
+    # wireguard: the UDP sockets of every wireguard-go (re-opened when sent a listen port)
+    wg_sockets = {name: udp_socket_inodes(hosts[name].netns, s["wireguard"]["listen_port"])
+                  for name, s in before.items() if (s.get("wireguard") or {}).get("listen_port")}
+    if backend == "wireguard":
+        assert set(wg_sockets) == set(hosts) and all(wg_sockets.values()), wg_sockets
 
     set_mtu(lab.plan.fabric.netns, h2.fabric_ifname, NARROW)
     set_mtu(h2.netns, h2.ifname, NARROW)
@@ -86,6 +101,10 @@ def test_narrow_underlay_link_sets_container_mtu_and_status_names_the_peer(lab_f
     # the MTU change kept every peer's objects (a vxlan MTU set with its address flushed the neighbours)
     assert all(p["programmed"] for s in statuses.values() for p in s["peers"]), statuses
     assert all(not s["drift"] for s in statuses.values()), [s["drift"] for s in statuses.values()]
+    # ... and kept every WireGuard socket: the new MTU needs no key or port sent (which made
+    # wireguard-go re-open its socket, losing what arrived meanwhile)
+    assert {name: udp_socket_inodes(hosts[name].netns, before[name]["wireguard"]["listen_port"])
+            for name in wg_sockets} == wg_sockets
 
     # h1 and h3 name h2 as narrow with the number measured; h2's own NIC is 1400: nobody is narrow for it
     for name in ("h1", "h3"):
