@@ -1,7 +1,8 @@
 """Loading, pinning, attaching, counting and removing crossnet's tc eBPF programs
 (docs/ebpf.md). The host part is reconciler resources (``host_resources``); the
-per-container part is ``attach_container`` / ``detach_container``, called where the
-routed container veth is made (crossnet.datapath).
+per-container part is ``attach_container`` (``attach_new_veth`` for a veth just made) and
+``forget_veth`` before the veth is deleted, called where the routed container veth is made
+and removed (crossnet.datapath); ``detach_container`` undoes an attach on a veth that stays.
 
 Pins live under ``/sys/fs/bpf/crossnet/<hash of the state directory>/`` (``progs/``,
 ``maps/``): lab hosts share one bpffs mount, and the hash keeps their programs apart.
@@ -733,20 +734,15 @@ def container_address(ipr, index: int, network: ipaddress.IPv4Network) -> ipaddr
 
 
 def detach_container(ctx: HostContext, host_ifname: str) -> None:
-    """Undo attach_container (idempotent: a veth already gone is fine)."""
+    """Undo attach_container on a veth that stays: its filter (and clsact unless another
+    filter uses it), then forget_veth (its entry and stale ones). Idempotent: a veth
+    already gone is fine."""
     check_ifname(host_ifname, "host_ifname")
     with nl.open_ipr() as ipr:
         index = nl.ifindex(ipr, host_ifname)
         if index is not None:
             tc_detach(ipr, index, remove_clsact=True)
-        try:
-            directory = current_pin_dir(ctx.state_dir)
-        except CrossnetError:
-            return  # nothing loaded: no map to clean
-        if index is not None:
-            with contextlib.suppress(CrossnetError), _pinned(f"{directory}/maps/{maps.VETHS_MAP}") as fd:
-                bpfsys.map_delete(fd, maps.ifindex_key(index))
-        prune_veths(ipr, directory)
+    forget_veth(ctx, host_ifname)
 
 
 def forget_veth(ctx: HostContext, host_ifname: str) -> None:
