@@ -76,14 +76,15 @@ class WgDevice(Resource):
             return False
         if self.impl != "auto" and (info.kind == "wireguard") != (self.impl == "kernel"):
             return False
-        st = device_state(env, self.name, self.run_dir)
-        if st is None:
-            return False
         try:
-            want = keys.public_of(keys.read_private(self.key_file))
+            private = keys.read_private(self.key_file)
         except CrossnetError:
             return False
-        return st.public_key == want and st.listen_port == self.port
+        return self._keyed(device_state(env, self.name, self.run_dir), private)
+
+    def _keyed(self, st: uapi.DeviceState | None, private: str) -> bool:
+        """The running device (its state ``st``) has this key and this listen port."""
+        return st is not None and st.public_key == keys.public_of(private) and st.listen_port == self.port
 
     def _create(self, env: Env) -> None:
         if self.impl in ("auto", "kernel"):
@@ -118,7 +119,7 @@ class WgDevice(Resource):
                 raise ApplyError(f"wireguard device {self.name} did not appear")
         # only what differs: wireguard-go re-opens its UDP socket on every listen_port it is
         # sent (what arrives meanwhile is lost), e.g. on an MTU change that needs nothing else
-        if st is None or st.public_key != keys.public_of(private) or st.listen_port != self.port:
+        if not self._keyed(st, private):
             ctl.set(private_key=private, listen_port=self.port)
         env.ipr.link("set", index=env.require_index(self.name), mtu=self.mtu, state="up")
         env.changed("links", "addresses", "routes", f"wg:{self.name}")
