@@ -634,6 +634,7 @@ class NetlinkKernel:
         from crossnet.netlink import raw as nlraw
 
         check_ifname(host_if, "host_if")
+        container = ipaddress.IPv4Address(address)
 
         def make(rtnl: Any) -> int:
             _raw_create_veth(rtnl, ctx, host_if, peer, mac, routed=True)
@@ -642,12 +643,11 @@ class NetlinkKernel:
                 raise CrossnetError(f"{host_if} vanished during Join")
             with open(f"/proc/sys/net/ipv4/conf/{host_if}/proxy_arp", "w") as fh:
                 fh.write("1\n")
-            rtnl.call([nlraw.host_route(f"{ipaddress.IPv4Address(address)}/32", index)])
+            rtnl.call([nlraw.host_route(f"{container}/32", index)])
             return index
 
-        index = self._call(make)
-        new = ipaddress.IPv4Address(address)  # the veth just made: its program without lookups
-        self._call(lambda rtnl: datapath.container_attached(ctx, host_if, new=(rtnl, index, new)))
+        index = self._call(make)  # the veth just made: its program without lookups
+        self._call(lambda rtnl: datapath.container_attached(ctx, host_if, new=(rtnl, index, container)))
 
     def retire_veth(self, ctx: Any, backend: Any, host_if: str) -> int | None:
         """DeleteEndpoint's part on the request path: mark the host veth (RETIRED_ALIAS)
