@@ -117,6 +117,12 @@ def iso_family(lab, host: str) -> str | None:
     return found[0] if found else None
 
 
+def iso_hooked_devices(lab, host: str) -> list[str]:
+    """The devices the ingress chains of the host's `netdev crossnet_iso` hook, sorted."""
+    listed = lab.run(host, ["nft", "list", "table", "netdev", "crossnet_iso"], check=True).stdout
+    return sorted(re.findall(r'hook ingress device "([^"]+)"', listed))
+
+
 def counters(lab, host: str) -> dict[str, int]:
     """The isolation tables' named counters: "ip:NAME" (the IP table, whichever family) and "arp:NAME"."""
     out = {}
@@ -498,8 +504,7 @@ def test_bridge_netfilter_off_and_only_the_isolation_hooks(lab):
                         for c in ruleset if "chain" in c and "hook" in c["chain"])
         # vxlan: one ingress chain per bridge and per vxlan device, nothing on forward or input
         assert hooked == [("arp", "crossnet_iso", "input")] + [("netdev", "crossnet_iso", "ingress")] * 4, (h.name, hooked)
-        listed = lab.run(h.name, ["nft", "list", "table", "netdev", "crossnet_iso"], check=True).stdout
-        devices = sorted(re.findall(r'hook ingress device "([^"]+)"', listed))
+        devices = iso_hooked_devices(lab, h.name)
         assert devices == ["cn-blue", "cn0", "cnvx1", "cnvx2"], (h.name, devices)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import re
 import shutil
 import signal
 from pathlib import Path
@@ -31,7 +30,7 @@ import pytest
 import yaml
 
 from tests.e2e.agentlab import wait_for
-from tests.e2e.test_networks import apply_all, counters, each, iso_family, isolated_matrix, members
+from tests.e2e.test_networks import apply_all, counters, each, iso_family, iso_hooked_devices, isolated_matrix, members
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(os.geteuid() != 0, reason="lab tests need root")]
 
@@ -106,8 +105,7 @@ def test_wireguard_a_peer_tunnelling_into_another_network_is_dropped_where_it_en
     h1, h2 = lab.hosts
     for h in lab.hosts:
         assert iso_family(lab, h.name) == "netdev", h.name
-        listed = lab.run(h.name, ["nft", "list", "table", "netdev", "crossnet_iso"], check=True).stdout
-        assert sorted(re.findall(r'hook ingress device "([^"]+)"', listed)) == ["cn-blue", "cn0", "cnwg0", "cnwg2"]
+        assert iso_hooked_devices(lab, h.name) == ["cn-blue", "cn0", "cnwg0", "cnwg2"]
     st1, st2 = lab.status(h1.name), lab.status(h2.name)
     default_dst = st1["containers"][0]["address"].split("/")[0]
     blue_dst = st1["networks"]["blue"]["containers"][0]["address"].split("/")[0]
